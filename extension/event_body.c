@@ -1,0 +1,148 @@
+/*
+ * event_body.c
+ *		Turning a verified body into a jsonb event and reading its fields.
+ *
+ * Runs only after the signature is verified.  The body must be valid UTF-8
+ * JSON; jsonb's own parser decides, inside a subtransaction so that whatever
+ * it refuses (bad syntax, \u0000, numbers out of range, nesting deeper than
+ * the stack allows) becomes an "invalid" outcome rather than an error that
+ * would abort the caller's transaction.
+ */
+#include "payments.h"
+
+#include "access/xact.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+/*
+ * Parses a body as a JSON object.  Returns the jsonb, or NULL with *error set
+ * to a short explanation for the sender.
+ */
+Jsonb *
+ParseEventBody(const char *body, int len, char **error)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	ResourceOwner callerowner = CurrentResourceOwner;
+	Jsonb	   *volatile result = NULL;
+	char	   *copy;
+
+	if (!pg_verify_mbstr(PG_UTF8, body, len, true))
+	{
+		*error = pstrdup("body is not valid UTF-8");
+		return NULL;
+	}
+	copy = pnstrdup(body, len);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(callercxt);
+	PG_TRY();
+	{
+		char	   *server_text = pg_any_to_server(copy, len, PG_UTF8);
+
+		result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(server_text)));
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(callercxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+
+		/* cancels and shutdowns are not a verdict on the body */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		*error = psprintf("body is not valid JSON: %s", edata->message);
+		FreeErrorData(edata);
+		result = NULL;
+	}
+	PG_END_TRY();
+
+	pfree(copy);
+	if (result != NULL && !JB_ROOT_IS_OBJECT(result))
+	{
+		*error = pstrdup("body is not a JSON object");
+		return NULL;
+	}
+	return result;
+}
+
+/* Looks up a key of the top-level object */
+static bool
+TopValue(Jsonb *jb, const char *key, JsonbValue *value)
+{
+	return getKeyJsonValueFromContainer(&jb->root, key, strlen(key), value) != NULL;
+}
+
+/* Returns a top-level string member as a palloc'd C string, or NULL */
+char *
+JsonbTopString(Jsonb *jb, const char *key)
+{
+	JsonbValue	value;
+
+	if (!TopValue(jb, key, &value) || value.type != jbvString)
+		return NULL;
+	return pnstrdup(value.val.string.val, value.val.string.len);
+}
+
+/*
+ * Reads a top-level member holding unix seconds (a JSON number such as
+ * Stripe's "created"); false if absent or not a plausible time.
+ */
+bool
+JsonbTopUnixTime(Jsonb *jb, const char *key, TimestampTz *result)
+{
+	JsonbValue	value;
+	char	   *digits;
+	int64		seconds;
+
+	if (!TopValue(jb, key, &value) || value.type != jbvNumeric)
+		return false;
+	digits = DatumGetCString(DirectFunctionCall1(numeric_out,
+												 NumericGetDatum(value.val.numeric)));
+	if (!ParseUnixSeconds(digits, strlen(digits), &seconds) ||
+		seconds > (int64) 253402300799) /* 9999-12-31 23:59:59 */
+		return false;
+	*result = time_t_to_timestamptz((pg_time_t) seconds);
+	return true;
+}
+
+/*
+ * Reads a top-level member holding an ISO 8601 time string (such as the
+ * "timestamp" of a Standard Webhooks payload) with PostgreSQL's own date/time
+ * parser, without raising errors; false if absent or unparsable.
+ */
+bool
+JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
+{
+	char	   *str = JsonbTopString(jb, key);
+	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			tz;
+
+	if (str == NULL || strlen(str) > MAXDATELEN)
+		return false;
+	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf) != 0 ||
+		DecodeDateTime(field, ftype, nf, &dtype, &tm, &fsec, &tz) != 0 ||
+		dtype != DTK_DATE)
+		return false;
+	return tm2timestamp(&tm, fsec, &tz, result) == 0;
+}

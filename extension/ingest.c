@@ -1,0 +1,412 @@
+/*
+ * ingest.c
+ *		payments.ingest: the one call the shim makes per webhook delivery.
+ *
+ * Order of work: find the provider and its live secrets, verify the signature
+ * over the raw body (before any parsing), parse the body, then insert the
+ * event idempotently.  Rejections and invalid bodies are recorded, without
+ * secrets, in the same transaction.  The caller maps the returned status to
+ * HTTP as is.
+ */
+#include "payments.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(ingest);
+
+/* Headers never stored: they carry credentials, not webhook data */
+#define CREDENTIAL_HEADERS "'{authorization,cookie,proxy-authorization}'::pg_catalog.text[]"
+
+/* The kinds of provider this version verifies */
+typedef enum ProviderKind
+{
+	KIND_STRIPE,
+	KIND_STANDARD
+} ProviderKind;
+
+/* What ingest needs to know of a provider */
+typedef struct Provider
+{
+	const char *name;
+	ProviderKind kind;
+	int			tolerance;
+	SecretList	secrets;
+} Provider;
+
+/* One delivery as passed by the shim */
+typedef struct Delivery
+{
+	text	   *provider;
+	Jsonb	   *headers;
+	bytea	   *body;
+	Datum		source_ip;
+	bool		source_ip_null;
+	text	   *request_id;
+} Delivery;
+
+/* The row returned to the shim */
+typedef struct IngestResult
+{
+	int			http_status;
+	const char *outcome;
+	char	   *event_id;
+} IngestResult;
+
+static SPIPlanPtr provider_plan = NULL;
+static SPIPlanPtr event_plan = NULL;
+static SPIPlanPtr rejection_plan = NULL;
+
+/* Prepares a statement once per backend and keeps it */
+static SPIPlanPtr
+PreparePlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, argtypes);
+
+		if (prepared == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(prepared);
+		*plan = prepared;
+	}
+	return *plan;
+}
+
+/* Loads a provider with its live secrets; false if there is no such provider */
+static bool
+LoadProvider(text *name, Provider *provider)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {PointerGetDatum(name)};
+	SPIPlanPtr	plan;
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *kind;
+	Datum		secrets;
+	Datum	   *elems;
+	int			nelems;
+
+	plan = PreparePlan(&provider_plan,
+					   "SELECT p.kind,"
+					   "       coalesce((p.settings ->> 'tolerance')::pg_catalog.int4, "
+					   CppAsString2(PAYMENTS_DEFAULT_TOLERANCE) "),"
+					   "       ARRAY(SELECT s.secret FROM payments.secrets s"
+					   "             WHERE s.provider = p.name AND s.revoked_at IS NULL"
+					   "               AND (s.expires_at IS NULL OR s.expires_at > pg_catalog.now())"
+					   "             ORDER BY s.id DESC)"
+					   "  FROM payments.providers p WHERE p.name = $1",
+					   1, argtypes);
+	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read provider");
+	if (SPI_processed == 0)
+		return false;
+
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	provider->name = text_to_cstring(name);
+	kind = SPI_getvalue(row, desc, 1);
+	if (strcmp(kind, "stripe") == 0)
+		provider->kind = KIND_STRIPE;
+	else if (strcmp(kind, "standard") == 0)
+		provider->kind = KIND_STANDARD;
+	else
+		elog(ERROR, "provider \"%s\" has kind \"%s\", which this version cannot verify",
+			 provider->name, kind);
+	provider->tolerance = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+
+	secrets = SPI_getbinval(row, desc, 3, &isnull);
+	deconstruct_array(DatumGetArrayTypeP(secrets), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, NULL, &nelems);
+	provider->secrets.count = nelems;
+	provider->secrets.secrets = palloc(sizeof(text *) * (nelems + 1));
+	for (int i = 0; i < nelems; i++)
+		provider->secrets.secrets[i] = DatumGetTextPP(elems[i]);
+	return true;
+}
+
+/* Checks the delivery's signature by the provider's scheme */
+static void
+VerifyDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
+{
+	const char *body = VARDATA_ANY(delivery->body);
+	int			bodylen = VARSIZE_ANY_EXHDR(delivery->body);
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (provider->secrets.count == 0)
+	{
+		VerdictReject(verdict, "no_live_secret",
+					  "provider \"%s\" has no live secret", provider->name);
+		return;
+	}
+
+	switch (provider->kind)
+	{
+		case KIND_STRIPE:
+			{
+				const char *header;
+				int			len;
+
+				header = HeaderValue(delivery->headers, "stripe-signature", &len);
+				if (header == NULL)
+				{
+					VerdictReject(verdict, "missing_header", "no stripe-signature header");
+					return;
+				}
+				VerifyStripe(body, bodylen, header, len, &provider->secrets,
+							 provider->tolerance, now, verdict);
+				break;
+			}
+		case KIND_STANDARD:
+			{
+				const char *names[3][2] = {
+					{"webhook-id", "svix-id"},
+					{"webhook-timestamp", "svix-timestamp"},
+					{"webhook-signature", "svix-signature"},
+				};
+				const char *values[3];
+				int			lens[3];
+
+				for (int i = 0; i < 3; i++)
+				{
+					values[i] = HeaderValue(delivery->headers, names[i][0], &lens[i]);
+					if (values[i] == NULL)
+						values[i] = HeaderValue(delivery->headers, names[i][1], &lens[i]);
+					if (values[i] == NULL)
+					{
+						VerdictReject(verdict, "missing_header", "no %s header", names[i][0]);
+						return;
+					}
+				}
+				VerifyStandard(body, bodylen, values[0], lens[0], values[1], lens[1],
+							   values[2], lens[2], &provider->secrets,
+							   provider->tolerance, now, verdict);
+				break;
+			}
+	}
+}
+
+/* Records a refused delivery: reason, sender, hash and size of the body */
+static void
+RecordRejection(const Delivery *delivery, const char *outcome, const char *reason,
+				const char *detail)
+{
+	Oid			argtypes[8] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INETOID, TEXTOID,
+	BYTEAOID, JSONBOID};
+	Datum		args[8];
+	char		nulls[8] = "        ";
+	SPIPlanPtr	plan;
+
+	plan = PreparePlan(&rejection_plan,
+					   "INSERT INTO payments.rejections"
+					   " (provider, outcome, reason, detail, source_ip, request_id,"
+					   "  body_sha256, body_size, headers)"
+					   " VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.sha256($7),"
+					   "         pg_catalog.length($7), $8 - " CREDENTIAL_HEADERS ")",
+					   8, argtypes);
+	args[0] = PointerGetDatum(delivery->provider);
+	args[1] = CStringGetTextDatum(outcome);
+	args[2] = CStringGetTextDatum(reason);
+	args[3] = detail ? CStringGetTextDatum(detail) : (Datum) 0;
+	nulls[3] = detail ? ' ' : 'n';
+	args[4] = delivery->source_ip;
+	nulls[4] = delivery->source_ip_null ? 'n' : ' ';
+	args[5] = delivery->request_id ? PointerGetDatum(delivery->request_id) : (Datum) 0;
+	nulls[5] = delivery->request_id ? ' ' : 'n';
+	args[6] = PointerGetDatum(delivery->body);
+	args[7] = JsonbPGetDatum(delivery->headers);
+
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record rejection");
+}
+
+/*
+ * Inserts an event unless (provider, event_id) is already stored; true if
+ * this call inserted it.
+ */
+static bool
+InsertEvent(const Delivery *delivery, const char *event_id, const char *event_type,
+			bool have_event_at, TimestampTz event_at, Jsonb *payload)
+{
+	Oid			argtypes[9] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BYTEAOID,
+	JSONBOID, JSONBOID, INETOID, TEXTOID};
+	Datum		args[9];
+	char		nulls[9] = "         ";
+	SPIPlanPtr	plan;
+
+	plan = PreparePlan(&event_plan,
+					   "INSERT INTO payments.events"
+					   " (provider, event_id, event_type, event_at, body, payload, headers,"
+					   "  source_ip, request_id, state)"
+					   " VALUES ($1, $2, $3, $4, $5, $6, $7 - " CREDENTIAL_HEADERS ", $8, $9,"
+					   "         'ignored')"
+					   " ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
+					   9, argtypes);
+	args[0] = PointerGetDatum(delivery->provider);
+	args[1] = CStringGetTextDatum(event_id);
+	args[2] = event_type ? CStringGetTextDatum(event_type) : (Datum) 0;
+	nulls[2] = event_type ? ' ' : 'n';
+	args[3] = TimestampTzGetDatum(event_at);
+	nulls[3] = have_event_at ? ' ' : 'n';
+	args[4] = PointerGetDatum(delivery->body);
+	args[5] = JsonbPGetDatum(payload);
+	args[6] = JsonbPGetDatum(delivery->headers);
+	args[7] = delivery->source_ip;
+	nulls[7] = delivery->source_ip_null ? 'n' : ' ';
+	args[8] = delivery->request_id ? PointerGetDatum(delivery->request_id) : (Datum) 0;
+	nulls[8] = delivery->request_id ? ' ' : 'n';
+
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not insert event");
+	return SPI_processed == 1;
+}
+
+/* Refuses a delivery with 401 and records why */
+static void
+Reject(const Delivery *delivery, const Verdict *verdict, IngestResult *result)
+{
+	RecordRejection(delivery, "rejected", verdict->reason, verdict->detail);
+	result->http_status = 401;
+	result->outcome = "rejected";
+}
+
+/* Refuses a verified but unusable body with 400 and records why */
+static void
+Invalid(const Delivery *delivery, const char *reason, const char *detail,
+		IngestResult *result)
+{
+	RecordRejection(delivery, "invalid", reason, detail);
+	result->http_status = 400;
+	result->outcome = "invalid";
+}
+
+/* Verifies, parses and stores one delivery, filling in the result */
+static void
+IngestDelivery(const Delivery *delivery, IngestResult *result)
+{
+	Provider	provider;
+	Verdict		verdict = {false, NULL, NULL};
+	Jsonb	   *payload;
+	char	   *error;
+	char	   *event_id;
+	char	   *event_type;
+	TimestampTz event_at = 0;
+	bool		have_event_at = false;
+
+	if (!LoadProvider(delivery->provider, &provider))
+	{
+		result->http_status = 404;
+		result->outcome = "unknown_provider";
+		return;
+	}
+
+	VerifyDelivery(&provider, delivery, &verdict);
+	if (!verdict.valid)
+	{
+		Reject(delivery, &verdict, result);
+		return;
+	}
+
+	payload = ParseEventBody(VARDATA_ANY(delivery->body),
+							 VARSIZE_ANY_EXHDR(delivery->body), &error);
+	if (payload == NULL)
+	{
+		Invalid(delivery, "invalid_json", error, result);
+		return;
+	}
+
+	event_type = JsonbTopString(payload, "type");
+	switch (provider.kind)
+	{
+		case KIND_STRIPE:
+			event_id = JsonbTopString(payload, "id");
+			if (event_id == NULL || event_id[0] == '\0' ||
+				strlen(event_id) > PAYMENTS_MAX_EVENT_ID)
+			{
+				Invalid(delivery, "missing_event_id",
+						"a Stripe event needs a string \"id\" of 1 to "
+						CppAsString2(PAYMENTS_MAX_EVENT_ID) " characters", result);
+				return;
+			}
+			have_event_at = JsonbTopUnixTime(payload, "created", &event_at);
+			break;
+		case KIND_STANDARD:
+			{
+				int			len;
+				const char *id = HeaderValue(delivery->headers, "webhook-id", &len);
+
+				if (id == NULL)
+					id = HeaderValue(delivery->headers, "svix-id", &len);
+				event_id = pnstrdup(id, len);
+				have_event_at = JsonbTopIsoTime(payload, "timestamp", &event_at);
+				break;
+			}
+		default:
+			pg_unreachable();
+	}
+
+	result->event_id = event_id;
+	result->http_status = 200;
+	if (InsertEvent(delivery, event_id, event_type, have_event_at, event_at, payload))
+		result->outcome = "ignored";
+	else
+		result->outcome = "duplicate";
+}
+
+/*
+ * SQL: payments.ingest(provider, headers, body, source_ip, request_id)
+ * returns one row (http_status, outcome, event_id).
+ */
+Datum
+ingest(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Delivery	delivery;
+	IngestResult result = {0, NULL, NULL};
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("provider must not be null")));
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("body must not be null"),
+				 errhint("Pass an empty bytea for an empty body.")));
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	delivery.provider = PG_GETARG_TEXT_PP(0);
+	delivery.headers = PG_ARGISNULL(1) ?
+		DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"))) :
+		PG_GETARG_JSONB_P(1);
+	if (!JB_ROOT_IS_OBJECT(delivery.headers) || JB_ROOT_IS_SCALAR(delivery.headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object of header names to values")));
+	delivery.body = PG_GETARG_BYTEA_PP(2);
+	delivery.source_ip_null = PG_ARGISNULL(3);
+	delivery.source_ip = delivery.source_ip_null ? (Datum) 0 : PG_GETARG_DATUM(3);
+	delivery.request_id = PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	IngestDelivery(&delivery, &result);
+
+	values[0] = Int32GetDatum(result.http_status);
+	values[1] = CStringGetTextDatum(result.outcome);
+	values[2] = result.event_id ? CStringGetTextDatum(result.event_id) : (Datum) 0;
+	nulls[2] = result.event_id == NULL;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	SPI_finish();
+
+	return (Datum) 0;
+}

@@ -1,0 +1,9 @@
+/*
+ * payments.c
+ *		Module entry of the payments extension.
+ */
+#include "payments.h"
+
+#include "fmgr.h"
+
+PG_MODULE_MAGIC;

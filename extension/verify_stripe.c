@@ -1,0 +1,183 @@
+/*
+ * verify_stripe.c
+ *		Stripe's webhook signature scheme (Stripe-Signature header).
+ *
+ * The header is "t=<unix seconds>,v1=<hex>[,v1=<hex>...]": comma-separated
+ * key=value items.  The signed bytes are "<t>.<raw body>", the MAC is
+ * HMAC-SHA256 keyed with the UTF-8 bytes of the whole secret (whsec_ prefix
+ * included), written as 64 lowercase hex digits.  We parse more strictly than
+ * Stripe's SDKs: exactly one t of digits, every v1 well formed; other schemes
+ * (v0 test signatures, future ones) are ignored as the SDKs do.
+ */
+#include "payments.h"
+
+#include <openssl/crypto.h>
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#define STRIPE_SIGNATURE_HEX 64
+
+PG_FUNCTION_INFO_V1(verify_stripe);
+
+/* The parts of a Stripe-Signature header that matter */
+typedef struct StripeHeader
+{
+	int64		timestamp;
+	int			nsignatures;
+	const char **signatures;	/* each STRIPE_SIGNATURE_HEX characters */
+} StripeHeader;
+
+/* Parses a Stripe-Signature header; on failure rejects the verdict */
+static bool
+ParseStripeHeader(const char *header, int len, StripeHeader *parsed, Verdict *verdict)
+{
+	const char *end = header + len;
+	const char *item = header;
+	int			itemno = 0;
+	bool		have_timestamp = false;
+
+	parsed->nsignatures = 0;
+	parsed->signatures = palloc(sizeof(char *) * (len / (STRIPE_SIGNATURE_HEX + 3) + 1));
+
+	while (item <= end)
+	{
+		const char *comma = memchr(item, ',', end - item);
+		const char *item_end = comma ? comma : end;
+		const char *eq = memchr(item, '=', item_end - item);
+		int			keylen;
+		const char *value;
+		int			valuelen;
+
+		itemno++;
+		if (eq == NULL)
+		{
+			VerdictReject(verdict, "malformed_header",
+						  "stripe-signature item %d is not key=value", itemno);
+			return false;
+		}
+		keylen = eq - item;
+		value = eq + 1;
+		valuelen = item_end - value;
+
+		if (keylen == 1 && item[0] == 't')
+		{
+			if (have_timestamp)
+			{
+				VerdictReject(verdict, "malformed_header",
+							  "stripe-signature has more than one t");
+				return false;
+			}
+			if (!ParseUnixSeconds(value, valuelen, &parsed->timestamp))
+			{
+				VerdictReject(verdict, "malformed_header",
+							  "stripe-signature t is not unix seconds");
+				return false;
+			}
+			have_timestamp = true;
+		}
+		else if (keylen == 2 && item[0] == 'v' && item[1] == '1')
+		{
+			if (valuelen != STRIPE_SIGNATURE_HEX || !IsLowerHex(value, valuelen))
+			{
+				VerdictReject(verdict, "malformed_header",
+							  "stripe-signature v1 is not 64 lowercase hex digits");
+				return false;
+			}
+			parsed->signatures[parsed->nsignatures++] = value;
+		}
+		/* other schemes (v0, future ones) are ignored */
+
+		if (comma == NULL)
+			break;
+		item = comma + 1;
+	}
+
+	if (!have_timestamp)
+	{
+		VerdictReject(verdict, "malformed_header", "stripe-signature has no t");
+		return false;
+	}
+	if (parsed->nsignatures == 0)
+	{
+		VerdictReject(verdict, "no_signature", "stripe-signature has no v1 signature");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Verifies a Stripe-Signature header over the raw body against every live
+ * secret, then checks the signed timestamp against the tolerance.
+ */
+void
+VerifyStripe(const char *body, int bodylen, const char *header, int headerlen,
+			 const SecretList *secrets, int tolerance, TimestampTz now, Verdict *verdict)
+{
+	StripeHeader parsed;
+	char		prefix[32];
+	MacPart		parts[2];
+	unsigned char mac[32];
+	bool		matched = false;
+
+	if (!ParseStripeHeader(header, headerlen, &parsed, verdict))
+		return;
+
+	/* sign the canonical decimal form of t, as the SDKs do */
+	parts[0].data = prefix;
+	parts[0].len = snprintf(prefix, sizeof(prefix), "%lld.", (long long) parsed.timestamp);
+	parts[1].data = body;
+	parts[1].len = bodylen;
+
+	for (int i = 0; i < secrets->count && !matched; i++)
+	{
+		text	   *secret = secrets->secrets[i];
+		char		expected[STRIPE_SIGNATURE_HEX + 1];
+
+		ComputeHmac(HMAC_SHA256, VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret),
+					parts, 2, mac);
+		hex_encode((const char *) mac, sizeof(mac), expected);
+		for (int j = 0; j < parsed.nsignatures; j++)
+		{
+			if (CRYPTO_memcmp(expected, parsed.signatures[j], STRIPE_SIGNATURE_HEX) == 0)
+				matched = true;
+		}
+	}
+	if (!matched)
+	{
+		VerdictReject(verdict, "signature_mismatch",
+					  "no v1 signature matches any live secret (%d signature(s), %d secret(s))",
+					  parsed.nsignatures, secrets->count);
+		return;
+	}
+
+	verdict->valid = true;
+	CheckTolerance(verdict, parsed.timestamp, now, tolerance);
+}
+
+/*
+ * SQL: payments.verify_stripe(body, header, secret, tolerance, at) returns
+ * 'valid' or the rejection reason.
+ */
+Datum
+verify_stripe(PG_FUNCTION_ARGS)
+{
+	bytea	   *body = PG_GETARG_BYTEA_PP(0);
+	text	   *header = PG_GETARG_TEXT_PP(1);
+	text	   *secret = PG_GETARG_TEXT_PP(2);
+	int32		tolerance = PG_GETARG_INT32(3);
+	TimestampTz at = PG_GETARG_TIMESTAMPTZ(4);
+	SecretList	secrets = {1, &secret};
+	Verdict		verdict = {false, NULL, NULL};
+
+	if (tolerance < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tolerance must not be negative")));
+
+	VerifyStripe(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body),
+				 VARDATA_ANY(header), VARSIZE_ANY_EXHDR(header),
+				 &secrets, tolerance, at, &verdict);
+	PG_RETURN_TEXT_P(cstring_to_text(verdict.valid ? "valid" : verdict.reason));
+}

@@ -1,0 +1,153 @@
+// Test harness for the end-to-end tests: a real PostgreSQL 15 cluster with pg_cron and
+// the payments extension, and the real shim over real HTTP on loopback.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const SHIM = process.env.PAYMENTS_SHIM;
+
+// Returns a TCP port that is free on 127.0.0.1 right now.
+export async function freePort() {
+	return new Promise((resolve, reject) => {
+		const server = createServer();
+		server.once('error', reject);
+		server.listen(0, '127.0.0.1', () => {
+			const { port } = server.address();
+			server.close(() => resolve(port));
+		});
+	});
+}
+
+// A throwaway cluster with database "payments" and the extension created.
+export class Cluster {
+	constructor() {
+		this.dir = mkdtempSync(join(process.env.TMPDIR || '/tmp', 'payments-e2e-pg.'));
+		this.data = join(this.dir, 'data');
+	}
+
+	async init() {
+		this.port = await freePort();
+		execFileSync(join(PG_BIN, 'initdb'), ['-D', this.data, '-A', 'trust', '-U', 'postgres',
+			'-E', 'UTF8', '--locale=C', '--no-sync'], { stdio: 'pipe' });
+		writeFileSync(join(this.data, 'postgresql.auto.conf'), [
+			`port = ${this.port}`,
+			`listen_addresses = '127.0.0.1'`,
+			`unix_socket_directories = '${this.dir}'`,
+			`shared_preload_libraries = 'pg_cron'`,
+			`cron.database_name = 'payments'`,
+			`fsync = off`,
+			`max_connections = 100`,
+			'',
+		].join('\n'));
+		this.start();
+		this.psql('CREATE DATABASE payments', 'postgres');
+		this.psql('CREATE EXTENSION payments; CREATE EXTENSION pg_cron;');
+	}
+
+	get dsn() {
+		return `host=127.0.0.1 port=${this.port} dbname=payments user=postgres`;
+	}
+
+	start() {
+		execFileSync(join(PG_BIN, 'pg_ctl'), ['-D', this.data, '-l', join(this.dir, 'log'), '-w', 'start'],
+			{ stdio: 'pipe' });
+	}
+
+	stop() {
+		execFileSync(join(PG_BIN, 'pg_ctl'), ['-D', this.data, '-m', 'fast', '-w', 'stop'], { stdio: 'pipe' });
+	}
+
+	// Runs SQL with psql and returns the unaligned output, rows on lines, fields split by |.
+	psql(sql, db = 'payments') {
+		return execFileSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1',
+			'-h', this.dir, '-p', String(this.port), '-U', 'postgres', '-d', db, '-c', sql],
+			{ encoding: 'utf8' }).trim();
+	}
+
+	// Runs SQL with psql variables (-v name=value), referenced as :'name' in the SQL.
+	psqlVars(sql, vars) {
+		const args = ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', this.dir, '-p', String(this.port),
+			'-U', 'postgres', '-d', 'payments'];
+		for (const [k, v] of Object.entries(vars)) args.push('-v', `${k}=${v}`);
+		return execFileSync(join(PG_BIN, 'psql'), args, { input: sql, encoding: 'utf8' }).trim();
+	}
+
+	destroy() {
+		try { this.stop(); } catch { /* already stopped */ }
+		rmSync(this.dir, { recursive: true, force: true });
+	}
+}
+
+// The shim as a child process; its stderr is kept to check logs and sanitizer reports.
+export class Shim {
+	constructor(dsn, extraArgs = []) {
+		this.dsn = dsn;
+		this.extraArgs = extraArgs;
+		this.stderr = '';
+	}
+
+	async start() {
+		this.port = await freePort();
+		this.base = `http://127.0.0.1:${this.port}`;
+		this.proc = spawn(SHIM, ['--listen', `127.0.0.1:${this.port}`, '--dsn', this.dsn, ...this.extraArgs], {
+			stdio: ['ignore', 'ignore', 'pipe'],
+			env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:exitcode=66', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
+		});
+		this.exited = new Promise((resolve) => this.proc.once('exit', (code, signal) => resolve({ code, signal })));
+		this.proc.stderr.setEncoding('utf8');
+		this.proc.stderr.on('data', (chunk) => { this.stderr += chunk; });
+		for (let i = 0; i < 200; i++) {
+			try {
+				const res = await fetch(`${this.base}/health`);
+				if (res.status === 200) return;
+			} catch { /* not listening yet */ }
+			await sleep(50);
+		}
+		throw new Error(`shim did not become healthy:\n${this.stderr}`);
+	}
+
+	// Stops with SIGTERM and returns the exit status.
+	async stop() {
+		this.proc.kill('SIGTERM');
+		return this.exited;
+	}
+
+	// Sanitizer reports found in the shim's stderr.
+	sanitizerReports() {
+		return this.stderr.split('\n').filter((l) => /AddressSanitizer|LeakSanitizer|runtime error:/.test(l));
+	}
+}
+
+// Posts a webhook and returns { status, headers, json }.
+export async function post(base, provider, body, headers = {}) {
+	const res = await fetch(`${base}/webhooks/${provider}`, {
+		method: 'POST',
+		headers: { 'content-type': 'application/json', ...headers },
+		body,
+	});
+	const text = await res.text();
+	let json = null;
+	try { json = JSON.parse(text); } catch { /* not JSON */ }
+	return { status: res.status, headers: res.headers, json, text };
+}
+
+// Sends raw bytes over one TCP connection and returns whatever the server answers before it
+// closes (or the timeout passes); write errors are expected when the server stops reading.
+export function rawRequest(port, chunks, timeoutMs = 5000) {
+	return new Promise((resolve) => {
+		const socket = connect(port, '127.0.0.1');
+		let data = '';
+		const done = () => { clearTimeout(timer); socket.destroy(); resolve(data); };
+		const timer = setTimeout(done, timeoutMs);
+		socket.setEncoding('latin1');
+		socket.on('data', (d) => { data += d; });
+		socket.on('error', () => { /* reset after an early answer */ });
+		socket.on('close', done);
+		socket.on('connect', () => { for (const c of chunks) socket.write(c); });
+	});
+}
+
+export { sleep, readFileSync };

@@ -1,0 +1,522 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  Request handling: routing, body accumulation, responses, request log.
+ *
+ * MHD calls http_handle() first with *req_cls == NULL (headers only), then
+ * once per body chunk, then a final time with *upload_data_size == 0.  We
+ * answer errors on the first call when we can (so no body is read and no
+ * "100 Continue" is sent), and webhooks on the final call.  Per-request
+ * state is freed in http_completed(), which MHD runs on every path.
+ *
+ * shim/http.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "shim.h"
+
+#define WEBHOOK_PREFIX		"/webhooks/"
+#define WEBHOOK_PREFIX_LEN	(sizeof(WEBHOOK_PREFIX) - 1)
+#define REQUEST_ID_HEADER	"X-Request-ID"
+#define RETRY_AFTER_SECONDS "5"
+
+/* Per-request state, hung on MHD's *req_cls */
+typedef struct Request
+{
+	struct timespec start;
+	char		request_id[REQUEST_ID_BUFSIZE];
+	char		client_ip[INET6_ADDRSTRLEN];
+	char		method[16];		/* truncated copies, for the log */
+	char		path[256];
+	char		provider[PROVIDER_MAX_LEN + 1];	/* "" unless a webhook */
+	StrBuf		body;
+	bool		too_large;		/* body passed max_body while streaming */
+	size_t		discarded;		/* bytes dropped since then */
+	unsigned int status;		/* 0 until a response is queued */
+	char		outcome[64];	/* "" unless payments.ingest() answered */
+} Request;
+
+static size_t max_body;
+static atomic_uint in_flight;
+static atomic_bool draining;
+
+/*
+ * Fill "out" with a random UUIDv4 (RFC 9562) in canonical text form.
+ */
+static bool
+new_request_id(char *out)
+{
+	unsigned char b[16];
+	size_t		got = 0;
+
+	while (got < sizeof(b))
+	{
+		ssize_t		n = getrandom(b + got, sizeof(b) - got, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		got += (size_t) n;
+	}
+	b[6] = (unsigned char) ((b[6] & 0x0F) | 0x40);
+	b[8] = (unsigned char) ((b[8] & 0x3F) | 0x80);
+	snprintf(out, REQUEST_ID_BUFSIZE,
+			 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+			 "%02x%02x%02x%02x%02x%02x",
+			 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+			 b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+	return true;
+}
+
+/*
+ * Remember the body cap and check that request ids can be generated.
+ */
+bool
+http_init(size_t max_body_bytes)
+{
+	char		probe[REQUEST_ID_BUFSIZE];
+
+	max_body = max_body_bytes;
+	return new_request_id(probe);
+}
+
+/*
+ * Stop keep-alive from here on: every later response closes its connection.
+ */
+void
+http_begin_drain(void)
+{
+	atomic_store(&draining, true);
+}
+
+/*
+ * Number of requests started and not yet completed.
+ */
+unsigned int
+http_in_flight(void)
+{
+	return atomic_load(&in_flight);
+}
+
+/*
+ * Is s an acceptable client-supplied request id: 1-128 of [A-Za-z0-9._:-]?
+ */
+static bool
+valid_request_id(const char *s)
+{
+	size_t		len = strspn(s,
+							 "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+							 "abcdefghijklmnopqrstuvwxyz"
+							 "0123456789._:-");
+
+	return len >= 1 && len <= REQUEST_ID_MAX_LEN && s[len] == '\0';
+}
+
+/*
+ * Does s match ^[a-z0-9][a-z0-9_-]{0,62}$ ?
+ */
+static bool
+valid_provider(const char *s)
+{
+	size_t		first = strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789");
+	size_t		len;
+
+	if (first == 0)
+		return false;
+	len = strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_-");
+	return len <= PROVIDER_MAX_LEN && s[len] == '\0';
+}
+
+/*
+ * The client's address as text, or "" if MHD cannot tell.
+ */
+static void
+client_address(struct MHD_Connection *conn, char *out, size_t outsize)
+{
+	const union MHD_ConnectionInfo *info;
+	const struct sockaddr *sa;
+
+	out[0] = '\0';
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (info == NULL || info->client_addr == NULL)
+		return;
+	sa = info->client_addr;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *) sa)->sin_addr,
+				  out, (socklen_t) outsize);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr,
+				  out, (socklen_t) outsize);
+}
+
+/*
+ * Does a Content-Length header announce more than max_body bytes?
+ * (MHD has already rejected malformed values.)
+ */
+static bool
+content_length_too_large(const char *value, unsigned long long *length)
+{
+	char	   *end;
+
+	errno = 0;
+	*length = strtoull(value, &end, 10);
+	if (end == value || errno == ERANGE)
+		return true;
+	return *length > max_body;
+}
+
+/*
+ * Queue a response with our standard headers (Content-Type, X-Request-ID,
+ * Retry-After on 503, Allow when given, Connection: close while draining).
+ */
+static enum MHD_Result
+reply(struct MHD_Connection *conn, Request *req, unsigned int status,
+	  const StrBuf *body, const char *allow)
+{
+	struct MHD_Response *resp;
+	bool		ok;
+	enum MHD_Result ret;
+
+	if (body->failed)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(body->len, body->data,
+										   MHD_RESPMEM_MUST_COPY);
+	if (resp == NULL)
+		return MHD_NO;
+
+	ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+								 "application/json") == MHD_YES &&
+		MHD_add_response_header(resp, REQUEST_ID_HEADER,
+								req->request_id) == MHD_YES;
+	if (ok && status == MHD_HTTP_SERVICE_UNAVAILABLE)
+		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER,
+									 RETRY_AFTER_SECONDS) == MHD_YES;
+	if (ok && allow != NULL)
+		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+									 allow) == MHD_YES;
+	if (ok && atomic_load(&draining))
+		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION,
+									 "close") == MHD_YES;
+
+	ret = ok ? MHD_queue_response(conn, status, resp) : MHD_NO;
+	MHD_destroy_response(resp);
+	if (ret == MHD_YES)
+		req->status = status;
+	return ret;
+}
+
+/*
+ * Queue {"error":"<message>"} with the given status.
+ */
+static enum MHD_Result
+reply_error(struct MHD_Connection *conn, Request *req, unsigned int status,
+			const char *message, const char *allow)
+{
+	StrBuf		body;
+	enum MHD_Result ret;
+
+	buf_init(&body);
+	buf_append_str(&body, "{\"error\":");
+	json_append_string(&body, message, strlen(message));
+	buf_append_str(&body, "}");
+	ret = reply(conn, req, status, &body, allow);
+	buf_free(&body);
+	return ret;
+}
+
+/*
+ * Allocate the state of a new request; NULL if out of memory or no request
+ * id could be made.
+ */
+static Request *
+request_new(struct MHD_Connection *conn, const char *url, const char *method)
+{
+	Request    *req = calloc(1, sizeof(Request));
+	const char *given;
+
+	if (req == NULL)
+		return NULL;
+	clock_gettime(CLOCK_MONOTONIC, &req->start);
+	buf_init(&req->body);
+	snprintf(req->method, sizeof(req->method), "%s", method);
+	snprintf(req->path, sizeof(req->path), "%s", url);
+	client_address(conn, req->client_ip, sizeof(req->client_ip));
+
+	given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+										REQUEST_ID_HEADER);
+	if (given != NULL && valid_request_id(given))
+		snprintf(req->request_id, sizeof(req->request_id), "%s", given);
+	else if (!new_request_id(req->request_id))
+	{
+		log_message("error", "getrandom failed, cannot make a request id");
+		free(req);
+		return NULL;
+	}
+	return req;
+}
+
+/*
+ * First call for a request: route it.  Errors and /health are answered at
+ * once; a valid webhook returns MHD_YES to receive its body.
+ */
+static enum MHD_Result
+start_request(struct MHD_Connection *conn, Request *req,
+			  const char *url, const char *method)
+{
+	if (strncmp(url, WEBHOOK_PREFIX, WEBHOOK_PREFIX_LEN) == 0)
+	{
+		const char *provider = url + WEBHOOK_PREFIX_LEN;
+		const char *length_header;
+		unsigned long long length;
+
+		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+			return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
+							   "method not allowed", MHD_HTTP_METHOD_POST);
+		if (!valid_provider(provider))
+			return reply_error(conn, req, MHD_HTTP_NOT_FOUND,
+							   "not found", NULL);
+		snprintf(req->provider, sizeof(req->provider), "%s", provider);
+
+		length_header = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+													MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (length_header != NULL)
+		{
+			if (content_length_too_large(length_header, &length))
+				return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
+								   "request body too large", NULL);
+			buf_reserve(&req->body, (size_t) length);
+		}
+		return MHD_YES;
+	}
+
+	if (strcmp(url, "/health") == 0)
+	{
+		StrBuf		body;
+		enum MHD_Result ret;
+
+		if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+			strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+			return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
+							   "method not allowed", "GET, HEAD");
+		buf_init(&body);
+		buf_append_str(&body, "{\"status\":\"ok\"}");
+		ret = reply(conn, req, MHD_HTTP_OK, &body, NULL);
+		buf_free(&body);
+		return ret;
+	}
+
+	return reply_error(conn, req, MHD_HTTP_NOT_FOUND, "not found", NULL);
+}
+
+/*
+ * Take one body chunk.  Past max_body the body is dropped and the rest of
+ * the upload only counted: libmicrohttpd 0.9.75 cannot queue a response
+ * before the upload ends, so we answer 413 at the end, or close the
+ * connection if the client sends more than max_body further bytes.
+ */
+static enum MHD_Result
+take_body_chunk(Request *req, const char *data, size_t size)
+{
+	if (!req->too_large && size > max_body - req->body.len)
+	{
+		req->too_large = true;
+		buf_free(&req->body);
+	}
+	if (req->too_large)
+	{
+		req->discarded += size;
+		if (req->discarded > max_body)
+		{
+			StrBuf		line;
+
+			log_begin(&line, "warning");
+			json_append_field(&line, "request_id", req->request_id);
+			json_append_field(&line, "msg",
+							  "request body far over the limit, closing connection");
+			log_end(&line);
+			return MHD_NO;
+		}
+		return MHD_YES;
+	}
+	buf_append(&req->body, data, size);
+	return MHD_YES;
+}
+
+/*
+ * Final call for a webhook: hand it to payments.ingest() and answer with
+ * what the database says.  Only a row from the function yields a 2xx.
+ */
+static enum MHD_Result
+finish_webhook(struct MHD_Connection *conn, Request *req)
+{
+	StrBuf		headers;
+	StrBuf		body;
+	IngestRequest in;
+	IngestResult out;
+	enum MHD_Result ret;
+
+	if (req->too_large)
+		return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
+						   "request body too large", NULL);
+
+	buf_init(&headers);
+	if (req->body.failed || !json_build_headers(conn, &headers))
+	{
+		buf_free(&headers);
+		log_message("error", "out of memory");
+		return reply_error(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
+						   "internal error", NULL);
+	}
+
+	in.provider = req->provider;
+	in.headers_json = headers.data;
+	in.body = req->body.data;
+	in.body_len = req->body.len;
+	in.client_ip = (req->client_ip[0] != '\0') ? req->client_ip : NULL;
+	in.request_id = req->request_id;
+	db_ingest(&in, &out);
+	buf_free(&headers);
+	buf_free(&req->body);
+
+	switch (out.status)
+	{
+		case DB_OK:
+			snprintf(req->outcome, sizeof(req->outcome), "%s", out.outcome);
+			buf_init(&body);
+			buf_append_str(&body, "{\"outcome\":");
+			json_append_string(&body, out.outcome, strlen(out.outcome));
+			json_append_field(&body, "event_id", out.event_id);
+			json_append_field(&body, "request_id", req->request_id);
+			buf_append_str(&body, "}");
+			db_result_free(&out);
+			ret = reply(conn, req, out.http_status, &body, NULL);
+			buf_free(&body);
+			return ret;
+		case DB_INVALID:
+			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
+							   "invalid request", NULL);
+		case DB_UNAVAILABLE:
+			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							   "database unavailable", NULL);
+		case DB_FAILED:
+			break;
+	}
+	return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+					   "database error", NULL);
+}
+
+/*
+ * MHD access handler (see the file header for the calling protocol).
+ */
+enum MHD_Result
+http_handle(void *cls, struct MHD_Connection *conn, const char *url,
+			const char *method, const char *version, const char *upload_data,
+			size_t *upload_data_size, void **req_cls)
+{
+	Request    *req = *req_cls;
+	size_t		size;
+
+	(void) cls;
+	(void) version;
+
+	if (req == NULL)
+	{
+		req = request_new(conn, url, method);
+		if (req == NULL)
+			return MHD_NO;
+		*req_cls = req;
+		atomic_fetch_add(&in_flight, 1);
+		return start_request(conn, req, url, method);
+	}
+
+	size = *upload_data_size;
+	if (size > 0)
+	{
+		*upload_data_size = 0;
+		return take_body_chunk(req, upload_data, size);
+	}
+	return finish_webhook(conn, req);
+}
+
+/*
+ * Name of an MHD termination code, for the request log.
+ */
+static const char *
+termination_name(enum MHD_RequestTerminationCode toe)
+{
+	switch (toe)
+	{
+		case MHD_REQUEST_TERMINATED_COMPLETED_OK:
+			return "completed";
+		case MHD_REQUEST_TERMINATED_WITH_ERROR:
+			return "error";
+		case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED:
+			return "timeout";
+		case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN:
+			return "shutdown";
+		case MHD_REQUEST_TERMINATED_READ_ERROR:
+			return "read_error";
+		case MHD_REQUEST_TERMINATED_CLIENT_ABORT:
+			return "client_abort";
+	}
+	return "unknown";
+}
+
+/*
+ * MHD_OPTION_NOTIFY_COMPLETED callback: write the request log line and
+ * free the request state, whatever way the request ended.
+ */
+void
+http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+			   enum MHD_RequestTerminationCode toe)
+{
+	Request    *req = *req_cls;
+	struct timespec now;
+	double		duration_ms;
+	StrBuf		line;
+
+	(void) cls;
+	(void) conn;
+	if (req == NULL)
+		return;
+	*req_cls = NULL;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	duration_ms = (double) (now.tv_sec - req->start.tv_sec) * 1000.0 +
+		(double) (now.tv_nsec - req->start.tv_nsec) / 1e6;
+
+	log_begin(&line, "info");
+	json_append_field(&line, "request_id", req->request_id);
+	json_append_field(&line, "method", req->method);
+	json_append_field(&line, "path", req->path);
+	json_append_field(&line, "provider",
+					  req->provider[0] != '\0' ? req->provider : NULL);
+	if (req->status != 0)
+		buf_printf(&line, ",\"status\":%u", req->status);
+	else
+		buf_append_str(&line, ",\"status\":null");
+	json_append_field(&line, "outcome",
+					  req->outcome[0] != '\0' ? req->outcome : NULL);
+	buf_printf(&line, ",\"duration_ms\":%.3f", duration_ms);
+	json_append_field(&line, "client_ip",
+					  req->client_ip[0] != '\0' ? req->client_ip : NULL);
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		json_append_field(&line, "termination", termination_name(toe));
+	log_end(&line);
+
+	buf_free(&req->body);
+	free(req);
+	atomic_fetch_sub(&in_flight, 1);
+}

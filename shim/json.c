@@ -1,0 +1,370 @@
+/*-------------------------------------------------------------------------
+ *
+ * json.c
+ *	  Growable buffers, JSON string escaping and the request header object.
+ *
+ * Every string written here comes out as valid UTF-8 JSON, whatever bytes
+ * the client sent: invalid UTF-8 becomes U+FFFD.
+ *
+ * shim/json.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "shim.h"
+
+/* U+FFFD REPLACEMENT CHARACTER in UTF-8 */
+#define UTF8_REPLACEMENT	"\xEF\xBF\xBD"
+
+/* One request header as MHD delivers it (not NUL-terminated by contract) */
+typedef struct HeaderField
+{
+	const char *name;
+	size_t		name_len;
+	const char *value;
+	size_t		value_len;
+} HeaderField;
+
+/* All request headers in arrival order */
+typedef struct HeaderList
+{
+	HeaderField *items;
+	size_t		count;
+	size_t		cap;
+	bool		failed;
+} HeaderList;
+
+/*
+ * Set up an empty buffer.
+ */
+void
+buf_init(StrBuf *buf)
+{
+	buf->data = NULL;
+	buf->len = 0;
+	buf->cap = 0;
+	buf->failed = false;
+}
+
+/*
+ * Release a buffer's memory and leave it empty.
+ */
+void
+buf_free(StrBuf *buf)
+{
+	free(buf->data);
+	buf_init(buf);
+}
+
+/*
+ * Make room for "extra" more bytes plus a terminating NUL.  Returns false,
+ * and marks the buffer failed, if that is impossible.
+ */
+bool
+buf_reserve(StrBuf *buf, size_t extra)
+{
+	size_t		need;
+	size_t		newcap;
+	char	   *newdata;
+
+	if (buf->failed)
+		return false;
+	if (extra >= SIZE_MAX / 2 - buf->len)
+	{
+		buf->failed = true;
+		return false;
+	}
+	need = buf->len + extra + 1;
+	if (need <= buf->cap)
+		return true;
+
+	newcap = (buf->cap == 0) ? 256 : buf->cap;
+	while (newcap < need)
+		newcap *= 2;
+	newdata = realloc(buf->data, newcap);
+	if (newdata == NULL)
+	{
+		buf->failed = true;
+		return false;
+	}
+	buf->data = newdata;
+	buf->cap = newcap;
+	return true;
+}
+
+/*
+ * Append raw bytes; the buffer stays NUL-terminated.
+ */
+void
+buf_append(StrBuf *buf, const char *data, size_t len)
+{
+	if (!buf_reserve(buf, len))
+		return;
+	if (len > 0)
+		memcpy(buf->data + buf->len, data, len);
+	buf->len += len;
+	buf->data[buf->len] = '\0';
+}
+
+/*
+ * Append a NUL-terminated string.
+ */
+void
+buf_append_str(StrBuf *buf, const char *str)
+{
+	buf_append(buf, str, strlen(str));
+}
+
+/*
+ * Append printf-formatted text.
+ */
+void
+buf_printf(StrBuf *buf, const char *fmt,...)
+{
+	va_list		ap;
+	int			needed;
+
+	va_start(ap, fmt);
+	needed = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (needed < 0)
+	{
+		buf->failed = true;
+		return;
+	}
+	if (!buf_reserve(buf, (size_t) needed))
+		return;
+
+	va_start(ap, fmt);
+	vsnprintf(buf->data + buf->len, (size_t) needed + 1, fmt, ap);
+	va_end(ap);
+	buf->len += (size_t) needed;
+}
+
+/*
+ * Length of the well-formed UTF-8 sequence starting at s (at most n bytes
+ * available), or 0 if the bytes there are not well-formed (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF).
+ */
+static size_t
+utf8_sequence_length(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	unsigned char lo = 0x80;
+	unsigned char hi = 0xBF;
+	size_t		len;
+	size_t		i;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c >= 0xE0 && c <= 0xEF)
+	{
+		len = 3;
+		if (c == 0xE0)
+			lo = 0xA0;
+		else if (c == 0xED)
+			hi = 0x9F;
+	}
+	else if (c >= 0xF0 && c <= 0xF4)
+	{
+		len = 4;
+		if (c == 0xF0)
+			lo = 0x90;
+		else if (c == 0xF4)
+			hi = 0x8F;
+	}
+	else
+		return 0;
+
+	if (n < len || s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+	{
+		if (s[i] < 0x80 || s[i] > 0xBF)
+			return 0;
+	}
+	return len;
+}
+
+/*
+ * Append the contents of a JSON string (without quotes).  Escapes '"', '\'
+ * and control characters as \u00XX, replaces malformed UTF-8 bytes with
+ * U+FFFD, and optionally lower-cases ASCII letters (header names).
+ *
+ * NUL also becomes U+FFFD: PostgreSQL's jsonb rejects \u0000.
+ */
+static void
+json_append_escaped(StrBuf *buf, const char *str, size_t len, bool lower)
+{
+	const unsigned char *s = (const unsigned char *) str;
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		unsigned char c = s[i];
+		size_t		seqlen;
+
+		if (c == '"' || c == '\\')
+		{
+			buf_append(buf, "\\", 1);
+			buf_append(buf, (const char *) &s[i], 1);
+			i++;
+		}
+		else if (c == 0)
+		{
+			buf_append_str(buf, UTF8_REPLACEMENT);
+			i++;
+		}
+		else if (c < 0x20)
+		{
+			buf_printf(buf, "\\u%04x", c);
+			i++;
+		}
+		else if (c < 0x80)
+		{
+			char		ch = (char) c;
+
+			if (lower && c >= 'A' && c <= 'Z')
+				ch = (char) (c - 'A' + 'a');
+			buf_append(buf, &ch, 1);
+			i++;
+		}
+		else if ((seqlen = utf8_sequence_length(&s[i], len - i)) > 0)
+		{
+			buf_append(buf, (const char *) &s[i], seqlen);
+			i += seqlen;
+		}
+		else
+		{
+			buf_append_str(buf, UTF8_REPLACEMENT);
+			i++;
+		}
+	}
+}
+
+/*
+ * Append a quoted JSON string.
+ */
+void
+json_append_string(StrBuf *buf, const char *str, size_t len)
+{
+	buf_append(buf, "\"", 1);
+	json_append_escaped(buf, str, len, false);
+	buf_append(buf, "\"", 1);
+}
+
+/*
+ * Append ,"key":"value" (or ,"key":null for a NULL value).  Keys are
+ * literals from our own code and are not escaped.
+ */
+void
+json_append_field(StrBuf *buf, const char *key, const char *value)
+{
+	buf_printf(buf, ",\"%s\":", key);
+	if (value == NULL)
+		buf_append_str(buf, "null");
+	else
+		json_append_string(buf, value, strlen(value));
+}
+
+/*
+ * MHD iterator: remember one header in the HeaderList passed as cls.
+ */
+static enum MHD_Result
+collect_header(void *cls, enum MHD_ValueKind kind,
+			   const char *key, size_t key_size,
+			   const char *value, size_t value_size)
+{
+	HeaderList *list = cls;
+	HeaderField *field;
+
+	(void) kind;
+	if (list->count == list->cap)
+	{
+		size_t		newcap = (list->cap == 0) ? 32 : list->cap * 2;
+		HeaderField *items;
+
+		items = realloc(list->items, newcap * sizeof(HeaderField));
+		if (items == NULL)
+		{
+			list->failed = true;
+			return MHD_NO;
+		}
+		list->items = items;
+		list->cap = newcap;
+	}
+	field = &list->items[list->count++];
+	field->name = key;
+	field->name_len = key_size;
+	field->value = (value != NULL) ? value : "";
+	field->value_len = (value != NULL) ? value_size : 0;
+	return MHD_YES;
+}
+
+/*
+ * Do two headers have the same name (ASCII case-insensitive)?
+ */
+static bool
+same_header_name(const HeaderField *a, const HeaderField *b)
+{
+	return a->name_len == b->name_len &&
+		strncasecmp(a->name, b->name, a->name_len) == 0;
+}
+
+/*
+ * Build the JSON object of all request headers into "out": names
+ * lower-cased, repeated names joined with ", " in arrival order (RFC 9110
+ * section 5.3), object keys in order of first appearance.  Returns false
+ * on allocation failure.
+ */
+bool
+json_build_headers(struct MHD_Connection *conn, StrBuf *out)
+{
+	HeaderList	list = {NULL, 0, 0, false};
+	size_t		i;
+	size_t		j;
+	bool		first = true;
+
+	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_header, &list);
+
+	buf_append(out, "{", 1);
+	for (i = 0; i < list.count && !list.failed; i++)
+	{
+		bool		seen = false;
+		bool		first_value = true;
+
+		for (j = 0; j < i && !seen; j++)
+			seen = same_header_name(&list.items[j], &list.items[i]);
+		if (seen)
+			continue;
+
+		if (!first)
+			buf_append(out, ",", 1);
+		first = false;
+		buf_append(out, "\"", 1);
+		json_append_escaped(out, list.items[i].name, list.items[i].name_len,
+							true);
+		buf_append(out, "\":\"", 3);
+		for (j = i; j < list.count; j++)
+		{
+			if (!same_header_name(&list.items[i], &list.items[j]))
+				continue;
+			if (!first_value)
+				buf_append(out, ", ", 2);
+			first_value = false;
+			json_append_escaped(out, list.items[j].value,
+								list.items[j].value_len, false);
+		}
+		buf_append(out, "\"", 1);
+	}
+	buf_append(out, "}", 1);
+
+	free(list.items);
+	return !list.failed && !out->failed;
+}

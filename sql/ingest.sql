@@ -1,0 +1,121 @@
+-- payments.ingest end to end in SQL: verification, idempotent storage, rotation,
+-- expiry and revocation, tolerance, malformed bodies, and what is recorded.
+-- Signatures are made here with pgcrypto, an implementation independent of ours.
+
+CREATE SCHEMA t;
+CREATE FUNCTION t.now_s() RETURNS bigint LANGUAGE sql
+	AS $$ SELECT floor(extract(epoch FROM clock_timestamp()))::bigint $$;
+CREATE FUNCTION t.stripe_sig(body bytea, secret text, ts bigint DEFAULT t.now_s()) RETURNS text
+	LANGUAGE sql AS $$
+	SELECT 't=' || ts || ',v1=' || encode(hmac(convert_to(ts || '.', 'UTF8') || body, convert_to(secret, 'UTF8'), 'sha256'), 'hex')
+$$;
+CREATE FUNCTION t.stripe(body text, secret text, ts bigint DEFAULT t.now_s()) RETURNS jsonb
+	LANGUAGE sql AS $$
+	SELECT jsonb_build_object('stripe-signature', t.stripe_sig(convert_to(body, 'UTF8'), secret, ts),
+							  'content-type', 'application/json',
+							  'authorization', 'Bearer must-not-be-stored')
+$$;
+CREATE FUNCTION t.standard(id text, body text, secret text, ts bigint DEFAULT t.now_s(), prefix text DEFAULT 'webhook') RETURNS jsonb
+	LANGUAGE sql AS $$
+	SELECT jsonb_build_object(prefix || '-id', id, prefix || '-timestamp', ts::text,
+		prefix || '-signature', 'v1,' || encode(hmac(convert_to(id || '.' || ts || '.' || body, 'UTF8'),
+												   decode(substr(secret, 7), 'base64'), 'sha256'), 'base64'))
+$$;
+
+SELECT payments.register_provider('shop', 'stripe');
+SELECT payments.add_secret('shop', 'whsec_old') AS old_secret \gset
+\set ev1 '{"id":"evt_1","object":"event","type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_1","amount":2500,"currency":"usd"}}}'
+
+-- a valid delivery is stored once; the second is a duplicate
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev1', 'whsec_old'), convert_to(:'ev1', 'UTF8'), '203.0.113.7', 'req-1');
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev1', 'whsec_old'), convert_to(:'ev1', 'UTF8'), '203.0.113.7', 'req-2');
+SELECT provider, event_id, event_type, event_at = to_timestamp(1718000000) AS event_at_ok,
+	   convert_from(body, 'UTF8') = :'ev1' AS body_exact, payload -> 'data' -> 'object' ->> 'id' AS object_id,
+	   headers ? 'stripe-signature' AS has_signature, headers ? 'authorization' AS has_authorization,
+	   source_ip, request_id, state
+  FROM payments.events;
+
+-- tampered body, wrong secret, missing header, garbage header: rejected and recorded, nothing stored
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev1', 'whsec_old'), convert_to(replace(:'ev1', '2500', '1'), 'UTF8'));
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev1', 'whsec_wrong'), convert_to(:'ev1', 'UTF8'));
+SELECT * FROM payments.ingest('shop', '{"content-type": "application/json"}', convert_to(:'ev1', 'UTF8'));
+SELECT * FROM payments.ingest('shop', '{"stripe-signature": "garbage"}', convert_to(:'ev1', 'UTF8'));
+SELECT * FROM payments.ingest('shop', '{"stripe-signature": ["t=1", "v1=2"]}', convert_to(:'ev1', 'UTF8'));
+
+-- tolerance (default 300 s) for old and future timestamps, then a wider window by setting
+\set ev2 '{"id":"evt_2","type":"charge.succeeded"}'
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev2', 'whsec_old', t.now_s() - 400), convert_to(:'ev2', 'UTF8'));
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev2', 'whsec_old', t.now_s() + 400), convert_to(:'ev2', 'UTF8'));
+SELECT payments.register_provider('shop', 'stripe', '{"tolerance": 600}');
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev2', 'whsec_old', t.now_s() - 400), convert_to(:'ev2', 'UTF8'));
+SELECT payments.register_provider('shop', 'stripe', '{}');
+
+-- rotation: old and new secrets both verify until the old one is revoked
+SELECT payments.add_secret('shop', 'whsec_new') AS new_secret \gset
+\set ev3 '{"id":"evt_3","type":"charge.succeeded"}'
+\set ev4 '{"id":"evt_4","type":"charge.succeeded"}'
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev3', 'whsec_old'), convert_to(:'ev3', 'UTF8'));
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev4', 'whsec_new'), convert_to(:'ev4', 'UTF8'));
+SELECT payments.revoke_secret(:old_secret);
+\set ev5 '{"id":"evt_5","type":"charge.succeeded"}'
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev5', 'whsec_old'), convert_to(:'ev5', 'UTF8'));
+-- an expired secret no longer verifies; with none live, every delivery is refused
+UPDATE payments.secrets SET expires_at = now() - interval '1 minute' WHERE id = :new_secret;
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev5', 'whsec_new'), convert_to(:'ev5', 'UTF8'));
+UPDATE payments.secrets SET expires_at = NULL WHERE id = :new_secret;
+
+-- verified but unusable bodies: 400 invalid, recorded, nothing stored
+CREATE FUNCTION t.try(body bytea) RETURNS TABLE (http_status int, outcome text, event_id text)
+	LANGUAGE sql AS $$
+	SELECT * FROM payments.ingest('shop', jsonb_build_object('stripe-signature', t.stripe_sig(body, 'whsec_new')), body)
+$$;
+SELECT * FROM t.try(convert_to('{"id":"evt_6",', 'UTF8'));
+SELECT * FROM t.try(convert_to('[{"id":"evt_6"}]', 'UTF8'));
+SELECT * FROM t.try(convert_to('"evt_6"', 'UTF8'));
+SELECT * FROM t.try('\x7b226964223a226576745f36222c2278223a22ff227d'::bytea);	-- invalid UTF-8
+SELECT * FROM t.try('\x7b226964223a226576745f36227d00'::bytea);				-- trailing NUL byte
+SELECT * FROM t.try(convert_to('{"id":"evt_6","x":"\u0000"}', 'UTF8'));			-- \u0000 cannot be stored
+SELECT * FROM t.try(convert_to('{"id":"evt_6","n":1e1000000}', 'UTF8'));		-- number out of range
+SELECT * FROM t.try(convert_to(repeat('[', 200000) || repeat(']', 200000), 'UTF8'));	-- too deep
+SELECT * FROM t.try(convert_to('', 'UTF8'));
+SELECT * FROM t.try(convert_to('{"type":"charge.succeeded"}', 'UTF8'));			-- no id
+SELECT * FROM t.try(convert_to('{"id":42}', 'UTF8'));
+SELECT * FROM t.try(convert_to('{"id":""}', 'UTF8'));
+SELECT * FROM t.try(convert_to('{"id":"' || repeat('e', 256) || '"}', 'UTF8'));
+-- unicode is fine
+SELECT * FROM t.try(convert_to('{"id":"evt_ü","note":"Tatenda 🙏 \u00e9\ud83d\ude00"}', 'UTF8'));
+
+-- what the rejections table holds: reasons, sender, request id, size and hash of the body, no credentials
+SELECT outcome, reason, count(*) FROM payments.rejections GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT reason, regexp_replace(detail, '\d+ s (old|in)', 'N s \1') AS detail
+  FROM payments.rejections WHERE outcome = 'rejected' ORDER BY id;
+SELECT bool_and(body_sha256 = sha256(convert_to(replace(:'ev1', '2500', '1'), 'UTF8'))) AS hash_kept,
+	   bool_and(body_size = length(convert_to(replace(:'ev1', '2500', '1'), 'UTF8'))) AS size_kept
+  FROM payments.rejections WHERE id = (SELECT min(id) FROM payments.rejections);
+SELECT count(*) FILTER (WHERE headers ? 'authorization') AS with_authorization FROM payments.rejections;
+SELECT event_id FROM payments.events ORDER BY id;
+
+-- unknown provider: 404, nothing recorded
+SELECT * FROM payments.ingest('nobody', t.stripe(:'ev1', 'whsec_new'), convert_to(:'ev1', 'UTF8'));
+SELECT * FROM payments.ingest('NOT a name', '{}', ''::bytea);
+
+-- caller errors
+SELECT * FROM payments.ingest(NULL, '{}', ''::bytea);
+SELECT * FROM payments.ingest('shop', '{}', NULL);
+SELECT * FROM payments.ingest('shop', '[]', ''::bytea);
+SELECT * FROM payments.ingest('shop', NULL, convert_to(:'ev1', 'UTF8'));
+
+-- Standard Webhooks: the id comes from webhook-id (or svix-id), the event time from "timestamp"
+SELECT payments.register_provider('hooks', 'standard');
+SELECT payments.add_secret('hooks', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') IS NOT NULL AS added;
+\set sw '{"type":"contact.created","timestamp":"2022-11-03T20:26:10.344522Z","data":{"id":"1f81eb52"}}'
+SELECT * FROM payments.ingest('hooks', t.standard('msg_1', :'sw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to(:'sw', 'UTF8'));
+-- a retry has a new timestamp and signature but the same id: duplicate
+SELECT * FROM payments.ingest('hooks', t.standard('msg_1', :'sw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', t.now_s() - 5), convert_to(:'sw', 'UTF8'));
+SELECT * FROM payments.ingest('hooks', t.standard('msg_2', :'sw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', t.now_s(), 'svix'), convert_to(:'sw', 'UTF8'));
+SELECT * FROM payments.ingest('hooks', t.standard('msg_3', :'sw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', t.now_s() - 301), convert_to(:'sw', 'UTF8'));
+SELECT * FROM payments.ingest('hooks', t.standard('msg_3', :'sw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') - 'webhook-timestamp', convert_to(:'sw', 'UTF8'));
+SELECT * FROM payments.ingest('hooks', t.standard('msg.3', :'sw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to(:'sw', 'UTF8'));
+SELECT * FROM payments.ingest('hooks', t.standard('msg_3', '{}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to('{}', 'UTF8'));
+SELECT * FROM payments.ingest('hooks', t.standard('msg_4', 'null', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to('null', 'UTF8'));
+SELECT event_id, event_type, event_at FROM payments.events WHERE provider = 'hooks' ORDER BY id;

@@ -229,6 +229,7 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 {
 	const char *sqlstate = NULL;
 	const char *message = NULL;
+	bool		data_error;
 	bool		lost;
 
 	if (res != NULL)
@@ -240,6 +241,11 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 	}
 	if (message == NULL || message[0] == '\0')
 		message = PQerrorMessage(thread->conn);
+
+	/* Data exception messages often quote the input, i.e. request data */
+	data_error = (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0);
+	if (data_error)
+		message = "data exception (message withheld: may quote request data)";
 	log_db_error("error", request_id, what, sqlstate, message);
 
 	lost = (res == NULL || PQstatus(thread->conn) != CONNECTION_OK);
@@ -255,9 +261,7 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 		db_drop(thread);
 		return DB_UNAVAILABLE;
 	}
-	if (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0)
-		return DB_INVALID;
-	return DB_FAILED;
+	return data_error ? DB_INVALID : DB_FAILED;
 }
 
 /*
@@ -325,7 +329,8 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 	thread = db_thread_get();
 	if (thread == NULL)
 	{
-		log_db_error("error", req->request_id, "ingest failed", NULL, "out of memory");
+		log_db_error("error", req->request_id, "ingest failed", NULL,
+					 "out of memory");
 		return;
 	}
 	if (!db_connect(thread, req->request_id))
@@ -336,7 +341,8 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 
 	values[0] = req->provider;
 	values[1] = req->headers_json;
-	values[2] = (req->body != NULL) ? req->body : "";	/* NULL would be SQL NULL */
+	/* A NULL pointer would mean SQL NULL, not an empty body */
+	values[2] = (req->body != NULL) ? req->body : "";
 	lengths[2] = (int) req->body_len;
 	values[3] = req->client_ip;
 	values[4] = req->request_id;
@@ -364,21 +370,25 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 			PQstatus(thread->conn) == CONNECTION_OK)
 		{
 			log_db_error("warning", req->request_id,
-						 "prepared statement missing, preparing again", sqlstate, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+						 "prepared statement missing, preparing again",
+						 sqlstate,
+						 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 			thread->prepared = false;
 			PQclear(res);
 			continue;
 		}
 
-		out->status = db_failure(thread, res, "ingest failed", req->request_id);
+		out->status = db_failure(thread, res, "ingest failed",
+								 req->request_id);
 		PQclear(res);
 		return;
 	}
 
 	if (!db_parse_row(res, out))
 	{
-		log_db_error("error", req->request_id, "ingest returned an unusable row",
-					 NULL, "expected one row (http_status 200-599, outcome not null, event_id)");
+		log_db_error("error", req->request_id,
+					 "ingest returned an unusable row", NULL,
+					 "want one row: http_status 200-599, outcome not null");
 		PQclear(res);
 		out->status = DB_FAILED;
 		return;

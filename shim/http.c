@@ -5,8 +5,9 @@
  *
  * MHD calls http_handle() first with *req_cls == NULL (headers only), then
  * once per body chunk, then a final time with *upload_data_size == 0.  We
- * answer errors on the first call when we can (so no body is read and no
- * "100 Continue" is sent), and webhooks on the final call.  Per-request
+ * answer errors on the first call (so no body is read and no "100 Continue"
+ * is sent; libmicrohttpd 0.9.75 then closes the connection), and good
+ * requests on the final call, which keeps keep-alive working.  Per-request
  * state is freed in http_completed(), which MHD runs on every path.
  *
  * shim/http.c
@@ -31,10 +32,19 @@
 #define REQUEST_ID_HEADER	"X-Request-ID"
 #define RETRY_AFTER_SECONDS "5"
 
+/* What a request turned out to be on its first call */
+typedef enum Route
+{
+	ROUTE_NONE,					/* not routed (answered on the first call) */
+	ROUTE_WEBHOOK,
+	ROUTE_HEALTH
+} Route;
+
 /* Per-request state, hung on MHD's *req_cls */
 typedef struct Request
 {
 	struct timespec start;
+	Route		route;
 	char		request_id[REQUEST_ID_BUFSIZE];
 	char		client_ip[INET6_ADDRSTRLEN];
 	char		method[16];		/* truncated copies, for the log */
@@ -268,8 +278,8 @@ request_new(struct MHD_Connection *conn, const char *url, const char *method)
 }
 
 /*
- * First call for a request: route it.  Errors and /health are answered at
- * once; a valid webhook returns MHD_YES to receive its body.
+ * First call for a request: route it.  Errors are answered at once; for a
+ * valid request return MHD_YES and wait for the body and the final call.
  */
 static enum MHD_Result
 start_request(struct MHD_Connection *conn, Request *req,
@@ -298,26 +308,37 @@ start_request(struct MHD_Connection *conn, Request *req,
 								   "request body too large", NULL);
 			buf_reserve(&req->body, (size_t) length);
 		}
+		req->route = ROUTE_WEBHOOK;
 		return MHD_YES;
 	}
 
 	if (strcmp(url, "/health") == 0)
 	{
-		StrBuf		body;
-		enum MHD_Result ret;
-
 		if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
 			strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 			return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
 							   "method not allowed", "GET, HEAD");
-		buf_init(&body);
-		buf_append_str(&body, "{\"status\":\"ok\"}");
-		ret = reply(conn, req, MHD_HTTP_OK, &body, NULL);
-		buf_free(&body);
-		return ret;
+		req->route = ROUTE_HEALTH;
+		return MHD_YES;
 	}
 
 	return reply_error(conn, req, MHD_HTTP_NOT_FOUND, "not found", NULL);
+}
+
+/*
+ * Final call for GET /health: the process is alive (no database check).
+ */
+static enum MHD_Result
+finish_health(struct MHD_Connection *conn, Request *req)
+{
+	StrBuf		body;
+	enum MHD_Result ret;
+
+	buf_init(&body);
+	buf_append_str(&body, "{\"status\":\"ok\"}");
+	ret = reply(conn, req, MHD_HTTP_OK, &body, NULL);
+	buf_free(&body);
+	return ret;
 }
 
 /*
@@ -447,6 +468,8 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 		*upload_data_size = 0;
 		return take_body_chunk(req, upload_data, size);
 	}
+	if (req->route == ROUTE_HEALTH)
+		return finish_health(conn, req);
 	return finish_webhook(conn, req);
 }
 

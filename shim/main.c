@@ -64,7 +64,7 @@ static ShimOption options[NUM_OPTIONS] = {
 	[OPT_LISTEN] = {"--listen", "HOST:PORT", "PAYMENTS_SHIM_LISTEN",
 		"127.0.0.1:8065", "address to listen on: IPv4:PORT or [IPv6]:PORT"},
 	[OPT_DSN] = {"--dsn", "CONNINFO", "PAYMENTS_SHIM_DSN",
-		"\"\"", "libpq conninfo or URI; empty uses PGHOST etc."},
+		"", "libpq conninfo or URI; empty uses PGHOST etc."},
 	[OPT_THREADS] = {"--threads", "N", "PAYMENTS_SHIM_THREADS",
 		"4", "worker threads, each with one database connection (1-256)"},
 	[OPT_MAX_BODY] = {"--max-body", "BYTES", "PAYMENTS_SHIM_MAX_BODY",
@@ -75,6 +75,7 @@ static ShimOption options[NUM_OPTIONS] = {
 typedef struct ShimConfig
 {
 	struct sockaddr_storage addr;
+	uint16_t	port;			/* also in addr; MHD's messages show this */
 	unsigned int threads;
 	size_t		max_body;
 	const char *dsn;
@@ -104,7 +105,8 @@ usage(FILE *out)
 		snprintf(flag, sizeof(flag), "%s %s",
 				 options[i].flag, options[i].metavar);
 		fprintf(out, "%-22s %-24s %-16s %s\n", flag, options[i].env,
-				options[i].default_value, options[i].help);
+				options[i].default_value[0] ? options[i].default_value : "\"\"",
+				options[i].help);
 	}
 	fprintf(out, "%-22s %-24s %-16s %s\n",
 			"--help", "", "", "show this help and exit");
@@ -181,19 +183,25 @@ collect_options(int argc, char **argv)
 }
 
 /*
- * Parse an option as a decimal integer in [min, max]; an unset option
- * takes "fallback".
+ * The value of an option as given, or its default.
+ */
+static const char *
+option_value(const ShimOption *opt)
+{
+	return opt->value ? opt->value : opt->default_value;
+}
+
+/*
+ * Parse an option as a decimal integer in [min, max].
  */
 static unsigned long long
-parse_number(const ShimOption *opt, unsigned long long fallback,
-			 unsigned long long min, unsigned long long max)
+parse_number(const ShimOption *opt, unsigned long long min,
+			 unsigned long long max)
 {
-	const char *s = opt->value;
+	const char *s = option_value(opt);
 	char	   *end;
 	unsigned long long n;
 
-	if (s == NULL)
-		return fallback;
 	errno = 0;
 	n = strtoull(s, &end, 10);
 	if (s[0] < '0' || s[0] > '9' || *end != '\0' || errno == ERANGE ||
@@ -207,9 +215,10 @@ parse_number(const ShimOption *opt, unsigned long long fallback,
  * Parse IPv4:PORT or [IPv6]:PORT into a socket address.
  */
 static void
-parse_listen(const ShimOption *opt, struct sockaddr_storage *addr)
+parse_listen(const ShimOption *opt, ShimConfig *config)
 {
-	const char *s = opt->value ? opt->value : opt->default_value;
+	struct sockaddr_storage *addr = &config->addr;
+	const char *s = option_value(&options[OPT_LISTEN]);
 	const char *host_end;
 	const char *port_text;
 	char		host[INET6_ADDRSTRLEN];
@@ -244,6 +253,7 @@ parse_listen(const ShimOption *opt, struct sockaddr_storage *addr)
 	if (port_text[0] < '0' || port_text[0] > '9' || *end != '\0' ||
 		errno == ERANGE || port < 1 || port > 65535)
 		goto bad;
+	config->port = (uint16_t) port;
 
 	memset(addr, 0, sizeof(*addr));
 	if (ipv6)
@@ -251,7 +261,7 @@ parse_listen(const ShimOption *opt, struct sockaddr_storage *addr)
 		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) addr;
 
 		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = htons((uint16_t) port);
+		sin6->sin6_port = htons(config->port);
 		if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
 			goto bad;
 	}
@@ -260,7 +270,7 @@ parse_listen(const ShimOption *opt, struct sockaddr_storage *addr)
 		struct sockaddr_in *sin = (struct sockaddr_in *) addr;
 
 		sin->sin_family = AF_INET;
-		sin->sin_port = htons((uint16_t) port);
+		sin->sin_port = htons(config->port);
 		if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
 			goto bad;
 	}
@@ -269,7 +279,7 @@ parse_listen(const ShimOption *opt, struct sockaddr_storage *addr)
 bad:
 	die_usage("invalid value \"%s\" for %s: expected IPv4:PORT or [IPv6]:PORT "
 			  "with a numeric address and a port from 1 to 65535",
-			  opt->value, opt->source);
+			  option_value(opt), opt->source);
 }
 
 /*
@@ -279,12 +289,12 @@ bad:
 static void
 parse_config(ShimConfig *config)
 {
-	parse_listen(&options[OPT_LISTEN], &config->addr);
-	config->dsn = options[OPT_DSN].value ? options[OPT_DSN].value : "";
+	parse_listen(&options[OPT_LISTEN], config);
+	config->dsn = option_value(&options[OPT_DSN]);
 	config->threads = (unsigned int)
-		parse_number(&options[OPT_THREADS], 4, 1, MAX_THREADS);
+		parse_number(&options[OPT_THREADS], 1, MAX_THREADS);
 	config->max_body = (size_t)
-		parse_number(&options[OPT_MAX_BODY], 1048576, 1, MAX_BODY_LIMIT);
+		parse_number(&options[OPT_MAX_BODY], 1, MAX_BODY_LIMIT);
 }
 
 /*
@@ -302,7 +312,7 @@ start_daemon(const ShimConfig *config)
 	if (config->addr.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 
-	return MHD_start_daemon(flags, 0, NULL, NULL, http_handle, NULL,
+	return MHD_start_daemon(flags, config->port, NULL, NULL, http_handle, NULL,
 							MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
 							MHD_OPTION_SOCK_ADDR,
 							(const struct sockaddr *) &config->addr,
@@ -325,9 +335,7 @@ log_startup(const ShimConfig *config)
 
 	log_begin(&line, "info");
 	json_append_field(&line, "msg", "listening");
-	json_append_field(&line, "listen", options[OPT_LISTEN].value ?
-					  options[OPT_LISTEN].value :
-					  options[OPT_LISTEN].default_value);
+	json_append_field(&line, "listen", option_value(&options[OPT_LISTEN]));
 	buf_printf(&line, ",\"threads\":%u,\"max_body\":%zu",
 			   config->threads, config->max_body);
 	json_append_field(&line, "libmicrohttpd", MHD_get_version());
@@ -360,8 +368,12 @@ static void
 drain(const sigset_t *signals)
 {
 	struct timespec poll = {0, DRAIN_POLL_MS * 1000000L};
-	time_t		deadline = time(NULL) + DRAIN_TIMEOUT_S;
+	struct timespec now;
+	time_t		deadline;
 	int			signo;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	deadline = now.tv_sec + DRAIN_TIMEOUT_S;
 
 	while (http_in_flight() > 0)
 	{
@@ -372,7 +384,8 @@ drain(const sigset_t *signals)
 						 signo);
 			_exit(EXIT_FAILURE);
 		}
-		if (time(NULL) >= deadline)
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec >= deadline)
 		{
 			log_shutdown("warning", "drain timeout, aborting requests", 0);
 			return;
@@ -388,7 +401,7 @@ main(int argc, char **argv)
 {
 	ShimConfig	config;
 	sigset_t	signals;
-	struct MHD_Daemon *daemon;
+	struct MHD_Daemon *mhd;
 	MHD_socket	listen_fd;
 	int			signo;
 
@@ -410,10 +423,15 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &signals, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	daemon = start_daemon(&config);
-	if (daemon == NULL)
+	mhd = start_daemon(&config);
+	if (mhd == NULL)
 	{
-		log_message("error", "could not start the HTTP server");
+		StrBuf		line;
+
+		log_begin(&line, "error");
+		json_append_field(&line, "msg", "could not start the HTTP server");
+		json_append_field(&line, "listen", option_value(&options[OPT_LISTEN]));
+		log_end(&line);
 		return EXIT_FAILURE;
 	}
 	log_startup(&config);
@@ -423,10 +441,13 @@ main(int argc, char **argv)
 	log_shutdown("info", "shutting down", signo);
 
 	http_begin_drain();
-	listen_fd = MHD_quiesce_daemon(daemon);
+	listen_fd = MHD_quiesce_daemon(mhd);
+	/* Refuse new connections now instead of leaving them in the backlog */
+	if (listen_fd != MHD_INVALID_SOCKET)
+		shutdown(listen_fd, SHUT_RDWR);
 	drain(&signals);
 
-	MHD_stop_daemon(daemon);
+	MHD_stop_daemon(mhd);
 	/* MHD leaves the quiesced socket to us, to close after stopping */
 	if (listen_fd != MHD_INVALID_SOCKET)
 		close(listen_fd);

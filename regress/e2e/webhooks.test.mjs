@@ -2,6 +2,7 @@
 // the real shim into a real PostgreSQL 15 cluster, and come back with the right status.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import Stripe from 'stripe';
 import { Webhook } from 'standardwebhooks';
@@ -165,9 +166,9 @@ describe('webhooks through the shim', () => {
 		// Expect: 100-continue is answered with 413 instead of 100
 		const expect = await rawRequest(shim.port, [head(Buffer.byteLength(payload), 'Expect: 100-continue\r\n')]);
 		assert.match(expect, /^HTTP\/1\.1 413 /);
-		// a chunked body is cut off once it passes the cap
+		// a chunked body is refused once it passes the cap (libmicrohttpd 0.9.75 answers when the upload ends)
 		const chunk = 'x'.repeat(64 * 1024);
-		const chunks = [`POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n`];
+		const chunks = [`POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`];
 		for (let i = 0; i < 20; i++) chunks.push(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
 		chunks.push('0\r\n\r\n');
 		const chunked = await rawRequest(shim.port, chunks);
@@ -199,6 +200,41 @@ describe('webhooks through the shim', () => {
 		const generated = await post(shim.base, 'stripe', other, stripeHeaders(other));
 		assert.match(generated.headers.get('x-request-id'), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
 		assert.equal(generated.json.request_id, generated.headers.get('x-request-id'));
+	});
+
+	test('header values that are not UTF-8 or hold JSON syntax reach SQL safely', async () => {
+		const payload = stripeEvent();
+		const sig = stripeHeaders(payload)['stripe-signature'];
+		const raw = `POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nStripe-Signature: ${sig}\r\n` +
+			'X-Junk: \xff\xfe caf\xe9\r\nX-Quote: "},{"stripe-signature":"t=1\\\r\n' +
+			`Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\nConnection: close\r\n\r\n`;
+		const answer = await rawRequest(shim.port, [Buffer.from(raw, 'latin1'), payload]);
+		assert.match(answer, /^HTTP\/1\.1 200 /);
+		const stored = cluster.psqlVars(
+			"SELECT headers ->> 'x-junk', headers ->> 'x-quote' FROM payments.events WHERE event_id = :'e'",
+			{ e: JSON.parse(payload).id });
+		assert.equal(stored, '\ufffd\ufffd caf\ufffd|"},{"stripe-signature":"t=1\\');
+	});
+
+	test('SIGTERM lets a request in flight finish, then the shim exits 0', async () => {
+		const second = new Shim(cluster.dsn);
+		await second.start();
+		// hold a lock that makes the insert wait, so the request is in flight when SIGTERM comes
+		const locker = spawn(`${process.env.PG_BIN || '/usr/lib/postgresql/15/bin'}/psql`, ['-X', '-q', '-h', cluster.dir,
+			'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments', '-c',
+			'BEGIN; LOCK TABLE payments.events IN SHARE MODE; SELECT pg_sleep(1.5); COMMIT;'], { stdio: 'ignore' });
+		const lockerDone = new Promise((resolve) => locker.once('exit', resolve));
+		await sleep(300);
+		const payload = stripeEvent();
+		const inFlight = post(second.base, 'stripe', payload, stripeHeaders(payload));
+		await sleep(300);
+		const exit = second.stop();
+		const res = await inFlight;
+		assert.equal(res.status, 200, res.text);
+		assert.equal((await exit).code, 0);
+		assert.deepEqual(second.sanitizerReports(), []);
+		await lockerDone;
+		assert.equal(eventCount('stripe', JSON.parse(payload).id), 1);
 	});
 
 	test('with the database stopped the shim answers 503 with Retry-After, then recovers by itself', async () => {

@@ -59,9 +59,18 @@ installcheck:
 e2e: shim/payments-shim-asan
 	regress/run-e2e
 
-# Installs the extension as root, with sudo, or says what to run.
+# Installs the extension as root or with sudo, unless the installed files are
+# already these; otherwise says what to run.
+INSTALLED_FILES = payments.so:$(pkglibdir)/payments.so payments.control:$(datadir)/extension/payments.control \
+	$(foreach f,$(DATA),$(f):$(datadir)/extension/$(notdir $(f)))
+
 install-for-test:
-	@if [ -w "$(DESTDIR)$(datadir)/extension" ] && [ -w "$(DESTDIR)$(pkglibdir)" ]; then \
+	@same=yes; for pair in $(INSTALLED_FILES); do \
+		cmp -s "$${pair%%:*}" "$(DESTDIR)$${pair#*:}" || same=no; \
+	done; \
+	if [ $$same = yes ]; then \
+		echo "payments: the extension installed in $(pkglibdir) is up to date"; \
+	elif [ -w "$(DESTDIR)$(datadir)/extension" ] && [ -w "$(DESTDIR)$(pkglibdir)" ]; then \
 		$(MAKE) --no-print-directory install; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
 		sudo $(MAKE) --no-print-directory install PG_CONFIG=$(PG_CONFIG); \

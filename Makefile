@@ -16,7 +16,8 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 MODULE_big = payments
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
 DATA = $(wildcard extension/payments--*.sql)
-PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
+# relative source paths in debug info make the build reproducible from any checkout
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -ffile-prefix-map=$(CURDIR)=.
 SHLIB_LINK = -lcrypto
 
 # pg_regress runs on a temporary instance through regress/run-regress, which also

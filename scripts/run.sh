@@ -28,6 +28,7 @@ if [ ! -e "$state" ]; then
 	chmod 700 "$(readlink -f "$state")"
 fi
 state=$(readlink -f "$state")
+cd "$state"   # the cluster's user may not be able to enter the checkout
 
 pg() { as_cluster_user "$PG_BIN/$1" "${@:2}"; }
 sql() { PGOPTIONS="-c client_min_messages=warning" pg psql -X -q -At -v ON_ERROR_STOP=1 -h "$state" -d "${DB:-payments}" "$@"; }

@@ -18,7 +18,7 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
 DATA = $(wildcard extension/payments--*.sql)
 # relative source paths in debug info make the build reproducible from any checkout
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -ffile-prefix-map=$(CURDIR)=.
-SHLIB_LINK = -lcrypto
+SHLIB_LINK = -lcrypto -lcurl -lz
 
 # pg_regress runs on a temporary instance through regress/run-regress, which also
 # handles running as root (initdb refuses root), so PGXS's own target is not used.
@@ -35,6 +35,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)
 include $(PGXS)
 all: shim/payments-shim
+$(OBJS): extension/payments.h
 endif
 
 SHIM_SRCS = $(sort $(wildcard shim/*.c))

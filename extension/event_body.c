@@ -146,3 +146,45 @@ JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
 		return false;
 	return tm2timestamp(&tm, fsec, &tz, result) == 0;
 }
+
+/*
+ * Parses a delivery's body as a JSON object; on failure marks the event list
+ * invalid and returns NULL.
+ */
+Jsonb *
+ParseJsonDelivery(const Delivery *delivery, EventList *events)
+{
+	char	   *error;
+	Jsonb	   *payload = ParseEventBody(VARDATA_ANY(delivery->body),
+										 VARSIZE_ANY_EXHDR(delivery->body), &error);
+
+	if (payload == NULL)
+		InvalidEvents(events, "invalid_json", error);
+	return payload;
+}
+
+/*
+ * Makes the list hold one event with the given id and payload, its type taken
+ * from the payload's top-level "type" when that is a string.
+ */
+void
+SingleEvent(EventList *events, char *event_id, Jsonb *payload)
+{
+	EventRecord *event = palloc0(sizeof(EventRecord));
+
+	event->event_id = event_id;
+	event->event_type = JsonbTopString(payload, "type");
+	event->payload = payload;
+	events->count = 1;
+	events->events = event;
+}
+
+/* Marks the list as an unusable body, with a reason code and a detail */
+void
+InvalidEvents(EventList *events, const char *reason, char *detail)
+{
+	events->count = -1;
+	events->events = NULL;
+	events->invalid_reason = reason;
+	events->invalid_detail = detail;
+}

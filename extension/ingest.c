@@ -23,33 +23,6 @@ PG_FUNCTION_INFO_V1(ingest);
 /* Headers never stored: they carry credentials, not webhook data */
 #define CREDENTIAL_HEADERS "'{authorization,cookie,proxy-authorization}'::pg_catalog.text[]"
 
-/* The kinds of provider this version verifies */
-typedef enum ProviderKind
-{
-	KIND_STRIPE,
-	KIND_STANDARD
-} ProviderKind;
-
-/* What ingest needs to know of a provider */
-typedef struct Provider
-{
-	const char *name;
-	ProviderKind kind;
-	int			tolerance;
-	SecretList	secrets;
-} Provider;
-
-/* One delivery as passed by the shim */
-typedef struct Delivery
-{
-	text	   *provider;
-	Jsonb	   *headers;
-	bytea	   *body;
-	Datum		source_ip;
-	bool		source_ip_null;
-	text	   *request_id;
-} Delivery;
-
 /* The row returned to the shim */
 typedef struct IngestResult
 {
@@ -94,7 +67,7 @@ LoadProvider(text *name, Provider *provider)
 	int			nelems;
 
 	plan = PreparePlan(&provider_plan,
-					   "SELECT p.kind,"
+					   "SELECT p.kind, p.settings,"
 					   "       coalesce((p.settings ->> 'tolerance')::pg_catalog.int4, "
 					   CppAsString2(PAYMENTS_DEFAULT_TOLERANCE) "),"
 					   "       ARRAY(SELECT s.secret FROM payments.secrets s"
@@ -112,84 +85,34 @@ LoadProvider(text *name, Provider *provider)
 	desc = SPI_tuptable->tupdesc;
 	provider->name = text_to_cstring(name);
 	kind = SPI_getvalue(row, desc, 1);
-	if (strcmp(kind, "stripe") == 0)
-		provider->kind = KIND_STRIPE;
-	else if (strcmp(kind, "standard") == 0)
-		provider->kind = KIND_STANDARD;
-	else
+	provider->kind = FindProviderKind(kind);
+	if (provider->kind == NULL)
 		elog(ERROR, "provider \"%s\" has kind \"%s\", which this version cannot verify",
 			 provider->name, kind);
-	provider->tolerance = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	provider->settings = DatumGetJsonbPCopy(SPI_getbinval(row, desc, 2, &isnull));
+	provider->tolerance = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
 
-	secrets = SPI_getbinval(row, desc, 3, &isnull);
+	secrets = SPI_getbinval(row, desc, 4, &isnull);
 	deconstruct_array(DatumGetArrayTypeP(secrets), TEXTOID, -1, false, TYPALIGN_INT,
 					  &elems, NULL, &nelems);
 	provider->secrets.count = nelems;
 	provider->secrets.secrets = palloc(sizeof(text *) * (nelems + 1));
 	for (int i = 0; i < nelems; i++)
-		provider->secrets.secrets[i] = DatumGetTextPP(elems[i]);
+		provider->secrets.secrets[i] = DatumGetTextPCopy(elems[i]);
 	return true;
 }
 
-/* Checks the delivery's signature by the provider's scheme */
+/* Checks the delivery's signature by the provider's scheme, with every live secret */
 static void
 VerifyDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
 {
-	const char *body = VARDATA_ANY(delivery->body);
-	int			bodylen = VARSIZE_ANY_EXHDR(delivery->body);
-	TimestampTz now = GetCurrentTimestamp();
-
 	if (provider->secrets.count == 0)
 	{
 		VerdictReject(verdict, "no_live_secret",
 					  "provider \"%s\" has no live secret", provider->name);
 		return;
 	}
-
-	switch (provider->kind)
-	{
-		case KIND_STRIPE:
-			{
-				const char *header;
-				int			len;
-
-				header = HeaderValue(delivery->headers, "stripe-signature", &len);
-				if (header == NULL)
-				{
-					VerdictReject(verdict, "missing_header", "no stripe-signature header");
-					return;
-				}
-				VerifyStripe(body, bodylen, header, len, &provider->secrets,
-							 provider->tolerance, now, verdict);
-				break;
-			}
-		case KIND_STANDARD:
-			{
-				const char *names[3][2] = {
-					{"webhook-id", "svix-id"},
-					{"webhook-timestamp", "svix-timestamp"},
-					{"webhook-signature", "svix-signature"},
-				};
-				const char *values[3];
-				int			lens[3];
-
-				for (int i = 0; i < 3; i++)
-				{
-					values[i] = HeaderValue(delivery->headers, names[i][0], &lens[i]);
-					if (values[i] == NULL)
-						values[i] = HeaderValue(delivery->headers, names[i][1], &lens[i]);
-					if (values[i] == NULL)
-					{
-						VerdictReject(verdict, "missing_header", "no %s header", names[i][0]);
-						return;
-					}
-				}
-				VerifyStandard(body, bodylen, values[0], lens[0], values[1], lens[1],
-							   values[2], lens[2], &provider->secrets,
-							   provider->tolerance, now, verdict);
-				break;
-			}
-	}
+	provider->kind->verify(provider, delivery, verdict);
 }
 
 /* Records a refused delivery: reason, sender, hash and size of the body */
@@ -231,8 +154,7 @@ RecordRejection(const Delivery *delivery, const char *outcome, const char *reaso
  * this call inserted it.
  */
 static bool
-InsertEvent(const Delivery *delivery, const char *event_id, const char *event_type,
-			bool have_event_at, TimestampTz event_at, Jsonb *payload)
+InsertEvent(const Delivery *delivery, const EventRecord *event)
 {
 	Oid			argtypes[9] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BYTEAOID,
 	JSONBOID, JSONBOID, INETOID, TEXTOID};
@@ -249,13 +171,13 @@ InsertEvent(const Delivery *delivery, const char *event_id, const char *event_ty
 					   " ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
 					   9, argtypes);
 	args[0] = PointerGetDatum(delivery->provider);
-	args[1] = CStringGetTextDatum(event_id);
-	args[2] = event_type ? CStringGetTextDatum(event_type) : (Datum) 0;
-	nulls[2] = event_type ? ' ' : 'n';
-	args[3] = TimestampTzGetDatum(event_at);
-	nulls[3] = have_event_at ? ' ' : 'n';
+	args[1] = CStringGetTextDatum(event->event_id);
+	args[2] = event->event_type ? CStringGetTextDatum(event->event_type) : (Datum) 0;
+	nulls[2] = event->event_type ? ' ' : 'n';
+	args[3] = TimestampTzGetDatum(event->event_at);
+	nulls[3] = event->have_event_at ? ' ' : 'n';
 	args[4] = PointerGetDatum(delivery->body);
-	args[5] = JsonbPGetDatum(payload);
+	args[5] = JsonbPGetDatum(event->payload);
 	args[6] = JsonbPGetDatum(delivery->headers);
 	args[7] = delivery->source_ip;
 	nulls[7] = delivery->source_ip_null ? 'n' : ' ';
@@ -286,18 +208,18 @@ Invalid(const Delivery *delivery, const char *reason, const char *detail,
 	result->outcome = "invalid";
 }
 
-/* Verifies, parses and stores one delivery, filling in the result */
+/*
+ * Verifies, parses and stores one delivery, filling in the result.  A
+ * delivery holding several events (a Meta batch) is stored whole in this
+ * transaction; it is a duplicate only if every event in it is.
+ */
 static void
 IngestDelivery(const Delivery *delivery, IngestResult *result)
 {
 	Provider	provider;
-	Verdict		verdict = {false, NULL, NULL};
-	Jsonb	   *payload;
-	char	   *error;
-	char	   *event_id;
-	char	   *event_type;
-	TimestampTz event_at = 0;
-	bool		have_event_at = false;
+	Verdict		verdict = {0};
+	EventList	events = {0};
+	int			inserted = 0;
 
 	if (!LoadProvider(delivery->provider, &provider))
 	{
@@ -307,56 +229,38 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 	}
 
 	VerifyDelivery(&provider, delivery, &verdict);
+	if (verdict.transient)
+	{
+		ereport(WARNING,
+				(errmsg("could not verify a delivery to provider \"%s\" for now: %s",
+						provider.name, verdict.detail)));
+		result->http_status = 503;
+		result->outcome = "unavailable";
+		return;
+	}
 	if (!verdict.valid)
 	{
 		Reject(delivery, &verdict, result);
 		return;
 	}
 
-	payload = ParseEventBody(VARDATA_ANY(delivery->body),
-							 VARSIZE_ANY_EXHDR(delivery->body), &error);
-	if (payload == NULL)
+	provider.kind->extract(&provider, delivery, &events);
+	if (events.count < 0)
 	{
-		Invalid(delivery, "invalid_json", error, result);
+		Invalid(delivery, events.invalid_reason, events.invalid_detail, result);
 		return;
 	}
 
-	event_type = JsonbTopString(payload, "type");
-	switch (provider.kind)
+	Assert(events.count > 0);	/* every kind stores at least one event */
+	for (int i = 0; i < events.count; i++)
 	{
-		case KIND_STRIPE:
-			event_id = JsonbTopString(payload, "id");
-			if (event_id == NULL || event_id[0] == '\0' ||
-				strlen(event_id) > PAYMENTS_MAX_EVENT_ID)
-			{
-				Invalid(delivery, "missing_event_id",
-						"a Stripe event needs a string \"id\" of 1 to "
-						CppAsString2(PAYMENTS_MAX_EVENT_ID) " characters", result);
-				return;
-			}
-			have_event_at = JsonbTopUnixTime(payload, "created", &event_at);
-			break;
-		case KIND_STANDARD:
-			{
-				int			len;
-				const char *id = HeaderValue(delivery->headers, "webhook-id", &len);
-
-				if (id == NULL)
-					id = HeaderValue(delivery->headers, "svix-id", &len);
-				event_id = pnstrdup(id, len);
-				have_event_at = JsonbTopIsoTime(payload, "timestamp", &event_at);
-				break;
-			}
-		default:
-			pg_unreachable();
+		if (InsertEvent(delivery, &events.events[i]))
+			inserted++;
 	}
-
-	result->event_id = event_id;
 	result->http_status = 200;
-	if (InsertEvent(delivery, event_id, event_type, have_event_at, event_at, payload))
-		result->outcome = "ignored";
-	else
-		result->outcome = "duplicate";
+	result->outcome = inserted > 0 ? "ignored" : "duplicate";
+	if (events.count == 1)
+		result->event_id = events.events[0].event_id;
 }
 
 /*
@@ -368,7 +272,7 @@ ingest(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Delivery	delivery;
-	IngestResult result = {0, NULL, NULL};
+	IngestResult result = {0};
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
 

@@ -15,7 +15,8 @@ COMMENT ON TABLE payments.provider_kinds IS
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
 	('stripe', '{tolerance}',
-	 'Stripe-Signature: HMAC-SHA256 over "t.body", hex, key = the whole whsec_ secret'),
+	 'Stripe-Signature: HMAC-SHA256 over "t.body", hex, key = the whole whsec_ secret');
+INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
 	('standard', '{tolerance}',
 	 'Standard Webhooks (and Svix): HMAC-SHA256 over "id.timestamp.body", base64, key = base64-decoded whsec_ secret');
 
@@ -124,6 +125,13 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.secret_problem(text, text) IS
 	'Why a secret cannot be used by a kind of provider, or NULL when it can';
 
+CREATE FUNCTION payments.settings_problem(kind text, settings jsonb)
+RETURNS text
+AS 'MODULE_PATHNAME', 'settings_problem'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.settings_problem(text, jsonb) IS
+	'Why settings do not suit a kind of provider (beyond unknown keys and tolerance), or NULL';
+
 --------------------------------------------------------------------------------------------------
 -- Configuration API
 --------------------------------------------------------------------------------------------------
@@ -137,6 +145,7 @@ DECLARE
 	allowed	text[];
 	unknown	text;
 	tol		jsonb;
+	problem	text;
 BEGIN
 	SELECT k.settings INTO allowed FROM payments.provider_kinds k WHERE k.kind = check_settings.kind;
 	IF NOT FOUND THEN
@@ -160,6 +169,11 @@ BEGIN
 							OR tol::numeric <> trunc(tol::numeric)
 							OR tol::numeric NOT BETWEEN 1 AND 604800) THEN
 		RAISE EXCEPTION 'setting "tolerance" must be a whole number of seconds between 1 and 604800, not %', tol
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	problem := payments.settings_problem(kind, settings);
+	IF problem IS NOT NULL THEN
+		RAISE EXCEPTION 'unusable settings for provider kind "%": %', kind, problem
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 END
@@ -274,6 +288,7 @@ REVOKE ALL ON FUNCTION payments.add_secret(text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.revoke_secret(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.check_settings(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.secret_problem(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.settings_problem(text, jsonb) FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('payments.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.secrets', '');

@@ -34,11 +34,14 @@ typedef struct MacPart
 /*
  * The outcome of a signature check.  reason is a short stable code recorded
  * in payments.rejections (NULL when valid); detail says more for a person and
- * never contains secret material.
+ * never contains secret material.  transient marks a check that could not be
+ * made for a passing reason (a certificate that could not be fetched): the
+ * sender should retry, nothing is recorded against it.
  */
 typedef struct Verdict
 {
 	bool		valid;
+	bool		transient;
 	const char *reason;
 	char	   *detail;
 } Verdict;
@@ -49,6 +52,80 @@ typedef struct SecretList
 	int			count;
 	text	  **secrets;
 } SecretList;
+
+struct ProviderKind;
+
+/* What ingest knows of a provider */
+typedef struct Provider
+{
+	const char *name;
+	const struct ProviderKind *kind;
+	Jsonb	   *settings;
+	int			tolerance;
+	SecretList	secrets;
+} Provider;
+
+/* One delivery as the shim passes it */
+typedef struct Delivery
+{
+	text	   *provider;
+	Jsonb	   *headers;
+	bytea	   *body;
+	Datum		source_ip;
+	bool		source_ip_null;
+	text	   *request_id;
+} Delivery;
+
+/* One event to store from a delivery */
+typedef struct EventRecord
+{
+	char	   *event_id;
+	char	   *event_type;
+	bool		have_event_at;
+	TimestampTz event_at;
+	Jsonb	   *payload;
+} EventRecord;
+
+/*
+ * The events of a verified delivery (most carry one, a Meta batch several),
+ * or why the body is not usable (count < 0).
+ */
+typedef struct EventList
+{
+	int			count;
+	EventRecord *events;
+	const char *invalid_reason;
+	char	   *invalid_detail;
+} EventList;
+
+/*
+ * A signature scheme and payload shape.  verify checks the signature over
+ * the raw body before anything parses it; extract turns a verified body into
+ * events; secret_problem says why a secret cannot serve, settings_problem why
+ * settings cannot (NULL: usable; either hook may be absent).  The settings
+ * keys a kind accepts are listed in payments.provider_kinds.
+ */
+typedef struct ProviderKind
+{
+	const char *name;
+	void		(*verify) (const Provider *provider, const Delivery *delivery, Verdict *verdict);
+	void		(*extract) (const Provider *provider, const Delivery *delivery, EventList *events);
+	const char *(*secret_problem) (const char *secret, int len);
+	char	   *(*settings_problem) (Jsonb *settings);
+} ProviderKind;
+
+extern const ProviderKind StripeKind;
+extern const ProviderKind StandardKind;
+
+/* kinds.c */
+extern const ProviderKind *FindProviderKind(const char *name);
+
+/* settings.c: reading a provider's settings (a jsonb object) */
+extern char *SettingText(Jsonb *settings, const char *key);
+extern bool SettingBool(Jsonb *settings, const char *key, bool default_value);
+extern int	SettingTextArray(Jsonb *settings, const char *key, char ***values);
+extern bool SettingIsText(Jsonb *settings, const char *key);
+extern bool SettingIsTextArray(Jsonb *settings, const char *key);
 
 /* Request headers (a jsonb object with lower-cased names) */
 extern const char *HeaderValue(Jsonb *headers, const char *name, int *len);
@@ -70,23 +147,24 @@ extern void VerdictReject(Verdict *verdict, const char *reason, const char *fmt,
 			pg_attribute_printf(3, 4);
 extern void CheckTolerance(Verdict *verdict, int64 signed_at, TimestampTz now, int tolerance);
 
-/* verify_stripe.c */
+/* kind_stripe.c */
 extern void VerifyStripe(const char *body, int bodylen, const char *header, int headerlen,
 						 const SecretList *secrets, int tolerance, TimestampTz now,
 						 Verdict *verdict);
 
-/* verify_standard.c */
+/* kind_standard.c */
 extern void VerifyStandard(const char *body, int bodylen,
 						   const char *msg_id, int idlen,
 						   const char *msg_ts, int tslen,
 						   const char *signature, int siglen,
 						   const SecretList *secrets, int tolerance, TimestampTz now,
 						   Verdict *verdict);
-extern const char *StandardSecretProblem(const char *secret, int len);
-extern int	DecodeStandardSecret(const char *secret, int len, unsigned char **key);
 
 /* event_body.c */
 extern Jsonb *ParseEventBody(const char *body, int len, char **error);
+extern Jsonb *ParseJsonDelivery(const Delivery *delivery, EventList *events);
+extern void SingleEvent(EventList *events, char *event_id, Jsonb *payload);
+extern void InvalidEvents(EventList *events, const char *reason, char *detail);
 extern char *JsonbTopString(Jsonb *jb, const char *key);
 extern bool JsonbTopUnixTime(Jsonb *jb, const char *key, TimestampTz *result);
 extern bool JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result);

@@ -1,4 +1,5 @@
 -- Providers and secrets: registration, validation errors, rotation bookkeeping.
+\set SHOW_CONTEXT never
 
 SELECT kind, settings FROM payments.provider_kinds ORDER BY kind;
 
@@ -14,7 +15,7 @@ SELECT payments.register_provider('a/b', 'stripe');
 SELECT payments.register_provider('', 'stripe');
 SELECT payments.register_provider(repeat('a', 64), 'stripe');
 SELECT payments.register_provider(NULL, 'stripe');
-SELECT payments.register_provider('acme', 'paypal');
+SELECT payments.register_provider('acme', 'no-such-kind');
 SELECT payments.register_provider('acme', 'stripe', '[]');
 SELECT payments.register_provider('acme', 'stripe', NULL);
 SELECT payments.register_provider('acme', 'stripe', '{"tolerence": 60}');

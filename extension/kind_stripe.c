@@ -1,6 +1,6 @@
 /*
- * verify_stripe.c
- *		Stripe's webhook signature scheme (Stripe-Signature header).
+ * kind_stripe.c
+ *		Stripe: the Stripe-Signature scheme and Stripe's event envelope.
  *
  * The header is "t=<unix seconds>,v1=<hex>[,v1=<hex>...]": comma-separated
  * key=value items.  The signed bytes are "<t>.<raw body>", the MAC is
@@ -156,6 +156,53 @@ VerifyStripe(const char *body, int bodylen, const char *header, int headerlen,
 	CheckTolerance(verdict, parsed.timestamp, now, tolerance);
 }
 
+/* Checks a delivery's Stripe-Signature header */
+static void
+VerifyStripeDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
+{
+	const char *header;
+	int			len;
+
+	header = HeaderValue(delivery->headers, "stripe-signature", &len);
+	if (header == NULL)
+	{
+		VerdictReject(verdict, "missing_header", "no stripe-signature header");
+		return;
+	}
+	VerifyStripe(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
+				 header, len, &provider->secrets, provider->tolerance,
+				 GetCurrentTimestamp(), verdict);
+}
+
+/* A Stripe event is one event: id "evt_...", type, created (unix seconds) */
+static void
+ExtractStripeEvent(const Provider *provider, const Delivery *delivery, EventList *events)
+{
+	Jsonb	   *payload = ParseJsonDelivery(delivery, events);
+	char	   *event_id;
+
+	if (payload == NULL)
+		return;
+	event_id = JsonbTopString(payload, "id");
+	if (event_id == NULL || event_id[0] == '\0' || strlen(event_id) > PAYMENTS_MAX_EVENT_ID)
+	{
+		InvalidEvents(events, "missing_event_id",
+					  pstrdup("a Stripe event needs a string \"id\" of 1 to "
+							  CppAsString2(PAYMENTS_MAX_EVENT_ID) " characters"));
+		return;
+	}
+	SingleEvent(events, event_id, payload);
+	events->events[0].have_event_at = JsonbTopUnixTime(payload, "created",
+													   &events->events[0].event_at);
+}
+
+const ProviderKind StripeKind = {
+	.name = "stripe",
+	.verify = VerifyStripeDelivery,
+	.extract = ExtractStripeEvent,
+	.secret_problem = NULL,		/* the key is the whole string, whatever it is */
+};
+
 /*
  * SQL: payments.verify_stripe(body, header, secret, tolerance, at) returns
  * 'valid' or the rejection reason.
@@ -169,7 +216,7 @@ verify_stripe(PG_FUNCTION_ARGS)
 	int32		tolerance = PG_GETARG_INT32(3);
 	TimestampTz at = PG_GETARG_TIMESTAMPTZ(4);
 	SecretList	secrets = {1, &secret};
-	Verdict		verdict = {false, NULL, NULL};
+	Verdict		verdict = {0};
 
 	if (tolerance < 0)
 		ereport(ERROR,

@@ -1,5 +1,5 @@
 /*
- * verify_standard.c
+ * kind_standard.c
  *		Standard Webhooks (standardwebhooks.com), as sent by Svix and others.
  *
  * Headers webhook-id, webhook-timestamp and webhook-signature (svix-id,
@@ -27,7 +27,7 @@ PG_FUNCTION_INFO_V1(verify_standard);
  * Decodes a Standard Webhooks secret into its key bytes; returns the key
  * length, or -1 if the secret is not (whsec_ followed by) base64.
  */
-int
+static int
 DecodeStandardSecret(const char *secret, int len, unsigned char **key)
 {
 	int			prefixlen = strlen(STANDARD_SECRET_PREFIX);
@@ -41,7 +41,7 @@ DecodeStandardSecret(const char *secret, int len, unsigned char **key)
 }
 
 /* Why a secret cannot serve as a Standard Webhooks key, or NULL */
-const char *
+static const char *
 StandardSecretProblem(const char *secret, int len)
 {
 	unsigned char *key;
@@ -198,6 +198,71 @@ VerifyStandard(const char *body, int bodylen,
 	CheckTolerance(verdict, timestamp, now, tolerance);
 }
 
+/* The Standard Webhooks headers, or the svix-* ones Svix sends */
+static const char *const standard_headers[3][2] = {
+	{"webhook-id", "svix-id"},
+	{"webhook-timestamp", "svix-timestamp"},
+	{"webhook-signature", "svix-signature"},
+};
+
+/* Reads Standard Webhooks header i (0 id, 1 timestamp, 2 signature); NULL if absent */
+static const char *
+StandardHeader(const Delivery *delivery, int i, int *len)
+{
+	const char *value = HeaderValue(delivery->headers, standard_headers[i][0], len);
+
+	if (value == NULL)
+		value = HeaderValue(delivery->headers, standard_headers[i][1], len);
+	return value;
+}
+
+/* Checks a delivery's Standard Webhooks headers */
+static void
+VerifyStandardDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
+{
+	const char *values[3];
+	int			lens[3];
+
+	for (int i = 0; i < 3; i++)
+	{
+		values[i] = StandardHeader(delivery, i, &lens[i]);
+		if (values[i] == NULL)
+		{
+			VerdictReject(verdict, "missing_header", "no %s header", standard_headers[i][0]);
+			return;
+		}
+	}
+	VerifyStandard(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
+				   values[0], lens[0], values[1], lens[1], values[2], lens[2],
+				   &provider->secrets, provider->tolerance, GetCurrentTimestamp(), verdict);
+}
+
+/*
+ * A Standard Webhooks delivery is one event: the id is the webhook-id header
+ * (stable across retries), the time the payload's "timestamp".
+ */
+static void
+ExtractStandardEvent(const Provider *provider, const Delivery *delivery, EventList *events)
+{
+	Jsonb	   *payload = ParseJsonDelivery(delivery, events);
+	const char *id;
+	int			len;
+
+	if (payload == NULL)
+		return;
+	id = StandardHeader(delivery, 0, &len);
+	SingleEvent(events, pnstrdup(id, len), payload);
+	events->events[0].have_event_at = JsonbTopIsoTime(payload, "timestamp",
+													  &events->events[0].event_at);
+}
+
+const ProviderKind StandardKind = {
+	.name = "standard",
+	.verify = VerifyStandardDelivery,
+	.extract = ExtractStandardEvent,
+	.secret_problem = StandardSecretProblem,
+};
+
 /*
  * SQL: payments.verify_standard(body, msg_id, msg_timestamp, signature,
  * secret, tolerance, at) returns 'valid' or the rejection reason.
@@ -213,7 +278,7 @@ verify_standard(PG_FUNCTION_ARGS)
 	int32		tolerance = PG_GETARG_INT32(5);
 	TimestampTz at = PG_GETARG_TIMESTAMPTZ(6);
 	SecretList	secrets = {1, &secret};
-	Verdict		verdict = {false, NULL, NULL};
+	Verdict		verdict = {0};
 	const char *problem;
 
 	if (tolerance < 0)

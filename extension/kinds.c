@@ -1,0 +1,76 @@
+/*
+ * kinds.c
+ *		The kinds of provider this version verifies, and the secret check
+ *		add_secret uses so that a secret that could never verify is refused.
+ */
+#include "payments.h"
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+
+PG_FUNCTION_INFO_V1(secret_problem);
+PG_FUNCTION_INFO_V1(settings_problem);
+
+static const ProviderKind *const provider_kinds[] = {
+	&StripeKind,
+	&StandardKind,
+};
+
+/* The kind of the given name, or NULL */
+const ProviderKind *
+FindProviderKind(const char *name)
+{
+	for (int i = 0; i < (int) lengthof(provider_kinds); i++)
+	{
+		if (strcmp(provider_kinds[i]->name, name) == 0)
+			return provider_kinds[i];
+	}
+	return NULL;
+}
+
+/* SQL: payments.secret_problem(kind, secret) returns why it is unusable, or NULL */
+Datum
+secret_problem(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	text	   *secret = PG_GETARG_TEXT_PP(1);
+	const ProviderKind *kind = FindProviderKind(name);
+	const char *problem = NULL;
+
+	if (kind == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown provider kind \"%s\"", name)));
+	if (VARSIZE_ANY_EXHDR(secret) == 0)
+		problem = "a secret must not be empty";
+	else if (kind->secret_problem != NULL)
+		problem = kind->secret_problem(VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret));
+
+	if (problem == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(problem));
+}
+
+/*
+ * SQL: payments.settings_problem(kind, settings) returns why the settings do
+ * not suit the kind beyond the generic checks of check_settings, or NULL.
+ */
+Datum
+settings_problem(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *settings = PG_GETARG_JSONB_P(1);
+	const ProviderKind *kind = FindProviderKind(name);
+	char	   *problem = NULL;
+
+	if (kind == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown provider kind \"%s\"", name)));
+	if (kind->settings_problem != NULL)
+		problem = kind->settings_problem(settings);
+
+	if (problem == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(problem));
+}

@@ -1,7 +1,7 @@
 -- payments.ingest end to end in SQL: verification, idempotent storage, rotation,
-\set SHOW_CONTEXT never
 -- expiry and revocation, tolerance, malformed bodies, and what is recorded.
 -- Signatures are made here with pgcrypto, an implementation independent of ours.
+\set SHOW_CONTEXT never
 
 CREATE SCHEMA t;
 CREATE FUNCTION t.now_s() RETURNS bigint LANGUAGE sql

@@ -106,7 +106,7 @@ LoadProvider(text *name, Provider *provider)
 static void
 VerifyDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
 {
-	if (provider->secrets.count == 0)
+	if (provider->kind->uses_secrets && provider->secrets.count == 0)
 	{
 		VerdictReject(verdict, "no_live_secret",
 					  "provider \"%s\" has no live secret", provider->name);
@@ -236,6 +236,11 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 						provider.name, verdict.detail)));
 		result->http_status = 503;
 		result->outcome = "unavailable";
+		return;
+	}
+	if (verdict.invalid_body)
+	{
+		Invalid(delivery, verdict.reason, verdict.detail, result);
 		return;
 	}
 	if (!verdict.valid)

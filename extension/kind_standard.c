@@ -258,6 +258,7 @@ ExtractStandardEvent(const Provider *provider, const Delivery *delivery, EventLi
 
 const ProviderKind StandardKind = {
 	.name = "standard",
+	.uses_secrets = true,
 	.verify = VerifyStandardDelivery,
 	.extract = ExtractStandardEvent,
 	.secret_problem = StandardSecretProblem,

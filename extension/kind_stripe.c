@@ -198,6 +198,7 @@ ExtractStripeEvent(const Provider *provider, const Delivery *delivery, EventList
 
 const ProviderKind StripeKind = {
 	.name = "stripe",
+	.uses_secrets = true,
 	.verify = VerifyStripeDelivery,
 	.extract = ExtractStripeEvent,
 	.secret_problem = NULL,		/* the key is the whole string, whatever it is */

@@ -36,12 +36,15 @@ typedef struct MacPart
  * in payments.rejections (NULL when valid); detail says more for a person and
  * never contains secret material.  transient marks a check that could not be
  * made for a passing reason (a certificate that could not be fetched): the
- * sender should retry, nothing is recorded against it.
+ * sender should retry, nothing is recorded against it.  invalid_body marks a
+ * body that cannot even be read for its signature (a malformed Paynow form):
+ * answered 400 "invalid" like any unusable body.
  */
 typedef struct Verdict
 {
 	bool		valid;
 	bool		transient;
+	bool		invalid_body;
 	const char *reason;
 	char	   *detail;
 } Verdict;
@@ -108,6 +111,7 @@ typedef struct EventList
 typedef struct ProviderKind
 {
 	const char *name;
+	bool		uses_secrets;	/* false: verified otherwise (PayPal: certificates) */
 	void		(*verify) (const Provider *provider, const Delivery *delivery, Verdict *verdict);
 	void		(*extract) (const Provider *provider, const Delivery *delivery, EventList *events);
 	const char *(*secret_problem) (const char *secret, int len);

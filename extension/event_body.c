@@ -188,3 +188,17 @@ InvalidEvents(EventList *events, const char *reason, char *detail)
 	events->invalid_reason = reason;
 	events->invalid_detail = detail;
 }
+
+/*
+ * An event id for deliveries that carry none: "sha256:" and the hex SHA-256
+ * of the body, so that an exact re-delivery is a duplicate.
+ */
+char *
+BodyDigestId(bytea *body)
+{
+	Datum		digest = DirectFunctionCall1(sha256_bytea, PointerGetDatum(body));
+	bytea	   *bytes = DatumGetByteaPP(digest);
+
+	return psprintf("sha256:%s", EncodeHex((unsigned char *) VARDATA_ANY(bytes),
+										   VARSIZE_ANY_EXHDR(bytes)));
+}

@@ -8,7 +8,9 @@
  * an optional whsec_ prefix; the signature header is a space-separated list
  * of "<version>,<base64>" items, and a v1 item is the padded standard base64
  * of the HMAC-SHA256.  Like the official library we compare base64 strings,
- * so a non-canonical encoding of the right bytes is refused.
+ * so a non-canonical encoding of the right bytes is refused.  A v1a item is
+ * an Ed25519 signature of the same bytes, checked with the public keys
+ * (whpk_ followed by base64 of 32 bytes) among the provider's secrets.
  */
 #include "payments.h"
 
@@ -19,7 +21,19 @@
 #include "utils/timestamp.h"
 
 #define STANDARD_SECRET_PREFIX "whsec_"
+#define STANDARD_PUBLIC_KEY_PREFIX "whpk_"
+#define STANDARD_PRIVATE_KEY_PREFIX "whsk_"
 #define STANDARD_V1_BASE64 44	/* base64 of 32 bytes, padded */
+#define STANDARD_V1A_BASE64 88	/* base64 of 64 bytes, padded */
+
+/* The signatures of a webhook-signature header, by version */
+typedef struct StandardSignatures
+{
+	int			nv1;
+	const char **v1;			/* STANDARD_V1_BASE64 characters each */
+	int			nv1a;
+	unsigned char (*v1a)[ED25519_SIGNATURE_LEN];
+} StandardSignatures;
 
 PG_FUNCTION_INFO_V1(verify_standard);
 
@@ -40,13 +54,38 @@ DecodeStandardSecret(const char *secret, int len, unsigned char **key)
 	return DecodeBase64Strict(secret, len, key);
 }
 
+/* True if the secret is an Ed25519 public key (whpk_) */
+static bool
+IsStandardPublicKey(const char *secret, int len)
+{
+	int			prefixlen = strlen(STANDARD_PUBLIC_KEY_PREFIX);
+
+	return len >= prefixlen && memcmp(secret, STANDARD_PUBLIC_KEY_PREFIX, prefixlen) == 0;
+}
+
+/* Decodes a whpk_ public key; returns false if it is not base64 of 32 bytes */
+static bool
+DecodeStandardPublicKey(const char *secret, int len, unsigned char **key)
+{
+	int			prefixlen = strlen(STANDARD_PUBLIC_KEY_PREFIX);
+
+	return DecodeBase64Strict(secret + prefixlen, len - prefixlen, key) == ED25519_PUBLIC_KEY_LEN;
+}
+
 /* Why a secret cannot serve as a Standard Webhooks key, or NULL */
 static const char *
 StandardSecretProblem(const char *secret, int len)
 {
 	unsigned char *key;
-	int			keylen = DecodeStandardSecret(secret, len, &key);
+	int			keylen;
+	int			skprefix = strlen(STANDARD_PRIVATE_KEY_PREFIX);
 
+	if (IsStandardPublicKey(secret, len))
+		return DecodeStandardPublicKey(secret, len, &key) ? NULL :
+			"a Standard Webhooks public key is whpk_ followed by padded base64 of 32 bytes";
+	if (len >= skprefix && memcmp(secret, STANDARD_PRIVATE_KEY_PREFIX, skprefix) == 0)
+		return "that is a signing key (whsk_): give the sender's public key (whpk_) instead";
+	keylen = DecodeStandardSecret(secret, len, &key);
 	if (keylen < 0)
 		return "a Standard Webhooks secret is whsec_ followed by padded base64";
 	if (keylen < 16)
@@ -69,18 +108,20 @@ IsUsableMessageId(const char *id, int len)
 }
 
 /*
- * Collects the v1 items of a webhook-signature header.  Items are separated
- * by spaces; each is "<version>,<signature>".  Versions other than v1 are
+ * Collects the v1 and v1a items of a webhook-signature header.  Items are
+ * separated by spaces; each is "<version>,<signature>".  Other versions are
  * ignored; a malformed item rejects the verdict.
  */
-static int
-ParseStandardSignatures(const char *header, int len, const char ***v1s, Verdict *verdict)
+static bool
+ParseStandardSignatures(const char *header, int len, StandardSignatures *sigs, Verdict *verdict)
 {
 	const char *end = header + len;
 	const char *item = header;
-	int			count = 0;
+	int			maxitems = len / (STANDARD_V1_BASE64 + 4) + 1;
 
-	*v1s = palloc(sizeof(char *) * (len / (STANDARD_V1_BASE64 + 4) + 1));
+	sigs->nv1 = sigs->nv1a = 0;
+	sigs->v1 = palloc(sizeof(char *) * maxitems);
+	sigs->v1a = palloc(ED25519_SIGNATURE_LEN * maxitems);
 	while (item < end)
 	{
 		const char *space = memchr(item, ' ', end - item);
@@ -91,30 +132,90 @@ ParseStandardSignatures(const char *header, int len, const char ***v1s, Verdict 
 			const char *comma = memchr(item, ',', item_end - item);
 			const char *sig;
 			int			siglen;
+			int			verlen;
 
 			if (comma == NULL || comma == item ||
 				memchr(comma + 1, ',', item_end - comma - 1) != NULL)
 			{
 				VerdictReject(verdict, "malformed_header",
 							  "webhook-signature item is not <version>,<signature>");
-				return -1;
+				return false;
 			}
 			sig = comma + 1;
 			siglen = item_end - sig;
-			if (comma - item == 2 && item[0] == 'v' && item[1] == '1')
+			verlen = comma - item;
+			if (verlen == 2 && memcmp(item, "v1", 2) == 0)
 			{
 				if (siglen != STANDARD_V1_BASE64)
 				{
 					VerdictReject(verdict, "malformed_header",
 								  "webhook-signature v1 is not the base64 of 32 bytes");
-					return -1;
+					return false;
 				}
-				(*v1s)[count++] = sig;
+				sigs->v1[sigs->nv1++] = sig;
+			}
+			else if (verlen == 3 && memcmp(item, "v1a", 3) == 0)
+			{
+				unsigned char *raw;
+
+				if (siglen != STANDARD_V1A_BASE64 ||
+					DecodeBase64Strict(sig, siglen, &raw) != ED25519_SIGNATURE_LEN)
+				{
+					VerdictReject(verdict, "malformed_header",
+								  "webhook-signature v1a is not the base64 of 64 bytes");
+					return false;
+				}
+				memcpy(sigs->v1a[sigs->nv1a++], raw, ED25519_SIGNATURE_LEN);
+				pfree(raw);
 			}
 		}
 		item = item_end + 1;
 	}
-	return count;
+	return true;
+}
+
+/* True if an HMAC secret signed the content as one of the v1 signatures */
+static bool
+MatchesV1(const char *secret, int len, const MacPart *parts, const StandardSignatures *sigs)
+{
+	unsigned char *key;
+	int			keylen = DecodeStandardSecret(secret, len, &key);
+	unsigned char mac[32];
+	char	   *expected;
+	bool		matched = false;
+
+	if (keylen < 0)
+		return false;			/* add_secret refuses these; skip one put in by hand */
+	ComputeHmac(HMAC_SHA256, key, keylen, parts, 3, mac);
+	expected = EncodeBase64(mac, sizeof(mac));
+	for (int j = 0; j < sigs->nv1; j++)
+	{
+		if (CRYPTO_memcmp(expected, sigs->v1[j], STANDARD_V1_BASE64) == 0)
+			matched = true;
+	}
+	pfree(key);
+	pfree(expected);
+	return matched;
+}
+
+/* True if a public key verifies one of the v1a signatures of the content */
+static bool
+MatchesV1a(const char *secret, int len, const MacPart *parts, const StandardSignatures *sigs)
+{
+	unsigned char *key;
+	StringInfoData content;
+	bool		matched = false;
+
+	if (!DecodeStandardPublicKey(secret, len, &key))
+		return false;
+	initStringInfo(&content);
+	for (int i = 0; i < 3; i++)
+		appendBinaryStringInfo(&content, parts[i].data, parts[i].len);
+	for (int j = 0; j < sigs->nv1a && !matched; j++)
+		matched = VerifyEd25519(key, sigs->v1a[j], (unsigned char *) content.data, content.len);
+	pfree(content.data);
+	pfree(key);
+	return matched;
 }
 
 /*
@@ -130,8 +231,7 @@ VerifyStandard(const char *body, int bodylen,
 			   Verdict *verdict)
 {
 	int64		timestamp;
-	const char **v1s;
-	int			nv1;
+	StandardSignatures sigs;
 	char		tsbuf[32];
 	MacPart		parts[3];
 	bool		matched = false;
@@ -148,12 +248,11 @@ VerifyStandard(const char *body, int bodylen,
 		VerdictReject(verdict, "malformed_header", "webhook-timestamp is not unix seconds");
 		return;
 	}
-	nv1 = ParseStandardSignatures(signature, siglen, &v1s, verdict);
-	if (nv1 < 0)
+	if (!ParseStandardSignatures(signature, siglen, &sigs, verdict))
 		return;
-	if (nv1 == 0)
+	if (sigs.nv1 + sigs.nv1a == 0)
 	{
-		VerdictReject(verdict, "no_signature", "webhook-signature has no v1 signature");
+		VerdictReject(verdict, "no_signature", "webhook-signature has no v1 or v1a signature");
 		return;
 	}
 
@@ -167,30 +266,18 @@ VerifyStandard(const char *body, int bodylen,
 
 	for (int i = 0; i < secrets->count && !matched; i++)
 	{
-		text	   *secret = secrets->secrets[i];
-		unsigned char *key;
-		int			keylen;
-		unsigned char mac[32];
-		char	   *expected;
+		const char *secret = VARDATA_ANY(secrets->secrets[i]);
+		int			len = VARSIZE_ANY_EXHDR(secrets->secrets[i]);
 
-		keylen = DecodeStandardSecret(VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret), &key);
-		if (keylen < 0)
-			continue;			/* add_secret refuses these; skip one put in by hand */
-		ComputeHmac(HMAC_SHA256, key, keylen, parts, 3, mac);
-		expected = EncodeBase64(mac, sizeof(mac));
-		for (int j = 0; j < nv1; j++)
-		{
-			if (CRYPTO_memcmp(expected, v1s[j], STANDARD_V1_BASE64) == 0)
-				matched = true;
-		}
-		pfree(key);
-		pfree(expected);
+		matched = IsStandardPublicKey(secret, len) ?
+			MatchesV1a(secret, len, parts, &sigs) :
+			MatchesV1(secret, len, parts, &sigs);
 	}
 	if (!matched)
 	{
 		VerdictReject(verdict, "signature_mismatch",
-					  "no v1 signature matches any live secret (%d signature(s), %d secret(s))",
-					  nv1, secrets->count);
+					  "no signature matches any live secret (%d v1, %d v1a signature(s), %d secret(s))",
+					  sigs.nv1, sigs.nv1a, secrets->count);
 		return;
 	}
 

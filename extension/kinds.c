@@ -14,6 +14,7 @@ PG_FUNCTION_INFO_V1(settings_problem);
 static const ProviderKind *const provider_kinds[] = {
 	&StripeKind,
 	&StandardKind,
+	&MetaKind,
 };
 
 /* The kind of the given name, or NULL */

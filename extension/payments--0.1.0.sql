@@ -279,6 +279,30 @@ COMMENT ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) IS
 	'Verifies one webhook delivery and stores it once; returns the HTTP status and outcome for the sender';
 
 --------------------------------------------------------------------------------------------------
+-- Kind meta: WhatsApp Cloud API (X-Hub-Signature-256, batches, GET subscription handshake)
+--------------------------------------------------------------------------------------------------
+
+INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
+	('meta', '{verify_token}',
+	 'Meta / WhatsApp Cloud API: X-Hub-Signature-256 = sha256= + hex HMAC-SHA256 of the body, key = the app secret; one event per message and per status');
+
+CREATE FUNCTION payments.verify_meta(body bytea, signature text, app_secret text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'verify_meta'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.verify_meta(bytea, text, text) IS
+	'Verifies an X-Hub-Signature-256 header value over a raw body; returns valid or the rejection reason';
+
+CREATE FUNCTION payments.meta_subscribe(provider text, mode text, verify_token text, challenge text)
+RETURNS TABLE (http_status integer, body text)
+AS 'MODULE_PATHNAME', 'meta_subscribe'
+LANGUAGE C STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION payments.meta_subscribe(text, text, text, text) IS
+	'Answers Meta''s GET subscription handshake: 200 with the challenge when hub.mode is subscribe and hub.verify_token matches, else 403 (404: no such meta provider)';
+REVOKE ALL ON FUNCTION payments.meta_subscribe(text, text, text, text) FROM PUBLIC;
+
+--------------------------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC; the DBA grants what each role needs
 --------------------------------------------------------------------------------------------------
 

@@ -120,6 +120,7 @@ typedef struct ProviderKind
 
 extern const ProviderKind StripeKind;
 extern const ProviderKind StandardKind;
+extern const ProviderKind MetaKind;
 
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
@@ -138,6 +139,12 @@ extern const char *HeaderValue(Jsonb *headers, const char *name, int *len);
 extern int	HmacLength(HmacAlgorithm algorithm);
 extern void ComputeHmac(HmacAlgorithm algorithm, const void *key, size_t keylen,
 						const MacPart *parts, int nparts, unsigned char *out);
+
+/* ed25519.c */
+#define ED25519_PUBLIC_KEY_LEN 32
+#define ED25519_SIGNATURE_LEN 64
+extern bool VerifyEd25519(const unsigned char *public_key, const unsigned char *sig,
+						  const unsigned char *msg, size_t msglen);
 
 /* encoding.c */
 extern bool ParseUnixSeconds(const char *s, int len, int64 *seconds);
@@ -169,6 +176,7 @@ extern Jsonb *ParseEventBody(const char *body, int len, char **error);
 extern Jsonb *ParseJsonDelivery(const Delivery *delivery, EventList *events);
 extern void SingleEvent(EventList *events, char *event_id, Jsonb *payload);
 extern void InvalidEvents(EventList *events, const char *reason, char *detail);
+extern char *BodyDigestId(bytea *body);
 extern char *JsonbTopString(Jsonb *jb, const char *key);
 extern bool JsonbTopUnixTime(Jsonb *jb, const char *key, TimestampTz *result);
 extern bool JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result);

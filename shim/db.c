@@ -23,11 +23,32 @@
 
 #include "shim.h"
 
-#define INGEST_STMT		"payments_ingest"
-#define INGEST_SQL \
-	"SELECT http_status, outcome, event_id FROM payments.ingest(" \
-	"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)"
 #define INGEST_NPARAMS	5
+#define SUBSCRIBE_NPARAMS 4
+
+/* The statements prepared on every connection */
+typedef enum DbStatementId
+{
+	STMT_INGEST,
+	STMT_SUBSCRIBE,
+	STMT_COUNT
+} DbStatementId;
+
+typedef struct DbStatement
+{
+	const char *name;
+	const char *sql;
+	int			nparams;
+} DbStatement;
+
+static const DbStatement db_statements[STMT_COUNT] = {
+	{"payments_ingest",
+		"SELECT http_status, outcome, event_id FROM payments.ingest("
+		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
+	{"payments_meta_subscribe",
+		"SELECT http_status, body FROM payments.meta_subscribe("
+		"$1::text, $2::text, $3::text, $4::text)", SUBSCRIBE_NPARAMS},
+};
 
 #define BACKOFF_MIN_MS	250
 #define BACKOFF_MAX_MS	5000
@@ -37,7 +58,7 @@
 typedef struct DbThread
 {
 	PGconn	   *conn;
-	bool		prepared;		/* INGEST_STMT exists on conn */
+	bool		prepared;		/* db_statements exist on conn */
 	int64_t		retry_at_ms;	/* no connection attempt before this */
 	int			backoff_ms;		/* current delay; 0 after a success */
 } DbThread;
@@ -265,22 +286,92 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 }
 
 /*
- * Prepare the ingest statement on the thread's connection.
+ * Prepare every statement on the thread's connection.
  */
 static DbStatus
 db_prepare(DbThread *thread, const char *request_id)
 {
-	PGresult   *res;
-	DbStatus	status = DB_OK;
+	for (int i = 0; i < STMT_COUNT; i++)
+	{
+		PGresult   *res = PQprepare(thread->conn, db_statements[i].name,
+									db_statements[i].sql,
+									db_statements[i].nparams, NULL);
 
-	res = PQprepare(thread->conn, INGEST_STMT, INGEST_SQL, INGEST_NPARAMS,
-					NULL);
-	if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
-		thread->prepared = true;
-	else
-		status = db_failure(thread, res, "prepare failed", request_id);
-	PQclear(res);
-	return status;
+		if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			DbStatus	status = db_failure(thread, res, "prepare failed",
+											request_id);
+
+			PQclear(res);
+			return status;
+		}
+		PQclear(res);
+	}
+	thread->prepared = true;
+	return DB_OK;
+}
+
+/*
+ * Run a prepared statement on this thread's connection, connecting and
+ * preparing as needed.  On DB_OK *result holds the tuples; otherwise the
+ * failure is logged and classified.
+ */
+static DbStatus
+db_exec(DbStatementId id, const char *const *values, const int *lengths,
+		const int *formats, const char *request_id, PGresult **result)
+{
+	DbThread   *thread = db_thread_get();
+	PGresult   *res;
+
+	*result = NULL;
+	if (thread == NULL)
+	{
+		log_db_error("error", request_id, "query failed", NULL, "out of memory");
+		return DB_FAILED;
+	}
+	if (!db_connect(thread, request_id))
+		return DB_UNAVAILABLE;
+
+	for (int attempt = 0;; attempt++)
+	{
+		const char *sqlstate;
+		DbStatus	status;
+
+		if (!thread->prepared)
+		{
+			status = db_prepare(thread, request_id);
+			if (status != DB_OK)
+				return status;
+		}
+
+		res = PQexecPrepared(thread->conn, db_statements[id].name,
+							 db_statements[id].nparams, values, lengths,
+							 formats, 0);
+		if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK)
+		{
+			*result = res;
+			return DB_OK;
+		}
+
+		/* Statement gone (e.g. DISCARD ALL by a pooler): prepare again once */
+		sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+		if (attempt == 0 && sqlstate != NULL &&
+			strcmp(sqlstate, "26000") == 0 &&
+			PQstatus(thread->conn) == CONNECTION_OK)
+		{
+			log_db_error("warning", request_id,
+						 "prepared statement missing, preparing again",
+						 sqlstate,
+						 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+			thread->prepared = false;
+			PQclear(res);
+			continue;
+		}
+
+		status = db_failure(thread, res, "query failed", request_id);
+		PQclear(res);
+		return status;
+	}
 }
 
 /*
@@ -310,35 +401,18 @@ db_parse_row(PGresult *res, IngestResult *out)
 
 /*
  * Call payments.ingest() once for a request.  out->status says what
- * happened; on DB_OK the caller must db_result_free(out).  The body is sent
- * as a binary parameter, so its bytes reach the server unchanged.
+ * happened; on DB_OK the caller must db_free_result(out->pgresult).  The body
+ * is sent as a binary parameter, so its bytes reach the server unchanged.
  */
 void
 db_ingest(const IngestRequest *req, IngestResult *out)
 {
-	DbThread   *thread;
 	const char *values[INGEST_NPARAMS];
 	int			lengths[INGEST_NPARAMS] = {0, 0, 0, 0, 0};
 	const int	formats[INGEST_NPARAMS] = {0, 0, 1, 0, 0};
 	PGresult   *res;
-	int			attempt;
 
 	memset(out, 0, sizeof(*out));
-	out->status = DB_FAILED;
-
-	thread = db_thread_get();
-	if (thread == NULL)
-	{
-		log_db_error("error", req->request_id, "ingest failed", NULL,
-					 "out of memory");
-		return;
-	}
-	if (!db_connect(thread, req->request_id))
-	{
-		out->status = DB_UNAVAILABLE;
-		return;
-	}
-
 	values[0] = req->provider;
 	values[1] = req->headers_json;
 	/* A NULL pointer would mean SQL NULL, not an empty body */
@@ -347,43 +421,10 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 	values[3] = req->client_ip;
 	values[4] = req->request_id;
 
-	for (attempt = 0;; attempt++)
-	{
-		const char *sqlstate;
-
-		if (!thread->prepared)
-		{
-			out->status = db_prepare(thread, req->request_id);
-			if (out->status != DB_OK)
-				return;
-		}
-
-		res = PQexecPrepared(thread->conn, INGEST_STMT, INGEST_NPARAMS,
-							 values, lengths, formats, 0);
-		if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK)
-			break;
-
-		/* Statement gone (e.g. DISCARD ALL by a pooler): prepare again once */
-		sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-		if (attempt == 0 && sqlstate != NULL &&
-			strcmp(sqlstate, "26000") == 0 &&
-			PQstatus(thread->conn) == CONNECTION_OK)
-		{
-			log_db_error("warning", req->request_id,
-						 "prepared statement missing, preparing again",
-						 sqlstate,
-						 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-			thread->prepared = false;
-			PQclear(res);
-			continue;
-		}
-
-		out->status = db_failure(thread, res, "ingest failed",
-								 req->request_id);
-		PQclear(res);
+	out->status = db_exec(STMT_INGEST, values, lengths, formats,
+						  req->request_id, &res);
+	if (out->status != DB_OK)
 		return;
-	}
-
 	if (!db_parse_row(res, out))
 	{
 		log_db_error("error", req->request_id,
@@ -394,17 +435,49 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 		return;
 	}
 	out->pgresult = res;
-	out->status = DB_OK;
 }
 
 /*
- * Free the result of a successful db_ingest().
+ * Call payments.meta_subscribe() for Meta's GET handshake.  On DB_OK the
+ * caller must db_free_result(out->pgresult).
  */
 void
-db_result_free(IngestResult *res)
+db_subscribe(const SubscribeRequest *req, SubscribeResult *out)
 {
-	PQclear(res->pgresult);
-	res->pgresult = NULL;
-	res->outcome = NULL;
-	res->event_id = NULL;
+	const char *values[SUBSCRIBE_NPARAMS] = {req->provider, req->mode,
+	req->verify_token, req->challenge};
+	PGresult   *res;
+	const char *status_text;
+	char	   *end;
+	long		status;
+
+	memset(out, 0, sizeof(*out));
+	out->status = db_exec(STMT_SUBSCRIBE, values, NULL, NULL,
+						  req->request_id, &res);
+	if (out->status != DB_OK)
+		return;
+	status_text = (PQntuples(res) == 1 && PQnfields(res) == 2 &&
+				   !PQgetisnull(res, 0, 0)) ? PQgetvalue(res, 0, 0) : "";
+	status = strtol(status_text, &end, 10);
+	if (end == status_text || *end != '\0' || status < 200 || status > 599)
+	{
+		log_db_error("error", req->request_id,
+					 "meta_subscribe returned an unusable row", NULL,
+					 "want one row: http_status 200-599, body");
+		PQclear(res);
+		out->status = DB_FAILED;
+		return;
+	}
+	out->http_status = (unsigned int) status;
+	out->body = PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1);
+	out->pgresult = res;
+}
+
+/*
+ * Free the result of a successful db_ingest() or db_subscribe().
+ */
+void
+db_free_result(void *pgresult)
+{
+	PQclear(pgresult);
 }

@@ -37,6 +37,7 @@ typedef enum Route
 {
 	ROUTE_NONE,					/* not routed (answered on the first call) */
 	ROUTE_WEBHOOK,
+	ROUTE_SUBSCRIBE,			/* GET /webhooks/{provider}: Meta's handshake */
 	ROUTE_HEALTH
 } Route;
 
@@ -291,13 +292,20 @@ start_request(struct MHD_Connection *conn, Request *req,
 		const char *length_header;
 		unsigned long long length;
 
-		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		bool		get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+
+		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && !get)
 			return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
-							   "method not allowed", MHD_HTTP_METHOD_POST);
+							   "method not allowed", "GET, POST");
 		if (!valid_provider(provider))
 			return reply_error(conn, req, MHD_HTTP_NOT_FOUND,
 							   "not found", NULL);
 		snprintf(req->provider, sizeof(req->provider), "%s", provider);
+		if (get)
+		{
+			req->route = ROUTE_SUBSCRIBE;
+			return MHD_YES;
+		}
 
 		length_header = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 													MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -338,6 +346,73 @@ finish_health(struct MHD_Connection *conn, Request *req)
 	buf_append_str(&body, "{\"status\":\"ok\"}");
 	ret = reply(conn, req, MHD_HTTP_OK, &body, NULL);
 	buf_free(&body);
+	return ret;
+}
+
+/*
+ * Final call for GET /webhooks/{provider}: Meta's subscription handshake,
+ * answered by payments.meta_subscribe() from the hub.* query arguments.
+ * The challenge goes back as the plain-text body, as Meta expects.
+ */
+static enum MHD_Result
+finish_subscribe(struct MHD_Connection *conn, Request *req)
+{
+	SubscribeRequest in;
+	SubscribeResult out;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	in.provider = req->provider;
+	in.mode = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "hub.mode");
+	in.verify_token = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+												  "hub.verify_token");
+	in.challenge = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+											   "hub.challenge");
+	in.request_id = req->request_id;
+	db_subscribe(&in, &out);
+
+	switch (out.status)
+	{
+		case DB_OK:
+			break;
+		case DB_UNAVAILABLE:
+			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							   "database unavailable", NULL);
+		case DB_INVALID:
+			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
+							   "invalid request", NULL);
+		case DB_FAILED:
+			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							   "database error", NULL);
+	}
+	if (out.http_status != MHD_HTTP_OK || out.body == NULL)
+	{
+		unsigned int status = out.http_status;
+		const char *message = status == MHD_HTTP_FORBIDDEN ? "verification failed" :
+			status == MHD_HTTP_NOT_FOUND ? "not found" : "invalid challenge";
+
+		db_free_result(out.pgresult);
+		return reply_error(conn, req, status, message, NULL);
+	}
+
+	snprintf(req->outcome, sizeof(req->outcome), "subscribed");
+	resp = MHD_create_response_from_buffer(strlen(out.body), (void *) out.body,
+										   MHD_RESPMEM_MUST_COPY);
+	db_free_result(out.pgresult);
+	if (resp == NULL)
+		return MHD_NO;
+	if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+								"text/plain") != MHD_YES ||
+		MHD_add_response_header(resp, REQUEST_ID_HEADER,
+								req->request_id) != MHD_YES)
+	{
+		MHD_destroy_response(resp);
+		return MHD_NO;
+	}
+	ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	if (ret == MHD_YES)
+		req->status = MHD_HTTP_OK;
 	return ret;
 }
 
@@ -421,7 +496,7 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 			json_append_field(&body, "event_id", out.event_id);
 			json_append_field(&body, "request_id", req->request_id);
 			buf_append_str(&body, "}");
-			db_result_free(&out);
+			db_free_result(out.pgresult);
 			ret = reply(conn, req, out.http_status, &body, NULL);
 			buf_free(&body);
 			return ret;
@@ -470,6 +545,8 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 	}
 	if (req->route == ROUTE_HEALTH)
 		return finish_health(conn, req);
+	if (req->route == ROUTE_SUBSCRIBE)
+		return finish_subscribe(conn, req);
 	return finish_webhook(conn, req);
 }
 

@@ -68,6 +68,25 @@ typedef struct IngestResult
 	void	   *pgresult;
 } IngestResult;
 
+/* Input of one call to payments.meta_subscribe() (Meta's GET handshake) */
+typedef struct SubscribeRequest
+{
+	const char *provider;
+	const char *mode;			/* hub.mode, NULL when absent */
+	const char *verify_token;	/* hub.verify_token */
+	const char *challenge;		/* hub.challenge */
+	const char *request_id;
+} SubscribeRequest;
+
+/* Output of that call; body points into an owned PGresult */
+typedef struct SubscribeResult
+{
+	DbStatus	status;
+	unsigned int http_status;
+	const char *body;			/* the challenge to echo, NULL unless 200 */
+	void	   *pgresult;
+} SubscribeResult;
+
 /* json.c */
 extern void buf_init(StrBuf *buf);
 extern void buf_free(StrBuf *buf);
@@ -89,7 +108,8 @@ extern void log_mhd(void *cls, const char *fmt, va_list ap);
 /* db.c */
 extern bool db_init(const char *dsn);
 extern void db_ingest(const IngestRequest *req, IngestResult *res);
-extern void db_result_free(IngestResult *res);
+extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);
+extern void db_free_result(void *pgresult);
 
 /* http.c */
 extern bool http_init(size_t max_body);

@@ -5,14 +5,17 @@
 \set id 'msg_p5jXN8AQM9LWM0D4loKWxJek'
 \set sig 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE='
 \set at 'to_timestamp(1614265330)'
+-- an Ed25519 key pair made for these tests, and its v1a signature of the same message
+\set pk 'whpk_3uQm5xb4DiC0ufrJDEaI3pJhGyq01FcFGXh8wmLZn/w='
+\set v1a 'v1a,2rW4k3tBhEFDDi9ilzBfs/pwUhdbLxuc858KGA9XZyxQN3CKN9XYQyhCGylkdRUjMvtzuhSo9Bx+UEXbR/g3Cw=='
 
 -- the vector verifies, with and without the whsec_ prefix on the secret
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', :'secret', 300, :at);
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 300, :at);
 
--- several signatures, space-separated: rotation and unknown versions (v1a is ignored in 0.1.0)
+-- several signatures, space-separated: rotation, other versions, unknown versions
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330',
-	'v1,' || repeat('A', 43) || '= v1a,c29tZQ== ' || :'sig', :'secret', 300, :at);
+	'v1,' || repeat('A', 43) || '= ' || :'v1a' || ' v2,xyz ' || :'sig', :'secret', 300, :at);
 -- extra spaces between items are harmless
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', '  ' || :'sig' || '  ', :'secret', 300, :at);
 
@@ -50,7 +53,24 @@ SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', '', :'secre
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', rtrim(:'sig', '=') || 'A', :'secret', 300, :at);
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', left(:'sig', 45) || 'F=', :'secret', 300, :at);
 
+-- v1a: Ed25519 signatures checked with whpk_ public keys
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', :'pk', 300, :at);
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig' || ' ' || :'v1a', :'pk', 300, :at);
+SELECT payments.verify_standard((:'body' || ' ')::bytea, :'id', '1614265330', :'v1a', :'pk', 300, :at);
+SELECT payments.verify_standard(:'body'::bytea, 'msg_other', '1614265330', :'v1a', :'pk', 300, :at);
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', 'whpk_fxEmmFbpQDGwhV7N7jAuWca5NMsNUr4xXvxzLRp473U=', 300, :at);
+-- a public key does not check v1 (HMAC) signatures, nor an HMAC secret v1a ones
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', :'pk', 300, :at);
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', :'secret', 300, :at);
+-- malformed v1a items: wrong length, not base64
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', 'v1a,c29tZQ==', :'pk', 300, :at);
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', 'v1a,' || repeat('!', 88), :'pk', 300, :at);
+-- tolerance applies to v1a too
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', :'pk', 300, to_timestamp(1614265631));
+
 -- unusable secrets are a caller's error
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', 'whsec_not base64!', 300, :at);
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', 'whsec_c2hvcnQ=', 300, :at);
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', 'whpk_c2hvcnQ=', 300, :at);
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', 'whsk_' || repeat('A', 86) || '==', 300, :at);
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', :'secret', -5, :at);

@@ -10,12 +10,15 @@
  */
 #include "payments.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(ingest);
@@ -34,6 +37,8 @@ typedef struct IngestResult
 static SPIPlanPtr provider_plan = NULL;
 static SPIPlanPtr event_plan = NULL;
 static SPIPlanPtr rejection_plan = NULL;
+static SPIPlanPtr apply_plan = NULL;
+static SPIPlanPtr apply_failed_plan = NULL;
 
 /* Prepares a statement once per backend and keeps it */
 static SPIPlanPtr
@@ -150,10 +155,10 @@ RecordRejection(const Delivery *delivery, const char *outcome, const char *reaso
 }
 
 /*
- * Inserts an event unless (provider, event_id) is already stored; true if
- * this call inserted it.
+ * Inserts an event unless (provider, event_id) is already stored; returns the
+ * new row's id, or 0 for a duplicate.
  */
-static bool
+static int64
 InsertEvent(const Delivery *delivery, const EventRecord *event)
 {
 	Oid			argtypes[9] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BYTEAOID,
@@ -161,13 +166,14 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 	Datum		args[9];
 	char		nulls[9] = "         ";
 	SPIPlanPtr	plan;
+	bool		isnull;
 
 	plan = PreparePlan(&event_plan,
 					   "INSERT INTO payments.events"
 					   " (provider, event_id, event_type, event_at, body, payload, headers,"
 					   "  source_ip, request_id, state)"
 					   " VALUES ($1, $2, $3, $4, $5, $6, $7 - " CREDENTIAL_HEADERS ", $8, $9,"
-					   "         'ignored')"
+					   "         'pending')"
 					   " ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
 					   9, argtypes);
 	args[0] = PointerGetDatum(delivery->provider);
@@ -186,7 +192,73 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert event");
-	return SPI_processed == 1;
+	if (SPI_processed == 0)
+		return 0;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Applies a stored event to its payment (payments.apply_event) inside a
+ * subtransaction: whatever goes wrong there leaves the event stored and
+ * pending with the error kept, to be retried, instead of failing the
+ * delivery.  Returns applied, ignored or stored.
+ */
+static const char *
+ApplyStoredEvent(int64 event_row)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	ResourceOwner callerowner = CurrentResourceOwner;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(event_row)};
+	const char *volatile outcome = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(callercxt);
+	PG_TRY();
+	{
+		SPIPlanPtr	plan = PreparePlan(&apply_plan, "SELECT payments.apply_event($1)", 1, argtypes);
+
+		if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not apply event");
+		outcome = MemoryContextStrdup(callercxt,
+									  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		Oid			errtypes[2] = {INT8OID, TEXTOID};
+		Datum		errargs[2];
+
+		MemoryContextSwitchTo(callercxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+
+		errargs[0] = Int64GetDatum(event_row);
+		errargs[1] = CStringGetTextDatum(edata->message);
+		if (SPI_execute_plan(PreparePlan(&apply_failed_plan,
+										 "UPDATE payments.events SET attempts = attempts + 1,"
+										 " next_attempt_at = pg_catalog.now() + interval '1 minute',"
+										 " last_error = $2 WHERE id = $1",
+										 2, errtypes),
+							 errargs, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not record a failed event");
+		ereport(WARNING,
+				(errmsg("event %lld is stored but could not be applied: %s",
+						(long long) event_row, edata->message)));
+		FreeErrorData(edata);
+		outcome = "stored";
+	}
+	PG_END_TRY();
+	return outcome;
 }
 
 /* Refuses a delivery with 401 and records why */
@@ -220,6 +292,8 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 	Verdict		verdict = {0};
 	EventList	events = {0};
 	int			inserted = 0;
+	int			applied = 0;
+	int			stored = 0;
 
 	if (!LoadProvider(delivery->provider, &provider))
 	{
@@ -259,11 +333,21 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 	Assert(events.count > 0);	/* every kind stores at least one event */
 	for (int i = 0; i < events.count; i++)
 	{
-		if (InsertEvent(delivery, &events.events[i]))
-			inserted++;
+		int64		event_row = InsertEvent(delivery, &events.events[i]);
+		const char *outcome;
+
+		if (event_row == 0)
+			continue;
+		inserted++;
+		outcome = ApplyStoredEvent(event_row);
+		if (strcmp(outcome, "applied") == 0)
+			applied++;
+		else if (strcmp(outcome, "stored") == 0)
+			stored++;
 	}
 	result->http_status = 200;
-	result->outcome = inserted > 0 ? "ignored" : "duplicate";
+	result->outcome = applied > 0 ? "applied" : stored > 0 ? "stored" :
+		inserted > 0 ? "ignored" : "duplicate";
 	if (events.count == 1)
 		result->event_id = events.events[0].event_id;
 }

@@ -15,6 +15,10 @@ static const ProviderKind *const provider_kinds[] = {
 	&StripeKind,
 	&StandardKind,
 	&MetaKind,
+	&PaynowKind,
+	&EversendKind,
+	&HmacKind,
+	&PayPalKind,
 };
 
 /* The kind of the given name, or NULL */

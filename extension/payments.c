@@ -1,9 +1,63 @@
 /*
  * payments.c
- *		Module entry of the payments extension.
+ *		Module entry of the payments extension: its settings (GUCs).
  */
 #include "payments.h"
 
 #include "fmgr.h"
+#include "pgtime.h"
+#include "utils/guc.h"
 
 PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+static char *receipt_prefix = NULL;
+static char *receipt_timezone = NULL;
+
+/* A receipt prefix is 1 to 10 characters of A-Z and 0-9 */
+static bool
+CheckReceiptPrefix(char **newval, void **extra, GucSource source)
+{
+	size_t		len = strspn(*newval, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
+
+	if (len < 1 || len > 10 || (*newval)[len] != '\0')
+	{
+		GUC_check_errdetail("A receipt prefix is 1 to 10 characters of A-Z and 0-9.");
+		return false;
+	}
+	return true;
+}
+
+/* The receipt time zone must be one PostgreSQL knows */
+static bool
+CheckReceiptTimezone(char **newval, void **extra, GucSource source)
+{
+	if (pg_tzset(*newval) == NULL)
+	{
+		GUC_check_errdetail("\"%s\" is not a time zone PostgreSQL knows.", *newval);
+		return false;
+	}
+	return true;
+}
+
+/* Defines the extension's settings */
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("payments.receipt_prefix",
+							   gettext_noop("Prefix of receipt numbers, for providers without their own receipt_prefix."),
+							   NULL,
+							   &receipt_prefix,
+							   "LP",
+							   PGC_SUSET, 0,
+							   CheckReceiptPrefix, NULL, NULL);
+	DefineCustomStringVariable("payments.receipt_timezone",
+							   gettext_noop("Time zone of the day in receipt numbers and daily reports."),
+							   NULL,
+							   &receipt_timezone,
+							   "UTC",
+							   PGC_SUSET, 0,
+							   CheckReceiptTimezone, NULL, NULL);
+	MarkGUCPrefixReserved("payments");
+}

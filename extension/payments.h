@@ -121,6 +121,10 @@ typedef struct ProviderKind
 extern const ProviderKind StripeKind;
 extern const ProviderKind StandardKind;
 extern const ProviderKind MetaKind;
+extern const ProviderKind PaynowKind;
+extern const ProviderKind EversendKind;
+extern const ProviderKind HmacKind;
+extern const ProviderKind PayPalKind;
 
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
@@ -146,6 +150,25 @@ extern void ComputeHmac(HmacAlgorithm algorithm, const void *key, size_t keylen,
 extern bool VerifyEd25519(const unsigned char *public_key, const unsigned char *sig,
 						  const unsigned char *msg, size_t msglen);
 
+/* form.c: application/x-www-form-urlencoded bodies, decoded strictly */
+typedef struct FormField
+{
+	char	   *key;			/* decoded, NUL-terminated UTF-8 */
+	char	   *value;
+	int			keylen;
+	int			valuelen;
+} FormField;
+
+typedef struct Form
+{
+	int			count;
+	FormField  *fields;			/* in the order received */
+} Form;
+
+extern bool ParseUrlEncodedForm(const char *body, int len, Form *form, char **error);
+extern int	FormFieldIndex(const Form *form, const char *name);
+extern Jsonb *FormToJsonb(const Form *form, char **error);
+
 /* encoding.c */
 extern bool ParseUnixSeconds(const char *s, int len, int64 *seconds);
 extern bool IsLowerHex(const char *s, int len);
@@ -170,6 +193,10 @@ extern void VerifyStandard(const char *body, int bodylen,
 						   const char *signature, int siglen,
 						   const SecretList *secrets, int tolerance, TimestampTz now,
 						   Verdict *verdict);
+
+/* paypal_certificates.c */
+extern char *PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict);
+extern const char *PayPalCertHostProblem(const char *entry);
 
 /* event_body.c */
 extern Jsonb *ParseEventBody(const char *body, int len, char **error);

@@ -34,7 +34,7 @@ SELECT provider, event_id, event_type, event_at = to_timestamp(1718000000) AS ev
 	   convert_from(body, 'UTF8') = :'ev1' AS body_exact, payload -> 'data' -> 'object' ->> 'id' AS object_id,
 	   headers ? 'stripe-signature' AS has_signature, headers ? 'authorization' AS has_authorization,
 	   source_ip, request_id, state
-  FROM payments.events;
+  FROM payments.events WHERE provider = 'shop';
 
 -- tampered body, wrong secret, missing header, garbage header: rejected and recorded, nothing stored
 SELECT * FROM payments.ingest('shop', t.stripe(:'ev1', 'whsec_old'), convert_to(replace(:'ev1', '2500', '1'), 'UTF8'));
@@ -87,14 +87,14 @@ SELECT * FROM t.try(convert_to('{"id":"' || repeat('e', 256) || '"}', 'UTF8'));
 SELECT * FROM t.try(convert_to('{"id":"evt_ü","note":"Tatenda 🙏 \u00e9\ud83d\ude00"}', 'UTF8'));
 
 -- what the rejections table holds: reasons, sender, request id, size and hash of the body, no credentials
-SELECT outcome, reason, count(*) FROM payments.rejections GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT outcome, reason, count(*) FROM payments.rejections WHERE provider = 'shop' GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT reason, regexp_replace(detail, '\d+ s (old|in)', 'N s \1') AS detail
-  FROM payments.rejections WHERE outcome = 'rejected' ORDER BY id;
+  FROM payments.rejections WHERE provider = 'shop' AND outcome = 'rejected' ORDER BY id;
 SELECT bool_and(body_sha256 = sha256(convert_to(replace(:'ev1', '2500', '1'), 'UTF8'))) AS hash_kept,
 	   bool_and(body_size = length(convert_to(replace(:'ev1', '2500', '1'), 'UTF8'))) AS size_kept
-  FROM payments.rejections WHERE id = (SELECT min(id) FROM payments.rejections);
-SELECT count(*) FILTER (WHERE headers ? 'authorization') AS with_authorization FROM payments.rejections;
-SELECT event_id FROM payments.events ORDER BY id;
+  FROM payments.rejections WHERE id = (SELECT min(id) FROM payments.rejections WHERE provider = 'shop');
+SELECT count(*) FILTER (WHERE headers ? 'authorization') AS with_authorization FROM payments.rejections WHERE provider = 'shop';
+SELECT event_id FROM payments.events WHERE provider = 'shop' ORDER BY id;
 
 -- unknown provider: 404, nothing recorded
 SELECT * FROM payments.ingest('nobody', t.stripe(:'ev1', 'whsec_new'), convert_to(:'ev1', 'UTF8'));

@@ -151,3 +151,104 @@ export function rawRequest(port, chunks, timeoutMs = 5000) {
 }
 
 export { sleep, readFileSync };
+
+// --- Helpers for the shim's own tests (shim_*.test.mjs) ---
+// (imports are hoisted: these are in effect at the top of the module)
+import { spawnSync } from 'node:child_process';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+
+// One HTTP request on its own connection (no keep-alive), optionally from another loopback
+// address (127.0.0.0/8 all reaches the shim on Linux), so that tests can act as distinct
+// clients.  Resolves with { status, headers, text, json }; rejects on a connection error.
+export function request(port, { method = 'GET', path = '/', headers = {}, body, localAddress = '127.0.0.1',
+	timeoutMs = 10000, tls } = {}) {
+	return new Promise((resolve, reject) => {
+		const options = { host: '127.0.0.1', port, method, path, headers, localAddress, agent: false,
+			timeout: timeoutMs };
+		const req = (tls ? httpsRequest({ ...options, ...tls }) : httpRequest(options)).on('response', (res) => {
+			let text = '';
+			res.setEncoding('utf8');
+			res.on('data', (d) => { text += d; });
+			res.on('end', () => {
+				let json = null;
+				try { json = JSON.parse(text); } catch { /* not JSON */ }
+				resolve({ status: res.statusCode, headers: res.headers, text, json });
+			});
+			res.on('error', reject);
+		});
+		req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+		req.on('error', reject);
+		req.end(body);
+	});
+}
+
+// Opens a raw TCP connection from localAddress and writes chunks, intervalMs apart, until they
+// are all sent or the server closes.  Resolves with { data, closed, ms }: what the server sent,
+// whether it closed the connection before timeoutMs, and when (ms after connecting).
+export function rawSession(port, { chunks = [], intervalMs = 0, localAddress = '127.0.0.1', timeoutMs = 5000 } = {}) {
+	return new Promise((resolve) => {
+		const socket = connect({ port, host: '127.0.0.1', localAddress });
+		const started = Date.now();
+		let data = '';
+		let closed = false;
+		let timer;
+		const finish = () => {
+			clearTimeout(timer);
+			socket.destroy();
+			resolve({ data, closed, ms: Date.now() - started });
+		};
+		timer = setTimeout(finish, timeoutMs);
+		socket.setEncoding('latin1');
+		socket.on('data', (d) => { data += d; });
+		socket.on('error', () => { closed = true; });
+		socket.on('close', () => { closed = true; finish(); });
+		socket.on('connect', async () => {
+			for (const chunk of chunks) {
+				if (closed || socket.destroyed) break;
+				socket.write(chunk);
+				if (intervalMs > 0) await sleep(intervalMs);
+			}
+		});
+	});
+}
+
+// Parses Prometheus text exposition into a Map from 'name{labels}' (labels as written) to a
+// number, and checks the format on the way: HELP and TYPE before a family's samples, names
+// and label syntax, numeric values.
+export function parseMetrics(text) {
+	const samples = new Map();
+	const types = new Map();
+	for (const line of text.split('\n')) {
+		if (line === '') continue;
+		let m = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$/.exec(line);
+		if (m) {
+			if (m[1] === 'TYPE') types.set(m[2], m[3]);
+			continue;
+		}
+		m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (\S+)$/.exec(line);
+		if (!m) throw new Error(`not a valid exposition line: ${line}`);
+		const family = m[1].replace(/_(bucket|sum|count)$/, '');
+		if (!types.has(m[1]) && !(types.get(family) === 'histogram'))
+			throw new Error(`sample before its # TYPE: ${line}`);
+		const value = Number(m[3].replace('+Inf', 'Infinity'));
+		if (Number.isNaN(value)) throw new Error(`not a number: ${line}`);
+		samples.set(`${m[1]}${m[2] ?? ''}`, value);
+	}
+	return { samples, types };
+}
+
+// Parses JSON log lines; throws on a line that is not a JSON object.
+export function parseLogLines(text) {
+	return text.split('\n').filter((l) => l !== '').map((l) => {
+		const v = JSON.parse(l);
+		if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`not an object: ${l}`);
+		return v;
+	});
+}
+
+// Runs the shim to completion (for bad settings and --help): { status, stdout, stderr }.
+export function runShim(args, env = {}) {
+	const r = spawnSync(SHIM, args, { encoding: 'utf8', timeout: 10000, env: { ...process.env, ...env } });
+	return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}

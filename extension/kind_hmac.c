@@ -1,0 +1,583 @@
+/*
+ * kind_hmac.c
+ *		Generic HMAC signatures, configured per provider in SQL, for the many
+ *		providers that sign "an HMAC of the body in a header" (Paystack,
+ *		GitHub, Flutterwave v4 and so on).
+ *
+ * Settings (checked by HmacSettingsProblem when the provider is registered):
+ *   header             required: the lower-case name of the signature header
+ *   algorithm          sha256 (default), sha512 or sha1
+ *   encoding           hex (default; either case accepted) or base64 (padded
+ *                      standard base64, compared as text like the Standard
+ *                      Webhooks libraries do)
+ *   prefix             text before the MAC in the header, e.g. "sha256="
+ *                      (default none; compared exactly)
+ *   timestamp_header   a header with the time of signing in unix seconds;
+ *                      needs signed = timestamp.body, since a time nobody
+ *                      signed proves nothing
+ *   signed             body (default) or timestamp.body: "<timestamp header
+ *                      as received>.<raw body>"
+ *   tolerance          seconds the signed time may be away from now, either
+ *                      way (default 300; only with timestamp_header)
+ *   event_id_header    the event id is this header (e.g. x-github-delivery)
+ *   event_id_path      or the first string or number that this SQL/JSON path
+ *                      finds in the payload (e.g. $.data.id)
+ *   event_type_header  the event type is this header (e.g. x-github-event)
+ *   event_type_path    or the first string or number this path finds
+ *
+ * The key is the UTF-8 bytes of the secret, as every such provider does; one
+ * signature per header.  The body must be a JSON object.  When no id is
+ * configured, or the configured header or path finds nothing, the event id
+ * is "sha256:" + the hex SHA-256 of the body, so an exact re-delivery is
+ * still a duplicate.  With no type configured, the type is the payload's
+ * top-level "type" string, as for the other kinds.
+ */
+#include "payments.h"
+
+#include <openssl/crypto.h>
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonpath.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(verify_hmac);
+
+/* A provider's settings, read and checked */
+typedef struct HmacConfig
+{
+	char	   *header;
+	HmacAlgorithm algorithm;
+	bool		base64;
+	char	   *prefix;
+	char	   *timestamp_header;	/* NULL: no timestamp */
+	bool		sign_timestamp;
+	int			tolerance;
+	char	   *event_id_header;
+	char	   *event_id_path;
+	char	   *event_type_header;
+	char	   *event_type_path;
+} HmacConfig;
+
+static const char *const hmac_settings[] = {
+	"header", "algorithm", "encoding", "prefix", "timestamp_header", "signed", "tolerance",
+	"event_id_header", "event_id_path", "event_type_header", "event_type_path",
+};
+
+/* True if name is a lower-case HTTP header name (an RFC 9110 token) */
+static bool
+IsHeaderName(const char *name)
+{
+	if (name[0] == '\0' || strlen(name) > 100)
+		return false;
+	for (const char *c = name; *c; c++)
+	{
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+			  strchr("!#$%&'*+-.^_`|~", *c) != NULL))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Parses a SQL/JSON path and, when payload is not NULL, evaluates it in lax
+ * mode without raising errors for missing members, taking the first item
+ * found.  Everything runs in a subtransaction, so a path that fails (a syntax
+ * error, an undefined $variable, a bad datetime template) returns false with
+ * *error set instead of aborting the caller.  *found is the first item as
+ * jsonb, or NULL when there is none.
+ */
+static bool
+RunJsonPath(const char *path, Jsonb *payload, Jsonb **found, char **error)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	ResourceOwner callerowner = CurrentResourceOwner;
+	Jsonb	   *vars = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	Jsonb	   *volatile result = NULL;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(callercxt);
+	PG_TRY();
+	{
+		Datum		jsonpath = DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
+
+		if (payload != NULL)
+		{
+			LOCAL_FCINFO(fcinfo, 4);
+			Datum		first;
+
+			InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
+			fcinfo->args[0].value = JsonbPGetDatum(payload);
+			fcinfo->args[0].isnull = false;
+			fcinfo->args[1].value = jsonpath;
+			fcinfo->args[1].isnull = false;
+			fcinfo->args[2].value = JsonbPGetDatum(vars);
+			fcinfo->args[2].isnull = false;
+			fcinfo->args[3].value = BoolGetDatum(true); /* silent */
+			fcinfo->args[3].isnull = false;
+			first = jsonb_path_query_first(fcinfo);
+			if (!fcinfo->isnull)
+				result = DatumGetJsonbP(first);
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(callercxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+
+		/* cancels and shutdowns are not a verdict on the path */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ReThrowError(edata);
+		*error = pstrdup(edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+
+	if (found != NULL)
+		*found = result;
+	return ok;
+}
+
+/* True if the settings have the key, whatever its value */
+static bool
+HasSetting(Jsonb *settings, const char *key)
+{
+	JsonbValue	value;
+
+	return getKeyJsonValueFromContainer(&settings->root, key, strlen(key), &value) != NULL;
+}
+
+/* A whole number of seconds from 1 to 604800 (as check_settings allows), or -1 */
+static int
+ToleranceValue(const JsonbValue *value)
+{
+	char	   *text;
+	int			len;
+	int64		seconds;
+
+	if (value->type != jbvNumeric)
+		return -1;
+	text = DatumGetCString(DirectFunctionCall1(numeric_out,
+											   NumericGetDatum(value->val.numeric)));
+	len = strlen(text);
+	if (strchr(text, '.') != NULL)
+	{
+		/* 300.0 is 300 */
+		while (len > 0 && text[len - 1] == '0')
+			len--;
+		if (len == 0 || text[len - 1] != '.')
+			return -1;
+		len--;
+	}
+	if (!ParseUnixSeconds(text, len, &seconds) || seconds < 1 || seconds > 604800)
+		return -1;
+	return (int) seconds;
+}
+
+/* How much of the settings ReadHmacConfig checks */
+typedef enum HmacCheck
+{
+	HMAC_CHECK_VERIFY,			/* verifying a delivery: registration checked all */
+	HMAC_CHECK_REGISTER,		/* also parse the paths (check_settings does the keys) */
+	HMAC_CHECK_PRIMITIVE		/* verify_hmac: also refuse unknown keys, paths unused */
+} HmacCheck;
+
+/*
+ * Reads a provider's settings into cfg; returns why they are unusable, or
+ * NULL.  Parsing the SQL/JSON paths takes a subtransaction, which a parallel
+ * worker cannot start, so it is done only at registration.
+ */
+static char *
+ReadHmacConfig(Jsonb *settings, HmacConfig *cfg, HmacCheck check)
+{
+	JsonbIterator *it;
+	JsonbValue	value;
+	JsonbIteratorToken token;
+	char	   *text;
+	char	   *error;
+
+	memset(cfg, 0, sizeof(HmacConfig));
+	cfg->algorithm = HMAC_SHA256;
+	cfg->prefix = "";
+	cfg->tolerance = PAYMENTS_DEFAULT_TOLERANCE;
+
+	if (settings == NULL || !JB_ROOT_IS_OBJECT(settings) || JB_ROOT_IS_SCALAR(settings))
+		return pstrdup("settings must be a JSON object");
+
+	/* every value of ours a string, except tolerance */
+	it = JsonbIteratorInit(&settings->root);
+	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE)
+	{
+		char	   *key;
+		bool		known = false;
+		JsonbValue	member;
+
+		if (token != WJB_KEY)
+			continue;
+		key = pnstrdup(value.val.string.val, value.val.string.len);
+		for (int i = 0; i < (int) lengthof(hmac_settings); i++)
+			known = known || strcmp(key, hmac_settings[i]) == 0;
+		if (!known)
+		{
+			/* the settings every kind has are check_settings' business */
+			if (check == HMAC_CHECK_PRIMITIVE && strcmp(key, "receipt_prefix") != 0)
+				return psprintf("unknown setting \"%s\"", key);
+			continue;
+		}
+		getKeyJsonValueFromContainer(&settings->root, key, strlen(key), &member);
+		if (strcmp(key, "tolerance") == 0)
+		{
+			cfg->tolerance = ToleranceValue(&member);
+			if (cfg->tolerance < 0)
+				return pstrdup("tolerance must be a whole number of seconds from 1 to 604800");
+		}
+		else if (member.type != jbvString)
+			return psprintf("%s must be a string", key);
+	}
+
+	cfg->header = SettingText(settings, "header");
+	if (cfg->header == NULL)
+		return pstrdup("header (the name of the signature header, e.g. \"x-paystack-signature\") is required");
+	if (!IsHeaderName(cfg->header))
+		return pstrdup("header must be a header name in lower case, e.g. \"x-hub-signature-256\"");
+
+	text = SettingText(settings, "algorithm");
+	if (text == NULL || strcmp(text, "sha256") == 0)
+		cfg->algorithm = HMAC_SHA256;
+	else if (strcmp(text, "sha512") == 0)
+		cfg->algorithm = HMAC_SHA512;
+	else if (strcmp(text, "sha1") == 0)
+		cfg->algorithm = HMAC_SHA1;
+	else
+		return pstrdup("algorithm must be \"sha256\" (the default), \"sha512\" or \"sha1\"");
+
+	text = SettingText(settings, "encoding");
+	if (text != NULL && strcmp(text, "base64") == 0)
+		cfg->base64 = true;
+	else if (text != NULL && strcmp(text, "hex") != 0)
+		return pstrdup("encoding must be \"hex\" (the default) or \"base64\"");
+
+	text = SettingText(settings, "prefix");
+	if (text != NULL)
+	{
+		if (strlen(text) > 64)
+			return pstrdup("prefix must be at most 64 characters");
+		for (const char *c = text; *c; c++)
+		{
+			if (*c <= ' ' || *c > '~')
+				return pstrdup("prefix must be printable ASCII without spaces");
+		}
+		cfg->prefix = text;
+	}
+
+	cfg->timestamp_header = SettingText(settings, "timestamp_header");
+	if (cfg->timestamp_header != NULL &&
+		(!IsHeaderName(cfg->timestamp_header) || strcmp(cfg->timestamp_header, cfg->header) == 0))
+		return pstrdup("timestamp_header must be a header name in lower case, other than header");
+
+	text = SettingText(settings, "signed");
+	if (text != NULL && strcmp(text, "timestamp.body") == 0)
+		cfg->sign_timestamp = true;
+	else if (text != NULL && strcmp(text, "body") != 0)
+		return pstrdup("signed must be \"body\" (the default) or \"timestamp.body\"");
+	if (cfg->sign_timestamp && cfg->timestamp_header == NULL)
+		return pstrdup("signed = \"timestamp.body\" needs timestamp_header");
+	if (!cfg->sign_timestamp && cfg->timestamp_header != NULL)
+		return pstrdup("timestamp_header needs signed = \"timestamp.body\": a time that is not signed proves nothing");
+	if (!cfg->sign_timestamp && HasSetting(settings, "tolerance"))
+		return pstrdup("tolerance applies only with timestamp_header and signed = \"timestamp.body\"");
+
+	cfg->event_id_header = SettingText(settings, "event_id_header");
+	cfg->event_id_path = SettingText(settings, "event_id_path");
+	cfg->event_type_header = SettingText(settings, "event_type_header");
+	cfg->event_type_path = SettingText(settings, "event_type_path");
+	if (cfg->event_id_header != NULL && !IsHeaderName(cfg->event_id_header))
+		return pstrdup("event_id_header must be a header name in lower case");
+	if (cfg->event_type_header != NULL && !IsHeaderName(cfg->event_type_header))
+		return pstrdup("event_type_header must be a header name in lower case");
+	if (cfg->event_id_header != NULL && cfg->event_id_path != NULL)
+		return pstrdup("set event_id_header or event_id_path, not both");
+	if (cfg->event_type_header != NULL && cfg->event_type_path != NULL)
+		return pstrdup("set event_type_header or event_type_path, not both");
+	if (check == HMAC_CHECK_REGISTER && cfg->event_id_path != NULL &&
+		!RunJsonPath(cfg->event_id_path, NULL, NULL, &error))
+		return psprintf("event_id_path is not a SQL/JSON path: %s", error);
+	if (check == HMAC_CHECK_REGISTER && cfg->event_type_path != NULL &&
+		!RunJsonPath(cfg->event_type_path, NULL, NULL, &error))
+		return psprintf("event_type_path is not a SQL/JSON path: %s", error);
+	return NULL;
+}
+
+/*
+ * Verifies the signature headers of a delivery over the raw body against
+ * every live secret, then the signed time against the tolerance.
+ */
+static void
+VerifyHmac(const HmacConfig *cfg, const char *body, int bodylen, Jsonb *headers,
+		   const SecretList *secrets, TimestampTz now, Verdict *verdict)
+{
+	int			maclen = HmacLength(cfg->algorithm);
+	int			prefixlen = strlen(cfg->prefix);
+	int			expectedlen = cfg->base64 ? (maclen + 2) / 3 * 4 : maclen * 2;
+	const char *signature;
+	int			siglen;
+	const char *timestamp = NULL;
+	int			tslen = 0;
+	int64		signed_at = 0;
+	char	   *received;
+	MacPart		parts[3];
+	int			nparts = 0;
+	bool		matched = false;
+
+	signature = HeaderValue(headers, cfg->header, &siglen);
+	if (signature == NULL)
+	{
+		VerdictReject(verdict, "missing_header", "no %s header", cfg->header);
+		return;
+	}
+	if (cfg->timestamp_header != NULL)
+	{
+		timestamp = HeaderValue(headers, cfg->timestamp_header, &tslen);
+		if (timestamp == NULL)
+		{
+			VerdictReject(verdict, "missing_header", "no %s header", cfg->timestamp_header);
+			return;
+		}
+		if (!ParseUnixSeconds(timestamp, tslen, &signed_at))
+		{
+			VerdictReject(verdict, "malformed_header", "%s is not unix seconds",
+						  cfg->timestamp_header);
+			return;
+		}
+	}
+	if (siglen < prefixlen || memcmp(signature, cfg->prefix, prefixlen) != 0)
+	{
+		VerdictReject(verdict, "malformed_header", "%s does not start with \"%s\"",
+					  cfg->header, cfg->prefix);
+		return;
+	}
+	signature += prefixlen;
+	siglen -= prefixlen;
+	if (siglen != expectedlen)
+	{
+		VerdictReject(verdict, "malformed_header",
+					  "%s holds %d characters after the prefix, not the %d of a %s %s",
+					  cfg->header, siglen, expectedlen,
+					  cfg->base64 ? "base64" : "hex",
+					  cfg->algorithm == HMAC_SHA1 ? "HMAC-SHA1" :
+					  cfg->algorithm == HMAC_SHA256 ? "HMAC-SHA256" : "HMAC-SHA512");
+		return;
+	}
+	received = palloc(siglen);
+	memcpy(received, signature, siglen);
+	if (!cfg->base64)
+	{
+		for (int i = 0; i < siglen; i++)
+		{
+			if (received[i] >= 'A' && received[i] <= 'F')
+				received[i] += 'a' - 'A';
+		}
+		if (!IsLowerHex(received, siglen))
+		{
+			VerdictReject(verdict, "malformed_header", "%s is not hexadecimal", cfg->header);
+			return;
+		}
+	}
+
+	if (cfg->sign_timestamp)
+	{
+		parts[nparts].data = timestamp;
+		parts[nparts++].len = tslen;
+		parts[nparts].data = ".";
+		parts[nparts++].len = 1;
+	}
+	parts[nparts].data = body;
+	parts[nparts++].len = bodylen;
+
+	for (int i = 0; i < secrets->count && !matched; i++)
+	{
+		text	   *secret = secrets->secrets[i];
+		unsigned char mac[64];
+		char	   *expected;
+
+		ComputeHmac(cfg->algorithm, VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret),
+					parts, nparts, mac);
+		expected = cfg->base64 ? EncodeBase64(mac, maclen) : EncodeHex(mac, maclen);
+		if (CRYPTO_memcmp(expected, received, expectedlen) == 0)
+			matched = true;
+		pfree(expected);
+	}
+	if (!matched)
+	{
+		VerdictReject(verdict, "signature_mismatch",
+					  "%s matches no live secret (%d secret(s))", cfg->header, secrets->count);
+		return;
+	}
+
+	verdict->valid = true;
+	if (cfg->timestamp_header != NULL)
+		CheckTolerance(verdict, signed_at, now, cfg->tolerance);
+}
+
+/* The provider's settings, checked at registration */
+static void
+ProviderConfig(const Provider *provider, HmacConfig *cfg)
+{
+	char	   *problem = ReadHmacConfig(provider->settings, cfg, HMAC_CHECK_VERIFY);
+
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("provider \"%s\" has unusable settings: %s", provider->name, problem)));
+}
+
+/* Checks a delivery's signature as the provider's settings say */
+static void
+VerifyHmacDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
+{
+	HmacConfig	cfg;
+
+	ProviderConfig(provider, &cfg);
+	VerifyHmac(&cfg, VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
+			   delivery->headers, &provider->secrets, GetCurrentTimestamp(), verdict);
+}
+
+/*
+ * Looks up a value by header or by path.  Returns false after marking the
+ * event list invalid if the path fails; *result is NULL when nothing (or an
+ * empty string) is found, or neither is configured.
+ */
+static bool
+LookUp(const Delivery *delivery, Jsonb *payload, const char *header, const char *path,
+	   const char *what, char **result, EventList *events)
+{
+	*result = NULL;
+	if (header != NULL)
+	{
+		int			len;
+		const char *value = HeaderValue(delivery->headers, header, &len);
+
+		if (value != NULL && len > 0)
+			*result = pnstrdup(value, len);
+	}
+	else if (path != NULL)
+	{
+		Jsonb	   *found;
+		char	   *error;
+		JsonbValue	scalar;
+
+		if (!RunJsonPath(path, payload, &found, &error))
+		{
+			InvalidEvents(events, "event_path_failed",
+						  psprintf("%s %s failed: %s", what, path, error));
+			return false;
+		}
+		if (found != NULL && JsonbExtractScalar(&found->root, &scalar))
+		{
+			if (scalar.type == jbvString && scalar.val.string.len > 0)
+				*result = pnstrdup(scalar.val.string.val, scalar.val.string.len);
+			else if (scalar.type == jbvNumeric)
+				*result = DatumGetCString(DirectFunctionCall1(numeric_out,
+															  NumericGetDatum(scalar.val.numeric)));
+		}
+	}
+	return true;
+}
+
+/* One event: the id and type where the settings say, else the defaults */
+static void
+ExtractHmacEvent(const Provider *provider, const Delivery *delivery, EventList *events)
+{
+	HmacConfig	cfg;
+	Jsonb	   *payload;
+	char	   *event_id;
+	char	   *event_type;
+
+	ProviderConfig(provider, &cfg);
+	payload = ParseJsonDelivery(delivery, events);
+	if (payload == NULL)
+		return;
+	if (!LookUp(delivery, payload, cfg.event_id_header, cfg.event_id_path, "event_id_path",
+				&event_id, events) ||
+		!LookUp(delivery, payload, cfg.event_type_header, cfg.event_type_path, "event_type_path",
+				&event_type, events))
+		return;
+	if (event_id == NULL)
+		event_id = BodyDigestId(delivery->body);
+	else if (strlen(event_id) > PAYMENTS_MAX_EVENT_ID)
+	{
+		InvalidEvents(events, "missing_event_id",
+					  psprintf("the event id found is longer than %d bytes", PAYMENTS_MAX_EVENT_ID));
+		return;
+	}
+	SingleEvent(events, event_id, payload);
+	if (cfg.event_type_header != NULL || cfg.event_type_path != NULL)
+		events->events[0].event_type = event_type;
+}
+
+/* Why settings cannot serve an hmac provider, or NULL */
+static char *
+HmacSettingsProblem(Jsonb *settings)
+{
+	HmacConfig	cfg;
+
+	return ReadHmacConfig(settings, &cfg, HMAC_CHECK_REGISTER);
+}
+
+const ProviderKind HmacKind = {
+	.name = "hmac",
+	.uses_secrets = true,
+	.verify = VerifyHmacDelivery,
+	.extract = ExtractHmacEvent,
+	.secret_problem = NULL,		/* the key is the whole string, whatever it is */
+	.settings_problem = HmacSettingsProblem,
+};
+
+/*
+ * SQL: payments.verify_hmac(body, headers, secret, settings, at) returns
+ * 'valid' or the rejection reason, verifying as a provider of kind hmac with
+ * these settings would (the event id and type settings play no part).
+ */
+Datum
+verify_hmac(PG_FUNCTION_ARGS)
+{
+	bytea	   *body = PG_GETARG_BYTEA_PP(0);
+	Jsonb	   *headers = PG_GETARG_JSONB_P(1);
+	text	   *secret = PG_GETARG_TEXT_PP(2);
+	Jsonb	   *settings = PG_GETARG_JSONB_P(3);
+	TimestampTz at = PG_GETARG_TIMESTAMPTZ(4);
+	SecretList	secrets = {1, &secret};
+	Verdict		verdict = {0};
+	HmacConfig	cfg;
+	char	   *problem;
+
+	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object of header names to values")));
+	problem = ReadHmacConfig(settings, &cfg, HMAC_CHECK_PRIMITIVE);
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unusable settings for provider kind \"hmac\": %s", problem)));
+
+	VerifyHmac(&cfg, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), headers, &secrets, at,
+			   &verdict);
+	PG_RETURN_TEXT_P(cstring_to_text(verdict.valid ? "valid" : verdict.reason));
+}

@@ -1,0 +1,110 @@
+-- Eversend (PROVIDERS.md §5): X-Eversend-Signature, hex HMAC of the raw body, SHA-512 by
+-- default or SHA-256 by setting.  Eversend publishes no vector: the fixed ones below were
+-- made with `openssl dgst -sha512 -hmac` over the docs' sample; ingest signatures are made
+-- with pgcrypto's hmac(), independently of our code.
+\set SHOW_CONTEXT never
+\set sample '{"eventType":"transaction.success","transactionId":"EVS12345678","transactionRef":"ORD-1001","type":"collection","status":"successful","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:01:12.000Z"}'
+\set secret 'eversend_test_secret'
+\set sig512 '51543fecb0ed18c0e16e295c9394b883c8e3e7d594f7300a643ee57703cd695c90fb8072aa416ba470e542b8302c59059fc69f83dc8410c0c8c043b699920b80'
+\set sig256 'aaf2cc0d8dfba097170dc38e28a01d976e79f58588187ccd09345522dae53c90'
+-- the unkeyed SHA-512 that Eversend's sample code computes (createHash ignores the secret)
+\set unkeyed 'eea9ff6b0943f9b46a22dcfbdfbedbfab91c1b40d061f7434c8fb72818a6fbd43ce19929d159352c22bd0da1add7f1eed7ddb45544fe0cd3616b2b89d0abd399'
+
+SELECT payments.verify_eversend(:'sample'::bytea, :'sig512', :'secret') AS sha512_default,
+	   payments.verify_eversend(:'sample'::bytea, :'sig256', :'secret', 'sha256') AS sha256;
+-- pgcrypto agrees with the fixed vectors
+SELECT encode(hmac(:'sample'::bytea, :'secret'::bytea, 'sha512'), 'hex') = :'sig512' AS pgcrypto_512,
+	   encode(hmac(:'sample'::bytea, :'secret'::bytea, 'sha256'), 'hex') = :'sig256' AS pgcrypto_256;
+
+-- Table-driven cases: signature header value, algorithm, the verdict we chose, why
+CREATE TEMP TABLE cases (n serial, body text, signature text, algorithm text, expected text, why text);
+INSERT INTO cases (body, signature, algorithm, expected, why) VALUES
+	(:'sample', :'sig512', 'sha512', 'valid', 'documented scheme: HMAC-SHA512 hex'),
+	(:'sample', upper(:'sig512'), 'sha512', 'valid', 'upper-case hex: the case of hex digits carries no information'),
+	(:'sample', 'sha512=' || :'sig512', 'sha512', 'valid', 'a prefix naming the configured algorithm is allowed'),
+	(:'sample', 'sha256=' || :'sig256', 'sha256', 'valid', 'sha256= prefix, as some integrations send'),
+	(:'sample', 'sha256=' || :'sig512', 'sha512', 'malformed_header', 'the prefix never chooses the algorithm (no downgrade)'),
+	(:'sample', 'SHA512=' || :'sig512', 'sha512', 'malformed_header', 'prefixes are lower case'),
+	(:'sample', :'sig256', 'sha512', 'malformed_header', 'a SHA-256 length when SHA-512 is configured: detail says to check the setting'),
+	(:'sample', :'sig512', 'sha256', 'malformed_header', 'and the other way round'),
+	(:'sample', :'unkeyed', 'sha512', 'signature_mismatch', 'the sample code''s unkeyed SHA-512: anyone can compute it, never accepted'),
+	(:'sample' || ' ', :'sig512', 'sha512', 'signature_mismatch', 'tampered body (a trailing space)'),
+	(replace(:'sample', '50000', '5000'), :'sig512', 'sha512', 'signature_mismatch', 'tampered amount'),
+	(:'sample', left(:'sig512', 127), 'sha512', 'malformed_header', 'one digit short'),
+	(:'sample', left(:'sig512', 127) || 'g', 'sha512', 'malformed_header', 'not hex'),
+	(:'sample', ' ' || left(:'sig512', 127), 'sha512', 'malformed_header', 'leading space'),
+	(:'sample', '', 'sha512', 'malformed_header', 'empty header'),
+	(:'sample', repeat('0', 128), 'sha512', 'signature_mismatch', 'well formed, wrong');
+SELECT n, payments.verify_eversend(convert_to(body, 'UTF8'), signature, :'secret', algorithm) AS verdict, expected, why
+  FROM cases WHERE payments.verify_eversend(convert_to(body, 'UTF8'), signature, :'secret', algorithm) <> expected ORDER BY n;
+SELECT count(*) AS cases,
+	   count(*) FILTER (WHERE payments.verify_eversend(convert_to(body, 'UTF8'), signature, :'secret', algorithm) = expected) AS as_expected
+  FROM cases;
+-- the secret is the key as written (its UTF-8 bytes), whatever it looks like
+SELECT payments.verify_eversend(:'sample'::bytea, :'sig512', upper(:'secret')) AS other_case_secret;
+SELECT payments.verify_eversend(:'sample'::bytea, :'sig512', :'secret', 'sha1');
+SELECT payments.verify_eversend(NULL, :'sig512', :'secret') IS NULL AS null_body;
+
+-- Registration
+SELECT payments.register_provider('ev', 'eversend', '{"algorithm": "md5"}');
+SELECT payments.register_provider('ev', 'eversend', '{"algorithm": "SHA512"}');
+SELECT payments.register_provider('ev', 'eversend', '{"algorithm": 512}');
+SELECT payments.register_provider('ev', 'eversend', '{"tolerance": 300}');
+SELECT payments.register_provider('ev', 'eversend');
+SELECT payments.add_secret('ev', :'secret') AS old_secret \gset
+
+CREATE FUNCTION pg_temp.ev(body text, secret text DEFAULT 'eversend_test_secret', algorithm text DEFAULT 'sha512')
+	RETURNS TABLE (http_status int, outcome text, event_id text) LANGUAGE sql AS $$
+	SELECT * FROM payments.ingest('ev', jsonb_build_object('x-eversend-signature',
+		encode(hmac(convert_to(body, 'UTF8'), convert_to(secret, 'UTF8'), algorithm), 'hex')), convert_to(body, 'UTF8'))
+$$;
+
+-- flat sample: id "<transactionId>:<status>", type eventType, time updatedAt
+SELECT * FROM pg_temp.ev(:'sample');
+SELECT * FROM pg_temp.ev(:'sample');
+SELECT event_id, event_type, event_at = '2024-06-10T08:01:12Z'::timestamptz AS event_at_ok,
+	   convert_from(body, 'UTF8') = :'sample' AS body_exact, payload ->> 'transactionRef' AS ref
+  FROM payments.events WHERE provider = 'ev';
+-- the next status of the transaction is a new event
+SELECT * FROM pg_temp.ev(replace(replace(:'sample', 'successful', 'failed'), 'transaction.success', 'transaction.failed'));
+-- the envelope shape {type|eventType, data:{...}}: fields under data, type from the top level
+SELECT * FROM pg_temp.ev('{"type":"transaction.success","data":{"transactionId":"EVS2","status":"successful","createdAt":"2024-06-11T10:00:00Z","type":"payout"}}');
+SELECT * FROM pg_temp.ev('{"eventType":"transaction.pending","data":{"transactionId":"EVS3","status":"pending"}}');
+-- a numeric transactionId is written in decimal
+SELECT * FROM pg_temp.ev('{"data":{"transactionId":4242,"status":"pending"}}');
+-- in the flat shape "type" is the transaction's type (collection, payout), not the event's
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS5","status":"pending","type":"collection"}');
+SELECT event_id, event_type, event_at AT TIME ZONE 'UTC' AS event_at_utc FROM payments.events WHERE provider = 'ev' ORDER BY id;
+-- no transactionId or status: invalid; not JSON: invalid
+SELECT * FROM pg_temp.ev('{"eventType":"transaction.success","transactionRef":"ORD-1"}');
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS6"}');
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS6","status":7}');
+SELECT * FROM pg_temp.ev('{"data":{"transactionId":"","status":"pending"}}');
+SELECT * FROM pg_temp.ev('{"data":"EVS6"}');
+SELECT * FROM pg_temp.ev('transactionId=EVS6&status=pending');
+-- missing header, unkeyed SHA-512, wrong secret, SHA-256 when SHA-512 is configured: rejected
+SELECT * FROM payments.ingest('ev', '{}', convert_to(:'sample', 'UTF8'));
+SELECT * FROM payments.ingest('ev', jsonb_build_object('x-eversend-signature', :'unkeyed'), convert_to(:'sample', 'UTF8'));
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS7","status":"pending"}', 'wrong');
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS7","status":"pending"}', :'secret', 'sha256');
+SELECT outcome, reason, detail FROM payments.rejections WHERE provider = 'ev' ORDER BY id;
+
+-- the algorithm setting switches to SHA-256
+SELECT payments.register_provider('ev', 'eversend', '{"algorithm": "sha256"}');
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS7","status":"pending"}', :'secret', 'sha256');
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS8","status":"pending"}', :'secret', 'sha512');
+SELECT payments.register_provider('ev', 'eversend', '{}');
+
+-- rotation: both secrets verify until the old one is revoked
+SELECT payments.add_secret('ev', 'eversend_new_secret') AS new_secret \gset
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS9","status":"pending"}', :'secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS10","status":"pending"}', 'eversend_new_secret');
+SELECT payments.revoke_secret(:old_secret);
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS11","status":"pending"}', :'secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS11","status":"pending"}', 'eversend_new_secret');
+SELECT count(*) AS eversend_events FROM payments.events WHERE provider = 'ev';
+
+-- leave nothing behind for the tests that follow
+DELETE FROM payments.payments WHERE provider = 'ev';
+DELETE FROM payments.events WHERE provider = 'ev';
+DELETE FROM payments.providers WHERE name = 'ev';

@@ -1,0 +1,150 @@
+-- Paynow status updates (PROVIDERS.md §3): form-urlencoded, the hash inside the form.
+-- Published vectors, then the decoder's and the hash's edge cases with the verdict we
+-- chose, then payments.ingest end to end.  Expected hashes are made here with pgcrypto's
+-- digest() over the decoded values, independently of our code.
+\set SHOW_CONTEXT never
+\set key '3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977'
+
+-- Paynow's hash of decoded values: concatenated in order, + the key in lower case, SHA-512, upper hex
+CREATE FUNCTION pg_temp.pn_hash(vals text[], key text) RETURNS text LANGUAGE sql AS $$
+	SELECT upper(encode(digest(convert_to(array_to_string(vals, '') || lower(key), 'UTF8'), 'sha512'), 'hex'))
+$$;
+-- A body "k1=v1&k2=v2...&hash=H" with the values written as given (already encoded) and H
+-- computed over the decoded values given separately
+CREATE FUNCTION pg_temp.pn_body(raw text, decoded text[], key text) RETURNS bytea LANGUAGE sql AS $$
+	SELECT convert_to(raw || '&hash=' || pg_temp.pn_hash(decoded, key), 'UTF8')
+$$;
+
+-- the docs vector (an initiate reply, the same algorithm), and the sample status update
+\set docs 'status=Ok&browserurl=https%3a%2f%2fstaging.paynow.co.zw%2fPayment%2fConfirmPayment%2f9510&pollurl=https%3a%2f%2fstaging.paynow.co.zw%2fInterface%2fCheckPayment%2f%3fguid%3dc7ed41da-0159-46da-b428-69549f770413&paynowreference=9510&hash=750DD0B0DF374678707BB5AF915AF81C228B9058AD57BB7120569EC68BBB9C2EFC1B26C6375D2BC562AC909B3CD6B2AF1D42E1A5E479FFAC8F4FB3FDCE71DF4D'
+\set sample 'reference=INV-1001&paynowreference=12345678&amount=25.00&status=Paid&pollurl=https%3a%2f%2fwww.paynow.co.zw%2fInterface%2fCheckPayment%2f%3fguid%3d0b9c1f0e-4a57-4a6b-9a0e-2d0c6f1c9e11&hash=1F6979A7033570E3CF3D2AB8C4C93CC7E69513EC60EB8A47644B0F58D021CCCC665A8399918C0F2768AF5084E3387E95EDA6C96970E97EB16D2FE212DEF9F35F'
+SELECT payments.verify_paynow(:'docs'::bytea, :'key') AS docs_vector,
+	   payments.verify_paynow(:'sample'::bytea, :'key') AS sample_update;
+-- our independent hash agrees with the vector
+SELECT pg_temp.pn_hash(ARRAY['INV-1001', '12345678', '25.00', 'Paid',
+	'https://www.paynow.co.zw/Interface/CheckPayment/?guid=0b9c1f0e-4a57-4a6b-9a0e-2d0c6f1c9e11'], :'key')
+	= '1F6979A7033570E3CF3D2AB8C4C93CC7E69513EC60EB8A47644B0F58D021CCCC665A8399918C0F2768AF5084E3387E95EDA6C96970E97EB16D2FE212DEF9F35F' AS independent_hash_agrees;
+
+-- Table-driven cases: each row is a body and the verdict we chose, with why.
+CREATE TEMP TABLE cases (n serial, body bytea, expected text, why text);
+INSERT INTO cases (body, expected, why) VALUES
+	(:'sample'::bytea, 'valid', 'sample as sent'),
+	-- the hash field: compared ignoring case (the SDKs use ===, so lower case would fail there)
+	(convert_to(regexp_replace(:'sample', 'hash=(.*)$', 'hash=') || lower(substring(:'sample' from 'hash=(.*)$')), 'UTF8'),
+	 'valid', 'hash in lower case: compared ignoring case'),
+	-- the hash key is found ignoring case (PHP does; node would hash "Hash" as data and fail)
+	(convert_to(replace(:'sample', '&hash=', '&Hash='), 'UTF8'), 'valid', 'Hash= key: found ignoring case, as PHP does'),
+	(convert_to(replace(:'sample', '&hash=', '&HASH='), 'UTF8'), 'valid', 'HASH= key'),
+	-- the hash may stand anywhere; the other fields keep their order
+	(pg_temp.pn_body('a=1&b=2', ARRAY['1', '2'], :'key'), 'valid', 'hash last'),
+	(convert_to('hash=' || pg_temp.pn_hash(ARRAY['1', '2'], :'key') || '&a=1&b=2', 'UTF8'), 'valid', 'hash first'),
+	(convert_to('a=1&hash=' || pg_temp.pn_hash(ARRAY['1', '2'], :'key') || '&b=2', 'UTF8'), 'valid', 'hash in the middle'),
+	(pg_temp.pn_body('b=2&a=1', ARRAY['1', '2'], :'key'), 'signature_mismatch', 'order matters: hashed 1,2 but sent 2,1'),
+	-- decoding: + is a space, %xx a byte (either case), an unencoded = belongs to the value
+	(pg_temp.pn_body('a=x+y&b=%41%3a%3A', ARRAY['x y', 'A::'], :'key'), 'valid', '+ and %xx in either case'),
+	(pg_temp.pn_body('a=%2B%25%26%3D', ARRAY['+%&='], :'key'), 'valid', 'encoded + % & ='),
+	(pg_temp.pn_body('a=b=c', ARRAY['b=c'], :'key'), 'valid', 'unencoded = is part of the value (node would cut it at the =)'),
+	(pg_temp.pn_body('a=b=c', ARRAY['b'], :'key'), 'signature_mismatch', '... so the value is not truncated'),
+	(pg_temp.pn_body('a=&b=2', ARRAY['', '2'], :'key'), 'valid', 'an empty value is a value'),
+	(pg_temp.pn_body('name=Zo%C3%AB+%F0%9F%99%8F', ARRAY['Zoë 🙏'], :'key'), 'valid', 'UTF-8 escapes'),
+	(pg_temp.pn_body('name=Zoë', ARRAY['Zoë'], :'key'), 'valid', 'raw UTF-8 bytes are taken as they are'),
+	(pg_temp.pn_body('n%61me=1', ARRAY['1'], :'key'), 'valid', 'keys are decoded too'),
+	-- tampering, wrong key
+	(convert_to(replace(:'sample', '25.00', '2500'), 'UTF8'), 'signature_mismatch', 'tampered amount'),
+	(pg_temp.pn_body('a=1', ARRAY['1'], 'another-key'), 'signature_mismatch', 'hashed with another key'),
+	-- the hash field itself
+	(convert_to('a=1&b=2', 'UTF8'), 'missing_hash', 'no hash field: rejected (401), not invalid'),
+	(convert_to('a=1&hash=', 'UTF8'), 'malformed_hash', 'empty hash'),
+	(convert_to('a=1&hash=' || repeat('A', 127), 'UTF8'), 'malformed_hash', '127 digits'),
+	(convert_to('a=1&hash=' || repeat('G', 128), 'UTF8'), 'malformed_hash', 'not hex'),
+	(convert_to('a=1&hash=' || repeat('0', 128), 'UTF8'), 'signature_mismatch', 'well formed, wrong'),
+	-- malformed forms: invalid (400) before any hash is computed
+	(''::bytea, 'invalid_form', 'empty body'),
+	(pg_temp.pn_body('a=100%', ARRAY['100%'], :'key'), 'invalid_form', 'stray % at the end: node keeps it literal and would accept; no encoder emits it'),
+	(pg_temp.pn_body('a=%zz', ARRAY['%zz'], :'key'), 'invalid_form', '% not followed by hex digits'),
+	(pg_temp.pn_body('a=%4', ARRAY['%4'], :'key'), 'invalid_form', '% followed by one hex digit'),
+	(pg_temp.pn_body('a=%FF', ARRAY[''], :'key'), 'invalid_form', 'decodes to invalid UTF-8 (node''s decodeURIComponent throws)'),
+	(pg_temp.pn_body('a=%C3', ARRAY[''], :'key'), 'invalid_form', 'truncated UTF-8 sequence'),
+	(pg_temp.pn_body('a=%00', ARRAY[''], :'key'), 'invalid_form', 'NUL byte: cannot be stored as text'),
+	('\x613dff'::bytea || convert_to('&hash=' || repeat('0', 128), 'UTF8'), 'invalid_form', 'raw byte 0xff'),
+	(pg_temp.pn_body('a=1&a=1', ARRAY['1', '1'], :'key'), 'invalid_form', 'duplicate key (node and PHP keep the last)'),
+	(pg_temp.pn_body('status=Paid&Status=Paid', ARRAY['Paid', 'Paid'], :'key'), 'invalid_form', 'keys differing only in case are duplicates'),
+	(convert_to(:'sample' || '&hash=' || repeat('0', 128), 'UTF8'), 'invalid_form', 'two hash fields'),
+	(pg_temp.pn_body('a=1&&b=2', ARRAY['1', '2'], :'key'), 'invalid_form', 'empty field (PHP skips it, node makes a key "")'),
+	(convert_to('&' || :'sample', 'UTF8'), 'invalid_form', 'leading &'),
+	(convert_to(:'sample' || '&', 'UTF8'), 'invalid_form', 'trailing &'),
+	(pg_temp.pn_body('a', ARRAY[''], :'key'), 'invalid_form', 'field without = (node takes the value as "")'),
+	(pg_temp.pn_body('=1', ARRAY['1'], :'key'), 'invalid_form', 'empty key'),
+	(pg_temp.pn_body('%zz=1', ARRAY['1'], :'key'), 'invalid_form', 'malformed key');
+SELECT n, payments.verify_paynow(body, :'key') AS verdict, expected, why
+  FROM cases WHERE payments.verify_paynow(body, :'key') <> expected ORDER BY n;
+SELECT count(*) AS cases, count(*) FILTER (WHERE payments.verify_paynow(body, :'key') = expected) AS as_expected FROM cases;
+SELECT expected, count(*) FROM cases GROUP BY expected ORDER BY expected;
+
+-- the key given in upper case or mixed case is lower-cased, as the SDKs do
+SELECT payments.verify_paynow(:'sample'::bytea, upper(:'key')) AS upper_key;
+-- the form may hold far more fields than Paynow sends, but not more than 1000
+SELECT payments.verify_paynow(convert_to(string_agg('f' || i || '=' || i, '&'), 'UTF8'), :'key') AS many_fields
+  FROM generate_series(1, 1000) i;
+SELECT payments.verify_paynow(convert_to(string_agg('f' || i || '=' || i, '&'), 'UTF8'), :'key') AS too_many_fields
+  FROM generate_series(1, 1001) i;
+-- NULL in, NULL out
+SELECT payments.verify_paynow(NULL, :'key') IS NULL AS null_body;
+
+-- Registration: settings and integration keys
+SELECT payments.register_provider('pn', 'paynow', '{"tolerance": 300}');
+SELECT payments.register_provider('pn', 'paynow', '{"integration_id": 1201}');
+SELECT payments.register_provider('pn', 'paynow', '{"integration_id": "12a"}');
+SELECT payments.register_provider('pn', 'paynow', '{"result_url": "ftp://example.org/"}');
+SELECT payments.register_provider('pn', 'paynow', '{"api_base": 7}');
+SELECT payments.register_provider('pn', 'paynow',
+	'{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/pn", "return_url": "https://clinic.example/thanks", "api_base": "https://www.paynow.co.zw"}');
+SELECT payments.add_secret('pn', ' 3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977');
+SELECT payments.add_secret('pn', '3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977' || chr(10));
+SELECT payments.add_secret('pn', 'clé');
+SELECT payments.add_secret('pn', upper(:'key')) AS old_key \gset
+
+-- Ingest: a status update is stored once, id "<paynowreference>:<status>", type the status
+CREATE FUNCTION pg_temp.pn(body bytea) RETURNS TABLE (http_status int, outcome text, event_id text)
+	LANGUAGE sql AS $$
+	SELECT * FROM payments.ingest('pn', '{"content-type": "application/x-www-form-urlencoded"}', body, '196.44.0.1', 'pn-req')
+$$;
+SELECT * FROM pg_temp.pn(:'sample'::bytea);
+SELECT * FROM pg_temp.pn(:'sample'::bytea);
+SELECT event_id, event_type, convert_from(body, 'UTF8') = :'sample' AS body_exact, payload
+  FROM payments.events WHERE provider = 'pn';
+-- the next status of the same payment is a new event; a resend of it a duplicate
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=INV-1001&paynowreference=12345678&amount=25.00&status=Refunded&pollurl=x',
+	ARRAY['INV-1001', '12345678', '25.00', 'Refunded', 'x'], :'key'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=INV-1001&paynowreference=12345678&amount=25.00&status=Refunded&pollurl=x',
+	ARRAY['INV-1001', '12345678', '25.00', 'Refunded', 'x'], :'key'));
+-- without paynowreference or status, or with an empty one, there is no id: invalid
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=INV-1&status=Paid', ARRAY['INV-1', 'Paid'], :'key'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=1&amount=1.00', ARRAY['1', '1.00'], :'key'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=1&status=', ARRAY['1', ''], :'key'));
+-- the id may be 255 bytes, not more
+SELECT http_status, outcome, length(event_id) FROM pg_temp.pn(pg_temp.pn_body('paynowreference=' || repeat('9', 250) || '&status=Paid',
+	ARRAY[repeat('9', 250), 'Paid'], :'key'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=' || repeat('9', 251) || '&status=Paid',
+	ARRAY[repeat('9', 251), 'Paid'], :'key'));
+-- malformed forms are invalid (400), missing or wrong hashes rejected (401)
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=2&status=100%', ARRAY['2', '100%'], :'key'));
+SELECT * FROM pg_temp.pn(''::bytea);
+SELECT * FROM pg_temp.pn(convert_to('paynowreference=2&status=Paid', 'UTF8'));
+SELECT * FROM pg_temp.pn(convert_to(replace(:'sample', '25.00', '2500'), 'UTF8'));
+SELECT outcome, reason, detail, body_size, host(source_ip), request_id FROM payments.rejections
+ WHERE provider = 'pn' ORDER BY id;
+
+-- rotation: the old and the new key both verify until the old one is revoked
+SELECT payments.add_secret('pn', 'b0d1e2f3-0000-4000-8000-123456789abc') AS new_key \gset
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=3&status=Paid', ARRAY['3', 'Paid'], :'key'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=4&status=Paid', ARRAY['4', 'Paid'], 'B0D1E2F3-0000-4000-8000-123456789ABC'));
+SELECT payments.revoke_secret(:old_key);
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=5&status=Paid', ARRAY['5', 'Paid'], :'key'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=5&status=Paid', ARRAY['5', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT left(event_id, 20) AS event_id, event_type FROM payments.events WHERE provider = 'pn' ORDER BY id;
+
+-- leave nothing behind for the tests that follow
+DELETE FROM payments.payments WHERE provider = 'pn';
+DELETE FROM payments.events WHERE provider = 'pn';
+DELETE FROM payments.providers WHERE name = 'pn';

@@ -94,6 +94,7 @@ Send a signed test event (paste into another terminal):
 Then look at it:
 
   $psql_cmd -c "SELECT id, provider, event_id, event_type, received_at, state FROM payments.events ORDER BY id DESC LIMIT 5"
+  $psql_cmd -c "SELECT provider_ref, status, amount, currency, receipt_no FROM payments.payments ORDER BY id DESC LIMIT 5"
 
 Ctrl-C stops the shim and the database.
 

@@ -120,3 +120,10 @@ SELECT * FROM payments.ingest('hooks', t.standard('msg.3', :'sw', 'whsec_MfKQ9r8
 SELECT * FROM payments.ingest('hooks', t.standard('msg_3', '{}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to('{}', 'UTF8'));
 SELECT * FROM payments.ingest('hooks', t.standard('msg_4', 'null', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to('null', 'UTF8'));
 SELECT event_id, event_type, event_at FROM payments.events WHERE provider = 'hooks' ORDER BY id;
+-- rotation: a second secret; both verify until the first is revoked
+SELECT payments.add_secret('hooks', 'whsec_' || encode(decode(repeat('cd', 32), 'hex'), 'base64')) AS hooks_new \gset
+SELECT http_status, outcome FROM payments.ingest('hooks', t.standard('msg_r1', '{}', 'whsec_' || encode(decode(repeat('cd', 32), 'hex'), 'base64')), convert_to('{}', 'UTF8'));
+SELECT http_status, outcome FROM payments.ingest('hooks', t.standard('msg_r2', '{}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to('{}', 'UTF8'));
+SELECT payments.revoke_secret(id) FROM payments.secrets WHERE provider = 'hooks' AND id <> :hooks_new;
+SELECT http_status, outcome FROM payments.ingest('hooks', t.standard('msg_r3', '{}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'), convert_to('{}', 'UTF8'));
+SELECT http_status, outcome FROM payments.ingest('hooks', t.standard('msg_r4', '{}', 'whsec_' || encode(decode(repeat('cd', 32), 'hex'), 'base64')), convert_to('{}', 'UTF8'));

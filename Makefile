@@ -6,6 +6,7 @@
 #   make e2e        end-to-end tests: real cluster, real shim, official SDKs
 #   make test       install what is missing, build, install, run every test
 #   make run        the product, locally, in the foreground
+#   make bench      benchmarks (report queries on generated data)
 #   make clean
 
 EXTENSION = payments
@@ -50,7 +51,7 @@ shim/payments-shim-asan: $(SHIM_SRCS) $(wildcard shim/*.h)
 	$(CC) $(SHIM_CFLAGS) -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 		-fno-omit-frame-pointer -o $@ $(SHIM_SRCS) $(SHIM_LIBS)
 
-.PHONY: deps test run installcheck e2e install-for-test
+.PHONY: deps test run installcheck e2e install-for-test bench
 
 deps:
 	@scripts/install-deps.sh
@@ -86,6 +87,12 @@ test: deps
 	$(MAKE) --no-print-directory install-for-test
 	$(MAKE) --no-print-directory installcheck
 	$(MAKE) --no-print-directory e2e
+
+# Benchmarks: report queries on 1,000,000 generated payments
+bench: deps
+	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory install-for-test
+	bench/reports.sh
 
 run: deps
 	$(MAKE) --no-print-directory all

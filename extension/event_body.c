@@ -10,15 +10,29 @@
  */
 #include "payments.h"
 
-#include "access/xact.h"
 #include "mb/pg_wchar.h"
-#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
-#include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/timestamp.h"
+
+/* Input and output of ParseJsonStep */
+typedef struct JsonParse
+{
+	const char *text;
+	int			len;
+	Jsonb	   *result;
+} JsonParse;
+
+/* Converts UTF-8 text to the server encoding and parses it with jsonb_in */
+static void
+ParseJsonStep(void *arg)
+{
+	JsonParse  *parse = arg;
+	char	   *server_text = pg_any_to_server(parse->text, parse->len, PG_UTF8);
+
+	parse->result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(server_text)));
+}
 
 /*
  * Parses a body as a JSON object.  Returns the jsonb, or NULL with *error set
@@ -27,57 +41,26 @@
 Jsonb *
 ParseEventBody(const char *body, int len, char **error)
 {
-	MemoryContext callercxt = CurrentMemoryContext;
-	ResourceOwner callerowner = CurrentResourceOwner;
-	Jsonb	   *volatile result = NULL;
-	char	   *copy;
+	JsonParse	parse = {NULL, len, NULL};
+	char	   *message;
 
 	if (!pg_verify_mbstr(PG_UTF8, body, len, true))
 	{
 		*error = pstrdup("body is not valid UTF-8");
 		return NULL;
 	}
-	copy = pnstrdup(body, len);
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(callercxt);
-	PG_TRY();
+	parse.text = pnstrdup(body, len);
+	if (!RunInSubtransaction(ParseJsonStep, &parse, &message))
 	{
-		char	   *server_text = pg_any_to_server(copy, len, PG_UTF8);
-
-		result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(server_text)));
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(callercxt);
-		CurrentResourceOwner = callerowner;
+		*error = psprintf("body is not valid JSON: %s", message);
+		return NULL;
 	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(callercxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(callercxt);
-		CurrentResourceOwner = callerowner;
-
-		/* cancels and shutdowns are not a verdict on the body */
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-		*error = psprintf("body is not valid JSON: %s", edata->message);
-		FreeErrorData(edata);
-		result = NULL;
-	}
-	PG_END_TRY();
-
-	pfree(copy);
-	if (result != NULL && !JB_ROOT_IS_OBJECT(result))
+	if (!JB_ROOT_IS_OBJECT(parse.result))
 	{
 		*error = pstrdup("body is not a JSON object");
 		return NULL;
 	}
-	return result;
+	return parse.result;
 }
 
 /* Looks up a key of the top-level object */

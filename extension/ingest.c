@@ -244,12 +244,11 @@ ApplyStoredEvent(int64 event_row)
 
 		errargs[0] = Int64GetDatum(event_row);
 		errargs[1] = CStringGetTextDatum(edata->message);
+		/* the error is kept and the retry scheduled as for every failed attempt */
 		if (SPI_execute_plan(PreparePlan(&apply_failed_plan,
-										 "UPDATE payments.events SET attempts = attempts + 1,"
-										 " next_attempt_at = pg_catalog.now() + interval '1 minute',"
-										 " last_error = $2 WHERE id = $1",
+										 "SELECT payments.event_failed($1, $2)",
 										 2, errtypes),
-							 errargs, NULL, false, 0) != SPI_OK_UPDATE)
+							 errargs, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not record a failed event");
 		ereport(WARNING,
 				(errmsg("event %lld is stored but could not be applied: %s",

@@ -36,13 +36,10 @@
 
 #include <openssl/crypto.h>
 
-#include "access/xact.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonpath.h"
-#include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(verify_hmac);
@@ -83,6 +80,42 @@ IsHeaderName(const char *name)
 	return true;
 }
 
+/* Input and output of JsonPathStep */
+typedef struct JsonPathRun
+{
+	const char *path;
+	Jsonb	   *payload;
+	Jsonb	   *result;
+} JsonPathRun;
+
+/* Parses the path and evaluates it on the payload, if any (silent, lax) */
+static void
+JsonPathStep(void *arg)
+{
+	JsonPathRun *run = arg;
+	Datum		jsonpath = DirectFunctionCall1(jsonpath_in, CStringGetDatum(run->path));
+
+	if (run->payload != NULL)
+	{
+		LOCAL_FCINFO(fcinfo, 4);
+		Jsonb	   *vars = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		Datum		first;
+
+		InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = JsonbPGetDatum(run->payload);
+		fcinfo->args[0].isnull = false;
+		fcinfo->args[1].value = jsonpath;
+		fcinfo->args[1].isnull = false;
+		fcinfo->args[2].value = JsonbPGetDatum(vars);
+		fcinfo->args[2].isnull = false;
+		fcinfo->args[3].value = BoolGetDatum(true); /* silent */
+		fcinfo->args[3].isnull = false;
+		first = jsonb_path_query_first(fcinfo);
+		if (!fcinfo->isnull)
+			run->result = DatumGetJsonbP(first);
+	}
+}
+
 /*
  * Parses a SQL/JSON path and, when payload is not NULL, evaluates it in lax
  * mode without raising errors for missing members, taking the first item
@@ -94,63 +127,11 @@ IsHeaderName(const char *name)
 static bool
 RunJsonPath(const char *path, Jsonb *payload, Jsonb **found, char **error)
 {
-	MemoryContext callercxt = CurrentMemoryContext;
-	ResourceOwner callerowner = CurrentResourceOwner;
-	Jsonb	   *vars = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
-	Jsonb	   *volatile result = NULL;
-	volatile bool ok = true;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(callercxt);
-	PG_TRY();
-	{
-		Datum		jsonpath = DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
-
-		if (payload != NULL)
-		{
-			LOCAL_FCINFO(fcinfo, 4);
-			Datum		first;
-
-			InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
-			fcinfo->args[0].value = JsonbPGetDatum(payload);
-			fcinfo->args[0].isnull = false;
-			fcinfo->args[1].value = jsonpath;
-			fcinfo->args[1].isnull = false;
-			fcinfo->args[2].value = JsonbPGetDatum(vars);
-			fcinfo->args[2].isnull = false;
-			fcinfo->args[3].value = BoolGetDatum(true); /* silent */
-			fcinfo->args[3].isnull = false;
-			first = jsonb_path_query_first(fcinfo);
-			if (!fcinfo->isnull)
-				result = DatumGetJsonbP(first);
-		}
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(callercxt);
-		CurrentResourceOwner = callerowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(callercxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(callercxt);
-		CurrentResourceOwner = callerowner;
-
-		/* cancels and shutdowns are not a verdict on the path */
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-		*error = pstrdup(edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
+	JsonPathRun run = {path, payload, NULL};
+	bool		ok = RunInSubtransaction(JsonPathStep, &run, error);
 
 	if (found != NULL)
-		*found = result;
+		*found = run.result;
 	return ok;
 }
 

@@ -285,7 +285,8 @@ CREATE FUNCTION payments.ingest(provider text, headers jsonb, body bytea,
 RETURNS TABLE (http_status integer, outcome text, event_id text)
 AS 'MODULE_PATHNAME', 'ingest'
 LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+SET search_path = pg_catalog, pg_temp
+SET jit = off;	-- its queries are small: compiling them would cost more than running them
 COMMENT ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) IS
 	'Verifies one webhook delivery and stores it once; returns the HTTP status and outcome for the sender';
 
@@ -897,6 +898,7 @@ CREATE FUNCTION payments.apply_event(id bigint)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
 	ev		payments.events;
@@ -918,14 +920,15 @@ BEGIN
 	result := CASE WHEN change IS NULL THEN 'ignored'
 				   ELSE payments.apply_change(ev.id, ev.provider, change) END;
 
+	IF result = 'unresolved' THEN
+		-- a failed attempt like any other: kept, retried on the schedule, dead after the last
+		PERFORM payments.event_failed(ev.id, 'payment ' || change.provider_ref || ' is not known yet');
+		RETURN 'stored';
+	END IF;
 	UPDATE payments.events e
-	   SET state = CASE result WHEN 'unresolved' THEN 'pending' ELSE result END,
-		   attempts = e.attempts + 1,
-		   next_attempt_at = CASE WHEN result = 'unresolved' THEN now() + interval '1 minute' END,
-		   last_error = CASE WHEN result = 'unresolved'
-							 THEN 'payment ' || change.provider_ref || ' is not known yet' END
+	   SET state = result, attempts = e.attempts + 1, next_attempt_at = NULL, last_error = NULL
 	 WHERE e.id = ev.id;
-	RETURN CASE result WHEN 'unresolved' THEN 'stored' ELSE result END;
+	RETURN result;
 END
 $$;
 COMMENT ON FUNCTION payments.apply_event(bigint) IS
@@ -1072,3 +1075,1178 @@ COMMENT ON FUNCTION payments.add_certificate(text, text) IS
 REVOKE ALL ON FUNCTION payments.add_certificate(text, text) FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('payments.certificates', '');
+
+--------------------------------------------------------------------------------------------------
+-- Reports and roles
+--------------------------------------------------------------------------------------------------
+-- Reports count collections (kind = 'collection').  A payment's time is when it was paid, else
+-- when it was first seen: coalesce(paid_at, created_at); its day is that time's date in the
+-- receipt time zone (payments.receipt_timezone, default UTC).  Amounts are summed per currency
+-- only; payments.fx_rates converts to one base currency where rates are filled.
+--
+-- A donor is identified by e-mail (case-insensitive), else phone (E.164 digits), else name
+-- (case-insensitive): the generated column payments.payments.donor_key.  Anonymous payments
+-- (none of the three) belong to no donor.
+
+ALTER TABLE payments.payments
+	ADD COLUMN donor_key text GENERATED ALWAYS AS (
+		CASE WHEN nullif(btrim(donor_email), '') IS NOT NULL THEN 'email:' || lower(btrim(donor_email))
+			 WHEN donor_phone IS NOT NULL THEN 'phone:' || donor_phone
+			 WHEN nullif(btrim(donor_name), '') IS NOT NULL THEN 'name:' || lower(btrim(donor_name))
+		END) STORED;
+COMMENT ON COLUMN payments.payments.donor_key IS
+	'Who gave: email:<lower-case e-mail>, else phone:<E.164 digits>, else name:<lower-case name>; NULL when anonymous';
+
+CREATE INDEX payments_at_brin ON payments.payments
+	USING brin ((coalesce(paid_at, created_at))) WITH (pages_per_range = 32);
+CREATE INDEX payments_donor_idx ON payments.payments (donor_key, paid_at) WHERE kind = 'collection';
+CREATE INDEX status_history_status_at_brin ON payments.status_history USING brin (status_at);
+
+-- Currencies added by an admin (not those this script inserts) are dumped by pg_dump.
+ALTER TABLE payments.currencies ADD COLUMN seeded boolean NOT NULL DEFAULT false;
+UPDATE payments.currencies SET seeded = true;
+ALTER TABLE payments.currencies ALTER COLUMN seeded SET DEFAULT false;
+COMMENT ON COLUMN payments.currencies.seeded IS
+	'Inserted by CREATE EXTENSION (not dumped); false: added by an admin (dumped with the data)';
+
+CREATE TABLE payments.fx_rates (
+	day			date NOT NULL,
+	currency	char(3) NOT NULL REFERENCES payments.currencies (code),
+	rate		numeric NOT NULL CHECK (rate > 0),
+	PRIMARY KEY (currency, day)
+);
+COMMENT ON TABLE payments.fx_rates IS
+	'Optional exchange rates: one unit of currency is worth rate units of the base currency (payments.base_currency(): USD unless a payments.base_currency setting exists) on that day (receipt time zone); the base currency itself needs no row';
+
+-- Helpers (pure; search_path pinned, so never inlined with a caller's path)
+
+CREATE FUNCTION payments.report_timezone()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(nullif(current_setting('payments.receipt_timezone', true), ''), 'UTC')
+$$;
+COMMENT ON FUNCTION payments.report_timezone() IS 'The time zone of report days: the receipt time zone, default UTC';
+
+CREATE FUNCTION payments.base_currency()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT upper(coalesce(nullif(current_setting('payments.base_currency', true), ''), 'USD'))
+$$;
+COMMENT ON FUNCTION payments.base_currency() IS 'The currency of fx_rates totals: the payments.base_currency setting, default USD';
+
+CREATE FUNCTION payments.mask_email(email text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN email IS NULL THEN NULL
+		WHEN strpos(email, '@') < 2 THEN '***'
+		ELSE left(email, 1) || '***@' || left(split_part(email, '@', 2), 1) || '***'
+			 || coalesce('.' || nullif(substring(split_part(email, '@', 2) from '\.([^.]+)$'), ''), '')
+	END
+$$;
+COMMENT ON FUNCTION payments.mask_email(text) IS
+	'An e-mail address masked for analysts: first letter, first letter of the domain and its last label (jane@example.org: j***@e***.org)';
+
+CREATE FUNCTION payments.mask_phone(phone text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN length(phone) > 4 THEN repeat('*', length(phone) - 4) || right(phone, 4)
+				WHEN phone IS NOT NULL THEN '****' END
+$$;
+COMMENT ON FUNCTION payments.mask_phone(text) IS
+	'A phone number masked for analysts: the last four digits kept (263771234567: ********4567)';
+
+CREATE FUNCTION payments.mask_donor(donor_key text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE split_part(donor_key, ':', 1)
+		WHEN 'email' THEN payments.mask_email(substr(donor_key, 7))
+		WHEN 'phone' THEN payments.mask_phone(substr(donor_key, 7))
+		WHEN 'name' THEN substr(donor_key, 6)
+	END
+$$;
+COMMENT ON FUNCTION payments.mask_donor(text) IS
+	'A donor key as analysts see it: the masked e-mail, else the masked phone, else the name';
+
+CREATE FUNCTION payments.donor_key_of(donor text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(btrim(donor))
+				WHEN payments.e164_digits(donor) IS NOT NULL THEN 'phone:' || payments.e164_digits(donor)
+				WHEN nullif(btrim(donor), '') IS NOT NULL THEN 'name:' || lower(btrim(donor))
+	END
+$$;
+COMMENT ON FUNCTION payments.donor_key_of(text) IS
+	'The donor key of what identifies a donor: an e-mail address, a phone number (any format), or a name';
+
+CREATE FUNCTION payments.day_start(day date)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT day::timestamp AT TIME ZONE payments.report_timezone()
+$$;
+COMMENT ON FUNCTION payments.day_start(date) IS 'Midnight starting a day in the report (receipt) time zone';
+
+-- Views (read as their owner: the analyst needs no right on the tables)
+
+CREATE VIEW payments.daily_summary AS
+SELECT (coalesce(p.paid_at, p.created_at)
+			AT TIME ZONE coalesce(nullif(current_setting('payments.receipt_timezone', true), ''), 'UTC'))::date AS day,
+	   p.provider, p.currency::text AS currency, coalesce(p.method, 'unknown') AS method, p.status,
+	   count(*) AS count,
+	   sum(p.amount) AS gross,
+	   coalesce(sum(p.fee), 0) AS fees,
+	   sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END) AS refunded,
+	   sum(p.amount) - coalesce(sum(p.fee), 0)
+		   - sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END) AS net
+  FROM payments.payments p
+ WHERE p.kind = 'collection'
+ GROUP BY 1, 2, 3, 4, 5;
+COMMENT ON VIEW payments.daily_summary IS
+	'Collections per day (paid day, else day first seen; receipt time zone), provider, currency, method and current status: count, gross, fees, refunded, net = gross - fees - refunded';
+
+CREATE VIEW payments.donor_summary AS
+SELECT payments.mask_donor(p.donor_key) AS donor,
+	   max(p.donor_name) AS name,
+	   payments.mask_email(max(p.donor_email)) AS email,
+	   payments.mask_phone(max(p.donor_phone)) AS phone,
+	   p.currency::text AS currency,
+	   count(*) AS gifts,
+	   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,
+	   min(p.paid_at) AS first_gift,
+	   max(p.paid_at) AS last_gift
+  FROM payments.payments p
+ WHERE p.kind = 'collection' AND p.paid_at IS NOT NULL AND p.donor_key IS NOT NULL
+ GROUP BY p.donor_key, p.currency;
+COMMENT ON VIEW payments.donor_summary IS
+	'Per donor (e-mail, else phone, else name) and currency: gifts received, total net of refunds, first and last gift; e-mail and phone masked';
+
+-- Report functions: SECURITY DEFINER, so that analysts read the tables through them only
+
+CREATE FUNCTION payments.daily_report(day date)
+RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees numeric, net numeric,
+			   failed bigint, refunds bigint, refunded numeric, new_donors bigint,
+			   receipts bigint, first_receipt text, last_receipt text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	lo timestamptz := payments.day_start(day);
+	hi timestamptz := payments.day_start(day + 1);
+BEGIN
+	RETURN QUERY
+	WITH seen AS (
+		SELECT p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth, p.amount, p.fee,
+			   p.status, p.paid_at, p.receipt_no, p.donor_key,
+			   p.donor_key IS NOT NULL AND p.paid_at IS NOT NULL AND NOT EXISTS (
+				   SELECT FROM payments.payments q
+					WHERE q.donor_key = p.donor_key AND q.kind = 'collection' AND q.paid_at < p.paid_at) AS first_gift
+		  FROM payments.payments p
+		 WHERE coalesce(p.paid_at, p.created_at) >= lo AND coalesce(p.paid_at, p.created_at) < hi
+		   AND p.kind = 'collection' AND (p.paid_at IS NOT NULL OR p.status IN ('failed', 'cancelled'))
+	), refunds AS (
+		SELECT DISTINCT ON (h.payment_id) p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth,
+			   CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END AS amount
+		  FROM payments.status_history h
+		  JOIN payments.payments p ON p.id = h.payment_id
+		 WHERE h.status_at >= lo AND h.status_at < hi
+		   AND h.to_status IN ('refunded', 'partially_refunded') AND p.kind = 'collection'
+	), lines AS (
+		SELECT s.cur, s.meth, s.amount, s.fee, s.status, s.paid_at, s.receipt_no, s.donor_key, s.first_gift,
+			   NULL::numeric AS refund
+		  FROM seen s
+		UNION ALL
+		SELECT r.cur, r.meth, NULL, NULL, NULL, NULL, NULL, NULL, false, r.amount
+		  FROM refunds r
+	)
+	SELECT l.cur, CASE WHEN grouping(l.meth) = 1 THEN '(all)' ELSE l.meth END,
+		   count(*) FILTER (WHERE l.paid_at IS NOT NULL),
+		   coalesce(sum(l.amount) FILTER (WHERE l.paid_at IS NOT NULL), 0),
+		   coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL), 0),
+		   coalesce(sum(l.amount) FILTER (WHERE l.paid_at IS NOT NULL), 0)
+			   - coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL), 0),
+		   count(*) FILTER (WHERE l.paid_at IS NULL AND l.status IN ('failed', 'cancelled')),
+		   count(l.refund),
+		   coalesce(sum(l.refund), 0),
+		   count(DISTINCT l.donor_key) FILTER (WHERE l.first_gift),
+		   count(l.receipt_no),
+		   min(l.receipt_no),
+		   max(l.receipt_no)
+	  FROM lines l
+	 GROUP BY GROUPING SETS ((l.cur, l.meth), (l.cur))
+	 ORDER BY l.cur, grouping(l.meth), l.meth;
+END
+$$;
+COMMENT ON FUNCTION payments.daily_report(date) IS
+	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day), failed or cancelled (first seen that day), refunds made that day, donors giving for the first time, receipts issued with the first and last number';
+
+CREATE FUNCTION payments.top_donors(from_ts timestamptz, to_ts timestamptz, currency text DEFAULT NULL,
+									n integer DEFAULT 10)
+RETURNS TABLE ("rank" bigint, donor text, name text, currency_code text, gifts bigint, total numeric,
+			   first_gift timestamptz, last_gift timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT t.rnk, payments.mask_donor(t.donor_key), t.name, t.cur, t.gifts, t.total, t.first_gift, t.last_gift
+	  FROM (SELECT d.*, row_number() OVER (PARTITION BY d.cur ORDER BY d.total DESC, d.donor_key) AS rnk
+			  FROM (SELECT p.donor_key, max(p.donor_name) AS name, p.currency::text AS cur, count(*) AS gifts,
+						   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,
+						   min(p.paid_at) AS first_gift, max(p.paid_at) AS last_gift
+					  FROM payments.payments p
+					 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+					   AND p.paid_at IS NOT NULL AND p.kind = 'collection' AND p.donor_key IS NOT NULL
+					   AND (currency IS NULL OR p.currency = upper(currency))
+					 GROUP BY p.donor_key, p.currency) AS d) AS t
+	 WHERE t.rnk <= n
+	 ORDER BY t.cur, t.rnk;
+END
+$$;
+COMMENT ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) IS
+	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; donor masked';
+
+CREATE FUNCTION payments.currency_summary(from_ts timestamptz, to_ts timestamptz)
+RETURNS TABLE (currency text, paid bigint, gross numeric, fees numeric, refunded numeric, net numeric,
+			   failed bigint, pending bigint, base_currency text, base_net numeric, days_without_rate bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	tz text := payments.report_timezone();
+	base text := payments.base_currency();
+BEGIN
+	RETURN QUERY
+	WITH days AS (
+		SELECT p.currency::text AS cur,
+			   (coalesce(p.paid_at, p.created_at) AT TIME ZONE tz)::date AS d,
+			   count(*) FILTER (WHERE p.paid_at IS NOT NULL) AS paid,
+			   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
+			   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,
+			   coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
+						FILTER (WHERE p.paid_at IS NOT NULL), 0) AS refunded,
+			   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status IN ('failed', 'cancelled')) AS failed,
+			   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status = 'pending') AS pending
+		  FROM payments.payments p
+		 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+		   AND p.kind = 'collection'
+		 GROUP BY 1, 2
+	)
+	SELECT x.cur, sum(x.paid)::bigint, sum(x.gross), sum(x.fees), sum(x.refunded),
+		   sum(x.gross - x.fees - x.refunded),
+		   sum(x.failed)::bigint, sum(x.pending)::bigint,
+		   base,
+		   sum((x.gross - x.fees - x.refunded) * CASE WHEN x.cur = base THEN 1 ELSE r.rate END),
+		   count(*) FILTER (WHERE x.paid > 0 AND x.cur <> base AND r.rate IS NULL)
+	  FROM days x
+	  LEFT JOIN payments.fx_rates r ON r.currency = x.cur AND r.day = x.d
+	 GROUP BY x.cur
+	 ORDER BY x.cur;
+END
+$$;
+COMMENT ON FUNCTION payments.currency_summary(timestamptz, timestamptz) IS
+	'Collections in [from_ts, to_ts) per currency: paid count, gross, fees, refunded, net; failed and still pending; net in the base currency over the days with a rate, and the number of days with payments but no rate (0: base_net is complete)';
+
+CREATE FUNCTION payments.base_totals(from_ts timestamptz, to_ts timestamptz)
+RETURNS TABLE (base_currency text, base_net numeric, complete boolean, missing text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT payments.base_currency(), coalesce(sum(s.base_net), 0),
+		   coalesce(bool_and(s.days_without_rate = 0), true),
+		   string_agg(s.currency || ': ' || s.days_without_rate || ' day(s) without a rate', ', ' ORDER BY s.currency)
+			   FILTER (WHERE s.days_without_rate > 0)
+	  FROM payments.currency_summary(from_ts, to_ts) s
+$$;
+COMMENT ON FUNCTION payments.base_totals(timestamptz, timestamptz) IS
+	'Net collections in [from_ts, to_ts) in the base currency, all currencies together; complete is false, and missing says where, when a rate is missing';
+
+CREATE FUNCTION payments.method_summary(from_ts timestamptz, to_ts timestamptz)
+RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees numeric, refunded numeric,
+			   net numeric, failed bigint, share numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	RETURN QUERY
+	SELECT m.cur, m.meth, m.paid, m.gross, m.fees, m.refunded, m.gross - m.fees - m.refunded, m.failed,
+		   CASE WHEN sum(m.gross) OVER w > 0 THEN round(100 * m.gross / sum(m.gross) OVER w, 1) END
+	  FROM (SELECT p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth,
+				   count(*) FILTER (WHERE p.paid_at IS NOT NULL) AS paid,
+				   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
+				   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,
+				   coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
+							FILTER (WHERE p.paid_at IS NOT NULL), 0) AS refunded,
+				   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status IN ('failed', 'cancelled')) AS failed
+			  FROM payments.payments p
+			 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+			   AND p.kind = 'collection'
+			 GROUP BY 1, 2) AS m
+	WINDOW w AS (PARTITION BY m.cur)
+	 ORDER BY m.cur, m.gross DESC, m.meth;
+END
+$$;
+COMMENT ON FUNCTION payments.method_summary(timestamptz, timestamptz) IS
+	'Collections in [from_ts, to_ts) per currency and method: paid count, gross, fees, refunded, net, failed, and the method''s share of the currency''s gross in percent';
+
+CREATE FUNCTION payments.earnings(from_ts timestamptz, to_ts timestamptz)
+RETURNS TABLE (provider text, currency text, paid bigint, gross numeric, fees numeric,
+			   fee_rate numeric, net numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	RETURN QUERY
+	SELECT p.provider, p.currency::text, count(*), sum(p.amount), coalesce(sum(p.fee), 0),
+		   CASE WHEN sum(p.amount) > 0 THEN round(100 * coalesce(sum(p.fee), 0) / sum(p.amount), 2) END,
+		   sum(p.amount) - coalesce(sum(p.fee), 0)
+	  FROM payments.payments p
+	 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+	   AND p.paid_at IS NOT NULL AND p.kind = 'collection'
+	 GROUP BY p.provider, p.currency
+	 ORDER BY p.provider, p.currency;
+END
+$$;
+COMMENT ON FUNCTION payments.earnings(timestamptz, timestamptz) IS
+	'Fees (the providers'' commissions) on collections paid in [from_ts, to_ts) by provider and currency, with the fee rate in percent of gross';
+
+CREATE FUNCTION payments.donor_history(donor text)
+RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,
+			   refunded numeric, method text, name text, receipt_no text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	RETURN QUERY
+	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status, p.amount, p.currency::text,
+		   CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END,
+		   p.method, p.donor_name, p.receipt_no
+	  FROM payments.payments p
+	 WHERE p.donor_key = payments.donor_key_of(donor) AND p.kind = 'collection'
+	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC;
+END
+$$;
+COMMENT ON FUNCTION payments.donor_history(text) IS
+	'One donor''s payments, newest first, with receipt numbers; the donor is given by e-mail address, phone number, or (for donors with neither) name';
+
+CREATE FUNCTION payments.recent_events(provider text DEFAULT NULL, n integer DEFAULT 50)
+RETURNS TABLE (id bigint, provider_name text, event_id text, event_type text, event_at timestamptz,
+			   received_at timestamptz, state text, attempts integer, last_error text, request_id text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	RETURN QUERY
+	SELECT e.id, e.provider, e.event_id, e.event_type, e.event_at, e.received_at, e.state, e.attempts,
+		   e.last_error, e.request_id
+	  FROM payments.events e
+	 WHERE provider IS NULL OR e.provider = provider
+	 ORDER BY e.id DESC
+	 LIMIT n;
+END
+$$;
+COMMENT ON FUNCTION payments.recent_events(text, integer) IS
+	'The admin''s event listing: the latest n events (of one provider or all), newest first, without bodies or headers';
+
+SELECT pg_catalog.pg_extension_config_dump('payments.fx_rates', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.currencies', 'WHERE NOT seeded');
+
+-- Roles: cluster-wide group roles, created once; they outlive DROP EXTENSION
+DO $$
+DECLARE
+	r text;
+BEGIN
+	FOREACH r IN ARRAY ARRAY['payments_admin', 'payments_ingest', 'payments_analyst'] LOOP
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+	END LOOP;
+END
+$$;
+
+-- PUBLIC: no USAGE on the schema; EXECUTE kept only on pure functions (verifiers, masks,
+-- e164_digits, country_code, receipt_day, ...).  Functions that read tables are revoked.
+REVOKE ALL ON SCHEMA payments FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.receipt(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.receipt_prefix(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.major_units(numeric, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.event_change(text, jsonb, payments.events) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.stripe_change(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.eversend_change(jsonb, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.daily_report(date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.currency_summary(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.base_totals(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.method_summary(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.earnings(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.donor_history(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.recent_events(text, integer) FROM PUBLIC;
+
+--------------------------------------------------------------------------------------------------
+-- Background work: retries and dead letters, outbound deliveries, pg_cron jobs
+--------------------------------------------------------------------------------------------------
+
+-- The retry schedule (DESIGN.md section 7), shared by events and outbound deliveries.
+
+CREATE FUNCTION payments.retry_delay(failed_attempts integer)
+RETURNS interval
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT ('{1 minute,5 minutes,30 minutes,2 hours,5 hours,10 hours,10 hours}'::pg_catalog.interval[])[failed_attempts]
+$$;
+COMMENT ON FUNCTION payments.retry_delay(integer) IS
+	'The wait after a number of failed attempts (the first attempt is immediate): 1 min, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; NULL after the 8th: give up';
+
+CREATE FUNCTION payments.next_attempt_at(failed_attempts integer, retry_after interval DEFAULT NULL)
+RETURNS timestamptz
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN d IS NOT NULL THEN
+		greatest(now() + d * (0.9 + 0.2 * random()),
+				 now() + least(greatest(retry_after, interval '0'), interval '1 day'))
+	END
+	FROM payments.retry_delay(failed_attempts) AS d
+$$;
+COMMENT ON FUNCTION payments.next_attempt_at(integer, interval) IS
+	'When to try again after a number of failed attempts: the retry_delay with +-10% jitter, never before a Retry-After (capped at one day); NULL: give up (dead)';
+
+--------------------------------------------------------------------------------------------------
+-- Retrying events; dead letters
+--------------------------------------------------------------------------------------------------
+
+CREATE TABLE payments.event_attempts (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	event_id	bigint NOT NULL REFERENCES payments.events (id) ON DELETE CASCADE,
+	attempt		integer NOT NULL,
+	failed_at	timestamptz NOT NULL DEFAULT now(),
+	error		text NOT NULL,
+	gave_up		boolean NOT NULL
+);
+CREATE INDEX event_attempts_event_idx ON payments.event_attempts (event_id);
+COMMENT ON TABLE payments.event_attempts IS
+	'Every failed attempt to apply a stored event, with its error (events.last_error only keeps the last); gave_up: the event became dead';
+
+CREATE INDEX events_due_idx ON payments.events (next_attempt_at) WHERE state = 'pending';
+
+CREATE FUNCTION payments.event_failed(id bigint, error text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tries	integer;
+	next_at	timestamptz;
+BEGIN
+	SELECT e.attempts + 1 INTO tries FROM payments.events e WHERE e.id = event_failed.id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
+	END IF;
+	next_at := payments.next_attempt_at(tries);
+	UPDATE payments.events e
+	   SET attempts = tries, next_attempt_at = next_at, last_error = error,
+		   state = CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END
+	 WHERE e.id = event_failed.id;
+	INSERT INTO payments.event_attempts (event_id, attempt, error, gave_up)
+	VALUES (event_failed.id, tries, coalesce(error, 'unknown error'), next_at IS NULL);
+	RETURN CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END;
+END
+$$;
+COMMENT ON FUNCTION payments.event_failed(bigint, text) IS
+	'Records a failed attempt to apply an event: keeps the error, schedules the next attempt, or marks the event dead after the last; returns pending or dead';
+
+CREATE FUNCTION payments.retry_events(max_items integer DEFAULT 100)
+RETURNS TABLE (event bigint, outcome text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ev_id	bigint;
+	result	text;
+	msg		text;
+BEGIN
+	IF max_items IS NULL OR max_items < 1 THEN
+		RAISE EXCEPTION 'max_items must be a positive number' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR ev_id IN
+		SELECT e.id FROM payments.events e
+		 WHERE e.state = 'pending' AND coalesce(e.next_attempt_at, e.received_at) <= now()
+		 ORDER BY coalesce(e.next_attempt_at, e.received_at), e.id
+		 LIMIT max_items
+		   FOR UPDATE SKIP LOCKED
+	LOOP
+		BEGIN
+			result := payments.apply_event(ev_id);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			result := payments.event_failed(ev_id, msg);
+		END;
+		IF result = 'stored' THEN
+			SELECT e.state INTO result FROM payments.events e WHERE e.id = ev_id;
+		END IF;
+		event := ev_id;
+		outcome := result;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.retry_events(integer) IS
+	'Applies due pending events again (claimed with SKIP LOCKED, each in its own subtransaction); returns each event and its outcome: applied, ignored, pending (to be retried) or dead';
+
+CREATE FUNCTION payments.replay_event(id bigint)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	st		text;
+	result	text;
+	msg		text;
+BEGIN
+	SELECT e.state INTO st FROM payments.events e WHERE e.id = replay_event.id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF st NOT IN ('pending', 'dead') THEN
+		RAISE NOTICE 'event % is already %', id, st;
+		RETURN st;
+	END IF;
+	-- a fresh schedule: the earlier failures stay in payments.event_attempts
+	UPDATE payments.events e SET state = 'pending', attempts = 0, next_attempt_at = now()
+	 WHERE e.id = replay_event.id;
+	BEGIN
+		result := payments.apply_event(replay_event.id);
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		result := payments.event_failed(replay_event.id, msg);
+	END;
+	SELECT e.state INTO result FROM payments.events e WHERE e.id = replay_event.id;
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION payments.replay_event(bigint) IS
+	'Applies a pending or dead event now, with a fresh retry schedule; returns its state afterwards (applied, ignored, pending or dead)';
+
+CREATE FUNCTION payments.replay_dead(provider text DEFAULT NULL, since timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH requeued AS (
+		UPDATE payments.events e SET state = 'pending', attempts = 0, next_attempt_at = now()
+		 WHERE e.state = 'dead'
+		   AND (replay_dead.provider IS NULL OR e.provider = replay_dead.provider)
+		   AND (replay_dead.since IS NULL OR e.received_at >= replay_dead.since)
+		RETURNING 1)
+	SELECT count(*) FROM requeued
+$$;
+COMMENT ON FUNCTION payments.replay_dead(text, timestamptz) IS
+	'Puts the dead events of a provider (NULL: every provider) received since a time (NULL: ever) back in the queue with a fresh schedule; the next retry_events applies them; returns how many';
+
+--------------------------------------------------------------------------------------------------
+-- Outbound deliveries: endpoints, the outbox, attempts
+--------------------------------------------------------------------------------------------------
+
+CREATE TABLE payments.endpoints (
+	id					bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name				text NOT NULL UNIQUE CHECK (name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
+	url					text NOT NULL CHECK (url ~ '^https?://'),
+	secret				text NOT NULL,
+	event_types			text[],
+	ca_file				text,
+	connect_timeout_ms	integer NOT NULL DEFAULT 5000 CHECK (connect_timeout_ms BETWEEN 100 AND 60000),
+	timeout_ms			integer NOT NULL DEFAULT 15000 CHECK (timeout_ms BETWEEN 100 AND 120000),
+	max_response_bytes	integer NOT NULL DEFAULT 65536 CHECK (max_response_bytes BETWEEN 0 AND 10485760),
+	breaker_threshold	integer NOT NULL DEFAULT 5 CHECK (breaker_threshold >= 1),
+	breaker_cooldown	interval NOT NULL DEFAULT '5 minutes' CHECK (breaker_cooldown >= interval '1 second'),
+	enabled				boolean NOT NULL DEFAULT true,
+	disabled_reason		text,
+	breaker_state		text NOT NULL DEFAULT 'closed' CHECK (breaker_state IN ('closed', 'open', 'half_open')),
+	breaker_until		timestamptz,
+	consecutive_failures integer NOT NULL DEFAULT 0,
+	last_status			integer,
+	last_error			text,
+	last_success_at		timestamptz,
+	last_failure_at		timestamptz,
+	created_at			timestamptz NOT NULL DEFAULT now(),
+	updated_at			timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE payments.endpoints IS
+	'Receivers of outbound webhooks (Standard Webhooks signed JSON POSTs), with their circuit breaker state';
+COMMENT ON COLUMN payments.endpoints.event_types IS
+	'Event types to send (payment.paid, payment.* ...); NULL: all';
+COMMENT ON COLUMN payments.endpoints.ca_file IS 'CA bundle to verify the receiver''s TLS certificate; NULL: the system''s';
+COMMENT ON COLUMN payments.endpoints.breaker_state IS
+	'closed: deliver; open: paused after breaker_threshold consecutive failures until breaker_until; half_open: one probe in flight';
+
+CREATE TABLE payments.outbox (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	endpoint_id		bigint NOT NULL REFERENCES payments.endpoints (id),
+	event_type		text NOT NULL,
+	payload			jsonb NOT NULL,
+	status_history_id bigint REFERENCES payments.status_history (id) ON DELETE SET NULL,
+	state			text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+	attempts		integer NOT NULL DEFAULT 0,
+	next_attempt_at	timestamptz NOT NULL DEFAULT now(),
+	last_status		integer,
+	last_error		text,
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	delivered_at	timestamptz
+);
+CREATE INDEX outbox_due_idx ON payments.outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX outbox_endpoint_idx ON payments.outbox (endpoint_id, state);
+COMMENT ON TABLE payments.outbox IS
+	'Outbound webhooks, queued in the transaction of the change; webhook-id is msg_<id>, the same on every attempt. pending: to send (next_attempt_at is also the lease of an attempt in flight); delivered: a 2xx came back; dead: gave up after the last attempt';
+
+CREATE TABLE payments.outbox_attempts (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	outbox_id		bigint NOT NULL REFERENCES payments.outbox (id) ON DELETE CASCADE,
+	endpoint_id		bigint NOT NULL REFERENCES payments.endpoints (id),
+	attempt			integer NOT NULL,
+	started_at		timestamptz NOT NULL DEFAULT now(),
+	finished_at		timestamptz,
+	http_status		integer,
+	retry_after		integer,
+	duration_ms		integer,
+	response_bytes	bigint,
+	response		text,
+	error			text
+);
+CREATE INDEX outbox_attempts_outbox_idx ON payments.outbox_attempts (outbox_id);
+CREATE INDEX outbox_attempts_endpoint_idx ON payments.outbox_attempts (endpoint_id, started_at);
+COMMENT ON TABLE payments.outbox_attempts IS
+	'Every delivery attempt, recorded (and committed) before the HTTP call; finished_at NULL after the lease: interrupted (crash, cancel), retried';
+
+CREATE FUNCTION payments.event_type_matches(patterns text[], event_type text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT patterns IS NULL OR EXISTS (
+		SELECT FROM unnest(patterns) AS p
+		 WHERE p = event_type OR (right(p, 1) = '*' AND starts_with(event_type, left(p, -1))))
+$$;
+COMMENT ON FUNCTION payments.event_type_matches(text[], text) IS
+	'Whether an endpoint''s event_types (NULL: all; a trailing * matches a prefix) take an event type';
+
+CREATE FUNCTION payments.add_endpoint(name text, url text, secret text, event_types text[] DEFAULT NULL,
+									  ca_file text DEFAULT NULL, timeout_ms integer DEFAULT 15000,
+									  connect_timeout_ms integer DEFAULT 5000,
+									  max_response_bytes integer DEFAULT 65536,
+									  breaker_threshold integer DEFAULT 5,
+									  breaker_cooldown interval DEFAULT '5 minutes')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	problem	text;
+	new_id	bigint;
+BEGIN
+	IF name IS NULL OR name !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid endpoint name "%"', name
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'An endpoint name is 1 to 63 characters of a-z, 0-9, "_" and "-".';
+	END IF;
+	IF url IS NULL OR url !~ '^https?://[^/?#@\s]+(/\S*)?$' THEN
+		RAISE EXCEPTION 'invalid endpoint URL "%"', url
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give an absolute http:// or https:// URL without credentials.';
+	END IF;
+	IF secret IS NULL OR NOT starts_with(secret, 'whsec_') THEN
+		RAISE EXCEPTION 'an endpoint secret is whsec_ followed by base64'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example: SELECT ''whsec_'' || encode(gen_random_bytes(32), ''base64'') (pgcrypto).';
+	END IF;
+	problem := payments.secret_problem('standard', secret);
+	IF problem IS NOT NULL THEN
+		RAISE EXCEPTION 'unusable endpoint secret: %', problem USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF event_types IS NOT NULL AND (cardinality(event_types) = 0 OR array_position(event_types, NULL) IS NOT NULL) THEN
+		RAISE EXCEPTION 'event_types must be NULL (all) or a non-empty list without NULLs'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO payments.endpoints AS e (name, url, secret, event_types, ca_file, timeout_ms,
+										 connect_timeout_ms, max_response_bytes, breaker_threshold,
+										 breaker_cooldown)
+	VALUES (add_endpoint.name, add_endpoint.url, add_endpoint.secret, add_endpoint.event_types,
+			add_endpoint.ca_file, add_endpoint.timeout_ms, add_endpoint.connect_timeout_ms,
+			add_endpoint.max_response_bytes, add_endpoint.breaker_threshold, add_endpoint.breaker_cooldown)
+	ON CONFLICT ON CONSTRAINT endpoints_name_key DO UPDATE
+		SET url = excluded.url, secret = excluded.secret, event_types = excluded.event_types,
+			ca_file = excluded.ca_file, timeout_ms = excluded.timeout_ms,
+			connect_timeout_ms = excluded.connect_timeout_ms,
+			max_response_bytes = excluded.max_response_bytes,
+			breaker_threshold = excluded.breaker_threshold, breaker_cooldown = excluded.breaker_cooldown,
+			updated_at = now()
+	RETURNING e.id INTO new_id;
+	RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION payments.add_endpoint(text, text, text, text[], text, integer, integer, integer, integer, interval) IS
+	'Adds (or updates by name) a receiver of outbound webhooks and returns its id: payment transitions of the chosen types are queued for it from now on';
+
+CREATE FUNCTION payments.enable_endpoint(name text, enabled boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE payments.endpoints e
+	   SET enabled = enable_endpoint.enabled,
+		   disabled_reason = CASE WHEN enable_endpoint.enabled THEN NULL ELSE 'disabled by ' || session_user END,
+		   breaker_state = 'closed', breaker_until = NULL, consecutive_failures = 0, updated_at = now()
+	 WHERE e.name = enable_endpoint.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown endpoint "%"', name USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION payments.enable_endpoint(text, boolean) IS
+	'Enables (closing its breaker) or disables an endpoint; the items queued for it while disabled are sent once enabled';
+
+CREATE FUNCTION payments.enqueue_transition()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	etype	text := 'payment.' || NEW.to_status;
+	body	jsonb;
+BEGIN
+	IF NOT EXISTS (SELECT FROM payments.endpoints e
+					WHERE e.enabled AND payments.event_type_matches(e.event_types, etype)) THEN
+		RETURN NULL;
+	END IF;
+	SELECT jsonb_build_object(
+			'type', etype,
+			'timestamp', to_char(NEW.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+			'data', jsonb_build_object(
+				'payment_id', p.id, 'provider', p.provider, 'provider_ref', p.provider_ref,
+				'reference', p.reference, 'kind', p.kind, 'status', p.status,
+				'from_status', NEW.from_status, 'to_status', NEW.to_status,
+				'status_at', NEW.status_at, 'amount', p.amount, 'currency', p.currency,
+				'amount_refunded', p.amount_refunded, 'fee', p.fee, 'method', p.method,
+				'receipt_no', p.receipt_no, 'paid_at', p.paid_at, 'donor_name', p.donor_name,
+				'donor_email', p.donor_email, 'donor_phone', p.donor_phone, 'country', p.country,
+				'event_id', NEW.event_id, 'transition_id', NEW.id))
+	  INTO body
+	  FROM payments.payments p WHERE p.id = NEW.payment_id;
+	INSERT INTO payments.outbox (endpoint_id, event_type, payload, status_history_id)
+	SELECT e.id, etype, body, NEW.id FROM payments.endpoints e
+	 WHERE e.enabled AND payments.event_type_matches(e.event_types, etype);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.enqueue_transition() IS
+	'Trigger: queues a payment transition (at commit of its transaction, with the payment as it then is) for every enabled endpoint that takes its type';
+
+CREATE CONSTRAINT TRIGGER status_history_outbox
+	AFTER INSERT ON payments.status_history
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_transition();
+
+CREATE FUNCTION payments.claim_outbox(max_items integer)
+RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
+			   ca_file text, connect_timeout_ms integer, timeout_ms integer, max_response_bytes integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	ids		bigint[] := '{}';
+	probe	bigint;
+	ep		bigint;
+BEGIN
+	-- endpoints whose breaker has cooled down get one probe each
+	FOR ep IN
+		UPDATE payments.endpoints e
+		   SET breaker_state = 'half_open', breaker_until = now() + e.breaker_cooldown
+		 WHERE e.enabled AND e.breaker_state <> 'closed' AND e.breaker_until <= now()
+		   AND EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = e.id AND o.state = 'pending'
+						  AND o.next_attempt_at <= now())
+		RETURNING e.id
+	LOOP
+		SELECT o.id INTO probe FROM payments.outbox o
+		 WHERE o.endpoint_id = ep AND o.state = 'pending' AND o.next_attempt_at <= now()
+		 ORDER BY o.next_attempt_at, o.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+		IF probe IS NOT NULL AND cardinality(ids) < max_items THEN
+			ids := ids || probe;
+		END IF;
+	END LOOP;
+	ids := ids || ARRAY(
+		SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+		 WHERE o.state = 'pending' AND o.next_attempt_at <= now() AND e.enabled AND e.breaker_state = 'closed'
+		 ORDER BY o.next_attempt_at, o.id
+		 LIMIT greatest(max_items - cardinality(ids), 0)
+		   FOR UPDATE OF o SKIP LOCKED);
+
+	-- attempts that never finished (crash, cancel) are closed as interrupted
+	UPDATE payments.outbox_attempts a SET finished_at = now(), error = 'interrupted: no result was recorded'
+	 WHERE a.outbox_id = ANY (ids) AND a.finished_at IS NULL;
+
+	-- the lease: if no result is recorded, the item is due again when it ends
+	RETURN QUERY
+	WITH u AS (
+		UPDATE payments.outbox o
+		   SET attempts = o.attempts + 1,
+			   next_attempt_at = now() + make_interval(secs => (e.connect_timeout_ms + e.timeout_ms) / 1000.0 + 10)
+		  FROM payments.endpoints e
+		 WHERE o.id = ANY (ids) AND e.id = o.endpoint_id
+		RETURNING o.id, o.attempts, o.endpoint_id, o.payload, e.url, e.secret, e.ca_file,
+				  e.connect_timeout_ms, e.timeout_ms, e.max_response_bytes),
+	a AS (
+		INSERT INTO payments.outbox_attempts (outbox_id, endpoint_id, attempt)
+		SELECT u.id, u.endpoint_id, u.attempts FROM u
+		RETURNING id, outbox_id)
+	SELECT u.id, a.id, 'msg_' || u.id, u.url, u.secret, u.payload::text, u.ca_file,
+		   u.connect_timeout_ms, u.timeout_ms, u.max_response_bytes
+	  FROM u JOIN a ON a.outbox_id = u.id
+	 ORDER BY u.id;
+END
+$$;
+COMMENT ON FUNCTION payments.claim_outbox(integer) IS
+	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down), records an attempt for each and leases them; used by deliver_outbox, which commits before sending';
+
+CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
+										 error text, duration_ms integer, response_bytes bigint,
+										 response text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	att		payments.outbox_attempts;
+	item	payments.outbox;
+	ep		payments.endpoints;
+	next_at	timestamptz;
+	msg		text;
+BEGIN
+	SELECT a.* INTO att FROM payments.outbox_attempts a WHERE a.id = record_delivery.attempt_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown delivery attempt %', attempt_id USING ERRCODE = 'undefined_object';
+	END IF;
+	SELECT o.* INTO item FROM payments.outbox o WHERE o.id = att.outbox_id FOR UPDATE;
+	SELECT e.* INTO ep FROM payments.endpoints e WHERE e.id = att.endpoint_id FOR UPDATE;
+	msg := coalesce(error, CASE WHEN http_status IS NOT NULL AND http_status NOT BETWEEN 200 AND 299
+								THEN 'HTTP ' || http_status END);
+	UPDATE payments.outbox_attempts a
+	   SET finished_at = now(), http_status = record_delivery.http_status,
+		   retry_after = record_delivery.retry_after, duration_ms = record_delivery.duration_ms,
+		   response_bytes = record_delivery.response_bytes, response = record_delivery.response,
+		   error = msg
+	 WHERE a.id = att.id;
+	IF att.finished_at IS NOT NULL OR item.state <> 'pending' THEN
+		RETURN 'stale';				-- closed as interrupted meanwhile, or delivered by another attempt
+	END IF;
+
+	IF http_status BETWEEN 200 AND 299 THEN
+		UPDATE payments.outbox o SET state = 'delivered', delivered_at = now(), next_attempt_at = now(),
+			   last_status = http_status, last_error = NULL
+		 WHERE o.id = item.id;
+		UPDATE payments.endpoints e SET breaker_state = 'closed', breaker_until = NULL, consecutive_failures = 0,
+			   last_status = http_status, last_error = NULL, last_success_at = now()
+		 WHERE e.id = ep.id;
+		RETURN 'delivered';
+	END IF;
+
+	IF http_status = 410 THEN
+		-- the receiver is gone: stop sending there; its items wait (pending) until it is enabled again
+		UPDATE payments.outbox o SET next_attempt_at = now(), last_status = 410,
+			   last_error = 'endpoint disabled: 410 Gone'
+		 WHERE o.id = item.id;
+		UPDATE payments.endpoints e SET enabled = false, disabled_reason = '410 Gone at ' || now(),
+			   last_status = 410, last_error = msg, last_failure_at = now(), updated_at = now()
+		 WHERE e.id = ep.id;
+		RETURN 'disabled';
+	END IF;
+
+	next_at := payments.next_attempt_at(item.attempts, make_interval(secs => retry_after));
+	UPDATE payments.outbox o
+	   SET state = CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END,
+		   next_attempt_at = coalesce(next_at, now()), last_status = http_status, last_error = msg
+	 WHERE o.id = item.id;
+	UPDATE payments.endpoints e
+	   SET consecutive_failures = e.consecutive_failures + 1,
+		   breaker_state = CASE WHEN e.breaker_state = 'half_open'
+									 OR e.consecutive_failures + 1 >= e.breaker_threshold
+								THEN 'open' ELSE e.breaker_state END,
+		   breaker_until = CASE WHEN e.breaker_state = 'half_open'
+									 OR e.consecutive_failures + 1 >= e.breaker_threshold
+								THEN now() + e.breaker_cooldown ELSE e.breaker_until END,
+		   last_status = http_status, last_error = msg, last_failure_at = now()
+	 WHERE e.id = ep.id;
+	RETURN CASE WHEN next_at IS NULL THEN 'dead' ELSE 'retry' END;
+END
+$$;
+COMMENT ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) IS
+	'Records the result of a delivery attempt: 2xx delivered (breaker closes); 410 disables the endpoint; anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
+
+CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100)
+AS 'MODULE_PATHNAME', 'deliver_outbox'
+LANGUAGE C;
+COMMENT ON PROCEDURE payments.deliver_outbox(integer) IS
+	'Sends due outbox items as signed JSON POSTs, a batch in parallel: claims and records the attempts, commits, sends (libcurl), records the results and commits; CALL it outside a transaction block';
+
+CREATE FUNCTION payments.sign_webhook(msg_id text, msg_timestamp bigint, body text, secret text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'sign_webhook'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.sign_webhook(text, bigint, text, text) IS
+	'The webhook-signature value (v1,base64 HMAC-SHA256 over "id.timestamp.body") that deliveries carry, for checking a receiver';
+
+--------------------------------------------------------------------------------------------------
+-- What a DBA watches
+--------------------------------------------------------------------------------------------------
+
+CREATE VIEW payments.outbox_backlog AS
+	SELECT e.name AS endpoint, e.enabled, e.breaker_state,
+		   count(*) FILTER (WHERE o.state = 'pending') AS pending,
+		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()) AS due,
+		   count(*) FILTER (WHERE o.state = 'dead') AS dead,
+		   count(*) FILTER (WHERE o.state = 'delivered') AS delivered,
+		   min(o.created_at) FILTER (WHERE o.state = 'pending') AS oldest_pending_at,
+		   now() - min(o.created_at) FILTER (WHERE o.state = 'pending') AS oldest_pending_age
+	  FROM payments.endpoints e LEFT JOIN payments.outbox o ON o.endpoint_id = e.id
+	 GROUP BY e.id, e.name, e.enabled, e.breaker_state;
+COMMENT ON VIEW payments.outbox_backlog IS
+	'Per endpoint: items pending, due now, dead and delivered, and the age of the oldest pending one';
+
+CREATE VIEW payments.outbox_oldest_due AS
+	SELECT o.id, e.name AS endpoint, o.event_type, o.created_at, now() - o.created_at AS age,
+		   o.attempts, o.next_attempt_at, o.last_status, o.last_error
+	  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+	 WHERE o.state = 'pending' AND o.next_attempt_at <= now()
+	 ORDER BY o.next_attempt_at, o.id
+	 LIMIT 1;
+COMMENT ON VIEW payments.outbox_oldest_due IS 'The outbox item that has waited longest past its due time';
+
+CREATE VIEW payments.endpoint_health AS
+	SELECT e.name, e.url, e.enabled, e.disabled_reason, e.breaker_state, e.breaker_until,
+		   e.consecutive_failures, e.last_status, e.last_error, e.last_success_at, e.last_failure_at,
+		   (SELECT count(*) FROM payments.outbox_attempts a
+			 WHERE a.endpoint_id = e.id AND a.started_at > now() - interval '1 hour') AS attempts_1h,
+		   (SELECT count(*) FROM payments.outbox_attempts a
+			 WHERE a.endpoint_id = e.id AND a.started_at > now() - interval '1 hour'
+			   AND a.http_status BETWEEN 200 AND 299) AS delivered_1h
+	  FROM payments.endpoints e;
+COMMENT ON VIEW payments.endpoint_health IS
+	'Each endpoint: enabled or why not, circuit breaker, consecutive failures, last result, attempts and successes in the last hour';
+
+CREATE VIEW payments.event_backlog AS
+	SELECT e.provider,
+		   count(*) FILTER (WHERE e.state = 'pending') AS pending,
+		   count(*) FILTER (WHERE e.state = 'pending' AND e.next_attempt_at <= now()) AS due,
+		   count(*) FILTER (WHERE e.state = 'dead') AS dead,
+		   min(e.received_at) FILTER (WHERE e.state = 'pending') AS oldest_pending_at
+	  FROM payments.events e
+	 WHERE e.state IN ('pending', 'dead')
+	 GROUP BY e.provider;
+COMMENT ON VIEW payments.event_backlog IS 'Per provider: stored events still pending, due for a retry, and dead';
+
+--------------------------------------------------------------------------------------------------
+-- pg_cron jobs, each guarded by an advisory lock
+--------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION payments.job_lock_key(job text)
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE job WHEN 'retry' THEN 1 WHEN 'deliver' THEN 2 WHEN 'housekeeping' THEN 3
+					WHEN 'reconcile' THEN 4 END
+$$;
+COMMENT ON FUNCTION payments.job_lock_key(text) IS
+	'The second key of a job''s advisory lock; the first is 1885436269 (''paym'')';
+
+-- No SET clause: a procedure that commits cannot have one; every name is qualified.
+CREATE PROCEDURE payments.run_job(job text, max_items integer DEFAULT 100)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	lock_key integer := payments.job_lock_key(job);
+BEGIN
+	IF lock_key IS NULL THEN
+		RAISE EXCEPTION 'unknown job "%"', job
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver.';
+	END IF;
+	IF NOT pg_catalog.pg_try_advisory_lock(1885436269, lock_key) THEN
+		RAISE NOTICE 'payments job % skipped: the previous run is still going', job;
+		RETURN;
+	END IF;
+	-- a session lock, released below; if the run fails, when the job's session ends
+	IF job = 'retry' THEN
+		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
+	ELSIF job = 'deliver' THEN
+		CALL payments.deliver_outbox(max_items);
+	END IF;
+	PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
+END
+$$;
+COMMENT ON PROCEDURE payments.run_job(text, integer) IS
+	'Runs one background job (retry, deliver) unless a previous run of it still holds its advisory lock; what pg_cron calls';
+
+CREATE FUNCTION payments.cron_jobs(retry_schedule text DEFAULT '* * * * *',
+								   deliver_schedule text DEFAULT '* * * * *',
+								   housekeeping_schedule text DEFAULT '17 3 * * *',
+								   keep_run_details interval DEFAULT '7 days')
+RETURNS TABLE (jobname text, schedule text, command text, database text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT j.name || '@' || current_database(), j.schedule, j.command, j.database
+	  FROM (VALUES
+		('payments-retry', retry_schedule, 'CALL payments.run_job(''retry'')', current_database()),
+		('payments-deliver', deliver_schedule, 'CALL payments.run_job(''deliver'')', current_database()),
+		('payments-housekeeping', housekeeping_schedule,
+		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval'
+				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
+		 coalesce(current_setting('cron.database_name', true), 'postgres'))
+	  ) AS j (name, schedule, command, database)
+	 WHERE j.schedule IS NOT NULL
+$$;
+COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval) IS
+	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own)';
+
+CREATE FUNCTION payments.schedule_jobs(retry_schedule text DEFAULT '* * * * *',
+									   deliver_schedule text DEFAULT '* * * * *',
+									   housekeeping_schedule text DEFAULT '17 3 * * *',
+									   keep_run_details interval DEFAULT '7 days')
+RETURNS TABLE (jobid bigint, jobname text, schedule text, database text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cron_db	text := current_setting('cron.database_name', true);
+	j		record;
+	stmts	text;
+BEGIN
+	IF cron_db IS NULL THEN
+		RAISE EXCEPTION 'pg_cron is not loaded'
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name, restart, and CREATE EXTENSION pg_cron in that database.';
+	END IF;
+	IF cron_db <> current_database() THEN
+		SELECT string_agg(format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
+								 c.jobname, c.schedule, c.command, c.database), E'\n')
+		  INTO stmts
+		  FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details) c;
+		RAISE EXCEPTION 'pg_cron runs in database "%", not in "%"', cron_db, current_database()
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Run these in database ' || quote_ident(cron_db) || E':\n' || stmts,
+				  HINT = 'payments.cron_jobs() lists the jobs.';
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
+		RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+			USING ERRCODE = 'undefined_object', HINT = 'CREATE EXTENSION pg_cron;';
+	END IF;
+	FOR j IN SELECT * FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details) LOOP
+		EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
+		   INTO jobid USING j.jobname, j.schedule, j.command, j.database;
+		jobname := j.jobname;
+		schedule := j.schedule;
+		database := j.database;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval) IS
+	'Registers (or updates) the pg_cron jobs retry, deliver and housekeeping for this database; in another database than pg_cron''s, says what to run there';
+
+CREATE FUNCTION payments.unschedule_jobs()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n	bigint;
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
+		RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'In another database than pg_cron''s, run cron.unschedule(jobname) there for the jobs of payments.cron_jobs().';
+	END IF;
+	EXECUTE 'SELECT count(cron.unschedule(j.jobid)) FROM cron.job j'
+			' WHERE j.jobname IN (SELECT c.jobname FROM payments.cron_jobs() c)'
+	   INTO n;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION payments.unschedule_jobs() IS 'Removes the pg_cron jobs of this database; returns how many';
+
+REVOKE ALL ON FUNCTION payments.event_failed(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.retry_events(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.replay_event(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.replay_dead(text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.add_endpoint(text, text, text, text[], text, integer, integer, integer, integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.enable_endpoint(text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.enqueue_transition() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.claim_outbox(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE payments.run_job(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.unschedule_jobs() FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('payments.event_attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.event_attempts_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.endpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.endpoints_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.outbox_attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.outbox_attempts_id_seq', '');
+
+--------------------------------------------------------------------------------------------------
+-- Privileges of the roles: last, so that they cover every object above
+--------------------------------------------------------------------------------------------------
+
+-- payments_ingest: the shim's login role is a member; ingest and the Meta handshake only
+GRANT USAGE ON SCHEMA payments TO payments_ingest;
+GRANT EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) TO payments_ingest;
+GRANT EXECUTE ON FUNCTION payments.meta_subscribe(text, text, text, text) TO payments_ingest;
+
+-- payments_analyst: the report views and functions; donors' e-mail and phone masked there
+GRANT USAGE ON SCHEMA payments TO payments_analyst;
+GRANT SELECT ON payments.daily_summary, payments.donor_summary TO payments_analyst;
+GRANT EXECUTE ON FUNCTION payments.daily_report(date), payments.top_donors(timestamptz, timestamptz, text, integer),
+	payments.currency_summary(timestamptz, timestamptz), payments.base_totals(timestamptz, timestamptz),
+	payments.method_summary(timestamptz, timestamptz), payments.earnings(timestamptz, timestamptz),
+	payments.donor_history(text) TO payments_analyst;
+
+-- payments_admin: configures providers, secrets, certificates, currencies, rates; reads everything
+GRANT USAGE ON SCHEMA payments TO payments_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA payments TO payments_admin;
+GRANT INSERT, UPDATE, DELETE ON payments.providers, payments.secrets, payments.certificates,
+	payments.currencies, payments.fx_rates TO payments_admin;
+GRANT INSERT, UPDATE, DELETE ON payments.endpoints TO payments_admin;
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA payments TO payments_admin;
+-- the machinery behind ingest, retries and deliveries is not called by hand
+REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_change),
+	payments.next_receipt_no(text, date), payments.apply_event(bigint),
+	payments.event_failed(bigint, text), payments.claim_outbox(integer),
+	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
+	payments.enqueue_transition() FROM payments_admin;

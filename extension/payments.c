@@ -14,6 +14,7 @@ void		_PG_init(void);
 
 static char *receipt_prefix = NULL;
 static char *receipt_timezone = NULL;
+static char *base_currency = NULL;
 
 /* A receipt prefix is 1 to 10 characters of A-Z and 0-9 */
 static bool
@@ -41,6 +42,20 @@ CheckReceiptTimezone(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* A base currency is three upper-case letters (ISO 4217) */
+static bool
+CheckBaseCurrency(char **newval, void **extra, GucSource source)
+{
+	size_t		len = strspn(*newval, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+
+	if (len != 3 || (*newval)[len] != '\0')
+	{
+		GUC_check_errdetail("A base currency is an ISO 4217 code such as USD.");
+		return false;
+	}
+	return true;
+}
+
 /* Defines the extension's settings */
 void
 _PG_init(void)
@@ -59,5 +74,12 @@ _PG_init(void)
 							   "UTC",
 							   PGC_SUSET, 0,
 							   CheckReceiptTimezone, NULL, NULL);
+	DefineCustomStringVariable("payments.base_currency",
+							   gettext_noop("Currency that reports convert to with payments.fx_rates."),
+							   NULL,
+							   &base_currency,
+							   "USD",
+							   PGC_USERSET, 0,
+							   CheckBaseCurrency, NULL, NULL);
 	MarkGUCPrefixReserved("payments");
 }

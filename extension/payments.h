@@ -198,6 +198,9 @@ extern void VerifyStandard(const char *body, int bodylen,
 extern char *PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict);
 extern const char *PayPalCertHostProblem(const char *entry);
 
+/* subtransaction.c */
+extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);
+
 /* event_body.c */
 extern Jsonb *ParseEventBody(const char *body, int len, char **error);
 extern Jsonb *ParseJsonDelivery(const Delivery *delivery, EventList *events);
@@ -207,5 +210,40 @@ extern char *BodyDigestId(bytea *body);
 extern char *JsonbTopString(Jsonb *jb, const char *key);
 extern bool JsonbTopUnixTime(Jsonb *jb, const char *key, TimestampTz *result);
 extern bool JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result);
+
+/* outbox_sign.c */
+extern char *StandardWebhookSignature(const char *msg_id, int64 timestamp, const char *body,
+									  size_t bodylen, const char *secret);
+
+/* outbox_send.c: one outbound JSON POST of a batch */
+#define OUTBOUND_ERROR_SIZE 256		/* at least CURL_ERROR_SIZE */
+#define OUTBOUND_RESPONSE_KEPT 1024	/* bytes of a response body kept for the record */
+
+typedef struct OutboundRequest
+{
+	/* set by the caller, allocated before sending */
+	const char *url;
+	const char *body;
+	size_t		bodylen;
+	char	  **headers;		/* "name: value" */
+	int			nheaders;
+	const char *ca_file;		/* NULL: the system's CA bundle */
+	long		connect_timeout_ms;
+	long		timeout_ms;
+	int			max_response;
+	char	   *response;		/* OUTBOUND_RESPONSE_KEPT + 1 bytes */
+	/* outcome */
+	bool		done;
+	long		http_status;	/* 0: no response */
+	int			retry_after;	/* seconds, -1: none */
+	int			duration_ms;
+	size_t		response_len;	/* bytes kept in response */
+	size_t		response_total; /* bytes received */
+	bool		too_large;
+	char		error[OUTBOUND_ERROR_SIZE]; /* empty: none */
+	struct curl_slist *header_list; /* internal */
+} OutboundRequest;
+
+extern bool SendOutboundBatch(OutboundRequest *reqs, int n);
 
 #endif							/* PAYMENTS_H */

@@ -3,8 +3,10 @@
 # archive only. Used by `make test`, `make run` and the Dockerfiles. Runs apt-get as root, or
 # through sudo when that works without a password prompt; otherwise prints the exact command.
 #
-#   scripts/install-deps.sh            build, test and run dependencies
-#   scripts/install-deps.sh --runtime  only what a server running the extension needs
+#   scripts/install-deps.sh                 build, test and run dependencies
+#   scripts/install-deps.sh --build         only what building the extension and the shim needs
+#   scripts/install-deps.sh --runtime       only what a server running the extension needs
+#   scripts/install-deps.sh --shim-runtime  only what running the shim needs (and curl, for health checks)
 set -euo pipefail
 
 build_pkgs=(
@@ -15,11 +17,14 @@ build_pkgs=(
 )
 test_pkgs=(nodejs npm)
 runtime_pkgs=(postgresql-15 postgresql-15-cron libssl3 libcurl4 zlib1g ca-certificates)
+shim_runtime_pkgs=(libmicrohttpd12 libpq5 ca-certificates curl)
 
 case "${1:-}" in
+	--build) wanted=("${build_pkgs[@]}") ;;
 	--runtime) wanted=("${runtime_pkgs[@]}") ;;
+	--shim-runtime) wanted=("${shim_runtime_pkgs[@]}") ;;
 	"") wanted=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-	*) echo "usage: $0 [--runtime]" >&2; exit 2 ;;
+	*) echo "usage: $0 [--build | --runtime | --shim-runtime]" >&2; exit 2 ;;
 esac
 
 missing=()

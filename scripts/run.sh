@@ -66,6 +66,8 @@ DB=postgres sql -c "SELECT 1 FROM pg_database WHERE datname = 'payments'" | grep
 sql -c "CREATE EXTENSION IF NOT EXISTS pg_cron"
 sql -c "CREATE EXTENSION IF NOT EXISTS payments"
 sql -c "SET client_min_messages = warning; ALTER EXTENSION payments UPDATE"
+# retries of pending events and outbound deliveries, every minute, by pg_cron
+sql -c "SELECT count(*) FROM payments.schedule_jobs()" >/dev/null
 
 # A demo provider of kind stripe, with a secret generated on first use
 sql -c "SELECT payments.register_provider('demo', 'stripe')

@@ -1,0 +1,206 @@
+/*
+ * outbox.c
+ *		payments.deliver_outbox: the outbound delivery run.
+ *
+ * A crash must mean a retry, never a loss, so one run is three steps:
+ * claim due items and record an attempt for each (payments.claim_outbox,
+ * which also leases them: if no result is ever recorded they fall due again
+ * when the lease ends) and COMMIT; send the batch in parallel with no
+ * transaction work in between; record every result (payments.record_delivery)
+ * and commit.  The procedure must therefore be CALLed in a non-atomic
+ * context (not inside BEGIN ... COMMIT): it commits itself.
+ */
+#include "payments.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "storage/pmsignal.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(deliver_outbox);
+
+/* Most items one run may claim: every one of them is sent at once */
+#define MAX_BATCH 200
+
+/* One claimed item */
+typedef struct ClaimedItem
+{
+	int64		outbox_id;
+	int64		attempt_id;
+	char	   *msg_id;
+	char	   *secret;
+} ClaimedItem;
+
+/* Text of a column of the current SPI row, copied into cxt; NULL if null */
+static char *
+ColumnText(MemoryContext cxt, HeapTuple row, TupleDesc desc, int col)
+{
+	char	   *value = SPI_getvalue(row, desc, col);
+
+	return value == NULL ? NULL : MemoryContextStrdup(cxt, value);
+}
+
+/* Claims up to max_items due items into items/reqs (allocated in cxt); returns how many */
+static int
+ClaimItems(int max_items, MemoryContext cxt, ClaimedItem **items, OutboundRequest **reqs)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(max_items)};
+	int			n;
+
+	if (SPI_execute_with_args("SELECT outbox_id, attempt_id, msg_id, url, secret, body, ca_file,"
+							  "       connect_timeout_ms, timeout_ms, max_response_bytes"
+							  "  FROM payments.claim_outbox($1)",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim outbox items");
+	n = (int) SPI_processed;
+	*items = MemoryContextAllocZero(cxt, sizeof(ClaimedItem) * (n + 1));
+	*reqs = MemoryContextAllocZero(cxt, sizeof(OutboundRequest) * (n + 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		OutboundRequest *req = &(*reqs)[i];
+		bool		isnull;
+
+		(*items)[i].outbox_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		(*items)[i].attempt_id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+		(*items)[i].msg_id = ColumnText(cxt, row, desc, 3);
+		req->url = ColumnText(cxt, row, desc, 4);
+		(*items)[i].secret = ColumnText(cxt, row, desc, 5);
+		req->body = ColumnText(cxt, row, desc, 6);
+		req->bodylen = strlen(req->body);
+		req->ca_file = ColumnText(cxt, row, desc, 7);
+		req->connect_timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
+		req->timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 9, &isnull));
+		req->max_response = DatumGetInt32(SPI_getbinval(row, desc, 10, &isnull));
+	}
+	return n;
+}
+
+/*
+ * Signs each request (webhook-id, webhook-timestamp, webhook-signature) and
+ * allocates its buffers, all before any libcurl handle exists.
+ */
+static void
+PrepareRequests(ClaimedItem *items, OutboundRequest *reqs, int n, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	int64		now = (int64) time(NULL);
+
+	for (int i = 0; i < n; i++)
+	{
+		OutboundRequest *req = &reqs[i];
+
+		req->headers = palloc(sizeof(char *) * 6);
+		req->headers[0] = pstrdup("Content-Type: application/json");
+		req->headers[1] = psprintf("webhook-id: %s", items[i].msg_id);
+		req->headers[2] = psprintf("webhook-timestamp: " INT64_FORMAT, now);
+		req->headers[3] = psprintf("webhook-signature: %s",
+								   StandardWebhookSignature(items[i].msg_id, now, req->body,
+															req->bodylen, items[i].secret));
+		req->headers[4] = pstrdup("Expect:");	/* no 100-continue round trip */
+		req->nheaders = 5;
+		req->response = palloc0(OUTBOUND_RESPONSE_KEPT + 1);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Records the outcome of one attempt with payments.record_delivery */
+static void
+RecordResult(const ClaimedItem *item, const OutboundRequest *req)
+{
+	Oid			argtypes[7] = {INT8OID, INT4OID, INT4OID, TEXTOID, INT4OID, INT8OID, TEXTOID};
+	Datum		args[7];
+	char		nulls[7] = "       ";
+	bool		readable;
+
+	args[0] = Int64GetDatum(item->attempt_id);
+	args[1] = Int32GetDatum((int32) req->http_status);
+	nulls[1] = req->http_status == 0 ? 'n' : ' ';
+	args[2] = Int32GetDatum(req->retry_after);
+	nulls[2] = req->retry_after < 0 ? 'n' : ' ';
+	args[3] = req->error[0] ? CStringGetTextDatum(req->error) : (Datum) 0;
+	nulls[3] = req->error[0] ? ' ' : 'n';
+	args[4] = Int32GetDatum(req->duration_ms);
+	args[5] = Int64GetDatum((int64) req->response_total);
+	/* the start of the response is kept when it is text in the database encoding */
+	readable = req->response_len > 0 &&
+		memchr(req->response, '\0', req->response_len) == NULL &&
+		pg_verifymbstr(req->response, (int) req->response_len, true);
+	args[6] = readable ? PointerGetDatum(cstring_to_text_with_len(req->response, (int) req->response_len)) : (Datum) 0;
+	nulls[6] = readable ? ' ' : 'n';
+
+	if (SPI_execute_with_args("SELECT payments.record_delivery($1, $2, $3, $4, $5, $6, $7)",
+							  7, argtypes, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not record a delivery attempt");
+}
+
+/* One run: claim and commit, send, record and commit */
+static void
+DeliverBatch(int max_items, MemoryContext cxt)
+{
+	ClaimedItem *items;
+	OutboundRequest *reqs;
+	int			n;
+
+	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	n = ClaimItems(max_items, cxt, &items, &reqs);
+	/* the attempts and leases are durable before anything is sent */
+	SPI_commit();
+	if (n > 0)
+	{
+		PrepareRequests(items, reqs, n, cxt);
+		if (!SendOutboundBatch(reqs, n))
+		{
+			/* cancelled: the leases bring the items back; nothing is lost */
+			CHECK_FOR_INTERRUPTS();
+			if (!PostmasterIsAlive())
+				ereport(FATAL,
+						(errcode(ERRCODE_ADMIN_SHUTDOWN),
+						 errmsg("the postmaster exited during outbound deliveries")));
+		}
+		for (int i = 0; i < n; i++)
+			RecordResult(&items[i], &reqs[i]);
+		SPI_commit();
+	}
+	SPI_finish();
+}
+
+/* SQL: CALL payments.deliver_outbox(max_items integer DEFAULT 100) */
+Datum
+deliver_outbox(PG_FUNCTION_ARGS)
+{
+	int			max_items = PG_ARGISNULL(0) ? 100 : PG_GETARG_INT32(0);
+	MemoryContext cxt;
+
+	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
+		((CallContext *) fcinfo->context)->atomic)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
+				 errmsg("payments.deliver_outbox must be called with CALL outside a transaction block"),
+				 errdetail("It commits the attempts before sending, so that a crash means a retry.")));
+	if (max_items < 1 || max_items > MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_items must be between 1 and %d", MAX_BATCH)));
+
+	/* outlives the commits of the run */
+	cxt = AllocSetContextCreate(TopMemoryContext, "payments deliver_outbox", ALLOCSET_DEFAULT_SIZES);
+	PG_TRY();
+	{
+		DeliverBatch(max_items, cxt);
+	}
+	PG_FINALLY();
+	{
+		MemoryContextDelete(cxt);
+	}
+	PG_END_TRY();
+	PG_RETURN_VOID();
+}

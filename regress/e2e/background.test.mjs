@@ -1,0 +1,325 @@
+// Background work end to end: outbound deliveries signed with Standard Webhooks and checked by
+// the official library, their failures, circuit breaker, cancel and crash safety; the pg_cron
+// jobs really running (one wait, in a second cluster, while the other tests run).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { createHmac } from 'node:crypto';
+import { spawn, execFileSync, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Webhook } from 'standardwebhooks';
+import { Cluster, sleep } from './harness.mjs';
+
+const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+const STRIPE_SECRET = 'whsec_shop';
+let db;
+let cron;
+let cronScheduledAt;
+let receiver;
+let seq = 0;
+
+// A local receiver: verifies every request with the standardwebhooks library and keeps the
+// verified deliveries by webhook-id; behaviour(req, body) answers (default 200).
+async function startReceiver() {
+	const r = { deliveries: [], invalid: 0, behaviour: null, sockets: new Set() };
+	r.server = createServer((req, res) => {
+		let body = '';
+		req.setEncoding('utf8');
+		req.on('data', (d) => { body += d; });
+		req.on('end', async () => {
+			const path = req.url;
+			try {
+				const payload = new Webhook(SECRET).verify(body, req.headers);
+				r.deliveries.push({ path, id: req.headers['webhook-id'], payload, at: Date.now() });
+			} catch {
+				r.invalid++;
+			}
+			const behave = r.behaviour?.[path];
+			if (behave) return behave(req, res);
+			res.writeHead(200).end('ok');
+		});
+	});
+	r.server.on('connection', (s) => { r.sockets.add(s); s.on('close', () => r.sockets.delete(s)); });
+	await new Promise((resolve) => r.server.listen(0, '127.0.0.1', resolve));
+	r.base = `http://127.0.0.1:${r.server.address().port}`;
+	r.behaviour = {};
+	r.to = (path) => r.deliveries.filter((d) => d.path === path);
+	return r;
+}
+
+// Stores a signed Stripe event through payments.ingest; returns the outcome.
+function stripe(cluster, type, obj) {
+	const body = JSON.stringify({ id: `evt_bg${++seq}`, object: 'event', type, created: 1718000000 + seq,
+		data: { object: obj } });
+	const t = Math.floor(Date.now() / 1000);
+	const v1 = createHmac('sha256', STRIPE_SECRET).update(`${t}.${body}`).digest('hex');
+	return cluster.psqlVars(`SET client_min_messages = error;
+		SELECT outcome FROM payments.ingest('shop', jsonb_build_object('stripe-signature', :'h'), convert_to(:'b', 'UTF8'));`,
+	{ h: `t=${t},v1=${v1}`, b: body });
+}
+
+const pi = (id, amount = 1000) => ({ id, object: 'payment_intent', amount, currency: 'usd',
+	payment_method_types: ['card'] });
+
+// A payment becomes paid: one payment.paid transition (plus its creation)
+const paid = (id) => stripe(db, 'payment_intent.succeeded', pi(id));
+
+// Runs a delivery without blocking this process, whose receiver must answer meanwhile.
+async function deliver(max = 100) {
+	await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+		'-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', `CALL payments.deliver_outbox(${max})`]);
+}
+
+function endpoint(name, path, extra = '') {
+	db.psql(`SELECT payments.add_endpoint('${name}', '${receiver.base}${path}', '${SECRET}',
+		'{payment.paid}'${extra})`);
+}
+
+// Items of an endpoint: state|attempts|last_status
+function items(name) {
+	return db.psql(`SELECT o.state, o.attempts, coalesce(o.last_status::text, '-') FROM payments.outbox o
+		JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = '${name}' ORDER BY o.id`)
+		.split('\n').filter((l) => l !== '');
+}
+
+// Makes the pending items of an endpoint due now, as if their time had come.
+function timePasses(name) {
+	db.psql(`UPDATE payments.outbox o SET next_attempt_at = now() FROM payments.endpoints e
+		WHERE e.id = o.endpoint_id AND e.name = '${name}' AND o.state = 'pending'`);
+}
+
+before(async () => {
+	cron = new Cluster();
+	await cron.init();
+	// the jobs run under pg_cron in this cluster while the other tests run; checked at the end
+	cron.psql(`SELECT count(*) FROM payments.schedule_jobs()`);
+	cronScheduledAt = Date.now();
+	db = new Cluster();
+	await db.init();
+	db.psql(`SELECT payments.register_provider('shop', 'stripe');
+		SELECT payments.add_secret('shop', '${STRIPE_SECRET}');`);
+	receiver = await startReceiver();
+});
+
+after(async () => {
+	for (const s of receiver?.sockets ?? []) s.destroy();
+	receiver?.server.close();
+	db?.destroy();
+	cron?.destroy();
+});
+
+test('a paid payment is delivered once, signed, with a stable webhook-id; other types are not queued', async () => {
+	endpoint('ok', '/ok');
+	assert.equal(paid('pi_ok1'), 'applied');
+	assert.deepEqual(items('ok'), ['pending|0|-']);
+	await deliver();
+	assert.deepEqual(items('ok'), ['delivered|1|200']);
+	const [d] = receiver.to('/ok');
+	assert.equal(receiver.invalid, 0);
+	const id = db.psql(`SELECT id FROM payments.outbox ORDER BY id LIMIT 1`);
+	assert.equal(d.id, `msg_${id}`);
+	assert.equal(d.payload.type, 'payment.paid');
+	assert.equal(d.payload.data.provider_ref, 'pi_ok1');
+	assert.equal(d.payload.data.status, 'paid');
+	assert.equal(d.payload.data.to_status, 'paid');
+	assert.equal(d.payload.data.amount, 10);
+	assert.equal(d.payload.data.currency, 'USD');
+	assert.match(d.payload.data.receipt_no, /^LP-\d{8}-\d{6}$/);
+	await deliver();
+	assert.equal(receiver.to('/ok').length, 1, 'a delivered item is not sent again');
+	assert.equal(db.psql(`SELECT http_status || '|' || (finished_at IS NOT NULL) FROM payments.outbox_attempts`), '200|true');
+	// the signature function gives what the receiver checked
+	assert.equal(db.psql(`SELECT payments.sign_webhook('msg_p5jXN8AQM9LWM0D4loKWxJek', 1614265330,
+		'{"test": 2432232314}', '${SECRET}')`), 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=');
+	db.psql(`SELECT payments.enable_endpoint('ok', false)`);
+});
+
+test('410 Gone disables the endpoint; its items wait until it is enabled again', async () => {
+	receiver.behaviour['/gone'] = (req, res) => res.writeHead(410).end();
+	endpoint('gone', '/gone');
+	paid('pi_gone1');
+	await deliver();
+	assert.equal(db.psql(`SELECT enabled || '|' || (disabled_reason LIKE '410 Gone%') FROM payments.endpoints WHERE name = 'gone'`), 'false|true');
+	assert.deepEqual(items('gone'), ['pending|1|410']);
+	paid('pi_gone2');
+	assert.equal(items('gone').length, 1, 'nothing new is queued for a disabled endpoint');
+	await deliver();
+	assert.equal(receiver.to('/gone').length, 1);
+	delete receiver.behaviour['/gone'];
+	db.psql(`SELECT payments.enable_endpoint('gone')`);
+	await deliver();
+	assert.deepEqual(items('gone'), ['delivered|2|200']);
+	db.psql(`SELECT payments.enable_endpoint('gone', false)`);
+});
+
+test('429 with Retry-After waits at least that long; 5xx retries on the schedule', async () => {
+	receiver.behaviour['/busy'] = (req, res) => res.writeHead(429, { 'retry-after': '600' }).end('slow down');
+	receiver.behaviour['/err'] = (req, res) => res.writeHead(503).end('down');
+	endpoint('busy', '/busy');
+	endpoint('err', '/err');
+	paid('pi_busy1');
+	await deliver();
+	assert.deepEqual(items('busy'), ['pending|1|429']);
+	assert.deepEqual(items('err'), ['pending|1|503']);
+	assert.equal(db.psql(`SELECT o.next_attempt_at >= now() + interval '599 seconds' FROM payments.outbox o
+		JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'busy'`), 't');
+	assert.equal(db.psql(`SELECT a.retry_after || '|' || a.response FROM payments.outbox_attempts a
+		JOIN payments.endpoints e ON e.id = a.endpoint_id WHERE e.name = 'busy'`), '600|slow down');
+	assert.equal(db.psql(`SELECT o.next_attempt_at - now() BETWEEN interval '54 seconds' AND interval '66 seconds'
+		FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'err'`), 't');
+	await deliver();
+	assert.equal(receiver.to('/err').length, 1, 'not due yet: not sent again');
+	timePasses('err');
+	await deliver();
+	assert.deepEqual(items('err'), ['pending|2|503']);
+	assert.equal(db.psql(`SELECT o.next_attempt_at - now() BETWEEN interval '4 minutes' AND interval '6 minutes'
+		FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'err'`), 't');
+	// the last attempt makes it dead
+	db.psql(`UPDATE payments.outbox o SET attempts = 7 FROM payments.endpoints e
+		WHERE e.id = o.endpoint_id AND e.name = 'err'`);
+	timePasses('err');
+	await deliver();
+	assert.deepEqual(items('err'), ['dead|8|503']);
+	db.psql(`SELECT payments.enable_endpoint('busy', false); SELECT payments.enable_endpoint('err', false)`);
+});
+
+test('timeouts, slow and oversized responses', async () => {
+	receiver.behaviour['/hang'] = () => { /* never answers */ };
+	receiver.behaviour['/slow'] = (req, res) => setTimeout(() => res.writeHead(204).end(), 700);
+	receiver.behaviour['/big'] = (req, res) => res.writeHead(200).end('x'.repeat(1 << 20));
+	receiver.behaviour['/bigerr'] = (req, res) => res.writeHead(500).end('y'.repeat(1 << 20));
+	endpoint('hang', '/hang', `, timeout_ms => 1000`);
+	endpoint('slow', '/slow', `, timeout_ms => 3000`);
+	endpoint('big', '/big', `, max_response_bytes => 1024`);
+	endpoint('bigerr', '/bigerr', `, max_response_bytes => 1024`);
+	paid('pi_t1');
+	const started = Date.now();
+	await deliver();
+	assert.ok(Date.now() - started < 2500, 'sent in parallel, bounded by the timeout');
+	assert.deepEqual(items('hang'), ['pending|1|-']);
+	assert.match(db.psql(`SELECT a.error FROM payments.outbox_attempts a JOIN payments.endpoints e
+		ON e.id = a.endpoint_id WHERE e.name = 'hang'`), /^timeout/);
+	assert.deepEqual(items('slow'), ['delivered|1|204']);
+	assert.deepEqual(items('big'), ['delivered|1|200']);
+	assert.match(db.psql(`SELECT a.error || '|' || a.response_bytes FROM payments.outbox_attempts a
+		JOIN payments.endpoints e ON e.id = a.endpoint_id WHERE e.name = 'big'`), /^response larger than 1024 bytes.*\|\d+$/);
+	assert.deepEqual(items('bigerr'), ['pending|1|500']);
+	db.psql(`SELECT payments.enable_endpoint(n, false) FROM unnest('{hang,slow,big,bigerr}'::text[]) n`);
+});
+
+test('the circuit breaker opens after repeated failures, probes after the cool-down, closes on success', async () => {
+	let failing = true;
+	receiver.behaviour['/flaky'] = (req, res) => res.writeHead(failing ? 502 : 200).end();
+	endpoint('flaky', '/flaky', `, breaker_threshold => 3, breaker_cooldown => '2 seconds'`);
+	for (let i = 1; i <= 5; i++) paid(`pi_fl${i}`);
+	await deliver(3);
+	assert.equal(receiver.to('/flaky').length, 3);
+	assert.equal(db.psql(`SELECT breaker_state || '|' || consecutive_failures FROM payments.endpoints WHERE name = 'flaky'`), 'open|3');
+	timePasses('flaky');
+	await deliver();
+	assert.equal(receiver.to('/flaky').length, 3, 'open: nothing is sent');
+	await sleep(2100);
+	await deliver();
+	assert.equal(receiver.to('/flaky').length, 4, 'after the cool-down: one probe only');
+	assert.equal(db.psql(`SELECT breaker_state FROM payments.endpoints WHERE name = 'flaky'`), 'open');
+	await sleep(2100);
+	failing = false;
+	timePasses('flaky');
+	await deliver();
+	assert.equal(receiver.to('/flaky').length, 5, 'one probe');
+	assert.equal(db.psql(`SELECT breaker_state || '|' || consecutive_failures FROM payments.endpoints WHERE name = 'flaky'`), 'closed|0');
+	timePasses('flaky');
+	await deliver();
+	assert.equal(items('flaky').filter((s) => s.startsWith('delivered')).length, 5);
+	assert.match(db.psql(`SELECT name || '|' || breaker_state || '|' || delivered_1h FROM payments.endpoint_health WHERE name = 'flaky'`), /^flaky\|closed\|5$/);
+	db.psql(`SELECT payments.enable_endpoint('flaky', false)`);
+});
+
+test('a cancelled run (statement_timeout) stops at once and loses nothing', async () => {
+	receiver.behaviour['/hang2'] = () => { /* never answers */ };
+	endpoint('hang2', '/hang2', `, timeout_ms => 20000`);
+	paid('pi_cancel');
+	const started = Date.now();
+	assert.throws(() => db.psqlVars(`SET statement_timeout = 500;\nCALL payments.deliver_outbox();\n`, {}),
+		/canceling statement due to statement timeout/);
+	assert.ok(Date.now() - started < 3000);
+	assert.deepEqual(items('hang2'), ['pending|1|-']);
+	assert.equal(db.psql(`SELECT count(*) FROM payments.outbox_attempts a JOIN payments.endpoints e
+		ON e.id = a.endpoint_id WHERE e.name = 'hang2' AND a.finished_at IS NULL`), '1', 'the attempt was recorded before the call');
+	db.psql(`SELECT payments.enable_endpoint('hang2', false)`);
+	assert.throws(() => db.psql(`BEGIN; CALL payments.deliver_outbox(); COMMIT;`), /outside a transaction block/);
+});
+
+test('kill -9 while deliveries are in flight: after restart every item is delivered, none lost', async () => {
+	receiver.behaviour['/crash'] = (req, res) => setTimeout(() => res.writeHead(200).end(), 1500);
+	endpoint('crash', '/crash', `, connect_timeout_ms => 500, timeout_ms => 2500`);
+	for (let i = 1; i <= 8; i++) paid(`pi_crash${i}`);
+	const queued = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+		WHERE e.name = 'crash' ORDER BY o.id`).split('\n').map((id) => `msg_${id}`);
+	assert.equal(queued.length, 8);
+	const call = spawn(join(PG_BIN, 'psql'), ['-X', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+		'-d', 'payments', '-c', 'CALL payments.deliver_outbox(5)'], { stdio: 'ignore' });
+	const exited = new Promise((resolve) => call.once('exit', resolve));
+	for (let i = 0; i < 100 && receiver.to('/crash').length === 0; i++) await sleep(50);
+	assert.ok(receiver.to('/crash').length > 0, 'deliveries are in flight');
+	const postmaster = Number(readFileSync(join(db.data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+	const children = execFileSync('pgrep', ['-P', String(postmaster)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+	process.kill(postmaster, 'SIGKILL');
+	for (const pid of children) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+	await exited;
+	for (let i = 0; i < 100; i++) {
+		const alive = children.concat(postmaster).filter((pid) => { try { process.kill(pid, 0); return true; } catch { return false; } });
+		if (alive.length === 0) break;
+		await sleep(100);
+	}
+	db.start();
+	// nothing recorded as delivered; the claimed items are leased, then due again
+	assert.equal(items('crash').filter((s) => s.startsWith('delivered')).length, 0);
+	const leaseEnds = Number(db.psql(`SELECT ceil(extract(epoch FROM max(o.next_attempt_at) - now())) FROM payments.outbox o
+		JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'crash'`));
+	assert.ok(leaseEnds > 0 && leaseEnds <= 14, `lease ends in ${leaseEnds} s`);
+	await sleep(leaseEnds * 1000 + 500);
+	await deliver();
+	await deliver();
+	assert.equal(items('crash').filter((s) => s.startsWith('delivered')).length, 8);
+	const received = new Set(receiver.to('/crash').map((d) => d.id));
+	for (const id of queued) assert.ok(received.has(id), `${id} delivered`);
+	assert.equal(db.psql(`SELECT count(*) FROM payments.outbox_attempts a JOIN payments.endpoints e ON e.id = a.endpoint_id
+		WHERE e.name = 'crash' AND a.error LIKE 'interrupted%'`), '5');
+	assert.equal(receiver.invalid, 0);
+});
+
+test('views: backlog, oldest due item, endpoint health', async () => {
+	const backlog = db.psql(`SELECT endpoint || '|' || pending || '|' || dead FROM payments.outbox_backlog WHERE endpoint IN ('err', 'gone') ORDER BY 1`);
+	assert.equal(backlog, 'err|0|1\ngone|0|0');
+	assert.equal(db.psql(`SELECT count(*) <= 1 FROM payments.outbox_oldest_due`), 't');
+	assert.equal(db.psql(`SELECT enabled || '|' || delivered_1h FROM payments.endpoint_health WHERE name = 'ok'`), 'false|1');
+});
+
+test('scheduling: clear errors without pg_cron or in another database; jobs run under pg_cron', async () => {
+	db.psql(`CREATE DATABASE other`, 'postgres');
+	db.psql(`CREATE EXTENSION payments`, 'other');
+	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`, 'other'), /pg_cron runs in database "payments", not in "other"/);
+	const jobs = db.psql(`SELECT jobname || '|' || database FROM payments.cron_jobs() ORDER BY 1`, 'other');
+	assert.equal(jobs, 'payments-deliver@other|other\npayments-housekeeping@other|payments\npayments-retry@other|other');
+	db.psql(`DROP EXTENSION pg_cron`);
+	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`), /pg_cron is not installed/);
+
+	// the jobs scheduled at the start in the second cluster: wait (once) for pg_cron to run them
+	assert.equal(cron.psql(`SELECT string_agg(jobname, ',' ORDER BY jobname) FROM cron.job`),
+		'payments-deliver@payments,payments-housekeeping@payments,payments-retry@payments');
+	let runs = '';
+	const deadline = cronScheduledAt + 75000;
+	while (Date.now() < deadline) {
+		runs = cron.psql(`SELECT string_agg(DISTINCT j.jobname || ':' || d.status, ',') FROM cron.job_run_details d
+			JOIN cron.job j USING (jobid) WHERE d.status IN ('succeeded', 'failed')`);
+		if (runs.includes('retry') && runs.includes('deliver')) break;
+		await sleep(1000);
+	}
+	assert.equal(runs, 'payments-deliver@payments:succeeded,payments-retry@payments:succeeded');
+	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '3');
+	assert.equal(cron.psql(`SELECT count(*) FROM cron.job`), '0');
+});

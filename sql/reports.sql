@@ -1,0 +1,116 @@
+-- Reports on known data: days in the receipt time zone, amounts per currency, donors, masking,
+-- exchange rates (see also roles.sql for who may read what).
+\set SHOW_CONTEXT never
+\set ON_ERROR_ROLLBACK on
+-- in one transaction, on a clean slate: the ROLLBACK at the end puts back what other tests left
+BEGIN;
+SET LOCAL client_min_messages = warning;
+TRUNCATE payments.payments, payments.events, payments.rejections, payments.fx_rates CASCADE;
+RESET client_min_messages;
+SET payments.receipt_timezone = 'Africa/Harare';	-- UTC+2, no summer time
+-- the base currency is USD (payments.base_currency())
+
+SELECT payments.register_provider('rp-stripe', 'stripe');
+SELECT payments.register_provider('rp-paynow', 'paynow');
+
+-- payments inserted directly: (ref, provider, status, amount, currency, refunded, fee, method,
+-- name, phone, email, created, paid, receipt, kind)
+INSERT INTO payments.payments (provider_ref, provider, status, amount, currency, amount_refunded, fee, method,
+							   donor_name, donor_phone, donor_email, created_at, paid_at, status_at, receipt_no, kind)
+SELECT v.ref, v.provider, v.status, v.amount, v.currency, v.refunded, v.fee, v.method,
+	   v.name, v.phone, v.email, v.created::timestamptz, v.paid::timestamptz,
+	   coalesce(v.paid::timestamptz, v.created::timestamptz), v.receipt, v.kind
+  FROM (VALUES
+	('pi_1', 'rp-stripe', 'paid', 50.00, 'USD', 0, 1.75, 'card', 'Jane Doe', NULL, 'jane.doe@example.org',
+	 '2024-06-10 07:59+02', '2024-06-10 08:00+02', 'LP-20240610-000001', 'collection'),
+	('pi_2', 'rp-stripe', 'paid', 25.00, 'USD', 0, 1.03, 'card', 'Jane D.', NULL, ' JANE.DOE@Example.org',
+	 '2024-06-11 08:59+02', '2024-06-11 09:00+02', 'LP-20240611-000002', 'collection'),
+	('p_1', 'rp-paynow', 'paid', 10.00, 'USD', 0, 0.30, 'ecocash', 'Tendai M', '263771234567', NULL,
+	 '2024-06-10 23:29+02', '2024-06-10 23:30+02', 'LP-20240610-000002', 'collection'),
+	('p_2', 'rp-paynow', 'paid', 500.00, 'ZWG', 0, 15.00, 'ecocash', 'Tendai M', '263771234567', NULL,
+	 '2024-06-11 00:29+02', '2024-06-11 00:30+02', 'LP-20240611-000001', 'collection'),
+	('pi_3', 'rp-stripe', 'paid', 5.00, 'USD', 0, 0.45, 'card', NULL, NULL, NULL,
+	 '2024-06-10 10:00+02', '2024-06-10 10:00+02', 'LP-20240610-000003', 'collection'),
+	('pi_4', 'rp-stripe', 'refunded', 100.00, 'USD', 100.00, 3.20, 'card', 'Bob Smith', NULL, NULL,
+	 '2024-06-10 12:00+02', '2024-06-10 12:00+02', 'LP-20240610-000004', 'collection'),
+	('pi_5', 'rp-stripe', 'failed', 20.00, 'USD', 0, NULL, 'card', 'Mary K', NULL, 'mary@example.com',
+	 '2024-06-10 14:00+02', NULL, NULL, 'collection'),
+	('pi_6', 'rp-stripe', 'pending', 30.00, 'USD', 0, NULL, NULL, 'Mary K', NULL, 'mary@example.com',
+	 '2024-06-10 15:00+02', NULL, NULL, 'collection'),
+	('pi_7', 'rp-stripe', 'partially_refunded', 40.00, 'EUR', 10.00, 1.40, 'card', 'Jane Doe', NULL, 'jane.doe@example.org',
+	 '2024-06-10 16:00+02', '2024-06-10 16:00+02', 'LP-20240610-000005', 'collection'),
+	('po_1', 'rp-stripe', 'paid', 1000.00, 'USD', 0, 5.00, 'card', 'Jane Doe', NULL, 'jane.doe@example.org',
+	 '2024-06-10 17:00+02', '2024-06-10 17:00+02', NULL, 'payout')
+  ) AS v(ref, provider, status, amount, currency, refunded, fee, method, name, phone, email, created, paid, receipt, kind);
+
+-- the refunds, as the state machine records them
+INSERT INTO payments.status_history (payment_id, from_status, to_status, status_at)
+SELECT p.id, 'paid', h.to_status, h.at::timestamptz
+  FROM (VALUES ('pi_4', 'refunded', '2024-06-11 13:00+02'), ('pi_7', 'partially_refunded', '2024-06-10 18:00+02'))
+	   AS h(ref, to_status, at)
+  JOIN payments.payments p ON p.provider_ref = h.ref;
+
+-- who is a donor: e-mail (any case), else phone, else name
+SELECT provider_ref, donor_key FROM payments.payments ORDER BY provider_ref;
+SELECT payments.donor_key_of(' Jane.Doe@EXAMPLE.org') AS by_email, payments.donor_key_of('+263 77 123 4567') AS by_phone,
+	   payments.donor_key_of('Bob SMITH') AS by_name, payments.donor_key_of('') AS nobody;
+
+-- masking
+SELECT e AS email, payments.mask_email(e) AS masked
+  FROM unnest(ARRAY['jane.doe@example.org', 'x@mail.example.co.uk', 'a@localhost', '@example.org', 'no-at-sign', NULL]) AS e;
+SELECT p AS phone, payments.mask_phone(p) AS masked FROM unnest(ARRAY['263771234567', '1234', NULL]) AS p;
+
+-- daily_summary: day in Harare time; p_2 (22:30 UTC on the 10th) is on the 11th
+SELECT * FROM payments.daily_summary WHERE day BETWEEN '2024-06-10' AND '2024-06-11'
+ ORDER BY day, provider, currency, method, status;
+
+-- the daily report
+SELECT * FROM payments.daily_report('2024-06-10');
+SELECT * FROM payments.daily_report('2024-06-11');
+SELECT * FROM payments.daily_report('2024-06-12');
+-- in UTC, p_2 belongs to the 10th
+SET payments.receipt_timezone = 'UTC';
+SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2024-06-10') WHERE method = '(all)';
+SET payments.receipt_timezone = 'Africa/Harare';
+
+-- donors
+SELECT * FROM payments.donor_summary ORDER BY donor, currency;
+SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01');
+SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01', 'usd', 1);
+SELECT * FROM payments.top_donors('2024-06-11', '2024-06-12', n => 5);
+SELECT * FROM payments.donor_history('Jane.Doe@example.org');
+SELECT * FROM payments.donor_history('+263 77 123 4567');
+SELECT * FROM payments.donor_history('bob smith');
+SELECT count(*) FROM payments.donor_history('nobody@example.org');
+
+-- currencies, methods, earnings
+SELECT * FROM payments.currency_summary('2024-06-01', '2024-07-01');
+SELECT * FROM payments.base_totals('2024-06-01', '2024-07-01');
+INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'EUR', 1.08), ('2024-06-11', 'ZWG', 0.0375);
+SELECT currency, net, base_currency, base_net, days_without_rate FROM payments.currency_summary('2024-06-01', '2024-07-01');
+SELECT * FROM payments.base_totals('2024-06-01', '2024-07-01');
+INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'XYZ', 1);
+INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'GBP', 0);
+SELECT * FROM payments.method_summary('2024-06-01', '2024-07-01');
+SELECT * FROM payments.earnings('2024-06-01', '2024-07-01');
+SELECT * FROM payments.earnings('2024-06-11', '2024-06-12');
+
+-- the admin's event listing: no bodies, no headers
+INSERT INTO payments.events (provider, event_id, event_type, received_at, body, payload, headers, state)
+SELECT 'rp-stripe', 'evt_' || i, 'payment_intent.succeeded', '2024-06-10 08:00+02'::timestamptz + i * interval '1 minute',
+	   '{}'::bytea, '{}', '{}', 'applied'
+  FROM generate_series(1, 3) AS i;
+INSERT INTO payments.events (provider, event_id, event_type, received_at, body, payload, headers, state, attempts, last_error)
+VALUES ('rp-paynow', 'pn-1', NULL, '2024-06-10 09:00+02', '{}'::bytea, '{}', '{}', 'pending', 1, 'payment x is not known yet');
+SELECT provider_name, event_id, event_type, received_at, state, attempts, last_error FROM payments.recent_events();
+SELECT provider_name, event_id FROM payments.recent_events('rp-stripe', 2);
+
+-- indexes the reports use
+SET enable_seqscan = off;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM payments.payments p
+ WHERE coalesce(p.paid_at, p.created_at) >= '2024-06-10' AND coalesce(p.paid_at, p.created_at) < '2024-06-11';
+EXPLAIN (COSTS OFF) SELECT 1 FROM payments.payments q
+ WHERE q.donor_key = 'email:jane.doe@example.org' AND q.kind = 'collection' AND q.paid_at < now();
+RESET enable_seqscan;
+
+ROLLBACK;

@@ -1,0 +1,125 @@
+-- Retrying stored events (DESIGN.md §7): the schedule with jitter, every error kept, dead
+-- letters after the last attempt, replay by the DBA.
+\set SHOW_CONTEXT never
+
+-- the schedule: immediate, then 1 min, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, then dead
+SELECT n AS failed_attempts, payments.retry_delay(n) FROM generate_series(0, 8) n;
+-- jitter stays within +-10%, Retry-After is a floor (capped at a day), NULL after the 8th failure
+SELECT n, bool_and(payments.next_attempt_at(n) - now() BETWEEN payments.retry_delay(n) * 0.9
+												 AND payments.retry_delay(n) * 1.1) AS within_jitter,
+	   count(DISTINCT payments.next_attempt_at(n)) > 1 AS jittered
+  FROM generate_series(1, 7) n, generate_series(1, 20) GROUP BY n ORDER BY n;
+SELECT payments.next_attempt_at(8) IS NULL AS gives_up,
+	   payments.next_attempt_at(1, interval '20 minutes') >= now() + interval '20 minutes' AS honours_retry_after,
+	   payments.next_attempt_at(1, interval '9 days') <= now() + interval '1 day' AS retry_after_capped;
+
+CREATE SCHEMA tr;
+CREATE SEQUENCE tr.ids;
+-- posts a Stripe event, signed like Stripe; warnings (they name event ids) are not shown
+CREATE FUNCTION tr.stripe(etype text, obj jsonb, ts bigint) RETURNS text
+	LANGUAGE sql SET client_min_messages = error AS $$
+	WITH body AS (
+		SELECT convert_to(jsonb_build_object('id', 'evt_r' || nextval('tr.ids'), 'object', 'event', 'type', etype,
+			'created', ts, 'data', jsonb_build_object('object', obj))::text, 'UTF8') AS b,
+			floor(extract(epoch FROM clock_timestamp()))::bigint AS now_s)
+	SELECT i.outcome FROM body, payments.ingest('retryshop', jsonb_build_object('stripe-signature',
+		't=' || now_s || ',v1=' || encode(hmac(convert_to(now_s || '.', 'UTF8') || b, 'whsec_retry'::bytea, 'sha256'), 'hex')), b) i
+$$;
+CREATE FUNCTION tr.pi(id text, amount bigint, currency text DEFAULT 'usd') RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('id', id, 'object', 'payment_intent', 'amount', amount, 'currency', currency,
+		'payment_method_types', '["card"]'::jsonb)
+$$;
+CREATE FUNCTION tr.charge(pi text, amount bigint, refunded bigint) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('id', 'ch_' || pi, 'object', 'charge', 'payment_intent', pi, 'amount', amount,
+		'amount_refunded', refunded, 'currency', 'usd', 'payment_method_details', '{"type":"card"}'::jsonb)
+$$;
+-- the event about an object, its state and its failed attempts
+-- (waits: the delay of the schedule, on_schedule: next_attempt_at within its jitter)
+CREATE FUNCTION tr.ev(ref text) RETURNS TABLE (state text, attempts integer, waits interval, on_schedule boolean,
+	last_error text, errors_kept bigint, gave_up boolean) LANGUAGE sql AS $$
+	SELECT e.state, e.attempts, CASE WHEN e.next_attempt_at IS NOT NULL THEN payments.retry_delay(e.attempts) END,
+		   e.next_attempt_at IS NULL OR e.next_attempt_at - now() BETWEEN payments.retry_delay(e.attempts) * 0.9
+																	 AND payments.retry_delay(e.attempts) * 1.1,
+		   e.last_error, (SELECT count(*) FROM payments.event_attempts a WHERE a.event_id = e.id),
+		   (SELECT bool_or(a.gave_up) FROM payments.event_attempts a WHERE a.event_id = e.id)
+	  FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'id' IN (ref, 'ch_' || ref)
+	 ORDER BY e.id
+$$;
+-- makes the pending events of this test due now, as if their time had come
+CREATE FUNCTION tr.time_passes() RETURNS void LANGUAGE sql AS $$
+	UPDATE payments.events SET next_attempt_at = now() - interval '1 second' WHERE state = 'pending' AND provider = 'retryshop'
+$$;
+
+SELECT payments.register_provider('retryshop', 'stripe');
+SELECT payments.add_secret('retryshop', 'whsec_retry') IS NOT NULL AS added;
+
+-- an event that cannot be applied (unknown currency) is stored with its first error,
+-- due again in about a minute
+SELECT tr.stripe('payment_intent.succeeded', tr.pi('pi_r1', 100, 'qqq'), 1718000000);
+SELECT * FROM tr.ev('pi_r1');
+-- not due yet: nothing to do
+SELECT count(*) FROM payments.retry_events();
+-- each failed retry is kept and waits longer; after the 8th attempt the event is dead
+SELECT tr.time_passes();
+SELECT outcome FROM payments.retry_events();
+SELECT * FROM tr.ev('pi_r1');
+DO $$ BEGIN FOR i IN 3..7 LOOP PERFORM tr.time_passes(); PERFORM payments.retry_events(); END LOOP; END $$;
+SELECT * FROM tr.ev('pi_r1');
+SELECT tr.time_passes();
+SELECT outcome FROM payments.retry_events();
+SELECT * FROM tr.ev('pi_r1');
+SELECT attempt, error, gave_up FROM payments.event_attempts a JOIN payments.events e ON e.id = a.event_id
+ WHERE e.payload -> 'data' -> 'object' ->> 'id' = 'pi_r1' ORDER BY a.id;
+-- dead events are not retried
+SELECT tr.time_passes();
+SELECT count(*) FROM payments.retry_events();
+SELECT * FROM payments.event_backlog WHERE provider = 'retryshop';
+
+-- replay by the DBA: still failing, it starts a fresh schedule; once fixed it applies
+SELECT e.id AS dead_event FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'id' = 'pi_r1' \gset
+SELECT payments.replay_event(:dead_event);
+SELECT * FROM tr.ev('pi_r1');
+INSERT INTO payments.currencies (code, exponent) VALUES ('QQQ', 2);
+SELECT payments.replay_event(:dead_event);
+SELECT * FROM tr.ev('pi_r1');
+SELECT status, amount, currency FROM payments.payments WHERE provider_ref = 'pi_r1';
+SET client_min_messages = warning;	-- the notice names the event's id
+SELECT payments.replay_event(:dead_event);
+RESET client_min_messages;
+SELECT payments.replay_event(-1);
+
+-- a refund before its payment: unresolved is a failed attempt on the same schedule;
+-- once the payment is known the retry applies it
+SELECT tr.stripe('charge.refunded', tr.charge('pi_r2', 500, 500), 1718000200);
+SELECT * FROM tr.ev('pi_r2');
+SELECT tr.stripe('payment_intent.succeeded', tr.pi('pi_r2', 500), 1718000100);
+SELECT count(*) FROM payments.retry_events();
+SELECT tr.time_passes();
+SELECT outcome FROM payments.retry_events();
+SELECT * FROM tr.ev('pi_r2');
+SELECT status, amount_refunded FROM payments.payments WHERE provider_ref = 'pi_r2';
+
+-- replay_dead requeues the dead events of a provider since a time; retry_events applies them
+SELECT tr.stripe('charge.refunded', tr.charge('pi_r3', 700, 700), 1718000300);
+SELECT tr.stripe('charge.refunded', tr.charge('pi_r4', 800, 800), 1718000300);
+DO $$ BEGIN FOR i IN 2..8 LOOP PERFORM tr.time_passes(); PERFORM payments.retry_events(); END LOOP; END $$;
+SELECT * FROM tr.ev('pi_r3') UNION ALL SELECT * FROM tr.ev('pi_r4');
+SELECT tr.stripe('payment_intent.succeeded', tr.pi('pi_r3', 700), 1718000100);
+SELECT payments.replay_dead('retryshop', now() + interval '1 hour') AS none_since_later;
+SELECT payments.replay_dead('otherprovider') AS none_elsewhere;
+SELECT payments.replay_dead('retryshop', now() - interval '1 hour') AS requeued;
+SELECT outcome, count(*) FROM payments.retry_events() GROUP BY outcome ORDER BY outcome;
+SELECT * FROM tr.ev('pi_r3') UNION ALL SELECT * FROM tr.ev('pi_r4');
+
+-- max_items bounds a run
+SELECT payments.retry_events(0);
+SELECT tr.time_passes();
+SELECT count(*) FROM payments.retry_events(1);
+
+-- leave nothing behind for the other tests
+DELETE FROM payments.payments WHERE provider = 'retryshop';
+DELETE FROM payments.events WHERE provider = 'retryshop';
+DELETE FROM payments.secrets WHERE provider = 'retryshop';
+DELETE FROM payments.providers WHERE name = 'retryshop';
+DELETE FROM payments.currencies WHERE code = 'QQQ';
+DROP SCHEMA tr CASCADE;

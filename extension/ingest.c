@@ -10,15 +10,12 @@
  */
 #include "payments.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
-#include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(ingest);
@@ -197,67 +194,54 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* Input and output of ApplyEventStep */
+typedef struct EventApplication
+{
+	int64		event_row;
+	const char *outcome;
+} EventApplication;
+
+/* Runs payments.apply_event for one stored event */
+static void
+ApplyEventStep(void *arg)
+{
+	EventApplication *application = arg;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(application->event_row)};
+	SPIPlanPtr	plan = PreparePlan(&apply_plan, "SELECT payments.apply_event($1)", 1, argtypes);
+
+	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not apply event");
+	application->outcome = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+}
+
 /*
  * Applies a stored event to its payment (payments.apply_event) inside a
  * subtransaction: whatever goes wrong there leaves the event stored and
- * pending with the error kept, to be retried, instead of failing the
- * delivery.  Returns applied, ignored or stored.
+ * pending with the error kept and its retry scheduled (payments.event_failed),
+ * instead of failing the delivery.  Returns applied, ignored or stored.
  */
 static const char *
 ApplyStoredEvent(int64 event_row)
 {
-	MemoryContext callercxt = CurrentMemoryContext;
-	ResourceOwner callerowner = CurrentResourceOwner;
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(event_row)};
-	const char *volatile outcome = NULL;
+	EventApplication application = {event_row, NULL};
+	Oid			errtypes[2] = {INT8OID, TEXTOID};
+	Datum		errargs[2];
+	char	   *error;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(callercxt);
-	PG_TRY();
-	{
-		SPIPlanPtr	plan = PreparePlan(&apply_plan, "SELECT payments.apply_event($1)", 1, argtypes);
+	if (RunInSubtransaction(ApplyEventStep, &application, &error))
+		return application.outcome;
 
-		if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not apply event");
-		outcome = MemoryContextStrdup(callercxt,
-									  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(callercxt);
-		CurrentResourceOwner = callerowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		Oid			errtypes[2] = {INT8OID, TEXTOID};
-		Datum		errargs[2];
-
-		MemoryContextSwitchTo(callercxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(callercxt);
-		CurrentResourceOwner = callerowner;
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
-			ReThrowError(edata);
-
-		errargs[0] = Int64GetDatum(event_row);
-		errargs[1] = CStringGetTextDatum(edata->message);
-		/* the error is kept and the retry scheduled as for every failed attempt */
-		if (SPI_execute_plan(PreparePlan(&apply_failed_plan,
-										 "SELECT payments.event_failed($1, $2)",
-										 2, errtypes),
-							 errargs, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not record a failed event");
-		ereport(WARNING,
-				(errmsg("event %lld is stored but could not be applied: %s",
-						(long long) event_row, edata->message)));
-		FreeErrorData(edata);
-		outcome = "stored";
-	}
-	PG_END_TRY();
-	return outcome;
+	errargs[0] = Int64GetDatum(event_row);
+	errargs[1] = CStringGetTextDatum(error);
+	if (SPI_execute_plan(PreparePlan(&apply_failed_plan, "SELECT payments.event_failed($1, $2)",
+									 2, errtypes),
+						 errargs, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not record a failed event");
+	ereport(WARNING,
+			(errmsg("event %lld is stored but could not be applied: %s",
+					(long long) event_row, error)));
+	return "stored";
 }
 
 /* Refuses a delivery with 401 and records why */

@@ -29,7 +29,7 @@ REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 # JIT bitcode is of no use for this module and would need clang at build time.
 override with_llvm = no
 
-EXTRA_CLEAN = shim/payments-shim regression.diffs regression.out results
+EXTRA_CLEAN = shim/payments-shim shim/payments-shim-asan regression.diffs regression.out results
 
 # The first targets below must work before PostgreSQL's build files are installed.
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)

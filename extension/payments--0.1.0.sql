@@ -1831,6 +1831,9 @@ COMMENT ON FUNCTION payments.enable_endpoint(text, boolean) IS
 CREATE FUNCTION payments.enqueue_transition()
 RETURNS trigger
 LANGUAGE plpgsql
+-- deferred to commit, it runs after ingest's SECURITY DEFINER context has ended, as the
+-- login role (a member of payments_ingest, which may not read endpoints or write the outbox)
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -9,6 +9,16 @@
  * exponential backoff, so requests get a quick 503 instead of each waiting
  * for a connect timeout.
  *
+ * A connection that breaks, or turns out to be read-only (a standby, or a
+ * primary that was demoted: SQLSTATE 25006), is dropped and made again, so
+ * with a multi-host DSN and target_session_attrs=read-write the shim finds
+ * the new primary after a failover by itself.
+ *
+ * Threads are also kept in a list with a cancel handle for their
+ * connection, so that at the shutdown deadline the main thread can cancel
+ * the queries still running (db_cancel_all()): their transactions roll
+ * back, nothing is answered 2xx, and MHD's threads can be joined.
+ *
  * shim/db.c
  *
  *-------------------------------------------------------------------------
@@ -31,6 +41,7 @@ typedef enum DbStatementId
 {
 	STMT_INGEST,
 	STMT_SUBSCRIBE,
+	STMT_READY,
 	STMT_COUNT
 } DbStatementId;
 
@@ -48,17 +59,29 @@ static const DbStatement db_statements[STMT_COUNT] = {
 	{"payments_meta_subscribe",
 		"SELECT http_status, body FROM payments.meta_subscribe("
 		"$1::text, $2::text, $3::text, $4::text)", SUBSCRIBE_NPARAMS},
+	{"payments_ready",
+		"SELECT (SELECT extversion FROM pg_catalog.pg_extension "
+		"WHERE extname = 'payments'), "
+		"pg_catalog.current_setting('transaction_read_only')", 0},
 };
+
+/* Versions of the payments extension this shim can call */
+static const char *const supported_versions[] = {"0.1.0"};
 
 #define BACKOFF_MIN_MS	250
 #define BACKOFF_MAX_MS	5000
 #define DEFAULT_CONNECT_TIMEOUT "2"
+#define READY_CACHE_MS	1000
 
 /* Per-thread connection state */
 typedef struct DbThread
 {
+	struct DbThread *next;		/* in db_threads, under db_threads_lock */
+	struct DbThread *prev;
+	PGcancel   *cancel;			/* for conn; under db_threads_lock */
 	PGconn	   *conn;
-	bool		prepared;		/* db_statements exist on conn */
+	unsigned int prepared;		/* bit i set: db_statements[i] exists on conn */
+	DbConnState state;
 	int64_t		retry_at_ms;	/* no connection attempt before this */
 	int			backoff_ms;		/* current delay; 0 after a success */
 } DbThread;
@@ -66,6 +89,14 @@ typedef struct DbThread
 static const char *db_dsn;
 static bool db_set_connect_timeout;
 static pthread_key_t db_key;
+static pthread_mutex_t db_threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static DbThread *db_threads;
+
+/* The last readiness result, shared by all threads; guarded by ready_lock */
+static pthread_mutex_t ready_lock = PTHREAD_MUTEX_INITIALIZER;
+static ReadyResult ready_cached;
+static int64_t ready_checked_ms;
+static bool ready_valid;
 
 /*
  * Monotonic clock in milliseconds.
@@ -80,6 +111,30 @@ now_ms(void)
 }
 
 /*
+ * Move a thread's connection to a new state, for the metrics.
+ */
+static void
+db_set_state(DbThread *thread, DbConnState state)
+{
+	if (thread->state == state)
+		return;
+	metrics_db_state(thread->state, state);
+	thread->state = state;
+}
+
+/*
+ * Set or clear (conn NULL) the cancel handle of a thread's connection.
+ */
+static void
+db_set_cancel(DbThread *thread, PGconn *conn)
+{
+	pthread_mutex_lock(&db_threads_lock);
+	PQfreeCancel(thread->cancel);
+	thread->cancel = conn ? PQgetCancel(conn) : NULL;
+	pthread_mutex_unlock(&db_threads_lock);
+}
+
+/*
  * Thread-specific data destructor: close the thread's connection.
  */
 static void
@@ -87,7 +142,18 @@ db_thread_free(void *arg)
 {
 	DbThread   *thread = arg;
 
+	pthread_mutex_lock(&db_threads_lock);
+	if (thread->prev != NULL)
+		thread->prev->next = thread->next;
+	else
+		db_threads = thread->next;
+	if (thread->next != NULL)
+		thread->next->prev = thread->prev;
+	PQfreeCancel(thread->cancel);
+	pthread_mutex_unlock(&db_threads_lock);
+
 	PQfinish(thread->conn);
+	db_set_state(thread, DBCONN_NONE);
 	free(thread);
 }
 
@@ -132,7 +198,7 @@ db_init(const char *dsn)
  * message with trailing newlines removed.
  */
 static void
-log_db_error(const char *level, const char *request_id, const char *what,
+log_db_error(LogLevel level, const char *request_id, const char *what,
 			 const char *sqlstate, const char *message)
 {
 	char		msg[512];
@@ -153,6 +219,26 @@ log_db_error(const char *level, const char *request_id, const char *what,
 }
 
 /*
+ * Ask the server to cancel whatever each thread's connection is running
+ * (an idle connection ignores it).
+ */
+void
+db_cancel_all(void)
+{
+	char		errbuf[256];
+
+	pthread_mutex_lock(&db_threads_lock);
+	for (DbThread *thread = db_threads; thread != NULL; thread = thread->next)
+	{
+		if (thread->cancel != NULL &&
+			!PQcancel(thread->cancel, errbuf, sizeof(errbuf)))
+			log_db_error(LOG_WARNING, NULL, "could not cancel a query", NULL,
+						 errbuf);
+	}
+	pthread_mutex_unlock(&db_threads_lock);
+}
+
+/*
  * This thread's state, created on first use; NULL if out of memory.
  */
 static DbThread *
@@ -163,11 +249,19 @@ db_thread_get(void)
 	if (thread != NULL)
 		return thread;
 	thread = calloc(1, sizeof(DbThread));
-	if (thread != NULL && pthread_setspecific(db_key, thread) != 0)
+	if (thread == NULL)
+		return NULL;
+	if (pthread_setspecific(db_key, thread) != 0)
 	{
 		free(thread);
-		thread = NULL;
+		return NULL;
 	}
+	pthread_mutex_lock(&db_threads_lock);
+	thread->next = db_threads;
+	if (db_threads != NULL)
+		db_threads->prev = thread;
+	db_threads = thread;
+	pthread_mutex_unlock(&db_threads_lock);
 	return thread;
 }
 
@@ -182,6 +276,7 @@ db_connect(DbThread *thread, const char *request_id)
 	const char *values[5];
 	int			n = 0;
 	PGconn	   *conn;
+	StrBuf		line;
 
 	if (thread->conn != NULL)
 		return true;
@@ -206,9 +301,11 @@ db_connect(DbThread *thread, const char *request_id)
 	conn = PQconnectdbParams(keywords, values, 1);
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
 	{
-		log_db_error("error", request_id, "database connection failed", NULL,
+		log_db_error(LOG_ERROR, request_id, "database connection failed", NULL,
 					 conn ? PQerrorMessage(conn) : "out of memory");
 		PQfinish(conn);
+		metrics_db_connect(false, false);
+		db_set_state(thread, DBCONN_BROKEN);
 		if (thread->backoff_ms == 0)
 			thread->backoff_ms = BACKOFF_MIN_MS;
 		else if (thread->backoff_ms < BACKOFF_MAX_MS / 2)
@@ -220,9 +317,17 @@ db_connect(DbThread *thread, const char *request_id)
 	}
 
 	thread->conn = conn;
-	thread->prepared = false;
+	db_set_cancel(thread, conn);
+	thread->prepared = 0;
 	thread->backoff_ms = 0;
-	log_message("info", "database connected");
+	metrics_db_connect(true, thread->state == DBCONN_BROKEN);
+	db_set_state(thread, DBCONN_IDLE);
+
+	log_begin(&line, LOG_INFO);
+	json_append_field(&line, "msg", "database connected");
+	json_append_field(&line, "host", PQhost(conn));
+	json_append_field(&line, "port", PQport(conn));
+	log_end(&line);
 	return true;
 }
 
@@ -233,16 +338,19 @@ db_connect(DbThread *thread, const char *request_id)
 static void
 db_drop(DbThread *thread)
 {
+	db_set_cancel(thread, NULL);
 	PQfinish(thread->conn);
 	thread->conn = NULL;
-	thread->prepared = false;
+	thread->prepared = 0;
 	thread->retry_at_ms = 0;
+	db_set_state(thread, DBCONN_BROKEN);
 }
 
 /*
  * Classify a failed prepare/execute (res may be NULL) and log it.  A lost
- * connection, SQLSTATE class 08 or an administrator shutdown (57P01-57P03)
- * drops the connection.
+ * connection, SQLSTATE class 08, an administrator shutdown (57P01-57P03)
+ * or a read-only server (25006: a standby, or a demoted primary) drops the
+ * connection.
  */
 static DbStatus
 db_failure(DbThread *thread, PGresult *res, const char *what,
@@ -267,11 +375,12 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 	data_error = (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0);
 	if (data_error)
 		message = "data exception (message withheld: may quote request data)";
-	log_db_error("error", request_id, what, sqlstate, message);
+	log_db_error(LOG_ERROR, request_id, what, sqlstate, message);
 
 	lost = (res == NULL || PQstatus(thread->conn) != CONNECTION_OK);
 	if (sqlstate != NULL &&
 		(strncmp(sqlstate, "08", 2) == 0 ||
+		 strcmp(sqlstate, "25006") == 0 ||
 		 strcmp(sqlstate, "57P01") == 0 ||
 		 strcmp(sqlstate, "57P02") == 0 ||
 		 strcmp(sqlstate, "57P03") == 0))
@@ -286,28 +395,27 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 }
 
 /*
- * Prepare every statement on the thread's connection.
+ * Prepare one statement on the thread's connection.  Statements are
+ * prepared when first used, so that the readiness check works even when
+ * the extension's functions are missing.
  */
 static DbStatus
-db_prepare(DbThread *thread, const char *request_id)
+db_prepare(DbThread *thread, DbStatementId id, const char *request_id)
 {
-	for (int i = 0; i < STMT_COUNT; i++)
+	PGresult   *res = PQprepare(thread->conn, db_statements[id].name,
+								db_statements[id].sql,
+								db_statements[id].nparams, NULL);
+
+	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 	{
-		PGresult   *res = PQprepare(thread->conn, db_statements[i].name,
-									db_statements[i].sql,
-									db_statements[i].nparams, NULL);
+		DbStatus	status = db_failure(thread, res, "prepare failed",
+										request_id);
 
-		if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
-		{
-			DbStatus	status = db_failure(thread, res, "prepare failed",
-											request_id);
-
-			PQclear(res);
-			return status;
-		}
 		PQclear(res);
+		return status;
 	}
-	thread->prepared = true;
+	PQclear(res);
+	thread->prepared |= 1u << id;
 	return DB_OK;
 }
 
@@ -326,7 +434,8 @@ db_exec(DbStatementId id, const char *const *values, const int *lengths,
 	*result = NULL;
 	if (thread == NULL)
 	{
-		log_db_error("error", request_id, "query failed", NULL, "out of memory");
+		log_db_error(LOG_ERROR, request_id, "query failed", NULL,
+					 "out of memory");
 		return DB_FAILED;
 	}
 	if (!db_connect(thread, request_id))
@@ -337,11 +446,16 @@ db_exec(DbStatementId id, const char *const *values, const int *lengths,
 		const char *sqlstate;
 		DbStatus	status;
 
-		if (!thread->prepared)
+		db_set_state(thread, DBCONN_BUSY);
+		if ((thread->prepared & (1u << id)) == 0)
 		{
-			status = db_prepare(thread, request_id);
+			status = db_prepare(thread, id, request_id);
 			if (status != DB_OK)
+			{
+				if (thread->conn != NULL)
+					db_set_state(thread, DBCONN_IDLE);
 				return status;
+			}
 		}
 
 		res = PQexecPrepared(thread->conn, db_statements[id].name,
@@ -349,6 +463,7 @@ db_exec(DbStatementId id, const char *const *values, const int *lengths,
 							 formats, 0);
 		if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK)
 		{
+			db_set_state(thread, DBCONN_IDLE);
 			*result = res;
 			return DB_OK;
 		}
@@ -359,17 +474,19 @@ db_exec(DbStatementId id, const char *const *values, const int *lengths,
 			strcmp(sqlstate, "26000") == 0 &&
 			PQstatus(thread->conn) == CONNECTION_OK)
 		{
-			log_db_error("warning", request_id,
+			log_db_error(LOG_WARNING, request_id,
 						 "prepared statement missing, preparing again",
 						 sqlstate,
 						 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-			thread->prepared = false;
+			thread->prepared = 0;
 			PQclear(res);
 			continue;
 		}
 
 		status = db_failure(thread, res, "query failed", request_id);
 		PQclear(res);
+		if (thread->conn != NULL)
+			db_set_state(thread, DBCONN_IDLE);
 		return status;
 	}
 }
@@ -427,7 +544,7 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 		return;
 	if (!db_parse_row(res, out))
 	{
-		log_db_error("error", req->request_id,
+		log_db_error(LOG_ERROR, req->request_id,
 					 "ingest returned an unusable row", NULL,
 					 "want one row: http_status 200-599, outcome not null");
 		PQclear(res);
@@ -461,7 +578,7 @@ db_subscribe(const SubscribeRequest *req, SubscribeResult *out)
 	status = strtol(status_text, &end, 10);
 	if (end == status_text || *end != '\0' || status < 200 || status > 599)
 	{
-		log_db_error("error", req->request_id,
+		log_db_error(LOG_ERROR, req->request_id,
 					 "meta_subscribe returned an unusable row", NULL,
 					 "want one row: http_status 200-599, body");
 		PQclear(res);
@@ -480,4 +597,100 @@ void
 db_free_result(void *pgresult)
 {
 	PQclear(pgresult);
+}
+
+/*
+ * Is this version of the extension one the shim can call?
+ */
+static bool
+db_version_supported(const char *version)
+{
+	for (size_t i = 0; i < sizeof(supported_versions) / sizeof(supported_versions[0]); i++)
+	{
+		if (strcmp(version, supported_versions[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Check readiness on this thread's connection: the database answers, is
+ * writable, and has the extension at a supported version.  A read-only
+ * server also drops the connection, as for 25006.
+ */
+static void
+db_check_ready(const char *request_id, ReadyResult *out)
+{
+	PGresult   *res;
+	const char *version;
+	DbStatus	status;
+
+	memset(out, 0, sizeof(*out));
+	status = db_exec(STMT_READY, NULL, NULL, NULL, request_id, &res);
+	if (status == DB_UNAVAILABLE)
+	{
+		out->reason = "database unavailable";
+		return;
+	}
+	if (status != DB_OK)
+	{
+		out->reason = "database error";
+		return;
+	}
+	if (PQntuples(res) != 1 || PQnfields(res) != 2)
+		out->reason = "database error";
+	else if (strcmp(PQgetvalue(res, 0, 1), "on") == 0)
+	{
+		DbThread   *thread = db_thread_get();
+
+		log_db_error(LOG_WARNING, request_id,
+					 "database is read-only, dropping the connection", NULL,
+					 "transaction_read_only is on");
+		db_drop(thread);
+		out->reason = "database is read-only";
+	}
+	else if (PQgetisnull(res, 0, 0))
+		out->reason = "extension payments is not installed";
+	else
+	{
+		version = PQgetvalue(res, 0, 0);
+		snprintf(out->version, sizeof(out->version), "%s", version);
+		if (db_version_supported(version))
+		{
+			out->ready = true;
+			out->reason = "ready";
+		}
+		else
+			out->reason = "extension payments is at a version this shim does not support";
+	}
+	PQclear(res);
+}
+
+/*
+ * Readiness for GET /ready.  The result is shared by all threads for
+ * READY_CACHE_MS, so frequent probes cost the database at most one query
+ * a second; while the database is down the check returns at once (the
+ * connection backoff), or after at most the connect timeout.
+ */
+void
+db_ready(const char *request_id, ReadyResult *out)
+{
+	int64_t		now = now_ms();
+
+	pthread_mutex_lock(&ready_lock);
+	if (ready_valid && now - ready_checked_ms < READY_CACHE_MS)
+	{
+		*out = ready_cached;
+		pthread_mutex_unlock(&ready_lock);
+		return;
+	}
+	pthread_mutex_unlock(&ready_lock);
+
+	db_check_ready(request_id, out);
+
+	pthread_mutex_lock(&ready_lock);
+	ready_cached = *out;
+	ready_checked_ms = now_ms();
+	ready_valid = true;
+	pthread_mutex_unlock(&ready_lock);
 }

@@ -1,28 +1,31 @@
 /*-------------------------------------------------------------------------
  *
  * http.c
- *	  Request handling: routing, body accumulation, responses, request log.
+ *	  Request handling: routing, limits, body accumulation, responses, the
+ *	  request log line and request metrics.
  *
  * MHD calls http_handle() first with *req_cls == NULL (headers only), then
  * once per body chunk, then a final time with *upload_data_size == 0.  We
  * answer errors on the first call (so no body is read and no "100 Continue"
  * is sent; libmicrohttpd 0.9.75 then closes the connection), and good
  * requests on the final call, which keeps keep-alive working.  Per-request
- * state is freed in http_completed(), which MHD runs on every path.
+ * state is freed in http_completed(), which MHD runs on every path; it also
+ * writes the log line and counts the request.
+ *
+ * Checks on the first call, in order: header size (431), then per route:
+ * method (405), provider name (404), the client's token bucket (429), and
+ * Content-Length (413).
  *
  * shim/http.c
  *
  *-------------------------------------------------------------------------
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include "shim.h"
@@ -30,16 +33,10 @@
 #define WEBHOOK_PREFIX		"/webhooks/"
 #define WEBHOOK_PREFIX_LEN	(sizeof(WEBHOOK_PREFIX) - 1)
 #define REQUEST_ID_HEADER	"X-Request-ID"
-#define RETRY_AFTER_SECONDS "5"
-
-/* What a request turned out to be on its first call */
-typedef enum Route
-{
-	ROUTE_NONE,					/* not routed (answered on the first call) */
-	ROUTE_WEBHOOK,
-	ROUTE_SUBSCRIBE,			/* GET /webhooks/{provider}: Meta's handshake */
-	ROUTE_HEALTH
-} Route;
+#define TRACEPARENT_HEADER	"traceparent"
+#define RETRY_AFTER_UNAVAILABLE_S 5
+#define JSON_TYPE			"application/json"
+#define METRICS_TYPE		"text/plain; version=0.0.4; charset=utf-8"
 
 /* Per-request state, hung on MHD's *req_cls */
 typedef struct Request
@@ -47,18 +44,22 @@ typedef struct Request
 	struct timespec start;
 	Route		route;
 	char		request_id[REQUEST_ID_BUFSIZE];
-	char		client_ip[INET6_ADDRSTRLEN];
+	char		traceparent[TRACEPARENT_LEN + 1];	/* "" unless valid */
+	bool		has_ip;
+	IpAddr		client;			/* peer, or from X-Forwarded-For */
+	char		client_ip[IP_TEXT_BUFSIZE];
+	char		peer_ip[IP_TEXT_BUFSIZE];	/* "" unless not the client */
 	char		method[16];		/* truncated copies, for the log */
 	char		path[256];
-	char		provider[PROVIDER_MAX_LEN + 1];	/* "" unless a webhook */
+	char		provider[PROVIDER_MAX_LEN + 1];	/* "" unless a valid name */
 	StrBuf		body;
 	bool		too_large;		/* body passed max_body while streaming */
 	size_t		discarded;		/* bytes dropped since then */
+	unsigned int retry_after_s; /* Retry-After to send, 0 for none */
 	unsigned int status;		/* 0 until a response is queued */
-	char		outcome[64];	/* "" unless payments.ingest() answered */
+	char		outcome[64];	/* "" unless the database answered */
 } Request;
 
-static size_t max_body;
 static atomic_uint in_flight;
 static atomic_bool draining;
 
@@ -92,14 +93,13 @@ new_request_id(char *out)
 }
 
 /*
- * Remember the body cap and check that request ids can be generated.
+ * Check that request ids can be generated.
  */
 bool
-http_init(size_t max_body_bytes)
+http_init(void)
 {
 	char		probe[REQUEST_ID_BUFSIZE];
 
-	max_body = max_body_bytes;
 	return new_request_id(probe);
 }
 
@@ -151,25 +151,63 @@ valid_provider(const char *s)
 }
 
 /*
- * The client's address as text, or "" if MHD cannot tell.
+ * Is s all lower-case hex digits, and not all zeros (when nonzero is set)?
+ */
+static bool
+lower_hex(const char *s, size_t len, bool nonzero)
+{
+	bool		zero = true;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+		if (s[i] != '0')
+			zero = false;
+	}
+	return !(nonzero && zero);
+}
+
+/*
+ * Is s a W3C Trace Context traceparent: version-traceid-parentid-flags,
+ * lower-case hex, ids not all zero, version not ff, and nothing after the
+ * flags for version 00 (later versions may append "-..." fields)?
+ */
+static bool
+valid_traceparent(const char *s)
+{
+	size_t		len = strlen(s);
+
+	if (len < TRACEPARENT_LEN || s[2] != '-' || s[35] != '-' || s[52] != '-')
+		return false;
+	if (!lower_hex(s, 2, false) || strncmp(s, "ff", 2) == 0 ||
+		!lower_hex(s + 3, 32, true) || !lower_hex(s + 36, 16, true) ||
+		!lower_hex(s + 53, 2, false))
+		return false;
+	if (strncmp(s, "00", 2) == 0)
+		return len == TRACEPARENT_LEN;
+	return len == TRACEPARENT_LEN || s[TRACEPARENT_LEN] == '-';
+}
+
+/*
+ * Work out the client's address: the peer, or from X-Forwarded-For when
+ * the peer is a trusted proxy.
  */
 static void
-client_address(struct MHD_Connection *conn, char *out, size_t outsize)
+client_address(struct MHD_Connection *conn, Request *req)
 {
 	const union MHD_ConnectionInfo *info;
-	const struct sockaddr *sa;
+	IpAddr		peer;
 
-	out[0] = '\0';
 	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-	if (info == NULL || info->client_addr == NULL)
+	if (info == NULL || info->client_addr == NULL ||
+		!ip_from_sockaddr(info->client_addr, &peer))
 		return;
-	sa = info->client_addr;
-	if (sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *) sa)->sin_addr,
-				  out, (socklen_t) outsize);
-	else if (sa->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr,
-				  out, (socklen_t) outsize);
+	req->has_ip = true;
+	client_ip_forwarded(conn, &peer, &req->client);
+	ip_format(&req->client, req->client_ip, sizeof(req->client_ip));
+	if (memcmp(&peer, &req->client, sizeof(peer)) != 0)
+		ip_format(&peer, req->peer_ip, sizeof(req->peer_ip));
 }
 
 /*
@@ -185,35 +223,42 @@ content_length_too_large(const char *value, unsigned long long *length)
 	*length = strtoull(value, &end, 10);
 	if (end == value || errno == ERANGE)
 		return true;
-	return *length > max_body;
+	return *length > shim_config.max_body;
 }
 
 /*
  * Queue a response with our standard headers (Content-Type, X-Request-ID,
- * Retry-After on 503, Allow when given, Connection: close while draining).
+ * Retry-After on 429 and 503, Allow when given, Connection: close while
+ * draining).
  */
 static enum MHD_Result
 reply(struct MHD_Connection *conn, Request *req, unsigned int status,
-	  const StrBuf *body, const char *allow)
+	  const char *content_type, const char *data, size_t len,
+	  const char *allow)
 {
 	struct MHD_Response *resp;
 	bool		ok;
 	enum MHD_Result ret;
 
-	if (body->failed)
-		return MHD_NO;
-	resp = MHD_create_response_from_buffer(body->len, body->data,
+	resp = MHD_create_response_from_buffer(len, (void *) data,
 										   MHD_RESPMEM_MUST_COPY);
 	if (resp == NULL)
 		return MHD_NO;
 
+	if (status == MHD_HTTP_SERVICE_UNAVAILABLE && req->retry_after_s == 0)
+		req->retry_after_s = RETRY_AFTER_UNAVAILABLE_S;
 	ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-								 "application/json") == MHD_YES &&
+								 content_type) == MHD_YES &&
 		MHD_add_response_header(resp, REQUEST_ID_HEADER,
 								req->request_id) == MHD_YES;
-	if (ok && status == MHD_HTTP_SERVICE_UNAVAILABLE)
+	if (ok && req->retry_after_s > 0)
+	{
+		char		seconds[16];
+
+		snprintf(seconds, sizeof(seconds), "%u", req->retry_after_s);
 		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER,
-									 RETRY_AFTER_SECONDS) == MHD_YES;
+									 seconds) == MHD_YES;
+	}
 	if (ok && allow != NULL)
 		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
 									 allow) == MHD_YES;
@@ -229,11 +274,23 @@ reply(struct MHD_Connection *conn, Request *req, unsigned int status,
 }
 
 /*
+ * Queue a JSON body built in a buffer.
+ */
+static enum MHD_Result
+reply_json(struct MHD_Connection *conn, Request *req, unsigned int status,
+		   const StrBuf *body)
+{
+	if (body->failed)
+		return MHD_NO;
+	return reply(conn, req, status, JSON_TYPE, body->data, body->len, NULL);
+}
+
+/*
  * Queue {"error":"<message>"} with the given status.
  */
 static enum MHD_Result
-reply_error(struct MHD_Connection *conn, Request *req, unsigned int status,
-			const char *message, const char *allow)
+reply_message(struct MHD_Connection *conn, Request *req, unsigned int status,
+			  const char *message, const char *allow)
 {
 	StrBuf		body;
 	enum MHD_Result ret;
@@ -242,9 +299,21 @@ reply_error(struct MHD_Connection *conn, Request *req, unsigned int status,
 	buf_append_str(&body, "{\"error\":");
 	json_append_string(&body, message, strlen(message));
 	buf_append_str(&body, "}");
-	ret = reply(conn, req, status, &body, allow);
+	ret = body.failed ? MHD_NO :
+		reply(conn, req, status, JSON_TYPE, body.data, body.len, allow);
 	buf_free(&body);
 	return ret;
+}
+
+/*
+ * Refuse a request with {"error":"<message>"}, and count why.
+ */
+static enum MHD_Result
+reply_error(struct MHD_Connection *conn, Request *req, unsigned int status,
+			Rejection reason, const char *message, const char *allow)
+{
+	metrics_reject(reason);
+	return reply_message(conn, req, status, message, allow);
 }
 
 /*
@@ -263,7 +332,12 @@ request_new(struct MHD_Connection *conn, const char *url, const char *method)
 	buf_init(&req->body);
 	snprintf(req->method, sizeof(req->method), "%s", method);
 	snprintf(req->path, sizeof(req->path), "%s", url);
-	client_address(conn, req->client_ip, sizeof(req->client_ip));
+	client_address(conn, req);
+
+	given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+										TRACEPARENT_HEADER);
+	if (given != NULL && valid_traceparent(given))
+		snprintf(req->traceparent, sizeof(req->traceparent), "%s", given);
 
 	given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 										REQUEST_ID_HEADER);
@@ -271,11 +345,82 @@ request_new(struct MHD_Connection *conn, const char *url, const char *method)
 		snprintf(req->request_id, sizeof(req->request_id), "%s", given);
 	else if (!new_request_id(req->request_id))
 	{
-		log_message("error", "getrandom failed, cannot make a request id");
+		log_message(LOG_ERROR, "getrandom failed, cannot make a request id");
 		free(req);
 		return NULL;
 	}
 	return req;
+}
+
+/*
+ * The route of a path (the metrics label, and what the final call does).
+ */
+static Route
+route_of(const char *url, const char *method)
+{
+	if (strncmp(url, WEBHOOK_PREFIX, WEBHOOK_PREFIX_LEN) == 0)
+		return strcmp(method, MHD_HTTP_METHOD_GET) == 0
+			? ROUTE_SUBSCRIBE : ROUTE_WEBHOOK;
+	if (strcmp(url, "/health") == 0)
+		return ROUTE_HEALTH;
+	if (strcmp(url, "/ready") == 0)
+		return ROUTE_READY;
+	if (strcmp(url, "/metrics") == 0)
+		return ROUTE_METRICS;
+	return ROUTE_OTHER;
+}
+
+/*
+ * Are the request line and headers over --max-header bytes?
+ */
+static bool
+headers_too_large(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info;
+
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+	return info != NULL && info->header_size > shim_config.max_header;
+}
+
+/*
+ * First call for a webhook route: check method, provider name, rate and
+ * declared length.
+ */
+static enum MHD_Result
+start_webhook(struct MHD_Connection *conn, Request *req, const char *url,
+			  const char *method)
+{
+	const char *provider = url + WEBHOOK_PREFIX_LEN;
+	const char *length_header;
+	unsigned long long length;
+
+	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 &&
+		strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+		return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
+						   REJECT_METHOD_NOT_ALLOWED, "method not allowed",
+						   "GET, POST");
+	if (!valid_provider(provider))
+		return reply_error(conn, req, MHD_HTTP_NOT_FOUND, REJECT_NOT_FOUND,
+						   "not found", NULL);
+	snprintf(req->provider, sizeof(req->provider), "%s", provider);
+
+	if (req->has_ip && !ratelimit_take(&req->client, &req->retry_after_s))
+		return reply_error(conn, req, MHD_HTTP_TOO_MANY_REQUESTS,
+						   REJECT_RATE_LIMITED, "too many requests", NULL);
+	if (req->route == ROUTE_SUBSCRIBE)
+		return MHD_YES;
+
+	length_header = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+												MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (length_header != NULL)
+	{
+		if (content_length_too_large(length_header, &length))
+			return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
+							   REJECT_BODY_TOO_LARGE, "request body too large",
+							   NULL);
+		buf_reserve(&req->body, (size_t) length);
+	}
+	return MHD_YES;
 }
 
 /*
@@ -286,51 +431,32 @@ static enum MHD_Result
 start_request(struct MHD_Connection *conn, Request *req,
 			  const char *url, const char *method)
 {
-	if (strncmp(url, WEBHOOK_PREFIX, WEBHOOK_PREFIX_LEN) == 0)
+	req->route = route_of(url, method);
+	if (headers_too_large(conn))
+		return reply_error(conn, req, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
+						   REJECT_HEADER_TOO_LARGE,
+						   "request header fields too large", NULL);
+
+	switch (req->route)
 	{
-		const char *provider = url + WEBHOOK_PREFIX_LEN;
-		const char *length_header;
-		unsigned long long length;
-
-		bool		get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-
-		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && !get)
-			return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
-							   "method not allowed", "GET, POST");
-		if (!valid_provider(provider))
-			return reply_error(conn, req, MHD_HTTP_NOT_FOUND,
-							   "not found", NULL);
-		snprintf(req->provider, sizeof(req->provider), "%s", provider);
-		if (get)
-		{
-			req->route = ROUTE_SUBSCRIBE;
+		case ROUTE_WEBHOOK:
+		case ROUTE_SUBSCRIBE:
+			return start_webhook(conn, req, url, method);
+		case ROUTE_HEALTH:
+		case ROUTE_READY:
+		case ROUTE_METRICS:
+			if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+				strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+				return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
+								   REJECT_METHOD_NOT_ALLOWED,
+								   "method not allowed", "GET, HEAD");
 			return MHD_YES;
-		}
-
-		length_header = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-													MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (length_header != NULL)
-		{
-			if (content_length_too_large(length_header, &length))
-				return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
-								   "request body too large", NULL);
-			buf_reserve(&req->body, (size_t) length);
-		}
-		req->route = ROUTE_WEBHOOK;
-		return MHD_YES;
+		case ROUTE_OTHER:
+		case ROUTE_COUNT:
+			break;
 	}
-
-	if (strcmp(url, "/health") == 0)
-	{
-		if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
-			strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-			return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
-							   "method not allowed", "GET, HEAD");
-		req->route = ROUTE_HEALTH;
-		return MHD_YES;
-	}
-
-	return reply_error(conn, req, MHD_HTTP_NOT_FOUND, "not found", NULL);
+	return reply_error(conn, req, MHD_HTTP_NOT_FOUND, REJECT_NOT_FOUND,
+					   "not found", NULL);
 }
 
 /*
@@ -339,12 +465,60 @@ start_request(struct MHD_Connection *conn, Request *req,
 static enum MHD_Result
 finish_health(struct MHD_Connection *conn, Request *req)
 {
+	static const char body[] = "{\"status\":\"ok\"}";
+
+	return reply(conn, req, MHD_HTTP_OK, JSON_TYPE, body, strlen(body), NULL);
+}
+
+/*
+ * Final call for GET /ready: 200 when the database answers, is writable
+ * and has a supported version of the extension; else 503 with the reason.
+ * While draining, 503 so that load balancers move away first.
+ */
+static enum MHD_Result
+finish_ready(struct MHD_Connection *conn, Request *req)
+{
+	ReadyResult ready;
 	StrBuf		body;
 	enum MHD_Result ret;
 
+	if (atomic_load(&draining))
+	{
+		ready.ready = false;
+		ready.reason = "shutting down";
+		ready.version[0] = '\0';
+	}
+	else
+		db_ready(req->request_id, &ready);
+
 	buf_init(&body);
-	buf_append_str(&body, "{\"status\":\"ok\"}");
-	ret = reply(conn, req, MHD_HTTP_OK, &body, NULL);
+	buf_append_str(&body, ready.ready ? "{\"status\":\"ready\""
+				   : "{\"status\":\"not ready\"");
+	json_append_field(&body, "reason", ready.reason);
+	json_append_field(&body, "extension_version",
+					  ready.version[0] != '\0' ? ready.version : NULL);
+	buf_append_str(&body, "}");
+	ret = reply_json(conn, req,
+					 ready.ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+					 &body);
+	buf_free(&body);
+	return ret;
+}
+
+/*
+ * Final call for GET /metrics.
+ */
+static enum MHD_Result
+finish_metrics(struct MHD_Connection *conn, Request *req)
+{
+	StrBuf		body;
+	enum MHD_Result ret = MHD_NO;
+
+	buf_init(&body);
+	metrics_render(&body);
+	if (!body.failed)
+		ret = reply(conn, req, MHD_HTTP_OK, METRICS_TYPE, body.data, body.len,
+					NULL);
 	buf_free(&body);
 	return ret;
 }
@@ -359,7 +533,6 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
 {
 	SubscribeRequest in;
 	SubscribeResult out;
-	struct MHD_Response *resp;
 	enum MHD_Result ret;
 
 	in.provider = req->provider;
@@ -377,14 +550,17 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
 			break;
 		case DB_UNAVAILABLE:
 			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							   REJECT_DATABASE_UNAVAILABLE,
 							   "database unavailable", NULL);
 		case DB_INVALID:
 			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
-							   "invalid request", NULL);
+							   REJECT_DATABASE_ERROR, "invalid request", NULL);
 		case DB_FAILED:
 			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-							   "database error", NULL);
+							   REJECT_DATABASE_ERROR, "database error", NULL);
 	}
+	if (out.http_status != MHD_HTTP_NOT_FOUND)
+		metrics_learn_provider(req->provider);
 	if (out.http_status != MHD_HTTP_OK || out.body == NULL)
 	{
 		unsigned int status = out.http_status;
@@ -392,27 +568,13 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
 			status == MHD_HTTP_NOT_FOUND ? "not found" : "invalid challenge";
 
 		db_free_result(out.pgresult);
-		return reply_error(conn, req, status, message, NULL);
+		return reply_message(conn, req, status, message, NULL);
 	}
 
 	snprintf(req->outcome, sizeof(req->outcome), "subscribed");
-	resp = MHD_create_response_from_buffer(strlen(out.body), (void *) out.body,
-										   MHD_RESPMEM_MUST_COPY);
+	ret = reply(conn, req, MHD_HTTP_OK, "text/plain", out.body,
+				strlen(out.body), NULL);
 	db_free_result(out.pgresult);
-	if (resp == NULL)
-		return MHD_NO;
-	if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-								"text/plain") != MHD_YES ||
-		MHD_add_response_header(resp, REQUEST_ID_HEADER,
-								req->request_id) != MHD_YES)
-	{
-		MHD_destroy_response(resp);
-		return MHD_NO;
-	}
-	ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	if (ret == MHD_YES)
-		req->status = MHD_HTTP_OK;
 	return ret;
 }
 
@@ -425,7 +587,7 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
 static enum MHD_Result
 take_body_chunk(Request *req, const char *data, size_t size)
 {
-	if (!req->too_large && size > max_body - req->body.len)
+	if (!req->too_large && size > shim_config.max_body - req->body.len)
 	{
 		req->too_large = true;
 		buf_free(&req->body);
@@ -433,11 +595,12 @@ take_body_chunk(Request *req, const char *data, size_t size)
 	if (req->too_large)
 	{
 		req->discarded += size;
-		if (req->discarded > max_body)
+		if (req->discarded > shim_config.max_body)
 		{
 			StrBuf		line;
 
-			log_begin(&line, "warning");
+			metrics_reject(REJECT_BODY_TOO_LARGE);
+			log_begin(&line, LOG_WARNING);
 			json_append_field(&line, "request_id", req->request_id);
 			json_append_field(&line, "msg",
 							  "request body far over the limit, closing connection");
@@ -465,22 +628,23 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 
 	if (req->too_large)
 		return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
-						   "request body too large", NULL);
+						   REJECT_BODY_TOO_LARGE, "request body too large",
+						   NULL);
 
 	buf_init(&headers);
 	if (req->body.failed || !json_build_headers(conn, &headers))
 	{
 		buf_free(&headers);
-		log_message("error", "out of memory");
-		return reply_error(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
-						   "internal error", NULL);
+		log_message(LOG_ERROR, "out of memory");
+		return reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
+							 "internal error", NULL);
 	}
 
 	in.provider = req->provider;
 	in.headers_json = headers.data;
 	in.body = req->body.data;
 	in.body_len = req->body.len;
-	in.client_ip = (req->client_ip[0] != '\0') ? req->client_ip : NULL;
+	in.client_ip = req->has_ip ? req->client_ip : NULL;
 	in.request_id = req->request_id;
 	db_ingest(&in, &out);
 	buf_free(&headers);
@@ -490,6 +654,9 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 	{
 		case DB_OK:
 			snprintf(req->outcome, sizeof(req->outcome), "%s", out.outcome);
+			if (out.http_status != MHD_HTTP_NOT_FOUND)
+				metrics_learn_provider(req->provider);
+			metrics_outcome(req->provider, out.outcome);
 			buf_init(&body);
 			buf_append_str(&body, "{\"outcome\":");
 			json_append_string(&body, out.outcome, strlen(out.outcome));
@@ -497,20 +664,21 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 			json_append_field(&body, "request_id", req->request_id);
 			buf_append_str(&body, "}");
 			db_free_result(out.pgresult);
-			ret = reply(conn, req, out.http_status, &body, NULL);
+			ret = reply_json(conn, req, out.http_status, &body);
 			buf_free(&body);
 			return ret;
 		case DB_INVALID:
 			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
-							   "invalid request", NULL);
+							   REJECT_DATABASE_ERROR, "invalid request", NULL);
 		case DB_UNAVAILABLE:
 			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							   REJECT_DATABASE_UNAVAILABLE,
 							   "database unavailable", NULL);
 		case DB_FAILED:
 			break;
 	}
 	return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-					   "database error", NULL);
+					   REJECT_DATABASE_ERROR, "database error", NULL);
 }
 
 /*
@@ -543,11 +711,25 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 		*upload_data_size = 0;
 		return take_body_chunk(req, upload_data, size);
 	}
-	if (req->route == ROUTE_HEALTH)
-		return finish_health(conn, req);
-	if (req->route == ROUTE_SUBSCRIBE)
-		return finish_subscribe(conn, req);
-	return finish_webhook(conn, req);
+	if (req->status != 0)
+		return MHD_YES;			/* answered on the first call */
+	switch (req->route)
+	{
+		case ROUTE_WEBHOOK:
+			return finish_webhook(conn, req);
+		case ROUTE_SUBSCRIBE:
+			return finish_subscribe(conn, req);
+		case ROUTE_HEALTH:
+			return finish_health(conn, req);
+		case ROUTE_READY:
+			return finish_ready(conn, req);
+		case ROUTE_METRICS:
+			return finish_metrics(conn, req);
+		case ROUTE_OTHER:
+		case ROUTE_COUNT:
+			break;
+	}
+	return MHD_NO;
 }
 
 /*
@@ -588,7 +770,6 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	StrBuf		line;
 
 	(void) cls;
-	(void) conn;
 	if (req == NULL)
 		return;
 	*req_cls = NULL;
@@ -596,9 +777,16 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	duration_ms = (double) (now.tv_sec - req->start.tv_sec) * 1000.0 +
 		(double) (now.tv_nsec - req->start.tv_nsec) / 1e6;
+	if (req->status != 0)
+		metrics_request(req->route, req->provider, req->status,
+						duration_ms / 1000.0);
+	conn_request_done(conn);
 
-	log_begin(&line, "info");
+	log_begin(&line, LOG_INFO);
+	json_append_field(&line, "msg", "request");
 	json_append_field(&line, "request_id", req->request_id);
+	json_append_field(&line, "traceparent",
+					  req->traceparent[0] != '\0' ? req->traceparent : NULL);
 	json_append_field(&line, "method", req->method);
 	json_append_field(&line, "path", req->path);
 	json_append_field(&line, "provider",
@@ -610,8 +798,9 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	json_append_field(&line, "outcome",
 					  req->outcome[0] != '\0' ? req->outcome : NULL);
 	buf_printf(&line, ",\"duration_ms\":%.3f", duration_ms);
-	json_append_field(&line, "client_ip",
-					  req->client_ip[0] != '\0' ? req->client_ip : NULL);
+	json_append_field(&line, "client_ip", req->has_ip ? req->client_ip : NULL);
+	if (req->peer_ip[0] != '\0')
+		json_append_field(&line, "peer_ip", req->peer_ip);
 	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
 		json_append_field(&line, "termination", termination_name(toe));
 	log_end(&line);

@@ -1,46 +1,146 @@
 /*-------------------------------------------------------------------------
  *
  * log.c
- *	  One JSON object per line on stderr.
+ *	  One JSON object per line, on stderr or in --log-file.
  *
  * A line is built in memory and handed to a single write(), so lines from
  * different threads do not interleave.  Nothing here ever logs a request
  * body or a header value.
+ *
+ * A line below --log-level is started as a failed buffer: building it then
+ * costs nothing and log_end() writes nothing.
+ *
+ * The log file is opened with O_APPEND.  log_reopen() (SIGHUP, after
+ * logrotate moved the file) opens the path again and dup2()s the new file
+ * onto the same descriptor number, which replaces it atomically for every
+ * thread: a line goes wholly to the old file or wholly to the new one.
+ *
+ * libmicrohttpd's messages come through log_mhd().  Two kinds are counted
+ * rather than logged one by one, because a hostile client can cause them
+ * at will: refused connections (a connection limit) are summed up once a
+ * second by log_mhd_summary(), and error answers MHD sends itself (400,
+ * 414, 431: the request never reaches us) are logged like requests.
  *
  * shim/log.c
  *
  *-------------------------------------------------------------------------
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "shim.h"
 
+/* libmicrohttpd 0.9.75's messages that log_mhd() recognizes */
+#define MHD_MSG_CONNECTION_LIMIT	"Server reached connection limit"
+#define MHD_MSG_ERROR_RESPONSE		"Error processing request (HTTP response code is "
+
+static const char *const level_names[] = {
+	[LOG_ERROR] = "error",
+	[LOG_WARNING] = "warning",
+	[LOG_INFO] = "info",
+	[LOG_DEBUG] = "debug",
+};
+
+static int	log_fd = STDERR_FILENO;
+static const char *log_path;
+static LogLevel log_level = LOG_INFO;
+static atomic_uint refused_connections;
+
+/*
+ * Set the level, and open the log file if a path is given.  On failure
+ * prints a message to stderr and returns false.
+ */
+bool
+log_open(const char *path, LogLevel level)
+{
+	log_level = level;
+	if (path == NULL)
+		return true;
+	log_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (log_fd < 0)
+	{
+		fprintf(stderr, "payments-shim: cannot open log file \"%s\": %s\n",
+				path, strerror(errno));
+		log_fd = STDERR_FILENO;
+		return false;
+	}
+	log_path = path;
+	return true;
+}
+
+/*
+ * Open the log file again under its path (SIGHUP).  On failure keep
+ * writing to the old file, and say so there.
+ */
+bool
+log_reopen(void)
+{
+	int			fd;
+	StrBuf		line;
+
+	if (log_path == NULL)
+		return true;
+	fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0 || dup2(fd, log_fd) < 0)
+	{
+		log_begin(&line, LOG_ERROR);
+		json_append_field(&line, "msg", "cannot reopen the log file");
+		json_append_field(&line, "path", log_path);
+		json_append_field(&line, "error", strerror(errno));
+		log_end(&line);
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	close(fd);
+	log_message(LOG_INFO, "log file reopened");
+	return true;
+}
+
+/*
+ * Close the log file at exit.
+ */
+void
+log_close(void)
+{
+	if (log_fd != STDERR_FILENO)
+		close(log_fd);
+	log_fd = STDERR_FILENO;
+	log_path = NULL;
+}
+
 /*
  * Start a log line: {"time":"<RFC 3339 UTC, ms>","level":"<level>"
  * The caller adds fields (each starting with a comma) and calls log_end().
  */
 void
-log_begin(StrBuf *line, const char *level)
+log_begin(StrBuf *line, LogLevel level)
 {
 	struct timespec now;
 	struct tm	tm;
 	char		stamp[32];
 
+	buf_init(line);
+	if (level > log_level)
+	{
+		line->failed = true;
+		return;
+	}
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);
 	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-
-	buf_init(line);
 	buf_printf(line, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\"",
-			   stamp, now.tv_nsec / 1000000, level);
+			   stamp, now.tv_nsec / 1000000, level_names[level]);
 }
 
 /*
- * Finish a log line, write it to stderr in one call and free it.
+ * Finish a log line, write it in one call and free it.
  */
 void
 log_end(StrBuf *line)
@@ -50,8 +150,7 @@ log_end(StrBuf *line)
 	buf_append(line, "}\n", 2);
 	while (!line->failed && done < line->len)
 	{
-		ssize_t		n = write(STDERR_FILENO, line->data + done,
-							  line->len - done);
+		ssize_t		n = write(log_fd, line->data + done, line->len - done);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -66,7 +165,7 @@ log_end(StrBuf *line)
  * Log a line with just a message.
  */
 void
-log_message(const char *level, const char *msg)
+log_message(LogLevel level, const char *msg)
 {
 	StrBuf		line;
 
@@ -76,8 +175,32 @@ log_message(const char *level, const char *msg)
 }
 
 /*
+ * Count and log an error answer that libmicrohttpd sent by itself.
+ */
+static void
+log_mhd_error_response(const char *msg)
+{
+	unsigned int status = (unsigned int) strtoul(msg + strlen(MHD_MSG_ERROR_RESPONSE),
+												 NULL, 10);
+	StrBuf		line;
+
+	if (status == MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE)
+		metrics_reject(REJECT_HEADER_TOO_LARGE);
+	else if (status == MHD_HTTP_URI_TOO_LONG)
+		metrics_reject(REJECT_URI_TOO_LONG);
+	else if (status == MHD_HTTP_BAD_REQUEST)
+		metrics_reject(REJECT_MALFORMED);
+	metrics_request(ROUTE_OTHER, NULL, status, 0.0);
+
+	log_begin(&line, LOG_INFO);
+	json_append_field(&line, "msg", "request refused by libmicrohttpd");
+	buf_printf(&line, ",\"status\":%u", status);
+	log_end(&line);
+}
+
+/*
  * MHD_OPTION_EXTERNAL_LOGGER callback: libmicrohttpd's own messages, as
- * JSON lines like ours.
+ * JSON lines like ours (see the file header for the two it counts).
  */
 void
 log_mhd(void *cls, const char *fmt, va_list ap)
@@ -92,8 +215,44 @@ log_mhd(void *cls, const char *fmt, va_list ap)
 	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
 		msg[--len] = '\0';
 
-	log_begin(&line, "warning");
+	if (strncmp(msg, MHD_MSG_CONNECTION_LIMIT,
+				strlen(MHD_MSG_CONNECTION_LIMIT)) == 0)
+	{
+		metrics_reject(REJECT_CONNECTION_LIMIT);
+		atomic_fetch_add(&refused_connections, 1);
+		return;
+	}
+	if (strncmp(msg, MHD_MSG_ERROR_RESPONSE,
+				strlen(MHD_MSG_ERROR_RESPONSE)) == 0)
+	{
+		log_mhd_error_response(msg);
+		return;
+	}
+
+	log_begin(&line, LOG_WARNING);
 	json_append_field(&line, "source", "libmicrohttpd");
 	json_append_field(&line, "msg", msg);
+	log_end(&line);
+}
+
+/*
+ * Log how many connections the connection limits refused since the last
+ * call (the main thread calls this once a second).
+ */
+void
+log_mhd_summary(void)
+{
+	unsigned int refused = atomic_exchange(&refused_connections, 0);
+	StrBuf		line;
+
+	if (refused == 0)
+		return;
+	log_begin(&line, LOG_WARNING);
+	json_append_field(&line, "msg",
+					  "connections refused: connection limit reached");
+	buf_printf(&line, ",\"refused\":%u,\"max_connections\":%u,"
+			   "\"max_connections_per_ip\":%u", refused,
+			   shim_config.max_connections,
+			   shim_config.max_connections_per_ip);
 	log_end(&line);
 }

@@ -15,8 +15,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <microhttpd.h>
+
+#define SHIM_VERSION		"0.1.0"
 
 /* Largest accepted X-Request-ID, and room for it plus the terminator */
 #define REQUEST_ID_MAX_LEN	128
@@ -24,6 +27,12 @@
 
 /* Longest provider name allowed by ^[a-z0-9][a-z0-9_-]{0,62}$ */
 #define PROVIDER_MAX_LEN	63
+
+/* Room for an IPv6 address in text form (INET6_ADDRSTRLEN) */
+#define IP_TEXT_BUFSIZE		46
+
+/* A W3C traceparent of version 00 is exactly this long */
+#define TRACEPARENT_LEN		55
 
 /*
  * Growable byte buffer.  When an allocation fails the buffer is marked
@@ -38,7 +47,99 @@ typedef struct StrBuf
 	bool		failed;
 } StrBuf;
 
-/* Outcome class of one call to payments.ingest() */
+/* Log levels, most severe first */
+typedef enum LogLevel
+{
+	LOG_ERROR,
+	LOG_WARNING,
+	LOG_INFO,
+	LOG_DEBUG
+} LogLevel;
+
+/* An IP address; IPv4 is kept IPv4-mapped (::ffff:a.b.c.d) */
+typedef struct IpAddr
+{
+	unsigned char b[16];
+} IpAddr;
+
+/* An address range: the first "bits" bits of addr */
+typedef struct Cidr
+{
+	IpAddr		addr;
+	unsigned int bits;
+} Cidr;
+
+/* Settings, parsed once at start and read-only afterwards */
+typedef struct ShimConfig
+{
+	struct sockaddr_storage addr;
+	uint16_t	port;			/* also in addr; MHD's messages show this */
+	const char *dsn;
+	unsigned int threads;
+	size_t		max_body;
+	size_t		max_header;
+	unsigned int max_connections;
+	unsigned int max_connections_per_ip;	/* 0: no limit */
+	unsigned int idle_timeout_s;
+	unsigned int request_timeout_s;
+	unsigned int rate;			/* requests per second per client; 0: off */
+	unsigned int rate_burst;
+	Cidr	   *rate_exempt;		/* clients the rate limit does not apply to */
+	size_t		n_rate_exempt;
+	Cidr	   *trusted_proxies;
+	size_t		n_trusted_proxies;
+	LogLevel	log_level;
+	const char *log_file;		/* NULL: stderr */
+	unsigned int shutdown_timeout_s;
+	char	   *tls_cert;		/* PEM contents, NULL without TLS */
+	char	   *tls_key;
+} ShimConfig;
+
+extern ShimConfig shim_config;
+
+/*
+ * What a request is, by its path: the "route" label of the metrics and the
+ * work done on the final call.
+ */
+typedef enum Route
+{
+	ROUTE_OTHER,				/* no such route (404), or refused by MHD */
+	ROUTE_WEBHOOK,				/* POST /webhooks/{provider} */
+	ROUTE_SUBSCRIBE,			/* GET /webhooks/{provider}: Meta's handshake */
+	ROUTE_HEALTH,
+	ROUTE_READY,
+	ROUTE_METRICS,
+	ROUTE_COUNT
+} Route;
+
+/* Why the shim itself refused or dropped a request (a metrics label) */
+typedef enum Rejection
+{
+	REJECT_BODY_TOO_LARGE,		/* 413 */
+	REJECT_HEADER_TOO_LARGE,	/* 431 */
+	REJECT_URI_TOO_LONG,		/* 414, from libmicrohttpd */
+	REJECT_MALFORMED,			/* 400, from libmicrohttpd */
+	REJECT_NOT_FOUND,			/* 404: no such route or bad provider name */
+	REJECT_METHOD_NOT_ALLOWED,	/* 405 */
+	REJECT_RATE_LIMITED,		/* 429 */
+	REJECT_DATABASE_UNAVAILABLE,	/* 503: no database connection */
+	REJECT_DATABASE_ERROR,		/* 503/400: the call failed */
+	REJECT_REQUEST_TIMEOUT,		/* connection closed by --request-timeout */
+	REJECT_CONNECTION_LIMIT,	/* connection refused by a connection limit */
+	REJECT_COUNT
+} Rejection;
+
+/* State of one worker thread's database connection (a metrics gauge) */
+typedef enum DbConnState
+{
+	DBCONN_NONE,				/* never needed yet */
+	DBCONN_IDLE,
+	DBCONN_BUSY,
+	DBCONN_BROKEN,				/* lost or failed, waiting to reconnect */
+	DBCONN_COUNT
+} DbConnState;
+
+/* Outcome class of one call to the database */
 typedef enum DbStatus
 {
 	DB_OK,						/* function returned a usable row */
@@ -87,6 +188,30 @@ typedef struct SubscribeResult
 	void	   *pgresult;
 } SubscribeResult;
 
+/* Result of the readiness check; reason is a static string */
+typedef struct ReadyResult
+{
+	bool		ready;
+	const char *reason;
+	char		version[32];	/* extension version, "" when unknown */
+} ReadyResult;
+
+/* addr.c */
+extern bool ip_from_sockaddr(const struct sockaddr *sa, IpAddr *out);
+extern void ip_format(const IpAddr *ip, char *out, size_t outsize);
+extern bool cidr_parse(const char *text, size_t len, Cidr *out);
+extern bool ip_in_ranges(const IpAddr *ip, const Cidr *ranges, size_t n);
+extern void client_ip_forwarded(struct MHD_Connection *conn,
+								const IpAddr *peer, IpAddr *client);
+
+/* conn.c */
+extern void conn_notify(void *cls, struct MHD_Connection *conn,
+						void **socket_context,
+						enum MHD_ConnectionNotificationCode code);
+extern void conn_request_done(struct MHD_Connection *conn);
+extern void conn_expire(void);
+extern unsigned int conn_open_count(void);
+
 /* json.c */
 extern void buf_init(StrBuf *buf);
 extern void buf_free(StrBuf *buf);
@@ -100,19 +225,40 @@ extern void json_append_field(StrBuf *buf, const char *key, const char *value);
 extern bool json_build_headers(struct MHD_Connection *conn, StrBuf *out);
 
 /* log.c */
-extern void log_begin(StrBuf *line, const char *level);
+extern bool log_open(const char *path, LogLevel level);
+extern bool log_reopen(void);
+extern void log_close(void);
+extern void log_begin(StrBuf *line, LogLevel level);
 extern void log_end(StrBuf *line);
-extern void log_message(const char *level, const char *msg);
+extern void log_message(LogLevel level, const char *msg);
 extern void log_mhd(void *cls, const char *fmt, va_list ap);
+extern void log_mhd_summary(void);
+
+/* metrics.c */
+extern void metrics_init(void);
+extern void metrics_request(Route route, const char *provider,
+							unsigned int status, double seconds);
+extern void metrics_learn_provider(const char *provider);
+extern void metrics_outcome(const char *provider, const char *outcome);
+extern void metrics_reject(Rejection reason);
+extern void metrics_db_state(DbConnState from, DbConnState to);
+extern void metrics_db_connect(bool ok, bool reconnect);
+extern void metrics_render(StrBuf *out);
+
+/* ratelimit.c */
+extern bool ratelimit_init(void);
+extern bool ratelimit_take(const IpAddr *ip, unsigned int *retry_after_s);
 
 /* db.c */
 extern bool db_init(const char *dsn);
 extern void db_ingest(const IngestRequest *req, IngestResult *res);
 extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);
+extern void db_ready(const char *request_id, ReadyResult *res);
+extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);
 
 /* http.c */
-extern bool http_init(size_t max_body);
+extern bool http_init(void);
 extern enum MHD_Result http_handle(void *cls, struct MHD_Connection *conn,
 								   const char *url, const char *method,
 								   const char *version,

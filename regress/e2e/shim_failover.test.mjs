@@ -1,0 +1,166 @@
+// The shim through database outages under steady traffic: a primary failover to a promoted
+// streaming standby (multi-host DSN with target_session_attrs=read-write), and a restart.
+// The shim answers 503 with Retry-After meanwhile, follows the new primary by itself, and
+// no delivery it answered 2xx is missing afterwards.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Stripe from 'stripe';
+import { Cluster, Shim, freePort, sleep, request, parseMetrics } from './harness.mjs';
+
+const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const stripe = new Stripe('sk_test_not_used_offline');
+const secret = `whsec_${randomBytes(24).toString('hex')}`;
+
+let primary;
+let standby;
+let shim;
+let seq = 0;
+
+function pgCtl(cluster, ...args) {
+	execFileSync(join(PG_BIN, 'pg_ctl'), ['-D', cluster.data, '-l', join(cluster.dir, 'log'), '-w', ...args],
+		{ stdio: 'pipe' });
+}
+
+// A streaming standby of primary, made with pg_basebackup -R, on its own port.
+async function makeStandby(source) {
+	const replica = new Cluster();
+	replica.port = await freePort();
+	execFileSync(join(PG_BIN, 'pg_basebackup'), ['-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres',
+		'-D', replica.data, '-R', '-X', 'stream', '-c', 'fast', '--no-sync'], { stdio: 'pipe' });
+	// the copied postgresql.auto.conf holds the primary's port and socket directory
+	const conf = join(replica.data, 'postgresql.auto.conf');
+	writeFileSync(conf, readFileSync(conf, 'utf8')
+		.replace(/^port = \d+$/m, `port = ${replica.port}`)
+		.replace(/^unix_socket_directories = .*$/m, `unix_socket_directories = '${replica.dir}'`));
+	replica.start();
+	return replica;
+}
+
+// Sends signed deliveries one after the other until stopped; remembers each id and answer.
+function steadyTraffic(port) {
+	const results = [];
+	let running = true;
+	const done = (async () => {
+		while (running) {
+			seq += 1;
+			const id = `evt_failover_${process.pid}_${seq}`;
+			const body = JSON.stringify({ id, object: 'event', type: 'charge.succeeded', created: Math.floor(Date.now() / 1000),
+				data: { object: { id: `ch_${seq}`, amount: 500 } } });
+			const headers = { 'content-type': 'application/json',
+				'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) };
+			let status;
+			let retryAfter = null;
+			try {
+				const res = await request(port, { method: 'POST', path: '/webhooks/stripe', headers, body });
+				status = res.status;
+				retryAfter = res.headers['retry-after'] ?? null;
+			} catch (e) {
+				status = `error: ${e.message}`;
+			}
+			results.push({ id, status, retryAfter, at: Date.now() });
+			if (status !== 200) await sleep(50);
+		}
+	})();
+	return {
+		results,
+		// true once the last n answers are all 200
+		recovered: (n) => results.length >= n && results.slice(-n).every((r) => r.status === 200),
+		stop: async () => { running = false; await done; },
+	};
+}
+
+async function waitFor(fn, timeoutMs, what) {
+	const deadline = Date.now() + timeoutMs;
+	while (!fn()) {
+		if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+		await sleep(100);
+	}
+}
+
+// Every delivery answered 2xx is stored in cluster.
+function assertNoAcknowledgedLoss(cluster, results) {
+	const acknowledged = results.filter((r) => r.status === 200).map((r) => r.id);
+	const stored = Number(cluster.psqlVars(
+		"SELECT count(*) FROM payments.events WHERE provider = 'stripe' AND event_id = ANY (string_to_array(:'ids', ','))",
+		{ ids: acknowledged.join(',') }));
+	assert.equal(stored, acknowledged.length, 'every delivery answered 2xx is in the database');
+	return acknowledged.length;
+}
+
+// Checks the answers during an outage: only 200 or 503 with Retry-After, and some 503.
+function assertOutageAnswers(t, results) {
+	const others = results.filter((r) => r.status !== 200 && r.status !== 503);
+	assert.deepEqual(others, [], 'only 200 or 503');
+	const unavailable = results.filter((r) => r.status === 503);
+	assert.ok(unavailable.length > 0, 'some 503 during the outage');
+	assert.ok(unavailable.every((r) => Number(r.retryAfter) > 0), '503 always with Retry-After');
+	t.diagnostic(`${results.length} deliveries: ${results.length - unavailable.length} answered 200, ` +
+		`${unavailable.length} answered 503`);
+}
+
+describe('the shim through a failover and a restart', () => {
+	before(async () => {
+		primary = new Cluster();
+		await primary.init();
+		primary.psqlVars("SELECT payments.register_provider('stripe', 'stripe'); SELECT payments.add_secret('stripe', :'s');",
+			{ s: secret });
+		// the extension and provider exist before the standby is made, and reach it with the base backup
+		standby = await makeStandby(primary);
+		// synchronous replication: a commit is acknowledged only once the standby has it
+		primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'", 'postgres');
+		primary.psql('SELECT pg_reload_conf()', 'postgres');
+		await waitFor(() => primary.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+			'postgres') === '1', 20000, 'standby streaming synchronously');
+		shim = new Shim(`host=127.0.0.1,127.0.0.1 port=${primary.port},${standby.port} dbname=payments user=postgres ` +
+			'target_session_attrs=read-write', ['--threads', '2', '--rate', '0']);
+		await shim.start();
+	});
+
+	after(async () => {
+		const exit = shim ? await shim.stop() : { code: 0 };
+		primary?.destroy();
+		standby?.destroy();
+		assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
+		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
+	});
+
+	test('the primary dies, the standby is promoted: 503 meanwhile, then the shim follows it by itself', async (t) => {
+		const traffic = steadyTraffic(shim.port);
+		await waitFor(() => traffic.recovered(10), 10000, 'deliveries through the primary');
+		pgCtl(primary, '-m', 'immediate', 'stop');
+		await sleep(1500);
+		const promotedAt = Date.now();
+		pgCtl(standby, 'promote');
+		await waitFor(() => traffic.recovered(10), 30000, 'deliveries through the promoted standby');
+		await traffic.stop();
+
+		assertOutageAnswers(t, traffic.results);
+		const afterPromotion = traffic.results.filter((r) => r.at > promotedAt && r.status === 200);
+		assert.ok(afterPromotion.length >= 10);
+		const acknowledged = assertNoAcknowledgedLoss(standby, traffic.results);
+		assert.ok(acknowledged >= 20, `${acknowledged} deliveries acknowledged`);
+
+		const metrics = parseMetrics((await request(shim.port, { path: '/metrics' })).text).samples;
+		assert.ok(metrics.get('payments_shim_db_reconnects_total') >= 1);
+		assert.ok(metrics.get('payments_shim_db_connect_attempts_total{result="failure"}') >= 1);
+		assert.ok(metrics.get('payments_shim_rejections_total{reason="database_unavailable"}') >= 1);
+		assert.match(shim.stderr, new RegExp(`"msg":"database connected","host":"127\\.0\\.0\\.1","port":"${standby.port}"`));
+		assert.equal((await request(shim.port, { path: '/ready' })).status, 200);
+	});
+
+	test('the database restarts: 503 meanwhile, recovery after, nothing answered 2xx is lost', async (t) => {
+		const traffic = steadyTraffic(shim.port);
+		await waitFor(() => traffic.recovered(10), 10000, 'deliveries before the restart');
+		const before = traffic.results.length;
+		pgCtl(standby, '-m', 'fast', 'restart');
+		await waitFor(() => traffic.results.length > before + 10 && traffic.recovered(10), 30000,
+			'deliveries after the restart');
+		await traffic.stop();
+		assertOutageAnswers(t, traffic.results);
+		assertNoAcknowledgedLoss(standby, traffic.results);
+	});
+});

@@ -1,0 +1,555 @@
+// The shim facing hostile or careless clients, and operated: settings, limits and their
+// documented answers (while other clients are still served), metrics, JSON logs without
+// secrets, /ready, SIGHUP, SIGTERM twice, the shutdown deadline and TLS.  Every shim here is
+// the AddressSanitizer/UBSan build and must exit without a sanitizer report.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import Stripe from 'stripe';
+import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim }
+	from './harness.mjs';
+
+const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const stripe = new Stripe('sk_test_not_used_offline');
+const stripeSecret = `whsec_${randomBytes(24).toString('hex')}`;
+const verifyToken = `verify-${randomBytes(12).toString('hex')}`;
+const metaAppSecret = randomBytes(16).toString('hex');
+const bodyMarker = `body-marker-${randomBytes(8).toString('hex')}`;
+const authSecret = `Bearer secret-${randomBytes(8).toString('hex')}`;
+
+let cluster;
+let shim;
+let logFile;
+const signaturesSent = [];
+let seq = 0;
+
+// A signed Stripe delivery: { body, headers, id }.
+function stripeDelivery(extraHeaders = {}) {
+	seq += 1;
+	const id = `evt_limits_${process.pid}_${seq}`;
+	const body = JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded', created: Math.floor(Date.now() / 1000),
+		data: { object: { id: `pi_${seq}`, amount: 100, currency: 'usd', note: bodyMarker } } });
+	const signature = stripe.webhooks.generateTestHeaderString({ payload: body, secret: stripeSecret });
+	signaturesSent.push(signature);
+	return { id, body, headers: { 'content-type': 'application/json', 'stripe-signature': signature, ...extraHeaders } };
+}
+
+function postStripe(port, delivery, options = {}) {
+	return request(port, { method: 'POST', path: '/webhooks/stripe', headers: delivery.headers, body: delivery.body,
+		...options });
+}
+
+async function metrics(port) {
+	const res = await request(port, { path: '/metrics' });
+	assert.equal(res.status, 200);
+	assert.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/);
+	return parseMetrics(res.text).samples;
+}
+
+function delta(beforeSamples, afterSamples, key) {
+	return (afterSamples.get(key) ?? 0) - (beforeSamples.get(key) ?? 0);
+}
+
+function logLines() {
+	return parseLogLines(readFileSync(logFile, 'utf8'));
+}
+
+// Waits until fn() returns a truthy value, polling every intervalMs.
+async function eventually(fn, timeoutMs = 15000, intervalMs = 100) {
+	const deadline = Date.now() + timeoutMs;
+	for (;;) {
+		const v = await fn();
+		if (v) return v;
+		if (Date.now() > deadline) throw new Error('condition not reached in time');
+		await sleep(intervalMs);
+	}
+}
+
+describe('shim settings', () => {
+	test('--help lists every setting with its environment variable and default', () => {
+		const { status, stdout } = runShim(['--help']);
+		assert.equal(status, 0);
+		for (const [flag, env] of [['--listen', 'LISTEN'], ['--dsn', 'DSN'], ['--threads', 'THREADS'],
+			['--max-body', 'MAX_BODY'], ['--max-header', 'MAX_HEADER'], ['--max-connections', 'MAX_CONNECTIONS'],
+			['--max-connections-per-ip', 'MAX_CONNECTIONS_PER_IP'], ['--idle-timeout', 'IDLE_TIMEOUT'],
+			['--request-timeout', 'REQUEST_TIMEOUT'], ['--rate', 'RATE'], ['--rate-burst', 'RATE_BURST'],
+			['--rate-exempt', 'RATE_EXEMPT'],
+			['--trusted-proxies', 'TRUSTED_PROXIES'], ['--log-level', 'LOG_LEVEL'], ['--log-file', 'LOG_FILE'],
+			['--shutdown-timeout', 'SHUTDOWN_TIMEOUT'], ['--tls-cert', 'TLS_CERT'], ['--tls-key', 'TLS_KEY']]) {
+			assert.match(stdout, new RegExp(`^${flag} .*PAYMENTS_SHIM_${env} `, 'm'), flag);
+		}
+	});
+
+	test('a bad value is a clear error at start, with exit status 2', () => {
+		const cases = [
+			[['--threads', '0'], {}, /--threads/],
+			[['--rate', 'fast'], {}, /--rate/],
+			[[], { PAYMENTS_SHIM_MAX_HEADER: '10' }, /PAYMENTS_SHIM_MAX_HEADER/],
+			[['--trusted-proxies', '10.0.0.0/33'], {}, /--trusted-proxies/],
+			[['--trusted-proxies', '10.0.0.1,not-an-ip'], {}, /not-an-ip/],
+			[['--log-level', 'loud'], {}, /--log-level/],
+			[['--max-connections', '2', '--threads', '4'], {}, /--max-connections/],
+			[['--idle-timeout', '0'], {}, /--idle-timeout/],
+			[['--listen', 'localhost:80'], {}, /--listen/],
+			[['--tls-cert', '/etc/hostname'], {}, /--tls-key/],
+			[['--tls-cert', '/etc/hostname', '--tls-key', '/etc/hostname'], {}, /PEM/],
+			[['--tls-cert', '/nonexistent.pem', '--tls-key', '/nonexistent.pem'], {}, /cannot open/],
+			[['--log-file', '/nonexistent/dir/shim.log'], {}, /log file/],
+			[['--dsn', 'host=x bogus_keyword=1'], {}, /dsn/],
+			[['--no-such-flag'], {}, /unknown argument/],
+		];
+		for (const [args, env, message] of cases) {
+			const r = runShim(args, env);
+			assert.equal(r.status, 2, `${args.join(' ')} ${JSON.stringify(env)}: ${r.stderr}`);
+			assert.match(r.stderr, message);
+		}
+	});
+});
+
+describe('shim limits, metrics and logs', () => {
+	before(async () => {
+		cluster = new Cluster();
+		await cluster.init();
+		cluster.psqlVars(`
+			SELECT payments.register_provider('stripe', 'stripe');
+			SELECT payments.add_secret('stripe', :'s1');
+			SELECT payments.register_provider('wa', 'meta', json_build_object('verify_token', :'vt')::jsonb);
+			SELECT payments.add_secret('wa', :'s2');`, { s1: stripeSecret, vt: verifyToken, s2: metaAppSecret });
+		logFile = join(cluster.dir, 'shim.log');
+		shim = new Shim(cluster.dsn, ['--threads', '2', '--max-body', '65536', '--max-header', '8192',
+			'--max-connections-per-ip', '4', '--idle-timeout', '1', '--request-timeout', '3',
+			'--rate', '5', '--rate-burst', '10', '--rate-exempt', '127.0.0.30',
+			'--trusted-proxies', '127.0.0.3, 10.0.0.0/8',
+			'--log-file', logFile]);
+		await shim.start();
+	});
+
+	after(async () => {
+		const exit = shim ? await shim.stop() : { code: 0 };
+		cluster?.destroy();
+		assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
+		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
+	});
+
+	test('a body over --max-body gets 413 before it is read; others are served meanwhile', async () => {
+		const big = stripeDelivery();
+		big.body += ' '.repeat(70000);
+		const declared = await rawSession(shim.port, { chunks: [
+			`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+			`Content-Length: ${Buffer.byteLength(big.body)}\r\n\r\n`] });
+		assert.match(declared.data, /^HTTP\/1\.1 413 /);
+		const streamed = await postStripe(shim.port, big, { headers: { ...big.headers, 'transfer-encoding': 'chunked' } })
+			.catch((e) => ({ status: 'closed', error: e }));
+		assert.ok(streamed.status === 413 || streamed.status === 'closed', `chunked over the cap: ${streamed.status}`);
+		const small = stripeDelivery();
+		assert.equal((await postStripe(shim.port, small)).status, 200);
+	});
+
+	test('request headers over --max-header get 431, ours or libmicrohttpd\'s', async () => {
+		const over = await rawSession(shim.port, { chunks: [
+			`GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: ${'a'.repeat(10000)}\r\n\r\n`] });
+		assert.match(over.data, /^HTTP\/1\.1 431 /);
+		assert.match(over.data, /X-Request-ID: /i);
+		const huge = await rawSession(shim.port, { chunks: [
+			`GET /health HTTP/1.1\r\nHost: x\r\n${'X-Many: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n'.repeat(1500)}\r\n`] });
+		assert.match(huge.data, /^HTTP\/1\.1 431 /);
+		assert.equal((await request(shim.port, { path: '/health' })).status, 200);
+	});
+
+	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {
+		const cases = [
+			['GET', '/nope', 404], ['GET', '/', 404], ['POST', '/webhooks/', 404],
+			['POST', '/webhooks/Bad%20Name', 404], ['POST', `/webhooks/${'a'.repeat(64)}`, 404],
+			['POST', '/webhooks/..%2Fhealth', 404], ['POST', '/webhooks/stripe/extra', 404],
+			['DELETE', '/webhooks/stripe', 405, 'GET, POST'], ['PUT', '/webhooks/stripe', 405, 'GET, POST'],
+			['POST', '/health', 405, 'GET, HEAD'], ['POST', '/ready', 405, 'GET, HEAD'],
+			['DELETE', '/metrics', 405, 'GET, HEAD'],
+		];
+		for (const [method, path, status, allow] of cases) {
+			const res = await request(shim.port, { method, path, localAddress: '127.0.0.20' });
+			assert.equal(res.status, status, `${method} ${path}`);
+			assert.equal(typeof res.json.error, 'string');
+			if (allow) assert.equal(res.headers.allow, allow);
+		}
+	});
+
+	test('a flood from one address gets 429 with Retry-After while other clients are served', async () => {
+		const flooder = '127.0.0.5';
+		const statuses = [];
+		let retryAfter = null;
+		const started = Date.now();
+		for (let i = 0; i < 30; i++) {
+			const res = await postStripe(shim.port, stripeDelivery(), { localAddress: flooder });
+			statuses.push(res.status);
+			if (res.status === 429) {
+				retryAfter = Number(res.headers['retry-after']);
+				assert.equal(res.json.error, 'too many requests');
+			}
+		}
+		const elapsed = (Date.now() - started) / 1000;
+		const served = statuses.filter((s) => s === 200).length;
+		assert.ok(statuses.every((s) => s === 200 || s === 429), statuses.join(','));
+		assert.ok(served >= 10, `the burst is served: ${statuses.join(',')}`);
+		assert.ok(served <= 10 + Math.ceil(5 * elapsed) + 1, `at most burst + rate: ${statuses.join(',')}`);
+		assert.ok(retryAfter >= 1, 'Retry-After in whole seconds');
+		// another client, meanwhile
+		assert.equal((await postStripe(shim.port, stripeDelivery(), { localAddress: '127.0.0.6' })).status, 200);
+		// the flooder, after waiting as told
+		await sleep(retryAfter * 1000);
+		assert.equal((await postStripe(shim.port, stripeDelivery(), { localAddress: flooder })).status, 200);
+		// an address in --rate-exempt is never limited
+		for (let i = 0; i < 15; i++) {
+			const res = await request(shim.port, { method: 'POST', path: '/webhooks/stripe', body: '{}',
+				localAddress: '127.0.0.30' });
+			assert.equal(res.status, 401);
+		}
+	});
+
+	test('behind a trusted proxy the client is the rightmost untrusted X-Forwarded-For entry', async () => {
+		const viaProxy = stripeDelivery({ 'x-forwarded-for': '203.0.113.50, 198.51.100.7, 10.1.2.3' });
+		assert.equal((await postStripe(shim.port, viaProxy, { localAddress: '127.0.0.3' })).status, 200);
+		assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",
+			{ e: viaProxy.id }), '198.51.100.7');
+		const spoofed = stripeDelivery({ 'x-forwarded-for': '198.51.100.99' });
+		assert.equal((await postStripe(shim.port, spoofed, { localAddress: '127.0.0.4' })).status, 200);
+		assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",
+			{ e: spoofed.id }), '127.0.0.4');
+		const garbage = stripeDelivery({ 'x-forwarded-for': 'unknown, 198.51.100.8' });
+		assert.equal((await postStripe(shim.port, garbage, { localAddress: '127.0.0.3' })).status, 200);
+		assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",
+			{ e: garbage.id }), '198.51.100.8');
+		// rate limits apply per forwarded client: one client behind the proxy is limited alone
+		const statuses = [];
+		for (let i = 0; i < 16; i++) {
+			statuses.push((await postStripe(shim.port, stripeDelivery({ 'x-forwarded-for': '192.0.2.1' }),
+				{ localAddress: '127.0.0.3' })).status);
+		}
+		assert.ok(statuses.includes(429), statuses.join(','));
+		assert.equal((await postStripe(shim.port, stripeDelivery({ 'x-forwarded-for': '192.0.2.2' }),
+			{ localAddress: '127.0.0.3' })).status, 200);
+		const line = logLines().find((l) => l.msg === 'request' && l.client_ip === '198.51.100.7');
+		assert.equal(line.peer_ip, '127.0.0.3');
+	});
+
+	test('connections over --max-connections-per-ip are refused while other addresses are served', async () => {
+		const before = await metrics(shim.port);
+		const held = [1, 2, 3, 4].map(() => rawSession(shim.port, { localAddress: '127.0.0.7', timeoutMs: 800 }));
+		await sleep(200);
+		const fifth = await rawSession(shim.port, { localAddress: '127.0.0.7',
+			chunks: ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n'], timeoutMs: 2000 });
+		assert.equal(fifth.data, '', 'no answer for the connection over the limit');
+		assert.ok(fifth.closed && fifth.ms < 1000, 'closed at once');
+		assert.equal((await request(shim.port, { path: '/health', localAddress: '127.0.0.8' })).status, 200);
+		await Promise.all(held);
+		await eventually(async () => (await request(shim.port, { path: '/health', localAddress: '127.0.0.7' })
+			.catch(() => ({ status: 0 }))).status === 200, 3000);
+		const after = await metrics(shim.port);
+		assert.ok(delta(before, after, 'payments_shim_rejections_total{reason="connection_limit"}') >= 1);
+	});
+
+	test('slow and idle clients are cut off by the timeouts while others are served', async () => {
+		const before = await metrics(shim.port);
+		const headerBytes = [...'GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789\r\n\r\n'];
+		const slowHeaders = rawSession(shim.port, { localAddress: '127.0.0.9', chunks: headerBytes, intervalMs: 200,
+			timeoutMs: 8000 });
+		const delivery = stripeDelivery();
+		const bodyBytes = [`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+			`Stripe-Signature: ${delivery.headers['stripe-signature']}\r\n` +
+			`Content-Length: ${Buffer.byteLength(delivery.body)}\r\n\r\n`, ...delivery.body];
+		const slowBody = rawSession(shim.port, { localAddress: '127.0.0.10', chunks: bodyBytes, intervalMs: 200,
+			timeoutMs: 8000 });
+		const idle = rawSession(shim.port, { localAddress: '127.0.0.11', timeoutMs: 8000 });
+		await sleep(500);
+		assert.equal((await postStripe(shim.port, stripeDelivery(), { localAddress: '127.0.0.12' })).status, 200);
+		const [h, b, i] = await Promise.all([slowHeaders, slowBody, idle]);
+		for (const [name, r] of [['slow headers', h], ['slow body', b]]) {
+			assert.ok(r.closed, `${name}: closed by the shim`);
+			assert.ok(r.ms >= 2500 && r.ms < 6000, `${name}: closed after ${r.ms} ms (--request-timeout 3)`);
+			assert.doesNotMatch(r.data, /^HTTP\/1\.1 2/);
+		}
+		assert.ok(i.closed && i.ms < 3500, `idle: closed after ${i.ms} ms (--idle-timeout 1)`);
+		assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '0');
+		const after = await metrics(shim.port);
+		assert.ok(delta(before, after, 'payments_shim_rejections_total{reason="request_timeout"}') >= 2);
+	});
+
+	test('metrics move as expected after a known sequence of requests', async () => {
+		const from = '127.0.0.13';
+		const before = await metrics(shim.port);
+		const first = stripeDelivery();
+		const r1 = await postStripe(shim.port, first, { localAddress: from });
+		const r2 = await postStripe(shim.port, stripeDelivery(), { localAddress: from });
+		const dup = await postStripe(shim.port, first, { localAddress: from });
+		assert.deepEqual([r1.status, r2.status, dup.status, dup.json.outcome], [200, 200, 200, 'duplicate']);
+		const stored = r1.json.outcome;
+		const unsigned = await request(shim.port, { method: 'POST', path: '/webhooks/stripe', body: '{"id":"evt_x"}',
+			headers: { 'content-type': 'application/json' }, localAddress: from });
+		assert.deepEqual([unsigned.status, unsigned.json.outcome], [401, 'rejected']);
+		const unknown = await request(shim.port, { method: 'POST', path: '/webhooks/nobody', body: '{}', localAddress: from });
+		assert.deepEqual([unknown.status, unknown.json.outcome], [404, 'unknown_provider']);
+		assert.equal((await request(shim.port, { method: 'POST', path: '/webhooks/Bad!', localAddress: from })).status, 404);
+		assert.equal((await request(shim.port, { method: 'DELETE', path: '/webhooks/stripe', localAddress: from })).status, 405);
+		const tooBig = await rawSession(shim.port, { localAddress: from, chunks: [
+			'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n'] });
+		assert.match(tooBig.data, /^HTTP\/1\.1 413 /);
+		assert.equal((await request(shim.port, { path: '/nope', localAddress: from })).status, 404);
+		assert.equal((await request(shim.port, { path: '/health', localAddress: from })).status, 200);
+		const after = await metrics(shim.port);
+
+		const req = (route, provider, status) =>
+			delta(before, after, `payments_shim_requests_total{route="${route}",provider="${provider}",status="${status}"}`);
+		assert.equal(req('webhook', 'stripe', 200), 3);
+		assert.equal(req('webhook', 'stripe', 401), 1);
+		assert.equal(req('webhook', 'stripe', 413), 1);
+		assert.equal(req('webhook', '_other', 404), 2);
+		assert.equal(req('webhook', '_other', 405), 1);
+		assert.equal(req('other', '', 404), 1);
+		assert.equal(req('health', '', 200), 1);
+		const outcome = (provider, o) =>
+			delta(before, after, `payments_shim_ingest_outcomes_total{provider="${provider}",outcome="${o}"}`);
+		assert.equal(outcome('stripe', stored), 2);
+		assert.equal(outcome('stripe', 'duplicate'), 1);
+		assert.equal(outcome('stripe', 'rejected'), 1);
+		assert.equal(outcome('_other', 'unknown_provider'), 1);
+		const rejected = (reason) => delta(before, after, `payments_shim_rejections_total{reason="${reason}"}`);
+		assert.equal(rejected('not_found'), 2);
+		assert.equal(rejected('method_not_allowed'), 1);
+		assert.equal(rejected('body_too_large'), 1);
+		assert.equal(rejected('rate_limited'), 0);
+		assert.equal(delta(before, after, 'payments_shim_request_duration_seconds_count{route="webhook"}'), 8);
+		assert.equal(delta(before, after, 'payments_shim_request_duration_seconds_bucket{route="webhook",le="+Inf"}'), 8);
+		assert.ok(delta(before, after, 'payments_shim_request_duration_seconds_sum{route="webhook"}') > 0);
+		assert.equal(after.get('payments_shim_requests_in_flight'), 1, 'the /metrics request itself');
+		assert.ok(after.get('payments_shim_connections') >= 1);
+		assert.ok(after.get('payments_shim_db_connections{state="idle"}') + after.get('payments_shim_db_connections{state="busy"}') >= 1);
+		assert.equal(after.get('payments_shim_db_connections{state="broken"}'), 0);
+		assert.ok(after.get('payments_shim_db_connect_attempts_total{result="success"}') >= 1);
+		const build = [...after.keys()].find((k) => k.startsWith('payments_shim_build_info{'));
+		assert.match(build, /version="0\.1\.0",libmicrohttpd="0\.9\.\d+",libpq="\d+\.\d+"/);
+		// naming conventions: prefix, counters end in _total, the histogram is in seconds
+		const { types } = parseMetrics((await request(shim.port, { path: '/metrics' })).text);
+		for (const [name, type] of types) {
+			assert.match(name, /^payments_shim_/);
+			if (type === 'counter') assert.match(name, /_total$/);
+			if (type === 'histogram') assert.match(name, /_seconds$/);
+		}
+	});
+
+	test('one JSON log line per request, with trace context, and no secret, signature or body', async () => {
+		const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+		const traced = stripeDelivery({ traceparent, 'x-request-id': 'log-test-1', authorization: authSecret });
+		assert.equal((await postStripe(shim.port, traced, { localAddress: '127.0.0.14' })).status, 200);
+		const badTrace = stripeDelivery({ traceparent: '00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01',
+			'x-request-id': 'log-test-2' });
+		assert.equal((await postStripe(shim.port, badTrace, { localAddress: '127.0.0.14' })).status, 200);
+		const challenge = `challenge-${randomBytes(4).toString('hex')}`;
+		const hub = await request(shim.port, { localAddress: '127.0.0.14', headers: { 'x-request-id': 'log-test-3' },
+			path: `/webhooks/wa?hub.mode=subscribe&hub.verify_token=${verifyToken}&hub.challenge=${challenge}` });
+		assert.deepEqual([hub.status, hub.text], [200, challenge]);
+		await sleep(200);
+
+		const text = readFileSync(logFile, 'utf8');
+		const lines = parseLogLines(text);
+		for (const l of lines) {
+			assert.match(l.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+			assert.ok(['error', 'warning', 'info', 'debug'].includes(l.level));
+			assert.equal(typeof l.msg, 'string');
+		}
+		const byId = (id) => lines.find((l) => l.msg === 'request' && l.request_id === id);
+		const one = byId('log-test-1');
+		assert.equal(one.traceparent, traceparent);
+		assert.deepEqual([one.provider, one.status, one.client_ip, one.method, one.path],
+			['stripe', 200, '127.0.0.14', 'POST', '/webhooks/stripe']);
+		assert.equal(typeof one.outcome, 'string');
+		assert.ok(one.duration_ms > 0);
+		assert.equal(byId('log-test-2').traceparent, null, 'an invalid traceparent is not logged');
+		assert.equal(byId('log-test-3').outcome, 'subscribed');
+		for (const secret of [stripeSecret, verifyToken, metaAppSecret, bodyMarker, authSecret, challenge,
+			...signaturesSent]) {
+			assert.ok(!text.includes(secret), `log contains a secret, signature or body: ${secret.slice(0, 12)}…`);
+		}
+		assert.ok(!/v1=[0-9a-f]{64}/.test(text), 'no signature in the log');
+	});
+
+	test('SIGHUP reopens the log file', async () => {
+		const rotated = `${logFile}.1`;
+		renameSync(logFile, rotated);
+		await request(shim.port, { path: '/health', headers: { 'x-request-id': 'before-hup' } });
+		shim.proc.kill('SIGHUP');
+		await eventually(() => existsSync(logFile) && readFileSync(logFile, 'utf8').includes('log file reopened'));
+		await request(shim.port, { path: '/health', headers: { 'x-request-id': 'after-hup' } });
+		await sleep(100);
+		const old = readFileSync(rotated, 'utf8');
+		const fresh = readFileSync(logFile, 'utf8');
+		assert.ok(old.includes('"before-hup"') && !old.includes('"after-hup"'));
+		assert.ok(fresh.includes('"after-hup"') && !fresh.includes('"before-hup"'));
+		parseLogLines(fresh);
+	});
+
+	test('the shim works logged in as a role that is only a member of payments_ingest', async () => {
+		// the extension creates payments_ingest; should it not (yet), the grants the README documents
+		cluster.psql(`DO $$ BEGIN
+			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'payments_ingest') THEN
+				CREATE ROLE payments_ingest NOLOGIN;
+				GRANT USAGE ON SCHEMA payments TO payments_ingest;
+				GRANT EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text),
+					payments.meta_subscribe(text, text, text, text) TO payments_ingest;
+			END IF;
+		END $$;
+		CREATE ROLE payments_shim LOGIN IN ROLE payments_ingest;`);
+		const s = new Shim(cluster.dsn.replace('user=postgres', 'user=payments_shim'));
+		await s.start();
+		try {
+			assert.equal((await request(s.port, { path: '/ready' })).status, 200);
+			const delivery = stripeDelivery();
+			const res = await postStripe(s.port, delivery);
+			assert.equal(res.status, 200, `${res.text}\n${s.stderr}`);
+			assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '1');
+			const unsigned = await request(s.port, { method: 'POST', path: '/webhooks/stripe', body: '{}' });
+			assert.equal(unsigned.status, 401);
+			const hub = await request(s.port, { path: `/webhooks/wa?hub.mode=subscribe&hub.verify_token=${verifyToken}&hub.challenge=42` });
+			assert.deepEqual([hub.status, hub.text], [200, '42']);
+			// and nothing else: the role cannot read the tables
+			assert.throws(() => execFileSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-h', cluster.dir, '-p', String(cluster.port),
+				'-U', 'payments_shim', '-d', 'payments', '-c', 'SELECT count(*) FROM payments.events'], { stdio: 'pipe' }),
+			/permission denied/);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
+	test('/ready is 200 with the extension at a supported version, 503 with the reason otherwise', async () => {
+		const ok = await request(shim.port, { path: '/ready' });
+		assert.equal(ok.status, 200, ok.text);
+		assert.deepEqual(ok.json, { status: 'ready', reason: 'ready', extension_version: '0.1.0' });
+		// a database without the extension
+		const bare = new Shim(cluster.dsn.replace('dbname=payments', 'dbname=postgres'));
+		await bare.start();
+		const missing = await request(bare.port, { path: '/ready' });
+		assert.equal(missing.status, 503);
+		assert.equal(missing.json.reason, 'extension payments is not installed');
+		assert.equal((await bare.stop()).code, 0);
+		assert.deepEqual(bare.sanitizerReports(), []);
+		// the database stopped, then back
+		cluster.stop();
+		try {
+			const down = await eventually(async () => {
+				const r = await request(shim.port, { path: '/ready' });
+				return r.status === 503 ? r : null;
+			}, 5000);
+			assert.equal(down.json.reason, 'database unavailable');
+			assert.ok(Number(down.headers['retry-after']) > 0);
+			const started = Date.now();
+			await request(shim.port, { path: '/ready' });
+			assert.ok(Date.now() - started < 2500, 'answers quickly with the database down');
+			assert.equal((await request(shim.port, { path: '/health' })).status, 200, '/health does not depend on it');
+		} finally {
+			cluster.start();
+		}
+		await eventually(async () => (await request(shim.port, { path: '/ready' })).status === 200, 20000, 250);
+	});
+});
+
+describe('shim signals and TLS', () => {
+	let db;
+
+	before(async () => {
+		db = new Cluster();
+		await db.init();
+		db.psqlVars("SELECT payments.register_provider('stripe', 'stripe'); SELECT payments.add_secret('stripe', :'s');",
+			{ s: stripeSecret });
+	});
+
+	after(() => db?.destroy());
+
+	// Holds a lock that blocks inserts into payments.events for the given seconds.
+	function lockEvents(seconds) {
+		const locker = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments', '-c', `BEGIN; LOCK TABLE payments.events IN SHARE MODE; SELECT pg_sleep(${seconds}); COMMIT;`],
+		{ stdio: 'ignore' });
+		return new Promise((resolve) => locker.once('exit', resolve));
+	}
+
+	test('a second SIGTERM exits at once, without waiting for requests in flight', async () => {
+		const s = new Shim(db.dsn);
+		await s.start();
+		const locked = lockEvents(2);
+		await sleep(300);
+		const delivery = stripeDelivery();
+		const inFlight = postStripe(s.port, delivery).catch(() => 'connection closed');
+		await sleep(300);
+		s.proc.kill('SIGTERM');
+		await sleep(300);
+		assert.equal(s.proc.exitCode, null, 'still draining after the first SIGTERM');
+		const sent = Date.now();
+		s.proc.kill('SIGTERM');
+		const exit = await s.exited;
+		assert.ok(Date.now() - sent < 1000, 'exited at once');
+		assert.equal(exit.code, 1);
+		assert.equal(await inFlight, 'connection closed');
+		assert.match(s.stderr, /second signal, exiting immediately/);
+		assert.deepEqual(s.sanitizerReports(), []);
+		await locked;
+	});
+
+	test('at --shutdown-timeout, queries still running are cancelled and the shim exits 0', async () => {
+		const s = new Shim(db.dsn, ['--shutdown-timeout', '1']);
+		await s.start();
+		const locked = lockEvents(2.5);
+		await sleep(300);
+		const delivery = stripeDelivery();
+		const inFlight = postStripe(s.port, delivery).catch(() => ({ status: 'connection closed' }));
+		await sleep(300);
+		const sent = Date.now();
+		const exit = await s.stop();
+		assert.equal(exit.code, 0);
+		assert.ok(Date.now() - sent < 3000, `stopped after ${Date.now() - sent} ms`);
+		const res = await inFlight;
+		assert.notEqual(res.status, 200, 'never 2xx for a cancelled request');
+		assert.match(s.stderr, /shutdown timeout, cancelling database queries/);
+		assert.deepEqual(s.sanitizerReports(), []);
+		await locked;
+		assert.equal(db.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '0');
+	});
+
+	test('with --tls-cert and --tls-key the shim serves HTTPS (TLS 1.2 or later) only', async () => {
+		const cert = join(db.dir, 'cert.pem');
+		const key = join(db.dir, 'key.pem');
+		execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+			'-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
+		{ stdio: 'pipe' });
+		const ca = readFileSync(cert);
+		const port = await freePort();
+		const s = new Shim(db.dsn, ['--listen', `127.0.0.1:${port}`, '--tls-cert', cert, '--tls-key', key]);
+		// Shim.start() probes over plain HTTP, so start by hand and probe over HTTPS
+		s.start = async function start() {
+			this.port = port;
+			this.proc = spawn(process.env.PAYMENTS_SHIM, ['--dsn', this.dsn, ...this.extraArgs], {
+				stdio: ['ignore', 'ignore', 'pipe'],
+				env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:exitcode=66',
+					UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
+			});
+			this.exited = new Promise((resolve) => this.proc.once('exit', (code, signal) => resolve({ code, signal })));
+			this.proc.stderr.setEncoding('utf8');
+			this.proc.stderr.on('data', (chunk) => { this.stderr += chunk; });
+			await eventually(async () => (await request(port, { path: '/health', tls: { ca } })
+				.catch(() => ({ status: 0 }))).status === 200, 10000, 50);
+		};
+		await s.start();
+		const delivery = stripeDelivery();
+		const res = await postStripe(port, delivery, { tls: { ca } });
+		assert.equal(res.status, 200, res.text);
+		const plain = await rawSession(port, { chunks: ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n'], timeoutMs: 3000 });
+		assert.doesNotMatch(plain.data, /^HTTP\/1\.1 200/);
+		const old = await request(port, { path: '/health', tls: { ca, maxVersion: 'TLSv1.1', minVersion: 'TLSv1' } })
+			.then((r) => r.status, () => 'refused');
+		assert.equal(old, 'refused');
+		assert.match(s.stderr, /"tls":"on"/);
+		assert.equal((await s.stop()).code, 0);
+		assert.deepEqual(s.sanitizerReports(), []);
+	});
+});

@@ -1,6 +1,7 @@
 /*
  * outbox_send.c
- *		Sends a batch of JSON POSTs in parallel with libcurl's multi interface.
+ *		Sends a batch of HTTP requests (JSON POSTs of the outbox; the GETs and
+ *		POSTs of reconciliation) in parallel with libcurl's multi interface.
  *
  * Every buffer is allocated by the caller before any libcurl handle exists,
  * and nothing here can raise a PostgreSQL error while handles are live: errors
@@ -40,10 +41,11 @@ KeepResponse(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	OutboundRequest *req = (OutboundRequest *) userdata;
 	size_t		n = size * nmemb;
+	size_t		keep = req->response_keep > 0 ? req->response_keep : OUTBOUND_RESPONSE_KEPT;
 
-	if (req->response_len < OUTBOUND_RESPONSE_KEPT)
+	if (req->response_len < keep)
 	{
-		size_t		room = OUTBOUND_RESPONSE_KEPT - req->response_len;
+		size_t		room = keep - req->response_len;
 		size_t		take = n < room ? n : room;
 
 		memcpy(req->response + req->response_len, ptr, take);
@@ -128,9 +130,10 @@ SetUpHandle(CURL *curl, OutboundRequest *req)
 		curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK ||
 		curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK ||
 		(req->ca_file != NULL && curl_easy_setopt(curl, CURLOPT_CAINFO, req->ca_file) != CURLE_OK) ||
-		curl_easy_setopt(curl, CURLOPT_POST, 1L) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->bodylen) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->body) != CURLE_OK ||
+		(req->get ? curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L) != CURLE_OK :
+		 (curl_easy_setopt(curl, CURLOPT_POST, 1L) != CURLE_OK ||
+		  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->bodylen) != CURLE_OK ||
+		  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->body) != CURLE_OK)) ||
 		curl_easy_setopt(curl, CURLOPT_HTTPHEADER, req->header_list) != CURLE_OK ||
 		curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, KeepResponse) != CURLE_OK ||
 		curl_easy_setopt(curl, CURLOPT_WRITEDATA, req) != CURLE_OK ||

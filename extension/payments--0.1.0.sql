@@ -14,7 +14,7 @@ COMMENT ON TABLE payments.provider_kinds IS
 	'Signature schemes this version verifies, and the settings keys each accepts';
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('stripe', '{tolerance}',
+	('stripe', '{tolerance,api_base,api_key}',
 	 'Stripe-Signature: HMAC-SHA256 over "t.body", hex, key = the whole whsec_ secret');
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
 	('standard', '{tolerance}',
@@ -180,6 +180,27 @@ BEGIN
 											 WHERE c.code = settings ->> 'currency') THEN
 		RAISE EXCEPTION 'setting "currency" must be an ISO 4217 code in upper case from payments.currencies, not %',
 			settings -> 'currency'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- the provider's API, for reconciliation (paynow checks its own api_base, in C)
+	IF kind <> 'paynow' AND settings ? 'api_base' AND coalesce(settings ->> 'api_base', '') !~ '^https?://[^/?#[:space:]]+(/[^?#[:space:]]*)?$' THEN
+		RAISE EXCEPTION 'setting "api_base" must be an http:// or https:// URL without query or fragment, not %',
+			settings -> 'api_base'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT k INTO unknown FROM unnest('{api_key,client_id,client_secret}'::text[]) AS k
+	 WHERE settings ? k AND (coalesce(settings ->> k, '') !~ '^[!-~]+$' OR length(settings ->> k) > 500) LIMIT 1;
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION 'setting "%" must be a string of 1 to 500 printable ASCII characters without spaces', unknown
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF settings ? 'api_key' AND settings ->> 'api_key' !~ '^(sk|rk)_' THEN
+		RAISE EXCEPTION 'setting "api_key" must be a Stripe secret or restricted key (sk_... or rk_...)'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The webhook signing secret (whsec_...) is added with payments.add_secret.';
+	END IF;
+	IF (settings ? 'client_id') <> (settings ? 'client_secret') THEN
+		RAISE EXCEPTION 'settings "client_id" and "client_secret" go together'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	problem := payments.settings_problem(kind, settings);
@@ -1006,7 +1027,7 @@ INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
 	('paynow', '{integration_id,result_url,return_url,api_base,currency}',
 	 'Paynow status update (form-urlencoded): SHA-512 of the decoded values in order, hash excluded, + the integration key in lower case; upper-case hex in the hash field');
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('eversend', '{algorithm}',
+	('eversend', '{algorithm,api_base,client_id,client_secret}',
 	 'Eversend: X-Eversend-Signature = hex HMAC-SHA512 (algorithm setting: sha256) of the body, key = the webhook secret');
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
 	('hmac', '{header,algorithm,encoding,prefix,timestamp_header,signed,tolerance,event_id_header,event_id_path,event_type_header,event_type_path}',
@@ -1040,7 +1061,7 @@ COMMENT ON FUNCTION payments.verify_hmac(bytea, jsonb, text, jsonb, timestamptz)
 --------------------------------------------------------------------------------------------------
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('paypal', '{webhook_id,cert_hosts,verify_cert_chain,ca_file}',
+	('paypal', '{webhook_id,cert_hosts,verify_cert_chain,ca_file,api_base,client_id,client_secret}',
 	 'PayPal: RSA PKCS#1 v1.5 SHA-256 (SHA256withRSA) over "transmission_id|transmission_time|webhook_id|crc32(body)", key from the certificate at paypal-cert-url (allowlisted hosts, chain, dates and name checked)');
 
 CREATE TABLE payments.certificates (
@@ -2094,7 +2115,7 @@ DECLARE
 BEGIN
 	IF lock_key IS NULL THEN
 		RAISE EXCEPTION 'unknown job "%"', job
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver.';
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver, reconcile.';
 	END IF;
 	IF NOT pg_catalog.pg_try_advisory_lock(1885436269, lock_key) THEN
 		RAISE NOTICE 'payments job % skipped: the previous run is still going', job;
@@ -2105,17 +2126,20 @@ BEGIN
 		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
 	ELSIF job = 'deliver' THEN
 		CALL payments.deliver_outbox(max_items);
+	ELSIF job = 'reconcile' THEN
+		CALL payments.reconcile(least(max_items, 200));
 	END IF;
 	PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
 END
 $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
-	'Runs one background job (retry, deliver) unless a previous run of it still holds its advisory lock; what pg_cron calls';
+	'Runs one background job (retry, deliver, reconcile) unless a previous run of it still holds its advisory lock; what pg_cron calls';
 
 CREATE FUNCTION payments.cron_jobs(retry_schedule text DEFAULT '* * * * *',
 								   deliver_schedule text DEFAULT '* * * * *',
 								   housekeeping_schedule text DEFAULT '17 3 * * *',
-								   keep_run_details interval DEFAULT '7 days')
+								   keep_run_details interval DEFAULT '7 days',
+								   reconcile_schedule text DEFAULT '* * * * *')
 RETURNS TABLE (jobname text, schedule text, command text, database text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -2124,6 +2148,7 @@ AS $$
 	  FROM (VALUES
 		('payments-retry', retry_schedule, 'CALL payments.run_job(''retry'')', current_database()),
 		('payments-deliver', deliver_schedule, 'CALL payments.run_job(''deliver'')', current_database()),
+		('payments-reconcile', reconcile_schedule, 'CALL payments.run_job(''reconcile'', 50)', current_database()),
 		('payments-housekeeping', housekeeping_schedule,
 		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval'
 				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
@@ -2131,13 +2156,14 @@ AS $$
 	  ) AS j (name, schedule, command, database)
 	 WHERE j.schedule IS NOT NULL
 $$;
-COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval) IS
+COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval, text) IS
 	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own)';
 
 CREATE FUNCTION payments.schedule_jobs(retry_schedule text DEFAULT '* * * * *',
 									   deliver_schedule text DEFAULT '* * * * *',
 									   housekeeping_schedule text DEFAULT '17 3 * * *',
-									   keep_run_details interval DEFAULT '7 days')
+									   keep_run_details interval DEFAULT '7 days',
+									   reconcile_schedule text DEFAULT '* * * * *')
 RETURNS TABLE (jobid bigint, jobname text, schedule text, database text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2156,7 +2182,8 @@ BEGIN
 		SELECT string_agg(format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
 								 c.jobname, c.schedule, c.command, c.database), E'\n')
 		  INTO stmts
-		  FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details) c;
+		  FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
+								 reconcile_schedule) c;
 		RAISE EXCEPTION 'pg_cron runs in database "%", not in "%"', cron_db, current_database()
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'Run these in database ' || quote_ident(cron_db) || E':\n' || stmts,
@@ -2166,7 +2193,8 @@ BEGIN
 		RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
 			USING ERRCODE = 'undefined_object', HINT = 'CREATE EXTENSION pg_cron;';
 	END IF;
-	FOR j IN SELECT * FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details) LOOP
+	FOR j IN SELECT * FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
+								 reconcile_schedule) LOOP
 		EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
 		   INTO jobid USING j.jobname, j.schedule, j.command, j.database;
 		jobname := j.jobname;
@@ -2176,8 +2204,8 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval) IS
-	'Registers (or updates) the pg_cron jobs retry, deliver and housekeeping for this database; in another database than pg_cron''s, says what to run there';
+COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text) IS
+	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile and housekeeping for this database; in another database than pg_cron''s, says what to run there';
 
 CREATE FUNCTION payments.unschedule_jobs()
 RETURNS bigint
@@ -2211,7 +2239,7 @@ REVOKE ALL ON FUNCTION payments.claim_outbox(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.run_job(text, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.unschedule_jobs() FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('payments.event_attempts', '');
@@ -2222,6 +2250,437 @@ SELECT pg_catalog.pg_extension_config_dump('payments.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.outbox_attempts', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.outbox_attempts_id_seq', '');
+
+--------------------------------------------------------------------------------------------------
+-- Reconciliation: payments stuck in pending are checked with their provider's API
+--------------------------------------------------------------------------------------------------
+
+-- How long a payment stays pending before it is checked, and how often it is checked again:
+-- the setting payments.reconcile_after (seconds; 15 minutes unless set).
+CREATE FUNCTION payments.reconcile_after()
+RETURNS interval
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(nullif(current_setting('payments.reconcile_after', true), '')::interval, interval '15 minutes')
+$$;
+COMMENT ON FUNCTION payments.reconcile_after() IS
+	'The setting payments.reconcile_after as an interval: how long a payment stays pending before reconciliation asks its provider, and how often it asks again';
+
+-- The base URL of a provider's API: its api_base setting, else the real host
+CREATE FUNCTION payments.api_base(kind text, settings jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT rtrim(coalesce(settings ->> 'api_base',
+						  CASE kind WHEN 'stripe' THEN 'https://api.stripe.com'
+									WHEN 'paypal' THEN 'https://api-m.paypal.com'
+									WHEN 'eversend' THEN 'https://api.eversend.co'
+									WHEN 'paynow' THEN 'https://www.paynow.co.zw' END), '/')
+$$;
+COMMENT ON FUNCTION payments.api_base(text, jsonb) IS
+	'The base URL of a provider''s API: the api_base setting, else the provider''s real host';
+
+CREATE TABLE payments.api_tokens (
+	provider	text PRIMARY KEY REFERENCES payments.providers (name) ON DELETE CASCADE,
+	token		text,
+	expires_at	timestamptz NOT NULL,
+	fetched_at	timestamptz NOT NULL DEFAULT now(),
+	fetches		bigint NOT NULL DEFAULT 1,
+	last_error	text
+);
+COMMENT ON TABLE payments.api_tokens IS
+	'API access tokens (PayPal OAuth client credentials, Eversend auth token) cached until shortly before they expire; token NULL: the last fetch failed (last_error). Read by the reconciliation run only';
+
+CREATE TABLE payments.reconciliation_checks (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	payment_id		bigint NOT NULL REFERENCES payments.payments (id) ON DELETE CASCADE,
+	provider		text NOT NULL,
+	request			text NOT NULL,
+	status_before	text NOT NULL,
+	started_at		timestamptz NOT NULL DEFAULT now(),
+	finished_at		timestamptz,
+	http_status		integer,
+	found_status	text,
+	found			jsonb,
+	status_after	text,
+	outcome			text CHECK (outcome IN ('fixed', 'unchanged', 'refused', 'error')),
+	error			text
+);
+CREATE INDEX reconciliation_checks_payment_idx ON payments.reconciliation_checks (payment_id, started_at);
+CREATE INDEX reconciliation_checks_started_at_idx ON payments.reconciliation_checks (started_at);
+CREATE INDEX payments_pending_idx ON payments.payments (status_at) WHERE status = 'pending';
+COMMENT ON TABLE payments.reconciliation_checks IS
+	'Every check of a stuck payment with its provider: what was asked (method and URL, never a credential), the provider''s own status (found_status) and what it means (found), the outcome (fixed: the payment moved; unchanged; refused: the state machine refused the move; error: nothing changed), and the error; outcome NULL: in flight';
+COMMENT ON COLUMN payments.reconciliation_checks.found IS
+	'What the provider''s answer says in normalized terms: status, amount, currency';
+
+CREATE VIEW payments.stuck_payments AS
+	SELECT p.id AS payment_id, p.provider, v.kind, p.provider_ref, p.reference, p.amount, p.currency,
+		   p.status_at, now() - p.status_at AS pending_for,
+		   (SELECT max(c.started_at) FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) AS last_checked_at,
+		   (SELECT c.outcome FROM payments.reconciliation_checks c WHERE c.payment_id = p.id
+			 ORDER BY c.started_at DESC, c.id DESC LIMIT 1) AS last_outcome
+	  FROM payments.payments p JOIN payments.providers v ON v.name = p.provider
+	 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after();
+COMMENT ON VIEW payments.stuck_payments IS
+	'Payments pending for longer than payments.reconcile_after, with their last reconciliation check';
+
+CREATE FUNCTION payments.api_token_requests(max_items integer DEFAULT 50)
+RETURNS TABLE (provider text, url text, method text, headers text, body text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT v.name, payments.api_base(v.kind, v.settings) || CASE v.kind WHEN 'paypal' THEN '/v1/oauth2/token'
+																		 ELSE '/v1/auth/token' END,
+		   CASE v.kind WHEN 'paypal' THEN 'POST' ELSE 'GET' END,
+		   CASE v.kind
+			WHEN 'paypal' THEN
+				'Authorization: Basic ' ||
+				translate(encode(convert_to((v.settings ->> 'client_id') || ':' || (v.settings ->> 'client_secret'), 'UTF8'),
+								 'base64'), E'\n', '') ||
+				E'\nContent-Type: application/x-www-form-urlencoded\nAccept: application/json'
+			ELSE 'clientId: ' || (v.settings ->> 'client_id') || E'\nclientSecret: ' || (v.settings ->> 'client_secret') ||
+				 E'\nAccept: application/json' END,
+		   CASE v.kind WHEN 'paypal' THEN 'grant_type=client_credentials' END
+	  FROM payments.providers v
+	 WHERE v.kind IN ('paypal', 'eversend') AND v.settings ? 'client_id' AND v.settings ? 'client_secret'
+	   AND NOT EXISTS (SELECT FROM payments.api_tokens t
+						WHERE t.provider = v.name AND t.token IS NOT NULL AND t.expires_at > now())
+	   AND EXISTS (SELECT FROM payments.stuck_payments s WHERE s.provider = v.name
+					  AND (s.last_checked_at IS NULL OR s.last_checked_at < now() - payments.reconcile_after()))
+	 ORDER BY v.name
+	 LIMIT max_items
+$$;
+COMMENT ON FUNCTION payments.api_token_requests(integer) IS
+	'The token requests a reconciliation run needs first: providers (paypal, eversend) with payments to check and no live cached token; used by reconcile';
+
+CREATE FUNCTION payments.store_api_token(provider text, http_status integer, error text, response text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r		jsonb;
+	tok		text;
+	ttl		numeric;
+	problem	text := error;
+BEGIN
+	IF problem IS NULL AND http_status NOT BETWEEN 200 AND 299 THEN
+		problem := 'HTTP ' || http_status || ': ' || left(coalesce(response, ''), 200);
+	END IF;
+	IF problem IS NULL THEN
+		BEGIN
+			r := response::jsonb;
+			tok := coalesce(r ->> 'access_token', r ->> 'token', r -> 'data' ->> 'token');
+			ttl := CASE WHEN jsonb_typeof(r -> 'expires_in') = 'number' THEN (r ->> 'expires_in')::numeric END;
+		EXCEPTION WHEN others THEN
+			problem := 'the token reply is not JSON';
+		END;
+		IF problem IS NULL AND (tok IS NULL OR tok !~ '^[!-~]+$' OR length(tok) > 4000) THEN
+			problem := 'the token reply has no usable token';
+		END IF;
+	END IF;
+	-- a token is used until a minute before it expires; Eversend does not say (its SDKs keep it 1600 s or more)
+	ttl := greatest(coalesce(ttl, 1600) - 60, 30);
+	INSERT INTO payments.api_tokens AS t (provider, token, expires_at, last_error)
+	VALUES (store_api_token.provider, CASE WHEN problem IS NULL THEN tok END,
+			CASE WHEN problem IS NULL THEN now() + make_interval(secs => ttl::double precision) ELSE now() END, problem)
+	ON CONFLICT ON CONSTRAINT api_tokens_pkey DO UPDATE
+		SET token = excluded.token, expires_at = excluded.expires_at, fetched_at = now(),
+			fetches = t.fetches + 1, last_error = excluded.last_error;
+	RETURN coalesce(problem, 'cached');
+END
+$$;
+COMMENT ON FUNCTION payments.store_api_token(text, integer, text, text) IS
+	'Caches the token a provider''s auth endpoint answered, until a minute before it expires, or records why there is none; used by reconcile';
+
+CREATE FUNCTION payments.claim_reconciliation(max_items integer)
+RETURNS TABLE (check_id bigint, url text, method text, headers text, body text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	pay		record;
+	base	text;
+	tok		payments.api_tokens;
+	req_url	text;
+	req_method text;
+	req_headers text;
+	problem	text;
+	new_id	bigint;
+BEGIN
+	FOR pay IN
+		SELECT p.id, p.provider, p.provider_ref, p.status, p.metadata, v.kind, v.settings
+		  FROM payments.payments p JOIN payments.providers v ON v.name = p.provider
+		 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
+		   AND NOT EXISTS (SELECT FROM payments.reconciliation_checks c
+							WHERE c.payment_id = p.id AND c.started_at > now() - payments.reconcile_after())
+		 ORDER BY p.status_at, p.id
+		 LIMIT max_items
+		   FOR UPDATE OF p SKIP LOCKED		-- held until the claim commits, before any request
+	LOOP
+		base := payments.api_base(pay.kind, pay.settings);
+		req_url := NULL;
+		req_method := 'GET';
+		req_headers := 'Accept: application/json';
+		problem := NULL;
+		IF pay.kind IN ('paypal', 'eversend') THEN
+			SELECT t.* INTO tok FROM payments.api_tokens t WHERE t.provider = pay.provider;
+		END IF;
+		CASE pay.kind
+		WHEN 'paynow' THEN
+			req_url := pay.metadata ->> 'pollurl';
+			req_method := 'POST';
+			req_headers := 'Content-Type: application/x-www-form-urlencoded';
+			IF req_url IS NULL OR req_url !~ '^https?://[^[:space:]]+$' THEN
+				problem := 'the payment has no pollurl';
+			END IF;
+		WHEN 'stripe' THEN
+			req_url := base || '/v1/payment_intents/' || pay.provider_ref;
+			IF pay.provider_ref !~ '^pi_[A-Za-z0-9_]+$' THEN
+				problem := 'only payment intents (pi_...) can be checked';
+			ELSIF NOT pay.settings ? 'api_key' THEN
+				problem := 'the provider has no api_key setting';
+			ELSE
+				req_headers := req_headers || E'\nAuthorization: Bearer ' || (pay.settings ->> 'api_key');
+			END IF;
+		WHEN 'paypal' THEN
+			req_url := base || '/v2/payments/captures/' || coalesce(pay.metadata ->> 'capture_id', '');
+			IF coalesce(pay.metadata ->> 'capture_id', '') !~ '^[A-Za-z0-9_-]+$' THEN
+				problem := 'the payment has no capture_id';
+			END IF;
+		WHEN 'eversend' THEN
+			req_url := base || '/v1/transactions/' || pay.provider_ref;
+			IF pay.provider_ref !~ '^[A-Za-z0-9_-]+$' THEN
+				problem := 'the transaction id cannot be put in a URL';
+			END IF;
+		ELSE
+			req_url := '-';
+			problem := 'providers of kind ' || pay.kind || ' have no API to ask';
+		END CASE;
+		IF problem IS NULL AND pay.kind IN ('paypal', 'eversend') THEN
+			IF NOT pay.settings ? 'client_id' THEN
+				problem := 'the provider has no client_id and client_secret settings';
+			ELSIF tok.token IS NULL OR tok.expires_at <= now() THEN
+				problem := 'no API token: ' || coalesce(tok.last_error, 'not fetched');
+			ELSE
+				req_headers := req_headers || E'\nAuthorization: Bearer ' || tok.token;
+			END IF;
+		END IF;
+
+		INSERT INTO payments.reconciliation_checks AS c (payment_id, provider, request, status_before,
+														 finished_at, outcome, error)
+		VALUES (pay.id, pay.provider, req_method || ' ' || coalesce(req_url, '-'), pay.status,
+				CASE WHEN problem IS NOT NULL THEN now() END, CASE WHEN problem IS NOT NULL THEN 'error' END, problem)
+		RETURNING c.id INTO new_id;
+		IF problem IS NULL THEN
+			check_id := new_id;
+			url := req_url;
+			method := req_method;
+			headers := req_headers;
+			body := CASE WHEN req_method = 'POST' THEN '' END;
+			RETURN NEXT;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
+	'Claims stuck payments not checked within payments.reconcile_after (SKIP LOCKED), records a check for each and returns the request to send; checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+
+CREATE FUNCTION payments.record_reconciliation(check_id bigint, http_status integer, error text, response text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	chk		payments.reconciliation_checks;
+	pay		payments.payments;
+	kind	text;
+	settings jsonb;
+	r		jsonb;
+	raw		text;
+	etype	text;
+	change	payments.payment_change;
+	verdict	text;
+	after	text;
+	result	text;
+	problem	text := error;
+BEGIN
+	SELECT c.* INTO chk FROM payments.reconciliation_checks c WHERE c.id = record_reconciliation.check_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown reconciliation check %', check_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF chk.outcome IS NOT NULL THEN
+		RETURN chk.outcome;
+	END IF;
+	SELECT p.* INTO pay FROM payments.payments p WHERE p.id = chk.payment_id;
+	SELECT v.kind, v.settings INTO kind, settings FROM payments.providers v WHERE v.name = chk.provider;
+
+	IF problem IS NULL AND http_status NOT BETWEEN 200 AND 299 THEN
+		problem := 'HTTP ' || http_status || ': ' || left(coalesce(response, ''), 300);
+		IF http_status = 401 THEN
+			-- the token was refused: the next run fetches a new one
+			DELETE FROM payments.api_tokens t WHERE t.provider = chk.provider;
+		END IF;
+	END IF;
+
+	IF problem IS NULL THEN
+		BEGIN
+			IF kind = 'paynow' THEN
+				r := payments.paynow_form(convert_to(response, 'UTF8'));
+				IF r IS NULL THEN
+					RAISE EXCEPTION 'the poll reply is not a well-formed form';
+				END IF;
+				raw := r ->> 'status';
+				IF lower(raw) = 'error' THEN
+					RAISE EXCEPTION 'Paynow: %', coalesce(r ->> 'error', 'Error');
+				END IF;
+				SELECT payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) INTO verdict
+				  FROM payments.secrets s
+				 WHERE s.provider = chk.provider AND s.revoked_at IS NULL
+				   AND (s.expires_at IS NULL OR s.expires_at > now())
+				 ORDER BY payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) <> 'valid', s.id DESC
+				 LIMIT 1;
+				IF verdict IS DISTINCT FROM 'valid' THEN
+					RAISE EXCEPTION 'hash check failed: %', coalesce(verdict, 'no live integration key');
+				END IF;
+				change := payments.paynow_change(r, settings, now());
+			ELSIF kind = 'stripe' THEN
+				r := response::jsonb;
+				raw := r ->> 'status';
+				etype := CASE
+					WHEN raw = 'succeeded' THEN 'payment_intent.succeeded'
+					WHEN raw = 'canceled' THEN 'payment_intent.canceled'
+					WHEN raw = 'requires_payment_method' AND jsonb_typeof(r -> 'last_payment_error') = 'object'
+						THEN 'payment_intent.payment_failed'
+					WHEN raw IN ('processing', 'requires_payment_method', 'requires_confirmation',
+								 'requires_action', 'requires_capture') THEN 'payment_intent.processing' END;
+				change := payments.stripe_change(jsonb_build_object('type', etype,
+								'created', extract(epoch FROM now()), 'data', jsonb_build_object('object', r)));
+			ELSIF kind = 'paypal' THEN
+				r := response::jsonb;
+				raw := r ->> 'status';
+				-- captured money, refunded since or not: paid (a refund moves it on by its own event)
+				etype := CASE raw
+					WHEN 'COMPLETED' THEN 'PAYMENT.CAPTURE.COMPLETED'
+					WHEN 'PARTIALLY_REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
+					WHEN 'REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
+					WHEN 'PENDING' THEN 'PAYMENT.CAPTURE.PENDING'
+					WHEN 'DECLINED' THEN 'PAYMENT.CAPTURE.DECLINED'
+					WHEN 'FAILED' THEN 'PAYMENT.CAPTURE.DENIED' END;
+				change := payments.paypal_change(jsonb_build_object('event_type', etype, 'resource', r),
+												 chk.provider, now());
+			ELSIF kind = 'eversend' THEN
+				r := response::jsonb;
+				r := CASE WHEN r ? 'transactionId' THEN r
+						  WHEN jsonb_typeof(r -> 'data') = 'object' AND r -> 'data' ? 'transactionId' THEN r -> 'data'
+						  ELSE r -> 'data' -> 'transaction' END;
+				raw := r ->> 'status';
+				change := payments.eversend_change(r, now());
+			END IF;
+			IF change IS NULL OR change.status IS NULL THEN
+				RAISE EXCEPTION 'the reply says no status this version understands (%)', coalesce(raw, 'none');
+			END IF;
+
+			-- the answer is about this payment, which it neither creates nor renames
+			change.provider_ref := pay.provider_ref;
+			change.creates := false;
+			change.status_at := now();
+			result := payments.apply_change(NULL, chk.provider, change);
+			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;
+			UPDATE payments.reconciliation_checks c
+			   SET finished_at = now(), http_status = record_reconciliation.http_status, found_status = raw,
+				   found = jsonb_strip_nulls(jsonb_build_object('status', change.status, 'amount', change.amount,
+																'currency', change.currency)),
+				   status_after = after,
+				   outcome = CASE WHEN after <> chk.status_before THEN 'fixed'
+								  WHEN change.status = chk.status_before THEN 'unchanged'
+								  ELSE 'refused' END
+			 WHERE c.id = chk.id
+			RETURNING c.outcome INTO result;
+			RETURN result;
+		EXCEPTION WHEN others THEN
+			-- nothing the answer did is kept
+			GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+		END;
+	END IF;
+
+	UPDATE payments.reconciliation_checks c
+	   SET finished_at = now(), http_status = record_reconciliation.http_status, found_status = raw,
+		   status_after = pay.status, outcome = 'error', error = problem
+	 WHERE c.id = chk.id;
+	RETURN 'error';
+END
+$$;
+COMMENT ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) IS
+	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
+
+CREATE FUNCTION payments.paynow_form(body bytea)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'paynow_form'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.paynow_form(bytea) IS
+	'The fields of a Paynow urlencoded message (a poll reply) as a JSON object, decoded strictly; NULL if it is not a well-formed form; the hash is checked by verify_paynow';
+
+CREATE PROCEDURE payments.reconcile(max_items integer DEFAULT 50)
+AS 'MODULE_PATHNAME', 'reconcile'
+LANGUAGE C;
+COMMENT ON PROCEDURE payments.reconcile(integer) IS
+	'Checks payments pending longer than payments.reconcile_after with their provider (Paynow poll URL, Stripe payment intent, PayPal capture, Eversend transaction) and applies the answers through the state machine: fetches API tokens, claims and records the checks, commits, asks (libcurl, in parallel), records and commits; CALL it outside a transaction block';
+
+CREATE FUNCTION payments.reconciliation_summary(hours_back integer DEFAULT 24)
+RETURNS TABLE (metric text, provider text, detail text, count bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH w AS (SELECT now() - make_interval(hours => hours_back) AS since)
+	SELECT * FROM (
+		SELECT 'payments'::text, p.provider, p.status, count(*)
+		  FROM payments.payments p, w WHERE p.created_at >= w.since GROUP BY p.provider, p.status
+		UNION ALL
+		SELECT 'stuck_pending', s.provider, NULL, count(*) FROM payments.stuck_payments s GROUP BY s.provider
+		UNION ALL
+		SELECT 'events_' || e.state, e.provider, NULL, count(*)
+		  FROM payments.events e WHERE e.state IN ('pending', 'dead') GROUP BY e.state, e.provider
+		UNION ALL
+		SELECT 'rejections', r.provider, r.reason, count(*)
+		  FROM payments.rejections r, w WHERE r.received_at >= w.since GROUP BY r.provider, r.reason
+		UNION ALL
+		SELECT 'checks', c.provider, coalesce(c.outcome, 'in_flight'), count(*)
+		  FROM payments.reconciliation_checks c, w WHERE c.started_at >= w.since GROUP BY c.provider, c.outcome
+		UNION ALL
+		SELECT 'discrepancies_found', c.provider, NULL, count(*)
+		  FROM payments.reconciliation_checks c, w
+		 WHERE c.started_at >= w.since AND c.found ->> 'status' IS DISTINCT FROM c.status_before
+		   AND c.outcome IN ('fixed', 'refused')
+		 GROUP BY c.provider
+		UNION ALL
+		SELECT 'discrepancies_fixed', c.provider, NULL, count(*)
+		  FROM payments.reconciliation_checks c, w WHERE c.started_at >= w.since AND c.outcome = 'fixed'
+		 GROUP BY c.provider
+		UNION ALL
+		SELECT 'outbox_' || o.state, e.name, NULL, count(*)
+		  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+		 WHERE o.state IN ('pending', 'dead') GROUP BY o.state, e.name
+	) AS t (metric, provider, detail, count)
+	ORDER BY 1, 2, 3
+$$;
+COMMENT ON FUNCTION payments.reconciliation_summary(integer) IS
+	'What on-call reads first: payments created in the last hours_back by provider and status, payments stuck pending, events pending and dead, rejections by reason, reconciliation checks by outcome, discrepancies found and fixed, outbox items pending and dead';
+
+REVOKE ALL ON FUNCTION payments.reconcile_after() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.api_token_requests(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.store_api_token(text, integer, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.claim_reconciliation(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE payments.reconcile(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.reconciliation_summary(integer) FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_checks', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_checks_id_seq', '');
 
 --------------------------------------------------------------------------------------------------
 -- Privileges of the roles: last, so that they cover every object above
@@ -2252,4 +2711,8 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.next_receipt_no(text, date), payments.apply_event(bigint),
 	payments.event_failed(bigint, text), payments.claim_outbox(integer),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
-	payments.enqueue_transition() FROM payments_admin;
+	payments.enqueue_transition(), payments.api_token_requests(integer),
+	payments.store_api_token(text, integer, text, text), payments.claim_reconciliation(integer),
+	payments.record_reconciliation(bigint, integer, text, text) FROM payments_admin;
+-- cached API tokens are bearer credentials: read by the reconciliation run only
+REVOKE SELECT ON payments.api_tokens FROM payments_admin;

@@ -15,6 +15,10 @@ void		_PG_init(void);
 static char *receipt_prefix = NULL;
 static char *receipt_timezone = NULL;
 static char *base_currency = NULL;
+static int	reconcile_after = 900;
+
+/* Total time one reconciliation request may take, in milliseconds (reconcile.c) */
+int			reconcile_timeout_ms = 10000;
 
 /* A receipt prefix is 1 to 10 characters of A-Z and 0-9 */
 static bool
@@ -81,5 +85,19 @@ _PG_init(void)
 							   "USD",
 							   PGC_USERSET, 0,
 							   CheckBaseCurrency, NULL, NULL);
+	DefineCustomIntVariable("payments.reconcile_after",
+							gettext_noop("How long a payment stays pending before payments.reconcile asks its provider, and how often it asks again."),
+							NULL,
+							&reconcile_after,
+							900, 1, 30 * 86400,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("payments.reconcile_timeout",
+							gettext_noop("Total time one reconciliation request to a provider may take."),
+							gettext_noop("The connection itself may take at most a third of it."),
+							&reconcile_timeout_ms,
+							10000, 100, 300000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("payments");
 }

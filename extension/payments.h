@@ -231,7 +231,9 @@ typedef struct OutboundRequest
 	long		connect_timeout_ms;
 	long		timeout_ms;
 	int			max_response;
-	char	   *response;		/* OUTBOUND_RESPONSE_KEPT + 1 bytes */
+	bool		get;			/* GET instead of POST (body unused) */
+	size_t		response_keep;	/* bytes of the response kept; 0: OUTBOUND_RESPONSE_KEPT */
+	char	   *response;		/* response_keep (or OUTBOUND_RESPONSE_KEPT) + 1 bytes */
 	/* outcome */
 	bool		done;
 	long		http_status;	/* 0: no response */
@@ -245,5 +247,11 @@ typedef struct OutboundRequest
 } OutboundRequest;
 
 extern bool SendOutboundBatch(OutboundRequest *reqs, int n);
+
+/* reconcile.c: the largest provider reply read when reconciling */
+#define RECONCILE_MAX_RESPONSE (64 * 1024)
+
+/* payments.c: the setting payments.reconcile_timeout */
+extern int	reconcile_timeout_ms;
 
 #endif							/* PAYMENTS_H */

@@ -1,0 +1,214 @@
+// Reconciliation end to end: payments stuck in pending are checked against local stand-ins for
+// the Paynow poll URL, the Stripe, PayPal (OAuth) and Eversend (token) APIs; answers move them
+// through the state machine; hash failures, 4xx/5xx and timeouts are recorded and change nothing;
+// API tokens are cached.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { createHash } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join } from 'node:path';
+import { Cluster, sleep } from './harness.mjs';
+
+const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const PAYNOW_KEY = '3E9FED89-60E1-4CE5-AB6E-6B1EB2D4F977';
+let db;
+let api;
+
+// Paynow's hash: SHA-512 of the values in order and the lower-cased key, upper-case hex
+function paynowReply(fields, key = PAYNOW_KEY) {
+	const hash = createHash('sha512').update(Object.values(fields).join('') + key.toLowerCase())
+		.digest('hex').toUpperCase();
+	return new URLSearchParams({ ...fields, hash }).toString();
+}
+
+// The stand-in: one server for every provider, routes by path; counts token requests
+async function startApi() {
+	const a = { tokens: { paypal: 0, eversend: 0 }, seen: [], sockets: new Set() };
+	const json = (res, status, obj) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(obj));
+	a.server = createServer((req, res) => {
+		let body = '';
+		req.on('data', (d) => { body += d; });
+		req.on('end', () => {
+			const u = req.url;
+			a.seen.push(`${req.method} ${u}`);
+			if (req.method === 'POST' && u === '/paynow/poll/good') {
+				return res.writeHead(200).end(paynowReply({ reference: 'R1', paynowreference: 'PN1', amount: '5.00',
+					status: 'Paid', pollurl: `${a.base}/paynow/poll/good` }));
+			}
+			if (req.method === 'POST' && u === '/paynow/poll/bad') {
+				return res.writeHead(200).end(paynowReply({ reference: 'R2', paynowreference: 'PN2', amount: '5.00',
+					status: 'Paid' }, '00000000-0000-0000-0000-000000000000'));
+			}
+			if (req.method === 'GET' && u.startsWith('/stripe/v1/payment_intents/')) {
+				if (req.headers.authorization !== 'Bearer sk_test_recon') return json(res, 401, { error: { type: 'auth' } });
+				const id = u.split('/').pop();
+				if (id === 'pi_500') return json(res, 500, { error: { message: 'boom' } });
+				if (id === 'pi_404') return json(res, 404, { error: { message: 'No such payment_intent' } });
+				if (id === 'pi_slow') return;	// never answers: the request times out
+				return json(res, 200, { id, object: 'payment_intent', amount: 2500, amount_received: 2500,
+					currency: 'usd', status: id === 'pi_fail' ? 'canceled' : 'succeeded', client_secret: 'pi_secret_x' });
+			}
+			if (req.method === 'POST' && u === '/paypal/v1/oauth2/token') {
+				a.tokens.paypal++;
+				const ok = req.headers.authorization === `Basic ${Buffer.from('ppid:ppsecret').toString('base64')}`
+					&& body === 'grant_type=client_credentials';
+				return ok ? json(res, 200, { access_token: 'PPTOKEN', token_type: 'Bearer', expires_in: 32400 })
+					: json(res, 401, { error: 'invalid_client' });
+			}
+			if (req.method === 'GET' && u.startsWith('/paypal/v2/payments/captures/')) {
+				if (req.headers.authorization !== 'Bearer PPTOKEN') return json(res, 401, { error: 'invalid_token' });
+				const id = u.split('/').pop();
+				return json(res, 200, { id, status: 'COMPLETED', amount: { currency_code: 'USD', value: '30.00' },
+					supplementary_data: { related_ids: { order_id: `ORDER-${id}` } } });
+			}
+			if (req.method === 'GET' && u === '/eversend/v1/auth/token') {
+				a.tokens.eversend++;
+				const ok = req.headers.clientid === 'evid' && req.headers.clientsecret === 'evsecret';
+				return ok ? json(res, 200, { status: 200, token: 'EVTOKEN' }) : json(res, 401, { message: 'bad client' });
+			}
+			if (req.method === 'GET' && u.startsWith('/eversend/v1/transactions/')) {
+				if (req.headers.authorization !== 'Bearer EVTOKEN') return json(res, 401, { message: 'bad token' });
+				const id = u.split('/').pop();
+				return json(res, 200, { code: 200, data: { transactionId: id, type: 'collection', amount: '50000',
+					currency: 'UGX', status: id === 'EVS2' ? 'failed' : 'successful' } });
+			}
+			json(res, 404, { error: 'no route' });
+		});
+	});
+	a.server.on('connection', (s) => { a.sockets.add(s); s.on('close', () => a.sockets.delete(s)); });
+	await new Promise((resolve) => a.server.listen(0, '127.0.0.1', resolve));
+	a.base = `http://127.0.0.1:${a.server.address().port}`;
+	return a;
+}
+
+
+// Runs reconciliation in its own session without blocking this process (the stand-in answers
+// meanwhile), with the settings of the test: checked after 1 s, requests time out after 1.5 s
+function runReconcile() {
+	return new Promise((resolve, reject) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+			'-p', String(db.port), '-U', 'postgres', '-d', 'payments'], (err, stdout, stderr) =>
+			(err ? reject(new Error(stderr || err.message)) : resolve(stdout)));
+		child.stdin.end(`SET payments.reconcile_after = '1s';
+			SET payments.reconcile_timeout = '1500ms';
+			CALL payments.reconcile(50);\n`);
+	});
+}
+
+function stuck(provider, ref, metadata = {}) {
+	db.psqlVars(`INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata)
+		VALUES (:'p', :'r', 'pending', 5, 'USD', now() - interval '1 hour', :'m'::jsonb)`,
+	{ p: provider, r: ref, m: JSON.stringify(metadata) });
+}
+
+const status = (ref) => db.psqlVars(`SELECT status FROM payments.payments WHERE provider_ref = :'r'`, { r: ref });
+const lastCheck = (ref) => db.psqlVars(`SELECT concat_ws('|', c.outcome, c.found_status, c.http_status, c.error)
+	FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+	WHERE p.provider_ref = :'r' ORDER BY c.id DESC LIMIT 1`, { r: ref });
+
+before(async () => {
+	api = await startApi();
+	db = new Cluster();
+	await db.init();
+	db.psql(`SELECT payments.register_provider('pn', 'paynow');
+		SELECT payments.add_secret('pn', '${PAYNOW_KEY}');
+		SELECT payments.register_provider('st', 'stripe', '{"api_key": "sk_test_recon", "api_base": "${api.base}/stripe"}');
+		SELECT payments.register_provider('pp', 'paypal', '{"webhook_id": "WH1", "client_id": "ppid",
+			"client_secret": "ppsecret", "api_base": "${api.base}/paypal"}');
+		SELECT payments.register_provider('ev', 'eversend', '{"client_id": "evid", "client_secret": "evsecret",
+			"api_base": "${api.base}/eversend"}');`);
+});
+
+after(async () => {
+	for (const s of api?.sockets ?? []) s.destroy();
+	api?.server.close();
+	db?.destroy();
+});
+
+test('each provider path moves a stuck payment; failures are recorded and change nothing', async () => {
+	stuck('pn', 'PN1', { pollurl: `${api.base}/paynow/poll/good` });
+	stuck('pn', 'PN2', { pollurl: `${api.base}/paynow/poll/bad` });
+	stuck('st', 'pi_ok');
+	stuck('st', 'pi_fail');
+	stuck('st', 'pi_500');
+	stuck('st', 'pi_404');
+	stuck('st', 'pi_slow');
+	stuck('pp', 'ORDER1', { capture_id: 'CAP1' });
+	stuck('ev', 'EVS1');
+	stuck('ev', 'EVS2');
+	stuck('pn', 'RECENT', { pollurl: `${api.base}/paynow/poll/good` });
+	db.psql(`UPDATE payments.payments SET status_at = now() + interval '1 hour' WHERE provider_ref = 'RECENT'`);
+
+	const started = Date.now();
+	await runReconcile();
+	assert.ok(Date.now() - started < 10000, 'the slow request timed out');
+
+	assert.equal(status('PN1'), 'paid');
+	assert.equal(lastCheck('PN1'), 'fixed|Paid|200');
+	assert.equal(status('pi_ok'), 'paid');
+	assert.equal(lastCheck('pi_ok'), 'fixed|succeeded|200');
+	assert.equal(status('pi_fail'), 'cancelled');
+	assert.equal(status('ORDER1'), 'paid');
+	assert.equal(lastCheck('ORDER1'), 'fixed|COMPLETED|200');
+	assert.equal(status('EVS1'), 'paid');
+	assert.equal(status('EVS2'), 'failed');
+	assert.equal(lastCheck('EVS2'), 'fixed|failed|200');
+
+	for (const ref of ['PN2', 'pi_500', 'pi_404', 'pi_slow']) assert.equal(status(ref), 'pending', ref);
+	assert.match(lastCheck('PN2'), /^error\|Paid\|200\|hash check failed: /);
+	assert.match(lastCheck('pi_500'), /^error\|500\|HTTP 500: /);
+	assert.match(lastCheck('pi_404'), /^error\|404\|HTTP 404: /);
+	assert.match(lastCheck('pi_slow'), /^error\|timeout: /);
+	// not stuck long enough: not asked
+	assert.equal(lastCheck('RECENT'), '');
+	assert.ok(!api.seen.some((s) => s.includes('RECENT')));
+
+	// through the state machine: history without an event, a receipt for the paid ones
+	assert.equal(db.psql(`SELECT count(*) FROM payments.status_history h JOIN payments.payments p ON p.id = h.payment_id
+		WHERE h.event_id IS NULL AND h.from_status = 'pending' AND p.provider_ref IN ('PN1', 'pi_ok', 'ORDER1', 'EVS1')`), '4');
+	assert.equal(db.psql(`SELECT count(*) FROM payments.payments WHERE provider_ref IN ('PN1', 'pi_ok', 'ORDER1', 'EVS1')
+		AND receipt_no IS NOT NULL`), '4');
+	// no credential is recorded
+	assert.equal(db.psql(`SELECT count(*) FROM payments.reconciliation_checks
+		WHERE request || coalesce(error, '') ~ '(sk_test|PPTOKEN|EVTOKEN|ppsecret|evsecret|pi_secret)'`), '0');
+	assert.deepEqual(api.tokens, { paypal: 1, eversend: 1 });
+});
+
+test('tokens are cached until they expire; a checked payment is asked again after reconcile_after', async () => {
+	stuck('pp', 'ORDER2', { capture_id: 'CAP2' });
+	stuck('ev', 'EVS3');
+	await sleep(1100);
+	await runReconcile();
+	assert.equal(status('ORDER2'), 'paid');
+	assert.equal(status('EVS3'), 'paid');
+	assert.deepEqual(api.tokens, { paypal: 1, eversend: 1 });
+	assert.equal(db.psql(`SELECT count(*) FROM payments.reconciliation_checks c JOIN payments.payments p
+		ON p.id = c.payment_id WHERE p.provider_ref = 'pi_500'`), '2');
+	// an expired token is fetched again
+	db.psql(`UPDATE payments.api_tokens SET expires_at = now() - interval '1 second' WHERE provider = 'pp'`);
+	stuck('pp', 'ORDER3', { capture_id: 'CAP3' });
+	await runReconcile();
+	assert.equal(status('ORDER3'), 'paid');
+	assert.equal(api.tokens.paypal, 2);
+});
+
+test('the summary and the job', async () => {
+	const summary = db.psql(`SELECT metric || '|' || provider || '|' || coalesce(detail, '') || '|' || count
+		FROM payments.reconciliation_summary(24) WHERE metric IN ('discrepancies_fixed', 'stuck_pending') ORDER BY 1`);
+	assert.match(summary, /discrepancies_fixed\|ev\|\|3/);
+	assert.match(summary, /discrepancies_fixed\|pp\|\|3/);
+	assert.match(summary, /stuck_pending\|st\|\|3/);
+	// the pg_cron job runs reconciliation under its advisory lock (key 4)
+	const out = await new Promise((resolve, reject) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+			'-p', String(db.port), '-U', 'postgres', '-d', 'payments'], (err, stdout, stderr) =>
+			(err ? reject(new Error(stderr || err.message)) : resolve(stdout + stderr)));
+		child.stdin.end(`SET payments.reconcile_after = '1s';
+			SET payments.reconcile_timeout = '1500ms';
+			CALL payments.run_job('reconcile', 10);\n`);
+	});
+	assert.equal(out.trim(), '');
+	assert.equal(db.psql(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4`), '0');
+});

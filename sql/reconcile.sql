@@ -1,0 +1,79 @@
+-- Reconciliation without the network: settings, the selection of stuck payments, the requests
+-- built for each provider, token caching, recording answers, the summary.
+\set SHOW_CONTEXT never
+
+-- API settings are validated
+SELECT payments.register_provider('rc_stripe', 'stripe', '{"api_key": "sk_test_abc", "api_base": "http://127.0.0.1:9/"}');
+SELECT payments.register_provider('rc_bad', 'stripe', '{"api_key": "whsec_abc"}');
+SELECT payments.register_provider('rc_bad', 'stripe', '{"api_base": "ftp://example.com"}');
+SELECT payments.register_provider('rc_bad', 'stripe', '{"api_key": "sk_test with space"}');
+SELECT payments.register_provider('rc_bad', 'eversend', '{"client_id": "abc"}');
+SELECT payments.register_provider('rc_bad', 'eversend', '{"api_token": "abc"}');
+SELECT payments.register_provider('rc_paypal', 'paypal',
+	'{"webhook_id": "WH1", "client_id": "cid", "client_secret": "csecret", "api_base": "http://127.0.0.1:9"}');
+SELECT payments.register_provider('rc_ever', 'eversend', '{"client_id": "eid", "client_secret": "esecret"}');
+SELECT payments.register_provider('rc_paynow', 'paynow');
+SELECT kind, payments.api_base(kind, '{}') FROM payments.provider_kinds
+ WHERE kind IN ('stripe', 'paypal', 'eversend', 'paynow') ORDER BY kind;
+
+-- the setting: 15 minutes unless set
+SELECT payments.reconcile_after();
+SET payments.reconcile_after = '10min';
+SELECT payments.reconcile_after();
+SET payments.reconcile_after = '5min';
+
+-- stuck: pending for longer than reconcile_after; not recent ones, not paid ones
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
+	('rc_stripe', 'pi_old', 'pending', 10, 'USD', now() - interval '20 minutes', '{}'),
+	('rc_stripe', 'pi_new', 'pending', 10, 'USD', now() - interval '1 minute', '{}'),
+	('rc_stripe', 'pi_paid', 'paid', 10, 'USD', now() - interval '20 minutes', '{}'),
+	('rc_stripe', 'cs_session', 'pending', 10, 'USD', now() - interval '30 minutes', '{}'),
+	('rc_paypal', 'ORDER1', 'pending', 30, 'USD', now() - interval '20 minutes', '{"capture_id": "CAP1"}'),
+	('rc_ever', 'EVS1', 'pending', 500, 'UGX', now() - interval '20 minutes', '{}'),
+	('rc_paynow', '9510', 'pending', 5, 'USD', now() - interval '20 minutes', '{"pollurl": "http://127.0.0.1:9/poll?guid=1"}'),
+	('rc_paynow', '9511', 'pending', 5, 'USD', now() - interval '20 minutes', '{}');
+SELECT provider, kind, provider_ref, last_checked_at IS NULL AS never_checked
+  FROM payments.stuck_payments WHERE provider LIKE 'rc\_%' ORDER BY provider, provider_ref;
+
+-- tokens first: PayPal client credentials (Basic), Eversend clientId/clientSecret headers
+SELECT provider, method, url, headers, body FROM payments.api_token_requests() WHERE provider LIKE 'rc\_%' ORDER BY provider;
+SELECT payments.store_api_token('rc_paypal', 200, NULL, '{"access_token": "A21AA", "token_type": "Bearer", "expires_in": 32400}');
+SELECT payments.store_api_token('rc_ever', 500, NULL, 'oops');
+SELECT provider, token, expires_at > now() + interval '8 hours' AS cached_long, last_error
+  FROM payments.api_tokens WHERE provider LIKE 'rc\_%' ORDER BY provider;
+SELECT provider FROM payments.api_token_requests() WHERE provider LIKE 'rc\_%';
+
+-- the claim: one request per checkable payment; the others recorded as errors at once
+-- (other tests' payments are claimed too: only ours are shown)
+SELECT url, method, headers, body FROM payments.claim_reconciliation(50) WHERE url LIKE 'http://127.0.0.1:9/%' ORDER BY url;
+SELECT provider, request, outcome, error FROM payments.reconciliation_checks
+ WHERE outcome = 'error' AND provider LIKE 'rc\_%' ORDER BY provider, request;
+-- checked: not claimed again within reconcile_after
+SELECT count(*) FROM payments.claim_reconciliation(50) WHERE url LIKE 'http://127.0.0.1:9/%';
+
+-- answers go through the state machine; errors change nothing
+SELECT payments.record_reconciliation(c.id, 200, NULL,
+	'{"id": "pi_old", "object": "payment_intent", "status": "succeeded", "amount": 1000, "amount_received": 1000, "currency": "usd"}')
+  FROM payments.reconciliation_checks c WHERE c.request LIKE '%pi_old';
+SELECT payments.record_reconciliation(c.id, 500, NULL, '{"error": "boom"}')
+  FROM payments.reconciliation_checks c WHERE c.request LIKE '%CAP1';
+SELECT payments.record_reconciliation(c.id, 200, NULL, 'status=Paid&paynowreference=9510&hash=00')
+  FROM payments.reconciliation_checks c WHERE c.request LIKE '%poll%';
+SELECT provider_ref, status, receipt_no IS NOT NULL AS has_receipt FROM payments.payments
+ WHERE provider_ref IN ('pi_old', 'ORDER1', '9510') ORDER BY provider_ref;
+SELECT provider, http_status, found_status, found, status_before, status_after, outcome, error
+  FROM payments.reconciliation_checks WHERE finished_at IS NOT NULL AND http_status IS NOT NULL AND provider LIKE 'rc\_%'
+ ORDER BY provider;
+SELECT from_status, to_status, event_id FROM payments.status_history h JOIN payments.payments p ON p.id = h.payment_id
+ WHERE p.provider_ref = 'pi_old' ORDER BY h.id;
+
+-- the summary
+SELECT * FROM payments.reconciliation_summary(24) WHERE provider LIKE 'rc\_%';
+
+-- a procedure that commits: not inside a transaction block
+BEGIN;
+CALL payments.reconcile();
+ROLLBACK;
+CALL payments.run_job('nope');
+SELECT jobname, schedule, command FROM payments.cron_jobs() ORDER BY 1;
+RESET payments.reconcile_after;

@@ -1893,6 +1893,37 @@ CREATE CONSTRAINT TRIGGER status_history_outbox
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_transition();
 
+CREATE FUNCTION payments.enqueue_event()
+RETURNS trigger
+LANGUAGE plpgsql
+-- deferred to commit like enqueue_transition, and for the same reason a definer
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	etype	text := 'event.' || NEW.provider || '.' || coalesce(NEW.event_type, 'unknown');
+BEGIN
+	-- raw events only go where they were asked for by name: NULL (all) means payment changes
+	INSERT INTO payments.outbox (endpoint_id, event_type, payload)
+	SELECT e.id, etype, jsonb_build_object(
+			'type', etype,
+			'timestamp', to_char(NEW.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+			'data', jsonb_build_object(
+				'provider', NEW.provider, 'event_id', NEW.event_id, 'event_type', NEW.event_type,
+				'event_at', NEW.event_at, 'received_at', NEW.received_at, 'payload', NEW.payload))
+	  FROM payments.endpoints e
+	 WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.enqueue_event() IS
+	'Trigger: queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* …)';
+
+CREATE CONSTRAINT TRIGGER events_outbox
+	AFTER INSERT ON payments.events
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
+
 CREATE FUNCTION payments.claim_outbox(max_items integer)
 RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
 			   ca_file text, connect_timeout_ms integer, timeout_ms integer, max_response_bytes integer)
@@ -2235,6 +2266,7 @@ REVOKE ALL ON FUNCTION payments.replay_dead(text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.add_endpoint(text, text, text, text[], text, integer, integer, integer, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enable_endpoint(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_transition() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.enqueue_event() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.claim_outbox(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer) FROM PUBLIC;

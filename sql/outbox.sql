@@ -1,0 +1,37 @@
+-- Outbound queue: payment changes go to every endpoint that takes their type; raw events only
+-- to endpoints that ask for them by name (event.<provider>.<type>), in the same transaction.
+\set SHOW_CONTEXT never
+SELECT payments.register_provider('ob', 'stripe');
+SELECT payments.add_secret('ob', 'whsec_ob') IS NOT NULL AS added;
+SELECT payments.add_endpoint('all-payments', 'https://crm.example/hooks', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') IS NOT NULL AS added;
+SELECT payments.add_endpoint('paid-only', 'https://crm.example/paid', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{payment.paid}') IS NOT NULL AS added;
+SELECT payments.add_endpoint('raw-stripe', 'https://audit.example/raw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{event.ob.*}') IS NOT NULL AS added;
+SELECT payments.add_endpoint('raw-refunds', 'https://audit.example/refunds', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{event.ob.charge.refunded,payment.refunded}') IS NOT NULL AS added;
+
+CREATE FUNCTION pg_temp.deliver(body text) RETURNS text LANGUAGE sql AS $$
+	WITH b AS (SELECT convert_to(body, 'UTF8') AS b, floor(extract(epoch FROM clock_timestamp()))::bigint AS t)
+	SELECT i.outcome FROM b, payments.ingest('ob', jsonb_build_object('stripe-signature',
+		't=' || t || ',v1=' || encode(hmac(convert_to(t || '.', 'UTF8') || b, 'whsec_ob'::bytea, 'sha256'), 'hex')), b) i
+$$;
+SELECT pg_temp.deliver('{"id":"evt_ob1","type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_ob","amount":500,"currency":"usd"}}}');
+SELECT pg_temp.deliver('{"id":"evt_ob2","type":"charge.refunded","created":1718000100,"data":{"object":{"id":"ch_ob","payment_intent":"pi_ob","amount":500,"amount_refunded":500,"currency":"usd"}}}');
+SELECT pg_temp.deliver('{"id":"evt_ob3","type":"customer.created","created":1718000200,"data":{"object":{"id":"cus_1"}}}');
+SELECT e.name, o.event_type,
+	   CASE WHEN o.event_type LIKE 'event.%' THEN o.payload -> 'data' ->> 'event_id'
+			ELSE o.payload -> 'data' ->> 'provider_ref' END AS about,
+	   o.payload -> 'data' -> 'payload' ->> 'type' AS raw_type, o.payload -> 'data' ->> 'to_status' AS to_status
+  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+ ORDER BY e.name, o.id;
+-- a redelivery stores nothing, so queues nothing
+SELECT pg_temp.deliver('{"id":"evt_ob3","type":"customer.created","created":1718000200,"data":{"object":{"id":"cus_1"}}}');
+SELECT count(*) AS queued FROM payments.outbox;
+-- a disabled endpoint gets nothing new
+SELECT payments.enable_endpoint('raw-stripe', false);
+SELECT pg_temp.deliver('{"id":"evt_ob4","type":"customer.updated","created":1718000300,"data":{"object":{"id":"cus_1"}}}');
+SELECT count(*) AS queued FROM payments.outbox;
+
+DELETE FROM payments.outbox;
+DELETE FROM payments.endpoints;
+DELETE FROM payments.payments WHERE provider = 'ob';
+DELETE FROM payments.events WHERE provider = 'ob';
+DELETE FROM payments.providers WHERE name = 'ob';

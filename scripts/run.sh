@@ -91,7 +91,7 @@ payments is running
 
 Send a signed test event (paste into another terminal):
 
-  body='{"id":"evt_demo_'\$(date +%s%N)'","object":"event","type":"payment_intent.succeeded","created":'\$(date +%s)',"data":{"object":{"id":"pi_demo","amount":2500,"currency":"usd"}}}'; t=\$(date +%s); sig=\$(printf '%s.%s' "\$t" "\$body" | openssl dgst -sha256 -hmac '$secret' -r | cut -d' ' -f1); curl -sS -i http://$listen/webhooks/demo -H 'Content-Type: application/json' -H "Stripe-Signature: t=\$t,v1=\$sig" --data-binary "\$body"
+  body='{"id":"evt_demo_'\$(date +%s%N)'","object":"event","type":"payment_intent.succeeded","created":'\$(date +%s)',"data":{"object":{"id":"pi_demo_'\$(date +%s%N)'","amount":2500,"currency":"usd"}}}'; t=\$(date +%s); sig=\$(printf '%s.%s' "\$t" "\$body" | openssl dgst -sha256 -hmac '$secret' -r | cut -d' ' -f1); curl -sS -i http://$listen/webhooks/demo -H 'Content-Type: application/json' -H "Stripe-Signature: t=\$t,v1=\$sig" --data-binary "\$body"
 
 Then look at it:
 

@@ -185,3 +185,23 @@ BodyDigestId(bytea *body)
 	return psprintf("sha256:%s", EncodeHex((unsigned char *) VARDATA_ANY(bytes),
 										   VARSIZE_ANY_EXHDR(bytes)));
 }
+
+/*
+ * The event id a provider puts in a top-level string member: returns it, or
+ * NULL after marking the list invalid (missing_event_id) when it is absent,
+ * not a string, empty, or longer than we store.
+ */
+char *
+RequiredEventId(Jsonb *payload, const char *key, const char *provider_label, EventList *events)
+{
+	char	   *event_id = JsonbTopString(payload, key);
+
+	if (event_id == NULL || event_id[0] == '\0' || strlen(event_id) > PAYMENTS_MAX_EVENT_ID)
+	{
+		InvalidEvents(events, "missing_event_id",
+					  psprintf("a %s event needs a string \"%s\" of 1 to %d characters",
+							   provider_label, key, PAYMENTS_MAX_EVENT_ID));
+		return NULL;
+	}
+	return event_id;
+}

@@ -37,22 +37,6 @@ static SPIPlanPtr rejection_plan = NULL;
 static SPIPlanPtr apply_plan = NULL;
 static SPIPlanPtr apply_failed_plan = NULL;
 
-/* Prepares a statement once per backend and keeps it */
-static SPIPlanPtr
-PreparePlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, argtypes);
-
-		if (prepared == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(prepared);
-		*plan = prepared;
-	}
-	return *plan;
-}
-
 /* Loads a provider with its live secrets; false if there is no such provider */
 static bool
 LoadProvider(text *name, Provider *provider)
@@ -68,7 +52,7 @@ LoadProvider(text *name, Provider *provider)
 	Datum	   *elems;
 	int			nelems;
 
-	plan = PreparePlan(&provider_plan,
+	plan = KeptPlan(&provider_plan,
 					   "SELECT p.kind, p.settings,"
 					   "       coalesce((p.settings ->> 'tolerance')::pg_catalog.int4, "
 					   CppAsString2(PAYMENTS_DEFAULT_TOLERANCE) "),"
@@ -128,7 +112,7 @@ RecordRejection(const Delivery *delivery, const char *outcome, const char *reaso
 	char		nulls[8] = "        ";
 	SPIPlanPtr	plan;
 
-	plan = PreparePlan(&rejection_plan,
+	plan = KeptPlan(&rejection_plan,
 					   "INSERT INTO payments.rejections"
 					   " (provider, outcome, reason, detail, source_ip, request_id,"
 					   "  body_sha256, body_size, headers)"
@@ -165,7 +149,7 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 	SPIPlanPtr	plan;
 	bool		isnull;
 
-	plan = PreparePlan(&event_plan,
+	plan = KeptPlan(&event_plan,
 					   "INSERT INTO payments.events"
 					   " (provider, event_id, event_type, event_at, body, payload, headers,"
 					   "  source_ip, request_id, state)"
@@ -208,7 +192,7 @@ ApplyEventStep(void *arg)
 	EventApplication *application = arg;
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(application->event_row)};
-	SPIPlanPtr	plan = PreparePlan(&apply_plan, "SELECT payments.apply_event($1)", 1, argtypes);
+	SPIPlanPtr	plan = KeptPlan(&apply_plan, "SELECT payments.apply_event($1)", 1, argtypes);
 
 	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not apply event");
@@ -234,7 +218,7 @@ ApplyStoredEvent(int64 event_row)
 
 	errargs[0] = Int64GetDatum(event_row);
 	errargs[1] = CStringGetTextDatum(error);
-	if (SPI_execute_plan(PreparePlan(&apply_failed_plan, "SELECT payments.event_failed($1, $2)",
+	if (SPI_execute_plan(KeptPlan(&apply_failed_plan, "SELECT payments.event_failed($1, $2)",
 									 2, errtypes),
 						 errargs, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not record a failed event");

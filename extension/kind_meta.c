@@ -136,17 +136,9 @@ ExtractMetaEvents(const Provider *provider, const Delivery *delivery, EventList 
 
 	if (payload == NULL)
 		return;
-	if (meta_events_plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(META_EVENTS_SQL, 1, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		meta_events_plan = plan;
-	}
 	args[0] = JsonbPGetDatum(payload);
-	if (SPI_execute_plan(meta_events_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(KeptPlan(&meta_events_plan, META_EVENTS_SQL, 1, argtypes),
+						 args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not split a Meta delivery");
 
 	if (SPI_processed == 0)

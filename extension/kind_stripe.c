@@ -183,14 +183,9 @@ ExtractStripeEvent(const Provider *provider, const Delivery *delivery, EventList
 
 	if (payload == NULL)
 		return;
-	event_id = JsonbTopString(payload, "id");
-	if (event_id == NULL || event_id[0] == '\0' || strlen(event_id) > PAYMENTS_MAX_EVENT_ID)
-	{
-		InvalidEvents(events, "missing_event_id",
-					  pstrdup("a Stripe event needs a string \"id\" of 1 to "
-							  CppAsString2(PAYMENTS_MAX_EVENT_ID) " characters"));
+	event_id = RequiredEventId(payload, "id", "Stripe", events);
+	if (event_id == NULL)
 		return;
-	}
 	SingleEvent(events, event_id, payload);
 	events->events[0].have_event_at = JsonbTopUnixTime(payload, "created",
 													   &events->events[0].event_at);

@@ -198,6 +198,10 @@ extern void VerifyStandard(const char *body, int bodylen,
 extern char *PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict);
 extern const char *PayPalCertHostProblem(const char *entry);
 
+/* spi_plans.c (needs executor/spi.h) */
+struct _SPI_plan;
+extern struct _SPI_plan *KeptPlan(struct _SPI_plan **plan, const char *sql, int nargs, Oid *argtypes);
+
 /* subtransaction.c */
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);
 
@@ -206,6 +210,8 @@ extern Jsonb *ParseEventBody(const char *body, int len, char **error);
 extern Jsonb *ParseJsonDelivery(const Delivery *delivery, EventList *events);
 extern void SingleEvent(EventList *events, char *event_id, Jsonb *payload);
 extern void InvalidEvents(EventList *events, const char *reason, char *detail);
+extern char *RequiredEventId(Jsonb *payload, const char *key, const char *provider_label,
+							 EventList *events);
 extern char *BodyDigestId(bytea *body);
 extern char *JsonbTopString(Jsonb *jb, const char *key);
 extern bool JsonbTopUnixTime(Jsonb *jb, const char *key, TimestampTz *result);

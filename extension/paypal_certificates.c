@@ -569,22 +569,6 @@ FetchCertificate(const char *url, const char *ca_file, FetchBuffer *buf,
 				   errbuf[0] ? errbuf : curl_easy_strerror(rc));
 }
 
-/* Prepares a statement once per backend and keeps it (inside an SPI connection) */
-static SPIPlanPtr
-PrepareCertPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, argtypes);
-
-		if (prepared == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(prepared);
-		*plan = prepared;
-	}
-	return *plan;
-}
-
 /* The cached PEM for a URL, palloc'd in the caller's context, or NULL */
 static char *
 LookupCertificate(const char *url)
@@ -596,7 +580,7 @@ LookupCertificate(const char *url)
 	args[0] = CStringGetTextDatum(url);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_plan(PrepareCertPlan(&lookup_plan,
+	if (SPI_execute_plan(KeptPlan(&lookup_plan,
 										 "SELECT pem FROM payments.certificates WHERE url = $1",
 										 1, argtypes),
 						 args, NULL, true, 1) != SPI_OK_SELECT)
@@ -635,7 +619,7 @@ StoreCertificate(const char *url, const char *pem, bool have_not_after, Timestam
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (seeded)
-		plan = PrepareCertPlan(&seed_plan,
+		plan = KeptPlan(&seed_plan,
 							   "INSERT INTO payments.certificates AS c (url, pem, not_after, source)"
 							   " VALUES ($1, $2, $3, 'seeded')"
 							   " ON CONFLICT (url) DO UPDATE SET pem = excluded.pem,"
@@ -643,7 +627,7 @@ StoreCertificate(const char *url, const char *pem, bool have_not_after, Timestam
 							   "   added_at = pg_catalog.now()",
 							   3, argtypes);
 	else
-		plan = PrepareCertPlan(&cache_plan,
+		plan = KeptPlan(&cache_plan,
 							   "INSERT INTO payments.certificates (url, pem, not_after, source)"
 							   " VALUES ($1, $2, $3, 'fetched') ON CONFLICT (url) DO NOTHING",
 							   3, argtypes);

@@ -1347,6 +1347,11 @@ RETURNS TABLE (currency text, paid bigint, gross numeric, fees numeric, refunded
 			   failed bigint, pending bigint, base_currency text, base_net numeric, days_without_rate bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- a year of payments is read in parallel: the planner underestimates the rows of a time range
+-- on coalesce(paid_at, created_at) a hundredfold and would otherwise not use workers
+SET parallel_setup_cost = 0
+SET parallel_tuple_cost = 0
+SET min_parallel_table_scan_size = 0
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1388,6 +1393,11 @@ CREATE FUNCTION payments.base_totals(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (base_currency text, base_net numeric, complete boolean, missing text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+-- a year of payments is read in parallel: the planner underestimates the rows of a time range
+-- on coalesce(paid_at, created_at) a hundredfold and would otherwise not use workers
+SET parallel_setup_cost = 0
+SET parallel_tuple_cost = 0
+SET min_parallel_table_scan_size = 0
 AS $$
 	SELECT payments.base_currency(), coalesce(sum(s.base_net), 0),
 		   coalesce(bool_and(s.days_without_rate = 0), true),
@@ -1403,6 +1413,11 @@ RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees nume
 			   net numeric, failed bigint, share numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- a year of payments is read in parallel: the planner underestimates the rows of a time range
+-- on coalesce(paid_at, created_at) a hundredfold and would otherwise not use workers
+SET parallel_setup_cost = 0
+SET parallel_tuple_cost = 0
+SET min_parallel_table_scan_size = 0
 AS $$
 #variable_conflict use_column
 BEGIN

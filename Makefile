@@ -6,7 +6,7 @@
 #   make e2e        end-to-end tests: real cluster, real shim, official SDKs
 #   make test       install what is missing, build, install, run every test
 #   make run        the product, locally, in the foreground
-#   make bench      benchmarks (report queries on generated data)
+#   make bench      benchmarks (webhook throughput vs pgbench, then report queries on generated data)
 #   make clean
 
 EXTENSION = payments
@@ -92,6 +92,7 @@ test: deps
 bench: deps
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory install-for-test
+	bench/throughput.sh
 	bench/reports.sh
 
 run: deps

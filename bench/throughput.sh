@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Webhook throughput benchmark: the whole shim path (HTTP, Stripe signature check, idempotent
+# event insert, payment upsert, commit, answer) driven by wrk on loopback, beside the pgbench
+# ceiling of the same two statements per transaction, payments.ingest alone from SQL, and
+# signature verification per kind. A throwaway cluster with fsync and synchronous_commit on.
+#
+#   bench/throughput.sh                  all of it (about 2-3 minutes)
+#   DURATION=15 bench/throughput.sh      seconds per run (default 12)
+#   KEEP=1 bench/throughput.sh           keep the cluster and the files (directory printed)
+#   SHIM_THREADS=N CONNECTIONS="8 32 64" PGBENCH_CLIENTS=32 likewise
+#
+# Exits non-zero if any event answered 2xx is not stored exactly once with its payment.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/scripts/unprivileged.sh"
+
+duration=${DURATION:-12}
+connections=${CONNECTIONS:-"8 32 64"}
+shim_threads=${SHIM_THREADS:-32}
+pgbench_clients=${PGBENCH_CLIENTS:-32}
+shim=$top/shim/payments-shim
+provider=stripe
+secret="whsec_bench_$(openssl rand -hex 16)"
+tck=$(getconf CLK_TCK)
+
+for tool in wrk node curl openssl; do
+	command -v "$tool" >/dev/null || { echo "throughput: $tool is missing (scripts/install-deps.sh)" >&2; exit 1; }
+done
+[ -x "$shim" ] || { echo "throughput: build the shim first (make)" >&2; exit 1; }
+if [ ! -d "$top/regress/node_modules/stripe" ]; then
+	echo "== npm ci in regress/ (the official stripe package signs the events)"
+	(cd "$top/regress" && npm ci --no-audit --no-fund >/dev/null)
+fi
+
+work=$(scratch_dir throughput)
+files=$(mktemp -d "${TMPDIR:-/tmp}/payments-throughput-files.XXXXXX")
+chmod 755 "$files"
+cp "$top/bench/pgbench-ceiling.sql" "$top/bench/pgbench-ingest.sql" "$work/"
+if [ "$(id -u)" -eq 0 ]; then chown -R "$(cluster_user)" "$work"; fi
+shim_pid=
+
+stop() {
+	if [ -n "$shim_pid" ]; then kill "$shim_pid" 2>/dev/null || true; wait "$shim_pid" 2>/dev/null || true; fi
+	as_cluster_user "$PG_BIN/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null 2>&1 || true
+	if [ "${KEEP:-}" = 1 ]; then echo "kept: $work (cluster, socket, shim log) and $files (events, answers)"
+	else rm -rf "$work" "$files"; fi
+}
+trap stop EXIT
+
+# --- the cluster: durable commits, as in production --------------------------------------------
+as_cluster_user "$PG_BIN/initdb" -D "$work/data" -A trust -U postgres -E UTF8 --locale=C --no-sync >/dev/null
+port=5432
+cat >> "$work/data/postgresql.auto.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$work'
+fsync = on
+synchronous_commit = on
+max_connections = 200
+shared_buffers = 512MB
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+CONF
+as_cluster_user "$PG_BIN/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
+psql() { as_cluster_user "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"; }
+pgbench() { (cd "$work" && as_cluster_user "$PG_BIN/pgbench" -h "$work" -p "$port" -U postgres "$@"); }
+psql -d postgres -c 'CREATE DATABASE bench'
+psql -d bench >/dev/null <<SQL
+CREATE EXTENSION payments;
+CREATE EXTENSION pgcrypto;
+SELECT payments.register_provider('$provider', 'stripe');
+SELECT payments.add_secret('$provider', '$secret');
+SELECT payments.register_provider('pgbench', 'stripe');
+CREATE TABLE bench_answers (run text, status int, event_id text, outcome text);
+CREATE TABLE bench_template (body text);
+CREATE TABLE bench_ingest (n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, sig text, body text);
+SQL
+
+# --- the shim: the optimized build, enough threads, nothing throttling loopback -----------------
+shim_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+	|| echo $(( 20000 + RANDOM % 20000 )))
+"$shim" --listen "127.0.0.1:$shim_port" --dsn "host=$work port=$port dbname=bench user=postgres" \
+	--threads "$shim_threads" --max-connections 1024 --max-connections-per-ip 0 --rate 0 \
+	--log-level warning --log-file "$work/shim.log" &
+shim_pid=$!
+for _ in $(seq 100); do
+	curl -fs "http://127.0.0.1:$shim_port/ready" >/dev/null 2>&1 && break
+	sleep 0.1
+done
+curl -fs "http://127.0.0.1:$shim_port/ready" >/dev/null || { echo "throughput: the shim is not ready" >&2; cat "$work/shim.log" >&2; exit 1; }
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo) RAM, $("$PG_BIN/postgres" --version), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+echo "== cluster: fsync on, synchronous_commit on, shared_buffers 512MB, unix socket; shim: $shim_threads threads, --log-level warning, rate limit off"
+
+# CPU ticks (user + system) so far of the shim and of the cluster, from /proc/<pid>/stat: every
+# live child of the postmaster, plus the postmaster's own and its reaped children's (cutime and
+# cstime), so backends that exit during a run (pgbench's) are counted too; and the machine's
+# busy and total jiffies from /proc/stat.
+cpu_snapshot() {
+	local pm
+	pm=$(head -1 "$work/data/postmaster.pid")
+	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" -v shim="$shim_pid" '
+		$1 == shim { s += $14 + $15 } $4 == pm { p += $14 + $15 } $1 == pm { p += $14 + $15 + $16 + $17 }
+		END { printf "%d %d", s, p }'
+	awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; printf " %d %d\n", busy, busy + $5 + $6 }' /proc/stat
+}
+
+# A field of a "key=value ..." line
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p; s/^$1=\([^ ]*\).*/\1/p" <<<" $2" | head -1; }
+
+gen() {	# gen FILE COUNT PREFIX
+	node "$top/bench/gen-events.mjs" "$1" "$2" "$3" "$secret"
+}
+
+# run NAME CONNECTIONS EVENTS: generates EVENTS fresh deliveries, drives wrk for $duration s,
+# loads the answers, prints nothing; leaves RESULT and cpu figures in $run_line.
+run_line=
+declare -A waits
+run() {
+	local name=$1 conns=$2 count=$3 before after
+	gen "$files/$name.events" "$count" "$name"
+	before=$(cpu_snapshot)
+	# what the shim's backends wait on: pg_stat_activity sampled every second during the run
+	( sleep 1; for _ in $(seq $(( ${4:-$duration} - 2 ))); do
+		psql -At -d bench -c "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
+			WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()" || true
+		sleep 1
+	done >"$files/$name.waits" ) &
+	local sampler=$!
+	wrk -t 2 -c "$conns" -d "${4:-$duration}s" --timeout 10s -s "$top/bench/webhooks.lua" \
+		"http://127.0.0.1:$shim_port" -- "$files/$name.events" "$files/$name.answers" "$provider" 2 \
+		>"$files/$name.wrk" 2>&1
+	after=$(cpu_snapshot)
+	wait "$sampler" || true
+	waits[$name]=$(sort "$files/$name.waits" | uniq -c | sort -rn | head -4 | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
+	run_line="$(grep '^RESULT' "$files/$name.wrk" | sed 's/^RESULT //') $(awk -v b="$before" -v a="$after" 'BEGIN {
+		split(b, x, " "); split(a, y, " ");
+		printf "shim_ticks=%d pg_ticks=%d busy=%d total=%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }')"
+	[ -n "$(field requests "$run_line")" ] || { echo "throughput: wrk failed:" >&2; cat "$files/$name.wrk" >&2; exit 1; }
+	cat "$files/$name.answers".* | awk -v r="$name" '{ print r "\t" $1 "\t" $2 "\t" $3 }' >"$files/$name.tsv"
+	psql -d bench -c "\\copy bench_answers FROM '$files/$name.tsv'"
+	rm -f "$files/$name.events"
+}
+
+# --- warm-up: every shim thread opens its connection and prepares -------------------------------
+echo "== warm-up (3 s at 64 connections, checked like the runs)"
+run warmup 64 30000 3
+
+# --- the runs --------------------------------------------------------------------------------
+results=()
+best=6000
+for c in $connections; do
+	# enough fresh events for twice the best rate seen so far; a thread that runs out stops
+	# (and the run is flagged) rather than re-sending
+	count=$(( 2 * best * duration ))
+	[ "$count" -ge 30000 ] || count=30000
+	echo "== $c connections, ${duration} s ($count fresh signed events, 10% re-deliveries)"
+	run "c$c" "$c" "$count"
+	results+=("$c $run_line")
+	rps=$(field rps "$run_line"); rps=${rps%.*}
+	[ "$rps" -le "$best" ] || best=$rps
+done
+
+# --- the pgbench ceiling: the same two statements, no HTTP, no verification ------------------
+gen "$files/template.events" 1 tpl
+cut -f2 "$files/template.events" | sed 's/"evt_tpl_1"/"@E@"/; s/pi_tpl_1/@P@/g' >"$files/template.txt"
+psql -d bench -c "\\copy bench_template FROM '$files/template.txt'"
+echo "== pgbench ceiling: $pgbench_clients clients, ${duration} s (INSERT event ON CONFLICT DO NOTHING + upsert payment, 10% re-deliveries)"
+before=$(cpu_snapshot)
+pgbench -n -M prepared -c "$pgbench_clients" -j 2 -T "$duration" -D k=0 -l --log-prefix "$work/ceiling" \
+	-f "$work/pgbench-ceiling.sql" bench >"$files/ceiling.out" 2>&1 || { cat "$files/ceiling.out" >&2; exit 1; }
+after=$(cpu_snapshot)
+ceiling_tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$files/ceiling.out")
+ceiling_n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$files/ceiling.out")
+ceiling_failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$files/ceiling.out")
+# per-transaction log lines: client_id transaction_no latency_us script_no epoch epoch_us
+ceiling_lat=$(cat "$work"/ceiling.* | awk '{ print $3 }' | sort -n | awk '{ v[NR] = $1 } END {
+	printf "%d %d %d %d", v[int(NR*0.50+0.5)], v[int(NR*0.90+0.5)], v[int(NR*0.99+0.5)], v[NR] }')
+ceiling_cpu=$(awk -v b="$before" -v a="$after" 'BEGIN { split(b, x, " "); split(a, y, " "); print y[2]-x[2] }')
+
+# --- payments.ingest alone, from SQL ---------------------------------------------------------
+ingest_count=$(( 2 * best * duration ))
+[ "$ingest_count" -ge 30000 ] || ingest_count=30000
+echo "== payments.ingest from SQL: $pgbench_clients clients, ${duration} s ($ingest_count fresh signed events loaded into a table)"
+gen "$files/ingest.events" "$ingest_count" ing
+psql -d bench -c "\\copy bench_ingest (sig, body) FROM '$files/ingest.events'"
+psql -d bench -c 'VACUUM ANALYZE bench_ingest'
+pgbench -n -M prepared -c "$pgbench_clients" -j 2 -T "$duration" -D k=0 -D nclients="$pgbench_clients" \
+	-l --log-prefix "$work/ingest" -f "$work/pgbench-ingest.sql" bench >"$files/ingest.out" 2>&1 \
+	|| { cat "$files/ingest.out" >&2; exit 1; }
+ingest_tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$files/ingest.out")
+ingest_n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$files/ingest.out")
+ingest_p99=$(cat "$work"/ingest.* | awk '{ print $3 }' | sort -n | awk '{ v[NR] = $1 } END { print v[int(NR*0.99+0.5)] }')
+ingest_note=""
+# each client walks its own rows; a client past the end would run empty transactions
+ingest_max_k=$(cat "$work"/ingest.* | awk '{ if ($2 > m) m = $2 } END { print m + 1 }')
+if [ $(( ingest_max_k * pgbench_clients )) -gt "$ingest_count" ]; then ingest_note=" (ran out of events: not valid)"; fi
+ingest_stored=$(psql -At -d bench -c "SELECT count(*) FROM payments.events WHERE provider = '$provider' AND event_id LIKE 'evt\\_ing\\_%'")
+
+# --- signature verification per kind ---------------------------------------------------------
+echo "== signature verification, µs per call (loop overhead subtracted)"
+psql -At -F ' ' -d bench -f "$top/bench/verify.sql" >"$files/verify.out"
+
+# --- no loss: every 2xx event stored once, with its payment ----------------------------------
+check=$(psql -At -F ' ' -d bench <<SQL
+WITH ok AS (SELECT DISTINCT event_id FROM bench_answers WHERE status BETWEEN 200 AND 299)
+SELECT (SELECT count(*) FROM ok),
+	   (SELECT count(*) FROM ok WHERE event_id = '-'),
+	   (SELECT count(*) FROM ok WHERE NOT EXISTS (SELECT FROM payments.events e
+			WHERE e.provider = '$provider' AND e.event_id = ok.event_id)),
+	   (SELECT count(*) FROM (SELECT provider, event_id FROM payments.events GROUP BY 1, 2 HAVING count(*) > 1) d),
+	   (SELECT count(*) FROM ok WHERE NOT EXISTS (SELECT FROM payments.payments p
+			WHERE p.provider = '$provider' AND p.provider_ref = 'pi_' || substr(ok.event_id, 5))),
+	   (SELECT count(*) FROM payments.events WHERE provider = '$provider' AND event_id NOT LIKE 'evt\\_ing\\_%'),
+	   (SELECT count(*) FROM payments.rejections),
+	   (SELECT count(*) FROM bench_answers WHERE status NOT BETWEEN 200 AND 299),
+	   (SELECT coalesce(string_agg(format('%s×%s', n, o), ', ' ORDER BY o), '') FROM
+			(SELECT outcome o, count(*) n FROM bench_answers GROUP BY 1) x)
+SQL
+)
+read -r ok_ids ok_unparsed missing_events dup_events missing_payments stored_events rejections non2xx outcomes <<<"$check"
+
+# --- the table -------------------------------------------------------------------------------
+ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
+echo
+echo "Shim path (wrk, 2 threads, keep-alive, one delivery per request; ${duration} s per run)"
+printf '| %-11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |\n' connections "requests/s" "p50 ms" "p90 ms" "p99 ms" "max ms" \
+	"CPU µs/req shim+pg=total" "CPU busy" non-2xx
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------- ------------ ---------- ---------- ---------- ---------- -------------------------- ---------- ---------
+rps32=
+p99_32=
+for r in "${results[@]}"; do
+	c=${r%% *}; l=${r#* }
+	n=$(field requests "$l")
+	shim_us=$(awk -v t="$(field shim_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
+	pg_us=$(awk -v t="$(field pg_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
+	busy=$(awk -v b="$(field busy "$l")" -v t="$(field total "$l")" 'BEGIN { printf "%.0f%%", 100 * b / t }')
+	flag=""; [ "$(field threads_exhausted "$l")" = 0 ] || flag=" (events ran out)"
+	printf '| %11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |%s\n' "$c" "$(field rps "$l")" \
+		"$(ms "$(field p50_us "$l")")" "$(ms "$(field p90_us "$l")")" "$(ms "$(field p99_us "$l")")" "$(ms "$(field max_us "$l")")" \
+		"$shim_us + $pg_us = $((shim_us + pg_us))" "$busy" "$(( $(field answers_other "$l") + $(field timeouts "$l") ))" "$flag"
+	echo "|             | backends waiting (samples of pg_stat_activity, 1/s): ${waits[c$c]}"
+	if [ "$c" = 32 ]; then rps32=$(field rps "$l"); p99_32=$(field p99_us "$l"); fi
+done
+echo
+ceiling_pg_us=$(awk -v t="$ceiling_cpu" -v n="$ceiling_n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
+read -r c50 c90 c99 cmax <<<"$ceiling_lat"
+echo "pgbench ceiling ($pgbench_clients clients, same two statements per transaction, prepared, no HTTP, no verification):"
+echo "  $ceiling_tps transactions/s, p50 $(ms "$c50") ms, p90 $(ms "$c90") ms, p99 $(ms "$c99") ms, max $(ms "$cmax") ms," \
+	"postgres CPU $ceiling_pg_us µs/transaction, failed ${ceiling_failed:-0}"
+if [ -n "$rps32" ]; then
+	echo "  shim at 32 connections / pgbench ceiling = $(awk -v a="$rps32" -v b="$ceiling_tps" 'BEGIN { printf "%.2f", a / b }')×" \
+		"(goal 1.5×); p99 at 32 connections $(ms "$p99_32") ms (goal < 10 ms)"
+fi
+echo
+echo "payments.ingest alone from SQL ($pgbench_clients clients, pgbench, one ingest per transaction):"
+echo "  $ingest_tps calls/s, p99 $(ms "$ingest_p99") ms, $ingest_n calls, $ingest_stored events stored$ingest_note"
+echo
+echo "Signature verification (SQL verify_* in a PL/pgSQL loop, clock_timestamp, loop overhead subtracted):"
+printf '| %-10s | %12s | %12s |\n' kind "1 KB µs" "64 KB µs"
+printf '|%s|%s|%s|\n' ------------ -------------- --------------
+awk '{ printf "| %-10s | %12s | %12s |\n", $1, $2, $3 }' "$files/verify.out"
+echo
+echo "No loss check: $ok_ids distinct events answered 2xx, $missing_events of them not stored," \
+	"$missing_payments without their payment, $dup_events stored twice, $ok_unparsed 2xx answers without an event id;"
+echo "  $stored_events events stored from the shim runs, $rejections rejections, $non2xx non-2xx answers; outcomes: $outcomes"
+if [ "$missing_events" != 0 ] || [ "$missing_payments" != 0 ] || [ "$dup_events" != 0 ] || [ "$ok_unparsed" != 0 ] || [ "$ok_ids" = 0 ]; then
+	echo "FAILED: the benchmark lost or duplicated data" >&2
+	exit 1
+fi
+echo "OK: every event answered 2xx is stored exactly once, with its payment"

@@ -1,0 +1,82 @@
+-- wrk script for bench/throughput.sh: sends the deliveries of a file made by gen-events.mjs,
+-- each exactly once, as POST /webhooks/<provider> with its Stripe-Signature header.
+--
+--   wrk -t THREADS ... -s bench/webhooks.lua URL -- EVENTS_FILE RESULTS_PREFIX PROVIDER THREADS
+--
+-- Thread i of n sends lines i, i+n, i+2n, ... of the file; when a thread has sent all of its
+-- lines it stops (the run then ends early and says so). Each answer is appended to
+-- RESULTS_PREFIX.<thread> as "<status> <event_id> <outcome>" (event_id and outcome from the JSON
+-- answer), so that the caller can check by SQL that every 2xx event is stored.
+-- done() prints one line: RESULT key=value ...
+
+local threads = {}
+local nthreads = 0
+
+function setup(thread)
+	nthreads = nthreads + 1
+	thread:set("tid", nthreads)
+	table.insert(threads, thread)
+end
+
+function init(args)
+	local file, prefix, provider = args[1], args[2], args[3]
+	local n = tonumber(args[4])		-- wrk's -t, which a thread cannot see otherwise
+	headers_tpl = { ["Content-Type"] = "application/json", ["User-Agent"] = "Stripe/1.0 (+https://stripe.com/docs/webhooks)" }
+	path = "/webhooks/" .. provider
+	sigs, bodies = {}, {}
+	local line_no = 0
+	for line in io.lines(file) do
+		if line_no % n == tid - 1 then
+			local tab = line:find("\t", 1, true)
+			sigs[#sigs + 1] = line:sub(1, tab - 1)
+			bodies[#bodies + 1] = line:sub(tab + 1)
+		end
+		line_no = line_no + 1
+	end
+	nextev = 1
+	exhausted = 0
+	sent = 0
+	n2xx, nother = 0, 0
+	out = assert(io.open(prefix .. "." .. tid, "w"))
+	out:setvbuf("full", 1048576)
+end
+
+function request()
+	local i = nextev
+	if i > #bodies then
+		exhausted = 1
+		wrk.thread:stop()
+		i = #bodies		-- one more re-delivery may still go out: harmless, checked like the others
+	else
+		nextev = i + 1
+		sent = sent + 1
+	end
+	local h = { ["Content-Type"] = headers_tpl["Content-Type"], ["User-Agent"] = headers_tpl["User-Agent"],
+				["Stripe-Signature"] = sigs[i] }
+	return wrk.format("POST", path, h, bodies[i])
+end
+
+function response(status, headers, body)
+	if status >= 200 and status < 300 then n2xx = n2xx + 1 else nother = nother + 1 end
+	local id = body:match('"event_id"%s*:%s*"([^"]*)"') or "-"
+	local outcome = body:match('"outcome"%s*:%s*"([^"]*)"') or "-"
+	out:write(status, " ", id, " ", outcome, "\n")
+	if (n2xx + nother) % 4096 == 0 then out:flush() end
+end
+
+function done(summary, latency, requests)
+	local n2, no, ex = 0, 0, 0
+	for _, t in ipairs(threads) do
+		n2 = n2 + t:get("n2xx")
+		no = no + t:get("nother")
+		ex = ex + t:get("exhausted")
+	end
+	local e = summary.errors
+	io.write(string.format(
+		"RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
+		"answers_2xx=%d answers_other=%d wrk_status_errors=%d connect_errors=%d read_errors=%d " ..
+		"write_errors=%d timeouts=%d threads_exhausted=%d\n",
+		summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+		latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+		n2, no, e.status, e.connect, e.read, e.write, e.timeout, ex))
+end

@@ -11,6 +11,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/scripts/unprivileged.sh"
 
 work=$(scratch_dir bench)
+cd "$work"   # the cluster's user may not be able to enter the checkout
 port=$(( 20000 + RANDOM % 20000 ))
 cp "$top/bench/reports-data.sql" "$top/bench/reports-run.sql" "$work/"
 if [ "$(id -u)" -eq 0 ]; then chown -R "$(cluster_user)" "$work"; fi

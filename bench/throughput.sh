@@ -33,9 +33,10 @@ if [ ! -d "$top/regress/node_modules/stripe" ]; then
 fi
 
 work=$(scratch_dir throughput)
+cd "$work"   # the cluster's user may not be able to enter the checkout
 files=$(mktemp -d "${TMPDIR:-/tmp}/payments-throughput-files.XXXXXX")
 chmod 755 "$files"
-cp "$top/bench/pgbench-ceiling.sql" "$top/bench/pgbench-ingest.sql" "$work/"
+cp "$top/bench/pgbench-ceiling.sql" "$top/bench/pgbench-ingest.sql" "$top/bench/verify.sql" "$work/"
 if [ "$(id -u)" -eq 0 ]; then chown -R "$(cluster_user)" "$work"; fi
 shim_pid=
 
@@ -62,7 +63,7 @@ max_wal_size = 8GB
 checkpoint_timeout = 30min
 CONF
 as_cluster_user "$PG_BIN/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
-psql() { as_cluster_user "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"; }
+psql() { (cd "$work" && as_cluster_user "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"); }
 pgbench() { (cd "$work" && as_cluster_user "$PG_BIN/pgbench" -h "$work" -p "$port" -U postgres "$@"); }
 psql -d postgres -c 'CREATE DATABASE bench'
 psql -d bench >/dev/null <<SQL
@@ -199,7 +200,7 @@ ingest_stored=$(psql -At -d bench -c "SELECT count(*) FROM payments.events WHERE
 
 # --- signature verification per kind ---------------------------------------------------------
 echo "== signature verification, µs per call (loop overhead subtracted)"
-psql -At -F ' ' -d bench -f "$top/bench/verify.sql" >"$files/verify.out"
+psql -At -F ' ' -d bench -f "$work/verify.sql" >"$files/verify.out"
 
 # --- no loss: every 2xx event stored once, with its payment ----------------------------------
 check=$(psql -At -F ' ' -d bench <<SQL

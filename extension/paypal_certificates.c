@@ -1,8 +1,8 @@
 /*
  * paypal_certificates.c
  *		The certificate a PayPal delivery names in paypal-cert-url: URL checks,
- *		the cache table payments.certificates, fetching with libcurl, and
- *		validation of the PEM with OpenSSL.
+ *		the cache table payments.certificates, fetching (with the shared outbound
+ *		sender of outbox_send.c), and validation of the PEM with OpenSSL.
  *
  * PayPal signs each delivery with the key of a certificate it publishes at a
  * URL it puts in the delivery itself, so the URL is attacker-controlled until
@@ -104,19 +104,9 @@ typedef struct CertUrl
 	int			port;
 } CertUrl;
 
-/* The body of a fetch, into a buffer allocated before the transfer */
-typedef struct FetchBuffer
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-	bool		too_large;
-} FetchBuffer;
-
 static SPIPlanPtr lookup_plan = NULL;
 static SPIPlanPtr cache_plan = NULL;
 static SPIPlanPtr seed_plan = NULL;
-static bool curl_ready = false;
 
 /* Sets an outcome with a formatted detail (into its fixed buffer) */
 static void
@@ -457,116 +447,54 @@ done:
 	ERR_clear_error();
 }
 
-/* libcurl write callback: keeps the body, refusing more than the buffer holds */
-static size_t
-WriteBody(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-	FetchBuffer *buf = (FetchBuffer *) userdata;
-	size_t		n = size * nmemb;
-
-	if (n > buf->cap - buf->len)
-	{
-		buf->too_large = true;
-		return 0;				/* anything but n aborts the transfer */
-	}
-	memcpy(buf->data + buf->len, ptr, n);
-	buf->len += n;
-	return n;
-}
-
-/* libcurl progress callback: aborts the transfer when the query is cancelled */
-static int
-FetchProgress(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
-			  curl_off_t ultotal, curl_off_t ulnow)
-{
-	return (InterruptPending && (QueryCancelPending || ProcDiePending)) ? 1 : 0;
-}
-
 /*
- * Fetches a certificate into buf (allocated by the caller).  Plain C between
- * curl_easy_init and curl_easy_cleanup; *interrupted tells the caller to
- * process the pending interrupt.
+ * Fetches a certificate with the shared outbound sender: a GET (the URL is
+ * already known to be https on an allowed host), no redirects, 2 s to
+ * connect and 5 s in all, at most CERT_MAX_BYTES.  Returns the body,
+ * NUL-terminated, with its length, or NULL with the outcome set: a host that
+ * cannot be reached or answers 408, 429 or 5xx is transient (PayPal will
+ * retry), any other answer or an oversized body a rejection.  A pending query
+ * cancel is raised.
  */
-static void
-FetchCertificate(const char *url, const char *ca_file, FetchBuffer *buf,
-				 bool *interrupted, CertOutcome *outcome)
+static char *
+FetchCertificate(const char *url, const char *ca_file, size_t *len, CertOutcome *outcome)
 {
-	CURL	   *curl;
-	CURLcode	rc;
-	long		http_status = 0;
-	char		errbuf[CURL_ERROR_SIZE];
+	OutboundRequest req = {0};
 
-	*interrupted = false;
-	if (!curl_ready)
-	{
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-		{
-			SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable", "could not initialize libcurl");
-			return;
-		}
-		curl_ready = true;
-	}
-	curl = curl_easy_init();
-	if (curl == NULL)
-	{
-		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable", "could not create a libcurl handle");
-		return;
-	}
+	req.url = url;
+	req.get = true;
+	req.ca_file = ca_file;
+	req.connect_timeout_ms = CERT_CONNECT_TIMEOUT_MS;
+	req.timeout_ms = CERT_TOTAL_TIMEOUT_MS;
+	req.max_response = CERT_MAX_BYTES;
+	req.response_keep = CERT_MAX_BYTES;
+	req.response = palloc(CERT_MAX_BYTES + 1);
 
-	errbuf[0] = '\0';
-	if (curl_easy_setopt(curl, CURLOPT_URL, url) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https") != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, CERT_CONNECT_TIMEOUT_MS) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, CERT_TOTAL_TIMEOUT_MS) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||	/* PostgreSQL owns SIGALRM */
-		curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK ||
-		(ca_file != NULL && curl_easy_setopt(curl, CURLOPT_CAINFO, ca_file) != CURLE_OK) ||
-		curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) CERT_MAX_BYTES) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, WriteBody) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_WRITEDATA, buf) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, FetchProgress) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK ||
-		curl_easy_setopt(curl, CURLOPT_USERAGENT, "payments-postgresql/0.1.0") != CURLE_OK)
+	if (!SendOutboundBatch(&req, 1))
 	{
-		curl_easy_cleanup(curl);
-		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable", "could not set up libcurl");
-		return;
-	}
-
-	rc = curl_easy_perform(curl);
-	if (rc == CURLE_OK)
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http_status);
-	curl_easy_cleanup(curl);
-
-	if (rc == CURLE_OK)
-	{
-		if (http_status == 200)
-			outcome->status = CERT_OK;
-		else if (http_status == 408 || http_status == 429 || http_status >= 500)
-			SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable",
-					   "the certificate host answered HTTP %ld", http_status);
-		else
-			SetOutcome(outcome, CERT_REJECTED, "cert_fetch_failed",
-					   "the certificate host answered HTTP %ld", http_status);
-	}
-	else if (rc == CURLE_ABORTED_BY_CALLBACK)
-	{
-		*interrupted = true;
+		CHECK_FOR_INTERRUPTS();
 		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable", "certificate fetch interrupted");
+		return NULL;
 	}
-	else if (rc == CURLE_FILESIZE_EXCEEDED || (rc == CURLE_WRITE_ERROR && buf->too_large))
+	if (req.too_large)
 		SetOutcome(outcome, CERT_REJECTED, "cert_fetch_failed",
 				   "the certificate is larger than %d bytes", CERT_MAX_BYTES);
-	else if (rc == CURLE_UNSUPPORTED_PROTOCOL || rc == CURLE_URL_MALFORMAT)
-		SetOutcome(outcome, CERT_REJECTED, "cert_fetch_failed", "%s",
-				   errbuf[0] ? errbuf : curl_easy_strerror(rc));
-	else
+	else if (req.http_status == 0)
 		/* no connection, DNS, timeout, TLS: may pass */
 		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable", "certificate fetch failed: %s",
-				   errbuf[0] ? errbuf : curl_easy_strerror(rc));
+				   req.error[0] ? req.error : "no response");
+	else if (req.http_status == 408 || req.http_status == 429 || req.http_status >= 500)
+		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable",
+				   "the certificate host answered HTTP %ld", req.http_status);
+	else if (req.http_status != 200)
+		SetOutcome(outcome, CERT_REJECTED, "cert_fetch_failed",
+				   "the certificate host answered HTTP %ld", req.http_status);
+	else
+	{
+		*len = req.response_len;
+		return req.response;
+	}
+	return NULL;
 }
 
 /* The cached PEM for a URL, palloc'd in the caller's context, or NULL */
@@ -658,8 +586,8 @@ PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict
 	bool		verify_chain = SettingBool(settings, "verify_cert_chain", true);
 	char	   *ca_file = SettingText(settings, "ca_file");
 	CertOutcome outcome = {CERT_OK};
-	FetchBuffer buf = {0};
-	bool		interrupted;
+	char	   *body;
+	size_t		bodylen = 0;
 	char	   *pem;
 	TimestampTz not_after = 0;
 	bool		have_not_after;
@@ -694,35 +622,30 @@ PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict
 		return pem;
 	}
 
-	buf.cap = CERT_MAX_BYTES;
-	buf.data = palloc(buf.cap + 1);
-	FetchCertificate(urlz, ca_file, &buf, &interrupted, &outcome);
-	if (interrupted)
-		CHECK_FOR_INTERRUPTS();
-	if (outcome.status != CERT_OK)
+	body = FetchCertificate(urlz, ca_file, &bodylen, &outcome);
+	if (body == NULL)
 	{
 		OutcomeToVerdict(&outcome, verdict);
 		return NULL;
 	}
 	/* PEM is ASCII text; anything else could not even be cached */
-	for (size_t i = 0; i < buf.len; i++)
+	for (size_t i = 0; i < bodylen; i++)
 	{
-		if (buf.data[i] == '\0' || IS_HIGHBIT_SET(buf.data[i]))
+		if (body[i] == '\0' || IS_HIGHBIT_SET(body[i]))
 		{
 			VerdictReject(verdict, "cert_invalid", "the fetched certificate is not ASCII PEM");
 			return NULL;
 		}
 	}
-	buf.data[buf.len] = '\0';
-	CheckCertificatePem(buf.data, buf.len, verify_chain, ca_file,
+	CheckCertificatePem(body, bodylen, verify_chain, ca_file,
 						&not_after, &have_not_after, &outcome);
 	if (outcome.status != CERT_OK)
 	{
 		OutcomeToVerdict(&outcome, verdict);
 		return NULL;
 	}
-	StoreCertificate(urlz, buf.data, have_not_after, not_after, false);
-	return buf.data;
+	StoreCertificate(urlz, body, have_not_after, not_after, false);
+	return body;
 }
 
 /*

@@ -8,7 +8,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createSign, randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
@@ -251,6 +251,35 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 		pki?.destroy();
 		assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
 		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
+	});
+
+	// PayPal's own sandbox delivery of 2015 (PROVIDERS.md §2.2, Vector A), when
+	// regress/run-e2e found the file: its certificate expired in 2017, so it is
+	// seeded and checked without chain and dates, as verify_cert_chain allows.
+	const vectorFile = join(process.env.TMPDIR ?? '.', 'paypal-vector-a.json');
+	test("PayPal's published Vector A verifies through the shim", {
+		skip: existsSync(vectorFile) ? false : 'paypal-vector-a.json not present (see README, PayPal)',
+	}, async () => {
+		const v = JSON.parse(readFileSync(vectorFile, 'utf8'));
+		cluster.psqlVars(`
+			SELECT payments.register_provider('paypal-vector-a', 'paypal', :'s');
+			SELECT payments.add_certificate(:'u', :'c');`, {
+			s: JSON.stringify({ webhook_id: v.webhook_id, verify_cert_chain: false }),
+			u: v.cert_url, c: v.cert_pem,
+		});
+		const headers = {
+			'paypal-transmission-id': v.transmission_id,
+			'paypal-transmission-time': v.transmission_time,
+			'paypal-transmission-sig': v.transmission_sig,
+			'paypal-cert-url': v.cert_url,
+			'paypal-auth-algo': 'SHA256withRSA',
+		};
+		assert.equal(crc32(Buffer.from(v.body)), 2771810304);
+		const tampered = await post(shim.base, 'paypal-vector-a', v.body.replace('20.00', '21.00'), headers);
+		assert.equal(tampered.status, 401, tampered.text);
+		const res = await post(shim.base, 'paypal-vector-a', v.body, headers);
+		assert.equal(res.status, 200, res.text);
+		assert.equal(eventCount('paypal-vector-a', JSON.parse(v.body).id), 1);
 	});
 
 	test('our CRC-32 agrees with zlib where node has it', () => {

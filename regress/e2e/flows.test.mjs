@@ -258,13 +258,16 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		assert.deepEqual([unknownAction.status, unknownAction.text], [400, 'unsupported action']);
 	});
 
-	test('unknown provider, a provider of another kind, a bad name are 404; other methods 405', async () => {
+	test('unknown provider, a provider of another kind, a bad name are 404; other methods 405; too large 413', async () => {
 		const req = encryptRequest({ version: '3.0', action: 'ping' });
 		assert.equal((await postFlows('nobody', req.body)).status, 404);
 		assert.equal((await postFlows('stripe', req.body)).status, 404);
 		assert.equal((await postFlows('Bad.Name', req.body)).status, 404);
 		const get = await request(shim.port, { path: '/flows/wa' });
 		assert.deepEqual([get.status, get.headers.allow], [405, 'POST']);
+		// the shim's body cap (1 MiB by default) holds here too
+		const big = await postFlows('wa', JSON.stringify({ encrypted_flow_data: 'A'.repeat(1100 * 1024) }));
+		assert.equal(big.status, 413);
 	});
 
 	test('the request log and the metrics count the flows route', async () => {

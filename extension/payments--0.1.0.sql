@@ -2738,7 +2738,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_checks_id_se
 UPDATE payments.provider_kinds SET settings = settings || '{flows_min_amount,flows_max_amount}'::text[]
  WHERE kind = 'meta';
 
-CREATE TABLE payments.flows_keys (
+CREATE TABLE payments.flow_keys (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	provider	text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
 	private_key	text NOT NULL,
@@ -2747,10 +2747,10 @@ CREATE TABLE payments.flows_keys (
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	revoked_at	timestamptz
 );
-CREATE INDEX flows_keys_provider_idx ON payments.flows_keys (provider);
-COMMENT ON TABLE payments.flows_keys IS
+CREATE INDEX flow_keys_provider_idx ON payments.flow_keys (provider);
+COMMENT ON TABLE payments.flow_keys IS
 	'RSA private keys of Flows endpoints (PEM, with the passphrase of an encrypted one); every live key is tried, so keys can be rotated';
-COMMENT ON COLUMN payments.flows_keys.public_key IS 'The public key (PEM) to upload to Meta for the phone number';
+COMMENT ON COLUMN payments.flow_keys.public_key IS 'The public key (PEM) to upload to Meta for the phone number';
 
 CREATE TABLE payments.flow_tokens (
 	token		text PRIMARY KEY CHECK (token ~ '^[A-Za-z0-9_-]{16,128}$'),
@@ -2824,7 +2824,7 @@ $$;
 COMMENT ON FUNCTION payments.flows_settings_problem(jsonb) IS
 	'Why a meta provider''s Flows settings (flows_min_amount, flows_max_amount) are unusable, or NULL';
 
-CREATE FUNCTION payments.add_flows_key(provider text, private_key text, passphrase text DEFAULT NULL)
+CREATE FUNCTION payments.add_flow_key(provider text, private_key text, passphrase text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2833,31 +2833,31 @@ DECLARE
 	public_pem	text;
 	new_id		bigint;
 BEGIN
-	IF NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = add_flows_key.provider AND p.kind = 'meta') THEN
+	IF NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = add_flow_key.provider AND p.kind = 'meta') THEN
 		RAISE EXCEPTION 'unknown meta provider "%"', provider
 			USING ERRCODE = 'undefined_object',
 				  HINT = 'Flows keys belong to a provider of kind meta.';
 	END IF;
 	public_pem := payments.flows_public_key(private_key, passphrase);
-	INSERT INTO payments.flows_keys (provider, private_key, passphrase, public_key)
-	VALUES (add_flows_key.provider, add_flows_key.private_key, add_flows_key.passphrase, public_pem)
+	INSERT INTO payments.flow_keys (provider, private_key, passphrase, public_key)
+	VALUES (add_flow_key.provider, add_flow_key.private_key, add_flow_key.passphrase, public_pem)
 	RETURNING id INTO new_id;
 	RETURN new_id;
 END
 $$;
-COMMENT ON FUNCTION payments.add_flows_key(text, text, text) IS
-	'Adds a live RSA private key (PEM, with its passphrase if encrypted) for a meta provider''s Flows endpoint and returns its id; payments.flows_keys.public_key is what to upload to Meta';
+COMMENT ON FUNCTION payments.add_flow_key(text, text, text) IS
+	'Adds a live RSA private key (PEM, with its passphrase if encrypted) for a meta provider''s Flows endpoint and returns its id; payments.flow_keys.public_key is what to upload to Meta';
 
-CREATE FUNCTION payments.revoke_flows_key(id bigint)
+CREATE FUNCTION payments.revoke_flow_key(id bigint)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	UPDATE payments.flows_keys k SET revoked_at = now()
-	 WHERE k.id = revoke_flows_key.id AND k.revoked_at IS NULL;
+	UPDATE payments.flow_keys k SET revoked_at = now()
+	 WHERE k.id = revoke_flow_key.id AND k.revoked_at IS NULL;
 	IF NOT FOUND THEN
-		IF EXISTS (SELECT FROM payments.flows_keys k WHERE k.id = revoke_flows_key.id) THEN
+		IF EXISTS (SELECT FROM payments.flow_keys k WHERE k.id = revoke_flow_key.id) THEN
 			RAISE NOTICE 'Flows key % was already revoked', id;
 		ELSE
 			RAISE EXCEPTION 'unknown Flows key %', id USING ERRCODE = 'undefined_object';
@@ -2865,7 +2865,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION payments.revoke_flows_key(bigint) IS
+COMMENT ON FUNCTION payments.revoke_flow_key(bigint) IS
 	'Revokes a Flows private key at once: requests encrypted for it are answered 421 from now on';
 
 CREATE FUNCTION payments.issue_flow_token(provider text, wa_id text, valid_for interval DEFAULT interval '1 day')
@@ -3095,7 +3095,7 @@ BEGIN
 	END IF;
 
 	-- 421: no live key opens the AES key, or the data does not decrypt (Meta re-fetches the public key)
-	FOR s IN SELECT k.private_key, k.passphrase FROM payments.flows_keys k
+	FOR s IN SELECT k.private_key, k.passphrase FROM payments.flow_keys k
 			  WHERE k.provider = flows_exchange.provider AND k.revoked_at IS NULL
 			  ORDER BY k.id DESC LOOP
 		aes_key := payments.flows_unwrap_key(envelope ->> 'encrypted_aes_key', s.private_key, s.passphrase);
@@ -3143,12 +3143,12 @@ COMMENT ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) IS
 REVOKE ALL ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.flows_answer(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.add_flows_key(text, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.revoke_flows_key(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.add_flow_key(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.revoke_flow_key(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.issue_flow_token(text, text, interval) FROM PUBLIC;
 
-SELECT pg_catalog.pg_extension_config_dump('payments.flows_keys', '');
-SELECT pg_catalog.pg_extension_config_dump('payments.flows_keys_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_keys_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_tokens', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions_id_seq', '');
@@ -3177,7 +3177,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA payments TO payments_admin;
 GRANT INSERT, UPDATE, DELETE ON payments.providers, payments.secrets, payments.certificates,
 	payments.currencies, payments.fx_rates TO payments_admin;
 GRANT INSERT, UPDATE, DELETE ON payments.endpoints TO payments_admin;
-GRANT INSERT, UPDATE, DELETE ON payments.flows_keys, payments.flow_tokens TO payments_admin;
+GRANT INSERT, UPDATE, DELETE ON payments.flow_keys, payments.flow_tokens TO payments_admin;
 GRANT DELETE ON payments.flow_submissions TO payments_admin;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA payments TO payments_admin;
 -- the machinery behind ingest, retries and deliveries is not called by hand

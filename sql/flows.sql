@@ -66,12 +66,12 @@ SELECT payments.flows_encrypt_response('\x000102030405060708090a0b0c0d0e0f', 'AA
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt"}');
 SELECT payments.register_provider('flows-hooks', 'standard');
 SELECT payments.add_secret('flows-wa', 'regress_app_secret') IS NOT NULL AS secret_added;
-SELECT payments.add_flows_key('flows-wa', :'key', 'regress-passphrase') AS key_id \gset
-SELECT payments.add_flows_key('flows-hooks', :'key', 'regress-passphrase');
-SELECT payments.add_flows_key('nobody', :'key', 'regress-passphrase');
-SELECT payments.add_flows_key('flows-wa', :'key', 'wrong');
+SELECT payments.add_flow_key('flows-wa', :'key', 'regress-passphrase') AS key_id \gset
+SELECT payments.add_flow_key('flows-hooks', :'key', 'regress-passphrase');
+SELECT payments.add_flow_key('nobody', :'key', 'regress-passphrase');
+SELECT payments.add_flow_key('flows-wa', :'key', 'wrong');
 SELECT provider, public_key = :'public_key' || E'\n' AS public_key_kept, revoked_at IS NULL AS live
-  FROM payments.flows_keys;
+  FROM payments.flow_keys;
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "flows_min_amount": 5, "flows_max_amount": 2}');
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "flows_max_amount": "100"}');
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "flows_min_amount": 0}');
@@ -192,14 +192,14 @@ SELECT payments.issue_flow_token('flows-wa2', '263771234567') AS other_token \gs
 SELECT http_status, answer FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'other_token'), :'wrapped');
 
 -- key rotation: every live key is tried, newest first; revoking the one that opens the request gives 421
-SELECT payments.add_flows_key('flows-wa', :'short_key');
-SELECT payments.add_flows_key('flows-wa', :'key2') > :key_id AS second_key;
+SELECT payments.add_flow_key('flows-wa', :'short_key');
+SELECT payments.add_flow_key('flows-wa', :'key2') > :key_id AS second_key;
 SELECT http_status, answer FROM pg_temp.exchange('{"version": "3.0", "action": "ping"}', :'wrapped');
-SELECT payments.revoke_flows_key(:key_id);
-SELECT payments.revoke_flows_key(:key_id);
-SELECT payments.revoke_flows_key(-1);
+SELECT payments.revoke_flow_key(:key_id);
+SELECT payments.revoke_flow_key(:key_id);
+SELECT payments.revoke_flow_key(-1);
 SELECT http_status, plain_body FROM pg_temp.exchange('{"version": "3.0", "action": "ping"}', :'wrapped');
-SELECT payments.add_flows_key('flows-wa', :'key', 'regress-passphrase') > :key_id AS re_added;
+SELECT payments.add_flow_key('flows-wa', :'key', 'regress-passphrase') > :key_id AS re_added;
 SELECT http_status, answer FROM pg_temp.exchange('{"version": "3.0", "action": "ping"}', :'wrapped');
 
 -- who may do what: the shim's role calls flows_exchange and reads nothing
@@ -215,5 +215,5 @@ SELECT c.relname, has_table_privilege('payments_ingest', c.oid, 'SELECT') AS ing
 
 -- leave nothing behind for the tests that follow (keys, tokens, submissions and rejections go with them)
 DELETE FROM payments.providers WHERE name LIKE 'flows-%';
-SELECT (SELECT count(*) FROM payments.flows_keys) + (SELECT count(*) FROM payments.flow_tokens)
+SELECT (SELECT count(*) FROM payments.flow_keys) + (SELECT count(*) FROM payments.flow_tokens)
 	 + (SELECT count(*) FROM payments.flow_submissions) AS rows_left;

@@ -92,10 +92,10 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		cluster.psqlVars(`
 			SELECT payments.register_provider('wa', 'meta', '{"verify_token": "vt"}');
 			SELECT payments.add_secret('wa', :'secret');
-			SELECT payments.add_flows_key('wa', :'key', :'pass');
+			SELECT payments.add_flow_key('wa', :'key', :'pass');
 			SELECT payments.register_provider('wa-plain', 'meta', '{"verify_token": "vt", "flows_max_amount": 50}');
 			SELECT payments.add_secret('wa-plain', :'secret');
-			SELECT payments.add_flows_key('wa-plain', :'plain');
+			SELECT payments.add_flow_key('wa-plain', :'plain');
 			SELECT payments.register_provider('stripe', 'stripe');
 			CREATE ROLE flows_shim LOGIN IN ROLE payments_ingest;`,
 		{ secret: appSecret, key: metaKeys.privateKey, pass: passphrase, plain: plainKeys.privateKey });
@@ -111,8 +111,8 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 	});
 
 	test('the public key kept for upload is the key pair\'s own', () => {
-		assert.equal(cluster.psql("SELECT public_key FROM payments.flows_keys WHERE provider = 'wa'") + '\n', metaKeys.publicKey);
-		assert.equal(cluster.psql("SELECT public_key FROM payments.flows_keys WHERE provider = 'wa-plain'") + '\n', plainKeys.publicKey);
+		assert.equal(cluster.psql("SELECT public_key FROM payments.flow_keys WHERE provider = 'wa'") + '\n', metaKeys.publicKey);
+		assert.equal(cluster.psql("SELECT public_key FROM payments.flow_keys WHERE provider = 'wa-plain'") + '\n', plainKeys.publicKey);
 	});
 
 	test('ping round trip with the passphrase-protected PKCS#1 key, and with a plain PKCS#8 key', async () => {

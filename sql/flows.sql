@@ -193,6 +193,9 @@ UPDATE payments.flow_tokens SET created_at = now() - interval '2 days', expires_
 SELECT * FROM pg_temp.donate(:'token', '{"amount": "10.50", "currency": "USD", "method": "ecocash", "phone": "263771234567"}', 'CONFIRM');
 SELECT payments.register_provider('flows-wa2', 'meta', '{"verify_token": "vt"}');
 SELECT payments.issue_flow_token('flows-wa2', '263771234567') AS other_token \gset
+-- a provider without a live app secret cannot be verified: 432
+SELECT * FROM payments.flows_exchange('flows-wa2', pg_temp.signed('\x7b7d'), '\x7b7d');
+SELECT reason, detail FROM payments.rejections WHERE provider = 'flows-wa2';
 SELECT http_status, answer FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'other_token'), :'wrapped');
 
 -- key rotation: every live key is tried, newest first; revoking the one that opens the request gives 421

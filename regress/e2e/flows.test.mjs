@@ -277,4 +277,42 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		assert.match(metrics, /route="flows",provider="wa",status="421"/);
 		assert.match(shim.stderr, /"path":"\/flows\/wa"[^\n]*"status":200,"outcome":"answered"/);
 	});
+
+	test('the rate limit applies to /flows: 429 with Retry-After', async () => {
+		const limited = new Shim(cluster.dsn.replace('user=postgres', 'user=flows_shim'),
+			['--rate', '1', '--rate-burst', '1', '--rate-exempt=']);
+		await limited.start();
+		try {
+			const req = encryptRequest({ version: '3.0', action: 'ping' });
+			const send = () => request(limited.port, { method: 'POST', path: '/flows/wa', body: req.body,
+				headers: { 'x-hub-signature-256': sign(req.body) } });
+			const first = await send();
+			assert.deepEqual([first.status, decryptResponse(first.text, req.aesKey, req.iv)], [200, { data: { status: 'active' } }]);
+			const second = await send();
+			assert.equal(second.status, 429);
+			assert.ok(Number(second.headers['retry-after']) >= 1);
+		} finally {
+			assert.equal((await limited.stop()).code, 0);
+			assert.deepEqual(limited.sanitizerReports(), []);
+		}
+	});
+
+	test('with the database down the answer is 503 with Retry-After, and it recovers', async () => {
+		cluster.stop();
+		try {
+			const req = encryptRequest({ version: '3.0', action: 'ping' });
+			const down = await postFlows('wa', req.body);
+			assert.equal(down.status, 503);
+			assert.equal(down.headers['retry-after'], '5');
+		} finally {
+			cluster.start();
+		}
+		let res;
+		for (let i = 0; i < 100; i++) {
+			res = await exchange({ version: '3.0', action: 'ping' });
+			if (res.status === 200) break;
+			await new Promise((r) => setTimeout(r, 100));
+		}
+		assert.deepEqual([res.status, res.answer], [200, { data: { status: 'active' } }]);
+	});
 });

@@ -25,7 +25,7 @@ HmacLength(HmacAlgorithm algorithm)
 }
 
 /* Raises the pending OpenSSL error, if any, as a PostgreSQL error */
-static void
+void
 ReportOpenSSLFailure(const char *what)
 {
 	unsigned long code = ERR_get_error();

@@ -203,7 +203,8 @@ BEGIN
 		RAISE EXCEPTION 'settings "client_id" and "client_secret" go together'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	problem := payments.settings_problem(kind, settings);
+	problem := coalesce(payments.settings_problem(kind, settings),
+						CASE WHEN kind = 'meta' THEN payments.flows_settings_problem(settings) END);
 	IF problem IS NOT NULL THEN
 		RAISE EXCEPTION 'unusable settings for provider kind "%": %', kind, problem
 			USING ERRCODE = 'invalid_parameter_value';
@@ -2739,13 +2740,437 @@ SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_checks', '')
 SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_checks_id_seq', '');
 
 --------------------------------------------------------------------------------------------------
+-- WhatsApp Flows data endpoint: POST /flows/{provider}, the donation form (encrypted exchanges)
+--------------------------------------------------------------------------------------------------
+
+-- A meta provider also answers its Flows: the limits of the donation form's amount
+UPDATE payments.provider_kinds SET settings = settings || '{flows_min_amount,flows_max_amount}'::text[]
+ WHERE kind = 'meta';
+
+CREATE TABLE payments.flow_keys (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	provider	text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
+	private_key	text NOT NULL,
+	passphrase	text,
+	public_key	text NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	revoked_at	timestamptz
+);
+CREATE INDEX flow_keys_provider_idx ON payments.flow_keys (provider);
+COMMENT ON TABLE payments.flow_keys IS
+	'RSA private keys of Flows endpoints (PEM, with the passphrase of an encrypted one); every live key is tried, so keys can be rotated';
+COMMENT ON COLUMN payments.flow_keys.public_key IS 'The public key (PEM) to upload to Meta for the phone number';
+
+CREATE TABLE payments.flow_tokens (
+	token		text PRIMARY KEY CHECK (token ~ '^[A-Za-z0-9_-]{16,128}$'),
+	provider	text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
+	wa_id		text NOT NULL CHECK (wa_id ~ '^[1-9][0-9]{5,14}$'),
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	expires_at	timestamptz NOT NULL,
+	CHECK (expires_at > created_at)
+);
+CREATE INDEX flow_tokens_expires_at_idx ON payments.flow_tokens (expires_at);
+COMMENT ON TABLE payments.flow_tokens IS
+	'Flow tokens issued to WhatsApp users (the flow_token of a Flow message); the endpoint answers 427 for any other, or an expired one';
+
+CREATE TABLE payments.flow_submissions (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	provider	text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
+	flow_token	text NOT NULL UNIQUE,
+	wa_id		text NOT NULL,
+	amount		numeric NOT NULL CHECK (amount > 0),
+	currency	text NOT NULL REFERENCES payments.currencies (code),
+	method		text NOT NULL CHECK (method IN ('ecocash', 'onemoney', 'telecash')),
+	phone		text NOT NULL CHECK (phone ~ '^[1-9][0-9]{5,14}$'),
+	submitted_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE payments.flow_submissions IS
+	'Donation requests completed in the WhatsApp Flow, one per flow token, in id order for whatever starts the payment';
+COMMENT ON COLUMN payments.flow_submissions.phone IS 'The mobile money number, E.164 digits';
+
+CREATE FUNCTION payments.flows_public_key(private_key text, passphrase text DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'flows_public_key'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION payments.flows_public_key(text, text) IS
+	'The public key (PEM) of an RSA private key (PEM, optionally encrypted with the passphrase); raises for a key Flows cannot use';
+
+CREATE FUNCTION payments.flows_unwrap_key(encrypted_aes_key text, private_key text, passphrase text DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'flows_unwrap_key'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION payments.flows_unwrap_key(text, text, text) IS
+	'The AES-128 key of a Flows request (encrypted_aes_key, base64, RSA-OAEP SHA-256), or NULL when this private key cannot decrypt it';
+
+CREATE FUNCTION payments.flows_decrypt_request(aes_key bytea, initial_vector text, encrypted_flow_data text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'flows_decrypt_request'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.flows_decrypt_request(bytea, text, text) IS
+	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag), or NULL when it does not decrypt';
+
+CREATE FUNCTION payments.flows_encrypt_response(aes_key bytea, initial_vector text, response text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'flows_encrypt_response'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.flows_encrypt_response(bytea, text, text) IS
+	'A Flows response body: base64 of AES-128-GCM ciphertext and tag under the request''s key and its IV (base64) with every bit flipped';
+
+CREATE FUNCTION payments.flows_settings_problem(settings jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN coalesce(jsonb_typeof(settings -> 'flows_min_amount'), 'number') <> 'number'
+		  OR coalesce(jsonb_typeof(settings -> 'flows_max_amount'), 'number') <> 'number'
+			THEN 'settings "flows_min_amount" and "flows_max_amount" must be numbers'
+		WHEN coalesce((settings ->> 'flows_min_amount')::numeric, 1) <= 0
+		  OR coalesce((settings ->> 'flows_min_amount')::numeric, 1) > coalesce((settings ->> 'flows_max_amount')::numeric, 480)
+			THEN 'the Flows amount limits must satisfy 0 < flows_min_amount <= flows_max_amount (defaults 1 and 480)'
+	END
+$$;
+COMMENT ON FUNCTION payments.flows_settings_problem(jsonb) IS
+	'Why a meta provider''s Flows settings (flows_min_amount, flows_max_amount) are unusable, or NULL';
+
+CREATE FUNCTION payments.add_flow_key(provider text, private_key text, passphrase text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	public_pem	text;
+	new_id		bigint;
+BEGIN
+	IF NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = add_flow_key.provider AND p.kind = 'meta') THEN
+		RAISE EXCEPTION 'unknown meta provider "%"', provider
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Flows keys belong to a provider of kind meta.';
+	END IF;
+	public_pem := payments.flows_public_key(private_key, passphrase);
+	INSERT INTO payments.flow_keys (provider, private_key, passphrase, public_key)
+	VALUES (add_flow_key.provider, add_flow_key.private_key, add_flow_key.passphrase, public_pem)
+	RETURNING id INTO new_id;
+	RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION payments.add_flow_key(text, text, text) IS
+	'Adds a live RSA private key (PEM, with its passphrase if encrypted) for a meta provider''s Flows endpoint and returns its id; payments.flow_keys.public_key is what to upload to Meta';
+
+CREATE FUNCTION payments.revoke_flow_key(id bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE payments.flow_keys k SET revoked_at = now()
+	 WHERE k.id = revoke_flow_key.id AND k.revoked_at IS NULL;
+	IF NOT FOUND THEN
+		IF EXISTS (SELECT FROM payments.flow_keys k WHERE k.id = revoke_flow_key.id) THEN
+			RAISE NOTICE 'Flows key % was already revoked', id;
+		ELSE
+			RAISE EXCEPTION 'unknown Flows key %', id USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION payments.revoke_flow_key(bigint) IS
+	'Revokes a Flows private key at once: requests encrypted for it are answered 421 from now on';
+
+CREATE FUNCTION payments.issue_flow_token(provider text, wa_id text, valid_for interval DEFAULT interval '1 day')
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	digits	text := payments.e164_digits(wa_id);
+	token	text := 'ft_' || replace(gen_random_uuid()::text, '-', '');
+BEGIN
+	IF NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = issue_flow_token.provider AND p.kind = 'meta') THEN
+		RAISE EXCEPTION 'unknown meta provider "%"', provider USING ERRCODE = 'undefined_object';
+	END IF;
+	IF digits IS NULL THEN
+		RAISE EXCEPTION 'wa_id must be a WhatsApp id (E.164 digits), not %', coalesce(quote_literal(wa_id), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF valid_for IS NULL OR valid_for < interval '1 minute' OR valid_for > interval '30 days' THEN
+		RAISE EXCEPTION 'valid_for must be between 1 minute and 30 days'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO payments.flow_tokens (token, provider, wa_id, expires_at)
+	VALUES (token, issue_flow_token.provider, digits, now() + valid_for);
+	RETURN token;
+END
+$$;
+COMMENT ON FUNCTION payments.issue_flow_token(text, text, interval) IS
+	'Issues a random flow token for a WhatsApp user (the flow_token of the Flow message sent to them), valid for the given time';
+
+-- The donation form: screen DONATE (amount, currency, method, phone), then CONFIRM, then the
+-- Flow closes with SUCCESS.  Every submitted screen is validated again.
+CREATE FUNCTION payments.flows_answer(provider text, request jsonb)
+RETURNS TABLE (http_status integer, response jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	action		text := request ->> 'action';
+	screen		text := request ->> 'screen';
+	form		jsonb := request -> 'data';
+	tok			payments.flow_tokens;
+	settings	jsonb;
+	min_amount	numeric;
+	max_amount	numeric;
+	choices		jsonb;
+	amount		numeric;
+	currency	text;
+	method		text;
+	method_title text;
+	method_prefix text;				-- of the network's numbers after 263
+	phone		text;
+	problem		text;
+	submission	bigint;
+BEGIN
+	IF action = 'ping' THEN
+		RETURN QUERY SELECT 200, '{"data": {"status": "active"}}'::jsonb;
+		RETURN;
+	END IF;
+	IF jsonb_typeof(form) = 'object' AND form ? 'error' THEN		-- the client reports an error
+		RETURN QUERY SELECT 200, '{"data": {"acknowledged": true}}'::jsonb;
+		RETURN;
+	END IF;
+	IF action IS NULL OR action NOT IN ('INIT', 'data_exchange', 'BACK') THEN
+		RETURN QUERY SELECT 400, jsonb_build_object('error', 'unsupported action');
+		RETURN;
+	END IF;
+
+	SELECT t.* INTO tok FROM payments.flow_tokens t
+	 WHERE t.token = request ->> 'flow_token' AND t.provider = flows_answer.provider
+	   AND t.expires_at > now();
+	IF NOT FOUND THEN
+		RETURN QUERY SELECT 427, jsonb_build_object('error_msg',
+			'This donation form has expired. Please ask for a new one.');
+		RETURN;
+	END IF;
+	SELECT s.id INTO submission FROM payments.flow_submissions s WHERE s.flow_token = tok.token;
+	IF submission IS NOT NULL AND NOT (action = 'data_exchange' AND screen = 'CONFIRM') THEN
+		RETURN QUERY SELECT 427, jsonb_build_object('error_msg',
+			'This donation was already submitted. Please ask for a new form to give again.');
+		RETURN;
+	END IF;
+
+	SELECT p.settings INTO settings FROM payments.providers p WHERE p.name = flows_answer.provider;
+	min_amount := coalesce((settings ->> 'flows_min_amount')::numeric, 1);
+	max_amount := coalesce((settings ->> 'flows_max_amount')::numeric, 480);
+	choices := jsonb_build_object(
+		'currencies', '[{"id": "USD", "title": "USD"}, {"id": "ZWG", "title": "ZWG"}]'::jsonb,
+		'methods', '[{"id": "ecocash", "title": "EcoCash"}, {"id": "onemoney", "title": "OneMoney"},
+					 {"id": "telecash", "title": "TeleCash"}]'::jsonb,
+		'min_amount', min_amount::text, 'max_amount', max_amount::text, 'phone', tok.wa_id);
+
+	IF action IN ('INIT', 'BACK') THEN
+		RETURN QUERY SELECT 200, jsonb_build_object('screen', 'DONATE',
+			'data', choices || '{"error_message": ""}');
+		RETURN;
+	END IF;
+	IF screen IS NULL OR screen NOT IN ('DONATE', 'CONFIRM') OR jsonb_typeof(form) IS DISTINCT FROM 'object' THEN
+		RETURN QUERY SELECT 400, jsonb_build_object('error', 'unknown screen or no form data');
+		RETURN;
+	END IF;
+
+	-- the form: amount as a number or decimal text, a currency, a method, the method's number
+	IF jsonb_typeof(form -> 'amount') IN ('number', 'string')
+	   AND btrim(form ->> 'amount') ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN
+		amount := round(btrim(form ->> 'amount')::numeric, 2);
+	END IF;
+	currency := form ->> 'currency';
+	method := form ->> 'method';
+	SELECT m.title, m.prefix INTO method_title, method_prefix
+	  FROM (VALUES ('ecocash', 'EcoCash', '^7[78]'), ('onemoney', 'OneMoney', '^71'),
+				   ('telecash', 'TeleCash', '^73')) AS m (id, title, prefix)
+	 WHERE m.id = method;
+	phone := regexp_replace(coalesce(form ->> 'phone', ''), '[\s().+-]', '', 'g');
+	phone := CASE WHEN phone ~ '^07[0-9]{8}$' THEN '263' || substr(phone, 2)
+				  WHEN phone ~ '^2637[0-9]{8}$' THEN phone END;
+	problem := CASE
+		WHEN amount IS NULL THEN 'Enter the amount as a number, for example 10 or 10.50.'
+		WHEN amount < min_amount OR amount > max_amount THEN
+			format('The amount must be between %s and %s.', min_amount, max_amount)
+		WHEN currency IS NULL OR currency NOT IN ('USD', 'ZWG') THEN 'Choose USD or ZWG.'
+		WHEN method_title IS NULL THEN 'Choose EcoCash, OneMoney or TeleCash.'
+		WHEN phone IS NULL THEN 'Enter a Zimbabwean mobile number, for example 0771234567.'
+		WHEN substr(phone, 4) !~ method_prefix THEN
+			format('That is not a %s number.', method_title)
+	END;
+	IF problem IS NOT NULL THEN
+		RETURN QUERY SELECT 200, jsonb_build_object('screen', 'DONATE',
+			'data', choices || jsonb_build_object('error_message', problem));
+		RETURN;
+	END IF;
+
+	IF screen = 'DONATE' THEN
+		RETURN QUERY SELECT 200, jsonb_build_object('screen', 'CONFIRM', 'data', jsonb_build_object(
+			'amount', amount::text, 'currency', currency, 'method', method, 'phone', phone,
+			'summary', format('%s %s by %s from %s', currency, amount, method_title, phone)));
+		RETURN;
+	END IF;
+
+	-- CONFIRM: the final submit, stored once per token (a retry answers the same)
+	INSERT INTO payments.flow_submissions (provider, flow_token, wa_id, amount, currency, method, phone)
+	VALUES (flows_answer.provider, tok.token, tok.wa_id, amount, currency, method, phone)
+	ON CONFLICT (flow_token) DO NOTHING;
+	SELECT s.id INTO submission FROM payments.flow_submissions s WHERE s.flow_token = tok.token;
+	RETURN QUERY SELECT 200, jsonb_build_object('screen', 'SUCCESS', 'data', jsonb_build_object(
+		'extension_message_response', jsonb_build_object('params', jsonb_build_object(
+			'flow_token', tok.token, 'submission_id', submission))));
+END
+$$;
+COMMENT ON FUNCTION payments.flows_answer(text, jsonb) IS
+	'Answers a decrypted Flows request of the donation form: ping, error notifications, INIT/BACK, data_exchange of DONATE and CONFIRM (status 200 or 427, the response JSON; other statuses carry {"error": ...})';
+
+CREATE FUNCTION payments.record_flows_rejection(provider text, outcome text, reason text, detail text,
+												body bytea, headers jsonb, source_ip inet, request_id text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO payments.rejections (provider, outcome, reason, detail, source_ip, request_id,
+									 body_sha256, body_size, headers)
+	VALUES (provider, outcome, reason, detail, source_ip, request_id, sha256(body), length(body),
+			coalesce(headers, '{}') - '{authorization,cookie,proxy-authorization}'::text[])
+$$;
+COMMENT ON FUNCTION payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text) IS
+	'Records a refused Flows request like a refused webhook: reason, sender, hash and size of the body, headers without credentials';
+
+CREATE FUNCTION payments.flows_exchange(provider text, headers jsonb, body bytea,
+										source_ip inet DEFAULT NULL, request_id text DEFAULT NULL)
+RETURNS TABLE (http_status integer, outcome text, response text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	signature	text := headers ->> 'x-hub-signature-256';
+	verdict		text := 'no_live_secret';
+	s			record;
+	envelope	jsonb;
+	aes_key		bytea;
+	plain		text;
+	request		jsonb;
+	answer		record;
+BEGIN
+	IF NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = flows_exchange.provider AND p.kind = 'meta') THEN
+		RETURN QUERY SELECT 404, 'unknown_provider', 'not found';
+		RETURN;
+	END IF;
+
+	-- 432: X-Hub-Signature-256 with the app secret, over the raw body, before anything else
+	IF signature IS NULL THEN
+		verdict := 'missing_header';
+	ELSE
+		FOR s IN SELECT x.secret FROM payments.secrets x
+				  WHERE x.provider = flows_exchange.provider AND x.revoked_at IS NULL
+					AND (x.expires_at IS NULL OR x.expires_at > now())
+				  ORDER BY x.id DESC LOOP
+			verdict := payments.verify_meta(body, signature, s.secret);
+			EXIT WHEN verdict <> 'signature_mismatch';
+		END LOOP;
+	END IF;
+	IF verdict <> 'valid' THEN
+		PERFORM payments.record_flows_rejection(provider, 'rejected', verdict,
+			'Flows request: ' || CASE verdict
+				WHEN 'missing_header' THEN 'no x-hub-signature-256 header'
+				WHEN 'malformed_header' THEN 'x-hub-signature-256 is not sha256= and 64 lowercase hex digits'
+				WHEN 'no_live_secret' THEN 'the provider has no live app secret'
+				ELSE 'x-hub-signature-256 matches no live app secret' END,
+			body, headers, source_ip, request_id);
+		RETURN QUERY SELECT 432, 'rejected', 'signature verification failed';
+		RETURN;
+	END IF;
+
+	-- 400: not the JSON envelope of three strings
+	BEGIN
+		envelope := convert_from(body, 'UTF8')::jsonb;
+	EXCEPTION WHEN data_exception THEN
+		envelope := NULL;
+	END;
+	IF jsonb_typeof(envelope) IS DISTINCT FROM 'object'
+	   OR jsonb_typeof(envelope -> 'encrypted_flow_data') IS DISTINCT FROM 'string'
+	   OR jsonb_typeof(envelope -> 'encrypted_aes_key') IS DISTINCT FROM 'string'
+	   OR jsonb_typeof(envelope -> 'initial_vector') IS DISTINCT FROM 'string' THEN
+		PERFORM payments.record_flows_rejection(provider, 'invalid', 'invalid_envelope',
+			'Flows request: not a JSON object with string encrypted_flow_data, encrypted_aes_key and initial_vector',
+			body, headers, source_ip, request_id);
+		RETURN QUERY SELECT 400, 'invalid', 'malformed request';
+		RETURN;
+	END IF;
+
+	-- 421: no live key opens the AES key, or the data does not decrypt (Meta re-fetches the public key)
+	FOR s IN SELECT k.private_key, k.passphrase FROM payments.flow_keys k
+			  WHERE k.provider = flows_exchange.provider AND k.revoked_at IS NULL
+			  ORDER BY k.id DESC LOOP
+		aes_key := payments.flows_unwrap_key(envelope ->> 'encrypted_aes_key', s.private_key, s.passphrase);
+		EXIT WHEN aes_key IS NOT NULL;
+	END LOOP;
+	IF aes_key IS NOT NULL THEN
+		plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
+												envelope ->> 'encrypted_flow_data');
+	END IF;
+	IF plain IS NULL THEN
+		PERFORM payments.record_flows_rejection(provider, 'rejected',
+			CASE WHEN aes_key IS NULL THEN 'flows_key_mismatch' ELSE 'flows_decrypt_failed' END,
+			CASE WHEN aes_key IS NULL THEN 'Flows request: no live Flows key decrypts encrypted_aes_key'
+				 ELSE 'Flows request: encrypted_flow_data does not decrypt with the AES key and initial_vector' END,
+			body, headers, source_ip, request_id);
+		RETURN QUERY SELECT 421, 'undecryptable', 'cannot decrypt the request';
+		RETURN;
+	END IF;
+
+	BEGIN
+		request := plain::jsonb;
+	EXCEPTION WHEN data_exception THEN
+		request := NULL;
+	END;
+	IF jsonb_typeof(request) IS DISTINCT FROM 'object' THEN
+		PERFORM payments.record_flows_rejection(provider, 'invalid', 'invalid_json',
+			'Flows request: the decrypted request is not a JSON object', body, headers, source_ip, request_id);
+		RETURN QUERY SELECT 400, 'invalid', 'malformed request';
+		RETURN;
+	END IF;
+
+	SELECT a.http_status, a.response INTO answer FROM payments.flows_answer(provider, request) a;
+	IF answer.http_status NOT IN (200, 427) THEN
+		RETURN QUERY SELECT answer.http_status::integer, 'invalid', answer.response ->> 'error';
+		RETURN;
+	END IF;
+	RETURN QUERY SELECT answer.http_status::integer,
+		CASE answer.http_status WHEN 200 THEN 'answered' ELSE 'invalid_flow_token' END,
+		payments.flows_encrypt_response(aes_key, envelope ->> 'initial_vector', answer.response::text);
+END
+$$;
+COMMENT ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) IS
+	'The shim''s call for POST /flows/{provider}: verifies, decrypts and answers a WhatsApp Flows request; returns the HTTP status, the outcome (answered, invalid_flow_token, rejected, undecryptable, invalid, unknown_provider) and the plain-text body (the encrypted response for 200 and 427)';
+
+REVOKE ALL ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.flows_answer(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.add_flow_key(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.revoke_flow_key(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.issue_flow_token(text, text, interval) FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_keys_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_tokens', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions_id_seq', '');
+
+--------------------------------------------------------------------------------------------------
 -- Privileges of the roles: last, so that they cover every object above
 --------------------------------------------------------------------------------------------------
 
--- payments_ingest: the shim's login role is a member; ingest and the Meta handshake only
+-- payments_ingest: the shim's login role is a member; ingest, the Meta handshake, the Flows endpoint
 GRANT USAGE ON SCHEMA payments TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.meta_subscribe(text, text, text, text) TO payments_ingest;
+GRANT EXECUTE ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) TO payments_ingest;
 
 -- payments_analyst: the report views and functions; donors' e-mail and phone masked there
 GRANT USAGE ON SCHEMA payments TO payments_analyst;
@@ -2761,6 +3186,8 @@ GRANT SELECT ON ALL TABLES IN SCHEMA payments TO payments_admin;
 GRANT INSERT, UPDATE, DELETE ON payments.providers, payments.secrets, payments.certificates,
 	payments.currencies, payments.fx_rates TO payments_admin;
 GRANT INSERT, UPDATE, DELETE ON payments.endpoints TO payments_admin;
+GRANT INSERT, UPDATE, DELETE ON payments.flow_keys, payments.flow_tokens TO payments_admin;
+GRANT DELETE ON payments.flow_submissions TO payments_admin;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA payments TO payments_admin;
 -- the machinery behind ingest, retries and deliveries is not called by hand
 REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_change),
@@ -2769,6 +3196,8 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
 	payments.enqueue_transition(), payments.api_token_requests(integer),
 	payments.store_api_token(text, integer, text, text), payments.claim_reconciliation(integer),
-	payments.record_reconciliation(bigint, integer, text, text) FROM payments_admin;
+	payments.record_reconciliation(bigint, integer, text, text),
+	payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text),
+	payments.flows_answer(text, jsonb) FROM payments_admin;
 -- cached API tokens are bearer credentials: read by the reconciliation run only
 REVOKE SELECT ON payments.api_tokens FROM payments_admin;

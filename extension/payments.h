@@ -143,6 +143,7 @@ extern const char *HeaderValue(Jsonb *headers, const char *name, int *len);
 extern int	HmacLength(HmacAlgorithm algorithm);
 extern void ComputeHmac(HmacAlgorithm algorithm, const void *key, size_t keylen,
 						const MacPart *parts, int nparts, unsigned char *out);
+extern void ReportOpenSSLFailure(const char *what) pg_attribute_noreturn();
 
 /* ed25519.c */
 #define ED25519_PUBLIC_KEY_LEN 32

@@ -35,6 +35,7 @@
 
 #define INGEST_NPARAMS	5
 #define SUBSCRIBE_NPARAMS 4
+#define FLOWS_NPARAMS	5
 
 /* The statements prepared on every connection */
 typedef enum DbStatementId
@@ -42,6 +43,7 @@ typedef enum DbStatementId
 	STMT_INGEST,
 	STMT_SUBSCRIBE,
 	STMT_READY,
+	STMT_FLOWS,
 	STMT_COUNT
 } DbStatementId;
 
@@ -63,6 +65,9 @@ static const DbStatement db_statements[STMT_COUNT] = {
 		"SELECT (SELECT extversion FROM pg_catalog.pg_extension "
 		"WHERE extname = 'payments'), "
 		"pg_catalog.current_setting('transaction_read_only')", 0},
+	{"payments_flows_exchange",
+		"SELECT http_status, outcome, response FROM payments.flows_exchange("
+		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", FLOWS_NPARAMS},
 };
 
 /* Versions of the payments extension this shim can call */
@@ -591,7 +596,54 @@ db_subscribe(const SubscribeRequest *req, SubscribeResult *out)
 }
 
 /*
- * Free the result of a successful db_ingest() or db_subscribe().
+ * Call payments.flows_exchange() for a WhatsApp Flows request, with the
+ * parameters of an ingest call (the body as a binary parameter).  On DB_OK
+ * the caller must db_free_result(out->pgresult).
+ */
+void
+db_flows(const IngestRequest *req, FlowsResult *out)
+{
+	const char *values[FLOWS_NPARAMS];
+	int			lengths[FLOWS_NPARAMS] = {0, 0, 0, 0, 0};
+	const int	formats[FLOWS_NPARAMS] = {0, 0, 1, 0, 0};
+	PGresult   *res;
+	const char *status_text;
+	char	   *end;
+	long		status;
+
+	memset(out, 0, sizeof(*out));
+	values[0] = req->provider;
+	values[1] = req->headers_json;
+	values[2] = (req->body != NULL) ? req->body : "";
+	lengths[2] = (int) req->body_len;
+	values[3] = req->client_ip;
+	values[4] = req->request_id;
+
+	out->status = db_exec(STMT_FLOWS, values, lengths, formats,
+						  req->request_id, &res);
+	if (out->status != DB_OK)
+		return;
+	status_text = (PQntuples(res) == 1 && PQnfields(res) == 3 &&
+				   !PQgetisnull(res, 0, 0) && !PQgetisnull(res, 0, 1))
+		? PQgetvalue(res, 0, 0) : "";
+	status = strtol(status_text, &end, 10);
+	if (end == status_text || *end != '\0' || status < 200 || status > 599)
+	{
+		log_db_error(LOG_ERROR, req->request_id,
+					 "flows_exchange returned an unusable row", NULL,
+					 "want one row: http_status 200-599, outcome not null, response");
+		PQclear(res);
+		out->status = DB_FAILED;
+		return;
+	}
+	out->http_status = (unsigned int) status;
+	out->outcome = PQgetvalue(res, 0, 1);
+	out->body = PQgetisnull(res, 0, 2) ? "" : PQgetvalue(res, 0, 2);
+	out->pgresult = res;
+}
+
+/*
+ * Free the result of a successful db_ingest(), db_subscribe() or db_flows().
  */
 void
 db_free_result(void *pgresult)

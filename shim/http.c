@@ -32,10 +32,13 @@
 
 #define WEBHOOK_PREFIX		"/webhooks/"
 #define WEBHOOK_PREFIX_LEN	(sizeof(WEBHOOK_PREFIX) - 1)
+#define FLOWS_PREFIX		"/flows/"
+#define FLOWS_PREFIX_LEN	(sizeof(FLOWS_PREFIX) - 1)
 #define REQUEST_ID_HEADER	"X-Request-ID"
 #define TRACEPARENT_HEADER	"traceparent"
 #define RETRY_AFTER_UNAVAILABLE_S 5
 #define JSON_TYPE			"application/json"
+#define TEXT_TYPE			"text/plain"
 #define METRICS_TYPE		"text/plain; version=0.0.4; charset=utf-8"
 
 /* Per-request state, hung on MHD's *req_cls */
@@ -361,6 +364,8 @@ route_of(const char *url, const char *method)
 	if (strncmp(url, WEBHOOK_PREFIX, WEBHOOK_PREFIX_LEN) == 0)
 		return strcmp(method, MHD_HTTP_METHOD_GET) == 0
 			? ROUTE_SUBSCRIBE : ROUTE_WEBHOOK;
+	if (strncmp(url, FLOWS_PREFIX, FLOWS_PREFIX_LEN) == 0)
+		return ROUTE_FLOWS;
 	if (strcmp(url, "/health") == 0)
 		return ROUTE_HEALTH;
 	if (strcmp(url, "/ready") == 0)
@@ -424,6 +429,44 @@ start_webhook(struct MHD_Connection *conn, Request *req, const char *url,
 }
 
 /*
+ * First call for POST /flows/{provider}: check method, provider name, rate
+ * and declared length, as for a webhook.
+ */
+static enum MHD_Result
+start_flows(struct MHD_Connection *conn, Request *req, const char *url,
+			const char *method)
+{
+	const char *provider = url + FLOWS_PREFIX_LEN;
+	const char *length_header;
+	unsigned long long length;
+
+	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
+						   REJECT_METHOD_NOT_ALLOWED, "method not allowed",
+						   "POST");
+	if (!valid_provider(provider))
+		return reply_error(conn, req, MHD_HTTP_NOT_FOUND, REJECT_NOT_FOUND,
+						   "not found", NULL);
+	snprintf(req->provider, sizeof(req->provider), "%s", provider);
+
+	if (req->has_ip && !ratelimit_take(&req->client, &req->retry_after_s))
+		return reply_error(conn, req, MHD_HTTP_TOO_MANY_REQUESTS,
+						   REJECT_RATE_LIMITED, "too many requests", NULL);
+
+	length_header = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+												MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (length_header != NULL)
+	{
+		if (content_length_too_large(length_header, &length))
+			return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
+							   REJECT_BODY_TOO_LARGE, "request body too large",
+							   NULL);
+		buf_reserve(&req->body, (size_t) length);
+	}
+	return MHD_YES;
+}
+
+/*
  * First call for a request: route it.  Errors are answered at once; for a
  * valid request return MHD_YES and wait for the body and the final call.
  */
@@ -442,6 +485,8 @@ start_request(struct MHD_Connection *conn, Request *req,
 		case ROUTE_WEBHOOK:
 		case ROUTE_SUBSCRIBE:
 			return start_webhook(conn, req, url, method);
+		case ROUTE_FLOWS:
+			return start_flows(conn, req, url, method);
 		case ROUTE_HEALTH:
 		case ROUTE_READY:
 		case ROUTE_METRICS:
@@ -682,6 +727,68 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 }
 
 /*
+ * Final call for POST /flows/{provider}: hand the request to
+ * payments.flows_exchange(), which verifies, decrypts and answers it, and
+ * send its status and plain-text body (the encrypted response, or a short
+ * message) as they are.
+ */
+static enum MHD_Result
+finish_flows(struct MHD_Connection *conn, Request *req)
+{
+	StrBuf		headers;
+	IngestRequest in;
+	FlowsResult out;
+	enum MHD_Result ret;
+
+	if (req->too_large)
+		return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
+						   REJECT_BODY_TOO_LARGE, "request body too large",
+						   NULL);
+
+	buf_init(&headers);
+	if (req->body.failed || !json_build_headers(conn, &headers))
+	{
+		buf_free(&headers);
+		log_message(LOG_ERROR, "out of memory");
+		return reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
+							 "internal error", NULL);
+	}
+
+	in.provider = req->provider;
+	in.headers_json = headers.data;
+	in.body = req->body.data;
+	in.body_len = req->body.len;
+	in.client_ip = req->has_ip ? req->client_ip : NULL;
+	in.request_id = req->request_id;
+	db_flows(&in, &out);
+	buf_free(&headers);
+	buf_free(&req->body);
+
+	switch (out.status)
+	{
+		case DB_OK:
+			break;
+		case DB_INVALID:
+			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
+							   REJECT_DATABASE_ERROR, "invalid request", NULL);
+		case DB_UNAVAILABLE:
+			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							   REJECT_DATABASE_UNAVAILABLE,
+							   "database unavailable", NULL);
+		case DB_FAILED:
+			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							   REJECT_DATABASE_ERROR, "database error", NULL);
+	}
+	snprintf(req->outcome, sizeof(req->outcome), "%s", out.outcome);
+	if (out.http_status != MHD_HTTP_NOT_FOUND)
+		metrics_learn_provider(req->provider);
+	ret = reply(conn, req, out.http_status, TEXT_TYPE, out.body,
+				strlen(out.body), NULL);
+	db_free_result(out.pgresult);
+	return ret;
+}
+
+/*
  * MHD access handler (see the file header for the calling protocol).
  */
 enum MHD_Result
@@ -719,6 +826,8 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 			return finish_webhook(conn, req);
 		case ROUTE_SUBSCRIBE:
 			return finish_subscribe(conn, req);
+		case ROUTE_FLOWS:
+			return finish_flows(conn, req);
 		case ROUTE_HEALTH:
 			return finish_health(conn, req);
 		case ROUTE_READY:

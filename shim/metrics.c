@@ -55,6 +55,7 @@ static const char *const route_names[ROUTE_COUNT] = {
 	[ROUTE_HEALTH] = "health",
 	[ROUTE_READY] = "ready",
 	[ROUTE_METRICS] = "metrics",
+	[ROUTE_FLOWS] = "flows",
 };
 
 static const char *const rejection_names[REJECT_COUNT] = {
@@ -155,7 +156,7 @@ metrics_learn_provider(const char *provider)
 }
 
 /*
- * Count one answered request and its duration.  For webhook routes
+ * Count one answered request and its duration.  For webhook and Flows routes
  * "provider" is the name in the path (validated or not), else NULL.
  */
 void
@@ -168,7 +169,7 @@ metrics_request(Route route, const char *provider, unsigned int status,
 
 	pthread_mutex_lock(&metrics.lock);
 	slot = PROVIDER_NONE;
-	if (route == ROUTE_WEBHOOK || route == ROUTE_SUBSCRIBE)
+	if (route == ROUTE_WEBHOOK || route == ROUTE_SUBSCRIBE || route == ROUTE_FLOWS)
 	{
 		slot = (uint8_t) provider_slot(provider);
 		if (slot == PROVIDER_NONE)

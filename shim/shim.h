@@ -109,6 +109,7 @@ typedef enum Route
 	ROUTE_HEALTH,
 	ROUTE_READY,
 	ROUTE_METRICS,
+	ROUTE_FLOWS,				/* POST /flows/{provider}: WhatsApp Flows data */
 	ROUTE_COUNT
 } Route;
 
@@ -188,6 +189,19 @@ typedef struct SubscribeResult
 	void	   *pgresult;
 } SubscribeResult;
 
+/*
+ * Output of one call to payments.flows_exchange() (input: an IngestRequest);
+ * outcome and body point into an owned PGresult.
+ */
+typedef struct FlowsResult
+{
+	DbStatus	status;
+	unsigned int http_status;
+	const char *outcome;
+	const char *body;			/* plain text: encrypted for 200 and 427 */
+	void	   *pgresult;
+} FlowsResult;
+
 /* Result of the readiness check; reason is a static string */
 typedef struct ReadyResult
 {
@@ -253,6 +267,7 @@ extern bool ratelimit_take(const IpAddr *ip, unsigned int *retry_after_s);
 extern bool db_init(const char *dsn);
 extern void db_ingest(const IngestRequest *req, IngestResult *res);
 extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);
+extern void db_flows(const IngestRequest *req, FlowsResult *res);
 extern void db_ready(const char *request_id, ReadyResult *res);
 extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);

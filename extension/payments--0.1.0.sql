@@ -3354,6 +3354,7 @@ DECLARE
 	word	text;
 	amount	numeric;
 	choice	text;
+	labels	text[];
 BEGIN
 	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages' OR wa IS NULL
 	   OR NOT (cfg ? 'access_token' AND cfg ? 'phone_number_id')
@@ -3405,8 +3406,14 @@ BEGIN
 		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 			'Cancelled: nothing was charged. Send *donate* whenever you would like to give.'));
 	ELSIF word = 'help' THEN
+		labels := ARRAY(SELECT payments.chat_method_label(m)
+						  FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n) ORDER BY n);
 		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-			E'Send *donate* to give with EcoCash, OneMoney, TeleCash or card, *check* for the status of your last donation, ' ||
+			'Send *donate* to give with ' ||
+			CASE WHEN cardinality(labels) > 1
+				 THEN array_to_string(labels[1:cardinality(labels) - 1], ', ') || ' or ' || labels[cardinality(labels)]
+				 ELSE labels[1] END ||
+			E', *check* for the status of your last donation, ' ||
 			E'*volunteer* to offer your time, *cancel* to stop what you are doing, or *menu* for the menu.\n' ||
 			'You get a receipt number here as soon as your payment is confirmed.'));
 	ELSIF word = 'check' THEN

@@ -188,6 +188,20 @@ SELECT reference AS card_ref FROM payments.payments WHERE provider LIKE 'pn\_%' 
 SELECT pg_temp.paynow('pn_zwg', ARRAY[['reference', :'card_ref'], ['paynowreference', '9002'], ['amount', '5.00'],
 	['status', 'Cancelled'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g2']]);
 SELECT * FROM pg_temp.replies('263772000001');
+-- an initiation interrupted mid-request (no reply recorded) is failed, never sent again;
+-- one that cannot be made (no live integration key) fails at once
+SELECT pg_temp.donate('263772000005', 0, 'ecocash');
+UPDATE payments.paynow_initiations i SET state = 'sending', started_at = now() - interval '10 minutes'
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000005';
+UPDATE payments.secrets SET revoked_at = now() WHERE provider = 'pn_zwg';
+SELECT pg_temp.donate('263772000006', 0, 'onemoney');
+SELECT count(*) AS sent FROM payments.claim_initiations(10);
+UPDATE payments.secrets SET revoked_at = NULL WHERE provider = 'pn_zwg';
+SELECT p.donor_phone, i.state, i.error, p.status FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id
+ WHERE p.donor_phone IN ('263772000005', '263772000006') ORDER BY 1;
+SELECT * FROM pg_temp.replies('263772000005') OFFSET 7;
+SELECT * FROM pg_temp.replies('263772000006') OFFSET 7;
+
 -- the procedure commits: not inside a transaction block
 BEGIN;
 CALL payments.initiate_payments(5);
@@ -250,7 +264,7 @@ SELECT pg_temp.say('263770000001', '/report 2026-02-30', 3);
 SELECT pg_temp.say('263770000001', '/approve', 4);
 SELECT pg_temp.say('263770000001', '/approve NOPE', 5);
 SELECT * FROM pg_temp.replies('263770000001');
-SELECT reference AS eco_ref FROM payments.payments WHERE provider LIKE 'pn\_%' AND method = 'ecocash' \gset
+SELECT reference AS eco_ref FROM payments.payments WHERE donor_phone = '263772000003' \gset
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 6);
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);
 SELECT * FROM pg_temp.replies('263770000001');

@@ -74,6 +74,8 @@ async function startGraph() {
 			if (!/^application\/json/.test(req.headers['content-type'] ?? '')) return refuse(res, 'content-type');
 			let m;
 			try { m = JSON.parse(raw); } catch { return refuse(res, 'not JSON'); }
+			// like Meta for a number that cannot receive (error 131026): the message itself is refused
+			if (m.to === '263772000070') return refuse(res, 'undeliverable');
 			if (m.messaging_product !== 'whatsapp' || m.recipient_type !== 'individual' || !/^[1-9][0-9]{5,14}$/.test(m.to))
 				return refuse(res, 'envelope');
 			let said;
@@ -392,7 +394,7 @@ test('duplicate and out-of-order Meta deliveries; message statuses update the ou
 		'failed 131047');
 });
 
-test('volunteers register in the chat; a wrong access token is refused by the Cloud API and retried', async () => {
+test('volunteers register in the chat; a message the Cloud API refuses is dead; a wrong access token is retried', async () => {
 	const who = '263772000060';
 	await say(who, 'volunteer', { button: true });
 	await say(who, 'Rudo Chikore');
@@ -402,6 +404,11 @@ test('volunteers register in the chat; a wrong access token is refused by the Cl
 	assert.match(graph.to(who).at(-1), /^Thank you, Rudo Chikore! You are registered as a volunteer/);
 	assert.equal(q(`SELECT name || '|' || phone || '|' || skills || '|' || availability FROM payments.volunteer_list`),
 		'Rudo Chikore|********0060|Driving|Saturdays');
+
+	await say('263772000070', 'help');
+	await work();
+	assert.equal(q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox WHERE recipient = '263772000070'`),
+		'dead 400 1');
 
 	db.psql(`UPDATE payments.providers SET settings = settings || '{"access_token": "EAAwrong"}' WHERE name = 'clinic'`);
 	await say(who, 'help');

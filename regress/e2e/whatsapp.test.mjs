@@ -327,10 +327,12 @@ test('sessions expire after the idle time; help and menu at any point', async ()
 	assert.match(chat.at(-1), /^Send \*donate\* to give/);
 });
 
-test('rate limit: one number cannot flood the service (a batch of 35 messages)', async () => {
+test('rate limit: one number cannot flood the service (a batch of 35 messages)', async (t) => {
 	const who = '263772000030';
 	const messages = Array.from({ length: 35 }, () => metaMessage(who, 'help'));
+	const started = process.hrtime.bigint();
 	assert.equal(await deliverToShim(metaBody({ contacts: [{ profile: { name: 'Flood' }, wa_id: who }], messages })), 'applied');
+	t.diagnostic(`35 messages in one delivery stored and answered in ${Number(process.hrtime.bigint() - started) / 1e6} ms`);
 	assert.equal(q(`SELECT count(*) FILTER (WHERE state = 'applied') || ' ' || count(*) FILTER (WHERE state = 'ignored')
 		FROM payments.events WHERE provider = 'clinic' AND payload -> 'message' ->> 'from' = :'w'`, { w: who }), '30 5');
 	await work();
@@ -416,4 +418,25 @@ test('volunteers register in the chat; a message the Cloud API refuses is dead; 
 	assert.ok(graph.refused.includes('token'));
 	assert.equal(q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox WHERE recipient = :'w' ORDER BY id DESC LIMIT 1`,
 		{ w: who }), 'pending 401 1');
+});
+
+test('the pg_cron chat job answers within about a second while it runs', async (t) => {
+	db.psql(`UPDATE payments.providers SET settings = settings || '{"access_token": "${TOKEN}"}' WHERE name = 'clinic'`);
+	const job = new Promise((resolve) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments', '-c', "CALL payments.run_job('chat')"], { env: { ...process.env, PGAPPNAME: 'chat-job' } },
+		(err, stdout, stderr) => resolve(stderr));
+		child.stdin.end();
+	});
+	await until('the job', () => q(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chat-job' AND state = 'active'`) === '1');
+	const who = '263772000080';
+	const started = Date.now();
+	await donate(who, { method: 'ecocash', amount: '3' });
+	const ref = lastRef(who);
+	await until('the receipt', () => graph.to(who).some((s) => s.includes('Your receipt number is')), 10000);
+	t.diagnostic(`from the greeting to the receipt in the chat, pg_cron job only: ${Date.now() - started} ms`);
+	assert.equal(statusOf(ref), 'paid');
+	assert.ok(graph.to(who).some((s) => s.startsWith(`Dial *151*2*4# and approve 3.00 for ${ref}`)));
+	q(`SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'chat-job'`);
+	assert.match(await job, /canceling statement due to user request/);
 });

@@ -1799,7 +1799,7 @@ CREATE TABLE payments.outbox (
 CREATE INDEX outbox_due_idx ON payments.outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX outbox_endpoint_idx ON payments.outbox (endpoint_id, state);
 CREATE UNIQUE INDEX outbox_wamid_idx ON payments.outbox (provider, wamid) WHERE wamid IS NOT NULL;
-CREATE INDEX outbox_recipient_idx ON payments.outbox (provider, recipient, created_at) WHERE provider IS NOT NULL;
+CREATE INDEX outbox_recipient_idx ON payments.outbox (provider, recipient, id) WHERE provider IS NOT NULL AND state = 'pending';
 COMMENT ON TABLE payments.outbox IS
 	'Outbound webhooks (endpoint_id) and WhatsApp messages (provider: the meta provider sending them), queued in the transaction of the change; webhook-id is msg_<id>, the same on every attempt. pending: to send (next_attempt_at is also the lease of an attempt in flight); delivered: a 2xx came back; dead: gave up after the last attempt';
 COMMENT ON COLUMN payments.outbox.wamid IS 'A WhatsApp message''s id, from the Graph API''s answer; Meta''s statuses name it';
@@ -2017,14 +2017,18 @@ BEGIN
 			ids := ids || probe;
 		END IF;
 	END LOOP;
-	-- webhooks to closed endpoints; WhatsApp messages of providers that can send
+	-- webhooks to closed endpoints; WhatsApp messages of providers that can send, one at a time
+	-- per recipient and in order (messages sent in parallel may reach the chat in any order)
 	ids := ids || ARRAY(
 		SELECT o.id FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 		 WHERE o.state = 'pending' AND o.next_attempt_at <= now() AND o.id <> ALL (ids)
 		   AND CASE WHEN o.provider IS NULL THEN e.enabled AND e.breaker_state = 'closed'
 					ELSE EXISTS (SELECT FROM payments.providers v
 								  WHERE v.name = o.provider AND v.settings ? 'access_token'
-									AND v.settings ? 'phone_number_id') END
+									AND v.settings ? 'phone_number_id')
+						 AND NOT EXISTS (SELECT FROM payments.outbox b
+										  WHERE b.provider = o.provider AND b.recipient = o.recipient
+											AND b.state = 'pending' AND b.id < o.id) END
 		 ORDER BY o.next_attempt_at, o.id
 		 LIMIT greatest(max_items - cardinality(ids), 0)
 		   FOR UPDATE OF o SKIP LOCKED);
@@ -2062,7 +2066,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_outbox(integer) IS
-	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id), records an attempt for each and leases them; used by deliver_outbox, which commits before sending';
+	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them; used by deliver_outbox, which commits before sending';
 
 CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
 										 error text, duration_ms integer, response_bytes bigint,
@@ -2242,6 +2246,7 @@ AS $$
 DECLARE
 	lock_key integer := payments.job_lock_key(job);
 	started	timestamptz := pg_catalog.clock_timestamp();
+	last_attempt bigint;
 BEGIN
 	IF lock_key IS NULL THEN
 		RAISE EXCEPTION 'unknown job "%"', job
@@ -2261,13 +2266,17 @@ BEGIN
 	ELSIF job = 'chat' THEN
 		-- pg_cron starts jobs once a minute; a donor waits for answers and payment prompts in
 		-- seconds, so while a WhatsApp number is set up the job keeps going for 55 s, once a second
+		-- (a chat's messages go one per run, in order: a run that sent something is followed at once)
 		LOOP
+			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
 			CALL payments.initiate_payments(least(max_items, 50));
 			CALL payments.deliver_outbox(least(max_items, 200));
 			EXIT WHEN pg_catalog.clock_timestamp() > started + interval '54 seconds'
 				OR NOT EXISTS (SELECT FROM payments.providers v
 								WHERE v.kind = 'meta' AND v.settings ? 'access_token');
-			PERFORM pg_catalog.pg_sleep(1);
+			IF (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a) IS NOT DISTINCT FROM last_attempt THEN
+				PERFORM pg_catalog.pg_sleep(1);
+			END IF;
 			COMMIT;
 		END LOOP;
 	END IF;

@@ -158,12 +158,24 @@ async function startPaynow() {
 	return p;
 }
 
-// The background work pg_cron does (chat job), once: initiations, then deliveries
+// The background work of the chat job: initiations, then deliveries until a run sends nothing
+// (a chat gets one message per run, in order)
 function work() {
 	return new Promise((resolve, reject) => {
 		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
 			'-U', 'postgres', '-d', 'payments'], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
-		child.stdin.end('CALL payments.initiate_payments(20);\nCALL payments.deliver_outbox(100);\n');
+		child.stdin.end(`CALL payments.initiate_payments(20);
+			DO $$
+			DECLARE
+				last bigint;
+			BEGIN
+				LOOP
+					last := (SELECT max(id) FROM payments.outbox_attempts);
+					CALL payments.deliver_outbox(100);
+					EXIT WHEN (SELECT max(id) FROM payments.outbox_attempts) IS NOT DISTINCT FROM last;
+				END LOOP;
+			END
+			$$;\n`);
 	});
 }
 const q = (sql, vars = {}) => db.psqlVars(sql, vars);
@@ -252,6 +264,11 @@ test('a donation in each method is initiated from the database and ends paid, wi
 		'/interface/initiatetransaction - - 12.50', '/interface/remotetransaction ecocash 0771111111 12.50',
 		'/interface/remotetransaction onemoney 0771111111 12.50', '/interface/remotetransaction telecash 0771111111 12.50']);
 	assert.equal(q(`SELECT count(*) FROM payments.outbox WHERE provider = 'clinic' AND (state <> 'delivered' OR wamid IS NULL)`), '0');
+	// each chat got its messages in the order they were queued
+	for (const who of Object.keys(donors)) {
+		assert.deepEqual(graph.sent.filter((x) => x.to === who).map((x) => x.wamid),
+			q(`SELECT wamid FROM payments.outbox WHERE recipient = :'w' ORDER BY id`, { w: who }).split('\n'));
+	}
 });
 
 test('edit and cancel paths, invalid amounts', async () => {

@@ -33,7 +33,8 @@ typedef struct ClaimedItem
 	int64		outbox_id;
 	int64		attempt_id;
 	char	   *msg_id;
-	char	   *secret;
+	char	   *secret;			/* an endpoint's: the item is signed; NULL: a WhatsApp message */
+	char	   *headers;		/* more "Name: value" lines (a WhatsApp message's bearer token) */
 } ClaimedItem;
 
 /* Text of a column of the current SPI row, copied into cxt; NULL if null */
@@ -53,8 +54,8 @@ ClaimItems(int max_items, MemoryContext cxt, ClaimedItem **items, OutboundReques
 	Datum		args[1] = {Int32GetDatum(max_items)};
 	int			n;
 
-	if (SPI_execute_with_args("SELECT outbox_id, attempt_id, msg_id, url, secret, body, ca_file,"
-							  "       connect_timeout_ms, timeout_ms, max_response_bytes"
+	if (SPI_execute_with_args("SELECT outbox_id, attempt_id, msg_id, url, secret, body, headers,"
+							  "       ca_file, connect_timeout_ms, timeout_ms, max_response_bytes"
 							  "  FROM payments.claim_outbox($1)",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim outbox items");
@@ -75,17 +76,19 @@ ClaimItems(int max_items, MemoryContext cxt, ClaimedItem **items, OutboundReques
 		(*items)[i].secret = ColumnText(cxt, row, desc, 5);
 		req->body = ColumnText(cxt, row, desc, 6);
 		req->bodylen = strlen(req->body);
-		req->ca_file = ColumnText(cxt, row, desc, 7);
-		req->connect_timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
-		req->timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 9, &isnull));
-		req->max_response = DatumGetInt32(SPI_getbinval(row, desc, 10, &isnull));
+		(*items)[i].headers = ColumnText(cxt, row, desc, 7);
+		req->ca_file = ColumnText(cxt, row, desc, 8);
+		req->connect_timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 9, &isnull));
+		req->timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 10, &isnull));
+		req->max_response = DatumGetInt32(SPI_getbinval(row, desc, 11, &isnull));
 	}
 	return n;
 }
 
 /*
- * Signs each request (webhook-id, webhook-timestamp, webhook-signature) and
- * allocates its buffers, all before any libcurl handle exists.
+ * Signs each webhook (webhook-id, webhook-timestamp, webhook-signature), adds
+ * a WhatsApp message's headers, and allocates the buffers, all before any
+ * libcurl handle exists.
  */
 static void
 PrepareRequests(ClaimedItem *items, OutboundRequest *reqs, int n, MemoryContext cxt)
@@ -98,14 +101,19 @@ PrepareRequests(ClaimedItem *items, OutboundRequest *reqs, int n, MemoryContext 
 		OutboundRequest *req = &reqs[i];
 
 		req->headers = palloc(sizeof(char *) * 6);
-		req->headers[0] = pstrdup("Content-Type: application/json");
-		req->headers[1] = psprintf("webhook-id: %s", items[i].msg_id);
-		req->headers[2] = psprintf("webhook-timestamp: " INT64_FORMAT, now);
-		req->headers[3] = psprintf("webhook-signature: %s",
-								   StandardWebhookSignature(items[i].msg_id, now, req->body,
-															req->bodylen, items[i].secret));
-		req->headers[4] = pstrdup("Expect:");	/* no 100-continue round trip */
-		req->nheaders = 5;
+		req->headers[req->nheaders++] = pstrdup("Content-Type: application/json");
+		if (items[i].secret != NULL)
+		{
+			req->headers[req->nheaders++] = psprintf("webhook-id: %s", items[i].msg_id);
+			req->headers[req->nheaders++] = psprintf("webhook-timestamp: " INT64_FORMAT, now);
+			req->headers[req->nheaders++] =
+				psprintf("webhook-signature: %s",
+						 StandardWebhookSignature(items[i].msg_id, now, req->body,
+												  req->bodylen, items[i].secret));
+		}
+		else if (items[i].headers != NULL)
+			req->headers[req->nheaders++] = items[i].headers;	/* one line: Authorization */
+		req->headers[req->nheaders++] = pstrdup("Expect:");	/* no 100-continue round trip */
 		req->response = palloc0(OUTBOUND_RESPONSE_KEPT + 1);
 	}
 	MemoryContextSwitchTo(old);

@@ -204,7 +204,10 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	problem := coalesce(payments.settings_problem(kind, settings),
-						CASE WHEN kind = 'meta' THEN payments.flows_settings_problem(settings) END);
+						CASE WHEN kind = 'meta' THEN payments.chat_settings_problem(settings) END,
+						CASE WHEN kind = 'paynow' AND settings ? 'auth_email'
+								  AND coalesce(settings ->> 'auth_email', '') !~ '^[^@[:space:]]+@[^@[:space:]]+$'
+							 THEN 'auth_email must be an e-mail address' END);
 	IF problem IS NOT NULL THEN
 		RAISE EXCEPTION 'unusable settings for provider kind "%": %', kind, problem
 			USING ERRCODE = 'invalid_parameter_value';
@@ -778,6 +781,32 @@ $$;
 COMMENT ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) IS
 	'What a Paynow status update says about a payment: Paid, Awaiting Delivery, Delivered are paid; Created, Sent pending; Cancelled; Failed; Disputed; Refunded';
 
+CREATE FUNCTION payments.paynow_initiated(change payments.payment_change, provider_name text)
+RETURNS payments.payment_change
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ours	text;
+BEGIN
+	IF change IS NULL OR change.reference IS NULL THEN
+		RETURN change;
+	END IF;
+	-- a payment we initiated (WhatsApp donations) exists before Paynow names it: it is known by
+	-- our merchant reference, whether or not the initiate reply has been stored yet
+	SELECT i.reference INTO ours FROM payments.paynow_initiations i
+	 WHERE i.provider = provider_name AND i.reference = change.reference;
+	IF FOUND THEN
+		change.metadata := change.metadata || jsonb_build_object('paynowreference', change.provider_ref);
+		change.provider_ref := ours;
+		change.creates := false;
+	END IF;
+	RETURN change;
+END
+$$;
+COMMENT ON FUNCTION payments.paynow_initiated(payments.payment_change, text) IS
+	'A Paynow change about a payment this database initiated is applied to it (known by the merchant reference), not to a new payment named by paynowreference';
+
 CREATE FUNCTION payments.eversend_change(payload jsonb, event_at timestamptz)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
@@ -908,7 +937,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT CASE kind
 		WHEN 'stripe' THEN payments.stripe_change(ev.payload)
-		WHEN 'paynow' THEN payments.paynow_change(ev.payload, settings, ev.received_at)
+		WHEN 'paynow' THEN payments.paynow_initiated(payments.paynow_change(ev.payload, settings, ev.received_at),
+													 ev.provider)
 		WHEN 'eversend' THEN payments.eversend_change(ev.payload, ev.event_at)
 		WHEN 'paypal' THEN payments.paypal_change(ev.payload, ev.provider, ev.event_at)
 	END
@@ -938,9 +968,14 @@ BEGIN
 	END IF;
 	SELECT p.kind, p.settings INTO kind, settings FROM payments.providers p WHERE p.name = ev.provider;
 
-	change := payments.event_change(kind, settings, ev);
-	result := CASE WHEN change IS NULL THEN 'ignored'
-				   ELSE payments.apply_change(ev.id, ev.provider, change) END;
+	IF kind = 'meta' THEN
+		-- WhatsApp: messages drive the donors' conversations, statuses the messages we sent
+		result := payments.chat_event(ev, settings);
+	ELSE
+		change := payments.event_change(kind, settings, ev);
+		result := CASE WHEN change IS NULL THEN 'ignored'
+					   ELSE payments.apply_change(ev.id, ev.provider, change) END;
+	END IF;
 
 	IF result = 'unresolved' THEN
 		-- a failed attempt like any other: kept, retried on the schedule, dead after the last
@@ -981,7 +1016,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.receipt_counters', '');
 --------------------------------------------------------------------------------------------------
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('meta', '{verify_token}',
+	('meta', '{verify_token,access_token,phone_number_id,api_base,admin_numbers,paynow_providers,methods,purposes,min_amount,max_amount,session_timeout,rate_limit,rate_window}',
 	 'Meta / WhatsApp Cloud API: X-Hub-Signature-256 = sha256= + hex HMAC-SHA256 of the body, key = the app secret; one event per message and per status');
 
 CREATE FUNCTION payments.verify_meta(body bytea, signature text, app_secret text)
@@ -1025,7 +1060,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.rejections_id_seq', '');
 --------------------------------------------------------------------------------------------------
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('paynow', '{integration_id,result_url,return_url,api_base,currency}',
+	('paynow', '{integration_id,result_url,return_url,api_base,currency,auth_email}',
 	 'Paynow status update (form-urlencoded): SHA-512 of the decoded values in order, hash excluded, + the integration key in lower case; upper-case hex in the hash field');
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
 	('eversend', '{algorithm,api_base,client_id,client_secret}',
@@ -1750,7 +1785,9 @@ COMMENT ON COLUMN payments.endpoints.breaker_state IS
 
 CREATE TABLE payments.outbox (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	endpoint_id		bigint NOT NULL REFERENCES payments.endpoints (id),
+	endpoint_id		bigint REFERENCES payments.endpoints (id),
+	provider		text REFERENCES payments.providers (name),
+	recipient		text,
 	event_type		text NOT NULL,
 	payload			jsonb NOT NULL,
 	status_history_id bigint REFERENCES payments.status_history (id) ON DELETE SET NULL,
@@ -1760,17 +1797,28 @@ CREATE TABLE payments.outbox (
 	last_status		integer,
 	last_error		text,
 	created_at		timestamptz NOT NULL DEFAULT now(),
-	delivered_at	timestamptz
+	delivered_at	timestamptz,
+	wamid			text,
+	message_status	text CHECK (message_status IN ('sent', 'delivered', 'read', 'failed')),
+	message_status_at timestamptz,
+	message_errors	jsonb,
+	CHECK ((endpoint_id IS NULL) <> (provider IS NULL)),
+	CHECK (provider IS NULL OR recipient ~ '^[1-9][0-9]{5,14}$')
 );
 CREATE INDEX outbox_due_idx ON payments.outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX outbox_endpoint_idx ON payments.outbox (endpoint_id, state);
+CREATE UNIQUE INDEX outbox_wamid_idx ON payments.outbox (provider, wamid) WHERE wamid IS NOT NULL;
+CREATE INDEX outbox_recipient_idx ON payments.outbox (provider, recipient, id) WHERE provider IS NOT NULL AND state = 'pending';
 COMMENT ON TABLE payments.outbox IS
-	'Outbound webhooks, queued in the transaction of the change; webhook-id is msg_<id>, the same on every attempt. pending: to send (next_attempt_at is also the lease of an attempt in flight); delivered: a 2xx came back; dead: gave up after the last attempt';
+	'Outbound webhooks (endpoint_id) and WhatsApp messages (provider: the meta provider sending them), queued in the transaction of the change; webhook-id is msg_<id>, the same on every attempt. pending: to send (next_attempt_at is also the lease of an attempt in flight); delivered: a 2xx came back; dead: gave up after the last attempt';
+COMMENT ON COLUMN payments.outbox.wamid IS 'A WhatsApp message''s id, from the Graph API''s answer; Meta''s statuses name it';
+COMMENT ON COLUMN payments.outbox.message_status IS
+	'A WhatsApp message''s last status from Meta, moved forward only (sent, delivered, read; failed); statuses arriving before the wamid was stored are applied when it is';
 
 CREATE TABLE payments.outbox_attempts (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	outbox_id		bigint NOT NULL REFERENCES payments.outbox (id) ON DELETE CASCADE,
-	endpoint_id		bigint NOT NULL REFERENCES payments.endpoints (id),
+	endpoint_id		bigint REFERENCES payments.endpoints (id),
 	attempt			integer NOT NULL,
 	started_at		timestamptz NOT NULL DEFAULT now(),
 	finished_at		timestamptz,
@@ -1951,7 +1999,8 @@ CREATE CONSTRAINT TRIGGER events_outbox
 
 CREATE FUNCTION payments.claim_outbox(max_items integer)
 RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
-			   ca_file text, connect_timeout_ms integer, timeout_ms integer, max_response_bytes integer)
+			   headers text, ca_file text, connect_timeout_ms integer, timeout_ms integer,
+			   max_response_bytes integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1977,9 +2026,18 @@ BEGIN
 			ids := ids || probe;
 		END IF;
 	END LOOP;
+	-- webhooks to closed endpoints; WhatsApp messages of providers that can send, one at a time
+	-- per recipient and in order (messages sent in parallel may reach the chat in any order)
 	ids := ids || ARRAY(
-		SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
-		 WHERE o.state = 'pending' AND o.next_attempt_at <= now() AND e.enabled AND e.breaker_state = 'closed'
+		SELECT o.id FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
+		 WHERE o.state = 'pending' AND o.next_attempt_at <= now() AND o.id <> ALL (ids)
+		   AND CASE WHEN o.provider IS NULL THEN e.enabled AND e.breaker_state = 'closed'
+					ELSE EXISTS (SELECT FROM payments.providers v
+								  WHERE v.name = o.provider AND v.settings ? 'access_token'
+									AND v.settings ? 'phone_number_id')
+						 AND NOT EXISTS (SELECT FROM payments.outbox b
+										  WHERE b.provider = o.provider AND b.recipient = o.recipient
+											AND b.state = 'pending' AND b.id < o.id) END
 		 ORDER BY o.next_attempt_at, o.id
 		 LIMIT greatest(max_items - cardinality(ids), 0)
 		   FOR UPDATE OF o SKIP LOCKED);
@@ -1993,23 +2051,31 @@ BEGIN
 	WITH u AS (
 		UPDATE payments.outbox o
 		   SET attempts = o.attempts + 1,
-			   next_attempt_at = now() + make_interval(secs => (e.connect_timeout_ms + e.timeout_ms) / 1000.0 + 10)
-		  FROM payments.endpoints e
-		 WHERE o.id = ANY (ids) AND e.id = o.endpoint_id
-		RETURNING o.id, o.attempts, o.endpoint_id, o.payload, e.url, e.secret, e.ca_file,
-				  e.connect_timeout_ms, e.timeout_ms, e.max_response_bytes),
+			   next_attempt_at = now() + make_interval(secs => coalesce(
+					(SELECT (e.connect_timeout_ms + e.timeout_ms) / 1000.0 FROM payments.endpoints e
+					  WHERE e.id = o.endpoint_id), 20) + 10)
+		 WHERE o.id = ANY (ids)
+		RETURNING o.id, o.attempts, o.endpoint_id, o.provider, o.payload),
 	a AS (
 		INSERT INTO payments.outbox_attempts (outbox_id, endpoint_id, attempt)
 		SELECT u.id, u.endpoint_id, u.attempts FROM u
 		RETURNING id, outbox_id)
-	SELECT u.id, a.id, 'msg_' || u.id, u.url, u.secret, u.payload::text, u.ca_file,
-		   u.connect_timeout_ms, u.timeout_ms, u.max_response_bytes
+	-- a WhatsApp message goes to the Graph API of its provider with its access token (DESIGN.md 3)
+	SELECT u.id, a.id, 'msg_' || u.id,
+		   coalesce(e.url, payments.api_base('meta', v.settings) || '/' || (v.settings ->> 'phone_number_id')
+						   || '/messages'),
+		   e.secret, u.payload::text,
+		   CASE WHEN u.provider IS NOT NULL THEN 'Authorization: Bearer ' || (v.settings ->> 'access_token') END,
+		   e.ca_file, coalesce(e.connect_timeout_ms, 5000), coalesce(e.timeout_ms, 15000),
+		   coalesce(e.max_response_bytes, 65536)
 	  FROM u JOIN a ON a.outbox_id = u.id
+	  LEFT JOIN payments.endpoints e ON e.id = u.endpoint_id
+	  LEFT JOIN payments.providers v ON v.name = u.provider
 	 ORDER BY u.id;
 END
 $$;
 COMMENT ON FUNCTION payments.claim_outbox(integer) IS
-	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down), records an attempt for each and leases them; used by deliver_outbox, which commits before sending';
+	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them; used by deliver_outbox, which commits before sending';
 
 CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
 										 error text, duration_ms integer, response_bytes bigint,
@@ -2047,13 +2113,23 @@ BEGIN
 		UPDATE payments.outbox o SET state = 'delivered', delivered_at = now(), next_attempt_at = now(),
 			   last_status = http_status, last_error = NULL
 		 WHERE o.id = item.id;
+		IF item.provider IS NOT NULL THEN
+			PERFORM payments.chat_message_sent(item.id, response);
+		END IF;
 		UPDATE payments.endpoints e SET breaker_state = 'closed', breaker_until = NULL, consecutive_failures = 0,
 			   last_status = http_status, last_error = NULL, last_success_at = now()
 		 WHERE e.id = ep.id;
 		RETURN 'delivered';
 	END IF;
 
-	IF http_status = 410 THEN
+	IF item.provider IS NOT NULL AND http_status = 400 THEN
+		-- the Graph API refuses the message itself (recipient, content): sending it again cannot help
+		UPDATE payments.outbox o SET state = 'dead', last_status = http_status, last_error = msg
+		 WHERE o.id = item.id;
+		RETURN 'dead';
+	END IF;
+
+	IF http_status = 410 AND item.endpoint_id IS NOT NULL THEN
 		-- the receiver is gone: stop sending there; its items wait (pending) until it is enabled again
 		UPDATE payments.outbox o SET next_attempt_at = now(), last_status = 410,
 			   last_error = 'endpoint disabled: 410 Gone'
@@ -2083,7 +2159,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) IS
-	'Records the result of a delivery attempt: 2xx delivered (breaker closes); 410 disables the endpoint; anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
+	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); 410 disables the endpoint; 400 for a WhatsApp message is final; anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
 
 CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100)
 AS 'MODULE_PATHNAME', 'deliver_outbox'
@@ -2111,14 +2187,24 @@ CREATE VIEW payments.outbox_backlog AS
 		   min(o.created_at) FILTER (WHERE o.state = 'pending') AS oldest_pending_at,
 		   now() - min(o.created_at) FILTER (WHERE o.state = 'pending') AS oldest_pending_age
 	  FROM payments.endpoints e LEFT JOIN payments.outbox o ON o.endpoint_id = e.id
-	 GROUP BY e.id, e.name, e.enabled, e.breaker_state;
+	 GROUP BY e.id, e.name, e.enabled, e.breaker_state
+	UNION ALL
+	SELECT 'whatsapp:' || o.provider, true, 'closed',
+		   count(*) FILTER (WHERE o.state = 'pending'),
+		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()),
+		   count(*) FILTER (WHERE o.state = 'dead'),
+		   count(*) FILTER (WHERE o.state = 'delivered'),
+		   min(o.created_at) FILTER (WHERE o.state = 'pending'),
+		   now() - min(o.created_at) FILTER (WHERE o.state = 'pending')
+	  FROM payments.outbox o WHERE o.provider IS NOT NULL
+	 GROUP BY o.provider;
 COMMENT ON VIEW payments.outbox_backlog IS
-	'Per endpoint: items pending, due now, dead and delivered, and the age of the oldest pending one';
+	'Per endpoint (and per WhatsApp sender, as whatsapp:<provider>): items pending, due now, dead and delivered, and the age of the oldest pending one';
 
 CREATE VIEW payments.outbox_oldest_due AS
-	SELECT o.id, e.name AS endpoint, o.event_type, o.created_at, now() - o.created_at AS age,
-		   o.attempts, o.next_attempt_at, o.last_status, o.last_error
-	  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+	SELECT o.id, coalesce(e.name, 'whatsapp:' || o.provider) AS endpoint, o.event_type, o.created_at,
+		   now() - o.created_at AS age, o.attempts, o.next_attempt_at, o.last_status, o.last_error
+	  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 	 WHERE o.state = 'pending' AND o.next_attempt_at <= now()
 	 ORDER BY o.next_attempt_at, o.id
 	 LIMIT 1;
@@ -2157,7 +2243,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT CASE job WHEN 'retry' THEN 1 WHEN 'deliver' THEN 2 WHEN 'housekeeping' THEN 3
-					WHEN 'reconcile' THEN 4 END
+					WHEN 'reconcile' THEN 4 WHEN 'chat' THEN 5 END
 $$;
 COMMENT ON FUNCTION payments.job_lock_key(text) IS
 	'The second key of a job''s advisory lock; the first is 1885436269 (''paym'')';
@@ -2168,10 +2254,12 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
 	lock_key integer := payments.job_lock_key(job);
+	started	timestamptz := pg_catalog.clock_timestamp();
+	last_attempt bigint;
 BEGIN
 	IF lock_key IS NULL THEN
 		RAISE EXCEPTION 'unknown job "%"', job
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver, reconcile.';
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver, reconcile, chat.';
 	END IF;
 	IF NOT pg_catalog.pg_try_advisory_lock(1885436269, lock_key) THEN
 		RAISE NOTICE 'payments job % skipped: the previous run is still going', job;
@@ -2184,12 +2272,28 @@ BEGIN
 		CALL payments.deliver_outbox(max_items);
 	ELSIF job = 'reconcile' THEN
 		CALL payments.reconcile(least(max_items, 200));
+	ELSIF job = 'chat' THEN
+		-- pg_cron starts jobs once a minute; a donor waits for answers and payment prompts in
+		-- seconds, so while a WhatsApp number is set up the job keeps going for 55 s, once a second
+		-- (a chat's messages go one per run, in order: a run that sent something is followed at once)
+		LOOP
+			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
+			CALL payments.initiate_payments(least(max_items, 50));
+			CALL payments.deliver_outbox(least(max_items, 200));
+			EXIT WHEN pg_catalog.clock_timestamp() > started + interval '54 seconds'
+				OR NOT EXISTS (SELECT FROM payments.providers v
+								WHERE v.kind = 'meta' AND v.settings ? 'access_token');
+			IF (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a) IS NOT DISTINCT FROM last_attempt THEN
+				PERFORM pg_catalog.pg_sleep(1);
+			END IF;
+			COMMIT;
+		END LOOP;
 	END IF;
 	PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
 END
 $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
-	'Runs one background job (retry, deliver, reconcile) unless a previous run of it still holds its advisory lock; what pg_cron calls';
+	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock; what pg_cron calls';
 
 CREATE FUNCTION payments.cron_jobs(retry_schedule text DEFAULT '* * * * *',
 								   deliver_schedule text DEFAULT '* * * * *',
@@ -2205,6 +2309,7 @@ AS $$
 		('payments-retry', retry_schedule, 'CALL payments.run_job(''retry'')', current_database()),
 		('payments-deliver', deliver_schedule, 'CALL payments.run_job(''deliver'')', current_database()),
 		('payments-reconcile', reconcile_schedule, 'CALL payments.run_job(''reconcile'', 50)', current_database()),
+		('payments-chat', deliver_schedule, 'CALL payments.run_job(''chat'')', current_database()),
 		('payments-housekeeping', housekeeping_schedule,
 		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval'
 				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
@@ -2261,7 +2366,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text) IS
-	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile and housekeeping for this database; in another database than pg_cron''s, says what to run there';
+	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile, chat (on the deliver schedule) and housekeeping for this database; in another database than pg_cron''s, says what to run there';
 
 CREATE FUNCTION payments.unschedule_jobs()
 RETURNS bigint
@@ -2334,7 +2439,8 @@ AS $$
 						  CASE kind WHEN 'stripe' THEN 'https://api.stripe.com'
 									WHEN 'paypal' THEN 'https://api-m.paypal.com'
 									WHEN 'eversend' THEN 'https://api.eversend.co'
-									WHEN 'paynow' THEN 'https://www.paynow.co.zw' END), '/')
+									WHEN 'paynow' THEN 'https://www.paynow.co.zw'
+									WHEN 'meta' THEN 'https://graph.facebook.com/v21.0' END), '/')
 $$;
 COMMENT ON FUNCTION payments.api_base(text, jsonb) IS
 	'The base URL of a provider''s API: the api_base setting, else the provider''s real host';
@@ -2719,9 +2825,9 @@ AS $$
 		  FROM payments.reconciliation_checks c, w WHERE c.started_at >= w.since AND c.outcome = 'fixed'
 		 GROUP BY c.provider
 		UNION ALL
-		SELECT 'outbox_' || o.state, e.name, NULL, count(*)
-		  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
-		 WHERE o.state IN ('pending', 'dead') GROUP BY o.state, e.name
+		SELECT 'outbox_' || o.state, coalesce(e.name, 'whatsapp:' || o.provider), NULL, count(*)
+		  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
+		 WHERE o.state IN ('pending', 'dead') GROUP BY o.state, coalesce(e.name, 'whatsapp:' || o.provider)
 	) AS t (metric, provider, detail, count)
 	ORDER BY 1, 2, 3
 $$;
@@ -2742,10 +2848,6 @@ SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_checks_id_se
 --------------------------------------------------------------------------------------------------
 -- WhatsApp Flows data endpoint: POST /flows/{provider}, the donation form (encrypted exchanges)
 --------------------------------------------------------------------------------------------------
-
--- A meta provider also answers its Flows: the limits of the donation form's amount
-UPDATE payments.provider_kinds SET settings = settings || '{flows_min_amount,flows_max_amount}'::text[]
- WHERE kind = 'meta';
 
 CREATE TABLE payments.flow_keys (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -2815,23 +2917,6 @@ AS 'MODULE_PATHNAME', 'flows_encrypt_response'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_encrypt_response(bytea, text, text) IS
 	'A Flows response body: base64 of AES-128-GCM ciphertext and tag under the request''s key and its IV (base64) with every bit flipped';
-
-CREATE FUNCTION payments.flows_settings_problem(settings jsonb)
-RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT CASE
-		WHEN coalesce(jsonb_typeof(settings -> 'flows_min_amount'), 'number') <> 'number'
-		  OR coalesce(jsonb_typeof(settings -> 'flows_max_amount'), 'number') <> 'number'
-			THEN 'settings "flows_min_amount" and "flows_max_amount" must be numbers'
-		WHEN coalesce((settings ->> 'flows_min_amount')::numeric, 1) <= 0
-		  OR coalesce((settings ->> 'flows_min_amount')::numeric, 1) > coalesce((settings ->> 'flows_max_amount')::numeric, 480)
-			THEN 'the Flows amount limits must satisfy 0 < flows_min_amount <= flows_max_amount (defaults 1 and 480)'
-	END
-$$;
-COMMENT ON FUNCTION payments.flows_settings_problem(jsonb) IS
-	'Why a meta provider''s Flows settings (flows_min_amount, flows_max_amount) are unusable, or NULL';
 
 CREATE FUNCTION payments.add_flow_key(provider text, private_key text, passphrase text DEFAULT NULL)
 RETURNS bigint
@@ -2959,8 +3044,8 @@ BEGIN
 	END IF;
 
 	SELECT p.settings INTO settings FROM payments.providers p WHERE p.name = flows_answer.provider;
-	min_amount := coalesce((settings ->> 'flows_min_amount')::numeric, 1);
-	max_amount := coalesce((settings ->> 'flows_max_amount')::numeric, 480);
+	min_amount := (payments.chat_settings(settings) ->> 'min_amount')::numeric;
+	max_amount := (payments.chat_settings(settings) ->> 'max_amount')::numeric;
 	choices := jsonb_build_object(
 		'currencies', '[{"id": "USD", "title": "USD"}, {"id": "ZWG", "title": "ZWG"}]'::jsonb,
 		'methods', '[{"id": "ecocash", "title": "EcoCash"}, {"id": "onemoney", "title": "OneMoney"},
@@ -3163,6 +3248,1088 @@ SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions_id_seq', '');
 
 --------------------------------------------------------------------------------------------------
+-- WhatsApp donations: the donors' conversation, Paynow mobile checkout, receipts in the chat,
+-- admin commands, volunteers
+--------------------------------------------------------------------------------------------------
+
+-- Settings of the conversation live with the meta provider (DESIGN.md section 3); these are
+-- the defaults of the keys not given.
+CREATE FUNCTION payments.chat_settings(settings jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object(
+		'min_amount', 1, 'max_amount', 480, 'session_timeout', 1800, 'rate_limit', 30, 'rate_window', 600,
+		'methods', '["ecocash", "onemoney", "telecash"]'::jsonb, 'purposes', '["General fund"]'::jsonb,
+		'admin_numbers', '[]'::jsonb, 'paynow_providers', '{}'::jsonb) || settings
+$$;
+COMMENT ON FUNCTION payments.chat_settings(jsonb) IS
+	'A meta provider''s settings with the conversation''s defaults filled in: amounts 1 to 480, sessions idle 1800 s, 30 messages per 600 s, methods EcoCash, OneMoney, TeleCash, purpose "General fund"';
+
+CREATE FUNCTION payments.chat_settings_problem(settings jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	bad		text;
+	cfg		jsonb;
+BEGIN
+	IF settings ? 'access_token' AND (coalesce(settings ->> 'access_token', '') !~ '^[!-~]+$'
+									 OR length(settings ->> 'access_token') > 1000) THEN
+		RETURN 'access_token must be 1 to 1000 printable ASCII characters without spaces';
+	END IF;
+	IF settings ? 'phone_number_id' AND coalesce(settings ->> 'phone_number_id', '') !~ '^[0-9]{1,30}$' THEN
+		RETURN 'phone_number_id must be a string of digits: the id of the number in Meta''s app dashboard, not the phone number';
+	END IF;
+	IF settings ? 'admin_numbers' AND (jsonb_typeof(settings -> 'admin_numbers') <> 'array'
+		OR EXISTS (SELECT FROM jsonb_array_elements(settings -> 'admin_numbers') a
+					WHERE jsonb_typeof(a) <> 'string' OR payments.e164_digits(a #>> '{}') IS NULL)) THEN
+		RETURN 'admin_numbers must be an array of phone numbers in international form, e.g. ["263771234567"]';
+	END IF;
+	IF settings ? 'paynow_providers' THEN
+		IF jsonb_typeof(settings -> 'paynow_providers') <> 'object' THEN
+			RETURN 'paynow_providers must be an object from currency to paynow provider, e.g. {"USD": "paynow-usd"}';
+		END IF;
+		SELECT e.k INTO bad FROM jsonb_each(settings -> 'paynow_providers') AS e (k, v)
+		 WHERE NOT EXISTS (SELECT FROM payments.currencies c WHERE c.code = e.k)
+			OR jsonb_typeof(e.v) <> 'string'
+			OR NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = e.v #>> '{}' AND p.kind = 'paynow')
+		 LIMIT 1;
+		IF bad IS NOT NULL THEN
+			RETURN format('paynow_providers: "%s" must be an ISO 4217 code mapped to a registered provider of kind paynow', bad);
+		END IF;
+		IF (SELECT count(*) FROM jsonb_object_keys(settings -> 'paynow_providers')) > 3 THEN
+			RETURN 'paynow_providers takes at most 3 currencies (one reply button each)';
+		END IF;
+	END IF;
+	IF settings ? 'methods' AND (jsonb_typeof(settings -> 'methods') <> 'array'
+		OR jsonb_array_length(settings -> 'methods') = 0
+		OR EXISTS (SELECT FROM jsonb_array_elements(settings -> 'methods') m
+					WHERE jsonb_typeof(m) <> 'string'
+					   OR NOT (m #>> '{}' = ANY ('{ecocash,onemoney,telecash,card}'::text[])))
+		OR (SELECT count(DISTINCT m) <> count(*) FROM jsonb_array_elements(settings -> 'methods') m)) THEN
+		RETURN 'methods must be a non-empty array of distinct methods among ecocash, onemoney, telecash, card';
+	END IF;
+	IF settings ? 'purposes' AND (jsonb_typeof(settings -> 'purposes') <> 'array'
+		OR jsonb_array_length(settings -> 'purposes') NOT BETWEEN 1 AND 3
+		OR EXISTS (SELECT FROM jsonb_array_elements(settings -> 'purposes') u
+					WHERE jsonb_typeof(u) <> 'string' OR length(u #>> '{}') NOT BETWEEN 1 AND 20)) THEN
+		RETURN 'purposes must be an array of 1 to 3 names of 1 to 20 characters (reply buttons)';
+	END IF;
+	SELECT k INTO bad FROM unnest('{min_amount,max_amount}'::text[]) AS k
+	 WHERE settings ? k AND (jsonb_typeof(settings -> k) <> 'number' OR (settings ->> k)::numeric <= 0) LIMIT 1;
+	IF bad IS NOT NULL THEN
+		RETURN format('%s must be a positive number', bad);
+	END IF;
+	SELECT k INTO bad FROM (VALUES ('session_timeout', 10, 604800), ('rate_limit', 1, 10000), ('rate_window', 1, 86400))
+		AS t (k, lo, hi)
+	 WHERE settings ? k AND (jsonb_typeof(settings -> k) <> 'number' OR (settings ->> k)::numeric <> trunc((settings ->> k)::numeric)
+							 OR (settings ->> k)::numeric NOT BETWEEN lo AND hi) LIMIT 1;
+	IF bad IS NOT NULL THEN
+		RETURN format('%s must be a whole number (%s)', bad,
+					  CASE bad WHEN 'session_timeout' THEN 'seconds, 10 to 604800' WHEN 'rate_limit' THEN 'messages, 1 to 10000'
+							   ELSE 'seconds, 1 to 86400' END);
+	END IF;
+	cfg := payments.chat_settings(settings);
+	IF (cfg ->> 'min_amount')::numeric > (cfg ->> 'max_amount')::numeric THEN
+		RETURN 'min_amount must not be more than max_amount';
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_settings_problem(jsonb) IS
+	'Why a meta provider''s WhatsApp settings cannot serve (access_token, phone_number_id, admin_numbers, paynow_providers, methods, purposes, amounts, timeouts, rate limit), or NULL';
+
+CREATE TABLE payments.chat_sessions (
+	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
+	wa_id			text NOT NULL CHECK (wa_id ~ '^[1-9][0-9]{5,14}$'),
+	name			text,
+	state			text NOT NULL DEFAULT 'menu'
+					CHECK (state IN ('menu', 'amount', 'currency', 'method', 'phone', 'purpose', 'confirm', 'edit',
+									 'volunteer_name', 'volunteer_skills', 'volunteer_availability')),
+	draft			jsonb NOT NULL DEFAULT '{}',
+	last_message_at	timestamptz,
+	last_activity_at timestamptz NOT NULL DEFAULT now(),
+	tokens			double precision NOT NULL,
+	tokens_at		timestamptz NOT NULL DEFAULT now(),
+	limited_at		timestamptz,
+	messages		bigint NOT NULL DEFAULT 0,
+	PRIMARY KEY (provider, wa_id)
+);
+COMMENT ON TABLE payments.chat_sessions IS
+	'One WhatsApp conversation per number (wa_id) and meta provider: where it is (state), the donation or registration being drafted, Meta''s time of the last message answered, the last activity (sessions expire after session_timeout), and the token bucket of the rate limit';
+COMMENT ON COLUMN payments.chat_sessions.limited_at IS 'When the number ran out of tokens and was told so once; NULL: not limited';
+
+CREATE TABLE payments.chat_donations (
+	payment_id		bigint PRIMARY KEY REFERENCES payments.payments (id) ON DELETE CASCADE,
+	provider		text NOT NULL REFERENCES payments.providers (name),
+	wa_id			text NOT NULL,
+	purpose			text,
+	created_at		timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX chat_donations_wa_idx ON payments.chat_donations (provider, wa_id, payment_id);
+COMMENT ON TABLE payments.chat_donations IS
+	'Payments started in a WhatsApp conversation: who gets the receipt or the failure message, and what the gift is for';
+
+CREATE SEQUENCE payments.chat_reference_seq;
+COMMENT ON SEQUENCE payments.chat_reference_seq IS 'The last part of WhatsApp donations'' merchant references, WA-YYYYMMDD-N';
+
+CREATE TABLE payments.paynow_initiations (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	payment_id		bigint NOT NULL UNIQUE REFERENCES payments.payments (id) ON DELETE CASCADE,
+	provider		text NOT NULL REFERENCES payments.providers (name),
+	reference		text NOT NULL,
+	method			text NOT NULL CHECK (method IN ('ecocash', 'onemoney', 'telecash', 'card')),
+	phone			text CHECK (phone ~ '^0[0-9]{9}$'),
+	state			text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sending', 'done', 'error', 'skipped')),
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	started_at		timestamptz,
+	finished_at		timestamptz,
+	http_status		integer,
+	paynow_status	text,
+	instructions	text,
+	error			text,
+	UNIQUE (provider, reference),
+	CHECK (method = 'card' OR phone IS NOT NULL)
+);
+CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) WHERE state IN ('queued', 'sending');
+COMMENT ON TABLE payments.paynow_initiations IS
+	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (the payment failed); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
+
+CREATE TABLE payments.whatsapp_statuses (
+	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
+	wamid			text NOT NULL,
+	status			text NOT NULL,
+	status_at		timestamptz,
+	errors			jsonb,
+	PRIMARY KEY (provider, wamid, status)
+);
+COMMENT ON TABLE payments.whatsapp_statuses IS
+	'Meta''s statuses of the messages sent, once per (wamid, status), kept so that a status arriving before the Graph API''s answer was recorded still reaches its outbox row';
+
+CREATE TABLE payments.volunteers (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	provider		text NOT NULL REFERENCES payments.providers (name),
+	wa_id			text NOT NULL CHECK (wa_id ~ '^[1-9][0-9]{5,14}$'),
+	name			text NOT NULL,
+	skills			text NOT NULL,
+	availability	text NOT NULL,
+	registered_at	timestamptz NOT NULL DEFAULT now(),
+	updated_at		timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (provider, wa_id)
+);
+COMMENT ON TABLE payments.volunteers IS
+	'People who registered as volunteers over WhatsApp (registering again updates the entry); analysts read payments.volunteer_list';
+
+CREATE VIEW payments.volunteer_list AS
+	SELECT v.id, v.name, payments.mask_phone(v.wa_id) AS phone, v.skills, v.availability, v.registered_at, v.updated_at
+	  FROM payments.volunteers v;
+COMMENT ON VIEW payments.volunteer_list IS 'Volunteers as analysts see them: the phone number masked like donors''';
+
+-- Messages (PROVIDERS.md 4.4)
+
+CREATE FUNCTION payments.chat_text(recipient text, body text)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
+							  'type', 'text', 'text', jsonb_build_object('preview_url', false, 'body', left(body, 4096)))
+$$;
+COMMENT ON FUNCTION payments.chat_text(text, text) IS 'A WhatsApp text message (Graph API send-message body), the text cut at 4096 characters';
+
+CREATE FUNCTION payments.chat_choices(recipient text, body text, choices jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
+		'type', 'interactive', 'interactive',
+		CASE WHEN jsonb_array_length(choices) <= 3 THEN
+			jsonb_build_object('type', 'button', 'body', jsonb_build_object('text', left(body, 1024)),
+				'action', jsonb_build_object('buttons',
+					(SELECT jsonb_agg(jsonb_build_object('type', 'reply', 'reply',
+										jsonb_build_object('id', c ->> 0, 'title', left(c ->> 1, 20))) ORDER BY n)
+					   FROM jsonb_array_elements(choices) WITH ORDINALITY AS x (c, n))))
+		ELSE
+			jsonb_build_object('type', 'list', 'body', jsonb_build_object('text', left(body, 1024)),
+				'action', jsonb_build_object('button', 'Choose', 'sections', jsonb_build_array(
+					jsonb_build_object('title', 'Options', 'rows',
+						(SELECT jsonb_agg(jsonb_build_object('id', c ->> 0, 'title', left(c ->> 1, 24)) ORDER BY n)
+						   FROM jsonb_array_elements(choices) WITH ORDINALITY AS x (c, n) WHERE n <= 10)))))
+		END)
+$$;
+COMMENT ON FUNCTION payments.chat_choices(text, text, jsonb) IS
+	'A WhatsApp interactive message offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10';
+
+CREATE FUNCTION payments.chat_send(provider text, recipient text, message jsonb)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO payments.outbox (provider, recipient, event_type, payload)
+	VALUES (chat_send.provider, chat_send.recipient, 'whatsapp.' || (message ->> 'type'), message)
+$$;
+COMMENT ON FUNCTION payments.chat_send(text, text, jsonb) IS
+	'Queues a WhatsApp message in the outbox, sent by deliver_outbox through the provider''s Graph API';
+
+CREATE FUNCTION payments.chat_method_label(method text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE method WHEN 'ecocash' THEN 'EcoCash' WHEN 'onemoney' THEN 'OneMoney' WHEN 'telecash' THEN 'TeleCash'
+					   WHEN 'card' THEN 'Visa/Mastercard' ELSE method END
+$$;
+COMMENT ON FUNCTION payments.chat_method_label(text) IS 'How a payment method is named to donors';
+
+CREATE FUNCTION payments.chat_local_phone(phone text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN d ~ '^07[0-9]{8}$' THEN d WHEN d ~ '^2637[0-9]{8}$' THEN '0' || substr(d, 4) END
+	  FROM (SELECT regexp_replace(phone, '[\s().+-]', '', 'g') AS d) AS digits
+$$;
+COMMENT ON FUNCTION payments.chat_local_phone(text) IS
+	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567 or +263 77 123 4567; NULL otherwise';
+
+CREATE FUNCTION payments.chat_amount(amount numeric)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT to_char(amount, 'FM999999999990.00')
+$$;
+COMMENT ON FUNCTION payments.chat_amount(numeric) IS 'An amount as donors read it: two decimals';
+
+-- The conversation
+
+CREATE FUNCTION payments.chat_prompt(provider text, wa_id text, state text, cfg jsonb, draft jsonb,
+									 name text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg		jsonb;
+	local	text := payments.chat_local_phone(wa_id);
+BEGIN
+	msg := CASE state
+		WHEN 'menu' THEN payments.chat_choices(wa_id,
+			'Hello' || coalesce(' ' || name, '') || E'! Thank you for contacting us. What would you like to do?\n' ||
+			'(You can send *help* at any time.)',
+			'[["donate", "Donate"], ["check", "Check a payment"], ["volunteer", "Volunteer"], ["help", "Help"]]')
+		WHEN 'amount' THEN payments.chat_text(wa_id, format(
+			'How much would you like to give? Send an amount between %s and %s, for example 10 or 25.50.',
+			payments.chat_amount((cfg ->> 'min_amount')::numeric), payments.chat_amount((cfg ->> 'max_amount')::numeric)))
+		WHEN 'currency' THEN payments.chat_choices(wa_id, 'In which currency?',
+			(SELECT jsonb_agg(jsonb_build_array('cur_' || k, k) ORDER BY k) FROM jsonb_object_keys(cfg -> 'paynow_providers') k))
+		WHEN 'method' THEN payments.chat_choices(wa_id, 'How would you like to pay?',
+			(SELECT jsonb_agg(jsonb_build_array('pay_' || m, payments.chat_method_label(m)) ORDER BY n)
+			   FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n)))
+		WHEN 'phone' THEN CASE WHEN local IS NOT NULL
+			THEN payments.chat_choices(wa_id, format(
+				'Which %s number should we send the payment request to? Tap *Use %s* or type another number, like 0771234567.',
+				payments.chat_method_label(draft ->> 'method'), local),
+				jsonb_build_array(jsonb_build_array('phone_same', 'Use ' || local)))
+			ELSE payments.chat_text(wa_id, format(
+				'Which %s number should we send the payment request to? Type it like 0771234567.',
+				payments.chat_method_label(draft ->> 'method'))) END
+		WHEN 'purpose' THEN payments.chat_choices(wa_id, 'What is your gift for? Tap one, or type your own purpose.',
+			(SELECT jsonb_agg(jsonb_build_array('purpose_' || n, u) ORDER BY n)
+			   FROM jsonb_array_elements_text(cfg -> 'purposes') WITH ORDINALITY AS x (u, n)))
+		WHEN 'confirm' THEN payments.chat_choices(wa_id,
+			E'Please check your donation:\n' ||
+			format(E'Amount: %s %s\nMethod: %s\n', draft ->> 'amount', draft ->> 'currency',
+				   payments.chat_method_label(draft ->> 'method')) ||
+			coalesce(format(E'Number: %s\n', draft ->> 'phone'), '') ||
+			format('For: %s', draft ->> 'purpose'),
+			'[["confirm", "Confirm"], ["edit", "Edit"], ["cancel", "Cancel"]]')
+		WHEN 'edit' THEN payments.chat_choices(wa_id, 'What would you like to change?',
+			(SELECT jsonb_agg(jsonb_build_array('edit_' || f, t) ORDER BY n)
+			   FROM (VALUES (1, 'amount', 'Amount'), (2, 'currency', 'Currency'), (3, 'method', 'Payment method'),
+							(4, 'phone', 'Number'), (5, 'purpose', 'Purpose')) AS x (n, f, t)
+			  WHERE (f <> 'currency' OR (SELECT count(*) FROM jsonb_object_keys(cfg -> 'paynow_providers')) > 1)
+				AND (f <> 'phone' OR draft ->> 'method' <> 'card')))
+		WHEN 'volunteer_name' THEN payments.chat_text(wa_id,
+			'Thank you for offering to help! What is your full name?')
+		WHEN 'volunteer_skills' THEN payments.chat_text(wa_id,
+			'What skills would you like to offer (for example nursing, driving, cooking, building)?')
+		WHEN 'volunteer_availability' THEN payments.chat_text(wa_id,
+			'When are you available (for example weekends, or Monday mornings)?')
+	END;
+	PERFORM payments.chat_send(provider, wa_id, msg);
+END
+$$;
+COMMENT ON FUNCTION payments.chat_prompt(text, text, text, jsonb, jsonb, text) IS
+	'Queues the question of a conversation state: the menu, each step of a donation, the summary, the fields to edit, the volunteer questions';
+
+CREATE FUNCTION payments.chat_advance(provider text, wa_id text, cfg jsonb, draft jsonb,
+									  OUT next_state text, OUT next_draft jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	currencies text[] := ARRAY(SELECT jsonb_object_keys(cfg -> 'paynow_providers'));
+BEGIN
+	next_draft := draft;
+	IF cardinality(currencies) = 0 THEN
+		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
+			'Sorry, donations cannot be made here yet. Please try again later.'));
+		next_state := 'menu';
+		next_draft := '{}';
+		RETURN;
+	END IF;
+	IF NOT next_draft ? 'currency' AND cardinality(currencies) = 1 THEN
+		next_draft := next_draft || jsonb_build_object('currency', currencies[1]);
+	END IF;
+	next_state := CASE
+		WHEN NOT next_draft ? 'amount' THEN 'amount'
+		WHEN NOT next_draft ? 'currency' THEN 'currency'
+		WHEN NOT next_draft ? 'method' THEN 'method'
+		WHEN next_draft ->> 'method' <> 'card' AND NOT next_draft ? 'phone' THEN 'phone'
+		WHEN NOT next_draft ? 'purpose' THEN 'purpose'
+		ELSE 'confirm' END;
+	PERFORM payments.chat_prompt(provider, wa_id, next_state, cfg, next_draft);
+END
+$$;
+COMMENT ON FUNCTION payments.chat_advance(text, text, jsonb, jsonb) IS
+	'The next step of a donation draft (the first detail missing: amount, currency unless only one, method, number unless card, purpose; then the summary) and queues its question';
+
+CREATE FUNCTION payments.chat_check(provider text, wa_id text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p		payments.payments;
+	body	text;
+BEGIN
+	SELECT q.* INTO p FROM payments.chat_donations d JOIN payments.payments q ON q.id = d.payment_id
+	 WHERE d.provider = chat_check.provider AND d.wa_id = chat_check.wa_id
+	 ORDER BY d.payment_id DESC LIMIT 1;
+	IF NOT FOUND THEN
+		body := 'You have not made a donation from this number yet. Send *donate* to give.';
+	ELSE
+		body := format('Your last donation, %s %s by %s (reference %s), ', payments.chat_amount(p.amount), p.currency,
+					   payments.chat_method_label(p.method), p.reference) ||
+			CASE p.status
+				WHEN 'paid' THEN 'is paid. Receipt number: ' || p.receipt_no || '. Thank you!'
+				WHEN 'pending' THEN 'is waiting for payment. Approve the request on your phone, or send *donate* to start again.'
+				WHEN 'failed' THEN 'did not go through; no money was taken. Send *donate* to try again.'
+				WHEN 'cancelled' THEN 'was cancelled; nothing was charged.'
+				ELSE 'is ' || replace(p.status, '_', ' ') || '.' END;
+	END IF;
+	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, body));
+END
+$$;
+COMMENT ON FUNCTION payments.chat_check(text, text) IS 'Queues the status of the last donation made from a WhatsApp number';
+
+CREATE FUNCTION payments.chat_start_payment(event_row bigint, provider text, wa_id text, name text, cfg jsonb,
+											draft jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	paynow	text := cfg -> 'paynow_providers' ->> (draft ->> 'currency');
+	ref		text;
+	c		payments.payment_change;
+	pay_id	bigint;
+BEGIN
+	IF paynow IS NULL THEN
+		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
+			'Sorry, donations in ' || (draft ->> 'currency') || ' cannot be made here any more. Send *donate* to start again.'));
+		RETURN;
+	END IF;
+	ref := 'WA-' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || '-' || nextval('payments.chat_reference_seq');
+	-- the payment exists, pending, with our merchant reference before Paynow is asked
+	c.provider_ref := ref;
+	c.creates := true;
+	c.status := 'pending';
+	c.status_at := now();
+	c.reference := ref;
+	c.kind := 'collection';
+	c.amount := (draft ->> 'amount')::numeric;
+	c.currency := draft ->> 'currency';
+	c.method := draft ->> 'method';
+	c.donor_name := name;
+	c.donor_phone := wa_id;
+	c.metadata := jsonb_build_object('channel', 'whatsapp', 'purpose', draft ->> 'purpose');
+	PERFORM payments.apply_change(event_row, paynow, c);
+	SELECT p.id INTO pay_id FROM payments.payments p WHERE p.provider = paynow AND p.provider_ref = ref;
+	INSERT INTO payments.chat_donations (payment_id, provider, wa_id, purpose)
+	VALUES (pay_id, chat_start_payment.provider, chat_start_payment.wa_id, draft ->> 'purpose');
+	INSERT INTO payments.paynow_initiations (payment_id, provider, reference, method, phone)
+	VALUES (pay_id, paynow, ref, draft ->> 'method', draft ->> 'phone');
+	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, CASE WHEN draft ->> 'method' = 'card'
+		THEN format('Thank you! We are preparing a secure card payment link for %s %s. Reference: %s.',
+					draft ->> 'amount', draft ->> 'currency', ref)
+		ELSE format('Thank you! We are asking %s to send a payment request for %s %s to %s. Reference: %s.',
+					payments.chat_method_label(draft ->> 'method'), draft ->> 'amount', draft ->> 'currency',
+					draft ->> 'phone', ref) END));
+END
+$$;
+COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
+	'A confirmed donation: creates the payment (pending, merchant reference WA-YYYYMMDD-N) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message';
+
+CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cmd		text := lower(split_part(command, ' ', 1));
+	arg		text := btrim(substr(command, length(split_part(command, ' ', 1)) + 1));
+	today	date := (now() AT TIME ZONE payments.report_timezone())::date;
+	day		date;
+	body	text;
+	pay		payments.payments;
+	c		payments.payment_change;
+BEGIN
+	IF cmd = '/stats' THEN
+		SELECT string_agg(format('%s: %s paid, gross %s, net %s; %s failed, %s pending', s.currency, s.paid,
+								 payments.chat_amount(s.gross), payments.chat_amount(s.net), s.failed, s.pending),
+						  E'\n' ORDER BY s.currency)
+		  INTO body FROM payments.currency_summary(payments.day_start(today), payments.day_start(today + 1)) s;
+		body := format(E'Today (%s):\n', to_char(today, 'YYYY-MM-DD')) || coalesce(body, 'no payments yet.');
+	ELSIF cmd = '/report' THEN
+		IF arg = '' THEN
+			day := today;
+		ELSIF arg = 'yesterday' THEN
+			day := today - 1;
+		ELSIF arg ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' THEN
+			BEGIN
+				day := arg::date;
+			EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+				day := NULL;
+			END;
+		END IF;
+		IF day IS NULL THEN
+			body := 'Usage: /report [YYYY-MM-DD | yesterday] (default: today)';
+		ELSE
+			SELECT string_agg(format('%s %s: %s paid, gross %s, fees %s, net %s; %s failed; %s refunds (%s); %s new donors%s',
+									 r.currency, r.method, r.paid, payments.chat_amount(r.gross),
+									 payments.chat_amount(r.fees), payments.chat_amount(r.net), r.failed, r.refunds,
+									 payments.chat_amount(r.refunded), r.new_donors,
+									 CASE WHEN r.receipts > 0 THEN format('; receipts %s to %s', r.first_receipt, r.last_receipt)
+										  ELSE '' END), E'\n')
+			  INTO body FROM payments.daily_report(day) r;
+			body := format(E'Daily report %s:\n', to_char(day, 'YYYY-MM-DD')) || coalesce(body, 'no payments.');
+		END IF;
+	ELSIF cmd = '/approve' THEN
+		IF arg = '' THEN
+			body := 'Usage: /approve <reference>';
+		ELSE
+			SELECT p.* INTO pay FROM payments.payments p WHERE p.reference = arg ORDER BY p.id DESC LIMIT 1;
+			IF NOT FOUND THEN
+				body := format('No payment has the reference %s.', arg);
+			ELSIF pay.status = 'paid' THEN
+				body := format('%s is already paid (receipt %s).', arg, pay.receipt_no);
+			ELSIF NOT EXISTS (SELECT FROM payments.transitions t WHERE t.from_status = pay.status AND t.to_status = 'paid') THEN
+				body := format('%s is %s: it cannot be marked paid.', arg, pay.status);
+			ELSE
+				c.provider_ref := pay.provider_ref;
+				c.creates := false;
+				c.status := 'paid';
+				c.status_at := greatest(now(), pay.status_at);
+				c.metadata := jsonb_build_object('approved_by', wa_id, 'approved_at', now());
+				PERFORM payments.apply_change(NULL, pay.provider, c);
+				SELECT p.* INTO pay FROM payments.payments p WHERE p.id = pay.id;
+				body := format('Approved %s: %s %s marked paid, receipt %s.', arg, payments.chat_amount(pay.amount),
+							   pay.currency, pay.receipt_no);
+			END IF;
+		END IF;
+	ELSE
+		body := E'Admin commands:\n/stats: today''s totals per currency\n' ||
+				E'/report [YYYY-MM-DD | yesterday]: the daily report (default today)\n' ||
+				E'/approve <reference>: mark a payment paid by hand (issues its receipt)\n/admin: this help';
+	END IF;
+	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, body));
+END
+$$;
+COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
+	'Answers an admin number''s command: /stats (today''s totals per currency), /report [day] (payments.daily_report), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
+
+CREATE FUNCTION payments.chat_message(ev payments.events, settings jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cfg		jsonb := payments.chat_settings(settings);
+	msg		jsonb := ev.payload -> 'message';
+	wa		text := payments.e164_digits(ev.payload -> 'message' ->> 'from');
+	profile	text := left(ev.payload -> 'contacts' -> 0 -> 'profile' ->> 'name', 100);
+	cap		double precision := (cfg ->> 'rate_limit')::double precision;
+	s		payments.chat_sessions;
+	bucket	double precision;
+	st		text;
+	drafted	jsonb;
+	btn		text;
+	txt		text;
+	word	text;
+	amount	numeric;
+	choice	text;
+	labels	text[];
+BEGIN
+	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages' OR wa IS NULL
+	   OR NOT (cfg ? 'access_token' AND cfg ? 'phone_number_id')
+	   OR ev.payload -> 'metadata' ->> 'phone_number_id' IS DISTINCT FROM cfg ->> 'phone_number_id' THEN
+		RETURN 'ignored';		-- no conversation on this provider, or another number of the same app
+	END IF;
+	INSERT INTO payments.chat_sessions AS cs (provider, wa_id, tokens) VALUES (ev.provider, wa, cap)
+	ON CONFLICT (provider, wa_id) DO NOTHING;
+	SELECT cs.* INTO s FROM payments.chat_sessions cs WHERE cs.provider = ev.provider AND cs.wa_id = wa FOR UPDATE;
+
+	-- Meta delivers late and out of order: a message older than the last one answered is not answered
+	IF ev.event_at < s.last_message_at THEN
+		RETURN 'ignored';
+	END IF;
+
+	-- the token bucket: rate_limit messages, refilled in rate_window seconds
+	bucket := least(cap, s.tokens + greatest(extract(epoch FROM now() - s.tokens_at)::double precision, 0)
+							   * cap / (cfg ->> 'rate_window')::double precision);
+	IF bucket < 1 THEN
+		UPDATE payments.chat_sessions cs SET tokens = bucket, tokens_at = now(), limited_at = coalesce(cs.limited_at, now())
+		 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
+		IF s.limited_at IS NULL THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'You are sending messages faster than we can answer them. Please wait a few minutes, then try again.'));
+		END IF;
+		RETURN 'ignored';
+	END IF;
+
+	st := s.state;
+	drafted := s.draft;
+	IF st <> 'menu' AND s.last_activity_at < now() - make_interval(secs => (cfg ->> 'session_timeout')::double precision) THEN
+		st := 'menu';
+		drafted := '{}';
+		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+			'Your previous conversation expired after a while without messages, so we are starting again. Nothing was charged.'));
+	END IF;
+
+	btn := coalesce(msg -> 'interactive' -> 'button_reply' ->> 'id', msg -> 'interactive' -> 'list_reply' ->> 'id',
+					msg -> 'button' ->> 'payload');
+	txt := btrim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
+	word := lower(coalesce(btn, txt));
+
+	IF btn IS NULL AND left(txt, 1) = '/'
+	   AND wa IN (SELECT payments.e164_digits(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a) THEN
+		PERFORM payments.chat_admin(ev.provider, wa, txt);
+	ELSIF word IN ('cancel', 'stop') THEN
+		st := 'menu';
+		drafted := '{}';
+		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+			'Cancelled: nothing was charged. Send *donate* whenever you would like to give.'));
+	ELSIF word = 'help' THEN
+		labels := ARRAY(SELECT payments.chat_method_label(m)
+						  FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n) ORDER BY n);
+		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+			'Send *donate* to give with ' ||
+			CASE WHEN cardinality(labels) > 1
+				 THEN array_to_string(labels[1:cardinality(labels) - 1], ', ') || ' or ' || labels[cardinality(labels)]
+				 ELSE labels[1] END ||
+			E', *check* for the status of your last donation, ' ||
+			E'*volunteer* to offer your time, *cancel* to stop what you are doing, or *menu* for the menu.\n' ||
+			'You get a receipt number here as soon as your payment is confirmed.'));
+	ELSIF word = 'check' THEN
+		PERFORM payments.chat_check(ev.provider, wa);
+	ELSIF word IN ('donate', 'give') THEN
+		SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, '{}') a;
+	ELSIF word = 'volunteer' THEN
+		st := 'volunteer_name';
+		drafted := '{}';
+		PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+	ELSIF st = 'menu' OR word IN ('menu', 'hi', 'hello', 'start') OR left(txt, 1) = '/' THEN
+		-- a greeting, anything unknown, and commands from numbers that are not admins: the menu
+		st := 'menu';
+		drafted := '{}';
+		PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted, coalesce(profile, s.name));
+	ELSIF st = 'amount' THEN
+		choice := regexp_replace(txt, '^(\$|usd|zwg|zig)\s*', '', 'i');
+		amount := CASE WHEN choice ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN choice::numeric END;
+		IF amount IS NULL OR amount < (cfg ->> 'min_amount')::numeric OR amount > (cfg ->> 'max_amount')::numeric THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s, like 10 or 25.50.',
+				left(txt, 40), payments.chat_amount((cfg ->> 'min_amount')::numeric),
+				payments.chat_amount((cfg ->> 'max_amount')::numeric))));
+		ELSE
+			SELECT a.next_state, a.next_draft INTO st, drafted
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('amount', payments.chat_amount(amount))) a;
+		END IF;
+	ELSIF st = 'currency' THEN
+		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5) ELSE upper(txt) END;
+		IF cfg -> 'paynow_providers' ? choice THEN
+			SELECT a.next_state, a.next_draft INTO st, drafted
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('currency', choice)) a;
+		ELSE
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		END IF;
+	ELSIF st = 'method' THEN
+		choice := CASE WHEN btn LIKE 'pay\_%' THEN substr(btn, 5)
+					   ELSE (SELECT m FROM jsonb_array_elements_text(cfg -> 'methods') m
+							  WHERE word IN (m, lower(payments.chat_method_label(m))) LIMIT 1) END;
+		IF choice IS NOT NULL AND cfg -> 'methods' ? choice THEN
+			SELECT a.next_state, a.next_draft INTO st, drafted
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('method', choice)) a;
+		ELSE
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		END IF;
+	ELSIF st = 'phone' THEN
+		choice := payments.chat_local_phone(CASE WHEN btn = 'phone_same' THEN wa ELSE txt END);
+		IF choice IS NULL THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'Please send a Zimbabwean mobile number, like 0771234567.'));
+		ELSE
+			SELECT a.next_state, a.next_draft INTO st, drafted
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('phone', choice)) a;
+		END IF;
+	ELSIF st = 'purpose' THEN
+		choice := CASE WHEN btn ~ '^purpose_[1-3]$' THEN cfg -> 'purposes' ->> (substr(btn, 9)::integer - 1)
+					   WHEN btn IS NULL AND length(txt) BETWEEN 1 AND 100 THEN txt END;
+		IF choice IS NULL THEN
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		ELSE
+			SELECT a.next_state, a.next_draft INTO st, drafted
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('purpose', choice)) a;
+		END IF;
+	ELSIF st = 'confirm' THEN
+		IF word IN ('confirm', 'yes') THEN
+			PERFORM payments.chat_start_payment(ev.id, ev.provider, wa, coalesce(profile, s.name), cfg, drafted);
+			st := 'menu';
+			drafted := '{}';
+		ELSIF word = 'edit' THEN
+			st := 'edit';
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		ELSE
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		END IF;
+	ELSIF st = 'edit' THEN
+		choice := CASE WHEN btn LIKE 'edit\_%' THEN substr(btn, 6) ELSE word END;
+		IF choice IN ('amount', 'currency', 'method', 'phone', 'purpose') THEN
+			-- another method usually means another number (each network has its own)
+			SELECT a.next_state, a.next_draft INTO st, drafted
+			  FROM payments.chat_advance(ev.provider, wa, cfg,
+										 drafted - choice - CASE WHEN choice = 'method' THEN 'phone' ELSE '' END) a;
+		ELSE
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		END IF;
+	ELSIF st IN ('volunteer_name', 'volunteer_skills', 'volunteer_availability') THEN
+		IF btn IS NOT NULL OR length(txt) NOT BETWEEN 1 AND 200 THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'Please answer in words (up to 200 characters), or send *cancel* to stop.'));
+		ELSIF st = 'volunteer_name' THEN
+			st := 'volunteer_skills';
+			drafted := drafted || jsonb_build_object('name', txt);
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		ELSIF st = 'volunteer_skills' THEN
+			st := 'volunteer_availability';
+			drafted := drafted || jsonb_build_object('skills', txt);
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		ELSE
+			INSERT INTO payments.volunteers AS v (provider, wa_id, name, skills, availability)
+			VALUES (ev.provider, wa, drafted ->> 'name', drafted ->> 'skills', txt)
+			ON CONFLICT (provider, wa_id) DO UPDATE
+				SET name = excluded.name, skills = excluded.skills, availability = excluded.availability,
+					updated_at = now();
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Thank you, %s! You are registered as a volunteer; the clinic will contact you on this number.',
+				drafted ->> 'name')));
+			st := 'menu';
+			drafted := '{}';
+		END IF;
+	END IF;
+
+	UPDATE payments.chat_sessions cs
+	   SET state = st, draft = drafted, name = coalesce(profile, cs.name),
+		   last_message_at = greatest(cs.last_message_at, ev.event_at), last_activity_at = now(),
+		   tokens = bucket - 1, tokens_at = now(), limited_at = NULL, messages = cs.messages + 1
+	 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
+	RETURN 'applied';
+END
+$$;
+COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel, check, help, menu, donate, volunteer), admin commands from admin_numbers, then the step the conversation is at; replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
+
+CREATE FUNCTION payments.message_status_rank(status text)
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 WHEN 'failed' THEN 4 ELSE 0 END
+$$;
+COMMENT ON FUNCTION payments.message_status_rank(text) IS
+	'The order of WhatsApp message statuses (sent, delivered, read; failed last): a status only replaces a lower one';
+
+CREATE FUNCTION payments.chat_status(ev payments.events)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s		jsonb := ev.payload -> 'status';
+BEGIN
+	INSERT INTO payments.whatsapp_statuses (provider, wamid, status, status_at, errors)
+	VALUES (ev.provider, s ->> 'id', s ->> 'status', ev.event_at, s -> 'errors')
+	ON CONFLICT DO NOTHING;
+	IF payments.message_status_rank(s ->> 'status') = 0 THEN
+		RETURN 'ignored';
+	END IF;
+	UPDATE payments.outbox o
+	   SET message_status = s ->> 'status', message_status_at = ev.event_at,
+		   message_errors = coalesce(s -> 'errors', o.message_errors)
+	 WHERE o.provider = ev.provider AND o.wamid = s ->> 'id'
+	   AND payments.message_status_rank(s ->> 'status') > payments.message_status_rank(o.message_status);
+	RETURN CASE WHEN FOUND THEN 'applied' ELSE 'ignored' END;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_status(payments.events) IS
+	'Applies a Meta message status to the outbox row of the message (by wamid), forward only; kept in whatsapp_statuses for a message whose wamid is not stored yet; applied or ignored';
+
+CREATE FUNCTION payments.chat_event(ev payments.events, settings jsonb)
+RETURNS text
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN ev.payload ? 'message' THEN payments.chat_message(ev, settings)
+				WHEN ev.payload ? 'status' THEN payments.chat_status(ev)
+				ELSE 'ignored' END
+$$;
+COMMENT ON FUNCTION payments.chat_event(payments.events, jsonb) IS
+	'Applies a stored meta event: a message to its conversation, a status to the message it is about; other changes are ignored';
+
+CREATE FUNCTION payments.chat_message_sent(outbox_id bigint, response text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	item	payments.outbox;
+	sent_id	text;
+BEGIN
+	BEGIN
+		sent_id := (response::jsonb) -> 'messages' -> 0 ->> 'id';
+	EXCEPTION WHEN invalid_text_representation THEN
+		sent_id := NULL;
+	END;
+	IF sent_id IS NULL OR length(sent_id) > 255 THEN
+		RETURN;
+	END IF;
+	UPDATE payments.outbox o SET wamid = sent_id WHERE o.id = chat_message_sent.outbox_id RETURNING o.* INTO item;
+	-- statuses that came before the answer was recorded
+	UPDATE payments.outbox o
+	   SET message_status = w.status, message_status_at = w.status_at, message_errors = w.errors
+	  FROM (SELECT w.* FROM payments.whatsapp_statuses w
+			 WHERE w.provider = item.provider AND w.wamid = sent_id AND payments.message_status_rank(w.status) > 0
+			 ORDER BY payments.message_status_rank(w.status) DESC LIMIT 1) AS w
+	 WHERE o.id = item.id;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_message_sent(bigint, text) IS
+	'Keeps the wamid the Graph API answered for a sent WhatsApp message, and applies the statuses Meta reported before; used by record_delivery';
+
+CREATE FUNCTION payments.chat_payment_notice()
+RETURNS trigger
+LANGUAGE plpgsql
+-- deferred to commit like enqueue_transition, and for the same reason a definer
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d		payments.chat_donations;
+	p		payments.payments;
+	gift	text;
+	body	text;
+BEGIN
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = NEW.payment_id;
+	IF NOT FOUND OR NEW.from_status IS NULL THEN
+		RETURN NULL;
+	END IF;
+	SELECT x.* INTO p FROM payments.payments x WHERE x.id = NEW.payment_id;
+	IF p.status <> NEW.to_status THEN
+		RETURN NULL;			-- moved on again in the same transaction: that move tells the donor
+	END IF;
+	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount), p.currency, p.reference);
+	body := CASE NEW.to_status
+		WHEN 'paid' THEN format(E'Thank you%s! We received your donation of %s%s.\nYour receipt number is %s.',
+								', ' || p.donor_name, gift, ' for ' || d.purpose, p.receipt_no)
+		WHEN 'failed' THEN format(E'Your donation of %s did not go through%s. No money was taken.\n' ||
+								  'Send *donate* to try again, or *help* if you need assistance.',
+								  gift, ': ' || (p.metadata ->> 'initiate_error'))
+		WHEN 'cancelled' THEN format('Your donation of %s was cancelled, so nothing was charged. ' ||
+									 'Send *donate* to try again whenever you like.', gift)
+		WHEN 'refunded' THEN format('Your donation of %s has been refunded.', gift) END;
+	IF body IS NOT NULL THEN
+		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, body));
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_payment_notice() IS
+	'Trigger: when a WhatsApp donation becomes paid (thank-you with the receipt number), failed, cancelled or refunded, queues the message to the donor at commit';
+
+CREATE CONSTRAINT TRIGGER status_history_chat_notice
+	AFTER INSERT ON payments.status_history
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION payments.chat_payment_notice();
+
+-- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
+
+CREATE FUNCTION payments.url_encode(value text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(string_agg(CASE WHEN c ~ '^[A-Za-z0-9_.~-]$' THEN c
+									ELSE regexp_replace(upper(encode(convert_to(c, 'UTF8'), 'hex')), '(..)', '%\1', 'g') END,
+							   '' ORDER BY n), '')
+	  FROM regexp_split_to_table(value, '') WITH ORDINALITY AS t (c, n)
+$$;
+COMMENT ON FUNCTION payments.url_encode(text) IS 'Percent-encodes a value for application/x-www-form-urlencoded (UTF-8; unreserved characters kept)';
+
+CREATE FUNCTION payments.paynow_request(fields jsonb, integration_key text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	-- the hash: SHA-512 of the raw values in order and the lower-cased key, upper-case hex (PROVIDERS.md 3.2)
+	SELECT string_agg(f ->> 0 || '=' || payments.url_encode(f ->> 1), '&' ORDER BY n) || '&hash=' ||
+		   upper(encode(sha512(convert_to(string_agg(f ->> 1, '' ORDER BY n) || lower(integration_key), 'UTF8')), 'hex'))
+	  FROM jsonb_array_elements(fields) WITH ORDINALITY AS t (f, n)
+$$;
+COMMENT ON FUNCTION payments.paynow_request(jsonb, text) IS
+	'A Paynow request body from ordered fields ([[name, value], ...]): urlencoded, with the hash of the raw values and the integration key last';
+
+CREATE FUNCTION payments.initiation_failed(initiation_id bigint, paynow_error text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ini		payments.paynow_initiations;
+	c		payments.payment_change;
+BEGIN
+	SELECT i.* INTO ini FROM payments.paynow_initiations i WHERE i.id = initiation_failed.initiation_id;
+	c.provider_ref := ini.reference;
+	c.creates := false;
+	c.status := 'failed';
+	c.status_at := now();
+	c.metadata := jsonb_strip_nulls(jsonb_build_object('initiate_error', left(paynow_error, 200)));
+	PERFORM payments.apply_change(NULL, ini.provider, c);
+END
+$$;
+COMMENT ON FUNCTION payments.initiation_failed(bigint, text) IS
+	'Fails the payment of an initiation that could not be made (the donor is told, with Paynow''s own error when it gave one); used by claim_initiations and record_initiation';
+
+CREATE FUNCTION payments.claim_initiations(max_items integer)
+RETURNS TABLE (initiation_id bigint, url text, method text, headers text, body text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	i		record;
+	key		text;
+	fields	jsonb;
+	problem	text;
+	gone	bigint;
+BEGIN
+	-- an initiation whose reply was never recorded (crash, cancel) is not sent again: a second
+	-- request could prompt the donor twice; Paynow's status update still pays it if it went through
+	FOR gone IN
+		UPDATE payments.paynow_initiations pi
+		   SET state = 'error', finished_at = now(), error = 'interrupted: no reply was recorded; not sent again'
+		 WHERE pi.state = 'sending'
+		   AND pi.started_at < now() - greatest(interval '1 minute', 3 * coalesce(
+					nullif(current_setting('payments.reconcile_timeout', true), '')::interval, interval '10 seconds'))
+		RETURNING pi.id
+	LOOP
+		PERFORM payments.initiation_failed(gone, NULL);
+	END LOOP;
+
+	-- a payment that moved on while queued (approved by hand, paid, cancelled) is not initiated:
+	-- the donor would be asked to pay again
+	UPDATE payments.paynow_initiations pi
+	   SET state = 'skipped', finished_at = now(), error = 'the payment was ' || p.status || ' before it was initiated'
+	  FROM payments.payments p
+	 WHERE pi.state = 'queued' AND p.id = pi.payment_id AND p.status <> 'pending';
+
+	FOR i IN
+		SELECT pi.id, pi.provider, pi.reference, pi.method, pi.phone, p.amount, d.purpose, v.settings
+		  FROM payments.paynow_initiations pi
+		  JOIN payments.payments p ON p.id = pi.payment_id
+		  JOIN payments.providers v ON v.name = pi.provider
+		  LEFT JOIN payments.chat_donations d ON d.payment_id = pi.payment_id
+		 WHERE pi.state = 'queued'
+		 ORDER BY pi.id
+		 LIMIT max_items
+		   FOR UPDATE OF pi SKIP LOCKED
+	LOOP
+		key := NULL;
+		SELECT s.secret INTO key FROM payments.secrets s
+		 WHERE s.provider = i.provider AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())
+		 ORDER BY s.id DESC LIMIT 1;
+		problem := CASE
+			WHEN key IS NULL THEN 'the provider has no live integration key'
+			WHEN NOT i.settings ? 'integration_id' THEN 'the provider has no integration_id setting'
+			WHEN NOT i.settings ? 'result_url' THEN 'the provider has no result_url setting'
+			WHEN i.method <> 'card' AND NOT i.settings ? 'auth_email' THEN
+				'the provider has no auth_email setting, which Paynow requires for mobile payments' END;
+		IF problem IS NOT NULL THEN
+			UPDATE payments.paynow_initiations pi SET state = 'error', finished_at = now(), error = problem
+			 WHERE pi.id = i.id;
+			PERFORM payments.initiation_failed(i.id, NULL);
+			CONTINUE;
+		END IF;
+		fields := jsonb_build_array(
+			jsonb_build_array('id', i.settings ->> 'integration_id'),
+			jsonb_build_array('reference', i.reference),
+			jsonb_build_array('amount', payments.chat_amount(i.amount)),
+			jsonb_build_array('additionalinfo', coalesce(i.purpose, 'Donation')),
+			jsonb_build_array('returnurl', coalesce(i.settings ->> 'return_url', i.settings ->> 'result_url')),
+			jsonb_build_array('resulturl', i.settings ->> 'result_url'));
+		IF i.settings ? 'auth_email' THEN
+			fields := fields || jsonb_build_array(jsonb_build_array('authemail', i.settings ->> 'auth_email'));
+		END IF;
+		IF i.method <> 'card' THEN
+			fields := fields || jsonb_build_array(jsonb_build_array('phone', i.phone), jsonb_build_array('method', i.method));
+		END IF;
+		fields := fields || jsonb_build_array(jsonb_build_array('status', 'Message'));
+		UPDATE payments.paynow_initiations pi SET state = 'sending', started_at = now() WHERE pi.id = i.id;
+		initiation_id := i.id;
+		url := payments.api_base('paynow', i.settings) ||
+			   CASE WHEN i.method = 'card' THEN '/interface/initiatetransaction' ELSE '/interface/remotetransaction' END;
+		method := 'POST';
+		headers := 'Content-Type: application/x-www-form-urlencoded';
+		body := payments.paynow_request(fields, key);
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.claim_initiations(integer) IS
+	'Claims queued Paynow initiations (SKIP LOCKED), marks them sending and returns the hashed requests; fails those that cannot be made, and those interrupted earlier (never sent twice); skips those whose payment is no longer pending; used by initiate_payments, which commits before sending';
+
+CREATE FUNCTION payments.record_initiation(initiation_id bigint, http_status integer, error text, response text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ini		payments.paynow_initiations;
+	r		jsonb;
+	verdict	text;
+	problem	text := error;
+	told	text;
+	pay_status text;
+	d		payments.chat_donations;
+BEGIN
+	SELECT i.* INTO ini FROM payments.paynow_initiations i WHERE i.id = record_initiation.initiation_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown Paynow initiation %', initiation_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF ini.state <> 'sending' THEN
+		RETURN ini.state;
+	END IF;
+	IF problem IS NULL AND http_status NOT BETWEEN 200 AND 299 THEN
+		problem := 'HTTP ' || http_status || ': ' || left(coalesce(response, ''), 300);
+	END IF;
+	IF problem IS NULL THEN
+		r := payments.paynow_form(convert_to(response, 'UTF8'));
+		IF r IS NULL THEN
+			problem := 'the reply is not a well-formed form';
+		ELSIF lower(r ->> 'status') = 'error' THEN
+			told := coalesce(r ->> 'error', 'Error');
+			problem := 'Paynow: ' || told;
+		ELSIF lower(r ->> 'status') IS DISTINCT FROM 'ok' THEN
+			problem := 'unexpected status ' || coalesce(r ->> 'status', 'none');
+		ELSE
+			SELECT payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) INTO verdict
+			  FROM payments.secrets s
+			 WHERE s.provider = ini.provider AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())
+			 ORDER BY payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) <> 'valid', s.id DESC
+			 LIMIT 1;
+			IF verdict IS DISTINCT FROM 'valid' THEN
+				problem := 'hash check failed: ' || coalesce(verdict, 'no live integration key');
+			ELSIF r ->> 'pollurl' IS NULL OR r ->> 'pollurl' !~ '^https?://[^[:space:]]+$' THEN
+				problem := 'the reply has no pollurl';
+			END IF;
+		END IF;
+	END IF;
+
+	IF problem IS NOT NULL THEN
+		UPDATE payments.paynow_initiations i
+		   SET state = 'error', finished_at = now(), http_status = record_initiation.http_status,
+			   paynow_status = r ->> 'status', error = problem
+		 WHERE i.id = ini.id;
+		PERFORM payments.initiation_failed(ini.id, told);
+		RETURN 'error';
+	END IF;
+
+	-- the poll URL is kept for reconciliation; a status update may have paid the payment already
+	UPDATE payments.payments p
+	   SET metadata = p.metadata || jsonb_strip_nulls(jsonb_build_object('pollurl', r ->> 'pollurl',
+					  'paynowreference', r ->> 'paynowreference', 'browserurl', r ->> 'browserurl')),
+		   updated_at = now()
+	 WHERE p.id = ini.payment_id
+	RETURNING p.status INTO pay_status;
+	UPDATE payments.paynow_initiations i
+	   SET state = 'done', finished_at = now(), http_status = record_initiation.http_status,
+		   paynow_status = r ->> 'status', instructions = r ->> 'instructions'
+	 WHERE i.id = ini.id;
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = ini.payment_id;
+	IF FOUND AND pay_status = 'pending' THEN
+		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, CASE
+			WHEN ini.method = 'card' AND r ->> 'browserurl' IS NOT NULL THEN
+				'Please pay securely with your card here: ' || (r ->> 'browserurl')
+			ELSE coalesce(nullif(btrim(r ->> 'instructions'), ''),
+						  format('Check your phone: %s will ask you to approve the payment with your PIN.',
+								 payments.chat_method_label(ini.method))) END ||
+			E'\nYou will get your receipt here as soon as the payment is confirmed.'));
+	END IF;
+	RETURN 'done';
+END
+$$;
+COMMENT ON FUNCTION payments.record_initiation(bigint, integer, text, text) IS
+	'Records Paynow''s answer to an initiation: Ok with a valid hash keeps pollurl and paynowreference and sends the instructions to the donor (unless the payment moved on already); Error, a bad hash or no answer fails the payment; used by initiate_payments';
+
+CREATE PROCEDURE payments.initiate_payments(max_items integer DEFAULT 20)
+AS 'MODULE_PATHNAME', 'initiate_payments'
+LANGUAGE C;
+COMMENT ON PROCEDURE payments.initiate_payments(integer) IS
+	'Initiates queued Paynow transactions: claims them and commits, sends the hashed requests (libcurl, in parallel, payments.reconcile_timeout), records the answers and commits; CALL it outside a transaction block';
+
+REVOKE ALL ON FUNCTION payments.chat_settings_problem(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_send(text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_prompt(text, text, text, jsonb, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_advance(text, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_check(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_admin(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_message(payments.events, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_status(payments.events) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_payment_notice() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.initiation_failed(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.claim_initiations(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.record_initiation(bigint, integer, text, text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE payments.initiate_payments(integer) FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('payments.chat_sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.chat_donations', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.chat_reference_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.paynow_initiations', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.paynow_initiations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.whatsapp_statuses', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.volunteers', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.volunteers_id_seq', '');
+
+--------------------------------------------------------------------------------------------------
 -- Privileges of the roles: last, so that they cover every object above
 --------------------------------------------------------------------------------------------------
 
@@ -3179,6 +4346,7 @@ GRANT EXECUTE ON FUNCTION payments.daily_report(date), payments.top_donors(times
 	payments.currency_summary(timestamptz, timestamptz), payments.base_totals(timestamptz, timestamptz),
 	payments.method_summary(timestamptz, timestamptz), payments.earnings(timestamptz, timestamptz),
 	payments.donor_history(text) TO payments_analyst;
+GRANT SELECT ON payments.volunteer_list TO payments_analyst;
 
 -- payments_admin: configures providers, secrets, certificates, currencies, rates; reads everything
 GRANT USAGE ON SCHEMA payments TO payments_admin;
@@ -3198,6 +4366,12 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.store_api_token(text, integer, text, text), payments.claim_reconciliation(integer),
 	payments.record_reconciliation(bigint, integer, text, text),
 	payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text),
-	payments.flows_answer(text, jsonb) FROM payments_admin;
+	payments.flows_answer(text, jsonb),
+	payments.chat_message(payments.events, jsonb), payments.chat_status(payments.events),
+	payments.chat_event(payments.events, jsonb), payments.chat_message_sent(bigint, text),
+	payments.chat_payment_notice(), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
+	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),
+	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),
+	payments.claim_initiations(integer), payments.record_initiation(bigint, integer, text, text) FROM payments_admin;
 -- cached API tokens are bearer credentials: read by the reconciliation run only
 REVOKE SELECT ON payments.api_tokens FROM payments_admin;

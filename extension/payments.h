@@ -258,6 +258,10 @@ extern bool SendOutboundBatch(OutboundRequest *reqs, int n);
 /* reconcile.c: the largest provider reply read when reconciling */
 #define RECONCILE_MAX_RESPONSE (64 * 1024)
 
+/* provider_calls.c: requests to providers decided in SQL, sent in parallel */
+extern void RunProviderCalls(const char *load, int max_items, const char *record, Oid keytype,
+							 int max_response, MemoryContext cxt);
+
 /* payments.c: the setting payments.reconcile_timeout */
 extern int	reconcile_timeout_ms;
 

@@ -76,10 +76,10 @@ SELECT payments.add_flow_key('nobody', :'key', 'regress-passphrase');
 SELECT payments.add_flow_key('flows-wa', :'key', 'wrong');
 SELECT provider, public_key = :'public_key' || E'\n' AS public_key_kept, revoked_at IS NULL AS live
   FROM payments.flow_keys;
-SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "flows_min_amount": 5, "flows_max_amount": 2}');
-SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "flows_max_amount": "100"}');
-SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "flows_min_amount": 0}');
-SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "flows_max_amount": 100}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "min_amount": 5, "max_amount": 2}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "max_amount": "100"}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "min_amount": 0}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "max_amount": 100}');
 
 -- X-Hub-Signature-256 of a body with the app secret (pgcrypto's hmac)
 CREATE FUNCTION pg_temp.signed(body bytea) RETURNS jsonb LANGUAGE sql AS $$

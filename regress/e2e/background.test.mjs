@@ -304,24 +304,26 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 	db.psql(`CREATE EXTENSION payments`, 'other');
 	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`, 'other'), /pg_cron runs in database "payments", not in "other"/);
 	const jobs = db.psql(`SELECT jobname || '|' || database FROM payments.cron_jobs() ORDER BY 1`, 'other');
-	assert.equal(jobs, 'payments-deliver@other|other\npayments-housekeeping@other|payments\n' +
+	assert.equal(jobs, 'payments-chat@other|other\npayments-deliver@other|other\npayments-housekeeping@other|payments\n' +
 		'payments-reconcile@other|other\npayments-retry@other|other');
 	db.psql(`DROP EXTENSION pg_cron`);
 	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`), /pg_cron is not installed/);
 
 	// the jobs scheduled at the start in the second cluster: wait (once) for pg_cron to run them
 	assert.equal(cron.psql(`SELECT string_agg(jobname, ',' ORDER BY jobname) FROM cron.job`),
-		'payments-deliver@payments,payments-housekeeping@payments,payments-reconcile@payments,payments-retry@payments');
+		'payments-chat@payments,payments-deliver@payments,payments-housekeeping@payments,payments-reconcile@payments,' +
+		'payments-retry@payments');
 	let runs = '';
 	const deadline = cronScheduledAt + 75000;
 	while (Date.now() < deadline) {
 		runs = cron.psql(`SELECT string_agg(DISTINCT j.jobname || ':' || d.status, ',') FROM cron.job_run_details d
 			JOIN cron.job j USING (jobid) WHERE d.status IN ('succeeded', 'failed')`);
-		if (runs.includes('retry') && runs.includes('deliver') && runs.includes('reconcile')) break;
+		if (runs.includes('retry') && runs.includes('deliver') && runs.includes('reconcile') && runs.includes('chat')) break;
 		await sleep(1000);
 	}
-	assert.equal(runs, 'payments-deliver@payments:succeeded,payments-reconcile@payments:succeeded,' +
+	assert.equal(runs, 'payments-chat@payments:succeeded,payments-deliver@payments:succeeded,' +
+		'payments-reconcile@payments:succeeded,' +
 		'payments-retry@payments:succeeded');
-	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '4');
+	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '5');
 	assert.equal(cron.psql(`SELECT count(*) FROM cron.job`), '0');
 });

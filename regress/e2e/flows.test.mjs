@@ -93,7 +93,7 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 			SELECT payments.register_provider('wa', 'meta', '{"verify_token": "vt"}');
 			SELECT payments.add_secret('wa', :'secret');
 			SELECT payments.add_flow_key('wa', :'key', :'pass');
-			SELECT payments.register_provider('wa-plain', 'meta', '{"verify_token": "vt", "flows_max_amount": 50}');
+			SELECT payments.register_provider('wa-plain', 'meta', '{"verify_token": "vt", "max_amount": 50}');
 			SELECT payments.add_secret('wa-plain', :'secret');
 			SELECT payments.add_flow_key('wa-plain', :'plain');
 			SELECT payments.register_provider('stripe', 'stripe');

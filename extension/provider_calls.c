@@ -1,0 +1,145 @@
+/*
+ * provider_calls.c
+ *		Requests to providers' APIs decided in SQL: reconciliation (tokens,
+ *		checks) and Paynow initiations.
+ *
+ * SQL decides what to ask and what the answers mean; this file only moves
+ * bytes.  One step claims the requests and commits, so that no row lock is
+ * held and every request is on record while the providers answer; sends them
+ * in parallel (SendOutboundBatch); records each answer and commits.
+ */
+#include "payments.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/pmsignal.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+/* One request to a provider and who asked it */
+typedef struct ProviderCall
+{
+	char	   *key;			/* the check id, or the provider of a token */
+} ProviderCall;
+
+/*
+ * Runs a query returning (key, url, method, headers, body) and turns its rows
+ * into requests allocated in cxt; headers are "Name: value" lines.  Returns
+ * how many.
+ */
+static int
+LoadRequests(const char *query, int max_items, int max_response, MemoryContext cxt,
+			 ProviderCall **calls, OutboundRequest **reqs)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(max_items)};
+	int			n;
+	MemoryContext old;
+
+	if (SPI_execute_with_args(query, strchr(query, '$') ? 1 : 0, argtypes, args, NULL, false, 0)
+		!= SPI_OK_SELECT)
+		elog(ERROR, "could not run \"%s\"", query);
+	n = (int) SPI_processed;
+	old = MemoryContextSwitchTo(cxt);
+	*calls = palloc0(sizeof(ProviderCall) * (n + 1));
+	*reqs = palloc0(sizeof(OutboundRequest) * (n + 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		OutboundRequest *req = &(*reqs)[i];
+		char	   *method = SPI_getvalue(row, desc, 3);
+		char	   *headers = SPI_getvalue(row, desc, 4);
+		char	   *body = SPI_getvalue(row, desc, 5);
+
+		(*calls)[i].key = pstrdup(SPI_getvalue(row, desc, 1));
+		req->url = pstrdup(SPI_getvalue(row, desc, 2));
+		req->get = method != NULL && strcmp(method, "GET") == 0;
+		req->body = pstrdup(body != NULL ? body : "");
+		req->bodylen = strlen(req->body);
+		/* one more slot for the header that turns off 100-continue */
+		req->headers = palloc0(sizeof(char *) * (headers != NULL ? strlen(headers) / 2 + 3 : 2));
+		if (headers != NULL)
+		{
+			char	   *copy = pstrdup(headers);
+			char	   *save = NULL;
+
+			for (char *line = strtok_r(copy, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save))
+				req->headers[req->nheaders++] = line;
+		}
+		req->headers[req->nheaders++] = pstrdup("Expect:");
+		req->connect_timeout_ms = Max(reconcile_timeout_ms / 3, 1);
+		req->timeout_ms = reconcile_timeout_ms;
+		req->max_response = max_response;
+		req->response_keep = max_response;
+		req->response = palloc0(max_response + 1);
+	}
+	MemoryContextSwitchTo(old);
+	return n;
+}
+
+/* Sends a batch; raises a pending cancel, and ends the backend if the postmaster died */
+static void
+SendOrStop(OutboundRequest *reqs, int n)
+{
+	if (n == 0 || SendOutboundBatch(reqs, n))
+		return;
+	/* what was claimed stays recorded as started; the next run asks again */
+	CHECK_FOR_INTERRUPTS();
+	if (!PostmasterIsAlive())
+		ereport(FATAL,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("the postmaster exited during requests to a provider")));
+}
+
+/* Hands one answer to an SQL recorder taking (key, http_status, error, response) */
+static void
+RecordAnswer(const char *query, Oid keytype, const ProviderCall *call, const OutboundRequest *req)
+{
+	Oid			argtypes[4] = {keytype, INT4OID, TEXTOID, TEXTOID};
+	Datum		args[4];
+	char		nulls[4] = "    ";
+	bool		readable;
+	const char *error = req->error;
+
+	args[0] = keytype == INT8OID ? DirectFunctionCall1(int8in, CStringGetDatum(call->key))
+		: CStringGetTextDatum(call->key);
+	args[1] = Int32GetDatum((int32) req->http_status);
+	nulls[1] = req->http_status == 0 ? 'n' : ' ';
+	readable = memchr(req->response, '\0', req->response_len) == NULL &&
+		pg_verifymbstr(req->response, (int) req->response_len, true);
+	if (!readable && error[0] == '\0')
+		error = "the reply is not text in the database encoding";
+	args[2] = error[0] ? CStringGetTextDatum(error) : (Datum) 0;
+	nulls[2] = error[0] ? ' ' : 'n';
+	args[3] = readable ? PointerGetDatum(cstring_to_text_with_len(req->response, (int) req->response_len)) : (Datum) 0;
+	nulls[3] = readable ? ' ' : 'n';
+	if (SPI_execute_with_args(query, 4, argtypes, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not run \"%s\"", query);
+}
+
+/*
+ * One step: load the requests and commit, send, record every answer and
+ * commit.  load takes max_items as $1 and returns (key, url, method, headers,
+ * body); record takes (key, http_status, error, response).  The caller has
+ * connected SPI non-atomically.
+ */
+void
+RunProviderCalls(const char *load, int max_items, const char *record, Oid keytype,
+				 int max_response, MemoryContext cxt)
+{
+	ProviderCall *calls;
+	OutboundRequest *reqs;
+	int			n;
+
+	n = LoadRequests(load, max_items, max_response, cxt, &calls, &reqs);
+	SPI_commit();
+	if (n == 0)
+		return;
+	SendOrStop(reqs, n);
+	for (int i = 0; i < n; i++)
+		RecordAnswer(record, keytype, &calls[i], &reqs[i]);
+	SPI_commit();
+}

@@ -1,0 +1,459 @@
+// WhatsApp donations end to end (issue 9): donors chat through the real shim, signed like Meta;
+// replies leave through the outbox to a stand-in for the WhatsApp Cloud API, which checks the
+// bearer token and the JSON of every message; payments are initiated from the database with a
+// stand-in for Paynow, which checks the request hash (official paynow package) and answers like
+// Paynow, hashed with the integration key, then posts its status update to the shim.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { createHmac } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { Cluster, Shim, post, sleep } from './harness.mjs';
+
+const { Paynow } = createRequire(import.meta.url)('paynow');
+
+const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const APP_SECRET = 'clinic_app_secret';
+const TOKEN = 'EAAclinicToken123';
+const NUMBER_ID = '106540352242922';
+const KEYS = { pn_usd: '3E9FED89-60E1-4CE5-AB6E-6B1EB2D4F977', pn_zwg: 'b1a2c3d4-0000-4000-8000-000000000001' };
+const IDS = { pn_usd: '1201', pn_zwg: '1202' };
+const ADMIN = '263770000001';
+let db;
+let shim;
+let graph;
+let paynow;
+
+// The SDK's own hash: values in order, integration key lower-cased, SHA-512, upper-case hex
+const sdk = (provider) => new Paynow(IDS[provider], KEYS[provider]);
+function paynowForm(provider, fields) {
+	return new URLSearchParams({ ...fields, hash: sdk(provider).generateHash(fields, KEYS[provider]) }).toString();
+}
+
+// A body as Meta sends it, and its X-Hub-Signature-256
+let seq = 0;
+function metaMessage(from, said, { button = false, at } = {}) {
+	seq += 1;
+	const m = { from, id: `wamid.IN${seq}`, timestamp: String(at ?? 1718000000 + seq) };
+	if (button) Object.assign(m, { type: 'interactive', interactive: { type: 'button_reply', button_reply: { id: said, title: said } } });
+	else Object.assign(m, { type: 'text', text: { body: said } });
+	return m;
+}
+function metaBody(value) {
+	return JSON.stringify({ object: 'whatsapp_business_account', entry: [{ id: '102290129340398', changes: [{ field: 'messages',
+		value: { messaging_product: 'whatsapp', metadata: { display_phone_number: '15550783881', phone_number_id: NUMBER_ID }, ...value } }] }] });
+}
+const sign = (body) => `sha256=${createHmac('sha256', APP_SECRET).update(body).digest('hex')}`;
+async function deliverToShim(body) {
+	const r = await post(shim.base, 'clinic', body, { 'x-hub-signature-256': sign(body) });
+	assert.equal(r.status, 200, r.text);
+	return r.json.outcome;
+}
+// One donor message through the shim
+async function say(from, said, opts = {}) {
+	const m = metaMessage(from, said, opts);
+	return deliverToShim(metaBody({ contacts: [{ profile: { name: 'Tendai' }, wa_id: from }], messages: [m] }));
+}
+
+// The Cloud API stand-in: checks token, path and JSON; answers with a wamid like Meta
+async function startGraph() {
+	const g = { sent: [], refused: [], n: 0, statusFirst: new Set() };
+	const refuse = (res, why) => { g.refused.push(why); res.writeHead(400, { 'content-type': 'application/json' })
+		.end(JSON.stringify({ error: { message: why, type: 'OAuthException', code: 100 } })); };
+	g.server = createServer((req, res) => {
+		let raw = '';
+		req.on('data', (d) => { raw += d; });
+		req.on('end', async () => {
+			if (req.method !== 'POST' || req.url !== `/v21.0/${NUMBER_ID}/messages`) return refuse(res, `no route ${req.url}`);
+			if (req.headers.authorization !== `Bearer ${TOKEN}`) {
+				g.refused.push('token');
+				return res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":{"code":190}}');
+			}
+			if (!/^application\/json/.test(req.headers['content-type'] ?? '')) return refuse(res, 'content-type');
+			let m;
+			try { m = JSON.parse(raw); } catch { return refuse(res, 'not JSON'); }
+			// like Meta for a number that cannot receive (error 131026): the message itself is refused
+			if (m.to === '263772000070') return refuse(res, 'undeliverable');
+			if (m.messaging_product !== 'whatsapp' || m.recipient_type !== 'individual' || !/^[1-9][0-9]{5,14}$/.test(m.to))
+				return refuse(res, 'envelope');
+			let said;
+			if (m.type === 'text') {
+				if (typeof m.text?.body !== 'string' || m.text.body.length === 0 || m.text.body.length > 4096) return refuse(res, 'text');
+				said = m.text.body;
+			} else if (m.type === 'interactive' && m.interactive.type === 'button') {
+				const b = m.interactive.action?.buttons ?? [];
+				if (b.length < 1 || b.length > 3 || b.some((x) => x.type !== 'reply' || !x.reply.id || x.reply.title.length > 20))
+					return refuse(res, 'buttons');
+				said = `${m.interactive.body.text} [${b.map((x) => x.reply.id).join(' ')}]`;
+			} else if (m.type === 'interactive' && m.interactive.type === 'list') {
+				const rows = m.interactive.action?.sections?.[0]?.rows ?? [];
+				if (!m.interactive.action.button || rows.length < 1 || rows.length > 10 || rows.some((x) => !x.id || x.title.length > 24))
+					return refuse(res, 'list');
+				said = `${m.interactive.body.text} [${rows.map((x) => x.id).join(' ')}]`;
+			} else return refuse(res, `type ${m.type}`);
+			g.n += 1;
+			const wamid = `wamid.OUT${g.n}`;
+			g.sent.push({ to: m.to, said, wamid });
+			// Meta may report a status before the send call has answered
+			if (g.statusFirst.has(m.to)) {
+				await deliverToShim(metaBody({ statuses: [{ id: wamid, status: 'sent', timestamp: '1718001000', recipient_id: m.to }] }));
+			}
+			res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ messaging_product: 'whatsapp',
+				contacts: [{ input: m.to, wa_id: m.to }], messages: [{ id: wamid }] }));
+		});
+	});
+	await new Promise((resolve) => g.server.listen(0, '127.0.0.1', resolve));
+	g.base = `http://127.0.0.1:${g.server.address().port}`;
+	g.to = (who) => g.sent.filter((s) => s.to === who).map((s) => s.said);
+	return g;
+}
+
+// The Paynow stand-in: test-mode numbers as Paynow documents them (0771111111 pays, 0774444444 has
+// no balance); 0772222222 is paid so fast that the status update arrives before the initiate reply
+async function startPaynow() {
+	const p = { requests: [], refused: [], updates: [], n: 9000 };
+	const statusUpdate = async (f, ref, status) => {
+		const provider = f.id === IDS.pn_usd ? 'pn_usd' : 'pn_zwg';
+		const body = paynowForm(provider, { reference: f.reference, paynowreference: ref, amount: f.amount, status,
+			pollurl: `${p.base}/poll/${f.reference}` });
+		const r = await fetch(f.resulturl, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body });
+		p.updates.push(`${f.reference} ${status} ${r.status}`);
+	};
+	p.server = createServer((req, res) => {
+		let raw = '';
+		req.on('data', (d) => { raw += d; });
+		req.on('end', async () => {
+			const mobile = req.url === '/interface/remotetransaction';
+			if (req.method !== 'POST' || !(mobile || req.url === '/interface/initiatetransaction')) return res.writeHead(404).end();
+			const provider = /(^|&)id=1201(&|$)/.test(raw) ? 'pn_usd' : 'pn_zwg';
+			const f = sdk(provider).parseQuery(raw);
+			p.requests.push({ url: req.url, ...f });
+			const problem = !sdk(provider).verifyHash(f) ? 'Invalid hash'
+				: Object.keys(f).join(',') !== (mobile
+					? 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,phone,method,status,hash'
+					: 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,status,hash') ? `fields ${Object.keys(f)}`
+				: f.status !== 'Message' || !/^\d+\.\d\d$/.test(f.amount) || !f.resulturl.startsWith(shim.base) ? 'values'
+				: mobile && (!/^07\d{8}$/.test(f.phone) || !['ecocash', 'onemoney', 'telecash'].includes(f.method)) ? 'phone or method'
+				: null;
+			if (problem) {
+				p.refused.push(problem);
+				return res.writeHead(200).end(`status=Error&error=${encodeURIComponent(problem)}`);
+			}
+			if (mobile && f.phone === '0774444444') return res.writeHead(200).end('status=Error&error=Insufficient+balance');
+			p.n += 1;
+			const ref = String(p.n);
+			if (mobile && f.phone === '0772222222') await statusUpdate(f, ref, 'Paid');
+			const reply = mobile
+				? { status: 'Ok', instructions: `Dial *151*2*4# and approve ${f.amount} for ${f.reference}`,
+					paynowreference: ref, pollurl: `${p.base}/poll/${f.reference}` }
+				: { status: 'Ok', browserurl: `${p.base}/pay/${ref}`, pollurl: `${p.base}/poll/${f.reference}` };
+			res.writeHead(200, { 'content-type': 'text/html' }).end(paynowForm(provider, reply));
+			if (!(mobile && f.phone === '0772222222')) setTimeout(() => statusUpdate(f, ref, 'Paid'), 50);
+		});
+	});
+	await new Promise((resolve) => p.server.listen(0, '127.0.0.1', resolve));
+	p.base = `http://127.0.0.1:${p.server.address().port}`;
+	return p;
+}
+
+// The background work of the chat job: initiations, then deliveries until a run sends nothing
+// (a chat gets one message per run, in order)
+function work() {
+	return new Promise((resolve, reject) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
+			'-U', 'postgres', '-d', 'payments'], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
+		child.stdin.end(`CALL payments.initiate_payments(20);
+			DO $$
+			DECLARE
+				last bigint;
+			BEGIN
+				LOOP
+					last := (SELECT max(id) FROM payments.outbox_attempts);
+					CALL payments.deliver_outbox(100);
+					EXIT WHEN (SELECT max(id) FROM payments.outbox_attempts) IS NOT DISTINCT FROM last;
+				END LOOP;
+			END
+			$$;\n`);
+	});
+}
+const q = (sql, vars = {}) => db.psqlVars(sql, vars);
+async function until(what, check, ms = 5000) {
+	const end = Date.now() + ms;
+	for (;;) {
+		const v = check();
+		if (v) return v;
+		if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+		await sleep(50);
+	}
+}
+const lastRef = (who) => q(`SELECT p.reference FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+	WHERE d.wa_id = :'w' ORDER BY p.id DESC LIMIT 1`, { w: who });
+const statusOf = (ref) => q(`SELECT status FROM payments.payments WHERE reference = :'r'`, { r: ref });
+
+before(async () => {
+	graph = await startGraph();
+	paynow = await startPaynow();
+	db = new Cluster();
+	await db.init();
+	shim = new Shim(db.dsn);
+	await shim.start();
+	for (const [name, cur] of [['pn_usd', 'USD'], ['pn_zwg', 'ZWG']]) {
+		db.psql(`SELECT payments.register_provider('${name}', 'paynow', '${JSON.stringify({ integration_id: IDS[name],
+			result_url: `${shim.base}/webhooks/${name}`, return_url: 'https://clinic.example/thanks', auth_email: 'donations@clinic.example',
+			api_base: paynow.base, currency: cur })}');
+			SELECT payments.add_secret('${name}', '${KEYS[name]}');`);
+	}
+	db.psql(`SELECT payments.register_provider('clinic', 'meta', '${JSON.stringify({ verify_token: 'hook-7f3a', access_token: TOKEN,
+		phone_number_id: NUMBER_ID, api_base: `${graph.base}/v21.0`, admin_numbers: [`+${ADMIN}`],
+		paynow_providers: { USD: 'pn_usd', ZWG: 'pn_zwg' }, methods: ['ecocash', 'onemoney', 'telecash', 'card'],
+		purposes: ['Maternity ward', 'Medicines'] })}');
+		SELECT payments.add_secret('clinic', '${APP_SECRET}');`);
+});
+
+after(async () => {
+	const exit = shim ? await shim.stop() : null;
+	db?.destroy();
+	graph?.server.close();
+	paynow?.server.close();
+	if (shim) assert.deepEqual(shim.sanitizerReports(), []);
+	if (exit) assert.equal(exit.code, 0);
+});
+
+// A whole donation from the greeting to the confirmation
+async function donate(who, { amount = '10', currency = 'USD', method, phone = 'phone_same' }) {
+	assert.equal(await say(who, 'Hi'), 'applied');
+	await say(who, 'donate', { button: true });
+	await say(who, amount);
+	await say(who, `cur_${currency}`, { button: true });
+	await say(who, `pay_${method}`, { button: true });
+	if (method !== 'card') await say(who, phone, { button: phone === 'phone_same' });
+	await say(who, 'purpose_1', { button: true });
+	return say(who, 'confirm', { button: true });
+}
+
+test('a donation in each method is initiated from the database and ends paid, with a receipt in the chat', async () => {
+	const donors = { 263771111111: ['ecocash', 'USD'], 263711111111: ['onemoney', 'ZWG'], 263731111111: ['telecash', 'ZWG'],
+		263781111111: ['card', 'USD'] };
+	for (const [who, [method, currency]] of Object.entries(donors)) {
+		// NetOne and Telecel numbers are not Paynow's test numbers: the donors type 0771111111
+		await donate(who, { method, currency, amount: '12.50', phone: method === 'ecocash' || method === 'card' ? 'phone_same' : '0771111111' });
+		assert.equal(statusOf(lastRef(who)), 'pending');
+	}
+	await work();
+	for (const who of Object.keys(donors)) await until(`${who} paid`, () => statusOf(lastRef(who)) === 'paid');
+	await work();
+	assert.deepEqual(graph.refused, []);
+	assert.deepEqual(paynow.refused, []);
+	for (const [who, [method, currency]] of Object.entries(donors)) {
+		const ref = lastRef(who);
+		const receipt = q(`SELECT receipt_no FROM payments.payments WHERE reference = :'r'`, { r: ref });
+		assert.match(receipt, /^LP-\d{8}-\d{6}$/);
+		const chat = graph.to(who);
+		assert.match(chat[0], /^Hello Tendai! .* \[donate check volunteer help\]$/s);
+		assert.ok(chat.includes(`Thank you, Tendai! We received your donation of 12.50 ${currency} (reference ${ref}) for Maternity ward.\n` +
+			`Your receipt number is ${receipt}.`), chat.join('\n'));
+		assert.ok(chat.some((s) => (method === 'card' ? s.startsWith(`Please pay securely with your card here: ${paynow.base}/pay/`)
+			: s.startsWith(`Dial *151*2*4# and approve 12.50 for ${ref}`))), chat.join('\n'));
+		assert.equal(q(`SELECT method || ' ' || currency || ' ' || (metadata ->> 'pollurl') FROM payments.payments WHERE reference = :'r'`,
+			{ r: ref }), `${method} ${currency} ${paynow.base}/poll/${ref}`);
+	}
+	// the requests Paynow received: mobile checkout with the method, the card one on the web checkout
+	assert.deepEqual(paynow.requests.map((r) => `${r.url} ${r.method ?? '-'} ${r.phone ?? '-'} ${r.amount}`).sort(), [
+		'/interface/initiatetransaction - - 12.50', '/interface/remotetransaction ecocash 0771111111 12.50',
+		'/interface/remotetransaction onemoney 0771111111 12.50', '/interface/remotetransaction telecash 0771111111 12.50']);
+	assert.equal(q(`SELECT count(*) FROM payments.outbox WHERE provider = 'clinic' AND (state <> 'delivered' OR wamid IS NULL)`), '0');
+	// each chat got its messages in the order they were queued
+	for (const who of Object.keys(donors)) {
+		assert.deepEqual(graph.sent.filter((x) => x.to === who).map((x) => x.wamid),
+			q(`SELECT wamid FROM payments.outbox WHERE recipient = :'w' ORDER BY id`, { w: who }).split('\n'));
+	}
+});
+
+test('edit and cancel paths, invalid amounts', async () => {
+	const who = '263772000010';
+	await say(who, 'donate', { button: true });
+	await say(who, '0');
+	await say(who, '480.01');
+	await say(who, 'twenty');
+	await say(who, '20');
+	await say(who, 'cur_ZWG', { button: true });
+	await say(who, 'pay_ecocash', { button: true });
+	await say(who, 'phone_same', { button: true });
+	await say(who, 'Solar panels');
+	await say(who, 'edit', { button: true });
+	await say(who, 'edit_amount', { button: true });
+	await say(who, '25');
+	await say(who, 'cancel', { button: true });
+	await work();
+	const chat = graph.to(who);
+	assert.equal(chat.filter((s) => s.startsWith('Sorry, ') && s.includes('between 1.00 and 480.00')).length, 3);
+	assert.ok(chat.includes('Please check your donation:\nAmount: 20.00 ZWG\nMethod: EcoCash\nNumber: 0772000010\nFor: Solar panels ' +
+		'[confirm edit cancel]'));
+	assert.ok(chat.includes('Please check your donation:\nAmount: 25.00 ZWG\nMethod: EcoCash\nNumber: 0772000010\nFor: Solar panels ' +
+		'[confirm edit cancel]'));
+	assert.equal(chat.at(-1), 'Cancelled: nothing was charged. Send *donate* whenever you would like to give.');
+	assert.equal(lastRef(who), '');
+	assert.equal(q(`SELECT state || ' ' || draft FROM payments.chat_sessions WHERE wa_id = :'w'`, { w: who }), 'menu {}');
+});
+
+test('a Paynow status update arriving before the initiate reply is stored still finishes the payment', async () => {
+	const who = '263772222222';
+	await donate(who, { method: 'ecocash', amount: '7' });
+	await work();
+	const ref = lastRef(who);
+	assert.deepEqual(paynow.updates.filter((u) => u.startsWith(ref)), [`${ref} Paid 200`]);
+	assert.equal(statusOf(ref), 'paid');
+	assert.equal(q(`SELECT count(*) FROM payments.payments WHERE provider = 'pn_usd' AND reference = :'r'`, { r: ref }), '1');
+	assert.equal(q(`SELECT state || ' ' || (p.metadata ->> 'paynowreference') || ' ' || (p.metadata ->> 'pollurl')
+		FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id WHERE i.reference = :'r'`, { r: ref }),
+	`done ${q(`SELECT metadata ->> 'paynowreference' FROM payments.payments WHERE reference = :'r'`, { r: ref })} ${paynow.base}/poll/${ref}`);
+	await work();
+	const chat = graph.to(who);
+	assert.equal(chat.filter((s) => s.startsWith('Thank you, Tendai! We received')).length, 1);
+	assert.equal(chat.filter((s) => s.startsWith('Dial ')).length, 0, 'no instructions once paid');
+	// check: the status of the last payment
+	await say(who, 'check');
+	await work();
+	assert.match(graph.to(who).at(-1), new RegExp(`^Your last donation, 7.00 USD by EcoCash \\(reference ${ref}\\), is paid. Receipt number: LP-`));
+});
+
+test('Paynow refuses the payment: the donor gets a helpful message', async () => {
+	const who = '263774444444';
+	await donate(who, { method: 'ecocash', amount: '9' });
+	await work();
+	const ref = lastRef(who);
+	assert.equal(statusOf(ref), 'failed');
+	await work();
+	assert.equal(graph.to(who).at(-1), `Your donation of 9.00 USD (reference ${ref}) did not go through: Insufficient balance. ` +
+		'No money was taken.\nSend *donate* to try again, or *help* if you need assistance.');
+});
+
+test('sessions expire after the idle time; help and menu at any point', async () => {
+	const who = '263772000020';
+	await say(who, 'donate', { button: true });
+	await say(who, '15');
+	q(`UPDATE payments.chat_sessions SET last_activity_at = now() - interval '31 minutes' WHERE wa_id = :'w'`, { w: who });
+	await say(who, 'cur_USD', { button: true });
+	await say(who, 'help');
+	await work();
+	const chat = graph.to(who);
+	assert.equal(chat.at(-3), 'Your previous conversation expired after a while without messages, so we are starting again. Nothing was charged.');
+	assert.match(chat.at(-2), /^Hello Tendai!/);
+	assert.match(chat.at(-1), /^Send \*donate\* to give/);
+});
+
+test('rate limit: one number cannot flood the service (a batch of 35 messages)', async (t) => {
+	const who = '263772000030';
+	const messages = Array.from({ length: 35 }, () => metaMessage(who, 'help'));
+	const started = process.hrtime.bigint();
+	assert.equal(await deliverToShim(metaBody({ contacts: [{ profile: { name: 'Flood' }, wa_id: who }], messages })), 'applied');
+	t.diagnostic(`35 messages in one delivery stored and answered in ${Number(process.hrtime.bigint() - started) / 1e6} ms`);
+	assert.equal(q(`SELECT count(*) FILTER (WHERE state = 'applied') || ' ' || count(*) FILTER (WHERE state = 'ignored')
+		FROM payments.events WHERE provider = 'clinic' AND payload -> 'message' ->> 'from' = :'w'`, { w: who }), '30 5');
+	await work();
+	const chat = graph.to(who);
+	assert.equal(chat.length, 31);
+	assert.equal(chat.at(-1), 'You are sending messages faster than we can answer them. Please wait a few minutes, then try again.');
+	// another number is not limited
+	assert.equal(await say('263772000031', 'help'), 'applied');
+});
+
+test('admin commands from admin numbers only', async () => {
+	await say('263772000040', '/stats');
+	await say('263772000040', '/approve WA-1');
+	// a pending payment an admin approves by hand: receipt issued, the donor thanked
+	const who = '263775555555';
+	await donate(who, { method: 'ecocash', amount: '11' });
+	const ref = lastRef(who);
+	await say(ADMIN, '/admin');
+	await say(ADMIN, '/stats');
+	await say(ADMIN, '/report');
+	await say(ADMIN, `/approve ${ref}`);
+	await work();
+	for (const s of graph.to('263772000040')) assert.match(s, /^Hello Tendai! .*\[donate check volunteer help\]$/s);
+	assert.equal(graph.to('263772000040').length, 2);
+	const [help, stats, report, approved] = graph.to(ADMIN);
+	assert.match(help, /^Admin commands:\n\/stats/);
+	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 1 failed, 1 pending\nZWG: /);
+	assert.match(report, /^Daily report \d{4}-\d{2}-\d{2}:\n.*USD \(all\): \d+ paid/s);
+	assert.match(approved, new RegExp(`^Approved ${ref}: 11.00 USD marked paid, receipt LP-\\d{8}-\\d{6}\\.$`));
+	assert.equal(statusOf(ref), 'paid');
+	// approved before Paynow was asked: it is not asked any more (the donor would pay twice)
+	assert.equal(paynow.requests.filter((r) => r.reference === ref).length, 0);
+	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'skipped');
+	assert.equal(graph.to(who).filter((s) => s.startsWith('Thank you, Tendai! We received')).length, 1);
+});
+
+test('duplicate and out-of-order Meta deliveries; message statuses update the outbox rows', async () => {
+	const who = '263772000050';
+	const body = metaBody({ contacts: [{ profile: { name: 'Dup' }, wa_id: who }], messages: [metaMessage(who, 'help')] });
+	assert.equal(await deliverToShim(body), 'applied');
+	assert.equal(await deliverToShim(body), 'duplicate');
+	// an older message delivered late is stored, not answered
+	assert.equal(await say(who, 'donate', { at: 1718000000 }), 'ignored');
+	graph.statusFirst.add(who);
+	await work();
+	assert.equal(graph.to(who).length, 1);
+	// the status Meta sent before the send call answered reached the row once its wamid was stored
+	const wamid = graph.sent.find((s) => s.to === who).wamid;
+	const row = () => q(`SELECT message_status FROM payments.outbox WHERE wamid = :'m'`, { m: wamid });
+	assert.equal(row(), 'sent');
+	const status = (s, ts) => metaBody({ statuses: [{ id: wamid, status: s, timestamp: String(ts), recipient_id: who }] });
+	assert.equal(await deliverToShim(status('read', 1718001030)), 'applied');
+	assert.equal(await deliverToShim(status('delivered', 1718001020)), 'ignored');
+	assert.equal(await deliverToShim(status('read', 1718001030)), 'duplicate');
+	assert.equal(row(), 'read');
+	// one delivery batching several statuses
+	const batch = metaBody({ statuses: [{ id: 'wamid.unknown', status: 'sent', timestamp: '1718001040', recipient_id: who },
+		{ id: wamid, status: 'failed', timestamp: '1718001050', recipient_id: who, errors: [{ code: 131047, title: 'Re-engagement message' }] }] });
+	assert.equal(await deliverToShim(batch), 'applied');
+	assert.equal(q(`SELECT message_status || ' ' || (message_errors -> 0 ->> 'code') FROM payments.outbox WHERE wamid = :'m'`, { m: wamid }),
+		'failed 131047');
+});
+
+test('volunteers register in the chat; a message the Cloud API refuses is dead; a wrong access token is retried', async () => {
+	const who = '263772000060';
+	await say(who, 'volunteer', { button: true });
+	await say(who, 'Rudo Chikore');
+	await say(who, 'Driving');
+	await say(who, 'Saturdays');
+	await work();
+	assert.match(graph.to(who).at(-1), /^Thank you, Rudo Chikore! You are registered as a volunteer/);
+	assert.equal(q(`SELECT name || '|' || phone || '|' || skills || '|' || availability FROM payments.volunteer_list`),
+		'Rudo Chikore|********0060|Driving|Saturdays');
+
+	await say('263772000070', 'help');
+	await work();
+	assert.equal(q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox WHERE recipient = '263772000070'`),
+		'dead 400 1');
+
+	db.psql(`UPDATE payments.providers SET settings = settings || '{"access_token": "EAAwrong"}' WHERE name = 'clinic'`);
+	await say(who, 'help');
+	await work();
+	assert.ok(graph.refused.includes('token'));
+	assert.equal(q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox WHERE recipient = :'w' ORDER BY id DESC LIMIT 1`,
+		{ w: who }), 'pending 401 1');
+});
+
+test('the pg_cron chat job answers within about a second while it runs', async (t) => {
+	db.psql(`UPDATE payments.providers SET settings = settings || '{"access_token": "${TOKEN}"}' WHERE name = 'clinic'`);
+	const job = new Promise((resolve) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments', '-c', "CALL payments.run_job('chat')"], { env: { ...process.env, PGAPPNAME: 'chat-job' } },
+		(err, stdout, stderr) => resolve(stderr));
+		child.stdin.end();
+	});
+	await until('the job', () => q(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chat-job' AND state = 'active'`) === '1');
+	const who = '263772000080';
+	const started = Date.now();
+	await donate(who, { method: 'ecocash', amount: '3' });
+	const ref = lastRef(who);
+	await until('the receipt', () => graph.to(who).some((s) => s.includes('Your receipt number is')), 10000);
+	t.diagnostic(`from the greeting to the receipt in the chat, pg_cron job only: ${Date.now() - started} ms`);
+	assert.equal(statusOf(ref), 'paid');
+	assert.ok(graph.to(who).some((s) => s.startsWith(`Dial *151*2*4# and approve 3.00 for ${ref}`)));
+	q(`SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'chat-job'`);
+	assert.match(await job, /canceling statement due to user request/);
+});

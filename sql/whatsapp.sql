@@ -1,0 +1,307 @@
+-- WhatsApp donations (issue 9): the conversation state machine in SQL, Paynow initiation
+-- requests and replies, receipts and failure messages, statuses of sent messages, admin
+-- commands, volunteers.  Messages are ingested as Meta would sign them (pgcrypto's hmac).
+\set SHOW_CONTEXT never
+\set key '3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977'
+
+SELECT payments.register_provider('pn_usd', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/pn_usd",
+	"auth_email": "donations@clinic.example", "api_base": "http://127.0.0.1:9", "currency": "USD"}');
+SELECT payments.register_provider('pn_zwg', 'paynow', '{"integration_id": "1202", "result_url": "https://clinic.example/webhooks/pn_zwg",
+	"auth_email": "donations@clinic.example", "api_base": "http://127.0.0.1:9", "currency": "ZWG"}');
+SELECT payments.add_secret('pn_usd', :'key') IS NOT NULL AS key_added;
+SELECT payments.add_secret('pn_zwg', :'key') IS NOT NULL AS key_added;
+
+-- the settings of the conversation are checked when the meta provider is registered
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "phone_number_id": "+26377"}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "access_token": "has space"}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "admin_numbers": "263770000001"}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "admin_numbers": ["not a phone"]}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"USD": "nobody"}}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"XYZ": "pn_usd"}}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "methods": ["ecocash", "bitcoin"]}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "methods": ["ecocash", "ecocash"]}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "purposes": ["A purpose far too long for a button"]}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": 0}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": 500}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "session_timeout": 1.5}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "rate_limit": 0}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "access_token": "EAAtoken", "phone_number_id": "106540352242922",
+	"api_base": "http://127.0.0.1:9/v21.0", "admin_numbers": ["+263 77 000 0001"],
+	"paynow_providers": {"USD": "pn_usd", "ZWG": "pn_zwg"}, "methods": ["ecocash", "onemoney", "telecash", "card"],
+	"purposes": ["Maternity ward", "Medicines"]}');
+SELECT payments.add_secret('chat', 'test_app_secret') IS NOT NULL AS secret_added;
+
+-- say(from, text or button id, seconds): one signed delivery of one message at 1718000000 + seconds
+CREATE SEQUENCE pg_temp.wamid;
+CREATE FUNCTION pg_temp.say(sender text, said text, at integer, button boolean DEFAULT false,
+							number_id text DEFAULT '106540352242922')
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	msg		jsonb := jsonb_build_object('from', sender, 'id', 'wamid.in' || nextval('pg_temp.wamid'),
+										'timestamp', (1718000000 + at)::text);
+	body	text;
+	r		record;
+BEGIN
+	msg := msg || CASE WHEN button
+		THEN jsonb_build_object('type', 'interactive', 'interactive', jsonb_build_object('type', 'button_reply',
+								'button_reply', jsonb_build_object('id', said, 'title', said)))
+		ELSE jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', said)) END;
+	body := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
+		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', number_id),
+			'contacts', jsonb_build_array(jsonb_build_object('profile', jsonb_build_object('name', 'Tendai'), 'wa_id', sender)),
+			'messages', jsonb_build_array(msg)))))))::text;
+	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
+		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
+	RETURN r.http_status || ' ' || r.outcome;
+END
+$$;
+-- what was queued for a number since the last look: text, or body [button ids]
+CREATE TABLE pg_temp.seen (who text PRIMARY KEY, id bigint);
+CREATE FUNCTION pg_temp.replies(who text) RETURNS SETOF text LANGUAGE sql AS $$
+	WITH r AS (
+		SELECT o.id, regexp_replace(coalesce(o.payload -> 'text' ->> 'body',
+				   (o.payload -> 'interactive' -> 'body' ->> 'text') || ' [' ||
+				   (SELECT string_agg(coalesce(b -> 'reply' ->> 'id', b ->> 'id'), ' ')
+					  FROM jsonb_array_elements(coalesce(o.payload -> 'interactive' -> 'action' -> 'buttons',
+														 o.payload -> 'interactive' -> 'action' -> 'sections' -> 0 -> 'rows')) b) || ']'),
+				   '(WA|LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}', 'X', 'g') AS said
+		  FROM payments.outbox o
+		 WHERE o.recipient = who AND o.id > coalesce((SELECT s.id FROM pg_temp.seen s WHERE s.who = replies.who), 0)),
+	u AS (INSERT INTO pg_temp.seen SELECT who, max(o.id) FROM payments.outbox o WHERE o.recipient = who
+		  ON CONFLICT (who) DO UPDATE SET id = excluded.id)
+	SELECT said FROM r ORDER BY id
+$$;
+CREATE FUNCTION pg_temp.session(who text) RETURNS text LANGUAGE sql AS $$
+	SELECT state || ' ' || draft::text FROM payments.chat_sessions WHERE wa_id = who
+$$;
+
+-- a greeting gets the menu (a list: four choices); the message is applied, the reply queued
+SELECT pg_temp.say('263771234567', 'Hi', 0);
+SELECT * FROM pg_temp.replies('263771234567');
+SELECT provider, recipient, event_type, state, payload ->> 'to' AS "to" FROM payments.outbox ORDER BY id;
+
+-- a donation: amount (validated), currency, method, number, purpose, summary
+SELECT pg_temp.say('263771234567', 'donate', 1, true);
+SELECT pg_temp.say('263771234567', 'ten dollars', 2);
+SELECT pg_temp.say('263771234567', '0.50', 3);
+SELECT pg_temp.say('263771234567', '481', 4);
+SELECT pg_temp.say('263771234567', '12.345', 5);
+SELECT * FROM pg_temp.replies('263771234567');
+SELECT pg_temp.say('263771234567', '$25', 6);
+SELECT pg_temp.say('263771234567', 'GBP', 7);
+SELECT pg_temp.say('263771234567', 'cur_USD', 8, true);
+SELECT pg_temp.say('263771234567', 'EcoCash', 9);
+SELECT pg_temp.say('263771234567', '12345', 10);
+SELECT pg_temp.say('263771234567', 'phone_same', 11, true);
+SELECT * FROM pg_temp.replies('263771234567');
+SELECT pg_temp.session('263771234567');
+SELECT pg_temp.say('263771234567', 'purpose_2', 12, true);
+SELECT * FROM pg_temp.replies('263771234567');
+
+-- edit: the amount, then the method (which asks for the number again)
+SELECT pg_temp.say('263771234567', 'edit', 13, true);
+SELECT pg_temp.say('263771234567', 'edit_amount', 14, true);
+SELECT pg_temp.say('263771234567', '30', 15);
+SELECT pg_temp.say('263771234567', 'edit', 16, true);
+SELECT pg_temp.say('263771234567', 'edit_method', 17, true);
+SELECT pg_temp.say('263771234567', 'onemoney', 18);
+SELECT pg_temp.say('263771234567', '+263 71 234 5678', 19);
+SELECT * FROM pg_temp.replies('263771234567');
+
+-- confirm: the payment is pending with our reference, and its initiation queued, before Paynow answers
+SELECT pg_temp.say('263771234567', 'confirm', 20, true);
+SELECT * FROM pg_temp.replies('263771234567');
+SELECT pg_temp.session('263771234567');
+SELECT provider, provider_ref ~ '^WA-[0-9]{8}-[0-9]+$' AS our_ref, reference = provider_ref AS same, status, amount, currency,
+	   method, donor_name, donor_phone, metadata FROM payments.payments WHERE provider LIKE 'pn\_%';
+SELECT provider, method, phone, state FROM payments.paynow_initiations;
+
+-- the request: hashed like Paynow's SDKs, mobile checkout, the hash verifies with the key
+CREATE TABLE pg_temp.claimed AS SELECT * FROM payments.claim_initiations(10);
+SELECT url, method, headers, regexp_replace(regexp_replace(body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
+  FROM pg_temp.claimed;
+SELECT payments.verify_paynow(convert_to(body, 'UTF8'), :'key') FROM pg_temp.claimed;
+SELECT state FROM payments.paynow_initiations;
+SELECT count(*) AS claimed_again FROM payments.claim_initiations(10);
+
+-- Paynow's status update arrives before the initiate reply is recorded: it pays our payment
+SELECT reference AS ref FROM payments.payments WHERE provider LIKE 'pn\_%' \gset
+CREATE FUNCTION pg_temp.paynow(provider text, fields text[][]) RETURNS text LANGUAGE sql AS $$
+	SELECT http_status || ' ' || outcome FROM payments.ingest(provider, '{}',
+		convert_to(payments.paynow_request((SELECT jsonb_agg(jsonb_build_array(f[1], f[2])) FROM
+			(SELECT ARRAY[fields[i][1], fields[i][2]] AS f FROM generate_subscripts(fields, 1) i) x), '3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977'), 'UTF8'))
+$$;
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'ref'], ['paynowreference', '9001'], ['amount', '30.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g1']]);
+SELECT status, receipt_no ~ '^LP-[0-9]{8}-[0-9]{6}$' AS receipt, metadata ->> 'paynowreference' AS paynowreference
+  FROM payments.payments WHERE provider LIKE 'pn\_%';
+SELECT count(*) AS payments FROM payments.payments WHERE provider LIKE 'pn\_%';
+SELECT * FROM pg_temp.replies('263771234567');
+-- then the initiate reply: pollurl kept, no instructions (the payment is paid already)
+SELECT payments.record_initiation((SELECT initiation_id FROM pg_temp.claimed), 200, NULL,
+	payments.paynow_request(jsonb_build_array(jsonb_build_array('status', 'Ok'), jsonb_build_array('instructions', 'Dial *151#'),
+		jsonb_build_array('paynowreference', '9001'), jsonb_build_array('pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g1')), :'key'));
+SELECT state, paynow_status, http_status FROM payments.paynow_initiations;
+SELECT metadata ->> 'pollurl' AS pollurl FROM payments.payments WHERE provider LIKE 'pn\_%';
+SELECT * FROM pg_temp.replies('263771234567');
+-- check: the last payment's status
+SELECT pg_temp.say('263771234567', 'check', 21);
+SELECT * FROM pg_temp.replies('263771234567');
+
+-- card (web checkout link), Paynow refuses a mobile one, a bad reply hash, no reply at all
+CREATE FUNCTION pg_temp.donate(who text, at integer, method text) RETURNS void LANGUAGE sql AS $$
+	SELECT pg_temp.say(who, 'donate', at, true);
+	SELECT pg_temp.say(who, '5', at + 1);
+	SELECT pg_temp.say(who, 'cur_ZWG', at + 2, true);
+	SELECT pg_temp.say(who, 'pay_' || method, at + 3, true);
+	SELECT pg_temp.say(who, 'phone_same', at + 4, true) WHERE method <> 'card';
+	SELECT pg_temp.say(who, 'Clinic roof', at + 5);
+	SELECT pg_temp.say(who, 'confirm', at + 6, true);
+$$;
+SELECT pg_temp.donate('263772000001', 0, 'card');
+SELECT pg_temp.donate('263772000002', 0, 'telecash');
+SELECT pg_temp.donate('263772000003', 0, 'ecocash');
+SELECT pg_temp.donate('263772000004', 0, 'onemoney');
+TRUNCATE pg_temp.claimed;
+INSERT INTO pg_temp.claimed SELECT * FROM payments.claim_initiations(10);
+SELECT i.phone, c.url, regexp_replace(regexp_replace(c.body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
+  FROM pg_temp.claimed c JOIN payments.paynow_initiations i ON i.id = c.initiation_id ORDER BY c.initiation_id;
+SELECT payments.record_initiation(initiation_id, 200, NULL, CASE i.method
+	WHEN 'card' THEN payments.paynow_request('[["status", "Ok"], ["browserurl", "https://www.paynow.co.zw/Payment/ConfirmPayment/9510"],
+		["pollurl", "https://www.paynow.co.zw/Interface/CheckPayment/?guid=g2"]]', :'key')
+	WHEN 'telecash' THEN 'status=Error&error=Insufficient+balance'
+	WHEN 'ecocash' THEN payments.paynow_request('[["status", "Ok"], ["pollurl", "https://www.paynow.co.zw/Interface/CheckPayment/?guid=g3"]]',
+												'00000000-0000-0000-0000-000000000000') END)
+  FROM pg_temp.claimed c JOIN payments.paynow_initiations i ON i.id = c.initiation_id WHERE i.method <> 'onemoney'
+ ORDER BY c.initiation_id;
+SELECT payments.record_initiation(c.initiation_id, NULL, 'Connection refused', NULL)
+  FROM pg_temp.claimed c JOIN payments.paynow_initiations i ON i.id = c.initiation_id WHERE i.method = 'onemoney';
+SELECT i.method, i.state, i.error, p.status FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id
+ WHERE i.id > 1 ORDER BY i.id;
+SELECT * FROM pg_temp.replies('263772000001');
+SELECT * FROM pg_temp.replies('263772000002');
+SELECT * FROM pg_temp.replies('263772000003');
+SELECT * FROM pg_temp.replies('263772000004');
+-- the card payment is cancelled at Paynow: the donor is told
+SELECT reference AS card_ref FROM payments.payments WHERE provider LIKE 'pn\_%' AND method = 'card' \gset
+SELECT pg_temp.paynow('pn_zwg', ARRAY[['reference', :'card_ref'], ['paynowreference', '9002'], ['amount', '5.00'],
+	['status', 'Cancelled'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g2']]);
+SELECT * FROM pg_temp.replies('263772000001');
+-- an initiation interrupted mid-request (no reply recorded) is failed, never sent again;
+-- one that cannot be made (no live integration key) fails at once
+SELECT pg_temp.donate('263772000005', 0, 'ecocash');
+UPDATE payments.paynow_initiations i SET state = 'sending', started_at = now() - interval '10 minutes'
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000005';
+UPDATE payments.secrets SET revoked_at = now() WHERE provider = 'pn_zwg';
+SELECT pg_temp.donate('263772000006', 0, 'onemoney');
+SELECT count(*) AS sent FROM payments.claim_initiations(10);
+UPDATE payments.secrets SET revoked_at = NULL WHERE provider = 'pn_zwg';
+SELECT p.donor_phone, i.state, i.error, p.status FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id
+ WHERE p.donor_phone IN ('263772000005', '263772000006') ORDER BY 1;
+SELECT * FROM pg_temp.replies('263772000005') OFFSET 7;
+SELECT * FROM pg_temp.replies('263772000006') OFFSET 7;
+
+-- the procedure commits: not inside a transaction block
+BEGIN;
+CALL payments.initiate_payments(5);
+ROLLBACK;
+CALL payments.initiate_payments(0);
+
+-- commands: cancel at any step, help; a session that sat idle expires
+SELECT pg_temp.say('263773000001', 'donate', 0, true);
+SELECT pg_temp.say('263773000001', '7', 1);
+SELECT pg_temp.say('263773000001', 'help', 2);
+SELECT pg_temp.say('263773000001', 'Cancel', 3);
+SELECT * FROM pg_temp.replies('263773000001');
+SELECT pg_temp.session('263773000001');
+SELECT pg_temp.say('263773000001', 'donate', 4, true);
+UPDATE payments.chat_sessions SET last_activity_at = now() - interval '31 minutes' WHERE wa_id = '263773000001';
+SELECT pg_temp.say('263773000001', '7', 5);
+SELECT * FROM pg_temp.replies('263773000001');
+SELECT pg_temp.session('263773000001');
+
+-- out of order: a message older than the last one answered is not answered; a duplicate is not applied twice
+SELECT pg_temp.say('263773000001', 'help', 4);
+SELECT * FROM pg_temp.replies('263773000001');
+-- another phone number of the same app: not this conversation
+SELECT pg_temp.say('263773000001', 'help', 9, false, '999');
+SELECT * FROM pg_temp.replies('263773000001');
+
+-- the rate limit: a bucket of rate_limit tokens; the first message over it is told once, the rest ignored
+UPDATE payments.chat_sessions SET tokens = 1.5, tokens_at = now() WHERE wa_id = '263773000001';
+SELECT pg_temp.say('263773000001', 'help', 10);
+SELECT pg_temp.say('263773000001', 'help', 11);
+SELECT pg_temp.say('263773000001', 'help', 12);
+SELECT * FROM pg_temp.replies('263773000001');
+SELECT limited_at IS NOT NULL AS limited, round(tokens::numeric, 1) AS tokens FROM payments.chat_sessions WHERE wa_id = '263773000001';
+UPDATE payments.chat_sessions SET tokens_at = now() - interval '60 seconds' WHERE wa_id = '263773000001';
+SELECT pg_temp.say('263773000001', 'help', 13);
+SELECT count(*) AS replies FROM pg_temp.replies('263773000001');
+
+-- volunteers: name, skills, availability; analysts see the number masked
+SELECT pg_temp.say('263774000001', 'volunteer', 0, true);
+SELECT pg_temp.say('263774000001', 'Rudo Chikore', 1);
+SELECT pg_temp.say('263774000001', 'Nursing, driving', 2);
+SELECT pg_temp.say('263774000001', 'Weekends', 3);
+SELECT * FROM pg_temp.replies('263774000001');
+SELECT name, phone, skills, availability FROM payments.volunteer_list;
+
+-- admin commands: only from admin_numbers; anyone else gets the donor menu
+SELECT pg_temp.say('263775000009', '/stats', 0);
+SELECT * FROM pg_temp.replies('263775000009');
+-- (the totals of this test alone: the other tests' payments are set aside until ROLLBACK)
+BEGIN;
+DELETE FROM payments.payments WHERE provider NOT LIKE 'pn\_%';
+SELECT pg_temp.say('263770000001', '/admin', 0);
+SELECT pg_temp.say('263770000001', '/stats', 1);
+SELECT pg_temp.say('263770000001', '/report', 2);
+SELECT * FROM pg_temp.replies('263770000001');
+ROLLBACK;
+DELETE FROM pg_temp.seen WHERE who = '263770000001';
+SELECT pg_temp.say('263770000001', '/admin', 1);
+SELECT pg_temp.say('263770000001', '/report 2026-02-30', 3);
+SELECT pg_temp.say('263770000001', '/approve', 4);
+SELECT pg_temp.say('263770000001', '/approve NOPE', 5);
+SELECT * FROM pg_temp.replies('263770000001');
+SELECT reference AS eco_ref FROM payments.payments WHERE donor_phone = '263772000003' \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 6);
+SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);
+SELECT * FROM pg_temp.replies('263770000001');
+SELECT status, receipt_no IS NOT NULL AS receipt, metadata ->> 'approved_by' AS approved_by FROM payments.payments WHERE reference = :'eco_ref';
+SELECT * FROM pg_temp.replies('263772000003');
+
+-- statuses of sent messages: the wamid comes with the Graph API's answer; statuses move forward only,
+-- whatever their order, and one that comes before the answer is recorded still applies
+SELECT min(id) AS first_out, max(id) AS last_out FROM payments.outbox WHERE provider = 'chat' \gset
+SELECT payments.chat_message_sent(:first_out, '{"messaging_product": "whatsapp", "messages": [{"id": "wamid.CHAT1"}]}');
+SELECT payments.chat_message_sent(:last_out, 'not json');
+CREATE FUNCTION pg_temp.status(wamid text, status text, at integer) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	body text := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object('id', '1',
+		'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+			'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
+			'statuses', jsonb_build_array(jsonb_build_object('id', wamid, 'status', status,
+				'timestamp', (1718000000 + at)::text, 'recipient_id', '263771234567'))))))))::text;
+	r record;
+BEGIN
+	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
+		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
+	RETURN r.http_status || ' ' || r.outcome;
+END
+$$;
+SELECT pg_temp.status('wamid.CHAT1', 'read', 30);
+SELECT pg_temp.status('wamid.CHAT1', 'delivered', 20);
+SELECT pg_temp.status('wamid.CHAT1', 'sent', 10);
+SELECT pg_temp.status('wamid.CHAT1', 'read', 30);
+SELECT message_status, message_status_at = to_timestamp(1718000030) AS read_at FROM payments.outbox WHERE id = :first_out;
+SELECT pg_temp.status('wamid.CHAT2', 'delivered', 40);
+SELECT payments.chat_message_sent(:first_out + 1, '{"messages": [{"id": "wamid.CHAT2"}]}');
+SELECT id - :first_out AS n, wamid, message_status FROM payments.outbox WHERE wamid IS NOT NULL ORDER BY id;
+SELECT pg_temp.status('wamid.CHAT2', 'failed', 50);
+SELECT message_status FROM payments.outbox WHERE wamid = 'wamid.CHAT2';
+
+-- a WhatsApp message is claimed for the Graph API with the bearer token, not signed like a webhook
+SELECT DISTINCT url, secret, headers, body::jsonb ->> 'messaging_product' AS product
+  FROM payments.claim_outbox(200) WHERE url LIKE '%/messages';
+SELECT endpoint, pending > 0 AS pending FROM payments.outbox_backlog WHERE endpoint = 'whatsapp:chat';

@@ -2884,10 +2884,13 @@ CREATE TABLE payments.flow_submissions (
 	currency	text NOT NULL REFERENCES payments.currencies (code),
 	method		text NOT NULL CHECK (method IN ('ecocash', 'onemoney', 'telecash')),
 	phone		text NOT NULL CHECK (phone ~ '^[1-9][0-9]{5,14}$'),
-	submitted_at timestamptz NOT NULL DEFAULT now()
+	submitted_at timestamptz NOT NULL DEFAULT now(),
+	payment_id	bigint REFERENCES payments.payments (id)
 );
 COMMENT ON TABLE payments.flow_submissions IS
-	'Donation requests completed in the WhatsApp Flow, one per flow token, in id order for whatever starts the payment';
+	'Donation requests completed in the WhatsApp Flow, one per flow token; started as Paynow payments at once when the meta provider maps their currency (paynow_providers), else left, in id order, for whatever starts the payment';
+COMMENT ON COLUMN payments.flow_submissions.payment_id IS
+	'The pending payment started for it (Paynow mobile checkout, as from the chat), or NULL when no Paynow provider is mapped to its currency';
 COMMENT ON COLUMN payments.flow_submissions.phone IS 'The mobile money number, E.164 digits';
 
 CREATE FUNCTION payments.flows_public_key(private_key text, passphrase text DEFAULT NULL)
@@ -3014,6 +3017,7 @@ DECLARE
 	phone		text;
 	problem		text;
 	submission	bigint;
+	started		bigint;
 BEGIN
 	IF action = 'ping' THEN
 		RETURN QUERY SELECT 200, '{"data": {"status": "active"}}'::jsonb;
@@ -3099,10 +3103,19 @@ BEGIN
 		RETURN;
 	END IF;
 
-	-- CONFIRM: the final submit, stored once per token (a retry answers the same)
+	-- CONFIRM: the final submit, stored once per token (a retry answers the same); when the chat
+	-- maps the currency to a Paynow provider, the payment starts as a confirmed chat donation does
+	-- (Paynow takes the mobile number in local form, 07...)
 	INSERT INTO payments.flow_submissions (provider, flow_token, wa_id, amount, currency, method, phone)
 	VALUES (flows_answer.provider, tok.token, tok.wa_id, amount, currency, method, phone)
-	ON CONFLICT (flow_token) DO NOTHING;
+	ON CONFLICT (flow_token) DO NOTHING
+	RETURNING id INTO submission;
+	IF submission IS NOT NULL AND payments.chat_settings(settings) -> 'paynow_providers' ? currency THEN
+		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id, NULL,
+			payments.chat_settings(settings), jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
+			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4), 'purpose', 'WhatsApp Flow'));
+		UPDATE payments.flow_submissions s SET payment_id = started WHERE s.id = submission;
+	END IF;
 	SELECT s.id INTO submission FROM payments.flow_submissions s WHERE s.flow_token = tok.token;
 	RETURN QUERY SELECT 200, jsonb_build_object('screen', 'SUCCESS', 'data', jsonb_build_object(
 		'extension_message_response', jsonb_build_object('params', jsonb_build_object(
@@ -3630,7 +3643,7 @@ COMMENT ON FUNCTION payments.chat_check(text, text) IS 'Queues the status of the
 
 CREATE FUNCTION payments.chat_start_payment(event_row bigint, provider text, wa_id text, name text, cfg jsonb,
 											draft jsonb)
-RETURNS void
+RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -3643,7 +3656,7 @@ BEGIN
 	IF paynow IS NULL THEN
 		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
 			'Sorry, donations in ' || (draft ->> 'currency') || ' cannot be made here any more. Send *donate* to start again.'));
-		RETURN;
+		RETURN NULL;
 	END IF;
 	ref := 'WA-' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || '-' || nextval('payments.chat_reference_seq');
 	-- the payment exists, pending, with our merchant reference before Paynow is asked
@@ -3671,10 +3684,11 @@ BEGIN
 		ELSE format('Thank you! We are asking %s to send a payment request for %s %s to %s. Reference: %s.',
 					payments.chat_method_label(draft ->> 'method'), draft ->> 'amount', draft ->> 'currency',
 					draft ->> 'phone', ref) END));
+	RETURN pay_id;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation: creates the payment (pending, merchant reference WA-YYYYMMDD-N) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id (NULL when the currency has no Paynow provider)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void

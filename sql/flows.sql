@@ -209,6 +209,30 @@ SELECT http_status, plain_body FROM pg_temp.exchange('{"version": "3.0", "action
 SELECT payments.add_flow_key('flows-wa', :'key', 'regress-passphrase') > :key_id AS re_added;
 SELECT http_status, answer FROM pg_temp.exchange('{"version": "3.0", "action": "ping"}', :'wrapped');
 
+-- when the meta provider maps the currency to a Paynow provider, the submit starts the payment
+-- as a confirmed chat donation does: pending with our reference, its initiation queued, the donor told
+SELECT payments.register_provider('flows-pn', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/flows-pn",
+	"auth_email": "donations@clinic.example", "currency": "USD"}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
+SELECT payments.issue_flow_token('flows-wa', '263771234567') AS paying_token \gset
+SELECT http_status, screen FROM pg_temp.donate(:'paying_token', '{"amount": "12", "currency": "USD", "method": "ecocash", "phone": "0771234567"}', 'CONFIRM');
+SELECT p.provider, p.status, p.amount, p.currency, p.method, p.donor_phone, p.reference ~ '^WA-[0-9]{8}-[0-9]+$' AS our_reference,
+	   i.method AS initiation_method, i.phone AS initiation_phone
+  FROM payments.flow_submissions s JOIN payments.payments p ON p.id = s.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id
+ WHERE s.flow_token = :'paying_token';
+SELECT recipient, payload -> 'text' ->> 'body' ~ 'payment request for 12.00 USD' AS donor_told
+  FROM payments.outbox WHERE provider = 'flows-wa';
+-- a retried submit starts nothing more
+SELECT http_status FROM pg_temp.donate(:'paying_token', '{"amount": "12", "currency": "USD", "method": "ecocash", "phone": "0771234567"}', 'CONFIRM');
+SELECT count(*) AS flow_payments FROM payments.payments WHERE provider = 'flows-pn';
+DELETE FROM payments.outbox WHERE provider = 'flows-wa';
+DELETE FROM payments.paynow_initiations WHERE provider = 'flows-pn';
+DELETE FROM payments.flow_submissions WHERE provider = 'flows-wa';
+DELETE FROM payments.chat_donations WHERE provider = 'flows-wa';
+DELETE FROM payments.status_history WHERE payment_id IN (SELECT id FROM payments.payments WHERE provider = 'flows-pn');
+DELETE FROM payments.payments WHERE provider = 'flows-pn';
+
 -- who may do what: the shim's role calls flows_exchange and reads nothing
 SELECT p.proname, has_function_privilege('payments_ingest', p.oid, 'EXECUTE') AS ingest,
 	   has_function_privilege('payments_admin', p.oid, 'EXECUTE') AS admin

@@ -178,7 +178,7 @@ SELECT payments.record_initiation(initiation_id, 200, NULL, CASE i.method
 SELECT payments.record_initiation(c.initiation_id, NULL, 'Connection refused', NULL)
   FROM pg_temp.claimed c JOIN payments.paynow_initiations i ON i.id = c.initiation_id WHERE i.method = 'onemoney';
 SELECT i.method, i.state, i.error, p.status FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id
- WHERE i.id > 1 ORDER BY i.id;
+ WHERE i.id > (SELECT min(id) FROM payments.paynow_initiations) ORDER BY i.id;
 SELECT * FROM pg_temp.replies('263772000001');
 SELECT * FROM pg_temp.replies('263772000002');
 SELECT * FROM pg_temp.replies('263772000003');

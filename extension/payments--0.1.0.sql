@@ -311,6 +311,18 @@ SET jit = off;	-- its queries are small: compiling them would cost more than run
 COMMENT ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) IS
 	'Verifies one webhook delivery and stores it once; returns the HTTP status and outcome for the sender';
 
+-- The shim stores the deliveries that arrive together in one transaction (group commit): one
+-- call each, in a subtransaction, so that one bad delivery fails none of the others.
+CREATE FUNCTION payments.ingest_isolated(provider text, headers jsonb, body bytea,
+										 source_ip inet DEFAULT NULL, request_id text DEFAULT NULL)
+RETURNS TABLE (http_status integer, outcome text, event_id text, sqlstate text, error text)
+AS 'MODULE_PATHNAME', 'ingest_isolated'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off;
+COMMENT ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) IS
+	'payments.ingest in a subtransaction: its row, or on an error NULLs with the SQLSTATE and message, the delivery''s work rolled back and the caller''s transaction going on (for the shim''s group commit)';
+
 --------------------------------------------------------------------------------------------------
 -- Payments: currencies, the state machine, receipts
 --------------------------------------------------------------------------------------------------
@@ -538,6 +550,38 @@ $$;
 COMMENT ON FUNCTION payments.next_receipt_no(text, date) IS
 	'Takes the next receipt number of a prefix and day; the counter row stays locked until the transaction ends, so numbers are gapless and unique, and a rollback gives its number back';
 
+-- Receipt numbers are taken at commit, not when the payment becomes paid: the counter row of a
+-- prefix and day is the one row every paying transaction writes, and its lock is held until the
+-- transaction ends.  Taken in a deferred trigger, it is held from just before the commit to the
+-- end of its WAL flush, instead of for the whole transaction, so transactions that pay (the
+-- shim's batches above all) run side by side and queue only for that last step.  Still one
+-- counter update per number in the paying transaction: gapless and unique, and a rollback (of
+-- the transaction, or of the subtransaction that recorded the transition) gives it back.
+CREATE FUNCTION payments.issue_receipt()
+RETURNS trigger
+LANGUAGE plpgsql
+-- deferred to commit, it runs as the login role (like enqueue_transition), which may not write
+-- the counters
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE payments.payments p
+	   SET receipt_no = payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(NEW.status_at))
+	 WHERE p.id = NEW.payment_id AND p.receipt_no IS NULL;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.issue_receipt() IS
+	'Trigger: at commit, gives a payment that became paid (by the recorded transition) its receipt number, unless it has one; the day is that of the transition''s status time';
+
+-- named to fire before status_history_outbox (triggers of one row fire in name order), so that
+-- the outbox sees the number
+CREATE CONSTRAINT TRIGGER status_history_issue_receipt
+	AFTER INSERT ON payments.status_history
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW WHEN (NEW.to_status = 'paid') EXECUTE FUNCTION payments.issue_receipt();
+
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
 LANGUAGE plpgsql
@@ -570,14 +614,9 @@ BEGIN
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING * INTO pay;
 		IF FOUND THEN
+			-- a paid one gets its receipt number at commit (payments.issue_receipt)
 			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 			VALUES (pay.id, NULL, pay.status, event_row, at);
-			IF pay.status = 'paid' THEN
-				UPDATE payments.payments p
-				   SET receipt_no = payments.next_receipt_no(payments.receipt_prefix(pay.provider),
-															 payments.receipt_day(at))
-				 WHERE p.id = pay.id;
-			END IF;
 			RETURN 'applied';
 		END IF;
 	END IF;
@@ -629,10 +668,7 @@ BEGIN
 	UPDATE payments.payments p
 	   SET status = change.status,
 		   status_at = at,
-		   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END,
-		   receipt_no = CASE WHEN change.status = 'paid' AND p.receipt_no IS NULL
-							 THEN payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(at))
-							 ELSE p.receipt_no END
+		   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END
 	 WHERE p.id = pay.id;
 	INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 	VALUES (pay.id, pay.status, change.status, event_row, at);
@@ -957,6 +993,7 @@ COMMENT ON FUNCTION payments.apply_event(bigint) IS
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.next_receipt_no(text, date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.issue_receipt() FROM PUBLIC;
 
 CREATE FUNCTION payments.receipt(receipt_no text)
 RETURNS SETOF payments.payments
@@ -1004,6 +1041,7 @@ REVOKE ALL ON FUNCTION payments.meta_subscribe(text, text, text, text) FROM PUBL
 --------------------------------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.register_provider(text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.add_secret(text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.revoke_secret(bigint) FROM PUBLIC;
@@ -2736,6 +2774,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.reconciliation_checks_id_se
 -- payments_ingest: the shim's login role is a member; ingest and the Meta handshake only
 GRANT USAGE ON SCHEMA payments TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) TO payments_ingest;
+GRANT EXECUTE ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.meta_subscribe(text, text, text, text) TO payments_ingest;
 
 -- payments_analyst: the report views and functions; donors' e-mail and phone masked there

@@ -480,14 +480,23 @@ CREATE TYPE payments.payment_change AS (
 COMMENT ON TYPE payments.payment_change IS
 	'What one event says about one payment, in normalized terms; NULL fields say nothing';
 
+-- The small functions called for every event are PL/pgSQL, whose plans are kept for the session,
+-- or SQL-standard bodies (bound to their objects when created, so no search_path is needed) that
+-- the planner inlines; a LANGUAGE sql function with a SET clause is planned again at every call
+-- in a new (sub)transaction, which the shim's group commit makes of every delivery.
 CREATE FUNCTION payments.major_units(minor numeric, currency text, exponent_override integer DEFAULT NULL)
 RETURNS numeric
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT round(minor / 10::numeric ^ e, e)
-	  FROM (SELECT coalesce(exponent_override,
-							(SELECT c.exponent FROM payments.currencies c WHERE c.code = upper(currency)))::integer AS e) AS x
+DECLARE
+	e		integer := exponent_override;
+BEGIN
+	IF e IS NULL THEN
+		SELECT c.exponent INTO e FROM payments.currencies c WHERE c.code = upper(currency);
+	END IF;
+	RETURN round(minor / 10::numeric ^ e, e);
+END
 $$;
 COMMENT ON FUNCTION payments.major_units(numeric, text, integer) IS
 	'Converts an amount in minor units (cents) to major units with the currency''s ISO 4217 exponent; NULL for an unknown currency';
@@ -495,21 +504,15 @@ COMMENT ON FUNCTION payments.major_units(numeric, text, integer) IS
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT CASE WHEN d ~ '^[1-9][0-9]{5,14}$' THEN d END
-	  FROM (SELECT regexp_replace(phone, '[\s().+-]', '', 'g') AS d) AS digits
-$$;
+RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') ~ '^[1-9][0-9]{5,14}$'
+			THEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign), or NULL when it is not one';
 
 CREATE FUNCTION payments.country_code(country text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT CASE WHEN upper(country) ~ '^[A-Z]{2}$' THEN upper(country) END
-$$;
+RETURN CASE WHEN pg_catalog.upper(country) ~ '^[A-Z]{2}$' THEN pg_catalog.upper(country) END;
 COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country code in upper case, or NULL';
 
 --------------------------------------------------------------------------------------------------
@@ -518,11 +521,15 @@ COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country 
 
 CREATE FUNCTION payments.receipt_prefix(provider text)
 RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce((SELECT p.settings ->> 'receipt_prefix' FROM payments.providers p WHERE p.name = provider),
-					nullif(current_setting('payments.receipt_prefix', true), ''), 'LP')
+DECLARE
+	prefix	text;
+BEGIN
+	SELECT p.settings ->> 'receipt_prefix' INTO prefix FROM payments.providers p WHERE p.name = provider;
+	RETURN coalesce(prefix, nullif(current_setting('payments.receipt_prefix', true), ''), 'LP');
+END
 $$;
 COMMENT ON FUNCTION payments.receipt_prefix(text) IS
 	'The receipt prefix of a provider: its receipt_prefix setting, else the payments.receipt_prefix setting, else LP';
@@ -530,22 +537,24 @@ COMMENT ON FUNCTION payments.receipt_prefix(text) IS
 CREATE FUNCTION payments.receipt_day(paid_at timestamptz)
 RETURNS date
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT (paid_at AT TIME ZONE coalesce(nullif(current_setting('payments.receipt_timezone', true), ''), 'UTC'))::date
-$$;
+RETURN (paid_at AT TIME ZONE coalesce(nullif(pg_catalog.current_setting('payments.receipt_timezone', true), ''), 'UTC'))::date;
 COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC)';
 
 CREATE FUNCTION payments.next_receipt_no(prefix text, day date)
 RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	receipt_no	text;
+BEGIN
 	INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)
 	VALUES (next_receipt_no.prefix, next_receipt_no.day, 1)
-	ON CONFLICT (prefix, day) DO UPDATE SET last_no = rc.last_no + 1
-	RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0')
+	ON CONFLICT ON CONSTRAINT receipt_counters_pkey DO UPDATE SET last_no = rc.last_no + 1
+	RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
+	RETURN receipt_no;
+END
 $$;
 COMMENT ON FUNCTION payments.next_receipt_no(text, date) IS
 	'Takes the next receipt number of a prefix and day; the counter row stays locked until the transaction ends, so numbers are gapless and unique, and a rollback gives its number back';
@@ -938,15 +947,17 @@ COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
 
 CREATE FUNCTION payments.event_change(kind text, settings jsonb, ev payments.events)
 RETURNS payments.payment_change
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE kind
+BEGIN
+	RETURN CASE kind
 		WHEN 'stripe' THEN payments.stripe_change(ev.payload)
 		WHEN 'paynow' THEN payments.paynow_change(ev.payload, settings, ev.received_at)
 		WHEN 'eversend' THEN payments.eversend_change(ev.payload, ev.event_at)
 		WHEN 'paypal' THEN payments.paypal_change(ev.payload, ev.provider, ev.event_at)
-	END
+	END;
+END
 $$;
 COMMENT ON FUNCTION payments.event_change(text, jsonb, payments.events) IS
 	'Dispatches a stored event to the normalizer of its provider''s kind; NULL for kinds and events that do not move payments';

@@ -1969,7 +1969,12 @@ AS $$
 DECLARE
 	etype	text := 'event.' || NEW.provider || '.' || coalesce(NEW.event_type, 'unknown');
 BEGIN
-	-- raw events only go where they were asked for by name: NULL (all) means payment changes
+	-- raw events only go where they were asked for by name: NULL (all) means payment changes;
+	-- without such an endpoint (the usual case) no INSERT is even started
+	IF NOT EXISTS (SELECT FROM payments.endpoints e
+					WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype)) THEN
+		RETURN NULL;
+	END IF;
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload)
 	SELECT e.id, etype, jsonb_build_object(
 			'type', etype,

@@ -710,9 +710,12 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 
 /*
  * Take request i's row of a committed batch: its result, or the error its
- * delivery raised (logged; a data exception is the request's fault).
+ * delivery raised (logged; a data exception is the request's fault).  A
+ * deadlock or serialization failure (with a delivery of a concurrent batch:
+ * the same event or payment) is not final: it returns false, and the
+ * caller stores the delivery again, alone.
  */
-static void
+static bool
 db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out)
 {
 	if (PQnfields(res) == 5 && PQntuples(res) == 1 && !PQgetisnull(res, 0, 3))
@@ -720,12 +723,21 @@ db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out)
 		const char *sqlstate = PQgetvalue(res, 0, 3);
 		bool		data_error = strncmp(sqlstate, "22", 2) == 0;
 
+		if (strcmp(sqlstate, "40P01") == 0 || strcmp(sqlstate, "40001") == 0)
+		{
+			log_db_error(LOG_WARNING, req->request_id,
+						 "ingest met a concurrent batch, storing it again alone",
+						 sqlstate, PQgetvalue(res, 0, 4));
+			PQclear(res);
+			return false;
+		}
+
 		log_db_error(LOG_ERROR, req->request_id, "ingest failed", sqlstate,
 					 data_error ? "data exception (message withheld: may quote request data)"
 					 : PQgetvalue(res, 0, 4));
 		PQclear(res);
 		out->status = data_error ? DB_INVALID : DB_FAILED;
-		return;
+		return true;
 	}
 	if (!db_parse_row(res, 5, out))
 	{
@@ -734,17 +746,19 @@ db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out)
 					 "want one row: http_status 200-599, outcome not null");
 		PQclear(res);
 		out->status = DB_FAILED;
-		return;
+		return true;
 	}
 	out->status = DB_OK;
 	out->pgresult = res;
+	return true;
 }
 
 /*
  * Store several requests in one transaction (group commit) on this
  * thread's connection: results[i] is set for reqs[i] as by db_ingest().
  * Each delivery runs in its own subtransaction, so a delivery that fails
- * fails alone.  A result is DB_OK only when the COMMIT succeeded; if the
+ * fails alone (one that deadlocked with a concurrent batch is stored again,
+ * alone, after the commit).  A result is DB_OK only when the COMMIT succeeded; if the
  * transaction fails every request gets the failure, except that after a
  * parameter the server refused (a data exception) each is stored alone.
  */
@@ -814,7 +828,10 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 	for (unsigned int i = 0; i < n; i++)
 	{
 		if (status == DB_OK)
-			db_batch_result(rows[i], reqs[i], results[i]);
+		{
+			if (!db_batch_result(rows[i], reqs[i], results[i]))
+				db_ingest(reqs[i], results[i]);
+		}
 		else if (retry_alone)
 			db_ingest(reqs[i], results[i]);
 		else

@@ -25,7 +25,7 @@ function delivery(id) {
 
 function send(id, tamper = false) {
 	const d = delivery(id);
-	if (tamper) d.headers['stripe-signature'] = d.headers['stripe-signature'].replace(/v1=./, 'v1=0');
+	if (tamper) d.headers['stripe-signature'] = d.headers['stripe-signature'].replace(/v1=(.)/, (_, c) => `v1=${c === '0' ? '1' : '0'}`);
 	// a connection each, so that they all reach the shim at once
 	return request(shim.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
 		headers: { 'content-type': 'application/json', ...d.headers } });
@@ -83,10 +83,15 @@ describe('group commit', () => {
 		cluster.psqlVars(`SELECT payments.register_provider('stripe', 'stripe');
 			SELECT payments.add_secret('stripe', :'s');
 			-- faults on demand: an event whose insert raises, and one whose commit fails
+			CREATE SEQUENCE public.deadlocks;
 			CREATE FUNCTION public.poison() RETURNS trigger LANGUAGE plpgsql AS $$
 			BEGIN
 				IF NEW.event_id LIKE 'evt_raise_%' THEN RAISE EXCEPTION 'poisoned event'; END IF;
 				IF NEW.event_id LIKE 'evt_bad_data_%' THEN RAISE EXCEPTION 'bad data' USING ERRCODE = '22023'; END IF;
+				-- the first time only (a sequence is not rolled back): as if a concurrent batch held its row
+				IF NEW.event_id LIKE 'evt_deadlock_%' AND nextval('public.deadlocks') = 1 THEN
+					RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
+				END IF;
 				RETURN NEW;
 			END $$;
 			CREATE TRIGGER poison BEFORE INSERT ON payments.events FOR EACH ROW EXECUTE FUNCTION public.poison();
@@ -142,6 +147,18 @@ describe('group commit', () => {
 		assert.equal(stored(good), good.length);
 		assert.equal(stored(ids.slice(3, 6)), 0);
 		assert.equal(cluster.psqlVars(`SELECT count(*) FROM payments.rejections WHERE outcome = 'rejected'`, {}), '1');
+	});
+
+	test('a delivery that deadlocks with a concurrent batch is stored again, alone, and answered 200', async () => {
+		const ids = Array.from({ length: 6 }, () => `evt_dl_${++seq}`);
+		ids.splice(2, 0, `evt_deadlock_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids);
+		await lock.release();
+		const res = await answers();
+		assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
+		assert.equal(stored(ids), ids.length);
+		assert.equal(cluster.psql("SELECT last_value FROM public.deadlocks"), '2', 'raised once, then stored alone');
+		assert.match(shim.stderr, /ingest met a concurrent batch, storing it again alone/);
 	});
 
 	test('a commit that fails answers every request of its batch 503, and stores none of them', async () => {

@@ -22,6 +22,7 @@
  */
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "shim.h"
 
@@ -30,7 +31,8 @@ static pthread_mutex_t batch_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t batch_cond = PTHREAD_COND_INITIALIZER;
 static PendingIngest *queue_head;
 static PendingIngest *queue_tail;
-static bool stopping;
+static bool stopping;			/* batch_stop(): end once the queue is empty */
+static bool abandoning;			/* batch_abandon(): answer the rest 503 */
 
 static pthread_t *workers;
 static unsigned int n_workers;
@@ -68,20 +70,25 @@ batch_worker(void *arg)
 	for (;;)
 	{
 		unsigned int n;
+		bool		abandon;
 
 		while (queue_head == NULL && !stopping)
 			pthread_cond_wait(&batch_cond, &batch_lock);
 		if (queue_head == NULL)
 			break;
 		n = batch_take(items);
+		abandon = abandoning;
 		pthread_mutex_unlock(&batch_lock);
 
 		for (unsigned int i = 0; i < n; i++)
 		{
 			reqs[i] = &items[i]->req;
 			results[i] = &items[i]->res;
+			if (abandon)
+				items[i]->res.status = DB_UNAVAILABLE;
 		}
-		db_ingest_batch(reqs, results, n);
+		if (!abandon)
+			db_ingest_batch(reqs, results, n);
 		/* once resumed, the request may be answered and freed at any time */
 		for (unsigned int i = 0; i < n; i++)
 			MHD_resume_connection(items[i]->conn);
@@ -124,19 +131,41 @@ batch_start(void)
 
 /*
  * Queue a delivery whose connection the caller has suspended; a batch
- * thread sets item->res and resumes item->conn.
+ * thread sets item->res and resumes item->conn.  Once the batch threads are
+ * ending, it is answered 503 at once instead.
  */
 void
 batch_submit(PendingIngest *item)
 {
 	item->next = NULL;
 	pthread_mutex_lock(&batch_lock);
+	if (stopping)
+	{
+		pthread_mutex_unlock(&batch_lock);
+		memset(&item->res, 0, sizeof(item->res));
+		item->res.status = DB_UNAVAILABLE;
+		MHD_resume_connection(item->conn);
+		return;
+	}
 	if (queue_tail != NULL)
 		queue_tail->next = item;
 	else
 		queue_head = item;
 	queue_tail = item;
 	pthread_cond_signal(&batch_cond);
+	pthread_mutex_unlock(&batch_lock);
+}
+
+/*
+ * At the shutdown deadline: deliveries not yet in a transaction are
+ * answered 503 without one (the running transactions are cancelled by
+ * db_cancel_all()).
+ */
+void
+batch_abandon(void)
+{
+	pthread_mutex_lock(&batch_lock);
+	abandoning = true;
 	pthread_mutex_unlock(&batch_lock);
 }
 

@@ -686,6 +686,7 @@ drain(const sigset_t *signals, int64_t *next_tick)
 			log_shutdown(LOG_WARNING,
 						 "shutdown timeout, cancelling database queries and closing connections",
 						 0);
+			batch_abandon();
 			db_cancel_all();
 			return;
 		}

@@ -273,6 +273,7 @@ extern void db_free_result(void *pgresult);
 /* batch.c */
 extern bool batch_start(void);
 extern void batch_submit(PendingIngest *item);
+extern void batch_abandon(void);
 extern void batch_stop(void);
 
 /* http.c */

@@ -174,6 +174,33 @@ describe('group commit', () => {
 		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1);
 	});
 
+	test('at the shutdown deadline the running batch is cancelled and the queued deliveries answered 503', async () => {
+		const s = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-concurrency', '1',
+			'--shutdown-timeout', '1', '--log-level', 'warning']);
+		await s.start();
+		const ids = Array.from({ length: 6 }, () => `evt_shutdown_${++seq}`);
+		const lock = await holdEvents();
+		const post1 = (id) => {
+			const d = delivery(id);
+			return request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
+				headers: { 'content-type': 'application/json', ...d.headers } }).catch(() => ({ status: 'closed' }));
+		};
+		const first = post1(ids[0]);
+		await lockWaiters(1);
+		const rest = ids.slice(1).map(post1);
+		await sleep(300);
+		const sent = Date.now();
+		const exit = await s.stop();	// the lock is still held: only the deadline ends the wait
+		assert.equal(exit.code, 0);
+		assert.ok(Date.now() - sent < 4000, `stopped after ${Date.now() - sent} ms`);
+		const res = await Promise.all([first, ...rest]);
+		assert.deepEqual(res.map((r) => r.status === 200), ids.map(() => false), 'never 2xx');
+		assert.ok(res.slice(1).every((r) => r.status === 503 || r.status === 'closed'));
+		assert.deepEqual(s.sanitizerReports(), []);
+		await lock.release();
+		assert.equal(stored(ids), 0);
+	});
+
 	test('a batch whose backend is terminated answers 503 for all, and the shim goes on', async () => {
 		const ids = Array.from({ length: 12 }, () => `evt_killed_${++seq}`);
 		const { lock, answers } = await batchBehindLock(ids);

@@ -140,16 +140,19 @@ run() {
 		sleep 1
 	done >"$files/$name.waits" ) &
 	local sampler=$!
-	wrk -t 2 -c "$conns" -d "${4:-$duration}s" --timeout 10s -s "$top/bench/webhooks.lua" \
+	# in a subshell whose "times" gives wrk's own CPU time (its children's line)
+	( wrk -t 2 -c "$conns" -d "${4:-$duration}s" --timeout 10s -s "$top/bench/webhooks.lua" \
 		"http://127.0.0.1:$shim_port" -- "$files/$name.events" "$files/$name.answers" "$provider" 2 \
-		>"$files/$name.wrk" 2>&1
+		>"$files/$name.wrk" 2>&1; times >"$files/$name.times" )
 	after=$(cpu_snapshot)
 	batches_after=$(batch_snapshot)
 	wait "$sampler" || true
 	waits[$name]=$(sort "$files/$name.waits" | uniq -c | sort -rn | head -4 | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
 	run_line="$(grep '^RESULT' "$files/$name.wrk" | sed 's/^RESULT //') $(awk -v b="$before" -v a="$after" 'BEGIN {
 		split(b, x, " "); split(a, y, " ");
-		printf "shim_ticks=%d pg_ticks=%d busy=%d total=%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }') $(awk \
+		printf "shim_ticks=%d pg_ticks=%d busy=%d total=%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }') $(awk '
+		NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "wrk_s=%.3f", s }' \
+		"$files/$name.times") $(awk \
 		-v b="$batches_before" -v a="$batches_after" 'BEGIN { split(b, x, " "); split(a, y, " "); n = y[1] - x[1];
 		printf "batches=%d batch_mean=%.1f batch_ms=%.2f batches_failed=%d", n, n ? (y[2] - x[2]) / n : 0,
 			n ? 1000 * (y[3] - x[3]) / n : 0, y[4] - x[4] }')"
@@ -242,7 +245,7 @@ ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
 echo
 echo "Shim path (wrk, 2 threads, keep-alive, one delivery per request; ${duration} s per run)"
 printf '| %-11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |\n' connections "requests/s" "p50 ms" "p90 ms" "p99 ms" "max ms" \
-	"CPU µs/req shim+pg=total" "CPU busy" non-2xx
+	"CPU µs/req wrk+shim+pg" "CPU busy" non-2xx
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------- ------------ ---------- ---------- ---------- ---------- -------------------------- ---------- ---------
 rps32=
 p99_32=
@@ -251,11 +254,12 @@ for r in "${results[@]}"; do
 	n=$(field requests "$l")
 	shim_us=$(awk -v t="$(field shim_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
 	pg_us=$(awk -v t="$(field pg_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
+	wrk_us=$(awk -v t="$(field wrk_s "$l")" -v n="$n" 'BEGIN { printf "%.0f", t * 1e6 / n }')
 	busy=$(awk -v b="$(field busy "$l")" -v t="$(field total "$l")" 'BEGIN { printf "%.0f%%", 100 * b / t }')
 	flag=""; [ "$(field threads_exhausted "$l")" = 0 ] || flag=" (events ran out)"
 	printf '| %11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |%s\n' "$c" "$(field rps "$l")" \
 		"$(ms "$(field p50_us "$l")")" "$(ms "$(field p90_us "$l")")" "$(ms "$(field p99_us "$l")")" "$(ms "$(field max_us "$l")")" \
-		"$shim_us + $pg_us = $((shim_us + pg_us))" "$busy" "$(( $(field answers_other "$l") + $(field timeouts "$l") ))" "$flag"
+		"$wrk_us + $shim_us + $pg_us = $((wrk_us + shim_us + pg_us))" "$busy" "$(( $(field answers_other "$l") + $(field timeouts "$l") ))" "$flag"
 	echo "|             | group commit: $(field batches "$l") transactions, $(field batch_mean "$l") deliveries each on average," \
 		"$(field batch_ms "$l") ms each (first statement to commit), $(field batches_failed "$l") failed"
 	echo "|             | backends waiting (samples of pg_stat_activity, 1/s): ${waits[c$c]}"

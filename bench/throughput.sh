@@ -7,7 +7,7 @@
 #   bench/throughput.sh                  all of it (about 2-3 minutes)
 #   DURATION=15 bench/throughput.sh      seconds per run (default 12)
 #   KEEP=1 bench/throughput.sh           keep the cluster and the files (directory printed)
-#   SHIM_THREADS=N CONNECTIONS="8 32 64" PGBENCH_CLIENTS=32 likewise
+#   SHIM_THREADS=N BATCH_MAX=N BATCH_CONCURRENCY=N CONNECTIONS="8 32 64" PGBENCH_CLIENTS=32 likewise
 #
 # Exits non-zero if any event answered 2xx is not stored exactly once with its payment.
 set -euo pipefail
@@ -17,6 +17,8 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 duration=${DURATION:-12}
 connections=${CONNECTIONS:-"8 32 64"}
 shim_threads=${SHIM_THREADS:-32}
+batch_max=${BATCH_MAX:-64}
+batch_concurrency=${BATCH_CONCURRENCY:-2}
 pgbench_clients=${PGBENCH_CLIENTS:-32}
 shim=$top/shim/payments-shim
 provider=stripe
@@ -81,7 +83,7 @@ SQL
 shim_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
 	|| echo $(( 20000 + RANDOM % 20000 )))
 "$shim" --listen "127.0.0.1:$shim_port" --dsn "host=$work port=$port dbname=bench user=postgres" \
-	--threads "$shim_threads" --max-connections 1024 --max-connections-per-ip 0 --rate 0 \
+	--threads "$shim_threads" --batch-max "$batch_max" --batch-concurrency "$batch_concurrency" --max-connections 1024 --max-connections-per-ip 0 --rate 0 \
 	--log-level warning --log-file "$work/shim.log" &
 shim_pid=$!
 for _ in $(seq 100); do
@@ -91,7 +93,8 @@ done
 curl -fs "http://127.0.0.1:$shim_port/ready" >/dev/null || { echo "throughput: the shim is not ready" >&2; cat "$work/shim.log" >&2; exit 1; }
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo) RAM, $("$PG_BIN/postgres" --version), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
-echo "== cluster: fsync on, synchronous_commit on, shared_buffers 512MB, unix socket; shim: $shim_threads threads, --log-level warning, rate limit off"
+echo "== cluster: fsync on, synchronous_commit on, shared_buffers 512MB, unix socket; shim: $shim_threads threads," \
+	"group commit (--batch-max $batch_max, --batch-concurrency $batch_concurrency), --log-level warning, rate limit off"
 
 # CPU ticks (user + system) so far of the shim and of the cluster, from /proc/<pid>/stat: every
 # live child of the postmaster, plus the postmaster's own and its reaped children's (cutime and
@@ -106,6 +109,14 @@ cpu_snapshot() {
 	awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; printf " %d %d\n", busy, busy + $5 + $6 }' /proc/stat
 }
 
+# The shim's group commit counters: transactions, deliveries in them, their seconds, failed ones
+batch_snapshot() {
+	curl -fs "http://127.0.0.1:$shim_port/metrics" | awk '
+		$1 == "payments_shim_batch_deliveries_count" { n = $2 } $1 == "payments_shim_batch_deliveries_sum" { d = $2 }
+		$1 == "payments_shim_batch_seconds_sum" { s = $2 } $1 == "payments_shim_batches_failed_total" { f = $2 }
+		END { printf "%d %d %.6f %d", n, d, s, f }'
+}
+
 # A field of a "key=value ..." line
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p; s/^$1=\([^ ]*\).*/\1/p" <<<" $2" | head -1; }
 
@@ -118,8 +129,9 @@ gen() {	# gen FILE COUNT PREFIX
 run_line=
 declare -A waits
 run() {
-	local name=$1 conns=$2 count=$3 before after
+	local name=$1 conns=$2 count=$3 before after batches_before batches_after
 	gen "$files/$name.events" "$count" "$name"
+	batches_before=$(batch_snapshot)
 	before=$(cpu_snapshot)
 	# what the shim's backends wait on: pg_stat_activity sampled every second during the run
 	( sleep 1; for _ in $(seq $(( ${4:-$duration} - 2 ))); do
@@ -128,15 +140,22 @@ run() {
 		sleep 1
 	done >"$files/$name.waits" ) &
 	local sampler=$!
-	wrk -t 2 -c "$conns" -d "${4:-$duration}s" --timeout 10s -s "$top/bench/webhooks.lua" \
+	# in a subshell whose "times" gives wrk's own CPU time (its children's line)
+	( wrk -t 2 -c "$conns" -d "${4:-$duration}s" --timeout 10s -s "$top/bench/webhooks.lua" \
 		"http://127.0.0.1:$shim_port" -- "$files/$name.events" "$files/$name.answers" "$provider" 2 \
-		>"$files/$name.wrk" 2>&1
+		>"$files/$name.wrk" 2>&1; times >"$files/$name.times" )
 	after=$(cpu_snapshot)
+	batches_after=$(batch_snapshot)
 	wait "$sampler" || true
 	waits[$name]=$(sort "$files/$name.waits" | uniq -c | sort -rn | head -4 | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
 	run_line="$(grep '^RESULT' "$files/$name.wrk" | sed 's/^RESULT //') $(awk -v b="$before" -v a="$after" 'BEGIN {
 		split(b, x, " "); split(a, y, " ");
-		printf "shim_ticks=%d pg_ticks=%d busy=%d total=%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }')"
+		printf "shim_ticks=%d pg_ticks=%d busy=%d total=%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }') $(awk '
+		NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "wrk_s=%.3f", s }' \
+		"$files/$name.times") $(awk \
+		-v b="$batches_before" -v a="$batches_after" 'BEGIN { split(b, x, " "); split(a, y, " "); n = y[1] - x[1];
+		printf "batches=%d batch_mean=%.1f batch_ms=%.2f batches_failed=%d", n, n ? (y[2] - x[2]) / n : 0,
+			n ? 1000 * (y[3] - x[3]) / n : 0, y[4] - x[4] }')"
 	[ -n "$(field requests "$run_line")" ] || { echo "throughput: wrk failed:" >&2; cat "$files/$name.wrk" >&2; exit 1; }
 	cat "$files/$name.answers".* | awk -v r="$name" '{ print r "\t" $1 "\t" $2 "\t" $3 }' >"$files/$name.tsv"
 	psql -d bench -c "\\copy bench_answers FROM '$files/$name.tsv'"
@@ -226,7 +245,7 @@ ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
 echo
 echo "Shim path (wrk, 2 threads, keep-alive, one delivery per request; ${duration} s per run)"
 printf '| %-11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |\n' connections "requests/s" "p50 ms" "p90 ms" "p99 ms" "max ms" \
-	"CPU µs/req shim+pg=total" "CPU busy" non-2xx
+	"CPU µs/req wrk+shim+pg" "CPU busy" non-2xx
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------- ------------ ---------- ---------- ---------- ---------- -------------------------- ---------- ---------
 rps32=
 p99_32=
@@ -235,11 +254,14 @@ for r in "${results[@]}"; do
 	n=$(field requests "$l")
 	shim_us=$(awk -v t="$(field shim_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
 	pg_us=$(awk -v t="$(field pg_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
+	wrk_us=$(awk -v t="$(field wrk_s "$l")" -v n="$n" 'BEGIN { printf "%.0f", t * 1e6 / n }')
 	busy=$(awk -v b="$(field busy "$l")" -v t="$(field total "$l")" 'BEGIN { printf "%.0f%%", 100 * b / t }')
 	flag=""; [ "$(field threads_exhausted "$l")" = 0 ] || flag=" (events ran out)"
 	printf '| %11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |%s\n' "$c" "$(field rps "$l")" \
 		"$(ms "$(field p50_us "$l")")" "$(ms "$(field p90_us "$l")")" "$(ms "$(field p99_us "$l")")" "$(ms "$(field max_us "$l")")" \
-		"$shim_us + $pg_us = $((shim_us + pg_us))" "$busy" "$(( $(field answers_other "$l") + $(field timeouts "$l") ))" "$flag"
+		"$wrk_us + $shim_us + $pg_us = $((wrk_us + shim_us + pg_us))" "$busy" "$(( $(field answers_other "$l") + $(field timeouts "$l") ))" "$flag"
+	echo "|             | group commit: $(field batches "$l") transactions, $(field batch_mean "$l") deliveries each on average," \
+		"$(field batch_ms "$l") ms each (first statement to commit), $(field batches_failed "$l") failed"
 	echo "|             | backends waiting (samples of pg_stat_activity, 1/s): ${waits[c$c]}"
 	if [ "$c" = 32 ]; then rps32=$(field rps "$l"); p99_32=$(field p99_us "$l"); fi
 done

@@ -19,6 +19,7 @@
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(ingest);
+PG_FUNCTION_INFO_V1(ingest_isolated);
 
 /* Headers never stored: they carry credentials, not webhook data */
 #define CREDENTIAL_HEADERS "'{authorization,cookie,proxy-authorization}'::pg_catalog.text[]"
@@ -319,6 +320,34 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 		result->event_id = events.events[0].event_id;
 }
 
+/* Reads the arguments shared by ingest and ingest_isolated into a delivery */
+static void
+ReadDelivery(FunctionCallInfo fcinfo, Delivery *delivery)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("provider must not be null")));
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("body must not be null"),
+				 errhint("Pass an empty bytea for an empty body.")));
+
+	delivery->provider = PG_GETARG_TEXT_PP(0);
+	delivery->headers = PG_ARGISNULL(1) ?
+		DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"))) :
+		PG_GETARG_JSONB_P(1);
+	if (!JB_ROOT_IS_OBJECT(delivery->headers) || JB_ROOT_IS_SCALAR(delivery->headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object of header names to values")));
+	delivery->body = PG_GETARG_BYTEA_PP(2);
+	delivery->source_ip_null = PG_ARGISNULL(3);
+	delivery->source_ip = delivery->source_ip_null ? (Datum) 0 : PG_GETARG_DATUM(3);
+	delivery->request_id = PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4);
+}
+
 /*
  * SQL: payments.ingest(provider, headers, body, source_ip, request_id)
  * returns one row (http_status, outcome, event_id).
@@ -332,30 +361,8 @@ ingest(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("provider must not be null")));
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("body must not be null"),
-				 errhint("Pass an empty bytea for an empty body.")));
-
+	ReadDelivery(fcinfo, &delivery);
 	InitMaterializedSRF(fcinfo, 0);
-
-	delivery.provider = PG_GETARG_TEXT_PP(0);
-	delivery.headers = PG_ARGISNULL(1) ?
-		DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"))) :
-		PG_GETARG_JSONB_P(1);
-	if (!JB_ROOT_IS_OBJECT(delivery.headers) || JB_ROOT_IS_SCALAR(delivery.headers))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("headers must be a JSON object of header names to values")));
-	delivery.body = PG_GETARG_BYTEA_PP(2);
-	delivery.source_ip_null = PG_ARGISNULL(3);
-	delivery.source_ip = delivery.source_ip_null ? (Datum) 0 : PG_GETARG_DATUM(3);
-	delivery.request_id = PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -365,6 +372,70 @@ ingest(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(result.outcome);
 	values[2] = result.event_id ? CStringGetTextDatum(result.event_id) : (Datum) 0;
 	nulls[2] = result.event_id == NULL;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	SPI_finish();
+
+	return (Datum) 0;
+}
+
+/* Input and output of IsolatedStep */
+typedef struct IsolatedIngest
+{
+	FunctionCallInfo fcinfo;
+	IngestResult result;
+} IsolatedIngest;
+
+/* Reads, verifies and stores one delivery (the step run in a subtransaction) */
+static void
+IsolatedStep(void *arg)
+{
+	IsolatedIngest *run = arg;
+	Delivery	delivery;
+
+	ReadDelivery(run->fcinfo, &delivery);
+	IngestDelivery(&delivery, &run->result);
+}
+
+/*
+ * SQL: payments.ingest_isolated(provider, headers, body, source_ip, request_id)
+ * returns one row (http_status, outcome, event_id, sqlstate, error): what
+ * payments.ingest returns, or, when handling the delivery raised an error,
+ * NULLs and the error's SQLSTATE and message, its work rolled back (a
+ * subtransaction).  The caller's transaction goes on, so that the shim can
+ * store many deliveries in one transaction (one commit, one WAL flush) and
+ * one bad delivery fails no other.  Query cancels and shutdowns are raised.
+ */
+Datum
+ingest_isolated(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	IsolatedIngest run = {fcinfo, {0}};
+	char	   *error = NULL;
+	int			sqlerrcode = 0;
+	Datum		values[5] = {0};
+	bool		nulls[5] = {true, true, true, true, true};
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (RunInSubtransactionCode(IsolatedStep, &run, &error, &sqlerrcode))
+	{
+		values[0] = Int32GetDatum(run.result.http_status);
+		values[1] = CStringGetTextDatum(run.result.outcome);
+		nulls[0] = nulls[1] = false;
+		if (run.result.event_id != NULL)
+		{
+			values[2] = CStringGetTextDatum(run.result.event_id);
+			nulls[2] = false;
+		}
+	}
+	else
+	{
+		values[3] = CStringGetTextDatum(unpack_sql_state(sqlerrcode));
+		values[4] = CStringGetTextDatum(error);
+		nulls[3] = nulls[4] = false;
+	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	SPI_finish();
 

@@ -58,9 +58,11 @@ CREATE TABLE payments.events (
 	event_type		text,
 	event_at		timestamptz,
 	received_at		timestamptz NOT NULL DEFAULT now(),
-	body			bytea NOT NULL,
-	payload			jsonb NOT NULL,
-	headers			jsonb NOT NULL,
+	-- lz4: a 1.5 KB event makes a row that is compressed on insert and read back on apply;
+	-- pglz (the default) costs several times more CPU both ways
+	body			bytea COMPRESSION lz4 NOT NULL,
+	payload			jsonb COMPRESSION lz4 NOT NULL,
+	headers			jsonb COMPRESSION lz4 NOT NULL,
 	source_ip		inet,
 	request_id		text,
 	state			text NOT NULL DEFAULT 'pending'
@@ -315,6 +317,18 @@ SET jit = off;	-- its queries are small: compiling them would cost more than run
 COMMENT ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) IS
 	'Verifies one webhook delivery and stores it once; returns the HTTP status and outcome for the sender';
 
+-- The shim stores the deliveries that arrive together in one transaction (group commit): one
+-- call each, in a subtransaction, so that one bad delivery fails none of the others.
+CREATE FUNCTION payments.ingest_isolated(provider text, headers jsonb, body bytea,
+										 source_ip inet DEFAULT NULL, request_id text DEFAULT NULL)
+RETURNS TABLE (http_status integer, outcome text, event_id text, sqlstate text, error text)
+AS 'MODULE_PATHNAME', 'ingest_isolated'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off;
+COMMENT ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) IS
+	'payments.ingest in a subtransaction: its row, or on an error NULLs with the SQLSTATE and message, the delivery''s work rolled back and the caller''s transaction going on (for the shim''s group commit)';
+
 --------------------------------------------------------------------------------------------------
 -- Payments: currencies, the state machine, receipts
 --------------------------------------------------------------------------------------------------
@@ -472,14 +486,23 @@ CREATE TYPE payments.payment_change AS (
 COMMENT ON TYPE payments.payment_change IS
 	'What one event says about one payment, in normalized terms; NULL fields say nothing';
 
+-- The small functions called for every event are PL/pgSQL, whose plans are kept for the session,
+-- or SQL-standard bodies (bound to their objects when created, so no search_path is needed) that
+-- the planner inlines; a LANGUAGE sql function with a SET clause is planned again at every call
+-- in a new (sub)transaction, which the shim's group commit makes of every delivery.
 CREATE FUNCTION payments.major_units(minor numeric, currency text, exponent_override integer DEFAULT NULL)
 RETURNS numeric
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT round(minor / 10::numeric ^ e, e)
-	  FROM (SELECT coalesce(exponent_override,
-							(SELECT c.exponent FROM payments.currencies c WHERE c.code = upper(currency)))::integer AS e) AS x
+DECLARE
+	e		integer := exponent_override;
+BEGIN
+	IF e IS NULL THEN
+		SELECT c.exponent INTO e FROM payments.currencies c WHERE c.code = upper(currency);
+	END IF;
+	RETURN round(minor / 10::numeric ^ e, e);
+END
 $$;
 COMMENT ON FUNCTION payments.major_units(numeric, text, integer) IS
 	'Converts an amount in minor units (cents) to major units with the currency''s ISO 4217 exponent; NULL for an unknown currency';
@@ -487,21 +510,15 @@ COMMENT ON FUNCTION payments.major_units(numeric, text, integer) IS
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT CASE WHEN d ~ '^[1-9][0-9]{5,14}$' THEN d END
-	  FROM (SELECT regexp_replace(phone, '[\s().+-]', '', 'g') AS d) AS digits
-$$;
+RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') ~ '^[1-9][0-9]{5,14}$'
+			THEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign), or NULL when it is not one';
 
 CREATE FUNCTION payments.country_code(country text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT CASE WHEN upper(country) ~ '^[A-Z]{2}$' THEN upper(country) END
-$$;
+RETURN CASE WHEN pg_catalog.upper(country) ~ '^[A-Z]{2}$' THEN pg_catalog.upper(country) END;
 COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country code in upper case, or NULL';
 
 --------------------------------------------------------------------------------------------------
@@ -510,11 +527,15 @@ COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country 
 
 CREATE FUNCTION payments.receipt_prefix(provider text)
 RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce((SELECT p.settings ->> 'receipt_prefix' FROM payments.providers p WHERE p.name = provider),
-					nullif(current_setting('payments.receipt_prefix', true), ''), 'LP')
+DECLARE
+	prefix	text;
+BEGIN
+	SELECT p.settings ->> 'receipt_prefix' INTO prefix FROM payments.providers p WHERE p.name = provider;
+	RETURN coalesce(prefix, nullif(current_setting('payments.receipt_prefix', true), ''), 'LP');
+END
 $$;
 COMMENT ON FUNCTION payments.receipt_prefix(text) IS
 	'The receipt prefix of a provider: its receipt_prefix setting, else the payments.receipt_prefix setting, else LP';
@@ -522,25 +543,59 @@ COMMENT ON FUNCTION payments.receipt_prefix(text) IS
 CREATE FUNCTION payments.receipt_day(paid_at timestamptz)
 RETURNS date
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT (paid_at AT TIME ZONE coalesce(nullif(current_setting('payments.receipt_timezone', true), ''), 'UTC'))::date
-$$;
+RETURN (paid_at AT TIME ZONE coalesce(nullif(pg_catalog.current_setting('payments.receipt_timezone', true), ''), 'UTC'))::date;
 COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC)';
 
 CREATE FUNCTION payments.next_receipt_no(prefix text, day date)
 RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	receipt_no	text;
+BEGIN
 	INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)
 	VALUES (next_receipt_no.prefix, next_receipt_no.day, 1)
-	ON CONFLICT (prefix, day) DO UPDATE SET last_no = rc.last_no + 1
-	RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0')
+	ON CONFLICT ON CONSTRAINT receipt_counters_pkey DO UPDATE SET last_no = rc.last_no + 1
+	RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
+	RETURN receipt_no;
+END
 $$;
 COMMENT ON FUNCTION payments.next_receipt_no(text, date) IS
 	'Takes the next receipt number of a prefix and day; the counter row stays locked until the transaction ends, so numbers are gapless and unique, and a rollback gives its number back';
+
+-- Receipt numbers are taken at commit, not when the payment becomes paid: the counter row of a
+-- prefix and day is the one row every paying transaction writes, and its lock is held until the
+-- transaction ends.  Taken in a deferred trigger, it is held from just before the commit to the
+-- end of its WAL flush, instead of for the whole transaction, so transactions that pay (the
+-- shim's batches above all) run side by side and queue only for that last step.  Still one
+-- counter update per number in the paying transaction: gapless and unique, and a rollback (of
+-- the transaction, or of the subtransaction that recorded the transition) gives it back.
+CREATE FUNCTION payments.issue_receipt()
+RETURNS trigger
+LANGUAGE plpgsql
+-- deferred to commit, it runs as the login role (like enqueue_transition), which may not write
+-- the counters
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE payments.payments p
+	   SET receipt_no = payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(NEW.status_at))
+	 WHERE p.id = NEW.payment_id AND p.receipt_no IS NULL;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.issue_receipt() IS
+	'Trigger: at commit, gives a payment that became paid (by the recorded transition) its receipt number, unless it has one; the day is that of the transition''s status time';
+
+-- named to fire before status_history_outbox (triggers of one row fire in name order), so that
+-- the outbox sees the number
+CREATE CONSTRAINT TRIGGER status_history_issue_receipt
+	AFTER INSERT ON payments.status_history
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW WHEN (NEW.to_status = 'paid') EXECUTE FUNCTION payments.issue_receipt();
 
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
@@ -574,14 +629,9 @@ BEGIN
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING * INTO pay;
 		IF FOUND THEN
+			-- a paid one gets its receipt number at commit (payments.issue_receipt)
 			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 			VALUES (pay.id, NULL, pay.status, event_row, at);
-			IF pay.status = 'paid' THEN
-				UPDATE payments.payments p
-				   SET receipt_no = payments.next_receipt_no(payments.receipt_prefix(pay.provider),
-															 payments.receipt_day(at))
-				 WHERE p.id = pay.id;
-			END IF;
 			RETURN 'applied';
 		END IF;
 	END IF;
@@ -633,10 +683,7 @@ BEGIN
 	UPDATE payments.payments p
 	   SET status = change.status,
 		   status_at = at,
-		   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END,
-		   receipt_no = CASE WHEN change.status = 'paid' AND p.receipt_no IS NULL
-							 THEN payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(at))
-							 ELSE p.receipt_no END
+		   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END
 	 WHERE p.id = pay.id;
 	INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 	VALUES (pay.id, pay.status, change.status, event_row, at);
@@ -932,16 +979,18 @@ COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
 
 CREATE FUNCTION payments.event_change(kind text, settings jsonb, ev payments.events)
 RETURNS payments.payment_change
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE kind
+BEGIN
+	RETURN CASE kind
 		WHEN 'stripe' THEN payments.stripe_change(ev.payload)
 		WHEN 'paynow' THEN payments.paynow_initiated(payments.paynow_change(ev.payload, settings, ev.received_at),
 													 ev.provider)
 		WHEN 'eversend' THEN payments.eversend_change(ev.payload, ev.event_at)
 		WHEN 'paypal' THEN payments.paypal_change(ev.payload, ev.provider, ev.event_at)
-	END
+	END;
+END
 $$;
 COMMENT ON FUNCTION payments.event_change(text, jsonb, payments.events) IS
 	'Dispatches a stored event to the normalizer of its provider''s kind; NULL for kinds and events that do not move payments';
@@ -993,6 +1042,7 @@ COMMENT ON FUNCTION payments.apply_event(bigint) IS
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.next_receipt_no(text, date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.issue_receipt() FROM PUBLIC;
 
 CREATE FUNCTION payments.receipt(receipt_no text)
 RETURNS SETOF payments.payments
@@ -1040,6 +1090,7 @@ REVOKE ALL ON FUNCTION payments.meta_subscribe(text, text, text, text) FROM PUBL
 --------------------------------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.register_provider(text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.add_secret(text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.revoke_secret(bigint) FROM PUBLIC;
@@ -1976,7 +2027,12 @@ AS $$
 DECLARE
 	etype	text := 'event.' || NEW.provider || '.' || coalesce(NEW.event_type, 'unknown');
 BEGIN
-	-- raw events only go where they were asked for by name: NULL (all) means payment changes
+	-- raw events only go where they were asked for by name: NULL (all) means payment changes;
+	-- without such an endpoint (the usual case) no INSERT is even started
+	IF NOT EXISTS (SELECT FROM payments.endpoints e
+					WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype)) THEN
+		RETURN NULL;
+	END IF;
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload)
 	SELECT e.id, etype, jsonb_build_object(
 			'type', etype,
@@ -3752,6 +3808,8 @@ BEGIN
 				c.status_at := greatest(now(), pay.status_at);
 				c.metadata := jsonb_build_object('approved_by', wa_id, 'approved_at', now());
 				PERFORM payments.apply_change(NULL, pay.provider, c);
+				-- receipts are taken at commit; the admin's answer names it, so take it now
+				SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
 				SELECT p.* INTO pay FROM payments.payments p WHERE p.id = pay.id;
 				body := format('Approved %s: %s %s marked paid, receipt %s.', arg, payments.chat_amount(pay.amount),
 							   pay.currency, pay.receipt_no);
@@ -4086,7 +4144,9 @@ $$;
 COMMENT ON FUNCTION payments.chat_payment_notice() IS
 	'Trigger: when a WhatsApp donation becomes paid (thank-you with the receipt number), failed, cancelled or refunded, queues the message to the donor at commit';
 
-CREATE CONSTRAINT TRIGGER status_history_chat_notice
+-- deferred triggers of one row fire in name order: this one follows status_history_issue_receipt,
+-- so that the thank-you carries the receipt number
+CREATE CONSTRAINT TRIGGER status_history_whatsapp_notice
 	AFTER INSERT ON payments.status_history
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.chat_payment_notice();
@@ -4350,6 +4410,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.volunteers_id_seq', '');
 -- payments_ingest: the shim's login role is a member; ingest, the Meta handshake, the Flows endpoint
 GRANT USAGE ON SCHEMA payments TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) TO payments_ingest;
+GRANT EXECUTE ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.meta_subscribe(text, text, text, text) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) TO payments_ingest;
 

@@ -205,6 +205,8 @@ extern struct _SPI_plan *KeptPlan(struct _SPI_plan **plan, const char *sql, int 
 
 /* subtransaction.c */
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);
+extern bool RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
+									int *sqlerrcode);
 
 /* event_body.c */
 extern Jsonb *ParseEventBody(const char *body, int len, char **error);

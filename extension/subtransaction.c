@@ -23,6 +23,19 @@
 bool
 RunInSubtransaction(void (*step) (void *arg), void *arg, char **error)
 {
+	int			sqlerrcode;
+
+	return RunInSubtransactionCode(step, arg, error, &sqlerrcode);
+}
+
+/*
+ * RunInSubtransaction that also gives the error's SQLSTATE (as packed by
+ * MAKE_SQLSTATE) in *sqlerrcode when the step failed.
+ */
+bool
+RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
+						int *sqlerrcode)
+{
 	MemoryContext callercxt = CurrentMemoryContext;
 	ResourceOwner callerowner = CurrentResourceOwner;
 	volatile bool ok = true;
@@ -51,6 +64,7 @@ RunInSubtransaction(void (*step) (void *arg), void *arg, char **error)
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 			ReThrowError(edata);
 		*error = pstrdup(edata->message);
+		*sqlerrcode = edata->sqlerrcode;
 		FreeErrorData(edata);
 		ok = false;
 	}

@@ -14,6 +14,11 @@
  * with a multi-host DSN and target_session_attrs=read-write the shim finds
  * the new primary after a failover by itself.
  *
+ * db_ingest_batch() stores the requests of a batch (batch.c) in one
+ * transaction: BEGIN, one payments.ingest_isolated() call each and COMMIT,
+ * sent as one libpq pipeline, so the batch costs one round trip and one
+ * commit.
+ *
  * Threads are also kept in a list with a cancel handle for their
  * connection, so that at the shutdown deadline the main thread can cancel
  * the queries still running (db_cancel_all()): their transactions roll
@@ -41,6 +46,7 @@
 typedef enum DbStatementId
 {
 	STMT_INGEST,
+	STMT_INGEST_ISOLATED,
 	STMT_SUBSCRIBE,
 	STMT_READY,
 	STMT_FLOWS,
@@ -57,6 +63,10 @@ typedef struct DbStatement
 static const DbStatement db_statements[STMT_COUNT] = {
 	{"payments_ingest",
 		"SELECT http_status, outcome, event_id FROM payments.ingest("
+		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
+	{"payments_ingest_isolated",
+		"SELECT http_status, outcome, event_id, sqlstate, error "
+		"FROM payments.ingest_isolated("
 		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
 	{"payments_meta_subscribe",
 		"SELECT http_status, body FROM payments.meta_subscribe("
@@ -497,17 +507,18 @@ db_exec(DbStatementId id, const char *const *values, const int *lengths,
 }
 
 /*
- * Check the row returned by payments.ingest() and point "out" into it.
- * Anything but one row with a 2xx-5xx status and an outcome is unusable.
+ * Check the row returned by payments.ingest() (or ingest_isolated(), with
+ * its nfields columns) and point "out" into it.  Anything but one row with
+ * a 2xx-5xx status and an outcome is unusable.
  */
 static bool
-db_parse_row(PGresult *res, IngestResult *out)
+db_parse_row(PGresult *res, int nfields, IngestResult *out)
 {
 	const char *status_text;
 	char	   *end;
 	long		status;
 
-	if (PQntuples(res) != 1 || PQnfields(res) != 3 ||
+	if (PQntuples(res) != 1 || PQnfields(res) != nfields ||
 		PQgetisnull(res, 0, 0) || PQgetisnull(res, 0, 1))
 		return false;
 	status_text = PQgetvalue(res, 0, 0);
@@ -521,20 +532,17 @@ db_parse_row(PGresult *res, IngestResult *out)
 	return true;
 }
 
-/*
- * Call payments.ingest() once for a request.  out->status says what
- * happened; on DB_OK the caller must db_free_result(out->pgresult).  The body
- * is sent as a binary parameter, so its bytes reach the server unchanged.
- */
-void
-db_ingest(const IngestRequest *req, IngestResult *out)
-{
-	const char *values[INGEST_NPARAMS];
-	int			lengths[INGEST_NPARAMS] = {0, 0, 0, 0, 0};
-	const int	formats[INGEST_NPARAMS] = {0, 0, 1, 0, 0};
-	PGresult   *res;
+/* Parameter formats of the ingest statements: the body is binary */
+static const int ingest_formats[INGEST_NPARAMS] = {0, 0, 1, 0, 0};
 
-	memset(out, 0, sizeof(*out));
+/*
+ * The parameters of the ingest statements for a request.  The body is sent
+ * as a binary parameter, so its bytes reach the server unchanged.
+ */
+static void
+ingest_params(const IngestRequest *req, const char **values, int *lengths)
+{
+	memset(lengths, 0, INGEST_NPARAMS * sizeof(int));
 	values[0] = req->provider;
 	values[1] = req->headers_json;
 	/* A NULL pointer would mean SQL NULL, not an empty body */
@@ -542,12 +550,28 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 	lengths[2] = (int) req->body_len;
 	values[3] = req->client_ip;
 	values[4] = req->request_id;
+}
 
-	out->status = db_exec(STMT_INGEST, values, lengths, formats,
+/*
+ * Call payments.ingest() once for a request, in a transaction of its own.
+ * out->status says what happened; on DB_OK the caller must
+ * db_free_result(out->pgresult).
+ */
+static void
+db_ingest(const IngestRequest *req, IngestResult *out)
+{
+	const char *values[INGEST_NPARAMS];
+	int			lengths[INGEST_NPARAMS];
+	PGresult   *res;
+
+	memset(out, 0, sizeof(*out));
+	ingest_params(req, values, lengths);
+
+	out->status = db_exec(STMT_INGEST, values, lengths, ingest_formats,
 						  req->request_id, &res);
 	if (out->status != DB_OK)
 		return;
-	if (!db_parse_row(res, out))
+	if (!db_parse_row(res, 3, out))
 	{
 		log_db_error(LOG_ERROR, req->request_id,
 					 "ingest returned an unusable row", NULL,
@@ -557,6 +581,268 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 		return;
 	}
 	out->pgresult = res;
+}
+
+/*
+ * The next result of a pipeline: one query's last result (so that an error
+ * after rows wins), or PGRES_PIPELINE_SYNC; NULL when the connection broke.
+ */
+static PGresult *
+pipeline_next(PGconn *conn)
+{
+	PGresult   *res = PQgetResult(conn);
+	PGresult   *more;
+
+	if (res == NULL || PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+		return res;
+	while (PQstatus(conn) == CONNECTION_OK && (more = PQgetResult(conn)) != NULL)
+	{
+		PQclear(res);
+		res = more;
+	}
+	return res;
+}
+
+/*
+ * Send BEGIN, one payments.ingest_isolated() per request and COMMIT as one
+ * pipeline, and read the answers.  DB_OK means COMMIT succeeded and rows[i]
+ * holds request i's row; otherwise nothing was committed and no row is
+ * kept.  On a data exception before the commit (a parameter the server
+ * refused, outside the function's subtransaction) *retry_alone is set; on a
+ * missing prepared statement, *reprepare.
+ */
+static DbStatus
+db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
+			 unsigned int n, PGresult **rows, bool *retry_alone,
+			 bool *reprepare)
+{
+	PGconn	   *conn = thread->conn;
+	const char *request_id = reqs[0]->request_id;
+	const char *values[INGEST_NPARAMS];
+	int			lengths[INGEST_NPARAMS];
+	PGresult   *error = NULL;	/* the first query that failed */
+	const char *sqlstate;
+	bool		sent;
+	bool		committed = false;
+	bool		lost = false;
+	DbStatus	status;
+
+	*retry_alone = false;
+	*reprepare = false;
+	sent = PQenterPipelineMode(conn) &&
+		PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+	for (unsigned int i = 0; sent && i < n; i++)
+	{
+		ingest_params(reqs[i], values, lengths);
+		sent = PQsendQueryPrepared(conn, db_statements[STMT_INGEST_ISOLATED].name,
+								   INGEST_NPARAMS, values, lengths,
+								   ingest_formats, 0);
+	}
+	sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) &&
+		PQpipelineSync(conn);
+	if (!sent)
+		return db_failure(thread, NULL, "batch failed", request_id);
+
+	/* BEGIN, the n calls, COMMIT; after a failure the rest come back aborted */
+	for (unsigned int q = 0; q < n + 2; q++)
+	{
+		PGresult   *res = pipeline_next(conn);
+		ExecStatusType rs;
+		bool		good;
+
+		if (res == NULL)
+		{
+			lost = true;
+			break;
+		}
+		rs = PQresultStatus(res);
+		if (q == 0)
+			good = (rs == PGRES_COMMAND_OK);
+		else if (q == n + 1)
+			committed = good = (rs == PGRES_COMMAND_OK &&
+								strcmp(PQcmdStatus(res), "COMMIT") == 0);
+		else if ((good = (rs == PGRES_TUPLES_OK)))
+		{
+			rows[q - 1] = res;
+			res = NULL;
+		}
+		if (!good && error == NULL && rs != PGRES_PIPELINE_ABORTED)
+		{
+			error = res;
+			res = NULL;
+		}
+		PQclear(res);
+	}
+	if (!lost)
+	{
+		PGresult   *res = pipeline_next(conn);
+
+		lost = (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC);
+		PQclear(res);
+	}
+	lost = lost || !PQexitPipelineMode(conn);
+	if (!lost && PQtransactionStatus(conn) != PQTRANS_IDLE)
+	{
+		PGresult   *res = PQexec(conn, "ROLLBACK");
+
+		lost = (PQresultStatus(res) != PGRES_COMMAND_OK);
+		PQclear(res);
+	}
+
+	if (committed && !lost)
+		return DB_OK;
+
+	for (unsigned int i = 0; i < n; i++)
+	{
+		PQclear(rows[i]);
+		rows[i] = NULL;
+	}
+	if (lost)
+	{
+		log_db_error(LOG_ERROR, request_id, "batch failed", NULL,
+					 error != NULL ? PQresultErrorMessage(error) : PQerrorMessage(conn));
+		PQclear(error);
+		db_drop(thread);
+		return DB_UNAVAILABLE;
+	}
+	sqlstate = error != NULL ? PQresultErrorField(error, PG_DIAG_SQLSTATE) : NULL;
+	*reprepare = (sqlstate != NULL && strcmp(sqlstate, "26000") == 0);
+	*retry_alone = (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0);
+	status = db_failure(thread, error, "batch failed", request_id);
+	PQclear(error);
+	return status;
+}
+
+/*
+ * Take request i's row of a committed batch: its result, or the error its
+ * delivery raised (logged; a data exception is the request's fault).  A
+ * deadlock or serialization failure (with a delivery of a concurrent batch:
+ * the same event or payment) is not final: it returns false, and the
+ * caller stores the delivery again, alone.
+ */
+static bool
+db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out)
+{
+	if (PQnfields(res) == 5 && PQntuples(res) == 1 && !PQgetisnull(res, 0, 3))
+	{
+		const char *sqlstate = PQgetvalue(res, 0, 3);
+		bool		data_error = strncmp(sqlstate, "22", 2) == 0;
+
+		if (strcmp(sqlstate, "40P01") == 0 || strcmp(sqlstate, "40001") == 0)
+		{
+			log_db_error(LOG_WARNING, req->request_id,
+						 "ingest met a concurrent batch, storing it again alone",
+						 sqlstate, PQgetvalue(res, 0, 4));
+			PQclear(res);
+			return false;
+		}
+
+		log_db_error(LOG_ERROR, req->request_id, "ingest failed", sqlstate,
+					 data_error ? "data exception (message withheld: may quote request data)"
+					 : PQgetvalue(res, 0, 4));
+		PQclear(res);
+		out->status = data_error ? DB_INVALID : DB_FAILED;
+		return true;
+	}
+	if (!db_parse_row(res, 5, out))
+	{
+		log_db_error(LOG_ERROR, req->request_id,
+					 "ingest returned an unusable row", NULL,
+					 "want one row: http_status 200-599, outcome not null");
+		PQclear(res);
+		out->status = DB_FAILED;
+		return true;
+	}
+	out->status = DB_OK;
+	out->pgresult = res;
+	return true;
+}
+
+/*
+ * Store several requests in one transaction (group commit) on this
+ * thread's connection: results[i] is set for reqs[i] as by db_ingest().
+ * Each delivery runs in its own subtransaction, so a delivery that fails
+ * fails alone (one that deadlocked with a concurrent batch is stored again,
+ * alone, after the commit).  A result is DB_OK only when the COMMIT succeeded; if the
+ * transaction fails every request gets the failure, except that after a
+ * parameter the server refused (a data exception) each is stored alone.
+ */
+void
+db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
+				unsigned int n)
+{
+	DbThread   *thread;
+	PGresult  **rows;
+	DbStatus	status = DB_FAILED;
+	bool		retry_alone = false;
+	struct timespec start;
+	struct timespec end;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	if (n == 1)
+	{
+		db_ingest(reqs[0], results[0]);
+		clock_gettime(CLOCK_MONOTONIC, &end);
+		metrics_batch(1, results[0]->status == DB_OK,
+					  (double) (end.tv_sec - start.tv_sec) +
+					  (double) (end.tv_nsec - start.tv_nsec) / 1e9);
+		return;
+	}
+
+	for (unsigned int i = 0; i < n; i++)
+		memset(results[i], 0, sizeof(IngestResult));
+	thread = db_thread_get();
+	rows = calloc(n, sizeof(PGresult *));
+	if (thread == NULL || rows == NULL)
+		log_db_error(LOG_ERROR, reqs[0]->request_id, "batch failed", NULL,
+					 "out of memory");
+	else if (!db_connect(thread, reqs[0]->request_id))
+		status = DB_UNAVAILABLE;
+	else
+	{
+		for (int attempt = 0;; attempt++)
+		{
+			bool		reprepare = false;
+
+			db_set_state(thread, DBCONN_BUSY);
+			if ((thread->prepared & (1u << STMT_INGEST_ISOLATED)) == 0)
+				status = db_prepare(thread, STMT_INGEST_ISOLATED,
+									reqs[0]->request_id);
+			else
+				status = DB_OK;
+			if (status == DB_OK)
+				status = db_batch_run(thread, reqs, n, rows, &retry_alone,
+									  &reprepare);
+			/* statement gone (e.g. DISCARD ALL by a pooler): prepare again once */
+			if (status != DB_OK && reprepare && attempt == 0 &&
+				thread->conn != NULL)
+			{
+				thread->prepared = 0;
+				continue;
+			}
+			break;
+		}
+		if (thread->conn != NULL)
+			db_set_state(thread, DBCONN_IDLE);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	metrics_batch(n, status == DB_OK,
+				  (double) (end.tv_sec - start.tv_sec) +
+				  (double) (end.tv_nsec - start.tv_nsec) / 1e9);
+
+	for (unsigned int i = 0; i < n; i++)
+	{
+		if (status == DB_OK)
+		{
+			if (!db_batch_result(rows[i], reqs[i], results[i]))
+				db_ingest(reqs[i], results[i]);
+		}
+		else if (retry_alone)
+			db_ingest(reqs[i], results[i]);
+		else
+			results[i]->status = status;
+	}
+	free(rows);
 }
 
 /*

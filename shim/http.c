@@ -8,7 +8,9 @@
  * once per body chunk, then a final time with *upload_data_size == 0.  We
  * answer errors on the first call (so no body is read and no "100 Continue"
  * is sent; libmicrohttpd 0.9.75 then closes the connection), and good
- * requests on the final call, which keeps keep-alive working.  Per-request
+ * requests on the final call, which keeps keep-alive working.  A webhook's
+ * connection is suspended while its delivery waits for its batch (batch.c);
+ * resumed, MHD makes the final call again, which answers.  Per-request
  * state is freed in http_completed(), which MHD runs on every path; it also
  * writes the log line and counts the request.
  *
@@ -61,6 +63,9 @@ typedef struct Request
 	unsigned int retry_after_s; /* Retry-After to send, 0 for none */
 	unsigned int status;		/* 0 until a response is queued */
 	char		outcome[64];	/* "" unless the database answered */
+	bool		pending;		/* a webhook handed to batch.c, suspended */
+	StrBuf		headers;		/* its headers as JSON, until answered */
+	PendingIngest ingest;
 } Request;
 
 static atomic_uint in_flight;
@@ -333,6 +338,7 @@ request_new(struct MHD_Connection *conn, const char *url, const char *method)
 		return NULL;
 	clock_gettime(CLOCK_MONOTONIC, &req->start);
 	buf_init(&req->body);
+	buf_init(&req->headers);
 	snprintf(req->method, sizeof(req->method), "%s", method);
 	snprintf(req->path, sizeof(req->path), "%s", url);
 	client_address(conn, req);
@@ -659,57 +665,70 @@ take_body_chunk(Request *req, const char *data, size_t size)
 }
 
 /*
- * Final call for a webhook: hand it to payments.ingest() and answer with
- * what the database says.  Only a row from the function yields a 2xx.
+ * Final call for a webhook: hand it to payments.ingest() in a transaction
+ * shared with the deliveries arriving with it (batch.c), with the
+ * connection suspended meanwhile.
  */
 static enum MHD_Result
 finish_webhook(struct MHD_Connection *conn, Request *req)
 {
-	StrBuf		headers;
-	StrBuf		body;
-	IngestRequest in;
-	IngestResult out;
-	enum MHD_Result ret;
+	IngestRequest *in = &req->ingest.req;
 
 	if (req->too_large)
 		return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
 						   REJECT_BODY_TOO_LARGE, "request body too large",
 						   NULL);
 
-	buf_init(&headers);
-	if (req->body.failed || !json_build_headers(conn, &headers))
+	if (req->body.failed || !json_build_headers(conn, &req->headers))
 	{
-		buf_free(&headers);
 		log_message(LOG_ERROR, "out of memory");
 		return reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
 							 "internal error", NULL);
 	}
 
-	in.provider = req->provider;
-	in.headers_json = headers.data;
-	in.body = req->body.data;
-	in.body_len = req->body.len;
-	in.client_ip = req->has_ip ? req->client_ip : NULL;
-	in.request_id = req->request_id;
-	db_ingest(&in, &out);
-	buf_free(&headers);
-	buf_free(&req->body);
+	in->provider = req->provider;
+	in->headers_json = req->headers.data;
+	in->body = req->body.data;
+	in->body_len = req->body.len;
+	in->client_ip = req->has_ip ? req->client_ip : NULL;
+	in->request_id = req->request_id;
+	req->ingest.conn = conn;
+	req->pending = true;
+	/* suspended first: the batch thread may resume it at once */
+	MHD_suspend_connection(conn);
+	batch_submit(&req->ingest);
+	return MHD_YES;
+}
 
-	switch (out.status)
+/*
+ * Call after the batch thread resumed the connection: answer with what the
+ * database said, now that the transaction holding the delivery committed.
+ * Only a row from the function in a committed transaction yields a 2xx.
+ */
+static enum MHD_Result
+answer_webhook(struct MHD_Connection *conn, Request *req)
+{
+	IngestResult *out = &req->ingest.res;
+	StrBuf		body;
+	enum MHD_Result ret;
+
+	buf_free(&req->headers);
+	buf_free(&req->body);
+	switch (out->status)
 	{
 		case DB_OK:
-			snprintf(req->outcome, sizeof(req->outcome), "%s", out.outcome);
-			if (out.http_status != MHD_HTTP_NOT_FOUND)
+			snprintf(req->outcome, sizeof(req->outcome), "%s", out->outcome);
+			if (out->http_status != MHD_HTTP_NOT_FOUND)
 				metrics_learn_provider(req->provider);
-			metrics_outcome(req->provider, out.outcome);
+			metrics_outcome(req->provider, out->outcome);
 			buf_init(&body);
 			buf_append_str(&body, "{\"outcome\":");
-			json_append_string(&body, out.outcome, strlen(out.outcome));
-			json_append_field(&body, "event_id", out.event_id);
+			json_append_string(&body, out->outcome, strlen(out->outcome));
+			json_append_field(&body, "event_id", out->event_id);
 			json_append_field(&body, "request_id", req->request_id);
 			buf_append_str(&body, "}");
-			db_free_result(out.pgresult);
-			ret = reply_json(conn, req, out.http_status, &body);
+			db_free_result(out->pgresult);
+			ret = reply_json(conn, req, out->http_status, &body);
 			buf_free(&body);
 			return ret;
 		case DB_INVALID:
@@ -823,7 +842,8 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 	switch (req->route)
 	{
 		case ROUTE_WEBHOOK:
-			return finish_webhook(conn, req);
+			return req->pending ? answer_webhook(conn, req)
+				: finish_webhook(conn, req);
 		case ROUTE_SUBSCRIBE:
 			return finish_subscribe(conn, req);
 		case ROUTE_FLOWS:
@@ -915,6 +935,7 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	log_end(&line);
 
 	buf_free(&req->body);
+	buf_free(&req->headers);
 	free(req);
 	atomic_fetch_sub(&in_flight, 1);
 }

@@ -13,8 +13,8 @@
  * close connections past --request-timeout and to log refused connections.
  * SIGHUP reopens the log file.  On the first SIGTERM or SIGINT we stop
  * accepting, let in-flight requests finish within --shutdown-timeout, then
- * stop MHD (joining its threads closes their database connections) and
- * exit 0.  A second one exits at once, with status 1.
+ * end the batch threads (batch.c) and stop MHD (joining their threads
+ * closes their database connections) and exit 0.  A second one exits at once, with status 1.
  *
  * shim/main.c
  *
@@ -40,6 +40,7 @@
 
 #define EXIT_USAGE			2
 #define MAX_THREADS			256
+#define MAX_BATCH			1024
 #define MAX_BODY_LIMIT		(1024ULL * 1024 * 1024)
 #define MIN_HEADER_LIMIT	1024
 #define MAX_HEADER_LIMIT	(1024 * 1024)
@@ -71,6 +72,8 @@ enum
 	OPT_LISTEN,
 	OPT_DSN,
 	OPT_THREADS,
+	OPT_BATCH_MAX,
+	OPT_BATCH_CONCURRENCY,
 	OPT_MAX_BODY,
 	OPT_MAX_HEADER,
 	OPT_MAX_CONNECTIONS,
@@ -95,7 +98,12 @@ static ShimOption options[NUM_OPTIONS] = {
 	[OPT_DSN] = {"--dsn", "CONNINFO", "PAYMENTS_SHIM_DSN",
 		"", "libpq conninfo or URI; empty uses PGHOST etc."},
 	[OPT_THREADS] = {"--threads", "N", "PAYMENTS_SHIM_THREADS",
-		"4", "worker threads, each with one database connection (1-256)"},
+		"4", "HTTP worker threads, each with one database connection for other requests (1-256)"},
+	[OPT_BATCH_MAX] = {"--batch-max", "N", "PAYMENTS_SHIM_BATCH_MAX",
+		"64", "deliveries stored in one transaction at most (group commit; 1-1024)"},
+	[OPT_BATCH_CONCURRENCY] = {"--batch-concurrency", "N",
+		"PAYMENTS_SHIM_BATCH_CONCURRENCY",
+		"2", "batch threads, each with one database connection: transactions at once (1-256)"},
 	[OPT_MAX_BODY] = {"--max-body", "BYTES", "PAYMENTS_SHIM_MAX_BODY",
 		"1048576", "largest request body; more is 413 (1-1073741824)"},
 	[OPT_MAX_HEADER] = {"--max-header", "BYTES", "PAYMENTS_SHIM_MAX_HEADER",
@@ -481,6 +489,10 @@ parse_config(ShimConfig *config)
 	config->dsn = option_value(&options[OPT_DSN]);
 	config->threads = (unsigned int)
 		parse_number(&options[OPT_THREADS], 1, MAX_THREADS);
+	config->batch_max = (unsigned int)
+		parse_number(&options[OPT_BATCH_MAX], 1, MAX_BATCH);
+	config->batch_concurrency = (unsigned int)
+		parse_number(&options[OPT_BATCH_CONCURRENCY], 1, MAX_THREADS);
 	config->max_body = (size_t)
 		parse_number(&options[OPT_MAX_BODY], 1, MAX_BODY_LIMIT);
 	config->max_header = (size_t)
@@ -522,7 +534,7 @@ static struct MHD_Daemon *
 start_daemon(const ShimConfig *config)
 {
 	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
-		MHD_USE_ERROR_LOG;
+		MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
 	size_t		memory = config->max_header * 2;
 	struct MHD_OptionItem tls[] = {
 		{MHD_OPTION_HTTPS_MEM_CERT, 0, config->tls_cert},
@@ -576,13 +588,15 @@ log_startup(const ShimConfig *config)
 	json_append_field(&line, "version", SHIM_VERSION);
 	json_append_field(&line, "libmicrohttpd", MHD_get_version());
 	buf_printf(&line, ",\"libpq\":%d", PQlibVersion());
-	buf_printf(&line, ",\"threads\":%u,\"max_body\":%zu,\"max_header\":%zu"
+	buf_printf(&line, ",\"threads\":%u,\"batch_max\":%u,\"batch_concurrency\":%u"
+			   ",\"max_body\":%zu,\"max_header\":%zu"
 			   ",\"max_connections\":%u,\"max_connections_per_ip\":%u"
 			   ",\"idle_timeout_s\":%u,\"request_timeout_s\":%u"
 			   ",\"rate\":%u,\"rate_burst\":%u,\"rate_exempt\":%zu"
 			   ",\"trusted_proxies\":%zu"
 			   ",\"shutdown_timeout_s\":%u",
-			   config->threads, config->max_body, config->max_header,
+			   config->threads, config->batch_max, config->batch_concurrency,
+			   config->max_body, config->max_header,
 			   config->max_connections, config->max_connections_per_ip,
 			   config->idle_timeout_s, config->request_timeout_s,
 			   config->rate, config->rate_burst, config->n_rate_exempt,
@@ -672,6 +686,7 @@ drain(const sigset_t *signals, int64_t *next_tick)
 			log_shutdown(LOG_WARNING,
 						 "shutdown timeout, cancelling database queries and closing connections",
 						 0);
+			batch_abandon();
 			db_cancel_all();
 			return;
 		}
@@ -721,6 +736,8 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &signals, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	if (!batch_start())
+		return EXIT_FAILURE;
 	mhd = start_daemon(config);
 	if (mhd == NULL)
 	{
@@ -734,6 +751,7 @@ main(int argc, char **argv)
 			json_append_field(&line, "hint",
 							  "do the TLS certificate and key match?");
 		log_end(&line);
+		batch_stop();
 		return EXIT_FAILURE;
 	}
 	log_startup(config);
@@ -756,6 +774,7 @@ main(int argc, char **argv)
 	 */
 	sigdelset(&signals, SIGHUP);
 	pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
+	batch_stop();
 	MHD_stop_daemon(mhd);
 	/* MHD leaves the quiesced socket to us, to close after stopping */
 	if (listen_fd != MHD_INVALID_SOCKET)

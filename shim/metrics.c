@@ -48,6 +48,18 @@ static const double duration_buckets[] = {
 
 #define N_BUCKETS	(sizeof(duration_buckets) / sizeof(duration_buckets[0]))
 
+/* Upper bounds of the batch size buckets (deliveries per transaction) */
+static const double batch_size_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024};
+
+#define N_SIZE_BUCKETS	(sizeof(batch_size_buckets) / sizeof(batch_size_buckets[0]))
+
+/* Upper bounds of the batch transaction time buckets, in seconds */
+static const double batch_time_buckets[] = {
+	0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5
+};
+
+#define N_TIME_BUCKETS	(sizeof(batch_time_buckets) / sizeof(batch_time_buckets[0]))
+
 static const char *const route_names[ROUTE_COUNT] = {
 	[ROUTE_OTHER] = "other",
 	[ROUTE_WEBHOOK] = "webhook",
@@ -108,6 +120,11 @@ typedef struct Metrics
 	uint64_t	db_connects_ok;
 	uint64_t	db_connects_failed;
 	uint64_t	db_reconnects;
+	uint64_t	batch_sizes[N_SIZE_BUCKETS + 1];	/* +Inf last */
+	uint64_t	batch_deliveries;
+	uint64_t	batch_times[N_TIME_BUCKETS + 1];
+	double		batch_time_sum;
+	uint64_t	batches_failed;
 } Metrics;
 
 static Metrics metrics = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -275,6 +292,31 @@ metrics_db_connect(bool ok, bool reconnect)
 }
 
 /*
+ * Count one transaction of deliveries (batch.c): its size, whether it
+ * committed, and how long it took from the first statement sent to the
+ * commit's answer.
+ */
+void
+metrics_batch(unsigned int size, bool committed, double seconds)
+{
+	size_t		b;
+	size_t		t;
+
+	for (b = 0; b < N_SIZE_BUCKETS && size > batch_size_buckets[b]; b++)
+		;
+	for (t = 0; t < N_TIME_BUCKETS && seconds > batch_time_buckets[t]; t++)
+		;
+	pthread_mutex_lock(&metrics.lock);
+	metrics.batch_sizes[b]++;
+	metrics.batch_deliveries += size;
+	metrics.batch_times[t]++;
+	metrics.batch_time_sum += seconds;
+	if (!committed)
+		metrics.batches_failed++;
+	pthread_mutex_unlock(&metrics.lock);
+}
+
+/*
  * Append a label value, escaped as the exposition format wants.
  */
 static void
@@ -417,6 +459,49 @@ render_db(StrBuf *out)
 }
 
 /*
+ * Render a histogram without labels from its per-bucket counts (+Inf last).
+ */
+static void
+render_histogram(StrBuf *out, const char *name, const double *bounds,
+				 size_t n_bounds, const uint64_t *counts, double sum)
+{
+	uint64_t	cumulative = 0;
+
+	for (size_t b = 0; b < n_bounds; b++)
+	{
+		cumulative += counts[b];
+		buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[b],
+				   (unsigned long long) cumulative);
+	}
+	cumulative += counts[n_bounds];
+	buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name,
+			   (unsigned long long) cumulative);
+	buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, sum, name,
+			   (unsigned long long) cumulative);
+}
+
+/*
+ * Render the group commit metrics.
+ */
+static void
+render_batches(StrBuf *out)
+{
+	append_header(out, "payments_shim_batch_deliveries", "histogram",
+				  "Deliveries stored per database transaction (group commit).");
+	render_histogram(out, "payments_shim_batch_deliveries", batch_size_buckets,
+					 N_SIZE_BUCKETS, metrics.batch_sizes,
+					 (double) metrics.batch_deliveries);
+	append_header(out, "payments_shim_batch_seconds", "histogram",
+				  "Time of a transaction of deliveries, from its first statement to the commit's answer.");
+	render_histogram(out, "payments_shim_batch_seconds", batch_time_buckets,
+					 N_TIME_BUCKETS, metrics.batch_times, metrics.batch_time_sum);
+	append_header(out, "payments_shim_batches_failed_total", "counter",
+				  "Transactions of deliveries that did not commit (none of their requests is answered 2xx from them).");
+	buf_printf(out, "payments_shim_batches_failed_total %llu\n",
+			   (unsigned long long) metrics.batches_failed);
+}
+
+/*
  * Render every metric into "out".
  */
 void
@@ -449,5 +534,6 @@ metrics_render(StrBuf *out)
 	buf_printf(out, "payments_shim_connections %u\n", connections);
 	render_outcomes(out);
 	render_db(out);
+	render_batches(out);
 	pthread_mutex_unlock(&metrics.lock);
 }

@@ -76,6 +76,8 @@ typedef struct ShimConfig
 	uint16_t	port;			/* also in addr; MHD's messages show this */
 	const char *dsn;
 	unsigned int threads;
+	unsigned int batch_max;		/* deliveries per transaction at most */
+	unsigned int batch_concurrency;	/* transactions of deliveries at once */
 	size_t		max_body;
 	size_t		max_header;
 	unsigned int max_connections;
@@ -170,6 +172,15 @@ typedef struct IngestResult
 	void	   *pgresult;
 } IngestResult;
 
+/* A delivery waiting for its batch (batch.c); its connection is suspended */
+typedef struct PendingIngest
+{
+	struct PendingIngest *next;	/* in the queue */
+	IngestRequest req;
+	IngestResult res;			/* set by the batch thread */
+	struct MHD_Connection *conn;	/* resumed once res is set */
+} PendingIngest;
+
 /* Input of one call to payments.meta_subscribe() (Meta's GET handshake) */
 typedef struct SubscribeRequest
 {
@@ -257,6 +268,7 @@ extern void metrics_outcome(const char *provider, const char *outcome);
 extern void metrics_reject(Rejection reason);
 extern void metrics_db_state(DbConnState from, DbConnState to);
 extern void metrics_db_connect(bool ok, bool reconnect);
+extern void metrics_batch(unsigned int size, bool committed, double seconds);
 extern void metrics_render(StrBuf *out);
 
 /* ratelimit.c */
@@ -265,12 +277,19 @@ extern bool ratelimit_take(const IpAddr *ip, unsigned int *retry_after_s);
 
 /* db.c */
 extern bool db_init(const char *dsn);
-extern void db_ingest(const IngestRequest *req, IngestResult *res);
+extern void db_ingest_batch(const IngestRequest *const *reqs,
+							IngestResult *const *results, unsigned int n);
 extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);
 extern void db_flows(const IngestRequest *req, FlowsResult *res);
 extern void db_ready(const char *request_id, ReadyResult *res);
 extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);
+
+/* batch.c */
+extern bool batch_start(void);
+extern void batch_submit(PendingIngest *item);
+extern void batch_abandon(void);
+extern void batch_stop(void);
 
 /* http.c */
 extern bool http_init(void);

@@ -124,6 +124,9 @@ SET payments.receipt_prefix = 'lp';
 -- a rolled-back paying transaction gives its number back
 BEGIN;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_j', 100), 1718000000);
+-- the number is taken at commit (or when the deferred trigger is made to fire now)
+SELECT receipt_no FROM payments.payments WHERE provider_ref = 'pi_j';
+SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
 SELECT receipt_no FROM payments.payments WHERE provider_ref = 'pi_j';
 ROLLBACK;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_k', 100), 1718000000);

@@ -329,12 +329,12 @@ describe('shim limits, metrics and logs', () => {
 		assert.ok(after.get('payments_shim_db_connect_attempts_total{result="success"}') >= 1);
 		const build = [...after.keys()].find((k) => k.startsWith('payments_shim_build_info{'));
 		assert.match(build, /version="0\.1\.0",libmicrohttpd="0\.9\.\d+",libpq="\d+\.\d+"/);
-		// naming conventions: prefix, counters end in _total, the histogram is in seconds
+		// naming conventions: prefix, counters end in _total, histograms name their unit
 		const { types } = parseMetrics((await request(shim.port, { path: '/metrics' })).text);
 		for (const [name, type] of types) {
 			assert.match(name, /^payments_shim_/);
 			if (type === 'counter') assert.match(name, /_total$/);
-			if (type === 'histogram') assert.match(name, /_seconds$/);
+			if (type === 'histogram') assert.match(name, /_(seconds|deliveries)$/);
 		}
 	});
 

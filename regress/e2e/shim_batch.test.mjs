@@ -1,0 +1,221 @@
+// Group commit in the shim: deliveries arriving together share one transaction. Concurrent
+// requests coalesce (the batch size metric shows it), a delivery that fails inside a batch fails
+// alone, and a batch whose transaction does not commit (the commit raises, or its backend is
+// terminated) answers every request in it 503, so that nothing answered 2xx can be missing.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import Stripe from 'stripe';
+import { Cluster, Shim, request, sleep, parseMetrics } from './harness.mjs';
+
+const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const stripe = new Stripe('sk_test_not_used_offline');
+const secret = `whsec_${randomBytes(24).toString('hex')}`;
+let cluster;
+let shim;
+let seq = 0;
+
+function delivery(id) {
+	const body = JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded', created: Math.floor(Date.now() / 1000),
+		data: { object: { id: `pi_${id}`, object: 'payment_intent', amount: 1000, currency: 'usd' } } });
+	return { body, headers: { 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } };
+}
+
+function send(id, tamper = false) {
+	const d = delivery(id);
+	if (tamper) d.headers['stripe-signature'] = d.headers['stripe-signature'].replace(/v1=(.)/, (_, c) => `v1=${c === '0' ? '1' : '0'}`);
+	// a connection each, so that they all reach the shim at once
+	return request(shim.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
+		headers: { 'content-type': 'application/json', ...d.headers } });
+}
+
+// Holds SHARE on payments.events in a psql session until release() is called: inserts wait.
+async function holdEvents() {
+	const proc = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
+		'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments'], { stdio: ['pipe', 'pipe', 'pipe'] });
+	proc.stdin.write('BEGIN; LOCK TABLE payments.events IN SHARE MODE; SELECT \'locked\';\n');
+	await new Promise((resolve) => proc.stdout.on('data', (d) => { if (String(d).includes('locked')) resolve(); }));
+	return {
+		release: () => new Promise((resolve) => { proc.once('exit', resolve); proc.stdin.end('COMMIT;\n'); }),
+	};
+}
+
+// Waits until n of the shim's backends (other than those of "not") wait for a lock; returns
+// their pids.
+async function lockWaiters(n, not = []) {
+	for (let i = 0; i < 200; i++) {
+		const pids = cluster.psql(`SELECT string_agg(pid::text, ' ') FROM pg_stat_activity
+			WHERE application_name = 'payments-shim' AND wait_event_type = 'Lock'`).split(' ')
+			.filter((p) => p !== '' && !not.includes(p));
+		if (pids.length >= n) return pids;
+		await sleep(25);
+	}
+	throw new Error('the shim never waited for the lock');
+}
+
+async function metric(name) {
+	const { samples } = parseMetrics(await (await fetch(`${shim.base}/metrics`)).text());
+	return samples.get(name) ?? 0;
+}
+
+function stored(ids) {
+	return Number(cluster.psqlVars(`SELECT count(*) FROM payments.events WHERE event_id = ANY(string_to_array(:'ids', ','))`,
+		{ ids: ids.join(',') }));
+}
+
+// Sends a first request, which leads a batch alone and waits for the lock, then the others,
+// which queue behind it and go together as the next batch.
+async function batchBehindLock(ids, { tamper = [] } = {}) {
+	const lock = await holdEvents();
+	const first = send(ids[0]);
+	await lockWaiters(1);
+	const rest = ids.slice(1).map((id) => send(id, tamper.includes(id)));
+	await sleep(300);		// let them all reach the queue
+	return { lock, answers: () => Promise.all([first, ...rest]) };
+}
+
+describe('group commit', () => {
+	before(async () => {
+		cluster = new Cluster();
+		await cluster.init();
+		cluster.psqlVars(`SELECT payments.register_provider('stripe', 'stripe');
+			SELECT payments.add_secret('stripe', :'s');
+			-- faults on demand: an event whose insert raises, and one whose commit fails
+			CREATE SEQUENCE public.deadlocks;
+			CREATE FUNCTION public.poison() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN
+				IF NEW.event_id LIKE 'evt_raise_%' THEN RAISE EXCEPTION 'poisoned event'; END IF;
+				IF NEW.event_id LIKE 'evt_bad_data_%' THEN RAISE EXCEPTION 'bad data' USING ERRCODE = '22023'; END IF;
+				-- the first time only (a sequence is not rolled back): as if a concurrent batch held its row
+				IF NEW.event_id LIKE 'evt_deadlock_%' AND nextval('public.deadlocks') = 1 THEN
+					RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
+				END IF;
+				RETURN NEW;
+			END $$;
+			CREATE TRIGGER poison BEFORE INSERT ON payments.events FOR EACH ROW EXECUTE FUNCTION public.poison();
+			CREATE FUNCTION public.fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN RAISE EXCEPTION 'commit refused'; END $$;
+			CREATE CONSTRAINT TRIGGER fail_commit AFTER INSERT ON payments.events DEFERRABLE INITIALLY DEFERRED
+				FOR EACH ROW WHEN (NEW.event_id LIKE 'evt_commitfail_%') EXECUTE FUNCTION public.fail_commit();`,
+		{ s: secret });
+		shim = new Shim(cluster.dsn, ['--threads', '24', '--rate', '0', '--batch-max', '64', '--batch-concurrency', '1',
+			'--log-level', 'warning']);
+		await shim.start();
+	});
+
+	after(async () => {
+		if (shim) {
+			const { code } = await shim.stop();
+			assert.deepEqual(shim.sanitizerReports(), []);
+			assert.equal(code, 0);
+		}
+		cluster?.destroy();
+	});
+
+	test('concurrent requests coalesce into one transaction, each answered after its commit', async () => {
+		const before = await metric('payments_shim_batch_deliveries_count');
+		const ids = Array.from({ length: 20 }, () => `evt_coalesce_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids);
+		assert.equal(stored(ids), 0, 'nothing is visible before the commit');
+		await lock.release();
+		const res = await answers();
+		assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
+		assert.deepEqual(res.map((r) => r.json.outcome), ids.map(() => 'applied'));
+		assert.equal(stored(ids), 20);
+		// the first went alone, the 19 queued behind it went as one batch
+		assert.equal(await metric('payments_shim_batch_deliveries_count') - before, 2);
+		assert.ok(await metric('payments_shim_batch_deliveries_bucket{le="16"}') < await metric('payments_shim_batch_deliveries_count'),
+			'a batch of more than 16');
+		// gapless receipts, taken at commit
+		assert.equal(cluster.psql(`SELECT count(DISTINCT receipt_no) FROM payments.payments WHERE provider_ref LIKE 'pi_evt_coalesce_%'`), '20');
+	});
+
+	test('a delivery that fails inside a batch fails alone', async () => {
+		const ids = Array.from({ length: 8 }, () => `evt_mixed_${++seq}`);
+		ids.splice(3, 0, `evt_raise_${++seq}`, `evt_bad_data_${++seq}`, `evt_tampered_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids, { tamper: [ids[5]] });
+		await lock.release();
+		const res = await answers();
+		const byId = Object.fromEntries(ids.map((id, i) => [id, res[i].status]));
+		assert.equal(byId[ids[3]], 503, 'an error inside ingest: 503 for it alone');
+		assert.equal(byId[ids[4]], 400, 'a data exception: 400');
+		assert.equal(byId[ids[5]], 401, 'a bad signature: 401');
+		const good = ids.filter((_, i) => i < 3 || i > 5);
+		assert.deepEqual(good.map((id) => byId[id]), good.map(() => 200));
+		assert.equal(stored(good), good.length);
+		assert.equal(stored(ids.slice(3, 6)), 0);
+		assert.equal(cluster.psqlVars(`SELECT count(*) FROM payments.rejections WHERE outcome = 'rejected'`, {}), '1');
+	});
+
+	test('a delivery that deadlocks with a concurrent batch is stored again, alone, and answered 200', async () => {
+		const ids = Array.from({ length: 6 }, () => `evt_dl_${++seq}`);
+		ids.splice(2, 0, `evt_deadlock_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids);
+		await lock.release();
+		const res = await answers();
+		assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
+		assert.equal(stored(ids), ids.length);
+		assert.equal(cluster.psql("SELECT last_value FROM public.deadlocks"), '2', 'raised once, then stored alone');
+		assert.match(shim.stderr, /ingest met a concurrent batch, storing it again alone/);
+	});
+
+	test('a commit that fails answers every request of its batch 503, and stores none of them', async () => {
+		const failedBefore = await metric('payments_shim_batches_failed_total');
+		const ids = Array.from({ length: 10 }, () => `evt_withfail_${++seq}`);
+		ids.push(`evt_commitfail_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids);
+		await lock.release();
+		const res = await answers();
+		assert.equal(res[0].status, 200, 'the first went alone and committed');
+		assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503));
+		assert.equal(stored(ids.slice(1)), 0);
+		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1);
+	});
+
+	test('at the shutdown deadline the running batch is cancelled and the queued deliveries answered 503', async () => {
+		const s = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-concurrency', '1',
+			'--shutdown-timeout', '1', '--log-level', 'warning']);
+		await s.start();
+		const ids = Array.from({ length: 6 }, () => `evt_shutdown_${++seq}`);
+		const lock = await holdEvents();
+		const post1 = (id) => {
+			const d = delivery(id);
+			return request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
+				headers: { 'content-type': 'application/json', ...d.headers } }).catch(() => ({ status: 'closed' }));
+		};
+		const first = post1(ids[0]);
+		await lockWaiters(1);
+		const rest = ids.slice(1).map(post1);
+		await sleep(300);
+		const sent = Date.now();
+		const exit = await s.stop();	// the lock is still held: only the deadline ends the wait
+		assert.equal(exit.code, 0);
+		assert.ok(Date.now() - sent < 4000, `stopped after ${Date.now() - sent} ms`);
+		const res = await Promise.all([first, ...rest]);
+		assert.deepEqual(res.map((r) => r.status === 200), ids.map(() => false), 'never 2xx');
+		assert.ok(res.slice(1).every((r) => r.status === 503 || r.status === 'closed'));
+		assert.deepEqual(s.sanitizerReports(), []);
+		await lock.release();
+		assert.equal(stored(ids), 0);
+	});
+
+	test('a batch whose backend is terminated answers 503 for all, and the shim goes on', async () => {
+		const ids = Array.from({ length: 12 }, () => `evt_killed_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids);
+		const [lonePid] = await lockWaiters(1);
+		cluster.psql(`SELECT pg_terminate_backend(${lonePid})`);
+		// the queued eleven now go as one batch, on a new connection, and wait in turn
+		const [batchPid] = await lockWaiters(1, [lonePid]);
+		cluster.psql(`SELECT pg_terminate_backend(${batchPid})`);
+		await lock.release();
+		const res = await answers();
+		assert.deepEqual(res.map((r) => r.status), ids.map(() => 503));
+		assert.equal(stored(ids), 0);
+		// afterwards the same deliveries go through
+		const again = await Promise.all(ids.map((id) => send(id)));
+		assert.deepEqual(again.map((r) => r.status), ids.map(() => 200));
+		assert.equal(stored(ids), ids.length);
+	});
+});

@@ -1,0 +1,188 @@
+/*-------------------------------------------------------------------------
+ *
+ * batch.c
+ *	  Group commit: webhook deliveries that arrive together are stored in
+ *	  one database transaction, so that they share its commit and WAL flush.
+ *
+ * The request handler (http.c) suspends its connection and puts the
+ * delivery on a queue.  --batch-concurrency batch threads, each with its
+ * own database connection, take up to --batch-max deliveries off the queue
+ * at a time, store them in one transaction (db_ingest_batch), set each
+ * delivery's result and resume its connection; libmicrohttpd then calls
+ * the handler again, which answers.  So no MHD thread ever waits for the
+ * database with a webhook, every request is answered only after the commit
+ * that holds its delivery (or after the failure that leaves it out), and no
+ * timer holds a delivery back: a lone delivery goes at once, in a batch of
+ * one, and batches grow only while the database is busy with the previous
+ * ones.
+ *
+ * shim/batch.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+
+/* The queue, guarded by batch_lock */
+static pthread_mutex_t batch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t batch_cond = PTHREAD_COND_INITIALIZER;
+static PendingIngest *queue_head;
+static PendingIngest *queue_tail;
+static bool stopping;			/* batch_stop(): end once the queue is empty */
+static bool abandoning;			/* batch_abandon(): answer the rest 503 */
+
+static pthread_t *workers;
+static unsigned int n_workers;
+
+/*
+ * Take up to --batch-max deliveries off the queue (under batch_lock).
+ */
+static unsigned int
+batch_take(PendingIngest **items)
+{
+	unsigned int n = 0;
+
+	while (queue_head != NULL && n < shim_config.batch_max)
+	{
+		items[n++] = queue_head;
+		queue_head = queue_head->next;
+	}
+	if (queue_head == NULL)
+		queue_tail = NULL;
+	return n;
+}
+
+/*
+ * A batch thread: store what is queued, batch after batch, until
+ * batch_stop() is called and the queue is empty.
+ */
+static void *
+batch_worker(void *arg)
+{
+	PendingIngest **items = arg;
+	const IngestRequest **reqs = (const IngestRequest **) (items + shim_config.batch_max);
+	IngestResult **results = (IngestResult **) (reqs + shim_config.batch_max);
+
+	pthread_mutex_lock(&batch_lock);
+	for (;;)
+	{
+		unsigned int n;
+		bool		abandon;
+
+		while (queue_head == NULL && !stopping)
+			pthread_cond_wait(&batch_cond, &batch_lock);
+		if (queue_head == NULL)
+			break;
+		n = batch_take(items);
+		abandon = abandoning;
+		pthread_mutex_unlock(&batch_lock);
+
+		for (unsigned int i = 0; i < n; i++)
+		{
+			reqs[i] = &items[i]->req;
+			results[i] = &items[i]->res;
+			if (abandon)
+				items[i]->res.status = DB_UNAVAILABLE;
+		}
+		if (!abandon)
+			db_ingest_batch(reqs, results, n);
+		/* once resumed, the request may be answered and freed at any time */
+		for (unsigned int i = 0; i < n; i++)
+			MHD_resume_connection(items[i]->conn);
+
+		pthread_mutex_lock(&batch_lock);
+	}
+	pthread_mutex_unlock(&batch_lock);
+	free(items);
+	return NULL;
+}
+
+/*
+ * Start the batch threads; false (with a message on stderr) if one could
+ * not be started.
+ */
+bool
+batch_start(void)
+{
+	workers = calloc(shim_config.batch_concurrency, sizeof(pthread_t));
+	if (workers == NULL)
+		return false;
+	for (n_workers = 0; n_workers < shim_config.batch_concurrency; n_workers++)
+	{
+		/* one allocation for the three arrays a batch needs */
+		void	   *arrays = malloc(shim_config.batch_max *
+									(sizeof(PendingIngest *) + sizeof(IngestRequest *) +
+									 sizeof(IngestResult *)));
+
+		if (arrays == NULL || pthread_create(&workers[n_workers], NULL,
+											 batch_worker, arrays) != 0)
+		{
+			free(arrays);
+			log_message(LOG_ERROR, "could not start the batch threads");
+			batch_stop();
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * Queue a delivery whose connection the caller has suspended; a batch
+ * thread sets item->res and resumes item->conn.  Once the batch threads are
+ * ending, it is answered 503 at once instead.
+ */
+void
+batch_submit(PendingIngest *item)
+{
+	item->next = NULL;
+	pthread_mutex_lock(&batch_lock);
+	if (stopping)
+	{
+		pthread_mutex_unlock(&batch_lock);
+		memset(&item->res, 0, sizeof(item->res));
+		item->res.status = DB_UNAVAILABLE;
+		MHD_resume_connection(item->conn);
+		return;
+	}
+	if (queue_tail != NULL)
+		queue_tail->next = item;
+	else
+		queue_head = item;
+	queue_tail = item;
+	pthread_cond_signal(&batch_cond);
+	pthread_mutex_unlock(&batch_lock);
+}
+
+/*
+ * At the shutdown deadline: deliveries not yet in a transaction are
+ * answered 503 without one (the running transactions are cancelled by
+ * db_cancel_all()).
+ */
+void
+batch_abandon(void)
+{
+	pthread_mutex_lock(&batch_lock);
+	abandoning = true;
+	pthread_mutex_unlock(&batch_lock);
+}
+
+/*
+ * Let the batch threads store what is still queued, then end them (before
+ * MHD is stopped: they resume its connections).
+ */
+void
+batch_stop(void)
+{
+	pthread_mutex_lock(&batch_lock);
+	stopping = true;
+	pthread_cond_broadcast(&batch_cond);
+	pthread_mutex_unlock(&batch_lock);
+	for (unsigned int i = 0; i < n_workers; i++)
+		pthread_join(workers[i], NULL);
+	free(workers);
+	workers = NULL;
+	n_workers = 0;
+}

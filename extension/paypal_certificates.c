@@ -169,6 +169,9 @@ ParseCertUrl(const char *url, CertUrl *parsed)
 
 	if (len == 0 || len > CERT_URL_MAX)
 		return "is empty or longer than " CppAsString2(CERT_URL_MAX) " characters";
+	/* libcurl would also take "https:/host" or "HTTPS://host"; PayPal writes neither */
+	if (strncmp(url, "https://", 8) != 0)
+		return "is not https";
 	for (size_t i = 0; i < len; i++)
 	{
 		unsigned char c = (unsigned char) url[i];

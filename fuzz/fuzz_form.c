@@ -29,6 +29,7 @@ AppendEncoded(StringInfo buf, const char *s, int len)
 	}
 }
 
+/* One input: see the header comment for its layout and what is checked */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -50,6 +50,7 @@ HeaderValue(Jsonb *headers, const char *name, int *len)
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* One input: see the header comment for its layout and what is checked */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

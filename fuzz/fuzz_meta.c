@@ -14,6 +14,7 @@
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* One input: see the header comment for its layout and what is checked */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

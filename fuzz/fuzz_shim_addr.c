@@ -23,6 +23,7 @@ int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* The trusted proxies of the harness: loopback, 10.0.0.0/8 and fd00::/8 */
 static Cidr trusted[3];
 
+/* One input: see the header comment for its layout and what is checked */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -26,6 +26,7 @@ static char *copy = NULL;
 static FuzzHeader *headers = NULL;
 static size_t nheaders = 0;
 
+/* Takes the headers of an input (shim_support.h) */
 struct MHD_Connection *
 fuzz_connection(const uint8_t *data, size_t size)
 {
@@ -59,6 +60,7 @@ fuzz_connection(const uint8_t *data, size_t size)
 	return (struct MHD_Connection *) headers;
 }
 
+/* Stand-in: calls the iterator once per header of the current input, in order */
 int
 MHD_get_connection_values_n(struct MHD_Connection *connection, enum MHD_ValueKind kind,
 							MHD_KeyValueIteratorN iterator, void *iterator_cls)
@@ -153,6 +155,7 @@ ReadString(const char *text, size_t len, size_t *pos)
 	return true;
 }
 
+/* True if the text is exactly one JSON string */
 bool
 fuzz_json_is_string(const char *text, size_t len)
 {
@@ -161,6 +164,7 @@ fuzz_json_is_string(const char *text, size_t len)
 	return ReadString(text, len, &pos) && pos == len;
 }
 
+/* True if the text is exactly one JSON object whose values are strings */
 bool
 fuzz_json_is_object_of_strings(const char *text, size_t len)
 {

@@ -85,6 +85,7 @@ CheckAllocSize(Size size)
 		elog(ERROR, "invalid memory alloc request size %zu", (size_t) size);
 }
 
+/* palloc: an allocation freed by pfree or at the end of the input */
 void *
 palloc(Size size)
 {
@@ -92,6 +93,7 @@ palloc(Size size)
 	return ChunkAlloc(size, false);
 }
 
+/* palloc0: the same, zeroed */
 void *
 palloc0(Size size)
 {
@@ -99,12 +101,14 @@ palloc0(Size size)
 	return ChunkAlloc(size, true);
 }
 
+/* palloc_extended: MCXT_ALLOC_ZERO is the only flag the code here uses */
 void *
 palloc_extended(Size size, int flags)
 {
 	return (flags & MCXT_ALLOC_ZERO) ? palloc0(size) : palloc(size);
 }
 
+/* pfree: frees a chunk at once, as in a backend */
 void
 pfree(void *pointer)
 {
@@ -114,6 +118,7 @@ pfree(void *pointer)
 	free(c);
 }
 
+/* repalloc: resizes a chunk, which may move */
 void *
 repalloc(void *pointer, Size size)
 {
@@ -137,12 +142,14 @@ repalloc(void *pointer, Size size)
 	return moved + 1;
 }
 
+/* pstrdup: a palloc'd copy of a C string */
 char *
 pstrdup(const char *in)
 {
 	return pnstrdup(in, strlen(in));
 }
 
+/* pnstrdup: a palloc'd copy of at most len bytes, NUL-terminated */
 char *
 pnstrdup(const char *in, Size len)
 {
@@ -155,6 +162,7 @@ pnstrdup(const char *in, Size len)
 	return out;
 }
 
+/* Frees every chunk still allocated: the end of one input */
 void
 fuzz_reset(void)
 {
@@ -167,6 +175,7 @@ fuzz_reset(void)
 	}
 }
 
+/* errstart: begins an ereport; only ERROR and above go on to errfinish */
 bool
 errstart(int elevel, const char *domain)
 {
@@ -175,12 +184,14 @@ errstart(int elevel, const char *domain)
 	return elevel >= ERROR;
 }
 
+/* errstart_cold: errstart for levels known at compile time to be ERROR or above */
 bool
 errstart_cold(int elevel, const char *domain)
 {
 	return errstart(elevel, domain);
 }
 
+/* errcode: the SQLSTATE is not needed here */
 int
 errcode(int sqlerrcode)
 {
@@ -194,6 +205,7 @@ KeepMessage(const char *fmt, va_list args)
 	vsnprintf(error_message, sizeof(error_message), fmt, args);
 }
 
+/* errmsg: keeps the message for errfinish */
 int
 errmsg(const char *fmt,...)
 {
@@ -205,6 +217,7 @@ errmsg(const char *fmt,...)
 	return 0;
 }
 
+/* errmsg_internal (elog): keeps the message for errfinish */
 int
 errmsg_internal(const char *fmt,...)
 {
@@ -216,18 +229,21 @@ errmsg_internal(const char *fmt,...)
 	return 0;
 }
 
+/* errdetail: dropped, the message says enough for a finding */
 int
 errdetail(const char *fmt,...)
 {
 	return 0;
 }
 
+/* errhint: dropped likewise */
 int
 errhint(const char *fmt,...)
 {
 	return 0;
 }
 
+/* errfinish: an ERROR is a finding: print it and abort */
 void
 errfinish(const char *filename, int lineno, const char *funcname)
 {
@@ -238,6 +254,7 @@ errfinish(const char *filename, int lineno, const char *funcname)
 	abort();
 }
 
+/* pg_verify_mbstr: true if the whole string is valid in the encoding (no NUL), as the backend's */
 bool
 pg_verify_mbstr(int encoding, const char *mbstr, int len, bool noError)
 {
@@ -251,6 +268,7 @@ pg_verify_mbstr(int encoding, const char *mbstr, int len, bool noError)
 	return false;
 }
 
+/* hex_encode: lower-case hex of the bytes, as the backend's (no terminator) */
 uint64
 hex_encode(const char *src, size_t len, char *dst)
 {
@@ -264,6 +282,7 @@ hex_encode(const char *src, size_t len, char *dst)
 	return (uint64) len * 2;
 }
 
+/* Splits an input into newline-separated fields (support.h) */
 int
 fuzz_split(const uint8_t *data, size_t size, int max, const char **fields, int *lens)
 {
@@ -286,6 +305,7 @@ fuzz_split(const uint8_t *data, size_t size, int max, const char **fields, int *
 	return n;
 }
 
+/* A NUL-terminated palloc'd copy of a field */
 char *
 fuzz_cstring(const char *s, int len)
 {

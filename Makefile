@@ -103,7 +103,7 @@ reliability: deps
 # server functions they would call need not exist here.
 FUZZ_CC = clang-14
 FUZZ_HARNESSES = encoding form paynow stripe standard meta eversend hmac paypal paypal_cert \
-	shim_headers shim_addr
+	shim_headers shim_addr shim_http
 FUZZ_BINS = $(patsubst %,fuzz/bin/fuzz_%,$(FUZZ_HARNESSES))
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	-fsanitize-address-globals-dead-stripping -ffunction-sections -fdata-sections -Wall -Wextra -Werror
@@ -134,6 +134,9 @@ fuzz/bin/fuzz_shim_headers: fuzz/fuzz_shim_headers.c fuzz/obj/shim_support.o fuz
 fuzz/bin/fuzz_shim_addr: fuzz/fuzz_shim_addr.c fuzz/obj/shim_support.o fuzz/obj/shim_json.o fuzz/obj/shim_addr.o
 	@mkdir -p fuzz/bin
 	$(FUZZ_CC) $(FUZZ_SHIM_CFLAGS) $(FUZZ_LDFLAGS) -o $@ $^
+fuzz/bin/fuzz_shim_http: fuzz/fuzz_shim_http.c shim/http.c fuzz/obj/shim_support.o fuzz/obj/shim_json.o
+	@mkdir -p fuzz/bin
+	$(FUZZ_CC) $(FUZZ_SHIM_CFLAGS) $(FUZZ_LDFLAGS) -o $@ $< fuzz/obj/shim_support.o fuzz/obj/shim_json.o
 # harnesses that include a kind's file, to reach its static parsers, depend on it
 fuzz/bin/fuzz_meta: extension/kind_meta.c
 fuzz/bin/fuzz_eversend: extension/kind_eversend.c

@@ -126,7 +126,9 @@ const rows = [
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe-Signature': sign.stripe(b)['Stripe-Signature'].slice(0, 40) } }; } },
 	{ name: 'stripe: signature header of 12 KB (under the header cap)', provider: 'stripe', status: 401,
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe-Signature': `t=${now()}${`,v1=${'a'.repeat(64)}`.repeat(180)}` } }; } },
-	{ name: 'stripe: signature header of 40 KB (over the header cap)', provider: 'stripe', status: 431,
+	{ name: 'stripe: signature header of 20 KB (over the header cap)', provider: 'stripe', status: 431,
+		make: () => ({ body: Buffer.alloc(0), headers: { ...json, 'Stripe-Signature': `t=${now()},v1=${'a'.repeat(20000)}` } }) },
+	{ name: 'stripe: signature header of 40 KB (over the memory of a connection)', provider: 'stripe', status: 431, overflow: true,
 		make: () => ({ body: Buffer.alloc(0), headers: { ...json, 'Stripe-Signature': `t=${now()},v1=${'a'.repeat(40000)}` } }) },
 	{ name: 'stripe: timestamp of 40 digits', provider: 'stripe', status: 401,
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe-Signature': `t=${'9'.repeat(40)},v1=${'a'.repeat(64)}` } }; } },
@@ -135,7 +137,7 @@ const rows = [
 	// the HTTP layer: sizes, header floods, bytes that do not belong in headers
 	{ name: 'stripe: 10 MB body (over the 1 MB cap)', provider: 'stripe', status: 413,
 		make: () => { const b = Buffer.alloc(10 * 1024 * 1024, 0x20); return { body: b, headers: json }; } },
-	{ name: 'stripe: 10,000 headers', provider: 'stripe', status: 431,
+	{ name: 'stripe: 10,000 headers', provider: 'stripe', status: 431, overflow: true,
 		make: () => ({ body: stripeEvent(), headers: Object.fromEntries(Array.from({ length: 10000 }, (_, i) => [`X-H${i}`, 'v'])) }) },
 	// libmicrohttpd ends a header value at a NUL byte: what follows is never seen, so a NUL
 	// inside the signature leaves a truncated signature
@@ -238,11 +240,11 @@ const rows = [
 		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-cert-url': 'https://api.paypal.com.evil.example/v1/notifications/certs/CERT-1' }) } }) },
 ];
 
-// Sends the bytes in 16 KB pieces and stops sending once the shim answers: it answers large
-// requests early (413, 431) and closes, and a client that kept writing into the closed
-// connection could lose the answer to the reset.  Resolves with what the shim sent.
-function sendUntilAnswered(port, buffers, timeoutMs = 20000) {
-	const bytes = Buffer.concat(buffers);
+// Sends the request head, gives the shim a moment to answer early (413 on Content-Length, 431),
+// and only then the body, in 16 KB pieces, stopping once an answer has come.  A client that kept
+// writing after the shim answered and closed could lose the answer to the connection reset.
+// Resolves with what the shim sent.
+function sendUntilAnswered(port, [head, body], timeoutMs = 20000) {
 	return new Promise((resolve) => {
 		const socket = connect(port, '127.0.0.1');
 		let data = '';
@@ -253,9 +255,10 @@ function sendUntilAnswered(port, buffers, timeoutMs = 20000) {
 		socket.on('error', () => { /* reset after an early answer */ });
 		socket.on('close', done);
 		socket.on('connect', async () => {
-			for (let at = 0; at < bytes.length && data === '' && !socket.destroyed; at += 16384) {
-				if (!socket.write(bytes.subarray(at, at + 16384))) await new Promise((r) => socket.once('drain', r));
-				if (bytes.length > 65536) await sleep(1);
+			socket.write(head);
+			for (let waited = 0; waited < 300 && data === '' && !socket.destroyed; waited += 10) await sleep(10);
+			for (let at = 0; at < body.length && data === '' && !socket.destroyed; at += 16384) {
+				if (!socket.write(body.subarray(at, at + 16384))) await new Promise((r) => socket.once('drain', r));
 			}
 		});
 	});
@@ -297,8 +300,17 @@ describe('hostile inputs', () => {
 
 	for (const row of rows) {
 		test(`${row.name}: ${row.status}`, async () => {
-			const { body, headers } = row.make();
-			const answer = await sendUntilAnswered(shim.port, httpPost(row.provider, headers, body));
+			// A head larger than a connection's memory is refused by libmicrohttpd, which closes
+			// at once with the rest of the head unread; under load the reset that causes can
+			// overtake its 431.  Such rows are sent up to three times: no answer may be anything
+			// but the expected status, and one must come.
+			const answers = [];
+			for (let attempt = 0; attempt < (row.overflow ? 3 : 1); attempt++) {
+				const { body, headers } = row.make();
+				answers.push(await sendUntilAnswered(shim.port, httpPost(row.provider, headers, body)));
+				if (answers.at(-1) !== '') break;
+			}
+			const answer = answers.at(-1);
 			const status = statusOf(answer);
 			assert.ok(status === null || status < 500, `a 5xx: ${answer.slice(0, 300)}`);
 			assert.equal(status, row.status, `answer: ${answer.slice(0, 300)}`);

@@ -7,6 +7,8 @@
 #   make test       install what is missing, build, install, run every test
 #   make run        the product, locally, in the foreground
 #   make bench      benchmarks (webhook throughput vs pgbench, then report queries on generated data)
+#   make fuzz       libFuzzer harnesses of every parser of untrusted input, a bounded run
+#   make reliability   the full reliability suite: kill -9, SIGTERM and storms under load
 #   make clean
 
 EXTENSION = payments
@@ -29,7 +31,7 @@ REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 # JIT bitcode is of no use for this module and would need clang at build time.
 override with_llvm = no
 
-EXTRA_CLEAN = shim/payments-shim shim/payments-shim-asan regression.diffs regression.out results
+EXTRA_CLEAN = shim/payments-shim shim/payments-shim-asan regression.diffs regression.out results fuzz/bin fuzz/obj
 
 # The first targets below must work before PostgreSQL's build files are installed.
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
@@ -51,7 +53,7 @@ shim/payments-shim-asan: $(SHIM_SRCS) $(wildcard shim/*.h)
 	$(CC) $(SHIM_CFLAGS) -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 		-fno-omit-frame-pointer -o $@ $(SHIM_SRCS) $(SHIM_LIBS)
 
-.PHONY: deps test run installcheck e2e install-for-test bench
+.PHONY: deps test run installcheck e2e install-for-test bench fuzz fuzz-build reliability
 
 deps:
 	@scripts/install-deps.sh
@@ -87,6 +89,70 @@ test: deps
 	$(MAKE) --no-print-directory install-for-test
 	$(MAKE) --no-print-directory installcheck
 	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory fuzz
+
+# The reliability suite with the issue's full numbers (make test runs it scaled down)
+reliability: deps
+	$(MAKE) --no-print-directory all shim/payments-shim-asan
+	$(MAKE) --no-print-directory install-for-test
+	PAYMENTS_RELIABILITY=full regress/run-e2e e2e/reliability.test.mjs
+
+# libFuzzer harnesses (fuzz/README.md): the extension's parsers are built outside the
+# server against fuzz/support.c, the shim's against stand-ins for libmicrohttpd's header
+# calls.  Sections no harness reaches are dropped at link time (lld --gc-sections), so
+# server functions they would call need not exist here.
+FUZZ_CC = clang-14
+FUZZ_HARNESSES = encoding form paynow stripe standard meta eversend hmac paypal paypal_cert \
+	shim_headers shim_addr shim_http
+FUZZ_BINS = $(patsubst %,fuzz/bin/fuzz_%,$(FUZZ_HARNESSES))
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	-fsanitize-address-globals-dead-stripping -ffunction-sections -fdata-sections -Wall -Wextra -Werror
+FUZZ_LDFLAGS = -fsanitize=fuzzer,address,undefined -fuse-ld=lld -Wl,--gc-sections
+FUZZ_EXT_CFLAGS = $(FUZZ_CFLAGS) -Wno-unused-parameter -Wno-ignored-attributes \
+	-Wno-missing-field-initializers -I$(includedir_server) -Iextension -Ifuzz
+FUZZ_EXT_OBJS = $(patsubst %,fuzz/obj/%.o,support encoding verdict hmac form ed25519 kind_stripe kind_standard)
+FUZZ_EXT_LIBS = -L$(pkglibdir) -lpgcommon -lpgport -lcrypto -lcurl -lz
+FUZZ_SHIM_CFLAGS = $(FUZZ_CFLAGS) -std=gnu11 -Ishim -Ifuzz
+FUZZ_SECONDS ?= 4
+
+fuzz/obj/support.o: fuzz/support.c fuzz/support.h
+	@mkdir -p fuzz/obj
+	$(FUZZ_CC) $(FUZZ_EXT_CFLAGS) -c -o $@ $<
+fuzz/obj/%.o: extension/%.c extension/payments.h
+	@mkdir -p fuzz/obj
+	$(FUZZ_CC) $(FUZZ_EXT_CFLAGS) -c -o $@ $<
+fuzz/obj/shim_%.o: shim/%.c shim/shim.h
+	@mkdir -p fuzz/obj
+	$(FUZZ_CC) $(FUZZ_SHIM_CFLAGS) -c -o $@ $<
+fuzz/obj/shim_support.o: fuzz/shim_support.c fuzz/shim_support.h shim/shim.h
+	@mkdir -p fuzz/obj
+	$(FUZZ_CC) $(FUZZ_SHIM_CFLAGS) -c -o $@ $<
+
+fuzz/bin/fuzz_shim_headers: fuzz/fuzz_shim_headers.c fuzz/obj/shim_support.o fuzz/obj/shim_json.o
+	@mkdir -p fuzz/bin
+	$(FUZZ_CC) $(FUZZ_SHIM_CFLAGS) $(FUZZ_LDFLAGS) -o $@ $^
+fuzz/bin/fuzz_shim_addr: fuzz/fuzz_shim_addr.c fuzz/obj/shim_support.o fuzz/obj/shim_json.o fuzz/obj/shim_addr.o
+	@mkdir -p fuzz/bin
+	$(FUZZ_CC) $(FUZZ_SHIM_CFLAGS) $(FUZZ_LDFLAGS) -o $@ $^
+fuzz/bin/fuzz_shim_http: fuzz/fuzz_shim_http.c shim/http.c fuzz/obj/shim_support.o fuzz/obj/shim_json.o
+	@mkdir -p fuzz/bin
+	$(FUZZ_CC) $(FUZZ_SHIM_CFLAGS) $(FUZZ_LDFLAGS) -o $@ $< fuzz/obj/shim_support.o fuzz/obj/shim_json.o
+# harnesses that include a kind's file, to reach its static parsers, depend on it
+fuzz/bin/fuzz_meta: extension/kind_meta.c
+fuzz/bin/fuzz_eversend: extension/kind_eversend.c
+fuzz/bin/fuzz_hmac: extension/kind_hmac.c
+fuzz/bin/fuzz_paypal: extension/kind_paypal.c
+fuzz/bin/fuzz_paypal_cert: extension/paypal_certificates.c
+fuzz/bin/fuzz_paynow: extension/kind_paynow.c
+fuzz/bin/fuzz_%: fuzz/fuzz_%.c fuzz/harness.h $(FUZZ_EXT_OBJS)
+	@mkdir -p fuzz/bin
+	$(FUZZ_CC) $(FUZZ_EXT_CFLAGS) $(FUZZ_LDFLAGS) -o $@ $< $(FUZZ_EXT_OBJS) $(FUZZ_EXT_LIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+# Replays the committed crash inputs, then fuzzes each harness FUZZ_SECONDS from its seeds
+fuzz: fuzz-build
+	fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_HARNESSES)
 
 # Benchmarks: report queries on 1,000,000 generated payments
 bench: deps

@@ -184,7 +184,8 @@ ParseCertUrl(const char *url, CertUrl *parsed)
 	if (curl_url_set(h, CURLUPART_URL, url, 0) != CURLUE_OK)
 		problem = "is not a URL";
 	else if (!GetUrlPart(h, CURLUPART_SCHEME, scheme, sizeof(scheme)) ||
-			 strcmp(scheme, "https") != 0)
+			 strcmp(scheme, "https") != 0 ||
+			 strncmp(url, "https://", 8) != 0)	/* libcurl also reads "https:/host" */
 		problem = "is not https";
 	else if (HasUrlPart(h, CURLUPART_USER) || HasUrlPart(h, CURLUPART_PASSWORD) ||
 			 HasUrlPart(h, CURLUPART_OPTIONS) || HasUrlPart(h, CURLUPART_QUERY) ||

@@ -394,6 +394,57 @@ headers_too_large(struct MHD_Connection *conn)
 }
 
 /*
+ * Does s hold a control character other than tab (NUL, a bare CR or LF)?
+ */
+static bool
+has_control(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		if ((c < 0x20 && c != '\t') || c == 0x7F)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * MHD iterator: clear the flag passed as cls at a header whose name or
+ * value holds a control character.
+ */
+static enum MHD_Result
+check_header_bytes(void *cls, enum MHD_ValueKind kind,
+				   const char *key, size_t key_size,
+				   const char *value, size_t value_size)
+{
+	bool	   *clean = cls;
+
+	(void) kind;
+	if (has_control(key, key_size) || (value != NULL && has_control(value, value_size)))
+	{
+		*clean = false;
+		return MHD_NO;
+	}
+	return MHD_YES;
+}
+
+/*
+ * Are the request headers free of control characters?  RFC 9110 section
+ * 5.5 lets a recipient refuse CR, LF and NUL in a field; passed on, a value
+ * could differ from what a proxy in front of us saw (one that ends at a NUL
+ * for one reader and not for another).
+ */
+static bool
+headers_clean(struct MHD_Connection *conn)
+{
+	bool		clean = true;
+
+	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, check_header_bytes, &clean);
+	return clean;
+}
+
+/*
  * First call for a webhook route: check method, provider name, rate and
  * declared length.
  */
@@ -485,6 +536,9 @@ start_request(struct MHD_Connection *conn, Request *req,
 		return reply_error(conn, req, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
 						   REJECT_HEADER_TOO_LARGE,
 						   "request header fields too large", NULL);
+	if (!headers_clean(conn))
+		return reply_error(conn, req, MHD_HTTP_BAD_REQUEST, REJECT_MALFORMED,
+						   "control character in a request header", NULL);
 
 	switch (req->route)
 	{

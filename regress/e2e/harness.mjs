@@ -252,3 +252,70 @@ export function runShim(args, env = {}) {
 	const r = spawnSync(SHIM, args, { encoding: 'utf8', timeout: 10000, env: { ...process.env, ...env } });
 	return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+// --- Traffic under faults (shim_failover, reliability) ---
+
+// Waits until fn() is true, polling every 100 ms; throws after timeoutMs.
+export async function waitFor(fn, timeoutMs, what) {
+	const deadline = Date.now() + timeoutMs;
+	while (!fn()) {
+		if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+		await sleep(100);
+	}
+}
+
+// Sends deliveries from `senders` concurrent clients, each one after the other, until stopped.
+// makeDelivery() returns { id, path, headers, body }.  Each answer is remembered with its id,
+// status (or 'error: ...' when the connection failed), Retry-After, and start and end times.
+export function steadyTraffic(port, makeDelivery, { senders = 1 } = {}) {
+	const results = [];
+	let running = true;
+	const sender = async () => {
+		while (running) {
+			const { id, path, headers, body } = makeDelivery();
+			const started = Date.now();
+			let status;
+			let retryAfter = null;
+			try {
+				const res = await request(port, { method: 'POST', path, headers, body });
+				status = res.status;
+				retryAfter = res.headers['retry-after'] ?? null;
+			} catch (e) {
+				status = `error: ${e.message}`;
+			}
+			results.push({ id, status, retryAfter, started, at: Date.now() });
+			if (status !== 200) await sleep(50);
+		}
+	};
+	const done = Promise.all(Array.from({ length: senders }, sender));
+	return {
+		results,
+		// true once the last n answers are all 200
+		recovered: (n) => results.length >= n && results.slice(-n).every((r) => r.status === 200),
+		stop: async () => { running = false; await done; },
+	};
+}
+
+// Checks that every delivery answered 200 is stored in cluster (event ids of one provider);
+// returns how many there were.
+export function assertNoAcknowledgedLoss(cluster, results, provider = 'stripe') {
+	const acknowledged = results.filter((r) => r.status === 200).map((r) => r.id);
+	const stored = Number(cluster.psqlVars(
+		"SELECT count(*) FROM payments.events WHERE provider = :'p' AND event_id = ANY (string_to_array(:'ids', ','))",
+		{ p: provider, ids: acknowledged.join(',') }));
+	if (stored !== acknowledged.length) {
+		throw new Error(`${acknowledged.length - stored} of ${acknowledged.length} deliveries answered 200 are not stored`);
+	}
+	return acknowledged.length;
+}
+
+// Checks the answers during an outage: only 200 or 503 with Retry-After, and some 503.
+export function assertOutageAnswers(t, results) {
+	const others = results.filter((r) => r.status !== 200 && r.status !== 503);
+	if (others.length > 0) throw new Error(`answers other than 200 or 503: ${JSON.stringify(others.slice(0, 5))}`);
+	const unavailable = results.filter((r) => r.status === 503);
+	if (unavailable.length === 0) throw new Error('no 503 during the outage');
+	if (!unavailable.every((r) => Number(r.retryAfter) > 0)) throw new Error('a 503 without Retry-After');
+	t.diagnostic(`${results.length} deliveries: ${results.length - unavailable.length} answered 200, ` +
+		`${unavailable.length} answered 503`);
+}

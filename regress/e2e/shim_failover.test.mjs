@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, freePort, sleep, request, parseMetrics } from './harness.mjs';
+import { Cluster, Shim, freePort, sleep, request, parseMetrics, waitFor, steadyTraffic, assertNoAcknowledgedLoss,
+	assertOutageAnswers } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const stripe = new Stripe('sk_test_not_used_offline');
@@ -40,66 +41,14 @@ async function makeStandby(source) {
 	return replica;
 }
 
-// Sends signed deliveries one after the other until stopped; remembers each id and answer.
-function steadyTraffic(port) {
-	const results = [];
-	let running = true;
-	const done = (async () => {
-		while (running) {
-			seq += 1;
-			const id = `evt_failover_${process.pid}_${seq}`;
-			const body = JSON.stringify({ id, object: 'event', type: 'charge.succeeded', created: Math.floor(Date.now() / 1000),
-				data: { object: { id: `ch_${seq}`, amount: 500 } } });
-			const headers = { 'content-type': 'application/json',
-				'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) };
-			let status;
-			let retryAfter = null;
-			try {
-				const res = await request(port, { method: 'POST', path: '/webhooks/stripe', headers, body });
-				status = res.status;
-				retryAfter = res.headers['retry-after'] ?? null;
-			} catch (e) {
-				status = `error: ${e.message}`;
-			}
-			results.push({ id, status, retryAfter, at: Date.now() });
-			if (status !== 200) await sleep(50);
-		}
-	})();
-	return {
-		results,
-		// true once the last n answers are all 200
-		recovered: (n) => results.length >= n && results.slice(-n).every((r) => r.status === 200),
-		stop: async () => { running = false; await done; },
-	};
-}
-
-async function waitFor(fn, timeoutMs, what) {
-	const deadline = Date.now() + timeoutMs;
-	while (!fn()) {
-		if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-		await sleep(100);
-	}
-}
-
-// Every delivery answered 2xx is stored in cluster.
-function assertNoAcknowledgedLoss(cluster, results) {
-	const acknowledged = results.filter((r) => r.status === 200).map((r) => r.id);
-	const stored = Number(cluster.psqlVars(
-		"SELECT count(*) FROM payments.events WHERE provider = 'stripe' AND event_id = ANY (string_to_array(:'ids', ','))",
-		{ ids: acknowledged.join(',') }));
-	assert.equal(stored, acknowledged.length, 'every delivery answered 2xx is in the database');
-	return acknowledged.length;
-}
-
-// Checks the answers during an outage: only 200 or 503 with Retry-After, and some 503.
-function assertOutageAnswers(t, results) {
-	const others = results.filter((r) => r.status !== 200 && r.status !== 503);
-	assert.deepEqual(others, [], 'only 200 or 503');
-	const unavailable = results.filter((r) => r.status === 503);
-	assert.ok(unavailable.length > 0, 'some 503 during the outage');
-	assert.ok(unavailable.every((r) => Number(r.retryAfter) > 0), '503 always with Retry-After');
-	t.diagnostic(`${results.length} deliveries: ${results.length - unavailable.length} answered 200, ` +
-		`${unavailable.length} answered 503`);
+// A signed Stripe delivery with a new event id.
+function stripeDelivery() {
+	seq += 1;
+	const id = `evt_failover_${process.pid}_${seq}`;
+	const body = JSON.stringify({ id, object: 'event', type: 'charge.succeeded', created: Math.floor(Date.now() / 1000),
+		data: { object: { id: `ch_${seq}`, amount: 500 } } });
+	return { id, path: '/webhooks/stripe', body, headers: { 'content-type': 'application/json',
+		'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } };
 }
 
 describe('the shim through a failover and a restart', () => {
@@ -129,7 +78,7 @@ describe('the shim through a failover and a restart', () => {
 	});
 
 	test('the primary dies, the standby is promoted: 503 meanwhile, then the shim follows it by itself', async (t) => {
-		const traffic = steadyTraffic(shim.port);
+		const traffic = steadyTraffic(shim.port, stripeDelivery);
 		await waitFor(() => traffic.recovered(10), 10000, 'deliveries through the primary');
 		pgCtl(primary, '-m', 'immediate', 'stop');
 		await sleep(1500);
@@ -153,7 +102,7 @@ describe('the shim through a failover and a restart', () => {
 	});
 
 	test('the database restarts: 503 meanwhile, recovery after, nothing answered 2xx is lost', async (t) => {
-		const traffic = steadyTraffic(shim.port);
+		const traffic = steadyTraffic(shim.port, stripeDelivery);
 		await waitFor(() => traffic.recovered(10), 10000, 'deliveries before the restart');
 		const before = traffic.results.length;
 		pgCtl(standby, '-m', 'fast', 'restart');

@@ -1,0 +1,44 @@
+/*
+ * fuzz_shim_headers.c
+ *		The shim's JSON building (shim/json.c): the object of request headers
+ *		it passes to payments.ingest, and escaped strings.
+ *
+ * Input: header lines "name: value".  Whatever the bytes, the header object
+ * must be one JSON object of strings in valid UTF-8 without \u0000 (what
+ * jsonb accepts); and the whole input as a string must be one JSON string.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim_support.h"
+
+int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* One input: see the header comment for its layout and what is checked */
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	StrBuf		out;
+	StrBuf		str;
+
+	buf_init(&out);
+	if (!json_build_headers(fuzz_connection(data, size), &out))
+		abort();
+	if (!fuzz_json_is_object_of_strings(out.data, out.len))
+	{
+		fprintf(stderr, "shim headers: not a JSON object of strings: %.*s\n", (int) out.len, out.data);
+		abort();
+	}
+	buf_free(&out);
+
+	buf_init(&str);
+	json_append_string(&str, (const char *) data, size);
+	if (str.failed || !fuzz_json_is_string(str.data, str.len))
+	{
+		fprintf(stderr, "shim headers: not a JSON string: %.*s\n", (int) str.len, str.data);
+		abort();
+	}
+	buf_free(&str);
+	return 0;
+}

@@ -1,0 +1,187 @@
+/*
+ * shim_support.c
+ *		Stand-ins for the libmicrohttpd calls the shim's parsing code makes,
+ *		and a strict checker for the JSON the shim builds.
+ *
+ * The shim reads request headers only through MHD_get_connection_values_n,
+ * which calls an iterator once per header with name, value and lengths (not
+ * NUL-terminated by contract: here they are terminated by the next byte of
+ * the input, never by NUL, to catch code that relies on it).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim_support.h"
+
+/* The headers of the current input */
+typedef struct FuzzHeader
+{
+	const char *name;
+	size_t		name_len;
+	const char *value;
+	size_t		value_len;
+} FuzzHeader;
+
+static char *copy = NULL;
+static FuzzHeader *headers = NULL;
+static size_t nheaders = 0;
+
+/* Takes the headers of an input (shim_support.h) */
+struct MHD_Connection *
+fuzz_connection(const uint8_t *data, size_t size)
+{
+	size_t		start = 0;
+
+	free(copy);
+	free(headers);
+	copy = malloc(size + 1);
+	headers = malloc(sizeof(FuzzHeader) * (size + 1));
+	if (copy == NULL || headers == NULL)
+		abort();
+	memcpy(copy, data, size);
+	copy[size] = '\n';
+	nheaders = 0;
+	for (size_t i = 0; i <= size; i++)
+	{
+		char	   *colon;
+		size_t		len;
+
+		if (copy[i] != '\n')
+			continue;
+		len = i - start;
+		colon = memchr(copy + start, ':', len);
+		headers[nheaders].name = copy + start;
+		headers[nheaders].name_len = colon ? (size_t) (colon - (copy + start)) : len;
+		headers[nheaders].value = colon ? colon + 1 : copy + i;
+		headers[nheaders].value_len = colon ? (size_t) (copy + i - colon - 1) : 0;
+		nheaders++;
+		start = i + 1;
+	}
+	return (struct MHD_Connection *) headers;
+}
+
+/* Stand-in: calls the iterator once per header of the current input, in order */
+int
+MHD_get_connection_values_n(struct MHD_Connection *connection, enum MHD_ValueKind kind,
+							MHD_KeyValueIteratorN iterator, void *iterator_cls)
+{
+	size_t		i;
+
+	(void) connection;			/* one connection at a time: the current input's */
+	(void) kind;				/* the shim asks for request headers only */
+	for (i = 0; i < nheaders; i++)
+	{
+		if (iterator != NULL &&
+			iterator(iterator_cls, MHD_HEADER_KIND, headers[i].name, headers[i].name_len,
+					 headers[i].value, headers[i].value_len) != MHD_YES)
+			return (int) i + 1;
+	}
+	return (int) i;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629), or 0 */
+static size_t
+Utf8Length(const unsigned char *s, size_t n)
+{
+	size_t		len;
+	unsigned int cp;
+
+	if (s[0] < 0x80)
+		return 1;
+	if ((s[0] & 0xE0) == 0xC0)
+		len = 2, cp = s[0] & 0x1F;
+	else if ((s[0] & 0xF0) == 0xE0)
+		len = 3, cp = s[0] & 0x0F;
+	else if ((s[0] & 0xF8) == 0xF0)
+		len = 4, cp = s[0] & 0x07;
+	else
+		return 0;
+	if (n < len)
+		return 0;
+	for (size_t i = 1; i < len; i++)
+	{
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3F);
+	}
+	if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+		cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+		return 0;
+	return len;
+}
+
+/* Reads one JSON string at text[*pos]; false if it is not one */
+static bool
+ReadString(const char *text, size_t len, size_t *pos)
+{
+	const unsigned char *s = (const unsigned char *) text;
+	size_t		i = *pos;
+
+	if (i >= len || s[i] != '"')
+		return false;
+	i++;
+	while (i < len && s[i] != '"')
+	{
+		if (s[i] < 0x20)
+			return false;
+		if (s[i] == '\\')
+		{
+			if (i + 1 >= len)
+				return false;
+			if (s[i + 1] == 'u')
+			{
+				if (i + 5 >= len || strspn(text + i + 2, "0123456789abcdefABCDEF") < 4 ||
+					strncmp(text + i + 2, "0000", 4) == 0)	/* jsonb refuses \u0000 */
+					return false;
+				i += 6;
+			}
+			else if (strchr("\"\\/bfnrt", s[i + 1]) != NULL && s[i + 1] != '\0')
+				i += 2;
+			else
+				return false;
+		}
+		else
+		{
+			size_t		n = Utf8Length(s + i, len - i);
+
+			if (n == 0)
+				return false;
+			i += n;
+		}
+	}
+	if (i >= len)
+		return false;
+	*pos = i + 1;
+	return true;
+}
+
+/* True if the text is exactly one JSON string */
+bool
+fuzz_json_is_string(const char *text, size_t len)
+{
+	size_t		pos = 0;
+
+	return ReadString(text, len, &pos) && pos == len;
+}
+
+/* True if the text is exactly one JSON object whose values are strings */
+bool
+fuzz_json_is_object_of_strings(const char *text, size_t len)
+{
+	size_t		pos = 1;
+
+	if (len < 2 || text[0] != '{')
+		return false;
+	if (text[1] == '}')
+		return len == 2;
+	for (;;)
+	{
+		if (!ReadString(text, len, &pos) || pos >= len || text[pos++] != ':' ||
+			!ReadString(text, len, &pos) || pos >= len)
+			return false;
+		if (text[pos] == '}')
+			return pos + 1 == len;
+		if (text[pos++] != ',')
+			return false;
+	}
+}

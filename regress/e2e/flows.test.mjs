@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import {
 	constants, createCipheriv, createDecipheriv, createHmac, generateKeyPairSync, publicEncrypt, randomBytes,
 } from 'node:crypto';
-import { Cluster, Shim, request } from './harness.mjs';
+import { Cluster, Shim, request, stopShimAndCluster } from './harness.mjs';
 
 const appSecret = `app_${randomBytes(16).toString('hex')}`;
 const passphrase = `pass-${randomBytes(8).toString('hex')}`;
@@ -103,12 +103,7 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		await shim.start();
 	});
 
-	after(async () => {
-		const exit = shim ? await shim.stop() : { code: 0 };
-		cluster?.destroy();
-		assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
-		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
-	});
+	after(() => stopShimAndCluster(shim, cluster));
 
 	test('the public key kept for upload is the key pair\'s own', () => {
 		assert.equal(cluster.psql("SELECT public_key FROM payments.flow_keys WHERE provider = 'wa'") + '\n', metaKeys.publicKey);

@@ -1,5 +1,6 @@
 // Test harness for the end-to-end tests: a real PostgreSQL 15 cluster with pg_cron and
 // the payments extension, and the real shim over real HTTP on loopback.
+import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
@@ -119,6 +120,15 @@ export class Shim {
 	sanitizerReports() {
 		return this.stderr.split('\n').filter((l) => /AddressSanitizer|LeakSanitizer|runtime error:/.test(l));
 	}
+}
+
+// The end of a test file's shim and cluster: stops the shim with SIGTERM, removes the cluster,
+// then asserts a clean exit and no sanitizer report.
+export async function stopShimAndCluster(shim, cluster) {
+	const exit = shim ? await shim.stop() : { code: 0 };
+	cluster?.destroy();
+	assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
+	assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
 }
 
 // Posts a webhook and returns { status, headers, json }.

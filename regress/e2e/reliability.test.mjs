@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, request, sleep, waitFor, steadyTraffic, assertNoAcknowledgedLoss, assertOutageAnswers }
+import { Cluster, Shim, request, sleep, waitFor, steadyTraffic, assertNoAcknowledgedLoss, assertOutageAnswers, stopShimAndCluster }
 	from './harness.mjs';
 import { random, lives, stripeEvent } from './stripe_lives.mjs';
 
@@ -86,12 +86,7 @@ describe(`reliability (${full ? 'full' : 'short'} version)`, () => {
 		await shim.start();
 	});
 
-	after(async () => {
-		const exit = shim ? await shim.stop() : { code: 0 };
-		cluster?.destroy();
-		assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
-		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
-	});
+	after(() => stopShimAndCluster(shim, cluster));
 
 	test('kill -9 of the postmaster under load: 503 while down, recovery by itself, nothing answered 2xx lost', async (t) => {
 		const traffic = steadyTraffic(shim.port, () => delivery(), { senders: size.senders });

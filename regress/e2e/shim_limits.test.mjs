@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim }
+import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim, stopShimAndCluster }
 	from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
@@ -127,12 +127,7 @@ describe('shim limits, metrics and logs', () => {
 		await shim.start();
 	});
 
-	after(async () => {
-		const exit = shim ? await shim.stop() : { code: 0 };
-		cluster?.destroy();
-		assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
-		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
-	});
+	after(() => stopShimAndCluster(shim, cluster));
 
 	test('a body over --max-body gets 413 before it is read; others are served meanwhile', async () => {
 		const big = stripeDelivery();

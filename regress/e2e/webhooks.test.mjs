@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import Stripe from 'stripe';
 import { Webhook } from 'standardwebhooks';
-import { Cluster, Shim, post, rawRequest, sleep } from './harness.mjs';
+import { Cluster, Shim, post, rawRequest, sleep, stopShimAndCluster } from './harness.mjs';
 
 const stripe = new Stripe('sk_test_not_used_offline');
 const stripeSecret = `whsec_${randomBytes(24).toString('hex')}`;
@@ -64,12 +64,7 @@ describe('webhooks through the shim', () => {
 		await shim.start();
 	});
 
-	after(async () => {
-		const exit = shim ? await shim.stop() : { code: 0 };
-		cluster?.destroy();
-		assert.deepEqual(shim?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
-		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
-	});
+	after(() => stopShimAndCluster(shim, cluster));
 
 	test('a Stripe delivery signed by the stripe SDK is stored once; a redelivery is a duplicate', async () => {
 		const payload = stripeEvent();

@@ -40,7 +40,6 @@
 
 #define INGEST_NPARAMS	5
 #define SUBSCRIBE_NPARAMS 4
-#define FLOWS_NPARAMS	5
 
 /* The statements prepared on every connection */
 typedef enum DbStatementId
@@ -77,7 +76,7 @@ static const DbStatement db_statements[STMT_COUNT] = {
 		"pg_catalog.current_setting('transaction_read_only')", 0},
 	{"payments_flows_exchange",
 		"SELECT http_status, outcome, response FROM payments.flows_exchange("
-		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", FLOWS_NPARAMS},
+		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
 };
 
 /* Versions of the payments extension this shim can call */
@@ -846,6 +845,35 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 }
 
 /*
+ * The HTTP status in the first column of a one-row answer of nfields columns
+ * whose first not_null columns are not NULL; false, logged, when the row is
+ * not such an answer.
+ */
+static bool
+answer_status(PGresult *res, int nfields, int not_null, const char *request_id,
+			  const char *what, unsigned int *status)
+{
+	const char *text = "";
+	char	   *end;
+	long		value;
+	bool		usable = PQntuples(res) == 1 && PQnfields(res) == nfields;
+
+	for (int i = 0; usable && i < not_null; i++)
+		usable = !PQgetisnull(res, 0, i);
+	if (usable)
+		text = PQgetvalue(res, 0, 0);
+	value = strtol(text, &end, 10);
+	if (end == text || *end != '\0' || value < 200 || value > 599)
+	{
+		log_db_error(LOG_ERROR, request_id, what, NULL,
+					 "want one row: http_status 200-599, then the other columns");
+		return false;
+	}
+	*status = (unsigned int) value;
+	return true;
+}
+
+/*
  * Call payments.meta_subscribe() for Meta's GET handshake.  On DB_OK the
  * caller must db_free_result(out->pgresult).
  */
@@ -855,28 +883,20 @@ db_subscribe(const SubscribeRequest *req, SubscribeResult *out)
 	const char *values[SUBSCRIBE_NPARAMS] = {req->provider, req->mode,
 	req->verify_token, req->challenge};
 	PGresult   *res;
-	const char *status_text;
-	char	   *end;
-	long		status;
 
 	memset(out, 0, sizeof(*out));
 	out->status = db_exec(STMT_SUBSCRIBE, values, NULL, NULL,
 						  req->request_id, &res);
 	if (out->status != DB_OK)
 		return;
-	status_text = (PQntuples(res) == 1 && PQnfields(res) == 2 &&
-				   !PQgetisnull(res, 0, 0)) ? PQgetvalue(res, 0, 0) : "";
-	status = strtol(status_text, &end, 10);
-	if (end == status_text || *end != '\0' || status < 200 || status > 599)
+	if (!answer_status(res, 2, 1, req->request_id,
+					   "meta_subscribe returned an unusable row",
+					   &out->http_status))
 	{
-		log_db_error(LOG_ERROR, req->request_id,
-					 "meta_subscribe returned an unusable row", NULL,
-					 "want one row: http_status 200-599, body");
 		PQclear(res);
 		out->status = DB_FAILED;
 		return;
 	}
-	out->http_status = (unsigned int) status;
 	out->body = PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1);
 	out->pgresult = res;
 }
@@ -889,40 +909,24 @@ db_subscribe(const SubscribeRequest *req, SubscribeResult *out)
 void
 db_flows(const IngestRequest *req, FlowsResult *out)
 {
-	const char *values[FLOWS_NPARAMS];
-	int			lengths[FLOWS_NPARAMS] = {0, 0, 0, 0, 0};
-	const int	formats[FLOWS_NPARAMS] = {0, 0, 1, 0, 0};
+	const char *values[INGEST_NPARAMS];
+	int			lengths[INGEST_NPARAMS];
 	PGresult   *res;
-	const char *status_text;
-	char	   *end;
-	long		status;
 
 	memset(out, 0, sizeof(*out));
-	values[0] = req->provider;
-	values[1] = req->headers_json;
-	values[2] = (req->body != NULL) ? req->body : "";
-	lengths[2] = (int) req->body_len;
-	values[3] = req->client_ip;
-	values[4] = req->request_id;
-
-	out->status = db_exec(STMT_FLOWS, values, lengths, formats,
+	ingest_params(req, values, lengths);
+	out->status = db_exec(STMT_FLOWS, values, lengths, ingest_formats,
 						  req->request_id, &res);
 	if (out->status != DB_OK)
 		return;
-	status_text = (PQntuples(res) == 1 && PQnfields(res) == 3 &&
-				   !PQgetisnull(res, 0, 0) && !PQgetisnull(res, 0, 1))
-		? PQgetvalue(res, 0, 0) : "";
-	status = strtol(status_text, &end, 10);
-	if (end == status_text || *end != '\0' || status < 200 || status > 599)
+	if (!answer_status(res, 3, 2, req->request_id,
+					   "flows_exchange returned an unusable row",
+					   &out->http_status))
 	{
-		log_db_error(LOG_ERROR, req->request_id,
-					 "flows_exchange returned an unusable row", NULL,
-					 "want one row: http_status 200-599, outcome not null, response");
 		PQclear(res);
 		out->status = DB_FAILED;
 		return;
 	}
-	out->http_status = (unsigned int) status;
 	out->outcome = PQgetvalue(res, 0, 1);
 	out->body = PQgetisnull(res, 0, 2) ? "" : PQgetvalue(res, 0, 2);
 	out->pgresult = res;

@@ -445,22 +445,23 @@ headers_clean(struct MHD_Connection *conn)
 }
 
 /*
- * First call for a webhook route: check method, provider name, rate and
- * declared length.
+ * First call for a provider's route (/webhooks/{provider}: POST, and GET for
+ * Meta's handshake; /flows/{provider}: POST): check method, provider name,
+ * rate and, for a POST, the declared length.
  */
 static enum MHD_Result
-start_webhook(struct MHD_Connection *conn, Request *req, const char *url,
-			  const char *method)
+start_provider_route(struct MHD_Connection *conn, Request *req,
+					 const char *provider, const char *method)
 {
-	const char *provider = url + WEBHOOK_PREFIX_LEN;
+	bool		get_allowed = req->route != ROUTE_FLOWS;
 	const char *length_header;
 	unsigned long long length;
 
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 &&
-		strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+		!(get_allowed && strcmp(method, MHD_HTTP_METHOD_GET) == 0))
 		return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
 						   REJECT_METHOD_NOT_ALLOWED, "method not allowed",
-						   "GET, POST");
+						   get_allowed ? "GET, POST" : "POST");
 	if (!valid_provider(provider))
 		return reply_error(conn, req, MHD_HTTP_NOT_FOUND, REJECT_NOT_FOUND,
 						   "not found", NULL);
@@ -471,44 +472,6 @@ start_webhook(struct MHD_Connection *conn, Request *req, const char *url,
 						   REJECT_RATE_LIMITED, "too many requests", NULL);
 	if (req->route == ROUTE_SUBSCRIBE)
 		return MHD_YES;
-
-	length_header = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-												MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (length_header != NULL)
-	{
-		if (content_length_too_large(length_header, &length))
-			return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
-							   REJECT_BODY_TOO_LARGE, "request body too large",
-							   NULL);
-		buf_reserve(&req->body, (size_t) length);
-	}
-	return MHD_YES;
-}
-
-/*
- * First call for POST /flows/{provider}: check method, provider name, rate
- * and declared length, as for a webhook.
- */
-static enum MHD_Result
-start_flows(struct MHD_Connection *conn, Request *req, const char *url,
-			const char *method)
-{
-	const char *provider = url + FLOWS_PREFIX_LEN;
-	const char *length_header;
-	unsigned long long length;
-
-	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
-		return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
-						   REJECT_METHOD_NOT_ALLOWED, "method not allowed",
-						   "POST");
-	if (!valid_provider(provider))
-		return reply_error(conn, req, MHD_HTTP_NOT_FOUND, REJECT_NOT_FOUND,
-						   "not found", NULL);
-	snprintf(req->provider, sizeof(req->provider), "%s", provider);
-
-	if (req->has_ip && !ratelimit_take(&req->client, &req->retry_after_s))
-		return reply_error(conn, req, MHD_HTTP_TOO_MANY_REQUESTS,
-						   REJECT_RATE_LIMITED, "too many requests", NULL);
 
 	length_header = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 												MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -544,9 +507,11 @@ start_request(struct MHD_Connection *conn, Request *req,
 	{
 		case ROUTE_WEBHOOK:
 		case ROUTE_SUBSCRIBE:
-			return start_webhook(conn, req, url, method);
+			return start_provider_route(conn, req, url + WEBHOOK_PREFIX_LEN,
+										method);
 		case ROUTE_FLOWS:
-			return start_flows(conn, req, url, method);
+			return start_provider_route(conn, req, url + FLOWS_PREFIX_LEN,
+										method);
 		case ROUTE_HEALTH:
 		case ROUTE_READY:
 		case ROUTE_METRICS:

@@ -102,6 +102,7 @@ Ctrl-C stops the shim and the database.
 
 EOF
 
-as_cluster_user "$state/payments-shim" --listen "$listen" --dsn "host=$state dbname=payments" &
+cluster_user_prefix
+"${CLUSTER_USER_PREFIX[@]}" "$state/payments-shim" --listen "$listen" --dsn "host=$state dbname=payments" &
 shim_pid=$!
 wait "$shim_pid" || true

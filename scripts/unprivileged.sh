@@ -17,6 +17,19 @@ cluster_user() {
 	fi
 }
 
+# Sets the array CLUSTER_USER_PREFIX to what runs a command as the cluster's user (empty when
+# not root).  "${CLUSTER_USER_PREFIX[@]}" CMD & makes $! the command itself, which a function
+# run in the background (a subshell) would not be: a signal to $! then reaches CMD.
+cluster_user_prefix() {
+	CLUSTER_USER_PREFIX=()
+	if [ "$(id -u)" -eq 0 ]; then
+		local user
+		user=$(cluster_user)
+		CLUSTER_USER_PREFIX=(setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups
+			env HOME="${TMPDIR:-/tmp}" USER="$user" LOGNAME="$user")
+	fi
+}
+
 as_cluster_user() {
 	if [ "$(id -u)" -eq 0 ]; then
 		local user

@@ -90,7 +90,8 @@ async function upload(g, req, raw, res, refuse) {
 
 // The Cloud API stand-in: checks token, path and JSON; answers with a wamid like Meta
 async function startGraph() {
-	const g = { sent: [], refused: [], n: 0, statusFirst: new Set(), media: new Map(), uploads: [], uploadFault: null };
+	const g = { sent: [], refused: [], n: 0, statusFirst: new Set(), media: new Map(), uploads: [], uploadFault: null,
+		documentFault: false };
 	const refuse = (res, why) => { g.refused.push(why); res.writeHead(400, { 'content-type': 'application/json' })
 		.end(JSON.stringify({ error: { message: why, type: 'OAuthException', code: 100 } })); };
 	g.server = createServer((req, res) => {
@@ -131,6 +132,7 @@ async function startGraph() {
 				// a document names a media id uploaded before, with its file name
 				const file = g.media.get(m.document?.id);
 				if (!file || m.document.filename !== file.name || typeof m.document.caption !== 'string') return refuse(res, 'document');
+				if (g.documentFault) return refuse(res, 'document refused');
 				said = `[document ${m.document.filename}] ${m.document.caption}`;
 				doc = file;
 			} else return refuse(res, `type ${m.type}`);
@@ -442,7 +444,7 @@ test('admin commands from admin numbers only', async () => {
 	assert.equal(graph.to(who).filter((s) => s.startsWith('Thank you, Tendai! We received')).length, 1);
 });
 
-test('the report document: an upload the Cloud API refuses is final, one answered without a media id is retried', async () => {
+test('the report document: an upload or a document message the Cloud API refuses is final, an upload answered without a media id is retried', async () => {
 	const docRow = () => q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox
 		WHERE recipient = :'w' AND event_type = 'whatsapp.document' ORDER BY id DESC LIMIT 1`, { w: ADMIN });
 	const lastAttempt = () => q(`SELECT a.http_status || ' ' || a.error FROM payments.outbox_attempts a
@@ -470,6 +472,19 @@ test('the report document: an upload the Cloud API refuses is final, one answere
 	assert.equal(docRow(), 'delivered 200 3');
 	assert.match(graph.to(ADMIN).at(-1), /^\[document report-\d{4}-\d{2}-\d{2}\.csv\] Daily report /);
 	assert.equal(graph.sent.at(-1).doc.name, `report-${graph.to(ADMIN).at(-2).slice(13, 23)}.csv`);
+
+	// the upload succeeds, the document message naming it is refused: final, both attempts recorded
+	graph.documentFault = true;
+	const uploads = graph.uploads.length;
+	await say(ADMIN, '/report yesterday');
+	await work();
+	graph.documentFault = false;
+	assert.equal(graph.uploads.length, uploads + 1);
+	assert.equal(docRow(), 'dead 400 2');
+	assert.equal(q(`SELECT string_agg(a.http_status || ' ' || coalesce(a.error, '-') || ' ' || (a.response::jsonb ? 'id'), ', ' ORDER BY a.id)
+		FROM payments.outbox_attempts a WHERE a.outbox_id = (SELECT max(id) FROM payments.outbox WHERE recipient = :'w')`, { w: ADMIN }),
+		'200 - true, 400 HTTP 400 false');
+	assert.ok(graph.refused.includes('document refused'));
 });
 
 test('duplicate and out-of-order Meta deliveries; message statuses update the outbox rows', async () => {

@@ -422,6 +422,10 @@ test('admin commands from admin numbers only', async () => {
 	await work();
 	for (const s of graph.to('263772000040')) assert.match(s, /^Hello Tendai! .*\[donate check volunteer help\]$/s);
 	assert.equal(graph.to('263772000040').length, 2);
+	assert.deepEqual(graph.refused, []);
+	assert.deepEqual(q(`SELECT string_agg(event_type || ' ' || state || ' ' || coalesce(last_error, '-'), ', ' ORDER BY id)
+		FROM payments.outbox WHERE recipient = :'w'`, { w: ADMIN }), 'whatsapp.text delivered -, whatsapp.text delivered -, ' +
+		'whatsapp.text delivered -, whatsapp.document delivered -, whatsapp.text delivered -');
 	const [help, stats, report, document, approved] = graph.to(ADMIN);
 	assert.match(help, /^Admin commands:\n\/stats/);
 	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 1 failed, 1 pending\nZWG: /);

@@ -35,7 +35,11 @@ typedef struct ClaimedItem
 	char	   *msg_id;
 	char	   *secret;			/* an endpoint's: the item is signed; NULL: a WhatsApp message */
 	char	   *headers;		/* more "Name: value" lines (a WhatsApp message's bearer token) */
+	char	   *upload_type;	/* non-NULL: a WhatsApp document's file, uploaded as media */
 } ClaimedItem;
+
+/* The fields of a WhatsApp media upload before the file (the type is set per item) */
+#define UPLOAD_FIELDS 4
 
 /* Text of a column of the current SPI row, copied into cxt; NULL if null */
 static char *
@@ -55,7 +59,8 @@ ClaimItems(int max_items, MemoryContext cxt, ClaimedItem **items, OutboundReques
 	int			n;
 
 	if (SPI_execute_with_args("SELECT outbox_id, attempt_id, msg_id, url, secret, body, headers,"
-							  "       ca_file, connect_timeout_ms, timeout_ms, max_response_bytes"
+							  "       ca_file, connect_timeout_ms, timeout_ms, max_response_bytes,"
+							  "       upload_filename, upload_type"
 							  "  FROM payments.claim_outbox($1)",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim outbox items");
@@ -81,14 +86,17 @@ ClaimItems(int max_items, MemoryContext cxt, ClaimedItem **items, OutboundReques
 		req->connect_timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 9, &isnull));
 		req->timeout_ms = DatumGetInt32(SPI_getbinval(row, desc, 10, &isnull));
 		req->max_response = DatumGetInt32(SPI_getbinval(row, desc, 11, &isnull));
+		req->file_name = ColumnText(cxt, row, desc, 12);
+		(*items)[i].upload_type = ColumnText(cxt, row, desc, 13);
 	}
 	return n;
 }
 
 /*
  * Signs each webhook (webhook-id, webhook-timestamp, webhook-signature), adds
- * a WhatsApp message's headers, and allocates the buffers, all before any
- * libcurl handle exists.
+ * a WhatsApp message's headers, sets up a WhatsApp document's upload (a
+ * multipart form: messaging_product, type, then the file), and allocates the
+ * buffers, all before any libcurl handle exists.
  */
 static void
 PrepareRequests(ClaimedItem *items, OutboundRequest *reqs, int n, MemoryContext cxt)
@@ -101,7 +109,19 @@ PrepareRequests(ClaimedItem *items, OutboundRequest *reqs, int n, MemoryContext 
 		OutboundRequest *req = &reqs[i];
 
 		req->headers = palloc(sizeof(char *) * 6);
-		req->headers[req->nheaders++] = pstrdup("Content-Type: application/json");
+		if (req->file_name != NULL)
+		{
+			const char **fields = palloc(sizeof(char *) * UPLOAD_FIELDS);
+
+			fields[0] = "messaging_product";
+			fields[1] = "whatsapp";
+			fields[2] = "type";
+			fields[3] = req->file_type = items[i].upload_type;
+			req->form_fields = fields;
+			req->nform_fields = UPLOAD_FIELDS;
+		}
+		else
+			req->headers[req->nheaders++] = pstrdup("Content-Type: application/json");
 		if (items[i].secret != NULL)
 		{
 			req->headers[req->nheaders++] = psprintf("webhook-id: %s", items[i].msg_id);

@@ -1,7 +1,8 @@
 /*
  * outbox_send.c
- *		Sends a batch of HTTP requests (JSON POSTs of the outbox; the GETs and
- *		POSTs of reconciliation) in parallel with libcurl's multi interface.
+ *		Sends a batch of HTTP requests (JSON POSTs of the outbox and multipart
+ *		uploads of WhatsApp documents; the GETs and POSTs of reconciliation) in
+ *		parallel with libcurl's multi interface.
  *
  * Every buffer is allocated by the caller before any libcurl handle exists,
  * and nothing here can raise a PostgreSQL error while handles are live: errors
@@ -106,6 +107,47 @@ ReadHeader(char *buffer, size_t size, size_t nitems, void *userdata)
 	return n;
 }
 
+/*
+ * Builds a request's multipart/form-data body (its fields, then its body as
+ * the file part) on the handle; false (with req->error) on failure.  The mime
+ * structure is kept in req->mime and freed after the handle.
+ */
+static bool
+SetUpForm(CURL *curl, OutboundRequest *req)
+{
+	curl_mimepart *part;
+
+	req->mime = curl_mime_init(curl);
+	if (req->mime == NULL)
+	{
+		strlcpy(req->error, "could not build the multipart body", sizeof(req->error));
+		return false;
+	}
+	for (int i = 0; i + 1 < req->nform_fields; i += 2)
+	{
+		part = curl_mime_addpart(req->mime);
+		if (part == NULL ||
+			curl_mime_name(part, req->form_fields[i]) != CURLE_OK ||
+			curl_mime_data(part, req->form_fields[i + 1], CURL_ZERO_TERMINATED) != CURLE_OK)
+		{
+			strlcpy(req->error, "could not build the multipart body", sizeof(req->error));
+			return false;
+		}
+	}
+	part = curl_mime_addpart(req->mime);
+	if (part == NULL ||
+		curl_mime_name(part, "file") != CURLE_OK ||
+		curl_mime_data(part, req->body, req->bodylen) != CURLE_OK ||
+		curl_mime_filename(part, req->file_name) != CURLE_OK ||
+		curl_mime_type(part, req->file_type) != CURLE_OK ||
+		curl_easy_setopt(curl, CURLOPT_MIMEPOST, req->mime) != CURLE_OK)
+	{
+		strlcpy(req->error, "could not build the multipart body", sizeof(req->error));
+		return false;
+	}
+	return true;
+}
+
 /* Sets up one easy handle for a request; false (with req->error) on failure */
 static bool
 SetUpHandle(CURL *curl, OutboundRequest *req)
@@ -131,6 +173,7 @@ SetUpHandle(CURL *curl, OutboundRequest *req)
 		curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK ||
 		(req->ca_file != NULL && curl_easy_setopt(curl, CURLOPT_CAINFO, req->ca_file) != CURLE_OK) ||
 		(req->get ? curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L) != CURLE_OK :
+		 req->file_name != NULL ? false :	/* the multipart body is set below */
 		 (curl_easy_setopt(curl, CURLOPT_POST, 1L) != CURLE_OK ||
 		  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->bodylen) != CURLE_OK ||
 		  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->body) != CURLE_OK)) ||
@@ -146,7 +189,7 @@ SetUpHandle(CURL *curl, OutboundRequest *req)
 		strlcpy(req->error, "could not set up libcurl", sizeof(req->error));
 		return false;
 	}
-	return true;
+	return req->get || req->file_name == NULL || SetUpForm(curl, req);
 }
 
 /* Fills in a finished request's outcome from its handle */
@@ -199,6 +242,7 @@ SendOutboundBatch(OutboundRequest *reqs, int n)
 		reqs[i].response_total = 0;
 		reqs[i].too_large = false;
 		reqs[i].header_list = NULL;
+		reqs[i].mime = NULL;
 		reqs[i].error[0] = '\0';
 		reqs[i].response[0] = '\0';
 	}
@@ -267,6 +311,8 @@ SendOutboundBatch(OutboundRequest *reqs, int n)
 		if (reqs[i].header_list != NULL)
 			curl_slist_free_all(reqs[i].header_list);
 		reqs[i].header_list = NULL;
+		curl_mime_free(reqs[i].mime);	/* after its handle; NULL is a no-op */
+		reqs[i].mime = NULL;
 		if (!reqs[i].done)
 		{
 			reqs[i].done = true;

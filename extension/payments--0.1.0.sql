@@ -1408,6 +1408,28 @@ $$;
 COMMENT ON FUNCTION payments.daily_report(date) IS
 	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day), failed or cancelled (first seen that day), refunds made that day, donors giving for the first time, receipts issued with the first and last number';
 
+CREATE FUNCTION payments.daily_report_csv(day date)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	-- RFC 4180: CRLF line ends; a field holding a comma, a quote or a line break is quoted, its
+	-- quotes doubled; NULL is an empty field
+	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
+											  ELSE coalesce(v, '') END, ',' ORDER BY k)
+						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
+	  FROM (SELECT 0::bigint AS n, ARRAY['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'failed',
+										 'refunds', 'refunded', 'new_donors', 'receipts', 'first_receipt',
+										 'last_receipt'] AS fields
+			UNION ALL
+			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency, r.method, r.paid::text, r.gross::text,
+							  r.fees::text, r.net::text, r.failed::text, r.refunds::text, r.refunded::text,
+							  r.new_donors::text, r.receipts::text, r.first_receipt, r.last_receipt]
+			  FROM payments.daily_report(day) WITH ORDINALITY AS r) AS l
+$$;
+COMMENT ON FUNCTION payments.daily_report_csv(date) IS
+	'payments.daily_report of one day as CSV (RFC 4180, a header row, the day in the first column), as the /report admin command sends it';
+
 CREATE FUNCTION payments.top_donors(from_ts timestamptz, to_ts timestamptz, currency text DEFAULT NULL,
 									n integer DEFAULT 10)
 RETURNS TABLE ("rank" bigint, donor text, name text, currency_code text, gifts bigint, total numeric,
@@ -1628,6 +1650,7 @@ REVOKE ALL ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) FROM PU
 REVOKE ALL ON FUNCTION payments.eversend_change(jsonb, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report(date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.daily_report_csv(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.currency_summary(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.base_totals(timestamptz, timestamptz) FROM PUBLIC;
@@ -2053,10 +2076,20 @@ CREATE CONSTRAINT TRIGGER events_outbox
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 
+CREATE FUNCTION payments.outbox_upload_pending(provider text, payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT provider IS NOT NULL AND payload ? 'upload' AND NOT (payload -> 'message' -> 'document' ? 'id')
+$$;
+COMMENT ON FUNCTION payments.outbox_upload_pending(text, jsonb) IS
+	'Whether an outbox item is a WhatsApp document whose file is not uploaded yet (its next attempt is the upload)';
+
 CREATE FUNCTION payments.claim_outbox(max_items integer)
 RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
 			   headers text, ca_file text, connect_timeout_ms integer, timeout_ms integer,
-			   max_response_bytes integer)
+			   max_response_bytes integer, upload_filename text, upload_type text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2116,22 +2149,28 @@ BEGIN
 		INSERT INTO payments.outbox_attempts (outbox_id, endpoint_id, attempt)
 		SELECT u.id, u.endpoint_id, u.attempts FROM u
 		RETURNING id, outbox_id)
-	-- a WhatsApp message goes to the Graph API of its provider with its access token (DESIGN.md 3)
+	-- a WhatsApp message goes to the Graph API of its provider with its access token (DESIGN.md 3);
+	-- a document's file is uploaded first (multipart), then its message names the media id
 	SELECT u.id, a.id, 'msg_' || u.id,
 		   coalesce(e.url, payments.api_base('meta', v.settings) || '/' || (v.settings ->> 'phone_number_id')
-						   || '/messages'),
-		   e.secret, u.payload::text,
+						   || CASE WHEN d.upload THEN '/media' ELSE '/messages' END),
+		   e.secret,
+		   CASE WHEN d.upload THEN coalesce(u.payload -> 'upload' ->> 'content', '')
+				ELSE coalesce(u.payload -> 'message', u.payload)::text END,
 		   CASE WHEN u.provider IS NOT NULL THEN 'Authorization: Bearer ' || (v.settings ->> 'access_token') END,
 		   e.ca_file, coalesce(e.connect_timeout_ms, 5000), coalesce(e.timeout_ms, 15000),
-		   coalesce(e.max_response_bytes, 65536)
+		   coalesce(e.max_response_bytes, 65536),
+		   CASE WHEN d.upload THEN u.payload -> 'upload' ->> 'filename' END,
+		   CASE WHEN d.upload THEN u.payload -> 'upload' ->> 'type' END
 	  FROM u JOIN a ON a.outbox_id = u.id
+	  CROSS JOIN LATERAL payments.outbox_upload_pending(u.provider, u.payload) AS d (upload)
 	  LEFT JOIN payments.endpoints e ON e.id = u.endpoint_id
 	  LEFT JOIN payments.providers v ON v.name = u.provider
 	 ORDER BY u.id;
 END
 $$;
 COMMENT ON FUNCTION payments.claim_outbox(integer) IS
-	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them; used by deliver_outbox, which commits before sending';
+	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
 
 CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
 										 error text, duration_ms integer, response_bytes bigint,
@@ -2146,6 +2185,8 @@ DECLARE
 	ep		payments.endpoints;
 	next_at	timestamptz;
 	msg		text;
+	upload	boolean;
+	media	text;
 BEGIN
 	SELECT a.* INTO att FROM payments.outbox_attempts a WHERE a.id = record_delivery.attempt_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -2153,8 +2194,23 @@ BEGIN
 	END IF;
 	SELECT o.* INTO item FROM payments.outbox o WHERE o.id = att.outbox_id FOR UPDATE;
 	SELECT e.* INTO ep FROM payments.endpoints e WHERE e.id = att.endpoint_id FOR UPDATE;
+	-- the attempt was a document's upload if the item still waits for its media id (only the
+	-- result of the attempt holding the lease changes that)
+	upload := payments.outbox_upload_pending(item.provider, item.payload);
+	IF upload AND http_status BETWEEN 200 AND 299 THEN
+		BEGIN
+			media := (response::jsonb) ->> 'id';
+		EXCEPTION WHEN invalid_text_representation THEN
+			media := NULL;
+		END;
+		IF length(media) NOT BETWEEN 1 AND 255 THEN
+			media := NULL;
+		END IF;
+	END IF;
 	msg := coalesce(error, CASE WHEN http_status IS NOT NULL AND http_status NOT BETWEEN 200 AND 299
-								THEN 'HTTP ' || http_status END);
+								THEN 'HTTP ' || http_status
+								WHEN upload AND http_status IS NOT NULL AND media IS NULL
+								THEN 'HTTP ' || http_status || ': no media id in the answer to the upload' END);
 	UPDATE payments.outbox_attempts a
 	   SET finished_at = now(), http_status = record_delivery.http_status,
 		   retry_after = record_delivery.retry_after, duration_ms = record_delivery.duration_ms,
@@ -2165,7 +2221,15 @@ BEGIN
 		RETURN 'stale';				-- closed as interrupted meanwhile, or delivered by another attempt
 	END IF;
 
-	IF http_status BETWEEN 200 AND 299 THEN
+	IF upload AND media IS NOT NULL THEN
+		-- uploaded: the document message naming the media id is sent next, at once
+		UPDATE payments.outbox o SET payload = jsonb_set(o.payload, '{message,document,id}', to_jsonb(media)),
+			   next_attempt_at = now(), last_status = http_status, last_error = NULL
+		 WHERE o.id = item.id;
+		RETURN 'uploaded';
+	END IF;
+
+	IF http_status BETWEEN 200 AND 299 AND NOT upload THEN
 		UPDATE payments.outbox o SET state = 'delivered', delivered_at = now(), next_attempt_at = now(),
 			   last_status = http_status, last_error = NULL
 		 WHERE o.id = item.id;
@@ -2179,7 +2243,8 @@ BEGIN
 	END IF;
 
 	IF item.provider IS NOT NULL AND http_status = 400 THEN
-		-- the Graph API refuses the message itself (recipient, content): sending it again cannot help
+		-- the Graph API refuses the message (or the document's file) itself (recipient, content):
+		-- sending it again cannot help
 		UPDATE payments.outbox o SET state = 'dead', last_status = http_status, last_error = msg
 		 WHERE o.id = item.id;
 		RETURN 'dead';
@@ -2215,7 +2280,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) IS
-	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); 410 disables the endpoint; 400 for a WhatsApp message is final; anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
+	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); a WhatsApp document''s upload answered 2xx with a media id keeps it and the message is due at once (2xx without one is retried); 410 disables the endpoint; 400 for a WhatsApp message or upload is final; anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
 
 CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100)
 AS 'MODULE_PATHNAME', 'deliver_outbox'
@@ -3533,16 +3598,35 @@ $$;
 COMMENT ON FUNCTION payments.chat_choices(text, text, jsonb) IS
 	'A WhatsApp interactive message offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10';
 
+-- A document is a file uploaded to the Graph API (POST /{phone_number_id}/media), then a message
+-- naming the media id the upload answered: the payload keeps the file under "upload" and the
+-- message under "message"; record_delivery adds the media id to the message after the upload.
+CREATE FUNCTION payments.chat_document(recipient text, filename text, caption text, content text,
+									   content_type text)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object(
+		'message', jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
+									  'type', 'document',
+									  'document', jsonb_build_object('filename', filename, 'caption', left(caption, 1024))),
+		'upload', jsonb_build_object('filename', filename, 'type', content_type, 'content', content))
+$$;
+COMMENT ON FUNCTION payments.chat_document(text, text, text, text, text) IS
+	'A WhatsApp document to send: the file to upload as media ("upload": filename, type, content) and the document message that will name its media id ("message"; the caption cut at 1024 characters)';
+
 CREATE FUNCTION payments.chat_send(provider text, recipient text, message jsonb)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
 	INSERT INTO payments.outbox (provider, recipient, event_type, payload)
-	VALUES (chat_send.provider, chat_send.recipient, 'whatsapp.' || (message ->> 'type'), message)
+	VALUES (chat_send.provider, chat_send.recipient,
+			'whatsapp.' || (coalesce(message -> 'message', message) ->> 'type'), message)
 $$;
 COMMENT ON FUNCTION payments.chat_send(text, text, jsonb) IS
-	'Queues a WhatsApp message in the outbox, sent by deliver_outbox through the provider''s Graph API';
+	'Queues a WhatsApp message (or a document: payments.chat_document) in the outbox, sent by deliver_outbox through the provider''s Graph API';
 
 CREATE FUNCTION payments.chat_method_label(method text)
 RETURNS text
@@ -3757,6 +3841,7 @@ DECLARE
 	today	date := (now() AT TIME ZONE payments.report_timezone())::date;
 	day		date;
 	body	text;
+	csv		text;
 	pay		payments.payments;
 	c		payments.payment_change;
 BEGIN
@@ -3789,6 +3874,7 @@ BEGIN
 										  ELSE '' END), E'\n')
 			  INTO body FROM payments.daily_report(day) r;
 			body := format(E'Daily report %s:\n', to_char(day, 'YYYY-MM-DD')) || coalesce(body, 'no payments.');
+			csv := payments.daily_report_csv(day);
 		END IF;
 	ELSIF cmd = '/approve' THEN
 		IF arg = '' THEN
@@ -3821,10 +3907,16 @@ BEGIN
 				E'/approve <reference>: mark a payment paid by hand (issues its receipt)\n/admin: this help';
 	END IF;
 	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, body));
+	-- the report as a CSV document too, queued after the text (a chat gets its messages in order)
+	IF csv IS NOT NULL THEN
+		PERFORM payments.chat_send(provider, wa_id,
+			payments.chat_document(wa_id, format('report-%s.csv', to_char(day, 'YYYY-MM-DD')),
+								   format('Daily report %s (CSV)', to_char(day, 'YYYY-MM-DD')), csv, 'text/csv'));
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
-	'Answers an admin number''s command: /stats (today''s totals per currency), /report [day] (payments.daily_report), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
+	'Answers an admin number''s command: /stats (today''s totals per currency), /report [day] (payments.daily_report, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
 
 CREATE FUNCTION payments.chat_message(ev payments.events, settings jsonb)
 RETURNS text
@@ -4417,7 +4509,7 @@ GRANT EXECUTE ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text
 -- payments_analyst: the report views and functions; donors' e-mail and phone masked there
 GRANT USAGE ON SCHEMA payments TO payments_analyst;
 GRANT SELECT ON payments.daily_summary, payments.donor_summary TO payments_analyst;
-GRANT EXECUTE ON FUNCTION payments.daily_report(date), payments.top_donors(timestamptz, timestamptz, text, integer),
+GRANT EXECUTE ON FUNCTION payments.daily_report(date), payments.daily_report_csv(date), payments.top_donors(timestamptz, timestamptz, text, integer),
 	payments.currency_summary(timestamptz, timestamptz), payments.base_totals(timestamptz, timestamptz),
 	payments.method_summary(timestamptz, timestamptz), payments.earnings(timestamptz, timestamptz),
 	payments.donor_history(text) TO payments_analyst;

@@ -241,6 +241,11 @@ typedef struct OutboundRequest
 	long		timeout_ms;
 	int			max_response;
 	bool		get;			/* GET instead of POST (body unused) */
+	/* non-NULL: a multipart/form-data POST of form_fields, then the body as a file part */
+	const char *file_name;
+	const char *file_type;
+	const char *const *form_fields;	/* name, value, name, value, ... */
+	int			nform_fields;	/* names and values: twice the number of fields */
 	size_t		response_keep;	/* bytes of the response kept; 0: OUTBOUND_RESPONSE_KEPT */
 	char	   *response;		/* response_keep (or OUTBOUND_RESPONSE_KEPT) + 1 bytes */
 	/* outcome */
@@ -253,6 +258,7 @@ typedef struct OutboundRequest
 	bool		too_large;
 	char		error[OUTBOUND_ERROR_SIZE]; /* empty: none */
 	struct curl_slist *header_list; /* internal */
+	struct curl_mime *mime;		/* internal */
 } OutboundRequest;
 
 extern bool SendOutboundBatch(OutboundRequest *reqs, int n);

@@ -64,7 +64,9 @@ CREATE FUNCTION pg_temp.replies(who text) RETURNS SETOF text LANGUAGE sql AS $$
 				   (o.payload -> 'interactive' -> 'body' ->> 'text') || ' [' ||
 				   (SELECT string_agg(coalesce(b -> 'reply' ->> 'id', b ->> 'id'), ' ')
 					  FROM jsonb_array_elements(coalesce(o.payload -> 'interactive' -> 'action' -> 'buttons',
-														 o.payload -> 'interactive' -> 'action' -> 'sections' -> 0 -> 'rows')) b) || ']'),
+														 o.payload -> 'interactive' -> 'action' -> 'sections' -> 0 -> 'rows')) b) || ']',
+				   '[document ' || (o.payload -> 'message' -> 'document' ->> 'filename') || ', ' ||
+				   (o.payload -> 'upload' ->> 'type') || '] ' || (o.payload -> 'message' -> 'document' ->> 'caption')),
 				   '(WA|LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}', 'X', 'g') AS said
 		  FROM payments.outbox o
 		 WHERE o.recipient = who AND o.id > coalesce((SELECT s.id FROM pg_temp.seen s WHERE s.who = replies.who), 0)),
@@ -253,10 +255,49 @@ SELECT * FROM pg_temp.replies('263775000009');
 -- (the totals of this test alone: the other tests' payments are set aside until ROLLBACK)
 BEGIN;
 DELETE FROM payments.payments WHERE provider NOT LIKE 'pn\_%';
+-- (a method naming a comma and a quote, to show the CSV's quoting)
+UPDATE payments.payments SET method = 'card, "visa"' WHERE method = 'card';
 SELECT pg_temp.say('263770000001', '/admin', 0);
 SELECT pg_temp.say('263770000001', '/stats', 1);
 SELECT pg_temp.say('263770000001', '/report', 2);
 SELECT * FROM pg_temp.replies('263770000001');
+-- the report also as a CSV document, queued after the text: RFC 4180, CRLF line ends
+SELECT regexp_replace(line, '(LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}', 'X', 'g') AS csv_line
+  FROM payments.outbox o, string_to_table(rtrim(o.payload -> 'upload' ->> 'content', E'\r\n'), E'\r\n') AS line
+ WHERE o.recipient = '263770000001' AND o.event_type = 'whatsapp.document';
+SELECT right(payload -> 'upload' ->> 'content', 2) = E'\r\n' AS crlf_ends, payload -> 'message' ->> 'to' AS to,
+	   payload -> 'message' -> 'document' ? 'id' AS has_media_id
+  FROM payments.outbox WHERE recipient = '263770000001' AND event_type = 'whatsapp.document';
+-- the document's first attempt is its upload (multipart to /media, the CSV as the file); a 2xx
+-- without a media id is retried; with one, the id goes into the message, due at once, and the next
+-- attempt sends it to /messages; a 400 on upload is final
+UPDATE payments.outbox SET state = 'delivered' WHERE recipient = '263770000001' AND event_type <> 'whatsapp.document';
+CREATE TEMP TABLE doc_claim AS SELECT * FROM payments.claim_outbox(200) c
+ WHERE c.outbox_id = (SELECT id FROM payments.outbox WHERE event_type = 'whatsapp.document');
+SELECT url, upload_filename ~ '^report-[0-9]{4}-[0-9]{2}-[0-9]{2}\.csv$' AS filename, upload_type, headers,
+	   left(body, 20) AS body FROM doc_claim;
+SELECT payments.record_delivery(attempt_id, 200, NULL, NULL, 5, 2, '{"ok": true}') FROM doc_claim;
+SELECT state, last_status, last_error, attempts FROM payments.outbox WHERE event_type = 'whatsapp.document';
+UPDATE payments.outbox SET next_attempt_at = now() WHERE event_type = 'whatsapp.document';
+DELETE FROM doc_claim;
+INSERT INTO doc_claim SELECT * FROM payments.claim_outbox(200) c
+ WHERE c.outbox_id = (SELECT id FROM payments.outbox WHERE event_type = 'whatsapp.document');
+SELECT url, upload_filename IS NOT NULL AS upload FROM doc_claim;
+SELECT payments.record_delivery(attempt_id, 200, NULL, NULL, 5, 2, '{"id": "1234567890"}') FROM doc_claim;
+SELECT state, last_status, last_error, attempts, next_attempt_at <= now() AS due FROM payments.outbox WHERE event_type = 'whatsapp.document';
+DELETE FROM doc_claim;
+INSERT INTO doc_claim SELECT * FROM payments.claim_outbox(200) c
+ WHERE c.outbox_id = (SELECT id FROM payments.outbox WHERE event_type = 'whatsapp.document');
+SELECT url, upload_filename, upload_type, regexp_replace(body, '[0-9]{4}-[0-9]{2}-[0-9]{2}', 'X', 'g') AS body FROM doc_claim;
+SELECT payments.record_delivery(attempt_id, 200, NULL, NULL, 5, 2, '{"messages": [{"id": "wamid.DOC1"}]}') FROM doc_claim;
+SELECT state, wamid, attempts FROM payments.outbox WHERE event_type = 'whatsapp.document';
+UPDATE payments.outbox SET state = 'pending', wamid = NULL, payload = payload #- '{message,document,id}'
+ WHERE event_type = 'whatsapp.document';
+DELETE FROM doc_claim;
+INSERT INTO doc_claim SELECT * FROM payments.claim_outbox(200) c
+ WHERE c.outbox_id = (SELECT id FROM payments.outbox WHERE event_type = 'whatsapp.document');
+SELECT payments.record_delivery(attempt_id, 400, NULL, NULL, 5, 2, '{"error": {"code": 100}}') FROM doc_claim;
+SELECT state, last_status, last_error FROM payments.outbox WHERE event_type = 'whatsapp.document';
 ROLLBACK;
 DELETE FROM pg_temp.seen WHERE who = '263770000001';
 SELECT pg_temp.say('263770000001', '/admin', 1);

@@ -1,6 +1,7 @@
 // WhatsApp donations end to end (issue 9): donors chat through the real shim, signed like Meta;
 // replies leave through the outbox to a stand-in for the WhatsApp Cloud API, which checks the
-// bearer token and the JSON of every message; payments are initiated from the database with a
+// bearer token and the JSON of every message, and the multipart media upload of a document (its
+// fields, file name and type; the CSV parsed with csv-parse); payments are initiated from the database with a
 // stand-in for Paynow, which checks the request hash (official paynow package) and answers like
 // Paynow, hashed with the integration key, then posts its status update to the shim.
 import { test, before, after } from 'node:test';
@@ -13,6 +14,7 @@ import { createRequire } from 'node:module';
 import { Cluster, Shim, post, sleep } from './harness.mjs';
 
 const { Paynow } = createRequire(import.meta.url)('paynow');
+const { parse: parseCsv } = createRequire(import.meta.url)('csv-parse/sync');
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const APP_SECRET = 'clinic_app_secret';
@@ -57,20 +59,53 @@ async function say(from, said, opts = {}) {
 	return deliverToShim(metaBody({ contacts: [{ profile: { name: 'Tendai' }, wa_id: from }], messages: [m] }));
 }
 
+// A media upload as the Cloud API takes it (multipart/form-data: messaging_product, type, file):
+// the CSV is parsed; its media id is answered, unless uploadFault says 'refuse' (400) or 'noid'
+async function upload(g, req, raw, res, refuse) {
+	let form;
+	try {
+		form = await new Response(raw, { headers: { 'content-type': req.headers['content-type'] ?? '' } }).formData();
+	} catch { return refuse(res, 'not multipart'); }
+	const file = form.get('file');
+	if (form.get('messaging_product') !== 'whatsapp' || form.get('type') !== 'text/csv') return refuse(res, 'upload fields');
+	if (typeof file?.text !== 'function' || file.type !== 'text/csv' || !/^report-\d{4}-\d{2}-\d{2}\.csv$/.test(file.name))
+		return refuse(res, 'upload file');
+	const text = await file.text();
+	let rows;
+	try { rows = parseCsv(text, { record_delimiter: '\r\n' }); } catch { return refuse(res, 'not CSV'); }
+	if (g.uploadFault === 'refuse') {
+		g.uploads.push('refused');
+		return res.writeHead(400, { 'content-type': 'application/json' })
+			.end('{"error":{"message":"(#100) Param file must be a file with one of the following types","code":100}}');
+	}
+	if (g.uploadFault === 'noid') {
+		g.uploads.push('no id');
+		return res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+	}
+	const id = String(4490709327384033 + g.media.size);
+	g.media.set(id, { name: file.name, rows });
+	g.uploads.push(id);
+	return res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id }));
+}
+
 // The Cloud API stand-in: checks token, path and JSON; answers with a wamid like Meta
 async function startGraph() {
-	const g = { sent: [], refused: [], n: 0, statusFirst: new Set() };
+	const g = { sent: [], refused: [], n: 0, statusFirst: new Set(), media: new Map(), uploads: [], uploadFault: null,
+		documentFault: false };
 	const refuse = (res, why) => { g.refused.push(why); res.writeHead(400, { 'content-type': 'application/json' })
 		.end(JSON.stringify({ error: { message: why, type: 'OAuthException', code: 100 } })); };
 	g.server = createServer((req, res) => {
-		let raw = '';
-		req.on('data', (d) => { raw += d; });
+		const chunks = [];
+		req.on('data', (d) => { chunks.push(d); });
 		req.on('end', async () => {
-			if (req.method !== 'POST' || req.url !== `/v21.0/${NUMBER_ID}/messages`) return refuse(res, `no route ${req.url}`);
+			const raw = Buffer.concat(chunks);
+			const media = req.url === `/v21.0/${NUMBER_ID}/media`;
+			if (req.method !== 'POST' || (req.url !== `/v21.0/${NUMBER_ID}/messages` && !media)) return refuse(res, `no route ${req.url}`);
 			if (req.headers.authorization !== `Bearer ${TOKEN}`) {
 				g.refused.push('token');
 				return res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":{"code":190}}');
 			}
+			if (media) return upload(g, req, raw, res, refuse);
 			if (!/^application\/json/.test(req.headers['content-type'] ?? '')) return refuse(res, 'content-type');
 			let m;
 			try { m = JSON.parse(raw); } catch { return refuse(res, 'not JSON'); }
@@ -79,6 +114,7 @@ async function startGraph() {
 			if (m.messaging_product !== 'whatsapp' || m.recipient_type !== 'individual' || !/^[1-9][0-9]{5,14}$/.test(m.to))
 				return refuse(res, 'envelope');
 			let said;
+			let doc;
 			if (m.type === 'text') {
 				if (typeof m.text?.body !== 'string' || m.text.body.length === 0 || m.text.body.length > 4096) return refuse(res, 'text');
 				said = m.text.body;
@@ -92,10 +128,17 @@ async function startGraph() {
 				if (!m.interactive.action.button || rows.length < 1 || rows.length > 10 || rows.some((x) => !x.id || x.title.length > 24))
 					return refuse(res, 'list');
 				said = `${m.interactive.body.text} [${rows.map((x) => x.id).join(' ')}]`;
+			} else if (m.type === 'document') {
+				// a document names a media id uploaded before, with its file name
+				const file = g.media.get(m.document?.id);
+				if (!file || m.document.filename !== file.name || typeof m.document.caption !== 'string') return refuse(res, 'document');
+				if (g.documentFault) return refuse(res, 'document refused');
+				said = `[document ${m.document.filename}] ${m.document.caption}`;
+				doc = file;
 			} else return refuse(res, `type ${m.type}`);
 			g.n += 1;
 			const wamid = `wamid.OUT${g.n}`;
-			g.sent.push({ to: m.to, said, wamid });
+			g.sent.push({ to: m.to, said, wamid, doc });
 			// Meta may report a status before the send call has answered
 			if (g.statusFirst.has(m.to)) {
 				await deliverToShim(metaBody({ statuses: [{ id: wamid, status: 'sent', timestamp: '1718001000', recipient_id: m.to }] }));
@@ -370,20 +413,82 @@ test('admin commands from admin numbers only', async () => {
 	await say(ADMIN, '/admin');
 	await say(ADMIN, '/stats');
 	await say(ADMIN, '/report');
+	// the report as it stood when asked for (the approval below changes it)
+	const reported = JSON.parse(q(`SELECT json_agg(ARRAY[to_char(d, 'YYYY-MM-DD'), currency, method, paid::text, gross::text,
+		fees::text, net::text, failed::text, refunds::text, refunded::text, new_donors::text, receipts::text,
+		coalesce(first_receipt, ''), coalesce(last_receipt, '')])
+		FROM (SELECT (now() AT TIME ZONE payments.report_timezone())::date) AS t (d), payments.daily_report(d)`));
 	await say(ADMIN, `/approve ${ref}`);
 	await work();
 	for (const s of graph.to('263772000040')) assert.match(s, /^Hello Tendai! .*\[donate check volunteer help\]$/s);
 	assert.equal(graph.to('263772000040').length, 2);
-	const [help, stats, report, approved] = graph.to(ADMIN);
+	assert.deepEqual(graph.refused, []);
+	assert.deepEqual(q(`SELECT string_agg(event_type || ' ' || state || ' ' || coalesce(last_error, '-'), ', ' ORDER BY id)
+		FROM payments.outbox WHERE recipient = :'w'`, { w: ADMIN }), 'whatsapp.text delivered -, whatsapp.text delivered -, ' +
+		'whatsapp.text delivered -, whatsapp.document delivered -, whatsapp.text delivered -');
+	const [help, stats, report, document, approved] = graph.to(ADMIN);
 	assert.match(help, /^Admin commands:\n\/stats/);
 	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 1 failed, 1 pending\nZWG: /);
 	assert.match(report, /^Daily report \d{4}-\d{2}-\d{2}:\n.*USD \(all\): \d+ paid/s);
+	// the report again as a CSV document, after the text: the rows of payments.daily_report
+	const day = report.slice(13, 23);
+	assert.equal(document, `[document report-${day}.csv] Daily report ${day} (CSV)`);
+	const sent = graph.sent.find((s) => s.to === ADMIN && s.doc);
+	assert.deepEqual(sent.doc.rows, [['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'failed', 'refunds', 'refunded',
+		'new_donors', 'receipts', 'first_receipt', 'last_receipt'], ...reported]);
+	assert.ok(reported.every((r) => r[0] === day));
+	assert.ok(sent.doc.rows.some((r) => r[1] === 'USD' && r[2] === '(all)' && Number(r[3]) > 0));
+	assert.equal(q(`SELECT state || ' ' || attempts || ' ' || (payload -> 'message' -> 'document' ->> 'id') FROM payments.outbox WHERE wamid = :'m'`,
+		{ m: sent.wamid }), `delivered 2 ${graph.uploads.at(-1)}`);
 	assert.match(approved, new RegExp(`^Approved ${ref}: 11.00 USD marked paid, receipt LP-\\d{8}-\\d{6}\\.$`));
 	assert.equal(statusOf(ref), 'paid');
 	// approved before Paynow was asked: it is not asked any more (the donor would pay twice)
 	assert.equal(paynow.requests.filter((r) => r.reference === ref).length, 0);
 	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'skipped');
 	assert.equal(graph.to(who).filter((s) => s.startsWith('Thank you, Tendai! We received')).length, 1);
+});
+
+test('the report document: an upload or a document message the Cloud API refuses is final, an upload answered without a media id is retried', async () => {
+	const docRow = () => q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox
+		WHERE recipient = :'w' AND event_type = 'whatsapp.document' ORDER BY id DESC LIMIT 1`, { w: ADMIN });
+	const lastAttempt = () => q(`SELECT a.http_status || ' ' || a.error FROM payments.outbox_attempts a
+		JOIN payments.outbox o ON o.id = a.outbox_id WHERE o.recipient = :'w' ORDER BY a.id DESC LIMIT 1`, { w: ADMIN });
+	const before = graph.to(ADMIN).length;
+	graph.uploadFault = 'refuse';
+	await say(ADMIN, '/report yesterday');
+	await work();
+	assert.equal(graph.uploads.at(-1), 'refused');
+	assert.equal(docRow(), 'dead 400 1');
+	assert.equal(lastAttempt(), '400 HTTP 400');
+	// the text report went out; the document did not
+	assert.deepEqual(graph.to(ADMIN).slice(before).map((s) => s.slice(0, 13)), ['Daily report ']);
+
+	graph.uploadFault = 'noid';
+	await say(ADMIN, '/report yesterday');
+	await work();
+	assert.equal(graph.uploads.at(-1), 'no id');
+	assert.equal(docRow(), 'pending 200 1');
+	assert.equal(lastAttempt(), '200 HTTP 200: no media id in the answer to the upload');
+	// the retry uploads again and sends the document
+	graph.uploadFault = null;
+	db.psql(`UPDATE payments.outbox SET next_attempt_at = now() WHERE recipient = '${ADMIN}' AND state = 'pending'`);
+	await work();
+	assert.equal(docRow(), 'delivered 200 3');
+	assert.match(graph.to(ADMIN).at(-1), /^\[document report-\d{4}-\d{2}-\d{2}\.csv\] Daily report /);
+	assert.equal(graph.sent.at(-1).doc.name, `report-${graph.to(ADMIN).at(-2).slice(13, 23)}.csv`);
+
+	// the upload succeeds, the document message naming it is refused: final, both attempts recorded
+	graph.documentFault = true;
+	const uploads = graph.uploads.length;
+	await say(ADMIN, '/report yesterday');
+	await work();
+	graph.documentFault = false;
+	assert.equal(graph.uploads.length, uploads + 1);
+	assert.equal(docRow(), 'dead 400 2');
+	assert.equal(q(`SELECT string_agg(a.http_status || ' ' || coalesce(a.error, '-') || ' ' || (a.response::jsonb ? 'id'), ', ' ORDER BY a.id)
+		FROM payments.outbox_attempts a WHERE a.outbox_id = (SELECT max(id) FROM payments.outbox WHERE recipient = :'w')`, { w: ADMIN }),
+		'200 - true, 400 HTTP 400 false');
+	assert.ok(graph.refused.includes('document refused'));
 });
 
 test('duplicate and out-of-order Meta deliveries; message statuses update the outbox rows', async () => {

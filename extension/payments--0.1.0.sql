@@ -1414,7 +1414,8 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	-- RFC 4180: CRLF line ends; a field holding a comma, a quote or a line break is quoted, its
-	-- quotes doubled; NULL is an empty field
+	-- quotes doubled; NULL is an empty field.  A method (the provider's text) that a spreadsheet
+	-- would read as a formula (=, +, -, @, tab, CR first) is kept as text with a leading apostrophe
 	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
 											  ELSE coalesce(v, '') END, ',' ORDER BY k)
 						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
@@ -1422,7 +1423,9 @@ AS $$
 										 'refunds', 'refunded', 'new_donors', 'receipts', 'first_receipt',
 										 'last_receipt'] AS fields
 			UNION ALL
-			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency, r.method, r.paid::text, r.gross::text,
+			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency,
+							  CASE WHEN r.method ~ '^[-=+@\t\r]' THEN '''' || r.method ELSE r.method END,
+							  r.paid::text, r.gross::text,
 							  r.fees::text, r.net::text, r.failed::text, r.refunds::text, r.refunded::text,
 							  r.new_donors::text, r.receipts::text, r.first_receipt, r.last_receipt]
 			  FROM payments.daily_report(day) WITH ORDINALITY AS r) AS l

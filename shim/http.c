@@ -594,6 +594,24 @@ finish_metrics(struct MHD_Connection *conn, Request *req)
 }
 
 /*
+ * The answer to a database call that gave no result: 400 when the server
+ * refused the request's data, else 503 so that the sender retries.
+ */
+static enum MHD_Result
+reply_db_failure(struct MHD_Connection *conn, Request *req, DbStatus status)
+{
+	if (status == DB_INVALID)
+		return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
+						   REJECT_DATABASE_ERROR, "invalid request", NULL);
+	if (status == DB_UNAVAILABLE)
+		return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+						   REJECT_DATABASE_UNAVAILABLE, "database unavailable",
+						   NULL);
+	return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+					   REJECT_DATABASE_ERROR, "database error", NULL);
+}
+
+/*
  * Final call for GET /webhooks/{provider}: Meta's subscription handshake,
  * answered by payments.meta_subscribe() from the hub.* query arguments.
  * The challenge goes back as the plain-text body, as Meta expects.
@@ -614,21 +632,8 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
 	in.request_id = req->request_id;
 	db_subscribe(&in, &out);
 
-	switch (out.status)
-	{
-		case DB_OK:
-			break;
-		case DB_UNAVAILABLE:
-			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-							   REJECT_DATABASE_UNAVAILABLE,
-							   "database unavailable", NULL);
-		case DB_INVALID:
-			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
-							   REJECT_DATABASE_ERROR, "invalid request", NULL);
-		case DB_FAILED:
-			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-							   REJECT_DATABASE_ERROR, "database error", NULL);
-	}
+	if (out.status != DB_OK)
+		return reply_db_failure(conn, req, out.status);
 	if (out.http_status != MHD_HTTP_NOT_FOUND)
 		metrics_learn_provider(req->provider);
 	if (out.http_status != MHD_HTTP_OK || out.body == NULL)
@@ -733,35 +738,23 @@ answer_webhook(struct MHD_Connection *conn, Request *req)
 
 	buf_free(&req->headers);
 	buf_free(&req->body);
-	switch (out->status)
-	{
-		case DB_OK:
-			snprintf(req->outcome, sizeof(req->outcome), "%s", out->outcome);
-			if (out->http_status != MHD_HTTP_NOT_FOUND)
-				metrics_learn_provider(req->provider);
-			metrics_outcome(req->provider, out->outcome);
-			buf_init(&body);
-			buf_append_str(&body, "{\"outcome\":");
-			json_append_string(&body, out->outcome, strlen(out->outcome));
-			json_append_field(&body, "event_id", out->event_id);
-			json_append_field(&body, "request_id", req->request_id);
-			buf_append_str(&body, "}");
-			db_free_result(out->pgresult);
-			ret = reply_json(conn, req, out->http_status, &body);
-			buf_free(&body);
-			return ret;
-		case DB_INVALID:
-			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
-							   REJECT_DATABASE_ERROR, "invalid request", NULL);
-		case DB_UNAVAILABLE:
-			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-							   REJECT_DATABASE_UNAVAILABLE,
-							   "database unavailable", NULL);
-		case DB_FAILED:
-			break;
-	}
-	return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-					   REJECT_DATABASE_ERROR, "database error", NULL);
+	if (out->status != DB_OK)
+		return reply_db_failure(conn, req, out->status);
+
+	snprintf(req->outcome, sizeof(req->outcome), "%s", out->outcome);
+	if (out->http_status != MHD_HTTP_NOT_FOUND)
+		metrics_learn_provider(req->provider);
+	metrics_outcome(req->provider, out->outcome);
+	buf_init(&body);
+	buf_append_str(&body, "{\"outcome\":");
+	json_append_string(&body, out->outcome, strlen(out->outcome));
+	json_append_field(&body, "event_id", out->event_id);
+	json_append_field(&body, "request_id", req->request_id);
+	buf_append_str(&body, "}");
+	db_free_result(out->pgresult);
+	ret = reply_json(conn, req, out->http_status, &body);
+	buf_free(&body);
+	return ret;
 }
 
 /*
@@ -802,21 +795,8 @@ finish_flows(struct MHD_Connection *conn, Request *req)
 	buf_free(&headers);
 	buf_free(&req->body);
 
-	switch (out.status)
-	{
-		case DB_OK:
-			break;
-		case DB_INVALID:
-			return reply_error(conn, req, MHD_HTTP_BAD_REQUEST,
-							   REJECT_DATABASE_ERROR, "invalid request", NULL);
-		case DB_UNAVAILABLE:
-			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-							   REJECT_DATABASE_UNAVAILABLE,
-							   "database unavailable", NULL);
-		case DB_FAILED:
-			return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
-							   REJECT_DATABASE_ERROR, "database error", NULL);
-	}
+	if (out.status != DB_OK)
+		return reply_db_failure(conn, req, out.status);
 	snprintf(req->outcome, sizeof(req->outcome), "%s", out.outcome);
 	if (out.http_status != MHD_HTTP_NOT_FOUND)
 		metrics_learn_provider(req->provider);

@@ -35,7 +35,7 @@ typedef struct IngestResult
 static SPIPlanPtr provider_plan = NULL;
 static SPIPlanPtr event_plan = NULL;
 static SPIPlanPtr rejection_plan = NULL;
-static SPIPlanPtr apply_plan = NULL;
+static SPIPlanPtr store_plan = NULL;
 static SPIPlanPtr apply_failed_plan = NULL;
 
 /* Loads a provider with its live secrets; false if there is no such provider */
@@ -137,8 +137,9 @@ RecordRejection(const Delivery *delivery, const char *outcome, const char *reaso
 }
 
 /*
- * Inserts an event unless (provider, event_id) is already stored; returns the
- * new row's id, or 0 for a duplicate.
+ * Inserts an event, pending, unless (provider, event_id) is already stored;
+ * returns the new row's id, or 0 for a duplicate.  The path of an event whose
+ * application failed (StoreEvent).
  */
 static int64
 InsertEvent(const Delivery *delivery, const EventRecord *event)
@@ -179,48 +180,85 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
-/* Input and output of ApplyEventStep */
-typedef struct EventApplication
+/* Input and output of StoreEventStep */
+typedef struct EventStorage
 {
-	int64		event_row;
+	const Provider *provider;
+	const Delivery *delivery;
+	const EventRecord *event;
 	const char *outcome;
-} EventApplication;
+} EventStorage;
 
-/* Runs payments.apply_event for one stored event */
+/* Stores and applies one event with payments.store_event (the step run in a subtransaction) */
 static void
-ApplyEventStep(void *arg)
+StoreEventStep(void *arg)
 {
-	EventApplication *application = arg;
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(application->event_row)};
-	SPIPlanPtr	plan = KeptPlan(&apply_plan, "SELECT payments.apply_event($1)", 1, argtypes);
+	EventStorage *storage = arg;
+	const Delivery *delivery = storage->delivery;
+	const EventRecord *event = storage->event;
+	Oid			argtypes[11] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	BYTEAOID, JSONBOID, JSONBOID, INETOID, TEXTOID};
+	Datum		args[11];
+	char		nulls[11] = "           ";
+	SPIPlanPtr	plan;
 
-	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not apply event");
-	application->outcome = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	plan = KeptPlan(&store_plan,
+					"SELECT payments.store_event($1, $2, $3, $4, $5, $6, $7, $8,"
+					"                            $9 - " CREDENTIAL_HEADERS ", $10, $11)",
+					11, argtypes);
+	args[0] = PointerGetDatum(delivery->provider);
+	args[1] = CStringGetTextDatum(storage->provider->kind->name);
+	args[2] = JsonbPGetDatum(storage->provider->settings);
+	args[3] = CStringGetTextDatum(event->event_id);
+	args[4] = event->event_type ? CStringGetTextDatum(event->event_type) : (Datum) 0;
+	nulls[4] = event->event_type ? ' ' : 'n';
+	args[5] = TimestampTzGetDatum(event->event_at);
+	nulls[5] = event->have_event_at ? ' ' : 'n';
+	args[6] = PointerGetDatum(delivery->body);
+	args[7] = JsonbPGetDatum(event->payload);
+	args[8] = JsonbPGetDatum(delivery->headers);
+	args[9] = delivery->source_ip;
+	nulls[9] = delivery->source_ip_null ? 'n' : ' ';
+	args[10] = delivery->request_id ? PointerGetDatum(delivery->request_id) : (Datum) 0;
+	nulls[10] = delivery->request_id ? ' ' : 'n';
+
+	if (SPI_execute_plan(plan, args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not store event");
+	storage->outcome = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 }
 
 /*
- * Applies a stored event to its payment (payments.apply_event) inside a
- * subtransaction: whatever goes wrong there leaves the event stored and
- * pending with the error kept and its retry scheduled (payments.event_failed),
- * instead of failing the delivery.  Returns applied, ignored or stored.
+ * Stores one event and applies it to its payment, inside a subtransaction:
+ * whatever goes wrong there (the application above all) is rolled back, and
+ * the event is then stored alone, pending, with the error kept and its retry
+ * scheduled (payments.event_failed), instead of failing the delivery.  A
+ * deadlock or serialization failure is no fault of the event but a conflict
+ * with a concurrent transaction: it is raised again, for the caller to retry
+ * the delivery (the shim stores it again, alone).  Returns applied, ignored,
+ * stored or duplicate.
  */
 static const char *
-ApplyStoredEvent(int64 event_row)
+StoreEvent(const Provider *provider, const Delivery *delivery, const EventRecord *event)
 {
-	EventApplication application = {event_row, NULL};
+	EventStorage storage = {provider, delivery, event, NULL};
 	Oid			errtypes[2] = {INT8OID, TEXTOID};
 	Datum		errargs[2];
 	char	   *error;
+	int			sqlerrcode;
+	int64		event_row;
 
-	if (RunInSubtransaction(ApplyEventStep, &application, &error))
-		return application.outcome;
+	if (RunInSubtransactionCode(StoreEventStep, &storage, &error, &sqlerrcode))
+		return storage.outcome;
+	if (ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_TRANSACTION_ROLLBACK)
+		ereport(ERROR, (errcode(sqlerrcode), errmsg("%s", error)));
 
+	event_row = InsertEvent(delivery, event);
+	if (event_row == 0)
+		return "duplicate";		/* stored meanwhile by another delivery */
 	errargs[0] = Int64GetDatum(event_row);
 	errargs[1] = CStringGetTextDatum(error);
 	if (SPI_execute_plan(KeptPlan(&apply_failed_plan, "SELECT payments.event_failed($1, $2)",
-									 2, errtypes),
+								  2, errtypes),
 						 errargs, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not record a failed event");
 	ereport(WARNING,
@@ -301,13 +339,11 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 	Assert(events.count > 0);	/* every kind stores at least one event */
 	for (int i = 0; i < events.count; i++)
 	{
-		int64		event_row = InsertEvent(delivery, &events.events[i]);
-		const char *outcome;
+		const char *outcome = StoreEvent(&provider, delivery, &events.events[i]);
 
-		if (event_row == 0)
+		if (strcmp(outcome, "duplicate") == 0)
 			continue;
 		inserted++;
-		outcome = ApplyStoredEvent(event_row);
 		if (strcmp(outcome, "applied") == 0)
 			applied++;
 		else if (strcmp(outcome, "stored") == 0)

@@ -51,6 +51,14 @@ COMMENT ON TABLE payments.secrets IS
 -- Events and rejections
 --------------------------------------------------------------------------------------------------
 
+-- The checked values written by every delivery are domains, not table CHECK constraints: a
+-- domain's check is prepared once per session (in the type cache), while a table's checks are
+-- read back from the catalog and prepared again by every statement that writes the table, and
+-- the ingest path writes each event and each payment more than once.
+CREATE DOMAIN payments.event_state AS text
+	CHECK (VALUE IN ('pending', 'applied', 'ignored', 'dead'));
+COMMENT ON DOMAIN payments.event_state IS 'Where a stored event stands: pending (to be applied or retried), applied, ignored, dead';
+
 CREATE TABLE payments.events (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	provider		text NOT NULL REFERENCES payments.providers (name),
@@ -65,8 +73,7 @@ CREATE TABLE payments.events (
 	headers			jsonb COMPRESSION lz4 NOT NULL,
 	source_ip		inet,
 	request_id		text,
-	state			text NOT NULL DEFAULT 'pending'
-					CHECK (state IN ('pending', 'applied', 'ignored', 'dead')),
+	state			payments.event_state NOT NULL DEFAULT 'pending',
 	attempts		integer NOT NULL DEFAULT 0,
 	next_attempt_at	timestamptz,
 	last_error		text,
@@ -179,7 +186,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF settings ? 'currency' AND NOT EXISTS (SELECT FROM payments.currencies c
-											 WHERE c.code = settings ->> 'currency') THEN
+											 WHERE c.code = (settings ->> 'currency')::bpchar) THEN
 		RAISE EXCEPTION 'setting "currency" must be an ISO 4217 code in upper case from payments.currencies, not %',
 			settings -> 'currency'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -395,22 +402,32 @@ INSERT INTO payments.transitions (from_status, to_status) VALUES
 	('partially_refunded', 'refunded'), ('partially_refunded', 'disputed'),
 	('disputed', 'paid'), ('disputed', 'refunded');
 
+-- domains rather than table checks, like payments.event_state
+CREATE DOMAIN payments.payment_kind AS text CHECK (VALUE IN ('collection', 'payout', 'refund'));
+COMMENT ON DOMAIN payments.payment_kind IS 'What a payment is: money collected, paid out, or a refund';
+CREATE DOMAIN payments.nonnegative_amount AS numeric CHECK (VALUE >= 0);
+COMMENT ON DOMAIN payments.nonnegative_amount IS 'An amount of money in major units, never negative';
+CREATE DOMAIN payments.e164_phone AS text CHECK (VALUE ~ '^[1-9][0-9]{5,14}$');
+COMMENT ON DOMAIN payments.e164_phone IS 'A phone number as E.164 digits: country code first, no plus sign';
+CREATE DOMAIN payments.alpha2_country AS char(2) CHECK (VALUE ~ '^[A-Z]{2}$');
+COMMENT ON DOMAIN payments.alpha2_country IS 'An ISO 3166 alpha-2 country code in upper case';
+
 CREATE TABLE payments.payments (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	provider		text NOT NULL REFERENCES payments.providers (name),
 	provider_ref	text NOT NULL,
 	reference		text,
-	kind			text NOT NULL DEFAULT 'collection' CHECK (kind IN ('collection', 'payout', 'refund')),
+	kind			payments.payment_kind NOT NULL DEFAULT 'collection',
 	status			text NOT NULL REFERENCES payments.statuses (status),
-	amount			numeric CHECK (amount >= 0),
+	amount			payments.nonnegative_amount,
 	currency		char(3) REFERENCES payments.currencies (code),
-	amount_refunded	numeric NOT NULL DEFAULT 0 CHECK (amount_refunded >= 0),
+	amount_refunded	payments.nonnegative_amount NOT NULL DEFAULT 0,
 	fee				numeric,
 	method			text,
 	donor_name		text,
-	donor_phone		text CHECK (donor_phone ~ '^[1-9][0-9]{5,14}$'),
+	donor_phone		payments.e164_phone,
 	donor_email		text,
-	country			char(2) CHECK (country ~ '^[A-Z]{2}$'),
+	country			payments.alpha2_country,
 	metadata		jsonb NOT NULL DEFAULT '{}',
 	receipt_no		text UNIQUE,
 	paid_at			timestamptz,
@@ -452,10 +469,15 @@ CREATE INDEX refused_transitions_payment_idx ON payments.refused_transitions (pa
 COMMENT ON TABLE payments.refused_transitions IS
 	'Transitions an event asked for and the state machine refused (not allowed, or older than the current status)';
 
+-- a domain rather than a table check, like payments.event_state: the counter is written by every
+-- paying transaction
+CREATE DOMAIN payments.receipt_serial AS integer CHECK (VALUE BETWEEN 1 AND 999999);
+COMMENT ON DOMAIN payments.receipt_serial IS 'The number of a receipt within its prefix and day: six digits at most';
+
 CREATE TABLE payments.receipt_counters (
 	prefix		text NOT NULL,
 	day			date NOT NULL,
-	last_no		integer NOT NULL CHECK (last_no BETWEEN 1 AND 999999),
+	last_no		payments.receipt_serial NOT NULL,
 	PRIMARY KEY (prefix, day)
 );
 COMMENT ON TABLE payments.receipt_counters IS
@@ -499,7 +521,7 @@ DECLARE
 	e		integer := exponent_override;
 BEGIN
 	IF e IS NULL THEN
-		SELECT c.exponent INTO e FROM payments.currencies c WHERE c.code = upper(currency);
+		SELECT c.exponent INTO e FROM payments.currencies c WHERE c.code = upper(currency)::bpchar;
 	END IF;
 	RETURN round(minor / 10::numeric ^ e, e);
 END
@@ -610,7 +632,7 @@ BEGIN
 		RETURN 'ignored';
 	END IF;
 	IF change.currency IS NOT NULL AND NOT EXISTS (SELECT FROM payments.currencies c
-												  WHERE c.code = upper(change.currency)) THEN
+												  WHERE c.code = upper(change.currency)::bpchar) THEN
 		RAISE EXCEPTION 'unknown currency "%"', change.currency
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Add it to payments.currencies with its ISO 4217 exponent, then replay the event.';
@@ -995,28 +1017,19 @@ $$;
 COMMENT ON FUNCTION payments.event_change(text, jsonb, payments.events) IS
 	'Dispatches a stored event to the normalizer of its provider''s kind; NULL for kinds and events that do not move payments';
 
-CREATE FUNCTION payments.apply_event(id bigint)
+-- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
+-- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line
+-- with it, written only where the row does not already say so.
+CREATE FUNCTION payments.settle_event(ev payments.events, kind text, settings jsonb, attempt integer)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
 DECLARE
-	ev		payments.events;
-	kind	text;
-	settings jsonb;
 	change	payments.payment_change;
 	result	text;
 BEGIN
-	SELECT e.* INTO ev FROM payments.events e WHERE e.id = apply_event.id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
-	END IF;
-	IF ev.state NOT IN ('pending', 'dead') THEN
-		RETURN ev.state;		-- applied or ignored already: events apply once
-	END IF;
-	SELECT p.kind, p.settings INTO kind, settings FROM payments.providers p WHERE p.name = ev.provider;
-
 	IF kind = 'meta' THEN
 		-- WhatsApp: messages drive the donors' conversations, statuses the messages we sent
 		result := payments.chat_event(ev, settings);
@@ -1028,18 +1041,79 @@ BEGIN
 
 	IF result = 'unresolved' THEN
 		-- a failed attempt like any other: kept, retried on the schedule, dead after the last
-		PERFORM payments.event_failed(ev.id, 'payment ' || change.provider_ref || ' is not known yet');
+		PERFORM payments.event_failed(ev.id, 'payment ' || change.provider_ref || ' is not known yet', attempt);
 		RETURN 'stored';
 	END IF;
-	UPDATE payments.events e
-	   SET state = result, attempts = e.attempts + 1, next_attempt_at = NULL, last_error = NULL
-	 WHERE e.id = ev.id;
+	IF ev.state IS DISTINCT FROM result OR ev.attempts IS DISTINCT FROM attempt
+	   OR ev.next_attempt_at IS NOT NULL OR ev.last_error IS NOT NULL THEN
+		UPDATE payments.events e
+		   SET state = result, attempts = attempt, next_attempt_at = NULL, last_error = NULL
+		 WHERE e.id = ev.id;
+	END IF;
 	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) IS
+	'Applies a stored event (the row as read) as attempt number attempt and records the outcome on it: applied, ignored, or stored (its payment is not known yet: pending, to be retried)';
+
+CREATE FUNCTION payments.apply_event(id bigint)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+	ev		payments.events;
+	kind	text;
+	settings jsonb;
+BEGIN
+	SELECT e.* INTO ev FROM payments.events e WHERE e.id = apply_event.id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF ev.state NOT IN ('pending', 'dead') THEN
+		RETURN ev.state;		-- applied or ignored already: events apply once
+	END IF;
+	SELECT p.kind, p.settings INTO kind, settings FROM payments.providers p WHERE p.name = ev.provider;
+	RETURN payments.settle_event(ev, kind, settings, ev.attempts + 1);
 END
 $$;
 COMMENT ON FUNCTION payments.apply_event(bigint) IS
 	'Applies a stored event to its payment through the state machine: applied, ignored, or stored (pending: its payment is not known yet, to be retried)';
+
+-- The fresh delivery's path: the event is inserted as already applied at its first attempt, the
+-- usual outcome, so that the row is written once; settle_event corrects it when the outcome is
+-- another.  An error anywhere rolls the insert back with the rest: the caller (payments.ingest)
+-- then stores the event as pending and records the failed attempt.
+CREATE FUNCTION payments.store_event(provider text, kind text, settings jsonb, event_id text, event_type text,
+									 event_at timestamptz, body bytea, payload jsonb, headers jsonb,
+									 source_ip inet, request_id text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+	ev		payments.events;
+BEGIN
+	INSERT INTO payments.events AS e
+		(provider, event_id, event_type, event_at, body, payload, headers, source_ip, request_id, state, attempts)
+	VALUES (store_event.provider, store_event.event_id, store_event.event_type, store_event.event_at,
+			store_event.body, store_event.payload, store_event.headers, store_event.source_ip,
+			store_event.request_id, 'applied', 1)
+	ON CONFLICT ON CONSTRAINT events_provider_event_id_key DO NOTHING
+	RETURNING e.* INTO ev;
+	IF NOT FOUND THEN
+		RETURN 'duplicate';
+	END IF;
+	RETURN payments.settle_event(ev, kind, settings, 1);
+END
+$$;
+COMMENT ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) IS
+	'Stores a verified event once per (provider, event_id) and applies it in one step: applied, ignored, stored, or duplicate';
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.next_receipt_no(text, date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.issue_receipt() FROM PUBLIC;
@@ -1193,17 +1267,36 @@ SELECT pg_catalog.pg_extension_config_dump('payments.certificates', '');
 -- only; payments.fx_rates converts to one base currency where rates are filled.
 --
 -- A donor is identified by e-mail (case-insensitive), else phone (E.164 digits), else name
--- (case-insensitive): the generated column payments.payments.donor_key.  Anonymous payments
--- (none of the three) belong to no donor.
+-- (case-insensitive): the column payments.payments.donor_key, kept from those three by a trigger.
+-- Anonymous payments (none of the three) belong to no donor.  Not a generated column: PostgreSQL
+-- 15 prepares a table's generation expressions again in every statement that writes the table,
+-- UPDATEs that leave the donor alone too, and each paid payment is written twice (its receipt
+-- number is set at commit); the trigger runs only when the donor is written.
 
-ALTER TABLE payments.payments
-	ADD COLUMN donor_key text GENERATED ALWAYS AS (
-		CASE WHEN nullif(btrim(donor_email), '') IS NOT NULL THEN 'email:' || lower(btrim(donor_email))
-			 WHEN donor_phone IS NOT NULL THEN 'phone:' || donor_phone
-			 WHEN nullif(btrim(donor_name), '') IS NOT NULL THEN 'name:' || lower(btrim(donor_name))
-		END) STORED;
+ALTER TABLE payments.payments ADD COLUMN donor_key text;
 COMMENT ON COLUMN payments.payments.donor_key IS
 	'Who gave: email:<lower-case e-mail>, else phone:<E.164 digits>, else name:<lower-case name>; NULL when anonymous';
+
+CREATE FUNCTION payments.keep_donor_key()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW.donor_key := CASE WHEN nullif(btrim(NEW.donor_email), '') IS NOT NULL THEN 'email:' || lower(btrim(NEW.donor_email))
+						  WHEN NEW.donor_phone IS NOT NULL THEN 'phone:' || NEW.donor_phone
+						  WHEN nullif(btrim(NEW.donor_name), '') IS NOT NULL THEN 'name:' || lower(btrim(NEW.donor_name))
+					 END;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION payments.keep_donor_key() IS
+	'Trigger: derives donor_key from the donor''s e-mail, phone and name whenever a payment is inserted or any of them (or donor_key itself) is written';
+
+CREATE TRIGGER payments_donor_key
+	BEFORE INSERT OR UPDATE OF donor_email, donor_phone, donor_name, donor_key ON payments.payments
+	FOR EACH ROW EXECUTE FUNCTION payments.keep_donor_key();
+REVOKE ALL ON FUNCTION payments.keep_donor_key() FROM PUBLIC;
 
 CREATE INDEX payments_at_brin ON payments.payments
 	USING brin ((coalesce(paid_at, created_at))) WITH (pages_per_range = 32);
@@ -1454,7 +1547,7 @@ BEGIN
 					  FROM payments.payments p
 					 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
 					   AND p.paid_at IS NOT NULL AND p.kind = 'collection' AND p.donor_key IS NOT NULL
-					   AND (currency IS NULL OR p.currency = upper(currency))
+					   AND (currency IS NULL OR p.currency = upper(currency)::bpchar)
 					 GROUP BY p.donor_key, p.currency) AS d) AS t
 	 WHERE t.rnk <= n
 	 ORDER BY t.cur, t.rnk;
@@ -1594,8 +1687,8 @@ AS $$
 #variable_conflict use_column
 BEGIN
 	RETURN QUERY
-	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status, p.amount, p.currency::text,
-		   CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END,
+	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status, p.amount::numeric, p.currency::text,
+		   (CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)::numeric,
 		   p.method, p.donor_name, p.receipt_no
 	  FROM payments.payments p
 	 WHERE p.donor_key = payments.donor_key_of(donor) AND p.kind = 'collection'
@@ -1614,7 +1707,7 @@ AS $$
 #variable_conflict use_variable
 BEGIN
 	RETURN QUERY
-	SELECT e.id, e.provider, e.event_id, e.event_type, e.event_at, e.received_at, e.state, e.attempts,
+	SELECT e.id, e.provider, e.event_id, e.event_type, e.event_at, e.received_at, e.state::text, e.attempts,
 		   e.last_error, e.request_id
 	  FROM payments.events e
 	 WHERE provider IS NULL OR e.provider = provider
@@ -1710,7 +1803,7 @@ COMMENT ON TABLE payments.event_attempts IS
 
 CREATE INDEX events_due_idx ON payments.events (next_attempt_at) WHERE state = 'pending';
 
-CREATE FUNCTION payments.event_failed(id bigint, error text)
+CREATE FUNCTION payments.event_failed(id bigint, error text, attempt integer DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1719,7 +1812,7 @@ DECLARE
 	tries	integer;
 	next_at	timestamptz;
 BEGIN
-	SELECT e.attempts + 1 INTO tries FROM payments.events e WHERE e.id = event_failed.id FOR UPDATE;
+	SELECT coalesce(attempt, e.attempts + 1) INTO tries FROM payments.events e WHERE e.id = event_failed.id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
 	END IF;
@@ -1733,8 +1826,8 @@ BEGIN
 	RETURN CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END;
 END
 $$;
-COMMENT ON FUNCTION payments.event_failed(bigint, text) IS
-	'Records a failed attempt to apply an event: keeps the error, schedules the next attempt, or marks the event dead after the last; returns pending or dead';
+COMMENT ON FUNCTION payments.event_failed(bigint, text, integer) IS
+	'Records a failed attempt to apply an event (attempt number attempt, by default the one after the last): keeps the error, schedules the next attempt, or marks the event dead after the last; returns pending or dead';
 
 CREATE FUNCTION payments.retry_events(max_items integer DEFAULT 100)
 RETURNS TABLE (event bigint, outcome text)
@@ -2513,7 +2606,7 @@ END
 $$;
 COMMENT ON FUNCTION payments.unschedule_jobs() IS 'Removes the pg_cron jobs of this database; returns how many';
 
-REVOKE ALL ON FUNCTION payments.event_failed(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.event_failed(bigint, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.retry_events(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.replay_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.replay_dead(text, timestamptz) FROM PUBLIC;
@@ -3430,7 +3523,7 @@ BEGIN
 			RETURN 'paynow_providers must be an object from currency to paynow provider, e.g. {"USD": "paynow-usd"}';
 		END IF;
 		SELECT e.k INTO bad FROM jsonb_each(settings -> 'paynow_providers') AS e (k, v)
-		 WHERE NOT EXISTS (SELECT FROM payments.currencies c WHERE c.code = e.k)
+		 WHERE NOT EXISTS (SELECT FROM payments.currencies c WHERE c.code = e.k::bpchar)
 			OR jsonb_typeof(e.v) <> 'string'
 			OR NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = e.v #>> '{}' AND p.kind = 'paynow')
 		 LIMIT 1;
@@ -4213,7 +4306,7 @@ DECLARE
 	body	text;
 BEGIN
 	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = NEW.payment_id;
-	IF NOT FOUND OR NEW.from_status IS NULL THEN
+	IF NOT FOUND THEN
 		RETURN NULL;
 	END IF;
 	SELECT x.* INTO p FROM payments.payments x WHERE x.id = NEW.payment_id;
@@ -4240,11 +4333,13 @@ COMMENT ON FUNCTION payments.chat_payment_notice() IS
 	'Trigger: when a WhatsApp donation becomes paid (thank-you with the receipt number), failed, cancelled or refunded, queues the message to the donor at commit';
 
 -- deferred triggers of one row fire in name order: this one follows status_history_issue_receipt,
--- so that the thank-you carries the receipt number
+-- so that the thank-you carries the receipt number.  A payment's first status (from_status NULL)
+-- tells the donor nothing: a chat donation starts pending, and a payment created by its
+-- provider's event is no chat donation.
 CREATE CONSTRAINT TRIGGER status_history_whatsapp_notice
 	AFTER INSERT ON payments.status_history
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW EXECUTE FUNCTION payments.chat_payment_notice();
+	FOR EACH ROW WHEN (NEW.from_status IS NOT NULL) EXECUTE FUNCTION payments.chat_payment_notice();
 
 -- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
 
@@ -4530,7 +4625,9 @@ GRANT EXECUTE ON ALL ROUTINES IN SCHEMA payments TO payments_admin;
 -- the machinery behind ingest, retries and deliveries is not called by hand
 REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_change),
 	payments.next_receipt_no(text, date), payments.apply_event(bigint),
-	payments.event_failed(bigint, text), payments.claim_outbox(integer),
+	payments.settle_event(payments.events, text, jsonb, integer),
+	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
+	payments.event_failed(bigint, text, integer), payments.claim_outbox(integer),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
 	payments.enqueue_transition(), payments.api_token_requests(integer),
 	payments.store_api_token(text, integer, text, text), payments.claim_reconciliation(integer),

@@ -136,6 +136,35 @@ RecordRejection(const Delivery *delivery, const char *outcome, const char *reaso
 		elog(ERROR, "could not record rejection");
 }
 
+/* The columns of an event's row, in payments.events order from event_id to request_id */
+#define EVENT_ARGS 8
+
+/*
+ * Fills args and nulls, from position 0, with an event's columns: event_id,
+ * event_type, event_at, body, payload, headers (credentials still in: the
+ * statements take them out), source_ip, request_id.
+ */
+static void
+EventArgs(const Delivery *delivery, const EventRecord *event, Datum *args, char *nulls)
+{
+	args[0] = CStringGetTextDatum(event->event_id);
+	nulls[0] = ' ';
+	args[1] = event->event_type ? CStringGetTextDatum(event->event_type) : (Datum) 0;
+	nulls[1] = event->event_type ? ' ' : 'n';
+	args[2] = TimestampTzGetDatum(event->event_at);
+	nulls[2] = event->have_event_at ? ' ' : 'n';
+	args[3] = PointerGetDatum(delivery->body);
+	nulls[3] = ' ';
+	args[4] = JsonbPGetDatum(event->payload);
+	nulls[4] = ' ';
+	args[5] = JsonbPGetDatum(delivery->headers);
+	nulls[5] = ' ';
+	args[6] = delivery->source_ip;
+	nulls[6] = delivery->source_ip_null ? 'n' : ' ';
+	args[7] = delivery->request_id ? PointerGetDatum(delivery->request_id) : (Datum) 0;
+	nulls[7] = delivery->request_id ? ' ' : 'n';
+}
+
 /*
  * Inserts an event, pending, unless (provider, event_id) is already stored;
  * returns the new row's id, or 0 for a duplicate.  The path of an event whose
@@ -146,8 +175,8 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 {
 	Oid			argtypes[9] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BYTEAOID,
 	JSONBOID, JSONBOID, INETOID, TEXTOID};
-	Datum		args[9];
-	char		nulls[9] = "         ";
+	Datum		args[1 + EVENT_ARGS];
+	char		nulls[1 + EVENT_ARGS] = " ";
 	SPIPlanPtr	plan;
 	bool		isnull;
 
@@ -160,18 +189,7 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 					   " ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
 					   9, argtypes);
 	args[0] = PointerGetDatum(delivery->provider);
-	args[1] = CStringGetTextDatum(event->event_id);
-	args[2] = event->event_type ? CStringGetTextDatum(event->event_type) : (Datum) 0;
-	nulls[2] = event->event_type ? ' ' : 'n';
-	args[3] = TimestampTzGetDatum(event->event_at);
-	nulls[3] = event->have_event_at ? ' ' : 'n';
-	args[4] = PointerGetDatum(delivery->body);
-	args[5] = JsonbPGetDatum(event->payload);
-	args[6] = JsonbPGetDatum(delivery->headers);
-	args[7] = delivery->source_ip;
-	nulls[7] = delivery->source_ip_null ? 'n' : ' ';
-	args[8] = delivery->request_id ? PointerGetDatum(delivery->request_id) : (Datum) 0;
-	nulls[8] = delivery->request_id ? ' ' : 'n';
+	EventArgs(delivery, event, args + 1, nulls + 1);
 
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert event");
@@ -195,11 +213,10 @@ StoreEventStep(void *arg)
 {
 	EventStorage *storage = arg;
 	const Delivery *delivery = storage->delivery;
-	const EventRecord *event = storage->event;
 	Oid			argtypes[11] = {TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
 	BYTEAOID, JSONBOID, JSONBOID, INETOID, TEXTOID};
-	Datum		args[11];
-	char		nulls[11] = "           ";
+	Datum		args[3 + EVENT_ARGS];
+	char		nulls[3 + EVENT_ARGS] = "   ";
 	SPIPlanPtr	plan;
 
 	plan = KeptPlan(&store_plan,
@@ -209,18 +226,7 @@ StoreEventStep(void *arg)
 	args[0] = PointerGetDatum(delivery->provider);
 	args[1] = CStringGetTextDatum(storage->provider->kind->name);
 	args[2] = JsonbPGetDatum(storage->provider->settings);
-	args[3] = CStringGetTextDatum(event->event_id);
-	args[4] = event->event_type ? CStringGetTextDatum(event->event_type) : (Datum) 0;
-	nulls[4] = event->event_type ? ' ' : 'n';
-	args[5] = TimestampTzGetDatum(event->event_at);
-	nulls[5] = event->have_event_at ? ' ' : 'n';
-	args[6] = PointerGetDatum(delivery->body);
-	args[7] = JsonbPGetDatum(event->payload);
-	args[8] = JsonbPGetDatum(delivery->headers);
-	args[9] = delivery->source_ip;
-	nulls[9] = delivery->source_ip_null ? 'n' : ' ';
-	args[10] = delivery->request_id ? PointerGetDatum(delivery->request_id) : (Datum) 0;
-	nulls[10] = delivery->request_id ? ' ' : 'n';
+	EventArgs(delivery, storage->event, args + 3, nulls + 3);
 
 	if (SPI_execute_plan(plan, args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not store event");

@@ -49,12 +49,11 @@ SELECT g.provider, 'pay_' || g.i, 'ref-' || g.i, s.status,
  ORDER BY g.i;
 
 -- receipts: gapless per day in time order, as the state machine would have issued them
-UPDATE payments.payments p
-   SET receipt_no = 'LP-' || to_char(x.day, 'YYYYMMDD') || '-' || lpad(x.n::text, 6, '0')
+INSERT INTO payments.receipts (receipt_no, payment_id)
+SELECT 'LP-' || to_char(x.day, 'YYYYMMDD') || '-' || lpad(x.n::text, 6, '0'), x.id
   FROM (SELECT q.id, payments.receipt_day(q.paid_at) AS day,
 			   row_number() OVER (PARTITION BY payments.receipt_day(q.paid_at) ORDER BY q.paid_at, q.id) AS n
-		  FROM payments.payments q WHERE q.paid_at IS NOT NULL) AS x
- WHERE p.id = x.id;
+		  FROM payments.payments q WHERE q.paid_at IS NOT NULL) AS x;
 INSERT INTO payments.receipt_counters (prefix, day, last_no)
 SELECT 'LP', payments.receipt_day(paid_at), count(*) FROM payments.payments WHERE paid_at IS NOT NULL GROUP BY 2;
 

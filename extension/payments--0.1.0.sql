@@ -340,10 +340,13 @@ COMMENT ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) IS
 -- Payments: currencies, the state machine, receipts
 --------------------------------------------------------------------------------------------------
 
+-- Spread thin over its pages (fillfactor 10): a currency is looked up by code about three times
+-- per delivery (its exponent, the check for a clear error, the foreign key of payments), and on
+-- its two full pages the planner would scan all 180 rows rather than use the primary key.
 CREATE TABLE payments.currencies (
 	code		char(3) PRIMARY KEY CHECK (code ~ '^[A-Z]{3}$'),
 	exponent	smallint NOT NULL CHECK (exponent BETWEEN 0 AND 4)
-);
+) WITH (fillfactor = 10);
 COMMENT ON TABLE payments.currencies IS
 	'ISO 4217 currencies and their minor-unit exponents: 2 for USD (cents), 0 for UGX and JPY, 3 for KWD';
 
@@ -402,6 +405,15 @@ INSERT INTO payments.transitions (from_status, to_status) VALUES
 	('partially_refunded', 'refunded'), ('partially_refunded', 'disputed'),
 	('disputed', 'paid'), ('disputed', 'refunded');
 
+-- The status of a payment and of its transitions: a domain rather than a foreign key to
+-- payments.statuses.  A foreign key is checked by a query per written row that also locks the
+-- referenced row (FOR KEY SHARE), and the ingest path writes three status columns per event;
+-- the statuses are those of the state machine's code, so the list does not change without it.
+-- payments.statuses describes them and payments.transitions (keyed to it) orders them.
+CREATE DOMAIN payments.payment_status AS text
+	CHECK (VALUE IN ('pending', 'paid', 'failed', 'cancelled', 'partially_refunded', 'disputed', 'refunded'));
+COMMENT ON DOMAIN payments.payment_status IS 'A normalized payment status: one of payments.statuses';
+
 -- domains rather than table checks, like payments.event_state
 CREATE DOMAIN payments.payment_kind AS text CHECK (VALUE IN ('collection', 'payout', 'refund'));
 COMMENT ON DOMAIN payments.payment_kind IS 'What a payment is: money collected, paid out, or a refund';
@@ -418,7 +430,7 @@ CREATE TABLE payments.payments (
 	provider_ref	text NOT NULL,
 	reference		text,
 	kind			payments.payment_kind NOT NULL DEFAULT 'collection',
-	status			text NOT NULL REFERENCES payments.statuses (status),
+	status			payments.payment_status NOT NULL,
 	amount			payments.nonnegative_amount,
 	currency		char(3) REFERENCES payments.currencies (code),
 	amount_refunded	payments.nonnegative_amount NOT NULL DEFAULT 0,
@@ -429,7 +441,6 @@ CREATE TABLE payments.payments (
 	donor_email		text,
 	country			payments.alpha2_country,
 	metadata		jsonb NOT NULL DEFAULT '{}',
-	receipt_no		text UNIQUE,
 	paid_at			timestamptz,
 	status_at		timestamptz NOT NULL,
 	created_at		timestamptz NOT NULL DEFAULT now(),
@@ -441,14 +452,13 @@ CREATE INDEX payments_created_at_idx ON payments.payments USING brin (created_at
 COMMENT ON TABLE payments.payments IS
 	'One row per provider payment object; amount in major units of currency; moved only forward by payments.apply_event';
 COMMENT ON COLUMN payments.payments.status_at IS 'The provider''s time of the current status; older events never move the payment';
-COMMENT ON COLUMN payments.payments.receipt_no IS 'LP-YYYYMMDD-NNNNNN, issued once, when the payment first became paid';
 COMMENT ON COLUMN payments.payments.donor_phone IS 'E.164 digits, no plus sign';
 
 CREATE TABLE payments.status_history (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	payment_id		bigint NOT NULL REFERENCES payments.payments (id) ON DELETE CASCADE,
-	from_status		text REFERENCES payments.statuses (status),
-	to_status		text NOT NULL REFERENCES payments.statuses (status),
+	from_status		payments.payment_status,
+	to_status		payments.payment_status NOT NULL,
 	event_id		bigint REFERENCES payments.events (id),
 	status_at		timestamptz NOT NULL,
 	recorded_at		timestamptz NOT NULL DEFAULT now()
@@ -459,8 +469,8 @@ COMMENT ON TABLE payments.status_history IS 'Every applied transition (from_stat
 CREATE TABLE payments.refused_transitions (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	payment_id		bigint NOT NULL REFERENCES payments.payments (id) ON DELETE CASCADE,
-	from_status		text NOT NULL REFERENCES payments.statuses (status),
-	to_status		text NOT NULL REFERENCES payments.statuses (status),
+	from_status		payments.payment_status NOT NULL,
+	to_status		payments.payment_status NOT NULL,
 	event_id		bigint REFERENCES payments.events (id),
 	reason			text NOT NULL,
 	recorded_at		timestamptz NOT NULL DEFAULT now()
@@ -482,6 +492,17 @@ CREATE TABLE payments.receipt_counters (
 );
 COMMENT ON TABLE payments.receipt_counters IS
 	'Last receipt number per prefix and day, updated in the paying transaction: gapless, never a sequence';
+
+-- A table of its own rather than a column of payments: the number is taken at commit, and
+-- setting a column would write the payment a second time in its transaction (every index of
+-- payments again, its foreign keys checked again); a receipt is one narrow insert.
+CREATE TABLE payments.receipts (
+	receipt_no	text PRIMARY KEY,
+	payment_id	bigint NOT NULL UNIQUE REFERENCES payments.payments (id) ON DELETE CASCADE,
+	issued_at	timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE payments.receipts IS
+	'Receipt numbers, LP-YYYYMMDD-NNNNNN: one per payment, issued at the commit that first made it paid; the day is that of its paid status time, issued_at the commit''s';
 
 --------------------------------------------------------------------------------------------------
 -- Normalized changes: what an event says about a payment
@@ -512,10 +533,16 @@ COMMENT ON TYPE payments.payment_change IS
 -- or SQL-standard bodies (bound to their objects when created, so no search_path is needed) that
 -- the planner inlines; a LANGUAGE sql function with a SET clause is planned again at every call
 -- in a new (sub)transaction, which the shim's group commit makes of every delivery.
+--
+-- The steps of the ingest path (payments.store_event, settle_event, apply_change, the kinds'
+-- *_change, major_units, next_receipt_no, receipt_prefix, keep_donor_key) have no SET clause:
+-- they run under the search_path pinned by the SECURITY DEFINER function or entry point that
+-- calls them (payments.ingest, apply_event, issue_receipt, ...), name every object with its
+-- schema, and are not granted to the ingest or analyst roles (sql/roles.sql checks both).  A SET
+-- clause saves and restores the setting at every call: 6% of the work of a delivery.
 CREATE FUNCTION payments.major_units(minor numeric, currency text, exponent_override integer DEFAULT NULL)
 RETURNS numeric
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	e		integer := exponent_override;
@@ -550,7 +577,6 @@ COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country 
 CREATE FUNCTION payments.receipt_prefix(provider text)
 RETURNS text
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	prefix	text;
@@ -572,7 +598,6 @@ COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 CREATE FUNCTION payments.next_receipt_no(prefix text, day date)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	receipt_no	text;
@@ -603,9 +628,11 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	UPDATE payments.payments p
-	   SET receipt_no = payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(NEW.status_at))
-	 WHERE p.id = NEW.payment_id AND p.receipt_no IS NULL;
+	INSERT INTO payments.receipts (receipt_no, payment_id)
+	SELECT payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(NEW.status_at)), p.id
+	  FROM payments.payments p
+	 WHERE p.id = NEW.payment_id
+	   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id);
 	RETURN NULL;
 END
 $$;
@@ -613,16 +640,18 @@ COMMENT ON FUNCTION payments.issue_receipt() IS
 	'Trigger: at commit, gives a payment that became paid (by the recorded transition) its receipt number, unless it has one; the day is that of the transition''s status time';
 
 -- named to fire before status_history_outbox (triggers of one row fire in name order), so that
--- the outbox sees the number
+-- the outbox sees the number.  Only for a transition recorded by this transaction: the rows a
+-- restore copies back carry the time they were first recorded, and their receipts (restored
+-- from payments.receipts, in whatever order pg_restore loads the two) are not taken again.
 CREATE CONSTRAINT TRIGGER status_history_issue_receipt
 	AFTER INSERT ON payments.status_history
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW WHEN (NEW.to_status = 'paid') EXECUTE FUNCTION payments.issue_receipt();
+	FOR EACH ROW WHEN (NEW.to_status = 'paid' AND NEW.recorded_at = pg_catalog.now())
+	EXECUTE FUNCTION payments.issue_receipt();
 
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	pay		payments.payments;
@@ -722,7 +751,6 @@ COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change)
 CREATE FUNCTION payments.stripe_change(payload jsonb)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	etype	text := payload ->> 'type';
@@ -809,7 +837,6 @@ COMMENT ON FUNCTION payments.stripe_change(jsonb) IS
 CREATE FUNCTION payments.paynow_change(payload jsonb, settings jsonb, received_at timestamptz)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	c		payments.payment_change;
@@ -879,7 +906,6 @@ COMMENT ON FUNCTION payments.paynow_initiated(payments.payment_change, text) IS
 CREATE FUNCTION payments.eversend_change(payload jsonb, event_at timestamptz)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	t		jsonb := CASE WHEN payload ? 'transactionId' THEN payload ELSE payload -> 'data' END;
@@ -920,7 +946,6 @@ COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
 CREATE FUNCTION payments.paypal_change(payload jsonb, provider_name text, event_at timestamptz)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	etype	text := payload ->> 'event_type';
@@ -1002,7 +1027,6 @@ COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
 CREATE FUNCTION payments.event_change(kind text, settings jsonb, ev payments.events)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	RETURN CASE kind
@@ -1023,8 +1047,6 @@ COMMENT ON FUNCTION payments.event_change(text, jsonb, payments.events) IS
 CREATE FUNCTION payments.settle_event(ev payments.events, kind text, settings jsonb, attempt integer)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET jit = off
 AS $$
 DECLARE
 	change	payments.payment_change;
@@ -1090,8 +1112,6 @@ CREATE FUNCTION payments.store_event(provider text, kind text, settings jsonb, e
 									 source_ip inet, request_id text)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET jit = off
 AS $$
 DECLARE
 	ev		payments.events;
@@ -1123,7 +1143,8 @@ RETURNS SETOF payments.payments
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT p.* FROM payments.payments p WHERE p.receipt_no = receipt.receipt_no
+	SELECT p.* FROM payments.receipts r JOIN payments.payments p ON p.id = r.payment_id
+	 WHERE r.receipt_no = receipt.receipt_no
 $$;
 COMMENT ON FUNCTION payments.receipt(text) IS 'The payment behind a receipt number';
 
@@ -1134,6 +1155,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.status_history_id_seq', '')
 SELECT pg_catalog.pg_extension_config_dump('payments.refused_transitions', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.refused_transitions_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.receipt_counters', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.receipts', '');
 
 --------------------------------------------------------------------------------------------------
 -- Kind meta: WhatsApp Cloud API (X-Hub-Signature-256, batches, GET subscription handshake)
@@ -1280,7 +1302,6 @@ COMMENT ON COLUMN payments.payments.donor_key IS
 CREATE FUNCTION payments.keep_donor_key()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	NEW.donor_key := CASE WHEN nullif(btrim(NEW.donor_email), '') IS NOT NULL THEN 'email:' || lower(btrim(NEW.donor_email))
@@ -1458,11 +1479,12 @@ BEGIN
 	RETURN QUERY
 	WITH seen AS (
 		SELECT p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth, p.amount, p.fee,
-			   p.status, p.paid_at, p.receipt_no, p.donor_key,
+			   p.status, p.paid_at, r.receipt_no, p.donor_key,
 			   p.donor_key IS NOT NULL AND p.paid_at IS NOT NULL AND NOT EXISTS (
 				   SELECT FROM payments.payments q
 					WHERE q.donor_key = p.donor_key AND q.kind = 'collection' AND q.paid_at < p.paid_at) AS first_gift
 		  FROM payments.payments p
+		  LEFT JOIN payments.receipts r ON r.payment_id = p.id
 		 WHERE coalesce(p.paid_at, p.created_at) >= lo AND coalesce(p.paid_at, p.created_at) < hi
 		   AND p.kind = 'collection' AND (p.paid_at IS NOT NULL OR p.status IN ('failed', 'cancelled'))
 	), refunds AS (
@@ -1687,10 +1709,11 @@ AS $$
 #variable_conflict use_column
 BEGIN
 	RETURN QUERY
-	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status, p.amount::numeric, p.currency::text,
+	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status::text, p.amount::numeric, p.currency::text,
 		   (CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)::numeric,
-		   p.method, p.donor_name, p.receipt_no
+		   p.method, p.donor_name, r.receipt_no
 	  FROM payments.payments p
+	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
 	 WHERE p.donor_key = payments.donor_key_of(donor) AND p.kind = 'collection'
 	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC;
 END
@@ -2117,7 +2140,7 @@ BEGIN
 				'from_status', NEW.from_status, 'to_status', NEW.to_status,
 				'status_at', NEW.status_at, 'amount', p.amount, 'currency', p.currency,
 				'amount_refunded', p.amount_refunded, 'fee', p.fee, 'method', p.method,
-				'receipt_no', p.receipt_no, 'paid_at', p.paid_at, 'donor_name', p.donor_name,
+				'receipt_no', (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), 'paid_at', p.paid_at, 'donor_name', p.donor_name,
 				'donor_email', p.donor_email, 'donor_phone', p.donor_phone, 'country', p.country,
 				'event_id', NEW.event_id, 'transition_id', NEW.id))
 	  INTO body
@@ -3866,7 +3889,8 @@ BEGIN
 		body := format('Your last donation, %s %s by %s (reference %s), ', payments.chat_amount(p.amount), p.currency,
 					   payments.chat_method_label(p.method), p.reference) ||
 			CASE p.status
-				WHEN 'paid' THEN 'is paid. Receipt number: ' || p.receipt_no || '. Thank you!'
+				WHEN 'paid' THEN 'is paid. Receipt number: ' ||
+					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id) || '. Thank you!'
 				WHEN 'pending' THEN 'is waiting for payment. Approve the request on your phone, or send *donate* to start again.'
 				WHEN 'failed' THEN 'did not go through; no money was taken. Send *donate* to try again.'
 				WHEN 'cancelled' THEN 'was cancelled; nothing was charged.'
@@ -3980,7 +4004,8 @@ BEGIN
 			IF NOT FOUND THEN
 				body := format('No payment has the reference %s.', arg);
 			ELSIF pay.status = 'paid' THEN
-				body := format('%s is already paid (receipt %s).', arg, pay.receipt_no);
+				body := format('%s is already paid (receipt %s).', arg,
+							   (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
 			ELSIF NOT EXISTS (SELECT FROM payments.transitions t WHERE t.from_status = pay.status AND t.to_status = 'paid') THEN
 				body := format('%s is %s: it cannot be marked paid.', arg, pay.status);
 			ELSE
@@ -3992,9 +4017,8 @@ BEGIN
 				PERFORM payments.apply_change(NULL, pay.provider, c);
 				-- receipts are taken at commit; the admin's answer names it, so take it now
 				SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
-				SELECT p.* INTO pay FROM payments.payments p WHERE p.id = pay.id;
 				body := format('Approved %s: %s %s marked paid, receipt %s.', arg, payments.chat_amount(pay.amount),
-							   pay.currency, pay.receipt_no);
+							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
 			END IF;
 		END IF;
 	ELSE
@@ -4316,7 +4340,8 @@ BEGIN
 	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount), p.currency, p.reference);
 	body := CASE NEW.to_status
 		WHEN 'paid' THEN format(E'Thank you%s! We received your donation of %s%s.\nYour receipt number is %s.',
-								', ' || p.donor_name, gift, ' for ' || d.purpose, p.receipt_no)
+								', ' || p.donor_name, gift, ' for ' || d.purpose,
+								(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id))
 		WHEN 'failed' THEN format(E'Your donation of %s did not go through%s. No money was taken.\n' ||
 								  'Send *donate* to try again, or *help* if you need assistance.',
 								  gift, ': ' || (p.metadata ->> 'initiate_error'))

@@ -5,6 +5,11 @@
 SELECT from_status, string_agg(to_status, ', ' ORDER BY to_status) AS may_become
   FROM payments.transitions GROUP BY from_status ORDER BY from_status;
 SELECT status FROM payments.statuses WHERE terminal;
+-- the status columns' domain allows exactly the statuses described in payments.statuses
+SELECT array(SELECT s.status FROM payments.statuses s ORDER BY 1)
+	 = array(SELECT m[1] FROM pg_catalog.pg_constraint c, regexp_matches(pg_get_constraintdef(c.oid), '''([a-z_]+)''', 'g') AS m
+			  WHERE c.contypid = 'payments.payment_status'::regtype ORDER BY 1) AS domain_matches_statuses;
+SELECT 'settled'::payments.payment_status;
 
 CREATE SCHEMA tp;
 CREATE SEQUENCE tp.ids;
@@ -31,8 +36,8 @@ $$;
 CREATE FUNCTION tp.show(ref text) RETURNS TABLE (status text, amount numeric, currency char(3), amount_refunded numeric,
 	method text, reference text, donor text, receipt_no text) LANGUAGE sql AS $$
 	SELECT p.status, p.amount, p.currency, p.amount_refunded, p.method, p.reference,
-		   concat_ws(' / ', p.donor_name, p.donor_email, p.donor_phone, p.country), p.receipt_no
-	  FROM payments.payments p WHERE p.provider_ref = ref
+		   concat_ws(' / ', p.donor_name, p.donor_email, p.donor_phone, p.country), r.receipt_no
+	  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE p.provider_ref = ref
 $$;
 
 SELECT payments.register_provider('payshop', 'stripe', '{"receipt_prefix": "PS"}');
@@ -110,7 +115,7 @@ SELECT tp.stripe('payshop', 'customer.created', '{"id":"cus_1"}', 1718003000);
 SELECT tp.stripe('payshop', 'payment_intent.created', tp.pi('pi_g', 100), 1718003000);
 
 -- receipts: per prefix per day from 000001, gapless; a provider's own prefix (PS, DON); the day in the receipt time zone
-SELECT receipt_no FROM payments.payments WHERE provider = 'payshop' AND receipt_no IS NOT NULL ORDER BY receipt_no;
+SELECT receipt_no FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'payshop' ORDER BY receipt_no;
 SELECT payments.register_provider('clinic', 'stripe', '{"receipt_prefix": "DON"}');
 SELECT payments.add_secret('clinic', 'whsec_pay') IS NOT NULL AS added;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_h', 100), 1718000000);
@@ -118,19 +123,19 @@ SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_h', 100), 17180
 SET payments.receipt_timezone = 'Pacific/Kiritimati';
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_i', 100), 1718040000);
 RESET payments.receipt_timezone;
-SELECT provider_ref, receipt_no FROM payments.payments WHERE provider = 'clinic' ORDER BY id;
+SELECT provider_ref, receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'clinic' ORDER BY p.id;
 SET payments.receipt_timezone = 'Mars/Olympus';
 SET payments.receipt_prefix = 'lp';
 -- a rolled-back paying transaction gives its number back
 BEGIN;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_j', 100), 1718000000);
 -- the number is taken at commit (or when the deferred trigger is made to fire now)
-SELECT receipt_no FROM payments.payments WHERE provider_ref = 'pi_j';
+SELECT receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_j';
 SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
-SELECT receipt_no FROM payments.payments WHERE provider_ref = 'pi_j';
+SELECT receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_j';
 ROLLBACK;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_k', 100), 1718000000);
-SELECT provider_ref, receipt_no FROM payments.payments WHERE provider = 'clinic' ORDER BY id;
+SELECT provider_ref, receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'clinic' ORDER BY p.id;
 SELECT * FROM payments.receipt_counters WHERE prefix IN ('PS', 'DON') ORDER BY prefix, day;
 -- the payment behind a receipt
 SELECT provider_ref, status, amount, currency FROM payments.receipt('DON-20240610-000002');
@@ -167,7 +172,7 @@ SELECT tp.paynow('DON-1007', '9007', '1.00', 'Something New');
 SELECT provider_ref, reference, status, amount, currency, method, right(receipt_no, 6) AS receipt_seq,
 	   receipt_no LIKE 'PN-' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || '-%' AS receipt_today,
 	   metadata ->> 'pollurl' AS pollurl
-  FROM payments.payments WHERE provider = 'clinic-paynow' ORDER BY provider_ref;
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'clinic-paynow' ORDER BY provider_ref;
 
 -- Eversend: transactions flat or under data; successful is paid; payouts are payouts; fees kept
 SELECT payments.register_provider('eversend', 'eversend', '{"receipt_prefix": "EV"}');
@@ -180,7 +185,7 @@ SELECT tp.eversend('{"eventType":"transaction.pending","transactionId":"EVS1","t
 SELECT tp.eversend('{"eventType":"transaction.success","transactionId":"EVS1","transactionRef":"ORD-1","type":"collection","status":"successful","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:01:12.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.failed","data":{"transactionId":"EVS2","type":"payout","status":"failed","amount":"20.5","currency":"kes","updatedAt":"2024-06-10T09:00:00Z"}}');
 SELECT provider_ref, reference, kind, status, amount, currency, fee, method, receipt_no, status_at
-  FROM payments.payments WHERE provider = 'eversend' ORDER BY provider_ref;
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'eversend' ORDER BY provider_ref;
 
 -- PayPal (events stored directly here, to test the mapping alone: signatures are tested in
 -- paypal.sql): an order approved, then its capture completed, partly refunded, then fully;
@@ -198,7 +203,7 @@ SELECT tp.paypal('WH-1', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER1","status":"AP
 SELECT tp.paypal('WH-2', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP1","amount":{"currency_code":"USD","value":"30.00"},"seller_receivable_breakdown":{"gross_amount":{"currency_code":"USD","value":"30.00"},"paypal_fee":{"currency_code":"USD","value":"1.54"},"net_amount":{"currency_code":"USD","value":"28.46"}},"custom_id":"DON-500","status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER1"}}}', '2024-08-02T19:33:35Z');
 SELECT tp.paypal('WH-3', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF1","amount":{"currency_code":"USD","value":"10.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"10.00"}},"status":"COMPLETED","links":[{"href":"https://api.paypal.com/v2/payments/refunds/REF1","rel":"self"},{"href":"https://api.paypal.com/v2/payments/captures/CAP1","rel":"up"}]}', '2024-08-03T10:00:00Z');
 SELECT provider_ref, status, amount, currency, amount_refunded, fee, method, reference, donor_name, donor_email, country, right(receipt_no, 6) AS receipt_seq
-  FROM payments.payments WHERE provider = 'pp';
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'pp';
 SELECT tp.paypal('WH-4', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF2","amount":{"currency_code":"USD","value":"20.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"30.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP1","rel":"up"}]}', '2024-08-04T10:00:00Z');
 SELECT tp.paypal('WH-5', 'PAYMENT.CAPTURE.DENIED', '{"id":"CAP2","amount":{"currency_code":"EUR","value":"12.50"},"status":"DENIED"}', '2024-08-02T20:00:00Z');
 SELECT tp.paypal('WH-6', 'PAYMENT.SALE.COMPLETED', '{"id":"SALE1","amount":{"total":"45.00","currency":"USD"},"transaction_fee":{"value":"1.61","currency":"USD"},"state":"completed"}', '2024-08-02T21:00:00Z');
@@ -207,7 +212,7 @@ SELECT tp.paypal('WH-7', 'PAYMENT.SALE.REFUNDED', '{"id":"SREF1","sale_id":"SALE
 SELECT tp.paypal('WH-8', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF9","amount":{"currency_code":"USD","value":"1.00"},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP9","rel":"up"}]}', '2024-08-02T23:00:00Z');
 SELECT tp.paypal('WH-9', 'PAYMENT.AUTHORIZATION.CREATED', '{"id":"AUTH1"}', '2024-08-02T23:00:00Z');
 SELECT provider_ref, status, amount, currency, amount_refunded, fee, right(receipt_no, 6) AS receipt_seq
-  FROM payments.payments WHERE provider = 'pp' ORDER BY provider_ref;
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'pp' ORDER BY provider_ref;
 SELECT h.from_status, h.to_status FROM payments.status_history h JOIN payments.payments p ON p.id = h.payment_id
  WHERE p.provider_ref = 'ORDER1' ORDER BY h.id;
 

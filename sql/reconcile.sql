@@ -59,7 +59,8 @@ SELECT payments.record_reconciliation(c.id, 500, NULL, '{"error": "boom"}')
   FROM payments.reconciliation_checks c WHERE c.request LIKE '%CAP1';
 SELECT payments.record_reconciliation(c.id, 200, NULL, 'status=Paid&paynowreference=9510&hash=00')
   FROM payments.reconciliation_checks c WHERE c.request LIKE '%poll%';
-SELECT provider_ref, status, receipt_no IS NOT NULL AS has_receipt FROM payments.payments
+SELECT provider_ref, status, receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE provider_ref IN ('pi_old', 'ORDER1', '9510') ORDER BY provider_ref;
 SELECT provider, http_status, found_status, found, status_before, status_after, outcome, error
   FROM payments.reconciliation_checks WHERE finished_at IS NOT NULL AND http_status IS NOT NULL AND provider LIKE 'rc\_%'

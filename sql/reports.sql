@@ -15,12 +15,7 @@ SELECT payments.register_provider('rp-paynow', 'paynow');
 
 -- payments inserted directly: (ref, provider, status, amount, currency, refunded, fee, method,
 -- name, phone, email, created, paid, receipt, kind)
-INSERT INTO payments.payments (provider_ref, provider, status, amount, currency, amount_refunded, fee, method,
-							   donor_name, donor_phone, donor_email, created_at, paid_at, status_at, receipt_no, kind)
-SELECT v.ref, v.provider, v.status, v.amount, v.currency, v.refunded, v.fee, v.method,
-	   v.name, v.phone, v.email, v.created::timestamptz, v.paid::timestamptz,
-	   coalesce(v.paid::timestamptz, v.created::timestamptz), v.receipt, v.kind
-  FROM (VALUES
+CREATE TEMP TABLE known_payments AS SELECT * FROM (VALUES
 	('pi_1', 'rp-stripe', 'paid', 50.00, 'USD', 0, 1.75, 'card', 'Jane Doe', NULL, 'jane.doe@example.org',
 	 '2024-06-10 07:59+02', '2024-06-10 08:00+02', 'LP-20240610-000001', 'collection'),
 	('pi_2', 'rp-stripe', 'paid', 25.00, 'USD', 0, 1.03, 'card', 'Jane D.', NULL, ' JANE.DOE@Example.org',
@@ -42,6 +37,14 @@ SELECT v.ref, v.provider, v.status, v.amount, v.currency, v.refunded, v.fee, v.m
 	('po_1', 'rp-stripe', 'paid', 1000.00, 'USD', 0, 5.00, 'card', 'Jane Doe', NULL, 'jane.doe@example.org',
 	 '2024-06-10 17:00+02', '2024-06-10 17:00+02', NULL, 'payout')
   ) AS v(ref, provider, status, amount, currency, refunded, fee, method, name, phone, email, created, paid, receipt, kind);
+INSERT INTO payments.payments (provider_ref, provider, status, amount, currency, amount_refunded, fee, method,
+							   donor_name, donor_phone, donor_email, created_at, paid_at, status_at, kind)
+SELECT v.ref, v.provider, v.status, v.amount, v.currency, v.refunded, v.fee, v.method,
+	   v.name, v.phone, v.email, v.created::timestamptz, v.paid::timestamptz,
+	   coalesce(v.paid::timestamptz, v.created::timestamptz), v.kind
+  FROM known_payments v;
+INSERT INTO payments.receipts (receipt_no, payment_id)
+SELECT v.receipt, p.id FROM known_payments v JOIN payments.payments p ON p.provider_ref = v.ref WHERE v.receipt IS NOT NULL;
 
 -- the refunds, as the state machine records them
 INSERT INTO payments.status_history (payment_id, from_status, to_status, status_at)

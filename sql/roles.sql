@@ -22,7 +22,7 @@ SELECT c.relname, c.relkind,
 	   has_table_privilege('payments_analyst', c.oid, 'SELECT') AS analyst_select
   FROM pg_class c WHERE c.relnamespace = 'payments'::regnamespace AND c.relkind IN ('r', 'v')
    AND c.relname IN ('certificates', 'currencies', 'daily_summary', 'donor_summary', 'events', 'fx_rates', 'payments',
-					 'provider_kinds', 'providers', 'receipt_counters', 'refused_transitions', 'rejections', 'secrets',
+					 'provider_kinds', 'providers', 'receipt_counters', 'receipts', 'refused_transitions', 'rejections', 'secrets',
 					 'status_history', 'statuses', 'transitions')
  ORDER BY c.relname;
 -- in the whole schema, ingest reads nothing and the analyst only the report views
@@ -51,6 +51,20 @@ SELECT p.oid::regprocedure AS unpinned_security_definer
 SELECT count(*) > 8 AS several_security_definers FROM pg_proc p
  WHERE p.pronamespace = 'payments'::regnamespace AND p.prosecdef;
 
+-- the PL/pgSQL steps that run under their caller's search_path (no SET clause) are not granted
+-- to the ingest or analyst roles: only pinned callers reach them
+SELECT p.oid::regprocedure AS unpinned_step_granted
+  FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+ WHERE p.pronamespace = 'payments'::regnamespace AND l.lanname = 'plpgsql'
+   AND NOT EXISTS (SELECT FROM unnest(p.proconfig) AS c WHERE c LIKE 'search\_path=%')
+   AND (has_function_privilege('payments_ingest', p.oid, 'EXECUTE')
+		OR has_function_privilege('payments_analyst', p.oid, 'EXECUTE'))
+ ORDER BY 1;
+SELECT count(*) >= 12 AS several_unpinned_steps
+  FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+ WHERE p.pronamespace = 'payments'::regnamespace AND l.lanname = 'plpgsql'
+   AND NOT EXISTS (SELECT FROM unnest(p.proconfig) AS c WHERE c LIKE 'search\_path=%');
+
 -- test logins (NOLOGIN here: SET ROLE is enough) in each group, and one in none
 CREATE ROLE regress_admin NOLOGIN IN ROLE payments_admin;
 CREATE ROLE regress_ingest NOLOGIN IN ROLE payments_ingest;
@@ -60,10 +74,13 @@ CREATE ROLE regress_nobody NOLOGIN;
 -- known data, as the superuser
 SELECT payments.register_provider('ro-stripe', 'stripe', '{"receipt_prefix": "RO"}');
 SELECT payments.add_secret('ro-stripe', 'whsec_roles') AS secret_id \gset
-INSERT INTO payments.payments (provider_ref, provider, status, amount, currency, fee, method,
-							   donor_name, donor_phone, donor_email, paid_at, status_at, receipt_no)
-VALUES ('pi_r1', 'ro-stripe', 'paid', 20, 'USD', 0.88, 'card', 'Rudo N', '263779876543', 'rudo@example.net',
-		'2024-07-01 10:00Z', '2024-07-01 10:00Z', 'LP-20240701-000001');
+WITH p AS (
+	INSERT INTO payments.payments (provider_ref, provider, status, amount, currency, fee, method,
+								   donor_name, donor_phone, donor_email, paid_at, status_at)
+	VALUES ('pi_r1', 'ro-stripe', 'paid', 20, 'USD', 0.88, 'card', 'Rudo N', '263779876543', 'rudo@example.net',
+			'2024-07-01 10:00Z', '2024-07-01 10:00Z')
+	RETURNING id)
+INSERT INTO payments.receipts (receipt_no, payment_id) SELECT 'LP-20240701-000001', p.id FROM p;
 INSERT INTO payments.events (provider, event_id, body, payload, headers) VALUES ('ro-stripe', 'evt_r1', '{}', '{}', '{}');
 INSERT INTO payments.rejections (provider, outcome, reason, body_sha256, body_size, headers)
 VALUES ('ro-stripe', 'rejected', 'bad_signature', '\x00', 2, '{}');
@@ -196,6 +213,6 @@ SELECT http_status, outcome FROM payments.ingest('ro-stripe', jsonb_build_object
 SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
 RESET search_path;
 RESET ROLE;
-SELECT status, amount, currency, receipt_no LIKE 'RO-%' AS has_receipt FROM payments.payments WHERE provider_ref = 'pi_hj';
+SELECT status, amount, currency, receipt_no LIKE 'RO-%' AS has_receipt FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_hj';
 
 ROLLBACK;

@@ -137,7 +137,7 @@ $$;
 SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'ref'], ['paynowreference', '9001'], ['amount', '30.00'],
 	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g1']]);
 SELECT status, receipt_no ~ '^LP-[0-9]{8}-[0-9]{6}$' AS receipt, metadata ->> 'paynowreference' AS paynowreference
-  FROM payments.payments WHERE provider LIKE 'pn\_%';
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider LIKE 'pn\_%';
 SELECT count(*) AS payments FROM payments.payments WHERE provider LIKE 'pn\_%';
 SELECT * FROM pg_temp.replies('263771234567');
 -- then the initiate reply: pollurl kept, no instructions (the payment is paid already)
@@ -315,7 +315,8 @@ SELECT reference AS eco_ref FROM payments.payments WHERE donor_phone = '26377200
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 6);
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);
 SELECT * FROM pg_temp.replies('263770000001');
-SELECT status, receipt_no IS NOT NULL AS receipt, metadata ->> 'approved_by' AS approved_by FROM payments.payments WHERE reference = :'eco_ref';
+SELECT status, receipt_no IS NOT NULL AS receipt, metadata ->> 'approved_by' AS approved_by
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE reference = :'eco_ref';
 SELECT * FROM pg_temp.replies('263772000003');
 
 -- statuses of sent messages: the wamid comes with the Graph API's answer; statuses move forward only,

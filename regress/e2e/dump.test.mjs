@@ -36,7 +36,7 @@ const snapshot = (c) => c.psql(`
 	UNION ALL SELECT 'events', string_agg(format('%s %s %s %s %s', id, provider, event_id, md5(body), state), '; ' ORDER BY id) FROM payments.events
 	UNION ALL SELECT 'rejections', string_agg(format('%s %s %s', id, provider, reason), '; ' ORDER BY id) FROM payments.rejections
 	UNION ALL SELECT 'payments', string_agg(format('%s %s %s %s %s %s %s %s', id, provider_ref, status, amount, currency,
-		receipt_no, donor_key, paid_at), '; ' ORDER BY id) FROM payments.payments
+		receipt_no, donor_key, paid_at), '; ' ORDER BY id) FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
 	UNION ALL SELECT 'status_history', string_agg(format('%s %s %s %s', id, payment_id, to_status, event_id), '; ' ORDER BY id) FROM payments.status_history
 	UNION ALL SELECT 'refused_transitions', count(*)::text FROM payments.refused_transitions
 	UNION ALL SELECT 'receipt_counters', string_agg(format('%s %s %s', prefix, day, last_no), '; ' ORDER BY prefix, day) FROM payments.receipt_counters
@@ -95,8 +95,8 @@ describe('pg_dump and pg_restore', () => {
 			'SELECT max(e.id), (SELECT max(id) FROM payments.payments) FROM payments.events e').split('|').map(Number);
 		assert.equal(target.psql(ingestSql(1)), '200|duplicate');
 		assert.equal(target.psql(`SET payments.receipt_timezone = 'UTC'; ${ingestSql(4)}`), '200|applied');
-		const [event, payment, receipt] = target.psql(`SELECT e.id, p.id, p.receipt_no FROM payments.events e
-			JOIN payments.payments p ON p.provider_ref = 'pi_dump_4' WHERE e.event_id LIKE 'evt_dump_4_%'`).split('|');
+		const [event, payment, receipt] = target.psql(`SELECT e.id, p.id, r.receipt_no FROM payments.events e
+			JOIN payments.payments p ON p.provider_ref = 'pi_dump_4' JOIN payments.receipts r ON r.payment_id = p.id WHERE e.event_id LIKE 'evt_dump_4_%'`).split('|');
 		assert.ok(Number(event) > maxEvent, `event id ${event} after ${maxEvent}`);
 		assert.ok(Number(payment) > maxPayment, `payment id ${payment} after ${maxPayment}`);
 		assert.equal(receipt, 'LP-20240610-000004');

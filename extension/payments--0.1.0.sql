@@ -2154,10 +2154,13 @@ $$;
 COMMENT ON FUNCTION payments.enqueue_transition() IS
 	'Trigger: queues a payment transition (at commit of its transaction, with the payment as it then is) for every enabled endpoint that takes its type';
 
+-- Only for a transition recorded by this transaction (like status_history_issue_receipt): the
+-- rows a restore copies back were queued when they were first recorded, and the outbox is
+-- restored with them.
 CREATE CONSTRAINT TRIGGER status_history_outbox
 	AFTER INSERT ON payments.status_history
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_transition();
+	FOR EACH ROW WHEN (NEW.recorded_at = pg_catalog.now()) EXECUTE FUNCTION payments.enqueue_transition();
 
 CREATE FUNCTION payments.enqueue_event()
 RETURNS trigger
@@ -2190,10 +2193,11 @@ $$;
 COMMENT ON FUNCTION payments.enqueue_event() IS
 	'Trigger: queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* …)';
 
+-- only for an event received by this transaction: not for the rows a restore copies back
 CREATE CONSTRAINT TRIGGER events_outbox
 	AFTER INSERT ON payments.events
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
+	FOR EACH ROW WHEN (NEW.received_at = pg_catalog.now()) EXECUTE FUNCTION payments.enqueue_event();
 
 CREATE FUNCTION payments.outbox_upload_pending(provider text, payload jsonb)
 RETURNS boolean
@@ -4361,10 +4365,13 @@ COMMENT ON FUNCTION payments.chat_payment_notice() IS
 -- so that the thank-you carries the receipt number.  A payment's first status (from_status NULL)
 -- tells the donor nothing: a chat donation starts pending, and a payment created by its
 -- provider's event is no chat donation.
+-- (like the receipt and outbox triggers, only for a transition recorded by this transaction: a
+-- restore does not message the donors again)
 CREATE CONSTRAINT TRIGGER status_history_whatsapp_notice
 	AFTER INSERT ON payments.status_history
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW WHEN (NEW.from_status IS NOT NULL) EXECUTE FUNCTION payments.chat_payment_notice();
+	FOR EACH ROW WHEN (NEW.from_status IS NOT NULL AND NEW.recorded_at = pg_catalog.now())
+	EXECUTE FUNCTION payments.chat_payment_notice();
 
 -- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
 

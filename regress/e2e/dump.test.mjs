@@ -1,6 +1,6 @@
 // pg_dump / pg_restore round trip: configuration (providers, secrets, certificates, admin-added
-// currencies, exchange rates) and data (events, rejections, payments, history, receipt counters,
-// sequences) survive a dump of one database restored into a new one on a new server (pg_cron,
+// currencies, exchange rates, endpoints) and data (events, rejections, payments, history, receipts, receipt counters,
+// the outbox, sequences) survive a dump of one database restored into a new one on a new server (pg_cron,
 // which the database also has, allows only one database per server), the rows CREATE EXTENSION
 // inserts (provider kinds, currencies, statuses) are not duplicated, and ingest still works after.
 import { describe, test, before, after } from 'node:test';
@@ -39,6 +39,8 @@ const snapshot = (c) => c.psql(`
 		receipt_no, donor_key, paid_at), '; ' ORDER BY id) FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
 	UNION ALL SELECT 'status_history', string_agg(format('%s %s %s %s', id, payment_id, to_status, event_id), '; ' ORDER BY id) FROM payments.status_history
 	UNION ALL SELECT 'refused_transitions', count(*)::text FROM payments.refused_transitions
+	UNION ALL SELECT 'receipts', string_agg(format('%s %s', receipt_no, payment_id), '; ' ORDER BY receipt_no) FROM payments.receipts
+	UNION ALL SELECT 'outbox', string_agg(format('%s %s', endpoint_id, event_type), '; ' ORDER BY id) FROM payments.outbox
 	UNION ALL SELECT 'receipt_counters', string_agg(format('%s %s %s', prefix, day, last_no), '; ' ORDER BY prefix, day) FROM payments.receipt_counters
 	UNION ALL SELECT 'fx_rates', string_agg(format('%s %s %s', day, currency, rate), '; ' ORDER BY currency, day) FROM payments.fx_rates
 	UNION ALL SELECT 'currencies', format('%s rows, added: %s', count(*), string_agg(code || '/' || exponent, ',') FILTER (WHERE NOT seeded)) FROM payments.currencies
@@ -63,6 +65,8 @@ describe('pg_dump and pg_restore', () => {
 			INSERT INTO payments.certificates (url, pem, source) VALUES ('https://api.paypal.com/cert', 'PEM', 'seeded');
 			INSERT INTO payments.currencies (code, exponent) VALUES ('XTS', 3);
 			INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'EUR', 1.08), ('2024-06-10', 'XTS', 2);
+			SELECT payments.add_endpoint('dump-hook', 'http://127.0.0.1:9/hook', 'whsec_ZHVtcC1ob29rLXNlY3JldC1rZXk=',
+										 ARRAY['payment.*', 'event.*']);
 			SET payments.receipt_timezone = 'UTC';`);
 		for (let n = 1; n <= 3; n++) assert.equal(cluster.psql(ingestSql(n)), '200|applied');
 		assert.equal(cluster.psql(ingestSql(1, 'payment_intent.succeeded')), '200|duplicate');
@@ -75,6 +79,8 @@ describe('pg_dump and pg_restore', () => {
 		const before = snapshot(cluster);
 		assert.match(before.find((l) => l.startsWith('payments|')), /LP-20240610-000003/);
 		assert.match(before.find((l) => l.startsWith('currencies|')), /added: XTS\/3$/);
+		// the outbox holds each event and each transition once; the restore must not queue them again
+		assert.equal(before.find((l) => l.startsWith('outbox|')).split('; ').length, 6);
 
 		const file = join(cluster.dir, 'payments.dump');
 				execFileSync(join(PG_BIN, 'pg_dump'), ['-h', cluster.dir, '-p', String(cluster.port), '-U', 'postgres', '-Fc', '-d', 'payments', '-f', file], { stdio: 'pipe' });

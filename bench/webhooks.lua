@@ -8,6 +8,12 @@
 -- RESULTS_PREFIX.<thread> as "<status> <event_id> <outcome>" (event_id and outcome from the JSON
 -- answer), so that the caller can check by SQL that every 2xx event is stored.
 -- done() prints one line: RESULT key=value ...
+--
+-- wrk runs each thread's init() in its main thread one after the other, starting each thread as
+-- soon as its own init() is done, and starts its clock only after the last: the first thread's
+-- answers during the others' init() would count without their time. So each thread marks
+-- RESULTS_PREFIX-ready.<thread> when loaded, and the rate counts only the answers received once
+-- every thread is ready (requests_timed); all answers are still written and checked.
 
 local threads = {}
 local nthreads = 0
@@ -39,6 +45,21 @@ function init(args)
 	n2xx, nother = 0, 0
 	out = assert(io.open(prefix .. "." .. tid, "w"))
 	out:setvbuf("full", 1048576)
+	ready_prefix = prefix .. "-ready."
+	nthreads_all = n
+	all_ready = false
+	timed = 0
+	assert(io.open(ready_prefix .. tid, "w")):close()
+end
+
+-- Whether every thread has loaded its deliveries (checked until true)
+local function everyone_ready()
+	for t = 1, nthreads_all do
+		local f = io.open(ready_prefix .. t, "r")
+		if not f then return false end
+		f:close()
+	end
+	return true
 end
 
 function request()
@@ -62,21 +83,27 @@ function response(status, headers, body)
 	local outcome = body:match('"outcome"%s*:%s*"([^"]*)"') or "-"
 	out:write(status, " ", id, " ", outcome, "\n")
 	if (n2xx + nother) % 4096 == 0 then out:flush() end
+	if all_ready then
+		timed = timed + 1
+	elseif everyone_ready() then
+		all_ready = true
+	end
 end
 
 function done(summary, latency, requests)
-	local n2, no, ex = 0, 0, 0
+	local n2, no, ex, tm = 0, 0, 0, 0
 	for _, t in ipairs(threads) do
 		n2 = n2 + t:get("n2xx")
 		no = no + t:get("nother")
 		ex = ex + t:get("exhausted")
+		tm = tm + t:get("timed")
 	end
 	local e = summary.errors
 	io.write(string.format(
-		"RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
+		"RESULT requests=%d requests_timed=%d duration_us=%d rps=%.1f rps_wrk=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
 		"answers_2xx=%d answers_other=%d wrk_status_errors=%d connect_errors=%d read_errors=%d " ..
 		"write_errors=%d timeouts=%d threads_exhausted=%d\n",
-		summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+		summary.requests, tm, summary.duration, tm / (summary.duration / 1e6), summary.requests / (summary.duration / 1e6),
 		latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
 		n2, no, e.status, e.connect, e.read, e.write, e.timeout, ex))
 end

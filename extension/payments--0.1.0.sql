@@ -1592,16 +1592,21 @@ SET jit = off
 SET enable_sort = off
 SET parallel_setup_cost = 0
 SET parallel_tuple_cost = 0
+-- so that the time zone set in the body is the function's own, restored when it returns
+SET TimeZone = 'UTC'
 AS $$
 #variable_conflict use_column
 DECLARE
-	tz text := payments.report_timezone();
 	base text := payments.base_currency();
 BEGIN
+	-- each row's day is its time cast to date in the session's time zone, made the report time zone
+	-- here: AT TIME ZONE with a zone name would look the zone up again for every row (a quarter of
+	-- the time on half a million rows in Africa/Harare)
+	PERFORM pg_catalog.set_config('TimeZone', payments.report_timezone(), true);
 	RETURN QUERY
 	WITH days AS (
 		SELECT p.currency::text AS cur,
-			   (coalesce(p.paid_at, p.created_at) AT TIME ZONE tz)::date AS d,
+			   coalesce(p.paid_at, p.created_at)::date AS d,
 			   count(*) FILTER (WHERE p.paid_at IS NOT NULL) AS paid,
 			   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
 			   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,

@@ -91,6 +91,10 @@ SELECT * FROM payments.currency_summary('2024-06-01', '2024-07-01');
 SELECT * FROM payments.base_totals('2024-06-01', '2024-07-01');
 INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'EUR', 1.08), ('2024-06-11', 'ZWG', 0.0375);
 SELECT currency, net, base_currency, base_net, days_without_rate FROM payments.currency_summary('2024-06-01', '2024-07-01');
+-- it counts days in the report time zone by setting TimeZone for itself only: the caller's stays,
+-- within this file's transaction too
+SELECT count(*) FROM payments.currency_summary('2024-06-01', '2024-07-01');
+SELECT current_setting('TimeZone') AS caller_time_zone;
 SELECT * FROM payments.base_totals('2024-06-01', '2024-07-01');
 INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'XYZ', 1);
 INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'GBP', 0);

@@ -81,6 +81,9 @@ SELECT * FROM payments.donor_summary ORDER BY donor, currency;
 SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01');
 SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01', 'usd', 1);
 SELECT * FROM payments.top_donors('2024-06-11', '2024-06-12', n => 5);
+-- no donors asked for, no rows
+SELECT count(*) FROM payments.top_donors('2024-06-01', '2024-07-01', n => 0);
+SELECT count(*) FROM payments.top_donors('2024-06-01', '2024-07-01', n => NULL);
 SELECT * FROM payments.donor_history('Jane.Doe@example.org');
 SELECT * FROM payments.donor_history('+263 77 123 4567');
 SELECT * FROM payments.donor_history('bob smith');

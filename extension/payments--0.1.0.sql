@@ -2143,6 +2143,12 @@ DECLARE
 	etype	text := 'payment.' || NEW.to_status;
 	body	jsonb;
 BEGIN
+	-- only a transition recorded by this transaction (like status_history_issue_receipt): the rows
+	-- a restore copies back were queued when first recorded, and the outbox is restored with them
+	-- (checked here rather than in a WHEN clause, which every insert would prepare again)
+	IF NEW.recorded_at <> now() THEN
+		RETURN NULL;
+	END IF;
 	IF NOT EXISTS (SELECT FROM payments.endpoints e
 					WHERE e.enabled AND payments.event_type_matches(e.event_types, etype)) THEN
 		RETURN NULL;
@@ -2170,13 +2176,10 @@ $$;
 COMMENT ON FUNCTION payments.enqueue_transition() IS
 	'Trigger: queues a payment transition (at commit of its transaction, with the payment as it then is) for every enabled endpoint that takes its type';
 
--- Only for a transition recorded by this transaction (like status_history_issue_receipt): the
--- rows a restore copies back were queued when they were first recorded, and the outbox is
--- restored with them.
 CREATE CONSTRAINT TRIGGER status_history_outbox
 	AFTER INSERT ON payments.status_history
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW WHEN (NEW.recorded_at = pg_catalog.now()) EXECUTE FUNCTION payments.enqueue_transition();
+	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_transition();
 
 CREATE FUNCTION payments.enqueue_event()
 RETURNS trigger
@@ -2188,6 +2191,10 @@ AS $$
 DECLARE
 	etype	text := 'event.' || NEW.provider || '.' || coalesce(NEW.event_type, 'unknown');
 BEGIN
+	-- only an event received by this transaction: not the rows a restore copies back
+	IF NEW.received_at <> now() THEN
+		RETURN NULL;
+	END IF;
 	-- raw events only go where they were asked for by name: NULL (all) means payment changes;
 	-- without such an endpoint (the usual case) no INSERT is even started
 	IF NOT EXISTS (SELECT FROM payments.endpoints e
@@ -2209,11 +2216,10 @@ $$;
 COMMENT ON FUNCTION payments.enqueue_event() IS
 	'Trigger: queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* …)';
 
--- only for an event received by this transaction: not for the rows a restore copies back
 CREATE CONSTRAINT TRIGGER events_outbox
 	AFTER INSERT ON payments.events
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW WHEN (NEW.received_at = pg_catalog.now()) EXECUTE FUNCTION payments.enqueue_event();
+	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 
 CREATE FUNCTION payments.outbox_upload_pending(provider text, payload jsonb)
 RETURNS boolean

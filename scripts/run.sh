@@ -96,7 +96,7 @@ Send a signed test event (paste into another terminal):
 Then look at it:
 
   $psql_cmd -c "SELECT id, provider, event_id, event_type, received_at, state FROM payments.events ORDER BY id DESC LIMIT 5"
-  $psql_cmd -c "SELECT provider_ref, status, amount, currency, receipt_no FROM payments.payments ORDER BY id DESC LIMIT 5"
+  $psql_cmd -c "SELECT p.provider_ref, p.status, p.amount, p.currency, r.receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id ORDER BY p.id DESC LIMIT 5"
 
 Ctrl-C stops the shim and the database.
 

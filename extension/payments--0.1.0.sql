@@ -66,8 +66,8 @@ CREATE TABLE payments.events (
 	event_type		text,
 	event_at		timestamptz,
 	received_at		timestamptz NOT NULL DEFAULT now(),
-	-- lz4: a 1.5 KB event makes a row that is compressed on insert and read back on apply;
-	-- pglz (the default) costs several times more CPU both ways
+	-- lz4 for the rows that are still compressed (over toast_tuple_target, below): pglz (the
+	-- default) costs several times more CPU both ways
 	body			bytea COMPRESSION lz4 NOT NULL,
 	payload			jsonb COMPRESSION lz4 NOT NULL,
 	headers			jsonb COMPRESSION lz4 NOT NULL,
@@ -78,7 +78,12 @@ CREATE TABLE payments.events (
 	next_attempt_at	timestamptz,
 	last_error		text,
 	UNIQUE (provider, event_id)
-);
+)
+-- A 1.5 KB event makes a ~3.5 KB row (the body, its jsonb, the headers).  With the default target
+-- (2 KB) every insert compressed the body and the payload (by a quarter only: signed JSON
+-- compresses poorly) and then still moved one of them to the TOAST table: 7% of the work of a
+-- delivery.  Rows up to a page are now kept whole and uncompressed, for about 25% more disk.
+WITH (toast_tuple_target = 8160);
 CREATE INDEX events_received_at_idx ON payments.events USING brin (received_at);
 COMMENT ON TABLE payments.events IS
 	'Every verified delivery, once per (provider, event_id): raw body as signed, parsed payload, headers without credentials';
@@ -535,9 +540,10 @@ COMMENT ON TYPE payments.payment_change IS
 -- in a new (sub)transaction, which the shim's group commit makes of every delivery.
 --
 -- The steps of the ingest path (payments.store_event, settle_event, apply_change, the kinds'
--- *_change, major_units, next_receipt_no, receipt_prefix, keep_donor_key) have no SET clause:
--- they run under the search_path pinned by the SECURITY DEFINER function or entry point that
--- calls them (payments.ingest, apply_event, issue_receipt, ...), name every object with its
+-- *_change, major_units, keep_donor_key, and at commit issue_receipt, next_receipt_no,
+-- receipt_prefix, enqueue_transition, chat_payment_notice) have no SET clause: they run under the
+-- search_path pinned by the SECURITY DEFINER function or entry point that calls them
+-- (payments.ingest, apply_event, transition_committed, ...), name every object with its
 -- schema, and are not granted to the ingest or analyst roles (sql/roles.sql checks both).  A SET
 -- clause saves and restores the setting at every call: 6% of the work of a delivery.
 CREATE FUNCTION payments.major_units(minor numeric, currency text, exponent_override integer DEFAULT NULL)
@@ -619,35 +625,66 @@ COMMENT ON FUNCTION payments.next_receipt_no(text, date) IS
 -- shim's batches above all) run side by side and queue only for that last step.  Still one
 -- counter update per number in the paying transaction: gapless and unique, and a rollback (of
 -- the transaction, or of the subtransaction that recorded the transition) gives it back.
-CREATE FUNCTION payments.issue_receipt()
+CREATE FUNCTION payments.issue_receipt(payment_id bigint, paid_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+	INSERT INTO payments.receipts (receipt_no, payment_id)
+	SELECT payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(issue_receipt.paid_at)), p.id
+	  FROM payments.payments p
+	 WHERE p.id = issue_receipt.payment_id
+	   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id);
+END
+$$;
+COMMENT ON FUNCTION payments.issue_receipt(bigint, timestamptz) IS
+	'At commit (payments.transition_committed): gives a payment that became paid its receipt number, unless it has one; the day is that of paid_at, the transition''s status time';
+
+-- What a transition recorded by the transaction does at its commit, in this order: the payment's
+-- receipt number when it became paid (above); the outbox, when an enabled endpoint takes its type
+-- (payments.enqueue_transition); the donor's WhatsApp message, for a chat donation
+-- (payments.chat_payment_notice).  So the outbox and the thank-you see the number.  One deferred
+-- trigger with the conditions tested in its body rather than a trigger each, with WHEN clauses:
+-- each trigger is a call per transition at commit, and each WHEN clause is read back from the
+-- catalog and prepared again by every insert into status_history (5% of a delivery's work).
+CREATE FUNCTION payments.transition_committed()
 RETURNS trigger
 LANGUAGE plpgsql
--- deferred to commit, it runs as the login role (like enqueue_transition), which may not write
--- the counters
+-- deferred to commit, it runs after ingest's SECURITY DEFINER context has ended, as the login
+-- role (a member of payments_ingest, which may not write the counters, read the endpoints or
+-- write the outbox)
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	INSERT INTO payments.receipts (receipt_no, payment_id)
-	SELECT payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(NEW.status_at)), p.id
-	  FROM payments.payments p
-	 WHERE p.id = NEW.payment_id
-	   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id);
+	-- only a transition recorded by this transaction: the rows a restore copies back were numbered,
+	-- queued and told when first recorded, and their receipts and outbox rows are restored with them
+	IF NEW.recorded_at <> now() THEN
+		RETURN NULL;
+	END IF;
+	IF NEW.to_status = 'paid' THEN
+		PERFORM payments.issue_receipt(NEW.payment_id, NEW.status_at);
+	END IF;
+	IF EXISTS (SELECT FROM payments.endpoints e
+				WHERE e.enabled AND payments.event_type_matches(e.event_types, 'payment.' || NEW.to_status)) THEN
+		PERFORM payments.enqueue_transition(NEW);
+	END IF;
+	-- a payment's first status (from_status NULL) tells the donor nothing: a chat donation starts
+	-- pending, and a payment created by its provider's event is no chat donation
+	IF NEW.from_status IS NOT NULL
+	   AND EXISTS (SELECT FROM payments.chat_donations d WHERE d.payment_id = NEW.payment_id) THEN
+		PERFORM payments.chat_payment_notice(NEW);
+	END IF;
 	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION payments.issue_receipt() IS
-	'Trigger: at commit, gives a payment that became paid (by the recorded transition) its receipt number, unless it has one; the day is that of the transition''s status time';
+COMMENT ON FUNCTION payments.transition_committed() IS
+	'Trigger: at commit, for a transition recorded by the transaction, issues the receipt of a payment that became paid, queues the transition for the endpoints that take it and tells a WhatsApp donor';
 
--- named to fire before status_history_outbox (triggers of one row fire in name order), so that
--- the outbox sees the number.  Only for a transition recorded by this transaction: the rows a
--- restore copies back carry the time they were first recorded, and their receipts (restored
--- from payments.receipts, in whatever order pg_restore loads the two) are not taken again.
-CREATE CONSTRAINT TRIGGER status_history_issue_receipt
+CREATE CONSTRAINT TRIGGER status_history_at_commit
 	AFTER INSERT ON payments.status_history
 	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW WHEN (NEW.to_status = 'paid' AND NEW.recorded_at = pg_catalog.now())
-	EXECUTE FUNCTION payments.issue_receipt();
+	FOR EACH ROW EXECUTE FUNCTION payments.transition_committed();
 
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
@@ -678,7 +715,7 @@ BEGIN
 				payments.e164_digits(change.donor_phone), change.donor_email, payments.country_code(change.country),
 				coalesce(change.metadata, '{}'), at, CASE WHEN change.status = 'paid' THEN at END)
 		ON CONFLICT (provider, provider_ref) DO NOTHING
-		RETURNING * INTO pay;
+		RETURNING p.id, p.status INTO pay.id, pay.status;
 		IF FOUND THEN
 			-- a paid one gets its receipt number at commit (payments.issue_receipt)
 			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
@@ -1136,7 +1173,8 @@ REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integ
 REVOKE ALL ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.next_receipt_no(text, date) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.issue_receipt() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.transition_committed() FROM PUBLIC;
 
 CREATE FUNCTION payments.receipt(receipt_no text)
 RETURNS SETOF payments.payments
@@ -2131,60 +2169,41 @@ $$;
 COMMENT ON FUNCTION payments.enable_endpoint(text, boolean) IS
 	'Enables (closing its breaker) or disables an endpoint; the items queued for it while disabled are sent once enabled';
 
-CREATE FUNCTION payments.enqueue_transition()
-RETURNS trigger
+-- (called by payments.transition_committed at commit, when an enabled endpoint takes the type)
+CREATE FUNCTION payments.enqueue_transition(transition payments.status_history)
+RETURNS void
 LANGUAGE plpgsql
--- deferred to commit, it runs after ingest's SECURITY DEFINER context has ended, as the
--- login role (a member of payments_ingest, which may not read endpoints or write the outbox)
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	etype	text := 'payment.' || NEW.to_status;
+	etype	text := 'payment.' || transition.to_status;
 	body	jsonb;
 BEGIN
-	-- only a transition recorded by this transaction (like status_history_issue_receipt): the rows
-	-- a restore copies back were queued when first recorded, and the outbox is restored with them
-	-- (checked here rather than in a WHEN clause, which every insert would prepare again)
-	IF NEW.recorded_at <> now() THEN
-		RETURN NULL;
-	END IF;
-	IF NOT EXISTS (SELECT FROM payments.endpoints e
-					WHERE e.enabled AND payments.event_type_matches(e.event_types, etype)) THEN
-		RETURN NULL;
-	END IF;
 	SELECT jsonb_build_object(
 			'type', etype,
-			'timestamp', to_char(NEW.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+			'timestamp', to_char(transition.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
 			'data', jsonb_build_object(
 				'payment_id', p.id, 'provider', p.provider, 'provider_ref', p.provider_ref,
 				'reference', p.reference, 'kind', p.kind, 'status', p.status,
-				'from_status', NEW.from_status, 'to_status', NEW.to_status,
-				'status_at', NEW.status_at, 'amount', p.amount, 'currency', p.currency,
+				'from_status', transition.from_status, 'to_status', transition.to_status,
+				'status_at', transition.status_at, 'amount', p.amount, 'currency', p.currency,
 				'amount_refunded', p.amount_refunded, 'fee', p.fee, 'method', p.method,
 				'receipt_no', (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), 'paid_at', p.paid_at, 'donor_name', p.donor_name,
 				'donor_email', p.donor_email, 'donor_phone', p.donor_phone, 'country', p.country,
-				'event_id', NEW.event_id, 'transition_id', NEW.id))
+				'event_id', transition.event_id, 'transition_id', transition.id))
 	  INTO body
-	  FROM payments.payments p WHERE p.id = NEW.payment_id;
+	  FROM payments.payments p WHERE p.id = transition.payment_id;
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload, status_history_id)
-	SELECT e.id, etype, body, NEW.id FROM payments.endpoints e
+	SELECT e.id, etype, body, transition.id FROM payments.endpoints e
 	 WHERE e.enabled AND payments.event_type_matches(e.event_types, etype);
-	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION payments.enqueue_transition() IS
-	'Trigger: queues a payment transition (at commit of its transaction, with the payment as it then is) for every enabled endpoint that takes its type';
-
-CREATE CONSTRAINT TRIGGER status_history_outbox
-	AFTER INSERT ON payments.status_history
-	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_transition();
+COMMENT ON FUNCTION payments.enqueue_transition(payments.status_history) IS
+	'At commit (payments.transition_committed): queues a payment transition, with the payment as it then is, for every enabled endpoint that takes its type';
 
 CREATE FUNCTION payments.enqueue_event()
 RETURNS trigger
 LANGUAGE plpgsql
--- deferred to commit like enqueue_transition, and for the same reason a definer
+-- deferred to commit like payments.transition_committed, and for the same reason a definer
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2661,7 +2680,7 @@ REVOKE ALL ON FUNCTION payments.replay_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.replay_dead(text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.add_endpoint(text, text, text, text[], text, integer, integer, integer, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enable_endpoint(text, boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.enqueue_transition() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.enqueue_transition(payments.status_history) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_event() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.claim_outbox(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
@@ -4041,8 +4060,9 @@ BEGIN
 				c.status_at := greatest(now(), pay.status_at);
 				c.metadata := jsonb_build_object('approved_by', wa_id, 'approved_at', now());
 				PERFORM payments.apply_change(NULL, pay.provider, c);
-				-- receipts are taken at commit; the admin's answer names it, so take it now
-				SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
+				-- receipts are taken at commit; the admin's answer names it, so take it now (the
+				-- commit then finds it taken)
+				PERFORM payments.issue_receipt(pay.id, c.status_at);
 				body := format('Approved %s: %s %s marked paid, receipt %s.', arg, payments.chat_amount(pay.amount),
 							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
 			END IF;
@@ -4342,12 +4362,11 @@ $$;
 COMMENT ON FUNCTION payments.chat_message_sent(bigint, text) IS
 	'Keeps the wamid the Graph API answered for a sent WhatsApp message, and applies the statuses Meta reported before; used by record_delivery';
 
-CREATE FUNCTION payments.chat_payment_notice()
-RETURNS trigger
+-- (called by payments.transition_committed at commit, after the receipt is issued, so that the
+-- thank-you carries its number)
+CREATE FUNCTION payments.chat_payment_notice(transition payments.status_history)
+RETURNS void
 LANGUAGE plpgsql
--- deferred to commit like enqueue_transition, and for the same reason a definer
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	d		payments.chat_donations;
@@ -4355,16 +4374,16 @@ DECLARE
 	gift	text;
 	body	text;
 BEGIN
-	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = NEW.payment_id;
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = transition.payment_id;
 	IF NOT FOUND THEN
-		RETURN NULL;
+		RETURN;
 	END IF;
-	SELECT x.* INTO p FROM payments.payments x WHERE x.id = NEW.payment_id;
-	IF p.status <> NEW.to_status THEN
-		RETURN NULL;			-- moved on again in the same transaction: that move tells the donor
+	SELECT x.* INTO p FROM payments.payments x WHERE x.id = transition.payment_id;
+	IF p.status <> transition.to_status THEN
+		RETURN;			-- moved on again in the same transaction: that move tells the donor
 	END IF;
 	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount), p.currency, p.reference);
-	body := CASE NEW.to_status
+	body := CASE transition.to_status
 		WHEN 'paid' THEN format(E'Thank you%s! We received your donation of %s%s.\nYour receipt number is %s.',
 								', ' || p.donor_name, gift, ' for ' || d.purpose,
 								(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id))
@@ -4377,23 +4396,10 @@ BEGIN
 	IF body IS NOT NULL THEN
 		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, body));
 	END IF;
-	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION payments.chat_payment_notice() IS
-	'Trigger: when a WhatsApp donation becomes paid (thank-you with the receipt number), failed, cancelled or refunded, queues the message to the donor at commit';
-
--- deferred triggers of one row fire in name order: this one follows status_history_issue_receipt,
--- so that the thank-you carries the receipt number.  A payment's first status (from_status NULL)
--- tells the donor nothing: a chat donation starts pending, and a payment created by its
--- provider's event is no chat donation.
--- (like the receipt and outbox triggers, only for a transition recorded by this transaction: a
--- restore does not message the donors again)
-CREATE CONSTRAINT TRIGGER status_history_whatsapp_notice
-	AFTER INSERT ON payments.status_history
-	DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW WHEN (NEW.from_status IS NOT NULL AND NEW.recorded_at = pg_catalog.now())
-	EXECUTE FUNCTION payments.chat_payment_notice();
+COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number), failed, cancelled or refunded, queues the message to the donor';
 
 -- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
 
@@ -4631,7 +4637,7 @@ REVOKE ALL ON FUNCTION payments.chat_message(payments.events, jsonb) FROM PUBLIC
 REVOKE ALL ON FUNCTION payments.chat_status(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.chat_payment_notice() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.initiation_failed(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.claim_initiations(integer) FROM PUBLIC;
@@ -4683,14 +4689,14 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
 	payments.event_failed(bigint, text, integer), payments.claim_outbox(integer),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
-	payments.enqueue_transition(), payments.api_token_requests(integer),
+	payments.enqueue_transition(payments.status_history), payments.api_token_requests(integer),
 	payments.store_api_token(text, integer, text, text), payments.claim_reconciliation(integer),
 	payments.record_reconciliation(bigint, integer, text, text),
 	payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text),
 	payments.flows_answer(text, jsonb),
 	payments.chat_message(payments.events, jsonb), payments.chat_status(payments.events),
 	payments.chat_event(payments.events, jsonb), payments.chat_message_sent(bigint, text),
-	payments.chat_payment_notice(), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
+	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
 	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),
 	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),
 	payments.claim_initiations(integer), payments.record_initiation(bigint, integer, text, text) FROM payments_admin;

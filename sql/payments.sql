@@ -131,7 +131,7 @@ BEGIN;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_j', 100), 1718000000);
 -- the number is taken at commit (or when the deferred trigger is made to fire now)
 SELECT receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_j';
-SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
+SET CONSTRAINTS payments.status_history_at_commit IMMEDIATE;
 SELECT receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_j';
 ROLLBACK;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_k', 100), 1718000000);

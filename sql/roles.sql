@@ -210,7 +210,7 @@ SET search_path = regress_evil, pg_catalog, public;
 SELECT http_status, outcome FROM payments.ingest('ro-stripe', '{"stripe-signature": "t=1,v1=00"}', '{"id": "evt_x"}');
 SELECT http_status, outcome FROM payments.ingest('ro-stripe', jsonb_build_object('stripe-signature', :'sig'), convert_to(:'body', 'UTF8'));
 -- the receipt number is taken at commit: take it now, still under the trap
-SET CONSTRAINTS payments.status_history_issue_receipt IMMEDIATE;
+SET CONSTRAINTS payments.status_history_at_commit IMMEDIATE;
 RESET search_path;
 RESET ROLE;
 SELECT status, amount, currency, receipt_no LIKE 'RO-%' AS has_receipt FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_hj';

@@ -99,14 +99,15 @@ echo "== cluster: fsync on, synchronous_commit on, shared_buffers 512MB, unix so
 # CPU ticks (user + system) so far of the shim and of the cluster, from /proc/<pid>/stat: every
 # live child of the postmaster, plus the postmaster's own and its reaped children's (cutime and
 # cstime), so backends that exit during a run (pgbench's) are counted too; and the machine's
-# busy and total jiffies from /proc/stat.
+# busy, total and stolen jiffies from /proc/stat (steal: time this virtual machine was ready to
+# run but the hypervisor ran another; counted as busy, as it is in top).
 cpu_snapshot() {
 	local pm
 	pm=$(head -1 "$work/data/postmaster.pid")
 	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" -v shim="$shim_pid" '
 		$1 == shim { s += $14 + $15 } $4 == pm { p += $14 + $15 } $1 == pm { p += $14 + $15 + $16 + $17 }
 		END { printf "%d %d", s, p }'
-	awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; printf " %d %d\n", busy, busy + $5 + $6 }' /proc/stat
+	awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; printf " %d %d %d\n", busy, busy + $5 + $6, $9 }' /proc/stat
 }
 
 # The shim's group commit counters: transactions, deliveries in them, their seconds, failed ones
@@ -150,7 +151,7 @@ run() {
 	waits[$name]=$(sort "$files/$name.waits" | uniq -c | sort -rn | head -4 | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
 	run_line="$(grep '^RESULT' "$files/$name.wrk" | sed 's/^RESULT //') $(awk -v b="$before" -v a="$after" 'BEGIN {
 		split(b, x, " "); split(a, y, " ");
-		printf "shim_ticks=%d pg_ticks=%d busy=%d total=%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }') $(awk '
+		printf "shim_ticks=%d pg_ticks=%d busy=%d total=%d steal=%d", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4], y[5]-x[5] }') $(awk '
 		NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "wrk_s=%.3f", s }' \
 		"$files/$name.times") $(awk \
 		-v b="$batches_before" -v a="$batches_after" 'BEGIN { split(b, x, " "); split(a, y, " "); n = y[1] - x[1];
@@ -197,6 +198,8 @@ ceiling_failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$
 ceiling_lat=$(cat "$work"/ceiling.* | awk '{ print $3 }' | sort -n | awk '{ v[NR] = $1 } END {
 	printf "%d %d %d %d", v[int(NR*0.50+0.5)], v[int(NR*0.90+0.5)], v[int(NR*0.99+0.5)], v[NR] }')
 ceiling_cpu=$(awk -v b="$before" -v a="$after" 'BEGIN { split(b, x, " "); split(a, y, " "); print y[2]-x[2] }')
+ceiling_stolen=$(awk -v b="$before" -v a="$after" 'BEGIN { split(b, x, " "); split(a, y, " ");
+	printf "%.0f%%", 100 * (y[5]-x[5]) / (y[4]-x[4]) }')
 
 # --- payments.ingest alone, from SQL ---------------------------------------------------------
 ingest_count=$(( 2 * best * duration ))
@@ -244,9 +247,9 @@ read -r ok_ids ok_unparsed missing_events dup_events missing_payments stored_eve
 ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
 echo
 echo "Shim path (wrk, 2 threads, keep-alive, one delivery per request; ${duration} s per run)"
-printf '| %-11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |\n' connections "requests/s" "p50 ms" "p90 ms" "p99 ms" "max ms" \
-	"CPU µs/req wrk+shim+pg" "CPU busy" non-2xx
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------- ------------ ---------- ---------- ---------- ---------- -------------------------- ---------- ---------
+printf '| %-11s | %10s | %8s | %8s | %8s | %8s | %-24s | %17s | %7s |\n' connections "requests/s" "p50 ms" "p90 ms" "p99 ms" "max ms" \
+	"CPU µs/req wrk+shim+pg" "CPU busy (stolen)" non-2xx
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------- ------------ ---------- ---------- ---------- ---------- -------------------------- ------------------- ---------
 rps32=
 p99_32=
 for r in "${results[@]}"; do
@@ -255,9 +258,10 @@ for r in "${results[@]}"; do
 	shim_us=$(awk -v t="$(field shim_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
 	pg_us=$(awk -v t="$(field pg_ticks "$l")" -v n="$n" -v k="$tck" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')
 	wrk_us=$(awk -v t="$(field wrk_s "$l")" -v n="$n" 'BEGIN { printf "%.0f", t * 1e6 / n }')
-	busy=$(awk -v b="$(field busy "$l")" -v t="$(field total "$l")" 'BEGIN { printf "%.0f%%", 100 * b / t }')
+	busy=$(awk -v b="$(field busy "$l")" -v t="$(field total "$l")" -v s="$(field steal "$l")" \
+		'BEGIN { printf "%.0f%% (%.0f%%)", 100 * b / t, 100 * s / t }')
 	flag=""; [ "$(field threads_exhausted "$l")" = 0 ] || flag=" (events ran out)"
-	printf '| %11s | %10s | %8s | %8s | %8s | %8s | %-24s | %8s | %7s |%s\n' "$c" "$(field rps "$l")" \
+	printf '| %11s | %10s | %8s | %8s | %8s | %8s | %-24s | %17s | %7s |%s\n' "$c" "$(field rps "$l")" \
 		"$(ms "$(field p50_us "$l")")" "$(ms "$(field p90_us "$l")")" "$(ms "$(field p99_us "$l")")" "$(ms "$(field max_us "$l")")" \
 		"$wrk_us + $shim_us + $pg_us = $((wrk_us + shim_us + pg_us))" "$busy" "$(( $(field answers_other "$l") + $(field timeouts "$l") ))" "$flag"
 	echo "|             | group commit: $(field batches "$l") transactions, $(field batch_mean "$l") deliveries each on average," \
@@ -270,7 +274,7 @@ ceiling_pg_us=$(awk -v t="$ceiling_cpu" -v n="$ceiling_n" -v k="$tck" 'BEGIN { p
 read -r c50 c90 c99 cmax <<<"$ceiling_lat"
 echo "pgbench ceiling ($pgbench_clients clients, same two statements per transaction, prepared, no HTTP, no verification):"
 echo "  $ceiling_tps transactions/s, p50 $(ms "$c50") ms, p90 $(ms "$c90") ms, p99 $(ms "$c99") ms, max $(ms "$cmax") ms," \
-	"postgres CPU $ceiling_pg_us µs/transaction, failed ${ceiling_failed:-0}"
+	"postgres CPU $ceiling_pg_us µs/transaction, failed ${ceiling_failed:-0}, CPU stolen $ceiling_stolen"
 if [ -n "$rps32" ]; then
 	echo "  shim at 32 connections / pgbench ceiling = $(awk -v a="$rps32" -v b="$ceiling_tps" 'BEGIN { printf "%.2f", a / b }')×" \
 		"(goal 1.5×); p99 at 32 connections $(ms "$p99_32") ms (goal < 10 ms)"

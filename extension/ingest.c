@@ -13,7 +13,6 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/timestamp.h"
@@ -32,62 +31,10 @@ typedef struct IngestResult
 	char	   *event_id;
 } IngestResult;
 
-static SPIPlanPtr provider_plan = NULL;
 static SPIPlanPtr event_plan = NULL;
 static SPIPlanPtr rejection_plan = NULL;
 static SPIPlanPtr store_plan = NULL;
 static SPIPlanPtr apply_failed_plan = NULL;
-
-/* Loads a provider with its live secrets; false if there is no such provider */
-static bool
-LoadProvider(text *name, Provider *provider)
-{
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		args[1] = {PointerGetDatum(name)};
-	SPIPlanPtr	plan;
-	HeapTuple	row;
-	TupleDesc	desc;
-	bool		isnull;
-	char	   *kind;
-	Datum		secrets;
-	Datum	   *elems;
-	int			nelems;
-
-	plan = KeptPlan(&provider_plan,
-					   "SELECT p.kind, p.settings,"
-					   "       coalesce((p.settings ->> 'tolerance')::pg_catalog.int4, "
-					   CppAsString2(PAYMENTS_DEFAULT_TOLERANCE) "),"
-					   "       ARRAY(SELECT s.secret FROM payments.secrets s"
-					   "             WHERE s.provider = p.name AND s.revoked_at IS NULL"
-					   "               AND (s.expires_at IS NULL OR s.expires_at > pg_catalog.now())"
-					   "             ORDER BY s.id DESC)"
-					   "  FROM payments.providers p WHERE p.name = $1",
-					   1, argtypes);
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read provider");
-	if (SPI_processed == 0)
-		return false;
-
-	row = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	provider->name = text_to_cstring(name);
-	kind = SPI_getvalue(row, desc, 1);
-	provider->kind = FindProviderKind(kind);
-	if (provider->kind == NULL)
-		elog(ERROR, "provider \"%s\" has kind \"%s\", which this version cannot verify",
-			 provider->name, kind);
-	provider->settings = DatumGetJsonbPCopy(SPI_getbinval(row, desc, 2, &isnull));
-	provider->tolerance = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
-
-	secrets = SPI_getbinval(row, desc, 4, &isnull);
-	deconstruct_array(DatumGetArrayTypeP(secrets), TEXTOID, -1, false, TYPALIGN_INT,
-					  &elems, NULL, &nelems);
-	provider->secrets.count = nelems;
-	provider->secrets.secrets = palloc(sizeof(text *) * (nelems + 1));
-	for (int i = 0; i < nelems; i++)
-		provider->secrets.secrets[i] = DatumGetTextPCopy(elems[i]);
-	return true;
-}
 
 /* Checks the delivery's signature by the provider's scheme, with every live secret */
 static void
@@ -307,7 +254,7 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 	int			applied = 0;
 	int			stored = 0;
 
-	if (!LoadProvider(delivery->provider, &provider))
+	if (!LookupProvider(delivery->provider, &provider))
 	{
 		result->http_status = 404;
 		result->outcome = "unknown_provider";

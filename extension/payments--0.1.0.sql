@@ -47,6 +47,21 @@ CREATE INDEX secrets_provider_idx ON payments.secrets (provider);
 COMMENT ON TABLE payments.secrets IS
 	'Signing secrets per provider; every live secret is tried, so secrets can be rotated';
 
+-- payments.ingest reads a provider and its live secrets once per transaction (the shim stores a
+-- batch of deliveries in one); a change to either table by the same backend drops what it kept.
+CREATE FUNCTION payments.forget_providers()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'forget_providers'
+LANGUAGE C;
+COMMENT ON FUNCTION payments.forget_providers() IS
+	'Trigger: drops the providers and secrets payments.ingest read in this backend''s transaction, after a change to them';
+REVOKE ALL ON FUNCTION payments.forget_providers() FROM PUBLIC;
+
+CREATE TRIGGER providers_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.providers
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_providers();
+CREATE TRIGGER secrets_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.secrets
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_providers();
+
 --------------------------------------------------------------------------------------------------
 -- Events and rejections
 --------------------------------------------------------------------------------------------------

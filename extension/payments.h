@@ -129,6 +129,9 @@ extern const ProviderKind PayPalKind;
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
 
+/* providers.c */
+extern bool LookupProvider(text *name, Provider *provider);
+
 /* settings.c: reading a provider's settings (a jsonb object) */
 extern char *SettingText(Jsonb *settings, const char *key);
 extern bool SettingBool(Jsonb *settings, const char *key, bool default_value);

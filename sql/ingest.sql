@@ -65,6 +65,27 @@ UPDATE payments.secrets SET expires_at = now() - interval '1 minute' WHERE id = 
 SELECT * FROM payments.ingest('shop', t.stripe(:'ev5', 'whsec_new'), convert_to(:'ev5', 'UTF8'));
 UPDATE payments.secrets SET expires_at = NULL WHERE id = :new_secret;
 
+-- within one transaction (the shim's batches) a provider and its secrets are read once, and read
+-- again after any change to them, including one a rolled-back savepoint undid
+BEGIN;
+\set ev7 '{"id":"evt_7","type":"charge.succeeded"}'
+\set ev8 '{"id":"evt_8","type":"charge.succeeded"}'
+\set ev9 '{"id":"evt_9","type":"charge.succeeded"}'
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev7', 'whsec_new'), convert_to(:'ev7', 'UTF8'));
+SELECT payments.add_secret('shop', 'whsec_txn') AS txn_secret \gset
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev8', 'whsec_txn'), convert_to(:'ev8', 'UTF8'));
+SELECT payments.revoke_secret(:txn_secret);
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev9', 'whsec_txn'), convert_to(:'ev9', 'UTF8'));
+SAVEPOINT s;
+SELECT payments.add_secret('shop', 'whsec_savepoint') IS NOT NULL AS added;
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev9', 'whsec_savepoint'), convert_to(:'ev9', 'UTF8'));
+ROLLBACK TO s;
+\set ev10 '{"id":"evt_10","type":"charge.succeeded"}'
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev10', 'whsec_savepoint'), convert_to(:'ev10', 'UTF8'));
+SELECT payments.register_provider('shop', 'stripe', '{"tolerance": 600}');
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev10', 'whsec_new', t.now_s() - 400), convert_to(:'ev10', 'UTF8'));
+ROLLBACK;
+
 -- verified but unusable bodies: 400 invalid, recorded, nothing stored
 CREATE FUNCTION t.try(body bytea) RETURNS TABLE (http_status int, outcome text, event_id text)
 	LANGUAGE sql AS $$

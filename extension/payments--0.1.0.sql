@@ -623,10 +623,16 @@ AS $$
 DECLARE
 	receipt_no	text;
 BEGIN
-	INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)
-	VALUES (next_receipt_no.prefix, next_receipt_no.day, 1)
-	ON CONFLICT ON CONSTRAINT receipt_counters_pkey DO UPDATE SET last_no = rc.last_no + 1
+	UPDATE payments.receipt_counters rc SET last_no = rc.last_no + 1
+	 WHERE rc.prefix = next_receipt_no.prefix AND rc.day = next_receipt_no.day
 	RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
+	IF NOT FOUND THEN
+		-- the day's first number (another transaction may be taking it too: then ours is the next)
+		INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)
+		VALUES (next_receipt_no.prefix, next_receipt_no.day, 1)
+		ON CONFLICT ON CONSTRAINT receipt_counters_pkey DO UPDATE SET last_no = rc.last_no + 1
+		RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
+	END IF;
 	RETURN receipt_no;
 END
 $$;

@@ -555,8 +555,8 @@ COMMENT ON TYPE payments.payment_change IS
 -- in a new (sub)transaction, which the shim's group commit makes of every delivery.
 --
 -- The steps of the ingest path (payments.store_event, settle_event, apply_change, the kinds'
--- *_change, major_units, keep_donor_key, and at commit issue_receipts, receipt_prefix,
--- enqueue_transition, chat_payment_notice) have no SET clause: they run under the
+-- *_change, major_units, keep_donor_key, and at commit issue_receipt, next_receipt_no,
+-- receipt_prefix, enqueue_transition, chat_payment_notice) have no SET clause: they run under the
 -- search_path pinned by the SECURITY DEFINER function or entry point that calls them
 -- (payments.ingest, apply_event, transition_committed, ...), name every object with its
 -- schema, and are not granted to the ingest or analyst roles (sql/roles.sql checks both).  A SET
@@ -616,71 +616,50 @@ RETURN (paid_at AT TIME ZONE coalesce(nullif(pg_catalog.current_setting('payment
 COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC)';
 
+CREATE FUNCTION payments.next_receipt_no(prefix text, day date)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	receipt_no	text;
+BEGIN
+	UPDATE payments.receipt_counters rc SET last_no = rc.last_no + 1
+	 WHERE rc.prefix = next_receipt_no.prefix AND rc.day = next_receipt_no.day
+	RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
+	IF NOT FOUND THEN
+		-- the day's first number (another transaction may be taking it too: then ours is the next)
+		INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)
+		VALUES (next_receipt_no.prefix, next_receipt_no.day, 1)
+		ON CONFLICT ON CONSTRAINT receipt_counters_pkey DO UPDATE SET last_no = rc.last_no + 1
+		RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
+	END IF;
+	RETURN receipt_no;
+END
+$$;
+COMMENT ON FUNCTION payments.next_receipt_no(text, date) IS
+	'Takes the next receipt number of a prefix and day; the counter row stays locked until the transaction ends, so numbers are gapless and unique, and a rollback gives its number back';
+
 -- Receipt numbers are taken at commit, not when the payment becomes paid: the counter row of a
 -- prefix and day is the one row every paying transaction writes, and its lock is held until the
 -- transaction ends.  Taken in a deferred trigger, it is held from just before the commit to the
 -- end of its WAL flush, instead of for the whole transaction, so transactions that pay (the
--- shim's batches above all) run side by side and queue only for that last step.  A transaction
--- numbers all its paid payments at once (payments.issue_noted_receipts, extension/receipts.c):
--- one counter update per prefix and day, gapless and unique, and a rollback (of the transaction,
--- or of the subtransaction that recorded a transition) gives the numbers back.
-CREATE FUNCTION payments.issue_receipts(payment_ids bigint[], paid_ats timestamptz[])
+-- shim's batches above all) run side by side and queue only for that last step.  Still one
+-- counter update per number in the paying transaction: gapless and unique, and a rollback (of
+-- the transaction, or of the subtransaction that recorded the transition) gives it back.
+CREATE FUNCTION payments.issue_receipt(payment_id bigint, paid_at timestamptz)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
-	WITH paid AS (
-		SELECT DISTINCT ON (n.payment_id) n.payment_id, n.paid_at, n.ord
-		  FROM unnest(payment_ids, paid_ats) WITH ORDINALITY AS n (payment_id, paid_at, ord)
-		 ORDER BY n.payment_id, n.ord
-	), pending AS (
-		SELECT p.id, paid.ord, payments.receipt_prefix(p.provider) AS prefix,
-			   payments.receipt_day(paid.paid_at) AS day
-		  FROM paid JOIN payments.payments p ON p.id = paid.payment_id
-		 WHERE NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id)
-	), numbered AS (
-		SELECT pending.id, pending.ord, pending.prefix, pending.day,
-			   row_number() OVER (PARTITION BY pending.prefix, pending.day ORDER BY pending.ord) AS k,
-			   count(*) OVER (PARTITION BY pending.prefix, pending.day) AS n
-		  FROM pending
-	), counters AS (
-		-- in key order, so that transactions numbering several days or prefixes cannot deadlock
-		INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)
-		SELECT DISTINCT numbered.prefix, numbered.day, numbered.n FROM numbered ORDER BY 1, 2
-		ON CONFLICT ON CONSTRAINT receipt_counters_pkey DO UPDATE SET last_no = rc.last_no + excluded.last_no
-		RETURNING rc.prefix, rc.day, rc.last_no
-	)
 	INSERT INTO payments.receipts (receipt_no, payment_id)
-	SELECT c.prefix || '-' || to_char(c.day, 'YYYYMMDD') || '-' || lpad((c.last_no - numbered.n + numbered.k)::text, 6, '0'),
-		   numbered.id
-	  FROM numbered JOIN counters c ON c.prefix = numbered.prefix AND c.day = numbered.day
-	 ORDER BY numbered.ord;
+	SELECT payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(issue_receipt.paid_at)), p.id
+	  FROM payments.payments p
+	 WHERE p.id = issue_receipt.payment_id
+	   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id);
 END
 $$;
-COMMENT ON FUNCTION payments.issue_receipts(bigint[], timestamptz[]) IS
-	'Gives each payment payment_ids names (in that order) its receipt number, unless it has one: per prefix and day, the next numbers of the counter; the day is that of its paid_ats time';
-
--- the notes and their issue (extension/receipts.c): every transition to paid the transaction
--- records is noted as it is inserted, and the first one fired at commit numbers them all
-CREATE FUNCTION payments.note_paid()
-RETURNS trigger
-AS 'MODULE_PATHNAME', 'note_paid'
-LANGUAGE C;
-COMMENT ON FUNCTION payments.note_paid() IS
-	'Trigger: notes a transition to paid recorded by this transaction, for payments.issue_noted_receipts at commit';
-REVOKE ALL ON FUNCTION payments.note_paid() FROM PUBLIC;
-
-CREATE TRIGGER status_history_note_paid
-	AFTER INSERT ON payments.status_history
-	FOR EACH ROW EXECUTE FUNCTION payments.note_paid();
-
-CREATE FUNCTION payments.issue_noted_receipts(payment_id bigint, status_at timestamptz)
-RETURNS void
-AS 'MODULE_PATHNAME', 'issue_noted_receipts'
-LANGUAGE C STRICT;
-COMMENT ON FUNCTION payments.issue_noted_receipts(bigint, timestamptz) IS
-	'At commit (payments.transition_committed), for a transition to paid: numbers every payment the transaction noted paid and not numbered yet, this one included (payments.issue_receipts); nothing when this one''s is issued';
-REVOKE ALL ON FUNCTION payments.issue_noted_receipts(bigint, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION payments.issue_receipt(bigint, timestamptz) IS
+	'At commit (payments.transition_committed): gives a payment that became paid its receipt number, unless it has one; the day is that of paid_at, the transition''s status time';
 
 -- What a transition recorded by the transaction does at its commit, in this order: the payment's
 -- receipt number when it became paid (above); the outbox, when an enabled endpoint takes its type
@@ -705,7 +684,7 @@ BEGIN
 		RETURN NULL;
 	END IF;
 	IF NEW.to_status = 'paid' THEN
-		PERFORM payments.issue_noted_receipts(NEW.payment_id, NEW.status_at);
+		PERFORM payments.issue_receipt(NEW.payment_id, NEW.status_at);
 	END IF;
 	IF EXISTS (SELECT FROM payments.endpoints e
 				WHERE e.enabled AND payments.event_type_matches(e.event_types, 'payment.' || NEW.to_status)) THEN
@@ -759,7 +738,7 @@ BEGIN
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING p.id, p.status INTO pay.id, pay.status;
 		IF FOUND THEN
-			-- a paid one gets its receipt number at commit (payments.issue_noted_receipts)
+			-- a paid one gets its receipt number at commit (payments.issue_receipt)
 			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 			VALUES (pay.id, NULL, pay.status, event_row, at);
 			RETURN 'applied';
@@ -1214,7 +1193,8 @@ REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.issue_receipts(bigint[], timestamptz[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.next_receipt_no(text, date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.transition_committed() FROM PUBLIC;
 
 CREATE FUNCTION payments.receipt(receipt_no text)
@@ -4103,7 +4083,7 @@ BEGIN
 				PERFORM payments.apply_change(NULL, pay.provider, c);
 				-- receipts are taken at commit; the admin's answer names it, so take it now (the
 				-- commit then finds it taken)
-				PERFORM payments.issue_receipts(ARRAY[pay.id], ARRAY[c.status_at]);
+				PERFORM payments.issue_receipt(pay.id, c.status_at);
 				body := format('Approved %s: %s %s marked paid, receipt %s.', arg, payments.chat_amount(pay.amount),
 							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
 			END IF;
@@ -4725,7 +4705,7 @@ GRANT DELETE ON payments.flow_submissions TO payments_admin;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA payments TO payments_admin;
 -- the machinery behind ingest, retries and deliveries is not called by hand
 REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_change),
-	payments.issue_receipts(bigint[], timestamptz[]), payments.apply_event(bigint),
+	payments.next_receipt_no(text, date), payments.apply_event(bigint),
 	payments.settle_event(payments.events, text, jsonb, integer),
 	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
 	payments.event_failed(bigint, text, integer), payments.claim_outbox(integer),

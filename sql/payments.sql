@@ -137,30 +137,6 @@ ROLLBACK;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_k', 100), 1718000000);
 SELECT provider_ref, receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'clinic' ORDER BY p.id;
 SELECT * FROM payments.receipt_counters WHERE prefix IN ('PS', 'DON') ORDER BY prefix, day;
--- a transaction numbers all its paid payments at commit, in the order they became paid: not one
--- paid in a rolled-back savepoint (pi_sv2, pi_sv5: no number taken), and numbers taken early (SET
--- CONSTRAINTS ... IMMEDIATE) in a rolled-back savepoint are taken again at commit
-SELECT payments.register_provider('sv-shop', 'stripe', '{"receipt_prefix": "SV"}');
-SELECT payments.add_secret('sv-shop', 'whsec_pay') IS NOT NULL AS added;
-BEGIN;
-SELECT tp.stripe('sv-shop', 'payment_intent.succeeded', tp.pi('pi_sv1', 100), 1718000000);
-SELECT tp.stripe('sv-shop', 'payment_intent.processing', tp.pi('pi_sv5', 100), 1718000000);
-SAVEPOINT a;
-SELECT tp.stripe('sv-shop', 'payment_intent.succeeded', tp.pi('pi_sv2', 100), 1718000000);
-SELECT tp.stripe('sv-shop', 'payment_intent.succeeded', tp.pi('pi_sv5', 100), 1718000100);
-ROLLBACK TO a;
-SELECT tp.stripe('sv-shop', 'payment_intent.succeeded', tp.pi('pi_sv3', 100), 1718000000);
-SAVEPOINT b;
-SET CONSTRAINTS payments.status_history_at_commit IMMEDIATE;
-SELECT provider_ref, receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
- WHERE provider = 'sv-shop' ORDER BY p.id;
-ROLLBACK TO b;
-SELECT count(*) AS receipts FROM payments.receipts r JOIN payments.payments p ON p.id = r.payment_id WHERE provider = 'sv-shop';
-SELECT tp.stripe('sv-shop', 'payment_intent.succeeded', tp.pi('pi_sv4', 100), 1718000000);
-COMMIT;
-SELECT provider_ref, status, receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
- WHERE provider = 'sv-shop' ORDER BY p.id;
-SELECT * FROM payments.receipt_counters WHERE prefix = 'SV';
 -- the payment behind a receipt
 SELECT provider_ref, status, amount, currency FROM payments.receipt('DON-20240610-000002');
 SELECT count(*) FROM payments.receipt('DON-20990101-000001');

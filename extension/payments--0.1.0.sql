@@ -555,8 +555,8 @@ COMMENT ON TYPE payments.payment_change IS
 -- in a new (sub)transaction, which the shim's group commit makes of every delivery.
 --
 -- The steps of the ingest path (payments.store_event, settle_event, apply_change, the kinds'
--- *_change, major_units, keep_donor_key, and at commit issue_receipt, next_receipt_no,
--- receipt_prefix, enqueue_transition, chat_payment_notice) have no SET clause: they run under the
+-- *_change, major_units, keep_donor_key, and at commit enqueue_transition, chat_payment_notice,
+-- enqueue_raw_event) have no SET clause: they run under the
 -- search_path pinned by the SECURITY DEFINER function or entry point that calls them
 -- (payments.ingest, apply_event, transition_committed, ...), name every object with its
 -- schema, and are not granted to the ingest or analyst roles (sql/roles.sql checks both).  A SET
@@ -595,20 +595,6 @@ COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country 
 -- Applying changes: the one place where payments move
 --------------------------------------------------------------------------------------------------
 
-CREATE FUNCTION payments.receipt_prefix(provider text)
-RETURNS text
-LANGUAGE plpgsql STABLE
-AS $$
-DECLARE
-	prefix	text;
-BEGIN
-	SELECT p.settings ->> 'receipt_prefix' INTO prefix FROM payments.providers p WHERE p.name = provider;
-	RETURN coalesce(prefix, nullif(current_setting('payments.receipt_prefix', true), ''), 'LP');
-END
-$$;
-COMMENT ON FUNCTION payments.receipt_prefix(text) IS
-	'The receipt prefix of a provider: its receipt_prefix setting, else the payments.receipt_prefix setting, else LP';
-
 CREATE FUNCTION payments.receipt_day(paid_at timestamptz)
 RETURNS date
 LANGUAGE sql STABLE
@@ -616,91 +602,33 @@ RETURN (paid_at AT TIME ZONE coalesce(nullif(pg_catalog.current_setting('payment
 COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC)';
 
-CREATE FUNCTION payments.next_receipt_no(prefix text, day date)
-RETURNS text
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	receipt_no	text;
-BEGIN
-	UPDATE payments.receipt_counters rc SET last_no = rc.last_no + 1
-	 WHERE rc.prefix = next_receipt_no.prefix AND rc.day = next_receipt_no.day
-	RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
-	IF NOT FOUND THEN
-		-- the day's first number (another transaction may be taking it too: then ours is the next)
-		INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)
-		VALUES (next_receipt_no.prefix, next_receipt_no.day, 1)
-		ON CONFLICT ON CONSTRAINT receipt_counters_pkey DO UPDATE SET last_no = rc.last_no + 1
-		RETURNING rc.prefix || '-' || to_char(rc.day, 'YYYYMMDD') || '-' || lpad(rc.last_no::text, 6, '0') INTO receipt_no;
-	END IF;
-	RETURN receipt_no;
-END
-$$;
-COMMENT ON FUNCTION payments.next_receipt_no(text, date) IS
-	'Takes the next receipt number of a prefix and day; the counter row stays locked until the transaction ends, so numbers are gapless and unique, and a rollback gives its number back';
-
--- Receipt numbers are taken at commit, not when the payment becomes paid: the counter row of a
--- prefix and day is the one row every paying transaction writes, and its lock is held until the
--- transaction ends.  Taken in a deferred trigger, it is held from just before the commit to the
--- end of its WAL flush, instead of for the whole transaction, so transactions that pay (the
--- shim's batches above all) run side by side and queue only for that last step.  Still one
--- counter update per number in the paying transaction: gapless and unique, and a rollback (of
--- the transaction, or of the subtransaction that recorded the transition) gives it back.
-CREATE FUNCTION payments.issue_receipt(payment_id bigint, paid_at timestamptz)
-RETURNS void
-LANGUAGE plpgsql
-AS $$
-BEGIN
-	INSERT INTO payments.receipts (receipt_no, payment_id)
-	SELECT payments.next_receipt_no(payments.receipt_prefix(p.provider), payments.receipt_day(issue_receipt.paid_at)), p.id
-	  FROM payments.payments p
-	 WHERE p.id = issue_receipt.payment_id
-	   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id);
-END
-$$;
-COMMENT ON FUNCTION payments.issue_receipt(bigint, timestamptz) IS
-	'At commit (payments.transition_committed): gives a payment that became paid its receipt number, unless it has one; the day is that of paid_at, the transition''s status time';
-
--- What a transition recorded by the transaction does at its commit, in this order: the payment's
--- receipt number when it became paid (above); the outbox, when an enabled endpoint takes its type
--- (payments.enqueue_transition); the donor's WhatsApp message, for a chat donation
--- (payments.chat_payment_notice).  So the outbox and the thank-you see the number.  One deferred
--- trigger with the conditions tested in its body rather than a trigger each, with WHEN clauses:
--- each trigger is a call per transition at commit, and each WHEN clause is read back from the
--- catalog and prepared again by every insert into status_history (5% of a delivery's work).
+-- What a transition recorded by the transaction does at its commit (extension/transitions.c), in
+-- this order: the payment's receipt number when it became paid, taken then so that the counter's
+-- lock is held only from just before the commit to the end of its WAL flush; the outbox, when an
+-- enabled endpoint takes its type (payments.enqueue_transition); the donor's WhatsApp message,
+-- for a chat donation (payments.chat_payment_notice).  So the outbox and the thank-you carry the
+-- number.  One deferred trigger in C rather than a trigger each with WHEN clauses (each WHEN
+-- clause is read back from the catalog and prepared again by every insert into status_history)
+-- or PL/pgSQL steps: the receipt is three kept statements, and whether any endpoint is enabled is
+-- read once per transaction.
 CREATE FUNCTION payments.transition_committed()
 RETURNS trigger
-LANGUAGE plpgsql
+AS 'MODULE_PATHNAME', 'transition_committed'
+LANGUAGE C
 -- deferred to commit, it runs after ingest's SECURITY DEFINER context has ended, as the login
 -- role (a member of payments_ingest, which may not write the counters, read the endpoints or
 -- write the outbox)
 SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	-- only a transition recorded by this transaction: the rows a restore copies back were numbered,
-	-- queued and told when first recorded, and their receipts and outbox rows are restored with them
-	IF NEW.recorded_at <> now() THEN
-		RETURN NULL;
-	END IF;
-	IF NEW.to_status = 'paid' THEN
-		PERFORM payments.issue_receipt(NEW.payment_id, NEW.status_at);
-	END IF;
-	IF EXISTS (SELECT FROM payments.endpoints e
-				WHERE e.enabled AND payments.event_type_matches(e.event_types, 'payment.' || NEW.to_status)) THEN
-		PERFORM payments.enqueue_transition(NEW);
-	END IF;
-	-- a payment's first status (from_status NULL) tells the donor nothing: a chat donation starts
-	-- pending, and a payment created by its provider's event is no chat donation
-	IF NEW.from_status IS NOT NULL
-	   AND EXISTS (SELECT FROM payments.chat_donations d WHERE d.payment_id = NEW.payment_id) THEN
-		PERFORM payments.chat_payment_notice(NEW);
-	END IF;
-	RETURN NULL;
-END
-$$;
+SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION payments.transition_committed() IS
 	'Trigger: at commit, for a transition recorded by the transaction, issues the receipt of a payment that became paid, queues the transition for the endpoints that take it and tells a WhatsApp donor';
+
+CREATE FUNCTION payments.issue_receipt(payment_id bigint, paid_at timestamptz)
+RETURNS void
+AS 'MODULE_PATHNAME', 'issue_receipt'
+LANGUAGE C STRICT;
+COMMENT ON FUNCTION payments.issue_receipt(bigint, timestamptz) IS
+	'Gives a paid payment its receipt number, PREFIX-YYYYMMDD-NNNNNN, unless it has one: the prefix is its provider''s receipt_prefix setting, else payments.receipt_prefix; the day is that of paid_at (payments.receipt_day); the next number of the counter, whose row stays locked until the transaction ends, so numbers are gapless and unique and a rollback gives its number back';
 
 CREATE CONSTRAINT TRIGGER status_history_at_commit
 	AFTER INSERT ON payments.status_history
@@ -738,7 +666,7 @@ BEGIN
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING p.id, p.status INTO pay.id, pay.status;
 		IF FOUND THEN
-			-- a paid one gets its receipt number at commit (payments.issue_receipt)
+			-- a paid one gets its receipt number at commit (payments.transition_committed)
 			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 			VALUES (pay.id, NULL, pay.status, event_row, at);
 			RETURN 'applied';
@@ -1193,7 +1121,6 @@ REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.next_receipt_no(text, date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.transition_committed() FROM PUBLIC;
 
@@ -1836,7 +1763,6 @@ $$;
 -- e164_digits, country_code, receipt_day, ...).  Functions that read tables are revoked.
 REVOKE ALL ON SCHEMA payments FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.receipt(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.receipt_prefix(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.major_units(numeric, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.event_change(text, jsonb, payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.stripe_change(jsonb) FROM PUBLIC;
@@ -2221,45 +2147,57 @@ $$;
 COMMENT ON FUNCTION payments.enqueue_transition(payments.status_history) IS
 	'At commit (payments.transition_committed): queues a payment transition, with the payment as it then is, for every enabled endpoint that takes its type';
 
-CREATE FUNCTION payments.enqueue_event()
-RETURNS trigger
+-- (called at commit by payments.enqueue_event, the events' deferred trigger in C, when an enabled
+-- endpoint names its types: raw events only go where they were asked for by name, NULL (all)
+-- means payment changes; without such an endpoint, the usual case, nothing is even called)
+CREATE FUNCTION payments.enqueue_raw_event(ev payments.events)
+RETURNS void
 LANGUAGE plpgsql
--- deferred to commit like payments.transition_committed, and for the same reason a definer
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	etype	text := 'event.' || NEW.provider || '.' || coalesce(NEW.event_type, 'unknown');
+	etype	text := 'event.' || ev.provider || '.' || coalesce(ev.event_type, 'unknown');
 BEGIN
-	-- only an event received by this transaction: not the rows a restore copies back
-	IF NEW.received_at <> now() THEN
-		RETURN NULL;
-	END IF;
-	-- raw events only go where they were asked for by name: NULL (all) means payment changes;
-	-- without such an endpoint (the usual case) no INSERT is even started
-	IF NOT EXISTS (SELECT FROM payments.endpoints e
-					WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype)) THEN
-		RETURN NULL;
-	END IF;
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload)
 	SELECT e.id, etype, jsonb_build_object(
 			'type', etype,
-			'timestamp', to_char(NEW.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+			'timestamp', to_char(ev.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
 			'data', jsonb_build_object(
-				'provider', NEW.provider, 'event_id', NEW.event_id, 'event_type', NEW.event_type,
-				'event_at', NEW.event_at, 'received_at', NEW.received_at, 'payload', NEW.payload))
+				'provider', ev.provider, 'event_id', ev.event_id, 'event_type', ev.event_type,
+				'event_at', ev.event_at, 'received_at', ev.received_at, 'payload', ev.payload))
 	  FROM payments.endpoints e
 	 WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype);
-	RETURN NULL;
 END
 $$;
+COMMENT ON FUNCTION payments.enqueue_raw_event(payments.events) IS
+	'At commit (payments.enqueue_event): queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* …)';
+
+CREATE FUNCTION payments.enqueue_event()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'enqueue_event'
+LANGUAGE C
+-- deferred to commit like payments.transition_committed, and for the same reason a definer
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION payments.enqueue_event() IS
-	'Trigger: queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* …)';
+	'Trigger: at commit, for an event received by the transaction, queues it for the enabled endpoints that name such types (payments.enqueue_raw_event)';
 
 CREATE CONSTRAINT TRIGGER events_outbox
 	AFTER INSERT ON payments.events
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
+
+-- Whether any endpoint is enabled is read once per transaction (extension/endpoints.c); a change
+-- to the endpoints by the same backend drops what it read.
+CREATE FUNCTION payments.forget_endpoints()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'forget_endpoints'
+LANGUAGE C;
+COMMENT ON FUNCTION payments.forget_endpoints() IS
+	'Trigger: drops what this backend''s transaction read of the enabled endpoints, after a change to them';
+REVOKE ALL ON FUNCTION payments.forget_endpoints() FROM PUBLIC;
+
+CREATE TRIGGER endpoints_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.endpoints
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_endpoints();
 
 CREATE FUNCTION payments.outbox_upload_pending(provider text, payload jsonb)
 RETURNS boolean
@@ -2703,6 +2641,7 @@ REVOKE ALL ON FUNCTION payments.add_endpoint(text, text, text, text[], text, int
 REVOKE ALL ON FUNCTION payments.enable_endpoint(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_transition(payments.status_history) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_event() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.enqueue_raw_event(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.claim_outbox(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer) FROM PUBLIC;
@@ -4705,7 +4644,7 @@ GRANT DELETE ON payments.flow_submissions TO payments_admin;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA payments TO payments_admin;
 -- the machinery behind ingest, retries and deliveries is not called by hand
 REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_change),
-	payments.next_receipt_no(text, date), payments.apply_event(bigint),
+	payments.issue_receipt(bigint, timestamptz), payments.apply_event(bigint),
 	payments.settle_event(payments.events, text, jsonb, integer),
 	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
 	payments.event_failed(bigint, text, integer), payments.claim_outbox(integer),

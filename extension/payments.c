@@ -12,7 +12,8 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-static char *receipt_prefix = NULL;
+/* The payments.receipt_prefix setting (transitions.c) */
+char	   *payments_receipt_prefix = NULL;
 static char *receipt_timezone = NULL;
 static char *base_currency = NULL;
 static int	reconcile_after = 900;
@@ -67,7 +68,7 @@ _PG_init(void)
 	DefineCustomStringVariable("payments.receipt_prefix",
 							   gettext_noop("Prefix of receipt numbers, for providers without their own receipt_prefix."),
 							   NULL,
-							   &receipt_prefix,
+							   &payments_receipt_prefix,
 							   "LP",
 							   PGC_SUSET, 0,
 							   CheckReceiptPrefix, NULL, NULL);

@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "utils/jsonb.h"
 
 /* Default replay window, in seconds, for schemes that sign a timestamp */
@@ -131,6 +132,17 @@ extern const ProviderKind *FindProviderKind(const char *name);
 
 /* providers.c */
 extern bool LookupProvider(text *name, Provider *provider);
+
+/* payments.c: the payments.receipt_prefix setting */
+extern char *payments_receipt_prefix;
+
+/* endpoints.c */
+extern bool EndpointsMayTakeTransitions(void);
+
+/* row_triggers.c */
+struct TriggerData;
+extern void CheckRowTrigger(FunctionCallInfo fcinfo, const char *name);
+extern bool WrittenByThisTransaction(struct TriggerData *trigdata, const char *column);
 
 /* settings.c: reading a provider's settings (a jsonb object) */
 extern char *SettingText(Jsonb *settings, const char *key);

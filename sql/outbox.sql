@@ -30,6 +30,34 @@ SELECT payments.enable_endpoint('raw-stripe', false);
 SELECT pg_temp.deliver('{"id":"evt_ob4","type":"customer.updated","created":1718000300,"data":{"object":{"id":"cus_1"}}}');
 SELECT count(*) AS queued FROM payments.outbox;
 
+-- whether any endpoint is enabled is read once per transaction, at the first commit step that
+-- asks, and read again after a change to the endpoints: none enabled when a first transition is
+-- committed early, then two enabled, and the next transition and event are queued
+DELETE FROM payments.outbox;
+UPDATE payments.endpoints SET enabled = false;
+BEGIN;
+SELECT pg_temp.deliver('{"id":"evt_ob5","type":"payment_intent.succeeded","created":1718000400,"data":{"object":{"id":"pi_ob5","amount":500,"currency":"usd"}}}');
+SET CONSTRAINTS payments.status_history_at_commit, payments.events_outbox IMMEDIATE;
+SET CONSTRAINTS ALL DEFERRED;
+SELECT payments.enable_endpoint('paid-only'), payments.enable_endpoint('raw-stripe');
+SELECT pg_temp.deliver('{"id":"evt_ob6","type":"payment_intent.succeeded","created":1718000500,"data":{"object":{"id":"pi_ob6","amount":500,"currency":"usd"}}}');
+COMMIT;
+SELECT e.name, o.event_type, coalesce(o.payload -> 'data' ->> 'provider_ref', o.payload -> 'data' ->> 'event_id') AS about
+  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id ORDER BY o.id;
+-- ... and after a rolled-back savepoint: the endpoints it disabled are enabled again
+DELETE FROM payments.outbox;
+BEGIN;
+SAVEPOINT s;
+UPDATE payments.endpoints SET enabled = false;
+SELECT pg_temp.deliver('{"id":"evt_ob7","type":"payment_intent.succeeded","created":1718000600,"data":{"object":{"id":"pi_ob7","amount":500,"currency":"usd"}}}');
+SET CONSTRAINTS payments.status_history_at_commit, payments.events_outbox IMMEDIATE;
+ROLLBACK TO s;
+SET CONSTRAINTS ALL DEFERRED;
+SELECT pg_temp.deliver('{"id":"evt_ob8","type":"payment_intent.succeeded","created":1718000700,"data":{"object":{"id":"pi_ob8","amount":500,"currency":"usd"}}}');
+COMMIT;
+SELECT e.name, o.event_type, coalesce(o.payload -> 'data' ->> 'provider_ref', o.payload -> 'data' ->> 'event_id') AS about
+  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id ORDER BY o.id;
+
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;
 DELETE FROM payments.payments WHERE provider = 'ob';

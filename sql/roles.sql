@@ -40,7 +40,7 @@ SELECT p.proname,
    AND (has_function_privilege('payments_ingest', p.oid, 'EXECUTE')
 		OR has_function_privilege('payments_analyst', p.oid, 'EXECUTE')
 		OR p.proname IN ('register_provider', 'add_secret', 'revoke_secret', 'add_certificate', 'recent_events',
-						 'receipt', 'apply_change', 'apply_event', 'next_receipt_no'))
+						 'receipt', 'apply_change', 'apply_event', 'issue_receipt'))
    AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
  ORDER BY 1;
 
@@ -114,7 +114,7 @@ SELECT * FROM payments.meta_subscribe('x', 'subscribe', 't', 'c');
 SELECT payments.register_provider('evil', 'stripe');
 SELECT payments.add_secret('ro-stripe', 'whsec_mine');
 SELECT payments.apply_event(1);
-SELECT payments.receipt_prefix('ro-stripe');
+SELECT payments.issue_receipt(1, now());
 INSERT INTO payments.fx_rates VALUES ('2024-07-01', 'EUR', 1);
 CREATE TABLE payments.mine (x int);
 RESET ROLE;
@@ -140,7 +140,7 @@ SELECT payments.register_provider('evil', 'stripe');
 SELECT payments.add_secret('ro-stripe', 'whsec_mine');
 SELECT payments.revoke_secret(:secret_id);
 SELECT payments.apply_event(1);
-SELECT payments.next_receipt_no('LP', '2024-07-01');
+SELECT payments.issue_receipt(1, now());
 INSERT INTO payments.events (provider, event_id, body, payload, headers) VALUES ('ro-stripe', 'forged', '{}', '{}', '{}');
 RESET ROLE;
 
@@ -161,7 +161,7 @@ DELETE FROM payments.events;
 DELETE FROM payments.status_history;
 INSERT INTO payments.receipt_counters VALUES ('LP', '2024-07-01', 5);
 SELECT payments.apply_event(1);
-SELECT payments.next_receipt_no('LP', '2024-07-01');
+SELECT payments.issue_receipt(1, now());
 CREATE TABLE payments.mine (x int);
 RESET ROLE;
 

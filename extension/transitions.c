@@ -96,7 +96,8 @@ NextReceiptNumber(const char *prefix, TimestampTz paid_at, DateADT *day)
 static void
 IssueReceipt(int64 payment_id, TimestampTz paid_at)
 {
-	Oid			argtypes[2] = {INT8OID, TEXTOID};
+	Oid			payment_types[1] = {INT8OID};
+	Oid			receipt_types[2] = {TEXTOID, INT8OID};
 	Datum		args[2];
 	bool		isnull;
 	text	   *provider_name;
@@ -112,7 +113,7 @@ IssueReceipt(int64 payment_id, TimestampTz paid_at)
 								  "SELECT p.provider FROM payments.payments p"
 								  " WHERE p.id = $1"
 								  "   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id)",
-								  1, argtypes),
+								  1, payment_types),
 						 args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read a payment");
 	if (SPI_processed == 0)
@@ -126,11 +127,9 @@ IssueReceipt(int64 payment_id, TimestampTz paid_at)
 
 	args[0] = CStringGetTextDatum(psprintf("%s-%04d%02d%02d-%06d", prefix, year, month, mday, number));
 	args[1] = Int64GetDatum(payment_id);
-	argtypes[0] = TEXTOID;
-	argtypes[1] = INT8OID;
 	if (SPI_execute_plan(KeptPlan(&receipt_plan,
 								  "INSERT INTO payments.receipts (receipt_no, payment_id) VALUES ($1, $2)",
-								  2, argtypes),
+								  2, receipt_types),
 						 args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert a receipt");
 }

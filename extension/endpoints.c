@@ -10,40 +10,24 @@
  * endpoint takes what exactly is still decided by the queueing functions,
  * only the "none at all" case is answered here.
  *
- * As with the providers (providers.c), a change to payments.endpoints by
- * this backend (a statement trigger calls payments.forget_endpoints) or the
- * abort of a subtransaction drops the answer at once; an endpoint enabled by
- * another session is seen from this backend's next transaction.
+ * A change to payments.endpoints by this backend, or the abort of a
+ * subtransaction, drops the answer (kept.c).
  */
 #include "payments.h"
 
 #include "access/htup_details.h"
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
-#include "storage/proc.h"
-#include "utils/builtins.h"
 
-PG_FUNCTION_INFO_V1(forget_endpoints);
 PG_FUNCTION_INFO_V1(enqueue_event);
 
-/* The answer kept for the transaction read_lxid (when read_lxid is valid) */
-static LocalTransactionId read_lxid = InvalidLocalTransactionId;
+/* The answer, as read at read_stamp */
+static KeptStamp read_stamp;
 static bool any_enabled;		/* some enabled endpoint (it may take transitions) */
 static bool any_naming_types;	/* some enabled endpoint naming its types (it may take events) */
-static bool callback_registered = false;
 static SPIPlanPtr endpoints_plan = NULL;
 static SPIPlanPtr enqueue_event_plan = NULL;
-
-/* Subtransaction callback: an aborted subtransaction may have undone a change we read */
-static void
-ForgetOnSubAbort(SubXactEvent event, SubTransactionId mySubid,
-				 SubTransactionId parentSubid, void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		read_lxid = InvalidLocalTransactionId;
-}
 
 /* Reads whether any endpoint is enabled, once per transaction (inside an SPI connection) */
 static void
@@ -52,13 +36,8 @@ ReadEndpoints(void)
 	bool		isnull;
 	Datum		value;
 
-	if (read_lxid == MyProc->lxid)
+	if (KeptIsCurrent(&read_stamp))
 		return;
-	if (!callback_registered)
-	{
-		RegisterSubXactCallback(ForgetOnSubAbort, NULL);
-		callback_registered = true;
-	}
 	if (SPI_execute_plan(KeptPlan(&endpoints_plan,
 								  "SELECT pg_catalog.count(*) > 0,"
 								  "       pg_catalog.count(e.event_types) > 0"
@@ -70,7 +49,7 @@ ReadEndpoints(void)
 	any_enabled = DatumGetBool(value);
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	any_naming_types = DatumGetBool(value);
-	read_lxid = MyProc->lxid;
+	KeptStampNow(&read_stamp);
 }
 
 /*
@@ -120,20 +99,5 @@ enqueue_event(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not queue an event");
 	}
 	SPI_finish();
-	return PointerGetDatum(NULL);
-}
-
-/*
- * SQL: payments.forget_endpoints(), the statement trigger on
- * payments.endpoints: drops what this backend's transaction read of them.
- */
-Datum
-forget_endpoints(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("payments.forget_endpoints() must be called as a trigger")));
-	read_lxid = InvalidLocalTransactionId;
 	return PointerGetDatum(NULL);
 }

@@ -47,20 +47,21 @@ CREATE INDEX secrets_provider_idx ON payments.secrets (provider);
 COMMENT ON TABLE payments.secrets IS
 	'Signing secrets per provider; every live secret is tried, so secrets can be rotated';
 
--- payments.ingest reads a provider and its live secrets once per transaction (the shim stores a
--- batch of deliveries in one); a change to either table by the same backend drops what it kept.
-CREATE FUNCTION payments.forget_providers()
+-- A few small tables are read once per transaction (extension/kept.c; the shim stores a batch of
+-- deliveries in one): a provider and its live secrets, the currencies, whether any endpoint is
+-- enabled.  A change to any of them by the same backend drops what its transaction kept.
+CREATE FUNCTION payments.forget_kept()
 RETURNS trigger
-AS 'MODULE_PATHNAME', 'forget_providers'
+AS 'MODULE_PATHNAME', 'forget_kept'
 LANGUAGE C;
-COMMENT ON FUNCTION payments.forget_providers() IS
-	'Trigger: drops the providers and secrets payments.ingest read in this backend''s transaction, after a change to them';
-REVOKE ALL ON FUNCTION payments.forget_providers() FROM PUBLIC;
+COMMENT ON FUNCTION payments.forget_kept() IS
+	'Trigger: drops what this backend''s transaction read once and kept (providers, secrets, currencies, whether endpoints are enabled), after a change to them';
+REVOKE ALL ON FUNCTION payments.forget_kept() FROM PUBLIC;
 
 CREATE TRIGGER providers_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.providers
-	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_providers();
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
 CREATE TRIGGER secrets_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.secrets
-	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_providers();
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
 
 --------------------------------------------------------------------------------------------------
 -- Events and rejections
@@ -561,16 +562,26 @@ COMMENT ON TYPE payments.payment_change IS
 -- (payments.ingest, apply_event, transition_committed, ...), name every object with its
 -- schema, and are not granted to the ingest or analyst roles (sql/roles.sql checks both).  A SET
 -- clause saves and restores the setting at every call: 6% of the work of a delivery.
+-- a currency is looked up two or three times per delivery: read once per transaction
+-- (extension/currencies.c), like the providers
+CREATE FUNCTION payments.currency_exponent(code text)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'currency_exponent'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION payments.currency_exponent(text) IS
+	'The ISO 4217 exponent of a currency in payments.currencies (its code in any case), or NULL when it is not there';
+REVOKE ALL ON FUNCTION payments.currency_exponent(text) FROM PUBLIC;
+
+CREATE TRIGGER currencies_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.currencies
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+
 CREATE FUNCTION payments.major_units(minor numeric, currency text, exponent_override integer DEFAULT NULL)
 RETURNS numeric
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-	e		integer := exponent_override;
+	e		integer := coalesce(exponent_override, payments.currency_exponent(currency));
 BEGIN
-	IF e IS NULL THEN
-		SELECT c.exponent INTO e FROM payments.currencies c WHERE c.code = upper(currency)::bpchar;
-	END IF;
 	RETURN round(minor / 10::numeric ^ e, e);
 END
 $$;
@@ -646,8 +657,7 @@ BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
 	END IF;
-	IF change.currency IS NOT NULL AND NOT EXISTS (SELECT FROM payments.currencies c
-												  WHERE c.code = upper(change.currency)::bpchar) THEN
+	IF change.currency IS NOT NULL AND payments.currency_exponent(change.currency) IS NULL THEN
 		RAISE EXCEPTION 'unknown currency "%"', change.currency
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Add it to payments.currencies with its ISO 4217 exponent, then replay the event.';
@@ -2186,18 +2196,9 @@ CREATE CONSTRAINT TRIGGER events_outbox
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 
--- Whether any endpoint is enabled is read once per transaction (extension/endpoints.c); a change
--- to the endpoints by the same backend drops what it read.
-CREATE FUNCTION payments.forget_endpoints()
-RETURNS trigger
-AS 'MODULE_PATHNAME', 'forget_endpoints'
-LANGUAGE C;
-COMMENT ON FUNCTION payments.forget_endpoints() IS
-	'Trigger: drops what this backend''s transaction read of the enabled endpoints, after a change to them';
-REVOKE ALL ON FUNCTION payments.forget_endpoints() FROM PUBLIC;
-
+-- whether any endpoint is enabled is read once per transaction (extension/endpoints.c)
 CREATE TRIGGER endpoints_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.endpoints
-	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_endpoints();
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
 
 CREATE FUNCTION payments.outbox_upload_pending(provider text, payload jsonb)
 RETURNS boolean

@@ -130,6 +130,17 @@ extern const ProviderKind PayPalKind;
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
 
+/* kept.c: rows read once per transaction */
+typedef struct KeptStamp
+{
+	LocalTransactionId lxid;	/* the transaction it was read in */
+	uint64		generation;		/* moved on by changes and subtransaction aborts */
+} KeptStamp;
+
+extern bool KeptIsCurrent(const KeptStamp *stamp);
+extern bool KeptInThisTransaction(const KeptStamp *stamp);
+extern void KeptStampNow(KeptStamp *stamp);
+
 /* providers.c */
 extern bool LookupProvider(text *name, Provider *provider);
 

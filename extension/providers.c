@@ -8,25 +8,16 @@
  * work.  The first read of a provider in a transaction is kept, in a memory
  * context under TopTransactionContext, for the rest of the transaction.
  *
- * The kept copies are dropped at once when this backend changes
- * payments.providers or payments.secrets (statement triggers call
- * payments.forget_providers) and when a subtransaction aborts (it may have
- * undone such a change after the copy was read).  A change committed
- * meanwhile by another session is seen from this backend's next transaction,
- * as if this one had read the provider when it first needed it.
+ * The kept copies are dropped when this backend changes payments.providers
+ * or payments.secrets, or a subtransaction aborts (kept.c).
  */
 #include "payments.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
-#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-
-PG_FUNCTION_INFO_V1(forget_providers);
 
 /* A provider read in the current transaction */
 typedef struct KeptProvider
@@ -36,30 +27,9 @@ typedef struct KeptProvider
 } KeptProvider;
 
 static KeptProvider *kept = NULL;
+static KeptStamp kept_stamp;
 static MemoryContext kept_context = NULL;	/* under TopTransactionContext */
-static LocalTransactionId kept_lxid = InvalidLocalTransactionId;
-static bool callback_registered = false;
 static SPIPlanPtr provider_plan = NULL;
-
-/*
- * Drops the kept providers.  Their memory stays until the transaction ends: a
- * caller may still be using the copy it was given (an aborted subtransaction
- * inside payments.ingest, between the events of one delivery).
- */
-static void
-ForgetProviders(void)
-{
-	kept = NULL;
-}
-
-/* Subtransaction callback: an aborted subtransaction may have undone a change we read */
-static void
-ForgetOnSubAbort(SubXactEvent event, SubTransactionId mySubid,
-				 SubTransactionId parentSubid, void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		ForgetProviders();
-}
 
 /*
  * Reads a provider with its live secrets into *provider, allocated in
@@ -133,12 +103,19 @@ LookupProvider(text *name, Provider *provider)
 	char	   *wanted = text_to_cstring(name);
 	KeptProvider *entry;
 
-	if (kept_lxid != MyProc->lxid)
+	if (!KeptIsCurrent(&kept_stamp))
 	{
-		/* a new transaction: the old context went with the old one */
+		/*
+		 * A new transaction: the old context went with the old one.  The same
+		 * transaction after a change: the memory stays until it ends, as a
+		 * caller may still be using the copy it was given (an aborted
+		 * subtransaction inside payments.ingest, between the events of one
+		 * delivery).
+		 */
+		if (!KeptInThisTransaction(&kept_stamp))
+			kept_context = NULL;
 		kept = NULL;
-		kept_context = NULL;
-		kept_lxid = MyProc->lxid;
+		KeptStampNow(&kept_stamp);
 	}
 	for (entry = kept; entry != NULL; entry = entry->next)
 	{
@@ -149,11 +126,6 @@ LookupProvider(text *name, Provider *provider)
 		}
 	}
 
-	if (!callback_registered)
-	{
-		RegisterSubXactCallback(ForgetOnSubAbort, NULL);
-		callback_registered = true;
-	}
 	if (kept_context == NULL)
 		kept_context = AllocSetContextCreate(TopTransactionContext, "payments kept providers",
 											 ALLOCSET_SMALL_SIZES);
@@ -167,20 +139,4 @@ LookupProvider(text *name, Provider *provider)
 	kept = entry;
 	*provider = entry->provider;
 	return true;
-}
-
-/*
- * SQL: payments.forget_providers(), the statement trigger on
- * payments.providers and payments.secrets: drops the providers kept by this
- * backend's transaction, which the statement may have changed.
- */
-Datum
-forget_providers(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("payments.forget_providers() must be called as a trigger")));
-	ForgetProviders();
-	return PointerGetDatum(NULL);
 }

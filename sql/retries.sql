@@ -99,6 +99,23 @@ SELECT outcome FROM payments.retry_events();
 SELECT * FROM tr.ev('pi_r2');
 SELECT status, amount_refunded FROM payments.payments WHERE provider_ref = 'pi_r2';
 
+-- the currencies are read once per transaction, and again after a change to them in it: an event
+-- in a currency added later in the same transaction applies, and a currency whose insert a
+-- rolled-back savepoint undid is unknown again
+SELECT tr.stripe('payment_intent.succeeded', tr.pi('pi_r5', 100, 'qqr'), 1718000000);
+SELECT e.id AS qqr_event FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'id' = 'pi_r5' \gset
+BEGIN;
+SELECT payments.currency_exponent('qqr') AS unknown;
+INSERT INTO payments.currencies (code, exponent) VALUES ('QQR', 0);
+SELECT payments.replay_event(:qqr_event);
+SAVEPOINT s;
+INSERT INTO payments.currencies (code, exponent) VALUES ('QQS', 3);
+SELECT payments.major_units(1000, 'qqs') AS qqs_known;
+ROLLBACK TO s;
+SELECT payments.major_units(1000, 'qqs') AS qqs_unknown_again;
+COMMIT;
+SELECT status, amount, currency FROM payments.payments WHERE provider_ref = 'pi_r5';
+
 -- replay_dead requeues the dead events of a provider since a time; retry_events applies them
 SELECT tr.stripe('charge.refunded', tr.charge('pi_r3', 700, 700), 1718000300);
 SELECT tr.stripe('charge.refunded', tr.charge('pi_r4', 800, 800), 1718000300);
@@ -121,5 +138,5 @@ DELETE FROM payments.payments WHERE provider = 'retryshop';
 DELETE FROM payments.events WHERE provider = 'retryshop';
 DELETE FROM payments.secrets WHERE provider = 'retryshop';
 DELETE FROM payments.providers WHERE name = 'retryshop';
-DELETE FROM payments.currencies WHERE code = 'QQQ';
+DELETE FROM payments.currencies WHERE code IN ('QQQ', 'QQR');
 DROP SCHEMA tr CASCADE;

@@ -57,6 +57,16 @@ SELECT p.id, 'paid', h.to_status, h.at::timestamptz
 SELECT provider_ref, donor_key FROM payments.payments ORDER BY provider_ref;
 SELECT payments.donor_key_of(' Jane.Doe@EXAMPLE.org') AS by_email, payments.donor_key_of('+263 77 123 4567') AS by_phone,
 	   payments.donor_key_of('Bob SMITH') AS by_name, payments.donor_key_of('') AS nobody;
+-- kept as the donor's details change: an e-mail of spaces is none, a key cannot be set by hand
+SAVEPOINT donor_keys;
+UPDATE payments.payments SET donor_email = '  ', donor_phone = NULL, donor_name = ' Ann  LEE ' WHERE provider_ref = 'pi_1'
+RETURNING donor_key;
+UPDATE payments.payments SET donor_phone = '263771234567' WHERE provider_ref = 'pi_1' RETURNING donor_key;
+UPDATE payments.payments SET donor_email = ' ÉVA@Example.ORG' WHERE provider_ref = 'pi_1' RETURNING donor_key;
+UPDATE payments.payments SET donor_email = NULL, donor_phone = NULL, donor_name = NULL WHERE provider_ref = 'pi_1'
+RETURNING donor_key IS NULL AS anonymous;
+UPDATE payments.payments SET donor_key = 'email:someone@else.example' WHERE provider_ref = 'pi_4' RETURNING donor_key;
+ROLLBACK TO donor_keys;
 
 -- masking
 SELECT e AS email, payments.mask_email(e) AS masked

@@ -279,7 +279,10 @@ for r in "${results[@]}"; do
 	echo "|             | group commit: $(field batches "$l") transactions, $(field batch_mean "$l") deliveries each on average," \
 		"$(field batch_ms "$l") ms each (first statement to commit), $(field batches_failed "$l") failed"
 	echo "|             | backends waiting (samples of pg_stat_activity, 1/s): ${waits[c$c]}"
-	if [ "$c" = 32 ]; then rps32=$(field rps "$l"); p99_32=$(field p99_us "$l"); fi
+	if [ "$c" = 32 ]; then
+		rps32=$(field rps "$l"); p99_32=$(field p99_us "$l")
+		stolen32=$(awk -v s="$(field steal "$l")" -v t="$(field total "$l")" 'BEGIN { printf "%.0f", 100 * s / t }')
+	fi
 done
 echo
 echo "pgbench ceiling ($pgbench_clients clients, same two statements per transaction, prepared, no HTTP, no verification):"
@@ -296,6 +299,19 @@ if [ -n "$rps32" ]; then
 	echo "  shim at 32 connections / pgbench ceiling (mean of the runs before and after it, $ceiling_tps) =" \
 		"$(awk -v a="$rps32" -v b="$ceiling_tps" 'BEGIN { printf "%.2f", a / b }')× (goal 1.5×);" \
 		"p99 at 32 connections $(ms "$p99_32") ms (goal < 10 ms)"
+	# the ratio against each ceiling run, and which runs the hypervisor slowed (5% of the CPU or
+	# more stolen): a ratio against such a run measures the machine as much as the code
+	each=() slowed=()
+	for r in "${ceilings[@]}"; do
+		read -r tps _ _ _ stolen _ <<<"$r"
+		each+=("$(awk -v a="$rps32" -v b="$tps" 'BEGIN { printf "%.2f", a / b }')×")
+		[ "${stolen%\%}" -lt 5 ] || slowed+=("a ceiling run ($tps transactions/s, $stolen stolen)")
+	done
+	[ ${#each[@]} -ne 2 ] || echo "  against the run before it ${each[0]}, after it ${each[1]}"
+	[ "$stolen32" -lt 5 ] || slowed+=("the 32-connection run ($stolen32% stolen)")
+	for what in "${slowed[@]}"; do
+		echo "  note: the hypervisor slowed $what"
+	done
 fi
 echo
 echo "payments.ingest alone from SQL ($pgbench_clients clients, pgbench, one ingest per transaction):"

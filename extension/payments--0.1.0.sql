@@ -557,13 +557,14 @@ COMMENT ON TYPE payments.payment_change IS
 --
 -- The steps of the ingest path (payments.store_event, settle_event, apply_change, the kinds'
 -- *_change, major_units, keep_donor_key, and at commit enqueue_transition, chat_payment_notice,
--- enqueue_raw_event) have no SET clause: they run under the
--- search_path pinned by the SECURITY DEFINER function or entry point that calls them
--- (payments.ingest, apply_event, transition_committed, ...), name every object with its
--- schema, and are not granted to the ingest or analyst roles (sql/roles.sql checks both).  A SET
--- clause saves and restores the setting at every call: 6% of the work of a delivery.
--- a currency is looked up two or three times per delivery: read once per transaction
--- (extension/currencies.c), like the providers
+-- enqueue_raw_event) have no SET clause: they run under the search_path pinned by the SECURITY
+-- DEFINER function or entry point that calls them (payments.ingest, apply_event,
+-- transition_committed, ...), name every object with its schema, and are not granted to the
+-- ingest or analyst roles (sql/roles.sql checks both).  A SET clause saves and restores the
+-- setting at every call: 6% of the work of a delivery.
+
+-- A currency is looked up two or three times per delivery: read once per transaction
+-- (extension/currencies.c), like the providers.
 CREATE FUNCTION payments.currency_exponent(code text)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'currency_exponent'

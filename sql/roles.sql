@@ -162,6 +162,7 @@ DELETE FROM payments.status_history;
 INSERT INTO payments.receipt_counters VALUES ('LP', '2024-07-01', 5);
 SELECT payments.apply_event(1);
 SELECT payments.issue_receipt(1, now());
+SELECT payments.enqueue_raw_event(e) FROM payments.events e WHERE false;
 CREATE TABLE payments.mine (x int);
 RESET ROLE;
 

@@ -58,6 +58,18 @@ COMMIT;
 SELECT e.name, o.event_type, coalesce(o.payload -> 'data' ->> 'provider_ref', o.payload -> 'data' ->> 'event_id') AS about
   FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id ORDER BY o.id;
 
+-- the commit steps refuse to run as any other kind of trigger
+CREATE TEMP TABLE misfired (x integer, recorded_at timestamptz, received_at timestamptz);
+CREATE TRIGGER misfired_transition BEFORE INSERT ON misfired
+	FOR EACH ROW EXECUTE FUNCTION payments.transition_committed();
+INSERT INTO misfired VALUES (1, now(), now());
+DROP TRIGGER misfired_transition ON misfired;
+CREATE TRIGGER misfired_event AFTER UPDATE ON misfired
+	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
+INSERT INTO misfired VALUES (1, now(), now());
+UPDATE misfired SET x = 2;
+DROP TABLE misfired;
+
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;
 DELETE FROM payments.payments WHERE provider = 'ob';

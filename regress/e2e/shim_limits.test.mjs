@@ -381,10 +381,13 @@ describe('shim limits, metrics and logs', () => {
 		const rotated = `${logFile}.1`;
 		renameSync(logFile, rotated);
 		await request(shim.port, { path: '/health', headers: { 'x-request-id': 'before-hup' } });
+		// the request's log line is written once the request completes, which may be just after the
+		// client has its answer: wait for it before the signal
+		await eventually(() => readFileSync(rotated, 'utf8').includes('"before-hup"'));
 		shim.proc.kill('SIGHUP');
 		await eventually(() => existsSync(logFile) && readFileSync(logFile, 'utf8').includes('log file reopened'));
 		await request(shim.port, { path: '/health', headers: { 'x-request-id': 'after-hup' } });
-		await sleep(100);
+		await eventually(() => readFileSync(logFile, 'utf8').includes('"after-hup"'));
 		const old = readFileSync(rotated, 'utf8');
 		const fresh = readFileSync(logFile, 'utf8');
 		assert.ok(old.includes('"before-hup"') && !old.includes('"after-hup"'));

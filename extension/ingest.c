@@ -18,18 +18,6 @@
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(ingest);
-PG_FUNCTION_INFO_V1(ingest_isolated);
-
-/* Headers never stored: they carry credentials, not webhook data */
-#define CREDENTIAL_HEADERS "'{authorization,cookie,proxy-authorization}'::pg_catalog.text[]"
-
-/* The row returned to the shim */
-typedef struct IngestResult
-{
-	int			http_status;
-	const char *outcome;
-	char	   *event_id;
-} IngestResult;
 
 static SPIPlanPtr event_plan = NULL;
 static SPIPlanPtr rejection_plan = NULL;
@@ -65,7 +53,7 @@ RecordRejection(const Delivery *delivery, const char *outcome, const char *reaso
 					   " (provider, outcome, reason, detail, source_ip, request_id,"
 					   "  body_sha256, body_size, headers)"
 					   " VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.sha256($7),"
-					   "         pg_catalog.length($7), $8 - " CREDENTIAL_HEADERS ")",
+					   "         pg_catalog.length($7), payments.stored_headers($8))",
 					   8, argtypes);
 	args[0] = PointerGetDatum(delivery->provider);
 	args[1] = CStringGetTextDatum(outcome);
@@ -131,7 +119,7 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 					   "INSERT INTO payments.events"
 					   " (provider, event_id, event_type, event_at, body, payload, headers,"
 					   "  source_ip, request_id, state)"
-					   " VALUES ($1, $2, $3, $4, $5, $6, $7 - " CREDENTIAL_HEADERS ", $8, $9,"
+					   " VALUES ($1, $2, $3, $4, $5, $6, payments.stored_headers($7), $8, $9,"
 					   "         'pending')"
 					   " ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
 					   9, argtypes);
@@ -143,6 +131,28 @@ InsertEvent(const Delivery *delivery, const EventRecord *event)
 	if (SPI_processed == 0)
 		return 0;
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Records that the first attempt to apply a stored event failed with error:
+ * the event stays pending, the error kept and its retry scheduled
+ * (payments.event_failed).
+ */
+void
+RecordFailedAttempt(int64 event_row, const char *error)
+{
+	Oid			argtypes[2] = {INT8OID, TEXTOID};
+	Datum		args[2];
+
+	args[0] = Int64GetDatum(event_row);
+	args[1] = CStringGetTextDatum(error);
+	if (SPI_execute_plan(KeptPlan(&apply_failed_plan, "SELECT payments.event_failed($1, $2, 1)",
+								  2, argtypes),
+						 args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not record a failed event");
+	ereport(WARNING,
+			(errmsg("event %lld is stored but could not be applied: %s",
+					(long long) event_row, error)));
 }
 
 /* Input and output of StoreEventStep */
@@ -168,7 +178,7 @@ StoreEventStep(void *arg)
 
 	plan = KeptPlan(&store_plan,
 					"SELECT payments.store_event($1, $2, $3, $4, $5, $6, $7, $8,"
-					"                            $9 - " CREDENTIAL_HEADERS ", $10, $11)",
+					"                            payments.stored_headers($9), $10, $11)",
 					11, argtypes);
 	args[0] = PointerGetDatum(delivery->provider);
 	args[1] = CStringGetTextDatum(storage->provider->kind->name);
@@ -194,8 +204,6 @@ static const char *
 StoreEvent(const Provider *provider, const Delivery *delivery, const EventRecord *event)
 {
 	EventStorage storage = {provider, delivery, event, NULL};
-	Oid			errtypes[2] = {INT8OID, TEXTOID};
-	Datum		errargs[2];
 	char	   *error;
 	int			sqlerrcode;
 	int64		event_row;
@@ -208,15 +216,7 @@ StoreEvent(const Provider *provider, const Delivery *delivery, const EventRecord
 	event_row = InsertEvent(delivery, event);
 	if (event_row == 0)
 		return "duplicate";		/* stored meanwhile by another delivery */
-	errargs[0] = Int64GetDatum(event_row);
-	errargs[1] = CStringGetTextDatum(error);
-	if (SPI_execute_plan(KeptPlan(&apply_failed_plan, "SELECT payments.event_failed($1, $2)",
-								  2, errtypes),
-						 errargs, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not record a failed event");
-	ereport(WARNING,
-			(errmsg("event %lld is stored but could not be applied: %s",
-					(long long) event_row, error)));
+	RecordFailedAttempt(event_row, error);
 	return "stored";
 }
 
@@ -240,59 +240,71 @@ Invalid(const Delivery *delivery, const char *reason, const char *detail,
 }
 
 /*
- * Verifies, parses and stores one delivery, filling in the result.  A
- * delivery holding several events (a Meta batch) is stored whole in this
- * transaction; it is a duplicate only if every event in it is.
+ * Finds the delivery's provider, verifies the signature and extracts the
+ * events.  Returns true with the provider and events when there are events
+ * to store; false with the result filled in when the delivery is answered
+ * without them (unknown provider, unverifiable for now, rejected, invalid).
  */
-static void
-IngestDelivery(const Delivery *delivery, IngestResult *result)
+bool
+PrepareDelivery(const Delivery *delivery, Provider *provider, EventList *events,
+				IngestResult *result)
 {
-	Provider	provider;
 	Verdict		verdict = {0};
-	EventList	events = {0};
-	int			inserted = 0;
-	int			applied = 0;
-	int			stored = 0;
 
-	if (!LookupProvider(delivery->provider, &provider))
+	if (!LookupProvider(delivery->provider, provider))
 	{
 		result->http_status = 404;
 		result->outcome = "unknown_provider";
-		return;
+		return false;
 	}
 
-	VerifyDelivery(&provider, delivery, &verdict);
+	VerifyDelivery(provider, delivery, &verdict);
 	if (verdict.transient)
 	{
 		ereport(WARNING,
 				(errmsg("could not verify a delivery to provider \"%s\" for now: %s",
-						provider.name, verdict.detail)));
+						provider->name, verdict.detail)));
 		result->http_status = 503;
 		result->outcome = "unavailable";
-		return;
+		return false;
 	}
 	if (verdict.invalid_body)
 	{
 		Invalid(delivery, verdict.reason, verdict.detail, result);
-		return;
+		return false;
 	}
 	if (!verdict.valid)
 	{
 		Reject(delivery, &verdict, result);
-		return;
+		return false;
 	}
 
-	provider.kind->extract(&provider, delivery, &events);
-	if (events.count < 0)
+	provider->kind->extract(provider, delivery, events);
+	if (events->count < 0)
 	{
-		Invalid(delivery, events.invalid_reason, events.invalid_detail, result);
-		return;
+		Invalid(delivery, events->invalid_reason, events->invalid_detail, result);
+		return false;
 	}
+	Assert(events->count > 0);	/* every kind stores at least one event */
+	return true;
+}
 
-	Assert(events.count > 0);	/* every kind stores at least one event */
-	for (int i = 0; i < events.count; i++)
+/*
+ * Stores the events of a verified delivery, filling in the result.  A
+ * delivery holding several events (a Meta batch) is stored whole in this
+ * transaction; it is a duplicate only if every event in it is.
+ */
+void
+StoreDeliveryEvents(const Provider *provider, const Delivery *delivery,
+					const EventList *events, IngestResult *result)
+{
+	int			inserted = 0;
+	int			applied = 0;
+	int			stored = 0;
+
+	for (int i = 0; i < events->count; i++)
 	{
-		const char *outcome = StoreEvent(&provider, delivery, &events.events[i]);
+		const char *outcome = StoreEvent(provider, delivery, &events->events[i]);
 
 		if (strcmp(outcome, "duplicate") == 0)
 			continue;
@@ -305,36 +317,62 @@ IngestDelivery(const Delivery *delivery, IngestResult *result)
 	result->http_status = 200;
 	result->outcome = applied > 0 ? "applied" : stored > 0 ? "stored" :
 		inserted > 0 ? "ignored" : "duplicate";
-	if (events.count == 1)
-		result->event_id = events.events[0].event_id;
+	if (events->count == 1)
+		result->event_id = events->events[0].event_id;
 }
 
-/* Reads the arguments shared by ingest and ingest_isolated into a delivery */
+/* Verifies, parses and stores one delivery, filling in the result */
 static void
-ReadDelivery(FunctionCallInfo fcinfo, Delivery *delivery)
+IngestDelivery(const Delivery *delivery, IngestResult *result)
 {
-	if (PG_ARGISNULL(0))
+	Provider	provider;
+	EventList	events = {0};
+
+	if (PrepareDelivery(delivery, &provider, &events, result))
+		StoreDeliveryEvents(&provider, delivery, &events, result);
+}
+
+/*
+ * Fills in a delivery from the shim's arguments (each NULL when SQL NULL),
+ * raising an error when they cannot make one.
+ */
+void
+MakeDelivery(Delivery *delivery, text *provider, Jsonb *headers, bytea *body,
+			 Datum source_ip, bool source_ip_null, text *request_id)
+{
+	if (provider == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("provider must not be null")));
-	if (PG_ARGISNULL(2))
+	if (body == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("body must not be null"),
 				 errhint("Pass an empty bytea for an empty body.")));
 
-	delivery->provider = PG_GETARG_TEXT_PP(0);
-	delivery->headers = PG_ARGISNULL(1) ?
-		DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"))) :
-		PG_GETARG_JSONB_P(1);
+	delivery->provider = provider;
+	delivery->headers = headers != NULL ? headers :
+		DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 	if (!JB_ROOT_IS_OBJECT(delivery->headers) || JB_ROOT_IS_SCALAR(delivery->headers))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("headers must be a JSON object of header names to values")));
-	delivery->body = PG_GETARG_BYTEA_PP(2);
-	delivery->source_ip_null = PG_ARGISNULL(3);
-	delivery->source_ip = delivery->source_ip_null ? (Datum) 0 : PG_GETARG_DATUM(3);
-	delivery->request_id = PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4);
+	delivery->body = body;
+	delivery->source_ip_null = source_ip_null;
+	delivery->source_ip = source_ip_null ? (Datum) 0 : source_ip;
+	delivery->request_id = request_id;
+}
+
+/* Reads payments.ingest's arguments into a delivery */
+static void
+ReadDelivery(FunctionCallInfo fcinfo, Delivery *delivery)
+{
+	MakeDelivery(delivery,
+				 PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0),
+				 PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1),
+				 PG_ARGISNULL(2) ? NULL : PG_GETARG_BYTEA_PP(2),
+				 PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3), PG_ARGISNULL(3),
+				 PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4));
 }
 
 /*
@@ -361,70 +399,6 @@ ingest(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(result.outcome);
 	values[2] = result.event_id ? CStringGetTextDatum(result.event_id) : (Datum) 0;
 	nulls[2] = result.event_id == NULL;
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	SPI_finish();
-
-	return (Datum) 0;
-}
-
-/* Input and output of IsolatedStep */
-typedef struct IsolatedIngest
-{
-	FunctionCallInfo fcinfo;
-	IngestResult result;
-} IsolatedIngest;
-
-/* Reads, verifies and stores one delivery (the step run in a subtransaction) */
-static void
-IsolatedStep(void *arg)
-{
-	IsolatedIngest *run = arg;
-	Delivery	delivery;
-
-	ReadDelivery(run->fcinfo, &delivery);
-	IngestDelivery(&delivery, &run->result);
-}
-
-/*
- * SQL: payments.ingest_isolated(provider, headers, body, source_ip, request_id)
- * returns one row (http_status, outcome, event_id, sqlstate, error): what
- * payments.ingest returns, or, when handling the delivery raised an error,
- * NULLs and the error's SQLSTATE and message, its work rolled back (a
- * subtransaction).  The caller's transaction goes on, so that the shim can
- * store many deliveries in one transaction (one commit, one WAL flush) and
- * one bad delivery fails no other.  Query cancels and shutdowns are raised.
- */
-Datum
-ingest_isolated(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	IsolatedIngest run = {fcinfo, {0}};
-	char	   *error = NULL;
-	int			sqlerrcode = 0;
-	Datum		values[5] = {0};
-	bool		nulls[5] = {true, true, true, true, true};
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-
-	if (RunInSubtransactionCode(IsolatedStep, &run, &error, &sqlerrcode))
-	{
-		values[0] = Int32GetDatum(run.result.http_status);
-		values[1] = CStringGetTextDatum(run.result.outcome);
-		nulls[0] = nulls[1] = false;
-		if (run.result.event_id != NULL)
-		{
-			values[2] = CStringGetTextDatum(run.result.event_id);
-			nulls[2] = false;
-		}
-	}
-	else
-	{
-		values[3] = CStringGetTextDatum(unpack_sql_state(sqlerrcode));
-		values[4] = CStringGetTextDatum(error);
-		nulls[3] = nulls[4] = false;
-	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	SPI_finish();
 

@@ -345,17 +345,19 @@ SET jit = off;	-- its queries are small: compiling them would cost more than run
 COMMENT ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) IS
 	'Verifies one webhook delivery and stores it once; returns the HTTP status and outcome for the sender';
 
--- The shim stores the deliveries that arrive together in one transaction (group commit): one
--- call each, in a subtransaction, so that one bad delivery fails none of the others.
-CREATE FUNCTION payments.ingest_isolated(provider text, headers jsonb, body bytea,
-										 source_ip inet DEFAULT NULL, request_id text DEFAULT NULL)
+-- The shim stores the deliveries that arrive together in one transaction (group commit), with one
+-- call: each delivery in a subtransaction of its own, so that one bad delivery fails none of the
+-- others, and the new Stripe events of the batch in one statement (payments.store_stripe_events;
+-- extension/ingest_batch.c).
+CREATE FUNCTION payments.ingest_batch(provider text[], headers jsonb[], body bytea[],
+									  source_ip inet[], request_id text[])
 RETURNS TABLE (http_status integer, outcome text, event_id text, sqlstate text, error text)
-AS 'MODULE_PATHNAME', 'ingest_isolated'
+AS 'MODULE_PATHNAME', 'ingest_batch'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off;
-COMMENT ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) IS
-	'payments.ingest in a subtransaction: its row, or on an error NULLs with the SQLSTATE and message, the delivery''s work rolled back and the caller''s transaction going on (for the shim''s group commit)';
+COMMENT ON FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]) IS
+	'payments.ingest for several deliveries (the elements of five arrays of one length) in one call: a row per delivery, in order, its answer, or on an error NULLs with the SQLSTATE and message, that delivery''s work rolled back and the others'' and the caller''s transaction going on (for the shim''s group commit)';
 
 --------------------------------------------------------------------------------------------------
 -- Payments: currencies, the state machine, receipts
@@ -588,6 +590,13 @@ END
 $$;
 COMMENT ON FUNCTION payments.major_units(numeric, text, integer) IS
 	'Converts an amount in minor units (cents) to major units with the currency''s ISO 4217 exponent; NULL for an unknown currency';
+
+CREATE FUNCTION payments.stored_headers(headers jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN headers - '{authorization,cookie,proxy-authorization}'::pg_catalog.text[];
+COMMENT ON FUNCTION payments.stored_headers(jsonb) IS
+	'A delivery''s headers as stored: without those that carry credentials rather than webhook data';
 
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
@@ -1128,8 +1137,101 @@ END
 $$;
 COMMENT ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) IS
 	'Stores a verified event once per (provider, event_id) and applies it in one step: applied, ignored, stored, or duplicate';
+-- The shim's batches (payments.ingest_batch) store their new Stripe deliveries together: one
+-- statement inserts the events and creates the payments they are the first news of, with their
+-- first status, as apply_change would one by one (whose INSERT this mirrors).  What a set cannot
+-- decide -- an event for a payment that already exists or that an earlier event of the batch
+-- creates, an unknown currency, a change without a payment or a status -- is left with a NULL
+-- outcome, its event stored as applied at its first attempt, for the caller to settle it alone
+-- (payments.settle_event), as store_event would.  Each event is inserted once, by its first
+-- delivery in the batch (pos order); a later delivery of it is a duplicate.  One statement
+-- instead of a few per delivery is about a fifth of the work of a batch.
+CREATE FUNCTION payments.store_stripe_events(positions integer[], providers text[], event_ids text[],
+											 event_types text[], event_ats timestamptz[], bodies bytea[],
+											 payloads jsonb[], headers jsonb[], source_ips inet[],
+											 request_ids text[])
+RETURNS TABLE (pos integer, event_row bigint, outcome text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+	RETURN QUERY
+	WITH input AS MATERIALIZED (
+		SELECT i.pos, i.provider, i.event_id, i.event_type, i.event_at, i.body, i.payload, i.headers,
+			   i.source_ip, i.request_id, payments.stripe_change(i.payload) AS change
+		  FROM ROWS FROM (pg_catalog.unnest(store_stripe_events.positions),
+						  pg_catalog.unnest(store_stripe_events.providers),
+						  pg_catalog.unnest(store_stripe_events.event_ids),
+						  pg_catalog.unnest(store_stripe_events.event_types),
+						  pg_catalog.unnest(store_stripe_events.event_ats),
+						  pg_catalog.unnest(store_stripe_events.bodies),
+						  pg_catalog.unnest(store_stripe_events.payloads),
+						  pg_catalog.unnest(store_stripe_events.headers),
+						  pg_catalog.unnest(store_stripe_events.source_ips),
+						  pg_catalog.unnest(store_stripe_events.request_ids))
+			   AS i (pos, provider, event_id, event_type, event_at, body, payload, headers,
+					 source_ip, request_id)
+	), firsts AS (
+		SELECT DISTINCT ON (i.provider, i.event_id) i.*
+		  FROM input i
+		 ORDER BY i.provider, i.event_id, i.pos
+	), stored AS (
+		INSERT INTO payments.events AS e
+			(provider, event_id, event_type, event_at, body, payload, headers, source_ip, request_id,
+			 state, attempts)
+		SELECT f.provider, f.event_id, f.event_type, f.event_at, f.body, f.payload,
+			   payments.stored_headers(f.headers), f.source_ip, f.request_id,
+			   CASE WHEN f.change IS NULL THEN 'ignored' ELSE 'applied' END::payments.event_state, 1
+		  FROM firsts f
+		 ORDER BY f.pos
+		ON CONFLICT ON CONSTRAINT events_provider_event_id_key DO NOTHING
+		RETURNING e.id, e.provider, e.event_id
+	), creators AS (
+		SELECT DISTINCT ON (f.provider, (f.change).provider_ref)
+			   s.id AS event_row, f.provider, f.change,
+			   coalesce((f.change).status_at, pg_catalog.now()) AS at
+		  FROM stored s
+		  JOIN firsts f ON f.provider = s.provider AND f.event_id = s.event_id
+		 WHERE (f.change).creates AND (f.change).provider_ref IS NOT NULL AND (f.change).status IS NOT NULL
+		   AND ((f.change).currency IS NULL OR payments.currency_exponent((f.change).currency) IS NOT NULL)
+		 ORDER BY f.provider, (f.change).provider_ref, f.pos
+	), created AS (
+		INSERT INTO payments.payments AS p
+			(provider, provider_ref, reference, kind, status, amount, currency, amount_refunded, fee,
+			 method, donor_name, donor_phone, donor_email, country, metadata, status_at, paid_at)
+		SELECT c.provider, (c.change).provider_ref, (c.change).reference,
+			   coalesce((c.change).kind, 'collection'), (c.change).status, (c.change).amount,
+			   pg_catalog.upper((c.change).currency), coalesce((c.change).amount_refunded, 0),
+			   (c.change).fee, (c.change).method, (c.change).donor_name,
+			   payments.e164_digits((c.change).donor_phone), (c.change).donor_email,
+			   payments.country_code((c.change).country), coalesce((c.change).metadata, '{}'),
+			   c.at, CASE WHEN (c.change).status = 'paid' THEN c.at END
+		  FROM creators c
+		ON CONFLICT (provider, provider_ref) DO NOTHING
+		RETURNING p.id, p.provider, p.provider_ref, p.status, p.status_at
+	), history AS (
+		-- a paid one gets its receipt number at commit (payments.transition_committed)
+		INSERT INTO payments.status_history AS h (payment_id, from_status, to_status, event_id, status_at)
+		SELECT p.id, NULL, p.status, c.event_row, p.status_at
+		  FROM created p
+		  JOIN creators c ON c.provider = p.provider AND (c.change).provider_ref = p.provider_ref
+		RETURNING h.event_id
+	)
+	SELECT i.pos, s.id,
+		   CASE WHEN s.id IS NULL THEN 'duplicate'
+				WHEN i.change IS NULL THEN 'ignored'
+				WHEN EXISTS (SELECT FROM history h WHERE h.event_id = s.id) THEN 'applied' END
+	  FROM input i
+	  LEFT JOIN firsts f ON f.pos = i.pos
+	  LEFT JOIN stored s ON s.provider = f.provider AND s.event_id = f.event_id
+	 ORDER BY i.pos;
+END
+$$;
+COMMENT ON FUNCTION payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]) IS
+	'Stores verified Stripe events of a batch in one statement and creates the payments they are the first news of; per delivery position: the event''s row and applied, ignored, duplicate, or NULL for the caller to settle the stored event alone';
+
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
@@ -1183,7 +1285,7 @@ REVOKE ALL ON FUNCTION payments.meta_subscribe(text, text, text, text) FROM PUBL
 --------------------------------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.register_provider(text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.add_secret(text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.revoke_secret(bigint) FROM PUBLIC;
@@ -4622,7 +4724,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.volunteers_id_seq', '');
 -- payments_ingest: the shim's login role is a member; ingest, the Meta handshake, the Flows endpoint
 GRANT USAGE ON SCHEMA payments TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) TO payments_ingest;
-GRANT EXECUTE ON FUNCTION payments.ingest_isolated(text, jsonb, bytea, inet, text) TO payments_ingest;
+GRANT EXECUTE ON FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.meta_subscribe(text, text, text, text) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) TO payments_ingest;
 

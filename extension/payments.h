@@ -127,6 +127,23 @@ extern const ProviderKind EversendKind;
 extern const ProviderKind HmacKind;
 extern const ProviderKind PayPalKind;
 
+/* What a delivery is answered (payments.ingest's row) */
+typedef struct IngestResult
+{
+	int			http_status;
+	const char *outcome;
+	char	   *event_id;
+} IngestResult;
+
+/* ingest.c */
+extern void MakeDelivery(Delivery *delivery, text *provider, Jsonb *headers, bytea *body,
+						 Datum source_ip, bool source_ip_null, text *request_id);
+extern bool PrepareDelivery(const Delivery *delivery, Provider *provider, EventList *events,
+							IngestResult *result);
+extern void StoreDeliveryEvents(const Provider *provider, const Delivery *delivery,
+								const EventList *events, IngestResult *result);
+extern void RecordFailedAttempt(int64 event_row, const char *error);
+
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
 

@@ -3,9 +3,8 @@
  *		Reading a provider and its live secrets, once per transaction.
  *
  * The shim stores a batch of deliveries, most of them to one provider, in one
- * transaction, with one payments.ingest_isolated() call each; reading the
- * provider row and its secrets again at every call was 3.5% of a delivery's
- * work.  The first read of a provider in a transaction is kept, in a memory
+ * transaction; reading the provider row and its secrets again for every
+ * delivery was 3.5% of a delivery's work.  The first read of a provider in a transaction is kept, in a memory
  * context under TopTransactionContext, for the rest of the transaction.
  *
  * The kept copies are dropped when this backend changes payments.providers

@@ -7,9 +7,9 @@
  * The request handler (http.c) suspends its connection and puts the
  * delivery on a queue.  --batch-concurrency batch threads, each with its
  * own database connection, take up to --batch-max deliveries off the queue
- * at a time, store them in one transaction (db_ingest_batch), set each
- * delivery's result and resume its connection; libmicrohttpd then calls
- * the handler again, which answers.  So no MHD thread ever waits for the
+ * at a time, store them in one transaction with one call
+ * (db_ingest_batch), set each delivery's result and resume its connection;
+ * libmicrohttpd then calls the handler again, which answers.  So no MHD thread ever waits for the
  * database with a webhook, every request is answered only after the commit
  * that holds its delivery (or after the failure that leaves it out), and no
  * timer holds a delivery back: a lone delivery goes at once, in a batch of
@@ -38,15 +38,26 @@ static pthread_t *workers;
 static unsigned int n_workers;
 
 /*
- * Take up to --batch-max deliveries off the queue (under batch_lock).
+ * Bodies a batch carries at most, in bytes: its call's parameters stay far
+ * below PostgreSQL's 1 GB limit on a value whatever --max-body says (a
+ * larger body goes alone).
+ */
+#define BATCH_MAX_BODY_BYTES	(64 * 1024 * 1024)
+
+/*
+ * Take up to --batch-max deliveries off the queue (under batch_lock), fewer
+ * when their bodies would pass BATCH_MAX_BODY_BYTES together.
  */
 static unsigned int
 batch_take(PendingIngest **items)
 {
 	unsigned int n = 0;
+	size_t		bytes = 0;
 
-	while (queue_head != NULL && n < shim_config.batch_max)
+	while (queue_head != NULL && n < shim_config.batch_max &&
+		   (n == 0 || queue_head->req.body_len <= BATCH_MAX_BODY_BYTES - bytes))
 	{
+		bytes += queue_head->req.body_len;
 		items[n++] = queue_head;
 		queue_head = queue_head->next;
 	}

@@ -15,9 +15,9 @@
  * the new primary after a failover by itself.
  *
  * db_ingest_batch() stores the requests of a batch (batch.c) in one
- * transaction: BEGIN, one payments.ingest_isolated() call each and COMMIT,
- * sent as one libpq pipeline, so the batch costs one round trip and one
- * commit.
+ * transaction: BEGIN, one payments.ingest_batch() call with the requests'
+ * columns as arrays, and COMMIT, sent as one libpq pipeline, so the batch
+ * costs one round trip, one statement and one commit.
  *
  * Threads are also kept in a list with a cancel handle for their
  * connection, so that at the shutdown deadline the main thread can cancel
@@ -45,7 +45,7 @@
 typedef enum DbStatementId
 {
 	STMT_INGEST,
-	STMT_INGEST_ISOLATED,
+	STMT_INGEST_BATCH,
 	STMT_SUBSCRIBE,
 	STMT_READY,
 	STMT_FLOWS,
@@ -63,10 +63,11 @@ static const DbStatement db_statements[STMT_COUNT] = {
 	{"payments_ingest",
 		"SELECT http_status, outcome, event_id FROM payments.ingest("
 		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
-	{"payments_ingest_isolated",
+	{"payments_ingest_batch",
 		"SELECT http_status, outcome, event_id, sqlstate, error "
-		"FROM payments.ingest_isolated("
-		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
+		"FROM payments.ingest_batch("
+		"$1::text[], $2::jsonb[], $3::bytea[], $4::text[]::inet[], $5::text[])",
+	INGEST_NPARAMS},
 	{"payments_meta_subscribe",
 		"SELECT http_status, body FROM payments.meta_subscribe("
 		"$1::text, $2::text, $3::text, $4::text)", SUBSCRIBE_NPARAMS},
@@ -506,7 +507,7 @@ db_exec(DbStatementId id, const char *const *values, const int *lengths,
 }
 
 /*
- * Check the row returned by payments.ingest() (or ingest_isolated(), with
+ * Check the row returned by payments.ingest() (or ingest_batch(), with
  * its nfields columns) and point "out" into it.  Anything but one row with
  * a 2xx-5xx status and an outcome is unusable.
  */
@@ -602,24 +603,92 @@ pipeline_next(PGconn *conn)
 	return res;
 }
 
+/* Element type OIDs of the batch call's arrays (pg_type.dat) */
+#define TEXTOID		25
+#define BYTEAOID	17
+#define JSONBOID	3802
+
 /*
- * Send BEGIN, one payments.ingest_isolated() per request and COMMIT as one
- * pipeline, and read the answers.  DB_OK means COMMIT succeeded and rows[i]
- * holds request i's row; otherwise nothing was committed and no row is
- * kept.  On a data exception before the commit (a parameter the server
- * refused, outside the function's subtransaction) *retry_alone is set; on a
- * missing prepared statement, *reprepare.
+ * The batch call's five parameters, the requests' columns as binary arrays
+ * (the client address as text, cast to inet by the statement); false when
+ * out of memory.  The caller frees the buffers.
+ */
+static bool
+batch_params(const IngestRequest *const *reqs, unsigned int n,
+			 StrBuf *columns)
+{
+	bool		failed = false;
+
+	pgarray_start(&columns[0], TEXTOID, n);
+	pgarray_start(&columns[1], JSONBOID, n);
+	pgarray_start(&columns[2], BYTEAOID, n);
+	pgarray_start(&columns[3], TEXTOID, n);
+	pgarray_start(&columns[4], TEXTOID, n);
+	for (unsigned int i = 0; i < n; i++)
+	{
+		const IngestRequest *req = reqs[i];
+
+		pgarray_add(&columns[0], req->provider, strlen(req->provider));
+		pgarray_add_jsonb(&columns[1], req->headers_json);
+		/* a NULL pointer would mean SQL NULL, not an empty body */
+		pgarray_add(&columns[2], req->body != NULL ? req->body : "", req->body_len);
+		pgarray_add(&columns[3], req->client_ip,
+					req->client_ip != NULL ? strlen(req->client_ip) : 0);
+		pgarray_add(&columns[4], req->request_id,
+					req->request_id != NULL ? strlen(req->request_id) : 0);
+	}
+	for (int c = 0; c < INGEST_NPARAMS; c++)
+		failed = failed || columns[c].failed || columns[c].len > INT32_MAX;
+	return !failed;
+}
+
+/*
+ * Request i's row of the batch call's result, as a result of its own (so
+ * that each request can be answered and freed on its own); NULL when out
+ * of memory.
+ */
+static PGresult *
+batch_row(const PGresult *res, int i)
+{
+	PGresult   *row = PQcopyResult(res, PG_COPYRES_ATTRS);
+	int			nfields = PQnfields(res);
+
+	for (int f = 0; row != NULL && f < nfields; f++)
+	{
+		bool		isnull = PQgetisnull(res, i, f);
+
+		/* a NULL value pointer makes a NULL field */
+		if (!PQsetvalue(row, 0, f, isnull ? NULL : PQgetvalue(res, i, f),
+						isnull ? -1 : PQgetlength(res, i, f)))
+		{
+			PQclear(row);
+			row = NULL;
+		}
+	}
+	return row;
+}
+
+/*
+ * Send BEGIN, one payments.ingest_batch() call and COMMIT as one pipeline,
+ * and read the answers.  DB_OK means COMMIT succeeded and rows[i] holds
+ * request i's row; otherwise nothing was committed and no row is kept.  On
+ * a data exception before the commit (a parameter the server refused,
+ * outside the function's subtransactions) *retry_alone is set; on a missing
+ * prepared statement, *reprepare.
  */
 static DbStatus
 db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 			 unsigned int n, PGresult **rows, bool *retry_alone,
 			 bool *reprepare)
 {
+	static const int formats[INGEST_NPARAMS] = {1, 1, 1, 1, 1};
 	PGconn	   *conn = thread->conn;
 	const char *request_id = reqs[0]->request_id;
+	StrBuf		columns[INGEST_NPARAMS];
 	const char *values[INGEST_NPARAMS];
 	int			lengths[INGEST_NPARAMS];
 	PGresult   *error = NULL;	/* the first query that failed */
+	PGresult   *answers = NULL; /* the call's rows */
 	const char *sqlstate;
 	bool		sent;
 	bool		committed = false;
@@ -628,22 +697,33 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 
 	*retry_alone = false;
 	*reprepare = false;
-	sent = PQenterPipelineMode(conn) &&
-		PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
-	for (unsigned int i = 0; sent && i < n; i++)
+	for (int c = 0; c < INGEST_NPARAMS; c++)
+		buf_init(&columns[c]);
+	if (!batch_params(reqs, n, columns))
 	{
-		ingest_params(reqs[i], values, lengths);
-		sent = PQsendQueryPrepared(conn, db_statements[STMT_INGEST_ISOLATED].name,
-								   INGEST_NPARAMS, values, lengths,
-								   ingest_formats, 0);
+		for (int c = 0; c < INGEST_NPARAMS; c++)
+			buf_free(&columns[c]);
+		log_db_error(LOG_ERROR, request_id, "batch failed", NULL, "out of memory");
+		return DB_FAILED;
 	}
-	sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) &&
+	for (int c = 0; c < INGEST_NPARAMS; c++)
+	{
+		values[c] = columns[c].data;
+		lengths[c] = (int) columns[c].len;
+	}
+	sent = PQenterPipelineMode(conn) &&
+		PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
+		PQsendQueryPrepared(conn, db_statements[STMT_INGEST_BATCH].name,
+							INGEST_NPARAMS, values, lengths, formats, 0) &&
+		PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) &&
 		PQpipelineSync(conn);
+	for (int c = 0; c < INGEST_NPARAMS; c++)
+		buf_free(&columns[c]);
 	if (!sent)
 		return db_failure(thread, NULL, "batch failed", request_id);
 
-	/* BEGIN, the n calls, COMMIT; after a failure the rest come back aborted */
-	for (unsigned int q = 0; q < n + 2; q++)
+	/* BEGIN, the call, COMMIT; after a failure the rest come back aborted */
+	for (int q = 0; q < 3; q++)
 	{
 		PGresult   *res = pipeline_next(conn);
 		ExecStatusType rs;
@@ -657,12 +737,12 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 		rs = PQresultStatus(res);
 		if (q == 0)
 			good = (rs == PGRES_COMMAND_OK);
-		else if (q == n + 1)
+		else if (q == 2)
 			committed = good = (rs == PGRES_COMMAND_OK &&
 								strcmp(PQcmdStatus(res), "COMMIT") == 0);
 		else if ((good = (rs == PGRES_TUPLES_OK)))
 		{
-			rows[q - 1] = res;
+			answers = res;
 			res = NULL;
 		}
 		if (!good && error == NULL && rs != PGRES_PIPELINE_ABORTED)
@@ -689,13 +769,16 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	}
 
 	if (committed && !lost)
-		return DB_OK;
-
-	for (unsigned int i = 0; i < n; i++)
 	{
-		PQclear(rows[i]);
-		rows[i] = NULL;
+		/* a row per request, each of its own; a missing one is unusable */
+		for (unsigned int i = 0; i < n; i++)
+			rows[i] = (answers != NULL && i < (unsigned int) PQntuples(answers)) ?
+				batch_row(answers, (int) i) : NULL;
+		PQclear(answers);
+		return DB_OK;
 	}
+
+	PQclear(answers);
 	if (lost)
 	{
 		log_db_error(LOG_ERROR, request_id, "batch failed", NULL,
@@ -722,6 +805,14 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 static bool
 db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out)
 {
+	if (res == NULL)
+	{
+		log_db_error(LOG_ERROR, req->request_id,
+					 "ingest returned an unusable row", NULL,
+					 "want one row per delivery of the batch");
+		out->status = DB_FAILED;
+		return true;
+	}
 	if (PQnfields(res) == 5 && PQntuples(res) == 1 && !PQgetisnull(res, 0, 3))
 	{
 		const char *sqlstate = PQgetvalue(res, 0, 3);
@@ -804,8 +895,8 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 			bool		reprepare = false;
 
 			db_set_state(thread, DBCONN_BUSY);
-			if ((thread->prepared & (1u << STMT_INGEST_ISOLATED)) == 0)
-				status = db_prepare(thread, STMT_INGEST_ISOLATED,
+			if ((thread->prepared & (1u << STMT_INGEST_BATCH)) == 0)
+				status = db_prepare(thread, STMT_INGEST_BATCH,
 									reqs[0]->request_id);
 			else
 				status = DB_OK;

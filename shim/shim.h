@@ -285,6 +285,11 @@ extern void db_ready(const char *request_id, ReadyResult *res);
 extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);
 
+/* pgarray.c */
+extern void pgarray_start(StrBuf *buf, uint32_t elemtype, unsigned int n);
+extern void pgarray_add(StrBuf *buf, const char *data, size_t len);
+extern void pgarray_add_jsonb(StrBuf *buf, const char *json);
+
 /* batch.c */
 extern bool batch_start(void);
 extern void batch_submit(PendingIngest *item);

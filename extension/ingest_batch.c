@@ -59,6 +59,7 @@ typedef struct BatchDelivery
 	EventList	events;
 	IngestResult result;
 	bool		in_set;			/* verified, its event for the set statement */
+	bool		repeated;		/* in_set, its event that of an earlier delivery */
 	char	   *error;			/* handling it raised this error (with sqlerrcode) */
 	int			sqlerrcode;
 	int64		event_row;		/* stored by the set, to settle alone (in_set) */
@@ -118,8 +119,67 @@ typedef struct SetBatch
 {
 	BatchDelivery *deliveries;
 	int			count;			/* of deliveries */
-	int			in_set;			/* how many of them are in_set */
+	int			in_set;			/* how many of them are in_set and not repeated */
 } SetBatch;
+
+/* Orders deliveries by their event: provider (bytewise), then event id */
+static int
+CompareEventKeys(const BatchDelivery *x, const BatchDelivery *y)
+{
+	int			xlen = VARSIZE_ANY_EXHDR(x->delivery.provider);
+	int			ylen = VARSIZE_ANY_EXHDR(y->delivery.provider);
+	int			cmp = memcmp(VARDATA_ANY(x->delivery.provider),
+							 VARDATA_ANY(y->delivery.provider), Min(xlen, ylen));
+
+	if (cmp == 0)
+		cmp = xlen - ylen;
+	if (cmp == 0)
+		cmp = strcmp(x->events.events[0].event_id, y->events.events[0].event_id);
+	return cmp;
+}
+
+/* qsort_arg comparator of positions in a batch: by event, then position */
+static int
+CompareEvents(const void *a, const void *b, void *arg)
+{
+	const BatchDelivery *deliveries = arg;
+	const BatchDelivery *x = &deliveries[*(const int *) a];
+	const BatchDelivery *y = &deliveries[*(const int *) b];
+	int			cmp = CompareEventKeys(x, y);
+
+	return cmp != 0 ? cmp : x->index - y->index;
+}
+
+/*
+ * Marks as repeated each in_set delivery whose event an earlier delivery of
+ * the batch carries: the set statement stores each event once, and a later
+ * delivery of it is a duplicate, as it would be one by one.  Counts the
+ * others in batch->in_set.
+ */
+static void
+MarkRepeatedEvents(SetBatch *batch)
+{
+	int		   *order = palloc(sizeof(int) * Max(batch->count, 1));
+	int			n = 0;
+
+	for (int i = 0; i < batch->count; i++)
+		if (batch->deliveries[i].in_set)
+			order[n++] = i;
+	qsort_arg(order, n, sizeof(int), CompareEvents, batch->deliveries);
+	batch->in_set = n;
+	for (int k = 1; k < n; k++)
+	{
+		BatchDelivery *prev = &batch->deliveries[order[k - 1]];
+		BatchDelivery *d = &batch->deliveries[order[k]];
+
+		if (CompareEventKeys(prev, d) == 0)
+		{
+			d->repeated = true;
+			batch->in_set--;
+		}
+	}
+	pfree(order);
+}
 
 /* A one-dimensional array of n elements of type elemtype */
 static Datum
@@ -170,7 +230,7 @@ StoreSetStep(void *arg)
 		const BatchDelivery *d = &batch->deliveries[i];
 		const EventRecord *event;
 
-		if (!d->in_set)
+		if (!d->in_set || d->repeated)
 			continue;
 		event = &d->events.events[0];
 		elems[SET_POS][k] = Int32GetDatum(d->index);
@@ -210,7 +270,8 @@ StoreSetStep(void *arg)
 		Datum		event_row = SPI_getbinval(row, desc, 2, &isnull);
 		BatchDelivery *d;
 
-		if (pos < 0 || pos >= batch->count || !batch->deliveries[pos].in_set)
+		if (pos < 0 || pos >= batch->count || !batch->deliveries[pos].in_set ||
+			batch->deliveries[pos].repeated)
 			elog(ERROR, "payments.store_stripe_events returned an unknown position %d", pos);
 		d = &batch->deliveries[pos];
 		d->event_row = isnull ? 0 : DatumGetInt64(event_row);
@@ -351,9 +412,8 @@ ingest_batch(PG_FUNCTION_ARGS)
 		d->index = i;
 		d->columns = columns;
 		RunForDelivery(PrepareStep, d);
-		if (d->in_set)
-			batch.in_set++;
 	}
+	MarkRepeatedEvents(&batch);
 
 	if (batch.in_set > 0)
 	{
@@ -378,7 +438,9 @@ ingest_batch(PG_FUNCTION_ARGS)
 				RunForDelivery(StoreAloneStep, d);
 				continue;
 			}
-			if (d->set_outcome == NULL)
+			if (d->repeated)
+				d->set_outcome = "duplicate";
+			else if (d->set_outcome == NULL)
 				SettleAlone(d);
 			d->result.http_status = 200;
 			d->result.outcome = d->set_outcome;

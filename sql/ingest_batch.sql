@@ -138,12 +138,13 @@ UNION ALL (SELECT * FROM tb.events_of('batch-one') EXCEPT SELECT * FROM tb.event
 
 -- when the set statement fails (here a negative amount, refused by the payments table), its work is
 -- rolled back and its deliveries are stored one by one: only the bad event fails, stored to retry
+-- (and an event delivered twice is still stored once)
 CREATE FUNCTION tb.plan_bad() RETURNS void LANGUAGE sql AS $$
 	TRUNCATE tb.deliveries;
 	INSERT INTO tb.deliveries (n, known, headers, body)
 	SELECT d.n, true, s.headers, s.body
 	  FROM (VALUES (21, 'evt_c1', tb.pi('pi_c1', 500)), (22, 'evt_c2', tb.pi('pi_c2', -500)),
-				   (23, 'evt_c3', tb.pi('pi_c3', 700))) AS d (n, evt, obj),
+				   (23, 'evt_c3', tb.pi('pi_c3', 700)), (24, 'evt_c1', tb.pi('pi_c1', 500))) AS d (n, evt, obj),
 		   tb.signed(d.evt, 'payment_intent.succeeded', d.obj, 1718000400) s;
 $$;
 SET client_min_messages = error;

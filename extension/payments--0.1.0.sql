@@ -1151,7 +1151,7 @@ CREATE FUNCTION payments.store_stripe_events(positions integer[], providers text
 											 event_types text[], event_ats timestamptz[], bodies bytea[],
 											 payloads jsonb[], headers jsonb[], source_ips inet[],
 											 request_ids text[])
-RETURNS TABLE (pos integer, event_row bigint, outcome text)
+RETURNS TABLE (pos integer, event_row bigint, outcome text, paid_payment bigint, paid_at timestamptz)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -1211,18 +1211,21 @@ BEGIN
 		SELECT p.id, NULL, p.status, c.event_row, p.status_at
 		  FROM created p
 		  JOIN creators c ON c.provider = p.provider AND (c.change).provider_ref = p.provider_ref
-		RETURNING h.event_id
+		RETURNING h.event_id, h.payment_id, h.to_status, h.status_at
 	)
 	SELECT i.pos, s.id,
 		   CASE WHEN s.id IS NULL THEN 'duplicate'
 				WHEN i.change IS NULL THEN 'ignored'
-				WHEN EXISTS (SELECT FROM history h WHERE h.event_id = s.id) THEN 'applied' END
+				WHEN h.event_id IS NOT NULL THEN 'applied' END,
+		   CASE WHEN h.to_status = 'paid' THEN h.payment_id END,
+		   CASE WHEN h.to_status = 'paid' THEN h.status_at END
 	  FROM input i
-	  LEFT JOIN stored s ON s.provider = i.provider AND s.event_id = i.event_id;
+	  LEFT JOIN stored s ON s.provider = i.provider AND s.event_id = i.event_id
+	  LEFT JOIN history h ON h.event_id = s.id;
 END
 $$;
 COMMENT ON FUNCTION payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]) IS
-	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone';
+	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone; and the payment it created paid, with its status time, for its receipt';
 
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;

@@ -144,6 +144,11 @@ extern void StoreDeliveryEvents(const Provider *provider, const Delivery *delive
 								const EventList *events, IngestResult *result);
 extern void RecordFailedAttempt(int64 event_row, const char *error);
 
+/* receipts.c (inside an SPI connection) */
+extern void IssueReceipt(int64 payment_id, TimestampTz paid_at);
+extern void ReceiptAtCommit(int64 payment_id, text *provider, TimestampTz paid_at);
+extern bool ReceiptTakenWithBatch(int64 payment_id);
+
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
 
@@ -245,6 +250,8 @@ extern const char *PayPalCertHostProblem(const char *entry);
 /* spi_plans.c (needs executor/spi.h) */
 struct _SPI_plan;
 extern struct _SPI_plan *KeptPlan(struct _SPI_plan **plan, const char *sql, int nargs, Oid *argtypes);
+extern struct _SPI_plan *KeptGenericPlan(struct _SPI_plan **plan, const char *sql, int nargs,
+										 Oid *argtypes);
 
 /* subtransaction.c */
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);

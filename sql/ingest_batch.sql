@@ -181,3 +181,55 @@ SELECT * FROM payments.ingest_batch('{{batch-set}}', '{{"{}"}}', '{{""}}', '{{NU
 -- a null provider or headers that are not an object fail that delivery alone
 SELECT * FROM payments.ingest_batch('{NULL,batch-nobody}', '{"{}","{}"}', '{"",""}', '{NULL,NULL}', '{NULL,NULL}');
 SELECT * FROM payments.ingest_batch('{batch-set,batch-nobody}', '{"[]","{}"}', '{"",""}', '{NULL,NULL}', '{NULL,NULL}');
+
+-- receipts: the payments a batch's statement created paid are numbered together at the commit
+-- (one statement for every prefix and day they need, in the order of the batch), the others alone
+SELECT payments.register_provider('batch-rc', 'stripe', '{"receipt_prefix": "RC"}');
+SELECT payments.register_provider('batch-rd', 'stripe', '{"receipt_prefix": "RD"}');
+SELECT payments.add_secret(p, 'whsec_batch') IS NOT NULL AS added FROM unnest(ARRAY['batch-rc', 'batch-rd']) p;
+CREATE FUNCTION tb.batch(deliveries jsonb) RETURNS TABLE (outcome text, event_id text) LANGUAGE sql AS $$
+	WITH d AS (
+		SELECT v.ord, v.provider, s.headers, s.body
+		  FROM ROWS FROM (jsonb_to_recordset(deliveries) AS (provider text, evt text, etype text, obj jsonb, ts bigint))
+			   WITH ORDINALITY AS v (provider, evt, etype, obj, ts, ord),
+			   tb.signed(v.evt, v.etype, v.obj, v.ts) s)
+	SELECT r.outcome, r.event_id
+	  FROM payments.ingest_batch(ARRAY(SELECT d.provider FROM d ORDER BY d.ord), ARRAY(SELECT d.headers FROM d ORDER BY d.ord),
+								 ARRAY(SELECT d.body FROM d ORDER BY d.ord), ARRAY(SELECT NULL::inet FROM d),
+								 ARRAY(SELECT NULL::text FROM d)) r
+$$;
+CREATE FUNCTION tb.receipts() RETURNS TABLE (provider_ref text, receipt_no text, with_batch boolean) LANGUAGE sql AS $$
+	-- with_batch: inserted by the statement that numbered the payments of pi_bt_r1's batch
+	SELECT p.provider_ref, r.receipt_no,
+		   r.cmin = (SELECT r1.cmin FROM payments.receipts r1 JOIN payments.payments p1 ON p1.id = r1.payment_id
+					  WHERE p1.provider_ref = 'pi_bt_r1')
+	  FROM payments.receipts r JOIN payments.payments p ON p.id = r.payment_id
+	 WHERE p.provider IN ('batch-rc', 'batch-rd')
+$$;
+-- RC has a number on 2024-06-10 already
+SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_r0", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r0", "amount": 100, "currency": "usd"}, "ts": 1718000100}]');
+-- RC on 2024-06-10 twice and 2024-06-11 (its first), RD on 2024-06-10 (its first); pi_bt_r4 created
+-- pending, then paid by a later event of the batch: numbered alone, after the others
+SELECT * FROM tb.batch('[
+	{"provider": "batch-rc", "evt": "evt_bt_r1", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r1", "amount": 100, "currency": "usd"}, "ts": 1718000200},
+	{"provider": "batch-rd", "evt": "evt_bt_r2", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r2", "amount": 100, "currency": "usd"}, "ts": 1718000200},
+	{"provider": "batch-rc", "evt": "evt_bt_r3", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r3", "amount": 100, "currency": "usd"}, "ts": 1718100000},
+	{"provider": "batch-rc", "evt": "evt_bt_r4", "etype": "payment_intent.processing", "obj": {"id": "pi_bt_r4", "amount": 100, "currency": "usd"}, "ts": 1718000200},
+	{"provider": "batch-rc", "evt": "evt_bt_r5", "etype": "charge.succeeded", "obj": {"id": "ch_bt_r4", "payment_intent": "pi_bt_r4", "amount": 100, "currency": "usd"}, "ts": 1718000300},
+	{"provider": "batch-rc", "evt": "evt_bt_r6", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r6", "amount": 100, "currency": "usd"}, "ts": 1718000200}]');
+SELECT * FROM tb.receipts() ORDER BY receipt_no;
+SELECT prefix, day, last_no FROM payments.receipt_counters WHERE prefix IN ('RC', 'RD') ORDER BY 1, 2;
+-- a payment numbered before the commit (WhatsApp's /approve does so) is not numbered again
+BEGIN;
+SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_r7", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r7", "amount": 100, "currency": "usd"}, "ts": 1718000200}]');
+SELECT payments.issue_receipt(p.id, p.paid_at) FROM payments.payments p WHERE p.provider_ref = 'pi_bt_r7';
+COMMIT;
+-- a batch rolled back gives its numbers back: the next one takes them
+BEGIN;
+SAVEPOINT before_batch;
+SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_r8", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r8", "amount": 100, "currency": "usd"}, "ts": 1718000200}]');
+ROLLBACK TO SAVEPOINT before_batch;
+SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_r9", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r9", "amount": 100, "currency": "usd"}, "ts": 1718000200}]');
+COMMIT;
+SELECT provider_ref, receipt_no FROM tb.receipts() WHERE provider_ref IN ('pi_bt_r7', 'pi_bt_r8', 'pi_bt_r9') ORDER BY receipt_no;
+SELECT prefix, day, last_no FROM payments.receipt_counters WHERE prefix = 'RC' ORDER BY 1, 2;

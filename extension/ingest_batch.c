@@ -308,9 +308,11 @@ SettleStep(void *arg)
 }
 
 /*
- * Settles an event stored by the set statement alone.  When its application
- * fails, the event stays stored, pending, its failed first attempt recorded,
- * as a delivery stored alone would be.
+ * Settles an event stored by the set statement alone.  A deadlock or
+ * serialization failure (with a concurrent batch over the same payment) is
+ * no fault of the event: it is tried once more at once.  When its
+ * application fails, the event stays stored, pending, its failed first
+ * attempt recorded, as a delivery stored alone would be.
  */
 static void
 SettleAlone(BatchDelivery *d)
@@ -318,8 +320,13 @@ SettleAlone(BatchDelivery *d)
 	char	   *error;
 	int			sqlerrcode;
 
-	if (RunInSubtransactionCode(SettleStep, d, &error, &sqlerrcode))
-		return;
+	for (int attempt = 1;; attempt++)
+	{
+		if (RunInSubtransactionCode(SettleStep, d, &error, &sqlerrcode))
+			return;
+		if (attempt == 2 || ERRCODE_TO_CATEGORY(sqlerrcode) != ERRCODE_TRANSACTION_ROLLBACK)
+			break;
+	}
 	RecordFailedAttempt(d->event_row, error);
 	d->set_outcome = "stored";
 }

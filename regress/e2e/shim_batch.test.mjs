@@ -96,6 +96,16 @@ describe('group commit', () => {
 				RETURN NEW;
 			END $$;
 			CREATE TRIGGER poison BEFORE INSERT ON payments.events FOR EACH ROW EXECUTE FUNCTION public.poison();
+			-- the first update of such a payment: as if a concurrent batch held it
+			CREATE SEQUENCE public.settle_deadlocks;
+			CREATE FUNCTION public.poison_update() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN
+				IF NEW.provider_ref LIKE 'pi_evt_settle_dl_%' AND nextval('public.settle_deadlocks') = 1 THEN
+					RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
+				END IF;
+				RETURN NEW;
+			END $$;
+			CREATE TRIGGER poison_update BEFORE UPDATE ON payments.payments FOR EACH ROW EXECUTE FUNCTION public.poison_update();
 			CREATE FUNCTION public.fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 			BEGIN RAISE EXCEPTION 'commit refused'; END $$;
 			CREATE CONSTRAINT TRIGGER fail_commit AFTER INSERT ON payments.events DEFERRABLE INITIALLY DEFERRED
@@ -185,6 +195,33 @@ describe('group commit', () => {
 		assert.equal(cluster.psql("SELECT last_value FROM public.deadlocks"), '3',
 			'raised in the batch\'s statement and alone in the batch, then stored by the shim alone');
 		assert.match(shim.stderr, /ingest met a concurrent batch, storing it again alone/);
+	});
+
+	test('an event applied after the batch\'s statement that deadlocks is tried again at once', async () => {
+		// the refund of a payment the batch creates is applied after the statement that creates it,
+		// and its first update of the payment meets a (simulated) deadlock
+		const id = `evt_settle_dl_${++seq}`;
+		const created = delivery(id);
+		const body = JSON.stringify({ id: `${id}_refund`, object: 'event', type: 'charge.refunded',
+			created: Math.floor(Date.now() / 1000) + 1,
+			data: { object: { id: `ch_${id}`, object: 'charge', payment_intent: `pi_${id}`, amount: 1000,
+				amount_refunded: 1000, currency: 'usd' } } });
+		const charge = { body, headers: { 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } };
+		const post = (d) => request(shim.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
+			headers: { 'content-type': 'application/json', ...d.headers } });
+		const lock = await holdEvents();
+		const first = send(`evt_settle_lead_${++seq}`);
+		await lockWaiters(1);
+		const rest = [post(created), post(charge)];
+		await sleep(300);
+		await lock.release();
+		const res = await Promise.all([first, ...rest]);
+		assert.deepEqual(res.map((r) => r.status), [200, 200, 200]);
+		assert.deepEqual(res.slice(1).map((r) => r.json.outcome), ['applied', 'applied']);
+		assert.ok(Number(cluster.psql("SELECT last_value FROM public.settle_deadlocks")) > 1, 'raised, then passed');
+		assert.equal(cluster.psqlVars(`SELECT string_agg(state || ' ' || attempts || ' ' || (last_error IS NULL), ',' ORDER BY event_id)
+			FROM payments.events WHERE event_id LIKE :'p'`, { p: `${id}%` }), 'applied 1 true,applied 1 true');
+		assert.equal(cluster.psqlVars(`SELECT status FROM payments.payments WHERE provider_ref = :'r'`, { r: `pi_${id}` }), 'refunded');
 	});
 
 	test('a commit that fails answers every request of its batch 503, and stores none of them', async () => {

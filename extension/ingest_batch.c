@@ -184,21 +184,6 @@ MarkRepeatedEvents(SetBatch *batch)
 	pfree(order);
 }
 
-/* A one-dimensional array of n elements of type elemtype */
-static Datum
-MakeColumnArray(Datum *elems, bool *nulls, int n, Oid elemtype)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, elemtype,
-											  typlen, typbyval, typalign));
-}
-
 /*
  * Stores the batch's in_set events with payments.store_stripe_events (the
  * step run in a subtransaction), setting event_row and set_outcome of each.
@@ -254,7 +239,7 @@ StoreSetStep(void *arg)
 		k++;
 	}
 	for (int a = 0; a < SET_ARGS; a++)
-		args[a] = MakeColumnArray(elems[a], nulls[a], batch->in_set, elemtypes[a]);
+		args[a] = ArrayParam(elems[a], nulls[a], batch->in_set, elemtypes[a]);
 
 	plan = KeptGenericPlan(&store_set_plan,
 						   "SELECT s.pos, s.event_row, s.outcome, s.paid_payment, s.paid_at"

@@ -252,6 +252,7 @@ struct _SPI_plan;
 extern struct _SPI_plan *KeptPlan(struct _SPI_plan **plan, const char *sql, int nargs, Oid *argtypes);
 extern struct _SPI_plan *KeptGenericPlan(struct _SPI_plan **plan, const char *sql, int nargs,
 										 Oid *argtypes);
+extern Datum ArrayParam(Datum *elems, bool *nulls, int n, Oid elemtype);
 
 /* subtransaction.c */
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);

@@ -19,17 +19,16 @@
  * all of them with two statements -- every counter they need taken at once,
  * in (prefix, day) order, then their receipts inserted together -- in the
  * order they were noted; their own commit steps then find them numbered.
- * That is a sixth of the database's work per delivery in a batch of 16.
+ * In a batch of 16, numbering alone was a sixth of the database's work per
+ * delivery; together it is about a tenth.
  */
 #include "payments.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/datetime.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(issue_receipt);
@@ -223,18 +222,6 @@ ReceiptAtCommit(int64 payment_id, text *provider, TimestampTz paid_at)
 	MemoryContextSwitchTo(old);
 }
 
-/* A one-dimensional array of n elements of type elemtype */
-static Datum
-ReceiptArray(Datum *elems, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_array(elems, n, elemtype, typlen, typbyval, typalign));
-}
-
 /*
  * Numbers the noted payments not numbered yet, with two statements: the
  * numbers of every (prefix, day) they need, taken from the counters at once,
@@ -262,9 +249,9 @@ NumberNotedPayments(void)
 		prefixes[i] = CStringGetTextDatum(ReceiptPrefix(todo[i].provider));
 		paid_ats[i] = TimestampTzGetDatum(todo[i].paid_at);
 	}
-	args[0] = ReceiptArray(ids, n, INT8OID);
-	args[1] = ReceiptArray(prefixes, n, TEXTOID);
-	args[2] = ReceiptArray(paid_ats, n, TIMESTAMPTZOID);
+	args[0] = ArrayParam(ids, NULL, n, INT8OID);
+	args[1] = ArrayParam(prefixes, NULL, n, TEXTOID);
+	args[2] = ArrayParam(paid_ats, NULL, n, TIMESTAMPTZOID);
 	if (SPI_execute_plan(KeptGenericPlan(&batch_numbers_plan,
 										 "WITH todo AS MATERIALIZED ("
 										 "  SELECT t.ord, t.payment_id, t.prefix, payments.receipt_day(t.paid_at) AS day"
@@ -306,8 +293,8 @@ NumberNotedPayments(void)
 							  DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull))));
 			receipt_ids[r] = SPI_getbinval(row, desc, 4, &isnull);
 		}
-		args[0] = ReceiptArray(receipt_nos, (int) taken, TEXTOID);
-		args[1] = ReceiptArray(receipt_ids, (int) taken, INT8OID);
+		args[0] = ArrayParam(receipt_nos, NULL, (int) taken, TEXTOID);
+		args[1] = ArrayParam(receipt_ids, NULL, (int) taken, INT8OID);
 		if (SPI_execute_plan(KeptGenericPlan(&batch_receipts_plan,
 											 "INSERT INTO payments.receipts (receipt_no, payment_id)"
 											 " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))",

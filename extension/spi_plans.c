@@ -1,10 +1,13 @@
 /*
  * spi_plans.c
- *		Statements prepared once per backend and kept for its life.
+ *		Statements prepared once per backend and kept for its life, and the
+ *		array parameters of those that take a batch's rows at once.
  */
 #include "payments.h"
 
 #include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 
 /* Prepares sql with cursor options into *plan and keeps it, unless it is there already */
 static SPIPlanPtr
@@ -42,4 +45,22 @@ SPIPlanPtr
 KeptGenericPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 {
 	return KeepPlan(plan, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+}
+
+/*
+ * A one-dimensional array of n elements of type elemtype, as a statement's
+ * parameter; nulls (NULL: none) marks the SQL NULLs.
+ */
+Datum
+ArrayParam(Datum *elems, bool *nulls, int n, Oid elemtype)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, elemtype,
+											  typlen, typbyval, typalign));
 }

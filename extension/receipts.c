@@ -233,7 +233,7 @@ NumberNotedPayments(void)
 	Oid			number_types[3] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
 	Oid			receipt_types[2] = {TEXTARRAYOID, INT8ARRAYOID};
 	int			n = noted_count - settled_count;
-	NotedPayment *todo = noted + settled_count;
+	NotedPayment *unsettled = noted + settled_count;
 	Datum	   *ids = palloc(sizeof(Datum) * n);
 	Datum	   *prefixes = palloc(sizeof(Datum) * n);
 	Datum	   *paid_ats = palloc(sizeof(Datum) * n);
@@ -245,15 +245,15 @@ NumberNotedPayments(void)
 
 	for (int i = 0; i < n; i++)
 	{
-		ids[i] = Int64GetDatum(todo[i].payment_id);
-		prefixes[i] = CStringGetTextDatum(ReceiptPrefix(todo[i].provider));
-		paid_ats[i] = TimestampTzGetDatum(todo[i].paid_at);
+		ids[i] = Int64GetDatum(unsettled[i].payment_id);
+		prefixes[i] = CStringGetTextDatum(ReceiptPrefix(unsettled[i].provider));
+		paid_ats[i] = TimestampTzGetDatum(unsettled[i].paid_at);
 	}
 	args[0] = ArrayParam(ids, NULL, n, INT8OID);
 	args[1] = ArrayParam(prefixes, NULL, n, TEXTOID);
 	args[2] = ArrayParam(paid_ats, NULL, n, TIMESTAMPTZOID);
 	if (SPI_execute_plan(KeptGenericPlan(&batch_numbers_plan,
-										 "WITH todo AS MATERIALIZED ("
+										 "WITH unnumbered AS MATERIALIZED ("
 										 "  SELECT t.ord, t.payment_id, t.prefix, payments.receipt_day(t.paid_at) AS day"
 										 "    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
 										 "         WITH ORDINALITY AS t (payment_id, prefix, paid_at, ord)"
@@ -261,7 +261,7 @@ NumberNotedPayments(void)
 										 "     AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = t.payment_id)"
 										 "), taken AS ("
 										 "  INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)"
-										 "  SELECT t.prefix, t.day, pg_catalog.count(*) FROM todo t"
+										 "  SELECT t.prefix, t.day, pg_catalog.count(*) FROM unnumbered t"
 										 "   GROUP BY t.prefix, t.day ORDER BY t.prefix, t.day"
 										 "  ON CONFLICT ON CONSTRAINT receipt_counters_pkey"
 										 "  DO UPDATE SET last_no = rc.last_no + excluded.last_no"
@@ -270,7 +270,7 @@ NumberNotedPayments(void)
 										 "SELECT t.prefix, t.day, (k.last_no - pg_catalog.count(*) OVER w"
 										 "       + pg_catalog.row_number() OVER (w ORDER BY t.ord))::pg_catalog.int4,"
 										 "       t.payment_id"
-										 "  FROM todo t JOIN taken k ON k.prefix = t.prefix AND k.day = t.day"
+										 "  FROM unnumbered t JOIN taken k ON k.prefix = t.prefix AND k.day = t.day"
 										 " WINDOW w AS (PARTITION BY t.prefix, t.day)",
 										 3, number_types),
 						 args, NULL, false, 0) != SPI_OK_SELECT)

@@ -91,6 +91,20 @@ CREATE FUNCTION tb.run_batch(provider text) RETURNS void LANGUAGE sql AS $$
 			ARRAY(SELECT 'req-' || d.n FROM tb.deliveries d ORDER BY d.n))
 		   WITH ORDINALITY AS r (http_status, outcome, event_id, sqlstate, error, ord);
 $$;
+-- the planned deliveries one by one to batch-one, then as a batch to batch-set
+CREATE FUNCTION tb.run_both() RETURNS void LANGUAGE sql AS $$
+	SELECT tb.run('batch-one');
+	SELECT tb.run_batch('batch-set');
+$$;
+-- the batch's answers after delivery n, and whether each is the one-by-one answer
+CREATE FUNCTION tb.answers_compared(after bigint) RETURNS TABLE (n bigint, http_status integer, outcome text,
+	event_id text, sqlstate text, same boolean) LANGUAGE sql AS $$
+	SELECT b.n, b.http_status, b.outcome, b.event_id, b.sqlstate,
+		   CASE WHEN o.n IS NOT NULL
+				THEN (b.http_status, b.outcome, b.event_id) IS NOT DISTINCT FROM (o.http_status, o.outcome, o.event_id) END
+	  FROM tb.answers b LEFT JOIN tb.answers o ON o.provider = 'batch-one' AND o.n = b.n
+	 WHERE b.provider = 'batch-set' AND b.n > after ORDER BY b.n
+$$;
 -- what a provider's deliveries left behind, to compare
 CREATE FUNCTION tb.payments_of(provider text) RETURNS TABLE (provider_ref text, status text, amount numeric,
 	currency char(3), method text, reference text, donor text, receipt boolean, history text) LANGUAGE sql AS $$
@@ -110,16 +124,11 @@ $$;
 
 SET client_min_messages = error;	-- the warnings name event rows, whose ids vary
 SELECT tb.plan();
-SELECT tb.run('batch-one');
-SELECT tb.run_batch('batch-set');
+SELECT tb.run_both();
 RESET client_min_messages;
 
 -- the batch's answers, and whether each is the one-by-one answer
-SELECT b.n, b.http_status, b.outcome, b.event_id, b.sqlstate,
-	   CASE WHEN o.n IS NOT NULL
-			THEN (b.http_status, b.outcome, b.event_id) IS NOT DISTINCT FROM (o.http_status, o.outcome, o.event_id) END AS same
-  FROM tb.answers b LEFT JOIN tb.answers o ON o.provider = 'batch-one' AND o.n = b.n
- WHERE b.provider = 'batch-set' ORDER BY b.n;
+SELECT * FROM tb.answers_compared(0);
 SELECT * FROM tb.payments_of('batch-set') ORDER BY provider_ref;
 SELECT * FROM tb.events_of('batch-set') ORDER BY event_id;
 SELECT e.event_id, e.last_error FROM payments.events e WHERE e.provider = 'batch-set' AND e.last_error IS NOT NULL ORDER BY 1;
@@ -149,14 +158,9 @@ CREATE FUNCTION tb.plan_bad() RETURNS void LANGUAGE sql AS $$
 $$;
 SET client_min_messages = error;
 SELECT tb.plan_bad();
-SELECT tb.run('batch-one');
-SELECT tb.run_batch('batch-set');
+SELECT tb.run_both();
 RESET client_min_messages;
-SELECT b.n, b.http_status, b.outcome, b.event_id, b.sqlstate,
-	   CASE WHEN o.n IS NOT NULL
-			THEN (b.http_status, b.outcome, b.event_id) IS NOT DISTINCT FROM (o.http_status, o.outcome, o.event_id) END AS same
-  FROM tb.answers b LEFT JOIN tb.answers o ON o.provider = 'batch-one' AND o.n = b.n
- WHERE b.provider = 'batch-set' AND b.n > 20 ORDER BY b.n;
+SELECT * FROM tb.answers_compared(20);
 SELECT * FROM tb.events_of('batch-set') WHERE event_id LIKE 'evt_c%' ORDER BY event_id;
 SELECT e.last_error FROM payments.events e WHERE e.provider = 'batch-set' AND e.event_id = 'evt_c2';
 SELECT count(DISTINCT e.cmin::text) AS statements FROM payments.events e

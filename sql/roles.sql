@@ -206,14 +206,28 @@ SELECT payments.add_secret('ro-stripe', 'whsec_hijack') IS NOT NULL AS added;
 SELECT extract(epoch FROM now())::bigint AS t,
 	   '{"id":"evt_hj","object":"event","type":"payment_intent.succeeded","created":1719828000,"data":{"object":{"id":"pi_hj","object":"payment_intent","amount":1500,"currency":"usd","receipt_email":"hj@example.org"}}}' AS body \gset
 SELECT 't=' || :'t' || ',v1=' || encode(hmac(:'t' || '.' || :'body', 'whsec_hijack', 'sha256'), 'hex') AS sig \gset
+-- and a batch of three (stored by one statement, numbered together)
+SELECT array_agg(jsonb_build_object('stripe-signature', 't=' || :'t' || ',v1=' ||
+			encode(hmac(:'t' || '.' || b, 'whsec_hijack', 'sha256'), 'hex')) ORDER BY i) AS batch_headers,
+	   array_agg(convert_to(b, 'UTF8') ORDER BY i) AS batch_bodies
+  FROM (SELECT i, format('{"id":"evt_hjb%s","object":"event","type":"payment_intent.succeeded","created":1719828000,'
+						 '"data":{"object":{"id":"pi_hjb%s","object":"payment_intent","amount":1500,"currency":"usd"}}}', i, i) AS b
+		  FROM generate_series(1, 3) i) x \gset
 SET ROLE regress_ingest;
 SET search_path = regress_evil, pg_catalog, public;
 SELECT http_status, outcome FROM payments.ingest('ro-stripe', '{"stripe-signature": "t=1,v1=00"}', '{"id": "evt_x"}');
 SELECT http_status, outcome FROM payments.ingest('ro-stripe', jsonb_build_object('stripe-signature', :'sig'), convert_to(:'body', 'UTF8'));
+SELECT http_status, outcome, event_id FROM payments.ingest_batch('{ro-stripe,ro-stripe,ro-stripe}', :'batch_headers',
+	:'batch_bodies', '{NULL,NULL,NULL}', '{NULL,NULL,NULL}');
 -- the receipt number is taken at commit: take it now, still under the trap
 SET CONSTRAINTS payments.status_history_at_commit IMMEDIATE;
 RESET search_path;
 RESET ROLE;
-SELECT status, amount, currency, receipt_no LIKE 'RO-%' AS has_receipt FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_hj';
+SELECT provider_ref, status, amount, currency, receipt_no LIKE 'RO-%' AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE provider_ref IN ('pi_hj', 'pi_hjb1', 'pi_hjb2', 'pi_hjb3') ORDER BY provider_ref;
+-- the batch's receipts were inserted by one statement
+SELECT count(DISTINCT r.cmin::text) AS statements FROM payments.receipts r JOIN payments.payments p ON p.id = r.payment_id
+ WHERE p.provider_ref LIKE 'pi_hjb%';
 
 ROLLBACK;

@@ -163,6 +163,16 @@ run() {
 	rm -f "$files/$name.events"
 }
 
+# --- WAL segments ahead: what a running server has --------------------------------------------
+# A new cluster creates each 16 MB WAL segment when it reaches it, zero-filling it while holding
+# the WAL write lock, so every committing backend waits (IO:WALInitWrite): at these rates, one
+# stall of tens of milliseconds a few times a second.  A server past its first checkpoints
+# recycles old segments instead.  So, like one: 2 GB of WAL written (logical messages, no table
+# data), then a checkpoint, which renames those segments ahead for the runs.
+echo "== WAL: 2 GB written and recycled by a checkpoint, as on a running server"
+psql -d postgres -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 2048)" \
+	-c 'CHECKPOINT' >/dev/null
+
 # --- warm-up: every shim thread opens its connection and prepares -------------------------------
 echo "== warm-up (3 s at 64 connections, checked like the runs)"
 run warmup 64 30000 3

@@ -359,6 +359,16 @@ SET jit = off;
 COMMENT ON FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]) IS
 	'payments.ingest for several deliveries (the elements of five arrays of one length) in one call: a row per delivery, in order, its answer, or on an error NULLs with the SQLSTATE and message, that delivery''s work rolled back and the others'' and the caller''s transaction going on (for the shim''s group commit)';
 
+-- The shim commits a batch with synchronous_commit off and calls this right after, in the same
+-- round trip, answering the batch only once it returns: the batch's locks (a receipt counter's
+-- above all) are released without waiting for its WAL flush (extension/wal_flush.c).
+CREATE FUNCTION payments.flush_wal()
+RETURNS pg_lsn
+AS 'MODULE_PATHNAME', 'flush_wal'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION payments.flush_wal() IS
+	'Flushes the WAL up to where it has been written (and waits for synchronous standbys as a commit would under the caller''s synchronous_commit) and returns that position: every transaction committed before the call, asynchronous commits included, is then durable';
+
 --------------------------------------------------------------------------------------------------
 -- Payments: currencies, the state machine, receipts
 --------------------------------------------------------------------------------------------------
@@ -1284,6 +1294,7 @@ REVOKE ALL ON FUNCTION payments.meta_subscribe(text, text, text, text) FROM PUBL
 
 REVOKE ALL ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.flush_wal() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.register_provider(text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.add_secret(text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.revoke_secret(bigint) FROM PUBLIC;
@@ -4723,6 +4734,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.volunteers_id_seq', '');
 GRANT USAGE ON SCHEMA payments TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]) TO payments_ingest;
+GRANT EXECUTE ON FUNCTION payments.flush_wal() TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.meta_subscribe(text, text, text, text) TO payments_ingest;
 GRANT EXECUTE ON FUNCTION payments.flows_exchange(text, jsonb, bytea, inet, text) TO payments_ingest;
 

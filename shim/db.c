@@ -17,7 +17,12 @@
  * db_ingest_batch() stores the requests of a batch (batch.c) in one
  * transaction: BEGIN, one payments.ingest_batch() call with the requests'
  * columns as arrays, and COMMIT, sent as one libpq pipeline, so the batch
- * costs one round trip, one statement and one commit.
+ * costs one round trip, one statement and one commit.  The commit is
+ * asynchronous and followed, in the same pipeline, by payments.flush_wal(),
+ * which makes it durable: the batch is answered only after the flush, as
+ * with a synchronous commit, but its locks (a receipt counter's, which every
+ * paying batch takes) are released before it, so that concurrent batches do
+ * not queue behind each other's WAL flushes.
  *
  * Threads are also kept in a list with a cancel handle for their
  * connection, so that at the shutdown deadline the main thread can cancel
@@ -669,8 +674,9 @@ batch_row(const PGresult *res, int i)
 }
 
 /*
- * Send BEGIN, one payments.ingest_batch() call and COMMIT as one pipeline,
- * and read the answers.  DB_OK means COMMIT succeeded and rows[i] holds
+ * Send BEGIN, synchronous_commit off, one payments.ingest_batch() call,
+ * COMMIT and payments.flush_wal() as one pipeline, and read the answers.
+ * DB_OK means COMMIT succeeded and is durable, and rows[i] holds
  * request i's row; otherwise nothing was committed and no row is kept.  On
  * a data exception before the commit (a parameter the server refused,
  * outside the function's subtransactions) *retry_alone is set; on a missing
@@ -692,6 +698,7 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	const char *sqlstate;
 	bool		sent;
 	bool		committed = false;
+	bool		flushed = false;
 	bool		lost = false;
 	DbStatus	status;
 
@@ -713,17 +720,22 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	}
 	sent = PQenterPipelineMode(conn) &&
 		PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
+		PQsendQueryParams(conn, "SET LOCAL synchronous_commit TO off", 0, NULL, NULL, NULL, NULL, 0) &&
 		PQsendQueryPrepared(conn, db_statements[STMT_INGEST_BATCH].name,
 							INGEST_NPARAMS, values, lengths, formats, 0) &&
 		PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) &&
+		PQsendQueryParams(conn, "SELECT payments.flush_wal()", 0, NULL, NULL, NULL, NULL, 0) &&
 		PQpipelineSync(conn);
 	for (int c = 0; c < INGEST_NPARAMS; c++)
 		buf_free(&columns[c]);
 	if (!sent)
 		return db_failure(thread, NULL, "batch failed", request_id);
 
-	/* BEGIN, the call, COMMIT; after a failure the rest come back aborted */
-	for (int q = 0; q < 3; q++)
+	/*
+	 * BEGIN, SET, the call, COMMIT, the flush; after a failure the rest come
+	 * back aborted
+	 */
+	for (int q = 0; q < 5; q++)
 	{
 		PGresult   *res = pipeline_next(conn);
 		ExecStatusType rs;
@@ -735,11 +747,13 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 			break;
 		}
 		rs = PQresultStatus(res);
-		if (q == 0)
+		if (q < 2)
 			good = (rs == PGRES_COMMAND_OK);
-		else if (q == 2)
+		else if (q == 3)
 			committed = good = (rs == PGRES_COMMAND_OK &&
 								strcmp(PQcmdStatus(res), "COMMIT") == 0);
+		else if (q == 4)
+			flushed = good = (rs == PGRES_TUPLES_OK);
 		else if ((good = (rs == PGRES_TUPLES_OK)))
 		{
 			answers = res;
@@ -768,7 +782,8 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 		PQclear(res);
 	}
 
-	if (committed && !lost)
+	/* committed but not known durable: not answered 2xx (the sender retries) */
+	if (committed && flushed && !lost)
 	{
 		/* a row per request, each of its own; a missing one is unusable */
 		for (unsigned int i = 0; i < n; i++)

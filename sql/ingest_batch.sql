@@ -237,3 +237,14 @@ SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_r9", "etype": "
 COMMIT;
 SELECT provider_ref, receipt_no FROM tb.receipts() WHERE provider_ref IN ('pi_bt_r7', 'pi_bt_r8', 'pi_bt_r9') ORDER BY receipt_no;
 SELECT prefix, day, last_no FROM payments.receipt_counters WHERE prefix = 'RC' ORDER BY 1, 2;
+
+-- payments.flush_wal(): the shim commits a batch with synchronous_commit off and calls it before
+-- answering.  After it, the WAL is flushed at least to where it had been written before the call
+-- (less a page header, where that position is just past one: nothing is written there yet).
+SET synchronous_commit = off;
+SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_f1", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_f1", "amount": 100, "currency": "usd"}, "ts": 1718000200}]');
+SELECT pg_catalog.pg_current_wal_insert_lsn() AS written \gset
+SELECT payments.flush_wal() AS flushed \gset
+SELECT :'flushed'::pg_lsn >= :'written'::pg_lsn - 40 AS covers_what_was_written,
+	   pg_catalog.pg_current_wal_flush_lsn() >= :'flushed'::pg_lsn AS flushed_that_far;
+RESET synchronous_commit;

@@ -237,6 +237,27 @@ describe('group commit', () => {
 		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1);
 	});
 
+	test('a batch committed but not known durable is not answered 2xx; sent again, its deliveries are duplicates', async () => {
+		const failedBefore = await metric('payments_shim_batches_failed_total');
+		const ids = Array.from({ length: 6 }, () => `evt_unflushed_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids);
+		// the batch commits (asynchronously), then its call to payments.flush_wal() fails
+		cluster.psql('ALTER FUNCTION payments.flush_wal() RENAME TO flush_wal_away');
+		try {
+			await lock.release();
+			const res = await answers();
+			assert.equal(res[0].status, 200, 'the first went alone, committed synchronously');
+			assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503));
+		} finally {
+			cluster.psql('ALTER FUNCTION payments.flush_wal_away() RENAME TO flush_wal');
+		}
+		assert.equal(stored(ids), ids.length, 'committed all the same');
+		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1);
+		const again = await Promise.all(ids.slice(1).map((id) => send(id)));
+		assert.deepEqual(again.map((r) => [r.status, r.json.outcome]), ids.slice(1).map(() => [200, 'duplicate']));
+		assert.equal(stored(ids), ids.length);
+	});
+
 	test('at the shutdown deadline the running batch is cancelled and the queued deliveries answered 503', async () => {
 		const s = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-concurrency', '1',
 			'--shutdown-timeout', '1', '--log-level', 'warning']);

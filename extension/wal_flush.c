@@ -1,0 +1,53 @@
+/*
+ * wal_flush.c
+ *		payments.flush_wal: makes everything committed so far durable, for
+ *		the shim's group commit.
+ *
+ * The shim commits a batch with synchronous_commit off and then, in the
+ * same round trip, calls this function, and answers the batch's requests
+ * only after it returns: each request is still answered only once the
+ * commit that holds it is on disk (and on the synchronous standbys, where
+ * synchronous_commit asks for them), the guarantee a synchronous commit
+ * gives.  What changes is that the batch's locks -- above all the receipt
+ * counter's, which every paying transaction takes -- are released as soon
+ * as its commit record is written rather than after its flush, so that a
+ * concurrent batch does not wait for that flush before it can number its
+ * own receipts.  The flush covers everything written before it, not only
+ * the caller's commit: a batch may have answered on what another batch
+ * committed (an event already stored, a duplicate), and that answer must
+ * not be given before that commit is durable too.
+ */
+#include "payments.h"
+
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "replication/syncrep.h"
+#include "utils/pg_lsn.h"
+
+PG_FUNCTION_INFO_V1(flush_wal);
+
+/*
+ * SQL: payments.flush_wal() returns pg_lsn.  Flushes the WAL up to where it
+ * has been written when called, waits for synchronous standbys as a commit
+ * would (under the caller's synchronous_commit), and returns that position.
+ */
+Datum
+flush_wal(PG_FUNCTION_ARGS)
+{
+	XLogRecPtr	upto;
+
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("recovery is in progress"),
+				 errhint("payments.flush_wal() runs on the primary, where deliveries are stored.")));
+	upto = GetXLogInsertRecPtr();
+	/* just past a page header: no record has been written in that page yet */
+	if (XLogSegmentOffset(upto, wal_segment_size) == SizeOfXLogLongPHD)
+		upto -= SizeOfXLogLongPHD;
+	else if (upto % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		upto -= SizeOfXLogShortPHD;
+	XLogFlush(upto);
+	SyncRepWaitForLSN(upto, true);
+	PG_RETURN_LSN(upto);
+}

@@ -35,7 +35,7 @@ static SPIPlanPtr exponent_plan = NULL;
  * Finds the exponent of a currency code, in any case; false when
  * payments.currencies does not have it.
  */
-static bool
+bool
 CurrencyExponent(text *code, int *exponent)
 {
 	char	   *wanted = text_to_cstring(code);

@@ -764,85 +764,12 @@ COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change)
 -- Normalization: Stripe
 --------------------------------------------------------------------------------------------------
 
+-- In C (extension/stripe_change.c): every Stripe delivery is normalized here, and as PL/pgSQL
+-- its twenty-odd member reads cost as much as parsing the event into jsonb.
 CREATE FUNCTION payments.stripe_change(payload jsonb)
 RETURNS payments.payment_change
-LANGUAGE plpgsql STABLE
-AS $$
-DECLARE
-	etype	text := payload ->> 'type';
-	obj		jsonb := payload -> 'data' -> 'object';
-	c		payments.payment_change;
-	minor	numeric;
-	cur		text := upper(obj ->> 'currency');
-	-- Stripe treats MGA as zero-decimal, unlike ISO 4217
-	exp		integer := CASE WHEN upper(obj ->> 'currency') = 'MGA' THEN 0 END;
-BEGIN
-	c.status_at := to_timestamp((payload ->> 'created')::double precision);
-	c.currency := cur;
-	c.metadata := CASE WHEN jsonb_typeof(obj -> 'metadata') = 'object' THEN obj -> 'metadata' END;
-	c.reference := coalesce(obj -> 'metadata' ->> 'reference', obj -> 'metadata' ->> 'order_id',
-							obj ->> 'client_reference_id');
-
-	IF etype LIKE 'payment_intent.%' THEN
-		c.provider_ref := obj ->> 'id';
-		c.creates := true;
-		c.status := CASE etype
-			WHEN 'payment_intent.processing' THEN 'pending'
-			WHEN 'payment_intent.succeeded' THEN 'paid'
-			WHEN 'payment_intent.payment_failed' THEN 'failed'
-			WHEN 'payment_intent.canceled' THEN 'cancelled' END;
-		minor := coalesce(nullif(obj ->> 'amount_received', '0'), obj ->> 'amount')::numeric;
-		c.method := obj -> 'payment_method_types' ->> 0;
-		c.donor_email := obj ->> 'receipt_email';
-		c.donor_name := coalesce(obj -> 'shipping' ->> 'name', obj -> 'metadata' ->> 'donor_name');
-		c.donor_phone := coalesce(obj -> 'shipping' ->> 'phone', obj -> 'metadata' ->> 'phone');
-	ELSIF etype IN ('charge.succeeded', 'charge.failed', 'charge.refunded') THEN
-		c.provider_ref := coalesce(obj ->> 'payment_intent', obj ->> 'id');
-		c.creates := etype <> 'charge.refunded';
-		c.status := CASE etype
-			WHEN 'charge.succeeded' THEN 'paid'
-			WHEN 'charge.failed' THEN 'failed'
-			ELSE CASE WHEN (obj ->> 'amount_refunded')::numeric >= (obj ->> 'amount')::numeric
-					  THEN 'refunded' ELSE 'partially_refunded' END END;
-		minor := (obj ->> 'amount')::numeric;
-		c.amount_refunded := payments.major_units((obj ->> 'amount_refunded')::numeric, cur, exp);
-		c.method := obj -> 'payment_method_details' ->> 'type';
-		c.donor_name := obj -> 'billing_details' ->> 'name';
-		c.donor_email := coalesce(obj -> 'billing_details' ->> 'email', obj ->> 'receipt_email');
-		c.donor_phone := obj -> 'billing_details' ->> 'phone';
-		c.country := obj -> 'billing_details' -> 'address' ->> 'country';
-	ELSIF etype IN ('charge.dispute.created', 'charge.dispute.closed') THEN
-		c.provider_ref := coalesce(obj ->> 'payment_intent', obj ->> 'charge');
-		c.creates := false;
-		c.status := CASE
-			WHEN etype = 'charge.dispute.created' THEN 'disputed'
-			WHEN obj ->> 'status' = 'lost' THEN 'refunded'
-			ELSE 'paid' END;		-- won, or an inquiry closed with a warning
-	ELSIF etype LIKE 'checkout.session.%' THEN
-		c.provider_ref := coalesce(obj ->> 'payment_intent', obj ->> 'id');
-		c.creates := true;
-		c.status := CASE etype
-			WHEN 'checkout.session.completed' THEN
-				CASE obj ->> 'payment_status' WHEN 'paid' THEN 'paid' WHEN 'no_payment_required' THEN 'paid'
-											  ELSE 'pending' END
-			WHEN 'checkout.session.async_payment_succeeded' THEN 'paid'
-			WHEN 'checkout.session.async_payment_failed' THEN 'failed'
-			WHEN 'checkout.session.expired' THEN 'cancelled' END;
-		minor := (obj ->> 'amount_total')::numeric;
-		c.method := obj -> 'payment_method_types' ->> 0;
-		c.donor_name := obj -> 'customer_details' ->> 'name';
-		c.donor_email := obj -> 'customer_details' ->> 'email';
-		c.donor_phone := obj -> 'customer_details' ->> 'phone';
-		c.country := obj -> 'customer_details' -> 'address' ->> 'country';
-	END IF;
-
-	IF c.status IS NULL THEN
-		RETURN NULL;			-- not an event about a payment's status
-	END IF;
-	c.amount := payments.major_units(minor, cur, exp);
-	RETURN c;
-END
-$$;
+AS 'MODULE_PATHNAME', 'stripe_change'
+LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION payments.stripe_change(jsonb) IS
 	'What a Stripe event says about a payment (payment_intent.*, charge.*, charge.dispute.*, checkout.session.*), or NULL';
 

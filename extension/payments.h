@@ -166,6 +166,9 @@ extern void KeptStampNow(KeptStamp *stamp);
 /* providers.c */
 extern bool LookupProvider(text *name, Provider *provider);
 
+/* currencies.c */
+extern bool CurrencyExponent(text *code, int *exponent);
+
 /* payments.c: the payments.receipt_prefix setting */
 extern char *payments_receipt_prefix;
 

@@ -73,3 +73,90 @@ SELECT payments.verify_stripe('\x00ff'::bytea, 't=1718000000,v1=' ||
 
 -- NULL in, NULL out
 SELECT payments.verify_stripe(NULL, 't=1', :'secret', 300, :at) IS NULL AS null_body;
+
+-- What payments.stripe_change makes of each kind of event and of odd payloads, as the jsonb
+-- operators read them (a member of a non-object is NULL, ->> gives a number or a container as
+-- its text, "->> 0" of a scalar is that scalar) and as SQL casts convert them (their errors);
+-- the event type's prefixes are matched exactly (paymentXintent is no payment_intent)
+CREATE FUNCTION pg_temp.change_of(payload text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	RETURN (SELECT c::text FROM payments.stripe_change(payload::jsonb) c);
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_1","amount":1050,"amount_received":1050,"currency":"usd","payment_method_types":["card"],"receipt_email":"a@b.org","metadata":{"reference":"R1","donor_name":"Amina","phone":"263771234567"},"shipping":{"name":"Ship Name","phone":"+1 555"}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_2","amount":1050,"amount_received":0,"currency":"jpy"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_2","amount":1050,"amount_received":"0","currency":"JPY"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_3","amount":12345,"currency":"mga"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_4","amount":12345,"currency":"xxx"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_5","amount":12345,"currency":"bhd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_6","amount":10.5,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_7","currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_8","amount":100,"currency":null}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_9","amount":100,"currency":5}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_10","amount":100,"currency":"usd","metadata":["reference"]}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_11","amount":100,"currency":"usd","metadata":"x","client_reference_id":"CR"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_12","amount":100,"currency":"usd","metadata":{"order_id":7,"reference":null}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_13","amount":100,"currency":"usd","metadata":{"reference":{"a":[1,2]}}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_14","amount":100,"currency":"usd","payment_method_types":"card"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_15","amount":100,"currency":"usd","payment_method_types":{"0":"x"}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_16","amount":100,"currency":"usd","payment_method_types":[]}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_17","amount":100,"currency":"usd","payment_method_types":[null,"card"]}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_18","amount":100,"currency":"usd","payment_method_types":[{"t":1}]}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_19","amount":100,"currency":"usd","shipping":null,"metadata":{"phone":"26377"}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":12,"amount":100,"currency":"usd","receipt_email":true}}}',
+ '{"type":"payment_intent.succeeded","created":"1718000000","data":{"object":{"id":"pi_20","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000.75,"data":{"object":{"id":"pi_21","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","data":{"object":{"id":"pi_22","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":null,"data":{"object":{"id":"pi_23","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":"abc","data":{"object":{"id":"pi_24","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1e300,"data":{"object":{"id":"pi_25","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":"NaN","data":{"object":{"id":"pi_26","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":"Infinity","data":{"object":{"id":"pi_27","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":-1,"data":{"object":{"id":"pi_28","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_29","amount":"ten","currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_30","amount":[1],"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_31","amount":1e40,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_32","amount":-5,"currency":"usd"}}}',
+ '{"type":"payment_intent.processing","created":1718000000,"data":{"object":{"id":"pi_p","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.payment_failed","created":1718000000,"data":{"object":{"id":"pi_f","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.canceled","created":1718000000,"data":{"object":{"id":"pi_c","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.created","created":1718000000,"data":{"object":{"id":"pi_x","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.requires_action","created":"abc","data":{"object":{"id":"pi_x","amount":100,"currency":"usd"}}}',
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_1","payment_intent":"pi_1","amount":500,"amount_refunded":0,"currency":"eur","payment_method_details":{"type":"card"},"billing_details":{"name":"B N","email":"b@x.org","phone":"+263","address":{"country":"ZW"}},"receipt_email":"r@x.org"}}}',
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_2","payment_intent":null,"amount":500,"currency":"eur","billing_details":{"email":null},"receipt_email":"r@x.org"}}}',
+ '{"type":"charge.failed","created":1718000000,"data":{"object":{"id":"ch_3","amount":500,"currency":"eur","billing_details":"none","payment_method_details":[1]}}}',
+ '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_4","payment_intent":"pi_4","amount":500,"amount_refunded":500,"currency":"eur"}}}',
+ '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_5","payment_intent":"pi_5","amount":500,"amount_refunded":200,"currency":"eur"}}}',
+ '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_6","payment_intent":"pi_6","amount":500,"currency":"eur"}}}',
+ '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_7","amount_refunded":"x","amount":500,"currency":"eur"}}}',
+ '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_8","amount_refunded":700,"amount":500,"currency":"mga"}}}',
+ '{"type":"charge.dispute.created","created":1718000000,"data":{"object":{"id":"dp_1","charge":"ch_1","payment_intent":"pi_1","status":"needs_response","amount":500,"currency":"usd"}}}',
+ '{"type":"charge.dispute.created","created":1718000000,"data":{"object":{"id":"dp_2","charge":"ch_2"}}}',
+ '{"type":"charge.dispute.closed","created":1718000000,"data":{"object":{"id":"dp_3","charge":"ch_3","status":"lost"}}}',
+ '{"type":"charge.dispute.closed","created":1718000000,"data":{"object":{"id":"dp_4","charge":"ch_4","status":"won"}}}',
+ '{"type":"charge.dispute.closed","created":1718000000,"data":{"object":{"id":"dp_5","status":"warning_closed"}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_1","payment_intent":"pi_cs1","payment_status":"paid","amount_total":2500,"currency":"usd","client_reference_id":"CR1","payment_method_types":["card","link"],"customer_details":{"name":"C D","email":"c@d.org","phone":"+1","address":{"country":"US"}}}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_2","payment_status":"unpaid","amount_total":2500,"currency":"usd"}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_3","payment_status":"no_payment_required","amount_total":0,"currency":"usd","customer_details":null}}}',
+ '{"type":"checkout.session.async_payment_succeeded","created":1718000000,"data":{"object":{"id":"cs_4","amount_total":2500,"currency":"usd"}}}',
+ '{"type":"checkout.session.async_payment_failed","created":1718000000,"data":{"object":{"id":"cs_5","amount_total":2500,"currency":"usd"}}}',
+ '{"type":"checkout.session.expired","created":1718000000,"data":{"object":{"id":"cs_6","amount_total":2500,"currency":"usd"}}}',
+ '{"type":"checkout.session.created","created":1718000000,"data":{"object":{"id":"cs_7"}}}',
+ '{"type":"customer.created","created":1718000000,"data":{"object":{"id":"cus_1"}}}',
+ '{"type":5,"created":1718000000,"data":{"object":{"id":"x"}}}',
+ '{"type":null}',
+ '{}',
+ '{"type":"payment_intent.succeeded"}',
+ '{"type":"payment_intent.succeeded","data":null}',
+ '{"type":"payment_intent.succeeded","data":{"object":[1,2]}}',
+ '{"type":"payment_intent.succeeded","data":{"object":"str"}}',
+ '{"type":"payment_intent.succeeded","data":[{"object":{"id":"pi"}}]}',
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_u","amount":100,"currency":"usd","billing_details":{"address":"none"}}}}',
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_v","amount":100,"currency":"usd","billing_details":{"address":{"country":["Z"]}}}}}',
+ '[1,2]', '"scalar"', '42', 'null',
+ '{"type":"paymentXintent.succeeded","created":1718000000,"data":{"object":{"id":"pi_w","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_v","amount":100,"currency":"Usd","metadata":{}}}}'
+]) WITH ORDINALITY AS t (payload, n);
+SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;

@@ -58,16 +58,21 @@ Member(JsonbContainer *obj, const char *key, JsonbValue *value)
 		getKeyJsonValueFromContainer(obj, key, strlen(key), value) != NULL;
 }
 
-/* obj -> key when it is an object (what "-> key ->> ..." can read), else NULL */
+/*
+ * obj -> key when it is an object (what "-> key ->> ..." can read), else
+ * NULL; the member itself in *value when value is not NULL
+ */
 static JsonbContainer *
-MemberObject(JsonbContainer *obj, const char *key)
+MemberObject(JsonbContainer *obj, const char *key, JsonbValue *value)
 {
-	JsonbValue	value;
+	JsonbValue	member;
 
-	if (!Member(obj, key, &value) || value.type != jbvBinary ||
-		!JsonContainerIsObject(value.val.binary.data))
+	if (value == NULL)
+		value = &member;
+	if (!Member(obj, key, value) || value->type != jbvBinary ||
+		!JsonContainerIsObject(value->val.binary.data))
 		return NULL;
-	return value.val.binary.data;
+	return value->val.binary.data;
 }
 
 /* A value as jsonb's ->> gives it: NULL for JSON null */
@@ -171,7 +176,10 @@ MajorUnits(Datum minor, bool minor_null, text *currency, int exponent_override,
 static bool
 TextIs(text *value, const char *what)
 {
-	return value != NULL && strcmp(text_to_cstring(value), what) == 0;
+	size_t		len = strlen(what);
+
+	return value != NULL && VARSIZE_ANY_EXHDR(value) == len &&
+		memcmp(VARDATA_ANY(value), what, len) == 0;
 }
 
 /* Whether a text starts with a prefix (LIKE 'prefix%') */
@@ -219,9 +227,9 @@ stripe_change(PG_FUNCTION_ARGS)
 	Datum		values[CHANGE_NATTS];
 	bool		nulls[CHANGE_NATTS];
 	JsonbContainer *root = JB_ROOT_IS_OBJECT(payload) ? &payload->root : NULL;
-	JsonbContainer *obj = MemberObject(MemberObject(root, "data"), "object");
-	JsonbContainer *metadata = MemberObject(obj, "metadata");
+	JsonbContainer *obj = MemberObject(MemberObject(root, "data", NULL), "object", NULL);
 	JsonbValue	metadata_value;
+	JsonbContainer *metadata = MemberObject(obj, "metadata", &metadata_value);
 	text	   *etype = MemberText(root, "type");
 	text	   *currency = MemberText(obj, "currency");
 	text	   *created = MemberText(root, "created");
@@ -248,7 +256,7 @@ stripe_change(PG_FUNCTION_ARGS)
 		nulls[CHANGE_STATUS_AT] = false;
 	}
 	SET_TEXT(CHANGE_CURRENCY, currency);
-	if (metadata != NULL && Member(obj, "metadata", &metadata_value))
+	if (metadata != NULL)
 	{
 		values[CHANGE_METADATA] = JsonbPGetDatum(JsonbValueToJsonb(&metadata_value));
 		nulls[CHANGE_METADATA] = false;
@@ -259,7 +267,7 @@ stripe_change(PG_FUNCTION_ARGS)
 
 	if (TextStartsWith(etype, "payment_intent."))
 	{
-		JsonbContainer *shipping = MemberObject(obj, "shipping");
+		JsonbContainer *shipping = MemberObject(obj, "shipping", NULL);
 		text	   *received = MemberText(obj, "amount_received");
 
 		if (TextIs(received, "0"))
@@ -281,7 +289,7 @@ stripe_change(PG_FUNCTION_ARGS)
 	else if (TextIs(etype, "charge.succeeded") || TextIs(etype, "charge.failed") ||
 			 TextIs(etype, "charge.refunded"))
 	{
-		JsonbContainer *billing = MemberObject(obj, "billing_details");
+		JsonbContainer *billing = MemberObject(obj, "billing_details", NULL);
 		bool		refund = TextIs(etype, "charge.refunded");
 		bool		refunded_null;
 		Datum		refunded;
@@ -308,12 +316,12 @@ stripe_change(PG_FUNCTION_ARGS)
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,
 													&isnull);
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;
-		SET_TEXT(CHANGE_METHOD, MemberText(MemberObject(obj, "payment_method_details"), "type"));
+		SET_TEXT(CHANGE_METHOD, MemberText(MemberObject(obj, "payment_method_details", NULL), "type"));
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(billing, "name"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, FirstText(MemberText(billing, "email"),
 											   MemberText(obj, "receipt_email")));
 		SET_TEXT(CHANGE_DONOR_PHONE, MemberText(billing, "phone"));
-		SET_TEXT(CHANGE_COUNTRY, MemberText(MemberObject(billing, "address"), "country"));
+		SET_TEXT(CHANGE_COUNTRY, MemberText(MemberObject(billing, "address", NULL), "country"));
 	}
 	else if (TextIs(etype, "charge.dispute.created") || TextIs(etype, "charge.dispute.closed"))
 	{
@@ -326,7 +334,7 @@ stripe_change(PG_FUNCTION_ARGS)
 	}
 	else if (TextStartsWith(etype, "checkout.session."))
 	{
-		JsonbContainer *customer = MemberObject(obj, "customer_details");
+		JsonbContainer *customer = MemberObject(obj, "customer_details", NULL);
 
 		SET_TEXT(CHANGE_PROVIDER_REF, FirstText(MemberText(obj, "payment_intent"),
 												MemberText(obj, "id")));
@@ -347,7 +355,7 @@ stripe_change(PG_FUNCTION_ARGS)
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(customer, "name"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, MemberText(customer, "email"));
 		SET_TEXT(CHANGE_DONOR_PHONE, MemberText(customer, "phone"));
-		SET_TEXT(CHANGE_COUNTRY, MemberText(MemberObject(customer, "address"), "country"));
+		SET_TEXT(CHANGE_COUNTRY, MemberText(MemberObject(customer, "address", NULL), "country"));
 	}
 
 	if (status == NULL)

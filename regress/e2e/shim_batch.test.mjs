@@ -4,7 +4,7 @@
 // terminated) answers every request in it 503, so that nothing answered 2xx can be missing.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Stripe from 'stripe';
@@ -256,6 +256,34 @@ describe('group commit', () => {
 		const again = await Promise.all(ids.slice(1).map((id) => send(id)));
 		assert.deepEqual(again.map((r) => [r.status, r.json.outcome]), ids.slice(1).map(() => [200, 'duplicate']));
 		assert.equal(stored(ids), ids.length);
+	});
+
+	test('payments.flush_wal() waits for a synchronous standby as a commit does', async () => {
+		// psql with a statement timeout; returns what it printed on stderr (the warnings) and how long it took
+		const flushWithin = (ms) => {
+			const started = Date.now();
+			const r = spawnSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
+				'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments',
+				'-c', `SET statement_timeout = '${ms}ms'; SELECT payments.flush_wal() IS NOT NULL`], { encoding: 'utf8' });
+			assert.equal(r.status, 0, r.stderr);
+			assert.equal(r.stdout.trim(), 't');
+			return { warnings: r.stderr, ms: Date.now() - started };
+		};
+		const waited = (w) => /canceling wait for synchronous replication/.test(w.warnings);
+		assert.ok(!waited(flushWithin(2000)), 'no standby named: no wait');
+		cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'");
+		try {
+			cluster.psql('SELECT pg_reload_conf()');
+			let w;
+			for (let i = 0; i < 50 && !waited(w = flushWithin(300)); i++) await sleep(100);
+			assert.ok(waited(w), 'waited for the named standby until the statement timeout');
+			assert.ok(w.ms >= 250, `waited ${w.ms} ms`);
+		} finally {
+			cluster.psql('ALTER SYSTEM RESET synchronous_standby_names');
+			cluster.psql('SELECT pg_reload_conf()');
+			for (let i = 0; i < 50 && waited(flushWithin(300)); i++) await sleep(100);
+		}
+		assert.ok(!waited(flushWithin(2000)), 'no wait once the standby is no longer named');
 	});
 
 	test('at the shutdown deadline the running batch is cancelled and the queued deliveries answered 503', async () => {

@@ -89,7 +89,7 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_2","amount":1050,"amount_received":0,"currency":"jpy"}}}',
  '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_2","amount":1050,"amount_received":"0","currency":"JPY"}}}',
  '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_3","amount":12345,"currency":"mga"}}}',
- '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_4","amount":12345,"currency":"xxx"}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_4","amount":12345,"currency":"qqq"}}}',
  '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_5","amount":12345,"currency":"bhd"}}}',
  '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_6","amount":10.5,"currency":"usd"}}}',
  '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_7","currency":"usd"}}}',

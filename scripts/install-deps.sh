@@ -15,7 +15,7 @@ build_pkgs=(
 	libssl-dev libcurl4-openssl-dev libmicrohttpd-dev zlib1g-dev libpq-dev
 	curl openssl ca-certificates
 )
-test_pkgs=(nodejs npm wrk clang-14 lld libclang-rt-14-dev)	# wrk: make bench; clang, lld: make fuzz
+test_pkgs=(nodejs npm wrk clang-14 lld libclang-rt-14-dev procps)	# wrk: make bench; clang, lld: make fuzz; procps: pgrep
 runtime_pkgs=(postgresql-15 postgresql-15-cron libssl3 libcurl4 zlib1g ca-certificates)
 shim_runtime_pkgs=(libmicrohttpd12 libpq5 ca-certificates curl)
 

@@ -1,6 +1,6 @@
 // Group commit in the shim: deliveries arriving together share one transaction. Concurrent
-// requests coalesce (the batch size metric shows it), a delivery that fails inside a batch fails
-// alone, and a batch whose transaction does not commit (the commit raises, or its backend is
+// requests coalesce (the batch size metric shows it), no more than 64 MB of bodies go in one
+// transaction, a delivery that fails inside a batch fails alone, and a batch whose transaction does not commit (the commit raises, or its backend is
 // terminated) answers every request in it 503, so that nothing answered 2xx can be missing.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -141,6 +141,41 @@ describe('group commit', () => {
 			'a batch of more than 16');
 		// gapless receipts, taken at commit
 		assert.equal(cluster.psql(`SELECT count(DISTINCT receipt_no) FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref LIKE 'pi_evt_coalesce_%'`), '20');
+	});
+
+	test('a batch carries 64 MB of bodies at most: a longer queue goes in several transactions', async () => {
+		// 6 MB deliveries (an 8 MB --max-body): 11 of them fit in 64 MiB, the 12 queued do not
+		const big = new Shim(cluster.dsn, ['--threads', '16', '--rate', '0', '--batch-max', '64', '--batch-concurrency', '1',
+			'--max-body', String(8 << 20), '--log-level', 'warning']);
+		await big.start();
+		try {
+			const padding = 'p'.repeat(6_000_000);
+			const sendBig = (id) => {
+				const body = JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded', created: Math.floor(Date.now() / 1000),
+					padding, data: { object: { id: `pi_${id}`, object: 'payment_intent', amount: 1000, currency: 'usd' } } });
+				return request(big.port, { method: 'POST', path: '/webhooks/stripe', body, timeoutMs: 60000, headers: {
+					'content-type': 'application/json', 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } });
+			};
+			const ids = Array.from({ length: 13 }, () => `evt_bigbatch_${++seq}`);
+			const lock = await holdEvents();
+			const first = sendBig(ids[0]);
+			await lockWaiters(1);
+			const rest = ids.slice(1).map(sendBig);
+			await sleep(1500);		// let them all reach the queue
+			await lock.release();
+			const res = await Promise.all([first, ...rest]);
+			assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
+			assert.deepEqual(res.map((r) => r.json.outcome), ids.map(() => 'applied'));
+			// the events of one transaction share its xmin: the first alone, then 11 and 1
+			const batches = cluster.psqlVars(`SELECT string_agg(n::text, ' ' ORDER BY n DESC), max(bytes) <= 64 * 1024 * 1024
+				FROM (SELECT count(*) AS n, sum(octet_length(body)) AS bytes FROM payments.events
+					   WHERE event_id = ANY(string_to_array(:'ids', ',')) GROUP BY xmin::text) t`, { ids: ids.join(',') });
+			assert.equal(batches, '11 1 1|t', 'the queue of 12 went as 11 and 1, each batch within 64 MiB');
+		} finally {
+			const { code } = await big.stop();
+			assert.deepEqual(big.sanitizerReports(), []);
+			assert.equal(code, 0);
+		}
 	});
 
 	test('a batch carries each delivery byte for byte, with its headers, address and request id', async () => {

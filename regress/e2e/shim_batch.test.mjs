@@ -1,7 +1,8 @@
 // Group commit in the shim: deliveries arriving together share one transaction. Concurrent
 // requests coalesce (the batch size metric shows it), no more than 64 MB of bodies go in one
-// transaction, a delivery that fails inside a batch fails alone, and a batch whose transaction does not commit (the commit raises, or its backend is
-// terminated) answers every request in it 503, so that nothing answered 2xx can be missing.
+// transaction, a delivery that fails inside a batch fails alone, and a batch whose transaction
+// does not commit (the commit raises, or its backend is terminated) answers every request in it
+// 503, so that nothing answered 2xx can be missing.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';

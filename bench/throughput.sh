@@ -4,10 +4,10 @@
 # ceiling of the same two statements per transaction, payments.ingest alone from SQL, and
 # signature verification per kind. A throwaway cluster with fsync and synchronous_commit on.
 #
-#   bench/throughput.sh                  all of it (about 3-4 minutes)
+#   bench/throughput.sh                  all of it (about 4-5 minutes)
 #   DURATION=15 bench/throughput.sh      seconds per run (default 12)
 #   KEEP=1 bench/throughput.sh           keep the cluster and the files (directory printed)
-#   RUNS32=N bench/throughput.sh         runs at 32 connections, each between two ceiling runs (default 3)
+#   RUNS32=N bench/throughput.sh         runs at 32 connections, each between two ceiling runs (default 5)
 #   SHIM_THREADS=N BATCH_MAX=N BATCH_CONCURRENCY=N CONNECTIONS="8 32 64" PGBENCH_CLIENTS=32 likewise
 #
 # Exits non-zero if any event answered 2xx is not stored exactly once with its payment.
@@ -21,7 +21,7 @@ shim_threads=${SHIM_THREADS:-4}	# the shim's default: with group commit its HTTP
 batch_max=${BATCH_MAX:-64}
 batch_concurrency=${BATCH_CONCURRENCY:-2}
 pgbench_clients=${PGBENCH_CLIENTS:-32}
-runs32=${RUNS32:-3}
+runs32=${RUNS32:-5}
 shim=$top/shim/payments-shim
 provider=stripe
 secret="whsec_bench_$(openssl rand -hex 16)"

@@ -120,7 +120,8 @@ buf_append_str(StrBuf *buf, const char *str)
 }
 
 /*
- * Append printf-formatted text.
+ * Append printf-formatted text.  Nothing is formatted into a failed buffer
+ * (a log line below the log level is one).
  */
 void
 buf_printf(StrBuf *buf, const char *fmt,...)
@@ -128,6 +129,8 @@ buf_printf(StrBuf *buf, const char *fmt,...)
 	va_list		ap;
 	int			needed;
 
+	if (buf->failed)
+		return;
 	va_start(ap, fmt);
 	needed = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
@@ -205,7 +208,7 @@ json_append_escaped(StrBuf *buf, const char *str, size_t len, bool lower)
 	const unsigned char *s = (const unsigned char *) str;
 	size_t		i = 0;
 
-	while (i < len)
+	while (i < len && !buf->failed)
 	{
 		unsigned char c = s[i];
 		size_t		seqlen;

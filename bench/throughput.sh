@@ -131,6 +131,7 @@ gen() {	# gen FILE COUNT PREFIX
 # loads the answers, prints nothing; leaves RESULT and cpu figures in $run_line.
 run_line=
 declare -A waits
+spans=()	# "name start end" (epoch seconds) of every run and ceiling run, for the checkpoint notes
 run() {
 	local name=$1 conns=$2 count=$3 before after batches_before batches_after
 	gen "$files/$name.events" "$count" "$name"
@@ -149,6 +150,7 @@ run() {
 	wrk_pid=$(pgrep -P "$wrk_shell" -x wrk || true)
 	batches_before=$(batch_snapshot)
 	before="$(cpu_snapshot) $(awk '{ print $14 + $15 }' "/proc/$wrk_pid/stat" 2>/dev/null || echo 0)"
+	local started=$EPOCHREALTIME
 	# what the shim's backends wait on: pg_stat_activity sampled every second during the run
 	( sleep 1; for _ in $(seq $(( ${4:-$duration} - 2 ))); do
 		psql -At -d bench -c "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
@@ -158,6 +160,7 @@ run() {
 	local sampler=$!
 	wait "$wrk_shell" || true
 	after=$(cpu_snapshot)
+	spans+=("$name $started $EPOCHREALTIME")
 	batches_after=$(batch_snapshot)
 	wait "$sampler" || true
 	waits[$name]=$(sort "$files/$name.waits" | uniq -c | sort -rn | head -4 | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
@@ -208,9 +211,11 @@ ceiling() {
 	local name=$1 before after tps n failed lat cpu stolen
 	echo "== pgbench ceiling ($name): $pgbench_clients clients, ${duration} s (INSERT event ON CONFLICT DO NOTHING + upsert payment, 10% re-deliveries)"
 	before=$(cpu_snapshot)
+	local started=$EPOCHREALTIME
 	pgbench -n -M prepared -c "$pgbench_clients" -j 2 -T "$duration" -D k=0 -D run="${name//-/}" -l --log-prefix "$work/$name" \
 		-f "$work/pgbench-ceiling.sql" bench >"$files/$name.out" 2>&1 || { cat "$files/$name.out" >&2; exit 1; }
 	after=$(cpu_snapshot)
+	spans+=("$name $started $EPOCHREALTIME")
 	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$files/$name.out")
 	n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$files/$name.out")
 	failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$files/$name.out")
@@ -354,6 +359,14 @@ if [ ${#rps32[@]} -gt 0 ]; then
 		echo "  note: the hypervisor slowed $what"
 	done
 fi
+# Checkpoints that began during the runs (log_checkpoints is on by default), other than the one
+# forced after the WAL was written: from one on, the first change of every page writes a full
+# page image to the WAL, which the runs after it pay for too
+while read -r day time zone reason; do
+	at=$(date -d "$day $time $zone" +%s.%N)
+	during=$(printf '%s\n' "${spans[@]}" | awk -v t="$at" '$2 <= t && t <= $3 { print $1 }')
+	echo "  note: a checkpoint ($reason) began at $time${during:+, during $during}"
+done < <(sed -n 's/^\([0-9-]* [0-9:.]* [A-Z]*\) .*checkpoint starting: \(.*\)$/\1 \2/p' "$work/log" | grep -v 'immediate force wait$' || true)
 echo
 echo "payments.ingest alone from SQL ($pgbench_clients clients, pgbench, one ingest per transaction):"
 echo "  $ingest_tps calls/s, p99 $(ms "$ingest_p99") ms, $ingest_n calls, $ingest_stored events stored$ingest_note"

@@ -63,7 +63,7 @@ fsync = on
 synchronous_commit = on
 max_connections = 200
 shared_buffers = 512MB
-max_wal_size = 8GB
+max_wal_size = 16GB
 checkpoint_timeout = 30min
 CONF
 as_cluster_user "$PG_BIN/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
@@ -183,10 +183,13 @@ run() {
 # A new cluster creates each 16 MB WAL segment when it reaches it, zero-filling it while holding
 # the WAL write lock, so every committing backend waits (IO:WALInitWrite): at these rates, one
 # stall of tens of milliseconds a few times a second.  A server past its first checkpoints
-# recycles old segments instead.  So, like one: 2 GB of WAL written (logical messages, no table
-# data), then a checkpoint, which renames those segments ahead for the runs.
-echo "== WAL: 2 GB written and recycled by a checkpoint, as on a running server"
-psql -d postgres -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 2048)" \
+# recycles old segments instead.  So, like one: 6 GB of WAL written (logical messages, no table
+# data), then a checkpoint, which renames those segments ahead for the runs -- more than all the
+# runs write (about 4 GB; with 2 GB ahead, the last runs at 32 connections were back to a stall of
+# 50-65 ms every second, IO:WALInitWrite in pg_stat_activity sampled every 5 ms).  max_wal_size
+# (16GB) lets the checkpoint keep them all, and starts no checkpoint during the runs.
+echo "== WAL: 6 GB written and recycled by a checkpoint, as on a running server"
+psql -d postgres -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 6144)" \
 	-c 'CHECKPOINT' >/dev/null
 
 # --- warm-up: every shim thread opens its connection and prepares -------------------------------

@@ -239,6 +239,28 @@ log_db_error(LogLevel level, const char *request_id, const char *what,
 }
 
 /*
+ * Log a notice or warning the server sends on a connection (the extension
+ * warns when an event is stored but could not be applied) as a JSON line of
+ * the shim's log, at warning for a WARNING and debug for anything less,
+ * instead of libpq's default: the raw text on stderr, whatever the log level
+ * and file.  As with errors, a data exception's message is withheld.
+ */
+static void
+db_notice(void *arg, const PGresult *res)
+{
+	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	bool		warning = severity != NULL && strcmp(severity, "WARNING") == 0;
+
+	(void) arg;
+	if (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0)
+		message = "data exception (message withheld: may quote request data)";
+	log_db_error(warning ? LOG_WARNING : LOG_DEBUG, NULL,
+				 warning ? "database warning" : "database notice", sqlstate, message);
+}
+
+/*
  * Ask the server to cancel whatever each thread's connection is running
  * (an idle connection ignores it).
  */
@@ -336,6 +358,7 @@ db_connect(DbThread *thread, const char *request_id)
 		return false;
 	}
 
+	PQsetNoticeReceiver(conn, db_notice, NULL);
 	thread->conn = conn;
 	db_set_cancel(thread, conn);
 	thread->prepared = 0;

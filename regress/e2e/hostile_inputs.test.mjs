@@ -324,6 +324,9 @@ describe('hostile inputs', () => {
 		// the unknown currency waits, with its reason, for an operator (nothing is lost)
 		assert.equal(cluster.psql("SELECT state || ': ' || last_error FROM payments.events WHERE provider = 'stripe'" +
 			" AND state <> 'applied'"), 'pending: unknown currency "XYZ"');
+		// the server's warning about it reaches the shim's log as a JSON line, not libpq's raw stderr text
+		assert.match(shim.stderr, /"level":"warning"[^\n]*"msg":"database warning","sqlstate":"01000","error":"event \d+ is stored but could not be applied: unknown currency \\"XYZ\\""/);
+		assert.doesNotMatch(shim.stderr, /^WARNING:/m);
 		assert.equal(Number(cluster.psql("SELECT count(*) FROM payments.rejections")), refusedByDatabase);
 	});
 

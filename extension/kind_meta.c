@@ -12,6 +12,7 @@
 #include "payments.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -224,9 +225,31 @@ IsEchoableChallenge(const char *challenge)
 }
 
 /*
+ * Whether the verify token sent equals the one configured, in time that
+ * depends on neither where they differ nor their lengths: their SHA-256
+ * digests are compared.
+ */
+static bool
+VerifyTokenMatches(const char *expected, const char *token)
+{
+	unsigned char expected_digest[EVP_MAX_MD_SIZE];
+	unsigned char token_digest[EVP_MAX_MD_SIZE];
+	unsigned int expected_len;
+	unsigned int token_len;
+
+	if (EVP_Digest(expected, strlen(expected), expected_digest, &expected_len, EVP_sha256(), NULL) != 1 ||
+		EVP_Digest(token, strlen(token), token_digest, &token_len, EVP_sha256(), NULL) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute a SHA-256 digest")));
+	return CRYPTO_memcmp(expected_digest, token_digest, expected_len) == 0;
+}
+
+/*
  * SQL: payments.meta_subscribe(provider, mode, verify_token, challenge)
  * answers Meta's GET handshake: (200, challenge) when mode is "subscribe" and
- * the token matches the provider's verify_token (compared in constant time),
+ * the token matches the provider's verify_token (compared in constant time,
+ * length included),
  * 403 when not, 404 for no such Meta provider, 400 for a challenge we will
  * not echo.
  */
@@ -262,10 +285,9 @@ meta_subscribe(PG_FUNCTION_ARGS)
 	else
 	{
 		char	   *expected = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		size_t		len = strlen(token);
 
 		if (strcmp(mode, "subscribe") != 0 || expected == NULL ||
-			strlen(expected) != len || CRYPTO_memcmp(expected, token, len) != 0)
+			!VerifyTokenMatches(expected, token))
 			status = 403;
 		else if (!IsEchoableChallenge(challenge))
 			status = 400;

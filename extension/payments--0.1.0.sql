@@ -1905,6 +1905,7 @@ COMMENT ON FUNCTION payments.event_failed(bigint, text, integer) IS
 CREATE FUNCTION payments.retry_events(max_items integer DEFAULT 100)
 RETURNS TABLE (event bigint, outcome text)
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1943,6 +1944,7 @@ COMMENT ON FUNCTION payments.retry_events(integer) IS
 CREATE FUNCTION payments.replay_event(id bigint)
 RETURNS text
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1977,6 +1979,7 @@ COMMENT ON FUNCTION payments.replay_event(bigint) IS
 CREATE FUNCTION payments.replay_dead(provider text DEFAULT NULL, since timestamptz DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 	WITH requeued AS (
@@ -2532,7 +2535,9 @@ $$;
 COMMENT ON FUNCTION payments.job_lock_key(text) IS
 	'The second key of a job''s advisory lock; the first is 1885436269 (''paym'')';
 
--- No SET clause: a procedure that commits cannot have one; every name is qualified.
+-- No SET clause: a procedure that commits cannot have one.  Every function and relation name is
+-- qualified; operators and types are found in pg_catalog, searched first unless the job owner's
+-- search_path names it later.
 CREATE PROCEDURE payments.run_job(job text, max_items integer DEFAULT 100)
 LANGUAGE plpgsql
 AS $$
@@ -3440,6 +3445,9 @@ DECLARE
 	request		jsonb;
 	answer		record;
 BEGIN
+	IF body IS NULL THEN
+		RAISE EXCEPTION 'body must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
 	IF NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = flows_exchange.provider AND p.kind = 'meta') THEN
 		RETURN QUERY SELECT 404, 'unknown_provider', 'not found';
 		RETURN;
@@ -3454,10 +3462,10 @@ BEGIN
 					AND (x.expires_at IS NULL OR x.expires_at > now())
 				  ORDER BY x.id DESC LOOP
 			verdict := payments.verify_meta(body, signature, s.secret);
-			EXIT WHEN verdict <> 'signature_mismatch';
+			EXIT WHEN verdict IS DISTINCT FROM 'signature_mismatch';
 		END LOOP;
 	END IF;
-	IF verdict <> 'valid' THEN
+	IF verdict IS DISTINCT FROM 'valid' THEN	-- fails closed, a NULL verdict included
 		PERFORM payments.record_flows_rejection(provider, 'rejected', verdict,
 			'Flows request: ' || CASE verdict
 				WHEN 'missing_header' THEN 'no x-hub-signature-256 header'
@@ -4704,3 +4712,13 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.claim_initiations(integer), payments.record_initiation(bigint, integer, text, text) FROM payments_admin;
 -- cached API tokens are bearer credentials: read by the reconciliation run only
 REVOKE SELECT ON payments.api_tokens FROM payments_admin;
+-- the shim's entry points belong to payments_ingest
+REVOKE EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text),
+	payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]), payments.flush_wal(),
+	payments.meta_subscribe(text, text, text, text), payments.flows_exchange(text, jsonb, bytea, inet, text)
+	FROM payments_admin;
+-- the jobs that call providers and endpoints with their secrets run as pg_cron's job owner; an
+-- admin replays events (retry_events, replay_event, replay_dead: SECURITY DEFINER, through the
+-- state machine only)
+REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer), payments.reconcile(integer),
+	payments.initiate_payments(integer), payments.run_job(text, integer) FROM payments_admin;

@@ -108,6 +108,8 @@ SELECT * FROM pg_temp.exchange('{"version": "3.0", "action": "ping"}', :'wrapped
 -- 404: no such provider, or not of kind meta
 SELECT * FROM payments.flows_exchange('nobody', '{}', '\x7b7d');
 SELECT * FROM payments.flows_exchange('flows-hooks', '{}', '\x7b7d');
+-- a NULL body is an error, not a verdict to pass
+SELECT * FROM payments.flows_exchange('flows-wa', pg_temp.signed('\x7b7d'), NULL);
 -- 432: no signature, a malformed one, a wrong one (before anything is decrypted)
 SELECT * FROM payments.flows_exchange('flows-wa', '{}', '\x7b7d');
 SELECT * FROM payments.flows_exchange('flows-wa', '{"x-hub-signature-256": "sha256=abc"}', '\x7b7d');

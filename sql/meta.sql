@@ -77,6 +77,7 @@ SELECT reason, count(*) FROM payments.rejections WHERE provider = 'wa' GROUP BY 
 SELECT * FROM payments.meta_subscribe('wa', 'subscribe', 'clinic-hook-7f3a', '1158201444');
 SELECT * FROM payments.meta_subscribe('wa', 'subscribe', 'clinic-hook-7f3b', '1158201444');
 SELECT * FROM payments.meta_subscribe('wa', 'subscribe', 'clinic-hook-7f3', '1158201444');
+SELECT * FROM payments.meta_subscribe('wa', 'subscribe', 'clinic-hook-7f3ab', '1158201444');
 SELECT * FROM payments.meta_subscribe('wa', 'unsubscribe', 'clinic-hook-7f3a', '1158201444');
 SELECT * FROM payments.meta_subscribe('wa', NULL, NULL, NULL);
 SELECT * FROM payments.meta_subscribe('wa', 'subscribe', 'clinic-hook-7f3a', '');

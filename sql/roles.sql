@@ -82,6 +82,7 @@ WITH p AS (
 	RETURNING id)
 INSERT INTO payments.receipts (receipt_no, payment_id) SELECT 'LP-20240701-000001', p.id FROM p;
 INSERT INTO payments.events (provider, event_id, body, payload, headers) VALUES ('ro-stripe', 'evt_r1', '{}', '{}', '{}');
+INSERT INTO payments.events (provider, event_id, body, payload, headers, state) VALUES ('ro-stripe', 'evt_r2', '{}', '{}', '{}', 'dead');
 INSERT INTO payments.rejections (provider, outcome, reason, body_sha256, body_size, headers)
 VALUES ('ro-stripe', 'rejected', 'bad_signature', '\x00', 2, '{}');
 
@@ -164,6 +165,18 @@ SELECT payments.apply_event(1);
 SELECT payments.issue_receipt(1, now());
 SELECT payments.enqueue_raw_event(e) FROM payments.events e WHERE false;
 CREATE TABLE payments.mine (x int);
+-- it replays stored events through the state machine ...
+SELECT payments.replay_event(e.id) FROM payments.events e WHERE e.event_id = 'evt_r1';
+SELECT payments.replay_dead('ro-stripe') AS requeued;
+SELECT outcome FROM payments.retry_events();
+SELECT event_id, state FROM payments.events ORDER BY event_id;
+-- ... but calls no shim function and runs no job that calls providers or endpoints
+SELECT * FROM payments.ingest('ro-stripe', '{}', '{}');
+SELECT * FROM payments.ingest_batch('{}', '{}', '{}', '{}', '{}');
+SELECT * FROM payments.flows_exchange('ro-stripe', '{}', '\x7b7d');
+CALL payments.deliver_outbox();
+CALL payments.reconcile();
+CALL payments.run_job('retry');
 RESET ROLE;
 
 -- a role in no payments group cannot even reach the schema

@@ -103,10 +103,35 @@ JsonbTopUnixTime(Jsonb *jb, const char *key, TimestampTz *result)
 	return true;
 }
 
+/* Input and output of DecodeTimeStep */
+typedef struct TimeDecoding
+{
+	char	  **field;
+	int		   *ftype;
+	int			nf;
+	int			dterr;
+	int			dtype;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			tz;
+} TimeDecoding;
+
+/* Decodes the fields of a time string (run in a subtransaction) */
+static void
+DecodeTimeStep(void *arg)
+{
+	TimeDecoding *d = arg;
+
+	d->dterr = DecodeDateTime(d->field, d->ftype, d->nf, &d->dtype, &d->tm, &d->fsec, &d->tz);
+}
+
 /*
  * Reads a top-level member holding an ISO 8601 time string (such as the
  * "timestamp" of a Standard Webhooks payload) with PostgreSQL's own date/time
- * parser, without raising errors; false if absent or unparsable.
+ * parser, without raising errors; false if absent or unparsable.  The fields
+ * are decoded in a subtransaction: PostgreSQL 15's DecodeDateTime raises an
+ * error itself for a zone name it does not know ("2024-05-01T10:00 Mars/X"),
+ * where a signed event must still be stored.
  */
 bool
 JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
@@ -115,19 +140,16 @@ JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
 	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
 	char	   *field[MAXDATEFIELDS];
 	int			ftype[MAXDATEFIELDS];
-	int			nf;
-	int			dtype;
-	struct pg_tm tm;
-	fsec_t		fsec;
-	int			tz;
+	TimeDecoding d = {.field = field, .ftype = ftype};
+	char	   *error;
 
 	if (str == NULL || strlen(str) > MAXDATELEN)
 		return false;
-	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf) != 0 ||
-		DecodeDateTime(field, ftype, nf, &dtype, &tm, &fsec, &tz) != 0 ||
-		dtype != DTK_DATE)
+	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &d.nf) != 0 ||
+		!RunInSubtransaction(DecodeTimeStep, &d, &error) ||
+		d.dterr != 0 || d.dtype != DTK_DATE)
 		return false;
-	return tm2timestamp(&tm, fsec, &tz, result) == 0;
+	return tm2timestamp(&d.tm, d.fsec, &d.tz, result) == 0;
 }
 
 /*

@@ -123,15 +123,21 @@ VerifyEversend(const char *body, int bodylen, const char *signature, int siglen,
 	verdict->valid = true;
 }
 
-/* The provider's algorithm (settings are checked at registration) */
+/*
+ * The provider's algorithm (settings are checked at registration; one changed
+ * behind register_provider's back is answered 503, as in kind_hmac.c)
+ */
 static HmacAlgorithm
-ProviderAlgorithm(Jsonb *settings)
+ProviderAlgorithm(const Provider *provider)
 {
-	char	   *name = SettingText(settings, "algorithm");
+	char	   *name = SettingText(provider->settings, "algorithm");
 	HmacAlgorithm algorithm = HMAC_SHA512;
 
 	if (name != NULL && !EversendAlgorithm(name, &algorithm))
-		elog(ERROR, "eversend provider has an unknown algorithm \"%s\"", name);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("provider \"%s\" has unusable settings: unknown algorithm \"%s\"",
+						provider->name, name)));
 	return algorithm;
 }
 
@@ -149,7 +155,7 @@ VerifyEversendDelivery(const Provider *provider, const Delivery *delivery, Verdi
 		return;
 	}
 	VerifyEversend(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
-				   signature, len, &provider->secrets, ProviderAlgorithm(provider->settings),
+				   signature, len, &provider->secrets, ProviderAlgorithm(provider),
 				   verdict);
 }
 

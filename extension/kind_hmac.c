@@ -144,33 +144,6 @@ HasSetting(Jsonb *settings, const char *key)
 	return getKeyJsonValueFromContainer(&settings->root, key, strlen(key), &value) != NULL;
 }
 
-/* A whole number of seconds from 1 to 604800 (as check_settings allows), or -1 */
-static int
-ToleranceValue(const JsonbValue *value)
-{
-	char	   *text;
-	int			len;
-	int64		seconds;
-
-	if (value->type != jbvNumeric)
-		return -1;
-	text = DatumGetCString(DirectFunctionCall1(numeric_out,
-											   NumericGetDatum(value->val.numeric)));
-	len = strlen(text);
-	if (strchr(text, '.') != NULL)
-	{
-		/* 300.0 is 300 */
-		while (len > 0 && text[len - 1] == '0')
-			len--;
-		if (len == 0 || text[len - 1] != '.')
-			return -1;
-		len--;
-	}
-	if (!ParseUnixSeconds(text, len, &seconds) || seconds < 1 || seconds > 604800)
-		return -1;
-	return (int) seconds;
-}
-
 /* How much of the settings ReadHmacConfig checks */
 typedef enum HmacCheck
 {
@@ -224,7 +197,7 @@ ReadHmacConfig(Jsonb *settings, HmacConfig *cfg, HmacCheck check)
 		getKeyJsonValueFromContainer(&settings->root, key, strlen(key), &member);
 		if (strcmp(key, "tolerance") == 0)
 		{
-			cfg->tolerance = ToleranceValue(&member);
+			cfg->tolerance = SettingTolerance(settings);
 			if (cfg->tolerance < 0)
 				return pstrdup("tolerance must be a whole number of seconds from 1 to 604800");
 		}
@@ -416,7 +389,12 @@ VerifyHmac(const HmacConfig *cfg, const char *body, int bodylen, Jsonb *headers,
 		CheckTolerance(verdict, signed_at, now, cfg->tolerance);
 }
 
-/* The provider's settings, checked at registration */
+/*
+ * The provider's settings, checked at registration.  Settings changed behind
+ * register_provider's back are the server's problem, not the delivery's: the
+ * error is not a data exception, so the shim answers 503 and the sender
+ * retries rather than giving up on a 400.
+ */
 static void
 ProviderConfig(const Provider *provider, HmacConfig *cfg)
 {
@@ -424,7 +402,7 @@ ProviderConfig(const Provider *provider, HmacConfig *cfg)
 
 	if (problem != NULL)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("provider \"%s\" has unusable settings: %s", provider->name, problem)));
 }
 

@@ -58,7 +58,8 @@ secret_problem(PG_FUNCTION_ARGS)
 
 /*
  * SQL: payments.settings_problem(kind, settings) returns why the settings do
- * not suit the kind beyond the generic checks of check_settings, or NULL.
+ * not suit the kind beyond the generic checks of check_settings, or NULL.  It
+ * is callable directly, so it checks for an object itself.
  */
 Datum
 settings_problem(PG_FUNCTION_ARGS)
@@ -72,7 +73,10 @@ settings_problem(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown provider kind \"%s\"", name)));
-	if (kind->settings_problem != NULL)
+	/* the kinds' checks read the settings as an object */
+	if (!JB_ROOT_IS_OBJECT(settings) || JB_ROOT_IS_SCALAR(settings))
+		problem = "settings must be a JSON object";
+	else if (kind->settings_problem != NULL)
 		problem = kind->settings_problem(settings);
 
 	if (problem == NULL)

@@ -158,7 +158,7 @@ COMMENT ON FUNCTION payments.secret_problem(text, text) IS
 CREATE FUNCTION payments.settings_problem(kind text, settings jsonb)
 RETURNS text
 AS 'MODULE_PATHNAME', 'settings_problem'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+LANGUAGE C IMMUTABLE STRICT PARALLEL UNSAFE;	-- checks an hmac kind's JSON paths in a subtransaction
 COMMENT ON FUNCTION payments.settings_problem(text, jsonb) IS
 	'Why settings do not suit a kind of provider (beyond unknown keys and tolerance), or NULL';
 
@@ -2001,7 +2001,10 @@ CREATE TABLE payments.endpoints (
 	id					bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	name				text NOT NULL UNIQUE CHECK (name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
 	url					text NOT NULL CHECK (url ~ '^https?://'),
-	secret				text NOT NULL,
+	-- checked here too, not only by add_endpoint: a secret the signing step cannot use, set by an
+	-- UPDATE, would fail each delivery run after its claims were committed
+	secret				text NOT NULL CHECK (starts_with(secret, 'whsec_')
+											 AND payments.secret_problem('standard', secret) IS NULL),
 	event_types			text[],
 	ca_file				text,
 	connect_timeout_ms	integer NOT NULL DEFAULT 5000 CHECK (connect_timeout_ms BETWEEN 100 AND 60000),
@@ -3074,7 +3077,7 @@ COMMENT ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) 
 CREATE FUNCTION payments.paynow_form(body bytea)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'paynow_form'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+LANGUAGE C IMMUTABLE STRICT PARALLEL UNSAFE;	-- parses in a subtransaction, which parallel mode forbids
 COMMENT ON FUNCTION payments.paynow_form(bytea) IS
 	'The fields of a Paynow urlencoded message (a poll reply) as a JSON object, decoded strictly; NULL if it is not a well-formed form; the hash is checked by verify_paynow';
 

@@ -186,6 +186,7 @@ extern bool SettingBool(Jsonb *settings, const char *key, bool default_value);
 extern int	SettingTextArray(Jsonb *settings, const char *key, char ***values);
 extern bool SettingIsText(Jsonb *settings, const char *key);
 extern bool SettingIsTextArray(Jsonb *settings, const char *key);
+extern int	SettingTolerance(Jsonb *settings);
 
 /* Request headers (a jsonb object with lower-cased names) */
 extern const char *HeaderValue(Jsonb *headers, const char *name, int *len);

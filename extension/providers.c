@@ -33,7 +33,10 @@ static SPIPlanPtr provider_plan = NULL;
 /*
  * Reads a provider with its live secrets into *provider, allocated in
  * context into; false if there is no such provider.  Runs inside an SPI
- * connection (which leaves its own context current after a statement).
+ * connection (which leaves its own context current after a statement).  A
+ * tolerance changed behind register_provider's back into one it refuses is
+ * an error outside class 22 data exceptions, so the shim answers 503 and the
+ * sender retries.
  */
 static bool
 ReadProvider(text *name, Provider *provider, MemoryContext into)
@@ -52,8 +55,6 @@ ReadProvider(text *name, Provider *provider, MemoryContext into)
 
 	plan = KeptPlan(&provider_plan,
 					"SELECT p.kind, p.settings,"
-					"       coalesce((p.settings ->> 'tolerance')::pg_catalog.int4, "
-					CppAsString2(PAYMENTS_DEFAULT_TOLERANCE) "),"
 					"       ARRAY(SELECT s.secret FROM payments.secrets s"
 					"             WHERE s.provider = p.name AND s.revoked_at IS NULL"
 					"               AND (s.expires_at IS NULL OR s.expires_at > pg_catalog.now())"
@@ -75,9 +76,14 @@ ReadProvider(text *name, Provider *provider, MemoryContext into)
 		elog(ERROR, "provider \"%s\" has kind \"%s\", which this version cannot verify",
 			 provider->name, kind);
 	provider->settings = DatumGetJsonbPCopy(SPI_getbinval(row, desc, 2, &isnull));
-	provider->tolerance = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+	provider->tolerance = SettingTolerance(provider->settings);
+	if (provider->tolerance < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("provider \"%s\" has unusable settings: tolerance must be a whole number of seconds from 1 to 604800",
+						provider->name)));
 
-	secrets = SPI_getbinval(row, desc, 4, &isnull);
+	secrets = SPI_getbinval(row, desc, 3, &isnull);
 	deconstruct_array(DatumGetArrayTypeP(secrets), TEXTOID, -1, false, TYPALIGN_INT,
 					  &elems, NULL, &nelems);
 	provider->secrets.count = nelems;

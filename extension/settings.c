@@ -5,11 +5,13 @@
  */
 #include "payments.h"
 
-/* Looks up a top-level key of the settings */
+#include "utils/builtins.h"
+
+/* Looks up a top-level key of the settings (false for settings not an object) */
 static bool
 SettingValue(Jsonb *settings, const char *key, JsonbValue *value)
 {
-	return settings != NULL &&
+	return settings != NULL && JB_ROOT_IS_OBJECT(settings) && !JB_ROOT_IS_SCALAR(settings) &&
 		getKeyJsonValueFromContainer(&settings->root, key, strlen(key), value) != NULL;
 }
 
@@ -31,6 +33,39 @@ SettingText(Jsonb *settings, const char *key)
 	if (!SettingValue(settings, key, &value) || value.type != jbvString)
 		return NULL;
 	return pnstrdup(value.val.string.val, value.val.string.len);
+}
+
+/*
+ * The tolerance setting: a whole number of seconds from 1 to 604800 (as
+ * check_settings allows; 300.0 is 300), PAYMENTS_DEFAULT_TOLERANCE when
+ * absent, or -1 when it is something else.
+ */
+int
+SettingTolerance(Jsonb *settings)
+{
+	JsonbValue	value;
+	char	   *text;
+	int			len;
+	int64		seconds;
+
+	if (!SettingValue(settings, "tolerance", &value))
+		return PAYMENTS_DEFAULT_TOLERANCE;
+	if (value.type != jbvNumeric)
+		return -1;
+	text = DatumGetCString(DirectFunctionCall1(numeric_out,
+											   NumericGetDatum(value.val.numeric)));
+	len = strlen(text);
+	if (strchr(text, '.') != NULL)
+	{
+		while (len > 0 && text[len - 1] == '0')
+			len--;
+		if (len == 0 || text[len - 1] != '.')
+			return -1;
+		len--;
+	}
+	if (!ParseUnixSeconds(text, len, &seconds) || seconds < 1 || seconds > 604800)
+		return -1;
+	return (int) seconds;
 }
 
 /* A boolean setting, or the default when absent or not a boolean */

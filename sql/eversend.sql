@@ -104,6 +104,14 @@ SELECT * FROM pg_temp.ev('{"transactionId":"EVS11","status":"pending"}', :'secre
 SELECT * FROM pg_temp.ev('{"transactionId":"EVS11","status":"pending"}', 'eversend_new_secret');
 SELECT count(*) AS eversend_events FROM payments.events WHERE provider = 'ev';
 
+-- an algorithm changed behind register_provider's back: the server's problem (503), not a 400
+BEGIN;
+UPDATE payments.providers SET settings = '{"algorithm": "md5"}' WHERE name = 'ev';
+\set VERBOSITY sqlstate
+SELECT * FROM pg_temp.ev('{"transactionId":"EVS12","status":"pending"}', 'eversend_new_secret');
+\set VERBOSITY default
+ROLLBACK;
+
 -- leave nothing behind for the tests that follow
 DELETE FROM payments.payments WHERE provider = 'ev';
 DELETE FROM payments.events WHERE provider = 'ev';

@@ -154,6 +154,10 @@ SELECT payments.verify_hmac('{}'::bytea, '[]', 'k', '{"header": "x-sig"}');
 SELECT payments.settings_problem('hmac', '{"header": "x-sig", "receipt_prefix": "PS"}') IS NULL AS receipt_prefix_ok,
 	   payments.verify_hmac('{}'::bytea, '{}', 'k', '{"header": "x-sig", "receipt_prefix": "PS"}') AS receipt_prefix_verify;
 SELECT count(*) AS registered FROM payments.providers WHERE name = 'h';
+-- settings_problem may be called directly: settings that are no object are a problem, for every kind
+SELECT k.kind, count(*) AS tried, array_agg(DISTINCT payments.settings_problem(k.kind, s.settings)) AS problems
+  FROM payments.provider_kinds k, (VALUES ('[]'::jsonb), ('["a", "b", "c", "d"]'), ('"x"'), ('42'), ('null')) AS s (settings)
+ GROUP BY 1 ORDER BY 1;
 
 -- Event ids and types by path: the first string or number found; nothing found, the body hash
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": "$.data.id", "event_type_path": "$.kind"}');
@@ -208,6 +212,15 @@ SELECT payments.revoke_secret(:ts_old);
 SELECT * FROM pg_temp.ts('{"id":"t5"}', 0, 'k');
 SELECT * FROM pg_temp.ts('{"id":"t5"}', 0, 'k2');
 SELECT reason FROM payments.rejections WHERE provider = 'ts' ORDER BY id;
+
+-- settings changed behind register_provider's back are the server's problem, not the delivery's:
+-- not a data exception (class 22, which the shim answers 400), so the sender retries on a 503
+BEGIN;
+UPDATE payments.providers SET settings = '{"header": "x-sig", "algorithm": "md5"}' WHERE name = 'ts';
+\set VERBOSITY sqlstate
+SELECT * FROM pg_temp.ts('{"id":"t6"}', 0, 'k2');
+\set VERBOSITY default
+ROLLBACK;
 
 -- leave nothing behind for the tests that follow
 DELETE FROM payments.payments WHERE provider IN ('paystack', 'github', 'h', 'ts');

@@ -7,6 +7,11 @@ SELECT payments.add_endpoint('all-payments', 'https://crm.example/hooks', 'whsec
 SELECT payments.add_endpoint('paid-only', 'https://crm.example/paid', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{payment.paid}') IS NOT NULL AS added;
 SELECT payments.add_endpoint('raw-stripe', 'https://audit.example/raw', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{event.ob.*}') IS NOT NULL AS added;
 SELECT payments.add_endpoint('raw-refunds', 'https://audit.example/refunds', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{event.ob.charge.refunded,payment.refunded}') IS NOT NULL AS added;
+-- the table itself refuses a secret the signing step could not use
+\set VERBOSITY terse
+UPDATE payments.endpoints SET secret = 'whsec_abc' WHERE name = 'raw-refunds';
+UPDATE payments.endpoints SET secret = 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' WHERE name = 'raw-refunds';
+\set VERBOSITY default
 
 CREATE FUNCTION pg_temp.deliver(body text) RETURNS text LANGUAGE sql AS $$
 	WITH b AS (SELECT convert_to(body, 'UTF8') AS b, floor(extract(epoch FROM clock_timestamp()))::bigint AS t)

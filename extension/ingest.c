@@ -10,6 +10,7 @@
  */
 #include "payments.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -394,6 +395,15 @@ ingest(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	IngestDelivery(&delivery, &result);
+
+	/*
+	 * A duplicate writes nothing, so this transaction's commit would flush
+	 * nothing; but the event it repeats may have been committed
+	 * asynchronously (by a batch of the shim) and not be on disk yet, and a
+	 * 200 stops the sender's retries.  So flush first, as a commit would.
+	 */
+	if (strcmp(result.outcome, "duplicate") == 0 && synchronous_commit > SYNCHRONOUS_COMMIT_OFF)
+		FlushWrittenWal();
 
 	values[0] = Int32GetDatum(result.http_status);
 	values[1] = CStringGetTextDatum(result.outcome);

@@ -7,6 +7,7 @@
 
 #include "postgres.h"
 
+#include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
@@ -257,6 +258,9 @@ extern struct _SPI_plan *KeptPlan(struct _SPI_plan **plan, const char *sql, int 
 extern struct _SPI_plan *KeptGenericPlan(struct _SPI_plan **plan, const char *sql, int nargs,
 										 Oid *argtypes);
 extern Datum ArrayParam(Datum *elems, bool *nulls, int n, Oid elemtype);
+
+/* wal_flush.c */
+extern XLogRecPtr FlushWrittenWal(void);
 
 /* subtransaction.c */
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);

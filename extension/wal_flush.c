@@ -15,7 +15,8 @@
  * own receipts.  The flush covers everything written before it, not only
  * the caller's commit: a batch may have answered on what another batch
  * committed (an event already stored, a duplicate), and that answer must
- * not be given before that commit is durable too.
+ * not be given before that commit is durable too.  payments.ingest flushes
+ * the same way before answering a duplicate (ingest.c).
  */
 #include "payments.h"
 
@@ -27,12 +28,12 @@
 PG_FUNCTION_INFO_V1(flush_wal);
 
 /*
- * SQL: payments.flush_wal() returns pg_lsn.  Flushes the WAL up to where it
- * has been written when called, waits for synchronous standbys as a commit
- * would (under the caller's synchronous_commit), and returns that position.
+ * Flushes the WAL up to where it has been written when called, waits for
+ * synchronous standbys as a commit would (under the caller's
+ * synchronous_commit), and returns that position.
  */
-Datum
-flush_wal(PG_FUNCTION_ARGS)
+XLogRecPtr
+FlushWrittenWal(void)
 {
 	XLogRecPtr	upto;
 
@@ -49,5 +50,12 @@ flush_wal(PG_FUNCTION_ARGS)
 		upto -= SizeOfXLogShortPHD;
 	XLogFlush(upto);
 	SyncRepWaitForLSN(upto, true);
-	PG_RETURN_LSN(upto);
+	return upto;
+}
+
+/* SQL: payments.flush_wal() returns pg_lsn: FlushWrittenWal */
+Datum
+flush_wal(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_LSN(FlushWrittenWal());
 }

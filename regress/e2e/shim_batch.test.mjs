@@ -294,6 +294,27 @@ describe('group commit', () => {
 		assert.equal(stored(ids), ids.length);
 	});
 
+	test('a duplicate is answered only once the event it repeats is durable', async () => {
+		// The WAL writer stopped, an event committed asynchronously (as a batch commits) stays
+		// unflushed. A lone delivery of it again is a duplicate: its transaction writes nothing, so
+		// its commit flushes nothing, and payments.ingest must flush before answering on it.
+		const walwriter = Number(cluster.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'"));
+		const d = delivery(`evt_durable_${++seq}`);
+		const vars = { h: JSON.stringify(d.headers), b: d.body };
+		const ingest = "SELECT outcome FROM payments.ingest('stripe', :'h'::jsonb, convert_to(:'b', 'UTF8'));";
+		process.kill(walwriter, 'SIGSTOP');
+		try {
+			const out = cluster.psqlVars(`SET synchronous_commit = off;\n${ingest}\n` +
+				'SELECT pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn();\nSELECT pg_current_wal_insert_lsn();', vars).split('\n');
+			assert.deepEqual(out.slice(0, 2), ['applied', 't'], 'committed, not yet flushed');
+			assert.equal(cluster.psqlVars(ingest, vars), 'duplicate');
+			assert.equal(cluster.psql(`SELECT pg_current_wal_flush_lsn() >= '${out[2]}'::pg_lsn`), 't',
+				'the event the duplicate repeats is flushed');
+		} finally {
+			process.kill(walwriter, 'SIGCONT');
+		}
+	});
+
 	test('payments.flush_wal() waits for a synchronous standby as a commit does', async () => {
 		// psql with a statement timeout; returns what it printed on stderr (the warnings) and how long it took
 		const flushWithin = (ms) => {

@@ -27,12 +27,17 @@
 #define FORWARDED_MAX_HEADERS	16
 #define FORWARDED_MAX_HOPS		32
 
-/* The X-Forwarded-For header lines of a request, in arrival order */
+/*
+ * The last FORWARDED_MAX_HEADERS X-Forwarded-For header lines of a request,
+ * line i (from 0, in arrival order) at i % FORWARDED_MAX_HEADERS: the walk
+ * starts from the last line, the one the nearest proxy may have appended,
+ * so lines a client sent before it are the ones to drop.
+ */
 typedef struct ForwardedList
 {
 	const char *values[FORWARDED_MAX_HEADERS];
 	size_t		lengths[FORWARDED_MAX_HEADERS];
-	size_t		count;
+	size_t		count;			/* lines seen, kept or not */
 } ForwardedList;
 
 static const unsigned char v4_mapped_prefix[12] =
@@ -189,10 +194,8 @@ collect_forwarded(void *cls, enum MHD_ValueKind kind,
 		key_size != strlen(FORWARDED_FOR_HEADER) ||
 		strncasecmp(key, FORWARDED_FOR_HEADER, key_size) != 0)
 		return MHD_YES;
-	if (list->count == FORWARDED_MAX_HEADERS)
-		return MHD_NO;
-	list->values[list->count] = value;
-	list->lengths[list->count] = value_size;
+	list->values[list->count % FORWARDED_MAX_HEADERS] = value;
+	list->lengths[list->count % FORWARDED_MAX_HEADERS] = value_size;
 	list->count++;
 	return MHD_YES;
 }
@@ -215,10 +218,10 @@ client_ip_forwarded(struct MHD_Connection *conn, const IpAddr *peer,
 	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_forwarded,
 								&list);
 
-	for (size_t h = list.count; h > 0; h--)
+	for (size_t h = list.count; h > 0 && list.count - h < FORWARDED_MAX_HEADERS; h--)
 	{
-		const char *value = list.values[h - 1];
-		size_t		end = list.lengths[h - 1];
+		const char *value = list.values[(h - 1) % FORWARDED_MAX_HEADERS];
+		size_t		end = list.lengths[(h - 1) % FORWARDED_MAX_HEADERS];
 
 		while (end > 0)
 		{

@@ -55,7 +55,9 @@ batch_take(PendingIngest **items)
 	size_t		bytes = 0;
 
 	while (queue_head != NULL && n < shim_config.batch_max &&
-		   (n == 0 || queue_head->req.body_len <= BATCH_MAX_BODY_BYTES - bytes))
+		   (n == 0 ||
+			(bytes <= BATCH_MAX_BODY_BYTES &&
+			 queue_head->req.body_len <= BATCH_MAX_BODY_BYTES - bytes)))
 	{
 		bytes += queue_head->req.body_len;
 		items[n++] = queue_head;

@@ -808,10 +808,18 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	/* committed but not known durable: not answered 2xx (the sender retries) */
 	if (committed && flushed && !lost)
 	{
-		/* a row per request, each of its own; a missing one is unusable */
+		/*
+		 * A row per request, each of its own, in order.  Rows that do not
+		 * match the requests one for one cannot be told apart: none is used
+		 * (each request is answered 503 and sent again, a duplicate).
+		 */
+		bool		matched = (answers != NULL && PQntuples(answers) == (int) n);
+
+		if (!matched)
+			log_db_error(LOG_ERROR, NULL, "payments.ingest_batch answered a row count other than its deliveries'",
+						 NULL, "every request of the batch is answered 503");
 		for (unsigned int i = 0; i < n; i++)
-			rows[i] = (answers != NULL && i < (unsigned int) PQntuples(answers)) ?
-				batch_row(answers, (int) i) : NULL;
+			rows[i] = matched ? batch_row(answers, (int) i) : NULL;
 		PQclear(answers);
 		return DB_OK;
 	}

@@ -179,6 +179,39 @@ describe('group commit', () => {
 		}
 	});
 
+	test('a body over 64 MB goes alone (a --max-body above the batch cap)', async () => {
+		const big = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-max', '64', '--batch-concurrency', '1',
+			'--max-body', String(80 << 20), '--log-level', 'warning']);
+		await big.start();
+		try {
+			const send = (id, size) => {
+				const body = JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded', created: Math.floor(Date.now() / 1000),
+					padding: 'p'.repeat(size), data: { object: { id: `pi_${id}`, object: 'payment_intent', amount: 1000, currency: 'usd' } } });
+				return request(big.port, { method: 'POST', path: '/webhooks/stripe', body, timeoutMs: 60000, headers: {
+					'content-type': 'application/json', 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } });
+			};
+			const ids = Array.from({ length: 5 }, () => `evt_hugebody_${++seq}`);
+			const lock = await holdEvents();
+			const first = send(ids[0], 10);
+			await lockWaiters(1);
+			const huge = send(ids[1], 65 << 20);
+			await sleep(1500);		// the huge one queued first
+			const small = ids.slice(2).map((id) => send(id, 10));
+			await sleep(500);
+			await lock.release();
+			const res = await Promise.all([first, huge, ...small]);
+			assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
+			const batches = cluster.psqlVars(`SELECT string_agg(n::text, ' ' ORDER BY n DESC, big)
+				FROM (SELECT count(*) AS n, bool_or(octet_length(body) > 64 * 1024 * 1024) AS big FROM payments.events
+					   WHERE event_id = ANY(string_to_array(:'ids', ',')) GROUP BY xmin::text) t`, { ids: ids.join(',') });
+			assert.equal(batches, '3 1 1', 'the first alone, the huge one alone, then the three small ones');
+		} finally {
+			const { code } = await big.stop();
+			assert.deepEqual(big.sanitizerReports(), []);
+			assert.equal(code, 0);
+		}
+	});
+
 	test('a batch carries each delivery byte for byte, with its headers, address and request id', async () => {
 		const ids = Array.from({ length: 8 }, () => `evt_bytes_${++seq}`);
 		const bodies = ids.map((id, i) => JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded',
@@ -271,6 +304,30 @@ describe('group commit', () => {
 		assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503));
 		assert.equal(stored(ids.slice(1)), 0);
 		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1);
+	});
+
+	test('answers that do not match the batch one for one are none of them used: 503, and sent again, duplicates', async () => {
+		const ids = Array.from({ length: 6 }, () => `evt_rowcount_${++seq}`);
+		const { lock, answers } = await batchBehindLock(ids);
+		// payments.ingest_batch as a version that loses its second row
+		cluster.psql(`ALTER FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]) RENAME TO ingest_batch_whole;
+			CREATE FUNCTION payments.ingest_batch(p text[], h jsonb[], b bytea[], ip inet[], r text[])
+			RETURNS TABLE (http_status integer, outcome text, event_id text, sqlstate text, error text)
+			LANGUAGE sql AS $$ SELECT x.http_status, x.outcome, x.event_id, x.sqlstate, x.error
+								 FROM payments.ingest_batch_whole(p, h, b, ip, r) WITH ORDINALITY AS x WHERE x.ordinality <> 2 $$`);
+		try {
+			await lock.release();
+			const res = await answers();
+			assert.equal(res[0].status, 200, 'the first went alone');
+			assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503));
+		} finally {
+			cluster.psql(`DROP FUNCTION payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[]);
+				ALTER FUNCTION payments.ingest_batch_whole(text[], jsonb[], bytea[], inet[], text[]) RENAME TO ingest_batch`);
+		}
+		assert.equal(stored(ids), ids.length, 'committed all the same');
+		assert.match(shim.stderr, /answered a row count other than its deliveries'/);
+		const again = await Promise.all(ids.slice(1).map((id) => send(id)));
+		assert.deepEqual(again.map((r) => [r.status, r.json.outcome]), ids.slice(1).map(() => [200, 'duplicate']));
 	});
 
 	test('a batch committed but not known durable is not answered 2xx; sent again, its deliveries are duplicates', async () => {

@@ -216,6 +216,12 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await postStripe(shim.port, garbage, { localAddress: '127.0.0.3' })).status, 200);
 		assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",
 			{ e: garbage.id }), '198.51.100.8');
+		// a proxy that appends a line of its own (HAProxy's option forwardfor) after many a client sent:
+		// the last lines are the ones read
+		const appended = stripeDelivery({ 'x-forwarded-for': [...Array(20).fill('198.51.100.66'), '203.0.113.77'] });
+		assert.equal((await postStripe(shim.port, appended, { localAddress: '127.0.0.3' })).status, 200);
+		assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",
+			{ e: appended.id }), '203.0.113.77');
 		// rate limits apply per forwarded client: one client behind the proxy is limited alone
 		const statuses = [];
 		for (let i = 0; i < 16; i++) {

@@ -683,9 +683,21 @@ drain(const sigset_t *signals, int64_t *next_tick)
 	{
 		if (now_ms() >= deadline)
 		{
+			sigset_t	stop_signals;
+
 			log_shutdown(LOG_WARNING,
 						 "shutdown timeout, cancelling database queries and closing connections",
 						 0);
+			/*
+			 * A cancel request opens a connection of its own, which can block
+			 * for the kernel's connect timeout when the database host is
+			 * unreachable: from here a further SIGTERM or SIGINT ends the
+			 * process at once (default action).
+			 */
+			sigemptyset(&stop_signals);
+			sigaddset(&stop_signals, SIGTERM);
+			sigaddset(&stop_signals, SIGINT);
+			pthread_sigmask(SIG_UNBLOCK, &stop_signals, NULL);
 			batch_abandon();
 			db_cancel_all();
 			return;

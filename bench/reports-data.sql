@@ -72,12 +72,19 @@ SELECT h.payment_id, h.from_status, h.to_status, h.event_id, h.status_at, h.stat
 	   AS h (payment_id, from_status, to_status, event_id, status_at)
  ORDER BY h.status_at, h.payment_id;
 
+-- the money given back, as apply_change records it, at the refund's time
+INSERT INTO payments.refunds (payment_id, amount, refunded_at, recorded_at)
+SELECT p.id, payments.refunded_total(p.status, p.amount, p.amount_refunded), p.created_at + interval '3 days',
+	   p.created_at + interval '3 days'
+  FROM payments.payments p WHERE p.status IN ('refunded', 'partially_refunded')
+ ORDER BY 3, 1;
+
 INSERT INTO payments.fx_rates (day, currency, rate)
 SELECT d::date, c, CASE c WHEN 'EUR' THEN 1.08 WHEN 'ZWG' THEN 0.037 ELSE 0.00027 END
   FROM generate_series(date '2024-01-01', date '2025-12-31', '1 day') AS d, unnest(ARRAY['EUR', 'ZWG', 'UGX']) AS c
  WHERE d::date <> date '2025-03-01';	-- one missing day, to show it is reported
 
-VACUUM (ANALYZE) payments.payments, payments.events, payments.status_history, payments.fx_rates;
+VACUUM (ANALYZE) payments.payments, payments.events, payments.status_history, payments.refunds, payments.fx_rates;
 SELECT pg_size_pretty(pg_total_relation_size('payments.payments')) AS payments_size,
 	   pg_size_pretty(pg_total_relation_size('payments.events')) AS events_size,
 	   (SELECT count(*) FROM payments.payments) AS payments, (SELECT count(*) FROM payments.events) AS events;

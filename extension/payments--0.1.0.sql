@@ -512,6 +512,22 @@ CREATE INDEX refused_transitions_payment_idx ON payments.refused_transitions (pa
 COMMENT ON TABLE payments.refused_transitions IS
 	'Transitions an event asked for and the state machine refused (not allowed, or older than the current status)';
 
+-- A payment's refunded total is a running total (refund events report it so far, a refunded
+-- status means all of it): a day's refunds are the increases of those totals made that day, kept
+-- here when apply_change makes them, since a second partial refund changes no status.
+CREATE TABLE payments.refunds (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	payment_id		bigint NOT NULL REFERENCES payments.payments (id) ON DELETE CASCADE,
+	amount			numeric NOT NULL CHECK (amount > 0),
+	refunded_at		timestamptz NOT NULL,
+	event_id		bigint REFERENCES payments.events (id),
+	recorded_at		timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX refunds_payment_idx ON payments.refunds (payment_id);
+CREATE INDEX refunds_at_idx ON payments.refunds (refunded_at);
+COMMENT ON TABLE payments.refunds IS
+	'Money given back: each increase of a payment''s refunded total (a refund, a dispute lost), in its currency''s major units, at the provider''s time of the event that reported it';
+
 -- a domain rather than a table check, like payments.event_state: the counter is written by every
 -- paying transaction
 CREATE DOMAIN payments.receipt_serial AS integer CHECK (VALUE BETWEEN 1 AND 999999);
@@ -666,6 +682,13 @@ CREATE CONSTRAINT TRIGGER status_history_at_commit
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.transition_committed();
 
+CREATE FUNCTION payments.refunded_total(status payments.payment_status, amount numeric, amount_refunded numeric)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN status = 'refunded' THEN coalesce(amount, amount_refunded) ELSE amount_refunded END;
+COMMENT ON FUNCTION payments.refunded_total(payments.payment_status, numeric, numeric) IS
+	'What a payment has given back so far: all of it once refunded, else its amount_refunded';
+
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
 LANGUAGE plpgsql
@@ -673,6 +696,9 @@ AS $$
 DECLARE
 	pay		payments.payments;
 	at		timestamptz := coalesce(change.status_at, now());
+	refunded_before numeric;
+	refunded_after numeric;
+	outcome	text;
 BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
@@ -694,11 +720,16 @@ BEGIN
 				payments.e164_digits(change.donor_phone), change.donor_email, payments.country_code(change.country),
 				coalesce(change.metadata, '{}'), at, CASE WHEN change.status = 'paid' THEN at END)
 		ON CONFLICT (provider, provider_ref) DO NOTHING
-		RETURNING p.id, p.status INTO pay.id, pay.status;
+		RETURNING p.id, p.status, payments.refunded_total(p.status, p.amount, p.amount_refunded)
+		INTO pay.id, pay.status, refunded_after;
 		IF FOUND THEN
 			-- a paid one gets its receipt number at commit (payments.transition_committed)
 			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 			VALUES (pay.id, NULL, pay.status, event_row, at);
+			IF refunded_after > 0 THEN
+				INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
+				VALUES (pay.id, refunded_after, at, event_row);
+			END IF;
 			RETURN 'applied';
 		END IF;
 	END IF;
@@ -710,14 +741,16 @@ BEGIN
 	IF NOT FOUND THEN
 		RETURN 'unresolved';
 	END IF;
+	refunded_before := payments.refunded_total(pay.status, pay.amount, pay.amount_refunded);
 
-	-- details the payment does not know yet are filled in; what it knows is kept
+	-- details the payment does not know yet are filled in; what it knows is kept, and the fee is
+	-- taken only from news not older than its status (or when it has none)
 	UPDATE payments.payments p
 	   SET reference = coalesce(p.reference, change.reference),
 		   amount = coalesce(p.amount, change.amount),
 		   currency = coalesce(p.currency, upper(change.currency)),
 		   amount_refunded = greatest(p.amount_refunded, coalesce(change.amount_refunded, 0)),
-		   fee = coalesce(change.fee, p.fee),
+		   fee = CASE WHEN p.fee IS NULL OR at >= p.status_at THEN coalesce(change.fee, p.fee) ELSE p.fee END,
 		   method = coalesce(p.method, change.method),
 		   donor_name = coalesce(p.donor_name, change.donor_name),
 		   donor_phone = coalesce(p.donor_phone, payments.e164_digits(change.donor_phone)),
@@ -732,33 +765,48 @@ BEGIN
 	IF change.status = 'refunded' AND change.amount_refunded < pay.amount THEN
 		change.status := 'partially_refunded';
 	END IF;
-	IF change.status = pay.status THEN
-		RETURN 'ignored';
-	END IF;
-	IF at < pay.status_at THEN
+	IF change.status = 'paid' AND pay.paid_at IS NULL
+	   AND pay.status IN ('partially_refunded', 'refunded', 'disputed') THEN
+		-- news that it was paid, after a refund or dispute already moved it past paid (out of
+		-- order): no move back, but a fact, which its paid time and receipt show as in order
+		UPDATE payments.payments p SET paid_at = at WHERE p.id = pay.id;
+		PERFORM payments.issue_receipt(pay.id, at);
+		outcome := 'applied';
+	ELSIF change.status = pay.status THEN
+		outcome := 'ignored';
+	ELSIF at < pay.status_at THEN
 		INSERT INTO payments.refused_transitions (payment_id, from_status, to_status, event_id, reason)
 		VALUES (pay.id, pay.status, change.status, event_row, 'older than the current status');
-		RETURN 'ignored';
-	END IF;
-	IF NOT EXISTS (SELECT FROM payments.transitions t
-				   WHERE t.from_status = pay.status AND t.to_status = change.status) THEN
+		outcome := 'ignored';
+	ELSIF NOT EXISTS (SELECT FROM payments.transitions t
+					  WHERE t.from_status = pay.status AND t.to_status = change.status) THEN
 		INSERT INTO payments.refused_transitions (payment_id, from_status, to_status, event_id, reason)
 		VALUES (pay.id, pay.status, change.status, event_row, 'transition not allowed');
-		RETURN 'ignored';
+		outcome := 'ignored';
+	ELSE
+		UPDATE payments.payments p
+		   SET status = change.status,
+			   status_at = at,
+			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END
+		 WHERE p.id = pay.id;
+		INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
+		VALUES (pay.id, pay.status, change.status, event_row, at);
+		outcome := 'applied';
 	END IF;
 
-	UPDATE payments.payments p
-	   SET status = change.status,
-		   status_at = at,
-		   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END
-	 WHERE p.id = pay.id;
-	INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
-	VALUES (pay.id, pay.status, change.status, event_row, at);
-	RETURN 'applied';
+	-- money given back, whether or not the status moved (a second partial refund does not)
+	SELECT payments.refunded_total(p.status, p.amount, p.amount_refunded) INTO refunded_after
+	  FROM payments.payments p WHERE p.id = pay.id;
+	IF refunded_after > coalesce(refunded_before, 0) THEN
+		INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
+		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), at, event_row);
+		outcome := 'applied';
+	END IF;
+	RETURN outcome;
 END
 $$;
 COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) IS
-	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition; returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
+	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds; returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Stripe
@@ -1190,6 +1238,8 @@ SELECT pg_catalog.pg_extension_config_dump('payments.refused_transitions', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.refused_transitions_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.receipt_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.receipts', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.refunds', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.refunds_id_seq', '');
 
 --------------------------------------------------------------------------------------------------
 -- Kind meta: WhatsApp Cloud API (X-Hub-Signature-256, batches, GET subscription handshake)
@@ -1527,12 +1577,10 @@ BEGIN
 		 WHERE coalesce(p.paid_at, p.created_at) >= lo AND coalesce(p.paid_at, p.created_at) < hi
 		   AND p.kind = 'collection' AND (p.paid_at IS NOT NULL OR p.status IN ('failed', 'cancelled'))
 	), refunds AS (
-		SELECT DISTINCT ON (h.payment_id) p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth,
-			   CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END AS amount
-		  FROM payments.status_history h
-		  JOIN payments.payments p ON p.id = h.payment_id
-		 WHERE h.status_at >= lo AND h.status_at < hi
-		   AND h.to_status IN ('refunded', 'partially_refunded') AND p.kind = 'collection'
+		SELECT p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth, f.amount
+		  FROM payments.refunds f
+		  JOIN payments.payments p ON p.id = f.payment_id
+		 WHERE f.refunded_at >= lo AND f.refunded_at < hi AND p.kind = 'collection'
 	), lines AS (
 		SELECT s.cur, s.meth, s.amount, s.fee, s.status, s.paid_at, s.receipt_no, s.donor_key, s.first_gift,
 			   NULL::numeric AS refund
@@ -1560,7 +1608,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.daily_report(date) IS
-	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day), failed or cancelled (first seen that day), refunds made that day, donors giving for the first time, receipts issued with the first and last number';
+	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day), failed or cancelled (first seen that day), refunds made that day (payments.refunds: count and amount), donors giving for the first time, receipts issued with the first and last number';
 
 CREATE FUNCTION payments.daily_report_csv(day date)
 RETURNS text
@@ -1615,13 +1663,15 @@ BEGIN
 	SELECT t.rnk, payments.mask_donor(t.donor_key), t.name, t.cur, t.gifts, t.total, t.first_gift, t.last_gift
 	  FROM (SELECT DISTINCT d.cur FROM d) AS c
 	 CROSS JOIN LATERAL (
-		SELECT x.*, row_number() OVER (ORDER BY x.total DESC, x.donor_key) AS rnk
-		  FROM (SELECT d.* FROM d WHERE d.cur = c.cur ORDER BY d.total DESC, d.donor_key LIMIT greatest(n, 0)) AS x) AS t
-	 ORDER BY t.cur, t.rnk;
+		-- equal totals share a rank; a total unknown (an amount missing) ranks last
+		SELECT x.*, rank() OVER (ORDER BY x.total DESC NULLS LAST) AS rnk
+		  FROM (SELECT d.* FROM d WHERE d.cur = c.cur
+				 ORDER BY d.total DESC NULLS LAST, d.donor_key LIMIT greatest(n, 0)) AS x) AS t
+	 ORDER BY t.cur, t.rnk, t.donor_key;
 END
 $$;
 COMMENT ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) IS
-	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; donor masked';
+	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; equal totals share a rank (the n rows cut among them by donor); donor masked';
 
 CREATE FUNCTION payments.currency_summary(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (currency text, paid bigint, gross numeric, fees numeric, refunded numeric, net numeric,
@@ -1728,7 +1778,7 @@ COMMENT ON FUNCTION payments.method_summary(timestamptz, timestamptz) IS
 
 CREATE FUNCTION payments.earnings(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (provider text, currency text, paid bigint, gross numeric, fees numeric,
-			   fee_rate numeric, net numeric)
+			   fee_rate numeric, net numeric, fee_unknown bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- plans are made for the range asked (see payments_at_stats), without JIT
@@ -1739,8 +1789,11 @@ AS $$
 BEGIN
 	RETURN QUERY
 	SELECT p.provider, p.currency::text, count(*), sum(p.amount), coalesce(sum(p.fee), 0),
-		   CASE WHEN sum(p.amount) > 0 THEN round(100 * coalesce(sum(p.fee), 0) / sum(p.amount), 2) END,
-		   sum(p.amount) - coalesce(sum(p.fee), 0)
+		   -- over the payments whose fee is known (Stripe's events carry none)
+		   CASE WHEN sum(p.amount) FILTER (WHERE p.fee IS NOT NULL) > 0
+				THEN round(100 * sum(p.fee) / sum(p.amount) FILTER (WHERE p.fee IS NOT NULL), 2) END,
+		   sum(p.amount) - coalesce(sum(p.fee), 0),
+		   count(*) FILTER (WHERE p.fee IS NULL)
 	  FROM payments.payments p
 	 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
 	   AND p.paid_at IS NOT NULL AND p.kind = 'collection'
@@ -1749,7 +1802,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.earnings(timestamptz, timestamptz) IS
-	'Fees (the providers'' commissions) on collections paid in [from_ts, to_ts) by provider and currency, with the fee rate in percent of gross';
+	'Fees (the providers'' commissions) on collections paid in [from_ts, to_ts) by provider and currency, with the fee rate in percent of the gross of the payments whose fee is known (NULL when none is), and how many payments have no fee known';
 
 CREATE FUNCTION payments.donor_history(donor text)
 RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,

@@ -243,9 +243,15 @@ stripe_change(PG_FUNCTION_ARGS)
 	{
 		currency = DatumGetTextPP(DirectFunctionCall1Coll(upper, DEFAULT_COLLATION_OID,
 														  PointerGetDatum(currency)));
-		/* Stripe treats MGA as zero-decimal, unlike ISO 4217 */
+		/*
+		 * Where Stripe's minor units differ from ISO 4217's: MGA is
+		 * zero-decimal for Stripe; ISK stays two-decimal in its API (100 is
+		 * one króna), though whole krónur only since 2023
+		 */
 		if (TextIs(currency, "MGA"))
 			exponent = 0;
+		else if (TextIs(currency, "ISK"))
+			exponent = 2;
 	}
 
 	if (created != NULL)

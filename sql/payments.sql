@@ -66,7 +66,9 @@ SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_ugx', 50000, '
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_jpy', 1200, 'jpy'), 1718000500);
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_kwd', 1234, 'kwd'), 1718000500);
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_mga', 5000, 'mga'), 1718000500);
-SELECT provider_ref, amount, currency FROM payments.payments WHERE provider_ref IN ('pi_ugx', 'pi_jpy', 'pi_kwd', 'pi_mga') ORDER BY 1;
+-- and ISK, two-decimal in Stripe's API though zero-decimal in ISO 4217: 500000 is 5,000 krónur
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_isk', 500000, 'isk'), 1718000500);
+SELECT provider_ref, amount, currency FROM payments.payments WHERE provider_ref IN ('pi_ugx', 'pi_jpy', 'pi_kwd', 'pi_mga', 'pi_isk') ORDER BY 1;
 SELECT payments.major_units(123456, 'usd'), payments.major_units(123456, 'BHD'), payments.major_units(5, 'XXX');
 -- an unknown currency: the event is kept, pending, with the error, for a DBA to look at
 SET client_min_messages = error;	-- the warning names the event's id, which depends on earlier tests
@@ -82,6 +84,27 @@ SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_b', 900), 1718
 SELECT payments.apply_event(:refund_event);
 SELECT payments.apply_event(:refund_event);
 SELECT * FROM tp.show('pi_b');
+
+-- refunded while known only as processing; the news that it was paid comes last (an older
+-- event): no move back, but its paid time and receipt, as in order
+SELECT tp.stripe('payshop', 'payment_intent.processing', tp.pi('pi_oo', 4000), 1718000000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_oo', 4000, 1000), 1718003600);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_oo', 4000), 1718000060);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_oo', 4000), 1718000060);
+SELECT status, amount_refunded, receipt_no IS NOT NULL AS has_receipt FROM tp.show('pi_oo');
+SELECT extract(epoch FROM paid_at) AS paid_at, extract(epoch FROM status_at) AS status_at FROM payments.payments WHERE provider_ref = 'pi_oo';
+-- two partial refunds: the second moves no status, and an older report of the total changes nothing
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_rr', 4000), 1718000000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_rr', 4000, 500), 1718086400);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_rr', 4000, 1500), 1718172800);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_rr', 4000, 500), 1718086400);
+SELECT status, amount_refunded FROM tp.show('pi_rr');
+-- the money given back, by increase of the refunded total (a second partial refund moves no
+-- status but is money given back all the same; a full refund gives back the rest)
+SELECT p.provider_ref, f.amount, extract(epoch FROM f.refunded_at) AS refunded_at, e.event_type
+  FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
+  LEFT JOIN payments.events e ON e.id = f.event_id
+ WHERE p.provider_ref IN ('pi_a', 'pi_oo', 'pi_rr') ORDER BY f.id;
 
 -- late capture: failed, then paid after all (receipt then)
 SELECT tp.stripe('payshop', 'payment_intent.payment_failed', tp.pi('pi_c', 700), 1718000800);
@@ -184,6 +207,9 @@ $$;
 SELECT tp.eversend('{"eventType":"transaction.pending","transactionId":"EVS1","transactionRef":"ORD-1","type":"collection","status":"pending","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:00:00.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.success","transactionId":"EVS1","transactionRef":"ORD-1","type":"collection","status":"successful","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:01:12.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.failed","data":{"transactionId":"EVS2","type":"payout","status":"failed","amount":"20.5","currency":"kes","updatedAt":"2024-06-10T09:00:00Z"}}');
+-- a late, older update (pending, no fees yet) changes neither the status nor the fee
+SELECT tp.eversend('{"eventType":"transaction.success","transactionId":"EVS3","transactionRef":"ORD-3","type":"collection","status":"successful","amount":"20000","currency":"UGX","fees":"600","createdAt":"2024-06-10T10:00:00.000Z","updatedAt":"2024-06-10T10:02:00.000Z"}');
+SELECT tp.eversend('{"eventType":"transaction.pending","transactionId":"EVS3","transactionRef":"ORD-3","type":"collection","status":"pending","amount":"20000","currency":"UGX","fees":"0","createdAt":"2024-06-10T10:00:00.000Z","updatedAt":"2024-06-10T10:00:30.000Z"}');
 SELECT provider_ref, reference, kind, status, amount, currency, fee, method, receipt_no, status_at
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'eversend' ORDER BY provider_ref;
 

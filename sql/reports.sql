@@ -52,6 +52,11 @@ SELECT p.id, 'paid', h.to_status, h.at::timestamptz
   FROM (VALUES ('pi_4', 'refunded', '2024-06-11 13:00+02'), ('pi_7', 'partially_refunded', '2024-06-10 18:00+02'))
 	   AS h(ref, to_status, at)
   JOIN payments.payments p ON p.provider_ref = h.ref;
+INSERT INTO payments.refunds (payment_id, amount, refunded_at)
+SELECT p.id, r.amount, r.at::timestamptz
+  FROM (VALUES ('pi_4', 100.00, '2024-06-11 13:00+02'), ('pi_7', 10.00, '2024-06-10 18:00+02'))
+	   AS r(ref, amount, at)
+  JOIN payments.payments p ON p.provider_ref = r.ref;
 
 -- who is a donor: e-mail (any case), else phone, else name
 SELECT provider_ref, donor_key FROM payments.payments ORDER BY provider_ref;
@@ -91,6 +96,17 @@ SELECT * FROM payments.donor_summary ORDER BY donor, currency;
 SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01');
 SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01', 'usd', 1);
 SELECT * FROM payments.top_donors('2024-06-11', '2024-06-12', n => 5);
+-- equal totals share a rank; a total unknown (an amount missing) comes last
+SAVEPOINT ties;
+INSERT INTO payments.payments (provider_ref, provider, status, amount, currency, fee, method, donor_name, created_at, paid_at, status_at)
+SELECT r, 'rp-stripe', 'paid', a, 'USD', f, 'card', nm, '2024-08-05 10:00+02', '2024-08-05 10:00+02', '2024-08-05 10:00+02'
+  FROM (VALUES ('tie_1', 30.00, NULL, 'Farai'), ('tie_2', 30.00, NULL, 'Chenai'), ('tie_3', NULL, NULL, 'Nobody Known'),
+			   ('tie_4', 20.00, 0.60, 'Rufaro'))
+	   AS v(r, a, f, nm);
+SELECT "rank", name, total FROM payments.top_donors('2024-08-01', '2024-09-01');
+-- the fee rate is over the payments whose fee is known (20.00 with 0.60: 3%), not 0.60 of 80.00
+SELECT * FROM payments.earnings('2024-08-01', '2024-09-01');
+ROLLBACK TO SAVEPOINT ties;
 -- no donors asked for, no rows
 SELECT count(*) FROM payments.top_donors('2024-06-01', '2024-07-01', n => 0);
 SELECT count(*) FROM payments.top_donors('2024-06-01', '2024-07-01', n => NULL);

@@ -436,7 +436,7 @@ INSERT INTO payments.transitions (from_status, to_status) VALUES
 	('cancelled', 'paid'),
 	('paid', 'partially_refunded'), ('paid', 'refunded'), ('paid', 'disputed'),
 	('partially_refunded', 'refunded'), ('partially_refunded', 'disputed'),
-	('disputed', 'paid'), ('disputed', 'refunded');
+	('disputed', 'paid'), ('disputed', 'partially_refunded'), ('disputed', 'refunded');
 
 -- The status of a payment and of its transitions: a domain rather than a foreign key to
 -- payments.statuses.  A foreign key is checked by a query per written row that also locks the
@@ -743,6 +743,17 @@ BEGIN
 	END IF;
 	refunded_before := payments.refunded_total(pay.status, pay.amount, pay.amount_refunded);
 
+	-- refund events report the total refunded so far: less than the amount is a partial refund
+	IF change.status = 'refunded' AND change.amount_refunded < coalesce(pay.amount, change.amount) THEN
+		change.status := 'partially_refunded';
+	END IF;
+	-- paid again (a dispute won) after part of the money was given back: partially refunded, so
+	-- that a dispute won before its opening arrives ends where it would in order
+	IF change.status = 'paid' AND pay.paid_at IS NOT NULL AND pay.status IN ('disputed', 'partially_refunded')
+	   AND greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) > 0 THEN
+		change.status := 'partially_refunded';
+	END IF;
+
 	-- details the payment does not know yet are filled in; what it knows is kept, and the fee is
 	-- taken only from news not older than its status (or when it has none)
 	UPDATE payments.payments p
@@ -761,10 +772,6 @@ BEGIN
 		   updated_at = now()
 	 WHERE p.id = pay.id;
 
-	-- refund events report the total refunded so far: less than the amount is a partial refund
-	IF change.status = 'refunded' AND change.amount_refunded < pay.amount THEN
-		change.status := 'partially_refunded';
-	END IF;
 	IF change.status = 'paid' AND pay.paid_at IS NULL
 	   AND pay.status IN ('partially_refunded', 'refunded', 'disputed') THEN
 		-- news that it was paid, after a refund or dispute already moved it past paid (out of

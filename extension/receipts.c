@@ -56,6 +56,8 @@ static int	noted_space = 0;
 static int	settled_count = 0;	/* noted[0 .. settled_count - 1] are settled */
 static int64 *taken_ids = NULL; /* of those, the ones numbered together, sorted */
 static int	taken_count = 0;
+static KeptStamp settled_stamp;	/* when they were settled: a subtransaction
+								 * aborted since may have undone it */
 
 /*
  * Fewer payments than this are numbered alone: for two, the two statements
@@ -324,9 +326,17 @@ ReceiptTakenWithBatch(int64 payment_id)
 {
 	if (!KeptInThisTransaction(&noted_stamp) || noted_count == 0)
 		return false;
+	/*
+	 * Numbered early (SET CONSTRAINTS ... IMMEDIATE) in a subtransaction
+	 * rolled back since: the receipts went with it, and the triggers fire
+	 * again at the commit.  Settle every note again.
+	 */
+	if (settled_count > 0 && !KeptIsCurrent(&settled_stamp))
+		settled_count = taken_count = 0;
 	if (noted_count - settled_count >= RECEIPTS_TOGETHER_MIN)
 		NumberNotedPayments();
 	settled_count = noted_count;
+	KeptStampNow(&settled_stamp);
 	return taken_count > 0 &&
 		bsearch(&payment_id, taken_ids, taken_count, sizeof(int64), CompareInt64) != NULL;
 }

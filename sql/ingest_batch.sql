@@ -237,6 +237,20 @@ SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_r9", "etype": "
 COMMIT;
 SELECT provider_ref, receipt_no FROM tb.receipts() WHERE provider_ref IN ('pi_bt_r7', 'pi_bt_r8', 'pi_bt_r9') ORDER BY receipt_no;
 SELECT prefix, day, last_no FROM payments.receipt_counters WHERE prefix = 'RC' ORDER BY 1, 2;
+-- numbered early (the constraint made immediate) in a savepoint then rolled back: the numbers go
+-- back, and the commit numbers the batch's payments again
+BEGIN;
+SELECT count(*) AS stored FROM tb.batch('[
+	{"provider": "batch-rd", "evt": "evt_bt_s1", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_s1", "amount": 100, "currency": "usd"}, "ts": 1718000200},
+	{"provider": "batch-rd", "evt": "evt_bt_s2", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_s2", "amount": 100, "currency": "usd"}, "ts": 1718000200},
+	{"provider": "batch-rd", "evt": "evt_bt_s3", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_s3", "amount": 100, "currency": "usd"}, "ts": 1718000200}]');
+SAVEPOINT early;
+SET CONSTRAINTS payments.status_history_at_commit IMMEDIATE;
+SELECT count(*) AS numbered_early FROM tb.receipts() WHERE provider_ref LIKE 'pi_bt_s%';
+ROLLBACK TO SAVEPOINT early;
+SELECT count(*) AS numbered_after_rollback FROM tb.receipts() WHERE provider_ref LIKE 'pi_bt_s%';
+COMMIT;
+SELECT provider_ref, receipt_no FROM tb.receipts() WHERE provider_ref LIKE 'pi_bt_s%' ORDER BY receipt_no;
 
 -- payments.flush_wal(): the shim commits a batch with synchronous_commit off and calls it before
 -- answering.  After it, the WAL is flushed at least to where it had been written before the call

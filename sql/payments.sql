@@ -126,6 +126,18 @@ SELECT status FROM tp.show('pi_e');
 SELECT p.provider_ref, r.from_status, r.to_status, r.reason FROM payments.refused_transitions r
   JOIN payments.payments p ON p.id = r.payment_id WHERE p.provider_ref IN ('pi_d', 'pi_e') ORDER BY r.id;
 
+-- a dispute won after a partial refund leaves it partially refunded, in order and when the
+-- dispute's close arrives before its opening
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_w1', 5000), 1718001000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_w1', 5000, 1000), 1718001100);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_3","payment_intent":"pi_w1"}', 1718001500);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_3","payment_intent":"pi_w1","status":"won"}', 1718001900);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_w2', 5000), 1718001000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_w2', 5000, 1000), 1718001100);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_4","payment_intent":"pi_w2","status":"won"}', 1718001900);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_4","payment_intent":"pi_w2"}', 1718001500);
+SELECT provider_ref, status, amount_refunded FROM payments.payments WHERE provider_ref IN ('pi_w1', 'pi_w2') ORDER BY 1;
+
 -- checkout sessions: unpaid (async), then succeeded; another expires
 SELECT tp.stripe('payshop', 'checkout.session.completed', '{"id":"cs_1","payment_intent":"pi_f","payment_status":"unpaid","amount_total":1500,"currency":"usd","client_reference_id":"DON-77","payment_method_types":["ach_debit"],"customer_details":{"name":"Nyasha","email":"n@example.org","phone":"0771234567","address":{"country":"ZW"}}}', 1718002000);
 SELECT * FROM tp.show('pi_f');

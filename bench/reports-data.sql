@@ -76,7 +76,8 @@ SELECT h.payment_id, h.from_status, h.to_status, h.event_id, h.status_at, h.stat
 INSERT INTO payments.refunds (payment_id, amount, refunded_at, recorded_at)
 SELECT p.id, payments.refunded_total(p.status, p.amount, p.amount_refunded), p.created_at + interval '3 days',
 	   p.created_at + interval '3 days'
-  FROM payments.payments p WHERE p.status IN ('refunded', 'partially_refunded')
+  FROM payments.payments p
+ WHERE p.status IN ('refunded', 'partially_refunded') AND payments.refunded_total(p.status, p.amount, p.amount_refunded) > 0
  ORDER BY 3, 1;
 
 INSERT INTO payments.fx_rates (day, currency, rate)

@@ -3022,6 +3022,7 @@ DECLARE
 	change	payments.payment_change;
 	verdict	text;
 	after	text;
+	said_at	timestamptz;	-- the provider's time of the status, where the reply gives one
 	result	text;
 	problem	text := error;
 BEGIN
@@ -3063,7 +3064,7 @@ BEGIN
 				IF verdict IS DISTINCT FROM 'valid' THEN
 					RAISE EXCEPTION 'hash check failed: %', coalesce(verdict, 'no live integration key');
 				END IF;
-				change := payments.paynow_change(r, settings, now());
+				change := payments.paynow_change(r, settings, pay.status_at);
 			ELSIF kind = 'stripe' THEN
 				r := response::jsonb;
 				raw := r ->> 'status';
@@ -3075,7 +3076,7 @@ BEGIN
 					WHEN raw IN ('processing', 'requires_payment_method', 'requires_confirmation',
 								 'requires_action', 'requires_capture') THEN 'payment_intent.processing' END;
 				change := payments.stripe_change(jsonb_build_object('type', etype,
-								'created', extract(epoch FROM now()), 'data', jsonb_build_object('object', r)));
+								'created', extract(epoch FROM pay.status_at), 'data', jsonb_build_object('object', r)));
 			ELSIF kind = 'paypal' THEN
 				r := response::jsonb;
 				raw := r ->> 'status';
@@ -3087,15 +3088,17 @@ BEGIN
 					WHEN 'PENDING' THEN 'PAYMENT.CAPTURE.PENDING'
 					WHEN 'DECLINED' THEN 'PAYMENT.CAPTURE.DECLINED'
 					WHEN 'FAILED' THEN 'PAYMENT.CAPTURE.DENIED' END;
+				said_at := (r ->> 'update_time')::timestamptz;
 				change := payments.paypal_change(jsonb_build_object('event_type', etype, 'resource', r),
-												 chk.provider, now());
+												 chk.provider, said_at);
 			ELSIF kind = 'eversend' THEN
 				r := response::jsonb;
 				r := CASE WHEN r ? 'transactionId' THEN r
 						  WHEN jsonb_typeof(r -> 'data') = 'object' AND r -> 'data' ? 'transactionId' THEN r -> 'data'
 						  ELSE r -> 'data' -> 'transaction' END;
 				raw := r ->> 'status';
-				change := payments.eversend_change(r, now());
+				said_at := (r ->> 'updatedAt')::timestamptz;
+				change := payments.eversend_change(r, said_at);
 			END IF;
 			IF change IS NULL OR change.status IS NULL THEN
 				RAISE EXCEPTION 'the reply says no status this version understands (%)', coalesce(raw, 'none');
@@ -3104,7 +3107,11 @@ BEGIN
 			-- the answer is about this payment, which it neither creates nor renames
 			change.provider_ref := pay.provider_ref;
 			change.creates := false;
-			change.status_at := now();
+			-- dated by the provider's time where the reply has one (PayPal's update_time,
+			-- Eversend's updatedAt), else by the status the payment had, never by the poll's:
+			-- an event about something that happened before the poll, delivered after it, must
+			-- not be refused as older
+			change.status_at := greatest(pay.status_at, change.status_at);
 			result := payments.apply_change(NULL, chk.provider, change);
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;
 			UPDATE payments.reconciliation_checks c

@@ -29,6 +29,7 @@ INSERT INTO payments.payments (provider, provider_ref, status, amount, currency,
 	('rc_stripe', 'pi_paid', 'paid', 10, 'USD', now() - interval '20 minutes', '{}'),
 	('rc_stripe', 'cs_session', 'pending', 10, 'USD', now() - interval '30 minutes', '{}'),
 	('rc_paypal', 'ORDER1', 'pending', 30, 'USD', now() - interval '20 minutes', '{"capture_id": "CAP1"}'),
+	('rc_paypal', 'ORDER2', 'pending', 30, 'USD', now() - interval '20 minutes', '{"capture_id": "CAP2"}'),
 	('rc_ever', 'EVS1', 'pending', 500, 'UGX', now() - interval '20 minutes', '{}'),
 	('rc_paynow', '9510', 'pending', 5, 'USD', now() - interval '20 minutes', '{"pollurl": "http://127.0.0.1:9/poll?guid=1"}'),
 	('rc_paynow', '9511', 'pending', 5, 'USD', now() - interval '20 minutes', '{}');
@@ -59,9 +60,22 @@ SELECT payments.record_reconciliation(c.id, 500, NULL, '{"error": "boom"}')
   FROM payments.reconciliation_checks c WHERE c.request LIKE '%CAP1';
 SELECT payments.record_reconciliation(c.id, 200, NULL, 'status=Paid&paynowreference=9510&hash=00')
   FROM payments.reconciliation_checks c WHERE c.request LIKE '%poll%';
+SELECT payments.record_reconciliation(c.id, 200, NULL, format(
+	'{"id": "CAP2", "status": "COMPLETED", "amount": {"currency_code": "USD", "value": "30.00"}, "update_time": "%s"}',
+	to_char((now() - interval '5 minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')))
+  FROM payments.reconciliation_checks c WHERE c.request LIKE '%CAP2';
 SELECT provider_ref, status, receipt_no IS NOT NULL AS has_receipt
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
- WHERE provider_ref IN ('pi_old', 'ORDER1', '9510') ORDER BY provider_ref;
+ WHERE provider_ref IN ('pi_old', 'ORDER1', 'ORDER2', '9510') ORDER BY provider_ref;
+-- dated by the provider's time where the answer has one (PayPal's update_time), else by the status
+-- the payment had, not by the poll: news of what happened before the poll still applies after it
+SELECT provider_ref, paid_at = status_at AS paid_then, status_at < now() - interval '15 minutes' AS at_last_known_status,
+	   status_at BETWEEN now() - interval '6 minutes' AND now() - interval '4 minutes' AS at_provider_time
+  FROM payments.payments WHERE provider_ref IN ('pi_old', 'ORDER2') ORDER BY provider_ref;
+SELECT payments.apply_change(NULL, 'rc_stripe', payments.stripe_change(jsonb_build_object('type', 'charge.refunded',
+	'created', extract(epoch FROM now() - interval '10 minutes'), 'data', jsonb_build_object('object',
+	'{"id": "ch_old", "object": "charge", "payment_intent": "pi_old", "amount": 1000, "amount_refunded": 400, "currency": "usd"}'::jsonb))));
+SELECT status, amount_refunded FROM payments.payments WHERE provider_ref = 'pi_old';
 SELECT provider, http_status, found_status, found, status_before, status_after, outcome, error
   FROM payments.reconciliation_checks WHERE finished_at IS NOT NULL AND http_status IS NOT NULL AND provider LIKE 'rc\_%'
  ORDER BY provider;

@@ -56,6 +56,28 @@ async function lockWaiters(n, not = []) {
 	throw new Error('the shim never waited for the lock');
 }
 
+// A delivery padded with size bytes to a shim of the test's own
+function sendPadded(s, id, size) {
+	const body = JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded', created: Math.floor(Date.now() / 1000),
+		padding: 'p'.repeat(size), data: { object: { id: `pi_${id}`, object: 'payment_intent', amount: 1000, currency: 'usd' } } });
+	return request(s.port, { method: 'POST', path: '/webhooks/stripe', body, timeoutMs: 60000, headers: {
+		'content-type': 'application/json', 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } });
+}
+
+// Runs fn with a second shim (one batch at a time, a batch of up to 64), then stops it: a clean
+// exit, no sanitizer report
+async function withBatchShim(args, fn) {
+	const s = new Shim(cluster.dsn, ['--rate', '0', '--batch-max', '64', '--batch-concurrency', '1', '--log-level', 'warning', ...args]);
+	await s.start();
+	try {
+		await fn(s);
+	} finally {
+		const { code } = await s.stop();
+		assert.deepEqual(s.sanitizerReports(), []);
+		assert.equal(code, 0);
+	}
+}
+
 async function metric(name) {
 	const { samples } = parseMetrics(await (await fetch(`${shim.base}/metrics`)).text());
 	return samples.get(name) ?? 0;
@@ -146,22 +168,12 @@ describe('group commit', () => {
 
 	test('a batch carries 64 MB of bodies at most: a longer queue goes in several transactions', async () => {
 		// 6 MB deliveries (an 8 MB --max-body): 11 of them fit in 64 MiB, the 12 queued do not
-		const big = new Shim(cluster.dsn, ['--threads', '16', '--rate', '0', '--batch-max', '64', '--batch-concurrency', '1',
-			'--max-body', String(8 << 20), '--log-level', 'warning']);
-		await big.start();
-		try {
-			const padding = 'p'.repeat(6_000_000);
-			const sendBig = (id) => {
-				const body = JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded', created: Math.floor(Date.now() / 1000),
-					padding, data: { object: { id: `pi_${id}`, object: 'payment_intent', amount: 1000, currency: 'usd' } } });
-				return request(big.port, { method: 'POST', path: '/webhooks/stripe', body, timeoutMs: 60000, headers: {
-					'content-type': 'application/json', 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } });
-			};
+		await withBatchShim(['--threads', '16', '--max-body', String(8 << 20)], async (big) => {
 			const ids = Array.from({ length: 13 }, () => `evt_bigbatch_${++seq}`);
 			const lock = await holdEvents();
-			const first = sendBig(ids[0]);
+			const first = sendPadded(big, ids[0], 6_000_000);
 			await lockWaiters(1);
-			const rest = ids.slice(1).map(sendBig);
+			const rest = ids.slice(1).map((id) => sendPadded(big, id, 6_000_000));
 			await sleep(1500);		// let them all reach the queue
 			await lock.release();
 			const res = await Promise.all([first, ...rest]);
@@ -172,31 +184,18 @@ describe('group commit', () => {
 				FROM (SELECT count(*) AS n, sum(octet_length(body)) AS bytes FROM payments.events
 					   WHERE event_id = ANY(string_to_array(:'ids', ',')) GROUP BY xmin::text) t`, { ids: ids.join(',') });
 			assert.equal(batches, '11 1 1|t', 'the queue of 12 went as 11 and 1, each batch within 64 MiB');
-		} finally {
-			const { code } = await big.stop();
-			assert.deepEqual(big.sanitizerReports(), []);
-			assert.equal(code, 0);
-		}
+		});
 	});
 
 	test('a body over 64 MB goes alone (a --max-body above the batch cap)', async () => {
-		const big = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-max', '64', '--batch-concurrency', '1',
-			'--max-body', String(80 << 20), '--log-level', 'warning']);
-		await big.start();
-		try {
-			const send = (id, size) => {
-				const body = JSON.stringify({ id, object: 'event', type: 'payment_intent.succeeded', created: Math.floor(Date.now() / 1000),
-					padding: 'p'.repeat(size), data: { object: { id: `pi_${id}`, object: 'payment_intent', amount: 1000, currency: 'usd' } } });
-				return request(big.port, { method: 'POST', path: '/webhooks/stripe', body, timeoutMs: 60000, headers: {
-					'content-type': 'application/json', 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } });
-			};
+		await withBatchShim(['--threads', '8', '--max-body', String(80 << 20)], async (big) => {
 			const ids = Array.from({ length: 5 }, () => `evt_hugebody_${++seq}`);
 			const lock = await holdEvents();
-			const first = send(ids[0], 10);
+			const first = sendPadded(big, ids[0], 10);
 			await lockWaiters(1);
-			const huge = send(ids[1], 65 << 20);
+			const huge = sendPadded(big, ids[1], 65 << 20);
 			await sleep(1500);		// the huge one queued first
-			const small = ids.slice(2).map((id) => send(id, 10));
+			const small = ids.slice(2).map((id) => sendPadded(big, id, 10));
 			await sleep(500);
 			await lock.release();
 			const res = await Promise.all([first, huge, ...small]);
@@ -205,11 +204,7 @@ describe('group commit', () => {
 				FROM (SELECT count(*) AS n, bool_or(octet_length(body) > 64 * 1024 * 1024) AS big FROM payments.events
 					   WHERE event_id = ANY(string_to_array(:'ids', ',')) GROUP BY xmin::text) t`, { ids: ids.join(',') });
 			assert.equal(batches, '3 1 1', 'the first alone, the huge one alone, then the three small ones');
-		} finally {
-			const { code } = await big.stop();
-			assert.deepEqual(big.sanitizerReports(), []);
-			assert.equal(code, 0);
-		}
+		});
 	});
 
 	test('a batch carries each delivery byte for byte, with its headers, address and request id', async () => {

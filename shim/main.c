@@ -51,6 +51,7 @@
 #define MIN_CONNECTION_MEMORY (32 * 1024)
 #define TICK_MS				1000
 #define DRAIN_POLL_MS		100
+#define ANSWER_GRACE_MS		1000
 
 /* TLS 1.2 and 1.3 only, GnuTLS's NORMAL set otherwise */
 #define TLS_PRIORITIES		"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
@@ -713,6 +714,22 @@ drain(const sigset_t *signals, int64_t *next_tick)
 }
 
 /*
+ * After the batches stop: the requests the shutdown deadline abandoned or
+ * cancelled have their 503 queued, but stopping the daemon closes every
+ * connection without sending what is queued.  Give MHD's threads a moment
+ * (ANSWER_GRACE_MS at most) to send those answers.
+ */
+static void
+send_last_answers(void)
+{
+	int64_t		until = now_ms() + ANSWER_GRACE_MS;
+	struct timespec pause = {0, 10 * 1000 * 1000};
+
+	while (http_in_flight() > 0 && now_ms() < until)
+		nanosleep(&pause, NULL);
+}
+
+/*
  * Entry point.
  */
 int
@@ -787,6 +804,7 @@ main(int argc, char **argv)
 	sigdelset(&signals, SIGHUP);
 	pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
 	batch_stop();
+	send_last_answers();
 	MHD_stop_daemon(mhd);
 	/* MHD leaves the quiesced socket to us, to close after stopping */
 	if (listen_fd != MHD_INVALID_SOCKET)

@@ -3759,7 +3759,7 @@ CREATE TABLE payments.paynow_initiations (
 	reference		text NOT NULL,
 	method			text NOT NULL CHECK (method IN ('ecocash', 'onemoney', 'telecash', 'card')),
 	phone			text CHECK (phone ~ '^0[0-9]{9}$'),
-	state			text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sending', 'done', 'error', 'skipped')),
+	state			text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sending', 'done', 'error', 'unconfirmed', 'skipped')),
 	created_at		timestamptz NOT NULL DEFAULT now(),
 	started_at		timestamptz,
 	finished_at		timestamptz,
@@ -3772,7 +3772,7 @@ CREATE TABLE payments.paynow_initiations (
 );
 CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) WHERE state IN ('queued', 'sending');
 COMMENT ON TABLE payments.paynow_initiations IS
-	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (the payment failed); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
+	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it or it was never sent: the payment failed); unconfirmed (it may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
 
 CREATE TABLE payments.whatsapp_statuses (
 	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
@@ -4527,6 +4527,34 @@ $$;
 COMMENT ON FUNCTION payments.initiation_failed(bigint, text) IS
 	'Fails the payment of an initiation that could not be made (the donor is told, with Paynow''s own error when it gave one); used by claim_initiations and record_initiation';
 
+CREATE FUNCTION payments.initiation_unconfirmed(initiation_id bigint, problem text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ini		payments.paynow_initiations;
+	d		payments.chat_donations;
+	p		payments.payments;
+BEGIN
+	UPDATE payments.paynow_initiations i
+	   SET state = 'unconfirmed', finished_at = now(), error = problem
+	 WHERE i.id = initiation_unconfirmed.initiation_id
+	RETURNING i.* INTO ini;
+	SELECT x.* INTO p FROM payments.payments x WHERE x.id = ini.payment_id;
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = ini.payment_id;
+	IF FOUND AND p.status = 'pending' THEN
+		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, format(
+			E'We could not confirm your donation of %s %s (reference %s) with Paynow.\n' ||
+			'If your phone asks you to approve it with your PIN, you may: your receipt will come here. ' ||
+			'So that you are not charged twice, please send *check* before donating again.',
+			payments.chat_amount(p.amount), p.currency, p.reference)));
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION payments.initiation_unconfirmed(bigint, text) IS
+	'Records that an initiation may have reached Paynow without a usable answer (a timeout, an interrupted request, a reply not understood or not verified): the payment stays pending for Paynow''s status update, and a WhatsApp donor is told not to pay twice; used by claim_initiations and record_initiation';
+
 CREATE FUNCTION payments.claim_initiations(max_items integer)
 RETURNS TABLE (initiation_id bigint, url text, method text, headers text, body text)
 LANGUAGE plpgsql
@@ -4543,14 +4571,13 @@ BEGIN
 	-- an initiation whose reply was never recorded (crash, cancel) is not sent again: a second
 	-- request could prompt the donor twice; Paynow's status update still pays it if it went through
 	FOR gone IN
-		UPDATE payments.paynow_initiations pi
-		   SET state = 'error', finished_at = now(), error = 'interrupted: no reply was recorded; not sent again'
+		SELECT pi.id FROM payments.paynow_initiations pi
 		 WHERE pi.state = 'sending'
 		   AND pi.started_at < now() - greatest(interval '1 minute', 3 * coalesce(
 					nullif(current_setting('payments.reconcile_timeout', true), '')::interval, interval '10 seconds'))
-		RETURNING pi.id
+		   FOR UPDATE
 	LOOP
-		PERFORM payments.initiation_failed(gone, NULL);
+		PERFORM payments.initiation_unconfirmed(gone, 'interrupted: no reply was recorded; not sent again');
 	END LOOP;
 
 	-- a payment that moved on while queued (approved by hand, paid, cancelled) is not initiated:
@@ -4662,6 +4689,17 @@ BEGIN
 		END IF;
 	END IF;
 
+	-- Paynow refused it, or it never left (no connection): the payment failed, nothing was taken.
+	-- Anything else (a timeout, an HTTP error, a reply not understood or not verified) may have
+	-- reached Paynow, which may still prompt the donor: the payment stays pending
+	IF problem IS NOT NULL AND told IS NULL AND (response IS NOT NULL OR problem !~
+		'^(could not (build|set up|initialize|create)|Could not resolve|Couldn''t (resolve|connect)|Failed to connect|Connection refused)') THEN
+		PERFORM payments.initiation_unconfirmed(ini.id, problem);
+		UPDATE payments.paynow_initiations i
+		   SET http_status = record_initiation.http_status, paynow_status = r ->> 'status'
+		 WHERE i.id = ini.id;
+		RETURN 'unconfirmed';
+	END IF;
 	IF problem IS NOT NULL THEN
 		UPDATE payments.paynow_initiations i
 		   SET state = 'error', finished_at = now(), http_status = record_initiation.http_status,
@@ -4696,7 +4734,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_initiation(bigint, integer, text, text) IS
-	'Records Paynow''s answer to an initiation: Ok with a valid hash keeps pollurl and paynowreference and sends the instructions to the donor (unless the payment moved on already); Error, a bad hash or no answer fails the payment; used by initiate_payments';
+	'Records Paynow''s answer to an initiation: Ok with a valid hash keeps pollurl and paynowreference and sends the instructions to the donor (unless the payment moved on already); Paynow''s Error, or a request that never left (no connection), fails the payment; anything else (a timeout, an HTTP error, a reply not understood or with a bad hash) leaves it pending, unconfirmed (payments.initiation_unconfirmed); used by initiate_payments';
 
 CREATE PROCEDURE payments.initiate_payments(max_items integer DEFAULT 20)
 AS 'MODULE_PATHNAME', 'initiate_payments'
@@ -4718,6 +4756,7 @@ REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.initiation_failed(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.initiation_unconfirmed(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.claim_initiations(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_initiation(bigint, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.initiate_payments(integer) FROM PUBLIC;
@@ -4779,6 +4818,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
 	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),
 	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),
+	payments.initiation_unconfirmed(bigint, text),
 	payments.claim_initiations(integer), payments.record_initiation(bigint, integer, text, text) FROM payments_admin;
 -- cached API tokens are bearer credentials: read by the reconciliation run only
 REVOKE SELECT ON payments.api_tokens FROM payments_admin;

@@ -299,7 +299,7 @@ INSERT INTO doc_claim SELECT * FROM payments.claim_outbox(200) c
 SELECT payments.record_delivery(attempt_id, 400, NULL, NULL, 5, 2, '{"error": {"code": 100}}') FROM doc_claim;
 SELECT state, last_status, last_error FROM payments.outbox WHERE event_type = 'whatsapp.document';
 -- a method a spreadsheet would read as a formula stays text in the CSV
-UPDATE payments.payments SET method = '=HYPERLINK("http://x.example")' WHERE method = 'ecocash';
+UPDATE payments.payments SET method = '=HYPERLINK("http://x.example")' WHERE method = 'onemoney';
 SELECT regexp_replace(line, '(LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}', 'X', 'g') AS csv_line
   FROM string_to_table(payments.daily_report_csv((SELECT payments.receipt_day(max(coalesce(paid_at, created_at))) FROM payments.payments
 												  WHERE method LIKE '=%')), E'\r\n') AS line

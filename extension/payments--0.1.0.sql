@@ -4606,7 +4606,7 @@ BEGIN
 			WHEN key IS NULL THEN 'the provider has no live integration key'
 			WHEN NOT i.settings ? 'integration_id' THEN 'the provider has no integration_id setting'
 			WHEN NOT i.settings ? 'result_url' THEN 'the provider has no result_url setting'
-			WHEN i.method <> 'card' AND NOT i.settings ? 'auth_email' THEN
+			WHEN i.method NOT IN ('card', 'telecash') AND NOT i.settings ? 'auth_email' THEN
 				'the provider has no auth_email setting, which Paynow requires for mobile payments' END;
 		IF problem IS NOT NULL THEN
 			UPDATE payments.paynow_initiations pi SET state = 'error', finished_at = now(), error = problem
@@ -4624,14 +4624,16 @@ BEGIN
 		IF i.settings ? 'auth_email' THEN
 			fields := fields || jsonb_build_array(jsonb_build_array('authemail', i.settings ->> 'auth_email'));
 		END IF;
-		IF i.method <> 'card' THEN
+		-- Paynow's mobile checkout takes ecocash and onemoney (among others) but not telecash: a
+		-- TeleCash donor pays on Paynow's web checkout, as a card donor does, from a link
+		IF i.method NOT IN ('card', 'telecash') THEN
 			fields := fields || jsonb_build_array(jsonb_build_array('phone', i.phone), jsonb_build_array('method', i.method));
 		END IF;
 		fields := fields || jsonb_build_array(jsonb_build_array('status', 'Message'));
 		UPDATE payments.paynow_initiations pi SET state = 'sending', started_at = now() WHERE pi.id = i.id;
 		initiation_id := i.id;
 		url := payments.api_base('paynow', i.settings) ||
-			   CASE WHEN i.method = 'card' THEN '/interface/initiatetransaction' ELSE '/interface/remotetransaction' END;
+			   CASE WHEN i.method IN ('card', 'telecash') THEN '/interface/initiatetransaction' ELSE '/interface/remotetransaction' END;
 		method := 'POST';
 		headers := 'Content-Type: application/x-www-form-urlencoded';
 		body := payments.paynow_request(fields, key);
@@ -4725,6 +4727,8 @@ BEGIN
 		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, CASE
 			WHEN ini.method = 'card' AND r ->> 'browserurl' IS NOT NULL THEN
 				'Please pay securely with your card here: ' || (r ->> 'browserurl')
+			WHEN ini.method = 'telecash' AND r ->> 'browserurl' IS NOT NULL THEN
+				'Please pay with TeleCash on Paynow''s page here: ' || (r ->> 'browserurl')
 			ELSE coalesce(nullif(btrim(r ->> 'instructions'), ''),
 						  format('Check your phone: %s will ask you to approve the payment with your PIN.',
 								 payments.chat_method_label(ini.method))) END ||

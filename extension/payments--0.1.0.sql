@@ -2315,6 +2315,27 @@ $$;
 COMMENT ON FUNCTION payments.outbox_upload_pending(text, jsonb) IS
 	'Whether an outbox item is a WhatsApp document whose file is not uploaded yet (its next attempt is the upload)';
 
+-- Meta answers HTTP 400 for its rate limits too (Cloud API error codes, "Throttling errors"):
+-- 4 API Too Many Calls, 80007 (WhatsApp Business Account rate limit), 130429 (throughput of the
+-- number), 131048 (spam rate limit), 131056 (pair rate: one business number to one user), 133016
+-- (register/deregister rate).  Those are retried; any other 400 refuses the message itself.
+CREATE FUNCTION payments.graph_throttled(response text)
+RETURNS integer
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	code	integer;
+BEGIN
+	code := ((response::jsonb) -> 'error' ->> 'code')::integer;
+	RETURN CASE WHEN code IN (4, 80007, 130429, 131048, 131056, 133016) THEN code END;
+EXCEPTION WHEN data_exception THEN
+	RETURN NULL;				-- not JSON, or cut at the length kept: not known to be a rate limit
+END
+$$;
+COMMENT ON FUNCTION payments.graph_throttled(text) IS
+	'The Graph API''s error code when an error answer is one of Meta''s rate limits (4, 80007, 130429, 131048, 131056, 133016), retried; NULL otherwise';
+
 CREATE FUNCTION payments.claim_outbox(max_items integer)
 RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
 			   headers text, ca_file text, connect_timeout_ms integer, timeout_ms integer,
@@ -2416,6 +2437,7 @@ DECLARE
 	msg		text;
 	upload	boolean;
 	media	text;
+	throttled integer;
 BEGIN
 	SELECT a.* INTO att FROM payments.outbox_attempts a WHERE a.id = record_delivery.attempt_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -2436,7 +2458,12 @@ BEGIN
 			media := NULL;
 		END IF;
 	END IF;
-	msg := coalesce(error, CASE WHEN http_status IS NOT NULL AND http_status NOT BETWEEN 200 AND 299
+	IF item.provider IS NOT NULL AND http_status = 400 THEN
+		throttled := payments.graph_throttled(response);
+	END IF;
+	msg := coalesce(error, CASE WHEN throttled IS NOT NULL
+								THEN 'HTTP 400: rate limit of the Cloud API (error ' || throttled || '), sent again later'
+								WHEN http_status IS NOT NULL AND http_status NOT BETWEEN 200 AND 299
 								THEN 'HTTP ' || http_status
 								WHEN upload AND http_status IS NOT NULL AND media IS NULL
 								THEN 'HTTP ' || http_status || ': no media id in the answer to the upload' END);
@@ -2471,7 +2498,7 @@ BEGIN
 		RETURN 'delivered';
 	END IF;
 
-	IF item.provider IS NOT NULL AND http_status = 400 THEN
+	IF item.provider IS NOT NULL AND http_status = 400 AND throttled IS NULL THEN
 		-- the Graph API refuses the message (or the document's file) itself (recipient, content):
 		-- sending it again cannot help
 		UPDATE payments.outbox o SET state = 'dead', last_status = http_status, last_error = msg
@@ -2509,7 +2536,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) IS
-	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); a WhatsApp document''s upload answered 2xx with a media id keeps it and the message is due at once (2xx without one is retried); 410 disables the endpoint; 400 for a WhatsApp message or upload is final; anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
+	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); a WhatsApp document''s upload answered 2xx with a media id keeps it and the message is due at once (2xx without one is retried); 410 disables the endpoint; 400 for a WhatsApp message or upload is final unless it is one of Meta''s rate limits (payments.graph_throttled); anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
 
 CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100)
 AS 'MODULE_PATHNAME', 'deliver_outbox'

@@ -353,3 +353,14 @@ SELECT message_status FROM payments.outbox WHERE wamid = 'wamid.CHAT2';
 SELECT DISTINCT url, secret, headers, body::jsonb ->> 'messaging_product' AS product
   FROM payments.claim_outbox(200) WHERE url LIKE '%/messages';
 SELECT endpoint, pending > 0 AS pending FROM payments.outbox_backlog WHERE endpoint = 'whatsapp:chat';
+
+-- Meta's rate limits are answered HTTP 400 like refusals; only their codes are retried
+SELECT r AS response, payments.graph_throttled(r) AS throttled
+  FROM (VALUES ('{"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429}}'),
+			   ('{"error": {"code": 131056, "error_subcode": 2494055}}'),
+			   ('{"error": {"code": 131026, "message": "Message Undeliverable"}}'),
+			   ('{"error": {"code": "4"}}'),
+			   ('{"error": {"code": "soon"}}'),
+			   ('{"error": {"code": 99999999999}}'),
+			   ('{"error": {"message": "(#131056) pair rate limit hit", "code": 1310'),
+			   ('[]'), ('')) AS x (r);

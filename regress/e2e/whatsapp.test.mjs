@@ -111,6 +111,16 @@ async function startGraph() {
 			try { m = JSON.parse(raw); } catch { return refuse(res, 'not JSON'); }
 			// like Meta for a number that cannot receive (error 131026): the message itself is refused
 			if (m.to === '263772000070') return refuse(res, 'undeliverable');
+			// like Meta's pair rate limit (error 131056, HTTP 400 as well): the first message to this number
+			if (m.to === '263772000080' && !g.throttled) {
+				g.throttled = true;
+				g.refused.push('throttled');
+				return res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: {
+					message: '(#131056) (Business Account, Consumer Account) pair rate limit hit', type: 'OAuthException',
+					code: 131056, error_data: { messaging_product: 'whatsapp', details: 'Message failed to send because there '
+						+ 'were too many messages sent from this phone number to the same phone number in a short period of time.' },
+					fbtrace_id: 'AZ3xgN7dYc1vVbEnWzWq0pL' } }));
+			}
 			if (m.messaging_product !== 'whatsapp' || m.recipient_type !== 'individual' || !/^[1-9][0-9]{5,14}$/.test(m.to))
 				return refuse(res, 'envelope');
 			let said;
@@ -520,7 +530,7 @@ test('duplicate and out-of-order Meta deliveries; message statuses update the ou
 		'failed 131047');
 });
 
-test('volunteers register in the chat; a message the Cloud API refuses is dead; a wrong access token is retried', async () => {
+test('volunteers register in the chat; a message the Cloud API refuses is dead, one it throttles is sent again; a wrong access token is retried', async () => {
 	const who = '263772000060';
 	await say(who, 'volunteer', { button: true });
 	await say(who, 'Rudo Chikore');
@@ -535,6 +545,18 @@ test('volunteers register in the chat; a message the Cloud API refuses is dead; 
 	await work();
 	assert.equal(q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox WHERE recipient = '263772000070'`),
 		'dead 400 1');
+
+	// a rate limit is answered 400 too, but the message is not refused: it waits its turn
+	await say('263772000080', 'help');
+	await work();
+	const throttledRow = () => q(`SELECT state || ' ' || last_status || ' ' || attempts || ' ' || coalesce(last_error, '')
+		FROM payments.outbox WHERE recipient = '263772000080'`);
+	assert.equal(throttledRow(), 'pending 400 1 HTTP 400: rate limit of the Cloud API (error 131056), sent again later');
+	assert.equal(q(`SELECT next_attempt_at > now() + interval '50 seconds' FROM payments.outbox WHERE recipient = '263772000080'`), 't');
+	db.psql(`UPDATE payments.outbox SET next_attempt_at = now() WHERE recipient = '263772000080'`);
+	await work();
+	assert.equal(throttledRow(), 'delivered 200 2');
+	assert.match(graph.to('263772000080').at(-1), /^Send \*donate\* to give/);
 
 	db.psql(`UPDATE payments.providers SET settings = settings || '{"access_token": "EAAwrong"}' WHERE name = 'clinic'`);
 	await say(who, 'help');

@@ -3929,6 +3929,18 @@ COMMENT ON FUNCTION payments.chat_amount(numeric) IS 'An amount as donors read i
 
 -- The conversation
 
+-- The summary's Confirm button names the draft it shows, so that a tap on an earlier summary, sent
+-- before an edit, does not confirm what the donor has not seen
+CREATE FUNCTION payments.chat_confirm_id(draft jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'confirm_' || left(encode(sha256(convert_to(draft::text, 'UTF8')), 'hex'), 16)
+$$;
+COMMENT ON FUNCTION payments.chat_confirm_id(jsonb) IS
+	'The id of the Confirm button of a donation summary: confirm_ and the first 16 hex digits of the SHA-256 of the draft it shows';
+
 CREATE FUNCTION payments.chat_prompt(provider text, wa_id text, state text, cfg jsonb, draft jsonb,
 									 name text DEFAULT NULL)
 RETURNS void
@@ -3969,7 +3981,8 @@ BEGIN
 				   payments.chat_method_label(draft ->> 'method')) ||
 			coalesce(format(E'Number: %s\n', draft ->> 'phone'), '') ||
 			format('For: %s', draft ->> 'purpose'),
-			'[["confirm", "Confirm"], ["edit", "Edit"], ["cancel", "Cancel"]]')
+			jsonb_build_array(jsonb_build_array(payments.chat_confirm_id(draft), 'Confirm'),
+							  '["edit", "Edit"]'::jsonb, '["cancel", "Cancel"]'::jsonb))
 		WHEN 'edit' THEN payments.chat_choices(wa_id, 'What would you like to change?',
 			(SELECT jsonb_agg(jsonb_build_array('edit_' || f, t) ORDER BY n)
 			   FROM (VALUES (1, 'amount', 'Amount'), (2, 'currency', 'Currency'), (3, 'method', 'Payment method'),
@@ -4333,10 +4346,16 @@ BEGIN
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('purpose', choice)) a;
 		END IF;
 	ELSIF st = 'confirm' THEN
-		IF word IN ('confirm', 'yes') THEN
+		-- typed, or the button of the summary of this draft (a bare "confirm" id: one sent before
+		-- the buttons named their draft)
+		IF word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted) THEN
 			PERFORM payments.chat_start_payment(ev.id, ev.provider, wa, coalesce(profile, s.name), cfg, drafted);
 			st := 'menu';
 			drafted := '{}';
+		ELSIF btn LIKE 'confirm\_%' THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'That summary is out of date: your donation changed after it. Nothing was started yet.'));
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		ELSIF word = 'edit' THEN
 			st := 'edit';
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);

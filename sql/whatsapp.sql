@@ -111,8 +111,10 @@ SELECT pg_temp.say('263771234567', 'onemoney', 18);
 SELECT pg_temp.say('263771234567', '+263 71 234 5678', 19);
 SELECT * FROM pg_temp.replies('263771234567');
 
--- confirm: the payment is pending with our reference, and its initiation queued, before Paynow answers
-SELECT pg_temp.say('263771234567', 'confirm', 20, true);
+-- confirm (the button of the last summary): the payment is pending with our reference, and its
+-- initiation queued, before Paynow answers
+SELECT pg_temp.say('263771234567', payments.chat_confirm_id(draft), 20, true) FROM payments.chat_sessions
+ WHERE wa_id = '263771234567';
 SELECT * FROM pg_temp.replies('263771234567');
 SELECT pg_temp.session('263771234567');
 SELECT provider, provider_ref ~ '^WA-[0-9]{8}-[0-9]+$' AS our_ref, reference = provider_ref AS same, status, amount, currency,
@@ -159,7 +161,8 @@ CREATE FUNCTION pg_temp.donate(who text, at integer, method text) RETURNS void L
 	SELECT pg_temp.say(who, 'pay_' || method, at + 3, true);
 	SELECT pg_temp.say(who, 'phone_same', at + 4, true) WHERE method <> 'card';
 	SELECT pg_temp.say(who, 'Clinic roof', at + 5);
-	SELECT pg_temp.say(who, 'confirm', at + 6, true);
+	-- typed: it confirms the draft as it is now
+	SELECT pg_temp.say(who, 'confirm', at + 6);
 $$;
 SELECT pg_temp.donate('263772000001', 0, 'card');
 SELECT pg_temp.donate('263772000002', 0, 'telecash');

@@ -245,6 +245,10 @@ async function until(what, check, ms = 5000) {
 const lastRef = (who) => q(`SELECT p.reference FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
 	WHERE d.wa_id = :'w' ORDER BY p.id DESC LIMIT 1`, { w: who });
 const statusOf = (ref) => q(`SELECT status FROM payments.payments WHERE reference = :'r'`, { r: ref });
+// the id of the Confirm button of the last summary queued for a donor, as the donor's tap sends it back
+const confirmButton = (who) => q(`SELECT b ->> 'id' FROM payments.outbox o,
+	jsonb_path_query(o.payload, '$.interactive.action.buttons[*].reply') AS b
+	WHERE o.recipient = :'w' AND b ->> 'title' = 'Confirm' ORDER BY o.id DESC LIMIT 1`, { w: who });
 
 before(async () => {
 	graph = await startGraph();
@@ -284,7 +288,7 @@ async function donate(who, { amount = '10', currency = 'USD', method, phone = 'p
 	await say(who, `pay_${method}`, { button: true });
 	if (method !== 'card') await say(who, phone, { button: phone === 'phone_same' });
 	await say(who, 'purpose_1', { button: true });
-	return say(who, 'confirm', { button: true });
+	return say(who, confirmButton(who), { button: true });
 }
 
 test('a donation in each method is initiated from the database and ends paid, with a receipt in the chat', async () => {
@@ -344,13 +348,42 @@ test('edit and cancel paths, invalid amounts', async () => {
 	await work();
 	const chat = graph.to(who);
 	assert.equal(chat.filter((s) => s.startsWith('Sorry, ') && s.includes('between 1.00 and 480.00')).length, 3);
-	assert.ok(chat.includes('Please check your donation:\nAmount: 20.00 ZWG\nMethod: EcoCash\nNumber: 0772000010\nFor: Solar panels ' +
-		'[confirm edit cancel]'));
-	assert.ok(chat.includes('Please check your donation:\nAmount: 25.00 ZWG\nMethod: EcoCash\nNumber: 0772000010\nFor: Solar panels ' +
-		'[confirm edit cancel]'));
+	const summary = (amount) => new RegExp(`^Please check your donation:\nAmount: ${amount} ZWG\nMethod: EcoCash\n`
+		+ 'Number: 0772000010\nFor: Solar panels \\[confirm_[0-9a-f]{16} edit cancel\\]$');
+	assert.ok(chat.some((m) => summary('20.00').test(m)), chat.join('\n'));
+	assert.ok(chat.some((m) => summary('25.00').test(m)), chat.join('\n'));
 	assert.equal(chat.at(-1), 'Cancelled: nothing was charged. Send *donate* whenever you would like to give.');
 	assert.equal(lastRef(who), '');
 	assert.equal(q(`SELECT state || ' ' || draft FROM payments.chat_sessions WHERE wa_id = :'w'`, { w: who }), 'menu {}');
+});
+
+test('the Confirm button of a summary sent before an edit does not confirm the edited donation', async () => {
+	const who = '263772000011';
+	await say(who, 'donate', { button: true });
+	await say(who, '20');
+	await say(who, 'cur_USD', { button: true });
+	await say(who, 'pay_ecocash', { button: true });
+	await say(who, 'phone_same', { button: true });
+	await say(who, 'purpose_1', { button: true });
+	const first = confirmButton(who);
+	await say(who, 'edit', { button: true });
+	await say(who, 'edit_amount', { button: true });
+	await say(who, '200');
+	const second = confirmButton(who);
+	assert.match(first, /^confirm_[0-9a-f]{16}$/);
+	assert.notEqual(first, second);
+	// the donor scrolls up and taps the summary of 20: nothing starts, the summary of 200 is shown again
+	assert.equal(await say(who, first, { button: true }), 'applied');
+	assert.equal(lastRef(who), '');
+	assert.equal(confirmButton(who), second);
+	assert.equal(await say(who, second, { button: true }), 'applied');
+	await work();
+	const chat = graph.to(who);
+	assert.ok(chat.includes('That summary is out of date: your donation changed after it. Nothing was started yet.'), chat.join('\n'));
+	assert.equal(chat.filter((m) => m.startsWith('Please check your donation:\nAmount: 200.00 USD')).length, 2);
+	assert.equal(q(`SELECT amount || ' ' || currency FROM payments.payments WHERE reference = :'r'`, { r: lastRef(who) }),
+		'200.00 USD');
+	assert.equal(q(`SELECT count(*) FROM payments.chat_donations WHERE wa_id = :'w'`, { w: who }), '1');
 });
 
 test('a Paynow status update arriving before the initiate reply is stored still finishes the payment', async () => {

@@ -3795,7 +3795,7 @@ CREATE TABLE payments.paynow_initiations (
 	instructions	text,
 	error			text,
 	UNIQUE (provider, reference),
-	CHECK (method = 'card' OR phone IS NOT NULL)
+	CHECK (method IN ('card', 'telecash') OR phone IS NOT NULL)
 );
 CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) WHERE state IN ('queued', 'sending');
 COMMENT ON TABLE payments.paynow_initiations IS
@@ -3897,6 +3897,19 @@ $$;
 COMMENT ON FUNCTION payments.chat_send(text, text, jsonb) IS
 	'Queues a WhatsApp message (or a document: payments.chat_document) in the outbox, sent by deliver_outbox through the provider''s Graph API';
 
+-- Paynow's mobile checkout (remotetransaction) takes ecocash and onemoney, among others, but not
+-- telecash: a TeleCash donor pays on Paynow's web checkout (initiatetransaction), from a link, as a
+-- card donor does, and no number is asked for
+CREATE FUNCTION payments.paynow_web_checkout(method text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT method IN ('card', 'telecash')
+$$;
+COMMENT ON FUNCTION payments.paynow_web_checkout(text) IS
+	'Whether a donation method is paid on Paynow''s web checkout from a link (card, telecash) rather than by a request to the donor''s phone';
+
 CREATE FUNCTION payments.chat_method_label(method text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -3979,7 +3992,7 @@ BEGIN
 			E'Please check your donation:\n' ||
 			format(E'Amount: %s %s\nMethod: %s\n', draft ->> 'amount', draft ->> 'currency',
 				   payments.chat_method_label(draft ->> 'method')) ||
-			coalesce(format(E'Number: %s\n', draft ->> 'phone'), '') ||
+			CASE WHEN draft ? 'phone' THEN format(E'Number: %s\n', draft ->> 'phone') ELSE '' END ||
 			format('For: %s', draft ->> 'purpose'),
 			jsonb_build_array(jsonb_build_array(payments.chat_confirm_id(draft), 'Confirm'),
 							  '["edit", "Edit"]'::jsonb, '["cancel", "Cancel"]'::jsonb))
@@ -3988,7 +4001,7 @@ BEGIN
 			   FROM (VALUES (1, 'amount', 'Amount'), (2, 'currency', 'Currency'), (3, 'method', 'Payment method'),
 							(4, 'phone', 'Number'), (5, 'purpose', 'Purpose')) AS x (n, f, t)
 			  WHERE (f <> 'currency' OR (SELECT count(*) FROM jsonb_object_keys(cfg -> 'paynow_providers')) > 1)
-				AND (f <> 'phone' OR draft ->> 'method' <> 'card')))
+				AND (f <> 'phone' OR NOT payments.paynow_web_checkout(draft ->> 'method'))))
 		WHEN 'volunteer_name' THEN payments.chat_text(wa_id,
 			'Thank you for offering to help! What is your full name?')
 		WHEN 'volunteer_skills' THEN payments.chat_text(wa_id,
@@ -4025,7 +4038,7 @@ BEGIN
 		WHEN NOT next_draft ? 'amount' THEN 'amount'
 		WHEN NOT next_draft ? 'currency' THEN 'currency'
 		WHEN NOT next_draft ? 'method' THEN 'method'
-		WHEN next_draft ->> 'method' <> 'card' AND NOT next_draft ? 'phone' THEN 'phone'
+		WHEN NOT payments.paynow_web_checkout(next_draft ->> 'method') AND NOT next_draft ? 'phone' THEN 'phone'
 		WHEN NOT next_draft ? 'purpose' THEN 'purpose'
 		ELSE 'confirm' END;
 	PERFORM payments.chat_prompt(provider, wa_id, next_state, cfg, next_draft);
@@ -4101,9 +4114,13 @@ BEGIN
 	VALUES (pay_id, chat_start_payment.provider, chat_start_payment.wa_id, draft ->> 'purpose');
 	INSERT INTO payments.paynow_initiations (payment_id, provider, reference, method, phone)
 	VALUES (pay_id, paynow, ref, draft ->> 'method', draft ->> 'phone');
-	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, CASE WHEN draft ->> 'method' = 'card'
+	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, CASE
+		WHEN draft ->> 'method' = 'card'
 		THEN format('Thank you! We are preparing a secure card payment link for %s %s. Reference: %s.',
 					draft ->> 'amount', draft ->> 'currency', ref)
+		WHEN payments.paynow_web_checkout(draft ->> 'method')
+		THEN format('Thank you! We are preparing a Paynow payment link to pay %s %s with %s. Reference: %s.',
+					draft ->> 'amount', draft ->> 'currency', payments.chat_method_label(draft ->> 'method'), ref)
 		ELSE format('Thank you! We are asking %s to send a payment request for %s %s to %s. Reference: %s.',
 					payments.chat_method_label(draft ->> 'method'), draft ->> 'amount', draft ->> 'currency',
 					draft ->> 'phone', ref) END));
@@ -4652,7 +4669,7 @@ BEGIN
 			WHEN key IS NULL THEN 'the provider has no live integration key'
 			WHEN NOT i.settings ? 'integration_id' THEN 'the provider has no integration_id setting'
 			WHEN NOT i.settings ? 'result_url' THEN 'the provider has no result_url setting'
-			WHEN i.method NOT IN ('card', 'telecash') AND NOT i.settings ? 'auth_email' THEN
+			WHEN NOT payments.paynow_web_checkout(i.method) AND NOT i.settings ? 'auth_email' THEN
 				'the provider has no auth_email setting, which Paynow requires for mobile payments' END;
 		IF problem IS NOT NULL THEN
 			UPDATE payments.paynow_initiations pi SET state = 'error', finished_at = now(), error = problem
@@ -4670,16 +4687,15 @@ BEGIN
 		IF i.settings ? 'auth_email' THEN
 			fields := fields || jsonb_build_array(jsonb_build_array('authemail', i.settings ->> 'auth_email'));
 		END IF;
-		-- Paynow's mobile checkout takes ecocash and onemoney (among others) but not telecash: a
-		-- TeleCash donor pays on Paynow's web checkout, as a card donor does, from a link
-		IF i.method NOT IN ('card', 'telecash') THEN
+		IF NOT payments.paynow_web_checkout(i.method) THEN
 			fields := fields || jsonb_build_array(jsonb_build_array('phone', i.phone), jsonb_build_array('method', i.method));
 		END IF;
 		fields := fields || jsonb_build_array(jsonb_build_array('status', 'Message'));
 		UPDATE payments.paynow_initiations pi SET state = 'sending', started_at = now() WHERE pi.id = i.id;
 		initiation_id := i.id;
 		url := payments.api_base('paynow', i.settings) ||
-			   CASE WHEN i.method IN ('card', 'telecash') THEN '/interface/initiatetransaction' ELSE '/interface/remotetransaction' END;
+			   CASE WHEN payments.paynow_web_checkout(i.method) THEN '/interface/initiatetransaction'
+					ELSE '/interface/remotetransaction' END;
 		method := 'POST';
 		headers := 'Content-Type: application/x-www-form-urlencoded';
 		body := payments.paynow_request(fields, key);

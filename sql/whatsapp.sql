@@ -159,7 +159,7 @@ CREATE FUNCTION pg_temp.donate(who text, at integer, method text) RETURNS void L
 	SELECT pg_temp.say(who, '5', at + 1);
 	SELECT pg_temp.say(who, 'cur_ZWG', at + 2, true);
 	SELECT pg_temp.say(who, 'pay_' || method, at + 3, true);
-	SELECT pg_temp.say(who, 'phone_same', at + 4, true) WHERE method <> 'card';
+	SELECT pg_temp.say(who, 'phone_same', at + 4, true) WHERE NOT payments.paynow_web_checkout(method);
 	SELECT pg_temp.say(who, 'Clinic roof', at + 5);
 	-- typed: it confirms the draft as it is now
 	SELECT pg_temp.say(who, 'confirm', at + 6);

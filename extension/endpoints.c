@@ -1,17 +1,14 @@
 /*
  * endpoints.c
- *		What the enabled outbound endpoints take, read once per transaction,
+ *		What the enabled outbound endpoints take, kept in backend memory,
  *		and the queueing of stored events for them (payments.enqueue_event).
  *
  * Every stored event and every payment transition asks at commit whether an
  * enabled endpoint takes it; most installations have none, and asking each
- * time with a query was 4% of a delivery's work.  The answer is read by the
- * first such question of a transaction and kept for the rest of it: which
+ * time with a query was 4% of a delivery's work.  The answer is read once and
+ * kept in backend memory until a change to payments.endpoints (kept.c): which
  * endpoint takes what exactly is still decided by the queueing functions,
  * only the "none at all" case is answered here.
- *
- * A change to payments.endpoints by this backend, or the abort of a
- * subtransaction, drops the answer (kept.c).
  */
 #include "payments.h"
 
@@ -22,34 +19,35 @@
 
 PG_FUNCTION_INFO_V1(enqueue_event);
 
-/* The answer, as read at read_stamp */
-static KeptStamp read_stamp;
+/* The answer, as read at generation read_at (0: not yet) */
+static uint64 read_at = 0;
 static bool any_enabled;		/* some enabled endpoint (it may take transitions) */
 static bool any_naming_types;	/* some enabled endpoint naming its types (it may take events) */
 static SPIPlanPtr endpoints_plan = NULL;
 static SPIPlanPtr enqueue_event_plan = NULL;
 
-/* Reads whether any endpoint is enabled, once per transaction (inside an SPI connection) */
+/* Reads whether any endpoint is enabled, unless kept (inside an SPI connection) */
 static void
 ReadEndpoints(void)
 {
+	uint64		now = KeptGeneration();
 	bool		isnull;
 	Datum		value;
 
-	if (KeptIsCurrent(&read_stamp))
+	if (read_at == now)
 		return;
-	if (SPI_execute_plan(KeptPlan(&endpoints_plan,
-								  "SELECT pg_catalog.count(*) > 0,"
-								  "       pg_catalog.count(e.event_types) > 0"
-								  "  FROM payments.endpoints e WHERE e.enabled",
-								  0, NULL),
-						 NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	if (KeptRead(KeptPlan(&endpoints_plan,
+						  "SELECT pg_catalog.count(*) > 0,"
+						  "       pg_catalog.count(e.event_types) > 0"
+						  "  FROM payments.endpoints e WHERE e.enabled",
+						  0, NULL),
+				 NULL, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read endpoints");
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	any_enabled = DatumGetBool(value);
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	any_naming_types = DatumGetBool(value);
-	KeptStampNow(&read_stamp);
+	read_at = now;				/* stamped as of before the read: a change meanwhile moved it on */
 }
 
 /*

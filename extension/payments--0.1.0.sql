@@ -47,21 +47,26 @@ CREATE INDEX secrets_provider_idx ON payments.secrets (provider);
 COMMENT ON TABLE payments.secrets IS
 	'Signing secrets per provider; every live secret is tried, so secrets can be rotated';
 
--- A few small tables are read once per transaction (extension/kept.c; the shim stores a batch of
--- deliveries in one): a provider and its live secrets, the currencies, whether any endpoint is
--- enabled.  A change to any of them by the same backend drops what its transaction kept.
+-- A few small tables are kept in each backend's memory once read (extension/kept.c): a provider
+-- and its secrets, the currencies, whether any endpoint is enabled.  A change to any of them drops
+-- what this backend kept at once, and what every other backend kept once it commits (a relcache
+-- invalidation of the table, which PostgreSQL sends to them all).
 CREATE FUNCTION payments.forget_kept()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'forget_kept'
 LANGUAGE C;
 COMMENT ON FUNCTION payments.forget_kept() IS
-	'Trigger: drops what this backend''s transaction read once and kept (providers, secrets, currencies, whether endpoints are enabled), after a change to them';
+	'Trigger: after a change to a table kept in backend memory (providers, secrets, currencies, endpoints), drops this backend''s copies and registers a relcache invalidation of the table, which drops every backend''s at commit';
 REVOKE ALL ON FUNCTION payments.forget_kept() FROM PUBLIC;
 
+-- ALWAYS: also where session_replication_role is replica (a logical replication subscriber
+-- applying a change made on its publisher)
 CREATE TRIGGER providers_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.providers
 	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.providers ENABLE ALWAYS TRIGGER providers_forget;
 CREATE TRIGGER secrets_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.secrets
 	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.secrets ENABLE ALWAYS TRIGGER secrets_forget;
 
 --------------------------------------------------------------------------------------------------
 -- Events and rejections
@@ -591,7 +596,7 @@ COMMENT ON TYPE payments.payment_change IS
 -- ingest or analyst roles (sql/roles.sql checks both).  A SET clause saves and restores the
 -- setting at every call: 6% of the work of a delivery.
 
--- A currency is looked up two or three times per delivery: read once per transaction
+-- A currency is looked up two or three times per delivery: kept in backend memory once read
 -- (extension/currencies.c), like the providers.
 CREATE FUNCTION payments.currency_exponent(code text)
 RETURNS integer
@@ -603,6 +608,7 @@ REVOKE ALL ON FUNCTION payments.currency_exponent(text) FROM PUBLIC;
 
 CREATE TRIGGER currencies_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.currencies
 	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.currencies ENABLE ALWAYS TRIGGER currencies_forget;
 
 CREATE FUNCTION payments.major_units(minor numeric, currency text, exponent_override integer DEFAULT NULL)
 RETURNS numeric
@@ -657,7 +663,7 @@ COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 -- number.  One deferred trigger in C rather than a trigger each with WHEN clauses (each WHEN
 -- clause is read back from the catalog and prepared again by every insert into status_history)
 -- or PL/pgSQL steps: the receipt is three kept statements, and whether any endpoint is enabled is
--- read once per transaction.
+-- kept in backend memory.
 CREATE FUNCTION payments.transition_committed()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'transition_committed'
@@ -2301,9 +2307,10 @@ CREATE CONSTRAINT TRIGGER events_outbox
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 
--- whether any endpoint is enabled is read once per transaction (extension/endpoints.c)
+-- whether any endpoint is enabled is kept in backend memory once read (extension/endpoints.c)
 CREATE TRIGGER endpoints_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.endpoints
 	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.endpoints ENABLE ALWAYS TRIGGER endpoints_forget;
 
 CREATE FUNCTION payments.outbox_upload_pending(provider text, payload jsonb)
 RETURNS boolean

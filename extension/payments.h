@@ -153,7 +153,20 @@ extern bool ReceiptTakenWithBatch(int64 payment_id);
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
 
-/* kept.c: rows read once per transaction */
+/* kept.c: rows of small tables kept in backend memory */
+struct _SPI_plan;
+
+typedef struct KeptCopies
+{
+	uint64		generation;		/* read at; 0: never */
+	MemoryContext context;		/* their memory, under TopMemoryContext; NULL: none yet */
+} KeptCopies;
+
+extern uint64 KeptGeneration(void);
+extern int	KeptRead(struct _SPI_plan *plan, Datum *args, long count);
+extern bool KeptCopiesCurrent(KeptCopies *copies);
+extern MemoryContext KeptCopiesContext(KeptCopies *copies, const char *what);
+
 typedef struct KeptStamp
 {
 	LocalTransactionId lxid;	/* the transaction it was read in */

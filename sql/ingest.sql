@@ -97,6 +97,12 @@ SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev10', 'whse
 SELECT payments.register_provider('shop', 'stripe', '{"tolerance": 600}');
 SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev10', 'whsec_new', t.now_s() - 400), convert_to(:'ev10', 'UTF8'));
 ROLLBACK;
+-- kept across transactions, but not what a rolled-back one changed: the tolerance of 600 and the
+-- secret whsec_txn it read are gone with it
+\set ev11 '{"id":"evt_11","type":"charge.succeeded"}'
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev11', 'whsec_new', t.now_s() - 400), convert_to(:'ev11', 'UTF8'));
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev11', 'whsec_txn'), convert_to(:'ev11', 'UTF8'));
+SELECT http_status, outcome FROM payments.ingest('shop', t.stripe(:'ev11', 'whsec_new'), convert_to(:'ev11', 'UTF8'));
 
 -- verified but unusable bodies: 400 invalid, recorded, nothing stored
 CREATE FUNCTION t.try(body bytea) RETURNS TABLE (http_status int, outcome text, event_id text)

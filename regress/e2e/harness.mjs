@@ -7,7 +7,7 @@ import { createServer, connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+export const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const SHIM = process.env.PAYMENTS_SHIM;
 
 // Returns a TCP port that is free on 127.0.0.1 right now.

@@ -6,7 +6,8 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import Stripe from 'stripe';
 import { Webhook } from 'standardwebhooks';
-import { Cluster, Shim, post, rawRequest, sleep, stopShimAndCluster } from './harness.mjs';
+import { join } from 'node:path';
+import { Cluster, PG_BIN, Shim, post, rawRequest, sleep, stopShimAndCluster } from './harness.mjs';
 
 const stripe = new Stripe('sk_test_not_used_offline');
 const stripeSecret = `whsec_${randomBytes(24).toString('hex')}`;
@@ -209,6 +210,72 @@ describe('webhooks through the shim', () => {
 			"SELECT headers ->> 'x-junk', headers ->> 'x-quote' FROM payments.events WHERE event_id = :'e'",
 			{ e: JSON.parse(payload).id });
 		assert.equal(stored, '\ufffd\ufffd caf\ufffd|"},{"stripe-signature":"t=1\\');
+	});
+
+	test('secrets and currencies changed by another session count from the next delivery, on every connection of the shim', async () => {
+		const first = `whsec_${randomBytes(24).toString('hex')}`;
+		const second = `whsec_${randomBytes(24).toString('hex')}`;
+		const brief = `whsec_${randomBytes(24).toString('hex')}`;
+		cluster.psqlVars(`SELECT payments.register_provider('rotating', 'stripe');
+			SELECT payments.add_secret('rotating', :'s')`, { s: first });
+		// eight at once, so that each of the shim's database connections reads (and keeps) the provider
+		const send = (secret, currency = 'usd') => Promise.all(Array.from({ length: 8 }, () => {
+			const payload = stripeEvent();
+			const body = JSON.parse(payload);
+			body.data.object.currency = currency;
+			const text = JSON.stringify(body);
+			return post(shim.base, 'rotating', text, stripeHeaders(text, secret));
+		}));
+		const statuses = (answers) => answers.map((a) => a.status);
+		assert.deepEqual(statuses(await send(first)), Array(8).fill(200));
+		assert.ok(Number(cluster.psql('SELECT count(DISTINCT pid) FROM pg_stat_activity WHERE backend_type = \'client backend\''))
+			>= 2);
+		// rotated: the old secret is refused and the new one taken at once
+		cluster.psqlVars(`SELECT payments.add_secret('rotating', :'n');
+			SELECT payments.revoke_secret(id) FROM payments.secrets WHERE secret = :'o'`, { n: second, o: first });
+		assert.deepEqual(statuses(await send(first)), Array(8).fill(401));
+		assert.deepEqual(statuses(await send(second)), Array(8).fill(200));
+		// a secret with an expiry: taken until then, refused after, with no change to the table between
+		cluster.psqlVars(`SELECT payments.add_secret('rotating', :'b', now() + interval '2 seconds')`, { b: brief });
+		assert.deepEqual(statuses(await send(brief)), Array(8).fill(200));
+		await sleep(2500);
+		assert.deepEqual(statuses(await send(brief)), Array(8).fill(401));
+		assert.deepEqual(statuses(await send(second)), Array(8).fill(200));
+		// a currency the table does not have keeps its events pending, until another session adds it
+		const unknown = await send(second, 'zzy');
+		assert.deepEqual(unknown.map((a) => a.json.outcome), Array(8).fill('stored'));
+		cluster.psql(`INSERT INTO payments.currencies (code, exponent) VALUES ('ZZY', 2)`);
+		const known = await send(second, 'zzy');
+		assert.deepEqual(known.map((a) => a.json.outcome), Array(8).fill('applied'));
+		assert.equal(cluster.psql(`SELECT count(*) FROM payments.payments WHERE provider = 'rotating' AND currency = 'ZZY'
+			AND amount = 25.00`), '8');
+	});
+
+	test('a secret revoked while a statement runs is read as revoked by that statement, and not kept as live', async () => {
+		const old = `whsec_${randomBytes(24).toString('hex')}`;
+		cluster.psqlVars(`SELECT payments.register_provider('snapshot', 'stripe');
+			SELECT payments.add_secret('snapshot', :'s')`, { s: old });
+		const vars = {};
+		for (const n of [1, 2, 3]) {
+			vars[`p${n}`] = stripeEvent();
+			vars[`h${n}`] = JSON.stringify(stripeHeaders(vars[`p${n}`], old));
+		}
+		// one session: reads (and keeps) the provider; then a statement whose snapshot is taken before
+		// the revocation and whose lookup runs after it; then the next statement
+		const args = ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir, '-p', String(cluster.port),
+			'-U', 'postgres', '-d', 'payments', ...Object.entries(vars).flatMap(([k, v]) => ['-v', `${k}=${v}`])];
+		const session = spawn(join(PG_BIN, 'psql'), args);
+		let out = '';
+		session.stdout.on('data', (d) => { out += d; });
+		const done = new Promise((resolve) => session.on('close', resolve));
+		session.stdin.end(`SELECT http_status FROM payments.ingest('snapshot', :'h1'::jsonb, convert_to(:'p1', 'UTF8'));
+			SELECT (payments.ingest('snapshot', :'h2'::jsonb, convert_to(:'p2', 'UTF8'))).http_status
+			  FROM (SELECT pg_sleep(2) OFFSET 0) s;
+			SELECT http_status FROM payments.ingest('snapshot', :'h3'::jsonb, convert_to(:'p3', 'UTF8'));`);
+		await sleep(800);
+		cluster.psqlVars(`SELECT payments.revoke_secret(id) FROM payments.secrets WHERE secret = :'s'`, { s: old });
+		assert.equal(await done, 0);
+		assert.deepEqual(out.trim().split('\n'), ['200', '401', '401']);
 	});
 
 	test('SIGTERM lets a request in flight finish, then the shim exits 0', async () => {

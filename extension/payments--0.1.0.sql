@@ -457,7 +457,11 @@ CREATE DOMAIN payments.payment_kind AS text CHECK (VALUE IN ('collection', 'payo
 COMMENT ON DOMAIN payments.payment_kind IS 'What a payment is: money collected, paid out, or a refund';
 CREATE DOMAIN payments.nonnegative_amount AS numeric CHECK (VALUE >= 0);
 COMMENT ON DOMAIN payments.nonnegative_amount IS 'An amount of money in major units, never negative';
-CREATE DOMAIN payments.e164_phone AS text CHECK (VALUE ~ '^[1-9][0-9]{5,14}$');
+-- 6 to 15 digits, the first not 0, written without a bounded repeat ({5,14}): PostgreSQL's regex
+-- engine builds its automaton at every match, and the repeat doubled the cost of the check (with
+-- payments.e164_digits, 1% of a delivery's work)
+CREATE DOMAIN payments.e164_phone AS text
+	CHECK (VALUE ~ '^[1-9][0-9]*$' AND pg_catalog.length(VALUE) BETWEEN 6 AND 15);
 COMMENT ON DOMAIN payments.e164_phone IS 'A phone number as E.164 digits: country code first, no plus sign';
 CREATE DOMAIN payments.alpha2_country AS char(2) CHECK (VALUE ~ '^[A-Z]{2}$');
 COMMENT ON DOMAIN payments.alpha2_country IS 'An ISO 3166 alpha-2 country code in upper case';
@@ -633,7 +637,8 @@ COMMENT ON FUNCTION payments.stored_headers(jsonb) IS
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') ~ '^[1-9][0-9]{5,14}$'
+RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') ~ '^[1-9][0-9]*$'
+				AND pg_catalog.length(pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g')) BETWEEN 6 AND 15
 			THEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign), or NULL when it is not one';

@@ -4192,14 +4192,16 @@ BEGIN
 		IF arg = '' THEN
 			body := 'Usage: /approve <reference>';
 		ELSE
-			SELECT p.* INTO pay FROM payments.payments p WHERE p.reference = arg ORDER BY p.id DESC LIMIT 1;
+			-- as typed, else in upper case (our references are; an admin types wa-20261122-7)
+			SELECT p.* INTO pay FROM payments.payments p WHERE p.reference IN (arg, upper(arg))
+			 ORDER BY p.reference = arg DESC, p.id DESC LIMIT 1;
 			IF NOT FOUND THEN
 				body := format('No payment has the reference %s.', arg);
 			ELSIF pay.status = 'paid' THEN
-				body := format('%s is already paid (receipt %s).', arg,
+				body := format('%s is already paid (receipt %s).', pay.reference,
 							   (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
 			ELSIF NOT EXISTS (SELECT FROM payments.transitions t WHERE t.from_status = pay.status AND t.to_status = 'paid') THEN
-				body := format('%s is %s: it cannot be marked paid.', arg, pay.status);
+				body := format('%s is %s: it cannot be marked paid.', pay.reference, pay.status);
 			ELSE
 				c.provider_ref := pay.provider_ref;
 				c.creates := false;
@@ -4210,7 +4212,7 @@ BEGIN
 				-- receipts are taken at commit; the admin's answer names it, so take it now (the
 				-- commit then finds it taken)
 				PERFORM payments.issue_receipt(pay.id, c.status_at);
-				body := format('Approved %s: %s %s marked paid, receipt %s.', arg, payments.chat_amount(pay.amount),
+				body := format('Approved %s: %s %s marked paid, receipt %s.', pay.reference, payments.chat_amount(pay.amount),
 							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
 			END IF;
 		END IF;
@@ -4668,10 +4670,12 @@ BEGIN
 		  JOIN payments.payments p ON p.id = pi.payment_id
 		  JOIN payments.providers v ON v.name = pi.provider
 		  LEFT JOIN payments.chat_donations d ON d.payment_id = pi.payment_id
-		 WHERE pi.state = 'queued'
+		 WHERE pi.state = 'queued' AND p.status = 'pending'
 		 ORDER BY pi.id
 		 LIMIT max_items
-		   FOR UPDATE OF pi SKIP LOCKED
+		   -- the payment locked too, and its status checked again on the row locked: one approved
+		   -- by hand (or paid) since the skip above is not initiated; it is skipped next time
+		   FOR UPDATE OF pi SKIP LOCKED FOR SHARE OF p SKIP LOCKED
 	LOOP
 		key := NULL;
 		SELECT s.secret INTO key FROM payments.secrets s

@@ -315,7 +315,8 @@ SELECT pg_temp.say('263770000001', '/approve', 4);
 SELECT pg_temp.say('263770000001', '/approve NOPE', 5);
 SELECT * FROM pg_temp.replies('263770000001');
 SELECT reference AS eco_ref FROM payments.payments WHERE donor_phone = '263772000003' \gset
-SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 6);
+-- typed in lower case, it finds the payment all the same
+SELECT pg_temp.say('263770000001', '/approve ' || lower(:'eco_ref'), 6);
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);
 SELECT * FROM pg_temp.replies('263770000001');
 SELECT status, receipt_no IS NOT NULL AS receipt, metadata ->> 'approved_by' AS approved_by

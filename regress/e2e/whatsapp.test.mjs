@@ -500,6 +500,29 @@ test('admin commands from admin numbers only', async () => {
 	assert.equal(graph.to(who).filter((s) => s.startsWith('Thank you, Tendai! We received')).length, 1);
 });
 
+test('a payment marked paid while the initiations are claimed is not initiated', async () => {
+	const who = '263775555556';
+	await donate(who, { method: 'ecocash', amount: '9' });
+	const ref = lastRef(who);
+	// another session marks it paid and keeps its transaction open, the payment locked, while
+	// initiate_payments runs: the change is not visible to it yet, the lock is
+	const holder = new Promise((resolve, reject) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
+			'-U', 'postgres', '-d', 'payments', '-v', `r=${ref}`], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
+		child.stdin.end(`BEGIN;
+			UPDATE payments.payments SET status = 'paid', status_at = now(), paid_at = now() WHERE reference = :'r';
+			SELECT pg_sleep(2);
+			COMMIT;\n`);
+	});
+	await sleep(500);
+	await work();
+	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'queued');
+	await holder;
+	await work();
+	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'skipped');
+	assert.equal(paynow.requests.filter((r) => r.reference === ref).length, 0);
+});
+
 test('the report document: an upload or a document message the Cloud API refuses is final, an upload answered without a media id is retried', async () => {
 	const docRow = () => q(`SELECT state || ' ' || last_status || ' ' || attempts FROM payments.outbox
 		WHERE recipient = :'w' AND event_type = 'whatsapp.document' ORDER BY id DESC LIMIT 1`, { w: ADMIN });

@@ -3447,8 +3447,9 @@ BEGIN
 	END IF;
 
 	SELECT p.settings INTO settings FROM payments.providers p WHERE p.name = flows_answer.provider;
-	min_amount := (payments.chat_settings(settings) ->> 'min_amount')::numeric;
-	max_amount := (payments.chat_settings(settings) ->> 'max_amount')::numeric;
+	-- the form shows the widest range over its currencies; the chosen currency's is checked below
+	SELECT min(r.low), max(r.high) INTO min_amount, max_amount
+	  FROM unnest('{USD,ZWG}'::text[]) AS c, payments.chat_amount_range(payments.chat_settings(settings), c) r;
 	choices := jsonb_build_object(
 		'currencies', '[{"id": "USD", "title": "USD"}, {"id": "ZWG", "title": "ZWG"}]'::jsonb,
 		'methods', '[{"id": "ecocash", "title": "EcoCash"}, {"id": "onemoney", "title": "OneMoney"},
@@ -3479,11 +3480,15 @@ BEGIN
 	phone := regexp_replace(coalesce(form ->> 'phone', ''), '[\s().+-]', '', 'g');
 	phone := CASE WHEN phone ~ '^07[0-9]{8}$' THEN '263' || substr(phone, 2)
 				  WHEN phone ~ '^2637[0-9]{8}$' THEN phone END;
+	IF currency IN ('USD', 'ZWG') THEN
+		SELECT r.low, r.high INTO min_amount, max_amount FROM payments.chat_amount_range(payments.chat_settings(settings), currency) r;
+	END IF;
 	problem := CASE
 		WHEN amount IS NULL THEN 'Enter the amount as a number, for example 10 or 10.50.'
-		WHEN amount < min_amount OR amount > max_amount THEN
-			format('The amount must be between %s and %s.', min_amount, max_amount)
 		WHEN currency IS NULL OR currency NOT IN ('USD', 'ZWG') THEN 'Choose USD or ZWG.'
+		WHEN amount < min_amount OR amount > max_amount THEN
+			format('The amount must be between %s and %s%s.', min_amount, max_amount,
+				   ' ' || currency)
 		WHEN method_title IS NULL THEN 'Choose EcoCash, OneMoney or TeleCash.'
 		WHEN phone IS NULL THEN 'Enter a Zimbabwean mobile number, for example 0771234567.'
 		WHEN substr(phone, 4) !~ method_prefix THEN
@@ -3682,6 +3687,36 @@ $$;
 COMMENT ON FUNCTION payments.chat_settings(jsonb) IS
 	'A meta provider''s settings with the conversation''s defaults filled in: amounts 1 to 480, sessions idle 1800 s, 30 messages per 600 s, methods EcoCash, OneMoney, TeleCash, purpose "General fund"';
 
+-- min_amount and max_amount are each a number for every currency, or an object from currency to
+-- number, since one range does not fit USD and ZWG alike (ZWG 480 is about USD 18); a currency
+-- the object does not name has the default
+CREATE FUNCTION payments.chat_amount_limit(cfg jsonb, setting text, currency text)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN jsonb_typeof(cfg -> setting) = 'object'
+				THEN coalesce((cfg -> setting ->> currency)::numeric,
+							  (payments.chat_settings('{}') ->> setting)::numeric)
+				ELSE (cfg ->> setting)::numeric END
+$$;
+COMMENT ON FUNCTION payments.chat_amount_limit(jsonb, text, text) IS
+	'The min_amount or max_amount of conversation settings (payments.chat_settings) for a currency: the number, or the currency''s in an object (else the default)';
+
+CREATE FUNCTION payments.chat_amount_range(cfg jsonb, currency text, OUT low numeric, OUT high numeric)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT min(payments.chat_amount_limit(cfg, 'min_amount', c)), max(payments.chat_amount_limit(cfg, 'max_amount', c))
+	  FROM (SELECT currency WHERE currency IS NOT NULL
+			UNION ALL
+			SELECT k FROM jsonb_object_keys(coalesce(cfg -> 'paynow_providers', '{}')) k WHERE currency IS NULL
+			UNION ALL
+			SELECT NULL WHERE currency IS NULL AND coalesce(cfg -> 'paynow_providers', '{}') = '{}') AS x (c)
+$$;
+COMMENT ON FUNCTION payments.chat_amount_range(jsonb, text) IS
+	'The amounts a donation may have in a currency, from conversation settings (payments.chat_settings); for a NULL currency (not chosen yet) the widest over the currencies of paynow_providers';
+
 CREATE FUNCTION payments.chat_settings_problem(settings jsonb)
 RETURNS text
 LANGUAGE plpgsql STABLE
@@ -3734,9 +3769,15 @@ BEGIN
 		RETURN 'purposes must be an array of 1 to 3 names of 1 to 20 characters (reply buttons)';
 	END IF;
 	SELECT k INTO bad FROM unnest('{min_amount,max_amount}'::text[]) AS k
-	 WHERE settings ? k AND (jsonb_typeof(settings -> k) <> 'number' OR (settings ->> k)::numeric <= 0) LIMIT 1;
+	 WHERE settings ? k
+	   AND NOT (jsonb_typeof(settings -> k) = 'number' AND (settings ->> k)::numeric > 0)
+	   AND NOT (jsonb_typeof(settings -> k) = 'object'
+				AND NOT EXISTS (SELECT FROM jsonb_each(settings -> k) AS e (c, v)
+								 WHERE jsonb_typeof(e.v) <> 'number' OR (e.v #>> '{}')::numeric <= 0
+									OR NOT EXISTS (SELECT FROM payments.currencies x WHERE x.code = e.c::bpchar)))
+	 LIMIT 1;
 	IF bad IS NOT NULL THEN
-		RETURN format('%s must be a positive number', bad);
+		RETURN format('%s must be a positive number, or an object from ISO 4217 code to positive number, e.g. {"USD": 480, "ZWG": 13000}', bad);
 	END IF;
 	SELECT k INTO bad FROM (VALUES ('session_timeout', 10, 604800), ('rate_limit', 1, 10000), ('rate_window', 1, 86400))
 		AS t (k, lo, hi)
@@ -3748,8 +3789,16 @@ BEGIN
 							   ELSE 'seconds, 1 to 86400' END);
 	END IF;
 	cfg := payments.chat_settings(settings);
-	IF (cfg ->> 'min_amount')::numeric > (cfg ->> 'max_amount')::numeric THEN
-		RETURN 'min_amount must not be more than max_amount';
+	SELECT coalesce(' for ' || c, '') INTO bad
+	  FROM (SELECT NULL::text
+			UNION SELECT jsonb_object_keys(CASE jsonb_typeof(cfg -> 'min_amount') WHEN 'object' THEN cfg -> 'min_amount' ELSE '{}' END)
+			UNION SELECT jsonb_object_keys(CASE jsonb_typeof(cfg -> 'max_amount') WHEN 'object' THEN cfg -> 'max_amount' ELSE '{}' END)
+			UNION SELECT jsonb_object_keys(CASE jsonb_typeof(cfg -> 'paynow_providers') WHEN 'object' THEN cfg -> 'paynow_providers' ELSE '{}' END)
+		   ) AS x (c)
+	 WHERE payments.chat_amount_limit(cfg, 'min_amount', c) > payments.chat_amount_limit(cfg, 'max_amount', c)
+	 ORDER BY c NULLS FIRST LIMIT 1;
+	IF bad IS NOT NULL THEN
+		RETURN 'min_amount must not be more than max_amount' || bad;
 	END IF;
 	RETURN NULL;
 END
@@ -3981,9 +4030,10 @@ BEGIN
 			'Hello' || coalesce(' ' || name, '') || E'! Thank you for contacting us. What would you like to do?\n' ||
 			'(You can send *help* at any time.)',
 			'[["donate", "Donate"], ["check", "Check a payment"], ["volunteer", "Volunteer"], ["help", "Help"]]')
-		WHEN 'amount' THEN payments.chat_text(wa_id, format(
-			'How much would you like to give? Send an amount between %s and %s, for example 10 or 25.50.',
-			payments.chat_amount((cfg ->> 'min_amount')::numeric), payments.chat_amount((cfg ->> 'max_amount')::numeric)))
+		WHEN 'amount' THEN (SELECT payments.chat_text(wa_id, format(
+			'How much would you like to give? Send an amount between %s and %s%s, for example 10 or 25.50.',
+			payments.chat_amount(r.low), payments.chat_amount(r.high), coalesce(' ' || (draft ->> 'currency'), '')))
+			FROM payments.chat_amount_range(cfg, draft ->> 'currency') r)
 		WHEN 'currency' THEN payments.chat_choices(wa_id, 'In which currency?',
 			(SELECT jsonb_agg(jsonb_build_array('cur_' || k, k) ORDER BY k) FROM jsonb_object_keys(cfg -> 'paynow_providers') k))
 		WHEN 'method' THEN payments.chat_choices(wa_id, 'How would you like to pay?',
@@ -4034,6 +4084,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	currencies text[] := ARRAY(SELECT jsonb_object_keys(cfg -> 'paynow_providers'));
+	low		numeric;
+	high	numeric;
 BEGIN
 	next_draft := draft;
 	IF cardinality(currencies) = 0 THEN
@@ -4045,6 +4097,14 @@ BEGIN
 	END IF;
 	IF NOT next_draft ? 'currency' AND cardinality(currencies) = 1 THEN
 		next_draft := next_draft || jsonb_build_object('currency', currencies[1]);
+	END IF;
+	-- the amount came before the currency: it is asked again if outside that currency's range
+	SELECT r.low, r.high INTO low, high FROM payments.chat_amount_range(cfg, next_draft ->> 'currency') r;
+	IF next_draft ? 'currency' AND (next_draft ->> 'amount')::numeric NOT BETWEEN low AND high THEN
+		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
+			'Donations in %s must be between %s and %s.', next_draft ->> 'currency', payments.chat_amount(low),
+			payments.chat_amount(high))));
+		next_draft := next_draft - 'amount';
 	END IF;
 	next_state := CASE
 		WHEN NOT next_draft ? 'amount' THEN 'amount'
@@ -4252,6 +4312,8 @@ DECLARE
 	txt		text;
 	word	text;
 	amount	numeric;
+	low		numeric;
+	high	numeric;
 	choice	text;
 	labels	text[];
 BEGIN
@@ -4331,11 +4393,11 @@ BEGIN
 	ELSIF st = 'amount' THEN
 		choice := regexp_replace(txt, '^(\$|usd|zwg|zig)\s*', '', 'i');
 		amount := CASE WHEN choice ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN choice::numeric END;
-		IF amount IS NULL OR amount < (cfg ->> 'min_amount')::numeric OR amount > (cfg ->> 'max_amount')::numeric THEN
+		SELECT r.low, r.high INTO low, high FROM payments.chat_amount_range(cfg, drafted ->> 'currency') r;
+		IF amount IS NULL OR amount < low OR amount > high THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
 				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s, like 10 or 25.50.',
-				left(txt, 40), payments.chat_amount((cfg ->> 'min_amount')::numeric),
-				payments.chat_amount((cfg ->> 'max_amount')::numeric))));
+				left(txt, 40), payments.chat_amount(low), payments.chat_amount(high))));
 		ELSE
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('amount', payments.chat_amount(amount))) a;

@@ -164,6 +164,14 @@ SELECT * FROM pg_temp.donate(:'token', '{"amount": "abc", "currency": "USD", "me
 SELECT * FROM pg_temp.donate(:'token', '{"amount": "10.505", "currency": "USD", "method": "ecocash", "phone": "0771234567"}');
 SELECT * FROM pg_temp.donate(:'token', '{"amount": "0.99", "currency": "USD", "method": "ecocash", "phone": "0771234567"}');
 SELECT * FROM pg_temp.donate(:'token', '{"amount": 100.01, "currency": "USD", "method": "ecocash", "phone": "0771234567"}');
+-- amounts per currency: the form shows the widest range, the chosen currency's is checked
+BEGIN;
+UPDATE payments.providers SET settings = settings || '{"max_amount": {"USD": 100, "ZWG": 3000}}' WHERE name = 'flows-wa';
+SELECT http_status, data -> 'data' ->> 'min_amount' AS min_amount, data -> 'data' ->> 'max_amount' AS max_amount
+  FROM payments.flows_answer('flows-wa', jsonb_build_object('action', 'INIT', 'flow_token', :'token')) AS a (http_status, data);
+SELECT * FROM pg_temp.donate(:'token', '{"amount": 1000, "currency": "USD", "method": "ecocash", "phone": "0771234567"}');
+SELECT * FROM pg_temp.donate(:'token', '{"amount": 1000, "currency": "ZWG", "method": "ecocash", "phone": "0771234567"}');
+ROLLBACK;
 SELECT * FROM pg_temp.donate(:'token', '{"amount": "10", "currency": "EUR", "method": "ecocash", "phone": "0771234567"}');
 SELECT * FROM pg_temp.donate(:'token', '{"amount": "10", "currency": "USD", "method": "card", "phone": "0771234567"}');
 SELECT * FROM pg_temp.donate(:'token', '{"amount": "10", "currency": "USD", "method": "ecocash", "phone": "12345"}');

@@ -23,6 +23,9 @@ SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "method
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "purposes": ["A purpose far too long for a button"]}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": 0}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": 500}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": {"usd": 1}}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "max_amount": {"USD": 480, "ZWG": "lots"}}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": {"ZWG": 600}}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "session_timeout": 1.5}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "rate_limit": 0}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "access_token": "EAAtoken", "phone_number_id": "106540352242922",
@@ -368,3 +371,25 @@ SELECT r AS response, payments.graph_throttled(r) AS throttled
 			   ('{"error": {"code": 99999999999}}'),
 			   ('{"error": {"message": "(#131056) pair rate limit hit", "code": 1310'),
 			   ('[]'), ('')) AS x (r);
+
+-- amounts per currency (ZWG 480 is about USD 18): the amount comes first, checked against the
+-- widest range, then again against the currency's once chosen
+BEGIN;
+UPDATE payments.providers SET settings = settings || '{"min_amount": {"ZWG": 20}, "max_amount": {"USD": 480, "ZWG": 13000}}'
+ WHERE name = 'chat';
+SELECT payments.chat_settings_problem(settings) FROM payments.providers WHERE name = 'chat';
+SELECT pg_temp.say('263772000090', 'donate', 1, true);
+SELECT pg_temp.say('263772000090', '13000.01', 2);
+SELECT pg_temp.say('263772000090', '1000', 3);
+SELECT pg_temp.say('263772000090', 'cur_USD', 4, true);
+SELECT pg_temp.say('263772000090', '1000', 5);
+SELECT pg_temp.say('263772000090', '300', 6);
+SELECT * FROM pg_temp.replies('263772000090');
+SELECT pg_temp.say('263772000091', 'donate', 1, true);
+SELECT pg_temp.say('263772000091', '10', 2);
+SELECT pg_temp.say('263772000091', 'cur_ZWG', 3, true);
+SELECT pg_temp.say('263772000091', '2500', 4);
+SELECT * FROM pg_temp.replies('263772000091');
+SELECT wa_id, state, draft ->> 'amount' AS amount, draft ->> 'currency' AS currency FROM payments.chat_sessions
+ WHERE wa_id IN ('263772000090', '263772000091') ORDER BY wa_id;
+ROLLBACK;

@@ -132,7 +132,7 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		const form = { amount: '500', currency: 'USD', method: 'ecocash', phone: '0771234567' };
 		const tooMuch = await donate(token, 'DONATE', form);
 		assert.deepEqual([tooMuch.status, tooMuch.answer.screen, tooMuch.answer.data.error_message],
-			[200, 'DONATE', 'The amount must be between 1 and 480.']);
+			[200, 'DONATE', 'The amount must be between 1 and 480 USD.']);
 		const notANumber = await donate(token, 'DONATE', { ...form, amount: '1e3' });
 		assert.match(notANumber.answer.data.error_message, /^Enter the amount as a number/);
 
@@ -163,7 +163,7 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		const token = issueToken('263711234567', 'wa-plain');
 		const res = await exchange({ version: '3.0', action: 'data_exchange', screen: 'DONATE', flow_token: token,
 			data: { amount: 60, currency: 'ZWG', method: 'onemoney', phone: '0711234567' } }, 'wa-plain', plainKeys.publicKey);
-		assert.deepEqual([res.status, res.answer.data.error_message], [200, 'The amount must be between 1 and 50.']);
+		assert.deepEqual([res.status, res.answer.data.error_message], [200, 'The amount must be between 1 and 50 ZWG.']);
 	});
 
 	test('a client error notification is acknowledged', async () => {

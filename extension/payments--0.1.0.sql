@@ -4330,6 +4330,10 @@ BEGIN
 	IF ev.event_at < s.last_message_at THEN
 		RETURN 'ignored';
 	END IF;
+	-- a reaction (an emoji put on one of our messages) asks nothing
+	IF msg ->> 'type' = 'reaction' THEN
+		RETURN 'ignored';
+	END IF;
 
 	-- the token bucket: rate_limit messages, refilled in rate_window seconds
 	bucket := least(cap, s.tokens + greatest(extract(epoch FROM now() - s.tokens_at)::double precision, 0)
@@ -4358,7 +4362,13 @@ BEGIN
 	txt := btrim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
 	word := lower(coalesce(btn, txt));
 
-	IF btn IS NULL AND left(txt, 1) = '/'
+	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button') THEN
+		-- a picture, sticker, voice note, location, contact...: the conversation stays where it was
+		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+			'Sorry, we can only read text and buttons here. ' ||
+			CASE WHEN st = 'menu' THEN 'Send *help* to see what you can do.'
+				 ELSE 'Please answer the last question in words, or send *help*.' END));
+	ELSIF btn IS NULL AND left(txt, 1) = '/'
 	   AND wa IN (SELECT payments.e164_digits(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a) THEN
 		PERFORM payments.chat_admin(ev.provider, wa, txt);
 	ELSIF word IN ('cancel', 'stop') THEN

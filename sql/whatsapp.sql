@@ -37,7 +37,7 @@ SELECT payments.add_secret('chat', 'test_app_secret') IS NOT NULL AS secret_adde
 -- say(from, text or button id, seconds): one signed delivery of one message at 1718000000 + seconds
 CREATE SEQUENCE pg_temp.wamid;
 CREATE FUNCTION pg_temp.say(sender text, said text, at integer, button boolean DEFAULT false,
-							number_id text DEFAULT '106540352242922')
+							number_id text DEFAULT '106540352242922', content jsonb DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
 	msg		jsonb := jsonb_build_object('from', sender, 'id', 'wamid.in' || nextval('pg_temp.wamid'),
@@ -49,6 +49,7 @@ BEGIN
 		THEN jsonb_build_object('type', 'interactive', 'interactive', jsonb_build_object('type', 'button_reply',
 								'button_reply', jsonb_build_object('id', said, 'title', said)))
 		ELSE jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', said)) END;
+	msg := CASE WHEN content IS NULL THEN msg ELSE msg - 'type' - 'text' || content END;	-- another type of message
 	body := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
 		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
 			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', number_id),
@@ -393,3 +394,16 @@ SELECT * FROM pg_temp.replies('263772000091');
 SELECT wa_id, state, draft ->> 'amount' AS amount, draft ->> 'currency' AS currency FROM payments.chat_sessions
  WHERE wa_id IN ('263772000090', '263772000091') ORDER BY wa_id;
 ROLLBACK;
+
+-- a reaction is not answered; a sticker or a picture gets a word, and the conversation stays where it was
+SELECT pg_temp.say('263772000092', 'donate', 1, true);
+SELECT pg_temp.say('263772000092', NULL, 2, false, '106540352242922',
+				   '{"type": "reaction", "reaction": {"message_id": "wamid.out1", "emoji": "\ud83d\udc4d"}}');
+SELECT pg_temp.say('263772000092', NULL, 3, false, '106540352242922',
+				   '{"type": "sticker", "sticker": {"id": "1130273158150592", "mime_type": "image/webp", "animated": false}}');
+SELECT pg_temp.say('263772000092', '25', 4);
+SELECT * FROM pg_temp.replies('263772000092');
+SELECT pg_temp.say('263772000093', NULL, 1, false, '106540352242922',
+				   '{"type": "image", "image": {"id": "2754859441498128", "mime_type": "image/jpeg"}}');
+SELECT * FROM pg_temp.replies('263772000093');
+

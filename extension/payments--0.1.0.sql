@@ -2360,6 +2360,7 @@ DECLARE
 	ids		bigint[] := '{}';
 	probe	bigint;
 	ep		bigint;
+	lease	numeric;
 BEGIN
 	-- endpoints whose breaker has cooled down get one probe each
 	FOR ep IN
@@ -2397,14 +2398,18 @@ BEGIN
 	UPDATE payments.outbox_attempts a SET finished_at = now(), error = 'interrupted: no result was recorded'
 	 WHERE a.outbox_id = ANY (ids) AND a.finished_at IS NULL;
 
-	-- the lease: if no result is recorded, the item is due again when it ends
+	-- the lease: if no result is recorded, the item is due again when it ends.  deliver_outbox
+	-- records the results once every request of the batch is done, so each item's lease covers
+	-- the slowest request claimed with it (a WhatsApp message leased for its own 30 s beside a slow
+	-- endpoint fell due again while its result waited, and was sent twice)
+	SELECT max(coalesce((e.connect_timeout_ms + e.timeout_ms) / 1000.0, 20)) + 10 INTO lease
+	  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
+	 WHERE o.id = ANY (ids);
 	RETURN QUERY
 	WITH u AS (
 		UPDATE payments.outbox o
 		   SET attempts = o.attempts + 1,
-			   next_attempt_at = now() + make_interval(secs => coalesce(
-					(SELECT (e.connect_timeout_ms + e.timeout_ms) / 1000.0 FROM payments.endpoints e
-					  WHERE e.id = o.endpoint_id), 20) + 10)
+			   next_attempt_at = now() + make_interval(secs => lease)
 		 WHERE o.id = ANY (ids)
 		RETURNING o.id, o.attempts, o.endpoint_id, o.provider, o.payload),
 	a AS (

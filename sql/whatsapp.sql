@@ -362,6 +362,21 @@ SELECT DISTINCT url, secret, headers, body::jsonb ->> 'messaging_product' AS pro
   FROM payments.claim_outbox(200) WHERE url LIKE '%/messages';
 SELECT endpoint, pending > 0 AS pending FROM payments.outbox_backlog WHERE endpoint = 'whatsapp:chat';
 
+-- the results of a run are recorded once its whole batch is sent: every item claimed with a slow
+-- endpoint is leased for that endpoint's time (the message's own 30 s ran out while it waited, and
+-- it was sent again)
+BEGIN;
+SELECT payments.add_endpoint('slow-crm', 'https://crm.example/slow', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+							 timeout_ms => 60000) IS NOT NULL AS added;
+INSERT INTO payments.outbox (endpoint_id, event_type, payload)
+SELECT id, 'payment.paid', '{}' FROM payments.endpoints WHERE name = 'slow-crm';
+SELECT pg_temp.say('263772000094', 'help', 1);
+CREATE TEMP TABLE lease_claim AS SELECT * FROM payments.claim_outbox(200);
+SELECT count(*) AS claimed, count(*) FILTER (WHERE c.url LIKE '%/messages') AS messages,
+	   min(o.next_attempt_at - now()) AS shortest_lease, max(o.next_attempt_at - now()) AS longest_lease
+  FROM lease_claim c JOIN payments.outbox o ON o.id = c.outbox_id;
+ROLLBACK;
+
 -- Meta's rate limits are answered HTTP 400 like refusals; only their codes are retried
 SELECT r AS response, payments.graph_throttled(r) AS throttled
   FROM (VALUES ('{"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429}}'),

@@ -2969,6 +2969,9 @@ DECLARE
 	req_url	text;
 	req_method text;
 	req_headers text;
+	req_body text;
+	trace	text;
+	key		text;
 	problem	text;
 	new_id	bigint;
 BEGIN
@@ -2986,6 +2989,7 @@ BEGIN
 		req_url := NULL;
 		req_method := 'GET';
 		req_headers := 'Accept: application/json';
+		req_body := NULL;
 		problem := NULL;
 		IF pay.kind IN ('paypal', 'eversend') THEN
 			SELECT t.* INTO tok FROM payments.api_tokens t WHERE t.provider = pay.provider;
@@ -2995,8 +2999,26 @@ BEGIN
 			req_url := pay.metadata ->> 'pollurl';
 			req_method := 'POST';
 			req_headers := 'Content-Type: application/x-www-form-urlencoded';
+			req_body := '';
 			IF req_url IS NULL OR req_url !~ '^https?://[^[:space:]]+$' THEN
-				problem := 'the payment has no pollurl';
+				-- no pollurl (the initiate reply never came): Paynow's trace finds the transaction
+				-- by the merchant trace we sent with it, our reference
+				SELECT pi.reference INTO trace FROM payments.paynow_initiations pi
+				 WHERE pi.payment_id = pay.id AND pi.state IN ('sending', 'unconfirmed');
+				key := NULL;
+				SELECT s.secret INTO key FROM payments.secrets s
+				 WHERE s.provider = pay.provider AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())
+				 ORDER BY s.id DESC LIMIT 1;
+				IF trace IS NULL THEN
+					problem := 'the payment has no pollurl';
+				ELSIF key IS NULL OR NOT pay.settings ? 'integration_id' THEN
+					problem := 'the payment has no pollurl, and the provider no integration_id or live key to trace it';
+				ELSE
+					req_url := base || '/interface/trace';
+					req_body := payments.paynow_request(jsonb_build_array(
+						jsonb_build_array('id', pay.settings ->> 'integration_id'),
+						jsonb_build_array('merchanttrace', trace), jsonb_build_array('status', 'Message')), key);
+				END IF;
 			END IF;
 		WHEN 'stripe' THEN
 			req_url := base || '/v1/payment_intents/' || pay.provider_ref;
@@ -3041,14 +3063,14 @@ BEGIN
 			url := req_url;
 			method := req_method;
 			headers := req_headers;
-			body := CASE WHEN req_method = 'POST' THEN '' END;
+			body := req_body;
 			RETURN NEXT;
 		END IF;
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
-	'Claims stuck payments not checked within payments.reconcile_after (SKIP LOCKED), records a check for each and returns the request to send; checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+	'Claims stuck payments not checked within payments.reconcile_after (SKIP LOCKED), records a check for each and returns the request to send (a Paynow payment without pollurl whose initiation may have reached Paynow: its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
 CREATE FUNCTION payments.record_reconciliation(check_id bigint, http_status integer, error text, response text)
 RETURNS text
@@ -3108,7 +3130,14 @@ BEGIN
 				IF verdict IS DISTINCT FROM 'valid' THEN
 					RAISE EXCEPTION 'hash check failed: %', coalesce(verdict, 'no live integration key');
 				END IF;
-				change := payments.paynow_change(r, settings, pay.status_at);
+				IF lower(raw) = 'notfound' THEN
+					-- the trace: Paynow has no transaction with our merchant trace, reconcile_after
+					-- since the payment began: the initiation never reached it, nothing can be taken
+					change.status := 'failed';
+					change.status_at := now();
+				ELSE
+					change := payments.paynow_change(r, settings, pay.status_at);
+				END IF;
 			ELSIF kind = 'stripe' THEN
 				r := response::jsonb;
 				raw := r ->> 'status';
@@ -3183,7 +3212,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) IS
-	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
+	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
 
 CREATE FUNCTION payments.paynow_form(body bytea)
 RETURNS jsonb
@@ -3196,7 +3225,7 @@ CREATE PROCEDURE payments.reconcile(max_items integer DEFAULT 50)
 AS 'MODULE_PATHNAME', 'reconcile'
 LANGUAGE C;
 COMMENT ON PROCEDURE payments.reconcile(integer) IS
-	'Checks payments pending longer than payments.reconcile_after with their provider (Paynow poll URL, Stripe payment intent, PayPal capture, Eversend transaction) and applies the answers through the state machine: fetches API tokens, claims and records the checks, commits, asks (libcurl, in parallel), records and commits; CALL it outside a transaction block';
+	'Checks payments pending longer than payments.reconcile_after with their provider (Paynow poll URL or trace, Stripe payment intent, PayPal capture, Eversend transaction) and applies the answers through the state machine: fetches API tokens, claims and records the checks, commits, asks (libcurl, in parallel), records and commits; CALL it outside a transaction block';
 
 CREATE FUNCTION payments.reconciliation_summary(hours_back integer DEFAULT 24)
 RETURNS TABLE (metric text, provider text, detail text, count bigint)
@@ -3865,7 +3894,7 @@ CREATE TABLE payments.paynow_initiations (
 );
 CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) WHERE state IN ('queued', 'sending');
 COMMENT ON TABLE payments.paynow_initiations IS
-	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it or it was never sent: the payment failed); unconfirmed (it may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
+	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it or it was never sent: the payment failed); unconfirmed (it may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update or reconciliation''s trace by merchant trace to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
 
 CREATE TABLE payments.whatsapp_statuses (
 	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
@@ -4783,7 +4812,10 @@ BEGIN
 		IF NOT payments.paynow_web_checkout(i.method) THEN
 			fields := fields || jsonb_build_array(jsonb_build_array('phone', i.phone), jsonb_build_array('method', i.method));
 		END IF;
-		fields := fields || jsonb_build_array(jsonb_build_array('status', 'Message'));
+		-- our reference as the merchant trace: reconciliation asks Paynow's trace for a payment
+		-- whose initiate reply (and pollurl) never came
+		fields := fields || jsonb_build_array(jsonb_build_array('merchanttrace', i.reference),
+											  jsonb_build_array('status', 'Message'));
 		UPDATE payments.paynow_initiations pi SET state = 'sending', started_at = now() WHERE pi.id = i.id;
 		initiation_id := i.id;
 		url := payments.api_base('paynow', i.settings) ||

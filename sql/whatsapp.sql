@@ -127,7 +127,7 @@ SELECT provider, method, phone, state FROM payments.paynow_initiations;
 
 -- the request: hashed like Paynow's SDKs, mobile checkout, the hash verifies with the key
 CREATE TABLE pg_temp.claimed AS SELECT * FROM payments.claim_initiations(10);
-SELECT url, method, headers, regexp_replace(regexp_replace(body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
+SELECT url, method, headers, regexp_replace(regexp_replace(body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N', 'g'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
   FROM pg_temp.claimed;
 SELECT payments.verify_paynow(convert_to(body, 'UTF8'), :'key') FROM pg_temp.claimed;
 SELECT state FROM payments.paynow_initiations;
@@ -174,7 +174,7 @@ SELECT pg_temp.donate('263772000003', 0, 'ecocash');
 SELECT pg_temp.donate('263772000004', 0, 'onemoney');
 TRUNCATE pg_temp.claimed;
 INSERT INTO pg_temp.claimed SELECT * FROM payments.claim_initiations(10);
-SELECT i.phone, c.url, regexp_replace(regexp_replace(c.body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
+SELECT i.phone, c.url, regexp_replace(regexp_replace(c.body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N', 'g'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
   FROM pg_temp.claimed c JOIN payments.paynow_initiations i ON i.id = c.initiation_id ORDER BY c.initiation_id;
 SELECT payments.record_initiation(initiation_id, 200, NULL, CASE i.method
 	WHEN 'card' THEN payments.paynow_request('[["status", "Ok"], ["browserurl", "https://www.paynow.co.zw/Payment/ConfirmPayment/9510"],
@@ -210,6 +210,31 @@ SELECT p.donor_phone, i.state, i.error, p.status FROM payments.paynow_initiation
  WHERE p.donor_phone IN ('263772000005', '263772000006') ORDER BY 1;
 SELECT * FROM pg_temp.replies('263772000005') OFFSET 7;
 SELECT * FROM pg_temp.replies('263772000006') OFFSET 7;
+-- reconciliation of unconfirmed payments (no pollurl): Paynow's trace, by the merchant trace sent
+-- with the initiation (our reference); a status update settles one, NotFound (the request never
+-- reached Paynow: nothing can be taken) fails the other, and its donor is told
+BEGIN;
+SET LOCAL payments.reconcile_after = '1min';
+UPDATE payments.payments SET status_at = now() - interval '1 hour'
+ WHERE donor_phone IN ('263772000003', '263772000005') AND provider = 'pn_zwg';
+CREATE TEMP TABLE traces AS SELECT * FROM payments.claim_reconciliation(50) WHERE url LIKE '%/interface/trace';
+SELECT p.donor_phone, t.url, t.method,
+	   regexp_replace(regexp_replace(t.body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N', 'g'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
+  FROM traces t JOIN payments.reconciliation_checks c ON c.id = t.check_id JOIN payments.payments p ON p.id = c.payment_id
+ ORDER BY 1;
+SELECT payments.record_reconciliation(t.check_id, 200, NULL, CASE p.donor_phone
+	WHEN '263772000003' THEN payments.paynow_request(jsonb_build_array(jsonb_build_array('reference', p.reference),
+		'["paynowreference", "9005"]'::jsonb, '["amount", "5.00"]'::jsonb, '["status", "Paid"]'::jsonb,
+		'["pollurl", "https://www.paynow.co.zw/Interface/CheckPayment/?guid=g5"]'::jsonb), :'key')
+	ELSE payments.paynow_request('[["status", "NotFound"]]', :'key') END) AS outcome
+  FROM traces t JOIN payments.reconciliation_checks c ON c.id = t.check_id JOIN payments.payments p ON p.id = c.payment_id
+ ORDER BY p.donor_phone;
+SELECT p.donor_phone, p.status, p.metadata ->> 'pollurl' AS pollurl, c.found_status, c.status_after
+  FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+ WHERE c.request LIKE '%/interface/trace' ORDER BY 1;
+SET CONSTRAINTS ALL IMMEDIATE;		-- the donor's message is queued at commit
+SELECT * FROM pg_temp.replies('263772000005');
+ROLLBACK;
 
 -- the procedure commits: not inside a transaction block
 BEGIN;

@@ -164,9 +164,12 @@ async function startGraph() {
 }
 
 // The Paynow stand-in: test-mode numbers as Paynow documents them (0771111111 pays, 0774444444 has
-// no balance); 0772222222 is paid so fast that the status update arrives before the initiate reply
+// no balance); 0772222222 is paid so fast that the status update arrives before the initiate reply;
+// for 0775555555 the transaction is made and paid but the reply is lost (HTTP 502), and for
+// 0776666666 the request never reaches it (HTTP 502 from a proxy); /interface/trace finds the
+// transactions by merchant trace
 async function startPaynow() {
-	const p = { requests: [], refused: [], updates: [], n: 9000 };
+	const p = { requests: [], refused: [], updates: [], traces: [], made: new Map(), n: 9000 };
 	const statusUpdate = async (f, ref, status) => {
 		const provider = f.id === IDS.pn_usd ? 'pn_usd' : 'pn_zwg';
 		const body = paynowForm(provider, { reference: f.reference, paynowreference: ref, amount: f.amount, status,
@@ -179,15 +182,28 @@ async function startPaynow() {
 		req.on('data', (d) => { raw += d; });
 		req.on('end', async () => {
 			const mobile = req.url === '/interface/remotetransaction';
-			if (req.method !== 'POST' || !(mobile || req.url === '/interface/initiatetransaction')) return res.writeHead(404).end();
 			const provider = /(^|&)id=1201(&|$)/.test(raw) ? 'pn_usd' : 'pn_zwg';
+			if (req.method === 'POST' && req.url === '/interface/trace') {
+				const t = sdk(provider).parseQuery(raw);
+				p.traces.push(t.merchanttrace);
+				if (!sdk(provider).verifyHash(t) || Object.keys(t).join(',') !== 'id,merchanttrace,status,hash' || t.status !== 'Message') {
+					p.refused.push('trace');
+					return res.writeHead(200).end('status=Error&error=Invalid+request');
+				}
+				const made = p.made.get(t.merchanttrace);
+				return res.writeHead(200).end(made ? paynowForm(provider, { reference: made.reference, paynowreference: made.ref,
+					amount: made.amount, status: 'Paid', pollurl: `${p.base}/poll/${made.reference}` })
+					: paynowForm(provider, { status: 'NotFound' }));
+			}
+			if (req.method !== 'POST' || !(mobile || req.url === '/interface/initiatetransaction')) return res.writeHead(404).end();
 			const f = sdk(provider).parseQuery(raw);
 			p.requests.push({ url: req.url, ...f });
 			const problem = !sdk(provider).verifyHash(f) ? 'Invalid hash'
 				: Object.keys(f).join(',') !== (mobile
-					? 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,phone,method,status,hash'
-					: 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,status,hash') ? `fields ${Object.keys(f)}`
-				: f.status !== 'Message' || !/^\d+\.\d\d$/.test(f.amount) || !f.resulturl.startsWith(shim.base) ? 'values'
+					? 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,phone,method,merchanttrace,status,hash'
+					: 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,merchanttrace,status,hash') ? `fields ${Object.keys(f)}`
+				: f.status !== 'Message' || !/^\d+\.\d\d$/.test(f.amount) || !f.resulturl.startsWith(shim.base)
+					|| f.merchanttrace !== f.reference ? 'values'
 				// the methods Paynow's mobile checkout documents (no telecash)
 				: mobile && (!/^07\d{8}$/.test(f.phone) || !['ecocash', 'onemoney', 'innbucks', 'paygo', 'vmc', 'zimswitch'].includes(f.method)) ? 'phone or method'
 				: null;
@@ -196,8 +212,11 @@ async function startPaynow() {
 				return res.writeHead(200).end(`status=Error&error=${encodeURIComponent(problem)}`);
 			}
 			if (mobile && f.phone === '0774444444') return res.writeHead(200).end('status=Error&error=Insufficient+balance');
+			if (mobile && f.phone === '0776666666') return res.writeHead(502).end('Bad Gateway');
 			p.n += 1;
 			const ref = String(p.n);
+			p.made.set(f.merchanttrace, { reference: f.reference, ref, amount: f.amount });
+			if (mobile && f.phone === '0775555555') return res.writeHead(502).end('Bad Gateway');
 			if (mobile && f.phone === '0772222222') await statusUpdate(f, ref, 'Paid');
 			const reply = mobile
 				? { status: 'Ok', instructions: `Dial *151*2*4# and approve ${f.amount} for ${f.reference}`,
@@ -414,6 +433,37 @@ test('a Paynow status update arriving before the initiate reply is stored still 
 	assert.match(graph.to(who).at(-1), new RegExp(`^Your last donation, 7.00 USD by EcoCash \\(reference ${ref}\\), is paid. Receipt number: LP-`));
 });
 
+test('reconciliation traces an initiation whose reply was lost: paid if Paynow made it, failed if it never reached Paynow', async () => {
+	const lost = '263771230001';
+	const never = '263771230002';
+	await donate(lost, { method: 'ecocash', amount: '6', phone: '0775555555' });
+	await donate(never, { method: 'ecocash', amount: '7', phone: '0776666666' });
+	await work();
+	const refs = { a: lastRef(lost), b: lastRef(never) };
+	const state = (r) => q(`SELECT i.state || ' ' || p.status || ' ' || coalesce(p.metadata ->> 'pollurl', '-')
+		FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id WHERE p.reference = :'r'`, { r });
+	assert.equal(state(refs.a), 'unconfirmed pending -');
+	assert.equal(state(refs.b), 'unconfirmed pending -');
+	// stuck for longer than reconcile_after: reconciliation asks Paynow's trace, by our reference
+	q(`UPDATE payments.payments SET status_at = now() - interval '1 hour' WHERE reference IN (:'a', :'b')`, refs);
+	await new Promise((resolve, reject) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
+			'-U', 'postgres', '-d', 'payments'], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
+		child.stdin.end(`SET payments.reconcile_after = '1min';\nCALL payments.reconcile(50);\n`);
+	});
+	assert.deepEqual(paynow.traces.filter((t) => t === refs.a || t === refs.b).sort(), [refs.a, refs.b].sort());
+	assert.equal(state(refs.a), `unconfirmed paid ${paynow.base}/poll/${refs.a}`);
+	assert.equal(state(refs.b), 'unconfirmed failed -');
+	assert.equal(q(`SELECT string_agg(found_status || ' ' || outcome, ', ' ORDER BY found_status) FROM payments.reconciliation_checks
+		WHERE request LIKE '%/interface/trace'`), 'NotFound fixed, Paid fixed');
+	await work();
+	assert.ok(graph.to(lost).some((m) => m.startsWith(`Thank you, Tendai! We received your donation of 6.00 USD (reference ${refs.a})`)),
+		graph.to(lost).join('\n'));
+	assert.ok(graph.to(never).some((m) => m.startsWith(`Your donation of 7.00 USD (reference ${refs.b}) did not go through.`)),
+		graph.to(never).join('\n'));
+	assert.deepEqual(paynow.refused, []);
+});
+
 test('Paynow refuses the payment: the donor gets a helpful message', async () => {
 	const who = '263774444444';
 	await donate(who, { method: 'ecocash', amount: '9' });
@@ -480,7 +530,7 @@ test('admin commands from admin numbers only', async () => {
 		'whatsapp.text delivered -, whatsapp.document delivered -, whatsapp.text delivered -');
 	const [help, stats, report, document, approved] = graph.to(ADMIN);
 	assert.match(help, /^Admin commands:\n\/stats/);
-	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 1 failed, 1 pending\nZWG: /);
+	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 2 failed, 1 pending\nZWG: /);
 	assert.match(report, /^Daily report \d{4}-\d{2}-\d{2}:\n.*USD \(all\): \d+ paid/s);
 	// the report again as a CSV document, after the text: the rows of payments.daily_report
 	const day = report.slice(13, 23);

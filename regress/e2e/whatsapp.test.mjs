@@ -231,13 +231,20 @@ async function startPaynow() {
 	return p;
 }
 
+// Runs SQL in a psql session of its own, in the background (psql variables as name=value)
+function session(sql, vars = {}) {
+	return new Promise((resolve, reject) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
+			'-U', 'postgres', '-d', 'payments', ...Object.entries(vars).flatMap(([k, v]) => ['-v', `${k}=${v}`])],
+		(err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
+		child.stdin.end(sql);
+	});
+}
+
 // The background work of the chat job: initiations, then deliveries until a run sends nothing
 // (a chat gets one message per run, in order)
 function work() {
-	return new Promise((resolve, reject) => {
-		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
-			'-U', 'postgres', '-d', 'payments'], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
-		child.stdin.end(`CALL payments.initiate_payments(20);
+	return session(`CALL payments.initiate_payments(20);
 			DO $$
 			DECLARE
 				last bigint;
@@ -249,7 +256,6 @@ function work() {
 				END LOOP;
 			END
 			$$;\n`);
-	});
 }
 const q = (sql, vars = {}) => db.psqlVars(sql, vars);
 async function until(what, check, ms = 5000) {
@@ -446,11 +452,7 @@ test('reconciliation traces an initiation whose reply was lost: paid if Paynow m
 	assert.equal(state(refs.b), 'unconfirmed pending -');
 	// stuck for longer than reconcile_after: reconciliation asks Paynow's trace, by our reference
 	q(`UPDATE payments.payments SET status_at = now() - interval '1 hour' WHERE reference IN (:'a', :'b')`, refs);
-	await new Promise((resolve, reject) => {
-		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
-			'-U', 'postgres', '-d', 'payments'], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
-		child.stdin.end(`SET payments.reconcile_after = '1min';\nCALL payments.reconcile(50);\n`);
-	});
+	await session(`SET payments.reconcile_after = '1min';\nCALL payments.reconcile(50);\n`);
 	assert.deepEqual(paynow.traces.filter((t) => t === refs.a || t === refs.b).sort(), [refs.a, refs.b].sort());
 	assert.equal(state(refs.a), `unconfirmed paid ${paynow.base}/poll/${refs.a}`);
 	assert.equal(state(refs.b), 'unconfirmed failed -');
@@ -556,14 +558,10 @@ test('a payment marked paid while the initiations are claimed is not initiated',
 	const ref = lastRef(who);
 	// another session marks it paid and keeps its transaction open, the payment locked, while
 	// initiate_payments runs: the change is not visible to it yet, the lock is
-	const holder = new Promise((resolve, reject) => {
-		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
-			'-U', 'postgres', '-d', 'payments', '-v', `r=${ref}`], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve()));
-		child.stdin.end(`BEGIN;
-			UPDATE payments.payments SET status = 'paid', status_at = now(), paid_at = now() WHERE reference = :'r';
-			SELECT pg_sleep(2);
-			COMMIT;\n`);
-	});
+	const holder = session(`BEGIN;
+		UPDATE payments.payments SET status = 'paid', status_at = now(), paid_at = now() WHERE reference = :'r';
+		SELECT pg_sleep(2);
+		COMMIT;\n`, { r: ref });
 	await sleep(500);
 	await work();
 	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'queued');

@@ -2339,10 +2339,14 @@ AS $$
 DECLARE
 	code	integer;
 BEGIN
-	code := ((response::jsonb) -> 'error' ->> 'code')::integer;
+	BEGIN
+		code := ((response::jsonb) -> 'error' ->> 'code')::integer;
+	EXCEPTION WHEN data_exception THEN
+		-- not JSON, or cut at the length kept (1 KB): the error's code, which Meta puts before its
+		-- details, if it is there
+		code := substring(response FROM '^\{\s*"error"\s*:\s*\{[^{}]*"code"\s*:\s*([0-9]{1,9})[,}\s]');
+	END;
 	RETURN CASE WHEN code IN (4, 80007, 130429, 131048, 131056, 133016) THEN code END;
-EXCEPTION WHEN data_exception THEN
-	RETURN NULL;				-- not JSON, or cut at the length kept: not known to be a rate limit
 END
 $$;
 COMMENT ON FUNCTION payments.graph_throttled(text) IS
@@ -2479,7 +2483,7 @@ BEGIN
 		throttled := payments.graph_throttled(response);
 	END IF;
 	msg := coalesce(error, CASE WHEN throttled IS NOT NULL
-								THEN 'HTTP 400: rate limit of the Cloud API (error ' || throttled || '), sent again later'
+								THEN 'HTTP 400: rate limit of the Cloud API (error ' || throttled || ')'
 								WHEN http_status IS NOT NULL AND http_status NOT BETWEEN 200 AND 299
 								THEN 'HTTP ' || http_status
 								WHEN upload AND http_status IS NOT NULL AND media IS NULL
@@ -2970,7 +2974,7 @@ DECLARE
 	req_method text;
 	req_headers text;
 	req_body text;
-	trace	text;
+	ini		payments.paynow_initiations;
 	key		text;
 	problem	text;
 	new_id	bigint;
@@ -3003,21 +3007,27 @@ BEGIN
 			IF req_url IS NULL OR req_url !~ '^https?://[^[:space:]]+$' THEN
 				-- no pollurl (the initiate reply never came): Paynow's trace finds the transaction
 				-- by the merchant trace we sent with it, our reference
-				SELECT pi.reference INTO trace FROM payments.paynow_initiations pi
-				 WHERE pi.payment_id = pay.id AND pi.state IN ('sending', 'unconfirmed');
+				-- (an initiation unconfirmed for reconcile_after since it was sent, not one in flight)
+				ini := NULL;
+				SELECT pi.* INTO ini FROM payments.paynow_initiations pi
+				 WHERE pi.payment_id = pay.id AND pi.state = 'unconfirmed' AND pi.merchanttrace IS NOT NULL
+				   AND pi.started_at < now() - payments.reconcile_after();
 				key := NULL;
 				SELECT s.secret INTO key FROM payments.secrets s
 				 WHERE s.provider = pay.provider AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())
 				 ORDER BY s.id DESC LIMIT 1;
-				IF trace IS NULL THEN
+				IF ini.id IS NULL THEN
 					problem := 'the payment has no pollurl';
-				ELSIF key IS NULL OR NOT pay.settings ? 'integration_id' THEN
-					problem := 'the payment has no pollurl, and the provider no integration_id or live key to trace it';
+				ELSIF ini.integration_id IS DISTINCT FROM pay.settings ->> 'integration_id' THEN
+					-- a NotFound from another integration would say nothing about this payment
+					problem := 'the payment has no pollurl, and the provider''s integration_id changed since it was sent';
+				ELSIF key IS NULL THEN
+					problem := 'the payment has no pollurl, and the provider no live integration key to trace it';
 				ELSE
 					req_url := base || '/interface/trace';
 					req_body := payments.paynow_request(jsonb_build_array(
-						jsonb_build_array('id', pay.settings ->> 'integration_id'),
-						jsonb_build_array('merchanttrace', trace), jsonb_build_array('status', 'Message')), key);
+						jsonb_build_array('id', ini.integration_id),
+						jsonb_build_array('merchanttrace', ini.merchanttrace), jsonb_build_array('status', 'Message')), key);
 				END IF;
 			END IF;
 		WHEN 'stripe' THEN
@@ -3130,9 +3140,9 @@ BEGIN
 				IF verdict IS DISTINCT FROM 'valid' THEN
 					RAISE EXCEPTION 'hash check failed: %', coalesce(verdict, 'no live integration key');
 				END IF;
-				IF lower(raw) = 'notfound' THEN
+				IF lower(raw) = 'notfound' AND chk.request LIKE 'POST %/interface/trace' THEN
 					-- the trace: Paynow has no transaction with our merchant trace, reconcile_after
-					-- since the payment began: the initiation never reached it, nothing can be taken
+					-- since the initiation was sent: it never reached Paynow, nothing can be taken
 					change.status := 'failed';
 					change.status_at := now();
 				ELSE
@@ -3889,6 +3899,8 @@ CREATE TABLE payments.paynow_initiations (
 	paynow_status	text,
 	instructions	text,
 	error			text,
+	merchanttrace	text,			-- as sent, with the integration it was sent to: what a trace asks
+	integration_id	text,
 	UNIQUE (provider, reference),
 	CHECK (method IN ('card', 'telecash') OR phone IS NOT NULL)
 );
@@ -4307,7 +4319,12 @@ BEGIN
 				-- commit then finds it taken)
 				PERFORM payments.issue_receipt(pay.id, c.status_at);
 				body := format('Approved %s: %s %s marked paid, receipt %s.', pay.reference, payments.chat_amount(pay.amount),
-							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
+							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id)) ||
+					-- a request that left cannot be called back: the donor may still be prompted
+					coalesce((SELECT E'\nPaynow was already asked for it (' || i.state || '): the donor may still be prompted to pay; '
+									 || 'tell them not to approve it.'
+								FROM payments.paynow_initiations i
+							   WHERE i.payment_id = pay.id AND i.state IN ('sending', 'done', 'unconfirmed')), '');
 			END IF;
 		END IF;
 	ELSE
@@ -4401,7 +4418,7 @@ BEGIN
 		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 			'Sorry, we can only read text and buttons here. ' ||
 			CASE WHEN st = 'menu' THEN 'Send *help* to see what you can do.'
-				 ELSE 'Please answer the last question in words, or send *help*.' END));
+				 ELSE 'Please answer the last question with a message or a button, or send *help*.' END));
 	ELSIF btn IS NULL AND left(txt, 1) = '/'
 	   AND wa IN (SELECT payments.e164_digits(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a) THEN
 		PERFORM payments.chat_admin(ev.provider, wa, txt);
@@ -4491,7 +4508,7 @@ BEGIN
 			drafted := '{}';
 		ELSIF btn LIKE 'confirm\_%' THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-				'That summary is out of date: your donation changed after it. Nothing was started yet.'));
+				'That summary is not the donation you are making now, so nothing was started from it. Here it is as it stands:'));
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		ELSIF word = 'edit' THEN
 			st := 'edit';
@@ -4816,7 +4833,10 @@ BEGIN
 		-- whose initiate reply (and pollurl) never came
 		fields := fields || jsonb_build_array(jsonb_build_array('merchanttrace', i.reference),
 											  jsonb_build_array('status', 'Message'));
-		UPDATE payments.paynow_initiations pi SET state = 'sending', started_at = now() WHERE pi.id = i.id;
+		UPDATE payments.paynow_initiations pi
+		   SET state = 'sending', started_at = now(), merchanttrace = i.reference,
+			   integration_id = i.settings ->> 'integration_id'
+		 WHERE pi.id = i.id;
 		initiation_id := i.id;
 		url := payments.api_base('paynow', i.settings) ||
 			   CASE WHEN payments.paynow_web_checkout(i.method) THEN '/interface/initiatetransaction'

@@ -216,7 +216,12 @@ SELECT * FROM pg_temp.replies('263772000006') OFFSET 7;
 BEGIN;
 SET LOCAL payments.reconcile_after = '1min';
 UPDATE payments.payments SET status_at = now() - interval '1 hour'
- WHERE donor_phone IN ('263772000003', '263772000005') AND provider = 'pn_zwg';
+ WHERE donor_phone IN ('263772000003', '263772000005', '263772000004') AND provider LIKE 'pn\_%';
+-- sent an hour ago (263772000005's went as the sending code sends, with its merchant trace: above,
+-- only its state was set); 263772000004's never went (Connection refused: failed, not traced)
+UPDATE payments.paynow_initiations i SET started_at = now() - interval '1 hour',
+	   merchanttrace = coalesce(i.merchanttrace, i.reference), integration_id = coalesce(i.integration_id, '1202')
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone IN ('263772000003', '263772000005');
 CREATE TEMP TABLE traces AS SELECT * FROM payments.claim_reconciliation(50) WHERE url LIKE '%/interface/trace';
 SELECT p.donor_phone, t.url, t.method,
 	   regexp_replace(regexp_replace(t.body, 'WA-[0-9]{8}-[0-9]+', 'WA-DAY-N', 'g'), 'hash=[0-9A-F]{128}$', 'hash=HEX') AS body
@@ -234,6 +239,36 @@ SELECT p.donor_phone, p.status, p.metadata ->> 'pollurl' AS pollurl, c.found_sta
  WHERE c.request LIKE '%/interface/trace' ORDER BY 1;
 SET CONSTRAINTS ALL IMMEDIATE;		-- the donor's message is queued at commit
 SELECT * FROM pg_temp.replies('263772000005');
+ROLLBACK;
+-- not traced: an initiation sent less than reconcile_after ago (it may be in flight), one sent to
+-- an integration since replaced (its NotFound would say nothing), one sent without a merchant trace
+BEGIN;
+SET LOCAL payments.reconcile_after = '1min';
+UPDATE payments.payments SET status_at = now() - interval '1 hour' WHERE donor_phone IN ('263772000003', '263772000005');
+UPDATE payments.paynow_initiations i SET started_at = now() - CASE p.donor_phone WHEN '263772000003' THEN interval '10 s' ELSE interval '1 hour' END,
+	   merchanttrace = coalesce(i.merchanttrace, i.reference), integration_id = coalesce(i.integration_id, '1202')
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone IN ('263772000003', '263772000005');
+UPDATE payments.providers SET settings = settings || '{"integration_id": "1299"}' WHERE name = 'pn_zwg';
+SELECT count(*) AS traced FROM payments.claim_reconciliation(50) WHERE url LIKE '%/interface/trace';
+SELECT p.donor_phone, c.outcome, c.error FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+ WHERE p.donor_phone IN ('263772000003', '263772000005') ORDER BY 1;
+ROLLBACK;
+BEGIN;
+SET LOCAL payments.reconcile_after = '1min';
+UPDATE payments.payments SET status_at = now() - interval '1 hour' WHERE donor_phone = '263772000005';
+UPDATE payments.paynow_initiations i SET started_at = now() - interval '1 hour', merchanttrace = NULL
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000005';
+SELECT count(*) AS traced FROM payments.claim_reconciliation(50) WHERE url LIKE '%/interface/trace';
+SELECT c.outcome, c.error FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+ WHERE p.donor_phone = '263772000005';
+-- a NotFound answering a poll of the pollurl (not a trace) fails nothing
+UPDATE payments.payments SET metadata = metadata || '{"pollurl": "https://www.paynow.co.zw/Interface/CheckPayment/?guid=g9"}'
+ WHERE donor_phone = '263772000005';
+UPDATE payments.reconciliation_checks SET started_at = now() - interval '1 hour';
+CREATE TEMP TABLE polls AS SELECT * FROM payments.claim_reconciliation(50) WHERE url LIKE '%guid=g9';
+SELECT payments.record_reconciliation(check_id, 200, NULL, payments.paynow_request('[["status", "NotFound"]]', :'key'))
+  FROM polls;
+SELECT status FROM payments.payments WHERE donor_phone = '263772000005';
 ROLLBACK;
 
 -- the procedure commits: not inside a transaction block
@@ -411,6 +446,7 @@ SELECT r AS response, payments.graph_throttled(r) AS throttled
 			   ('{"error": {"code": "soon"}}'),
 			   ('{"error": {"code": 99999999999}}'),
 			   ('{"error": {"message": "(#131056) pair rate limit hit", "code": 1310'),
+			   ('{"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429, "error_data": {"details": "Cloud API message throughput has been reac'),
 			   ('[]'), ('')) AS x (r);
 
 -- amounts per currency (ZWG 480 is about USD 18): the amount comes first, checked against the
@@ -430,6 +466,14 @@ SELECT pg_temp.say('263772000091', 'donate', 1, true);
 SELECT pg_temp.say('263772000091', '10', 2);
 SELECT pg_temp.say('263772000091', 'cur_ZWG', 3, true);
 SELECT pg_temp.say('263772000091', '2500', 4);
+SELECT * FROM pg_temp.replies('263772000091');
+-- the currency changed with the amount kept: checked again against the new one
+SELECT pg_temp.say('263772000091', 'pay_ecocash', 5, true);
+SELECT pg_temp.say('263772000091', 'phone_same', 6, true);
+SELECT pg_temp.say('263772000091', 'purpose_1', 7, true);
+SELECT pg_temp.say('263772000091', 'edit', 8, true);
+SELECT pg_temp.say('263772000091', 'edit_currency', 9, true);
+SELECT pg_temp.say('263772000091', 'cur_USD', 10, true);
 SELECT * FROM pg_temp.replies('263772000091');
 SELECT wa_id, state, draft ->> 'amount' AS amount, draft ->> 'currency' AS currency FROM payments.chat_sessions
  WHERE wa_id IN ('263772000090', '263772000091') ORDER BY wa_id;

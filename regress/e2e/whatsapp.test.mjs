@@ -411,7 +411,8 @@ test('the Confirm button of a summary sent before an edit does not confirm the e
 	assert.equal(await say(who, second, { button: true }), 'applied');
 	await work();
 	const chat = graph.to(who);
-	assert.ok(chat.includes('That summary is out of date: your donation changed after it. Nothing was started yet.'), chat.join('\n'));
+	assert.ok(chat.includes('That summary is not the donation you are making now, so nothing was started from it. Here it is as it stands:'),
+		chat.join('\n'));
 	assert.equal(chat.filter((m) => m.startsWith('Please check your donation:\nAmount: 200.00 USD')).length, 2);
 	assert.equal(q(`SELECT amount || ' ' || currency FROM payments.payments WHERE reference = :'r'`, { r: lastRef(who) }),
 		'200.00 USD');
@@ -451,7 +452,8 @@ test('reconciliation traces an initiation whose reply was lost: paid if Paynow m
 	assert.equal(state(refs.a), 'unconfirmed pending -');
 	assert.equal(state(refs.b), 'unconfirmed pending -');
 	// stuck for longer than reconcile_after: reconciliation asks Paynow's trace, by our reference
-	q(`UPDATE payments.payments SET status_at = now() - interval '1 hour' WHERE reference IN (:'a', :'b')`, refs);
+	q(`UPDATE payments.payments SET status_at = now() - interval '1 hour' WHERE reference IN (:'a', :'b');
+		UPDATE payments.paynow_initiations SET started_at = now() - interval '1 hour' WHERE reference IN (:'a', :'b')`, refs);
 	await session(`SET payments.reconcile_after = '1min';\nCALL payments.reconcile(50);\n`);
 	assert.deepEqual(paynow.traces.filter((t) => t === refs.a || t === refs.b).sort(), [refs.a, refs.b].sort());
 	assert.equal(state(refs.a), `unconfirmed paid ${paynow.base}/poll/${refs.a}`);
@@ -662,7 +664,7 @@ test('volunteers register in the chat; a message the Cloud API refuses is dead, 
 	await work();
 	const throttledRow = () => q(`SELECT state || ' ' || last_status || ' ' || attempts || ' ' || coalesce(last_error, '')
 		FROM payments.outbox WHERE recipient = '263772000080'`);
-	assert.equal(throttledRow(), 'pending 400 1 HTTP 400: rate limit of the Cloud API (error 131056), sent again later');
+	assert.equal(throttledRow(), 'pending 400 1 HTTP 400: rate limit of the Cloud API (error 131056)');
 	assert.equal(q(`SELECT next_attempt_at > now() + interval '50 seconds' FROM payments.outbox WHERE recipient = '263772000080'`), 't');
 	db.psql(`UPDATE payments.outbox SET next_attempt_at = now() WHERE recipient = '263772000080'`);
 	await work();

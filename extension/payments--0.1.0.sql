@@ -3013,9 +3013,11 @@ BEGIN
 				 WHERE pi.payment_id = pay.id AND pi.state = 'unconfirmed' AND pi.merchanttrace IS NOT NULL
 				   AND pi.started_at < now() - payments.reconcile_after();
 				key := NULL;
-				SELECT s.secret INTO key FROM payments.secrets s
-				 WHERE s.provider = pay.provider AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())
-				 ORDER BY s.id DESC LIMIT 1;
+				IF ini.id IS NOT NULL THEN
+					SELECT s.secret INTO key FROM payments.secrets s
+					 WHERE s.provider = pay.provider AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())
+					 ORDER BY s.id DESC LIMIT 1;
+				END IF;
 				IF ini.id IS NULL THEN
 					problem := 'the payment has no pollurl';
 				ELSIF ini.integration_id IS DISTINCT FROM pay.settings ->> 'integration_id' THEN

@@ -5,7 +5,8 @@
  *
  * Input: header lines "name: value".  Whatever the bytes, the header object
  * must be one JSON object of strings in valid UTF-8 without \u0000 (what
- * jsonb accepts); and the whole input as a string must be one JSON string.
+ * jsonb accepts), one member per header name (ASCII case aside: repeated
+ * names are joined); and the whole input as a string must be one JSON string.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,13 +22,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	StrBuf		out;
 	StrBuf		str;
+	size_t		members;
 
 	buf_init(&out);
 	if (!json_build_headers(fuzz_connection(data, size), &out))
 		abort();
-	if (!fuzz_json_is_object_of_strings(out.data, out.len))
+	if (!fuzz_json_is_object_of_strings(out.data, out.len, &members))
 	{
 		fprintf(stderr, "shim headers: not a JSON object of strings: %.*s\n", (int) out.len, out.data);
+		abort();
+	}
+	if (members != fuzz_distinct_header_names())
+	{
+		fprintf(stderr, "shim headers: %zu members for %zu distinct names: %.*s\n",
+				members, fuzz_distinct_header_names(), (int) out.len, out.data);
 		abort();
 	}
 	buf_free(&out);

@@ -25,6 +25,7 @@ typedef struct FuzzHeader
 static char *copy = NULL;
 static FuzzHeader *headers = NULL;
 static size_t nheaders = 0;
+static size_t size_of_copy = 0;
 
 /* Takes the headers of an input (shim_support.h) */
 struct MHD_Connection *
@@ -40,6 +41,7 @@ fuzz_connection(const uint8_t *data, size_t size)
 		abort();
 	memcpy(copy, data, size);
 	copy[size] = '\n';
+	size_of_copy = size;
 	nheaders = 0;
 	for (size_t i = 0; i <= size; i++)
 	{
@@ -58,6 +60,51 @@ fuzz_connection(const uint8_t *data, size_t size)
 		start = i + 1;
 	}
 	return (struct MHD_Connection *) headers;
+}
+
+/* qsort comparator of header names already lower-cased: bytewise, shorter first on a tie */
+static int
+CompareLoweredNames(const void *a, const void *b)
+{
+	const FuzzHeader *x = a;
+	const FuzzHeader *y = b;
+	int			cmp = memcmp(x->name, y->name, x->name_len < y->name_len ? x->name_len : y->name_len);
+
+	if (cmp == 0 && x->name_len != y->name_len)
+		cmp = x->name_len < y->name_len ? -1 : 1;
+	return cmp;
+}
+
+/* How many names the current input's headers have, ASCII case aside */
+size_t
+fuzz_distinct_header_names(void)
+{
+	FuzzHeader *lowered = malloc(sizeof(FuzzHeader) * (nheaders + 1));
+	char	   *names = malloc(size_of_copy + 1);
+	size_t		distinct = 0;
+	size_t		used = 0;
+
+	if (lowered == NULL || names == NULL)
+		abort();
+	for (size_t i = 0; i < nheaders; i++)
+	{
+		for (size_t k = 0; k < headers[i].name_len; k++)
+		{
+			char		c = headers[i].name[k];
+
+			names[used + k] = (c >= 'A' && c <= 'Z') ? (char) (c - 'A' + 'a') : c;
+		}
+		lowered[i].name = names + used;
+		lowered[i].name_len = headers[i].name_len;
+		used += headers[i].name_len;
+	}
+	qsort(lowered, nheaders, sizeof(FuzzHeader), CompareLoweredNames);
+	for (size_t i = 0; i < nheaders; i++)
+		if (i == 0 || CompareLoweredNames(&lowered[i - 1], &lowered[i]) != 0)
+			distinct++;
+	free(lowered);
+	free(names);
+	return distinct;
 }
 
 /* Stand-in: calls the iterator once per header of the current input, in order */
@@ -164,12 +211,16 @@ fuzz_json_is_string(const char *text, size_t len)
 	return ReadString(text, len, &pos) && pos == len;
 }
 
-/* True if the text is exactly one JSON object whose values are strings */
+/*
+ * True if the text is exactly one JSON object whose values are strings;
+ * sets *members to how many members it has.
+ */
 bool
-fuzz_json_is_object_of_strings(const char *text, size_t len)
+fuzz_json_is_object_of_strings(const char *text, size_t len, size_t *members)
 {
 	size_t		pos = 1;
 
+	*members = 0;
 	if (len < 2 || text[0] != '{')
 		return false;
 	if (text[1] == '}')
@@ -179,6 +230,7 @@ fuzz_json_is_object_of_strings(const char *text, size_t len)
 		if (!ReadString(text, len, &pos) || pos >= len || text[pos++] != ':' ||
 			!ReadString(text, len, &pos) || pos >= len)
 			return false;
+		++*members;
 		if (text[pos] == '}')
 			return pos + 1 == len;
 		if (text[pos++] != ',')

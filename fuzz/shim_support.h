@@ -16,8 +16,14 @@
  */
 extern struct MHD_Connection *fuzz_connection(const uint8_t *data, size_t size);
 
-/* True if text[0..len) is exactly one JSON string or object of strings, in UTF-8 */
+/* How many names the current input's headers have, ASCII case aside */
+extern size_t fuzz_distinct_header_names(void);
+
+/*
+ * True if text[0..len) is exactly one JSON string or object of strings, in
+ * UTF-8; the object's number of members is set in *members.
+ */
 extern bool fuzz_json_is_string(const char *text, size_t len);
-extern bool fuzz_json_is_object_of_strings(const char *text, size_t len);
+extern bool fuzz_json_is_object_of_strings(const char *text, size_t len, size_t *members);
 
 #endif							/* FUZZ_SHIM_SUPPORT_H */

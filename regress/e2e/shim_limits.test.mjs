@@ -154,6 +154,30 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await request(shim.port, { path: '/health' })).status, 200);
 	});
 
+	test('repeated header names are joined in arrival order, whatever their case, across 15,000 headers', async () => {
+		// 5,000 names sent three times each, round after round, in three spellings
+		const s = new Shim(cluster.dsn, ['--max-header', '1048576', '--rate', '0']);
+		await s.start();
+		try {
+			const delivery = stripeDelivery();
+			const names = Array.from({ length: 5000 }, (_, i) => `x-n${i}`);
+			const spell = [(n) => n, (n) => n.toUpperCase(), (n) => `X${n.slice(1)}`];
+			const lines = [0, 1, 2].flatMap((round) => names.map((n) => `${spell[round](n)}: r${round}\r\n`));
+			const res = await rawSession(s.port, { timeoutMs: 30000, chunks: [
+				`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n` +
+				`Stripe-Signature: ${delivery.headers['stripe-signature']}\r\nX-Once: a, b\r\n${lines.join('')}` +
+				`Content-Length: ${Buffer.byteLength(delivery.body)}\r\n\r\n${delivery.body}`] });
+			assert.match(res.data, /^HTTP\/1\.1 200 /, res.data.slice(0, 300));
+			assert.equal(cluster.psqlVars(`SELECT concat_ws(' | ', (SELECT count(*) FROM jsonb_object_keys(headers) k WHERE k LIKE 'x-n%'),
+					headers->>'x-n0', headers->>'x-n4999', headers->>'x-once', headers->>'stripe-signature' = :'sig')
+				FROM payments.events WHERE event_id = :'e'`, { e: delivery.id, sig: delivery.headers['stripe-signature'] }),
+			'5000 | r0, r1, r2 | r0, r1, r2 | a, b | t');
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {
 		const cases = [
 			['GET', '/nope', 404], ['GET', '/', 404], ['POST', '/webhooks/', 404],

@@ -156,6 +156,22 @@ cidr_contains(const Cidr *range, const IpAddr *ip)
 }
 
 /*
+ * The address a client is known by for its rate limit: an IPv4 address
+ * itself, an IPv6 address cut to its first ipv6_prefix bits (a site is
+ * given a whole /64, and one host may use any address in it).
+ */
+void
+ip_client_key(const IpAddr *ip, unsigned int ipv6_prefix, IpAddr *out)
+{
+	*out = *ip;
+	if (memcmp(ip->b, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0 ||
+		ipv6_prefix >= 128)
+		return;
+	for (unsigned int bit = ipv6_prefix; bit < 128; bit++)
+		out->b[bit / 8] &= (unsigned char) ~(0x80 >> (bit % 8));
+}
+
+/*
  * Is ip inside any of the n ranges?
  */
 bool

@@ -84,6 +84,7 @@ enum
 	OPT_RATE,
 	OPT_RATE_BURST,
 	OPT_RATE_EXEMPT,
+	OPT_RATE_IPV6_PREFIX,
 	OPT_TRUSTED_PROXIES,
 	OPT_LOG_LEVEL,
 	OPT_LOG_FILE,
@@ -122,11 +123,14 @@ static ShimOption options[NUM_OPTIONS] = {
 		"PAYMENTS_SHIM_REQUEST_TIMEOUT",
 		"30", "close a connection whose request takes longer in total (1-3600)"},
 	[OPT_RATE] = {"--rate", "PER_SECOND", "PAYMENTS_SHIM_RATE",
-		"50", "webhook requests per second per client address; more is 429; 0: off"},
+		"50", "webhook requests per second per client (IPv4 address, IPv6 prefix); more is 429; 0: off"},
 	[OPT_RATE_BURST] = {"--rate-burst", "N", "PAYMENTS_SHIM_RATE_BURST",
 		"100", "requests a client may send at once above --rate (1-1000000)"},
 	[OPT_RATE_EXEMPT] = {"--rate-exempt", "CIDR,...", "PAYMENTS_SHIM_RATE_EXEMPT",
 		"127.0.0.0/8,::1", "client addresses the rate limit does not apply to"},
+	[OPT_RATE_IPV6_PREFIX] = {"--rate-ipv6-prefix", "BITS",
+		"PAYMENTS_SHIM_RATE_IPV6_PREFIX",
+		"64", "IPv6 clients share a rate limit per prefix of this length (one site's /64; 32-128)"},
 	[OPT_TRUSTED_PROXIES] = {"--trusted-proxies", "CIDR,...",
 		"PAYMENTS_SHIM_TRUSTED_PROXIES",
 		"", "proxies whose X-Forwarded-For gives the client address"},
@@ -514,6 +518,8 @@ parse_config(ShimConfig *config)
 		parse_number(&options[OPT_RATE_BURST], 1, MAX_RATE);
 	parse_ranges(&options[OPT_RATE_EXEMPT], &config->rate_exempt,
 				 &config->n_rate_exempt);
+	config->rate_ipv6_prefix = (unsigned int)
+		parse_number(&options[OPT_RATE_IPV6_PREFIX], 32, 128);
 	parse_ranges(&options[OPT_TRUSTED_PROXIES], &config->trusted_proxies,
 				 &config->n_trusted_proxies);
 	config->log_level = parse_log_level(&options[OPT_LOG_LEVEL]);
@@ -594,6 +600,7 @@ log_startup(const ShimConfig *config)
 			   ",\"max_connections\":%u,\"max_connections_per_ip\":%u"
 			   ",\"idle_timeout_s\":%u,\"request_timeout_s\":%u"
 			   ",\"rate\":%u,\"rate_burst\":%u,\"rate_exempt\":%zu"
+			   ",\"rate_ipv6_prefix\":%u"
 			   ",\"trusted_proxies\":%zu"
 			   ",\"shutdown_timeout_s\":%u",
 			   config->threads, config->batch_max, config->batch_concurrency,
@@ -601,6 +608,7 @@ log_startup(const ShimConfig *config)
 			   config->max_connections, config->max_connections_per_ip,
 			   config->idle_timeout_s, config->request_timeout_s,
 			   config->rate, config->rate_burst, config->n_rate_exempt,
+			   config->rate_ipv6_prefix,
 			   config->n_trusted_proxies,
 			   config->shutdown_timeout_s);
 	log_end(&line);

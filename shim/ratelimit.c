@@ -3,9 +3,11 @@
  * ratelimit.c
  *	  A token bucket per client address, for webhook requests.
  *
- * Each client address has a bucket of --rate-burst tokens, refilled at
- * --rate tokens per second; a request takes one token or is refused with
- * 429 and the seconds until a token is back (Retry-After).  Addresses in
+ * Each client has a bucket of --rate-burst tokens, refilled at --rate
+ * tokens per second; a request takes one token or is refused with 429 and
+ * the seconds until a token is back (Retry-After).  A client is an IPv4
+ * address, or an IPv6 prefix of --rate-ipv6-prefix bits (a /64: one host
+ * may change its address within it at will).  Addresses in
  * --rate-exempt (by default loopback: a local proxy not declared in
  * --trusted-proxies would otherwise throttle all its clients as one) are
  * not limited.
@@ -165,13 +167,14 @@ find_bucket(BucketStripe *stripe, size_t start, const IpAddr *ip, int64_t now)
 }
 
 /*
- * Take a token for ip.  Returns false when the bucket is empty, with the
+ * Take a token for the client at ip.  Returns false when the bucket is empty, with the
  * whole seconds until the next token in *retry_after_s (at least 1).
  * Always true when rate limiting is off (--rate 0) or ip is exempt.
  */
 bool
 ratelimit_take(const IpAddr *ip, unsigned int *retry_after_s)
 {
+	IpAddr		client;
 	uint64_t	h;
 	BucketStripe *stripe;
 	Bucket	   *bucket;
@@ -183,12 +186,13 @@ ratelimit_take(const IpAddr *ip, unsigned int *retry_after_s)
 		ip_in_ranges(ip, shim_config.rate_exempt, shim_config.n_rate_exempt))
 		return true;
 
-	h = ip_hash(ip);
+	ip_client_key(ip, shim_config.rate_ipv6_prefix, &client);
+	h = ip_hash(&client);
 	stripe = &stripes[h % BUCKET_STRIPES];
 	now = now_us();
 
 	pthread_mutex_lock(&stripe->lock);
-	bucket = find_bucket(stripe, (size_t) (h / BUCKET_STRIPES), ip, now);
+	bucket = find_bucket(stripe, (size_t) (h / BUCKET_STRIPES), &client, now);
 	refill(bucket, now);
 	allowed = (bucket->tokens >= 1.0);
 	if (allowed)

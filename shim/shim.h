@@ -88,6 +88,7 @@ typedef struct ShimConfig
 	unsigned int rate_burst;
 	Cidr	   *rate_exempt;		/* clients the rate limit does not apply to */
 	size_t		n_rate_exempt;
+	unsigned int rate_ipv6_prefix;	/* IPv6 clients share a bucket per prefix */
 	Cidr	   *trusted_proxies;
 	size_t		n_trusted_proxies;
 	LogLevel	log_level;
@@ -226,6 +227,7 @@ extern bool ip_from_sockaddr(const struct sockaddr *sa, IpAddr *out);
 extern void ip_format(const IpAddr *ip, char *out, size_t outsize);
 extern bool cidr_parse(const char *text, size_t len, Cidr *out);
 extern bool ip_in_ranges(const IpAddr *ip, const Cidr *ranges, size_t n);
+extern void ip_client_key(const IpAddr *ip, unsigned int ipv6_prefix, IpAddr *out);
 extern void client_ip_forwarded(struct MHD_Connection *conn,
 								const IpAddr *peer, IpAddr *client);
 

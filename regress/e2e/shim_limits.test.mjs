@@ -76,7 +76,7 @@ describe('shim settings', () => {
 			['--max-body', 'MAX_BODY'], ['--max-header', 'MAX_HEADER'], ['--max-connections', 'MAX_CONNECTIONS'],
 			['--max-connections-per-ip', 'MAX_CONNECTIONS_PER_IP'], ['--idle-timeout', 'IDLE_TIMEOUT'],
 			['--request-timeout', 'REQUEST_TIMEOUT'], ['--rate', 'RATE'], ['--rate-burst', 'RATE_BURST'],
-			['--rate-exempt', 'RATE_EXEMPT'],
+			['--rate-exempt', 'RATE_EXEMPT'], ['--rate-ipv6-prefix', 'RATE_IPV6_PREFIX'],
 			['--trusted-proxies', 'TRUSTED_PROXIES'], ['--log-level', 'LOG_LEVEL'], ['--log-file', 'LOG_FILE'],
 			['--shutdown-timeout', 'SHUTDOWN_TIMEOUT'], ['--tls-cert', 'TLS_CERT'], ['--tls-key', 'TLS_KEY']]) {
 			assert.match(stdout, new RegExp(`^${flag} .*PAYMENTS_SHIM_${env} `, 'm'), flag);
@@ -87,6 +87,8 @@ describe('shim settings', () => {
 		const cases = [
 			[['--threads', '0'], {}, /--threads/],
 			[['--rate', 'fast'], {}, /--rate/],
+			[['--rate-ipv6-prefix', '16'], {}, /--rate-ipv6-prefix/],
+			[[], { PAYMENTS_SHIM_RATE_IPV6_PREFIX: '129' }, /PAYMENTS_SHIM_RATE_IPV6_PREFIX/],
 			[[], { PAYMENTS_SHIM_MAX_HEADER: '10' }, /PAYMENTS_SHIM_MAX_HEADER/],
 			[['--trusted-proxies', '10.0.0.0/33'], {}, /--trusted-proxies/],
 			[['--trusted-proxies', '10.0.0.1,not-an-ip'], {}, /not-an-ip/],
@@ -255,6 +257,15 @@ describe('shim limits, metrics and logs', () => {
 		assert.ok(statuses.includes(429), statuses.join(','));
 		assert.equal((await postStripe(shim.port, stripeDelivery({ 'x-forwarded-for': '192.0.2.2' }),
 			{ localAddress: '127.0.0.3' })).status, 200);
+		// an IPv6 client is its /64: a host that changes its address within it is the same client
+		const v6 = [];
+		for (let i = 1; i <= 16; i++) {
+			v6.push((await postStripe(shim.port, stripeDelivery({ 'x-forwarded-for': `2001:db8:0:7::${i.toString(16)}` }),
+				{ localAddress: '127.0.0.3' })).status);
+		}
+		assert.ok(v6.includes(429), v6.join(','));
+		assert.equal((await postStripe(shim.port, stripeDelivery({ 'x-forwarded-for': '2001:db8:0:8::1' }),
+			{ localAddress: '127.0.0.3' })).status, 200, 'the next /64 is another client');
 		const line = logLines().find((l) => l.msg === 'request' && l.client_ip === '198.51.100.7');
 		assert.equal(line.peer_ip, '127.0.0.3');
 	});

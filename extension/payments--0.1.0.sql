@@ -2695,11 +2695,33 @@ $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
 	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock; what pg_cron calls';
 
+CREATE FUNCTION payments.prune_rejections(older_than interval DEFAULT '90 days')
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pruned	bigint;
+BEGIN
+	IF older_than IS NULL OR older_than < interval '0' THEN
+		RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM payments.rejections r WHERE r.received_at < pg_catalog.now() - older_than;
+	GET DIAGNOSTICS pruned = ROW_COUNT;
+	RETURN pruned;
+END
+$$;
+COMMENT ON FUNCTION payments.prune_rejections(interval) IS
+	'Deletes the refused deliveries received longer ago than older_than (anyone may send them: kept for investigation, not for ever); returns how many; the pg_cron job payments-prune runs it daily';
+
 CREATE FUNCTION payments.cron_jobs(retry_schedule text DEFAULT '* * * * *',
 								   deliver_schedule text DEFAULT '* * * * *',
 								   housekeeping_schedule text DEFAULT '17 3 * * *',
 								   keep_run_details interval DEFAULT '7 days',
-								   reconcile_schedule text DEFAULT '* * * * *')
+								   reconcile_schedule text DEFAULT '* * * * *',
+								   keep_rejections interval DEFAULT '90 days')
 RETURNS TABLE (jobname text, schedule text, command text, database text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -2713,18 +2735,21 @@ AS $$
 		('payments-housekeeping', housekeeping_schedule,
 		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval'
 				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
-		 coalesce(current_setting('cron.database_name', true), 'postgres'))
+		 coalesce(current_setting('cron.database_name', true), 'postgres')),
+		('payments-prune', CASE WHEN keep_rejections IS NOT NULL THEN housekeeping_schedule END,
+		 format('SELECT payments.prune_rejections(%L)', keep_rejections), current_database())
 	  ) AS j (name, schedule, command, database)
 	 WHERE j.schedule IS NOT NULL
 $$;
-COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval, text) IS
-	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own)';
+COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval, text, interval) IS
+	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own; rejections older than keep_rejections are pruned on the housekeeping schedule, never when it is NULL)';
 
 CREATE FUNCTION payments.schedule_jobs(retry_schedule text DEFAULT '* * * * *',
 									   deliver_schedule text DEFAULT '* * * * *',
 									   housekeeping_schedule text DEFAULT '17 3 * * *',
 									   keep_run_details interval DEFAULT '7 days',
-									   reconcile_schedule text DEFAULT '* * * * *')
+									   reconcile_schedule text DEFAULT '* * * * *',
+									   keep_rejections interval DEFAULT '90 days')
 RETURNS TABLE (jobid bigint, jobname text, schedule text, database text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2744,7 +2769,7 @@ BEGIN
 								 c.jobname, c.schedule, c.command, c.database), E'\n')
 		  INTO stmts
 		  FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
-								 reconcile_schedule) c;
+								 reconcile_schedule, keep_rejections) c;
 		RAISE EXCEPTION 'pg_cron runs in database "%", not in "%"', cron_db, current_database()
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'Run these in database ' || quote_ident(cron_db) || E':\n' || stmts,
@@ -2755,7 +2780,7 @@ BEGIN
 			USING ERRCODE = 'undefined_object', HINT = 'CREATE EXTENSION pg_cron;';
 	END IF;
 	FOR j IN SELECT * FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
-								 reconcile_schedule) LOOP
+								 reconcile_schedule, keep_rejections) LOOP
 		EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
 		   INTO jobid USING j.jobname, j.schedule, j.command, j.database;
 		jobname := j.jobname;
@@ -2765,8 +2790,8 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text) IS
-	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile, chat (on the deliver schedule) and housekeeping for this database; in another database than pg_cron''s, says what to run there';
+COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) IS
+	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile, chat (on the deliver schedule), housekeeping and prune (of rejections; none when keep_rejections is NULL) for this database; in another database than pg_cron''s, says what to run there';
 
 CREATE FUNCTION payments.unschedule_jobs()
 RETURNS bigint
@@ -2802,7 +2827,8 @@ REVOKE ALL ON FUNCTION payments.claim_outbox(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.run_job(text, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.prune_rejections(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.unschedule_jobs() FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('payments.event_attempts', '');

@@ -133,6 +133,18 @@ SELECT bool_and(body_sha256 = sha256(convert_to(replace(:'ev1', '2500', '1'), 'U
 	   bool_and(body_size = length(convert_to(replace(:'ev1', '2500', '1'), 'UTF8'))) AS size_kept
   FROM payments.rejections WHERE id = (SELECT min(id) FROM payments.rejections WHERE provider = 'shop');
 SELECT count(*) FILTER (WHERE headers ? 'authorization') AS with_authorization FROM payments.rejections WHERE provider = 'shop';
+-- rejections are kept for a while, not for ever (payments.prune_rejections, the daily job payments-prune):
+-- two of them made 91 and 89 days old, then the default 90 days pruned
+UPDATE payments.rejections SET received_at = now() - interval '91 days'
+ WHERE id = (SELECT min(id) FROM payments.rejections WHERE provider = 'shop');
+UPDATE payments.rejections SET received_at = now() - interval '89 days'
+ WHERE id = (SELECT max(id) FROM payments.rejections WHERE provider = 'shop');
+SELECT count(*) AS shop_rejections FROM payments.rejections WHERE provider = 'shop' \gset
+SELECT payments.prune_rejections() AS pruned;
+SELECT :shop_rejections - count(*) AS gone, min(received_at) > now() - interval '90 days' AS none_older
+  FROM payments.rejections WHERE provider = 'shop';
+SELECT payments.prune_rejections(interval '-1 day');
+SELECT payments.prune_rejections(NULL);
 SELECT event_id FROM payments.events WHERE provider = 'shop' ORDER BY id;
 
 -- unknown provider: 404, nothing recorded

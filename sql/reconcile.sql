@@ -91,4 +91,6 @@ CALL payments.reconcile();
 ROLLBACK;
 CALL payments.run_job('nope');
 SELECT jobname, schedule, command FROM payments.cron_jobs() ORDER BY 1;
+-- rejections kept for ever: no prune job
+SELECT count(*) AS prune_jobs FROM payments.cron_jobs(keep_rejections => NULL) WHERE jobname LIKE 'payments-prune@%';
 RESET payments.reconcile_after;

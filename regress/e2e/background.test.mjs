@@ -305,14 +305,14 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`, 'other'), /pg_cron runs in database "payments", not in "other"/);
 	const jobs = db.psql(`SELECT jobname || '|' || database FROM payments.cron_jobs() ORDER BY 1`, 'other');
 	assert.equal(jobs, 'payments-chat@other|other\npayments-deliver@other|other\npayments-housekeeping@other|payments\n' +
-		'payments-reconcile@other|other\npayments-retry@other|other');
+		'payments-prune@other|other\npayments-reconcile@other|other\npayments-retry@other|other');
 	db.psql(`DROP EXTENSION pg_cron`);
 	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`), /pg_cron is not installed/);
 
 	// the jobs scheduled at the start in the second cluster: wait (once) for pg_cron to run them
 	assert.equal(cron.psql(`SELECT string_agg(jobname, ',' ORDER BY jobname) FROM cron.job`),
-		'payments-chat@payments,payments-deliver@payments,payments-housekeeping@payments,payments-reconcile@payments,' +
-		'payments-retry@payments');
+		'payments-chat@payments,payments-deliver@payments,payments-housekeeping@payments,payments-prune@payments,' +
+		'payments-reconcile@payments,payments-retry@payments');
 	let runs = '';
 	const deadline = cronScheduledAt + 75000;
 	while (Date.now() < deadline) {
@@ -324,6 +324,10 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 	assert.equal(runs, 'payments-chat@payments:succeeded,payments-deliver@payments:succeeded,' +
 		'payments-reconcile@payments:succeeded,' +
 		'payments-retry@payments:succeeded');
-	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '5');
+	// the prune job's command (it runs daily), run here as pg_cron would run it
+	const prune = cron.psql(`SELECT command FROM cron.job WHERE jobname = 'payments-prune@payments'`);
+	assert.match(prune, /^SELECT payments\.prune_rejections\('.*90 days'\)$/);
+	assert.match(cron.psql(prune), /^\d+$/);
+	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '6');
 	assert.equal(cron.psql(`SELECT count(*) FROM cron.job`), '0');
 });

@@ -3354,15 +3354,17 @@ CREATE TABLE payments.flow_submissions (
 	amount		numeric NOT NULL CHECK (amount > 0),
 	currency	text NOT NULL REFERENCES payments.currencies (code),
 	method		text NOT NULL CHECK (method IN ('ecocash', 'onemoney', 'telecash')),
-	phone		text NOT NULL CHECK (phone ~ '^[1-9][0-9]{5,14}$'),
+	phone		text CHECK (phone ~ '^[1-9][0-9]{5,14}$'),
 	submitted_at timestamptz NOT NULL DEFAULT now(),
-	payment_id	bigint REFERENCES payments.payments (id)
+	payment_id	bigint REFERENCES payments.payments (id),
+	CHECK (phone IS NOT NULL OR method = 'telecash')
 );
 COMMENT ON TABLE payments.flow_submissions IS
 	'Donation requests completed in the WhatsApp Flow, one per flow token; started as Paynow payments at once when the meta provider maps their currency (paynow_providers), else left, in id order, for whatever starts the payment';
 COMMENT ON COLUMN payments.flow_submissions.payment_id IS
 	'The pending payment started for it (Paynow mobile checkout, as from the chat), or NULL when no Paynow provider is mapped to its currency';
-COMMENT ON COLUMN payments.flow_submissions.phone IS 'The mobile money number, E.164 digits';
+COMMENT ON COLUMN payments.flow_submissions.phone IS
+	'The mobile money number, E.164 digits; none for TeleCash, paid on Paynow''s web checkout from a link';
 
 CREATE FUNCTION payments.flows_public_key(private_key text, passphrase text DEFAULT NULL)
 RETURNS text
@@ -3485,6 +3487,7 @@ DECLARE
 	method		text;
 	method_title text;
 	method_prefix text;				-- of the network's numbers after 263
+	web_checkout boolean;			-- paid from a link: no number asked
 	phone		text;
 	problem		text;
 	submission	bigint;
@@ -3538,7 +3541,8 @@ BEGIN
 		RETURN;
 	END IF;
 
-	-- the form: amount as a number or decimal text, a currency, a method, the method's number
+	-- the form: amount as a number or decimal text, a currency, a method, the method's number (none
+	-- for a method paid from a link, TeleCash: what is sent is ignored)
 	IF jsonb_typeof(form -> 'amount') IN ('number', 'string')
 	   AND btrim(form ->> 'amount') ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN
 		amount := round(btrim(form ->> 'amount')::numeric, 2);
@@ -3549,8 +3553,10 @@ BEGIN
 	  FROM (VALUES ('ecocash', 'EcoCash', '^7[78]'), ('onemoney', 'OneMoney', '^71'),
 				   ('telecash', 'TeleCash', '^73')) AS m (id, title, prefix)
 	 WHERE m.id = method;
+	web_checkout := payments.paynow_web_checkout(method);
 	phone := regexp_replace(coalesce(form ->> 'phone', ''), '[\s().+-]', '', 'g');
-	phone := CASE WHEN phone ~ '^07[0-9]{8}$' THEN '263' || substr(phone, 2)
+	phone := CASE WHEN web_checkout THEN NULL
+				  WHEN phone ~ '^07[0-9]{8}$' THEN '263' || substr(phone, 2)
 				  WHEN phone ~ '^2637[0-9]{8}$' THEN phone END;
 	IF currency IN ('USD', 'ZWG') THEN
 		SELECT r.low, r.high INTO min_amount, max_amount FROM payments.chat_amount_range(payments.chat_settings(settings), currency) r;
@@ -3562,6 +3568,7 @@ BEGIN
 			format('The amount must be between %s and %s%s.', min_amount, max_amount,
 				   ' ' || currency)
 		WHEN method_title IS NULL THEN 'Choose EcoCash, OneMoney or TeleCash.'
+		WHEN web_checkout THEN NULL
 		WHEN phone IS NULL THEN 'Enter a Zimbabwean mobile number, for example 0771234567.'
 		WHEN substr(phone, 4) !~ method_prefix THEN
 			format('That is not a %s number.', method_title)
@@ -3574,8 +3581,9 @@ BEGIN
 
 	IF screen = 'DONATE' THEN
 		RETURN QUERY SELECT 200, jsonb_build_object('screen', 'CONFIRM', 'data', jsonb_build_object(
-			'amount', amount::text, 'currency', currency, 'method', method, 'phone', phone,
-			'summary', format('%s %s by %s from %s', currency, amount, method_title, phone)));
+			'amount', amount::text, 'currency', currency, 'method', method, 'phone', coalesce(phone, ''),
+			'summary', format('%s %s by %s%s', currency, amount, method_title,
+							  coalesce(' from ' || phone, ' (on Paynow''s page, from a link sent in the chat)'))));
 		RETURN;
 	END IF;
 
@@ -3588,8 +3596,8 @@ BEGIN
 	RETURNING id INTO submission;
 	IF submission IS NOT NULL AND payments.chat_settings(settings) -> 'paynow_providers' ? currency THEN
 		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id, NULL,
-			payments.chat_settings(settings), jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
-			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4), 'purpose', 'WhatsApp Flow'));
+			payments.chat_settings(settings), jsonb_strip_nulls(jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
+			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4), 'purpose', 'WhatsApp Flow')));
 		UPDATE payments.flow_submissions s SET payment_id = started WHERE s.id = submission;
 	END IF;
 	SELECT s.id INTO submission FROM payments.flow_submissions s WHERE s.flow_token = tok.token;

@@ -1264,7 +1264,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.refunds_id_seq', '');
 --------------------------------------------------------------------------------------------------
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('meta', '{verify_token,access_token,phone_number_id,api_base,admin_numbers,paynow_providers,methods,purposes,min_amount,max_amount,session_timeout,rate_limit,rate_window}',
+	('meta', '{verify_token,access_token,phone_number_id,api_base,admin_numbers,paynow_providers,methods,purposes,min_amount,max_amount,session_timeout,rate_limit,rate_window,receipt_template}',
 	 'Meta / WhatsApp Cloud API: X-Hub-Signature-256 = sha256= + hex HMAC-SHA256 of the body, key = the app secret; one event per message and per status');
 
 CREATE FUNCTION payments.verify_meta(body bytea, signature text, app_secret text)
@@ -3868,6 +3868,13 @@ BEGIN
 					  CASE bad WHEN 'session_timeout' THEN 'seconds, 10 to 604800' WHEN 'rate_limit' THEN 'messages, 1 to 10000'
 							   ELSE 'seconds, 1 to 86400' END);
 	END IF;
+	IF settings ? 'receipt_template' AND NOT (jsonb_typeof(settings -> 'receipt_template') = 'object'
+		AND coalesce(settings -> 'receipt_template' ->> 'name', '') ~ '^[a-z0-9_]+$'
+		AND length(settings -> 'receipt_template' ->> 'name') <= 512
+		AND coalesce(settings -> 'receipt_template' ->> 'language', '') ~ '^[a-z]{2,3}(_[A-Z]{2})?$'
+		AND (SELECT count(*) FROM jsonb_object_keys(settings -> 'receipt_template')) = 2) THEN
+		RETURN 'receipt_template must be {"name": "...", "language": "..."}: an approved WhatsApp template''s name (lower case, digits, _) and language code (e.g. en or en_US)';
+	END IF;
 	cfg := payments.chat_settings(settings);
 	SELECT coalesce(' for ' || c, '') INTO bad
 	  FROM (SELECT NULL::text
@@ -3884,7 +3891,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_settings_problem(jsonb) IS
-	'Why a meta provider''s WhatsApp settings cannot serve (access_token, phone_number_id, admin_numbers, paynow_providers, methods, purposes, amounts, timeouts, rate limit), or NULL';
+	'Why a meta provider''s WhatsApp settings cannot serve (access_token, phone_number_id, admin_numbers, paynow_providers, methods, purposes, amounts, timeouts, rate limit, receipt_template), or NULL';
 
 CREATE TABLE payments.chat_sessions (
 	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
@@ -4687,6 +4694,7 @@ DECLARE
 	p		payments.payments;
 	gift	text;
 	body	text;
+	template jsonb;
 BEGIN
 	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = transition.payment_id;
 	IF NOT FOUND THEN
@@ -4697,6 +4705,26 @@ BEGIN
 		RETURN;			-- moved on again in the same transaction: that move tells the donor
 	END IF;
 	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount), p.currency, p.reference);
+	-- Meta delivers free text only within 24 hours of the donor's last message (its customer
+	-- service window); a receipt due later (a payment confirmed late) goes as the approved
+	-- template when the provider names one. An hour is kept for the outbox to send it.
+	IF transition.to_status = 'paid' THEN
+		SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
+		IF template IS NOT NULL AND EXISTS (SELECT FROM payments.chat_sessions s
+											 WHERE s.provider = d.provider AND s.wa_id = d.wa_id
+											   AND s.last_message_at < now() - interval '23 hours') THEN
+			PERFORM payments.chat_send(d.provider, d.wa_id, jsonb_build_object(
+				'messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', d.wa_id, 'type', 'template',
+				'template', jsonb_build_object('name', template ->> 'name',
+					'language', jsonb_build_object('code', template ->> 'language'),
+					'components', jsonb_build_array(jsonb_build_object('type', 'body', 'parameters', jsonb_build_array(
+						jsonb_build_object('type', 'text', 'text', coalesce(regexp_replace(p.donor_name, '\s+', ' ', 'g'), 'friend')),
+						jsonb_build_object('type', 'text', 'text', gift || coalesce(' for ' || d.purpose, '')),
+						jsonb_build_object('type', 'text', 'text',
+							(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id))))))));
+			RETURN;
+		END IF;
+	END IF;
 	body := CASE transition.to_status
 		WHEN 'paid' THEN format(E'Thank you%s! We received your donation of %s%s.\nYour receipt number is %s.',
 								', ' || p.donor_name, gift, ' for ' || d.purpose,
@@ -4713,7 +4741,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
-	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number), failed, cancelled or refunded, queues the message to the donor';
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template when the donor''s last message is 23 hours old or more), failed, cancelled or refunded, queues the message to the donor';
 
 -- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
 

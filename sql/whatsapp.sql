@@ -28,6 +28,8 @@ SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "max_am
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": {"ZWG": 600}}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "session_timeout": 1.5}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "rate_limit": 0}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "receipt_template": {"name": "Donation Receipt", "language": "en"}}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "receipt_template": {"name": "donation_receipt"}}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "access_token": "EAAtoken", "phone_number_id": "106540352242922",
 	"api_base": "http://127.0.0.1:9/v21.0", "admin_numbers": ["+263 77 000 0001"],
 	"paynow_providers": {"USD": "pn_usd", "ZWG": "pn_zwg"}, "methods": ["ecocash", "onemoney", "telecash", "card"],
@@ -386,6 +388,28 @@ SELECT * FROM pg_temp.replies('263770000001');
 SELECT status, receipt_no IS NOT NULL AS receipt, metadata ->> 'approved_by' AS approved_by
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE reference = :'eco_ref';
 SELECT * FROM pg_temp.replies('263772000003');
+-- a receipt due more than 23 hours after the donor's last message goes as the provider's
+-- receipt_template (Meta refuses free text outside its 24-hour window); without one, as text.
+-- (The thank-you is queued at commit: each step commits.)
+SELECT p.reference AS late_ref, d.wa_id AS late_donor FROM payments.payments p JOIN payments.chat_donations d ON d.payment_id = p.id
+ WHERE p.status = 'pending' ORDER BY p.id LIMIT 1 \gset
+UPDATE payments.chat_sessions SET last_message_at = now() - interval '25 hours' WHERE wa_id = :'late_donor';
+UPDATE payments.providers SET settings = settings || '{"receipt_template": {"name": "donation_receipt", "language": "en_US"}}'
+ WHERE name = 'chat';
+SELECT pg_temp.say('263770000001', '/approve ' || :'late_ref', 8);
+SELECT event_type, payload -> 'template' ->> 'name' AS template, payload -> 'template' -> 'language' ->> 'code' AS language,
+	   regexp_replace(jsonb_path_query_array(payload, '$.template.components[*].parameters[*].text')::text,
+					  '(WA|LP)-[0-9]{8}-[0-9]+', 'X', 'g') AS parameters
+  FROM payments.outbox WHERE recipient = :'late_donor' ORDER BY id DESC LIMIT 1;
+UPDATE payments.providers SET settings = settings - 'receipt_template' WHERE name = 'chat';
+SELECT payments.chat_start_payment(NULL, 'chat', :'late_donor', 'Tendai',
+	(SELECT payments.chat_settings(settings) FROM payments.providers WHERE name = 'chat'),
+	'{"amount": "3.00", "currency": "USD", "method": "ecocash", "phone": "0771234567", "purpose": "General fund"}') AS late_id \gset
+SELECT reference AS late_ref FROM payments.payments WHERE id = :late_id \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'late_ref', 9);
+SELECT event_type, payload -> 'text' ->> 'body' ~ 'Your receipt number is' AS receipt_as_text
+  FROM payments.outbox WHERE recipient = :'late_donor' ORDER BY id DESC LIMIT 1;
+SELECT count(*) AS admin_replies FROM pg_temp.replies('263770000001');
 
 -- statuses of sent messages: the wamid comes with the Graph API's answer; statuses move forward only,
 -- whatever their order, and one that comes before the answer is recorded still applies

@@ -237,3 +237,58 @@ fuzz_json_is_object_of_strings(const char *text, size_t len, size_t *members)
 			return false;
 	}
 }
+
+/* A key of an object: where its JSON string starts in the text, and its length */
+typedef struct KeySpan
+{
+	const char *at;
+	size_t		len;
+} KeySpan;
+
+/* qsort comparator of key spans: bytewise, shorter first on a tie */
+static int
+CompareKeySpans(const void *a, const void *b)
+{
+	const KeySpan *x = a;
+	const KeySpan *y = b;
+	int			cmp = memcmp(x->at, y->at, x->len < y->len ? x->len : y->len);
+
+	if (cmp == 0 && x->len != y->len)
+		cmp = x->len < y->len ? -1 : 1;
+	return cmp;
+}
+
+/*
+ * True if no two members of an object of strings (already checked with
+ * fuzz_json_is_object_of_strings) have the same key as written; the shim
+ * escapes one way only, so equal keys are written alike.
+ */
+bool
+fuzz_json_keys_unique(const char *text, size_t len)
+{
+	KeySpan    *keys = malloc(sizeof(KeySpan) * (len / 2 + 1));
+	size_t		n = 0;
+	size_t		pos = 1;
+	bool		unique = true;
+
+	if (keys == NULL)
+		abort();
+	while (len > 2 && pos < len)
+	{
+		size_t		start = pos;
+
+		if (!ReadString(text, len, &pos))
+			abort();
+		keys[n].at = text + start;
+		keys[n++].len = pos - start;
+		pos++;					/* the colon */
+		if (!ReadString(text, len, &pos))
+			abort();
+		pos++;					/* the comma or the closing brace */
+	}
+	qsort(keys, n, sizeof(KeySpan), CompareKeySpans);
+	for (size_t i = 1; i < n && unique; i++)
+		unique = CompareKeySpans(&keys[i - 1], &keys[i]) != 0;
+	free(keys);
+	return unique;
+}

@@ -26,4 +26,7 @@ extern size_t fuzz_distinct_header_names(void);
 extern bool fuzz_json_is_string(const char *text, size_t len);
 extern bool fuzz_json_is_object_of_strings(const char *text, size_t len, size_t *members);
 
+/* True if no two members of such an object have the same key */
+extern bool fuzz_json_keys_unique(const char *text, size_t len);
+
 #endif							/* FUZZ_SHIM_SUPPORT_H */

@@ -27,6 +27,8 @@ typedef struct HeaderField
 	const char *value;
 	size_t		value_len;
 	size_t		arrival;		/* position among the request's headers */
+	const char *key;			/* the name as its JSON key: escaped, lower case */
+	size_t		key_len;
 } HeaderField;
 
 /* All request headers in arrival order */
@@ -312,71 +314,65 @@ collect_header(void *cls, enum MHD_ValueKind kind,
 }
 
 /*
- * Compares n bytes ASCII case-insensitively, NUL bytes included (unlike
- * strncasecmp), so that headers sort in one consistent order.
- */
-static int
-compare_ascii_nocase(const char *a, const char *b, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-	{
-		unsigned char ca = (unsigned char) a[i];
-		unsigned char cb = (unsigned char) b[i];
-
-		if (ca >= 'A' && ca <= 'Z')
-			ca += 'a' - 'A';
-		if (cb >= 'A' && cb <= 'Z')
-			cb += 'a' - 'A';
-		if (ca != cb)
-			return ca < cb ? -1 : 1;
-	}
-	return 0;
-}
-
-/*
- * Do two headers have the same name (ASCII case-insensitive)?
- */
-static bool
-same_header_name(const HeaderField *a, const HeaderField *b)
-{
-	return a->name_len == b->name_len &&
-		compare_ascii_nocase(a->name, b->name, a->name_len) == 0;
-}
-
-/*
- * qsort comparator of headers: by name (ASCII case-insensitive; a name
- * before the longer names it begins), then in arrival order.
+ * qsort comparator of headers: by JSON key (bytewise; a key before the
+ * longer keys it begins), then in arrival order.
  */
 static int
 compare_headers(const void *a, const void *b)
 {
 	const HeaderField *x = a;
 	const HeaderField *y = b;
-	int			cmp = compare_ascii_nocase(x->name, y->name,
-										   x->name_len < y->name_len ? x->name_len : y->name_len);
+	int			cmp = memcmp(x->key, y->key, x->key_len < y->key_len ? x->key_len : y->key_len);
 
-	if (cmp == 0 && x->name_len != y->name_len)
-		cmp = x->name_len < y->name_len ? -1 : 1;
+	if (cmp == 0 && x->key_len != y->key_len)
+		cmp = x->key_len < y->key_len ? -1 : 1;
 	if (cmp == 0 && x->arrival != y->arrival)
 		cmp = x->arrival < y->arrival ? -1 : 1;
 	return cmp;
 }
 
 /*
+ * Do two headers have the same JSON key?
+ */
+static bool
+same_header_key(const HeaderField *a, const HeaderField *b)
+{
+	return a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
+}
+
+/*
  * Build the JSON object of all request headers into "out": names
  * lower-cased, repeated names joined with ", " in arrival order (RFC 9110
- * section 5.3).  The headers are sorted by name first, so that the work
- * grows as n log n with their number (jsonb keeps no key order anyway).
- * Returns false on allocation failure.
+ * section 5.3).  Headers are grouped by their escaped key, not their bytes:
+ * names that escape alike (malformed UTF-8 becomes U+FFFD) would otherwise
+ * be two equal keys, and jsonb keeps only the last.  They are sorted by key
+ * first, so that the work grows as n log n with their number (jsonb keeps
+ * no key order anyway).  Returns false on allocation failure.
  */
 bool
 json_build_headers(struct MHD_Connection *conn, StrBuf *out)
 {
 	HeaderList	list = {NULL, 0, 0, false};
+	StrBuf		keys;
 	size_t		i = 0;
 
 	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_header, &list);
-	if (list.count > 1)
+
+	/* every key escaped into one buffer, then pointed at once it no longer moves */
+	buf_init(&keys);
+	for (size_t k = 0; k < list.count; k++)
+	{
+		list.items[k].key_len = keys.len;
+		json_append_escaped(&keys, list.items[k].name, list.items[k].name_len, true);
+		list.items[k].key_len = keys.len - list.items[k].key_len;
+	}
+	list.failed = list.failed || keys.failed;
+	for (size_t k = 0, at = 0; k < list.count && !list.failed; k++)
+	{
+		list.items[k].key = (keys.data != NULL) ? keys.data + at : "";
+		at += list.items[k].key_len;
+	}
+	if (list.count > 1 && !list.failed)
 		qsort(list.items, list.count, sizeof(HeaderField), compare_headers);
 
 	buf_append(out, "{", 1);
@@ -387,10 +383,9 @@ json_build_headers(struct MHD_Connection *conn, StrBuf *out)
 		if (first > 0)
 			buf_append(out, ",", 1);
 		buf_append(out, "\"", 1);
-		json_append_escaped(out, list.items[first].name, list.items[first].name_len,
-							true);
+		buf_append(out, list.items[first].key, list.items[first].key_len);
 		buf_append(out, "\":\"", 3);
-		for (; i < list.count && same_header_name(&list.items[first], &list.items[i]); i++)
+		for (; i < list.count && same_header_key(&list.items[first], &list.items[i]); i++)
 		{
 			if (i > first)
 				buf_append(out, ", ", 2);
@@ -401,6 +396,7 @@ json_build_headers(struct MHD_Connection *conn, StrBuf *out)
 	}
 	buf_append(out, "}", 1);
 
+	buf_free(&keys);
 	free(list.items);
 	return !list.failed && !out->failed;
 }

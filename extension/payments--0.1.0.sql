@@ -2644,7 +2644,7 @@ AS $$
 					WHEN 'reconcile' THEN 4 WHEN 'chat' THEN 5 END
 $$;
 COMMENT ON FUNCTION payments.job_lock_key(text) IS
-	'The second key of a job''s advisory lock; the first is 1885436269 (''paym'')';
+	'The second key of a job''s advisory lock; the first is 1885436269 (''paym''); the housekeeping and prune jobs'' commands take 3 and 6';
 
 -- No SET clause: a procedure that commits cannot have one.  Every function and relation name is
 -- qualified; operators and types are found in pg_catalog, searched first unless the job owner's
@@ -2704,7 +2704,7 @@ AS $$
 DECLARE
 	pruned	bigint;
 BEGIN
-	IF older_than IS NULL OR older_than < interval '0' THEN
+	IF older_than IS NULL OR pg_catalog.now() - older_than > pg_catalog.now() THEN
 		RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -2737,7 +2737,8 @@ AS $$
 				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
 		 coalesce(current_setting('cron.database_name', true), 'postgres')),
 		('payments-prune', CASE WHEN keep_rejections IS NOT NULL THEN housekeeping_schedule END,
-		 format('SELECT payments.prune_rejections(%L)', keep_rejections), current_database())
+		 format('SELECT payments.prune_rejections(%L) WHERE pg_try_advisory_xact_lock(1885436269, 6)', keep_rejections),
+		 current_database())
 	  ) AS j (name, schedule, command, database)
 	 WHERE j.schedule IS NOT NULL
 $$;
@@ -2759,6 +2760,10 @@ DECLARE
 	j		record;
 	stmts	text;
 BEGIN
+	IF now() - keep_rejections > now() THEN
+		RAISE EXCEPTION 'keep_rejections must be an interval of zero or more, or NULL to keep them for ever'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	IF cron_db IS NULL THEN
 		RAISE EXCEPTION 'pg_cron is not loaded'
 			USING ERRCODE = 'feature_not_supported',
@@ -2788,6 +2793,11 @@ BEGIN
 		database := j.database;
 		RETURN NEXT;
 	END LOOP;
+	-- rejections kept for ever: a prune job scheduled before goes
+	IF keep_rejections IS NULL THEN
+		EXECUTE 'SELECT count(cron.unschedule(x.jobid)) FROM cron.job x WHERE x.jobname = $1'
+		   USING 'payments-prune@' || current_database();
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) IS
@@ -4706,20 +4716,24 @@ BEGIN
 	END IF;
 	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount), p.currency, p.reference);
 	-- Meta delivers free text only within 24 hours of the donor's last message (its customer
-	-- service window); a receipt due later (a payment confirmed late) goes as the approved
-	-- template when the provider names one. An hour is kept for the outbox to send it.
+	-- service window); a receipt due later (a payment confirmed late), or to a donor with no
+	-- message known (a Flow's), goes as the approved template when the provider names one. An
+	-- hour is kept for the outbox to send it. Template parameters may not hold line breaks, tabs
+	-- or runs of spaces.
 	IF transition.to_status = 'paid' THEN
 		SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
-		IF template IS NOT NULL AND EXISTS (SELECT FROM payments.chat_sessions s
-											 WHERE s.provider = d.provider AND s.wa_id = d.wa_id
-											   AND s.last_message_at < now() - interval '23 hours') THEN
+		IF template IS NOT NULL AND NOT EXISTS (SELECT FROM payments.chat_sessions s
+												 WHERE s.provider = d.provider AND s.wa_id = d.wa_id
+												   AND s.last_message_at >= now() - interval '23 hours') THEN
 			PERFORM payments.chat_send(d.provider, d.wa_id, jsonb_build_object(
 				'messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', d.wa_id, 'type', 'template',
 				'template', jsonb_build_object('name', template ->> 'name',
 					'language', jsonb_build_object('code', template ->> 'language'),
 					'components', jsonb_build_array(jsonb_build_object('type', 'body', 'parameters', jsonb_build_array(
-						jsonb_build_object('type', 'text', 'text', coalesce(regexp_replace(p.donor_name, '\s+', ' ', 'g'), 'friend')),
-						jsonb_build_object('type', 'text', 'text', gift || coalesce(' for ' || d.purpose, '')),
+						jsonb_build_object('type', 'text', 'text',
+							coalesce(nullif(btrim(regexp_replace(p.donor_name, '\s+', ' ', 'g')), ''), 'friend')),
+						jsonb_build_object('type', 'text', 'text',
+							regexp_replace(gift || coalesce(' for ' || d.purpose, ''), '\s+', ' ', 'g')),
 						jsonb_build_object('type', 'text', 'text',
 							(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id))))))));
 			RETURN;
@@ -4741,7 +4755,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
-	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template when the donor''s last message is 23 hours old or more), failed, cancelled or refunded, queues the message to the donor';
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old), failed, cancelled or refunded, queues the message to the donor';
 
 -- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
 

@@ -93,4 +93,5 @@ CALL payments.run_job('nope');
 SELECT jobname, schedule, command FROM payments.cron_jobs() ORDER BY 1;
 -- rejections kept for ever: no prune job
 SELECT count(*) AS prune_jobs FROM payments.cron_jobs(keep_rejections => NULL) WHERE jobname LIKE 'payments-prune@%';
+SELECT payments.schedule_jobs(keep_rejections => interval '-1 day');
 RESET payments.reconcile_after;

@@ -389,26 +389,46 @@ SELECT status, receipt_no IS NOT NULL AS receipt, metadata ->> 'approved_by' AS 
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE reference = :'eco_ref';
 SELECT * FROM pg_temp.replies('263772000003');
 -- a receipt due more than 23 hours after the donor's last message goes as the provider's
--- receipt_template (Meta refuses free text outside its 24-hour window); without one, as text.
--- (The thank-you is queued at commit: each step commits.)
-SELECT p.reference AS late_ref, d.wa_id AS late_donor FROM payments.payments p JOIN payments.chat_donations d ON d.payment_id = p.id
- WHERE p.status = 'pending' ORDER BY p.id LIMIT 1 \gset
-UPDATE payments.chat_sessions SET last_message_at = now() - interval '25 hours' WHERE wa_id = :'late_donor';
+-- receipt_template (Meta refuses free text outside its 24-hour window), its parameters on one line
+-- each; within the window, or without a template, as text. (The thank-you is queued at commit:
+-- each step commits.)
+CREATE FUNCTION pg_temp.late_donation(donor text, name text, purpose text, last_message_ago interval) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	started bigint;
+BEGIN
+	UPDATE payments.chat_sessions SET last_message_at = now() - last_message_ago WHERE wa_id = donor;
+	started := payments.chat_start_payment(NULL, 'chat', donor, name,
+		(SELECT payments.chat_settings(settings) FROM payments.providers WHERE providers.name = 'chat'),
+		jsonb_build_object('amount', '3.00', 'currency', 'USD', 'method', 'ecocash', 'phone', '0771234567', 'purpose', purpose));
+	RETURN (SELECT reference FROM payments.payments WHERE id = started);
+END
+$$;
+CREATE FUNCTION pg_temp.last_sent(donor text) RETURNS TABLE (event_type text, template text, language text, parameters text)
+LANGUAGE sql AS $$
+	SELECT event_type, payload -> 'template' ->> 'name', payload -> 'template' -> 'language' ->> 'code',
+		   CASE WHEN payload ? 'template'
+				THEN regexp_replace(jsonb_path_query_array(payload, '$.template.components[*].parameters[*].text')::text,
+									'(WA|LP)-[0-9]{8}-[0-9]+', 'X', 'g')
+				WHEN payload -> 'text' ->> 'body' ~ 'Your receipt number is' THEN 'a receipt as text' END
+	  FROM payments.outbox WHERE recipient = donor ORDER BY id DESC LIMIT 1
+$$;
+SELECT wa_id AS late_donor FROM payments.chat_sessions WHERE provider = 'chat' AND wa_id = '263772000003' \gset
 UPDATE payments.providers SET settings = settings || '{"receipt_template": {"name": "donation_receipt", "language": "en_US"}}'
  WHERE name = 'chat';
+SELECT pg_temp.late_donation(:'late_donor', E'Tendai\n  Moyo ', E'Clinic\n\nroof\tfund', '25 hours') AS late_ref \gset
 SELECT pg_temp.say('263770000001', '/approve ' || :'late_ref', 8);
-SELECT event_type, payload -> 'template' ->> 'name' AS template, payload -> 'template' -> 'language' ->> 'code' AS language,
-	   regexp_replace(jsonb_path_query_array(payload, '$.template.components[*].parameters[*].text')::text,
-					  '(WA|LP)-[0-9]{8}-[0-9]+', 'X', 'g') AS parameters
-  FROM payments.outbox WHERE recipient = :'late_donor' ORDER BY id DESC LIMIT 1;
-UPDATE payments.providers SET settings = settings - 'receipt_template' WHERE name = 'chat';
-SELECT payments.chat_start_payment(NULL, 'chat', :'late_donor', 'Tendai',
-	(SELECT payments.chat_settings(settings) FROM payments.providers WHERE name = 'chat'),
-	'{"amount": "3.00", "currency": "USD", "method": "ecocash", "phone": "0771234567", "purpose": "General fund"}') AS late_id \gset
-SELECT reference AS late_ref FROM payments.payments WHERE id = :late_id \gset
+SELECT * FROM pg_temp.last_sent(:'late_donor');
+SELECT pg_temp.late_donation(:'late_donor', '   ', 'General fund', '25 hours') AS late_ref \gset
 SELECT pg_temp.say('263770000001', '/approve ' || :'late_ref', 9);
-SELECT event_type, payload -> 'text' ->> 'body' ~ 'Your receipt number is' AS receipt_as_text
-  FROM payments.outbox WHERE recipient = :'late_donor' ORDER BY id DESC LIMIT 1;
+SELECT * FROM pg_temp.last_sent(:'late_donor');
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'General fund', '2 hours') AS late_ref \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'late_ref', 10);
+SELECT * FROM pg_temp.last_sent(:'late_donor');
+UPDATE payments.providers SET settings = settings - 'receipt_template' WHERE name = 'chat';
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'General fund', '25 hours') AS late_ref \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'late_ref', 11);
+SELECT * FROM pg_temp.last_sent(:'late_donor');
 SELECT count(*) AS admin_replies FROM pg_temp.replies('263770000001');
 
 -- statuses of sent messages: the wamid comes with the Graph API's answer; statuses move forward only,

@@ -326,8 +326,11 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 		'payments-retry@payments:succeeded');
 	// the prune job's command (it runs daily), run here as pg_cron would run it
 	const prune = cron.psql(`SELECT command FROM cron.job WHERE jobname = 'payments-prune@payments'`);
-	assert.match(prune, /^SELECT payments\.prune_rejections\('.*90 days'\)$/);
+	assert.match(prune, /^SELECT payments\.prune_rejections\('.*90 days'\) WHERE pg_try_advisory_xact_lock\(1885436269, 6\)$/);
 	assert.match(cron.psql(prune), /^\d+$/);
-	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '6');
+	// rejections kept for ever from now on: the prune job goes
+	assert.equal(cron.psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL)`), '5');
+	assert.equal(cron.psql(`SELECT count(*) FROM cron.job WHERE jobname LIKE 'payments-prune@%'`), '0');
+	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '5');
 	assert.equal(cron.psql(`SELECT count(*) FROM cron.job`), '0');
 });

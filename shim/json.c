@@ -362,9 +362,10 @@ json_build_headers(struct MHD_Connection *conn, StrBuf *out)
 	buf_init(&keys);
 	for (size_t k = 0; k < list.count; k++)
 	{
-		list.items[k].key_len = keys.len;
+		size_t		start = keys.len;
+
 		json_append_escaped(&keys, list.items[k].name, list.items[k].name_len, true);
-		list.items[k].key_len = keys.len - list.items[k].key_len;
+		list.items[k].key_len = keys.len - start;
 	}
 	list.failed = list.failed || keys.failed;
 	for (size_t k = 0, at = 0; k < list.count && !list.failed; k++)

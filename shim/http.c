@@ -752,6 +752,7 @@ answer_webhook(struct MHD_Connection *conn, Request *req)
 	json_append_field(&body, "request_id", req->request_id);
 	buf_append_str(&body, "}");
 	db_free_result(out->pgresult);
+	out->pgresult = NULL;
 	ret = reply_json(conn, req, out->http_status, &body);
 	buf_free(&body);
 	return ret;
@@ -933,6 +934,12 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 		json_append_field(&line, "termination", termination_name(toe));
 	log_end(&line);
 
+	/*
+	 * A webhook whose connection broke while it was suspended (the client
+	 * closed or half-closed it) ends here without the final call that
+	 * answers it: its result is freed here instead.
+	 */
+	db_free_result(req->ingest.res.pgresult);
 	buf_free(&req->body);
 	buf_free(&req->headers);
 	free(req);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import Stripe from 'stripe';
 import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim, stopShimAndCluster }
@@ -178,6 +179,34 @@ describe('shim limits, metrics and logs', () => {
 			assert.equal((await s.stop()).code, 0);
 			assert.deepEqual(s.sanitizerReports(), []);
 		}
+	});
+
+	test('a webhook whose client closed its side while it waited for the database leaks nothing', async () => {
+		// one thread, an older idle connection on it: libmicrohttpd then ends the resumed connection
+		// on the closed socket without the final call that answers it
+		const s = new Shim(cluster.dsn, ['--threads', '1', '--rate', '0']);
+		await s.start();
+		const idle = connect({ port: s.port, host: '127.0.0.1' });
+		try {
+			await new Promise((resolve) => idle.on('connect', resolve));
+			const ended = [];
+			for (let i = 0; i < 5; i++) {
+				const sock = connect({ port: s.port, host: '127.0.0.1' });
+				ended.push(new Promise((resolve) => { sock.on('close', resolve); sock.on('error', resolve); }));
+				sock.on('connect', () => {
+					sock.resume();
+					sock.end('POST /webhooks/nosuchprovider HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+						'Content-Length: 2\r\n\r\n{}');
+				});
+			}
+			await Promise.all(ended);
+			await sleep(500);
+			assert.equal((await request(s.port, { path: '/health' })).status, 200);
+		} finally {
+			idle.destroy();
+			assert.equal((await s.stop()).code, 0);
+		}
+		assert.deepEqual(s.sanitizerReports(), [], 'no leak reported at exit');
 	});
 
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {

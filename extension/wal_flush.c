@@ -22,6 +22,7 @@
 
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
+#include "miscadmin.h"
 #include "replication/syncrep.h"
 #include "utils/pg_lsn.h"
 
@@ -49,7 +50,10 @@ FlushWrittenWal(void)
 	else if (upto % XLOG_BLCKSZ == SizeOfXLogShortPHD)
 		upto -= SizeOfXLogShortPHD;
 	XLogFlush(upto);
+	/* as at commit: the wait ends on a cancel with a warning, its queue left clean */
+	HOLD_INTERRUPTS();
 	SyncRepWaitForLSN(upto, true);
+	RESUME_INTERRUPTS();
 	return upto;
 }
 

@@ -27,6 +27,11 @@
  *    it retries for up to three days without saying whether a retry gets a
  *    new time, so a window could refuse genuine retries.  A replayed delivery
  *    carries the same event id and is a harmless duplicate.
+ *  - But the signature covers only the CRC-32 of the body, which is linear:
+ *    from the headers of one delivery anyone can make another body with the
+ *    same CRC (a new event id and a padding field).  So a transmission id
+ *    already stored (as an event or a rejection) with another body is
+ *    refused (transmission_reused).
  *  - The transmission id and time must be 1 to 255 printable ASCII
  *    characters without '|', so that no field can shift into another.
  *
@@ -44,6 +49,8 @@
 
 #include "common/base64.h"
 #include "fmgr.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "utils/builtins.h"
 
 #define PAYPAL_AUTH_ALGO "SHA256withRSA"
@@ -211,6 +218,40 @@ VerifyPayPalSignature(const char *body, int bodylen, const PayPalTransmission *t
 	verdict->valid = true;
 }
 
+/*
+ * Has this provider stored the transmission id before, as an event or a
+ * rejection, with a body other than this one (see the file header)?
+ */
+static bool
+TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idlen, bytea *body)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, BYTEAOID};
+	Datum		args[3];
+	bool		seen;
+	bool		isnull;
+
+	args[0] = CStringGetTextDatum(provider->name);
+	args[1] = PointerGetDatum(cstring_to_text_with_len(id, idlen));
+	args[2] = PointerGetDatum(body);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_plan(KeptPlan(&plan,
+								  "SELECT EXISTS (SELECT FROM payments.events e"
+								  "  WHERE e.provider = $1 AND e.headers ->> 'paypal-transmission-id' = $2"
+								  "    AND e.headers ? 'paypal-transmission-id' AND e.body <> $3)"
+								  "    OR EXISTS (SELECT FROM payments.rejections r"
+								  "  WHERE r.provider = $1 AND r.headers ->> 'paypal-transmission-id' = $2"
+								  "    AND r.headers ? 'paypal-transmission-id'"
+								  "    AND r.body_sha256 <> pg_catalog.sha256($3))",
+								  3, argtypes),
+						 args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not look up a PayPal transmission id");
+	seen = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return seen;
+}
+
 /* Checks a delivery's PayPal headers and signature, fetching the certificate if need be */
 static void
 VerifyPayPalDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
@@ -255,6 +296,11 @@ VerifyPayPalDelivery(const Provider *provider, const Delivery *delivery, Verdict
 		return;
 	VerifyPayPalSignature(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
 						  &t, webhook_id, pem, strlen(pem), verdict);
+	if (verdict->valid &&
+		TransmissionSeenWithOtherBody(provider, values[PP_TRANSMISSION_ID],
+									  lens[PP_TRANSMISSION_ID], delivery->body))
+		VerdictReject(verdict, "transmission_reused",
+					  "paypal-transmission-id was stored before with another body");
 }
 
 /* A PayPal event is one event: id "WH-...", event_type, create_time (ISO 8601) */

@@ -106,6 +106,9 @@ CREATE TABLE payments.events (
 -- delivery.  Rows up to a page are now kept whole and uncompressed, for about 25% more disk.
 WITH (toast_tuple_target = 8160);
 CREATE INDEX events_received_at_idx ON payments.events USING brin (received_at);
+-- PayPal's transmission ids, looked up before a delivery is accepted (kind_paypal.c)
+CREATE INDEX events_paypal_transmission_idx ON payments.events (provider, (headers ->> 'paypal-transmission-id'))
+	WHERE headers ? 'paypal-transmission-id';
 COMMENT ON TABLE payments.events IS
 	'Every verified delivery, once per (provider, event_id): raw body as signed, parsed payload, headers without credentials';
 COMMENT ON COLUMN payments.events.body IS 'The request body exactly as received and verified';
@@ -127,6 +130,8 @@ CREATE TABLE payments.rejections (
 	headers			jsonb NOT NULL
 );
 CREATE INDEX rejections_provider_received_at_idx ON payments.rejections (provider, received_at);
+CREATE INDEX rejections_paypal_transmission_idx ON payments.rejections (provider, (headers ->> 'paypal-transmission-id'))
+	WHERE headers ? 'paypal-transmission-id';
 COMMENT ON TABLE payments.rejections IS
 	'Deliveries refused: bad or missing signature, timestamp outside tolerance, no live secret (rejected, 401), or a verified body that is not a usable event (invalid, 400)';
 

@@ -266,6 +266,14 @@ SELECT event_id, event_type, event_at, source_ip, request_id, state,
   FROM payments.events WHERE provider = 'paypal' ORDER BY id;
 SELECT bool_and(body = convert_to(:'b1', 'UTF8')) AS body_exact FROM payments.events
  WHERE provider = 'paypal' AND event_id = 'WH-2WR32451HC0233532-67976317FL4071431';
+-- the signature covers only the body's CRC-32, which can be forged: body 1's transmission with
+-- another body of the same CRC (another event id, capture and amount, and a padding field)
+-- verifies, but its transmission id was stored with body 1, so it is refused
+\set forged '{"id":"WH-FORGED00000000000000000-00000000000000000","event_version":"1.0","create_time":"2024-08-02T19:33:35.000Z","resource_type":"capture","resource_version":"2.0","event_type":"PAYMENT.CAPTURE.COMPLETED","summary":"Payment completed for $ 3000.0 USD","resource":{"id":"99Z99999ZZ999999Z","amount":{"currency_code":"USD","value":"3000.00"},"invoice_id":"INV-1001","status":"COMPLETED"},"pad":"caaaaaaacaacaaacacaccaacaaaccaacaaaaaaaaaaaaaaaa"}'
+SELECT payments.verify_paypal(convert_to(:'forged', 'UTF8'), :'tid1', :'time1', :'wid', :'s1', :'cert') AS signature_alone;
+SELECT * FROM payments.ingest('paypal', pg_temp.pp(:'tid1', :'time1', :'s1'), convert_to(:'forged', 'UTF8'));
+SELECT outcome, reason, detail FROM payments.rejections WHERE provider = 'paypal' ORDER BY id DESC LIMIT 1;
+SELECT count(*) AS forged_stored FROM payments.events WHERE provider = 'paypal' AND event_id LIKE 'WH-FORGED%';
 
 -- each header missing, or not a string
 SELECT h AS without, r.*

@@ -11,17 +11,19 @@
  * change rarely, so what a backend read is kept across its transactions,
  * until a change to one of those tables may have made it stale.
  *
- * A generation counts those changes.  The statement trigger on the tables
- * (payments.forget_kept) moves it on in the changing backend and registers a
- * relcache invalidation of the table, which PostgreSQL sends to every backend
- * of the database at commit; every relcache invalidation moves it on (others
+ * A generation counts those changes.  The triggers on the tables
+ * (payments.forget_kept, for each row changed and for TRUNCATE) move it on in
+ * the changing backend and register a relcache invalidation of the table
+ * (once per transaction), which PostgreSQL sends to every backend of the
+ * database at commit; every relcache invalidation moves it on (others
  * are rare: DDL, VACUUM and ANALYZE updating pg_class), as does the abort of a
  * subtransaction or of a transaction that changed a table (a copy may have
  * been read after the change it undid).  Before a copy is used, the
  * invalidations committed so far are taken in, and a copy is read with a
  * snapshot taken after that (KeptRead), not the statement's: so a lookup sees
  * every change committed before it.  The triggers fire always, also where
- * session_replication_role is replica (a logical replication subscriber).
+ * session_replication_role is replica: a logical replication subscriber's
+ * apply worker, which fires row triggers only.
  *
  * KeptStamp serves what is kept for one transaction only (receipts.c); its
  * own count of changes ignores other relcache invalidations.

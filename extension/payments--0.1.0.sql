@@ -60,13 +60,20 @@ COMMENT ON FUNCTION payments.forget_kept() IS
 REVOKE ALL ON FUNCTION payments.forget_kept() FROM PUBLIC;
 
 -- ALWAYS: also where session_replication_role is replica (a logical replication subscriber
--- applying a change made on its publisher)
-CREATE TRIGGER providers_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.providers
-	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+-- applying a change made on its publisher).  Row triggers for rows, since the subscriber's apply
+-- worker fires no statement trigger; one statement trigger for TRUNCATE, which has no rows.
+CREATE TRIGGER providers_forget AFTER INSERT OR UPDATE OR DELETE ON payments.providers
+	FOR EACH ROW EXECUTE FUNCTION payments.forget_kept();
 ALTER TABLE payments.providers ENABLE ALWAYS TRIGGER providers_forget;
-CREATE TRIGGER secrets_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.secrets
+CREATE TRIGGER providers_truncate_forget AFTER TRUNCATE ON payments.providers
 	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.providers ENABLE ALWAYS TRIGGER providers_truncate_forget;
+CREATE TRIGGER secrets_forget AFTER INSERT OR UPDATE OR DELETE ON payments.secrets
+	FOR EACH ROW EXECUTE FUNCTION payments.forget_kept();
 ALTER TABLE payments.secrets ENABLE ALWAYS TRIGGER secrets_forget;
+CREATE TRIGGER secrets_truncate_forget AFTER TRUNCATE ON payments.secrets
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.secrets ENABLE ALWAYS TRIGGER secrets_truncate_forget;
 
 --------------------------------------------------------------------------------------------------
 -- Events and rejections
@@ -615,9 +622,12 @@ COMMENT ON FUNCTION payments.currency_exponent(text) IS
 	'The ISO 4217 exponent of a currency in payments.currencies (its code in any case), or NULL when it is not there';
 REVOKE ALL ON FUNCTION payments.currency_exponent(text) FROM PUBLIC;
 
-CREATE TRIGGER currencies_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.currencies
-	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+CREATE TRIGGER currencies_forget AFTER INSERT OR UPDATE OR DELETE ON payments.currencies
+	FOR EACH ROW EXECUTE FUNCTION payments.forget_kept();
 ALTER TABLE payments.currencies ENABLE ALWAYS TRIGGER currencies_forget;
+CREATE TRIGGER currencies_truncate_forget AFTER TRUNCATE ON payments.currencies
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.currencies ENABLE ALWAYS TRIGGER currencies_truncate_forget;
 
 CREATE FUNCTION payments.major_units(minor numeric, currency text, exponent_override integer DEFAULT NULL)
 RETURNS numeric
@@ -2318,9 +2328,12 @@ CREATE CONSTRAINT TRIGGER events_outbox
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 
 -- whether any endpoint is enabled is kept in backend memory once read (extension/endpoints.c)
-CREATE TRIGGER endpoints_forget AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON payments.endpoints
-	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+CREATE TRIGGER endpoints_forget AFTER INSERT OR UPDATE OR DELETE ON payments.endpoints
+	FOR EACH ROW EXECUTE FUNCTION payments.forget_kept();
 ALTER TABLE payments.endpoints ENABLE ALWAYS TRIGGER endpoints_forget;
+CREATE TRIGGER endpoints_truncate_forget AFTER TRUNCATE ON payments.endpoints
+	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.endpoints ENABLE ALWAYS TRIGGER endpoints_truncate_forget;
 
 CREATE FUNCTION payments.outbox_upload_pending(provider text, payload jsonb)
 RETURNS boolean

@@ -308,14 +308,40 @@ db_thread_get(void)
 }
 
 /*
+ * A delivery answered 2xx must be on disk: a lone delivery's commit is
+ * synchronous, and the duplicate answer flushes only under a synchronous
+ * setting.  So a session given synchronous_commit off (by its role or
+ * database) is set to on, with a warning; local and the replica levels stay.
+ * False when the setting could not be read or set (the connection failed).
+ */
+static bool
+db_durable_commits(PGconn *conn, const char *request_id)
+{
+	PGresult   *res = PQexec(conn, "SHOW synchronous_commit");
+	bool		ok = (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1);
+
+	if (ok && strcmp(PQgetvalue(res, 0, 0), "off") == 0)
+	{
+		PQclear(res);
+		res = PQexec(conn, "SET synchronous_commit TO on");
+		ok = (PQresultStatus(res) == PGRES_COMMAND_OK);
+		if (ok)
+			log_db_error(LOG_WARNING, request_id, "synchronous_commit was off for the shim's role or database",
+						 NULL, "set to on for its sessions: a delivery is answered 2xx only once durable");
+	}
+	PQclear(res);
+	return ok;
+}
+
+/*
  * Make sure the thread has a connection.  Returns false at once while the
  * backoff delay after a failed attempt has not yet passed.
  */
 static bool
 db_connect(DbThread *thread, const char *request_id)
 {
-	const char *keywords[5];
-	const char *values[5];
+	const char *keywords[9];
+	const char *values[9];
 	int			n = 0;
 	PGconn	   *conn;
 	StrBuf		line;
@@ -331,6 +357,19 @@ db_connect(DbThread *thread, const char *request_id)
 		keywords[n] = "connect_timeout";
 		values[n++] = DEFAULT_CONNECT_TIMEOUT;
 	}
+	/*
+	 * A server that vanishes while a batch waits for its answer (nothing left
+	 * unacknowledged, so TCP retransmits nothing) is noticed in about a
+	 * minute, not the system's two hours; ignored on Unix-domain sockets
+	 */
+	keywords[n] = "keepalives_idle";
+	values[n++] = "30";
+	keywords[n] = "keepalives_interval";
+	values[n++] = "10";
+	keywords[n] = "keepalives_count";
+	values[n++] = "3";
+	keywords[n] = "tcp_user_timeout";
+	values[n++] = "30000";
 	keywords[n] = "fallback_application_name";
 	values[n++] = "payments-shim";
 	keywords[n] = "dbname";
@@ -341,7 +380,7 @@ db_connect(DbThread *thread, const char *request_id)
 	values[n] = NULL;
 
 	conn = PQconnectdbParams(keywords, values, 1);
-	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK || !db_durable_commits(conn, request_id))
 	{
 		log_db_error(LOG_ERROR, request_id, "database connection failed", NULL,
 					 conn ? PQerrorMessage(conn) : "out of memory");

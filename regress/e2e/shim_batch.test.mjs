@@ -99,6 +99,16 @@ async function batchBehindLock(ids, { tamper = [] } = {}) {
 	return { lock, answers: () => Promise.all([first, ...rest]) };
 }
 
+// Is the WAL flushed up to an insert position read after a commit? A position just past a page
+// header (the commit ended a page) has nothing on that page yet: the flush covers the commit once
+// it reaches the start of that page.
+function flushedTo(lsn) {
+	return cluster.psqlVars(`SELECT pg_current_wal_flush_lsn() >= l - CASE
+			WHEN (l - '0/0') % (SELECT setting::numeric FROM pg_settings WHERE name = 'wal_segment_size') = 40 THEN 40
+			WHEN (l - '0/0') % current_setting('wal_block_size')::numeric = 24 THEN 24 ELSE 0 END
+		FROM (SELECT :'l'::pg_lsn AS l) AS inserted`, { l: lsn }) === 't';
+}
+
 describe('group commit', () => {
 	before(async () => {
 		cluster = new Cluster();
@@ -352,13 +362,6 @@ describe('group commit', () => {
 		// its commit flushes nothing, and payments.ingest must flush before answering on it.
 		const walwriter = Number(cluster.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'"));
 		const ingest = "SELECT outcome FROM payments.ingest('stripe', :'h'::jsonb, convert_to(:'b', 'UTF8'));";
-		// Is the WAL flushed up to an insert position read after a commit? A position just past a
-		// page header (the commit ended a page) has nothing on that page yet: the flush covers the
-		// commit once it reaches the start of that page.
-		const flushedTo = (lsn) => cluster.psqlVars(`SELECT pg_current_wal_flush_lsn() >= l - CASE
-				WHEN (l - '0/0') % (SELECT setting::numeric FROM pg_settings WHERE name = 'wal_segment_size') = 40 THEN 40
-				WHEN (l - '0/0') % current_setting('wal_block_size')::numeric = 24 THEN 24 ELSE 0 END
-			FROM (SELECT :'l'::pg_lsn AS l) AS inserted`, { l: lsn }) === 't';
 		process.kill(walwriter, 'SIGSTOP');
 		try {
 			// another backend's synchronous commit flushes everything before it: then once more
@@ -376,6 +379,35 @@ describe('group commit', () => {
 		} finally {
 			process.kill(walwriter, 'SIGCONT');
 		}
+	});
+
+	test('with synchronous_commit off for its database the shim sets it on: a lone delivery is durable when answered', async () => {
+		cluster.psql('ALTER DATABASE payments SET synchronous_commit = off');
+		const s = new Shim(cluster.dsn, ['--threads', '1', '--rate', '0', '--log-level', 'warning']);
+		const walwriter = Number(cluster.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'"));
+		let stopped = false;
+		try {
+			await s.start();
+			process.kill(walwriter, 'SIGSTOP');
+			stopped = true;
+			// another backend's synchronous commit may flush the WAL for it: a few deliveries, one must
+			// be unflushed before, and each is flushed once answered
+			const flushed = [];
+			for (let i = 0; i < 3; i++) {
+				const d = delivery(`evt_syncoff_${++seq}`);
+				const res = await request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
+					headers: { 'content-type': 'application/json', ...d.headers } });
+				assert.equal(res.status, 200, res.text);
+				flushed.push(flushedTo(cluster.psql('SELECT pg_current_wal_insert_lsn()')));
+			}
+			assert.deepEqual(flushed, [true, true, true], 'each delivery durable once answered');
+		} finally {
+			if (stopped) process.kill(walwriter, 'SIGCONT');
+			cluster.psql('ALTER DATABASE payments RESET synchronous_commit');
+			assert.equal((await s.stop()).code, 0);
+		}
+		assert.match(s.stderr, /synchronous_commit was off for the shim's role or database/);
+		assert.deepEqual(s.sanitizerReports(), []);
 	});
 
 	test('payments.flush_wal() waits for a synchronous standby as a commit does', async () => {

@@ -62,17 +62,25 @@ fuzz_connection(const uint8_t *data, size_t size)
 	return (struct MHD_Connection *) headers;
 }
 
-/* qsort comparator of header names already lower-cased: bytewise, shorter first on a tie */
+/* Orders two byte strings: bytewise, the shorter first when one begins the other */
+static int
+CompareBytes(const char *a, size_t alen, const char *b, size_t blen)
+{
+	int			cmp = memcmp(a, b, alen < blen ? alen : blen);
+
+	if (cmp == 0 && alen != blen)
+		cmp = alen < blen ? -1 : 1;
+	return cmp;
+}
+
+/* qsort comparator of header names already lower-cased */
 static int
 CompareLoweredNames(const void *a, const void *b)
 {
 	const FuzzHeader *x = a;
 	const FuzzHeader *y = b;
-	int			cmp = memcmp(x->name, y->name, x->name_len < y->name_len ? x->name_len : y->name_len);
 
-	if (cmp == 0 && x->name_len != y->name_len)
-		cmp = x->name_len < y->name_len ? -1 : 1;
-	return cmp;
+	return CompareBytes(x->name, x->name_len, y->name, y->name_len);
 }
 
 /* How many names the current input's headers have, ASCII case aside */
@@ -245,17 +253,14 @@ typedef struct KeySpan
 	size_t		len;
 } KeySpan;
 
-/* qsort comparator of key spans: bytewise, shorter first on a tie */
+/* qsort comparator of key spans */
 static int
 CompareKeySpans(const void *a, const void *b)
 {
 	const KeySpan *x = a;
 	const KeySpan *y = b;
-	int			cmp = memcmp(x->at, y->at, x->len < y->len ? x->len : y->len);
 
-	if (cmp == 0 && x->len != y->len)
-		cmp = x->len < y->len ? -1 : 1;
-	return cmp;
+	return CompareBytes(x->at, x->len, y->at, y->len);
 }
 
 /*

@@ -30,8 +30,8 @@
  *  - But the signature covers only the CRC-32 of the body, which is linear:
  *    from the headers of one delivery anyone can make another body with the
  *    same CRC (a new event id and a padding field).  So a transmission id
- *    already stored (as an event or a rejection) with another body is
- *    refused (transmission_reused).
+ *    already stored with another body (as an event, or as a rejection of a
+ *    verified body) is refused (transmission_reused).
  *  - The transmission id and time must be 1 to 255 printable ASCII
  *    characters without '|', so that no field can shift into another.
  *
@@ -219,8 +219,12 @@ VerifyPayPalSignature(const char *body, int bodylen, const PayPalTransmission *t
 }
 
 /*
- * Has this provider stored the transmission id before, as an event or a
- * rejection, with a body other than this one (see the file header)?
+ * Has this provider stored the transmission id before with a body other
+ * than this one (see the file header)?  As an event, or as a rejection whose
+ * signature verified (invalid: a body that is no usable event); other
+ * rejections prove nothing, since anyone can send a transmission id with a
+ * body of their own.  Not read-only: deliveries stored earlier in the same
+ * statement (a batch) are seen.
  */
 static bool
 TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idlen, bytea *body)
@@ -242,10 +246,10 @@ TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idle
 								  "    AND e.headers ? 'paypal-transmission-id' AND e.body <> $3)"
 								  "    OR EXISTS (SELECT FROM payments.rejections r"
 								  "  WHERE r.provider = $1 AND r.headers ->> 'paypal-transmission-id' = $2"
-								  "    AND r.headers ? 'paypal-transmission-id'"
+								  "    AND r.headers ? 'paypal-transmission-id' AND r.outcome = 'invalid'"
 								  "    AND r.body_sha256 <> pg_catalog.sha256($3))",
 								  3, argtypes),
-						 args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+						 args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not look up a PayPal transmission id");
 	seen = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();

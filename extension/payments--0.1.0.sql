@@ -138,7 +138,7 @@ CREATE TABLE payments.rejections (
 );
 CREATE INDEX rejections_provider_received_at_idx ON payments.rejections (provider, received_at);
 CREATE INDEX rejections_paypal_transmission_idx ON payments.rejections (provider, (headers ->> 'paypal-transmission-id'))
-	WHERE headers ? 'paypal-transmission-id';
+	WHERE headers ? 'paypal-transmission-id' AND outcome = 'invalid';
 COMMENT ON TABLE payments.rejections IS
 	'Deliveries refused: bad or missing signature, timestamp outside tolerance, no live secret (rejected, 401), or a verified body that is not a usable event (invalid, 400)';
 

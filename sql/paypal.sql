@@ -274,6 +274,13 @@ SELECT payments.verify_paypal(convert_to(:'forged', 'UTF8'), :'tid1', :'time1', 
 SELECT * FROM payments.ingest('paypal', pg_temp.pp(:'tid1', :'time1', :'s1'), convert_to(:'forged', 'UTF8'));
 SELECT outcome, reason, detail FROM payments.rejections WHERE provider = 'paypal' ORDER BY id DESC LIMIT 1;
 SELECT count(*) AS forged_stored FROM payments.events WHERE provider = 'paypal' AND event_id LIKE 'WH-FORGED%';
+-- that refusal (or any refused body) does not stand in the way of PayPal's own retry of body 1
+SELECT * FROM payments.ingest('paypal', pg_temp.pp(:'tid1', :'time1', :'s1'), convert_to(:'b1', 'UTF8'));
+-- a body and its forgery in one batch: the second sees the first, stored by the same statement
+SELECT payments.register_provider('paypal-batch', 'paypal', jsonb_build_object('webhook_id', :'wid', 'verify_cert_chain', false));
+SELECT http_status, outcome, event_id, sqlstate FROM payments.ingest_batch(ARRAY['paypal-batch', 'paypal-batch'],
+	ARRAY[pg_temp.pp(:'tid1', :'time1', :'s1'), pg_temp.pp(:'tid1', :'time1', :'s1')],
+	ARRAY[convert_to(:'b1', 'UTF8'), convert_to(:'forged', 'UTF8')], ARRAY[NULL, NULL]::inet[], ARRAY[NULL, NULL]::text[]);
 
 -- each header missing, or not a string
 SELECT h AS without, r.*
@@ -331,7 +338,9 @@ RESET client_min_messages;
 SELECT * FROM payments.ingest('paypal-local', pg_temp.pp(:'tid1', :'time1', :'s1', url => 'https://api.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-test0001'), convert_to(:'b1', 'UTF8'));
 SELECT count(*) AS certificates FROM payments.certificates;
 
--- correctly signed bodies that are not usable events: 400
+-- correctly signed bodies that are not usable events: 400 (a body sent first with the same
+-- transmission id but no valid signature does not make them transmission_reused)
+SELECT * FROM payments.ingest('paypal', pg_temp.pp(:'tid3x', :'time3x', :'s3'), convert_to('{"id":"WH-junk"}', 'UTF8'));
 SELECT * FROM payments.ingest('paypal', pg_temp.pp(:'tid3x', :'time3x', :'s3'), convert_to('not json', 'UTF8'));
 SELECT * FROM payments.ingest('paypal', pg_temp.pp(:'tid4', :'time4', :'s4'), convert_to('{"event_type":"PAYMENT.CAPTURE.COMPLETED"}', 'UTF8'));
 

@@ -16,6 +16,7 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(ingest);
@@ -392,6 +393,16 @@ ingest(PG_FUNCTION_ARGS)
 	ReadDelivery(fcinfo, &delivery);
 	InitMaterializedSRF(fcinfo, 0);
 
+	/*
+	 * An answer is the sender's receipt: this transaction commits durably
+	 * even where its role or database sets synchronous_commit off (as SET
+	 * LOCAL would: the setting comes back at its end).  The other levels,
+	 * local and the standbys', are kept.
+	 */
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		(void) set_config_option("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	IngestDelivery(&delivery, &result);
@@ -402,7 +413,7 @@ ingest(PG_FUNCTION_ARGS)
 	 * asynchronously (by a batch of the shim) and not be on disk yet, and a
 	 * 200 stops the sender's retries.  So flush first, as a commit would.
 	 */
-	if (strcmp(result.outcome, "duplicate") == 0 && synchronous_commit > SYNCHRONOUS_COMMIT_OFF)
+	if (strcmp(result.outcome, "duplicate") == 0)
 		FlushWrittenWal();
 
 	values[0] = Int32GetDatum(result.http_status);

@@ -308,32 +308,6 @@ db_thread_get(void)
 }
 
 /*
- * A delivery answered 2xx must be on disk: a lone delivery's commit is
- * synchronous, and the duplicate answer flushes only under a synchronous
- * setting.  So a session given synchronous_commit off (by its role or
- * database) is set to on, with a warning; local and the replica levels stay.
- * False when the setting could not be read or set (the connection failed).
- */
-static bool
-db_durable_commits(PGconn *conn, const char *request_id)
-{
-	PGresult   *res = PQexec(conn, "SHOW synchronous_commit");
-	bool		ok = (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1);
-
-	if (ok && strcmp(PQgetvalue(res, 0, 0), "off") == 0)
-	{
-		PQclear(res);
-		res = PQexec(conn, "SET synchronous_commit TO on");
-		ok = (PQresultStatus(res) == PGRES_COMMAND_OK);
-		if (ok)
-			log_db_error(LOG_WARNING, request_id, "synchronous_commit was off for the shim's role or database",
-						 NULL, "set to on for its sessions: a delivery is answered 2xx only once durable");
-	}
-	PQclear(res);
-	return ok;
-}
-
-/*
  * Make sure the thread has a connection.  Returns false at once while the
  * backoff delay after a failed attempt has not yet passed.
  */
@@ -380,7 +354,7 @@ db_connect(DbThread *thread, const char *request_id)
 	values[n] = NULL;
 
 	conn = PQconnectdbParams(keywords, values, 1);
-	if (conn == NULL || PQstatus(conn) != CONNECTION_OK || !db_durable_commits(conn, request_id))
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
 	{
 		log_db_error(LOG_ERROR, request_id, "database connection failed", NULL,
 					 conn ? PQerrorMessage(conn) : "out of memory");

@@ -149,6 +149,18 @@ SELECT event_id FROM payments.events WHERE provider = 'shop' ORDER BY id;
 
 -- unknown provider: 404, nothing recorded
 SELECT * FROM payments.ingest('nobody', t.stripe(:'ev1', 'whsec_new'), convert_to(:'ev1', 'UTF8'));
+-- an answer is durable: ingest's transaction commits with synchronous_commit on even where the
+-- session (its role, its database) says off; the session's setting comes back after it
+SET synchronous_commit = off;
+BEGIN;
+SELECT http_status FROM payments.ingest('nobody', '{}', ''::bytea);
+SHOW synchronous_commit;
+COMMIT;
+SHOW synchronous_commit;
+SET synchronous_commit = local;
+SELECT http_status FROM payments.ingest('nobody', '{}', ''::bytea);
+SHOW synchronous_commit;
+RESET synchronous_commit;
 SELECT * FROM payments.ingest('NOT a name', '{}', ''::bytea);
 
 -- caller errors

@@ -79,8 +79,8 @@ ForgetOnAbort(XactEvent event, void *arg)
 }
 
 /*
- * Relcache callback: some table changed (our statement trigger sends one for
- * each kept table; the others are rare enough to be taken for one of them)
+ * Relcache callback: some table changed (our triggers send one for each kept
+ * table changed; the others are rare enough to be taken for one of them)
  */
 static void
 ForgetOnRelcacheInvalidation(Datum arg, Oid relid)
@@ -188,9 +188,10 @@ KeptStampNow(KeptStamp *stamp)
 }
 
 /*
- * SQL: payments.forget_kept(), the statement trigger on the kept tables:
- * drops what this backend kept of them at once, and registers a relcache
- * invalidation of the table, sent to every backend if the change commits.
+ * SQL: payments.forget_kept(), the row (and TRUNCATE) trigger on the kept
+ * tables: drops what this backend kept of them at once, and registers a
+ * relcache invalidation of the table, sent to every backend if the change
+ * commits.
  */
 Datum
 forget_kept(PG_FUNCTION_ARGS)

@@ -6,14 +6,14 @@
 // nobody trusts, and the stand-in's TLS certificate for localhost.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createSign, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
 import zlib from 'node:zlib';
-import { Cluster, Shim, post, freePort } from './harness.mjs';
+import { Cluster, Shim, post, freePort, PG_BIN, sleep } from './harness.mjs';
 
 const WEBHOOK_ID = '8PT597110X687430LKGECATA';
 
@@ -180,9 +180,8 @@ function paypalEvent(extra = {}) {
 }
 
 // PayPal's headers for a body, signed with key: RSA-SHA256 over id|time|webhook_id|crc32.
-function paypalHeaders(body, key, certUrl, { webhookId = WEBHOOK_ID, requestId } = {}) {
-	const tid = randomUUID();
-	const time = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+function paypalHeaders(body, key, certUrl, { webhookId = WEBHOOK_ID, requestId, tid = randomUUID(),
+	time = new Date().toISOString().replace(/\.\d+Z$/, 'Z') } = {}) {
 	const signer = createSign('RSA-SHA256');
 	signer.update(`${tid}|${time}|${webhookId}|${crc32(Buffer.from(body))}`);
 	const headers = {
@@ -439,6 +438,44 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 			for (const socket of sockets) socket.destroy();
 			await new Promise((resolve) => hang.close(resolve));
 		}
+	});
+
+	test('two bodies racing under one transmission id: the second waits for the first to commit and is refused', async () => {
+		// body x and body y, each validly signed under the same transmission id and time (as a
+		// CRC forgery of x would be); x is ingested in a transaction held open by psql
+		const tid = randomUUID();
+		const time = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+		const x = paypalEvent();
+		const y = paypalEvent({ summary: 'Payment completed for $ 3000.0 USD' });
+		const session = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
+			'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments',
+			'-v', `h=${JSON.stringify(paypalHeaders(x, leafKey, good.url, { tid, time }))}`, '-v', `b=${x}`],
+		{ stdio: ['pipe', 'pipe', 'pipe'] });
+		let out = '';
+		session.stdout.on('data', (d) => { out += d; });
+		session.stdin.write("BEGIN; SELECT 'ingested ' || outcome FROM payments.ingest('paypal', :'h', convert_to(:'b', 'UTF8'));\n");
+		for (let i = 0; !out.includes('ingested') && i < 400; i++) await sleep(25);
+		assert.match(out, /ingested applied/);
+
+		const waiting = async () => {
+			for (let i = 0; i < 400; i++) {
+				if (cluster.psql(`SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+					WHERE a.application_name = 'payments-shim' AND l.locktype = 'advisory' AND NOT l.granted`) !== '0') return 'waiting';
+				await sleep(25);
+			}
+			return 'never waited';
+		};
+		const forged = post(shim.base, 'paypal', y, paypalHeaders(y, leafKey, good.url, { tid, time, requestId: `race-${tid}` }));
+		const retry = post(shim.base, 'paypal', x, paypalHeaders(x, leafKey, good.url, { tid, time }));
+		assert.equal(await Promise.race([forged.then((r) => `answered ${r.status}`), waiting()]), 'waiting');
+		await new Promise((resolve) => { session.once('exit', resolve); session.stdin.end('COMMIT;\n'); });
+
+		const [refused, again] = await Promise.all([forged, retry]);
+		assert.equal(refused.status, 401, refused.text);
+		assert.equal(rejection(`race-${tid}`), 'transmission_reused');
+		assert.equal(eventCount('paypal', JSON.parse(y).id), 0);
+		assert.deepEqual([again.status, again.json.outcome], [200, 'duplicate']);
+		assert.equal(eventCount('paypal', JSON.parse(x).id), 1);
 	});
 
 	test('with the stand-in down, an uncached certificate is 503 with Retry-After; a cached one still verifies', async () => {

@@ -431,8 +431,8 @@ COMMENT ON TABLE payments.statuses IS 'The normalized payment statuses';
 INSERT INTO payments.statuses (status, terminal, description) VALUES
 	('pending', false, 'created or in progress, no money yet'),
 	('paid', false, 'money received'),
-	('failed', false, 'the attempt failed; a late capture may still pay it'),
-	('cancelled', false, 'cancelled or expired before payment; a late capture may still pay it'),
+	('failed', false, 'the attempt failed; a late capture may still pay it, and a refund or dispute shows one did'),
+	('cancelled', false, 'cancelled or expired before payment; a late capture may still pay it, and a refund or dispute shows one did'),
 	('partially_refunded', false, 'part of the money returned'),
 	('disputed', false, 'the payer disputes it; it returns to paid when won, or becomes refunded when lost'),
 	('refunded', true, 'all the money returned, or a dispute lost');
@@ -450,7 +450,9 @@ INSERT INTO payments.transitions (from_status, to_status) VALUES
 	('pending', 'paid'), ('pending', 'failed'), ('pending', 'cancelled'),
 	('pending', 'partially_refunded'), ('pending', 'refunded'), ('pending', 'disputed'),
 	('failed', 'paid'), ('failed', 'cancelled'),
+	('failed', 'partially_refunded'), ('failed', 'refunded'), ('failed', 'disputed'),
 	('cancelled', 'paid'),
+	('cancelled', 'partially_refunded'), ('cancelled', 'refunded'), ('cancelled', 'disputed'),
 	('paid', 'partially_refunded'), ('paid', 'refunded'), ('paid', 'disputed'),
 	('partially_refunded', 'refunded'), ('partially_refunded', 'disputed'),
 	('disputed', 'paid'), ('disputed', 'partially_refunded'), ('disputed', 'refunded');
@@ -701,7 +703,7 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'issue_receipt'
 LANGUAGE C STRICT;
 COMMENT ON FUNCTION payments.issue_receipt(bigint, timestamptz) IS
-	'Gives a paid payment its receipt number, PREFIX-YYYYMMDD-NNNNNN, unless it has one: the prefix is its provider''s receipt_prefix setting, else payments.receipt_prefix; the day is that of paid_at (payments.receipt_day); the next number of the counter, whose row stays locked until the transaction ends, so numbers are gapless and unique and a rollback gives its number back';
+	'Gives a paid collection its receipt number, PREFIX-YYYYMMDD-NNNNNN, unless it has one (payouts and refunds get none): the prefix is its provider''s receipt_prefix setting, else payments.receipt_prefix; the day is that of paid_at (payments.receipt_day); the next number of the counter, whose row stays locked until the transaction ends, so numbers are gapless and unique and a rollback gives its number back';
 
 CREATE CONSTRAINT TRIGGER status_history_at_commit
 	AFTER INSERT ON payments.status_history
@@ -774,8 +776,11 @@ BEGIN
 		change.status := 'partially_refunded';
 	END IF;
 	-- paid again (a dispute won) after part of the money was given back: partially refunded, so
-	-- that a dispute won before its opening arrives ends where it would in order
-	IF change.status = 'paid' AND pay.paid_at IS NOT NULL AND pay.status IN ('disputed', 'partially_refunded')
+	-- that a dispute won before its opening arrives ends where it would in order.  A disputed
+	-- payment not yet known as paid is won by news not older than the dispute; older news that it
+	-- was paid is the late news of its payment (below)
+	IF change.status = 'paid' AND pay.status IN ('disputed', 'partially_refunded')
+	   AND (pay.paid_at IS NOT NULL OR (pay.status = 'disputed' AND at >= pay.status_at))
 	   AND greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) > 0 THEN
 		change.status := 'partially_refunded';
 	END IF;
@@ -799,7 +804,7 @@ BEGIN
 	 WHERE p.id = pay.id;
 
 	IF change.status = 'paid' AND pay.paid_at IS NULL
-	   AND pay.status IN ('partially_refunded', 'refunded', 'disputed') THEN
+	   AND (pay.status IN ('partially_refunded', 'refunded') OR (pay.status = 'disputed' AND at < pay.status_at)) THEN
 		-- news that it was paid, after a refund or dispute already moved it past paid (out of
 		-- order): no move back, but a fact, which its paid time and receipt show as in order
 		UPDATE payments.payments p SET paid_at = at WHERE p.id = pay.id;

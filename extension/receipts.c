@@ -127,8 +127,13 @@ ReceiptNumber(const char *prefix, DateADT day, int32 number)
 }
 
 /*
- * Gives a payment that became paid its receipt number, PREFIX-YYYYMMDD-NNNNNN,
- * unless it has one; the day is that of paid_at.  Inside an SPI connection.
+ * Gives a collection that became paid its receipt number,
+ * PREFIX-YYYYMMDD-NNNNNN, unless it has one; the day is that of paid_at.
+ * Payouts and refunds get none: receipt numbers count donations, and
+ * daily_report shows them per day without gaps.  The lookup is not
+ * read-only, so that it sees a receipt this commit step gave the payment
+ * already (a transaction that made it paid twice, a dispute won between).
+ * Inside an SPI connection.
  */
 void
 IssueReceipt(int64 payment_id, TimestampTz paid_at)
@@ -145,10 +150,10 @@ IssueReceipt(int64 payment_id, TimestampTz paid_at)
 	args[0] = Int64GetDatum(payment_id);
 	if (SPI_execute_plan(KeptPlan(&unnumbered_plan,
 								  "SELECT p.provider FROM payments.payments p"
-								  " WHERE p.id = $1"
+								  " WHERE p.id = $1 AND p.kind = 'collection'"
 								  "   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id)",
 								  1, payment_types),
-						 args, NULL, true, 1) != SPI_OK_SELECT)
+						 args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read a payment");
 	if (SPI_processed == 0)
 		return;					/* numbered already (or gone) */
@@ -259,7 +264,7 @@ NumberNotedPayments(void)
 										 "  SELECT t.ord, t.payment_id, t.prefix, payments.receipt_day(t.paid_at) AS day"
 										 "    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
 										 "         WITH ORDINALITY AS t (payment_id, prefix, paid_at, ord)"
-										 "   WHERE EXISTS (SELECT FROM payments.payments p WHERE p.id = t.payment_id)"
+										 "   WHERE EXISTS (SELECT FROM payments.payments p WHERE p.id = t.payment_id AND p.kind = 'collection')"
 										 "     AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = t.payment_id)"
 										 "), taken AS ("
 										 "  INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)"

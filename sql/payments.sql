@@ -138,6 +138,47 @@ SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_4","payment_inte
 SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_4","payment_intent":"pi_w2"}', 1718001500);
 SELECT provider_ref, status, amount_refunded FROM payments.payments WHERE provider_ref IN ('pi_w1', 'pi_w2') ORDER BY 1;
 
+-- a dispute won before the news that it was paid: the win (newer than the dispute) makes it paid,
+-- with its receipt; the late news, older, changes nothing.  With money given back before, the
+-- win leaves it partially refunded, and the late news gives it its paid time and receipt
+SELECT tp.stripe('payshop', 'payment_intent.processing', tp.pi('pi_dw', 5000), 1718001000);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_5","payment_intent":"pi_dw"}', 1718001500);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_5","payment_intent":"pi_dw","status":"won"}', 1718001900);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_dw', 5000), 1718001050);
+SELECT tp.stripe('payshop', 'payment_intent.processing', tp.pi('pi_dr', 5000), 1718001000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_dr', 5000, 1000), 1718001100);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_6","payment_intent":"pi_dr"}', 1718001500);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_6","payment_intent":"pi_dr","status":"won"}', 1718001900);
+SELECT provider_ref, status, amount_refunded, extract(epoch FROM paid_at) AS paid_at, receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref IN ('pi_dw', 'pi_dr') ORDER BY 1;
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_dr', 5000), 1718001050);
+SELECT provider_ref, status, amount_refunded, extract(epoch FROM paid_at) AS paid_at, receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref = 'pi_dr';
+
+-- failed or cancelled, then refunded or disputed (a second card paid, its news late): the refund
+-- or dispute is applied, and the late news of payment gives the paid time and receipt, as in order
+SELECT tp.stripe('payshop', 'payment_intent.payment_failed', tp.pi('pi_fr', 100), 1718001000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_fr', 100, 100), 1718001200);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_fr', 100), 1718001050);
+SELECT tp.stripe('payshop', 'payment_intent.canceled', tp.pi('pi_cd', 100), 1718001000);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_7","payment_intent":"pi_cd"}', 1718001200);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_7","payment_intent":"pi_cd","status":"lost"}', 1718001300);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_cd', 100), 1718001050);
+SELECT provider_ref, status, amount_refunded, extract(epoch FROM paid_at) AS paid_at, receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider_ref IN ('pi_fr', 'pi_cd') ORDER BY 1;
+
+-- paid, disputed and won in one transaction (a replay of held events, say): paid twice, one
+-- receipt, taken at the commit
+DO $$
+BEGIN
+	PERFORM tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_tt', 800), 1718001000);
+	PERFORM tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_8","payment_intent":"pi_tt"}', 1718001100);
+	PERFORM tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_8","payment_intent":"pi_tt","status":"won"}', 1718001200);
+END
+$$;
+SELECT p.status, count(r.*) AS receipts FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE provider_ref = 'pi_tt' GROUP BY p.status;
+
 -- checkout sessions: unpaid (async), then succeeded; another expires
 SELECT tp.stripe('payshop', 'checkout.session.completed', '{"id":"cs_1","payment_intent":"pi_f","payment_status":"unpaid","amount_total":1500,"currency":"usd","client_reference_id":"DON-77","payment_method_types":["ach_debit"],"customer_details":{"name":"Nyasha","email":"n@example.org","phone":"0771234567","address":{"country":"ZW"}}}', 1718002000);
 SELECT * FROM tp.show('pi_f');
@@ -219,6 +260,8 @@ $$;
 SELECT tp.eversend('{"eventType":"transaction.pending","transactionId":"EVS1","transactionRef":"ORD-1","type":"collection","status":"pending","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:00:00.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.success","transactionId":"EVS1","transactionRef":"ORD-1","type":"collection","status":"successful","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:01:12.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.failed","data":{"transactionId":"EVS2","type":"payout","status":"failed","amount":"20.5","currency":"kes","updatedAt":"2024-06-10T09:00:00Z"}}');
+-- a payout paid gets no receipt number: receipts count donations
+SELECT tp.eversend('{"eventType":"transaction.success","data":{"transactionId":"EVS4","type":"payout","status":"successful","amount":"30","currency":"kes","updatedAt":"2024-06-10T09:30:00Z"}}');
 -- a late, older update (pending, no fees yet) changes neither the status nor the fee
 SELECT tp.eversend('{"eventType":"transaction.success","transactionId":"EVS3","transactionRef":"ORD-3","type":"collection","status":"successful","amount":"20000","currency":"UGX","fees":"600","createdAt":"2024-06-10T10:00:00.000Z","updatedAt":"2024-06-10T10:02:00.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.pending","transactionId":"EVS3","transactionRef":"ORD-3","type":"collection","status":"pending","amount":"20000","currency":"UGX","fees":"0","createdAt":"2024-06-10T10:00:00.000Z","updatedAt":"2024-06-10T10:00:30.000Z"}');

@@ -185,18 +185,39 @@ DeliverBatch(int max_items, MemoryContext cxt)
 	if (n > 0)
 	{
 		PrepareRequests(items, reqs, n, cxt);
-		if (!SendOutboundBatch(reqs, n))
+		if (SendOutboundBatch(reqs, n))
 		{
-			/* cancelled: the leases bring the items back; nothing is lost */
-			CHECK_FOR_INTERRUPTS();
+			for (int i = 0; i < n; i++)
+				RecordResult(&items[i], &reqs[i]);
+			SPI_commit();
+		}
+		else
+		{
 			if (!PostmasterIsAlive())
 				ereport(FATAL,
 						(errcode(ERRCODE_ADMIN_SHUTDOWN),
 						 errmsg("the postmaster exited during outbound deliveries")));
+			/*
+			 * Cancelled: the results of the requests that finished are
+			 * recorded before the cancel is served, so that a receiver that
+			 * answered is not sent the item again; the leases bring the
+			 * others back (and all of them on a shutdown).  Nothing is lost
+			 * either way.  The cancel is set aside meanwhile, as a pending
+			 * one stops regular expressions even with interrupts held.
+			 */
+			if (QueryCancelPending && !ProcDiePending)
+			{
+				HOLD_INTERRUPTS();
+				QueryCancelPending = false;
+				for (int i = 0; i < n; i++)
+					if (reqs[i].done)
+						RecordResult(&items[i], &reqs[i]);
+				SPI_commit();
+				QueryCancelPending = true;
+				RESUME_INTERRUPTS();
+			}
+			CHECK_FOR_INTERRUPTS();
 		}
-		for (int i = 0; i < n; i++)
-			RecordResult(&items[i], &reqs[i]);
-		SPI_commit();
 	}
 	SPI_finish();
 }

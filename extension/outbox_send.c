@@ -223,7 +223,8 @@ FinishRequest(CURL *curl, OutboundRequest *req, CURLcode rc)
 /*
  * Sends every request of the batch in parallel and fills in their outcomes.
  * Returns false if a query cancel or shutdown is pending or the postmaster
- * died: the batch was stopped and every handle freed; the caller raises it.
+ * died: the batch was stopped and every handle freed, the requests that had
+ * not finished left not done; the caller raises it.
  */
 bool
 SendOutboundBatch(OutboundRequest *reqs, int n)
@@ -313,13 +314,27 @@ SendOutboundBatch(OutboundRequest *reqs, int n)
 		reqs[i].header_list = NULL;
 		curl_mime_free(reqs[i].mime);	/* after its handle; NULL is a no-op */
 		reqs[i].mime = NULL;
+	}
+	curl_multi_cleanup(multi);
+	pfree(handles);
+	if (!interrupted)
+		EndUnfinishedRequests(reqs, n);
+	return !interrupted;
+}
+
+/*
+ * Gives the requests of a batch that did not finish (libcurl failed, or the
+ * batch was stopped) the error that says so.
+ */
+void
+EndUnfinishedRequests(OutboundRequest *reqs, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
 		if (!reqs[i].done)
 		{
 			reqs[i].done = true;
 			strlcpy(reqs[i].error, "the transfer did not finish", sizeof(reqs[i].error));
 		}
 	}
-	curl_multi_cleanup(multi);
-	pfree(handles);
-	return !interrupted;
 }

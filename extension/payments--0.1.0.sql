@@ -2088,12 +2088,15 @@ COMMENT ON FUNCTION payments.replay_dead(text, timestamptz) IS
 -- Outbound deliveries: endpoints, the outbox, attempts
 --------------------------------------------------------------------------------------------------
 
+-- What its constraints say is checked first by a trigger (payments.check_endpoint), whose errors
+-- name the problem only: PostgreSQL reports a row that violates a constraint whole ("Failing row
+-- contains ..."), to the client and the server log, and the row holds the endpoint's signing
+-- secret.  A secret the signing step cannot use, set by an UPDATE, would fail each delivery run
+-- after its claims were committed: it is checked here too, not only by add_endpoint.
 CREATE TABLE payments.endpoints (
 	id					bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	name				text NOT NULL UNIQUE CHECK (name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
 	url					text NOT NULL CHECK (url ~ '^https?://'),
-	-- checked here too, not only by add_endpoint: a secret the signing step cannot use, set by an
-	-- UPDATE, would fail each delivery run after its claims were committed
 	secret				text NOT NULL CHECK (starts_with(secret, 'whsec_')
 											 AND payments.secret_problem('standard', secret) IS NULL),
 	event_types			text[],
@@ -2186,6 +2189,66 @@ $$;
 COMMENT ON FUNCTION payments.event_type_matches(text[], text) IS
 	'Whether an endpoint''s event_types (NULL: all; a trailing * matches a prefix) take an event type';
 
+CREATE FUNCTION payments.check_endpoint()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	problem	text;
+BEGIN
+	IF NEW.name IS NULL OR NEW.name !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid endpoint name "%"', NEW.name
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'An endpoint name is 1 to 63 characters of a-z, 0-9, "_" and "-".';
+	END IF;
+	IF NEW.url IS NULL OR NEW.url !~ '^https?://[^/?#@\s]+(/\S*)?$' THEN
+		RAISE EXCEPTION 'invalid endpoint URL "%"', NEW.url
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give an absolute http:// or https:// URL without credentials.';
+	END IF;
+	IF TG_OP = 'INSERT' OR NEW.secret IS DISTINCT FROM OLD.secret THEN
+		IF NEW.secret IS NULL OR NOT starts_with(NEW.secret, 'whsec_') THEN
+			RAISE EXCEPTION 'an endpoint secret is whsec_ followed by base64'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'For example: SELECT ''whsec_'' || encode(gen_random_bytes(32), ''base64'') (pgcrypto).';
+		END IF;
+		problem := payments.secret_problem('standard', NEW.secret);
+		IF problem IS NOT NULL THEN
+			RAISE EXCEPTION 'unusable endpoint secret: %', problem USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+	IF NEW.event_types IS NOT NULL AND (cardinality(NEW.event_types) = 0 OR array_position(NEW.event_types, NULL) IS NOT NULL) THEN
+		RAISE EXCEPTION 'event_types must be NULL (all) or a non-empty list without NULLs'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NEW.connect_timeout_ms IS NULL OR NEW.connect_timeout_ms NOT BETWEEN 100 AND 60000 THEN
+		problem := 'connect_timeout_ms must be 100 to 60000';
+	ELSIF NEW.timeout_ms IS NULL OR NEW.timeout_ms NOT BETWEEN 100 AND 120000 THEN
+		problem := 'timeout_ms must be 100 to 120000';
+	ELSIF NEW.max_response_bytes IS NULL OR NEW.max_response_bytes NOT BETWEEN 0 AND 10485760 THEN
+		problem := 'max_response_bytes must be 0 to 10485760';
+	ELSIF NEW.breaker_threshold IS NULL OR NEW.breaker_threshold < 1 THEN
+		problem := 'breaker_threshold must be 1 or more';
+	ELSIF NEW.breaker_cooldown IS NULL OR NEW.breaker_cooldown < interval '1 second' THEN
+		problem := 'breaker_cooldown must be 1 second or more';
+	ELSIF NEW.breaker_state IS NULL OR NEW.breaker_state NOT IN ('closed', 'open', 'half_open') THEN
+		problem := 'breaker_state must be closed, open or half_open';
+	ELSIF NEW.enabled IS NULL THEN
+		problem := 'enabled must be true or false';
+	END IF;
+	IF problem IS NOT NULL THEN
+		RAISE EXCEPTION 'invalid endpoint "%": %', NEW.name, problem USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION payments.check_endpoint() IS
+	'Trigger: checks an endpoint row before its constraints do (name, URL, a secret the signing step can use, event types, timeouts, response cap, breaker settings) with errors that never show the row, whose secret PostgreSQL would report with a failed constraint';
+CREATE TRIGGER endpoints_check BEFORE INSERT OR UPDATE ON payments.endpoints
+	FOR EACH ROW EXECUTE FUNCTION payments.check_endpoint();
+REVOKE ALL ON FUNCTION payments.check_endpoint() FROM PUBLIC;
+
 CREATE FUNCTION payments.add_endpoint(name text, url text, secret text, event_types text[] DEFAULT NULL,
 									  ca_file text DEFAULT NULL, timeout_ms integer DEFAULT 15000,
 									  connect_timeout_ms integer DEFAULT 5000,
@@ -2197,32 +2260,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	problem	text;
 	new_id	bigint;
 BEGIN
-	IF name IS NULL OR name !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
-		RAISE EXCEPTION 'invalid endpoint name "%"', name
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'An endpoint name is 1 to 63 characters of a-z, 0-9, "_" and "-".';
-	END IF;
-	IF url IS NULL OR url !~ '^https?://[^/?#@\s]+(/\S*)?$' THEN
-		RAISE EXCEPTION 'invalid endpoint URL "%"', url
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Give an absolute http:// or https:// URL without credentials.';
-	END IF;
-	IF secret IS NULL OR NOT starts_with(secret, 'whsec_') THEN
-		RAISE EXCEPTION 'an endpoint secret is whsec_ followed by base64'
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'For example: SELECT ''whsec_'' || encode(gen_random_bytes(32), ''base64'') (pgcrypto).';
-	END IF;
-	problem := payments.secret_problem('standard', secret);
-	IF problem IS NOT NULL THEN
-		RAISE EXCEPTION 'unusable endpoint secret: %', problem USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF event_types IS NOT NULL AND (cardinality(event_types) = 0 OR array_position(event_types, NULL) IS NOT NULL) THEN
-		RAISE EXCEPTION 'event_types must be NULL (all) or a non-empty list without NULLs'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	-- the row is checked by payments.check_endpoint
 	INSERT INTO payments.endpoints AS e (name, url, secret, event_types, ca_file, timeout_ms,
 										 connect_timeout_ms, max_response_bytes, breaker_threshold,
 										 breaker_cooldown)
@@ -2421,9 +2461,20 @@ BEGIN
 		 LIMIT greatest(max_items - cardinality(ids), 0)
 		   FOR UPDATE OF o SKIP LOCKED);
 
-	-- attempts that never finished (crash, cancel) are closed as interrupted
-	UPDATE payments.outbox_attempts a SET finished_at = now(), error = 'interrupted: no result was recorded'
-	 WHERE a.outbox_id = ANY (ids) AND a.finished_at IS NULL;
+	-- attempts that never finished (crash, cancel) are closed as interrupted; an item that has had
+	-- every attempt of the schedule, the last interrupted so (runs that failed or were cancelled
+	-- while it was out), is given up as after as many failures: a run that always fails must not
+	-- send it for ever
+	WITH interrupted AS (
+		UPDATE payments.outbox_attempts a SET finished_at = now(), error = 'interrupted: no result was recorded'
+		 WHERE a.outbox_id = ANY (ids) AND a.finished_at IS NULL
+		RETURNING a.outbox_id),
+	given_up AS (
+		UPDATE payments.outbox o SET state = 'dead', last_error = 'interrupted: no result was recorded'
+		 WHERE o.id IN (SELECT i.outbox_id FROM interrupted i)
+		   AND o.attempts > 0 AND payments.retry_delay(o.attempts) IS NULL
+		RETURNING o.id)
+	SELECT ARRAY(SELECT i FROM unnest(ids) AS i WHERE i NOT IN (SELECT g.id FROM given_up g)) INTO ids;
 
 	-- the lease: if no result is recorded, the item is due again when it ends.  deliver_outbox
 	-- records the results once every request of the batch is done, so each item's lease covers
@@ -2460,11 +2511,11 @@ BEGIN
 	  CROSS JOIN LATERAL payments.outbox_upload_pending(u.provider, u.payload) AS d (upload)
 	  LEFT JOIN payments.endpoints e ON e.id = u.endpoint_id
 	  LEFT JOIN payments.providers v ON v.name = u.provider
-	 ORDER BY u.id;
+	 ORDER BY u.endpoint_id NULLS LAST, u.id;
 END
 $$;
 COMMENT ON FUNCTION payments.claim_outbox(integer) IS
-	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
+	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them (an item whose attempts are used up, the last interrupted, is dead instead); returned in endpoint order, the order deliver_outbox records them in, so that two runs lock endpoints in the same order; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
 
 CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
 										 error text, duration_ms integer, response_bytes bigint,
@@ -2488,14 +2539,17 @@ BEGIN
 		RAISE EXCEPTION 'unknown delivery attempt %', attempt_id USING ERRCODE = 'undefined_object';
 	END IF;
 	SELECT o.* INTO item FROM payments.outbox o WHERE o.id = att.outbox_id FOR UPDATE;
-	SELECT e.* INTO ep FROM payments.endpoints e WHERE e.id = att.endpoint_id FOR UPDATE;
+	-- FOR NO KEY UPDATE, as the updates below: the foreign key checks of new outbox rows (FOR KEY
+	-- SHARE) need not wait for it
+	SELECT e.* INTO ep FROM payments.endpoints e WHERE e.id = att.endpoint_id FOR NO KEY UPDATE;
 	-- the attempt was a document's upload if the item still waits for its media id (only the
 	-- result of the attempt holding the lease changes that)
 	upload := payments.outbox_upload_pending(item.provider, item.payload);
 	IF upload AND http_status BETWEEN 200 AND 299 THEN
 		BEGIN
 			media := (response::jsonb) ->> 'id';
-		EXCEPTION WHEN invalid_text_representation THEN
+		EXCEPTION WHEN data_exception THEN
+			-- not JSON, or JSON that jsonb cannot hold (\u0000)
 			media := NULL;
 		END;
 		IF length(media) NOT BETWEEN 1 AND 255 THEN
@@ -3090,6 +3144,10 @@ BEGIN
 						jsonb_build_array('id', ini.integration_id),
 						jsonb_build_array('merchanttrace', ini.merchanttrace), jsonb_build_array('status', 'Message')), key);
 				END IF;
+			ELSIF lower(substring(req_url FROM '^https?://[^/?#]+')) IS DISTINCT FROM lower(substring(base FROM '^https?://[^/?#]+')) THEN
+				-- the pollurl comes in a message (signed, but by whoever holds the integration key):
+				-- only Paynow's own host is asked, never any address a message names
+				problem := 'the payment''s pollurl is not on the provider''s API host ' || substring(base FROM '^https?://[^/?#]+');
 			END IF;
 		WHEN 'stripe' THEN
 			req_url := base || '/v1/payment_intents/' || pay.provider_ref;
@@ -3141,7 +3199,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
-	'Claims stuck payments not checked within payments.reconcile_after (SKIP LOCKED), records a check for each and returns the request to send (a Paynow payment without pollurl whose initiation may have reached Paynow: its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+	'Claims stuck payments not checked within payments.reconcile_after (SKIP LOCKED), records a check for each and returns the request to send (a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
 CREATE FUNCTION payments.record_reconciliation(check_id bigint, http_status integer, error text, response text)
 RETURNS text
@@ -4697,7 +4755,7 @@ DECLARE
 BEGIN
 	BEGIN
 		sent_id := (response::jsonb) -> 'messages' -> 0 ->> 'id';
-	EXCEPTION WHEN invalid_text_representation THEN
+	EXCEPTION WHEN data_exception THEN
 		sent_id := NULL;
 	END;
 	IF sent_id IS NULL OR length(sent_id) > 255 THEN

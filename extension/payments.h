@@ -334,6 +334,7 @@ typedef struct OutboundRequest
 } OutboundRequest;
 
 extern bool SendOutboundBatch(OutboundRequest *reqs, int n);
+extern void EndUnfinishedRequests(OutboundRequest *reqs, int n);
 
 /* reconcile.c: the largest provider reply read when reconciling */
 #define RECONCILE_MAX_RESPONSE (64 * 1024)

@@ -92,6 +92,8 @@ SendOrStop(OutboundRequest *reqs, int n)
 		ereport(FATAL,
 				(errcode(ERRCODE_ADMIN_SHUTDOWN),
 				 errmsg("the postmaster exited during requests to a provider")));
+	/* an interrupt not served here: what did not finish is recorded so */
+	EndUnfinishedRequests(reqs, n);
 }
 
 /* Hands one answer to an SQL recorder taking (key, http_status, error, response) */
@@ -108,9 +110,11 @@ RecordAnswer(const char *query, Oid keytype, const ProviderCall *call, const Out
 		: CStringGetTextDatum(call->key);
 	args[1] = Int32GetDatum((int32) req->http_status);
 	nulls[1] = req->http_status == 0 ? 'n' : ' ';
-	readable = memchr(req->response, '\0', req->response_len) == NULL &&
+	/* no answer at all (no connection, say) is a NULL response, never an empty one */
+	readable = req->http_status != 0 &&
+		memchr(req->response, '\0', req->response_len) == NULL &&
 		pg_verifymbstr(req->response, (int) req->response_len, true);
-	if (!readable && error[0] == '\0')
+	if (!readable && req->http_status != 0 && error[0] == '\0')
 		error = "the reply is not text in the database encoding";
 	args[2] = error[0] ? CStringGetTextDatum(error) : (Datum) 0;
 	nulls[2] = error[0] ? ' ' : 'n';

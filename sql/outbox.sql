@@ -12,6 +12,12 @@ SELECT payments.add_endpoint('raw-refunds', 'https://audit.example/refunds', 'wh
 UPDATE payments.endpoints SET secret = 'whsec_abc' WHERE name = 'raw-refunds';
 UPDATE payments.endpoints SET secret = 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' WHERE name = 'raw-refunds';
 \set VERBOSITY default
+-- and says what is wrong without the row: a failed constraint would show it whole, secret and all,
+-- to the client and in the server log
+UPDATE payments.endpoints SET timeout_ms = 500000 WHERE name = 'raw-refunds';
+UPDATE payments.endpoints SET url = NULL WHERE name = 'raw-refunds';
+SELECT payments.add_endpoint('slow', 'https://crm.example/slow', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', timeout_ms => 500000);
+SELECT payments.add_endpoint('often', 'https://crm.example/often', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', breaker_cooldown => '0 seconds');
 
 CREATE FUNCTION pg_temp.deliver(body text) RETURNS text LANGUAGE sql AS $$
 	WITH b AS (SELECT convert_to(body, 'UTF8') AS b, floor(extract(epoch FROM clock_timestamp()))::bigint AS t)
@@ -74,6 +80,23 @@ CREATE TRIGGER misfired_event AFTER UPDATE ON misfired
 INSERT INTO misfired VALUES (1, now(), now());
 UPDATE misfired SET x = 2;
 DROP TABLE misfired;
+
+-- a run claims its items in endpoint order, the order it records their results in, so that two
+-- runs lock endpoints alike (in outbox order they deadlocked); an item whose attempts are used
+-- up, the last without a result (a run that failed or was cancelled while it was out), is given
+-- up rather than sent again
+CREATE TEMP TABLE claimed AS SELECT c.ordinality AS ord, o.endpoint_id, c.outbox_id, c.attempt_id
+  FROM payments.claim_outbox(200) WITH ORDINALITY AS c JOIN payments.outbox o ON o.id = c.outbox_id;
+SELECT count(*) AS claimed, count(DISTINCT endpoint_id) AS endpoints,
+	   array_agg(outbox_id ORDER BY ord) = array_agg(outbox_id ORDER BY endpoint_id, outbox_id) AS in_endpoint_order,
+	   array_agg(outbox_id ORDER BY ord) = array_agg(outbox_id ORDER BY outbox_id) AS in_outbox_order
+  FROM claimed;
+UPDATE payments.outbox SET attempts = 8, next_attempt_at = now() WHERE id = (SELECT min(outbox_id) FROM claimed);
+UPDATE payments.outbox SET attempts = 7, next_attempt_at = now() WHERE id = (SELECT max(outbox_id) FROM claimed);
+SELECT outbox_id = (SELECT max(outbox_id) FROM claimed) AS seventh_claimed FROM payments.claim_outbox(200);
+SELECT o.state, o.attempts, o.last_error, a.finished_at IS NOT NULL AS attempt_closed, a.error
+  FROM payments.outbox o JOIN payments.outbox_attempts a ON a.id = (SELECT c.attempt_id FROM claimed c WHERE c.outbox_id = o.id)
+ WHERE o.id IN (SELECT min(outbox_id) FROM claimed UNION SELECT max(outbox_id) FROM claimed) ORDER BY o.id;
 
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;

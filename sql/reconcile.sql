@@ -12,7 +12,7 @@ SELECT payments.register_provider('rc_bad', 'eversend', '{"api_token": "abc"}');
 SELECT payments.register_provider('rc_paypal', 'paypal',
 	'{"webhook_id": "WH1", "client_id": "cid", "client_secret": "csecret", "api_base": "http://127.0.0.1:9"}');
 SELECT payments.register_provider('rc_ever', 'eversend', '{"client_id": "eid", "client_secret": "esecret"}');
-SELECT payments.register_provider('rc_paynow', 'paynow');
+SELECT payments.register_provider('rc_paynow', 'paynow', '{"api_base": "http://127.0.0.1:9"}');
 SELECT kind, payments.api_base(kind, '{}') FROM payments.provider_kinds
  WHERE kind IN ('stripe', 'paypal', 'eversend', 'paynow') ORDER BY kind;
 
@@ -32,7 +32,9 @@ INSERT INTO payments.payments (provider, provider_ref, status, amount, currency,
 	('rc_paypal', 'ORDER2', 'pending', 30, 'USD', now() - interval '20 minutes', '{"capture_id": "CAP2"}'),
 	('rc_ever', 'EVS1', 'pending', 500, 'UGX', now() - interval '20 minutes', '{}'),
 	('rc_paynow', '9510', 'pending', 5, 'USD', now() - interval '20 minutes', '{"pollurl": "http://127.0.0.1:9/poll?guid=1"}'),
-	('rc_paynow', '9511', 'pending', 5, 'USD', now() - interval '20 minutes', '{}');
+	('rc_paynow', '9511', 'pending', 5, 'USD', now() - interval '20 minutes', '{}'),
+	-- a pollurl naming another host (here behind userinfo) is never asked
+	('rc_paynow', '9512', 'pending', 5, 'USD', now() - interval '20 minutes', '{"pollurl": "http://127.0.0.1:9@evil.example/poll?guid=2"}');
 SELECT provider, kind, provider_ref, last_checked_at IS NULL AS never_checked
   FROM payments.stuck_payments WHERE provider LIKE 'rc\_%' ORDER BY provider, provider_ref;
 

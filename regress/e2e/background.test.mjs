@@ -238,15 +238,22 @@ test('the circuit breaker opens after repeated failures, probes after the cool-d
 	db.psql(`SELECT payments.enable_endpoint('flaky', false)`);
 });
 
-test('a cancelled run (statement_timeout) stops at once and loses nothing', async () => {
+test('a cancelled run (statement_timeout) stops at once and loses nothing; what was answered is recorded', async () => {
 	receiver.behaviour['/hang2'] = () => { /* never answers */ };
 	endpoint('hang2', '/hang2', `, timeout_ms => 20000`);
+	endpoint('quick2', '/quick2');
 	paid('pi_cancel');
 	const started = Date.now();
-	assert.throws(() => db.psqlVars(`SET statement_timeout = 500;\nCALL payments.deliver_outbox();\n`, {}),
-		/canceling statement due to statement timeout/);
+	// not blocking this process, whose receiver must answer quick2 meanwhile
+	await assert.rejects(promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+		'-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', 'SET statement_timeout = 500',
+		'-c', 'CALL payments.deliver_outbox()']), /canceling statement due to statement timeout/);
 	assert.ok(Date.now() - started < 3000);
 	assert.deepEqual(items('hang2'), ['pending|1|-']);
+	// the receiver that answered before the cancel is not sent the item again
+	assert.deepEqual(items('quick2'), ['delivered|1|200']);
+	assert.equal(receiver.to('/quick2').length, 1);
+	db.psql(`SELECT payments.enable_endpoint('quick2', false)`);
 	assert.equal(db.psql(`SELECT count(*) FROM payments.outbox_attempts a JOIN payments.endpoints e
 		ON e.id = a.endpoint_id WHERE e.name = 'hang2' AND a.finished_at IS NULL`), '1', 'the attempt was recorded before the call');
 	db.psql(`SELECT payments.enable_endpoint('hang2', false)`);

@@ -11,7 +11,7 @@ import { createHmac } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { Cluster, Shim, post, sleep } from './harness.mjs';
+import { Cluster, Shim, post, sleep, freePort } from './harness.mjs';
 
 const { Paynow } = createRequire(import.meta.url)('paynow');
 const { parse: parseCsv } = createRequire(import.meta.url)('csv-parse/sync');
@@ -479,6 +479,26 @@ test('Paynow refuses the payment: the donor gets a helpful message', async () =>
 		'No money was taken.\nSend *donate* to try again, or *help* if you need assistance.');
 });
 
+test('Paynow cannot be reached at all (connection refused): the payment failed, nothing was taken', async () => {
+	const who = '263774444445';
+	const closed = await freePort();
+	q(`UPDATE payments.providers SET settings = settings || jsonb_build_object('api_base', :'b') WHERE name = 'pn_usd'`,
+		{ b: `http://127.0.0.1:${closed}` });
+	try {
+		await donate(who, { method: 'ecocash', amount: '8' });
+		await work();
+	} finally {
+		q(`UPDATE payments.providers SET settings = settings || jsonb_build_object('api_base', :'b') WHERE name = 'pn_usd'`,
+			{ b: paynow.base });
+	}
+	const ref = lastRef(who);
+	assert.equal(q(`SELECT i.state || ' ' || p.status || ' ' || (i.http_status IS NULL) FROM payments.paynow_initiations i
+		JOIN payments.payments p ON p.id = i.payment_id WHERE p.reference = :'r'`, { r: ref }), 'error failed true');
+	await work();
+	assert.ok(graph.to(who).at(-1).startsWith(`Your donation of 8.00 USD (reference ${ref}) did not go through.`),
+		graph.to(who).at(-1));
+});
+
 test('sessions expire after the idle time; help and menu at any point', async () => {
 	const who = '263772000020';
 	await say(who, 'donate', { button: true });
@@ -534,7 +554,7 @@ test('admin commands from admin numbers only', async () => {
 		'whatsapp.text delivered -, whatsapp.document delivered -, whatsapp.text delivered -');
 	const [help, stats, report, document, approved] = graph.to(ADMIN);
 	assert.match(help, /^Admin commands:\n\/stats/);
-	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 2 failed, 1 pending\nZWG: /);
+	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 3 failed, 1 pending\nZWG: /);
 	assert.match(report, /^Daily report \d{4}-\d{2}-\d{2}:\n.*USD \(all\): \d+ paid/s);
 	// the report again as a CSV document, after the text: the rows of payments.daily_report
 	const day = report.slice(13, 23);

@@ -3916,10 +3916,11 @@ BEGIN
 		SELECT e.k INTO bad FROM jsonb_each(settings -> 'paynow_providers') AS e (k, v)
 		 WHERE NOT EXISTS (SELECT FROM payments.currencies c WHERE c.code = e.k::bpchar)
 			OR jsonb_typeof(e.v) <> 'string'
-			OR NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = e.v #>> '{}' AND p.kind = 'paynow')
+			OR NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = e.v #>> '{}' AND p.kind = 'paynow'
+							  AND coalesce(p.settings ->> 'currency', 'USD') = e.k)
 		 LIMIT 1;
 		IF bad IS NOT NULL THEN
-			RETURN format('paynow_providers: "%s" must be an ISO 4217 code mapped to a registered provider of kind paynow', bad);
+			RETURN format('paynow_providers: "%s" must be an ISO 4217 code mapped to a registered provider of kind paynow whose currency setting is that currency', bad);
 		END IF;
 		IF (SELECT count(*) FROM jsonb_object_keys(settings -> 'paynow_providers')) > 3 THEN
 			RETURN 'paynow_providers takes at most 3 currencies (one reply button each)';
@@ -3936,8 +3937,10 @@ BEGIN
 	IF settings ? 'purposes' AND (jsonb_typeof(settings -> 'purposes') <> 'array'
 		OR jsonb_array_length(settings -> 'purposes') NOT BETWEEN 1 AND 3
 		OR EXISTS (SELECT FROM jsonb_array_elements(settings -> 'purposes') u
-					WHERE jsonb_typeof(u) <> 'string' OR length(u #>> '{}') NOT BETWEEN 1 AND 20)) THEN
-		RETURN 'purposes must be an array of 1 to 3 names of 1 to 20 characters (reply buttons)';
+					WHERE jsonb_typeof(u) <> 'string' OR length(u #>> '{}') NOT BETWEEN 1 AND 20
+					   OR btrim(u #>> '{}') = '')
+		OR (SELECT count(DISTINCT lower(btrim(u #>> '{}'))) <> count(*) FROM jsonb_array_elements(settings -> 'purposes') u)) THEN
+		RETURN 'purposes must be an array of 1 to 3 distinct names of 1 to 20 characters, not blank (reply buttons, whose titles Meta wants unique)';
 	END IF;
 	SELECT k INTO bad FROM unnest('{min_amount,max_amount}'::text[]) AS k
 	 WHERE settings ? k
@@ -4336,7 +4339,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	paynow	text := cfg -> 'paynow_providers' ->> (draft ->> 'currency');
+	-- the Paynow provider of the currency, unless its own currency changed since (Paynow charges
+	-- the integration's currency, whatever the chat says)
+	paynow	text := (SELECT p.name FROM payments.providers p
+					  WHERE p.name = cfg -> 'paynow_providers' ->> (draft ->> 'currency') AND p.kind = 'paynow'
+						AND coalesce(p.settings ->> 'currency', 'USD') = draft ->> 'currency');
 	ref		text;
 	c		payments.payment_change;
 	pay_id	bigint;
@@ -4487,7 +4494,11 @@ DECLARE
 	cfg		jsonb := payments.chat_settings(settings);
 	msg		jsonb := ev.payload -> 'message';
 	wa		text := payments.e164_digits(ev.payload -> 'message' ->> 'from');
-	profile	text := left(ev.payload -> 'contacts' -> 0 -> 'profile' ->> 'name', 100);
+	-- the profile of the sender: a delivery of several messages lists every sender's contact
+	profile	text := left((SELECT c -> 'profile' ->> 'name'
+							FROM jsonb_array_elements(CASE jsonb_typeof(ev.payload -> 'contacts')
+														  WHEN 'array' THEN ev.payload -> 'contacts' ELSE '[]' END) c
+						   WHERE payments.e164_digits(c ->> 'wa_id') = wa LIMIT 1), 100);
 	cap		double precision := (cfg ->> 'rate_limit')::double precision;
 	s		payments.chat_sessions;
 	bucket	double precision;
@@ -4515,8 +4526,9 @@ BEGIN
 	IF ev.event_at < s.last_message_at THEN
 		RETURN 'ignored';
 	END IF;
-	-- a reaction (an emoji put on one of our messages) asks nothing
-	IF msg ->> 'type' = 'reaction' THEN
+	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a Flow's completion
+	-- (nfm_reply: the Flow's data exchange started the payment and said so)
+	IF msg ->> 'type' = 'reaction' OR msg -> 'interactive' ->> 'type' = 'nfm_reply' THEN
 		RETURN 'ignored';
 	END IF;
 

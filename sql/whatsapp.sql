@@ -18,9 +18,13 @@ SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "admin_
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "admin_numbers": ["not a phone"]}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"USD": "nobody"}}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"XYZ": "pn_usd"}}');
+-- Paynow charges in its integration's currency: ZWG cannot go to the USD integration
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"ZWG": "pn_usd"}}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "methods": ["ecocash", "bitcoin"]}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "methods": ["ecocash", "ecocash"]}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "purposes": ["A purpose far too long for a button"]}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "purposes": ["Medicines", "medicines "]}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "purposes": ["Medicines", " "]}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": 0}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": 500}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "min_amount": {"usd": 1}}');
@@ -298,6 +302,40 @@ SELECT * FROM pg_temp.replies('263773000001');
 -- another phone number of the same app: not this conversation
 SELECT pg_temp.say('263773000001', 'help', 9, false, '999');
 SELECT * FROM pg_temp.replies('263773000001');
+-- a Flow's completion (nfm_reply) is not answered: the Flow started the payment and said so
+SELECT pg_temp.say('263773000001', '', 10, content => '{"type": "interactive", "interactive": {"type": "nfm_reply",
+	"nfm_reply": {"name": "flow", "body": "Sent", "response_json": "{\"flow_token\": \"t\"}"}}}');
+SELECT * FROM pg_temp.replies('263773000001');
+-- a delivery of two senders' messages: each conversation takes its own sender's profile name
+DO $$
+DECLARE
+	body text := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
+		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
+			'contacts', jsonb_build_array(
+				jsonb_build_object('profile', jsonb_build_object('name', 'Chipo'), 'wa_id', '263773000011'),
+				jsonb_build_object('profile', jsonb_build_object('name', 'Farai'), 'wa_id', '263773000012')),
+			'messages', jsonb_build_array(
+				jsonb_build_object('from', '263773000011', 'id', 'wamid.two1', 'timestamp', '1718000001', 'type', 'text',
+								   'text', jsonb_build_object('body', 'Hi')),
+				jsonb_build_object('from', '263773000012', 'id', 'wamid.two2', 'timestamp', '1718000001', 'type', 'text',
+								   'text', jsonb_build_object('body', 'Hi')))))))))::text;
+BEGIN
+	PERFORM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
+		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
+END
+$$;
+SELECT wa_id, name FROM payments.chat_sessions WHERE wa_id IN ('263773000011', '263773000012') ORDER BY 1;
+SELECT left(r, 20) AS greeting FROM pg_temp.replies('263773000012') r;
+-- a Paynow provider whose currency changed since the chat was set up starts nothing: Paynow would
+-- charge its own currency
+BEGIN;
+UPDATE payments.providers SET settings = settings || '{"currency": "USD"}' WHERE name = 'pn_zwg';
+SELECT payments.chat_start_payment(NULL, 'chat', '263773000013', 'Rudo',
+	payments.chat_settings((SELECT settings FROM payments.providers WHERE name = 'chat')),
+	'{"amount": "100.00", "currency": "ZWG", "method": "ecocash", "phone": "0771234567", "purpose": "Medicines"}') AS started;
+SELECT * FROM pg_temp.replies('263773000013');
+ROLLBACK;
 
 -- the rate limit: a bucket of rate_limit tokens; the first message over it is told once, the rest ignored
 UPDATE payments.chat_sessions SET tokens = 1.5, tokens_at = now() WHERE wa_id = '263773000001';

@@ -4042,6 +4042,8 @@ CREATE TABLE payments.paynow_initiations (
 	CHECK (method IN ('card', 'telecash') OR phone IS NOT NULL)
 );
 CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) WHERE state IN ('queued', 'sending');
+-- the requests a number had today (payments.chat_start_payment's limits)
+CREATE INDEX paynow_initiations_phone_idx ON payments.paynow_initiations (phone, created_at) WHERE phone IS NOT NULL;
 COMMENT ON TABLE payments.paynow_initiations IS
 	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it or it was never sent: the payment failed); unconfirmed (it may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update or reconciliation''s trace by merchant trace to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
 
@@ -4353,6 +4355,28 @@ BEGIN
 			'Sorry, donations in ' || (draft ->> 'currency') || ' cannot be made here any more. Send *donate* to start again.'));
 		RETURN NULL;
 	END IF;
+	-- a mobile-money request makes the number's phone prompt for a PIN: so that nobody can flood a
+	-- stranger's phone with prompts, a chat asks numbers other than its own at most 5 times a day,
+	-- and a number is asked by chats other than its own at most 3 times a day
+	IF NOT payments.paynow_web_checkout(draft ->> 'method')
+	   AND draft ->> 'phone' IS DISTINCT FROM payments.chat_local_phone(wa_id) THEN
+		IF (SELECT count(*) FROM payments.chat_donations d JOIN payments.paynow_initiations i ON i.payment_id = d.payment_id
+			 WHERE d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id
+			   AND d.created_at > now() - interval '1 day'
+			   AND i.phone IS NOT NULL AND i.phone IS DISTINCT FROM payments.chat_local_phone(d.wa_id)) >= 5 THEN
+			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
+				'Sorry, this chat has asked other people''s numbers for payments too often today. Please pay from your own number, or try again tomorrow. Nothing was charged.'));
+			RETURN NULL;
+		END IF;
+		IF (SELECT count(*) FROM payments.paynow_initiations i JOIN payments.chat_donations d ON d.payment_id = i.payment_id
+			 WHERE i.phone = draft ->> 'phone' AND i.created_at > now() - interval '1 day'
+			   AND payments.chat_local_phone(d.wa_id) IS DISTINCT FROM i.phone) >= 3 THEN
+			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
+				'Sorry, %s has had too many payment requests from other chats today. Its owner can donate from their own WhatsApp, or try again tomorrow. Nothing was charged.',
+				draft ->> 'phone')));
+			RETURN NULL;
+		END IF;
+	END IF;
 	ref := 'WA-' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || '-' || nextval('payments.chat_reference_seq');
 	-- the payment exists, pending, with our merchant reference before Paynow is asked
 	c.provider_ref := ref;
@@ -4387,7 +4411,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id (NULL when the currency has no Paynow provider)';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void

@@ -336,6 +336,22 @@ SELECT payments.chat_start_payment(NULL, 'chat', '263773000013', 'Rudo',
 	'{"amount": "100.00", "currency": "ZWG", "method": "ecocash", "phone": "0771234567", "purpose": "Medicines"}') AS started;
 SELECT * FROM pg_temp.replies('263773000013');
 ROLLBACK;
+-- nobody can flood a stranger's phone with PIN prompts: a chat asks numbers other than its own
+-- at most 5 times a day (its own, as often as it likes), and a number is asked by other chats at
+-- most 3 times a day
+CREATE FUNCTION pg_temp.ask(who text, phone text) RETURNS boolean LANGUAGE sql AS $$
+	SELECT payments.chat_start_payment(NULL, 'chat', who, 'Rudo',
+		payments.chat_settings((SELECT settings FROM payments.providers WHERE name = 'chat')),
+		jsonb_build_object('amount', '1.00', 'currency', 'USD', 'method', 'ecocash', 'phone', phone, 'purpose', 'Medicines')) IS NOT NULL
+$$;
+BEGIN;
+SELECT n, pg_temp.ask('263773000021', '07790000' || lpad(n::text, 2, '0')) AS started FROM generate_series(1, 6) n;
+SELECT pg_temp.ask('263773000021', '0773000021') AS own_number;
+SELECT r FROM pg_temp.replies('263773000021') r WHERE r LIKE 'Sorry%';
+SELECT w, pg_temp.ask(w, '0779000099') AS started FROM unnest(ARRAY['263773000031', '263773000032', '263773000033', '263773000034']) w;
+SELECT r FROM pg_temp.replies('263773000034') r;
+SELECT pg_temp.ask('263779000099', '0779000099') AS its_owner;
+ROLLBACK;
 
 -- the rate limit: a bucket of rate_limit tokens; the first message over it is told once, the rest ignored
 UPDATE payments.chat_sessions SET tokens = 1.5, tokens_at = now() WHERE wa_id = '263773000001';
@@ -445,7 +461,7 @@ BEGIN
 	UPDATE payments.chat_sessions SET last_message_at = now() - last_message_ago WHERE wa_id = donor;
 	started := payments.chat_start_payment(NULL, 'chat', donor, name,
 		(SELECT payments.chat_settings(settings) FROM payments.providers WHERE providers.name = 'chat'),
-		jsonb_build_object('amount', '3.00', 'currency', 'USD', 'method', 'ecocash', 'phone', '0771234567', 'purpose', purpose));
+		jsonb_build_object('amount', '3.00', 'currency', 'USD', 'method', 'ecocash', 'phone', payments.chat_local_phone(donor), 'purpose', purpose));
 	RETURN (SELECT reference FROM payments.payments WHERE id = started);
 END
 $$;

@@ -1461,6 +1461,38 @@ ALTER TABLE payments.currencies ALTER COLUMN seeded SET DEFAULT false;
 COMMENT ON COLUMN payments.currencies.seeded IS
 	'Inserted by CREATE EXTENSION (not dumped); false: added by an admin (dumped with the data)';
 
+-- The installed rows are what a restore's CREATE EXTENSION brings back, so they cannot be changed:
+-- a changed one would be restored as installed, and one deleted and added again would be dumped
+-- and collide with it, failing the restore of the currencies and every table that refers to them.
+-- (A later version's script that changes them disables this trigger meanwhile.)
+CREATE FUNCTION payments.keep_installed_currencies()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		NEW.seeded := false;
+		RETURN NEW;
+	END IF;
+	IF OLD.seeded THEN
+		RAISE EXCEPTION 'currency % is one of those the extension installs: it cannot be changed or deleted', OLD.code
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'pg_dump leaves the installed currencies out, and a restore installs them as they were.';
+	END IF;
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	NEW.seeded := false;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION payments.keep_installed_currencies() IS
+	'Trigger: the currencies CREATE EXTENSION installed (seeded) cannot be changed or deleted, and no other row can become one, so that a dump and restore gives back the same currencies';
+REVOKE ALL ON FUNCTION payments.keep_installed_currencies() FROM PUBLIC;
+CREATE TRIGGER currencies_keep_installed BEFORE INSERT OR UPDATE OR DELETE ON payments.currencies
+	FOR EACH ROW EXECUTE FUNCTION payments.keep_installed_currencies();
+
 CREATE TABLE payments.fx_rates (
 	day			date NOT NULL,
 	currency	char(3) NOT NULL REFERENCES payments.currencies (code),
@@ -5226,6 +5258,10 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),
 	payments.initiation_unconfirmed(bigint, text),
 	payments.claim_initiations(integer), payments.record_initiation(bigint, integer, text, text) FROM payments_admin;
+-- nor are the triggers' functions: creating a trigger takes EXECUTE, and the commit steps are
+-- SECURITY DEFINER (they also refuse any table but their own)
+REVOKE EXECUTE ON FUNCTION payments.transition_committed(), payments.enqueue_event(), payments.forget_kept(),
+	payments.check_endpoint(), payments.keep_donor_key(), payments.keep_installed_currencies() FROM payments_admin;
 -- cached API tokens are bearer credentials: read by the reconciliation run only
 REVOKE SELECT ON payments.api_tokens FROM payments_admin;
 -- the shim's entry points belong to payments_ingest

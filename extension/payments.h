@@ -191,7 +191,7 @@ extern bool EndpointsMayTakeTransitions(void);
 
 /* row_triggers.c */
 struct TriggerData;
-extern void CheckRowTrigger(FunctionCallInfo fcinfo, const char *name);
+extern void CheckRowTrigger(FunctionCallInfo fcinfo, const char *name, const char *table);
 extern bool WrittenByThisTransaction(struct TriggerData *trigdata, const char *column);
 
 /* settings.c: reading a provider's settings (a jsonb object) */

@@ -6,13 +6,19 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
-/* Checks that a trigger function was called as the row trigger it is meant to be */
+/*
+ * Checks that a trigger function was called as the row trigger it is meant
+ * to be, on the table it belongs to: the commit steps are SECURITY DEFINER,
+ * and on a table of the caller's own they would act on rows made up there.
+ */
 void
-CheckRowTrigger(FunctionCallInfo fcinfo, const char *name)
+CheckRowTrigger(FunctionCallInfo fcinfo, const char *name, const char *table)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 
@@ -21,6 +27,11 @@ CheckRowTrigger(FunctionCallInfo fcinfo, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s must be called as an AFTER INSERT row trigger", name)));
+	if (strcmp(RelationGetRelationName(trigdata->tg_relation), table) != 0 ||
+		RelationGetNamespace(trigdata->tg_relation) != get_namespace_oid("payments", false))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s is a trigger of payments.%s only", name, table)));
 }
 
 /*

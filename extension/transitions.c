@@ -55,7 +55,7 @@ transition_committed(PG_FUNCTION_ARGS)
 	bool		first_status;
 	Datum		transition_id;
 
-	CheckRowTrigger(fcinfo, "payments.transition_committed()");
+	CheckRowTrigger(fcinfo, "payments.transition_committed()", "status_history");
 	trigdata = (TriggerData *) fcinfo->context;
 	if (!WrittenByThisTransaction(trigdata, "recorded_at"))
 		return PointerGetDatum(NULL);

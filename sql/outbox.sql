@@ -79,6 +79,15 @@ CREATE TRIGGER misfired_event AFTER UPDATE ON misfired
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 INSERT INTO misfired VALUES (1, now(), now());
 UPDATE misfired SET x = 2;
+DROP TRIGGER misfired_event ON misfired;
+-- nor on any table but their own (they are SECURITY DEFINER)
+CREATE TRIGGER misfired_table AFTER INSERT ON misfired
+	FOR EACH ROW EXECUTE FUNCTION payments.transition_committed();
+INSERT INTO misfired VALUES (1, now(), now());
+DROP TRIGGER misfired_table ON misfired;
+CREATE TRIGGER misfired_table AFTER INSERT ON misfired
+	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
+INSERT INTO misfired VALUES (1, now(), now());
 DROP TABLE misfired;
 
 -- a run claims its items in endpoint order, the order it records their results in, so that two

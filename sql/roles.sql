@@ -118,6 +118,11 @@ SELECT payments.apply_event(1);
 SELECT payments.issue_receipt(1, now());
 INSERT INTO payments.fx_rates VALUES ('2024-07-01', 'EUR', 1);
 CREATE TABLE payments.mine (x int);
+-- nor attaches the commit steps (SECURITY DEFINER) to a table of its own, to act on rows made up there
+CREATE TEMP TABLE made_up (id bigint, payment_id bigint, from_status text, to_status text, status_at timestamptz,
+						   recorded_at timestamptz DEFAULT now());
+CREATE TRIGGER made_up_paid AFTER INSERT ON made_up FOR EACH ROW EXECUTE FUNCTION payments.transition_committed();
+CREATE TRIGGER made_up_event AFTER INSERT ON made_up FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 RESET ROLE;
 
 -- the ingest role: ingest and the Meta handshake, nothing else
@@ -153,6 +158,12 @@ SELECT payments.revoke_secret(:secret_id);
 SELECT provider, secret, revoked_at IS NOT NULL AS revoked FROM payments.secrets WHERE provider LIKE 'ro-%' ORDER BY id;
 INSERT INTO payments.fx_rates VALUES ('2024-07-01', 'EUR', 1.07);
 INSERT INTO payments.currencies (code, exponent) VALUES ('XTS', 2);
+-- the installed currencies stay as installed (a restore installs them again, as they were); the
+-- admin's own may change
+UPDATE payments.currencies SET exponent = 0 WHERE code = 'MGA';
+DELETE FROM payments.currencies WHERE code = 'ZWG';
+UPDATE payments.currencies SET exponent = 3, seeded = true WHERE code = 'XTS';
+SELECT code, exponent, seeded FROM payments.currencies WHERE code IN ('MGA', 'XTS', 'ZWG') ORDER BY code;
 SELECT provider_name, event_id, state FROM payments.recent_events('ro-stripe');
 SELECT count(*) AS rejections FROM payments.rejections;
 SELECT donor_email FROM payments.payments;

@@ -670,10 +670,21 @@ COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country 
 -- Applying changes: the one place where payments move
 --------------------------------------------------------------------------------------------------
 
+-- The payments.* settings are read through the extension's library, never with current_setting
+-- alone: a value set while the library was not loaded (ALTER DATABASE in another session, say)
+-- is checked only when it loads, and refused for the default; read without it, a report would
+-- use a value that ingest refused.
+CREATE FUNCTION payments.effective_setting(name text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'effective_setting'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.effective_setting(text) IS
+	'The value of one of the payments.* settings as the extension uses it: read with its library loaded, so that a value not checked yet is checked (and, if refused, the default used) as in ingest';
+
 CREATE FUNCTION payments.receipt_day(paid_at timestamptz)
 RETURNS date
 LANGUAGE sql STABLE
-RETURN (paid_at AT TIME ZONE coalesce(nullif(pg_catalog.current_setting('payments.receipt_timezone', true), ''), 'UTC'))::date;
+RETURN (paid_at AT TIME ZONE payments.effective_setting('payments.receipt_timezone'))::date;
 COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC)';
 
@@ -1509,7 +1520,7 @@ RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(nullif(current_setting('payments.receipt_timezone', true), ''), 'UTC')
+	SELECT payments.effective_setting('payments.receipt_timezone')
 $$;
 COMMENT ON FUNCTION payments.report_timezone() IS 'The time zone of report days: the receipt time zone, default UTC';
 
@@ -1518,7 +1529,7 @@ RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT upper(coalesce(nullif(current_setting('payments.base_currency', true), ''), 'USD'))
+	SELECT payments.effective_setting('payments.base_currency')
 $$;
 COMMENT ON FUNCTION payments.base_currency() IS 'The currency of fx_rates totals: the payments.base_currency setting, default USD';
 
@@ -1588,7 +1599,7 @@ COMMENT ON FUNCTION payments.day_start(date) IS 'Midnight starting a day in the 
 
 CREATE VIEW payments.daily_summary AS
 SELECT (coalesce(p.paid_at, p.created_at)
-			AT TIME ZONE coalesce(nullif(current_setting('payments.receipt_timezone', true), ''), 'UTC'))::date AS day,
+			AT TIME ZONE payments.report_timezone())::date AS day,
 	   p.provider, p.currency::text AS currency, coalesce(p.method, 'unknown') AS method, p.status,
 	   count(*) AS count,
 	   sum(p.amount) AS gross,
@@ -2970,7 +2981,7 @@ RETURNS interval
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(nullif(current_setting('payments.reconcile_after', true), '')::interval, interval '15 minutes')
+	SELECT payments.effective_setting('payments.reconcile_after')::interval
 $$;
 COMMENT ON FUNCTION payments.reconcile_after() IS
 	'The setting payments.reconcile_after as an interval: how long a payment stays pending before reconciliation asks its provider, and how often it asks again';
@@ -5000,8 +5011,8 @@ BEGIN
 	FOR gone IN
 		SELECT pi.id FROM payments.paynow_initiations pi
 		 WHERE pi.state = 'sending'
-		   AND pi.started_at < now() - greatest(interval '1 minute', 3 * coalesce(
-					nullif(current_setting('payments.reconcile_timeout', true), '')::interval, interval '10 seconds'))
+		   AND pi.started_at < now() - greatest(interval '1 minute',
+												 3 * payments.effective_setting('payments.reconcile_timeout')::interval)
 		   FOR UPDATE
 	LOOP
 		PERFORM payments.initiation_unconfirmed(gone, 'interrupted: no reply was recorded; not sent again');

@@ -6,9 +6,12 @@
 
 #include "fmgr.h"
 #include "pgtime.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(effective_setting);
 
 void		_PG_init(void);
 
@@ -59,6 +62,24 @@ CheckBaseCurrency(char **newval, void **extra, GucSource source)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * SQL: payments.effective_setting(name): the value of a payments.* setting,
+ * read here so that the library (and with it the settings' definitions and
+ * checks) is loaded first.
+ */
+Datum
+effective_setting(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (strncmp(name, "payments.", 9) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is not one of the extension's settings", name),
+				 errhint("The extension's settings are named payments.*.")));
+	PG_RETURN_TEXT_P(cstring_to_text(GetConfigOptionByName(name, NULL, false)));
 }
 
 /* Defines the extension's settings */

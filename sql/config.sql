@@ -55,3 +55,16 @@ DELETE FROM payments.providers WHERE name = 'acme-std';
 SELECT count(*) AS secrets_left FROM payments.secrets WHERE provider = 'acme-std';
 DELETE FROM payments.secrets;
 DELETE FROM payments.providers;
+
+-- a setting made where the extension's library was not loaded is checked only when it loads:
+-- reports read it through the library, as ingest does (refused: the default, with a warning),
+-- not the raw value, which broke them while ingest numbered receipts by the default
+\c
+ALTER DATABASE :"DBNAME" SET payments.receipt_timezone = 'Africa/Harrare';
+\c
+SELECT payments.report_timezone();
+SELECT payments.receipt_day('2024-06-10 23:30+00');
+SELECT payments.effective_setting('work_mem');
+\c
+ALTER DATABASE :"DBNAME" RESET payments.receipt_timezone;
+\c

@@ -3968,6 +3968,15 @@ BEGIN
 		IF (SELECT count(*) FROM jsonb_object_keys(settings -> 'paynow_providers')) > 3 THEN
 			RETURN 'paynow_providers takes at most 3 currencies (one reply button each)';
 		END IF;
+		-- card and TeleCash donors pay on Paynow's page, which then sends their browser to return_url
+		SELECT p.name INTO bad FROM jsonb_each(chat_settings_problem.settings -> 'paynow_providers') AS e (k, v)
+		  JOIN payments.providers p ON p.name = e.v #>> '{}'
+		 WHERE NOT p.settings ? 'return_url'
+		   AND payments.chat_settings(chat_settings_problem.settings) -> 'methods' ?| '{card,telecash}'::text[]
+		 LIMIT 1;
+		IF bad IS NOT NULL THEN
+			RETURN format('paynow provider "%s" needs a return_url setting: card and TeleCash donors are sent back there from Paynow''s page (its result_url takes Paynow''s POSTs only)', bad);
+		END IF;
 	END IF;
 	IF settings ? 'methods' AND (jsonb_typeof(settings -> 'methods') <> 'array'
 		OR jsonb_array_length(settings -> 'methods') = 0

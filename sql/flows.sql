@@ -225,7 +225,7 @@ SELECT http_status, answer FROM pg_temp.exchange('{"version": "3.0", "action": "
 
 -- when the meta provider maps the currency to a Paynow provider, the submit starts the payment
 -- as a confirmed chat donation does: pending with our reference, its initiation queued, the donor told
-SELECT payments.register_provider('flows-pn', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/flows-pn",
+SELECT payments.register_provider('flows-pn', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/flows-pn", "return_url": "https://clinic.example/thanks",
 	"auth_email": "donations@clinic.example", "currency": "USD"}');
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
 SELECT payments.issue_flow_token('flows-wa', '263771234567') AS paying_token \gset

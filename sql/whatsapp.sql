@@ -20,6 +20,12 @@ SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"XYZ": "pn_usd"}}');
 -- Paynow charges in its integration's currency: ZWG cannot go to the USD integration
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"ZWG": "pn_usd"}}');
+-- card and TeleCash donors come back from Paynow's page to the provider's return_url
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "paynow_providers": {"USD": "pn_usd"}}');
+SELECT payments.register_provider('pn_usd', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/pn_usd",
+	"return_url": "https://clinic.example/thanks", "auth_email": "donations@clinic.example", "api_base": "http://127.0.0.1:9", "currency": "USD"}');
+SELECT payments.register_provider('pn_zwg', 'paynow', '{"integration_id": "1202", "result_url": "https://clinic.example/webhooks/pn_zwg",
+	"return_url": "https://clinic.example/thanks", "auth_email": "donations@clinic.example", "api_base": "http://127.0.0.1:9", "currency": "ZWG"}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "methods": ["ecocash", "bitcoin"]}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "methods": ["ecocash", "ecocash"]}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "purposes": ["A purpose far too long for a button"]}');

@@ -198,10 +198,12 @@ FormFieldIndex(const Form *form, const char *name)
 }
 
 /*
- * The form as a jsonb object of its decoded keys and values (all strings), or
- * NULL with *error set if the text cannot be stored in this database's
- * encoding.  jsonb orders keys its own way; the raw body keeps the order
- * received.
+ * The form as a jsonb object of its decoded keys, in lower case (ASCII), and
+ * values (all strings), or NULL with *error set if the text cannot be stored
+ * in this database's encoding.  Fields are found ignoring case (Paynow's
+ * documents write "Hash" and "hash" alike), so the SQL reading the payload
+ * finds them under lower-case keys; the keys are distinct ignoring case.
+ * jsonb orders keys its own way; the raw body keeps the order received.
  */
 Jsonb *
 FormToJsonb(const Form *form, char **error)
@@ -213,9 +215,14 @@ FormToJsonb(const Form *form, char **error)
 	appendStringInfoChar(&json, '{');
 	for (int i = 0; i < form->count; i++)
 	{
+		char	   *key = pstrdup(form->fields[i].key);
+
+		for (char *c = key; *c != '\0'; c++)
+			*c = pg_ascii_tolower((unsigned char) *c);
 		if (i > 0)
 			appendStringInfoChar(&json, ',');
-		escape_json(&json, form->fields[i].key);
+		escape_json(&json, key);
+		pfree(key);
 		appendStringInfoChar(&json, ':');
 		escape_json(&json, form->fields[i].value);
 	}

@@ -16,6 +16,13 @@
  * field is a rejection (401).  Paynow sends no event id: an update is
  * identified by "<paynowreference>:<status>", so a resent update is a
  * duplicate and each new status of a payment is a new event.
+ *
+ * The hash covers the values run together, not their names nor where one
+ * ends: with one genuine update's hash anyone can move characters from one
+ * field to the next ("paynowreference=1234567&amount=825.00" from
+ * "...=12345678&amount=25.00"), rename a field or add an empty one, and the
+ * result verifies, as a new event.  So a hash already stored with another
+ * form (its decoded fields, compared as jsonb) is refused (hash_reused).
  */
 #include "payments.h"
 
@@ -24,7 +31,10 @@
 #include <openssl/evp.h>
 
 #include "fmgr.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 
 #define PAYNOW_HASH_HEX 128		/* SHA-512 as hex */
 
@@ -164,12 +174,65 @@ VerifyPaynow(const char *body, int bodylen, const SecretList *secrets, Verdict *
 	verdict->valid = true;
 }
 
-/* Checks a delivery's form hash */
+/*
+ * Has this provider stored the hash before with another form (see the file
+ * header)?  Deliveries of one hash wait for each other first
+ * (signature_reuse.c); the lookup is not read-only, so it sees what the
+ * transaction that held the lock stored, and deliveries stored earlier in
+ * the same statement (a batch).
+ */
+static bool
+HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, Jsonb *payload)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, JSONBOID};
+	Datum		args[3];
+	bool		seen;
+	bool		isnull;
+	char	   *upper_hash = pnstrdup(hash, hashlen);
+
+	for (int i = 0; i < hashlen; i++)
+		upper_hash[i] = pg_toupper((unsigned char) upper_hash[i]);
+	LockSignatureUse(provider, upper_hash, hashlen);
+	args[0] = CStringGetTextDatum(provider->name);
+	args[1] = CStringGetTextDatum(upper_hash);
+	args[2] = JsonbPGetDatum(payload);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_plan(KeptPlan(&plan,
+								  "SELECT EXISTS (SELECT FROM payments.events e"
+								  "  WHERE e.provider = $1 AND upper(e.payload ->> 'hash') = $2"
+								  "    AND e.payload ? 'hash' AND e.payload <> $3)",
+								  3, argtypes),
+						 args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not look up a Paynow hash");
+	seen = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return seen;
+}
+
+/* Checks a delivery's form hash, and that the hash was not stored with another form */
 static void
 VerifyPaynowDelivery(const Provider *provider, const Delivery *delivery, Verdict *verdict)
 {
+	Form		form;
+	char	   *error;
+	Jsonb	   *payload;
+	const FormField *hash;
+
 	VerifyPaynow(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
 				 &provider->secrets, verdict);
+	if (!verdict->valid)
+		return;
+	/* a form that verified parses; one jsonb cannot hold is refused when its event is read */
+	if (!ParseUrlEncodedForm(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
+							 &form, &error) ||
+		(payload = FormToJsonb(&form, &error)) == NULL)
+		return;
+	hash = &form.fields[FormFieldIndex(&form, "hash")];
+	if (HashSeenWithOtherForm(provider, hash->value, hash->valuelen, payload))
+		VerdictReject(verdict, "hash_reused",
+					  "the hash was stored before with another form (its values split or named otherwise)");
 }
 
 /*

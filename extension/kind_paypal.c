@@ -32,10 +32,9 @@
  *    same CRC (a new event id and a padding field).  So a transmission id
  *    already stored with another body (as an event, or as a rejection of a
  *    verified body) is refused (transmission_reused).
- *    Deliveries of one transmission id are serialized by a transaction-level
- *    advisory lock (one bigint key, a hash of the provider and the id) taken
- *    before the lookup, so that of two transactions racing with one id and
- *    two bodies, the second waits for the first and sees its event.
+ *    Deliveries of one transmission id wait for each other
+ *    (signature_reuse.c), so that of two transactions racing with one id
+ *    and two bodies, the second sees the first's event.
  *  - The transmission id and time must be 1 to 255 printable ASCII
  *    characters without '|', so that no field can shift into another.
  *
@@ -52,19 +51,15 @@
 #include <openssl/x509.h>
 
 #include "common/base64.h"
-#include "common/hashfn.h"
 #include "fmgr.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "lib/stringinfo.h"
 #include "utils/builtins.h"
-#include "utils/fmgrprotos.h"
 
 #define PAYPAL_AUTH_ALGO "SHA256withRSA"
 #define PAYPAL_MAX_FIELD 255
 #define PAYPAL_MAX_SIGNATURE 1024	/* bytes: RSA up to 8192 bits */
 #define PAYPAL_MIN_KEY_BITS 2048
-#define PAYPAL_TRANSMISSION_LOCK_SEED UINT64CONST(0x7061796d)	/* 'paym' */
 
 PG_FUNCTION_INFO_V1(verify_paypal);
 
@@ -227,27 +222,6 @@ VerifyPayPalSignature(const char *body, int bodylen, const PayPalTransmission *t
 }
 
 /*
- * Takes the transaction-level advisory lock of a provider's transmission id:
- * pg_advisory_xact_lock(bigint) with a hash of the provider's name and the
- * id, a key space apart from the jobs' two-integer keys.  Two ids of the same
- * hash only wait for each other.
- */
-static void
-LockTransmission(const Provider *provider, const char *id, int idlen)
-{
-	StringInfoData key;
-	uint64		hash;
-
-	initStringInfo(&key);
-	appendStringInfoString(&key, provider->name);
-	appendStringInfoChar(&key, '|');
-	appendBinaryStringInfo(&key, id, idlen);
-	hash = hash_bytes_extended((const unsigned char *) key.data, key.len, PAYPAL_TRANSMISSION_LOCK_SEED);
-	pfree(key.data);
-	DirectFunctionCall1(pg_advisory_xact_lock_int8, Int64GetDatum((int64) hash));
-}
-
-/*
  * Has this provider stored the transmission id before with a body other
  * than this one (see the file header)?  As an event, or as a rejection whose
  * signature verified (invalid: a body that is no usable event); other
@@ -267,7 +241,7 @@ TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idle
 	bool		seen;
 	bool		isnull;
 
-	LockTransmission(provider, id, idlen);
+	LockSignatureUse(provider, id, idlen);
 	args[0] = CStringGetTextDatum(provider->name);
 	args[1] = PointerGetDatum(cstring_to_text_with_len(id, idlen));
 	args[2] = PointerGetDatum(body);

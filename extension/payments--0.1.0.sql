@@ -116,6 +116,9 @@ CREATE INDEX events_received_at_idx ON payments.events USING brin (received_at);
 -- PayPal's transmission ids, looked up before a delivery is accepted (kind_paypal.c)
 CREATE INDEX events_paypal_transmission_idx ON payments.events (provider, (headers ->> 'paypal-transmission-id'))
 	WHERE headers ? 'paypal-transmission-id';
+-- Paynow's form hashes, likewise (kind_paynow.c)
+CREATE INDEX events_paynow_hash_idx ON payments.events (provider, (upper(payload ->> 'hash')))
+	WHERE payload ? 'hash';
 COMMENT ON TABLE payments.events IS
 	'Every verified delivery, once per (provider, event_id): raw body as signed, parsed payload, headers without credentials';
 COMMENT ON COLUMN payments.events.body IS 'The request body exactly as received and verified';
@@ -964,7 +967,10 @@ BEGIN
 		WHEN 'reversed' THEN 'refunded' END;
 	c.status_at := event_at;
 	c.reference := t ->> 'transactionRef';
-	c.kind := CASE lower(t ->> 'type') WHEN 'payout' THEN 'payout' ELSE 'collection' END;
+	-- a collection (the default) or a payout; an exchange between currencies (or any other type)
+	-- moves the merchant's own money and is no payment: ignored
+	c.kind := CASE lower(coalesce(t ->> 'type', 'collection')) WHEN 'payout' THEN 'payout'
+												 WHEN 'collection' THEN 'collection' END;
 	c.amount := CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END;
 	c.currency := upper(t ->> 'currency');
 	c.fee := CASE WHEN t ->> 'fees' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'fees')::numeric END;
@@ -973,11 +979,11 @@ BEGIN
 	c.donor_phone := coalesce(t ->> 'phoneNumber', t -> 'customer' ->> 'phone');
 	c.donor_name := t -> 'customer' ->> 'name';
 	c.donor_email := t -> 'customer' ->> 'email';
-	RETURN CASE WHEN c.status IS NOT NULL AND c.provider_ref IS NOT NULL THEN c END;
+	RETURN CASE WHEN c.status IS NOT NULL AND c.provider_ref IS NOT NULL AND c.kind IS NOT NULL THEN c END;
 END
 $$;
 COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
-	'What an Eversend transaction event says about a payment: successful is paid, pending, failed; type collection or payout; fees';
+	'What an Eversend transaction event says about a payment: successful is paid, pending, failed; type collection (the default) or payout (an exchange, or another type, is ignored); fees';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: PayPal

@@ -189,6 +189,9 @@ extern char *payments_receipt_prefix;
 /* endpoints.c */
 extern bool EndpointsMayTakeTransitions(void);
 
+/* signature_reuse.c */
+extern void LockSignatureUse(const Provider *provider, const char *signature, int len);
+
 /* row_triggers.c */
 struct TriggerData;
 extern void CheckRowTrigger(FunctionCallInfo fcinfo, const char *name, const char *table);

@@ -113,6 +113,19 @@ SELECT * FROM pg_temp.pn(:'sample'::bytea);
 SELECT * FROM pg_temp.pn(:'sample'::bytea);
 SELECT event_id, event_type, convert_from(body, 'UTF8') = :'sample' AS body_exact, payload
   FROM payments.events WHERE provider = 'pn';
+-- the hash covers the values run together, not their names nor where one ends: the sample's hash
+-- with digits moved from paynowreference to amount, or with an empty field added, verifies (a new
+-- event id, another amount), but that hash is stored with another form: refused
+SELECT payments.verify_paynow(convert_to(replace(:'sample', 'paynowreference=12345678&amount=25.00',
+	'paynowreference=1234567&amount=825.00'), 'UTF8'), :'key') AS shifted_verifies;
+SELECT * FROM pg_temp.pn(convert_to(replace(:'sample', 'paynowreference=12345678&amount=25.00',
+	'paynowreference=1234567&amount=825.00'), 'UTF8'));
+SELECT * FROM pg_temp.pn(convert_to('x=&' || :'sample', 'UTF8'));
+SELECT count(*) AS forged_payments FROM payments.payments WHERE provider = 'pn' AND provider_ref <> '12345678';
+-- field names in any case ("Status" is "status"): the payload's keys are lower case
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('Reference=INV-77&PaynowReference=777&Amount=5.00&Status=Paid',
+	ARRAY['INV-77', '777', '5.00', 'Paid'], :'key'));
+SELECT provider_ref, reference, status, amount FROM payments.payments WHERE provider = 'pn' AND provider_ref = '777';
 -- the next status of the same payment is a new event; a resend of it a duplicate
 SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=INV-1001&paynowreference=12345678&amount=25.00&status=Refunded&pollurl=x',
 	ARRAY['INV-1001', '12345678', '25.00', 'Refunded', 'x'], :'key'));

@@ -20,10 +20,12 @@
  */
 #include "payments.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
 #include "miscadmin.h"
 #include "replication/syncrep.h"
+#include "utils/guc.h"
 #include "utils/pg_lsn.h"
 
 PG_FUNCTION_INFO_V1(flush_wal);
@@ -31,7 +33,11 @@ PG_FUNCTION_INFO_V1(flush_wal);
 /*
  * Flushes the WAL up to where it has been written when called, waits for
  * synchronous standbys as a commit would (under the caller's
- * synchronous_commit), and returns that position.
+ * synchronous_commit, raised from off to on for the transaction, as ingest
+ * does: the shim's session, or its role or database, may set it off, and an
+ * answer must not come before the standbys have what it answers for; local
+ * is a choice to leave the standbys out, and is kept), and returns that
+ * position.
  */
 XLogRecPtr
 FlushWrittenWal(void)
@@ -50,6 +56,9 @@ FlushWrittenWal(void)
 	else if (upto % XLOG_BLCKSZ == SizeOfXLogShortPHD)
 		upto -= SizeOfXLogShortPHD;
 	XLogFlush(upto);
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		(void) set_config_option("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	/* as at commit: the wait ends on a cancel with a warning, its queue left clean */
 	HOLD_INTERRUPTS();
 	SyncRepWaitForLSN(upto, true);

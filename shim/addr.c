@@ -8,8 +8,10 @@
  * (--trusted-proxies).  Then X-Forwarded-For is read from the right: each
  * proxy appends the address it received the request from, so the rightmost
  * entry that is not itself a trusted proxy is the first address nobody we
- * trust could have forged.  Entries left of it are ignored.  An entry that
- * is not a plain IP address stops the walk; the last trusted hop is used.
+ * trust could have forged.  Entries left of it are ignored.  An entry is an
+ * IP address, possibly with a port as some proxies write it ("192.0.2.1:
+ * 5555", "[2001:db8::1]:5555", "[2001:db8::1]"); anything else stops the
+ * walk, and the last trusted hop is used.
  *
  * shim/addr.c
  *
@@ -63,6 +65,50 @@ ip_parse(const char *text, size_t len, IpAddr *out)
 		return true;
 	}
 	return inet_pton(AF_INET6, buf, out->b) == 1;
+}
+
+/* True if the len bytes at text are a port: 1 to 5 digits */
+static bool
+port_text(const char *text, size_t len)
+{
+	if (len == 0 || len > 5)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (text[i] < '0' || text[i] > '9')
+			return false;
+	return true;
+}
+
+/*
+ * Parse an X-Forwarded-For entry: an IP address, or an IPv4 address with
+ * ":port", or an IPv6 address in brackets with or without ":port".
+ */
+static bool
+forwarded_hop_parse(const char *text, size_t len, IpAddr *out)
+{
+	const char *colon;
+
+	if (len > 0 && text[0] == '[')
+	{
+		const char *close = memchr(text, ']', len);
+		size_t		after;
+
+		if (close == NULL)
+			return false;
+		after = len - (size_t) (close + 1 - text);
+		if (after > 0 && !(close[1] == ':' && port_text(close + 2, after - 1)))
+			return false;
+		return ip_parse(text + 1, (size_t) (close - text - 1), out);
+	}
+	colon = memchr(text, ':', len);
+	if (colon != NULL && memchr(colon + 1, ':', len - (size_t) (colon + 1 - text)) == NULL)
+	{
+		/* one colon: IPv4 and a port (an IPv6 address has two or more) */
+		size_t		addr_len = (size_t) (colon - text);
+
+		return port_text(colon + 1, len - addr_len - 1) && ip_parse(text, addr_len, out);
+	}
+	return ip_parse(text, len, out);
 }
 
 /*
@@ -259,7 +305,7 @@ client_ip_forwarded(struct MHD_Connection *conn, const IpAddr *peer,
 				continue;		/* empty entry, as in "a,,b" */
 
 			if (++hops > FORWARDED_MAX_HOPS ||
-				!ip_parse(value + first, last - first, &hop))
+				!forwarded_hop_parse(value + first, last - first, &hop))
 				return;
 			*client = hop;
 			if (!ip_trusted(&hop))

@@ -191,8 +191,10 @@ db_init(const char *dsn)
 	options = PQconninfoParse(dsn, &err);
 	if (options == NULL)
 	{
-		fprintf(stderr, "payments-shim: invalid --dsn: %s",
-				err ? err : "out of memory\n");
+		/* libpq's message may quote the token it stopped at: a password */
+		fprintf(stderr, "payments-shim: invalid --dsn: %s\n",
+				err ? "libpq cannot parse it (its message is left out, as it may quote a password)"
+				: "out of memory");
 		PQfreemem(err);
 		return false;
 	}
@@ -434,9 +436,11 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 	log_db_error(LOG_ERROR, request_id, what, sqlstate, message);
 
 	lost = (res == NULL || PQstatus(thread->conn) != CONNECTION_OK);
+	/* 25006 and 55000: a read-only server, or payments.flush_wal() on a standby */
 	if (sqlstate != NULL &&
 		(strncmp(sqlstate, "08", 2) == 0 ||
 		 strcmp(sqlstate, "25006") == 0 ||
+		 strcmp(sqlstate, "55000") == 0 ||
 		 strcmp(sqlstate, "57P01") == 0 ||
 		 strcmp(sqlstate, "57P02") == 0 ||
 		 strcmp(sqlstate, "57P03") == 0))
@@ -859,10 +863,13 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
  * delivery raised (logged; a data exception is the request's fault).  A
  * deadlock or serialization failure (with a delivery of a concurrent batch:
  * the same event or payment) is not final: it returns false, and the
- * caller stores the delivery again, alone.
+ * caller stores the delivery again, alone.  A read-only server (a standby,
+ * or a primary demoted) answers 503 and sets *read_only: the caller drops
+ * the connection, so that the next one finds the primary.
  */
 static bool
-db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out)
+db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out,
+				bool *read_only)
 {
 	if (res == NULL)
 	{
@@ -889,8 +896,13 @@ db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out)
 		log_db_error(LOG_ERROR, req->request_id, "ingest failed", sqlstate,
 					 data_error ? "data exception (message withheld: may quote request data)"
 					 : PQgetvalue(res, 0, 4));
-		PQclear(res);
 		out->status = data_error ? DB_INVALID : DB_FAILED;
+		if (strcmp(sqlstate, "25006") == 0)
+		{
+			*read_only = true;
+			out->status = DB_UNAVAILABLE;
+		}
+		PQclear(res);
 		return true;
 	}
 	if (!db_parse_row(res, 5, out))
@@ -924,6 +936,7 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 	PGresult  **rows;
 	DbStatus	status = DB_FAILED;
 	bool		retry_alone = false;
+	bool		read_only = false;
 	struct timespec start;
 	struct timespec end;
 
@@ -983,8 +996,10 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 	{
 		if (status == DB_OK)
 		{
-			if (!db_batch_result(rows[i], reqs[i], results[i]))
+			if (!db_batch_result(rows[i], reqs[i], results[i], &read_only))
 				db_ingest(reqs[i], results[i]);
+			if (read_only && thread->conn != NULL)
+				db_drop(thread);
 		}
 		else if (retry_alone)
 			db_ingest(reqs[i], results[i]);

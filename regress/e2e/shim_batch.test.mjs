@@ -417,11 +417,12 @@ describe('group commit', () => {
 
 	test('payments.flush_wal() waits for a synchronous standby as a commit does', async () => {
 		// psql with a statement timeout; returns what it printed on stderr (the warnings) and how long it took
-		const flushWithin = (ms) => {
+		const flushWithin = (ms, synchronousCommit = 'on') => {
 			const started = Date.now();
 			const r = spawnSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
 				'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments',
-				'-c', `SET statement_timeout = '${ms}ms'; SELECT payments.flush_wal() IS NOT NULL`], { encoding: 'utf8' });
+				'-c', `SET statement_timeout = '${ms}ms'; SET synchronous_commit = ${synchronousCommit};
+					SELECT payments.flush_wal() IS NOT NULL`], { encoding: 'utf8' });
 			assert.equal(r.status, 0, r.stderr);
 			assert.equal(r.stdout.trim(), 't');
 			return { warnings: r.stderr, ms: Date.now() - started };
@@ -435,12 +436,57 @@ describe('group commit', () => {
 			for (let i = 0; i < 50 && !waited(w = flushWithin(300)); i++) await sleep(100);
 			assert.ok(waited(w), 'waited for the named standby until the statement timeout');
 			assert.ok(w.ms >= 250, `waited ${w.ms} ms`);
+			// also where the session (or the shim's role or database) sets synchronous_commit off: the
+			// shim answers a batch after this flush; local leaves the standbys out by choice
+			assert.ok(waited(flushWithin(300, 'off')), 'waited with synchronous_commit off');
+			assert.ok(!waited(flushWithin(1000, 'local')), 'no wait with synchronous_commit local');
 		} finally {
 			cluster.psql('ALTER SYSTEM RESET synchronous_standby_names');
 			cluster.psql('SELECT pg_reload_conf()');
 			for (let i = 0; i < 50 && waited(flushWithin(300)); i++) await sleep(100);
 		}
 		assert.ok(!waited(flushWithin(2000)), 'no wait once the standby is no longer named');
+	});
+
+	test('a batch on a read-only server is answered 503 and its connection made again', async () => {
+		const s = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-concurrency', '1', '--log-level', 'warning']);
+		await s.start();
+		const post1 = (provider, d) => request(s.port, { method: 'POST', path: `/webhooks/${provider}`, body: d.body,
+			headers: { 'content-type': 'application/json', ...d.headers } });
+		// the batch thread waits behind a lock (a delivery for a provider nobody registered reads
+		// payments.providers), while the server turns read-only and three deliveries queue
+		const proc = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
+			'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments'], { stdio: ['pipe', 'pipe', 'pipe'] });
+		proc.stdin.write("BEGIN; LOCK TABLE payments.providers IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n");
+		await new Promise((resolve) => proc.stdout.on('data', (d) => { if (String(d).includes('locked')) resolve(); }));
+		const lone = post1('nobody-registered', delivery(`evt_ro_${++seq}`));
+		const [pid] = await lockWaiters(1);
+		try {
+			cluster.psql('ALTER SYSTEM SET default_transaction_read_only = on');
+			cluster.psql('SELECT pg_reload_conf()');
+			const ids = [1, 2, 3].map(() => `evt_ro_${++seq}`);
+			const three = ids.map((id) => post1('stripe', delivery(id)));
+			await sleep(300);
+			await new Promise((resolve) => { proc.once('exit', resolve); proc.stdin.end('COMMIT;\n'); });
+			assert.equal((await lone).status, 404);
+			const answers = await Promise.all(three);
+			assert.deepEqual(answers.map((a) => a.status), [503, 503, 503], answers.map((a) => a.text).join(' '));
+			assert.ok(answers.every((a) => Number(a.headers['retry-after']) > 0), 'Retry-After');
+			const { samples } = parseMetrics(await (await fetch(`${s.base}/metrics`)).text());
+			assert.ok(samples.get('payments_shim_batch_deliveries_bucket{le="1"}') < samples.get('payments_shim_batch_deliveries_count'),
+				'the three went as one batch');
+			// the batch's connection was dropped: the next one is made to a writable server
+			assert.equal(cluster.psqlVars("SELECT count(*) FROM pg_stat_activity WHERE pid = :'p'", { p: pid }), '0');
+			cluster.psql('ALTER SYSTEM RESET default_transaction_read_only');
+			cluster.psql('SELECT pg_reload_conf()');
+			assert.equal((await post1('stripe', delivery(`evt_ro_${++seq}`))).status, 200);
+		} finally {
+			proc.kill();
+			cluster.psql('ALTER SYSTEM RESET default_transaction_read_only');
+			cluster.psql('SELECT pg_reload_conf()');
+			await s.stop();
+		}
+		assert.deepEqual(s.sanitizerReports(), []);
 	});
 
 	test('at the shutdown deadline the running batch is cancelled and the queued deliveries answered 503', async () => {

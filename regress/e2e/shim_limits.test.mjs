@@ -102,6 +102,9 @@ describe('shim settings', () => {
 			[['--tls-cert', '/nonexistent.pem', '--tls-key', '/nonexistent.pem'], {}, /cannot open/],
 			[['--log-file', '/nonexistent/dir/shim.log'], {}, /log file/],
 			[['--dsn', 'host=x bogus_keyword=1'], {}, /dsn/],
+			// libpq's message would quote the password; it is left out
+			[['--dsn', 'postgresql://shim:Secr3t%zzPW@db/payments'], {}, /^payments-shim: invalid --dsn: (?!.*Secr3t)/s],
+			[['--dsn', 'host=db password=Secr3t PW'], {}, /^payments-shim: invalid --dsn: (?!.*Secr3t)(?!.*PW)/s],
 			[['--no-such-flag'], {}, /unknown argument/],
 		];
 		for (const [args, env, message] of cases) {
@@ -267,6 +270,14 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await postStripe(shim.port, spoofed, { localAddress: '127.0.0.4' })).status, 200);
 		assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",
 			{ e: spoofed.id }), '127.0.0.4');
+		// with a port, as some proxies write it: the address
+		for (const [entry, ip] of [['198.51.100.21:5555', '198.51.100.21'], ['[2001:db8::21]', '2001:db8::21'],
+			['[2001:db8::22]:443', '2001:db8::22']]) {
+			const withPort = stripeDelivery({ 'x-forwarded-for': entry });
+			assert.equal((await postStripe(shim.port, withPort, { localAddress: '127.0.0.3' })).status, 200);
+			assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",
+				{ e: withPort.id }), ip, entry);
+		}
 		const garbage = stripeDelivery({ 'x-forwarded-for': 'unknown, 198.51.100.8' });
 		assert.equal((await postStripe(shim.port, garbage, { localAddress: '127.0.0.3' })).status, 200);
 		assert.equal(cluster.psqlVars("SELECT host(source_ip) FROM payments.events WHERE event_id = :'e'",

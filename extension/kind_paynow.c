@@ -177,9 +177,8 @@ VerifyPaynow(const char *body, int bodylen, const SecretList *secrets, Verdict *
 /*
  * Has this provider stored the hash before with another form (see the file
  * header)?  Deliveries of one hash wait for each other first
- * (signature_reuse.c); the lookup is not read-only, so it sees what the
- * transaction that held the lock stored, and deliveries stored earlier in
- * the same statement (a batch).
+ * (signature_reuse.c); the lookup then sees what the transaction that held
+ * the lock stored (KeptPlanFinds).
  */
 static bool
 HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, Jsonb *payload)
@@ -187,8 +186,6 @@ HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, J
 	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, JSONBOID};
 	Datum		args[3];
-	bool		seen;
-	bool		isnull;
 	char	   *upper_hash = pnstrdup(hash, hashlen);
 
 	for (int i = 0; i < hashlen; i++)
@@ -197,18 +194,11 @@ HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, J
 	args[0] = CStringGetTextDatum(provider->name);
 	args[1] = CStringGetTextDatum(upper_hash);
 	args[2] = JsonbPGetDatum(payload);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_plan(KeptPlan(&plan,
-								  "SELECT EXISTS (SELECT FROM payments.events e"
-								  "  WHERE e.provider = $1 AND upper(e.payload ->> 'hash') = $2"
-								  "    AND e.payload ? 'hash' AND e.payload <> $3)",
-								  3, argtypes),
-						 args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not look up a Paynow hash");
-	seen = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	return seen;
+	return KeptPlanFinds(&plan,
+						 "SELECT EXISTS (SELECT FROM payments.events e"
+						 "  WHERE e.provider = $1 AND upper(e.payload ->> 'hash') = $2"
+						 "    AND e.payload ? 'hash' AND e.payload <> $3)",
+						 3, argtypes, args);
 }
 
 /* Checks a delivery's form hash, and that the hash was not stored with another form */

@@ -226,11 +226,10 @@ VerifyPayPalSignature(const char *body, int bodylen, const PayPalTransmission *t
  * than this one (see the file header)?  As an event, or as a rejection whose
  * signature verified (invalid: a body that is no usable event); other
  * rejections prove nothing, since anyone can send a transmission id with a
- * body of their own.  The transmission's advisory lock, held to the end of
- * the transaction, makes a concurrent delivery of the id wait for this one's
- * commit; the lookup is not read-only, so it reads with a snapshot taken
- * after the lock (in READ COMMITTED) and sees deliveries stored earlier in
- * the same statement (a batch).
+ * body of their own.  Deliveries of one id wait for each other first
+ * (signature_reuse.c); the lookup then sees what the transaction that held
+ * the lock stored, and deliveries stored earlier in the same statement (a
+ * batch: KeptPlanFinds).
  */
 static bool
 TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idlen, bytea *body)
@@ -238,29 +237,20 @@ TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idle
 	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, BYTEAOID};
 	Datum		args[3];
-	bool		seen;
-	bool		isnull;
 
 	LockSignatureUse(provider, id, idlen);
 	args[0] = CStringGetTextDatum(provider->name);
 	args[1] = PointerGetDatum(cstring_to_text_with_len(id, idlen));
 	args[2] = PointerGetDatum(body);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_plan(KeptPlan(&plan,
-								  "SELECT EXISTS (SELECT FROM payments.events e"
-								  "  WHERE e.provider = $1 AND e.headers ->> 'paypal-transmission-id' = $2"
-								  "    AND e.headers ? 'paypal-transmission-id' AND e.body <> $3)"
-								  "    OR EXISTS (SELECT FROM payments.rejections r"
-								  "  WHERE r.provider = $1 AND r.headers ->> 'paypal-transmission-id' = $2"
-								  "    AND r.headers ? 'paypal-transmission-id' AND r.outcome = 'invalid'"
-								  "    AND r.body_sha256 <> pg_catalog.sha256($3))",
-								  3, argtypes),
-						 args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not look up a PayPal transmission id");
-	seen = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	return seen;
+	return KeptPlanFinds(&plan,
+						 "SELECT EXISTS (SELECT FROM payments.events e"
+						 "  WHERE e.provider = $1 AND e.headers ->> 'paypal-transmission-id' = $2"
+						 "    AND e.headers ? 'paypal-transmission-id' AND e.body <> $3)"
+						 "    OR EXISTS (SELECT FROM payments.rejections r"
+						 "  WHERE r.provider = $1 AND r.headers ->> 'paypal-transmission-id' = $2"
+						 "    AND r.headers ? 'paypal-transmission-id' AND r.outcome = 'invalid'"
+						 "    AND r.body_sha256 <> pg_catalog.sha256($3))",
+						 3, argtypes, args);
 }
 
 /* Checks a delivery's PayPal headers and signature, fetching the certificate if need be */

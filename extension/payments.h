@@ -273,6 +273,8 @@ struct _SPI_plan;
 extern struct _SPI_plan *KeptPlan(struct _SPI_plan **plan, const char *sql, int nargs, Oid *argtypes);
 extern struct _SPI_plan *KeptGenericPlan(struct _SPI_plan **plan, const char *sql, int nargs,
 										 Oid *argtypes);
+extern bool KeptPlanFinds(struct _SPI_plan **plan, const char *sql, int nargs, Oid *argtypes,
+						  Datum *args);
 extern Datum ArrayParam(Datum *elems, bool *nulls, int n, Oid elemtype);
 
 /* wal_flush.c */

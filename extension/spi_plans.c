@@ -48,6 +48,29 @@ KeptGenericPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
+ * Runs a kept statement answering one boolean (SELECT EXISTS ...) in an SPI
+ * connection of its own and returns it.  Not read-only: the statement reads
+ * with a snapshot of its own, taken after any lock the caller holds (in
+ * READ COMMITTED), and sees what the calling statement stored so far (a
+ * batch).
+ */
+bool
+KeptPlanFinds(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes, Datum *args)
+{
+	bool		found;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_plan(KeptPlan(plan, sql, nargs, argtypes), args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not run \"%s\"", sql);
+	found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
+	SPI_finish();
+	return found;
+}
+
+/*
  * A one-dimensional array of n elements of type elemtype, as a statement's
  * parameter; nulls (NULL: none) marks the SQL NULLs.
  */

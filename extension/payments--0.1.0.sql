@@ -1605,7 +1605,7 @@ COMMENT ON FUNCTION payments.day_start(date) IS 'Midnight starting a day in the 
 
 CREATE VIEW payments.daily_summary AS
 SELECT (coalesce(p.paid_at, p.created_at)
-			AT TIME ZONE payments.report_timezone())::date AS day,
+			AT TIME ZONE payments.effective_setting('payments.receipt_timezone'))::date AS day,
 	   p.provider, p.currency::text AS currency, coalesce(p.method, 'unknown') AS method, p.status,
 	   count(*) AS count,
 	   sum(p.amount) AS gross,

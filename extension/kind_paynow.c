@@ -110,32 +110,32 @@ PaynowHash(const Form *form, int hash_index, const char *key, int keylen, char *
 }
 
 /*
- * Verifies a Paynow form body against every live integration key.  A body
- * that is not a well-formed form makes an invalid_body verdict.
+ * Verifies a Paynow form body against every live integration key, decoding
+ * it into *form (for the caller's further checks).  A body that is not a
+ * well-formed form makes an invalid_body verdict.
  */
 static void
-VerifyPaynow(const char *body, int bodylen, const SecretList *secrets, Verdict *verdict)
+VerifyPaynow(const char *body, int bodylen, const SecretList *secrets, Verdict *verdict, Form *form)
 {
-	Form		form;
 	char	   *error;
 	int			hash_index;
 	const FormField *hash;
 	char		received[PAYNOW_HASH_HEX];
 	bool		matched = false;
 
-	if (!ParseUrlEncodedForm(body, bodylen, &form, &error))
+	if (!ParseUrlEncodedForm(body, bodylen, form, &error))
 	{
 		VerdictReject(verdict, "invalid_form", "%s", error);
 		verdict->invalid_body = true;
 		return;
 	}
-	hash_index = FormFieldIndex(&form, "hash");
+	hash_index = FormFieldIndex(form, "hash");
 	if (hash_index < 0)
 	{
 		VerdictReject(verdict, "missing_hash", "the form has no hash field");
 		return;
 	}
-	hash = &form.fields[hash_index];
+	hash = &form->fields[hash_index];
 	if (hash->valuelen != PAYNOW_HASH_HEX)
 	{
 		VerdictReject(verdict, "malformed_hash",
@@ -161,7 +161,7 @@ VerifyPaynow(const char *body, int bodylen, const SecretList *secrets, Verdict *
 		text	   *secret = secrets->secrets[i];
 		char		expected[PAYNOW_HASH_HEX + 1];
 
-		PaynowHash(&form, hash_index, VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret), expected);
+		PaynowHash(form, hash_index, VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret), expected);
 		if (CRYPTO_memcmp(expected, received, PAYNOW_HASH_HEX) == 0)
 			matched = true;
 	}
@@ -211,13 +211,12 @@ VerifyPaynowDelivery(const Provider *provider, const Delivery *delivery, Verdict
 	const FormField *hash;
 
 	VerifyPaynow(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
-				 &provider->secrets, verdict);
+				 &provider->secrets, verdict, &form);
 	if (!verdict->valid)
 		return;
-	/* a form that verified parses; one jsonb cannot hold is refused when its event is read */
-	if (!ParseUrlEncodedForm(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),
-							 &form, &error) ||
-		(payload = FormToJsonb(&form, &error)) == NULL)
+	/* a form jsonb cannot hold is refused when its event is read */
+	payload = FormToJsonb(&form, &error);
+	if (payload == NULL)
 		return;
 	hash = &form.fields[FormFieldIndex(&form, "hash")];
 	if (HashSeenWithOtherForm(provider, hash->value, hash->valuelen, payload))
@@ -358,7 +357,8 @@ verify_paynow(PG_FUNCTION_ARGS)
 	text	   *key = PG_GETARG_TEXT_PP(1);
 	SecretList	secrets = {1, &key};
 	Verdict		verdict = {0};
+	Form		form;
 
-	VerifyPaynow(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), &secrets, &verdict);
+	VerifyPaynow(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), &secrets, &verdict, &form);
 	PG_RETURN_TEXT_P(cstring_to_text(verdict.valid ? "valid" : verdict.reason));
 }

@@ -29,7 +29,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char		hash[PAYNOW_HASH_HEX + 1];
 	StringInfoData body;
 
-	VerifyPaynow((const char *) data, size, &secrets, &verdict);
+	VerifyPaynow((const char *) data, size, &secrets, &verdict, &form);
 	fuzz_check_verdict(&verdict, "paynow");
 	if (!ParseUrlEncodedForm((const char *) data, size, &form, &error))
 	{
@@ -70,7 +70,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	appendStringInfo(&body, "hash=%s", hash);
 	memset(&verdict, 0, sizeof(verdict));
-	VerifyPaynow(body.data, body.len, &secrets, &verdict);
+	VerifyPaynow(body.data, body.len, &secrets, &verdict, &form);
 	FUZZ_ASSERT(verdict.valid, "paynow: a form with its own hash is refused: %s", verdict.detail);
 
 	fuzz_reset();

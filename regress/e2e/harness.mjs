@@ -110,10 +110,18 @@ export class Shim {
 		throw new Error(`shim did not become healthy:\n${this.stderr}`);
 	}
 
-	// Stops with SIGTERM and returns the exit status.
-	async stop() {
+	// Stops with SIGTERM and returns the exit status; a shim still running after
+	// timeoutMs is killed and the test fails, rather than the run hanging.
+	async stop(timeoutMs = 30000) {
 		this.proc.kill('SIGTERM');
-		return this.exited;
+		let timer;
+		const late = new Promise((resolve) => { timer = setTimeout(() => resolve(null), timeoutMs); });
+		const exit = await Promise.race([this.exited, late]);
+		clearTimeout(timer);
+		if (exit) return exit;
+		this.proc.kill('SIGKILL');
+		await this.exited;
+		throw new Error(`the shim did not exit within ${timeoutMs} ms of SIGTERM:\n${this.stderr.slice(-2000)}`);
 	}
 
 	// Sanitizer reports found in the shim's stderr.
@@ -274,14 +282,16 @@ export async function waitFor(fn, timeoutMs, what) {
 	}
 }
 
-// Sends deliveries from `senders` concurrent clients, each one after the other, until stopped.
-// makeDelivery() returns { id, path, headers, body }.  Each answer is remembered with its id,
-// status (or 'error: ...' when the connection failed), Retry-After, and start and end times.
-export function steadyTraffic(port, makeDelivery, { senders = 1 } = {}) {
+// Sends deliveries from `senders` concurrent clients, each one after the other, until stopped,
+// or for at most limitMs, so that a test failing before it stops the traffic ends rather than
+// hangs.  makeDelivery() returns { id, path, headers, body }.  Each answer is remembered with its
+// id, status (or 'error: ...' when the connection failed), Retry-After, and start and end times.
+export function steadyTraffic(port, makeDelivery, { senders = 1, limitMs = 120000 } = {}) {
 	const results = [];
 	let running = true;
+	const until = Date.now() + limitMs;
 	const sender = async () => {
-		while (running) {
+		while (running && Date.now() < until) {
 			const { id, path, headers, body } = makeDelivery();
 			const started = Date.now();
 			let status;

@@ -454,30 +454,34 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 			'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments',
 			'-v', `h=${JSON.stringify(paypalHeaders(x, leafKey, good.url, { tid, time }))}`, '-v', `b=${x}`],
 		{ stdio: ['pipe', 'pipe', 'pipe'] });
-		let out = '';
-		session.stdout.on('data', (d) => { out += d; });
-		session.stdin.write("BEGIN; SELECT 'ingested ' || outcome FROM payments.ingest('paypal', :'h', convert_to(:'b', 'UTF8'));\n");
-		for (let i = 0; !out.includes('ingested') && i < 400; i++) await sleep(25);
-		assert.match(out, /ingested applied/);
+		try {
+			let out = '';
+			session.stdout.on('data', (d) => { out += d; });
+			session.stdin.write("BEGIN; SELECT 'ingested ' || outcome FROM payments.ingest('paypal', :'h', convert_to(:'b', 'UTF8'));\n");
+			for (let i = 0; !out.includes('ingested') && i < 400; i++) await sleep(25);
+			assert.match(out, /ingested applied/);
 
-		const waiting = async () => {
-			for (let i = 0; i < 400; i++) {
-				if (cluster.psql(`SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-					WHERE a.application_name = 'payments-shim' AND l.locktype = 'advisory' AND NOT l.granted`) !== '0') return 'waiting';
-				await sleep(25);
-			}
-			return 'never waited';
-		};
-		const forged = post(shim.base, 'paypal', y, paypalHeaders(y, leafKey, good.url, { tid, time, requestId: `race-${tid}` }));
-		const retry = post(shim.base, 'paypal', x, paypalHeaders(x, leafKey, good.url, { tid, time }));
-		assert.equal(await Promise.race([forged.then((r) => `answered ${r.status}`), waiting()]), 'waiting');
-		await new Promise((resolve) => { session.once('exit', resolve); session.stdin.end('COMMIT;\n'); });
+			const waiting = async () => {
+				for (let i = 0; i < 400; i++) {
+					if (cluster.psql(`SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+						WHERE a.application_name = 'payments-shim' AND l.locktype = 'advisory' AND NOT l.granted`) !== '0') return 'waiting';
+					await sleep(25);
+				}
+				return 'never waited';
+			};
+			const forged = post(shim.base, 'paypal', y, paypalHeaders(y, leafKey, good.url, { tid, time, requestId: `race-${tid}` }));
+			const retry = post(shim.base, 'paypal', x, paypalHeaders(x, leafKey, good.url, { tid, time }));
+			assert.equal(await Promise.race([forged.then((r) => `answered ${r.status}`), waiting()]), 'waiting');
+			await new Promise((resolve) => { session.once('exit', resolve); session.stdin.end('COMMIT;\n'); });
 
-		const [refused, again] = await Promise.all([forged, retry]);
-		assert.equal(refused.status, 401, refused.text);
-		assert.equal(rejection(`race-${tid}`), 'transmission_reused');
-		assert.equal(eventCount('paypal', JSON.parse(y).id), 0);
-		assert.deepEqual([again.status, again.json.outcome], [200, 'duplicate']);
+			const [refused, again] = await Promise.all([forged, retry]);
+			assert.equal(refused.status, 401, refused.text);
+			assert.equal(rejection(`race-${tid}`), 'transmission_reused');
+			assert.equal(eventCount('paypal', JSON.parse(y).id), 0);
+			assert.deepEqual([again.status, again.json.outcome], [200, 'duplicate']);
+		} finally {
+			session.kill();
+		}
 		assert.equal(eventCount('paypal', JSON.parse(x).id), 1);
 	});
 

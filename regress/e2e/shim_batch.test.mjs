@@ -32,10 +32,15 @@ function send(id, tamper = false) {
 		headers: { 'content-type': 'application/json', ...d.headers } });
 }
 
+// psql sessions holding locks, killed at the end if a failing test left one open
+const heldSessions = new Set();
+
 // Holds SHARE on payments.events in a psql session until release() is called: inserts wait.
 async function holdEvents() {
 	const proc = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
 		'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments'], { stdio: ['pipe', 'pipe', 'pipe'] });
+	heldSessions.add(proc);
+	proc.once('exit', () => heldSessions.delete(proc));
 	proc.stdin.write('BEGIN; LOCK TABLE payments.events IN SHARE MODE; SELECT \'locked\';\n');
 	await new Promise((resolve) => proc.stdout.on('data', (d) => { if (String(d).includes('locked')) resolve(); }));
 	return {
@@ -150,12 +155,11 @@ describe('group commit', () => {
 	});
 
 	after(async () => {
-		if (shim) {
-			const { code } = await shim.stop();
-			assert.deepEqual(shim.sanitizerReports(), []);
-			assert.equal(code, 0);
-		}
+		for (const proc of heldSessions) proc.kill();
+		const exit = shim ? await shim.stop() : { code: 0 };
 		cluster?.destroy();
+		assert.deepEqual(shim?.sanitizerReports() ?? [], []);
+		assert.equal(exit.code, 0);
 	});
 
 	test('concurrent requests coalesce into one transaction, each answered after its commit', async () => {

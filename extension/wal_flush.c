@@ -16,7 +16,9 @@
  * the caller's commit: a batch may have answered on what another batch
  * committed (an event already stored, a duplicate), and that answer must
  * not be given before that commit is durable too.  payments.ingest flushes
- * the same way before answering a duplicate (ingest.c).
+ * the same way before answering a duplicate (ingest.c), and the shim calls
+ * it after each delivery stored alone: that commit's own wait for the
+ * standbys may have been cancelled with only a warning.
  */
 #include "payments.h"
 
@@ -25,10 +27,46 @@
 #include "access/xlog_internal.h"
 #include "miscadmin.h"
 #include "replication/syncrep.h"
+#include "replication/walsender.h"
+#include "replication/walsender_private.h"
+#include "storage/lwlock.h"
 #include "utils/guc.h"
 #include "utils/pg_lsn.h"
 
 PG_FUNCTION_INFO_V1(flush_wal);
+
+/*
+ * Whether the synchronous standbys that synchronous_commit asks for have
+ * confirmed WAL up to upto (or none is asked for), as SyncRepWaitForLSN
+ * decides.  That wait ends on a cancel (a statement_timeout, say) with only
+ * a warning, the transaction committed but perhaps not on the standbys, so
+ * its caller looks again.
+ */
+static bool
+StandbysConfirmed(XLogRecPtr upto)
+{
+	int			mode;
+	bool		defined;
+	bool		confirmed;
+
+	if (!SyncRepRequested())
+		return true;
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_REMOTE_WRITE)
+		mode = SYNC_REP_WAIT_WRITE;
+	else if (synchronous_commit == SYNCHRONOUS_COMMIT_REMOTE_APPLY)
+		mode = SYNC_REP_WAIT_APPLY;
+	else
+		mode = SYNC_REP_WAIT_FLUSH;
+	LWLockAcquire(SyncRepLock, LW_SHARED);
+	/* until the checkpointer has read synchronous_standby_names, the GUC says */
+	if (WalSndCtl->sync_standbys_status & SYNC_STANDBY_INIT)
+		defined = (WalSndCtl->sync_standbys_status & SYNC_STANDBY_DEFINED) != 0;
+	else
+		defined = SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0';
+	confirmed = !defined || WalSndCtl->lsn[mode] >= upto;
+	LWLockRelease(SyncRepLock);
+	return confirmed;
+}
 
 /*
  * Flushes the WAL up to where it has been written when called, waits for
@@ -63,6 +101,13 @@ FlushWrittenWal(void)
 	HOLD_INTERRUPTS();
 	SyncRepWaitForLSN(upto, true);
 	RESUME_INTERRUPTS();
+	/* ... and the caller's answer, unlike a commit's, can still be withheld */
+	if (!StandbysConfirmed(upto))
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("the wait for the synchronous standbys was cancelled"),
+				 errdetail("What was committed is on this server's disk but may not be on the standbys, so it is not acknowledged."),
+				 errhint("Raise statement_timeout for the shim's role, or bring the standbys back.")));
 	return upto;
 }
 

@@ -54,6 +54,7 @@ typedef enum DbStatementId
 	STMT_SUBSCRIBE,
 	STMT_READY,
 	STMT_FLOWS,
+	STMT_FLUSH,
 	STMT_COUNT
 } DbStatementId;
 
@@ -83,6 +84,7 @@ static const DbStatement db_statements[STMT_COUNT] = {
 	{"payments_flows_exchange",
 		"SELECT http_status, outcome, response FROM payments.flows_exchange("
 		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
+	{"payments_flush_wal", "SELECT payments.flush_wal()", 0},
 };
 
 /* Versions of the payments extension this shim can call */
@@ -600,7 +602,10 @@ ingest_params(const IngestRequest *req, const char **values, int *lengths)
 /*
  * Call payments.ingest() once for a request, in a transaction of its own.
  * out->status says what happened; on DB_OK the caller must
- * db_free_result(out->pgresult).
+ * db_free_result(out->pgresult).  A 2xx answer is kept only once
+ * payments.flush_wal() has confirmed it on the synchronous standbys too: the
+ * commit's own wait for them ends on a statement_timeout or a cancel with
+ * only a warning, the call answered as if they had it.
  */
 static void
 db_ingest(const IngestRequest *req, IngestResult *out)
@@ -624,6 +629,18 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 		PQclear(res);
 		out->status = DB_FAILED;
 		return;
+	}
+	if (out->http_status >= 200 && out->http_status < 300)
+	{
+		PGresult   *flushed;
+
+		out->status = db_exec(STMT_FLUSH, NULL, NULL, NULL, req->request_id, &flushed);
+		PQclear(flushed);
+		if (out->status != DB_OK)
+		{
+			PQclear(res);
+			return;
+		}
 	}
 	out->pgresult = res;
 }

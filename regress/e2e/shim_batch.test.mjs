@@ -335,8 +335,8 @@ describe('group commit', () => {
 		}
 		assert.equal(stored(ids), ids.length, 'committed all the same');
 		assert.match(shim.stderr, /answered a row count other than its deliveries'/);
-		const again = await Promise.all(ids.slice(1).map((id) => send(id)));
-		assert.deepEqual(again.map((r) => [r.status, r.json.outcome]), ids.slice(1).map(() => [200, 'duplicate']));
+		const again = await Promise.all(ids.map((id) => send(id)));
+		assert.deepEqual(again.map((r) => [r.status, r.json.outcome]), ids.map(() => [200, 'duplicate']));
 	});
 
 	test('a batch committed but not known durable is not answered 2xx; sent again, its deliveries are duplicates', async () => {
@@ -348,15 +348,16 @@ describe('group commit', () => {
 		try {
 			await lock.release();
 			const res = await answers();
-			assert.equal(res[0].status, 200, 'the first went alone, committed synchronously');
-			assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503));
+			// the first went alone: committed synchronously, but its flush, which confirms it on
+			// the synchronous standbys, failed too
+			assert.deepEqual(res.map((r) => r.status), ids.map(() => 503));
 		} finally {
 			cluster.psql('ALTER FUNCTION payments.flush_wal_away() RENAME TO flush_wal');
 		}
 		assert.equal(stored(ids), ids.length, 'committed all the same');
-		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1);
-		const again = await Promise.all(ids.slice(1).map((id) => send(id)));
-		assert.deepEqual(again.map((r) => [r.status, r.json.outcome]), ids.slice(1).map(() => [200, 'duplicate']));
+		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 2, 'the lone one and the batch');
+		const again = await Promise.all(ids.map((id) => send(id)));
+		assert.deepEqual(again.map((r) => [r.status, r.json.outcome]), ids.map(() => [200, 'duplicate']));
 		assert.equal(stored(ids), ids.length);
 	});
 
@@ -419,37 +420,72 @@ describe('group commit', () => {
 		assert.deepEqual(s.sanitizerReports(), []);
 	});
 
-	test('payments.flush_wal() waits for a synchronous standby as a commit does', async () => {
-		// psql with a statement timeout; returns what it printed on stderr (the warnings) and how long it took
+	test('payments.flush_wal() waits for a synchronous standby as a commit does, and fails when the wait is cancelled', async () => {
+		// psql with a statement timeout; returns whether the flush succeeded, its error and how long it took
 		const flushWithin = (ms, synchronousCommit = 'on') => {
 			const started = Date.now();
 			const r = spawnSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
 				'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments',
 				'-c', `SET statement_timeout = '${ms}ms'; SET synchronous_commit = ${synchronousCommit};
 					SELECT payments.flush_wal() IS NOT NULL`], { encoding: 'utf8' });
-			assert.equal(r.status, 0, r.stderr);
-			assert.equal(r.stdout.trim(), 't');
-			return { warnings: r.stderr, ms: Date.now() - started };
+			if (r.status === 0) assert.equal(r.stdout.trim(), 't');
+			return { ok: r.status === 0, stderr: r.stderr, ms: Date.now() - started };
 		};
-		const waited = (w) => /canceling wait for synchronous replication/.test(w.warnings);
-		assert.ok(!waited(flushWithin(2000)), 'no standby named: no wait');
+		const cancelled = (w) => !w.ok && /the wait for the synchronous standbys was cancelled/.test(w.stderr);
+		assert.ok(flushWithin(2000).ok, 'no standby named: no wait');
 		cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'");
 		try {
 			cluster.psql('SELECT pg_reload_conf()');
 			let w;
-			for (let i = 0; i < 50 && !waited(w = flushWithin(300)); i++) await sleep(100);
-			assert.ok(waited(w), 'waited for the named standby until the statement timeout');
+			for (let i = 0; i < 50 && !cancelled(w = flushWithin(300)); i++) await sleep(100);
+			assert.ok(cancelled(w), `waited for the named standby until the statement timeout, then failed: ${w.stderr}`);
 			assert.ok(w.ms >= 250, `waited ${w.ms} ms`);
 			// also where the session (or the shim's role or database) sets synchronous_commit off: the
 			// shim answers a batch after this flush; local leaves the standbys out by choice
-			assert.ok(waited(flushWithin(300, 'off')), 'waited with synchronous_commit off');
-			assert.ok(!waited(flushWithin(1000, 'local')), 'no wait with synchronous_commit local');
+			assert.ok(cancelled(flushWithin(300, 'off')), 'waited with synchronous_commit off');
+			assert.ok(flushWithin(1000, 'local').ok, 'no wait with synchronous_commit local');
+
+			// through the shim, with a statement timeout on its connections. A delivery stored alone
+			// waits at its commit for the standby (the statement timeout ends before the commit);
+			// a cancel ends that wait with only a warning, the call answered as if the standby had
+			// it: the shim's flush after it confirms, and fails on the timeout. Then a duplicate of
+			// it waits in payments.ingest's own flush, until the timeout. Each is answered 503.
+			const timed = new Shim(`${cluster.dsn} options='-c statement_timeout=700'`,
+				['--threads', '8', '--rate', '0', '--batch-concurrency', '1', '--log-level', 'warning']);
+			await timed.start();
+			try {
+				const post1 = (d) => request(timed.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
+					headers: { 'content-type': 'application/json', ...d.headers } });
+				const lone = `evt_standby_${++seq}`;
+				const answer = post1(delivery(lone));
+				let pid = '';
+				for (let i = 0; i < 100 && !pid; i++, await sleep(50)) {
+					pid = cluster.psql(`SELECT pid FROM pg_stat_activity
+						WHERE application_name = 'payments-shim' AND wait_event = 'SyncRep'`);
+				}
+				assert.ok(pid, 'the commit waits for the standby');
+				cluster.psqlVars("SELECT pg_cancel_backend(:'p')", { p: pid });
+				const first = await answer;
+				assert.equal(first.status, 503, first.text);
+				assert.equal(stored([lone]), 1, 'committed on this server');
+				const again = await post1(delivery(lone));
+				assert.equal(again.status, 503, again.text);
+				cluster.psql('ALTER SYSTEM RESET synchronous_standby_names');
+				cluster.psql('SELECT pg_reload_conf()');
+				for (let i = 0; i < 50 && !flushWithin(300).ok; i++) await sleep(100);
+				const retried = await post1(delivery(lone));
+				assert.deepEqual([retried.status, JSON.parse(retried.text).outcome], [200, 'duplicate']);
+				assert.equal(stored([lone]), 1);
+			} finally {
+				await timed.stop();
+			}
+			assert.deepEqual(timed.sanitizerReports(), []);
 		} finally {
 			cluster.psql('ALTER SYSTEM RESET synchronous_standby_names');
 			cluster.psql('SELECT pg_reload_conf()');
-			for (let i = 0; i < 50 && waited(flushWithin(300)); i++) await sleep(100);
+			for (let i = 0; i < 50 && !flushWithin(300).ok; i++) await sleep(100);
 		}
-		assert.ok(!waited(flushWithin(2000)), 'no wait once the standby is no longer named');
+		assert.ok(flushWithin(2000).ok, 'no wait once the standby is no longer named');
 	});
 
 	test('a batch on a read-only server is answered 503 and its connection made again', async () => {

@@ -84,7 +84,7 @@ FlushWrittenWal(void)
 
 	if (RecoveryInProgress())
 		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("recovery is in progress"),
 				 errhint("payments.flush_wal() runs on the primary, where deliveries are stored.")));
 	upto = GetXLogInsertRecPtr();

@@ -438,11 +438,14 @@ db_failure(DbThread *thread, PGresult *res, const char *what,
 	log_db_error(LOG_ERROR, request_id, what, sqlstate, message);
 
 	lost = (res == NULL || PQstatus(thread->conn) != CONNECTION_OK);
-	/* 25006 and 55000: a read-only server, or payments.flush_wal() on a standby */
+	/*
+	 * 25006: a read-only server, or payments.flush_wal() on a standby; the
+	 * next connection may find the primary.  (55000, a provider's unusable
+	 * settings, is not the connection's fault.)
+	 */
 	if (sqlstate != NULL &&
 		(strncmp(sqlstate, "08", 2) == 0 ||
 		 strcmp(sqlstate, "25006") == 0 ||
-		 strcmp(sqlstate, "55000") == 0 ||
 		 strcmp(sqlstate, "57P01") == 0 ||
 		 strcmp(sqlstate, "57P02") == 0 ||
 		 strcmp(sqlstate, "57P03") == 0))

@@ -488,6 +488,27 @@ describe('group commit', () => {
 		assert.ok(flushWithin(2000).ok, 'no wait once the standby is no longer named');
 	});
 
+	test("a provider's unusable settings (55000) are answered 503 without dropping the connection", async () => {
+		cluster.psqlVars(`SELECT payments.register_provider('stripe-misset', 'stripe'); SELECT payments.add_secret('stripe-misset', :'s');
+			UPDATE payments.providers SET settings = '{"tolerance": 1.5}' WHERE name = 'stripe-misset'`, { s: secret });
+		const pids = () => cluster.psql(`SELECT string_agg(pid::text, ' ' ORDER BY pid) FROM pg_stat_activity
+			WHERE application_name = 'payments-shim'`);
+		const before = { pids: pids(), unavailable: await metric('payments_shim_rejections_total{reason="database_unavailable"}'),
+			error: await metric('payments_shim_rejections_total{reason="database_error"}') };
+		for (const id of [`evt_misset_${++seq}`, `evt_misset_${++seq}`]) {
+			const d = delivery(id);
+			const res = await request(shim.port, { method: 'POST', path: '/webhooks/stripe-misset', body: d.body,
+				headers: { 'content-type': 'application/json', ...d.headers } });
+			assert.equal(res.status, 503, res.text);
+			assert.equal(JSON.parse(res.text).error, 'database error');
+			assert.equal(stored([id]), 0);
+		}
+		assert.equal(pids(), before.pids, 'the same connections');
+		assert.equal(await metric('payments_shim_rejections_total{reason="database_unavailable"}'), before.unavailable);
+		assert.equal(await metric('payments_shim_rejections_total{reason="database_error"}') - before.error, 2);
+		assert.equal(await metric('payments_shim_db_connections{state="broken"}'), 0);
+	});
+
 	test('a batch on a read-only server is answered 503 and its connection made again', async () => {
 		const s = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-concurrency', '1', '--log-level', 'warning']);
 		await s.start();

@@ -317,6 +317,67 @@ OpenSslError(char *buf, size_t size, const char *fallback)
 }
 
 /*
+ * The trusted certificates for a ca_file (NULL: the system's), loaded once
+ * per backend and kept: loading the system's bundle takes about 20 ms, far
+ * more than the signature check, and every PayPal delivery's certificate is
+ * checked against them, forged deliveries' too.  A change to the files
+ * applies from the next connection.  Kept in plain malloc'd memory, as
+ * OpenSSL's are, since they are made while OpenSSL objects are live.
+ */
+typedef struct TrustStore
+{
+	struct TrustStore *next;
+	char	   *ca_file;		/* NULL: the system's default paths */
+	X509_STORE *store;
+} TrustStore;
+
+static TrustStore *trust_stores = NULL;
+
+/*
+ * The kept store for ca_file, loaded on first use; NULL with errbuf set when
+ * it cannot be loaded (not kept: the file may be fixed meanwhile).
+ */
+static X509_STORE *
+TrustedStore(const char *ca_file, char *errbuf, size_t errlen)
+{
+	TrustStore *kept;
+
+	for (kept = trust_stores; kept != NULL; kept = kept->next)
+	{
+		if (ca_file == NULL ? kept->ca_file == NULL
+			: kept->ca_file != NULL && strcmp(kept->ca_file, ca_file) == 0)
+			return kept->store;
+	}
+	kept = calloc(1, sizeof(TrustStore));
+	if (kept == NULL || (ca_file != NULL && (kept->ca_file = strdup(ca_file)) == NULL) ||
+		(kept->store = X509_STORE_new()) == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		goto failed;
+	}
+	if (ca_file != NULL ? X509_STORE_load_file(kept->store, ca_file) != 1
+		: X509_STORE_set_default_paths(kept->store) != 1)
+	{
+		OpenSslError(errbuf, errlen, "unknown error");
+		goto failed;
+	}
+	/* a configured intermediate may serve as the trust anchor */
+	X509_STORE_set_flags(kept->store, X509_V_FLAG_PARTIAL_CHAIN);
+	kept->next = trust_stores;
+	trust_stores = kept;
+	return kept->store;
+
+failed:
+	if (kept != NULL)
+	{
+		X509_STORE_free(kept->store);
+		free(kept->ca_file);
+		free(kept);
+	}
+	return NULL;
+}
+
+/*
  * Checks a PEM holding a certificate (then, optionally, intermediates): it
  * must parse, and unless verify_chain is false chain to a trusted root, be
  * within its validity dates and be named as PayPal's message-verification
@@ -387,26 +448,17 @@ CheckCertificatePem(const char *pem, size_t len, bool verify_chain, const char *
 		goto done;
 	}
 
-	store = X509_STORE_new();
-	ctx = X509_STORE_CTX_new();
-	if (store == NULL || ctx == NULL)
-	{
-		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable", "out of memory in OpenSSL");
-		goto done;
-	}
-	if (ca_file != NULL ? X509_STORE_load_file(store, ca_file) != 1
-		: X509_STORE_set_default_paths(store) != 1)
+	store = TrustedStore(ca_file, errbuf, sizeof(errbuf));
+	if (store == NULL)
 	{
 		/* our configuration, not the sender's fault: let PayPal retry */
 		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable",
 				   "could not load the trusted certificates%s%s: %s",
-				   ca_file ? " of ca_file " : "", ca_file ? ca_file : "",
-				   OpenSslError(errbuf, sizeof(errbuf), "unknown error"));
+				   ca_file ? " of ca_file " : "", ca_file ? ca_file : "", errbuf);
 		goto done;
 	}
-	/* a configured intermediate may serve as the trust anchor */
-	X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
-	if (X509_STORE_CTX_init(ctx, store, leaf, chain) != 1)
+	ctx = X509_STORE_CTX_new();
+	if (ctx == NULL || X509_STORE_CTX_init(ctx, store, leaf, chain) != 1)
 	{
 		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable", "out of memory in OpenSSL");
 		goto done;
@@ -441,7 +493,6 @@ CheckCertificatePem(const char *pem, size_t len, bool verify_chain, const char *
 
 done:
 	X509_STORE_CTX_free(ctx);
-	X509_STORE_free(store);
 	sk_X509_pop_free(chain, X509_free);
 	X509_free(leaf);
 	BIO_free(bio);

@@ -43,15 +43,32 @@ IsLowerHex(const char *s, int len)
 /*
  * Decodes padded standard base64 (RFC 4648 section 4, no whitespace) into a
  * palloc'd buffer; returns the decoded length, or -1 if s is not valid.
+ * Only the canonical encoding is valid: PostgreSQL's decoder reads on past
+ * '=' padding ("QQ==QUJD" gives "AA") and ignores the padding bits, where
+ * the senders' libraries stop or refuse, so what it decoded must encode back
+ * to s exactly.
  */
 int
 DecodeBase64Strict(const char *s, int len, unsigned char **out)
 {
 	int			maxlen = pg_b64_dec_len(len);
 	unsigned char *buf = palloc(maxlen + 1);
-	int			n;
+	char	   *again = NULL;
+	int			n = -1;
 
-	n = pg_b64_decode(s, len, (char *) buf, maxlen);
+	if (len % 4 == 0)
+		n = pg_b64_decode(s, len, (char *) buf, maxlen);
+	/* the exact padded length (pg_b64_enc_len is a bound) */
+	if (n >= 0 && (n + 2) / 3 * 4 == len)
+	{
+		again = palloc(pg_b64_enc_len(n) + 1);
+		if (pg_b64_encode((const char *) buf, n, again, pg_b64_enc_len(n)) != len ||
+			memcmp(again, s, len) != 0)
+			n = -1;
+		pfree(again);
+	}
+	else
+		n = -1;
 	if (n < 0)
 	{
 		pfree(buf);

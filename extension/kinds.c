@@ -33,6 +33,24 @@ FindProviderKind(const char *name)
 	return NULL;
 }
 
+/*
+ * Why a secret looks mis-pasted, or NULL: no kind's secret begins or ends
+ * with a space or holds a control character (a line end copied with it),
+ * and such a secret verifies nothing the sender signs.
+ */
+static const char *
+PastedSecretProblem(const char *secret, int len)
+{
+	if (secret[0] == ' ' || secret[len - 1] == ' ')
+		return "a secret must not begin or end with a space";
+	for (int i = 0; i < len; i++)
+	{
+		if ((unsigned char) secret[i] < 0x20 || secret[i] == 0x7f)
+			return "a secret must not hold control characters such as a line end";
+	}
+	return NULL;
+}
+
 /* SQL: payments.secret_problem(kind, secret) returns why it is unusable, or NULL */
 Datum
 secret_problem(PG_FUNCTION_ARGS)
@@ -48,7 +66,9 @@ secret_problem(PG_FUNCTION_ARGS)
 				 errmsg("unknown provider kind \"%s\"", name)));
 	if (VARSIZE_ANY_EXHDR(secret) == 0)
 		problem = "a secret must not be empty";
-	else if (kind->secret_problem != NULL)
+	else
+		problem = PastedSecretProblem(VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret));
+	if (problem == NULL && kind->secret_problem != NULL)
 		problem = kind->secret_problem(VARDATA_ANY(secret), VARSIZE_ANY_EXHDR(secret));
 
 	if (problem == NULL)

@@ -301,7 +301,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	provider_kind	text;
-	problem			text;
 	new_id			bigint;
 BEGIN
 	SELECT p.kind INTO provider_kind FROM payments.providers p WHERE p.name = add_secret.provider;
@@ -312,11 +311,7 @@ BEGIN
 	IF secret IS NULL THEN
 		RAISE EXCEPTION 'secret must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	problem := payments.secret_problem(provider_kind, secret);
-	IF problem IS NOT NULL THEN
-		RAISE EXCEPTION 'unusable secret for provider "%": %', provider, problem
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	-- the secret itself is checked by payments.check_secret
 	IF expires_at IS NOT NULL AND expires_at <= now() THEN
 		RAISE EXCEPTION 'expires_at is in the past'
 			USING ERRCODE = 'invalid_parameter_value',
@@ -330,6 +325,41 @@ END
 $$;
 COMMENT ON FUNCTION payments.add_secret(text, text, timestamptz) IS
 	'Adds a live signing secret to a provider and returns its id; older secrets stay valid until revoked or expired';
+
+-- Every secret, from add_secret or written by hand (payments_admin may write payments.secrets), is
+-- checked for its provider's kind: an unusable one would verify nothing, and a Standard Webhooks
+-- "whsec_" with an empty key would let anyone sign.  The message names the problem, never the
+-- secret.
+CREATE FUNCTION payments.check_secret()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	provider_kind	text;
+	problem			text;
+BEGIN
+	IF TG_OP = 'UPDATE' AND NEW.secret IS NOT DISTINCT FROM OLD.secret
+	   AND NEW.provider IS NOT DISTINCT FROM OLD.provider THEN
+		RETURN NEW;
+	END IF;
+	SELECT p.kind INTO provider_kind FROM payments.providers p WHERE p.name = NEW.provider;
+	-- an unknown provider or a NULL secret: the foreign key and NOT NULL say so
+	IF FOUND AND NEW.secret IS NOT NULL THEN
+		problem := payments.secret_problem(provider_kind, NEW.secret);
+		IF problem IS NOT NULL THEN
+			RAISE EXCEPTION 'unusable secret for provider "%": %', NEW.provider, problem
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION payments.check_secret() IS
+	'Trigger: refuses a secret its provider''s kind cannot use, naming the problem, never the secret';
+CREATE TRIGGER secrets_check BEFORE INSERT OR UPDATE ON payments.secrets
+	FOR EACH ROW EXECUTE FUNCTION payments.check_secret();
+REVOKE ALL ON FUNCTION payments.check_secret() FROM PUBLIC;
 
 CREATE FUNCTION payments.revoke_secret(id bigint)
 RETURNS void
@@ -5287,7 +5317,8 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 -- nor are the triggers' functions: creating a trigger takes EXECUTE, and the commit steps are
 -- SECURITY DEFINER (they also refuse any table but their own)
 REVOKE EXECUTE ON FUNCTION payments.transition_committed(), payments.enqueue_event(), payments.forget_kept(),
-	payments.check_endpoint(), payments.keep_donor_key(), payments.keep_installed_currencies() FROM payments_admin;
+	payments.check_endpoint(), payments.check_secret(), payments.keep_donor_key(),
+	payments.keep_installed_currencies() FROM payments_admin;
 -- cached API tokens are bearer credentials: read by the reconciliation run only
 REVOKE SELECT ON payments.api_tokens FROM payments_admin;
 -- the shim's entry points belong to payments_ingest

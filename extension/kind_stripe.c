@@ -174,15 +174,31 @@ VerifyStripeDelivery(const Provider *provider, const Delivery *delivery, Verdict
 				 GetCurrentTimestamp(), verdict);
 }
 
-/* A Stripe event is one event: id "evt_...", type, created (unix seconds) */
+/*
+ * A Stripe event is one event: id "evt_...", type, created (unix seconds).
+ * Its livemode must be the provider's (the livemode setting, true unless
+ * set): the secrets of a live and a test endpoint may sit on one provider,
+ * and a test-mode payment, which anyone with test access makes with card
+ * 4242, must not pay a live donation.  An event without livemode is taken.
+ */
 static void
 ExtractStripeEvent(const Provider *provider, const Delivery *delivery, EventList *events)
 {
 	Jsonb	   *payload = ParseJsonDelivery(delivery, events);
 	char	   *event_id;
+	JsonbValue	livemode;
+	bool		live = SettingBool(provider->settings, "livemode", true);
 
 	if (payload == NULL)
 		return;
+	if (getKeyJsonValueFromContainer(&payload->root, "livemode", strlen("livemode"), &livemode) != NULL &&
+		livemode.type == jbvBool && livemode.val.boolean != live)
+	{
+		InvalidEvents(events, "livemode_mismatch",
+					  psprintf("a %s-mode event for a provider set for %s mode (its livemode setting)",
+							   live ? "test" : "live", live ? "live" : "test"));
+		return;
+	}
 	event_id = RequiredEventId(payload, "id", "Stripe", events);
 	if (event_id == NULL)
 		return;

@@ -14,7 +14,7 @@ COMMENT ON TABLE payments.provider_kinds IS
 	'Signature schemes this version verifies, and the settings keys each accepts';
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('stripe', '{tolerance,api_base,api_key}',
+	('stripe', '{tolerance,livemode,api_base,api_key}',
 	 'Stripe-Signature: HMAC-SHA256 over "t.body", hex, key = the whole whsec_ secret');
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
 	('standard', '{tolerance}',
@@ -248,6 +248,18 @@ BEGIN
 		RAISE EXCEPTION 'setting "api_key" must be a Stripe secret or restricted key (sk_... or rk_...)'
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The webhook signing secret (whsec_...) is added with payments.add_secret.';
+	END IF;
+	IF settings ? 'livemode' AND jsonb_typeof(settings -> 'livemode') <> 'boolean' THEN
+		RAISE EXCEPTION 'setting "livemode" must be true or false, not %', settings -> 'livemode'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF settings ->> 'api_key' ~ '^(sk|rk)_(test|live)_'
+	   AND (settings ->> 'api_key' ~ '^(sk|rk)_live_') <> coalesce((settings ->> 'livemode')::boolean, true) THEN
+		RAISE EXCEPTION 'setting "api_key" is a %-mode key, but "livemode" is %',
+			CASE WHEN settings ->> 'api_key' ~ '^(sk|rk)_live_' THEN 'live' ELSE 'test' END,
+			coalesce(settings ->> 'livemode', 'true (by default)')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A test-mode provider takes "livemode": false; its events of the other mode are refused.';
 	END IF;
 	IF (settings ? 'client_id') <> (settings ? 'client_secret') THEN
 		RAISE EXCEPTION 'settings "client_id" and "client_secret" go together'

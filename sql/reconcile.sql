@@ -3,7 +3,7 @@
 \set SHOW_CONTEXT never
 
 -- API settings are validated
-SELECT payments.register_provider('rc_stripe', 'stripe', '{"api_key": "sk_test_abc", "api_base": "http://127.0.0.1:9/"}');
+SELECT payments.register_provider('rc_stripe', 'stripe', '{"api_key": "sk_test_abc", "livemode": false, "api_base": "http://127.0.0.1:9/"}');
 SELECT payments.register_provider('rc_bad', 'stripe', '{"api_key": "whsec_abc"}');
 SELECT payments.register_provider('rc_bad', 'stripe', '{"api_base": "ftp://example.com"}');
 SELECT payments.register_provider('rc_bad', 'stripe', '{"api_key": "sk_test with space"}');

@@ -114,7 +114,7 @@ before(async () => {
 	await db.init();
 	db.psql(`SELECT payments.register_provider('pn', 'paynow', '{"api_base": "${api.base}/paynow"}');
 		SELECT payments.add_secret('pn', '${PAYNOW_KEY}');
-		SELECT payments.register_provider('st', 'stripe', '{"api_key": "sk_test_recon", "api_base": "${api.base}/stripe"}');
+		SELECT payments.register_provider('st', 'stripe', '{"api_key": "sk_test_recon", "livemode": false, "api_base": "${api.base}/stripe"}');
 		SELECT payments.register_provider('pp', 'paypal', '{"webhook_id": "WH1", "client_id": "ppid",
 			"client_secret": "ppsecret", "api_base": "${api.base}/paypal"}');
 		SELECT payments.register_provider('ev', 'eversend', '{"client_id": "evid", "client_secret": "evsecret",

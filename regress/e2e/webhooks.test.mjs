@@ -28,7 +28,7 @@ function stripeEvent(extra = {}) {
 		created: Math.floor(Date.now() / 1000),
 		type: 'payment_intent.succeeded',
 		data: { object: { id: `pi_e2e_${seq}`, object: 'payment_intent', amount: 2500, currency: 'usd' } },
-		livemode: false,
+		livemode: true,
 		...extra,
 	});
 }

@@ -378,6 +378,24 @@ ReadDelivery(FunctionCallInfo fcinfo, Delivery *delivery)
 }
 
 /*
+ * Refuses to ingest under REPEATABLE READ or SERIALIZABLE: deliveries of one
+ * PayPal transmission or Paynow hash wait for each other (signature_reuse.c)
+ * and must then see what the other committed, which a snapshot taken before
+ * the wait does not; two bodies under one signature would both be stored.
+ * The shim sets READ COMMITTED on its connections; this is for other callers,
+ * or a role whose default_transaction_isolation the shim's SET did not reach.
+ */
+void
+RequireReadCommitted(const char *function)
+{
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("%s must run at the READ COMMITTED isolation level", function),
+				 errhint("SET default_transaction_isolation TO 'read committed' for the caller.")));
+}
+
+/*
  * SQL: payments.ingest(provider, headers, body, source_ip, request_id)
  * returns one row (http_status, outcome, event_id).
  */
@@ -390,6 +408,7 @@ ingest(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
 
+	RequireReadCommitted("payments.ingest");
 	ReadDelivery(fcinfo, &delivery);
 	InitMaterializedSRF(fcinfo, 0);
 

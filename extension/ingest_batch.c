@@ -390,6 +390,7 @@ ingest_batch(PG_FUNCTION_ARGS)
 	BatchColumn columns[BATCH_ARGS];
 	SetBatch	batch = {0};
 
+	RequireReadCommitted("payments.ingest_batch");
 	for (int a = 0; a < BATCH_ARGS; a++)
 	{
 		ReadColumn(fcinfo, a, elemtypes[a], &columns[a]);

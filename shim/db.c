@@ -311,6 +311,19 @@ db_thread_get(void)
 	return thread;
 }
 
+/* After a failed connection attempt: the next one waits 250 ms, doubling up to 5 s */
+static void
+db_backoff(DbThread *thread)
+{
+	if (thread->backoff_ms == 0)
+		thread->backoff_ms = BACKOFF_MIN_MS;
+	else if (thread->backoff_ms < BACKOFF_MAX_MS / 2)
+		thread->backoff_ms *= 2;
+	else
+		thread->backoff_ms = BACKOFF_MAX_MS;
+	thread->retry_at_ms = now_ms() + thread->backoff_ms;
+}
+
 /*
  * Make sure the thread has a connection.  Returns false at once while the
  * backoff delay after a failed attempt has not yet passed.
@@ -322,6 +335,7 @@ db_connect(DbThread *thread, const char *request_id)
 	const char *values[9];
 	int			n = 0;
 	PGconn	   *conn;
+	PGresult   *res;
 	StrBuf		line;
 
 	if (thread->conn != NULL)
@@ -365,15 +379,27 @@ db_connect(DbThread *thread, const char *request_id)
 		PQfinish(conn);
 		metrics_db_connect(false, false);
 		db_set_state(thread, DBCONN_BROKEN);
-		if (thread->backoff_ms == 0)
-			thread->backoff_ms = BACKOFF_MIN_MS;
-		else if (thread->backoff_ms < BACKOFF_MAX_MS / 2)
-			thread->backoff_ms *= 2;
-		else
-			thread->backoff_ms = BACKOFF_MAX_MS;
-		thread->retry_at_ms = now_ms() + thread->backoff_ms;
+		db_backoff(thread);
 		return false;
 	}
+
+	/*
+	 * Deliveries of one signature wait for each other and must then see what
+	 * the other committed: READ COMMITTED, whatever the role or database sets
+	 * (payments.ingest refuses the others)
+	 */
+	res = PQexec(conn, "SET default_transaction_isolation TO 'read committed'");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		log_db_error(LOG_ERROR, request_id, "database connection failed", NULL, PQerrorMessage(conn));
+		PQclear(res);
+		PQfinish(conn);
+		metrics_db_connect(false, false);
+		db_set_state(thread, DBCONN_BROKEN);
+		db_backoff(thread);
+		return false;
+	}
+	PQclear(res);
 
 	PQsetNoticeReceiver(conn, db_notice, NULL);
 	thread->conn = conn;

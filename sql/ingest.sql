@@ -186,6 +186,15 @@ SELECT * FROM payments.ingest(NULL, '{}', ''::bytea);
 SELECT * FROM payments.ingest('shop', '{}', NULL);
 SELECT * FROM payments.ingest('shop', '[]', ''::bytea);
 SELECT * FROM payments.ingest('shop', NULL, convert_to(:'ev1', 'UTF8'));
+-- only at READ COMMITTED: deliveries of one signature wait for each other, then must see what the
+-- other committed
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT * FROM payments.ingest('shop', t.stripe(:'ev1', 'whsec_old'), convert_to(:'ev1', 'UTF8'));
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT * FROM payments.ingest_batch(ARRAY['shop'], ARRAY[t.stripe(:'ev1', 'whsec_old')], ARRAY[convert_to(:'ev1', 'UTF8')],
+									ARRAY[NULL]::inet[], ARRAY[NULL]::text[]);
+ROLLBACK;
 
 -- Standard Webhooks: the id comes from webhook-id (or svix-id), the event time from "timestamp"
 SELECT payments.register_provider('hooks', 'standard');

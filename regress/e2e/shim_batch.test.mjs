@@ -488,6 +488,25 @@ describe('group commit', () => {
 		assert.ok(flushWithin(2000).ok, 'no wait once the standby is no longer named');
 	});
 
+	test('the shim ingests at READ COMMITTED where its role or database asks for another level', async () => {
+		const strict = new Shim(`${cluster.dsn} options='-c default_transaction_isolation=serializable'`,
+			['--threads', '2', '--rate', '0', '--log-level', 'warning']);
+		await strict.start();
+		try {
+			const ids = [1, 2, 3].map(() => `evt_isolation_${++seq}`);
+			const answers = await Promise.all(ids.map((id) => {
+				const d = delivery(id);
+				return request(strict.port, { method: 'POST', path: '/webhooks/stripe', body: d.body,
+					headers: { 'content-type': 'application/json', ...d.headers } });
+			}));
+			assert.deepEqual(answers.map((a) => a.status), [200, 200, 200], answers.map((a) => a.text).join(' '));
+			assert.equal(stored(ids), 3);
+		} finally {
+			await strict.stop();
+		}
+		assert.deepEqual(strict.sanitizerReports(), []);
+	});
+
 	test("a provider's unusable settings (55000) are answered 503 without dropping the connection", async () => {
 		cluster.psqlVars(`SELECT payments.register_provider('stripe-misset', 'stripe'); SELECT payments.add_secret('stripe-misset', :'s');
 			UPDATE payments.providers SET settings = '{"tolerance": 1.5}' WHERE name = 'stripe-misset'`, { s: secret });

@@ -345,6 +345,18 @@ PayPalSettingsProblem(Jsonb *settings)
 	if (!IsSignedField(webhook_id, strlen(webhook_id)))
 		return psprintf("\"webhook_id\" must be 1 to %d printable ASCII characters without '|'",
 						PAYPAL_MAX_FIELD);
+	if (SettingType(settings, "allow_simulator") != jbvNull &&
+		SettingType(settings, "allow_simulator") != jbvBool)
+		return pstrdup("\"allow_simulator\" must be true or false");
+
+	/*
+	 * The simulator signs with PayPal's live certificate for any URL, and
+	 * CRC-32 lets a captured delivery be turned into any body under the same
+	 * transmission id: whoever has a developer account could pay a donation
+	 */
+	if (strcmp(webhook_id, "WEBHOOK_ID") == 0 && !SettingBool(settings, "allow_simulator", false))
+		return pstrdup("\"webhook_id\" WEBHOOK_ID is the simulator's, whose deliveries anyone with a PayPal developer account can have signed: "
+					   "give the webhook's own id, or set \"allow_simulator\": true on a provider for tests");
 	if (SettingType(settings, "cert_hosts") != jbvNull)
 	{
 		char	  **hosts;

@@ -1426,7 +1426,7 @@ COMMENT ON FUNCTION payments.verify_hmac(bytea, jsonb, text, jsonb, timestamptz)
 --------------------------------------------------------------------------------------------------
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('paypal', '{webhook_id,cert_hosts,verify_cert_chain,ca_file,api_base,client_id,client_secret}',
+	('paypal', '{webhook_id,allow_simulator,cert_hosts,verify_cert_chain,ca_file,api_base,client_id,client_secret}',
 	 'PayPal: RSA PKCS#1 v1.5 SHA-256 (SHA256withRSA) over "transmission_id|transmission_time|webhook_id|crc32(body)", key from the certificate at paypal-cert-url (allowlisted hosts, chain, dates and name checked)');
 
 CREATE TABLE payments.certificates (

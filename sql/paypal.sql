@@ -182,6 +182,12 @@ SELECT payments.register_provider('paypal', 'paypal');
 SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": 42}');
 SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": ""}');
 SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": "A|B"}');
+-- the simulator's webhook id, which anyone can have PayPal sign for: only where asked for
+SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": "WEBHOOK_ID"}');
+SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": "WEBHOOK_ID", "allow_simulator": "yes"}');
+BEGIN;
+SELECT payments.register_provider('paypal-sim', 'paypal', '{"webhook_id": "WEBHOOK_ID", "allow_simulator": true}');
+ROLLBACK;
 SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": "W", "cert_hosts": "api.paypal.com"}');
 SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": "W", "cert_hosts": []}');
 SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": "W", "cert_hosts": ["api.paypal.com", 443]}');

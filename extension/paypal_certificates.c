@@ -541,6 +541,10 @@ FetchCertificate(const char *url, const char *ca_file, size_t *len, CertOutcome 
 	else if (req.http_status != 200)
 		SetOutcome(outcome, CERT_REJECTED, "cert_fetch_failed",
 				   "the certificate host answered HTTP %ld", req.http_status);
+	else if (req.error[0] != '\0')
+		/* a 200 whose body broke off (a reset, the timeout): may pass */
+		SetOutcome(outcome, CERT_TRANSIENT, "cert_unavailable",
+				   "the certificate's transfer broke off: %s", req.error);
 	else
 	{
 		*len = req.response_len;

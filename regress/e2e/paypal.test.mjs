@@ -125,6 +125,13 @@ class CertServer {
 			const entry = name && this.certs.get(name);
 			if (!entry) { res.writeHead(404).end('not found'); return; }
 			if (entry.body === null) return;	// never answers
+			if (entry.cut) {
+				// a 200 whose body breaks off halfway, the connection reset
+				res.writeHead(200, { 'content-type': 'application/x-pem-file', 'content-length': entry.body.length });
+				res.write(entry.body.slice(0, entry.body.length >> 1));
+				setTimeout(() => res.socket.destroy(), 50);
+				return;
+			}
 			res.writeHead(entry.status, { 'content-type': 'application/x-pem-file' }).end(entry.body);
 		});
 	}
@@ -143,9 +150,9 @@ class CertServer {
 	}
 
 	// Serves a body under a fresh certificate name and returns the URL PayPal would send.
-	serve(label, body, status = 200) {
+	serve(label, body, status = 200, { cut = false } = {}) {
 		const name = `CERT-${label}-${randomBytes(4).toString('hex')}`;
-		this.certs.set(name, { status, body });
+		this.certs.set(name, { status, body, cut });
 		return { name, url: `https://localhost:${this.port}/v1/notifications/certs/${name}` };
 	}
 
@@ -483,6 +490,18 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 			session.kill();
 		}
 		assert.equal(eventCount('paypal', JSON.parse(x).id), 1);
+	});
+
+	test('a certificate whose 200 breaks off halfway is 503 (PayPal retries), not a rejection', async () => {
+		const cut = stand.serve('cut', readFileSync(pki.path('good.pem'), 'utf8'), 200, { cut: true });
+		const body = paypalEvent();
+		const res = await post(shim.base, 'paypal', body, paypalHeaders(body, leafKey, cut.url));
+		assert.equal(res.status, 503, res.text);
+		assert.equal(stand.hitsOf(cut.name), 1);
+		assert.equal(eventCount('paypal', JSON.parse(body).id), 0);
+		assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.rejections WHERE headers ->> 'paypal-cert-url' = :'u'",
+			{ u: cut.url }), '0', 'a transient failure was recorded as a rejection');
+		assert.equal(cluster.psqlVars('SELECT count(*) FROM payments.certificates WHERE url = :\'u\'', { u: cut.url }), '0');
 	});
 
 	test('with the stand-in down, an uncached certificate is 503 with Retry-After; a cached one still verifies', async () => {

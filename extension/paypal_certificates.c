@@ -65,6 +65,8 @@
 #define CERT_CONNECT_TIMEOUT_MS 2000L
 #define CERT_TOTAL_TIMEOUT_MS 5000L
 #define CERT_HOST_MAX 253
+#define CERT_FETCH_BURST 20		/* fetches of uncached certificates at once, */
+#define CERT_FETCH_EVERY_MS 3000	/* then one per this, per connection */
 
 PG_FUNCTION_INFO_V1(add_certificate);
 
@@ -553,6 +555,31 @@ FetchCertificate(const char *url, const char *ca_file, size_t *len, CertOutcome 
 	return NULL;
 }
 
+/*
+ * Takes one fetch of an uncached certificate from this connection's budget;
+ * false when none is left.  Anyone can name a new certificate URL on
+ * PayPal's host, each a TLS connection and an answer away (inside the
+ * ingest's transaction, a shim batch's too), while PayPal's own certificates
+ * change about once a year: a token bucket bounds what such deliveries
+ * cost, and those past it are answered 503 at once.
+ */
+static bool
+TakeFetchBudget(void)
+{
+	static double tokens = CERT_FETCH_BURST;
+	static TimestampTz counted_at = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (counted_at != 0)
+		tokens = Min(CERT_FETCH_BURST,
+					 tokens + (double) (now - counted_at) / (CERT_FETCH_EVERY_MS * 1000.0));
+	counted_at = now;
+	if (tokens < 1)
+		return false;
+	tokens -= 1;
+	return true;
+}
+
 /* The cached PEM for a URL, palloc'd in the caller's context, or NULL */
 static char *
 LookupCertificate(const char *url)
@@ -678,6 +705,14 @@ PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict
 		return pem;
 	}
 
+	if (!TakeFetchBudget())
+	{
+		VerdictReject(verdict, "cert_unavailable",
+					  "more than %d certificates not yet cached were asked for on this connection in a short time; trying later",
+					  CERT_FETCH_BURST);
+		verdict->transient = true;
+		return NULL;
+	}
 	body = FetchCertificate(urlz, ca_file, &bodylen, &outcome);
 	if (body == NULL)
 	{

@@ -492,6 +492,28 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 		assert.equal(eventCount('paypal', JSON.parse(x).id), 1);
 	});
 
+	test('fetches of uncached certificates are bounded per connection: past a burst of 20, 503 without fetching', async () => {
+		const body = paypalEvent();
+		const before = stand.totalHits();
+		// one connection (psql, not blocking this process, which serves the stand-in), 22 deliveries
+		// naming certificates the stand-in does not have (404)
+		const psql = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1',
+			'-h', cluster.dir, '-p', String(cluster.port), '-U', 'postgres', '-d', 'payments',
+			'-v', `h=${JSON.stringify(paypalHeaders(body, leafKey, good.url))}`, '-v', `b=${body}`,
+			'-v', `u=https://localhost:${stand.port}/v1/notifications/certs/CERT-budget-${randomBytes(4).toString('hex')}-`],
+		{ stdio: ['pipe', 'pipe', 'inherit'] });
+		let stdout = '';
+		psql.stdout.on('data', (d) => { stdout += d; });
+		const exited = new Promise((resolve) => psql.once('exit', resolve));
+		psql.stdin.end(`SET client_min_messages = error;
+			SELECT string_agg(d.http_status::text, ' ' ORDER BY i) FROM generate_series(1, 22) AS i,
+				LATERAL payments.ingest('paypal', jsonb_set(:'h'::jsonb, '{paypal-cert-url}', to_jsonb(:'u' || i)),
+										convert_to(:'b', 'UTF8')) AS d;\n`);
+		assert.equal(await exited, 0);
+		assert.equal(stdout.trim(), [...Array(20).fill('401'), '503', '503'].join(' '));
+		assert.equal(stand.totalHits() - before, 20, 'the last two fetched nothing');
+	});
+
 	test('a certificate whose 200 breaks off halfway is 503 (PayPal retries), not a rejection', async () => {
 		const cut = stand.serve('cut', readFileSync(pki.path('good.pem'), 'utf8'), 200, { cut: true });
 		const body = paypalEvent();

@@ -103,7 +103,7 @@ reliability: deps
 # server functions they would call need not exist here.
 FUZZ_CC = clang-14
 FUZZ_HARNESSES = encoding form paynow stripe standard meta eversend hmac paypal paypal_cert \
-	shim_headers shim_addr shim_http
+	retry_after shim_headers shim_addr shim_http
 FUZZ_BINS = $(patsubst %,fuzz/bin/fuzz_%,$(FUZZ_HARNESSES))
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	-fsanitize-address-globals-dead-stripping -ffunction-sections -fdata-sections -Wall -Wextra -Werror
@@ -144,6 +144,7 @@ fuzz/bin/fuzz_hmac: extension/kind_hmac.c
 fuzz/bin/fuzz_paypal: extension/kind_paypal.c
 fuzz/bin/fuzz_paypal_cert: extension/paypal_certificates.c
 fuzz/bin/fuzz_paynow: extension/kind_paynow.c
+fuzz/bin/fuzz_retry_after: extension/outbox_send.c
 fuzz/bin/fuzz_%: fuzz/fuzz_%.c fuzz/harness.h $(FUZZ_EXT_OBJS)
 	@mkdir -p fuzz/bin
 	$(FUZZ_CC) $(FUZZ_EXT_CFLAGS) $(FUZZ_LDFLAGS) -o $@ $< $(FUZZ_EXT_OBJS) $(FUZZ_EXT_LIBS)

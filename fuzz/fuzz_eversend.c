@@ -5,8 +5,9 @@
  *
  * Input: one byte choosing the configured algorithm (odd: sha256), then the
  * header, a newline, the body.  Every input must give a consistent verdict,
- * and the signature we make for the body, upper-case and prefixed, must
- * verify.
+ * and must not verify against a secret nothing is signed with (harness.h);
+ * the signature we make for the body, upper-case and prefixed, must verify,
+ * and not against that other secret.
  */
 #include "harness.h"
 
@@ -25,6 +26,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int			l[2] = {0, 0};
 	text	   *keys[1] = {fuzz_text(SECRET)};
 	SecretList	secrets = {1, keys};
+	text	   *foreign_keys[1] = {fuzz_text(FUZZ_FOREIGN_SECRET)};
+	SecretList	foreign = {1, foreign_keys};
 	Verdict		verdict = {0};
 	HmacAlgorithm algorithm;
 	MacPart		part;
@@ -38,6 +41,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_split(data + 1, size - 1, 2, f, l);
 	VerifyEversend(f[1], l[1], f[0], l[0], &secrets, algorithm, &verdict);
 	fuzz_check_verdict(&verdict, "eversend");
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyEversend(f[1], l[1], f[0], l[0], &foreign, algorithm, &verdict);
+	fuzz_check_refused(&verdict, "eversend (the input, a foreign secret)");
 
 	part.data = f[1];
 	part.len = l[1];
@@ -50,6 +56,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	VerifyEversend(f[1], l[1], header, strlen(header), &secrets, algorithm, &verdict);
 	FUZZ_ASSERT(verdict.valid, "eversend: a signature made for the body is refused: %s",
 				verdict.detail);
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyEversend(f[1], l[1], header, strlen(header), &foreign, algorithm, &verdict);
+	fuzz_check_refused(&verdict, "eversend (signed with the live secret, a foreign secret)");
 
 	fuzz_reset();
 	return 0;

@@ -6,8 +6,10 @@
  * Input: one byte of configuration (bits 0-1: sha256, sha512, sha1, sha256;
  * bit 2: base64 rather than hex; bit 3: a signed timestamp header), then
  * the prefix, the signature header, the timestamp header and the body,
- * separated by newlines.  Every input must give a consistent verdict, and
- * the signature we make for the body with that configuration must verify.
+ * separated by newlines.  Every input must give a consistent verdict and
+ * must not verify against a secret nothing is signed with (harness.h); the
+ * signature we make for the body with that configuration must verify, and not
+ * against that other secret.
  *
  * The kind reads headers with HeaderValue from the jsonb the shim builds;
  * here HeaderValue is a stand-in that serves the two headers of the input.
@@ -59,6 +61,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int			l[4] = {0, 0, 0, 0};
 	text	   *keys[1] = {fuzz_text(SECRET)};
 	SecretList	secrets = {1, keys};
+	text	   *foreign_keys[1] = {fuzz_text(FUZZ_FOREIGN_SECRET)};
+	SecretList	foreign = {1, foreign_keys};
 	Verdict		verdict = {0};
 	HmacConfig	cfg = {0};
 	FuzzHeaders headers;
@@ -81,6 +85,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	headers = (FuzzHeaders) {f[1], l[1], f[2], l[2]};
 	VerifyHmac(&cfg, f[3], l[3], (Jsonb *) &headers, &secrets, fuzz_unix_time(SIGNED_AT), &verdict);
 	fuzz_check_verdict(&verdict, "hmac");
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyHmac(&cfg, f[3], l[3], (Jsonb *) &headers, &foreign, fuzz_unix_time(SIGNED_AT), &verdict);
+	fuzz_check_refused(&verdict, "hmac (the input, a foreign secret)");
 
 	snprintf(ts, sizeof(ts), "%d", SIGNED_AT);
 	if (cfg.sign_timestamp)
@@ -96,6 +103,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&verdict, 0, sizeof(verdict));
 	VerifyHmac(&cfg, f[3], l[3], (Jsonb *) &headers, &secrets, fuzz_unix_time(SIGNED_AT), &verdict);
 	FUZZ_ASSERT(verdict.valid, "hmac: a signature made for the body is refused: %s", verdict.detail);
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyHmac(&cfg, f[3], l[3], (Jsonb *) &headers, &foreign, fuzz_unix_time(SIGNED_AT), &verdict);
+	fuzz_check_refused(&verdict, "hmac (signed with the live secret, a foreign secret)");
 
 	fuzz_reset();
 	return 0;

@@ -3,7 +3,9 @@
  *		Meta's X-Hub-Signature-256: "sha256=" and 64 lowercase hex digits.
  *
  * Input: the header, a newline, the body.  Every input must give a
- * consistent verdict, and the signature we make for the body must verify.
+ * consistent verdict and must not verify against a secret nothing is signed
+ * with (harness.h); the signature we make for the body must verify, and not
+ * against that other secret.
  */
 #include "harness.h"
 
@@ -22,6 +24,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int			l[2] = {0, 0};
 	text	   *keys[2] = {fuzz_text("an_older_secret"), fuzz_text(VECTOR_SECRET)};
 	SecretList	secrets = {2, keys};
+	text	   *foreign_keys[1] = {fuzz_text(FUZZ_FOREIGN_SECRET)};
+	SecretList	foreign = {1, foreign_keys};
 	Verdict		verdict = {0};
 	MacPart		part;
 	unsigned char mac[32];
@@ -30,6 +34,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_split(data, size, 2, f, l);
 	VerifyMeta(f[1], l[1], f[0], l[0], &secrets, &verdict);
 	fuzz_check_verdict(&verdict, "meta");
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyMeta(f[1], l[1], f[0], l[0], &foreign, &verdict);
+	fuzz_check_refused(&verdict, "meta (the input, a foreign secret)");
 
 	part.data = f[1];
 	part.len = l[1];
@@ -38,6 +45,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&verdict, 0, sizeof(verdict));
 	VerifyMeta(f[1], l[1], header, strlen(header), &secrets, &verdict);
 	FUZZ_ASSERT(verdict.valid, "meta: a signature made for the body is refused: %s", verdict.detail);
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyMeta(f[1], l[1], header, strlen(header), &foreign, &verdict);
+	fuzz_check_refused(&verdict, "meta (signed with the live secret, a foreign secret)");
 
 	fuzz_reset();
 	return 0;

@@ -4,9 +4,11 @@
  *		webhook-signature list of "v1,<base64>" and "v1a,<base64>" items.
  *
  * Input: id, timestamp, signature header and body, separated by newlines.
- * Every input must give a consistent verdict; and for every body, a v1
- * signature we make for it with the live secret (beside items of other
- * versions) must verify.
+ * Every input must give a consistent verdict, and must not verify against
+ * secrets nothing is signed with (harness.h: a whsec_ key and an Ed25519
+ * public key); and for every body, a v1 signature we make for it with the
+ * live secret (beside items of other versions) must verify, and not against
+ * those other secrets.
  */
 #include "harness.h"
 
@@ -29,6 +31,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_text("whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
 	};
 	SecretList	secrets = {2, keys};
+	text	   *foreign_keys[2] = {fuzz_text(FUZZ_FOREIGN_WHSEC), fuzz_text(FUZZ_FOREIGN_PUBLIC_KEY)};
+	SecretList	foreign = {2, foreign_keys};
 	Verdict		verdict = {0};
 	unsigned char *key;
 	int			keylen;
@@ -41,6 +45,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	VerifyStandard(f[3], l[3], f[0], l[0], f[1], l[1], f[2], l[2], &secrets,
 				   PAYMENTS_DEFAULT_TOLERANCE, fuzz_unix_time(VECTOR_TIME), &verdict);
 	fuzz_check_verdict(&verdict, "standard");
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyStandard(f[3], l[3], f[0], l[0], f[1], l[1], f[2], l[2], &foreign,
+				   PAYMENTS_DEFAULT_TOLERANCE, fuzz_unix_time(VECTOR_TIME), &verdict);
+	fuzz_check_refused(&verdict, "standard (the input, foreign secrets)");
 
 	keylen = DecodeBase64Strict(&VECTOR_SECRET[6], strlen(VECTOR_SECRET) - 6, &key);
 	parts[0].data = VECTOR_ID;
@@ -58,6 +66,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				   fuzz_unix_time(VECTOR_TIME), &verdict);
 	FUZZ_ASSERT(verdict.valid, "standard: a signature made for the body is refused: %s",
 				verdict.detail);
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyStandard(f[3], l[3], VECTOR_ID, strlen(VECTOR_ID), ts, strlen(ts),
+				   header, strlen(header), &foreign, PAYMENTS_DEFAULT_TOLERANCE,
+				   fuzz_unix_time(VECTOR_TIME), &verdict);
+	fuzz_check_refused(&verdict, "standard (signed with the live secret, foreign secrets)");
 
 	fuzz_reset();
 	return 0;

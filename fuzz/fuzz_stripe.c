@@ -3,8 +3,10 @@
  *		Stripe-Signature: "t=<seconds>,v1=<hex>..." over a body.
  *
  * Input: the header, a newline, the body.  Every input must give a
- * consistent verdict; and for every body, a header we sign for it with the
- * live secret must verify (the parser accepts what Stripe sends).
+ * consistent verdict, and must not verify against a secret nothing is signed
+ * with (harness.h); and for every body, a header we sign for it with the live
+ * secret must verify (the parser accepts what Stripe sends), and not against
+ * that other secret.
  */
 #include "harness.h"
 
@@ -23,6 +25,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int			bodylen = n > 1 ? l[1] : 0;
 	text	   *keys[2] = {fuzz_text("whsec_test_secret"), fuzz_text("whsec_rotated_out")};
 	SecretList	secrets = {2, keys};
+	text	   *foreign_keys[1] = {fuzz_text(FUZZ_FOREIGN_WHSEC)};
+	SecretList	foreign = {1, foreign_keys};
 	Verdict		verdict = {0};
 	char		prefix[32];
 	MacPart		parts[2];
@@ -32,6 +36,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	VerifyStripe(body, bodylen, f[0], l[0], &secrets, PAYMENTS_DEFAULT_TOLERANCE,
 				 fuzz_unix_time(VECTOR_TIME), &verdict);
 	fuzz_check_verdict(&verdict, "stripe");
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyStripe(body, bodylen, f[0], l[0], &foreign, PAYMENTS_DEFAULT_TOLERANCE,
+				 fuzz_unix_time(VECTOR_TIME), &verdict);
+	fuzz_check_refused(&verdict, "stripe (the input, a foreign secret)");
 
 	/* a v0 item and a stale v1 beside the right one, as Stripe may send */
 	parts[0].data = prefix;
@@ -45,6 +53,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				 fuzz_unix_time(VECTOR_TIME), &verdict);
 	FUZZ_ASSERT(verdict.valid, "stripe: a header signed for the body is refused: %s",
 				verdict.detail);
+	memset(&verdict, 0, sizeof(verdict));
+	VerifyStripe(body, bodylen, header, strlen(header), &foreign, PAYMENTS_DEFAULT_TOLERANCE,
+				 fuzz_unix_time(VECTOR_TIME), &verdict);
+	fuzz_check_refused(&verdict, "stripe (signed with the live secret, a foreign secret)");
 
 	fuzz_reset();
 	return 0;

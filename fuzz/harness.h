@@ -55,4 +55,27 @@ fuzz_check_verdict(const Verdict *verdict, const char *what)
 		} \
 	} while (0)
 
+/*
+ * Secrets that nothing is signed with: no seed of the corpus, and no signature
+ * a harness makes.  Every fuzzed input is verified again against one of them
+ * alone, and so is the signature the harness makes with its live secret: a
+ * verdict of valid would be a signature check that passes without the key (a
+ * bypass).  FUZZ_FOREIGN_SECRET serves the HMAC kinds (whsec_ and a Paynow
+ * integration key are spelled out in their harnesses); FUZZ_FOREIGN_PUBLIC_KEY
+ * is an Ed25519 public key (Standard Webhooks' v1a) whose private key was
+ * thrown away when it was made.
+ */
+#define FUZZ_FOREIGN_SECRET "fuzz-foreign-secret-3hQ2mt3MO6b5u1svPnFgQGs3U8Jh4"
+#define FUZZ_FOREIGN_WHSEC "whsec_3hQ2mt3MO6b/5u+1svPnFgQGs3U8Jh/4"
+#define FUZZ_FOREIGN_PUBLIC_KEY "whpk_2fmWREVgj5xK+I8C9bViiZnpBK1bw0H3jrOvtY18++Y="
+
+/* Aborts unless the verdict is consistent and not valid: see FUZZ_FOREIGN_SECRET */
+static inline void
+fuzz_check_refused(const Verdict *verdict, const char *what)
+{
+	fuzz_check_verdict(verdict, what);
+	FUZZ_ASSERT(!verdict->valid, "%s: valid under a secret nothing is signed with (a signature bypass)",
+				what);
+}
+
 #endif							/* FUZZ_HARNESS_H */

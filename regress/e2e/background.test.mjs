@@ -302,7 +302,30 @@ test('kill -9 while deliveries are in flight: after restart every item is delive
 test('views: backlog, oldest due item, endpoint health', async () => {
 	const backlog = db.psql(`SELECT endpoint || '|' || pending || '|' || dead FROM payments.outbox_backlog WHERE endpoint IN ('err', 'gone') ORDER BY 1`);
 	assert.equal(backlog, 'err|0|1\ngone|0|0');
-	assert.equal(db.psql(`SELECT count(*) <= 1 FROM payments.outbox_oldest_due`), 't');
+	// the oldest due item: four items of one endpoint, two of them due long ago, one due even
+	// earlier but delivered, one dead
+	endpoint('oldest', '/oldest');
+	for (let i = 1; i <= 4; i++) paid(`pi_oldest${i}`);
+	const ids = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+		WHERE e.name = 'oldest' ORDER BY o.id`).split('\n');
+	assert.equal(ids.length, 4);
+	db.psqlVars(`UPDATE payments.outbox SET state = 'delivered', next_attempt_at = '1999-01-01 00:00+00' WHERE id = :'a';
+		UPDATE payments.outbox SET next_attempt_at = '2000-01-02 00:00+00', attempts = 2, last_status = 503,
+			last_error = 'HTTP 503' WHERE id = :'b';
+		UPDATE payments.outbox SET next_attempt_at = '2000-01-01 00:00+00', attempts = 1, last_status = 429,
+			last_error = 'HTTP 429' WHERE id = :'c';
+		UPDATE payments.outbox SET state = 'dead', next_attempt_at = '1998-01-01 00:00+00' WHERE id = :'d';`,
+	{ a: ids[0], b: ids[1], c: ids[2], d: ids[3] });
+	const oldestDue = () => db.psql(`SET TIME ZONE 'UTC'; SELECT id || '|' || endpoint || '|' || event_type || '|' || attempts || '|' ||
+		next_attempt_at || '|' || last_status || '|' || last_error || '|' || (age = now() - created_at AND age < interval '1 hour')
+		FROM payments.outbox_oldest_due`);
+	assert.equal(oldestDue(), `${ids[2]}|oldest|payment.paid|1|2000-01-01 00:00:00+00|429|HTTP 429|true`);
+	// once that one is no longer due, the next; between two due at the same time, the first queued
+	db.psqlVars(`UPDATE payments.outbox SET next_attempt_at = now() + interval '1 hour' WHERE id = :'c'`, { c: ids[2] });
+	assert.equal(oldestDue(), `${ids[1]}|oldest|payment.paid|2|2000-01-02 00:00:00+00|503|HTTP 503|true`);
+	db.psqlVars(`UPDATE payments.outbox SET next_attempt_at = '2000-01-02 00:00+00' WHERE id = :'c'`, { c: ids[2] });
+	assert.equal(oldestDue(), `${ids[1]}|oldest|payment.paid|2|2000-01-02 00:00:00+00|503|HTTP 503|true`);
+	db.psql(`SELECT payments.enable_endpoint('oldest', false)`);
 	assert.equal(db.psql(`SELECT enabled || '|' || delivered_1h FROM payments.endpoint_health WHERE name = 'ok'`), 'false|1');
 });
 

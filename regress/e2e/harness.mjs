@@ -339,3 +339,63 @@ export function assertOutageAnswers(t, results) {
 	t.diagnostic(`${results.length} deliveries: ${results.length - unavailable.length} answered 200, ` +
 		`${unavailable.length} answered 503`);
 }
+
+// --- Locks held on purpose, and the shim's own view (reliability, webhooks, shim_*) ---
+
+// Holds a lock in a psql session of its own: runs BEGIN and `lockSql`, resolves once the lock is
+// granted, and keeps the transaction open until release() (COMMIT) is called.  kill() ends the
+// session, for a test's cleanup after a failure.
+export async function holdLock(cluster, lockSql) {
+	const proc = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
+		'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments'], { stdio: ['pipe', 'pipe', 'pipe'] });
+	const exited = new Promise((resolve) => proc.once('exit', resolve));
+	let out = '';
+	let err = '';
+	proc.stderr.on('data', (d) => { err += d; });
+	proc.stdin.write(`BEGIN; ${lockSql}; SELECT 'locked';\n`);
+	await new Promise((resolve, reject) => {
+		proc.stdout.on('data', (d) => { out += d; if (out.includes('locked')) resolve(); });
+		exited.then(() => reject(new Error(`the lock was not taken: ${err}`)));
+	});
+	return {
+		release: async () => { proc.stdin.end('COMMIT;\n'); return exited; },
+		kill: () => { if (proc.exitCode === null) proc.kill(); },
+	};
+}
+
+// Waits until at least n backends of a shim (application_name payments-shim) wait for a lock,
+// polling pg_stat_activity; returns their pids.  Throws after timeoutMs.
+export async function shimLockWaiters(cluster, n = 1, timeoutMs = 20000) {
+	const deadline = Date.now() + timeoutMs;
+	for (;;) {
+		const pids = cluster.psql(`SELECT string_agg(pid::text, ' ') FROM pg_stat_activity
+			WHERE application_name = 'payments-shim' AND wait_event_type = 'Lock'`).split(' ').filter((p) => p !== '');
+		if (pids.length >= n) return pids;
+		if (Date.now() > deadline) throw new Error(`${n} backends of the shim waiting for a lock: not within ${timeoutMs} ms`);
+		await sleep(25);
+	}
+}
+
+// The shim's JSON log lines on its stderr (other lines, such as sanitizer reports, are skipped).
+export function shimLogLines(shim) {
+	return shim.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+}
+
+// The shim's gauge of requests received and not yet answered, not counting the /metrics
+// request that reads it.
+export async function shimRequestsInFlight(port) {
+	const res = await request(port, { path: '/metrics' });
+	const { samples } = parseMetrics(res.text);
+	return samples.get('payments_shim_requests_in_flight') - 1;
+}
+
+// Waits until the shim has at least n requests in flight; throws after timeoutMs.
+export async function waitShimInFlight(port, n, timeoutMs = 20000) {
+	const deadline = Date.now() + timeoutMs;
+	for (;;) {
+		const inFlight = await shimRequestsInFlight(port);
+		if (inFlight >= n) return inFlight;
+		if (Date.now() > deadline) throw new Error(`${n} requests in flight in the shim: ${inFlight} after ${timeoutMs} ms`);
+		await sleep(25);
+	}
+}

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { Webhook } from 'standardwebhooks';
 import { connect } from 'node:net';
-import { Cluster, Shim, request, sleep } from './harness.mjs';
+import { Cluster, Shim, request, sleep, freePort } from './harness.mjs';
 
 const secrets = {
 	stripe: `whsec_${randomBytes(16).toString('hex')}`,
@@ -27,6 +27,9 @@ let cluster;
 let shim;
 let seq = 0;
 let refusedByDatabase = 0;	// answers of payments.ingest that refused the delivery
+// PayPal's allowed certificate host: a local port nothing listens on, so that a certificate
+// fetched where none may be would show (as 503: the host cannot be reached)
+let certHost;
 
 const now = () => Math.floor(Date.now() / 1000);
 const hmacHex = (alg, key, ...parts) => parts.reduce((h, p) => h.update(p), createHmac(alg, key)).digest('hex');
@@ -69,7 +72,7 @@ const paypalHeaders = (over = {}) => ({
 	'paypal-transmission-id': 'dfb3be50-fd74-11e4-8bf3-77339302725b',
 	'paypal-transmission-time': '2015-05-18T15:45:13Z',
 	'paypal-transmission-sig': randomBytes(256).toString('base64'),
-	'paypal-cert-url': 'https://api.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-a5cafa77',
+	'paypal-cert-url': `https://${certHost}/v1/notifications/certs/CERT-360caa42-fca2a594-a5cafa77`,
 	'paypal-auth-algo': 'SHA256withRSA',
 	...over,
 });
@@ -91,48 +94,60 @@ const form = { 'Content-Type': 'application/x-www-form-urlencoded' };
 const invalidUtf8 = Buffer.from([0x7b, 0x22, 0x69, 0x64, 0x22, 0x3a, 0x22, 0xc3, 0x28, 0xff, 0xfe, 0x22, 0x7d]); // {"id":"\xc3(\xff\xfe"}
 const deepJson = (depth) => Buffer.from(`{"id":"evt_deep","a":${'['.repeat(depth)}${']'.repeat(depth)}}`);
 
-// The table: kind (provider name), what is sent, the expected status.
+// The table: kind (provider name), what is sent, the expected status, and the reason
+// payments.rejections records (keyed by the X-Request-ID each row is sent with) when
+// payments.ingest refuses it; rows refused by the shim itself, and those stored, leave none.
+// check(body), where given, checks what was stored.
 const rows = [
 	// bodies that are not text or not JSON, correctly signed: 400
-	{ name: 'stripe: invalid UTF-8 body, signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: invalid UTF-8 body, signed', provider: 'stripe', status: 400, reason: 'invalid_json',
 		make: () => ({ body: invalidUtf8, headers: { ...json, ...sign.stripe(invalidUtf8) } }) },
-	{ name: 'stripe: raw NUL byte in the body, signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: raw NUL byte in the body, signed', provider: 'stripe', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from('{"id":"evt_nul\u0000x","type":"t"}'); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
-	{ name: 'stripe: \\u0000 escape in the body, signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: \\u0000 escape in the body, signed', provider: 'stripe', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from('{"id":"evt_nul\\u0000","type":"t"}'); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
-	{ name: 'stripe: JSON nested 100,000 deep, signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: JSON nested 100,000 deep, signed', provider: 'stripe', status: 400, reason: 'invalid_json',
 		make: () => { const b = deepJson(100000); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
-	{ name: 'stripe: number beyond numeric (1e1000000), signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: number beyond numeric (1e1000000), signed', provider: 'stripe', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from(`{"id":"${uniqueId('evt')}","type":"t","amount":1e1000000}`); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
-	{ name: 'stripe: a form body (wrong content), signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: a form body (wrong content), signed', provider: 'stripe', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from('id=evt_1&type=charge.succeeded'); return { body: b, headers: { ...form, ...sign.stripe(b) } }; } },
-	{ name: 'stripe: a JSON array, signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: a JSON array, signed', provider: 'stripe', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from('[{"id":"evt_1"}]'); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
-	{ name: 'stripe: event id of 10,000 characters, signed', provider: 'stripe', status: 400,
+	{ name: 'stripe: event id of 10,000 characters, signed', provider: 'stripe', status: 400, reason: 'missing_event_id',
 		make: () => { const b = Buffer.from(JSON.stringify({ id: 'e'.repeat(10000), type: 't' })); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
 	// authentic (correctly signed) events with values the state machine cannot take are stored,
 	// never refused: the provider would retry a 4xx for days, and the event would be lost
 	{ name: 'stripe: unknown currency, signed', provider: 'stripe', status: 200, outcome: 'stored',
 		make: () => { const b = paymentIntent(500, 'xyz'); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
 	{ name: 'stripe: amount beyond bigint, signed (amounts are numeric)', provider: 'stripe', status: 200, outcome: 'applied',
-		make: () => { const b = paymentIntent(1e30, 'usd'); return { body: b, headers: { ...json, ...sign.stripe(b) } }; } },
+		make: () => { const b = paymentIntent(1e30, 'usd'); return { body: b, headers: { ...json, ...sign.stripe(b) } }; },
+		// stored byte for byte; the payment is paid, for 1e30 cents: 1e28 dollars, with its receipt
+		check: (body) => {
+			const event = JSON.parse(body);
+			assert.equal(cluster.psqlVars(`SELECT concat_ws('|', e.state, encode(sha256(e.body), 'hex'), p.status, p.amount = 1e28,
+					p.currency, r.receipt_no IS NOT NULL)
+				FROM payments.events e, payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+				WHERE e.provider = 'stripe' AND e.event_id = :'e' AND p.provider = 'stripe' AND p.provider_ref = :'pi'`,
+			{ e: event.id, pi: event.data.object.id }), `applied|${createHash('sha256').update(body).digest('hex')}|paid|t|USD|t`);
+		} },
 	// the same hostile numbers, unsigned: refused at the signature, 401
-	{ name: 'stripe: amount beyond bigint, unsigned', provider: 'stripe', status: 401,
+	{ name: 'stripe: amount beyond bigint, unsigned', provider: 'stripe', status: 401, reason: 'missing_header',
 		make: () => ({ body: paymentIntent(1e30, 'usd'), headers: json }) },
-	{ name: 'stripe: unknown currency, bad signature', provider: 'stripe', status: 401,
+	{ name: 'stripe: unknown currency, bad signature', provider: 'stripe', status: 401, reason: 'signature_mismatch',
 		make: () => ({ body: paymentIntent(500, 'xyz'), headers: { ...json, 'Stripe-Signature': `t=${now()},v1=${'0'.repeat(64)}` } }) },
 	// signature headers: truncated, oversized, malformed
-	{ name: 'stripe: truncated signature header', provider: 'stripe', status: 401,
+	{ name: 'stripe: truncated signature header', provider: 'stripe', status: 401, reason: 'malformed_header',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe-Signature': sign.stripe(b)['Stripe-Signature'].slice(0, 40) } }; } },
-	{ name: 'stripe: signature header of 12 KB (under the header cap)', provider: 'stripe', status: 401,
+	{ name: 'stripe: signature header of 12 KB (under the header cap)', provider: 'stripe', status: 401, reason: 'signature_mismatch',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe-Signature': `t=${now()}${`,v1=${'a'.repeat(64)}`.repeat(180)}` } }; } },
 	{ name: 'stripe: signature header of 20 KB (over the header cap)', provider: 'stripe', status: 431,
 		make: () => ({ body: Buffer.alloc(0), headers: { ...json, 'Stripe-Signature': `t=${now()},v1=${'a'.repeat(20000)}` } }) },
 	{ name: 'stripe: signature header of 40 KB (over the memory of a connection)', provider: 'stripe', status: 431, overflow: true,
 		make: () => ({ body: Buffer.alloc(0), headers: { ...json, 'Stripe-Signature': `t=${now()},v1=${'a'.repeat(40000)}` } }) },
-	{ name: 'stripe: timestamp of 40 digits', provider: 'stripe', status: 401,
+	{ name: 'stripe: timestamp of 40 digits', provider: 'stripe', status: 401, reason: 'malformed_header',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe-Signature': `t=${'9'.repeat(40)},v1=${'a'.repeat(64)}` } }; } },
-	{ name: 'stripe: no signature header', provider: 'stripe', status: 401,
+	{ name: 'stripe: no signature header', provider: 'stripe', status: 401, reason: 'missing_header',
 		make: () => ({ body: stripeEvent(), headers: json }) },
 	// the HTTP layer: sizes, header floods, bytes that do not belong in headers
 	{ name: 'stripe: 10 MB body (over the 1 MB cap)', provider: 'stripe', status: 413,
@@ -141,7 +156,7 @@ const rows = [
 		make: () => ({ body: stripeEvent(), headers: Object.fromEntries(Array.from({ length: 10000 }, (_, i) => [`X-H${i}`, 'v'])) }) },
 	// libmicrohttpd ends a header value at a NUL byte: what follows is never seen, so a NUL
 	// inside the signature leaves a truncated signature
-	{ name: 'stripe: NUL byte inside the signature header', provider: 'stripe', status: 401,
+	{ name: 'stripe: NUL byte inside the signature header', provider: 'stripe', status: 401, reason: 'malformed_header',
 		make: () => { const b = stripeEvent(); const sig = sign.stripe(b)['Stripe-Signature']; return { body: b, headers: { ...json,
 			'Stripe-Signature': Buffer.concat([Buffer.from(sig.slice(0, 30)), Buffer.from([0]), Buffer.from(sig.slice(30))]) } }; } },
 	// control characters in headers are refused by the shim (RFC 9110 section 5.5), even when
@@ -154,89 +169,97 @@ const rows = [
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'X-Note': 'a\u0001b', ...sign.stripe(b) } }; } },
 	{ name: 'stripe: bare LF in a header (a line without a colon)', provider: 'stripe', status: 400,
 		make: () => ({ body: stripeEvent(), headers: { ...json, 'Stripe-Signature': `t=${now()}\nv1=${'a'.repeat(64)}` } }) },
-	{ name: 'stripe: header name with a space (not the signature header)', provider: 'stripe', status: 401,
+	{ name: 'stripe: header name with a space (not the signature header)', provider: 'stripe', status: 401, reason: 'missing_header',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe Signature': sign.stripe(b)['Stripe-Signature'] } }; } },
 
 	// Standard Webhooks
-	{ name: 'standard: invalid UTF-8 body, signed', provider: 'standard', status: 400,
+	{ name: 'standard: invalid UTF-8 body, signed', provider: 'standard', status: 400, reason: 'invalid_json',
 		make: () => ({ body: invalidUtf8, headers: { ...json, ...sign.standard(invalidUtf8) } }) },
-	{ name: 'standard: truncated v1 signature', provider: 'standard', status: 401,
+	{ name: 'standard: truncated v1 signature', provider: 'standard', status: 401, reason: 'malformed_header',
 		make: () => { const b = stripeEvent(); const h = sign.standard(b); return { body: b, headers: { ...json, ...h, 'webhook-signature': h['webhook-signature'].slice(0, 20) } }; } },
-	{ name: 'standard: v1a of garbage', provider: 'standard', status: 401,
+	{ name: 'standard: v1a of garbage', provider: 'standard', status: 401, reason: 'malformed_header',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, ...sign.standard(b), 'webhook-signature': `v1a,${'!'.repeat(88)}` } }; } },
-	{ name: 'standard: 5,000 signature items', provider: 'standard', status: 401,
+	{ name: 'standard: 5,000 signature items', provider: 'standard', status: 401, reason: 'no_signature',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, ...sign.standard(b), 'webhook-signature': `v2,x `.repeat(2000) } }; } },
-	{ name: 'standard: webhook-id with a dot', provider: 'standard', status: 401,
+	{ name: 'standard: webhook-id with a dot', provider: 'standard', status: 401, reason: 'malformed_header',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, ...sign.standard(b), 'webhook-id': 'msg.1' } }; } },
-	{ name: 'standard: timestamp out of range', provider: 'standard', status: 401,
+	{ name: 'standard: timestamp out of range', provider: 'standard', status: 401, reason: 'malformed_header',
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, ...sign.standard(b), 'webhook-timestamp': '-1' } }; } },
 
 	// Meta
-	{ name: 'meta: invalid UTF-8 body, signed', provider: 'meta', status: 400,
+	{ name: 'meta: invalid UTF-8 body, signed', provider: 'meta', status: 400, reason: 'invalid_json',
 		make: () => ({ body: invalidUtf8, headers: { ...json, ...sign.meta(invalidUtf8) } }) },
-	{ name: 'meta: upper-case hex', provider: 'meta', status: 401,
+	{ name: 'meta: upper-case hex', provider: 'meta', status: 401, reason: 'malformed_header',
 		make: () => { const b = Buffer.from('{"object":"whatsapp_business_account","entry":[]}'); return { body: b, headers: { ...json, 'X-Hub-Signature-256': sign.meta(b)['X-Hub-Signature-256'].toUpperCase() } }; } },
-	{ name: 'meta: sha1= signature', provider: 'meta', status: 401,
+	{ name: 'meta: sha1= signature', provider: 'meta', status: 401, reason: 'malformed_header',
 		make: () => { const b = Buffer.from('{}'); return { body: b, headers: { ...json, 'X-Hub-Signature-256': `sha1=${hmacHex('sha1', secrets.meta, b)}` } }; } },
-	{ name: 'meta: a message whose id is not a string, signed', provider: 'meta', status: 400,
+	{ name: 'meta: a message whose id is not a string, signed', provider: 'meta', status: 400, reason: 'missing_event_id',
 		make: () => { const b = Buffer.from(JSON.stringify({ object: 'whatsapp_business_account', entry: [{ id: '1', changes: [{ field: 'messages', value: { messages: [{ id: 12345678901234567890, type: 'text' }] } }] }] })); return { body: b, headers: { ...json, ...sign.meta(b) } }; } },
-	{ name: 'meta: deeply nested entry, signed', provider: 'meta', status: 400,
+	{ name: 'meta: deeply nested entry, signed', provider: 'meta', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from(`{"object":"x","entry":${'['.repeat(50000)}${']'.repeat(50000)}}`); return { body: b, headers: { ...json, ...sign.meta(b) } }; } },
 
 	// Paynow (form bodies)
-	{ name: 'paynow: a JSON body (wrong content)', provider: 'paynow', status: 400,
+	{ name: 'paynow: a JSON body (wrong content)', provider: 'paynow', status: 400, reason: 'invalid_form',
 		make: () => ({ body: Buffer.from('{"reference":"INV-1","status":"Paid"}'), headers: json }) },
-	{ name: 'paynow: %-escape without two hex digits', provider: 'paynow', status: 400,
+	{ name: 'paynow: %-escape without two hex digits', provider: 'paynow', status: 400, reason: 'invalid_form',
 		make: () => ({ body: Buffer.from('reference=INV%2&status=Paid&hash=AB'), headers: form }) },
-	{ name: 'paynow: %00 (a NUL) in a value', provider: 'paynow', status: 400,
+	{ name: 'paynow: %00 (a NUL) in a value', provider: 'paynow', status: 400, reason: 'invalid_form',
 		make: () => ({ body: Buffer.from('reference=INV%00&status=Paid&hash=AB'), headers: form }) },
-	{ name: 'paynow: invalid UTF-8 once decoded', provider: 'paynow', status: 400,
+	{ name: 'paynow: invalid UTF-8 once decoded', provider: 'paynow', status: 400, reason: 'invalid_form',
 		make: () => ({ body: Buffer.from('reference=%C3%28&status=Paid&hash=AB'), headers: form }) },
-	{ name: 'paynow: hash and Hash both present', provider: 'paynow', status: 400,
+	{ name: 'paynow: hash and Hash both present', provider: 'paynow', status: 400, reason: 'invalid_form',
 		make: () => ({ body: Buffer.from('reference=INV-1&hash=AB&Hash=CD'), headers: form }) },
-	{ name: 'paynow: 1,001 fields', provider: 'paynow', status: 400,
+	{ name: 'paynow: 1,001 fields', provider: 'paynow', status: 400, reason: 'invalid_form',
 		make: () => ({ body: Buffer.from(Array.from({ length: 1001 }, (_, i) => `f${i}=v`).join('&')), headers: form }) },
-	{ name: 'paynow: no hash field', provider: 'paynow', status: 401,
+	{ name: 'paynow: no hash field', provider: 'paynow', status: 401, reason: 'missing_hash',
 		make: () => ({ body: Buffer.from('reference=INV-1&status=Paid'), headers: form }) },
-	{ name: 'paynow: truncated hash', provider: 'paynow', status: 401,
+	{ name: 'paynow: truncated hash', provider: 'paynow', status: 401, reason: 'malformed_hash',
 		make: () => { const b = paynowForm({ reference: 'INV-T', amount: '1.00', status: 'Paid' }).toString(); return { body: Buffer.from(b.slice(0, -10)), headers: form }; } },
-	{ name: 'paynow: amount beyond numeric, unknown status, signed', provider: 'paynow', status: 200,
+	{ name: 'paynow: amount beyond numeric, unknown status, signed', provider: 'paynow', status: 200, outcome: 'ignored',
 		make: () => ({ body: paynowForm({ reference: uniqueId('INV'), paynowreference: '1', amount: `9e${'9'.repeat(20)}`, status: 'Exploded',
-			pollurl: 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=x' }), headers: form }) },
+			pollurl: 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=x' }), headers: form }),
+		// stored byte for byte with its amount as sent, as an event that changes nothing: no payment
+		check: (body) => {
+			const fields = new URLSearchParams(body.toString());
+			assert.equal(cluster.psqlVars(`SELECT concat_ws('|', state, event_type, encode(sha256(body), 'hex'), payload ->> 'amount')
+				FROM payments.events WHERE provider = 'paynow' AND event_id = :'e'`, { e: `${fields.get('paynowreference')}:Exploded` }),
+			`ignored|Exploded|${createHash('sha256').update(body).digest('hex')}|${fields.get('amount')}`);
+			assert.equal(cluster.psql("SELECT count(*) FROM payments.payments WHERE provider = 'paynow'"), '0');
+		} },
 
 	// Eversend
-	{ name: 'eversend: sha256= prefix on a sha512 provider', provider: 'eversend', status: 401,
+	{ name: 'eversend: sha256= prefix on a sha512 provider', provider: 'eversend', status: 401, reason: 'malformed_header',
 		make: () => { const b = Buffer.from('{"transactionId":"T1","status":"SUCCESSFUL"}'); return { body: b, headers: { ...json, 'X-Eversend-Signature': `sha256=${hmacHex('sha256', secrets.eversend, b)}` } }; } },
-	{ name: 'eversend: hex with a non-hex character', provider: 'eversend', status: 401,
+	{ name: 'eversend: hex with a non-hex character', provider: 'eversend', status: 401, reason: 'malformed_header',
 		make: () => { const b = Buffer.from('{}'); return { body: b, headers: { ...json, 'X-Eversend-Signature': `${'a'.repeat(127)}g` } }; } },
-	{ name: 'eversend: invalid JSON, signed', provider: 'eversend', status: 400,
+	{ name: 'eversend: invalid JSON, signed', provider: 'eversend', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from('{"transactionId":'); return { body: b, headers: { ...json, ...sign.eversend(b) } }; } },
 
 	// generic hmac
-	{ name: 'hmac: wrong prefix', provider: 'hmac', status: 401,
+	{ name: 'hmac: wrong prefix', provider: 'hmac', status: 401, reason: 'malformed_header',
 		make: () => { const b = Buffer.from('{"event":"x"}'); return { body: b, headers: { ...json, 'X-Signature': `sha512=${hmacHex('sha256', secrets.hmac, b)}` } }; } },
-	{ name: 'hmac: base64 where hex is configured', provider: 'hmac', status: 401,
+	{ name: 'hmac: base64 where hex is configured', provider: 'hmac', status: 401, reason: 'malformed_header',
 		make: () => { const b = Buffer.from('{"event":"x"}'); return { body: b, headers: { ...json, 'X-Signature': `sha256=${createHmac('sha256', secrets.hmac).update(b).digest('base64')}` } }; } },
-	{ name: 'hmac: a JSON string, signed', provider: 'hmac', status: 400,
+	{ name: 'hmac: a JSON string, signed', provider: 'hmac', status: 400, reason: 'invalid_json',
 		make: () => { const b = Buffer.from('"just a string"'); return { body: b, headers: { ...json, ...sign.hmac(b) } }; } },
 
 	// PayPal's header set: everything here is refused before any certificate is fetched
-	{ name: 'paypal: no headers', provider: 'paypal', status: 401,
+	{ name: 'paypal: no headers', provider: 'paypal', status: 401, reason: 'missing_header',
 		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: json }) },
-	{ name: 'paypal: SHA1withRSA', provider: 'paypal', status: 401,
+	{ name: 'paypal: SHA1withRSA', provider: 'paypal', status: 401, reason: 'unsupported_algorithm',
 		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-auth-algo': 'SHA1withRSA' }) } }) },
-	{ name: 'paypal: transmission id with "|"', provider: 'paypal', status: 401,
+	{ name: 'paypal: transmission id with "|"', provider: 'paypal', status: 401, reason: 'malformed_header',
 		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-transmission-id': 'a|b' }) } }) },
-	{ name: 'paypal: signature not base64', provider: 'paypal', status: 401,
+	{ name: 'paypal: signature not base64', provider: 'paypal', status: 401, reason: 'malformed_header',
 		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-transmission-sig': '***' }) } }) },
-	{ name: 'paypal: signature of 4 KB', provider: 'paypal', status: 401,
+	{ name: 'paypal: signature of 4 KB', provider: 'paypal', status: 401, reason: 'malformed_header',
 		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-transmission-sig': randomBytes(3000).toString('base64') }) } }) },
-	{ name: 'paypal: cert URL over http', provider: 'paypal', status: 401,
-		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-cert-url': 'http://api.paypal.com/v1/notifications/certs/CERT-1' }) } }) },
+	{ name: 'paypal: cert URL over http', provider: 'paypal', status: 401, reason: 'cert_url_not_allowed',
+		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-cert-url': `http://${certHost}/v1/notifications/certs/CERT-1` }) } }) },
 	// found by fuzz/fuzz_paypal_cert: libcurl reads https:/host as https://host
-	{ name: 'paypal: cert URL "https:/" with one slash', provider: 'paypal', status: 401,
-		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-cert-url': 'https:/api.paypal.com/v1/notifications/certs/CERT-1' }) } }) },
-	{ name: 'paypal: cert URL on another host', provider: 'paypal', status: 401,
+	{ name: 'paypal: cert URL "https:/" with one slash', provider: 'paypal', status: 401, reason: 'cert_url_not_allowed',
+		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-cert-url': `https:/${certHost}/v1/notifications/certs/CERT-1` }) } }) },
+	{ name: 'paypal: cert URL on another host', provider: 'paypal', status: 401, reason: 'cert_url_not_allowed',
 		make: () => ({ body: Buffer.from('{"id":"WH-1"}'), headers: { ...json, ...paypalHeaders({ 'paypal-cert-url': 'https://api.paypal.com.evil.example/v1/notifications/certs/CERT-1' }) } }) },
 ];
 
@@ -273,6 +296,7 @@ describe('hostile inputs', () => {
 	before(async () => {
 		cluster = new Cluster();
 		await cluster.init();
+		certHost = `127.0.0.1:${await freePort()}`;
 		cluster.psqlVars(`
 			SELECT payments.register_provider('stripe', 'stripe');
 			SELECT payments.add_secret('stripe', :'stripe');
@@ -286,7 +310,8 @@ describe('hostile inputs', () => {
 			SELECT payments.add_secret('eversend', :'eversend');
 			SELECT payments.register_provider('hmac', 'hmac', '{"header": "x-signature", "prefix": "sha256="}');
 			SELECT payments.add_secret('hmac', :'hmac');
-			SELECT payments.register_provider('paypal', 'paypal', '{"webhook_id": "WH-HOSTILE"}');`, secrets);
+			SELECT payments.register_provider('paypal', 'paypal', jsonb_build_object('webhook_id', 'WH-HOSTILE',
+				'cert_hosts', jsonb_build_array(:'certHost')));`, { ...secrets, certHost });
 		shim = new Shim(cluster.dsn, ['--threads', '2', '--rate', '0']);
 		await shim.start();
 	});
@@ -298,16 +323,19 @@ describe('hostile inputs', () => {
 		assert.equal(exit.code, 0);
 	});
 
-	for (const row of rows) {
+	rows.forEach((row, index) => {
 		test(`${row.name}: ${row.status}`, async () => {
+			const requestId = `hostile-${index}`;
 			// A head larger than a connection's memory is refused by libmicrohttpd, which closes
 			// at once with the rest of the head unread; under load the reset that causes can
 			// overtake its 431.  Such rows are sent up to three times: no answer may be anything
 			// but the expected status, and one must come.
 			const answers = [];
+			let sent;
 			for (let attempt = 0; attempt < (row.overflow ? 3 : 1); attempt++) {
 				const { body, headers } = row.make();
-				answers.push(await sendUntilAnswered(shim.port, httpPost(row.provider, headers, body)));
+				sent = body;
+				answers.push(await sendUntilAnswered(shim.port, httpPost(row.provider, { 'X-Request-ID': requestId, ...headers }, body)));
 				if (answers.at(-1) !== '') break;
 			}
 			const answer = answers.at(-1);
@@ -316,8 +344,21 @@ describe('hostile inputs', () => {
 			assert.equal(status, row.status, `answer: ${answer.slice(0, 300)}`);
 			if (/"outcome":"(rejected|invalid)"/.test(answer)) refusedByDatabase += 1;
 			if (row.outcome) assert.match(answer, new RegExp(`"outcome":"${row.outcome}"`));
+			// a refusal by payments.ingest is recorded with its reason; nothing else is
+			assert.equal(cluster.psqlVars("SELECT coalesce(string_agg(outcome || ' ' || reason, ','), 'none') FROM payments.rejections WHERE request_id = :'r'",
+				{ r: requestId }), row.reason ? `${row.status === 400 ? 'invalid' : 'rejected'} ${row.reason}` : 'none');
+			row.check?.(sent);
 		});
-	}
+	});
+
+	test('control: a PayPal delivery that passes every check before the certificate gets 503, the allowed host being closed', async () => {
+		// what each PayPal row would get if its certificate were fetched before it is refused
+		const answer = await sendUntilAnswered(shim.port, httpPost('paypal',
+			{ 'X-Request-ID': 'hostile-paypal-control', ...json, ...paypalHeaders() }, Buffer.from('{"id":"WH-CONTROL"}')));
+		assert.equal(statusOf(answer), 503, answer.slice(0, 300));
+		assert.match(answer, /"outcome":"unavailable"/);
+		assert.equal(cluster.psql("SELECT count(*) FROM payments.rejections WHERE request_id = 'hostile-paypal-control'"), '0');
+	});
 
 	test('only the rows answered 200 were stored; every refusal by the database is recorded', () => {
 		assert.equal(cluster.psql('SELECT count(*) FROM payments.events'), String(rows.filter((r) => r.status === 200).length));

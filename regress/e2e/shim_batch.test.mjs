@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, request, sleep, parseMetrics } from './harness.mjs';
+import { Cluster, Shim, request, sleep, parseMetrics, waitShimInFlight } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const stripe = new Stripe('sk_test_not_used_offline');
@@ -100,8 +100,23 @@ async function batchBehindLock(ids, { tamper = [] } = {}) {
 	const first = send(ids[0]);
 	await lockWaiters(1);
 	const rest = ids.slice(1).map((id) => send(id, tamper.includes(id)));
-	await sleep(300);		// let them all reach the queue
+	await waitShimInFlight(shim.port, ids.length);
+	await sleep(300);		// received; let their bodies reach the queue
 	return { lock, answers: () => Promise.all([first, ...rest]) };
+}
+
+// How the deliveries of these event ids were stored, one number per transaction (the events of
+// one transaction share its start time, received_at, also when each went in a subtransaction of
+// its own), largest first
+function transactions(ids) {
+	return cluster.psqlVars(`SELECT string_agg(n::text, ' ' ORDER BY n DESC)
+		FROM (SELECT count(*) AS n FROM payments.events WHERE event_id = ANY(string_to_array(:'ids', ','))
+			   GROUP BY received_at) t`, { ids: ids.join(',') });
+}
+
+// The batch histogram's count (transactions) and sum (deliveries)
+async function batches() {
+	return { count: await metric('payments_shim_batch_deliveries_count'), sum: await metric('payments_shim_batch_deliveries_sum') };
 }
 
 // Is the WAL flushed up to an insert position read after a commit? A position just past a page
@@ -229,14 +244,20 @@ describe('group commit', () => {
 		const post = (i) => request(shim.port, { method: 'POST', path: '/webhooks/stripe', body: bodies[i],
 			headers: { 'content-type': 'application/json', 'x-request-id': `req-bytes-${i}`, 'x-note': `n${i} é`,
 				'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: bodies[i], secret }) } });
+		const before = await batches();
 		const lock = await holdEvents();
 		const first = post(0);
 		await lockWaiters(1);
 		const rest = ids.slice(1).map((_, i) => post(i + 1));
+		await waitShimInFlight(shim.port, ids.length);
 		await sleep(300);
 		await lock.release();
 		const res = await Promise.all([first, ...rest]);
 		assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
+		// the first alone, the seven queued behind it in one transaction
+		const after = await batches();
+		assert.deepEqual([after.count - before.count, after.sum - before.sum], [2, 8], 'two transactions of 1 and 7');
+		assert.equal(transactions(ids), '7 1');
 		const rows = cluster.psqlVars(`SELECT string_agg(concat_ws(' ', event_id, encode(sha256(body), 'hex'), request_id,
 				host(source_ip), headers ->> 'x-note'), E'\n' ORDER BY event_id)
 			FROM payments.events WHERE event_id = ANY(string_to_array(:'ids', ','))`, { ids: ids.join(',') });
@@ -248,9 +269,13 @@ describe('group commit', () => {
 	test('a delivery that fails inside a batch fails alone', async () => {
 		const ids = Array.from({ length: 8 }, () => `evt_mixed_${++seq}`);
 		ids.splice(3, 0, `evt_raise_${++seq}`, `evt_bad_data_${++seq}`, `evt_tampered_${++seq}`);
+		const before = await batches();
 		const { lock, answers } = await batchBehindLock(ids, { tamper: [ids[5]] });
 		await lock.release();
 		const res = await answers();
+		// the first alone, the ten queued behind it in one transaction, failures included
+		const after = await batches();
+		assert.deepEqual([after.count - before.count, after.sum - before.sum], [2, 11], 'two transactions of 1 and 10');
 		const byId = Object.fromEntries(ids.map((id, i) => [id, res[i].status]));
 		assert.equal(byId[ids[3]], 503, 'an error inside ingest: 503 for it alone');
 		assert.equal(byId[ids[4]], 400, 'a data exception: 400');
@@ -258,6 +283,7 @@ describe('group commit', () => {
 		const good = ids.filter((_, i) => i < 3 || i > 5);
 		assert.deepEqual(good.map((id) => byId[id]), good.map(() => 200));
 		assert.equal(stored(good), good.length);
+		assert.equal(transactions(good), '7 1', 'the seven good deliveries of the second batch committed together');
 		assert.equal(stored(ids.slice(3, 6)), 0);
 		assert.equal(cluster.psqlVars(`SELECT count(*) FROM payments.rejections WHERE outcome = 'rejected'`, {}), '1');
 	});

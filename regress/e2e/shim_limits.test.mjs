@@ -5,13 +5,14 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim, stopShimAndCluster }
-	from './harness.mjs';
+import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim, stopShimAndCluster,
+	holdLock, shimLockWaiters } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const stripe = new Stripe('sk_test_not_used_offline');
@@ -67,6 +68,18 @@ async function eventually(fn, timeoutMs = 15000, intervalMs = 100) {
 		if (Date.now() > deadline) throw new Error('condition not reached in time');
 		await sleep(intervalMs);
 	}
+}
+
+// The TLS version a client with these options negotiates with 127.0.0.1:port (rejects if none).
+function tlsProtocol(port, options) {
+	return new Promise((resolve, reject) => {
+		const socket = tlsConnect({ host: '127.0.0.1', port, ...options }, () => {
+			resolve(socket.getProtocol());
+			socket.destroy();
+		});
+		socket.setTimeout(5000, () => socket.destroy(new Error('no handshake within 5 s')));
+		socket.on('error', reject);
+	});
 }
 
 describe('shim settings', () => {
@@ -142,9 +155,20 @@ describe('shim limits, metrics and logs', () => {
 			`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
 			`Content-Length: ${Buffer.byteLength(big.body)}\r\n\r\n`] });
 		assert.match(declared.data, /^HTTP\/1\.1 413 /);
-		const streamed = await postStripe(shim.port, big, { headers: { ...big.headers, 'transfer-encoding': 'chunked' } })
-			.catch((e) => ({ status: 'closed', error: e }));
-		assert.ok(streamed.status === 413 || streamed.status === 'closed', `chunked over the cap: ${streamed.status}`);
+		// chunked, over the cap by less than the cap again: dropped, and answered 413 when it ends
+		const streamed = await postStripe(shim.port, big, { headers: { ...big.headers, 'transfer-encoding': 'chunked' } });
+		assert.equal(streamed.status, 413, streamed.text);
+		assert.equal(streamed.json.error, 'request body too large');
+		// chunked, more than --max-body beyond the cap: the connection is closed without an answer
+		const piece = ' '.repeat(16384);
+		const flood = await rawSession(shim.port, { timeoutMs: 5000, chunks: [
+			`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+			`Stripe-Signature: ${big.headers['stripe-signature']}\r\nTransfer-Encoding: chunked\r\n\r\n`,
+			...Array.from({ length: 16 }, () => `${piece.length.toString(16)}\r\n${piece}\r\n`), '0\r\n\r\n'] });
+		assert.ok(flood.closed, 'closed by the shim');
+		assert.equal(flood.data, '', 'no answer');
+		assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: big.id }), '0',
+			'nothing stored');
 		const small = stripeDelivery();
 		assert.equal((await postStripe(shim.port, small)).status, 200);
 	});
@@ -330,23 +354,27 @@ describe('shim limits, metrics and logs', () => {
 		const before = await metrics(shim.port);
 		const headerBytes = [...'GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789\r\n\r\n'];
 		const slowHeaders = rawSession(shim.port, { localAddress: '127.0.0.9', chunks: headerBytes, intervalMs: 200,
-			timeoutMs: 8000 });
+			timeoutMs: 10000 });
 		const delivery = stripeDelivery();
 		const bodyBytes = [`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
 			`Stripe-Signature: ${delivery.headers['stripe-signature']}\r\n` +
 			`Content-Length: ${Buffer.byteLength(delivery.body)}\r\n\r\n`, ...delivery.body];
 		const slowBody = rawSession(shim.port, { localAddress: '127.0.0.10', chunks: bodyBytes, intervalMs: 200,
-			timeoutMs: 8000 });
-		const idle = rawSession(shim.port, { localAddress: '127.0.0.11', timeoutMs: 8000 });
+			timeoutMs: 10000 });
+		const idle = rawSession(shim.port, { localAddress: '127.0.0.11', timeoutMs: 10000 });
 		await sleep(500);
 		assert.equal((await postStripe(shim.port, stripeDelivery(), { localAddress: '127.0.0.12' })).status, 200);
 		const [h, b, i] = await Promise.all([slowHeaders, slowBody, idle]);
-		for (const [name, r] of [['slow headers', h], ['slow body', b]]) {
+		// (sent in full, the slow requests would take 17 and 50 s: closing before 10 s is a timeout's doing)
+		const timedOut = logLines().filter((l) => l.msg === 'request timeout, closing the connection').map((l) => l.peer_ip);
+		for (const [name, r, peer] of [['slow headers', h, '127.0.0.9'], ['slow body', b, '127.0.0.10']]) {
 			assert.ok(r.closed, `${name}: closed by the shim`);
-			assert.ok(r.ms >= 2500 && r.ms < 6000, `${name}: closed after ${r.ms} ms (--request-timeout 3)`);
+			assert.ok(r.ms >= 2500, `${name}: closed after ${r.ms} ms (--request-timeout 3)`);
+			assert.ok(timedOut.includes(peer), `${name}: closed by the request timeout`);
 			assert.doesNotMatch(r.data, /^HTTP\/1\.1 2/);
 		}
-		assert.ok(i.closed && i.ms < 3500, `idle: closed after ${i.ms} ms (--idle-timeout 1)`);
+		assert.ok(i.closed, `idle: closed by the shim (after ${i.ms} ms)`);
+		assert.ok(!timedOut.includes('127.0.0.11'), 'idle: closed by the idle timeout, before the request timeout');
 		assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '0');
 		const after = await metrics(shim.port);
 		assert.ok(delta(before, after, 'payments_shim_rejections_total{reason="request_timeout"}') >= 2);
@@ -553,53 +581,54 @@ describe('shim signals and TLS', () => {
 
 	after(() => db?.destroy());
 
-	// Holds a lock that blocks inserts into payments.events for the given seconds.
-	function lockEvents(seconds) {
-		const locker = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
-			'-d', 'payments', '-c', `BEGIN; LOCK TABLE payments.events IN SHARE MODE; SELECT pg_sleep(${seconds}); COMMIT;`],
-		{ stdio: 'ignore' });
-		return new Promise((resolve) => locker.once('exit', resolve));
-	}
-
 	test('a second SIGTERM exits at once, without waiting for requests in flight', async () => {
 		const s = new Shim(db.dsn);
 		await s.start();
-		const locked = lockEvents(2);
-		await sleep(300);
-		const delivery = stripeDelivery();
-		const inFlight = postStripe(s.port, delivery).catch(() => 'connection closed');
-		await sleep(300);
-		s.proc.kill('SIGTERM');
-		await sleep(300);
-		assert.equal(s.proc.exitCode, null, 'still draining after the first SIGTERM');
-		const sent = Date.now();
-		s.proc.kill('SIGTERM');
-		const exit = await s.exited;
-		assert.ok(Date.now() - sent < 1000, 'exited at once');
-		assert.equal(exit.code, 1);
-		assert.equal(await inFlight, 'connection closed');
-		assert.match(s.stderr, /second signal, exiting immediately/);
-		assert.deepEqual(s.sanitizerReports(), []);
-		await locked;
+		// a lock that makes the insert wait until released, so the request stays in flight
+		const lock = await holdLock(db, 'LOCK TABLE payments.events IN SHARE MODE');
+		try {
+			const delivery = stripeDelivery();
+			const inFlight = postStripe(s.port, delivery).catch(() => 'connection closed');
+			await shimLockWaiters(db, 1);
+			s.proc.kill('SIGTERM');
+			await eventually(() => /"msg":"shutting down"/.test(s.stderr), 10000, 25);
+			await sleep(200);
+			assert.equal(s.proc.exitCode, null, 'still draining after the first SIGTERM');
+			const sent = Date.now();
+			s.proc.kill('SIGTERM');
+			// draining, the shim would wait for the lock, which is held until after this
+			const exit = await Promise.race([s.exited, sleep(5000).then(() => null)]);
+			assert.ok(exit, `exited at once (still running ${Date.now() - sent} ms after the second SIGTERM)`);
+			assert.equal(exit.code, 1);
+			assert.equal(await inFlight, 'connection closed');
+			assert.match(s.stderr, /second signal, exiting immediately/);
+			assert.deepEqual(s.sanitizerReports(), []);
+		} finally {
+			if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
+			await lock.release();
+		}
 	});
 
 	test('at --shutdown-timeout, queries still running are cancelled and the shim exits 0', async () => {
 		const s = new Shim(db.dsn, ['--shutdown-timeout', '1']);
 		await s.start();
-		const locked = lockEvents(2.5);
-		await sleep(300);
+		const lock = await holdLock(db, 'LOCK TABLE payments.events IN SHARE MODE');
 		const delivery = stripeDelivery();
-		const inFlight = postStripe(s.port, delivery).catch(() => ({ status: 'connection closed' }));
-		await sleep(300);
-		const sent = Date.now();
-		const exit = await s.stop();
-		assert.equal(exit.code, 0);
-		assert.ok(Date.now() - sent < 3000, `stopped after ${Date.now() - sent} ms`);
-		const res = await inFlight;
-		assert.notEqual(res.status, 200, 'never 2xx for a cancelled request');
-		assert.match(s.stderr, /shutdown timeout, cancelling database queries/);
-		assert.deepEqual(s.sanitizerReports(), []);
-		await locked;
+		try {
+			const inFlight = postStripe(s.port, delivery).catch(() => ({ status: 'connection closed' }));
+			await shimLockWaiters(db, 1);
+			const sent = Date.now();
+			// the lock is held until the shim has exited: only the deadline can end its drain
+			const exit = await s.stop(15000);
+			assert.equal(exit.code, 0);
+			assert.ok(Date.now() - sent >= 900, `stopped after ${Date.now() - sent} ms, not before the deadline`);
+			const res = await inFlight;
+			assert.notEqual(res.status, 200, 'never 2xx for a cancelled request');
+			assert.match(s.stderr, /shutdown timeout, cancelling database queries/);
+			assert.deepEqual(s.sanitizerReports(), []);
+		} finally {
+			await lock.release();
+		}
 		assert.equal(db.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '0');
 	});
 
@@ -627,15 +656,37 @@ describe('shim signals and TLS', () => {
 				.catch(() => ({ status: 0 }))).status === 200, 10000, 50);
 		};
 		await s.start();
-		const delivery = stripeDelivery();
-		const res = await postStripe(port, delivery, { tls: { ca } });
-		assert.equal(res.status, 200, res.text);
-		const plain = await rawSession(port, { chunks: ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n'], timeoutMs: 3000 });
-		assert.doesNotMatch(plain.data, /^HTTP\/1\.1 200/);
-		const old = await request(port, { path: '/health', tls: { ca, maxVersion: 'TLSv1.1', minVersion: 'TLSv1' } })
-			.then((r) => r.status, () => 'refused');
-		assert.equal(old, 'refused');
-		assert.match(s.stderr, /"tls":"on"/);
+		try {
+			const delivery = stripeDelivery();
+			const res = await postStripe(port, delivery, { tls: { ca } });
+			assert.equal(res.status, 200, res.text);
+			const plain = await rawSession(port, { chunks: ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n'], timeoutMs: 3000 });
+			assert.doesNotMatch(plain.data, /^HTTP\/1\.1 200/);
+			// the protocol each client gets: TLS 1.2 and 1.3 are served
+			assert.equal(await tlsProtocol(port, { ca, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' }), 'TLSv1.2');
+			assert.equal(await tlsProtocol(port, { ca, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }), 'TLSv1.3');
+			// a client that offers TLS 1.0 and 1.1 only, with its security level lowered so that OpenSSL
+			// lets it (at the default level Node refuses them itself, whatever the server)...
+			const legacy = { ca, minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT:@SECLEVEL=0' };
+			// ...does get TLS 1.1 from a server that allows it (the control: this client can fail only
+			// because of the server)...
+			const control = createTlsServer({ cert: ca, key: readFileSync(key), minVersion: 'TLSv1', ciphers: 'DEFAULT:@SECLEVEL=0' },
+				(socket) => socket.end());
+			await new Promise((resolve) => control.listen(0, '127.0.0.1', resolve));
+			try {
+				assert.equal(await tlsProtocol(control.address().port, legacy), 'TLSv1.1');
+			} finally {
+				control.close();
+			}
+			// ...and is refused by the shim
+			const old = await tlsProtocol(port, legacy).catch((e) => `refused: ${e.message}`);
+			assert.match(old, /^refused: /);
+			assert.match(s.stderr, /"tls":"on"/);
+		} catch (e) {
+			// a failed check must not leave the shim running (the test file would never end)
+			s.proc.kill('SIGKILL');
+			throw e;
+		}
 		assert.equal((await s.stop()).code, 0);
 		assert.deepEqual(s.sanitizerReports(), []);
 	});

@@ -7,7 +7,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import Stripe from 'stripe';
 import { Webhook } from 'standardwebhooks';
 import { join } from 'node:path';
-import { Cluster, PG_BIN, Shim, post, rawRequest, sleep, stopShimAndCluster } from './harness.mjs';
+import { Cluster, PG_BIN, Shim, post, rawRequest, sleep, stopShimAndCluster, holdLock, shimLockWaiters, waitFor }
+	from './harness.mjs';
 
 const stripe = new Stripe('sk_test_not_used_offline');
 const stripeSecret = `whsec_${randomBytes(24).toString('hex')}`;
@@ -228,8 +229,10 @@ describe('webhooks through the shim', () => {
 		}));
 		const statuses = (answers) => answers.map((a) => a.status);
 		assert.deepEqual(statuses(await send(first)), Array(8).fill(200));
-		assert.ok(Number(cluster.psql('SELECT count(DISTINCT pid) FROM pg_stat_activity WHERE backend_type = \'client backend\''))
-			>= 2);
+		// the shim's connections that store webhooks: one per batch thread (--batch-concurrency, 2 by
+		// default), each of which has now read the provider
+		assert.equal(cluster.psql(`SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'
+			AND application_name = 'payments-shim'`), '2');
 		// rotated: the old secret is refused and the new one taken at once
 		cluster.psqlVars(`SELECT payments.add_secret('rotating', :'n');
 			SELECT payments.revoke_secret(id) FROM payments.secrets WHERE secret = :'o'`, { n: second, o: first });
@@ -282,20 +285,24 @@ describe('webhooks through the shim', () => {
 		const second = new Shim(cluster.dsn);
 		await second.start();
 		// hold a lock that makes the insert wait, so the request is in flight when SIGTERM comes
-		const locker = spawn(`${process.env.PG_BIN || '/usr/lib/postgresql/15/bin'}/psql`, ['-X', '-q', '-h', cluster.dir,
-			'-p', String(cluster.port), '-U', 'postgres', '-d', 'payments', '-c',
-			'BEGIN; LOCK TABLE payments.events IN SHARE MODE; SELECT pg_sleep(1.5); COMMIT;'], { stdio: 'ignore' });
-		const lockerDone = new Promise((resolve) => locker.once('exit', resolve));
-		await sleep(300);
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN SHARE MODE');
+		let exit;
+		let res;
 		const payload = stripeEvent();
-		const inFlight = post(second.base, 'stripe', payload, stripeHeaders(payload));
-		await sleep(300);
-		const exit = second.stop();
-		const res = await inFlight;
+		try {
+			const inFlight = post(second.base, 'stripe', payload, stripeHeaders(payload));
+			await shimLockWaiters(cluster, 1);
+			exit = second.stop();
+			await waitFor(() => /"msg":"shutting down"[^\n]*"in_flight":1\b/.test(second.stderr), 10000, 'the shim draining');
+			assert.equal(eventCount('stripe', JSON.parse(payload).id), 0, 'not stored before the lock is released');
+			await lock.release();
+			res = await inFlight;
+		} finally {
+			lock.kill();
+		}
 		assert.equal(res.status, 200, res.text);
 		assert.equal((await exit).code, 0);
 		assert.deepEqual(second.sanitizerReports(), []);
-		await lockerDone;
 		assert.equal(eventCount('stripe', JSON.parse(payload).id), 1);
 	});
 

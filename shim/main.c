@@ -100,7 +100,7 @@ static ShimOption options[NUM_OPTIONS] = {
 	[OPT_DSN] = {"--dsn", "CONNINFO", "PAYMENTS_SHIM_DSN",
 		"", "libpq conninfo or URI; empty uses PGHOST etc."},
 	[OPT_THREADS] = {"--threads", "N", "PAYMENTS_SHIM_THREADS",
-		"4", "HTTP worker threads, each with one database connection for other requests (1-256)"},
+		"4", "HTTP worker threads, each with one database connection for /ready, Meta's handshake and POST /flows (1-256)"},
 	[OPT_BATCH_MAX] = {"--batch-max", "N", "PAYMENTS_SHIM_BATCH_MAX",
 		"64", "deliveries stored in one transaction at most (group commit; 1-1024)"},
 	[OPT_BATCH_CONCURRENCY] = {"--batch-concurrency", "N",
@@ -163,7 +163,7 @@ usage(FILE *out)
 	fprintf(out,
 			"Usage: payments-shim [OPTION]...\n"
 			"HTTP front end that passes webhooks to payments.ingest() in PostgreSQL.\n"
-			"Routes: POST and GET /webhooks/{provider}, GET /health, /ready, /metrics.\n\n");
+			"Routes: POST and GET /webhooks/{provider}, POST /flows/{provider}, GET /health, /ready, /metrics.\n\n");
 	fprintf(out, "%-32s %-37s %-15s %s\n",
 			"Option", "Environment", "Default", "Meaning");
 	for (i = 0; i < NUM_OPTIONS; i++)

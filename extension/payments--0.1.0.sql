@@ -284,6 +284,9 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	chat	text;
+	problem	text;
 BEGIN
 	IF name IS NULL OR name !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
 		RAISE EXCEPTION 'invalid provider name "%"', name
@@ -300,6 +303,22 @@ BEGIN
 		RAISE EXCEPTION 'provider "%" is already registered with another kind', name
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'A provider keeps its kind; register the new one under another name.';
+	END IF;
+	-- a WhatsApp chat's settings name Paynow providers (their currency, their return_url): a new
+	-- setting of one must leave every chat that maps it usable
+	IF kind = 'paynow' THEN
+		SELECT m.name, payments.chat_settings_problem(m.settings) INTO chat, problem
+		  FROM payments.providers m
+		 WHERE m.kind = 'meta'
+		   AND EXISTS (SELECT FROM jsonb_each_text(m.settings -> 'paynow_providers') AS e (k, v)
+					   WHERE e.v = register_provider.name)
+		   AND payments.chat_settings_problem(m.settings) IS NOT NULL
+		 LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'these settings of provider "%" would break the WhatsApp chat of provider "%": %',
+				name, chat, problem
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
 	END IF;
 END
 $$;

@@ -45,6 +45,12 @@ SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "access
 	"paynow_providers": {"USD": "pn_usd", "ZWG": "pn_zwg"}, "methods": ["ecocash", "onemoney", "telecash", "card"],
 	"purposes": ["Maternity ward", "Medicines"]}');
 SELECT payments.add_secret('chat', 'test_app_secret') IS NOT NULL AS secret_added;
+-- a Paynow provider the chat maps keeps what the chat needs: its return_url, its currency
+SELECT payments.register_provider('pn_usd', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/pn_usd",
+	"auth_email": "donations@clinic.example", "api_base": "http://127.0.0.1:9", "currency": "USD"}');
+SELECT payments.register_provider('pn_zwg', 'paynow', '{"integration_id": "1202", "result_url": "https://clinic.example/webhooks/pn_zwg",
+	"return_url": "https://clinic.example/thanks", "auth_email": "donations@clinic.example", "api_base": "http://127.0.0.1:9", "currency": "USD"}');
+SELECT settings ->> 'return_url' AS kept_return_url FROM payments.providers WHERE name = 'pn_usd';
 
 -- say(from, text or button id, seconds): one signed delivery of one message at 1718000000 + seconds
 CREATE SEQUENCE pg_temp.wamid;

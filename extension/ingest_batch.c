@@ -99,8 +99,12 @@ PrepareStep(void *arg)
 				 (text *) ColumnValue(&c[ARG_REQUEST_ID], i));
 	if (!PrepareDelivery(&d->delivery, &d->provider, &d->events, &d->result))
 		return;
-	/* the set statement knows Stripe's events (payments.stripe_change) */
-	if (d->provider.kind == &StripeKind && d->events.count == 1)
+	/*
+	 * the set statement knows Stripe's events (payments.stripe_change); one
+	 * of the other mode is stored and ignored, as payments.event_change says
+	 */
+	if (d->provider.kind == &StripeKind && d->events.count == 1 &&
+		!StripeEventOfOtherMode(d->provider.settings, d->events.events[0].payload))
 	{
 		d->in_set = true;
 		return;

@@ -20,6 +20,7 @@
 #define STRIPE_SIGNATURE_HEX 64
 
 PG_FUNCTION_INFO_V1(verify_stripe);
+PG_FUNCTION_INFO_V1(stripe_of_other_mode);
 
 /* The parts of a Stripe-Signature header that matter */
 typedef struct StripeHeader
@@ -175,30 +176,44 @@ VerifyStripeDelivery(const Provider *provider, const Delivery *delivery, Verdict
 }
 
 /*
- * A Stripe event is one event: id "evt_...", type, created (unix seconds).
- * Its livemode must be the provider's (the livemode setting, true unless
- * set): the secrets of a live and a test endpoint may sit on one provider,
- * and a test-mode payment, which anyone with test access makes with card
- * 4242, must not pay a live donation.  An event without livemode is taken.
+ * True when a Stripe event is of the other mode than its provider's (the
+ * livemode setting, true unless set): the secrets of a live and a test
+ * endpoint may sit on one provider, and a test-mode payment, which anyone
+ * with test access makes with card 4242, must not pay a live donation.  Such
+ * an event is stored and ignored, not refused: Stripe sends the test-mode
+ * events of connected accounts to a platform's live Connect endpoint, signed
+ * with its live secret, and retries any answer but a 2xx for days.  An event
+ * without livemode is of the provider's mode.
  */
+bool
+StripeEventOfOtherMode(Jsonb *settings, Jsonb *payload)
+{
+	JsonbValue	livemode;
+
+	return getKeyJsonValueFromContainer(&payload->root, "livemode", strlen("livemode"), &livemode) != NULL &&
+		livemode.type == jbvBool &&
+		livemode.val.boolean != SettingBool(settings, "livemode", true);
+}
+
+/*
+ * SQL: payments.stripe_of_other_mode(payload, settings): StripeEventOfOtherMode,
+ * for payments.event_change
+ */
+Datum
+stripe_of_other_mode(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(StripeEventOfOtherMode(PG_GETARG_JSONB_P(1), PG_GETARG_JSONB_P(0)));
+}
+
+/* A Stripe event is one event: id "evt_...", type, created (unix seconds) */
 static void
 ExtractStripeEvent(const Provider *provider, const Delivery *delivery, EventList *events)
 {
 	Jsonb	   *payload = ParseJsonDelivery(delivery, events);
 	char	   *event_id;
-	JsonbValue	livemode;
-	bool		live = SettingBool(provider->settings, "livemode", true);
 
 	if (payload == NULL)
 		return;
-	if (getKeyJsonValueFromContainer(&payload->root, "livemode", strlen("livemode"), &livemode) != NULL &&
-		livemode.type == jbvBool && livemode.val.boolean != live)
-	{
-		InvalidEvents(events, "livemode_mismatch",
-					  psprintf("a %s-mode event for a provider set for %s mode (its livemode setting)",
-							   live ? "test" : "live", live ? "live" : "test"));
-		return;
-	}
 	event_id = RequiredEventId(payload, "id", "Stripe", events);
 	if (event_id == NULL)
 		return;

@@ -1131,13 +1131,22 @@ COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
 -- Applying events
 --------------------------------------------------------------------------------------------------
 
+CREATE FUNCTION payments.stripe_of_other_mode(payload jsonb, settings jsonb)
+RETURNS boolean
+LANGUAGE C STRICT STABLE
+AS 'MODULE_PATHNAME', 'stripe_of_other_mode';
+COMMENT ON FUNCTION payments.stripe_of_other_mode(jsonb, jsonb) IS
+	'Whether a Stripe event''s livemode is the other one than its provider''s livemode setting (true unless set): such an event is stored and ignored';
+REVOKE ALL ON FUNCTION payments.stripe_of_other_mode(jsonb, jsonb) FROM PUBLIC;
+
 CREATE FUNCTION payments.event_change(kind text, settings jsonb, ev payments.events)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
 	RETURN CASE kind
-		WHEN 'stripe' THEN payments.stripe_change(ev.payload)
+		WHEN 'stripe' THEN CASE WHEN NOT payments.stripe_of_other_mode(ev.payload, settings)
+								THEN payments.stripe_change(ev.payload) END
 		WHEN 'paynow' THEN payments.paynow_initiated(payments.paynow_change(ev.payload, settings, ev.received_at),
 													 ev.provider)
 		WHEN 'eversend' THEN payments.eversend_change(ev.payload, ev.event_at)

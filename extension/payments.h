@@ -140,6 +140,7 @@ typedef struct IngestResult
 extern void MakeDelivery(Delivery *delivery, text *provider, Jsonb *headers, bytea *body,
 						 Datum source_ip, bool source_ip_null, text *request_id);
 extern void RequireReadCommitted(const char *function);
+extern bool StripeEventOfOtherMode(Jsonb *settings, Jsonb *payload);
 extern bool PrepareDelivery(const Delivery *delivery, Provider *provider, EventList *events,
 							IngestResult *result);
 extern void StoreDeliveryEvents(const Provider *provider, const Delivery *delivery,

@@ -43,19 +43,25 @@ SELECT * FROM payments.ingest('shop', '{"content-type": "application/json"}', co
 SELECT * FROM payments.ingest('shop', '{"stripe-signature": "garbage"}', convert_to(:'ev1', 'UTF8'));
 SELECT * FROM payments.ingest('shop', '{"stripe-signature": ["t=1", "v1=2"]}', convert_to(:'ev1', 'UTF8'));
 
--- livemode: a test-mode event is refused by a provider in live mode (the default), and a live one
--- by a provider in test mode (400, recorded: verified but unusable, nothing stored); an event
--- without livemode is taken; a test-mode api_key needs "livemode": false
+-- livemode: a test-mode event is stored and ignored by a provider in live mode (the default), and
+-- a live one by a provider in test mode (200: Stripe sends connected accounts' test events to a
+-- live Connect endpoint, and retries anything else); an event without livemode is taken; a
+-- test-mode api_key needs "livemode": false
 \set evtest '{"id":"evt_test_1","object":"event","type":"payment_intent.succeeded","livemode":false,"data":{"object":{"id":"pi_test_1","amount":100,"currency":"usd"}}}'
 \set evlive '{"id":"evt_live_1","object":"event","type":"payment_intent.succeeded","livemode":true,"data":{"object":{"id":"pi_live_1","amount":100,"currency":"usd"}}}'
 SELECT * FROM payments.ingest('shop', t.stripe(:'evtest', 'whsec_old'), convert_to(:'evtest', 'UTF8'), NULL, 'req-testmode');
-SELECT reason, detail FROM payments.rejections WHERE request_id = 'req-testmode';
+SELECT provider, event_id, state FROM payments.events WHERE event_id IN ('evt_test_1', 'evt_live_1') ORDER BY 1, 2;
+-- in a batch too, and when applied again
+SELECT http_status, outcome FROM payments.ingest_batch(ARRAY['shop'], ARRAY[t.stripe(replace(:'evtest', 'evt_test_1', 'evt_test_2'), 'whsec_old')],
+	ARRAY[convert_to(replace(:'evtest', 'evt_test_1', 'evt_test_2'), 'UTF8')], ARRAY[NULL]::inet[], ARRAY[NULL]::text[]);
+SELECT payments.apply_event(id) FROM payments.events WHERE provider = 'shop' AND event_id = 'evt_test_2';
 SELECT * FROM payments.ingest('shop', t.stripe(:'evlive', 'whsec_old'), convert_to(:'evlive', 'UTF8'));
 SELECT payments.register_provider('shop-test', 'stripe', '{"livemode": false}');
 SELECT payments.add_secret('shop-test', 'whsec_old') IS NOT NULL AS added;
 SELECT * FROM payments.ingest('shop-test', t.stripe(:'evtest', 'whsec_old'), convert_to(:'evtest', 'UTF8'));
 SELECT * FROM payments.ingest('shop-test', t.stripe(:'evlive', 'whsec_old'), convert_to(:'evlive', 'UTF8'));
 SELECT provider, provider_ref, status FROM payments.payments WHERE provider_ref IN ('pi_test_1', 'pi_live_1') ORDER BY 1;
+SELECT provider, event_id, state FROM payments.events WHERE event_id IN ('evt_test_1', 'evt_live_1') ORDER BY 1, 2;
 SELECT payments.register_provider('shop-test', 'stripe', '{"livemode": "no"}');
 SELECT payments.register_provider('shop-test', 'stripe', '{"api_key": "sk_test_abc"}');
 SELECT payments.register_provider('shop-test', 'stripe', '{"api_key": "rk_live_abc", "livemode": false}');

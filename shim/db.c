@@ -805,7 +805,7 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 		lengths[c] = (int) columns[c].len;
 	}
 	sent = PQenterPipelineMode(conn) &&
-		PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
+		PQsendQueryParams(conn, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL, 0) &&
 		PQsendQueryParams(conn, "SET LOCAL synchronous_commit TO off", 0, NULL, NULL, NULL, NULL, 0) &&
 		PQsendQueryPrepared(conn, db_statements[STMT_INGEST_BATCH].name,
 							INGEST_NPARAMS, values, lengths, formats, 0) &&

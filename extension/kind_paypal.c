@@ -292,7 +292,7 @@ VerifyPayPalDelivery(const Provider *provider, const Delivery *delivery, Verdict
 		return;
 	}
 
-	pem = PayPalCertificate(provider->settings, values[PP_CERT_URL], lens[PP_CERT_URL], verdict);
+	pem = PayPalCertificate(provider->settings, values[PP_CERT_URL], lens[PP_CERT_URL], delivery, verdict);
 	if (pem == NULL)
 		return;
 	VerifyPayPalSignature(VARDATA_ANY(delivery->body), VARSIZE_ANY_EXHDR(delivery->body),

@@ -267,7 +267,8 @@ extern void VerifyStandard(const char *body, int bodylen,
 						   Verdict *verdict);
 
 /* paypal_certificates.c */
-extern char *PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict);
+extern char *PayPalCertificate(Jsonb *settings, const char *url, int urllen, const Delivery *delivery,
+							   Verdict *verdict);
 extern const char *PayPalCertHostProblem(const char *entry);
 
 /* spi_plans.c (needs executor/spi.h) */

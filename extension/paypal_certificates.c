@@ -56,6 +56,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/inet.h"
 #include "utils/timestamp.h"
 
 #define CERT_PATH_PREFIX "/v1/notifications/certs/"
@@ -66,7 +67,10 @@
 #define CERT_TOTAL_TIMEOUT_MS 5000L
 #define CERT_HOST_MAX 253
 #define CERT_FETCH_BURST 20		/* fetches of uncached certificates at once, */
-#define CERT_FETCH_EVERY_MS 3000	/* then one per this, per connection */
+#define CERT_FETCH_EVERY_MS 3000	/* then one per this, per sender address */
+#define CERT_FETCH_ALL_BURST 60		/* and for all senders together */
+#define CERT_FETCH_ALL_EVERY_MS 1000
+#define CERT_FETCH_SENDERS 64		/* sender addresses counted at once */
 
 PG_FUNCTION_INFO_V1(add_certificate);
 
@@ -556,27 +560,76 @@ FetchCertificate(const char *url, const char *ca_file, size_t *len, CertOutcome 
 }
 
 /*
- * Takes one fetch of an uncached certificate from this connection's budget;
- * false when none is left.  Anyone can name a new certificate URL on
- * PayPal's host, each a TLS connection and an answer away (inside the
- * ingest's transaction, a shim batch's too), while PayPal's own certificates
- * change about once a year: a token bucket bounds what such deliveries
- * cost, and those past it are answered 503 at once.
+ * Fetches of uncached certificates a sender may cause on this connection: a
+ * token bucket per sender address (an IPv6 address by its /64, as the shim's
+ * rate limit counts them) and one for all senders.  Anyone can name a new
+ * certificate URL on PayPal's host, each a TLS connection and an answer away
+ * (inside the ingest's transaction, a shim batch's too), while PayPal's own
+ * certificates change about once a year; a bucket per sender keeps one
+ * sender from spending PayPal's.
+ */
+typedef struct FetchBucket
+{
+	unsigned char sender[1 + 8];	/* family, then the address's first bytes */
+	double		tokens;
+	TimestampTz counted_at;			/* 0: never used */
+} FetchBucket;
+
+static FetchBucket fetch_senders[CERT_FETCH_SENDERS];
+static FetchBucket fetch_all;
+
+/* Refills a bucket for the time since it was last counted; true if it holds a token */
+static bool
+RefillBucket(FetchBucket *bucket, double burst, int every_ms, TimestampTz now)
+{
+	if (bucket->counted_at == 0)
+		bucket->tokens = burst;
+	else
+		bucket->tokens = Min(burst, bucket->tokens + (double) (now - bucket->counted_at) / (every_ms * 1000.0));
+	bucket->counted_at = now;
+	return bucket->tokens >= 1;
+}
+
+/*
+ * Takes one fetch from the budgets of the delivery's sender (NULL source_ip:
+ * one unknown sender) and of all senders; false when either is spent.  A new
+ * sender takes the slot of the one counted longest ago.
  */
 static bool
-TakeFetchBudget(void)
+TakeFetchBudget(Datum source_ip, bool source_ip_null)
 {
-	static double tokens = CERT_FETCH_BURST;
-	static TimestampTz counted_at = 0;
+	unsigned char sender[sizeof(fetch_senders[0].sender)] = {0};
+	FetchBucket *bucket = &fetch_senders[0];
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (counted_at != 0)
-		tokens = Min(CERT_FETCH_BURST,
-					 tokens + (double) (now - counted_at) / (CERT_FETCH_EVERY_MS * 1000.0));
-	counted_at = now;
-	if (tokens < 1)
+	if (!source_ip_null)
+	{
+		inet	   *ip = DatumGetInetPP(source_ip);
+
+		sender[0] = ip_family(ip);
+		memcpy(sender + 1, ip_addr(ip), ip_family(ip) == PGSQL_AF_INET ? 4 : 8);
+	}
+	for (int i = 0; i < CERT_FETCH_SENDERS; i++)
+	{
+		if (fetch_senders[i].counted_at != 0 &&
+			memcmp(fetch_senders[i].sender, sender, sizeof(sender)) == 0)
+		{
+			bucket = &fetch_senders[i];
+			break;
+		}
+		if (fetch_senders[i].counted_at < bucket->counted_at)
+			bucket = &fetch_senders[i];
+	}
+	if (memcmp(bucket->sender, sender, sizeof(sender)) != 0 || bucket->counted_at == 0)
+	{
+		memcpy(bucket->sender, sender, sizeof(sender));
+		bucket->counted_at = 0;
+	}
+	if (!RefillBucket(bucket, CERT_FETCH_BURST, CERT_FETCH_EVERY_MS, now) ||
+		!RefillBucket(&fetch_all, CERT_FETCH_ALL_BURST, CERT_FETCH_ALL_EVERY_MS, now))
 		return false;
-	tokens -= 1;
+	bucket->tokens -= 1;
+	fetch_all.tokens -= 1;
 	return true;
 }
 
@@ -661,7 +714,8 @@ OutcomeToVerdict(const CertOutcome *outcome, Verdict *verdict)
  * (or marked transient when the answer may change on a retry).
  */
 char *
-PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict)
+PayPalCertificate(Jsonb *settings, const char *url, int urllen, const Delivery *delivery,
+				  Verdict *verdict)
 {
 	char	   *urlz = pnstrdup(url, urllen);
 	CertUrl		parsed;
@@ -705,11 +759,10 @@ PayPalCertificate(Jsonb *settings, const char *url, int urllen, Verdict *verdict
 		return pem;
 	}
 
-	if (!TakeFetchBudget())
+	if (!TakeFetchBudget(delivery->source_ip, delivery->source_ip_null))
 	{
 		VerdictReject(verdict, "cert_unavailable",
-					  "more than %d certificates not yet cached were asked for on this connection in a short time; trying later",
-					  CERT_FETCH_BURST);
+					  "too many certificates not yet cached were asked for by this sender, or by all, in a short time; trying later");
 		verdict->transient = true;
 		return NULL;
 	}

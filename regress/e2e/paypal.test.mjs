@@ -492,26 +492,36 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 		assert.equal(eventCount('paypal', JSON.parse(x).id), 1);
 	});
 
-	test('fetches of uncached certificates are bounded per connection: past a burst of 20, 503 without fetching', async () => {
+	test('fetches of uncached certificates are bounded per sender: past a burst of 20, 503 without fetching; other senders still fetch', async () => {
 		const body = paypalEvent();
 		const before = stand.totalHits();
-		// one connection (psql, not blocking this process, which serves the stand-in), 22 deliveries
-		// naming certificates the stand-in does not have (404)
+		const names = `https://localhost:${stand.port}/v1/notifications/certs/CERT-budget-${randomBytes(4).toString('hex')}-`;
+		// one connection (psql, not blocking this process, which serves the stand-in): 24 deliveries from
+		// one sender naming certificates the stand-in does not have (404), then one from another sender
 		const psql = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1',
 			'-h', cluster.dir, '-p', String(cluster.port), '-U', 'postgres', '-d', 'payments',
-			'-v', `h=${JSON.stringify(paypalHeaders(body, leafKey, good.url))}`, '-v', `b=${body}`,
-			'-v', `u=https://localhost:${stand.port}/v1/notifications/certs/CERT-budget-${randomBytes(4).toString('hex')}-`],
+			'-v', `h=${JSON.stringify(paypalHeaders(body, leafKey, good.url))}`, '-v', `b=${body}`, '-v', `u=${names}`],
 		{ stdio: ['pipe', 'pipe', 'inherit'] });
 		let stdout = '';
 		psql.stdout.on('data', (d) => { stdout += d; });
 		const exited = new Promise((resolve) => psql.once('exit', resolve));
+		const started = Date.now();
 		psql.stdin.end(`SET client_min_messages = error;
-			SELECT string_agg(d.http_status::text, ' ' ORDER BY i) FROM generate_series(1, 22) AS i,
+			SELECT string_agg(d.http_status::text, ' ' ORDER BY i) FROM generate_series(1, 24) AS i,
 				LATERAL payments.ingest('paypal', jsonb_set(:'h'::jsonb, '{paypal-cert-url}', to_jsonb(:'u' || i)),
-										convert_to(:'b', 'UTF8')) AS d;\n`);
+										convert_to(:'b', 'UTF8'), '198.51.100.7') AS d;
+			SELECT http_status FROM payments.ingest('paypal', jsonb_set(:'h'::jsonb, '{paypal-cert-url}', to_jsonb(:'u' || 'other')),
+													 convert_to(:'b', 'UTF8'), '203.0.113.9');\n`);
 		assert.equal(await exited, 0);
-		assert.equal(stdout.trim(), [...Array(20).fill('401'), '503', '503'].join(' '));
-		assert.equal(stand.totalHits() - before, 20, 'the last two fetched nothing');
+		const elapsed = Date.now() - started;
+		const [first, other] = stdout.trim().split('\n');
+		const statuses = first.split(' ');
+		const fetched = statuses.filter((x) => x === '401').length;
+		// 401s (fetched, not found), then 503s; a token comes back every 3 s
+		assert.match(first, /^(401 )+(503 ?)+$/, first);
+		assert.ok(fetched >= 20 && fetched <= 20 + Math.ceil(elapsed / 3000), `${fetched} fetched in ${elapsed} ms`);
+		assert.equal(other, '401', 'another sender still fetches');
+		assert.equal(stand.totalHits() - before, fetched + 1, 'the 503s fetched nothing');
 	});
 
 	test('a certificate whose 200 breaks off halfway is 503 (PayPal retries), not a rejection', async () => {

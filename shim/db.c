@@ -629,12 +629,26 @@ ingest_params(const IngestRequest *req, const char **values, int *lengths)
 }
 
 /*
+ * Call payments.flush_wal() before a 2xx answer to a call committed on its
+ * own: the commit's wait for the synchronous standbys ends on a
+ * statement_timeout or a cancel with only a warning, the call answered as if
+ * they had it, and the flush confirms it (or fails).
+ */
+static DbStatus
+db_flush(const char *request_id)
+{
+	PGresult   *flushed;
+	DbStatus	status = db_exec(STMT_FLUSH, NULL, NULL, NULL, request_id, &flushed);
+
+	PQclear(flushed);
+	return status;
+}
+
+/*
  * Call payments.ingest() once for a request, in a transaction of its own.
  * out->status says what happened; on DB_OK the caller must
  * db_free_result(out->pgresult).  A 2xx answer is kept only once
- * payments.flush_wal() has confirmed it on the synchronous standbys too: the
- * commit's own wait for them ends on a statement_timeout or a cancel with
- * only a warning, the call answered as if they had it.
+ * db_flush has confirmed it.
  */
 static void
 db_ingest(const IngestRequest *req, IngestResult *out)
@@ -659,17 +673,11 @@ db_ingest(const IngestRequest *req, IngestResult *out)
 		out->status = DB_FAILED;
 		return;
 	}
-	if (out->http_status >= 200 && out->http_status < 300)
+	if (out->http_status >= 200 && out->http_status < 300 &&
+		(out->status = db_flush(req->request_id)) != DB_OK)
 	{
-		PGresult   *flushed;
-
-		out->status = db_exec(STMT_FLUSH, NULL, NULL, NULL, req->request_id, &flushed);
-		PQclear(flushed);
-		if (out->status != DB_OK)
-		{
-			PQclear(res);
-			return;
-		}
+		PQclear(res);
+		return;
 	}
 	out->pgresult = res;
 }
@@ -1136,6 +1144,13 @@ db_flows(const IngestRequest *req, FlowsResult *out)
 	{
 		PQclear(res);
 		out->status = DB_FAILED;
+		return;
+	}
+	/* a 200 closes the donor's Flow: its submission must be durable */
+	if (out->http_status >= 200 && out->http_status < 300 &&
+		(out->status = db_flush(req->request_id)) != DB_OK)
+	{
+		PQclear(res);
 		return;
 	}
 	out->outcome = PQgetvalue(res, 0, 1);

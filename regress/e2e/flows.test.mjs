@@ -159,6 +159,26 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		assert.equal(cluster.psql('SELECT count(*) FROM payments.flow_submissions'), '1');
 	});
 
+	test('the final submit is answered only once its submission is durable: a failed flush is 503, the retry 200', async () => {
+		const token = issueToken('263771234568');
+		assert.equal((await exchange({ version: '3.0', action: 'INIT', flow_token: token })).status, 200);
+		const ok = await donate(token, 'DONATE', { amount: '12', currency: 'USD', method: 'ecocash', phone: '0771234568' });
+		assert.equal(ok.status, 200, ok.text);
+		const stored = () => cluster.psqlVars('SELECT count(*) FROM payments.flow_submissions WHERE flow_token = :\'t\'', { t: token });
+		cluster.psql('ALTER FUNCTION payments.flush_wal() RENAME TO flush_wal_away');
+		let refused;
+		try {
+			refused = await donate(token, 'CONFIRM', ok.answer.data);
+		} finally {
+			cluster.psql('ALTER FUNCTION payments.flush_wal_away() RENAME TO flush_wal');
+		}
+		assert.equal(refused.status, 503, refused.text);
+		assert.equal(stored(), '1', 'committed all the same');
+		const done = await donate(token, 'CONFIRM', ok.answer.data);
+		assert.deepEqual([done.status, done.answer.screen], [200, 'SUCCESS']);
+		assert.equal(stored(), '1');
+	});
+
 	test('the amount limits are the provider\'s settings', async () => {
 		const token = issueToken('263711234567', 'wa-plain');
 		const res = await exchange({ version: '3.0', action: 'data_exchange', screen: 'DONATE', flow_token: token,

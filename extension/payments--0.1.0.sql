@@ -375,8 +375,9 @@ BEGIN
 		RETURN NEW;
 	END IF;
 	SELECT p.kind INTO provider_kind FROM payments.providers p WHERE p.name = NEW.provider;
-	-- an unknown provider or a NULL secret: the foreign key and NOT NULL say so
-	IF FOUND AND NEW.secret IS NOT NULL THEN
+	-- an unknown provider or a NULL secret: the foreign key and NOT NULL say so; a revoked secret
+	-- is never used (and a restore keeps one from before these checks)
+	IF FOUND AND NEW.secret IS NOT NULL AND NEW.revoked_at IS NULL THEN
 		problem := payments.secret_problem(provider_kind, NEW.secret);
 		IF problem IS NOT NULL THEN
 			RAISE EXCEPTION 'unusable secret for provider "%": %', NEW.provider, problem

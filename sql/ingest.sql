@@ -246,3 +246,6 @@ INSERT INTO payments.secrets (provider, secret) VALUES ('hooks', 'whsec_');
 RESET session_replication_role;
 SELECT http_status, outcome FROM payments.ingest('hooks', t.standard('msg_empty_key', '{}', 'whsec_'), convert_to('{}', 'UTF8'));
 DELETE FROM payments.secrets WHERE provider = 'hooks' AND secret = 'whsec_';
+-- a revoked one is never used: not checked (a restore keeps it)
+INSERT INTO payments.secrets (provider, secret, revoked_at) VALUES ('hooks', 'whsec_', now());
+DELETE FROM payments.secrets WHERE provider = 'hooks' AND secret = 'whsec_';

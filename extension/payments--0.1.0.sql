@@ -371,7 +371,8 @@ DECLARE
 	problem			text;
 BEGIN
 	IF TG_OP = 'UPDATE' AND NEW.secret IS NOT DISTINCT FROM OLD.secret
-	   AND NEW.provider IS NOT DISTINCT FROM OLD.provider THEN
+	   AND NEW.provider IS NOT DISTINCT FROM OLD.provider
+	   AND (OLD.revoked_at IS NULL OR NEW.revoked_at IS NOT NULL) THEN
 		RETURN NEW;
 	END IF;
 	SELECT p.kind INTO provider_kind FROM payments.providers p WHERE p.name = NEW.provider;

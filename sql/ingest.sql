@@ -248,4 +248,5 @@ SELECT http_status, outcome FROM payments.ingest('hooks', t.standard('msg_empty_
 DELETE FROM payments.secrets WHERE provider = 'hooks' AND secret = 'whsec_';
 -- a revoked one is never used: not checked (a restore keeps it)
 INSERT INTO payments.secrets (provider, secret, revoked_at) VALUES ('hooks', 'whsec_', now());
+UPDATE payments.secrets SET revoked_at = NULL WHERE provider = 'hooks' AND secret = 'whsec_';
 DELETE FROM payments.secrets WHERE provider = 'hooks' AND secret = 'whsec_';

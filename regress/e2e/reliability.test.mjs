@@ -119,11 +119,42 @@ describe(`reliability (${full ? 'full' : 'short'} version)`, () => {
 		return parseMetrics((await request(port, { path: '/metrics' })).text).samples.get('payments_shim_db_reconnects_total');
 	}
 
-	test('kill -9 of the postmaster under load: 503 while down, recovery by itself, nothing answered 2xx lost', async (t) => {
+	// Steady traffic to the shim until every sender has had a 200: the load a crash test kills under
+	async function loadBeforeCrash() {
 		const reconnectsBefore = await reconnects(shim.port);
 		const traffic = steadyTraffic(shim.port, () => delivery(), { senders: size.senders });
 		await sleep(size.loadMs);
 		await waitFor(() => traffic.recovered(size.senders), 10000, 'deliveries before the crash');
+		return { reconnectsBefore, traffic };
+	}
+
+	// The cluster started again after a crash, the traffic stopped once 200s are back
+	async function recoverAndStop(traffic) {
+		await restartAfterCrash();
+		const restartedAt = Date.now();
+		await waitFor(() => traffic.results.filter((r) => r.started > restartedAt && r.status === 200).length >= 20 &&
+			traffic.recovered(size.senders), 30000, 'deliveries after the restart');
+		await traffic.stop();
+	}
+
+	// What a crash test asserts at the end: the outage's answers, every delivery answered 200 before
+	// the kill (ids in before) and at all stored, and the same shim reconnected by itself; returns
+	// how many were answered 200 in all
+	async function assertCrashSurvived(t, traffic, before, reconnectsBefore) {
+		assertOutageAnswers(t, traffic.results);
+		assert.ok(before.length > 0, 'deliveries answered 200 before the kill');
+		const stored = Number(cluster.psqlVars(
+			"SELECT count(*) FROM payments.events WHERE provider = 'stripe' AND event_id = ANY (string_to_array(:'ids', ','))",
+			{ ids: before.join(',') }));
+		assert.equal(stored, before.length, 'every delivery answered 200 before the kill is stored after the restart');
+		const acknowledged = assertNoAcknowledgedLoss(cluster, traffic.results);
+		assert.equal(shim.proc.exitCode, null, 'the same shim, never restarted');
+		assert.ok(await reconnects(shim.port) > reconnectsBefore, 'the shim reconnected by itself');
+		return acknowledged;
+	}
+
+	test('kill -9 of the postmaster under load: 503 while down, recovery by itself, nothing answered 2xx lost', async (t) => {
+		const { reconnectsBefore, traffic } = await loadBeforeCrash();
 		const postmaster = Number(readFileSync(join(cluster.data, 'postmaster.pid'), 'utf8').split('\n')[0]);
 		const killedAt = Date.now();
 		process.kill(postmaster, 'SIGKILL');
@@ -132,32 +163,17 @@ describe(`reliability (${full ? 'full' : 'short'} version)`, () => {
 		await waitFor(() => traffic.results.some((r) => r.started > killedAt && r.status === 503), 30000,
 			'503 while the database is down');
 		await sleep(500);
-		await restartAfterCrash();
-		const restartedAt = Date.now();
-		await waitFor(() => traffic.results.filter((r) => r.started > restartedAt && r.status === 200).length >= 20 &&
-			traffic.recovered(size.senders), 30000, 'deliveries after the restart');
-		await traffic.stop();
+		await recoverAndStop(traffic);
 
-		assertOutageAnswers(t, traffic.results);
-		assert.ok(before.length > 0, 'deliveries answered 200 before the kill');
-		const stored = Number(cluster.psqlVars(
-			"SELECT count(*) FROM payments.events WHERE provider = 'stripe' AND event_id = ANY (string_to_array(:'ids', ','))",
-			{ ids: before.join(',') }));
-		assert.equal(stored, before.length, 'every delivery answered 200 before the kill is stored after the restart');
-		const acknowledged = assertNoAcknowledgedLoss(cluster, traffic.results);
+		const acknowledged = await assertCrashSurvived(t, traffic, before, reconnectsBefore);
 		t.diagnostic(`${before.length} answered 200 before the kill, ${acknowledged} in all`);
-		assert.equal(shim.proc.exitCode, null, 'the same shim, never restarted');
-		assert.ok(await reconnects(shim.port) > reconnectsBefore, 'the shim reconnected by itself');
 	});
 
 	test('kill -9 of the postmaster and every process of the cluster at once under load: what was answered 2xx survives', async (t) => {
 		// Killing the postmaster alone leaves its backends running: batches already in them may
 		// still commit.  Here every process of the cluster dies at the same moment, so batches in
 		// flight die with their backends, and only what had committed can be there after the restart.
-		const reconnectsBefore = await reconnects(shim.port);
-		const traffic = steadyTraffic(shim.port, () => delivery(), { senders: size.senders });
-		await sleep(size.loadMs);
-		await waitFor(() => traffic.recovered(size.senders), 10000, 'deliveries before the crash');
+		const { reconnectsBefore, traffic } = await loadBeforeCrash();
 		const postmaster = Number(readFileSync(join(cluster.data, 'postmaster.pid'), 'utf8').split('\n')[0]);
 		const children = execFileSync('pgrep', ['-P', String(postmaster)], { encoding: 'utf8' }).trim().split('\n').map(Number);
 		assert.ok(children.length >= 5, `the cluster's processes: ${children.join(' ')}`);
@@ -172,28 +188,16 @@ describe(`reliability (${full ? 'full' : 'short'} version)`, () => {
 		await waitFor(() => traffic.results.filter((r) => r.started > killedAt && r.status === 503).length >= size.senders, 30000,
 			'503 while the database is down');
 		const downUntil = Date.now();
-		await restartAfterCrash();
-		const restartedAt = Date.now();
-		await waitFor(() => traffic.results.filter((r) => r.started > restartedAt && r.status === 200).length >= 20 &&
-			traffic.recovered(size.senders), 30000, 'deliveries after the restart');
-		await traffic.stop();
+		await recoverAndStop(traffic);
 
 		// while nothing of the database ran: only 503 with Retry-After, at once
 		const down = traffic.results.filter((r) => r.started > killedAt && r.at < downUntil);
 		assert.ok(down.length >= size.senders, `answers while down: ${down.length}`);
 		assert.deepEqual(down.filter((r) => r.status !== 503 || !(Number(r.retryAfter) > 0)), [],
 			'every answer while the database is down is 503 with Retry-After');
-		assertOutageAnswers(t, traffic.results);
-		assert.ok(before.length > 0, 'deliveries answered 200 before the kill');
-		const stored = Number(cluster.psqlVars(
-			"SELECT count(*) FROM payments.events WHERE provider = 'stripe' AND event_id = ANY (string_to_array(:'ids', ','))",
-			{ ids: before.join(',') }));
-		assert.equal(stored, before.length, 'every delivery answered 200 before the kill is stored after the restart');
-		const acknowledged = assertNoAcknowledgedLoss(cluster, traffic.results);
+		const acknowledged = await assertCrashSurvived(t, traffic, before, reconnectsBefore);
 		t.diagnostic(`${children.length + 1} processes killed; ${before.length} answered 200 before the kill, ` +
 			`${down.length} answered 503 while down, ${acknowledged} answered 200 in all`);
-		assert.equal(shim.proc.exitCode, null, 'the same shim, never restarted');
-		assert.ok(await reconnects(shim.port) > reconnectsBefore, 'the shim reconnected by itself');
 	});
 
 	test('SIGTERM of the shim under load: requests in flight are answered and stored, nothing answered 2xx lost', async (t) => {

@@ -14,32 +14,44 @@
 #include "utils/resowner.h"
 
 /*
- * Runs step(arg) in a subtransaction.  Returns true when it completed, or
- * false with *error set to the error's message after rolling the step back.
- * The step allocates in the caller's memory context, so what it returns
- * survives.  Query cancels and shutdowns are raised again: they say nothing
- * about the data.
+ * Whether an error caught from a step is raised again rather than returned:
+ * one that says nothing about the step's input.  Query cancels and
+ * shutdowns (class 57) always are; when the step only reads data
+ * (data_step), so are a lack of resources (class 53: out of memory, disk
+ * full) and system errors (class 58: I/O), which must not make a good body
+ * look malformed.  Program limits (class 54: nesting deeper than the stack)
+ * are the input's doing and are returned.
  */
-bool
-RunInSubtransaction(void (*step) (void *arg), void *arg, char **error)
+static bool
+RaisedAgain(int sqlerrcode, bool data_step)
 {
-	int			sqlerrcode;
+	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
 
-	return RunInSubtransactionCode(step, arg, error, &sqlerrcode);
+	if (category == ERRCODE_OPERATOR_INTERVENTION)
+		return true;
+	return data_step &&
+		(category == ERRCODE_INSUFFICIENT_RESOURCES || category == ERRCODE_SYSTEM_ERROR);
 }
 
 /*
- * RunInSubtransaction that also gives the error's SQLSTATE (as packed by
- * MAKE_SQLSTATE) in *sqlerrcode when the step failed.
+ * Runs step(arg) in a subtransaction for the two functions below.  The
+ * error is copied while the failed step's memory is still held, which may
+ * be all there is (out of memory): the copy goes to a block kept for it, as
+ * an error raised while copying would leave the subtransaction open and the
+ * session refusing everything (25P02) until a ROLLBACK.
  */
-bool
-RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
-						int *sqlerrcode)
+static bool
+RunStep(void (*step) (void *arg), void *arg, bool data_step, char **error,
+		int *sqlerrcode)
 {
+	static MemoryContext error_copy_context = NULL;
 	MemoryContext callercxt = CurrentMemoryContext;
 	ResourceOwner callerowner = CurrentResourceOwner;
 	volatile bool ok = true;
 
+	if (error_copy_context == NULL)
+		error_copy_context = AllocSetContextCreate(TopMemoryContext, "payments step error",
+												   8192, 8192, 8192);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(callercxt);
 	PG_TRY();
@@ -53,21 +65,50 @@ RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
 	{
 		ErrorData  *edata;
 
-		MemoryContextSwitchTo(callercxt);
+		MemoryContextReset(error_copy_context);
+		MemoryContextSwitchTo(error_copy_context);
 		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(callercxt);
 		CurrentResourceOwner = callerowner;
 
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		if (RaisedAgain(edata->sqlerrcode, data_step))
 			ReThrowError(edata);
 		*error = pstrdup(edata->message);
 		*sqlerrcode = edata->sqlerrcode;
-		FreeErrorData(edata);
+		MemoryContextReset(error_copy_context);
 		ok = false;
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+/*
+ * Runs step(arg), which decodes untrusted data, in a subtransaction.  Returns
+ * true when it completed, or false with *error set to the error's message
+ * after rolling the step back.  The step allocates in the caller's memory
+ * context, so what it returns survives.  Errors that say nothing about the
+ * data are raised again (RaisedAgain).
+ */
+bool
+RunInSubtransaction(void (*step) (void *arg), void *arg, char **error)
+{
+	int			sqlerrcode;
+
+	return RunStep(step, arg, true, error, &sqlerrcode);
+}
+
+/*
+ * Runs step(arg), which may fail for any reason, in a subtransaction, as
+ * RunInSubtransaction does, and also gives the error's SQLSTATE (as packed
+ * by MAKE_SQLSTATE) in *sqlerrcode when it failed.  Only query cancels and
+ * shutdowns are raised again: a caller keeping one delivery's failure from
+ * the others' wants every other error returned.
+ */
+bool
+RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
+						int *sqlerrcode)
+{
+	return RunStep(step, arg, false, error, sqlerrcode);
 }

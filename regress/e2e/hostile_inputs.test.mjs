@@ -12,7 +12,9 @@ import assert from 'node:assert/strict';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { Webhook } from 'standardwebhooks';
 import { connect } from 'node:net';
-import { Cluster, Shim, request, sleep, freePort } from './harness.mjs';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { Cluster, Shim, request, sleep, freePort, PG_BIN } from './harness.mjs';
 
 const secrets = {
 	stripe: `whsec_${randomBytes(16).toString('hex')}`,
@@ -392,6 +394,34 @@ describe('hostile inputs', () => {
 			headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: paynow });
 		assert.equal(res.status, 200, res.text);
 		assert.equal((await request(shim.port, { path: '/health' })).status, 200);
+	});
+
+	test('a body whose parsing runs the server out of memory is an error (53200), not an invalid body', () => {
+		// The backend's address space is capped 96 MB above what it uses, after the
+		// 8 MB body is made and signed: enough to record the body as refused, far from what
+		// jsonb needs for its 4 million numbers (about 100 bytes each).
+		const run = spawnSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-h', cluster.dir, '-p', String(cluster.port),
+			'-U', 'postgres', '-d', 'payments', '-v', `secret=${secrets.standard}`], { encoding: 'utf8', input: `
+\\set ON_ERROR_STOP 1
+\\set VERBOSITY sqlstate
+SELECT pg_backend_pid() AS pid \\gset
+CREATE TEMP TABLE big AS
+	SELECT convert_to(b, 'UTF8') AS body, ts, payments.sign_webhook('msg_oom', ts, b, :'secret') AS sig
+	  FROM (SELECT '{"type":"x","data":[' || repeat('1,', 4000000) || '1]}' AS b,
+				   extract(epoch FROM now())::bigint AS ts) s;
+\\setenv BACKEND_PID :pid
+\\! prlimit --pid "$BACKEND_PID" --as=$(( $(awk '/^VmSize/ {print $2}' /proc/$BACKEND_PID/status) * 1024 + 100663296 ))
+\\set ON_ERROR_STOP 0
+SELECT 'answered', http_status, outcome FROM big, payments.ingest('standard',
+	jsonb_build_object('webhook-id', 'msg_oom', 'webhook-timestamp', ts::text, 'webhook-signature', sig),
+	body, NULL, 'hostile-oom');
+\\set ON_ERROR_STOP 1
+SELECT 'stored', count(*) FROM payments.events WHERE event_id = 'msg_oom';
+SELECT 'refused', count(*) FROM payments.rejections WHERE request_id = 'hostile-oom';
+` });
+		assert.equal(run.status, 0, run.stderr);
+		assert.match(run.stderr, /^ERROR:\s+53200$/m);
+		assert.equal(run.stdout.trim(), 'stored|0\nrefused|0');
 	});
 });
 

@@ -3433,10 +3433,16 @@ BEGIN
 			-- dated by the provider's time where the reply has one (PayPal's update_time,
 			-- Eversend's updatedAt), else by the status the payment had, never by the poll's:
 			-- an event about something that happened before the poll, delivered after it, must
-			-- not be refused as older
+			-- not be refused as older (its paid time is another matter, below)
 			change.status_at := greatest(pay.status_at, change.status_at);
 			result := payments.apply_change(NULL, chk.provider, change);
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;
+			-- found paid where the reply has no time (Stripe, Paynow): paid by the time of the
+			-- poll, not at the status it had (days before, perhaps, in a day already reported);
+			-- its receipt, numbered at the commit, takes the day of paid_at
+			IF said_at IS NULL AND after = 'paid' AND pay.paid_at IS NULL THEN
+				UPDATE payments.payments p SET paid_at = now() WHERE p.id = pay.id;
+			END IF;
 			UPDATE payments.reconciliation_checks c
 			   SET finished_at = now(), http_status = record_reconciliation.http_status, found_status = raw,
 				   found = jsonb_strip_nulls(jsonb_build_object('status', change.status, 'amount', change.amount,

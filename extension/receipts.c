@@ -128,7 +128,9 @@ ReceiptNumber(const char *prefix, DateADT day, int32 number)
 
 /*
  * Gives a collection that became paid its receipt number,
- * PREFIX-YYYYMMDD-NNNNNN, unless it has one; the day is that of paid_at.
+ * PREFIX-YYYYMMDD-NNNNNN, unless it has one; the day is that of the
+ * payment's paid_at, else of paid_at (the time of the transition to paid:
+ * they differ when reconciliation found it paid, the time of the poll).
  * Payouts and refunds get none: receipt numbers count donations, and
  * daily_report shows them per day without gaps.  The lookup is not
  * read-only, so that it sees a receipt this commit step gave the payment
@@ -143,13 +145,14 @@ IssueReceipt(int64 payment_id, TimestampTz paid_at)
 	Datum		args[2];
 	bool		isnull;
 	text	   *provider_name;
+	Datum		payment_paid_at;
 	const char *prefix;
 	DateADT		day;
 	int32		number;
 
 	args[0] = Int64GetDatum(payment_id);
 	if (SPI_execute_plan(KeptPlan(&unnumbered_plan,
-								  "SELECT p.provider FROM payments.payments p"
+								  "SELECT p.provider, p.paid_at FROM payments.payments p"
 								  " WHERE p.id = $1 AND p.kind = 'collection'"
 								  "   AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id)",
 								  1, payment_types),
@@ -159,6 +162,9 @@ IssueReceipt(int64 payment_id, TimestampTz paid_at)
 		return;					/* numbered already (or gone) */
 	provider_name = DatumGetTextPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												 &isnull));
+	payment_paid_at = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+		paid_at = DatumGetTimestampTz(payment_paid_at);
 
 	prefix = ReceiptPrefix(provider_name);
 	number = NextReceiptNumber(prefix, paid_at, &day);

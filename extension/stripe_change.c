@@ -192,6 +192,19 @@ TextStartsWith(text *value, const char *prefix)
 		memcmp(VARDATA_ANY(value), prefix, len) == 0;
 }
 
+/*
+ * Whether a Checkout Session takes a payment itself: mode "payment" (or no
+ * mode).  A subscription's session is paid by its first invoice, whose
+ * payment_intent events record the money; a setup session only saves a card.
+ */
+static bool
+CheckoutTakesPayment(JsonbContainer *session)
+{
+	text	   *mode = MemberText(session, "mode");
+
+	return mode == NULL || TextIs(mode, "payment");
+}
+
 /* The result's tuple descriptor, kept for the calls of one query */
 static TupleDesc
 ChangeTupleDesc(FunctionCallInfo fcinfo)
@@ -338,7 +351,7 @@ stripe_change(PG_FUNCTION_ARGS)
 		status = TextIs(etype, "charge.dispute.created") ? "disputed" :
 			TextIs(MemberText(obj, "status"), "lost") ? "refunded" : "paid";
 	}
-	else if (TextStartsWith(etype, "checkout.session."))
+	else if (TextStartsWith(etype, "checkout.session.") && CheckoutTakesPayment(obj))
 	{
 		JsonbContainer *customer = MemberObject(obj, "customer_details", NULL);
 
@@ -349,8 +362,9 @@ stripe_change(PG_FUNCTION_ARGS)
 		{
 			text	   *payment_status = MemberText(obj, "payment_status");
 
-			status = TextIs(payment_status, "paid") || TextIs(payment_status, "no_payment_required") ?
-				"paid" : "pending";
+			/* no_payment_required: a total of 0 after discounts, nothing to receive */
+			status = TextIs(payment_status, "paid") ? "paid" :
+				TextIs(payment_status, "no_payment_required") ? NULL : "pending";
 		}
 		else
 			status = TextIs(etype, "checkout.session.async_payment_succeeded") ? "paid" :

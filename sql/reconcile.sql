@@ -24,7 +24,7 @@ SET payments.reconcile_after = '5min';
 
 -- stuck: pending for longer than reconcile_after; not recent ones, not paid ones
 INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
-	('rc_stripe', 'pi_old', 'pending', 10, 'USD', now() - interval '20 minutes', '{}'),
+	('rc_stripe', 'pi_old', 'pending', 10, 'USD', now() - interval '2 days', '{}'),
 	('rc_stripe', 'pi_new', 'pending', 10, 'USD', now() - interval '1 minute', '{}'),
 	('rc_stripe', 'pi_paid', 'paid', 10, 'USD', now() - interval '20 minutes', '{}'),
 	('rc_stripe', 'cs_session', 'pending', 10, 'USD', now() - interval '30 minutes', '{}'),
@@ -70,10 +70,15 @@ SELECT provider_ref, status, receipt_no IS NOT NULL AS has_receipt
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE provider_ref IN ('pi_old', 'ORDER1', 'ORDER2', '9510') ORDER BY provider_ref;
 -- dated by the provider's time where the answer has one (PayPal's update_time), else by the status
--- the payment had, not by the poll: news of what happened before the poll still applies after it
+-- the payment had, not by the poll: news of what happened before the poll still applies after it.
+-- Paid, without the provider's time, by the time of the poll: its receipt is of that day, not of
+-- the day it was last known pending (two days before)
 SELECT provider_ref, paid_at = status_at AS paid_then, status_at < now() - interval '15 minutes' AS at_last_known_status,
-	   status_at BETWEEN now() - interval '6 minutes' AND now() - interval '4 minutes' AS at_provider_time
-  FROM payments.payments WHERE provider_ref IN ('pi_old', 'ORDER2') ORDER BY provider_ref;
+	   status_at BETWEEN now() - interval '6 minutes' AND now() - interval '4 minutes' AS at_provider_time,
+	   paid_at > now() - interval '1 minute' AS paid_when_polled,
+	   r.receipt_no LIKE '%-' || to_char(payments.receipt_day(paid_at), 'YYYYMMDD') || '-%' AS receipt_of_paid_day
+  FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE provider_ref IN ('pi_old', 'ORDER2') ORDER BY provider_ref;
 SELECT payments.apply_change(NULL, 'rc_stripe', payments.stripe_change(jsonb_build_object('type', 'charge.refunded',
 	'created', extract(epoch FROM now() - interval '10 minutes'), 'data', jsonb_build_object('object',
 	'{"id": "ch_old", "object": "charge", "payment_intent": "pi_old", "amount": 1000, "amount_refunded": 400, "currency": "usd"}'::jsonb))));

@@ -157,6 +157,10 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_v","amount":100,"currency":"usd","billing_details":{"address":{"country":["Z"]}}}}}',
  '[1,2]', '"scalar"', '42', 'null',
  '{"type":"paymentXintent.succeeded","created":1718000000,"data":{"object":{"id":"pi_w","amount":100,"currency":"usd"}}}',
- '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_v","amount":100,"currency":"Usd","metadata":{}}}}'
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_v","amount":100,"currency":"Usd","metadata":{}}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_8","mode":"payment","payment_intent":"pi_cs8","payment_status":"paid","amount_total":900,"currency":"usd"}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_9","mode":"subscription","payment_intent":null,"invoice":"in_9","payment_status":"paid","amount_total":2000,"currency":"usd"}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_10","mode":"setup","payment_intent":null,"payment_status":"no_payment_required","amount_total":null,"currency":null}}}',
+ '{"type":"checkout.session.expired","created":1718000000,"data":{"object":{"id":"cs_11","mode":"subscription","amount_total":2000,"currency":"usd"}}}'
 ]) WITH ORDINALITY AS t (payload, n);
 SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;

@@ -852,14 +852,15 @@ BEGIN
 	IF change.status = 'refunded' AND change.amount_refunded < coalesce(pay.amount, change.amount) THEN
 		change.status := 'partially_refunded';
 	END IF;
-	-- paid again (a dispute won) after part of the money was given back: partially refunded, so
-	-- that a dispute won before its opening arrives ends where it would in order.  A disputed
-	-- payment not yet known as paid is won by news not older than the dispute; older news that it
-	-- was paid is the late news of its payment (below)
+	-- paid again (a dispute won) after money was given back: partially refunded, or refunded when
+	-- all of it was, so that a dispute won before its opening arrives ends where it would in
+	-- order.  A disputed payment not yet known as paid is won by news not older than the dispute;
+	-- older news that it was paid is the late news of its payment (below)
 	IF change.status = 'paid' AND pay.status IN ('disputed', 'partially_refunded')
 	   AND (pay.paid_at IS NOT NULL OR (pay.status = 'disputed' AND at >= pay.status_at))
 	   AND greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) > 0 THEN
-		change.status := 'partially_refunded';
+		change.status := CASE WHEN greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) >= pay.amount
+							  THEN 'refunded' ELSE 'partially_refunded' END;
 	END IF;
 
 	-- details the payment does not know yet are filled in; what it knows is kept, and the fee is
@@ -889,7 +890,10 @@ BEGIN
 		outcome := 'applied';
 	ELSIF change.status = pay.status THEN
 		outcome := 'ignored';
-	ELSIF at < pay.status_at THEN
+	-- a refund is money given back, whatever happened since: one made before a dispute that was
+	-- won since, delivered late, still moves the paid payment on (its status time stays)
+	ELSIF at < pay.status_at
+		  AND NOT (change.status IN ('partially_refunded', 'refunded') AND pay.status IN ('paid', 'partially_refunded')) THEN
 		INSERT INTO payments.refused_transitions (payment_id, from_status, to_status, event_id, reason)
 		VALUES (pay.id, pay.status, change.status, event_row, 'older than the current status');
 		outcome := 'ignored';
@@ -901,7 +905,7 @@ BEGIN
 	ELSE
 		UPDATE payments.payments p
 		   SET status = change.status,
-			   status_at = at,
+			   status_at = greatest(p.status_at, at),
 			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END
 		 WHERE p.id = pay.id;
 		INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)

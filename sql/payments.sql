@@ -138,6 +138,27 @@ SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_4","payment_inte
 SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_4","payment_intent":"pi_w2"}', 1718001500);
 SELECT provider_ref, status, amount_refunded FROM payments.payments WHERE provider_ref IN ('pi_w1', 'pi_w2') ORDER BY 1;
 
+-- a refund made before a dispute but delivered after it ends where it would in order: refunds
+-- are money given back, whatever came since; a full refund makes a won dispute refunded
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_rl', 1000), 1718000100);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_rl","payment_intent":"pi_rl"}', 1718000300);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_rl","payment_intent":"pi_rl","status":"won"}', 1718000400);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_rl', 1000, 1000), 1718000200);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_rb', 1000), 1718000100);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_rb","payment_intent":"pi_rb"}', 1718000300);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_rb', 1000, 1000), 1718000200);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_rb","payment_intent":"pi_rb","status":"won"}', 1718000400);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_rp', 1000), 1718000100);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_rp","payment_intent":"pi_rp"}', 1718000300);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_rp","payment_intent":"pi_rp","status":"won"}', 1718000400);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_rp', 1000, 300), 1718000200);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_ri', 1000), 1718000100);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ri', 1000, 1000), 1718000200);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_ri","payment_intent":"pi_ri"}', 1718000300);
+SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_ri","payment_intent":"pi_ri","status":"won"}', 1718000400);
+SELECT provider_ref, status, amount_refunded, extract(epoch FROM status_at) AS status_at
+  FROM payments.payments WHERE provider_ref IN ('pi_rl', 'pi_rb', 'pi_rp', 'pi_ri') ORDER BY 1;
+
 -- a dispute won before the news that it was paid: the win (newer than the dispute) makes it paid,
 -- with its receipt; the late news, older, changes nothing.  With money given back before, the
 -- win leaves it partially refunded, and the late news gives it its paid time and receipt

@@ -305,8 +305,8 @@ stripe_change(PG_FUNCTION_ARGS)
 		SET_TEXT(CHANGE_DONOR_PHONE, FirstText(MemberText(shipping, "phone"),
 											   MemberText(metadata, "phone")));
 	}
-	else if (TextIs(etype, "charge.succeeded") || TextIs(etype, "charge.failed") ||
-			 TextIs(etype, "charge.refunded"))
+	else if (TextIs(etype, "charge.succeeded") || TextIs(etype, "charge.captured") ||
+			 TextIs(etype, "charge.failed") || TextIs(etype, "charge.refunded"))
 	{
 		JsonbContainer *billing = MemberObject(obj, "billing_details", NULL);
 		bool		refund = TextIs(etype, "charge.refunded");
@@ -328,8 +328,18 @@ stripe_change(PG_FUNCTION_ARGS)
 		}
 		else
 		{
-			status = TextIs(etype, "charge.succeeded") ? "paid" : "failed";
-			minor = TextNumeric(MemberText(obj, "amount"), &minor_null);
+			/*
+			 * a charge of manual capture succeeds when authorized (captured
+			 * false): pending, a hold, until charge.captured; what it took
+			 * is amount_captured
+			 */
+			if (TextIs(etype, "charge.failed"))
+				status = "failed";
+			else
+				status = TextIs(MemberText(obj, "captured"), "false") ? "pending" : "paid";
+			minor = TextNumeric(FirstText(TextIs(etype, "charge.captured") ?
+										  MemberText(obj, "amount_captured") : NULL,
+										  MemberText(obj, "amount")), &minor_null);
 			refunded = TextNumeric(MemberText(obj, "amount_refunded"), &refunded_null);
 		}
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,

@@ -161,6 +161,9 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_8","mode":"payment","payment_intent":"pi_cs8","payment_status":"paid","amount_total":900,"currency":"usd"}}}',
  '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_9","mode":"subscription","payment_intent":null,"invoice":"in_9","payment_status":"paid","amount_total":2000,"currency":"usd"}}}',
  '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_10","mode":"setup","payment_intent":null,"payment_status":"no_payment_required","amount_total":null,"currency":null}}}',
- '{"type":"checkout.session.expired","created":1718000000,"data":{"object":{"id":"cs_11","mode":"subscription","amount_total":2000,"currency":"usd"}}}'
+ '{"type":"checkout.session.expired","created":1718000000,"data":{"object":{"id":"cs_11","mode":"subscription","amount_total":2000,"currency":"usd"}}}',
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m","captured":false,"amount":1000,"amount_captured":0,"currency":"usd"}}}',
+ '{"type":"charge.captured","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m","captured":true,"amount":1000,"amount_captured":700,"currency":"usd"}}}',
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_n","payment_intent":"pi_n","captured":true,"amount":1000,"currency":"usd"}}}'
 ]) WITH ORDINALITY AS t (payload, n);
 SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;

@@ -4317,14 +4317,15 @@ $$;
 COMMENT ON FUNCTION payments.chat_local_phone(text) IS
 	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567 or +263 77 123 4567; NULL otherwise';
 
-CREATE FUNCTION payments.chat_amount(amount numeric)
+CREATE FUNCTION payments.chat_amount(amount numeric, currency text)
 RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT to_char(amount, 'FM999999999990.00')
+	SELECT round(amount, coalesce(payments.currency_exponent(currency), 2))::text
 $$;
-COMMENT ON FUNCTION payments.chat_amount(numeric) IS 'An amount as donors read it: two decimals';
+COMMENT ON FUNCTION payments.chat_amount(numeric, text) IS
+	'An amount as donors, admins and Paynow read it: with its currency''s decimals (three for BHD, none for UGX), two when no currency is known';
 
 -- The conversation
 
@@ -4357,7 +4358,7 @@ BEGIN
 			'[["donate", "Donate"], ["check", "Check a payment"], ["volunteer", "Volunteer"], ["help", "Help"]]')
 		WHEN 'amount' THEN (SELECT payments.chat_text(wa_id, format(
 			'How much would you like to give? Send an amount between %s and %s%s, for example 10 or 25.50.',
-			payments.chat_amount(r.low), payments.chat_amount(r.high), coalesce(' ' || (draft ->> 'currency'), '')))
+			payments.chat_amount(r.low, draft ->> 'currency'), payments.chat_amount(r.high, draft ->> 'currency'), coalesce(' ' || (draft ->> 'currency'), '')))
 			FROM payments.chat_amount_range(cfg, draft ->> 'currency') r)
 		WHEN 'currency' THEN payments.chat_choices(wa_id, 'In which currency?',
 			(SELECT jsonb_agg(jsonb_build_array('cur_' || k, k) ORDER BY k) FROM jsonb_object_keys(cfg -> 'paynow_providers') k))
@@ -4427,8 +4428,8 @@ BEGIN
 	SELECT r.low, r.high INTO low, high FROM payments.chat_amount_range(cfg, next_draft ->> 'currency') r;
 	IF next_draft ? 'currency' AND (next_draft ->> 'amount')::numeric NOT BETWEEN low AND high THEN
 		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
-			'Donations in %s must be between %s and %s.', next_draft ->> 'currency', payments.chat_amount(low),
-			payments.chat_amount(high))));
+			'Donations in %s must be between %s and %s.', next_draft ->> 'currency', payments.chat_amount(low, next_draft ->> 'currency'),
+			payments.chat_amount(high, next_draft ->> 'currency'))));
 		next_draft := next_draft - 'amount';
 	END IF;
 	next_state := CASE
@@ -4459,7 +4460,7 @@ BEGIN
 	IF NOT FOUND THEN
 		body := 'You have not made a donation from this number yet. Send *donate* to give.';
 	ELSE
-		body := format('Your last donation, %s %s by %s (reference %s), ', payments.chat_amount(p.amount), p.currency,
+		body := format('Your last donation, %s %s by %s (reference %s), ', payments.chat_amount(p.amount, p.currency), p.currency,
 					   payments.chat_method_label(p.method), p.reference) ||
 			CASE p.status
 				WHEN 'paid' THEN 'is paid. Receipt number: ' ||
@@ -4570,7 +4571,7 @@ DECLARE
 BEGIN
 	IF cmd = '/stats' THEN
 		SELECT string_agg(format('%s: %s paid, gross %s, net %s; %s failed, %s pending', s.currency, s.paid,
-								 payments.chat_amount(s.gross), payments.chat_amount(s.net), s.failed, s.pending),
+								 payments.chat_amount(s.gross, s.currency), payments.chat_amount(s.net, s.currency), s.failed, s.pending),
 						  E'\n' ORDER BY s.currency)
 		  INTO body FROM payments.currency_summary(payments.day_start(today), payments.day_start(today + 1)) s;
 		body := format(E'Today (%s):\n', to_char(today, 'YYYY-MM-DD')) || coalesce(body, 'no payments yet.');
@@ -4590,9 +4591,9 @@ BEGIN
 			body := 'Usage: /report [YYYY-MM-DD | yesterday] (default: today)';
 		ELSE
 			SELECT string_agg(format('%s %s: %s paid, gross %s, fees %s, net %s; %s failed; %s refunds (%s); %s new donors%s',
-									 r.currency, r.method, r.paid, payments.chat_amount(r.gross),
-									 payments.chat_amount(r.fees), payments.chat_amount(r.net), r.failed, r.refunds,
-									 payments.chat_amount(r.refunded), r.new_donors,
+									 r.currency, r.method, r.paid, payments.chat_amount(r.gross, r.currency),
+									 payments.chat_amount(r.fees, r.currency), payments.chat_amount(r.net, r.currency), r.failed, r.refunds,
+									 payments.chat_amount(r.refunded, r.currency), r.new_donors,
 									 CASE WHEN r.receipts > 0 THEN format('; receipts %s to %s', r.first_receipt, r.last_receipt)
 										  ELSE '' END), E'\n')
 			  INTO body FROM payments.daily_report(day) r;
@@ -4623,7 +4624,7 @@ BEGIN
 				-- receipts are taken at commit; the admin's answer names it, so take it now (the
 				-- commit then finds it taken)
 				PERFORM payments.issue_receipt(pay.id, c.status_at);
-				body := format('Approved %s: %s %s marked paid, receipt %s.', pay.reference, payments.chat_amount(pay.amount),
+				body := format('Approved %s: %s %s marked paid, receipt %s.', pay.reference, payments.chat_amount(pay.amount, pay.currency),
 							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id)) ||
 					-- a request that left cannot be called back: the donor may still be prompted
 					coalesce((SELECT E'\nPaynow was already asked for it (' || i.state || '): the donor may still be prompted to pay; '
@@ -4768,10 +4769,10 @@ BEGIN
 		IF amount IS NULL OR amount < low OR amount > high THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
 				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s, like 10 or 25.50.',
-				left(txt, 40), payments.chat_amount(low), payments.chat_amount(high))));
+				left(txt, 40), payments.chat_amount(low, drafted ->> 'currency'), payments.chat_amount(high, drafted ->> 'currency'))));
 		ELSE
 			SELECT a.next_state, a.next_draft INTO st, drafted
-			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('amount', payments.chat_amount(amount))) a;
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('amount', payments.chat_amount(amount, drafted ->> 'currency'))) a;
 		END IF;
 	ELSIF st = 'currency' THEN
 		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5) ELSE upper(txt) END;
@@ -4971,7 +4972,7 @@ BEGIN
 	IF p.status <> transition.to_status THEN
 		RETURN;			-- moved on again in the same transaction: that move tells the donor
 	END IF;
-	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount), p.currency, p.reference);
+	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount, p.currency), p.currency, p.reference);
 	-- Meta delivers free text only within 24 hours of the donor's last message (its customer
 	-- service window); a receipt due later (a payment confirmed late), or to a donor with no
 	-- message known (a Flow's), goes as the approved template when the provider names one. An
@@ -5083,7 +5084,7 @@ BEGIN
 			E'We could not confirm your donation of %s %s (reference %s) with Paynow.\n' ||
 			'If your phone asks you to approve it with your PIN, you may: your receipt will come here. ' ||
 			'So that you are not charged twice, please send *check* before donating again.',
-			payments.chat_amount(p.amount), p.currency, p.reference)));
+			payments.chat_amount(p.amount, p.currency), p.currency, p.reference)));
 	END IF;
 END
 $$;
@@ -5123,7 +5124,7 @@ BEGIN
 	 WHERE pi.state = 'queued' AND p.id = pi.payment_id AND p.status <> 'pending';
 
 	FOR i IN
-		SELECT pi.id, pi.provider, pi.reference, pi.method, pi.phone, p.amount, d.purpose, v.settings
+		SELECT pi.id, pi.provider, pi.reference, pi.method, pi.phone, p.amount, p.currency, d.purpose, v.settings
 		  FROM payments.paynow_initiations pi
 		  JOIN payments.payments p ON p.id = pi.payment_id
 		  JOIN payments.providers v ON v.name = pi.provider
@@ -5154,7 +5155,7 @@ BEGIN
 		fields := jsonb_build_array(
 			jsonb_build_array('id', i.settings ->> 'integration_id'),
 			jsonb_build_array('reference', i.reference),
-			jsonb_build_array('amount', payments.chat_amount(i.amount)),
+			jsonb_build_array('amount', payments.chat_amount(i.amount, i.currency)),
 			jsonb_build_array('additionalinfo', coalesce(i.purpose, 'Donation')),
 			jsonb_build_array('returnurl', coalesce(i.settings ->> 'return_url', i.settings ->> 'result_url')),
 			jsonb_build_array('resulturl', i.settings ->> 'result_url'));

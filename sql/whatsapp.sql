@@ -384,6 +384,10 @@ SELECT pg_temp.say('263774000001', 'Weekends', 3);
 SELECT * FROM pg_temp.replies('263774000001');
 SELECT name, phone, skills, availability FROM payments.volunteer_list;
 
+-- amounts in chats with their currency's decimals: a report may hold any currency
+SELECT payments.chat_amount(12.345, 'BHD') AS bhd, payments.chat_amount(5000, 'UGX') AS ugx,
+	   payments.chat_amount(25.5, 'USD') AS usd, payments.chat_amount(7, NULL) AS unknown;
+
 -- admin commands: only from admin_numbers; anyone else gets the donor menu
 SELECT pg_temp.say('263775000009', '/stats', 0);
 SELECT * FROM pg_temp.replies('263775000009');

@@ -1,6 +1,33 @@
 -- payments 0.1.0: verified, durable webhook events inside PostgreSQL.
 \echo Use "CREATE EXTENSION payments" to load this file. \quit
 
+-- The schema must be one this CREATE EXTENSION made, or an empty one of a superuser with no
+-- grants (pg_restore makes it first): PostgreSQL installs into a schema of that name that exists
+-- already, and its owner could then rename it and put functions of its own under the names the
+-- pg_cron jobs call as a superuser, or drop it with every payment.  (Objects already in it would
+-- also be granted to payments_admin below.)
+DO $$
+DECLARE
+	schema_oid oid := 'payments'::pg_catalog.regnamespace;
+BEGIN
+	IF (SELECT NOT r.rolsuper OR n.nspacl IS NOT NULL
+		  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+		 WHERE n.oid = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_proc f WHERE f.pronamespace = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.typnamespace = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_operator o WHERE o.oprnamespace = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_collation o WHERE o.collnamespace = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_conversion o WHERE o.connamespace = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_ts_config o WHERE o.cfgnamespace = schema_oid)
+	   OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict o WHERE o.dictnamespace = schema_oid) THEN
+		RAISE EXCEPTION 'schema "payments" exists already, with objects, grants or an owner who is not a superuser'
+			USING ERRCODE = 'duplicate_schema',
+				  HINT = 'The extension makes the schema itself: drop or rename the one there is.';
+	END IF;
+END
+$$;
+
 --------------------------------------------------------------------------------------------------
 -- Kinds of provider this version can verify
 --------------------------------------------------------------------------------------------------
@@ -34,6 +61,36 @@ CREATE TABLE payments.providers (
 );
 COMMENT ON TABLE payments.providers IS
 	'Webhook senders; name is the {provider} of the URL /webhooks/{provider}';
+
+-- A failed constraint would show the whole row in its message and in the server's log, settings
+-- with API keys included: what the constraints refuse is refused first, naming only the problem
+CREATE FUNCTION payments.check_provider()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.name IS NULL OR NEW.name !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid provider name "%"', NEW.name
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A provider name is 1 to 63 characters of a-z, 0-9, "_" and "-", starting with a letter or digit; it appears in the URL /webhooks/{name}.';
+	END IF;
+	IF NEW.kind IS NULL OR NEW.created_at IS NULL OR NEW.updated_at IS NULL THEN
+		RAISE EXCEPTION 'provider "%" needs a kind, created_at and updated_at', NEW.name
+			USING ERRCODE = 'not_null_violation';
+	END IF;
+	IF NEW.settings IS NULL OR jsonb_typeof(NEW.settings) <> 'object' THEN
+		RAISE EXCEPTION 'the settings of provider "%" must be a JSON object', NEW.name
+			USING ERRCODE = 'check_violation';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION payments.check_provider() IS
+	'Trigger: refuses what the constraints of payments.providers would, with errors that never show the row, whose settings may hold API keys';
+CREATE TRIGGER providers_check BEFORE INSERT OR UPDATE ON payments.providers
+	FOR EACH ROW EXECUTE FUNCTION payments.check_provider();
+REVOKE ALL ON FUNCTION payments.check_provider() FROM PUBLIC;
 
 CREATE TABLE payments.secrets (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -288,12 +345,8 @@ DECLARE
 	chat	text;
 	problem	text;
 BEGIN
-	IF name IS NULL OR name !~ '^[a-z0-9][a-z0-9_-]{0,62}$' THEN
-		RAISE EXCEPTION 'invalid provider name "%"', name
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A provider name is 1 to 63 characters of a-z, 0-9, "_" and "-", starting with a letter or digit; it appears in the URL /webhooks/{name}.';
-	END IF;
 	PERFORM payments.check_settings(kind, settings);
+	-- (the name is checked by payments.check_provider)
 	INSERT INTO payments.providers AS p (name, kind, settings)
 	VALUES (register_provider.name, register_provider.kind, register_provider.settings)
 	ON CONFLICT ON CONSTRAINT providers_pkey DO UPDATE
@@ -370,15 +423,20 @@ DECLARE
 	provider_kind	text;
 	problem			text;
 BEGIN
+	-- a NOT NULL violation would show the row, secret included
+	IF NEW.provider IS NULL OR NEW.secret IS NULL OR NEW.created_at IS NULL THEN
+		RAISE EXCEPTION 'a secret needs a provider, a secret and created_at'
+			USING ERRCODE = 'not_null_violation';
+	END IF;
 	IF TG_OP = 'UPDATE' AND NEW.secret IS NOT DISTINCT FROM OLD.secret
 	   AND NEW.provider IS NOT DISTINCT FROM OLD.provider
 	   AND (OLD.revoked_at IS NULL OR NEW.revoked_at IS NOT NULL) THEN
 		RETURN NEW;
 	END IF;
 	SELECT p.kind INTO provider_kind FROM payments.providers p WHERE p.name = NEW.provider;
-	-- an unknown provider or a NULL secret: the foreign key and NOT NULL say so; a revoked secret
-	-- is never used (and a restore keeps one from before these checks)
-	IF FOUND AND NEW.secret IS NOT NULL AND NEW.revoked_at IS NULL THEN
+	-- an unknown provider: the foreign key says so; a revoked secret is never used (and a restore
+	-- keeps one from before these checks)
+	IF FOUND AND NEW.revoked_at IS NULL THEN
 		problem := payments.secret_problem(provider_kind, NEW.secret);
 		IF problem IS NOT NULL THEN
 			RAISE EXCEPTION 'unusable secret for provider "%": %', NEW.provider, problem
@@ -2018,7 +2076,11 @@ DECLARE
 BEGIN
 	FOREACH r IN ARRAY ARRAY['payments_admin', 'payments_ingest', 'payments_analyst'] LOOP
 		IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+			BEGIN
+				EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+			EXCEPTION WHEN duplicate_object OR unique_violation THEN
+				NULL;	-- made meanwhile by a CREATE EXTENSION in another database
+			END;
 		END IF;
 	END LOOP;
 END
@@ -2928,7 +2990,17 @@ RETURNS TABLE (jobname text, schedule text, command text, database text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT j.name || '@' || current_database(), j.schedule, j.command, j.database
+	SELECT j.name || '@' || current_database(), j.schedule,
+		   -- run as a superuser, a job calls payments only while the extension is there: a schema
+		   -- of that name made after DROP EXTENSION (or in a new database of the same name) is
+		   -- anyone's, and the jobs outlive both
+		   CASE WHEN j.name <> 'payments-housekeeping' THEN
+				'DO $job$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_extension e'
+				' JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace'
+				' WHERE e.extname = ''payments'' AND n.nspname = ''payments'') THEN '
+				|| j.command || '; END IF; END $job$'
+				ELSE j.command END,
+		   j.database
 	  FROM (VALUES
 		('payments-retry', retry_schedule, 'CALL payments.run_job(''retry'')', current_database()),
 		('payments-deliver', deliver_schedule, 'CALL payments.run_job(''deliver'')', current_database()),
@@ -2939,7 +3011,7 @@ AS $$
 				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
 		 coalesce(current_setting('cron.database_name', true), 'postgres')),
 		('payments-prune', CASE WHEN keep_rejections IS NOT NULL THEN housekeeping_schedule END,
-		 format('SELECT payments.prune_rejections(%L) WHERE pg_try_advisory_xact_lock(1885436269, 6)', keep_rejections),
+		 format('PERFORM payments.prune_rejections(%L) WHERE pg_try_advisory_xact_lock(1885436269, 6)', keep_rejections),
 		 current_database())
 	  ) AS j (name, schedule, command, database)
 	 WHERE j.schedule IS NOT NULL
@@ -3217,13 +3289,19 @@ DECLARE
 	problem	text;
 	new_id	bigint;
 BEGIN
+	-- never checked first, then the longest unchecked: new stuck payments are not starved by old
+	-- ones; after n checks the next waits reconcile_after * 2^(n-1), at most a day, so that an
+	-- abandoned payment (a Paynow transaction never paid) is asked daily, not every few minutes
 	FOR pay IN
 		SELECT p.id, p.provider, p.provider_ref, p.status, p.metadata, v.kind, v.settings
 		  FROM payments.payments p JOIN payments.providers v ON v.name = p.provider
+		  LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
+							   FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 		 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
-		   AND NOT EXISTS (SELECT FROM payments.reconciliation_checks c
-							WHERE c.payment_id = p.id AND c.started_at > now() - payments.reconcile_after())
-		 ORDER BY p.status_at, p.id
+		   AND (ck.last_at IS NULL
+				OR ck.last_at < now() - least(payments.reconcile_after() * power(2, least(ck.checks - 1, 16)),
+											  interval '1 day'))
+		 ORDER BY ck.last_at NULLS FIRST, p.status_at, p.id
 		 LIMIT max_items
 		   FOR UPDATE OF p SKIP LOCKED		-- held until the claim commits, before any request
 	LOOP
@@ -3324,7 +3402,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
-	'Claims stuck payments not checked within payments.reconcile_after (SKIP LOCKED), records a check for each and returns the request to send (a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most a day), records a check for each and returns the request to send (a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
 CREATE FUNCTION payments.record_reconciliation(check_id bigint, http_status integer, error text, response text)
 RETURNS text

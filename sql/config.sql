@@ -39,6 +39,16 @@ SELECT payments.add_secret('acme-std', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')
 SELECT payments.add_secret('acme-std', 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') IS NOT NULL AS added_without_prefix;
 SELECT payments.secret_problem('standard', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') IS NULL AS usable;
 
+-- written directly (payments_admin may): refused before a constraint would show the row, whose
+-- settings may hold API keys and secrets their secret
+SELECT payments.register_provider('keyed', 'stripe', '{"api_key": "sk_live_notshown"}');
+UPDATE payments.providers SET name = upper(name) WHERE name = 'keyed';
+UPDATE payments.providers SET settings = '["sk_live_notshown"]' WHERE name = 'keyed';
+UPDATE payments.providers SET kind = NULL WHERE name = 'keyed';
+INSERT INTO payments.secrets (provider, secret) VALUES (NULL, 'whsec_bm90c2hvd25ub3RzaG93bg==');
+INSERT INTO payments.secrets (provider, secret, created_at) VALUES ('acme-std', 'whsec_bm90c2hvd25ub3RzaG93bg==', NULL);
+DELETE FROM payments.providers WHERE name = 'keyed';
+
 -- revoking
 SELECT payments.revoke_secret(:first_id);
 SELECT payments.revoke_secret(:first_id);

@@ -101,4 +101,17 @@ SELECT jobname, schedule, command FROM payments.cron_jobs() ORDER BY 1;
 -- rejections kept for ever: no prune job
 SELECT count(*) AS prune_jobs FROM payments.cron_jobs(keep_rejections => NULL) WHERE jobname LIKE 'payments-prune@%';
 SELECT payments.schedule_jobs(keep_rejections => interval '-1 day');
+-- never-checked payments first; after n checks the next waits reconcile_after (5 min) * 2^(n-1):
+-- three checks, the last 41 minutes ago, is due (20 min); five is not (80 min)
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
+	('rc_stripe', 'pi_backoff3', 'pending', 10, 'USD', now() - interval '3 days', '{}'),
+	('rc_stripe', 'pi_backoff5', 'pending', 10, 'USD', now() - interval '3 days', '{}'),
+	('rc_stripe', 'pi_never', 'pending', 10, 'USD', now() - interval '1 hour', '{}');
+INSERT INTO payments.reconciliation_checks (payment_id, provider, request, status_before, started_at, finished_at, outcome)
+SELECT p.id, p.provider, 'GET earlier', 'pending', now() - interval '40 minutes' - n * interval '1 minute',
+	   now() - interval '40 minutes', 'unchanged'
+  FROM payments.payments p, generate_series(1, CASE p.provider_ref WHEN 'pi_backoff3' THEN 3 ELSE 5 END) n
+ WHERE p.provider_ref IN ('pi_backoff3', 'pi_backoff5');
+SELECT url FROM payments.claim_reconciliation(1);
+SELECT url FROM payments.claim_reconciliation(50) WHERE url LIKE 'http://127.0.0.1:9/%' ORDER BY url;
 RESET payments.reconcile_after;

@@ -329,6 +329,43 @@ test('views: backlog, oldest due item, endpoint health', async () => {
 	assert.equal(db.psql(`SELECT enabled || '|' || delivered_1h FROM payments.endpoint_health WHERE name = 'ok'`), 'false|1');
 });
 
+test('the jobs call payments only while the extension is there; its schema is one it made', async () => {
+	// A superuser runs the jobs, which outlive DROP EXTENSION.  Whoever may create a schema
+	// called payments afterwards must not have its procedures run by them.
+	db.psql(`CREATE DATABASE guard`, 'postgres');
+	db.psql(`CREATE EXTENSION payments`, 'guard');
+	const retry = db.psql(`SELECT command FROM payments.cron_jobs() WHERE jobname LIKE 'payments-retry@%'`, 'guard');
+	db.psql(`CREATE ROLE mallory LOGIN; GRANT CREATE ON DATABASE guard TO mallory`, 'postgres');
+	const plant = `SET ROLE mallory; CREATE SCHEMA payments;
+		CREATE PROCEDURE payments.run_job(job text, max_items integer DEFAULT 100) LANGUAGE plpgsql
+		AS $$BEGIN EXECUTE 'ALTER ROLE mallory SUPERUSER'; END$$;`;
+	const superuser = () => db.psql(`SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'`, 'postgres');
+	assert.equal(db.psql(retry, 'guard'), '');	// the job with the extension there: runs retry_events
+	db.psql(`DROP EXTENSION payments; DROP SCHEMA payments`, 'guard');
+	db.psql(plant, 'guard');
+	assert.equal(db.psql(retry, 'guard'), '');
+	assert.equal(superuser(), 'f', 'the job called a procedure of a schema made after DROP EXTENSION');
+	// (the command as it was, unguarded, would have)
+	db.psql(`CALL payments.run_job('retry')`, 'guard');
+	assert.equal(superuser(), 't');
+	db.psql(`ALTER ROLE mallory NOSUPERUSER`, 'postgres');
+
+	// CREATE EXTENSION refuses a schema payments it did not make: of another role, with objects, with grants
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'),
+		/schema "payments" exists already, with objects, grants or an owner who is not a superuser/);
+	db.psql(`DROP SCHEMA payments CASCADE`, 'guard');
+	db.psql(`SET ROLE mallory; CREATE SCHEMA payments`, 'guard');
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
+	db.psql(`DROP SCHEMA payments; CREATE SCHEMA payments; CREATE TABLE payments.mine (x int)`, 'guard');
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
+	db.psql(`DROP SCHEMA payments CASCADE; CREATE SCHEMA payments; GRANT CREATE ON SCHEMA payments TO mallory`, 'guard');
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
+	// an empty schema of a superuser, without grants (as pg_restore makes it), is taken
+	db.psql(`DROP SCHEMA payments; CREATE SCHEMA payments`, 'guard');
+	db.psql(`CREATE EXTENSION payments`, 'guard');
+	assert.equal(db.psql(`SELECT payments.receipt_day('2024-06-10 12:00+00') IS NOT NULL`, 'guard'), 't');
+});
+
 test('scheduling: clear errors without pg_cron or in another database; jobs run under pg_cron', async () => {
 	db.psql(`CREATE DATABASE other`, 'postgres');
 	db.psql(`CREATE EXTENSION payments`, 'other');
@@ -356,8 +393,13 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 		'payments-retry@payments:succeeded');
 	// the prune job's command (it runs daily), run here as pg_cron would run it
 	const prune = cron.psql(`SELECT command FROM cron.job WHERE jobname = 'payments-prune@payments'`);
-	assert.match(prune, /^SELECT payments\.prune_rejections\('.*90 days'\) WHERE pg_try_advisory_xact_lock\(1885436269, 6\)$/);
-	assert.match(cron.psql(prune), /^\d+$/);
+	assert.match(prune, /PERFORM payments\.prune_rejections\('.*90 days'\) WHERE pg_try_advisory_xact_lock\(1885436269, 6\)/);
+	cron.psql(`SELECT payments.register_provider('pruned', 'stripe');
+		INSERT INTO payments.rejections (provider, received_at, outcome, reason, headers, body_sha256, body_size)
+		VALUES ('pruned', now() - interval '100 days', 'rejected', 'old', '{}', '\\x00', 0),
+			   ('pruned', now() - interval '1 day', 'rejected', 'recent', '{}', '\\x00', 0);`);
+	assert.equal(cron.psql(prune), '');
+	assert.equal(cron.psql(`SELECT string_agg(reason, ',') FROM payments.rejections WHERE provider = 'pruned'`), 'recent');
 	// rejections kept for ever from now on: the prune job goes
 	assert.equal(cron.psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL)`), '5');
 	assert.equal(cron.psql(`SELECT count(*) FROM cron.job WHERE jobname LIKE 'payments-prune@%'`), '0');

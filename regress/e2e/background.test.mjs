@@ -366,6 +366,32 @@ test('the jobs call payments only while the extension is there; its schema is on
 	assert.equal(db.psql(`SELECT payments.receipt_day('2024-06-10 12:00+00') IS NOT NULL`, 'guard'), 't');
 });
 
+test('CREATE EXTENSION in two databases at once: the second takes the group roles the first made', async () => {
+	const fresh = new Cluster();
+	await fresh.init();
+	try {
+		// a cluster without the roles yet
+		fresh.psql(`DROP EXTENSION payments; DROP SCHEMA payments;
+			DROP ROLE payments_admin; DROP ROLE payments_ingest; DROP ROLE payments_analyst;`);
+		fresh.psql(`CREATE DATABASE one`, 'postgres');
+		fresh.psql(`CREATE DATABASE two`, 'postgres');
+		const psqlArgs = (dbname, sql) => ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', fresh.dir,
+			'-p', String(fresh.port), '-U', 'postgres', '-d', dbname, '-c', sql];
+		const run = promisify(execFile);
+		// the first creates the roles and holds its transaction open; the second waits on them
+		const first = run(join(PG_BIN, 'psql'),
+			psqlArgs('one', 'BEGIN; CREATE EXTENSION payments; SELECT pg_sleep(2); COMMIT;'));
+		await sleep(1000);
+		const second = run(join(PG_BIN, 'psql'),
+			psqlArgs('two', 'CREATE EXTENSION payments'));
+		await Promise.all([first, second]);
+		assert.equal(fresh.psql(`SELECT count(*) FROM pg_roles WHERE rolname LIKE 'payments\\_%'`), '3');
+		assert.equal(fresh.psql(`SELECT extversion FROM pg_extension WHERE extname = 'payments'`, 'two'), '0.1.0');
+	} finally {
+		fresh.destroy();
+	}
+});
+
 test('scheduling: clear errors without pg_cron or in another database; jobs run under pg_cron', async () => {
 	db.psql(`CREATE DATABASE other`, 'postgres');
 	db.psql(`CREATE EXTENSION payments`, 'other');

@@ -1742,16 +1742,18 @@ SELECT (coalesce(p.paid_at, p.created_at)
 			AT TIME ZONE payments.effective_setting('payments.receipt_timezone'))::date AS day,
 	   p.provider, p.currency::text AS currency, coalesce(p.method, 'unknown') AS method, p.status,
 	   count(*) AS count,
-	   sum(p.amount) AS gross,
-	   coalesce(sum(p.fee), 0) AS fees,
+	   sum(p.amount) AS amount,
+	   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
+	   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,
 	   sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END) AS refunded,
-	   sum(p.amount) - coalesce(sum(p.fee), 0)
+	   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0)
+		   - coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0)
 		   - sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END) AS net
   FROM payments.payments p
  WHERE p.kind = 'collection'
  GROUP BY 1, 2, 3, 4, 5;
 COMMENT ON VIEW payments.daily_summary IS
-	'Collections per day (paid day, else day first seen; receipt time zone), provider, currency, method and current status: count, gross, fees, refunded, net = gross - fees - refunded';
+	'Collections per day (paid day, else day first seen; receipt time zone), provider, currency, method and current status: count, amount (what they are for, received or not), and the money: gross (received: paid at some time), fees, refunded, net = gross - fees - refunded';
 
 CREATE VIEW payments.donor_summary AS
 SELECT payments.mask_donor(p.donor_key) AS donor,

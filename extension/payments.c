@@ -105,7 +105,7 @@ _PG_init(void)
 							   NULL,
 							   &base_currency,
 							   "USD",
-							   PGC_USERSET, 0,
+							   PGC_SUSET, 0,
 							   CheckBaseCurrency, NULL, NULL);
 	DefineCustomIntVariable("payments.reconcile_after",
 							gettext_noop("How long a payment stays pending before payments.reconcile asks its provider, and how often it asks again."),

@@ -97,6 +97,8 @@ SELECT currency, method, paid FROM payments.method_summary('2024-07-01', '2024-0
 SELECT provider, currency, fees FROM payments.earnings('2024-07-01', '2024-07-02');
 SELECT * FROM payments.base_totals('2024-07-01', '2024-07-02');
 SELECT status, amount, receipt_no FROM payments.donor_history('rudo@example.net');
+-- the rates in fx_rates are to the database's base currency: a session cannot name another
+SET payments.base_currency = 'GBP';
 -- ... and nothing else
 SELECT * FROM payments.payments;
 SELECT donor_email FROM payments.payments;

@@ -1764,12 +1764,13 @@ SELECT payments.mask_donor(p.donor_key) AS donor,
 	   count(*) AS gifts,
 	   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,
 	   min(p.paid_at) AS first_gift,
-	   max(p.paid_at) AS last_gift
+	   max(p.paid_at) AS last_gift,
+	   min(p.id) AS donor_id
   FROM payments.payments p
  WHERE p.kind = 'collection' AND p.paid_at IS NOT NULL AND p.donor_key IS NOT NULL
  GROUP BY p.donor_key, p.currency;
 COMMENT ON VIEW payments.donor_summary IS
-	'Per donor (e-mail, else phone, else name) and currency: gifts received, total net of refunds, first and last gift; e-mail and phone masked';
+	'Per donor (e-mail, else phone, else name) and currency: gifts received, total net of refunds, first and last gift; e-mail and phone masked; donor_id (one of the donor''s payments) for payments.donor_history';
 
 -- Report functions: SECURITY DEFINER, so that analysts read the tables through them only
 
@@ -1861,7 +1862,7 @@ COMMENT ON FUNCTION payments.daily_report_csv(date) IS
 CREATE FUNCTION payments.top_donors(from_ts timestamptz, to_ts timestamptz, currency text DEFAULT NULL,
 									n integer DEFAULT 10)
 RETURNS TABLE ("rank" bigint, donor text, name text, currency_code text, gifts bigint, total numeric,
-			   first_gift timestamptz, last_gift timestamptz)
+			   first_gift timestamptz, last_gift timestamptz, donor_id bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- plans are made for the range asked (see payments_at_stats), without JIT
@@ -1876,14 +1877,15 @@ BEGIN
 	WITH d AS MATERIALIZED (
 		SELECT p.donor_key, max(p.donor_name) AS name, p.currency::text AS cur, count(*) AS gifts,
 			   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,
-			   min(p.paid_at) AS first_gift, max(p.paid_at) AS last_gift
+			   min(p.paid_at) AS first_gift, max(p.paid_at) AS last_gift, min(p.id) AS first_id
 		  FROM payments.payments p
 		 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
 		   AND p.paid_at IS NOT NULL AND p.kind = 'collection' AND p.donor_key IS NOT NULL
 		   AND (currency IS NULL OR p.currency = upper(currency)::bpchar)
 		 GROUP BY p.donor_key, p.currency
 	)
-	SELECT t.rnk, payments.mask_donor(t.donor_key), t.name, t.cur, t.gifts, t.total, t.first_gift, t.last_gift
+	SELECT t.rnk, payments.mask_donor(t.donor_key), t.name, t.cur, t.gifts, t.total, t.first_gift, t.last_gift,
+		   t.first_id
 	  FROM (SELECT DISTINCT d.cur FROM d) AS c
 	 CROSS JOIN LATERAL (
 		-- equal totals share a rank; a total unknown (an amount missing) ranks last
@@ -1894,7 +1896,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) IS
-	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; equal totals share a rank (the n rows cut among them by donor); donor masked';
+	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; equal totals share a rank (the n rows cut among them by donor); donor masked; donor_id (one of the donor''s payments) for payments.donor_history';
 
 CREATE FUNCTION payments.currency_summary(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (currency text, paid bigint, gross numeric, fees numeric, refunded numeric, net numeric,
@@ -2027,6 +2029,33 @@ $$;
 COMMENT ON FUNCTION payments.earnings(timestamptz, timestamptz) IS
 	'Fees (the providers'' commissions) on collections paid in [from_ts, to_ts) by provider and currency, with the fee rate in percent of the gross of the payments whose fee is known (NULL when none is), and how many payments have no fee known';
 
+-- Analysts name a donor by the donor_id the reports show, never by an e-mail address or a phone
+-- number: those they see masked, and a lookup by them would unmask a phone number in ten thousand
+-- tries (and tell whether anyone is a donor)
+CREATE FUNCTION payments.donor_history(donor_id bigint)
+RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,
+			   refunded numeric, method text, name text, receipt_no text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	RETURN QUERY
+	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status::text, p.amount::numeric, p.currency::text,
+		   (CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)::numeric,
+		   p.method, p.donor_name, r.receipt_no
+	  FROM payments.payments p
+	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
+	 WHERE p.donor_key = (SELECT d.donor_key FROM payments.payments d
+						   WHERE d.id = donor_history.donor_id AND d.kind = 'collection')
+	   AND p.kind = 'collection'
+	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC;
+END
+$$;
+COMMENT ON FUNCTION payments.donor_history(bigint) IS
+	'One donor''s payments, newest first, with receipt numbers; the donor is given by the donor_id of donor_summary or top_donors (any of the donor''s payments)';
+
+-- The admin's lookup, by what a donor says on the telephone
 CREATE FUNCTION payments.donor_history(donor text)
 RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,
 			   refunded numeric, method text, name text, receipt_no text)
@@ -2046,7 +2075,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.donor_history(text) IS
-	'One donor''s payments, newest first, with receipt numbers; the donor is given by e-mail address, phone number, or (for donors with neither) name';
+	'payments_admin only: one donor''s payments, newest first, with receipt numbers; the donor given as its key is made (payments.donor_key_of): e-mail address, else phone number in any format, else name';
 
 CREATE FUNCTION payments.recent_events(provider text DEFAULT NULL, n integer DEFAULT 50)
 RETURNS TABLE (id bigint, provider_name text, event_id text, event_type text, event_at timestamptz,
@@ -2106,6 +2135,7 @@ REVOKE ALL ON FUNCTION payments.base_totals(timestamptz, timestamptz) FROM PUBLI
 REVOKE ALL ON FUNCTION payments.method_summary(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.earnings(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.donor_history(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.donor_history(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.recent_events(text, integer) FROM PUBLIC;
 
 --------------------------------------------------------------------------------------------------
@@ -5415,7 +5445,7 @@ GRANT SELECT ON payments.daily_summary, payments.donor_summary TO payments_analy
 GRANT EXECUTE ON FUNCTION payments.daily_report(date), payments.daily_report_csv(date), payments.top_donors(timestamptz, timestamptz, text, integer),
 	payments.currency_summary(timestamptz, timestamptz), payments.base_totals(timestamptz, timestamptz),
 	payments.method_summary(timestamptz, timestamptz), payments.earnings(timestamptz, timestamptz),
-	payments.donor_history(text) TO payments_analyst;
+	payments.donor_history(bigint) TO payments_analyst;
 GRANT SELECT ON payments.volunteer_list TO payments_analyst;
 
 -- payments_admin: configures providers, secrets, certificates, currencies, rates; reads everything

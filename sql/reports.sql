@@ -92,10 +92,10 @@ SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2024-
 SET payments.receipt_timezone = 'Africa/Harare';
 
 -- donors
-SELECT * FROM payments.donor_summary ORDER BY donor, currency;
-SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01');
-SELECT * FROM payments.top_donors('2024-06-01', '2024-07-01', 'usd', 1);
-SELECT * FROM payments.top_donors('2024-06-11', '2024-06-12', n => 5);
+SELECT donor, name, email, phone, currency, gifts, total, first_gift, last_gift, donor_id IS NOT NULL AS has_id FROM payments.donor_summary ORDER BY donor, currency;
+SELECT "rank", donor, name, currency_code, gifts, total, first_gift, last_gift, donor_id IS NOT NULL AS has_id FROM payments.top_donors('2024-06-01', '2024-07-01');
+SELECT "rank", donor, name, currency_code, gifts, total, first_gift, last_gift FROM payments.top_donors('2024-06-01', '2024-07-01', 'usd', 1);
+SELECT "rank", donor, name, currency_code, gifts, total, first_gift, last_gift FROM payments.top_donors('2024-06-11', '2024-06-12', n => 5);
 -- equal totals share a rank; a total unknown (an amount missing) comes last
 SAVEPOINT ties;
 INSERT INTO payments.payments (provider_ref, provider, status, amount, currency, fee, method, donor_name, created_at, paid_at, status_at)
@@ -114,6 +114,18 @@ SELECT * FROM payments.donor_history('Jane.Doe@example.org');
 SELECT * FROM payments.donor_history('+263 77 123 4567');
 SELECT * FROM payments.donor_history('bob smith');
 SELECT count(*) FROM payments.donor_history('nobody@example.org');
+-- by the donor_id the reports show: the same history as by e-mail
+SELECT (SELECT array_agg(h) FROM payments.donor_history(s.donor_id) h)
+	   = (SELECT array_agg(h) FROM payments.donor_history('jane.doe@example.org') h) AS same_history
+  FROM payments.donor_summary s WHERE s.donor = 'j***@e***.org' AND s.currency = 'USD';
+SELECT count(*) FROM payments.donor_history(-1::bigint);
+-- a donor is its key: a gift with an e-mail address is the e-mail's, not the phone's
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, donor_email, donor_phone, status_at, paid_at)
+VALUES ('rp-stripe', 'pi_both', 'paid', 30, 'USD', 'kuda@example.org', '263779998888', '2024-06-12 10:00Z', '2024-06-12 10:00Z'),
+	   ('rp-stripe', 'pi_phone', 'paid', 15, 'USD', NULL, '263779998888', '2024-06-12 11:00Z', '2024-06-12 11:00Z');
+SELECT amount FROM payments.donor_history('+263 77 999 8888');
+SELECT amount FROM payments.donor_history('Kuda@Example.org');
+DELETE FROM payments.payments WHERE provider_ref IN ('pi_both', 'pi_phone');
 
 -- currencies, methods, earnings
 SELECT * FROM payments.currency_summary('2024-06-01', '2024-07-01');

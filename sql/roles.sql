@@ -96,6 +96,8 @@ SELECT currency, paid, net FROM payments.currency_summary('2024-07-01', '2024-07
 SELECT currency, method, paid FROM payments.method_summary('2024-07-01', '2024-07-02');
 SELECT provider, currency, fees FROM payments.earnings('2024-07-01', '2024-07-02');
 SELECT * FROM payments.base_totals('2024-07-01', '2024-07-02');
+SELECT status, amount, receipt_no FROM payments.donor_history((SELECT donor_id FROM payments.donor_summary));
+-- by e-mail or phone, a lookup would unmask them: admins only
 SELECT status, amount, receipt_no FROM payments.donor_history('rudo@example.net');
 -- the rates in fx_rates are to the database's base currency: a session cannot name another
 SET payments.base_currency = 'GBP';
@@ -223,8 +225,14 @@ SELECT donor, email, phone FROM payments.donor_summary;
 SELECT currency, paid, gross, new_donors FROM payments.daily_report('2024-07-01');
 SELECT "rank", donor, total FROM payments.top_donors('2024-07-01', '2024-07-02', 'usd');
 SELECT currency, paid FROM payments.currency_summary('2024-07-01', '2024-07-02');
-SELECT count(*) FROM payments.donor_history('RUDO@example.net');
+SELECT count(*) FROM payments.donor_history((SELECT min(donor_id) FROM payments.donor_summary));
 SELECT payments.mask_email('rudo@example.net'), payments.mask_phone('263779876543');
+RESET search_path;
+RESET ROLE;
+-- (the admin's lookup by e-mail, under the trap too)
+SET ROLE regress_admin;
+SET search_path = regress_evil, pg_catalog, public;
+SELECT count(*) FROM payments.donor_history('RUDO@example.net');
 RESET search_path;
 RESET ROLE;
 -- a valid delivery ingested under the trap is applied as usual (receipt issued)

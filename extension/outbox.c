@@ -6,8 +6,8 @@
  * claim due items and record an attempt for each (payments.claim_outbox,
  * which also leases them: if no result is ever recorded they fall due again
  * when the lease ends) and COMMIT; send the batch in parallel with no
- * transaction work in between; record every result (payments.record_delivery)
- * and commit.  The procedure must therefore be CALLed in a non-atomic
+ * transaction work in between; record every result (payments.record_delivery,
+ * each in a subtransaction) and commit.  The procedure must therefore be CALLed in a non-atomic
  * context (not inside BEGIN ... COMMIT): it commits itself.
  */
 #include "payments.h"
@@ -169,6 +169,48 @@ RecordResult(const ClaimedItem *item, const OutboundRequest *req)
 		elog(ERROR, "could not record a delivery attempt");
 }
 
+/* Input of RecordStep */
+typedef struct ResultToRecord
+{
+	const ClaimedItem *item;
+	const OutboundRequest *req;
+} ResultToRecord;
+
+/* Records one result (the step run in a subtransaction) */
+static void
+RecordStep(void *arg)
+{
+	ResultToRecord *r = arg;
+
+	RecordResult(r->item, r->req);
+}
+
+/*
+ * Records the results of the batch (of the finished requests only, when
+ * done_only), each in a subtransaction of its own: one that fails (a
+ * deadlock with a concurrent run's claim, say) loses that result only, its
+ * item sent again when its lease ends, not every result of the batch.
+ */
+static void
+RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool done_only)
+{
+	for (int i = 0; i < n; i++)
+	{
+		ResultToRecord r = {&items[i], &reqs[i]};
+		char	   *error;
+		int			sqlerrcode;
+
+		if (done_only && !reqs[i].done)
+			continue;
+		if (!RunInSubtransactionCode(RecordStep, &r, &error, &sqlerrcode))
+			ereport(WARNING,
+					(errcode(sqlerrcode),
+					 errmsg("could not record the result of outbox item %lld: %s",
+							(long long) items[i].outbox_id, error),
+					 errdetail("The item is sent again when its lease ends.")));
+	}
+}
+
 /* One run: claim and commit, send, record and commit */
 static void
 DeliverBatch(int max_items, MemoryContext cxt)
@@ -187,8 +229,7 @@ DeliverBatch(int max_items, MemoryContext cxt)
 		PrepareRequests(items, reqs, n, cxt);
 		if (SendOutboundBatch(reqs, n))
 		{
-			for (int i = 0; i < n; i++)
-				RecordResult(&items[i], &reqs[i]);
+			RecordResults(items, reqs, n, false);
 			SPI_commit();
 		}
 		else
@@ -209,9 +250,7 @@ DeliverBatch(int max_items, MemoryContext cxt)
 			{
 				HOLD_INTERRUPTS();
 				QueryCancelPending = false;
-				for (int i = 0; i < n; i++)
-					if (reqs[i].done)
-						RecordResult(&items[i], &reqs[i]);
+				RecordResults(items, reqs, n, true);
 				SPI_commit();
 				QueryCancelPending = true;
 				RESUME_INTERRUPTS();

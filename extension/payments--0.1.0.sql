@@ -2648,13 +2648,18 @@ DECLARE
 	ep		bigint;
 	lease	numeric;
 BEGIN
-	-- endpoints whose breaker has cooled down get one probe each
+	-- endpoints whose breaker has cooled down get one probe each; they are locked in id order,
+	-- the order record_delivery locks them in (a run recording results while this one claims
+	-- deadlocked with it, the plan's order being a hash's)
 	FOR ep IN
 		UPDATE payments.endpoints e
 		   SET breaker_state = 'half_open', breaker_until = now() + e.breaker_cooldown
-		 WHERE e.enabled AND e.breaker_state <> 'closed' AND e.breaker_until <= now()
-		   AND EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = e.id AND o.state = 'pending'
-						  AND o.next_attempt_at <= now())
+		 WHERE e.id IN (SELECT c.id FROM payments.endpoints c
+						 WHERE c.enabled AND c.breaker_state <> 'closed' AND c.breaker_until <= now()
+						   AND EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = c.id
+										  AND o.state = 'pending' AND o.next_attempt_at <= now())
+						 ORDER BY c.id
+						   FOR NO KEY UPDATE)
 		RETURNING e.id
 	LOOP
 		SELECT o.id INTO probe FROM payments.outbox o

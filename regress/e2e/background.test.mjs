@@ -299,6 +299,33 @@ test('kill -9 while deliveries are in flight: after restart every item is delive
 	assert.equal(receiver.invalid, 0);
 });
 
+test('a result that cannot be recorded loses only itself: the others of the batch are recorded', async () => {
+	endpoint('rec-a', '/rec-a');
+	endpoint('rec-b', '/rec-b');
+	assert.equal(paid('pi_rec1'), 'applied');
+	const failing = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+		WHERE e.name = 'rec-a'`);
+	// recording the rec-a item's result fails (as a deadlock with a concurrent claim would)
+	db.psql(`CREATE FUNCTION pg_temp_fail() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN RAISE EXCEPTION 'recording refused for the test'; END$$;
+		CREATE TRIGGER record_fails BEFORE UPDATE ON payments.outbox_attempts
+			FOR EACH ROW WHEN (NEW.outbox_id = ${failing}) EXECUTE FUNCTION pg_temp_fail();`);
+	try {
+		const { stderr } = await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1',
+			'-h', db.dir, '-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', 'CALL payments.deliver_outbox(100)']);
+		assert.match(stderr, new RegExp(`WARNING:  could not record the result of outbox item ${failing}: recording refused for the test`));
+	} finally {
+		db.psql(`DROP TRIGGER record_fails ON payments.outbox_attempts; DROP FUNCTION pg_temp_fail()`);
+	}
+	assert.equal(receiver.to('/rec-a').length, 1);
+	assert.equal(receiver.to('/rec-b').length, 1);
+	assert.deepEqual(items('rec-b'), ['delivered|1|200']);
+	// sent, its result unknown to the database: leased, it is sent again when the lease ends
+	assert.deepEqual(items('rec-a'), ['pending|1|-']);
+	assert.equal(db.psql(`SELECT count(*) FROM payments.outbox_attempts WHERE outbox_id = ${failing} AND finished_at IS NULL`), '1');
+	db.psql(`SELECT payments.enable_endpoint('rec-a', false); SELECT payments.enable_endpoint('rec-b', false)`);
+});
+
 test('views: backlog, oldest due item, endpoint health', async () => {
 	const backlog = db.psql(`SELECT endpoint || '|' || pending || '|' || dead FROM payments.outbox_backlog WHERE endpoint IN ('err', 'gone') ORDER BY 1`);
 	assert.equal(backlog, 'err|0|1\ngone|0|0');

@@ -3399,9 +3399,21 @@ BEGIN
 				req_headers := req_headers || E'\nAuthorization: Bearer ' || (pay.settings ->> 'api_key');
 			END IF;
 		WHEN 'paypal' THEN
-			req_url := base || '/v2/payments/captures/' || coalesce(pay.metadata ->> 'capture_id', '');
-			IF coalesce(pay.metadata ->> 'capture_id', '') !~ '^[A-Za-z0-9_-]+$' THEN
-				problem := 'the payment has no capture_id';
+			-- its capture; an order whose capture was never heard of (the webhook lost: what
+			-- reconciliation is for), the order, whose captures say whether it was paid
+			IF pay.metadata ? 'capture_id' THEN
+				req_url := base || '/v2/payments/captures/' || (pay.metadata ->> 'capture_id');
+				IF (pay.metadata ->> 'capture_id') !~ '^[A-Za-z0-9_-]+$' THEN
+					problem := 'the capture_id cannot be put in a URL';
+				END IF;
+			ELSE
+				req_url := base || '/v2/checkout/orders/' || pay.provider_ref;
+				IF pay.provider_ref !~ '^[A-Za-z0-9_-]+$' THEN
+					problem := 'the order id cannot be put in a URL';
+				ELSIF EXISTS (SELECT FROM payments.status_history h JOIN payments.events e ON e.id = h.event_id
+							   WHERE h.payment_id = pay.id AND e.event_type LIKE 'PAYMENT.SALE.%') THEN
+					problem := 'a sale of PayPal''s v1 API cannot be checked';
+				END IF;
 			END IF;
 		WHEN 'eversend' THEN
 			req_url := base || '/v1/transactions/' || pay.provider_ref;
@@ -3522,8 +3534,18 @@ BEGIN
 			ELSIF kind = 'paypal' THEN
 				r := response::jsonb;
 				raw := r ->> 'status';
+				-- an order: what its first capture says; none yet, still pending (VOIDED: never paid)
+				IF jsonb_typeof(r -> 'purchase_units') = 'array' THEN
+					IF jsonb_typeof(r #> '{purchase_units,0,payments,captures,0}') = 'object' THEN
+						r := r #> '{purchase_units,0,payments,captures,0}';
+						raw := r ->> 'status';
+					ELSE
+						r := jsonb_build_object('id', pay.provider_ref, 'status', 'PENDING',
+												'update_time', r ->> 'update_time');
+					END IF;
+				END IF;
 				-- captured money, refunded since or not: paid (a refund moves it on by its own event)
-				etype := CASE raw
+				etype := CASE r ->> 'status'
 					WHEN 'COMPLETED' THEN 'PAYMENT.CAPTURE.COMPLETED'
 					WHEN 'PARTIALLY_REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
 					WHEN 'REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
@@ -3533,6 +3555,9 @@ BEGIN
 				said_at := (r ->> 'update_time')::timestamptz;
 				change := payments.paypal_change(jsonb_build_object('event_type', etype, 'resource', r),
 												 chk.provider, said_at);
+				IF raw = 'VOIDED' THEN
+					change.status := 'cancelled';
+				END IF;
 			ELSIF kind = 'eversend' THEN
 				r := response::jsonb;
 				r := CASE WHEN r ? 'transactionId' THEN r

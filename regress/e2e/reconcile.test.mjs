@@ -63,6 +63,15 @@ async function startApi() {
 				return json(res, 200, { id, status: 'COMPLETED', amount: { currency_code: 'USD', value: '30.00' },
 					supplementary_data: { related_ids: { order_id: `ORDER-${id}` } } });
 			}
+			if (req.method === 'GET' && u.startsWith('/paypal/v2/checkout/orders/')) {
+				if (req.headers.authorization !== 'Bearer PPTOKEN') return json(res, 401, { error: 'invalid_token' });
+				const id = u.split('/').pop();
+				const captures = id === 'ORDER-PAID' ? [{ id: 'CAP-LOST', status: 'COMPLETED',
+					amount: { currency_code: 'USD', value: '5.00' },
+					seller_receivable_breakdown: { paypal_fee: { currency_code: 'USD', value: '0.47' } } }] : [];
+				return json(res, 200, { id, status: { 'ORDER-PAID': 'COMPLETED', 'ORDER-VOID': 'VOIDED' }[id] ?? 'APPROVED',
+					purchase_units: [{ amount: { currency_code: 'USD', value: '5.00' }, payments: { captures } }] });
+			}
 			if (req.method === 'GET' && u === '/eversend/v1/auth/token') {
 				a.tokens.eversend++;
 				const ok = req.headers.clientid === 'evid' && req.headers.clientsecret === 'evsecret';
@@ -211,4 +220,20 @@ test('the summary and the job', async () => {
 	});
 	assert.equal(out.trim(), '');
 	assert.equal(db.psql(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4`), '0');
+});
+
+test('a PayPal order without a capture heard of is asked for by order: its capture, else still pending', async () => {
+	stuck('pp', 'ORDER-PAID');
+	stuck('pp', 'ORDER-OPEN');
+	stuck('pp', 'ORDER-VOID');
+	await sleep(1100);
+	await runReconcile();
+	assert.equal(status('ORDER-PAID'), 'paid');
+	assert.equal(lastCheck('ORDER-PAID'), 'fixed|COMPLETED|200');
+	assert.equal(db.psql(`SELECT fee || '|' || (metadata ->> 'capture_id') FROM payments.payments
+		WHERE provider_ref = 'ORDER-PAID'`), '0.47|CAP-LOST');
+	assert.equal(status('ORDER-OPEN'), 'pending');
+	assert.equal(lastCheck('ORDER-OPEN'), 'unchanged|APPROVED|200');
+	assert.equal(status('ORDER-VOID'), 'cancelled');
+	assert.ok(api.seen.some((s) => s.includes('/v2/checkout/orders/ORDER-PAID')));
 });

@@ -1776,7 +1776,7 @@ COMMENT ON VIEW payments.donor_summary IS
 
 CREATE FUNCTION payments.daily_report(day date)
 RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees numeric, net numeric,
-			   failed bigint, refunds bigint, refunded numeric, new_donors bigint,
+			   fee_unknown bigint, failed bigint, refunds bigint, refunded numeric, new_donors bigint,
 			   receipts bigint, first_receipt text, last_receipt text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1819,6 +1819,7 @@ BEGIN
 		   coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL), 0),
 		   coalesce(sum(l.amount) FILTER (WHERE l.paid_at IS NOT NULL), 0)
 			   - coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL), 0),
+		   count(*) FILTER (WHERE l.paid_at IS NOT NULL AND l.fee IS NULL),
 		   count(*) FILTER (WHERE l.paid_at IS NULL AND l.status IN ('failed', 'cancelled')),
 		   count(l.refund),
 		   coalesce(sum(l.refund), 0),
@@ -1832,7 +1833,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.daily_report(date) IS
-	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day), failed or cancelled (first seen that day), refunds made that day (payments.refunds: count and amount), donors giving for the first time, receipts issued with the first and last number';
+	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day; a fee not known counts as none), how many of them have no fee known (fee_unknown: Stripe''s events carry none), failed or cancelled (first seen that day), refunds made that day (payments.refunds: count and amount), donors giving for the first time, receipts issued with the first and last number';
 
 CREATE FUNCTION payments.daily_report_csv(day date)
 RETURNS text
@@ -1845,14 +1846,15 @@ AS $$
 	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
 											  ELSE coalesce(v, '') END, ',' ORDER BY k)
 						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
-	  FROM (SELECT 0::bigint AS n, ARRAY['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'failed',
-										 'refunds', 'refunded', 'new_donors', 'receipts', 'first_receipt',
+	  FROM (SELECT 0::bigint AS n, ARRAY['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'fee_unknown',
+										 'failed', 'refunds', 'refunded', 'new_donors', 'receipts', 'first_receipt',
 										 'last_receipt'] AS fields
 			UNION ALL
 			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency,
 							  CASE WHEN r.method ~ '^[-=+@\t\r]' THEN '''' || r.method ELSE r.method END,
 							  r.paid::text, r.gross::text,
-							  r.fees::text, r.net::text, r.failed::text, r.refunds::text, r.refunded::text,
+							  r.fees::text, r.net::text, r.fee_unknown::text, r.failed::text, r.refunds::text,
+							  r.refunded::text,
 							  r.new_donors::text, r.receipts::text, r.first_receipt, r.last_receipt]
 			  FROM payments.daily_report(day) WITH ORDINALITY AS r) AS l
 $$;
@@ -4730,9 +4732,11 @@ BEGIN
 		IF day IS NULL THEN
 			body := 'Usage: /report [YYYY-MM-DD | yesterday] (default: today)';
 		ELSE
-			SELECT string_agg(format('%s %s: %s paid, gross %s, fees %s, net %s; %s failed; %s refunds (%s); %s new donors%s',
+			SELECT string_agg(format('%s %s: %s paid, gross %s, fees %s%s, net %s; %s failed; %s refunds (%s); %s new donors%s',
 									 r.currency, r.method, r.paid, payments.chat_amount(r.gross, r.currency),
-									 payments.chat_amount(r.fees, r.currency), payments.chat_amount(r.net, r.currency), r.failed, r.refunds,
+									 payments.chat_amount(r.fees, r.currency),
+									 CASE WHEN r.fee_unknown > 0 THEN format(' (not known for %s)', r.fee_unknown) ELSE '' END,
+									 payments.chat_amount(r.net, r.currency), r.failed, r.refunds,
 									 payments.chat_amount(r.refunded, r.currency), r.new_donors,
 									 CASE WHEN r.receipts > 0 THEN format('; receipts %s to %s', r.first_receipt, r.last_receipt)
 										  ELSE '' END), E'\n')

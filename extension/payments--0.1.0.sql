@@ -1243,7 +1243,8 @@ BEGIN
 
 	IF result = 'unresolved' THEN
 		-- a failed attempt like any other: kept, retried on the schedule, dead after the last
-		PERFORM payments.event_failed(ev.id, 'payment ' || change.provider_ref || ' is not known yet', attempt);
+		PERFORM payments.event_failed(ev.id, 'payment ' || change.provider_ref || ' is not known yet', attempt,
+									  waiting => true);
 		RETURN 'stored';
 	END IF;
 	IF ev.state IS DISTINCT FROM result OR ev.attempts IS DISTINCT FROM attempt
@@ -2188,7 +2189,8 @@ COMMENT ON TABLE payments.event_attempts IS
 
 CREATE INDEX events_due_idx ON payments.events (next_attempt_at) WHERE state = 'pending';
 
-CREATE FUNCTION payments.event_failed(id bigint, error text, attempt integer DEFAULT NULL)
+CREATE FUNCTION payments.event_failed(id bigint, error text, attempt integer DEFAULT NULL,
+									   waiting boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2202,6 +2204,12 @@ BEGIN
 		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
 	END IF;
 	next_at := payments.next_attempt_at(tries);
+	-- an event waiting for its payment (a refund delivered before the news of the payment, which
+	-- its provider may go on sending for three days) is asked again hourly at least, 96 times
+	-- (four days), not for the 27 hours of the schedule
+	IF waiting THEN
+		next_at := CASE WHEN tries < 96 THEN least(next_at, now() + interval '1 hour') END;
+	END IF;
 	UPDATE payments.events e
 	   SET attempts = tries, next_attempt_at = next_at, last_error = error,
 		   state = CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END
@@ -2211,8 +2219,8 @@ BEGIN
 	RETURN CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END;
 END
 $$;
-COMMENT ON FUNCTION payments.event_failed(bigint, text, integer) IS
-	'Records a failed attempt to apply an event (attempt number attempt, by default the one after the last): keeps the error, schedules the next attempt, or marks the event dead after the last; returns pending or dead';
+COMMENT ON FUNCTION payments.event_failed(bigint, text, integer, boolean) IS
+	'Records a failed attempt to apply an event (attempt number attempt, by default the one after the last): keeps the error, schedules the next attempt, or marks the event dead after the last; an event waiting for its payment (waiting) is asked hourly at least and given up after 96 attempts (four days); returns pending or dead';
 
 CREATE FUNCTION payments.retry_events(max_items integer DEFAULT 100)
 RETURNS TABLE (event bigint, outcome text)
@@ -3137,7 +3145,7 @@ END
 $$;
 COMMENT ON FUNCTION payments.unschedule_jobs() IS 'Removes the pg_cron jobs of this database; returns how many';
 
-REVOKE ALL ON FUNCTION payments.event_failed(bigint, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.event_failed(bigint, text, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.retry_events(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.replay_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.replay_dead(text, timestamptz) FROM PUBLIC;
@@ -5496,7 +5504,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.issue_receipt(bigint, timestamptz), payments.apply_event(bigint),
 	payments.settle_event(payments.events, text, jsonb, integer),
 	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
-	payments.event_failed(bigint, text, integer), payments.claim_outbox(integer),
+	payments.event_failed(bigint, text, integer, boolean), payments.claim_outbox(integer),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
 	payments.enqueue_transition(payments.status_history), payments.enqueue_raw_event(payments.events),
 	payments.api_token_requests(integer),

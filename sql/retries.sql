@@ -90,7 +90,7 @@ SELECT payments.replay_event(:dead_event);
 RESET client_min_messages;
 SELECT payments.replay_event(-1);
 
--- a refund before its payment: unresolved is a failed attempt on the same schedule;
+-- a refund before its payment: unresolved is a failed attempt on the schedule (at most an hour apart);
 -- once the payment is known the retry applies it
 SELECT tr.stripe('charge.refunded', tr.charge('pi_r2', 500, 500), 1718000200);
 SELECT * FROM tr.ev('pi_r2');
@@ -100,6 +100,19 @@ SELECT tr.time_passes();
 SELECT outcome FROM payments.retry_events();
 SELECT * FROM tr.ev('pi_r2');
 SELECT status, amount_refunded FROM payments.payments WHERE provider_ref = 'pi_r2';
+
+-- a refund waiting for its payment is asked again hourly at least, 96 times (four days: its
+-- provider may send the news of the payment for three), not for the 27 hours of the schedule
+SELECT tr.stripe('charge.refunded', tr.charge('pi_r6', 500, 500), 1718000200);
+UPDATE payments.events SET attempts = 7 WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+SELECT tr.time_passes();
+SELECT outcome FROM payments.retry_events();
+SELECT state, attempts, next_attempt_at BETWEEN now() AND now() + interval '1 hour' AS within_the_hour
+  FROM payments.events WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+UPDATE payments.events SET attempts = 95 WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+SELECT tr.time_passes();
+SELECT outcome FROM payments.retry_events();
+DELETE FROM payments.events WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 
 -- the currencies are read once per transaction, and again after a change to them in it: an event
 -- in a currency added later in the same transaction applies, and a currency whose insert a
@@ -119,8 +132,11 @@ COMMIT;
 SELECT status, amount, currency FROM payments.payments WHERE provider_ref = 'pi_r5';
 
 -- replay_dead requeues the dead events of a provider since a time; retry_events applies them
+-- (refunds waiting for their payments at their last attempt but one: given up at the next)
 SELECT tr.stripe('charge.refunded', tr.charge('pi_r3', 700, 700), 1718000300);
 SELECT tr.stripe('charge.refunded', tr.charge('pi_r4', 800, 800), 1718000300);
+UPDATE payments.events SET attempts = 95
+ WHERE payload -> 'data' -> 'object' ->> 'payment_intent' IN ('pi_r3', 'pi_r4');
 DO $$ BEGIN FOR i IN 2..8 LOOP PERFORM tr.time_passes(); PERFORM payments.retry_events(); END LOOP; END $$;
 SELECT * FROM tr.ev('pi_r3') UNION ALL SELECT * FROM tr.ev('pi_r4');
 SELECT tr.stripe('payment_intent.succeeded', tr.pi('pi_r3', 700), 1718000100);

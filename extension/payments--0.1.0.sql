@@ -3858,7 +3858,6 @@ DECLARE
 	currency	text;
 	method		text;
 	method_title text;
-	method_prefix text;				-- of the network's numbers after 263
 	web_checkout boolean;			-- paid from a link: no number asked
 	phone		text;
 	problem		text;
@@ -3921,10 +3920,7 @@ BEGIN
 	END IF;
 	currency := form ->> 'currency';
 	method := form ->> 'method';
-	SELECT m.title, m.prefix INTO method_title, method_prefix
-	  FROM (VALUES ('ecocash', 'EcoCash', '^7[78]'), ('onemoney', 'OneMoney', '^71'),
-				   ('telecash', 'TeleCash', '^73')) AS m (id, title, prefix)
-	 WHERE m.id = method;
+	method_title := CASE WHEN method IN ('ecocash', 'onemoney', 'telecash') THEN payments.chat_method_label(method) END;
 	web_checkout := payments.paynow_web_checkout(method);
 	phone := regexp_replace(coalesce(form ->> 'phone', ''), '[\s().+-]', '', 'g');
 	phone := CASE WHEN web_checkout THEN NULL
@@ -3942,7 +3938,7 @@ BEGIN
 		WHEN method_title IS NULL THEN 'Choose EcoCash, OneMoney or TeleCash.'
 		WHEN web_checkout THEN NULL
 		WHEN phone IS NULL THEN 'Enter a Zimbabwean mobile number, for example 0771234567.'
-		WHEN substr(phone, 4) !~ method_prefix THEN
+		WHEN NOT payments.paynow_phone_fits(method, '0' || substr(phone, 4)) THEN
 			format('That is not a %s number.', method_title)
 	END;
 	IF problem IS NOT NULL THEN
@@ -4467,6 +4463,31 @@ $$;
 COMMENT ON FUNCTION payments.chat_local_phone(text) IS
 	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567 or +263 77 123 4567; NULL otherwise';
 
+CREATE FUNCTION payments.mobile_network(local_phone text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN local_phone ~ '^07[78][0-9]{7}$' THEN 'ecocash'
+				WHEN local_phone ~ '^071[0-9]{7}$' THEN 'onemoney'
+				WHEN local_phone ~ '^073[0-9]{7}$' THEN 'telecash' END
+$$;
+COMMENT ON FUNCTION payments.mobile_network(text) IS
+	'The mobile money of a Zimbabwean mobile number in local form (chat_local_phone): ecocash (Econet, 077 and 078), onemoney (NetOne, 071), telecash (Telecel, 073), else NULL';
+
+-- Paynow's test numbers (PROVIDERS.md 3.5), which an integration in test mode takes and no other,
+-- fit every method: the clinic tries OneMoney with them before going live
+CREATE FUNCTION payments.paynow_phone_fits(method text, local_phone text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT payments.mobile_network(local_phone) = method
+		   OR local_phone IN ('0771111111', '0772222222', '0773333333', '0774444444')
+$$;
+COMMENT ON FUNCTION payments.paynow_phone_fits(text, text) IS
+	'Whether a mobile number in local form can pay by a mobile money method: it is on that network, or one of Paynow''s test numbers';
+
 CREATE FUNCTION payments.chat_amount(amount numeric, currency text)
 RETURNS text
 LANGUAGE sql STABLE
@@ -4515,14 +4536,16 @@ BEGIN
 		WHEN 'method' THEN payments.chat_choices(wa_id, 'How would you like to pay?',
 			(SELECT jsonb_agg(jsonb_build_array('pay_' || m, payments.chat_method_label(m)) ORDER BY n)
 			   FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n)))
-		WHEN 'phone' THEN CASE WHEN local IS NOT NULL
+		-- the donor's own number is offered only when it is on the method's network
+		WHEN 'phone' THEN CASE WHEN payments.paynow_phone_fits(draft ->> 'method', local)
 			THEN payments.chat_choices(wa_id, format(
-				'Which %s number should we send the payment request to? Tap *Use %s* or type another number, like 0771234567.',
+				'Which %s number should we send the payment request to? Tap *Use %s* or type another number.',
 				payments.chat_method_label(draft ->> 'method'), local),
 				jsonb_build_array(jsonb_build_array('phone_same', 'Use ' || local)))
 			ELSE payments.chat_text(wa_id, format(
-				'Which %s number should we send the payment request to? Type it like 0771234567.',
-				payments.chat_method_label(draft ->> 'method'))) END
+				'Which %s number should we send the payment request to? Type it like %s.',
+				payments.chat_method_label(draft ->> 'method'),
+				CASE draft ->> 'method' WHEN 'onemoney' THEN '0711234567' ELSE '0771234567' END)) END
 		WHEN 'purpose' THEN payments.chat_choices(wa_id, 'What is your gift for? Tap one, or type your own purpose.',
 			(SELECT jsonb_agg(jsonb_build_array('purpose_' || n, u) ORDER BY n)
 			   FROM jsonb_array_elements_text(cfg -> 'purposes') WITH ORDINALITY AS x (u, n)))
@@ -4582,6 +4605,11 @@ BEGIN
 			payments.chat_amount(high, next_draft ->> 'currency'))));
 		next_draft := next_draft - 'amount';
 	END IF;
+	-- the number came before the method (an edit): it is asked again if on another network
+	IF next_draft ? 'phone' AND next_draft ? 'method'
+	   AND NOT payments.paynow_phone_fits(next_draft ->> 'method', next_draft ->> 'phone') THEN
+		next_draft := next_draft - 'phone';
+	END IF;
 	next_state := CASE
 		WHEN NOT next_draft ? 'amount' THEN 'amount'
 		WHEN NOT next_draft ? 'currency' THEN 'currency'
@@ -4615,7 +4643,12 @@ BEGIN
 			CASE p.status
 				WHEN 'paid' THEN 'is paid. Receipt number: ' ||
 					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id) || '. Thank you!'
-				WHEN 'pending' THEN 'is waiting for payment. Approve the request on your phone, or send *donate* to start again.'
+				-- never "start again": a request that may still be approved would be paid twice
+				WHEN 'pending' THEN
+					CASE WHEN payments.paynow_web_checkout(p.method)
+						 THEN 'is waiting for payment on Paynow''s page (from the link we sent). '
+						 ELSE 'is waiting for you to approve the request on your phone. ' END ||
+					'Please do not start a new donation for it, or you may pay twice: we will tell you here when it is paid.'
 				WHEN 'failed' THEN 'did not go through; no money was taken. Send *donate* to try again.'
 				WHEN 'cancelled' THEN 'was cancelled; nothing was charged.'
 				ELSE 'is ' || replace(p.status, '_', ' ') || '.' END;
@@ -4728,7 +4761,7 @@ BEGIN
 	ELSIF cmd = '/report' THEN
 		IF arg = '' THEN
 			day := today;
-		ELSIF arg = 'yesterday' THEN
+		ELSIF lower(arg) = 'yesterday' THEN
 			day := today - 1;
 		ELSIF arg ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' THEN
 			BEGIN
@@ -4756,11 +4789,13 @@ BEGIN
 		IF arg = '' THEN
 			body := 'Usage: /approve <reference>';
 		ELSE
-			-- as typed, else in upper case (our references are; an admin types wa-20261122-7)
-			SELECT p.* INTO pay FROM payments.payments p WHERE p.reference IN (arg, upper(arg))
+			-- as typed, else in upper case (our references are; an admin types wa-20261122-7);
+			-- only a donation made in this chat (not another provider's payment, not a payout)
+			SELECT p.* INTO pay FROM payments.payments p JOIN payments.chat_donations d ON d.payment_id = p.id
+			 WHERE p.reference IN (arg, upper(arg)) AND d.provider = chat_admin.provider
 			 ORDER BY p.reference = arg DESC, p.id DESC LIMIT 1;
 			IF NOT FOUND THEN
-				body := format('No payment has the reference %s.', arg);
+				body := format('No donation made in this chat has the reference %s.', arg);
 			ELSIF pay.status = 'paid' THEN
 				body := format('%s is already paid (receipt %s).', pay.reference,
 							   (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
@@ -4888,8 +4923,14 @@ BEGIN
 	ELSIF word IN ('cancel', 'stop') THEN
 		st := 'menu';
 		drafted := '{}';
+		-- what is cancelled is what the donor was doing here, not a payment already asked for
 		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-			'Cancelled: nothing was charged. Send *donate* whenever you would like to give.'));
+			CASE WHEN EXISTS (SELECT FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+							   WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending')
+				 THEN 'Cancelled. A payment already requested is not cancelled by this: if you do not want to pay it, '
+					  || 'decline the request on your phone (or leave Paynow''s page). '
+				 ELSE 'Cancelled: nothing was charged. ' END ||
+			'Send *donate* whenever you would like to give.'));
 	ELSIF word = 'help' THEN
 		labels := ARRAY(SELECT payments.chat_method_label(m)
 						  FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n) ORDER BY n);
@@ -4949,6 +4990,11 @@ BEGIN
 		IF choice IS NULL THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'Please send a Zimbabwean mobile number, like 0771234567.'));
+		ELSIF NOT payments.paynow_phone_fits(drafted ->> 'method', choice) THEN
+			-- Paynow would refuse it, and the request would count against the number's limits
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'%s is not a %s number. Please send the %s number to pay from, or send *cancel* to start again.',
+				choice, payments.chat_method_label(drafted ->> 'method'), payments.chat_method_label(drafted ->> 'method'))));
 		ELSE
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('phone', choice)) a;

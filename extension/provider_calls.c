@@ -124,9 +124,31 @@ RecordAnswer(const char *query, Oid keytype, const ProviderCall *call, const Out
 		elog(ERROR, "could not run \"%s\"", query);
 }
 
+/* Input of RecordStep */
+typedef struct AnswerToRecord
+{
+	const char *query;
+	Oid			keytype;
+	const ProviderCall *call;
+	const OutboundRequest *req;
+} AnswerToRecord;
+
+/* Records one answer (the step run in a subtransaction) */
+static void
+RecordStep(void *arg)
+{
+	AnswerToRecord *a = arg;
+
+	RecordAnswer(a->query, a->keytype, a->call, a->req);
+}
+
 /*
  * One step: load the requests and commit, send, record every answer and
- * commit.  load takes max_items as $1 and returns (key, url, method, headers,
+ * commit.  Each answer is recorded in a subtransaction of its own: one that
+ * fails (a lock timeout, a deadlock) loses that answer only, as if it never
+ * came (an initiation is swept as unconfirmed, a stuck payment asked again),
+ * not every answer of the run (Paynow's poll URLs and payment instructions
+ * with them).  load takes max_items as $1 and returns (key, url, method, headers,
  * body); record takes (key, http_status, error, response).  The caller has
  * connected SPI non-atomically.
  */
@@ -144,6 +166,15 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 		return;
 	SendOrStop(reqs, n);
 	for (int i = 0; i < n; i++)
-		RecordAnswer(record, keytype, &calls[i], &reqs[i]);
+	{
+		AnswerToRecord a = {record, keytype, &calls[i], &reqs[i]};
+		char	   *error;
+		int			sqlerrcode;
+
+		if (!RunInSubtransactionCode(RecordStep, &a, &error, &sqlerrcode))
+			ereport(WARNING,
+					(errcode(sqlerrcode),
+					 errmsg("could not record the answer to request %s: %s", calls[i].key, error)));
+	}
 	SPI_commit();
 }

@@ -237,3 +237,29 @@ test('a PayPal order without a capture heard of is asked for by order: its captu
 	assert.equal(status('ORDER-VOID'), 'cancelled');
 	assert.ok(api.seen.some((s) => s.includes('/v2/checkout/orders/ORDER-PAID')));
 });
+
+test('an answer that cannot be recorded loses only itself: the others of the run are recorded', async () => {
+	stuck('st', 'pi_recfail');
+	stuck('st', 'pi_recok');
+	db.psql(`CREATE FUNCTION record_fails() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN
+				IF NEW.payment_id = (SELECT id FROM payments.payments WHERE provider_ref = 'pi_recfail') THEN
+					RAISE EXCEPTION 'recording refused for the test';
+				END IF;
+				RETURN NEW;
+			END$$;
+		CREATE TRIGGER record_fails BEFORE UPDATE ON payments.reconciliation_checks FOR EACH ROW
+			EXECUTE FUNCTION record_fails();`);
+	try {
+		await sleep(1100);
+		await runReconcile();
+	} finally {
+		db.psql(`DROP TRIGGER record_fails ON payments.reconciliation_checks; DROP FUNCTION record_fails()`);
+	}
+	assert.equal(status('pi_recok'), 'paid');
+	assert.equal(lastCheck('pi_recok'), 'fixed|succeeded|200');
+	// asked, its answer not recorded: still pending, its check unfinished, asked again later
+	assert.equal(status('pi_recfail'), 'pending');
+	assert.equal(db.psql(`SELECT count(*) FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+		WHERE p.provider_ref = 'pi_recfail' AND c.outcome IS NULL`), '1');
+});

@@ -463,6 +463,7 @@ ROLLBACK;
 DELETE FROM pg_temp.seen WHERE who = '263770000001';
 SELECT pg_temp.say('263770000001', '/admin', 1);
 SELECT pg_temp.say('263770000001', '/report 2026-02-30', 3);
+SELECT pg_temp.say('263770000001', '/report Yesterday', 3);
 SELECT pg_temp.say('263770000001', '/approve', 4);
 SELECT pg_temp.say('263770000001', '/approve NOPE', 5);
 SELECT * FROM pg_temp.replies('263770000001');

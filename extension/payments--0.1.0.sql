@@ -3966,6 +3966,14 @@ BEGIN
 		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id, NULL,
 			payments.chat_settings(settings), jsonb_strip_nulls(jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
 			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4), 'purpose', 'WhatsApp Flow')));
+		IF started IS NULL THEN
+			-- refused (too many requests to the number, a currency no longer taken), the donor told
+			-- why in the chat: not kept as a submission waiting to start, and the form says so
+			DELETE FROM payments.flow_submissions s WHERE s.id = submission;
+			RETURN QUERY SELECT 200, jsonb_build_object('screen', 'DONATE', 'data', choices || jsonb_build_object(
+				'error_message', 'This donation could not be started: see our message in the chat. Nothing was charged.'));
+			RETURN;
+		END IF;
 		UPDATE payments.flow_submissions s SET payment_id = started WHERE s.id = submission;
 	END IF;
 	SELECT s.id INTO submission FROM payments.flow_submissions s WHERE s.flow_token = tok.token;

@@ -240,6 +240,20 @@ SELECT recipient, payload -> 'text' ->> 'body' ~ 'payment request for 12.00 USD'
 -- a retried submit starts nothing more
 SELECT http_status FROM pg_temp.donate(:'paying_token', '{"amount": "12", "currency": "USD", "method": "ecocash", "phone": "0771234567"}', 'CONFIRM');
 SELECT count(*) AS flow_payments FROM payments.payments WHERE provider = 'flows-pn';
+-- a submit the chat refuses (a number asked by three other chats today) is not kept as waiting:
+-- the form shows why, and nothing is started
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, metadata, status_at)
+SELECT 'flows-pn', 'REF-LIMIT-' || n, 'pending', 1, 'USD', '{}', now() FROM generate_series(1, 3) n;
+INSERT INTO payments.paynow_initiations (payment_id, provider, reference, method, phone)
+SELECT p.id, 'flows-pn', p.provider_ref, 'ecocash', '0772223334' FROM payments.payments p
+ WHERE p.provider_ref LIKE 'REF-LIMIT-%';
+INSERT INTO payments.chat_donations (payment_id, provider, wa_id)
+SELECT p.id, 'flows-wa', '26377000000' || n FROM payments.payments p, generate_series(1, 3) n
+ WHERE p.provider_ref = 'REF-LIMIT-' || n;
+SELECT payments.issue_flow_token('flows-wa', '263771234567') AS limited_token \gset
+SELECT http_status, screen, data AS error
+  FROM pg_temp.donate(:'limited_token', '{"amount": "5", "currency": "USD", "method": "ecocash", "phone": "0772223334"}', 'CONFIRM');
+SELECT count(*) AS kept FROM payments.flow_submissions WHERE flow_token = :'limited_token';
 -- TeleCash: stored without a number, its initiation on the web checkout, the donor told a link comes
 SELECT payments.issue_flow_token('flows-wa', '263771234567') AS telecash_token \gset
 SELECT http_status, screen FROM pg_temp.donate(:'telecash_token', '{"amount": "7", "currency": "USD", "method": "telecash"}', 'CONFIRM');

@@ -14,7 +14,9 @@
  * that holds its delivery (or after the failure that leaves it out), and no
  * timer holds a delivery back: a lone delivery goes at once, in a batch of
  * one, and batches grow only while the database is busy with the previous
- * ones.
+ * ones.  The other requests that need the database (Meta's handshake, a
+ * Flows exchange, the readiness check) are queued here too, each a call
+ * made alone by a batch thread before the next batch (batch_call).
  *
  * shim/batch.c
  *
@@ -31,6 +33,8 @@ static pthread_mutex_t batch_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t batch_cond = PTHREAD_COND_INITIALIZER;
 static PendingIngest *queue_head;
 static PendingIngest *queue_tail;
+static PendingCall *calls_head;
+static PendingCall *calls_tail;
 static bool stopping;			/* batch_stop(): end once the queue is empty */
 static bool abandoning;			/* batch_abandon(): answer the rest 503 */
 
@@ -85,8 +89,26 @@ batch_worker(void *arg)
 		unsigned int n;
 		bool		abandon;
 
-		while (queue_head == NULL && !stopping)
+		while (queue_head == NULL && calls_head == NULL && !stopping)
 			pthread_cond_wait(&batch_cond, &batch_lock);
+		if (calls_head != NULL)
+		{
+			PendingCall *call = calls_head;
+
+			calls_head = call->next;
+			if (calls_head == NULL)
+				calls_tail = NULL;
+			abandon = abandoning;
+			pthread_mutex_unlock(&batch_lock);
+			if (!abandon)
+			{
+				call->run(call);
+				call->done = true;
+			}
+			MHD_resume_connection(call->conn);
+			pthread_mutex_lock(&batch_lock);
+			continue;
+		}
 		if (queue_head == NULL)
 			break;
 		n = batch_take(items);
@@ -170,9 +192,35 @@ batch_submit(PendingIngest *item)
 }
 
 /*
+ * Queue a call whose connection the caller has suspended: a batch thread
+ * makes it (call->run), sets call->done and resumes call->conn.  Once the
+ * batch threads are ending, it is resumed at once, not made.
+ */
+void
+batch_call(PendingCall *call)
+{
+	call->next = NULL;
+	call->done = false;
+	pthread_mutex_lock(&batch_lock);
+	if (stopping)
+	{
+		pthread_mutex_unlock(&batch_lock);
+		MHD_resume_connection(call->conn);
+		return;
+	}
+	if (calls_tail != NULL)
+		calls_tail->next = call;
+	else
+		calls_head = call;
+	calls_tail = call;
+	pthread_cond_signal(&batch_cond);
+	pthread_mutex_unlock(&batch_lock);
+}
+
+/*
  * At the shutdown deadline: deliveries not yet in a transaction are
- * answered 503 without one (the running transactions are cancelled by
- * db_cancel_all()).
+ * answered 503 without one, and calls not yet made are not made (the
+ * running transactions are cancelled by db_cancel_all()).
  */
 void
 batch_abandon(void)

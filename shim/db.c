@@ -1,11 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * db.c
- *	  One libpq connection per MHD worker thread, and the ingest call.
+ *	  One libpq connection per batch thread, and the calls made on it.
  *
- * Each worker thread lazily opens its own connection and keeps it in
- * thread-specific data; the key's destructor closes it when MHD joins the
- * thread at shutdown.  While the database is down a thread retries with
+ * Each batch thread (batch.c; the MHD threads never call the database)
+ * lazily opens its own connection and keeps it in thread-specific data;
+ * the key's destructor closes it when the thread ends at shutdown.  While the database is down a thread retries with
  * exponential backoff, so requests get a quick 503 instead of each waiting
  * for a connect timeout.
  *
@@ -27,7 +27,7 @@
  * Threads are also kept in a list with a cancel handle for their
  * connection, so that at the shutdown deadline the main thread can cancel
  * the queries still running (db_cancel_all()): their transactions roll
- * back, nothing is answered 2xx, and MHD's threads can be joined.
+ * back, nothing is answered 2xx, and the batch threads can be joined.
  *
  * shim/db.c
  *

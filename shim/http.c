@@ -10,7 +10,11 @@
  * is sent; libmicrohttpd 0.9.75 then closes the connection), and good
  * requests on the final call, which keeps keep-alive working.  A webhook's
  * connection is suspended while its delivery waits for its batch (batch.c);
- * resumed, MHD makes the final call again, which answers.  Per-request
+ * resumed, MHD makes the final call again, which answers.  So is that of
+ * every other request that needs the database (Meta's handshake, a Flows
+ * exchange, /ready), whose call a batch thread makes: an MHD thread never
+ * waits for the database, and /health and /metrics answer whatever it
+ * does.  Per-request
  * state is freed in http_completed(), which MHD runs on every path; it also
  * writes the log line and counts the request.
  *
@@ -63,9 +67,14 @@ typedef struct Request
 	unsigned int retry_after_s; /* Retry-After to send, 0 for none */
 	unsigned int status;		/* 0 until a response is queued */
 	char		outcome[64];	/* "" unless the database answered */
-	bool		pending;		/* a webhook handed to batch.c, suspended */
-	StrBuf		headers;		/* its headers as JSON, until answered */
-	PendingIngest ingest;
+	bool		pending;		/* handed to batch.c, suspended */
+	StrBuf		headers;		/* a webhook's or Flows exchange's headers as JSON, until answered */
+	PendingIngest ingest;		/* a webhook's delivery */
+	PendingCall call;			/* another route's database call */
+	SubscribeRequest subscribe_in;
+	SubscribeResult subscribe_out;
+	FlowsResult flows_out;		/* (its input: ingest.req) */
+	ReadyResult ready;
 } Request;
 
 static atomic_uint in_flight;
@@ -540,36 +549,70 @@ finish_health(struct MHD_Connection *conn, Request *req)
 	return reply(conn, req, MHD_HTTP_OK, JSON_TYPE, body, strlen(body), NULL);
 }
 
+/* The request a call belongs to */
+static Request *
+request_of_call(PendingCall *call)
+{
+	return (Request *) ((char *) call - offsetof(Request, call));
+}
+
+/*
+ * Hand a request's database call (run) to a batch thread, its connection
+ * suspended until it is made; MHD then makes the final call again.
+ */
+static enum MHD_Result
+call_off_thread(struct MHD_Connection *conn, Request *req,
+				void (*run) (PendingCall *call))
+{
+	req->pending = true;
+	req->call.run = run;
+	req->call.conn = conn;
+	/* suspended first: the batch thread may resume it at once */
+	MHD_suspend_connection(conn);
+	batch_call(&req->call);
+	return MHD_YES;
+}
+
+/* The readiness check (on a batch thread) */
+static void
+run_ready(PendingCall *call)
+{
+	Request    *req = request_of_call(call);
+
+	db_ready(req->request_id, &req->ready);
+}
+
 /*
  * Final call for GET /ready: 200 when the database answers, is writable
  * and has a supported version of the extension; else 503 with the reason.
- * While draining, 503 so that load balancers move away first.
+ * While draining, 503 so that load balancers move away first.  The check
+ * is made on a batch thread; the answer after it.
  */
 static enum MHD_Result
 finish_ready(struct MHD_Connection *conn, Request *req)
 {
-	ReadyResult ready;
+	ReadyResult *ready = &req->ready;
 	StrBuf		body;
 	enum MHD_Result ret;
 
-	if (atomic_load(&draining))
+	if (atomic_load(&draining) || (req->pending && !req->call.done))
 	{
-		ready.ready = false;
-		ready.reason = "shutting down";
-		ready.version[0] = '\0';
+		ready->ready = false;
+		ready->reason = "shutting down";
+		ready->version[0] = '\0';
 	}
-	else
-		db_ready(req->request_id, &ready);
+	else if (!req->pending)
+		return call_off_thread(conn, req, run_ready);
 
 	buf_init(&body);
-	buf_append_str(&body, ready.ready ? "{\"status\":\"ready\""
+	buf_append_str(&body, ready->ready ? "{\"status\":\"ready\""
 				   : "{\"status\":\"not ready\"");
-	json_append_field(&body, "reason", ready.reason);
+	json_append_field(&body, "reason", ready->reason);
 	json_append_field(&body, "extension_version",
-					  ready.version[0] != '\0' ? ready.version : NULL);
+					  ready->version[0] != '\0' ? ready->version : NULL);
 	buf_append_str(&body, "}");
 	ret = reply_json(conn, req,
-					 ready.ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+					 ready->ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
 					 &body);
 	buf_free(&body);
 	return ret;
@@ -611,45 +654,62 @@ reply_db_failure(struct MHD_Connection *conn, Request *req, DbStatus status)
 					   REJECT_DATABASE_ERROR, "database error", NULL);
 }
 
+/* Meta's handshake (on a batch thread) */
+static void
+run_subscribe(PendingCall *call)
+{
+	Request    *req = request_of_call(call);
+
+	db_subscribe(&req->subscribe_in, &req->subscribe_out);
+}
+
 /*
  * Final call for GET /webhooks/{provider}: Meta's subscription handshake,
- * answered by payments.meta_subscribe() from the hub.* query arguments.
- * The challenge goes back as the plain-text body, as Meta expects.
+ * answered by payments.meta_subscribe() from the hub.* query arguments on
+ * a batch thread, then here.  The challenge goes back as the plain-text
+ * body, as Meta expects.
  */
 static enum MHD_Result
 finish_subscribe(struct MHD_Connection *conn, Request *req)
 {
-	SubscribeRequest in;
-	SubscribeResult out;
+	SubscribeRequest *in = &req->subscribe_in;
+	SubscribeResult *out = &req->subscribe_out;
 	enum MHD_Result ret;
 
-	in.provider = req->provider;
-	in.mode = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "hub.mode");
-	in.verify_token = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
-												  "hub.verify_token");
-	in.challenge = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
-											   "hub.challenge");
-	in.request_id = req->request_id;
-	db_subscribe(&in, &out);
-
-	if (out.status != DB_OK)
-		return reply_db_failure(conn, req, out.status);
-	if (out.http_status != MHD_HTTP_NOT_FOUND)
-		metrics_learn_provider(req->provider);
-	if (out.http_status != MHD_HTTP_OK || out.body == NULL)
+	if (!req->pending)
 	{
-		unsigned int status = out.http_status;
+		in->provider = req->provider;
+		in->mode = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "hub.mode");
+		in->verify_token = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+													   "hub.verify_token");
+		in->challenge = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+													"hub.challenge");
+		in->request_id = req->request_id;
+		return call_off_thread(conn, req, run_subscribe);
+	}
+
+	if (!req->call.done)
+		return reply_db_failure(conn, req, DB_UNAVAILABLE);
+	if (out->status != DB_OK)
+		return reply_db_failure(conn, req, out->status);
+	if (out->http_status != MHD_HTTP_NOT_FOUND)
+		metrics_learn_provider(req->provider);
+	if (out->http_status != MHD_HTTP_OK || out->body == NULL)
+	{
+		unsigned int status = out->http_status;
 		const char *message = status == MHD_HTTP_FORBIDDEN ? "verification failed" :
 			status == MHD_HTTP_NOT_FOUND ? "not found" : "invalid challenge";
 
-		db_free_result(out.pgresult);
+		db_free_result(out->pgresult);
+		out->pgresult = NULL;
 		return reply_message(conn, req, status, message, NULL);
 	}
 
 	snprintf(req->outcome, sizeof(req->outcome), "subscribed");
-	ret = reply(conn, req, MHD_HTTP_OK, "text/plain", out.body,
-				strlen(out.body), NULL);
-	db_free_result(out.pgresult);
+	ret = reply(conn, req, MHD_HTTP_OK, "text/plain", out->body,
+				strlen(out->body), NULL);
+	db_free_result(out->pgresult);
+	out->pgresult = NULL;
 	return ret;
 }
 
@@ -758,52 +818,62 @@ answer_webhook(struct MHD_Connection *conn, Request *req)
 	return ret;
 }
 
+/* A Flows exchange (on a batch thread) */
+static void
+run_flows(PendingCall *call)
+{
+	Request    *req = request_of_call(call);
+
+	db_flows(&req->ingest.req, &req->flows_out);
+}
+
 /*
  * Final call for POST /flows/{provider}: hand the request to
- * payments.flows_exchange(), which verifies, decrypts and answers it, and
- * send its status and plain-text body (the encrypted response, or a short
- * message) as they are.
+ * payments.flows_exchange(), which verifies, decrypts and answers it on a
+ * batch thread, then send its status and plain-text body (the encrypted
+ * response, or a short message) as they are.
  */
 static enum MHD_Result
 finish_flows(struct MHD_Connection *conn, Request *req)
 {
-	StrBuf		headers;
-	IngestRequest in;
-	FlowsResult out;
+	IngestRequest *in = &req->ingest.req;
+	FlowsResult *out = &req->flows_out;
 	enum MHD_Result ret;
 
-	if (req->too_large)
-		return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
-						   REJECT_BODY_TOO_LARGE, "request body too large",
-						   NULL);
-
-	buf_init(&headers);
-	if (req->body.failed || !json_build_headers(conn, &headers))
+	if (!req->pending)
 	{
-		buf_free(&headers);
-		log_message(LOG_ERROR, "out of memory");
-		return reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
-							 "internal error", NULL);
+		if (req->too_large)
+			return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
+							   REJECT_BODY_TOO_LARGE, "request body too large",
+							   NULL);
+		if (req->body.failed || !json_build_headers(conn, &req->headers))
+		{
+			log_message(LOG_ERROR, "out of memory");
+			return reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
+								 "internal error", NULL);
+		}
+		in->provider = req->provider;
+		in->headers_json = req->headers.data;
+		in->body = req->body.data;
+		in->body_len = req->body.len;
+		in->client_ip = req->has_ip ? req->client_ip : NULL;
+		in->request_id = req->request_id;
+		return call_off_thread(conn, req, run_flows);
 	}
 
-	in.provider = req->provider;
-	in.headers_json = headers.data;
-	in.body = req->body.data;
-	in.body_len = req->body.len;
-	in.client_ip = req->has_ip ? req->client_ip : NULL;
-	in.request_id = req->request_id;
-	db_flows(&in, &out);
-	buf_free(&headers);
+	buf_free(&req->headers);
 	buf_free(&req->body);
-
-	if (out.status != DB_OK)
-		return reply_db_failure(conn, req, out.status);
-	snprintf(req->outcome, sizeof(req->outcome), "%s", out.outcome);
-	if (out.http_status != MHD_HTTP_NOT_FOUND)
+	if (!req->call.done)
+		return reply_db_failure(conn, req, DB_UNAVAILABLE);
+	if (out->status != DB_OK)
+		return reply_db_failure(conn, req, out->status);
+	snprintf(req->outcome, sizeof(req->outcome), "%s", out->outcome);
+	if (out->http_status != MHD_HTTP_NOT_FOUND)
 		metrics_learn_provider(req->provider);
-	ret = reply(conn, req, out.http_status, TEXT_TYPE, out.body,
-				strlen(out.body), NULL);
-	db_free_result(out.pgresult);
+	ret = reply(conn, req, out->http_status, TEXT_TYPE, out->body,
+				strlen(out->body), NULL);
+	db_free_result(out->pgresult);
+	out->pgresult = NULL;
 	return ret;
 }
 
@@ -935,11 +1005,13 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	log_end(&line);
 
 	/*
-	 * A webhook whose connection broke while it was suspended (the client
+	 * A request whose connection broke while it was suspended (the client
 	 * closed or half-closed it) ends here without the final call that
 	 * answers it: its result is freed here instead.
 	 */
 	db_free_result(req->ingest.res.pgresult);
+	db_free_result(req->subscribe_out.pgresult);
+	db_free_result(req->flows_out.pgresult);
 	buf_free(&req->body);
 	buf_free(&req->headers);
 	free(req);

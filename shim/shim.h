@@ -182,6 +182,19 @@ typedef struct PendingIngest
 	struct MHD_Connection *conn;	/* resumed once res is set */
 } PendingIngest;
 
+/*
+ * A database call made for one request (Meta's handshake, a Flows exchange,
+ * the readiness check) on a batch thread, so that no MHD thread waits for
+ * the database, with the request's connection suspended meanwhile.
+ */
+typedef struct PendingCall
+{
+	struct PendingCall *next;	/* in the queue */
+	void		(*run) (struct PendingCall *call);	/* makes the call, sets its result */
+	bool		done;			/* run returned (false: not run, at shutdown) */
+	struct MHD_Connection *conn;	/* resumed once done is set */
+} PendingCall;
+
 /* Input of one call to payments.meta_subscribe() (Meta's GET handshake) */
 typedef struct SubscribeRequest
 {
@@ -295,6 +308,7 @@ extern void pgarray_add_jsonb(StrBuf *buf, const char *json);
 /* batch.c */
 extern bool batch_start(void);
 extern void batch_submit(PendingIngest *item);
+extern void batch_call(PendingCall *call);
 extern void batch_abandon(void);
 extern void batch_stop(void);
 

@@ -11,7 +11,7 @@ import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim, stopShimAndCluster,
+import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim, stopShimAndCluster, waitFor,
 	holdLock, shimLockWaiters } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
@@ -234,6 +234,33 @@ describe('shim limits, metrics and logs', () => {
 			assert.equal((await s.stop()).code, 0);
 		}
 		assert.deepEqual(s.sanitizerReports(), [], 'no leak reported at exit');
+	});
+
+	test('a handshake or a Flows exchange waiting for the database holds no MHD thread: /health answers', async () => {
+		// one MHD thread; a session holds the providers table, so each call waits for it
+		const s = new Shim(cluster.dsn, ['--threads', '1', '--rate', '0']);
+		await s.start();
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.providers IN ACCESS EXCLUSIVE MODE');
+		try {
+			const handshake = request(s.port, { path: `/webhooks/wa?hub.mode=subscribe&hub.challenge=77&hub.verify_token=${verifyToken}` });
+			const flows = request(s.port, { method: 'POST', path: '/flows/wa', headers: { 'content-type': 'application/json' },
+				body: '{}' });
+			await shimLockWaiters(cluster, 2);
+			const started = Date.now();
+			assert.equal((await request(s.port, { path: '/health', timeoutMs: 2000 })).status, 200);
+			assert.equal((await request(s.port, { path: '/metrics', timeoutMs: 2000 })).status, 200);
+			assert.ok(Date.now() - started < 2000, `/health and /metrics took ${Date.now() - started} ms`);
+			await lock.release();
+			const answered = await handshake;
+			assert.equal(answered.status, 200);
+			assert.equal(answered.text, '77');
+			assert.equal((await flows).status, 432);	// unsigned: refused, after the wait
+			assert.equal((await request(s.port, { path: '/ready' })).status, 200);
+		} finally {
+			lock.kill();
+			assert.equal((await s.stop()).code, 0);
+		}
+		assert.deepEqual(s.sanitizerReports(), []);
 	});
 
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {

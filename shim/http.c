@@ -966,6 +966,7 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	Request    *req = *req_cls;
 	struct timespec now;
 	double		duration_ms;
+	bool		sent;
 	StrBuf		line;
 
 	(void) cls;
@@ -976,7 +977,9 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	duration_ms = (double) (now.tv_sec - req->start.tv_sec) * 1000.0 +
 		(double) (now.tv_nsec - req->start.tv_nsec) / 1e6;
-	if (req->status != 0)
+	/* an answer queued but not sent (the connection broke) was not given */
+	sent = req->status != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+	if (sent)
 		metrics_request(req->route, req->provider, req->status,
 						duration_ms / 1000.0);
 	conn_request_done(conn);
@@ -990,10 +993,12 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	json_append_field(&line, "path", req->path);
 	json_append_field(&line, "provider",
 					  req->provider[0] != '\0' ? req->provider : NULL);
-	if (req->status != 0)
+	if (sent)
 		buf_printf(&line, ",\"status\":%u", req->status);
 	else
 		buf_append_str(&line, ",\"status\":null");
+	if (!sent && req->status != 0)
+		buf_printf(&line, ",\"status_unsent\":%u", req->status);
 	json_append_field(&line, "outcome",
 					  req->outcome[0] != '\0' ? req->outcome : NULL);
 	buf_printf(&line, ",\"duration_ms\":%.3f", duration_ms);

@@ -407,6 +407,27 @@ describe('shim limits, metrics and logs', () => {
 		assert.ok(delta(before, after, 'payments_shim_rejections_total{reason="request_timeout"}') >= 2);
 	});
 
+	test('an answer made after the request timeout cut its connection is logged unsent, not as given', async () => {
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN SHARE MODE');
+		const delivery = stripeDelivery();
+		let cut;
+		try {
+			cut = postStripe(shim.port, delivery, { localAddress: '127.0.0.13',
+				headers: { ...delivery.headers, 'X-Request-ID': 'cut-by-timeout' } })
+				.then((r) => r.status, (e) => e.message);
+			// --request-timeout 3 cuts the connection while the batch waits for the lock
+			await eventually(() => logLines().some((l) => l.msg === 'request timeout, closing the connection'
+				&& l.peer_ip === '127.0.0.13'));
+		} finally {
+			await lock.release();
+		}
+		assert.doesNotMatch(String(await cut), /^2/);
+		const line = await eventually(() => logLines().find((l) => l.msg === 'request' && l.request_id === 'cut-by-timeout'));
+		assert.equal(line.status, null);
+		assert.equal(line.status_unsent, 200);
+		assert.equal(line.outcome, 'applied');
+	});
+
 	test('metrics move as expected after a known sequence of requests', async () => {
 		const from = '127.0.0.13';
 		const before = await metrics(shim.port);

@@ -80,7 +80,12 @@ static const DbStatement db_statements[STMT_COUNT] = {
 	{"payments_ready",
 		"SELECT (SELECT extversion FROM pg_catalog.pg_extension "
 		"WHERE extname = 'payments'), "
-		"pg_catalog.current_setting('transaction_read_only')", 0},
+		"pg_catalog.current_setting('transaction_read_only'), "
+		"CASE WHEN (SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') "
+		"FROM pg_catalog.pg_namespace n WHERE n.nspname = 'payments') "
+		"THEN pg_catalog.has_function_privilege(pg_catalog.to_regprocedure("
+		"'payments.ingest_batch(text[], jsonb[], bytea[], inet[], text[])'), 'EXECUTE') "
+		"ELSE false END", 0},
 	{"payments_flows_exchange",
 		"SELECT http_status, outcome, response FROM payments.flows_exchange("
 		"$1::text, $2::jsonb, $3::bytea, $4::inet, $5::text)", INGEST_NPARAMS},
@@ -1183,8 +1188,9 @@ db_version_supported(const char *version)
 
 /*
  * Check readiness on this thread's connection: the database answers, is
- * writable, and has the extension at a supported version.  A read-only
- * server also drops the connection, as for 25006.
+ * writable, has the extension at a supported version, and lets the shim's
+ * role call payments.ingest_batch (else every webhook would get 503).  A
+ * read-only server also drops the connection, as for 25006.
  */
 static void
 db_check_ready(const char *request_id, ReadyResult *out)
@@ -1205,7 +1211,7 @@ db_check_ready(const char *request_id, ReadyResult *out)
 		out->reason = "database error";
 		return;
 	}
-	if (PQntuples(res) != 1 || PQnfields(res) != 2)
+	if (PQntuples(res) != 1 || PQnfields(res) != 3)
 		out->reason = "database error";
 	else if (strcmp(PQgetvalue(res, 0, 1), "on") == 0)
 	{
@@ -1223,13 +1229,15 @@ db_check_ready(const char *request_id, ReadyResult *out)
 	{
 		version = PQgetvalue(res, 0, 0);
 		snprintf(out->version, sizeof(out->version), "%s", version);
-		if (db_version_supported(version))
+		if (!db_version_supported(version))
+			out->reason = "extension payments is at a version this shim does not support";
+		else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0)
+			out->reason = "the shim's role may not call payments.ingest_batch (grant it payments_ingest)";
+		else
 		{
 			out->ready = true;
 			out->reason = "ready";
 		}
-		else
-			out->reason = "extension payments is at a version this shim does not support";
 	}
 	PQclear(res);
 }

@@ -597,6 +597,15 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal(missing.json.reason, 'extension payments is not installed');
 		assert.equal((await bare.stop()).code, 0);
 		assert.deepEqual(bare.sanitizerReports(), []);
+		// a login that may not call the ingest functions (no payments_ingest): every webhook would be 503
+		cluster.psql('CREATE ROLE payments_nobody LOGIN');
+		const ungranted = new Shim(cluster.dsn.replace('user=postgres', 'user=payments_nobody'));
+		await ungranted.start();
+		const refused = await request(ungranted.port, { path: '/ready' });
+		assert.equal(refused.status, 503);
+		assert.equal(refused.json.reason, "the shim's role may not call payments.ingest_batch (grant it payments_ingest)");
+		assert.equal((await ungranted.stop()).code, 0);
+		assert.deepEqual(ungranted.sanitizerReports(), []);
 		// the database stopped, then back
 		cluster.stop();
 		try {

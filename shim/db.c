@@ -438,6 +438,32 @@ db_drop(DbThread *thread)
 }
 
 /*
+ * Log a failed statement (res may be NULL: the connection's message then)
+ * with its SQLSTATE, set in *sqlstate (NULL when none).  A data exception's
+ * message is withheld: it often quotes the input, i.e. request data.
+ */
+static void
+log_db_failure(PGconn *conn, PGresult *res, const char *what,
+			   const char *request_id, const char **sqlstate)
+{
+	const char *message = NULL;
+
+	*sqlstate = NULL;
+	if (res != NULL)
+	{
+		*sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		if (message == NULL)
+			message = PQresultErrorMessage(res);
+	}
+	if (message == NULL || message[0] == '\0')
+		message = PQerrorMessage(conn);
+	if (*sqlstate != NULL && strncmp(*sqlstate, "22", 2) == 0)
+		message = "data exception (message withheld: may quote request data)";
+	log_db_error(LOG_ERROR, request_id, what, *sqlstate, message);
+}
+
+/*
  * Classify a failed prepare/execute (res may be NULL) and log it.  A lost
  * connection, SQLSTATE class 08, an administrator shutdown (57P01-57P03)
  * or a read-only server (25006: a standby, or a demoted primary) drops the
@@ -447,26 +473,12 @@ static DbStatus
 db_failure(DbThread *thread, PGresult *res, const char *what,
 		   const char *request_id)
 {
-	const char *sqlstate = NULL;
-	const char *message = NULL;
+	const char *sqlstate;
 	bool		data_error;
 	bool		lost;
 
-	if (res != NULL)
-	{
-		sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-		message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-		if (message == NULL)
-			message = PQresultErrorMessage(res);
-	}
-	if (message == NULL || message[0] == '\0')
-		message = PQerrorMessage(thread->conn);
-
-	/* Data exception messages often quote the input, i.e. request data */
+	log_db_failure(thread->conn, res, what, request_id, &sqlstate);
 	data_error = (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0);
-	if (data_error)
-		message = "data exception (message withheld: may quote request data)";
-	log_db_error(LOG_ERROR, request_id, what, sqlstate, message);
 
 	lost = (res == NULL || PQstatus(thread->conn) != CONNECTION_OK);
 	/*
@@ -903,8 +915,7 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	PQclear(answers);
 	if (lost)
 	{
-		log_db_error(LOG_ERROR, request_id, "batch failed", NULL,
-					 error != NULL ? PQresultErrorMessage(error) : PQerrorMessage(conn));
+		log_db_failure(conn, error, "batch failed", request_id, &sqlstate);
 		PQclear(error);
 		db_drop(thread);
 		return DB_UNAVAILABLE;

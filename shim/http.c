@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -453,6 +454,41 @@ headers_clean(struct MHD_Connection *conn)
 	return clean;
 }
 
+/* MHD iterator: count the Content-Length headers and note Transfer-Encoding */
+static enum MHD_Result
+count_framing_headers(void *cls, enum MHD_ValueKind kind,
+					  const char *key, size_t key_size,
+					  const char *value, size_t value_size)
+{
+	unsigned int *counts = cls;
+
+	(void) kind;
+	(void) key_size;
+	(void) value;
+	(void) value_size;
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+		counts[0]++;
+	else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+		counts[1]++;
+	return MHD_YES;
+}
+
+/*
+ * Is the body's framing unambiguous?  Two Content-Length headers, or one
+ * beside Transfer-Encoding, are read differently by different servers
+ * (libmicrohttpd takes the first length, or the chunked encoding): a proxy
+ * in front of us that read them otherwise would see other requests than we
+ * do.  RFC 9112 section 6.3 makes them an error.
+ */
+static bool
+framing_clear(struct MHD_Connection *conn)
+{
+	unsigned int counts[2] = {0, 0};
+
+	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, count_framing_headers, counts);
+	return counts[0] <= 1 && !(counts[0] == 1 && counts[1] > 0);
+}
+
 /*
  * First call for a provider's route (/webhooks/{provider}: POST, and GET for
  * Meta's handshake; /flows/{provider}: POST): check method, provider name,
@@ -511,6 +547,9 @@ start_request(struct MHD_Connection *conn, Request *req,
 	if (!headers_clean(conn))
 		return reply_error(conn, req, MHD_HTTP_BAD_REQUEST, REJECT_MALFORMED,
 						   "control character in a request header", NULL);
+	if (!framing_clear(conn))
+		return reply_error(conn, req, MHD_HTTP_BAD_REQUEST, REJECT_MALFORMED,
+						   "conflicting Content-Length or Transfer-Encoding headers", NULL);
 
 	switch (req->route)
 	{

@@ -263,6 +263,17 @@ describe('shim limits, metrics and logs', () => {
 		assert.deepEqual(s.sanitizerReports(), []);
 	});
 
+	test('two Content-Length headers, or one beside Transfer-Encoding, get 400: no request is smuggled after them', async () => {
+		for (const framing of ['Content-Length: 2\r\nContent-Length: 5', 'Content-Length: 2\r\nTransfer-Encoding: chunked']) {
+			const r = await rawSession(shim.port, { localAddress: '127.0.0.14', timeoutMs: 3000, chunks: [
+				`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${framing}\r\n\r\n` +
+				'{}GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'] });
+			assert.match(r.data, /^HTTP\/1\.1 400 /, framing);
+			assert.match(r.data, /conflicting Content-Length or Transfer-Encoding headers/);
+			assert.doesNotMatch(r.data, /payments_shim_/, 'the request after it is not served');
+		}
+	});
+
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {
 		const cases = [
 			['GET', '/nope', 404], ['GET', '/', 404], ['POST', '/webhooks/', 404],

@@ -2245,9 +2245,19 @@ BEGIN
 	LOOP
 		BEGIN
 			result := payments.apply_event(ev_id);
-		EXCEPTION WHEN OTHERS THEN
-			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-			result := payments.event_failed(ev_id, msg);
+		EXCEPTION
+			WHEN query_canceled THEN
+				-- a statement_timeout (or a cancel) while this event was applied: its attempt is
+				-- recorded as failed and the run ends, keeping what it did, so that the next run
+				-- does not meet the same event first and roll back with it again and again
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				event := ev_id;
+				outcome := payments.event_failed(ev_id, msg);
+				RETURN NEXT;
+				RETURN;
+			WHEN OTHERS THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				result := payments.event_failed(ev_id, msg);
 		END;
 		IF result = 'stored' THEN
 			SELECT e.state INTO result FROM payments.events e WHERE e.id = ev_id;
@@ -2259,7 +2269,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.retry_events(integer) IS
-	'Applies due pending events again (claimed with SKIP LOCKED, each in its own subtransaction); returns each event and its outcome: applied, ignored, pending (to be retried) or dead';
+	'Applies due pending events again (claimed with SKIP LOCKED, each in its own subtransaction); returns each event and its outcome: applied, ignored, pending (to be retried) or dead; a statement_timeout or cancel while one is applied records its failed attempt and ends the run';
 
 CREATE FUNCTION payments.replay_event(id bigint)
 RETURNS text

@@ -4702,6 +4702,9 @@ BEGIN
 	-- and a number is asked by chats other than its own at most 3 times a day
 	IF NOT payments.paynow_web_checkout(draft ->> 'method')
 	   AND draft ->> 'phone' IS DISTINCT FROM payments.chat_local_phone(wa_id) THEN
+		-- confirmations to one number are counted one after the other: two chats confirming at
+		-- once would each count the requests before the other's and both go past the limit
+		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payments prompts ' || (draft ->> 'phone'), 0));
 		IF (SELECT count(*) FROM payments.chat_donations d JOIN payments.paynow_initiations i ON i.payment_id = d.payment_id
 			 WHERE d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id
 			   AND d.created_at > now() - interval '1 day'

@@ -11,7 +11,7 @@ import { createHmac } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { Cluster, Shim, post, sleep, freePort } from './harness.mjs';
+import { Cluster, Shim, post, sleep, freePort, holdLock } from './harness.mjs';
 
 const { Paynow } = createRequire(import.meta.url)('paynow');
 const { parse: parseCsv } = createRequire(import.meta.url)('csv-parse/sync');
@@ -497,6 +497,35 @@ test('Paynow cannot be reached at all (connection refused): the payment failed, 
 	await work();
 	assert.ok(graph.to(who).at(-1).startsWith(`Your donation of 8.00 USD (reference ${ref}) did not go through.`),
 		graph.to(who).at(-1));
+});
+
+test('confirmations to one number from two chats are counted one after the other', async () => {
+	// the prompt limits count a number's requests: two chats confirming at once must not both count
+	// before the other's request.  A transaction holding the number's lock makes a confirmation wait.
+	const who = '263774444446';
+	const victim = '0772000077';
+	await say(who, 'Hi');
+	await say(who, 'donate', { button: true });
+	await say(who, '7');
+	await say(who, 'cur_USD', { button: true });
+	await say(who, 'pay_ecocash', { button: true });
+	await say(who, victim);
+	await say(who, 'purpose_1', { button: true });
+	const lock = await holdLock(db, `SELECT pg_advisory_xact_lock(hashtextextended('payments prompts ${victim}', 0))`);
+	let confirmed;
+	try {
+		confirmed = say(who, confirmButton(who), { button: true });
+		for (let waited = 0; ; waited += 50) {
+			if (q(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`) === '1') break;
+			assert.ok(waited < 10000, 'the confirmation did not wait for the number\'s lock');
+			await sleep(50);
+		}
+		assert.equal(lastRef(who), '', 'nothing started while the lock is held');
+	} finally {
+		await lock.release();
+	}
+	assert.equal(await confirmed, 'applied');
+	assert.equal(statusOf(lastRef(who)), 'pending');
 });
 
 test('sessions expire after the idle time; help and menu at any point', async () => {

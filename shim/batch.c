@@ -22,9 +22,11 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "shim.h"
 
@@ -37,6 +39,11 @@ static PendingCall *calls_head;
 static PendingCall *calls_tail;
 static bool stopping;			/* batch_stop(): end once the queue is empty */
 static bool abandoning;			/* batch_abandon(): answer the rest 503 */
+static unsigned int running;	/* batch threads not ended yet */
+static pthread_cond_t ended_cond = PTHREAD_COND_INITIALIZER;	/* one ended */
+
+/* How often batch_stop() cancels again, past the shutdown deadline */
+#define CANCEL_AGAIN_MS 100
 
 static pthread_t *workers;
 static unsigned int n_workers;
@@ -130,6 +137,8 @@ batch_worker(void *arg)
 
 		pthread_mutex_lock(&batch_lock);
 	}
+	running--;
+	pthread_cond_broadcast(&ended_cond);
 	pthread_mutex_unlock(&batch_lock);
 	free(items);
 	return NULL;
@@ -152,9 +161,15 @@ batch_start(void)
 									(sizeof(PendingIngest *) + sizeof(IngestRequest *) +
 									 sizeof(IngestResult *)));
 
+		pthread_mutex_lock(&batch_lock);
+		running++;
+		pthread_mutex_unlock(&batch_lock);
 		if (arrays == NULL || pthread_create(&workers[n_workers], NULL,
 											 batch_worker, arrays) != 0)
 		{
+			pthread_mutex_lock(&batch_lock);
+			running--;
+			pthread_mutex_unlock(&batch_lock);
 			free(arrays);
 			log_message(LOG_ERROR, "could not start the batch threads");
 			batch_stop();
@@ -232,7 +247,10 @@ batch_abandon(void)
 
 /*
  * Let the batch threads store what is still queued, then end them (before
- * MHD is stopped: they resume its connections).
+ * MHD is stopped: they resume its connections).  Past the shutdown deadline
+ * (batch_abandon) the queries are cancelled again every CANCEL_AGAIN_MS
+ * until the threads have ended: one cancel misses a batch whose pipeline
+ * reached the server just after it.
  */
 void
 batch_stop(void)
@@ -240,6 +258,24 @@ batch_stop(void)
 	pthread_mutex_lock(&batch_lock);
 	stopping = true;
 	pthread_cond_broadcast(&batch_cond);
+	while (abandoning && running > 0)
+	{
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += CANCEL_AGAIN_MS * 1000000L;
+		if (until.tv_nsec >= 1000000000L)
+		{
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		if (pthread_cond_timedwait(&ended_cond, &batch_lock, &until) == ETIMEDOUT && running > 0)
+		{
+			pthread_mutex_unlock(&batch_lock);
+			db_cancel_all();
+			pthread_mutex_lock(&batch_lock);
+		}
+	}
 	pthread_mutex_unlock(&batch_lock);
 	for (unsigned int i = 0; i < n_workers; i++)
 		pthread_join(workers[i], NULL);

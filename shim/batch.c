@@ -16,7 +16,7 @@
  * one, and batches grow only while the database is busy with the previous
  * ones.  The other requests that need the database (Meta's handshake, a
  * Flows exchange, the readiness check) are queued here too, each a call
- * made alone by a batch thread before the next batch (batch_call).
+ * made alone by a batch thread (batch_call); calls and batches take turns.
  *
  * shim/batch.c
  *
@@ -89,6 +89,7 @@ batch_worker(void *arg)
 	PendingIngest **items = arg;
 	const IngestRequest **reqs = (const IngestRequest **) (items + shim_config.batch_max);
 	IngestResult **results = (IngestResult **) (reqs + shim_config.batch_max);
+	bool		batch_next = false;	/* a call was just made: a batch waiting goes first */
 
 	pthread_mutex_lock(&batch_lock);
 	for (;;)
@@ -98,7 +99,11 @@ batch_worker(void *arg)
 
 		while (queue_head == NULL && calls_head == NULL && !stopping)
 			pthread_cond_wait(&batch_cond, &batch_lock);
-		if (calls_head != NULL)
+		/*
+		 * Calls and batches take turns: a flood of handshakes (which anyone
+		 * may send) delays a webhook by one call per thread at most.
+		 */
+		if (calls_head != NULL && !(batch_next && queue_head != NULL))
 		{
 			PendingCall *call = calls_head;
 
@@ -114,10 +119,12 @@ batch_worker(void *arg)
 			}
 			MHD_resume_connection(call->conn);
 			pthread_mutex_lock(&batch_lock);
+			batch_next = true;
 			continue;
 		}
 		if (queue_head == NULL)
 			break;
+		batch_next = false;
 		n = batch_take(items);
 		abandon = abandoning;
 		pthread_mutex_unlock(&batch_lock);

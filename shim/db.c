@@ -1254,6 +1254,25 @@ db_check_ready(const char *request_id, ReadyResult *out)
 }
 
 /*
+ * The readiness checked less than READY_CACHE_MS ago, if any: true with
+ * *out set.  Cheap (no database call), for an MHD thread to answer a probe
+ * without queueing it behind other calls.
+ */
+bool
+db_ready_cached(ReadyResult *out)
+{
+	int64_t		now = now_ms();
+	bool		fresh;
+
+	pthread_mutex_lock(&ready_lock);
+	fresh = ready_valid && now - ready_checked_ms < READY_CACHE_MS;
+	if (fresh)
+		*out = ready_cached;
+	pthread_mutex_unlock(&ready_lock);
+	return fresh;
+}
+
+/*
  * Readiness for GET /ready.  The result is shared by all threads for
  * READY_CACHE_MS, so frequent probes cost the database at most one query
  * a second; while the database is down the check returns at once (the
@@ -1262,16 +1281,8 @@ db_check_ready(const char *request_id, ReadyResult *out)
 void
 db_ready(const char *request_id, ReadyResult *out)
 {
-	int64_t		now = now_ms();
-
-	pthread_mutex_lock(&ready_lock);
-	if (ready_valid && now - ready_checked_ms < READY_CACHE_MS)
-	{
-		*out = ready_cached;
-		pthread_mutex_unlock(&ready_lock);
+	if (db_ready_cached(out))
 		return;
-	}
-	pthread_mutex_unlock(&ready_lock);
 
 	db_check_ready(request_id, out);
 

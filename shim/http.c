@@ -624,8 +624,9 @@ run_ready(PendingCall *call)
 /*
  * Final call for GET /ready: 200 when the database answers, is writable
  * and has a supported version of the extension; else 503 with the reason.
- * While draining, 503 so that load balancers move away first.  The check
- * is made on a batch thread; the answer after it.
+ * While draining, 503 so that load balancers move away first.  A check
+ * made less than a second ago answers at once; else it is made on a batch
+ * thread, and the answer after it.
  */
 static enum MHD_Result
 finish_ready(struct MHD_Connection *conn, Request *req)
@@ -640,7 +641,7 @@ finish_ready(struct MHD_Connection *conn, Request *req)
 		ready->reason = "shutting down";
 		ready->version[0] = '\0';
 	}
-	else if (!req->pending)
+	else if (!req->pending && !db_ready_cached(ready))
 		return call_off_thread(conn, req, run_ready);
 
 	buf_init(&body);

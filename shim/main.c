@@ -13,8 +13,8 @@
  * close connections past --request-timeout and to log refused connections.
  * SIGHUP reopens the log file.  On the first SIGTERM or SIGINT we stop
  * accepting, let in-flight requests finish within --shutdown-timeout, then
- * end the batch threads (batch.c) and stop MHD (joining their threads
- * closes their database connections) and exit 0.  A second one exits at once, with status 1.
+ * end the batch threads (batch.c; ending closes their database
+ * connections) and stop MHD, and exit 0.  A second one exits at once, with status 1.
  *
  * shim/main.c
  *
@@ -100,12 +100,12 @@ static ShimOption options[NUM_OPTIONS] = {
 	[OPT_DSN] = {"--dsn", "CONNINFO", "PAYMENTS_SHIM_DSN",
 		"", "libpq conninfo or URI; empty uses PGHOST etc."},
 	[OPT_THREADS] = {"--threads", "N", "PAYMENTS_SHIM_THREADS",
-		"4", "HTTP worker threads, each with one database connection for /ready, Meta's handshake and POST /flows (1-256)"},
+		"4", "HTTP worker threads; none waits for the database (1-256)"},
 	[OPT_BATCH_MAX] = {"--batch-max", "N", "PAYMENTS_SHIM_BATCH_MAX",
 		"64", "deliveries stored in one transaction at most (group commit; 1-1024)"},
 	[OPT_BATCH_CONCURRENCY] = {"--batch-concurrency", "N",
 		"PAYMENTS_SHIM_BATCH_CONCURRENCY",
-		"2", "batch threads, each with one database connection: transactions at once (1-256)"},
+		"2", "batch threads, each with one database connection: transactions at once, and the calls of /ready, Meta's handshake and POST /flows (1-256)"},
 	[OPT_MAX_BODY] = {"--max-body", "BYTES", "PAYMENTS_SHIM_MAX_BODY",
 		"1048576", "largest request body; more is 413 (1-1073741824)"},
 	[OPT_MAX_HEADER] = {"--max-header", "BYTES", "PAYMENTS_SHIM_MAX_HEADER",

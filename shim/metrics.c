@@ -261,7 +261,7 @@ metrics_reject(Rejection reason)
 }
 
 /*
- * A worker thread's database connection changed state.
+ * A batch thread's database connection changed state.
  */
 void
 metrics_db_state(DbConnState from, DbConnState to)
@@ -439,7 +439,7 @@ static void
 render_db(StrBuf *out)
 {
 	append_header(out, "payments_shim_db_connections", "gauge",
-				  "Worker threads' database connections by state (threads that never needed one are not counted).");
+				  "Batch threads' database connections by state (threads that never needed one are not counted).");
 	for (int s = 0; s < DBCONN_COUNT; s++)
 	{
 		if (db_state_names[s] != NULL)

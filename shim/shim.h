@@ -297,6 +297,7 @@ extern void db_ingest_batch(const IngestRequest *const *reqs,
 extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);
 extern void db_flows(const IngestRequest *req, FlowsResult *res);
 extern void db_ready(const char *request_id, ReadyResult *res);
+extern bool db_ready_cached(ReadyResult *res);
 extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);
 

@@ -263,6 +263,34 @@ describe('shim limits, metrics and logs', () => {
 		assert.deepEqual(s.sanitizerReports(), []);
 	});
 
+	test('handshakes and webhooks take turns on the batch threads: a flood of handshakes does not hold a webhook back', async () => {
+		// one batch thread, waiting in a handshake for a lock; a webhook, then 40 handshakes, queue behind it
+		const s = new Shim(cluster.dsn, ['--rate', '0', '--batch-concurrency', '1']);
+		await s.start();
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.providers IN ACCESS EXCLUSIVE MODE');
+		const done = [];
+		const handshake = (i) => request(s.port, { path: `/webhooks/wa?hub.mode=subscribe&hub.challenge=${i}&hub.verify_token=${verifyToken}` })
+			.then((r) => { done.push(`handshake ${i} ${r.status}`); });
+		try {
+			const first = handshake(0);
+			await shimLockWaiters(cluster, 1);
+			const webhook = postStripe(s.port, stripeDelivery()).then((r) => { done.push(`webhook ${r.status}`); });
+			await sleep(200);
+			const flood = Array.from({ length: 40 }, (_, i) => handshake(i + 1));
+			await sleep(500);
+			await lock.release();
+			await Promise.all([first, webhook, ...flood]);
+		} finally {
+			lock.kill();
+			assert.equal((await s.stop()).code, 0);
+		}
+		assert.equal(done.length, 42);
+		// the handshake held when the lock ended, then the webhook, before the handshakes that came after it
+		assert.ok(done.indexOf('webhook 200') >= 0 && done.indexOf('webhook 200') <= 2,
+			`the webhook was answered as number ${done.indexOf('webhook 200') + 1}: ${done.join(', ')}`);
+		assert.deepEqual(s.sanitizerReports(), []);
+	});
+
 	test('two Content-Length headers, or one beside Transfer-Encoding, get 400: no request is smuggled after them', async () => {
 		for (const framing of ['Content-Length: 2\r\nContent-Length: 5', 'Content-Length: 2\r\nTransfer-Encoding: chunked']) {
 			const r = await rawSession(shim.port, { localAddress: '127.0.0.14', timeoutMs: 3000, chunks: [

@@ -10,6 +10,7 @@
 #include "payments.h"
 
 #include "access/xact.h"
+#include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 
@@ -47,6 +48,9 @@ RunStep(void (*step) (void *arg), void *arg, bool data_step, char **error,
 	static MemoryContext error_copy_context = NULL;
 	MemoryContext callercxt = CurrentMemoryContext;
 	ResourceOwner callerowner = CurrentResourceOwner;
+	/* an error zeroes these: a caller holding interrupts must find them held still */
+	uint32		interrupt_holdoff = InterruptHoldoffCount;
+	uint32		cancel_holdoff = QueryCancelHoldoffCount;
 	volatile bool ok = true;
 
 	if (error_copy_context == NULL)
@@ -65,6 +69,8 @@ RunStep(void (*step) (void *arg), void *arg, bool data_step, char **error,
 	{
 		ErrorData  *edata;
 
+		InterruptHoldoffCount = interrupt_holdoff;
+		QueryCancelHoldoffCount = cancel_holdoff;
 		MemoryContextReset(error_copy_context);
 		MemoryContextSwitchTo(error_copy_context);
 		edata = CopyErrorData();

@@ -260,6 +260,33 @@ test('a cancelled run (statement_timeout) stops at once and loses nothing; what 
 	assert.throws(() => db.psql(`BEGIN; CALL payments.deliver_outbox(); COMMIT;`), /outside a transaction block/);
 });
 
+test('a result that cannot be recorded in a cancelled run: the cancel is still honoured, and the next ones too', async () => {
+	receiver.behaviour['/hang3'] = () => { /* never answers */ };
+	endpoint('hang3', '/hang3', `, timeout_ms => 20000`);
+	endpoint('quick3', '/quick3');
+	paid('pi_cancel3');
+	const failing = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+		WHERE e.name = 'quick3'`);
+	db.psql(`CREATE FUNCTION pg_temp_fail3() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN RAISE EXCEPTION 'recording refused for the test'; END$$;
+		CREATE TRIGGER record_fails3 BEFORE UPDATE ON payments.outbox_attempts
+			FOR EACH ROW WHEN (NEW.outbox_id = ${failing}) EXECUTE FUNCTION pg_temp_fail3();`);
+	let stderr = '';
+	const started = Date.now();
+	try {
+		// one session: the cancelled run, then a sleep that the same statement_timeout must cancel
+		await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments', '-c', 'SET statement_timeout = 500', '-c', 'CALL payments.deliver_outbox()',
+			'-c', 'SELECT pg_sleep(5)']).then((r) => { stderr = r.stderr; }, (e) => { stderr = e.stderr; });
+	} finally {
+		db.psql(`DROP TRIGGER record_fails3 ON payments.outbox_attempts; DROP FUNCTION pg_temp_fail3()`);
+	}
+	assert.match(stderr, new RegExp(`could not record the result of outbox item ${failing}`));
+	assert.equal(stderr.match(/canceling statement due to statement timeout/g)?.length, 2, stderr);
+	assert.ok(Date.now() - started < 4000, `took ${Date.now() - started} ms`);
+	db.psql(`SELECT payments.enable_endpoint('hang3', false); SELECT payments.enable_endpoint('quick3', false)`);
+});
+
 test('kill -9 while deliveries are in flight: after restart every item is delivered, none lost', async () => {
 	receiver.behaviour['/crash'] = (req, res) => setTimeout(() => res.writeHead(200).end(), 1500);
 	endpoint('crash', '/crash', `, connect_timeout_ms => 500, timeout_ms => 2500`);

@@ -1,16 +1,20 @@
 -- payments 0.1.0: verified, durable webhook events inside PostgreSQL.
 \echo Use "CREATE EXTENSION payments" to load this file. \quit
 
--- The schema must be one this CREATE EXTENSION made, or an empty one of a superuser with no
--- grants (pg_restore makes it first): PostgreSQL installs into a schema of that name that exists
--- already, and its owner could then rename it and put functions of its own under the names the
--- pg_cron jobs call as a superuser, or drop it with every payment.  (Objects already in it would
--- also be granted to payments_admin below.)
+-- The schema must be one this CREATE EXTENSION made, or an empty one of a superuser (pg_restore
+-- makes it first), where no other role may create: PostgreSQL installs into a schema of that name
+-- that exists already, and its owner, or a role with CREATE on it, could then put functions of
+-- its own under the names the pg_cron jobs call as a superuser (the owner could also rename it,
+-- or drop it with every payment).  Objects already in it would also be granted to payments_admin
+-- below.  Grants of USAGE (default privileges on schemas give them to new ones) are no danger.
 DO $$
 DECLARE
 	schema_oid oid := 'payments'::pg_catalog.regnamespace;
 BEGIN
-	IF (SELECT NOT r.rolsuper OR n.nspacl IS NOT NULL
+	IF (SELECT NOT r.rolsuper
+			   OR EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) a
+						   WHERE a.privilege_type = 'CREATE'
+							 AND NOT coalesce((SELECT g.rolsuper FROM pg_catalog.pg_roles g WHERE g.oid = a.grantee), false))
 		  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
 		 WHERE n.oid = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = schema_oid)
@@ -21,7 +25,7 @@ BEGIN
 	   OR EXISTS (SELECT FROM pg_catalog.pg_conversion o WHERE o.connamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_ts_config o WHERE o.cfgnamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict o WHERE o.dictnamespace = schema_oid) THEN
-		RAISE EXCEPTION 'schema "payments" exists already, with objects, grants or an owner who is not a superuser'
+		RAISE EXCEPTION 'schema "payments" exists already, with objects, with CREATE granted, or of an owner who is not a superuser'
 			USING ERRCODE = 'duplicate_schema',
 				  HINT = 'The extension makes the schema itself: drop or rename the one there is.';
 	END IF;
@@ -1746,10 +1750,12 @@ SELECT (coalesce(p.paid_at, p.created_at)
 	   sum(p.amount) AS amount,
 	   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
 	   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,
-	   sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END) AS refunded,
+	   coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
+				FILTER (WHERE p.paid_at IS NOT NULL), 0) AS refunded,
 	   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0)
 		   - coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0)
-		   - sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END) AS net
+		   - coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
+						  FILTER (WHERE p.paid_at IS NOT NULL), 0) AS net
   FROM payments.payments p
  WHERE p.kind = 'collection'
  GROUP BY 1, 2, 3, 4, 5;
@@ -1771,7 +1777,7 @@ SELECT payments.mask_donor(p.donor_key) AS donor,
  WHERE p.kind = 'collection' AND p.paid_at IS NOT NULL AND p.donor_key IS NOT NULL
  GROUP BY p.donor_key, p.currency;
 COMMENT ON VIEW payments.donor_summary IS
-	'Per donor (e-mail, else phone, else name) and currency: gifts received, total net of refunds, first and last gift; e-mail and phone masked; donor_id (one of the donor''s payments) for payments.donor_history';
+	'Per donor (e-mail, else phone, else name) and currency: gifts received, total net of refunds, first and last gift; e-mail and phone masked; donor_id (one of the donor''s payments) for payments.donor_history_by_id';
 
 -- Report functions: SECURITY DEFINER, so that analysts read the tables through them only
 
@@ -1899,7 +1905,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) IS
-	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; equal totals share a rank (the n rows cut among them by donor); donor masked; donor_id (one of the donor''s payments) for payments.donor_history';
+	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; equal totals share a rank (the n rows cut among them by donor); donor masked; donor_id (one of the donor''s payments) for payments.donor_history_by_id';
 
 CREATE FUNCTION payments.currency_summary(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (currency text, paid bigint, gross numeric, fees numeric, refunded numeric, net numeric,
@@ -2035,7 +2041,7 @@ COMMENT ON FUNCTION payments.earnings(timestamptz, timestamptz) IS
 -- Analysts name a donor by the donor_id the reports show, never by an e-mail address or a phone
 -- number: those they see masked, and a lookup by them would unmask a phone number in ten thousand
 -- tries (and tell whether anyone is a donor)
-CREATE FUNCTION payments.donor_history(donor_id bigint)
+CREATE FUNCTION payments.donor_history_by_id(donor_id bigint)
 RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,
 			   refunded numeric, method text, name text, receipt_no text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -2050,12 +2056,12 @@ BEGIN
 	  FROM payments.payments p
 	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
 	 WHERE p.donor_key = (SELECT d.donor_key FROM payments.payments d
-						   WHERE d.id = donor_history.donor_id AND d.kind = 'collection')
+						   WHERE d.id = donor_history_by_id.donor_id AND d.kind = 'collection')
 	   AND p.kind = 'collection'
 	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC;
 END
 $$;
-COMMENT ON FUNCTION payments.donor_history(bigint) IS
+COMMENT ON FUNCTION payments.donor_history_by_id(bigint) IS
 	'One donor''s payments, newest first, with receipt numbers; the donor is given by the donor_id of donor_summary or top_donors (any of the donor''s payments)';
 
 -- The admin's lookup, by what a donor says on the telephone
@@ -2138,7 +2144,7 @@ REVOKE ALL ON FUNCTION payments.base_totals(timestamptz, timestamptz) FROM PUBLI
 REVOKE ALL ON FUNCTION payments.method_summary(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.earnings(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.donor_history(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.donor_history(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.donor_history_by_id(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.recent_events(text, integer) FROM PUBLIC;
 
 --------------------------------------------------------------------------------------------------
@@ -2199,7 +2205,11 @@ DECLARE
 	tries	integer;
 	next_at	timestamptz;
 BEGIN
-	SELECT coalesce(attempt, e.attempts + 1) INTO tries FROM payments.events e WHERE e.id = event_failed.id FOR UPDATE;
+	-- (an event that was waiting for its payment waits on when this attempt failed otherwise: a
+	-- deadlock or a timeout must not end its four days)
+	SELECT coalesce(attempt, e.attempts + 1), waiting OR coalesce(e.last_error LIKE 'payment % is not known yet', false)
+	  INTO tries, waiting
+	  FROM payments.events e WHERE e.id = event_failed.id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
 	END IF;
@@ -5554,7 +5564,7 @@ GRANT SELECT ON payments.daily_summary, payments.donor_summary TO payments_analy
 GRANT EXECUTE ON FUNCTION payments.daily_report(date), payments.daily_report_csv(date), payments.top_donors(timestamptz, timestamptz, text, integer),
 	payments.currency_summary(timestamptz, timestamptz), payments.base_totals(timestamptz, timestamptz),
 	payments.method_summary(timestamptz, timestamptz), payments.earnings(timestamptz, timestamptz),
-	payments.donor_history(bigint) TO payments_analyst;
+	payments.donor_history_by_id(bigint) TO payments_analyst;
 GRANT SELECT ON payments.volunteer_list TO payments_analyst;
 
 -- payments_admin: configures providers, secrets, certificates, currencies, rates; reads everything

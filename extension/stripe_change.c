@@ -306,10 +306,19 @@ stripe_change(PG_FUNCTION_ARGS)
 											   MemberText(metadata, "phone")));
 	}
 	else if (TextIs(etype, "charge.succeeded") || TextIs(etype, "charge.captured") ||
-			 TextIs(etype, "charge.failed") || TextIs(etype, "charge.refunded"))
+			 TextIs(etype, "charge.failed") || TextIs(etype, "charge.expired") ||
+			 TextIs(etype, "charge.refunded"))
 	{
 		JsonbContainer *billing = MemberObject(obj, "billing_details", NULL);
 		bool		refund = TextIs(etype, "charge.refunded");
+
+		/*
+		 * A charge of manual capture succeeds when authorized (captured
+		 * false): pending, a hold, until charge.captured, which took
+		 * amount_captured.  A hold released (its refund) or expired is
+		 * cancelled: no money was taken, none given back.
+		 */
+		bool		uncaptured = TextIs(MemberText(obj, "captured"), "false");
 		bool		refunded_null;
 		Datum		refunded;
 		bool		isnull;
@@ -322,21 +331,21 @@ stripe_change(PG_FUNCTION_ARGS)
 		{
 			refunded = TextNumeric(MemberText(obj, "amount_refunded"), &refunded_null);
 			minor = TextNumeric(MemberText(obj, "amount"), &minor_null);
-			status = !refunded_null && !minor_null &&
+			status = uncaptured ? "cancelled" :
+				!refunded_null && !minor_null &&
 				DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, minor)) ?
 				"refunded" : "partially_refunded";
+			if (uncaptured)
+				refunded_null = true;
 		}
 		else
 		{
-			/*
-			 * a charge of manual capture succeeds when authorized (captured
-			 * false): pending, a hold, until charge.captured; what it took
-			 * is amount_captured
-			 */
 			if (TextIs(etype, "charge.failed"))
 				status = "failed";
+			else if (TextIs(etype, "charge.expired"))
+				status = "cancelled";
 			else
-				status = TextIs(MemberText(obj, "captured"), "false") ? "pending" : "paid";
+				status = uncaptured ? "pending" : "paid";
 			minor = TextNumeric(FirstText(TextIs(etype, "charge.captured") ?
 										  MemberText(obj, "amount_captured") : NULL,
 										  MemberText(obj, "amount")), &minor_null);

@@ -112,6 +112,11 @@ SELECT state, attempts, next_attempt_at BETWEEN now() AND now() + interval '1 ho
 UPDATE payments.events SET attempts = 95 WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 SELECT tr.time_passes();
 SELECT outcome FROM payments.retry_events();
+-- ... whatever error an attempt of it meets meanwhile (a deadlock, a timeout)
+UPDATE payments.events SET state = 'pending', attempts = 20, last_error = 'payment pi_r6 is not known yet'
+ WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+SELECT payments.event_failed(e.id, 'deadlock detected') AS after_a_deadlock
+  FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 DELETE FROM payments.events WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 
 -- the currencies are read once per transaction, and again after a change to them in it: an event

@@ -40,7 +40,7 @@ SELECT p.proname,
    AND (has_function_privilege('payments_ingest', p.oid, 'EXECUTE')
 		OR has_function_privilege('payments_analyst', p.oid, 'EXECUTE')
 		OR p.proname IN ('register_provider', 'add_secret', 'revoke_secret', 'add_certificate', 'recent_events',
-						 'receipt', 'apply_change', 'apply_event', 'issue_receipt'))
+						 'receipt', 'apply_change', 'apply_event', 'issue_receipt', 'donor_history'))
    AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
  ORDER BY 1;
 
@@ -96,7 +96,7 @@ SELECT currency, paid, net FROM payments.currency_summary('2024-07-01', '2024-07
 SELECT currency, method, paid FROM payments.method_summary('2024-07-01', '2024-07-02');
 SELECT provider, currency, fees FROM payments.earnings('2024-07-01', '2024-07-02');
 SELECT * FROM payments.base_totals('2024-07-01', '2024-07-02');
-SELECT status, amount, receipt_no FROM payments.donor_history((SELECT donor_id FROM payments.donor_summary));
+SELECT status, amount, receipt_no FROM payments.donor_history_by_id((SELECT donor_id FROM payments.donor_summary));
 -- by e-mail or phone, a lookup would unmask them: admins only
 SELECT status, amount, receipt_no FROM payments.donor_history('rudo@example.net');
 -- the rates in fx_rates are to the database's base currency: a session cannot name another
@@ -225,7 +225,7 @@ SELECT donor, email, phone FROM payments.donor_summary;
 SELECT currency, paid, gross, new_donors FROM payments.daily_report('2024-07-01');
 SELECT "rank", donor, total FROM payments.top_donors('2024-07-01', '2024-07-02', 'usd');
 SELECT currency, paid FROM payments.currency_summary('2024-07-01', '2024-07-02');
-SELECT count(*) FROM payments.donor_history((SELECT min(donor_id) FROM payments.donor_summary));
+SELECT count(*) FROM payments.donor_history_by_id((SELECT min(donor_id) FROM payments.donor_summary));
 SELECT payments.mask_email('rudo@example.net'), payments.mask_phone('263779876543');
 RESET search_path;
 RESET ROLE;

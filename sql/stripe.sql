@@ -164,6 +164,8 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"checkout.session.expired","created":1718000000,"data":{"object":{"id":"cs_11","mode":"subscription","amount_total":2000,"currency":"usd"}}}',
  '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m","captured":false,"amount":1000,"amount_captured":0,"currency":"usd"}}}',
  '{"type":"charge.captured","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m","captured":true,"amount":1000,"amount_captured":700,"currency":"usd"}}}',
- '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_n","payment_intent":"pi_n","captured":true,"amount":1000,"currency":"usd"}}}'
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_n","payment_intent":"pi_n","captured":true,"amount":1000,"currency":"usd"}}}',
+ '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m","captured":false,"amount":1000,"amount_refunded":1000,"currency":"usd"}}}',
+ '{"type":"charge.expired","created":1718000000,"data":{"object":{"id":"ch_e","payment_intent":"pi_e","captured":false,"amount":1000,"currency":"usd"}}}'
 ]) WITH ORDINALITY AS t (payload, n);
 SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;

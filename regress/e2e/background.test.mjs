@@ -406,7 +406,7 @@ test('the jobs call payments only while the extension is there; its schema is on
 
 	// CREATE EXTENSION refuses a schema payments it did not make: of another role, with objects, with grants
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'),
-		/schema "payments" exists already, with objects, grants or an owner who is not a superuser/);
+		/schema "payments" exists already, with objects, with CREATE granted, or of an owner who is not a superuser/);
 	db.psql(`DROP SCHEMA payments CASCADE`, 'guard');
 	db.psql(`SET ROLE mallory; CREATE SCHEMA payments`, 'guard');
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
@@ -414,10 +414,15 @@ test('the jobs call payments only while the extension is there; its schema is on
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
 	db.psql(`DROP SCHEMA payments CASCADE; CREATE SCHEMA payments; GRANT CREATE ON SCHEMA payments TO mallory`, 'guard');
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
-	// an empty schema of a superuser, without grants (as pg_restore makes it), is taken
-	db.psql(`DROP SCHEMA payments; CREATE SCHEMA payments`, 'guard');
+	// an empty schema of a superuser (as pg_restore makes it), USAGE granted at most, is taken: so is
+	// the one CREATE EXTENSION makes where default privileges grant USAGE on new schemas
+	db.psql(`DROP SCHEMA payments; CREATE SCHEMA payments; GRANT USAGE ON SCHEMA payments TO mallory`, 'guard');
 	db.psql(`CREATE EXTENSION payments`, 'guard');
 	assert.equal(db.psql(`SELECT payments.receipt_day('2024-06-10 12:00+00') IS NOT NULL`, 'guard'), 't');
+	db.psql(`DROP EXTENSION payments; DROP SCHEMA payments;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE ON SCHEMAS TO mallory`, 'guard');
+	db.psql(`CREATE EXTENSION payments`, 'guard');
+	db.psql(`ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE USAGE ON SCHEMAS FROM mallory`, 'guard');
 });
 
 test('CREATE EXTENSION in two databases at once: the second takes the group roles the first made', async () => {

@@ -2038,28 +2038,36 @@ $$;
 COMMENT ON FUNCTION payments.earnings(timestamptz, timestamptz) IS
 	'Fees (the providers'' commissions) on collections paid in [from_ts, to_ts) by provider and currency, with the fee rate in percent of the gross of the payments whose fee is known (NULL when none is), and how many payments have no fee known';
 
+-- One donor's payments, by its key (payments.payments.donor_key), for the two lookups below
+CREATE FUNCTION payments.donor_history_of_key(key text)
+RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,
+			   refunded numeric, method text, name text, receipt_no text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status::text, p.amount::numeric, p.currency::text,
+		   (CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)::numeric,
+		   p.method, p.donor_name, r.receipt_no
+	  FROM payments.payments p
+	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
+	 WHERE p.donor_key = donor_history_of_key.key AND p.kind = 'collection'
+	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC
+$$;
+COMMENT ON FUNCTION payments.donor_history_of_key(text) IS
+	'The payments of the donor with a donor_key, newest first, with receipt numbers (for donor_history and donor_history_by_id)';
+
 -- Analysts name a donor by the donor_id the reports show, never by an e-mail address or a phone
 -- number: those they see masked, and a lookup by them would unmask a phone number in ten thousand
 -- tries (and tell whether anyone is a donor)
 CREATE FUNCTION payments.donor_history_by_id(donor_id bigint)
 RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,
 			   refunded numeric, method text, name text, receipt_no text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
-BEGIN
-	RETURN QUERY
-	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status::text, p.amount::numeric, p.currency::text,
-		   (CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)::numeric,
-		   p.method, p.donor_name, r.receipt_no
-	  FROM payments.payments p
-	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
-	 WHERE p.donor_key = (SELECT d.donor_key FROM payments.payments d
-						   WHERE d.id = donor_history_by_id.donor_id AND d.kind = 'collection')
-	   AND p.kind = 'collection'
-	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC;
-END
+	SELECT h.* FROM payments.donor_history_of_key((SELECT d.donor_key FROM payments.payments d
+												   WHERE d.id = donor_history_by_id.donor_id
+													 AND d.kind = 'collection')) h
 $$;
 COMMENT ON FUNCTION payments.donor_history_by_id(bigint) IS
 	'One donor''s payments, newest first, with receipt numbers; the donor is given by the donor_id of donor_summary or top_donors (any of the donor''s payments)';
@@ -2068,20 +2076,10 @@ COMMENT ON FUNCTION payments.donor_history_by_id(bigint) IS
 CREATE FUNCTION payments.donor_history(donor text)
 RETURNS TABLE (at timestamptz, provider text, reference text, status text, amount numeric, currency text,
 			   refunded numeric, method text, name text, receipt_no text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
-BEGIN
-	RETURN QUERY
-	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status::text, p.amount::numeric, p.currency::text,
-		   (CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)::numeric,
-		   p.method, p.donor_name, r.receipt_no
-	  FROM payments.payments p
-	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
-	 WHERE p.donor_key = payments.donor_key_of(donor) AND p.kind = 'collection'
-	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC;
-END
+	SELECT h.* FROM payments.donor_history_of_key(payments.donor_key_of(donor_history.donor)) h
 $$;
 COMMENT ON FUNCTION payments.donor_history(text) IS
 	'payments_admin only: one donor''s payments, newest first, with receipt numbers; the donor given as its key is made (payments.donor_key_of): e-mail address, else phone number in any format, else name';
@@ -2145,6 +2143,7 @@ REVOKE ALL ON FUNCTION payments.method_summary(timestamptz, timestamptz) FROM PU
 REVOKE ALL ON FUNCTION payments.earnings(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.donor_history(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.donor_history_by_id(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.donor_history_of_key(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.recent_events(text, integer) FROM PUBLIC;
 
 --------------------------------------------------------------------------------------------------

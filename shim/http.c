@@ -789,6 +789,39 @@ take_body_chunk(Request *req, const char *data, size_t size)
 }
 
 /*
+ * Fill req->ingest.req from the request's body, headers and client, for a
+ * webhook or a Flows exchange.  False, with the answer queued in *ret, when
+ * the body was too large or memory ran out.
+ */
+static bool
+prepare_ingest(struct MHD_Connection *conn, Request *req, enum MHD_Result *ret)
+{
+	IngestRequest *in = &req->ingest.req;
+
+	if (req->too_large)
+	{
+		*ret = reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
+						   REJECT_BODY_TOO_LARGE, "request body too large",
+						   NULL);
+		return false;
+	}
+	if (req->body.failed || !json_build_headers(conn, &req->headers))
+	{
+		log_message(LOG_ERROR, "out of memory");
+		*ret = reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
+							 "internal error", NULL);
+		return false;
+	}
+	in->provider = req->provider;
+	in->headers_json = req->headers.data;
+	in->body = req->body.data;
+	in->body_len = req->body.len;
+	in->client_ip = req->has_ip ? req->client_ip : NULL;
+	in->request_id = req->request_id;
+	return true;
+}
+
+/*
  * Final call for a webhook: hand it to payments.ingest() in a transaction
  * shared with the deliveries arriving with it (batch.c), with the
  * connection suspended meanwhile.
@@ -796,26 +829,10 @@ take_body_chunk(Request *req, const char *data, size_t size)
 static enum MHD_Result
 finish_webhook(struct MHD_Connection *conn, Request *req)
 {
-	IngestRequest *in = &req->ingest.req;
+	enum MHD_Result ret;
 
-	if (req->too_large)
-		return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
-						   REJECT_BODY_TOO_LARGE, "request body too large",
-						   NULL);
-
-	if (req->body.failed || !json_build_headers(conn, &req->headers))
-	{
-		log_message(LOG_ERROR, "out of memory");
-		return reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
-							 "internal error", NULL);
-	}
-
-	in->provider = req->provider;
-	in->headers_json = req->headers.data;
-	in->body = req->body.data;
-	in->body_len = req->body.len;
-	in->client_ip = req->has_ip ? req->client_ip : NULL;
-	in->request_id = req->request_id;
+	if (!prepare_ingest(conn, req, &ret))
+		return ret;
 	req->ingest.conn = conn;
 	req->pending = true;
 	/* suspended first: the batch thread may resume it at once */
@@ -876,28 +893,13 @@ run_flows(PendingCall *call)
 static enum MHD_Result
 finish_flows(struct MHD_Connection *conn, Request *req)
 {
-	IngestRequest *in = &req->ingest.req;
 	FlowsResult *out = &req->flows_out;
 	enum MHD_Result ret;
 
 	if (!req->pending)
 	{
-		if (req->too_large)
-			return reply_error(conn, req, MHD_HTTP_CONTENT_TOO_LARGE,
-							   REJECT_BODY_TOO_LARGE, "request body too large",
-							   NULL);
-		if (req->body.failed || !json_build_headers(conn, &req->headers))
-		{
-			log_message(LOG_ERROR, "out of memory");
-			return reply_message(conn, req, MHD_HTTP_INTERNAL_SERVER_ERROR,
-								 "internal error", NULL);
-		}
-		in->provider = req->provider;
-		in->headers_json = req->headers.data;
-		in->body = req->body.data;
-		in->body_len = req->body.len;
-		in->client_ip = req->has_ip ? req->client_ip : NULL;
-		in->request_id = req->request_id;
+		if (!prepare_ingest(conn, req, &ret))
+			return ret;
 		return call_off_thread(conn, req, run_flows);
 	}
 

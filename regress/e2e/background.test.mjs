@@ -78,6 +78,16 @@ function endpoint(name, path, extra = '') {
 		'{payment.paid}'${extra})`);
 }
 
+// Makes recording the result of one outbox item fail (as a deadlock with a concurrent claim would);
+// returns the function that puts things back.
+function failRecording(outboxId) {
+	db.psql(`CREATE FUNCTION record_fails() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN RAISE EXCEPTION 'recording refused for the test'; END$$;
+		CREATE TRIGGER record_fails BEFORE UPDATE ON payments.outbox_attempts
+			FOR EACH ROW WHEN (NEW.outbox_id = ${outboxId}) EXECUTE FUNCTION record_fails();`);
+	return () => db.psql(`DROP TRIGGER record_fails ON payments.outbox_attempts; DROP FUNCTION record_fails()`);
+}
+
 // Items of an endpoint: state|attempts|last_status
 function items(name) {
 	return db.psql(`SELECT o.state, o.attempts, coalesce(o.last_status::text, '-') FROM payments.outbox o
@@ -267,10 +277,7 @@ test('a result that cannot be recorded in a cancelled run: the cancel is still h
 	paid('pi_cancel3');
 	const failing = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
 		WHERE e.name = 'quick3'`);
-	db.psql(`CREATE FUNCTION pg_temp_fail3() RETURNS trigger LANGUAGE plpgsql AS
-			$$BEGIN RAISE EXCEPTION 'recording refused for the test'; END$$;
-		CREATE TRIGGER record_fails3 BEFORE UPDATE ON payments.outbox_attempts
-			FOR EACH ROW WHEN (NEW.outbox_id = ${failing}) EXECUTE FUNCTION pg_temp_fail3();`);
+	const recordingWorks = failRecording(failing);
 	let stderr = '';
 	const started = Date.now();
 	try {
@@ -279,7 +286,7 @@ test('a result that cannot be recorded in a cancelled run: the cancel is still h
 			'-d', 'payments', '-c', 'SET statement_timeout = 500', '-c', 'CALL payments.deliver_outbox()',
 			'-c', 'SELECT pg_sleep(5)']).then((r) => { stderr = r.stderr; }, (e) => { stderr = e.stderr; });
 	} finally {
-		db.psql(`DROP TRIGGER record_fails3 ON payments.outbox_attempts; DROP FUNCTION pg_temp_fail3()`);
+		recordingWorks();
 	}
 	assert.match(stderr, new RegExp(`could not record the result of outbox item ${failing}`));
 	assert.equal(stderr.match(/canceling statement due to statement timeout/g)?.length, 2, stderr);
@@ -333,16 +340,13 @@ test('a result that cannot be recorded loses only itself: the others of the batc
 	const failing = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
 		WHERE e.name = 'rec-a'`);
 	// recording the rec-a item's result fails (as a deadlock with a concurrent claim would)
-	db.psql(`CREATE FUNCTION pg_temp_fail() RETURNS trigger LANGUAGE plpgsql AS
-			$$BEGIN RAISE EXCEPTION 'recording refused for the test'; END$$;
-		CREATE TRIGGER record_fails BEFORE UPDATE ON payments.outbox_attempts
-			FOR EACH ROW WHEN (NEW.outbox_id = ${failing}) EXECUTE FUNCTION pg_temp_fail();`);
+	const recordingWorks = failRecording(failing);
 	try {
 		const { stderr } = await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1',
 			'-h', db.dir, '-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', 'CALL payments.deliver_outbox(100)']);
 		assert.match(stderr, new RegExp(`WARNING:  could not record the result of outbox item ${failing}: recording refused for the test`));
 	} finally {
-		db.psql(`DROP TRIGGER record_fails ON payments.outbox_attempts; DROP FUNCTION pg_temp_fail()`);
+		recordingWorks();
 	}
 	assert.equal(receiver.to('/rec-a').length, 1);
 	assert.equal(receiver.to('/rec-b').length, 1);

@@ -3872,6 +3872,9 @@ DECLARE
 	settings	jsonb;
 	min_amount	numeric;
 	max_amount	numeric;
+	cfg			jsonb;
+	currencies	text[];
+	methods		text[];
 	choices		jsonb;
 	amount		numeric;
 	currency	text;
@@ -3896,9 +3899,12 @@ BEGIN
 		RETURN;
 	END IF;
 
+	-- (a final submit retried after the token expired answers as the first did)
 	SELECT t.* INTO tok FROM payments.flow_tokens t
 	 WHERE t.token = request ->> 'flow_token' AND t.provider = flows_answer.provider
-	   AND t.expires_at > now();
+	   AND (t.expires_at > now()
+			OR (action = 'data_exchange' AND screen = 'CONFIRM'
+				AND EXISTS (SELECT FROM payments.flow_submissions s WHERE s.flow_token = t.token)));
 	IF NOT FOUND THEN
 		RETURN QUERY SELECT 427, jsonb_build_object('error_msg',
 			'This donation form has expired. Please ask for a new one.');
@@ -3912,13 +3918,26 @@ BEGIN
 	END IF;
 
 	SELECT p.settings INTO settings FROM payments.providers p WHERE p.name = flows_answer.provider;
+	cfg := payments.chat_settings(settings);
+	-- a chat that starts the payments offers what it takes: the currencies it maps to Paynow
+	-- providers and its methods; else the form's own, left for whatever starts the payment
+	IF coalesce(cfg -> 'paynow_providers', '{}') <> '{}' THEN
+		currencies := ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k
+							 WHERE k IN ('USD', 'ZWG') ORDER BY k);
+		methods := ARRAY(SELECT m FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n)
+						  WHERE m IN ('ecocash', 'onemoney', 'telecash') ORDER BY n);
+	ELSE
+		currencies := '{USD,ZWG}';
+		methods := '{ecocash,onemoney,telecash}';
+	END IF;
 	-- the form shows the widest range over its currencies; the chosen currency's is checked below
 	SELECT min(r.low), max(r.high) INTO min_amount, max_amount
-	  FROM unnest('{USD,ZWG}'::text[]) AS c, payments.chat_amount_range(payments.chat_settings(settings), c) r;
+	  FROM unnest(currencies) AS c, payments.chat_amount_range(cfg, c) r;
 	choices := jsonb_build_object(
-		'currencies', '[{"id": "USD", "title": "USD"}, {"id": "ZWG", "title": "ZWG"}]'::jsonb,
-		'methods', '[{"id": "ecocash", "title": "EcoCash"}, {"id": "onemoney", "title": "OneMoney"},
-					 {"id": "telecash", "title": "TeleCash"}]'::jsonb,
+		'currencies', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', c, 'title', c) ORDER BY n), '[]')
+						 FROM unnest(currencies) WITH ORDINALITY AS x (c, n)),
+		'methods', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', m, 'title', payments.chat_method_label(m)) ORDER BY n), '[]')
+					  FROM unnest(methods) WITH ORDINALITY AS x (m, n)),
 		'min_amount', min_amount::text, 'max_amount', max_amount::text, 'phone', tok.wa_id);
 
 	IF action IN ('INIT', 'BACK') THEN
@@ -3939,22 +3958,25 @@ BEGIN
 	END IF;
 	currency := form ->> 'currency';
 	method := form ->> 'method';
-	method_title := CASE WHEN method IN ('ecocash', 'onemoney', 'telecash') THEN payments.chat_method_label(method) END;
+	method_title := CASE WHEN method = ANY (methods) THEN payments.chat_method_label(method) END;
 	web_checkout := payments.paynow_web_checkout(method);
 	phone := regexp_replace(coalesce(form ->> 'phone', ''), '[\s().+-]', '', 'g');
 	phone := CASE WHEN web_checkout THEN NULL
 				  WHEN phone ~ '^07[0-9]{8}$' THEN '263' || substr(phone, 2)
 				  WHEN phone ~ '^2637[0-9]{8}$' THEN phone END;
-	IF currency IN ('USD', 'ZWG') THEN
-		SELECT r.low, r.high INTO min_amount, max_amount FROM payments.chat_amount_range(payments.chat_settings(settings), currency) r;
+	IF currency = ANY (currencies) THEN
+		SELECT r.low, r.high INTO min_amount, max_amount FROM payments.chat_amount_range(cfg, currency) r;
 	END IF;
 	problem := CASE
 		WHEN amount IS NULL THEN 'Enter the amount as a number, for example 10 or 10.50.'
-		WHEN currency IS NULL OR currency NOT IN ('USD', 'ZWG') THEN 'Choose USD or ZWG.'
+		WHEN currency IS NULL OR NOT currency = ANY (currencies) THEN
+			'Choose ' || payments.chat_or_list(currencies) || '.'
 		WHEN amount < min_amount OR amount > max_amount THEN
 			format('The amount must be between %s and %s%s.', min_amount, max_amount,
 				   ' ' || currency)
-		WHEN method_title IS NULL THEN 'Choose EcoCash, OneMoney or TeleCash.'
+		WHEN method_title IS NULL THEN
+			'Choose ' || payments.chat_or_list(ARRAY(SELECT payments.chat_method_label(m)
+														FROM unnest(methods) WITH ORDINALITY AS x (m, n) ORDER BY n)) || '.'
 		WHEN web_checkout THEN NULL
 		WHEN phone IS NULL THEN 'Enter a Zimbabwean mobile number, for example 0771234567.'
 		WHEN NOT payments.paynow_phone_fits(method, '0' || substr(phone, 4)) THEN
@@ -3981,9 +4003,9 @@ BEGIN
 	VALUES (flows_answer.provider, tok.token, tok.wa_id, amount, currency, method, phone)
 	ON CONFLICT (flow_token) DO NOTHING
 	RETURNING id INTO submission;
-	IF submission IS NOT NULL AND payments.chat_settings(settings) -> 'paynow_providers' ? currency THEN
+	IF submission IS NOT NULL AND cfg -> 'paynow_providers' ? currency THEN
 		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id, NULL,
-			payments.chat_settings(settings), jsonb_strip_nulls(jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
+			cfg, jsonb_strip_nulls(jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
 			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4), 'purpose', 'WhatsApp Flow')));
 		IF started IS NULL THEN
 			-- refused (too many requests to the number, a currency no longer taken), the donor told
@@ -4479,6 +4501,17 @@ AS $$
 $$;
 COMMENT ON FUNCTION payments.chat_method_label(text) IS 'How a payment method is named to donors';
 
+CREATE FUNCTION payments.chat_or_list(items text[])
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN cardinality(items) > 1
+				THEN array_to_string(items[1:cardinality(items) - 1], ', ') || ' or ' || items[cardinality(items)]
+				ELSE items[1] END
+$$;
+COMMENT ON FUNCTION payments.chat_or_list(text[]) IS 'Choices as donors read them: "EcoCash, OneMoney or TeleCash"';
+
 CREATE FUNCTION payments.chat_local_phone(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -4965,10 +4998,7 @@ BEGIN
 		labels := ARRAY(SELECT payments.chat_method_label(m)
 						  FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n) ORDER BY n);
 		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-			'Send *donate* to give with ' ||
-			CASE WHEN cardinality(labels) > 1
-				 THEN array_to_string(labels[1:cardinality(labels) - 1], ', ') || ' or ' || labels[cardinality(labels)]
-				 ELSE labels[1] END ||
+			'Send *donate* to give with ' || payments.chat_or_list(labels) ||
 			E', *check* for the status of your last donation, ' ||
 			E'*volunteer* to offer your time, *cancel* to stop what you are doing, or *menu* for the menu.\n' ||
 			'You get a receipt number here as soon as your payment is confirmed.'));

@@ -201,10 +201,13 @@ SELECT (SELECT (data -> 'extension_message_response' -> 'params' ->> 'submission
 	 = (SELECT id FROM payments.flow_submissions) AS same_submission;
 SELECT count(*) AS submissions FROM payments.flow_submissions;
 SELECT http_status, answer FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'token'), :'wrapped');
--- an expired token, and a token of another provider
+-- an expired token: refused, but for the final submit retried (it answers as the first did);
+-- and a token of another provider
 UPDATE payments.flow_tokens SET created_at = now() - interval '2 days', expires_at = now() - interval '1 second'
  WHERE token = :'token';
-SELECT * FROM pg_temp.donate(:'token', '{"amount": "10.50", "currency": "USD", "method": "ecocash", "phone": "263771234567"}', 'CONFIRM');
+SELECT http_status, screen FROM pg_temp.donate(:'token', '{"amount": "10.50", "currency": "USD", "method": "ecocash", "phone": "263771234567"}', 'CONFIRM');
+SELECT http_status, answer FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'token'), :'wrapped');
+SELECT http_status FROM pg_temp.donate(:'token', '{"amount": "10.50", "currency": "USD", "method": "ecocash", "phone": "263771234567"}');
 SELECT payments.register_provider('flows-wa2', 'meta', '{"verify_token": "vt"}');
 SELECT payments.issue_flow_token('flows-wa2', '263771234567') AS other_token \gset
 -- a provider without a live app secret cannot be verified: 432
@@ -254,6 +257,14 @@ SELECT payments.issue_flow_token('flows-wa', '263771234567') AS limited_token \g
 SELECT http_status, screen, data AS error
   FROM pg_temp.donate(:'limited_token', '{"amount": "5", "currency": "USD", "method": "ecocash", "phone": "0772223334"}', 'CONFIRM');
 SELECT count(*) AS kept FROM payments.flow_submissions WHERE flow_token = :'limited_token';
+-- a chat that starts the payments offers its own currencies and methods, and takes no other
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}, "methods": ["ecocash", "card"]}');
+SELECT payments.issue_flow_token('flows-wa', '263771234567') AS narrow_token \gset
+SELECT http_status, answer -> 'data' -> 'currencies' AS currencies, answer -> 'data' -> 'methods' AS methods
+  FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'narrow_token'), :'wrapped');
+SELECT screen, data AS error FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "ZWG", "method": "ecocash", "phone": "0771234567"}');
+SELECT screen, data AS error FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "telecash"}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
 -- TeleCash: stored without a number, its initiation on the web checkout, the donor told a link comes
 SELECT payments.issue_flow_token('flows-wa', '263771234567') AS telecash_token \gset
 SELECT http_status, screen FROM pg_temp.donate(:'telecash_token', '{"amount": "7", "currency": "USD", "method": "telecash"}', 'CONFIRM');

@@ -3573,7 +3573,7 @@ BEGIN
 												'update_time', r ->> 'update_time');
 					END IF;
 				END IF;
-				-- captured money, refunded since or not: paid (a refund moves it on by its own event)
+				-- captured money, refunded since or not: paid (refunded in full, below)
 				etype := CASE r ->> 'status'
 					WHEN 'COMPLETED' THEN 'PAYMENT.CAPTURE.COMPLETED'
 					WHEN 'PARTIALLY_REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
@@ -3609,6 +3609,13 @@ BEGIN
 			-- not be refused as older (its paid time is another matter, below)
 			change.status_at := greatest(pay.status_at, change.status_at);
 			result := payments.apply_change(NULL, chk.provider, change);
+			-- a PayPal capture found REFUNDED was paid, then given back in full: both are applied,
+			-- as its refund's webhook may be lost too (PARTIALLY_REFUNDED says not how much)
+			IF kind = 'paypal' AND raw = 'REFUNDED' THEN
+				change.status := 'refunded';
+				change.amount_refunded := coalesce(pay.amount, change.amount);
+				result := payments.apply_change(NULL, chk.provider, change);
+			END IF;
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;
 			-- found paid where the reply has no time (Stripe, Paynow): paid by the time of the
 			-- poll, not at the status it had (days before, perhaps, in a day already reported);

@@ -60,7 +60,7 @@ async function startApi() {
 			if (req.method === 'GET' && u.startsWith('/paypal/v2/payments/captures/')) {
 				if (req.headers.authorization !== 'Bearer PPTOKEN') return json(res, 401, { error: 'invalid_token' });
 				const id = u.split('/').pop();
-				return json(res, 200, { id, status: 'COMPLETED', amount: { currency_code: 'USD', value: '30.00' },
+				return json(res, 200, { id, status: id === 'CAPR' ? 'REFUNDED' : 'COMPLETED', amount: { currency_code: 'USD', value: '30.00' },
 					supplementary_data: { related_ids: { order_id: `ORDER-${id}` } } });
 			}
 			if (req.method === 'GET' && u.startsWith('/paypal/v2/checkout/orders/')) {
@@ -262,4 +262,15 @@ test('an answer that cannot be recorded loses only itself: the others of the run
 	assert.equal(status('pi_recfail'), 'pending');
 	assert.equal(db.psql(`SELECT count(*) FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
 		WHERE p.provider_ref = 'pi_recfail' AND c.outcome IS NULL`), '1');
+});
+
+test('a PayPal capture found REFUNDED was paid, then given back in full: both are recorded', async () => {
+	stuck('pp', 'ORDER-REFUNDED', { capture_id: 'CAPR' });
+	await sleep(1100);
+	await runReconcile();
+	assert.equal(lastCheck('ORDER-REFUNDED'), 'fixed|REFUNDED|200');
+	assert.equal(db.psql(`SELECT p.status || ' ' || p.amount_refunded || ' ' || (p.paid_at IS NOT NULL) || ' '
+		|| (SELECT count(*) FROM payments.receipts r WHERE r.payment_id = p.id) || ' '
+		|| (SELECT sum(f.amount) FROM payments.refunds f WHERE f.payment_id = p.id)
+		FROM payments.payments p WHERE p.provider_ref = 'ORDER-REFUNDED'`), 'refunded 5 true 1 5');
 });

@@ -628,23 +628,22 @@ describe('shim limits, metrics and logs', () => {
 		const ok = await request(shim.port, { path: '/ready' });
 		assert.equal(ok.status, 200, ok.text);
 		assert.deepEqual(ok.json, { status: 'ready', reason: 'ready', extension_version: '0.1.0' });
+		// a shim of its own on dsn answers /ready 503 with this reason
+		const notReady = async (dsn, reason) => {
+			const s = new Shim(dsn);
+			await s.start();
+			const res = await request(s.port, { path: '/ready' });
+			assert.equal(res.status, 503);
+			assert.equal(res.json.reason, reason);
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		};
 		// a database without the extension
-		const bare = new Shim(cluster.dsn.replace('dbname=payments', 'dbname=postgres'));
-		await bare.start();
-		const missing = await request(bare.port, { path: '/ready' });
-		assert.equal(missing.status, 503);
-		assert.equal(missing.json.reason, 'extension payments is not installed');
-		assert.equal((await bare.stop()).code, 0);
-		assert.deepEqual(bare.sanitizerReports(), []);
+		await notReady(cluster.dsn.replace('dbname=payments', 'dbname=postgres'), 'extension payments is not installed');
 		// a login that may not call the ingest functions (no payments_ingest): every webhook would be 503
 		cluster.psql('CREATE ROLE payments_nobody LOGIN');
-		const ungranted = new Shim(cluster.dsn.replace('user=postgres', 'user=payments_nobody'));
-		await ungranted.start();
-		const refused = await request(ungranted.port, { path: '/ready' });
-		assert.equal(refused.status, 503);
-		assert.equal(refused.json.reason, "the shim's role may not call payments.ingest_batch (grant it payments_ingest)");
-		assert.equal((await ungranted.stop()).code, 0);
-		assert.deepEqual(ungranted.sanitizerReports(), []);
+		await notReady(cluster.dsn.replace('user=postgres', 'user=payments_nobody'),
+			"the shim's role may not call payments.ingest_batch (grant it payments_ingest)");
 		// the database stopped, then back
 		cluster.stop();
 		try {

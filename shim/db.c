@@ -118,6 +118,7 @@ static bool db_set_connect_timeout;
 static pthread_key_t db_key;
 static pthread_mutex_t db_threads_lock = PTHREAD_MUTEX_INITIALIZER;
 static DbThread *db_threads;
+static bool db_cancelling;		/* db_cancel_all() was called; under db_threads_lock */
 
 /* The last readiness result, shared by all threads; guarded by ready_lock */
 static pthread_mutex_t ready_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -279,6 +280,7 @@ db_cancel_all(void)
 	char		errbuf[256];
 
 	pthread_mutex_lock(&db_threads_lock);
+	db_cancelling = true;
 	for (DbThread *thread = db_threads; thread != NULL; thread = thread->next)
 	{
 		if (thread->cancel != NULL &&
@@ -287,6 +289,18 @@ db_cancel_all(void)
 						 errbuf);
 	}
 	pthread_mutex_unlock(&db_threads_lock);
+}
+
+/* Has the shutdown deadline cancelled the queries (db_cancel_all)? */
+static bool
+db_is_cancelling(void)
+{
+	bool		cancelling;
+
+	pthread_mutex_lock(&db_threads_lock);
+	cancelling = db_cancelling;
+	pthread_mutex_unlock(&db_threads_lock);
+	return cancelling;
 }
 
 /*
@@ -785,18 +799,37 @@ batch_row(const PGresult *res, int i)
 }
 
 /*
+ * Might a batch that failed with this SQLSTATE have failed for one of its
+ * deliveries, so that stored one at a time only that one would fail?  A
+ * parameter the server refused (class 22), a deadlock or serialization
+ * failure (class 40: at the commit, receipt counters of two days or
+ * prefixes taken in opposite orders by two batches), one slow delivery
+ * past statement_timeout (57014), an error a step at the commit raised for
+ * one payment.  Not when the server lacks resources or fails (classes 53,
+ * 58, XX): one at a time would only add to its load.
+ */
+static bool
+failure_may_be_one_deliverys(const char *sqlstate)
+{
+	return sqlstate != NULL &&
+		strncmp(sqlstate, "53", 2) != 0 &&
+		strncmp(sqlstate, "58", 2) != 0 &&
+		strncmp(sqlstate, "XX", 2) != 0;
+}
+
+/*
  * Send BEGIN, synchronous_commit off, one payments.ingest_batch() call,
  * COMMIT and payments.flush_wal() as one pipeline, and read the answers.
  * DB_OK means COMMIT succeeded and is durable, and rows[i] holds
- * request i's row; otherwise nothing was committed and no row is kept.  On
- * a data exception before the commit (a parameter the server refused,
- * outside the function's subtransactions) *retry_alone is set; on a missing
- * prepared statement, *reprepare.
+ * request i's row; otherwise nothing was committed and no row is kept.
+ * When the failure may be one delivery's, *retry_alone is set (and
+ * *timed_out for a statement_timeout or cancel); on a missing prepared
+ * statement, *reprepare.
  */
 static DbStatus
 db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 			 unsigned int n, PGresult **rows, bool *retry_alone,
-			 bool *reprepare)
+			 bool *timed_out, bool *reprepare)
 {
 	static const int formats[INGEST_NPARAMS] = {1, 1, 1, 1, 1};
 	PGconn	   *conn = thread->conn;
@@ -814,6 +847,7 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	DbStatus	status;
 
 	*retry_alone = false;
+	*timed_out = false;
 	*reprepare = false;
 	for (int c = 0; c < INGEST_NPARAMS; c++)
 		buf_init(&columns[c]);
@@ -922,7 +956,8 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	}
 	sqlstate = error != NULL ? PQresultErrorField(error, PG_DIAG_SQLSTATE) : NULL;
 	*reprepare = (sqlstate != NULL && strcmp(sqlstate, "26000") == 0);
-	*retry_alone = (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0);
+	*retry_alone = failure_may_be_one_deliverys(sqlstate);
+	*timed_out = (sqlstate != NULL && strcmp(sqlstate, "57014") == 0);
 	status = db_failure(thread, error, "batch failed", request_id);
 	PQclear(error);
 	return status;
@@ -990,13 +1025,23 @@ db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out,
 }
 
 /*
+ * Lone deliveries of a timed-out batch that may fail before the rest of it
+ * is answered with the batch's failure: one slow delivery fails alone, a
+ * database too slow for every delivery (a lock held by a migration) is not
+ * waited on a statement_timeout per delivery.
+ */
+#define ALONE_TIMEOUTS_MAX 2
+
+/*
  * Store several requests in one transaction (group commit) on this
  * thread's connection: results[i] is set for reqs[i] as by db_ingest().
  * Each delivery runs in its own subtransaction, so a delivery that fails
  * fails alone (one that deadlocked with a concurrent batch is stored again,
- * alone, after the commit).  A result is DB_OK only when the COMMIT succeeded; if the
- * transaction fails every request gets the failure, except that after a
- * parameter the server refused (a data exception) each is stored alone.
+ * alone, after the commit).  A result is DB_OK only when the COMMIT
+ * succeeded.  If the transaction fails in a way that may be one delivery's
+ * (failure_may_be_one_deliverys), each is stored again alone, unless the
+ * shutdown deadline has cancelled the queries; otherwise, and once a lone
+ * one finds the database unavailable, every request gets the failure.
  */
 void
 db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
@@ -1006,6 +1051,8 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 	PGresult  **rows;
 	DbStatus	status = DB_FAILED;
 	bool		retry_alone = false;
+	bool		timed_out = false;
+	unsigned int alone_failures = 0;
 	bool		read_only = false;
 	struct timespec start;
 	struct timespec end;
@@ -1044,7 +1091,7 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 				status = DB_OK;
 			if (status == DB_OK)
 				status = db_batch_run(thread, reqs, n, rows, &retry_alone,
-									  &reprepare);
+									  &timed_out, &reprepare);
 			/* statement gone (e.g. DISCARD ALL by a pooler): prepare again once */
 			if (status != DB_OK && reprepare && attempt == 0 &&
 				thread->conn != NULL)
@@ -1071,8 +1118,14 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 			if (read_only && thread->conn != NULL)
 				db_drop(thread);
 		}
-		else if (retry_alone)
+		else if (retry_alone && status != DB_UNAVAILABLE && !db_is_cancelling())
+		{
 			db_ingest(reqs[i], results[i]);
+			if (results[i]->status == DB_UNAVAILABLE ||
+				(timed_out && results[i]->status != DB_OK &&
+				 ++alone_failures == ALONE_TIMEOUTS_MAX))
+				retry_alone = false;
+		}
 		else
 			results[i]->status = status;
 	}

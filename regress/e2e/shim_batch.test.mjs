@@ -1,8 +1,9 @@
 // Group commit in the shim: deliveries arriving together share one transaction. Concurrent
 // requests coalesce (the batch size metric shows it), no more than 64 MB of bodies go in one
-// transaction, a delivery that fails inside a batch fails alone, and a batch whose transaction
-// does not commit (the commit raises, or its backend is terminated) answers every request in it
-// 503, so that nothing answered 2xx can be missing.
+// transaction, a delivery that fails inside a batch fails alone, a batch whose transaction fails
+// in a way that may be one delivery's (its commit raises, a deadlock, a statement_timeout) is
+// stored again one delivery at a time, and a batch whose backend is lost answers every request in
+// it 503, so that nothing answered 2xx can be missing.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -69,10 +70,10 @@ function sendPadded(s, id, size) {
 		'content-type': 'application/json', 'stripe-signature': stripe.webhooks.generateTestHeaderString({ payload: body, secret }) } });
 }
 
-// Runs fn with a second shim (one batch at a time, a batch of up to 64), then stops it: a clean
-// exit, no sanitizer report
-async function withBatchShim(args, fn) {
-	const s = new Shim(cluster.dsn, ['--rate', '0', '--batch-max', '64', '--batch-concurrency', '1', '--log-level', 'warning', ...args]);
+// Runs fn with a second shim (one batch at a time, a batch of up to 64; on cluster.dsn unless
+// another is given), then stops it: a clean exit, no sanitizer report
+async function withBatchShim(args, fn, dsn = cluster.dsn) {
+	const s = new Shim(dsn, ['--rate', '0', '--batch-max', '64', '--batch-concurrency', '1', '--log-level', 'warning', ...args]);
 	await s.start();
 	try {
 		await fn(s);
@@ -146,6 +147,7 @@ describe('group commit', () => {
 				IF NEW.event_id LIKE 'evt_deadlock_%' AND nextval('public.deadlocks') <= 2 THEN
 					RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
 				END IF;
+				IF NEW.event_id LIKE 'evt_slow_%' THEN PERFORM pg_sleep(5); END IF;
 				RETURN NEW;
 			END $$;
 			CREATE TRIGGER poison BEFORE INSERT ON payments.events FOR EACH ROW EXECUTE FUNCTION public.poison();
@@ -159,10 +161,19 @@ describe('group commit', () => {
 				RETURN NEW;
 			END $$;
 			CREATE TRIGGER poison_update BEFORE UPDATE ON payments.payments FOR EACH ROW EXECUTE FUNCTION public.poison_update();
+			-- an event whose commit is refused, and one whose commit deadlocks the first time only
+			CREATE SEQUENCE public.commit_deadlocks;
 			CREATE FUNCTION public.fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-			BEGIN RAISE EXCEPTION 'commit refused'; END $$;
+			BEGIN
+				IF NEW.event_id NOT LIKE 'evt_commitdl_%' THEN RAISE EXCEPTION 'commit refused'; END IF;
+				IF nextval('public.commit_deadlocks') = 1 THEN
+					RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
+				END IF;
+				RETURN NULL;
+			END $$;
 			CREATE CONSTRAINT TRIGGER fail_commit AFTER INSERT ON payments.events DEFERRABLE INITIALLY DEFERRED
-				FOR EACH ROW WHEN (NEW.event_id LIKE 'evt_commitfail_%') EXECUTE FUNCTION public.fail_commit();`,
+				FOR EACH ROW WHEN (NEW.event_id LIKE 'evt_commitfail_%' OR NEW.event_id LIKE 'evt_commitdl_%')
+				EXECUTE FUNCTION public.fail_commit();`,
 		{ s: secret });
 		shim = new Shim(cluster.dsn, ['--threads', '24', '--rate', '0', '--batch-max', '64', '--batch-concurrency', '1',
 			'--log-level', 'warning']);
@@ -328,17 +339,62 @@ describe('group commit', () => {
 		assert.equal(cluster.psqlVars(`SELECT status FROM payments.payments WHERE provider_ref = :'r'`, { r: `pi_${id}` }), 'refunded');
 	});
 
-	test('a commit that fails answers every request of its batch 503, and stores none of them', async () => {
+	test('a commit that fails is tried again one delivery at a time: only the delivery it fails for is 503', async () => {
 		const failedBefore = await metric('payments_shim_batches_failed_total');
 		const ids = Array.from({ length: 10 }, () => `evt_withfail_${++seq}`);
-		ids.push(`evt_commitfail_${++seq}`);
+		ids.splice(4, 0, `evt_commitfail_${++seq}`);
 		const { lock, answers } = await batchBehindLock(ids);
 		await lock.release();
 		const res = await answers();
-		assert.equal(res[0].status, 200, 'the first went alone and committed');
-		assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503));
-		assert.equal(stored(ids.slice(1)), 0);
-		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1);
+		assert.deepEqual(res.map((r) => r.status), ids.map((id) => (id.startsWith('evt_commitfail_') ? 503 : 200)));
+		assert.equal(stored(ids), ids.length - 1, 'all but the one whose commit fails');
+		assert.equal(stored(ids.filter((id) => id.startsWith('evt_commitfail_'))), 0);
+		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1, 'the batch failed once');
+		assert.match(shim.stderr, /"batch failed".*"sqlstate":"P0001"/);
+	});
+
+	test('a batch whose commit deadlocks (a concurrent batch took the receipt counters the other way) is stored again', async () => {
+		// the first goes alone and leads; the five queued behind it go as one batch
+		const ids = [`evt_dllead_${++seq}`, ...Array.from({ length: 5 }, () => `evt_commitdl_${++seq}`)];
+		const { lock, answers } = await batchBehindLock(ids);
+		await lock.release();
+		const res = await answers();
+		assert.deepEqual(res.map((r) => [r.status, r.json.outcome]), ids.map(() => [200, 'applied']));
+		assert.equal(stored(ids), ids.length);
+		assert.equal(cluster.psql('SELECT last_value FROM public.commit_deadlocks'), String(1 + 5),
+			'the batch\'s commit deadlocked, then each of its five committed alone');
+		assert.match(shim.stderr, /"batch failed".*"sqlstate":"40P01"/);
+	});
+
+	test('past statement_timeout, a batch is stored again one delivery at a time, until two of them time out', async () => {
+		// a shim whose role has a statement_timeout, as the README advises; an evt_slow_ delivery takes 5 s
+		await withBatchShim(['--threads', '16'], async (s) => {
+			const sendTo = (id) => {
+				const d = delivery(id);
+				return request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body, timeoutMs: 60000,
+					headers: { 'content-type': 'application/json', ...d.headers } });
+			};
+			const lock = await holdEvents();
+			const lead = sendTo(`evt_tolead_${++seq}`);
+			await lockWaiters(1);
+			// one batch, in this order: slow, quick, slow, quick, quick
+			const ids = [`evt_slow_${++seq}`, `evt_quick_${++seq}`, `evt_slow_${++seq}`, `evt_quick_${++seq}`, `evt_quick_${++seq}`];
+			const rest = [];
+			for (const id of ids) {
+				rest.push(sendTo(id));
+				await waitShimInFlight(s.port, rest.length + 1);
+				await sleep(50);
+			}
+			await sleep(200);
+			await lock.release();
+			const res = await Promise.all([lead, ...rest]);
+			// the batch timed out; alone, the first slow one timed out, the quick one after it was
+			// stored, the second slow one timed out: the last two were not tried, 503 like the batch
+			assert.deepEqual(res.map((r) => r.status), [200, 503, 200, 503, 503, 503]);
+			assert.equal(stored(ids), 1);
+			assert.equal(stored([ids[1]]), 1);
+			assert.match(s.stderr, /"batch failed".*"sqlstate":"57014"/);
+		}, `${cluster.dsn} options='-c statement_timeout=2000'`);
 	});
 
 	test('answers that do not match the batch one for one are none of them used: 503, and sent again, duplicates', async () => {

@@ -6,11 +6,12 @@
  * The grammar accepted is: form = field *("&" field); field = key "=" value,
  * where the key is not empty and the value runs to the next "&" (so an
  * unencoded "=" belongs to the value).  In keys and values "+" stands for a
- * space and "%" must be followed by two hexadecimal digits (either case),
- * which stand for one byte.  Everything else is refused rather than guessed:
+ * space and "%" followed by two hexadecimal digits (either case) for one
+ * byte; a "%" not followed by two is itself, as the Node SDK reads it
+ * (PROVIDERS.md 3.2: refusing it would answer 400 to every resend of a
+ * genuine update).  The rest is refused rather than guessed:
  * an empty body, an empty field ("a=1&&b=2", a trailing "&"), a field
- * without "=", a "%" not followed by two hex digits (the SDKs keep such a
- * "%" literally; no encoder emits one), decoded text that is not UTF-8 or
+ * without "=", decoded text that is not UTF-8 or
  * holds a NUL byte, and two keys that differ at most in ASCII case (Paynow's
  * keys are lower case, and its hash field is found case-insensitively, so
  * "hash" and "Hash" would be ambiguous).  The body is unauthenticated when
@@ -53,19 +54,10 @@ DecodeFormComponent(const char *s, int len, int *outlen, const char *what, int f
 	{
 		if (s[i] == '+')
 			out[n++] = ' ';
-		else if (s[i] == '%')
+		else if (s[i] == '%' && i + 2 < len &&
+				 HexDigitValue(s[i + 1]) >= 0 && HexDigitValue(s[i + 2]) >= 0)
 		{
-			int			hi = i + 2 < len ? HexDigitValue(s[i + 1]) : -1;
-			int			lo = i + 2 < len ? HexDigitValue(s[i + 2]) : -1;
-
-			if (hi < 0 || lo < 0)
-			{
-				*error = psprintf("the %s of field %d has a \"%%\" not followed by two hexadecimal digits",
-								  what, fieldno);
-				pfree(out);
-				return NULL;
-			}
-			out[n++] = (char) (hi * 16 + lo);
+			out[n++] = (char) (HexDigitValue(s[i + 1]) * 16 + HexDigitValue(s[i + 2]));
 			i += 2;
 		}
 		else

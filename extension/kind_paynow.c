@@ -22,7 +22,10 @@
  * field to the next ("paynowreference=1234567&amount=825.00" from
  * "...=12345678&amount=25.00"), rename a field or add an empty one, and the
  * result verifies, as a new event.  So a hash already stored with another
- * form (its decoded fields, compared as jsonb) is refused (hash_reused).
+ * form (its decoded fields, compared as jsonb) is refused (hash_reused), and
+ * so is one stored by another Paynow provider, whatever its form: one
+ * integration key may serve several providers (a web shop and a chat), and
+ * an update of one, sent to another, would verify there as a new payment.
  */
 #include "payments.h"
 
@@ -175,10 +178,11 @@ VerifyPaynow(const char *body, int bodylen, const SecretList *secrets, Verdict *
 }
 
 /*
- * Has this provider stored the hash before with another form (see the file
- * header)?  Deliveries of one hash wait for each other first
- * (signature_reuse.c); the lookup then sees what the transaction that held
- * the lock stored (KeptPlanFinds).
+ * Has a Paynow provider stored the hash before, this one with another form
+ * or another one at all (see the file header)?  Deliveries of one hash wait
+ * for each other first, whatever their provider (signature_reuse.c); the
+ * lookup then sees what the transaction that held the lock stored
+ * (KeptPlanFinds).
  */
 static bool
 HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, Jsonb *payload)
@@ -190,14 +194,15 @@ HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, J
 
 	for (int i = 0; i < hashlen; i++)
 		upper_hash[i] = pg_toupper((unsigned char) upper_hash[i]);
-	LockSignatureUse(provider, upper_hash, hashlen);
+	LockSignatureUse("paynow", upper_hash, hashlen);
 	args[0] = CStringGetTextDatum(provider->name);
 	args[1] = CStringGetTextDatum(upper_hash);
 	args[2] = JsonbPGetDatum(payload);
 	return KeptPlanFinds(&plan,
 						 "SELECT EXISTS (SELECT FROM payments.events e"
-						 "  WHERE e.provider = $1 AND upper(e.payload ->> 'hash') = $2"
-						 "    AND e.payload ? 'hash' AND e.payload <> $3)",
+						 "  JOIN payments.providers p ON p.name = e.provider"
+						 "  WHERE upper(e.payload ->> 'hash') = $2 AND e.payload ? 'hash'"
+						 "    AND p.kind = 'paynow' AND (e.provider <> $1 OR e.payload <> $3))",
 						 3, argtypes, args);
 }
 

@@ -238,7 +238,7 @@ TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idle
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, BYTEAOID};
 	Datum		args[3];
 
-	LockSignatureUse(provider, id, idlen);
+	LockSignatureUse(provider->name, id, idlen);
 	args[0] = CStringGetTextDatum(provider->name);
 	args[1] = PointerGetDatum(cstring_to_text_with_len(id, idlen));
 	args[2] = PointerGetDatum(body);

@@ -177,8 +177,8 @@ CREATE INDEX events_received_at_idx ON payments.events USING brin (received_at);
 -- PayPal's transmission ids, looked up before a delivery is accepted (kind_paypal.c)
 CREATE INDEX events_paypal_transmission_idx ON payments.events (provider, (headers ->> 'paypal-transmission-id'))
 	WHERE headers ? 'paypal-transmission-id';
--- Paynow's form hashes, likewise (kind_paynow.c)
-CREATE INDEX events_paynow_hash_idx ON payments.events (provider, (upper(payload ->> 'hash')))
+-- Paynow's form hashes, likewise, across providers (kind_paynow.c)
+CREATE INDEX events_paynow_hash_idx ON payments.events ((upper(payload ->> 'hash')))
 	WHERE payload ? 'hash';
 COMMENT ON TABLE payments.events IS
 	'Every verified delivery, once per (provider, event_id): raw body as signed, parsed payload, headers without credentials';
@@ -3038,13 +3038,18 @@ BEGIN
 		RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	DELETE FROM payments.rejections r WHERE r.received_at < pg_catalog.now() - older_than;
+	-- a PayPal delivery whose signature verified but whose body is no usable event is kept: its
+	-- transmission id must never verify another body of the same CRC-32 (kind_paypal.c), and
+	-- PayPal's signature has no time limit
+	DELETE FROM payments.rejections r
+	 WHERE r.received_at < pg_catalog.now() - older_than
+	   AND NOT (r.outcome = 'invalid' AND r.headers ? 'paypal-transmission-id');
 	GET DIAGNOSTICS pruned = ROW_COUNT;
 	RETURN pruned;
 END
 $$;
 COMMENT ON FUNCTION payments.prune_rejections(interval) IS
-	'Deletes the refused deliveries received longer ago than older_than (anyone may send them: kept for investigation, not for ever); returns how many; the pg_cron job payments-prune runs it daily';
+	'Deletes the refused deliveries received longer ago than older_than (anyone may send them: kept for investigation, not for ever), except PayPal deliveries whose signature verified (their transmission ids stay spent); returns how many; the pg_cron job payments-prune runs it daily';
 
 CREATE FUNCTION payments.cron_jobs(retry_schedule text DEFAULT '* * * * *',
 								   deliver_schedule text DEFAULT '* * * * *',

@@ -192,7 +192,7 @@ extern char *payments_receipt_prefix;
 extern bool EndpointsMayTakeTransitions(void);
 
 /* signature_reuse.c */
-extern void LockSignatureUse(const Provider *provider, const char *signature, int len);
+extern void LockSignatureUse(const char *scope, const char *signature, int len);
 
 /* row_triggers.c */
 struct TriggerData;

@@ -160,8 +160,11 @@ HasUrlPart(CURLU *url, CURLUPart what)
  * Checks the shape of a cert URL (everything but the allowlist) and returns
  * its host and port; NULL if it is fine, else what is wrong.  Only characters
  * that need no escaping are allowed, so the URL libcurl fetches is the one
- * checked here.  Runs no code that may raise an error while the parsed URL
- * is live.
+ * checked here, and only the URL written as libcurl reads it (a lower-case
+ * host, no ":443", no "." or ".." segment): one certificate has one URL,
+ * the key of its cache entry, so that spellings of it cannot make a fetch
+ * each (PayPal sends none).  Runs no code that may raise an error while the
+ * parsed URL is live.
  */
 static const char *
 ParseCertUrl(const char *url, CertUrl *parsed)
@@ -171,6 +174,7 @@ ParseCertUrl(const char *url, CertUrl *parsed)
 	char		scheme[16];
 	char		port[16];
 	char		path[CERT_URL_MAX + 1];
+	char		canonical[2 * CERT_URL_MAX + 32];
 	const char *problem = NULL;
 
 	if (len == 0 || len > CERT_URL_MAX)
@@ -223,6 +227,14 @@ ParseCertUrl(const char *url, CertUrl *parsed)
 		return "does not end in a certificate name (letters, digits, '-' and '_')";
 	if (parsed->port < 1 || parsed->port > 65535)
 		return "has an unusable port";
+	for (char *c = parsed->host; *c != '\0'; c++)
+		*c = pg_ascii_tolower((unsigned char) *c);
+	if (parsed->port == 443)
+		snprintf(canonical, sizeof(canonical), "https://%s%s", parsed->host, path);
+	else
+		snprintf(canonical, sizeof(canonical), "https://%s:%d%s", parsed->host, parsed->port, path);
+	if (strcmp(canonical, url) != 0)
+		return "is not written as it is read (a lower-case host, no port 443, no \".\" or \"..\" segment)";
 	return NULL;
 }
 

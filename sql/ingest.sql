@@ -167,6 +167,14 @@ SELECT count(*) AS shop_rejections FROM payments.rejections WHERE provider = 'sh
 SELECT payments.prune_rejections() AS pruned;
 SELECT :shop_rejections - count(*) AS gone, min(received_at) > now() - interval '90 days' AS none_older
   FROM payments.rejections WHERE provider = 'shop';
+-- except PayPal deliveries whose signature verified (invalid: no usable event), however old: their
+-- transmission ids must stay spent
+INSERT INTO payments.rejections (provider, received_at, outcome, reason, body_sha256, body_size, headers)
+VALUES ('shop', now() - interval '400 days', 'invalid', 'missing_event_id', sha256('x'), 1, '{"paypal-transmission-id": "t-kept"}'),
+	   ('shop', now() - interval '400 days', 'rejected', 'signature_mismatch', sha256('x'), 1, '{"paypal-transmission-id": "t-gone"}');
+SELECT payments.prune_rejections() AS pruned;
+SELECT headers ->> 'paypal-transmission-id' AS kept FROM payments.rejections WHERE headers ? 'paypal-transmission-id';
+DELETE FROM payments.rejections WHERE headers ? 'paypal-transmission-id';
 SELECT payments.prune_rejections(interval '-1 day');
 SELECT payments.prune_rejections(NULL);
 SELECT event_id FROM payments.events WHERE provider = 'shop' ORDER BY id;

@@ -130,6 +130,14 @@ SELECT payments.verify_paypal(convert_to(:'b1', 'UTF8'), :'tid1', :'time1', :'wi
 -- a CRC below 2^31, a body with multi-byte UTF-8, and the simulator's WEBHOOK_ID
 SELECT payments.verify_paypal(convert_to(:'b2', 'UTF8'), :'tid3', :'time3', :'wid', :'s2', :'cert');
 SELECT payments.verify_paypal(convert_to(:'b2', 'UTF8'), :'tid5', :'time5', 'WEBHOOK_ID', :'s5', :'cert');
+-- PayPal's own sandbox delivery of 2015 (PROVIDERS.md section 2.2, Vector A; regress/vectors names
+-- where it comes from): valid, and not with one byte of its body changed
+\set vector_a `cat vectors/paypal-vector-a.json`
+SELECT payments.verify_paypal(convert_to(v ->> 'body', 'UTF8'), v ->> 'transmission_id', v ->> 'transmission_time',
+							  v ->> 'webhook_id', v ->> 'transmission_sig', v ->> 'cert_pem') AS vector_a,
+	   payments.verify_paypal(convert_to(replace(v ->> 'body', '20.0', '21.0'), 'UTF8'), v ->> 'transmission_id',
+							  v ->> 'transmission_time', v ->> 'webhook_id', v ->> 'transmission_sig', v ->> 'cert_pem') AS vector_a_changed
+  FROM (SELECT :'vector_a'::jsonb AS v) x;
 
 -- every signed part counts: body (one byte changed, one byte added), webhook id, transmission id and time
 SELECT payments.verify_paypal(convert_to(replace(:'b1', '30.00', '31.00'), 'UTF8'), :'tid1', :'time1', :'wid', :'s1', :'cert');
@@ -232,6 +240,13 @@ SELECT payments.add_certificate('http://api.paypal.com/v1/notifications/certs/CE
 SELECT payments.add_certificate('https://api.paypal.com/v1/notifications/certs/CERT-1?x=1', :'cert');
 SELECT payments.add_certificate('https://api.paypal.com/v1/notifications/CERT-1', :'cert');
 SELECT payments.add_certificate('https://api.paypal.com/v1/notifications/certs/', :'cert');
+-- one certificate, one URL: only as libcurl reads it (each other spelling would be fetched anew)
+SELECT payments.add_certificate('https://API.paypal.com/v1/notifications/certs/CERT-1', :'cert');
+SELECT payments.add_certificate('https://api.paypal.com:443/v1/notifications/certs/CERT-1', :'cert');
+SELECT payments.add_certificate('https://api.paypal.com:/v1/notifications/certs/CERT-1', :'cert');
+SELECT payments.add_certificate('https://api.paypal.com/v1/notifications/certs/x/../CERT-1', :'cert');
+SELECT payments.add_certificate('https://api.paypal.com/v1/./notifications/certs/CERT-1', :'cert');
+SELECT payments.add_certificate('https://api.paypal.com//v1/notifications/certs/CERT-1', :'cert');
 SELECT payments.add_certificate(:'url', 'not a certificate');
 SELECT payments.add_certificate(:'url', replace(:'cert', 'M', 'N'));
 SELECT payments.add_certificate(:'url', :'cert' || E'-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');

@@ -91,11 +91,13 @@ test: deps
 	$(MAKE) --no-print-directory e2e
 	$(MAKE) --no-print-directory fuzz
 
-# The reliability suite with the issue's full numbers (make test runs it scaled down)
+# The reliability suite in full: crashes, shutdown and storms with the issue's numbers (make
+# test runs them scaled down), the hostile inputs, and the fuzzers a minute each
 reliability: deps
 	$(MAKE) --no-print-directory all shim/payments-shim-asan
 	$(MAKE) --no-print-directory install-for-test
-	PAYMENTS_RELIABILITY=full regress/run-e2e e2e/reliability.test.mjs
+	PAYMENTS_RELIABILITY=full regress/run-e2e e2e/reliability.test.mjs e2e/hostile_inputs.test.mjs
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=60
 
 # libFuzzer harnesses (fuzz/README.md): the extension's parsers are built outside the
 # server against fuzz/support.c, the shim's against stand-ins for libmicrohttpd's header

@@ -68,12 +68,28 @@ export class Cluster {
 			{ encoding: 'utf8' }).trim();
 	}
 
-	// Runs SQL with psql variables (-v name=value), referenced as :'name' in the SQL.
+	// Runs SQL with psql variables (-v name=value), referenced as :'name' in the SQL.  A value
+	// longer than an argument may be (Linux: 128 KiB) is read from a file instead (\\set `cat`).
 	psqlVars(sql, vars) {
 		const args = ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', this.dir, '-p', String(this.port),
 			'-U', 'postgres', '-d', 'payments'];
-		for (const [k, v] of Object.entries(vars)) args.push('-v', `${k}=${v}`);
-		return execFileSync(join(PG_BIN, 'psql'), args, { input: sql, encoding: 'utf8' }).trim();
+		let input = sql;
+		const files = [];
+		try {
+			for (const [k, v] of Object.entries(vars)) {
+				if (String(v).length < 65536) {
+					args.push('-v', `${k}=${v}`);
+					continue;
+				}
+				const file = join(this.dir, `var-${process.pid}-${files.length}`);
+				writeFileSync(file, String(v));
+				files.push(file);
+				input = `\\set ${k} \`cat ${file}\`\n${input}`;
+			}
+			return execFileSync(join(PG_BIN, 'psql'), args, { input, encoding: 'utf8' }).trim();
+		} finally {
+			for (const file of files) rmSync(file, { force: true });
+		}
 	}
 
 	destroy() {
@@ -285,8 +301,9 @@ export async function waitFor(fn, timeoutMs, what) {
 // Sends deliveries from `senders` concurrent clients, each one after the other, until stopped,
 // or for at most limitMs, so that a test failing before it stops the traffic ends rather than
 // hangs.  makeDelivery() returns { id, path, headers, body }.  Each answer is remembered with its
-// id, status (or 'error: ...' when the connection failed), Retry-After, and start and end times.
-export function steadyTraffic(port, makeDelivery, { senders = 1, limitMs = 120000 } = {}) {
+// id, status (or 'error: ...' when the connection failed, or no answer came within timeoutMs),
+// Retry-After, and start and end times.
+export function steadyTraffic(port, makeDelivery, { senders = 1, limitMs = 120000, timeoutMs = 10000 } = {}) {
 	const results = [];
 	let running = true;
 	const until = Date.now() + limitMs;
@@ -297,7 +314,7 @@ export function steadyTraffic(port, makeDelivery, { senders = 1, limitMs = 12000
 			let status;
 			let retryAfter = null;
 			try {
-				const res = await request(port, { method: 'POST', path, headers, body });
+				const res = await request(port, { method: 'POST', path, headers, body, timeoutMs });
 				status = res.status;
 				retryAfter = res.headers['retry-after'] ?? null;
 			} catch (e) {

@@ -58,10 +58,11 @@ shim/payments-shim-asan: $(SHIM_SRCS) $(wildcard shim/*.h)
 deps:
 	@scripts/install-deps.sh
 
-installcheck:
+# both test the checkout: built and installed first
+installcheck: install-for-test
 	regress/run-regress $(REGRESS)
 
-e2e: shim/payments-shim-asan
+e2e: shim/payments-shim-asan install-for-test
 	regress/run-e2e
 
 # Installs the extension as root or with sudo, unless the installed files are
@@ -69,7 +70,7 @@ e2e: shim/payments-shim-asan
 INSTALLED_FILES = payments.so:$(pkglibdir)/payments.so payments.control:$(datadir)/extension/payments.control \
 	$(foreach f,$(DATA),$(f):$(datadir)/extension/$(notdir $(f)))
 
-install-for-test:
+install-for-test: all
 	@same=yes; for pair in $(INSTALLED_FILES); do \
 		cmp -s "$${pair%%:*}" "$(DESTDIR)$${pair#*:}" || same=no; \
 	done; \
@@ -80,7 +81,7 @@ install-for-test:
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
 		sudo $(MAKE) --no-print-directory install PG_CONFIG=$(PG_CONFIG); \
 	else \
-		echo "payments: cannot write to $(datadir)/extension; run 'sudo make install', then 'make test' again" >&2; \
+		echo "payments: cannot write to $(datadir)/extension; run 'sudo make install', then this command again" >&2; \
 		exit 1; \
 	fi
 
@@ -164,7 +165,8 @@ bench: deps
 	bench/throughput.sh
 	bench/reports.sh
 
-run: deps
+run:
+	@scripts/install-deps.sh --build
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory install-for-test
 	scripts/run.sh

@@ -5622,6 +5622,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.issue_receipt(bigint, timestamptz), payments.apply_event(bigint),
 	payments.settle_event(payments.events, text, jsonb, integer),
 	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
+	payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]),
 	payments.event_failed(bigint, text, integer, boolean), payments.claim_outbox(integer),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
 	payments.enqueue_transition(payments.status_history), payments.enqueue_raw_event(payments.events),

@@ -13,6 +13,8 @@ seconds=$1
 shift
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/payments-fuzz.XXXXXX")
 failed=()
+# Ctrl-C ends the run, not one harness: libFuzzer exits 72 on SIGINT, which would read as a crash
+trap 'rm -rf "$scratch"; exit 130' INT TERM
 
 for name in "$@"; do
 	bin=bin/fuzz_$name

@@ -16,6 +16,7 @@ user=$(cluster_user)
 
 # The state folder must be reachable by the cluster's user; when the checkout is
 # not (a clone under /root, say), the folder is a link to one under /var/lib.
+[ -e "$state" ] || rm -f "$state"	# a link whose directory was removed
 if [ ! -e "$state" ]; then
 	if as_cluster_user test -x "$top"; then
 		mkdir "$state"
@@ -50,8 +51,10 @@ install -m 755 "$top/shim/payments-shim" "$state/payments-shim"
 
 pg pg_ctl -D "$state/pgdata" -l "$state/postgres.log" -w start >/dev/null
 shim_pid=
+stopping=
 stop() {
 	trap - INT TERM EXIT
+	stopping=yes
 	if [ -n "$shim_pid" ] && kill -0 "$shim_pid" 2>/dev/null; then
 		kill -TERM "$shim_pid" 2>/dev/null || true
 		wait "$shim_pid" 2>/dev/null || true
@@ -79,6 +82,20 @@ if [ -z "$secret" ]; then
 	echo "SELECT payments.add_secret('demo', :'secret')" | sql -v secret="$secret" >/dev/null
 fi
 
+cluster_user_prefix
+"${CLUSTER_USER_PREFIX[@]}" "$state/payments-shim" --listen "$listen" --dsn "host=$state dbname=payments" &
+shim_pid=$!
+# the banner once the shim answers; a shim that cannot start (its address taken, say) ends the run
+for _ in $(seq 100); do
+	curl -fs "http://$listen/health" >/dev/null 2>&1 && break
+	kill -0 "$shim_pid" 2>/dev/null || break
+	sleep 0.1
+done
+if ! kill -0 "$shim_pid" 2>/dev/null || ! curl -fs "http://$listen/health" >/dev/null 2>&1; then
+	echo "payments: the shim did not start on $listen (its message is above)" >&2
+	exit 1
+fi
+
 psql_cmd="psql -h $state -d payments"
 [ "$(id -u)" -ne 0 ] || psql_cmd="runuser -u $user -- $psql_cmd"
 
@@ -102,7 +119,7 @@ Ctrl-C stops the shim and the database.
 
 EOF
 
-cluster_user_prefix
-"${CLUSTER_USER_PREFIX[@]}" "$state/payments-shim" --listen "$listen" --dsn "host=$state dbname=payments" &
-shim_pid=$!
-wait "$shim_pid" || true
+status=0
+wait "$shim_pid" || status=$?
+# Ctrl-C (the shim stops cleanly, the trap stops the cluster) is a normal end; a failing shim is not
+[ "$status" -eq 0 ] || [ -n "$stopping" ] || { echo "payments: the shim failed (exit status $status)" >&2; exit 1; }

@@ -30,6 +30,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_ASSERT(verdict.reason == NULL, "paypal: accepted with a reason");
 		FUZZ_ASSERT(memchr(t.id, '|', t.idlen) == NULL && memchr(t.time, '|', t.timelen) == NULL,
 					"paypal: a field holds '|'");
+		for (int i = 0; i < t.idlen; i++)
+			FUZZ_ASSERT(t.id[i] >= ' ' && t.id[i] <= '~', "paypal: the id holds byte %d", (unsigned char) t.id[i]);
+		for (int i = 0; i < t.timelen; i++)
+			FUZZ_ASSERT(t.time[i] >= ' ' && t.time[i] <= '~', "paypal: the time holds byte %d", (unsigned char) t.time[i]);
+		FUZZ_ASSERT(t.idlen >= 1 && t.timelen >= 1, "paypal: an empty field accepted");
 		FUZZ_ASSERT(t.siglen >= 1 && t.siglen <= PAYPAL_MAX_SIGNATURE,
 					"paypal: signature of %d bytes accepted", t.siglen);
 	}

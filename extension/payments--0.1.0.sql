@@ -870,6 +870,10 @@ BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
 	END IF;
+	-- 'infinity' casts to timestamptz: a payment paid then has no day, and no receipt number
+	IF NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'the event''s time is %, not a moment', at USING ERRCODE = 'datetime_field_overflow';
+	END IF;
 	IF change.currency IS NOT NULL AND payments.currency_exponent(change.currency) IS NULL THEN
 		RAISE EXCEPTION 'unknown currency "%"', change.currency
 			USING ERRCODE = 'invalid_parameter_value',
@@ -3043,7 +3047,8 @@ BEGIN
 	-- PayPal's signature has no time limit
 	DELETE FROM payments.rejections r
 	 WHERE r.received_at < pg_catalog.now() - older_than
-	   AND NOT (r.outcome = 'invalid' AND r.headers ? 'paypal-transmission-id');
+	   AND NOT (r.outcome = 'invalid' AND r.headers ? 'paypal-transmission-id'
+				AND EXISTS (SELECT FROM payments.providers p WHERE p.name = r.provider AND p.kind = 'paypal'));
 	GET DIAGNOSTICS pruned = ROW_COUNT;
 	RETURN pruned;
 END

@@ -14,7 +14,10 @@
  * numeric_in, ^, /, round), in the same order, so the results and the errors
  * are those of the PL/pgSQL it replaces -- except that the event type's
  * prefixes are matched exactly, where LIKE 'payment_intent.%' also took any
- * character for the underscore.
+ * character for the underscore, and that amounts are Stripe's: whole numbers
+ * of minor units (numeric_in also took "NaN", "Infinity", fractions and
+ * exponents, and a NaN refunded amount made every report's sum NaN), and a
+ * charge's amount_refunded is not more than its amount.
  */
 #include "payments.h"
 
@@ -137,13 +140,30 @@ FirstText(text *a, text *b)
 	return a != NULL ? a : b;
 }
 
-/* text::numeric, raising numeric_in's error for bad input; NULL stays NULL */
+/* Digits a Stripe amount may have: its API takes at most 12 */
+#define STRIPE_AMOUNT_MAX_DIGITS 15
+
+/*
+ * A Stripe amount (minor units) as numeric: 1 to STRIPE_AMOUNT_MAX_DIGITS
+ * ASCII digits (a JSON number or a string of them), else an error naming
+ * the member; NULL stays NULL.
+ */
 static Datum
-TextNumeric(text *value, bool *isnull)
+MinorUnitsNumeric(text *value, const char *member, bool *isnull)
 {
+	const char *digits;
+	int			len;
+
 	*isnull = (value == NULL);
 	if (value == NULL)
 		return (Datum) 0;
+	digits = VARDATA_ANY(value);
+	len = VARSIZE_ANY_EXHDR(value);
+	if (len < 1 || len > STRIPE_AMOUNT_MAX_DIGITS || (int) strspn(digits, "0123456789") < len)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("Stripe's %s must be a whole number of minor units of at most %d digits, not \"%.*s\"%s",
+						member, STRIPE_AMOUNT_MAX_DIGITS, Min(len, 40), digits, len > 40 ? "..." : "")));
 	return DirectFunctionCall3(numeric_in, CStringGetDatum(text_to_cstring(value)),
 							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
 }
@@ -269,9 +289,14 @@ stripe_change(PG_FUNCTION_ARGS)
 
 	if (created != NULL)
 	{
-		values[CHANGE_STATUS_AT] =
-			DirectFunctionCall1(float8_timestamptz,
-								DirectFunctionCall1(float8in, CStringGetDatum(text_to_cstring(created))));
+		Datum		seconds = DirectFunctionCall1(float8in, CStringGetDatum(text_to_cstring(created)));
+
+		/* to_timestamp takes "Infinity" too: no day, no receipt number */
+		if (isinf(DatumGetFloat8(seconds)) || isnan(DatumGetFloat8(seconds)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("Stripe's created must be a time in seconds, not \"%s\"", text_to_cstring(created))));
+		values[CHANGE_STATUS_AT] = DirectFunctionCall1(float8_timestamptz, seconds);
 		nulls[CHANGE_STATUS_AT] = false;
 	}
 	SET_TEXT(CHANGE_CURRENCY, currency);
@@ -297,7 +322,8 @@ stripe_change(PG_FUNCTION_ARGS)
 			TextIs(etype, "payment_intent.succeeded") ? "paid" :
 			TextIs(etype, "payment_intent.payment_failed") ? "failed" :
 			TextIs(etype, "payment_intent.canceled") ? "cancelled" : NULL;
-		minor = TextNumeric(FirstText(received, MemberText(obj, "amount")), &minor_null);
+		minor = MinorUnitsNumeric(FirstText(received, MemberText(obj, "amount")),
+								  received != NULL ? "amount_received" : "amount", &minor_null);
 		SET_TEXT(CHANGE_METHOD, MemberFirstElementText(obj, "payment_method_types"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, MemberText(obj, "receipt_email"));
 		SET_TEXT(CHANGE_DONOR_NAME, FirstText(MemberText(shipping, "name"),
@@ -322,6 +348,7 @@ stripe_change(PG_FUNCTION_ARGS)
 		bool		refunded_null;
 		Datum		refunded;
 		bool		isnull;
+		text	   *captured;
 
 		SET_TEXT(CHANGE_PROVIDER_REF, FirstText(MemberText(obj, "payment_intent"),
 												MemberText(obj, "id")));
@@ -329,8 +356,9 @@ stripe_change(PG_FUNCTION_ARGS)
 		/* cast in the order of the SQL, so that a bad amount raises the same error */
 		if (refund)
 		{
-			refunded = TextNumeric(MemberText(obj, "amount_refunded"), &refunded_null);
-			minor = TextNumeric(MemberText(obj, "amount"), &minor_null);
+			refunded = MinorUnitsNumeric(MemberText(obj, "amount_refunded"), "amount_refunded",
+										 &refunded_null);
+			minor = MinorUnitsNumeric(MemberText(obj, "amount"), "amount", &minor_null);
 			status = uncaptured ? "cancelled" :
 				!refunded_null && !minor_null &&
 				DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, minor)) ?
@@ -346,11 +374,19 @@ stripe_change(PG_FUNCTION_ARGS)
 				status = "cancelled";
 			else
 				status = uncaptured ? "pending" : "paid";
-			minor = TextNumeric(FirstText(TextIs(etype, "charge.captured") ?
-										  MemberText(obj, "amount_captured") : NULL,
-										  MemberText(obj, "amount")), &minor_null);
-			refunded = TextNumeric(MemberText(obj, "amount_refunded"), &refunded_null);
+			captured = TextIs(etype, "charge.captured") ? MemberText(obj, "amount_captured") : NULL;
+			minor = MinorUnitsNumeric(FirstText(captured, MemberText(obj, "amount")),
+									  captured != NULL ? "amount_captured" : "amount", &minor_null);
+			refunded = MinorUnitsNumeric(MemberText(obj, "amount_refunded"), "amount_refunded",
+										 &refunded_null);
 		}
+		if (!refunded_null && !minor_null &&
+			DatumGetBool(DirectFunctionCall2(numeric_gt, refunded, minor)))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("Stripe's amount_refunded %s is more than the charge's amount %s",
+							DatumGetCString(DirectFunctionCall1(numeric_out, refunded)),
+							DatumGetCString(DirectFunctionCall1(numeric_out, minor)))));
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,
 													&isnull);
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;
@@ -389,7 +425,7 @@ stripe_change(PG_FUNCTION_ARGS)
 			status = TextIs(etype, "checkout.session.async_payment_succeeded") ? "paid" :
 				TextIs(etype, "checkout.session.async_payment_failed") ? "failed" :
 				TextIs(etype, "checkout.session.expired") ? "cancelled" : NULL;
-		minor = TextNumeric(MemberText(obj, "amount_total"), &minor_null);
+		minor = MinorUnitsNumeric(MemberText(obj, "amount_total"), "amount_total", &minor_null);
 		SET_TEXT(CHANGE_METHOD, MemberFirstElementText(obj, "payment_method_types"));
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(customer, "name"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, MemberText(customer, "email"));

@@ -13,8 +13,17 @@ seconds=$1
 shift
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/payments-fuzz.XXXXXX")
 failed=()
-# Ctrl-C ends the run, not one harness: libFuzzer exits 72 on SIGINT, which would read as a crash
-trap 'rm -rf "$scratch"; exit 130' INT TERM
+# Ctrl-C ends the run, not one harness: libFuzzer exits 72 on SIGINT, which would read as a crash;
+# what harnesses failed before it, and their inputs, are still reported and kept
+interrupted() {
+	if [ ${#failed[@]} -gt 0 ]; then
+		echo "fuzzing found problems in: ${failed[*]} (scratch directory kept: $scratch)" >&2
+	else
+		rm -rf "$scratch"
+	fi
+	exit 130
+}
+trap interrupted INT TERM
 
 for name in "$@"; do
 	bin=bin/fuzz_$name

@@ -801,20 +801,22 @@ batch_row(const PGresult *res, int i)
 /*
  * Might a batch that failed with this SQLSTATE have failed for one of its
  * deliveries, so that stored one at a time only that one would fail?  A
- * parameter the server refused (class 22), a deadlock or serialization
+ * data exception (class 22: a parameter the server refused, a value a step
+ * at the commit could not take), an integrity violation or a raise of a
+ * step at the commit for one payment (23, P0), a deadlock or serialization
  * failure (class 40: at the commit, receipt counters of two days or
- * prefixes taken in opposite orders by two batches), one slow delivery
- * past statement_timeout (57014), an error a step at the commit raised for
- * one payment.  Not when the server lacks resources or fails (classes 53,
- * 58, XX): one at a time would only add to its load.
+ * prefixes taken in opposite orders by two batches), one slow delivery past
+ * statement_timeout or lock_timeout (57014, 55P03).  Any other failure (a
+ * missing object, the server short of resources or failing) is the
+ * database's: one at a time would fail as many times, and add to its load.
  */
 static bool
 failure_may_be_one_deliverys(const char *sqlstate)
 {
 	return sqlstate != NULL &&
-		strncmp(sqlstate, "53", 2) != 0 &&
-		strncmp(sqlstate, "58", 2) != 0 &&
-		strncmp(sqlstate, "XX", 2) != 0;
+		(strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0 ||
+		 strncmp(sqlstate, "40", 2) == 0 || strncmp(sqlstate, "P0", 2) == 0 ||
+		 strcmp(sqlstate, "57014") == 0 || strcmp(sqlstate, "55P03") == 0);
 }
 
 /*
@@ -957,7 +959,8 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	sqlstate = error != NULL ? PQresultErrorField(error, PG_DIAG_SQLSTATE) : NULL;
 	*reprepare = (sqlstate != NULL && strcmp(sqlstate, "26000") == 0);
 	*retry_alone = failure_may_be_one_deliverys(sqlstate);
-	*timed_out = (sqlstate != NULL && strcmp(sqlstate, "57014") == 0);
+	*timed_out = (sqlstate != NULL &&
+				  (strcmp(sqlstate, "57014") == 0 || strcmp(sqlstate, "55P03") == 0));
 	status = db_failure(thread, error, "batch failed", request_id);
 	PQclear(error);
 	return status;
@@ -1026,9 +1029,11 @@ db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out,
 
 /*
  * Lone deliveries of a timed-out batch that may fail before the rest of it
- * is answered with the batch's failure: one slow delivery fails alone, a
- * database too slow for every delivery (a lock held by a migration) is not
- * waited on a statement_timeout per delivery.
+ * is answered 503: one slow delivery fails alone, a database too slow for
+ * every delivery (a lock held by a migration) is not waited on a
+ * statement_timeout per delivery.  Nor are lone deliveries tried once the
+ * batch has taken half of --request-timeout, after which their clients'
+ * connections may be closed before an answer.
  */
 #define ALONE_TIMEOUTS_MAX 2
 
@@ -1040,8 +1045,9 @@ db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out,
  * alone, after the commit).  A result is DB_OK only when the COMMIT
  * succeeded.  If the transaction fails in a way that may be one delivery's
  * (failure_may_be_one_deliverys), each is stored again alone, unless the
- * shutdown deadline has cancelled the queries; otherwise, and once a lone
- * one finds the database unavailable, every request gets the failure.
+ * shutdown deadline has cancelled the queries; otherwise every request gets
+ * the failure, and once the lone ones stop (ALONE_TIMEOUTS_MAX, the
+ * database unavailable) the rest are answered 503.
  */
 void
 db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
@@ -1109,6 +1115,7 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 				  (double) (end.tv_sec - start.tv_sec) +
 				  (double) (end.tv_nsec - start.tv_nsec) / 1e9);
 
+	retry_alone = retry_alone && status != DB_UNAVAILABLE;
 	for (unsigned int i = 0; i < n; i++)
 	{
 		if (status == DB_OK)
@@ -1118,16 +1125,24 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 			if (read_only && thread->conn != NULL)
 				db_drop(thread);
 		}
-		else if (retry_alone && status != DB_UNAVAILABLE && !db_is_cancelling())
-		{
-			db_ingest(reqs[i], results[i]);
-			if (results[i]->status == DB_UNAVAILABLE ||
-				(timed_out && results[i]->status != DB_OK &&
-				 ++alone_failures == ALONE_TIMEOUTS_MAX))
-				retry_alone = false;
-		}
 		else
-			results[i]->status = status;
+		{
+			clock_gettime(CLOCK_MONOTONIC, &end);
+			if (retry_alone && (db_is_cancelling() ||
+								(end.tv_sec - start.tv_sec) * 2 >= (time_t) shim_config.request_timeout_s))
+				retry_alone = false;
+			if (retry_alone)
+			{
+				db_ingest(reqs[i], results[i]);
+				if (results[i]->status == DB_UNAVAILABLE ||
+					(timed_out && results[i]->status != DB_OK &&
+					 ++alone_failures == ALONE_TIMEOUTS_MAX))
+					retry_alone = false;
+			}
+			else
+				/* not tried alone: the batch's failure is no verdict on this request */
+				results[i]->status = status == DB_INVALID ? DB_FAILED : status;
+		}
 	}
 	free(rows);
 }

@@ -169,12 +169,16 @@ SELECT :shop_rejections - count(*) AS gone, min(received_at) > now() - interval 
   FROM payments.rejections WHERE provider = 'shop';
 -- except PayPal deliveries whose signature verified (invalid: no usable event), however old: their
 -- transmission ids must stay spent
+-- (of a PayPal provider: anyone may send any provider that header)
+SELECT payments.register_provider('pp-prune', 'paypal', '{"webhook_id": "WH-PRUNE"}');
 INSERT INTO payments.rejections (provider, received_at, outcome, reason, body_sha256, body_size, headers)
-VALUES ('shop', now() - interval '400 days', 'invalid', 'missing_event_id', sha256('x'), 1, '{"paypal-transmission-id": "t-kept"}'),
-	   ('shop', now() - interval '400 days', 'rejected', 'signature_mismatch', sha256('x'), 1, '{"paypal-transmission-id": "t-gone"}');
+VALUES ('pp-prune', now() - interval '400 days', 'invalid', 'missing_event_id', sha256('x'), 1, '{"paypal-transmission-id": "t-kept"}'),
+	   ('pp-prune', now() - interval '400 days', 'rejected', 'signature_mismatch', sha256('x'), 1, '{"paypal-transmission-id": "t-gone"}'),
+	   ('shop', now() - interval '400 days', 'invalid', 'invalid_json', sha256('x'), 1, '{"paypal-transmission-id": "t-shop"}');
 SELECT payments.prune_rejections() AS pruned;
-SELECT headers ->> 'paypal-transmission-id' AS kept FROM payments.rejections WHERE headers ? 'paypal-transmission-id';
-DELETE FROM payments.rejections WHERE headers ? 'paypal-transmission-id';
+SELECT headers ->> 'paypal-transmission-id' AS kept FROM payments.rejections
+ WHERE provider IN ('shop', 'pp-prune') AND headers ? 'paypal-transmission-id';
+DELETE FROM payments.providers WHERE name = 'pp-prune';
 SELECT payments.prune_rejections(interval '-1 day');
 SELECT payments.prune_rejections(NULL);
 SELECT event_id FROM payments.events WHERE provider = 'shop' ORDER BY id;

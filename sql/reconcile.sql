@@ -83,6 +83,10 @@ SELECT payments.apply_change(NULL, 'rc_stripe', payments.stripe_change(jsonb_bui
 	'created', extract(epoch FROM now() - interval '10 minutes'), 'data', jsonb_build_object('object',
 	'{"id": "ch_old", "object": "charge", "payment_intent": "pi_old", "amount": 1000, "amount_refunded": 400, "currency": "usd"}'::jsonb))));
 SELECT status, amount_refunded FROM payments.payments WHERE provider_ref = 'pi_old';
+-- a change at an infinite time (any kind's; 'infinity' casts to timestamptz) is refused: it would
+-- have no day, and its payment no receipt number
+SELECT payments.apply_change(NULL, 'rc_stripe', ROW('pi_forever', true, 'paid', 'infinity', NULL, NULL, 5, 'USD',
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::payments.payment_change);
 SELECT provider, http_status, found_status, found, status_before, status_after, outcome, error
   FROM payments.reconciliation_checks WHERE finished_at IS NOT NULL AND http_status IS NOT NULL AND provider LIKE 'rc\_%'
  ORDER BY provider;

@@ -77,7 +77,9 @@ SELECT payments.verify_stripe(NULL, 't=1', :'secret', 300, :at) IS NULL AS null_
 -- What payments.stripe_change makes of each kind of event and of odd payloads, as the jsonb
 -- operators read them (a member of a non-object is NULL, ->> gives a number or a container as
 -- its text, "->> 0" of a scalar is that scalar) and as SQL casts convert them (their errors);
--- the event type's prefixes are matched exactly (paymentXintent is no payment_intent)
+-- the event type's prefixes are matched exactly (paymentXintent is no payment_intent); amounts
+-- are whole numbers of minor units (no fraction, sign, NaN or more than 15 digits), a charge's
+-- amount_refunded is not more than its amount, and created is a finite time
 CREATE FUNCTION pg_temp.change_of(payload text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
 	RETURN (SELECT c::text FROM payments.stripe_change(payload::jsonb) c);

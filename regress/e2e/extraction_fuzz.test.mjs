@@ -208,6 +208,20 @@ describe('extraction fuzz', () => {
 		assert.equal(cluster.psql(`SELECT count(*) FROM public.fz_out o WHERE o.http_status = 400 AND NOT EXISTS
 			(SELECT FROM payments.rejections r WHERE r.request_id = 'fz-' || o.n AND r.outcome = 'invalid')`), '0',
 		'every 400 is recorded as invalid');
+		// what the payments became holds together: amounts finite and not negative (numeric takes
+		// "NaN" and "Infinity"), refunds not above the amount, a receipt for every collection paid,
+		// receipt numbers gapless per prefix and day
+		const broken = cluster.psql(`SELECT string_agg(p.provider || ' ' || p.provider_ref || ' ' || p.status || ' ' || coalesce(p.amount::text, 'null')
+				|| ' refunded ' || coalesce(p.amount_refunded::text, 'null'), E'\n')
+			FROM payments.payments p WHERE NOT (p.amount BETWEEN 0 AND 1e15) OR NOT (p.amount_refunded BETWEEN 0 AND 1e15)
+			   OR NOT (p.fee BETWEEN 0 AND 1e15) OR p.amount_refunded > p.amount
+			   OR (p.kind = 'collection' AND p.paid_at IS NOT NULL AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = p.id))`);
+		assert.equal(broken, '', `payments that do not hold together (seed ${seed}):\n${broken}`);
+		const gaps = cluster.psql(`SELECT string_agg(c.prefix || ' ' || c.day || ' ' || c.last_no || ': ' || coalesce((SELECT string_agg(r.receipt_no, ' ')
+				FROM payments.receipts r WHERE r.receipt_no LIKE c.prefix || '-' || to_char(c.day, 'YYYYMMDD') || '-%'), 'none'), E'\n')
+			FROM payments.receipt_counters c
+			WHERE c.last_no <> (SELECT count(*) FROM payments.receipts r WHERE r.receipt_no LIKE c.prefix || '-' || to_char(c.day, 'YYYYMMDD') || '-%')`);
+		assert.equal(gaps, '', `receipt numbers with gaps (seed ${seed}):\n${gaps}`);
 		// the backends never crashed (a crash would also have ended the CALL)
 		assert.doesNotMatch(readFileSync(join(cluster.dir, 'log'), 'utf8'), /terminated by signal|PANIC/);
 		const summary = cluster.psql(`SELECT string_agg(x, ', ' ORDER BY x) FROM (SELECT i.provider || ' ' || o.http_status || ' ' || o.outcome

@@ -77,7 +77,7 @@ export class Cluster {
 		const files = [];
 		try {
 			for (const [k, v] of Object.entries(vars)) {
-				if (String(v).length < 65536) {
+				if (Buffer.byteLength(String(v)) < 65536) {
 					args.push('-v', `${k}=${v}`);
 					continue;
 				}

@@ -914,6 +914,11 @@ BEGIN
 	END IF;
 	refunded_before := payments.refunded_total(pay.status, pay.amount, pay.amount_refunded);
 
+	-- more given back than was paid is no refund of this payment: the event waits, with the reason
+	IF change.amount_refunded > coalesce(pay.amount, change.amount) THEN
+		RAISE EXCEPTION 'refunded % is more than the payment''s amount %', change.amount_refunded,
+			coalesce(pay.amount, change.amount) USING ERRCODE = 'numeric_value_out_of_range';
+	END IF;
 	-- refund events report the total refunded so far: less than the amount is a partial refund
 	IF change.status = 'refunded' AND change.amount_refunded < coalesce(pay.amount, change.amount) THEN
 		change.status := 'partially_refunded';
@@ -1122,6 +1127,22 @@ COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
 -- Normalization: PayPal
 --------------------------------------------------------------------------------------------------
 
+CREATE FUNCTION payments.decimal_amount(value text, member text)
+RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+	IF value IS NULL OR value ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN
+		RETURN value::numeric;
+	END IF;
+	RAISE EXCEPTION '% must be an amount of at most 15 digits and 4 decimals, not "%"', member,
+		left(value, 40) || CASE WHEN length(value) > 40 THEN '...' ELSE '' END
+		USING ERRCODE = 'invalid_text_representation';
+END
+$$;
+COMMENT ON FUNCTION payments.decimal_amount(text, text) IS
+	'A provider''s decimal amount ("10.99") as numeric, NULL for NULL; anything else (a sign, an exponent, NaN, Infinity, which ::numeric takes) raises, naming the member';
+
 CREATE FUNCTION payments.paypal_change(payload jsonb, provider_name text, event_at timestamptz)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
@@ -1143,9 +1164,10 @@ BEGIN
 		c.creates := true;
 		c.status := CASE etype WHEN 'PAYMENT.CAPTURE.COMPLETED' THEN 'paid'
 							   WHEN 'PAYMENT.CAPTURE.PENDING' THEN 'pending' ELSE 'failed' END;
-		c.amount := (r -> 'amount' ->> 'value')::numeric;
+		c.amount := payments.decimal_amount(r -> 'amount' ->> 'value', 'resource.amount.value');
 		c.currency := r -> 'amount' ->> 'currency_code';
-		c.fee := (r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value')::numeric;
+		c.fee := payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value',
+									   'resource.seller_receivable_breakdown.paypal_fee.value');
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
 	ELSIF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED') THEN
 		-- the resource is the refund; its capture is only named by the "up" link
@@ -1158,8 +1180,9 @@ BEGIN
 									 LIMIT 1), up);
 		c.creates := false;
 		c.status := 'refunded';
-		c.amount_refunded := coalesce((r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value')::numeric,
-									  (r -> 'amount' ->> 'value')::numeric);
+		c.amount_refunded := coalesce(payments.decimal_amount(r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value',
+																'resource.seller_payable_breakdown.total_refunded_amount.value'),
+									  payments.decimal_amount(r -> 'amount' ->> 'value', 'resource.amount.value'));
 		c.reference := NULL;
 	ELSIF etype LIKE 'PAYMENT.SALE.%' THEN
 		-- the v1 Payments API: amounts in resource.amount.total
@@ -1173,18 +1196,20 @@ BEGIN
 			WHEN 'PAYMENT.SALE.REFUNDED' THEN 'refunded'
 			WHEN 'PAYMENT.SALE.REVERSED' THEN 'refunded' END;
 		IF c.creates THEN
-			c.amount := (r -> 'amount' ->> 'total')::numeric;
+			c.amount := payments.decimal_amount(r -> 'amount' ->> 'total', 'resource.amount.total');
 			c.currency := r -> 'amount' ->> 'currency';
-			c.fee := (r -> 'transaction_fee' ->> 'value')::numeric;
+			c.fee := payments.decimal_amount(r -> 'transaction_fee' ->> 'value', 'resource.transaction_fee.value');
 		ELSE
-			c.amount_refunded := coalesce((r -> 'total_refunded_amount' ->> 'value')::numeric,
-										  (r -> 'amount' ->> 'total')::numeric);
+			c.amount_refunded := coalesce(payments.decimal_amount(r -> 'total_refunded_amount' ->> 'value',
+																	'resource.total_refunded_amount.value'),
+										  payments.decimal_amount(r -> 'amount' ->> 'total', 'resource.amount.total'));
 		END IF;
 	ELSIF etype = 'CHECKOUT.ORDER.APPROVED' THEN
 		c.provider_ref := r ->> 'id';
 		c.creates := true;
 		c.status := 'pending';
-		c.amount := (r -> 'purchase_units' -> 0 -> 'amount' ->> 'value')::numeric;
+		c.amount := payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value',
+										  'resource.purchase_units[0].amount.value');
 		c.currency := r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code';
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
 								r -> 'purchase_units' -> 0 ->> 'reference_id');
@@ -2133,6 +2158,7 @@ $$;
 REVOKE ALL ON SCHEMA payments FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.receipt(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.major_units(numeric, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.decimal_amount(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.event_change(text, jsonb, payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.stripe_change(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) FROM PUBLIC;

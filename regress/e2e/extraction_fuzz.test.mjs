@@ -1,7 +1,7 @@
 // Fuzzing of what the extension reads from signed JSON bodies, inside a real server.  libFuzzer
 // cannot reach that code: it reads jsonb, which only the server builds (fuzz/README.md).  So here
-// events shaped like each JSON kind's (Stripe, Standard Webhooks, Meta's WhatsApp messages and
-// statuses to a chat, Eversend, a generic hmac sender with JSON paths), each correctly signed,
+// events shaped like each JSON kind's (Stripe, PayPal, Standard Webhooks, Meta's WhatsApp messages
+// and statuses to a chat, Eversend, a generic hmac sender with JSON paths), each correctly signed,
 // have values at random places replaced by hostile ones: wrong types, numbers beyond every range,
 // odd strings, dates and phone numbers, deep nesting, keys removed.  Each goes through
 // payments.ingest in a transaction of its own.  The generator is seeded (the seed is printed;
@@ -12,11 +12,13 @@
 // names an event that is stored.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster } from './harness.mjs';
 import { random } from './stripe_lives.mjs';
+import { signPaypal } from './paypal_sign.mjs';
 
 const secrets = {
 	stripe: `whsec_${randomBytes(16).toString('hex')}`,
@@ -29,6 +31,9 @@ const count = Number(process.env.PAYMENTS_FUZZ_EVENTS ?? 1500);
 const seed = Number(process.env.PAYMENTS_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const now = () => Math.floor(Date.now() / 1000);
 const hmacHex = (alg, key, body) => createHmac(alg, key).update(body).digest('hex');
+// PayPal's: a key of our own, its certificate (self-signed, for PayPal's name) seeded at a URL of
+// PayPal's host, the provider checking no chain (made in before())
+const paypal = { webhookId: 'WH-FUZZ', certUrl: 'https://api.paypal.com/v1/notifications/certs/CERT-fuzz', key: null };
 
 // Signature headers (lower case, as the shim passes them) of a body for each provider
 const sign = {
@@ -46,6 +51,7 @@ const sign = {
 	clinic: (body) => ({ 'x-hub-signature-256': `sha256=${hmacHex('sha256', secrets.meta, body)}` }),
 	eversend: (body) => ({ 'x-eversend-signature': hmacHex('sha512', secrets.eversend, body) }),
 	ledger: (body) => ({ 'x-signature': `sha256=${hmacHex('sha256', secrets.hmac, body)}` }),
+	paypal: (body) => signPaypal(body, paypal.key, paypal.certUrl, { webhookId: paypal.webhookId }),
 };
 
 // Seeds: one event of each shape a kind reads, about a payment seen before or a new one (so that
@@ -64,6 +70,8 @@ function seeds(rnd, n) {
 		billing_details: { email: 'donor@example.org', name: 'Amina', phone: '+256772123456' },
 		payment_method_details: { type: 'card', card: { brand: 'visa' } }, balance_transaction: { fee: 103, currency: 'usd' } };
 	const message = { from: '263771234567', id: `wamid.FZ${n}`, timestamp: String(t), type: 'text', text: { body: 'donate 10' } };
+	const pp = (type, resource) => ({ id: `WH-FZ${n}`, event_version: '1.0', create_time: new Date().toISOString(),
+		resource_type: 'capture', event_type: type, resource });
 	const whatsapp = (value) => ({ object: 'whatsapp_business_account', entry: [{ id: '102290129340398', changes: [{ field: 'messages',
 		value: { messaging_product: 'whatsapp', metadata: { display_phone_number: '15550783881', phone_number_id: '106540352242922' },
 			...value } }] }] });
@@ -77,6 +85,18 @@ function seeds(rnd, n) {
 		['stripe', stripe('checkout.session.completed', { id: `cs_fz_${n}`, object: 'checkout.session', mode: 'payment',
 			payment_intent: pi, amount_total: 2500, currency: 'usd', payment_status: 'paid',
 			customer_details: { email: 'donor@example.org', name: 'Amina', phone: '+256772123456' }, metadata: { purpose: 'Medicines' } })],
+		['paypal', pp('PAYMENT.CAPTURE.COMPLETED', { id: `CAP${p}`, amount: { currency_code: 'USD', value: '30.00' },
+			seller_receivable_breakdown: { gross_amount: { currency_code: 'USD', value: '30.00' }, paypal_fee: { currency_code: 'USD', value: '1.54' } },
+			custom_id: `DON-${p}`, status: 'COMPLETED', update_time: new Date().toISOString(),
+			supplementary_data: { related_ids: { order_id: `ORDER${p}` } } })],
+		['paypal', pp('PAYMENT.CAPTURE.REFUNDED', { id: `REF${n}`, amount: { currency_code: 'USD', value: '10.00' },
+			seller_payable_breakdown: { total_refunded_amount: { currency_code: 'USD', value: '10.00' } }, status: 'COMPLETED',
+			links: [{ href: `https://api.paypal.com/v2/payments/captures/CAP${p}`, rel: 'up' }] })],
+		['paypal', pp('CHECKOUT.ORDER.APPROVED', { id: `ORDER${p}`, status: 'APPROVED', payer: { name: { given_name: 'Chipo', surname: 'Dube' },
+			email_address: 'chipo@example.org', address: { country_code: 'ZW' } },
+			purchase_units: [{ reference_id: 'default', custom_id: `DON-${p}`, amount: { currency_code: 'USD', value: '30.00' } }] })],
+		['paypal', pp('PAYMENT.SALE.COMPLETED', { id: `SALE${p}`, amount: { total: '45.00', currency: 'USD' },
+			transaction_fee: { value: '1.61', currency: 'USD' }, state: 'completed' })],
 		['standard', { type: 'invoice.paid', timestamp: new Date().toISOString(), data: { id: `inv_fz_${n}`, amount: 2500, currency: 'USD' } }],
 		['clinic', whatsapp({ contacts: [{ profile: { name: 'Tendai' }, wa_id: '263771234567' }], messages: [message] })],
 		['clinic', whatsapp({ contacts: [{ profile: { name: 'Tendai' }, wa_id: '263771234567' }], messages: [{ ...message, type: 'interactive',
@@ -142,6 +162,14 @@ describe('extraction fuzz', () => {
 	before(async () => {
 		cluster = new Cluster();
 		await cluster.init();
+		execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'paypal.key', '-out', 'paypal.pem',
+			'-days', '30', '-subj', '/CN=messageverificationcerts.paypal.com',
+			'-addext', 'subjectAltName=DNS:messageverificationcerts.paypal.com'], { cwd: cluster.dir, stdio: 'pipe' });
+		paypal.key = readFileSync(join(cluster.dir, 'paypal.key'), 'utf8');
+		cluster.psqlVars(`
+			SELECT payments.register_provider('paypal', 'paypal', jsonb_build_object('webhook_id', :'wid', 'verify_cert_chain', false));
+			SELECT payments.add_certificate(:'url', :'pem');`,
+		{ wid: paypal.webhookId, url: paypal.certUrl, pem: readFileSync(join(cluster.dir, 'paypal.pem'), 'utf8') });
 		cluster.psqlVars(`
 			SELECT payments.register_provider('stripe', 'stripe');
 			SELECT payments.add_secret('stripe', :'stripe');

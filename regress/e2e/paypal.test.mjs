@@ -7,27 +7,16 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { createSign, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
 import zlib from 'node:zlib';
 import { Cluster, Shim, post, freePort, PG_BIN, sleep } from './harness.mjs';
+import { crc32, signPaypal } from './paypal_sign.mjs';
 
 const WEBHOOK_ID = '8PT597110X687430LKGECATA';
-
-// IEEE CRC-32 (reflected 0xEDB88320, init and xorout 0xFFFFFFFF), as an unsigned number.
-const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
-	let c = n;
-	for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-	return c >>> 0;
-});
-function crc32(buf) {
-	let c = 0xffffffff;
-	for (const b of buf) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
-	return (c ^ 0xffffffff) >>> 0;
-}
 
 // ---- a small PKI made with the openssl CLI ----------------------------------------------------
 
@@ -186,21 +175,9 @@ function paypalEvent(extra = {}) {
 	});
 }
 
-// PayPal's headers for a body, signed with key: RSA-SHA256 over id|time|webhook_id|crc32.
-function paypalHeaders(body, key, certUrl, { webhookId = WEBHOOK_ID, requestId, tid = randomUUID(),
-	time = new Date().toISOString().replace(/\.\d+Z$/, 'Z') } = {}) {
-	const signer = createSign('RSA-SHA256');
-	signer.update(`${tid}|${time}|${webhookId}|${crc32(Buffer.from(body))}`);
-	const headers = {
-		'paypal-transmission-id': tid,
-		'paypal-transmission-time': time,
-		'paypal-transmission-sig': signer.sign(key, 'base64'),
-		'paypal-cert-url': certUrl,
-		'paypal-auth-algo': 'SHA256withRSA',
-		'paypal-auth-version': 'v2',
-	};
-	if (requestId) headers['x-request-id'] = requestId;
-	return headers;
+// PayPal's headers for a body, signed with key for this test's webhook id unless given
+function paypalHeaders(body, key, certUrl, opts = {}) {
+	return signPaypal(body, key, certUrl, { webhookId: WEBHOOK_ID, ...opts });
 }
 
 describe('PayPal deliveries through the shim, certificates from a local HTTPS stand-in', () => {

@@ -914,11 +914,6 @@ BEGIN
 	END IF;
 	refunded_before := payments.refunded_total(pay.status, pay.amount, pay.amount_refunded);
 
-	-- more given back than was paid is no refund of this payment: the event waits, with the reason
-	IF change.amount_refunded > coalesce(pay.amount, change.amount) THEN
-		RAISE EXCEPTION 'refunded % is more than the payment''s amount %', change.amount_refunded,
-			coalesce(pay.amount, change.amount) USING ERRCODE = 'numeric_value_out_of_range';
-	END IF;
 	-- refund events report the total refunded so far: less than the amount is a partial refund
 	IF change.status = 'refunded' AND change.amount_refunded < coalesce(pay.amount, change.amount) THEN
 		change.status := 'partially_refunded';
@@ -1127,21 +1122,13 @@ COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
 -- Normalization: PayPal
 --------------------------------------------------------------------------------------------------
 
-CREATE FUNCTION payments.decimal_amount(value text, member text)
+CREATE FUNCTION payments.decimal_amount(value text, refund boolean DEFAULT false)
 RETURNS numeric
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-BEGIN
-	IF value IS NULL OR value ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN
-		RETURN value::numeric;
-	END IF;
-	RAISE EXCEPTION '% must be an amount of at most 15 digits and 4 decimals, not "%"', member,
-		left(value, 40) || CASE WHEN length(value) > 40 THEN '...' ELSE '' END
-		USING ERRCODE = 'invalid_text_representation';
-END
-$$;
-COMMENT ON FUNCTION payments.decimal_amount(text, text) IS
-	'A provider''s decimal amount ("10.99") as numeric, NULL for NULL; anything else (a sign, an exponent, NaN, Infinity, which ::numeric takes) raises, naming the member';
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN value ~ '^-?([0-9]{1,15}(\.[0-9]{1,4})?|\.[0-9]{1,4})$' AND (refund OR value !~ '^-')
+			THEN abs(value::numeric) END;
+COMMENT ON FUNCTION payments.decimal_amount(text, boolean) IS
+	'A PayPal amount ("10.99", ".5"; PayPal''s Money pattern, at most 15 digits and 4 decimals) as numeric; a refund''s may be negative, as PayPal''s v1 API sends them, and counts by its size; anything else (NaN, Infinity, an exponent, which ::numeric takes) is NULL: an amount not known';
 
 CREATE FUNCTION payments.paypal_change(payload jsonb, provider_name text, event_at timestamptz)
 RETURNS payments.payment_change
@@ -1164,10 +1151,9 @@ BEGIN
 		c.creates := true;
 		c.status := CASE etype WHEN 'PAYMENT.CAPTURE.COMPLETED' THEN 'paid'
 							   WHEN 'PAYMENT.CAPTURE.PENDING' THEN 'pending' ELSE 'failed' END;
-		c.amount := payments.decimal_amount(r -> 'amount' ->> 'value', 'resource.amount.value');
+		c.amount := payments.decimal_amount(r -> 'amount' ->> 'value');
 		c.currency := r -> 'amount' ->> 'currency_code';
-		c.fee := payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value',
-									   'resource.seller_receivable_breakdown.paypal_fee.value');
+		c.fee := payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value');
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
 	ELSIF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED') THEN
 		-- the resource is the refund; its capture is only named by the "up" link
@@ -1180,9 +1166,8 @@ BEGIN
 									 LIMIT 1), up);
 		c.creates := false;
 		c.status := 'refunded';
-		c.amount_refunded := coalesce(payments.decimal_amount(r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value',
-																'resource.seller_payable_breakdown.total_refunded_amount.value'),
-									  payments.decimal_amount(r -> 'amount' ->> 'value', 'resource.amount.value'));
+		c.amount_refunded := coalesce(payments.decimal_amount(r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value', true),
+									  payments.decimal_amount(r -> 'amount' ->> 'value', true));
 		c.reference := NULL;
 	ELSIF etype LIKE 'PAYMENT.SALE.%' THEN
 		-- the v1 Payments API: amounts in resource.amount.total
@@ -1196,20 +1181,18 @@ BEGIN
 			WHEN 'PAYMENT.SALE.REFUNDED' THEN 'refunded'
 			WHEN 'PAYMENT.SALE.REVERSED' THEN 'refunded' END;
 		IF c.creates THEN
-			c.amount := payments.decimal_amount(r -> 'amount' ->> 'total', 'resource.amount.total');
+			c.amount := payments.decimal_amount(r -> 'amount' ->> 'total');
 			c.currency := r -> 'amount' ->> 'currency';
-			c.fee := payments.decimal_amount(r -> 'transaction_fee' ->> 'value', 'resource.transaction_fee.value');
+			c.fee := payments.decimal_amount(r -> 'transaction_fee' ->> 'value');
 		ELSE
-			c.amount_refunded := coalesce(payments.decimal_amount(r -> 'total_refunded_amount' ->> 'value',
-																	'resource.total_refunded_amount.value'),
-										  payments.decimal_amount(r -> 'amount' ->> 'total', 'resource.amount.total'));
+			c.amount_refunded := coalesce(payments.decimal_amount(r -> 'total_refunded_amount' ->> 'value', true),
+										  payments.decimal_amount(r -> 'amount' ->> 'total', true));
 		END IF;
 	ELSIF etype = 'CHECKOUT.ORDER.APPROVED' THEN
 		c.provider_ref := r ->> 'id';
 		c.creates := true;
 		c.status := 'pending';
-		c.amount := payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value',
-										  'resource.purchase_units[0].amount.value');
+		c.amount := payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value');
 		c.currency := r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code';
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
 								r -> 'purchase_units' -> 0 ->> 'reference_id');
@@ -2158,7 +2141,7 @@ $$;
 REVOKE ALL ON SCHEMA payments FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.receipt(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.major_units(numeric, text, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.decimal_amount(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.decimal_amount(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.event_change(text, jsonb, payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.stripe_change(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) FROM PUBLIC;

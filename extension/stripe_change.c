@@ -153,13 +153,16 @@ MinorUnitsNumeric(text *value, const char *member, bool *isnull)
 {
 	const char *digits;
 	int			len;
+	bool		all_digits = true;
 
 	*isnull = (value == NULL);
 	if (value == NULL)
 		return (Datum) 0;
 	digits = VARDATA_ANY(value);
 	len = VARSIZE_ANY_EXHDR(value);
-	if (len < 1 || len > STRIPE_AMOUNT_MAX_DIGITS || (int) strspn(digits, "0123456789") < len)
+	for (int i = 0; i < len && all_digits; i++)
+		all_digits = (digits[i] >= '0' && digits[i] <= '9');
+	if (len < 1 || len > STRIPE_AMOUNT_MAX_DIGITS || !all_digits)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("Stripe's %s must be a whole number of minor units of at most %d digits, not \"%.*s\"%s",
@@ -349,6 +352,8 @@ stripe_change(PG_FUNCTION_ARGS)
 		Datum		refunded;
 		bool		isnull;
 		text	   *captured;
+		Datum		charged;
+		bool		charged_null;
 
 		SET_TEXT(CHANGE_PROVIDER_REF, FirstText(MemberText(obj, "payment_intent"),
 												MemberText(obj, "id")));
@@ -380,13 +385,19 @@ stripe_change(PG_FUNCTION_ARGS)
 			refunded = MinorUnitsNumeric(MemberText(obj, "amount_refunded"), "amount_refunded",
 										 &refunded_null);
 		}
-		if (!refunded_null && !minor_null &&
-			DatumGetBool(DirectFunctionCall2(numeric_gt, refunded, minor)))
+		/*
+		 * Never more than the charge's amount, authorized: before API
+		 * version 2025-03-31 a partial capture counted what it released as
+		 * refunded (1000 authorized, 300 captured, 700 "refunded")
+		 */
+		charged = MinorUnitsNumeric(MemberText(obj, "amount"), "amount", &charged_null);
+		if (!refunded_null && !charged_null &&
+			DatumGetBool(DirectFunctionCall2(numeric_gt, refunded, charged)))
 			ereport(ERROR,
 					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 					 errmsg("Stripe's amount_refunded %s is more than the charge's amount %s",
 							DatumGetCString(DirectFunctionCall1(numeric_out, refunded)),
-							DatumGetCString(DirectFunctionCall1(numeric_out, minor)))));
+							DatumGetCString(DirectFunctionCall1(numeric_out, charged)))));
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,
 													&isnull);
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;

@@ -1,7 +1,8 @@
 // Fuzzing of what the extension reads from signed JSON bodies, inside a real server.  libFuzzer
 // cannot reach that code: it reads jsonb, which only the server builds (fuzz/README.md).  So here
 // events shaped like each JSON kind's (Stripe, PayPal, Standard Webhooks, Meta's WhatsApp messages
-// and statuses to a chat, Eversend, a generic hmac sender with JSON paths), each correctly signed,
+// and statuses to a chat, Eversend, a generic hmac sender with JSON paths), and Paynow's status
+// update forms, each correctly signed (or hashed),
 // have values at random places replaced by hostile ones: wrong types, numbers beyond every range,
 // odd strings, dates and phone numbers, deep nesting, keys removed.  Each goes through
 // payments.ingest in a transaction of its own.  The generator is seeded (the seed is printed;
@@ -14,7 +15,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster } from './harness.mjs';
@@ -26,6 +27,7 @@ const secrets = {
 	standard: `whsec_${randomBytes(32).toString('base64')}`,
 	meta: 'meta_app_secret_fuzz',
 	eversend: 'eversend_secret_fuzz',
+	paynow: '3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977',
 	hmac: 'hmac_secret_fuzz',
 };
 const count = Number(process.env.PAYMENTS_FUZZ_EVENTS ?? 1500);
@@ -112,6 +114,11 @@ function seeds(rnd, n) {
 			interactive: { type: 'button_reply', button_reply: { id: 'USD', title: 'USD' } } }] })],
 		['clinic', whatsapp({ statuses: [{ id: `wamid.OUT${p}`, status: 'failed', timestamp: String(t), recipient_id: '263771234567',
 			errors: [{ code: 131026, title: 'Message undeliverable' }] }] })],
+		// Paynow's status updates are forms (fields in order; the hash is added when signed)
+		['pn_usd', { reference: `ORD-${p}`, paynowreference: String(900000 + p), amount: '25.00', status: 'Paid',
+			pollurl: `https://www.paynow.co.zw/Interface/CheckPayment/?guid=fz${p}` }],
+		['pn_usd', { reference: `ORD-${p}`, paynowreference: String(900000 + p), amount: '25.00', status: 'Refunded',
+			pollurl: `https://www.paynow.co.zw/Interface/CheckPayment/?guid=fz${p}` }],
 		['eversend', { eventType: 'transaction.success', transactionId: `EVS${n}`, transactionRef: `ORD-${p}`, type: 'collection',
 			status: 'successful', amount: '50000', currency: 'UGX', fees: '1500', createdAt: new Date().toISOString(),
 			customer: { phone: '+256772123456', name: 'Amina' } }],
@@ -141,6 +148,30 @@ function places(value, out = []) {
 			out.push([value, key]);
 			places(value[key], out);
 		}
+	}
+	return out;
+}
+
+// A Paynow form of fields (values as text), with its hash: the values in order, then the key in
+// lower case, SHA-512, upper-case hex
+function paynowForm(fields) {
+	const hash = createHash('sha512').update(Object.values(fields).join('') + secrets.paynow.toLowerCase())
+		.digest('hex').toUpperCase();
+	return new URLSearchParams({ ...fields, hash }).toString();
+}
+
+// A form's fields with 1 to 3 values replaced by hostile ones (as text), removed, or one added
+function mutateForm(rnd, fields) {
+	const out = { ...fields };
+	const edits = 1 + Math.floor(rnd() * 3);
+	for (let e = 0; e < edits; e++) {
+		const keys = Object.keys(out);
+		const key = keys[Math.floor(rnd() * keys.length)];
+		const fragment = HOSTILE[Math.floor(rnd() * HOSTILE.length)];
+		const r = rnd();
+		if (r < 0.1 && keys.length > 1) delete out[key];
+		else if (r < 0.15) out[`extra${e}`] = fragment;
+		else out[key] = fragment.startsWith('"') ? JSON.parse(fragment) : fragment;
 	}
 	return out;
 }
@@ -224,9 +255,16 @@ describe('extraction fuzz', () => {
 			const all = seeds(rnd, n);
 			const [provider, seedValue] = all[Math.floor(rnd() * all.length)];
 			const pristine = rnd() < 0.05;
-			const body = Buffer.from(pristine ? JSON.stringify(seedValue) : mutate(rnd, seedValue));
-			lines.push([n, provider, JSON.stringify({ 'content-type': 'application/json', ...sign[provider](body, n) }),
-				body.toString('base64'), pristine].join('\t'));
+			let body;
+			let headers;
+			if (provider === 'pn_usd') {
+				body = Buffer.from(paynowForm(pristine ? seedValue : mutateForm(rnd, seedValue)));
+				headers = { 'content-type': 'application/x-www-form-urlencoded' };
+			} else {
+				body = Buffer.from(pristine ? JSON.stringify(seedValue) : mutate(rnd, seedValue));
+				headers = { 'content-type': 'application/json', ...sign[provider](body, n) };
+			}
+			lines.push([n, provider, JSON.stringify(headers), body.toString('base64'), pristine].join('\t'));
 		}
 		const file = join(cluster.dir, 'fz_in.tsv');
 		writeFileSync(file, `${lines.join('\n')}\n`);

@@ -148,6 +148,7 @@ describe('group commit', () => {
 					RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
 				END IF;
 				IF NEW.event_id LIKE 'evt_slow_%' THEN PERFORM pg_sleep(5); END IF;
+				IF NEW.event_id LIKE 'evt_lag_%' THEN PERFORM pg_sleep(3.5); END IF;
 				RETURN NEW;
 			END $$;
 			CREATE TRIGGER poison BEFORE INSERT ON payments.events FOR EACH ROW EXECUTE FUNCTION public.poison();
@@ -165,6 +166,7 @@ describe('group commit', () => {
 			CREATE SEQUENCE public.commit_deadlocks;
 			CREATE FUNCTION public.fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 			BEGIN
+				IF NEW.event_id LIKE 'evt_commitbad_%' THEN RAISE EXCEPTION 'bad value at commit' USING ERRCODE = '22023'; END IF;
 				IF NEW.event_id NOT LIKE 'evt_commitdl_%' THEN RAISE EXCEPTION 'commit refused'; END IF;
 				IF nextval('public.commit_deadlocks') = 1 THEN
 					RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
@@ -172,7 +174,8 @@ describe('group commit', () => {
 				RETURN NULL;
 			END $$;
 			CREATE CONSTRAINT TRIGGER fail_commit AFTER INSERT ON payments.events DEFERRABLE INITIALLY DEFERRED
-				FOR EACH ROW WHEN (NEW.event_id LIKE 'evt_commitfail_%' OR NEW.event_id LIKE 'evt_commitdl_%')
+				FOR EACH ROW WHEN (NEW.event_id LIKE 'evt_commitfail_%' OR NEW.event_id LIKE 'evt_commitdl_%'
+					OR NEW.event_id LIKE 'evt_commitbad_%')
 				EXECUTE FUNCTION public.fail_commit();`,
 		{ s: secret });
 		shim = new Shim(cluster.dsn, ['--threads', '24', '--rate', '0', '--batch-max', '64', '--batch-concurrency', '1',
@@ -364,6 +367,34 @@ describe('group commit', () => {
 		assert.equal(cluster.psql('SELECT last_value FROM public.commit_deadlocks'), String(1 + 5),
 			'the batch\'s commit deadlocked, then each of its five committed alone');
 		assert.match(shim.stderr, /"batch failed".*"sqlstate":"40P01"/);
+	});
+
+	test('a failed batch past half of --request-timeout is not stored again alone: its requests are 503, never the batch\'s 400', async () => {
+		// --request-timeout 6: a batch that took 3 s or more leaves its deliveries to be sent again
+		await withBatchShim(['--threads', '16', '--request-timeout', '6'], async (s) => {
+			const sendTo = (id) => {
+				const d = delivery(id);
+				return request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body, timeoutMs: 30000,
+					headers: { 'content-type': 'application/json', ...d.headers } });
+			};
+			const lock = await holdEvents();
+			const lead = sendTo(`evt_badlead_${++seq}`);
+			await lockWaiters(1);
+			// one batch: a delivery whose commit raises a data exception, a slow one (3.5 s), two more
+			const ids = [`evt_commitbad_${++seq}`, `evt_lag_${++seq}`, `evt_quick_${++seq}`, `evt_quick_${++seq}`];
+			const rest = [];
+			for (const id of ids) {
+				rest.push(sendTo(id));
+				await waitShimInFlight(s.port, rest.length + 1);
+				await sleep(50);
+			}
+			await sleep(200);
+			await lock.release();
+			const res = await Promise.all([lead, ...rest]);
+			assert.deepEqual(res.map((r) => r.status), [200, 503, 503, 503, 503]);
+			assert.equal(stored(ids), 0);
+			assert.match(s.stderr, /"batch failed".*"sqlstate":"22023"/);
+		});
 	});
 
 	test('past statement_timeout, a batch is stored again one delivery at a time, until two of them time out', async () => {

@@ -106,6 +106,29 @@ async function batchBehindLock(ids, { tamper = [] } = {}) {
 	return { lock, answers: () => Promise.all([first, ...rest]) };
 }
 
+// To shim s: a lead delivery that goes alone and waits for a lock on the events, then ids queued
+// behind it one after the other, so that they go as one batch in this order once the lock is
+// released; resolves with the answers, the lead's first.
+async function orderedBatchBehindLock(s, ids) {
+	const sendTo = (id) => {
+		const d = delivery(id);
+		return request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body, timeoutMs: 60000,
+			headers: { 'content-type': 'application/json', ...d.headers } });
+	};
+	const lock = await holdEvents();
+	const lead = sendTo(`evt_lead_${++seq}`);
+	await lockWaiters(1);
+	const rest = [];
+	for (const id of ids) {
+		rest.push(sendTo(id));
+		await waitShimInFlight(s.port, rest.length + 1);
+		await sleep(50);
+	}
+	await sleep(200);
+	await lock.release();
+	return Promise.all([lead, ...rest]);
+}
+
 // How the deliveries of these event ids were stored, one number per transaction (the events of
 // one transaction share its start time, received_at, also when each went in a subtransaction of
 // its own), largest first
@@ -372,25 +395,9 @@ describe('group commit', () => {
 	test('a failed batch past half of --request-timeout is not stored again alone: its requests are 503, never the batch\'s 400', async () => {
 		// --request-timeout 6: a batch that took 3 s or more leaves its deliveries to be sent again
 		await withBatchShim(['--threads', '16', '--request-timeout', '6'], async (s) => {
-			const sendTo = (id) => {
-				const d = delivery(id);
-				return request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body, timeoutMs: 30000,
-					headers: { 'content-type': 'application/json', ...d.headers } });
-			};
-			const lock = await holdEvents();
-			const lead = sendTo(`evt_badlead_${++seq}`);
-			await lockWaiters(1);
 			// one batch: a delivery whose commit raises a data exception, a slow one (3.5 s), two more
 			const ids = [`evt_commitbad_${++seq}`, `evt_lag_${++seq}`, `evt_quick_${++seq}`, `evt_quick_${++seq}`];
-			const rest = [];
-			for (const id of ids) {
-				rest.push(sendTo(id));
-				await waitShimInFlight(s.port, rest.length + 1);
-				await sleep(50);
-			}
-			await sleep(200);
-			await lock.release();
-			const res = await Promise.all([lead, ...rest]);
+			const res = await orderedBatchBehindLock(s, ids);
 			assert.deepEqual(res.map((r) => r.status), [200, 503, 503, 503, 503]);
 			assert.equal(stored(ids), 0);
 			assert.match(s.stderr, /"batch failed".*"sqlstate":"22023"/);
@@ -400,25 +407,9 @@ describe('group commit', () => {
 	test('past statement_timeout, a batch is stored again one delivery at a time, until two of them time out', async () => {
 		// a shim whose role has a statement_timeout, as the README advises; an evt_slow_ delivery takes 5 s
 		await withBatchShim(['--threads', '16'], async (s) => {
-			const sendTo = (id) => {
-				const d = delivery(id);
-				return request(s.port, { method: 'POST', path: '/webhooks/stripe', body: d.body, timeoutMs: 60000,
-					headers: { 'content-type': 'application/json', ...d.headers } });
-			};
-			const lock = await holdEvents();
-			const lead = sendTo(`evt_tolead_${++seq}`);
-			await lockWaiters(1);
 			// one batch, in this order: slow, quick, slow, quick, quick
 			const ids = [`evt_slow_${++seq}`, `evt_quick_${++seq}`, `evt_slow_${++seq}`, `evt_quick_${++seq}`, `evt_quick_${++seq}`];
-			const rest = [];
-			for (const id of ids) {
-				rest.push(sendTo(id));
-				await waitShimInFlight(s.port, rest.length + 1);
-				await sleep(50);
-			}
-			await sleep(200);
-			await lock.release();
-			const res = await Promise.all([lead, ...rest]);
+			const res = await orderedBatchBehindLock(s, ids);
 			// the batch timed out; alone, the first slow one timed out, the quick one after it was
 			// stored, the second slow one timed out: the last two were not tried, 503 like the batch
 			assert.deepEqual(res.map((r) => r.status), [200, 503, 200, 503, 503, 503]);

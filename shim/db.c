@@ -453,11 +453,12 @@ db_drop(DbThread *thread)
 
 /*
  * Log a failed statement (res may be NULL: the connection's message then)
- * with its SQLSTATE, set in *sqlstate (NULL when none).  A data exception's
- * message is withheld: it often quotes the input, i.e. request data.
+ * at level, with its SQLSTATE, set in *sqlstate (NULL when none).  A data
+ * exception's message is withheld: it often quotes the input, i.e. request
+ * data.
  */
 static void
-log_db_failure(PGconn *conn, PGresult *res, const char *what,
+log_db_failure(LogLevel level, PGconn *conn, PGresult *res, const char *what,
 			   const char *request_id, const char **sqlstate)
 {
 	const char *message = NULL;
@@ -474,24 +475,24 @@ log_db_failure(PGconn *conn, PGresult *res, const char *what,
 		message = PQerrorMessage(conn);
 	if (*sqlstate != NULL && strncmp(*sqlstate, "22", 2) == 0)
 		message = "data exception (message withheld: may quote request data)";
-	log_db_error(LOG_ERROR, request_id, what, *sqlstate, message);
+	log_db_error(level, request_id, what, *sqlstate, message);
 }
 
 /*
- * Classify a failed prepare/execute (res may be NULL) and log it.  A lost
+ * Classify a failed prepare/execute (res may be NULL) and log it at level.  A lost
  * connection, SQLSTATE class 08, an administrator shutdown (57P01-57P03)
  * or a read-only server (25006: a standby, or a demoted primary) drops the
  * connection.
  */
 static DbStatus
-db_failure(DbThread *thread, PGresult *res, const char *what,
+db_failure(LogLevel level, DbThread *thread, PGresult *res, const char *what,
 		   const char *request_id)
 {
 	const char *sqlstate;
 	bool		data_error;
 	bool		lost;
 
-	log_db_failure(thread->conn, res, what, request_id, &sqlstate);
+	log_db_failure(level, thread->conn, res, what, request_id, &sqlstate);
 	data_error = (sqlstate != NULL && strncmp(sqlstate, "22", 2) == 0);
 
 	lost = (res == NULL || PQstatus(thread->conn) != CONNECTION_OK);
@@ -530,7 +531,7 @@ db_prepare(DbThread *thread, DbStatementId id, const char *request_id)
 
 	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 	{
-		DbStatus	status = db_failure(thread, res, "prepare failed",
+		DbStatus	status = db_failure(LOG_ERROR, thread, res, "prepare failed",
 										request_id);
 
 		PQclear(res);
@@ -605,7 +606,7 @@ db_exec(DbStatementId id, const char *const *values, const int *lengths,
 			continue;
 		}
 
-		status = db_failure(thread, res, "query failed", request_id);
+		status = db_failure(LOG_ERROR, thread, res, "query failed", request_id);
 		PQclear(res);
 		if (thread->conn != NULL)
 			db_set_state(thread, DBCONN_IDLE);
@@ -876,7 +877,7 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	for (int c = 0; c < INGEST_NPARAMS; c++)
 		buf_free(&columns[c]);
 	if (!sent)
-		return db_failure(thread, NULL, "batch failed", request_id);
+		return db_failure(LOG_ERROR, thread, NULL, "batch failed", request_id);
 
 	/*
 	 * BEGIN, SET, the call, COMMIT, the flush; after a failure the rest come
@@ -951,7 +952,7 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	PQclear(answers);
 	if (lost)
 	{
-		log_db_failure(conn, error, "batch failed", request_id, &sqlstate);
+		log_db_failure(LOG_ERROR, conn, error, "batch failed", request_id, &sqlstate);
 		PQclear(error);
 		db_drop(thread);
 		return DB_UNAVAILABLE;
@@ -961,7 +962,9 @@ db_batch_run(DbThread *thread, const IngestRequest *const *reqs,
 	*retry_alone = failure_may_be_one_deliverys(sqlstate);
 	*timed_out = (sqlstate != NULL &&
 				  (strcmp(sqlstate, "57014") == 0 || strcmp(sqlstate, "55P03") == 0));
-	status = db_failure(thread, error, "batch failed", request_id);
+	/* a warning when its deliveries are to be stored alone: they may all be */
+	status = db_failure(*retry_alone ? LOG_WARNING : LOG_ERROR, thread, error,
+						"batch failed", request_id);
 	PQclear(error);
 	return status;
 }
@@ -1027,6 +1030,31 @@ db_batch_result(PGresult *res, const IngestRequest *req, IngestResult *out,
 	return true;
 }
 
+/* Seconds from start to now (CLOCK_MONOTONIC) */
+static double
+seconds_since(const struct timespec *start)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double) (now.tv_sec - start->tv_sec) +
+		(double) (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/*
+ * Store one delivery in a transaction of its own (db_ingest), counted in the
+ * batch metrics as a transaction of one delivery, as it is.
+ */
+static void
+db_ingest_alone(const IngestRequest *req, IngestResult *out)
+{
+	struct timespec start;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	db_ingest(req, out);
+	metrics_batch(1, out->status == DB_OK, seconds_since(&start));
+}
+
 /*
  * Lone deliveries of a timed-out batch that may fail before the rest of it
  * is answered 503: one slow delivery fails alone, a database too slow for
@@ -1059,20 +1087,18 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 	bool		retry_alone = false;
 	bool		timed_out = false;
 	unsigned int alone_failures = 0;
+	unsigned int untried = 0;
+	const char *stopped = NULL;
 	bool		read_only = false;
 	struct timespec start;
-	struct timespec end;
 
-	clock_gettime(CLOCK_MONOTONIC, &start);
 	if (n == 1)
 	{
-		db_ingest(reqs[0], results[0]);
-		clock_gettime(CLOCK_MONOTONIC, &end);
-		metrics_batch(1, results[0]->status == DB_OK,
-					  (double) (end.tv_sec - start.tv_sec) +
-					  (double) (end.tv_nsec - start.tv_nsec) / 1e9);
+		db_ingest_alone(reqs[0], results[0]);
 		return;
 	}
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
 
 	for (unsigned int i = 0; i < n; i++)
 		memset(results[i], 0, sizeof(IngestResult));
@@ -1110,39 +1136,52 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 		if (thread->conn != NULL)
 			db_set_state(thread, DBCONN_IDLE);
 	}
-	clock_gettime(CLOCK_MONOTONIC, &end);
-	metrics_batch(n, status == DB_OK,
-				  (double) (end.tv_sec - start.tv_sec) +
-				  (double) (end.tv_nsec - start.tv_nsec) / 1e9);
+	metrics_batch(n, status == DB_OK, seconds_since(&start));
 
-	retry_alone = retry_alone && status != DB_UNAVAILABLE;
+	if (retry_alone && status == DB_UNAVAILABLE)
+		stopped = "the database is unavailable";
 	for (unsigned int i = 0; i < n; i++)
 	{
 		if (status == DB_OK)
 		{
 			if (!db_batch_result(rows[i], reqs[i], results[i], &read_only))
-				db_ingest(reqs[i], results[i]);
+				db_ingest_alone(reqs[i], results[i]);
 			if (read_only && thread->conn != NULL)
 				db_drop(thread);
+			continue;
+		}
+		if (retry_alone && stopped == NULL)
+		{
+			if (db_is_cancelling())
+				stopped = "the shim is shutting down";
+			else if (seconds_since(&start) * 2 >= (double) shim_config.request_timeout_s)
+				stopped = "past half of --request-timeout";
+		}
+		if (retry_alone && stopped == NULL)
+		{
+			db_ingest_alone(reqs[i], results[i]);
+			if (results[i]->status == DB_UNAVAILABLE)
+				stopped = "the database is unavailable";
+			else if (timed_out && results[i]->status != DB_OK &&
+					 ++alone_failures == ALONE_TIMEOUTS_MAX)
+				stopped = "two of its deliveries timed out alone";
 		}
 		else
 		{
-			clock_gettime(CLOCK_MONOTONIC, &end);
-			if (retry_alone && (db_is_cancelling() ||
-								(end.tv_sec - start.tv_sec) * 2 >= (time_t) shim_config.request_timeout_s))
-				retry_alone = false;
-			if (retry_alone)
-			{
-				db_ingest(reqs[i], results[i]);
-				if (results[i]->status == DB_UNAVAILABLE ||
-					(timed_out && results[i]->status != DB_OK &&
-					 ++alone_failures == ALONE_TIMEOUTS_MAX))
-					retry_alone = false;
-			}
-			else
-				/* not tried alone: the batch's failure is no verdict on this request */
-				results[i]->status = status == DB_INVALID ? DB_FAILED : status;
+			/* not tried alone: the batch's failure is no verdict on this request */
+			results[i]->status = status == DB_INVALID ? DB_FAILED : status;
+			untried++;
 		}
+	}
+	/* the batch's failure was logged as a warning, expecting lone retries */
+	if (retry_alone && untried > 0)
+	{
+		char		message[160];
+
+		snprintf(message, sizeof(message),
+				 "%u of its %u deliveries answered 503, not tried alone: %s",
+				 untried, n, stopped);
+		log_db_error(LOG_ERROR, reqs[0]->request_id, "batch failed", NULL, message);
 	}
 	free(rows);
 }

@@ -10,16 +10,21 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const SHIM = process.env.PAYMENTS_SHIM;
 
-// Returns a TCP port that is free on 127.0.0.1 right now.
+// Returns a TCP port that is free on 127.0.0.1 right now.  It is drawn from below the
+// kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default), so that
+// no outgoing connection (a client's, libpq's) can take it between this check and the
+// moment the cluster or shim binds it, as a port the kernel handed out could be.
 export async function freePort() {
-	return new Promise((resolve, reject) => {
-		const server = createServer();
-		server.once('error', reject);
-		server.listen(0, '127.0.0.1', () => {
-			const { port } = server.address();
-			server.close(() => resolve(port));
+	for (let attempt = 0; attempt < 100; attempt++) {
+		const port = 20000 + Math.floor(Math.random() * 12000);
+		const free = await new Promise((resolve) => {
+			const server = createServer();
+			server.once('error', () => resolve(false));
+			server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
 		});
-	});
+		if (free) return port;
+	}
+	throw new Error('no free port found in 20000-31999 on 127.0.0.1');
 }
 
 // A throwaway cluster with database "payments" and the extension created.

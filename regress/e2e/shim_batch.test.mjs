@@ -375,8 +375,12 @@ describe('group commit', () => {
 		assert.deepEqual(res.map((r) => r.status), ids.map((id) => (id.startsWith('evt_commitfail_') ? 503 : 200)));
 		assert.equal(stored(ids), ids.length - 1, 'all but the one whose commit fails');
 		assert.equal(stored(ids.filter((id) => id.startsWith('evt_commitfail_'))), 0);
-		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 1, 'the batch failed once');
-		assert.match(shim.stderr, /"batch failed".*"sqlstate":"P0001"/);
+		assert.equal(await metric('payments_shim_batches_failed_total') - failedBefore, 2,
+			'the batch, then the transaction of the delivery whose commit fails, alone');
+		// every delivery was tried alone: the batch's failure is a warning, the lone one's an error
+		assert.match(shim.stderr, /"level":"warning".*"batch failed".*"sqlstate":"P0001"/);
+		assert.doesNotMatch(shim.stderr, /"level":"error".*"batch failed"/);
+		assert.match(shim.stderr, /"level":"error".*"query failed".*"sqlstate":"P0001"/);
 	});
 
 	test('a batch whose commit deadlocks (a concurrent batch took the receipt counters the other way) is stored again', async () => {
@@ -401,6 +405,7 @@ describe('group commit', () => {
 			assert.deepEqual(res.map((r) => r.status), [200, 503, 503, 503, 503]);
 			assert.equal(stored(ids), 0);
 			assert.match(s.stderr, /"batch failed".*"sqlstate":"22023"/);
+			assert.match(s.stderr, /"level":"error".*"batch failed".*"4 of its 4 deliveries answered 503, not tried alone: past half of --request-timeout"/);
 		});
 	});
 
@@ -416,6 +421,7 @@ describe('group commit', () => {
 			assert.equal(stored(ids), 1);
 			assert.equal(stored([ids[1]]), 1);
 			assert.match(s.stderr, /"batch failed".*"sqlstate":"57014"/);
+			assert.match(s.stderr, /"level":"error".*"batch failed".*"2 of its 5 deliveries answered 503, not tried alone: two of its deliveries timed out alone"/);
 		}, `${cluster.dsn} options='-c statement_timeout=2000'`);
 	});
 

@@ -87,11 +87,18 @@ BEGIN
 		RAISE EXCEPTION 'the settings of provider "%" must be a JSON object', NEW.name
 			USING ERRCODE = 'check_violation';
 	END IF;
+	-- its events were verified and read as its kind's, and the checks of signatures used before
+	-- (Paynow's hashes, PayPal's transmission ids) find them by the provider's kind
+	IF TG_OP = 'UPDATE' AND NEW.kind <> OLD.kind THEN
+		RAISE EXCEPTION 'provider "%" keeps its kind "%"', OLD.name, OLD.kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Register the new one under another name.';
+	END IF;
 	RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION payments.check_provider() IS
-	'Trigger: refuses what the constraints of payments.providers would, with errors that never show the row, whose settings may hold API keys';
+	'Trigger: refuses what the constraints of payments.providers would, with errors that never show the row, whose settings may hold API keys, and a change of a provider''s kind';
 CREATE TRIGGER providers_check BEFORE INSERT OR UPDATE ON payments.providers
 	FOR EACH ROW EXECUTE FUNCTION payments.check_provider();
 REVOKE ALL ON FUNCTION payments.check_provider() FROM PUBLIC;

@@ -45,6 +45,7 @@ SELECT payments.register_provider('keyed', 'stripe', '{"api_key": "sk_live_notsh
 UPDATE payments.providers SET name = upper(name) WHERE name = 'keyed';
 UPDATE payments.providers SET settings = '["sk_live_notshown"]' WHERE name = 'keyed';
 UPDATE payments.providers SET kind = NULL WHERE name = 'keyed';
+UPDATE payments.providers SET kind = 'standard' WHERE name = 'keyed';
 INSERT INTO payments.secrets (provider, secret) VALUES (NULL, 'whsec_bm90c2hvd25ub3RzaG93bg==');
 INSERT INTO payments.secrets (provider, secret, created_at) VALUES ('acme-std', 'whsec_bm90c2hvd25ub3RzaG93bg==', NULL);
 DELETE FROM payments.providers WHERE name = 'keyed';

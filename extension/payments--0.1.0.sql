@@ -976,10 +976,15 @@ BEGIN
 		VALUES (pay.id, pay.status, change.status, event_row, 'transition not allowed');
 		outcome := 'ignored';
 	ELSE
+		-- paid now: the amount is what the news of payment says was taken (a hold captured in
+		-- part, a capture above the order), in the payment's currency
 		UPDATE payments.payments p
 		   SET status = change.status,
 			   status_at = greatest(p.status_at, at),
-			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END
+			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END,
+			   amount = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL AND change.amount IS NOT NULL
+								  AND upper(change.currency) IS NOT DISTINCT FROM p.currency
+							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
 		INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 		VALUES (pay.id, pay.status, change.status, event_row, at);
@@ -3639,7 +3644,9 @@ BEGIN
 			-- as its refund's webhook may be lost too (PARTIALLY_REFUNDED says not how much)
 			IF kind = 'paypal' AND raw = 'REFUNDED' THEN
 				change.status := 'refunded';
-				change.amount_refunded := coalesce(pay.amount, change.amount);
+				-- all of what was taken: the amount the payment has now that it is paid
+				change.amount_refunded := coalesce((SELECT p.amount FROM payments.payments p WHERE p.id = pay.id),
+												   change.amount);
 				result := payments.apply_change(NULL, chk.provider, change);
 			END IF;
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;

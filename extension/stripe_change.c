@@ -228,6 +228,37 @@ CheckoutTakesPayment(JsonbContainer *session)
 	return mode == NULL || TextIs(mode, "payment");
 }
 
+/* Raises the error of a charge's amount_captured or amount_refunded above its amount */
+static void
+ChargeAmountExceeded(const char *member, Datum value, Datum charged)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("Stripe's %s %s is more than the charge's amount %s", member,
+					DatumGetCString(DirectFunctionCall1(numeric_out, value)),
+					DatumGetCString(DirectFunctionCall1(numeric_out, charged)))));
+}
+
+/*
+ * Whether an event of this api_version ("2024-06-20", "2025-03-31.basil")
+ * counts the part of a hold a partial capture released in the charge's
+ * amount_refunded, as versions before 2025-03-31 do.  An event without one
+ * (none before 2014) or with another shape is taken as it says.
+ */
+static bool
+ReleaseCountedAsRefund(text *api_version)
+{
+	const char *v;
+
+	if (api_version == NULL || VARSIZE_ANY_EXHDR(api_version) < 10)
+		return false;
+	v = VARDATA_ANY(api_version);
+	for (int i = 0; i < 10; i++)
+		if (i == 4 || i == 7 ? v[i] != '-' : !isdigit((unsigned char) v[i]))
+			return false;
+	return memcmp(v, "2025-03-31", 10) < 0;
+}
+
 /* The result's tuple descriptor, kept for the calls of one query */
 static TupleDesc
 ChangeTupleDesc(FunctionCallInfo fcinfo)
@@ -343,27 +374,60 @@ stripe_change(PG_FUNCTION_ARGS)
 
 		/*
 		 * A charge of manual capture succeeds when authorized (captured
-		 * false): pending, a hold, until charge.captured, which took
-		 * amount_captured.  A hold released (its refund) or expired is
-		 * cancelled: no money was taken, none given back.
+		 * false): pending, a hold, until charge.captured.  Once captured, a
+		 * charge's money is amount_captured, less than its amount when only
+		 * part of the hold was taken.  A hold released (its refund) or
+		 * expired is cancelled: no money was taken, none given back.
 		 */
 		bool		uncaptured = TextIs(MemberText(obj, "captured"), "false");
+		text	   *captured_text = uncaptured ? NULL : MemberText(obj, "amount_captured");
 		bool		refunded_null;
 		Datum		refunded;
 		bool		isnull;
-		text	   *captured;
+		Datum		captured = (Datum) 0;
+		bool		captured_null = true;
 		Datum		charged;
 		bool		charged_null;
 
 		SET_TEXT(CHANGE_PROVIDER_REF, FirstText(MemberText(obj, "payment_intent"),
 												MemberText(obj, "id")));
 		values[CHANGE_CREATES] = BoolGetDatum(!refund);
-		/* cast in the order of the SQL, so that a bad amount raises the same error */
+		charged = MinorUnitsNumeric(MemberText(obj, "amount"), "amount", &charged_null);
+		if (captured_text != NULL && !TextIs(captured_text, "0"))
+			captured = MinorUnitsNumeric(captured_text, "amount_captured", &captured_null);
+		refunded = MinorUnitsNumeric(MemberText(obj, "amount_refunded"), "amount_refunded",
+									 &refunded_null);
+		/* neither more than the charge's amount, authorized */
+		if (!charged_null)
+		{
+			if (!captured_null && DatumGetBool(DirectFunctionCall2(numeric_gt, captured, charged)))
+				ChargeAmountExceeded("amount_captured", captured, charged);
+			if (!refunded_null && DatumGetBool(DirectFunctionCall2(numeric_gt, refunded, charged)))
+				ChargeAmountExceeded("amount_refunded", refunded, charged);
+		}
+		/*
+		 * Before API version 2025-03-31 a partial capture counted what it
+		 * released as refunded (1000 authorized, 300 captured: 700
+		 * "refunded" before any refund); only the rest was given back.
+		 */
+		if (!captured_null && !charged_null && !refunded_null &&
+			ReleaseCountedAsRefund(MemberText(root, "api_version")))
+		{
+			Datum		released = DirectFunctionCall2(numeric_sub, charged, captured);
+
+			refunded = DirectFunctionCall2(numeric_sub, refunded, released);
+			if (DatumGetBool(DirectFunctionCall2(numeric_lt, refunded,
+												 DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
+				refunded = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+		}
+		/* the charge's money: what was captured, else its amount; no more given back */
+		minor = captured_null ? charged : captured;
+		minor_null = captured_null && charged_null;
+		if (!captured_null && !refunded_null &&
+			DatumGetBool(DirectFunctionCall2(numeric_gt, refunded, captured)))
+			refunded = captured;
 		if (refund)
 		{
-			refunded = MinorUnitsNumeric(MemberText(obj, "amount_refunded"), "amount_refunded",
-										 &refunded_null);
-			minor = MinorUnitsNumeric(MemberText(obj, "amount"), "amount", &minor_null);
 			status = uncaptured ? "cancelled" :
 				!refunded_null && !minor_null &&
 				DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, minor)) ?
@@ -371,33 +435,12 @@ stripe_change(PG_FUNCTION_ARGS)
 			if (uncaptured)
 				refunded_null = true;
 		}
+		else if (TextIs(etype, "charge.failed"))
+			status = "failed";
+		else if (TextIs(etype, "charge.expired"))
+			status = "cancelled";
 		else
-		{
-			if (TextIs(etype, "charge.failed"))
-				status = "failed";
-			else if (TextIs(etype, "charge.expired"))
-				status = "cancelled";
-			else
-				status = uncaptured ? "pending" : "paid";
-			captured = TextIs(etype, "charge.captured") ? MemberText(obj, "amount_captured") : NULL;
-			minor = MinorUnitsNumeric(FirstText(captured, MemberText(obj, "amount")),
-									  captured != NULL ? "amount_captured" : "amount", &minor_null);
-			refunded = MinorUnitsNumeric(MemberText(obj, "amount_refunded"), "amount_refunded",
-										 &refunded_null);
-		}
-		/*
-		 * Never more than the charge's amount, authorized: before API
-		 * version 2025-03-31 a partial capture counted what it released as
-		 * refunded (1000 authorized, 300 captured, 700 "refunded")
-		 */
-		charged = MinorUnitsNumeric(MemberText(obj, "amount"), "amount", &charged_null);
-		if (!refunded_null && !charged_null &&
-			DatumGetBool(DirectFunctionCall2(numeric_gt, refunded, charged)))
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("Stripe's amount_refunded %s is more than the charge's amount %s",
-							DatumGetCString(DirectFunctionCall1(numeric_out, refunded)),
-							DatumGetCString(DirectFunctionCall1(numeric_out, charged)))));
+			status = uncaptured ? "pending" : "paid";
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,
 													&isnull);
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;

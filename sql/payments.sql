@@ -14,11 +14,14 @@ SELECT 'settled'::payments.payment_status;
 CREATE SCHEMA tp;
 CREATE SEQUENCE tp.ids;
 -- posts a Stripe event of a type about an object, created at unix time ts, signed like Stripe
-CREATE FUNCTION tp.stripe(provider text, etype text, obj jsonb, ts bigint) RETURNS text
+-- (of an api_version, when one is given)
+CREATE FUNCTION tp.stripe(provider text, etype text, obj jsonb, ts bigint, api_version text DEFAULT NULL) RETURNS text
 	LANGUAGE sql AS $$
 	WITH body AS (
-		SELECT convert_to(jsonb_build_object('id', 'evt_' || nextval('tp.ids'), 'object', 'event', 'type', etype,
-			'created', ts, 'data', jsonb_build_object('object', obj))::text, 'UTF8') AS b,
+		SELECT convert_to((jsonb_build_object('id', 'evt_' || nextval('tp.ids'), 'object', 'event', 'type', etype,
+			'created', ts, 'data', jsonb_build_object('object', obj))
+			|| CASE WHEN api_version IS NULL THEN '{}' ELSE jsonb_build_object('api_version', api_version) END)::text,
+			'UTF8') AS b,
 			floor(extract(epoch FROM clock_timestamp()))::bigint AS now_s)
 	SELECT i.outcome FROM body, payments.ingest(provider, jsonb_build_object('stripe-signature',
 		't=' || now_s || ',v1=' || encode(hmac(convert_to(now_s || '.', 'UTF8') || b, 'whsec_pay'::bytea, 'sha256'), 'hex')), b) i
@@ -110,6 +113,29 @@ SELECT p.provider_ref, f.amount, extract(epoch FROM f.refunded_at) AS refunded_a
 SELECT tp.stripe('payshop', 'payment_intent.payment_failed', tp.pi('pi_c', 700), 1718000800);
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_c', 700), 1718000900);
 SELECT status, receipt_no FROM tp.show('pi_c');
+
+-- a hold captured in part: the payment's amount is what was captured (1000 held, 300 taken),
+-- whichever news of payment comes first; the refunds are of what was taken.  Before API version
+-- 2025-03-31 Stripe counted the released 700 as refunded: no money given back
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910);
+SELECT status, amount, amount_refunded FROM tp.show('pi_h');
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920);
+SELECT status, amount, amount_refunded, receipt_no IS NOT NULL AS receipt FROM tp.show('pi_h');
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_h', 1000) || '{"amount_received": 300}', 1718000921);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h', 1000, 300) || '{"captured": true, "amount_captured": 300}', 1718000930);
+SELECT status, amount, amount_refunded FROM tp.show('pi_h');
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h2', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910, '2024-06-20');
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_h2', 1000) || '{"amount_received": 300}', 1718000920, '2024-06-20');
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h2', 1000, 700) || '{"captured": true, "amount_captured": 300}', 1718000921, '2024-06-20');
+SELECT status, amount, amount_refunded FROM tp.show('pi_h2');
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h2', 1000, 800) || '{"captured": true, "amount_captured": 300}', 1718000930, '2024-06-20');
+SELECT status, amount, amount_refunded FROM tp.show('pi_h2');
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h2', 1000, 1000) || '{"captured": true, "amount_captured": 300}', 1718000940, '2024-06-20');
+SELECT status, amount, amount_refunded FROM tp.show('pi_h2');
+SELECT p.provider_ref, f.amount, e.event_type
+  FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
+  JOIN payments.events e ON e.id = f.event_id
+ WHERE p.provider_ref IN ('pi_h', 'pi_h2') ORDER BY f.id;
 
 -- disputes: won returns to paid (receipt kept), lost becomes refunded
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_d', 5000), 1718001000);

@@ -168,6 +168,11 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"charge.captured","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m","captured":true,"amount":1000,"amount_captured":700,"currency":"usd"}}}',
  '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_n","payment_intent":"pi_n","captured":true,"amount":1000,"currency":"usd"}}}',
  '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m","captured":false,"amount":1000,"amount_refunded":1000,"currency":"usd"}}}',
- '{"type":"charge.expired","created":1718000000,"data":{"object":{"id":"ch_e","payment_intent":"pi_e","captured":false,"amount":1000,"currency":"usd"}}}'
+ '{"type":"charge.expired","created":1718000000,"data":{"object":{"id":"ch_e","payment_intent":"pi_e","captured":false,"amount":1000,"currency":"usd"}}}',
+ '{"type":"charge.captured","created":1718000000,"data":{"object":{"id":"ch_o","payment_intent":"pi_o","captured":true,"amount":1000,"amount_captured":1001,"currency":"usd"}}}',
+ '{"type":"charge.refunded","api_version":"2024-06-20","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":1000,"currency":"usd"}}}',
+ '{"type":"charge.refunded","api_version":"2025-03-31.basil","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":300,"currency":"usd"}}}',
+ '{"type":"charge.refunded","api_version":"2025-03-31.basil","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":100,"currency":"usd"}}}',
+ '{"type":"charge.refunded","api_version":"2024-6-20","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":800,"currency":"usd"}}}'
 ]) WITH ORDINALITY AS t (payload, n);
 SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;

@@ -272,5 +272,6 @@ test('a PayPal capture found REFUNDED was paid, then given back in full: both ar
 	assert.equal(db.psql(`SELECT p.status || ' ' || p.amount_refunded || ' ' || (p.paid_at IS NOT NULL) || ' '
 		|| (SELECT count(*) FROM payments.receipts r WHERE r.payment_id = p.id) || ' '
 		|| (SELECT sum(f.amount) FROM payments.refunds f WHERE f.payment_id = p.id)
-		FROM payments.payments p WHERE p.provider_ref = 'ORDER-REFUNDED'`), 'refunded 5 true 1 5');
+		FROM payments.payments p WHERE p.provider_ref = 'ORDER-REFUNDED'`), 'refunded 30.00 true 1 30.00',
+		'paid the capture\'s 30.00 (the payment was pending at 5), all of it given back');
 });

@@ -1836,6 +1836,7 @@ BEGIN
 		  FROM payments.refunds f
 		  JOIN payments.payments p ON p.id = f.payment_id
 		 WHERE f.refunded_at >= lo AND f.refunded_at < hi AND p.kind = 'collection'
+		   AND p.paid_at IS NOT NULL	-- money never received is given back by no one
 	), lines AS (
 		SELECT s.cur, s.meth, s.amount, s.fee, s.status, s.paid_at, s.receipt_no, s.donor_key, s.first_gift,
 			   NULL::numeric AS refund
@@ -1923,7 +1924,7 @@ BEGIN
 	 CROSS JOIN LATERAL (
 		-- equal totals share a rank; a total unknown (an amount missing) ranks last
 		SELECT x.*, rank() OVER (ORDER BY x.total DESC NULLS LAST) AS rnk
-		  FROM (SELECT d.* FROM d WHERE d.cur = c.cur
+		  FROM (SELECT d.* FROM d WHERE d.cur IS NOT DISTINCT FROM c.cur
 				 ORDER BY d.total DESC NULLS LAST, d.donor_key LIMIT greatest(n, 0)) AS x) AS t
 	 ORDER BY t.cur, t.rnk, t.donor_key;
 END
@@ -1978,7 +1979,8 @@ BEGIN
 		   sum(x.failed)::bigint, sum(x.pending)::bigint,
 		   base,
 		   sum((x.gross - x.fees - x.refunded) * CASE WHEN x.cur = base THEN 1 ELSE r.rate END),
-		   count(*) FILTER (WHERE x.paid > 0 AND x.cur <> base AND r.rate IS NULL)
+		   -- a currency not known (NULL) has no rate either
+		   count(*) FILTER (WHERE x.paid > 0 AND x.cur IS DISTINCT FROM base AND r.rate IS NULL)
 	  FROM days x
 	  LEFT JOIN payments.fx_rates r ON r.currency = x.cur AND r.day = x.d
 	 GROUP BY x.cur
@@ -1995,7 +1997,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT payments.base_currency(), coalesce(sum(s.base_net), 0),
 		   coalesce(bool_and(s.days_without_rate = 0), true),
-		   string_agg(s.currency || ': ' || s.days_without_rate || ' day(s) without a rate', ', ' ORDER BY s.currency)
+		   string_agg(coalesce(s.currency, 'no currency') || ': ' || s.days_without_rate || ' day(s) without a rate',
+					  ', ' ORDER BY s.currency)
 			   FILTER (WHERE s.days_without_rate > 0)
 	  FROM payments.currency_summary(from_ts, to_ts) s
 $$;

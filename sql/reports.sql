@@ -86,7 +86,10 @@ SELECT * FROM payments.daily_summary WHERE day BETWEEN '2024-06-10' AND '2024-06
 SAVEPOINT never_paid;
 INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, method, status_at, created_at)
 VALUES ('rp-stripe', 'pi_never_paid', 'refunded', 50, 'USD', 'sepa', '2024-06-12 10:00Z', '2024-06-12 10:00Z');
+INSERT INTO payments.refunds (payment_id, amount, refunded_at)
+SELECT id, 50, '2024-06-12 10:00Z' FROM payments.payments WHERE provider_ref = 'pi_never_paid';
 SELECT status, count, amount, gross, refunded, net FROM payments.daily_summary WHERE method = 'sepa';
+SELECT currency, method, paid, refunds, refunded FROM payments.daily_report('2024-06-12');
 ROLLBACK TO SAVEPOINT never_paid;
 
 -- the daily report
@@ -146,6 +149,15 @@ SELECT current_setting('TimeZone') AS caller_time_zone;
 SELECT * FROM payments.base_totals('2024-06-01', '2024-07-01');
 INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'XYZ', 1);
 INSERT INTO payments.fx_rates (day, currency, rate) VALUES ('2024-06-10', 'GBP', 0);
+-- a payment whose currency is not known (a provider that sends none) is not left out: no rate,
+-- so the base total is not complete; its donor is among the top donors
+SAVEPOINT no_currency;
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, method, donor_name, status_at, created_at, paid_at)
+VALUES ('rp-paynow', 'p_nocur', 'paid', 49, NULL, 'ecocash', 'Farai N', '2024-06-12 10:00Z', '2024-06-12 10:00Z', '2024-06-12 10:00Z');
+SELECT currency, paid, net, base_net, days_without_rate FROM payments.currency_summary('2024-06-12', '2024-06-13');
+SELECT * FROM payments.base_totals('2024-06-12', '2024-06-13');
+SELECT rank, donor, currency_code, total FROM payments.top_donors('2024-06-12', '2024-06-13');
+ROLLBACK TO SAVEPOINT no_currency;
 SELECT * FROM payments.method_summary('2024-06-01', '2024-07-01');
 SELECT * FROM payments.earnings('2024-06-01', '2024-07-01');
 SELECT * FROM payments.earnings('2024-06-11', '2024-06-12');

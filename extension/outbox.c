@@ -19,6 +19,7 @@
 #include "nodes/parsenodes.h"
 #include "storage/pmsignal.h"
 #include "utils/builtins.h"
+#include "utils/timeout.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -211,6 +212,9 @@ RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool
 	}
 }
 
+/* How long a cancelled run waits for a lock to record a result */
+#define CANCELLED_RECORD_LOCK_TIMEOUT "'1s'"
+
 /* One run: claim and commit, send, record and commit */
 static void
 DeliverBatch(int max_items, MemoryContext cxt)
@@ -243,17 +247,29 @@ DeliverBatch(int max_items, MemoryContext cxt)
 			 * recorded before the cancel is served, so that a receiver that
 			 * answered is not sent the item again; the leases bring the
 			 * others back (and all of them on a shutdown).  Nothing is lost
-			 * either way.  The cancel is set aside meanwhile, as a pending
-			 * one stops regular expressions even with interrupts held.
+			 * either way.  The cancel is set aside meanwhile (a pending one
+			 * stops regular expressions), interrupts still served: a
+			 * terminate ends the backend, a second cancel fails the result
+			 * being recorded, and no lock is waited on past
+			 * CANCELLED_RECORD_LOCK_TIMEOUT.
 			 */
 			if (QueryCancelPending && !ProcDiePending)
 			{
-				HOLD_INTERRUPTS();
+				/* a lock timeout while recording must not be told as this */
+				bool		statement_timeout = get_timeout_indicator(STATEMENT_TIMEOUT, true);
+
 				QueryCancelPending = false;
+				if (SPI_execute("SET LOCAL lock_timeout = " CANCELLED_RECORD_LOCK_TIMEOUT,
+								false, 0) != SPI_OK_UTILITY)
+					elog(ERROR, "could not set lock_timeout");
 				RecordResults(items, reqs, n, true);
 				SPI_commit();
+				if (statement_timeout)
+					ereport(ERROR,
+							(errcode(ERRCODE_QUERY_CANCELED),
+							 errmsg("canceling statement due to statement timeout")));
 				QueryCancelPending = true;
-				RESUME_INTERRUPTS();
+				InterruptPending = true;
 			}
 			CHECK_FOR_INTERRUPTS();
 		}

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Webhook } from 'standardwebhooks';
-import { Cluster, sleep } from './harness.mjs';
+import { Cluster, sleep, holdLock } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -295,6 +295,33 @@ test('a result that cannot be recorded in a cancelled run: the cancel is still h
 	assert.equal(stderr.match(/canceling statement due to statement timeout/g)?.length, 2, stderr);
 	assert.ok(Date.now() - started < 4000, `took ${Date.now() - started} ms`);
 	db.psql(`SELECT payments.enable_endpoint('hang3', false); SELECT payments.enable_endpoint('quick3', false)`);
+});
+
+test('a cancelled run waits on no lock to record a result for more than a second: that result is left to its lease', async () => {
+	receiver.behaviour['/hang4'] = () => { /* never answers */ };
+	endpoint('hang4', '/hang4', `, timeout_ms => 20000`);
+	endpoint('quick4', '/quick4');
+	paid('pi_cancel4');
+	// a transaction holding the row that recording quick4's answer updates (an admin's, say), for 8 s
+	const lock = await holdLock(db, `SELECT FROM payments.endpoints WHERE name = 'quick4' FOR NO KEY UPDATE`);
+	const releaseLater = setTimeout(() => lock.release(), 8000);
+	let stderr = '';
+	const started = Date.now();
+	try {
+		await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments', '-c', 'SET statement_timeout = 500', '-c', 'CALL payments.deliver_outbox()'])
+			.then((r) => { stderr = r.stderr; }, (e) => { stderr = e.stderr; });
+	} finally {
+		clearTimeout(releaseLater);
+		await lock.release();
+	}
+	const took = Date.now() - started;
+	assert.match(stderr, /could not record the result of outbox item \d+: canceling statement due to lock timeout/);
+	assert.match(stderr, /canceling statement due to statement timeout/);
+	assert.ok(took < 4000, `took ${took} ms: it waited for the lock`);
+	assert.equal(receiver.to('/quick4').length, 1);
+	assert.deepEqual(items('quick4'), ['pending|1|-'], 'sent again when its lease ends');
+	db.psql(`SELECT payments.enable_endpoint('hang4', false); SELECT payments.enable_endpoint('quick4', false)`);
 });
 
 test('kill -9 while deliveries are in flight: after restart every item is delivered, none lost', async () => {

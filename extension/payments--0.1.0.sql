@@ -2648,10 +2648,16 @@ CREATE CONSTRAINT TRIGGER events_outbox
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.enqueue_event();
 
--- whether any endpoint is enabled is kept in backend memory once read (extension/endpoints.c)
-CREATE TRIGGER endpoints_forget AFTER INSERT OR UPDATE OR DELETE ON payments.endpoints
+-- whether any endpoint is enabled (and names event types) is kept in backend memory once read
+-- (extension/endpoints.c); the health and breaker columns every delivery run updates are not,
+-- and must not make every backend read its kept copies again
+CREATE TRIGGER endpoints_forget AFTER INSERT OR DELETE ON payments.endpoints
 	FOR EACH ROW EXECUTE FUNCTION payments.forget_kept();
 ALTER TABLE payments.endpoints ENABLE ALWAYS TRIGGER endpoints_forget;
+CREATE TRIGGER endpoints_update_forget AFTER UPDATE ON payments.endpoints
+	FOR EACH ROW WHEN (OLD.enabled IS DISTINCT FROM NEW.enabled OR OLD.event_types IS DISTINCT FROM NEW.event_types)
+	EXECUTE FUNCTION payments.forget_kept();
+ALTER TABLE payments.endpoints ENABLE ALWAYS TRIGGER endpoints_update_forget;
 CREATE TRIGGER endpoints_truncate_forget AFTER TRUNCATE ON payments.endpoints
 	FOR EACH STATEMENT EXECUTE FUNCTION payments.forget_kept();
 ALTER TABLE payments.endpoints ENABLE ALWAYS TRIGGER endpoints_truncate_forget;
@@ -2702,6 +2708,7 @@ AS $$
 DECLARE
 	ids		bigint[] := '{}';
 	probe	bigint;
+	probed	bigint[] := '{}';
 	ep		bigint;
 	lease	numeric;
 BEGIN
@@ -2724,6 +2731,7 @@ BEGIN
 		 ORDER BY o.next_attempt_at, o.id LIMIT 1 FOR UPDATE SKIP LOCKED;
 		IF probe IS NOT NULL AND cardinality(ids) < max_items THEN
 			ids := ids || probe;
+			probed := probed || ep;
 		END IF;
 	END LOOP;
 	-- webhooks to closed endpoints; WhatsApp messages of providers that can send, one at a time
@@ -2764,6 +2772,9 @@ BEGIN
 	SELECT max(coalesce((e.connect_timeout_ms + e.timeout_ms) / 1000.0, 20)) + 10 INTO lease
 	  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 	 WHERE o.id = ANY (ids);
+	-- no second probe while one is out: half open at least until its lease ends
+	UPDATE payments.endpoints e SET breaker_until = greatest(e.breaker_until, now() + make_interval(secs => lease))
+	 WHERE e.id = ANY (probed);
 	RETURN QUERY
 	WITH u AS (
 		UPDATE payments.outbox o
@@ -2814,6 +2825,10 @@ DECLARE
 	upload	boolean;
 	media	text;
 	throttled integer;
+	-- the moment of the answer: the transaction began before the request was sent (a slow
+	-- receiver's Retry-After and the breaker's cooldown count from when it answered; what is
+	-- due at once is due from now())
+	answered timestamptz := clock_timestamp();
 BEGIN
 	SELECT a.* INTO att FROM payments.outbox_attempts a WHERE a.id = record_delivery.attempt_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -2847,7 +2862,7 @@ BEGIN
 								WHEN upload AND http_status IS NOT NULL AND media IS NULL
 								THEN 'HTTP ' || http_status || ': no media id in the answer to the upload' END);
 	UPDATE payments.outbox_attempts a
-	   SET finished_at = now(), http_status = record_delivery.http_status,
+	   SET finished_at = answered, http_status = record_delivery.http_status,
 		   retry_after = record_delivery.retry_after, duration_ms = record_delivery.duration_ms,
 		   response_bytes = record_delivery.response_bytes, response = record_delivery.response,
 		   error = msg
@@ -2865,14 +2880,14 @@ BEGIN
 	END IF;
 
 	IF http_status BETWEEN 200 AND 299 AND NOT upload THEN
-		UPDATE payments.outbox o SET state = 'delivered', delivered_at = now(), next_attempt_at = now(),
+		UPDATE payments.outbox o SET state = 'delivered', delivered_at = answered, next_attempt_at = now(),
 			   last_status = http_status, last_error = NULL
 		 WHERE o.id = item.id;
 		IF item.provider IS NOT NULL THEN
 			PERFORM payments.chat_message_sent(item.id, response);
 		END IF;
 		UPDATE payments.endpoints e SET breaker_state = 'closed', breaker_until = NULL, consecutive_failures = 0,
-			   last_status = http_status, last_error = NULL, last_success_at = now()
+			   last_status = http_status, last_error = NULL, last_success_at = answered
 		 WHERE e.id = ep.id;
 		RETURN 'delivered';
 	END IF;
@@ -2890,13 +2905,13 @@ BEGIN
 		UPDATE payments.outbox o SET next_attempt_at = now(), last_status = 410,
 			   last_error = 'endpoint disabled: 410 Gone'
 		 WHERE o.id = item.id;
-		UPDATE payments.endpoints e SET enabled = false, disabled_reason = '410 Gone at ' || now(),
-			   last_status = 410, last_error = msg, last_failure_at = now(), updated_at = now()
+		UPDATE payments.endpoints e SET enabled = false, disabled_reason = '410 Gone at ' || answered,
+			   last_status = 410, last_error = msg, last_failure_at = answered, updated_at = answered
 		 WHERE e.id = ep.id;
 		RETURN 'disabled';
 	END IF;
 
-	next_at := payments.next_attempt_at(item.attempts, make_interval(secs => retry_after));
+	next_at := payments.next_attempt_at(item.attempts, make_interval(secs => retry_after)) + (answered - now());
 	UPDATE payments.outbox o
 	   SET state = CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END,
 		   next_attempt_at = coalesce(next_at, now()), last_status = http_status, last_error = msg
@@ -2908,8 +2923,8 @@ BEGIN
 								THEN 'open' ELSE e.breaker_state END,
 		   breaker_until = CASE WHEN e.breaker_state = 'half_open'
 									 OR e.consecutive_failures + 1 >= e.breaker_threshold
-								THEN now() + e.breaker_cooldown ELSE e.breaker_until END,
-		   last_status = http_status, last_error = msg, last_failure_at = now()
+								THEN answered + e.breaker_cooldown ELSE e.breaker_until END,
+		   last_status = http_status, last_error = msg, last_failure_at = answered
 	 WHERE e.id = ep.id;
 	RETURN CASE WHEN next_at IS NULL THEN 'dead' ELSE 'retry' END;
 END

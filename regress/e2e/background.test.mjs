@@ -251,6 +251,30 @@ test('the circuit breaker opens after repeated failures, probes after the cool-d
 	db.psql(`SELECT payments.enable_endpoint('flaky', false)`);
 });
 
+test('Retry-After and the breaker count from the answer, not from before the request; one probe at a time', async () => {
+	receiver.behaviour['/slow429'] = (req, res) => setTimeout(() => res.writeHead(429, { 'retry-after': '600' }).end(), 3000);
+	endpoint('slow429', '/slow429', `, breaker_threshold => 1, breaker_cooldown => '2 seconds'`);
+	paid('pi_slow429a');
+	await deliver();
+	const [took, retryAfter, breakerLeft] = db.psql(`SELECT extract(epoch FROM a.finished_at - a.started_at),
+			extract(epoch FROM o.next_attempt_at - a.finished_at), extract(epoch FROM e.breaker_until - clock_timestamp())
+		  FROM payments.outbox_attempts a JOIN payments.outbox o ON o.id = a.outbox_id
+		  JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'slow429'`).split('|').map(Number);
+	assert.ok(took >= 2.5, `the attempt finished ${took} s after it started: when it was answered`);
+	assert.ok(retryAfter >= 599.9, `next attempt ${retryAfter} s after the answer: never before its Retry-After`);
+	assert.ok(breakerLeft > 1, `the breaker's 2 s cool-down has ${breakerLeft} s left once the run is done`);
+	// cooled down: one probe; a run past the cool-down while it is out sends no second one
+	await sleep(2200);
+	paid('pi_slow429b');
+	timePasses('slow429');
+	const first = deliver();
+	await sleep(2500);
+	await deliver();
+	await first;
+	assert.equal(receiver.to('/slow429').length, 2, 'the first attempt and one probe');
+	db.psql(`SELECT payments.enable_endpoint('slow429', false)`);
+});
+
 test('a cancelled run (statement_timeout) stops at once and loses nothing; what was answered is recorded', async () => {
 	receiver.behaviour['/hang2'] = () => { /* never answers */ };
 	endpoint('hang2', '/hang2', `, timeout_ms => 20000`);

@@ -2232,9 +2232,12 @@ DECLARE
 	tries	integer;
 	next_at	timestamptz;
 BEGIN
-	-- (an event that was waiting for its payment waits on when this attempt failed otherwise: a
-	-- deadlock or a timeout must not end its four days)
-	SELECT coalesce(attempt, e.attempts + 1), waiting OR coalesce(e.last_error LIKE 'payment % is not known yet', false)
+	-- (an event that was waiting for its payment waits on when this attempt, or several in a row,
+	-- failed otherwise: deadlocks or timeouts must not end its four days)
+	SELECT coalesce(attempt, e.attempts + 1),
+		   waiting OR coalesce(e.last_error LIKE 'payment % is not known yet', false)
+		   OR EXISTS (SELECT FROM payments.event_attempts a
+					   WHERE a.event_id = e.id AND a.error LIKE 'payment % is not known yet')
 	  INTO tries, waiting
 	  FROM payments.events e WHERE e.id = event_failed.id FOR UPDATE;
 	IF NOT FOUND THEN

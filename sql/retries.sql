@@ -117,6 +117,8 @@ UPDATE payments.events SET state = 'pending', attempts = 20, last_error = 'payme
  WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 SELECT payments.event_failed(e.id, 'deadlock detected') AS after_a_deadlock
   FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+SELECT payments.event_failed(e.id, 'canceling statement due to statement timeout') AS and_a_timeout_after_it
+  FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 DELETE FROM payments.events WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 
 -- the currencies are read once per transaction, and again after a change to them in it: an event

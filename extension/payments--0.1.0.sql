@@ -818,10 +818,10 @@ COMMENT ON FUNCTION payments.effective_setting(text) IS
 
 CREATE FUNCTION payments.receipt_day(paid_at timestamptz)
 RETURNS date
-LANGUAGE sql STABLE
-RETURN (paid_at AT TIME ZONE payments.effective_setting('payments.receipt_timezone'))::date;
+AS 'MODULE_PATHNAME', 'receipt_day'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
-	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC)';
+	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC), summer time included; a zone name that is also an abbreviation (CET) is the zone, never the abbreviation';
 
 -- What a transition recorded by the transaction does at its commit (extension/transitions.c), in
 -- this order: the payment's receipt number when it became paid, taken then so that the counter's
@@ -1757,18 +1757,14 @@ COMMENT ON FUNCTION payments.donor_key_of(text) IS
 
 CREATE FUNCTION payments.day_start(day date)
 RETURNS timestamptz
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT day::timestamp AT TIME ZONE payments.report_timezone()
-$$;
-COMMENT ON FUNCTION payments.day_start(date) IS 'Midnight starting a day in the report (receipt) time zone';
+AS 'MODULE_PATHNAME', 'day_start'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.day_start(date) IS 'Midnight starting a day in the report (receipt) time zone, as payments.receipt_day reads the zone';
 
 -- Views (read as their owner: the analyst needs no right on the tables)
 
 CREATE VIEW payments.daily_summary AS
-SELECT (coalesce(p.paid_at, p.created_at)
-			AT TIME ZONE payments.effective_setting('payments.receipt_timezone'))::date AS day,
+SELECT payments.receipt_day(coalesce(p.paid_at, p.created_at)) AS day,
 	   p.provider, p.currency::text AS currency, coalesce(p.method, 'unknown') AS method, p.status,
 	   count(*) AS count,
 	   sum(p.amount) AS amount,
@@ -4869,7 +4865,7 @@ AS $$
 DECLARE
 	cmd		text := lower(split_part(command, ' ', 1));
 	arg		text := btrim(substr(command, length(split_part(command, ' ', 1)) + 1));
-	today	date := (now() AT TIME ZONE payments.report_timezone())::date;
+	today	date := payments.receipt_day(now());
 	day		date;
 	body	text;
 	csv		text;

@@ -18,6 +18,7 @@ void		_PG_init(void);
 /* The payments.receipt_prefix setting (transitions.c) */
 char	   *payments_receipt_prefix = NULL;
 static char *receipt_timezone = NULL;
+static pg_tz *receipt_tz = NULL;	/* the zone of receipt_timezone */
 static char *base_currency = NULL;
 static int	reconcile_after = 900;
 
@@ -38,16 +39,36 @@ CheckReceiptPrefix(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* The receipt time zone must be one PostgreSQL knows */
+/* The receipt time zone must be one PostgreSQL knows; its zone is handed to the assign hook */
 static bool
 CheckReceiptTimezone(char **newval, void **extra, GucSource source)
 {
-	if (pg_tzset(*newval) == NULL)
+	pg_tz	   *tz = pg_tzset(*newval);
+
+	if (tz == NULL)
 	{
 		GUC_check_errdetail("\"%s\" is not a time zone PostgreSQL knows.", *newval);
 		return false;
 	}
+	*extra = malloc(sizeof(pg_tz *));	/* freed by the GUC machinery */
+	if (*extra == NULL)
+		return false;
+	*(pg_tz **) *extra = tz;
 	return true;
+}
+
+/* Keeps the zone of the receipt time zone set (pg_tzset's zones are never freed) */
+static void
+AssignReceiptTimezone(const char *newval, void *extra)
+{
+	receipt_tz = *(pg_tz **) extra;
+}
+
+/* The zone of the receipt time zone (days.c) */
+pg_tz *
+ReceiptTimeZone(void)
+{
+	return receipt_tz;
 }
 
 /* A base currency is three upper-case letters (ISO 4217) */
@@ -99,7 +120,7 @@ _PG_init(void)
 							   &receipt_timezone,
 							   "UTC",
 							   PGC_SUSET, 0,
-							   CheckReceiptTimezone, NULL, NULL);
+							   CheckReceiptTimezone, AssignReceiptTimezone, NULL);
 	DefineCustomStringVariable("payments.base_currency",
 							   gettext_noop("Currency that reports convert to with payments.fx_rates."),
 							   NULL,

@@ -12,6 +12,10 @@
 #include "fmgr.h"
 #include "utils/jsonb.h"
 
+/* The zone of the payments.receipt_timezone setting (payments.c) */
+struct pg_tz;
+extern struct pg_tz *ReceiptTimeZone(void);
+
 /* Default replay window, in seconds, for schemes that sign a timestamp */
 #define PAYMENTS_DEFAULT_TOLERANCE 300
 

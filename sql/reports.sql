@@ -99,6 +99,17 @@ SELECT * FROM payments.daily_report('2024-06-12');
 -- in UTC, p_2 belongs to the 10th
 SET payments.receipt_timezone = 'UTC';
 SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2024-06-10') WHERE method = '(all)';
+-- a zone named like an abbreviation is the zone, summer time included, whatever the session's
+-- abbreviations: 22:30 UTC on 10 June is 00:30 on the 11th in CET (CEST then), not 23:30 on the
+-- 10th (the abbreviation CET, +01); EST is the zone EST (-05), not Australia's EST (+10)
+SET payments.receipt_timezone = 'CET';
+SELECT payments.receipt_day('2024-06-10 22:30Z') AS cet_summer, payments.receipt_day('2024-01-10 23:30Z') AS cet_winter,
+	   payments.day_start('2024-06-11') = '2024-06-10 22:00Z' AS starts_at_cest_midnight;
+SELECT day, currency, gross FROM payments.daily_summary WHERE provider = 'rp-paynow' AND currency = 'ZWG';
+SET timezone_abbreviations = 'Australia';
+SET payments.receipt_timezone = 'EST';
+SELECT payments.receipt_day('2024-06-10 15:00Z') AS est, payments.day_start('2024-06-11') = '2024-06-11 05:00Z' AS starts_at_est_midnight;
+RESET timezone_abbreviations;
 SET payments.receipt_timezone = 'Africa/Harare';
 
 -- donors

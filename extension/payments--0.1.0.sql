@@ -4447,15 +4447,29 @@ COMMENT ON VIEW payments.volunteer_list IS 'Volunteers as analysts see them: the
 
 -- Messages (PROVIDERS.md 4.4)
 
+-- The Graph API refuses a message without a body (400, final: the outbox row goes dead and the
+-- chat waits for nothing); a text built from a NULL by mistake is sent as this instead
+CREATE FUNCTION payments.chat_no_text()
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'Sorry, we could not put this answer together. Please send *help*, or try again in a moment.'
+$$;
+COMMENT ON FUNCTION payments.chat_no_text() IS
+	'What a WhatsApp text or the body of choices says when it was built from a NULL (never meant to: the Graph API refuses a message without a body)';
+
 CREATE FUNCTION payments.chat_text(recipient text, body text)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
-							  'type', 'text', 'text', jsonb_build_object('preview_url', false, 'body', left(body, 4096)))
+							  'type', 'text', 'text', jsonb_build_object('preview_url', false,
+								  'body', left(coalesce(body, payments.chat_no_text()), 4096)))
 $$;
-COMMENT ON FUNCTION payments.chat_text(text, text) IS 'A WhatsApp text message (Graph API send-message body), the text cut at 4096 characters';
+COMMENT ON FUNCTION payments.chat_text(text, text) IS
+	'A WhatsApp text message (Graph API send-message body), the text cut at 4096 characters; a NULL text (a bug: the Graph API refuses a message without one) is sent as payments.chat_no_text()';
 
 CREATE FUNCTION payments.chat_choices(recipient text, body text, choices jsonb)
 RETURNS jsonb
@@ -4465,13 +4479,13 @@ AS $$
 	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
 		'type', 'interactive', 'interactive',
 		CASE WHEN jsonb_array_length(choices) <= 3 THEN
-			jsonb_build_object('type', 'button', 'body', jsonb_build_object('text', left(body, 1024)),
+			jsonb_build_object('type', 'button', 'body', jsonb_build_object('text', left(coalesce(body, payments.chat_no_text()), 1024)),
 				'action', jsonb_build_object('buttons',
 					(SELECT jsonb_agg(jsonb_build_object('type', 'reply', 'reply',
 										jsonb_build_object('id', c ->> 0, 'title', left(c ->> 1, 20))) ORDER BY n)
 					   FROM jsonb_array_elements(choices) WITH ORDINALITY AS x (c, n))))
 		ELSE
-			jsonb_build_object('type', 'list', 'body', jsonb_build_object('text', left(body, 1024)),
+			jsonb_build_object('type', 'list', 'body', jsonb_build_object('text', left(coalesce(body, payments.chat_no_text()), 1024)),
 				'action', jsonb_build_object('button', 'Choose', 'sections', jsonb_build_array(
 					jsonb_build_object('title', 'Options', 'rows',
 						(SELECT jsonb_agg(jsonb_build_object('id', c ->> 0, 'title', left(c ->> 1, 24)) ORDER BY n)
@@ -4479,7 +4493,7 @@ AS $$
 		END)
 $$;
 COMMENT ON FUNCTION payments.chat_choices(text, text, jsonb) IS
-	'A WhatsApp interactive message offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10';
+	'A WhatsApp interactive message offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10; a NULL body is sent as payments.chat_no_text()';
 
 -- A document is a file uploaded to the Graph API (POST /{phone_number_id}/media), then a message
 -- naming the media id the upload answered: the payload keeps the file under "upload" and the
@@ -4731,11 +4745,17 @@ BEGIN
 	IF NOT FOUND THEN
 		body := 'You have not made a donation from this number yet. Send *donate* to give.';
 	ELSE
+		IF p.status = 'paid' THEN
+			-- receipts are taken at commit (payments.transition_committed): paid in this
+			-- transaction (Paynow's update in the same batch as this message), it has none yet.
+			-- Take it now, as /approve does (the commit then finds it taken)
+			PERFORM payments.issue_receipt(p.id, coalesce(p.paid_at, p.status_at));
+		END IF;
 		body := format('Your last donation, %s %s by %s (reference %s), ', payments.chat_amount(p.amount, p.currency), p.currency,
 					   payments.chat_method_label(p.method), p.reference) ||
 			CASE p.status
-				WHEN 'paid' THEN 'is paid. Receipt number: ' ||
-					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id) || '. Thank you!'
+				WHEN 'paid' THEN 'is paid' || coalesce('. Receipt number: ' ||
+					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), '') || '. Thank you!'
 				-- never "start again": a request that may still be approved would be paid twice
 				WHEN 'pending' THEN
 					CASE WHEN payments.paynow_web_checkout(p.method)
@@ -4893,8 +4913,12 @@ BEGIN
 			IF NOT FOUND THEN
 				body := format('No donation made in this chat has the reference %s.', arg);
 			ELSIF pay.status = 'paid' THEN
-				body := format('%s is already paid (receipt %s).', pay.reference,
-							   (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
+				-- paid in this transaction (Paynow's update in the same batch), it has no receipt
+				-- yet: take it now, as below
+				PERFORM payments.issue_receipt(pay.id, coalesce(pay.paid_at, pay.status_at));
+				body := pay.reference || ' is already paid' ||
+					coalesce(format(' (receipt %s)', (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id)), '')
+					|| '.';
 			ELSIF NOT EXISTS (SELECT FROM payments.transitions t WHERE t.from_status = pay.status AND t.to_status = 'paid') THEN
 				body := format('%s is %s: it cannot be marked paid.', pay.reference, pay.status);
 			ELSE

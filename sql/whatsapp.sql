@@ -623,3 +623,34 @@ SELECT pg_temp.say('263772000093', NULL, 1, false, '106540352242922',
 				   '{"type": "image", "image": {"id": "2754859441498128", "mime_type": "image/jpeg"}}');
 SELECT * FROM pg_temp.replies('263772000093');
 
+-- Paynow's Paid and the donor's *check* in one transaction (one shim batch): the receipt is
+-- taken for the answer, not left to the commit, so the answer names it (and the commit's
+-- thank-you the same number); so does /approve of a payment paid in the same transaction
+SELECT pg_temp.late_donation('263772000096', 'Nyasha', 'Medicines', '1 hour') AS same_ref \gset
+SELECT pg_temp.late_donation('263772000097', 'Kuda', 'Medicines', '1 hour') AS approved_ref \gset
+SELECT max(id) AS before_out FROM payments.outbox \gset
+BEGIN;
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'same_ref'], ['paynowreference', '9096'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g96']]);
+SELECT pg_temp.say('263772000096', 'check', 30);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'approved_ref'], ['paynowreference', '9097'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g97']]);
+SELECT pg_temp.say('263770000001', '/approve ' || :'approved_ref', 30);
+SELECT o.recipient, o.payload -> 'text' ->> 'body' IS NOT NULL AS has_body,
+	   o.payload -> 'text' ->> 'body' LIKE '%' || r.receipt_no || '%' AS names_receipt
+  FROM payments.outbox o JOIN payments.payments p ON p.reference IN (:'same_ref', :'approved_ref')
+							AND o.recipient IN (p.donor_phone, '263770000001')
+  LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE o.id > :before_out AND o.event_type = 'whatsapp.text'
+   AND (o.recipient = p.donor_phone OR o.payload -> 'text' ->> 'body' LIKE '%' || p.reference || '%')
+ ORDER BY o.id;
+COMMIT;
+SELECT * FROM pg_temp.replies('263772000096');
+SELECT r FROM pg_temp.replies('263770000001') r;
+SELECT count(*) AS receipts, count(DISTINCT r.receipt_no) AS numbers,
+	   bool_and((SELECT count(*) FROM payments.outbox o WHERE o.recipient = p.donor_phone
+				  AND o.payload -> 'text' ->> 'body' LIKE '%' || r.receipt_no || '%') = 2) AS check_and_thanks_agree
+  FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE p.reference = :'same_ref';
+-- no text message is queued without a body
+SELECT payments.chat_text('263772000096', NULL) -> 'text' ->> 'body' IS NOT NULL AS text_body,
+	   payments.chat_choices('263772000096', NULL, '[["a", "A"]]') -> 'interactive' -> 'body' ->> 'text' IS NOT NULL AS choices_body;

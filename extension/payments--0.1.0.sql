@@ -4983,6 +4983,7 @@ DECLARE
 	low		numeric;
 	high	numeric;
 	choice	text;
+	named	text;
 	labels	text[];
 BEGIN
 	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages' OR wa IS NULL
@@ -5073,16 +5074,35 @@ BEGIN
 		drafted := '{}';
 		PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted, coalesce(profile, s.name));
 	ELSIF st = 'amount' THEN
+		-- a currency typed before the amount says which: $ and USD are USD, ZWG and ZiG are ZWG
+		named := CASE lower((regexp_match(txt, '^(\$|usd|zwg|zig)', 'i'))[1])
+					 WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END;
 		choice := regexp_replace(txt, '^(\$|usd|zwg|zig)\s*', '', 'i');
 		amount := CASE WHEN choice ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN choice::numeric END;
-		SELECT r.low, r.high INTO low, high FROM payments.chat_amount_range(cfg, drafted ->> 'currency') r;
-		IF amount IS NULL OR amount < low OR amount > high THEN
+		SELECT r.low, r.high INTO low, high
+		  FROM payments.chat_amount_range(cfg, coalesce(drafted ->> 'currency', named)) r;
+		IF named IS NOT NULL AND NOT cfg -> 'paynow_providers' ? named THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s, like 10 or 25.50.',
-				left(txt, 40), payments.chat_amount(low, drafted ->> 'currency'), payments.chat_amount(high, drafted ->> 'currency'))));
+				'Sorry, we cannot take donations in %s here, only in %s. Please send the amount in %s, like 10 or 25.50.',
+				named, payments.chat_or_list(ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k)),
+				coalesce(drafted ->> 'currency', payments.chat_or_list(
+					ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k))))));
+		ELSIF named <> drafted ->> 'currency' THEN
+			-- the draft's currency is changed with Edit, not by an amount in another
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'This donation is in %s, not %s. Please send the amount in %s, like 10 or 25.50 (to give in %s, choose *Edit* on the summary, then Currency).',
+				drafted ->> 'currency', named, drafted ->> 'currency', named)));
+		ELSIF amount IS NULL OR amount < low OR amount > high THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s%s, like 10 or 25.50.',
+				left(txt, 40), payments.chat_amount(low, coalesce(drafted ->> 'currency', named)),
+				payments.chat_amount(high, coalesce(drafted ->> 'currency', named)), coalesce(' ' || named, ''))));
 		ELSE
+			-- a currency named with the amount goes into the draft: its question is not asked
 			SELECT a.next_state, a.next_draft INTO st, drafted
-			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('amount', payments.chat_amount(amount, drafted ->> 'currency'))) a;
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted
+					|| jsonb_build_object('amount', payments.chat_amount(amount, coalesce(drafted ->> 'currency', named)))
+					|| CASE WHEN named IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('currency', named) END) a;
 		END IF;
 	ELSIF st = 'currency' THEN
 		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5) ELSE upper(txt) END;

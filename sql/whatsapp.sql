@@ -112,7 +112,7 @@ SELECT pg_temp.say('263771234567', '0.50', 3);
 SELECT pg_temp.say('263771234567', '481', 4);
 SELECT pg_temp.say('263771234567', '12.345', 5);
 SELECT * FROM pg_temp.replies('263771234567');
-SELECT pg_temp.say('263771234567', '$25', 6);
+SELECT pg_temp.say('263771234567', '25', 6);
 SELECT pg_temp.say('263771234567', 'GBP', 7);
 SELECT pg_temp.say('263771234567', 'cur_USD', 8, true);
 SELECT pg_temp.say('263771234567', 'EcoCash', 9);
@@ -654,3 +654,46 @@ SELECT count(*) AS receipts, count(DISTINCT r.receipt_no) AS numbers,
 -- no text message is queued without a body
 SELECT payments.chat_text('263772000096', NULL) -> 'text' ->> 'body' IS NOT NULL AS text_body,
 	   payments.chat_choices('263772000096', NULL, '[["a", "A"]]') -> 'interactive' -> 'body' ->> 'text' IS NOT NULL AS choices_body;
+
+-- a currency typed with the amount is kept ($ and USD are USD, ZWG and ZiG are ZWG): with none
+-- chosen yet it goes into the draft (its question is not asked) and its range applies; another
+-- than the draft's, or one the chat does not take, is refused and the amount asked again
+BEGIN;
+UPDATE payments.providers SET settings = settings || '{"min_amount": {"ZWG": 20}, "max_amount": {"USD": 480, "ZWG": 13000}}'
+ WHERE name = 'chat';
+SELECT pg_temp.say('263772000080', 'donate', 1, true);
+SELECT pg_temp.say('263772000080', 'ZWG 10', 2);
+SELECT pg_temp.say('263772000080', 'ZiG 100', 3);
+SELECT pg_temp.say('263772000080', 'cur_USD', 4, true);
+SELECT * FROM pg_temp.replies('263772000080');
+SELECT pg_temp.session('263772000080');
+SELECT pg_temp.say('263772000081', 'donate', 1, true);
+SELECT pg_temp.say('263772000081', '$ 500', 2);
+SELECT pg_temp.say('263772000081', 'usd5', 3);
+SELECT * FROM pg_temp.replies('263772000081');
+SELECT pg_temp.session('263772000081');
+-- a draft in ZWG (Edit, Amount): "$5" is not 5 ZWG
+SELECT pg_temp.say('263772000082', 'donate', 1, true);
+SELECT pg_temp.say('263772000082', '100', 2);
+SELECT pg_temp.say('263772000082', 'cur_ZWG', 3, true);
+SELECT pg_temp.say('263772000082', 'pay_ecocash', 4, true);
+SELECT pg_temp.say('263772000082', 'phone_same', 5, true);
+SELECT pg_temp.say('263772000082', 'purpose_1', 6, true);
+SELECT pg_temp.say('263772000082', 'edit', 7, true);
+SELECT pg_temp.say('263772000082', 'edit_amount', 8, true);
+SELECT * FROM pg_temp.replies('263772000082') OFFSET 7;
+SELECT pg_temp.say('263772000082', '$5', 9);
+SELECT pg_temp.say('263772000082', 'USD 5', 10);
+SELECT pg_temp.session('263772000082');
+SELECT pg_temp.say('263772000082', 'zwg 50', 11);
+SELECT * FROM pg_temp.replies('263772000082');
+SELECT pg_temp.session('263772000082');
+-- a chat taking USD only: "ZWG 100" is not USD 100
+UPDATE payments.providers SET settings = settings || '{"paynow_providers": {"USD": "pn_usd"}}' WHERE name = 'chat';
+SELECT pg_temp.say('263772000083', 'donate', 1, true);
+SELECT pg_temp.say('263772000083', 'ZWG 100', 2);
+SELECT pg_temp.session('263772000083');
+SELECT pg_temp.say('263772000083', '$100', 3);
+SELECT * FROM pg_temp.replies('263772000083');
+SELECT pg_temp.session('263772000083');
+ROLLBACK;

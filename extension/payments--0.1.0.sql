@@ -4817,7 +4817,8 @@ BEGIN
 			RETURN NULL;
 		END IF;
 	END IF;
-	ref := 'WA-' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || '-' || nextval('payments.chat_reference_seq');
+	-- dated like receipts, /stats and /report: the day in the receipt time zone
+	ref := 'WA-' || to_char(payments.receipt_day(now()), 'YYYYMMDD') || '-' || nextval('payments.chat_reference_seq');
 	-- the payment exists, pending, with our merchant reference before Paynow is asked
 	c.provider_ref := ref;
 	c.creates := true;
@@ -4851,7 +4852,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day)';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void

@@ -697,3 +697,19 @@ SELECT pg_temp.say('263772000083', '$100', 3);
 SELECT * FROM pg_temp.replies('263772000083');
 SELECT pg_temp.session('263772000083');
 ROLLBACK;
+
+-- the reference is dated like receipts, /stats and /report: the day in the receipt time zone
+-- (here one where it is another day than in UTC, whatever the hour)
+BEGIN;
+SELECT set_config('payments.receipt_timezone',
+				  CASE WHEN extract(hour FROM now() AT TIME ZONE 'UTC') < 12 THEN 'Etc/GMT+12' ELSE 'Pacific/Kiritimati' END,
+				  true) IS NOT NULL AS zone_set;
+SELECT pg_temp.late_donation('263772000084', 'Tatenda', 'Medicines', '1 hour') AS zone_ref \gset
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'zone_ref'], ['paynowreference', '9084'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g84']]);
+SET CONSTRAINTS ALL IMMEDIATE;		-- the receipt is taken at commit
+SELECT split_part(p.reference, '-', 2) = to_char(payments.receipt_day(now()), 'YYYYMMDD') AS receipt_time_zone_day,
+	   split_part(p.reference, '-', 2) = split_part(r.receipt_no, '-', 2) AS receipts_day,
+	   split_part(p.reference, '-', 2) <> to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') AS not_utc_day
+  FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE p.reference = :'zone_ref';
+ROLLBACK;

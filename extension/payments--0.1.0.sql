@@ -4471,15 +4471,29 @@ COMMENT ON VIEW payments.volunteer_list IS 'Volunteers as analysts see them: the
 
 -- Messages (PROVIDERS.md 4.4)
 
+-- The Graph API refuses a message without a body (400, final: the outbox row goes dead and the
+-- chat waits for nothing); a text built from a NULL by mistake is sent as this instead
+CREATE FUNCTION payments.chat_no_text()
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'Sorry, we could not put this answer together. Please send *help*, or try again in a moment.'
+$$;
+COMMENT ON FUNCTION payments.chat_no_text() IS
+	'What a WhatsApp text or the body of choices says when it was built from a NULL (never meant to: the Graph API refuses a message without a body)';
+
 CREATE FUNCTION payments.chat_text(recipient text, body text)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
-							  'type', 'text', 'text', jsonb_build_object('preview_url', false, 'body', left(body, 4096)))
+							  'type', 'text', 'text', jsonb_build_object('preview_url', false,
+								  'body', left(coalesce(body, payments.chat_no_text()), 4096)))
 $$;
-COMMENT ON FUNCTION payments.chat_text(text, text) IS 'A WhatsApp text message (Graph API send-message body), the text cut at 4096 characters';
+COMMENT ON FUNCTION payments.chat_text(text, text) IS
+	'A WhatsApp text message (Graph API send-message body), the text cut at 4096 characters; a NULL text (a bug: the Graph API refuses a message without one) is sent as payments.chat_no_text()';
 
 CREATE FUNCTION payments.chat_choices(recipient text, body text, choices jsonb)
 RETURNS jsonb
@@ -4489,13 +4503,13 @@ AS $$
 	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
 		'type', 'interactive', 'interactive',
 		CASE WHEN jsonb_array_length(choices) <= 3 THEN
-			jsonb_build_object('type', 'button', 'body', jsonb_build_object('text', left(body, 1024)),
+			jsonb_build_object('type', 'button', 'body', jsonb_build_object('text', left(coalesce(body, payments.chat_no_text()), 1024)),
 				'action', jsonb_build_object('buttons',
 					(SELECT jsonb_agg(jsonb_build_object('type', 'reply', 'reply',
 										jsonb_build_object('id', c ->> 0, 'title', left(c ->> 1, 20))) ORDER BY n)
 					   FROM jsonb_array_elements(choices) WITH ORDINALITY AS x (c, n))))
 		ELSE
-			jsonb_build_object('type', 'list', 'body', jsonb_build_object('text', left(body, 1024)),
+			jsonb_build_object('type', 'list', 'body', jsonb_build_object('text', left(coalesce(body, payments.chat_no_text()), 1024)),
 				'action', jsonb_build_object('button', 'Choose', 'sections', jsonb_build_array(
 					jsonb_build_object('title', 'Options', 'rows',
 						(SELECT jsonb_agg(jsonb_build_object('id', c ->> 0, 'title', left(c ->> 1, 24)) ORDER BY n)
@@ -4503,7 +4517,7 @@ AS $$
 		END)
 $$;
 COMMENT ON FUNCTION payments.chat_choices(text, text, jsonb) IS
-	'A WhatsApp interactive message offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10';
+	'A WhatsApp interactive message offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10; a NULL body is sent as payments.chat_no_text()';
 
 -- A document is a file uploaded to the Graph API (POST /{phone_number_id}/media), then a message
 -- naming the media id the upload answered: the payload keeps the file under "upload" and the
@@ -4755,11 +4769,17 @@ BEGIN
 	IF NOT FOUND THEN
 		body := 'You have not made a donation from this number yet. Send *donate* to give.';
 	ELSE
+		IF p.status = 'paid' THEN
+			-- receipts are taken at commit (payments.transition_committed): paid in this
+			-- transaction (Paynow's update in the same batch as this message), it has none yet.
+			-- Take it now, as /approve does (the commit then finds it taken)
+			PERFORM payments.issue_receipt(p.id, coalesce(p.paid_at, p.status_at));
+		END IF;
 		body := format('Your last donation, %s %s by %s (reference %s), ', payments.chat_amount(p.amount, p.currency), p.currency,
 					   payments.chat_method_label(p.method), p.reference) ||
 			CASE p.status
-				WHEN 'paid' THEN 'is paid. Receipt number: ' ||
-					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id) || '. Thank you!'
+				WHEN 'paid' THEN 'is paid' || coalesce('. Receipt number: ' ||
+					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), '') || '. Thank you!'
 				-- never "start again": a request that may still be approved would be paid twice
 				WHEN 'pending' THEN
 					CASE WHEN payments.paynow_web_checkout(p.method)
@@ -4821,7 +4841,8 @@ BEGIN
 			RETURN NULL;
 		END IF;
 	END IF;
-	ref := 'WA-' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || '-' || nextval('payments.chat_reference_seq');
+	-- dated like receipts, /stats and /report: the day in the receipt time zone
+	ref := 'WA-' || to_char(payments.receipt_day(now()), 'YYYYMMDD') || '-' || nextval('payments.chat_reference_seq');
 	-- the payment exists, pending, with our merchant reference before Paynow is asked
 	c.provider_ref := ref;
 	c.creates := true;
@@ -4855,7 +4876,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day)';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void
@@ -4917,8 +4938,12 @@ BEGIN
 			IF NOT FOUND THEN
 				body := format('No donation made in this chat has the reference %s.', arg);
 			ELSIF pay.status = 'paid' THEN
-				body := format('%s is already paid (receipt %s).', pay.reference,
-							   (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id));
+				-- paid in this transaction (Paynow's update in the same batch), it has no receipt
+				-- yet: take it now, as below
+				PERFORM payments.issue_receipt(pay.id, coalesce(pay.paid_at, pay.status_at));
+				body := pay.reference || ' is already paid' ||
+					coalesce(format(' (receipt %s)', (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id)), '')
+					|| '.';
 			ELSIF NOT EXISTS (SELECT FROM payments.transitions t WHERE t.from_status = pay.status AND t.to_status = 'paid') THEN
 				body := format('%s is %s: it cannot be marked paid.', pay.reference, pay.status);
 			ELSE
@@ -4983,6 +5008,7 @@ DECLARE
 	low		numeric;
 	high	numeric;
 	choice	text;
+	named	text;
 	labels	text[];
 BEGIN
 	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages' OR wa IS NULL
@@ -5073,16 +5099,35 @@ BEGIN
 		drafted := '{}';
 		PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted, coalesce(profile, s.name));
 	ELSIF st = 'amount' THEN
+		-- a currency typed before the amount says which: $ and USD are USD, ZWG and ZiG are ZWG
+		named := CASE lower((regexp_match(txt, '^(\$|usd|zwg|zig)', 'i'))[1])
+					 WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END;
 		choice := regexp_replace(txt, '^(\$|usd|zwg|zig)\s*', '', 'i');
 		amount := CASE WHEN choice ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN choice::numeric END;
-		SELECT r.low, r.high INTO low, high FROM payments.chat_amount_range(cfg, drafted ->> 'currency') r;
-		IF amount IS NULL OR amount < low OR amount > high THEN
+		SELECT r.low, r.high INTO low, high
+		  FROM payments.chat_amount_range(cfg, coalesce(drafted ->> 'currency', named)) r;
+		IF named IS NOT NULL AND NOT cfg -> 'paynow_providers' ? named THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s, like 10 or 25.50.',
-				left(txt, 40), payments.chat_amount(low, drafted ->> 'currency'), payments.chat_amount(high, drafted ->> 'currency'))));
+				'Sorry, we cannot take donations in %s here, only in %s. Please send the amount in %s, like 10 or 25.50.',
+				named, payments.chat_or_list(ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k)),
+				coalesce(drafted ->> 'currency', payments.chat_or_list(
+					ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k))))));
+		ELSIF named <> drafted ->> 'currency' THEN
+			-- the draft's currency is changed with Edit, not by an amount in another
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'This donation is in %s, not %s. Please send the amount in %s, like 10 or 25.50 (to give in %s, choose *Edit* on the summary, then Currency).',
+				drafted ->> 'currency', named, drafted ->> 'currency', named)));
+		ELSIF amount IS NULL OR amount < low OR amount > high THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s%s, like 10 or 25.50.',
+				left(txt, 40), payments.chat_amount(low, coalesce(drafted ->> 'currency', named)),
+				payments.chat_amount(high, coalesce(drafted ->> 'currency', named)), coalesce(' ' || named, ''))));
 		ELSE
+			-- a currency named with the amount goes into the draft: its question is not asked
 			SELECT a.next_state, a.next_draft INTO st, drafted
-			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('amount', payments.chat_amount(amount, drafted ->> 'currency'))) a;
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted
+					|| jsonb_build_object('amount', payments.chat_amount(amount, coalesce(drafted ->> 'currency', named)))
+					|| CASE WHEN named IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('currency', named) END) a;
 		END IF;
 	ELSIF st = 'currency' THEN
 		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5) ELSE upper(txt) END;

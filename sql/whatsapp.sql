@@ -112,7 +112,7 @@ SELECT pg_temp.say('263771234567', '0.50', 3);
 SELECT pg_temp.say('263771234567', '481', 4);
 SELECT pg_temp.say('263771234567', '12.345', 5);
 SELECT * FROM pg_temp.replies('263771234567');
-SELECT pg_temp.say('263771234567', '$25', 6);
+SELECT pg_temp.say('263771234567', '25', 6);
 SELECT pg_temp.say('263771234567', 'GBP', 7);
 SELECT pg_temp.say('263771234567', 'cur_USD', 8, true);
 SELECT pg_temp.say('263771234567', 'EcoCash', 9);
@@ -623,3 +623,93 @@ SELECT pg_temp.say('263772000093', NULL, 1, false, '106540352242922',
 				   '{"type": "image", "image": {"id": "2754859441498128", "mime_type": "image/jpeg"}}');
 SELECT * FROM pg_temp.replies('263772000093');
 
+-- Paynow's Paid and the donor's *check* in one transaction (one shim batch): the receipt is
+-- taken for the answer, not left to the commit, so the answer names it (and the commit's
+-- thank-you the same number); so does /approve of a payment paid in the same transaction
+SELECT pg_temp.late_donation('263772000096', 'Nyasha', 'Medicines', '1 hour') AS same_ref \gset
+SELECT pg_temp.late_donation('263772000097', 'Kuda', 'Medicines', '1 hour') AS approved_ref \gset
+SELECT max(id) AS before_out FROM payments.outbox \gset
+BEGIN;
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'same_ref'], ['paynowreference', '9096'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g96']]);
+SELECT pg_temp.say('263772000096', 'check', 30);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'approved_ref'], ['paynowreference', '9097'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g97']]);
+SELECT pg_temp.say('263770000001', '/approve ' || :'approved_ref', 30);
+SELECT o.recipient, o.payload -> 'text' ->> 'body' IS NOT NULL AS has_body,
+	   o.payload -> 'text' ->> 'body' LIKE '%' || r.receipt_no || '%' AS names_receipt
+  FROM payments.outbox o JOIN payments.payments p ON p.reference IN (:'same_ref', :'approved_ref')
+							AND o.recipient IN (p.donor_phone, '263770000001')
+  LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE o.id > :before_out AND o.event_type = 'whatsapp.text'
+   AND (o.recipient = p.donor_phone OR o.payload -> 'text' ->> 'body' LIKE '%' || p.reference || '%')
+ ORDER BY o.id;
+COMMIT;
+SELECT * FROM pg_temp.replies('263772000096');
+SELECT r FROM pg_temp.replies('263770000001') r;
+SELECT count(*) AS receipts, count(DISTINCT r.receipt_no) AS numbers,
+	   bool_and((SELECT count(*) FROM payments.outbox o WHERE o.recipient = p.donor_phone
+				  AND o.payload -> 'text' ->> 'body' LIKE '%' || r.receipt_no || '%') = 2) AS check_and_thanks_agree
+  FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE p.reference = :'same_ref';
+-- no text message is queued without a body
+SELECT payments.chat_text('263772000096', NULL) -> 'text' ->> 'body' IS NOT NULL AS text_body,
+	   payments.chat_choices('263772000096', NULL, '[["a", "A"]]') -> 'interactive' -> 'body' ->> 'text' IS NOT NULL AS choices_body;
+
+-- a currency typed with the amount is kept ($ and USD are USD, ZWG and ZiG are ZWG): with none
+-- chosen yet it goes into the draft (its question is not asked) and its range applies; another
+-- than the draft's, or one the chat does not take, is refused and the amount asked again
+BEGIN;
+UPDATE payments.providers SET settings = settings || '{"min_amount": {"ZWG": 20}, "max_amount": {"USD": 480, "ZWG": 13000}}'
+ WHERE name = 'chat';
+SELECT pg_temp.say('263772000080', 'donate', 1, true);
+SELECT pg_temp.say('263772000080', 'ZWG 10', 2);
+SELECT pg_temp.say('263772000080', 'ZiG 100', 3);
+SELECT pg_temp.say('263772000080', 'cur_USD', 4, true);
+SELECT * FROM pg_temp.replies('263772000080');
+SELECT pg_temp.session('263772000080');
+SELECT pg_temp.say('263772000081', 'donate', 1, true);
+SELECT pg_temp.say('263772000081', '$ 500', 2);
+SELECT pg_temp.say('263772000081', 'usd5', 3);
+SELECT * FROM pg_temp.replies('263772000081');
+SELECT pg_temp.session('263772000081');
+-- a draft in ZWG (Edit, Amount): "$5" is not 5 ZWG
+SELECT pg_temp.say('263772000082', 'donate', 1, true);
+SELECT pg_temp.say('263772000082', '100', 2);
+SELECT pg_temp.say('263772000082', 'cur_ZWG', 3, true);
+SELECT pg_temp.say('263772000082', 'pay_ecocash', 4, true);
+SELECT pg_temp.say('263772000082', 'phone_same', 5, true);
+SELECT pg_temp.say('263772000082', 'purpose_1', 6, true);
+SELECT pg_temp.say('263772000082', 'edit', 7, true);
+SELECT pg_temp.say('263772000082', 'edit_amount', 8, true);
+SELECT * FROM pg_temp.replies('263772000082') OFFSET 7;
+SELECT pg_temp.say('263772000082', '$5', 9);
+SELECT pg_temp.say('263772000082', 'USD 5', 10);
+SELECT pg_temp.session('263772000082');
+SELECT pg_temp.say('263772000082', 'zwg 50', 11);
+SELECT * FROM pg_temp.replies('263772000082');
+SELECT pg_temp.session('263772000082');
+-- a chat taking USD only: "ZWG 100" is not USD 100
+UPDATE payments.providers SET settings = settings || '{"paynow_providers": {"USD": "pn_usd"}}' WHERE name = 'chat';
+SELECT pg_temp.say('263772000083', 'donate', 1, true);
+SELECT pg_temp.say('263772000083', 'ZWG 100', 2);
+SELECT pg_temp.session('263772000083');
+SELECT pg_temp.say('263772000083', '$100', 3);
+SELECT * FROM pg_temp.replies('263772000083');
+SELECT pg_temp.session('263772000083');
+ROLLBACK;
+
+-- the reference is dated like receipts, /stats and /report: the day in the receipt time zone
+-- (here one where it is another day than in UTC, whatever the hour)
+BEGIN;
+SELECT set_config('payments.receipt_timezone',
+				  CASE WHEN extract(hour FROM now() AT TIME ZONE 'UTC') < 12 THEN 'Etc/GMT+12' ELSE 'Pacific/Kiritimati' END,
+				  true) IS NOT NULL AS zone_set;
+SELECT pg_temp.late_donation('263772000084', 'Tatenda', 'Medicines', '1 hour') AS zone_ref \gset
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'zone_ref'], ['paynowreference', '9084'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g84']]);
+SET CONSTRAINTS ALL IMMEDIATE;		-- the receipt is taken at commit
+SELECT split_part(p.reference, '-', 2) = to_char(payments.receipt_day(now()), 'YYYYMMDD') AS receipt_time_zone_day,
+	   split_part(p.reference, '-', 2) = split_part(r.receipt_no, '-', 2) AS receipts_day,
+	   split_part(p.reference, '-', 2) <> to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') AS not_utc_day
+  FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE p.reference = :'zone_ref';
+ROLLBACK;

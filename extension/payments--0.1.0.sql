@@ -1801,6 +1801,18 @@ COMMENT ON VIEW payments.donor_summary IS
 
 -- Report functions: SECURITY DEFINER, so that analysts read the tables through them only
 
+CREATE FUNCTION payments.receipt_bounds(receipts text[], last boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT string_agg(b.bound, ', ' ORDER BY b.prefix)
+	  FROM (SELECT split_part(r, '-', 1) AS prefix, CASE WHEN last THEN max(r) ELSE min(r) END AS bound
+			  FROM unnest(receipts) AS r WHERE r IS NOT NULL GROUP BY 1) AS b
+$$;
+COMMENT ON FUNCTION payments.receipt_bounds(text[], boolean) IS
+	'The first (or, with last, the last) receipt number of each prefix among receipt numbers of one day, in the order of the prefixes, joined by ", ": a range per prefix, never one that mixes them';
+
 CREATE FUNCTION payments.daily_report(day date)
 RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees numeric, net numeric,
 			   fee_unknown bigint, failed bigint, refunds bigint, refunded numeric, new_donors bigint,
@@ -1853,8 +1865,8 @@ BEGIN
 		   coalesce(sum(l.refund), 0),
 		   count(DISTINCT l.donor_key) FILTER (WHERE l.first_gift),
 		   count(l.receipt_no),
-		   min(l.receipt_no),
-		   max(l.receipt_no)
+		   payments.receipt_bounds(array_agg(l.receipt_no), false),
+		   payments.receipt_bounds(array_agg(l.receipt_no), true)
 	  FROM lines l
 	 GROUP BY GROUPING SETS ((l.cur, l.meth), (l.cur))
 	 ORDER BY l.cur, grouping(l.meth), l.meth;
@@ -1949,6 +1961,9 @@ AS $$
 #variable_conflict use_column
 DECLARE
 	base text := payments.base_currency();
+	-- the base net is rounded to the base currency's minor unit (read here: a function that is not
+	-- parallel safe in the query would keep it from reading in parallel)
+	scale integer := coalesce(payments.currency_exponent(base), 2);
 BEGIN
 	-- each row's day is its time cast to date in the session's time zone, made the report time zone
 	-- here: AT TIME ZONE with a zone name would look the zone up again for every row (a quarter of
@@ -1974,7 +1989,7 @@ BEGIN
 		   sum(x.gross - x.fees - x.refunded),
 		   sum(x.failed)::bigint, sum(x.pending)::bigint,
 		   base,
-		   sum((x.gross - x.fees - x.refunded) * CASE WHEN x.cur = base THEN 1 ELSE r.rate END),
+		   round(sum((x.gross - x.fees - x.refunded) * CASE WHEN x.cur = base THEN 1 ELSE r.rate END), scale),
 		   -- a currency not known (NULL) has no rate either
 		   count(*) FILTER (WHERE x.paid > 0 AND x.cur IS DISTINCT FROM base AND r.rate IS NULL)
 	  FROM days x

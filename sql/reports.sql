@@ -96,6 +96,14 @@ ROLLBACK TO SAVEPOINT never_paid;
 SELECT * FROM payments.daily_report('2024-06-10');
 SELECT * FROM payments.daily_report('2024-06-11');
 SELECT * FROM payments.daily_report('2024-06-12');
+-- receipts of two prefixes (a provider with its own): a first and a last receipt per prefix
+SAVEPOINT two_prefixes;
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, method, status_at, created_at, paid_at)
+VALUES ('rp-stripe', 'pi_ab', 'paid', 7, 'USD', 'card', '2024-06-10 09:00Z', '2024-06-10 09:00Z', '2024-06-10 09:00Z');
+INSERT INTO payments.receipts (receipt_no, payment_id)
+SELECT 'AB-20240610-000001', p.id FROM payments.payments p WHERE p.provider_ref = 'pi_ab';
+SELECT currency, method, receipts, first_receipt, last_receipt FROM payments.daily_report('2024-06-10') WHERE currency = 'USD';
+ROLLBACK TO SAVEPOINT two_prefixes;
 -- in UTC, p_2 belongs to the 10th
 SET payments.receipt_timezone = 'UTC';
 SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2024-06-10') WHERE method = '(all)';

@@ -957,9 +957,21 @@ BEGIN
 	IF change.status = 'paid' AND pay.paid_at IS NULL
 	   AND (pay.status IN ('partially_refunded', 'refunded') OR (pay.status = 'disputed' AND at < pay.status_at)) THEN
 		-- news that it was paid, after a refund or dispute already moved it past paid (out of
-		-- order): no move back, but a fact, which its paid time and receipt show as in order
-		UPDATE payments.payments p SET paid_at = at WHERE p.id = pay.id;
+		-- order): no move back, but a fact, which its paid time, amount and receipt show as in
+		-- order (a hold captured in part, 300 of 1000, whose refund of the 300 came first: all of
+		-- what was taken is given back)
+		UPDATE payments.payments p
+		   SET paid_at = at,
+			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency) IS NOT DISTINCT FROM p.currency
+							 THEN change.amount ELSE p.amount END
+		 WHERE p.id = pay.id;
 		PERFORM payments.issue_receipt(pay.id, at);
+		UPDATE payments.payments p SET status = 'refunded'
+		 WHERE p.id = pay.id AND p.status = 'partially_refunded' AND p.amount_refunded >= p.amount;
+		IF FOUND THEN
+			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
+			VALUES (pay.id, 'partially_refunded', 'refunded', event_row, pay.status_at);
+		END IF;
 		outcome := 'applied';
 	ELSIF change.status = pay.status THEN
 		outcome := 'ignored';
@@ -2233,6 +2245,17 @@ COMMENT ON TABLE payments.event_attempts IS
 
 CREATE INDEX events_due_idx ON payments.events (next_attempt_at) WHERE state = 'pending';
 
+CREATE FUNCTION payments.transient_error(error text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT error LIKE 'deadlock detected%' OR error LIKE 'could not serialize access%'
+		OR error LIKE 'canceling statement due to %' OR error LIKE 'could not obtain lock%'
+$$;
+COMMENT ON FUNCTION payments.transient_error(text) IS
+	'Whether an error message of a failed attempt says nothing of the event itself: a deadlock, a serialization failure, a timeout or cancel, a lock not obtained';
+
 CREATE FUNCTION payments.event_failed(id bigint, error text, attempt integer DEFAULT NULL,
 									   waiting boolean DEFAULT false)
 RETURNS text
@@ -2244,11 +2267,14 @@ DECLARE
 	next_at	timestamptz;
 BEGIN
 	-- (an event that was waiting for its payment waits on when this attempt, or several in a row,
-	-- failed otherwise: deadlocks or timeouts must not end its four days)
+	-- failed otherwise: deadlocks or timeouts must not end its four days; an error of another
+	-- kind, the payment known by then, ends its waiting)
 	SELECT coalesce(attempt, e.attempts + 1),
 		   waiting OR coalesce(e.last_error LIKE 'payment % is not known yet', false)
-		   OR EXISTS (SELECT FROM payments.event_attempts a
-					   WHERE a.event_id = e.id AND a.error LIKE 'payment % is not known yet')
+		   OR (payments.transient_error(error)
+			   AND coalesce((SELECT a.error LIKE 'payment % is not known yet' FROM payments.event_attempts a
+							  WHERE a.event_id = e.id AND NOT payments.transient_error(a.error)
+							  ORDER BY a.id DESC LIMIT 1), false))
 	  INTO tries, waiting
 	  FROM payments.events e WHERE e.id = event_failed.id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -2788,7 +2814,8 @@ BEGIN
 	 WHERE o.id = ANY (ids);
 	-- no second probe while one is out: half open at least until its lease ends
 	UPDATE payments.endpoints e SET breaker_until = greatest(e.breaker_until, now() + make_interval(secs => lease))
-	 WHERE e.id = ANY (probed);
+	 WHERE e.id = ANY (probed)
+	   AND e.id IN (SELECT o.endpoint_id FROM payments.outbox o WHERE o.id = ANY (ids));
 	RETURN QUERY
 	WITH u AS (
 		UPDATE payments.outbox o
@@ -2839,15 +2866,18 @@ DECLARE
 	upload	boolean;
 	media	text;
 	throttled integer;
-	-- the moment of the answer: the transaction began before the request was sent (a slow
+	-- the moment of the answer (set below): the transaction began before the request was sent,
+	-- and the results of a batch are recorded once its slowest request is done (a slow
 	-- receiver's Retry-After and the breaker's cooldown count from when it answered; what is
 	-- due at once is due from now())
-	answered timestamptz := clock_timestamp();
+	answered timestamptz;
 BEGIN
 	SELECT a.* INTO att FROM payments.outbox_attempts a WHERE a.id = record_delivery.attempt_id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown delivery attempt %', attempt_id USING ERRCODE = 'undefined_object';
 	END IF;
+	answered := least(att.started_at + make_interval(secs => greatest(coalesce(duration_ms, 0), 0) / 1000.0),
+					  clock_timestamp());
 	SELECT o.* INTO item FROM payments.outbox o WHERE o.id = att.outbox_id FOR UPDATE;
 	-- FOR NO KEY UPDATE, as the updates below: the foreign key checks of new outbox rows (FOR KEY
 	-- SHARE) need not wait for it

@@ -428,10 +428,16 @@ stripe_change(PG_FUNCTION_ARGS)
 			refunded = captured;
 		if (refund)
 		{
-			status = uncaptured ? "cancelled" :
-				!refunded_null && !minor_null &&
-				DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, minor)) ?
-				"refunded" : "partially_refunded";
+			/* none given back (what a partial capture released, before 2025-03-31): no news */
+			if (!uncaptured && !refunded_null &&
+				DatumGetBool(DirectFunctionCall2(numeric_le, refunded,
+												 DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
+				status = NULL;
+			else
+				status = uncaptured ? "cancelled" :
+					!refunded_null && !minor_null &&
+					DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, minor)) ?
+					"refunded" : "partially_refunded";
 			if (uncaptured)
 				refunded_null = true;
 		}

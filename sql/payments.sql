@@ -132,10 +132,25 @@ SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h2', 1000, 800) || 
 SELECT status, amount, amount_refunded FROM tp.show('pi_h2');
 SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h2', 1000, 1000) || '{"captured": true, "amount_captured": 300}', 1718000940, '2024-06-20');
 SELECT status, amount, amount_refunded FROM tp.show('pi_h2');
+-- out of order: the refund of the 300 before the news of their capture (a partial refund of the
+-- hold, as far as it could tell), then the capture: all of what was taken was given back
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h3', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h3', 1000, 300) || '{"captured": true, "amount_captured": 300}', 1718000930);
+SELECT status, amount, amount_refunded FROM tp.show('pi_h3');
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h3', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920);
+SELECT status, amount, amount_refunded, receipt_no IS NOT NULL AS receipt FROM tp.show('pi_h3');
+-- before 2025-03-31, a charge.refunded that reports only what the capture released: nothing given back
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h4', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910, '2024-06-20');
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h4', 1000, 700) || '{"captured": true, "amount_captured": 300}', 1718000920, '2024-06-20');
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h4', 1000, 700) || '{"captured": true, "amount_captured": 300}', 1718000930, '2024-06-20');
+SELECT status, amount, amount_refunded FROM tp.show('pi_h4');
 SELECT p.provider_ref, f.amount, e.event_type
   FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
   JOIN payments.events e ON e.id = f.event_id
- WHERE p.provider_ref IN ('pi_h', 'pi_h2') ORDER BY f.id;
+ WHERE p.provider_ref IN ('pi_h', 'pi_h2', 'pi_h3', 'pi_h4') ORDER BY f.id;
+SELECT h.from_status, h.to_status, e.event_type FROM payments.status_history h
+  JOIN payments.payments p ON p.id = h.payment_id LEFT JOIN payments.events e ON e.id = h.event_id
+ WHERE p.provider_ref = 'pi_h3' ORDER BY h.id;
 
 -- disputes: won returns to paid (receipt kept), lost becomes refunded
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_d', 5000), 1718001000);

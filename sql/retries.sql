@@ -119,6 +119,10 @@ SELECT payments.event_failed(e.id, 'deadlock detected') AS after_a_deadlock
   FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 SELECT payments.event_failed(e.id, 'canceling statement due to statement timeout') AS and_a_timeout_after_it
   FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+-- ... but an error of another kind (its payment known by then) ends its waiting: the schedule's
+-- eight attempts are long used, so it is given up
+SELECT payments.event_failed(e.id, 'unknown currency "XYZ"') AS then_another_error
+  FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 DELETE FROM payments.events WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 
 -- the currencies are read once per transaction, and again after a change to them in it: an event

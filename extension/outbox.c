@@ -19,8 +19,8 @@
 #include "nodes/parsenodes.h"
 #include "storage/pmsignal.h"
 #include "utils/builtins.h"
-#include "utils/timeout.h"
 #include "utils/memutils.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(deliver_outbox);
@@ -249,9 +249,9 @@ DeliverBatch(int max_items, MemoryContext cxt)
 			 * others back (and all of them on a shutdown).  Nothing is lost
 			 * either way.  The cancel is set aside meanwhile (a pending one
 			 * stops regular expressions), interrupts still served: a
-			 * terminate ends the backend, a second cancel fails the result
-			 * being recorded, and no lock is waited on past
-			 * CANCELLED_RECORD_LOCK_TIMEOUT.
+			 * terminate ends the backend, a second cancel ends the run (the
+			 * results not recorded yet are left to their leases), and no
+			 * lock is waited on past CANCELLED_RECORD_LOCK_TIMEOUT.
 			 */
 			if (QueryCancelPending && !ProcDiePending)
 			{

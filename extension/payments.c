@@ -52,7 +52,11 @@ CheckReceiptTimezone(char **newval, void **extra, GucSource source)
 	}
 	*extra = malloc(sizeof(pg_tz *));	/* freed by the GUC machinery */
 	if (*extra == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
 		return false;
+	}
 	*(pg_tz **) *extra = tz;
 	return true;
 }

@@ -4674,6 +4674,20 @@ $$;
 COMMENT ON FUNCTION payments.chat_amount(numeric, text) IS
 	'An amount as donors, admins and Paynow read it: with its currency''s decimals (three for BHD, none for UGX), two when no currency is known';
 
+CREATE FUNCTION payments.chat_amount_examples(low numeric, high numeric, currency text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	-- a whole amount (10, or the least whole one allowed) and one with cents, when allowed
+	SELECT CASE WHEN b <= high THEN a::text || ' or ' || payments.chat_amount(b, currency) ELSE a::text END
+	  FROM (SELECT a, round(2 * a + 5.5, least(coalesce(payments.currency_exponent(currency), 2), 2)) AS b
+			  FROM (SELECT CASE WHEN low <= 10 AND high >= 10 THEN 10
+								WHEN ceil(low) <= high THEN ceil(low) ELSE low END AS a) x) y
+$$;
+COMMENT ON FUNCTION payments.chat_amount_examples(numeric, numeric, text) IS
+	'Example amounts for a donor between low and high: "10 or 25.50" when both are allowed, else amounts from the least one allowed';
+
 -- The conversation
 
 -- The summary's Confirm button names the draft it shows, so that a tap on an earlier summary, sent
@@ -4704,8 +4718,9 @@ BEGIN
 			'(You can send *help* at any time.)',
 			'[["donate", "Donate"], ["check", "Check a payment"], ["volunteer", "Volunteer"], ["help", "Help"]]')
 		WHEN 'amount' THEN (SELECT payments.chat_text(wa_id, format(
-			'How much would you like to give? Send an amount between %s and %s%s, for example 10 or 25.50.',
-			payments.chat_amount(r.low, draft ->> 'currency'), payments.chat_amount(r.high, draft ->> 'currency'), coalesce(' ' || (draft ->> 'currency'), '')))
+			'How much would you like to give? Send an amount between %s and %s%s, for example %s.',
+			payments.chat_amount(r.low, draft ->> 'currency'), payments.chat_amount(r.high, draft ->> 'currency'), coalesce(' ' || (draft ->> 'currency'), ''),
+			payments.chat_amount_examples(r.low, r.high, draft ->> 'currency')))
 			FROM payments.chat_amount_range(cfg, draft ->> 'currency') r)
 		WHEN 'currency' THEN payments.chat_choices(wa_id, 'In which currency?',
 			(SELECT jsonb_agg(jsonb_build_array('cur_' || k, k) ORDER BY k) FROM jsonb_object_keys(cfg -> 'paynow_providers') k))
@@ -5153,20 +5168,24 @@ BEGIN
 		  FROM payments.chat_amount_range(cfg, coalesce(drafted ->> 'currency', named)) r;
 		IF named IS NOT NULL AND NOT cfg -> 'paynow_providers' ? named THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'Sorry, we cannot take donations in %s here, only in %s. Please send the amount in %s, like 10 or 25.50.',
+				'Sorry, we cannot take donations in %s here, only in %s. Please send the amount in %s, like %s.',
 				named, payments.chat_or_list(ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k)),
 				coalesce(drafted ->> 'currency', payments.chat_or_list(
-					ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k))))));
+					ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k))),
+				(SELECT payments.chat_amount_examples(r.low, r.high, drafted ->> 'currency')
+				   FROM payments.chat_amount_range(cfg, drafted ->> 'currency') r))));
 		ELSIF named <> drafted ->> 'currency' THEN
 			-- the draft's currency is changed with Edit, not by an amount in another
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'This donation is in %s, not %s. Please send the amount in %s, like 10 or 25.50 (to give in %s, choose *Edit* on the summary, then Currency).',
-				drafted ->> 'currency', named, drafted ->> 'currency', named)));
+				'This donation is in %s, not %s. Please send the amount in %s, like %s (to give in %s, choose *Edit* on the summary, then Currency).',
+				drafted ->> 'currency', named, drafted ->> 'currency',
+				payments.chat_amount_examples(low, high, drafted ->> 'currency'), named)));
 		ELSIF amount IS NULL OR amount < low OR amount > high THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s%s, like 10 or 25.50.',
+				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s%s, like %s.',
 				left(txt, 40), payments.chat_amount(low, coalesce(drafted ->> 'currency', named)),
-				payments.chat_amount(high, coalesce(drafted ->> 'currency', named)), coalesce(' ' || named, ''))));
+				payments.chat_amount(high, coalesce(drafted ->> 'currency', named)), coalesce(' ' || named, ''),
+				payments.chat_amount_examples(low, high, coalesce(drafted ->> 'currency', named)))));
 		ELSE
 			-- a currency named with the amount goes into the draft: its question is not asked
 			SELECT a.next_state, a.next_draft INTO st, drafted

@@ -607,6 +607,16 @@ SELECT pg_temp.say('263772000091', 'edit', 8, true);
 SELECT pg_temp.say('263772000091', 'edit_currency', 9, true);
 SELECT pg_temp.say('263772000091', 'cur_USD', 10, true);
 SELECT * FROM pg_temp.replies('263772000091');
+-- the examples in the messages are amounts the currency allows
+SELECT pg_temp.say('263772000092', 'donate', 1, true);
+SELECT pg_temp.say('263772000092', '5', 2);
+SELECT pg_temp.say('263772000092', 'cur_ZWG', 3, true);
+SELECT pg_temp.say('263772000092', '7', 4);
+SELECT pg_temp.say('263772000092', 'usd 30', 5);
+SELECT * FROM pg_temp.replies('263772000092');
+SELECT low, high, currency, payments.chat_amount_examples(low, high, currency)
+  FROM (VALUES (1, 480, 'USD'), (20, 13000, 'ZWG'), (600.00, 13000, 'ZWG'), (1, 20, 'USD'), (1, 8, 'USD'),
+			   (0.25, 0.90, 'USD'), (1000, 5000000, 'UGX'), (1, 480, NULL)) AS v (low, high, currency);
 SELECT wa_id, state, draft ->> 'amount' AS amount, draft ->> 'currency' AS currency FROM payments.chat_sessions
  WHERE wa_id IN ('263772000090', '263772000091') ORDER BY wa_id;
 ROLLBACK;

@@ -78,6 +78,31 @@ DecodeBase64Strict(const char *s, int len, unsigned char **out)
 	return n;
 }
 
+/*
+ * Decodes a key written as standard base64 with or without its '=' padding:
+ * the Standard Webhooks libraries (npm standardwebhooks, svix) accept
+ * "whsec_" secrets either way, and some senders show them unpadded.  The
+ * padding is restored and the result decoded strictly; returns the decoded
+ * length, or -1 if s is not valid.
+ */
+int
+DecodeBase64Key(const char *s, int len, unsigned char **out)
+{
+	char	   *whole;
+	int			n;
+
+	if (len % 4 == 0)
+		return DecodeBase64Strict(s, len, out);
+	if (len % 4 == 1 || memchr(s, '=', len) != NULL)
+		return -1;
+	whole = palloc(len + 4);
+	memcpy(whole, s, len);
+	memset(whole + len, '=', 4 - len % 4);
+	n = DecodeBase64Strict(whole, len + 4 - len % 4, out);
+	pfree(whole);
+	return n;
+}
+
 /* Encodes bytes as padded standard base64, NUL-terminated, palloc'd */
 char *
 EncodeBase64(const unsigned char *data, int len)

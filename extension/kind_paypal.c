@@ -304,11 +304,29 @@ VerifyPayPalDelivery(const Provider *provider, const Delivery *delivery, Verdict
 					  "paypal-transmission-id was stored before with another body");
 }
 
-/* A PayPal event is one event: id "WH-...", event_type, create_time (ISO 8601) */
+/* The event's "resource" object, or NULL */
+static Jsonb *
+ResourceObject(Jsonb *payload)
+{
+	JsonbValue	resource;
+
+	if (getKeyJsonValueFromContainer(&payload->root, "resource", 8, &resource) == NULL ||
+		resource.type != jbvBinary || !JsonContainerIsObject(resource.val.binary.data))
+		return NULL;
+	return JsonbValueToJsonb(&resource);
+}
+
+/*
+ * A PayPal event is one event: id "WH-...", event_type, and its time: the
+ * create_time (ISO 8601), else its resource's update_time.  A time that does
+ * not parse is none: the event counts as of its arrival.
+ */
 static void
 ExtractPayPalEvent(const Provider *provider, const Delivery *delivery, EventList *events)
 {
 	Jsonb	   *payload = ParseJsonDelivery(delivery, events);
+	Jsonb	   *resource;
+	EventRecord *event;
 	char	   *event_id;
 
 	if (payload == NULL)
@@ -317,9 +335,11 @@ ExtractPayPalEvent(const Provider *provider, const Delivery *delivery, EventList
 	if (event_id == NULL)
 		return;
 	SingleEvent(events, event_id, payload);
-	events->events[0].event_type = JsonbTopString(payload, "event_type");
-	events->events[0].have_event_at = JsonbTopIsoTime(payload, "create_time",
-													  &events->events[0].event_at);
+	event = &events->events[0];
+	event->event_type = JsonbTopString(payload, "event_type");
+	event->have_event_at = JsonbTopIsoTime(payload, "create_time", &event->event_at);
+	if (!event->have_event_at && (resource = ResourceObject(payload)) != NULL)
+		event->have_event_at = JsonbTopIsoTime(resource, "update_time", &event->event_at);
 }
 
 /* The type of a top-level setting, or jbvNull when absent */

@@ -42,7 +42,8 @@ PG_FUNCTION_INFO_V1(verify_standard);
 
 /*
  * Decodes a Standard Webhooks secret into its key bytes; returns the key
- * length, or -1 if the secret is not (whsec_ followed by) base64.
+ * length, or -1 if the secret is not (whsec_ followed by) base64, padded or
+ * not.
  */
 static int
 DecodeStandardSecret(const char *secret, int len, unsigned char **key)
@@ -54,7 +55,7 @@ DecodeStandardSecret(const char *secret, int len, unsigned char **key)
 		secret += prefixlen;
 		len -= prefixlen;
 	}
-	return DecodeBase64Strict(secret, len, key);
+	return DecodeBase64Key(secret, len, key);
 }
 
 /* True if the secret is an Ed25519 public key (whpk_) */
@@ -72,7 +73,7 @@ DecodeStandardPublicKey(const char *secret, int len, unsigned char **key)
 {
 	int			prefixlen = strlen(STANDARD_PUBLIC_KEY_PREFIX);
 
-	return DecodeBase64Strict(secret + prefixlen, len - prefixlen, key) == ED25519_PUBLIC_KEY_LEN;
+	return DecodeBase64Key(secret + prefixlen, len - prefixlen, key) == ED25519_PUBLIC_KEY_LEN;
 }
 
 /* Why a secret cannot serve as a Standard Webhooks key, or NULL */
@@ -85,12 +86,12 @@ StandardSecretProblem(const char *secret, int len)
 
 	if (IsStandardPublicKey(secret, len))
 		return DecodeStandardPublicKey(secret, len, &key) ? NULL :
-			"a Standard Webhooks public key is whpk_ followed by padded base64 of 32 bytes";
+			"a Standard Webhooks public key is whpk_ followed by base64 of 32 bytes";
 	if (len >= skprefix && memcmp(secret, STANDARD_PRIVATE_KEY_PREFIX, skprefix) == 0)
 		return "that is a signing key (whsk_): give the sender's public key (whpk_) instead";
 	keylen = DecodeStandardSecret(secret, len, &key);
 	if (keylen < 0)
-		return "a Standard Webhooks secret is whsec_ followed by padded base64";
+		return "a Standard Webhooks secret is whsec_ followed by base64";
 	if (keylen < STANDARD_MIN_KEY_BYTES)
 		return "a Standard Webhooks key must be at least 16 bytes (the spec asks for 24 to 64)";
 	return NULL;

@@ -14,7 +14,7 @@ PG_FUNCTION_INFO_V1(sign_webhook);
 
 /*
  * Returns the webhook-signature value for one delivery, palloc'd; raises an
- * error for a secret that is not whsec_ followed by padded base64.
+ * error for a secret that is not whsec_ followed by base64.
  */
 char *
 StandardWebhookSignature(const char *msg_id, int64 timestamp, const char *body, size_t bodylen,
@@ -31,11 +31,11 @@ StandardWebhookSignature(const char *msg_id, int64 timestamp, const char *body, 
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("an endpoint secret is whsec_ followed by base64")));
-	keylen = DecodeBase64Strict(secret + prefixlen, strlen(secret + prefixlen), &key);
+	keylen = DecodeBase64Key(secret + prefixlen, strlen(secret + prefixlen), &key);
 	if (keylen <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("an endpoint secret is whsec_ followed by padded base64")));
+				 errmsg("an endpoint secret is whsec_ followed by base64")));
 
 	snprintf(tsbuf, sizeof(tsbuf), INT64_FORMAT, timestamp);
 	parts[0] = (MacPart) {msg_id, strlen(msg_id)};

@@ -211,7 +211,7 @@ CREATE INDEX rejections_provider_received_at_idx ON payments.rejections (provide
 CREATE INDEX rejections_paypal_transmission_idx ON payments.rejections (provider, (headers ->> 'paypal-transmission-id'))
 	WHERE headers ? 'paypal-transmission-id' AND outcome = 'invalid';
 COMMENT ON TABLE payments.rejections IS
-	'Deliveries refused: bad or missing signature, timestamp outside tolerance, no live secret (rejected, 401), or a verified body that is not a usable event (invalid, 400)';
+	'Deliveries refused: bad or missing signature, timestamp outside tolerance, no live secret (rejected, 401), a verified body that is not a usable event (invalid, 400), or a WhatsApp Flows request refused (432, 421, 400); with their headers, less authorization, cookie and proxy-authorization';
 
 --------------------------------------------------------------------------------------------------
 -- Verification primitives (C)
@@ -327,7 +327,7 @@ BEGIN
 			CASE WHEN settings ->> 'api_key' ~ '^(sk|rk)_live_' THEN 'live' ELSE 'test' END,
 			coalesce(settings ->> 'livemode', 'true (by default)')
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'A test-mode provider takes "livemode": false; its events of the other mode are refused.';
+				  HINT = 'A test-mode provider takes "livemode": false; its events of the other mode are stored and ignored.';
 	END IF;
 	IF (settings ? 'client_id') <> (settings ? 'client_secret') THEN
 		RAISE EXCEPTION 'settings "client_id" and "client_secret" go together'
@@ -641,7 +641,7 @@ CREATE TABLE payments.payments (
 CREATE INDEX payments_reference_idx ON payments.payments (reference);
 CREATE INDEX payments_created_at_idx ON payments.payments USING brin (created_at);
 COMMENT ON TABLE payments.payments IS
-	'One row per provider payment object; amount in major units of currency; moved only forward by payments.apply_event';
+	'One row per provider payment object; amount in major units of currency; moved only forward, by payments.apply_change (for stored events, batches and reconciliation)';
 COMMENT ON COLUMN payments.payments.status_at IS 'The provider''s time of the current status; older events never move the payment';
 COMMENT ON COLUMN payments.payments.donor_phone IS 'E.164 digits, no plus sign';
 
@@ -1075,7 +1075,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) IS
-	'What a Paynow status update says about a payment: Paid, Awaiting Delivery, Delivered are paid; Created, Sent pending; Cancelled; Failed; Disputed; Refunded';
+	'What a Paynow status update says about a payment: Paid, Awaiting Delivery, Delivered are paid; Created, Sent, Awaiting Redirect, Created but not paid pending; Cancelled; Failed; Disputed; Refunded';
 
 CREATE FUNCTION payments.paynow_initiated(change payments.payment_change, provider_name text)
 RETURNS payments.payment_change
@@ -1140,7 +1140,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
-	'What an Eversend transaction event says about a payment: successful is paid, pending, failed; type collection (the default) or payout (an exchange, or another type, is ignored); fees';
+	'What an Eversend transaction event says about a payment: successful (success, completed) is paid, pending (processing), failed, cancelled, reversed is refunded; type collection (the default) or payout (an exchange, or another type, is ignored); fees';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: PayPal
@@ -1164,7 +1164,8 @@ DECLARE
 	c		payments.payment_change;
 	up		text;
 BEGIN
-	c.status_at := coalesce(event_at, (r ->> 'update_time')::timestamptz);
+	-- the event's create_time, else its resource's update_time (read when it was stored)
+	c.status_at := event_at;
 	c.reference := coalesce(r ->> 'invoice_id', r ->> 'custom_id');
 	c.method := 'paypal';
 
@@ -1220,7 +1221,7 @@ BEGIN
 		c.currency := r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code';
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
 								r -> 'purchase_units' -> 0 ->> 'reference_id');
-		c.donor_name := concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname');
+		c.donor_name := nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), '');
 		c.donor_email := r -> 'payer' ->> 'email_address';
 		c.country := r -> 'payer' -> 'address' ->> 'country_code';
 	END IF;
@@ -1492,7 +1493,7 @@ AS 'MODULE_PATHNAME', 'meta_subscribe'
 LANGUAGE C STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION payments.meta_subscribe(text, text, text, text) IS
-	'Answers Meta''s GET subscription handshake: 200 with the challenge when hub.mode is subscribe and hub.verify_token matches, else 403 (404: no such meta provider)';
+	'Answers Meta''s GET subscription handshake: 200 with the challenge when hub.mode is subscribe and hub.verify_token matches, else 403 (400: no usable hub.challenge; 404: no such meta provider)';
 REVOKE ALL ON FUNCTION payments.meta_subscribe(text, text, text, text) FROM PUBLIC;
 
 --------------------------------------------------------------------------------------------------
@@ -2437,7 +2438,7 @@ CREATE TABLE payments.endpoints (
 COMMENT ON TABLE payments.endpoints IS
 	'Receivers of outbound webhooks (Standard Webhooks signed JSON POSTs), with their circuit breaker state';
 COMMENT ON COLUMN payments.endpoints.event_types IS
-	'Event types to send (payment.paid, payment.* ...); NULL: all';
+	'Event types to send (payment.paid, payment.*, event.stripe.* ...); NULL: every payment change (raw events only when named)';
 COMMENT ON COLUMN payments.endpoints.ca_file IS 'CA bundle to verify the receiver''s TLS certificate; NULL: the system''s';
 COMMENT ON COLUMN payments.endpoints.breaker_state IS
 	'closed: deliver; open: paused after breaker_threshold consecutive failures until breaker_until; half_open: one probe in flight';
@@ -5714,6 +5715,9 @@ COMMENT ON PROCEDURE payments.initiate_payments(integer) IS
 	'Initiates queued Paynow transactions: claims them and commits, sends the hashed requests (libcurl, in parallel, payments.reconcile_timeout), records the answers and commits; CALL it outside a transaction block';
 
 REVOKE ALL ON FUNCTION payments.chat_settings_problem(jsonb) FROM PUBLIC;
+-- they read the currencies' exponents, which only the extension's own functions may
+REVOKE ALL ON FUNCTION payments.chat_amount(numeric, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_amount_examples(numeric, numeric, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_send(text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_prompt(text, text, text, jsonb, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_advance(text, text, jsonb, jsonb) FROM PUBLIC;

@@ -249,6 +249,7 @@ extern Jsonb *FormToJsonb(const Form *form, char **error);
 extern bool ParseUnixSeconds(const char *s, int len, int64 *seconds);
 extern bool IsLowerHex(const char *s, int len);
 extern int	DecodeBase64Strict(const char *s, int len, unsigned char **out);
+extern int	DecodeBase64Key(const char *s, int len, unsigned char **out);
 extern char *EncodeBase64(const unsigned char *data, int len);
 extern char *EncodeHex(const unsigned char *data, int len);
 

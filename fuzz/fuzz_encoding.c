@@ -1,11 +1,14 @@
 /*
  * fuzz_encoding.c
  *		The strict text forms inside signature headers (encoding.c): unix
- *		seconds, lower-case hex, padded base64.
+ *		seconds, lower-case hex, padded base64, and keys in base64 padded or
+ *		not.
  *
  * Input: any bytes, read as each form.  Unix seconds must agree with strtoll
  * on digit strings; base64 that decodes must encode to text that decodes to
- * the same bytes; hex encoding must give 2n lower-case hex digits.
+ * the same bytes; a key decodes as the strict decoder does where the input
+ * is padded, and otherwise to the bytes whose encoding is the input with its
+ * padding; hex encoding must give 2n lower-case hex digits.
  */
 #include "harness.h"
 
@@ -39,6 +42,23 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		FUZZ_ASSERT(DecodeBase64Strict(again, strlen(again), &twice) == n &&
 					memcmp(decoded, twice, n) == 0, "encoding: base64 round trip differs");
+	}
+
+	{
+		unsigned char *key;
+		int			keylen = DecodeBase64Key(s, len, &key);
+
+		if (len % 4 == 0)
+			FUZZ_ASSERT(keylen == n && (n < 0 || memcmp(key, decoded, n) == 0),
+						"encoding: a padded key decodes unlike strict base64");
+		else if (keylen >= 0)
+		{
+			char	   *again = EncodeBase64(key, keylen);
+
+			FUZZ_ASSERT(strlen(again) == (size_t) (len + 4 - len % 4) && memcmp(again, s, len) == 0 &&
+						strspn(again + len, "=") == strlen(again + len),
+						"encoding: an unpadded key decodes to bytes encoded otherwise");
+		}
 	}
 
 	{

@@ -369,6 +369,10 @@ SELECT provider_ref, status, amount, currency, amount_refunded, fee, right(recei
 SELECT h.from_status, h.to_status FROM payments.status_history h JOIN payments.payments p ON p.id = h.payment_id
  WHERE p.provider_ref = 'ORDER1' ORDER BY h.id;
 
+-- an order without a payer's name has none (not an empty one, which no later name would replace)
+SELECT tp.paypal('WH-15', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER2","purchase_units":[{"amount":{"currency_code":"USD","value":"5.00"}}]}', '2024-08-03T00:00:00Z');
+SELECT provider_ref, status, donor_name IS NULL AS no_name FROM payments.payments WHERE provider = 'pp' AND provider_ref = 'ORDER2';
+
 -- leave no PayPal provider behind for the paypal test, which counts them
 DELETE FROM payments.payments WHERE provider = 'pp';
 DELETE FROM payments.events WHERE provider = 'pp';

@@ -13,6 +13,17 @@
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', :'secret', 300, :at);
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 300, :at);
 
+-- a secret without its base64 padding is the same key, as the libraries take it (a 32-byte key:
+-- 43 characters); a length no base64 has, '=' inside, or bits past the key's end are refused
+SELECT payments.sign_webhook('msg_1', 1614265330, :'body', 'whsec_j82H/BJ+HPaRxOp5NnM5jNKjDodVkwiI1I4ALfrQ+4Y')
+	 = payments.sign_webhook('msg_1', 1614265330, :'body', 'whsec_j82H/BJ+HPaRxOp5NnM5jNKjDodVkwiI1I4ALfrQ+4Y=') AS same_key;
+SELECT payments.verify_standard(:'body'::bytea, 'msg_1', '1614265330',
+	payments.sign_webhook('msg_1', 1614265330, :'body', 'whsec_j82H/BJ+HPaRxOp5NnM5jNKjDodVkwiI1I4ALfrQ+4Y='),
+	'whsec_j82H/BJ+HPaRxOp5NnM5jNKjDodVkwiI1I4ALfrQ+4Y', 300, :at);
+SELECT payments.secret_problem('standard', s) FROM (VALUES ('whsec_j82H/BJ+HPaRxOp5NnM5jNKjDodVkwiI1I4ALfrQ+4Z'),
+	('whsec_j82H/BJ+HPaRxOp5NnM5jNKjDodVkwiI1I4ALfrQ+'), ('whsec_j82H/BJ+HPaRxOp5NnM5jNKj=odVkwiI1I4ALfrQ+4Y'),
+	('whpk_3uQm5xb4DiC0ufrJDEaI3pJhGyq01FcFGXh8wmLZn/w')) AS x (s);
+
 -- several signatures, space-separated: rotation, other versions, unknown versions
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330',
 	'v1,' || repeat('A', 43) || '= ' || :'v1a' || ' v2,xyz ' || :'sig', :'secret', 300, :at);

@@ -301,6 +301,24 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 			{ e: JSON.parse(next).id }), 'PAYMENT.CAPTURE.PENDING');
 	});
 
+	test("without create_time an event counts from its resource's update_time, or from its arrival when that is no time", async () => {
+		const outcomes = [];
+		for (const updateTime of ['2024-08-02T19:33:35Z', 'soon']) {
+			const event = JSON.parse(paypalEvent());
+			delete event.create_time;
+			event.resource.update_time = updateTime;
+			const body = JSON.stringify(event);
+			const res = await post(shim.base, 'paypal', body, paypalHeaders(body, leafKey, good.url));
+			assert.equal(res.status, 200, res.text);
+			outcomes.push(res.json.outcome);
+			assert.equal(cluster.psqlVars(`SELECT status || ' ' || CASE WHEN status_at > now() - interval '1 minute'
+												   THEN 'on arrival' ELSE status_at::text END
+											 FROM payments.payments WHERE provider = 'paypal' AND provider_ref = :'r'`,
+			{ r: event.resource.id }), updateTime === 'soon' ? 'paid on arrival' : 'paid 2024-08-02 19:33:35+00');
+		}
+		assert.deepEqual(outcomes, ['applied', 'applied']);
+	});
+
 	test('CRC-32 values above and below 2^31 both verify (the CRC is signed as unsigned decimal)', async () => {
 		const found = { high: null, low: null };
 		while (!found.high || !found.low) {

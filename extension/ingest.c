@@ -152,9 +152,11 @@ RecordFailedAttempt(int64 event_row, const char *error)
 								  2, argtypes),
 						 args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not record a failed event");
+	/* the error may quote the body: it goes in the detail, which the shim does not log */
 	ereport(WARNING,
-			(errmsg("event %lld is stored but could not be applied: %s",
-					(long long) event_row, error)));
+			(errmsg("event %lld is stored but could not be applied", (long long) event_row),
+			 errdetail("%s", error),
+			 errhint("It is retried (payments.event_attempts keeps every error).")));
 }
 
 /* Input and output of StoreEventStep */

@@ -250,7 +250,8 @@ log_db_error(LogLevel level, const char *request_id, const char *what,
 
 /*
  * Log a notice or warning the server sends on a connection (the extension
- * warns when an event is stored but could not be applied) as a JSON line of
+ * warns when an event is stored but could not be applied, its reason in the
+ * detail, which is not logged: it may quote the body) as a JSON line of
  * the shim's log, at warning for a WARNING and debug for anything less,
  * instead of libpq's default: the raw text on stderr, whatever the log level
  * and file.  As with errors, a data exception's message is withheld.

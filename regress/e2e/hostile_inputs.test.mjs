@@ -375,8 +375,10 @@ describe('hostile inputs', () => {
 		assert.equal(cluster.psql("SELECT state || ': ' || last_error FROM payments.events WHERE provider = 'stripe'" +
 			" AND state <> 'applied' ORDER BY last_error"), 'pending: Stripe\'s amount must be a whole number of minor units of at most 15 digits, ' +
 			'not "1000000000000000000000000000000"\npending: unknown currency "XYZ"');
-		// the server's warning about it reaches the shim's log as a JSON line, not libpq's raw stderr text
-		assert.match(shim.stderr, /"level":"warning"[^\n]*"msg":"database warning","sqlstate":"01000","error":"event \d+ is stored but could not be applied: unknown currency \\"XYZ\\""/);
+		// the server's warning about it reaches the shim's log as a JSON line, not libpq's raw stderr
+		// text, without its reason: that quotes the body (the server's log has it, and the event)
+		assert.match(shim.stderr, /"level":"warning"[^\n]*"msg":"database warning","sqlstate":"01000","error":"event \d+ is stored but could not be applied"/);
+		assert.doesNotMatch(shim.stderr, /XYZ|1000000000000000000000000000000/);
 		assert.doesNotMatch(shim.stderr, /^WARNING:/m);
 		assert.equal(Number(cluster.psql("SELECT count(*) FROM payments.rejections")), refusedByDatabase);
 	});

@@ -1154,6 +1154,37 @@ RETURN CASE WHEN value ~ '^-?([0-9]{1,15}(\.[0-9]{1,4})?|\.[0-9]{1,4})$' AND (re
 COMMENT ON FUNCTION payments.decimal_amount(text, boolean) IS
 	'A PayPal amount ("10.99", ".5"; PayPal''s Money pattern, at most 15 digits and 4 decimals) as numeric; a refund''s may be negative, as PayPal''s v1 API sends them, and counts by its size; anything else (NaN, Infinity, an exponent, which ::numeric takes) is NULL: an amount not known';
 
+-- PayPal: an order may be paid by more than one capture (one declined, then another completed;
+-- an authorization captured in parts), and a refund names its capture, with that capture's total
+-- refunded: a payment's amount is what its completed captures took, its refunded total the sum of
+-- theirs.  A v1 sale is a capture of its own payment.
+CREATE TABLE payments.paypal_captures (
+	provider	text NOT NULL REFERENCES payments.providers (name),
+	capture_id	text NOT NULL,
+	payment_id	bigint NOT NULL REFERENCES payments.payments (id) ON DELETE CASCADE,
+	status		payments.payment_status NOT NULL,
+	amount		numeric,
+	currency	char(3),
+	refunded	numeric NOT NULL DEFAULT 0,
+	status_at	timestamptz NOT NULL,
+	PRIMARY KEY (provider, capture_id)
+);
+CREATE INDEX paypal_captures_payment_idx ON payments.paypal_captures (payment_id);
+COMMENT ON TABLE payments.paypal_captures IS
+	'PayPal captures (and v1 sales) of each payment, with their own status, amount and refunded total: a payment''s amount and refunded total are their sums';
+SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
+
+CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT substring(l ->> 'href' FROM '/captures/([^/?#]+)')
+	  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(refund -> 'links') = 'array' THEN refund -> 'links' ELSE '[]' END) l
+	 WHERE l ->> 'rel' = 'up' LIMIT 1
+$$;
+COMMENT ON FUNCTION payments.paypal_refunded_capture(jsonb) IS
+	'The capture a PayPal v2 refund belongs to: named only by its "up" link';
+
 CREATE FUNCTION payments.paypal_change(payload jsonb, provider_name text, event_at timestamptz)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
@@ -1181,14 +1212,12 @@ BEGIN
 		c.fee := payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value');
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
 	ELSIF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED') THEN
-		-- the resource is the refund; its capture is only named by the "up" link
-		SELECT substring(l ->> 'href' FROM '/captures/([^/?#]+)') INTO up
-		  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r -> 'links') = 'array' THEN r -> 'links' ELSE '[]' END) l
-		 WHERE l ->> 'rel' = 'up' LIMIT 1;
-		c.provider_ref := coalesce((SELECT p.provider_ref FROM payments.payments p
-									 WHERE p.provider = provider_name
-									   AND (p.provider_ref = up OR p.metadata ->> 'capture_id' = up)
-									 LIMIT 1), up);
+		-- the resource is the refund: the payment is its capture's (the capture's own while the
+		-- capture is not known)
+		up := payments.paypal_refunded_capture(r);
+		c.provider_ref := coalesce((SELECT p.provider_ref FROM payments.paypal_captures k
+									  JOIN payments.payments p ON p.id = k.payment_id
+									 WHERE k.provider = provider_name AND k.capture_id = up), up);
 		c.creates := false;
 		c.status := 'refunded';
 		c.amount_refunded := coalesce(payments.decimal_amount(r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value', true),
@@ -1262,6 +1291,77 @@ $$;
 COMMENT ON FUNCTION payments.event_change(text, jsonb, payments.events) IS
 	'Dispatches a stored event to the normalizer of its provider''s kind; NULL for kinds and events that do not move payments';
 
+-- PayPal's changes go through here, to keep each capture (payments.paypal_captures): the payment
+-- takes the sum of its completed captures' amounts, and a refund the sum of their refunded totals
+CREATE FUNCTION payments.apply_paypal_change(event_row bigint, provider_name text, change payments.payment_change,
+											 payload jsonb)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	etype	text := payload ->> 'event_type';
+	r		jsonb := payload -> 'resource';
+	capture	text;
+	pay		payments.payments;
+	cap		payments.paypal_captures;
+	result	text;
+	taken	numeric;
+	reported numeric;
+	paid_captures bigint;
+BEGIN
+	IF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED', 'PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED') THEN
+		capture := CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r ->> 'sale_id' ELSE payments.paypal_refunded_capture(r) END;
+		SELECT k.* INTO cap FROM payments.paypal_captures k
+		 WHERE k.provider = provider_name AND k.capture_id = capture FOR UPDATE;
+		IF FOUND THEN
+			-- the capture's total refunded as reported, else this refund added to what it had
+			-- (each refund is one event, applied once)
+			reported := payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r -> 'total_refunded_amount' ->> 'value'
+													 ELSE r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value' END, true);
+			UPDATE payments.paypal_captures k
+			   SET refunded = CASE WHEN reported IS NOT NULL THEN greatest(k.refunded, reported)
+								   ELSE k.refunded + coalesce(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
+										THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), 0) END
+			 WHERE k.provider = provider_name AND k.capture_id = capture;
+			SELECT sum(k.refunded) INTO change.amount_refunded FROM payments.paypal_captures k
+			 WHERE k.payment_id = cap.payment_id;
+		END IF;
+		RETURN payments.apply_change(event_row, provider_name, change);
+	END IF;
+
+	result := payments.apply_change(event_row, provider_name, change);
+	capture := r ->> 'id';
+	IF result = 'unresolved' OR capture IS NULL
+	   OR etype NOT IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.CAPTURE.PENDING', 'PAYMENT.CAPTURE.DENIED',
+						'PAYMENT.CAPTURE.DECLINED', 'PAYMENT.SALE.COMPLETED', 'PAYMENT.SALE.PENDING',
+						'PAYMENT.SALE.DENIED') THEN
+		RETURN result;
+	END IF;
+	SELECT p.* INTO pay FROM payments.payments p
+	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
+	-- news of a capture older than what is known of it changes it not
+	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, status_at)
+	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency),
+			coalesce(change.status_at, now()))
+	ON CONFLICT (provider, capture_id) DO UPDATE
+	   SET status = excluded.status, amount = coalesce(excluded.amount, k.amount),
+		   currency = coalesce(excluded.currency, k.currency), status_at = excluded.status_at
+	 WHERE k.status_at <= excluded.status_at;
+	-- more than one capture taken: the payment's amount is their sum, in its currency (not once
+	-- refunded in full: a forward-only refunded payment cannot take more money)
+	SELECT sum(k.amount), count(*) INTO taken, paid_captures FROM payments.paypal_captures k
+	 WHERE k.payment_id = pay.id AND k.status = 'paid' AND k.currency = pay.currency;
+	IF paid_captures > 1 AND taken IS DISTINCT FROM pay.amount AND pay.paid_at IS NOT NULL
+	   AND pay.status IN ('paid', 'partially_refunded', 'disputed') THEN
+		UPDATE payments.payments p SET amount = taken, updated_at = now() WHERE p.id = pay.id;
+		result := 'applied';
+	END IF;
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) IS
+	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures: a payment paid by several captures takes the sum of their amounts, and a refund the sum of their refunded totals (a refund without its capture''s total adds its own amount)';
+
 -- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
 -- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line
 -- with it, written only where the row does not already say so.
@@ -1279,6 +1379,7 @@ BEGIN
 	ELSE
 		change := payments.event_change(kind, settings, ev);
 		result := CASE WHEN change IS NULL THEN 'ignored'
+					   WHEN kind = 'paypal' THEN payments.apply_paypal_change(ev.id, ev.provider, change, ev.payload)
 					   ELSE payments.apply_change(ev.id, ev.provider, change) END;
 	END IF;
 
@@ -2186,6 +2287,8 @@ REVOKE ALL ON FUNCTION payments.stripe_change(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.eversend_change(jsonb, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paypal_refunded_capture(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report_csv(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) FROM PUBLIC;
@@ -3595,6 +3698,7 @@ DECLARE
 	said_at	timestamptz;	-- the provider's time of the status, where the reply gives one
 	result	text;
 	problem	text := error;
+	no_capture boolean := false;	-- a PayPal order without a capture yet
 BEGIN
 	SELECT c.* INTO chk FROM payments.reconciliation_checks c WHERE c.id = record_reconciliation.check_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -3665,6 +3769,7 @@ BEGIN
 					ELSE
 						r := jsonb_build_object('id', pay.provider_ref, 'status', 'PENDING',
 												'update_time', r ->> 'update_time');
+						no_capture := true;
 					END IF;
 				END IF;
 				-- captured money, refunded since or not: paid (refunded in full, below)
@@ -3680,6 +3785,10 @@ BEGIN
 												 chk.provider, said_at);
 				IF raw = 'VOIDED' THEN
 					change.status := 'cancelled';
+				END IF;
+				-- an order with no capture yet names none: asked by order again next time
+				IF no_capture THEN
+					change.metadata := NULL;
 				END IF;
 			ELSIF kind = 'eversend' THEN
 				r := response::jsonb;
@@ -3702,7 +3811,11 @@ BEGIN
 			-- an event about something that happened before the poll, delivered after it, must
 			-- not be refused as older (its paid time is another matter, below)
 			change.status_at := greatest(pay.status_at, change.status_at);
-			result := payments.apply_change(NULL, chk.provider, change);
+			-- a PayPal capture found is kept with the payment's, as its webhook would have been
+			result := CASE WHEN kind = 'paypal' AND NOT no_capture
+						   THEN payments.apply_paypal_change(NULL, chk.provider, change,
+															 jsonb_build_object('event_type', etype, 'resource', r))
+						   ELSE payments.apply_change(NULL, chk.provider, change) END;
 			-- a PayPal capture found REFUNDED was paid, then given back in full: both are applied,
 			-- as its refund's webhook may be lost too (PARTIALLY_REFUNDED says not how much)
 			IF kind = 'paypal' AND raw = 'REFUNDED' THEN
@@ -3710,6 +3823,8 @@ BEGIN
 				-- all of what was taken: the amount the payment has now that it is paid
 				change.amount_refunded := coalesce((SELECT p.amount FROM payments.payments p WHERE p.id = pay.id),
 												   change.amount);
+				UPDATE payments.paypal_captures k SET refunded = greatest(k.refunded, k.amount)
+				 WHERE k.provider = chk.provider AND k.capture_id = r ->> 'id';
 				result := payments.apply_change(NULL, chk.provider, change);
 			END IF;
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;

@@ -234,6 +234,11 @@ test('a PayPal order without a capture heard of is asked for by order: its captu
 		WHERE provider_ref = 'ORDER-PAID'`), '0.47|CAP-LOST');
 	assert.equal(status('ORDER-OPEN'), 'pending');
 	assert.equal(lastCheck('ORDER-OPEN'), 'unchanged|APPROVED|200');
+	// the capture found is kept as its webhook's would be, so that its refunds find the order;
+	// an order without a capture names none, and is asked for by order again
+	assert.equal(db.psql(`SELECT k.capture_id || '|' || k.status || '|' || k.amount FROM payments.paypal_captures k
+		JOIN payments.payments p ON p.id = k.payment_id WHERE p.provider_ref = 'ORDER-PAID'`), 'CAP-LOST|paid|5.00');
+	assert.equal(db.psql(`SELECT metadata ? 'capture_id' FROM payments.payments WHERE provider_ref = 'ORDER-OPEN'`), 'f');
 	assert.equal(status('ORDER-VOID'), 'cancelled');
 	assert.ok(api.seen.some((s) => s.includes('/v2/checkout/orders/ORDER-PAID')));
 });

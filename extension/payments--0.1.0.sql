@@ -973,6 +973,12 @@ BEGIN
 			VALUES (pay.id, 'partially_refunded', 'refunded', event_row, pay.status_at);
 		END IF;
 		outcome := 'applied';
+	ELSIF change.status = 'paid' AND pay.status = 'paid' AND change.amount > pay.amount
+		  AND upper(change.currency) = pay.currency THEN
+		-- more taken than it knew: a hold captured in several parts (Stripe's amounts captured
+		-- and received are totals so far), or a second capture (PayPal's are summed after)
+		UPDATE payments.payments p SET amount = change.amount WHERE p.id = pay.id;
+		outcome := 'applied';
 	ELSIF change.status = pay.status THEN
 		outcome := 'ignored';
 	-- a refund is money given back, whatever happened since: one made before a dispute that was

@@ -148,6 +148,13 @@ SELECT p.provider_ref, f.amount, e.event_type
   FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
   JOIN payments.events e ON e.id = f.event_id
  WHERE p.provider_ref IN ('pi_h', 'pi_h2', 'pi_h3', 'pi_h4') ORDER BY f.id;
+-- a hold captured in two parts (multicapture: the amounts are totals so far), 300 then 800 of
+-- 1000: the payment has what was taken in all, whatever the order of the news
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h5', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920);
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h5', 1000) || '{"captured": true, "amount_captured": 800}', 1718000950);
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h5', 1000) || '{"captured": true, "amount_captured": 300}', 1718000921);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_h5', 1000) || '{"amount_received": 800}', 1718000951);
+SELECT status, amount, amount_refunded, receipt_no IS NOT NULL AS receipt FROM tp.show('pi_h5');
 SELECT h.from_status, h.to_status, e.event_type FROM payments.status_history h
   JOIN payments.payments p ON p.id = h.payment_id LEFT JOIN payments.events e ON e.id = h.event_id
  WHERE p.provider_ref = 'pi_h3' ORDER BY h.id;

@@ -427,8 +427,8 @@ ingest_batch(PG_FUNCTION_ARGS)
 
 		if (!stored)
 			ereport(LOG,
-					(errmsg("could not store a batch's Stripe events together, storing them one by one: %s",
-							error)));
+					(errmsg("could not store a batch's Stripe events together, storing them one by one"),
+					 errdetail("%s", error)));
 
 		for (int i = 0; i < batch.count; i++)
 		{

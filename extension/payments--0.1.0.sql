@@ -1318,8 +1318,10 @@ BEGIN
 	IF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED', 'PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED') THEN
 		capture := CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r ->> 'sale_id' ELSE payments.paypal_refunded_capture(r) END;
 		SELECT k.* INTO cap FROM payments.paypal_captures k
-		 WHERE k.provider = provider_name AND k.capture_id = capture FOR UPDATE;
+		 WHERE k.provider = provider_name AND k.capture_id = capture;
 		IF FOUND THEN
+			-- the payment's lock first, as for its capture's news: one order of locks
+			PERFORM FROM payments.payments p WHERE p.id = cap.payment_id FOR UPDATE;
 			-- the capture's total refunded as reported, else this refund added to what it had
 			-- (each refund is one event, applied once)
 			reported := payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r -> 'total_refunded_amount' ->> 'value'
@@ -1506,14 +1508,19 @@ BEGIN
 		ON CONFLICT ON CONSTRAINT events_provider_event_id_key DO NOTHING
 		RETURNING e.id, e.provider, e.event_id
 	), creators AS (
-		SELECT DISTINCT ON (f.provider, (f.change).provider_ref)
-			   s.id AS event_row, f.provider, f.change,
-			   coalesce((f.change).status_at, pg_catalog.now()) AS at
-		  FROM stored s
-		  JOIN input f ON f.provider = s.provider AND f.event_id = s.event_id
-		 WHERE (f.change).creates AND (f.change).provider_ref IS NOT NULL AND (f.change).status IS NOT NULL
-		   AND ((f.change).currency IS NULL OR payments.currency_exponent((f.change).currency) IS NOT NULL)
-		 ORDER BY f.provider, (f.change).provider_ref, f.pos
+		-- the first news of each payment; one with money given back already is created alone
+		-- (apply_change records that refund), as are the payment's other events after it
+		SELECT first.* FROM (
+			SELECT DISTINCT ON (f.provider, (f.change).provider_ref)
+				   s.id AS event_row, f.provider, f.change,
+				   coalesce((f.change).status_at, pg_catalog.now()) AS at
+			  FROM stored s
+			  JOIN input f ON f.provider = s.provider AND f.event_id = s.event_id
+			 WHERE (f.change).creates AND (f.change).provider_ref IS NOT NULL AND (f.change).status IS NOT NULL
+			   AND ((f.change).currency IS NULL OR payments.currency_exponent((f.change).currency) IS NOT NULL)
+			 ORDER BY f.provider, (f.change).provider_ref, f.pos) first
+		 WHERE coalesce(payments.refunded_total((first.change).status, (first.change).amount,
+												coalesce((first.change).amount_refunded, 0)), 0) = 0
 	), created AS (
 		INSERT INTO payments.payments AS p
 			(provider, provider_ref, reference, kind, status, amount, currency, amount_refunded, fee,
@@ -2380,8 +2387,7 @@ BEGIN
 	-- failed otherwise: deadlocks or timeouts must not end its four days; an error of another
 	-- kind, the payment known by then, ends its waiting)
 	SELECT coalesce(attempt, e.attempts + 1),
-		   waiting OR coalesce(e.last_error LIKE 'payment % is not known yet', false)
-		   OR (payments.transient_error(error)
+		   waiting OR (payments.transient_error(error)
 			   AND coalesce((SELECT a.error LIKE 'payment % is not known yet' FROM payments.event_attempts a
 							  WHERE a.event_id = e.id AND NOT payments.transient_error(a.error)
 							  ORDER BY a.id DESC LIMIT 1), false))

@@ -438,8 +438,6 @@ stripe_change(PG_FUNCTION_ARGS)
 					!refunded_null && !minor_null &&
 					DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, minor)) ?
 					"refunded" : "partially_refunded";
-			if (uncaptured)
-				refunded_null = true;
 		}
 		else if (TextIs(etype, "charge.failed"))
 			status = "failed";
@@ -447,6 +445,9 @@ stripe_change(PG_FUNCTION_ARGS)
 			status = "cancelled";
 		else
 			status = uncaptured ? "pending" : "paid";
+		/* a hold released or expired is marked refunded: nothing taken, nothing given back */
+		if (uncaptured)
+			refunded_null = true;
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,
 													&isnull);
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;

@@ -62,7 +62,9 @@ CREATE FUNCTION tb.plan() RETURNS void LANGUAGE sql AS $$
 		(8, true, 'evt_b7', 'charge.dispute.created', '{"id": "dp_1", "object": "dispute", "payment_intent": "pi_bt_old"}', 1718000300),
 		(9, true, 'evt_bt_old', 'payment_intent.succeeded', tb.pi('pi_bt_old', 900), 1718000000),	-- stored before: duplicate
 		(11, false, 'evt_b9', 'payment_intent.succeeded', tb.pi('pi_b9', 300), 1718000300),	-- unknown provider
-		(12, true, 'evt_b10', 'payment_intent.succeeded', tb.pi('pi_b10', 400), 1718000300)
+		(12, true, 'evt_b10', 'payment_intent.succeeded', tb.pi('pi_b10', 400), 1718000300),
+		-- a new payment whose first news has part of it given back already: its refund is recorded
+		(14, true, 'evt_b11', 'charge.succeeded', tb.charge('pi_b11', 1000, 300), 1718000300)
 	  ) AS d (n, known, evt, etype, obj, ts), tb.signed(d.evt, d.etype, d.obj, d.ts) s;
 	-- a wrong signature, and a delivery without a body (an error for it alone)
 	INSERT INTO tb.deliveries (n, known, headers, body)
@@ -107,11 +109,14 @@ CREATE FUNCTION tb.answers_compared(after bigint) RETURNS TABLE (n bigint, http_
 $$;
 -- what a provider's deliveries left behind, to compare
 CREATE FUNCTION tb.payments_of(provider text) RETURNS TABLE (provider_ref text, status text, amount numeric,
-	currency char(3), method text, reference text, donor text, receipt boolean, history text) LANGUAGE sql AS $$
+	currency char(3), method text, reference text, donor text, receipt boolean, history text, refunds text)
+LANGUAGE sql AS $$
 	SELECT p.provider_ref, p.status, p.amount, p.currency, p.method, p.reference,
 		   concat_ws(' / ', p.donor_name, p.donor_email), r.receipt_no IS NOT NULL,
 		   (SELECT string_agg(concat_ws(' > ', h.from_status, h.to_status) || ' by ' || e.event_id, ', ' ORDER BY h.id)
-			  FROM payments.status_history h JOIN payments.events e ON e.id = h.event_id WHERE h.payment_id = p.id)
+			  FROM payments.status_history h JOIN payments.events e ON e.id = h.event_id WHERE h.payment_id = p.id),
+		   (SELECT string_agg(f.amount || ' by ' || e.event_id, ', ' ORDER BY f.id)
+			  FROM payments.refunds f JOIN payments.events e ON e.id = f.event_id WHERE f.payment_id = p.id)
 	  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
 	 WHERE p.provider = payments_of.provider
 $$;

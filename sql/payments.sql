@@ -148,6 +148,12 @@ SELECT p.provider_ref, f.amount, e.event_type
   FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
   JOIN payments.events e ON e.id = f.event_id
  WHERE p.provider_ref IN ('pi_h', 'pi_h2', 'pi_h3', 'pi_h4') ORDER BY f.id;
+-- a hold that expires is marked refunded by Stripe: cancelled, nothing given back
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h6', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910);
+SELECT tp.stripe('payshop', 'charge.expired', tp.charge('pi_h6', 1000, 1000) || '{"captured": false, "amount_captured": 0}', 1718000990);
+SELECT tp.stripe('payshop', 'charge.expired', tp.charge('pi_h7', 1000, 1000) || '{"captured": false, "amount_captured": 0}', 1718000990);
+SELECT provider_ref, status, amount, amount_refunded, (SELECT count(*) FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
+  FROM payments.payments p WHERE provider_ref IN ('pi_h6', 'pi_h7') ORDER BY provider_ref;
 -- a hold captured in two parts (multicapture: the amounts are totals so far), 300 then 800 of
 -- 1000: the payment has what was taken in all, whatever the order of the news
 SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h5', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920);

@@ -123,6 +123,11 @@ SELECT payments.event_failed(e.id, 'canceling statement due to statement timeout
 -- eight attempts are long used, so it is given up
 SELECT payments.event_failed(e.id, 'unknown currency "XYZ"') AS then_another_error
   FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+-- ... also right after its last "not known yet"
+UPDATE payments.events SET state = 'pending', attempts = 20, last_error = 'payment pi_r6 is not known yet'
+ WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
+SELECT payments.event_failed(e.id, 'unknown currency "XYZ"') AS another_error_at_once
+  FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 DELETE FROM payments.events WHERE payload -> 'data' -> 'object' ->> 'payment_intent' = 'pi_r6';
 
 -- the currencies are read once per transaction, and again after a change to them in it: an event

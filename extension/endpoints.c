@@ -77,7 +77,7 @@ enqueue_event(PG_FUNCTION_ARGS)
 	Datum		args[1];
 	bool		isnull;
 
-	CheckRowTrigger(fcinfo, "payments.enqueue_event()", "events");
+	CheckRowTrigger(fcinfo, "payments.enqueue_event()", "events", false);
 	trigdata = (TriggerData *) fcinfo->context;
 	if (!WrittenByThisTransaction(trigdata, "received_at"))
 		return PointerGetDatum(NULL);

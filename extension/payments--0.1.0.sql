@@ -856,6 +856,23 @@ CREATE CONSTRAINT TRIGGER status_history_at_commit
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION payments.transition_committed();
 
+-- The late news that a payment already refunded or disputed was paid (apply_change) is no
+-- transition: its receipt is numbered at the commit by a trigger of its own, for the same reason
+CREATE FUNCTION payments.paid_late_committed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'paid_late_committed'
+LANGUAGE C
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION payments.paid_late_committed() IS
+	'Trigger: at commit, issues the receipt of a payment that the transaction found paid after it was refunded or disputed';
+
+CREATE CONSTRAINT TRIGGER payments_paid_late_at_commit
+	AFTER UPDATE OF paid_at ON payments.payments
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW WHEN (OLD.paid_at IS NULL AND NEW.paid_at IS NOT NULL AND NEW.status <> 'paid')
+	EXECUTE FUNCTION payments.paid_late_committed();
+
 CREATE FUNCTION payments.refunded_total(status payments.payment_status, amount numeric, amount_refunded numeric)
 RETURNS numeric
 LANGUAGE sql IMMUTABLE
@@ -965,7 +982,7 @@ BEGIN
 			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency) IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
-		PERFORM payments.issue_receipt(pay.id, at);
+		-- its receipt is numbered at the commit (payments.paid_late_committed)
 		UPDATE payments.payments p SET status = 'refunded'
 		 WHERE p.id = pay.id AND p.status = 'partially_refunded' AND p.amount_refunded >= p.amount;
 		IF FOUND THEN
@@ -1564,6 +1581,7 @@ REVOKE ALL ON FUNCTION payments.store_event(text, text, jsonb, text, text, times
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.transition_committed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paid_late_committed() FROM PUBLIC;
 
 CREATE FUNCTION payments.receipt(receipt_no text)
 RETURNS SETOF payments.payments

@@ -200,7 +200,8 @@ extern void LockSignatureUse(const char *scope, const char *signature, int len);
 
 /* row_triggers.c */
 struct TriggerData;
-extern void CheckRowTrigger(FunctionCallInfo fcinfo, const char *name, const char *table);
+extern void CheckRowTrigger(FunctionCallInfo fcinfo, const char *name, const char *table,
+							bool on_update);
 extern bool WrittenByThisTransaction(struct TriggerData *trigdata, const char *column);
 
 /* settings.c: reading a provider's settings (a jsonb object) */

@@ -14,19 +14,21 @@
 
 /*
  * Checks that a trigger function was called as the row trigger it is meant
- * to be, on the table it belongs to: the commit steps are SECURITY DEFINER,
- * and on a table of the caller's own they would act on rows made up there.
+ * to be (AFTER INSERT, or AFTER UPDATE when on_update), on the table it
+ * belongs to: the commit steps are SECURITY DEFINER, and on a table of the
+ * caller's own they would act on rows made up there.
  */
 void
-CheckRowTrigger(FunctionCallInfo fcinfo, const char *name, const char *table)
+CheckRowTrigger(FunctionCallInfo fcinfo, const char *name, const char *table, bool on_update)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!(on_update ? TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) : TRIGGER_FIRED_BY_INSERT(trigdata->tg_event)))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("%s must be called as an AFTER INSERT row trigger", name)));
+				 errmsg("%s must be called as an AFTER %s row trigger", name, on_update ? "UPDATE" : "INSERT")));
 	if (strcmp(RelationGetRelationName(trigdata->tg_relation), table) != 0 ||
 		RelationGetNamespace(trigdata->tg_relation) != get_namespace_oid("payments", false))
 		ereport(ERROR,

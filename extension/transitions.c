@@ -21,6 +21,7 @@
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(transition_committed);
+PG_FUNCTION_INFO_V1(paid_late_committed);
 
 static SPIPlanPtr enqueue_plan = NULL;
 static SPIPlanPtr chat_notice_plan = NULL;
@@ -55,7 +56,7 @@ transition_committed(PG_FUNCTION_ARGS)
 	bool		first_status;
 	Datum		transition_id;
 
-	CheckRowTrigger(fcinfo, "payments.transition_committed()", "status_history");
+	CheckRowTrigger(fcinfo, "payments.transition_committed()", "status_history", false);
 	trigdata = (TriggerData *) fcinfo->context;
 	if (!WrittenByThisTransaction(trigdata, "recorded_at"))
 		return PointerGetDatum(NULL);
@@ -95,6 +96,38 @@ transition_committed(PG_FUNCTION_ARGS)
 						  " WHERE h.id = $1"
 						  "   AND EXISTS (SELECT FROM payments.chat_donations d WHERE d.payment_id = h.payment_id)",
 						  transition_id);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * SQL: payments.paid_late_committed(), the deferred row trigger on
+ * payments.payments for the late news that a payment already refunded or
+ * disputed was paid (apply_change gives it its paid time, no transition):
+ * its receipt is numbered at the commit, as a transition's is, not when the
+ * news is applied, which held the counter's lock for the rest of the
+ * transaction (a retry run of a hundred events, a batch) and deadlocked
+ * with the paying transactions that came to commit meanwhile.
+ */
+Datum
+paid_late_committed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		payment_id;
+	Datum		paid_at;
+
+	CheckRowTrigger(fcinfo, "payments.paid_late_committed()", "payments", true);
+	trigdata = (TriggerData *) fcinfo->context;
+	desc = RelationGetDescr(trigdata->tg_relation);
+	payment_id = heap_getattr(trigdata->tg_newtuple, SPI_fnumber(desc, "id"), desc, &isnull);
+	paid_at = heap_getattr(trigdata->tg_newtuple, SPI_fnumber(desc, "paid_at"), desc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	IssueReceipt(DatumGetInt64(payment_id), DatumGetTimestampTz(paid_at));
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }

@@ -139,6 +139,15 @@ SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h3', 1000, 300) || 
 SELECT status, amount, amount_refunded FROM tp.show('pi_h3');
 SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h3', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920);
 SELECT status, amount, amount_refunded, receipt_no IS NOT NULL AS receipt FROM tp.show('pi_h3');
+-- that late news of payment is numbered at the commit, as a transition to paid is: the counter's
+-- lock is not held for the rest of the transaction
+BEGIN;
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h8', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h8', 1000, 300) || '{"captured": true, "amount_captured": 300}', 1718000930);
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h8', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920);
+SELECT status, receipt_no IS NOT NULL AS numbered_before_commit FROM tp.show('pi_h8');
+COMMIT;
+SELECT status, receipt_no IS NOT NULL AS numbered FROM tp.show('pi_h8');
 -- before 2025-03-31, a charge.refunded that reports only what the capture released: nothing given back
 SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h4', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910, '2024-06-20');
 SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h4', 1000, 700) || '{"captured": true, "amount_captured": 300}', 1718000920, '2024-06-20');

@@ -64,7 +64,7 @@ typedef struct Request
 	char		provider[PROVIDER_MAX_LEN + 1];	/* "" unless a valid name */
 	StrBuf		body;
 	bool		too_large;		/* body passed max_body while streaming */
-	size_t		discarded;		/* bytes dropped since then */
+	size_t		discarded;		/* bytes received beyond max_body */
 	unsigned int retry_after_s; /* Retry-After to send, 0 for none */
 	unsigned int status;		/* 0 until a response is queued */
 	char		outcome[64];	/* "" unless the database answered */
@@ -757,7 +757,8 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
  * Take one body chunk.  Past max_body the body is dropped and the rest of
  * the upload only counted: libmicrohttpd 0.9.75 cannot queue a response
  * before the upload ends, so we answer 413 at the end, or close the
- * connection if the client sends more than max_body further bytes.
+ * connection if the client sends more than max_body bytes beyond the limit
+ * (of the chunk that crosses it, only the bytes past the limit count).
  */
 static enum MHD_Result
 take_body_chunk(Request *req, const char *data, size_t size)
@@ -765,11 +766,13 @@ take_body_chunk(Request *req, const char *data, size_t size)
 	if (!req->too_large && size > shim_config.max_body - req->body.len)
 	{
 		req->too_large = true;
+		req->discarded = req->body.len + size - shim_config.max_body;
 		buf_free(&req->body);
 	}
+	else if (req->too_large)
+		req->discarded += size;
 	if (req->too_large)
 	{
-		req->discarded += size;
 		if (req->discarded > shim_config.max_body)
 		{
 			StrBuf		line;

@@ -173,6 +173,31 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await postStripe(shim.port, small)).status, 200);
 	});
 
+	test('a chunked body over --max-body by up to --max-body bytes gets 413; only beyond that is it cut', async () => {
+		// --max-body 1000: a chunk that crosses the limit counts only its bytes past it
+		const s = new Shim(cluster.dsn, ['--max-body', '1000', '--rate', '0']);
+		await s.start();
+		try {
+			const chunked = (sizes) => rawSession(s.port, { timeoutMs: 5000, chunks: [
+				'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+				...sizes.map((n) => `${n.toString(16)}\r\n${'x'.repeat(n)}\r\n`), '0\r\n\r\n'] });
+			assert.match((await chunked([1000])).data, /^HTTP\/1\.1 401 /, 'at the limit: read (and refused unsigned)');
+			for (const sizes of [[1001], [1100], [1999], [2000], [600, 600, 800], [999, 1, 1000]]) {
+				const r = await chunked(sizes);
+				assert.match(r.data, /^HTTP\/1\.1 413 /, `${sizes.join('+')} bytes: ${r.data.slice(0, 40) || 'no answer'}`);
+				assert.match(r.data, /request body too large/);
+			}
+			for (const sizes of [[2001], [600, 600, 801], [1000, 1001]]) {
+				const r = await chunked(sizes);
+				assert.ok(r.closed && r.data === '', `${sizes.join('+')} bytes: closed without an answer`);
+			}
+			assert.equal((await request(s.port, { path: '/health' })).status, 200);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
 	test('request headers over --max-header get 431, ours or libmicrohttpd\'s', async () => {
 		const over = await rawSession(shim.port, { chunks: [
 			`GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: ${'a'.repeat(10000)}\r\n\r\n`] });

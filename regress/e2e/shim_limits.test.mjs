@@ -329,6 +329,40 @@ describe('shim limits, metrics and logs', () => {
 		}
 	});
 
+	test('a Transfer-Encoding other than chunked alone is answered at once (501 or 400) and the connection closed', async () => {
+		const body = '3\r\nabc\r\n0\r\n\r\n';
+		for (const [framing, rest, status] of [
+			['Transfer-Encoding: gzip', 'abc', 400],			// chunked not last: no length to read by
+			['Transfer-Encoding: identity', 'abc', 400],
+			['Transfer-Encoding: gzip, chunked', body, 501],	// a coding not implemented
+			['Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked', body, 501],
+			['Transfer-Encoding: chunked, chunked', body, 400],	// chunked twice
+			['Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked', body, 400],
+			['Transfer-Encoding: chunked, gzip', 'abc', 400],
+			['Transfer-Encoding: chunked;q=1', body, 400],
+		]) {
+			const started = Date.now();
+			const r = await rawSession(shim.port, { localAddress: '127.0.0.16', timeoutMs: 3000, chunks: [
+				`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${framing}\r\n\r\n${rest}` +
+				'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'] });
+			assert.match(r.data, new RegExp(`^HTTP/1\\.1 ${status} `), `${framing}: ${r.data.slice(0, 40) || 'no answer'}`);
+			assert.match(r.data, /\r\nConnection: close\r\n/i, framing);
+			assert.match(r.data, /unsupported Transfer-Encoding/, framing);
+			assert.doesNotMatch(r.data, /payments_shim_/, `${framing}: the request after it is not served`);
+			assert.ok(r.closed && Date.now() - started < 2000, `${framing}: closed at once`);
+		}
+		// on any route; and a plain chunked body, in any case, is read as ever
+		const health = await rawSession(shim.port, { localAddress: '127.0.0.16', timeoutMs: 3000, chunks: [
+			'GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n'] });
+		assert.match(health.data, /^HTTP\/1\.1 400 /);
+		const delivery = stripeDelivery();
+		const chunked = await rawSession(shim.port, { localAddress: '127.0.0.16', timeoutMs: 3000, chunks: [
+			'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n' +
+			`Stripe-Signature: ${delivery.headers['stripe-signature']}\r\nTransfer-Encoding: Chunked\r\n\r\n` +
+			`${Buffer.byteLength(delivery.body).toString(16)}\r\n${delivery.body}\r\n0\r\n\r\n`] });
+		assert.match(chunked.data, /^HTTP\/1\.1 200 /, chunked.data.slice(0, 200));
+	});
+
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {
 		const cases = [
 			['GET', '/nope', 404], ['GET', '/', 404], ['POST', '/webhooks/', 404],

@@ -14,7 +14,8 @@
  * every other request that needs the database (Meta's handshake, a Flows
  * exchange, /ready), whose call a batch thread makes: an MHD thread never
  * waits for the database, and /health and /metrics answer whatever it
- * does.  Per-request
+ * does (the requests that wait for it are bounded, batch.c, so that they
+ * leave connections free; over the bound they get 503 at once).  Per-request
  * state is freed in http_completed(), which MHD runs on every path; it also
  * writes the log line and counts the request.
  *
@@ -334,6 +335,18 @@ reply_error(struct MHD_Connection *conn, Request *req, unsigned int status,
 {
 	metrics_reject(reason);
 	return reply_message(conn, req, status, message, allow);
+}
+
+/*
+ * 503 at once, with Connection: close (the connection is freed), while as
+ * many requests wait for the database as may (batch.c).
+ */
+static enum MHD_Result
+reply_busy(struct MHD_Connection *conn, Request *req)
+{
+	req->close = true;
+	return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE, REJECT_OVERLOADED,
+					   "too many requests waiting for the database", NULL);
 }
 
 /*
@@ -676,14 +689,17 @@ request_of_call(PendingCall *call)
 
 /*
  * Hand a request's database call (run) to a batch thread, its connection
- * suspended until it is made; MHD then makes the final call again.
+ * suspended until it is made; MHD then makes the final call again.  A
+ * bounded call counts against the bound on requests waiting for the
+ * database (batch.c).
  */
 static enum MHD_Result
 call_off_thread(struct MHD_Connection *conn, Request *req,
-				void (*run) (PendingCall *call))
+				void (*run) (PendingCall *call), bool bounded)
 {
 	req->pending = true;
 	req->call.run = run;
+	req->call.bounded = bounded;
 	req->call.conn = conn;
 	/* suspended first: the batch thread may resume it at once */
 	MHD_suspend_connection(conn);
@@ -721,7 +737,7 @@ finish_ready(struct MHD_Connection *conn, Request *req)
 		ready->version[0] = '\0';
 	}
 	else if (!req->pending && !db_ready_cached(ready))
-		return call_off_thread(conn, req, run_ready);
+		return call_off_thread(conn, req, run_ready, false);
 
 	buf_init(&body);
 	buf_append_str(&body, ready->ready ? "{\"status\":\"ready\""
@@ -804,9 +820,11 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
 		in->challenge = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
 													"hub.challenge");
 		in->request_id = req->request_id;
-		return call_off_thread(conn, req, run_subscribe);
+		return call_off_thread(conn, req, run_subscribe, true);
 	}
 
+	if (req->call.busy)
+		return reply_busy(conn, req);
 	if (!req->call.done)
 		return reply_db_failure(conn, req, DB_UNAVAILABLE);
 	if (out->status != DB_OK)
@@ -916,6 +934,7 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 	if (!prepare_ingest(conn, req, &ret))
 		return ret;
 	req->ingest.conn = conn;
+	req->ingest.deadline_ms = conn_deadline_ms(conn);
 	req->pending = true;
 	/* suspended first: the batch thread may resume it at once */
 	MHD_suspend_connection(conn);
@@ -926,7 +945,9 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 /*
  * Call after the batch thread resumed the connection: answer with what the
  * database said, now that the transaction holding the delivery committed.
- * Only a row from the function in a committed transaction yields a 2xx.
+ * Only a row from the function in a committed transaction yields a 2xx.  A
+ * delivery resumed unsent gets 503: too many waited, or its request timed
+ * out in the queue (its connection is shut down: this is seldom sent).
  */
 static enum MHD_Result
 answer_webhook(struct MHD_Connection *conn, Request *req)
@@ -937,6 +958,11 @@ answer_webhook(struct MHD_Connection *conn, Request *req)
 
 	buf_free(&req->headers);
 	buf_free(&req->body);
+	if (req->ingest.unsent == UNSENT_BUSY)
+		return reply_busy(conn, req);
+	if (req->ingest.unsent == UNSENT_TIMEOUT)
+		return reply_message(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							 "request timeout", NULL);
 	if (out->status != DB_OK)
 		return reply_db_failure(conn, req, out->status);
 
@@ -982,11 +1008,13 @@ finish_flows(struct MHD_Connection *conn, Request *req)
 	{
 		if (!prepare_ingest(conn, req, &ret))
 			return ret;
-		return call_off_thread(conn, req, run_flows);
+		return call_off_thread(conn, req, run_flows, true);
 	}
 
 	buf_free(&req->headers);
 	buf_free(&req->body);
+	if (req->call.busy)
+		return reply_busy(conn, req);
 	if (!req->call.done)
 		return reply_db_failure(conn, req, DB_UNAVAILABLE);
 	if (out->status != DB_OK)

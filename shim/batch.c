@@ -18,6 +18,14 @@
  * Flows exchange, the readiness check) are queued here too, each a call
  * made alone by a batch thread (batch_call); calls and batches take turns.
  *
+ * A request a batch thread is storing cannot be answered before the
+ * database does, even once its client is gone, and its connection counts
+ * against --max-connections until then.  So the requests that wait for the
+ * database (the deliveries, and the calls of the provider routes; not the
+ * readiness checks) are bounded: over the bound a request is answered 503
+ * at once, and a delivery whose request timed out while it was queued is
+ * not sent at all; its connection is resumed, to be closed.
+ *
  * shim/batch.c
  *
  *-------------------------------------------------------------------------
@@ -40,6 +48,8 @@ static PendingCall *calls_tail;
 static bool stopping;			/* batch_stop(): end once the queue is empty */
 static bool abandoning;			/* batch_abandon(): answer the rest 503 */
 static unsigned int running;	/* batch threads not ended yet */
+static unsigned int waiting;	/* bounded requests queued, or being stored or made */
+static unsigned int waiting_max;	/* see batch_start() */
 static pthread_cond_t ended_cond = PTHREAD_COND_INITIALIZER;	/* one ended */
 
 /* How often batch_stop() cancels again, past the shutdown deadline */
@@ -57,26 +67,64 @@ static unsigned int n_workers;
 
 /*
  * Take up to --batch-max deliveries off the queue (under batch_lock), fewer
- * when their bodies would pass BATCH_MAX_BODY_BYTES together.
+ * when their bodies would pass BATCH_MAX_BODY_BYTES together.  Those whose
+ * request has timed out on the way are not taken but put on *expired, to
+ * be resumed unsent (resume_unsent).
  */
 static unsigned int
-batch_take(PendingIngest **items)
+batch_take(PendingIngest **items, PendingIngest **expired)
 {
 	unsigned int n = 0;
 	size_t		bytes = 0;
+	int64_t		now = conn_now_ms();
 
+	*expired = NULL;
 	while (queue_head != NULL && n < shim_config.batch_max &&
 		   (n == 0 ||
 			(bytes <= BATCH_MAX_BODY_BYTES &&
 			 queue_head->req.body_len <= BATCH_MAX_BODY_BYTES - bytes)))
 	{
-		bytes += queue_head->req.body_len;
-		items[n++] = queue_head;
-		queue_head = queue_head->next;
+		PendingIngest *item = queue_head;
+
+		queue_head = item->next;
+		if (now >= item->deadline_ms)
+		{
+			item->unsent = UNSENT_TIMEOUT;
+			item->next = *expired;
+			*expired = item;
+			continue;
+		}
+		bytes += item->req.body_len;
+		items[n++] = item;
 	}
 	if (queue_head == NULL)
 		queue_tail = NULL;
 	return n;
+}
+
+/*
+ * Resume the connections of deliveries taken off the queue unsent (a list
+ * linked by next), and count them no longer waiting.
+ */
+static void
+resume_unsent(PendingIngest *list)
+{
+	unsigned int n = 0;
+
+	while (list != NULL)
+	{
+		PendingIngest *item = list;
+
+		/* once resumed, the request may be answered and freed at any time */
+		list = item->next;
+		MHD_resume_connection(item->conn);
+		n++;
+	}
+	if (n == 0)
+		return;
+	pthread_mutex_lock(&batch_lock);
+	waiting -= n;
+	pthread_mutex_unlock(&batch_lock);
 }
 
 /*
@@ -96,6 +144,7 @@ batch_worker(void *arg)
 	{
 		unsigned int n;
 		bool		abandon;
+		PendingIngest *expired;
 
 		while (queue_head == NULL && calls_head == NULL && !stopping)
 			pthread_cond_wait(&batch_cond, &batch_lock);
@@ -106,6 +155,7 @@ batch_worker(void *arg)
 		if (calls_head != NULL && !(batch_next && queue_head != NULL))
 		{
 			PendingCall *call = calls_head;
+			bool		call_bounded = call->bounded;	/* call may be freed once resumed */
 
 			calls_head = call->next;
 			if (calls_head == NULL)
@@ -119,16 +169,19 @@ batch_worker(void *arg)
 			}
 			MHD_resume_connection(call->conn);
 			pthread_mutex_lock(&batch_lock);
+			if (call_bounded)
+				waiting--;
 			batch_next = true;
 			continue;
 		}
 		if (queue_head == NULL)
 			break;
 		batch_next = false;
-		n = batch_take(items);
+		n = batch_take(items, &expired);
 		abandon = abandoning;
 		pthread_mutex_unlock(&batch_lock);
 
+		resume_unsent(expired);
 		for (unsigned int i = 0; i < n; i++)
 		{
 			reqs[i] = &items[i]->req;
@@ -136,13 +189,14 @@ batch_worker(void *arg)
 			if (abandon)
 				items[i]->res.status = DB_UNAVAILABLE;
 		}
-		if (!abandon)
+		if (!abandon && n > 0)
 			db_ingest_batch(reqs, results, n);
 		/* once resumed, the request may be answered and freed at any time */
 		for (unsigned int i = 0; i < n; i++)
 			MHD_resume_connection(items[i]->conn);
 
 		pthread_mutex_lock(&batch_lock);
+		waiting -= n;
 	}
 	running--;
 	pthread_cond_broadcast(&ended_cond);
@@ -158,6 +212,14 @@ batch_worker(void *arg)
 bool
 batch_start(void)
 {
+	/*
+	 * Requests waiting for the database: half of --max-connections at most,
+	 * so that the other half stays free for the requests that do not wait
+	 * (/health, /metrics, the answers of 503)
+	 */
+	waiting_max = shim_config.max_connections / 2;
+	if (waiting_max == 0)
+		waiting_max = 1;
 	workers = calloc(shim_config.batch_concurrency, sizeof(pthread_t));
 	if (workers == NULL)
 		return false;
@@ -189,21 +251,26 @@ batch_start(void)
 /*
  * Queue a delivery whose connection the caller has suspended; a batch
  * thread sets item->res and resumes item->conn.  Once the batch threads are
- * ending, it is answered 503 at once instead.
+ * ending, or while as many requests wait as may (item->unsent is then
+ * UNSENT_BUSY), it is resumed at once instead, to be answered 503.
  */
 void
 batch_submit(PendingIngest *item)
 {
 	item->next = NULL;
+	item->unsent = UNSENT_NO;
 	pthread_mutex_lock(&batch_lock);
-	if (stopping)
+	if (stopping || waiting >= waiting_max)
 	{
+		if (!stopping)
+			item->unsent = UNSENT_BUSY;
 		pthread_mutex_unlock(&batch_lock);
 		memset(&item->res, 0, sizeof(item->res));
 		item->res.status = DB_UNAVAILABLE;
 		MHD_resume_connection(item->conn);
 		return;
 	}
+	waiting++;
 	if (queue_tail != NULL)
 		queue_tail->next = item;
 	else
@@ -216,20 +283,25 @@ batch_submit(PendingIngest *item)
 /*
  * Queue a call whose connection the caller has suspended: a batch thread
  * makes it (call->run), sets call->done and resumes call->conn.  Once the
- * batch threads are ending, it is resumed at once, not made.
+ * batch threads are ending, or while as many requests wait as may for a
+ * bounded call (call->busy is then set), it is resumed at once, not made.
  */
 void
 batch_call(PendingCall *call)
 {
 	call->next = NULL;
 	call->done = false;
+	call->busy = false;
 	pthread_mutex_lock(&batch_lock);
-	if (stopping)
+	if (stopping || (call->bounded && waiting >= waiting_max))
 	{
+		call->busy = !stopping;
 		pthread_mutex_unlock(&batch_lock);
 		MHD_resume_connection(call->conn);
 		return;
 	}
+	if (call->bounded)
+		waiting++;
 	if (calls_tail != NULL)
 		calls_tail->next = call;
 	else
@@ -237,6 +309,41 @@ batch_call(PendingCall *call)
 	calls_tail = call;
 	pthread_cond_signal(&batch_cond);
 	pthread_mutex_unlock(&batch_lock);
+}
+
+/*
+ * Resume, unsent, the queued deliveries whose request has passed
+ * --request-timeout (the main thread, once a second): their connections,
+ * shut down by conn_expire(), are freed without waiting for a batch thread.
+ */
+void
+batch_expire(void)
+{
+	PendingIngest *expired = NULL;
+	PendingIngest **link = &queue_head;
+	int64_t		now = conn_now_ms();
+
+	pthread_mutex_lock(&batch_lock);
+	queue_tail = NULL;
+	while (*link != NULL)
+	{
+		PendingIngest *item = *link;
+
+		if (now >= item->deadline_ms)
+		{
+			*link = item->next;
+			item->unsent = UNSENT_TIMEOUT;
+			item->next = expired;
+			expired = item;
+		}
+		else
+		{
+			queue_tail = item;
+			link = &item->next;
+		}
+	}
+	pthread_mutex_unlock(&batch_lock);
+	resume_unsent(expired);
 }
 
 /*

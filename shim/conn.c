@@ -43,10 +43,10 @@ static ShimConn *conn_head;
 static unsigned int conn_count;
 
 /*
- * Monotonic clock in milliseconds.
+ * Monotonic clock in milliseconds, that of the request deadlines.
  */
-static int64_t
-now_ms(void)
+int64_t
+conn_now_ms(void)
 {
 	struct timespec ts;
 
@@ -75,7 +75,7 @@ conn_add(struct MHD_Connection *conn)
 		return NULL;
 	}
 	c->fd = fd_info->connect_fd;
-	c->request_start_ms = now_ms();
+	c->request_start_ms = conn_now_ms();
 	addr_info = MHD_get_connection_info(conn,
 										MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	if (addr_info != NULL && addr_info->client_addr != NULL &&
@@ -142,8 +142,29 @@ conn_request_done(struct MHD_Connection *conn)
 		return;
 	c = info->socket_context;
 	pthread_mutex_lock(&conn_lock);
-	c->request_start_ms = now_ms();
+	c->request_start_ms = conn_now_ms();
 	pthread_mutex_unlock(&conn_lock);
+}
+
+/*
+ * When the current request on this connection passes --request-timeout
+ * (conn_now_ms clock); INT64_MAX for a connection not tracked.
+ */
+int64_t
+conn_deadline_ms(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info;
+	ShimConn   *c;
+	int64_t		deadline;
+
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	if (info == NULL || info->socket_context == NULL)
+		return INT64_MAX;
+	c = info->socket_context;
+	pthread_mutex_lock(&conn_lock);
+	deadline = c->request_start_ms + (int64_t) shim_config.request_timeout_s * 1000;
+	pthread_mutex_unlock(&conn_lock);
+	return deadline;
 }
 
 /*
@@ -152,7 +173,7 @@ conn_request_done(struct MHD_Connection *conn)
 void
 conn_expire(void)
 {
-	int64_t		now = now_ms();
+	int64_t		now = conn_now_ms();
 	int64_t		limit = (int64_t) shim_config.request_timeout_s * 1000;
 
 	pthread_mutex_lock(&conn_lock);

@@ -12,7 +12,9 @@
  * A connection that breaks, or turns out to be read-only (a standby, or a
  * primary that was demoted: SQLSTATE 25006), is dropped and made again, so
  * with a multi-host DSN and target_session_attrs=read-write the shim finds
- * the new primary after a failover by itself.
+ * the new primary after a failover by itself.  One the server ended while
+ * it was idle (a restart) is found before the next call is sent on it, and
+ * made again first.
  *
  * db_ingest_batch() stores the requests of a batch (batch.c) in one
  * transaction: BEGIN, one payments.ingest_batch() call with the requests'
@@ -33,6 +35,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -345,8 +348,47 @@ db_backoff(DbThread *thread)
 }
 
 /*
- * Make sure the thread has a connection.  Returns false at once while the
- * backoff delay after a failed attempt has not yet passed.
+ * Close the thread's connection after it broke; the next request tries to
+ * connect again straight away (backoff applies only to failed attempts).
+ */
+static void
+db_drop(DbThread *thread)
+{
+	db_set_cancel(thread, NULL);
+	PQfinish(thread->conn);
+	thread->conn = NULL;
+	thread->prepared = 0;
+	thread->retry_at_ms = 0;
+	db_set_state(thread, DBCONN_BROKEN);
+}
+
+/*
+ * Has the server ended this connection while it was idle?  A backend
+ * terminated meanwhile (a restart, pg_terminate_backend) sent its FATAL
+ * message and closed the socket, which libpq notices only when it next
+ * reads: the call sent on it would fail, and its requests get 503.  So
+ * what arrived meanwhile is read first; at the end of the stream libpq
+ * marks the connection bad.  When nothing came, as nearly always, this
+ * costs one poll().
+ */
+static bool
+db_idle_conn_lost(PGconn *conn)
+{
+	struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+
+	/* the message, then the end of the stream: a few reads at most */
+	for (int i = 0; i < 4 && poll(&pfd, 1, 0) > 0; i++)
+	{
+		if (!PQconsumeInput(conn))
+			break;
+	}
+	return PQstatus(conn) != CONNECTION_OK;
+}
+
+/*
+ * Make sure the thread has a connection, made again when the server ended
+ * it while idle.  Returns false at once while the backoff delay after a
+ * failed attempt has not yet passed.
  */
 static bool
 db_connect(DbThread *thread, const char *request_id)
@@ -359,7 +401,14 @@ db_connect(DbThread *thread, const char *request_id)
 	StrBuf		line;
 
 	if (thread->conn != NULL)
-		return true;
+	{
+		if (!db_idle_conn_lost(thread->conn))
+			return true;
+		log_db_error(LOG_WARNING, request_id,
+					 "database connection lost while idle, connecting again",
+					 NULL, PQerrorMessage(thread->conn));
+		db_drop(thread);
+	}
 	if (now_ms() < thread->retry_at_ms)
 		return false;
 
@@ -435,21 +484,6 @@ db_connect(DbThread *thread, const char *request_id)
 	json_append_field(&line, "port", PQport(conn));
 	log_end(&line);
 	return true;
-}
-
-/*
- * Close the thread's connection after it broke; the next request tries to
- * connect again straight away (backoff applies only to failed attempts).
- */
-static void
-db_drop(DbThread *thread)
-{
-	db_set_cancel(thread, NULL);
-	PQfinish(thread->conn);
-	thread->conn = NULL;
-	thread->prepared = 0;
-	thread->retry_at_ms = 0;
-	db_set_state(thread, DBCONN_BROKEN);
 }
 
 /*

@@ -14,11 +14,13 @@
  * every other request that needs the database (Meta's handshake, a Flows
  * exchange, /ready), whose call a batch thread makes: an MHD thread never
  * waits for the database, and /health and /metrics answer whatever it
- * does.  Per-request
+ * does (the requests that wait for it are bounded, batch.c, so that they
+ * leave connections free; over the bound they get 503 at once).  Per-request
  * state is freed in http_completed(), which MHD runs on every path; it also
  * writes the log line and counts the request.
  *
- * Checks on the first call, in order: header size (431), then per route:
+ * Checks on the first call, in order: header size (431), control
+ * characters and framing (400, 501), then per route:
  * method (405), provider name (404), the client's token bucket (429), and
  * Content-Length (413).
  *
@@ -64,9 +66,10 @@ typedef struct Request
 	char		provider[PROVIDER_MAX_LEN + 1];	/* "" unless a valid name */
 	StrBuf		body;
 	bool		too_large;		/* body passed max_body while streaming */
-	size_t		discarded;		/* bytes dropped since then */
+	size_t		discarded;		/* bytes received beyond max_body */
 	unsigned int retry_after_s; /* Retry-After to send, 0 for none */
 	unsigned int status;		/* 0 until a response is queued */
+	bool		close;			/* answer with Connection: close */
 	char		outcome[64];	/* "" unless the database answered */
 	bool		pending;		/* handed to batch.c, suspended */
 	StrBuf		headers;		/* a webhook's or Flows exchange's headers as JSON, until answered */
@@ -247,7 +250,7 @@ content_length_too_large(const char *value, unsigned long long *length)
 /*
  * Queue a response with our standard headers (Content-Type, X-Request-ID,
  * Retry-After on 429 and 503, Allow when given, Connection: close while
- * draining).
+ * draining or when req->close is set).
  */
 static enum MHD_Result
 reply(struct MHD_Connection *conn, Request *req, unsigned int status,
@@ -280,7 +283,7 @@ reply(struct MHD_Connection *conn, Request *req, unsigned int status,
 	if (ok && allow != NULL)
 		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
 									 allow) == MHD_YES;
-	if (ok && atomic_load(&draining))
+	if (ok && (req->close || atomic_load(&draining)))
 		ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION,
 									 "close") == MHD_YES;
 
@@ -332,6 +335,18 @@ reply_error(struct MHD_Connection *conn, Request *req, unsigned int status,
 {
 	metrics_reject(reason);
 	return reply_message(conn, req, status, message, allow);
+}
+
+/*
+ * 503 at once, with Connection: close (the connection is freed), while as
+ * many requests wait for the database as may (batch.c).
+ */
+static enum MHD_Result
+reply_busy(struct MHD_Connection *conn, Request *req)
+{
+	req->close = true;
+	return reply_error(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE, REJECT_OVERLOADED,
+					   "too many requests waiting for the database", NULL);
 }
 
 /*
@@ -454,39 +469,110 @@ headers_clean(struct MHD_Connection *conn)
 	return clean;
 }
 
+/* The framing headers of a request, as count_framing_headers found them */
+typedef struct Framing
+{
+	unsigned int content_lengths;	/* Content-Length headers */
+	unsigned int encodings;		/* Transfer-Encoding headers */
+	bool		plain_chunked;	/* the first of them is "chunked" alone */
+	unsigned int chunked;		/* "chunked" codings in all of them */
+	unsigned int others;		/* other codings */
+	bool		last_chunked;	/* the last coding is "chunked" */
+} Framing;
+
+/*
+ * Note the codings of one Transfer-Encoding value (a comma-separated list;
+ * empty elements are skipped, as RFC 9110 section 5.6.1 allows).
+ */
+static void
+note_codings(Framing *framing, const char *value, size_t len)
+{
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		size_t		start;
+		size_t		end;
+
+		while (i < len && (value[i] == ' ' || value[i] == '\t'))
+			i++;
+		start = i;
+		while (i < len && value[i] != ',')
+			i++;
+		end = i;
+		while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
+			end--;
+		if (i < len)
+			i++;				/* the comma */
+		if (end == start)
+			continue;
+		framing->last_chunked = (end - start == 7 &&
+								 strncasecmp(value + start, "chunked", 7) == 0);
+		if (framing->last_chunked)
+			framing->chunked++;
+		else
+			framing->others++;
+	}
+}
+
 /* MHD iterator: count the Content-Length headers and note Transfer-Encoding */
 static enum MHD_Result
 count_framing_headers(void *cls, enum MHD_ValueKind kind,
 					  const char *key, size_t key_size,
 					  const char *value, size_t value_size)
 {
-	unsigned int *counts = cls;
+	Framing    *framing = cls;
 
 	(void) kind;
 	(void) key_size;
-	(void) value;
-	(void) value_size;
 	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
-		counts[0]++;
+		framing->content_lengths++;
 	else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
-		counts[1]++;
+	{
+		if (framing->encodings++ == 0)
+			framing->plain_chunked = value != NULL &&
+				strcasecmp(value, "chunked") == 0;
+		if (value != NULL)
+			note_codings(framing, value, value_size);
+	}
 	return MHD_YES;
 }
 
 /*
- * Is the body's framing unambiguous?  Two Content-Length headers, or one
- * beside Transfer-Encoding, are read differently by different servers
- * (libmicrohttpd takes the first length, or the chunked encoding): a proxy
- * in front of us that read them otherwise would see other requests than we
- * do.  RFC 9112 section 6.3 makes them an error.
+ * Is the body's framing unambiguous, and one we can read?  Returns 0 if so;
+ * else the status to answer (400 or 501), with *message set.
+ *
+ * Two Content-Length headers, or one beside Transfer-Encoding, are read
+ * differently by different servers (libmicrohttpd takes the first length, or
+ * the chunked encoding): a proxy in front of us that read them otherwise
+ * would see other requests than we do.  RFC 9112 section 6.3 makes them an
+ * error.  libmicrohttpd reads a chunked body only when the one
+ * Transfer-Encoding header is exactly "chunked"; with any other value it
+ * would wait for the end of the stream.  So any other is refused at once:
+ * 501 for a coding we do not implement before a final chunked (RFC 9112
+ * section 6.1), 400 when chunked is not the last coding or comes twice (two
+ * "Transfer-Encoding: chunked" lines too; section 6.3), or the value is
+ * spelled otherwise (a list with an empty element, spaces after the word).
  */
-static bool
-framing_clear(struct MHD_Connection *conn)
+static unsigned int
+framing_error(struct MHD_Connection *conn, const char **message)
 {
-	unsigned int counts[2] = {0, 0};
+	Framing		framing = {0};
 
-	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, count_framing_headers, counts);
-	return counts[0] <= 1 && !(counts[0] == 1 && counts[1] > 0);
+	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, count_framing_headers, &framing);
+	if (framing.content_lengths > 1 ||
+		(framing.content_lengths == 1 && framing.encodings > 0))
+	{
+		*message = "conflicting Content-Length or Transfer-Encoding headers";
+		return MHD_HTTP_BAD_REQUEST;
+	}
+	if (framing.encodings == 0 ||
+		(framing.encodings == 1 && framing.plain_chunked))
+		return 0;
+	*message = "unsupported Transfer-Encoding: only chunked, alone, is accepted";
+	if (framing.last_chunked && framing.chunked == 1 && framing.others > 0)
+		return MHD_HTTP_NOT_IMPLEMENTED;
+	return MHD_HTTP_BAD_REQUEST;
 }
 
 /*
@@ -539,6 +625,9 @@ static enum MHD_Result
 start_request(struct MHD_Connection *conn, Request *req,
 			  const char *url, const char *method)
 {
+	unsigned int status;
+	const char *message;
+
 	req->route = route_of(url, method);
 	if (headers_too_large(conn))
 		return reply_error(conn, req, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -547,9 +636,12 @@ start_request(struct MHD_Connection *conn, Request *req,
 	if (!headers_clean(conn))
 		return reply_error(conn, req, MHD_HTTP_BAD_REQUEST, REJECT_MALFORMED,
 						   "control character in a request header", NULL);
-	if (!framing_clear(conn))
-		return reply_error(conn, req, MHD_HTTP_BAD_REQUEST, REJECT_MALFORMED,
-						   "conflicting Content-Length or Transfer-Encoding headers", NULL);
+	if ((status = framing_error(conn, &message)) != 0)
+	{
+		/* what follows the headers cannot be told from a next request */
+		req->close = true;
+		return reply_error(conn, req, status, REJECT_MALFORMED, message, NULL);
+	}
 
 	switch (req->route)
 	{
@@ -597,14 +689,17 @@ request_of_call(PendingCall *call)
 
 /*
  * Hand a request's database call (run) to a batch thread, its connection
- * suspended until it is made; MHD then makes the final call again.
+ * suspended until it is made; MHD then makes the final call again.  A
+ * bounded call counts against the bound on requests waiting for the
+ * database (batch.c).
  */
 static enum MHD_Result
 call_off_thread(struct MHD_Connection *conn, Request *req,
-				void (*run) (PendingCall *call))
+				void (*run) (PendingCall *call), bool bounded)
 {
 	req->pending = true;
 	req->call.run = run;
+	req->call.bounded = bounded;
 	req->call.conn = conn;
 	/* suspended first: the batch thread may resume it at once */
 	MHD_suspend_connection(conn);
@@ -642,7 +737,7 @@ finish_ready(struct MHD_Connection *conn, Request *req)
 		ready->version[0] = '\0';
 	}
 	else if (!req->pending && !db_ready_cached(ready))
-		return call_off_thread(conn, req, run_ready);
+		return call_off_thread(conn, req, run_ready, false);
 
 	buf_init(&body);
 	buf_append_str(&body, ready->ready ? "{\"status\":\"ready\""
@@ -725,9 +820,11 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
 		in->challenge = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
 													"hub.challenge");
 		in->request_id = req->request_id;
-		return call_off_thread(conn, req, run_subscribe);
+		return call_off_thread(conn, req, run_subscribe, true);
 	}
 
+	if (req->call.busy)
+		return reply_busy(conn, req);
 	if (!req->call.done)
 		return reply_db_failure(conn, req, DB_UNAVAILABLE);
 	if (out->status != DB_OK)
@@ -757,7 +854,8 @@ finish_subscribe(struct MHD_Connection *conn, Request *req)
  * Take one body chunk.  Past max_body the body is dropped and the rest of
  * the upload only counted: libmicrohttpd 0.9.75 cannot queue a response
  * before the upload ends, so we answer 413 at the end, or close the
- * connection if the client sends more than max_body further bytes.
+ * connection if the client sends more than max_body bytes beyond the limit
+ * (of the chunk that crosses it, only the bytes past the limit count).
  */
 static enum MHD_Result
 take_body_chunk(Request *req, const char *data, size_t size)
@@ -765,11 +863,13 @@ take_body_chunk(Request *req, const char *data, size_t size)
 	if (!req->too_large && size > shim_config.max_body - req->body.len)
 	{
 		req->too_large = true;
+		req->discarded = req->body.len + size - shim_config.max_body;
 		buf_free(&req->body);
 	}
+	else if (req->too_large)
+		req->discarded += size;
 	if (req->too_large)
 	{
-		req->discarded += size;
 		if (req->discarded > shim_config.max_body)
 		{
 			StrBuf		line;
@@ -834,6 +934,7 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 	if (!prepare_ingest(conn, req, &ret))
 		return ret;
 	req->ingest.conn = conn;
+	req->ingest.deadline_ms = conn_deadline_ms(conn);
 	req->pending = true;
 	/* suspended first: the batch thread may resume it at once */
 	MHD_suspend_connection(conn);
@@ -844,7 +945,9 @@ finish_webhook(struct MHD_Connection *conn, Request *req)
 /*
  * Call after the batch thread resumed the connection: answer with what the
  * database said, now that the transaction holding the delivery committed.
- * Only a row from the function in a committed transaction yields a 2xx.
+ * Only a row from the function in a committed transaction yields a 2xx.  A
+ * delivery resumed unsent gets 503: too many waited, or its request timed
+ * out in the queue (its connection is shut down: this is seldom sent).
  */
 static enum MHD_Result
 answer_webhook(struct MHD_Connection *conn, Request *req)
@@ -855,6 +958,11 @@ answer_webhook(struct MHD_Connection *conn, Request *req)
 
 	buf_free(&req->headers);
 	buf_free(&req->body);
+	if (req->ingest.unsent == UNSENT_BUSY)
+		return reply_busy(conn, req);
+	if (req->ingest.unsent == UNSENT_TIMEOUT)
+		return reply_message(conn, req, MHD_HTTP_SERVICE_UNAVAILABLE,
+							 "request timeout", NULL);
 	if (out->status != DB_OK)
 		return reply_db_failure(conn, req, out->status);
 
@@ -900,11 +1008,13 @@ finish_flows(struct MHD_Connection *conn, Request *req)
 	{
 		if (!prepare_ingest(conn, req, &ret))
 			return ret;
-		return call_off_thread(conn, req, run_flows);
+		return call_off_thread(conn, req, run_flows, true);
 	}
 
 	buf_free(&req->headers);
 	buf_free(&req->body);
+	if (req->call.busy)
+		return reply_busy(conn, req);
 	if (!req->call.done)
 		return reply_db_failure(conn, req, DB_UNAVAILABLE);
 	if (out->status != DB_OK)

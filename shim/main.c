@@ -112,7 +112,7 @@ static ShimOption options[NUM_OPTIONS] = {
 		"16384", "largest request line plus headers; more is 431 (1024-1048576)"},
 	[OPT_MAX_CONNECTIONS] = {"--max-connections", "N",
 		"PAYMENTS_SHIM_MAX_CONNECTIONS",
-		"512", "open connections at most; more are refused (threads-65536)"},
+		"512", "open connections at most; more are refused; half at most may wait for the database, more get 503 (threads-65536)"},
 	[OPT_MAX_CONNECTIONS_PER_IP] = {"--max-connections-per-ip", "N",
 		"PAYMENTS_SHIM_MAX_CONNECTIONS_PER_IP",
 		"64", "open connections from one peer address; 0: no limit"},
@@ -650,6 +650,7 @@ static void
 tick(void)
 {
 	conn_expire();
+	batch_expire();
 	log_mhd_summary();
 }
 

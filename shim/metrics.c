@@ -82,6 +82,7 @@ static const char *const rejection_names[REJECT_COUNT] = {
 	[REJECT_DATABASE_ERROR] = "database_error",
 	[REJECT_REQUEST_TIMEOUT] = "request_timeout",
 	[REJECT_CONNECTION_LIMIT] = "connection_limit",
+	[REJECT_OVERLOADED] = "overloaded",
 };
 
 static const char *const db_state_names[DBCONN_COUNT] = {

@@ -130,6 +130,7 @@ typedef enum Rejection
 	REJECT_DATABASE_ERROR,		/* 503/400: the call failed */
 	REJECT_REQUEST_TIMEOUT,		/* connection closed by --request-timeout */
 	REJECT_CONNECTION_LIMIT,	/* connection refused by a connection limit */
+	REJECT_OVERLOADED,			/* 503: as many requests wait for the database as may */
 	REJECT_COUNT
 } Rejection;
 
@@ -173,12 +174,22 @@ typedef struct IngestResult
 	void	   *pgresult;
 } IngestResult;
 
+/* Why batch.c resumed a delivery without sending it to the database */
+typedef enum Unsent
+{
+	UNSENT_NO,					/* it was sent (res holds the outcome), or is to be */
+	UNSENT_BUSY,				/* too many requests waited for the database */
+	UNSENT_TIMEOUT				/* its request timed out while it was queued */
+} Unsent;
+
 /* A delivery waiting for its batch (batch.c); its connection is suspended */
 typedef struct PendingIngest
 {
 	struct PendingIngest *next;	/* in the queue */
 	IngestRequest req;
 	IngestResult res;			/* set by the batch thread */
+	int64_t		deadline_ms;	/* its request's timeout (conn_deadline_ms) */
+	Unsent		unsent;			/* set by batch.c */
 	struct MHD_Connection *conn;	/* resumed once res is set */
 } PendingIngest;
 
@@ -191,7 +202,9 @@ typedef struct PendingCall
 {
 	struct PendingCall *next;	/* in the queue */
 	void		(*run) (struct PendingCall *call);	/* makes the call, sets its result */
-	bool		done;			/* run returned (false: not run, at shutdown) */
+	bool		bounded;		/* counts against the bound on waiting requests */
+	bool		busy;			/* not run: too many requests waited (bounded only) */
+	bool		done;			/* run returned (false: not run, busy or at shutdown) */
 	struct MHD_Connection *conn;	/* resumed once done is set */
 } PendingCall;
 
@@ -250,6 +263,8 @@ extern void conn_notify(void *cls, struct MHD_Connection *conn,
 						enum MHD_ConnectionNotificationCode code);
 extern void conn_request_done(struct MHD_Connection *conn);
 extern void conn_expire(void);
+extern int64_t conn_deadline_ms(struct MHD_Connection *conn);
+extern int64_t conn_now_ms(void);
 extern unsigned int conn_open_count(void);
 
 /* json.c */
@@ -310,6 +325,7 @@ extern void pgarray_add_jsonb(StrBuf *buf, const char *json);
 extern bool batch_start(void);
 extern void batch_submit(PendingIngest *item);
 extern void batch_call(PendingCall *call);
+extern void batch_expire(void);
 extern void batch_abandon(void);
 extern void batch_stop(void);
 

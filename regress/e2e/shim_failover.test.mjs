@@ -4,7 +4,7 @@
 // no delivery it answered 2xx is missing afterwards.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,6 +24,14 @@ let seq = 0;
 function pgCtl(cluster, ...args) {
 	execFileSync(join(PG_BIN, 'pg_ctl'), ['-D', cluster.data, '-l', join(cluster.dir, 'log'), '-w', ...args],
 		{ stdio: 'pipe' });
+}
+
+// pg_ctl without blocking the event loop, so that traffic goes on while it runs.
+function pgCtlAsync(cluster, ...args) {
+	return new Promise((resolve, reject) => {
+		execFile(join(PG_BIN, 'pg_ctl'), ['-D', cluster.data, '-l', join(cluster.dir, 'log'), '-w', ...args],
+			(error) => (error ? reject(error) : resolve()));
+	});
 }
 
 // A streaming standby of primary, made with pg_basebackup -R, on its own port.
@@ -105,11 +113,56 @@ describe('the shim through a failover and a restart', () => {
 		const traffic = steadyTraffic(shim.port, stripeDelivery);
 		await waitFor(() => traffic.recovered(10), 10000, 'deliveries before the restart');
 		const before = traffic.results.length;
-		pgCtl(standby, '-m', 'fast', 'restart');
+		// the traffic goes on during the restart (pg_ctl's own process), and meets the database down
+		await pgCtlAsync(standby, '-m', 'fast', 'restart');
 		await waitFor(() => traffic.results.length > before + 10 && traffic.recovered(10), 30000,
 			'deliveries after the restart');
 		await traffic.stop();
 		assertOutageAnswers(t, traffic.results);
 		assertNoAcknowledgedLoss(standby, traffic.results);
+	});
+});
+
+describe('the first requests after a database restart', () => {
+	let db;
+	let s;
+
+	before(async () => {
+		db = new Cluster();
+		await db.init();
+		db.psqlVars("SELECT payments.register_provider('stripe', 'stripe'); SELECT payments.add_secret('stripe', :'s');",
+			{ s: secret });
+		// one batch thread: every call goes through the one connection the restart ends while idle
+		s = new Shim(db.dsn, ['--rate', '0', '--batch-concurrency', '1']);
+		await s.start();
+	});
+
+	after(async () => {
+		const exit = s ? await s.stop() : { code: 0 };
+		db?.destroy();
+		assert.deepEqual(s?.sanitizerReports() ?? [], [], 'sanitizer reports in the shim');
+		assert.equal(exit.code, 0, `shim exit after SIGTERM: ${JSON.stringify(exit)}`);
+	});
+
+	test('a connection the restart ended while idle is made again before it is used: no 503', async () => {
+		const post = async () => {
+			const d = stripeDelivery();
+			const res = await request(s.port, { method: 'POST', path: d.path, headers: d.headers, body: d.body });
+			return { id: d.id, status: res.status };
+		};
+		assert.equal((await post()).status, 200);
+		assert.equal((await request(s.port, { path: '/ready' })).status, 200);
+		pgCtl(db, '-m', 'fast', 'restart');
+		const after = [await post(), await post(), await post()];
+		assert.deepEqual(after.map((r) => r.status), [200, 200, 200]);
+		assertNoAcknowledgedLoss(db, after);
+		// the readiness check (its answer is kept a second) likewise
+		pgCtl(db, '-m', 'fast', 'restart');
+		await sleep(1100);
+		assert.equal((await request(s.port, { path: '/ready' })).status, 200);
+		assert.equal(s.stderr.match(/"msg":"database connection lost while idle, connecting again"/g)?.length, 2);
+		const metrics = parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
+		assert.equal(metrics.get('payments_shim_db_reconnects_total'), 2);
+		assert.equal(metrics.get('payments_shim_rejections_total{reason="database_unavailable"}') ?? 0, 0);
 	});
 });

@@ -12,7 +12,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import Stripe from 'stripe';
 import { Cluster, Shim, freePort, sleep, request, rawSession, parseMetrics, parseLogLines, runShim, stopShimAndCluster, waitFor,
-	holdLock, shimLockWaiters } from './harness.mjs';
+	holdLock, shimLockWaiters, shimLogLines } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const stripe = new Stripe('sk_test_not_used_offline');
@@ -173,6 +173,31 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await postStripe(shim.port, small)).status, 200);
 	});
 
+	test('a chunked body over --max-body by up to --max-body bytes gets 413; only beyond that is it cut', async () => {
+		// --max-body 1000: a chunk that crosses the limit counts only its bytes past it
+		const s = new Shim(cluster.dsn, ['--max-body', '1000', '--rate', '0']);
+		await s.start();
+		try {
+			const chunked = (sizes) => rawSession(s.port, { timeoutMs: 5000, chunks: [
+				'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+				...sizes.map((n) => `${n.toString(16)}\r\n${'x'.repeat(n)}\r\n`), '0\r\n\r\n'] });
+			assert.match((await chunked([1000])).data, /^HTTP\/1\.1 401 /, 'at the limit: read (and refused unsigned)');
+			for (const sizes of [[1001], [1100], [1999], [2000], [600, 600, 800], [999, 1, 1000]]) {
+				const r = await chunked(sizes);
+				assert.match(r.data, /^HTTP\/1\.1 413 /, `${sizes.join('+')} bytes: ${r.data.slice(0, 40) || 'no answer'}`);
+				assert.match(r.data, /request body too large/);
+			}
+			for (const sizes of [[2001], [600, 600, 801], [1000, 1001]]) {
+				const r = await chunked(sizes);
+				assert.ok(r.closed && r.data === '', `${sizes.join('+')} bytes: closed without an answer`);
+			}
+			assert.equal((await request(s.port, { path: '/health' })).status, 200);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
 	test('request headers over --max-header get 431, ours or libmicrohttpd\'s', async () => {
 		const over = await rawSession(shim.port, { chunks: [
 			`GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: ${'a'.repeat(10000)}\r\n\r\n`] });
@@ -234,6 +259,96 @@ describe('shim limits, metrics and logs', () => {
 			assert.equal((await s.stop()).code, 0);
 		}
 		assert.deepEqual(s.sanitizerReports(), [], 'no leak reported at exit');
+	});
+
+	test('webhooks stuck behind a slow database never fill --max-connections: /health answers, the rest get 503 at once', async () => {
+		// 8 connections: at most 4 requests wait for the database, the others are answered 503 at once
+		const s = new Shim(cluster.dsn, ['--max-connections', '8', '--threads', '2', '--request-timeout', '2', '--rate', '0']);
+		await s.start();
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN ACCESS EXCLUSIVE MODE');
+		let results;
+		try {
+			const sent = Array.from({ length: 10 }, (_, i) => {
+				const delivery = stripeDelivery({ 'x-request-id': `stuck-${i}` });
+				const started = Date.now();
+				return postStripe(s.port, delivery, { timeoutMs: 4000 }).then(
+					(r) => ({ id: delivery.id, status: r.status, retryAfter: r.headers['retry-after'], ms: Date.now() - started,
+						error: r.json?.error }),
+					(e) => ({ id: delivery.id, status: `error: ${e.message}` }));
+			});
+			await shimLockWaiters(cluster, 1);
+			await sleep(300);
+			for (const path of ['/health', '/metrics']) {
+				const started = Date.now();
+				assert.equal((await request(s.port, { path, timeoutMs: 1500 })).status, 200, path);
+				assert.ok(Date.now() - started < 1000, `${path} took ${Date.now() - started} ms`);
+			}
+			results = await Promise.all(sent);
+			// past --request-timeout, the stuck ones cut: still answered
+			assert.equal((await request(s.port, { path: '/health', timeoutMs: 1500 })).status, 200);
+		} finally {
+			await lock.release();
+		}
+		try {
+			const busy = results.filter((r) => r.status === 503);
+			assert.equal(busy.length, 6, JSON.stringify(results));
+			for (const r of busy) {
+				assert.equal(r.error, 'too many requests waiting for the database');
+				assert.ok(Number(r.retryAfter) > 0, 'Retry-After');
+				assert.ok(r.ms < 1000, `answered 503 after ${r.ms} ms`);
+			}
+			// the four that waited were cut by --request-timeout, unanswered (those in a batch when the
+			// lock ended are stored, their outcome made but not sent; those still queued never sent)
+			assert.ok(results.every((r) => r.status === 503 || String(r.status).startsWith('error: ')), JSON.stringify(results));
+			await waitFor(() => shimLogLines(s).filter((l) => l.msg === 'request' && /^stuck-/.test(l.request_id)).length === 10,
+				10000, 'the request lines');
+			const waited = shimLogLines(s).filter((l) => l.msg === 'request' && /^stuck-/.test(l.request_id) && l.status !== 503);
+			assert.equal(waited.length, 4);
+			for (const l of waited) assert.equal(l.status, null, JSON.stringify(l));
+			const stored = Number(cluster.psqlVars(
+				"SELECT count(*) FROM payments.events WHERE event_id = ANY (string_to_array(:'ids', ','))",
+				{ ids: results.filter((r) => r.status !== 503).map((r) => r.id).join(',') }));
+			assert.ok(stored >= 1 && stored <= 4, `${stored} of the four stored`);
+			const metrics = parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
+			assert.equal(metrics.get('payments_shim_rejections_total{reason="overloaded"}'), 6);
+			assert.equal((await postStripe(s.port, stripeDelivery())).status, 200, 'served again');
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
+	test('a webhook whose request timed out while queued is not sent to the database, and its connection is freed', async () => {
+		// one batch thread, held by the first delivery; the second waits in the queue past --request-timeout
+		const s = new Shim(cluster.dsn, ['--batch-concurrency', '1', '--request-timeout', '2', '--rate', '0']);
+		await s.start();
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN ACCESS EXCLUSIVE MODE');
+		const first = stripeDelivery({ 'x-request-id': 'sent-first' });
+		const queued = stripeDelivery({ 'x-request-id': 'queued-second' });
+		const line = (id) => shimLogLines(s).find((l) => l.msg === 'request' && l.request_id === id);
+		try {
+			const a = postStripe(s.port, first).catch((e) => e.message);
+			await shimLockWaiters(cluster, 1);
+			const b = postStripe(s.port, queued).catch((e) => e.message);
+			// its request ends (timed out) while the first still waits for the lock
+			await waitFor(() => line('queued-second'), 6000, 'the queued request ended');
+			assert.equal(line('sent-first'), undefined, 'the first still waits');
+			assert.notEqual(line('queued-second').status_unsent ?? line('queued-second').status, 200);
+			await Promise.all([a, b]);
+		} finally {
+			await lock.release();
+		}
+		try {
+			await waitFor(() => line('sent-first'), 10000, 'the first request ended');
+			// the first was sent before its request timed out: its real outcome, unsent (the connection is gone)
+			assert.deepEqual([line('sent-first').status, line('sent-first').status_unsent], [null, 200]);
+			assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: first.id }), '1');
+			assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: queued.id }), '0',
+				'the timed-out delivery never reached the database');
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
 	});
 
 	test('a handshake or a Flows exchange waiting for the database holds no MHD thread: /health answers', async () => {
@@ -302,6 +417,40 @@ describe('shim limits, metrics and logs', () => {
 			assert.match(r.data, /conflicting Content-Length or Transfer-Encoding headers/);
 			assert.doesNotMatch(r.data, /payments_shim_/, 'the request after it is not served');
 		}
+	});
+
+	test('a Transfer-Encoding other than chunked alone is answered at once (501 or 400) and the connection closed', async () => {
+		const body = '3\r\nabc\r\n0\r\n\r\n';
+		for (const [framing, rest, status] of [
+			['Transfer-Encoding: gzip', 'abc', 400],			// chunked not last: no length to read by
+			['Transfer-Encoding: identity', 'abc', 400],
+			['Transfer-Encoding: gzip, chunked', body, 501],	// a coding not implemented
+			['Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked', body, 501],
+			['Transfer-Encoding: chunked, chunked', body, 400],	// chunked twice
+			['Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked', body, 400],
+			['Transfer-Encoding: chunked, gzip', 'abc', 400],
+			['Transfer-Encoding: chunked;q=1', body, 400],
+		]) {
+			const started = Date.now();
+			const r = await rawSession(shim.port, { localAddress: '127.0.0.16', timeoutMs: 3000, chunks: [
+				`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${framing}\r\n\r\n${rest}` +
+				'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'] });
+			assert.match(r.data, new RegExp(`^HTTP/1\\.1 ${status} `), `${framing}: ${r.data.slice(0, 40) || 'no answer'}`);
+			assert.match(r.data, /\r\nConnection: close\r\n/i, framing);
+			assert.match(r.data, /unsupported Transfer-Encoding/, framing);
+			assert.doesNotMatch(r.data, /payments_shim_/, `${framing}: the request after it is not served`);
+			assert.ok(r.closed && Date.now() - started < 2000, `${framing}: closed at once`);
+		}
+		// on any route; and a plain chunked body, in any case, is read as ever
+		const health = await rawSession(shim.port, { localAddress: '127.0.0.16', timeoutMs: 3000, chunks: [
+			'GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n'] });
+		assert.match(health.data, /^HTTP\/1\.1 400 /);
+		const delivery = stripeDelivery();
+		const chunked = await rawSession(shim.port, { localAddress: '127.0.0.16', timeoutMs: 3000, chunks: [
+			'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n' +
+			`Stripe-Signature: ${delivery.headers['stripe-signature']}\r\nTransfer-Encoding: Chunked\r\n\r\n` +
+			`${Buffer.byteLength(delivery.body).toString(16)}\r\n${delivery.body}\r\n0\r\n\r\n`] });
+		assert.match(chunked.data, /^HTTP\/1\.1 200 /, chunked.data.slice(0, 200));
 	});
 
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {

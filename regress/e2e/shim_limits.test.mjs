@@ -424,7 +424,7 @@ describe('shim limits, metrics and logs', () => {
 		for (const [framing, rest, status] of [
 			['Transfer-Encoding: gzip', 'abc', 400],			// chunked not last: no length to read by
 			['Transfer-Encoding: identity', 'abc', 400],
-			['Transfer-Encoding: gzip, chunked', body, 501],	// a coding not implemented
+			['Transfer-Encoding: gzip, chunked', body, 501],	// a coding the shim does not decode: 501
 			['Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked', body, 501],
 			['Transfer-Encoding: chunked, chunked', body, 400],	// chunked twice
 			['Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked', body, 400],

@@ -140,6 +140,27 @@ PrepareRequests(ClaimedItem *items, OutboundRequest *reqs, int n, MemoryContext 
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Bytes of a response's kept start to record, or -1 when they are not text in
+ * the database encoding. A start cut at the bytes kept may end in the first
+ * bytes of a character: those are left out, the rest is still text.
+ */
+static int
+RecordableResponseLength(const OutboundRequest *req)
+{
+	int			encoding = GetDatabaseEncoding();
+	int			len = (int) req->response_len;
+	int			valid;
+
+	if (len == 0 || memchr(req->response, '\0', len) != NULL)
+		return -1;
+	valid = pg_encoding_verifymbstr(encoding, req->response, len);
+	if (valid < len && req->response_total > req->response_len &&
+		pg_encoding_mblen(encoding, req->response + valid) > len - valid)
+		return valid;
+	return valid == len ? len : -1;
+}
+
 /* Records the outcome of one attempt with payments.record_delivery */
 static void
 RecordResult(const ClaimedItem *item, const OutboundRequest *req)
@@ -147,7 +168,7 @@ RecordResult(const ClaimedItem *item, const OutboundRequest *req)
 	Oid			argtypes[7] = {INT8OID, INT4OID, INT4OID, TEXTOID, INT4OID, INT8OID, TEXTOID};
 	Datum		args[7];
 	char		nulls[7] = "       ";
-	bool		readable;
+	int			recordable = RecordableResponseLength(req);
 
 	args[0] = Int64GetDatum(item->attempt_id);
 	args[1] = Int32GetDatum((int32) req->http_status);
@@ -159,11 +180,8 @@ RecordResult(const ClaimedItem *item, const OutboundRequest *req)
 	args[4] = Int32GetDatum(req->duration_ms);
 	args[5] = Int64GetDatum((int64) req->response_total);
 	/* the start of the response is kept when it is text in the database encoding */
-	readable = req->response_len > 0 &&
-		memchr(req->response, '\0', req->response_len) == NULL &&
-		pg_verifymbstr(req->response, (int) req->response_len, true);
-	args[6] = readable ? PointerGetDatum(cstring_to_text_with_len(req->response, (int) req->response_len)) : (Datum) 0;
-	nulls[6] = readable ? ' ' : 'n';
+	args[6] = recordable > 0 ? PointerGetDatum(cstring_to_text_with_len(req->response, recordable)) : (Datum) 0;
+	nulls[6] = recordable > 0 ? ' ' : 'n';
 
 	if (SPI_execute_with_args("SELECT payments.record_delivery($1, $2, $3, $4, $5, $6, $7)",
 							  7, argtypes, args, nulls, false, 0) != SPI_OK_SELECT)

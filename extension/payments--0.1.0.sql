@@ -1265,10 +1265,12 @@ BEGIN
 			c.amount_refunded := coalesce(payments.decimal_amount(r -> 'total_refunded_amount' ->> 'value', true),
 										  payments.decimal_amount(r -> 'amount' ->> 'total', true));
 		END IF;
-	ELSIF etype = 'CHECKOUT.ORDER.APPROVED' THEN
+	ELSIF etype IN ('CHECKOUT.ORDER.APPROVED', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED') THEN
+		-- an order approved by its payer, or its approval reversed before any capture (the
+		-- payment failed; PayPal sends it for alternative payment methods)
 		c.provider_ref := r ->> 'id';
 		c.creates := true;
-		c.status := 'pending';
+		c.status := CASE etype WHEN 'CHECKOUT.ORDER.APPROVED' THEN 'pending' ELSE 'failed' END;
 		c.amount := payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value');
 		c.currency := r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code';
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
@@ -1282,7 +1284,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
-	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED; refunds attach to their capture';
+	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED; refunds attach to their capture';
 
 --------------------------------------------------------------------------------------------------
 -- Applying events

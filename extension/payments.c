@@ -39,7 +39,12 @@ CheckReceiptPrefix(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* The receipt time zone must be one PostgreSQL knows; its zone is handed to the assign hook */
+/*
+ * The receipt time zone must be one PostgreSQL knows and would take as its
+ * own TimeZone (no leap seconds: PostgreSQL's times count none, so a "right/"
+ * zone would put a receipt's day boundary seconds off); its zone is handed to
+ * the assign hook
+ */
 static bool
 CheckReceiptTimezone(char **newval, void **extra, GucSource source)
 {
@@ -48,6 +53,12 @@ CheckReceiptTimezone(char **newval, void **extra, GucSource source)
 	if (tz == NULL)
 	{
 		GUC_check_errdetail("\"%s\" is not a time zone PostgreSQL knows.", *newval);
+		return false;
+	}
+	if (!pg_tz_acceptable(tz))
+	{
+		GUC_check_errmsg("time zone \"%s\" appears to use leap seconds", *newval);
+		GUC_check_errdetail("PostgreSQL does not support leap seconds.");
 		return false;
 	}
 	*extra = malloc(sizeof(pg_tz *));	/* freed by the GUC machinery */

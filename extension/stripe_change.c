@@ -23,6 +23,7 @@
 
 #include "catalog/pg_collation.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/float.h"
 #include "utils/jsonb.h"
@@ -163,10 +164,15 @@ MinorUnitsNumeric(text *value, const char *member, bool *isnull)
 	for (int i = 0; i < len && all_digits; i++)
 		all_digits = (digits[i] >= '0' && digits[i] <= '9');
 	if (len < 1 || len > STRIPE_AMOUNT_MAX_DIGITS || !all_digits)
+	{
+		/* quoted up to 40 bytes, never cutting a character in two */
+		int			quoted = pg_mbcliplen(digits, len, 40);
+
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("Stripe's %s must be a whole number of minor units of at most %d digits, not \"%.*s\"%s",
-						member, STRIPE_AMOUNT_MAX_DIGITS, Min(len, 40), digits, len > 40 ? "..." : "")));
+						member, STRIPE_AMOUNT_MAX_DIGITS, quoted, digits, quoted < len ? "..." : "")));
+	}
 	return DirectFunctionCall3(numeric_in, CStringGetDatum(text_to_cstring(value)),
 							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
 }

@@ -285,6 +285,8 @@ SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_i', 100), 17180
 RESET payments.receipt_timezone;
 SELECT provider_ref, receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'clinic' ORDER BY p.id;
 SET payments.receipt_timezone = 'Mars/Olympus';
+-- a zone counting leap seconds is refused, as PostgreSQL's own TimeZone refuses it
+SET payments.receipt_timezone = 'right/UTC';
 SET payments.receipt_prefix = 'lp';
 -- a rolled-back paying transaction gives its number back
 BEGIN;
@@ -420,6 +422,15 @@ SELECT capture_id, p.provider_ref, k.status, k.amount, k.refunded, k.status_at F
  WHERE p.provider_ref IN ('ORDER3', 'ORDER4', 'CAP50', 'SALE6') ORDER BY capture_id;
 SELECT f.amount, f.refunded_at FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
  WHERE p.provider_ref IN ('ORDER3', 'CAP50') ORDER BY f.refunded_at;
+
+-- an approval reversed before its capture fails the order; one not known yet is created failed,
+-- and a reversal after the capture (which PayPal does not send) changes nothing
+SELECT tp.paypal('WH-40', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER6","purchase_units":[{"amount":{"currency_code":"USD","value":"15.00"}}]}', '2024-08-07T10:00:00Z');
+SELECT tp.paypal('WH-41', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED', '{"id":"ORDER6","status":"APPROVED","purchase_units":[{"amount":{"currency_code":"USD","value":"15.00"}}]}', '2024-08-07T10:05:00Z');
+SELECT tp.paypal('WH-42', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED', '{"id":"ORDER7","purchase_units":[{"custom_id":"DON-7","amount":{"currency_code":"USD","value":"8.00"}}]}', '2024-08-07T10:10:00Z');
+SELECT tp.paypal('WH-43', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED', '{"id":"ORDER3","purchase_units":[{"amount":{"currency_code":"USD","value":"100.00"}}]}', '2024-08-07T10:15:00Z');
+SELECT provider_ref, status, amount, currency, reference FROM payments.payments
+ WHERE provider = 'pp' AND provider_ref IN ('ORDER3', 'ORDER6', 'ORDER7') ORDER BY provider_ref;
 
 -- leave no PayPal provider behind for the paypal test, which counts them
 DELETE FROM payments.payments WHERE provider = 'pp';

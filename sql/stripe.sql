@@ -173,6 +173,8 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"charge.refunded","api_version":"2024-06-20","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":1000,"currency":"usd"}}}',
  '{"type":"charge.refunded","api_version":"2025-03-31.basil","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":300,"currency":"usd"}}}',
  '{"type":"charge.refunded","api_version":"2025-03-31.basil","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":100,"currency":"usd"}}}',
- '{"type":"charge.refunded","api_version":"2024-6-20","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":800,"currency":"usd"}}}'
+ '{"type":"charge.refunded","api_version":"2024-6-20","created":1718000000,"data":{"object":{"id":"ch_p","payment_intent":"pi_p","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":800,"currency":"usd"}}}',
+ -- the amount quoted in the error is cut at 40 bytes between characters, never inside one
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_33","amount":"xéééééééééééééééééééééééé","currency":"usd"}}}'
 ]) WITH ORDINALITY AS t (payload, n);
 SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;

@@ -204,10 +204,13 @@ test('timeouts, slow and oversized responses', async () => {
 	receiver.behaviour['/slow'] = (req, res) => setTimeout(() => res.writeHead(204).end(), 700);
 	receiver.behaviour['/big'] = (req, res) => res.writeHead(200).end('x'.repeat(1 << 20));
 	receiver.behaviour['/bigerr'] = (req, res) => res.writeHead(500).end('y'.repeat(1 << 20));
+	// the first 1,024 bytes kept end in the first byte of a two-byte character
+	receiver.behaviour['/cut'] = (req, res) => res.writeHead(502).end('a'.repeat(1023) + 'é'.repeat(10));
 	endpoint('hang', '/hang', `, timeout_ms => 1000`);
 	endpoint('slow', '/slow', `, timeout_ms => 3000`);
 	endpoint('big', '/big', `, max_response_bytes => 1024`);
 	endpoint('bigerr', '/bigerr', `, max_response_bytes => 1024`);
+	endpoint('cut', '/cut');
 	paid('pi_t1');
 	const started = Date.now();
 	await deliver();
@@ -220,7 +223,11 @@ test('timeouts, slow and oversized responses', async () => {
 	assert.match(db.psql(`SELECT a.error || '|' || a.response_bytes FROM payments.outbox_attempts a
 		JOIN payments.endpoints e ON e.id = a.endpoint_id WHERE e.name = 'big'`), /^response larger than 1024 bytes.*\|\d+$/);
 	assert.deepEqual(items('bigerr'), ['pending|1|500']);
-	db.psql(`SELECT payments.enable_endpoint(n, false) FROM unnest('{hang,slow,big,bigerr}'::text[]) n`);
+	// the kept start of a response is recorded up to its last whole character
+	assert.deepEqual(items('cut'), ['pending|1|502']);
+	assert.equal(db.psql(`SELECT length(a.response) || '|' || (a.response = repeat('a', 1023)) || '|' || a.response_bytes
+		FROM payments.outbox_attempts a JOIN payments.endpoints e ON e.id = a.endpoint_id WHERE e.name = 'cut'`), '1023|true|1043');
+	db.psql(`SELECT payments.enable_endpoint(n, false) FROM unnest('{hang,slow,big,bigerr,cut}'::text[]) n`);
 });
 
 test('the circuit breaker opens after repeated failures, probes after the cool-down, closes on success', async () => {

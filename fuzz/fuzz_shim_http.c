@@ -1,9 +1,10 @@
 /*
  * fuzz_shim_http.c
  *		The shim's checks on what a client sends before anything reaches the
- *		database (shim/http.c): control characters in headers, the
- *		X-Request-ID and traceparent it echoes and logs, the provider name
- *		in the path, the route, and Content-Length against --max-body.
+ *		database (shim/http.c): control characters in headers, the Host
+ *		headers, the X-Request-ID and traceparent it echoes and logs, the
+ *		provider name in the path, the route, and Content-Length against
+ *		--max-body.
  *
  * Input: header lines as in fuzz_shim_headers; each line's value is also
  * tried as a request id, a traceparent, a path and a Content-Length.  What
@@ -11,7 +12,9 @@
  * a request id of 1 to 128 characters of [A-Za-z0-9._:-], a provider name
  * of ^[a-z0-9][a-z0-9_-]{0,62}$, a traceparent whose first 55 characters
  * are lower-case hex fields (the shim keeps only those);
- * requests with a control character in a header are refused.
+ * requests with a control character in a header are refused, and so are
+ * HTTP/1.1 requests without exactly one Host header and HTTP/1.0 requests
+ * with more than one.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +86,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	bool		control = false;
 	const uint8_t *line = data;
 	const uint8_t *end = data + size;
+	unsigned int hosts = 0;
 
 	for (size_t i = 0; i < size; i++)
 	{
@@ -100,6 +104,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		const uint8_t *nl = memchr(line, '\n', end - line);
 		size_t		len = (nl ? nl : end) - line;
+		const uint8_t *colon = memchr(line, ':', len);
+		size_t		name_len = colon ? (size_t) (colon - line) : len;
 		char	   *value = malloc(len + 1);
 
 		if (value == NULL)
@@ -107,10 +113,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(value, line, len);
 		value[len] = '\0';
 		CheckValue(value);
+		if (name_len == 4 && strncasecmp(value, "host", 4) == 0)
+			hosts++;
 		free(value);
 		if (nl == NULL)
 			break;
 		line = nl + 1;
+	}
+	if ((host_error(conn, MHD_HTTP_VERSION_1_1) == NULL) != (hosts == 1) ||
+		(host_error(conn, MHD_HTTP_VERSION_1_0) == NULL) != (hosts <= 1))
+	{
+		fprintf(stderr, "shim http: %u Host headers judged wrongly\n", hosts);
+		abort();
 	}
 	return 0;
 }

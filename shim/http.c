@@ -20,7 +20,7 @@
  * writes the log line and counts the request.
  *
  * Checks on the first call, in order: header size (431), control
- * characters and framing (400, 501), then per route:
+ * characters and framing (400, 501), Host (400), then per route:
  * method (405), provider name (404), the client's token bucket (429), and
  * Content-Length (413).
  *
@@ -575,6 +575,46 @@ framing_error(struct MHD_Connection *conn, const char **message)
 	return MHD_HTTP_BAD_REQUEST;
 }
 
+/* MHD iterator: count the Host headers into the unsigned int passed as cls */
+static enum MHD_Result
+count_host_headers(void *cls, enum MHD_ValueKind kind,
+				   const char *key, size_t key_size,
+				   const char *value, size_t value_size)
+{
+	unsigned int *hosts = cls;
+
+	(void) kind;
+	(void) value;
+	(void) value_size;
+	if (key_size == strlen(MHD_HTTP_HEADER_HOST) &&
+		strncasecmp(key, MHD_HTTP_HEADER_HOST, key_size) == 0)
+		(*hosts)++;
+	return MHD_YES;
+}
+
+/*
+ * Does the request break RFC 9112 section 3.2 on Host?  Returns NULL if not;
+ * else the message to answer 400 with.  An HTTP/1.1 request (or a later 1.x,
+ * which libmicrohttpd reads as 1.1) must carry a Host header; one of any
+ * version may not carry two, which a proxy in front of us could read
+ * otherwise than we do.  HTTP/1.0 needs none.  libmicrohttpd 0.9.75 checks
+ * only for a missing Host, and only with MHD_OPTION_STRICT_FOR_CLIENT, which
+ * answers an HTML page (its status line and headers sent twice) and also
+ * drops, unanswered, any request line with a space in its path.
+ */
+static const char *
+host_error(struct MHD_Connection *conn, const char *version)
+{
+	unsigned int hosts = 0;
+
+	MHD_get_connection_values_n(conn, MHD_HEADER_KIND, count_host_headers, &hosts);
+	if (hosts > 1)
+		return "more than one Host header";
+	if (hosts == 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0)
+		return "missing Host header (required in HTTP/1.1)";
+	return NULL;
+}
+
 /*
  * First call for a provider's route (/webhooks/{provider}: POST, and GET for
  * Meta's handshake; /flows/{provider}: POST): check method, provider name,
@@ -623,7 +663,7 @@ start_provider_route(struct MHD_Connection *conn, Request *req,
  */
 static enum MHD_Result
 start_request(struct MHD_Connection *conn, Request *req,
-			  const char *url, const char *method)
+			  const char *url, const char *method, const char *version)
 {
 	unsigned int status;
 	const char *message;
@@ -642,6 +682,9 @@ start_request(struct MHD_Connection *conn, Request *req,
 		req->close = true;
 		return reply_error(conn, req, status, REJECT_MALFORMED, message, NULL);
 	}
+	if ((message = host_error(conn, version)) != NULL)
+		return reply_error(conn, req, MHD_HTTP_BAD_REQUEST, REJECT_MALFORMED,
+						   message, NULL);
 
 	switch (req->route)
 	{
@@ -1041,7 +1084,6 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 	size_t		size;
 
 	(void) cls;
-	(void) version;
 
 	if (req == NULL)
 	{
@@ -1050,7 +1092,7 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 			return MHD_NO;
 		*req_cls = req;
 		atomic_fetch_add(&in_flight, 1);
-		return start_request(conn, req, url, method);
+		return start_request(conn, req, url, method, version);
 	}
 
 	size = *upload_data_size;

@@ -453,6 +453,79 @@ describe('shim limits, metrics and logs', () => {
 		assert.match(chunked.data, /^HTTP\/1\.1 200 /, chunked.data.slice(0, 200));
 	});
 
+	// RFC 9112 section 3.2: an HTTP/1.1 request must carry one Host header, a request of any version
+	// no more than one.  A signed Stripe delivery as raw bytes, with the given request line version
+	// and Host lines, sent from its own address (its own rate); resolves with { delivery, r, body }.
+	async function hostDelivery(version, hostLines, requestId) {
+		const delivery = stripeDelivery({ 'x-request-id': requestId });
+		const headers = Object.entries(delivery.headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+		const r = await rawSession(shim.port, { localAddress: '127.0.0.17', timeoutMs: 3000, chunks: [
+			`POST /webhooks/stripe ${version}\r\n${hostLines}Connection: close\r\n${headers}` +
+			`Content-Length: ${Buffer.byteLength(delivery.body)}\r\n\r\n${delivery.body}`] });
+		return { delivery, r, body: r.data.slice(r.data.indexOf('\r\n\r\n') + 4) };
+	}
+
+	// GET /health as raw bytes, with the given request line version and Host lines
+	function hostHealth(version, hostLines) {
+		return rawSession(shim.port, { localAddress: '127.0.0.17', timeoutMs: 3000, chunks: [
+			`GET /health ${version}\r\n${hostLines}Connection: close\r\n\r\n`] });
+	}
+
+	// Stored events and recorded rejections of a delivery
+	function traces(delivery, requestId) {
+		return cluster.psqlVars(`SELECT (SELECT count(*) FROM payments.events WHERE event_id = :'e') || ' ' ||
+			(SELECT count(*) FROM payments.rejections WHERE request_id = :'r')`, { e: delivery.id, r: requestId });
+	}
+
+	test('an HTTP/1.1 request without Host gets 400 and never reaches the database; HTTP/1.0 needs none', async () => {
+		const before = await metrics(shim.port);
+		const health = await hostHealth('HTTP/1.1', '');
+		assert.match(health.data, /^HTTP\/1\.1 400 /, health.data.slice(0, 200));
+		assert.match(health.data, /\r\nContent-Type: application\/json\r\n/i);
+		assert.match(health.data, /\r\nX-Request-ID: [0-9a-f-]{36}\r\n/i);
+		assert.deepEqual(JSON.parse(health.data.slice(health.data.indexOf('\r\n\r\n') + 4)),
+			{ error: 'missing Host header (required in HTTP/1.1)' });
+		// a correctly signed delivery: refused before anything is sent to the database
+		const refused = await hostDelivery('HTTP/1.1', '', 'no-host-1');
+		assert.match(refused.r.data, /^HTTP\/1\.1 400 /, refused.r.data.slice(0, 200));
+		assert.match(refused.r.data, /\r\nX-Request-ID: no-host-1\r\n/i);
+		assert.deepEqual(JSON.parse(refused.body), { error: 'missing Host header (required in HTTP/1.1)' });
+		assert.equal(traces(refused.delivery, 'no-host-1'), '0 0', 'nothing stored, nothing recorded');
+		// HTTP/1.0 without Host is served as ever, through the database too
+		const old = await hostHealth('HTTP/1.0', '');
+		assert.match(old.data, /^HTTP\/1\.1 200 /, old.data.slice(0, 200));
+		const stored = await hostDelivery('HTTP/1.0', '', 'no-host-1.0');
+		assert.match(stored.r.data, /^HTTP\/1\.1 200 /, stored.r.data.slice(0, 300));
+		assert.equal(JSON.parse(stored.body).outcome, 'applied');
+		assert.equal(traces(stored.delivery, 'no-host-1.0'), '1 0');
+		// counted as the shim's other early refusals are
+		const after = await metrics(shim.port);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="malformed_request"}'), 2);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="health",provider="",status="400"}'), 1);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="webhook",provider="_other",status="400"}'), 1);
+	});
+
+	test('a request with more than one Host header gets 400, whatever its version, and never reaches the database', async () => {
+		const before = await metrics(shim.port);
+		for (const [version, hostLines] of [['HTTP/1.1', 'Host: a\r\nHost: b\r\n'], ['HTTP/1.1', 'Host: x\r\nhost: x\r\n'],
+			['HTTP/1.0', 'Host: a\r\nHOST: b\r\n']]) {
+			const health = await hostHealth(version, hostLines);
+			assert.match(health.data, /^HTTP\/1\.1 400 /, `${version} ${JSON.stringify(hostLines)}: ${health.data.slice(0, 200)}`);
+			assert.deepEqual(JSON.parse(health.data.slice(health.data.indexOf('\r\n\r\n') + 4)), { error: 'more than one Host header' });
+		}
+		const refused = await hostDelivery('HTTP/1.1', 'Host: 127.0.0.1\r\nHost: evil.example\r\n', 'two-hosts-1');
+		assert.match(refused.r.data, /^HTTP\/1\.1 400 /, refused.r.data.slice(0, 200));
+		assert.match(refused.r.data, /\r\nX-Request-ID: two-hosts-1\r\n/i);
+		assert.deepEqual(JSON.parse(refused.body), { error: 'more than one Host header' });
+		assert.equal(traces(refused.delivery, 'two-hosts-1'), '0 0', 'nothing stored, nothing recorded');
+		// one Host header, as ever
+		assert.match((await hostHealth('HTTP/1.1', 'Host: x\r\n')).data, /^HTTP\/1\.1 200 /);
+		const after = await metrics(shim.port);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="malformed_request"}'), 4);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="health",provider="",status="400"}'), 3);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="webhook",provider="_other",status="400"}'), 1);
+	});
+
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {
 		const cases = [
 			['GET', '/nope', 404], ['GET', '/', 404], ['POST', '/webhooks/', 404],

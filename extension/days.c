@@ -46,10 +46,44 @@ receipt_day(PG_FUNCTION_ARGS)
 	PG_RETURN_DATEADT(day);
 }
 
+/* The UTC offset (seconds west, as PostgreSQL counts) of the receipt time zone at a time; false if out of range */
+static bool
+OffsetAt(TimestampTz at, int *offset)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	return IS_VALID_TIMESTAMP(at) &&
+		timestamp2tm(at, offset, &tm, &fsec, NULL, ReceiptTimeZone()) == 0;
+}
+
+/*
+ * The first time a local midnight (tm) occurs, given the one PostgreSQL chose
+ * (start, at offset): when the offset of a day before was another, and the
+ * midnight read with that offset is earlier and the zone's offset then, the
+ * midnight occurred then too.
+ */
+static TimestampTz
+EarlierSameMidnight(struct pg_tm *tm, int offset, TimestampTz start)
+{
+	int			before;
+	int			then;
+	TimestampTz earlier;
+
+	if (!OffsetAt(start - USECS_PER_DAY, &before) || before == offset ||
+		tm2timestamp(tm, 0, &before, &earlier) != 0 || earlier >= start ||
+		!OffsetAt(earlier, &then) || then != before)
+		return start;
+	return earlier;
+}
+
 /*
  * SQL: payments.day_start(day date) returns timestamptz: the midnight that
- * starts a day in the receipt time zone (a midnight that summer time skips
- * is read as PostgreSQL reads a local time in a gap).
+ * starts a day in the receipt time zone.  A midnight that summer time skips
+ * is read as PostgreSQL reads a local time in a gap; one that occurs twice
+ * (summer time ending at 01:00, as in Havana) is the first, which PostgreSQL
+ * reads as the second: the hour between belongs to the day, as receipt_day
+ * says.
  */
 Datum
 day_start(PG_FUNCTION_ARGS)
@@ -71,6 +105,7 @@ day_start(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 					 errmsg("date out of range for timestamp")));
+		start = EarlierSameMidnight(&tm, offset, start);
 	}
 	PG_RETURN_TIMESTAMPTZ(start);
 }

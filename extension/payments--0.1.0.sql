@@ -1188,13 +1188,14 @@ CREATE TABLE payments.paypal_captures (
 	status		payments.payment_status NOT NULL,
 	amount		numeric,
 	currency	char(3),
+	fee			numeric,
 	refunded	numeric NOT NULL DEFAULT 0,
 	status_at	timestamptz NOT NULL,
 	PRIMARY KEY (provider, capture_id)
 );
 CREATE INDEX paypal_captures_payment_idx ON payments.paypal_captures (payment_id);
 COMMENT ON TABLE payments.paypal_captures IS
-	'PayPal captures (and v1 sales) of each payment, with their own status, amount and refunded total: a payment''s amount and refunded total are their sums';
+	'PayPal captures (and v1 sales) of each payment, with their own status, amount, PayPal''s fee and refunded total: a payment''s amount, fee and refunded total are their sums';
 SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
 
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
@@ -1331,6 +1332,7 @@ DECLARE
 	cap		payments.paypal_captures;
 	result	text;
 	taken	numeric;
+	fees	numeric;
 	reported numeric;
 	paid_captures bigint;
 BEGIN
@@ -1367,27 +1369,29 @@ BEGIN
 	SELECT p.* INTO pay FROM payments.payments p
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
 	-- news of a capture older than what is known of it changes it not
-	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, status_at)
-	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency),
+	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, fee, status_at)
+	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency), change.fee,
 			coalesce(change.status_at, now()))
 	ON CONFLICT (provider, capture_id) DO UPDATE
 	   SET status = excluded.status, amount = coalesce(excluded.amount, k.amount),
-		   currency = coalesce(excluded.currency, k.currency), status_at = excluded.status_at
+		   currency = coalesce(excluded.currency, k.currency), fee = coalesce(excluded.fee, k.fee),
+		   status_at = excluded.status_at
 	 WHERE k.status_at <= excluded.status_at;
-	-- more than one capture taken: the payment's amount is their sum, in its currency (not once
-	-- refunded in full: a forward-only refunded payment cannot take more money)
-	SELECT sum(k.amount), count(*) INTO taken, paid_captures FROM payments.paypal_captures k
+	-- more than one capture taken: the payment's amount and PayPal's fee are their sums, in its
+	-- currency (not once refunded in full: a forward-only refunded payment cannot take more money)
+	SELECT sum(k.amount), sum(k.fee), count(*) INTO taken, fees, paid_captures FROM payments.paypal_captures k
 	 WHERE k.payment_id = pay.id AND k.status = 'paid' AND k.currency = pay.currency;
-	IF paid_captures > 1 AND taken IS DISTINCT FROM pay.amount AND pay.paid_at IS NOT NULL
-	   AND pay.status IN ('paid', 'partially_refunded', 'disputed') THEN
-		UPDATE payments.payments p SET amount = taken, updated_at = now() WHERE p.id = pay.id;
+	IF paid_captures > 1 AND (taken IS DISTINCT FROM pay.amount OR fees IS DISTINCT FROM pay.fee)
+	   AND pay.paid_at IS NOT NULL AND pay.status IN ('paid', 'partially_refunded', 'disputed') THEN
+		UPDATE payments.payments p SET amount = taken, fee = coalesce(fees, p.fee), updated_at = now()
+		 WHERE p.id = pay.id;
 		result := 'applied';
 	END IF;
 	RETURN result;
 END
 $$;
 COMMENT ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) IS
-	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures: a payment paid by several captures takes the sum of their amounts, and a refund the sum of their refunded totals (a refund without its capture''s total adds its own amount)';
+	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures: a payment paid by several captures takes the sum of their amounts and of their fees, and a refund the sum of their refunded totals (a refund without its capture''s total adds its own amount)';
 
 -- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
 -- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line
@@ -2688,6 +2692,8 @@ BEGIN
 		problem := 'breaker_state must be closed, open or half_open';
 	ELSIF NEW.enabled IS NULL THEN
 		problem := 'enabled must be true or false';
+	ELSIF NEW.consecutive_failures IS NULL OR NEW.created_at IS NULL OR NEW.updated_at IS NULL THEN
+		problem := 'consecutive_failures, created_at and updated_at must not be null';
 	END IF;
 	IF problem IS NOT NULL THEN
 		RAISE EXCEPTION 'invalid endpoint "%": %', NEW.name, problem USING ERRCODE = 'invalid_parameter_value';
@@ -2696,7 +2702,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.check_endpoint() IS
-	'Trigger: checks an endpoint row before its constraints do (name, URL, a secret the signing step can use, event types, timeouts, response cap, breaker settings) with errors that never show the row, whose secret PostgreSQL would report with a failed constraint';
+	'Trigger: checks an endpoint row before its constraints do (name, URL, a secret the signing step can use, event types, timeouts, response cap, breaker settings, the columns that must not be null) with errors that never show the row, whose secret PostgreSQL would report with a failed constraint';
 CREATE TRIGGER endpoints_check BEFORE INSERT OR UPDATE ON payments.endpoints
 	FOR EACH ROW EXECUTE FUNCTION payments.check_endpoint();
 REVOKE ALL ON FUNCTION payments.check_endpoint() FROM PUBLIC;
@@ -3462,6 +3468,31 @@ CREATE TABLE payments.api_tokens (
 COMMENT ON TABLE payments.api_tokens IS
 	'API access tokens (PayPal OAuth client credentials, Eversend auth token) cached until shortly before they expire; token NULL: the last fetch failed (last_error). Read by the reconciliation run only';
 
+-- A token was fetched with the provider's credentials from its api_base: when either changes, it
+-- is forgotten, so that it is never sent to another server, nor kept after the credentials were
+-- revoked (nor a failed fetch's error after they were corrected).  Definer's rights: payments_admin
+-- changes providers but may not read the tokens.
+CREATE FUNCTION payments.forget_api_token()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM payments.api_tokens t WHERE t.provider = OLD.name;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.forget_api_token() IS
+	'Trigger: forgets a provider''s cached API token when its api_base, client_id or client_secret changes';
+CREATE TRIGGER providers_forget_api_token AFTER UPDATE OF settings ON payments.providers
+	FOR EACH ROW
+	WHEN (OLD.settings -> 'api_base' IS DISTINCT FROM NEW.settings -> 'api_base'
+		  OR OLD.settings -> 'client_id' IS DISTINCT FROM NEW.settings -> 'client_id'
+		  OR OLD.settings -> 'client_secret' IS DISTINCT FROM NEW.settings -> 'client_secret')
+	EXECUTE FUNCTION payments.forget_api_token();
+REVOKE ALL ON FUNCTION payments.forget_api_token() FROM PUBLIC;
+
 CREATE TABLE payments.reconciliation_checks (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	payment_id		bigint NOT NULL REFERENCES payments.payments (id) ON DELETE CASCADE,
@@ -3986,6 +4017,66 @@ CREATE TABLE payments.flow_tokens (
 CREATE INDEX flow_tokens_expires_at_idx ON payments.flow_tokens (expires_at);
 COMMENT ON TABLE payments.flow_tokens IS
 	'Flow tokens issued to WhatsApp users (the flow_token of a Flow message); the endpoint answers 427 for any other, or an expired one';
+
+-- A failed constraint would show the row, and with it a key's passphrase or a token, in the
+-- error and the server's log: these triggers refuse such rows first, naming neither.
+CREATE FUNCTION payments.check_flow_key()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.provider IS NULL OR NEW.private_key IS NULL OR NEW.public_key IS NULL OR NEW.created_at IS NULL THEN
+		RAISE EXCEPTION 'a Flows key needs a provider, a private key, a public key and created_at'
+			USING ERRCODE = 'not_null_violation',
+				  HINT = 'Add keys with payments.add_flow_key.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION payments.check_flow_key() IS
+	'Trigger: refuses a flow_keys row its NOT NULL constraints would, with an error that never shows the row (its private key and passphrase)';
+CREATE TRIGGER flow_keys_check BEFORE INSERT OR UPDATE ON payments.flow_keys
+	FOR EACH ROW EXECUTE FUNCTION payments.check_flow_key();
+REVOKE ALL ON FUNCTION payments.check_flow_key() FROM PUBLIC;
+
+CREATE FUNCTION payments.check_flow_token()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.token IS NULL OR NEW.provider IS NULL OR NEW.wa_id IS NULL OR NEW.created_at IS NULL
+	   OR NEW.expires_at IS NULL THEN
+		RAISE EXCEPTION 'a flow token needs a token, a provider, a wa_id, created_at and expires_at'
+			USING ERRCODE = 'not_null_violation';
+	END IF;
+	IF NEW.token !~ '^[A-Za-z0-9_-]{16,128}$' THEN
+		RAISE EXCEPTION 'a flow token is 16 to 128 characters of A-Z, a-z, 0-9, "_" and "-"'
+			USING ERRCODE = 'check_violation',
+				  HINT = 'Issue tokens with payments.issue_flow_token.';
+	END IF;
+	IF NEW.wa_id !~ '^[1-9][0-9]{5,14}$' THEN
+		RAISE EXCEPTION 'a flow token''s wa_id is a phone number in international form, digits only'
+			USING ERRCODE = 'check_violation';
+	END IF;
+	IF NEW.expires_at <= NEW.created_at THEN
+		RAISE EXCEPTION 'a flow token expires after it is created'
+			USING ERRCODE = 'check_violation';
+	END IF;
+	IF (TG_OP = 'INSERT' OR NEW.token <> OLD.token)
+	   AND EXISTS (SELECT FROM payments.flow_tokens t WHERE t.token = NEW.token) THEN
+		RAISE EXCEPTION 'that flow token exists already'
+			USING ERRCODE = 'unique_violation';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION payments.check_flow_token() IS
+	'Trigger: refuses a flow_tokens row its constraints would (its key included, as far as rows committed or of this transaction show), with errors that never show the token';
+CREATE TRIGGER flow_tokens_check BEFORE INSERT OR UPDATE ON payments.flow_tokens
+	FOR EACH ROW EXECUTE FUNCTION payments.check_flow_token();
+REVOKE ALL ON FUNCTION payments.check_flow_token() FROM PUBLIC;
 
 CREATE TABLE payments.flow_submissions (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -4,6 +4,8 @@
  */
 #include "payments.h"
 
+#include <math.h>
+
 #include "fmgr.h"
 #include "pgtime.h"
 #include "utils/builtins.h"
@@ -48,7 +50,19 @@ CheckReceiptPrefix(char **newval, void **extra, GucSource source)
 static bool
 CheckReceiptTimezone(char **newval, void **extra, GucSource source)
 {
-	pg_tz	   *tz = pg_tzset(*newval);
+	char	   *end;
+	double		hours = strtod(*newval, &end);
+	pg_tz	   *tz;
+
+	/*
+	 * A number is hours east of UTC, as TimeZone reads it (currency_summary
+	 * sets TimeZone to this value); pg_tzset would read it as a POSIX offset,
+	 * hours west.
+	 */
+	if (end != *newval && *end == '\0')
+		tz = isfinite(hours) && fabs(hours) <= 14 ? pg_tzset_offset((long) rint(-hours * SECS_PER_HOUR)) : NULL;
+	else
+		tz = pg_tzset(*newval);
 
 	if (tz == NULL)
 	{

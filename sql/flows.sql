@@ -143,6 +143,16 @@ SELECT :'token' ~ '^ft_[0-9a-f]{32}$' AS token_shape, wa_id, expires_at - create
 SELECT payments.issue_flow_token('nobody', '263771234567');
 SELECT payments.issue_flow_token('flows-hooks', '263771234567');
 SELECT payments.issue_flow_token('flows-wa', 'abc');
+-- rows the constraints would refuse are refused first, with errors that show neither the
+-- key's passphrase nor the token (a failed constraint shows the row, in the server log too)
+UPDATE payments.flow_keys SET created_at = NULL WHERE id = :key_id;
+INSERT INTO payments.flow_tokens (token, provider, wa_id, expires_at)
+VALUES (:'token', 'flows-wa', '263771234567', now() + interval '1 hour');
+UPDATE payments.flow_tokens SET expires_at = created_at - interval '1 second' WHERE token = :'token';
+UPDATE payments.flow_tokens SET wa_id = NULL WHERE token = :'token';
+UPDATE payments.flow_tokens SET wa_id = '+263' WHERE token = :'token';
+INSERT INTO payments.flow_tokens (token, provider, wa_id, expires_at)
+VALUES ('ft_short', 'flows-wa', '263771234567', now() + interval '1 hour');
 SELECT payments.issue_flow_token('flows-wa', '263771234567', interval '31 days');
 SELECT payments.issue_flow_token('flows-wa', '263771234567', interval '1 second');
 

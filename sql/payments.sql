@@ -399,8 +399,8 @@ SELECT provider_ref, status, donor_name IS NULL AS no_name FROM payments.payment
 
 -- an order paid by two captures takes both, and the refund of the second is the second's
 SELECT tp.paypal('WH-20', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER3","purchase_units":[{"amount":{"currency_code":"USD","value":"100.00"}}]}', '2024-08-05T10:00:00Z');
-SELECT tp.paypal('WH-21', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP31","amount":{"currency_code":"USD","value":"40.00"},"supplementary_data":{"related_ids":{"order_id":"ORDER3"}}}', '2024-08-05T10:01:00Z');
-SELECT tp.paypal('WH-22', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP32","amount":{"currency_code":"USD","value":"60.00"},"supplementary_data":{"related_ids":{"order_id":"ORDER3"}}}', '2024-08-05T10:02:00Z');
+SELECT tp.paypal('WH-21', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP31","amount":{"currency_code":"USD","value":"40.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"1.70"}},"supplementary_data":{"related_ids":{"order_id":"ORDER3"}}}', '2024-08-05T10:01:00Z');
+SELECT tp.paypal('WH-22', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP32","amount":{"currency_code":"USD","value":"60.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"2.40"}},"supplementary_data":{"related_ids":{"order_id":"ORDER3"}}}', '2024-08-05T10:02:00Z');
 -- news of the first capture older than what is known of it changes nothing
 SELECT tp.paypal('WH-23', 'PAYMENT.CAPTURE.PENDING', '{"id":"CAP31","amount":{"currency_code":"USD","value":"40.00"},"supplementary_data":{"related_ids":{"order_id":"ORDER3"}}}', '2024-08-05T10:00:30Z');
 SELECT tp.paypal('WH-24', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF32","amount":{"currency_code":"USD","value":"60.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"60.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP32","rel":"up"}]}', '2024-08-06T10:00:00Z');
@@ -415,9 +415,9 @@ SELECT tp.paypal('WH-30', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF52","amount":{"
 SELECT tp.paypal('WH-31', 'PAYMENT.SALE.COMPLETED', '{"id":"SALE6","amount":{"total":"50.00","currency":"USD"}}', '2024-08-05T13:00:00Z');
 SELECT tp.paypal('WH-32', 'PAYMENT.SALE.REFUNDED', '{"id":"SREF61","sale_id":"SALE6","amount":{"total":"-5.00","currency":"USD"}}', '2024-08-06T13:00:00Z');
 SELECT tp.paypal('WH-33', 'PAYMENT.SALE.REFUNDED', '{"id":"SREF62","sale_id":"SALE6","amount":{"total":"-5.00","currency":"USD"}}', '2024-08-06T13:30:00Z');
-SELECT provider_ref, status, amount, amount_refunded FROM payments.payments
+SELECT provider_ref, status, amount, fee, amount_refunded FROM payments.payments
  WHERE provider = 'pp' AND provider_ref IN ('ORDER3', 'ORDER4', 'CAP50', 'SALE6') ORDER BY provider_ref;
-SELECT capture_id, p.provider_ref, k.status, k.amount, k.refunded, k.status_at FROM payments.paypal_captures k
+SELECT capture_id, p.provider_ref, k.status, k.amount, k.fee, k.refunded, k.status_at FROM payments.paypal_captures k
   JOIN payments.payments p ON p.id = k.payment_id
  WHERE p.provider_ref IN ('ORDER3', 'ORDER4', 'CAP50', 'SALE6') ORDER BY capture_id;
 SELECT f.amount, f.refunded_at FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id

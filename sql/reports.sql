@@ -118,6 +118,22 @@ SET timezone_abbreviations = 'Australia';
 SET payments.receipt_timezone = 'EST';
 SELECT payments.receipt_day('2024-06-10 15:00Z') AS est, payments.day_start('2024-06-11') = '2024-06-11 05:00Z' AS starts_at_est_midnight;
 RESET timezone_abbreviations;
+-- Havana's summer time ends at 01:00, back to 00:00: 3 November 2024 starts at its first midnight
+-- (04:00 UTC), and the hour before the second is the 3rd's, as its receipts say; on 10 March
+-- midnight is skipped, and the day starts at 01:00 (05:00 UTC)
+SET payments.receipt_timezone = 'America/Havana';
+SELECT payments.day_start('2024-11-03') AT TIME ZONE 'UTC' AS havana_nov_3,
+	   payments.receipt_day(payments.day_start('2024-11-03') - interval '1 microsecond') AS just_before,
+	   payments.receipt_day('2024-11-03 04:30Z') AS first_hour,
+	   payments.day_start('2024-11-04') AT TIME ZONE 'UTC' AS havana_nov_4,
+	   payments.day_start('2024-03-10') AT TIME ZONE 'UTC' AS havana_mar_10,
+	   payments.receipt_day(payments.day_start('2024-03-10') - interval '1 microsecond') AS before_the_gap;
+-- a number is hours east of UTC, as TimeZone (which currency_summary sets to it) reads it
+SET payments.receipt_timezone = '+03';
+SELECT payments.receipt_day('2024-06-10 22:30Z') AS plus_3, payments.day_start('2024-06-11') AT TIME ZONE 'UTC' AS starts;
+SET payments.receipt_timezone = '-5.5';
+SELECT payments.receipt_day('2024-06-11 04:00Z') AS minus_5_5;
+SET payments.receipt_timezone = '15';
 SET payments.receipt_timezone = 'Africa/Harare';
 
 -- donors

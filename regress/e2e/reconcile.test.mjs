@@ -201,13 +201,24 @@ test('tokens are cached until they expire; a checked payment is asked again afte
 	await runReconcile();
 	assert.equal(status('ORDER3'), 'paid');
 	assert.equal(api.tokens.paypal, 2);
+	// a change of the credentials or of api_base forgets the token; of another setting, not
+	const cached = () => db.psql(`SELECT count(*) FROM payments.api_tokens WHERE provider = 'pp'`);
+	db.psql(`UPDATE payments.providers SET settings = settings || '{"webhook_id": "WH1-renamed"}' WHERE name = 'pp'`);
+	assert.equal(cached(), '1');
+	db.psql(`UPDATE payments.providers SET settings = settings || '{"client_secret": "ppsecret-rotated"}' WHERE name = 'pp'`);
+	assert.equal(cached(), '0');
+	db.psql(`UPDATE payments.providers SET settings = settings || '{"client_secret": "ppsecret", "webhook_id": "WH1"}' WHERE name = 'pp'`);
+	stuck('pp', 'ORDER5', { capture_id: 'CAP5' });
+	await runReconcile();
+	assert.equal(status('ORDER5'), 'paid');
+	assert.equal(api.tokens.paypal, 3);
 });
 
 test('the summary and the job', async () => {
 	const summary = db.psql(`SELECT metric || '|' || provider || '|' || coalesce(detail, '') || '|' || count
 		FROM payments.reconciliation_summary(24) WHERE metric IN ('discrepancies_fixed', 'stuck_pending') ORDER BY 1`);
 	assert.match(summary, /discrepancies_fixed\|ev\|\|3/);
-	assert.match(summary, /discrepancies_fixed\|pp\|\|3/);
+	assert.match(summary, /discrepancies_fixed\|pp\|\|4/);
 	assert.match(summary, /stuck_pending\|st\|\|3/);
 	// the pg_cron job runs reconciliation under its advisory lock (key 4)
 	const out = await new Promise((resolve, reject) => {

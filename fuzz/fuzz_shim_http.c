@@ -1,9 +1,9 @@
 /*
  * fuzz_shim_http.c
  *		The shim's checks on what a client sends before anything reaches the
- *		database (shim/http.c): control characters in headers, the Host
- *		headers, the X-Request-ID and traceparent it echoes and logs, the
- *		provider name in the path, the route, and Content-Length against
+ *		database (shim/http.c): control characters in headers, header names,
+ *		the Host headers, the X-Request-ID and traceparent it echoes and logs,
+ *		the provider name in the path, the route, and Content-Length against
  *		--max-body.
  *
  * Input: header lines as in fuzz_shim_headers; each line's value is also
@@ -12,9 +12,11 @@
  * a request id of 1 to 128 characters of [A-Za-z0-9._:-], a provider name
  * of ^[a-z0-9][a-z0-9_-]{0,62}$, a traceparent whose first 55 characters
  * are lower-case hex fields (the shim keeps only those);
- * requests with a control character in a header are refused, and so are
- * HTTP/1.1 requests without exactly one Host header and HTTP/1.0 requests
- * with more than one.
+ * requests with a control character in a header are refused, and only
+ * those; requests with a header name that is not an RFC 9110 token (empty,
+ * or a byte other than ALPHA, DIGIT and !#$%&'*+-.^_`|~) are refused, and
+ * only those; and so are HTTP/1.1 requests without exactly one Host header
+ * and HTTP/1.0 requests with more than one.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,21 @@ static bool
 OnlyOf(const char *s, const char *set)
 {
 	return strspn(s, set) == strlen(s);
+}
+
+/* Is the name of len bytes an RFC 9110 token, spelled out from its grammar? */
+static bool
+IsToken(const char *name, size_t len)
+{
+	static const char tchar[] = "!#$%&'*+-.^_`|~0123456789"
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+	for (size_t i = 0; i < len; i++)
+	{
+		if (memchr(tchar, name[i], sizeof(tchar) - 1) == NULL)
+			return false;
+	}
+	return len > 0;
 }
 
 /* One value tried as each kind of client-supplied text */
@@ -87,6 +104,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const uint8_t *line = data;
 	const uint8_t *end = data + size;
 	unsigned int hosts = 0;
+	bool		names_valid = true;
 
 	for (size_t i = 0; i < size; i++)
 	{
@@ -115,10 +133,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CheckValue(value);
 		if (name_len == 4 && strncasecmp(value, "host", 4) == 0)
 			hosts++;
+		if (!IsToken(value, name_len))
+			names_valid = false;
 		free(value);
 		if (nl == NULL)
 			break;
 		line = nl + 1;
+	}
+	if (header_names_valid(conn) != names_valid)
+	{
+		fprintf(stderr, "shim http: header names %s wrongly\n",
+				names_valid ? "refused" : "passed");
+		abort();
 	}
 	if ((host_error(conn, MHD_HTTP_VERSION_1_1) == NULL) != (hosts == 1) ||
 		(host_error(conn, MHD_HTTP_VERSION_1_0) == NULL) != (hosts <= 1))

@@ -189,24 +189,103 @@ db_thread_free(void *arg)
 }
 
 /*
+ * Is s a comma-separated list of ports, each a decimal number from 1 to
+ * 65535 or empty (the default port: libpq writes one for a host given
+ * without a port in a URI of several hosts)?
+ */
+static bool
+valid_port_list(const char *s)
+{
+	for (;;)
+	{
+		size_t		len = strcspn(s, ",");
+		unsigned long port = 0;
+
+		if (len > 0)
+		{
+			if (len > 5 || strspn(s, "0123456789") != len)
+				return false;
+			for (size_t i = 0; i < len; i++)
+				port = port * 10 + (unsigned long) (s[i] - '0');
+			if (port < 1 || port > 65535)
+				return false;
+		}
+		if (s[len] == '\0')
+			return true;
+		s += len + 1;
+	}
+}
+
+/*
+ * Why libpq would read a DSN otherwise than meant, NULL if it would not.
+ * A password with a '/' or '@' not percent-encoded in a URI is split there,
+ * a part of it read as a host, port or database name, which libpq's
+ * connection errors quote in the log: in a URI, an '@' may only end the
+ * user name and password, which may not hold a '/'; and every port is a
+ * number, and no host holds an '@', whatever form the DSN has.  The reasons
+ * quote nothing of the DSN.
+ */
+static const char *
+dsn_problem(const char *dsn, const PQconninfoOption *options)
+{
+	const char *rest = NULL;
+
+	if (strncmp(dsn, "postgresql://", strlen("postgresql://")) == 0)
+		rest = dsn + strlen("postgresql://");
+	else if (strncmp(dsn, "postgres://", strlen("postgres://")) == 0)
+		rest = dsn + strlen("postgres://");
+	if (rest != NULL)
+	{
+		const char *at = strchr(rest, '@');
+
+		if (at != NULL && strchr(at + 1, '@') != NULL)
+			return "more than one '@' in the URI";
+		if (at != NULL && memchr(rest, '/', (size_t) (at - rest)) != NULL)
+			return "a '/' before the URI's '@'";
+	}
+	for (const PQconninfoOption *opt = options; opt->keyword != NULL; opt++)
+	{
+		if (opt->val == NULL)
+			continue;
+		if (strcmp(opt->keyword, "port") == 0 && !valid_port_list(opt->val))
+			return "a port that is not a number from 1 to 65535";
+		if (strcmp(opt->keyword, "host") == 0 && strchr(opt->val, '@') != NULL)
+			return "a host with an '@'";
+	}
+	return NULL;
+}
+
+/*
  * Remember the DSN and decide whether to add connect_timeout.  Checks that
- * the DSN parses; on error prints a message to stderr and returns false.
+ * the DSN parses, and as it was meant (dsn_problem); on error prints a
+ * message naming where the DSN came from (source: its flag or environment
+ * variable), never the DSN, to stderr and returns false.
  */
 bool
-db_init(const char *dsn)
+db_init(const char *dsn, const char *source)
 {
 	PQconninfoOption *options;
 	PQconninfoOption *opt;
 	char	   *err = NULL;
+	const char *problem;
 
 	options = PQconninfoParse(dsn, &err);
 	if (options == NULL)
 	{
 		/* libpq's message may quote the token it stopped at: a password */
-		fprintf(stderr, "payments-shim: invalid --dsn: %s\n",
+		fprintf(stderr, "payments-shim: invalid %s: %s\n", source,
 				err ? "libpq cannot parse it (its message is left out, as it may quote a password)"
 				: "out of memory");
 		PQfreemem(err);
+		return false;
+	}
+	if ((problem = dsn_problem(dsn, options)) != NULL)
+	{
+		fprintf(stderr, "payments-shim: invalid %s: %s (the DSN is not shown: it may hold a password). "
+				"In a URI, a password (or any value) holding '/' or '@' must be percent-encoded "
+				"(/ as %%2F, @ as %%40): libpq would read a part of it as a host, port or database name\n",
+				source, problem);
+		PQconninfoFree(options);
 		return false;
 	}
 	db_set_connect_timeout = (getenv("PGCONNECT_TIMEOUT") == NULL);

@@ -203,6 +203,28 @@ die_usage(const char *fmt,...)
 }
 
 /*
+ * Report an unknown argument and exit with status 2.  Only its leading
+ * option name ("-" or "--" and letters, digits, "-") is shown, never what
+ * follows: a mistyped "--dsn-file=postgresql://user:password@..." or a
+ * DSN given without its flag must not reach a terminal or a journal.
+ */
+static void
+die_unknown_argument(const char *arg)
+{
+	size_t		len = strspn(arg, "-");
+
+	if (len == 0 || len > 2)
+		die_usage("unexpected argument (not shown: it may be a value; options start with --)");
+	len += strspn(arg + len, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-");
+	if (len > 64)
+		len = 64;
+	if (arg[len] == '\0')
+		die_usage("unknown argument \"%s\"", arg);
+	die_usage("unknown argument \"%.*s\" (%s is not shown)", (int) len, arg,
+			  arg[len] == '=' ? "its value" : "the rest");
+}
+
+/*
  * Fill options[].value from argv, then the environment, then defaults.
  */
 static void
@@ -247,7 +269,7 @@ collect_options(int argc, char **argv)
 			found = true;
 		}
 		if (!found)
-			die_usage("unknown argument \"%s\"", arg);
+			die_unknown_argument(arg);
 	}
 
 	for (j = 0; j < NUM_OPTIONS; j++)
@@ -756,7 +778,7 @@ main(int argc, char **argv)
 	parse_config(config);
 	if (!log_open(config->log_file, config->log_level))
 		return EXIT_USAGE;
-	if (!db_init(config->dsn))
+	if (!db_init(config->dsn, options[OPT_DSN].source))
 		return EXIT_USAGE;
 	if (!http_init() || !ratelimit_init())
 	{

@@ -306,7 +306,7 @@ extern bool ratelimit_init(void);
 extern bool ratelimit_take(const IpAddr *ip, unsigned int *retry_after_s);
 
 /* db.c */
-extern bool db_init(const char *dsn);
+extern bool db_init(const char *dsn, const char *source);
 extern void db_ingest_batch(const IngestRequest *const *reqs,
 							IngestResult *const *results, unsigned int n);
 extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);

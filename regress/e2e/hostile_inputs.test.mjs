@@ -178,8 +178,12 @@ const rows = [
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'X-Note': 'a\u0001b', ...sign.stripe(b) } }; } },
 	{ name: 'stripe: bare LF in a header (a line without a colon)', provider: 'stripe', status: 400,
 		make: () => ({ body: stripeEvent(), headers: { ...json, 'Stripe-Signature': `t=${now()}\nv1=${'a'.repeat(64)}` } }) },
-	{ name: 'stripe: header name with a space (not the signature header)', provider: 'stripe', status: 401, reason: 'missing_header',
+	// so are header names that are not tokens (RFC 9110 section 5.1; whitespace before the colon is
+	// kept in the name by libmicrohttpd, where it would escape every check by name)
+	{ name: 'stripe: header name with a space (not the signature header)', provider: 'stripe', status: 400,
 		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Stripe Signature': sign.stripe(b)['Stripe-Signature'] } }; } },
+	{ name: 'stripe: a space before the colon (Authorization :), signed', provider: 'stripe', status: 400,
+		make: () => { const b = stripeEvent(); return { body: b, headers: { ...json, 'Authorization ': 'Bearer hostile', ...sign.stripe(b) } }; } },
 
 	// Standard Webhooks
 	{ name: 'standard: invalid UTF-8 body, signed', provider: 'standard', status: 400, reason: 'invalid_json',

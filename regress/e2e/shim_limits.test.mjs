@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import Stripe from 'stripe';
@@ -126,7 +126,43 @@ describe('shim settings', () => {
 			assert.match(r.stderr, message);
 		}
 	});
+	test('an unknown argument is named without its value: a mistyped flag never prints a password', () => {
+		const password = 'DSNPASSWORD9x';
+		for (const [arg, message] of [
+			[`--dsn-file=postgresql://shim:${password}@127.0.0.1/payments`, /^payments-shim: unknown argument "--dsn-file" \(its value is not shown\)$/m],
+			[`--dsnpostgresql://shim:${password}@127.0.0.1/payments`, /^payments-shim: unknown argument "--dsnpostgresql" \(the rest is not shown\)$/m],
+			[`postgresql://shim:${password}@127.0.0.1/payments`, /^payments-shim: unexpected argument \(not shown/m],
+			[`host=127.0.0.1 password=${password}`, /^payments-shim: unexpected argument \(not shown/m],
+		]) {
+			const r = runShim([arg]);
+			assert.equal(r.status, 2, r.stderr);
+			assert.match(r.stderr, message);
+			assert.ok(!r.stderr.includes(password) && !r.stdout.includes(password), `the password is printed: ${r.stderr}`);
+		}
+	});
 });
+
+// Starts the shim with these arguments and environment and waits up to 3 s for it to exit.  One
+// still running is asked for /ready, which makes a batch thread connect to the database (and log
+// a failure), then stopped.  Resolves with { code, stderr, exited } (exited: it ended by itself).
+async function shimUntilExit(args, env) {
+	const port = await freePort();
+	const proc = spawn(process.env.PAYMENTS_SHIM, ['--listen', `127.0.0.1:${port}`, ...args], {
+		stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+	let stderr = '';
+	proc.stderr.setEncoding('utf8');
+	proc.stderr.on('data', (chunk) => { stderr += chunk; });
+	const exitedAt = new Promise((resolve) => proc.once('exit', (code) => resolve(code)));
+	let code = await Promise.race([exitedAt, sleep(3000).then(() => undefined)]);
+	const exited = code !== undefined;
+	if (!exited) {
+		await request(port, { path: '/ready', timeoutMs: 10000 }).catch(() => null);
+		await sleep(1000);
+		proc.kill('SIGKILL');
+		code = await exitedAt;
+	}
+	return { code, stderr, exited };
+}
 
 describe('shim limits, metrics and logs', () => {
 	before(async () => {
@@ -526,6 +562,57 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal(delta(before, after, 'payments_shim_requests_total{route="webhook",provider="_other",status="400"}'), 1);
 	});
 
+	// RFC 9112 section 5.1: no whitespace between a header name and its colon.  libmicrohttpd
+	// 0.9.75 keeps it in the name ("Authorization " for "Authorization : ..."), which then escapes
+	// every check by name: the extension's removal of Authorization before it stores the headers,
+	// the shim's framing checks, the body's length itself.  Any name that is not a token is 400.
+	test('a header name with whitespace before the colon, or another character a token may not hold, gets 400: nothing reaches the database', async () => {
+		const credential = `Bearer name-ws-${randomBytes(8).toString('hex')}`;
+		// a request that would be served after the delivery if its framing were misread
+		const smuggled = 'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n';
+		// [what, signed, header lines ending in the body's framing; LENGTH: the body's length]
+		const cases = [
+			['a space before the colon', true, `Authorization : ${credential}\r\nContent-Length: LENGTH\r\n`],
+			['a tab before the colon', true, `Authorization\t: ${credential}\r\nContent-Length: LENGTH\r\n`],
+			['unsigned, a space before the colon', false, `Authorization : ${credential}\r\nContent-Length: LENGTH\r\n`],
+			['Transfer-Encoding<tab>: chunked beside a Content-Length', true, 'Transfer-Encoding\t: chunked\r\nContent-Length: LENGTH\r\n'],
+			['Content-Length<space>:', true, 'Content-Length : LENGTH\r\n'],
+			['a separator in the name', true, 'X-Note(1): yes\r\nContent-Length: LENGTH\r\n'],
+			['a byte outside ASCII in the name', true, 'X-Not\u00e9: yes\r\nContent-Length: LENGTH\r\n'],
+		];
+		const before = await metrics(shim.port);
+		for (const [i, [what, signed, lines]] of cases.entries()) {
+			const requestId = `bad-name-${i}`;
+			const delivery = stripeDelivery({ 'x-request-id': requestId });
+			if (!signed) delete delivery.headers['stripe-signature'];
+			const head = Object.entries(delivery.headers).map(([name, value]) => `${name}: ${value}\r\n`).join('') +
+				lines.replace('LENGTH', String(Buffer.byteLength(delivery.body)));
+			const r = await rawSession(shim.port, { localAddress: '127.0.0.18', timeoutMs: 3000, chunks: [
+				`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n${head}\r\n${delivery.body}${smuggled}`] });
+			assert.match(r.data, /^HTTP\/1\.1 400 /, `${what}: ${r.data.slice(0, 300)}`);
+			assert.match(r.data, /\r\nConnection: close\r\n/i, what);
+			assert.match(r.data, new RegExp(`\\r\\nX-Request-ID: ${requestId}\\r\\n`, 'i'), what);
+			assert.deepEqual(JSON.parse(r.data.slice(r.data.indexOf('\r\n\r\n') + 4)), { error: 'invalid request header name' }, what);
+			assert.doesNotMatch(r.data, /payments_shim_/, `${what}: the request after it is not served`);
+			assert.equal(traces(delivery, requestId), '0 0', `${what}: nothing stored, nothing recorded`);
+		}
+		assert.equal(cluster.psqlVars(`SELECT (SELECT count(*) FROM payments.events WHERE headers::text LIKE '%' || :'c' || '%') +
+			(SELECT count(*) FROM payments.rejections WHERE headers::text LIKE '%' || :'c' || '%')`, { c: credential }), '0',
+		'the credential is stored nowhere');
+		// on every route
+		const health = await rawSession(shim.port, { localAddress: '127.0.0.18', timeoutMs: 3000, chunks: [
+			`GET /health HTTP/1.1\r\nHost: x\r\nAuthorization : ${credential}\r\n\r\n`] });
+		assert.match(health.data, /^HTTP\/1\.1 400 /, health.data.slice(0, 200));
+		// counted as the shim's other early refusals are
+		const after = await metrics(shim.port);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="malformed_request"}'), cases.length + 1);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="webhook",provider="_other",status="400"}'), cases.length);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="health",provider="",status="400"}'), 1);
+		// names of every token character are served as ever
+		const delivery = stripeDelivery({ "x-ok_name.1!#$%&'*+^`|~": 'yes' });
+		assert.equal((await postStripe(shim.port, delivery, { localAddress: '127.0.0.18' })).status, 200);
+	});
+
 	test('unknown routes, wrong methods and bad provider names get 404/405 without the database', async () => {
 		const cases = [
 			['GET', '/nope', 404], ['GET', '/', 404], ['POST', '/webhooks/', 404],
@@ -842,6 +929,48 @@ describe('shim limits, metrics and logs', () => {
 			assert.throws(() => execFileSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-h', cluster.dir, '-p', String(cluster.port),
 				'-U', 'payments_shim', '-d', 'payments', '-c', 'SELECT count(*) FROM payments.events'], { stdio: 'pipe' }),
 			/permission denied/);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
+	// libpq splits a URI's password at a '/' or '@' not percent-encoded and reads a part as a host,
+	// port or database name, which its connection errors then quote in the log
+	test('a DSN whose password holds a / or @ not percent-encoded is refused at start, quoting none of it; encoded, it works', async () => {
+		const [left, right] = ['Kx7qJ', 'ss9wordX'];
+		const fragments = new Set(['9wordX']);
+		for (const part of [left, right]) {
+			for (let i = 0; i + 5 <= part.length; i++) fragments.add(part.slice(i, i + 5));
+		}
+		const at = `127.0.0.1:${cluster.port}/payments`;
+		for (const [args, env, source] of [
+			[['--dsn', `postgresql://pwshim:${left}/${right}@${at}`], {}, '--dsn'],
+			[[`--dsn=postgresql://pwshim:${left}@${right}@${at}`], {}, '--dsn'],
+			[[], { PAYMENTS_SHIM_DSN: `postgres://pwshim:${left}/${right}@${at}` }, 'PAYMENTS_SHIM_DSN'],
+			[[], { PAYMENTS_SHIM_DSN: `postgresql://pwshim:${left}@${right}@${at}` }, 'PAYMENTS_SHIM_DSN'],
+			[['--dsn', `host=127.0.0.1 port=${left} dbname=payments`], {}, '--dsn'],
+		]) {
+			const what = JSON.stringify([args, env]);
+			const r = await shimUntilExit(args, env);
+			for (const fragment of fragments) assert.ok(!r.stderr.includes(fragment), `${what}: "${fragment}" in\n${r.stderr}`);
+			assert.ok(r.exited, `${what}: still running after 3 s`);
+			assert.equal(r.code, 2, what);
+			assert.match(r.stderr, new RegExp(`^payments-shim: invalid ${source}: .*percent-encoded \\(/ as %2F, @ as %40\\)`), what);
+		}
+		// the password percent-encoded, with password authentication for that role
+		cluster.psqlVars("CREATE ROLE pwshim LOGIN PASSWORD :'p' IN ROLE payments_ingest", { p: `${left}/@${right}` });
+		const hba = join(cluster.data, 'pg_hba.conf');
+		writeFileSync(hba, `host payments pwshim 127.0.0.1/32 scram-sha-256\n${readFileSync(hba, 'utf8')}`);
+		cluster.psql('SELECT pg_reload_conf()');
+		assert.throws(() => execFileSync(join(PG_BIN, 'psql'), ['-X', '-w', '-h', '127.0.0.1', '-p', String(cluster.port),
+			'-U', 'pwshim', '-d', 'payments', '-c', 'SELECT 1'], { stdio: 'pipe' }), /password/, 'no login without the password');
+		const s = new Shim(`postgresql://pwshim:${left}%2F%40${right}@${at}`);
+		await s.start();
+		try {
+			const ready = await request(s.port, { path: '/ready' });
+			assert.equal(ready.status, 200, `${ready.text}\n${s.stderr}`);
+			assert.equal((await postStripe(s.port, stripeDelivery())).status, 200);
 		} finally {
 			assert.equal((await s.stop()).code, 0);
 			assert.deepEqual(s.sanitizerReports(), []);

@@ -12,6 +12,7 @@
  */
 #include "payments.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
@@ -208,26 +209,54 @@ RecordStep(void *arg)
  * Records the results of the batch (of the finished requests only, when
  * done_only), each in a subtransaction of its own: one that fails (a
  * deadlock with a concurrent run's claim, say) loses that result only, its
- * item sent again when its lease ends, not every result of the batch.
+ * item sent again when its lease ends, not every result of the batch.  A
+ * cancel (a statement timeout, while waiting for a lock above all) stops the
+ * recording: it is returned, copied into cxt, for the caller to commit the
+ * results recorded before it and then raise it; the others are left to their
+ * leases.  NULL when every result was recorded or refused.
  */
-static void
-RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool done_only)
+static ErrorData *
+RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool done_only,
+			  MemoryContext cxt)
 {
-	for (int i = 0; i < n; i++)
-	{
-		ResultToRecord r = {&items[i], &reqs[i]};
-		char	   *error;
-		int			sqlerrcode;
+	MemoryContext callercxt = CurrentMemoryContext;
+	int			nest_level = GetCurrentTransactionNestLevel();
+	ErrorData  *volatile cancel = NULL;
 
-		if (done_only && !reqs[i].done)
-			continue;
-		if (!RunInSubtransactionCode(RecordStep, &r, &error, &sqlerrcode))
-			ereport(WARNING,
-					(errcode(sqlerrcode),
-					 errmsg("could not record the result of outbox item %lld: %s",
-							(long long) items[i].outbox_id, error),
-					 errdetail("The item is sent again when its lease ends.")));
+	PG_TRY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			ResultToRecord r = {&items[i], &reqs[i]};
+			char	   *error;
+			int			sqlerrcode;
+
+			if (done_only && !reqs[i].done)
+				continue;
+			if (!RunInSubtransactionCode(RecordStep, &r, &error, &sqlerrcode))
+				ereport(WARNING,
+						(errcode(sqlerrcode),
+						 errmsg("could not record the result of outbox item %lld: %s",
+								(long long) items[i].outbox_id, error),
+						 errdetail("The item is sent again when its lease ends.")));
+		}
 	}
+	PG_CATCH();
+	{
+		/* only a cancel raised again by a step, its subtransaction already rolled back */
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
+			GetCurrentTransactionNestLevel() != nest_level)
+			PG_RE_THROW();
+		FlushErrorState();
+		MemoryContextSwitchTo(callercxt);
+		cancel = edata;
+	}
+	PG_END_TRY();
+	return cancel;
 }
 
 /* How long a cancelled run waits for a lock to record a result */
@@ -240,6 +269,7 @@ DeliverBatch(int max_items, MemoryContext cxt)
 	ClaimedItem *items;
 	OutboundRequest *reqs;
 	int			n;
+	ErrorData  *stopped;
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -251,8 +281,10 @@ DeliverBatch(int max_items, MemoryContext cxt)
 		PrepareRequests(items, reqs, n, cxt);
 		if (SendOutboundBatch(reqs, n))
 		{
-			RecordResults(items, reqs, n, false);
+			stopped = RecordResults(items, reqs, n, false, cxt);
 			SPI_commit();
+			if (stopped != NULL)
+				ReThrowError(stopped);
 		}
 		else
 		{
@@ -280,8 +312,10 @@ DeliverBatch(int max_items, MemoryContext cxt)
 				if (SPI_execute("SET LOCAL lock_timeout = " CANCELLED_RECORD_LOCK_TIMEOUT,
 								false, 0) != SPI_OK_UTILITY)
 					elog(ERROR, "could not set lock_timeout");
-				RecordResults(items, reqs, n, true);
+				stopped = RecordResults(items, reqs, n, true, cxt);
 				SPI_commit();
+				if (stopped != NULL)
+					ReThrowError(stopped);
 				if (statement_timeout)
 					ereport(ERROR,
 							(errcode(ERRCODE_QUERY_CANCELED),

@@ -2893,10 +2893,12 @@ DECLARE
 	probed	bigint[] := '{}';
 	ep		bigint;
 	lease	numeric;
+	claimed_at timestamptz;
 BEGIN
 	-- endpoints whose breaker has cooled down get one probe each; they are locked in id order,
 	-- the order record_delivery locks them in (a run recording results while this one claims
-	-- deadlocked with it, the plan's order being a hash's)
+	-- deadlocked with it, the plan's order being a hash's); one locked by another transaction (a
+	-- run recording its result, an admin's change) is probed by a later run, not waited for
 	FOR ep IN
 		UPDATE payments.endpoints e
 		   SET breaker_state = 'half_open', breaker_until = now() + e.breaker_cooldown
@@ -2905,7 +2907,7 @@ BEGIN
 						   AND EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = c.id
 										  AND o.state = 'pending' AND o.next_attempt_at <= now())
 						 ORDER BY c.id
-						   FOR NO KEY UPDATE)
+						   FOR NO KEY UPDATE SKIP LOCKED)
 		RETURNING e.id
 	LOOP
 		SELECT o.id INTO probe FROM payments.outbox o
@@ -2954,20 +2956,24 @@ BEGIN
 	SELECT max(coalesce((e.connect_timeout_ms + e.timeout_ms) / 1000.0, 20)) + 10 INTO lease
 	  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 	 WHERE o.id = ANY (ids);
+	-- the lease and the attempts start now, with the items locked, not when the transaction
+	-- began: a claim that waited on a lock gave a lease shorter than the request, and a later run
+	-- sent the item again while it was still out
+	claimed_at := clock_timestamp();
 	-- no second probe while one is out: half open at least until its lease ends
-	UPDATE payments.endpoints e SET breaker_until = greatest(e.breaker_until, now() + make_interval(secs => lease))
+	UPDATE payments.endpoints e SET breaker_until = greatest(e.breaker_until, claimed_at + make_interval(secs => lease))
 	 WHERE e.id = ANY (probed)
 	   AND e.id IN (SELECT o.endpoint_id FROM payments.outbox o WHERE o.id = ANY (ids));
 	RETURN QUERY
 	WITH u AS (
 		UPDATE payments.outbox o
 		   SET attempts = o.attempts + 1,
-			   next_attempt_at = now() + make_interval(secs => lease)
+			   next_attempt_at = claimed_at + make_interval(secs => lease)
 		 WHERE o.id = ANY (ids)
 		RETURNING o.id, o.attempts, o.endpoint_id, o.provider, o.payload),
 	a AS (
-		INSERT INTO payments.outbox_attempts (outbox_id, endpoint_id, attempt)
-		SELECT u.id, u.endpoint_id, u.attempts FROM u
+		INSERT INTO payments.outbox_attempts (outbox_id, endpoint_id, attempt, started_at)
+		SELECT u.id, u.endpoint_id, u.attempts, claimed_at FROM u
 		RETURNING id, outbox_id)
 	-- a WhatsApp message goes to the Graph API of its provider with its access token (DESIGN.md 3);
 	-- a document's file is uploaded first (multipart), then its message names the media id
@@ -3220,11 +3226,22 @@ BEGIN
 		RAISE EXCEPTION 'unknown job "%"', job
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver, reconcile, chat.';
 	END IF;
+	-- runs in one session follow one another: a lock this session holds was left by one of its runs
+	-- that failed (a CALL by hand stopped by statement_timeout), and is let go
+	WHILE EXISTS (SELECT FROM pg_catalog.pg_locks l
+				   WHERE l.locktype = 'advisory' AND l.pid = pg_catalog.pg_backend_pid() AND l.granted
+					 AND l.classid = 1885436269 AND l.objid = lock_key AND l.objsubid = 2) LOOP
+		PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
+	END LOOP;
 	IF NOT pg_catalog.pg_try_advisory_lock(1885436269, lock_key) THEN
-		RAISE NOTICE 'payments job % skipped: the previous run is still going', job;
+		RAISE NOTICE 'payments job % skipped: the previous run is still going (backend %)', job,
+			(SELECT pg_catalog.min(l.pid) FROM pg_catalog.pg_locks l
+			  WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1885436269 AND l.objid = lock_key
+				AND l.objsubid = 2);
 		RETURN;
 	END IF;
-	-- a session lock, released below; if the run fails, when the job's session ends
+	-- a session lock, released below; if the run fails, when the job's session ends or the session
+	-- runs the job again
 	IF job = 'retry' THEN
 		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
 	ELSIF job = 'deliver' THEN
@@ -3618,8 +3635,15 @@ BEGIN
 	-- never checked first, then the longest unchecked: new stuck payments are not starved by old
 	-- ones; after n checks the next waits reconcile_after * 2^(n-1), at most a day, so that an
 	-- abandoned payment (a Paynow transaction never paid) is asked daily, not every few minutes
+	-- checks a run left in flight (cancelled, or its backend gone, while it asked) are closed: the
+	-- payment is asked again after its wait, as after any error
+	UPDATE payments.reconciliation_checks c
+	   SET finished_at = now(), outcome = 'error', error = 'interrupted: no answer was recorded'
+	 WHERE c.outcome IS NULL
+	   AND c.started_at < now() - greatest(interval '1 minute',
+										   3 * payments.effective_setting('payments.reconcile_timeout')::interval);
 	FOR pay IN
-		SELECT p.id, p.provider, p.provider_ref, p.status, p.metadata, v.kind, v.settings
+		SELECT p.id, p.provider, p.provider_ref, p.status, p.metadata, v.kind, v.settings, ck.last_at
 		  FROM payments.payments p JOIN payments.providers v ON v.name = p.provider
 		  LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 							   FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
@@ -3631,6 +3655,10 @@ BEGIN
 		 LIMIT max_items
 		   FOR UPDATE OF p SKIP LOCKED		-- held until the claim commits, before any request
 	LOOP
+		-- a row is locked as the loop reaches it: another run may have claimed it and committed
+		-- since this query's snapshot, which does not show that run's check (then it was asked twice)
+		CONTINUE WHEN (SELECT max(c.started_at) FROM payments.reconciliation_checks c WHERE c.payment_id = pay.id)
+					  IS DISTINCT FROM pay.last_at;
 		base := payments.api_base(pay.kind, pay.settings);
 		req_url := NULL;
 		req_method := 'GET';

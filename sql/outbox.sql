@@ -109,8 +109,30 @@ SELECT o.state, o.attempts, o.last_error, a.finished_at IS NOT NULL AS attempt_c
   FROM payments.outbox o JOIN payments.outbox_attempts a ON a.id = (SELECT c.attempt_id FROM claimed c WHERE c.outbox_id = o.id)
  WHERE o.id IN (SELECT min(outbox_id) FROM claimed UNION SELECT max(outbox_id) FROM claimed) ORDER BY o.id;
 
+-- the lease and the attempt's start are counted from the claim, not from the start of its
+-- transaction, which may have waited on locks (a lease shorter than the request let a later run
+-- send the item again while it was still out)
+UPDATE payments.outbox_attempts SET finished_at = now() WHERE finished_at IS NULL;
+UPDATE payments.outbox SET state = 'pending', attempts = 0, next_attempt_at = now() - interval '1 second'
+ WHERE id = (SELECT max(outbox_id) FROM claimed);
+BEGIN;
+SELECT pg_sleep(1.2);
+CREATE TEMP TABLE late AS SELECT * FROM payments.claim_outbox(1);
+SELECT o.next_attempt_at - now() >= interval '1.2 seconds' + (e.connect_timeout_ms + e.timeout_ms) * interval '1 millisecond'
+									 + interval '10 seconds' AS lease_from_the_claim,
+	   a.started_at >= now() + interval '1.2 seconds' AS attempt_from_the_claim
+  FROM late l JOIN payments.outbox o ON o.id = l.outbox_id JOIN payments.endpoints e ON e.id = o.endpoint_id
+  JOIN payments.outbox_attempts a ON a.id = l.attempt_id;
+COMMIT;
+
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;
 DELETE FROM payments.payments WHERE provider = 'ob';
 DELETE FROM payments.events WHERE provider = 'ob';
 DELETE FROM payments.providers WHERE name = 'ob';
+
+-- a run of the job that failed in a session (a CALL by hand stopped by statement_timeout) left
+-- its lock held, which made every other session's run skip: the session's next run lets it go
+SELECT pg_advisory_lock(1885436269, payments.job_lock_key('deliver'));
+CALL payments.run_job('deliver');
+SELECT count(*) AS job_locks_held FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();

@@ -565,8 +565,9 @@ SELECT id, 'payment.paid', '{}' FROM payments.endpoints WHERE name = 'slow-crm';
 SELECT pg_temp.say('263772000094', 'help', 1);
 CREATE TEMP TABLE lease_claim AS SELECT * FROM payments.claim_outbox(200);
 SELECT count(*) AS claimed, count(*) FILTER (WHERE c.url LIKE '%/messages') AS messages,
-	   min(o.next_attempt_at - now()) AS shortest_lease, max(o.next_attempt_at - now()) AS longest_lease
-  FROM lease_claim c JOIN payments.outbox o ON o.id = c.outbox_id;
+	   date_trunc('second', min(o.next_attempt_at - a.started_at)) AS shortest_lease,
+	   date_trunc('second', max(o.next_attempt_at - a.started_at)) AS longest_lease
+  FROM lease_claim c JOIN payments.outbox o ON o.id = c.outbox_id JOIN payments.outbox_attempts a ON a.id = c.attempt_id;
 ROLLBACK;
 
 -- Meta's rate limits are answered HTTP 400 like refusals; only their codes are retried

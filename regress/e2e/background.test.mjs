@@ -355,6 +355,31 @@ test('a cancelled run waits on no lock to record a result for more than a second
 	db.psql(`SELECT payments.enable_endpoint('hang4', false); SELECT payments.enable_endpoint('quick4', false)`);
 });
 
+test('a run cancelled while it records its results keeps those recorded before the cancel', async () => {
+	endpoint('quick5a', '/quick5a');
+	endpoint('quick5b', '/quick5b');
+	paid('pi_cancel5');
+	// both answer at once; recording quick5b's answer waits for a lock until the statement times out
+	const lock = await holdLock(db, `SELECT FROM payments.endpoints WHERE name = 'quick5b' FOR NO KEY UPDATE`);
+	const releaseLater = setTimeout(() => lock.release(), 8000);
+	let stderr = '';
+	try {
+		await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments', '-c', 'SET statement_timeout = 2000', '-c', 'CALL payments.deliver_outbox()'])
+			.then((r) => { stderr = r.stderr; }, (e) => { stderr = e.stderr; });
+	} finally {
+		clearTimeout(releaseLater);
+		await lock.release();
+	}
+	assert.match(stderr, /canceling statement due to statement timeout/);
+	assert.equal(receiver.to('/quick5a').length, 1);
+	assert.equal(receiver.to('/quick5b').length, 1);
+	// the answer recorded before the cancel is kept: that receiver is not sent the item again
+	assert.deepEqual(items('quick5a'), ['delivered|1|200']);
+	assert.deepEqual(items('quick5b'), ['pending|1|-'], 'sent again when its lease ends');
+	db.psql(`SELECT payments.enable_endpoint('quick5a', false); SELECT payments.enable_endpoint('quick5b', false)`);
+});
+
 test('kill -9 while deliveries are in flight: after restart every item is delivered, none lost', async () => {
 	receiver.behaviour['/crash'] = (req, res) => setTimeout(() => res.writeHead(200).end(), 1500);
 	endpoint('crash', '/crash', `, connect_timeout_ms => 500, timeout_ms => 2500`);

@@ -47,6 +47,9 @@ async function startApi() {
 				if (id === 'pi_500') return json(res, 500, { error: { message: 'boom' } });
 				if (id === 'pi_404') return json(res, 404, { error: { message: 'No such payment_intent' } });
 				if (id === 'pi_slow') return;	// never answers: the request times out
+				if (id.startsWith('pi_race')) {	// still being processed: the payment stays pending
+					return json(res, 200, { id, object: 'payment_intent', amount: 2500, currency: 'usd', status: 'processing' });
+				}
 				return json(res, 200, { id, object: 'payment_intent', amount: 2500, amount_received: 2500,
 					currency: 'usd', status: id === 'pi_fail' ? 'canceled' : 'succeeded', client_secret: 'pi_secret_x' });
 			}
@@ -290,4 +293,54 @@ test('a PayPal capture found REFUNDED was paid, then given back in full: both ar
 		|| (SELECT sum(f.amount) FROM payments.refunds f WHERE f.payment_id = p.id)
 		FROM payments.payments p WHERE p.provider_ref = 'ORDER-REFUNDED'`), 'refunded 30.00 true 1 30.00',
 		'paid the capture\'s 30.00 (the payment was pending at 5), all of it given back');
+});
+
+test('two runs at once ask for each payment once: rows claimed meanwhile by the other run are left to it', async () => {
+	// payments that stay pending when asked (a run that moves one leaves it to the other anyway)
+	for (let i = 1; i <= 20; i++) stuck('st', `pi_race${i}`);
+	// the slow run records its checks a quarter second apart; PL/pgSQL locks its rows ten at a time
+	db.psql(`CREATE FUNCTION slow_checks() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN
+				IF current_setting('application_name') = 'slow-run' THEN PERFORM pg_sleep(0.25); END IF;
+				RETURN NEW;
+			END$$;
+		CREATE TRIGGER slow_checks BEFORE INSERT ON payments.reconciliation_checks FOR EACH ROW
+			EXECUTE FUNCTION slow_checks();`);
+	await sleep(1100);
+	try {
+		const slow = new Promise((resolve, reject) => {
+			const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+				'-p', String(db.port), '-U', 'postgres', '-d', 'payments'], { env: { ...process.env, PGAPPNAME: 'slow-run' } },
+			(err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve(stdout)));
+			child.stdin.end(`SET payments.reconcile_after = '1s'; CALL payments.reconcile(20);\n`);
+		});
+		// while the slow run works through its first ten, another claims four of the next ten
+		await sleep(1000);
+		await new Promise((resolve, reject) => {
+			const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+				'-p', String(db.port), '-U', 'postgres', '-d', 'payments'],
+			(err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve(stdout)));
+			child.stdin.end(`SET payments.reconcile_after = '1s'; CALL payments.reconcile(4);\n`);
+		});
+		await slow;
+	} finally {
+		db.psql(`DROP TRIGGER slow_checks ON payments.reconciliation_checks; DROP FUNCTION slow_checks()`);
+	}
+	assert.equal(db.psql(`SELECT count(*) || ' ' || count(DISTINCT c.payment_id) FROM payments.reconciliation_checks c
+		JOIN payments.payments p ON p.id = c.payment_id WHERE p.provider_ref LIKE 'pi\\_race%'`), '20 20');
+	assert.equal(api.seen.filter((s) => s.includes('/pi_race')).length, 20);
+});
+
+test('a check left in flight by a run that was stopped is closed by the next run', async () => {
+	stuck('st', 'pi_left');
+	db.psql(`INSERT INTO payments.reconciliation_checks (payment_id, provider, request, status_before, started_at)
+		SELECT p.id, p.provider, 'GET /v1/payment_intents/pi_left', 'pending', now() - interval '1 hour'
+		  FROM payments.payments p WHERE p.provider_ref = 'pi_left'`);
+	await sleep(1100);
+	await runReconcile();
+	assert.equal(db.psql(`SELECT concat_ws('|', c.outcome, c.error, c.finished_at IS NOT NULL)
+		FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+		WHERE p.provider_ref = 'pi_left' ORDER BY c.id LIMIT 1`), 'error|interrupted: no answer was recorded|t');
+	// and the payment was asked again, its last check an hour old
+	assert.equal(status('pi_left'), 'paid');
 });

@@ -4329,10 +4329,8 @@ BEGIN
 	method := form ->> 'method';
 	method_title := CASE WHEN method = ANY (methods) THEN payments.chat_method_label(method) END;
 	web_checkout := payments.paynow_web_checkout(method);
-	phone := regexp_replace(coalesce(form ->> 'phone', ''), '[\s().+-]', '', 'g');
-	phone := CASE WHEN web_checkout THEN NULL
-				  WHEN phone ~ '^07[0-9]{8}$' THEN '263' || substr(phone, 2)
-				  WHEN phone ~ '^2637[0-9]{8}$' THEN phone END;
+	-- read as the chat reads a number typed (payments.chat_local_phone), kept as E.164 digits
+	phone := CASE WHEN web_checkout THEN NULL ELSE '263' || substr(payments.chat_local_phone(form ->> 'phone'), 2) END;
 	IF currency = ANY (currencies) THEN
 		SELECT r.low, r.high INTO min_amount, max_amount FROM payments.chat_amount_range(cfg, currency) r;
 	END IF;
@@ -4749,7 +4747,7 @@ CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) W
 -- the requests a number had today (payments.chat_start_payment's limits)
 CREATE INDEX paynow_initiations_phone_idx ON payments.paynow_initiations (phone, created_at) WHERE phone IS NOT NULL;
 COMMENT ON TABLE payments.paynow_initiations IS
-	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it or it was never sent: the payment failed); unconfirmed (it may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update or reconciliation''s trace by merchant trace to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
+	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it, it was never sent, or, for a web checkout, card or telecash, its reply with the only link to pay it was lost: the payment failed); unconfirmed (a mobile one that may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update or reconciliation''s trace by merchant trace to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
 
 CREATE TABLE payments.whatsapp_statuses (
 	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
@@ -4895,16 +4893,45 @@ AS $$
 $$;
 COMMENT ON FUNCTION payments.chat_or_list(text[]) IS 'Choices as donors read them: "EcoCash, OneMoney or TeleCash"';
 
+-- What donors type may come with a line break (the Enter key), a tab, or a non-breaking or other
+-- Unicode space (copied from another app); btrim takes plain spaces only, and \s in a regular
+-- expression no Unicode space in the C locale.  The class is the same in chat_local_phone.
+CREATE FUNCTION payments.chat_trim(value text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT regexp_replace(value, '^[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]+|'
+								 '[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]+$', '', 'g')
+$$;
+COMMENT ON FUNCTION payments.chat_trim(text) IS
+	'Text a donor typed without the white space around it: spaces, tabs, line breaks, and Unicode spaces and invisible marks (U+00A0, U+2000 to U+200F, U+202F, U+FEFF...)';
+
+-- The names of currencies donors type, at the amount ("$10", "ZiG 100") and at the currency question
+CREATE FUNCTION payments.chat_currency_name(word text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE lower(word) WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END
+$$;
+COMMENT ON FUNCTION payments.chat_currency_name(text) IS
+	'The currency a donor names: $ and USD are USD, ZWG and ZiG are ZWG (any case); NULL otherwise';
+
+-- As people write Zimbabwean mobile numbers: 0771234567, 771234567, 263771234567, 2630771234567,
+-- 00263771234567, 002630771234567, with spaces (non-breaking ones too), dots, dashes, parentheses
+-- and + anywhere: "+263 (0)77 123 4567", "077-123-4567"
 CREATE FUNCTION payments.chat_local_phone(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE WHEN d ~ '^07[0-9]{8}$' THEN d WHEN d ~ '^2637[0-9]{8}$' THEN '0' || substr(d, 4) END
-	  FROM (SELECT regexp_replace(phone, '[\s().+-]', '', 'g') AS d) AS digits
+	SELECT '0' || (regexp_match(regexp_replace(phone,
+		'[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff().+\u2010-\u2015\u2212-]', '', 'g'),
+		'^(?:(?:00)?263)?0?(7[0-9]{8})$'))[1]
 $$;
 COMMENT ON FUNCTION payments.chat_local_phone(text) IS
-	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567 or +263 77 123 4567; NULL otherwise';
+	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567, 771234567, 263771234567, 2630771234567, 00263771234567 or 002630771234567, spaces (any Unicode space), dots, dashes, parentheses and + ignored ("+263 (0)77 123 4567"); NULL otherwise';
 
 CREATE FUNCTION payments.mobile_network(local_phone text)
 RETURNS text
@@ -5034,39 +5061,75 @@ $$;
 COMMENT ON FUNCTION payments.chat_prompt(text, text, text, jsonb, jsonb, text) IS
 	'Queues the question of a conversation state: the menu, each step of a donation, the summary, the fields to edit, the volunteer questions';
 
+-- The settings may change while a donor drafts (a currency or a method switched off, a lower
+-- max_amount): what of a draft they no longer take is dropped, to be asked again.  A currency no
+-- longer offered takes its amount along (given in that currency, it says nothing in another); with
+-- one currency left, it is the draft's, as when a donation starts.  Then an amount outside the
+-- range of the draft's currency; a method no longer offered, with its number (each network has its
+-- own, as when the method is edited); a number not on the method's network.
+CREATE FUNCTION payments.chat_fit_draft(cfg jsonb, draft jsonb, OUT fitted jsonb, OUT notes text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	currencies text[] := ARRAY(SELECT jsonb_object_keys(coalesce(cfg -> 'paynow_providers', '{}')));
+	low		numeric;
+	high	numeric;
+BEGIN
+	fitted := draft;
+	notes := '{}';
+	IF fitted ? 'currency' AND NOT (fitted ->> 'currency') = ANY (currencies) THEN
+		notes := notes || format('Donations in %s cannot be made here any more.', fitted ->> 'currency');
+		fitted := fitted - 'currency' - 'amount';
+	END IF;
+	IF NOT fitted ? 'currency' AND cardinality(currencies) = 1 THEN
+		fitted := fitted || jsonb_build_object('currency', currencies[1]);
+	END IF;
+	-- the amount came before the currency: it is asked again if outside that currency's range
+	IF fitted ? 'currency' AND fitted ? 'amount' THEN
+		SELECT r.low, r.high INTO low, high FROM payments.chat_amount_range(cfg, fitted ->> 'currency') r;
+		IF (fitted ->> 'amount')::numeric NOT BETWEEN low AND high THEN
+			notes := notes || format('Donations in %s must be between %s and %s.', fitted ->> 'currency',
+									 payments.chat_amount(low, fitted ->> 'currency'), payments.chat_amount(high, fitted ->> 'currency'));
+			fitted := fitted - 'amount';
+		END IF;
+	END IF;
+	IF fitted ? 'method' AND NOT (jsonb_typeof(cfg -> 'methods') = 'array' AND cfg -> 'methods' ? (fitted ->> 'method')) THEN
+		notes := notes || format('%s is not offered here any more.', payments.chat_method_label(fitted ->> 'method'));
+		fitted := fitted - 'method' - 'phone';
+	END IF;
+	-- the number came before the method (an edit): it is asked again if on another network
+	IF fitted ? 'phone' AND fitted ? 'method'
+	   AND NOT payments.paynow_phone_fits(fitted ->> 'method', fitted ->> 'phone') THEN
+		fitted := fitted - 'phone';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_fit_draft(jsonb, jsonb) IS
+	'A donation draft as the conversation settings of now (payments.chat_settings) take it: without a currency no longer offered (nor its amount), the only currency filled in, without an amount outside the currency''s range, a method no longer offered (nor its number), a number not on the method''s network; and what to tell the donor about them';
+
 CREATE FUNCTION payments.chat_advance(provider text, wa_id text, cfg jsonb, draft jsonb,
 									  OUT next_state text, OUT next_draft jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	currencies text[] := ARRAY(SELECT jsonb_object_keys(cfg -> 'paynow_providers'));
-	low		numeric;
-	high	numeric;
+	notes	text[];
 BEGIN
-	next_draft := draft;
-	IF cardinality(currencies) = 0 THEN
+	-- donations switched off (no currency, no method) while a donor was at it: said so, not a
+	-- question without choices, which the Graph API would refuse
+	IF NOT EXISTS (SELECT FROM jsonb_object_keys(coalesce(cfg -> 'paynow_providers', '{}')))
+	   OR (CASE jsonb_typeof(cfg -> 'methods') WHEN 'array' THEN jsonb_array_length(cfg -> 'methods') ELSE 0 END) = 0 THEN
 		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
 			'Sorry, donations cannot be made here yet. Please try again later.'));
 		next_state := 'menu';
 		next_draft := '{}';
 		RETURN;
 	END IF;
-	IF NOT next_draft ? 'currency' AND cardinality(currencies) = 1 THEN
-		next_draft := next_draft || jsonb_build_object('currency', currencies[1]);
-	END IF;
-	-- the amount came before the currency: it is asked again if outside that currency's range
-	SELECT r.low, r.high INTO low, high FROM payments.chat_amount_range(cfg, next_draft ->> 'currency') r;
-	IF next_draft ? 'currency' AND (next_draft ->> 'amount')::numeric NOT BETWEEN low AND high THEN
-		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
-			'Donations in %s must be between %s and %s.', next_draft ->> 'currency', payments.chat_amount(low, next_draft ->> 'currency'),
-			payments.chat_amount(high, next_draft ->> 'currency'))));
-		next_draft := next_draft - 'amount';
-	END IF;
-	-- the number came before the method (an edit): it is asked again if on another network
-	IF next_draft ? 'phone' AND next_draft ? 'method'
-	   AND NOT payments.paynow_phone_fits(next_draft ->> 'method', next_draft ->> 'phone') THEN
-		next_draft := next_draft - 'phone';
+	-- what the settings of now no longer take is asked again
+	SELECT f.fitted, f.notes INTO next_draft, notes FROM payments.chat_fit_draft(cfg, draft) f;
+	IF cardinality(notes) > 0 THEN
+		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, array_to_string(notes, ' ')));
 	END IF;
 	next_state := CASE
 		WHEN NOT next_draft ? 'amount' THEN 'amount'
@@ -5079,7 +5142,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_advance(text, text, jsonb, jsonb) IS
-	'The next step of a donation draft (the first detail missing: amount, currency unless only one, method, number unless card, purpose; then the summary) and queues its question';
+	'The next step of a donation draft and queues its question: the draft as the settings of now take it (payments.chat_fit_draft, the donor told what was dropped), then the first detail missing (amount, currency unless only one, method, number unless paid from a link, purpose; then the summary); with no currency or no method offered, says donations cannot be made and goes back to the menu';
 
 CREATE FUNCTION payments.chat_check(provider text, wa_id text)
 RETURNS void
@@ -5145,7 +5208,9 @@ BEGIN
 	END IF;
 	-- a mobile-money request makes the number's phone prompt for a PIN: so that nobody can flood a
 	-- stranger's phone with prompts, a chat asks numbers other than its own at most 5 times a day,
-	-- and a number is asked by chats other than its own at most 3 times a day
+	-- and a number is asked by chats other than its own at most 3 times a day.  Counted: the
+	-- requests that may have prompted a phone (queued, sending, done, unconfirmed), not those that
+	-- prompted nobody (error: Paynow refused it or was never reached; skipped)
 	IF NOT payments.paynow_web_checkout(draft ->> 'method')
 	   AND draft ->> 'phone' IS DISTINCT FROM payments.chat_local_phone(wa_id) THEN
 		-- confirmations to one number are counted one after the other: two chats confirming at
@@ -5154,6 +5219,7 @@ BEGIN
 		IF (SELECT count(*) FROM payments.chat_donations d JOIN payments.paynow_initiations i ON i.payment_id = d.payment_id
 			 WHERE d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id
 			   AND d.created_at > now() - interval '1 day'
+			   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
 			   AND i.phone IS NOT NULL AND i.phone IS DISTINCT FROM payments.chat_local_phone(d.wa_id)) >= 5 THEN
 			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
 				'Sorry, this chat has asked other people''s numbers for payments too often today. Please pay from your own number, or try again tomorrow. Nothing was charged.'));
@@ -5161,6 +5227,7 @@ BEGIN
 		END IF;
 		IF (SELECT count(*) FROM payments.paynow_initiations i JOIN payments.chat_donations d ON d.payment_id = i.payment_id
 			 WHERE i.phone = draft ->> 'phone' AND i.created_at > now() - interval '1 day'
+			   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
 			   AND payments.chat_local_phone(d.wa_id) IS DISTINCT FROM i.phone) >= 3 THEN
 			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
 				'Sorry, %s has had too many payment requests from other chats today. Its owner can donate from their own WhatsApp, or try again tomorrow. Nothing was charged.',
@@ -5203,7 +5270,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day)';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day; requests that prompted nobody, in state error or skipped, are not counted)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void
@@ -5381,7 +5448,8 @@ BEGIN
 
 	btn := coalesce(msg -> 'interactive' -> 'button_reply' ->> 'id', msg -> 'interactive' -> 'list_reply' ->> 'id',
 					msg -> 'button' ->> 'payload');
-	txt := btrim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
+	-- (the Enter key's line break, a tab or a non-breaking space around it too)
+	txt := payments.chat_trim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
 	word := lower(coalesce(btn, txt));
 
 	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button') THEN
@@ -5427,9 +5495,10 @@ BEGIN
 		PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted, coalesce(profile, s.name));
 	ELSIF st = 'amount' THEN
 		-- a currency typed before the amount says which: $ and USD are USD, ZWG and ZiG are ZWG
-		named := CASE lower((regexp_match(txt, '^(\$|usd|zwg|zig)', 'i'))[1])
-					 WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END;
-		choice := regexp_replace(txt, '^(\$|usd|zwg|zig)\s*', '', 'i');
+		-- (payments.chat_currency_name, as at the currency question)
+		choice := (regexp_match(txt, '^(\$|[[:alpha:]]+)'))[1];
+		named := payments.chat_currency_name(choice);
+		choice := CASE WHEN named IS NULL THEN txt ELSE payments.chat_trim(substr(txt, length(choice) + 1)) END;
 		amount := CASE WHEN choice ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN choice::numeric END;
 		SELECT r.low, r.high INTO low, high
 		  FROM payments.chat_amount_range(cfg, coalesce(drafted ->> 'currency', named)) r;
@@ -5461,12 +5530,16 @@ BEGIN
 					|| CASE WHEN named IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('currency', named) END) a;
 		END IF;
 	ELSIF st = 'currency' THEN
-		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5) ELSE upper(txt) END;
+		-- a button, or typed: the names the amount takes ($, USD, ZWG, ZiG), or a code
+		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5)
+					   ELSE coalesce(payments.chat_currency_name(txt), upper(txt)) END;
 		IF cfg -> 'paynow_providers' ? choice THEN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('currency', choice)) a;
 		ELSE
-			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+			-- asked again with the currencies of now: none any more (donations switched off since
+			-- the question), the donor is told so, not sent a list without choices
+			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
 		END IF;
 	ELSIF st = 'method' THEN
 		choice := CASE WHEN btn LIKE 'pay\_%' THEN substr(btn, 5)
@@ -5476,7 +5549,8 @@ BEGIN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('method', choice)) a;
 		ELSE
-			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+			-- asked again with the methods of now (none: the donor is told donations cannot be made)
+			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
 		END IF;
 	ELSIF st = 'phone' THEN
 		choice := payments.chat_local_phone(CASE WHEN btn = 'phone_same' THEN wa ELSE txt END);
@@ -5504,10 +5578,18 @@ BEGIN
 	ELSIF st = 'confirm' THEN
 		-- typed, or the button of the summary of this draft (a bare "confirm" id: one sent before
 		-- the buttons named their draft)
-		IF word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted) THEN
+		IF (word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted))
+		   AND (SELECT f.fitted FROM payments.chat_fit_draft(cfg, drafted) f) = drafted THEN
 			PERFORM payments.chat_start_payment(ev.id, ev.provider, wa, coalesce(profile, s.name), cfg, drafted);
 			st := 'menu';
 			drafted := '{}';
+		ELSIF word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted) THEN
+			-- the settings changed since the summary (a currency or a method no longer offered,
+			-- another range of amounts): nothing starts, and the donation goes on from what no
+			-- longer fits, the donor told what (payments.chat_advance)
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'Sorry, what we can take has changed since this summary, so nothing was started.'));
+			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
 		ELSIF btn LIKE 'confirm\_%' THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'That summary is not the donation you are making now, so nothing was started from it. Here it is as it stands:'));
@@ -5563,7 +5645,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel, check, help, menu, donate, volunteer), admin commands from admin_numbers, then the step the conversation is at; replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel, check, help, menu, donate, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer
@@ -5780,7 +5862,39 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.initiation_unconfirmed(bigint, text) IS
-	'Records that an initiation may have reached Paynow without a usable answer (a timeout, an interrupted request, a reply not understood or not verified): the payment stays pending for Paynow''s status update, and a WhatsApp donor is told not to pay twice; used by claim_initiations and record_initiation';
+	'Records that a mobile initiation (ecocash, onemoney) may have reached Paynow without a usable answer (a timeout, an interrupted request, a reply not understood or not verified): the payment stays pending for Paynow''s status update, and a WhatsApp donor is told not to pay twice; used by payments.initiation_lost';
+
+-- An initiation that may have reached Paynow without a usable answer (a timeout, an HTTP error, a
+-- reply not understood or not verified, a request interrupted mid-way).  A mobile request
+-- (ecocash, onemoney) may still make the donor's phone prompt for a PIN: its payment stays pending,
+-- unconfirmed.  A web checkout (card, TeleCash) is paid only on Paynow's page, from the browser
+-- link of the reply that was lost: nobody can pay it, so it ends as an error and its payment
+-- fails, the donor told as for any failure (and free to donate again).
+CREATE FUNCTION payments.initiation_lost(initiation_id bigint, problem text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ini		payments.paynow_initiations;
+BEGIN
+	SELECT i.* INTO ini FROM payments.paynow_initiations i WHERE i.id = initiation_lost.initiation_id;
+	IF NOT payments.paynow_web_checkout(ini.method) THEN
+		PERFORM payments.initiation_unconfirmed(ini.id, problem);
+		RETURN 'unconfirmed';
+	END IF;
+	UPDATE payments.paynow_initiations i
+	   SET state = 'error', finished_at = now(), error = problem
+	 WHERE i.id = ini.id;
+	-- (one whose payment moved on meanwhile, approved by hand, is left as it is)
+	IF EXISTS (SELECT FROM payments.payments p WHERE p.id = ini.payment_id AND p.status = 'pending') THEN
+		PERFORM payments.initiation_failed(ini.id, NULL);
+	END IF;
+	RETURN 'error';
+END
+$$;
+COMMENT ON FUNCTION payments.initiation_lost(bigint, text) IS
+	'Records an initiation that may have reached Paynow without a usable answer: a mobile one (ecocash, onemoney) stays pending, unconfirmed (payments.initiation_unconfirmed); a web checkout (card, telecash), payable only from the link of the lost reply, ends as error and its payment fails (payments.initiation_failed); returns the state recorded; used by claim_initiations and record_initiation';
 
 CREATE FUNCTION payments.claim_initiations(max_items integer)
 RETURNS TABLE (initiation_id bigint, url text, method text, headers text, body text)
@@ -5797,6 +5911,7 @@ DECLARE
 BEGIN
 	-- an initiation whose reply was never recorded (crash, cancel) is not sent again: a second
 	-- request could prompt the donor twice; Paynow's status update still pays it if it went through
+	-- (a web checkout, whose link was in that reply, fails: payments.initiation_lost)
 	FOR gone IN
 		SELECT pi.id FROM payments.paynow_initiations pi
 		 WHERE pi.state = 'sending'
@@ -5804,7 +5919,7 @@ BEGIN
 												 3 * payments.effective_setting('payments.reconcile_timeout')::interval)
 		   FOR UPDATE
 	LOOP
-		PERFORM payments.initiation_unconfirmed(gone, 'interrupted: no reply was recorded; not sent again');
+		PERFORM payments.initiation_lost(gone, 'interrupted: no reply was recorded; not sent again');
 	END LOOP;
 
 	-- a payment that moved on while queued (approved by hand, paid, cancelled) is not initiated:
@@ -5876,7 +5991,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_initiations(integer) IS
-	'Claims queued Paynow initiations (SKIP LOCKED), marks them sending and returns the hashed requests; fails those that cannot be made, and those interrupted earlier (never sent twice); skips those whose payment is no longer pending; used by initiate_payments, which commits before sending';
+	'Claims queued Paynow initiations (SKIP LOCKED), marks them sending and returns the hashed requests; fails those that cannot be made; those interrupted earlier are never sent twice (payments.initiation_lost: mobile ones unconfirmed, web checkouts failed); skips those whose payment is no longer pending; used by initiate_payments, which commits before sending';
 
 CREATE FUNCTION payments.record_initiation(initiation_id bigint, http_status integer, error text, response text)
 RETURNS text
@@ -5890,6 +6005,7 @@ DECLARE
 	problem	text := error;
 	told	text;
 	pay_status text;
+	recorded text;
 	d		payments.chat_donations;
 BEGIN
 	SELECT i.* INTO ini FROM payments.paynow_initiations i WHERE i.id = record_initiation.initiation_id FOR UPDATE;
@@ -5927,14 +6043,15 @@ BEGIN
 
 	-- Paynow refused it, or it never left (no connection): the payment failed, nothing was taken.
 	-- Anything else (a timeout, an HTTP error, a reply not understood or not verified) may have
-	-- reached Paynow, which may still prompt the donor: the payment stays pending
+	-- reached Paynow, which may still prompt the donor: a mobile payment stays pending; a web
+	-- checkout, payable only from the link in the lost reply, fails (payments.initiation_lost)
 	IF problem IS NOT NULL AND told IS NULL AND (response IS NOT NULL OR problem !~
 		'^(could not (build|set up|initialize|create)|Could not resolve|Couldn''t (resolve|connect)|Failed to connect|Connection refused)') THEN
-		PERFORM payments.initiation_unconfirmed(ini.id, problem);
+		recorded := payments.initiation_lost(ini.id, problem);
 		UPDATE payments.paynow_initiations i
 		   SET http_status = record_initiation.http_status, paynow_status = r ->> 'status'
 		 WHERE i.id = ini.id;
-		RETURN 'unconfirmed';
+		RETURN recorded;
 	END IF;
 	IF problem IS NOT NULL THEN
 		UPDATE payments.paynow_initiations i
@@ -5972,7 +6089,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_initiation(bigint, integer, text, text) IS
-	'Records Paynow''s answer to an initiation: Ok with a valid hash keeps pollurl and paynowreference and sends the instructions to the donor (unless the payment moved on already); Paynow''s Error, or a request that never left (no connection), fails the payment; anything else (a timeout, an HTTP error, a reply not understood or with a bad hash) leaves it pending, unconfirmed (payments.initiation_unconfirmed); used by initiate_payments';
+	'Records Paynow''s answer to an initiation: Ok with a valid hash keeps pollurl and paynowreference and sends the instructions to the donor (unless the payment moved on already); Paynow''s Error, or a request that never left (no connection), fails the payment; anything else (a timeout, an HTTP error, a reply not understood or with a bad hash) leaves a mobile payment pending, unconfirmed, and fails a web checkout (card, telecash), whose link was in the lost reply (payments.initiation_lost); returns the state recorded (done, error, unconfirmed; or the state it had, when it was not sending); used by initiate_payments';
 
 CREATE PROCEDURE payments.initiate_payments(max_items integer DEFAULT 20)
 AS 'MODULE_PATHNAME', 'initiate_payments'
@@ -5986,6 +6103,7 @@ REVOKE ALL ON FUNCTION payments.chat_amount(numeric, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_amount_examples(numeric, numeric, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_send(text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_prompt(text, text, text, jsonb, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_fit_draft(jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_advance(text, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_check(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) FROM PUBLIC;
@@ -5998,6 +6116,7 @@ REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FRO
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.initiation_failed(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.initiation_unconfirmed(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.initiation_lost(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.claim_initiations(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_initiation(bigint, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.initiate_payments(integer) FROM PUBLIC;
@@ -6060,7 +6179,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
 	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),
 	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),
-	payments.initiation_unconfirmed(bigint, text),
+	payments.initiation_unconfirmed(bigint, text), payments.initiation_lost(bigint, text),
 	payments.claim_initiations(integer), payments.record_initiation(bigint, integer, text, text) FROM payments_admin;
 -- nor are the triggers' functions: creating a trigger takes EXECUTE, and the commit steps are
 -- SECURITY DEFINER (they also refuse any table but their own)

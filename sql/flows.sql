@@ -192,6 +192,11 @@ SELECT * FROM pg_temp.donate(:'token', '[]');
 SELECT * FROM pg_temp.donate(:'token', '{}', 'ELSEWHERE');
 -- valid: on to CONFIRM, the phone as E.164 digits, the amount with two decimals
 SELECT * FROM pg_temp.donate(:'token', '{"amount": "10.5", "currency": "USD", "method": "ecocash", "phone": "077 123 4567"}');
+-- the number read as the chat reads one typed (payments.chat_local_phone): with the 0 after 263, 00
+-- for +, without the first 0, non-breaking spaces
+SELECT replace(typed, E'\u00a0', '<nbsp>') AS typed, x.screen, x.data ->> 'phone' AS phone
+  FROM unnest(ARRAY['+263 (0)77 123 4567', '00263771234567', '002630771234567', '771234567', E'077\u00a0123\u00a04567']) AS typed,
+	   pg_temp.donate(:'token', jsonb_build_object('amount', '10', 'currency', 'USD', 'method', 'ecocash', 'phone', typed)) x;
 -- TeleCash is paid on Paynow's page from a link: no number is asked, one sent is ignored
 SELECT * FROM pg_temp.donate(:'token', '{"amount": 100, "currency": "ZWG", "method": "telecash", "phone": "+263 73 123 4567"}');
 SELECT * FROM pg_temp.donate(:'token', '{"amount": 100, "currency": "ZWG", "method": "telecash"}');

@@ -166,7 +166,8 @@ async function startGraph() {
 // The Paynow stand-in: test-mode numbers as Paynow documents them (0771111111 pays, 0774444444 has
 // no balance); 0772222222 is paid so fast that the status update arrives before the initiate reply;
 // for 0775555555 the transaction is made and paid but the reply is lost (HTTP 502), and for
-// 0776666666 the request never reaches it (HTTP 502 from a proxy); /interface/trace finds the
+// 0776666666 the request never reaches it (HTTP 502 from a proxy); a web checkout of 13.13 is made
+// but its reply, with the only link to pay it, is lost (HTTP 502); /interface/trace finds the
 // transactions by merchant trace
 async function startPaynow() {
 	const p = { requests: [], refused: [], updates: [], traces: [], made: new Map(), n: 9000 };
@@ -217,6 +218,7 @@ async function startPaynow() {
 			const ref = String(p.n);
 			p.made.set(f.merchanttrace, { reference: f.reference, ref, amount: f.amount });
 			if (mobile && f.phone === '0775555555') return res.writeHead(502).end('Bad Gateway');
+			if (!mobile && f.amount === '13.13') return res.writeHead(502).end('Bad Gateway');
 			if (mobile && f.phone === '0772222222') await statusUpdate(f, ref, 'Paid');
 			const reply = mobile
 				? { status: 'Ok', instructions: `Dial *151*2*4# and approve ${f.amount} for ${f.reference}`,
@@ -747,4 +749,48 @@ test('the pg_cron chat job answers within about a second while it runs', async (
 	assert.ok(graph.to(who).some((s) => s.startsWith(`Dial *151*2*4# and approve 3.00 for ${ref}`)));
 	q(`SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'chat-job'`);
 	assert.match(await job, /canceling statement due to user request/);
+});
+
+test('a card payment whose Paynow reply was lost cannot be paid: it fails, the donor is told and may give again', async () => {
+	// the link to Paynow's page was in the reply: nobody can pay it, unlike a mobile request,
+	// which the donor's phone may still prompt for (that one stays pending, unconfirmed)
+	const who = '263781313131';
+	await donate(who, { method: 'card', currency: 'ZWG', amount: '13.13' });
+	const ref = lastRef(who);
+	await work();
+	assert.ok(paynow.made.has(ref), 'Paynow made the transaction');
+	assert.equal(q(`SELECT i.state || ' ' || p.status || ' ' || i.http_status || ' ' || i.error FROM payments.paynow_initiations i
+		JOIN payments.payments p ON p.id = i.payment_id WHERE p.reference = :'r'`, { r: ref }), 'error failed 502 HTTP 502: Bad Gateway');
+	await work();
+	const chat = graph.to(who);
+	assert.equal(chat.at(-1), `Your donation of 13.13 ZWG (reference ${ref}) did not go through. No money was taken.\n`
+		+ 'Send *donate* to try again, or *help* if you need assistance.', chat.join('\n'));
+	assert.ok(!chat.some((m) => m.startsWith('We could not confirm')), chat.join('\n'));
+	// given again: a new link, paid
+	await donate(who, { method: 'card', currency: 'ZWG', amount: '13' });
+	const again = lastRef(who);
+	assert.notEqual(again, ref);
+	await work();
+	await until('paid', () => statusOf(again) === 'paid');
+	await work();
+	assert.ok(graph.to(who).some((m) => m.startsWith(`Please pay securely with your card here: ${paynow.base}/pay/`)));
+	assert.ok(graph.to(who).some((m) => m.startsWith(`Thank you, Tendai! We received your donation of 13.00 ZWG (reference ${again})`)));
+});
+
+test('donations switched off while a donor is at the currency question: the donor is told, not sent a list the Cloud API refuses', async () => {
+	const who = '263772000111';
+	const refused = graph.refused.length;
+	await say(who, 'donate', { button: true });
+	await say(who, '10');
+	q(`UPDATE payments.providers SET settings = settings || '{"paynow_providers": {}}' WHERE name = 'clinic'`);
+	try {
+		await say(who, 'cur_USD', { button: true });
+		await work();
+	} finally {
+		q(`UPDATE payments.providers SET settings = settings || '{"paynow_providers": {"USD": "pn_usd", "ZWG": "pn_zwg"}}' WHERE name = 'clinic'`);
+	}
+	assert.deepEqual(graph.refused.slice(refused), []);
+	assert.equal(graph.to(who).at(-1), 'Sorry, donations cannot be made here yet. Please try again later.');
+	assert.equal(q(`SELECT state || ' ' || draft FROM payments.chat_sessions WHERE wa_id = :'w'`, { w: who }), 'menu {}');
+	assert.equal(q(`SELECT string_agg(DISTINCT state, ',') FROM payments.outbox WHERE recipient = :'w'`, { w: who }), 'delivered');
 });

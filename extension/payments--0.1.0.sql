@@ -4252,6 +4252,7 @@ DECLARE
 	web_checkout boolean;			-- paid from a link: no number asked
 	phone		text;
 	problem		text;
+	unavailable	text;					-- why the form can take no donation here
 	submission	bigint;
 	started		bigint;
 BEGIN
@@ -4285,6 +4286,14 @@ BEGIN
 			'This donation was already submitted. Please ask for a new form to give again.');
 		RETURN;
 	END IF;
+	-- a final submit repeated (Meta retries; the donor taps again) answers as the first did, the
+	-- form not checked again against settings changed since, nor its data read at all
+	IF submission IS NOT NULL THEN
+		RETURN QUERY SELECT 200, jsonb_build_object('screen', 'SUCCESS', 'data', jsonb_build_object(
+			'extension_message_response', jsonb_build_object('params', jsonb_build_object(
+				'flow_token', tok.token, 'submission_id', submission))));
+		RETURN;
+	END IF;
 
 	SELECT p.settings INTO settings FROM payments.providers p WHERE p.name = flows_answer.provider;
 	cfg := payments.chat_settings(settings);
@@ -4309,9 +4318,13 @@ BEGIN
 					  FROM unnest(methods) WITH ORDINALITY AS x (m, n)),
 		'min_amount', min_amount::text, 'max_amount', max_amount::text, 'phone', tok.wa_id);
 
+	-- a chat whose currencies or methods the form cannot offer (only card, say): nothing to choose
+	IF cardinality(currencies) = 0 OR cardinality(methods) = 0 THEN
+		unavailable := 'Donations cannot be made with this form. Please donate in the chat instead.';
+	END IF;
 	IF action IN ('INIT', 'BACK') THEN
 		RETURN QUERY SELECT 200, jsonb_build_object('screen', 'DONATE',
-			'data', choices || '{"error_message": ""}');
+			'data', choices || jsonb_build_object('error_message', coalesce(unavailable, '')));
 		RETURN;
 	END IF;
 	IF screen IS NULL OR screen NOT IN ('DONATE', 'CONFIRM') OR jsonb_typeof(form) IS DISTINCT FROM 'object' THEN
@@ -4322,8 +4335,8 @@ BEGIN
 	-- the form: amount as a number or decimal text, a currency, a method, the method's number (none
 	-- for a method paid from a link, TeleCash: what is sent is ignored)
 	IF jsonb_typeof(form -> 'amount') IN ('number', 'string')
-	   AND btrim(form ->> 'amount') ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN
-		amount := round(btrim(form ->> 'amount')::numeric, 2);
+	   AND payments.chat_trim(form ->> 'amount') ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN
+		amount := round(payments.chat_trim(form ->> 'amount')::numeric, 2);
 	END IF;
 	currency := form ->> 'currency';
 	method := form ->> 'method';
@@ -4335,6 +4348,7 @@ BEGIN
 		SELECT r.low, r.high INTO min_amount, max_amount FROM payments.chat_amount_range(cfg, currency) r;
 	END IF;
 	problem := CASE
+		WHEN unavailable IS NOT NULL THEN unavailable
 		WHEN amount IS NULL THEN 'Enter the amount as a number, for example 10 or 10.50.'
 		WHEN currency IS NULL OR NOT currency = ANY (currencies) THEN
 			'Choose ' || payments.chat_or_list(currencies) || '.'

@@ -279,6 +279,23 @@ SELECT http_status, answer -> 'data' -> 'currencies' AS currencies, answer -> 'd
   FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'narrow_token'), :'wrapped');
 SELECT screen, data AS error FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "ZWG", "method": "ecocash", "phone": "0771234567"}');
 SELECT screen, data AS error FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "telecash"}');
+-- a chat offering no method the form takes (card only): the form says so, and takes nothing
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}, "methods": ["card"]}');
+SELECT http_status, answer -> 'data' ->> 'error_message' AS error, answer -> 'data' -> 'methods' AS methods
+  FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'narrow_token'), :'wrapped');
+SELECT screen, data AS error
+  FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "ecocash", "phone": "0771234567"}');
+SELECT http_status, screen, data AS error
+  FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "bitcoin", "phone": "0771234567"}', 'CONFIRM');
+SELECT count(*) AS kept FROM payments.flow_submissions WHERE flow_token = :'narrow_token';
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
+-- a repeated final submit answers the same submission even after the settings changed: the
+-- donation it made is not asked to be corrected
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}, "max_amount": 10}');
+SELECT http_status, screen,
+	   (data -> 'extension_message_response' -> 'params' ->> 'submission_id')::bigint
+		= (SELECT s.id FROM payments.flow_submissions s WHERE s.flow_token = :'paying_token') AS same_submission
+  FROM pg_temp.donate(:'paying_token', '{"amount": "12", "currency": "USD", "method": "ecocash", "phone": "0771234567"}', 'CONFIRM');
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
 -- TeleCash: stored without a number, its initiation on the web checkout, the donor told a link comes
 SELECT payments.issue_flow_token('flows-wa', '263771234567') AS telecash_token \gset

@@ -4470,9 +4470,10 @@ BEGIN
 	END IF;
 
 	-- 400: not the JSON envelope of three strings
+	-- (nesting deeper than the stack allows is a program limit, the body's doing: 400 as well)
 	BEGIN
 		envelope := convert_from(body, 'UTF8')::jsonb;
-	EXCEPTION WHEN data_exception THEN
+	EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
 		envelope := NULL;
 	END;
 	IF jsonb_typeof(envelope) IS DISTINCT FROM 'object'
@@ -4509,7 +4510,7 @@ BEGIN
 
 	BEGIN
 		request := plain::jsonb;
-	EXCEPTION WHEN data_exception THEN
+	EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
 		request := NULL;
 	END;
 	IF jsonb_typeof(request) IS DISTINCT FROM 'object' THEN

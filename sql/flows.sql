@@ -127,6 +127,10 @@ SELECT x.http_status, x.response FROM (SELECT jsonb_build_object('encrypted_flow
 	payments.flows_exchange('flows-wa', pg_temp.signed(convert_to(e.body, 'UTF8')), convert_to(e.body, 'UTF8')) AS x;
 -- 400: decrypts, but is not a JSON object; an action the endpoint does not know
 SELECT * FROM pg_temp.exchange('"ping"', :'wrapped');
+-- nesting deeper than the stack allows, in the request or in the envelope: 400, not an error
+SELECT * FROM pg_temp.exchange(repeat('[', 100000), :'wrapped');
+SELECT * FROM payments.flows_exchange('flows-wa', pg_temp.signed(convert_to(repeat('[', 100000), 'UTF8')),
+	convert_to(repeat('[', 100000), 'UTF8'));
 SELECT * FROM pg_temp.exchange('{"version": "3.0", "action": "navigate"}', :'wrapped');
 SELECT provider, outcome, reason, detail, source_ip, request_id, body_size
   FROM payments.rejections ORDER BY id;

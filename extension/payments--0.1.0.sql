@@ -5060,7 +5060,7 @@ BEGIN
 		WHEN 'edit' THEN payments.chat_choices(wa_id, 'What would you like to change?',
 			(SELECT jsonb_agg(jsonb_build_array('edit_' || f, t) ORDER BY n)
 			   FROM (VALUES (1, 'amount', 'Amount'), (2, 'currency', 'Currency'), (3, 'method', 'Payment method'),
-							(4, 'phone', 'Number'), (5, 'purpose', 'Purpose')) AS x (n, f, t)
+							(4, 'phone', 'Number'), (5, 'purpose', 'Purpose'), (6, 'back', 'Back to the summary')) AS x (n, f, t)
 			  WHERE (f <> 'currency' OR (SELECT count(*) FROM jsonb_object_keys(cfg -> 'paynow_providers')) > 1)
 				AND (f <> 'phone' OR NOT payments.paynow_web_checkout(draft ->> 'method'))))
 		WHEN 'volunteer_name' THEN payments.chat_text(wa_id,
@@ -5622,6 +5622,10 @@ BEGIN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg,
 										 drafted - choice - CASE WHEN choice = 'method' THEN 'phone' ELSE '' END) a;
+		ELSIF choice IN ('back', 'summary', 'yes', 'confirm', 'no', 'nothing') THEN
+			-- nothing to change after all: the summary again (checked against the settings of now)
+			SELECT a.next_state, a.next_draft INTO st, drafted
+			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
 		ELSE
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		END IF;

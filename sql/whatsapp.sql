@@ -714,6 +714,20 @@ SELECT pg_temp.session('263772000082');
 SELECT pg_temp.say('263772000082', 'zwg 50', 11);
 SELECT * FROM pg_temp.replies('263772000082');
 SELECT pg_temp.session('263772000082');
+-- nothing to change after all: from Edit back to the summary, by its row or typed
+SELECT pg_temp.say('263772000089', 'donate', 1, true);
+SELECT pg_temp.say('263772000089', '100', 2);
+SELECT pg_temp.say('263772000089', 'cur_ZWG', 3, true);
+SELECT pg_temp.say('263772000089', 'pay_ecocash', 4, true);
+SELECT pg_temp.say('263772000089', 'phone_same', 5, true);
+SELECT pg_temp.say('263772000089', 'purpose_1', 6, true);
+SELECT pg_temp.say('263772000089', 'edit', 7, true);
+SELECT pg_temp.say('263772000089', 'edit_back', 8, true);
+SELECT pg_temp.session('263772000089');
+SELECT pg_temp.say('263772000089', 'edit', 9, true);
+SELECT pg_temp.say('263772000089', 'Back', 10);
+SELECT * FROM pg_temp.replies('263772000089') OFFSET 6;
+SELECT pg_temp.session('263772000089');
 -- a chat taking USD only: "ZWG 100" is not USD 100
 UPDATE payments.providers SET settings = settings || '{"paynow_providers": {"USD": "pn_usd"}}' WHERE name = 'chat';
 SELECT pg_temp.say('263772000083', 'donate', 1, true);

@@ -2359,14 +2359,16 @@ RETURNS timestamptz
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+	-- counted from the failure, not from the start of its transaction: a retry run of many events
+	-- (one transaction) would otherwise schedule its last failures too early
 	SELECT CASE WHEN d IS NOT NULL THEN
-		greatest(now() + d * (0.9 + 0.2 * random()),
-				 now() + least(greatest(retry_after, interval '0'), interval '1 day'))
+		greatest(clock_timestamp() + d * (0.9 + 0.2 * random()),
+				 clock_timestamp() + least(greatest(retry_after, interval '0'), interval '1 day'))
 	END
 	FROM payments.retry_delay(failed_attempts) AS d
 $$;
 COMMENT ON FUNCTION payments.next_attempt_at(integer, interval) IS
-	'When to try again after a number of failed attempts: the retry_delay with +-10% jitter, never before a Retry-After (capped at one day); NULL: give up (dead)';
+	'When to try again after a number of failed attempts, counted from now (the clock, not the transaction''s start): the retry_delay with +-10% jitter, never before a Retry-After (capped at one day); NULL: give up (dead)';
 
 --------------------------------------------------------------------------------------------------
 -- Retrying events; dead letters
@@ -2425,7 +2427,7 @@ BEGIN
 	-- its provider may go on sending for three days) is asked again hourly at least, 96 times
 	-- (four days), not for the 27 hours of the schedule
 	IF waiting THEN
-		next_at := CASE WHEN tries < 96 THEN least(next_at, now() + interval '1 hour') END;
+		next_at := CASE WHEN tries < 96 THEN least(next_at, clock_timestamp() + interval '1 hour') END;
 	END IF;
 	UPDATE payments.events e
 	   SET attempts = tries, next_attempt_at = next_at, last_error = error,

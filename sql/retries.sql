@@ -6,12 +6,17 @@
 SELECT n AS failed_attempts, payments.retry_delay(n) FROM generate_series(0, 8) n;
 -- jitter stays within +-10%, Retry-After is a floor (capped at a day), NULL after the 8th failure
 SELECT n, bool_and(payments.next_attempt_at(n) - now() BETWEEN payments.retry_delay(n) * 0.9
-												 AND payments.retry_delay(n) * 1.1) AS within_jitter,
+												 AND payments.retry_delay(n) * 1.1 + interval '1 second') AS within_jitter,
 	   count(DISTINCT payments.next_attempt_at(n)) > 1 AS jittered
   FROM generate_series(1, 7) n, generate_series(1, 20) GROUP BY n ORDER BY n;
 SELECT payments.next_attempt_at(8) IS NULL AS gives_up,
 	   payments.next_attempt_at(1, interval '20 minutes') >= now() + interval '20 minutes' AS honours_retry_after,
-	   payments.next_attempt_at(1, interval '9 days') <= now() + interval '1 day' AS retry_after_capped;
+	   payments.next_attempt_at(1, interval '9 days') <= clock_timestamp() + interval '1 day' AS retry_after_capped;
+-- counted from the failure, not from the start of its transaction (a retry run is one transaction)
+BEGIN;
+SELECT pg_sleep(1.1);
+SELECT payments.next_attempt_at(1, interval '20 minutes') >= now() + interval '20 minutes 1 second' AS from_the_failure;
+COMMIT;
 
 CREATE SCHEMA tr;
 CREATE SEQUENCE tr.ids;

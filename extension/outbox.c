@@ -12,7 +12,6 @@
  */
 #include "payments.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
@@ -205,58 +204,56 @@ RecordStep(void *arg)
 	RecordResult(r->item, r->req);
 }
 
+/* The results RecordEachResult records */
+typedef struct ResultsToRecord
+{
+	const ClaimedItem *items;
+	const OutboundRequest *reqs;
+	int			n;
+	bool		done_only;
+} ResultsToRecord;
+
 /*
  * Records the results of the batch (of the finished requests only, when
  * done_only), each in a subtransaction of its own: one that fails (a
  * deadlock with a concurrent run's claim, say) loses that result only, its
- * item sent again when its lease ends, not every result of the batch.  A
- * cancel (a statement timeout, while waiting for a lock above all) stops the
- * recording: it is returned, copied into cxt, for the caller to commit the
- * results recorded before it and then raise it; the others are left to their
- * leases.  NULL when every result was recorded or refused.
+ * item sent again when its lease ends, not every result of the batch.
+ */
+static void
+RecordEachResult(void *arg)
+{
+	ResultsToRecord *batch = arg;
+
+	for (int i = 0; i < batch->n; i++)
+	{
+		ResultToRecord r = {&batch->items[i], &batch->reqs[i]};
+		char	   *error;
+		int			sqlerrcode;
+
+		if (batch->done_only && !batch->reqs[i].done)
+			continue;
+		if (!RunInSubtransactionCode(RecordStep, &r, &error, &sqlerrcode))
+			ereport(WARNING,
+					(errcode(sqlerrcode),
+					 errmsg("could not record the result of outbox item %lld: %s",
+							(long long) batch->items[i].outbox_id, error),
+					 errdetail("The item is sent again when its lease ends.")));
+	}
+}
+
+/*
+ * Records the results of the batch (RecordEachResult).  A cancel stops the
+ * recording: it is returned (RunUntilCancel) for the caller to commit the
+ * results recorded before it and then raise it; the others are left to
+ * their leases.
  */
 static ErrorData *
 RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool done_only,
 			  MemoryContext cxt)
 {
-	MemoryContext callercxt = CurrentMemoryContext;
-	int			nest_level = GetCurrentTransactionNestLevel();
-	ErrorData  *volatile cancel = NULL;
+	ResultsToRecord batch = {items, reqs, n, done_only};
 
-	PG_TRY();
-	{
-		for (int i = 0; i < n; i++)
-		{
-			ResultToRecord r = {&items[i], &reqs[i]};
-			char	   *error;
-			int			sqlerrcode;
-
-			if (done_only && !reqs[i].done)
-				continue;
-			if (!RunInSubtransactionCode(RecordStep, &r, &error, &sqlerrcode))
-				ereport(WARNING,
-						(errcode(sqlerrcode),
-						 errmsg("could not record the result of outbox item %lld: %s",
-								(long long) items[i].outbox_id, error),
-						 errdetail("The item is sent again when its lease ends.")));
-		}
-	}
-	PG_CATCH();
-	{
-		/* only a cancel raised again by a step, its subtransaction already rolled back */
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
-			GetCurrentTransactionNestLevel() != nest_level)
-			PG_RE_THROW();
-		FlushErrorState();
-		MemoryContextSwitchTo(callercxt);
-		cancel = edata;
-	}
-	PG_END_TRY();
-	return cancel;
+	return RunUntilCancel(RecordEachResult, &batch, cxt);
 }
 
 /* How long a cancelled run waits for a lock to record a result */

@@ -293,6 +293,7 @@ extern XLogRecPtr FlushWrittenWal(void);
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);
 extern bool RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
 									int *sqlerrcode);
+extern ErrorData *RunUntilCancel(void (*steps) (void *arg), void *arg, MemoryContext cxt);
 
 /* event_body.c */
 extern Jsonb *ParseEventBody(const char *body, int len, char **error);

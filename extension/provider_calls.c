@@ -142,14 +142,47 @@ RecordStep(void *arg)
 	RecordAnswer(a->query, a->keytype, a->call, a->req);
 }
 
+/* The answers RecordEachAnswer records */
+typedef struct AnswersToRecord
+{
+	const char *query;
+	Oid			keytype;
+	const ProviderCall *calls;
+	const OutboundRequest *reqs;
+	int			n;
+} AnswersToRecord;
+
 /*
- * One step: load the requests and commit, send, record every answer and
- * commit.  Each answer is recorded in a subtransaction of its own: one that
- * fails (a lock timeout, a deadlock) loses that answer only, as if it never
- * came (an initiation is swept as unconfirmed, a stuck payment asked again),
- * not every answer of the run (Paynow's poll URLs and payment instructions
- * with them).  load takes max_items as $1 and returns (key, url, method, headers,
- * body); record takes (key, http_status, error, response).  The caller has
+ * Records every answer, each in a subtransaction of its own: one that fails
+ * (a lock timeout, a deadlock) loses that answer only, as if it never came
+ * (an initiation is swept as unconfirmed, a stuck payment asked again), not
+ * every answer of the run (Paynow's poll URLs and payment instructions with
+ * them).
+ */
+static void
+RecordEachAnswer(void *arg)
+{
+	AnswersToRecord *answers = arg;
+
+	for (int i = 0; i < answers->n; i++)
+	{
+		AnswerToRecord a = {answers->query, answers->keytype, &answers->calls[i], &answers->reqs[i]};
+		char	   *error;
+		int			sqlerrcode;
+
+		if (!RunInSubtransactionCode(RecordStep, &a, &error, &sqlerrcode))
+			ereport(WARNING,
+					(errcode(sqlerrcode),
+					 errmsg("could not record the answer to request %s: %s", answers->calls[i].key, error)));
+	}
+}
+
+/*
+ * One step: load the requests and commit, send, record every answer
+ * (RecordEachAnswer) and commit.  A cancel while the answers are recorded
+ * keeps those recorded before it: they are committed, then it is raised.
+ * load takes max_items as $1 and returns (key, url, method, headers, body);
+ * record takes (key, http_status, error, response).  The caller has
  * connected SPI non-atomically.
  */
 void
@@ -158,6 +191,8 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 {
 	ProviderCall *calls;
 	OutboundRequest *reqs;
+	AnswersToRecord answers;
+	ErrorData  *stopped;
 	int			n;
 
 	n = LoadRequests(load, max_items, max_response, cxt, &calls, &reqs);
@@ -165,16 +200,9 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 	if (n == 0)
 		return;
 	SendOrStop(reqs, n);
-	for (int i = 0; i < n; i++)
-	{
-		AnswerToRecord a = {record, keytype, &calls[i], &reqs[i]};
-		char	   *error;
-		int			sqlerrcode;
-
-		if (!RunInSubtransactionCode(RecordStep, &a, &error, &sqlerrcode))
-			ereport(WARNING,
-					(errcode(sqlerrcode),
-					 errmsg("could not record the answer to request %s: %s", calls[i].key, error)));
-	}
+	answers = (AnswersToRecord) {record, keytype, calls, reqs, n};
+	stopped = RunUntilCancel(RecordEachAnswer, &answers, cxt);
 	SPI_commit();
+	if (stopped != NULL)
+		ReThrowError(stopped);
 }

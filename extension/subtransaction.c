@@ -118,3 +118,40 @@ RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
 {
 	return RunStep(step, arg, false, error, sqlerrcode);
 }
+
+/*
+ * Runs steps(arg), a loop whose every step runs in a subtransaction of its
+ * own (RunInSubtransactionCode), until it ends or a query cancel (a
+ * statement timeout, while waiting for a lock above all) stops it.  The
+ * cancel, raised again by a step whose subtransaction is already rolled
+ * back, is returned, copied into cxt, so that the caller can commit what
+ * the steps before it did and then raise it; NULL when the loop ended.  Any
+ * other error is raised.
+ */
+ErrorData *
+RunUntilCancel(void (*steps) (void *arg), void *arg, MemoryContext cxt)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	int			nest_level = GetCurrentTransactionNestLevel();
+	ErrorData  *volatile cancel = NULL;
+
+	PG_TRY();
+	{
+		steps(arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
+			GetCurrentTransactionNestLevel() != nest_level)
+			PG_RE_THROW();
+		FlushErrorState();
+		MemoryContextSwitchTo(callercxt);
+		cancel = edata;
+	}
+	PG_END_TRY();
+	return cancel;
+}

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
-import { Cluster, sleep } from './harness.mjs';
+import { Cluster, holdLock, sleep } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const PAYNOW_KEY = '3E9FED89-60E1-4CE5-AB6E-6B1EB2D4F977';
@@ -47,6 +47,10 @@ async function startApi() {
 				if (id === 'pi_500') return json(res, 500, { error: { message: 'boom' } });
 				if (id === 'pi_404') return json(res, 404, { error: { message: 'No such payment_intent' } });
 				if (id === 'pi_slow') return;	// never answers: the request times out
+				if (id === 'pi_lockc') {	// answers after a second: meanwhile its payment is locked
+					return setTimeout(() => json(res, 200, { id, object: 'payment_intent', amount: 2500,
+						amount_received: 2500, currency: 'usd', status: 'succeeded' }), 1000);
+				}
 				if (id.startsWith('pi_race')) {	// still being processed: the payment stays pending
 					return json(res, 200, { id, object: 'payment_intent', amount: 2500, currency: 'usd', status: 'processing' });
 				}
@@ -343,4 +347,32 @@ test('a check left in flight by a run that was stopped is closed by the next run
 		WHERE p.provider_ref = 'pi_left' ORDER BY c.id LIMIT 1`), 'error|interrupted: no answer was recorded|t');
 	// and the payment was asked again, its last check an hour old
 	assert.equal(status('pi_left'), 'paid');
+});
+
+test('a run cancelled while it records the answers keeps those recorded before the cancel', async () => {
+	stuck('st', 'pi_fastc');
+	stuck('st', 'pi_lockc');
+	await sleep(1100);
+	let stderr = '';
+	const run = new Promise((resolve) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments'], (err, stdout, errout) => { stderr = errout; resolve(); });
+		child.stdin.end(`SET payments.reconcile_after = '1s'; SET payments.reconcile_timeout = '1500ms';
+			SET statement_timeout = 3000; CALL payments.reconcile(50);\n`);
+	});
+	// once the run's claim is committed and its requests are out, pi_lockc's payment is held (an
+	// admin's transaction, say): recording its answer waits until the statement times out
+	await sleep(500);
+	const lock = await holdLock(db, `SELECT FROM payments.payments WHERE provider_ref = 'pi_lockc' FOR UPDATE`);
+	try {
+		await run;
+	} finally {
+		await lock.release();
+	}
+	assert.match(stderr, /canceling statement due to statement timeout/);
+	// the answer recorded before the cancel is kept; the other is asked again after its wait
+	assert.equal(status('pi_fastc'), 'paid');
+	assert.equal(lastCheck('pi_fastc'), 'fixed|succeeded|200');
+	assert.equal(status('pi_lockc'), 'pending');
+	assert.equal(lastCheck('pi_lockc'), '');
 });

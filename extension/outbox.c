@@ -20,7 +20,6 @@
 #include "storage/pmsignal.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(deliver_outbox);
@@ -256,9 +255,6 @@ RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool
 	return RunUntilCancel(RecordEachResult, &batch, cxt);
 }
 
-/* How long a cancelled run waits for a lock to record a result */
-#define CANCELLED_RECORD_LOCK_TIMEOUT "'1s'"
-
 /* One run: claim and commit, send, record and commit */
 static void
 DeliverBatch(int max_items, MemoryContext cxt)
@@ -267,6 +263,7 @@ DeliverBatch(int max_items, MemoryContext cxt)
 	OutboundRequest *reqs;
 	int			n;
 	ErrorData  *stopped;
+	bool		statement_timeout;
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -291,34 +288,17 @@ DeliverBatch(int max_items, MemoryContext cxt)
 						 errmsg("the postmaster exited during outbound deliveries")));
 			/*
 			 * Cancelled: the results of the requests that finished are
-			 * recorded before the cancel is served, so that a receiver that
-			 * answered is not sent the item again; the leases bring the
-			 * others back (and all of them on a shutdown).  Nothing is lost
-			 * either way.  The cancel is set aside meanwhile (a pending one
-			 * stops regular expressions), interrupts still served: a
-			 * terminate ends the backend, a second cancel ends the run (the
-			 * results not recorded yet are left to their leases), and no
-			 * lock is waited on past CANCELLED_RECORD_LOCK_TIMEOUT.
+			 * recorded before the cancel is served (SetCancelAside); the
+			 * leases bring the others back (and all of them on a
+			 * shutdown).  Nothing is lost either way.
 			 */
-			if (QueryCancelPending && !ProcDiePending)
+			if (SetCancelAside(&statement_timeout))
 			{
-				/* a lock timeout while recording must not be told as this */
-				bool		statement_timeout = get_timeout_indicator(STATEMENT_TIMEOUT, true);
-
-				QueryCancelPending = false;
-				if (SPI_execute("SET LOCAL lock_timeout = " CANCELLED_RECORD_LOCK_TIMEOUT,
-								false, 0) != SPI_OK_UTILITY)
-					elog(ERROR, "could not set lock_timeout");
 				stopped = RecordResults(items, reqs, n, true, cxt);
 				SPI_commit();
 				if (stopped != NULL)
 					ReThrowError(stopped);
-				if (statement_timeout)
-					ereport(ERROR,
-							(errcode(ERRCODE_QUERY_CANCELED),
-							 errmsg("canceling statement due to statement timeout")));
-				QueryCancelPending = true;
-				InterruptPending = true;
+				ServeCancelSetAside(statement_timeout);
 			}
 			CHECK_FOR_INTERRUPTS();
 		}

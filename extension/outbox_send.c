@@ -17,8 +17,10 @@
 #include <curl/curl.h>
 #include <time.h>
 
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/pmsignal.h"
+#include "utils/timeout.h"
 
 /* How long one wait for network activity lasts before interrupts are checked again */
 #define POLL_INTERVAL_MS 100
@@ -337,4 +339,40 @@ EndUnfinishedRequests(OutboundRequest *reqs, int n)
 			strlcpy(reqs[i].error, "the transfer did not finish", sizeof(reqs[i].error));
 		}
 	}
+}
+
+/*
+ * After SendOutboundBatch was stopped: when the reason is a query cancel
+ * (not a terminate), sets it aside so that the caller can record the
+ * requests that finished before serving it -- a receiver or provider that
+ * answered is then not asked again -- and returns true; the caller commits
+ * them and then calls ServeCancelSetAside.  Interrupts are still served
+ * meanwhile: a terminate ends the backend, a second cancel the recording
+ * (RunUntilCancel), and no lock is waited on for more than a second.
+ * statement_timeout: whether the cancel is a statement timeout's.
+ */
+bool
+SetCancelAside(bool *statement_timeout)
+{
+	if (!QueryCancelPending || ProcDiePending)
+		return false;
+	/* a lock timeout while recording must not be told as this */
+	*statement_timeout = get_timeout_indicator(STATEMENT_TIMEOUT, true);
+	QueryCancelPending = false;
+	if (SPI_execute("SET LOCAL lock_timeout = '1s'", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not set lock_timeout");
+	return true;
+}
+
+/* Raises the cancel SetCancelAside set aside */
+void
+ServeCancelSetAside(bool statement_timeout)
+{
+	if (statement_timeout)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling statement due to statement timeout")));
+	QueryCancelPending = true;
+	InterruptPending = true;
+	CHECK_FOR_INTERRUPTS();
 }

@@ -350,6 +350,8 @@ typedef struct OutboundRequest
 
 extern bool SendOutboundBatch(OutboundRequest *reqs, int n);
 extern void EndUnfinishedRequests(OutboundRequest *reqs, int n);
+extern bool SetCancelAside(bool *statement_timeout);
+extern void ServeCancelSetAside(bool statement_timeout);
 
 /* reconcile.c: the largest provider reply read when reconciling */
 #define RECONCILE_MAX_RESPONSE (64 * 1024)

@@ -80,22 +80,6 @@ LoadRequests(const char *query, int max_items, int max_response, MemoryContext c
 	return n;
 }
 
-/* Sends a batch; raises a pending cancel, and ends the backend if the postmaster died */
-static void
-SendOrStop(OutboundRequest *reqs, int n)
-{
-	if (n == 0 || SendOutboundBatch(reqs, n))
-		return;
-	/* what was claimed stays recorded as started; the next run asks again */
-	CHECK_FOR_INTERRUPTS();
-	if (!PostmasterIsAlive())
-		ereport(FATAL,
-				(errcode(ERRCODE_ADMIN_SHUTDOWN),
-				 errmsg("the postmaster exited during requests to a provider")));
-	/* an interrupt not served here: what did not finish is recorded so */
-	EndUnfinishedRequests(reqs, n);
-}
-
 /* Hands one answer to an SQL recorder taking (key, http_status, error, response) */
 static void
 RecordAnswer(const char *query, Oid keytype, const ProviderCall *call, const OutboundRequest *req)
@@ -150,6 +134,7 @@ typedef struct AnswersToRecord
 	const ProviderCall *calls;
 	const OutboundRequest *reqs;
 	int			n;
+	bool		done_only;		/* only those of the requests that finished */
 } AnswersToRecord;
 
 /*
@@ -170,6 +155,8 @@ RecordEachAnswer(void *arg)
 		char	   *error;
 		int			sqlerrcode;
 
+		if (answers->done_only && !answers->reqs[i].done)
+			continue;
 		if (!RunInSubtransactionCode(RecordStep, &a, &error, &sqlerrcode))
 			ereport(WARNING,
 					(errcode(sqlerrcode),
@@ -178,12 +165,29 @@ RecordEachAnswer(void *arg)
 }
 
 /*
- * One step: load the requests and commit, send, record every answer
- * (RecordEachAnswer) and commit.  A cancel while the answers are recorded
- * keeps those recorded before it: they are committed, then it is raised.
- * load takes max_items as $1 and returns (key, url, method, headers, body);
- * record takes (key, http_status, error, response).  The caller has
- * connected SPI non-atomically.
+ * Records the answers (of the requests that finished only, when done_only)
+ * and commits; a cancel while they are recorded keeps those recorded before
+ * it (RunUntilCancel): they are committed, then it is raised.
+ */
+static void
+RecordAnswers(AnswersToRecord *answers, MemoryContext cxt)
+{
+	ErrorData  *stopped = RunUntilCancel(RecordEachAnswer, answers, cxt);
+
+	SPI_commit();
+	if (stopped != NULL)
+		ReThrowError(stopped);
+}
+
+/*
+ * One step: load the requests and commit, send, record every answer and
+ * commit.  A cancel while the requests are out (a statement timeout) stops
+ * them: the answers that came are recorded before it is served
+ * (SetCancelAside), the others left to the next run (a check is closed as
+ * interrupted, an initiation swept as lost).  load takes max_items as $1 and
+ * returns (key, url, method, headers, body); record takes (key,
+ * http_status, error, response).  The caller has connected SPI
+ * non-atomically.
  */
 void
 RunProviderCalls(const char *load, int max_items, const char *record, Oid keytype,
@@ -192,17 +196,29 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 	ProviderCall *calls;
 	OutboundRequest *reqs;
 	AnswersToRecord answers;
-	ErrorData  *stopped;
+	bool		statement_timeout;
 	int			n;
 
 	n = LoadRequests(load, max_items, max_response, cxt, &calls, &reqs);
 	SPI_commit();
 	if (n == 0)
 		return;
-	SendOrStop(reqs, n);
-	answers = (AnswersToRecord) {record, keytype, calls, reqs, n};
-	stopped = RunUntilCancel(RecordEachAnswer, &answers, cxt);
-	SPI_commit();
-	if (stopped != NULL)
-		ReThrowError(stopped);
+	answers = (AnswersToRecord) {record, keytype, calls, reqs, n, false};
+	if (!SendOutboundBatch(reqs, n))
+	{
+		if (!PostmasterIsAlive())
+			ereport(FATAL,
+					(errcode(ERRCODE_ADMIN_SHUTDOWN),
+					 errmsg("the postmaster exited during requests to a provider")));
+		if (SetCancelAside(&statement_timeout))
+		{
+			answers.done_only = true;
+			RecordAnswers(&answers, cxt);
+			ServeCancelSetAside(statement_timeout);
+		}
+		CHECK_FOR_INTERRUPTS();
+		/* an interrupt not served here: what did not finish is recorded so */
+		EndUnfinishedRequests(reqs, n);
+	}
+	RecordAnswers(&answers, cxt);
 }

@@ -46,7 +46,7 @@ async function startApi() {
 				const id = u.split('/').pop();
 				if (id === 'pi_500') return json(res, 500, { error: { message: 'boom' } });
 				if (id === 'pi_404') return json(res, 404, { error: { message: 'No such payment_intent' } });
-				if (id === 'pi_slow') return;	// never answers: the request times out
+				if (id === 'pi_slow' || id.startsWith('pi_hang')) return;	// never answers: the request times out
 				if (id === 'pi_lockc') {	// answers after a second: meanwhile its payment is locked
 					return setTimeout(() => json(res, 200, { id, object: 'payment_intent', amount: 2500,
 						amount_received: 2500, currency: 'usd', status: 'succeeded' }), 1000);
@@ -375,4 +375,25 @@ test('a run cancelled while it records the answers keeps those recorded before t
 	assert.equal(lastCheck('pi_fastc'), 'fixed|succeeded|200');
 	assert.equal(status('pi_lockc'), 'pending');
 	assert.equal(lastCheck('pi_lockc'), '');
+});
+
+test('a run cancelled while its requests are out records the answers that came before the cancel', async () => {
+	stuck('st', 'pi_sendc');
+	stuck('st', 'pi_hangc');
+	await sleep(1100);
+	let stderr = '';
+	const started = Date.now();
+	await new Promise((resolve) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments'], (err, stdout, errout) => { stderr = errout; resolve(); });
+		child.stdin.end(`SET payments.reconcile_after = '1s'; SET payments.reconcile_timeout = '10s';
+			SET statement_timeout = 1000; CALL payments.reconcile(50);\n`);
+	});
+	assert.match(stderr, /canceling statement due to statement timeout/);
+	assert.ok(Date.now() - started < 5000, 'the cancel stopped the requests');
+	assert.equal(status('pi_sendc'), 'paid');
+	assert.equal(lastCheck('pi_sendc'), 'fixed|succeeded|200');
+	// not answered: its check stays in flight until a later run closes it
+	assert.equal(status('pi_hangc'), 'pending');
+	assert.equal(lastCheck('pi_hangc'), '');
 });

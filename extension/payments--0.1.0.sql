@@ -3105,7 +3105,9 @@ BEGIN
 		RETURN 'disabled';
 	END IF;
 
-	next_at := payments.next_attempt_at(item.attempts, make_interval(secs => retry_after)) + (answered - now());
+	-- counted from the answer: next_attempt_at counts from the clock, which is later by the time
+	-- the batch's other requests took and the recording since
+	next_at := payments.next_attempt_at(item.attempts, make_interval(secs => retry_after)) + (answered - clock_timestamp());
 	UPDATE payments.outbox o
 	   SET state = CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END,
 		   next_attempt_at = coalesce(next_at, now()), last_status = http_status, last_error = msg
@@ -6206,7 +6208,8 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 -- SECURITY DEFINER (they also refuse any table but their own)
 REVOKE EXECUTE ON FUNCTION payments.transition_committed(), payments.enqueue_event(), payments.forget_kept(),
 	payments.check_endpoint(), payments.check_secret(), payments.keep_donor_key(),
-	payments.keep_installed_currencies() FROM payments_admin;
+	payments.keep_installed_currencies(), payments.check_provider(), payments.check_flow_key(),
+	payments.check_flow_token(), payments.forget_api_token(), payments.paid_late_committed() FROM payments_admin;
 -- cached API tokens are bearer credentials: read by the reconciliation run only
 REVOKE SELECT ON payments.api_tokens FROM payments_admin;
 -- the shim's entry points belong to payments_ingest

@@ -124,6 +124,15 @@ SELECT o.next_attempt_at - now() >= interval '1.2 seconds' + (e.connect_timeout_
   FROM late l JOIN payments.outbox o ON o.id = l.outbox_id JOIN payments.endpoints e ON e.id = o.endpoint_id
   JOIN payments.outbox_attempts a ON a.id = l.attempt_id;
 COMMIT;
+-- a result is timed from the answer (the attempt's start plus its duration), not from when it is
+-- recorded: a Retry-After of 600 s counts from the answer, in a recording that began 1.2 s later
+BEGIN;
+SELECT pg_sleep(1.2);
+SELECT payments.record_delivery(l.attempt_id, 429, 600, NULL, 500, 9, 'slow down') FROM late l;
+SELECT o.next_attempt_at - (a.started_at + interval '500 milliseconds')
+		 BETWEEN interval '599.9 seconds' AND interval '600.1 seconds' AS from_the_answer
+  FROM late l JOIN payments.outbox o ON o.id = l.outbox_id JOIN payments.outbox_attempts a ON a.id = l.attempt_id;
+COMMIT;
 
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;

@@ -103,6 +103,12 @@ JsonbTopUnixTime(Jsonb *jb, const char *key, TimestampTz *result)
 	return true;
 }
 
+/* The times a provider's ISO 8601 time may be: 0001-01-01 to 9999-12-31 UTC */
+#define EARLIEST_PROVIDER_TIME \
+	((TimestampTz) (INT64CONST(-62135596800) - SECS_PER_DAY * (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE)) * USECS_PER_SEC)
+#define LATEST_PROVIDER_TIME \
+	((TimestampTz) (INT64CONST(253402300799) - SECS_PER_DAY * (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE)) * USECS_PER_SEC + 999999)
+
 /* Input and output of DecodeTimeStep */
 typedef struct TimeDecoding
 {
@@ -116,19 +122,37 @@ typedef struct TimeDecoding
 	int			tz;
 } TimeDecoding;
 
-/* Decodes the fields of a time string (run in a subtransaction) */
+/*
+ * Decodes the fields of a time string (run in a subtransaction).  A time
+ * without a zone is UTC: DecodeDateTime would read it in the session's
+ * TimeZone, and a payment's time and receipt day would depend on the
+ * settings of the role or database the shim connects as.
+ */
 static void
 DecodeTimeStep(void *arg)
 {
 	TimeDecoding *d = arg;
+	pg_tz	   *session_zone = session_timezone;
 
-	d->dterr = DecodeDateTime(d->field, d->ftype, d->nf, &d->dtype, &d->tm, &d->fsec, &d->tz);
+	session_timezone = pg_tzset_offset(0);	/* needs no zone file */
+	PG_TRY();
+	{
+		d->dterr = DecodeDateTime(d->field, d->ftype, d->nf, &d->dtype, &d->tm, &d->fsec, &d->tz);
+	}
+	PG_FINALLY();
+	{
+		session_timezone = session_zone;
+	}
+	PG_END_TRY();
 }
 
 /*
  * Reads a top-level member holding an ISO 8601 time string (such as the
  * "timestamp" of a Standard Webhooks payload) with PostgreSQL's own date/time
- * parser, without raising errors; false if absent or unparsable.  The fields
+ * parser, without raising errors; false if absent, unparsable or outside the
+ * years 1 to 9999 (as a Stripe time: a receipt number has four digits of
+ * year, and a payment whose status is of the year 99999 takes no later
+ * news).  A time without a zone is UTC.  The fields
  * are decoded in a subtransaction: PostgreSQL 15's DecodeDateTime raises an
  * error itself for a zone name it does not know ("2024-05-01T10:00 Mars/X"),
  * where a signed event must still be stored.
@@ -147,9 +171,10 @@ JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
 		return false;
 	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &d.nf) != 0 ||
 		!RunInSubtransaction(DecodeTimeStep, &d, &error) ||
-		d.dterr != 0 || d.dtype != DTK_DATE)
+		d.dterr != 0 || d.dtype != DTK_DATE ||
+		tm2timestamp(&d.tm, d.fsec, &d.tz, result) != 0)
 		return false;
-	return tm2timestamp(&d.tm, d.fsec, &d.tz, result) == 0;
+	return *result >= EARLIEST_PROVIDER_TIME && *result <= LATEST_PROVIDER_TIME;
 }
 
 /*

@@ -21,15 +21,19 @@
  *                      way (default 300; only with timestamp_header)
  *   event_id_header    the event id is this header (e.g. x-github-delivery)
  *   event_id_path      or the first string or number that this SQL/JSON path
- *                      finds in the payload (e.g. $.data.id)
+ *                      finds in the payload (e.g. $.data.id); or an array of
+ *                      up to four paths, whose values joined by ':' are the
+ *                      id (["$.event", "$.data.id"]: Paystack sends
+ *                      transfer.success and transfer.reversed about one
+ *                      data.id, two events)
  *   event_type_header  the event type is this header (e.g. x-github-event)
  *   event_type_path    or the first string or number this path finds
  *
  * The key is the UTF-8 bytes of the secret, as every such provider does; one
  * signature per header.  The body must be a JSON object.  When no id is
- * configured, or the configured header or path finds nothing, the event id
- * is "sha256:" + the hex SHA-256 of the body, so an exact re-delivery is
- * still a duplicate.  With no type configured, the type is the payload's
+ * configured, or the configured header or path (any of the paths) finds
+ * nothing, the event id is "sha256:" + the hex SHA-256 of the body, so an
+ * exact re-delivery is still a duplicate.  With no type configured, the type is the payload's
  * top-level "type" string, as for the other kinds.
  */
 #include "payments.h"
@@ -55,7 +59,8 @@ typedef struct HmacConfig
 	bool		sign_timestamp;
 	int			tolerance;
 	char	   *event_id_header;
-	char	   *event_id_path;
+	char	  **event_id_paths;
+	int			event_id_path_count;	/* 0: no event_id_path */
 	char	   *event_type_header;
 	char	   *event_type_path;
 } HmacConfig;
@@ -64,6 +69,9 @@ static const char *const hmac_settings[] = {
 	"header", "algorithm", "encoding", "prefix", "timestamp_header", "signed", "tolerance",
 	"event_id_header", "event_id_path", "event_type_header", "event_type_path",
 };
+
+/* The most paths an event id may be made of */
+#define HMAC_MAX_ID_PATHS 4
 
 /* True if name is a lower-case HTTP header name (an RFC 9110 token) */
 static bool
@@ -201,7 +209,7 @@ ReadHmacConfig(Jsonb *settings, HmacConfig *cfg, HmacCheck check)
 			if (cfg->tolerance < 0)
 				return pstrdup("tolerance must be a whole number of seconds from 1 to 604800");
 		}
-		else if (member.type != jbvString)
+		else if (member.type != jbvString && strcmp(key, "event_id_path") != 0)
 			return psprintf("%s must be a string", key);
 	}
 
@@ -258,20 +266,35 @@ ReadHmacConfig(Jsonb *settings, HmacConfig *cfg, HmacCheck check)
 		return pstrdup("tolerance applies only with timestamp_header and signed = \"timestamp.body\"");
 
 	cfg->event_id_header = SettingText(settings, "event_id_header");
-	cfg->event_id_path = SettingText(settings, "event_id_path");
+	text = SettingText(settings, "event_id_path");
+	if (text != NULL)
+	{
+		cfg->event_id_paths = palloc(sizeof(char *));
+		cfg->event_id_paths[0] = text;
+		cfg->event_id_path_count = 1;
+	}
+	else if (HasSetting(settings, "event_id_path"))
+	{
+		cfg->event_id_path_count = SettingTextArray(settings, "event_id_path", &cfg->event_id_paths);
+		if (cfg->event_id_path_count < 1 || cfg->event_id_path_count > HMAC_MAX_ID_PATHS)
+			return psprintf("event_id_path must be a SQL/JSON path, or an array of 1 to %d of them",
+							HMAC_MAX_ID_PATHS);
+	}
 	cfg->event_type_header = SettingText(settings, "event_type_header");
 	cfg->event_type_path = SettingText(settings, "event_type_path");
 	if (cfg->event_id_header != NULL && !IsHeaderName(cfg->event_id_header))
 		return pstrdup("event_id_header must be a header name in lower case");
 	if (cfg->event_type_header != NULL && !IsHeaderName(cfg->event_type_header))
 		return pstrdup("event_type_header must be a header name in lower case");
-	if (cfg->event_id_header != NULL && cfg->event_id_path != NULL)
+	if (cfg->event_id_header != NULL && cfg->event_id_path_count > 0)
 		return pstrdup("set event_id_header or event_id_path, not both");
 	if (cfg->event_type_header != NULL && cfg->event_type_path != NULL)
 		return pstrdup("set event_type_header or event_type_path, not both");
-	if (check == HMAC_CHECK_REGISTER && cfg->event_id_path != NULL &&
-		!RunJsonPath(cfg->event_id_path, NULL, NULL, &error))
-		return psprintf("event_id_path is not a SQL/JSON path: %s", error);
+	for (int i = 0; check == HMAC_CHECK_REGISTER && i < cfg->event_id_path_count; i++)
+	{
+		if (!RunJsonPath(cfg->event_id_paths[i], NULL, NULL, &error))
+			return psprintf("event_id_path \"%s\" is not a SQL/JSON path: %s", cfg->event_id_paths[i], error);
+	}
 	if (check == HMAC_CHECK_REGISTER && cfg->event_type_path != NULL &&
 		!RunJsonPath(cfg->event_type_path, NULL, NULL, &error))
 		return psprintf("event_type_path is not a SQL/JSON path: %s", error);
@@ -459,6 +482,38 @@ LookUp(const Delivery *delivery, Jsonb *payload, const char *header, const char 
 	return true;
 }
 
+/*
+ * Looks up the event id: by its header, or by its paths, the values found
+ * joined by ':'.  *result is NULL when one finds nothing, or none is set.
+ */
+static bool
+LookUpEventId(const Delivery *delivery, Jsonb *payload, const HmacConfig *cfg, char **result,
+			  EventList *events)
+{
+	StringInfoData id;
+
+	if (cfg->event_id_path_count == 0)
+		return LookUp(delivery, payload, cfg->event_id_header, NULL, "event_id_header", result, events);
+	initStringInfo(&id);
+	for (int i = 0; i < cfg->event_id_path_count; i++)
+	{
+		char	   *part;
+
+		if (!LookUp(delivery, payload, NULL, cfg->event_id_paths[i], "event_id_path", &part, events))
+			return false;
+		if (part == NULL)
+		{
+			*result = NULL;
+			return true;
+		}
+		if (i > 0)
+			appendStringInfoChar(&id, ':');
+		appendStringInfoString(&id, part);
+	}
+	*result = id.data;
+	return true;
+}
+
 /* One event: the id and type where the settings say, else the defaults */
 static void
 ExtractHmacEvent(const Provider *provider, const Delivery *delivery, EventList *events)
@@ -472,8 +527,7 @@ ExtractHmacEvent(const Provider *provider, const Delivery *delivery, EventList *
 	payload = ParseJsonDelivery(delivery, events);
 	if (payload == NULL)
 		return;
-	if (!LookUp(delivery, payload, cfg.event_id_header, cfg.event_id_path, "event_id_path",
-				&event_id, events) ||
+	if (!LookUpEventId(delivery, payload, &cfg, &event_id, events) ||
 		!LookUp(delivery, payload, cfg.event_type_header, cfg.event_type_path, "event_type_path",
 				&event_type, events))
 		return;

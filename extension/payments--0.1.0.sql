@@ -759,6 +759,15 @@ COMMENT ON FUNCTION payments.currency_exponent(text) IS
 	'The ISO 4217 exponent of a currency in payments.currencies (its code in any case), or NULL when it is not there';
 REVOKE ALL ON FUNCTION payments.currency_exponent(text) FROM PUBLIC;
 
+CREATE FUNCTION payments.amount_in_currency(amount numeric, currency text)
+RETURNS numeric
+LANGUAGE sql STABLE
+RETURN CASE WHEN amount = round(amount, payments.currency_exponent(currency))
+			THEN round(amount, payments.currency_exponent(currency)) END;
+COMMENT ON FUNCTION payments.amount_in_currency(numeric, text) IS
+	'A decimal amount as sent (Paynow, Eversend, PayPal) at its currency''s scale, as Stripe''s are (20.5 KES is 20.50); NULL, an amount not known, when it is finer than the currency''s minor unit (100.5 UGX, 10.005 USD) or the currency is missing or unknown';
+REVOKE ALL ON FUNCTION payments.amount_in_currency(numeric, text) FROM PUBLIC;
+
 CREATE TRIGGER currencies_forget AFTER INSERT OR UPDATE OR DELETE ON payments.currencies
 	FOR EACH ROW EXECUTE FUNCTION payments.forget_kept();
 ALTER TABLE payments.currencies ENABLE ALWAYS TRIGGER currencies_forget;
@@ -894,6 +903,7 @@ BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
 	END IF;
+	change.currency := nullif(change.currency, '');
 	-- 'infinity' casts to timestamptz: a payment paid then has no day, and no receipt number
 	IF NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'the event''s time is %, not a moment', at USING ERRCODE = 'datetime_field_overflow';
@@ -1082,9 +1092,10 @@ BEGIN
 	-- Paynow sends no time of its own: the status is as of its arrival
 	c.status_at := received_at;
 	c.reference := payload ->> 'reference';
-	c.amount := CASE WHEN payload ->> 'amount' ~ '^[0-9]{1,12}(\.[0-9]{1,2})?$' THEN (payload ->> 'amount')::numeric END;
 	-- an integration takes one currency; Paynow's messages do not say which
 	c.currency := coalesce(settings ->> 'currency', 'USD');
+	c.amount := payments.amount_in_currency(
+		CASE WHEN payload ->> 'amount' ~ '^[0-9]{1,12}(\.[0-9]{1,2})?$' THEN (payload ->> 'amount')::numeric END, c.currency);
 	c.method := CASE
 		WHEN channel LIKE '%ecocash%' THEN 'ecocash'
 		WHEN channel LIKE '%onemoney%' THEN 'onemoney'
@@ -1151,9 +1162,12 @@ BEGIN
 	-- moves the merchant's own money and is no payment: ignored
 	c.kind := CASE lower(coalesce(t ->> 'type', 'collection')) WHEN 'payout' THEN 'payout'
 												 WHEN 'collection' THEN 'collection' END;
-	c.amount := CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END;
-	c.currency := upper(t ->> 'currency');
-	c.fee := CASE WHEN t ->> 'fees' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'fees')::numeric END;
+	-- no currency (or "") says nothing of the money
+	c.currency := upper(nullif(t ->> 'currency', ''));
+	c.amount := payments.amount_in_currency(
+		CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END, c.currency);
+	c.fee := payments.amount_in_currency(
+		CASE WHEN t ->> 'fees' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'fees')::numeric END, c.currency);
 	c.method := 'mobile_money';
 	c.country := t ->> 'country';
 	c.donor_phone := coalesce(t ->> 'phoneNumber', t -> 'customer' ->> 'phone');
@@ -1231,9 +1245,9 @@ BEGIN
 		c.creates := true;
 		c.status := CASE etype WHEN 'PAYMENT.CAPTURE.COMPLETED' THEN 'paid'
 							   WHEN 'PAYMENT.CAPTURE.PENDING' THEN 'pending' ELSE 'failed' END;
-		c.amount := payments.decimal_amount(r -> 'amount' ->> 'value');
-		c.currency := r -> 'amount' ->> 'currency_code';
-		c.fee := payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value');
+		c.currency := nullif(r -> 'amount' ->> 'currency_code', '');
+		c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'amount' ->> 'value'), c.currency);
+		c.fee := payments.amount_in_currency(payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value'), c.currency);
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
 	ELSIF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED') THEN
 		-- the resource is the refund: the payment is its capture's (the capture's own while the
@@ -1259,9 +1273,9 @@ BEGIN
 			WHEN 'PAYMENT.SALE.REFUNDED' THEN 'refunded'
 			WHEN 'PAYMENT.SALE.REVERSED' THEN 'refunded' END;
 		IF c.creates THEN
-			c.amount := payments.decimal_amount(r -> 'amount' ->> 'total');
-			c.currency := r -> 'amount' ->> 'currency';
-			c.fee := payments.decimal_amount(r -> 'transaction_fee' ->> 'value');
+			c.currency := nullif(r -> 'amount' ->> 'currency', '');
+			c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'amount' ->> 'total'), c.currency);
+			c.fee := payments.amount_in_currency(payments.decimal_amount(r -> 'transaction_fee' ->> 'value'), c.currency);
 		ELSE
 			c.amount_refunded := coalesce(payments.decimal_amount(r -> 'total_refunded_amount' ->> 'value', true),
 										  payments.decimal_amount(r -> 'amount' ->> 'total', true));
@@ -1272,8 +1286,8 @@ BEGIN
 		c.provider_ref := r ->> 'id';
 		c.creates := true;
 		c.status := CASE etype WHEN 'CHECKOUT.ORDER.APPROVED' THEN 'pending' ELSE 'failed' END;
-		c.amount := payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value');
-		c.currency := r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code';
+		c.currency := nullif(r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code', '');
+		c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value'), c.currency);
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
 								r -> 'purchase_units' -> 0 ->> 'reference_id');
 		c.donor_name := nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), '');

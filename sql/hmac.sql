@@ -4,7 +4,7 @@
 \set SHOW_CONTEXT never
 \set paystack_body '{"event":"charge.success","data":{"id":302961,"domain":"live","status":"success","reference":"qTPrJoy9Bx","amount":10000,"currency":"NGN","paid_at":"2016-09-30T21:10:19.000Z","channel":"card","customer":{"id":68324,"email":"bojack@horsinaround.com"}}}'
 \set paystack_sig 'ad64f22c2b9cef3f9837227cee5067ffb5cf4860f8005ba632379d43f313e39717d74cb35880c63309b13df27ea30af94b43136ac6c26e863bb0d29d160d14b3'
-\set paystack '{"header": "x-paystack-signature", "algorithm": "sha512", "event_id_path": "$.data.id", "event_type_path": "$.event"}'
+\set paystack '{"header": "x-paystack-signature", "algorithm": "sha512", "event_id_path": ["$.event", "$.data.id"], "event_type_path": "$.event"}'
 \set github '{"header": "x-hub-signature-256", "prefix": "sha256=", "event_id_header": "x-github-delivery", "event_type_header": "x-github-event"}'
 \set github_sig 'sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17'
 
@@ -180,6 +180,19 @@ SELECT * FROM pg_temp.h('{"data":{"id":"' || repeat('x', 256) || '"}}');
 SELECT * FROM pg_temp.h('[1,2]');
 SELECT * FROM pg_temp.h('not json');
 SELECT left(event_id, 12) AS event_id, event_type FROM payments.events WHERE provider = 'h' ORDER BY id;
+-- an id made of several paths, their values joined by ':' (Paystack sends transfer.success and
+-- transfer.reversed about one data.id: two events); one path finding nothing, the body hash
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": ["$.event", "$.data.id"]}');
+SELECT * FROM pg_temp.h('{"event":"transfer.success","data":{"id":555}}');
+SELECT * FROM pg_temp.h('{"event":"transfer.reversed","data":{"id":555}}');
+SELECT * FROM pg_temp.h('{"event":"transfer.reversed","data":{"id":555}}');
+SELECT http_status, outcome, left(event_id, 7) FROM pg_temp.h('{"data":{"id":555}}');
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": []}');
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": ["$.a", 1]}');
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": 42}');
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": ["$.a", "$.b", "$.c", "$.d", "$.e"]}');
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": ["$.a", "$.b ? ("]}');
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": ["$.a"], "event_id_header": "x-id"}');
 -- a path that fails when evaluated (a $variable nobody passes) makes the delivery invalid, recorded
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": "$.id ? (@ == $x)"}');
 SELECT * FROM pg_temp.h('{"id":"ev_9"}');

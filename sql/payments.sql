@@ -353,8 +353,25 @@ SELECT tp.eversend('{"eventType":"transaction.success","data":{"transactionId":"
 -- a late, older update (pending, no fees yet) changes neither the status nor the fee
 SELECT tp.eversend('{"eventType":"transaction.success","transactionId":"EVS3","transactionRef":"ORD-3","type":"collection","status":"successful","amount":"20000","currency":"UGX","fees":"600","createdAt":"2024-06-10T10:00:00.000Z","updatedAt":"2024-06-10T10:02:00.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.pending","transactionId":"EVS3","transactionRef":"ORD-3","type":"collection","status":"pending","amount":"20000","currency":"UGX","fees":"0","createdAt":"2024-06-10T10:00:00.000Z","updatedAt":"2024-06-10T10:00:30.000Z"}');
+-- an amount or fee finer than its currency's minor unit, or with no currency, is left unknown
+-- (whole minor units are kept at the currency's scale); a time without a zone is UTC, whatever
+-- the session's TimeZone; one outside the years 1 to 9999 is none: the status is as of arrival
+SELECT tp.eversend('{"transactionId":"EVS6","type":"collection","status":"successful","amount":"100.5","currency":"UGX","fees":"1.25","updatedAt":"2024-06-10T11:00:00Z"}');
+SELECT tp.eversend('{"transactionId":"EVS7","type":"collection","status":"successful","amount":"10.005","currency":"USD","fees":"0.5","updatedAt":"2024-06-10T11:00:00Z"}');
+SELECT tp.eversend('{"transactionId":"EVS8","type":"collection","status":"successful","amount":"1000.00","currency":"UGX","fees":"15.0","updatedAt":"2024-06-10T11:00:00Z"}');
+SELECT tp.eversend('{"transactionId":"EVS9","type":"collection","status":"successful","amount":"10","fees":"1","updatedAt":"2024-06-10T11:00:00Z"}');
+SELECT tp.eversend('{"transactionId":"EVS10","type":"collection","status":"successful","amount":"10","currency":"","updatedAt":"2024-06-10T11:00:00Z"}');
+SET timezone = 'Africa/Harare';
+SELECT tp.eversend('{"transactionId":"EVS11","type":"collection","status":"successful","amount":"10","currency":"USD","updatedAt":"2024-06-10 23:30:00"}');
+RESET timezone;
+SELECT tp.eversend('{"transactionId":"EVS12","type":"collection","status":"pending","amount":"10","currency":"USD","updatedAt":"10000-01-01T00:00:00Z"}');
+SELECT tp.eversend('{"transactionId":"EVS13","type":"collection","status":"pending","amount":"10","currency":"USD","updatedAt":"4713-01-01T00:00:00Z BC"}');
+SELECT provider_ref, status_at > now() - interval '1 hour' AS as_of_arrival,
+	   (SELECT e.event_at FROM payments.events e WHERE e.provider = 'eversend' AND e.event_id = p.provider_ref || ':pending') AS event_at
+  FROM payments.payments p WHERE provider = 'eversend' AND provider_ref IN ('EVS12', 'EVS13') ORDER BY provider_ref;
 SELECT provider_ref, reference, kind, status, amount, currency, fee, method, receipt_no, status_at
-  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'eversend' ORDER BY provider_ref;
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE provider = 'eversend' AND provider_ref NOT IN ('EVS12', 'EVS13') ORDER BY provider_ref;
 
 -- PayPal (events stored directly here, to test the mapping alone: signatures are tested in
 -- paypal.sql): an order approved, then its capture completed, partly refunded, then fully;

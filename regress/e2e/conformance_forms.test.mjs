@@ -74,7 +74,7 @@ describe('conformance: paynow, eversend, hmac (Paystack, GitHub)', () => {
 			SELECT payments.register_provider('eversend256', 'eversend', '{"algorithm": "sha256"}');
 			SELECT payments.add_secret('eversend256', :'es');
 			SELECT payments.register_provider('paystack', 'hmac', '{"header": "x-paystack-signature",
-				"algorithm": "sha512", "event_id_path": "$.data.id", "event_type_path": "$.event"}');
+				"algorithm": "sha512", "event_id_path": ["$.event", "$.data.id"], "event_type_path": "$.event"}');
 			SELECT payments.add_secret('paystack', :'ps');
 			SELECT payments.register_provider('github', 'hmac', '{"header": "x-hub-signature-256",
 				"prefix": "sha256=", "event_id_header": "x-github-delivery", "event_type_header": "x-github-event"}');
@@ -200,11 +200,11 @@ describe('conformance: paynow, eversend, hmac (Paystack, GitHub)', () => {
 		assert.deepEqual([res.status, lastRejection('eversend')], [400, 'invalid|invalid_json']);
 	});
 
-	test('hmac as Paystack: x-paystack-signature, HMAC-SHA512, id $.data.id, type $.event', async () => {
+	test('hmac as Paystack: x-paystack-signature, HMAC-SHA512, id $.event:$.data.id, type $.event', async () => {
 		const make = (n, text) => ({ event: 'charge.success', data: { id: Number(`${process.pid}${n}`), reference: `ref ${text.slice(0, 20)}`,
 			amount: 10000, currency: 'NGN', customer: { email: 'donor@example.org', metadata: { note: text } } } });
 		for (const payload of jsonPayloads(make)) {
-			const id = String(JSON.parse(payload).data.id);
+			const id = `charge.success:${JSON.parse(payload).data.id}`;
 			const signature = createHmac('sha512', paystackSecret).update(payload).digest('hex');
 			const res = await post(shim.base, 'paystack', payload, { 'x-paystack-signature': signature });
 			assert.equal(res.status, 200, `${res.text} for ${payload.slice(0, 60)}`);

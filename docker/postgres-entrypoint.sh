@@ -26,6 +26,8 @@ if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
 		listen_addresses = '*'
 		shared_preload_libraries = 'pg_cron'
 		cron.database_name = 'payments'
+		cron.use_background_workers = on
+		max_worker_processes = 20
 	CONF
 	echo 'host all all all scram-sha-256' >>"$PGDATA/pg_hba.conf"
 

@@ -6,18 +6,29 @@
 -- that exists already, and its owner, or a role with CREATE on it, could then put functions of
 -- its own under the names the pg_cron jobs call as a superuser (the owner could also rename it,
 -- or drop it with every payment).  Objects already in it would also be granted to payments_admin
--- below.  Grants of USAGE (default privileges on schemas give them to new ones) are no danger.
+-- below.  Grants of USAGE (default privileges on schemas give them to new ones) are no danger,
+-- and taken back at the end with every privilege default privileges gave.
 DO $$
 DECLARE
 	schema_oid oid := 'payments'::pg_catalog.regnamespace;
+	creators text;
 BEGIN
-	IF (SELECT NOT r.rolsuper
-			   OR EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) a
-						   WHERE a.privilege_type = 'CREATE'
-							 AND NOT coalesce((SELECT g.rolsuper FROM pg_catalog.pg_roles g WHERE g.oid = a.grantee), false))
-		  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
-		 WHERE n.oid = schema_oid)
-	   OR EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = schema_oid)
+	SELECT pg_catalog.string_agg(a.grantee::pg_catalog.regrole::text, ', ') INTO creators
+	  FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+	 WHERE n.oid = schema_oid AND a.privilege_type = 'CREATE'
+	   AND NOT coalesce((SELECT g.rolsuper FROM pg_catalog.pg_roles g WHERE g.oid = a.grantee), false);
+	IF (SELECT NOT r.rolsuper FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+		 WHERE n.oid = schema_oid) THEN
+		RAISE EXCEPTION 'schema "payments" exists already, of an owner who is not a superuser'
+			USING ERRCODE = 'duplicate_schema',
+				  HINT = 'The extension makes the schema itself: drop or rename the one there is.';
+	END IF;
+	IF creators IS NOT NULL THEN
+		RAISE EXCEPTION 'schema "payments" grants CREATE to %', creators
+			USING ERRCODE = 'duplicate_schema',
+				  HINT = 'Default privileges on schemas give it to new ones (see \ddp; ALTER DEFAULT PRIVILEGES ... REVOKE CREATE ON SCHEMAS FROM ...), or the schema was there before: drop or rename it.';
+	END IF;
+	IF EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_proc f WHERE f.pronamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.typnamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_operator o WHERE o.oprnamespace = schema_oid)
@@ -25,7 +36,7 @@ BEGIN
 	   OR EXISTS (SELECT FROM pg_catalog.pg_conversion o WHERE o.connamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_ts_config o WHERE o.cfgnamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict o WHERE o.dictnamespace = schema_oid) THEN
-		RAISE EXCEPTION 'schema "payments" exists already, with objects, with CREATE granted, or of an owner who is not a superuser'
+		RAISE EXCEPTION 'schema "payments" exists already, with objects'
 			USING ERRCODE = 'duplicate_schema',
 				  HINT = 'The extension makes the schema itself: drop or rename the one there is.';
 	END IF;
@@ -2617,6 +2628,9 @@ CREATE TABLE payments.outbox (
 	message_status	text CHECK (message_status IN ('sent', 'delivered', 'read', 'failed')),
 	message_status_at timestamptz,
 	message_errors	jsonb,
+	-- the webhook-id of every attempt: random, not the row's id, which another database (or this
+	-- one made again) also numbers from 1, and receivers deduplicate on it
+	msg_id			text NOT NULL DEFAULT 'msg_' || pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''),
 	CHECK ((endpoint_id IS NULL) <> (provider IS NULL)),
 	CHECK (provider IS NULL OR recipient ~ '^[1-9][0-9]{5,14}$')
 );
@@ -2625,7 +2639,7 @@ CREATE INDEX outbox_endpoint_idx ON payments.outbox (endpoint_id, state);
 CREATE UNIQUE INDEX outbox_wamid_idx ON payments.outbox (provider, wamid) WHERE wamid IS NOT NULL;
 CREATE INDEX outbox_recipient_idx ON payments.outbox (provider, recipient, id) WHERE provider IS NOT NULL AND state = 'pending';
 COMMENT ON TABLE payments.outbox IS
-	'Outbound webhooks (endpoint_id) and WhatsApp messages (provider: the meta provider sending them), queued in the transaction of the change; webhook-id is msg_<id>, the same on every attempt. pending: to send (next_attempt_at is also the lease of an attempt in flight); delivered: a 2xx came back; dead: gave up after the last attempt';
+	'Outbound webhooks (endpoint_id) and WhatsApp messages (provider: the meta provider sending them), queued in the transaction of the change; webhook-id is msg_id (msg_ and 32 random hex digits), the same on every attempt. pending: to send (next_attempt_at is also the lease of an attempt in flight); delivered: a 2xx came back; dead: gave up after the last attempt';
 COMMENT ON COLUMN payments.outbox.wamid IS 'A WhatsApp message''s id, from the Graph API''s answer; Meta''s statuses name it';
 COMMENT ON COLUMN payments.outbox.message_status IS
 	'A WhatsApp message''s last status from Meta, moved forward only (sent, delivered, read; failed); statuses arriving before the wamid was stored are applied when it is';
@@ -2986,14 +3000,14 @@ BEGIN
 		   SET attempts = o.attempts + 1,
 			   next_attempt_at = claimed_at + make_interval(secs => lease)
 		 WHERE o.id = ANY (ids)
-		RETURNING o.id, o.attempts, o.endpoint_id, o.provider, o.payload),
+		RETURNING o.id, o.attempts, o.endpoint_id, o.provider, o.payload, o.msg_id),
 	a AS (
 		INSERT INTO payments.outbox_attempts (outbox_id, endpoint_id, attempt, started_at)
 		SELECT u.id, u.endpoint_id, u.attempts, claimed_at FROM u
 		RETURNING id, outbox_id)
 	-- a WhatsApp message goes to the Graph API of its provider with its access token (DESIGN.md 3);
 	-- a document's file is uploaded first (multipart), then its message names the media id
-	SELECT u.id, a.id, 'msg_' || u.id,
+	SELECT u.id, a.id, u.msg_id,
 		   coalesce(e.url, payments.api_base('meta', v.settings) || '/' || (v.settings ->> 'phone_number_id')
 						   || CASE WHEN d.upload THEN '/media' ELSE '/messages' END),
 		   e.secret,
@@ -3239,7 +3253,16 @@ DECLARE
 	lock_key integer := payments.job_lock_key(job);
 	started	timestamptz := pg_catalog.clock_timestamp();
 	last_attempt bigint;
+	caller_path text := pg_catalog.current_setting('search_path');
+	holder	integer;
+	holder_role oid;
+	locked	boolean;
 BEGIN
+	-- a procedure that commits can have no SET clause: the path is pinned here, for this
+	-- transaction, and again after each COMMIT below.  A job runs as a superuser, and under the
+	-- caller's path an operator of another schema could be chosen over pg_catalog's (oid =
+	-- integer has no exact one there): whoever may create in public would run code as the job
+	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 	IF lock_key IS NULL THEN
 		RAISE EXCEPTION 'unknown job "%"', job
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver, reconcile, chat.';
@@ -3248,18 +3271,29 @@ BEGIN
 	-- that failed (a CALL by hand stopped by statement_timeout), and is let go
 	WHILE EXISTS (SELECT FROM pg_catalog.pg_locks l
 				   WHERE l.locktype = 'advisory' AND l.pid = pg_catalog.pg_backend_pid() AND l.granted
-					 AND l.classid = 1885436269 AND l.objid = lock_key AND l.objsubid = 2) LOOP
+					 AND l.classid = 1885436269::oid AND l.objid = lock_key::oid AND l.objsubid = 2::int2) LOOP
 		PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
 	END LOOP;
-	IF NOT pg_catalog.pg_try_advisory_lock(1885436269, lock_key) THEN
-		RAISE NOTICE 'payments job % skipped: the previous run is still going (backend %)', job,
-			(SELECT pg_catalog.min(l.pid) FROM pg_catalog.pg_locks l
-			  WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1885436269 AND l.objid = lock_key
-				AND l.objsubid = 2);
-		RETURN;
-	END IF;
 	-- a session lock, released below; if the run fails, when the job's session ends or the session
 	-- runs the job again
+	locked := pg_catalog.pg_try_advisory_lock(1885436269, lock_key);
+	IF NOT locked THEN
+		SELECT l.pid, a.usesysid INTO holder, holder_role
+		  FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+		 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1885436269::oid
+		   AND l.objid = lock_key::oid AND l.objsubid = 2::int2
+		 ORDER BY l.pid LIMIT 1;
+		-- anyone may take an advisory lock: one held by a role that cannot run the jobs is no run,
+		-- and would stop them all.  Runs may overlap (each claims its own work: SKIP LOCKED, leases);
+		-- the lock only spares a second run the wait
+		IF holder_role IS NOT NULL
+		   AND NOT pg_catalog.has_function_privilege(holder_role, 'payments.run_job(text, integer)', 'EXECUTE') THEN
+			RAISE WARNING 'payments job %: its lock is held by backend %, whose role cannot run it: running all the same', job, holder;
+		ELSE
+			RAISE NOTICE 'payments job % skipped: the previous run is still going (backend %)', job, holder;
+			RETURN;
+		END IF;
+	END IF;
 	IF job = 'retry' THEN
 		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
 	ELSIF job = 'deliver' THEN
@@ -3281,13 +3315,18 @@ BEGIN
 				PERFORM pg_catalog.pg_sleep(1);
 			END IF;
 			COMMIT;
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		END LOOP;
 	END IF;
-	PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
+	IF locked THEN
+		PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
+	END IF;
+	-- a CALL inside the caller's transaction block leaves its path as it was
+	PERFORM pg_catalog.set_config('search_path', caller_path, true);
 END
 $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
-	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock; what pg_cron calls';
+	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); what pg_cron calls';
 
 CREATE FUNCTION payments.prune_rejections(older_than interval DEFAULT '90 days')
 RETURNS bigint
@@ -6236,3 +6275,47 @@ REVOKE EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text),
 -- state machine only)
 REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer), payments.reconcile(integer),
 	payments.initiate_payments(integer), payments.run_job(text, integer) FROM payments_admin;
+
+-- The helpers the analysts' views and SQL functions call as the analyst, granted by name: under
+-- default privileges that take EXECUTE on new functions from PUBLIC, the reports would fail
+GRANT EXECUTE ON FUNCTION payments.receipt_day(timestamptz), payments.mask_email(text), payments.mask_phone(text),
+	payments.mask_donor(text), payments.base_currency(), payments.effective_setting(text) TO payments_analyst;
+
+-- Default privileges of the role creating the extension (ALTER DEFAULT PRIVILEGES) were given to
+-- every object above: to a read-only role, SELECT on the secrets.  Who may use the objects is what
+-- this script grants, so any privilege of a role but the owner and the payments roles is taken
+-- back (PUBLIC keeps EXECUTE on functions and USAGE on types, as PostgreSQL gives them)
+DO $$
+DECLARE
+	ours oid[] := ARRAY['payments_admin'::pg_catalog.regrole, 'payments_analyst'::pg_catalog.regrole,
+						'payments_ingest'::pg_catalog.regrole]::oid[];
+	granted record;
+BEGIN
+	FOR granted IN
+		SELECT pg_catalog.format('%s %s', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::pg_catalog.regclass) AS object,
+			   a.grantee
+		  FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+		 WHERE c.relnamespace = 'payments'::pg_catalog.regnamespace AND a.grantee <> c.relowner
+		   AND a.grantee OPERATOR(pg_catalog.<>) ALL (ours)
+		UNION
+		SELECT pg_catalog.format('ROUTINE %s', p.oid::pg_catalog.regprocedure), a.grantee
+		  FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+		 WHERE p.pronamespace = 'payments'::pg_catalog.regnamespace AND a.grantee <> p.proowner
+		   AND a.grantee <> 0::oid AND a.grantee OPERATOR(pg_catalog.<>) ALL (ours)
+		UNION
+		SELECT pg_catalog.format('TYPE %s', t.oid::pg_catalog.regtype), a.grantee
+		  FROM pg_catalog.pg_type t, pg_catalog.aclexplode(t.typacl) a
+		 WHERE t.typnamespace = 'payments'::pg_catalog.regnamespace AND a.grantee <> t.typowner
+		   AND a.grantee <> 0::oid AND a.grantee OPERATOR(pg_catalog.<>) ALL (ours)
+		UNION
+		SELECT 'SCHEMA payments', a.grantee
+		  FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+		 WHERE n.oid = 'payments'::pg_catalog.regnamespace AND a.grantee <> n.nspowner
+		   AND a.grantee OPERATOR(pg_catalog.<>) ALL (ours)
+	LOOP
+		EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s CASCADE', granted.object,
+								  CASE WHEN granted.grantee = 0::oid THEN 'PUBLIC'
+									   ELSE granted.grantee::pg_catalog.regrole::text END);
+	END LOOP;
+END
+$$;

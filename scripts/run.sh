@@ -44,6 +44,14 @@ if [ ! -f "$state/pgdata/PG_VERSION" ]; then
 		cron.database_name = 'payments'
 	CONF
 fi
+# pg_cron runs its jobs in background workers: over libpq it would connect to localhost, where
+# this cluster does not listen (a cluster made by an older checkout gets the settings too)
+if ! grep -q '^cron.use_background_workers' "$state/pgdata/postgresql.auto.conf"; then
+	cat >>"$state/pgdata/postgresql.auto.conf" <<-CONF
+		cron.use_background_workers = on
+		max_worker_processes = 20
+	CONF
+fi
 
 # The shim runs from the state folder, where the cluster's user can reach it.
 install -m 755 "$top/shim/payments-shim" "$state/payments-shim"

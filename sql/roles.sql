@@ -235,6 +235,20 @@ SET search_path = regress_evil, pg_catalog, public;
 SELECT count(*) FROM payments.donor_history('RUDO@example.net');
 RESET search_path;
 RESET ROLE;
+-- the jobs, run as a superuser: oid = integer has no exact operator in pg_catalog, so one first on
+-- the path would be chosen where the caller's path is used (whoever may create in public, the
+-- database's owner in PostgreSQL 15, would run code as the job); this session holds the job's
+-- lock, which run_job looks up and lets go
+CREATE FUNCTION regress_evil.oideq(oid, integer) RETURNS boolean LANGUAGE plpgsql AS
+	$$ BEGIN RAISE EXCEPTION 'hijacked by % = %', $1, $2; END $$;
+CREATE OPERATOR regress_evil.= (LEFTARG = oid, RIGHTARG = integer, FUNCTION = regress_evil.oideq);
+SELECT pg_advisory_lock(1885436269, payments.job_lock_key('retry'));
+SET search_path = regress_evil, pg_catalog, public;
+SELECT 1::oid = 1 AS trap_set;
+CALL payments.run_job('retry');
+SHOW search_path;
+RESET search_path;
+SELECT count(*) AS job_locks_left FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
 -- a valid delivery ingested under the trap is applied as usual (receipt issued)
 SELECT payments.add_secret('ro-stripe', 'whsec_hijack') IS NOT NULL AS added;
 SELECT extract(epoch FROM now())::bigint AS t,

@@ -129,8 +129,10 @@ test('a paid payment is delivered once, signed, with a stable webhook-id; other 
 	assert.deepEqual(items('ok'), ['delivered|1|200']);
 	const [d] = receiver.to('/ok');
 	assert.equal(receiver.invalid, 0);
-	const id = db.psql(`SELECT id FROM payments.outbox ORDER BY id LIMIT 1`);
-	assert.equal(d.id, `msg_${id}`);
+	// random, so that another database's (or this one made again) never repeats it
+	const msgId = db.psql(`SELECT msg_id FROM payments.outbox ORDER BY id LIMIT 1`);
+	assert.match(msgId, /^msg_[0-9a-f]{32}$/);
+	assert.equal(d.id, msgId);
 	assert.equal(d.payload.type, 'payment.paid');
 	assert.equal(d.payload.data.provider_ref, 'pi_ok1');
 	assert.equal(d.payload.data.status, 'paid');
@@ -384,8 +386,8 @@ test('kill -9 while deliveries are in flight: after restart every item is delive
 	receiver.behaviour['/crash'] = (req, res) => setTimeout(() => res.writeHead(200).end(), 1500);
 	endpoint('crash', '/crash', `, connect_timeout_ms => 500, timeout_ms => 2500`);
 	for (let i = 1; i <= 8; i++) paid(`pi_crash${i}`);
-	const queued = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
-		WHERE e.name = 'crash' ORDER BY o.id`).split('\n').map((id) => `msg_${id}`);
+	const queued = db.psql(`SELECT o.msg_id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+		WHERE e.name = 'crash' ORDER BY o.id`).split('\n');
 	assert.equal(queued.length, 8);
 	const call = spawn(join(PG_BIN, 'psql'), ['-X', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
 		'-d', 'payments', '-c', 'CALL payments.deliver_outbox(5)'], { stdio: 'ignore' });
@@ -496,23 +498,90 @@ test('the jobs call payments only while the extension is there; its schema is on
 
 	// CREATE EXTENSION refuses a schema payments it did not make: of another role, with objects, with grants
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'),
-		/schema "payments" exists already, with objects, with CREATE granted, or of an owner who is not a superuser/);
+		/schema "payments" exists already, of an owner who is not a superuser/);
 	db.psql(`DROP SCHEMA payments CASCADE`, 'guard');
 	db.psql(`SET ROLE mallory; CREATE SCHEMA payments`, 'guard');
-	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already, of an owner who is not a superuser/);
 	db.psql(`DROP SCHEMA payments; CREATE SCHEMA payments; CREATE TABLE payments.mine (x int)`, 'guard');
-	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already, with objects/);
 	db.psql(`DROP SCHEMA payments CASCADE; CREATE SCHEMA payments; GRANT CREATE ON SCHEMA payments TO mallory`, 'guard');
-	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already/);
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /schema "payments" grants CREATE to mallory/);
+	// default privileges that grant CREATE on new schemas: the same, and the hint says where it came from
+	db.psql(`DROP SCHEMA payments; ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT CREATE ON SCHEMAS TO mallory`, 'guard');
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'),
+		/schema "payments" grants CREATE to mallory[^]*HINT:  Default privileges on schemas give it to new ones/);
+	db.psql(`ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE CREATE ON SCHEMAS FROM mallory`, 'guard');
 	// an empty schema of a superuser (as pg_restore makes it), USAGE granted at most, is taken: so is
 	// the one CREATE EXTENSION makes where default privileges grant USAGE on new schemas
-	db.psql(`DROP SCHEMA payments; CREATE SCHEMA payments; GRANT USAGE ON SCHEMA payments TO mallory`, 'guard');
+	db.psql(`CREATE SCHEMA payments; GRANT USAGE ON SCHEMA payments TO mallory`, 'guard');
 	db.psql(`CREATE EXTENSION payments`, 'guard');
 	assert.equal(db.psql(`SELECT payments.receipt_day('2024-06-10 12:00+00') IS NOT NULL`, 'guard'), 't');
 	db.psql(`DROP EXTENSION payments; DROP SCHEMA payments;
 		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE ON SCHEMAS TO mallory`, 'guard');
 	db.psql(`CREATE EXTENSION payments`, 'guard');
 	db.psql(`ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE USAGE ON SCHEMAS FROM mallory`, 'guard');
+});
+
+test('default privileges of the role creating the extension: no other role reads its tables, analysts keep their reports', async () => {
+	// a common set-up: a read-only role given every new table, and EXECUTE taken from PUBLIC
+	db.psql(`CREATE DATABASE hardened`, 'postgres');
+	db.psql(`CREATE ROLE reader LOGIN; CREATE ROLE analyst_one LOGIN IN ROLE payments_analyst;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE ON SCHEMAS TO reader;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT ON TABLES TO reader;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT, USAGE ON SEQUENCES TO reader;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT EXECUTE ON FUNCTIONS TO reader;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT ON TABLES TO PUBLIC;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+		CREATE EXTENSION payments;
+		SELECT payments.register_provider('shop', 'stripe');
+		SELECT payments.add_secret('shop', 'whsec_hardened');`, 'hardened');
+	const as = (role, sql) => db.psql(`SET ROLE ${role}; ${sql}`, 'hardened');
+	for (const sql of ['SELECT * FROM payments.secrets', 'SELECT * FROM payments.providers',
+		"SELECT payments.receipt_day('2024-06-10 12:00+00')"]) {
+		assert.throws(() => as('reader', sql), /permission denied for schema payments/);
+	}
+	assert.equal(db.psql(`SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a
+		WHERE c.relnamespace = 'payments'::regnamespace AND a.grantee IN (0, 'reader'::regrole)`, 'hardened'), '0');
+	// the analysts' views and functions, whose helpers PUBLIC no longer executes
+	for (const sql of ['SELECT count(*) FROM payments.donor_summary', 'SELECT count(*) FROM payments.daily_summary',
+		'SELECT count(*) FROM payments.volunteer_list', 'SELECT count(*) FROM payments.base_totals(now() - interval \'1 day\', now())',
+		'SELECT count(*) FROM payments.daily_report_csv(current_date)',
+		"SELECT count(*) FROM payments.top_donors(now() - interval '1 day', now(), 'USD', 10)"]) {
+		assert.match(as('analyst_one', sql), /^\d+$/, sql);
+	}
+	assert.throws(() => as('analyst_one', 'SELECT * FROM payments.secrets'), /permission denied for table secrets/);
+	db.psql(`DROP DATABASE hardened`, 'postgres');
+	db.psql(`DROP ROLE reader; DROP ROLE analyst_one`, 'postgres');
+});
+
+test('a job lock held by a role that cannot run the jobs stops none; one held by a run skips the job', async () => {
+	// anyone may take an advisory lock: lockhog, who may do nothing else here
+	const key = db.psql(`SELECT payments.job_lock_key('deliver')`);
+	db.psql(`CREATE ROLE lockhog LOGIN`, 'postgres');
+	endpoint('hog', '/hog');
+	const job = async () => (await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir,
+		'-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', "CALL payments.run_job('deliver')"])).stderr;
+	paid('pi_hog1');
+	const hog = await holdLock(db, `SELECT pg_advisory_lock(1885436269, ${key})`, 'lockhog');
+	try {
+		assert.match(await job(),
+			/WARNING:  payments job deliver: its lock is held by backend \d+, whose role cannot run it: running all the same/);
+		assert.equal(receiver.to('/hog').length, 1);
+	} finally {
+		await hog.release();
+	}
+	paid('pi_hog2');
+	const run = await holdLock(db, `SELECT pg_advisory_lock(1885436269, ${key})`);
+	try {
+		assert.match(await job(), /NOTICE:  payments job deliver skipped: the previous run is still going \(backend \d+\)/);
+		assert.equal(receiver.to('/hog').length, 1);
+	} finally {
+		await run.release();
+	}
+	assert.equal(await job(), '');
+	assert.equal(receiver.to('/hog').length, 2);
+	db.psql(`SELECT payments.enable_endpoint('hog', false)`);
+	db.psql(`DROP ROLE lockhog`, 'postgres');
 });
 
 test('CREATE EXTENSION in two databases at once: the second takes the group roles the first made', async () => {

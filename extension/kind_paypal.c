@@ -229,7 +229,9 @@ VerifyPayPalSignature(const char *body, int bodylen, const PayPalTransmission *t
  * body of their own.  Deliveries of one id wait for each other first
  * (signature_reuse.c); the lookup then sees what the transaction that held
  * the lock stored, and deliveries stored earlier in the same statement (a
- * batch: KeptPlanFinds).
+ * batch: KeptPlanFinds).  The length condition is the indexes' (any sender's
+ * header is stored, so they take only what PayPal's can be), for them to be
+ * used; the id here passed IsSignedField.
  */
 static bool
 TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idlen, bytea *body)
@@ -245,10 +247,12 @@ TransmissionSeenWithOtherBody(const Provider *provider, const char *id, int idle
 	return KeptPlanFinds(&plan,
 						 "SELECT EXISTS (SELECT FROM payments.events e"
 						 "  WHERE e.provider = $1 AND e.headers ->> 'paypal-transmission-id' = $2"
-						 "    AND e.headers ? 'paypal-transmission-id' AND e.body <> $3)"
+						 "    AND e.headers ? 'paypal-transmission-id'"
+						 "    AND octet_length(e.headers ->> 'paypal-transmission-id') <= 255 AND e.body <> $3)"
 						 "    OR EXISTS (SELECT FROM payments.rejections r"
 						 "  WHERE r.provider = $1 AND r.headers ->> 'paypal-transmission-id' = $2"
-						 "    AND r.headers ? 'paypal-transmission-id' AND r.outcome = 'invalid'"
+						 "    AND r.headers ? 'paypal-transmission-id'"
+						 "    AND octet_length(r.headers ->> 'paypal-transmission-id') <= 255 AND r.outcome = 'invalid'"
 						 "    AND r.body_sha256 <> pg_catalog.sha256($3))",
 						 3, argtypes, args);
 }

@@ -10,7 +10,8 @@
  * of the HMAC-SHA256.  Like the official library we compare base64 strings,
  * so a non-canonical encoding of the right bytes is refused.  A v1a item is
  * an Ed25519 signature of the same bytes, checked with the public keys
- * (whpk_ followed by base64 of 32 bytes) among the provider's secrets.
+ * (whpk_ followed by base64 of 32 bytes, not a point of small order) among
+ * the provider's secrets; only the first STANDARD_MAX_V1A_CHECKED v1a items.
  */
 #include "payments.h"
 
@@ -28,6 +29,39 @@
 #define STANDARD_PRIVATE_KEY_PREFIX "whsk_"
 #define STANDARD_V1_BASE64 44	/* base64 of 32 bytes, padded */
 #define STANDARD_V1A_BASE64 88	/* base64 of 64 bytes, padded */
+
+/*
+ * The most v1a items checked, each with every public key: a sender sends one
+ * per signing key (two or three while it rotates), and a 16 KB header holds
+ * 170, an Ed25519 verification each: over 100 times the CPU of one, for an
+ * unsigned request.  Later v1a items are not checked.  v1 items are not
+ * capped: one HMAC per secret is compared with each, a memcmp.
+ */
+#define STANDARD_MAX_V1A_CHECKED 8
+
+/*
+ * The encodings of the Ed25519 points of small order (libsodium's
+ * has_small_order list), less the sign bit (the top bit of the last byte),
+ * which is ignored: y = 0 (order 4), 1 (the identity), the two y of the
+ * points of order 8, p - 1 (order 2), and p and p + 1 (0 and 1 unreduced).
+ * With such a public key, R = the identity and S = 0 verify any message.
+ */
+static const unsigned char small_order_keys[][ED25519_PUBLIC_KEY_LEN] = {
+	{0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00},
+	{0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00},
+	{0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0,
+	 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05},
+	{0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f,
+	 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a},
+	{0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+	{0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+	{0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+};
 
 /* The signatures of a webhook-signature header, by version */
 typedef struct StandardSignatures
@@ -76,6 +110,21 @@ DecodeStandardPublicKey(const char *secret, int len, unsigned char **key)
 	return DecodeBase64Key(secret + prefixlen, len - prefixlen, key) == ED25519_PUBLIC_KEY_LEN;
 }
 
+/* True if a public key is one of small_order_keys, whatever its sign bit */
+static bool
+IsSmallOrderKey(const unsigned char *key)
+{
+	const int	last = ED25519_PUBLIC_KEY_LEN - 1;
+
+	for (size_t i = 0; i < lengthof(small_order_keys); i++)
+	{
+		if (memcmp(key, small_order_keys[i], last) == 0 &&
+			(key[last] & 0x7f) == small_order_keys[i][last])
+			return true;
+	}
+	return false;
+}
+
 /* Why a secret cannot serve as a Standard Webhooks key, or NULL */
 static const char *
 StandardSecretProblem(const char *secret, int len)
@@ -85,8 +134,13 @@ StandardSecretProblem(const char *secret, int len)
 	int			skprefix = strlen(STANDARD_PRIVATE_KEY_PREFIX);
 
 	if (IsStandardPublicKey(secret, len))
-		return DecodeStandardPublicKey(secret, len, &key) ? NULL :
-			"a Standard Webhooks public key is whpk_ followed by base64 of 32 bytes";
+	{
+		if (!DecodeStandardPublicKey(secret, len, &key))
+			return "a Standard Webhooks public key is whpk_ followed by base64 of 32 bytes";
+		if (IsSmallOrderKey(key))
+			return "that public key is an Ed25519 point of small order, which verifies signatures anyone can make";
+		return NULL;
+	}
 	if (len >= skprefix && memcmp(secret, STANDARD_PRIVATE_KEY_PREFIX, skprefix) == 0)
 		return "that is a signing key (whsk_): give the sender's public key (whpk_) instead";
 	keylen = DecodeStandardSecret(secret, len, &key);
@@ -220,10 +274,20 @@ MatchesV1a(const char *secret, int len, const MacPart *parts, const StandardSign
 
 	if (!DecodeStandardPublicKey(secret, len, &key))
 		return false;
+
+	/*
+	 * payments.secrets refuses these (payments.check_secret); skip one kept
+	 * from before: anyone could sign for it
+	 */
+	if (IsSmallOrderKey(key))
+	{
+		pfree(key);
+		return false;
+	}
 	initStringInfo(&content);
 	for (int i = 0; i < 3; i++)
 		appendBinaryStringInfo(&content, parts[i].data, parts[i].len);
-	for (int j = 0; j < sigs->nv1a && !matched; j++)
+	for (int j = 0; j < Min(sigs->nv1a, STANDARD_MAX_V1A_CHECKED) && !matched; j++)
 		matched = VerifyEd25519(key, sigs->v1a[j], (unsigned char *) content.data, content.len);
 	pfree(content.data);
 	pfree(key);

@@ -192,12 +192,15 @@ CREATE TABLE payments.events (
 -- delivery.  Rows up to a page are now kept whole and uncompressed, for about 25% more disk.
 WITH (toast_tuple_target = 8160);
 CREATE INDEX events_received_at_idx ON payments.events USING brin (received_at);
--- PayPal's transmission ids, looked up before a delivery is accepted (kind_paypal.c)
+-- PayPal's transmission ids, looked up before a delivery is accepted (kind_paypal.c).  Only those
+-- of up to 255 bytes, as PayPal's must be (kind_paypal.c refuses others): the header is the
+-- sender's, stored with a delivery of any kind, and one over 2,704 bytes would fail the insert
 CREATE INDEX events_paypal_transmission_idx ON payments.events (provider, (headers ->> 'paypal-transmission-id'))
-	WHERE headers ? 'paypal-transmission-id';
--- Paynow's form hashes, likewise, across providers (kind_paynow.c)
+	WHERE headers ? 'paypal-transmission-id' AND octet_length(headers ->> 'paypal-transmission-id') <= 255;
+-- Paynow's form hashes, likewise, across providers (kind_paynow.c); only the 128 hex digits a
+-- Paynow hash is, for a verified sender of another kind may send any "hash"
 CREATE INDEX events_paynow_hash_idx ON payments.events ((upper(payload ->> 'hash')))
-	WHERE payload ? 'hash';
+	WHERE payload ? 'hash' AND octet_length(payload ->> 'hash') = 128;
 COMMENT ON TABLE payments.events IS
 	'Every verified delivery, once per (provider, event_id): raw body as signed, parsed payload, headers without credentials';
 COMMENT ON COLUMN payments.events.body IS 'The request body exactly as received and verified';
@@ -219,8 +222,10 @@ CREATE TABLE payments.rejections (
 	headers			jsonb NOT NULL
 );
 CREATE INDEX rejections_provider_received_at_idx ON payments.rejections (provider, received_at);
+-- as events_paypal_transmission_idx: a rejection of any kind keeps the sender's headers
 CREATE INDEX rejections_paypal_transmission_idx ON payments.rejections (provider, (headers ->> 'paypal-transmission-id'))
-	WHERE headers ? 'paypal-transmission-id' AND outcome = 'invalid';
+	WHERE headers ? 'paypal-transmission-id' AND octet_length(headers ->> 'paypal-transmission-id') <= 255
+		  AND outcome = 'invalid';
 COMMENT ON TABLE payments.rejections IS
 	'Deliveries refused: bad or missing signature, timestamp outside tolerance, no live secret (rejected, 401), a verified body that is not a usable event (invalid, 400), or a WhatsApp Flows request refused (432, 421, 400); with their headers, less authorization, cookie and proxy-authorization';
 

@@ -165,6 +165,18 @@ SELECT * FROM pg_temp.pn(convert_to(replace(:'sample', '25.00', '2500'), 'UTF8')
 SELECT outcome, reason, detail, body_size, host(source_ip), request_id FROM payments.rejections
  WHERE provider = 'pn' ORDER BY id;
 
+-- headers are the sender's, whoever it is: a paypal-transmission-id of 6,400 bytes that do not
+-- compress, with a malformed form (invalid, 400) or a genuine one (stored), is kept with the
+-- delivery; the indexes of PayPal's transmission ids take only what PayPal may send (255)
+SELECT string_agg(md5(g::text), '') AS long_header FROM generate_series(1, 200) g \gset
+SELECT * FROM payments.ingest('pn', jsonb_build_object('paypal-transmission-id', :'long_header'), 'a=1&&b=2'::bytea);
+SELECT outcome, reason, length(headers ->> 'paypal-transmission-id') AS header_length
+  FROM payments.rejections WHERE provider = 'pn' ORDER BY id DESC LIMIT 1;
+SELECT * FROM payments.ingest('pn', jsonb_build_object('paypal-transmission-id', :'long_header'),
+	pg_temp.pn_body('paynowreference=10&status=Paid', ARRAY['10', 'Paid'], :'key'));
+SELECT length(headers ->> 'paypal-transmission-id') AS header_length FROM payments.events
+ WHERE provider = 'pn' AND event_id = '10:Paid';
+
 -- rotation: the old and the new key both verify until the old one is revoked
 SELECT payments.add_secret('pn', 'b0d1e2f3-0000-4000-8000-123456789abc') AS new_key \gset
 SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=3&status=Paid', ARRAY['3', 'Paid'], :'key'));

@@ -85,3 +85,69 @@ SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', 'wh
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', 'whpk_c2hvcnQ=', 300, :at);
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'v1a', 'whsk_' || repeat('A', 86) || '==', 300, :at);
 SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig', :'secret', -5, :at);
+
+-- Small-order public keys (libsodium's list: y = 0, 1, p-1, p, p+1 and the two points of order
+-- 8, with either sign bit) are refused: with one, R = the identity and S = 0 verify any message.
+\set forged 'v1a,AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=='
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'forged',
+	'whpk_AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=', 300, :at);
+SELECT payments.register_provider('sw', 'standard');
+CREATE FUNCTION pg_temp.try_add_secret(secret text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM payments.add_secret('sw', secret);
+	RETURN 'added';
+EXCEPTION WHEN invalid_parameter_value THEN
+	RETURN SQLERRM;
+END
+$$;
+SELECT k, pg_temp.try_add_secret(k) FROM (VALUES
+	('whpk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='), ('whpk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA='),
+	('whpk_AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='), ('whpk_AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA='),
+	('whpk_JuiVj8KyJ7BFw/SJ8u+Y8NXfrAXTxjM5sTgCiG1T/AU='), ('whpk_JuiVj8KyJ7BFw/SJ8u+Y8NXfrAXTxjM5sTgCiG1T/IU='),
+	('whpk_xxdqcD1N2E+6PAt2DRBnDyogU/osOczGTsf9d5KsA3o='), ('whpk_xxdqcD1N2E+6PAt2DRBnDyogU/osOczGTsf9d5KsA/o='),
+	('whpk_7P///////////////////////////////////////38='), ('whpk_7P////////////////////////////////////////8='),
+	('whpk_7f///////////////////////////////////////38='), ('whpk_7f////////////////////////////////////////8='),
+	('whpk_7v///////////////////////////////////////38='), ('whpk_7v////////////////////////////////////////8='),
+	-- without padding, the same key
+	('whpk_AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'),
+	-- a normal key is added
+	(:'pk')) AS x (k);
+-- written by hand (payments_admin may write payments.secrets), the same check
+INSERT INTO payments.secrets (provider, secret) VALUES ('sw', 'whpk_AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=');
+-- one kept from before the check verifies nothing
+ALTER TABLE payments.secrets DISABLE TRIGGER secrets_check;
+INSERT INTO payments.secrets (provider, secret) VALUES ('sw', 'whpk_AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=');
+ALTER TABLE payments.secrets ENABLE TRIGGER secrets_check;
+CREATE FUNCTION pg_temp.sw(id text, body text, signature text) RETURNS TABLE (http_status int, outcome text, event_id text)
+	LANGUAGE sql AS $$
+	SELECT * FROM payments.ingest('sw', jsonb_build_object('webhook-id', id,
+		'webhook-timestamp', extract(epoch FROM now())::bigint::text, 'webhook-signature', signature),
+		convert_to(body, 'UTF8'))
+$$;
+SELECT * FROM pg_temp.sw('msg_forged', '{"type": "forged"}', :'forged');
+SELECT reason FROM payments.rejections WHERE provider = 'sw' ORDER BY id DESC LIMIT 1;
+DELETE FROM payments.secrets WHERE provider = 'sw' AND secret LIKE 'whpk_AQAA%';
+
+-- At most 8 v1a items are checked (a sender sends one per key): the genuine one among the first
+-- 8 verifies, the 9th is not looked at
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330',
+	repeat('v1a,' || repeat('A', 86) || '== ', 7) || :'v1a', :'pk', 300, :at) AS seventh_of_8;
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330',
+	repeat('v1a,' || repeat('A', 86) || '== ', 8) || :'v1a', :'pk', 300, :at) AS ninth;
+-- v1 items do not count, nor does the cap apply to them
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330',
+	repeat('v1,' || repeat('A', 43) || '= ', 20) || repeat('v1a,' || repeat('A', 86) || '== ', 7) || :'v1a', :'pk', 300, :at) AS eighth_v1a;
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330',
+	repeat('v1,' || repeat('A', 43) || '= ', 20) || :'sig', :'secret', 300, :at) AS twenty_first_v1;
+
+-- a verified event's payload is the sender's: a top-level "hash" of 6,400 bytes that do not
+-- compress is stored (the index of Paynow's hashes takes only theirs)
+SELECT payments.add_secret('sw', :'secret') IS NOT NULL AS added;
+SELECT string_agg(md5(g::text), '') AS long_value FROM generate_series(1, 200) g \gset
+SELECT '{"type": "long.hash", "hash": "' || :'long_value' || '"}' AS long_body \gset
+SELECT * FROM pg_temp.sw('msg_long_hash', :'long_body',
+	payments.sign_webhook('msg_long_hash', extract(epoch FROM now())::bigint, :'long_body', :'secret'));
+SELECT event_id, length(payload ->> 'hash') FROM payments.events WHERE provider = 'sw';
+
+DELETE FROM payments.events WHERE provider = 'sw';
+DELETE FROM payments.providers WHERE name = 'sw';

@@ -294,10 +294,9 @@ DeliverBatch(int max_items, MemoryContext cxt)
 			 */
 			if (SetCancelAside(&statement_timeout))
 			{
-				stopped = RecordResults(items, reqs, n, true, cxt);
+				(void) RecordResults(items, reqs, n, true, cxt);
+				EndCancelAside();
 				SPI_commit();
-				if (stopped != NULL)
-					ReThrowError(stopped);
 				ServeCancelSetAside(statement_timeout);
 			}
 			CHECK_FOR_INTERRUPTS();

@@ -171,6 +171,10 @@ SetUpHandle(CURL *curl, OutboundRequest *req)
 		curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms) != CURLE_OK ||
 		curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, req->timeout_ms) != CURLE_OK ||
 		curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||	/* PostgreSQL owns SIGALRM */
+#if LIBCURL_VERSION_NUM >= 0x075700
+		/* a name lookup that hangs is left to its thread, not waited for past the timeouts */
+		curl_easy_setopt(curl, CURLOPT_QUICK_EXIT, 1L) != CURLE_OK ||
+#endif
 		curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK ||
 		curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK ||
 		(req->ca_file != NULL && curl_easy_setopt(curl, CURLOPT_CAINFO, req->ca_file) != CURLE_OK) ||
@@ -345,10 +349,13 @@ EndUnfinishedRequests(OutboundRequest *reqs, int n)
  * After SendOutboundBatch was stopped: when the reason is a query cancel
  * (not a terminate), sets it aside so that the caller can record the
  * requests that finished before serving it -- a receiver or provider that
- * answered is then not asked again -- and returns true; the caller commits
- * them and then calls ServeCancelSetAside.  Interrupts are still served
- * meanwhile: a terminate ends the backend, a second cancel the recording
- * (RunUntilCancel), and no lock is waited on for more than a second.
+ * answered is then not asked again -- and returns true; the caller records
+ * them (RunUntilCancel), calls EndCancelAside, commits, and calls
+ * ServeCancelSetAside.  Interrupts are still served meanwhile: a terminate
+ * ends the backend, and a second cancel the recording, which also waits on
+ * no lock for more than a second and lasts CANCEL_ASIDE_MS in all (the
+ * statement timeout is armed again for it: a batch whose endpoints' rows
+ * another transaction holds would otherwise wait a second per result).
  * statement_timeout: whether the cancel is a statement timeout's.
  */
 bool
@@ -361,7 +368,19 @@ SetCancelAside(bool *statement_timeout)
 	QueryCancelPending = false;
 	if (SPI_execute("SET LOCAL lock_timeout = '1s'", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not set lock_timeout");
+	enable_timeout_after(STATEMENT_TIMEOUT, CANCEL_ASIDE_MS);
 	return true;
+}
+
+/*
+ * Ends the recording SetCancelAside allowed: a cancel that stopped it (its
+ * time up, or a second one) is the one set aside, served after the commit.
+ */
+void
+EndCancelAside(void)
+{
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	QueryCancelPending = false;
 }
 
 /* Raises the cancel SetCancelAside set aside */

@@ -350,7 +350,10 @@ typedef struct OutboundRequest
 
 extern bool SendOutboundBatch(OutboundRequest *reqs, int n);
 extern void EndUnfinishedRequests(OutboundRequest *reqs, int n);
+/* How long the results of a cancelled batch may take to record, in all */
+#define CANCEL_ASIDE_MS 1500
 extern bool SetCancelAside(bool *statement_timeout);
+extern void EndCancelAside(void);
 extern void ServeCancelSetAside(bool statement_timeout);
 
 /* reconcile.c: the largest provider reply read when reconciling */

@@ -213,7 +213,9 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 		if (SetCancelAside(&statement_timeout))
 		{
 			answers.done_only = true;
-			RecordAnswers(&answers, cxt);
+			(void) RunUntilCancel(RecordEachAnswer, &answers, cxt);
+			EndCancelAside();
+			SPI_commit();
 			ServeCancelSetAside(statement_timeout);
 		}
 		CHECK_FOR_INTERRUPTS();

@@ -145,11 +145,11 @@ RunUntilCancel(void (*steps) (void *arg), void *arg, MemoryContext cxt)
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
+		MemoryContextSwitchTo(callercxt);
 		if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
 			GetCurrentTransactionNestLevel() != nest_level)
 			PG_RE_THROW();
 		FlushErrorState();
-		MemoryContextSwitchTo(callercxt);
 		cancel = edata;
 	}
 	PG_END_TRY();

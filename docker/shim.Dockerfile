@@ -21,12 +21,14 @@ RUN /usr/local/lib/payments/install-deps.sh --shim-runtime \
 	&& rm -rf /var/lib/apt/lists/* \
 	&& useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin payments-shim
 COPY --from=build /src/shim/payments-shim /usr/local/bin/payments-shim
+COPY docker/shim-ready.sh /usr/local/bin/payments-shim-ready
 
 # listen on all interfaces of the container; publish the port on the host's loopback or a
-# private network, with TLS in front (or --tls-cert/--tls-key)
+# private network, with TLS in front (or PAYMENTS_SHIM_TLS_CERT/PAYMENTS_SHIM_TLS_KEY, which the
+# health check follows)
 ENV PAYMENTS_SHIM_LISTEN=0.0.0.0:8065
 USER payments-shim
 EXPOSE 8065
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-	CMD curl -fsS -o /dev/null http://127.0.0.1:8065/ready || exit 1
+	CMD ["/usr/local/bin/payments-shim-ready"]
 ENTRYPOINT ["/usr/local/bin/payments-shim"]

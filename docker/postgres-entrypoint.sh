@@ -3,7 +3,7 @@
 # preloaded and run in background workers, TCP with scram-sha-256).  At every start, set up over
 # the socket what is missing -- database "payments" with pg_cron and payments, the login role
 # payments_shim (a member of payments_ingest and nothing else) with the password given, the
-# pg_cron jobs -- so that a first start interrupted half-way is finished by the next, and a
+# pg_cron jobs if there are none -- so that a first start interrupted half-way is finished by the next, and a
 # password changed in docker/.env reaches the role.  Then run the command (postgres) in place
 # of this shell, so that it receives the stop signal.
 set -eu
@@ -49,7 +49,9 @@ if [ "${1:-}" = postgres ]; then
 		SELECT 'CREATE ROLE payments_shim LOGIN IN ROLE payments_ingest'
 		 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'payments_shim') \gexec
 		ALTER ROLE payments_shim PASSWORD :'password';
-		SELECT count(*) FROM payments.schedule_jobs();
+		-- the jobs once: a schedule the operator changed since (keep_rejections => NULL, say) stays
+		SELECT 'SELECT count(*) FROM payments.schedule_jobs()'
+		 WHERE NOT EXISTS (SELECT FROM cron.job WHERE jobname LIKE 'payments-%@' || current_database()) \gexec
 	SQL
 	pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi

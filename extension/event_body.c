@@ -16,6 +16,8 @@
 #include "utils/fmgrprotos.h"
 #include "utils/timestamp.h"
 
+PG_FUNCTION_INFO_V1(provider_time);
+
 /* Input and output of ParseJsonStep */
 typedef struct JsonParse
 {
@@ -147,27 +149,25 @@ DecodeTimeStep(void *arg)
 }
 
 /*
- * Reads a top-level member holding an ISO 8601 time string (such as the
- * "timestamp" of a Standard Webhooks payload) with PostgreSQL's own date/time
- * parser, without raising errors; false if absent, unparsable or outside the
- * years 1 to 9999 (as a Stripe time: a receipt number has four digits of
- * year, and a payment whose status is of the year 99999 takes no later
- * news).  A time without a zone is UTC.  The fields
- * are decoded in a subtransaction: PostgreSQL 15's DecodeDateTime raises an
- * error itself for a zone name it does not know ("2024-05-01T10:00 Mars/X"),
- * where a signed event must still be stored.
+ * Reads a provider's ISO 8601 time string with PostgreSQL's own date/time
+ * parser, without raising errors; false if unparsable or outside the years
+ * 1 to 9999 (as a Stripe time: a receipt number has four digits of year, and
+ * a payment whose status is of the year 99999 takes no later news).  A time
+ * without a zone is UTC.  The fields are decoded in a subtransaction:
+ * PostgreSQL 15's DecodeDateTime raises an error itself for a zone name it
+ * does not know ("2024-05-01T10:00 Mars/X"), where a signed event must still
+ * be stored.
  */
-bool
-JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
+static bool
+ParseProviderTime(const char *str, TimestampTz *result)
 {
-	char	   *str = JsonbTopString(jb, key);
 	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
 	char	   *field[MAXDATEFIELDS];
 	int			ftype[MAXDATEFIELDS];
 	TimeDecoding d = {.field = field, .ftype = ftype};
 	char	   *error;
 
-	if (str == NULL || strlen(str) > MAXDATELEN)
+	if (strlen(str) > MAXDATELEN)
 		return false;
 	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &d.nf) != 0 ||
 		!RunInSubtransaction(DecodeTimeStep, &d, &error) ||
@@ -175,6 +175,34 @@ JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
 		tm2timestamp(&d.tm, d.fsec, &d.tz, result) != 0)
 		return false;
 	return *result >= EARLIEST_PROVIDER_TIME && *result <= LATEST_PROVIDER_TIME;
+}
+
+/*
+ * Reads a top-level member holding an ISO 8601 time string (such as the
+ * "timestamp" of a Standard Webhooks payload) as ParseProviderTime does;
+ * false if absent or not a time it takes.
+ */
+bool
+JsonbTopIsoTime(Jsonb *jb, const char *key, TimestampTz *result)
+{
+	char	   *str = JsonbTopString(jb, key);
+
+	return str != NULL && ParseProviderTime(str, result);
+}
+
+/*
+ * SQL: payments.provider_time(text) -> timestamptz: a provider's time as
+ * events read it (reconciliation reads the providers' answers with it), or
+ * NULL when it is none.
+ */
+Datum
+provider_time(PG_FUNCTION_ARGS)
+{
+	TimestampTz result;
+
+	if (!ParseProviderTime(text_to_cstring(PG_GETARG_TEXT_PP(0)), &result))
+		PG_RETURN_NULL();
+	PG_RETURN_TIMESTAMPTZ(result);
 }
 
 /*

@@ -12,8 +12,23 @@ DO $$
 DECLARE
 	schema_oid oid := 'payments'::pg_catalog.regnamespace;
 	creators text;
+	named	text;
 BEGIN
-	SELECT pg_catalog.string_agg(a.grantee::pg_catalog.regrole::text, ', ') INTO creators
+	-- default privileges of this role that name the payments roles would give them every object
+	-- (the analysts the secrets), and cannot be told from the grants below: refused
+	SELECT pg_catalog.string_agg(DISTINCT a.grantee::pg_catalog.regrole::text, ', ') INTO named
+	  FROM pg_catalog.pg_default_acl d, pg_catalog.aclexplode(d.defaclacl) a
+	 WHERE d.defaclrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+	   AND d.defaclnamespace IN (0::oid, schema_oid)
+	   AND a.grantee IN (SELECT r.oid FROM pg_catalog.pg_roles r
+						  WHERE r.rolname IN ('payments_admin', 'payments_analyst', 'payments_ingest'));
+	IF named IS NOT NULL THEN
+		RAISE EXCEPTION 'default privileges of role % grant to %', CURRENT_USER, named
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'The extension grants its roles what each may use: take those default privileges back (see \ddp; ALTER DEFAULT PRIVILEGES ... REVOKE ... FROM ...), or create it as another role.';
+	END IF;
+	SELECT pg_catalog.string_agg(CASE WHEN a.grantee = 0::oid THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END, ', ')
+	  INTO creators
 	  FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
 	 WHERE n.oid = schema_oid AND a.privilege_type = 'CREATE'
 	   AND NOT coalesce((SELECT g.rolsuper FROM pg_catalog.pg_roles g WHERE g.oid = a.grantee), false);
@@ -783,6 +798,14 @@ RETURN CASE WHEN amount = round(amount, payments.currency_exponent(currency))
 COMMENT ON FUNCTION payments.amount_in_currency(numeric, text) IS
 	'A decimal amount as sent (Paynow, Eversend, PayPal) at its currency''s scale, as Stripe''s are (20.5 KES is 20.50); NULL, an amount not known, when it is finer than the currency''s minor unit (100.5 UGX, 10.005 USD) or the currency is missing or unknown';
 REVOKE ALL ON FUNCTION payments.amount_in_currency(numeric, text) FROM PUBLIC;
+
+CREATE FUNCTION payments.provider_time(value text)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'provider_time'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION payments.provider_time(text) IS
+	'A provider''s ISO 8601 time as events read it: UTC when it has no zone, NULL when it does not parse or is outside the years 1 to 9999 (a receipt number has four digits of year)';
+REVOKE ALL ON FUNCTION payments.provider_time(text) FROM PUBLIC;
 
 CREATE TRIGGER currencies_forget AFTER INSERT OR UPDATE OR DELETE ON payments.currencies
 	FOR EACH ROW EXECUTE FUNCTION payments.forget_kept();
@@ -3264,7 +3287,7 @@ DECLARE
 	locked	boolean;
 BEGIN
 	-- a procedure that commits can have no SET clause: the path is pinned here, for this
-	-- transaction, and again after each COMMIT below.  A job runs as a superuser, and under the
+	-- transaction, and again after each COMMIT below and each CALL (the procedures commit).  A job runs as a superuser, and under the
 	-- caller's path an operator of another schema could be chosen over pg_catalog's (oid =
 	-- integer has no exact one there): whoever may create in public would run code as the job
 	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -3288,14 +3311,17 @@ BEGIN
 		 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1885436269::oid
 		   AND l.objid = lock_key::oid AND l.objsubid = 2::int2
 		 ORDER BY l.pid LIMIT 1;
-		-- anyone may take an advisory lock: one held by a role that cannot run the jobs is no run,
-		-- and would stop them all.  Runs may overlap (each claims its own work: SKIP LOCKED, leases);
-		-- the lock only spares a second run the wait
-		IF holder_role IS NOT NULL
-		   AND NOT pg_catalog.has_function_privilege(holder_role, 'payments.run_job(text, integer)', 'EXECUTE') THEN
-			RAISE WARNING 'payments job %: its lock is held by backend %, whose role cannot run it: running all the same', job, holder;
+		-- anyone may take an advisory lock: one held by a role that cannot run the jobs, or by a
+		-- prepared transaction (no backend: a run's lock is its session's), is no run, and would
+		-- stop them all.  Runs may overlap (each claims its own work: SKIP LOCKED, leases); the
+		-- lock only spares a second run the wait
+		IF holder_role IS NULL
+		   OR NOT pg_catalog.has_function_privilege(holder_role, 'payments.run_job(text, integer)', 'EXECUTE') THEN
+			RAISE WARNING 'payments job %: its lock is held by %, which cannot run it: running all the same', job,
+				coalesce('backend ' || holder, 'a prepared transaction');
 		ELSE
 			RAISE NOTICE 'payments job % skipped: the previous run is still going (backend %)', job, holder;
+			PERFORM pg_catalog.set_config('search_path', caller_path, true);
 			RETURN;
 		END IF;
 	END IF;
@@ -3303,8 +3329,10 @@ BEGIN
 		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
 	ELSIF job = 'deliver' THEN
 		CALL payments.deliver_outbox(max_items);
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 	ELSIF job = 'reconcile' THEN
 		CALL payments.reconcile(least(max_items, 200));
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 	ELSIF job = 'chat' THEN
 		-- pg_cron starts jobs once a minute; a donor waits for answers and payment prompts in
 		-- seconds, so while a WhatsApp number is set up the job keeps going for 55 s, once a second
@@ -3312,7 +3340,9 @@ BEGIN
 		LOOP
 			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
 			CALL payments.initiate_payments(least(max_items, 50));
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 			CALL payments.deliver_outbox(least(max_items, 200));
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 			EXIT WHEN pg_catalog.clock_timestamp() > started + interval '54 seconds'
 				OR NOT EXISTS (SELECT FROM payments.providers v
 								WHERE v.kind = 'meta' AND v.settings ? 'access_token');
@@ -3933,7 +3963,7 @@ BEGIN
 					WHEN 'PENDING' THEN 'PAYMENT.CAPTURE.PENDING'
 					WHEN 'DECLINED' THEN 'PAYMENT.CAPTURE.DECLINED'
 					WHEN 'FAILED' THEN 'PAYMENT.CAPTURE.DENIED' END;
-				said_at := (r ->> 'update_time')::timestamptz;
+				said_at := payments.provider_time(r ->> 'update_time');
 				change := payments.paypal_change(jsonb_build_object('event_type', etype, 'resource', r),
 												 chk.provider, said_at);
 				IF raw = 'VOIDED' THEN
@@ -3949,7 +3979,7 @@ BEGIN
 						  WHEN jsonb_typeof(r -> 'data') = 'object' AND r -> 'data' ? 'transactionId' THEN r -> 'data'
 						  ELSE r -> 'data' -> 'transaction' END;
 				raw := r ->> 'status';
-				said_at := (r ->> 'updatedAt')::timestamptz;
+				said_at := payments.provider_time(r ->> 'updatedAt');
 				change := payments.eversend_change(r, said_at);
 			END IF;
 			IF change IS NULL OR change.status IS NULL THEN

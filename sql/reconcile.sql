@@ -69,6 +69,13 @@ SELECT payments.record_reconciliation(c.id, 200, NULL, format(
 SELECT provider_ref, status, receipt_no IS NOT NULL AS has_receipt
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE provider_ref IN ('pi_old', 'ORDER1', 'ORDER2', '9510') ORDER BY provider_ref;
+-- the providers' times in answers are read as events read them (payments.provider_time): UTC
+-- without a zone, none outside the years 1 to 9999 (a receipt number has four digits of year)
+SET timezone = 'Africa/Harare';
+SELECT v, payments.provider_time(v) AT TIME ZONE 'UTC' AS utc
+  FROM unnest(ARRAY['2024-06-10T08:01:12Z', '2024-06-10 23:30:00', '2024-06-10T10:00:00+02:00',
+					'10000-01-01T00:00:00Z', '4713-01-01T00:00:00Z BC', 'soon', '2024-05-01T10:00 Mars/X']) v;
+RESET timezone;
 -- dated by the provider's time where the answer has one (PayPal's update_time), else by the status
 -- the payment had, not by the poll: news of what happened before the poll still applies after it.
 -- Paid, without the provider's time, by the time of the poll: its receipt is of that day, not of

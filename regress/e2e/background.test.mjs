@@ -508,6 +508,9 @@ test('the jobs call payments only while the extension is there; its schema is on
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /exists already, with objects/);
 	db.psql(`DROP SCHEMA payments CASCADE; CREATE SCHEMA payments; GRANT CREATE ON SCHEMA payments TO mallory`, 'guard');
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /schema "payments" grants CREATE to mallory/);
+	db.psql(`REVOKE CREATE ON SCHEMA payments FROM mallory; GRANT CREATE ON SCHEMA payments TO PUBLIC`, 'guard');
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'), /schema "payments" grants CREATE to PUBLIC/);
+	db.psql(`REVOKE CREATE ON SCHEMA payments FROM PUBLIC`, 'guard');
 	// default privileges that grant CREATE on new schemas: the same, and the hint says where it came from
 	db.psql(`DROP SCHEMA payments; ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT CREATE ON SCHEMAS TO mallory`, 'guard');
 	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'guard'),
@@ -552,6 +555,12 @@ test('default privileges of the role creating the extension: no other role reads
 		assert.match(as('analyst_one', sql), /^\d+$/, sql);
 	}
 	assert.throws(() => as('analyst_one', 'SELECT * FROM payments.secrets'), /permission denied for table secrets/);
+	// default privileges that name a payments role would give it every table: refused
+	db.psql(`DROP EXTENSION payments; DROP SCHEMA payments;
+		ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT ON TABLES TO payments_analyst`, 'hardened');
+	assert.throws(() => db.psql(`CREATE EXTENSION payments`, 'hardened'),
+		/default privileges of role postgres grant to payments_analyst/);
+	db.psql(`ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE SELECT ON TABLES FROM payments_analyst`, 'hardened');
 	db.psql(`DROP DATABASE hardened`, 'postgres');
 	db.psql(`DROP ROLE reader; DROP ROLE analyst_one`, 'postgres');
 });
@@ -567,7 +576,7 @@ test('a job lock held by a role that cannot run the jobs stops none; one held by
 	const hog = await holdLock(db, `SELECT pg_advisory_lock(1885436269, ${key})`, 'lockhog');
 	try {
 		assert.match(await job(),
-			/WARNING:  payments job deliver: its lock is held by backend \d+, whose role cannot run it: running all the same/);
+			/WARNING:  payments job deliver: its lock is held by backend \d+, which cannot run it: running all the same/);
 		assert.equal(receiver.to('/hog').length, 1);
 	} finally {
 		await hog.release();
@@ -577,6 +586,9 @@ test('a job lock held by a role that cannot run the jobs stops none; one held by
 	try {
 		assert.match(await job(), /NOTICE:  payments job deliver skipped: the previous run is still going \(backend \d+\)/);
 		assert.equal(receiver.to('/hog').length, 1);
+		// skipped inside a transaction block: the caller's search_path is as it was
+		assert.equal(db.psql(`BEGIN; SET LOCAL search_path = public, pg_temp; SET LOCAL client_min_messages = warning;
+			CALL payments.run_job('deliver'); SHOW search_path; COMMIT;`), 'public, pg_temp');
 	} finally {
 		await run.release();
 	}

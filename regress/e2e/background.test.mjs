@@ -598,6 +598,27 @@ test('a job lock held by a role that cannot run the jobs stops none; one held by
 	db.psql(`DROP ROLE lockhog`, 'postgres');
 });
 
+test('run_job keeps its path pinned after the procedures it calls commit', async () => {
+	// an operator first on the path (placed before pg_catalog) would be chosen by the chat loop's
+	// own test of the WhatsApp settings, which runs after initiate_payments and deliver_outbox
+	// have committed; a meta provider without an access token ends the loop at once
+	db.psql(`CREATE SCHEMA hijack;
+		CREATE FUNCTION hijack.has(jsonb, text) RETURNS boolean LANGUAGE plpgsql AS
+			$$ BEGIN RAISE EXCEPTION 'hijacked by % ?', current_user; END $$;
+		CREATE OPERATOR hijack.? (LEFTARG = jsonb, RIGHTARG = text, FUNCTION = hijack.has);
+		SELECT payments.register_provider('hijack_meta', 'meta', '{"verify_token": "a-long-random-string"}');`);
+	assert.throws(() => db.psql(`SET search_path = hijack, pg_catalog, public; SELECT '{}'::jsonb ? 'x'`),
+		/hijacked by postgres/, 'the trap is set');
+	try {
+		// separate statements: a CALL that commits may not share a transaction with the SET
+		execFileSync(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir, '-p', String(db.port),
+			'-U', 'postgres', '-d', 'payments', '-c', 'SET search_path = hijack, pg_catalog, public',
+			'-c', "CALL payments.run_job('chat')"], { stdio: 'pipe' });
+	} finally {
+		db.psql(`DELETE FROM payments.providers WHERE name = 'hijack_meta'; DROP SCHEMA hijack CASCADE`);
+	}
+});
+
 test('CREATE EXTENSION in two databases at once: the second takes the group roles the first made', async () => {
 	const fresh = new Cluster();
 	await fresh.init();

@@ -25,7 +25,9 @@
  *                      up to four paths, whose values joined by ':' are the
  *                      id (["$.event", "$.data.id"]: Paystack sends
  *                      transfer.success and transfer.reversed about one
- *                      data.id, two events)
+ *                      data.id, two events); a ':' or '\' in a value is
+ *                      escaped by a '\', so two lists of values never
+ *                      make one id
  *   event_type_header  the event type is this header (e.g. x-github-event)
  *   event_type_path    or the first string or number this path finds
  *
@@ -484,7 +486,9 @@ LookUp(const Delivery *delivery, Jsonb *payload, const char *header, const char 
 
 /*
  * Looks up the event id: by its header, or by its paths, the values found
- * joined by ':'.  *result is NULL when one finds nothing, or none is set.
+ * joined by ':', each ':' or '\' within them escaped by a '\' (else
+ * "a:b" + "c" and "a" + "b:c" would be one event, one of them lost as its
+ * duplicate).  *result is NULL when one finds nothing, or none is set.
  */
 static bool
 LookUpEventId(const Delivery *delivery, Jsonb *payload, const HmacConfig *cfg, char **result,
@@ -508,7 +512,12 @@ LookUpEventId(const Delivery *delivery, Jsonb *payload, const HmacConfig *cfg, c
 		}
 		if (i > 0)
 			appendStringInfoChar(&id, ':');
-		appendStringInfoString(&id, part);
+		for (const char *c = part; *c != '\0'; c++)
+		{
+			if (cfg->event_id_path_count > 1 && (*c == ':' || *c == '\\'))
+				appendStringInfoChar(&id, '\\');
+			appendStringInfoChar(&id, *c);
+		}
 	}
 	*result = id.data;
 	return true;

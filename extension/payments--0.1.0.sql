@@ -2086,7 +2086,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	-- RFC 4180: CRLF line ends; a field holding a comma, a quote or a line break is quoted, its
 	-- quotes doubled; NULL is an empty field.  A method (the provider's text) that a spreadsheet
-	-- would read as a formula (=, +, -, @, tab, CR first) is kept as text with a leading apostrophe
+	-- would read as a formula (=, +, -, @, tab, CR first, or =, +, -, @ after white space, which
+	-- some spreadsheets skip) is kept as text with a leading apostrophe
 	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
 											  ELSE coalesce(v, '') END, ',' ORDER BY k)
 						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
@@ -2095,7 +2096,7 @@ AS $$
 										 'last_receipt'] AS fields
 			UNION ALL
 			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency,
-							  CASE WHEN r.method ~ '^[-=+@\t\r]' THEN '''' || r.method ELSE r.method END,
+							  CASE WHEN r.method ~ '^([-=+@\t\r]|\s+[-=+@])' THEN '''' || r.method ELSE r.method END,
 							  r.paid::text, r.gross::text,
 							  r.fees::text, r.net::text, r.fee_unknown::text, r.failed::text, r.refunds::text,
 							  r.refunded::text,

@@ -186,6 +186,11 @@ SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_pa
 SELECT * FROM pg_temp.h('{"event":"transfer.success","data":{"id":555}}');
 SELECT * FROM pg_temp.h('{"event":"transfer.reversed","data":{"id":555}}');
 SELECT * FROM pg_temp.h('{"event":"transfer.reversed","data":{"id":555}}');
+-- a ':' or '\' within a value is escaped, so other values never make the same id
+SELECT * FROM pg_temp.h('{"event":"transfer:success","data":{"id":"T1"}}');
+SELECT * FROM pg_temp.h('{"event":"transfer","data":{"id":"success:T1"}}');
+SELECT * FROM pg_temp.h('{"event":"transfer\\","data":{"id":"x"}}');
+SELECT * FROM pg_temp.h('{"event":"transfer","data":{"id":"\\:x"}}');
 SELECT http_status, outcome, left(event_id, 7) FROM pg_temp.h('{"data":{"id":555}}');
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": []}');
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": ["$.a", 1]}');

@@ -474,6 +474,12 @@ SELECT regexp_replace(line, '(LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}', '
   FROM string_to_table(payments.daily_report_csv((SELECT payments.receipt_day(max(coalesce(paid_at, created_at))) FROM payments.payments
 												  WHERE method LIKE '=%')), E'\r\n') AS line
  WHERE line LIKE '%HYPERLINK%';
+-- also after leading spaces, which some spreadsheets skip
+UPDATE payments.payments SET method = '  +SUM(1)' WHERE method LIKE '=%';
+SELECT regexp_replace(line, '(LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}', 'X', 'g') AS csv_line
+  FROM string_to_table(payments.daily_report_csv((SELECT payments.receipt_day(max(coalesce(paid_at, created_at))) FROM payments.payments
+												  WHERE method LIKE '%SUM%')), E'\r\n') AS line
+ WHERE line LIKE '%SUM%';
 ROLLBACK;
 DELETE FROM pg_temp.seen WHERE who = '263770000001';
 SELECT pg_temp.say('263770000001', '/admin', 1);

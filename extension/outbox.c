@@ -50,19 +50,39 @@ ColumnText(MemoryContext cxt, HeapTuple row, TupleDesc desc, int col)
 	return value == NULL ? NULL : MemoryContextStrdup(cxt, value);
 }
 
-/* Claims up to max_items due items into items/reqs (allocated in cxt); returns how many */
-static int
-ClaimItems(int max_items, MemoryContext cxt, ClaimedItem **items, OutboundRequest **reqs)
+/*
+ * A body's text in UTF-8, copied into cxt: JSON goes out as UTF-8 (RFC 8259),
+ * and the signature is over the bytes sent.  A database in another encoding
+ * (LATIN1, say) sent its own bytes, which receivers read as U+FFFD, so that
+ * no signature verified.
+ */
+static char *
+BodyInUtf8(MemoryContext cxt, HeapTuple row, TupleDesc desc, int col)
 {
-	Oid			argtypes[1] = {INT4OID};
-	Datum		args[1] = {Int32GetDatum(max_items)};
+	char	   *value = SPI_getvalue(row, desc, col);
+
+	if (value == NULL)
+		return MemoryContextStrdup(cxt, "");
+	return MemoryContextStrdup(cxt, pg_server_to_any(value, strlen(value), PG_UTF8));
+}
+
+/*
+ * Claims up to max_items due items (WhatsApp messages only when chats_only)
+ * into items/reqs (allocated in cxt); returns how many
+ */
+static int
+ClaimItems(int max_items, bool chats_only, MemoryContext cxt, ClaimedItem **items,
+		   OutboundRequest **reqs)
+{
+	Oid			argtypes[2] = {INT4OID, BOOLOID};
+	Datum		args[2] = {Int32GetDatum(max_items), BoolGetDatum(chats_only)};
 	int			n;
 
 	if (SPI_execute_with_args("SELECT outbox_id, attempt_id, msg_id, url, secret, body, headers,"
 							  "       ca_file, connect_timeout_ms, timeout_ms, max_response_bytes,"
 							  "       upload_filename, upload_type"
-							  "  FROM payments.claim_outbox($1)",
-							  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+							  "  FROM payments.claim_outbox($1, $2)",
+							  2, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim outbox items");
 	n = (int) SPI_processed;
 	*items = MemoryContextAllocZero(cxt, sizeof(ClaimedItem) * (n + 1));
@@ -79,7 +99,7 @@ ClaimItems(int max_items, MemoryContext cxt, ClaimedItem **items, OutboundReques
 		(*items)[i].msg_id = ColumnText(cxt, row, desc, 3);
 		req->url = ColumnText(cxt, row, desc, 4);
 		(*items)[i].secret = ColumnText(cxt, row, desc, 5);
-		req->body = ColumnText(cxt, row, desc, 6);
+		req->body = BodyInUtf8(cxt, row, desc, 6);
 		req->bodylen = strlen(req->body);
 		(*items)[i].headers = ColumnText(cxt, row, desc, 7);
 		req->ca_file = ColumnText(cxt, row, desc, 8);
@@ -257,7 +277,7 @@ RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool
 
 /* One run: claim and commit, send, record and commit */
 static void
-DeliverBatch(int max_items, MemoryContext cxt)
+DeliverBatch(int max_items, bool chats_only, MemoryContext cxt)
 {
 	ClaimedItem *items;
 	OutboundRequest *reqs;
@@ -267,7 +287,7 @@ DeliverBatch(int max_items, MemoryContext cxt)
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	n = ClaimItems(max_items, cxt, &items, &reqs);
+	n = ClaimItems(max_items, chats_only, cxt, &items, &reqs);
 	/* the attempts and leases are durable before anything is sent */
 	SPI_commit();
 	if (n > 0)
@@ -305,11 +325,15 @@ DeliverBatch(int max_items, MemoryContext cxt)
 	SPI_finish();
 }
 
-/* SQL: CALL payments.deliver_outbox(max_items integer DEFAULT 100) */
+/*
+ * SQL: CALL payments.deliver_outbox(max_items integer DEFAULT 100,
+ *									  chats_only boolean DEFAULT false)
+ */
 Datum
 deliver_outbox(PG_FUNCTION_ARGS)
 {
 	int			max_items = PG_ARGISNULL(0) ? 100 : PG_GETARG_INT32(0);
+	bool		chats_only = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
 	MemoryContext cxt;
 
 	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
@@ -327,7 +351,7 @@ deliver_outbox(PG_FUNCTION_ARGS)
 	cxt = AllocSetContextCreate(TopMemoryContext, "payments deliver_outbox", ALLOCSET_DEFAULT_SIZES);
 	PG_TRY();
 	{
-		DeliverBatch(max_items, cxt);
+		DeliverBatch(max_items, chats_only, cxt);
 	}
 	PG_FINALLY();
 	{

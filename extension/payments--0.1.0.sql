@@ -2617,7 +2617,8 @@ CREATE TABLE payments.endpoints (
 	timeout_ms			integer NOT NULL DEFAULT 15000 CHECK (timeout_ms BETWEEN 100 AND 120000),
 	max_response_bytes	integer NOT NULL DEFAULT 65536 CHECK (max_response_bytes BETWEEN 0 AND 10485760),
 	breaker_threshold	integer NOT NULL DEFAULT 5 CHECK (breaker_threshold >= 1),
-	breaker_cooldown	interval NOT NULL DEFAULT '5 minutes' CHECK (breaker_cooldown >= interval '1 second'),
+	breaker_cooldown	interval NOT NULL DEFAULT '5 minutes'
+						CHECK (breaker_cooldown BETWEEN interval '1 second' AND interval '30 days'),
 	enabled				boolean NOT NULL DEFAULT true,
 	disabled_reason		text,
 	breaker_state		text NOT NULL DEFAULT 'closed' CHECK (breaker_state IN ('closed', 'open', 'half_open')),
@@ -2640,7 +2641,7 @@ COMMENT ON COLUMN payments.endpoints.breaker_state IS
 
 CREATE TABLE payments.outbox (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	endpoint_id		bigint REFERENCES payments.endpoints (id),
+	endpoint_id		bigint REFERENCES payments.endpoints (id) ON DELETE CASCADE,
 	provider		text REFERENCES payments.providers (name),
 	recipient		text,
 	event_type		text NOT NULL,
@@ -2676,7 +2677,7 @@ COMMENT ON COLUMN payments.outbox.message_status IS
 CREATE TABLE payments.outbox_attempts (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	outbox_id		bigint NOT NULL REFERENCES payments.outbox (id) ON DELETE CASCADE,
-	endpoint_id		bigint REFERENCES payments.endpoints (id),
+	endpoint_id		bigint REFERENCES payments.endpoints (id) ON DELETE CASCADE,
 	attempt			integer NOT NULL,
 	started_at		timestamptz NOT NULL DEFAULT now(),
 	finished_at		timestamptz,
@@ -2745,8 +2746,10 @@ BEGIN
 		problem := 'max_response_bytes must be 0 to 10485760';
 	ELSIF NEW.breaker_threshold IS NULL OR NEW.breaker_threshold < 1 THEN
 		problem := 'breaker_threshold must be 1 or more';
-	ELSIF NEW.breaker_cooldown IS NULL OR NEW.breaker_cooldown < interval '1 second' THEN
-		problem := 'breaker_cooldown must be 1 second or more';
+	ELSIF NEW.breaker_cooldown IS NULL OR NEW.breaker_cooldown NOT BETWEEN interval '1 second' AND interval '30 days' THEN
+		-- bounded above: now() + a cool-down of 300000 years is out of range, and failed every
+		-- claim, stopping the deliveries of all endpoints and WhatsApp messages
+		problem := 'breaker_cooldown must be 1 second to 30 days';
 	ELSIF NEW.breaker_state IS NULL OR NEW.breaker_state NOT IN ('closed', 'open', 'half_open') THEN
 		problem := 'breaker_state must be closed, open or half_open';
 	ELSIF NEW.enabled IS NULL THEN
@@ -2817,19 +2820,15 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.enable_endpoint(text, boolean) IS
-	'Enables (closing its breaker) or disables an endpoint; the items queued for it while disabled are sent once enabled';
+	'Enables (closing its breaker) or disables an endpoint; the items queued for it before it was disabled are sent once enabled (nothing is queued for it while disabled: payments.replay_outbox)';
 
--- (called by payments.transition_committed at commit, when an enabled endpoint takes the type)
-CREATE FUNCTION payments.enqueue_transition(transition payments.status_history)
-RETURNS void
-LANGUAGE plpgsql
+CREATE FUNCTION payments.transition_payload(transition payments.status_history)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	etype	text := 'payment.' || transition.to_status;
-	body	jsonb;
-BEGIN
 	SELECT jsonb_build_object(
-			'type', etype,
+			'type', 'payment.' || transition.to_status,
 			'timestamp', to_char(transition.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
 			'data', jsonb_build_object(
 				'payment_id', p.id, 'provider', p.provider, 'provider_ref', p.provider_ref,
@@ -2840,10 +2839,21 @@ BEGIN
 				'receipt_no', (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), 'paid_at', p.paid_at, 'donor_name', p.donor_name,
 				'donor_email', p.donor_email, 'donor_phone', p.donor_phone, 'country', p.country,
 				'event_id', transition.event_id, 'transition_id', transition.id))
-	  INTO body
-	  FROM payments.payments p WHERE p.id = transition.payment_id;
+	  FROM payments.payments p WHERE p.id = transition.payment_id
+$$;
+COMMENT ON FUNCTION payments.transition_payload(payments.status_history) IS
+	'The body of a payment.<status> webhook: the transition, with the payment as it now is';
+
+-- (called by payments.transition_committed at commit, when an enabled endpoint takes the type)
+CREATE FUNCTION payments.enqueue_transition(transition payments.status_history)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	etype	text := 'payment.' || transition.to_status;
+BEGIN
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload, status_history_id)
-	SELECT e.id, etype, body, transition.id FROM payments.endpoints e
+	SELECT e.id, etype, payments.transition_payload(transition), transition.id FROM payments.endpoints e
 	 WHERE e.enabled AND payments.event_type_matches(e.event_types, etype);
 END
 $$;
@@ -2853,26 +2863,100 @@ COMMENT ON FUNCTION payments.enqueue_transition(payments.status_history) IS
 -- (called at commit by payments.enqueue_event, the events' deferred trigger in C, when an enabled
 -- endpoint names its types: raw events only go where they were asked for by name, NULL (all)
 -- means payment changes; without such an endpoint, the usual case, nothing is even called)
+CREATE FUNCTION payments.raw_event_type(ev payments.events)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'event.' || ev.provider || '.' || coalesce(ev.event_type, 'unknown')
+$$;
+COMMENT ON FUNCTION payments.raw_event_type(payments.events) IS
+	'The outbound type of a stored event: event.<provider>.<event type> (unknown when it has none)';
+
+CREATE FUNCTION payments.raw_event_payload(ev payments.events)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object(
+			'type', payments.raw_event_type(ev),
+			'timestamp', to_char(ev.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+			'data', jsonb_build_object(
+				'provider', ev.provider, 'event_id', ev.event_id, 'event_type', ev.event_type,
+				'event_at', ev.event_at, 'received_at', ev.received_at, 'payload', ev.payload))
+$$;
+COMMENT ON FUNCTION payments.raw_event_payload(payments.events) IS
+	'The body of an event.<provider>.<event type> webhook: the stored event with its payload';
+
 CREATE FUNCTION payments.enqueue_raw_event(ev payments.events)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-	etype	text := 'event.' || ev.provider || '.' || coalesce(ev.event_type, 'unknown');
+	etype	text := payments.raw_event_type(ev);
 BEGIN
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload)
-	SELECT e.id, etype, jsonb_build_object(
-			'type', etype,
-			'timestamp', to_char(ev.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-			'data', jsonb_build_object(
-				'provider', ev.provider, 'event_id', ev.event_id, 'event_type', ev.event_type,
-				'event_at', ev.event_at, 'received_at', ev.received_at, 'payload', ev.payload))
+	SELECT e.id, etype, payments.raw_event_payload(ev)
 	  FROM payments.endpoints e
 	 WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype);
 END
 $$;
 COMMENT ON FUNCTION payments.enqueue_raw_event(payments.events) IS
 	'At commit (payments.enqueue_event): queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* …)';
+
+-- An endpoint disabled (by a 410 or by hand) is queued nothing, and its items that used up their
+-- attempts are dead: an operator who has fixed the receiver sends them again with this
+CREATE FUNCTION payments.replay_outbox(endpoint text, since timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ep		payments.endpoints;
+	requeued bigint;
+	transitions bigint;
+	events	bigint := 0;
+BEGIN
+	IF since IS NULL THEN
+		RAISE EXCEPTION 'replay_outbox needs a time to replay from'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'For example: SELECT payments.replay_outbox(''crm'', now() - interval ''2 days'').';
+	END IF;
+	SELECT e.* INTO ep FROM payments.endpoints e WHERE e.name = replay_outbox.endpoint;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown endpoint "%"', replay_outbox.endpoint USING ERRCODE = 'undefined_object';
+	END IF;
+	-- dead items back in the queue with a fresh schedule (their attempts stay in outbox_attempts)
+	UPDATE payments.outbox o SET state = 'pending', attempts = 0, next_attempt_at = now()
+	 WHERE o.endpoint_id = ep.id AND o.state = 'dead' AND o.created_at >= since;
+	GET DIAGNOSTICS requeued = ROW_COUNT;
+	-- payment changes since then of the types it takes that it was never queued (made while it was
+	-- disabled, or before it was added), in the order they were made
+	INSERT INTO payments.outbox (endpoint_id, event_type, payload, status_history_id)
+	SELECT ep.id, 'payment.' || h.to_status, payments.transition_payload(h), h.id
+	  FROM payments.status_history h
+	 WHERE h.recorded_at >= since AND payments.event_type_matches(ep.event_types, 'payment.' || h.to_status)
+	   AND NOT EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = ep.id AND o.status_history_id = h.id)
+	 ORDER BY h.id;
+	GET DIAGNOSTICS transitions = ROW_COUNT;
+	-- stored events of the types it names, likewise
+	IF ep.event_types IS NOT NULL THEN
+		INSERT INTO payments.outbox (endpoint_id, event_type, payload)
+		SELECT ep.id, payments.raw_event_type(ev), payments.raw_event_payload(ev)
+		  FROM payments.events ev
+		 WHERE ev.received_at >= since AND payments.event_type_matches(ep.event_types, payments.raw_event_type(ev))
+		   AND NOT EXISTS (SELECT FROM payments.outbox o
+							WHERE o.endpoint_id = ep.id AND o.event_type = payments.raw_event_type(ev)
+							  AND o.payload -> 'data' ->> 'event_id' = ev.event_id)
+		 ORDER BY ev.id;
+		GET DIAGNOSTICS events = ROW_COUNT;
+	END IF;
+	RETURN requeued + transitions + events;
+END
+$$;
+COMMENT ON FUNCTION payments.replay_outbox(text, timestamptz) IS
+	'Sends an endpoint again what it missed since a time: its dead items, back in the queue with a fresh schedule, and the payment changes (and stored events of the types it names) it was never queued, made while it was disabled or before it was added (a payment as it now is); sent when the endpoint is enabled; returns how many items';
 
 CREATE FUNCTION payments.enqueue_event()
 RETURNS trigger
@@ -2938,7 +3022,7 @@ $$;
 COMMENT ON FUNCTION payments.graph_throttled(text) IS
 	'The Graph API''s error code when an error answer is one of Meta''s rate limits (4, 80007, 130429, 131048, 131056, 133016), retried; NULL otherwise';
 
-CREATE FUNCTION payments.claim_outbox(max_items integer)
+CREATE FUNCTION payments.claim_outbox(max_items integer, chats_only boolean DEFAULT false)
 RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
 			   headers text, ca_file text, connect_timeout_ms integer, timeout_ms integer,
 			   max_response_bytes integer, upload_filename text, upload_type text)
@@ -2957,31 +3041,37 @@ BEGIN
 	-- endpoints whose breaker has cooled down get one probe each; they are locked in id order,
 	-- the order record_delivery locks them in (a run recording results while this one claims
 	-- deadlocked with it, the plan's order being a hash's); one locked by another transaction (a
-	-- run recording its result, an admin's change) is probed by a later run, not waited for
+	-- run recording its result, an admin's change) is probed by a later run, not waited for.  Only
+	-- an endpoint given its probe is half open: one past max_items, or whose due items are all
+	-- locked, stays open and is probed by the next run, not a whole cool-down later
 	FOR ep IN
-		UPDATE payments.endpoints e
-		   SET breaker_state = 'half_open', breaker_until = now() + e.breaker_cooldown
-		 WHERE e.id IN (SELECT c.id FROM payments.endpoints c
-						 WHERE c.enabled AND c.breaker_state <> 'closed' AND c.breaker_until <= now()
-						   AND EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = c.id
-										  AND o.state = 'pending' AND o.next_attempt_at <= now())
-						 ORDER BY c.id
-						   FOR NO KEY UPDATE SKIP LOCKED)
-		RETURNING e.id
+		SELECT c.id FROM payments.endpoints c
+		 WHERE NOT chats_only AND c.enabled AND c.breaker_state <> 'closed' AND c.breaker_until <= now()
+		   AND EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = c.id
+						  AND o.state = 'pending' AND o.next_attempt_at <= now())
+		 ORDER BY c.id
+		   FOR NO KEY UPDATE SKIP LOCKED
 	LOOP
+		EXIT WHEN cardinality(ids) >= max_items;
 		SELECT o.id INTO probe FROM payments.outbox o
 		 WHERE o.endpoint_id = ep AND o.state = 'pending' AND o.next_attempt_at <= now()
 		 ORDER BY o.next_attempt_at, o.id LIMIT 1 FOR UPDATE SKIP LOCKED;
-		IF probe IS NOT NULL AND cardinality(ids) < max_items THEN
+		IF probe IS NOT NULL THEN
+			UPDATE payments.endpoints e
+			   SET breaker_state = 'half_open', breaker_until = now() + e.breaker_cooldown
+			 WHERE e.id = ep;
 			ids := ids || probe;
 			probed := probed || ep;
 		END IF;
 	END LOOP;
-	-- webhooks to closed endpoints; WhatsApp messages of providers that can send, one at a time
-	-- per recipient and in order (messages sent in parallel may reach the chat in any order)
+	-- webhooks to closed endpoints (unless chats_only: the chat job's runs, once a second, must
+	-- not wait on a slow receiver, since a run records its results when its slowest request is
+	-- done); WhatsApp messages of providers that can send, one at a time per recipient and in
+	-- order (messages sent in parallel may reach the chat in any order)
 	ids := ids || ARRAY(
 		SELECT o.id FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 		 WHERE o.state = 'pending' AND o.next_attempt_at <= now() AND o.id <> ALL (ids)
+		   AND (NOT chats_only OR o.provider IS NOT NULL)
 		   AND CASE WHEN o.provider IS NULL THEN e.enabled AND e.breaker_state = 'closed'
 					ELSE EXISTS (SELECT FROM payments.providers v
 								  WHERE v.name = o.provider AND v.settings ? 'access_token'
@@ -3054,8 +3144,8 @@ BEGIN
 	 ORDER BY u.endpoint_id NULLS LAST, u.id;
 END
 $$;
-COMMENT ON FUNCTION payments.claim_outbox(integer) IS
-	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them (an item whose attempts are used up, the last interrupted, is dead instead); returned in endpoint order, the order deliver_outbox records them in, so that two runs lock endpoints in the same order; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
+COMMENT ON FUNCTION payments.claim_outbox(integer, boolean) IS
+	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down, which is half open only once given it; WhatsApp messages only when chats_only; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them (an item whose attempts are used up, the last interrupted, is dead instead); returned in endpoint order, the order deliver_outbox records them in, so that two runs lock endpoints in the same order; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
 
 CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
 										 error text, duration_ms integer, response_bytes bigint,
@@ -3185,11 +3275,11 @@ $$;
 COMMENT ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) IS
 	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); a WhatsApp document''s upload answered 2xx with a media id keeps it and the message is due at once (2xx without one is retried); 410 disables the endpoint; 400 for a WhatsApp message or upload is final unless it is one of Meta''s rate limits (payments.graph_throttled); anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
 
-CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100)
+CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100, chats_only boolean DEFAULT false)
 AS 'MODULE_PATHNAME', 'deliver_outbox'
 LANGUAGE C;
-COMMENT ON PROCEDURE payments.deliver_outbox(integer) IS
-	'Sends due outbox items as signed JSON POSTs, a batch in parallel: claims and records the attempts, commits, sends (libcurl), records the results and commits; CALL it outside a transaction block';
+COMMENT ON PROCEDURE payments.deliver_outbox(integer, boolean) IS
+	'Sends due outbox items (WhatsApp messages only when chats_only, as the chat job does) as signed JSON POSTs, a batch in parallel, in UTF-8: claims and records the attempts, commits, sends (libcurl), records the results and commits; CALL it outside a transaction block';
 
 CREATE FUNCTION payments.sign_webhook(msg_id text, msg_timestamp bigint, body text, secret text)
 RETURNS text
@@ -3202,10 +3292,14 @@ COMMENT ON FUNCTION payments.sign_webhook(text, bigint, text, text) IS
 -- What a DBA watches
 --------------------------------------------------------------------------------------------------
 
+-- "due" counts what a delivery run would send now: nothing of a disabled endpoint, or of one whose
+-- breaker is open and not yet cooled down, nor a WhatsApp message whose sender lacks its settings
+-- (an alert on them must mean something can be sent and is not)
 CREATE VIEW payments.outbox_backlog AS
 	SELECT e.name AS endpoint, e.enabled, e.breaker_state,
 		   count(*) FILTER (WHERE o.state = 'pending') AS pending,
-		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()) AS due,
+		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()
+							  AND e.enabled AND (e.breaker_state = 'closed' OR e.breaker_until <= now())) AS due,
 		   count(*) FILTER (WHERE o.state = 'dead') AS dead,
 		   count(*) FILTER (WHERE o.state = 'delivered') AS delivered,
 		   min(o.created_at) FILTER (WHERE o.state = 'pending') AS oldest_pending_at,
@@ -3215,7 +3309,10 @@ CREATE VIEW payments.outbox_backlog AS
 	UNION ALL
 	SELECT 'whatsapp:' || o.provider, true, 'closed',
 		   count(*) FILTER (WHERE o.state = 'pending'),
-		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()),
+		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()
+							  AND EXISTS (SELECT FROM payments.providers v
+										   WHERE v.name = o.provider AND v.settings ? 'access_token'
+											 AND v.settings ? 'phone_number_id')),
 		   count(*) FILTER (WHERE o.state = 'dead'),
 		   count(*) FILTER (WHERE o.state = 'delivered'),
 		   min(o.created_at) FILTER (WHERE o.state = 'pending'),
@@ -3223,16 +3320,21 @@ CREATE VIEW payments.outbox_backlog AS
 	  FROM payments.outbox o WHERE o.provider IS NOT NULL
 	 GROUP BY o.provider;
 COMMENT ON VIEW payments.outbox_backlog IS
-	'Per endpoint (and per WhatsApp sender, as whatsapp:<provider>): items pending, due now, dead and delivered, and the age of the oldest pending one';
+	'Per endpoint (and per WhatsApp sender, as whatsapp:<provider>): items pending, due now and sendable (endpoint enabled, breaker closed or cooled down; a sender with access_token and phone_number_id), dead and delivered, and the age of the oldest pending one';
 
 CREATE VIEW payments.outbox_oldest_due AS
 	SELECT o.id, coalesce(e.name, 'whatsapp:' || o.provider) AS endpoint, o.event_type, o.created_at,
 		   now() - o.created_at AS age, o.attempts, o.next_attempt_at, o.last_status, o.last_error
 	  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 	 WHERE o.state = 'pending' AND o.next_attempt_at <= now()
+	   AND CASE WHEN o.provider IS NULL THEN e.enabled AND (e.breaker_state = 'closed' OR e.breaker_until <= now())
+				ELSE EXISTS (SELECT FROM payments.providers v
+							  WHERE v.name = o.provider AND v.settings ? 'access_token'
+								AND v.settings ? 'phone_number_id') END
 	 ORDER BY o.next_attempt_at, o.id
 	 LIMIT 1;
-COMMENT ON VIEW payments.outbox_oldest_due IS 'The outbox item that has waited longest past its due time';
+COMMENT ON VIEW payments.outbox_oldest_due IS
+	'The outbox item a delivery run could send that has waited longest past its due time (none of a disabled endpoint, of one whose breaker has not cooled down, or of a WhatsApp sender without its settings)';
 
 CREATE VIEW payments.endpoint_health AS
 	SELECT e.name, e.url, e.enabled, e.disabled_reason, e.breaker_state, e.breaker_until,
@@ -3342,7 +3444,7 @@ BEGIN
 			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
 			CALL payments.initiate_payments(least(max_items, 50));
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-			CALL payments.deliver_outbox(least(max_items, 200));
+			CALL payments.deliver_outbox(least(max_items, 200), true);
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 			EXIT WHEN pg_catalog.clock_timestamp() > started + interval '54 seconds'
 				OR NOT EXISTS (SELECT FROM payments.providers v
@@ -3513,14 +3615,17 @@ REVOKE ALL ON FUNCTION payments.event_failed(bigint, text, integer, boolean) FRO
 REVOKE ALL ON FUNCTION payments.retry_events(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.replay_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.replay_dead(text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.replay_outbox(text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.add_endpoint(text, text, text, text[], text, integer, integer, integer, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enable_endpoint(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_transition(payments.status_history) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.transition_payload(payments.status_history) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.raw_event_payload(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_event() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_raw_event(payments.events) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.claim_outbox(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.claim_outbox(integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
-REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer, boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.run_job(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.prune_rejections(interval) FROM PUBLIC;
@@ -6278,7 +6383,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.settle_event(payments.events, text, jsonb, integer),
 	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
 	payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]),
-	payments.event_failed(bigint, text, integer, boolean), payments.claim_outbox(integer),
+	payments.event_failed(bigint, text, integer, boolean), payments.claim_outbox(integer, boolean),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
 	payments.enqueue_transition(payments.status_history), payments.enqueue_raw_event(payments.events),
 	payments.api_token_requests(integer),
@@ -6308,8 +6413,8 @@ REVOKE EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text),
 	FROM payments_admin;
 -- the jobs that call providers and endpoints with their secrets run as pg_cron's job owner; an
 -- admin replays events (retry_events, replay_event, replay_dead: SECURITY DEFINER, through the
--- state machine only)
-REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer), payments.reconcile(integer),
+-- state machine only) and deliveries (replay_outbox)
+REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, boolean), payments.reconcile(integer),
 	payments.initiate_payments(integer), payments.run_job(text, integer) FROM payments_admin;
 
 -- The helpers the analysts' views and SQL functions call as the analyst, granted by name: under

@@ -20,6 +20,8 @@ UPDATE payments.endpoints SET consecutive_failures = NULL WHERE name = 'raw-refu
 UPDATE payments.endpoints SET updated_at = NULL WHERE name = 'raw-refunds';
 SELECT payments.add_endpoint('slow', 'https://crm.example/slow', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', timeout_ms => 500000);
 SELECT payments.add_endpoint('often', 'https://crm.example/often', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', breaker_cooldown => '0 seconds');
+-- a cool-down past the range of a timestamp failed every claim, for every endpoint
+SELECT payments.add_endpoint('often', 'https://crm.example/often', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', breaker_cooldown => '300000 years');
 
 CREATE FUNCTION pg_temp.deliver(body text) RETURNS text LANGUAGE sql AS $$
 	WITH b AS (SELECT convert_to(body, 'UTF8') AS b, floor(extract(epoch FROM clock_timestamp()))::bigint AS t)
@@ -133,6 +135,45 @@ SELECT o.next_attempt_at - (a.started_at + interval '500 milliseconds')
 		 BETWEEN interval '599.9 seconds' AND interval '600.1 seconds' AS from_the_answer
   FROM late l JOIN payments.outbox o ON o.id = l.outbox_id JOIN payments.outbox_attempts a ON a.id = l.attempt_id;
 COMMIT;
+
+-- an endpoint disabled is queued nothing; payments.replay_outbox sends it what it missed since a
+-- time (payment changes, and stored events of the types it names), once, and its dead items again
+DELETE FROM payments.outbox;
+SELECT clock_timestamp() AS mark \gset
+SELECT payments.enable_endpoint('all-payments');
+SELECT payments.enable_endpoint(name, false) FROM payments.endpoints WHERE name IN ('paid-only', 'raw-stripe');
+SELECT pg_temp.deliver('{"id":"evt_ob20","type":"payment_intent.succeeded","created":1718000600,"data":{"object":{"id":"pi_ob20","amount":700,"currency":"usd"}}}');
+SELECT pg_temp.deliver('{"id":"evt_ob21","type":"customer.deleted","created":1718000700,"data":{"object":{"id":"cus_1"}}}');
+SELECT e.name, o.event_type FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id ORDER BY o.id;
+UPDATE payments.outbox SET state = 'dead', attempts = 8, next_attempt_at = now() + interval '1 day';
+SELECT payments.replay_outbox('paid-only', :'mark') AS paid_only, payments.replay_outbox('raw-stripe', :'mark') AS raw_stripe,
+	   payments.replay_outbox('all-payments', :'mark') AS all_payments;
+SELECT e.name, o.event_type, o.state, o.attempts, o.next_attempt_at <= now() AS due,
+	   coalesce(o.payload -> 'data' ->> 'provider_ref', o.payload -> 'data' ->> 'event_id') AS about,
+	   o.status_history_id IS NOT NULL AS has_transition
+  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id ORDER BY e.name, o.id;
+SELECT payments.replay_outbox('paid-only', :'mark') AS again, payments.replay_outbox('raw-stripe', :'mark') AS again;
+SELECT payments.replay_outbox('nowhere', now());
+SELECT payments.replay_outbox('paid-only', NULL);
+-- the backlog's "due" and the oldest due item are what a run would send: not a disabled
+-- endpoint's items
+SELECT endpoint, enabled, pending, due FROM payments.outbox_backlog
+ WHERE endpoint IN ('all-payments', 'paid-only', 'raw-stripe') ORDER BY endpoint;
+SELECT endpoint, event_type FROM payments.outbox_oldest_due;
+-- the chat job's runs claim WhatsApp messages only, never waiting on a receiver's timeout
+SELECT count(*) AS claimed_by_chats_only FROM payments.claim_outbox(200, true);
+-- endpoints whose breaker cooled down: only one given its probe is half open (a run with room
+-- for one item made both half open, the second then waiting a whole cool-down more with no probe)
+SELECT payments.enable_endpoint(name) FROM payments.endpoints WHERE name IN ('paid-only', 'raw-stripe');
+UPDATE payments.endpoints SET breaker_state = 'open', breaker_until = now() - interval '1 second';
+UPDATE payments.outbox SET next_attempt_at = now() - interval '1 second' WHERE state = 'pending';
+SELECT count(*) AS claimed FROM payments.claim_outbox(1);
+SELECT e.name, e.breaker_state, count(a.id) AS attempts
+  FROM payments.endpoints e LEFT JOIN payments.outbox_attempts a ON a.endpoint_id = e.id
+ WHERE e.name IN ('all-payments', 'paid-only', 'raw-stripe') GROUP BY e.id, e.name, e.breaker_state ORDER BY e.name;
+-- an endpoint with items and attempts can be deleted, and they go with it
+DELETE FROM payments.endpoints WHERE name = 'all-payments';
+SELECT count(*) AS left_of_it FROM payments.outbox o WHERE NOT EXISTS (SELECT FROM payments.endpoints e WHERE e.id = o.endpoint_id);
 
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;

@@ -149,8 +149,9 @@ test('a paid payment is delivered once, signed, with a stable webhook-id; other 
 	db.psql(`SELECT payments.enable_endpoint('ok', false)`);
 });
 
-test('410 Gone disables the endpoint; its items wait until it is enabled again', async () => {
+test('410 Gone disables the endpoint; its items wait until it is enabled again, and replay_outbox sends what it missed', async () => {
 	receiver.behaviour['/gone'] = (req, res) => res.writeHead(410).end();
+	const since = db.psql(`SELECT clock_timestamp()`);
 	endpoint('gone', '/gone');
 	paid('pi_gone1');
 	await deliver();
@@ -164,6 +165,11 @@ test('410 Gone disables the endpoint; its items wait until it is enabled again',
 	db.psql(`SELECT payments.enable_endpoint('gone')`);
 	await deliver();
 	assert.deepEqual(items('gone'), ['delivered|2|200']);
+	// the payment paid while the endpoint was disabled was never queued: the operator sends it
+	assert.equal(db.psql(`SELECT payments.replay_outbox('gone', '${since}')`), '1');
+	await deliver();
+	assert.deepEqual(receiver.to('/gone').map((d) => d.payload.data.provider_ref), ['pi_gone1', 'pi_gone1', 'pi_gone2']);
+	assert.equal(db.psql(`SELECT payments.replay_outbox('gone', '${since}')`), '0');
 	db.psql(`SELECT payments.enable_endpoint('gone', false)`);
 });
 
@@ -199,6 +205,25 @@ test('429 with Retry-After waits at least that long; 5xx retries on the schedule
 	await deliver();
 	assert.deepEqual(items('err'), ['dead|8|503']);
 	db.psql(`SELECT payments.enable_endpoint('busy', false); SELECT payments.enable_endpoint('err', false)`);
+});
+
+test('a database in LATIN1 sends its webhooks in UTF-8, and their signatures verify', async () => {
+	db.psql(`CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`, 'postgres');
+	db.psql(`CREATE EXTENSION payments CASCADE`, 'latin');
+	// (the name as JSON escapes: psql's client encoding here is not UTF-8)
+	db.psql(`SELECT payments.add_endpoint('latin', '${receiver.base}/latin', '${SECRET}');
+		INSERT INTO payments.outbox (endpoint_id, event_type, payload)
+		SELECT id, 'payment.paid', '{"type": "payment.paid", "data": {"donor_name": "Jos\\u00e9 M\\u00fcller \\u00bd"}}'
+		  FROM payments.endpoints WHERE name = 'latin'`, 'latin');
+	assert.equal(db.psql(`SELECT length(payload -> 'data' ->> 'donor_name') FROM payments.outbox`, 'latin'), '13');
+	const invalid = receiver.invalid;
+	await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+		'-p', String(db.port), '-U', 'postgres', '-d', 'latin', '-c', 'CALL payments.deliver_outbox()']);
+	assert.equal(receiver.invalid, invalid, 'the signature did not verify');
+	const [d] = receiver.to('/latin');
+	assert.equal(d?.payload.data.donor_name, 'José Müller ½');
+	assert.equal(db.psql(`SELECT state FROM payments.outbox`, 'latin'), 'delivered');
+	db.psql(`DROP DATABASE latin`, 'postgres');
 });
 
 test('timeouts, slow and oversized responses', async () => {

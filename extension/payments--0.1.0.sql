@@ -938,6 +938,7 @@ DECLARE
 	refunded_before numeric;
 	refunded_after numeric;
 	outcome	text;
+	flagged	boolean := false;
 BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
@@ -1020,6 +1021,14 @@ BEGIN
 		   updated_at = now()
 	 WHERE p.id = pay.id;
 
+	-- a payment an admin marked paid by hand (WhatsApp /approve) that the provider now reports paid:
+	-- it may have been collected twice.  Flagged on the payment, the admins told, once
+	IF change.status = 'paid' AND pay.status = 'paid' AND pay.metadata ? 'approved_by'
+	   AND NOT pay.metadata ? 'paynow_paid_after_approval' THEN
+		PERFORM payments.chat_paid_after_approval(pay.id, change);
+		flagged := true;
+	END IF;
+
 	IF change.status = 'paid' AND pay.paid_at IS NULL
 	   AND (pay.status IN ('partially_refunded', 'refunded') OR (pay.status = 'disputed' AND at < pay.status_at)) THEN
 		-- news that it was paid, after a refund or dispute already moved it past paid (out of
@@ -1083,11 +1092,11 @@ BEGIN
 		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), at, event_row);
 		outcome := 'applied';
 	END IF;
-	RETURN outcome;
+	RETURN CASE WHEN flagged THEN 'applied' ELSE outcome END;
 END
 $$;
 COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) IS
-	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds; returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
+	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds; news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Stripe
@@ -5126,10 +5135,50 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE lower(word) WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END
+	SELECT CASE lower(word) WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'us$' THEN 'USD' WHEN 'dollar' THEN 'USD'
+							WHEN 'dollars' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END
 $$;
 COMMENT ON FUNCTION payments.chat_currency_name(text) IS
-	'The currency a donor names: $ and USD are USD, ZWG and ZiG are ZWG (any case); NULL otherwise';
+	'The currency a donor names: $, US$, USD, dollar and dollars are USD, ZWG and ZiG are ZWG (any case); NULL otherwise';
+
+-- An amount as donors type it: 10, 25.50, a currency before it ($10, USD 10, ZiG 100) or after it
+-- (10 USD, 10.50usd, 10 dollars, 10$), thousands in groups of three digits after a comma or a space
+-- (1,000 and 1 000 are 1000, 1,000.50 too).  A decimal comma (10,5 or 10,50) is not taken: the
+-- donor is asked to use a dot (comma_cents is the amount as it would be with one)
+CREATE FUNCTION payments.chat_typed_amount(typed text, OUT named text, OUT amount numeric, OUT comma_cents text)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- non-breaking and thin spaces (a phone's keyboard, a copied number) are spaces here
+	rest	text := regexp_replace(payments.chat_trim(typed), '[\u00a0\u2007\u2009\u202f]', ' ', 'g');
+	word	text;
+BEGIN
+	word := (regexp_match(rest, '^(us\$|\$|[[:alpha:]]+)', 'i'))[1];
+	named := payments.chat_currency_name(word);
+	IF named IS NOT NULL THEN
+		rest := substr(rest, length(word) + 1);
+	ELSE
+		word := (regexp_match(rest, '(us\$|\$|[[:alpha:]]+)$', 'i'))[1];
+		named := payments.chat_currency_name(word);
+		IF named IS NOT NULL THEN
+			rest := left(rest, length(rest) - length(word));
+		END IF;
+	END IF;
+	rest := payments.chat_trim(rest);
+	IF rest ~ '^[0-9]{1,9},[0-9]{1,2}$' THEN
+		comma_cents := to_char(replace(rest, ',', '.')::numeric, 'FM999999990.00');
+		RETURN;
+	END IF;
+	-- the same separator between every group of three digits
+	IF rest ~ '^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]{1,2})?$' OR rest ~ '^[0-9]{1,3}( [0-9]{3})+(\.[0-9]{1,2})?$' THEN
+		rest := translate(rest, ', ', '');
+	END IF;
+	amount := CASE WHEN rest ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN rest::numeric END;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_typed_amount(text) IS
+	'What a donor typed as an amount: the currency named before or after it (payments.chat_currency_name), the amount (thousands separated by commas or spaces in groups of three digits taken: 1,000 and 1 000 are 1000), or, for a decimal comma (10,5), the amount written with a dot in comma_cents; NULLs otherwise';
 
 -- As people write Zimbabwean mobile numbers: 0771234567, 771234567, 263771234567, 2630771234567,
 -- 00263771234567, 002630771234567, with spaces (non-breaking ones too), dots, dashes, parentheses
@@ -5195,6 +5244,37 @@ $$;
 COMMENT ON FUNCTION payments.chat_amount_examples(numeric, numeric, text) IS
 	'Example amounts for a donor between low and high: "10 or 25.50" when both are allowed, else amounts from the least one allowed';
 
+-- The amounts a donor may send, as the amount question and its refusals say them: with the
+-- currency known (chosen, named, or the chat's only one) "between 1.00 and 480.00 USD"; before it
+-- is chosen, each currency's range ("in USD (1.00 to 480.00) or ZWG (20.00 to 13000.00)"), one range
+-- when they are all the same ("between 1.00 and 480.00 (USD or ZWG)"): the widest range alone
+-- reads as one currency's
+CREATE FUNCTION payments.chat_amount_ranges(cfg jsonb, currency text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH c AS (
+		SELECT k, r.low, r.high
+		  FROM (SELECT currency AS k WHERE currency IS NOT NULL
+				UNION ALL
+				SELECT k FROM jsonb_object_keys(coalesce(cfg -> 'paynow_providers', '{}')) k WHERE currency IS NULL) x,
+			   payments.chat_amount_range(cfg, x.k) r)
+	SELECT CASE
+		WHEN (SELECT count(*) FROM c) = 0
+		THEN (SELECT format('between %s and %s', payments.chat_amount(r.low, NULL), payments.chat_amount(r.high, NULL))
+				FROM payments.chat_amount_range(cfg, NULL) r)
+		WHEN (SELECT count(*) FROM c) = 1
+		THEN (SELECT format('between %s and %s %s', payments.chat_amount(low, k), payments.chat_amount(high, k), k) FROM c)
+		WHEN (SELECT count(DISTINCT (low, high)) FROM c) = 1
+		THEN (SELECT format('between %s and %s (%s)', payments.chat_amount(min(low), NULL), payments.chat_amount(min(high), NULL),
+							payments.chat_or_list(array_agg(k ORDER BY k))) FROM c)
+		ELSE 'in ' || payments.chat_or_list(ARRAY(SELECT format('%s (%s to %s)', k, payments.chat_amount(low, k), payments.chat_amount(high, k))
+												  FROM c ORDER BY k)) END
+$$;
+COMMENT ON FUNCTION payments.chat_amount_ranges(jsonb, text) IS
+	'The amounts a donation may have, as donors read them: "between 1.00 and 480.00 USD" for a currency (or the only one offered); before the currency is chosen, "in USD (1.00 to 480.00) or ZWG (20.00 to 13000.00)", or one range with the currencies when they all have the same';
+
 -- The conversation
 
 -- The summary's Confirm button names the draft it shows, so that a tap on an earlier summary, sent
@@ -5225,8 +5305,8 @@ BEGIN
 			'(You can send *help* at any time.)',
 			'[["donate", "Donate"], ["check", "Check a payment"], ["volunteer", "Volunteer"], ["help", "Help"]]')
 		WHEN 'amount' THEN (SELECT payments.chat_text(wa_id, format(
-			'How much would you like to give? Send an amount between %s and %s%s, for example %s.',
-			payments.chat_amount(r.low, draft ->> 'currency'), payments.chat_amount(r.high, draft ->> 'currency'), coalesce(' ' || (draft ->> 'currency'), ''),
+			'How much would you like to give? Send an amount %s, for example %s.',
+			payments.chat_amount_ranges(cfg, draft ->> 'currency'),
 			payments.chat_amount_examples(r.low, r.high, draft ->> 'currency')))
 			FROM payments.chat_amount_range(cfg, draft ->> 'currency') r)
 		WHEN 'currency' THEN payments.chat_choices(wa_id, 'In which currency?',
@@ -5279,7 +5359,8 @@ COMMENT ON FUNCTION payments.chat_prompt(text, text, text, jsonb, jsonb, text) I
 -- longer offered takes its amount along (given in that currency, it says nothing in another); with
 -- one currency left, it is the draft's, as when a donation starts.  Then an amount outside the
 -- range of the draft's currency; a method no longer offered, with its number (each network has its
--- own, as when the method is edited); a number not on the method's network.
+-- own, as when the method is edited); a number not on the method's network.  An amount given in
+-- another currency than the one chosen since (Edit, Currency keeps it as amount_currency) is dropped.
 CREATE FUNCTION payments.chat_fit_draft(cfg jsonb, draft jsonb, OUT fitted jsonb, OUT notes text[])
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -5297,6 +5378,16 @@ BEGIN
 	END IF;
 	IF NOT fitted ? 'currency' AND cardinality(currencies) = 1 THEN
 		fitted := fitted || jsonb_build_object('currency', currencies[1]);
+	END IF;
+	-- Edit, Currency: the amount was given in amount_currency; in another currency it says
+	-- nothing (100 ZWG is not 100 USD), so it is asked again
+	IF fitted ? 'amount_currency' AND fitted ? 'currency' THEN
+		IF fitted ? 'amount' AND fitted ->> 'amount_currency' <> fitted ->> 'currency' THEN
+			notes := notes || format('Your amount was in %s: please send it again in %s.', fitted ->> 'amount_currency',
+									 fitted ->> 'currency');
+			fitted := fitted - 'amount';
+		END IF;
+		fitted := fitted - 'amount_currency';
 	END IF;
 	-- the amount came before the currency: it is asked again if outside that currency's range
 	IF fitted ? 'currency' AND fitted ? 'amount' THEN
@@ -5319,7 +5410,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_fit_draft(jsonb, jsonb) IS
-	'A donation draft as the conversation settings of now (payments.chat_settings) take it: without a currency no longer offered (nor its amount), the only currency filled in, without an amount outside the currency''s range, a method no longer offered (nor its number), a number not on the method''s network; and what to tell the donor about them';
+	'A donation draft as the conversation settings of now (payments.chat_settings) take it: without a currency no longer offered (nor its amount), the only currency filled in, without an amount given in another currency than the one chosen since (amount_currency, kept by Edit, Currency), without an amount outside the currency''s range, a method no longer offered (nor its number), a number not on the method''s network; and what to tell the donor about them';
 
 CREATE FUNCTION payments.chat_advance(provider text, wa_id text, cfg jsonb, draft jsonb,
 									  OUT next_state text, OUT next_draft jsonb)
@@ -5397,6 +5488,57 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_check(text, text) IS 'Queues the status of the last donation made from a WhatsApp number';
+
+-- A donation from this number still waiting to be paid whose request may still reach the donor's
+-- phone (initiation queued, sending or unconfirmed: Paynow may have it), or whose prompt or link
+-- may still be live (pending, started within the hour): a new one now could be paid as well, so
+-- the donor is told about it first (payments.chat_pending_notice)
+CREATE FUNCTION payments.chat_pending_donation(provider text, wa_id text,
+											   OUT payment_id bigint, OUT reference text, OUT amount numeric,
+											   OUT currency text, OUT method text, OUT initiation text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT p.id, p.reference, p.amount, p.currency, p.method, i.state
+	  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+	  LEFT JOIN payments.paynow_initiations i ON i.payment_id = p.id
+	 WHERE d.provider = chat_pending_donation.provider AND d.wa_id = chat_pending_donation.wa_id
+	   AND p.status = 'pending'
+	   AND (i.state IN ('queued', 'sending', 'unconfirmed') OR d.created_at > now() - interval '1 hour')
+	 ORDER BY d.payment_id DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION payments.chat_pending_donation(text, text) IS
+	'The latest donation from a WhatsApp number that is pending and may still be paid: its Paynow initiation queued, sending or unconfirmed, or started less than an hour ago (a prompt or link still live); NULLs when none';
+
+CREATE FUNCTION payments.chat_pending_notice(provider text, wa_id text, confirming boolean, seen bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	w		record;
+BEGIN
+	SELECT * INTO w FROM payments.chat_pending_donation(provider, wa_id);
+	IF w.payment_id IS NULL OR w.payment_id <= coalesce(seen, 0) THEN
+		RETURN NULL;
+	END IF;
+	PERFORM payments.chat_send(provider, wa_id, payments.chat_choices(wa_id,
+		format('You already have a donation waiting: %s %s by %s, reference %s. ', payments.chat_amount(w.amount, w.currency),
+			   w.currency, payments.chat_method_label(w.method), w.reference) ||
+		CASE WHEN w.initiation IN ('queued', 'sending') THEN 'We are still sending its payment request to Paynow.'
+			 WHEN w.initiation = 'unconfirmed' THEN 'We could not confirm its payment request, so your phone may still ask for your PIN.'
+			 WHEN payments.paynow_web_checkout(w.method) THEN 'It is waiting for payment on Paynow''s page (the link we sent).'
+			 ELSE 'It is waiting for you to approve the request on your phone.' END ||
+		E'\nSo that you do not pay twice, tap *Check it* to see whether it went through. ' ||
+		CASE WHEN confirming THEN 'To give again all the same, tap *Confirm* on the summary below.'
+			 ELSE 'Tap *Donate anyway* only if you want to give again.' END,
+		CASE WHEN confirming THEN '[["check", "Check it"]]'::jsonb
+			 ELSE '[["check", "Check it"], ["donate_anyway", "Donate anyway"], ["menu", "Menu"]]'::jsonb END));
+	RETURN w.payment_id;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_pending_notice(text, text, boolean, bigint) IS
+	'When a WhatsApp number has a donation that may still be paid (payments.chat_pending_donation) newer than the one it chose to go past (seen), queues a word about it (amount, method, reference, where it stands) with a Check it button, and Donate anyway unless confirming (then the summary is sent again); returns its payment id, or NULL when there is none';
 
 CREATE FUNCTION payments.chat_start_payment(event_row bigint, provider text, wa_id text, name text, cfg jsonb,
 											draft jsonb)
@@ -5573,8 +5715,8 @@ BEGIN
 			END IF;
 		END IF;
 	ELSE
-		body := E'Admin commands:\n/stats: today''s totals per currency\n' ||
-				E'/report [YYYY-MM-DD | yesterday]: the daily report (default today)\n' ||
+		body := E'Admin commands:\n/stats: today''s totals per currency (all payments in the database)\n' ||
+				E'/report [YYYY-MM-DD | yesterday]: the daily report of all payments (default today)\n' ||
 				E'/approve <reference>: mark a payment paid by hand (issues its receipt)\n/admin: this help';
 	END IF;
 	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, body));
@@ -5617,6 +5759,7 @@ DECLARE
 	choice	text;
 	named	text;
 	labels	text[];
+	pending	bigint;
 BEGIN
 	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages' OR wa IS NULL
 	   OR NOT (cfg ? 'access_token' AND cfg ? 'phone_number_id')
@@ -5696,7 +5839,21 @@ BEGIN
 	ELSIF word = 'check' THEN
 		PERFORM payments.chat_check(ev.provider, wa);
 	ELSIF word IN ('donate', 'give') THEN
-		SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, '{}') a;
+		-- a donation that may still be paid (a request Paynow may have, a prompt still live): the
+		-- donor is told about it first, and gives again only by choosing to (Donate anyway)
+		IF payments.chat_pending_notice(ev.provider, wa, false, NULL) IS NOT NULL THEN
+			st := 'menu';
+			drafted := '{}';
+		ELSE
+			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, '{}') a;
+		END IF;
+	ELSIF word IN ('donate_anyway', 'donate anyway', 'give anyway') THEN
+		-- the draft keeps the donation the donor chose to go past: the confirmation warns only of a
+		-- newer one
+		pending := (SELECT w.payment_id FROM payments.chat_pending_donation(ev.provider, wa) w);
+		SELECT a.next_state, a.next_draft INTO st, drafted
+		  FROM payments.chat_advance(ev.provider, wa, cfg,
+									 CASE WHEN pending IS NULL THEN '{}' ELSE jsonb_build_object('pending_ok', pending) END) a;
 	ELSIF word = 'volunteer' THEN
 		st := 'volunteer_name';
 		drafted := '{}';
@@ -5707,15 +5864,23 @@ BEGIN
 		drafted := '{}';
 		PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted, coalesce(profile, s.name));
 	ELSIF st = 'amount' THEN
-		-- a currency typed before the amount says which: $ and USD are USD, ZWG and ZiG are ZWG
-		-- (payments.chat_currency_name, as at the currency question)
-		choice := (regexp_match(txt, '^(\$|[[:alpha:]]+)'))[1];
-		named := payments.chat_currency_name(choice);
-		choice := CASE WHEN named IS NULL THEN txt ELSE payments.chat_trim(substr(txt, length(choice) + 1)) END;
-		amount := CASE WHEN choice ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN choice::numeric END;
+		-- a currency typed before or after the amount says which: $ and USD are USD, ZWG and ZiG
+		-- are ZWG (payments.chat_currency_name, as at the currency question); 1,000 and 1 000 are
+		-- 1000 (payments.chat_typed_amount)
+		SELECT t.named, t.amount, t.comma_cents INTO named, amount, choice FROM payments.chat_typed_amount(txt) t;
 		SELECT r.low, r.high INTO low, high
 		  FROM payments.chat_amount_range(cfg, coalesce(drafted ->> 'currency', named)) r;
-		IF named IS NOT NULL AND NOT cfg -> 'paynow_providers' ? named THEN
+		IF btn IS NOT NULL THEN
+			-- a button of an earlier message where an amount is to be typed
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Please type the amount you would like to give, %s, like %s.',
+				payments.chat_amount_ranges(cfg, drafted ->> 'currency'),
+				payments.chat_amount_examples(low, high, drafted ->> 'currency'))));
+		ELSIF choice IS NOT NULL AND (named IS NULL OR named = coalesce(drafted ->> 'currency', named)) THEN
+			-- 10,5: cents after a comma (thousands are 1,000, three digits after it)
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Please use a dot for cents, like %s (not "%s").', choice, left(txt, 40))));
+		ELSIF named IS NOT NULL AND NOT cfg -> 'paynow_providers' ? named THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
 				'Sorry, we cannot take donations in %s here, only in %s. Please send the amount in %s, like %s.',
 				named, payments.chat_or_list(ARRAY(SELECT k FROM jsonb_object_keys(cfg -> 'paynow_providers') k ORDER BY k)),
@@ -5731,9 +5896,8 @@ BEGIN
 				payments.chat_amount_examples(low, high, drafted ->> 'currency'), named)));
 		ELSIF amount IS NULL OR amount < low OR amount > high THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'Sorry, "%s" is not an amount we can take. Please send a number between %s and %s%s, like %s.',
-				left(txt, 40), payments.chat_amount(low, coalesce(drafted ->> 'currency', named)),
-				payments.chat_amount(high, coalesce(drafted ->> 'currency', named)), coalesce(' ' || named, ''),
+				'Sorry, "%s" is not an amount we can take. Please send an amount %s, like %s.',
+				left(txt, 40), payments.chat_amount_ranges(cfg, coalesce(drafted ->> 'currency', named)),
 				payments.chat_amount_examples(low, high, coalesce(drafted ->> 'currency', named)))));
 		ELSE
 			-- a currency named with the amount goes into the draft: its question is not asked
@@ -5767,7 +5931,12 @@ BEGIN
 		END IF;
 	ELSIF st = 'phone' THEN
 		choice := payments.chat_local_phone(CASE WHEN btn = 'phone_same' THEN wa ELSE txt END);
-		IF choice IS NULL THEN
+		IF btn IS NOT NULL AND btn <> 'phone_same' THEN
+			-- a button of an earlier message where a number is to be typed
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Please type the %s number to pay from, like %s.', payments.chat_method_label(drafted ->> 'method'),
+				CASE drafted ->> 'method' WHEN 'onemoney' THEN '0711234567' ELSE '0771234567' END)));
+		ELSIF choice IS NULL THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'Please send a Zimbabwean mobile number, like 0771234567.'));
 		ELSIF NOT payments.paynow_phone_fits(drafted ->> 'method', choice) THEN
@@ -5780,9 +5949,22 @@ BEGIN
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('phone', choice)) a;
 		END IF;
 	ELSIF st = 'purpose' THEN
+		-- a button; typed, the number of a purpose in the list (1, 2., 3)), else the donor's own
+		-- words: not a number (a phone number, an amount), at most 100 characters
 		choice := CASE WHEN btn ~ '^purpose_[1-3]$' THEN cfg -> 'purposes' ->> (substr(btn, 9)::integer - 1)
-					   WHEN btn IS NULL AND length(txt) BETWEEN 1 AND 100 THEN txt END;
-		IF choice IS NULL THEN
+					   WHEN btn IS NULL AND txt ~ '^[1-9][.)]?$' THEN cfg -> 'purposes' ->> (left(txt, 1)::integer - 1)
+					   WHEN btn IS NULL AND length(txt) BETWEEN 1 AND 100 AND txt !~ '^[0-9[:space:]+().,/#*-]+$' THEN txt END;
+		IF choice IS NULL AND btn IS NULL AND length(txt) > 100 THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Please keep the purpose to 100 characters or fewer (yours has %s), or tap one of the purposes.', length(txt))));
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		ELSIF choice IS NULL AND btn IS NULL AND txt <> '' THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+				'Please tap one of the purposes, send its number (%s), or write what your gift is for in words.',
+				CASE WHEN jsonb_array_length(cfg -> 'purposes') = 1 THEN '1'
+					 ELSE '1 to ' || jsonb_array_length(cfg -> 'purposes') END)));
+			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+		ELSIF choice IS NULL THEN
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		ELSE
 			SELECT a.next_state, a.next_draft INTO st, drafted
@@ -5793,9 +5975,18 @@ BEGIN
 		-- the buttons named their draft)
 		IF (word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted))
 		   AND (SELECT f.fitted FROM payments.chat_fit_draft(cfg, drafted) f) = drafted THEN
-			PERFORM payments.chat_start_payment(ev.id, ev.provider, wa, coalesce(profile, s.name), cfg, drafted);
-			st := 'menu';
-			drafted := '{}';
+			-- a donation that may still be paid, other than the one the donor chose to go past
+			-- (Donate anyway), started since the draft was (a Flow, another device): nothing starts;
+			-- the summary is sent again, its Confirm the donor's choice to give again
+			pending := payments.chat_pending_notice(ev.provider, wa, true, (drafted ->> 'pending_ok')::bigint);
+			IF pending IS NOT NULL THEN
+				drafted := drafted || jsonb_build_object('pending_ok', pending);
+				PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
+			ELSE
+				PERFORM payments.chat_start_payment(ev.id, ev.provider, wa, coalesce(profile, s.name), cfg, drafted);
+				st := 'menu';
+				drafted := '{}';
+			END IF;
 		ELSIF word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted) THEN
 			-- the settings changed since the summary (a currency or a method no longer offered,
 			-- another range of amounts): nothing starts, and the donation goes on from what no
@@ -5816,10 +6007,15 @@ BEGIN
 	ELSIF st = 'edit' THEN
 		choice := CASE WHEN btn LIKE 'edit\_%' THEN substr(btn, 6) ELSE word END;
 		IF choice IN ('amount', 'currency', 'method', 'phone', 'purpose') THEN
-			-- another method usually means another number (each network has its own)
+			-- another method usually means another number (each network has its own); another
+			-- currency, another amount: the draft keeps the currency the amount was given in, and
+			-- payments.chat_fit_draft drops the amount if another is chosen
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg,
-										 drafted - choice - CASE WHEN choice = 'method' THEN 'phone' ELSE '' END) a;
+										 drafted - choice - CASE WHEN choice = 'method' THEN 'phone' ELSE '' END
+										 || CASE WHEN choice = 'currency' AND drafted ? 'amount'
+												 THEN jsonb_build_object('amount_currency', drafted ->> 'currency')
+												 ELSE '{}' END) a;
 		ELSIF choice IN ('back', 'summary', 'yes', 'confirm', 'no', 'nothing') THEN
 			-- nothing to change after all: the summary again (checked against the settings of now)
 			SELECT a.next_state, a.next_draft INTO st, drafted
@@ -5862,7 +6058,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel, check, help, menu, donate, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel, check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer
@@ -6004,6 +6200,54 @@ END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
 	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old), failed, cancelled or refunded, queues the message to the donor';
+
+-- Paynow's news that a donation an admin approved by hand (/approve) was paid: the donor may have
+-- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment
+-- whose update was late.  Either way the admin decides: the payment keeps what Paynow said, and the
+-- admin who approved it is told (every admin number of the chat when that one is no longer one)
+CREATE FUNCTION payments.chat_paid_after_approval(payment_id bigint, change payments.payment_change)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p		payments.payments;
+	d		payments.chat_donations;
+	flag	jsonb;
+	admins	text[];
+	approver text;
+	who		text;
+BEGIN
+	SELECT x.* INTO p FROM payments.payments x WHERE x.id = chat_paid_after_approval.payment_id;
+	flag := jsonb_strip_nulls(jsonb_build_object(
+		'paynowreference', coalesce(change.metadata ->> 'paynowreference', p.metadata ->> 'paynowreference'),
+		'amount', change.amount, 'currency', coalesce(upper(change.currency), p.currency),
+		'reported_at', coalesce(change.status_at, now()), 'approved_by', p.metadata ->> 'approved_by'));
+	UPDATE payments.payments x SET metadata = x.metadata || jsonb_build_object('paynow_paid_after_approval', flag)
+	 WHERE x.id = p.id;
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = p.id;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	admins := ARRAY(SELECT DISTINCT payments.e164_digits(a)
+					  FROM payments.providers v, jsonb_array_elements_text(payments.chat_settings(v.settings) -> 'admin_numbers') a
+					 WHERE v.name = d.provider AND payments.e164_digits(a) IS NOT NULL);
+	approver := payments.e164_digits(p.metadata ->> 'approved_by');
+	IF approver = ANY (admins) THEN
+		admins := ARRAY[approver];
+	END IF;
+	FOREACH who IN ARRAY admins LOOP
+		PERFORM payments.chat_send(d.provider, who, payments.chat_text(who, format(
+			E'Paynow reports %s paid%s after it was approved by hand (/approve). If the donor also paid it another way, '
+			'the gift was collected twice: please refund one of the payments.',
+			p.reference,
+			coalesce(format(' (%s)', nullif(concat_ws(', ', 'Paynow reference ' || (flag ->> 'paynowreference'),
+								payments.chat_amount((flag ->> 'amount')::numeric, flag ->> 'currency') || ' ' || (flag ->> 'currency')), '')), ''))));
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) IS
+	'When Paynow reports paid a donation an admin approved by hand (/approve), which may have been collected twice: keeps metadata.paynow_paid_after_approval (Paynow reference, amount, currency, time, approver) and queues a word to the approving admin (to every admin number of the chat when that one is no longer one); called by apply_change, once per payment';
 
 -- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
 
@@ -6331,6 +6575,10 @@ REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_pending_donation(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_pending_notice(text, text, boolean, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_amount_ranges(jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.initiation_failed(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.initiation_unconfirmed(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.initiation_lost(bigint, text) FROM PUBLIC;
@@ -6396,6 +6644,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
 	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),
 	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),
+	payments.chat_pending_notice(text, text, boolean, bigint), payments.chat_paid_after_approval(bigint, payments.payment_change),
 	payments.initiation_unconfirmed(bigint, text), payments.initiation_lost(bigint, text),
 	payments.claim_initiations(integer), payments.record_initiation(bigint, integer, text, text) FROM payments_admin;
 -- nor are the triggers' functions: creating a trigger takes EXECUTE, and the commit steps are

@@ -888,3 +888,139 @@ SELECT replace(typed, E'\u00a0', '<nbsp>') AS typed, payments.chat_local_phone(t
   FROM unnest(ARRAY['0771234567', '771234567', '263771234567', '2630771234567', '00263771234567', '002630771234567',
 					'+263 (0)77 123 4567', E'077\u00a0123\u00a04567', '077.123.4567', '(077) 123-4567', '+263-71-234-5678',
 					'0071234567', '0263771234567', '07712345678', '+27 82 123 4567', '', NULL]) AS typed;
+
+-- a second donation while one may still be paid (its request unconfirmed: a bad reply hash) is
+-- not started: the donor is told about the waiting one (amount, reference, where it stands) and
+-- offered to check it; the steps typed after are not a donation.  Only *Donate anyway* starts one
+SELECT pg_temp.donate('263776000001', 0, 'ecocash');
+UPDATE payments.paynow_initiations i SET state = 'sending', started_at = now()
+  FROM payments.chat_donations d WHERE d.payment_id = i.payment_id AND d.wa_id = '263776000001';
+SELECT payments.record_initiation(i.id, 200, NULL,
+	payments.paynow_request('[["status", "Ok"], ["pollurl", "https://www.paynow.co.zw/Interface/CheckPayment/?guid=g140"]]',
+							'00000000-0000-0000-0000-000000000000'))
+  FROM payments.paynow_initiations i JOIN payments.chat_donations d ON d.payment_id = i.payment_id WHERE d.wa_id = '263776000001';
+SELECT count(*) AS before FROM pg_temp.replies('263776000001');
+SELECT pg_temp.say('263776000001', 'donate', 10);
+SELECT pg_temp.say('263776000001', '$20', 11);
+SELECT pg_temp.say('263776000001', 'pay_ecocash', 12, true);
+SELECT pg_temp.say('263776000001', 'phone_same', 13, true);
+SELECT pg_temp.say('263776000001', 'purpose_1', 14, true);
+SELECT pg_temp.say('263776000001', 'yes', 15);
+SELECT * FROM pg_temp.replies('263776000001');
+SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '263776000001';
+SELECT pg_temp.say('263776000001', 'check', 16, true);
+SELECT pg_temp.say('263776000001', 'donate_anyway', 17, true);
+SELECT pg_temp.say('263776000001', '$20', 18);
+SELECT pg_temp.say('263776000001', 'pay_ecocash', 19, true);
+SELECT pg_temp.say('263776000001', 'phone_same', 20, true);
+SELECT pg_temp.say('263776000001', 'purpose_1', 21, true);
+SELECT pg_temp.say('263776000001', 'yes', 22);
+SELECT * FROM pg_temp.replies('263776000001');
+SELECT p.amount, p.currency, i.state FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = '263776000001' ORDER BY p.id;
+-- typed too; and a donation started while the donor drafted (a Flow, another phone) stops the
+-- confirmation: the summary comes again, its Confirm the choice to give again
+BEGIN;
+SELECT pg_temp.say('263776000002', 'donate', 1, true);
+SELECT pg_temp.say('263776000002', '10', 2);
+SELECT pg_temp.say('263776000002', 'cur_USD', 3, true);
+SELECT pg_temp.say('263776000002', 'pay_card', 4, true);
+SELECT pg_temp.say('263776000002', 'purpose_1', 5, true);
+SELECT payments.chat_confirm_id(draft) AS old_confirm FROM payments.chat_sessions WHERE wa_id = '263776000002' \gset
+SELECT pg_temp.ask('263776000002', '0776000002') AS flow_started;
+SELECT count(*) AS before FROM pg_temp.replies('263776000002');
+SELECT pg_temp.say('263776000002', :'old_confirm', 6, true);
+SELECT * FROM pg_temp.replies('263776000002');
+SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '263776000002';
+SELECT pg_temp.say('263776000002', :'old_confirm', 7, true);
+SELECT pg_temp.say('263776000002', payments.chat_confirm_id(draft), 8, true) FROM payments.chat_sessions WHERE wa_id = '263776000002';
+SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '263776000002';
+SELECT pg_temp.say('263776000002', 'Donate anyway', 9);
+SELECT pg_temp.session('263776000002') ~ '^amount \{"pending_ok": [0-9]+\}$' AS drafting;
+ROLLBACK;
+-- a prompt that went out more than an hour ago (initiation done) is no longer live: no word;
+-- within the hour it is
+BEGIN;
+SELECT pg_temp.ask('263776000003', '0776000003') AS started, pg_temp.ask('263776000004', '0776000004') AS started;
+UPDATE payments.paynow_initiations i SET state = 'done'
+  FROM payments.chat_donations d WHERE d.payment_id = i.payment_id AND d.wa_id IN ('263776000003', '263776000004');
+UPDATE payments.chat_donations SET created_at = now() - interval '2 hours' WHERE wa_id = '263776000003';
+SELECT (SELECT count(*) FROM pg_temp.replies('263776000003')) + (SELECT count(*) FROM pg_temp.replies('263776000004')) AS before;
+SELECT pg_temp.say('263776000003', 'donate', 1, true);
+SELECT pg_temp.say('263776000004', 'donate', 1, true);
+SELECT * FROM pg_temp.replies('263776000003');
+SELECT * FROM pg_temp.replies('263776000004');
+ROLLBACK;
+
+-- Edit, Currency: the amount was given in the old currency, so a new one asks for it again
+-- (100 ZWG is not 100 USD); the same currency again keeps it
+SELECT pg_temp.say(w, 'donate', 1, true), pg_temp.say(w, '100', 2), pg_temp.say(w, 'cur_ZWG', 3, true),
+	   pg_temp.say(w, 'pay_card', 4, true), pg_temp.say(w, 'purpose_1', 5, true), pg_temp.say(w, 'edit', 6, true),
+	   pg_temp.say(w, 'edit_currency', 7, true), pg_temp.say(w, typed, 8, true), pg_temp.session(w)
+  FROM (VALUES ('263776000010', 'cur_USD'), ('263776000011', 'cur_ZWG')) AS t (w, typed);
+SELECT * FROM pg_temp.replies('263776000010') OFFSET 5;
+SELECT pg_temp.say('263776000010', '15', 9);
+SELECT pg_temp.session('263776000010');
+
+-- amounts as people write them: thousands in groups of three after a comma or a space, the currency
+-- after the amount as before it; cents after a comma are not guessed
+SELECT replace(typed, E'\u00a0', '<nbsp>') AS typed, t.*
+  FROM unnest(ARRAY['10', '25.50', '$10', 'USD 10', '10 USD', '10.50usd', '10 dollars', '10$', 'US$ 5', 'ZiG 100', '100 zig',
+					'1,000', '1 000', E'1\u00a0000', '1,000.50', '12,345,678', '10 000 ZWG', '10,5', '10,50', 'usd 10,5',
+					'1,00', '1,0000', '1 00', '1,000 000', 'usd 10 usd', 'ten dollars', '', NULL]) AS typed,
+	   payments.chat_typed_amount(typed) t;
+BEGIN;
+UPDATE payments.providers SET settings = settings || '{"min_amount": {"ZWG": 20}, "max_amount": {"USD": 480, "ZWG": 13000}}'
+ WHERE name = 'chat';
+SELECT pg_temp.say('263776000020', 'donate', 1, true);
+SELECT pg_temp.say('263776000020', '10,5', 2);
+SELECT pg_temp.say('263776000020', '1,000', 3);
+SELECT * FROM pg_temp.replies('263776000020');
+SELECT w, pg_temp.say(w, 'donate', 1, true), pg_temp.say(w, typed, 2), pg_temp.session(w)
+  FROM (VALUES ('263776000021', '10.50usd'), ('263776000022', '10 dollars'), ('263776000023', '1 000 ZWG'),
+			   ('263776000024', '10 USD')) AS t (w, typed);
+-- a chat taking one currency names it
+UPDATE payments.providers SET settings = settings || '{"paynow_providers": {"ZWG": "pn_zwg"}}' WHERE name = 'chat';
+SELECT pg_temp.say('263776000025', 'donate', 1, true);
+SELECT pg_temp.say('263776000025', 'lots', 2);
+SELECT * FROM pg_temp.replies('263776000025');
+ROLLBACK;
+
+-- the purpose: the number of one in the list is that purpose; a number otherwise (a phone number)
+-- is not a purpose; a purpose over 100 characters is refused with the reason
+SELECT pg_temp.say('263776000030', 'donate', 1, true), pg_temp.say('263776000030', '10', 2),
+	   pg_temp.say('263776000030', 'cur_USD', 3, true), pg_temp.say('263776000030', 'pay_card', 4, true);
+SELECT pg_temp.say('263776000030', '2', 5);
+SELECT pg_temp.session('263776000030');
+SELECT pg_temp.say('263776000031', 'donate', 1, true), pg_temp.say('263776000031', '10', 2),
+	   pg_temp.say('263776000031', 'cur_USD', 3, true), pg_temp.say('263776000031', 'pay_card', 4, true);
+SELECT count(*) AS before FROM pg_temp.replies('263776000031');
+SELECT pg_temp.say('263776000031', '0731234567', 5);
+SELECT pg_temp.say('263776000031', '3', 6);
+SELECT pg_temp.say('263776000031', repeat('Clinic roof ', 9), 7);
+SELECT pg_temp.say('263776000031', '1.', 8);
+SELECT * FROM pg_temp.replies('263776000031');
+SELECT pg_temp.session('263776000031');
+
+-- a button tapped where the amount or the number is to be typed: asked to type it
+SELECT pg_temp.say('263776000032', 'donate', 1, true);
+SELECT pg_temp.say('263776000032', 'purpose_1', 2, true);
+SELECT pg_temp.say('263776000032', '10', 3);
+SELECT pg_temp.say('263776000032', 'cur_USD', 4, true);
+SELECT pg_temp.say('263776000032', 'pay_onemoney', 5, true);
+SELECT pg_temp.say('263776000032', 'pay_onemoney', 6, true);
+SELECT * FROM pg_temp.replies('263776000032');
+SELECT pg_temp.session('263776000032');
+
+-- Paynow's Paid after an admin's /approve of the same donation: it may have been collected twice.
+-- Flagged on the payment, and the admin who approved it told, once
+SELECT pg_temp.late_donation('263776000040', 'Rufaro', 'Medicines', '1 hour') AS twice_ref \gset
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('263770000001');
+SELECT pg_temp.say('263770000001', '/approve ' || :'twice_ref', 40);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'twice_ref'], ['paynowreference', '9140'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g140']]);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'twice_ref'], ['paynowreference', '9140'], ['amount', '3.00'],
+	['status', 'Delivered'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g140']]);
+SELECT status, (metadata -> 'paynow_paid_after_approval') - 'reported_at' AS flag
+  FROM payments.payments WHERE reference = :'twice_ref';
+SELECT * FROM pg_temp.replies('263770000001');

@@ -703,7 +703,9 @@ COMMENT ON TABLE payments.refused_transitions IS
 
 -- A payment's refunded total is a running total (refund events report it so far, a refunded
 -- status means all of it): a day's refunds are the increases of those totals made that day, kept
--- here when apply_change makes them, since a second partial refund changes no status.
+-- here when apply_change makes them, since a second partial refund changes no status.  Each report
+-- counts at its own time, whatever the order of delivery: the rows are the increases of the
+-- running maximum of the reports in time order.
 CREATE TABLE payments.refunds (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	payment_id		bigint NOT NULL REFERENCES payments.payments (id) ON DELETE CASCADE,
@@ -715,7 +717,7 @@ CREATE TABLE payments.refunds (
 CREATE INDEX refunds_payment_idx ON payments.refunds (payment_id);
 CREATE INDEX refunds_at_idx ON payments.refunds (refunded_at);
 COMMENT ON TABLE payments.refunds IS
-	'Money given back: each increase of a payment''s refunded total (a refund, a dispute lost), in its currency''s major units, at the provider''s time of the event that reported it';
+	'Money given back: each increase of a payment''s refunded total (a refund, a dispute lost), in its currency''s major units, at the provider''s time of the event that reported it (reports delivered out of order count at their own times)';
 
 -- a domain rather than a table check, like payments.event_state: the counter is written by every
 -- paying transaction
@@ -937,6 +939,12 @@ DECLARE
 	at		timestamptz := coalesce(change.status_at, now());
 	refunded_before numeric;
 	refunded_after numeric;
+	says_all boolean;
+	reported numeric;
+	recorded numeric;
+	recorded_by numeric;
+	moved	numeric;
+	later	record;
 	outcome	text;
 	flagged	boolean := false;
 BEGIN
@@ -992,6 +1000,8 @@ BEGIN
 	IF change.status = 'refunded' AND change.amount_refunded < coalesce(pay.amount, change.amount) THEN
 		change.status := 'partially_refunded';
 	END IF;
+	-- what the event says was given back by its time: all of it, or its total so far
+	says_all := change.status = 'refunded';
 	-- paid again (a dispute won) after money was given back: partially refunded, or refunded when
 	-- all of it was, so that a dispute won before its opening arrives ends where it would in
 	-- order.  A disputed payment not yet known as paid is won by news not older than the dispute;
@@ -1088,15 +1098,49 @@ BEGIN
 	SELECT payments.refunded_total(p.status, p.amount, p.amount_refunded) INTO refunded_after
 	  FROM payments.payments p WHERE p.id = pay.id;
 	IF refunded_after > coalesce(refunded_before, 0) THEN
+		-- the total raised: the increase is given back at the event's time (an older event raises
+		-- it only when it is another part's: a second PayPal capture's refund)
 		INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
 		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), at, event_row);
 		outcome := 'applied';
+	ELSE
+		-- an older report of the running total, delivered after a newer one: what it says was
+		-- given back by its time and is recorded only later (40.00 by the 11th, reported after
+		-- 100.00 by the 12th) was given back at its time, and that much less later.  The rows
+		-- stay the increases of the running maximum of the reports in time order; their sum,
+		-- the payment's total, is unchanged
+		-- (least() would skip a NULL: an event that reports no total reports nothing)
+		reported := CASE WHEN says_all THEN refunded_after
+						 WHEN change.amount_refunded IS NOT NULL THEN least(refunded_after, change.amount_refunded) END;
+		IF reported > 0 THEN
+			SELECT coalesce(sum(f.amount), 0), coalesce(sum(f.amount) FILTER (WHERE f.refunded_at <= at), 0)
+			  INTO recorded, recorded_by
+			  FROM payments.refunds f WHERE f.payment_id = pay.id;
+			moved := least(reported, recorded) - recorded_by;
+			IF moved > 0 THEN
+				INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
+				VALUES (pay.id, moved, at, event_row);
+				-- taken from the next later rows, in time order; a row left with nothing goes
+				FOR later IN SELECT f.id, f.amount FROM payments.refunds f
+							  WHERE f.payment_id = pay.id AND f.refunded_at > at
+							  ORDER BY f.refunded_at, f.id LOOP
+					EXIT WHEN moved <= 0;
+					IF later.amount <= moved THEN
+						DELETE FROM payments.refunds f WHERE f.id = later.id;
+					ELSE
+						UPDATE payments.refunds f SET amount = f.amount - moved WHERE f.id = later.id;
+					END IF;
+					moved := moved - later.amount;
+				END LOOP;
+				outcome := 'applied';
+			END IF;
+		END IF;
 	END IF;
 	RETURN CASE WHEN flagged THEN 'applied' ELSE outcome END;
 END
 $$;
 COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) IS
-	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds; news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
+	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds at the event''s time, and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Stripe
@@ -1414,7 +1458,11 @@ BEGIN
 								   ELSE k.refunded + coalesce(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
 										THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), 0) END
 			 WHERE k.provider = provider_name AND k.capture_id = capture;
-			SELECT sum(k.refunded) INTO change.amount_refunded FROM payments.paypal_captures k
+			-- the payment's total as of this event: its capture's total as the event reports it
+			-- (an older report, delivered late, is a lower one: payments.apply_change counts it at
+			-- its time), the other captures' as known
+			SELECT sum(CASE WHEN k.capture_id = capture AND reported IS NOT NULL THEN reported ELSE k.refunded END)
+			  INTO change.amount_refunded FROM payments.paypal_captures k
 			 WHERE k.payment_id = cap.payment_id;
 		END IF;
 		RETURN payments.apply_change(event_row, provider_name, change);
@@ -1799,8 +1847,12 @@ SELECT pg_catalog.pg_extension_config_dump('payments.certificates', '');
 --------------------------------------------------------------------------------------------------
 -- Reports and roles
 --------------------------------------------------------------------------------------------------
--- Reports count collections (kind = 'collection').  A payment's time is when it was paid, else
--- when it was first seen: coalesce(paid_at, created_at); its day is that time's date in the
+-- Reports count collections (kind = 'collection').  A payment's time is when it was paid, else,
+-- failed or cancelled, the provider's time of that status (one that failed on the 10th, its news
+-- arriving on the 12th, failed on the 10th), else when it was first seen:
+-- coalesce(paid_at, CASE WHEN status IN ('failed', 'cancelled') THEN status_at ELSE created_at END),
+-- the expression of the BRIN index and the statistics below, written out the same in every
+-- report so that the planner matches them to its range; its day is that time's date in the
 -- receipt time zone (payments.receipt_timezone, default UTC).  Amounts are summed per currency
 -- only; payments.fx_rates converts to one base currency where rates are filled.
 --
@@ -1836,14 +1888,19 @@ CREATE TRIGGER payments_donor_key
 REVOKE ALL ON FUNCTION payments.keep_donor_key() FROM PUBLIC;
 
 CREATE INDEX payments_at_brin ON payments.payments
-	USING brin ((coalesce(paid_at, created_at))) WITH (pages_per_range = 32);
+	USING brin ((coalesce(paid_at, CASE WHEN status IN ('failed', 'cancelled') THEN status_at ELSE created_at END)))
+	WITH (pages_per_range = 32);
 -- Statistics on a payment's time, so that the planner sees how many rows a report's range holds
 -- (without them it guesses a fixed fraction, a hundred times too few for a year).
-CREATE STATISTICS payments.payments_at_stats ON (coalesce(paid_at, created_at)) FROM payments.payments;
+CREATE STATISTICS payments.payments_at_stats
+	ON (coalesce(paid_at, CASE WHEN status IN ('failed', 'cancelled') THEN status_at ELSE created_at END))
+	FROM payments.payments;
 -- ... and on its day (in the time zone of whoever analyzes: the count of days is what matters),
 -- so that the planner knows a year holds a few hundred (currency, day) groups, not one per row,
 -- and aggregates them in the parallel workers (payments.currency_summary)
-CREATE STATISTICS payments.payments_day_stats ON ((coalesce(paid_at, created_at))::date) FROM payments.payments;
+CREATE STATISTICS payments.payments_day_stats
+	ON ((coalesce(paid_at, CASE WHEN status IN ('failed', 'cancelled') THEN status_at ELSE created_at END))::date)
+	FROM payments.payments;
 CREATE INDEX payments_donor_idx ON payments.payments (donor_key, paid_at) WHERE kind = 'collection';
 CREATE INDEX status_history_status_at_brin ON payments.status_history USING brin (status_at);
 
@@ -1977,23 +2034,24 @@ COMMENT ON FUNCTION payments.day_start(date) IS 'Midnight starting a day in the 
 -- Views (read as their owner: the analyst needs no right on the tables)
 
 CREATE VIEW payments.daily_summary AS
-SELECT payments.receipt_day(coalesce(p.paid_at, p.created_at)) AS day,
+SELECT payments.receipt_day(coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END)) AS day,
 	   p.provider, p.currency::text AS currency, coalesce(p.method, 'unknown') AS method, p.status,
 	   count(*) AS count,
 	   sum(p.amount) AS amount,
 	   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
-	   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,
+	   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL AND p.amount IS NOT NULL), 0) AS fees,
 	   coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
 				FILTER (WHERE p.paid_at IS NOT NULL), 0) AS refunded,
 	   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0)
-		   - coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0)
+		   - coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL AND p.amount IS NOT NULL), 0)
 		   - coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
-						  FILTER (WHERE p.paid_at IS NOT NULL), 0) AS net
+						  FILTER (WHERE p.paid_at IS NOT NULL), 0) AS net,
+	   count(*) FILTER (WHERE p.paid_at IS NOT NULL AND p.amount IS NULL) AS amount_unknown
   FROM payments.payments p
  WHERE p.kind = 'collection'
  GROUP BY 1, 2, 3, 4, 5;
 COMMENT ON VIEW payments.daily_summary IS
-	'Collections per day (paid day, else day first seen; receipt time zone), provider, currency, method and current status: count, amount (what they are for, received or not), and the money: gross (received: paid at some time), fees, refunded, net = gross - fees - refunded';
+	'Collections per day (paid day, else for failed or cancelled ones the day of that status, else day first seen; receipt time zone), provider, currency, method and current status: count, amount (what they are for, received or not), and the money: gross (received: paid at some time), fees (of those whose amount is known), refunded, net = gross - fees - refunded, and amount_unknown (received, amount not known: not in gross nor fees)';
 
 CREATE VIEW payments.donor_summary AS
 SELECT payments.mask_donor(p.donor_key) AS donor,
@@ -2028,8 +2086,8 @@ COMMENT ON FUNCTION payments.receipt_bounds(text[], boolean) IS
 
 CREATE FUNCTION payments.daily_report(day date)
 RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees numeric, net numeric,
-			   fee_unknown bigint, failed bigint, refunds bigint, refunded numeric, new_donors bigint,
-			   receipts bigint, first_receipt text, last_receipt text)
+			   fee_unknown bigint, amount_unknown bigint, failed bigint, refunds bigint, refunded numeric,
+			   new_donors bigint, receipts bigint, first_receipt text, last_receipt text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- plans are made for the range asked (see payments_at_stats), without JIT
@@ -2050,7 +2108,8 @@ BEGIN
 					WHERE q.donor_key = p.donor_key AND q.kind = 'collection' AND q.paid_at < p.paid_at) AS first_gift
 		  FROM payments.payments p
 		  LEFT JOIN payments.receipts r ON r.payment_id = p.id
-		 WHERE coalesce(p.paid_at, p.created_at) >= lo AND coalesce(p.paid_at, p.created_at) < hi
+		 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= lo
+		    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < hi
 		   AND p.kind = 'collection' AND (p.paid_at IS NOT NULL OR p.status IN ('failed', 'cancelled'))
 	), refunds AS (
 		SELECT p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth, f.amount
@@ -2066,13 +2125,17 @@ BEGIN
 		SELECT r.cur, r.meth, NULL, NULL, NULL, NULL, NULL, NULL, false, r.amount
 		  FROM refunds r
 	)
+	-- gross, fees and net are those of the payments whose amount is known: the fee of one whose
+	-- amount is not (an amount finer than its currency's minor unit) would lower the net by money
+	-- the gross does not hold; amount_unknown says how many are left out
 	SELECT l.cur, CASE WHEN grouping(l.meth) = 1 THEN '(all)' ELSE l.meth END,
 		   count(*) FILTER (WHERE l.paid_at IS NOT NULL),
 		   coalesce(sum(l.amount) FILTER (WHERE l.paid_at IS NOT NULL), 0),
-		   coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL), 0),
+		   coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL AND l.amount IS NOT NULL), 0),
 		   coalesce(sum(l.amount) FILTER (WHERE l.paid_at IS NOT NULL), 0)
-			   - coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL), 0),
+			   - coalesce(sum(l.fee) FILTER (WHERE l.paid_at IS NOT NULL AND l.amount IS NOT NULL), 0),
 		   count(*) FILTER (WHERE l.paid_at IS NOT NULL AND l.fee IS NULL),
+		   count(*) FILTER (WHERE l.paid_at IS NOT NULL AND l.amount IS NULL),
 		   count(*) FILTER (WHERE l.paid_at IS NULL AND l.status IN ('failed', 'cancelled')),
 		   count(l.refund),
 		   coalesce(sum(l.refund), 0),
@@ -2086,7 +2149,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.daily_report(date) IS
-	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day; a fee not known counts as none), how many of them have no fee known (fee_unknown: Stripe''s events carry none), failed or cancelled (first seen that day), refunds made that day (payments.refunds: count and amount), donors giving for the first time, receipts issued with the first and last number';
+	'The daily report of one day (receipt time zone): per currency and method, then per currency (method "(all)"): paid count, gross, fees, net (paid that day; a fee not known counts as none; gross, fees and net over the payments whose amount is known), how many of them have no fee known (fee_unknown: Stripe''s events carry none), how many have no amount known (amount_unknown: one finer than its currency''s minor unit), failed or cancelled (at the provider''s time of that status), refunds made that day (payments.refunds: count and amount), donors giving for the first time, receipts issued with the first and last number';
 
 CREATE FUNCTION payments.daily_report_csv(day date)
 RETURNS text
@@ -2101,13 +2164,13 @@ AS $$
 											  ELSE coalesce(v, '') END, ',' ORDER BY k)
 						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
 	  FROM (SELECT 0::bigint AS n, ARRAY['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'fee_unknown',
-										 'failed', 'refunds', 'refunded', 'new_donors', 'receipts', 'first_receipt',
+										 'amount_unknown', 'failed', 'refunds', 'refunded', 'new_donors', 'receipts', 'first_receipt',
 										 'last_receipt'] AS fields
 			UNION ALL
 			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency,
 							  CASE WHEN r.method ~ '^([-=+@\t\r]|\s+[-=+@])' THEN '''' || r.method ELSE r.method END,
 							  r.paid::text, r.gross::text,
-							  r.fees::text, r.net::text, r.fee_unknown::text, r.failed::text, r.refunds::text,
+							  r.fees::text, r.net::text, r.fee_unknown::text, r.amount_unknown::text, r.failed::text, r.refunds::text,
 							  r.refunded::text,
 							  r.new_donors::text, r.receipts::text, r.first_receipt, r.last_receipt]
 			  FROM payments.daily_report(day) WITH ORDINALITY AS r) AS l
@@ -2135,7 +2198,8 @@ BEGIN
 			   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,
 			   min(p.paid_at) AS first_gift, max(p.paid_at) AS last_gift, min(p.id) AS first_id
 		  FROM payments.payments p
-		 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+		 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= from_ts
+		    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < to_ts
 		   AND p.paid_at IS NOT NULL AND p.kind = 'collection' AND p.donor_key IS NOT NULL
 		   AND (currency IS NULL OR p.currency = upper(currency)::bpchar)
 		 GROUP BY p.donor_key, p.currency
@@ -2156,7 +2220,8 @@ COMMENT ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer)
 
 CREATE FUNCTION payments.currency_summary(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (currency text, paid bigint, gross numeric, fees numeric, refunded numeric, net numeric,
-			   failed bigint, pending bigint, base_currency text, base_net numeric, days_without_rate bigint)
+			   failed bigint, pending bigint, base_currency text, base_net numeric, days_without_rate bigint,
+			   amount_unknown bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- plans are made for the range asked (see payments_at_stats), without JIT (it costs more than it
@@ -2186,16 +2251,18 @@ BEGIN
 	RETURN QUERY
 	WITH days AS (
 		SELECT p.currency::text AS cur,
-			   coalesce(p.paid_at, p.created_at)::date AS d,
+			   coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END)::date AS d,
 			   count(*) FILTER (WHERE p.paid_at IS NOT NULL) AS paid,
 			   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
-			   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,
+			   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL AND p.amount IS NOT NULL), 0) AS fees,
 			   coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
 						FILTER (WHERE p.paid_at IS NOT NULL), 0) AS refunded,
 			   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status IN ('failed', 'cancelled')) AS failed,
-			   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status = 'pending') AS pending
+			   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status = 'pending') AS pending,
+			   count(*) FILTER (WHERE p.paid_at IS NOT NULL AND p.amount IS NULL) AS amount_unknown
 		  FROM payments.payments p
-		 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+		 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= from_ts
+		    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < to_ts
 		   AND p.kind = 'collection'
 		 GROUP BY 1, 2
 	)
@@ -2205,7 +2272,8 @@ BEGIN
 		   base,
 		   round(sum((x.gross - x.fees - x.refunded) * CASE WHEN x.cur = base THEN 1 ELSE r.rate END), scale),
 		   -- a currency not known (NULL) has no rate either
-		   count(*) FILTER (WHERE x.paid > 0 AND x.cur IS DISTINCT FROM base AND r.rate IS NULL)
+		   count(*) FILTER (WHERE x.paid > 0 AND x.cur IS DISTINCT FROM base AND r.rate IS NULL),
+		   sum(x.amount_unknown)::bigint
 	  FROM days x
 	  LEFT JOIN payments.fx_rates r ON r.currency = x.cur AND r.day = x.d
 	 GROUP BY x.cur
@@ -2213,7 +2281,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.currency_summary(timestamptz, timestamptz) IS
-	'Collections in [from_ts, to_ts) per currency: paid count, gross, fees, refunded, net; failed and still pending; net in the base currency over the days with a rate, and the number of days with payments but no rate (0: base_net is complete)';
+	'Collections in [from_ts, to_ts) per currency: paid count, gross, fees, refunded, net; failed and still pending; net in the base currency over the days with a rate, and the number of days with payments but no rate (0: base_net is complete); amount_unknown: paid ones whose amount is not known, left out of gross and fees';
 
 CREATE FUNCTION payments.base_totals(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (base_currency text, base_net numeric, complete boolean, missing text)
@@ -2232,7 +2300,7 @@ COMMENT ON FUNCTION payments.base_totals(timestamptz, timestamptz) IS
 
 CREATE FUNCTION payments.method_summary(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees numeric, refunded numeric,
-			   net numeric, failed bigint, share numeric)
+			   net numeric, failed bigint, share numeric, amount_unknown bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- plans are made for the range asked (see payments_at_stats), without JIT
@@ -2243,16 +2311,19 @@ AS $$
 BEGIN
 	RETURN QUERY
 	SELECT m.cur, m.meth, m.paid, m.gross, m.fees, m.refunded, m.gross - m.fees - m.refunded, m.failed,
-		   CASE WHEN sum(m.gross) OVER w > 0 THEN round(100 * m.gross / sum(m.gross) OVER w, 1) END
+		   CASE WHEN sum(m.gross) OVER w > 0 THEN round(100 * m.gross / sum(m.gross) OVER w, 1) END,
+		   m.amount_unknown
 	  FROM (SELECT p.currency::text AS cur, coalesce(p.method, 'unknown') AS meth,
 				   count(*) FILTER (WHERE p.paid_at IS NOT NULL) AS paid,
 				   coalesce(sum(p.amount) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS gross,
-				   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL), 0) AS fees,
+				   coalesce(sum(p.fee) FILTER (WHERE p.paid_at IS NOT NULL AND p.amount IS NOT NULL), 0) AS fees,
 				   coalesce(sum(CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)
 							FILTER (WHERE p.paid_at IS NOT NULL), 0) AS refunded,
-				   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status IN ('failed', 'cancelled')) AS failed
+				   count(*) FILTER (WHERE p.paid_at IS NULL AND p.status IN ('failed', 'cancelled')) AS failed,
+				   count(*) FILTER (WHERE p.paid_at IS NOT NULL AND p.amount IS NULL) AS amount_unknown
 			  FROM payments.payments p
-			 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+			 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= from_ts
+			    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < to_ts
 			   AND p.kind = 'collection'
 			 GROUP BY 1, 2) AS m
 	WINDOW w AS (PARTITION BY m.cur)
@@ -2260,11 +2331,11 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.method_summary(timestamptz, timestamptz) IS
-	'Collections in [from_ts, to_ts) per currency and method: paid count, gross, fees, refunded, net, failed, and the method''s share of the currency''s gross in percent';
+	'Collections in [from_ts, to_ts) per currency and method: paid count, gross, fees, refunded, net, failed, the method''s share of the currency''s gross in percent, and amount_unknown: paid ones whose amount is not known, left out of gross and fees';
 
 CREATE FUNCTION payments.earnings(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (provider text, currency text, paid bigint, gross numeric, fees numeric,
-			   fee_rate numeric, net numeric, fee_unknown bigint)
+			   fee_rate numeric, net numeric, fee_unknown bigint, amount_unknown bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- plans are made for the range asked (see payments_at_stats), without JIT
@@ -2274,21 +2345,27 @@ AS $$
 #variable_conflict use_column
 BEGIN
 	RETURN QUERY
-	SELECT p.provider, p.currency::text, count(*), sum(p.amount), coalesce(sum(p.fee), 0),
-		   -- over the payments whose fee is known (Stripe's events carry none)
+	-- the fees of the payments whose amount is known (one finer than its currency's minor unit is
+	-- not): the gross holds only theirs
+	SELECT p.provider, p.currency::text, count(*), sum(p.amount),
+		   coalesce(sum(p.fee) FILTER (WHERE p.amount IS NOT NULL), 0),
+		   -- over the payments whose fee and amount are known (Stripe's events carry no fee)
 		   CASE WHEN sum(p.amount) FILTER (WHERE p.fee IS NOT NULL) > 0
-				THEN round(100 * sum(p.fee) / sum(p.amount) FILTER (WHERE p.fee IS NOT NULL), 2) END,
-		   sum(p.amount) - coalesce(sum(p.fee), 0),
-		   count(*) FILTER (WHERE p.fee IS NULL)
+				THEN round(100 * sum(p.fee) FILTER (WHERE p.amount IS NOT NULL)
+						   / sum(p.amount) FILTER (WHERE p.fee IS NOT NULL), 2) END,
+		   sum(p.amount) - coalesce(sum(p.fee) FILTER (WHERE p.amount IS NOT NULL), 0),
+		   count(*) FILTER (WHERE p.fee IS NULL),
+		   count(*) FILTER (WHERE p.amount IS NULL)
 	  FROM payments.payments p
-	 WHERE coalesce(p.paid_at, p.created_at) >= from_ts AND coalesce(p.paid_at, p.created_at) < to_ts
+	 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= from_ts
+	    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < to_ts
 	   AND p.paid_at IS NOT NULL AND p.kind = 'collection'
 	 GROUP BY p.provider, p.currency
 	 ORDER BY p.provider, p.currency;
 END
 $$;
 COMMENT ON FUNCTION payments.earnings(timestamptz, timestamptz) IS
-	'Fees (the providers'' commissions) on collections paid in [from_ts, to_ts) by provider and currency, with the fee rate in percent of the gross of the payments whose fee is known (NULL when none is), and how many payments have no fee known';
+	'Fees (the providers'' commissions) on collections paid in [from_ts, to_ts) by provider and currency, with the fee rate in percent of the gross of the payments whose fee is known (NULL when none is), and how many payments have no fee known (fee_unknown) and no amount known (amount_unknown: left out of gross, fees, net and the rate)';
 
 -- One donor's payments, by its key (payments.payments.donor_key), for the two lookups below
 CREATE FUNCTION payments.donor_history_of_key(key text)
@@ -2297,13 +2374,13 @@ RETURNS TABLE (at timestamptz, provider text, reference text, status text, amoun
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(p.paid_at, p.created_at), p.provider, p.reference, p.status::text, p.amount::numeric, p.currency::text,
+	SELECT coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END), p.provider, p.reference, p.status::text, p.amount::numeric, p.currency::text,
 		   (CASE p.status WHEN 'refunded' THEN p.amount ELSE p.amount_refunded END)::numeric,
 		   p.method, p.donor_name, r.receipt_no
 	  FROM payments.payments p
 	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
 	 WHERE p.donor_key = donor_history_of_key.key AND p.kind = 'collection'
-	 ORDER BY coalesce(p.paid_at, p.created_at) DESC, p.id DESC
+	 ORDER BY coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) DESC, p.id DESC
 $$;
 COMMENT ON FUNCTION payments.donor_history_of_key(text) IS
 	'The payments of the donor with a donor_key, newest first, with receipt numbers (for donor_history and donor_history_by_id)';
@@ -2350,11 +2427,11 @@ BEGIN
 	  FROM payments.events e
 	 WHERE provider IS NULL OR e.provider = provider
 	 ORDER BY e.id DESC
-	 LIMIT n;
+	 LIMIT greatest(n, 0);
 END
 $$;
 COMMENT ON FUNCTION payments.recent_events(text, integer) IS
-	'The admin''s event listing: the latest n events (of one provider or all), newest first, without bodies or headers';
+	'The admin''s event listing: the latest n events (of one provider or all; none when n is not positive), newest first, without bodies or headers';
 
 SELECT pg_catalog.pg_extension_config_dump('payments.fx_rates', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.currencies', 'WHERE NOT seeded');
@@ -5663,8 +5740,10 @@ BEGIN
 		IF day IS NULL THEN
 			body := 'Usage: /report [YYYY-MM-DD | yesterday] (default: today)';
 		ELSE
-			SELECT string_agg(format('%s %s: %s paid, gross %s, fees %s%s, net %s; %s failed; %s refunds (%s); %s new donors%s',
+			SELECT string_agg(format('%s %s: %s paid, gross %s%s, fees %s%s, net %s; %s failed; %s refunds (%s); %s new donors%s',
 									 r.currency, r.method, r.paid, payments.chat_amount(r.gross, r.currency),
+									 CASE WHEN r.amount_unknown > 0 THEN format(' (amount not known for %s)', r.amount_unknown)
+										  ELSE '' END,
 									 payments.chat_amount(r.fees, r.currency),
 									 CASE WHEN r.fee_unknown > 0 THEN format(' (not known for %s)', r.fee_unknown) ELSE '' END,
 									 payments.chat_amount(r.net, r.currency), r.failed, r.refunds,

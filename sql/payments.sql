@@ -449,6 +449,37 @@ SELECT tp.paypal('WH-43', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED', '{"id":"ORDER3",
 SELECT provider_ref, status, amount, currency, reference FROM payments.payments
  WHERE provider = 'pp' AND provider_ref IN ('ORDER3', 'ORDER6', 'ORDER7') ORDER BY provider_ref;
 
+-- refund reports delivered out of order: each running total counts at its own time.  100.00 paid
+-- on 10 Jul; the report of all of it (12 Jul) comes before that of 40.00 (11 Jul): 40.00 given back
+-- on the 11th, 60.00 on the 12th, and the status stays refunded.  Two partial refunds, 30.00 by
+-- 11 Aug and 50.00 by 12 Aug, newest first: 30.00 on the 11th, 20.00 on the 12th.  A report
+-- again of what is recorded by its time changes nothing; a PayPal capture's refunds likewise
+BEGIN;
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_ooo1', 10000), 1720612800);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo1', 10000, 10000), 1720785600);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo1', 10000, 4000), 1720699200);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_ooo2', 10000), 1723291200);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo2', 10000, 5000), 1723464000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo2', 10000, 3000), 1723377600);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo2', 10000, 3000), 1723377601);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_ooo3', 10000), 1723291200);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo3', 10000, 9000), 1723550400);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo3', 10000, 5000), 1723464000);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo3', 10000, 7000), 1723377600);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_ooo3', 10000, 10000), 1723636800);
+SELECT provider_ref, status, amount_refunded FROM payments.payments
+ WHERE provider_ref IN ('pi_ooo1', 'pi_ooo2', 'pi_ooo3') ORDER BY provider_ref;
+SELECT p.provider_ref, f.amount, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at
+  FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
+ WHERE p.provider_ref IN ('pi_ooo1', 'pi_ooo2', 'pi_ooo3') ORDER BY p.provider_ref, f.refunded_at;
+SELECT tp.paypal('WH-50', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP60","amount":{"currency_code":"USD","value":"80.00"}}', '2024-08-10T12:00:00Z');
+SELECT tp.paypal('WH-51', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF62","amount":{"currency_code":"USD","value":"30.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"50.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP60","rel":"up"}]}', '2024-08-12T12:00:00Z');
+SELECT tp.paypal('WH-52', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF61","amount":{"currency_code":"USD","value":"20.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"20.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP60","rel":"up"}]}', '2024-08-11T12:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, f.amount, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at
+  FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
+ WHERE p.provider = 'pp' AND p.provider_ref = 'CAP60' ORDER BY f.refunded_at;
+ROLLBACK;
+
 -- leave no PayPal provider behind for the paypal test, which counts them
 DELETE FROM payments.payments WHERE provider = 'pp';
 DELETE FROM payments.events WHERE provider = 'pp';

@@ -104,6 +104,39 @@ INSERT INTO payments.receipts (receipt_no, payment_id)
 SELECT 'AB-20240610-000001', p.id FROM payments.payments p WHERE p.provider_ref = 'pi_ab';
 SELECT currency, method, receipts, first_receipt, last_receipt FROM payments.daily_report('2024-06-10') WHERE currency = 'USD';
 ROLLBACK TO SAVEPOINT two_prefixes;
+-- a failed or cancelled payment counts on the provider's day of that status (status_at), not on
+-- the day its news arrived (created_at: now): one that failed on the 10th, one cancelled on the
+-- 11th, both stored today; a pending one counts on the day it was first seen
+SAVEPOINT failed_late;
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, method, status_at)
+VALUES ('rp-stripe', 'pi_failed_late', 'failed', 15, 'USD', 'card', '2024-06-10 11:00+02'),
+	   ('rp-stripe', 'pi_cancelled_late', 'cancelled', 9, 'USD', 'card', '2024-06-11 11:00+02');
+SELECT currency, method, paid, failed FROM payments.daily_report('2024-06-10') WHERE currency = 'USD';
+SELECT currency, method, paid, failed FROM payments.daily_report('2024-06-11') WHERE currency = 'USD';
+SELECT count(*) AS rows_today FROM payments.daily_report(payments.receipt_day(now()));
+SELECT day, status, count, amount FROM payments.daily_summary WHERE status IN ('failed', 'cancelled') ORDER BY day, status;
+SELECT currency, paid, failed, pending FROM payments.currency_summary(payments.day_start('2024-06-10'), payments.day_start('2024-06-12'))
+ WHERE currency = 'USD';
+SELECT currency, method, failed FROM payments.method_summary(payments.day_start('2024-06-11'), payments.day_start('2024-06-12'))
+ WHERE currency = 'USD';
+ROLLBACK TO SAVEPOINT failed_late;
+-- a paid payment whose amount is not known (stored NULL: an amount finer than its currency's minor
+-- unit, as Eversend's KWD 1.2345) is counted apart, amount_unknown: its fee is not taken from a
+-- gross that does not hold its amount (gross 5.125, fees 0.100, net 5.025; fee rate 1.95%)
+SAVEPOINT amount_unknown;
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, fee, method, status_at, created_at, paid_at)
+VALUES ('rp-paynow', 'ev_kwd_1', 'paid', NULL, 'KWD', 0.010, 'momo', '2024-06-10 09:00+02', '2024-06-10 09:00+02', '2024-06-10 09:00+02'),
+	   ('rp-paynow', 'ev_kwd_2', 'paid', 5.125, 'KWD', 0.100, 'momo', '2024-06-10 10:00+02', '2024-06-10 10:00+02', '2024-06-10 10:00+02');
+SELECT * FROM payments.daily_report('2024-06-10') WHERE currency = 'KWD';
+SELECT line FROM string_to_table(payments.daily_report_csv('2024-06-10'), E'\r\n') AS line
+ WHERE line LIKE 'day,%' OR line LIKE '%KWD%';
+SELECT * FROM payments.earnings(payments.day_start('2024-06-10'), payments.day_start('2024-06-11')) WHERE currency = 'KWD';
+SELECT currency, paid, gross, fees, net, base_net, amount_unknown
+  FROM payments.currency_summary(payments.day_start('2024-06-10'), payments.day_start('2024-06-11')) WHERE currency = 'KWD';
+SELECT currency, method, paid, gross, fees, net, share, amount_unknown
+  FROM payments.method_summary(payments.day_start('2024-06-10'), payments.day_start('2024-06-11')) WHERE currency = 'KWD';
+SELECT day, status, count, amount, gross, fees, net, amount_unknown FROM payments.daily_summary WHERE currency = 'KWD';
+ROLLBACK TO SAVEPOINT amount_unknown;
 -- in UTC, p_2 belongs to the 10th
 SET payments.receipt_timezone = 'UTC';
 SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2024-06-10') WHERE method = '(all)';
@@ -206,11 +239,16 @@ INSERT INTO payments.events (provider, event_id, event_type, received_at, body, 
 VALUES ('rp-paynow', 'pn-1', NULL, '2024-06-10 09:00+02', '{}'::bytea, '{}', '{}', 'pending', 1, 'payment x is not known yet');
 SELECT provider_name, event_id, event_type, received_at, state, attempts, last_error FROM payments.recent_events();
 SELECT provider_name, event_id FROM payments.recent_events('rp-stripe', 2);
+-- none asked for, none given (a negative count is no error)
+SELECT count(*) FROM payments.recent_events(n => 0);
+SELECT count(*) FROM payments.recent_events(n => -1);
+SELECT count(*) FROM payments.recent_events('rp-stripe', -5);
 
 -- indexes the reports use
 SET enable_seqscan = off;
 EXPLAIN (COSTS OFF) SELECT count(*) FROM payments.payments p
- WHERE coalesce(p.paid_at, p.created_at) >= '2024-06-10' AND coalesce(p.paid_at, p.created_at) < '2024-06-11';
+ WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= '2024-06-10'
+   AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < '2024-06-11';
 EXPLAIN (COSTS OFF) SELECT 1 FROM payments.payments q
  WHERE q.donor_key = 'email:jane.doe@example.org' AND q.kind = 'collection' AND q.paid_at < now();
 RESET enable_seqscan;

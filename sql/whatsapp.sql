@@ -480,6 +480,10 @@ SELECT regexp_replace(line, '(LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}', '
   FROM string_to_table(payments.daily_report_csv((SELECT payments.receipt_day(max(coalesce(paid_at, created_at))) FROM payments.payments
 												  WHERE method LIKE '%SUM%')), E'\r\n') AS line
  WHERE line LIKE '%SUM%';
+-- a paid payment whose amount is not known: the report says the gross leaves it out
+UPDATE payments.payments SET amount = NULL WHERE method LIKE '%SUM%' AND currency = 'USD' AND paid_at IS NOT NULL;
+SELECT pg_temp.say('263770000001', '/report', 3);
+SELECT r FROM pg_temp.replies('263770000001') AS r WHERE r LIKE 'Daily report%';
 ROLLBACK;
 DELETE FROM pg_temp.seen WHERE who = '263770000001';
 SELECT pg_temp.say('263770000001', '/admin', 1);

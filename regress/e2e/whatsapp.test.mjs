@@ -572,7 +572,7 @@ test('admin commands from admin numbers only', async () => {
 	await say(ADMIN, '/report');
 	// the report as it stood when asked for (the approval below changes it)
 	const reported = JSON.parse(q(`SELECT json_agg(ARRAY[to_char(d, 'YYYY-MM-DD'), currency, method, paid::text, gross::text,
-		fees::text, net::text, fee_unknown::text, failed::text, refunds::text, refunded::text, new_donors::text, receipts::text,
+		fees::text, net::text, fee_unknown::text, amount_unknown::text, failed::text, refunds::text, refunded::text, new_donors::text, receipts::text,
 		coalesce(first_receipt, ''), coalesce(last_receipt, '')])
 		FROM (SELECT payments.receipt_day(now())) AS t (d), payments.daily_report(d)`));
 	await say(ADMIN, `/approve ${ref}`);
@@ -591,8 +591,8 @@ test('admin commands from admin numbers only', async () => {
 	const day = report.slice(13, 23);
 	assert.equal(document, `[document report-${day}.csv] Daily report ${day} (CSV)`);
 	const sent = graph.sent.find((s) => s.to === ADMIN && s.doc);
-	assert.deepEqual(sent.doc.rows, [['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'fee_unknown', 'failed', 'refunds', 'refunded',
-		'new_donors', 'receipts', 'first_receipt', 'last_receipt'], ...reported]);
+	assert.deepEqual(sent.doc.rows, [['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'fee_unknown', 'amount_unknown', 'failed',
+		'refunds', 'refunded', 'new_donors', 'receipts', 'first_receipt', 'last_receipt'], ...reported]);
 	assert.ok(reported.every((r) => r[0] === day));
 	assert.ok(sent.doc.rows.some((r) => r[1] === 'USD' && r[2] === '(all)' && Number(r[3]) > 0));
 	assert.equal(q(`SELECT state || ' ' || attempts || ' ' || (payload -> 'message' -> 'document' ->> 'id') FROM payments.outbox WHERE wamid = :'m'`,

@@ -67,15 +67,15 @@ BodyInUtf8(MemoryContext cxt, HeapTuple row, TupleDesc desc, int col)
 }
 
 /*
- * Claims up to max_items due items (WhatsApp messages only when chats_only)
- * into items/reqs (allocated in cxt); returns how many
+ * Claims up to max_items due items (sends: "all", "webhooks" or "chats") into
+ * items/reqs (allocated in cxt); returns how many
  */
 static int
-ClaimItems(int max_items, bool chats_only, MemoryContext cxt, ClaimedItem **items,
+ClaimItems(int max_items, const char *sends, MemoryContext cxt, ClaimedItem **items,
 		   OutboundRequest **reqs)
 {
-	Oid			argtypes[2] = {INT4OID, BOOLOID};
-	Datum		args[2] = {Int32GetDatum(max_items), BoolGetDatum(chats_only)};
+	Oid			argtypes[2] = {INT4OID, TEXTOID};
+	Datum		args[2] = {Int32GetDatum(max_items), CStringGetTextDatum(sends)};
 	int			n;
 
 	if (SPI_execute_with_args("SELECT outbox_id, attempt_id, msg_id, url, secret, body, headers,"
@@ -277,7 +277,7 @@ RecordResults(const ClaimedItem *items, const OutboundRequest *reqs, int n, bool
 
 /* One run: claim and commit, send, record and commit */
 static void
-DeliverBatch(int max_items, bool chats_only, MemoryContext cxt)
+DeliverBatch(int max_items, const char *sends, MemoryContext cxt)
 {
 	ClaimedItem *items;
 	OutboundRequest *reqs;
@@ -287,7 +287,7 @@ DeliverBatch(int max_items, bool chats_only, MemoryContext cxt)
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	n = ClaimItems(max_items, chats_only, cxt, &items, &reqs);
+	n = ClaimItems(max_items, sends, cxt, &items, &reqs);
 	/* the attempts and leases are durable before anything is sent */
 	SPI_commit();
 	if (n > 0)
@@ -327,13 +327,13 @@ DeliverBatch(int max_items, bool chats_only, MemoryContext cxt)
 
 /*
  * SQL: CALL payments.deliver_outbox(max_items integer DEFAULT 100,
- *									  chats_only boolean DEFAULT false)
+ *									  sends text DEFAULT 'all')
  */
 Datum
 deliver_outbox(PG_FUNCTION_ARGS)
 {
 	int			max_items = PG_ARGISNULL(0) ? 100 : PG_GETARG_INT32(0);
-	bool		chats_only = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
+	char	   *sends = PG_ARGISNULL(1) ? "all" : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	MemoryContext cxt;
 
 	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
@@ -346,12 +346,16 @@ deliver_outbox(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_items must be between 1 and %d", MAX_BATCH)));
+	if (strcmp(sends, "all") != 0 && strcmp(sends, "webhooks") != 0 && strcmp(sends, "chats") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("sends must be all, webhooks or chats")));
 
 	/* outlives the commits of the run */
 	cxt = AllocSetContextCreate(TopMemoryContext, "payments deliver_outbox", ALLOCSET_DEFAULT_SIZES);
 	PG_TRY();
 	{
-		DeliverBatch(max_items, chats_only, cxt);
+		DeliverBatch(max_items, sends, cxt);
 	}
 	PG_FINALLY();
 	{

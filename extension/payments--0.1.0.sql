@@ -1110,9 +1110,12 @@ BEGIN
 		-- stay the increases of the running maximum of the reports in time order; their sum,
 		-- the payment's total, is unchanged
 		-- (least() would skip a NULL: an event that reports no total reports nothing)
+		-- A PayPal order refunded on several captures is told the other captures' totals known
+		-- now, which may hold refunds made after this report's time: nothing is moved there
 		reported := CASE WHEN says_all THEN refunded_after
 						 WHEN change.amount_refunded IS NOT NULL THEN least(refunded_after, change.amount_refunded) END;
-		IF reported > 0 THEN
+		IF reported > 0 AND (SELECT count(*) FROM payments.paypal_captures k
+							  WHERE k.payment_id = pay.id AND k.refunded > 0) < 2 THEN
 			SELECT coalesce(sum(f.amount), 0), coalesce(sum(f.amount) FILTER (WHERE f.refunded_at <= at), 0)
 			  INTO recorded, recorded_by
 			  FROM payments.refunds f WHERE f.payment_id = pay.id;
@@ -1460,8 +1463,12 @@ BEGIN
 			 WHERE k.provider = provider_name AND k.capture_id = capture;
 			-- the payment's total as of this event: its capture's total as the event reports it
 			-- (an older report, delivered late, is a lower one: payments.apply_change counts it at
-			-- its time), the other captures' as known
-			SELECT sum(CASE WHEN k.capture_id = capture AND reported IS NOT NULL THEN reported ELSE k.refunded END)
+			-- its time), the other captures' as known.  When other captures have refunds too, their
+			-- totals now may hold refunds made after this event, which would move those to its
+			-- time: the totals now are passed instead, and apply_change moves nothing for such an
+			-- order (a late report raises nothing)
+			SELECT CASE WHEN bool_or(k.capture_id <> capture AND k.refunded > 0) THEN sum(k.refunded)
+						ELSE sum(CASE WHEN k.capture_id = capture AND reported IS NOT NULL THEN reported ELSE k.refunded END) END
 			  INTO change.amount_refunded FROM payments.paypal_captures k
 			 WHERE k.payment_id = cap.payment_id;
 		END IF;
@@ -2908,12 +2915,16 @@ $$;
 COMMENT ON FUNCTION payments.enable_endpoint(text, boolean) IS
 	'Enables (closing its breaker) or disables an endpoint; the items queued for it before it was disabled are sent once enabled (nothing is queued for it while disabled: payments.replay_outbox)';
 
+-- (PL/pgSQL, as the helpers below: called at commit for every transition while an endpoint is
+-- enabled, and its plan kept for the session; an SQL function with SET is planned at every call,
+-- which cost a delivery 14% more)
 CREATE FUNCTION payments.transition_payload(transition payments.status_history)
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT jsonb_build_object(
+BEGIN
+	RETURN (SELECT jsonb_build_object(
 			'type', 'payment.' || transition.to_status,
 			'timestamp', to_char(transition.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
 			'data', jsonb_build_object(
@@ -2925,7 +2936,8 @@ AS $$
 				'receipt_no', (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), 'paid_at', p.paid_at, 'donor_name', p.donor_name,
 				'donor_email', p.donor_email, 'donor_phone', p.donor_phone, 'country', p.country,
 				'event_id', transition.event_id, 'transition_id', transition.id))
-	  FROM payments.payments p WHERE p.id = transition.payment_id
+	  FROM payments.payments p WHERE p.id = transition.payment_id);
+END
 $$;
 COMMENT ON FUNCTION payments.transition_payload(payments.status_history) IS
 	'The body of a payment.<status> webhook: the transition, with the payment as it now is';
@@ -2937,9 +2949,10 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
 	etype	text := 'payment.' || transition.to_status;
+	body	jsonb := payments.transition_payload(transition);
 BEGIN
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload, status_history_id)
-	SELECT e.id, etype, payments.transition_payload(transition), transition.id FROM payments.endpoints e
+	SELECT e.id, etype, body, transition.id FROM payments.endpoints e
 	 WHERE e.enabled AND payments.event_type_matches(e.event_types, etype);
 END
 $$;
@@ -2951,25 +2964,29 @@ COMMENT ON FUNCTION payments.enqueue_transition(payments.status_history) IS
 -- means payment changes; without such an endpoint, the usual case, nothing is even called)
 CREATE FUNCTION payments.raw_event_type(ev payments.events)
 RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT 'event.' || ev.provider || '.' || coalesce(ev.event_type, 'unknown')
+BEGIN
+	RETURN 'event.' || ev.provider || '.' || coalesce(ev.event_type, 'unknown');
+END
 $$;
 COMMENT ON FUNCTION payments.raw_event_type(payments.events) IS
 	'The outbound type of a stored event: event.<provider>.<event type> (unknown when it has none)';
 
 CREATE FUNCTION payments.raw_event_payload(ev payments.events)
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT jsonb_build_object(
+BEGIN
+	RETURN jsonb_build_object(
 			'type', payments.raw_event_type(ev),
 			'timestamp', to_char(ev.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
 			'data', jsonb_build_object(
 				'provider', ev.provider, 'event_id', ev.event_id, 'event_type', ev.event_type,
-				'event_at', ev.event_at, 'received_at', ev.received_at, 'payload', ev.payload))
+				'event_at', ev.event_at, 'received_at', ev.received_at, 'payload', ev.payload));
+END
 $$;
 COMMENT ON FUNCTION payments.raw_event_payload(payments.events) IS
 	'The body of an event.<provider>.<event type> webhook: the stored event with its payload';
@@ -2980,9 +2997,15 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
 	etype	text := payments.raw_event_type(ev);
+	body	jsonb;
 BEGIN
+	IF NOT EXISTS (SELECT FROM payments.endpoints e
+					WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype)) THEN
+		RETURN;
+	END IF;
+	body := payments.raw_event_payload(ev);
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload)
-	SELECT e.id, etype, payments.raw_event_payload(ev)
+	SELECT e.id, etype, body
 	  FROM payments.endpoints e
 	 WHERE e.enabled AND e.event_types IS NOT NULL AND payments.event_type_matches(e.event_types, etype);
 END
@@ -3009,7 +3032,9 @@ BEGIN
 			USING ERRCODE = 'null_value_not_allowed',
 				  HINT = 'For example: SELECT payments.replay_outbox(''crm'', now() - interval ''2 days'').';
 	END IF;
-	SELECT e.* INTO ep FROM payments.endpoints e WHERE e.name = replay_outbox.endpoint;
+	-- locked, so that two replays at once queue each item once: the second waits, and its
+	-- statements then see what the first queued
+	SELECT e.* INTO ep FROM payments.endpoints e WHERE e.name = replay_outbox.endpoint FOR NO KEY UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown endpoint "%"', replay_outbox.endpoint USING ERRCODE = 'undefined_object';
 	END IF;
@@ -3108,7 +3133,7 @@ $$;
 COMMENT ON FUNCTION payments.graph_throttled(text) IS
 	'The Graph API''s error code when an error answer is one of Meta''s rate limits (4, 80007, 130429, 131048, 131056, 133016), retried; NULL otherwise';
 
-CREATE FUNCTION payments.claim_outbox(max_items integer, chats_only boolean DEFAULT false)
+CREATE FUNCTION payments.claim_outbox(max_items integer, sends text DEFAULT 'all')
 RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
 			   headers text, ca_file text, connect_timeout_ms integer, timeout_ms integer,
 			   max_response_bytes integer, upload_filename text, upload_type text)
@@ -3132,7 +3157,7 @@ BEGIN
 	-- locked, stays open and is probed by the next run, not a whole cool-down later
 	FOR ep IN
 		SELECT c.id FROM payments.endpoints c
-		 WHERE NOT chats_only AND c.enabled AND c.breaker_state <> 'closed' AND c.breaker_until <= now()
+		 WHERE sends <> 'chats' AND c.enabled AND c.breaker_state <> 'closed' AND c.breaker_until <= now()
 		   AND EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = c.id
 						  AND o.state = 'pending' AND o.next_attempt_at <= now())
 		 ORDER BY c.id
@@ -3150,14 +3175,15 @@ BEGIN
 			probed := probed || ep;
 		END IF;
 	END LOOP;
-	-- webhooks to closed endpoints (unless chats_only: the chat job's runs, once a second, must
-	-- not wait on a slow receiver, since a run records its results when its slowest request is
-	-- done); WhatsApp messages of providers that can send, one at a time per recipient and in
-	-- order (messages sent in parallel may reach the chat in any order)
+	-- webhooks to closed endpoints, and WhatsApp messages of providers that can send, one at a
+	-- time per recipient and in order (messages sent in parallel may reach the chat in any order);
+	-- sends says which: 'all', 'webhooks' (the deliver job) or 'chats' (the chat job).  A run records
+	-- its results when its slowest request is done, so the jobs keep them apart: a receiver that
+	-- hung for its timeout held every donor's next message as long
 	ids := ids || ARRAY(
 		SELECT o.id FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 		 WHERE o.state = 'pending' AND o.next_attempt_at <= now() AND o.id <> ALL (ids)
-		   AND (NOT chats_only OR o.provider IS NOT NULL)
+		   AND (sends = 'all' OR (sends = 'chats') = (o.provider IS NOT NULL))
 		   AND CASE WHEN o.provider IS NULL THEN e.enabled AND e.breaker_state = 'closed'
 					ELSE EXISTS (SELECT FROM payments.providers v
 								  WHERE v.name = o.provider AND v.settings ? 'access_token'
@@ -3230,8 +3256,8 @@ BEGIN
 	 ORDER BY u.endpoint_id NULLS LAST, u.id;
 END
 $$;
-COMMENT ON FUNCTION payments.claim_outbox(integer, boolean) IS
-	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down, which is half open only once given it; WhatsApp messages only when chats_only; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them (an item whose attempts are used up, the last interrupted, is dead instead); returned in endpoint order, the order deliver_outbox records them in, so that two runs lock endpoints in the same order; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
+COMMENT ON FUNCTION payments.claim_outbox(integer, text) IS
+	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down, which is half open only once given it; webhooks and WhatsApp messages, or only those of them that sends names; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them (an item whose attempts are used up, the last interrupted, is dead instead); returned in endpoint order, the order deliver_outbox records them in, so that two runs lock endpoints in the same order; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
 
 CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
 										 error text, duration_ms integer, response_bytes bigint,
@@ -3361,11 +3387,11 @@ $$;
 COMMENT ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) IS
 	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); a WhatsApp document''s upload answered 2xx with a media id keeps it and the message is due at once (2xx without one is retried); 410 disables the endpoint; 400 for a WhatsApp message or upload is final unless it is one of Meta''s rate limits (payments.graph_throttled); anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
 
-CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100, chats_only boolean DEFAULT false)
+CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100, sends text DEFAULT 'all')
 AS 'MODULE_PATHNAME', 'deliver_outbox'
 LANGUAGE C;
-COMMENT ON PROCEDURE payments.deliver_outbox(integer, boolean) IS
-	'Sends due outbox items (WhatsApp messages only when chats_only, as the chat job does) as signed JSON POSTs, a batch in parallel, in UTF-8: claims and records the attempts, commits, sends (libcurl), records the results and commits; CALL it outside a transaction block';
+COMMENT ON PROCEDURE payments.deliver_outbox(integer, text) IS
+	'Sends due outbox items (sends: all, webhooks as the deliver job does, or chats, WhatsApp messages, as the chat job does) as signed JSON POSTs, a batch in parallel, in UTF-8: claims and records the attempts, commits, sends (libcurl), records the results and commits; CALL it outside a transaction block';
 
 CREATE FUNCTION payments.sign_webhook(msg_id text, msg_timestamp bigint, body text, secret text)
 RETURNS text
@@ -3517,7 +3543,7 @@ BEGIN
 	IF job = 'retry' THEN
 		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
 	ELSIF job = 'deliver' THEN
-		CALL payments.deliver_outbox(max_items);
+		CALL payments.deliver_outbox(max_items, 'webhooks');
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 	ELSIF job = 'reconcile' THEN
 		CALL payments.reconcile(least(max_items, 200));
@@ -3530,7 +3556,7 @@ BEGIN
 			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
 			CALL payments.initiate_payments(least(max_items, 50));
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-			CALL payments.deliver_outbox(least(max_items, 200), true);
+			CALL payments.deliver_outbox(least(max_items, 200), 'chats');
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 			EXIT WHEN pg_catalog.clock_timestamp() > started + interval '54 seconds'
 				OR NOT EXISTS (SELECT FROM payments.providers v
@@ -3709,9 +3735,9 @@ REVOKE ALL ON FUNCTION payments.transition_payload(payments.status_history) FROM
 REVOKE ALL ON FUNCTION payments.raw_event_payload(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_event() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.enqueue_raw_event(payments.events) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.claim_outbox(integer, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.claim_outbox(integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
-REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer, boolean) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.run_job(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.prune_rejections(interval) FROM PUBLIC;
@@ -6710,7 +6736,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.settle_event(payments.events, text, jsonb, integer),
 	payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text),
 	payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]),
-	payments.event_failed(bigint, text, integer, boolean), payments.claim_outbox(integer, boolean),
+	payments.event_failed(bigint, text, integer, boolean), payments.claim_outbox(integer, text),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
 	payments.enqueue_transition(payments.status_history), payments.enqueue_raw_event(payments.events),
 	payments.api_token_requests(integer),
@@ -6742,7 +6768,7 @@ REVOKE EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text),
 -- the jobs that call providers and endpoints with their secrets run as pg_cron's job owner; an
 -- admin replays events (retry_events, replay_event, replay_dead: SECURITY DEFINER, through the
 -- state machine only) and deliveries (replay_outbox)
-REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, boolean), payments.reconcile(integer),
+REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, text), payments.reconcile(integer),
 	payments.initiate_payments(integer), payments.run_job(text, integer) FROM payments_admin;
 
 -- The helpers the analysts' views and SQL functions call as the analyst, granted by name: under

@@ -160,8 +160,10 @@ SELECT payments.replay_outbox('paid-only', NULL);
 SELECT endpoint, enabled, pending, due FROM payments.outbox_backlog
  WHERE endpoint IN ('all-payments', 'paid-only', 'raw-stripe') ORDER BY endpoint;
 SELECT endpoint, event_type FROM payments.outbox_oldest_due;
--- the chat job's runs claim WhatsApp messages only, never waiting on a receiver's timeout
-SELECT count(*) AS claimed_by_chats_only FROM payments.claim_outbox(200, true);
+-- the chat job's runs claim WhatsApp messages only, never waiting on a receiver's timeout (and
+-- the deliver job's webhooks only)
+SELECT count(*) AS claimed_for_chats FROM payments.claim_outbox(200, 'chats');
+CALL payments.deliver_outbox(10, 'everything');
 -- endpoints whose breaker cooled down: only one given its probe is half open (a run with room
 -- for one item made both half open, the second then waiting a whole cool-down more with no probe)
 SELECT payments.enable_endpoint(name) FROM payments.endpoints WHERE name IN ('paid-only', 'raw-stripe');

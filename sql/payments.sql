@@ -478,6 +478,19 @@ SELECT tp.paypal('WH-52', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF61","amount":{"
 SELECT p.provider_ref, p.status, p.amount_refunded, f.amount, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at
   FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
  WHERE p.provider = 'pp' AND p.provider_ref = 'CAP60' ORDER BY f.refunded_at;
+-- an order of two captures, refunds on both delivered newest first (CAP91 10.00 on the 11th,
+-- CAP92 20.00 on the 12th, CAP91 15.00 more on the 13th): a late report of CAP91 passed CAP92's
+-- total known now, which holds a refund made after it, and moved that to the 11th.  Such an
+-- order's late reports add what raises the total known now only: the sum stays right, and no
+-- refund moves before its time
+SELECT tp.paypal('WH-60', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP91","amount":{"currency_code":"USD","value":"40.00"},"supplementary_data":{"related_ids":{"order_id":"ORDER9"}}}', '2024-08-10T12:00:00Z');
+SELECT tp.paypal('WH-61', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP92","amount":{"currency_code":"USD","value":"60.00"},"supplementary_data":{"related_ids":{"order_id":"ORDER9"}}}', '2024-08-10T12:05:00Z');
+SELECT tp.paypal('WH-62', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF913","amount":{"currency_code":"USD","value":"15.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"25.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP91","rel":"up"}]}', '2024-08-13T12:00:00Z');
+SELECT tp.paypal('WH-63', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF92","amount":{"currency_code":"USD","value":"20.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"20.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP92","rel":"up"}]}', '2024-08-12T12:00:00Z');
+SELECT tp.paypal('WH-64', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF911","amount":{"currency_code":"USD","value":"10.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"10.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP91","rel":"up"}]}', '2024-08-11T12:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, f.amount, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at
+  FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id
+ WHERE p.provider = 'pp' AND p.provider_ref = 'ORDER9' ORDER BY f.refunded_at;
 ROLLBACK;
 
 -- leave no PayPal provider behind for the paypal test, which counts them

@@ -207,6 +207,23 @@ test('429 with Retry-After waits at least that long; 5xx retries on the schedule
 	db.psql(`SELECT payments.enable_endpoint('busy', false); SELECT payments.enable_endpoint('err', false)`);
 });
 
+test('two replay_outbox calls at once queue each change once', async () => {
+	const since = db.psql(`SELECT clock_timestamp()`);
+	endpoint('twice', '/twice');
+	db.psql(`SELECT payments.enable_endpoint('twice', false)`);
+	for (let i = 1; i <= 3; i++) paid(`pi_twice${i}`);
+	const psql = (sql) => promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1',
+		'-h', db.dir, '-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', sql]).then((r) => r.stdout.trim());
+	const first = psql(`BEGIN; SELECT payments.replay_outbox('twice', '${since}'); SELECT pg_sleep(1); COMMIT;`);
+	await sleep(300);
+	const second = psql(`SELECT payments.replay_outbox('twice', '${since}')`);
+	assert.deepEqual([(await first).split('\n')[0], await second], ['3', '0']);
+	assert.equal(db.psql(`SELECT count(*) || '|' || count(DISTINCT o.status_history_id) FROM payments.outbox o
+		JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'twice'`), '3|3');
+	// an endpoint with items is deleted with them
+	db.psql(`DELETE FROM payments.endpoints WHERE name = 'twice'`);
+});
+
 test('a database in LATIN1 sends its webhooks in UTF-8, and their signatures verify', async () => {
 	db.psql(`CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`, 'postgres');
 	db.psql(`CREATE EXTENSION payments CASCADE`, 'latin');

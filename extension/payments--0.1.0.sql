@@ -1189,8 +1189,11 @@ BEGIN
 	c.reference := payload ->> 'reference';
 	-- an integration takes one currency; Paynow's messages do not say which
 	c.currency := coalesce(settings ->> 'currency', 'USD');
+	-- Paynow writes amounts with a dot, and may group thousands with commas (its own examples
+	-- format numbers so): 1,000.00 is 1000.00
 	c.amount := payments.amount_in_currency(
-		CASE WHEN payload ->> 'amount' ~ '^[0-9]{1,12}(\.[0-9]{1,2})?$' THEN (payload ->> 'amount')::numeric END, c.currency);
+		CASE WHEN payload ->> 'amount' ~ '^([0-9]{1,12}|[0-9]{1,3}(,[0-9]{3}){1,3})(\.[0-9]{1,2})?$'
+			 THEN replace(payload ->> 'amount', ',', '')::numeric END, c.currency);
 	c.method := CASE
 		WHEN channel LIKE '%ecocash%' THEN 'ecocash'
 		WHEN channel LIKE '%onemoney%' THEN 'onemoney'
@@ -1231,6 +1234,40 @@ END
 $$;
 COMMENT ON FUNCTION payments.paynow_initiated(payments.payment_change, text) IS
 	'A Paynow change about a payment this database initiated is applied to it (known by the merchant reference), not to a new payment named by paynowreference';
+
+-- A Paynow transaction's amount is the one it was made for and never changes, unlike a Stripe
+-- intent's captured total or a PayPal order's captures: news of another amount is not the
+-- rules the state machine applies to those
+CREATE FUNCTION payments.paynow_amount_checked(change payments.payment_change, provider_name text)
+RETURNS payments.payment_change
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	known	numeric;
+	paid	timestamptz;
+BEGIN
+	IF change IS NULL OR change.amount IS NULL THEN
+		RETURN change;
+	END IF;
+	SELECT p.amount, p.paid_at INTO known, paid FROM payments.payments p
+	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
+	IF known IS NULL OR known = change.amount THEN
+		RETURN change;
+	END IF;
+	-- kept for review (the first one: the payment's metadata wins), and once paid the amount stays:
+	-- a donation asked for 10.00 and reported paid 0.01 is 0.01 received, and a later Delivered
+	-- of 500.00 raises nothing
+	change.metadata := coalesce(change.metadata, '{}') || jsonb_build_object('paynow_amount_mismatch',
+		jsonb_build_object('known', known, 'reported', change.amount, 'status', change.status, 'at', change.status_at));
+	IF paid IS NOT NULL THEN
+		change.amount := NULL;
+	END IF;
+	RETURN change;
+END
+$$;
+COMMENT ON FUNCTION payments.paynow_amount_checked(payments.payment_change, text) IS
+	'A Paynow change whose amount differs from the payment''s: keeps metadata.paynow_amount_mismatch (known, reported, status, at) and, once the payment is paid, leaves its amount as it is (a Paynow transaction''s amount never changes); the first news of payment still sets what was taken';
 
 CREATE FUNCTION payments.eversend_change(payload jsonb, event_at timestamptz)
 RETURNS payments.payment_change
@@ -1416,8 +1453,9 @@ BEGIN
 	RETURN CASE kind
 		WHEN 'stripe' THEN CASE WHEN NOT payments.stripe_of_other_mode(ev.payload, settings)
 								THEN payments.stripe_change(ev.payload) END
-		WHEN 'paynow' THEN payments.paynow_initiated(payments.paynow_change(ev.payload, settings, ev.received_at),
-													 ev.provider)
+		WHEN 'paynow' THEN payments.paynow_amount_checked(
+								payments.paynow_initiated(payments.paynow_change(ev.payload, settings, ev.received_at),
+														  ev.provider), ev.provider)
 		WHEN 'eversend' THEN payments.eversend_change(ev.payload, ev.event_at)
 		WHEN 'paypal' THEN payments.paypal_change(ev.payload, ev.provider, ev.event_at)
 	END;
@@ -4145,6 +4183,19 @@ BEGIN
 					change.status := 'failed';
 					change.status_at := now();
 				ELSE
+					-- a reply about another transaction (a pollurl kept wrong, Paynow's mistake)
+					-- must not pay this one
+					IF pay.reference IS NOT NULL AND (r ->> 'reference') IS DISTINCT FROM pay.reference THEN
+						RAISE EXCEPTION 'the reply is about another transaction (reference %, not %)',
+							coalesce(r ->> 'reference', 'none'), pay.reference;
+					END IF;
+					IF (r ->> 'paynowreference') IS DISTINCT FROM coalesce(pay.metadata ->> 'paynowreference',
+							CASE WHEN pay.provider_ref IS DISTINCT FROM pay.reference THEN pay.provider_ref END,
+							r ->> 'paynowreference') THEN
+						RAISE EXCEPTION 'the reply is about another Paynow transaction (%, not %)',
+							coalesce(r ->> 'paynowreference', 'none'),
+							coalesce(pay.metadata ->> 'paynowreference', pay.provider_ref);
+					END IF;
 					change := payments.paynow_change(r, settings, pay.status_at);
 				END IF;
 			ELSIF kind = 'stripe' THEN
@@ -4207,6 +4258,9 @@ BEGIN
 			-- the answer is about this payment, which it neither creates nor renames
 			change.provider_ref := pay.provider_ref;
 			change.creates := false;
+			IF kind = 'paynow' THEN
+				change := payments.paynow_amount_checked(change, chk.provider);
+			END IF;
 			-- dated by the provider's time where the reply has one (PayPal's update_time,
 			-- Eversend's updatedAt), else by the status the payment had, never by the poll's:
 			-- an event about something that happened before the poll, delivered after it, must
@@ -6531,11 +6585,12 @@ BEGIN
 			jsonb_build_array('additionalinfo', coalesce(i.purpose, 'Donation')),
 			jsonb_build_array('returnurl', coalesce(i.settings ->> 'return_url', i.settings ->> 'result_url')),
 			jsonb_build_array('resulturl', i.settings ->> 'result_url'));
-		IF i.settings ? 'auth_email' THEN
-			fields := fields || jsonb_build_array(jsonb_build_array('authemail', i.settings ->> 'auth_email'));
-		END IF;
+		-- authemail on the mobile request only, where Paynow requires it: on its web page (card,
+		-- TeleCash) an e-mail of a registered account prompts the payer to log in to that account,
+		-- and the merchant's own would stop every donor
 		IF NOT payments.paynow_web_checkout(i.method) THEN
-			fields := fields || jsonb_build_array(jsonb_build_array('phone', i.phone), jsonb_build_array('method', i.method));
+			fields := fields || jsonb_build_array(jsonb_build_array('authemail', i.settings ->> 'auth_email'),
+												  jsonb_build_array('phone', i.phone), jsonb_build_array('method', i.method));
 		END IF;
 		-- our reference as the merchant trace: reconciliation asks Paynow's trace for a payment
 		-- whose initiate reply (and pollurl) never came
@@ -6680,6 +6735,7 @@ REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paynow_amount_checked(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_pending_donation(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_pending_notice(text, text, boolean, bigint) FROM PUBLIC;

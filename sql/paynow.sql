@@ -186,6 +186,22 @@ SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=5&status=Paid', ARRAY[
 SELECT * FROM pg_temp.pn(pg_temp.pn_body('paynowreference=5&status=Paid', ARRAY['5', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
 SELECT left(event_id, 20) AS event_id, event_type FROM payments.events WHERE provider = 'pn' ORDER BY id;
 
+-- a Paynow transaction's amount never changes: news of another amount is kept for review, and a
+-- paid payment's amount stays (Delivered of 500.00 after Paid of 10.00 raised it to 500.00)
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-1&paynowreference=20&amount=10.00&status=Paid',
+	ARRAY['AM-1', '20', '10.00', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-1&paynowreference=20&amount=500.00&status=Delivered',
+	ARRAY['AM-1', '20', '500.00', 'Delivered'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT status, amount, metadata -> 'paynow_amount_mismatch' ->> 'known' AS known,
+	   metadata -> 'paynow_amount_mismatch' ->> 'reported' AS reported
+  FROM payments.payments WHERE provider = 'pn' AND provider_ref = '20';
+-- amounts with thousands grouped by commas are read, not left unknown
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-2&paynowreference=21&amount=1%2c000.00&status=Paid',
+	ARRAY['AM-2', '21', '1,000.00', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-3&paynowreference=22&amount=1%2c00&status=Paid',
+	ARRAY['AM-3', '22', '1,00', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT provider_ref, amount FROM payments.payments WHERE provider = 'pn' AND provider_ref IN ('21', '22') ORDER BY 1;
+
 -- leave nothing behind for the tests that follow
 DELETE FROM payments.payments WHERE provider = 'pn';
 DELETE FROM payments.events WHERE provider = 'pn';

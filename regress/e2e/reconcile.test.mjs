@@ -37,6 +37,18 @@ async function startApi() {
 				return res.writeHead(200).end(paynowReply({ reference: 'R1', paynowreference: 'PN1', amount: '5.00',
 					status: 'Paid', pollurl: `${a.base}/paynow/poll/good` }));
 			}
+			if (req.method === 'POST' && u === '/paynow/poll/other') {	// a pollurl answering for another transaction
+				return res.writeHead(200).end(paynowReply({ reference: 'SOMEONE-ELSE', paynowreference: 'PN3', amount: '999.00',
+					status: 'Paid' }));
+			}
+			if (req.method === 'POST' && u === '/paynow/poll/otherpn') {
+				return res.writeHead(200).end(paynowReply({ reference: 'R4', paynowreference: 'PN999', amount: '5.00',
+					status: 'Paid' }));
+			}
+			if (req.method === 'POST' && u === '/paynow/poll/more') {	// paid, for another amount than asked
+				return res.writeHead(200).end(paynowReply({ reference: 'R5', paynowreference: 'PN5', amount: '0.01',
+					status: 'Paid' }));
+			}
 			if (req.method === 'POST' && u === '/paynow/poll/bad') {
 				return res.writeHead(200).end(paynowReply({ reference: 'R2', paynowreference: 'PN2', amount: '5.00',
 					status: 'Paid' }, '00000000-0000-0000-0000-000000000000'));
@@ -396,4 +408,20 @@ test('a run cancelled while its requests are out records the answers that came b
 	// not answered: its check stays in flight until a later run closes it
 	assert.equal(status('pi_hangc'), 'pending');
 	assert.equal(lastCheck('pi_hangc'), '');
+});
+
+test('a Paynow reply about another transaction pays nothing; another amount is kept for review', async () => {
+	stuck('pn', 'PN3', { pollurl: `${api.base}/paynow/poll/other` });
+	stuck('pn', 'PN4', { pollurl: `${api.base}/paynow/poll/otherpn` });
+	stuck('pn', 'PN5', { pollurl: `${api.base}/paynow/poll/more` });
+	db.psql(`UPDATE payments.payments SET reference = 'R' || substr(provider_ref, 3) WHERE provider_ref IN ('PN3', 'PN4', 'PN5')`);
+	await runReconcile();
+	assert.equal(status('PN3'), 'pending');
+	assert.equal(lastCheck('PN3'), 'error|Paid|200|the reply is about another transaction (reference SOMEONE-ELSE, not R3)');
+	assert.equal(status('PN4'), 'pending');
+	assert.equal(lastCheck('PN4'), 'error|Paid|200|the reply is about another Paynow transaction (PN999, not PN4)');
+	// what Paynow says was taken, 0.01 of the 5.00 asked, with the mismatch kept
+	assert.equal(status('PN5'), 'paid');
+	assert.equal(db.psql(`SELECT amount || '|' || (metadata -> 'paynow_amount_mismatch' ->> 'known') || '|' ||
+		(metadata -> 'paynow_amount_mismatch' ->> 'reported') FROM payments.payments WHERE provider_ref = 'PN5'`), '0.01|5|0.01');
 });

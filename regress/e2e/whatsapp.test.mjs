@@ -202,7 +202,9 @@ async function startPaynow() {
 			const problem = !sdk(provider).verifyHash(f) ? 'Invalid hash'
 				: Object.keys(f).join(',') !== (mobile
 					? 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,phone,method,merchanttrace,status,hash'
-					: 'id,reference,amount,additionalinfo,returnurl,resulturl,authemail,merchanttrace,status,hash') ? `fields ${Object.keys(f)}`
+					// no authemail on the web page's request: an account's e-mail there prompts the payer
+					// to log in to it (Paynow's initiate_transaction docs)
+					: 'id,reference,amount,additionalinfo,returnurl,resulturl,merchanttrace,status,hash') ? `fields ${Object.keys(f)}`
 				: f.status !== 'Message' || !/^\d+\.\d\d$/.test(f.amount) || !f.resulturl.startsWith(shim.base)
 					|| f.merchanttrace !== f.reference ? 'values'
 				// the methods Paynow's mobile checkout documents (no telecash)

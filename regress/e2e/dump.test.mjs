@@ -29,7 +29,7 @@ function ingestSql(n, type = 'payment_intent.succeeded', created = 1718000000 + 
 }
 
 // What must be equal before and after: one line per table, rows as text in a stable order.
-const snapshot = (c) => c.psql(`
+const snapshot = (c, db = 'payments') => c.psql(`
 	SELECT 'providers', string_agg(format('%s %s %s', name, kind, settings), '; ' ORDER BY name) FROM payments.providers
 	UNION ALL SELECT 'secrets', string_agg(format('%s %s %s %s', id, provider, secret, revoked_at IS NOT NULL), '; ' ORDER BY id) FROM payments.secrets
 	UNION ALL SELECT 'certificates', string_agg(format('%s %s', url, source), '; ' ORDER BY url) FROM payments.certificates
@@ -49,7 +49,9 @@ const snapshot = (c) => c.psql(`
 	UNION ALL SELECT 'transitions', count(*)::text FROM payments.transitions
 	UNION ALL SELECT 'daily_report', string_agg(format('%s %s %s %s', currency, method, paid, last_receipt), '; ') FROM payments.daily_report('2024-06-10')
 	UNION ALL SELECT 'grants', string_agg(format('%s %s', r, has_function_privilege(r, 'payments.ingest(text,jsonb,bytea,inet,text)', 'EXECUTE')), ',' ORDER BY r)
-		FROM unnest(ARRAY['payments_ingest', 'payments_analyst']) AS r`).split('\n');
+		FROM unnest(ARRAY['payments_ingest', 'payments_analyst']) AS r`, db).split('\n');
+
+let file;
 
 describe('pg_dump and pg_restore', () => {
 	before(async () => {
@@ -82,7 +84,7 @@ describe('pg_dump and pg_restore', () => {
 		// the outbox holds each event and each transition once; the restore must not queue them again
 		assert.equal(before.find((l) => l.startsWith('outbox|')).split('; ').length, 6);
 
-		const file = join(cluster.dir, 'payments.dump');
+		file = join(cluster.dir, 'payments.dump');
 				execFileSync(join(PG_BIN, 'pg_dump'), ['-h', cluster.dir, '-p', String(cluster.port), '-U', 'postgres', '-Fc', '-d', 'payments', '-f', file], { stdio: 'pipe' });
 		// a new server, its database "payments" empty again
 		target = new Cluster();
@@ -94,6 +96,19 @@ describe('pg_dump and pg_restore', () => {
 			'--exit-on-error', '-d', 'payments', file], { stdio: 'pipe' });
 
 		assert.deepEqual(snapshot(target), before);
+	});
+
+	test('into a database other than pg_cron\'s, README\'s list restores in one transaction', () => {
+		const before = snapshot(cluster);
+		target.psql('CREATE DATABASE elsewhere', 'postgres');
+		const list = join(target.dir, 'restore.list');
+		const args = `-h '${target.dir}' -p ${target.port} -U postgres`;
+		// as README says, word for word but for the connection
+		execFileSync('sh', ['-c', `'${join(PG_BIN, 'pg_restore')}' -l '${file}' | grep -v -e pg_cron -e ' cron ' > '${list}'`]);
+		execFileSync('sh', ['-c', `'${join(PG_BIN, 'pg_restore')}' ${args} --single-transaction --exit-on-error -L '${list}' -d elsewhere '${file}'`],
+			{ stdio: 'pipe' });
+		assert.deepEqual(snapshot(target, 'elsewhere'), before);
+		target.psql('DROP DATABASE elsewhere', 'postgres');
 	});
 
 	test('after the restore, ingest works and sequences and receipt counters continue', () => {

@@ -1059,7 +1059,11 @@ BEGIN
 		END IF;
 		outcome := 'applied';
 	ELSIF change.status = 'paid' AND pay.status = 'paid' AND change.amount > pay.amount
-		  AND upper(change.currency) = pay.currency THEN
+		  AND upper(change.currency) = pay.currency
+		  -- a Paynow transaction's amount never changes (payments.paynow_amount_checked): decided
+		  -- here too, under the payment's lock, for news that was checked before another's payment
+		  -- committed
+		  AND NOT EXISTS (SELECT FROM payments.providers v WHERE v.name = provider_name AND v.kind = 'paynow') THEN
 		-- more taken than it knew: a hold captured in several parts (Stripe's amounts captured
 		-- and received are totals so far), or a second capture (PayPal's are summed after)
 		UPDATE payments.payments p SET amount = change.amount WHERE p.id = pay.id;
@@ -6380,7 +6384,10 @@ BEGIN
 	SELECT x.* INTO p FROM payments.payments x WHERE x.id = chat_paid_after_approval.payment_id;
 	flag := jsonb_strip_nulls(jsonb_build_object(
 		'paynowreference', coalesce(change.metadata ->> 'paynowreference', p.metadata ->> 'paynowreference'),
-		'amount', change.amount, 'currency', coalesce(upper(change.currency), p.currency),
+		-- the amount Paynow reported, also when it is not the payment's (payments.paynow_amount_checked
+		-- then leaves the change without one, and keeps it in the mismatch)
+		'amount', coalesce(change.amount, (change.metadata -> 'paynow_amount_mismatch' ->> 'reported')::numeric),
+		'currency', coalesce(upper(change.currency), p.currency),
 		'reported_at', coalesce(change.status_at, now()), 'approved_by', p.metadata ->> 'approved_by'));
 	UPDATE payments.payments x SET metadata = x.metadata || jsonb_build_object('paynow_paid_after_approval', flag)
 	 WHERE x.id = p.id;

@@ -195,6 +195,11 @@ SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-1&paynowreference=20&amou
 SELECT status, amount, metadata -> 'paynow_amount_mismatch' ->> 'known' AS known,
 	   metadata -> 'paynow_amount_mismatch' ->> 'reported' AS reported
   FROM payments.payments WHERE provider = 'pn' AND provider_ref = '20';
+-- decided under the payment's lock too: news checked before another's payment committed (two
+-- deliveries at once) raises nothing either
+SELECT payments.apply_change(NULL, 'pn', ROW('20', false, 'paid', now(), 'AM-1', NULL, 500.00, 'USD',
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::payments.payment_change) AS raced;
+SELECT amount FROM payments.payments WHERE provider = 'pn' AND provider_ref = '20';
 -- amounts with thousands grouped by commas are read, not left unknown
 SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-2&paynowreference=21&amount=1%2c000.00&status=Paid',
 	ARRAY['AM-2', '21', '1,000.00', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));

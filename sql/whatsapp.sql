@@ -1030,3 +1030,13 @@ SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'twice_ref'], ['paynowrefer
 SELECT status, (metadata -> 'paynow_paid_after_approval') - 'reported_at' AS flag
   FROM payments.payments WHERE reference = :'twice_ref';
 SELECT * FROM pg_temp.replies('263770000001');
+-- ... also for another amount than the one approved: the admin is told what Paynow took, which
+-- the payment keeps apart (payments.paynow_amount_checked)
+SELECT pg_temp.late_donation('263776000041', 'Tariro', 'Medicines', '1 hour') AS other_ref \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'other_ref', 41);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'other_ref'], ['paynowreference', '9141'], ['amount', '2.50'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g141']]);
+SELECT status, amount, metadata -> 'paynow_paid_after_approval' ->> 'amount' AS paynow_took,
+	   metadata -> 'paynow_amount_mismatch' ->> 'reported' AS reported
+  FROM payments.payments WHERE reference = :'other_ref';
+SELECT * FROM pg_temp.replies('263770000001');

@@ -4367,11 +4367,17 @@ AS $$
 		SELECT 'outbox_' || o.state, coalesce(e.name, 'whatsapp:' || o.provider), NULL, count(*)
 		  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
 		 WHERE o.state IN ('pending', 'dead') GROUP BY o.state, coalesce(e.name, 'whatsapp:' || o.provider)
+		UNION ALL
+		-- payments flagged for someone to look at, changed in the window: Paynow reported another
+		-- amount than the payment's, or paid one an admin had approved by hand
+		SELECT 'flagged', p.provider, f.flag, count(*)
+		  FROM payments.payments p CROSS JOIN (VALUES ('paynow_amount_mismatch'), ('paynow_paid_after_approval')) AS f (flag), w
+		 WHERE p.updated_at >= w.since AND p.metadata ? f.flag GROUP BY p.provider, f.flag
 	) AS t (metric, provider, detail, count)
 	ORDER BY 1, 2, 3
 $$;
 COMMENT ON FUNCTION payments.reconciliation_summary(integer) IS
-	'What on-call reads first: payments created in the last hours_back by provider and status, payments stuck pending, events pending and dead, rejections by reason, reconciliation checks by outcome, discrepancies found and fixed, outbox items pending and dead';
+	'What on-call reads first: payments created in the last hours_back by provider and status, payments stuck pending, events pending and dead, rejections by reason, reconciliation checks by outcome, discrepancies found and fixed, outbox items pending and dead, payments flagged for review (Paynow amount mismatch, paid after a manual approval)';
 
 REVOKE ALL ON FUNCTION payments.reconcile_after() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.api_token_requests(integer) FROM PUBLIC;

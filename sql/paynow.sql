@@ -195,6 +195,8 @@ SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-1&paynowreference=20&amou
 SELECT status, amount, metadata -> 'paynow_amount_mismatch' ->> 'known' AS known,
 	   metadata -> 'paynow_amount_mismatch' ->> 'reported' AS reported
   FROM payments.payments WHERE provider = 'pn' AND provider_ref = '20';
+-- on-call sees it
+SELECT metric, provider, detail, count FROM payments.reconciliation_summary(24) WHERE metric = 'flagged' AND provider = 'pn';
 -- decided under the payment's lock too: news checked before another's payment committed (two
 -- deliveries at once) raises nothing either
 SELECT payments.apply_change(NULL, 'pn', ROW('20', false, 'paid', now(), 'AM-1', NULL, 500.00, 'USD',

@@ -1232,12 +1232,17 @@ BEGIN
 		change.metadata := change.metadata || jsonb_build_object('paynowreference', change.provider_ref);
 		change.provider_ref := ours;
 		change.creates := false;
+	ELSIF EXISTS (SELECT FROM payments.paynow_initiations i
+				   WHERE i.reference = change.reference AND i.provider <> provider_name) THEN
+		-- another provider's donation, sent here (one integration key serving two providers): not
+		-- a payment of this one, which it would make and count twice.  Ignored
+		RETURN NULL;
 	END IF;
 	RETURN change;
 END
 $$;
 COMMENT ON FUNCTION payments.paynow_initiated(payments.payment_change, text) IS
-	'A Paynow change about a payment this database initiated is applied to it (known by the merchant reference), not to a new payment named by paynowreference';
+	'A Paynow change about a payment this database initiated is applied to it (known by the merchant reference), not to a new payment named by paynowreference; one about another provider''s initiation is no change (ignored)';
 
 -- A Paynow transaction's amount is the one it was made for and never changes, unlike a Stripe
 -- intent's captured total or a PayPal order's captures: news of another amount is not the

@@ -1040,3 +1040,13 @@ SELECT status, amount, metadata -> 'paynow_paid_after_approval' ->> 'amount' AS 
 	   metadata -> 'paynow_amount_mismatch' ->> 'reported' AS reported
   FROM payments.payments WHERE reference = :'other_ref';
 SELECT * FROM pg_temp.replies('263770000001');
+-- a donation's update sent to another Paynow provider with the same integration key makes no
+-- payment there (it made one of its own, counted twice in the reports)
+SELECT payments.register_provider('pn_twin', 'paynow', '{"currency": "USD"}');
+SELECT payments.add_secret('pn_twin', '3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977') IS NOT NULL AS twin_key;
+SELECT pg_temp.late_donation('263776000042', 'Nyasha', 'Medicines', '1 hour') AS twin_ref \gset
+SELECT pg_temp.paynow('pn_twin', ARRAY[['reference', :'twin_ref'], ['paynowreference', '9142'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g142']]);
+SELECT count(*) AS twin_payments FROM payments.payments WHERE provider = 'pn_twin';
+DELETE FROM payments.events WHERE provider = 'pn_twin';
+DELETE FROM payments.providers WHERE name = 'pn_twin';

@@ -1031,6 +1031,11 @@ BEGIN
 		   updated_at = now()
 	 WHERE p.id = pay.id;
 
+	-- a WhatsApp donation Paynow first reports at another amount: the admins are told
+	IF change.metadata ? 'paynow_amount_mismatch' AND NOT pay.metadata ? 'paynow_amount_mismatch' THEN
+		PERFORM payments.chat_amount_mismatch(pay.id, change.metadata -> 'paynow_amount_mismatch');
+	END IF;
+
 	-- a payment an admin marked paid by hand (WhatsApp /approve) that the provider now reports paid:
 	-- it may have been collected twice.  Flagged on the payment, the admins told, once
 	IF change.status = 'paid' AND pay.status = 'paid' AND pay.metadata ? 'approved_by'
@@ -6426,6 +6431,36 @@ $$;
 COMMENT ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) IS
 	'When Paynow reports paid a donation an admin approved by hand (/approve), which may have been collected twice: keeps metadata.paynow_paid_after_approval (Paynow reference, amount, currency, time, approver) and queues a word to the approving admin (to every admin number of the chat when that one is no longer one); called by apply_change, once per payment';
 
+-- (called by payments.apply_change when a change first keeps a Paynow amount mismatch)
+CREATE FUNCTION payments.chat_amount_mismatch(payment_id bigint, mismatch jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p		payments.payments;
+	d		payments.chat_donations;
+	who		text;
+BEGIN
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = chat_amount_mismatch.payment_id;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT x.* INTO p FROM payments.payments x WHERE x.id = chat_amount_mismatch.payment_id;
+	FOR who IN SELECT DISTINCT payments.e164_digits(a)
+				 FROM payments.providers v, jsonb_array_elements_text(payments.chat_settings(v.settings) -> 'admin_numbers') a
+				WHERE v.name = d.provider AND payments.e164_digits(a) IS NOT NULL LOOP
+		PERFORM payments.chat_send(d.provider, who, payments.chat_text(who, format(
+			'Paynow reports %s %s at %s %s, but the donation was for %s %s: please check it with Paynow.',
+			p.reference, coalesce(mismatch ->> 'status', 'an update'),
+			payments.chat_amount((mismatch ->> 'reported')::numeric, p.currency), p.currency,
+			payments.chat_amount((mismatch ->> 'known')::numeric, p.currency), p.currency)));
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_amount_mismatch(bigint, jsonb) IS
+	'When Paynow first reports another amount for a WhatsApp donation than it was made for (payments.paynow_amount_checked): tells the chat''s admin numbers, who check it with Paynow; called by apply_change';
+
 -- Paynow mobile checkout (PROVIDERS.md 3.5), initiated from the database
 
 CREATE FUNCTION payments.url_encode(value text)
@@ -6755,6 +6790,7 @@ REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FRO
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_amount_checked(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_amount_mismatch(bigint, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_pending_donation(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_pending_notice(text, text, boolean, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_amount_ranges(jsonb, text) FROM PUBLIC;

@@ -1040,6 +1040,14 @@ SELECT status, amount, metadata -> 'paynow_paid_after_approval' ->> 'amount' AS 
 	   metadata -> 'paynow_amount_mismatch' ->> 'reported' AS reported
   FROM payments.payments WHERE reference = :'other_ref';
 SELECT * FROM pg_temp.replies('263770000001');
+-- Paynow reporting another amount than the donation's: the admins are told, once
+SELECT pg_temp.late_donation('263776000043', 'Chipo', 'Medicines', '1 hour') AS short_ref \gset
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'short_ref'], ['paynowreference', '9143'], ['amount', '0.50'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g143']]);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'short_ref'], ['paynowreference', '9143'], ['amount', '0.50'],
+	['status', 'Delivered'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g143']]);
+SELECT status, amount, metadata -> 'paynow_amount_mismatch' ->> 'known' AS known FROM payments.payments WHERE reference = :'short_ref';
+SELECT * FROM pg_temp.replies('263770000001');
 -- a donation's update sent to another Paynow provider with the same integration key makes no
 -- payment there (it made one of its own, counted twice in the reports)
 SELECT payments.register_provider('pn_twin', 'paynow', '{"currency": "USD"}');

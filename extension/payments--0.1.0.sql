@@ -3696,6 +3696,30 @@ $$;
 COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval, text, interval) IS
 	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own; rejections older than keep_rejections are pruned on the housekeeping schedule, never when it is NULL)';
 
+-- The jobs name their database (payments-retry@shop) and connect to it by name: those of a
+-- database renamed or dropped since fail every minute, and the renamed one's tools look for jobs
+-- of its new name.  Removed by schedule_jobs and unschedule_jobs, in pg_cron's database
+CREATE FUNCTION payments.unschedule_orphan_jobs()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n	bigint;
+BEGIN
+	EXECUTE 'SELECT count(cron.unschedule(j.jobid)) FROM cron.job j'
+			' WHERE j.jobname LIKE ''payments-%@%'''
+			'   AND substring(j.jobname FROM ''@(.*)$'') NOT IN (SELECT d.datname FROM pg_catalog.pg_database d)'
+	   INTO n;
+	IF n > 0 THEN
+		RAISE NOTICE 'removed % pg_cron jobs of databases that no longer exist (renamed or dropped)', n;
+	END IF;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION payments.unschedule_orphan_jobs() IS
+	'Removes the payments pg_cron jobs named after a database that no longer exists (renamed or dropped: they fail every minute); returns how many; called by schedule_jobs and unschedule_jobs';
+
 CREATE FUNCTION payments.schedule_jobs(retry_schedule text DEFAULT '* * * * *',
 									   deliver_schedule text DEFAULT '* * * * *',
 									   housekeeping_schedule text DEFAULT '17 3 * * *',
@@ -3735,6 +3759,7 @@ BEGIN
 		RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
 			USING ERRCODE = 'undefined_object', HINT = 'CREATE EXTENSION pg_cron;';
 	END IF;
+	PERFORM payments.unschedule_orphan_jobs();
 	FOR j IN SELECT * FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
 								 reconcile_schedule, keep_rejections) LOOP
 		EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
@@ -3770,10 +3795,10 @@ BEGIN
 	EXECUTE 'SELECT count(cron.unschedule(j.jobid)) FROM cron.job j'
 			' WHERE j.jobname IN (SELECT c.jobname FROM payments.cron_jobs() c)'
 	   INTO n;
-	RETURN n;
+	RETURN n + payments.unschedule_orphan_jobs();
 END
 $$;
-COMMENT ON FUNCTION payments.unschedule_jobs() IS 'Removes the pg_cron jobs of this database; returns how many';
+COMMENT ON FUNCTION payments.unschedule_jobs() IS 'Removes the pg_cron jobs of this database, and those of databases renamed or dropped since (payments.unschedule_orphan_jobs); returns how many';
 
 REVOKE ALL ON FUNCTION payments.event_failed(bigint, text, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.retry_events(integer) FROM PUBLIC;
@@ -3794,6 +3819,7 @@ REVOKE ALL ON PROCEDURE payments.run_job(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.prune_rejections(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.unschedule_jobs() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.unschedule_orphan_jobs() FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('payments.event_attempts', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.event_attempts_id_seq', '');

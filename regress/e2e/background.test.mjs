@@ -724,6 +724,10 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 	// rejections kept for ever from now on: the prune job goes
 	assert.equal(cron.psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL)`), '5');
 	assert.equal(cron.psql(`SELECT count(*) FROM cron.job WHERE jobname LIKE 'payments-prune@%'`), '0');
-	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '5');
+	// the jobs of a database dropped (or renamed) since fail every minute: they go too
+	cron.psql(`CREATE DATABASE gone`, 'postgres');
+	cron.psql(`SELECT cron.schedule_in_database('payments-retry@gone', '* * * * *', 'SELECT 1', 'gone')`);
+	cron.psql(`DROP DATABASE gone`, 'postgres');
+	assert.equal(cron.psql(`SELECT payments.unschedule_jobs()`), '6');
 	assert.equal(cron.psql(`SELECT count(*) FROM cron.job`), '0');
 });

@@ -2136,12 +2136,14 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT string_agg(b.bound, ', ' ORDER BY b.prefix)
-	  FROM (SELECT split_part(r, '-', 1) AS prefix, CASE WHEN last THEN max(r) ELSE min(r) END AS bound
+	-- per prefix and receipt day: a day's report holds receipts of two days when
+	-- payments.receipt_timezone was changed at an hour the two zones' dates differed
+	SELECT string_agg(b.bound, ', ' ORDER BY b.counter)
+	  FROM (SELECT regexp_replace(r, '-[^-]*$', '') AS counter, CASE WHEN last THEN max(r) ELSE min(r) END AS bound
 			  FROM unnest(receipts) AS r WHERE r IS NOT NULL GROUP BY 1) AS b
 $$;
 COMMENT ON FUNCTION payments.receipt_bounds(text[], boolean) IS
-	'The first (or, with last, the last) receipt number of each prefix among receipt numbers of one day, in the order of the prefixes, joined by ", ": a range per prefix, never one that mixes them';
+	'The first (or, with last, the last) receipt number of each counter (prefix and day) among receipt numbers of one day, in the order of the prefixes, joined by ", ": a range per counter, never one that mixes them (a day holds receipts of two when receipt_timezone was changed)';
 
 CREATE FUNCTION payments.daily_report(day date)
 RETURNS TABLE (currency text, method text, paid bigint, gross numeric, fees numeric, net numeric,

@@ -254,3 +254,9 @@ EXPLAIN (COSTS OFF) SELECT 1 FROM payments.payments q
 RESET enable_seqscan;
 
 ROLLBACK;
+
+-- receipt ranges per counter (prefix and day): a day's receipts numbered on two days (the receipt
+-- time zone changed at an hour the two zones' dates differed) make two ranges, not one across them
+SELECT payments.receipt_bounds(r, false) AS first_receipt, payments.receipt_bounds(r, true) AS last_receipt
+  FROM (VALUES (ARRAY['LP-20261124-000002', 'LP-20261123-000001', 'DON-20261124-000001', 'LP-20261124-000001',
+					  'LP-20261123-000002', NULL])) AS t (r);

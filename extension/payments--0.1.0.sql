@@ -6412,6 +6412,18 @@ COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
 -- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment
 -- whose update was late.  Either way the admin decides: the payment keeps what Paynow said, and the
 -- admin who approved it is told (every admin number of the chat when that one is no longer one)
+CREATE FUNCTION payments.chat_admin_numbers(provider text)
+RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT ARRAY(SELECT DISTINCT payments.e164_digits(a)
+				   FROM payments.providers v, jsonb_array_elements_text(payments.chat_settings(v.settings) -> 'admin_numbers') a
+				  WHERE v.name = chat_admin_numbers.provider AND payments.e164_digits(a) IS NOT NULL)
+$$;
+COMMENT ON FUNCTION payments.chat_admin_numbers(text) IS
+	'The admin numbers of a meta provider''s chat, as E.164 digits: who is told of a donation to check';
+
 CREATE FUNCTION payments.chat_paid_after_approval(payment_id bigint, change payments.payment_change)
 RETURNS void
 LANGUAGE plpgsql
@@ -6439,9 +6451,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
-	admins := ARRAY(SELECT DISTINCT payments.e164_digits(a)
-					  FROM payments.providers v, jsonb_array_elements_text(payments.chat_settings(v.settings) -> 'admin_numbers') a
-					 WHERE v.name = d.provider AND payments.e164_digits(a) IS NOT NULL);
+	admins := payments.chat_admin_numbers(d.provider);
 	approver := payments.e164_digits(p.metadata ->> 'approved_by');
 	IF approver = ANY (admins) THEN
 		admins := ARRAY[approver];
@@ -6475,9 +6485,7 @@ BEGIN
 		RETURN;
 	END IF;
 	SELECT x.* INTO p FROM payments.payments x WHERE x.id = chat_amount_mismatch.payment_id;
-	FOR who IN SELECT DISTINCT payments.e164_digits(a)
-				 FROM payments.providers v, jsonb_array_elements_text(payments.chat_settings(v.settings) -> 'admin_numbers') a
-				WHERE v.name = d.provider AND payments.e164_digits(a) IS NOT NULL LOOP
+	FOREACH who IN ARRAY payments.chat_admin_numbers(d.provider) LOOP
 		PERFORM payments.chat_send(d.provider, who, payments.chat_text(who, format(
 			'Paynow reports %s %s at %s %s, but the donation was for %s %s: please check it with Paynow.',
 			p.reference, coalesce(mismatch ->> 'status', 'an update'),
@@ -6819,6 +6827,7 @@ REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) 
 REVOKE ALL ON FUNCTION payments.paynow_amount_checked(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_amount_mismatch(bigint, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_admin_numbers(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_pending_donation(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_pending_notice(text, text, boolean, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_amount_ranges(jsonb, text) FROM PUBLIC;

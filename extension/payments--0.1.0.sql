@@ -4160,6 +4160,35 @@ $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
 	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most a day), records a check for each and returns the request to send (a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
+-- A PayPal order may hold several captures (one declined, then another completed; an
+-- authorization captured in parts): reconciliation applies every one that took money, oldest
+-- first, or else only the latest, so that a declined attempt never fails a paid order
+CREATE FUNCTION payments.paypal_order_captures(paypal_order jsonb)
+RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+	WITH found AS (
+		SELECT c.capture, c.capture ->> 'status' IN ('COMPLETED', 'PARTIALLY_REFUNDED', 'REFUNDED') AS took_money,
+			   payments.provider_time(c.capture ->> 'update_time') AS said_at, u.n AS unit_no, c.n AS capture_no
+		  FROM jsonb_array_elements(CASE jsonb_typeof(paypal_order -> 'purchase_units')
+									WHEN 'array' THEN paypal_order -> 'purchase_units' ELSE '[]' END)
+			   WITH ORDINALITY u(unit, n),
+			   jsonb_array_elements(CASE jsonb_typeof(u.unit #> '{payments,captures}')
+									WHEN 'array' THEN u.unit #> '{payments,captures}' ELSE '[]' END)
+			   WITH ORDINALITY c(capture, n)
+		 WHERE jsonb_typeof(c.capture) = 'object'),
+	chosen AS (
+		SELECT f.* FROM found f WHERE f.took_money
+		UNION ALL
+		(SELECT f.* FROM found f WHERE NOT EXISTS (SELECT FROM found t WHERE t.took_money)
+		  ORDER BY f.said_at DESC NULLS LAST, f.unit_no DESC, f.capture_no DESC LIMIT 1))
+	SELECT coalesce(jsonb_agg(c.capture ORDER BY c.said_at NULLS FIRST, c.unit_no, c.capture_no), '[]')
+	  FROM chosen c
+$$;
+COMMENT ON FUNCTION payments.paypal_order_captures(jsonb) IS
+	'The captures of a PayPal order (GET /v2/checkout/orders/{id}) that reconciliation applies: every one that took money (COMPLETED, PARTIALLY_REFUNDED, REFUNDED), oldest first, else only the latest; used by record_reconciliation';
+REVOKE ALL ON FUNCTION payments.paypal_order_captures(jsonb) FROM PUBLIC;
+
 CREATE FUNCTION payments.record_reconciliation(check_id bigint, http_status integer, error text, response text)
 RETURNS text
 LANGUAGE plpgsql
@@ -4180,6 +4209,8 @@ DECLARE
 	result	text;
 	problem	text := error;
 	no_capture boolean := false;	-- a PayPal order without a capture yet
+	captures jsonb;		-- a PayPal order's captures to apply, in order
+	refunded_capture boolean := false;	-- a PayPal capture found REFUNDED
 BEGIN
 	SELECT c.* INTO chk FROM payments.reconciliation_checks c WHERE c.id = record_reconciliation.check_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -4255,28 +4286,44 @@ BEGIN
 			ELSIF kind = 'paypal' THEN
 				r := response::jsonb;
 				raw := r ->> 'status';
-				-- an order: what its first capture says; none yet, still pending (VOIDED: never paid)
+				captures := jsonb_build_array(r);
+				-- an order: its captures; none yet, still pending (VOIDED: never paid)
 				IF jsonb_typeof(r -> 'purchase_units') = 'array' THEN
-					IF jsonb_typeof(r #> '{purchase_units,0,payments,captures,0}') = 'object' THEN
-						r := r #> '{purchase_units,0,payments,captures,0}';
-						raw := r ->> 'status';
-					ELSE
-						r := jsonb_build_object('id', pay.provider_ref, 'status', 'PENDING',
-												'update_time', r ->> 'update_time');
+					captures := payments.paypal_order_captures(r);
+					IF jsonb_array_length(captures) = 0 THEN
+						captures := jsonb_build_array(jsonb_build_object('id', pay.provider_ref, 'status', 'PENDING',
+																		 'update_time', r ->> 'update_time'));
 						no_capture := true;
 					END IF;
 				END IF;
-				-- captured money, refunded since or not: paid (refunded in full, below)
-				etype := CASE r ->> 'status'
-					WHEN 'COMPLETED' THEN 'PAYMENT.CAPTURE.COMPLETED'
-					WHEN 'PARTIALLY_REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
-					WHEN 'REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
-					WHEN 'PENDING' THEN 'PAYMENT.CAPTURE.PENDING'
-					WHEN 'DECLINED' THEN 'PAYMENT.CAPTURE.DECLINED'
-					WHEN 'FAILED' THEN 'PAYMENT.CAPTURE.DENIED' END;
-				said_at := payments.provider_time(r ->> 'update_time');
-				change := payments.paypal_change(jsonb_build_object('event_type', etype, 'resource', r),
-												 chk.provider, said_at);
+				-- all but the last capture applied here, each kept with the payment's (their sums
+				-- are its amount and fee); the last one below, as a single capture is
+				FOR i IN 0 .. jsonb_array_length(captures) - 1 LOOP
+					r := captures -> i;
+					-- found: the capture's status (an order without one, the order's)
+					raw := CASE WHEN no_capture THEN raw ELSE r ->> 'status' END;
+					refunded_capture := refunded_capture OR raw = 'REFUNDED';
+					-- captured money, refunded since or not: paid (refunded in full, below)
+					etype := CASE r ->> 'status'
+						WHEN 'COMPLETED' THEN 'PAYMENT.CAPTURE.COMPLETED'
+						WHEN 'PARTIALLY_REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
+						WHEN 'REFUNDED' THEN 'PAYMENT.CAPTURE.COMPLETED'
+						WHEN 'PENDING' THEN 'PAYMENT.CAPTURE.PENDING'
+						WHEN 'DECLINED' THEN 'PAYMENT.CAPTURE.DECLINED'
+						WHEN 'FAILED' THEN 'PAYMENT.CAPTURE.DENIED' END;
+					said_at := payments.provider_time(r ->> 'update_time');
+					change := payments.paypal_change(jsonb_build_object('event_type', etype, 'resource', r),
+													 chk.provider, said_at);
+					EXIT WHEN i = jsonb_array_length(captures) - 1;
+					IF change IS NULL OR change.status IS NULL THEN
+						RAISE EXCEPTION 'the reply says no status this version understands (%)', coalesce(raw, 'none');
+					END IF;
+					change.provider_ref := pay.provider_ref;
+					change.creates := false;
+					change.status_at := greatest(pay.status_at, change.status_at);
+					PERFORM payments.apply_paypal_change(NULL, chk.provider, change,
+														 jsonb_build_object('event_type', etype, 'resource', r));
+				END LOOP;
 				IF raw = 'VOIDED' THEN
 					change.status := 'cancelled';
 				END IF;
@@ -4314,14 +4361,20 @@ BEGIN
 															 jsonb_build_object('event_type', etype, 'resource', r))
 						   ELSE payments.apply_change(NULL, chk.provider, change) END;
 			-- a PayPal capture found REFUNDED was paid, then given back in full: both are applied,
-			-- as its refund's webhook may be lost too (PARTIALLY_REFUNDED says not how much)
-			IF kind = 'paypal' AND raw = 'REFUNDED' THEN
-				change.status := 'refunded';
-				-- all of what was taken: the amount the payment has now that it is paid
-				change.amount_refunded := coalesce((SELECT p.amount FROM payments.payments p WHERE p.id = pay.id),
-												   change.amount);
+			-- as its refund's webhook may be lost too (PARTIALLY_REFUNDED says not how much); the
+			-- payment's refunded total is its captures' (all of them: refunded)
+			IF kind = 'paypal' AND refunded_capture THEN
 				UPDATE payments.paypal_captures k SET refunded = greatest(k.refunded, k.amount)
-				 WHERE k.provider = chk.provider AND k.capture_id = r ->> 'id';
+				 WHERE k.provider = chk.provider AND k.payment_id = pay.id
+				   AND k.capture_id IN (SELECT c ->> 'id' FROM jsonb_array_elements(captures) c
+										 WHERE c ->> 'status' = 'REFUNDED');
+				SELECT sum(k.refunded) INTO change.amount_refunded FROM payments.paypal_captures k
+				 WHERE k.payment_id = pay.id AND k.status = 'paid';
+				-- no capture kept (a payment in another currency than its capture's): all it took
+				change.amount_refunded := coalesce(change.amount_refunded,
+					(SELECT p.amount FROM payments.payments p WHERE p.id = pay.id), change.amount);
+				change.status := CASE WHEN change.amount_refunded >= (SELECT p.amount FROM payments.payments p WHERE p.id = pay.id)
+									  THEN 'refunded' ELSE 'partially_refunded' END;
 				result := payments.apply_change(NULL, chk.provider, change);
 			END IF;
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;

@@ -13,6 +13,8 @@ import { Cluster, holdLock, sleep } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const PAYNOW_KEY = '3E9FED89-60E1-4CE5-AB6E-6B1EB2D4F977';
+// a PayPal time some minutes before now, as its API writes it
+const minutesAgo = (m) => new Date(Date.now() - m * 60000).toISOString().replace(/\.\d{3}Z$/, 'Z');
 let db;
 let api;
 
@@ -85,9 +87,21 @@ async function startApi() {
 			if (req.method === 'GET' && u.startsWith('/paypal/v2/checkout/orders/')) {
 				if (req.headers.authorization !== 'Bearer PPTOKEN') return json(res, 401, { error: 'invalid_token' });
 				const id = u.split('/').pop();
-				const captures = id === 'ORDER-PAID' ? [{ id: 'CAP-LOST', status: 'COMPLETED',
-					amount: { currency_code: 'USD', value: '5.00' },
-					seller_receivable_breakdown: { paypal_fee: { currency_code: 'USD', value: '0.47' } } }] : [];
+				const fee = (value) => ({ paypal_fee: { currency_code: 'USD', value } });
+				const capture = (cid, st, value, time, f) => ({ id: cid, status: st, amount: { currency_code: 'USD', value },
+					update_time: time, ...(f ? { seller_receivable_breakdown: fee(f) } : {}) });
+				const captures = {
+					'ORDER-PAID': [{ id: 'CAP-LOST', status: 'COMPLETED', amount: { currency_code: 'USD', value: '5.00' },
+						seller_receivable_breakdown: fee('0.47') }],
+					// a card declined, then another paying in two captures (listed newest first)
+					'ORDER-TWO': [capture('CAP-T3', 'COMPLETED', '2.00', minutesAgo(10), '0.30'),
+						capture('CAP-T1', 'DECLINED', '5.00', minutesAgo(30)),
+						capture('CAP-T2', 'COMPLETED', '3.00', minutesAgo(20), '0.40')],
+					// two captures, one of them refunded since
+					'ORDER-HALF': [capture('CAP-H1', 'COMPLETED', '3.00', minutesAgo(20)),
+						capture('CAP-H2', 'REFUNDED', '2.00', minutesAgo(15))],
+					'ORDER-DECLINED': [capture('CAP-D1', 'DECLINED', '5.00', minutesAgo(20))],
+				}[id] ?? [];
 				return json(res, 200, { id, status: { 'ORDER-PAID': 'COMPLETED', 'ORDER-VOID': 'VOIDED' }[id] ?? 'APPROVED',
 					purchase_units: [{ amount: { currency_code: 'USD', value: '5.00' }, payments: { captures } }] });
 			}
@@ -271,6 +285,29 @@ test('a PayPal order without a capture heard of is asked for by order: its captu
 	assert.equal(db.psql(`SELECT metadata ? 'capture_id' FROM payments.payments WHERE provider_ref = 'ORDER-OPEN'`), 'f');
 	assert.equal(status('ORDER-VOID'), 'cancelled');
 	assert.ok(api.seen.some((s) => s.includes('/v2/checkout/orders/ORDER-PAID')));
+});
+
+test('a PayPal order with several captures: every one that took money counts, a declined one before them fails nothing', async () => {
+	stuck('pp', 'ORDER-TWO');
+	stuck('pp', 'ORDER-HALF');
+	stuck('pp', 'ORDER-DECLINED');
+	await sleep(1100);
+	await runReconcile();
+	assert.equal(lastCheck('ORDER-TWO'), 'fixed|COMPLETED|200');
+	assert.equal(db.psql(`SELECT p.status || ' ' || p.amount || ' ' || p.fee || ' ' || (p.metadata ->> 'capture_id') || ' '
+		|| (SELECT string_agg(k.capture_id || ':' || k.status || ':' || k.amount, ',' ORDER BY k.capture_id)
+			FROM payments.paypal_captures k WHERE k.payment_id = p.id) || ' '
+		|| (SELECT string_agg(h.to_status, ',' ORDER BY h.id) FROM payments.status_history h WHERE h.payment_id = p.id)
+		FROM payments.payments p WHERE p.provider_ref = 'ORDER-TWO'`),
+	'paid 5.00 0.70 CAP-T2 CAP-T2:paid:3.00,CAP-T3:paid:2.00 paid',
+	'both captures taken (their sums), never failed by the declined one');
+	assert.equal(lastCheck('ORDER-HALF'), 'fixed|REFUNDED|200');
+	assert.equal(db.psql(`SELECT p.status || ' ' || p.amount || ' ' || p.amount_refunded || ' '
+		|| (SELECT count(*) FROM payments.receipts r WHERE r.payment_id = p.id)
+		FROM payments.payments p WHERE p.provider_ref = 'ORDER-HALF'`), 'partially_refunded 5.00 2.00 1',
+	'one of two captures refunded: part of the money given back');
+	assert.equal(status('ORDER-DECLINED'), 'failed');
+	assert.equal(lastCheck('ORDER-DECLINED'), 'fixed|DECLINED|200');
 });
 
 test('an answer that cannot be recorded loses only itself: the others of the run are recorded', async () => {

@@ -4311,7 +4311,11 @@ BEGIN
 						WHEN 'PENDING' THEN 'PAYMENT.CAPTURE.PENDING'
 						WHEN 'DECLINED' THEN 'PAYMENT.CAPTURE.DECLINED'
 						WHEN 'FAILED' THEN 'PAYMENT.CAPTURE.DENIED' END;
-					said_at := payments.provider_time(r ->> 'update_time');
+					-- paid when it was made: a capture refunded since was last updated by its refund
+					said_at := CASE WHEN r ->> 'status' IN ('REFUNDED', 'PARTIALLY_REFUNDED')
+									THEN coalesce(payments.provider_time(r ->> 'create_time'),
+												  payments.provider_time(r ->> 'update_time'))
+									ELSE payments.provider_time(r ->> 'update_time') END;
 					change := payments.paypal_change(jsonb_build_object('event_type', etype, 'resource', r),
 													 chk.provider, said_at);
 					EXIT WHEN i = jsonb_array_length(captures) - 1;
@@ -4375,6 +4379,10 @@ BEGIN
 					(SELECT p.amount FROM payments.payments p WHERE p.id = pay.id), change.amount);
 				change.status := CASE WHEN change.amount_refunded >= (SELECT p.amount FROM payments.payments p WHERE p.id = pay.id)
 									  THEN 'refunded' ELSE 'partially_refunded' END;
+				-- given back when its capture was last updated
+				change.status_at := greatest(change.status_at,
+					(SELECT max(payments.provider_time(c ->> 'update_time')) FROM jsonb_array_elements(captures) c
+					  WHERE c ->> 'status' = 'REFUNDED'));
 				result := payments.apply_change(NULL, chk.provider, change);
 			END IF;
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;

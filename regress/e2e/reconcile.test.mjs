@@ -101,6 +101,8 @@ async function startApi() {
 					'ORDER-HALF': [capture('CAP-H1', 'COMPLETED', '3.00', minutesAgo(20)),
 						capture('CAP-H2', 'REFUNDED', '2.00', minutesAgo(15))],
 					'ORDER-DECLINED': [capture('CAP-D1', 'DECLINED', '5.00', minutesAgo(20))],
+					// paid 40 minutes ago, refunded 5 minutes ago (its update_time)
+					'ORDER-LATEREF': [{ ...capture('CAP-L1', 'REFUNDED', '5.00', minutesAgo(5)), create_time: minutesAgo(40) }],
 				}[id] ?? [];
 				return json(res, 200, { id, status: { 'ORDER-PAID': 'COMPLETED', 'ORDER-VOID': 'VOIDED' }[id] ?? 'APPROVED',
 					purchase_units: [{ amount: { currency_code: 'USD', value: '5.00' }, payments: { captures } }] });
@@ -291,6 +293,7 @@ test('a PayPal order with several captures: every one that took money counts, a 
 	stuck('pp', 'ORDER-TWO');
 	stuck('pp', 'ORDER-HALF');
 	stuck('pp', 'ORDER-DECLINED');
+	stuck('pp', 'ORDER-LATEREF');
 	await sleep(1100);
 	await runReconcile();
 	assert.equal(lastCheck('ORDER-TWO'), 'fixed|COMPLETED|200');
@@ -308,6 +311,11 @@ test('a PayPal order with several captures: every one that took money counts, a 
 	'one of two captures refunded: part of the money given back');
 	assert.equal(status('ORDER-DECLINED'), 'failed');
 	assert.equal(lastCheck('ORDER-DECLINED'), 'fixed|DECLINED|200');
+	// a capture found refunded: paid when it was made (create_time), given back at its update_time
+	assert.equal(db.psql(`SELECT p.status || ' ' || (p.paid_at BETWEEN now() - interval '41 minutes' AND now() - interval '39 minutes')
+		|| ' ' || (SELECT bool_and(f.refunded_at BETWEEN now() - interval '6 minutes' AND now() - interval '4 minutes')
+			FROM payments.refunds f WHERE f.payment_id = p.id)
+		FROM payments.payments p WHERE p.provider_ref = 'ORDER-LATEREF'`), 'refunded true true');
 });
 
 test('an answer that cannot be recorded loses only itself: the others of the run are recorded', async () => {

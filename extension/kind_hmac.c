@@ -131,18 +131,32 @@ JsonPathStep(void *arg)
  * mode without raising errors for missing members, taking the first item
  * found.  Everything runs in a subtransaction, so a path that fails (a syntax
  * error, an undefined $variable, a bad datetime template) returns false with
- * *error set instead of aborting the caller.  *found is the first item as
- * jsonb, or NULL when there is none.
+ * *error and *sqlerrcode set instead of aborting the caller.  *found is the
+ * first item as jsonb, or NULL when there is none.
  */
 static bool
-RunJsonPath(const char *path, Jsonb *payload, Jsonb **found, char **error)
+RunJsonPath(const char *path, Jsonb *payload, Jsonb **found, char **error, int *sqlerrcode)
 {
 	JsonPathRun run = {path, payload, NULL};
-	bool		ok = RunInSubtransaction(JsonPathStep, &run, error);
+	bool		ok = RunDataStepCode(JsonPathStep, &run, error, sqlerrcode);
 
 	if (found != NULL)
 		*found = run.result;
 	return ok;
+}
+
+/*
+ * Checks a configured path at registration: it must parse, and evaluate on
+ * an empty object, which finds a $variable (none is ever passed: "$id" for
+ * "$.id") that would otherwise fail every delivery.
+ */
+static bool
+JsonPathUsable(const char *path, char **error)
+{
+	Jsonb	   *empty = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	int			sqlerrcode;
+
+	return RunJsonPath(path, empty, NULL, error, &sqlerrcode);
 }
 
 /* True if the settings have the key, whatever its value */
@@ -294,12 +308,12 @@ ReadHmacConfig(Jsonb *settings, HmacConfig *cfg, HmacCheck check)
 		return pstrdup("set event_type_header or event_type_path, not both");
 	for (int i = 0; check == HMAC_CHECK_REGISTER && i < cfg->event_id_path_count; i++)
 	{
-		if (!RunJsonPath(cfg->event_id_paths[i], NULL, NULL, &error))
-			return psprintf("event_id_path \"%s\" is not a SQL/JSON path: %s", cfg->event_id_paths[i], error);
+		if (!JsonPathUsable(cfg->event_id_paths[i], &error))
+			return psprintf("event_id_path \"%s\" is not a usable SQL/JSON path: %s", cfg->event_id_paths[i], error);
 	}
 	if (check == HMAC_CHECK_REGISTER && cfg->event_type_path != NULL &&
-		!RunJsonPath(cfg->event_type_path, NULL, NULL, &error))
-		return psprintf("event_type_path is not a SQL/JSON path: %s", error);
+		!JsonPathUsable(cfg->event_type_path, &error))
+		return psprintf("event_type_path is not a usable SQL/JSON path: %s", error);
 	return NULL;
 }
 
@@ -464,10 +478,17 @@ LookUp(const Delivery *delivery, Jsonb *payload, const char *header, const char 
 	{
 		Jsonb	   *found;
 		char	   *error;
+		int			sqlerrcode;
 		JsonbValue	scalar;
 
-		if (!RunJsonPath(path, payload, &found, &error))
+		if (!RunJsonPath(path, payload, &found, &error, &sqlerrcode))
 		{
+			/* a $variable deeper than registration's check reached: the settings' fault */
+			if (sqlerrcode == ERRCODE_UNDEFINED_OBJECT)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("provider \"%s\" has unusable settings: %s %s failed: %s",
+								text_to_cstring(delivery->provider), what, path, error)));
 			InvalidEvents(events, "event_path_failed",
 						  psprintf("%s %s failed: %s", what, path, error));
 			return false;

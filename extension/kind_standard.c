@@ -185,6 +185,12 @@ ParseStandardSignatures(const char *header, int len, StandardSignatures *sigs, V
 		const char *space = memchr(item, ' ', end - item);
 		const char *item_end = space ? space : end;
 
+		/*
+		 * Two header lines, joined by ", " as HTTP combines them (the shim,
+		 * node), leave a comma after the first line's last signature
+		 */
+		if (space != NULL && item_end - item > 1 && item_end[-1] == ',')
+			item_end--;
 		if (item_end > item)
 		{
 			const char *comma = memchr(item, ',', item_end - item);
@@ -361,11 +367,14 @@ VerifyStandard(const char *body, int bodylen,
 	CheckTolerance(verdict, timestamp, now, tolerance);
 }
 
-/* The Standard Webhooks headers, or the svix-* ones Svix sends */
+/*
+ * The svix-* headers Svix sends, or the Standard Webhooks ones: each read as
+ * the official svix library reads it, svix-* first
+ */
 static const char *const standard_headers[3][2] = {
-	{"webhook-id", "svix-id"},
-	{"webhook-timestamp", "svix-timestamp"},
-	{"webhook-signature", "svix-signature"},
+	{"svix-id", "webhook-id"},
+	{"svix-timestamp", "webhook-timestamp"},
+	{"svix-signature", "webhook-signature"},
 };
 
 /* Reads Standard Webhooks header i (0 id, 1 timestamp, 2 signature); NULL if absent */

@@ -291,6 +291,8 @@ extern XLogRecPtr FlushWrittenWal(void);
 
 /* subtransaction.c */
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);
+extern bool RunDataStepCode(void (*step) (void *arg), void *arg, char **error,
+							int *sqlerrcode);
 extern bool RunInSubtransactionCode(void (*step) (void *arg), void *arg, char **error,
 									int *sqlerrcode);
 extern ErrorData *RunUntilCancel(void (*steps) (void *arg), void *arg, MemoryContext cxt);

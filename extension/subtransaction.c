@@ -106,6 +106,17 @@ RunInSubtransaction(void (*step) (void *arg), void *arg, char **error)
 }
 
 /*
+ * RunInSubtransaction that also gives the error's SQLSTATE in *sqlerrcode
+ * when the step failed, for a caller that tells the data's faults from its
+ * own (a configured JSON path naming a variable that is never passed).
+ */
+bool
+RunDataStepCode(void (*step) (void *arg), void *arg, char **error, int *sqlerrcode)
+{
+	return RunStep(step, arg, true, error, sqlerrcode);
+}
+
+/*
  * Runs step(arg), which may fail for any reason, in a subtransaction, as
  * RunInSubtransaction does, and also gives the error's SQLSTATE (as packed
  * by MAKE_SQLSTATE) in *sqlerrcode when it failed.  Only query cancels and

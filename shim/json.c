@@ -279,7 +279,10 @@ json_append_field(StrBuf *buf, const char *key, const char *value)
 }
 
 /*
- * MHD iterator: remember one header in the HeaderList passed as cls.
+ * MHD iterator: remember one header in the HeaderList passed as cls.  The
+ * value loses the spaces and tabs after it, which libmicrohttpd 0.9.75 keeps
+ * (it drops those before): they are no part of it (RFC 9110, 5.5), and a
+ * signature followed by one would not verify.
  */
 static enum MHD_Result
 collect_header(void *cls, enum MHD_ValueKind kind,
@@ -307,8 +310,15 @@ collect_header(void *cls, enum MHD_ValueKind kind,
 	field = &list->items[list->count++];
 	field->name = key;
 	field->name_len = key_size;
-	field->value = (value != NULL) ? value : "";
-	field->value_len = (value != NULL) ? value_size : 0;
+	if (value == NULL)
+	{
+		value = "";
+		value_size = 0;
+	}
+	while (value_size > 0 && (value[value_size - 1] == ' ' || value[value_size - 1] == '\t'))
+		value_size--;
+	field->value = value;
+	field->value_len = value_size;
 	field->arrival = list->count - 1;
 	return MHD_YES;
 }

@@ -149,5 +149,20 @@ SELECT * FROM pg_temp.sw('msg_long_hash', :'long_body',
 	payments.sign_webhook('msg_long_hash', extract(epoch FROM now())::bigint, :'long_body', :'secret'));
 SELECT event_id, length(payload ->> 'hash') FROM payments.events WHERE provider = 'sw';
 
+-- two webhook-signature lines joined as HTTP joins them (", "): the comma left after the first
+-- line's last item is taken off; a comma at the very end, or two in an item, is still malformed
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330',
+	'v1,' || repeat('A', 43) || '=, ' || :'sig', :'secret', 300, :at) AS joined_lines;
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig' || ',', :'secret', 300, :at) AS comma_at_end;
+SELECT payments.verify_standard(:'body'::bytea, :'id', '1614265330', :'sig' || ',x ' || :'sig', :'secret', 300, :at) AS two_commas;
+-- both header sets: svix-* are read first, as the svix library reads them (webhook-* here carry a
+-- signature of nothing)
+SELECT extract(epoch FROM now())::bigint AS now_ts \gset
+SELECT * FROM payments.ingest('sw', jsonb_build_object(
+		'webhook-id', 'msg_other', 'webhook-timestamp', :'now_ts', 'webhook-signature', 'v1,' || repeat('A', 43) || '=',
+		'svix-id', 'msg_both', 'svix-timestamp', :'now_ts',
+		'svix-signature', payments.sign_webhook('msg_both', :'now_ts', '{"type": "both.sets"}', :'secret')),
+	convert_to('{"type": "both.sets"}', 'UTF8'));
+
 DELETE FROM payments.events WHERE provider = 'sw';
 DELETE FROM payments.providers WHERE name = 'sw';

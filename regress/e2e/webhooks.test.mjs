@@ -213,6 +213,26 @@ describe('webhooks through the shim', () => {
 		assert.equal(stored, '\ufffd\ufffd caf\ufffd|"},{"stripe-signature":"t=1\\');
 	});
 
+	test('spaces and tabs after a header value are not part of it; two signature lines are read as one list', async () => {
+		const payload = stripeEvent();
+		const sig = stripeHeaders(payload)['stripe-signature'];
+		const raw = `POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nStripe-Signature: ${sig} \t \r\n` +
+			`Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\nConnection: close\r\n\r\n`;
+		assert.match(await rawRequest(shim.port, [raw, payload]), /^HTTP\/1\.1 200 /);
+		assert.equal(eventCount('stripe', JSON.parse(payload).id), 1);
+		// Standard Webhooks: an old secret's signature on one line, the live one on a second (joined "a, b")
+		const id = `msg_lines_${process.pid}`;
+		const body = JSON.stringify({ type: 'lines.two', n: 1 });
+		const h = standardHeaders(id, body);
+		const old = new Webhook(`whsec_${randomBytes(32).toString('base64')}`).sign(id, new Date(Number(h['webhook-timestamp']) * 1000), body);
+		const lines = `POST /webhooks/hooks HTTP/1.1\r\nHost: 127.0.0.1\r\nwebhook-id: ${id}\r\n` +
+			`webhook-timestamp: ${h['webhook-timestamp']}\r\nwebhook-signature: ${old}\r\n` +
+			`webhook-signature: ${h['webhook-signature']}\t\r\nContent-Type: application/json\r\n` +
+			`Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n`;
+		assert.match(await rawRequest(shim.port, [lines, body]), /^HTTP\/1\.1 200 /);
+		assert.equal(eventCount('hooks', id), 1);
+	});
+
 	test('secrets and currencies changed by another session count from the next delivery, on every connection of the shim', async () => {
 		const first = `whsec_${randomBytes(24).toString('hex')}`;
 		const second = `whsec_${randomBytes(24).toString('hex')}`;

@@ -36,13 +36,17 @@ FindProviderKind(const char *name)
 /*
  * Why a secret looks mis-pasted, or NULL: no kind's secret begins or ends
  * with a space or holds a control character (a line end copied with it),
- * and such a secret verifies nothing the sender signs.
+ * nor is one a placeholder copied from documentation (an ellipsis, as in
+ * whsec_…, or <words in angle brackets>), and such a secret verifies
+ * nothing the sender signs.
  */
 static const char *
 PastedSecretProblem(const char *secret, int len)
 {
 	if (secret[0] == ' ' || secret[len - 1] == ' ')
 		return "a secret must not begin or end with a space";
+	if (memmem(secret, len, "\xe2\x80\xa6", 3) != NULL || (secret[0] == '<' && secret[len - 1] == '>'))
+		return "this is a placeholder from the documentation: paste the secret the provider shows";
 	for (int i = 0; i < len; i++)
 	{
 		if ((unsigned char) secret[i] < 0x20 || secret[i] == 0x7f)

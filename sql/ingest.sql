@@ -248,6 +248,10 @@ INSERT INTO payments.secrets (provider, secret) VALUES ('hooks', 'whsec_');
 UPDATE payments.secrets SET secret = 'whsec_' WHERE id = :hooks_new;
 SELECT payments.add_secret('hooks', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' || E'\n');
 SELECT payments.add_secret('hooks', ' whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
+-- the README's placeholders pasted as they are
+SELECT payments.add_secret('hooks', 'whsec_…');
+SELECT payments.secret_problem('hmac', '<webhook secret>'), payments.secret_problem('meta', '<app secret from the Meta app dashboard>'),
+	   payments.secret_problem('hmac', '<b>real</b> secret') IS NULL AS brackets_inside_usable;
 -- base64 in its one canonical form: nothing after the padding, no padding bits set
 SELECT payments.add_secret('hooks', 'whsec_QUJDREVGR0hJSktMTU5PUA==QUJD');
 SELECT payments.add_secret('hooks', 'whsec_QUJDREVGR0hJSktMTU5PUB==');

@@ -22,7 +22,8 @@
  * database does, even once its client is gone, and its connection counts
  * against --max-connections until then.  So the requests that wait for the
  * database (the deliveries, and the calls of the provider routes; not the
- * readiness checks) are bounded: over the bound a request is answered 503
+ * readiness checks, of which one at a time is queued: db_ready_begin) are
+ * bounded: over the bound a request is answered 503
  * at once, and a delivery whose request timed out while it was queued is
  * not sent at all; its connection is resumed, to be closed.
  *

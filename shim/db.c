@@ -128,6 +128,8 @@ static pthread_mutex_t ready_lock = PTHREAD_MUTEX_INITIALIZER;
 static ReadyResult ready_cached;
 static int64_t ready_checked_ms;
 static bool ready_valid;
+static bool ready_running;		/* a probe's check is queued or being made */
+static int64_t ready_started_ms;	/* when that probe began it */
 
 /*
  * Monotonic clock in milliseconds.
@@ -1475,41 +1477,69 @@ db_check_ready(const char *request_id, ReadyResult *out)
 }
 
 /*
- * The readiness checked less than READY_CACHE_MS ago, if any: true with
- * *out set.  Cheap (no database call), for an MHD thread to answer a probe
- * without queueing it behind other calls.
+ * Answer a /ready probe without the database if possible (no database
+ * call; for an MHD thread).  Returns true with *out set: the result checked
+ * less than READY_CACHE_MS ago; or, while another probe's check is under
+ * way, the last result if that check began less than READY_CACHE_MS ago,
+ * else "database not answering" (so probes do not pile up, each holding a
+ * connection, behind a database that does not answer: one check at a time
+ * waits for it).  Returns false when the caller is to make the check
+ * (db_ready), or give it up (db_ready_cancel), which it alone may now do.
  */
 bool
-db_ready_cached(ReadyResult *out)
+db_ready_begin(ReadyResult *out)
 {
 	int64_t		now = now_ms();
-	bool		fresh;
+	bool		answered = true;
 
 	pthread_mutex_lock(&ready_lock);
-	fresh = ready_valid && now - ready_checked_ms < READY_CACHE_MS;
-	if (fresh)
+	if (ready_valid && now - ready_checked_ms < READY_CACHE_MS)
 		*out = ready_cached;
+	else if (!ready_running)
+	{
+		ready_running = true;
+		ready_started_ms = now;
+		answered = false;
+	}
+	else if (ready_valid && now - ready_started_ms < READY_CACHE_MS)
+		*out = ready_cached;
+	else
+	{
+		memset(out, 0, sizeof(*out));
+		out->reason = READY_NOT_ANSWERING;
+	}
 	pthread_mutex_unlock(&ready_lock);
-	return fresh;
+	return answered;
 }
 
 /*
- * Readiness for GET /ready.  The result is shared by all threads for
- * READY_CACHE_MS, so frequent probes cost the database at most one query
- * a second; while the database is down the check returns at once (the
- * connection backoff), or after at most the connect timeout.
+ * The check db_ready_begin() handed to its caller will not be made (the
+ * batch threads are ending): let the next probe make one.
+ */
+void
+db_ready_cancel(void)
+{
+	pthread_mutex_lock(&ready_lock);
+	ready_running = false;
+	pthread_mutex_unlock(&ready_lock);
+}
+
+/*
+ * Readiness for GET /ready, checked for the caller of db_ready_begin()
+ * that got false.  The result is shared by all threads for READY_CACHE_MS,
+ * so frequent probes cost the database at most one query a second; while
+ * the database is down the check returns at once (the connection backoff),
+ * or after at most the connect timeout.
  */
 void
 db_ready(const char *request_id, ReadyResult *out)
 {
-	if (db_ready_cached(out))
-		return;
-
 	db_check_ready(request_id, out);
 
 	pthread_mutex_lock(&ready_lock);
 	ready_cached = *out;
 	ready_checked_ms = now_ms();
 	ready_valid = true;
+	ready_running = false;
 	pthread_mutex_unlock(&ready_lock);
 }

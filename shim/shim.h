@@ -240,6 +240,9 @@ typedef struct FlowsResult
 	void	   *pgresult;
 } FlowsResult;
 
+/* The reason of a /ready probe answered while another's check waits */
+#define READY_NOT_ANSWERING "database not answering"
+
 /* Result of the readiness check; reason is a static string */
 typedef struct ReadyResult
 {
@@ -311,8 +314,9 @@ extern void db_ingest_batch(const IngestRequest *const *reqs,
 							IngestResult *const *results, unsigned int n);
 extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);
 extern void db_flows(const IngestRequest *req, FlowsResult *res);
+extern bool db_ready_begin(ReadyResult *res);
 extern void db_ready(const char *request_id, ReadyResult *res);
-extern bool db_ready_cached(ReadyResult *res);
+extern void db_ready_cancel(void);
 extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);
 

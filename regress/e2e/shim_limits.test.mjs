@@ -354,6 +354,60 @@ describe('shim limits, metrics and logs', () => {
 		}
 	});
 
+	test('/ready probes while the database does not answer hold one connection at most: /health and /metrics answer', async () => {
+		// 8 connections; both batch threads held by webhooks waiting for a lock: one probe's check
+		// waits behind them, the other probes are answered at once (before: each waited, holding a
+		// connection, until the connections were full and /health hung)
+		const s = new Shim(cluster.dsn, ['--max-connections', '8', '--threads', '2', '--batch-concurrency', '2',
+			'--rate', '0']);
+		await s.start();
+		const probe = () => {
+			const started = Date.now();
+			return request(s.port, { path: '/ready', timeoutMs: 1000 }).then(
+				(r) => ({ status: r.status, reason: r.json?.reason, retryAfter: r.headers['retry-after'], ms: Date.now() - started }),
+				(e) => ({ status: `error: ${e.message}` }));
+		};
+		assert.equal((await request(s.port, { path: '/ready' })).status, 200, 'a last result');
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN ACCESS EXCLUSIVE MODE');
+		let stuck;
+		try {
+			// one after the other, so that they go in two batches, one on each thread
+			stuck = [];
+			for (const n of [1, 2]) {
+				stuck.push(postStripe(s.port, stripeDelivery(), { timeoutMs: 30000 }).then((r) => r.status, (e) => e.message));
+				await shimLockWaiters(cluster, n);
+			}
+			await sleep(1100);		// the last result is over a second old: the next probe checks again
+			const checking = probe();
+			await sleep(200);
+			const meanwhile = await probe();
+			assert.deepEqual([meanwhile.status, meanwhile.reason], [200, 'ready'], 'the last result, the check just begun');
+			assert.match((await checking).status, /^error: /, 'the probe that checks waits for the database');
+			const later = [];
+			for (let i = 0; i < 6; i++) later.push(await probe());
+			for (const r of later) {
+				assert.deepEqual([r.status, r.reason], [503, 'database not answering'], JSON.stringify(later));
+				assert.ok(Number(r.retryAfter) > 0, 'Retry-After');
+				assert.ok(r.ms < 900, `answered after ${r.ms} ms`);
+			}
+			for (const path of ['/health', '/metrics']) {
+				const started = Date.now();
+				assert.equal((await request(s.port, { path, timeoutMs: 3000 })).status, 200, path);
+				assert.ok(Date.now() - started < 1000, `${path} took ${Date.now() - started} ms`);
+			}
+		} finally {
+			await lock.release();
+		}
+		try {
+			assert.deepEqual(await Promise.all(stuck), [200, 200]);
+			// the waiting check is made once the batch threads are free: ready again
+			await eventually(async () => (await request(s.port, { path: '/ready' })).status === 200, 10000, 200);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
 	test('a webhook whose request timed out while queued is not sent to the database, and its connection is freed', async () => {
 		// one batch thread, held by the first delivery; the second waits in the queue past --request-timeout
 		const s = new Shim(cluster.dsn, ['--batch-concurrency', '1', '--request-timeout', '2', '--rate', '0']);

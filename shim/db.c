@@ -429,8 +429,9 @@ db_backoff(DbThread *thread)
 }
 
 /*
- * Close the thread's connection after it broke; the next request tries to
- * connect again straight away (backoff applies only to failed attempts).
+ * Close the thread's connection after it broke; the thread connects again
+ * straight away (db_reconnect, or its next call; backoff applies only to
+ * failed attempts).
  */
 static void
 db_drop(DbThread *thread)
@@ -565,6 +566,37 @@ db_connect(DbThread *thread, const char *request_id)
 	json_append_field(&line, "port", PQport(conn));
 	log_end(&line);
 	return true;
+}
+
+/*
+ * When this thread's connection, broken, may be made again (the monotonic
+ * clock of now_ms and conn_now_ms): true with *at_ms set; false if it is
+ * not broken.
+ */
+bool
+db_reconnect_due(int64_t *at_ms)
+{
+	DbThread   *thread = pthread_getspecific(db_key);
+
+	if (thread == NULL || thread->state != DBCONN_BROKEN)
+		return false;
+	*at_ms = thread->retry_at_ms;
+	return true;
+}
+
+/*
+ * Make this thread's broken connection again, between calls (a batch thread
+ * with nothing to do, once db_reconnect_due's time has come): so a
+ * connection is broken only while it cannot be made, not until the next
+ * request after the database is back.  A failure backs off as for a call.
+ */
+void
+db_reconnect(void)
+{
+	DbThread   *thread = pthread_getspecific(db_key);
+
+	if (thread != NULL && thread->state == DBCONN_BROKEN)
+		(void) db_connect(thread, NULL);
 }
 
 /*

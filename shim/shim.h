@@ -140,7 +140,8 @@ typedef enum DbConnState
 	DBCONN_NONE,				/* never needed yet */
 	DBCONN_IDLE,
 	DBCONN_BUSY,
-	DBCONN_BROKEN,				/* lost or failed, waiting to reconnect */
+	DBCONN_BROKEN,				/* lost or failed, not made again yet (batch.c
+								 * retries it in the background) */
 	DBCONN_COUNT
 } DbConnState;
 
@@ -317,6 +318,8 @@ extern void db_flows(const IngestRequest *req, FlowsResult *res);
 extern bool db_ready_begin(ReadyResult *res);
 extern void db_ready(const char *request_id, ReadyResult *res);
 extern void db_ready_cancel(void);
+extern bool db_reconnect_due(int64_t *at_ms);
+extern void db_reconnect(void);
 extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);
 

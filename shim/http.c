@@ -1158,6 +1158,7 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 
 	if (req == NULL)
 	{
+		conn_request_begin(conn);
 		req = request_new(conn, url, method);
 		if (req == NULL)
 			return MHD_NO;

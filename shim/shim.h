@@ -265,6 +265,7 @@ extern void client_ip_forwarded(struct MHD_Connection *conn,
 extern void conn_notify(void *cls, struct MHD_Connection *conn,
 						void **socket_context,
 						enum MHD_ConnectionNotificationCode code);
+extern void conn_request_begin(struct MHD_Connection *conn);
 extern void conn_request_done(struct MHD_Connection *conn);
 extern void conn_expire(void);
 extern int64_t conn_deadline_ms(struct MHD_Connection *conn);

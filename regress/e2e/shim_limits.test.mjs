@@ -811,6 +811,56 @@ describe('shim limits, metrics and logs', () => {
 		assert.ok(delta(before, after, 'payments_shim_rejections_total{reason="request_timeout"}') >= 2);
 	});
 
+	test('a kept-alive connection between requests is left to --idle-timeout, even one above --request-timeout', async () => {
+		const s = new Shim(cluster.dsn, ['--idle-timeout', '60', '--request-timeout', '3', '--rate', '0']);
+		await s.start();
+		// one connection: a request, its answer, then silence; then (still open) a request sent a
+		// byte at a time
+		const session = (peer) => {
+			const socket = connect({ port: s.port, host: '127.0.0.1', localAddress: peer });
+			const state = { data: '', closedAt: null, opened: Date.now(), socket };
+			socket.setEncoding('latin1');
+			socket.on('data', (d) => { state.data += d; });
+			socket.on('error', () => { /* reset by the shim */ });
+			socket.on('close', () => { state.closedAt = Date.now(); });
+			return state;
+		};
+		const rejections = async () => parseMetrics((await request(s.port, { path: '/metrics' })).text).samples
+			.get('payments_shim_rejections_total{reason="request_timeout"}') ?? 0;
+		const timedOut = () => shimLogLines(s).filter((l) => l.msg === 'request timeout, closing the connection');
+		try {
+			const kept = session('127.0.0.41');
+			kept.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+			await waitFor(() => /\r\n\r\n\{"status":"ok"\}$/.test(kept.data), 5000, 'the answer');
+			await sleep(5000);
+			assert.equal(kept.closedAt, null, `closed ${kept.closedAt - kept.opened} ms after it opened`);
+			assert.equal(await rejections(), 0);
+			assert.deepEqual(timedOut(), []);
+			// the next request on it, trickled: cut by --request-timeout from its first byte
+			const started = Date.now();
+			for (const ch of 'GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789\r\n\r\n') {
+				if (kept.closedAt !== null) break;
+				kept.socket.write(ch);
+				await sleep(200);
+			}
+			assert.ok(kept.closedAt !== null, 'the trickled request is cut');
+			assert.ok(kept.closedAt - started >= 2500 && kept.closedAt - started < 6000,
+				`cut ${kept.closedAt - started} ms after its first byte (--request-timeout 3)`);
+			assert.equal((kept.data.match(/HTTP\/1\.1 200 /g) ?? []).length, 1, 'only the first request answered');
+			assert.deepEqual(timedOut().map((l) => l.peer_ip), ['127.0.0.41']);
+			assert.equal(await rejections(), 1);
+			// a new connection with nothing sent is idle too
+			const fresh = session('127.0.0.42');
+			await sleep(4500);
+			assert.equal(fresh.closedAt, null, 'a new connection with nothing sent is left open');
+			fresh.socket.destroy();
+			assert.equal(await rejections(), 1);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
 	test('an answer made after the request timeout cut its connection is logged unsent, not as given', async () => {
 		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN SHARE MODE');
 		const delivery = stripeDelivery();

@@ -119,7 +119,7 @@ typedef enum Route
 /* Why the shim itself refused or dropped a request (a metrics label) */
 typedef enum Rejection
 {
-	REJECT_BODY_TOO_LARGE,		/* 413 */
+	REJECT_BODY_TOO_LARGE,		/* 413, ours or libmicrohttpd's */
 	REJECT_HEADER_TOO_LARGE,	/* 431 */
 	REJECT_URI_TOO_LONG,		/* 414, from libmicrohttpd */
 	REJECT_MALFORMED,			/* 400, from libmicrohttpd */

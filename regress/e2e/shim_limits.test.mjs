@@ -245,6 +245,21 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await request(shim.port, { path: '/health' })).status, 200);
 	});
 
+	test('a Content-Length libmicrohttpd cannot read is refused by it: 400, or 413 counted as body_too_large', async () => {
+		const before = await metrics(shim.port);
+		const sent = async (value) => (await rawSession(shim.port, { localAddress: '127.0.0.43', chunks: [
+			`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${value}\r\n\r\n{}`] })).data;
+		for (const value of ['abc', '-1']) assert.match(await sent(value), /^HTTP\/1\.1 400 /, value);
+		assert.match(await sent('99999999999999999999999'), /^HTTP\/1\.1 413 /);
+		const after = await metrics(shim.port);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="malformed_request"}'), 2);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="body_too_large"}'), 1);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="other",provider="",status="413"}'), 1);
+		const refused = logLines().filter((l) => l.msg === 'request refused by libmicrohttpd').map((l) => l.status);
+		assert.ok(refused.includes(413), JSON.stringify(refused));
+		assert.equal((await request(shim.port, { path: '/health' })).status, 200);
+	});
+
 	test('repeated header names are joined in arrival order, whatever their case, across 15,000 headers', async () => {
 		// 5,000 names sent three times each, round after round, in three spellings
 		const s = new Shim(cluster.dsn, ['--max-header', '1048576', '--rate', '0']);

@@ -22,9 +22,15 @@
  * database does, even once its client is gone, and its connection counts
  * against --max-connections until then.  So the requests that wait for the
  * database (the deliveries, and the calls of the provider routes; not the
- * readiness checks) are bounded: over the bound a request is answered 503
+ * readiness checks, of which one at a time is queued: db_ready_begin) are
+ * bounded: over the bound a request is answered 503
  * at once, and a delivery whose request timed out while it was queued is
  * not sent at all; its connection is resumed, to be closed.
+ *
+ * A batch thread whose database connection broke, with nothing to do, makes
+ * it again by itself once its backoff has passed (db_reconnect), so that
+ * the connection is not reported broken long after the database is back
+ * when no request comes.
  *
  * shim/batch.c
  *
@@ -128,6 +134,30 @@ resume_unsent(PendingIngest *list)
 }
 
 /*
+ * Wait on batch_cond (batch_lock held) until signalled or until the time
+ * at_ms of the monotonic clock of conn_now_ms (batch_cond's is the real
+ * time clock).
+ */
+static void
+wait_until_ms(int64_t at_ms)
+{
+	int64_t		delay_ms = at_ms - conn_now_ms();
+	struct timespec until;
+
+	if (delay_ms <= 0)
+		return;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += delay_ms / 1000;
+	until.tv_nsec += (delay_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L)
+	{
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&batch_cond, &batch_lock, &until);
+}
+
+/*
  * A batch thread: store what is queued, batch after batch, until
  * batch_stop() is called and the queue is empty.
  */
@@ -147,7 +177,21 @@ batch_worker(void *arg)
 		PendingIngest *expired;
 
 		while (queue_head == NULL && calls_head == NULL && !stopping)
-			pthread_cond_wait(&batch_cond, &batch_lock);
+		{
+			int64_t		reconnect_at;
+
+			if (!db_reconnect_due(&reconnect_at))
+				pthread_cond_wait(&batch_cond, &batch_lock);
+			else if (conn_now_ms() < reconnect_at)
+				wait_until_ms(reconnect_at);
+			else
+			{
+				/* a broken connection, idle: made again without a request */
+				pthread_mutex_unlock(&batch_lock);
+				db_reconnect();
+				pthread_mutex_lock(&batch_lock);
+			}
+		}
 		/*
 		 * Calls and batches take turns: a flood of handshakes (which anyone
 		 * may send) delays a webhook by one call per thread at most.

@@ -6,24 +6,37 @@
  * libmicrohttpd's own timeout (--idle-timeout) only closes connections on
  * which nothing arrives; a client sending one byte at a time would keep a
  * connection forever.  So every connection is kept in a list, with the time
- * its current request began: when the connection opened, then whenever an
- * answer completes.  The main thread calls conn_expire() every second and
- * shuts down the socket of any connection whose request has lasted longer
- * than --request-timeout; libmicrohttpd then sees the end of the stream and
- * closes the connection itself.
+ * its current request began.  The main thread calls conn_expire() every
+ * second and shuts down the socket of any connection whose request has
+ * lasted longer than --request-timeout; libmicrohttpd then sees the end of
+ * the stream and closes the connection itself.
+ *
+ * A connection between requests (just opened, or its last answer sent) is
+ * idle, and left to --idle-timeout, however long that is: its request
+ * begins with its first byte.  libmicrohttpd tells us of a request only once
+ * its headers are in (conn_request_begin), so conn_expire() also reads from
+ * the kernel (TCP_INFO) how many bytes an idle connection has received: when
+ * that has grown since it became idle, a request is arriving, and its time
+ * runs from then (so a slow-loris is cut a second late at most).  Where the
+ * count cannot be read, a connection's request runs from when it became
+ * idle, as if it had begun then.
  *
  * libmicrohttpd calls conn_notify(CLOSED) before it closes the socket, and
  * the list is changed and walked under one mutex, so a socket is never shut
- * down after its descriptor could have been reused.
+ * down, nor read, after its descriptor could have been reused.
  *
  * shim/conn.c
  *
  *-------------------------------------------------------------------------
  */
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
+
+#include <linux/tcp.h>
 
 #include "shim.h"
 
@@ -33,7 +46,9 @@ typedef struct ShimConn
 	struct ShimConn *prev;
 	struct ShimConn *next;
 	MHD_socket	fd;
-	int64_t		request_start_ms;
+	int64_t		request_start_ms;	/* when its current request began */
+	bool		idle;			/* between requests: no request timeout */
+	uint64_t	received_mark;	/* bytes received when it became idle */
 	bool		expired;		/* already shut down by conn_expire() */
 	char		peer_ip[IP_TEXT_BUFSIZE];
 } ShimConn;
@@ -52,6 +67,34 @@ conn_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Bytes received so far on a TCP socket, from the kernel; false if they
+ * cannot be read (not TCP, or a kernel older than Linux 4.1).
+ */
+static bool
+conn_bytes_received(MHD_socket fd, uint64_t *bytes)
+{
+	struct tcp_info info;
+	socklen_t	len = sizeof(info);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 ||
+		len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(info.tcpi_bytes_received))
+		return false;
+	*bytes = info.tcpi_bytes_received;
+	return true;
+}
+
+/*
+ * The connection is between requests from now on (conn_lock held): idle,
+ * unless what it has received cannot be counted.
+ */
+static void
+conn_set_idle(ShimConn *c)
+{
+	c->request_start_ms = conn_now_ms();
+	c->idle = conn_bytes_received(c->fd, &c->received_mark);
 }
 
 /*
@@ -75,7 +118,7 @@ conn_add(struct MHD_Connection *conn)
 		return NULL;
 	}
 	c->fd = fd_info->connect_fd;
-	c->request_start_ms = conn_now_ms();
+	conn_set_idle(c);
 	addr_info = MHD_get_connection_info(conn,
 										MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	if (addr_info != NULL && addr_info->client_addr != NULL &&
@@ -129,20 +172,52 @@ conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
 }
 
 /*
- * An answer on this connection completed: the next request's time starts.
+ * The connection of a request, NULL when it is not tracked.
+ */
+static ShimConn *
+conn_of(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info;
+
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	if (info == NULL || info->socket_context == NULL)
+		return NULL;
+	return info->socket_context;
+}
+
+/*
+ * A request's headers are in (the first call of the access handler): its
+ * time runs, from now unless conn_expire() saw it arriving earlier.
+ */
+void
+conn_request_begin(struct MHD_Connection *conn)
+{
+	ShimConn   *c = conn_of(conn);
+
+	if (c == NULL)
+		return;
+	pthread_mutex_lock(&conn_lock);
+	if (c->idle)
+	{
+		c->idle = false;
+		c->request_start_ms = conn_now_ms();
+	}
+	pthread_mutex_unlock(&conn_lock);
+}
+
+/*
+ * An answer on this connection completed: it is idle until the next
+ * request begins.
  */
 void
 conn_request_done(struct MHD_Connection *conn)
 {
-	const union MHD_ConnectionInfo *info;
-	ShimConn   *c;
+	ShimConn   *c = conn_of(conn);
 
-	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-	if (info == NULL || info->socket_context == NULL)
+	if (c == NULL)
 		return;
-	c = info->socket_context;
 	pthread_mutex_lock(&conn_lock);
-	c->request_start_ms = conn_now_ms();
+	conn_set_idle(c);
 	pthread_mutex_unlock(&conn_lock);
 }
 
@@ -153,14 +228,11 @@ conn_request_done(struct MHD_Connection *conn)
 int64_t
 conn_deadline_ms(struct MHD_Connection *conn)
 {
-	const union MHD_ConnectionInfo *info;
-	ShimConn   *c;
+	ShimConn   *c = conn_of(conn);
 	int64_t		deadline;
 
-	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-	if (info == NULL || info->socket_context == NULL)
+	if (c == NULL)
 		return INT64_MAX;
-	c = info->socket_context;
 	pthread_mutex_lock(&conn_lock);
 	deadline = c->request_start_ms + (int64_t) shim_config.request_timeout_s * 1000;
 	pthread_mutex_unlock(&conn_lock);
@@ -168,7 +240,9 @@ conn_deadline_ms(struct MHD_Connection *conn)
 }
 
 /*
- * Shut down every connection whose request has passed --request-timeout.
+ * Shut down every connection whose request has passed --request-timeout;
+ * an idle connection that has received something since it became idle has
+ * a request under way, whose time runs from now.
  */
 void
 conn_expire(void)
@@ -180,8 +254,19 @@ conn_expire(void)
 	for (ShimConn *c = conn_head; c != NULL; c = c->next)
 	{
 		StrBuf		line;
+		uint64_t	received;
 
-		if (c->expired || now - c->request_start_ms < limit)
+		if (c->expired)
+			continue;
+		if (c->idle)
+		{
+			if (conn_bytes_received(c->fd, &received) &&
+				received == c->received_mark)
+				continue;		/* still idle: --idle-timeout's to close */
+			c->idle = false;
+			c->request_start_ms = now;
+		}
+		if (now - c->request_start_ms < limit)
 			continue;
 		c->expired = true;
 		shutdown(c->fd, SHUT_RDWR);

@@ -128,6 +128,8 @@ static pthread_mutex_t ready_lock = PTHREAD_MUTEX_INITIALIZER;
 static ReadyResult ready_cached;
 static int64_t ready_checked_ms;
 static bool ready_valid;
+static bool ready_running;		/* a probe's check is queued or being made */
+static int64_t ready_started_ms;	/* when that probe began it */
 
 /*
  * Monotonic clock in milliseconds.
@@ -427,8 +429,9 @@ db_backoff(DbThread *thread)
 }
 
 /*
- * Close the thread's connection after it broke; the next request tries to
- * connect again straight away (backoff applies only to failed attempts).
+ * Close the thread's connection after it broke; the thread connects again
+ * straight away (db_reconnect, or its next call; backoff applies only to
+ * failed attempts).
  */
 static void
 db_drop(DbThread *thread)
@@ -563,6 +566,37 @@ db_connect(DbThread *thread, const char *request_id)
 	json_append_field(&line, "port", PQport(conn));
 	log_end(&line);
 	return true;
+}
+
+/*
+ * When this thread's connection, broken, may be made again (the monotonic
+ * clock of now_ms and conn_now_ms): true with *at_ms set; false if it is
+ * not broken.
+ */
+bool
+db_reconnect_due(int64_t *at_ms)
+{
+	DbThread   *thread = pthread_getspecific(db_key);
+
+	if (thread == NULL || thread->state != DBCONN_BROKEN)
+		return false;
+	*at_ms = thread->retry_at_ms;
+	return true;
+}
+
+/*
+ * Make this thread's broken connection again, between calls (a batch thread
+ * with nothing to do, once db_reconnect_due's time has come): so a
+ * connection is broken only while it cannot be made, not until the next
+ * request after the database is back.  A failure backs off as for a call.
+ */
+void
+db_reconnect(void)
+{
+	DbThread   *thread = pthread_getspecific(db_key);
+
+	if (thread != NULL && thread->state == DBCONN_BROKEN)
+		(void) db_connect(thread, NULL);
 }
 
 /*
@@ -1475,41 +1509,69 @@ db_check_ready(const char *request_id, ReadyResult *out)
 }
 
 /*
- * The readiness checked less than READY_CACHE_MS ago, if any: true with
- * *out set.  Cheap (no database call), for an MHD thread to answer a probe
- * without queueing it behind other calls.
+ * Answer a /ready probe without the database if possible (no database
+ * call; for an MHD thread).  Returns true with *out set: the result checked
+ * less than READY_CACHE_MS ago; or, while another probe's check is under
+ * way, the last result if that check began less than READY_CACHE_MS ago,
+ * else "database not answering" (so probes do not pile up, each holding a
+ * connection, behind a database that does not answer: one check at a time
+ * waits for it).  Returns false when the caller is to make the check
+ * (db_ready), or give it up (db_ready_cancel), which it alone may now do.
  */
 bool
-db_ready_cached(ReadyResult *out)
+db_ready_begin(ReadyResult *out)
 {
 	int64_t		now = now_ms();
-	bool		fresh;
+	bool		answered = true;
 
 	pthread_mutex_lock(&ready_lock);
-	fresh = ready_valid && now - ready_checked_ms < READY_CACHE_MS;
-	if (fresh)
+	if (ready_valid && now - ready_checked_ms < READY_CACHE_MS)
 		*out = ready_cached;
+	else if (!ready_running)
+	{
+		ready_running = true;
+		ready_started_ms = now;
+		answered = false;
+	}
+	else if (ready_valid && now - ready_started_ms < READY_CACHE_MS)
+		*out = ready_cached;
+	else
+	{
+		memset(out, 0, sizeof(*out));
+		out->reason = READY_NOT_ANSWERING;
+	}
 	pthread_mutex_unlock(&ready_lock);
-	return fresh;
+	return answered;
 }
 
 /*
- * Readiness for GET /ready.  The result is shared by all threads for
- * READY_CACHE_MS, so frequent probes cost the database at most one query
- * a second; while the database is down the check returns at once (the
- * connection backoff), or after at most the connect timeout.
+ * The check db_ready_begin() handed to its caller will not be made (the
+ * batch threads are ending): let the next probe make one.
+ */
+void
+db_ready_cancel(void)
+{
+	pthread_mutex_lock(&ready_lock);
+	ready_running = false;
+	pthread_mutex_unlock(&ready_lock);
+}
+
+/*
+ * Readiness for GET /ready, checked for the caller of db_ready_begin()
+ * that got false.  The result is shared by all threads for READY_CACHE_MS,
+ * so frequent probes cost the database at most one query a second; while
+ * the database is down the check returns at once (the connection backoff),
+ * or after at most the connect timeout.
  */
 void
 db_ready(const char *request_id, ReadyResult *out)
 {
-	if (db_ready_cached(out))
-		return;
-
 	db_check_ready(request_id, out);
 
 	pthread_mutex_lock(&ready_lock);
 	ready_cached = *out;
 	ready_checked_ms = now_ms();
 	ready_valid = true;
+	ready_running = false;
 	pthread_mutex_unlock(&ready_lock);
 }

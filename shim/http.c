@@ -15,7 +15,8 @@
  * exchange, /ready), whose call a batch thread makes: an MHD thread never
  * waits for the database, and /health and /metrics answer whatever it
  * does (the requests that wait for it are bounded, batch.c, so that they
- * leave connections free; over the bound they get 503 at once).  Per-request
+ * leave connections free; over the bound they get 503 at once; /ready
+ * probes wait one at a time, finish_ready).  Per-request
  * state is freed in http_completed(), which MHD runs on every path; it also
  * writes the log line and counts the request.
  *
@@ -80,6 +81,7 @@ typedef struct Request
 	SubscribeResult subscribe_out;
 	FlowsResult flows_out;		/* (its input: ingest.req) */
 	ReadyResult ready;
+	bool		ready_check;	/* this /ready probe's call makes the check */
 } Request;
 
 static atomic_uint in_flight;
@@ -826,7 +828,11 @@ run_ready(PendingCall *call)
  * and has a supported version of the extension; else 503 with the reason.
  * While draining, 503 so that load balancers move away first.  A check
  * made less than a second ago answers at once; else it is made on a batch
- * thread, and the answer after it.
+ * thread, and the answer after it.  One check at a time is queued or made
+ * (db_ready_begin): meanwhile other probes are answered at once, from the
+ * last result for a second, then 503 "database not answering" (with
+ * Retry-After, as every 503), so that probes never hold more than one
+ * connection waiting for the database.
  */
 static enum MHD_Result
 finish_ready(struct MHD_Connection *conn, Request *req)
@@ -841,8 +847,11 @@ finish_ready(struct MHD_Connection *conn, Request *req)
 		ready->reason = "shutting down";
 		ready->version[0] = '\0';
 	}
-	else if (!req->pending && !db_ready_cached(ready))
+	else if (!req->pending && !db_ready_begin(ready))
+	{
+		req->ready_check = true;
 		return call_off_thread(conn, req, run_ready, false);
+	}
 
 	buf_init(&body);
 	buf_append_str(&body, ready->ready ? "{\"status\":\"ready\""
@@ -1149,6 +1158,7 @@ http_handle(void *cls, struct MHD_Connection *conn, const char *url,
 
 	if (req == NULL)
 	{
+		conn_request_begin(conn);
 		req = request_new(conn, url, method);
 		if (req == NULL)
 			return MHD_NO;
@@ -1270,6 +1280,9 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	 * closed or half-closed it) ends here without the final call that
 	 * answers it: its result is freed here instead.
 	 */
+	/* a check this probe queued and the batch threads did not make */
+	if (req->ready_check && !req->call.done)
+		db_ready_cancel();
 	db_free_result(req->ingest.res.pgresult);
 	db_free_result(req->subscribe_out.pgresult);
 	db_free_result(req->flows_out.pgresult);

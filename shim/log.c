@@ -19,7 +19,7 @@
  * rather than logged one by one, because a hostile client can cause them
  * at will: refused connections (a connection limit) are summed up once a
  * second by log_mhd_summary(), and error answers MHD sends itself (400,
- * 414, 431: the request never reaches us) are logged like requests.
+ * 413, 414, 431: the request never reaches us) are logged like requests.
  *
  * shim/log.c
  *
@@ -186,6 +186,8 @@ log_mhd_error_response(const char *msg)
 
 	if (status == MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE)
 		metrics_reject(REJECT_HEADER_TOO_LARGE);
+	else if (status == MHD_HTTP_CONTENT_TOO_LARGE)
+		metrics_reject(REJECT_BODY_TOO_LARGE);	/* a Content-Length over 2^64 - 1 */
 	else if (status == MHD_HTTP_URI_TOO_LONG)
 		metrics_reject(REJECT_URI_TOO_LONG);
 	else if (status == MHD_HTTP_BAD_REQUEST)

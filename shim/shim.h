@@ -119,7 +119,7 @@ typedef enum Route
 /* Why the shim itself refused or dropped a request (a metrics label) */
 typedef enum Rejection
 {
-	REJECT_BODY_TOO_LARGE,		/* 413 */
+	REJECT_BODY_TOO_LARGE,		/* 413, ours or libmicrohttpd's */
 	REJECT_HEADER_TOO_LARGE,	/* 431 */
 	REJECT_URI_TOO_LONG,		/* 414, from libmicrohttpd */
 	REJECT_MALFORMED,			/* 400, from libmicrohttpd */
@@ -140,7 +140,8 @@ typedef enum DbConnState
 	DBCONN_NONE,				/* never needed yet */
 	DBCONN_IDLE,
 	DBCONN_BUSY,
-	DBCONN_BROKEN,				/* lost or failed, waiting to reconnect */
+	DBCONN_BROKEN,				/* lost or failed, not made again yet (batch.c
+								 * retries it in the background) */
 	DBCONN_COUNT
 } DbConnState;
 
@@ -240,6 +241,9 @@ typedef struct FlowsResult
 	void	   *pgresult;
 } FlowsResult;
 
+/* The reason of a /ready probe answered while another's check waits */
+#define READY_NOT_ANSWERING "database not answering"
+
 /* Result of the readiness check; reason is a static string */
 typedef struct ReadyResult
 {
@@ -261,6 +265,7 @@ extern void client_ip_forwarded(struct MHD_Connection *conn,
 extern void conn_notify(void *cls, struct MHD_Connection *conn,
 						void **socket_context,
 						enum MHD_ConnectionNotificationCode code);
+extern void conn_request_begin(struct MHD_Connection *conn);
 extern void conn_request_done(struct MHD_Connection *conn);
 extern void conn_expire(void);
 extern int64_t conn_deadline_ms(struct MHD_Connection *conn);
@@ -311,8 +316,11 @@ extern void db_ingest_batch(const IngestRequest *const *reqs,
 							IngestResult *const *results, unsigned int n);
 extern void db_subscribe(const SubscribeRequest *req, SubscribeResult *res);
 extern void db_flows(const IngestRequest *req, FlowsResult *res);
+extern bool db_ready_begin(ReadyResult *res);
 extern void db_ready(const char *request_id, ReadyResult *res);
-extern bool db_ready_cached(ReadyResult *res);
+extern void db_ready_cancel(void);
+extern bool db_reconnect_due(int64_t *at_ms);
+extern void db_reconnect(void);
 extern void db_cancel_all(void);
 extern void db_free_result(void *pgresult);
 

@@ -165,4 +165,28 @@ describe('the first requests after a database restart', () => {
 		assert.equal(metrics.get('payments_shim_db_reconnects_total'), 2);
 		assert.equal(metrics.get('payments_shim_rejections_total{reason="database_unavailable"}') ?? 0, 0);
 	});
+
+	test('a connection broken while the database was down is made again once it is back, with no request', async () => {
+		const gauge = async (state) => parseMetrics((await request(s.port, { path: '/metrics' })).text).samples
+			.get(`payments_shim_db_connections{state="${state}"}`);
+		assert.equal((await request(s.port, { path: '/ready' })).status, 200);
+		db.stop();
+		await sleep(1100);
+		const down = await request(s.port, { path: '/ready' });
+		assert.deepEqual([down.status, down.json.reason], [503, 'database unavailable']);
+		assert.equal(await gauge('broken'), 1);
+		const connected = s.stderr.match(/"msg":"database connected"/g).length;
+		db.start();
+		// nothing but /metrics, which does not touch the database: the batch thread connects again
+		// by itself once its backoff (5 s at most) has passed
+		const deadline = Date.now() + 12000;
+		while (await gauge('broken') !== 0) {
+			assert.ok(Date.now() < deadline, 'still broken 12 s after the database came back');
+			await sleep(200);
+		}
+		assert.equal(await gauge('idle'), 1);
+		assert.equal(s.stderr.match(/"msg":"database connected"/g).length, connected + 1);
+		await sleep(1100);		// past the 503 /ready keeps for a second
+		assert.equal((await request(s.port, { path: '/ready' })).status, 200);
+	});
 });

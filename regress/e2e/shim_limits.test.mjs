@@ -245,6 +245,21 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await request(shim.port, { path: '/health' })).status, 200);
 	});
 
+	test('a Content-Length libmicrohttpd cannot read is refused by it: 400, or 413 counted as body_too_large', async () => {
+		const before = await metrics(shim.port);
+		const sent = async (value) => (await rawSession(shim.port, { localAddress: '127.0.0.43', chunks: [
+			`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${value}\r\n\r\n{}`] })).data;
+		for (const value of ['abc', '-1']) assert.match(await sent(value), /^HTTP\/1\.1 400 /, value);
+		assert.match(await sent('99999999999999999999999'), /^HTTP\/1\.1 413 /);
+		const after = await metrics(shim.port);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="malformed_request"}'), 2);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="body_too_large"}'), 1);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="other",provider="",status="413"}'), 1);
+		const refused = logLines().filter((l) => l.msg === 'request refused by libmicrohttpd').map((l) => l.status);
+		assert.ok(refused.includes(413), JSON.stringify(refused));
+		assert.equal((await request(shim.port, { path: '/health' })).status, 200);
+	});
+
 	test('repeated header names are joined in arrival order, whatever their case, across 15,000 headers', async () => {
 		// 5,000 names sent three times each, round after round, in three spellings
 		const s = new Shim(cluster.dsn, ['--max-header', '1048576', '--rate', '0']);
@@ -348,6 +363,60 @@ describe('shim limits, metrics and logs', () => {
 			const metrics = parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
 			assert.equal(metrics.get('payments_shim_rejections_total{reason="overloaded"}'), 6);
 			assert.equal((await postStripe(s.port, stripeDelivery())).status, 200, 'served again');
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
+	test('/ready probes while the database does not answer hold one connection at most: /health and /metrics answer', async () => {
+		// 8 connections; both batch threads held by webhooks waiting for a lock: one probe's check
+		// waits behind them, the other probes are answered at once (before: each waited, holding a
+		// connection, until the connections were full and /health hung)
+		const s = new Shim(cluster.dsn, ['--max-connections', '8', '--threads', '2', '--batch-concurrency', '2',
+			'--rate', '0']);
+		await s.start();
+		const probe = () => {
+			const started = Date.now();
+			return request(s.port, { path: '/ready', timeoutMs: 1000 }).then(
+				(r) => ({ status: r.status, reason: r.json?.reason, retryAfter: r.headers['retry-after'], ms: Date.now() - started }),
+				(e) => ({ status: `error: ${e.message}` }));
+		};
+		assert.equal((await request(s.port, { path: '/ready' })).status, 200, 'a last result');
+		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN ACCESS EXCLUSIVE MODE');
+		let stuck;
+		try {
+			// one after the other, so that they go in two batches, one on each thread
+			stuck = [];
+			for (const n of [1, 2]) {
+				stuck.push(postStripe(s.port, stripeDelivery(), { timeoutMs: 30000 }).then((r) => r.status, (e) => e.message));
+				await shimLockWaiters(cluster, n);
+			}
+			await sleep(1100);		// the last result is over a second old: the next probe checks again
+			const checking = probe();
+			await sleep(200);
+			const meanwhile = await probe();
+			assert.deepEqual([meanwhile.status, meanwhile.reason], [200, 'ready'], 'the last result, the check just begun');
+			assert.match((await checking).status, /^error: /, 'the probe that checks waits for the database');
+			const later = [];
+			for (let i = 0; i < 6; i++) later.push(await probe());
+			for (const r of later) {
+				assert.deepEqual([r.status, r.reason], [503, 'database not answering'], JSON.stringify(later));
+				assert.ok(Number(r.retryAfter) > 0, 'Retry-After');
+				assert.ok(r.ms < 900, `answered after ${r.ms} ms`);
+			}
+			for (const path of ['/health', '/metrics']) {
+				const started = Date.now();
+				assert.equal((await request(s.port, { path, timeoutMs: 3000 })).status, 200, path);
+				assert.ok(Date.now() - started < 1000, `${path} took ${Date.now() - started} ms`);
+			}
+		} finally {
+			await lock.release();
+		}
+		try {
+			assert.deepEqual(await Promise.all(stuck), [200, 200]);
+			// the waiting check is made once the batch threads are free: ready again
+			await eventually(async () => (await request(s.port, { path: '/ready' })).status === 200, 10000, 200);
 		} finally {
 			assert.equal((await s.stop()).code, 0);
 			assert.deepEqual(s.sanitizerReports(), []);
@@ -755,6 +824,56 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal(cluster.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '0');
 		const after = await metrics(shim.port);
 		assert.ok(delta(before, after, 'payments_shim_rejections_total{reason="request_timeout"}') >= 2);
+	});
+
+	test('a kept-alive connection between requests is left to --idle-timeout, even one above --request-timeout', async () => {
+		const s = new Shim(cluster.dsn, ['--idle-timeout', '60', '--request-timeout', '3', '--rate', '0']);
+		await s.start();
+		// one connection: a request, its answer, then silence; then (still open) a request sent a
+		// byte at a time
+		const session = (peer) => {
+			const socket = connect({ port: s.port, host: '127.0.0.1', localAddress: peer });
+			const state = { data: '', closedAt: null, opened: Date.now(), socket };
+			socket.setEncoding('latin1');
+			socket.on('data', (d) => { state.data += d; });
+			socket.on('error', () => { /* reset by the shim */ });
+			socket.on('close', () => { state.closedAt = Date.now(); });
+			return state;
+		};
+		const rejections = async () => parseMetrics((await request(s.port, { path: '/metrics' })).text).samples
+			.get('payments_shim_rejections_total{reason="request_timeout"}') ?? 0;
+		const timedOut = () => shimLogLines(s).filter((l) => l.msg === 'request timeout, closing the connection');
+		try {
+			const kept = session('127.0.0.41');
+			kept.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+			await waitFor(() => /\r\n\r\n\{"status":"ok"\}$/.test(kept.data), 5000, 'the answer');
+			await sleep(5000);
+			assert.equal(kept.closedAt, null, `closed ${kept.closedAt - kept.opened} ms after it opened`);
+			assert.equal(await rejections(), 0);
+			assert.deepEqual(timedOut(), []);
+			// the next request on it, trickled: cut by --request-timeout from its first byte
+			const started = Date.now();
+			for (const ch of 'GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789\r\n\r\n') {
+				if (kept.closedAt !== null) break;
+				kept.socket.write(ch);
+				await sleep(200);
+			}
+			assert.ok(kept.closedAt !== null, 'the trickled request is cut');
+			assert.ok(kept.closedAt - started >= 2500 && kept.closedAt - started < 6000,
+				`cut ${kept.closedAt - started} ms after its first byte (--request-timeout 3)`);
+			assert.equal((kept.data.match(/HTTP\/1\.1 200 /g) ?? []).length, 1, 'only the first request answered');
+			assert.deepEqual(timedOut().map((l) => l.peer_ip), ['127.0.0.41']);
+			assert.equal(await rejections(), 1);
+			// a new connection with nothing sent is idle too
+			const fresh = session('127.0.0.42');
+			await sleep(4500);
+			assert.equal(fresh.closedAt, null, 'a new connection with nothing sent is left open');
+			fresh.socket.destroy();
+			assert.equal(await rejections(), 1);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
 	});
 
 	test('an answer made after the request timeout cut its connection is logged unsent, not as given', async () => {

@@ -685,6 +685,9 @@ start_provider_route(struct MHD_Connection *conn, Request *req,
 	const char *length_header;
 	unsigned long long length;
 
+	/* named first, so that a 405 counts under a known provider's name */
+	if (valid_provider(provider))
+		snprintf(req->provider, sizeof(req->provider), "%s", provider);
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 &&
 		!(get_allowed && strcmp(method, MHD_HTTP_METHOD_GET) == 0))
 		return reply_error(conn, req, MHD_HTTP_METHOD_NOT_ALLOWED,
@@ -693,7 +696,6 @@ start_provider_route(struct MHD_Connection *conn, Request *req,
 	if (!valid_provider(provider))
 		return reply_error(conn, req, MHD_HTTP_NOT_FOUND, REJECT_NOT_FOUND,
 						   "not found", NULL);
-	snprintf(req->provider, sizeof(req->provider), "%s", provider);
 
 	if (req->has_ip && !ratelimit_take(&req->client, &req->retry_after_s))
 		return reply_error(conn, req, MHD_HTTP_TOO_MANY_REQUESTS,

@@ -934,7 +934,9 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal(req('webhook', 'stripe', 401), 1);
 		assert.equal(req('webhook', 'stripe', 413), 1);
 		assert.equal(req('webhook', '_other', 404), 2);
-		assert.equal(req('webhook', '_other', 405), 1);
+		// a known provider's name, even on a 405 the database never saw
+		assert.equal(req('webhook', 'stripe', 405), 1);
+		assert.equal(req('webhook', '_other', 405), 0);
 		assert.equal(req('other', '', 404), 1);
 		assert.equal(req('health', '', 200), 1);
 		const outcome = (provider, o) =>

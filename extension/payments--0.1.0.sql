@@ -1397,7 +1397,11 @@ BEGIN
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
 	ELSIF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED') THEN
 		-- the resource is the refund: the payment is its capture's (the capture's own while the
-		-- capture is not known)
+		-- capture is not known).  A refund that FAILED or was CANCELLED gave nothing back; a
+		-- PENDING one counts as given back (PayPal may send no later event when it completes)
+		IF r ->> 'status' IN ('FAILED', 'CANCELLED') THEN
+			RETURN NULL;
+		END IF;
 		up := payments.paypal_refunded_capture(r);
 		c.provider_ref := coalesce((SELECT p.provider_ref FROM payments.paypal_captures k
 									  JOIN payments.payments p ON p.id = k.payment_id
@@ -1408,7 +1412,10 @@ BEGIN
 									  payments.decimal_amount(r -> 'amount' ->> 'value', true));
 		c.reference := NULL;
 	ELSIF etype LIKE 'PAYMENT.SALE.%' THEN
-		-- the v1 Payments API: amounts in resource.amount.total
+		-- the v1 Payments API: amounts in resource.amount.total; a refund's state, as v2's status
+		IF etype IN ('PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED') AND r ->> 'state' IN ('failed', 'cancelled') THEN
+			RETURN NULL;
+		END IF;
 		c.provider_ref := CASE WHEN etype IN ('PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED')
 							   THEN r ->> 'sale_id' ELSE r ->> 'id' END;
 		c.creates := etype NOT IN ('PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED');
@@ -1445,7 +1452,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
-	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED; refunds attach to their capture';
+	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED; refunds attach to their capture (a refund that failed or was cancelled is ignored)';
 
 --------------------------------------------------------------------------------------------------
 -- Applying events

@@ -449,6 +449,24 @@ SELECT tp.paypal('WH-43', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED', '{"id":"ORDER3",
 SELECT provider_ref, status, amount, currency, reference FROM payments.payments
  WHERE provider = 'pp' AND provider_ref IN ('ORDER3', 'ORDER6', 'ORDER7') ORDER BY provider_ref;
 
+-- a refund's own status: one that FAILED or was CANCELLED gave nothing back (ignored, nothing
+-- recorded); a PENDING one counts, as a COMPLETED one or one without a status does
+SELECT tp.paypal('WH-90', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP90","amount":{"currency_code":"USD","value":"25.00"},"status":"COMPLETED"}', '2024-08-08T14:00:00Z');
+SELECT tp.paypal('WH-91', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF91","amount":{"currency_code":"USD","value":"25.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"25.00"}},"status":"FAILED","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP90","rel":"up"}]}', '2024-08-09T14:00:00Z');
+SELECT tp.paypal('WH-92', 'PAYMENT.CAPTURE.REVERSED', '{"id":"REF92","amount":{"currency_code":"USD","value":"25.00"},"status":"CANCELLED","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP90","rel":"up"}]}', '2024-08-09T15:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded,
+	   (SELECT count(*) FROM payments.refunds f WHERE f.payment_id = p.id) AS refund_rows
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref = 'CAP90';
+SELECT tp.paypal('WH-93', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF93","amount":{"currency_code":"USD","value":"5.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"5.00"}},"status":"PENDING","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP90","rel":"up"}]}', '2024-08-09T16:00:00Z');
+-- a v1 refund's state likewise
+SELECT tp.paypal('WH-94', 'PAYMENT.SALE.COMPLETED', '{"id":"SALE94","amount":{"total":"20.00","currency":"USD"},"state":"completed"}', '2024-08-08T14:00:00Z');
+SELECT tp.paypal('WH-98', 'PAYMENT.SALE.REFUNDED', '{"id":"SREF94","sale_id":"SALE94","amount":{"total":"-20.00","currency":"USD"},"state":"failed"}', '2024-08-09T14:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded,
+	   (SELECT count(*) FROM payments.refunds f WHERE f.payment_id = p.id) AS refund_rows
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('CAP90', 'SALE94') ORDER BY p.provider_ref;
+
 -- refund reports delivered out of order: each running total counts at its own time.  100.00 paid
 -- on 10 Jul; the report of all of it (12 Jul) comes before that of 40.00 (11 Jul): 40.00 given back
 -- on the 11th, 60.00 on the 12th, and the status stays refunded.  Two partial refunds, 30.00 by

@@ -1441,8 +1441,10 @@ BEGIN
 		c.status := CASE etype WHEN 'CHECKOUT.ORDER.APPROVED' THEN 'pending' ELSE 'failed' END;
 		c.currency := nullif(r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code', '');
 		c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value'), c.currency);
+		-- reference_id "default" is PayPal's placeholder for an order of one purchase unit, no
+		-- reference (which the capture's invoice_id or custom_id could not replace)
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
-								r -> 'purchase_units' -> 0 ->> 'reference_id');
+								nullif(r -> 'purchase_units' -> 0 ->> 'reference_id', 'default'));
 		c.donor_name := nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), '');
 		c.donor_email := r -> 'payer' ->> 'email_address';
 		c.country := r -> 'payer' -> 'address' ->> 'country_code';

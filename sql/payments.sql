@@ -467,6 +467,15 @@ SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refund
   FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
  WHERE p.provider = 'pp' AND p.provider_ref IN ('CAP90', 'SALE94') ORDER BY p.provider_ref;
 
+-- an order's reference_id "default" is PayPal's placeholder for a single purchase unit, no
+-- reference: the capture's invoice_id then gives it one; any other reference_id is kept
+SELECT tp.paypal('WH-95', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER95","purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"12.00"}}]}', '2024-08-08T15:00:00Z');
+SELECT provider_ref, reference FROM payments.payments WHERE provider = 'pp' AND provider_ref = 'ORDER95';
+SELECT tp.paypal('WH-96', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP95","amount":{"currency_code":"USD","value":"12.00"},"invoice_id":"INV-95","status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER95"}}}', '2024-08-08T15:01:00Z');
+SELECT tp.paypal('WH-97', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER97","purchase_units":[{"reference_id":"DON-97","amount":{"currency_code":"USD","value":"12.00"}}]}', '2024-08-08T15:00:00Z');
+SELECT provider_ref, status, reference FROM payments.payments
+ WHERE provider = 'pp' AND provider_ref IN ('ORDER95', 'ORDER97') ORDER BY provider_ref;
+
 -- refund reports delivered out of order: each running total counts at its own time.  100.00 paid
 -- on 10 Jul; the report of all of it (12 Jul) comes before that of 40.00 (11 Jul): 40.00 given back
 -- on the 11th, 60.00 on the 12th, and the status stays refunded.  Two partial refunds, 30.00 by

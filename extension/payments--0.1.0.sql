@@ -1378,6 +1378,7 @@ DECLARE
 	r		jsonb := payload -> 'resource';
 	c		payments.payment_change;
 	up		text;
+	disputed text;
 BEGIN
 	-- the event's create_time, else its resource's update_time (read when it was stored)
 	c.status_at := event_at;
@@ -1448,13 +1449,36 @@ BEGIN
 		c.donor_name := nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), '');
 		c.donor_email := r -> 'payer' ->> 'email_address';
 		c.country := r -> 'payer' -> 'address' ->> 'country_code';
+	ELSIF etype IN ('CUSTOMER.DISPUTE.CREATED', 'CUSTOMER.DISPUTE.UPDATED', 'CUSTOMER.DISPUTE.RESOLVED') THEN
+		-- a dispute names its captures in disputed_transactions[].seller_transaction_id: the
+		-- payment is the first known one's (the first one's own while none is known: the event
+		-- waits for it, as a refund does).  Open (created, or updated and not resolved): disputed.
+		-- Resolved in the seller's favour or cancelled by the buyer: paid again, as a Stripe
+		-- dispute won.  Resolved for the buyer: nothing here, the PAYMENT.CAPTURE.REVERSED or
+		-- REFUNDED that takes the money back moves it
+		SELECT t ->> 'seller_transaction_id' INTO disputed
+		  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r -> 'disputed_transactions') = 'array'
+										 THEN r -> 'disputed_transactions' ELSE '[]' END) WITH ORDINALITY AS d (t, n)
+		 WHERE t ->> 'seller_transaction_id' <> ''
+		 ORDER BY EXISTS (SELECT FROM payments.paypal_captures k
+						   WHERE k.provider = provider_name AND k.capture_id = t ->> 'seller_transaction_id') DESC, n
+		 LIMIT 1;
+		c.provider_ref := coalesce((SELECT p.provider_ref FROM payments.paypal_captures k
+									  JOIN payments.payments p ON p.id = k.payment_id
+									 WHERE k.provider = provider_name AND k.capture_id = disputed), disputed);
+		c.creates := false;
+		c.status := CASE WHEN etype = 'CUSTOMER.DISPUTE.RESOLVED'
+						 THEN CASE WHEN r -> 'dispute_outcome' ->> 'outcome_code' IN ('RESOLVED_SELLER_FAVOUR', 'CANCELED_BY_BUYER')
+								   THEN 'paid' END
+						 WHEN r ->> 'status' IS DISTINCT FROM 'RESOLVED' THEN 'disputed' END;
+		c.reference := NULL;
 	END IF;
 
 	RETURN CASE WHEN c.status IS NOT NULL AND c.provider_ref IS NOT NULL THEN c END;
 END
 $$;
 COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
-	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED; refunds attach to their capture (a refund that failed or was cancelled is ignored)';
+	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED, CUSTOMER.DISPUTE.*; refunds and disputes attach to their capture (a refund that failed or was cancelled is ignored; a dispute resolved for the buyer is left to the reversal or refund that moves the money)';
 
 --------------------------------------------------------------------------------------------------
 -- Applying events

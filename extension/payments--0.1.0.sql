@@ -1378,6 +1378,7 @@ DECLARE
 	r		jsonb := payload -> 'resource';
 	c		payments.payment_change;
 	up		text;
+	disputed text;
 BEGIN
 	-- the event's create_time, else its resource's update_time (read when it was stored)
 	c.status_at := event_at;
@@ -1397,7 +1398,11 @@ BEGIN
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
 	ELSIF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED') THEN
 		-- the resource is the refund: the payment is its capture's (the capture's own while the
-		-- capture is not known)
+		-- capture is not known).  A refund that FAILED or was CANCELLED gave nothing back; a
+		-- PENDING one counts as given back (PayPal may send no later event when it completes)
+		IF r ->> 'status' IN ('FAILED', 'CANCELLED') THEN
+			RETURN NULL;
+		END IF;
 		up := payments.paypal_refunded_capture(r);
 		c.provider_ref := coalesce((SELECT p.provider_ref FROM payments.paypal_captures k
 									  JOIN payments.payments p ON p.id = k.payment_id
@@ -1408,7 +1413,10 @@ BEGIN
 									  payments.decimal_amount(r -> 'amount' ->> 'value', true));
 		c.reference := NULL;
 	ELSIF etype LIKE 'PAYMENT.SALE.%' THEN
-		-- the v1 Payments API: amounts in resource.amount.total
+		-- the v1 Payments API: amounts in resource.amount.total; a refund's state, as v2's status
+		IF etype IN ('PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED') AND r ->> 'state' IN ('failed', 'cancelled') THEN
+			RETURN NULL;
+		END IF;
 		c.provider_ref := CASE WHEN etype IN ('PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED')
 							   THEN r ->> 'sale_id' ELSE r ->> 'id' END;
 		c.creates := etype NOT IN ('PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED');
@@ -1434,18 +1442,43 @@ BEGIN
 		c.status := CASE etype WHEN 'CHECKOUT.ORDER.APPROVED' THEN 'pending' ELSE 'failed' END;
 		c.currency := nullif(r -> 'purchase_units' -> 0 -> 'amount' ->> 'currency_code', '');
 		c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'purchase_units' -> 0 -> 'amount' ->> 'value'), c.currency);
+		-- reference_id "default" is PayPal's placeholder for an order of one purchase unit, no
+		-- reference (which the capture's invoice_id or custom_id could not replace)
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
-								r -> 'purchase_units' -> 0 ->> 'reference_id');
+								nullif(r -> 'purchase_units' -> 0 ->> 'reference_id', 'default'));
 		c.donor_name := nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), '');
 		c.donor_email := r -> 'payer' ->> 'email_address';
 		c.country := r -> 'payer' -> 'address' ->> 'country_code';
+	ELSIF etype IN ('CUSTOMER.DISPUTE.CREATED', 'CUSTOMER.DISPUTE.UPDATED', 'CUSTOMER.DISPUTE.RESOLVED') THEN
+		-- a dispute names its captures in disputed_transactions[].seller_transaction_id: the
+		-- payment is the first known one's (the first one's own while none is known: the event
+		-- waits for it, as a refund does).  Open (created, or updated and not resolved): disputed.
+		-- Resolved in the seller's favour or cancelled by the buyer: paid again, as a Stripe
+		-- dispute won.  Resolved for the buyer: nothing here, the PAYMENT.CAPTURE.REVERSED or
+		-- REFUNDED that takes the money back moves it
+		SELECT t ->> 'seller_transaction_id' INTO disputed
+		  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r -> 'disputed_transactions') = 'array'
+										 THEN r -> 'disputed_transactions' ELSE '[]' END) WITH ORDINALITY AS d (t, n)
+		 WHERE t ->> 'seller_transaction_id' <> ''
+		 ORDER BY EXISTS (SELECT FROM payments.paypal_captures k
+						   WHERE k.provider = provider_name AND k.capture_id = t ->> 'seller_transaction_id') DESC, n
+		 LIMIT 1;
+		c.provider_ref := coalesce((SELECT p.provider_ref FROM payments.paypal_captures k
+									  JOIN payments.payments p ON p.id = k.payment_id
+									 WHERE k.provider = provider_name AND k.capture_id = disputed), disputed);
+		c.creates := false;
+		c.status := CASE WHEN etype = 'CUSTOMER.DISPUTE.RESOLVED'
+						 THEN CASE WHEN r -> 'dispute_outcome' ->> 'outcome_code' IN ('RESOLVED_SELLER_FAVOUR', 'CANCELED_BY_BUYER')
+								   THEN 'paid' END
+						 WHEN r ->> 'status' IS DISTINCT FROM 'RESOLVED' THEN 'disputed' END;
+		c.reference := NULL;
 	END IF;
 
 	RETURN CASE WHEN c.status IS NOT NULL AND c.provider_ref IS NOT NULL THEN c END;
 END
 $$;
 COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
-	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED; refunds attach to their capture';
+	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED, CUSTOMER.DISPUTE.*; refunds and disputes attach to their capture (a refund that failed or was cancelled is ignored; a dispute resolved for the buyer is left to the reversal or refund that moves the money)';
 
 --------------------------------------------------------------------------------------------------
 -- Applying events

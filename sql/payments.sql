@@ -449,6 +449,72 @@ SELECT tp.paypal('WH-43', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED', '{"id":"ORDER3",
 SELECT provider_ref, status, amount, currency, reference FROM payments.payments
  WHERE provider = 'pp' AND provider_ref IN ('ORDER3', 'ORDER6', 'ORDER7') ORDER BY provider_ref;
 
+-- PayPal disputes (CUSTOMER.DISPUTE.*) name the disputed capture in
+-- disputed_transactions[].seller_transaction_id: its payment is disputed while the dispute is
+-- open (created, or updated and not resolved), paid again when it is resolved in the seller's
+-- favour or cancelled by the buyer (partially refunded when money was given back before), and
+-- left disputed when the buyer wins: the reversal or refund that moves the money says so.  A
+-- dispute whose capture is not known yet waits for it, as a refund does
+SELECT tp.paypal('WH-70', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER70","purchase_units":[{"invoice_id":"INV-70","amount":{"currency_code":"USD","value":"50.00"}}]}', '2024-08-08T10:00:00Z');
+SELECT tp.paypal('WH-71', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP70","amount":{"currency_code":"USD","value":"50.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER70"}}}', '2024-08-08T10:01:00Z');
+SELECT tp.paypal('WH-72', 'CUSTOMER.DISPUTE.CREATED', '{"dispute_id":"PP-D-70","disputed_transactions":[{"seller_transaction_id":"CAP70","seller":{"merchant_id":"RD465XN5VS364"},"items":[],"seller_protection_eligible":true}],"reason":"MERCHANDISE_OR_SERVICE_NOT_RECEIVED","dispute_amount":{"currency_code":"USD","value":"50.00"},"dispute_life_cycle_stage":"INQUIRY","status":"OPEN"}', '2024-08-09T10:00:00Z');
+SELECT provider_ref, status FROM payments.payments WHERE provider = 'pp' AND provider_ref = 'ORDER70';
+SELECT tp.paypal('WH-73', 'CUSTOMER.DISPUTE.UPDATED', '{"dispute_id":"PP-D-70","disputed_transactions":[{"seller_transaction_id":"CAP70"}],"dispute_life_cycle_stage":"CHARGEBACK","status":"UNDER_REVIEW"}', '2024-08-10T10:00:00Z');
+SELECT tp.paypal('WH-74', 'CUSTOMER.DISPUTE.RESOLVED', '{"dispute_id":"PP-D-70","disputed_transactions":[{"seller_transaction_id":"CAP70"}],"status":"RESOLVED","dispute_outcome":{"outcome_code":"RESOLVED_SELLER_FAVOUR"}}', '2024-08-11T10:00:00Z');
+-- the buyer wins: disputed until the reversal takes the money back
+SELECT tp.paypal('WH-75', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP75","amount":{"currency_code":"USD","value":"20.00"},"status":"COMPLETED"}', '2024-08-08T11:00:00Z');
+SELECT tp.paypal('WH-76', 'CUSTOMER.DISPUTE.CREATED', '{"dispute_id":"PP-D-75","disputed_transactions":[{"seller_transaction_id":"CAP75"}],"dispute_amount":{"currency_code":"USD","value":"20.00"},"status":"WAITING_FOR_SELLER_RESPONSE"}', '2024-08-09T11:00:00Z');
+SELECT tp.paypal('WH-77', 'CUSTOMER.DISPUTE.RESOLVED', '{"dispute_id":"PP-D-75","disputed_transactions":[{"seller_transaction_id":"CAP75"}],"status":"RESOLVED","dispute_outcome":{"outcome_code":"RESOLVED_BUYER_FAVOUR","amount_refunded":{"currency_code":"USD","value":"20.00"}}}', '2024-08-11T11:00:00Z');
+SELECT provider_ref, status, amount_refunded FROM payments.payments WHERE provider = 'pp' AND provider_ref = 'CAP75';
+SELECT tp.paypal('WH-78', 'PAYMENT.CAPTURE.REVERSED', '{"id":"REV75","amount":{"currency_code":"USD","value":"20.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"20.00"}},"status":"COMPLETED","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP75","rel":"up"}]}', '2024-08-11T11:05:00Z');
+-- cancelled by the buyer after a partial refund: partially refunded again; an update saying it
+-- is resolved opens nothing
+SELECT tp.paypal('WH-79', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP79","amount":{"currency_code":"USD","value":"40.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER79"}}}', '2024-08-08T12:00:00Z');
+SELECT tp.paypal('WH-80', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF79","amount":{"currency_code":"USD","value":"10.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"10.00"}},"status":"COMPLETED","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP79","rel":"up"}]}', '2024-08-08T13:00:00Z');
+SELECT tp.paypal('WH-81', 'CUSTOMER.DISPUTE.CREATED', '{"dispute_id":"PP-D-79","disputed_transactions":[{"seller_transaction_id":"CAP79"}],"status":"OPEN"}', '2024-08-09T12:00:00Z');
+SELECT tp.paypal('WH-82', 'CUSTOMER.DISPUTE.RESOLVED', '{"dispute_id":"PP-D-79","disputed_transactions":[{"seller_transaction_id":"CAP79"}],"status":"RESOLVED","dispute_outcome":{"outcome_code":"CANCELED_BY_BUYER"}}', '2024-08-10T12:00:00Z');
+SELECT tp.paypal('WH-83', 'CUSTOMER.DISPUTE.UPDATED', '{"dispute_id":"PP-D-79","disputed_transactions":[{"seller_transaction_id":"CAP79"}],"status":"RESOLVED","dispute_outcome":{"outcome_code":"CANCELED_BY_BUYER"}}', '2024-08-10T12:01:00Z');
+-- a dispute of a capture not known yet waits for it, then applies
+SELECT tp.paypal('WH-84', 'CUSTOMER.DISPUTE.CREATED', '{"dispute_id":"PP-D-84","disputed_transactions":[{"seller_transaction_id":"CAP84"}],"status":"OPEN"}', '2024-08-09T13:00:00Z');
+SELECT tp.paypal('WH-85', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP84","amount":{"currency_code":"USD","value":"15.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER84"}}}', '2024-08-08T13:00:00Z');
+SELECT payments.apply_event(e.id) FROM payments.events e WHERE e.provider = 'pp' AND e.event_id = 'WH-84';
+-- a dispute naming no transaction is about no payment
+SELECT tp.paypal('WH-86', 'CUSTOMER.DISPUTE.CREATED', '{"dispute_id":"PP-D-86","status":"OPEN"}', '2024-08-09T14:00:00Z');
+SELECT p.provider_ref, p.status, p.amount, p.amount_refunded, r.receipt_no IS NOT NULL AS receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('ORDER70', 'CAP75', 'ORDER79', 'ORDER84') ORDER BY p.provider_ref;
+SELECT p.provider_ref, h.from_status, h.to_status, e.event_type FROM payments.status_history h
+  JOIN payments.payments p ON p.id = h.payment_id LEFT JOIN payments.events e ON e.id = h.event_id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('ORDER70', 'CAP75', 'ORDER79', 'ORDER84') ORDER BY p.provider_ref, h.id;
+SELECT event_id, state FROM payments.events WHERE provider = 'pp' AND event_type LIKE 'CUSTOMER.DISPUTE.%' ORDER BY id;
+
+-- a refund's own status: one that FAILED or was CANCELLED gave nothing back (ignored, nothing
+-- recorded); a PENDING one counts, as a COMPLETED one or one without a status does
+SELECT tp.paypal('WH-90', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP90","amount":{"currency_code":"USD","value":"25.00"},"status":"COMPLETED"}', '2024-08-08T14:00:00Z');
+SELECT tp.paypal('WH-91', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF91","amount":{"currency_code":"USD","value":"25.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"25.00"}},"status":"FAILED","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP90","rel":"up"}]}', '2024-08-09T14:00:00Z');
+SELECT tp.paypal('WH-92', 'PAYMENT.CAPTURE.REVERSED', '{"id":"REF92","amount":{"currency_code":"USD","value":"25.00"},"status":"CANCELLED","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP90","rel":"up"}]}', '2024-08-09T15:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded,
+	   (SELECT count(*) FROM payments.refunds f WHERE f.payment_id = p.id) AS refund_rows
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref = 'CAP90';
+SELECT tp.paypal('WH-93', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"REF93","amount":{"currency_code":"USD","value":"5.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"5.00"}},"status":"PENDING","links":[{"href":"https://api.paypal.com/v2/payments/captures/CAP90","rel":"up"}]}', '2024-08-09T16:00:00Z');
+-- a v1 refund's state likewise
+SELECT tp.paypal('WH-94', 'PAYMENT.SALE.COMPLETED', '{"id":"SALE94","amount":{"total":"20.00","currency":"USD"},"state":"completed"}', '2024-08-08T14:00:00Z');
+SELECT tp.paypal('WH-98', 'PAYMENT.SALE.REFUNDED', '{"id":"SREF94","sale_id":"SALE94","amount":{"total":"-20.00","currency":"USD"},"state":"failed"}', '2024-08-09T14:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded,
+	   (SELECT count(*) FROM payments.refunds f WHERE f.payment_id = p.id) AS refund_rows
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('CAP90', 'SALE94') ORDER BY p.provider_ref;
+
+-- an order's reference_id "default" is PayPal's placeholder for a single purchase unit, no
+-- reference: the capture's invoice_id then gives it one; any other reference_id is kept
+SELECT tp.paypal('WH-95', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER95","purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"12.00"}}]}', '2024-08-08T15:00:00Z');
+SELECT provider_ref, reference FROM payments.payments WHERE provider = 'pp' AND provider_ref = 'ORDER95';
+SELECT tp.paypal('WH-96', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP95","amount":{"currency_code":"USD","value":"12.00"},"invoice_id":"INV-95","status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER95"}}}', '2024-08-08T15:01:00Z');
+SELECT tp.paypal('WH-97', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER97","purchase_units":[{"reference_id":"DON-97","amount":{"currency_code":"USD","value":"12.00"}}]}', '2024-08-08T15:00:00Z');
+SELECT provider_ref, status, reference FROM payments.payments
+ WHERE provider = 'pp' AND provider_ref IN ('ORDER95', 'ORDER97') ORDER BY provider_ref;
+
 -- refund reports delivered out of order: each running total counts at its own time.  100.00 paid
 -- on 10 Jul; the report of all of it (12 Jul) comes before that of 40.00 (11 Jul): 40.00 given back
 -- on the 11th, 60.00 on the 12th, and the status stays refunded.  Two partial refunds, 30.00 by

@@ -73,8 +73,12 @@ function seeds(rnd, n) {
 		billing_details: { email: 'donor@example.org', name: 'Amina', phone: '+256772123456' },
 		payment_method_details: { type: 'card', card: { brand: 'visa' } }, balance_transaction: { fee: 103, currency: 'usd' } };
 	const message = { from: '263771234567', id: `wamid.FZ${n}`, timestamp: String(t), type: 'text', text: { body: 'donate 10' } };
-	const pp = (type, resource) => ({ id: `WH-FZ${n}`, event_version: '1.0', create_time: new Date().toISOString(),
-		resource_type: 'capture', event_type: type, resource });
+	const pp = (type, resource, resourceType = 'capture') => ({ id: `WH-FZ${n}`, event_version: '1.0',
+		create_time: new Date().toISOString(), resource_type: resourceType, event_type: type, resource });
+	const dispute = { dispute_id: `PP-D-FZ${n}`, disputed_transactions: [{ seller_transaction_id: `CAP${p}`,
+		seller: { merchant_id: 'RD465XN5VS364' }, items: [], seller_protection_eligible: true }],
+		reason: 'MERCHANDISE_OR_SERVICE_NOT_RECEIVED', dispute_amount: { currency_code: 'USD', value: '30.00' },
+		dispute_life_cycle_stage: 'INQUIRY', status: 'OPEN' };
 	const whatsapp = (value) => ({ object: 'whatsapp_business_account', entry: [{ id: '102290129340398', changes: [{ field: 'messages',
 		value: { messaging_product: 'whatsapp', metadata: { display_phone_number: '15550783881', phone_number_id: '106540352242922' },
 			...value } }] }] });
@@ -108,6 +112,16 @@ function seeds(rnd, n) {
 		['paypal', pp('PAYMENT.SALE.REVERSED', { id: `SREV${n}`, amount: { total: '-0.49', currency: 'USD' }, state: 'completed' })],
 		['paypal', pp('PAYMENT.CAPTURE.REVERSED', { id: `REF${n}`, amount: { currency_code: 'USD', value: '30.00' }, status: 'COMPLETED',
 			links: [{ href: `https://api.paypal.com/v2/payments/captures/CAP${p}`, rel: 'up' }] })],
+		// a refund that failed gives nothing back
+		['paypal', pp('PAYMENT.CAPTURE.REFUNDED', { id: `REF${n}`, amount: { currency_code: 'USD', value: '30.00' }, status: 'FAILED',
+			links: [{ href: `https://api.paypal.com/v2/payments/captures/CAP${p}`, rel: 'up' }] }, 'refund')],
+		// disputes of a capture: opened, under review, resolved for the seller or the buyer
+		['paypal', pp('CUSTOMER.DISPUTE.CREATED', dispute, 'dispute')],
+		['paypal', pp('CUSTOMER.DISPUTE.UPDATED', { ...dispute, dispute_life_cycle_stage: 'CHARGEBACK', status: 'UNDER_REVIEW' }, 'dispute')],
+		['paypal', pp('CUSTOMER.DISPUTE.RESOLVED', { ...dispute, status: 'RESOLVED',
+			dispute_outcome: { outcome_code: 'RESOLVED_SELLER_FAVOUR' } }, 'dispute')],
+		['paypal', pp('CUSTOMER.DISPUTE.RESOLVED', { ...dispute, status: 'RESOLVED',
+			dispute_outcome: { outcome_code: 'RESOLVED_BUYER_FAVOUR', amount_refunded: { currency_code: 'USD', value: '30.00' } } }, 'dispute')],
 		['standard', { type: 'invoice.paid', timestamp: new Date().toISOString(), data: { id: `inv_fz_${n}`, amount: 2500, currency: 'USD' } }],
 		['clinic', whatsapp({ contacts: [{ profile: { name: 'Tendai' }, wa_id: '263771234567' }], messages: [message] })],
 		['clinic', whatsapp({ contacts: [{ profile: { name: 'Tendai' }, wa_id: '263771234567' }], messages: [{ ...message, type: 'interactive',

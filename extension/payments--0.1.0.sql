@@ -1014,14 +1014,17 @@ BEGIN
 	END IF;
 
 	-- details the payment does not know yet are filled in; what it knows is kept, and the fee is
-	-- taken only from news not older than its status (or when it has none)
+	-- taken only from news not older than its status (or when it has none).  The method is the
+	-- first news of payment's, when it names one: an attempt that failed before (a card declined,
+	-- then paid with PayPal) named the method tried, not the one used
 	UPDATE payments.payments p
 	   SET reference = coalesce(p.reference, change.reference),
 		   amount = coalesce(p.amount, change.amount),
 		   currency = coalesce(p.currency, upper(change.currency)),
 		   amount_refunded = greatest(p.amount_refunded, coalesce(change.amount_refunded, 0)),
 		   fee = CASE WHEN p.fee IS NULL OR at >= p.status_at THEN coalesce(change.fee, p.fee) ELSE p.fee END,
-		   method = coalesce(p.method, change.method),
+		   method = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.method, p.method)
+						 ELSE coalesce(p.method, change.method) END,
 		   donor_name = coalesce(p.donor_name, change.donor_name),
 		   donor_phone = coalesce(p.donor_phone, payments.e164_digits(change.donor_phone)),
 		   donor_email = coalesce(p.donor_email, change.donor_email),

@@ -17,7 +17,9 @@
  * character for the underscore, and that amounts are Stripe's: whole numbers
  * of minor units (numeric_in also took "NaN", "Infinity", fractions and
  * exponents, and a NaN refunded amount made every report's sum NaN), and a
- * charge's amount_refunded is not more than its amount.
+ * charge's amount_refunded is not more than its amount.  Since, it also
+ * reads which method was used (not the first of several an intent or a
+ * session allowed).
  */
 #include "payments.h"
 
@@ -114,26 +116,6 @@ MemberText(JsonbContainer *obj, const char *key)
 	return Member(obj, key, &value) ? ValueText(&value) : NULL;
 }
 
-/*
- * obj -> key ->> 0: the first element of an array, or the member itself when
- * it is a scalar (jsonb stores a scalar as an array of one)
- */
-static text *
-MemberFirstElementText(JsonbContainer *obj, const char *key)
-{
-	JsonbValue	value;
-	JsonbValue *element;
-
-	if (!Member(obj, key, &value))
-		return NULL;
-	if (value.type != jbvBinary)
-		return ValueText(&value);
-	if (!JsonContainerIsArray(value.val.binary.data))
-		return NULL;
-	element = getIthJsonbValueFromContainer(value.val.binary.data, 0);
-	return element != NULL ? ValueText(element) : NULL;
-}
-
 /* coalesce of text values */
 static text *
 FirstText(text *a, text *b)
@@ -219,6 +201,83 @@ TextStartsWith(text *value, const char *prefix)
 
 	return value != NULL && VARSIZE_ANY_EXHDR(value) >= len &&
 		memcmp(VARDATA_ANY(value), prefix, len) == 0;
+}
+
+/*
+ * obj -> key ->> 0 when the member is an array of exactly one element (or a
+ * scalar, which jsonb reads so), else NULL: a list of several says nothing
+ * about which one was used
+ */
+static text *
+MemberOnlyElementText(JsonbContainer *obj, const char *key)
+{
+	JsonbValue	value;
+	JsonbValue *element;
+
+	if (!Member(obj, key, &value))
+		return NULL;
+	if (value.type != jbvBinary)
+		return ValueText(&value);
+	if (!JsonContainerIsArray(value.val.binary.data) ||
+		JsonContainerSize(value.val.binary.data) != 1)
+		return NULL;
+	element = getIthJsonbValueFromContainer(value.val.binary.data, 0);
+	return element != NULL ? ValueText(element) : NULL;
+}
+
+/* A charge's payment_method_details.type: the method it was paid (or tried) with */
+static text *
+ChargeMethod(JsonbContainer *charge)
+{
+	return MemberText(MemberObject(charge, "payment_method_details", NULL), "type");
+}
+
+/*
+ * The method a PaymentIntent was paid (or tried) with, where its payload
+ * says it: an expanded latest_charge; the charges it embeds (API versions
+ * before 2022-11-15: newest first, the one that succeeded or is pending,
+ * else the latest attempt); else payment_method_types when it allows only
+ * one.  Its payment_method_types of several methods (card, link,
+ * us_bank_account, ...) is what the donor could choose from, not what was
+ * used: NULL, filled in by the charge's event.
+ */
+static text *
+IntentMethod(JsonbContainer *intent)
+{
+	text	   *method = ChargeMethod(MemberObject(intent, "latest_charge", NULL));
+	JsonbValue	data;
+
+	if (method != NULL)
+		return method;
+	if (Member(MemberObject(intent, "charges", NULL), "data", &data) &&
+		data.type == jbvBinary && JsonContainerIsArray(data.val.binary.data))
+	{
+		uint32		n = JsonContainerSize(data.val.binary.data);
+		text	   *latest = NULL;
+
+		for (uint32 i = 0; i < n; i++)
+		{
+			JsonbValue *element = getIthJsonbValueFromContainer(data.val.binary.data, i);
+			JsonbContainer *charge;
+			text	   *status;
+
+			if (element == NULL || element->type != jbvBinary ||
+				!JsonContainerIsObject(element->val.binary.data))
+				continue;
+			charge = element->val.binary.data;
+			method = ChargeMethod(charge);
+			if (method == NULL)
+				continue;
+			status = MemberText(charge, "status");
+			if (TextIs(status, "succeeded") || TextIs(status, "pending"))
+				return method;
+			if (latest == NULL)
+				latest = method;
+		}
+		if (latest != NULL)
+			return latest;
+	}
+	return MemberOnlyElementText(intent, "payment_method_types");
 }
 
 /*
@@ -364,7 +423,7 @@ stripe_change(PG_FUNCTION_ARGS)
 			TextIs(etype, "payment_intent.canceled") ? "cancelled" : NULL;
 		minor = MinorUnitsNumeric(FirstText(received, MemberText(obj, "amount")),
 								  received != NULL ? "amount_received" : "amount", &minor_null);
-		SET_TEXT(CHANGE_METHOD, MemberFirstElementText(obj, "payment_method_types"));
+		SET_TEXT(CHANGE_METHOD, IntentMethod(obj));
 		SET_TEXT(CHANGE_DONOR_EMAIL, MemberText(obj, "receipt_email"));
 		SET_TEXT(CHANGE_DONOR_NAME, FirstText(MemberText(shipping, "name"),
 											  MemberText(metadata, "donor_name")));
@@ -457,7 +516,7 @@ stripe_change(PG_FUNCTION_ARGS)
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,
 													&isnull);
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;
-		SET_TEXT(CHANGE_METHOD, MemberText(MemberObject(obj, "payment_method_details", NULL), "type"));
+		SET_TEXT(CHANGE_METHOD, ChargeMethod(obj));
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(billing, "name"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, FirstText(MemberText(billing, "email"),
 											   MemberText(obj, "receipt_email")));
@@ -493,7 +552,8 @@ stripe_change(PG_FUNCTION_ARGS)
 				TextIs(etype, "checkout.session.async_payment_failed") ? "failed" :
 				TextIs(etype, "checkout.session.expired") ? "cancelled" : NULL;
 		minor = MinorUnitsNumeric(MemberText(obj, "amount_total"), "amount_total", &minor_null);
-		SET_TEXT(CHANGE_METHOD, MemberFirstElementText(obj, "payment_method_types"));
+		/* a session's list is what the donor could choose from: only one says what was used */
+		SET_TEXT(CHANGE_METHOD, MemberOnlyElementText(obj, "payment_method_types"));
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(customer, "name"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, MemberText(customer, "email"));
 		SET_TEXT(CHANGE_DONOR_PHONE, MemberText(customer, "phone"));

@@ -473,17 +473,18 @@ stripe_change(PG_FUNCTION_ARGS)
 		/*
 		 * Before API version 2025-03-31 a partial capture counted what it
 		 * released as refunded (1000 authorized, 300 captured: 700
-		 * "refunded" before any refund); only the rest was given back.
+		 * "refunded" before any refund); only the rest was given back.  An
+		 * amount_refunded below the released part proves it is not counted
+		 * there (an event of such a version about a charge Stripe reports
+		 * the newer way): then it is all given back.
 		 */
 		if (!captured_null && !charged_null && !refunded_null &&
 			ReleaseCountedAsRefund(MemberText(root, "api_version")))
 		{
 			Datum		released = DirectFunctionCall2(numeric_sub, charged, captured);
 
-			refunded = DirectFunctionCall2(numeric_sub, refunded, released);
-			if (DatumGetBool(DirectFunctionCall2(numeric_lt, refunded,
-												 DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
-				refunded = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+			if (DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, released)))
+				refunded = DirectFunctionCall2(numeric_sub, refunded, released);
 		}
 		/* the charge's money: what was captured, else its amount; no more given back */
 		minor = captured_null ? charged : captured;

@@ -215,4 +215,15 @@ SELECT pg_temp.apply('{"type":"charge.failed","created":1718000000,"data":{"obje
 	   pg_temp.apply('{"type":"charge.succeeded","created":1718000005,"data":{"object":{"id":"ch_o4b","payment_intent":"pi_o4","amount":1000,"currency":"usd","payment_method_details":{"type":"paypal"}}}}'),
 	   pg_temp.apply('{"type":"charge.failed","created":1718000000,"data":{"object":{"id":"ch_o4a","payment_intent":"pi_o4","amount":1000,"currency":"usd","payment_method_details":{"type":"card"}}}}');
 SELECT provider_ref, status, method FROM payments.payments WHERE provider = 'st_fix' ORDER BY provider_ref;
+-- API version before 2025-03-31: 300 of a hold of 1000 captured (reported without its release in
+-- amount_refunded), then 1.00 refunded: a partial refund, not nothing
+SELECT pg_temp.apply('{"type":"charge.succeeded","api_version":"2024-06-20","created":1718000000,"data":{"object":{"id":"ch_r1","payment_intent":"pi_r1","captured":false,"amount":1000,"amount_captured":0,"amount_refunded":0,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.captured","api_version":"2024-06-20","created":1718000010,"data":{"object":{"id":"ch_r1","payment_intent":"pi_r1","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":0,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.refunded","api_version":"2024-06-20","created":1718000020,"data":{"object":{"id":"ch_r1","payment_intent":"pi_r1","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":100,"currency":"usd"}}}');
+-- the same with the release counted (700 + 100 refunded): 1.00 refunded too
+SELECT pg_temp.apply('{"type":"charge.succeeded","api_version":"2024-06-20","created":1718000000,"data":{"object":{"id":"ch_r2","payment_intent":"pi_r2","captured":false,"amount":1000,"amount_captured":0,"amount_refunded":0,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.captured","api_version":"2024-06-20","created":1718000010,"data":{"object":{"id":"ch_r2","payment_intent":"pi_r2","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":700,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.refunded","api_version":"2024-06-20","created":1718000020,"data":{"object":{"id":"ch_r2","payment_intent":"pi_r2","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":800,"currency":"usd"}}}');
+SELECT provider_ref, status, amount, amount_refunded, (SELECT sum(f.amount) FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
+  FROM payments.payments p WHERE provider = 'st_fix' AND provider_ref LIKE 'pi_r%' ORDER BY provider_ref;
 ROLLBACK;

@@ -19,7 +19,7 @@
  * exponents, and a NaN refunded amount made every report's sum NaN), and a
  * charge's amount_refunded is not more than its amount.  Since, it also
  * reads which method was used (not the first of several an intent or a
- * session allowed).
+ * session allowed) and keeps a Connect event's account in the metadata.
  */
 #include "payments.h"
 
@@ -281,6 +281,61 @@ IntentMethod(JsonbContainer *intent)
 }
 
 /*
+ * The event's metadata: the object's, with the connected account the event
+ * is of (its top-level "account", Stripe Connect) as "stripe_account", and
+ * never the object's own "stripe_account" (a platform's note of a connected
+ * account would have reconciliation ask Stripe as that account).  NULL when
+ * the object has no metadata object and the event no account.
+ */
+static Jsonb *
+EventMetadata(JsonbContainer *root, JsonbValue *metadata_value, JsonbContainer *metadata)
+{
+	static const char key_name[] = "stripe_account";
+	JsonbValue	account;
+	JsonbValue	other;
+	bool		has_account = Member(root, "account", &account) && account.type != jbvNull;
+	JsonbParseState *state = NULL;
+	JsonbValue	key;
+	JsonbValue *result;
+
+	if (!has_account)
+	{
+		if (metadata == NULL)
+			return NULL;
+		if (!Member(metadata, key_name, &other))
+			return JsonbValueToJsonb(metadata_value);
+	}
+	/* rebuilt without the object's stripe_account, the event's account added */
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	if (metadata != NULL)
+	{
+		JsonbIterator *it = JsonbIteratorInit(metadata);
+		JsonbIteratorToken token;
+		JsonbValue	v;
+		bool		skip = false;
+
+		while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (token == WJB_KEY)
+				skip = v.val.string.len == sizeof(key_name) - 1 &&
+					memcmp(v.val.string.val, key_name, sizeof(key_name) - 1) == 0;
+			if ((token == WJB_KEY || token == WJB_VALUE) && !skip)
+				(void) pushJsonbValue(&state, token, &v);
+		}
+	}
+	if (has_account)
+	{
+		key.type = jbvString;
+		key.val.string.val = (char *) key_name;
+		key.val.string.len = sizeof(key_name) - 1;
+		(void) pushJsonbValue(&state, WJB_KEY, &key);
+		(void) pushJsonbValue(&state, WJB_VALUE, &account);
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
+}
+
+/*
  * Whether a Checkout Session takes a payment itself: mode "payment" (or no
  * mode).  A subscription's session is paid by its first invoice, whose
  * payment_intent events record the money; a setup session only saves a card.
@@ -399,11 +454,6 @@ stripe_change(PG_FUNCTION_ARGS)
 		nulls[CHANGE_STATUS_AT] = false;
 	}
 	SET_TEXT(CHANGE_CURRENCY, currency);
-	if (metadata != NULL)
-	{
-		values[CHANGE_METADATA] = JsonbPGetDatum(JsonbValueToJsonb(&metadata_value));
-		nulls[CHANGE_METADATA] = false;
-	}
 	SET_TEXT(CHANGE_REFERENCE, FirstText(MemberText(metadata, "reference"),
 										 FirstText(MemberText(metadata, "order_id"),
 												   MemberText(obj, "client_reference_id"))));
@@ -566,6 +616,15 @@ stripe_change(PG_FUNCTION_ARGS)
 	nulls[CHANGE_CREATES] = false;
 	values[CHANGE_STATUS] = CStringGetTextDatum(status);
 	nulls[CHANGE_STATUS] = false;
+	{
+		Jsonb	   *event_metadata = EventMetadata(root, &metadata_value, metadata);
+
+		if (event_metadata != NULL)
+		{
+			values[CHANGE_METADATA] = JsonbPGetDatum(event_metadata);
+			nulls[CHANGE_METADATA] = false;
+		}
+	}
 	values[CHANGE_AMOUNT] = MajorUnits(minor, minor_null, currency, exponent,
 									   &nulls[CHANGE_AMOUNT]);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));

@@ -198,6 +198,18 @@ SELECT n, (payments.stripe_change(payload::jsonb)).method FROM unnest(ARRAY[
  '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m1","amount":100,"currency":"usd","payment_method_details":{"type":"us_bank_account"}}}}'
 ]) WITH ORDINALITY AS t (payload, n);
 
+-- a Connect event's account is kept in metadata.stripe_account (what reconciliation asks as);
+-- the object's own stripe_account never is
+SELECT n, (payments.stripe_change(payload::jsonb)).metadata FROM unnest(ARRAY[
+ '{"type":"payment_intent.processing","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"pi_a1","amount":100,"currency":"usd","metadata":{"reference":"R1","z":{"a":[1]}}}}}',
+ '{"type":"charge.succeeded","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"ch_a2","payment_intent":"pi_a2","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"pi_a3","amount":100,"currency":"usd","metadata":{"stripe_account":"acct_other"}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_a4","amount":100,"currency":"usd","metadata":{"stripe_account":"acct_other","reference":"R4"}}}}',
+ '{"type":"payment_intent.succeeded","account":null,"created":1718000000,"data":{"object":{"id":"pi_a5","amount":100,"currency":"usd","metadata":{}}}}',
+ '{"type":"payment_intent.succeeded","account":7,"created":1718000000,"data":{"object":{"id":"pi_a6","amount":100,"currency":"usd","metadata":"x"}}}',
+ '{"type":"customer.created","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"cus_1"}}}'
+]) WITH ORDINALITY AS t (payload, n);
+
 -- through the state machine (rolled back: other tests count payments)
 BEGIN;
 SELECT payments.register_provider('st_fix', 'stripe', '{"livemode": false}') IS NOT NULL AS registered;
@@ -226,4 +238,8 @@ SELECT pg_temp.apply('{"type":"charge.succeeded","api_version":"2024-06-20","cre
 	   pg_temp.apply('{"type":"charge.refunded","api_version":"2024-06-20","created":1718000020,"data":{"object":{"id":"ch_r2","payment_intent":"pi_r2","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":800,"currency":"usd"}}}');
 SELECT provider_ref, status, amount, amount_refunded, (SELECT sum(f.amount) FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
   FROM payments.payments p WHERE provider = 'st_fix' AND provider_ref LIKE 'pi_r%' ORDER BY provider_ref;
+-- a connected account's payment keeps its account; the object's metadata beside it
+SELECT pg_temp.apply('{"type":"payment_intent.processing","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"pi_c1","amount":1000,"currency":"usd","metadata":{"reference":"C1"}}}}'),
+	   pg_temp.apply('{"type":"charge.succeeded","account":"acct_1Conn","created":1718000010,"data":{"object":{"id":"ch_c1","payment_intent":"pi_c1","amount":1000,"currency":"usd","metadata":{"reference":"C1","note":"x"}}}}');
+SELECT provider_ref, status, reference, metadata FROM payments.payments WHERE provider = 'st_fix' AND provider_ref = 'pi_c1';
 ROLLBACK;

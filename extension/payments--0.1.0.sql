@@ -1014,14 +1014,17 @@ BEGIN
 	END IF;
 
 	-- details the payment does not know yet are filled in; what it knows is kept, and the fee is
-	-- taken only from news not older than its status (or when it has none)
+	-- taken only from news not older than its status (or when it has none).  The method is the
+	-- first news of payment's, when it names one: an attempt that failed before (a card declined,
+	-- then paid with PayPal) named the method tried, not the one used
 	UPDATE payments.payments p
 	   SET reference = coalesce(p.reference, change.reference),
 		   amount = coalesce(p.amount, change.amount),
 		   currency = coalesce(p.currency, upper(change.currency)),
 		   amount_refunded = greatest(p.amount_refunded, coalesce(change.amount_refunded, 0)),
 		   fee = CASE WHEN p.fee IS NULL OR at >= p.status_at THEN coalesce(change.fee, p.fee) ELSE p.fee END,
-		   method = coalesce(p.method, change.method),
+		   method = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.method, p.method)
+						 ELSE coalesce(p.method, change.method) END,
 		   donor_name = coalesce(p.donor_name, change.donor_name),
 		   donor_phone = coalesce(p.donor_phone, payments.e164_digits(change.donor_phone)),
 		   donor_email = coalesce(p.donor_email, change.donor_email),
@@ -4135,8 +4138,16 @@ BEGIN
 				problem := 'only payment intents (pi_...) can be checked';
 			ELSIF NOT pay.settings ? 'api_key' THEN
 				problem := 'the provider has no api_key setting';
+			ELSIF pay.metadata ? 'stripe_account'
+				  AND coalesce(pay.metadata ->> 'stripe_account', '') !~ '^acct_[A-Za-z0-9]+$' THEN
+				problem := 'the payment''s stripe_account is not a Stripe account id (acct_...)';
 			ELSE
 				req_headers := req_headers || E'\nAuthorization: Bearer ' || (pay.settings ->> 'api_key');
+				-- a connected account's payment (Stripe Connect, the account its events named) is
+				-- found only when asked as that account
+				IF pay.metadata ? 'stripe_account' THEN
+					req_headers := req_headers || E'\nStripe-Account: ' || (pay.metadata ->> 'stripe_account');
+				END IF;
 			END IF;
 		WHEN 'paypal' THEN
 			-- its capture; an order whose capture was never heard of (the webhook lost: what
@@ -4191,7 +4202,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
-	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most a day), records a check for each and returns the request to send (a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most a day), records a check for each and returns the request to send (a Stripe Connect payment''s with Stripe-Account, the account its events named; a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
 -- A PayPal order may hold several captures (one declined, then another completed; an
 -- authorization captured in parts): reconciliation applies every one that took money, oldest

@@ -17,7 +17,9 @@
  * character for the underscore, and that amounts are Stripe's: whole numbers
  * of minor units (numeric_in also took "NaN", "Infinity", fractions and
  * exponents, and a NaN refunded amount made every report's sum NaN), and a
- * charge's amount_refunded is not more than its amount.
+ * charge's amount_refunded is not more than its amount.  Since, it also
+ * reads which method was used (not the first of several an intent or a
+ * session allowed) and keeps a Connect event's account in the metadata.
  */
 #include "payments.h"
 
@@ -114,26 +116,6 @@ MemberText(JsonbContainer *obj, const char *key)
 	return Member(obj, key, &value) ? ValueText(&value) : NULL;
 }
 
-/*
- * obj -> key ->> 0: the first element of an array, or the member itself when
- * it is a scalar (jsonb stores a scalar as an array of one)
- */
-static text *
-MemberFirstElementText(JsonbContainer *obj, const char *key)
-{
-	JsonbValue	value;
-	JsonbValue *element;
-
-	if (!Member(obj, key, &value))
-		return NULL;
-	if (value.type != jbvBinary)
-		return ValueText(&value);
-	if (!JsonContainerIsArray(value.val.binary.data))
-		return NULL;
-	element = getIthJsonbValueFromContainer(value.val.binary.data, 0);
-	return element != NULL ? ValueText(element) : NULL;
-}
-
 /* coalesce of text values */
 static text *
 FirstText(text *a, text *b)
@@ -219,6 +201,138 @@ TextStartsWith(text *value, const char *prefix)
 
 	return value != NULL && VARSIZE_ANY_EXHDR(value) >= len &&
 		memcmp(VARDATA_ANY(value), prefix, len) == 0;
+}
+
+/*
+ * obj -> key ->> 0 when the member is an array of exactly one element (or a
+ * scalar, which jsonb reads so), else NULL: a list of several says nothing
+ * about which one was used
+ */
+static text *
+MemberOnlyElementText(JsonbContainer *obj, const char *key)
+{
+	JsonbValue	value;
+	JsonbValue *element;
+
+	if (!Member(obj, key, &value))
+		return NULL;
+	if (value.type != jbvBinary)
+		return ValueText(&value);
+	if (!JsonContainerIsArray(value.val.binary.data) ||
+		JsonContainerSize(value.val.binary.data) != 1)
+		return NULL;
+	element = getIthJsonbValueFromContainer(value.val.binary.data, 0);
+	return element != NULL ? ValueText(element) : NULL;
+}
+
+/* A charge's payment_method_details.type: the method it was paid (or tried) with */
+static text *
+ChargeMethod(JsonbContainer *charge)
+{
+	return MemberText(MemberObject(charge, "payment_method_details", NULL), "type");
+}
+
+/*
+ * The method a PaymentIntent was paid (or tried) with, where its payload
+ * says it: an expanded latest_charge; the charges it embeds (API versions
+ * before 2022-11-15: newest first, the one that succeeded or is pending,
+ * else the latest attempt); else payment_method_types when it allows only
+ * one.  Its payment_method_types of several methods (card, link,
+ * us_bank_account, ...) is what the donor could choose from, not what was
+ * used: NULL, filled in by the charge's event.
+ */
+static text *
+IntentMethod(JsonbContainer *intent)
+{
+	text	   *method = ChargeMethod(MemberObject(intent, "latest_charge", NULL));
+	JsonbValue	data;
+
+	if (method != NULL)
+		return method;
+	if (Member(MemberObject(intent, "charges", NULL), "data", &data) &&
+		data.type == jbvBinary && JsonContainerIsArray(data.val.binary.data))
+	{
+		uint32		n = JsonContainerSize(data.val.binary.data);
+		text	   *latest = NULL;
+
+		for (uint32 i = 0; i < n; i++)
+		{
+			JsonbValue *element = getIthJsonbValueFromContainer(data.val.binary.data, i);
+			JsonbContainer *charge;
+			text	   *status;
+
+			if (element == NULL || element->type != jbvBinary ||
+				!JsonContainerIsObject(element->val.binary.data))
+				continue;
+			charge = element->val.binary.data;
+			method = ChargeMethod(charge);
+			if (method == NULL)
+				continue;
+			status = MemberText(charge, "status");
+			if (TextIs(status, "succeeded") || TextIs(status, "pending"))
+				return method;
+			if (latest == NULL)
+				latest = method;
+		}
+		if (latest != NULL)
+			return latest;
+	}
+	return MemberOnlyElementText(intent, "payment_method_types");
+}
+
+/*
+ * The event's metadata: the object's, with the connected account the event
+ * is of (its top-level "account", Stripe Connect) as "stripe_account", and
+ * never the object's own "stripe_account" (a platform's note of a connected
+ * account would have reconciliation ask Stripe as that account).  NULL when
+ * the object has no metadata object and the event no account.
+ */
+static Jsonb *
+EventMetadata(JsonbContainer *root, JsonbValue *metadata_value, JsonbContainer *metadata)
+{
+	static const char key_name[] = "stripe_account";
+	JsonbValue	account;
+	JsonbValue	other;
+	bool		has_account = Member(root, "account", &account) && account.type != jbvNull;
+	JsonbParseState *state = NULL;
+	JsonbValue	key;
+	JsonbValue *result;
+
+	if (!has_account)
+	{
+		if (metadata == NULL)
+			return NULL;
+		if (!Member(metadata, key_name, &other))
+			return JsonbValueToJsonb(metadata_value);
+	}
+	/* rebuilt without the object's stripe_account, the event's account added */
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	if (metadata != NULL)
+	{
+		JsonbIterator *it = JsonbIteratorInit(metadata);
+		JsonbIteratorToken token;
+		JsonbValue	v;
+		bool		skip = false;
+
+		while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (token == WJB_KEY)
+				skip = v.val.string.len == sizeof(key_name) - 1 &&
+					memcmp(v.val.string.val, key_name, sizeof(key_name) - 1) == 0;
+			if ((token == WJB_KEY || token == WJB_VALUE) && !skip)
+				(void) pushJsonbValue(&state, token, &v);
+		}
+	}
+	if (has_account)
+	{
+		key.type = jbvString;
+		key.val.string.val = (char *) key_name;
+		key.val.string.len = sizeof(key_name) - 1;
+		(void) pushJsonbValue(&state, WJB_KEY, &key);
+		(void) pushJsonbValue(&state, WJB_VALUE, &account);
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
 }
 
 /*
@@ -340,11 +454,6 @@ stripe_change(PG_FUNCTION_ARGS)
 		nulls[CHANGE_STATUS_AT] = false;
 	}
 	SET_TEXT(CHANGE_CURRENCY, currency);
-	if (metadata != NULL)
-	{
-		values[CHANGE_METADATA] = JsonbPGetDatum(JsonbValueToJsonb(&metadata_value));
-		nulls[CHANGE_METADATA] = false;
-	}
 	SET_TEXT(CHANGE_REFERENCE, FirstText(MemberText(metadata, "reference"),
 										 FirstText(MemberText(metadata, "order_id"),
 												   MemberText(obj, "client_reference_id"))));
@@ -364,7 +473,7 @@ stripe_change(PG_FUNCTION_ARGS)
 			TextIs(etype, "payment_intent.canceled") ? "cancelled" : NULL;
 		minor = MinorUnitsNumeric(FirstText(received, MemberText(obj, "amount")),
 								  received != NULL ? "amount_received" : "amount", &minor_null);
-		SET_TEXT(CHANGE_METHOD, MemberFirstElementText(obj, "payment_method_types"));
+		SET_TEXT(CHANGE_METHOD, IntentMethod(obj));
 		SET_TEXT(CHANGE_DONOR_EMAIL, MemberText(obj, "receipt_email"));
 		SET_TEXT(CHANGE_DONOR_NAME, FirstText(MemberText(shipping, "name"),
 											  MemberText(metadata, "donor_name")));
@@ -414,17 +523,18 @@ stripe_change(PG_FUNCTION_ARGS)
 		/*
 		 * Before API version 2025-03-31 a partial capture counted what it
 		 * released as refunded (1000 authorized, 300 captured: 700
-		 * "refunded" before any refund); only the rest was given back.
+		 * "refunded" before any refund); only the rest was given back.  An
+		 * amount_refunded below the released part proves it is not counted
+		 * there (an event of such a version about a charge Stripe reports
+		 * the newer way): then it is all given back.
 		 */
 		if (!captured_null && !charged_null && !refunded_null &&
 			ReleaseCountedAsRefund(MemberText(root, "api_version")))
 		{
 			Datum		released = DirectFunctionCall2(numeric_sub, charged, captured);
 
-			refunded = DirectFunctionCall2(numeric_sub, refunded, released);
-			if (DatumGetBool(DirectFunctionCall2(numeric_lt, refunded,
-												 DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
-				refunded = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+			if (DatumGetBool(DirectFunctionCall2(numeric_ge, refunded, released)))
+				refunded = DirectFunctionCall2(numeric_sub, refunded, released);
 		}
 		/* the charge's money: what was captured, else its amount; no more given back */
 		minor = captured_null ? charged : captured;
@@ -457,7 +567,7 @@ stripe_change(PG_FUNCTION_ARGS)
 		values[CHANGE_AMOUNT_REFUNDED] = MajorUnits(refunded, refunded_null, currency, exponent,
 													&isnull);
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;
-		SET_TEXT(CHANGE_METHOD, MemberText(MemberObject(obj, "payment_method_details", NULL), "type"));
+		SET_TEXT(CHANGE_METHOD, ChargeMethod(obj));
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(billing, "name"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, FirstText(MemberText(billing, "email"),
 											   MemberText(obj, "receipt_email")));
@@ -493,7 +603,8 @@ stripe_change(PG_FUNCTION_ARGS)
 				TextIs(etype, "checkout.session.async_payment_failed") ? "failed" :
 				TextIs(etype, "checkout.session.expired") ? "cancelled" : NULL;
 		minor = MinorUnitsNumeric(MemberText(obj, "amount_total"), "amount_total", &minor_null);
-		SET_TEXT(CHANGE_METHOD, MemberFirstElementText(obj, "payment_method_types"));
+		/* a session's list is what the donor could choose from: only one says what was used */
+		SET_TEXT(CHANGE_METHOD, MemberOnlyElementText(obj, "payment_method_types"));
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(customer, "name"));
 		SET_TEXT(CHANGE_DONOR_EMAIL, MemberText(customer, "email"));
 		SET_TEXT(CHANGE_DONOR_PHONE, MemberText(customer, "phone"));
@@ -505,6 +616,15 @@ stripe_change(PG_FUNCTION_ARGS)
 	nulls[CHANGE_CREATES] = false;
 	values[CHANGE_STATUS] = CStringGetTextDatum(status);
 	nulls[CHANGE_STATUS] = false;
+	{
+		Jsonb	   *event_metadata = EventMetadata(root, &metadata_value, metadata);
+
+		if (event_metadata != NULL)
+		{
+			values[CHANGE_METADATA] = JsonbPGetDatum(event_metadata);
+			nulls[CHANGE_METADATA] = false;
+		}
+	}
 	values[CHANGE_AMOUNT] = MajorUnits(minor, minor_null, currency, exponent,
 									   &nulls[CHANGE_AMOUNT]);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));

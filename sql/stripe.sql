@@ -178,3 +178,68 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_33","amount":"xéééééééééééééééééééééééé","currency":"usd"}}}'
 ]) WITH ORDINALITY AS t (payload, n);
 SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;
+
+-- the method is the one used, where the event says it: a charge's payment_method_details.type, an
+-- intent's expanded latest_charge or embedded charges (API versions before 2022-11-15: the one
+-- that succeeded or is pending, else the latest attempt), else a list of allowed methods only
+-- when it has one; a list of several (what the donor could choose from) says nothing
+SELECT n, (payments.stripe_change(payload::jsonb)).method FROM unnest(ARRAY[
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_m1","amount":100,"currency":"usd","payment_method_types":["card","link","us_bank_account"]}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_m2","amount":100,"currency":"usd","payment_method_types":["paypal"]}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_m3","amount":100,"currency":"usd","payment_method_types":["card","paypal"],"charges":{"object":"list","data":[{"id":"ch_b","status":"succeeded","payment_method_details":{"type":"paypal"}},{"id":"ch_a","status":"failed","payment_method_details":{"type":"card"}}]}}}}',
+ '{"type":"payment_intent.processing","created":1718000000,"data":{"object":{"id":"pi_m4","amount":100,"currency":"usd","payment_method_types":["card","us_bank_account"],"charges":{"data":[{"id":"ch_b","status":"failed","payment_method_details":{"type":"card"}},{"id":"ch_a","status":"pending","payment_method_details":{"type":"us_bank_account"}}]}}}}',
+ '{"type":"payment_intent.payment_failed","created":1718000000,"data":{"object":{"id":"pi_m5","amount":100,"currency":"usd","payment_method_types":["card","link"],"charges":{"data":[{"id":"ch_a","status":"failed","payment_method_details":{"type":"card"}}]}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_m6","amount":100,"currency":"usd","payment_method_types":["card","us_bank_account"],"latest_charge":{"id":"ch_a","payment_method_details":{"type":"us_bank_account"}}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_m7","amount":100,"currency":"usd","payment_method_types":["card","link"],"latest_charge":"ch_a","charges":{"data":[]}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_m8","amount":100,"currency":"usd","payment_method_types":["card","link"],"charges":{"data":[1,null,"ch",{"payment_method_details":"x"},{"payment_method_details":{"type":null}}]}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_m9","amount":100,"currency":"usd","payment_method_types":["card"],"charges":{"data":{"0":{"payment_method_details":{"type":"paypal"}}}}}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_m1","payment_intent":"pi_csm1","payment_status":"paid","amount_total":100,"currency":"usd","payment_method_types":["card","paypal"]}}}',
+ '{"type":"checkout.session.completed","created":1718000000,"data":{"object":{"id":"cs_m2","payment_intent":"pi_csm2","payment_status":"paid","amount_total":100,"currency":"usd","payment_method_types":["paypal"]}}}',
+ '{"type":"charge.succeeded","created":1718000000,"data":{"object":{"id":"ch_m","payment_intent":"pi_m1","amount":100,"currency":"usd","payment_method_details":{"type":"us_bank_account"}}}}'
+]) WITH ORDINALITY AS t (payload, n);
+
+-- a Connect event's account is kept in metadata.stripe_account (what reconciliation asks as);
+-- the object's own stripe_account never is
+SELECT n, (payments.stripe_change(payload::jsonb)).metadata FROM unnest(ARRAY[
+ '{"type":"payment_intent.processing","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"pi_a1","amount":100,"currency":"usd","metadata":{"reference":"R1","z":{"a":[1]}}}}}',
+ '{"type":"charge.succeeded","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"ch_a2","payment_intent":"pi_a2","amount":100,"currency":"usd"}}}',
+ '{"type":"payment_intent.succeeded","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"pi_a3","amount":100,"currency":"usd","metadata":{"stripe_account":"acct_other"}}}}',
+ '{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_a4","amount":100,"currency":"usd","metadata":{"stripe_account":"acct_other","reference":"R4"}}}}',
+ '{"type":"payment_intent.succeeded","account":null,"created":1718000000,"data":{"object":{"id":"pi_a5","amount":100,"currency":"usd","metadata":{}}}}',
+ '{"type":"payment_intent.succeeded","account":7,"created":1718000000,"data":{"object":{"id":"pi_a6","amount":100,"currency":"usd","metadata":"x"}}}',
+ '{"type":"customer.created","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"cus_1"}}}'
+]) WITH ORDINALITY AS t (payload, n);
+
+-- through the state machine (rolled back: other tests count payments)
+BEGIN;
+SELECT payments.register_provider('st_fix', 'stripe', '{"livemode": false}') IS NOT NULL AS registered;
+CREATE FUNCTION pg_temp.apply(payload text) RETURNS text LANGUAGE sql AS $$
+	SELECT payments.apply_change(NULL, 'st_fix', payments.stripe_change(payload::jsonb)) $$;
+-- the intent that allowed several methods, then its charge (and in the other order): the
+-- charge's method, whichever came first
+SELECT pg_temp.apply('{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_o1","amount":1000,"amount_received":1000,"currency":"usd","payment_method_types":["card","link","us_bank_account"]}}}'),
+	   pg_temp.apply('{"type":"charge.succeeded","created":1718000001,"data":{"object":{"id":"ch_o1","payment_intent":"pi_o1","amount":1000,"currency":"usd","payment_method_details":{"type":"us_bank_account"}}}}'),
+	   pg_temp.apply('{"type":"charge.succeeded","created":1718000001,"data":{"object":{"id":"ch_o2","payment_intent":"pi_o2","amount":1000,"currency":"usd","payment_method_details":{"type":"paypal"}}}}'),
+	   pg_temp.apply('{"type":"payment_intent.succeeded","created":1718000000,"data":{"object":{"id":"pi_o2","amount":1000,"amount_received":1000,"currency":"usd","payment_method_types":["card","paypal"]}}}');
+-- a card declined, then paid with PayPal: the method paid with; in the other order too
+SELECT pg_temp.apply('{"type":"charge.failed","created":1718000000,"data":{"object":{"id":"ch_o3a","payment_intent":"pi_o3","amount":1000,"currency":"usd","payment_method_details":{"type":"card"}}}}'),
+	   pg_temp.apply('{"type":"charge.succeeded","created":1718000005,"data":{"object":{"id":"ch_o3b","payment_intent":"pi_o3","amount":1000,"currency":"usd","payment_method_details":{"type":"paypal"}}}}'),
+	   pg_temp.apply('{"type":"charge.succeeded","created":1718000005,"data":{"object":{"id":"ch_o4b","payment_intent":"pi_o4","amount":1000,"currency":"usd","payment_method_details":{"type":"paypal"}}}}'),
+	   pg_temp.apply('{"type":"charge.failed","created":1718000000,"data":{"object":{"id":"ch_o4a","payment_intent":"pi_o4","amount":1000,"currency":"usd","payment_method_details":{"type":"card"}}}}');
+SELECT provider_ref, status, method FROM payments.payments WHERE provider = 'st_fix' ORDER BY provider_ref;
+-- API version before 2025-03-31: 300 of a hold of 1000 captured (reported without its release in
+-- amount_refunded), then 1.00 refunded: a partial refund, not nothing
+SELECT pg_temp.apply('{"type":"charge.succeeded","api_version":"2024-06-20","created":1718000000,"data":{"object":{"id":"ch_r1","payment_intent":"pi_r1","captured":false,"amount":1000,"amount_captured":0,"amount_refunded":0,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.captured","api_version":"2024-06-20","created":1718000010,"data":{"object":{"id":"ch_r1","payment_intent":"pi_r1","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":0,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.refunded","api_version":"2024-06-20","created":1718000020,"data":{"object":{"id":"ch_r1","payment_intent":"pi_r1","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":100,"currency":"usd"}}}');
+-- the same with the release counted (700 + 100 refunded): 1.00 refunded too
+SELECT pg_temp.apply('{"type":"charge.succeeded","api_version":"2024-06-20","created":1718000000,"data":{"object":{"id":"ch_r2","payment_intent":"pi_r2","captured":false,"amount":1000,"amount_captured":0,"amount_refunded":0,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.captured","api_version":"2024-06-20","created":1718000010,"data":{"object":{"id":"ch_r2","payment_intent":"pi_r2","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":700,"currency":"usd"}}}'),
+	   pg_temp.apply('{"type":"charge.refunded","api_version":"2024-06-20","created":1718000020,"data":{"object":{"id":"ch_r2","payment_intent":"pi_r2","captured":true,"amount":1000,"amount_captured":300,"amount_refunded":800,"currency":"usd"}}}');
+SELECT provider_ref, status, amount, amount_refunded, (SELECT sum(f.amount) FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
+  FROM payments.payments p WHERE provider = 'st_fix' AND provider_ref LIKE 'pi_r%' ORDER BY provider_ref;
+-- a connected account's payment keeps its account; the object's metadata beside it
+SELECT pg_temp.apply('{"type":"payment_intent.processing","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"pi_c1","amount":1000,"currency":"usd","metadata":{"reference":"C1"}}}}'),
+	   pg_temp.apply('{"type":"charge.succeeded","account":"acct_1Conn","created":1718000010,"data":{"object":{"id":"ch_c1","payment_intent":"pi_c1","amount":1000,"currency":"usd","metadata":{"reference":"C1","note":"x"}}}}');
+SELECT provider_ref, status, reference, metadata FROM payments.payments WHERE provider = 'st_fix' AND provider_ref = 'pi_c1';
+ROLLBACK;

@@ -9,10 +9,15 @@ import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
+import Stripe from 'stripe';
 import { Cluster, holdLock, sleep } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const PAYNOW_KEY = '3E9FED89-60E1-4CE5-AB6E-6B1EB2D4F977';
+const STRIPE_SECRET = 'whsec_e2e_reconcile';
+const stripeSdk = new Stripe('sk_test_not_used_offline');
+// Stripe Connect: the stand-in's intents of a connected account, found only when asked as it
+const CONNECTED = { pi_conn1: 'acct_1Conn' };
 // a PayPal time some minutes before now, as its API writes it
 const minutesAgo = (m) => new Date(Date.now() - m * 60000).toISOString().replace(/\.\d{3}Z$/, 'Z');
 let db;
@@ -58,6 +63,10 @@ async function startApi() {
 			if (req.method === 'GET' && u.startsWith('/stripe/v1/payment_intents/')) {
 				if (req.headers.authorization !== 'Bearer sk_test_recon') return json(res, 401, { error: { type: 'auth' } });
 				const id = u.split('/').pop();
+				// as Stripe does: an object of another account than the one asked as is not found
+				if (req.headers['stripe-account'] !== CONNECTED[id]) {
+					return json(res, 404, { error: { message: `No such payment_intent: '${id}'` } });
+				}
 				if (id === 'pi_500') return json(res, 500, { error: { message: 'boom' } });
 				if (id === 'pi_404') return json(res, 404, { error: { message: 'No such payment_intent' } });
 				if (id === 'pi_slow' || id.startsWith('pi_hang')) return;	// never answers: the request times out
@@ -159,6 +168,7 @@ before(async () => {
 	db.psql(`SELECT payments.register_provider('pn', 'paynow', '{"api_base": "${api.base}/paynow"}');
 		SELECT payments.add_secret('pn', '${PAYNOW_KEY}');
 		SELECT payments.register_provider('st', 'stripe', '{"api_key": "sk_test_recon", "livemode": false, "api_base": "${api.base}/stripe"}');
+		SELECT payments.add_secret('st', '${STRIPE_SECRET}');
 		SELECT payments.register_provider('pp', 'paypal', '{"webhook_id": "WH1", "client_id": "ppid",
 			"client_secret": "ppsecret", "api_base": "${api.base}/paypal"}');
 		SELECT payments.register_provider('ev', 'eversend', '{"client_id": "evid", "client_secret": "evsecret",
@@ -469,4 +479,28 @@ test('a Paynow reply about another transaction pays nothing; another amount is k
 	assert.equal(status('PN5'), 'paid');
 	assert.equal(db.psql(`SELECT amount || '|' || (metadata -> 'paynow_amount_mismatch' ->> 'known') || '|' ||
 		(metadata -> 'paynow_amount_mismatch' ->> 'reported') FROM payments.payments WHERE provider_ref = 'PN5'`), '0.01|5|0.01');
+});
+
+test('Stripe Connect: a connected account\'s payment is asked as that account, named by its events', async () => {
+	// a direct charge on a connected account: its events name the account (signed as Stripe does)
+	const payload = JSON.stringify({ id: 'evt_conn1', object: 'event', type: 'payment_intent.processing',
+		account: 'acct_1Conn', api_version: '2025-03-31.basil', created: Math.floor(Date.now() / 1000) - 3600,
+		livemode: false, data: { object: { id: 'pi_conn1', object: 'payment_intent', amount: 2500, currency: 'usd',
+			status: 'processing', payment_method_types: ['card', 'us_bank_account'], metadata: { reference: 'CONN-1' } } } });
+	const header = stripeSdk.webhooks.generateTestHeaderString({ payload, secret: STRIPE_SECRET });
+	assert.equal(db.psqlVars(`SET client_min_messages = error; SELECT http_status || '|' || outcome
+		FROM payments.ingest('st', jsonb_build_object('stripe-signature', :'h'), convert_to(:'b', 'UTF8'))`,
+	{ h: header, b: payload }), '200|applied');
+	assert.equal(db.psql(`SELECT status || '|' || (metadata ->> 'stripe_account') || '|' || coalesce(method, '-')
+		FROM payments.payments WHERE provider_ref = 'pi_conn1'`), 'pending|acct_1Conn|-');
+	await runReconcile();
+	// the stand-in answers 404 to a request without the account's Stripe-Account header
+	assert.equal(lastCheck('pi_conn1'), 'fixed|succeeded|200');
+	assert.equal(status('pi_conn1'), 'paid');
+	// a stripe_account that is no account id is never sent: an error recorded, nothing asked
+	stuck('st', 'pi_conn2', { stripe_account: 'acct_1Conn\r\nX-Injected: 1' });
+	await runReconcile();
+	assert.equal(status('pi_conn2'), 'pending');
+	assert.equal(lastCheck('pi_conn2'), 'error|the payment\'s stripe_account is not a Stripe account id (acct_...)');
+	assert.ok(!api.seen.some((s) => s.includes('pi_conn2')));
 });

@@ -49,9 +49,18 @@ typedef struct ShimConn
 	int64_t		request_start_ms;	/* when its current request began */
 	bool		idle;			/* between requests: no request timeout */
 	uint64_t	received_mark;	/* bytes received when it became idle */
+	int64_t		handshake_until_ms; /* under TLS, bytes before it are its handshake */
 	bool		expired;		/* already shut down by conn_expire() */
 	char		peer_ip[IP_TEXT_BUFSIZE];
 } ShimConn;
+
+/*
+ * Under TLS, what a new connection receives in its first seconds, until a
+ * request begins, is taken for its handshake (the client's hello and
+ * finished messages), not for a request: a connection opened ahead of use
+ * is left to --idle-timeout, as over plain HTTP.
+ */
+#define TLS_HANDSHAKE_MS	5000
 
 static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
 static ShimConn *conn_head;
@@ -119,6 +128,8 @@ conn_add(struct MHD_Connection *conn)
 	}
 	c->fd = fd_info->connect_fd;
 	conn_set_idle(c);
+	if (shim_config.tls_cert != NULL)
+		c->handshake_until_ms = c->request_start_ms + TLS_HANDSHAKE_MS;
 	addr_info = MHD_get_connection_info(conn,
 										MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	if (addr_info != NULL && addr_info->client_addr != NULL &&
@@ -202,6 +213,7 @@ conn_request_begin(struct MHD_Connection *conn)
 		c->idle = false;
 		c->request_start_ms = conn_now_ms();
 	}
+	c->handshake_until_ms = 0;
 	pthread_mutex_unlock(&conn_lock);
 }
 
@@ -260,9 +272,16 @@ conn_expire(void)
 			continue;
 		if (c->idle)
 		{
-			if (conn_bytes_received(c->fd, &received) &&
-				received == c->received_mark)
-				continue;		/* still idle: --idle-timeout's to close */
+			if (conn_bytes_received(c->fd, &received))
+			{
+				if (received == c->received_mark)
+					continue;	/* still idle: --idle-timeout's to close */
+				if (now < c->handshake_until_ms)
+				{
+					c->received_mark = received;	/* its TLS handshake */
+					continue;
+				}
+			}
 			c->idle = false;
 			c->request_start_ms = now;
 		}

@@ -1209,7 +1209,8 @@ describe('shim signals and TLS', () => {
 		{ stdio: 'pipe' });
 		const ca = readFileSync(cert);
 		const port = await freePort();
-		const s = new Shim(db.dsn, ['--listen', `127.0.0.1:${port}`, '--tls-cert', cert, '--tls-key', key]);
+		const s = new Shim(db.dsn, ['--listen', `127.0.0.1:${port}`, '--tls-cert', cert, '--tls-key', key,
+			'--idle-timeout', '60', '--request-timeout', '3']);
 		// Shim.start() probes over plain HTTP, so start by hand and probe over HTTPS
 		s.start = async function start() {
 			this.port = port;
@@ -1251,6 +1252,19 @@ describe('shim signals and TLS', () => {
 			const old = await tlsProtocol(port, legacy).catch((e) => `refused: ${e.message}`);
 			assert.match(old, /^refused: /);
 			assert.match(s.stderr, /"tls":"on"/);
+			// a connection opened ahead of use, its handshake done and nothing sent, is left to
+			// --idle-timeout: its handshake is no request (--request-timeout 3)
+			const ahead = tlsConnect({ port, host: '127.0.0.1', ca });
+			let aheadClosed = false;
+			ahead.on('error', () => { /* reset by the shim */ });
+			ahead.on('close', () => { aheadClosed = true; });
+			await new Promise((resolve, reject) => { ahead.once('secureConnect', resolve); ahead.once('error', reject); });
+			await sleep(4500);
+			assert.equal(aheadClosed, false, 'a TLS connection with nothing sent after its handshake is left open');
+			ahead.destroy();
+			const timeouts = parseMetrics((await request(port, { path: '/metrics', tls: { ca } })).text).samples
+				.get('payments_shim_rejections_total{reason="request_timeout"}') ?? 0;
+			assert.equal(timeouts, 0);
 		} catch (e) {
 			// a failed check must not leave the shim running (the test file would never end)
 			s.proc.kill('SIGKILL');

@@ -1456,9 +1456,10 @@ BEGIN
 		-- a dispute names its captures in disputed_transactions[].seller_transaction_id: the
 		-- payment is the first known one's (the first one's own while none is known: the event
 		-- waits for it, as a refund does).  Open (created, or updated and not resolved): disputed.
-		-- Resolved in the seller's favour or cancelled by the buyer: paid again, as a Stripe
-		-- dispute won.  Resolved for the buyer: nothing here, the PAYMENT.CAPTURE.REVERSED or
-		-- REFUNDED that takes the money back moves it
+		-- Resolved with the money kept (the seller's favour, cancelled by the buyer, denied, or
+		-- PayPal paying the buyer itself): paid again, as a Stripe dispute won.  Resolved for the
+		-- buyer (or accepted by the seller): nothing here, the PAYMENT.CAPTURE.REVERSED or
+		-- REFUNDED that takes the money back moves it; no outcome (NONE): still disputed
 		SELECT t ->> 'seller_transaction_id' INTO disputed
 		  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r -> 'disputed_transactions') = 'array'
 										 THEN r -> 'disputed_transactions' ELSE '[]' END) WITH ORDINALITY AS d (t, n)
@@ -1471,7 +1472,8 @@ BEGIN
 									 WHERE k.provider = provider_name AND k.capture_id = disputed), disputed);
 		c.creates := false;
 		c.status := CASE WHEN etype = 'CUSTOMER.DISPUTE.RESOLVED'
-						 THEN CASE WHEN r -> 'dispute_outcome' ->> 'outcome_code' IN ('RESOLVED_SELLER_FAVOUR', 'CANCELED_BY_BUYER')
+						 THEN CASE WHEN r -> 'dispute_outcome' ->> 'outcome_code' IN ('RESOLVED_SELLER_FAVOUR', 'CANCELED_BY_BUYER',
+																						  'DENIED', 'RESOLVED_WITH_PAYOUT')
 								   THEN 'paid' END
 						 WHEN r ->> 'status' IS DISTINCT FROM 'RESOLVED' THEN 'disputed' END;
 		c.reference := NULL;

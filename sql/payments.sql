@@ -487,6 +487,16 @@ SELECT p.provider_ref, h.from_status, h.to_status, e.event_type FROM payments.st
   JOIN payments.payments p ON p.id = h.payment_id LEFT JOIN payments.events e ON e.id = h.event_id
  WHERE p.provider = 'pp' AND p.provider_ref IN ('ORDER70', 'CAP75', 'ORDER79', 'ORDER84') ORDER BY p.provider_ref, h.id;
 SELECT event_id, state FROM payments.events WHERE provider = 'pp' AND event_type LIKE 'CUSTOMER.DISPUTE.%' ORDER BY id;
+-- the money kept under PayPal's other outcomes: a dispute denied, or PayPal paying the buyer
+-- itself (RESOLVED_WITH_PAYOUT): paid again; no outcome (NONE): still disputed
+SELECT tp.paypal('WH-87', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP87","amount":{"currency_code":"USD","value":"30.00"},"status":"COMPLETED"}', '2024-08-08T15:00:00Z');
+SELECT tp.paypal('WH-88', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP88","amount":{"currency_code":"USD","value":"30.00"},"status":"COMPLETED"}', '2024-08-08T15:00:00Z');
+SELECT tp.paypal('WH-89', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAP89","amount":{"currency_code":"USD","value":"30.00"},"status":"COMPLETED"}', '2024-08-08T15:00:00Z');
+SELECT tp.paypal('WH-87-' || c, 'CUSTOMER.DISPUTE.CREATED', format('{"dispute_id":"PP-D-%s","disputed_transactions":[{"seller_transaction_id":"%s"}],"status":"OPEN"}', c, c)::jsonb, '2024-08-09T15:00:00Z')
+  FROM unnest(ARRAY['CAP87', 'CAP88', 'CAP89']) c;
+SELECT tp.paypal('WH-88-' || c, 'CUSTOMER.DISPUTE.RESOLVED', format('{"dispute_id":"PP-D-%s","disputed_transactions":[{"seller_transaction_id":"%s"}],"status":"RESOLVED","dispute_outcome":{"outcome_code":"%s"}}', c, c, o)::jsonb, '2024-08-10T15:00:00Z')
+  FROM (VALUES ('CAP87', 'DENIED'), ('CAP88', 'RESOLVED_WITH_PAYOUT'), ('CAP89', 'NONE')) v (c, o);
+SELECT provider_ref, status FROM payments.payments WHERE provider = 'pp' AND provider_ref IN ('CAP87', 'CAP88', 'CAP89') ORDER BY 1;
 
 -- a refund's own status: one that FAILED or was CANCELLED gave nothing back (ignored, nothing
 -- recorded); a PENDING one counts, as a COMPLETED one or one without a status does

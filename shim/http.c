@@ -1224,6 +1224,35 @@ termination_name(enum MHD_RequestTerminationCode toe)
 }
 
 /*
+ * A webhook whose connection broke while it waited for the database may
+ * end without the call that answers it (MHD notices the broken connection
+ * first once resumed): take what it would have been answered, and count
+ * and log the database's outcome as for one answered.  Only a result still held (its
+ * answer not attempted) is read.
+ */
+static void
+note_unanswered_webhook(Request *req)
+{
+	const IngestResult *out = &req->ingest.res;
+
+	if (req->route != ROUTE_WEBHOOK || !req->pending || req->status != 0)
+		return;
+	if (req->ingest.unsent != UNSENT_NO || out->status == DB_UNAVAILABLE ||
+		out->status == DB_FAILED)
+		req->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+	else if (out->status == DB_INVALID)
+		req->status = MHD_HTTP_BAD_REQUEST;
+	else if (out->pgresult != NULL)
+	{
+		req->status = out->http_status;
+		snprintf(req->outcome, sizeof(req->outcome), "%s", out->outcome);
+		if (out->http_status != MHD_HTTP_NOT_FOUND)
+			metrics_learn_provider(req->provider);
+		metrics_outcome(req->provider, out->outcome);
+	}
+}
+
+/*
  * MHD_OPTION_NOTIFY_COMPLETED callback: write the request log line and
  * free the request state, whatever way the request ended.
  */
@@ -1245,6 +1274,8 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	duration_ms = (double) (now.tv_sec - req->start.tv_sec) * 1000.0 +
 		(double) (now.tv_nsec - req->start.tv_nsec) / 1e6;
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		note_unanswered_webhook(req);
 	/* an answer queued but not sent (the connection broke) was not given */
 	sent = req->status != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
 	if (sent)

@@ -1224,31 +1224,55 @@ termination_name(enum MHD_RequestTerminationCode toe)
 }
 
 /*
- * A webhook whose connection broke while it waited for the database may
- * end without the call that answers it (MHD notices the broken connection
- * first once resumed): take what it would have been answered, and count
- * and log the database's outcome as for one answered.  Only a result still held (its
- * answer not attempted) is read.
+ * A webhook or Flows exchange whose connection broke while it waited for
+ * the database may end without the call that answers it (MHD notices the
+ * broken connection first once resumed): take what it would have been
+ * answered, and the database's outcome, for its log line and metrics, as
+ * for one answered.  Only a result still held (its answer not attempted)
+ * is read.
  */
 static void
-note_unanswered_webhook(Request *req)
+note_unanswered(Request *req)
 {
-	const IngestResult *out = &req->ingest.res;
+	bool		unsent;
+	DbStatus	status;
+	unsigned int http_status;
+	const char *outcome;
+	bool		held;
 
-	if (req->route != ROUTE_WEBHOOK || !req->pending || req->status != 0)
+	if (!req->pending || req->status != 0)
 		return;
-	if (req->ingest.unsent != UNSENT_NO || out->status == DB_UNAVAILABLE ||
-		out->status == DB_FAILED)
-		req->status = MHD_HTTP_SERVICE_UNAVAILABLE;
-	else if (out->status == DB_INVALID)
-		req->status = MHD_HTTP_BAD_REQUEST;
-	else if (out->pgresult != NULL)
+	if (req->route == ROUTE_WEBHOOK)
 	{
-		req->status = out->http_status;
-		snprintf(req->outcome, sizeof(req->outcome), "%s", out->outcome);
-		if (out->http_status != MHD_HTTP_NOT_FOUND)
+		unsent = req->ingest.unsent != UNSENT_NO;
+		status = req->ingest.res.status;
+		http_status = req->ingest.res.http_status;
+		outcome = req->ingest.res.outcome;
+		held = req->ingest.res.pgresult != NULL;
+	}
+	else if (req->route == ROUTE_FLOWS)
+	{
+		unsent = req->call.busy || !req->call.done;
+		status = req->flows_out.status;
+		http_status = req->flows_out.http_status;
+		outcome = req->flows_out.outcome;
+		held = req->flows_out.pgresult != NULL;
+	}
+	else
+		return;
+
+	if (unsent || status == DB_UNAVAILABLE || status == DB_FAILED)
+		req->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+	else if (status == DB_INVALID)
+		req->status = MHD_HTTP_BAD_REQUEST;
+	else if (held)
+	{
+		req->status = http_status;
+		snprintf(req->outcome, sizeof(req->outcome), "%s", outcome);
+		if (http_status != MHD_HTTP_NOT_FOUND)
 			metrics_learn_provider(req->provider);
-		metrics_outcome(req->provider, out->outcome);
+		if (req->route == ROUTE_WEBHOOK)
+			metrics_outcome(req->provider, outcome);
 	}
 }
 
@@ -1275,7 +1299,7 @@ http_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	duration_ms = (double) (now.tv_sec - req->start.tv_sec) * 1000.0 +
 		(double) (now.tv_nsec - req->start.tv_nsec) / 1e6;
 	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-		note_unanswered_webhook(req);
+		note_unanswered(req);
 	/* an answer queued but not sent (the connection broke) was not given */
 	sent = req->status != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
 	if (sent)

@@ -284,7 +284,7 @@ describe('shim limits, metrics and logs', () => {
 		}
 	});
 
-	test('a webhook whose client closed its side while it waited for the database leaks nothing', async () => {
+	test('a webhook or Flows exchange whose client closed its side while it waited for the database leaks nothing and logs its outcome', async () => {
 		// one thread, an older idle connection on it: libmicrohttpd then ends the resumed connection
 		// on the closed socket without the final call that answers it
 		const s = new Shim(cluster.dsn, ['--threads', '1', '--rate', '0']);
@@ -293,18 +293,23 @@ describe('shim limits, metrics and logs', () => {
 		try {
 			await new Promise((resolve) => idle.on('connect', resolve));
 			const ended = [];
-			for (let i = 0; i < 5; i++) {
+			for (let i = 0; i < 7; i++) {
 				const sock = connect({ port: s.port, host: '127.0.0.1' });
 				ended.push(new Promise((resolve) => { sock.on('close', resolve); sock.on('error', resolve); }));
 				sock.on('connect', () => {
 					sock.resume();
-					sock.end('POST /webhooks/nosuchprovider HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
-						'Content-Length: 2\r\n\r\n{}');
+					sock.end(`POST /${i < 5 ? 'webhooks' : 'flows'}/nosuchprovider HTTP/1.1\r\nHost: x\r\n` +
+						'Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
 				});
 			}
 			await Promise.all(ended);
 			await sleep(500);
 			assert.equal((await request(s.port, { path: '/health' })).status, 200);
+			// each logs what the database said, not sent
+			const lines = (path) => shimLogLines(s).filter((l) => l.msg === 'request' && l.path === path)
+				.map((l) => [l.status, l.status_unsent, l.outcome]);
+			assert.deepEqual(lines('/webhooks/nosuchprovider'), Array.from({ length: 5 }, () => [null, 404, 'unknown_provider']));
+			assert.deepEqual(lines('/flows/nosuchprovider'), Array.from({ length: 2 }, () => [null, 404, 'unknown_provider']));
 		} finally {
 			idle.destroy();
 			assert.equal((await s.stop()).code, 0);

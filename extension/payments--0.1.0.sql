@@ -3578,6 +3578,17 @@ $$;
 COMMENT ON FUNCTION payments.job_lock_key(text) IS
 	'The second key of a job''s advisory lock; the first is 1885436269 (''paym''); the housekeeping and prune jobs'' commands take 3 and 6';
 
+-- statement_timeout counts from the start of a pg_cron job's command: the chat job's passes restart
+-- it, so that a database-wide timeout of a few seconds applies to each pass rather than cancelling
+-- the job part-way through its minute (extension/statement_timeout.c)
+CREATE FUNCTION payments.restart_statement_timeout()
+RETURNS void
+AS 'MODULE_PATHNAME', 'restart_statement_timeout'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION payments.restart_statement_timeout() IS
+	'Counts statement_timeout again from now (with its current value), as at the start of a statement, when a timeout is running: each pass of the chat job gets the whole timeout';
+REVOKE ALL ON FUNCTION payments.restart_statement_timeout() FROM PUBLIC;
+
 -- No SET clause: a procedure that commits cannot have one.  Every function and relation name is
 -- qualified; operators and types are found in pg_catalog, searched first unless the job owner's
 -- search_path names it later.
@@ -3645,6 +3656,8 @@ BEGIN
 		-- seconds, so while a WhatsApp number is set up the job keeps going for 55 s, once a second
 		-- (a chat's messages go one per run, in order: a run that sent something is followed at once)
 		LOOP
+			-- each pass is held to statement_timeout as a statement of its own would be
+			PERFORM payments.restart_statement_timeout();
 			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
 			CALL payments.initiate_payments(least(max_items, 50));
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

@@ -188,3 +188,30 @@ DELETE FROM payments.providers WHERE name = 'ob';
 SELECT pg_advisory_lock(1885436269, payments.job_lock_key('deliver'));
 CALL payments.run_job('deliver');
 SELECT count(*) AS job_locks_held FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+
+-- statement_timeout counts from a job's start: each pass of the chat job restarts it, so a pass
+-- shorter than the timeout is never cancelled however long the job runs (two passes of 1.2 s
+-- under a timeout of 2 s: cancelled after the second without the restart)
+SET statement_timeout = '2s';
+DO $$
+BEGIN
+	FOR pass IN 1..2 LOOP
+		PERFORM payments.restart_statement_timeout();
+		PERFORM pg_sleep(1.2);
+	END LOOP;
+END $$;
+DO $$
+BEGIN
+	FOR pass IN 1..2 LOOP
+		PERFORM pg_sleep(1.2);
+	END LOOP;
+END $$;
+-- no timeout running: nothing armed that would outlive the statement
+SET statement_timeout = 0;
+DO $$
+BEGIN
+	SET LOCAL statement_timeout = '1s';
+	PERFORM payments.restart_statement_timeout();
+END $$;
+SELECT pg_sleep(1.2) AS not_cancelled;
+RESET statement_timeout;

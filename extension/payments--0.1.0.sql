@@ -5786,12 +5786,20 @@ BEGIN
 			CASE p.status
 				WHEN 'paid' THEN 'is paid' || coalesce('. Receipt number: ' ||
 					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), '') || '. Thank you!'
-				-- never "start again": a request that may still be approved would be paid twice
+				-- never "start again" while a request may still be approved (it would be paid twice):
+				-- as long as *donate* is held back by it (payments.chat_pending_donation).  Past that
+				-- (a prompt or link over an hour old, which Paynow may leave at Sent or Created for
+				-- ever) it has expired, and *donate* is not held back
 				WHEN 'pending' THEN
-					CASE WHEN payments.paynow_web_checkout(p.method)
-						 THEN 'is waiting for payment on Paynow''s page (from the link we sent). '
-						 ELSE 'is waiting for you to approve the request on your phone. ' END ||
-					'Please do not start a new donation for it, or you may pay twice: we will tell you here when it is paid.'
+					CASE WHEN p.id IS NOT DISTINCT FROM
+							  (SELECT w.payment_id FROM payments.chat_pending_donation(chat_check.provider, chat_check.wa_id) w)
+						 THEN CASE WHEN payments.paynow_web_checkout(p.method)
+								   THEN 'is waiting for payment on Paynow''s page (from the link we sent). '
+								   ELSE 'is waiting for you to approve the request on your phone. ' END ||
+							  'Please do not start a new donation for it, or you may pay twice: we will tell you here when it is paid.'
+						 ELSE 'is not paid yet, and its payment ' ||
+							  CASE WHEN payments.paynow_web_checkout(p.method) THEN 'link' ELSE 'request' END ||
+							  ' has expired. If you did not pay, you may send *donate* to try again.' END
 				WHEN 'failed' THEN 'did not go through; no money was taken. Send *donate* to try again.'
 				WHEN 'cancelled' THEN 'was cancelled; nothing was charged.'
 				ELSE 'is ' || replace(p.status, '_', ' ') || '.' END;
@@ -5799,7 +5807,8 @@ BEGIN
 	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, body));
 END
 $$;
-COMMENT ON FUNCTION payments.chat_check(text, text) IS 'Queues the status of the last donation made from a WhatsApp number';
+COMMENT ON FUNCTION payments.chat_check(text, text) IS
+	'Queues the status of the last donation made from a WhatsApp number: a pending one that may still be paid (payments.chat_pending_donation, which holds back *donate*) is to be waited for, not given again; one past that has expired, and may be given again if it was not paid';
 
 -- A donation from this number still waiting to be paid whose request may still reach the donor's
 -- phone (initiation queued, sending or unconfirmed: Paynow may have it), or whose prompt or link

@@ -956,6 +956,12 @@ SELECT pg_temp.say('263776000003', 'donate', 1, true);
 SELECT pg_temp.say('263776000004', 'donate', 1, true);
 SELECT * FROM pg_temp.replies('263776000003');
 SELECT * FROM pg_temp.replies('263776000004');
+-- and check says the same: the one donate no longer waits for has expired (Paynow may leave it
+-- pending for ever), the other is to be waited for
+SELECT pg_temp.say('263776000003', 'check', 2);
+SELECT pg_temp.say('263776000004', 'check', 2);
+SELECT * FROM pg_temp.replies('263776000003');
+SELECT * FROM pg_temp.replies('263776000004');
 ROLLBACK;
 
 -- Edit, Currency: the amount was given in the old currency, so a new one asks for it again

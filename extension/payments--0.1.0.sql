@@ -5294,7 +5294,7 @@ CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) W
 -- the requests a number had today (payments.chat_start_payment's limits)
 CREATE INDEX paynow_initiations_phone_idx ON payments.paynow_initiations (phone, created_at) WHERE phone IS NOT NULL;
 COMMENT ON TABLE payments.paynow_initiations IS
-	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it, it was never sent, or, for a web checkout, card or telecash, its reply with the only link to pay it was lost: the payment failed); unconfirmed (a mobile one that may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update or reconciliation''s trace by merchant trace to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand)';
+	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it, it was never sent, or, for a web checkout, card or telecash, its reply with the only link to pay it was lost: the payment failed); unconfirmed (a mobile one that may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update or reconciliation''s trace by merchant trace to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand; or the donor sent cancel while it was queued, which cancels the payment)';
 
 CREATE TABLE payments.whatsapp_statuses (
 	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
@@ -5799,12 +5799,20 @@ BEGIN
 			CASE p.status
 				WHEN 'paid' THEN 'is paid' || coalesce('. Receipt number: ' ||
 					(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id), '') || '. Thank you!'
-				-- never "start again": a request that may still be approved would be paid twice
+				-- never "start again" while a request may still be approved (it would be paid twice):
+				-- as long as *donate* is held back by it (payments.chat_pending_donation).  Past that
+				-- (a prompt or link over an hour old, which Paynow may leave at Sent or Created for
+				-- ever) it has expired, and *donate* is not held back
 				WHEN 'pending' THEN
-					CASE WHEN payments.paynow_web_checkout(p.method)
-						 THEN 'is waiting for payment on Paynow''s page (from the link we sent). '
-						 ELSE 'is waiting for you to approve the request on your phone. ' END ||
-					'Please do not start a new donation for it, or you may pay twice: we will tell you here when it is paid.'
+					CASE WHEN p.id IS NOT DISTINCT FROM
+							  (SELECT w.payment_id FROM payments.chat_pending_donation(chat_check.provider, chat_check.wa_id) w)
+						 THEN CASE WHEN payments.paynow_web_checkout(p.method)
+								   THEN 'is waiting for payment on Paynow''s page (from the link we sent). '
+								   ELSE 'is waiting for you to approve the request on your phone. ' END ||
+							  'Please do not start a new donation for it, or you may pay twice: we will tell you here when it is paid.'
+						 ELSE 'is not paid yet, and its payment ' ||
+							  CASE WHEN payments.paynow_web_checkout(p.method) THEN 'link' ELSE 'request' END ||
+							  ' has expired. If you did not pay, you may send *donate* to try again.' END
 				WHEN 'failed' THEN 'did not go through; no money was taken. Send *donate* to try again.'
 				WHEN 'cancelled' THEN 'was cancelled; nothing was charged.'
 				ELSE 'is ' || replace(p.status, '_', ' ') || '.' END;
@@ -5812,7 +5820,8 @@ BEGIN
 	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, body));
 END
 $$;
-COMMENT ON FUNCTION payments.chat_check(text, text) IS 'Queues the status of the last donation made from a WhatsApp number';
+COMMENT ON FUNCTION payments.chat_check(text, text) IS
+	'Queues the status of the last donation made from a WhatsApp number: a pending one that may still be paid (payments.chat_pending_donation, which holds back *donate*) is to be waited for, not given again; one past that has expired, and may be given again if it was not paid';
 
 -- A donation from this number still waiting to be paid whose request may still reach the donor's
 -- phone (initiation queued, sending or unconfirmed: Paynow may have it), or whose prompt or link
@@ -6087,6 +6096,10 @@ DECLARE
 	named	text;
 	labels	text[];
 	pending	bigint;
+	queued	record;
+	pay		payments.payments;
+	change	payments.payment_change;
+	cancelled integer;
 BEGIN
 	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages' OR wa IS NULL
 	   OR NOT (cfg ? 'access_token' AND cfg ? 'phone_number_id')
@@ -6147,14 +6160,49 @@ BEGIN
 	ELSIF word IN ('cancel', 'stop') THEN
 		st := 'menu';
 		drafted := '{}';
-		-- what is cancelled is what the donor was doing here, not a payment already asked for
-		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-			CASE WHEN EXISTS (SELECT FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
-							   WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending')
-				 THEN 'Cancelled. A payment already requested is not cancelled by this: if you do not want to pay it, '
-					  || 'decline the request on your phone (or leave Paynow''s page). '
-				 ELSE 'Cancelled: nothing was charged. ' END ||
-			'Send *donate* whenever you would like to give.'));
+		-- what is cancelled is what the donor was doing here: the draft, and a donation confirmed
+		-- whose Paynow request is still queued (initiate_payments sends it on its next pass): it has
+		-- prompted nobody, so its payment is cancelled through the state machine (status history;
+		-- the donor told at commit, payments.chat_payment_notice) and its initiation skipped.  The
+		-- initiation is locked as claim_initiations locks it: one being claimed at this instant is
+		-- waited for, and is then sending, no longer queued (this statement's check of its state
+		-- is made again on the row locked): it may reach the phone, and is not cancelled
+		cancelled := 0;
+		FOR queued IN
+			SELECT i.id, p.id AS payment_id, p.provider, p.provider_ref
+			  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+			  JOIN payments.paynow_initiations i ON i.payment_id = p.id
+			 WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending' AND i.state = 'queued'
+			 ORDER BY i.id
+			   FOR UPDATE OF i
+		LOOP
+			-- the payment read again under its lock: one approved by hand meanwhile is left as it is
+			-- (claim_initiations skips it)
+			SELECT p.* INTO pay FROM payments.payments p WHERE p.id = queued.payment_id FOR UPDATE;
+			CONTINUE WHEN pay.status <> 'pending';
+			change := NULL;
+			change.provider_ref := queued.provider_ref;
+			change.creates := false;
+			change.status := 'cancelled';
+			change.status_at := greatest(now(), pay.status_at);
+			change.metadata := jsonb_build_object('cancelled_by', 'donor');
+			PERFORM payments.apply_change(ev.id, queued.provider, change);
+			UPDATE payments.paynow_initiations i
+			   SET state = 'skipped', finished_at = now(), error = 'the payment was cancelled by the donor before it was initiated'
+			 WHERE i.id = queued.id;
+			cancelled := cancelled + 1;
+		END LOOP;
+		-- a payment already asked for (sending, sent, unconfirmed) is not cancelled by it: the donor
+		-- is told so.  One cancelled here is told of by its notice alone
+		IF EXISTS (SELECT FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+					WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending') THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'Cancelled. A payment already requested is not cancelled by this: if you do not want to pay it, '
+				|| 'decline the request on your phone (or leave Paynow''s page). Send *donate* whenever you would like to give.'));
+		ELSIF cancelled = 0 THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'Cancelled: nothing was charged. Send *donate* whenever you would like to give.'));
+		END IF;
 	ELSIF word = 'help' THEN
 		labels := ARRAY(SELECT payments.chat_method_label(m)
 						  FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n) ORDER BY n);
@@ -6385,7 +6433,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel, check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer

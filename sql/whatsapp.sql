@@ -148,10 +148,8 @@ SELECT pg_temp.session('263771234567');
 SELECT provider, provider_ref ~ '^WA-[0-9]{8}-[0-9]+$' AS our_ref, reference = provider_ref AS same, status, amount, currency,
 	   method, donor_name, donor_phone, metadata FROM payments.payments WHERE provider LIKE 'pn\_%';
 SELECT provider, method, phone, state FROM payments.paynow_initiations;
--- check while it is pending: wait, never "start again" (a request still live would be paid twice);
--- cancel says the request is not cancelled by it
+-- check while it is pending: wait, never "start again" (a request still live would be paid twice)
 SELECT pg_temp.say('263771234567', 'check', 20);
-SELECT pg_temp.say('263771234567', 'cancel', 20);
 SELECT * FROM pg_temp.replies('263771234567');
 
 -- the request: hashed like Paynow's SDKs, mobile checkout, the hash verifies with the key
@@ -161,6 +159,11 @@ SELECT url, method, headers, regexp_replace(regexp_replace(body, 'WA-[0-9]{8}-[0
 SELECT payments.verify_paynow(convert_to(body, 'UTF8'), :'key') FROM pg_temp.claimed;
 SELECT state FROM payments.paynow_initiations;
 SELECT count(*) AS claimed_again FROM payments.claim_initiations(10);
+-- cancel once the request is being sent says the request is not cancelled by it (the payment stays
+-- pending: the donor's phone may still ask)
+SELECT pg_temp.say('263771234567', 'cancel', 20);
+SELECT * FROM pg_temp.replies('263771234567');
+SELECT status FROM payments.payments WHERE provider LIKE 'pn\_%';
 
 -- Paynow's status update arrives before the initiate reply is recorded: it pays our payment
 SELECT reference AS ref FROM payments.payments WHERE provider LIKE 'pn\_%' \gset
@@ -956,6 +959,12 @@ SELECT pg_temp.say('263776000003', 'donate', 1, true);
 SELECT pg_temp.say('263776000004', 'donate', 1, true);
 SELECT * FROM pg_temp.replies('263776000003');
 SELECT * FROM pg_temp.replies('263776000004');
+-- and check says the same: the one donate no longer waits for has expired (Paynow may leave it
+-- pending for ever), the other is to be waited for
+SELECT pg_temp.say('263776000003', 'check', 2);
+SELECT pg_temp.say('263776000004', 'check', 2);
+SELECT * FROM pg_temp.replies('263776000003');
+SELECT * FROM pg_temp.replies('263776000004');
 ROLLBACK;
 
 -- Edit, Currency: the amount was given in the old currency, so a new one asks for it again
@@ -1058,3 +1067,25 @@ SELECT pg_temp.paynow('pn_twin', ARRAY[['reference', :'twin_ref'], ['paynowrefer
 SELECT count(*) AS twin_payments FROM payments.payments WHERE provider = 'pn_twin';
 DELETE FROM payments.events WHERE provider = 'pn_twin';
 DELETE FROM payments.providers WHERE name = 'pn_twin';
+
+-- cancel right after Confirm: the Paynow request is only queued (initiate_payments sends it on its
+-- next pass) and has prompted nobody, so the payment is cancelled through the state machine (by
+-- the message's event), its initiation skipped and never sent, and the donor told nothing was
+-- charged, with no prompt to decline.  check says so; donate is not held back by it
+SELECT pg_temp.donate('263776000050', 0, 'ecocash');
+SELECT count(*) AS before FROM pg_temp.replies('263776000050');
+SELECT pg_temp.say('263776000050', 'cancel', 7);
+SELECT * FROM pg_temp.replies('263776000050');
+SELECT pg_temp.session('263776000050');
+SELECT p.status, i.state, i.error, p.metadata ->> 'cancelled_by' AS cancelled_by
+  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = '263776000050';
+SELECT h.from_status, h.to_status, e.payload -> 'message' -> 'text' ->> 'body' AS by_message
+  FROM payments.chat_donations d JOIN payments.status_history h ON h.payment_id = d.payment_id
+  LEFT JOIN payments.events e ON e.id = h.event_id WHERE d.wa_id = '263776000050' ORDER BY h.id;
+SELECT count(*) AS claimed FROM payments.claim_initiations(10) c
+  JOIN payments.paynow_initiations i ON i.id = c.initiation_id JOIN payments.chat_donations d ON d.payment_id = i.payment_id
+ WHERE d.wa_id = '263776000050';
+SELECT pg_temp.say('263776000050', 'check', 8);
+SELECT pg_temp.say('263776000050', 'donate', 9);
+SELECT * FROM pg_temp.replies('263776000050');

@@ -11,7 +11,7 @@ import { createHmac } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { Cluster, Shim, post, sleep, freePort, holdLock } from './harness.mjs';
+import { Cluster, Shim, post, sleep, freePort, holdLock, shimLockWaiters } from './harness.mjs';
 
 const { Paynow } = createRequire(import.meta.url)('paynow');
 const { parse: parseCsv } = createRequire(import.meta.url)('csv-parse/sync');
@@ -800,4 +800,48 @@ test('donations switched off while a donor is at the currency question: the dono
 	assert.equal(graph.to(who).at(-1), 'Sorry, donations cannot be made here yet. Please try again later.');
 	assert.equal(q(`SELECT state || ' ' || draft FROM payments.chat_sessions WHERE wa_id = :'w'`, { w: who }), 'menu {}');
 	assert.equal(q(`SELECT string_agg(DISTINCT state, ',') FROM payments.outbox WHERE recipient = :'w'`, { w: who }), 'delivered');
+});
+
+test('cancel right after Confirm: the queued request is never sent, the payment is cancelled, the donor told nothing was charged', async () => {
+	const who = '263771000031';
+	await donate(who, { method: 'ecocash', amount: '10' });
+	const ref = lastRef(who);
+	assert.equal(await say(who, 'cancel'), 'applied');
+	await work();
+	assert.deepEqual(paynow.requests.filter((r) => r.reference === ref).map((r) => `${r.reference} ${r.phone} ${r.amount}`), []);
+	assert.equal(q(`SELECT i.state || ' ' || p.status FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id
+		WHERE p.reference = :'r'`, { r: ref }), 'skipped cancelled');
+	const chat = graph.to(who);
+	assert.equal(chat.at(-1), `Your donation of 10.00 USD (reference ${ref}) was cancelled, so nothing was charged. `
+		+ 'Send *donate* to try again whenever you like.');
+	assert.ok(!chat.some((m) => m.startsWith('Dial ') || m.includes('decline the request')), chat.join('\n'));
+	await say(who, 'check');
+	await work();
+	assert.equal(graph.to(who).at(-1), `Your last donation, 10.00 USD by EcoCash (reference ${ref}), was cancelled; nothing was charged.`);
+});
+
+test('cancel while initiate_payments claims the request waits for the claim: the request may reach the phone, so it is not cancelled, and the donor is told so', async () => {
+	await work();	// requests queued before go first: the claim below takes only this donor's
+	const who = '263771000032';
+	await donate(who, { method: 'ecocash', amount: '10' });
+	const ref = lastRef(who);
+	// the claim's transaction holds the initiation (marked sending, not committed yet)
+	const claim = await holdLock(db, 'SELECT count(*) FROM payments.claim_initiations(20)');
+	let cancelled;
+	try {
+		cancelled = say(who, 'cancel');
+		await shimLockWaiters(db, 1);
+	} finally {
+		await claim.release();
+	}
+	assert.equal(await cancelled, 'applied');
+	assert.equal(q(`SELECT i.state || ' ' || p.status FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id
+		WHERE p.reference = :'r'`, { r: ref }), 'sending pending');
+	await work();
+	assert.equal(graph.to(who).at(-1), 'Cancelled. A payment already requested is not cancelled by this: if you do not want to pay it, '
+		+ 'decline the request on your phone (or leave Paynow\'s page). Send *donate* whenever you would like to give.');
+	assert.ok(!graph.to(who).some((m) => m.includes('nothing was charged')), graph.to(who).join('\n'));
+	// (the request claimed here was never sent: recorded as never having reached Paynow)
+	assert.equal(q(`SELECT payments.record_initiation(id, NULL, 'Connection refused', NULL) FROM payments.paynow_initiations
+		WHERE reference = :'r'`, { r: ref }), 'error');
 });

@@ -140,8 +140,10 @@ export class Shim {
 			this.proc.stderr.setEncoding('utf8');
 			this.proc.stderr.on('data', (chunk) => { this.stderr += chunk; });
 			for (let i = 0; i < 200 && this.proc.exitCode === null && this.proc.signalCode === null; i++) {
+				// (on a connection of its own, closed after it: none is left open to count against
+				// --max-connections)
 				try {
-					const res = await fetch(`${this.base}/health`);
+					const res = await request(this.port, { path: '/health', timeoutMs: 2000 });
 					if (res.status === 200 && listensOn(this.proc.pid, this.port)) return;
 				} catch { /* not listening yet */ }
 				await sleep(50);

@@ -323,13 +323,14 @@ describe('shim limits, metrics and logs', () => {
 
 	test('webhooks stuck behind a slow database never fill --max-connections: /health answers, the rest get 503 at once', async () => {
 		// 8 connections: at most 4 requests wait for the database, the others are answered 503 at once
+		// (eight sent: a ninth would be over --max-connections, closed at once, while it is full)
 		const s = new Shim(cluster.dsn, ['--max-connections', '8', '--threads', '2', '--request-timeout', '2', '--rate', '0']);
 		await s.start();
 		const lock = await holdLock(cluster, 'LOCK TABLE payments.events IN ACCESS EXCLUSIVE MODE');
 		let results;
 		try {
 			const refused = [];
-			const sent = Array.from({ length: 10 }, (_, i) => {
+			const sent = Array.from({ length: 8 }, (_, i) => {
 				const delivery = stripeDelivery({ 'x-request-id': `stuck-${i}` });
 				const started = Date.now();
 				return postStripe(s.port, delivery, { timeoutMs: 4000 }).then(
@@ -338,9 +339,13 @@ describe('shim limits, metrics and logs', () => {
 					(e) => ({ id: delivery.id, status: `error: ${e.message}` })).then((r) => { if (r.status === 503) refused.push(r); return r; });
 			});
 			await shimLockWaiters(cluster, 1);
-			// all ten in: four waiting for the database, six answered 503 (a 503 comes only while four
-			// wait, so the sixth means that every request has arrived)
-			await waitFor(() => refused.length >= 6, 3000, `six answered 503 (${refused.length} so far)`);
+			// all eight in: four waiting for the database, four answered 503 (a 503 comes only while four
+			// wait, so the fourth means that every request has arrived)
+			await waitFor(() => refused.length >= 4, 3000, `four answered 503 (${refused.length} so far)`);
+			// and their connections closed (the shim closes each once its answer is sent): the four
+			// waiting hold four of the eight places
+			await eventually(async () => (await request(s.port, { path: '/metrics', timeoutMs: 1500 })
+				.then((r) => parseMetrics(r.text).samples.get('payments_shim_connections') - 1, () => -1)) === 4, 1500, 25);
 			for (const path of ['/health', '/metrics']) {
 				const started = Date.now();
 				assert.equal((await request(s.port, { path, timeoutMs: 1500 })).status, 200, path);
@@ -349,12 +354,15 @@ describe('shim limits, metrics and logs', () => {
 			results = await Promise.all(sent);
 			// past --request-timeout, the stuck ones cut: still answered
 			assert.equal((await request(s.port, { path: '/health', timeoutMs: 1500 })).status, 200);
+		} catch (e) {
+			s.proc.kill('SIGKILL');		// a failed check must not leave the shim running (the file would never end)
+			throw e;
 		} finally {
 			await lock.release();
 		}
 		try {
 			const busy = results.filter((r) => r.status === 503);
-			assert.equal(busy.length, 6, JSON.stringify(results));
+			assert.equal(busy.length, 4, JSON.stringify(results));
 			for (const r of busy) {
 				assert.equal(r.error, 'too many requests waiting for the database');
 				assert.ok(Number(r.retryAfter) > 0, 'Retry-After');
@@ -363,7 +371,7 @@ describe('shim limits, metrics and logs', () => {
 			// the four that waited were cut by --request-timeout, unanswered (those in a batch when the
 			// lock ended are stored, their outcome made but not sent; those still queued never sent)
 			assert.ok(results.every((r) => r.status === 503 || String(r.status).startsWith('error: ')), JSON.stringify(results));
-			await waitFor(() => shimLogLines(s).filter((l) => l.msg === 'request' && /^stuck-/.test(l.request_id)).length === 10,
+			await waitFor(() => shimLogLines(s).filter((l) => l.msg === 'request' && /^stuck-/.test(l.request_id)).length === 8,
 				10000, 'the request lines');
 			const waited = shimLogLines(s).filter((l) => l.msg === 'request' && /^stuck-/.test(l.request_id) && l.status !== 503);
 			assert.equal(waited.length, 4);
@@ -373,7 +381,7 @@ describe('shim limits, metrics and logs', () => {
 				{ ids: results.filter((r) => r.status !== 503).map((r) => r.id).join(',') }));
 			assert.ok(stored >= 1 && stored <= 4, `${stored} of the four stored`);
 			const metrics = parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
-			assert.equal(metrics.get('payments_shim_rejections_total{reason="overloaded"}'), 6);
+			assert.equal(metrics.get('payments_shim_rejections_total{reason="overloaded"}'), 4);
 			assert.equal((await postStripe(s.port, stripeDelivery())).status, 200, 'served again');
 		} finally {
 			assert.equal((await s.stop()).code, 0);
@@ -431,6 +439,9 @@ describe('shim limits, metrics and logs', () => {
 				assert.equal((await request(s.port, { path, timeoutMs: 5000 })).status, 200, path);
 				assert.ok(Date.now() - started < 2500, `${path} took ${Date.now() - started} ms`);
 			}
+		} catch (e) {
+			s.proc.kill('SIGKILL');		// a failed check must not leave the shim running (the file would never end)
+			throw e;
 		} finally {
 			await lock.release();
 		}
@@ -461,6 +472,9 @@ describe('shim limits, metrics and logs', () => {
 			assert.equal(line('sent-first'), undefined, 'the first still waits');
 			assert.notEqual(line('queued-second').status_unsent ?? line('queued-second').status, 200);
 			await Promise.all([a, b]);
+		} catch (e) {
+			s.proc.kill('SIGKILL');		// a failed check must not leave the shim running (the file would never end)
+			throw e;
 		} finally {
 			await lock.release();
 		}
@@ -837,6 +851,62 @@ describe('shim limits, metrics and logs', () => {
 			.catch(() => ({ status: 0 }))).status === 200, 3000);
 		const after = await metrics(shim.port);
 		assert.ok(delta(before, after, 'payments_shim_rejections_total{reason="connection_limit"}') >= 1);
+	});
+
+	test('--max-connections counts over all HTTP threads: with every place taken each connection is served, one more is refused', async () => {
+		// libmicrohttpd splits its own connection limit between its threads, and a thread that has
+		// its share stops accepting: with both threads' 2 of 4 taken the fifth waited unaccepted,
+		// never refused (and a storm of 500 that the kernel handed to one thread more than the
+		// others, 128 of 1024 on each of 8 threads, lost a thread's 128 to --idle-timeout)
+		const s = new Shim(cluster.dsn, ['--threads', '2', '--max-connections', '4', '--max-connections-per-ip', '0',
+			'--idle-timeout', '30', '--rate', '0']);
+		await s.start();
+		const open = async () => parseMetrics((await request(s.port, { path: '/metrics' })).text).samples
+			.get('payments_shim_connections') - 1;
+		// one connection kept alive, on which each /health waits for its answer (5 s at most)
+		const kept = () => {
+			const socket = connect({ port: s.port, host: '127.0.0.1' });
+			const state = { data: '', closed: false };
+			socket.setEncoding('latin1');
+			socket.on('data', (d) => { state.data += d; });
+			socket.on('error', () => { /* reset by the shim */ });
+			socket.on('close', () => { state.closed = true; });
+			return {
+				socket,
+				state,
+				health: async () => {
+					const answers = (state.data.match(/\{"status":"ok"\}/g) ?? []).length;
+					socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+					const until = Date.now() + 5000;
+					while ((state.data.match(/\{"status":"ok"\}/g) ?? []).length === answers && !state.closed && Date.now() < until) {
+						await sleep(20);
+					}
+					return (state.data.match(/\{"status":"ok"\}/g) ?? []).length > answers;
+				},
+			};
+		};
+		const held = [];
+		try {
+			await eventually(async () => await open() === 0, 10000, 50);		// the start's probe closed
+			for (let i = 0; i < 4; i++) {
+				held.push(kept());
+				assert.ok(await held[i].health(), `connection ${i + 1} of 4 answered`);
+			}
+			assert.deepEqual(await Promise.all(held.map((c) => c.health())), [true, true, true, true],
+				'each of the four answered again, every place taken');
+			// a fifth is over the limit in all: closed at once, unanswered
+			const fifth = await rawSession(s.port, { chunks: ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n'], timeoutMs: 5000 });
+			assert.ok(fifth.closed && fifth.data === '', `the fifth: ${fifth.data.slice(0, 40) || 'no answer'}`);
+			assert.deepEqual(await Promise.all(held.map((c) => c.health())), [true, true, true, true], 'the four still served');
+			for (const c of held) c.socket.destroy();
+			await eventually(async () => await open() === 0, 10000, 50);
+			const metrics = parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
+			assert.ok(metrics.get('payments_shim_rejections_total{reason="connection_limit"}') >= 1);
+		} finally {
+			for (const c of held) c.socket.destroy();
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
 	});
 
 	test('slow and idle clients are cut off by the timeouts while others are served', async () => {
@@ -1242,6 +1312,7 @@ describe('shim signals and TLS', () => {
 			assert.match(s.stderr, /shutdown timeout, cancelling database queries/);
 			assert.deepEqual(s.sanitizerReports(), []);
 		} finally {
+			if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
 			await lock.release();
 		}
 		assert.equal(db.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '0');

@@ -21,6 +21,16 @@
  * count cannot be read, a connection's request runs from when it became
  * idle, as if it had begun then.
  *
+ * --max-connections is counted here, over all HTTP threads (conn_admit):
+ * libmicrohttpd (0.9.75, epoll) splits its own connection limit evenly
+ * between its threads, and a thread that has its share stops accepting:
+ * once every thread had, a further connection waited unaccepted instead of
+ * being refused, and under a burst that the kernel handed to one thread
+ * more than the others (500 deliveries at once, 128 of 1024 a thread) that
+ * thread's 128 clients got no answer until --idle-timeout closed their
+ * connections.  libmicrohttpd's own limit is now --max-connections for each
+ * thread, which no thread reaches before the shim's limit in all.
+ *
  * libmicrohttpd calls conn_notify(CLOSED) before it closes the socket, and
  * the list is changed and walked under one mutex, so a socket is never shut
  * down, nor read, after its descriptor could have been reused.
@@ -31,6 +41,7 @@
  */
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -65,6 +76,9 @@ typedef struct ShimConn
 static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
 static ShimConn *conn_head;
 static unsigned int conn_count;
+
+/* connections admitted by conn_admit() and not yet closed */
+static atomic_uint admitted;
 
 /*
  * Monotonic clock in milliseconds, that of the request deadlines.
@@ -165,6 +179,34 @@ conn_remove(ShimConn *c)
 }
 
 /*
+ * libmicrohttpd's accept policy callback (MHD_start_daemon's apc): a new
+ * connection is taken while fewer than --max-connections are open in all,
+ * and closed at once (counted as connection_limit) otherwise.  libmicrohttpd calls this only for a
+ * connection within its own limits (per address, per thread), and tells
+ * conn_notify() of every connection it then keeps, which gives its place
+ * back when it closes.  (Should libmicrohttpd fail to set up a connection
+ * it took, for want of memory, its place would stay taken.)
+ */
+enum MHD_Result
+conn_admit(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+	unsigned int n = atomic_load(&admitted);
+
+	(void) cls;
+	(void) addr;
+	(void) addrlen;
+	do
+	{
+		if (n >= shim_config.max_connections)
+		{
+			log_refused_connection();
+			return MHD_NO;
+		}
+	} while (!atomic_compare_exchange_weak(&admitted, &n, n + 1));
+	return MHD_YES;
+}
+
+/*
  * MHD_OPTION_NOTIFY_CONNECTION callback: track connections as they open
  * and close.
  */
@@ -175,10 +217,14 @@ conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
 	(void) cls;
 	if (code == MHD_CONNECTION_NOTIFY_STARTED)
 		*socket_context = conn_add(conn);
-	else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context != NULL)
+	else if (code == MHD_CONNECTION_NOTIFY_CLOSED)
 	{
-		conn_remove(*socket_context);
-		*socket_context = NULL;
+		atomic_fetch_sub(&admitted, 1);
+		if (*socket_context != NULL)
+		{
+			conn_remove(*socket_context);
+			*socket_context = NULL;
+		}
 	}
 }
 

@@ -220,8 +220,7 @@ log_mhd(void *cls, const char *fmt, va_list ap)
 	if (strncmp(msg, MHD_MSG_CONNECTION_LIMIT,
 				strlen(MHD_MSG_CONNECTION_LIMIT)) == 0)
 	{
-		metrics_reject(REJECT_CONNECTION_LIMIT);
-		atomic_fetch_add(&refused_connections, 1);
+		log_refused_connection();
 		return;
 	}
 	if (strncmp(msg, MHD_MSG_ERROR_RESPONSE,
@@ -235,6 +234,18 @@ log_mhd(void *cls, const char *fmt, va_list ap)
 	json_append_field(&line, "source", "libmicrohttpd");
 	json_append_field(&line, "msg", msg);
 	log_end(&line);
+}
+
+/*
+ * Count a connection refused by a connection limit (libmicrohttpd's, or
+ * --max-connections in all, conn_admit): in the metrics, and in the warning
+ * log_mhd_summary() writes once a second.
+ */
+void
+log_refused_connection(void)
+{
+	metrics_reject(REJECT_CONNECTION_LIMIT);
+	atomic_fetch_add(&refused_connections, 1);
 }
 
 /*

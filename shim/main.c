@@ -583,15 +583,18 @@ start_daemon(const ShimConfig *config)
 	if (memory < MIN_CONNECTION_MEMORY)
 		memory = MIN_CONNECTION_MEMORY;
 
-	return MHD_start_daemon(flags, config->port, NULL, NULL, http_handle, NULL,
+	/* conn_admit: --max-connections in all */
+	return MHD_start_daemon(flags, config->port, conn_admit, NULL, http_handle, NULL,
 							MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
 							MHD_OPTION_SOCK_ADDR,
 							(const struct sockaddr *) &config->addr,
 							MHD_OPTION_THREAD_POOL_SIZE, config->threads,
 							MHD_OPTION_CONNECTION_TIMEOUT,
 							config->idle_timeout_s,
+							/* each thread may hold them all: the limit in
+							 * all is conn_admit's (conn.c) */
 							MHD_OPTION_CONNECTION_LIMIT,
-							config->max_connections,
+							config->max_connections * config->threads,
 							MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 							config->max_connections_per_ip,
 							MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,

@@ -271,6 +271,8 @@ extern void conn_expire(void);
 extern int64_t conn_deadline_ms(struct MHD_Connection *conn);
 extern int64_t conn_now_ms(void);
 extern unsigned int conn_open_count(void);
+extern enum MHD_Result conn_admit(void *cls, const struct sockaddr *addr,
+								  socklen_t addrlen);
 
 /* json.c */
 extern void buf_init(StrBuf *buf);
@@ -292,6 +294,7 @@ extern void log_begin(StrBuf *line, LogLevel level);
 extern void log_end(StrBuf *line);
 extern void log_message(LogLevel level, const char *msg);
 extern void log_mhd(void *cls, const char *fmt, va_list ap);
+extern void log_refused_connection(void);
 extern void log_mhd_summary(void);
 
 /* metrics.c */

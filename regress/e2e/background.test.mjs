@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Webhook } from 'standardwebhooks';
-import { Cluster, sleep, holdLock } from './harness.mjs';
+import { Cluster, sleep, holdLock, waitFor } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -93,6 +93,13 @@ function items(name) {
 	return db.psql(`SELECT o.state, o.attempts, coalesce(o.last_status::text, '-') FROM payments.outbox o
 		JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = '${name}' ORDER BY o.id`)
 		.split('\n').filter((l) => l !== '');
+}
+
+// Whether a session of cluster c in database dbname sleeps in pg_sleep (a transaction holding what
+// it did before, on purpose).
+function inPgSleep(c, dbname) {
+	return c.psqlVars(`SELECT count(*) FROM pg_stat_activity WHERE datname = :'d' AND wait_event = 'PgSleep'`,
+		{ d: dbname }) !== '0';
 }
 
 // Makes the pending items of an endpoint due now, as if their time had come.
@@ -214,8 +221,9 @@ test('two replay_outbox calls at once queue each change once', async () => {
 	for (let i = 1; i <= 3; i++) paid(`pi_twice${i}`);
 	const psql = (sql) => promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1',
 		'-h', db.dir, '-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', sql]).then((r) => r.stdout.trim());
-	const first = psql(`BEGIN; SELECT payments.replay_outbox('twice', '${since}'); SELECT pg_sleep(1); COMMIT;`);
-	await sleep(300);
+	const first = psql(`BEGIN; SELECT payments.replay_outbox('twice', '${since}'); SELECT pg_sleep(3); COMMIT;`);
+	// the first has queued the changes and holds its transaction open (in its pg_sleep)
+	await waitFor(() => inPgSleep(db, 'payments'), 20000, 'the first replay_outbox in its transaction');
 	const second = psql(`SELECT payments.replay_outbox('twice', '${since}')`);
 	assert.deepEqual([(await first).split('\n')[0], await second], ['3', '0']);
 	assert.equal(db.psql(`SELECT count(*) || '|' || count(DISTINCT o.status_history_id) FROM payments.outbox o
@@ -303,24 +311,37 @@ test('the circuit breaker opens after repeated failures, probes after the cool-d
 });
 
 test('Retry-After and the breaker count from the answer, not from before the request; one probe at a time', async () => {
-	receiver.behaviour['/slow429'] = (req, res) => setTimeout(() => res.writeHead(429, { 'retry-after': '600' }).end(), 3000);
+	// the first attempt answered after 3 s, the probe after 8 s (so that a run can come past the
+	// cool-down while it is out, with seconds to spare either side)
+	let seen = 0;
+	let answered = 0;
+	receiver.behaviour['/slow429'] = (req, res) => setTimeout(() => {
+		res.writeHead(429, { 'retry-after': '600' }).end();
+		answered += 1;
+	}, ++seen === 1 ? 3000 : 8000);
 	endpoint('slow429', '/slow429', `, breaker_threshold => 1, breaker_cooldown => '2 seconds'`);
 	paid('pi_slow429a');
 	await deliver();
 	const [took, retryAfter, breakerLeft] = db.psql(`SELECT extract(epoch FROM a.finished_at - a.started_at),
-			extract(epoch FROM o.next_attempt_at - a.finished_at), extract(epoch FROM e.breaker_until - clock_timestamp())
+			extract(epoch FROM o.next_attempt_at - a.finished_at), extract(epoch FROM e.breaker_until - a.finished_at)
 		  FROM payments.outbox_attempts a JOIN payments.outbox o ON o.id = a.outbox_id
 		  JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'slow429'`).split('|').map(Number);
 	assert.ok(took >= 2.5, `the attempt finished ${took} s after it started: when it was answered`);
 	assert.ok(retryAfter >= 599.9, `next attempt ${retryAfter} s after the answer: never before its Retry-After`);
-	assert.ok(breakerLeft > 1, `the breaker's 2 s cool-down has ${breakerLeft} s left once the run is done`);
+	// (counted from the answer: 2 s after it; counted from before the request, it would end a second
+	// before the answer.  Read against the answer's time, not the clock now, which a slow machine
+	// moves on between the run and this query)
+	assert.ok(breakerLeft > 1, `the breaker's 2 s cool-down ends ${breakerLeft} s after the answer`);
 	// cooled down: one probe; a run past the cool-down while it is out sends no second one
 	await sleep(2200);
 	paid('pi_slow429b');
 	timePasses('slow429');
 	const first = deliver();
-	await sleep(2500);
+	// the probe is out (answered 8 s after it arrives): a run past the 2 s cool-down from then
+	await waitFor(() => receiver.to('/slow429').length === 2, 20000, 'the probe');
+	await sleep(2200);
 	await deliver();
+	assert.equal(answered, 1, 'the probe was still out during that run');
 	await first;
 	assert.equal(receiver.to('/slow429').length, 2, 'the first attempt and one probe');
 	db.psql(`SELECT payments.enable_endpoint('slow429', false)`);
@@ -328,7 +349,7 @@ test('Retry-After and the breaker count from the answer, not from before the req
 
 test('a cancelled run (statement_timeout) stops at once and loses nothing; what was answered is recorded', async () => {
 	receiver.behaviour['/hang2'] = () => { /* never answers */ };
-	endpoint('hang2', '/hang2', `, timeout_ms => 20000`);
+	endpoint('hang2', '/hang2', `, timeout_ms => 30000`);
 	endpoint('quick2', '/quick2');
 	paid('pi_cancel');
 	const started = Date.now();
@@ -336,7 +357,8 @@ test('a cancelled run (statement_timeout) stops at once and loses nothing; what 
 	await assert.rejects(promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
 		'-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', 'SET statement_timeout = 500',
 		'-c', 'CALL payments.deliver_outbox()']), /canceling statement due to statement timeout/);
-	assert.ok(Date.now() - started < 3000);
+	// not cancelled, the run would wait for hang2's 30 s timeout: 10 s is far from it on a loaded machine
+	assert.ok(Date.now() - started < 10000, `took ${Date.now() - started} ms`);
 	assert.deepEqual(items('hang2'), ['pending|1|-']);
 	// the receiver that answered before the cancel is not sent the item again
 	assert.deepEqual(items('quick2'), ['delivered|1|200']);
@@ -350,7 +372,7 @@ test('a cancelled run (statement_timeout) stops at once and loses nothing; what 
 
 test('a result that cannot be recorded in a cancelled run: the cancel is still honoured, and the next ones too', async () => {
 	receiver.behaviour['/hang3'] = () => { /* never answers */ };
-	endpoint('hang3', '/hang3', `, timeout_ms => 20000`);
+	endpoint('hang3', '/hang3', `, timeout_ms => 30000`);
 	endpoint('quick3', '/quick3');
 	paid('pi_cancel3');
 	const failing = db.psql(`SELECT o.id FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
@@ -362,24 +384,25 @@ test('a result that cannot be recorded in a cancelled run: the cancel is still h
 		// one session: the cancelled run, then a sleep that the same statement_timeout must cancel
 		await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
 			'-d', 'payments', '-c', 'SET statement_timeout = 500', '-c', 'CALL payments.deliver_outbox()',
-			'-c', 'SELECT pg_sleep(5)']).then((r) => { stderr = r.stderr; }, (e) => { stderr = e.stderr; });
+			'-c', 'SELECT pg_sleep(30)']).then((r) => { stderr = r.stderr; }, (e) => { stderr = e.stderr; });
 	} finally {
 		recordingWorks();
 	}
 	assert.match(stderr, new RegExp(`could not record the result of outbox item ${failing}`));
 	assert.equal(stderr.match(/canceling statement due to statement timeout/g)?.length, 2, stderr);
-	assert.ok(Date.now() - started < 4000, `took ${Date.now() - started} ms`);
+	// (a cancel not honoured would take the 30 s of the sleep or of hang3's timeout: 10 s is far from it)
+	assert.ok(Date.now() - started < 10000, `took ${Date.now() - started} ms`);
 	db.psql(`SELECT payments.enable_endpoint('hang3', false); SELECT payments.enable_endpoint('quick3', false)`);
 });
 
 test('a cancelled run records what was answered for 1.5 s at most, a second per lock: the rest is left to its leases', async () => {
 	receiver.behaviour['/hang4'] = () => { /* never answers */ };
-	endpoint('hang4', '/hang4', `, timeout_ms => 20000`);
+	endpoint('hang4', '/hang4', `, timeout_ms => 30000`);
 	endpoint('quick4', '/quick4');
 	for (let i = 1; i <= 5; i++) paid(`pi_cancel4_${i}`);
-	// a transaction holding the row that recording quick4's answer updates (an admin's, say), for 8 s
+	// a transaction holding the row that recording quick4's answer updates (an admin's, say), for 25 s
 	const lock = await holdLock(db, `SELECT FROM payments.endpoints WHERE name = 'quick4' FOR NO KEY UPDATE`);
-	const releaseLater = setTimeout(() => lock.release(), 8000);
+	const releaseLater = setTimeout(() => lock.release(), 25000);
 	let stderr = '';
 	const started = Date.now();
 	try {
@@ -395,7 +418,8 @@ test('a cancelled run records what was answered for 1.5 s at most, a second per 
 	// ends the recording (five results waited a second each before): the statement timeout's error
 	assert.equal(stderr.match(/could not record the result of outbox item \d+: canceling statement due to lock timeout/g)?.length, 1, stderr);
 	assert.match(stderr, /ERROR:  canceling statement due to statement timeout/);
-	assert.ok(took < 4000, `took ${took} ms: it waited for the lock`);
+	// (about 1.5 s; waiting for the lock would take its 25 s: 10 s is far from both)
+	assert.ok(took < 10000, `took ${took} ms: it waited for the lock`);
 	assert.equal(receiver.to('/quick4').length, 5);
 	assert.deepEqual(items('quick4'), Array(5).fill('pending|1|-'), 'sent again when their leases end');
 	db.psql(`SELECT payments.enable_endpoint('hang4', false); SELECT payments.enable_endpoint('quick4', false)`);
@@ -675,8 +699,8 @@ test('CREATE EXTENSION in two databases at once: the second takes the group role
 		const run = promisify(execFile);
 		// the first creates the roles and holds its transaction open; the second waits on them
 		const first = run(join(PG_BIN, 'psql'),
-			psqlArgs('one', 'BEGIN; CREATE EXTENSION payments; SELECT pg_sleep(2); COMMIT;'));
-		await sleep(1000);
+			psqlArgs('one', 'BEGIN; CREATE EXTENSION payments; SELECT pg_sleep(3); COMMIT;'));
+		await waitFor(() => inPgSleep(fresh, 'one'), 20000, 'the first CREATE EXTENSION in its transaction');
 		const second = run(join(PG_BIN, 'psql'),
 			psqlArgs('two', 'CREATE EXTENSION payments'));
 		await Promise.all([first, second]);
@@ -702,7 +726,9 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 		'payments-chat@payments,payments-deliver@payments,payments-housekeeping@payments,payments-prune@payments,' +
 		'payments-reconcile@payments,payments-retry@payments');
 	let runs = '';
-	const deadline = cronScheduledAt + 75000;
+	// (the first run comes at the next minute; a second minute is a loaded machine's margin, and
+	// costs nothing when the runs are in)
+	const deadline = cronScheduledAt + 135000;
 	while (Date.now() < deadline) {
 		runs = cron.psql(`SELECT string_agg(DISTINCT j.jobname || ':' || d.status, ',') FROM cron.job_run_details d
 			JOIN cron.job j USING (jobid) WHERE d.status IN ('succeeded', 'failed')`);

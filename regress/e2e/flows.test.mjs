@@ -324,8 +324,9 @@ describe('WhatsApp Flows data endpoint through the shim', () => {
 		} finally {
 			cluster.start();
 		}
+		// (the shim connects again after its backoff, 5 s at most: 30 s leaves a loaded machine room)
 		let res;
-		for (let i = 0; i < 100; i++) {
+		for (let i = 0; i < 300; i++) {
 			res = await exchange({ version: '3.0', action: 'ping' });
 			if (res.status === 200) break;
 			await new Promise((r) => setTimeout(r, 100));

@@ -2,7 +2,7 @@
 // the payments extension, and the real shim over real HTTP on loopback.
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -35,20 +35,31 @@ export class Cluster {
 	}
 
 	async init() {
-		this.port = await freePort();
 		execFileSync(join(PG_BIN, 'initdb'), ['-D', this.data, '-A', 'trust', '-U', 'postgres',
 			'-E', 'UTF8', '--locale=C', '--no-sync'], { stdio: 'pipe' });
-		writeFileSync(join(this.data, 'postgresql.auto.conf'), [
-			`port = ${this.port}`,
-			`listen_addresses = '127.0.0.1'`,
-			`unix_socket_directories = '${this.dir}'`,
-			`shared_preload_libraries = 'pg_cron'`,
-			`cron.database_name = 'payments'`,
-			`fsync = off`,
-			`max_connections = 100`,
-			'',
-		].join('\n'));
-		this.start();
+		// a port another test file took between freePort() and the postmaster's bind (files may
+		// run at once) fails the start: it is tried again on another port
+		for (let attempt = 1; ; attempt++) {
+			this.port = await freePort();
+			writeFileSync(join(this.data, 'postgresql.auto.conf'), [
+				`port = ${this.port}`,
+				`listen_addresses = '127.0.0.1'`,
+				`unix_socket_directories = '${this.dir}'`,
+				`shared_preload_libraries = 'pg_cron'`,
+				`cron.database_name = 'payments'`,
+				`fsync = off`,
+				`max_connections = 100`,
+				'',
+			].join('\n'));
+			try {
+				this.start();
+				break;
+			} catch (e) {
+				let log = '';
+				try { log = readFileSync(join(this.dir, 'log'), 'utf8'); } catch { /* none */ }
+				if (attempt >= 5 || !/could not bind IPv4 address "127\.0\.0\.1": Address already in use/.test(log)) throw e;
+			}
+		}
 		this.psql('CREATE DATABASE payments', 'postgres');
 		this.psql('CREATE EXTENSION payments; CREATE EXTENSION pg_cron;');
 	}
@@ -111,22 +122,35 @@ export class Shim {
 		this.stderr = '';
 	}
 
+	// Test files may run at once (node --test runs several files in parallel on a machine with more
+	// than two cores): a port found free can be taken by another file's shim or cluster before this
+	// one binds it.  The shim then exits (it cannot listen), and /health on that port may even be
+	// answered by the other file's shim: healthy counts only once this process holds the listening
+	// socket; one that could not bind is started again on another port.
 	async start() {
-		this.port = await freePort();
-		this.base = `http://127.0.0.1:${this.port}`;
-		this.proc = spawn(SHIM, ['--listen', `127.0.0.1:${this.port}`, '--dsn', this.dsn, ...this.extraArgs], {
-			stdio: ['ignore', 'ignore', 'pipe'],
-			env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:exitcode=66', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
-		});
-		this.exited = new Promise((resolve) => this.proc.once('exit', (code, signal) => resolve({ code, signal })));
-		this.proc.stderr.setEncoding('utf8');
-		this.proc.stderr.on('data', (chunk) => { this.stderr += chunk; });
-		for (let i = 0; i < 200; i++) {
-			try {
-				const res = await fetch(`${this.base}/health`);
-				if (res.status === 200) return;
-			} catch { /* not listening yet */ }
-			await sleep(50);
+		for (let attempt = 1; ; attempt++) {
+			this.port = await freePort();
+			this.base = `http://127.0.0.1:${this.port}`;
+			this.stderr = '';
+			this.proc = spawn(SHIM, ['--listen', `127.0.0.1:${this.port}`, '--dsn', this.dsn, ...this.extraArgs], {
+				stdio: ['ignore', 'ignore', 'pipe'],
+				env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:exitcode=66', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
+			});
+			this.exited = new Promise((resolve) => this.proc.once('exit', (code, signal) => resolve({ code, signal })));
+			this.proc.stderr.setEncoding('utf8');
+			this.proc.stderr.on('data', (chunk) => { this.stderr += chunk; });
+			for (let i = 0; i < 200 && this.proc.exitCode === null && this.proc.signalCode === null; i++) {
+				// (on a connection of its own, closed after it: none is left open to count against
+				// --max-connections)
+				try {
+					const res = await request(this.port, { path: '/health', timeoutMs: 2000 });
+					if (res.status === 200 && listensOn(this.proc.pid, this.port)) return;
+				} catch { /* not listening yet */ }
+				await sleep(50);
+			}
+			if (this.proc.exitCode === null && this.proc.signalCode === null) break;
+			await this.exited;
+			if (attempt >= 5 || !/could not start the HTTP server/.test(this.stderr)) break;
 		}
 		throw new Error(`shim did not become healthy:\n${this.stderr}`);
 	}
@@ -149,6 +173,20 @@ export class Shim {
 	sanitizerReports() {
 		return this.stderr.split('\n').filter((l) => /AddressSanitizer|LeakSanitizer|runtime error:/.test(l));
 	}
+}
+
+// Whether process pid holds the socket listening on 127.0.0.1:port (its inode in /proc/net/tcp
+// is one of the process's descriptors).
+export function listensOn(pid, port) {
+	const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+	const inodes = readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1).map((l) => l.trim().split(/\s+/))
+		.filter((f) => f[1] === local && f[3] === '0A').map((f) => f[9]);
+	if (inodes.length === 0) return false;
+	let fds;
+	try { fds = readdirSync(`/proc/${pid}/fd`); } catch { return false; }
+	return fds.some((fd) => {
+		try { return inodes.includes(/^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1]); } catch { return false; }
+	});
 }
 
 // The end of a test file's shim and cluster: stops the shim with SIGTERM, removes the cluster,
@@ -277,9 +315,16 @@ export function parseMetrics(text) {
 	return { samples, types };
 }
 
+// The lines of a log read while it is being written: a line is complete once its newline is in
+// (the shim writes each line with one write(), but a reader can still see a part of it).
+function completeLines(text) {
+	const end = text.lastIndexOf('\n');
+	return end < 0 ? [] : text.slice(0, end).split('\n');
+}
+
 // Parses JSON log lines; throws on a line that is not a JSON object.
 export function parseLogLines(text) {
-	return text.split('\n').filter((l) => l !== '').map((l) => {
+	return completeLines(text).filter((l) => l !== '').map((l) => {
 		const v = JSON.parse(l);
 		if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`not an object: ${l}`);
 		return v;
@@ -400,7 +445,7 @@ export async function shimLockWaiters(cluster, n = 1, timeoutMs = 20000) {
 
 // The shim's JSON log lines on its stderr (other lines, such as sanitizer reports, are skipped).
 export function shimLogLines(shim) {
-	return shim.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+	return completeLines(shim.stderr).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
 }
 
 // The shim's gauge of requests received and not yet answered, not counting the /metrics
@@ -419,5 +464,34 @@ export async function waitShimInFlight(port, n, timeoutMs = 20000) {
 		if (inFlight >= n) return inFlight;
 		if (Date.now() > deadline) throw new Error(`${n} requests in flight in the shim: ${inFlight} after ${timeoutMs} ms`);
 		await sleep(25);
+	}
+}
+
+// Bytes on the way to or from 127.0.0.1:port not yet read: the receive queues of the server's
+// sockets and the send queues of its clients' (/proc/net/tcp, loopback).
+function unreadBytes(port) {
+	const hex = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+	let total = 0;
+	for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+		const f = line.trim().split(/\s+/);
+		if (f.length < 5 || f[3] === '0A') continue;
+		const [tx, rx] = f[4].split(':').map((v) => parseInt(v, 16));
+		if (f[1] === hex) total += rx;
+		if (f[2] === hex) total += tx;
+	}
+	return total;
+}
+
+// Waits until the shim has at least n requests in flight and has read every byte sent to it (twice
+// in a row, with the event loop let run between, so that a client still writing a large body from
+// its own buffer is seen): each of those requests is then in the shim's hands, queued for a batch
+// thread if it is one that waits for the database.  Throws after timeoutMs.
+export async function waitShimQueued(port, n, timeoutMs = 20000) {
+	const deadline = Date.now() + timeoutMs;
+	await waitShimInFlight(port, n, timeoutMs);
+	for (let quiet = 0; quiet < 2;) {
+		quiet = unreadBytes(port) === 0 ? quiet + 1 : 0;
+		if (Date.now() > deadline) throw new Error(`the shim has not read what was sent to it within ${timeoutMs} ms`);
+		await sleep(50);
 	}
 }

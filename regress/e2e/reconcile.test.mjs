@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, holdLock, sleep } from './harness.mjs';
+import { Cluster, holdLock, sleep, waitFor } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const PAYNOW_KEY = '3E9FED89-60E1-4CE5-AB6E-6B1EB2D4F977';
@@ -70,9 +70,9 @@ async function startApi() {
 				if (id === 'pi_500') return json(res, 500, { error: { message: 'boom' } });
 				if (id === 'pi_404') return json(res, 404, { error: { message: 'No such payment_intent' } });
 				if (id === 'pi_slow' || id.startsWith('pi_hang')) return;	// never answers: the request times out
-				if (id === 'pi_lockc') {	// answers after a second: meanwhile its payment is locked
+				if (id === 'pi_lockc') {	// answers after 3 s: meanwhile its payment is locked
 					return setTimeout(() => json(res, 200, { id, object: 'payment_intent', amount: 2500,
-						amount_received: 2500, currency: 'usd', status: 'succeeded' }), 1000);
+						amount_received: 2500, currency: 'usd', status: 'succeeded' }), 3000);
 				}
 				if (id.startsWith('pi_race')) {	// still being processed: the payment stays pending
 					return json(res, 200, { id, object: 'payment_intent', amount: 2500, currency: 'usd', status: 'processing' });
@@ -385,8 +385,10 @@ test('two runs at once ask for each payment once: rows claimed meanwhile by the 
 			(err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve(stdout)));
 			child.stdin.end(`SET payments.reconcile_after = '1s'; CALL payments.reconcile(20);\n`);
 		});
-		// while the slow run works through its first ten, another claims four of the next ten
-		await sleep(1000);
+		// while the slow run works through its first ten (recording one: in the trigger's pg_sleep),
+		// another claims four of the next ten
+		await waitFor(() => db.psql(`SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = 'slow-run' AND wait_event = 'PgSleep'`) !== '0', 20000, 'the slow run recording');
 		await new Promise((resolve, reject) => {
 			const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
 				'-p', String(db.port), '-U', 'postgres', '-d', 'payments'],
@@ -424,12 +426,13 @@ test('a run cancelled while it records the answers keeps those recorded before t
 	const run = new Promise((resolve) => {
 		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
 			'-d', 'payments'], (err, stdout, errout) => { stderr = errout; resolve(); });
-		child.stdin.end(`SET payments.reconcile_after = '1s'; SET payments.reconcile_timeout = '1500ms';
-			SET statement_timeout = 3000; CALL payments.reconcile(50);\n`);
+		child.stdin.end(`SET payments.reconcile_after = '1s'; SET payments.reconcile_timeout = '5s';
+			SET statement_timeout = 6000; CALL payments.reconcile(50);\n`);
 	});
 	// once the run's claim is committed and its requests are out, pi_lockc's payment is held (an
-	// admin's transaction, say): recording its answer waits until the statement times out
-	await sleep(500);
+	// admin's transaction, say), seconds before its answer: recording that waits until the statement
+	// times out
+	await waitFor(() => api.seen.some((s) => s.endsWith('/pi_lockc')), 20000, 'the request for pi_lockc');
 	const lock = await holdLock(db, `SELECT FROM payments.payments WHERE provider_ref = 'pi_lockc' FOR UPDATE`);
 	try {
 		await run;
@@ -453,11 +456,12 @@ test('a run cancelled while its requests are out records the answers that came b
 	await new Promise((resolve) => {
 		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
 			'-d', 'payments'], (err, stdout, errout) => { stderr = errout; resolve(); });
-		child.stdin.end(`SET payments.reconcile_after = '1s'; SET payments.reconcile_timeout = '10s';
+		child.stdin.end(`SET payments.reconcile_after = '1s'; SET payments.reconcile_timeout = '30s';
 			SET statement_timeout = 1000; CALL payments.reconcile(50);\n`);
 	});
 	assert.match(stderr, /canceling statement due to statement timeout/);
-	assert.ok(Date.now() - started < 5000, 'the cancel stopped the requests');
+	// (not stopped, the requests would wait for the 30 s reconcile_timeout: 10 s is far from it)
+	assert.ok(Date.now() - started < 10000, `the cancel stopped the requests (${Date.now() - started} ms)`);
 	assert.equal(status('pi_sendc'), 'paid');
 	assert.equal(lastCheck('pi_sendc'), 'fixed|succeeded|200');
 	// not answered: its check stays in flight until a later run closes it

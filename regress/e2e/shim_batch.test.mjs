@@ -10,7 +10,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, request, sleep, parseMetrics, waitShimInFlight } from './harness.mjs';
+import { Cluster, Shim, request, sleep, parseMetrics, waitShimQueued } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const stripe = new Stripe('sk_test_not_used_offline');
@@ -101,8 +101,7 @@ async function batchBehindLock(ids, { tamper = [] } = {}) {
 	const first = send(ids[0]);
 	await lockWaiters(1);
 	const rest = ids.slice(1).map((id) => send(id, tamper.includes(id)));
-	await waitShimInFlight(shim.port, ids.length);
-	await sleep(300);		// received; let their bodies reach the queue
+	await waitShimQueued(shim.port, ids.length);		// received, their bodies read: queued
 	return { lock, answers: () => Promise.all([first, ...rest]) };
 }
 
@@ -121,10 +120,8 @@ async function orderedBatchBehindLock(s, ids) {
 	const rest = [];
 	for (const id of ids) {
 		rest.push(sendTo(id));
-		await waitShimInFlight(s.port, rest.length + 1);
-		await sleep(50);
+		await waitShimQueued(s.port, rest.length + 1);		// queued before the next is sent
 	}
-	await sleep(200);
 	await lock.release();
 	return Promise.all([lead, ...rest]);
 }
@@ -240,7 +237,7 @@ describe('group commit', () => {
 			const first = sendPadded(big, ids[0], 6_000_000);
 			await lockWaiters(1);
 			const rest = ids.slice(1).map((id) => sendPadded(big, id, 6_000_000));
-			await sleep(1500);		// let them all reach the queue
+			await waitShimQueued(big.port, ids.length, 60000);		// all in the queue
 			await lock.release();
 			const res = await Promise.all([first, ...rest]);
 			assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
@@ -260,9 +257,9 @@ describe('group commit', () => {
 			const first = sendPadded(big, ids[0], 10);
 			await lockWaiters(1);
 			const huge = sendPadded(big, ids[1], 65 << 20);
-			await sleep(1500);		// the huge one queued first
+			await waitShimQueued(big.port, 2, 60000);		// the huge one queued first
 			const small = ids.slice(2).map((id) => sendPadded(big, id, 10));
-			await sleep(500);
+			await waitShimQueued(big.port, ids.length);
 			await lock.release();
 			const res = await Promise.all([first, huge, ...small]);
 			assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
@@ -286,8 +283,7 @@ describe('group commit', () => {
 		const first = post(0);
 		await lockWaiters(1);
 		const rest = ids.slice(1).map((_, i) => post(i + 1));
-		await waitShimInFlight(shim.port, ids.length);
-		await sleep(300);
+		await waitShimQueued(shim.port, ids.length);
 		await lock.release();
 		const res = await Promise.all([first, ...rest]);
 		assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
@@ -354,7 +350,7 @@ describe('group commit', () => {
 		const first = send(`evt_settle_lead_${++seq}`);
 		await lockWaiters(1);
 		const rest = [post(created), post(charge)];
-		await sleep(300);
+		await waitShimQueued(shim.port, 3);
 		await lock.release();
 		const res = await Promise.all([first, ...rest]);
 		assert.deepEqual(res.map((r) => r.status), [200, 200, 200]);
@@ -656,7 +652,7 @@ describe('group commit', () => {
 			cluster.psql('SELECT pg_reload_conf()');
 			const ids = [1, 2, 3].map(() => `evt_ro_${++seq}`);
 			const three = ids.map((id) => post1('stripe', delivery(id)));
-			await sleep(300);
+			await waitShimQueued(s.port, 4);		// queued behind the lone one: one batch
 			await new Promise((resolve) => { proc.once('exit', resolve); proc.stdin.end('COMMIT;\n'); });
 			assert.equal((await lone).status, 404);
 			const answers = await Promise.all(three);
@@ -694,16 +690,20 @@ describe('group commit', () => {
 			const first = post1(ids[0]);
 			await lockWaiters(1);
 			const rest = ids.slice(1).map(post1);
-			await sleep(300);
+			await waitShimQueued(s.port, ids.length);
 			const sent = Date.now();
 			const exit = await s.stop();	// the lock is still held: only the deadline ends the wait
 			assert.equal(exit.code, 0);
-			assert.ok(Date.now() - sent < 4000, `stopped after ${Date.now() - sent} ms`);
+			// --shutdown-timeout 1: without the deadline it would wait for the lock (until stop() gives
+			// up at 30 s); 10 s leaves a loaded machine room (the sanitizer's exit checks) far from that
+			assert.ok(Date.now() - sent < 10000, `stopped after ${Date.now() - sent} ms`);
 			const res = await Promise.all([first, ...rest]);
 			assert.deepEqual(res.map((r) => r.status === 200), ids.map(() => false), 'never 2xx');
 			assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503), 'the queued ones answered 503');
 			assert.deepEqual(s.sanitizerReports(), []);
 		} finally {
+			// a failed check must not leave the shim running (the file would never end)
+			if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
 			await lock.release();
 		}
 		assert.equal(stored(ids), 0);

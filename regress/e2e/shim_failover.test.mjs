@@ -89,7 +89,10 @@ describe('the shim through a failover and a restart', () => {
 		const traffic = steadyTraffic(shim.port, stripeDelivery);
 		await waitFor(() => traffic.recovered(10), 10000, 'deliveries through the primary');
 		pgCtl(primary, '-m', 'immediate', 'stop');
-		await sleep(1500);
+		// an outage the senders see (503s) before the promotion ends it
+		const stoppedAt = Date.now();
+		await waitFor(() => traffic.results.filter((r) => r.started > stoppedAt && r.status === 503).length >= 3, 30000,
+			'503s while no server is primary');
 		const promotedAt = Date.now();
 		pgCtl(standby, 'promote');
 		await waitFor(() => traffic.recovered(10), 30000, 'deliveries through the promoted standby');

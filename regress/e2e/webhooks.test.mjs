@@ -259,9 +259,10 @@ describe('webhooks through the shim', () => {
 		assert.deepEqual(statuses(await send(first)), Array(8).fill(401));
 		assert.deepEqual(statuses(await send(second)), Array(8).fill(200));
 		// a secret with an expiry: taken until then, refused after, with no change to the table between
-		cluster.psqlVars(`SELECT payments.add_secret('rotating', :'b', now() + interval '2 seconds')`, { b: brief });
+		// (5 s: the eight sent before it ends on a loaded machine too)
+		cluster.psqlVars(`SELECT payments.add_secret('rotating', :'b', now() + interval '5 seconds')`, { b: brief });
 		assert.deepEqual(statuses(await send(brief)), Array(8).fill(200));
-		await sleep(2500);
+		await sleep(5500);
 		assert.deepEqual(statuses(await send(brief)), Array(8).fill(401));
 		assert.deepEqual(statuses(await send(second)), Array(8).fill(200));
 		// a currency the table does not have keeps its events pending, until another session adds it
@@ -293,9 +294,11 @@ describe('webhooks through the shim', () => {
 		const done = new Promise((resolve) => session.on('close', resolve));
 		session.stdin.end(`SELECT http_status FROM payments.ingest('snapshot', :'h1'::jsonb, convert_to(:'p1', 'UTF8'));
 			SELECT (payments.ingest('snapshot', :'h2'::jsonb, convert_to(:'p2', 'UTF8'))).http_status
-			  FROM (SELECT pg_sleep(2) OFFSET 0) s;
+			  FROM (SELECT pg_sleep(3) OFFSET 0) s;
 			SELECT http_status FROM payments.ingest('snapshot', :'h3'::jsonb, convert_to(:'p3', 'UTF8'));`);
-		await sleep(800);
+		// revoked once the first statement is done and the second has its snapshot (in its pg_sleep)
+		await waitFor(() => cluster.psql(`SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'
+			AND query LIKE '%pg_sleep(3)%' AND pid <> pg_backend_pid()`) !== '0', 20000, 'the second statement');
 		cluster.psqlVars(`SELECT payments.revoke_secret(id) FROM payments.secrets WHERE secret = :'s'`, { s: old });
 		assert.equal(await done, 0);
 		assert.deepEqual(out.trim().split('\n'), ['200', '401', '401']);

@@ -615,9 +615,11 @@ test('a payment marked paid while the initiations are claimed is not initiated',
 	// initiate_payments runs: the change is not visible to it yet, the lock is
 	const holder = session(`BEGIN;
 		UPDATE payments.payments SET status = 'paid', status_at = now(), paid_at = now() WHERE reference = :'r';
-		SELECT pg_sleep(2);
+		SELECT pg_sleep(3);
 		COMMIT;\n`, { r: ref });
-	await sleep(500);
+	// its update made (and uncommitted: the session is in its pg_sleep)
+	await until('the update held', () => q(`SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'
+		AND query LIKE '%pg_sleep(3)%' AND pid <> pg_backend_pid()`) === '1', 20000);
 	await work();
 	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'queued');
 	await holder;

@@ -155,6 +155,12 @@ export class Shim {
 		throw new Error(`shim did not become healthy:\n${this.stderr}`);
 	}
 
+	// Kills the shim at once if it still runs: a test whose check failed before it stopped its
+	// shim must not leave it running (the test file would never end).
+	kill() {
+		if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL');
+	}
+
 	// Stops with SIGTERM and returns the exit status; a shim still running after
 	// timeoutMs is killed and the test fails, rather than the run hanging.
 	async stop(timeoutMs = 30000) {

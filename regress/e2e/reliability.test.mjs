@@ -281,7 +281,7 @@ describe(`reliability (${full ? 'full' : 'short'} version)`, () => {
 			if (!draining.proc.stderr.readableEnded) await new Promise((resolve) => draining.proc.stderr.once('end', resolve));
 		} finally {
 			lock?.kill();
-			if (draining.proc.exitCode === null && draining.proc.signalCode === null) draining.proc.kill('SIGKILL');
+			draining.kill();
 			await traffic.stop();
 			slow?.socket.destroy();
 		}

@@ -702,8 +702,7 @@ describe('group commit', () => {
 			assert.deepEqual(res.slice(1).map((r) => r.status), ids.slice(1).map(() => 503), 'the queued ones answered 503');
 			assert.deepEqual(s.sanitizerReports(), []);
 		} finally {
-			// a failed check must not leave the shim running (the file would never end)
-			if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
+			s.kill();	// stopped above unless a check failed first
 			await lock.release();
 		}
 		assert.equal(stored(ids), 0);

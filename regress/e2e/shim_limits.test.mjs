@@ -355,7 +355,7 @@ describe('shim limits, metrics and logs', () => {
 			// past --request-timeout, the stuck ones cut: still answered
 			assert.equal((await request(s.port, { path: '/health', timeoutMs: 1500 })).status, 200);
 		} catch (e) {
-			s.proc.kill('SIGKILL');		// a failed check must not leave the shim running (the file would never end)
+			s.kill();
 			throw e;
 		} finally {
 			await lock.release();
@@ -440,7 +440,7 @@ describe('shim limits, metrics and logs', () => {
 				assert.ok(Date.now() - started < 2500, `${path} took ${Date.now() - started} ms`);
 			}
 		} catch (e) {
-			s.proc.kill('SIGKILL');		// a failed check must not leave the shim running (the file would never end)
+			s.kill();
 			throw e;
 		} finally {
 			await lock.release();
@@ -473,7 +473,7 @@ describe('shim limits, metrics and logs', () => {
 			assert.notEqual(line('queued-second').status_unsent ?? line('queued-second').status, 200);
 			await Promise.all([a, b]);
 		} catch (e) {
-			s.proc.kill('SIGKILL');		// a failed check must not leave the shim running (the file would never end)
+			s.kill();
 			throw e;
 		} finally {
 			await lock.release();
@@ -1290,7 +1290,7 @@ describe('shim signals and TLS', () => {
 			assert.match(s.stderr, /second signal, exiting immediately/);
 			assert.deepEqual(s.sanitizerReports(), []);
 		} finally {
-			if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
+			s.kill();
 			await lock.release();
 		}
 	});
@@ -1313,7 +1313,7 @@ describe('shim signals and TLS', () => {
 			assert.match(s.stderr, /shutdown timeout, cancelling database queries/);
 			assert.deepEqual(s.sanitizerReports(), []);
 		} finally {
-			if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
+			s.kill();
 			await lock.release();
 		}
 		assert.equal(db.psqlVars("SELECT count(*) FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), '0');
@@ -1384,8 +1384,7 @@ describe('shim signals and TLS', () => {
 				.get('payments_shim_rejections_total{reason="request_timeout"}') ?? 0;
 			assert.equal(timeouts, 0);
 		} catch (e) {
-			// a failed check must not leave the shim running (the test file would never end)
-			s.proc.kill('SIGKILL');
+			s.kill();
 			throw e;
 		}
 		assert.equal((await s.stop()).code, 0);

@@ -1065,6 +1065,24 @@ BEGIN
 			INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
 			VALUES (pay.id, 'partially_refunded', 'refunded', event_row, pay.status_at);
 		END IF;
+		-- no more was given back than was taken: refunds recorded at what a refund reported before
+		-- the amount taken was known (Eversend reversed 30.00, then paid 20.00) are cut to the
+		-- payment's refunded total, the latest first
+		SELECT payments.refunded_total(p.status, p.amount, p.amount_refunded) INTO refunded_after
+		  FROM payments.payments p WHERE p.id = pay.id;
+		SELECT coalesce(sum(f.amount), 0) - refunded_after INTO moved
+		  FROM payments.refunds f WHERE f.payment_id = pay.id;
+		FOR later IN SELECT f.id, f.amount FROM payments.refunds f
+					  WHERE f.payment_id = pay.id AND moved > 0
+					  ORDER BY f.refunded_at DESC, f.id DESC LOOP
+			EXIT WHEN moved <= 0;
+			IF later.amount <= moved THEN
+				DELETE FROM payments.refunds f WHERE f.id = later.id;
+			ELSE
+				UPDATE payments.refunds f SET amount = f.amount - moved WHERE f.id = later.id;
+			END IF;
+			moved := moved - later.amount;
+		END LOOP;
 		outcome := 'applied';
 	ELSIF change.status = 'paid' AND pay.status = 'paid' AND change.amount > pay.amount
 		  AND upper(change.currency) = pay.currency
@@ -2446,13 +2464,13 @@ BEGIN
 	RETURN QUERY
 	-- the fees of the payments whose amount is known (one finer than its currency's minor unit is
 	-- not): the gross holds only theirs
-	SELECT p.provider, p.currency::text, count(*), sum(p.amount),
+	SELECT p.provider, p.currency::text, count(*), coalesce(sum(p.amount), 0),
 		   coalesce(sum(p.fee) FILTER (WHERE p.amount IS NOT NULL), 0),
 		   -- over the payments whose fee and amount are known (Stripe's events carry no fee)
 		   CASE WHEN sum(p.amount) FILTER (WHERE p.fee IS NOT NULL) > 0
 				THEN round(100 * sum(p.fee) FILTER (WHERE p.amount IS NOT NULL)
 						   / sum(p.amount) FILTER (WHERE p.fee IS NOT NULL), 2) END,
-		   sum(p.amount) - coalesce(sum(p.fee) FILTER (WHERE p.amount IS NOT NULL), 0),
+		   coalesce(sum(p.amount), 0) - coalesce(sum(p.fee) FILTER (WHERE p.amount IS NOT NULL), 0),
 		   count(*) FILTER (WHERE p.fee IS NULL),
 		   count(*) FILTER (WHERE p.amount IS NULL)
 	  FROM payments.payments p

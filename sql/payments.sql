@@ -372,6 +372,13 @@ SELECT provider_ref, status_at > now() - interval '1 hour' AS as_of_arrival,
 SELECT provider_ref, reference, kind, status, amount, currency, fee, method, receipt_no, status_at
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE provider = 'eversend' AND provider_ref NOT IN ('EVS12', 'EVS13') ORDER BY provider_ref;
+-- reversed (30.00) before the news that it was paid, which says 20.00 was taken: no more than
+-- that was given back, so the refund recorded at the reversal's 30.00 is cut to 20.00
+SELECT tp.eversend('{"transactionId":"EVS20","type":"collection","status":"reversed","amount":"30.00","currency":"USD","updatedAt":"2024-06-25T08:00:00Z"}');
+SELECT tp.eversend('{"transactionId":"EVS20","type":"collection","status":"successful","amount":"20.00","currency":"USD","updatedAt":"2024-06-25T07:00:00Z"}');
+SELECT p.status, p.amount, payments.refunded_total(p.status, p.amount, p.amount_refunded) AS refunded_total,
+	   (SELECT sum(f.amount) FROM payments.refunds f WHERE f.payment_id = p.id) AS refund_rows
+  FROM payments.payments p WHERE provider = 'eversend' AND provider_ref = 'EVS20';
 
 -- PayPal (events stored directly here, to test the mapping alone: signatures are tested in
 -- paypal.sql): an order approved, then its capture completed, partly refunded, then fully;

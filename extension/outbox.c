@@ -287,16 +287,18 @@ DeliverBatch(int max_items, const char *sends, MemoryContext cxt)
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* each commit below chains, keeping READ COMMITTED (job_transactions.c) */
+	UseReadCommitted();
 	n = ClaimItems(max_items, sends, cxt, &items, &reqs);
 	/* the attempts and leases are durable before anything is sent */
-	SPI_commit();
+	SPI_commit_and_chain();
 	if (n > 0)
 	{
 		PrepareRequests(items, reqs, n, cxt);
 		if (SendOutboundBatch(reqs, n))
 		{
 			stopped = RecordResults(items, reqs, n, false, cxt);
-			SPI_commit();
+			SPI_commit_and_chain();
 			if (stopped != NULL)
 				ReThrowError(stopped);
 		}
@@ -316,7 +318,7 @@ DeliverBatch(int max_items, const char *sends, MemoryContext cxt)
 			{
 				(void) RecordResults(items, reqs, n, true, cxt);
 				EndCancelAside();
-				SPI_commit();
+				SPI_commit_and_chain();
 				ServeCancelSetAside(statement_timeout);
 			}
 			CHECK_FOR_INTERRUPTS();
@@ -355,7 +357,8 @@ deliver_outbox(PG_FUNCTION_ARGS)
 	cxt = AllocSetContextCreate(TopMemoryContext, "payments deliver_outbox", ALLOCSET_DEFAULT_SIZES);
 	PG_TRY();
 	{
-		DeliverBatch(max_items, sends, cxt);
+		/* read after the run's first commit (UseReadCommitted) */
+		DeliverBatch(max_items, MemoryContextStrdup(cxt, sends), cxt);
 	}
 	PG_FINALLY();
 	{

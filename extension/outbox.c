@@ -5,10 +5,12 @@
  * A crash must mean a retry, never a loss, so one run is three steps:
  * claim due items and record an attempt for each (payments.claim_outbox,
  * which also leases them: if no result is ever recorded they fall due again
- * when the lease ends) and COMMIT; send the batch in parallel with no
- * transaction work in between; record every result (payments.record_delivery,
- * each in a subtransaction) and commit.  The procedure must therefore be CALLed in a non-atomic
- * context (not inside BEGIN ... COMMIT): it commits itself.
+ * when the lease ends) and COMMIT, then flush the WAL (nothing sent may
+ * tell of a commit a crash could lose, whatever synchronous_commit says);
+ * send the batch in parallel with no transaction work in between; record
+ * every result (payments.record_delivery, each in a subtransaction) and
+ * commit.  The procedure must therefore be CALLed in a non-atomic context
+ * (not inside BEGIN ... COMMIT): it commits itself.
  */
 #include "payments.h"
 
@@ -290,10 +292,20 @@ DeliverBatch(int max_items, const char *sends, MemoryContext cxt)
 	/* each commit below chains, keeping READ COMMITTED (job_transactions.c) */
 	UseReadCommitted();
 	n = ClaimItems(max_items, sends, cxt, &items, &reqs);
-	/* the attempts and leases are durable before anything is sent */
 	SPI_commit_and_chain();
 	if (n > 0)
 	{
+		/*
+		 * The attempts and leases are durable before anything is sent, and
+		 * so is what the items tell of: a payment.paid webhook carries a
+		 * receipt number, which a commit lost after it was sent (one made
+		 * with synchronous_commit off, as the claim's own would be where
+		 * the role or database sets it) would issue again to another
+		 * donor.  Everything committed before the claim is flushed, and on
+		 * the synchronous standbys (an error, nothing sent, if that wait is
+		 * cancelled: the leases bring the items back).
+		 */
+		(void) FlushWrittenWal();
 		PrepareRequests(items, reqs, n, cxt);
 		if (SendOutboundBatch(reqs, n))
 		{

@@ -204,6 +204,14 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 	SPI_commit_and_chain();
 	if (n == 0)
 		return;
+	/*
+	 * The claim is durable before anything is sent (an initiation is never
+	 * sent twice, a check in flight is on record), and so is everything
+	 * committed before it, whatever synchronous_commit the role or database
+	 * sets; a cancel of the wait for the synchronous standbys is an error,
+	 * nothing sent.
+	 */
+	(void) FlushWrittenWal();
 	answers = (AnswersToRecord) {record, keytype, calls, reqs, n, false};
 	if (!SendOutboundBatch(reqs, n))
 	{

@@ -751,6 +751,50 @@ test('the jobs run at READ COMMITTED whatever the database default: a retry numb
 	}
 });
 
+test('a webhook leaves only once the commit it tells of is durable, whatever synchronous_commit the database sets', async (t) => {
+	// a payment.paid webhook carries a receipt number: sent before the commit that issued it was
+	// flushed, a power loss would issue the number again to another donor
+	endpoint('durable', '/durable');
+	let flushedAtSend = null;
+	receiver.behaviour['/durable'] = (req, res) => {
+		flushedAtSend = db.psql(`SELECT pg_current_wal_flush_lsn()`);
+		res.writeHead(200).end('ok');
+	};
+	pendingPaidEvent('pi_dur1');
+	db.psql(`ALTER DATABASE payments SET synchronous_commit = off`, 'postgres');
+	// the WAL writer flushes asynchronous commits every 10 s, and the background writer writes no
+	// page (which would flush the WAL up to it first)
+	db.psql(`ALTER SYSTEM SET wal_writer_delay = '10s'`, 'postgres');
+	db.psql(`ALTER SYSTEM SET bgwriter_lru_maxpages = 0`, 'postgres');
+	db.psql(`SELECT pg_reload_conf()`, 'postgres');
+	try {
+		// once the WAL writer has flushed an asynchronous commit, it flushes nothing for 10 s
+		db.psql(`SELECT txid_current()`);
+		const mark = db.psql(`SELECT pg_current_wal_insert_lsn()`);
+		await waitFor(() => db.psqlVars(`SELECT pg_current_wal_flush_lsn() >= :'mark'::pg_lsn`, { mark }) === 't',
+			20000, 'the WAL writer\'s flush');
+		// the retry pays it, committed asynchronously; then, in the same session, where the WAL ends
+		const paidAt = db.psqlVars(`SELECT count(*) FROM payments.retry_events();
+			SELECT pg_current_wal_insert_lsn();`, {}).split('\n').pop();
+		assert.equal(paidEventState('pi_dur1'), 'applied|2');
+		// (usually not on disk yet; but other writes, autovacuum's say, may flush the WAL meanwhile)
+		if (db.psqlVars(`SELECT pg_current_wal_flush_lsn() >= :'paid'::pg_lsn`, { paid: paidAt }) === 't') {
+			t.diagnostic('the paying commit was flushed before the delivery run: this run proves little');
+		}
+		await deliver();
+		assert.equal(receiver.to('/durable').length, 1);
+		assert.notEqual(flushedAtSend, null);
+		assert.equal(db.psqlVars(`SELECT :'flushed'::pg_lsn >= :'paid'::pg_lsn`, { flushed: flushedAtSend, paid: paidAt }),
+			't', `flushed up to ${flushedAtSend} when sent, paid at ${paidAt}`);
+	} finally {
+		db.psql(`ALTER SYSTEM RESET wal_writer_delay`, 'postgres');
+		db.psql(`ALTER SYSTEM RESET bgwriter_lru_maxpages`, 'postgres');
+		db.psql(`SELECT pg_reload_conf()`, 'postgres');
+		db.psql(`ALTER DATABASE payments RESET synchronous_commit`, 'postgres');
+		db.psql(`SELECT payments.enable_endpoint('durable', false)`);
+	}
+});
+
 test('CREATE EXTENSION in two databases at once: the second takes the group roles the first made', async () => {
 	const fresh = new Cluster();
 	await fresh.init();

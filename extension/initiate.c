@@ -50,6 +50,7 @@ initiate_payments(PG_FUNCTION_ARGS)
 	{
 		if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
+		UseReadCommitted();
 		RunProviderCalls("SELECT initiation_id, url, method, headers, body FROM payments.claim_initiations($1)",
 						 max_items, "SELECT payments.record_initiation($1, $2, $3, $4)", INT8OID,
 						 INITIATE_MAX_RESPONSE, cxt);

@@ -5,10 +5,12 @@
  * A crash must mean a retry, never a loss, so one run is three steps:
  * claim due items and record an attempt for each (payments.claim_outbox,
  * which also leases them: if no result is ever recorded they fall due again
- * when the lease ends) and COMMIT; send the batch in parallel with no
- * transaction work in between; record every result (payments.record_delivery,
- * each in a subtransaction) and commit.  The procedure must therefore be CALLed in a non-atomic
- * context (not inside BEGIN ... COMMIT): it commits itself.
+ * when the lease ends) and COMMIT, then flush the WAL (nothing sent may
+ * tell of a commit a crash could lose, whatever synchronous_commit says);
+ * send the batch in parallel with no transaction work in between; record
+ * every result (payments.record_delivery, each in a subtransaction) and
+ * commit.  The procedure must therefore be CALLed in a non-atomic context
+ * (not inside BEGIN ... COMMIT): it commits itself.
  */
 #include "payments.h"
 
@@ -287,16 +289,28 @@ DeliverBatch(int max_items, const char *sends, MemoryContext cxt)
 
 	if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* each commit below chains, keeping READ COMMITTED (job_transactions.c) */
+	UseReadCommitted();
 	n = ClaimItems(max_items, sends, cxt, &items, &reqs);
-	/* the attempts and leases are durable before anything is sent */
-	SPI_commit();
+	SPI_commit_and_chain();
 	if (n > 0)
 	{
+		/*
+		 * The attempts and leases are durable before anything is sent, and
+		 * so is what the items tell of: a payment.paid webhook carries a
+		 * receipt number, which a commit lost after it was sent (one made
+		 * with synchronous_commit off, as the claim's own would be where
+		 * the role or database sets it) would issue again to another
+		 * donor.  Everything committed before the claim is flushed, and on
+		 * the synchronous standbys (an error, nothing sent, if that wait is
+		 * cancelled: the leases bring the items back).
+		 */
+		(void) FlushWrittenWal();
 		PrepareRequests(items, reqs, n, cxt);
 		if (SendOutboundBatch(reqs, n))
 		{
 			stopped = RecordResults(items, reqs, n, false, cxt);
-			SPI_commit();
+			SPI_commit_and_chain();
 			if (stopped != NULL)
 				ReThrowError(stopped);
 		}
@@ -316,7 +330,7 @@ DeliverBatch(int max_items, const char *sends, MemoryContext cxt)
 			{
 				(void) RecordResults(items, reqs, n, true, cxt);
 				EndCancelAside();
-				SPI_commit();
+				SPI_commit_and_chain();
 				ServeCancelSetAside(statement_timeout);
 			}
 			CHECK_FOR_INTERRUPTS();
@@ -355,7 +369,8 @@ deliver_outbox(PG_FUNCTION_ARGS)
 	cxt = AllocSetContextCreate(TopMemoryContext, "payments deliver_outbox", ALLOCSET_DEFAULT_SIZES);
 	PG_TRY();
 	{
-		DeliverBatch(max_items, sends, cxt);
+		/* read after the run's first commit (UseReadCommitted) */
+		DeliverBatch(max_items, MemoryContextStrdup(cxt, sends), cxt);
 	}
 	PG_FINALLY();
 	{

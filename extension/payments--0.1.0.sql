@@ -1668,6 +1668,13 @@ DECLARE
 	kind	text;
 	settings jsonb;
 BEGIN
+	-- a receipt is numbered at commit from the day's counter row: under snapshot isolation that
+	-- fails whenever another transaction paid that day since the snapshot
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'payments.apply_event must run at the READ COMMITTED isolation level'
+			USING ERRCODE = 'invalid_transaction_state',
+				  HINT = 'SET default_transaction_isolation TO ''read committed'' for the caller.';
+	END IF;
 	SELECT e.* INTO ev FROM payments.events e WHERE e.id = apply_event.id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
@@ -2709,6 +2716,15 @@ DECLARE
 	result	text;
 	msg		text;
 BEGIN
+	-- a receipt is numbered at commit from the day's counter row: under snapshot isolation that
+	-- fails whenever another transaction paid that day since the snapshot, and the whole run, its
+	-- failed attempts too, would roll back at its commit
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'payments.retry_events must run at the READ COMMITTED isolation level'
+			USING ERRCODE = 'invalid_transaction_state',
+				  DETAIL = 'Receipt numbers are taken at commit from the day''s counter row, which fails under snapshot isolation when another transaction paid that day since the snapshot.',
+				  HINT = 'CALL payments.run_job(''retry''), which runs at READ COMMITTED whatever the default, or SET default_transaction_isolation TO ''read committed''.';
+	END IF;
 	IF max_items IS NULL OR max_items < 1 THEN
 		RAISE EXCEPTION 'max_items must be a positive number' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -2745,7 +2761,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.retry_events(integer) IS
-	'Applies due pending events again (claimed with SKIP LOCKED, each in its own subtransaction); returns each event and its outcome: applied, ignored, pending (to be retried) or dead; a statement_timeout or cancel while one is applied records its failed attempt and ends the run';
+	'Applies due pending events again (claimed with SKIP LOCKED, each in its own subtransaction); returns each event and its outcome: applied, ignored, pending (to be retried) or dead; a statement_timeout or cancel while one is applied records its failed attempt and ends the run; only at READ COMMITTED';
 
 CREATE FUNCTION payments.replay_event(id bigint)
 RETURNS text
@@ -2758,6 +2774,13 @@ DECLARE
 	result	text;
 	msg		text;
 BEGIN
+	-- as retry_events: a receipt numbered at commit fails under snapshot isolation
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'payments.replay_event must run at the READ COMMITTED isolation level'
+			USING ERRCODE = 'invalid_transaction_state',
+				  DETAIL = 'Receipt numbers are taken at commit from the day''s counter row, which fails under snapshot isolation when another transaction paid that day since the snapshot.',
+				  HINT = 'SET default_transaction_isolation TO ''read committed'' for the caller.';
+	END IF;
 	SELECT e.state INTO st FROM payments.events e WHERE e.id = replay_event.id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown event %', id USING ERRCODE = 'undefined_object';
@@ -2780,7 +2803,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.replay_event(bigint) IS
-	'Applies a pending or dead event now, with a fresh retry schedule; returns its state afterwards (applied, ignored, pending or dead)';
+	'Applies a pending or dead event now, with a fresh retry schedule; returns its state afterwards (applied, ignored, pending or dead); only at READ COMMITTED';
 
 CREATE FUNCTION payments.replay_dead(provider text DEFAULT NULL, since timestamptz DEFAULT NULL)
 RETURNS bigint
@@ -3627,6 +3650,17 @@ BEGIN
 	-- caller's path an operator of another schema could be chosen over pg_catalog's (oid =
 	-- integer has no exact one there): whoever may create in public would run code as the job
 	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+	-- READ COMMITTED, whatever the database's or role's default_transaction_isolation (pg_cron's
+	-- jobs inherit it): receipt numbers are taken at commit by an UPDATE of the day's counter row,
+	-- which under snapshot isolation fails whenever another transaction paid that day since the
+	-- snapshot, rolling the run back, its records of failed attempts too.  The transaction the CALL
+	-- began has done nothing yet; every later COMMIT chains, as the procedures' own commits do
+	-- (SPI_commit_and_chain), keeping the level.  (Inside a transaction block this COMMIT fails.)
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		COMMIT;
+		SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+	END IF;
 	IF lock_key IS NULL THEN
 		RAISE EXCEPTION 'unknown job "%"', job
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Jobs: retry, deliver, reconcile, chat.';
@@ -3687,7 +3721,7 @@ BEGIN
 			IF (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a) IS NOT DISTINCT FROM last_attempt THEN
 				PERFORM pg_catalog.pg_sleep(1);
 			END IF;
-			COMMIT;
+			COMMIT AND CHAIN;
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		END LOOP;
 	END IF;
@@ -3699,7 +3733,7 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
-	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); what pg_cron calls';
+	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); at READ COMMITTED whatever the default isolation level (outside a transaction block); what pg_cron calls';
 
 CREATE FUNCTION payments.prune_rejections(older_than interval DEFAULT '90 days')
 RETURNS bigint

@@ -289,6 +289,9 @@ extern Datum ArrayParam(Datum *elems, bool *nulls, int n, Oid elemtype);
 /* wal_flush.c */
 extern XLogRecPtr FlushWrittenWal(void);
 
+/* job_transactions.c (inside a non-atomic SPI connection) */
+extern void UseReadCommitted(void);
+
 /* subtransaction.c */
 extern bool RunInSubtransaction(void (*step) (void *arg), void *arg, char **error);
 extern bool RunDataStepCode(void (*step) (void *arg), void *arg, char **error,

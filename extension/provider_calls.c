@@ -174,7 +174,7 @@ RecordAnswers(AnswersToRecord *answers, MemoryContext cxt)
 {
 	ErrorData  *stopped = RunUntilCancel(RecordEachAnswer, answers, cxt);
 
-	SPI_commit();
+	SPI_commit_and_chain();
 	if (stopped != NULL)
 		ReThrowError(stopped);
 }
@@ -187,7 +187,8 @@ RecordAnswers(AnswersToRecord *answers, MemoryContext cxt)
  * interrupted, an initiation swept as lost).  load takes max_items as $1 and
  * returns (key, url, method, headers, body); record takes (key,
  * http_status, error, response).  The caller has connected SPI
- * non-atomically.
+ * non-atomically and moved to READ COMMITTED (UseReadCommitted): every
+ * commit here chains, keeping it.
  */
 void
 RunProviderCalls(const char *load, int max_items, const char *record, Oid keytype,
@@ -200,9 +201,17 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 	int			n;
 
 	n = LoadRequests(load, max_items, max_response, cxt, &calls, &reqs);
-	SPI_commit();
+	SPI_commit_and_chain();
 	if (n == 0)
 		return;
+	/*
+	 * The claim is durable before anything is sent (an initiation is never
+	 * sent twice, a check in flight is on record), and so is everything
+	 * committed before it, whatever synchronous_commit the role or database
+	 * sets; a cancel of the wait for the synchronous standbys is an error,
+	 * nothing sent.
+	 */
+	(void) FlushWrittenWal();
 	answers = (AnswersToRecord) {record, keytype, calls, reqs, n, false};
 	if (!SendOutboundBatch(reqs, n))
 	{
@@ -215,7 +224,7 @@ RunProviderCalls(const char *load, int max_items, const char *record, Oid keytyp
 			answers.done_only = true;
 			(void) RunUntilCancel(RecordEachAnswer, &answers, cxt);
 			EndCancelAside();
-			SPI_commit();
+			SPI_commit_and_chain();
 			ServeCancelSetAside(statement_timeout);
 		}
 		CHECK_FOR_INTERRUPTS();

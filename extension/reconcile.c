@@ -50,6 +50,7 @@ reconcile(PG_FUNCTION_ARGS)
 	{
 		if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
+		UseReadCommitted();
 		RunProviderCalls("SELECT provider, url, method, headers, body FROM payments.api_token_requests($1)",
 				max_items, "SELECT payments.store_api_token($1, $2, $3, $4)", TEXTOID,
 				RECONCILE_MAX_RESPONSE, cxt);

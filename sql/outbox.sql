@@ -179,6 +179,32 @@ SELECT count(*) AS left_of_it FROM payments.outbox o WHERE NOT EXISTS (SELECT FR
 
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;
+
+-- deliver_outbox called by hand runs at READ COMMITTED whatever the session's default (a role's or
+-- database's, which pg_cron's jobs inherit), in each of its transactions (a receipt numbered at
+-- commit under snapshot isolation fails when another transaction paid that day since the
+-- snapshot): a trigger notes the level of the claim (the attempt) and of the recorded result
+CREATE TABLE ob_levels (step text, level text);
+CREATE FUNCTION ob_note_level() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.ob_levels VALUES (TG_OP, pg_catalog.current_setting('transaction_isolation'));
+	RETURN NEW;
+END $$;
+CREATE TRIGGER ob_note_level AFTER INSERT OR UPDATE ON payments.outbox_attempts
+	FOR EACH ROW EXECUTE FUNCTION public.ob_note_level();
+SELECT payments.add_endpoint('levels', 'http://127.0.0.1:9/levels', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+	'{payment.paid}', connect_timeout_ms => 1000, timeout_ms => 2000) IS NOT NULL AS added;
+SELECT pg_temp.deliver('{"id":"evt_ob9","type":"payment_intent.succeeded","created":1718000900,"data":{"object":{"id":"pi_ob9","amount":500,"currency":"usd"}}}');
+SET default_transaction_isolation = 'repeatable read';
+CALL payments.deliver_outbox();
+RESET default_transaction_isolation;
+SELECT step, level FROM ob_levels ORDER BY step;
+SELECT o.state, o.attempts FROM payments.outbox o;
+DROP TRIGGER ob_note_level ON payments.outbox_attempts;
+DROP FUNCTION ob_note_level();
+DROP TABLE ob_levels;
+DELETE FROM payments.outbox;
+DELETE FROM payments.endpoints;
 DELETE FROM payments.payments WHERE provider = 'ob';
 DELETE FROM payments.events WHERE provider = 'ob';
 DELETE FROM payments.providers WHERE name = 'ob';

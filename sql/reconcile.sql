@@ -146,3 +146,27 @@ SELECT payments.record_reconciliation(c.id, 200, NULL,
   FROM payments.reconciliation_checks c WHERE c.request LIKE '%/pi_conn' AND c.outcome IS NULL;
 SELECT provider_ref, status, metadata FROM payments.payments WHERE provider_ref = 'pi_conn';
 ROLLBACK;
+
+-- reconcile called by hand runs at READ COMMITTED whatever the session's default (a role's or
+-- database's, which pg_cron's jobs inherit), in each of its transactions (an answer that pays numbers
+-- a receipt at commit, which under snapshot isolation fails when another transaction paid that day
+-- since the snapshot): a trigger notes the level of the claim (the check) and of the recorded answer
+CREATE TABLE rc_levels (step text, level text);
+CREATE FUNCTION rc_note_level() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.rc_levels VALUES (TG_OP, pg_catalog.current_setting('transaction_isolation'));
+	RETURN NEW;
+END $$;
+CREATE TRIGGER rc_note_level AFTER INSERT OR UPDATE ON payments.reconciliation_checks
+	FOR EACH ROW EXECUTE FUNCTION public.rc_note_level();
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
+	('rc_stripe', 'pi_levels', 'pending', 10, 'USD', now() - interval '1 hour', '{}');
+SET default_transaction_isolation = 'serializable';
+CALL payments.reconcile();
+RESET default_transaction_isolation;
+SELECT DISTINCT step, level FROM rc_levels ORDER BY step;
+SELECT c.outcome FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+ WHERE p.provider_ref = 'pi_levels';
+DROP TRIGGER rc_note_level ON payments.reconciliation_checks;
+DROP FUNCTION rc_note_level();
+DROP TABLE rc_levels;

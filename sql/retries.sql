@@ -194,10 +194,36 @@ SELECT payments.retry_events(0);
 SELECT tr.time_passes();
 SELECT count(*) FROM payments.retry_events(1);
 
+-- the retry job runs at READ COMMITTED whatever the default (a role's or database's, which
+-- pg_cron's jobs inherit): receipt numbers are taken at commit from the day's counter row, which
+-- under snapshot isolation fails whenever another transaction paid that day since the snapshot,
+-- rolling the run back (the race itself: regress/e2e/background.test.mjs).  The functions that
+-- cannot commit refuse the other levels.
+SELECT tr.stripe('payment_intent.succeeded', tr.pi('pi_r8', 100, 'qqi'), 1718000000);
+INSERT INTO payments.currencies (code, exponent) VALUES ('QQI', 2);
+SELECT tr.time_passes();
+SELECT e.id AS iso_event FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'id' = 'pi_r8' \gset
+SET default_transaction_isolation = 'repeatable read';
+SELECT count(*) FROM payments.retry_events();
+SELECT payments.replay_event(:iso_event);
+SELECT payments.apply_event(:iso_event);
+SET default_transaction_isolation = 'serializable';
+SELECT count(*) FROM payments.retry_events();
+-- inside a transaction block the job cannot change its level
+BEGIN;
+CALL payments.run_job('retry');
+ROLLBACK;
+CALL payments.run_job('retry');
+SHOW transaction_isolation;
+RESET default_transaction_isolation;
+SELECT state, attempts, last_error FROM tr.ev('pi_r8');
+SELECT p.status, r.receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE p.provider_ref = 'pi_r8';
+
 -- leave nothing behind for the other tests
 DELETE FROM payments.payments WHERE provider = 'retryshop';
 DELETE FROM payments.events WHERE provider = 'retryshop';
 DELETE FROM payments.secrets WHERE provider = 'retryshop';
 DELETE FROM payments.providers WHERE name = 'retryshop';
-DELETE FROM payments.currencies WHERE code IN ('QQQ', 'QQR', 'QQT');
+DELETE FROM payments.currencies WHERE code IN ('QQQ', 'QQR', 'QQT', 'QQI');
 DROP SCHEMA tr CASCADE;

@@ -50,13 +50,14 @@ async function startReceiver() {
 	return r;
 }
 
-// Stores a signed Stripe event through payments.ingest; returns the outcome.
+// Stores a signed Stripe event through payments.ingest; returns the outcome.  At READ COMMITTED,
+// as the shim's connections set it (ingest refuses other levels), whatever the database's default.
 function stripe(cluster, type, obj) {
 	const body = JSON.stringify({ id: `evt_bg${++seq}`, object: 'event', type, created: 1718000000 + seq,
 		data: { object: obj } });
 	const t = Math.floor(Date.now() / 1000);
 	const v1 = createHmac('sha256', STRIPE_SECRET).update(`${t}.${body}`).digest('hex');
-	return cluster.psqlVars(`SET client_min_messages = error;
+	return cluster.psqlVars(`SET client_min_messages = error; SET default_transaction_isolation = 'read committed';
 		SELECT outcome FROM payments.ingest('shop', jsonb_build_object('stripe-signature', :'h'), convert_to(:'b', 'UTF8'));`,
 	{ h: `t=${t},v1=${v1}`, b: body });
 }
@@ -682,6 +683,111 @@ test('run_job keeps its path pinned after the procedures it calls commit', async
 			'-c', "CALL payments.run_job('chat')"], { stdio: 'pipe' });
 	} finally {
 		db.psql(`DELETE FROM payments.providers WHERE name = 'hijack_meta'; DROP SCHEMA hijack CASCADE`);
+	}
+});
+
+// A payment (pending) whose paying event could not be applied: the event waits, pending, due now.
+function pendingPaidEvent(ref) {
+	assert.equal(stripe(db, 'payment_intent.processing', pi(ref)), 'applied');
+	db.psql(`CREATE FUNCTION not_now() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN RAISE EXCEPTION 'not now, for the test'; END$$;
+		CREATE TRIGGER not_now BEFORE UPDATE ON payments.payments
+			FOR EACH ROW WHEN (NEW.provider_ref = '${ref}') EXECUTE FUNCTION not_now();`);
+	try {
+		stripe(db, 'payment_intent.succeeded', pi(ref));
+	} finally {
+		db.psql(`DROP TRIGGER not_now ON payments.payments; DROP FUNCTION not_now()`);
+	}
+	db.psql(`UPDATE payments.events SET next_attempt_at = now() - interval '1 second'
+		WHERE state = 'pending' AND payload -> 'data' -> 'object' ->> 'id' = '${ref}'`);
+	assert.equal(paidEventState(ref), 'pending|1');
+}
+
+// state|attempts of the event that pays ref
+function paidEventState(ref) {
+	return db.psql(`SELECT state || '|' || attempts FROM payments.events
+		WHERE event_type = 'payment_intent.succeeded' AND payload -> 'data' -> 'object' ->> 'id' = '${ref}'`);
+}
+
+test('the jobs run at READ COMMITTED whatever the database default: a retry numbers its receipt after a concurrent payment', async () => {
+	// receipt numbers are taken at commit by an UPDATE of the day's counter row; under repeatable
+	// read (a database default, which pg_cron's jobs inherit) it failed with 40001 whenever another
+	// transaction paid that day since the run's snapshot: the run rolled back, its records of
+	// failed attempts too, and the event stayed pending for ever
+	pendingPaidEvent('pi_iso1');
+	assert.equal(paid('pi_iso0'), 'applied');	// the day's counter row exists
+	db.psql(`ALTER DATABASE payments SET default_transaction_isolation = 'repeatable read'`, 'postgres');
+	try {
+		assert.equal(db.psql(`SHOW default_transaction_isolation`), 'repeatable read');
+		const lock = await holdLock(db, `SELECT FROM payments.payments WHERE provider_ref = 'pi_iso1' FOR UPDATE`);
+		let job;
+		try {
+			job = promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
+				'-p', String(db.port), '-U', 'postgres', '-d', 'payments', '-c', "CALL payments.run_job('retry')"]);
+			job.catch(() => {});	// awaited below
+			// the run has its snapshot and waits for the payment's row ...
+			await waitFor(() => db.psql(`SELECT count(*) FROM pg_stat_activity WHERE datname = 'payments'
+				AND wait_event_type = 'Lock' AND query LIKE 'CALL payments.run_job%'`) === '1', 20000,
+			'the retry run waiting for the payment');
+			// ... while another payment of the same day is paid and takes the next number
+			assert.equal(paid('pi_iso2'), 'applied');
+		} finally {
+			await lock.release();
+		}
+		const { stderr } = await job;
+		assert.equal(stderr, '');
+		assert.equal(paidEventState('pi_iso1'), 'applied|2');
+		assert.equal(db.psql(`SELECT count(DISTINCT r.receipt_no) FROM payments.receipts r
+			JOIN payments.payments p ON p.id = r.payment_id WHERE p.provider_ref IN ('pi_iso0', 'pi_iso1', 'pi_iso2')`), '3');
+		// the functions that cannot commit refuse the level, rather than fail at their commit
+		assert.throws(() => db.psql(`SELECT count(*) FROM payments.retry_events()`),
+			/payments.retry_events must run at the READ COMMITTED isolation level/);
+		// the procedures called by hand move to READ COMMITTED themselves
+		db.psql(`CALL payments.deliver_outbox()`);
+		db.psql(`CALL payments.reconcile()`);
+		db.psql(`CALL payments.initiate_payments()`);
+	} finally {
+		db.psql(`ALTER DATABASE payments RESET default_transaction_isolation`, 'postgres');
+	}
+});
+
+test('a webhook leaves only once the commit it tells of is durable, whatever synchronous_commit the database sets', async (t) => {
+	// a payment.paid webhook carries a receipt number: sent before the commit that issued it was
+	// flushed, a power loss would issue the number again to another donor
+	endpoint('durable', '/durable');
+	let flushedAtSend = null;
+	receiver.behaviour['/durable'] = (req, res) => {
+		flushedAtSend = db.psql(`SELECT pg_current_wal_flush_lsn()`);
+		res.writeHead(200).end('ok');
+	};
+	pendingPaidEvent('pi_dur1');
+	db.psql(`ALTER DATABASE payments SET synchronous_commit = off`, 'postgres');
+	// the WAL writer flushes asynchronous commits every 10 s, and the background writer writes no
+	// page (which would flush the WAL up to it first)
+	db.psql(`ALTER SYSTEM SET wal_writer_delay = '10s'`, 'postgres');
+	db.psql(`ALTER SYSTEM SET bgwriter_lru_maxpages = 0`, 'postgres');
+	db.psql(`SELECT pg_reload_conf()`, 'postgres');
+	try {
+		// the retry pays it, committed asynchronously; then, in the same session, where the WAL ends
+		const paidAt = db.psqlVars(`SELECT count(*) FROM payments.retry_events();
+			SELECT pg_current_wal_insert_lsn();`, {}).split('\n').pop();
+		assert.equal(paidEventState('pi_dur1'), 'applied|2');
+		// (usually not on disk yet; but the WAL writer's round may come now, or other writes,
+		// autovacuum's say, flush the WAL meanwhile)
+		if (db.psqlVars(`SELECT pg_current_wal_flush_lsn() >= :'paid'::pg_lsn`, { paid: paidAt }) === 't') {
+			t.diagnostic('the paying commit was flushed before the delivery run: this run proves little');
+		}
+		await deliver();
+		assert.equal(receiver.to('/durable').length, 1);
+		assert.notEqual(flushedAtSend, null);
+		assert.equal(db.psqlVars(`SELECT :'flushed'::pg_lsn >= :'paid'::pg_lsn`, { flushed: flushedAtSend, paid: paidAt }),
+			't', `flushed up to ${flushedAtSend} when sent, paid at ${paidAt}`);
+	} finally {
+		db.psql(`ALTER SYSTEM RESET wal_writer_delay`, 'postgres');
+		db.psql(`ALTER SYSTEM RESET bgwriter_lru_maxpages`, 'postgres');
+		db.psql(`SELECT pg_reload_conf()`, 'postgres');
+		db.psql(`ALTER DATABASE payments RESET synchronous_commit`, 'postgres');
+		db.psql(`SELECT payments.enable_endpoint('durable', false)`);
 	}
 });
 

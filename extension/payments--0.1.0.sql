@@ -3607,6 +3607,19 @@ COMMENT ON FUNCTION payments.restart_statement_timeout() IS
 	'Counts statement_timeout again from now (with its current value), as at the start of a statement, when a timeout is running: each pass of the chat job gets the whole timeout';
 REVOKE ALL ON FUNCTION payments.restart_statement_timeout() FROM PUBLIC;
 
+-- the deliver and reconcile jobs are one statement each, whose requests wait for receivers and
+-- providers: a database-wide statement_timeout below a receiver's response time cancelled every
+-- run before the answer (the item sent again each minute, then dead, no failure recorded).  run_job
+-- turns this on: the waits are bounded by the requests' own timeouts and the leases
+-- (extension/statement_timeout.c)
+CREATE FUNCTION payments.untimed_network_waits("on" boolean)
+RETURNS void
+AS 'MODULE_PATHNAME', 'untimed_network_waits'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION payments.untimed_network_waits(boolean) IS
+	'While on (until turned off, or a transaction of the session aborts), statement_timeout does not count the network waits of deliver_outbox, reconcile and initiate_payments in this session, and counts again, whole, from the end of each wait; run_job turns it on for its run';
+REVOKE ALL ON FUNCTION payments.untimed_network_waits(boolean) FROM PUBLIC;
+
 -- No SET clause: a procedure that commits cannot have one.  Every function and relation name is
 -- qualified; operators and types are found in pg_catalog, searched first unless the job owner's
 -- search_path names it later.
@@ -3661,6 +3674,9 @@ BEGIN
 			RETURN;
 		END IF;
 	END IF;
+	-- a database's statement_timeout (pg_cron's sessions take it) holds the jobs' statements, not
+	-- their waits for receivers and providers, which their own timeouts bound
+	PERFORM payments.untimed_network_waits(true);
 	IF job = 'retry' THEN
 		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
 	ELSIF job = 'deliver' THEN
@@ -3691,6 +3707,7 @@ BEGIN
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		END LOOP;
 	END IF;
+	PERFORM payments.untimed_network_waits(false);
 	IF locked THEN
 		PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
 	END IF;

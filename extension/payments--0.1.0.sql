@@ -3677,11 +3677,32 @@ BEGIN
 	-- a database's statement_timeout (pg_cron's sessions take it) holds the jobs' statements, not
 	-- their waits for receivers and providers, which their own timeouts bound
 	PERFORM payments.untimed_network_waits(true);
+	-- pg_cron starts a job once a minute: one batch a run fell behind for good past max_items a
+	-- minute (100: 1.7 webhooks a second), and took a minute per batch to catch up after an outage.
+	-- The retry and deliver jobs go on, committing between batches, while a batch came back full,
+	-- for up to about 50 s; each batch is held to statement_timeout as a statement of its own
 	IF job = 'retry' THEN
-		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
+		LOOP
+			PERFORM payments.restart_statement_timeout();
+			EXIT WHEN (SELECT pg_catalog.count(*) FROM payments.retry_events(max_items)) < max_items
+				OR pg_catalog.clock_timestamp() > started + interval '50 seconds';
+			COMMIT;
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		END LOOP;
 	ELSIF job = 'deliver' THEN
-		CALL payments.deliver_outbox(max_items, 'webhooks');
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		LOOP
+			PERFORM payments.restart_statement_timeout();
+			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
+			CALL payments.deliver_outbox(max_items, 'webhooks');
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+			-- full: as many webhooks tried as the batch may claim (a run by hand at the same time
+			-- adds its own, and costs one more batch, which finds what is left)
+			EXIT WHEN (SELECT pg_catalog.count(*) FROM payments.outbox_attempts a
+						WHERE a.id > coalesce(last_attempt, 0) AND a.endpoint_id IS NOT NULL) < max_items
+				OR pg_catalog.clock_timestamp() > started + interval '50 seconds';
+			COMMIT;
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		END LOOP;
 	ELSIF job = 'reconcile' THEN
 		CALL payments.reconcile(least(max_items, 200));
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -3716,7 +3737,7 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
-	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); what pg_cron calls';
+	'Runs one background job (retry, deliver: batches of max_items, committed one by one, for up to about 50 s while they come back full; reconcile; chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); what pg_cron calls';
 
 CREATE FUNCTION payments.prune_rejections(older_than interval DEFAULT '90 days')
 RETURNS bigint

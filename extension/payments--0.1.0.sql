@@ -3737,7 +3737,7 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
-	'Runs one background job (retry, deliver: batches of max_items, committed one by one, for up to about 50 s while they come back full; reconcile; chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); what pg_cron calls';
+	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); what pg_cron calls';
 
 CREATE FUNCTION payments.prune_rejections(older_than interval DEFAULT '90 days')
 RETURNS bigint

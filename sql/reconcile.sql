@@ -127,26 +127,6 @@ SELECT url FROM payments.claim_reconciliation(1);
 SELECT url FROM payments.claim_reconciliation(50) WHERE url LIKE 'http://127.0.0.1:9/%' ORDER BY url;
 RESET payments.reconcile_after;
 
--- Stripe Connect: a connected account's payment is asked as that account (Stripe-Account: the
--- account its events named, metadata.stripe_account); a value that is no account id is an error
--- recorded, never sent (rolled back: later tests claim stuck payments)
-BEGIN;
-SELECT payments.apply_change(NULL, 'rc_stripe', payments.stripe_change(jsonb_build_object('type', 'payment_intent.processing',
-	'account', 'acct_1Conn', 'created', extract(epoch FROM now() - interval '1 hour'), 'data', jsonb_build_object('object',
-	'{"id": "pi_conn", "object": "payment_intent", "amount": 1000, "currency": "usd", "metadata": {"reference": "C1"}}'::jsonb))));
-INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
-	('rc_stripe', 'pi_conn_bad', 'pending', 10, 'USD', now() - interval '1 hour', '{"stripe_account": "acct_1\nStripe-Version: 1"}'),
-	('rc_stripe', 'pi_conn_null', 'pending', 10, 'USD', now() - interval '1 hour', '{"stripe_account": null}');
-SELECT provider_ref, metadata FROM payments.payments WHERE provider_ref = 'pi_conn';
-SELECT url, headers FROM payments.claim_reconciliation(50) WHERE url LIKE 'http://127.0.0.1:9/v1/payment_intents/pi_conn%' ORDER BY url;
-SELECT request, outcome, error FROM payments.reconciliation_checks WHERE request LIKE '%pi_conn%' AND outcome = 'error' ORDER BY request;
--- its answer (which names no account) keeps it
-SELECT payments.record_reconciliation(c.id, 200, NULL,
-	'{"id": "pi_conn", "object": "payment_intent", "status": "succeeded", "amount": 1000, "amount_received": 1000, "currency": "usd", "metadata": {"reference": "C1"}}')
-  FROM payments.reconciliation_checks c WHERE c.request LIKE '%/pi_conn' AND c.outcome IS NULL;
-SELECT provider_ref, status, metadata FROM payments.payments WHERE provider_ref = 'pi_conn';
-ROLLBACK;
-
 -- token fetches: only for a check that is due (payments.reconciliation_due, the claim's own
 -- question), and after a failed fetch not before reconcile_after, doubling with each failure
 -- after it, at most a day (revoked credentials sent the client secret every minute while the
@@ -186,4 +166,24 @@ UPDATE payments.api_tokens SET token = NULL, failures = 3, next_fetch_at = now()
 SELECT payments.register_provider('rc_ever2', 'eversend', '{"client_id": "eid", "client_secret": "renewed", "api_base": "http://127.0.0.1:9"}');
 SELECT count(*) AS kept FROM payments.api_tokens WHERE provider = 'rc_ever2';
 SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+ROLLBACK;
+
+-- Stripe Connect: a connected account's payment is asked as that account (Stripe-Account: the
+-- account its events named, metadata.stripe_account); a value that is no account id is an error
+-- recorded, never sent (rolled back: later tests claim stuck payments)
+BEGIN;
+SELECT payments.apply_change(NULL, 'rc_stripe', payments.stripe_change(jsonb_build_object('type', 'payment_intent.processing',
+	'account', 'acct_1Conn', 'created', extract(epoch FROM now() - interval '1 hour'), 'data', jsonb_build_object('object',
+	'{"id": "pi_conn", "object": "payment_intent", "amount": 1000, "currency": "usd", "metadata": {"reference": "C1"}}'::jsonb))));
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
+	('rc_stripe', 'pi_conn_bad', 'pending', 10, 'USD', now() - interval '1 hour', '{"stripe_account": "acct_1\nStripe-Version: 1"}'),
+	('rc_stripe', 'pi_conn_null', 'pending', 10, 'USD', now() - interval '1 hour', '{"stripe_account": null}');
+SELECT provider_ref, metadata FROM payments.payments WHERE provider_ref = 'pi_conn';
+SELECT url, headers FROM payments.claim_reconciliation(50) WHERE url LIKE 'http://127.0.0.1:9/v1/payment_intents/pi_conn%' ORDER BY url;
+SELECT request, outcome, error FROM payments.reconciliation_checks WHERE request LIKE '%pi_conn%' AND outcome = 'error' ORDER BY request;
+-- its answer (which names no account) keeps it
+SELECT payments.record_reconciliation(c.id, 200, NULL,
+	'{"id": "pi_conn", "object": "payment_intent", "status": "succeeded", "amount": 1000, "amount_received": 1000, "currency": "usd", "metadata": {"reference": "C1"}}')
+  FROM payments.reconciliation_checks c WHERE c.request LIKE '%/pi_conn' AND c.outcome IS NULL;
+SELECT provider_ref, status, metadata FROM payments.payments WHERE provider_ref = 'pi_conn';
 ROLLBACK;

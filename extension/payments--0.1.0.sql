@@ -3679,14 +3679,15 @@ BEGIN
 	PERFORM payments.untimed_network_waits(true);
 	-- pg_cron starts a job once a minute: one batch a run fell behind for good past max_items a
 	-- minute (100: 1.7 webhooks a second), and took a minute per batch to catch up after an outage.
-	-- The retry and deliver jobs go on, committing between batches, while a batch came back full,
-	-- for up to about 50 s; each batch is held to statement_timeout as a statement of its own
+	-- The retry and deliver jobs go on, committing between batches (chained: the transaction
+	-- characteristics the run set are kept), while a batch came back full, for up to about 50 s;
+	-- each batch is held to statement_timeout as a statement of its own
 	IF job = 'retry' THEN
 		LOOP
 			PERFORM payments.restart_statement_timeout();
 			EXIT WHEN (SELECT pg_catalog.count(*) FROM payments.retry_events(max_items)) < max_items
 				OR pg_catalog.clock_timestamp() > started + interval '50 seconds';
-			COMMIT;
+			COMMIT AND CHAIN;
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		END LOOP;
 	ELSIF job = 'deliver' THEN
@@ -3700,7 +3701,7 @@ BEGIN
 			EXIT WHEN (SELECT pg_catalog.count(*) FROM payments.outbox_attempts a
 						WHERE a.id > coalesce(last_attempt, 0) AND a.endpoint_id IS NOT NULL) < max_items
 				OR pg_catalog.clock_timestamp() > started + interval '50 seconds';
-			COMMIT;
+			COMMIT AND CHAIN;
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		END LOOP;
 	ELSIF job = 'reconcile' THEN

@@ -238,6 +238,7 @@ SendOutboundBatch(OutboundRequest *reqs, int n)
 	CURLM	   *multi;
 	CURL	  **handles;
 	bool		interrupted = false;
+	bool		untimed;
 	int			running = 0;
 
 	for (int i = 0; i < n; i++)
@@ -280,6 +281,8 @@ SendOutboundBatch(OutboundRequest *reqs, int n)
 		handles[i] = NULL;
 	}
 
+	/* a job's wait is bounded by the requests' timeouts, not statement_timeout (run_job) */
+	untimed = SuspendStatementTimeout();
 	for (;;)
 	{
 		CURLMsg    *msg;
@@ -322,6 +325,8 @@ SendOutboundBatch(OutboundRequest *reqs, int n)
 		reqs[i].mime = NULL;
 	}
 	curl_multi_cleanup(multi);
+	/* the statements that record the answers are held to the whole timeout again */
+	ResumeStatementTimeout(untimed);
 	pfree(handles);
 	if (!interrupted)
 		EndUnfinishedRequests(reqs, n);

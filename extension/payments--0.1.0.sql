@@ -3630,6 +3630,19 @@ COMMENT ON FUNCTION payments.restart_statement_timeout() IS
 	'Counts statement_timeout again from now (with its current value), as at the start of a statement, when a timeout is running: each pass of the chat job gets the whole timeout';
 REVOKE ALL ON FUNCTION payments.restart_statement_timeout() FROM PUBLIC;
 
+-- the deliver and reconcile jobs are one statement each, whose requests wait for receivers and
+-- providers: a database-wide statement_timeout below a receiver's response time cancelled every
+-- run before the answer (the item sent again each minute, then dead, no failure recorded).  run_job
+-- turns this on: the waits are bounded by the requests' own timeouts and the leases
+-- (extension/statement_timeout.c)
+CREATE FUNCTION payments.untimed_network_waits("on" boolean)
+RETURNS void
+AS 'MODULE_PATHNAME', 'untimed_network_waits'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION payments.untimed_network_waits(boolean) IS
+	'While on (until turned off, or a transaction of the session aborts), statement_timeout does not count the network waits of deliver_outbox, reconcile and initiate_payments in this session, and counts again, whole, from the end of each wait; run_job turns it on for its run';
+REVOKE ALL ON FUNCTION payments.untimed_network_waits(boolean) FROM PUBLIC;
+
 -- No SET clause: a procedure that commits cannot have one.  Every function and relation name is
 -- qualified; operators and types are found in pg_catalog, searched first unless the job owner's
 -- search_path names it later.
@@ -3695,11 +3708,36 @@ BEGIN
 			RETURN;
 		END IF;
 	END IF;
+	-- a database's statement_timeout (pg_cron's sessions take it) holds the jobs' statements, not
+	-- their waits for receivers and providers, which their own timeouts bound
+	PERFORM payments.untimed_network_waits(true);
+	-- pg_cron starts a job once a minute: one batch a run fell behind for good past max_items a
+	-- minute (100: 1.7 webhooks a second), and took a minute per batch to catch up after an outage.
+	-- The retry and deliver jobs go on, committing between batches (chained: the transaction
+	-- characteristics the run set are kept), while a batch came back full, for up to about 50 s;
+	-- each batch is held to statement_timeout as a statement of its own
 	IF job = 'retry' THEN
-		PERFORM pg_catalog.count(*) FROM payments.retry_events(max_items);
+		LOOP
+			PERFORM payments.restart_statement_timeout();
+			EXIT WHEN (SELECT pg_catalog.count(*) FROM payments.retry_events(max_items)) < max_items
+				OR pg_catalog.clock_timestamp() > started + interval '50 seconds';
+			COMMIT AND CHAIN;
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		END LOOP;
 	ELSIF job = 'deliver' THEN
-		CALL payments.deliver_outbox(max_items, 'webhooks');
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		LOOP
+			PERFORM payments.restart_statement_timeout();
+			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
+			CALL payments.deliver_outbox(max_items, 'webhooks');
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+			-- full: as many webhooks tried as the batch may claim (a run by hand at the same time
+			-- adds its own, and costs one more batch, which finds what is left)
+			EXIT WHEN (SELECT pg_catalog.count(*) FROM payments.outbox_attempts a
+						WHERE a.id > coalesce(last_attempt, 0) AND a.endpoint_id IS NOT NULL) < max_items
+				OR pg_catalog.clock_timestamp() > started + interval '50 seconds';
+			COMMIT AND CHAIN;
+			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		END LOOP;
 	ELSIF job = 'reconcile' THEN
 		CALL payments.reconcile(least(max_items, 200));
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -3725,6 +3763,7 @@ BEGIN
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		END LOOP;
 	END IF;
+	PERFORM payments.untimed_network_waits(false);
 	IF locked THEN
 		PERFORM pg_catalog.pg_advisory_unlock(1885436269, lock_key);
 	END IF;
@@ -3951,6 +3990,23 @@ $$;
 COMMENT ON FUNCTION payments.reconcile_after() IS
 	'The setting payments.reconcile_after as an interval: how long a payment stays pending before reconciliation asks its provider, and how often it asks again';
 
+-- Whether a stuck payment is due for a check, given its last check and how many it had: never
+-- checked, or after n checks reconcile_after * 2^(n-1) ago, at most a day, so that an abandoned
+-- payment (a Paynow transaction never paid) is asked daily, not every few minutes.  The claim of
+-- the checks and the token requests ask the same question: a token is fetched only for a check due
+CREATE FUNCTION payments.reconciliation_due(last_checked_at timestamptz, checks bigint)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT last_checked_at IS NULL
+		OR last_checked_at < now() - least(payments.reconcile_after() * power(2, least(checks - 1, 16)),
+										   interval '1 day')
+$$;
+COMMENT ON FUNCTION payments.reconciliation_due(timestamptz, bigint) IS
+	'Whether a stuck payment whose last check started at last_checked_at, after checks checks, is due for another: never checked, or after reconcile_after * 2^(checks-1), at most a day; used by claim_reconciliation and api_token_requests';
+REVOKE ALL ON FUNCTION payments.reconciliation_due(timestamptz, bigint) FROM PUBLIC;
+
 -- The base URL of a provider's API: its api_base setting, else the real host
 CREATE FUNCTION payments.api_base(kind text, settings jsonb)
 RETURNS text
@@ -3973,10 +4029,16 @@ CREATE TABLE payments.api_tokens (
 	expires_at	timestamptz NOT NULL,
 	fetched_at	timestamptz NOT NULL DEFAULT now(),
 	fetches		bigint NOT NULL DEFAULT 1,
-	last_error	text
+	last_error	text,
+	failures	integer NOT NULL DEFAULT 0,
+	next_fetch_at timestamptz
 );
 COMMENT ON TABLE payments.api_tokens IS
-	'API access tokens (PayPal OAuth client credentials, Eversend auth token) cached until shortly before they expire; token NULL: the last fetch failed (last_error). Read by the reconciliation run only';
+	'API access tokens (PayPal OAuth client credentials, Eversend auth token) cached until shortly before they expire; token NULL: the last fetch failed (last_error), and none is asked for before next_fetch_at. Read by the reconciliation run only';
+COMMENT ON COLUMN payments.api_tokens.failures IS
+	'Failed fetches since the last that succeeded (or since the credentials or api_base changed)';
+COMMENT ON COLUMN payments.api_tokens.next_fetch_at IS
+	'After a failed fetch, no token is asked for before this: reconcile_after after the first failure, doubling with each one after it, at most a day (the client secret is not sent every minute to an endpoint that refuses it); NULL: no wait';
 
 -- A token was fetched with the provider's credentials from its api_base: when either changes, it
 -- is forgotten, so that it is never sent to another server, nor kept after the credentials were
@@ -4057,14 +4119,20 @@ AS $$
 	  FROM payments.providers v
 	 WHERE v.kind IN ('paypal', 'eversend') AND v.settings ? 'client_id' AND v.settings ? 'client_secret'
 	   AND NOT EXISTS (SELECT FROM payments.api_tokens t
-						WHERE t.provider = v.name AND t.token IS NOT NULL AND t.expires_at > now())
-	   AND EXISTS (SELECT FROM payments.stuck_payments s WHERE s.provider = v.name
-					  AND (s.last_checked_at IS NULL OR s.last_checked_at < now() - payments.reconcile_after()))
+						WHERE t.provider = v.name
+						  AND ((t.token IS NOT NULL AND t.expires_at > now()) OR t.next_fetch_at > now()))
+	   -- only for a check that is due (claim_reconciliation's own question): a payment asked
+	   -- every few hours must not send the client secret every minute
+	   AND EXISTS (SELECT FROM payments.payments p
+					 LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
+										  FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
+					WHERE p.provider = v.name AND p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
+					  AND payments.reconciliation_due(ck.last_at, ck.checks))
 	 ORDER BY v.name
 	 LIMIT max_items
 $$;
 COMMENT ON FUNCTION payments.api_token_requests(integer) IS
-	'The token requests a reconciliation run needs first: providers (paypal, eversend) with payments to check and no live cached token; used by reconcile';
+	'The token requests a reconciliation run needs first: providers (paypal, eversend) with a payment due for a check (payments.reconciliation_due), no live cached token and no wait after failed fetches (api_tokens.next_fetch_at); used by reconcile';
 
 CREATE FUNCTION payments.store_api_token(provider text, http_status integer, error text, response text)
 RETURNS text
@@ -4094,17 +4162,24 @@ BEGIN
 	END IF;
 	-- a token is used until a minute before it expires; Eversend does not say (its SDKs keep it 1600 s or more)
 	ttl := greatest(coalesce(ttl, 1600) - 60, 30);
-	INSERT INTO payments.api_tokens AS t (provider, token, expires_at, last_error)
+	-- a failed fetch is not asked again for reconcile_after, doubling with each failure after it up
+	-- to a day: with revoked credentials the client secret went out every minute
+	INSERT INTO payments.api_tokens AS t (provider, token, expires_at, last_error, failures, next_fetch_at)
 	VALUES (store_api_token.provider, CASE WHEN problem IS NULL THEN tok END,
-			CASE WHEN problem IS NULL THEN now() + make_interval(secs => ttl::double precision) ELSE now() END, problem)
+			CASE WHEN problem IS NULL THEN now() + make_interval(secs => ttl::double precision) ELSE now() END, problem,
+			CASE WHEN problem IS NULL THEN 0 ELSE 1 END,
+			CASE WHEN problem IS NOT NULL THEN now() + least(payments.reconcile_after(), interval '1 day') END)
 	ON CONFLICT ON CONSTRAINT api_tokens_pkey DO UPDATE
 		SET token = excluded.token, expires_at = excluded.expires_at, fetched_at = now(),
-			fetches = t.fetches + 1, last_error = excluded.last_error;
+			fetches = t.fetches + 1, last_error = excluded.last_error,
+			failures = CASE WHEN excluded.failures = 0 THEN 0 ELSE t.failures + 1 END,
+			next_fetch_at = CASE WHEN excluded.failures <> 0 THEN
+								 now() + least(payments.reconcile_after() * power(2, least(t.failures, 16)), interval '1 day') END;
 	RETURN coalesce(problem, 'cached');
 END
 $$;
 COMMENT ON FUNCTION payments.store_api_token(text, integer, text, text) IS
-	'Caches the token a provider''s auth endpoint answered, until a minute before it expires, or records why there is none; used by reconcile';
+	'Caches the token a provider''s auth endpoint answered, until a minute before it expires, or records why there is none and when to ask again (reconcile_after, doubling with each failure after it, at most a day); used by reconcile';
 
 CREATE FUNCTION payments.claim_reconciliation(max_items integer)
 RETURNS TABLE (check_id bigint, url text, method text, headers text, body text)
@@ -4141,9 +4216,7 @@ BEGIN
 		  LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 							   FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 		 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
-		   AND (ck.last_at IS NULL
-				OR ck.last_at < now() - least(payments.reconcile_after() * power(2, least(ck.checks - 1, 16)),
-											  interval '1 day'))
+		   AND payments.reconciliation_due(ck.last_at, ck.checks)
 		 ORDER BY ck.last_at NULLS FIRST, p.status_at, p.id
 		 LIMIT max_items
 		   FOR UPDATE OF p SKIP LOCKED		-- held until the claim commits, before any request

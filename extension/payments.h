@@ -355,6 +355,10 @@ typedef struct OutboundRequest
 
 extern bool SendOutboundBatch(OutboundRequest *reqs, int n);
 extern void EndUnfinishedRequests(OutboundRequest *reqs, int n);
+
+/* statement_timeout.c */
+extern bool SuspendStatementTimeout(void);
+extern void ResumeStatementTimeout(bool suspended);
 /* How long the results of a cancelled batch may take to record, in all */
 #define CANCEL_ASIDE_MS 1500
 extern bool SetCancelAside(bool *statement_timeout);

@@ -127,6 +127,47 @@ SELECT url FROM payments.claim_reconciliation(1);
 SELECT url FROM payments.claim_reconciliation(50) WHERE url LIKE 'http://127.0.0.1:9/%' ORDER BY url;
 RESET payments.reconcile_after;
 
+-- token fetches: only for a check that is due (payments.reconciliation_due, the claim's own
+-- question), and after a failed fetch not before reconcile_after, doubling with each failure
+-- after it, at most a day (revoked credentials sent the client secret every minute while the
+-- payment itself was asked every few hours)
+BEGIN;
+SET LOCAL payments.reconcile_after = '5min';
+SELECT payments.register_provider('rc_ever2', 'eversend', '{"client_id": "eid", "client_secret": "revoked", "api_base": "http://127.0.0.1:9"}');
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
+	('rc_ever2', 'EVS2', 'pending', 500, 'UGX', now() - interval '2 days', '{}');
+-- checked three times, the last 15 minutes ago: the next check waits 5 min * 2^2, so no token yet
+INSERT INTO payments.reconciliation_checks (payment_id, provider, request, status_before, started_at, finished_at, outcome, error)
+SELECT p.id, p.provider, 'GET earlier', 'pending', now() - interval '15 minutes' - n * interval '1 hour',
+	   now() - interval '15 minutes' - n * interval '1 hour', 'error', 'no API token: HTTP 401'
+  FROM payments.payments p, generate_series(0, 2) n WHERE p.provider_ref = 'EVS2';
+SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+UPDATE payments.reconciliation_checks SET started_at = started_at - interval '10 minutes'
+ WHERE request = 'GET earlier' AND provider = 'rc_ever2';
+SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+-- refused: not asked again for reconcile_after
+SELECT payments.store_api_token('rc_ever2', 401, NULL, '{"message": "invalid credentials"}');
+SELECT token IS NULL AS no_token, failures, next_fetch_at - fetched_at AS waits, last_error
+  FROM payments.api_tokens WHERE provider = 'rc_ever2';
+SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+-- its wait over, asked again; refused again, it waits twice as long, and so on up to a day
+UPDATE payments.api_tokens SET next_fetch_at = now() - interval '1 second' WHERE provider = 'rc_ever2';
+SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+SELECT payments.store_api_token('rc_ever2', 401, NULL, '{"message": "invalid credentials"}');
+SELECT failures, next_fetch_at - fetched_at AS waits FROM payments.api_tokens WHERE provider = 'rc_ever2';
+UPDATE payments.api_tokens SET failures = 12 WHERE provider = 'rc_ever2';
+SELECT payments.store_api_token('rc_ever2', 500, NULL, 'oops');
+SELECT failures, next_fetch_at - fetched_at AS waits FROM payments.api_tokens WHERE provider = 'rc_ever2';
+-- a token fetched ends the wait
+SELECT payments.store_api_token('rc_ever2', 200, NULL, '{"token": "EVTOKEN"}');
+SELECT token, failures, next_fetch_at, last_error FROM payments.api_tokens WHERE provider = 'rc_ever2';
+-- new credentials forget the token and the failures: the next check that is due asks at once
+UPDATE payments.api_tokens SET token = NULL, failures = 3, next_fetch_at = now() + interval '1 hour' WHERE provider = 'rc_ever2';
+SELECT payments.register_provider('rc_ever2', 'eversend', '{"client_id": "eid", "client_secret": "renewed", "api_base": "http://127.0.0.1:9"}');
+SELECT count(*) AS kept FROM payments.api_tokens WHERE provider = 'rc_ever2';
+SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+ROLLBACK;
+
 -- Stripe Connect: a connected account's payment is asked as that account (Stripe-Account: the
 -- account its events named, metadata.stripe_account); a value that is no account id is an error
 -- recorded, never sent (rolled back: later tests claim stuck payments)

@@ -189,6 +189,17 @@ UPDATE payments.events SET next_attempt_at = now() - interval '1 second'
 SELECT outcome FROM payments.retry_events() WHERE event = (SELECT e.id FROM payments.events e
  WHERE e.payload -> 'data' -> 'object' ->> 'id' = 'pi_r7');
 
+-- the retry job goes on, committing between batches, while a batch came back full: 250 due
+-- events are all retried in one run (a batch of 100 a minute fell behind for good)
+SELECT count(*) AS stored FROM (SELECT tr.stripe('payment_intent.succeeded', tr.pi('pi_many' || n, 100, 'qqz'), 1718000000)
+								  FROM generate_series(1, 250) n) s;
+SELECT tr.time_passes();
+CALL payments.run_job('retry');
+SELECT state, attempts, count(*) FROM payments.events
+ WHERE payload -> 'data' -> 'object' ->> 'id' LIKE 'pi\_many%' GROUP BY state, attempts;
+-- (gone before the next tests, which make every pending event due)
+DELETE FROM payments.events WHERE payload -> 'data' -> 'object' ->> 'id' LIKE 'pi\_many%';
+
 -- max_items bounds a run
 SELECT payments.retry_events(0);
 SELECT tr.time_passes();

@@ -371,6 +371,43 @@ test('a cancelled run (statement_timeout) stops at once and loses nothing; what 
 	assert.throws(() => db.psql(`BEGIN; CALL payments.deliver_outbox(); COMMIT;`), /outside a transaction block/);
 });
 
+test('a statement_timeout below a receiver\'s response time cancels no deliver job: its waits are the endpoint\'s', async () => {
+	// the receiver answers in 1.5 s, the database's statement_timeout (pg_cron's sessions take it) is 1 s:
+	// each run was cancelled before the answer, the item sent again every minute, then dead
+	receiver.behaviour['/slowjob'] = (req, res) => setTimeout(() => res.writeHead(200).end('ok'), 1500);
+	endpoint('slowjob', '/slowjob');
+	paid('pi_slowjob');
+	const env = { ...process.env, PGOPTIONS: '-c statement_timeout=1s' };
+	const psql = (...commands) => promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1',
+		'-h', db.dir, '-p', String(db.port), '-U', 'postgres', '-d', 'payments', ...commands.flatMap((c) => ['-c', c])],
+	{ env });
+	await psql(`CALL payments.run_job('deliver')`);
+	assert.deepEqual(items('slowjob'), ['delivered|1|200']);
+	assert.equal(receiver.to('/slowjob').length, 1);
+	// the job's statements stay under the timeout: recording the answer is held to it, from the answer
+	db.psql(`CREATE FUNCTION slow_record() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN IF current_setting('application_name') = 'slow-record' THEN PERFORM pg_sleep(1.5); END IF;
+			RETURN NEW; END$$;
+		CREATE TRIGGER slow_record BEFORE UPDATE ON payments.outbox_attempts FOR EACH ROW EXECUTE FUNCTION slow_record();`);
+	paid('pi_slowjob2');
+	try {
+		await assert.rejects(psql(`SET application_name = 'slow-record'`, `CALL payments.run_job('deliver')`),
+			/canceling statement due to statement timeout/);
+	} finally {
+		db.psql(`DROP TRIGGER slow_record ON payments.outbox_attempts; DROP FUNCTION slow_record()`);
+	}
+	assert.deepEqual(items('slowjob'), ['delivered|1|200', 'pending|1|-']);
+	db.psql(`SELECT payments.enable_endpoint('slowjob', false)`);
+	// a run ends the exemption: a CALL by hand after it, in the same session, is held to the timeout
+	receiver.behaviour['/slowhand'] = receiver.behaviour['/slowjob'];
+	endpoint('slowhand', '/slowhand');
+	paid('pi_slowjob3');
+	await assert.rejects(psql(`CALL payments.run_job('retry')`, `CALL payments.deliver_outbox()`),
+		/canceling statement due to statement timeout/);
+	assert.deepEqual(items('slowhand'), ['pending|1|-']);
+	db.psql(`SELECT payments.enable_endpoint('slowhand', false)`);
+});
+
 test('a result that cannot be recorded in a cancelled run: the cancel is still honoured, and the next ones too', async () => {
 	receiver.behaviour['/hang3'] = () => { /* never answers */ };
 	endpoint('hang3', '/hang3', `, timeout_ms => 30000`);

@@ -74,6 +74,10 @@ async function startApi() {
 					return setTimeout(() => json(res, 200, { id, object: 'payment_intent', amount: 2500,
 						amount_received: 2500, currency: 'usd', status: 'succeeded' }), 3000);
 				}
+				if (id === 'pi_late') {	// answers after 1.5 s, past a statement_timeout of 1 s
+					return setTimeout(() => json(res, 200, { id, object: 'payment_intent', amount: 2500,
+						amount_received: 2500, currency: 'usd', status: 'succeeded' }), 1500);
+				}
 				if (id.startsWith('pi_race')) {	// still being processed: the payment stays pending
 					return json(res, 200, { id, object: 'payment_intent', amount: 2500, currency: 'usd', status: 'processing' });
 				}
@@ -467,6 +471,23 @@ test('a run cancelled while its requests are out records the answers that came b
 	// not answered: its check stays in flight until a later run closes it
 	assert.equal(status('pi_hangc'), 'pending');
 	assert.equal(lastCheck('pi_hangc'), '');
+});
+
+test('a statement_timeout below the provider\'s response time cancels no reconcile job: its waits are reconcile_timeout\'s', async () => {
+	stuck('st', 'pi_late');
+	await sleep(1100);
+	let stderr = '';
+	// as ALTER DATABASE … SET statement_timeout would give pg_cron's session
+	await new Promise((resolve) => {
+		const child = execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-h', db.dir, '-p', String(db.port), '-U', 'postgres',
+			'-d', 'payments'], { env: { ...process.env, PGOPTIONS: '-c statement_timeout=1s' } },
+		(err, stdout, errout) => { stderr = errout; resolve(); });
+		child.stdin.end(`SET payments.reconcile_after = '1s'; SET payments.reconcile_timeout = '5s';
+			CALL payments.run_job('reconcile', 50);\n`);
+	});
+	assert.doesNotMatch(stderr, /statement timeout/);
+	assert.equal(status('pi_late'), 'paid');
+	assert.equal(lastCheck('pi_late'), 'fixed|succeeded|200');
 });
 
 test('a Paynow reply about another transaction pays nothing; another amount is kept for review', async () => {

@@ -1719,12 +1719,17 @@ COMMENT ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestam
 -- (payments.settle_event), as store_event would.  The caller passes each event once (a later
 -- delivery of it in the batch is a duplicate).  One statement instead of a few per delivery is
 -- about a fifth of the work of a batch.  The plan is generic: a custom plan for each batch's
--- arrays would be planned again at every call, for nothing.
+-- arrays would be planned again at every call, for nothing.  Locks are taken in one order, so that
+-- two batches over the same events or payments wait for each other instead of deadlocking: events
+-- are inserted in (provider, event_id) order, payments created in (provider, provider_ref) order
+-- (bytewise, as the caller sorts), and each row's provider_ref is returned for the caller to settle
+-- the undecided ones in (provider, provider_ref) order.
 CREATE FUNCTION payments.store_stripe_events(positions integer[], providers text[], event_ids text[],
 											 event_types text[], event_ats timestamptz[], bodies bytea[],
 											 payloads jsonb[], headers jsonb[], source_ips inet[],
 											 request_ids text[])
-RETURNS TABLE (pos integer, event_row bigint, outcome text, paid_payment bigint, paid_at timestamptz)
+RETURNS TABLE (pos integer, event_row bigint, outcome text, paid_payment bigint, paid_at timestamptz,
+			   payment_ref text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -1753,6 +1758,7 @@ BEGIN
 			   payments.stored_headers(i.headers), i.source_ip, i.request_id,
 			   CASE WHEN i.change IS NULL THEN 'ignored' ELSE 'applied' END::payments.event_state, 1
 		  FROM input i
+		 ORDER BY i.provider COLLATE "C", i.event_id COLLATE "C"
 		ON CONFLICT ON CONSTRAINT events_provider_event_id_key DO NOTHING
 		RETURNING e.id, e.provider, e.event_id
 	), creators AS (
@@ -1781,6 +1787,7 @@ BEGIN
 			   payments.country_code((c.change).country), coalesce((c.change).metadata, '{}'),
 			   c.at, CASE WHEN (c.change).status = 'paid' THEN c.at END
 		  FROM creators c
+		 ORDER BY c.provider COLLATE "C", (c.change).provider_ref COLLATE "C"
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING p.id, p.provider, p.provider_ref, p.status, p.status_at
 	), history AS (
@@ -1796,14 +1803,15 @@ BEGIN
 				WHEN i.change IS NULL THEN 'ignored'
 				WHEN h.event_id IS NOT NULL THEN 'applied' END,
 		   CASE WHEN h.to_status = 'paid' THEN h.payment_id END,
-		   CASE WHEN h.to_status = 'paid' THEN h.status_at END
+		   CASE WHEN h.to_status = 'paid' THEN h.status_at END,
+		   (i.change).provider_ref
 	  FROM input i
 	  LEFT JOIN stored s ON s.provider = i.provider AND s.event_id = i.event_id
 	  LEFT JOIN history h ON h.event_id = s.id;
 END
 $$;
 COMMENT ON FUNCTION payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]) IS
-	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone; and the payment it created paid, with its status time, for its receipt';
+	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone; the payment it created paid, with its status time, for its receipt; and the event''s provider_ref (the caller settles in that order). Events are inserted in (provider, event_id) order and payments created in (provider, provider_ref) order, so that concurrent batches take their locks in one order';
 
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;

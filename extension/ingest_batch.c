@@ -17,8 +17,8 @@
  *	- any other delivery is stored one event at a time, as by ingest.
  *
  * One statement for the batch's Stripe events instead of a few per event is
- * about a fifth of the database's work per delivery; the payments it created
- * paid are numbered together at the commit (receipts.c).
+ * about a fifth of the database's work per delivery; the payments the batch
+ * made paid are numbered together at the commit (receipts.c).
  *
  * Lock order.  Two batches over the same events or payments take their locks
  * in one order, so that one waits for the other rather than deadlocking: the
@@ -82,8 +82,6 @@ typedef struct BatchDelivery
 	int			sqlerrcode;
 	int64		event_row;		/* stored by the set, to settle alone (in_set) */
 	char	   *set_outcome;	/* what the set statement decided, NULL: settle alone */
-	int64		paid_payment;	/* the payment the set created paid, or 0 */
-	TimestampTz paid_at;		/* its status time */
 } BatchDelivery;
 
 static SPIPlanPtr store_set_plan = NULL;
@@ -270,7 +268,7 @@ StoreSetStep(void *arg)
 		args[a] = ArrayParam(elems[a], nulls[a], batch->in_set, elemtypes[a]);
 
 	plan = KeptGenericPlan(&store_set_plan,
-						   "SELECT s.pos, s.event_row, s.outcome, s.paid_payment, s.paid_at, s.payment_ref"
+						   "SELECT s.pos, s.event_row, s.outcome, s.payment_ref"
 						   "  FROM payments.store_stripe_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) s",
 						   SET_ARGS, argtypes);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT ||
@@ -284,7 +282,6 @@ StoreSetStep(void *arg)
 		bool		isnull;
 		int			pos = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
 		Datum		event_row = SPI_getbinval(row, desc, 2, &isnull);
-		Datum		paid_payment;
 		BatchDelivery *d;
 
 		if (pos < 0 || pos >= batch->count || !batch->deliveries[pos].in_set ||
@@ -293,10 +290,7 @@ StoreSetStep(void *arg)
 		d = &batch->deliveries[pos];
 		d->event_row = isnull ? 0 : DatumGetInt64(event_row);
 		d->set_outcome = SPI_getvalue(row, desc, 3);
-		paid_payment = SPI_getbinval(row, desc, 4, &isnull);
-		d->paid_payment = isnull ? 0 : DatumGetInt64(paid_payment);
-		d->paid_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull));
-		d->payment_ref = SPI_getvalue(row, desc, 6);
+		d->payment_ref = SPI_getvalue(row, desc, 4);
 	}
 }
 
@@ -569,8 +563,6 @@ ingest_batch(PG_FUNCTION_ARGS)
 				continue;		/* settling alone met a concurrent transaction */
 			if (d->repeated)
 				d->set_outcome = "duplicate";
-			if (d->paid_payment != 0)
-				ReceiptAtCommit(d->paid_payment, d->delivery.provider, d->paid_at);
 			d->result.http_status = 200;
 			d->result.outcome = d->set_outcome;
 			d->result.event_id = d->events.events[0].event_id;

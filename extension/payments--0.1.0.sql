@@ -923,6 +923,29 @@ CREATE CONSTRAINT TRIGGER payments_paid_late_at_commit
 	FOR EACH ROW WHEN (OLD.paid_at IS NULL AND NEW.paid_at IS NOT NULL AND NEW.status <> 'paid')
 	EXECUTE FUNCTION payments.paid_late_committed();
 
+-- A transaction that pays several payments numbers them together at its commit, taking the
+-- counters it needs in (prefix, day) order (extension/receipts.c): two transactions that need the
+-- same two counters (two prefixes, or two days at midnight) then wait for each other instead of
+-- deadlocking.  Each payment made paid is noted, in backend memory, as its row is written; a
+-- rolled-back subtransaction's notes go with it.  BEFORE row triggers: no statement, no queued
+-- event; named to fire after the other BEFORE triggers of payments.payments.
+CREATE FUNCTION payments.receipt_noted()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'receipt_noted'
+LANGUAGE C;
+COMMENT ON FUNCTION payments.receipt_noted() IS
+	'Trigger: notes a payment the transaction made paid (a transition to paid, or the late news of its payment), for its receipt to be numbered at the commit with the transaction''s others, their counters taken in (prefix, day) order';
+
+CREATE TRIGGER status_history_receipt_noted
+	BEFORE INSERT ON payments.status_history
+	FOR EACH ROW WHEN (NEW.to_status = 'paid')
+	EXECUTE FUNCTION payments.receipt_noted();
+
+CREATE TRIGGER payments_receipt_noted
+	BEFORE UPDATE OF paid_at ON payments.payments
+	FOR EACH ROW WHEN (OLD.paid_at IS NULL AND NEW.paid_at IS NOT NULL AND NEW.status <> 'paid')
+	EXECUTE FUNCTION payments.receipt_noted();
+
 CREATE FUNCTION payments.refunded_total(status payments.payment_status, amount numeric, amount_refunded numeric)
 RETURNS numeric
 LANGUAGE sql IMMUTABLE
@@ -1728,8 +1751,7 @@ CREATE FUNCTION payments.store_stripe_events(positions integer[], providers text
 											 event_types text[], event_ats timestamptz[], bodies bytea[],
 											 payloads jsonb[], headers jsonb[], source_ips inet[],
 											 request_ids text[])
-RETURNS TABLE (pos integer, event_row bigint, outcome text, paid_payment bigint, paid_at timestamptz,
-			   payment_ref text)
+RETURNS TABLE (pos integer, event_row bigint, outcome text, payment_ref text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -1796,14 +1818,12 @@ BEGIN
 		SELECT p.id, NULL, p.status, c.event_row, p.status_at
 		  FROM created p
 		  JOIN creators c ON c.provider = p.provider AND (c.change).provider_ref = p.provider_ref
-		RETURNING h.event_id, h.payment_id, h.to_status, h.status_at
+		RETURNING h.event_id
 	)
 	SELECT i.pos, s.id,
 		   CASE WHEN s.id IS NULL THEN 'duplicate'
 				WHEN i.change IS NULL THEN 'ignored'
 				WHEN h.event_id IS NOT NULL THEN 'applied' END,
-		   CASE WHEN h.to_status = 'paid' THEN h.payment_id END,
-		   CASE WHEN h.to_status = 'paid' THEN h.status_at END,
 		   (i.change).provider_ref
 	  FROM input i
 	  LEFT JOIN stored s ON s.provider = i.provider AND s.event_id = i.event_id
@@ -1811,7 +1831,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]) IS
-	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone; the payment it created paid, with its status time, for its receipt; and the event''s provider_ref (the caller settles in that order). Events are inserted in (provider, event_id) order and payments created in (provider, provider_ref) order, so that concurrent batches take their locks in one order';
+	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone; and the event''s provider_ref (the caller settles in that order). Events are inserted in (provider, event_id) order and payments created in (provider, provider_ref) order, so that concurrent batches take their locks in one order';
 
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;
@@ -1821,6 +1841,7 @@ REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_chan
 REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.transition_committed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paid_late_committed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.receipt_noted() FROM PUBLIC;
 
 CREATE FUNCTION payments.receipt(receipt_no text)
 RETURNS SETOF payments.payments

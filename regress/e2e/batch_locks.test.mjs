@@ -2,7 +2,9 @@
 // over the same events or payments take their locks in one order, so that one waits for the other
 // instead of deadlocking; a deadlock that still happens (with a lock its transaction took in an
 // earlier call) is not tried again in the same transaction, where it would deadlock again, but
-// answered with its error for the caller to store the delivery again after the commit.  Each
+// answered with its error for the caller to store the delivery again after the commit.  And a
+// transaction that pays payments of two receipt prefixes takes their counters in (prefix, day)
+// order at its commit, whatever the order of its transitions.  Each
 // session is a psql process; deadlock_timeout is 200 ms for the database, and log_lock_waits logs
 // every deadlock detected, so that the test counts them.
 import { describe, test, before, after } from 'node:test';
@@ -55,11 +57,11 @@ class Session {
 	}
 }
 
-// A signed Stripe delivery of event id, of type, about payment intent pi
-function delivery(id, type, pi) {
+// A signed Stripe delivery of event id, of type, about payment intent pi (to provider)
+function delivery(id, type, pi, provider = 'stripe') {
 	const body = JSON.stringify({ id, object: 'event', type, created: Math.floor(Date.now() / 1000),
 		data: { object: { id: pi, object: 'payment_intent', amount: 1000, currency: 'usd' } } });
-	return { provider: 'stripe', body, signature: stripe.webhooks.generateTestHeaderString({ payload: body, secret }) };
+	return { provider, body, signature: stripe.webhooks.generateTestHeaderString({ payload: body, secret }) };
 }
 
 // A signed charge.refunded delivery: refunded (of 1000) given back so far of payment intent pi.
@@ -120,6 +122,11 @@ describe('lock order of group commit', () => {
 		await cluster.init();
 		cluster.psqlVars(`SELECT payments.register_provider('stripe', 'stripe');
 			SELECT payments.add_secret('stripe', :'s');
+			-- receipts LP-… (the default prefix) and DON-…
+			SELECT payments.register_provider('s1', 'stripe');
+			SELECT payments.add_secret('s1', :'s');
+			SELECT payments.register_provider('s2', 'stripe', '{"receipt_prefix": "DON"}');
+			SELECT payments.add_secret('s2', :'s');
 			ALTER DATABASE payments SET deadlock_timeout = '200ms';
 			ALTER DATABASE payments SET log_lock_waits = on;`, { s: secret });
 	});
@@ -225,5 +232,44 @@ describe('lock order of group commit', () => {
 		await Promise.all([a.close(), b.close()]);
 		assert.equal(deadlocksSince(offset), 1);
 		assert.equal(eventStates([x, y, z]), `${x} applied,${y} applied`);
+	});
+
+	test('a transaction takes its receipt counters in (prefix, day) order at the commit: no deadlock', async () => {
+		// A pays DON (a new payment, by the batch's statement) then LP (an existing one, settled
+		// alone); B pays LP then DON.  A third session holds the DON counter, so that both come to
+		// the counters at once.
+		const n = ++seq;
+		const succeeded = (provider, pi) => delivery(`evt_${pi}`, 'payment_intent.succeeded', pi, provider);
+		const setup = new Session(`setup${n}`);
+		assert.deepEqual(await setup.run(batchSql([succeeded('s2', `pi_don0_${n}`),
+			delivery(`evt_pl1_new_${n}`, 'payment_intent.processing', `pi_pl1_${n}`, 's1'),
+			delivery(`evt_pd2_new_${n}`, 'payment_intent.processing', `pi_pd2_${n}`, 's2')])),
+		['200|applied', '200|applied', '200|applied']);
+		await setup.close();
+		const offset = serverLog().length;
+		const holder = new Session(`holder${n}`);
+		const a = new Session(`a${n}`);
+		const b = new Session(`b${n}`);
+		await holder.run(`BEGIN; SELECT FROM payments.receipt_counters WHERE prefix = 'DON' AND day = payments.receipt_day(now()) FOR UPDATE`);
+		const aAnswers = a.run(batchSql([succeeded('s2', `pi_pd1_${n}`), succeeded('s1', `pi_pl1_${n}`)]));
+		await waitsForLock(`a${n}`);
+		const bAnswers = b.run(batchSql([succeeded('s1', `pi_pl2_${n}`), succeeded('s2', `pi_pd2_${n}`)]));
+		await waitsForLock(`b${n}`);
+		await holder.run('COMMIT');
+		assert.deepEqual(await aAnswers, ['200|applied', '200|applied']);
+		assert.deepEqual(await bAnswers, ['200|applied', '200|applied']);
+		await Promise.all([holder.close(), a.close(), b.close()]);
+		assert.equal(deadlocksSince(offset), 0);
+		// both committed: every payment numbered, gapless per prefix
+		assert.equal(cluster.psqlVars(`SELECT string_agg(p.provider_ref || ' ' || split_part(r.receipt_no, '-', 1), ',' ORDER BY p.provider_ref)
+			FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+			WHERE p.provider_ref = ANY(string_to_array(:'refs', ','))`,
+		{ refs: [`pi_pd1_${n}`, `pi_pd2_${n}`, `pi_pl1_${n}`, `pi_pl2_${n}`].join(',') }),
+		`pi_pd1_${n} DON,pi_pd2_${n} DON,pi_pl1_${n} LP,pi_pl2_${n} LP`);
+		assert.equal(cluster.psql(`SELECT string_agg(c.prefix || ' ' || c.last_no || ' ' || (SELECT count(*) FROM payments.receipts r
+				WHERE split_part(r.receipt_no, '-', 1) = c.prefix), ',' ORDER BY c.prefix)
+			FROM payments.receipt_counters c WHERE c.prefix = 'DON'`), 'DON 3 3');
+		assert.equal(cluster.psql(`SELECT count(*) FROM payments.receipt_counters c
+			WHERE c.last_no <> (SELECT count(*) FROM payments.receipts r WHERE r.receipt_no LIKE c.prefix || '-%')`), '0');
 	});
 });

@@ -381,7 +381,7 @@ describe('group commit', () => {
 		assert.match(shim.stderr, /"level":"error".*"query failed".*"sqlstate":"P0001"/);
 	});
 
-	test('a batch whose commit deadlocks (a concurrent batch took the receipt counters the other way) is stored again', async () => {
+	test('a batch whose commit deadlocks (a concurrent transaction took its locks the other way) is stored again', async () => {
 		// the first goes alone and leads; the five queued behind it go as one batch
 		const ids = [`evt_dllead_${++seq}`, ...Array.from({ length: 5 }, () => `evt_commitdl_${++seq}`)];
 		const { lock, answers } = await batchBehindLock(ids);

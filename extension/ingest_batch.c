@@ -12,12 +12,27 @@
  *	  (payments.store_stripe_events), which also creates the payments they
  *	  are the first news of; an event the set cannot decide (its payment
  *	  exists already, say) is then settled alone.  If the statement fails,
- *	  its work is rolled back and those deliveries are stored one by one;
+ *	  its work is rolled back and those deliveries are stored one by one
+ *	  (on a deadlock, answered with the error: Lock order, below);
  *	- any other delivery is stored one event at a time, as by ingest.
  *
  * One statement for the batch's Stripe events instead of a few per event is
- * about a fifth of the database's work per delivery; the payments it created
- * paid are numbered together at the commit (receipts.c).
+ * about a fifth of the database's work per delivery; the payments the batch
+ * made paid are numbered together at the commit (receipts.c).
+ *
+ * Lock order.  Two batches over the same events or payments take their locks
+ * in one order, so that one waits for the other rather than deadlocking: the
+ * set statement stores its events in (provider, event_id) order and creates
+ * the payments in (provider, provider_ref) order, and the events it leaves
+ * to settle alone are settled in (provider, provider_ref, position) order.
+ * A deadlock or serialization failure (class 40) that still happens (with a
+ * lock taken by an earlier call in the caller's transaction, say) is not
+ * tried again in this transaction: the lock the other transaction waits for
+ * may be held by an earlier, released subtransaction of ours, so the same
+ * work would deadlock again, after another deadlock_timeout.  The deliveries
+ * it failed are answered with its error, their work rolled back (the event a
+ * set statement stored for them taken out again), for the caller to store
+ * them again after this transaction ends (the shim does, each alone).
  */
 #include "payments.h"
 
@@ -61,16 +76,17 @@ typedef struct BatchDelivery
 	IngestResult result;
 	bool		in_set;			/* verified, its event for the set statement */
 	bool		repeated;		/* in_set, its event that of an earlier delivery */
+	int			first;			/* repeated: the index of that earlier delivery */
+	char	   *payment_ref;	/* in_set: its event's provider_ref, or NULL */
 	char	   *error;			/* handling it raised this error (with sqlerrcode) */
 	int			sqlerrcode;
 	int64		event_row;		/* stored by the set, to settle alone (in_set) */
 	char	   *set_outcome;	/* what the set statement decided, NULL: settle alone */
-	int64		paid_payment;	/* the payment the set created paid, or 0 */
-	TimestampTz paid_at;		/* its status time */
 } BatchDelivery;
 
 static SPIPlanPtr store_set_plan = NULL;
 static SPIPlanPtr settle_plan = NULL;
+static SPIPlanPtr unstore_plan = NULL;
 
 /* Element i of a varlena column, detoasted (packed), or NULL for SQL NULL */
 static struct varlena *
@@ -127,6 +143,8 @@ typedef struct SetBatch
 	BatchDelivery *deliveries;
 	int			count;			/* of deliveries */
 	int			in_set;			/* how many of them are in_set and not repeated */
+	int		   *order;			/* the in_set ones by (provider, event_id, index) */
+	int			ordered;		/* how many in order */
 } SetBatch;
 
 /* Orders deliveries by their event: provider (bytewise), then event id */
@@ -161,7 +179,8 @@ CompareEvents(const void *a, const void *b, void *arg)
  * Marks as repeated each in_set delivery whose event an earlier delivery of
  * the batch carries: the set statement stores each event once, and a later
  * delivery of it is a duplicate, as it would be one by one.  Counts the
- * others in batch->in_set.
+ * others in batch->in_set, and keeps the in_set deliveries in their events'
+ * order in batch->order (the order the set statement takes its locks in).
  */
 static void
 MarkRepeatedEvents(SetBatch *batch)
@@ -182,10 +201,12 @@ MarkRepeatedEvents(SetBatch *batch)
 		if (CompareEventKeys(prev, d) == 0)
 		{
 			d->repeated = true;
+			d->first = prev->repeated ? prev->first : prev->index;
 			batch->in_set--;
 		}
 	}
-	pfree(order);
+	batch->order = order;
+	batch->ordered = n;
 }
 
 /*
@@ -217,9 +238,10 @@ StoreSetStep(void *arg)
 		elems[a] = palloc(sizeof(Datum) * batch->in_set);
 		nulls[a] = palloc0(sizeof(bool) * batch->in_set);
 	}
-	for (int i = 0; i < batch->count; i++)
+	/* in (provider, event_id) order: the order of their locks */
+	for (int o = 0; o < batch->ordered; o++)
 	{
-		const BatchDelivery *d = &batch->deliveries[i];
+		const BatchDelivery *d = &batch->deliveries[batch->order[o]];
 		const EventRecord *event;
 
 		if (!d->in_set || d->repeated)
@@ -246,7 +268,7 @@ StoreSetStep(void *arg)
 		args[a] = ArrayParam(elems[a], nulls[a], batch->in_set, elemtypes[a]);
 
 	plan = KeptGenericPlan(&store_set_plan,
-						   "SELECT s.pos, s.event_row, s.outcome, s.paid_payment, s.paid_at"
+						   "SELECT s.pos, s.event_row, s.outcome, s.payment_ref"
 						   "  FROM payments.store_stripe_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) s",
 						   SET_ARGS, argtypes);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT ||
@@ -260,7 +282,6 @@ StoreSetStep(void *arg)
 		bool		isnull;
 		int			pos = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
 		Datum		event_row = SPI_getbinval(row, desc, 2, &isnull);
-		Datum		paid_payment;
 		BatchDelivery *d;
 
 		if (pos < 0 || pos >= batch->count || !batch->deliveries[pos].in_set ||
@@ -269,9 +290,7 @@ StoreSetStep(void *arg)
 		d = &batch->deliveries[pos];
 		d->event_row = isnull ? 0 : DatumGetInt64(event_row);
 		d->set_outcome = SPI_getvalue(row, desc, 3);
-		paid_payment = SPI_getbinval(row, desc, 4, &isnull);
-		d->paid_payment = isnull ? 0 : DatumGetInt64(paid_payment);
-		d->paid_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull));
+		d->payment_ref = SPI_getvalue(row, desc, 4);
 	}
 }
 
@@ -296,28 +315,103 @@ SettleStep(void *arg)
 	d->set_outcome = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
+/* Takes an event the set statement stored out again (run in a subtransaction) */
+static void
+UnstoreStep(void *arg)
+{
+	BatchDelivery *d = arg;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(d->event_row)};
+
+	if (SPI_execute_plan(KeptPlan(&unstore_plan,
+								  "DELETE FROM payments.events e WHERE e.id = $1",
+								  1, argtypes),
+						 args, NULL, false, 0) != SPI_OK_DELETE || SPI_processed != 1)
+		elog(ERROR, "could not take event %lld out again", (long long) d->event_row);
+}
+
 /*
- * Settles an event stored by the set statement alone.  A deadlock or
- * serialization failure (with a concurrent batch over the same payment) is
- * no fault of the event: it is tried once more at once.  When its
- * application fails, the event stays stored, pending, its failed first
- * attempt recorded, as a delivery stored alone would be.
+ * Settles an event stored by the set statement alone.  When its application
+ * fails, the event stays stored, pending, its failed first attempt recorded,
+ * as a delivery stored alone would be.  A deadlock or serialization failure
+ * (with a concurrent batch over the same payment) is no fault of the event,
+ * and would only meet the same lock again in this transaction: the event is
+ * taken out again and the delivery answered with the error, to be stored
+ * again after the commit (as ingest raises it for a delivery alone).
  */
 static void
 SettleAlone(BatchDelivery *d)
 {
 	char	   *error;
 	int			sqlerrcode;
+	char	   *unstore_error;
+	int			unstore_code;
 
-	for (int attempt = 1;; attempt++)
+	if (RunInSubtransactionCode(SettleStep, d, &error, &sqlerrcode))
+		return;
+	if (ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_TRANSACTION_ROLLBACK &&
+		RunInSubtransactionCode(UnstoreStep, d, &unstore_error, &unstore_code))
 	{
-		if (RunInSubtransactionCode(SettleStep, d, &error, &sqlerrcode))
-			return;
-		if (attempt == 2 || ERRCODE_TO_CATEGORY(sqlerrcode) != ERRCODE_TRANSACTION_ROLLBACK)
-			break;
+		d->error = error;
+		d->sqlerrcode = sqlerrcode;
+		return;
 	}
 	RecordFailedAttempt(d->event_row, error);
 	d->set_outcome = "stored";
+}
+
+/* Orders two strings, NULL first, bytewise */
+static int
+CompareNullable(const char *x, const char *y)
+{
+	if (x == NULL || y == NULL)
+		return (x != NULL) - (y != NULL);
+	return strcmp(x, y);
+}
+
+/*
+ * qsort_arg comparator of positions of events to settle alone: by payment
+ * (provider, provider_ref), then position
+ */
+static int
+CompareSettleOrder(const void *a, const void *b, void *arg)
+{
+	const BatchDelivery *deliveries = arg;
+	const BatchDelivery *x = &deliveries[*(const int *) a];
+	const BatchDelivery *y = &deliveries[*(const int *) b];
+	int			xlen = VARSIZE_ANY_EXHDR(x->delivery.provider);
+	int			ylen = VARSIZE_ANY_EXHDR(y->delivery.provider);
+	int			cmp = memcmp(VARDATA_ANY(x->delivery.provider),
+							 VARDATA_ANY(y->delivery.provider), Min(xlen, ylen));
+
+	if (cmp == 0)
+		cmp = xlen - ylen;
+	if (cmp == 0)
+		cmp = CompareNullable(x->payment_ref, y->payment_ref);
+	return cmp != 0 ? cmp : x->index - y->index;
+}
+
+/*
+ * Settles alone, in (provider, provider_ref, position) order, the events the
+ * set statement stored but could not decide.
+ */
+static void
+SettleUndecided(SetBatch *batch)
+{
+	int		   *order = palloc(sizeof(int) * Max(batch->count, 1));
+	int			n = 0;
+
+	for (int i = 0; i < batch->count; i++)
+	{
+		BatchDelivery *d = &batch->deliveries[i];
+
+		if (d->in_set && !d->repeated && d->set_outcome == NULL)
+			order[n++] = i;
+	}
+	qsort_arg(order, n, sizeof(int), CompareSettleOrder, batch->deliveries);
+	for (int k = 0; k < n; k++)
+		SettleAlone(&batch->deliveries[order[k]]);
+	pfree(order);
 }
 
 /* Deconstructs argument arg, a one-dimensional array (or empty) of elemtype */
@@ -424,30 +518,51 @@ ingest_batch(PG_FUNCTION_ARGS)
 		char	   *error;
 		int			sqlerrcode;
 		bool		stored = RunInSubtransactionCode(StoreSetStep, &batch, &error, &sqlerrcode);
+		bool		conflict = !stored &&
+			ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_TRANSACTION_ROLLBACK;
 
-		if (!stored)
+		if (conflict)
+			ereport(LOG,
+					(errmsg("could not store a batch's Stripe events together, answering them with the error"),
+					 errdetail("%s", error)));
+		else if (!stored)
 			ereport(LOG,
 					(errmsg("could not store a batch's Stripe events together, storing them one by one"),
 					 errdetail("%s", error)));
+		else
+			SettleUndecided(&batch);
 
-		for (int i = 0; i < batch.count; i++)
+		/* in the events' order, as the set statement would have stored them */
+		for (int o = 0; o < batch.ordered; o++)
 		{
-			BatchDelivery *d = &batch.deliveries[i];
+			BatchDelivery *d = &batch.deliveries[batch.order[o]];
 
 			if (!d->in_set)
 				continue;
+			if (conflict)
+			{
+				/* rolled back, and would meet the same lock again: for the caller to retry */
+				d->error = error;
+				d->sqlerrcode = sqlerrcode;
+				continue;
+			}
 			if (!stored)
 			{
 				/* rolled back: each is stored alone, as if there were no set */
 				RunForDelivery(StoreAloneStep, d);
 				continue;
 			}
+			if (d->repeated && batch.deliveries[d->first].error != NULL)
+			{
+				/* its event was taken out again: this delivery is retried too */
+				d->error = batch.deliveries[d->first].error;
+				d->sqlerrcode = batch.deliveries[d->first].sqlerrcode;
+				continue;
+			}
+			if (d->error != NULL)
+				continue;		/* settling alone met a concurrent transaction */
 			if (d->repeated)
 				d->set_outcome = "duplicate";
-			else if (d->set_outcome == NULL)
-				SettleAlone(d);
-			if (d->paid_payment != 0)
-				ReceiptAtCommit(d->paid_payment, d->delivery.provider, d->paid_at);
 			d->result.http_status = 200;
 			d->result.outcome = d->set_outcome;
 			d->result.event_id = d->events.events[0].event_id;

@@ -923,6 +923,29 @@ CREATE CONSTRAINT TRIGGER payments_paid_late_at_commit
 	FOR EACH ROW WHEN (OLD.paid_at IS NULL AND NEW.paid_at IS NOT NULL AND NEW.status <> 'paid')
 	EXECUTE FUNCTION payments.paid_late_committed();
 
+-- A transaction that pays several payments numbers them together at its commit, taking the
+-- counters it needs in (prefix, day) order (extension/receipts.c): two transactions that need the
+-- same two counters (two prefixes, or two days at midnight) then wait for each other instead of
+-- deadlocking.  Each payment made paid is noted, in backend memory, as its row is written; a
+-- rolled-back subtransaction's notes go with it.  BEFORE row triggers: no statement, no queued
+-- event; named to fire after the other BEFORE triggers of payments.payments.
+CREATE FUNCTION payments.receipt_noted()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'receipt_noted'
+LANGUAGE C;
+COMMENT ON FUNCTION payments.receipt_noted() IS
+	'Trigger: notes a payment the transaction made paid (a transition to paid, or the late news of its payment), for its receipt to be numbered at the commit with the transaction''s others, their counters taken in (prefix, day) order';
+
+CREATE TRIGGER status_history_receipt_noted
+	BEFORE INSERT ON payments.status_history
+	FOR EACH ROW WHEN (NEW.to_status = 'paid')
+	EXECUTE FUNCTION payments.receipt_noted();
+
+CREATE TRIGGER payments_receipt_noted
+	BEFORE UPDATE OF paid_at ON payments.payments
+	FOR EACH ROW WHEN (OLD.paid_at IS NULL AND NEW.paid_at IS NOT NULL AND NEW.status <> 'paid')
+	EXECUTE FUNCTION payments.receipt_noted();
+
 CREATE FUNCTION payments.refunded_total(status payments.payment_status, amount numeric, amount_refunded numeric)
 RETURNS numeric
 LANGUAGE sql IMMUTABLE
@@ -1726,12 +1749,16 @@ COMMENT ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestam
 -- (payments.settle_event), as store_event would.  The caller passes each event once (a later
 -- delivery of it in the batch is a duplicate).  One statement instead of a few per delivery is
 -- about a fifth of the work of a batch.  The plan is generic: a custom plan for each batch's
--- arrays would be planned again at every call, for nothing.
+-- arrays would be planned again at every call, for nothing.  Locks are taken in one order, so that
+-- two batches over the same events or payments wait for each other instead of deadlocking: events
+-- are inserted in (provider, event_id) order, payments created in (provider, provider_ref) order
+-- (bytewise, as the caller sorts), and each row's provider_ref is returned for the caller to settle
+-- the undecided ones in (provider, provider_ref) order.
 CREATE FUNCTION payments.store_stripe_events(positions integer[], providers text[], event_ids text[],
 											 event_types text[], event_ats timestamptz[], bodies bytea[],
 											 payloads jsonb[], headers jsonb[], source_ips inet[],
 											 request_ids text[])
-RETURNS TABLE (pos integer, event_row bigint, outcome text, paid_payment bigint, paid_at timestamptz)
+RETURNS TABLE (pos integer, event_row bigint, outcome text, payment_ref text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -1760,6 +1787,7 @@ BEGIN
 			   payments.stored_headers(i.headers), i.source_ip, i.request_id,
 			   CASE WHEN i.change IS NULL THEN 'ignored' ELSE 'applied' END::payments.event_state, 1
 		  FROM input i
+		 ORDER BY i.provider COLLATE "C", i.event_id COLLATE "C"
 		ON CONFLICT ON CONSTRAINT events_provider_event_id_key DO NOTHING
 		RETURNING e.id, e.provider, e.event_id
 	), creators AS (
@@ -1788,6 +1816,7 @@ BEGIN
 			   payments.country_code((c.change).country), coalesce((c.change).metadata, '{}'),
 			   c.at, CASE WHEN (c.change).status = 'paid' THEN c.at END
 		  FROM creators c
+		 ORDER BY c.provider COLLATE "C", (c.change).provider_ref COLLATE "C"
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING p.id, p.provider, p.provider_ref, p.status, p.status_at
 	), history AS (
@@ -1796,21 +1825,20 @@ BEGIN
 		SELECT p.id, NULL, p.status, c.event_row, p.status_at
 		  FROM created p
 		  JOIN creators c ON c.provider = p.provider AND (c.change).provider_ref = p.provider_ref
-		RETURNING h.event_id, h.payment_id, h.to_status, h.status_at
+		RETURNING h.event_id
 	)
 	SELECT i.pos, s.id,
 		   CASE WHEN s.id IS NULL THEN 'duplicate'
 				WHEN i.change IS NULL THEN 'ignored'
 				WHEN h.event_id IS NOT NULL THEN 'applied' END,
-		   CASE WHEN h.to_status = 'paid' THEN h.payment_id END,
-		   CASE WHEN h.to_status = 'paid' THEN h.status_at END
+		   (i.change).provider_ref
 	  FROM input i
 	  LEFT JOIN stored s ON s.provider = i.provider AND s.event_id = i.event_id
 	  LEFT JOIN history h ON h.event_id = s.id;
 END
 $$;
 COMMENT ON FUNCTION payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]) IS
-	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone; and the payment it created paid, with its status time, for its receipt';
+	'Stores verified Stripe events of a batch (each once) in one statement and creates the payments they are the first news of; per position: the event''s row and applied, ignored, duplicate (stored before), or NULL for the caller to settle the stored event alone; and the event''s provider_ref (the caller settles in that order). Events are inserted in (provider, event_id) order and payments created in (provider, provider_ref) order, so that concurrent batches take their locks in one order';
 
 REVOKE ALL ON FUNCTION payments.apply_event(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integer) FROM PUBLIC;
@@ -1820,6 +1848,7 @@ REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_chan
 REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.transition_committed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paid_late_committed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.receipt_noted() FROM PUBLIC;
 
 CREATE FUNCTION payments.receipt(receipt_no text)
 RETURNS SETOF payments.payments

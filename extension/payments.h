@@ -153,7 +153,6 @@ extern void RecordFailedAttempt(int64 event_row, const char *error);
 
 /* receipts.c (inside an SPI connection) */
 extern void IssueReceipt(int64 payment_id, TimestampTz paid_at);
-extern void ReceiptAtCommit(int64 payment_id, text *provider, TimestampTz paid_at);
 extern bool ReceiptTakenWithBatch(int64 payment_id);
 
 /* kinds.c */

@@ -13,18 +13,28 @@
  * transaction: gapless and unique, and a rollback (of the transaction, or of
  * the subtransaction that recorded the transition) gives the numbers back.
  *
- * A payment is numbered alone (three statements), except those a batch's
- * set statement created paid (payments.ingest_batch): the batch notes them
- * (ReceiptAtCommit), and at the commit the first transition to paid numbers
- * all of them with two statements -- every counter they need taken at once,
- * in (prefix, day) order, then their receipts inserted together -- in the
- * order they were noted; their own commit steps then find them numbered.
- * In a batch of 16, numbering alone was a sixth of the database's work per
+ * Every payment made paid is noted when its transition is recorded (the
+ * BEFORE row trigger payments.receipt_noted, no statement), and its note
+ * goes if the subtransaction that recorded it is rolled back.  A transaction
+ * that paid one payment numbers it alone (three statements).  One that paid
+ * several numbers them all at the first commit step of a transition to paid,
+ * with two statements -- every counter they need taken at once, in (prefix,
+ * day) order, then their receipts inserted together -- in the order they
+ * were noted; their own commit steps then find them numbered.  So a
+ * transaction takes its counters in (prefix, day) order: two transactions
+ * that need the same two counters (two prefixes, or two days at midnight)
+ * wait for each other at the commit instead of deadlocking, as they did
+ * when each payment took its counter in the order of its transition.  In a
+ * batch of 16, numbering alone was a sixth of the database's work per
  * delivery; together it is about a tenth.
  */
 #include "payments.h"
 
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
@@ -32,6 +42,7 @@
 #include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(issue_receipt);
+PG_FUNCTION_INFO_V1(receipt_noted);
 
 static SPIPlanPtr unnumbered_plan = NULL;
 static SPIPlanPtr next_number_plan = NULL;
@@ -40,12 +51,12 @@ static SPIPlanPtr receipt_plan = NULL;
 static SPIPlanPtr batch_numbers_plan = NULL;
 static SPIPlanPtr batch_receipts_plan = NULL;
 
-/* A payment a batch created paid, to be numbered at the commit */
+/* A payment the transaction made paid, to be numbered at the commit */
 typedef struct NotedPayment
 {
 	int64		payment_id;
-	text	   *provider;
-	TimestampTz paid_at;
+	TimestampTz paid_at;		/* of its transition to paid (or its paid_at) */
+	SubTransactionId subid;		/* the subtransaction that recorded it */
 } NotedPayment;
 
 /* The payments noted in this transaction (under TopTransactionContext) */
@@ -60,10 +71,12 @@ static KeptStamp settled_stamp;	/* when they were settled: a subtransaction
 								 * aborted since may have undone it */
 
 /*
- * Fewer payments than this are numbered alone: for two, the two statements
- * cost more than three each (measured)
+ * Fewer payments than this are numbered alone: one needs a single counter.
+ * Two are numbered together too, though for two the two statements cost a
+ * little more than three each (measured): alone, they would take their
+ * counters in the order of their transitions.
  */
-#define RECEIPTS_TOGETHER_MIN 3
+#define RECEIPTS_TOGETHER_MIN 2
 
 /*
  * The receipt prefix of a provider: its receipt_prefix setting, else the
@@ -203,16 +216,34 @@ CompareInt64(const void *a, const void *b)
 }
 
 /*
- * Notes a payment that a batch's set statement created paid (its status
- * time paid_at), for the commit to number it with the others.  The
- * numbering checks again that the payment exists and has no number, so a
- * note that a rollback made moot is harmless.
+ * Drops the notes of a subtransaction rolled back (and of those it held):
+ * its transitions are gone.  Subtransaction ids grow, and one rolled back is
+ * the innermost still open: the notes from its start on are its own.
  */
-void
-ReceiptAtCommit(int64 payment_id, text *provider, TimestampTz paid_at)
+static void
+ForgetRolledBackNotes(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
 {
+	if (event != SUBXACT_EVENT_ABORT_SUB || !KeptInThisTransaction(&noted_stamp))
+		return;
+	while (noted_count > 0 && noted[noted_count - 1].subid >= mySubid)
+		noted_count--;
+	if (settled_count > noted_count)
+		settled_count = taken_count = 0;	/* settle what is left again */
+}
+
+/* Notes that a payment became paid (at paid_at) in this transaction */
+static void
+NotePaidPayment(int64 payment_id, TimestampTz paid_at)
+{
+	static bool registered = false;
 	MemoryContext old;
 
+	if (!registered)
+	{
+		RegisterSubXactCallback(ForgetRolledBackNotes, NULL);
+		registered = true;
+	}
 	if (!KeptInThisTransaction(&noted_stamp))
 	{
 		/* the old transaction's memory went with it */
@@ -229,26 +260,78 @@ ReceiptAtCommit(int64 payment_id, text *provider, TimestampTz paid_at)
 			repalloc(noted, sizeof(NotedPayment) * noted_space);
 	}
 	noted[noted_count].payment_id = payment_id;
-	noted[noted_count].provider = DatumGetTextPCopy(PointerGetDatum(provider));
 	noted[noted_count].paid_at = paid_at;
+	noted[noted_count].subid = GetCurrentSubTransactionId();
 	noted_count++;
 	MemoryContextSwitchTo(old);
 }
 
 /*
+ * SQL: payments.receipt_noted(), the BEFORE row trigger that notes a payment
+ * made paid, for its receipt at the commit: on payments.status_history, a
+ * transition to paid recorded by this transaction (its status time); on
+ * payments.payments, the late news that a payment refunded or disputed was
+ * paid (its paid_at).  The triggers' WHEN clauses pick those rows; this
+ * function runs no statement.
+ */
+Datum
+receipt_noted(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	row;
+	TupleDesc	desc;
+	const char *table;
+	bool		isnull;
+	Datum		payment_id;
+	Datum		paid_at;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		RelationGetNamespace(trigdata->tg_relation) != get_namespace_oid("payments", false))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("payments.receipt_noted() must be called as a BEFORE row trigger of payments.status_history or payments.payments")));
+	table = RelationGetRelationName(trigdata->tg_relation);
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (strcmp(table, "status_history") == 0 && TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		row = trigdata->tg_trigtuple;
+		/* the rows a restore copies back were numbered when first recorded */
+		if (!WrittenByThisTransaction(trigdata, "recorded_at"))
+			return PointerGetDatum(row);
+		payment_id = heap_getattr(row, SPI_fnumber(desc, "payment_id"), desc, &isnull);
+		paid_at = heap_getattr(row, SPI_fnumber(desc, "status_at"), desc, &isnull);
+	}
+	else if (strcmp(table, "payments") == 0 && TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		row = trigdata->tg_newtuple;
+		payment_id = heap_getattr(row, SPI_fnumber(desc, "id"), desc, &isnull);
+		paid_at = heap_getattr(row, SPI_fnumber(desc, "paid_at"), desc, &isnull);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("payments.receipt_noted() must be called as a BEFORE row trigger of payments.status_history or payments.payments")));
+	if (!isnull)
+		NotePaidPayment(DatumGetInt64(payment_id), DatumGetTimestampTz(paid_at));
+	return PointerGetDatum(row);
+}
+
+/*
  * Numbers the noted payments not numbered yet, with two statements: the
- * numbers of every (prefix, day) they need, taken from the counters at once,
- * then their receipts.  Inside an SPI connection.
+ * numbers of every (prefix, day) they need, taken from the counters at once
+ * in (prefix, day) order, then their receipts.  A payment noted twice (paid
+ * again in the same transaction) is numbered once.  Inside an SPI
+ * connection.
  */
 static void
 NumberNotedPayments(void)
 {
-	Oid			number_types[3] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+	Oid			number_types[3] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTOID};
 	Oid			receipt_types[2] = {TEXTARRAYOID, INT8ARRAYOID};
 	int			n = noted_count - settled_count;
 	NotedPayment *unsettled = noted + settled_count;
 	Datum	   *ids = palloc(sizeof(Datum) * n);
-	Datum	   *prefixes = palloc(sizeof(Datum) * n);
 	Datum	   *paid_ats = palloc(sizeof(Datum) * n);
 	Datum		args[3];
 	Datum	   *receipt_nos;
@@ -259,19 +342,27 @@ NumberNotedPayments(void)
 	for (int i = 0; i < n; i++)
 	{
 		ids[i] = Int64GetDatum(unsettled[i].payment_id);
-		prefixes[i] = CStringGetTextDatum(ReceiptPrefix(unsettled[i].provider));
 		paid_ats[i] = TimestampTzGetDatum(unsettled[i].paid_at);
 	}
 	args[0] = ArrayParam(ids, NULL, n, INT8OID);
-	args[1] = ArrayParam(prefixes, NULL, n, TEXTOID);
-	args[2] = ArrayParam(paid_ats, NULL, n, TIMESTAMPTZOID);
+	args[1] = ArrayParam(paid_ats, NULL, n, TIMESTAMPTZOID);
+	args[2] = CStringGetTextDatum(payments_receipt_prefix);
 	if (SPI_execute_plan(KeptGenericPlan(&batch_numbers_plan,
-										 "WITH unnumbered AS MATERIALIZED ("
-										 "  SELECT t.ord, t.payment_id, t.prefix, payments.receipt_day(t.paid_at) AS day"
-										 "    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
-										 "         WITH ORDINALITY AS t (payment_id, prefix, paid_at, ord)"
-										 "   WHERE EXISTS (SELECT FROM payments.payments p WHERE p.id = t.payment_id AND p.kind = 'collection')"
-										 "     AND NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = t.payment_id)"
+										 "WITH noted AS MATERIALIZED ("
+										 "  SELECT DISTINCT ON (t.payment_id) t.ord, t.payment_id, t.paid_at"
+										 "    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
+										 "         WITH ORDINALITY AS t (payment_id, paid_at, ord)"
+										 "   ORDER BY t.payment_id, t.ord"
+										 "), unnumbered AS MATERIALIZED ("
+										 /* the prefix and day IssueReceipt gives it */
+										 "  SELECT n.ord, n.payment_id,"
+										 "         coalesce(CASE WHEN pg_catalog.jsonb_typeof(pr.settings -> 'receipt_prefix') = 'string'"
+										 "                       THEN pr.settings ->> 'receipt_prefix' END, $3) AS prefix,"
+										 "         payments.receipt_day(coalesce(p.paid_at, n.paid_at)) AS day"
+										 "    FROM noted n"
+										 "    JOIN payments.payments p ON p.id = n.payment_id AND p.kind = 'collection'"
+										 "    LEFT JOIN payments.providers pr ON pr.name = p.provider"
+										 "   WHERE NOT EXISTS (SELECT FROM payments.receipts r WHERE r.payment_id = n.payment_id)"
 										 "), taken AS ("
 										 "  INSERT INTO payments.receipt_counters AS rc (prefix, day, last_no)"
 										 "  SELECT t.prefix, t.day, pg_catalog.count(*) FROM unnumbered t"
@@ -327,10 +418,10 @@ NumberNotedPayments(void)
 }
 
 /*
- * Whether the payment was numbered with the payments batches noted: at the
- * first call after a note, all of them are numbered together (unless they
- * are too few: then each is numbered alone).  False for a payment to number
- * alone.  Inside an SPI connection, at the commit.
+ * Whether the payment was numbered with the other payments the transaction
+ * made paid: at the first call after a note, all of them are numbered
+ * together (unless there is one: then it is numbered alone).  False for a
+ * payment to number alone.  Inside an SPI connection, at the commit.
  */
 bool
 ReceiptTakenWithBatch(int64 payment_id)

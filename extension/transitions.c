@@ -5,7 +5,9 @@
  *
  * In this order: the payment's receipt number when it became paid
  * (receipts.c: taken at commit, so that the counter's lock is held only from
- * just before the commit to the end of its WAL flush); the outbox, when an
+ * just before the commit to the end of its WAL flush; the first such step of
+ * a transaction that paid several numbers them all, taking the counters in
+ * (prefix, day) order); the outbox, when an
  * enabled endpoint takes the transition (payments.enqueue_transition); the
  * donor's WhatsApp message, for a chat donation
  * (payments.chat_payment_notice).  So the outbox and the thank-you carry the
@@ -127,7 +129,9 @@ paid_late_committed(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	IssueReceipt(DatumGetInt64(payment_id), DatumGetTimestampTz(paid_at));
+	/* numbered with the transaction's others, in (prefix, day) order, unless alone */
+	if (!ReceiptTakenWithBatch(DatumGetInt64(payment_id)))
+		IssueReceipt(DatumGetInt64(payment_id), DatumGetTimestampTz(paid_at));
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }

@@ -953,8 +953,8 @@ batch_row(const PGresult *res, int i)
  * data exception (class 22: a parameter the server refused, a value a step
  * at the commit could not take), an integrity violation or a raise of a
  * step at the commit for one payment (23, P0), a deadlock or serialization
- * failure (class 40: at the commit, receipt counters of two days or
- * prefixes taken in opposite orders by two batches), one slow delivery past
+ * failure (class 40: at the commit, with a concurrent transaction's trigger
+ * or a receipt counter taken early, in another order), one slow delivery past
  * statement_timeout or lock_timeout (57014, 55P03).  Any other failure (a
  * missing object, the server short of resources or failing) is the
  * database's: one at a time would fail as many times, and add to its load.

@@ -191,8 +191,9 @@ SELECT * FROM payments.ingest_batch('{{batch-set}}', '{{"{}"}}', '{{""}}', '{{NU
 SELECT * FROM payments.ingest_batch('{NULL,batch-nobody}', '{"{}","{}"}', '{"",""}', '{NULL,NULL}', '{NULL,NULL}');
 SELECT * FROM payments.ingest_batch('{batch-set,batch-nobody}', '{"[]","{}"}', '{"",""}', '{NULL,NULL}', '{NULL,NULL}');
 
--- receipts: the payments a batch's statement created paid are numbered together at the commit
--- (one statement for every prefix and day they need, in the order of the batch), the others alone
+-- receipts: the payments a transaction made paid are numbered together at the commit (one statement
+-- for every prefix and day they need, taken in (prefix, day) order; numbers in the order the
+-- payments were made paid), a payment alone when it is the only one
 SELECT payments.register_provider('batch-rc', 'stripe', '{"receipt_prefix": "RC"}');
 SELECT payments.register_provider('batch-rd', 'stripe', '{"receipt_prefix": "RD"}');
 SELECT payments.add_secret(p, 'whsec_batch') IS NOT NULL AS added FROM unnest(ARRAY['batch-rc', 'batch-rd']) p;
@@ -218,7 +219,7 @@ $$;
 -- RC has a number on 2024-06-10 already
 SELECT * FROM tb.batch('[{"provider": "batch-rc", "evt": "evt_bt_r0", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r0", "amount": 100, "currency": "usd"}, "ts": 1718000100}]');
 -- RC on 2024-06-10 twice and 2024-06-11 (its first), RD on 2024-06-10 (its first); pi_bt_r4 created
--- pending, then paid by a later event of the batch: numbered alone, after the others
+-- pending, then paid by a later event of the batch (settled alone): numbered with them, after them
 SELECT * FROM tb.batch('[
 	{"provider": "batch-rc", "evt": "evt_bt_r1", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r1", "amount": 100, "currency": "usd"}, "ts": 1718000200},
 	{"provider": "batch-rd", "evt": "evt_bt_r2", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_r2", "amount": 100, "currency": "usd"}, "ts": 1718000200},
@@ -256,6 +257,18 @@ ROLLBACK TO SAVEPOINT early;
 SELECT count(*) AS numbered_after_rollback FROM tb.receipts() WHERE provider_ref LIKE 'pi_bt_s%';
 COMMIT;
 SELECT provider_ref, receipt_no FROM tb.receipts() WHERE provider_ref LIKE 'pi_bt_s%' ORDER BY receipt_no;
+-- a payment made paid in a savepoint rolled back is not numbered with the transaction's others
+SELECT * FROM tb.batch('[{"provider": "batch-rd", "evt": "evt_bt_u0", "etype": "payment_intent.processing", "obj": {"id": "pi_bt_u0", "amount": 100, "currency": "usd"}, "ts": 1718200000}]');
+BEGIN;
+SAVEPOINT paying;
+SELECT * FROM tb.batch('[{"provider": "batch-rd", "evt": "evt_bt_u1", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_u0", "amount": 100, "currency": "usd"}, "ts": 1718200100}]');
+ROLLBACK TO SAVEPOINT paying;
+SELECT * FROM tb.batch('[
+	{"provider": "batch-rd", "evt": "evt_bt_u2", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_u2", "amount": 100, "currency": "usd"}, "ts": 1718200200},
+	{"provider": "batch-rc", "evt": "evt_bt_u3", "etype": "payment_intent.succeeded", "obj": {"id": "pi_bt_u3", "amount": 100, "currency": "usd"}, "ts": 1718200200}]');
+COMMIT;
+SELECT p.provider_ref, p.status, r.receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider_ref LIKE 'pi_bt_u%' ORDER BY p.provider_ref;
 
 -- payments.flush_wal(): the shim commits a batch with synchronous_commit off and calls it before
 -- answering.  After it, the WAL is flushed at least to where it had been written before the call

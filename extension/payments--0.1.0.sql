@@ -953,6 +953,29 @@ RETURN CASE WHEN status = 'refunded' THEN coalesce(amount, amount_refunded) ELSE
 COMMENT ON FUNCTION payments.refunded_total(payments.payment_status, numeric, numeric) IS
 	'What a payment has given back so far: all of it once refunded, else its amount_refunded';
 
+CREATE FUNCTION payments.take_from_refunds(taken numeric, refund_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	r		record;
+BEGIN
+	FOR r IN SELECT f.id, f.amount FROM pg_catalog.unnest(refund_ids) WITH ORDINALITY AS i (id, n)
+			   JOIN payments.refunds f ON f.id = i.id
+			  ORDER BY i.n LOOP
+		EXIT WHEN taken <= 0;
+		IF r.amount <= taken THEN
+			DELETE FROM payments.refunds f WHERE f.id = r.id;
+		ELSE
+			UPDATE payments.refunds f SET amount = f.amount - taken WHERE f.id = r.id;
+		END IF;
+		taken := taken - r.amount;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.take_from_refunds(numeric, bigint[]) IS
+	'Takes an amount off refund rows, in the order given: each row taken whole goes, the last one is reduced (payments.apply_change, when a total moves between times or shrinks)';
+
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
 LANGUAGE plpgsql
@@ -967,7 +990,6 @@ DECLARE
 	recorded numeric;
 	recorded_by numeric;
 	moved	numeric;
-	later	record;
 	outcome	text;
 	flagged	boolean := false;
 BEGIN
@@ -1095,17 +1117,10 @@ BEGIN
 		  FROM payments.payments p WHERE p.id = pay.id;
 		SELECT coalesce(sum(f.amount), 0) - refunded_after INTO moved
 		  FROM payments.refunds f WHERE f.payment_id = pay.id;
-		FOR later IN SELECT f.id, f.amount FROM payments.refunds f
-					  WHERE f.payment_id = pay.id AND moved > 0
-					  ORDER BY f.refunded_at DESC, f.id DESC LOOP
-			EXIT WHEN moved <= 0;
-			IF later.amount <= moved THEN
-				DELETE FROM payments.refunds f WHERE f.id = later.id;
-			ELSE
-				UPDATE payments.refunds f SET amount = f.amount - moved WHERE f.id = later.id;
-			END IF;
-			moved := moved - later.amount;
-		END LOOP;
+		IF moved > 0 THEN
+			PERFORM payments.take_from_refunds(moved, ARRAY(SELECT f.id FROM payments.refunds f WHERE f.payment_id = pay.id
+															  ORDER BY f.refunded_at DESC, f.id DESC));
+		END IF;
 		outcome := 'applied';
 	ELSIF change.status = 'paid' AND pay.status = 'paid' AND change.amount > pay.amount
 		  AND upper(change.currency) = pay.currency
@@ -1177,17 +1192,9 @@ BEGIN
 				INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
 				VALUES (pay.id, moved, at, event_row);
 				-- taken from the next later rows, in time order; a row left with nothing goes
-				FOR later IN SELECT f.id, f.amount FROM payments.refunds f
-							  WHERE f.payment_id = pay.id AND f.refunded_at > at
-							  ORDER BY f.refunded_at, f.id LOOP
-					EXIT WHEN moved <= 0;
-					IF later.amount <= moved THEN
-						DELETE FROM payments.refunds f WHERE f.id = later.id;
-					ELSE
-						UPDATE payments.refunds f SET amount = f.amount - moved WHERE f.id = later.id;
-					END IF;
-					moved := moved - later.amount;
-				END LOOP;
+				PERFORM payments.take_from_refunds(moved, ARRAY(SELECT f.id FROM payments.refunds f
+																  WHERE f.payment_id = pay.id AND f.refunded_at > at
+																  ORDER BY f.refunded_at, f.id));
 				outcome := 'applied';
 			END IF;
 		END IF;
@@ -1845,6 +1852,7 @@ REVOKE ALL ON FUNCTION payments.settle_event(payments.events, text, jsonb, integ
 REVOKE ALL ON FUNCTION payments.store_stripe_events(integer[], text[], text[], text[], timestamptz[], bytea[], jsonb[], jsonb[], inet[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.store_event(text, text, jsonb, text, text, timestamptz, bytea, jsonb, jsonb, inet, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.take_from_refunds(numeric, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.issue_receipt(bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.transition_committed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paid_late_committed() FROM PUBLIC;

@@ -3677,7 +3677,7 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'untimed_network_waits'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION payments.untimed_network_waits(boolean) IS
-	'While on (until turned off, or a transaction of the session aborts), statement_timeout does not count the network waits of deliver_outbox, reconcile and initiate_payments in this session, and counts again, whole, from the end of each wait; run_job turns it on for its run';
+	'While on (until turned off, or the transaction or subtransaction that turned it on aborts), statement_timeout does not count the network waits of deliver_outbox, reconcile and initiate_payments in this session, and counts again, whole, from the end of each wait; run_job turns it on for its run';
 REVOKE ALL ON FUNCTION payments.untimed_network_waits(boolean) FROM PUBLIC;
 
 -- No SET clause: a procedure that commits cannot have one.  Every function and relation name is

@@ -35,6 +35,7 @@ PG_FUNCTION_INFO_V1(untimed_network_waits);
 
 /* Whether statement_timeout leaves out the network waits of SendOutboundBatch */
 static bool network_waits_untimed = false;
+static SubTransactionId untimed_since;	/* the subtransaction that turned it on */
 static bool abort_callback_registered = false;
 
 /*
@@ -65,8 +66,20 @@ EndUntimedNetworkWaits(XactEvent event, void *arg)
 }
 
 /*
+ * So does a subtransaction rolled back that turned it on or held the one that
+ * did: a run_job whose error a caller's EXCEPTION block caught
+ */
+static void
+EndUntimedNetworkWaitsSub(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && mySubid <= untimed_since)
+		network_waits_untimed = false;
+}
+
+/*
  * SQL: payments.untimed_network_waits(on boolean) -> void.  While on (until
- * turned off, or a transaction of the session aborts), statement_timeout does
+ * turned off, or the transaction or subtransaction that turned it on aborts), statement_timeout does
  * not count the network waits of deliver_outbox, reconcile and
  * initiate_payments in this session.
  */
@@ -80,9 +93,11 @@ untimed_network_waits(PG_FUNCTION_ARGS)
 	if (!abort_callback_registered)
 	{
 		RegisterXactCallback(EndUntimedNetworkWaits, NULL);
+		RegisterSubXactCallback(EndUntimedNetworkWaitsSub, NULL);
 		abort_callback_registered = true;
 	}
 	network_waits_untimed = PG_GETARG_BOOL(0);
+	untimed_since = GetCurrentSubTransactionId();
 	PG_RETURN_VOID();
 }
 

@@ -406,6 +406,15 @@ test('a statement_timeout below a receiver\'s response time cancels no deliver j
 		/canceling statement due to statement timeout/);
 	assert.deepEqual(items('slowhand'), ['pending|1|-']);
 	db.psql(`SELECT payments.enable_endpoint('slowhand', false)`);
+	// so does a run that failed in a subtransaction, its error caught: a CALL after it is held to the timeout
+	receiver.behaviour['/slowcaught'] = receiver.behaviour['/slowjob'];
+	endpoint('slowcaught', '/slowcaught');
+	paid('pi_slowjob4');
+	await assert.rejects(psql(`DO $$ BEGIN CALL payments.run_job('deliver', 1);
+		EXCEPTION WHEN invalid_transaction_termination THEN RAISE NOTICE 'caught: %', SQLERRM; END $$`,
+	`CALL payments.deliver_outbox()`), /canceling statement due to statement timeout/);
+	assert.deepEqual(items('slowcaught'), ['pending|1|-']);
+	db.psql(`SELECT payments.enable_endpoint('slowcaught', false)`);
 });
 
 test('a result that cannot be recorded in a cancelled run: the cancel is still honoured, and the next ones too', async () => {

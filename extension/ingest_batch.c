@@ -147,20 +147,43 @@ typedef struct SetBatch
 	int			ordered;		/* how many in order */
 } SetBatch;
 
-/* Orders deliveries by their event: provider (bytewise), then event id */
+/* Orders deliveries by their provider's name, bytewise (as COLLATE "C") */
 static int
-CompareEventKeys(const BatchDelivery *x, const BatchDelivery *y)
+CompareProviders(const BatchDelivery *x, const BatchDelivery *y)
 {
 	int			xlen = VARSIZE_ANY_EXHDR(x->delivery.provider);
 	int			ylen = VARSIZE_ANY_EXHDR(y->delivery.provider);
 	int			cmp = memcmp(VARDATA_ANY(x->delivery.provider),
 							 VARDATA_ANY(y->delivery.provider), Min(xlen, ylen));
 
-	if (cmp == 0)
-		cmp = xlen - ylen;
-	if (cmp == 0)
-		cmp = strcmp(x->events.events[0].event_id, y->events.events[0].event_id);
-	return cmp;
+	return cmp != 0 ? cmp : xlen - ylen;
+}
+
+/* Orders deliveries by their event: provider, then event id */
+static int
+CompareEventKeys(const BatchDelivery *x, const BatchDelivery *y)
+{
+	int			cmp = CompareProviders(x, y);
+
+	return cmp != 0 ? cmp : strcmp(x->events.events[0].event_id, y->events.events[0].event_id);
+}
+
+/*
+ * The positions of the batch's deliveries that keep selects, sorted by
+ * compare (a qsort_arg comparator of positions); their number in *n
+ */
+static int *
+SortedPositions(const SetBatch *batch, bool (*keep) (const BatchDelivery *),
+				qsort_arg_comparator compare, int *n)
+{
+	int		   *order = palloc(sizeof(int) * Max(batch->count, 1));
+
+	*n = 0;
+	for (int i = 0; i < batch->count; i++)
+		if (keep(&batch->deliveries[i]))
+			order[(*n)++] = i;
+	qsort_arg(order, *n, sizeof(int), compare, batch->deliveries);
+	return order;
 }
 
 /* qsort_arg comparator of positions in a batch: by event, then position */
@@ -175,6 +198,13 @@ CompareEvents(const void *a, const void *b, void *arg)
 	return cmp != 0 ? cmp : x->index - y->index;
 }
 
+/* Whether a delivery's event is for the set statement */
+static bool
+InSet(const BatchDelivery *d)
+{
+	return d->in_set;
+}
+
 /*
  * Marks as repeated each in_set delivery whose event an earlier delivery of
  * the batch carries: the set statement stores each event once, and a later
@@ -185,13 +215,9 @@ CompareEvents(const void *a, const void *b, void *arg)
 static void
 MarkRepeatedEvents(SetBatch *batch)
 {
-	int		   *order = palloc(sizeof(int) * Max(batch->count, 1));
-	int			n = 0;
+	int			n;
+	int		   *order = SortedPositions(batch, InSet, CompareEvents, &n);
 
-	for (int i = 0; i < batch->count; i++)
-		if (batch->deliveries[i].in_set)
-			order[n++] = i;
-	qsort_arg(order, n, sizeof(int), CompareEvents, batch->deliveries);
 	batch->in_set = n;
 	for (int k = 1; k < n; k++)
 	{
@@ -379,16 +405,18 @@ CompareSettleOrder(const void *a, const void *b, void *arg)
 	const BatchDelivery *deliveries = arg;
 	const BatchDelivery *x = &deliveries[*(const int *) a];
 	const BatchDelivery *y = &deliveries[*(const int *) b];
-	int			xlen = VARSIZE_ANY_EXHDR(x->delivery.provider);
-	int			ylen = VARSIZE_ANY_EXHDR(y->delivery.provider);
-	int			cmp = memcmp(VARDATA_ANY(x->delivery.provider),
-							 VARDATA_ANY(y->delivery.provider), Min(xlen, ylen));
+	int			cmp = CompareProviders(x, y);
 
-	if (cmp == 0)
-		cmp = xlen - ylen;
 	if (cmp == 0)
 		cmp = CompareNullable(x->payment_ref, y->payment_ref);
 	return cmp != 0 ? cmp : x->index - y->index;
+}
+
+/* Whether the set statement stored a delivery's event but could not decide it */
+static bool
+Undecided(const BatchDelivery *d)
+{
+	return d->in_set && !d->repeated && d->set_outcome == NULL;
 }
 
 /*
@@ -398,17 +426,9 @@ CompareSettleOrder(const void *a, const void *b, void *arg)
 static void
 SettleUndecided(SetBatch *batch)
 {
-	int		   *order = palloc(sizeof(int) * Max(batch->count, 1));
-	int			n = 0;
+	int			n;
+	int		   *order = SortedPositions(batch, Undecided, CompareSettleOrder, &n);
 
-	for (int i = 0; i < batch->count; i++)
-	{
-		BatchDelivery *d = &batch->deliveries[i];
-
-		if (d->in_set && !d->repeated && d->set_outcome == NULL)
-			order[n++] = i;
-	}
-	qsort_arg(order, n, sizeof(int), CompareSettleOrder, batch->deliveries);
 	for (int k = 0; k < n; k++)
 		SettleAlone(&batch->deliveries[order[k]]);
 	pfree(order);

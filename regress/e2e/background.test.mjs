@@ -694,11 +694,23 @@ test('a job lock held by a role that cannot run the jobs stops none; one held by
 	} finally {
 		await hog.release();
 	}
+	// a lock kept by a prepared transaction has no backend: no run holds it
+	paid('pi_hog_prepared');
+	db.psql(`BEGIN; SELECT pg_advisory_xact_lock(1885436269, ${key}); PREPARE TRANSACTION 'hog'`);
+	try {
+		assert.equal(db.psql(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid IS NULL
+			AND classid = 1885436269 AND objid = ${key} AND objsubid = 2`), '1');
+		assert.match(await job(),
+			/WARNING:  payments job deliver: its lock is held by a prepared transaction, which cannot run it: running all the same/);
+		assert.equal(receiver.to('/hog').length, 2);
+	} finally {
+		db.psql(`ROLLBACK PREPARED 'hog'`);
+	}
 	paid('pi_hog2');
 	const run = await holdLock(db, `SELECT pg_advisory_lock(1885436269, ${key})`);
 	try {
 		assert.match(await job(), /NOTICE:  payments job deliver skipped: the previous run is still going \(backend \d+\)/);
-		assert.equal(receiver.to('/hog').length, 1);
+		assert.equal(receiver.to('/hog').length, 2);
 		// skipped inside a transaction block: the caller's search_path is as it was
 		assert.equal(db.psql(`BEGIN; SET LOCAL search_path = public, pg_temp; SET LOCAL client_min_messages = warning;
 			CALL payments.run_job('deliver'); SHOW search_path; COMMIT;`), 'public, pg_temp');
@@ -706,7 +718,7 @@ test('a job lock held by a role that cannot run the jobs stops none; one held by
 		await run.release();
 	}
 	assert.equal(await job(), '');
-	assert.equal(receiver.to('/hog').length, 2);
+	assert.equal(receiver.to('/hog').length, 3);
 	db.psql(`SELECT payments.enable_endpoint('hog', false)`);
 	db.psql(`DROP ROLE lockhog`, 'postgres');
 });

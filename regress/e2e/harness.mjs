@@ -49,6 +49,7 @@ export class Cluster {
 				`cron.database_name = 'payments'`,
 				`fsync = off`,
 				`max_connections = 100`,
+				`max_prepared_transactions = 2`,	// background: a job lock kept by a prepared transaction
 				'',
 			].join('\n'));
 			try {

@@ -10,7 +10,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { Cluster, Shim, request, sleep, parseMetrics, waitShimQueued } from './harness.mjs';
+import { Cluster, Shim, request, sleep, parseMetrics, waitShimQueued, waitFor } from './harness.mjs';
 
 const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
 const stripe = new Stripe('sk_test_not_used_offline');
@@ -220,6 +220,8 @@ describe('group commit', () => {
 		const res = await answers();
 		assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
 		assert.deepEqual(res.map((r) => r.json.outcome), ids.map(() => 'applied'));
+		// each answer is its own request's, none another's of the batch
+		assert.deepEqual(res.map((r) => r.json.event_id), ids);
 		assert.equal(stored(ids), 20);
 		// the first went alone, the 19 queued behind it went as one batch
 		assert.equal(await metric('payments_shim_batch_deliveries_count') - before, 2);
@@ -287,6 +289,7 @@ describe('group commit', () => {
 		await lock.release();
 		const res = await Promise.all([first, ...rest]);
 		assert.deepEqual(res.map((r) => r.status), ids.map(() => 200));
+		assert.deepEqual(res.map((r) => r.json.event_id), ids);
 		// the first alone, the seven queued behind it in one transaction
 		const after = await batches();
 		assert.deepEqual([after.count - before.count, after.sum - before.sum], [2, 8], 'two transactions of 1 and 7');
@@ -663,8 +666,10 @@ describe('group commit', () => {
 			const { samples } = parseMetrics(await (await fetch(`${s.base}/metrics`)).text());
 			assert.ok(samples.get('payments_shim_batch_deliveries_bucket{le="1"}') < samples.get('payments_shim_batch_deliveries_count'),
 				'the three went as one batch');
-			// the batch's connection was dropped: the next one is made to a writable server
-			assert.equal(cluster.psqlVars("SELECT count(*) FROM pg_stat_activity WHERE pid = :'p'", { p: pid }), '0');
+			// the batch's connection was dropped: the next one is made to a writable server (its
+			// backend ends once it reads the shim's goodbye, maybe a moment after the answers)
+			await waitFor(() => cluster.psqlVars("SELECT count(*) FROM pg_stat_activity WHERE pid = :'p'", { p: pid }) === '0',
+				5000, 'the read-only batch connection closed');
 			cluster.psql('ALTER SYSTEM RESET default_transaction_read_only');
 			cluster.psql('SELECT pg_reload_conf()');
 			assert.equal((await post1('stripe', delivery(`evt_ro_${++seq}`))).status, 200);

@@ -2,7 +2,8 @@
 // currencies, exchange rates, endpoints) and data (events, rejections, payments, history, receipts, receipt counters,
 // the outbox, sequences) survive a dump of one database restored into a new one on a new server (pg_cron,
 // which the database also has, allows only one database per server), the rows CREATE EXTENSION
-// inserts (provider kinds, currencies, statuses) are not duplicated, and ingest still works after.
+// inserts (provider kinds, currencies, statuses) are not duplicated, and ingest (and adding an endpoint)
+// still works after.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -49,7 +50,15 @@ const snapshot = (c, db = 'payments') => c.psql(`
 	UNION ALL SELECT 'transitions', count(*)::text FROM payments.transitions
 	UNION ALL SELECT 'daily_report', string_agg(format('%s %s %s %s', currency, method, paid, last_receipt), '; ') FROM payments.daily_report('2024-06-10')
 	UNION ALL SELECT 'grants', string_agg(format('%s %s', r, has_function_privilege(r, 'payments.ingest(text,jsonb,bytea,inet,text)', 'EXECUTE')), ',' ORDER BY r)
-		FROM unnest(ARRAY['payments_ingest', 'payments_analyst']) AS r`, db).split('\n');
+		FROM unnest(ARRAY['payments_ingest', 'payments_analyst']) AS r
+	-- and every table of the extension, whole (its rows and a hash of them), and where every
+	-- sequence stands: none left out, whether or not a line above looks at it
+	UNION ALL (SELECT 'table ' || c.relname, (xpath('/row/h/text()', query_to_xml(format(
+			'SELECT count(*) || '' '' || md5(coalesce(string_agg(t::text, '','' ORDER BY t::text), '''')) AS h FROM payments.%I t',
+			c.relname), false, true, '')))[1]::text
+		FROM pg_class c WHERE c.relnamespace = 'payments'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY c.relname)
+	UNION ALL (SELECT 'sequence ' || s.sequencename, coalesce(s.last_value::text, 'unused')
+		FROM pg_sequences s WHERE s.schemaname = 'payments' ORDER BY s.sequencename)`, db).split('\n');
 
 let file;
 
@@ -123,5 +132,9 @@ describe('pg_dump and pg_restore', () => {
 		assert.equal(receipt, 'LP-20240610-000004');
 		assert.equal(target.psql(`SELECT http_status FROM payments.ingest('dump-stripe', '{"stripe-signature": "t=1,v1=00"}', '{}')`), '401');
 		assert.equal(target.psql('SELECT count(*) FROM payments.rejections'), '2');
+		// an endpoint added after the restore takes the next id
+		assert.equal(target.psql(`SELECT payments.add_endpoint('dump-hook-2', 'http://127.0.0.1:9/hook2',
+			'whsec_ZHVtcC1ob29rLXNlY3JldC1rZXk=', ARRAY['payment.*']) IS NOT NULL;
+			SELECT count(*) FROM payments.endpoints`), 't\n2');
 	});
 });

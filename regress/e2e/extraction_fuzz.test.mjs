@@ -298,8 +298,13 @@ describe('extraction fuzz', () => {
 		assert.equal(cluster.psql(`SELECT count(*) FROM public.fz_out o WHERE o.http_status = 400 AND NOT EXISTS
 			(SELECT FROM payments.rejections r WHERE r.request_id = 'fz-' || o.n AND r.outcome = 'invalid')`), '0',
 		'every 400 is recorded as invalid');
-		// the unmutated events (the seeds as providers send them) were taken: applied, ignored, or
-		// waiting only for news of their payment, never refused by a rule meant for hostile values
+		// the unmutated events (the seeds as providers send them) were taken: answered 200 ...
+		const turnedAway = cluster.psql(`SELECT string_agg(i.n || ' ' || i.provider || ' ' || o.http_status || ' ' || o.outcome || ' '
+				|| left(convert_from(decode(i.body, 'base64'), 'UTF8'), 400), E'\\n')
+			FROM public.fz_in i JOIN public.fz_out o USING (n) WHERE i.pristine AND o.http_status <> 200`);
+		assert.equal(turnedAway, '', `events as providers send them, answered other than 200 (seed ${seed}):\n${turnedAway}`);
+		// ... and applied, ignored, or waiting only for news of their payment, never refused by a
+		// rule meant for hostile values
 		const refused = cluster.psql(`SELECT string_agg(i.n || ' ' || i.provider || ' ' || e.event_type || ': ' || e.last_error, E'\n')
 			FROM public.fz_in i JOIN public.fz_out o USING (n) JOIN payments.events e ON e.provider = i.provider AND e.event_id = o.event_id
 			WHERE i.pristine AND o.outcome <> 'duplicate' AND e.last_error IS NOT NULL AND e.last_error NOT LIKE 'payment % is not known yet'`);

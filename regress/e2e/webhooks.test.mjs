@@ -7,6 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import Stripe from 'stripe';
 import { Webhook } from 'standardwebhooks';
 import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { Cluster, PG_BIN, Shim, post, rawRequest, sleep, stopShimAndCluster, holdLock, shimLockWaiters, waitFor }
 	from './harness.mjs';
 
@@ -163,14 +164,25 @@ describe('webhooks through the shim', () => {
 		// Expect: 100-continue is answered with 413 instead of 100
 		const expect = await rawRequest(shim.port, [head(Buffer.byteLength(payload), 'Expect: 100-continue\r\n')]);
 		assert.match(expect, /^HTTP\/1\.1 413 /);
-		// a chunked body is refused once it passes the cap (libmicrohttpd 0.9.75 answers when the upload ends)
-		const chunk = 'x'.repeat(64 * 1024);
-		const chunks = [`POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`];
-		for (let i = 0; i < 20; i++) chunks.push(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
+		// a chunked body is refused once it passes the cap (libmicrohttpd 0.9.75 answers when the
+		// upload ends): the signed event itself, whole, in 64 KB chunks
+		const signature = stripeHeaders(payload)['stripe-signature'];
+		const chunks = [`POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n` +
+			`Stripe-Signature: ${signature}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`];
+		for (let at = 0; at < payload.length; at += 64 * 1024) {
+			const chunk = payload.slice(at, at + 64 * 1024);	// ASCII: one byte a character
+			chunks.push(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
+		}
 		chunks.push('0\r\n\r\n');
 		const chunked = await rawRequest(shim.port, chunks);
 		assert.match(chunked, /^HTTP\/1\.1 413 /);
 		assert.equal(eventCount('stripe', JSON.parse(payload).id), 0);
+		// which the database would have stored: only the shim's cap kept it out
+		const file = join(cluster.dir, 'over-cap.json');
+		writeFileSync(file, payload);
+		assert.equal(cluster.psqlVars(`BEGIN; SELECT http_status || ' ' || outcome FROM payments.ingest('stripe',
+			jsonb_build_object('stripe-signature', :'s'), pg_read_binary_file(:'f')); ROLLBACK;`,
+		{ s: signature, f: file }), '200 ignored');	// stored, of no payment
 		// the service goes on serving others
 		const small = stripeEvent();
 		assert.equal((await post(shim.base, 'stripe', small, stripeHeaders(small))).status, 200);

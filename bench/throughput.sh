@@ -77,6 +77,9 @@ SELECT payments.register_provider('$provider', 'stripe');
 SELECT payments.add_secret('$provider', '$secret');
 SELECT payments.register_provider('pgbench', 'stripe');
 CREATE TABLE bench_answers (run text, status int, event_id text, outcome text);
+-- what each run sent: how many times each event went out (extra: once more at most, the last
+-- line of a thread that ran out), and the run's connections
+CREATE TABLE bench_sent (run text, event_id text, sent int, extra int, connections int);
 CREATE TABLE bench_template (body text);
 CREATE TABLE bench_ingest (n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, sig text, body text);
 SQL
@@ -174,8 +177,17 @@ run() {
 		printf "batches=%d batch_mean=%.1f batch_ms=%.2f batches_failed=%d", n, n ? (y[2] - x[2]) / n : 0,
 			n ? 1000 * (y[3] - x[3]) / n : 0, y[4] - x[4] }')"
 	[ -n "$(field requests "$run_line")" ] || { echo "throughput: wrk failed:" >&2; cat "$files/$name.wrk" >&2; exit 1; }
-	cat "$files/$name.answers".* | awk -v r="$name" '{ print r "\t" $1 "\t" $2 "\t" $3 }' >"$files/$name.tsv"
+	cat "$files/$name.answers".[0-9]* | awk -v r="$name" '{ print r "\t" $1 "\t" $2 "\t" $3 }' >"$files/$name.tsv"
 	psql -d bench -c "\\copy bench_answers FROM '$files/$name.tsv'"
+	# thread t of 2 sent lines t, t+2, ... of the file in order: the first "sent" of them, and the
+	# last once more if it ran out
+	awk -v r="$name" -v c="$conns" 'NR == FNR { sent[$1] = $2; ran_out[$1] = $3; next }
+		{ t = (FNR - 1) % 2 + 1; k = int((FNR - 1) / 2); match($0, /"id":"evt_[^"]*"/); id = substr($0, RSTART + 6, RLENGTH - 7)
+		  n[id] += (k < sent[t]); last[t] = id }
+		END { for (t in last) if (ran_out[t] == 1) extra[last[t]] = 1
+			  for (id in n) print r "\t" id "\t" n[id] "\t" (extra[id] + 0) "\t" c }' \
+		"$files/$name.answers.sent" "$files/$name.events" >"$files/$name.sent.tsv"
+	psql -d bench -c "\\copy bench_sent FROM '$files/$name.sent.tsv'"
 	rm -f "$files/$name.events"
 }
 
@@ -286,17 +298,26 @@ SELECT (SELECT count(*) FROM ok),
 	   (SELECT count(*) FROM ok WHERE event_id = '-'),
 	   (SELECT count(*) FROM ok WHERE NOT EXISTS (SELECT FROM payments.events e
 			WHERE e.provider = '$provider' AND e.event_id = ok.event_id)),
-	   (SELECT count(*) FROM (SELECT provider, event_id FROM payments.events GROUP BY 1, 2 HAVING count(*) > 1) d),
+	   -- an event taken (applied, stored, ignored) by more than one answer: only one may store it
+	   (SELECT count(*) FROM (SELECT event_id FROM bench_answers WHERE status BETWEEN 200 AND 299
+			AND event_id <> '-' AND outcome <> 'duplicate' GROUP BY 1 HAVING count(*) > 1) d),
 	   (SELECT count(*) FROM ok WHERE NOT EXISTS (SELECT FROM payments.payments p
 			WHERE p.provider = '$provider' AND p.provider_ref = 'pi_' || substr(ok.event_id, 5))),
 	   (SELECT count(*) FROM payments.events WHERE provider = '$provider' AND event_id NOT LIKE 'evt\\_ing\\_%'),
 	   (SELECT count(*) FROM payments.rejections),
 	   (SELECT count(*) FROM bench_answers WHERE status NOT BETWEEN 200 AND 299),
+	   -- answers naming an event more times than it was sent (or never sent)
+	   (SELECT count(*) FROM (SELECT run, event_id, count(*) n FROM bench_answers WHERE event_id <> '-' GROUP BY 1, 2) a
+			LEFT JOIN bench_sent s USING (run, event_id) WHERE a.n > coalesce(s.sent + s.extra, 0)),
+	   -- requests without an answer, beyond those in flight when a run ended
+	   (SELECT count(*) FROM (SELECT s.run, sum(s.sent) sent, min(s.connections) conns,
+			(SELECT count(*) FROM bench_answers a WHERE a.run = s.run) answered FROM bench_sent s GROUP BY 1) r
+			WHERE r.answered < r.sent - r.conns),
 	   (SELECT coalesce(string_agg(format('%s×%s', n, o), ', ' ORDER BY o), '') FROM
 			(SELECT outcome o, count(*) n FROM bench_answers GROUP BY 1) x)
 SQL
 )
-read -r ok_ids ok_unparsed missing_events dup_events missing_payments stored_events rejections non2xx outcomes <<<"$check"
+read -r ok_ids ok_unparsed missing_events dup_events missing_payments stored_events rejections non2xx unsent_answers unanswered_runs outcomes <<<"$check"
 
 # --- the table -------------------------------------------------------------------------------
 ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
@@ -380,9 +401,11 @@ printf '|%s|%s|%s|\n' ------------ -------------- --------------
 awk '{ printf "| %-10s | %12s | %12s |\n", $1, $2, $3 }' "$files/verify.out"
 echo
 echo "No loss check: $ok_ids distinct events answered 2xx, $missing_events of them not stored," \
-	"$missing_payments without their payment, $dup_events stored twice, $ok_unparsed 2xx answers without an event id;"
+	"$missing_payments without their payment, $dup_events taken by two answers, $ok_unparsed 2xx answers without an event id;"
+echo "  $unsent_answers events answered more often than sent, $unanswered_runs runs with requests unanswered beyond those in flight at the end;"
 echo "  $stored_events events stored from the shim runs, $rejections rejections, $non2xx non-2xx answers; outcomes: $outcomes"
-if [ "$missing_events" != 0 ] || [ "$missing_payments" != 0 ] || [ "$dup_events" != 0 ] || [ "$ok_unparsed" != 0 ] || [ "$ok_ids" = 0 ]; then
+if [ "$missing_events" != 0 ] || [ "$missing_payments" != 0 ] || [ "$dup_events" != 0 ] || [ "$ok_unparsed" != 0 ] || [ "$ok_ids" = 0 ] \
+	|| [ "$unsent_answers" != 0 ] || [ "$unanswered_runs" != 0 ]; then
 	echo "FAILED: the benchmark lost or duplicated data" >&2
 	exit 1
 fi

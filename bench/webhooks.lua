@@ -6,7 +6,10 @@
 -- Thread i of n sends lines i, i+n, i+2n, ... of the file; when a thread has sent all of its
 -- lines it stops (the run then ends early and says so). Each answer is appended to
 -- RESULTS_PREFIX.<thread> as "<status> <event_id> <outcome>" (event_id and outcome from the JSON
--- answer), so that the caller can check by SQL that every 2xx event is stored.
+-- answer), so that the caller can check by SQL that every 2xx event is stored; done() writes
+-- RESULTS_PREFIX.sent, one line per thread, "<thread> <lines sent> <1 if it ran out>", from which
+-- the caller knows which deliveries went out (a thread sends its lines in order), to check that
+-- no answer names an event sent fewer times than answered.
 -- done() prints one line: RESULT key=value ...
 --
 -- wrk runs each thread's init() in its main thread one after the other, starting each thread as
@@ -46,6 +49,7 @@ function init(args)
 	exhausted = 0
 	sent = 0
 	n2xx, nother = 0, 0
+	sent_file = prefix .. ".sent"
 	out = assert(io.open(prefix .. "." .. tid, "w"))
 	out:setvbuf("full", 1048576)
 	ready_prefix = prefix .. "-ready."
@@ -93,12 +97,15 @@ end
 
 function done(summary, latency, requests)
 	local n2, no, ex, tm = 0, 0, 0, 0
+	local sent_out = assert(io.open(threads[1]:get("sent_file"), "w"))
 	for _, t in ipairs(threads) do
+		sent_out:write(t:get("tid"), " ", t:get("sent"), " ", t:get("exhausted"), "\n")
 		n2 = n2 + t:get("n2xx")
 		no = no + t:get("nother")
 		ex = ex + t:get("exhausted")
 		tm = tm + t:get("timed")
 	end
+	sent_out:close()
 	local e = summary.errors
 	io.write(string.format(
 		"RESULT requests=%d requests_timed=%d duration_us=%d rps=%.1f rps_wrk=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..

@@ -2892,7 +2892,8 @@ CREATE TABLE payments.endpoints (
 	last_success_at		timestamptz,
 	last_failure_at		timestamptz,
 	created_at			timestamptz NOT NULL DEFAULT now(),
-	updated_at			timestamptz NOT NULL DEFAULT now()
+	updated_at			timestamptz NOT NULL DEFAULT now(),
+	pruned_before		timestamptz
 );
 COMMENT ON TABLE payments.endpoints IS
 	'Receivers of outbound webhooks (Standard Webhooks signed JSON POSTs), with their circuit breaker state';
@@ -2901,6 +2902,8 @@ COMMENT ON COLUMN payments.endpoints.event_types IS
 COMMENT ON COLUMN payments.endpoints.ca_file IS 'CA bundle to verify the receiver''s TLS certificate; NULL: the system''s';
 COMMENT ON COLUMN payments.endpoints.breaker_state IS
 	'closed: deliver; open: paused after breaker_threshold consecutive failures until breaker_until; half_open: one probe in flight';
+COMMENT ON COLUMN payments.endpoints.pruned_before IS
+	'The latest cutoff of payments.prune_outbox that deleted items of this endpoint (NULL: none ever did): what it was queued before then can no longer be told, so payments.replay_outbox looks for changes never queued from this time on only';
 
 CREATE TABLE payments.outbox (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -3196,6 +3199,7 @@ DECLARE
 	requeued bigint;
 	transitions bigint;
 	events	bigint := 0;
+	from_time timestamptz := since;
 BEGIN
 	IF since IS NULL THEN
 		RAISE EXCEPTION 'replay_outbox needs a time to replay from'
@@ -3208,6 +3212,24 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown endpoint "%"', replay_outbox.endpoint USING ERRCODE = 'undefined_object';
 	END IF;
+	-- "never queued" is told by the absence of an outbox row, which payments.prune_outbox deletes
+	-- too: a change whose item was pruned would be queued again, under a new msg_id (webhook-id)
+	-- the receiver cannot know for a repeat.  So changes are looked for from the endpoint's
+	-- pruned_before on only, the greatest cutoff of a prune that deleted some of its items.  It is
+	-- a sound bound: an item is queued at the commit of the transaction that recorded its change
+	-- (status_history.recorded_at and events.received_at are that transaction's now(), as is the
+	-- item's created_at) or later by a replay, so its change's time <= its created_at <= the time
+	-- it finished (delivered_at, or its last attempt), and a prune deletes only items finished
+	-- before its cutoff: every change at or after pruned_before that was ever queued for the
+	-- endpoint still has its row.  (Dead items still kept are requeued from since: they keep
+	-- their msg_id.)
+	IF ep.pruned_before IS NOT NULL AND since < ep.pruned_before THEN
+		from_time := ep.pruned_before;
+		RAISE NOTICE 'replay_outbox("%"): changes never queued are looked for from % on, not from %',
+			ep.name, ep.pruned_before, since
+			USING DETAIL = 'Items of this endpoint finished before ' || ep.pruned_before
+						   || ' were pruned (payments.prune_outbox): whether a change made before then was sent can no longer be told, and sending it again would give it a new webhook-id.';
+	END IF;
 	-- dead items back in the queue with a fresh schedule (their attempts stay in outbox_attempts)
 	UPDATE payments.outbox o SET state = 'pending', attempts = 0, next_attempt_at = now()
 	 WHERE o.endpoint_id = ep.id AND o.state = 'dead' AND o.created_at >= since;
@@ -3217,7 +3239,7 @@ BEGIN
 	INSERT INTO payments.outbox (endpoint_id, event_type, payload, status_history_id)
 	SELECT ep.id, 'payment.' || h.to_status, payments.transition_payload(h), h.id
 	  FROM payments.status_history h
-	 WHERE h.recorded_at >= since AND payments.event_type_matches(ep.event_types, 'payment.' || h.to_status)
+	 WHERE h.recorded_at >= from_time AND payments.event_type_matches(ep.event_types, 'payment.' || h.to_status)
 	   AND NOT EXISTS (SELECT FROM payments.outbox o WHERE o.endpoint_id = ep.id AND o.status_history_id = h.id)
 	 ORDER BY h.id;
 	GET DIAGNOSTICS transitions = ROW_COUNT;
@@ -3226,7 +3248,7 @@ BEGIN
 		INSERT INTO payments.outbox (endpoint_id, event_type, payload)
 		SELECT ep.id, payments.raw_event_type(ev), payments.raw_event_payload(ev)
 		  FROM payments.events ev
-		 WHERE ev.received_at >= since AND payments.event_type_matches(ep.event_types, payments.raw_event_type(ev))
+		 WHERE ev.received_at >= from_time AND payments.event_type_matches(ep.event_types, payments.raw_event_type(ev))
 		   AND NOT EXISTS (SELECT FROM payments.outbox o
 							WHERE o.endpoint_id = ep.id AND o.event_type = payments.raw_event_type(ev)
 							  AND o.payload -> 'data' ->> 'event_id' = ev.event_id)
@@ -3237,7 +3259,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.replay_outbox(text, timestamptz) IS
-	'Sends an endpoint again what it missed since a time: its dead items, back in the queue with a fresh schedule, and the payment changes (and stored events of the types it names) it was never queued, made while it was disabled or before it was added (a payment as it now is); sent when the endpoint is enabled; returns how many items';
+	'Sends an endpoint again what it missed since a time: its dead items, back in the queue with a fresh schedule, and the payment changes (and stored events of the types it names) it was never queued, made while it was disabled or before it was added (a payment as it now is), looked for from the endpoint''s pruned_before on only when since is earlier (with a notice: whether a change before a prune''s cutoff was sent can no longer be told); sent when the endpoint is enabled; returns how many items';
 
 CREATE FUNCTION payments.enqueue_event()
 RETURNS trigger
@@ -3838,12 +3860,67 @@ $$;
 COMMENT ON FUNCTION payments.prune_rejections(interval) IS
 	'Deletes the refused deliveries received longer ago than older_than (anyone may send them: kept for investigation, not for ever), except PayPal deliveries whose signature verified (their transmission ids stay spent); returns how many; the pg_cron job payments-prune runs it daily';
 
+-- Delivered and dead outbox items are kept after they finish, with their attempts, to show what
+-- was sent (and for replay_outbox), but not for ever.  An item is finished when it was delivered
+-- (delivered_at) or given up (dead: its last attempt); it is pruned once everything it has, its
+-- creation, delivery and every attempt's start and end, is older than the cutoff: a pending item
+-- is in flight however old it is, and a dead one requeued by replay_outbox and dead again counts
+-- from its new attempts.  Nothing else needs the rows: the backlog views, the on-call summary and
+-- the breaker count pending and dead items or the last hour's attempts; Meta's statuses of a
+-- pruned message are still kept in payments.whatsapp_statuses; what analysts query (events,
+-- status_history, receipts) is not touched.  Only replay_outbox read an item's absence as "never
+-- queued": each endpoint that loses items gets the cutoff as its pruned_before (see there)
+CREATE FUNCTION payments.prune_outbox(older_than interval DEFAULT '90 days')
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cutoff	timestamptz;
+	locked	bigint[];
+	pruned	bigint;
+BEGIN
+	IF older_than IS NULL OR pg_catalog.now() - older_than > pg_catalog.now() THEN
+		RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	cutoff := pg_catalog.now() - older_than;
+	-- the endpoints first, in id order, as replay_outbox locks its endpoint before its items: an
+	-- item locked here before its endpoint could deadlock with a replay requeuing it
+	SELECT pg_catalog.array_agg(e.id ORDER BY e.id) INTO locked
+	  FROM (SELECT e.id FROM payments.endpoints e
+			 WHERE EXISTS (SELECT FROM payments.outbox o
+							WHERE o.endpoint_id = e.id AND o.state IN ('delivered', 'dead')
+							  AND greatest(o.created_at, o.delivered_at) < cutoff)
+			 ORDER BY e.id FOR NO KEY UPDATE) AS e;
+	WITH gone AS (
+		DELETE FROM payments.outbox o
+		 WHERE o.state IN ('delivered', 'dead')
+		   AND (o.endpoint_id IS NULL OR o.endpoint_id = ANY (locked))
+		   AND greatest(o.created_at, o.delivered_at) < cutoff
+		   AND NOT EXISTS (SELECT FROM payments.outbox_attempts a
+							WHERE a.outbox_id = o.id
+							  AND greatest(a.started_at, a.finished_at) >= cutoff)
+		RETURNING o.endpoint_id),
+	marked AS (
+		UPDATE payments.endpoints e SET pruned_before = greatest(e.pruned_before, cutoff)
+		 WHERE e.id IN (SELECT g.endpoint_id FROM gone g)
+		RETURNING e.id)
+	SELECT pg_catalog.count(*) INTO pruned FROM gone;
+	RETURN pruned;
+END
+$$;
+COMMENT ON FUNCTION payments.prune_outbox(interval) IS
+	'Deletes the outbox items (webhooks and WhatsApp messages) that finished, delivered or dead, longer ago than older_than (every attempt older too; pending items never), with their attempts; each endpoint that lost items gets the cutoff as its pruned_before, before which replay_outbox no longer looks for changes never queued; returns how many; the pg_cron job payments-prune runs it daily';
+
 CREATE FUNCTION payments.cron_jobs(retry_schedule text DEFAULT '* * * * *',
 								   deliver_schedule text DEFAULT '* * * * *',
 								   housekeeping_schedule text DEFAULT '17 3 * * *',
 								   keep_run_details interval DEFAULT '7 days',
 								   reconcile_schedule text DEFAULT '* * * * *',
-								   keep_rejections interval DEFAULT '90 days')
+								   keep_rejections interval DEFAULT '90 days',
+								   keep_outbox interval DEFAULT '90 days')
 RETURNS TABLE (jobname text, schedule text, command text, database text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -3868,14 +3945,17 @@ AS $$
 		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval'
 				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
 		 coalesce(current_setting('cron.database_name', true), 'postgres')),
-		('payments-prune', CASE WHEN keep_rejections IS NOT NULL THEN housekeeping_schedule END,
-		 format('PERFORM payments.prune_rejections(%L) WHERE pg_try_advisory_xact_lock(1885436269, 6)', keep_rejections),
+		('payments-prune', CASE WHEN keep_rejections IS NOT NULL OR keep_outbox IS NOT NULL THEN housekeeping_schedule END,
+		 format('PERFORM %s WHERE pg_try_advisory_xact_lock(1885436269, 6)',
+				concat_ws(', ', CASE WHEN keep_rejections IS NOT NULL
+									 THEN format('payments.prune_rejections(%L)', keep_rejections) END,
+						  CASE WHEN keep_outbox IS NOT NULL THEN format('payments.prune_outbox(%L)', keep_outbox) END)),
 		 current_database())
 	  ) AS j (name, schedule, command, database)
 	 WHERE j.schedule IS NOT NULL
 $$;
-COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval, text, interval) IS
-	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own; rejections older than keep_rejections are pruned on the housekeeping schedule, never when it is NULL)';
+COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval, text, interval, interval) IS
+	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own; rejections older than keep_rejections and outbox items finished longer ago than keep_outbox are pruned on the housekeeping schedule, each never when it is NULL: no prune job when both are)';
 
 -- The jobs name their database (payments-retry@shop) and connect to it by name: those of a
 -- database renamed or dropped since fail every minute, and the renamed one's tools look for jobs
@@ -3906,7 +3986,8 @@ CREATE FUNCTION payments.schedule_jobs(retry_schedule text DEFAULT '* * * * *',
 									   housekeeping_schedule text DEFAULT '17 3 * * *',
 									   keep_run_details interval DEFAULT '7 days',
 									   reconcile_schedule text DEFAULT '* * * * *',
-									   keep_rejections interval DEFAULT '90 days')
+									   keep_rejections interval DEFAULT '90 days',
+									   keep_outbox interval DEFAULT '90 days')
 RETURNS TABLE (jobid bigint, jobname text, schedule text, database text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -3920,6 +4001,10 @@ BEGIN
 		RAISE EXCEPTION 'keep_rejections must be an interval of zero or more, or NULL to keep them for ever'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF now() - keep_outbox > now() THEN
+		RAISE EXCEPTION 'keep_outbox must be an interval of zero or more, or NULL to keep finished outbox items for ever'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	IF cron_db IS NULL THEN
 		RAISE EXCEPTION 'pg_cron is not loaded'
 			USING ERRCODE = 'feature_not_supported',
@@ -3930,7 +4015,7 @@ BEGIN
 								 c.jobname, c.schedule, c.command, c.database), E'\n')
 		  INTO stmts
 		  FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
-								 reconcile_schedule, keep_rejections) c;
+								 reconcile_schedule, keep_rejections, keep_outbox) c;
 		RAISE EXCEPTION 'pg_cron runs in database "%", not in "%"', cron_db, current_database()
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'Run these in database ' || quote_ident(cron_db) || E':\n' || stmts,
@@ -3942,7 +4027,7 @@ BEGIN
 	END IF;
 	PERFORM payments.unschedule_orphan_jobs();
 	FOR j IN SELECT * FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
-								 reconcile_schedule, keep_rejections) LOOP
+								 reconcile_schedule, keep_rejections, keep_outbox) LOOP
 		EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
 		   INTO jobid USING j.jobname, j.schedule, j.command, j.database;
 		jobname := j.jobname;
@@ -3950,15 +4035,15 @@ BEGIN
 		database := j.database;
 		RETURN NEXT;
 	END LOOP;
-	-- rejections kept for ever: a prune job scheduled before goes
-	IF keep_rejections IS NULL THEN
+	-- rejections and finished outbox items kept for ever: a prune job scheduled before goes
+	IF keep_rejections IS NULL AND keep_outbox IS NULL THEN
 		EXECUTE 'SELECT count(cron.unschedule(x.jobid)) FROM cron.job x WHERE x.jobname = $1'
 		   USING 'payments-prune@' || current_database();
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) IS
-	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile, chat (on the deliver schedule), housekeeping and prune (of rejections; none when keep_rejections is NULL) for this database; in another database than pg_cron''s, says what to run there';
+COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval, interval) IS
+	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile, chat (on the deliver schedule), housekeeping and prune (of rejections older than keep_rejections and of outbox items finished longer ago than keep_outbox, each not when NULL; none when both are) for this database; in another database than pg_cron''s, says what to run there';
 
 CREATE FUNCTION payments.unschedule_jobs()
 RETURNS bigint
@@ -3997,8 +4082,9 @@ REVOKE ALL ON FUNCTION payments.claim_outbox(integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.deliver_outbox(integer, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.run_job(text, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.prune_rejections(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.prune_outbox(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.unschedule_jobs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.unschedule_orphan_jobs() FROM PUBLIC;
 

@@ -109,9 +109,13 @@ CALL payments.reconcile();
 ROLLBACK;
 CALL payments.run_job('nope');
 SELECT jobname, schedule, command FROM payments.cron_jobs() ORDER BY 1;
--- rejections kept for ever: no prune job
-SELECT count(*) AS prune_jobs FROM payments.cron_jobs(keep_rejections => NULL) WHERE jobname LIKE 'payments-prune@%';
+-- the prune job prunes what is not kept for ever: rejections (keep_rejections) and finished
+-- outbox items (keep_outbox); both kept for ever, no prune job
+SELECT command FROM payments.cron_jobs(keep_rejections => NULL, keep_outbox => '30 days') WHERE jobname LIKE 'payments-prune@%';
+SELECT command FROM payments.cron_jobs(keep_outbox => NULL) WHERE jobname LIKE 'payments-prune@%';
+SELECT count(*) AS prune_jobs FROM payments.cron_jobs(keep_rejections => NULL, keep_outbox => NULL) WHERE jobname LIKE 'payments-prune@%';
 SELECT payments.schedule_jobs(keep_rejections => interval '-1 day');
+SELECT payments.schedule_jobs(keep_outbox => interval '-1 day');
 -- never-checked payments first; after n checks the next waits reconcile_after (5 min) * 2^(n-1):
 -- three checks, the last 41 minutes ago, is due (20 min); five is not (80 min)
 INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES

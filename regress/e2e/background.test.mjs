@@ -904,15 +904,29 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 		'payments-retry@payments:succeeded');
 	// the prune job's command (it runs daily), run here as pg_cron would run it
 	const prune = cron.psql(`SELECT command FROM cron.job WHERE jobname = 'payments-prune@payments'`);
-	assert.match(prune, /PERFORM payments\.prune_rejections\('.*90 days'\) WHERE pg_try_advisory_xact_lock\(1885436269, 6\)/);
+	assert.match(prune,
+		/PERFORM payments\.prune_rejections\('[^']*90 days'\), payments\.prune_outbox\('[^']*90 days'\) WHERE pg_try_advisory_xact_lock\(1885436269, 6\)/);
 	cron.psql(`SELECT payments.register_provider('pruned', 'stripe');
 		INSERT INTO payments.rejections (provider, received_at, outcome, reason, headers, body_sha256, body_size)
 		VALUES ('pruned', now() - interval '100 days', 'rejected', 'old', '{}', '\\x00', 0),
-			   ('pruned', now() - interval '1 day', 'rejected', 'recent', '{}', '\\x00', 0);`);
+			   ('pruned', now() - interval '1 day', 'rejected', 'recent', '{}', '\\x00', 0);
+		SELECT payments.add_endpoint('pruned', 'https://pruned.example/hooks', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
+		SELECT payments.enable_endpoint('pruned', false);
+		INSERT INTO payments.outbox (endpoint_id, event_type, payload, state, created_at, delivered_at)
+		SELECT e.id, 'payment.paid', jsonb_build_object('age', a), 'delivered', now() - a * interval '1 day', now() - a * interval '1 day'
+		  FROM payments.endpoints e, (VALUES (100), (1)) AS x (a) WHERE e.name = 'pruned';`);
 	assert.equal(cron.psql(prune), '');
 	assert.equal(cron.psql(`SELECT string_agg(reason, ',') FROM payments.rejections WHERE provider = 'pruned'`), 'recent');
-	// rejections kept for ever from now on: the prune job goes
-	assert.equal(cron.psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL)`), '5');
+	// and the outbox's finished items, the endpoint's watermark set
+	assert.equal(cron.psql(`SELECT string_agg(o.payload ->> 'age', ',') || '|' || (e.pruned_before < now() - interval '89 days')
+		FROM payments.endpoints e JOIN payments.outbox o ON o.endpoint_id = e.id WHERE e.name = 'pruned' GROUP BY e.id`), '1|true');
+	cron.psql(`DELETE FROM payments.endpoints WHERE name = 'pruned'`);
+	// rejections kept for ever from now on: the prune job stays for the outbox; with the outbox
+	// kept for ever too, it goes
+	assert.equal(cron.psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL)`), '6');
+	assert.match(cron.psql(`SELECT command FROM cron.job WHERE jobname = 'payments-prune@payments'`),
+		/THEN PERFORM payments\.prune_outbox\('[^']*90 days'\) WHERE/);
+	assert.equal(cron.psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL, keep_outbox => NULL)`), '5');
 	assert.equal(cron.psql(`SELECT count(*) FROM cron.job WHERE jobname LIKE 'payments-prune@%'`), '0');
 	// the jobs of a database dropped (or renamed) since fail every minute: they go too
 	cron.psql(`CREATE DATABASE gone`, 'postgres');

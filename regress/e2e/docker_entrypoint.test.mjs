@@ -65,8 +65,8 @@ test('the database image sets up what is missing at every start: a stopped first
 		assert.equal(state(), '6|payments,pg_cron|true|on');
 		assert.notEqual(passwordHash(), first, 'the password given at this start is the role\'s');
 		// and a start with nothing missing changes nothing: the jobs as the operator left them
-		// (rejections kept for ever: the prune job must not come back)
-		psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL, reconcile_schedule => '*/10 * * * *')`);
+		// (rejections and finished outbox items kept for ever: the prune job must not come back)
+		psql(`SELECT count(*) FROM payments.schedule_jobs(keep_rejections => NULL, keep_outbox => NULL, reconcile_schedule => '*/10 * * * *')`);
 		await server.stop();
 		server = await start(dir, port, 'second-password');
 		assert.equal(state(), '5|payments,pg_cron|true|on');

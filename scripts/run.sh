@@ -91,7 +91,10 @@ if [ -z "$secret" ]; then
 fi
 
 cluster_user_prefix
-"${CLUSTER_USER_PREFIX[@]}" "$state/payments-shim" --listen "$listen" --dsn "host=$state dbname=payments" &
+# in a session of its own: Ctrl-C reaches this script's whole process group, and the shim would
+# take the trap's SIGTERM that follows as a second signal, exiting without draining what is in
+# flight; it gets only that SIGTERM
+setsid "${CLUSTER_USER_PREFIX[@]}" "$state/payments-shim" --listen "$listen" --dsn "host=$state dbname=payments" &
 shim_pid=$!
 # the banner once the shim answers; a shim that cannot start (its address taken, say) ends the run
 for _ in $(seq 100); do

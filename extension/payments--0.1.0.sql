@@ -1556,7 +1556,9 @@ BEGIN
 		WHEN 'paynow' THEN payments.paynow_amount_checked(
 								payments.paynow_initiated(payments.paynow_change(ev.payload, settings, ev.received_at),
 														  ev.provider), ev.provider)
-		WHEN 'eversend' THEN payments.eversend_change(ev.payload, ev.event_at)
+		-- an Eversend status without its time (updatedAt, or createdAt for pending) is as of its
+		-- arrival, as Paynow's are: not of the replay's
+		WHEN 'eversend' THEN payments.eversend_change(ev.payload, coalesce(ev.event_at, ev.received_at))
 		WHEN 'paypal' THEN payments.paypal_change(ev.payload, ev.provider, ev.event_at)
 	END;
 END

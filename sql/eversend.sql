@@ -112,6 +112,24 @@ SELECT * FROM pg_temp.ev('{"transactionId":"EVS12","status":"pending"}', 'everse
 \set VERBOSITY default
 ROLLBACK;
 
+-- Without updatedAt: createdAt dates only the pending status (the one a transaction is created
+-- with); another status is as of its arrival, as Paynow's are, not of the creation day
+SELECT * FROM pg_temp.ev('{"transactionId":"T3","status":"pending","amount":"800","currency":"UGX","createdAt":"2026-06-01T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"T3","status":"successful","amount":"800","currency":"UGX","createdAt":"2026-06-01T08:00:00Z","updatedAt":"2026-06-01T08:05:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"T3","status":"reversed","amount":"800","currency":"UGX","createdAt":"2026-06-01T08:00:00Z"}', 'eversend_new_secret');
+SELECT e.event_id, e.event_at AT TIME ZONE 'UTC' AS event_at_utc, e.event_at IS NULL AND e.received_at IS NOT NULL AS on_arrival
+  FROM payments.events e WHERE e.provider = 'ev' AND e.event_id LIKE 'T3:%' ORDER BY e.id;
+SELECT p.status, p.status_at = e.received_at AS status_on_arrival, f.refunded_at = e.received_at AS refund_on_arrival
+  FROM payments.payments p JOIN payments.refunds f ON f.payment_id = p.id
+  JOIN payments.events e ON e.id = f.event_id
+ WHERE p.provider = 'ev' AND p.provider_ref = 'T3';
+-- applied again later (a replay), still as of its arrival
+BEGIN;
+UPDATE payments.events SET received_at = '2026-07-01T00:00:00Z' WHERE provider = 'ev' AND event_id = 'T3:reversed';
+SELECT (payments.event_change('eversend', '{}', e)).status_at AT TIME ZONE 'UTC' AS event_change_at_utc
+  FROM payments.events e WHERE e.provider = 'ev' AND e.event_id = 'T3:reversed';
+ROLLBACK;
+
 -- leave nothing behind for the tests that follow
 DELETE FROM payments.payments WHERE provider = 'ev';
 DELETE FROM payments.events WHERE provider = 'ev';

@@ -992,6 +992,7 @@ DECLARE
 	moved	numeric;
 	outcome	text;
 	flagged	boolean := false;
+	given_at timestamptz := at;	-- when an increase of the refunded total was given back
 BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
@@ -1103,6 +1104,12 @@ BEGIN
 			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency) IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
+		-- a refund that said all of it was given back, before the amount was known (Eversend
+		-- reversed, no amount, then its news that 200.00 was paid): the money now known was given
+		-- back when it said so, its status's time, not at this news's
+		IF pay.status = 'refunded' THEN
+			given_at := pay.status_at;
+		END IF;
 		-- its receipt is numbered at the commit (payments.paid_late_committed)
 		UPDATE payments.payments p SET status = 'refunded'
 		 WHERE p.id = pay.id AND p.status = 'partially_refunded' AND p.amount_refunded >= p.amount;
@@ -1169,7 +1176,7 @@ BEGIN
 		-- the total raised: the increase is given back at the event's time (an older event raises
 		-- it only when it is another part's: a second PayPal capture's refund)
 		INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
-		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), at, event_row);
+		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), given_at, event_row);
 		outcome := 'applied';
 	ELSE
 		-- an older report of the running total, delivered after a newer one: what it says was
@@ -1203,7 +1210,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) IS
-	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds at the event''s time, and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
+	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds at the event''s time (one a refund said before the amount was known, at that refund''s), and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Stripe

@@ -112,6 +112,17 @@ SELECT * FROM pg_temp.ev('{"transactionId":"EVS12","status":"pending"}', 'everse
 \set VERBOSITY default
 ROLLBACK;
 
+-- A reversal before its payment, without an amount, then the news that 20000 was paid (older):
+-- the refund is of the reversal's time, the 5th, not of the payment's news
+SELECT * FROM pg_temp.ev('{"transactionId":"H1","status":"reversed","currency":"UGX","updatedAt":"2026-09-05T12:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"H1","status":"successful","amount":"20000","currency":"UGX","updatedAt":"2026-09-01T12:00:00Z"}', 'eversend_new_secret');
+SELECT p.status, p.amount, f.amount AS refunded, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at_utc,
+	   p.paid_at AT TIME ZONE 'UTC' AS paid_at_utc
+  FROM payments.payments p JOIN payments.refunds f ON f.payment_id = p.id
+ WHERE p.provider = 'ev' AND p.provider_ref = 'H1';
+SELECT currency, method, refunds, refunded FROM payments.daily_report('2026-09-05') WHERE currency = 'UGX' ORDER BY method;
+SELECT currency, method, paid, refunds FROM payments.daily_report('2026-09-01') WHERE currency = 'UGX' ORDER BY method;
+
 -- Without updatedAt: createdAt dates only the pending status (the one a transaction is created
 -- with); another status is as of its arrival, as Paynow's are, not of the creation day
 SELECT * FROM pg_temp.ev('{"transactionId":"T3","status":"pending","amount":"800","currency":"UGX","createdAt":"2026-06-01T08:00:00Z"}', 'eversend_new_secret');

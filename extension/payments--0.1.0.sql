@@ -4657,6 +4657,11 @@ BEGIN
 						  WHEN jsonb_typeof(r -> 'data') = 'object' AND r -> 'data' ? 'transactionId' THEN r -> 'data'
 						  ELSE r -> 'data' -> 'transaction' END;
 				raw := r ->> 'status';
+				-- a reply about another transaction must not move this one (nor rename it)
+				IF jsonb_typeof(r) = 'object' AND (r ->> 'transactionId') IS DISTINCT FROM pay.provider_ref THEN
+					RAISE EXCEPTION 'the reply is about another transaction (%, not %)',
+						coalesce(r ->> 'transactionId', 'none'), pay.provider_ref;
+				END IF;
 				said_at := payments.provider_time(r ->> 'updatedAt');
 				change := payments.eversend_change(r, said_at);
 			END IF;

@@ -18,7 +18,9 @@
  * transactionId.  The event id is "<transactionId>:<status>"; the type is
  * the top-level "eventType", else the top-level "type" when the transaction
  * is under "data" (at the top level "type" is the transaction's own type,
- * collection or payout).
+ * collection or payout).  The time is updatedAt, else createdAt for a
+ * pending status (the one a transaction is created with), else none: the
+ * status counts as of its arrival.
  */
 #include "payments.h"
 
@@ -229,8 +231,14 @@ ExtractEversendEvent(const Provider *provider, const Delivery *delivery, EventLi
 	event->event_type = JsonbTopString(payload, "eventType");
 	if (event->event_type == NULL && nested)
 		event->event_type = JsonbTopString(payload, "type");
+	/*
+	 * createdAt is the time of the creation status only: a reversal months
+	 * later without updatedAt is as of its arrival (event_at NULL), as a
+	 * Paynow status is, not of the day the transaction was made.
+	 */
 	event->have_event_at = JsonbTopIsoTime(transaction, "updatedAt", &event->event_at) ||
-		JsonbTopIsoTime(transaction, "createdAt", &event->event_at);
+		(pg_strcasecmp(status, "pending") == 0 &&
+		 JsonbTopIsoTime(transaction, "createdAt", &event->event_at));
 }
 
 /* Why settings cannot serve an Eversend provider, or NULL */

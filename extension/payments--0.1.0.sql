@@ -633,8 +633,8 @@ CREATE DOMAIN payments.payment_status AS text
 COMMENT ON DOMAIN payments.payment_status IS 'A normalized payment status: one of payments.statuses';
 
 -- domains rather than table checks, like payments.event_state
-CREATE DOMAIN payments.payment_kind AS text CHECK (VALUE IN ('collection', 'payout', 'refund'));
-COMMENT ON DOMAIN payments.payment_kind IS 'What a payment is: money collected, paid out, or a refund';
+CREATE DOMAIN payments.payment_kind AS text CHECK (VALUE IN ('collection', 'payout', 'refund', 'exchange'));
+COMMENT ON DOMAIN payments.payment_kind IS 'What a payment is: money collected, paid out, a refund, or an exchange between currencies (the merchant''s own money: an Eversend payment created by news that stated no kind, which later news said was one)';
 CREATE DOMAIN payments.nonnegative_amount AS numeric CHECK (VALUE >= 0);
 COMMENT ON DOMAIN payments.nonnegative_amount IS 'An amount of money in major units, never negative';
 -- 6 to 15 digits, the first not 0, written without a bounded repeat ({5,14}): PostgreSQL's regex
@@ -976,6 +976,36 @@ $$;
 COMMENT ON FUNCTION payments.take_from_refunds(numeric, bigint[]) IS
 	'Takes an amount off refund rows, in the order given: each row taken whole goes, the last one is reduced (payments.apply_change, when a total moves between times or shrinks)';
 
+-- An Eversend payment's kind: the first news may state none (PROVIDERS.md section 5 leaves the
+-- payload's shape open, and a pending event may carry no type), and a payment it creates is then
+-- a collection by assumption (metadata.kind_assumed).  The first news that states a kind sets it
+-- while the payment has no receipt; one that contradicts a kind stated before, or comes after the
+-- assumed collection's receipt was issued (receipts are gapless: none is taken back), is refused
+CREATE FUNCTION payments.kind_refused(pay payments.payments, kind text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+	receipt	text;
+BEGIN
+	IF kind IS NULL OR kind = pay.kind THEN
+		RETURN NULL;
+	END IF;
+	IF NOT pay.metadata ? 'kind_assumed' THEN
+		RETURN pg_catalog.format('the news says kind %s; the payment''s kind is %s, as earlier news said', kind, pay.kind);
+	END IF;
+	SELECT r.receipt_no INTO receipt FROM payments.receipts r WHERE r.payment_id = pay.id;
+	IF FOUND THEN
+		RETURN pg_catalog.format('the news says kind %s; the payment, kind %s assumed (its first news stated none), has receipt %s already',
+								 kind, pay.kind, receipt);
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION payments.kind_refused(payments.payments, text) IS
+	'Why news stating a kind may not set the payment''s kind, or NULL: it contradicts the kind stated before (the payment has no metadata.kind_assumed), or the payment, a collection assumed, has a receipt already';
+REVOKE ALL ON FUNCTION payments.kind_refused(payments.payments, text) FROM PUBLIC;
+
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
 LANGUAGE plpgsql
@@ -992,6 +1022,8 @@ DECLARE
 	moved	numeric;
 	outcome	text;
 	flagged	boolean := false;
+	given_at timestamptz := at;	-- when an increase of the refunded total was given back
+	refusal	text;
 BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
@@ -1007,8 +1039,9 @@ BEGIN
 				  HINT = 'Add it to payments.currencies with its ISO 4217 exponent, then replay the event.';
 	END IF;
 
-	-- a new payment: created with its first status, in this transaction
-	IF change.creates THEN
+	-- a new payment: created with its first status, in this transaction (not for an exchange: the
+	-- merchant's own money is no payment)
+	IF change.creates AND change.kind IS DISTINCT FROM 'exchange' THEN
 		INSERT INTO payments.payments AS p
 			(provider, provider_ref, reference, kind, status, amount, currency, amount_refunded, fee,
 			 method, donor_name, donor_phone, donor_email, country, metadata, status_at, paid_at)
@@ -1037,8 +1070,25 @@ BEGIN
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref
 	   FOR UPDATE;
 	IF NOT FOUND THEN
-		RETURN 'unresolved';
+		RETURN CASE WHEN change.kind = 'exchange' THEN 'ignored' ELSE 'unresolved' END;
 	END IF;
+
+	-- the kind: news that states one sets a kind assumed (a collection, created by news that
+	-- stated none) while the payment has no receipt; news stating another kind than one stated
+	-- before, or after the assumed collection's receipt, is refused whole (payments.kind_refused)
+	IF change.kind IS NOT NULL AND (pay.metadata ? 'kind_assumed' OR change.kind <> pay.kind) THEN
+		refusal := payments.kind_refused(pay, change.kind);
+		IF refusal IS NOT NULL THEN
+			INSERT INTO payments.refused_transitions (payment_id, from_status, to_status, event_id, reason)
+			VALUES (pay.id, pay.status, change.status, event_row, refusal);
+			RETURN 'ignored';
+		END IF;
+		UPDATE payments.payments p SET kind = change.kind, metadata = p.metadata - 'kind_assumed'
+		 WHERE p.id = pay.id;
+		pay.kind := change.kind;
+		pay.metadata := pay.metadata - 'kind_assumed';
+	END IF;
+	change.metadata := change.metadata - 'kind_assumed';
 	refunded_before := payments.refunded_total(pay.status, pay.amount, pay.amount_refunded);
 
 	-- refund events report the total refunded so far: less than the amount is a partial refund
@@ -1103,6 +1153,12 @@ BEGIN
 			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency) IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
+		-- a refund that said all of it was given back, before the amount was known (Eversend
+		-- reversed, no amount, then its news that 200.00 was paid): the money now known was given
+		-- back when it said so, its status's time, not at this news's
+		IF pay.status = 'refunded' THEN
+			given_at := pay.status_at;
+		END IF;
 		-- its receipt is numbered at the commit (payments.paid_late_committed)
 		UPDATE payments.payments p SET status = 'refunded'
 		 WHERE p.id = pay.id AND p.status = 'partially_refunded' AND p.amount_refunded >= p.amount;
@@ -1169,7 +1225,7 @@ BEGIN
 		-- the total raised: the increase is given back at the event's time (an older event raises
 		-- it only when it is another part's: a second PayPal capture's refund)
 		INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
-		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), at, event_row);
+		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), given_at, event_row);
 		outcome := 'applied';
 	ELSE
 		-- an older report of the running total, delivered after a newer one: what it says was
@@ -1203,7 +1259,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) IS
-	'Moves a payment by one normalized change: creates it, fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds at the event''s time, and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
+	'Moves a payment by one normalized change: creates it (not for an exchange), sets a kind assumed to the one the change states (payments.kind_refused: a contradiction, or a kind after the assumed collection''s receipt, refuses the whole change), fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds at the event''s time (one a refund said before the amount was known, at that refund''s), and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Stripe
@@ -1341,6 +1397,9 @@ AS $$
 DECLARE
 	t		jsonb := CASE WHEN payload ? 'transactionId' THEN payload ELSE payload -> 'data' END;
 	c		payments.payment_change;
+	-- the kind the event states: the transaction's own type, else the top level's eventType (or
+	-- type, when the transaction is under data) when it names one: payout.success, collection
+	stated	text := lower(t ->> 'type');
 BEGIN
 	c.provider_ref := t ->> 'transactionId';
 	c.creates := true;
@@ -1355,10 +1414,21 @@ BEGIN
 		WHEN 'reversed' THEN 'refunded' END;
 	c.status_at := event_at;
 	c.reference := t ->> 'transactionRef';
-	-- a collection (the default) or a payout; an exchange between currencies (or any other type)
-	-- moves the merchant's own money and is no payment: ignored
-	c.kind := CASE lower(coalesce(t ->> 'type', 'collection')) WHEN 'payout' THEN 'payout'
-												 WHEN 'collection' THEN 'collection' END;
+	IF stated IS NULL THEN
+		stated := substring(lower(coalesce(payload ->> 'eventType',
+										   CASE WHEN NOT payload ? 'transactionId' THEN payload ->> 'type' END))
+							FROM '^(collection|payout|exchange)(\.|$)');
+	END IF;
+	-- a collection or a payout; an exchange between currencies moves the merchant's own money
+	-- (apply_change creates no payment for it), and any other type is no payment: ignored.  An
+	-- event that states no kind leaves it NULL: a payment it creates is a collection, assumed
+	-- (metadata.kind_assumed), until news that states one (payments.kind_refused)
+	c.kind := CASE stated WHEN 'payout' THEN 'payout' WHEN 'collection' THEN 'collection'
+						  WHEN 'exchange' THEN 'exchange' END;
+	IF stated IS NOT NULL AND c.kind IS NULL THEN
+		RETURN NULL;
+	END IF;
+	c.metadata := CASE WHEN stated IS NULL THEN '{"kind_assumed": true}'::jsonb END;
 	-- no currency (or "") says nothing of the money
 	c.currency := upper(nullif(t ->> 'currency', ''));
 	c.amount := payments.amount_in_currency(
@@ -1370,11 +1440,11 @@ BEGIN
 	c.donor_phone := coalesce(t ->> 'phoneNumber', t -> 'customer' ->> 'phone');
 	c.donor_name := t -> 'customer' ->> 'name';
 	c.donor_email := t -> 'customer' ->> 'email';
-	RETURN CASE WHEN c.status IS NOT NULL AND c.provider_ref IS NOT NULL AND c.kind IS NOT NULL THEN c END;
+	RETURN CASE WHEN c.status IS NOT NULL AND c.provider_ref IS NOT NULL THEN c END;
 END
 $$;
 COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
-	'What an Eversend transaction event says about a payment: successful (success, completed) is paid, pending (processing), failed, cancelled, reversed is refunded; type collection (the default) or payout (an exchange, or another type, is ignored); fees';
+	'What an Eversend transaction event says about a payment: successful (success, completed) is paid, pending (processing), failed, cancelled, reversed is refunded; kind from the transaction''s type, else from a top-level eventType/type naming one (payout.success): collection, payout or exchange (another type is ignored), none stated: NULL with metadata.kind_assumed; fees';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: PayPal
@@ -1556,7 +1626,9 @@ BEGIN
 		WHEN 'paynow' THEN payments.paynow_amount_checked(
 								payments.paynow_initiated(payments.paynow_change(ev.payload, settings, ev.received_at),
 														  ev.provider), ev.provider)
-		WHEN 'eversend' THEN payments.eversend_change(ev.payload, ev.event_at)
+		-- an Eversend status without its time (updatedAt, or createdAt for pending) is as of its
+		-- arrival, as Paynow's are: not of the replay's
+		WHEN 'eversend' THEN payments.eversend_change(ev.payload, coalesce(ev.event_at, ev.received_at))
 		WHEN 'paypal' THEN payments.paypal_change(ev.payload, ev.provider, ev.event_at)
 	END;
 END
@@ -4648,8 +4720,17 @@ BEGIN
 						  WHEN jsonb_typeof(r -> 'data') = 'object' AND r -> 'data' ? 'transactionId' THEN r -> 'data'
 						  ELSE r -> 'data' -> 'transaction' END;
 				raw := r ->> 'status';
+				-- a reply about another transaction must not move this one (nor rename it)
+				IF jsonb_typeof(r) = 'object' AND (r ->> 'transactionId') IS DISTINCT FROM pay.provider_ref THEN
+					RAISE EXCEPTION 'the reply is about another transaction (%, not %)',
+						coalesce(r ->> 'transactionId', 'none'), pay.provider_ref;
+				END IF;
 				said_at := payments.provider_time(r ->> 'updatedAt');
 				change := payments.eversend_change(r, said_at);
+				-- the kind it states sets one assumed, as news would; a contradiction is an error
+				IF payments.kind_refused(pay, change.kind) IS NOT NULL THEN
+					RAISE EXCEPTION '%', payments.kind_refused(pay, change.kind);
+				END IF;
 			END IF;
 			IF change IS NULL OR change.status IS NULL THEN
 				RAISE EXCEPTION 'the reply says no status this version understands (%)', coalesce(raw, 'none');

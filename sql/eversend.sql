@@ -112,6 +112,78 @@ SELECT * FROM pg_temp.ev('{"transactionId":"EVS12","status":"pending"}', 'everse
 \set VERBOSITY default
 ROLLBACK;
 
+-- The kind (PROVIDERS.md section 5: the shape is not confirmed).  It is the transaction's type,
+-- else the top level's eventType/type when it names one (payout.success, or the bare word); news
+-- that states none creates a collection assumed (metadata.kind_assumed), and the first news that
+-- states a kind sets it while the payment has no receipt.  A pending news without a type, then
+-- its payout: a payout, paid, no receipt, in no report
+SELECT * FROM pg_temp.ev('{"transactionId":"B3","status":"pending","amount":"7000","currency":"UGX","updatedAt":"2026-09-02T08:00:00Z"}', 'eversend_new_secret');
+SELECT kind, status, metadata FROM payments.payments WHERE provider = 'ev' AND provider_ref = 'B3';
+SELECT * FROM pg_temp.ev('{"transactionId":"B3","type":"payout","status":"successful","amount":"7000","currency":"UGX","updatedAt":"2026-09-02T09:00:00Z"}', 'eversend_new_secret');
+-- in the envelope shape the kind may be only in the event's type (payout.success) or eventType
+SELECT * FROM pg_temp.ev('{"type":"payout.success","data":{"transactionId":"B1","status":"successful","amount":"5000","currency":"UGX","updatedAt":"2026-09-02T10:00:00Z"}}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"eventType":"payout","data":{"transactionId":"B2","status":"successful","amount":"6000","currency":"UGX","updatedAt":"2026-09-02T10:30:00Z"}}', 'eversend_new_secret');
+-- an event type naming no kind states none (transaction.success): a collection assumed; its
+-- collection stated later confirms it
+SELECT * FROM pg_temp.ev('{"type":"transaction.pending","data":{"transactionId":"B8","status":"pending","amount":"900","currency":"UGX","updatedAt":"2026-09-02T11:00:00Z"}}', 'eversend_new_secret');
+SELECT provider_ref, kind, metadata ? 'kind_assumed' AS assumed FROM payments.payments WHERE provider = 'ev' AND provider_ref = 'B8';
+SELECT * FROM pg_temp.ev('{"eventType":"collection.success","transactionId":"B8","status":"successful","amount":"900","currency":"UGX","updatedAt":"2026-09-02T11:05:00Z"}', 'eversend_new_secret');
+SELECT p.provider_ref, p.kind, p.status, p.metadata ? 'kind_assumed' AS assumed, r.receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'ev' AND p.provider_ref IN ('B1', 'B2', 'B3', 'B8') ORDER BY p.provider_ref;
+-- the day's report counts the donation (B8), not the payouts
+SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2026-09-02') WHERE currency = 'UGX' ORDER BY method;
+-- a kind contradicting one stated before is refused, the whole news (recorded, nothing moved);
+-- so is a kind stated after the assumed collection's receipt was issued (receipts stay gapless)
+SELECT * FROM pg_temp.ev('{"transactionId":"B4","type":"payout","status":"pending","amount":"100","currency":"UGX","updatedAt":"2026-09-03T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"B4","type":"collection","status":"successful","amount":"100","currency":"UGX","updatedAt":"2026-09-03T09:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"B5","status":"successful","amount":"200","currency":"UGX","updatedAt":"2026-09-03T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"B5","type":"payout","status":"reversed","amount":"200","currency":"UGX","updatedAt":"2026-09-03T09:00:00Z"}', 'eversend_new_secret');
+SELECT p.provider_ref, p.kind, p.status, p.amount_refunded, t.from_status, t.to_status,
+	   regexp_replace(t.reason, 'LP-[0-9]{8}-[0-9]{6}', 'LP-…') AS reason
+  FROM payments.payments p JOIN payments.refused_transitions t ON t.payment_id = p.id
+ WHERE p.provider = 'ev' AND p.provider_ref LIKE 'B%' ORDER BY p.provider_ref;
+-- an exchange is the merchant's own money: news of one creates no payment, and a payment news
+-- without a type created (a collection assumed) becomes an exchange: no receipt, in no report
+SELECT * FROM pg_temp.ev('{"transactionId":"B7","type":"exchange","status":"successful","amount":"300","currency":"UGX","updatedAt":"2026-09-04T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"B6","status":"pending","amount":"400","currency":"UGX","updatedAt":"2026-09-04T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"eventType":"exchange.success","data":{"transactionId":"B6","status":"successful","amount":"400","currency":"UGX","updatedAt":"2026-09-04T09:00:00Z"}}', 'eversend_new_secret');
+-- another type is no payment: ignored
+SELECT * FROM pg_temp.ev('{"transactionId":"B6","type":"airtime","status":"reversed","updatedAt":"2026-09-04T10:00:00Z"}', 'eversend_new_secret');
+SELECT p.provider_ref, p.kind, p.status, r.receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'ev' AND p.provider_ref IN ('B6', 'B7') ORDER BY p.provider_ref;
+SELECT count(*) AS reported FROM payments.daily_report('2026-09-04') WHERE currency = 'UGX';
+
+-- A reversal before its payment, without an amount, then the news that 20000 was paid (older):
+-- the refund is of the reversal's time, the 5th, not of the payment's news
+SELECT * FROM pg_temp.ev('{"transactionId":"H1","status":"reversed","currency":"UGX","updatedAt":"2026-09-05T12:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"H1","status":"successful","amount":"20000","currency":"UGX","updatedAt":"2026-09-01T12:00:00Z"}', 'eversend_new_secret');
+SELECT p.status, p.amount, f.amount AS refunded, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at_utc,
+	   p.paid_at AT TIME ZONE 'UTC' AS paid_at_utc
+  FROM payments.payments p JOIN payments.refunds f ON f.payment_id = p.id
+ WHERE p.provider = 'ev' AND p.provider_ref = 'H1';
+SELECT currency, method, refunds, refunded FROM payments.daily_report('2026-09-05') WHERE currency = 'UGX' ORDER BY method;
+SELECT currency, method, paid, refunds FROM payments.daily_report('2026-09-01') WHERE currency = 'UGX' ORDER BY method;
+
+-- Without updatedAt: createdAt dates only the pending status (the one a transaction is created
+-- with); another status is as of its arrival, as Paynow's are, not of the creation day
+SELECT * FROM pg_temp.ev('{"transactionId":"T3","status":"pending","amount":"800","currency":"UGX","createdAt":"2026-06-01T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"T3","status":"successful","amount":"800","currency":"UGX","createdAt":"2026-06-01T08:00:00Z","updatedAt":"2026-06-01T08:05:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"T3","status":"reversed","amount":"800","currency":"UGX","createdAt":"2026-06-01T08:00:00Z"}', 'eversend_new_secret');
+SELECT e.event_id, e.event_at AT TIME ZONE 'UTC' AS event_at_utc, e.event_at IS NULL AND e.received_at IS NOT NULL AS on_arrival
+  FROM payments.events e WHERE e.provider = 'ev' AND e.event_id LIKE 'T3:%' ORDER BY e.id;
+SELECT p.status, p.status_at = e.received_at AS status_on_arrival, f.refunded_at = e.received_at AS refund_on_arrival
+  FROM payments.payments p JOIN payments.refunds f ON f.payment_id = p.id
+  JOIN payments.events e ON e.id = f.event_id
+ WHERE p.provider = 'ev' AND p.provider_ref = 'T3';
+-- applied again later (a replay), still as of its arrival
+BEGIN;
+UPDATE payments.events SET received_at = '2026-07-01T00:00:00Z' WHERE provider = 'ev' AND event_id = 'T3:reversed';
+SELECT (payments.event_change('eversend', '{}', e)).status_at AT TIME ZONE 'UTC' AS event_change_at_utc
+  FROM payments.events e WHERE e.provider = 'ev' AND e.event_id = 'T3:reversed';
+ROLLBACK;
+
 -- leave nothing behind for the tests that follow
 DELETE FROM payments.payments WHERE provider = 'ev';
 DELETE FROM payments.events WHERE provider = 'ev';

@@ -209,6 +209,16 @@ SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-3&paynowreference=22&amou
 	ARRAY['AM-3', '22', '1,00', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
 SELECT provider_ref, amount FROM payments.payments WHERE provider = 'pn' AND provider_ref IN ('21', '22') ORDER BY 1;
 
+-- a Refunded without an amount, then (arriving later) its Paid of 25.00: the 25.00 was given back
+-- when the Refunded arrived, the 5th, not when the Paid did
+SELECT payments.apply_change(NULL, 'pn', payments.paynow_change(
+	'{"reference": "RF-1", "paynowreference": "30", "status": "Refunded"}', '{}', '2026-09-05T12:00:00Z')) AS refunded_first;
+SELECT payments.apply_change(NULL, 'pn', payments.paynow_change(
+	'{"reference": "RF-1", "paynowreference": "30", "amount": "25.00", "status": "Paid"}', '{}', '2026-09-06T12:00:00Z')) AS then_paid;
+SELECT p.status, p.amount, f.amount AS refunded, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at_utc
+  FROM payments.payments p JOIN payments.refunds f ON f.payment_id = p.id
+ WHERE p.provider = 'pn' AND p.provider_ref = '30';
+
 -- leave nothing behind for the tests that follow
 DELETE FROM payments.payments WHERE provider = 'pn';
 DELETE FROM payments.events WHERE provider = 'pn';

@@ -215,3 +215,31 @@ SELECT c.outcome FROM payments.reconciliation_checks c JOIN payments.payments p 
 DROP TRIGGER rc_note_level ON payments.reconciliation_checks;
 DROP FUNCTION rc_note_level();
 DROP TABLE rc_levels;
+
+-- Eversend answers (faked replies to checks, rolled back): a reply must be about the payment
+-- asked for, and the kind it states sets one assumed (a pending payment whose news stated no
+-- kind), as news would; one contradicting a kind stated before is an error, nothing changed
+BEGIN;
+INSERT INTO payments.payments (provider, provider_ref, kind, status, amount, currency, status_at, metadata) VALUES
+	('rc_ever', 'C4', 'collection', 'pending', 500, 'UGX', now() - interval '1 hour', '{"kind_assumed": true}'),
+	('rc_ever', 'C5', 'payout', 'pending', 500, 'UGX', now() - interval '1 hour', '{}'),
+	('rc_ever', 'C6', 'collection', 'pending', 500, 'UGX', now() - interval '1 hour', '{"kind_assumed": true}');
+INSERT INTO payments.reconciliation_checks (payment_id, provider, request, status_before)
+SELECT p.id, p.provider, 'GET http://127.0.0.1:9/v1/transactions/' || p.provider_ref, 'pending'
+  FROM payments.payments p WHERE p.provider = 'rc_ever' AND p.provider_ref IN ('C4', 'C5', 'C6');
+SELECT p.provider_ref, payments.record_reconciliation(c.id, 200, NULL, format(
+	'{"data": {"transaction": {"transactionId": "%s", "type": "%s", "status": "successful", "amount": "500", "currency": "UGX", "updatedAt": "%s"}}}',
+	CASE p.provider_ref WHEN 'C6' THEN 'C7' ELSE p.provider_ref END,
+	CASE p.provider_ref WHEN 'C5' THEN 'collection' ELSE 'payout' END,
+	to_char((now() - interval '5 minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')))
+  FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+ WHERE p.provider = 'rc_ever' AND p.provider_ref IN ('C4', 'C5', 'C6') ORDER BY p.provider_ref;
+-- receipts taken now, not at the commit that does not come
+SET CONSTRAINTS payments.status_history_at_commit IMMEDIATE;
+SELECT p.provider_ref, p.kind, p.status, p.metadata ? 'kind_assumed' AS assumed, r.receipt_no IS NOT NULL AS has_receipt,
+	   c.outcome, c.error
+  FROM payments.payments p JOIN payments.reconciliation_checks c ON c.payment_id = p.id
+  LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'rc_ever' AND c.request LIKE 'GET http://127.0.0.1:9/v1/transactions/C%' ORDER BY c.id;
+SELECT count(*) AS renamed FROM payments.payments WHERE provider = 'rc_ever' AND provider_ref = 'C7';
+ROLLBACK;

@@ -1088,7 +1088,11 @@ BEGIN
 		pay.kind := change.kind;
 		pay.metadata := pay.metadata - 'kind_assumed';
 	END IF;
-	change.metadata := change.metadata - 'kind_assumed';
+	-- (only news that creates a payment marks its kind assumed; a copy of the metadata is made
+	-- only when there is the mark to take out)
+	IF change.metadata ? 'kind_assumed' THEN
+		change.metadata := change.metadata - 'kind_assumed';
+	END IF;
 	refunded_before := payments.refunded_total(pay.status, pay.amount, pay.amount_refunded);
 
 	-- refund events report the total refunded so far: less than the amount is a partial refund

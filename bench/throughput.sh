@@ -179,11 +179,12 @@ run() {
 	[ -n "$(field requests "$run_line")" ] || { echo "throughput: wrk failed:" >&2; cat "$files/$name.wrk" >&2; exit 1; }
 	cat "$files/$name.answers".[0-9]* | awk -v r="$name" '{ print r "\t" $1 "\t" $2 "\t" $3 }' >"$files/$name.tsv"
 	psql -d bench -c "\\copy bench_answers FROM '$files/$name.tsv'"
-	# thread t of 2 sent lines t, t+2, ... of the file in order: the first "sent" of them, and the
-	# last once more if it ran out
-	awk -v r="$name" -v c="$conns" 'NR == FNR { sent[$1] = $2; ran_out[$1] = $3; next }
+	# thread t of 2 took lines t, t+2, ... of the file in order: the first "taken" of them, all sent
+	# but the first "not sent" (wrk's own look at a request, webhooks.lua), and the last once more
+	# if it ran out
+	awk -v r="$name" -v c="$conns" 'NR == FNR { taken[$1] = $2; ran_out[$1] = $3; skipped[$1] = $4; next }
 		{ t = (FNR - 1) % 2 + 1; k = int((FNR - 1) / 2); match($0, /"id":"evt_[^"]*"/); id = substr($0, RSTART + 6, RLENGTH - 7)
-		  n[id] += (k < sent[t]); last[t] = id }
+		  n[id] += (k >= skipped[t] && k < taken[t]); last[t] = id }
 		END { for (t in last) if (ran_out[t] == 1) extra[last[t]] = 1
 			  for (id in n) print r "\t" id "\t" n[id] "\t" (extra[id] + 0) "\t" c }' \
 		"$files/$name.answers.sent" "$files/$name.events" >"$files/$name.sent.tsv"

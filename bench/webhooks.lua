@@ -7,9 +7,11 @@
 -- lines it stops (the run then ends early and says so). Each answer is appended to
 -- RESULTS_PREFIX.<thread> as "<status> <event_id> <outcome>" (event_id and outcome from the JSON
 -- answer), so that the caller can check by SQL that every 2xx event is stored; done() writes
--- RESULTS_PREFIX.sent, one line per thread, "<thread> <lines sent> <1 if it ran out>", from which
--- the caller knows which deliveries went out (a thread sends its lines in order), to check that
--- no answer names an event sent fewer times than answered.
+-- RESULTS_PREFIX.sent, one line per thread, "<thread> <lines taken> <1 if it ran out> <lines not
+-- sent>", from which the caller knows which deliveries went out (a thread takes its lines in
+-- order), to check that no answer names an event sent fewer times than answered. wrk calls the
+-- first thread's request() once before the run, to see how many requests it returns: that
+-- thread's first line is taken and never sent.
 -- done() prints one line: RESULT key=value ...
 --
 -- wrk runs each thread's init() in its main thread one after the other, starting each thread as
@@ -99,7 +101,7 @@ function done(summary, latency, requests)
 	local n2, no, ex, tm = 0, 0, 0, 0
 	local sent_out = assert(io.open(threads[1]:get("sent_file"), "w"))
 	for _, t in ipairs(threads) do
-		sent_out:write(t:get("tid"), " ", t:get("sent"), " ", t:get("exhausted"), "\n")
+		sent_out:write(t:get("tid"), " ", t:get("sent"), " ", t:get("exhausted"), " ", t:get("tid") == 1 and 1 or 0, "\n")
 		n2 = n2 + t:get("n2xx")
 		no = no + t:get("nother")
 		ex = ex + t:get("exhausted")

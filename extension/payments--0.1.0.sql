@@ -3260,7 +3260,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.enqueue_raw_event(payments.events) IS
-	'At commit (payments.enqueue_event): queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* …)';
+	'At commit (payments.enqueue_event): queues a stored event, as event.<provider>.<event type>, for every enabled endpoint that names such types (event.* or event.stripe.* ...)';
 
 -- An endpoint disabled (by a 410 or by hand) is queued nothing, and its items that used up their
 -- attempts are dead: an operator who has fixed the receiver sends them again with this

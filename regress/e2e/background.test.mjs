@@ -233,7 +233,7 @@ test('two replay_outbox calls at once queue each change once', async () => {
 	db.psql(`DELETE FROM payments.endpoints WHERE name = 'twice'`);
 });
 
-test('a database in LATIN1 sends its webhooks in UTF-8, and their signatures verify', async () => {
+test('a database in LATIN1 sends its webhooks in UTF-8, and their signatures verify; one in EUC_JP installs', async () => {
 	db.psql(`CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`, 'postgres');
 	db.psql(`CREATE EXTENSION payments CASCADE`, 'latin');
 	// (the name as JSON escapes: psql's client encoding here is not UTF-8)
@@ -250,6 +250,12 @@ test('a database in LATIN1 sends its webhooks in UTF-8, and their signatures ver
 	assert.equal(d?.payload.data.donor_name, 'José Müller ½');
 	assert.equal(db.psql(`SELECT state FROM payments.outbox`, 'latin'), 'delivered');
 	db.psql(`DROP DATABASE latin`, 'postgres');
+	// the install script is ASCII, read as the database's encoding: it installs in a multibyte one
+	// too (a '…' in a comment once stopped CREATE EXTENSION in EUC_JP)
+	db.psql(`CREATE DATABASE eucjp ENCODING 'EUC_JP' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`, 'postgres');
+	db.psql(`CREATE EXTENSION payments CASCADE`, 'eucjp');
+	assert.equal(db.psql(`SELECT extversion FROM pg_extension WHERE extname = 'payments'`, 'eucjp'), '0.1.0');
+	db.psql(`DROP DATABASE eucjp`, 'postgres');
 });
 
 test('timeouts, slow and oversized responses', async () => {

@@ -5010,14 +5010,14 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'flows_decrypt_request'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_decrypt_request(bytea, text, text) IS
-	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag), or NULL when it does not decrypt';
+	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag; UTF-8, converted to the database encoding), or NULL when it does not decrypt or is not UTF-8; raises untranslatable_character for a character the database encoding cannot hold';
 
 CREATE FUNCTION payments.flows_encrypt_response(aes_key bytea, initial_vector text, response text)
 RETURNS text
 AS 'MODULE_PATHNAME', 'flows_encrypt_response'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_encrypt_response(bytea, text, text) IS
-	'A Flows response body: base64 of AES-128-GCM ciphertext and tag under the request''s key and its IV (base64) with every bit flipped';
+	'A Flows response body: base64 of AES-128-GCM ciphertext and tag of the response in UTF-8 (converted from the database encoding) under the request''s key and its IV (base64) with every bit flipped';
 
 CREATE FUNCTION payments.add_flow_key(provider text, private_key text, passphrase text DEFAULT NULL)
 RETURNS bigint
@@ -5359,9 +5359,19 @@ BEGIN
 		aes_key := payments.flows_unwrap_key(envelope ->> 'encrypted_aes_key', s.private_key, s.passphrase);
 		EXIT WHEN aes_key IS NOT NULL;
 	END LOOP;
+	-- (UTF-8, as Meta sends it, converted to the database encoding: a character that encoding
+	-- cannot hold is a request we cannot read, 400, never an error)
 	IF aes_key IS NOT NULL THEN
-		plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
-												envelope ->> 'encrypted_flow_data');
+		BEGIN
+			plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
+													envelope ->> 'encrypted_flow_data');
+		EXCEPTION WHEN untranslatable_character THEN
+			PERFORM payments.record_flows_rejection(provider, 'invalid', 'invalid_json',
+				'Flows request: the decrypted request has a character the database encoding (' ||
+				pg_catalog.getdatabaseencoding() || ') cannot hold', body, headers, source_ip, request_id);
+			RETURN QUERY SELECT 400, 'invalid', 'malformed request';
+			RETURN;
+		END;
 	END IF;
 	IF plain IS NULL THEN
 		PERFORM payments.record_flows_rejection(provider, 'rejected',

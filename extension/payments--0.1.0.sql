@@ -5250,9 +5250,14 @@ BEGIN
 	ON CONFLICT (flow_token) DO NOTHING
 	RETURNING id INTO submission;
 	IF submission IS NOT NULL AND cfg -> 'paynow_providers' ? currency THEN
-		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id, NULL,
+		-- the donor's name as the chat knows it (their WhatsApp profile), and the chat's first
+		-- purpose: the form asks for none
+		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id,
+			(SELECT cs.name FROM payments.chat_sessions cs
+			  WHERE cs.provider = flows_answer.provider AND cs.wa_id = tok.wa_id),
 			cfg, jsonb_strip_nulls(jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
-			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4), 'purpose', 'WhatsApp Flow')));
+			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4),
+			'purpose', cfg -> 'purposes' ->> 0)));
 		IF started IS NULL THEN
 			-- refused (too many requests to the number, a currency no longer taken), the donor told
 			-- why in the chat: not kept as a submission waiting to start, and the form says so

@@ -5181,7 +5181,8 @@ BEGIN
 						 FROM unnest(currencies) WITH ORDINALITY AS x (c, n)),
 		'methods', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', m, 'title', payments.chat_method_label(m)) ORDER BY n), '[]')
 					  FROM unnest(methods) WITH ORDINALITY AS x (m, n)),
-		'min_amount', min_amount::text, 'max_amount', max_amount::text, 'phone', tok.wa_id);
+		'min_amount', coalesce(min_amount::text, ''), 'max_amount', coalesce(max_amount::text, ''),
+		'phone', tok.wa_id);
 
 	-- a chat whose currencies or methods the form cannot offer (only card, say): nothing to choose
 	IF cardinality(currencies) = 0 OR cardinality(methods) = 0 THEN

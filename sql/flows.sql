@@ -300,6 +300,15 @@ SELECT screen, data AS error
 SELECT http_status, screen, data AS error
   FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "bitcoin", "phone": "0771234567"}', 'CONFIRM');
 SELECT count(*) AS kept FROM payments.flow_submissions WHERE flow_token = :'narrow_token';
+-- a chat whose currencies are none the form takes: no range, and the form's fields stay strings
+SELECT payments.register_provider('flows-pn-zar', 'paynow', '{"integration_id": "1202", "result_url": "https://clinic.example/webhooks/flows-pn-zar", "return_url": "https://clinic.example/thanks",
+	"auth_email": "donations@clinic.example", "currency": "ZAR"}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"ZAR": "flows-pn-zar"}}');
+SELECT http_status, answer -> 'data' -> 'currencies' AS currencies, answer -> 'data' -> 'min_amount' AS min_amount,
+	   answer -> 'data' -> 'max_amount' AS max_amount, answer -> 'data' ->> 'error_message' AS error
+  FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'narrow_token'), :'wrapped');
+SELECT screen, data AS error
+  FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "ecocash", "phone": "0771234567"}');
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
 -- a repeated final submit answers the same submission even after the settings changed: the
 -- donation it made is not asked to be corrected

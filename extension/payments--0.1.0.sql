@@ -5010,14 +5010,14 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'flows_decrypt_request'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_decrypt_request(bytea, text, text) IS
-	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag), or NULL when it does not decrypt';
+	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag; UTF-8, converted to the database encoding), or NULL when it does not decrypt or is not UTF-8; raises untranslatable_character for a character the database encoding cannot hold';
 
 CREATE FUNCTION payments.flows_encrypt_response(aes_key bytea, initial_vector text, response text)
 RETURNS text
 AS 'MODULE_PATHNAME', 'flows_encrypt_response'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_encrypt_response(bytea, text, text) IS
-	'A Flows response body: base64 of AES-128-GCM ciphertext and tag under the request''s key and its IV (base64) with every bit flipped';
+	'A Flows response body: base64 of AES-128-GCM ciphertext and tag of the response in UTF-8 (converted from the database encoding) under the request''s key and its IV (base64) with every bit flipped';
 
 CREATE FUNCTION payments.add_flow_key(provider text, private_key text, passphrase text DEFAULT NULL)
 RETURNS bigint
@@ -5181,7 +5181,8 @@ BEGIN
 						 FROM unnest(currencies) WITH ORDINALITY AS x (c, n)),
 		'methods', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', m, 'title', payments.chat_method_label(m)) ORDER BY n), '[]')
 					  FROM unnest(methods) WITH ORDINALITY AS x (m, n)),
-		'min_amount', min_amount::text, 'max_amount', max_amount::text, 'phone', tok.wa_id);
+		'min_amount', coalesce(min_amount::text, ''), 'max_amount', coalesce(max_amount::text, ''),
+		'phone', tok.wa_id);
 
 	-- a chat whose currencies or methods the form cannot offer (only card, say): nothing to choose
 	IF cardinality(currencies) = 0 OR cardinality(methods) = 0 THEN
@@ -5250,9 +5251,14 @@ BEGIN
 	ON CONFLICT (flow_token) DO NOTHING
 	RETURNING id INTO submission;
 	IF submission IS NOT NULL AND cfg -> 'paynow_providers' ? currency THEN
-		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id, NULL,
+		-- the donor's name as the chat knows it (their WhatsApp profile), and the chat's first
+		-- purpose: the form asks for none
+		started := payments.chat_start_payment(NULL, flows_answer.provider, tok.wa_id,
+			(SELECT cs.name FROM payments.chat_sessions cs
+			  WHERE cs.provider = flows_answer.provider AND cs.wa_id = tok.wa_id),
 			cfg, jsonb_strip_nulls(jsonb_build_object('amount', to_char(amount, 'FM999999990.00'),
-			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4), 'purpose', 'WhatsApp Flow')));
+			'currency', currency, 'method', method, 'phone', '0' || substr(phone, 4),
+			'purpose', cfg -> 'purposes' ->> 0)));
 		IF started IS NULL THEN
 			-- refused (too many requests to the number, a currency no longer taken), the donor told
 			-- why in the chat: not kept as a submission waiting to start, and the form says so
@@ -5359,9 +5365,19 @@ BEGIN
 		aes_key := payments.flows_unwrap_key(envelope ->> 'encrypted_aes_key', s.private_key, s.passphrase);
 		EXIT WHEN aes_key IS NOT NULL;
 	END LOOP;
+	-- (UTF-8, as Meta sends it, converted to the database encoding: a character that encoding
+	-- cannot hold is a request we cannot read, 400, never an error)
 	IF aes_key IS NOT NULL THEN
-		plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
-												envelope ->> 'encrypted_flow_data');
+		BEGIN
+			plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
+													envelope ->> 'encrypted_flow_data');
+		EXCEPTION WHEN untranslatable_character THEN
+			PERFORM payments.record_flows_rejection(provider, 'invalid', 'invalid_json',
+				'Flows request: the decrypted request has a character the database encoding (' ||
+				pg_catalog.getdatabaseencoding() || ') cannot hold', body, headers, source_ip, request_id);
+			RETURN QUERY SELECT 400, 'invalid', 'malformed request';
+			RETURN;
+		END;
 	END IF;
 	IF plain IS NULL THEN
 		PERFORM payments.record_flows_rejection(provider, 'rejected',

@@ -249,9 +249,17 @@ SELECT http_status, answer FROM pg_temp.exchange('{"version": "3.0", "action": "
 -- as a confirmed chat donation does: pending with our reference, its initiation queued, the donor told
 SELECT payments.register_provider('flows-pn', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/flows-pn", "return_url": "https://clinic.example/thanks",
 	"auth_email": "donations@clinic.example", "currency": "USD"}');
-SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"},
+	"purposes": ["Maternity ward", "Medicines"]}');
+-- the number has written in the chat before: its session knows the donor's WhatsApp profile name
+INSERT INTO payments.chat_sessions (provider, wa_id, name, tokens) VALUES ('flows-wa', '263771234567', 'Tendai Moyo', 10);
 SELECT payments.issue_flow_token('flows-wa', '263771234567') AS paying_token \gset
 SELECT http_status, screen FROM pg_temp.donate(:'paying_token', '{"amount": "12", "currency": "USD", "method": "ecocash", "phone": "0771234567"}', 'CONFIRM');
+-- the donor's name is the chat's, the purpose the chat's first (the form asks for none)
+SELECT p.donor_name, p.metadata ->> 'purpose' AS purpose, d.purpose AS chat_purpose
+  FROM payments.flow_submissions s JOIN payments.payments p ON p.id = s.payment_id
+  JOIN payments.chat_donations d ON d.payment_id = p.id
+ WHERE s.flow_token = :'paying_token';
 SELECT p.provider, p.status, p.amount, p.currency, p.method, p.donor_phone, p.reference ~ '^WA-[0-9]{8}-[0-9]+$' AS our_reference,
 	   i.method AS initiation_method, i.phone AS initiation_phone
   FROM payments.flow_submissions s JOIN payments.payments p ON p.id = s.payment_id
@@ -292,6 +300,15 @@ SELECT screen, data AS error
 SELECT http_status, screen, data AS error
   FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "bitcoin", "phone": "0771234567"}', 'CONFIRM');
 SELECT count(*) AS kept FROM payments.flow_submissions WHERE flow_token = :'narrow_token';
+-- a chat whose currencies are none the form takes: no range, and the form's fields stay strings
+SELECT payments.register_provider('flows-pn-zar', 'paynow', '{"integration_id": "1202", "result_url": "https://clinic.example/webhooks/flows-pn-zar", "return_url": "https://clinic.example/thanks",
+	"auth_email": "donations@clinic.example", "currency": "ZAR"}');
+SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"ZAR": "flows-pn-zar"}}');
+SELECT http_status, answer -> 'data' -> 'currencies' AS currencies, answer -> 'data' -> 'min_amount' AS min_amount,
+	   answer -> 'data' -> 'max_amount' AS max_amount, answer -> 'data' ->> 'error_message' AS error
+  FROM pg_temp.exchange(format('{"version": "3.0", "action": "INIT", "flow_token": "%s"}', :'narrow_token'), :'wrapped');
+SELECT screen, data AS error
+  FROM pg_temp.donate(:'narrow_token', '{"amount": "5", "currency": "USD", "method": "ecocash", "phone": "0771234567"}');
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
 -- a repeated final submit answers the same submission even after the settings changed: the
 -- donation it made is not asked to be corrected
@@ -302,12 +319,17 @@ SELECT http_status, screen,
   FROM pg_temp.donate(:'paying_token', '{"amount": "12", "currency": "USD", "method": "ecocash", "phone": "0771234567"}', 'CONFIRM');
 SELECT payments.register_provider('flows-wa', 'meta', '{"verify_token": "vt", "paynow_providers": {"USD": "flows-pn"}}');
 -- TeleCash: stored without a number, its initiation on the web checkout, the donor told a link comes
-SELECT payments.issue_flow_token('flows-wa', '263771234567') AS telecash_token \gset
+SELECT payments.issue_flow_token('flows-wa', '263772345678') AS telecash_token \gset
 SELECT http_status, screen FROM pg_temp.donate(:'telecash_token', '{"amount": "7", "currency": "USD", "method": "telecash"}', 'CONFIRM');
 SELECT s.method, s.phone, p.method AS payment_method, p.donor_phone, i.method AS initiation_method, i.phone AS initiation_phone,
 	   payments.paynow_web_checkout(i.method) AS web_checkout
   FROM payments.flow_submissions s JOIN payments.payments p ON p.id = s.payment_id
   JOIN payments.paynow_initiations i ON i.payment_id = p.id
+ WHERE s.flow_token = :'telecash_token';
+-- no purposes configured: the default one; a number the chat has never seen: no name
+SELECT p.donor_name, p.metadata ->> 'purpose' AS purpose, d.purpose AS chat_purpose
+  FROM payments.flow_submissions s JOIN payments.payments p ON p.id = s.payment_id
+  JOIN payments.chat_donations d ON d.payment_id = p.id
  WHERE s.flow_token = :'telecash_token';
 SELECT payload -> 'text' ->> 'body' ~ 'Paynow payment link to pay 7.00 USD with TeleCash' AS donor_told
   FROM payments.outbox WHERE provider = 'flows-wa' ORDER BY id DESC LIMIT 1;

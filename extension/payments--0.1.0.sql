@@ -3909,6 +3909,24 @@ $$;
 COMMENT ON PROCEDURE payments.run_job(text, integer) IS
 	'Runs one background job (retry, deliver, reconcile, chat: Paynow initiations and outbox deliveries once a second for 55 s while a WhatsApp number is set up) unless a previous run of it still holds its advisory lock (one held by a role that cannot run it is ignored, with a warning); at READ COMMITTED whatever the default isolation level (outside a transaction block); what pg_cron calls';
 
+-- The time before which a prune deletes: now() - older_than, for an interval of zero or more
+CREATE FUNCTION payments.retention_cutoff(older_than interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF older_than IS NULL OR pg_catalog.now() - older_than > pg_catalog.now() THEN
+		RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN pg_catalog.now() - older_than;
+END
+$$;
+COMMENT ON FUNCTION payments.retention_cutoff(interval) IS
+	'The time before which payments.prune_rejections and payments.prune_outbox delete: now() - older_than; an error for NULL or a negative interval';
+REVOKE ALL ON FUNCTION payments.retention_cutoff(interval) FROM PUBLIC;
+
 CREATE FUNCTION payments.prune_rejections(older_than interval DEFAULT '90 days')
 RETURNS bigint
 LANGUAGE plpgsql
@@ -3916,17 +3934,14 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	cutoff	timestamptz := payments.retention_cutoff(older_than);
 	pruned	bigint;
 BEGIN
-	IF older_than IS NULL OR pg_catalog.now() - older_than > pg_catalog.now() THEN
-		RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
 	-- a PayPal delivery whose signature verified but whose body is no usable event is kept: its
 	-- transmission id must never verify another body of the same CRC-32 (kind_paypal.c), and
 	-- PayPal's signature has no time limit
 	DELETE FROM payments.rejections r
-	 WHERE r.received_at < pg_catalog.now() - older_than
+	 WHERE r.received_at < cutoff
 	   AND NOT (r.outcome = 'invalid' AND r.headers ? 'paypal-transmission-id'
 				AND EXISTS (SELECT FROM payments.providers p WHERE p.name = r.provider AND p.kind = 'paypal'));
 	GET DIAGNOSTICS pruned = ROW_COUNT;
@@ -3953,15 +3968,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	cutoff	timestamptz;
+	cutoff	timestamptz := payments.retention_cutoff(older_than);
 	locked	bigint[];
 	pruned	bigint;
 BEGIN
-	IF older_than IS NULL OR pg_catalog.now() - older_than > pg_catalog.now() THEN
-		RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	cutoff := pg_catalog.now() - older_than;
 	-- the endpoints first, in id order, as replay_outbox locks its endpoint before its items: an
 	-- item locked here before its endpoint could deadlock with a replay requeuing it
 	SELECT pg_catalog.array_agg(e.id ORDER BY e.id) INTO locked

@@ -1022,7 +1022,6 @@ DECLARE
 	moved	numeric;
 	outcome	text;
 	flagged	boolean := false;
-	given_at timestamptz := at;	-- when an increase of the refunded total was given back
 	refusal	text;
 BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
@@ -1039,9 +1038,10 @@ BEGIN
 				  HINT = 'Add it to payments.currencies with its ISO 4217 exponent, then replay the event.';
 	END IF;
 
-	-- a new payment: created with its first status, in this transaction (not for an exchange: the
-	-- merchant's own money is no payment)
-	IF change.creates AND change.kind IS DISTINCT FROM 'exchange' THEN
+	-- a new payment: created with its first status, in this transaction (an exchange too, the
+	-- merchant's own money, kind exchange, in no report and given no receipt: later news of the
+	-- transaction that states no kind finds it, instead of creating a collection)
+	IF change.creates THEN
 		INSERT INTO payments.payments AS p
 			(provider, provider_ref, reference, kind, status, amount, currency, amount_refunded, fee,
 			 method, donor_name, donor_phone, donor_email, country, metadata, status_at, paid_at)
@@ -1070,7 +1070,7 @@ BEGIN
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref
 	   FOR UPDATE;
 	IF NOT FOUND THEN
-		RETURN CASE WHEN change.kind = 'exchange' THEN 'ignored' ELSE 'unresolved' END;
+		RETURN 'unresolved';
 	END IF;
 
 	-- the kind: news that states one sets a kind assumed (a collection, created by news that
@@ -1157,12 +1157,6 @@ BEGIN
 			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency) IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
-		-- a refund that said all of it was given back, before the amount was known (Eversend
-		-- reversed, no amount, then its news that 200.00 was paid): the money now known was given
-		-- back when it said so, its status's time, not at this news's
-		IF pay.status = 'refunded' THEN
-			given_at := pay.status_at;
-		END IF;
 		-- its receipt is numbered at the commit (payments.paid_late_committed)
 		UPDATE payments.payments p SET status = 'refunded'
 		 WHERE p.id = pay.id AND p.status = 'partially_refunded' AND p.amount_refunded >= p.amount;
@@ -1227,9 +1221,13 @@ BEGIN
 	  FROM payments.payments p WHERE p.id = pay.id;
 	IF refunded_after > coalesce(refunded_before, 0) THEN
 		-- the total raised: the increase is given back at the event's time (an older event raises
-		-- it only when it is another part's: a second PayPal capture's refund)
+		-- it only when it is another part's: a second PayPal capture's refund); but a payment
+		-- refunded in full already raises it only by news of its amount, known only now (Eversend
+		-- reversed with no amount, then news that it was paid, or an older pending or failed news
+		-- with the amount): that money was given back when it was refunded, its status's time
 		INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
-		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0), given_at, event_row);
+		VALUES (pay.id, refunded_after - coalesce(refunded_before, 0),
+				CASE WHEN pay.status = 'refunded' THEN pay.status_at ELSE at END, event_row);
 		outcome := 'applied';
 	ELSE
 		-- an older report of the running total, delivered after a newer one: what it says was
@@ -1419,12 +1417,12 @@ BEGIN
 	c.status_at := event_at;
 	c.reference := t ->> 'transactionRef';
 	IF stated IS NULL THEN
-		stated := substring(lower(coalesce(payload ->> 'eventType',
-										   CASE WHEN NOT payload ? 'transactionId' THEN payload ->> 'type' END))
-							FROM '^(collection|payout|exchange)(\.|$)');
+		stated := coalesce(substring(lower(payload ->> 'eventType') FROM '^(collection|payout|exchange)(\.|$)'),
+						   CASE WHEN NOT payload ? 'transactionId'
+								THEN substring(lower(payload ->> 'type') FROM '^(collection|payout|exchange)(\.|$)') END);
 	END IF;
 	-- a collection or a payout; an exchange between currencies moves the merchant's own money
-	-- (apply_change creates no payment for it), and any other type is no payment: ignored.  An
+	-- (a payment of kind exchange, in no report), and any other type is no payment: ignored.  An
 	-- event that states no kind leaves it NULL: a payment it creates is a collection, assumed
 	-- (metadata.kind_assumed), until news that states one (payments.kind_refused)
 	c.kind := CASE stated WHEN 'payout' THEN 'payout' WHEN 'collection' THEN 'collection'
@@ -2979,7 +2977,7 @@ COMMENT ON COLUMN payments.endpoints.ca_file IS 'CA bundle to verify the receive
 COMMENT ON COLUMN payments.endpoints.breaker_state IS
 	'closed: deliver; open: paused after breaker_threshold consecutive failures until breaker_until; half_open: one probe in flight';
 COMMENT ON COLUMN payments.endpoints.pruned_before IS
-	'The latest cutoff of payments.prune_outbox that deleted items of this endpoint (NULL: none ever did): what it was queued before then can no longer be told, so payments.replay_outbox looks for changes never queued from this time on only';
+	'Just past the latest end (delivery, last attempt) of the items of this endpoint payments.prune_outbox deleted (NULL: it deleted none): what it was queued before then can no longer be told, so payments.replay_outbox looks for changes never queued from this time on only';
 
 CREATE TABLE payments.outbox (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -3291,14 +3289,14 @@ BEGIN
 	-- "never queued" is told by the absence of an outbox row, which payments.prune_outbox deletes
 	-- too: a change whose item was pruned would be queued again, under a new msg_id (webhook-id)
 	-- the receiver cannot know for a repeat.  So changes are looked for from the endpoint's
-	-- pruned_before on only, the greatest cutoff of a prune that deleted some of its items.  It is
-	-- a sound bound: an item is queued at the commit of the transaction that recorded its change
-	-- (status_history.recorded_at and events.received_at are that transaction's now(), as is the
-	-- item's created_at) or later by a replay, so its change's time <= its created_at <= the time
-	-- it finished (delivered_at, or its last attempt), and a prune deletes only items finished
-	-- before its cutoff: every change at or after pruned_before that was ever queued for the
-	-- endpoint still has its row.  (Dead items still kept are requeued from since: they keep
-	-- their msg_id.)
+	-- pruned_before on only: just past the latest end of the items a prune deleted.  It is a
+	-- sound bound: an item ends (is delivered, or attempted for the last time) in a transaction
+	-- begun after its change committed, so its change's time (status_history.recorded_at,
+	-- events.received_at: the now() of the transaction that recorded it) is before the item's
+	-- end; every change at or after pruned_before that was ever queued for the endpoint still has
+	-- its row.  (Not created_at: a replay begun before the change committed queues it with an
+	-- earlier one.)  Changes older than the items pruned that were never queued stay within
+	-- reach.  (Dead items still kept are requeued from since: they keep their msg_id.)
 	IF ep.pruned_before IS NOT NULL AND since < ep.pruned_before THEN
 		from_time := ep.pruned_before;
 		RAISE NOTICE 'replay_outbox("%"): changes never queued are looked for from % on, not from %',
@@ -3335,7 +3333,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.replay_outbox(text, timestamptz) IS
-	'Sends an endpoint again what it missed since a time: its dead items, back in the queue with a fresh schedule, and the payment changes (and stored events of the types it names) it was never queued, made while it was disabled or before it was added (a payment as it now is), looked for from the endpoint''s pruned_before on only when since is earlier (with a notice: whether a change before a prune''s cutoff was sent can no longer be told); sent when the endpoint is enabled; returns how many items';
+	'Sends an endpoint again what it missed since a time: its dead items, back in the queue with a fresh schedule, and the payment changes (and stored events of the types it names) it was never queued, made while it was disabled or before it was added (a payment as it now is), looked for from the endpoint''s pruned_before on only when since is earlier (with a notice: whether a change before the end of the items pruned was sent can no longer be told); sent when the endpoint is enabled; returns how many items';
 
 CREATE FUNCTION payments.enqueue_event()
 RETURNS trigger
@@ -3960,7 +3958,8 @@ COMMENT ON FUNCTION payments.prune_rejections(interval) IS
 -- the breaker count pending and dead items or the last hour's attempts; Meta's statuses of a
 -- pruned message are still kept in payments.whatsapp_statuses; what analysts query (events,
 -- status_history, receipts) is not touched.  Only replay_outbox read an item's absence as "never
--- queued": each endpoint that loses items gets the cutoff as its pruned_before (see there)
+-- queued": each endpoint that loses items gets, as its pruned_before, a moment just past the
+-- latest end of those items (see there)
 CREATE FUNCTION payments.prune_outbox(older_than interval DEFAULT '90 days')
 RETURNS bigint
 LANGUAGE plpgsql
@@ -3988,17 +3987,22 @@ BEGIN
 		   AND NOT EXISTS (SELECT FROM payments.outbox_attempts a
 							WHERE a.outbox_id = o.id
 							  AND greatest(a.started_at, a.finished_at) >= cutoff)
-		RETURNING o.endpoint_id),
+		RETURNING o.endpoint_id,
+				  greatest(o.created_at, o.delivered_at,
+						   (SELECT pg_catalog.max(greatest(a.started_at, a.finished_at))
+							  FROM payments.outbox_attempts a WHERE a.outbox_id = o.id)) AS ended),
 	marked AS (
-		UPDATE payments.endpoints e SET pruned_before = greatest(e.pruned_before, cutoff)
-		 WHERE e.id IN (SELECT g.endpoint_id FROM gone g)
+		UPDATE payments.endpoints e SET pruned_before = greatest(e.pruned_before, g.ended + interval '1 microsecond')
+		  FROM (SELECT g.endpoint_id, pg_catalog.max(g.ended) AS ended FROM gone g
+				 WHERE g.endpoint_id IS NOT NULL GROUP BY g.endpoint_id) g
+		 WHERE e.id = g.endpoint_id
 		RETURNING e.id)
 	SELECT pg_catalog.count(*) INTO pruned FROM gone;
 	RETURN pruned;
 END
 $$;
 COMMENT ON FUNCTION payments.prune_outbox(interval) IS
-	'Deletes the outbox items (webhooks and WhatsApp messages) that finished, delivered or dead, longer ago than older_than (every attempt older too; pending items never), with their attempts; each endpoint that lost items gets the cutoff as its pruned_before, before which replay_outbox no longer looks for changes never queued; returns how many; the pg_cron job payments-prune runs it daily';
+	'Deletes the outbox items (webhooks and WhatsApp messages) that finished, delivered or dead, longer ago than older_than (every attempt older too; pending items never), with their attempts; each endpoint that lost items gets as its pruned_before a moment just past the latest end (delivery, last attempt) of those items, before which replay_outbox no longer looks for changes never queued; returns how many; the pg_cron job payments-prune runs it daily';
 
 CREATE FUNCTION payments.cron_jobs(retry_schedule text DEFAULT '* * * * *',
 								   deliver_schedule text DEFAULT '* * * * *',

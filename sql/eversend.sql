@@ -143,8 +143,8 @@ SELECT p.provider_ref, p.kind, p.status, p.amount_refunded, t.from_status, t.to_
 	   regexp_replace(t.reason, 'LP-[0-9]{8}-[0-9]{6}', 'LP-…') AS reason
   FROM payments.payments p JOIN payments.refused_transitions t ON t.payment_id = p.id
  WHERE p.provider = 'ev' AND p.provider_ref LIKE 'B%' ORDER BY p.provider_ref;
--- an exchange is the merchant's own money: news of one creates no payment, and a payment news
--- without a type created (a collection assumed) becomes an exchange: no receipt, in no report
+-- an exchange is the merchant's own money: news of one makes a payment of kind exchange, and a
+-- payment news without a type created (a collection assumed) becomes one: no receipt, in no report
 SELECT * FROM pg_temp.ev('{"transactionId":"B7","type":"exchange","status":"successful","amount":"300","currency":"UGX","updatedAt":"2026-09-04T08:00:00Z"}', 'eversend_new_secret');
 SELECT * FROM pg_temp.ev('{"transactionId":"B6","status":"pending","amount":"400","currency":"UGX","updatedAt":"2026-09-04T08:00:00Z"}', 'eversend_new_secret');
 SELECT * FROM pg_temp.ev('{"eventType":"exchange.success","data":{"transactionId":"B6","status":"successful","amount":"400","currency":"UGX","updatedAt":"2026-09-04T09:00:00Z"}}', 'eversend_new_secret');
@@ -153,6 +153,16 @@ SELECT * FROM pg_temp.ev('{"transactionId":"B6","type":"airtime","status":"rever
 SELECT p.provider_ref, p.kind, p.status, r.receipt_no IS NOT NULL AS has_receipt
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE p.provider = 'ev' AND p.provider_ref IN ('B6', 'B7') ORDER BY p.provider_ref;
+SELECT count(*) AS reported FROM payments.daily_report('2026-09-04') WHERE currency = 'UGX';
+-- news of an exchange first, then news of it stating no kind (Eversend promises no order): the
+-- exchange was kept, so the later news is of it, never a collection made by assumption
+SELECT * FROM pg_temp.ev('{"transactionId":"X1","type":"exchange","status":"pending","amount":"300","currency":"UGX","updatedAt":"2026-09-04T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"eventType":"transaction.success","data":{"transactionId":"X1","status":"successful","amount":"300","currency":"UGX","updatedAt":"2026-09-04T08:10:00Z"}}', 'eversend_new_secret');
+-- an eventType naming no kind beside a type naming one: the type's
+SELECT * FROM pg_temp.ev('{"eventType":"transaction.success","type":"payout","data":{"transactionId":"P1","status":"successful","amount":"70","currency":"UGX","updatedAt":"2026-09-04T08:20:00Z"}}', 'eversend_new_secret');
+SELECT p.provider_ref, p.kind, p.status, p.metadata ? 'kind_assumed' AS assumed, r.receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'ev' AND p.provider_ref IN ('X1', 'P1') ORDER BY p.provider_ref;
 SELECT count(*) AS reported FROM payments.daily_report('2026-09-04') WHERE currency = 'UGX';
 
 -- A reversal before its payment, without an amount, then the news that 20000 was paid (older):
@@ -165,6 +175,14 @@ SELECT p.status, p.amount, f.amount AS refunded, f.refunded_at AT TIME ZONE 'UTC
  WHERE p.provider = 'ev' AND p.provider_ref = 'H1';
 SELECT currency, method, refunds, refunded FROM payments.daily_report('2026-09-05') WHERE currency = 'UGX' ORDER BY method;
 SELECT currency, method, paid, refunds FROM payments.daily_report('2026-09-01') WHERE currency = 'UGX' ORDER BY method;
+-- the same when the amount comes with older news of another status (the pending one, dated by its
+-- createdAt): the refund is of the reversal's time, not of that news's
+SELECT * FROM pg_temp.ev('{"transactionId":"H2","status":"reversed","currency":"UGX","updatedAt":"2026-09-06T12:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"H2","status":"pending","amount":"30000","currency":"UGX","createdAt":"2026-06-01T08:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"H2","status":"successful","amount":"30000","currency":"UGX","updatedAt":"2026-06-01T08:05:00Z"}', 'eversend_new_secret');
+SELECT p.status, p.amount, f.amount AS refunded, f.refunded_at AT TIME ZONE 'UTC' AS refunded_at_utc
+  FROM payments.payments p JOIN payments.refunds f ON f.payment_id = p.id
+ WHERE p.provider = 'ev' AND p.provider_ref = 'H2';
 
 -- Without updatedAt: createdAt dates only the pending status (the one a transaction is created
 -- with); another status is as of its arrival, as Paynow's are, not of the creation day

@@ -313,7 +313,8 @@ SELECT coalesce(e.name, 'whatsapp:' || o.provider) AS endpoint, o.state, count(*
   FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT count(*) AS attempts_left, count(*) FILTER (WHERE a.outbox_id IN (SELECT c.id FROM crm_items c WHERE c.n = 6)) AS of_the_kept_one
   FROM payments.outbox_attempts a;
--- the watermark: the cutoff, for the endpoint that lost items only
+-- the watermark: just past the latest end of the items pruned (delivered, or attempted last, at
+-- 00:00:05 on 1 January 2020), for the endpoint that lost items only
 SELECT name, pruned_before FROM payments.endpoints WHERE name IN ('crm', 'young', 'waiting') ORDER BY name;
 -- a later prune with an earlier cutoff does not move it back
 INSERT INTO payments.outbox (endpoint_id, event_type, payload, state, created_at, delivered_at)
@@ -326,9 +327,15 @@ SELECT name, pruned_before FROM payments.endpoints WHERE name = 'crm';
 -- rows gone): they are not queued again under new webhook-ids, with a notice saying from when it
 -- looked; a change made after the cutoff while crm was disabled is queued, and its dead item still
 -- kept is requeued.  (It also queues the other tests' payment changes, made today before crm was
--- added: counted apart)
+-- added: counted apart).  A change of March 2020, older than the cutoff but newer than every item
+-- pruned, never queued (crm was disabled then), is queued too: the watermark is the end of the
+-- items pruned, not the cutoff (a review: the cutoff hid months an endpoint had missed)
 SELECT payments.enable_endpoint('crm', false);
 SELECT pg_temp.deliver_prx('{"id":"evt_pr4","type":"payment_intent.succeeded","created":1718001100,"data":{"object":{"id":"pi_pr4","amount":400,"currency":"usd"}}}');
+SELECT pg_temp.deliver_prx('{"id":"evt_pr5","type":"payment_intent.succeeded","created":1718001200,"data":{"object":{"id":"pi_pr5","amount":500,"currency":"usd"}}}');
+UPDATE payments.status_history h SET recorded_at = '2020-03-01 00:00+00'
+  FROM payments.payments p WHERE p.id = h.payment_id AND p.provider_ref = 'pi_pr5';
+UPDATE payments.events SET received_at = '2020-03-01 00:00+00' WHERE provider = 'prx' AND event_id = 'evt_pr5';
 SELECT payments.enable_endpoint('crm');
 SELECT payments.replay_outbox('crm', '2019-12-01 00:00+00') AS replayed \gset
 SELECT :replayed - count(*) AS replayed_of_prx

@@ -346,7 +346,8 @@ $$;
 SELECT tp.eversend('{"eventType":"transaction.pending","transactionId":"EVS1","transactionRef":"ORD-1","type":"collection","status":"pending","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:00:00.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.success","transactionId":"EVS1","transactionRef":"ORD-1","type":"collection","status":"successful","amount":"50000","currency":"UGX","fees":"1500","createdAt":"2024-06-10T08:00:00.000Z","updatedAt":"2024-06-10T08:01:12.000Z"}');
 SELECT tp.eversend('{"eventType":"transaction.failed","data":{"transactionId":"EVS2","type":"payout","status":"failed","amount":"20.5","currency":"kes","updatedAt":"2024-06-10T09:00:00Z"}}');
--- an exchange between currencies is the merchant's own money, no payment: ignored
+-- an exchange between currencies is the merchant's own money: kept as a payment of kind
+-- exchange, with no receipt and in no report
 SELECT tp.eversend('{"eventType":"transaction.success","data":{"transactionId":"EVS5","type":"exchange","status":"successful","amount":"100","currency":"usd","updatedAt":"2024-06-10T09:40:00Z"}}');
 -- a payout paid gets no receipt number: receipts count donations
 SELECT tp.eversend('{"eventType":"transaction.success","data":{"transactionId":"EVS4","type":"payout","status":"successful","amount":"30","currency":"kes","updatedAt":"2024-06-10T09:30:00Z"}}');

@@ -483,8 +483,16 @@ LookUp(const Delivery *delivery, Jsonb *payload, const char *header, const char 
 
 		if (!RunJsonPath(path, payload, &found, &error, &sqlerrcode))
 		{
-			/* a $variable deeper than registration's check reached: the settings' fault */
-			if (sqlerrcode == ERRCODE_UNDEFINED_OBJECT)
+			/*
+			 * The path itself, whatever the event: its syntax (set by a
+			 * direct UPDATE, which registration's check never saw), a
+			 * $variable deeper than that check reached, a regular expression
+			 * that does not compile.  The settings' fault, answered 503 so
+			 * that the sender retries once they are mended, rather than an
+			 * authentic event refused as invalid and lost.
+			 */
+			if (sqlerrcode == ERRCODE_SYNTAX_ERROR || sqlerrcode == ERRCODE_UNDEFINED_OBJECT ||
+				sqlerrcode == ERRCODE_INVALID_REGULAR_EXPRESSION)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("provider \"%s\" has unusable settings: %s %s failed: %s",

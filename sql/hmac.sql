@@ -204,13 +204,21 @@ SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_pa
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": "$id"}');
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_type_path": "$.t ? (@ == $x)", "event_id_path": ["$.a", "$b"]}');
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_id_path": "$.id ? (@ == $x)"}');
-DO $$
+CREATE FUNCTION pg_temp.h_unusable(body text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-	PERFORM * FROM pg_temp.h('{"id":"ev_9"}');
+	PERFORM * FROM pg_temp.h(body);
+	RAISE NOTICE 'taken';
 EXCEPTION WHEN object_not_in_prerequisite_state THEN
 	RAISE NOTICE 'unusable settings: %', SQLERRM;
 END
 $$;
+SELECT pg_temp.h_unusable('{"id":"ev_9"}');
+-- so is a path broken by a direct UPDATE (registration's check never saw it), and a regular
+-- expression that does not compile: an authentic event is not refused as invalid for them
+UPDATE payments.providers SET settings = '{"header": "x-sig", "event_id_path": "$.data.id ?("}' WHERE name = 'h';
+SELECT pg_temp.h_unusable('{"data":{"id":"ev_10"}}');
+UPDATE payments.providers SET settings = '{"header": "x-sig", "event_type_path": "$.type ? (@ like_regex \"(\")"}' WHERE name = 'h';
+SELECT pg_temp.h_unusable('{"id":"ev_11","type":"a"}');
 -- with no type configured, the payload's top-level "type" is the type, as for other kinds
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig"}');
 SELECT http_status, outcome, left(event_id, 7) FROM pg_temp.h('{"type":"invoice.paid"}');

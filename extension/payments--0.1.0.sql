@@ -1,6 +1,22 @@
 -- payments 0.1.0: verified, durable webhook events inside PostgreSQL.
 \echo Use "CREATE EXTENSION payments" to load this file. \quit
 
+-- The database must be UTF8: providers send UTF-8 (donors' names with U+2019 or CJK letters,
+-- WhatsApp messages with emoji), and a database in another encoding (LATIN1, EUC_JP, SQL_ASCII)
+-- cannot store such a character in jsonb at all, not even as a \u escape, so an authentic event
+-- would be refused and retried by its provider for days.  Checked first, before anything is made
+-- (this script is ASCII, so it reaches this check in any encoding).
+DO $$
+BEGIN
+	IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+		RAISE EXCEPTION 'payments needs a UTF8 database: database "%" has encoding %',
+			pg_catalog.current_database(), pg_catalog.getdatabaseencoding()
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Create the database with ENCODING ''UTF8'' (TEMPLATE template0), then CREATE EXTENSION payments in it.';
+	END IF;
+END
+$$;
+
 -- The schema must be one this CREATE EXTENSION made, or an empty one of a superuser (pg_restore
 -- makes it first), where no other role may create: PostgreSQL installs into a schema of that name
 -- that exists already, and its owner, or a role with CREATE on it, could then put functions of
@@ -5028,14 +5044,14 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'flows_decrypt_request'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_decrypt_request(bytea, text, text) IS
-	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag; UTF-8, converted to the database encoding), or NULL when it does not decrypt or is not UTF-8; raises untranslatable_character for a character the database encoding cannot hold';
+	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag; UTF-8), or NULL when it does not decrypt or is not UTF-8';
 
 CREATE FUNCTION payments.flows_encrypt_response(aes_key bytea, initial_vector text, response text)
 RETURNS text
 AS 'MODULE_PATHNAME', 'flows_encrypt_response'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_encrypt_response(bytea, text, text) IS
-	'A Flows response body: base64 of AES-128-GCM ciphertext and tag of the response in UTF-8 (converted from the database encoding) under the request''s key and its IV (base64) with every bit flipped';
+	'A Flows response body: base64 of AES-128-GCM ciphertext and tag of the response in UTF-8 under the request''s key and its IV (base64) with every bit flipped';
 
 CREATE FUNCTION payments.add_flow_key(provider text, private_key text, passphrase text DEFAULT NULL)
 RETURNS bigint
@@ -5383,19 +5399,9 @@ BEGIN
 		aes_key := payments.flows_unwrap_key(envelope ->> 'encrypted_aes_key', s.private_key, s.passphrase);
 		EXIT WHEN aes_key IS NOT NULL;
 	END LOOP;
-	-- (UTF-8, as Meta sends it, converted to the database encoding: a character that encoding
-	-- cannot hold is a request we cannot read, 400, never an error)
 	IF aes_key IS NOT NULL THEN
-		BEGIN
-			plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
-													envelope ->> 'encrypted_flow_data');
-		EXCEPTION WHEN untranslatable_character THEN
-			PERFORM payments.record_flows_rejection(provider, 'invalid', 'invalid_json',
-				'Flows request: the decrypted request has a character the database encoding (' ||
-				pg_catalog.getdatabaseencoding() || ') cannot hold', body, headers, source_ip, request_id);
-			RETURN QUERY SELECT 400, 'invalid', 'malformed request';
-			RETURN;
-		END;
+		plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
+												envelope ->> 'encrypted_flow_data');
 	END IF;
 	IF plain IS NULL THEN
 		PERFORM payments.record_flows_rejection(provider, 'rejected',

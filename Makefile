@@ -27,6 +27,8 @@ SHLIB_LINK = -lcrypto -lcurl -lz
 # handles running as root (initdb refuses root), so PGXS's own target is not used.
 NO_INSTALLCHECK = 1
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
+# the database pg_regress makes is UTF8 whatever the instance's template (the extension needs it)
+REGRESS_OPTS += --encoding=UTF8
 
 # JIT bitcode is of no use for this module and would need clang at build time.
 override with_llvm = no
@@ -60,7 +62,7 @@ deps:
 
 # both test the checkout: built and installed first
 installcheck: install-for-test
-	regress/run-regress $(REGRESS)
+	regress/run-regress $(REGRESS_OPTS) $(REGRESS)
 
 e2e: shim/payments-shim-asan install-for-test
 	regress/run-e2e

@@ -22,18 +22,16 @@ PG_FUNCTION_INFO_V1(provider_time);
 typedef struct JsonParse
 {
 	const char *text;
-	int			len;
 	Jsonb	   *result;
 } JsonParse;
 
-/* Converts UTF-8 text to the server encoding and parses it with jsonb_in */
+/* Parses NUL-terminated UTF-8 text with jsonb_in (the database is UTF8) */
 static void
 ParseJsonStep(void *arg)
 {
 	JsonParse  *parse = arg;
-	char	   *server_text = pg_any_to_server(parse->text, parse->len, PG_UTF8);
 
-	parse->result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(server_text)));
+	parse->result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(parse->text)));
 }
 
 /*
@@ -43,7 +41,7 @@ ParseJsonStep(void *arg)
 Jsonb *
 ParseEventBody(const char *body, int len, char **error)
 {
-	JsonParse	parse = {NULL, len, NULL};
+	JsonParse	parse = {NULL, NULL};
 	char	   *message;
 
 	if (!pg_verify_mbstr(PG_UTF8, body, len, true))

@@ -304,9 +304,8 @@ AesGcm(bool encrypt, const unsigned char *key, const unsigned char *iv,
  * encrypted_flow_data) returns the request's JSON text, or NULL when it
  * cannot be decrypted: the IV is not the base64 of 16 bytes, the data is
  * not base64 of at least a tag, the tag does not match, or the plaintext is
- * not valid UTF-8 (a NUL byte included).  Meta sends UTF-8 whatever the
- * database's encoding: the text is converted to the database encoding, and a
- * character that encoding cannot hold raises untranslatable_character.
+ * not valid UTF-8 (a NUL byte included): the text as Meta sent it, the
+ * database being UTF8.
  */
 Datum
 flows_decrypt_request(PG_FUNCTION_ARGS)
@@ -318,40 +317,32 @@ flows_decrypt_request(PG_FUNCTION_ARGS)
 	int			datalen = DecodeBase64Text(PG_GETARG_TEXT_PP(2), &data);
 	int			ctlen = datalen - FLOWS_TAG_LEN;
 	unsigned char *plain;
-	char	   *converted;
 	int			ok;
 
 	if (ivlen != FLOWS_IV_LEN || ctlen < 0)
 		PG_RETURN_NULL();
-	plain = palloc(ctlen + 1);
+	plain = palloc(ctlen);
 	ok = AesGcm(false, key, iv, data, ctlen, plain, data + ctlen);
 	if (ok < 0)
 		ReportOpenSSLFailure("set up AES-128-GCM decryption");
 	if (ok == 0 || !pg_verify_mbstr(PG_UTF8, (const char *) plain, ctlen, true))
 		PG_RETURN_NULL();
-	plain[ctlen] = '\0';
-	/* the same pointer when nothing is converted, else a new NUL-terminated string */
-	converted = pg_any_to_server((const char *) plain, ctlen, PG_UTF8);
-	if (converted == (char *) plain)
-		PG_RETURN_TEXT_P(cstring_to_text_with_len(converted, ctlen));
-	PG_RETURN_TEXT_P(cstring_to_text(converted));
+	PG_RETURN_TEXT_P(cstring_to_text_with_len((const char *) plain, ctlen));
 }
 
 /*
  * SQL: payments.flows_encrypt_response(aes_key, initial_vector, response)
- * returns base64(ciphertext || tag) of the response, converted to UTF-8
- * from the database encoding, under the request's key and the request's IV
- * (base64, as received) with every bit flipped: the body of the endpoint's
- * answer.
+ * returns base64(ciphertext || tag) of the response (UTF-8, the database
+ * being UTF8) under the request's key and the request's IV (base64, as
+ * received) with every bit flipped: the body of the endpoint's answer.
  */
 Datum
 flows_encrypt_response(PG_FUNCTION_ARGS)
 {
 	const unsigned char *key = AesKeyArgument(PG_GETARG_BYTEA_PP(0));
 	text	   *response = PG_GETARG_TEXT_PP(2);
-	const char *server = VARDATA_ANY(response);
+	const unsigned char *utf8 = (const unsigned char *) VARDATA_ANY(response);
 	int			len = VARSIZE_ANY_EXHDR(response);
-	const char *utf8;
 	unsigned char *iv;
 	unsigned char *out;
 
@@ -361,16 +352,8 @@ flows_encrypt_response(PG_FUNCTION_ARGS)
 				 errmsg("initial_vector must be the base64 of %d bytes", FLOWS_IV_LEN)));
 	for (int i = 0; i < FLOWS_IV_LEN; i++)
 		iv[i] = (unsigned char) ~iv[i];
-	/*
-	 * The text is not NUL-terminated; a conversion returns a new
-	 * NUL-terminated string (text holds no NUL) of another length, no
-	 * conversion the same pointer.
-	 */
-	utf8 = pg_server_to_any(server, len, PG_UTF8);
-	if (utf8 != server)
-		len = strlen(utf8);
 	out = palloc(len + FLOWS_TAG_LEN);
-	if (AesGcm(true, key, iv, (const unsigned char *) utf8, len, out, out + len) != 1)
+	if (AesGcm(true, key, iv, utf8, len, out, out + len) != 1)
 		ReportOpenSSLFailure("encrypt with AES-128-GCM");
 	PG_RETURN_TEXT_P(cstring_to_text(EncodeBase64(out, len + FLOWS_TAG_LEN)));
 }

@@ -191,8 +191,8 @@ FormFieldIndex(const Form *form, const char *name)
 
 /*
  * The form as a jsonb object of its decoded keys, in lower case (ASCII), and
- * values (all strings), or NULL with *error set if the text cannot be stored
- * in this database's encoding.  Fields are found ignoring case (Paynow's
+ * values (all strings), or NULL with *error set if jsonb cannot hold it (a
+ * value of more than jsonb's 256 MB).  Fields are found ignoring case (Paynow's
  * documents write "Hash" and "hash" alike), so the SQL reading the payload
  * finds them under lower-case keys; the keys are distinct ignoring case.
  * jsonb orders keys its own way; the raw body keeps the order received.
@@ -220,7 +220,7 @@ FormToJsonb(const Form *form, char **error)
 	}
 	appendStringInfoChar(&json, '}');
 
-	/* the parser converts to the server encoding; the keys are distinct */
+	/* the keys are distinct */
 	result = ParseEventBody(json.data, json.len, error);
 	pfree(json.data);
 	return result;

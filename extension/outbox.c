@@ -53,19 +53,16 @@ ColumnText(MemoryContext cxt, HeapTuple row, TupleDesc desc, int col)
 }
 
 /*
- * A body's text in UTF-8, copied into cxt: JSON goes out as UTF-8 (RFC 8259),
- * and the signature is over the bytes sent.  A database in another encoding
- * (LATIN1, say) sent its own bytes, which receivers read as U+FFFD, so that
- * no signature verified.
+ * A body's text, copied into cxt; empty if null.  It is UTF-8, the database
+ * being UTF8, as JSON must go out (RFC 8259), and the signature is over these
+ * bytes.
  */
 static char *
-BodyInUtf8(MemoryContext cxt, HeapTuple row, TupleDesc desc, int col)
+BodyText(MemoryContext cxt, HeapTuple row, TupleDesc desc, int col)
 {
 	char	   *value = SPI_getvalue(row, desc, col);
 
-	if (value == NULL)
-		return MemoryContextStrdup(cxt, "");
-	return MemoryContextStrdup(cxt, pg_server_to_any(value, strlen(value), PG_UTF8));
+	return MemoryContextStrdup(cxt, value == NULL ? "" : value);
 }
 
 /*
@@ -101,7 +98,7 @@ ClaimItems(int max_items, const char *sends, MemoryContext cxt, ClaimedItem **it
 		(*items)[i].msg_id = ColumnText(cxt, row, desc, 3);
 		req->url = ColumnText(cxt, row, desc, 4);
 		(*items)[i].secret = ColumnText(cxt, row, desc, 5);
-		req->body = BodyInUtf8(cxt, row, desc, 6);
+		req->body = BodyText(cxt, row, desc, 6);
 		req->bodylen = strlen(req->body);
 		(*items)[i].headers = ColumnText(cxt, row, desc, 7);
 		req->ca_file = ColumnText(cxt, row, desc, 8);
@@ -162,22 +159,21 @@ PrepareRequests(ClaimedItem *items, OutboundRequest *reqs, int n, MemoryContext 
 }
 
 /*
- * Bytes of a response's kept start to record, or -1 when they are not text in
- * the database encoding. A start cut at the bytes kept may end in the first
- * bytes of a character: those are left out, the rest is still text.
+ * Bytes of a response's kept start to record, or -1 when they are not UTF-8
+ * text. A start cut at the bytes kept may end in the first bytes of a
+ * character: those are left out, the rest is still text.
  */
 static int
 RecordableResponseLength(const OutboundRequest *req)
 {
-	int			encoding = GetDatabaseEncoding();
 	int			len = (int) req->response_len;
 	int			valid;
 
 	if (len == 0 || memchr(req->response, '\0', len) != NULL)
 		return -1;
-	valid = pg_encoding_verifymbstr(encoding, req->response, len);
+	valid = pg_encoding_verifymbstr(PG_UTF8, req->response, len);
 	if (valid < len && req->response_total > req->response_len &&
-		pg_encoding_mblen(encoding, req->response + valid) > len - valid)
+		pg_encoding_mblen(PG_UTF8, req->response + valid) > len - valid)
 		return valid;
 	return valid == len ? len : -1;
 }
@@ -200,7 +196,7 @@ RecordResult(const ClaimedItem *item, const OutboundRequest *req)
 	nulls[3] = req->error[0] ? ' ' : 'n';
 	args[4] = Int32GetDatum(req->duration_ms);
 	args[5] = Int64GetDatum((int64) req->response_total);
-	/* the start of the response is kept when it is text in the database encoding */
+	/* the start of the response is kept when it is UTF-8 text */
 	args[6] = recordable > 0 ? PointerGetDatum(cstring_to_text_with_len(req->response, recordable)) : (Datum) 0;
 	nulls[6] = recordable > 0 ? ' ' : 'n';
 

@@ -1,6 +1,22 @@
 -- payments 0.1.0: verified, durable webhook events inside PostgreSQL.
 \echo Use "CREATE EXTENSION payments" to load this file. \quit
 
+-- The database must be UTF8: providers send UTF-8 (donors' names with U+2019 or CJK letters,
+-- WhatsApp messages with emoji), and a database in another encoding (LATIN1, EUC_JP, SQL_ASCII)
+-- cannot store such a character in jsonb at all, not even as a \u escape, so an authentic event
+-- would be refused and retried by its provider for days.  Checked first, before anything is made
+-- (this script is ASCII, so it reaches this check in any encoding).
+DO $$
+BEGIN
+	IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+		RAISE EXCEPTION 'payments needs a UTF8 database: database "%" has encoding %',
+			pg_catalog.current_database(), pg_catalog.getdatabaseencoding()
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Create the database with ENCODING ''UTF8'' (TEMPLATE template0), then CREATE EXTENSION payments in it.';
+	END IF;
+END
+$$;
+
 -- The schema must be one this CREATE EXTENSION made, or an empty one of a superuser (pg_restore
 -- makes it first), where no other role may create: PostgreSQL installs into a schema of that name
 -- that exists already, and its owner, or a role with CREATE on it, could then put functions of
@@ -3164,11 +3180,13 @@ COMMENT ON FUNCTION payments.enable_endpoint(text, boolean) IS
 
 -- (PL/pgSQL, as the helpers below: called at commit for every transition while an endpoint is
 -- enabled, and its plan kept for the session; an SQL function with SET is planned at every call,
--- which cost a delivery 14% more)
+-- which cost a delivery 14% more.  TimeZone is UTC so that the times in the body
+-- ("2024-06-10T23:30:00+00:00") do not depend on the session that made the change or replays it.)
 CREATE FUNCTION payments.transition_payload(transition payments.status_history)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 BEGIN
 	RETURN (SELECT jsonb_build_object(
@@ -3187,7 +3205,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.transition_payload(payments.status_history) IS
-	'The body of a payment.<status> webhook: the transition, with the payment as it now is';
+	'The body of a payment.<status> webhook: the transition, with the payment as it now is; its times in UTC whatever the session''s TimeZone';
 
 -- (called by payments.transition_committed at commit, when an enabled endpoint takes the type)
 CREATE FUNCTION payments.enqueue_transition(transition payments.status_history)
@@ -3221,10 +3239,12 @@ $$;
 COMMENT ON FUNCTION payments.raw_event_type(payments.events) IS
 	'The outbound type of a stored event: event.<provider>.<event type> (unknown when it has none)';
 
+-- (TimeZone UTC, as payments.transition_payload)
 CREATE FUNCTION payments.raw_event_payload(ev payments.events)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 BEGIN
 	RETURN jsonb_build_object(
@@ -3236,7 +3256,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.raw_event_payload(payments.events) IS
-	'The body of an event.<provider>.<event type> webhook: the stored event with its payload';
+	'The body of an event.<provider>.<event type> webhook: the stored event with its payload; its times in UTC whatever the session''s TimeZone';
 
 CREATE FUNCTION payments.enqueue_raw_event(ev payments.events)
 RETURNS void
@@ -5024,14 +5044,14 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'flows_decrypt_request'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_decrypt_request(bytea, text, text) IS
-	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag; UTF-8, converted to the database encoding), or NULL when it does not decrypt or is not UTF-8; raises untranslatable_character for a character the database encoding cannot hold';
+	'The JSON text of a Flows request (AES-128-GCM, 16-byte IV, base64 of ciphertext and tag; UTF-8), or NULL when it does not decrypt or is not UTF-8';
 
 CREATE FUNCTION payments.flows_encrypt_response(aes_key bytea, initial_vector text, response text)
 RETURNS text
 AS 'MODULE_PATHNAME', 'flows_encrypt_response'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.flows_encrypt_response(bytea, text, text) IS
-	'A Flows response body: base64 of AES-128-GCM ciphertext and tag of the response in UTF-8 (converted from the database encoding) under the request''s key and its IV (base64) with every bit flipped';
+	'A Flows response body: base64 of AES-128-GCM ciphertext and tag of the response in UTF-8 under the request''s key and its IV (base64) with every bit flipped';
 
 CREATE FUNCTION payments.add_flow_key(provider text, private_key text, passphrase text DEFAULT NULL)
 RETURNS bigint
@@ -5379,19 +5399,9 @@ BEGIN
 		aes_key := payments.flows_unwrap_key(envelope ->> 'encrypted_aes_key', s.private_key, s.passphrase);
 		EXIT WHEN aes_key IS NOT NULL;
 	END LOOP;
-	-- (UTF-8, as Meta sends it, converted to the database encoding: a character that encoding
-	-- cannot hold is a request we cannot read, 400, never an error)
 	IF aes_key IS NOT NULL THEN
-		BEGIN
-			plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
-													envelope ->> 'encrypted_flow_data');
-		EXCEPTION WHEN untranslatable_character THEN
-			PERFORM payments.record_flows_rejection(provider, 'invalid', 'invalid_json',
-				'Flows request: the decrypted request has a character the database encoding (' ||
-				pg_catalog.getdatabaseencoding() || ') cannot hold', body, headers, source_ip, request_id);
-			RETURN QUERY SELECT 400, 'invalid', 'malformed request';
-			RETURN;
-		END;
+		plain := payments.flows_decrypt_request(aes_key, envelope ->> 'initial_vector',
+												envelope ->> 'encrypted_flow_data');
 	END IF;
 	IF plain IS NULL THEN
 		PERFORM payments.record_flows_rejection(provider, 'rejected',

@@ -97,9 +97,9 @@ RecordAnswer(const char *query, Oid keytype, const ProviderCall *call, const Out
 	/* no answer at all (no connection, say) is a NULL response, never an empty one */
 	readable = req->http_status != 0 &&
 		memchr(req->response, '\0', req->response_len) == NULL &&
-		pg_verifymbstr(req->response, (int) req->response_len, true);
+		pg_verify_mbstr(PG_UTF8, req->response, (int) req->response_len, true);
 	if (!readable && req->http_status != 0 && error[0] == '\0')
-		error = "the reply is not text in the database encoding";
+		error = "the reply is not UTF-8 text";
 	args[2] = error[0] ? CStringGetTextDatum(error) : (Datum) 0;
 	nulls[2] = error[0] ? ' ' : 'n';
 	args[3] = readable ? PointerGetDatum(cstring_to_text_with_len(req->response, (int) req->response_len)) : (Datum) 0;

@@ -357,3 +357,37 @@ DELETE FROM payments.payments WHERE provider = 'prx';
 DELETE FROM payments.events WHERE provider = 'prx';
 DELETE FROM payments.providers WHERE name = 'prx';
 RESET TimeZone;
+
+-- the times in webhook bodies are UTC whatever the TimeZone of the session that made the change
+-- (the shim's, the retry job's) or replays it: a payment paid at 23:30 UTC on 10 June 2024 is
+-- not sent as paid on the 11th at +14:00, its receipt dated the 10th
+SET TimeZone = 'Pacific/Kiritimati';
+SELECT payments.register_provider('tzp', 'stripe');
+SELECT payments.add_secret('tzp', 'whsec_tzp') IS NOT NULL AS added;
+SELECT payments.add_endpoint('tz', 'https://crm.example/tz', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{payment.paid,event.tzp.*}') IS NOT NULL AS added;
+CREATE FUNCTION pg_temp.deliver_tz(body text) RETURNS text LANGUAGE sql AS $$
+	WITH b AS (SELECT convert_to(body, 'UTF8') AS b, floor(extract(epoch FROM clock_timestamp()))::bigint AS t)
+	SELECT i.outcome FROM b, payments.ingest('tzp', jsonb_build_object('stripe-signature',
+		't=' || t || ',v1=' || encode(hmac(convert_to(t || '.', 'UTF8') || b, 'whsec_tzp'::bytea, 'sha256'), 'hex')), b) i
+$$;
+SELECT pg_temp.deliver_tz('{"id":"evt_tz1","type":"payment_intent.succeeded","created":1718062200,"data":{"object":{"id":"pi_tz1","amount":700,"currency":"usd"}}}');
+CREATE FUNCTION pg_temp.tz_bodies() RETURNS TABLE (event_type text, status_at text, paid_at text, event_at text, received_in_utc boolean)
+LANGUAGE sql AS $$
+	SELECT o.event_type, o.payload -> 'data' ->> 'status_at', o.payload -> 'data' ->> 'paid_at',
+		   o.payload -> 'data' ->> 'event_at', (o.payload -> 'data' ->> 'received_at') ~ '^\d{4}-\d\d-\d\dT[0-9:.]+\+00:00$'
+	  FROM payments.outbox o JOIN payments.endpoints e ON e.id = o.endpoint_id
+	 WHERE e.name = 'tz' AND (o.payload -> 'data' ->> 'provider' = 'tzp' OR o.event_type LIKE 'event.tzp.%')
+	 ORDER BY o.id
+$$;
+SELECT * FROM pg_temp.tz_bodies();
+-- replayed from a session in another zone: the same
+DELETE FROM payments.outbox;
+SET TimeZone = 'America/Adak';
+SELECT payments.replay_outbox('tz', '2000-01-01 00:00+00') > 0 AS replayed;
+SELECT * FROM pg_temp.tz_bodies();
+DELETE FROM payments.outbox;
+DELETE FROM payments.endpoints;
+DELETE FROM payments.payments WHERE provider = 'tzp';
+DELETE FROM payments.events WHERE provider = 'tzp';
+DELETE FROM payments.providers WHERE name = 'tzp';
+RESET TimeZone;

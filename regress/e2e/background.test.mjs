@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { createHmac } from 'node:crypto';
-import { spawn, execFileSync, execFile } from 'node:child_process';
+import { spawn, spawnSync, execFileSync, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -233,29 +233,29 @@ test('two replay_outbox calls at once queue each change once', async () => {
 	db.psql(`DELETE FROM payments.endpoints WHERE name = 'twice'`);
 });
 
-test('a database in LATIN1 sends its webhooks in UTF-8, and their signatures verify; one in EUC_JP installs', async () => {
-	db.psql(`CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`, 'postgres');
-	db.psql(`CREATE EXTENSION payments CASCADE`, 'latin');
-	// (the name as JSON escapes: psql's client encoding here is not UTF-8)
-	db.psql(`SELECT payments.add_endpoint('latin', '${receiver.base}/latin', '${SECRET}');
-		INSERT INTO payments.outbox (endpoint_id, event_type, payload)
-		SELECT id, 'payment.paid', '{"type": "payment.paid", "data": {"donor_name": "Jos\\u00e9 M\\u00fcller \\u00bd"}}'
-		  FROM payments.endpoints WHERE name = 'latin'`, 'latin');
-	assert.equal(db.psql(`SELECT length(payload -> 'data' ->> 'donor_name') FROM payments.outbox`, 'latin'), '13');
-	const invalid = receiver.invalid;
-	await promisify(execFile)(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db.dir,
-		'-p', String(db.port), '-U', 'postgres', '-d', 'latin', '-c', 'CALL payments.deliver_outbox()']);
-	assert.equal(receiver.invalid, invalid, 'the signature did not verify');
-	const [d] = receiver.to('/latin');
-	assert.equal(d?.payload.data.donor_name, 'José Müller ½');
-	assert.equal(db.psql(`SELECT state FROM payments.outbox`, 'latin'), 'delivered');
-	db.psql(`DROP DATABASE latin`, 'postgres');
-	// the install script is ASCII, read as the database's encoding: it installs in a multibyte one
-	// too (a '…' in a comment once stopped CREATE EXTENSION in EUC_JP)
-	db.psql(`CREATE DATABASE eucjp ENCODING 'EUC_JP' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`, 'postgres');
-	db.psql(`CREATE EXTENSION payments CASCADE`, 'eucjp');
-	assert.equal(db.psql(`SELECT extversion FROM pg_extension WHERE extname = 'payments'`, 'eucjp'), '0.1.0');
-	db.psql(`DROP DATABASE eucjp`, 'postgres');
+// The extension needs a UTF8 database: in any other, jsonb cannot hold a character such as the
+// U+2019 of "O\u2019Brien" or a CJK letter, and an authentic event holding one would be refused.
+// CREATE EXTENSION says so at once, naming the encoding, and makes nothing.  The install script
+// is ASCII, read as the database's encoding: its check is reached in a multibyte one too (a
+// non-ASCII byte anywhere in it would fail CREATE EXTENSION in EUC_JP with a conversion error
+// instead of this message).
+test('CREATE EXTENSION is refused, saying why, in a database that is not UTF8: LATIN1, EUC_JP, SQL_ASCII', () => {
+	for (const encoding of ['LATIN1', 'EUC_JP', 'SQL_ASCII']) {
+		const name = `enc_${encoding.toLowerCase()}`;
+		db.psql(`CREATE DATABASE ${name} ENCODING '${encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`, 'postgres');
+		try {
+			const r = spawnSync(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-v', 'VERBOSITY=verbose',
+				'-h', db.dir, '-p', String(db.port), '-U', 'postgres', '-d', name, '-c', 'CREATE EXTENSION payments'],
+			{ encoding: 'utf8' });
+			assert.notEqual(r.status, 0, encoding);
+			assert.match(r.stderr, new RegExp(`^ERROR:  0A000: payments needs a UTF8 database: database "${name}" has encoding ${encoding}\n`), encoding);
+			assert.match(r.stderr, /\nHINT:  Create the database with ENCODING 'UTF8' \(TEMPLATE template0\), then CREATE EXTENSION payments in it\.\n/, encoding);
+			assert.equal(db.psql(`SELECT count(*) FROM pg_extension WHERE extname = 'payments'`, name), '0');
+			assert.equal(db.psql(`SELECT count(*) FROM pg_namespace WHERE nspname = 'payments'`, name), '0');
+		} finally {
+			db.psql(`DROP DATABASE ${name}`, 'postgres');
+		}
+	}
 });
 
 test('timeouts, slow and oversized responses', async () => {

@@ -214,7 +214,7 @@ CREATE INDEX events_paypal_transmission_idx ON payments.events (provider, (heade
 	WHERE headers ? 'paypal-transmission-id' AND octet_length(headers ->> 'paypal-transmission-id') <= 255;
 -- Paynow's form hashes, likewise, across providers (kind_paynow.c); only the 128 hex digits a
 -- Paynow hash is, for a verified sender of another kind may send any "hash"
-CREATE INDEX events_paynow_hash_idx ON payments.events ((upper(payload ->> 'hash')))
+CREATE INDEX events_paynow_hash_idx ON payments.events ((upper((payload ->> 'hash') COLLATE pg_catalog."C")))
 	WHERE payload ? 'hash' AND octet_length(payload ->> 'hash') = 128;
 COMMENT ON TABLE payments.events IS
 	'Every verified delivery, once per (provider, event_id): raw body as signed, parsed payload, headers without credentials';
@@ -848,7 +848,7 @@ COMMENT ON FUNCTION payments.e164_digits(text) IS
 CREATE FUNCTION payments.country_code(country text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN pg_catalog.upper(country) ~ '^[A-Z]{2}$' THEN pg_catalog.upper(country) END;
+RETURN CASE WHEN pg_catalog.upper(country COLLATE pg_catalog."C") ~ '^[A-Z]{2}$' THEN pg_catalog.upper(country COLLATE pg_catalog."C") END;
 COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country code in upper case, or NULL';
 
 --------------------------------------------------------------------------------------------------
@@ -1046,7 +1046,7 @@ BEGIN
 			(provider, provider_ref, reference, kind, status, amount, currency, amount_refunded, fee,
 			 method, donor_name, donor_phone, donor_email, country, metadata, status_at, paid_at)
 		VALUES (provider_name, change.provider_ref, change.reference,
-				coalesce(change.kind, 'collection'), change.status, change.amount, upper(change.currency),
+				coalesce(change.kind, 'collection'), change.status, change.amount, upper(change.currency COLLATE pg_catalog."C"),
 				coalesce(change.amount_refunded, 0), change.fee, change.method, change.donor_name,
 				payments.e164_digits(change.donor_phone), change.donor_email, payments.country_code(change.country),
 				coalesce(change.metadata, '{}'), at, CASE WHEN change.status = 'paid' THEN at END)
@@ -1119,7 +1119,7 @@ BEGIN
 	UPDATE payments.payments p
 	   SET reference = coalesce(p.reference, change.reference),
 		   amount = coalesce(p.amount, change.amount),
-		   currency = coalesce(p.currency, upper(change.currency)),
+		   currency = coalesce(p.currency, upper(change.currency COLLATE pg_catalog."C")),
 		   amount_refunded = greatest(p.amount_refunded, coalesce(change.amount_refunded, 0)),
 		   fee = CASE WHEN p.fee IS NULL OR at >= p.status_at THEN coalesce(change.fee, p.fee) ELSE p.fee END,
 		   method = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.method, p.method)
@@ -1154,7 +1154,7 @@ BEGIN
 		-- what was taken is given back)
 		UPDATE payments.payments p
 		   SET paid_at = at,
-			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency) IS NOT DISTINCT FROM p.currency
+			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
 		-- its receipt is numbered at the commit (payments.paid_late_committed)
@@ -1177,7 +1177,7 @@ BEGIN
 		END IF;
 		outcome := 'applied';
 	ELSIF change.status = 'paid' AND pay.status = 'paid' AND change.amount > pay.amount
-		  AND upper(change.currency) = pay.currency
+		  AND upper(change.currency COLLATE pg_catalog."C") = pay.currency
 		  -- a Paynow transaction's amount never changes (payments.paynow_amount_checked): decided
 		  -- here too, under the payment's lock, for news that was checked before another's payment
 		  -- committed
@@ -1208,7 +1208,7 @@ BEGIN
 			   status_at = greatest(p.status_at, at),
 			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END,
 			   amount = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL AND change.amount IS NOT NULL
-								  AND upper(change.currency) IS NOT DISTINCT FROM p.currency
+								  AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
 		INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
@@ -1286,11 +1286,11 @@ LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
 	c		payments.payment_change;
-	channel	text := lower(coalesce(payload ->> 'paymentchannel', payload ->> 'paymentinstrument', ''));
+	channel	text := lower(coalesce(payload ->> 'paymentchannel', payload ->> 'paymentinstrument', '') COLLATE pg_catalog."C");
 BEGIN
 	c.provider_ref := payload ->> 'paynowreference';
 	c.creates := true;
-	c.status := CASE lower(payload ->> 'status')
+	c.status := CASE lower((payload ->> 'status') COLLATE pg_catalog."C")
 		WHEN 'paid' THEN 'paid'
 		WHEN 'awaiting delivery' THEN 'paid'
 		WHEN 'delivered' THEN 'paid'
@@ -1401,11 +1401,11 @@ DECLARE
 	c		payments.payment_change;
 	-- the kind the event states: the transaction's own type, else the top level's eventType (or
 	-- type, when the transaction is under data) when it names one: payout.success, collection
-	stated	text := lower(t ->> 'type');
+	stated	text := lower((t ->> 'type') COLLATE pg_catalog."C");
 BEGIN
 	c.provider_ref := t ->> 'transactionId';
 	c.creates := true;
-	c.status := CASE lower(t ->> 'status')
+	c.status := CASE lower((t ->> 'status') COLLATE pg_catalog."C")
 		WHEN 'successful' THEN 'paid'
 		WHEN 'success' THEN 'paid'
 		WHEN 'completed' THEN 'paid'
@@ -1417,9 +1417,9 @@ BEGIN
 	c.status_at := event_at;
 	c.reference := t ->> 'transactionRef';
 	IF stated IS NULL THEN
-		stated := coalesce(substring(lower(payload ->> 'eventType') FROM '^(collection|payout|exchange)(\.|$)'),
+		stated := coalesce(substring(lower((payload ->> 'eventType') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)(\.|$)'),
 						   CASE WHEN NOT payload ? 'transactionId'
-								THEN substring(lower(payload ->> 'type') FROM '^(collection|payout|exchange)(\.|$)') END);
+								THEN substring(lower((payload ->> 'type') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)(\.|$)') END);
 	END IF;
 	-- a collection or a payout; an exchange between currencies moves the merchant's own money
 	-- (a payment of kind exchange, in no report), and any other type is no payment: ignored.  An
@@ -1432,7 +1432,7 @@ BEGIN
 	END IF;
 	c.metadata := CASE WHEN stated IS NULL THEN '{"kind_assumed": true}'::jsonb END;
 	-- no currency (or "") says nothing of the money
-	c.currency := upper(nullif(t ->> 'currency', ''));
+	c.currency := upper(nullif(t ->> 'currency', '') COLLATE pg_catalog."C");
 	c.amount := payments.amount_in_currency(
 		CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END, c.currency);
 	c.fee := payments.amount_in_currency(
@@ -1699,7 +1699,7 @@ BEGIN
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
 	-- news of a capture older than what is known of it changes it not
 	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, fee, status_at)
-	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency), change.fee,
+	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency COLLATE pg_catalog."C"), change.fee,
 			coalesce(change.status_at, now()))
 	ON CONFLICT (provider, capture_id) DO UPDATE
 	   SET status = excluded.status, amount = coalesce(excluded.amount, k.amount),
@@ -1891,7 +1891,7 @@ BEGIN
 			 method, donor_name, donor_phone, donor_email, country, metadata, status_at, paid_at)
 		SELECT c.provider, (c.change).provider_ref, (c.change).reference,
 			   coalesce((c.change).kind, 'collection'), (c.change).status, (c.change).amount,
-			   pg_catalog.upper((c.change).currency), coalesce((c.change).amount_refunded, 0),
+			   pg_catalog.upper((c.change).currency COLLATE pg_catalog."C"), coalesce((c.change).amount_refunded, 0),
 			   (c.change).fee, (c.change).method, (c.change).donor_name,
 			   payments.e164_digits((c.change).donor_phone), (c.change).donor_email,
 			   payments.country_code((c.change).country), coalesce((c.change).metadata, '{}'),
@@ -2105,7 +2105,9 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-	NEW.donor_key := CASE WHEN nullif(btrim(NEW.donor_email), '') IS NOT NULL THEN 'email:' || lower(btrim(NEW.donor_email))
+	-- an e-mail address's ASCII letters are lower-cased by ASCII rules (ALICE@ is alice@ whatever
+	-- the collation: a Turkish one would make I a dotless i), its other letters by the database's
+	NEW.donor_key := CASE WHEN nullif(btrim(NEW.donor_email), '') IS NOT NULL THEN 'email:' || lower(lower(btrim(NEW.donor_email) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
 						  WHEN NEW.donor_phone IS NOT NULL THEN 'phone:' || NEW.donor_phone
 						  WHEN nullif(btrim(NEW.donor_name), '') IS NOT NULL THEN 'name:' || lower(btrim(NEW.donor_name))
 					 END;
@@ -2250,7 +2252,8 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(btrim(donor))
+	-- (an e-mail address in lower case as payments.keep_donor_key makes it)
+	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(lower(btrim(donor) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
 				WHEN payments.e164_digits(donor) IS NOT NULL THEN 'phone:' || payments.e164_digits(donor)
 				WHEN nullif(btrim(donor), '') IS NOT NULL THEN 'name:' || lower(btrim(donor))
 	END
@@ -2436,7 +2439,7 @@ BEGIN
 		 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= from_ts
 		    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < to_ts
 		   AND p.paid_at IS NOT NULL AND p.kind = 'collection' AND p.donor_key IS NOT NULL
-		   AND (currency IS NULL OR p.currency = upper(currency)::bpchar)
+		   AND (currency IS NULL OR p.currency = upper(currency COLLATE pg_catalog."C")::bpchar)
 		 GROUP BY p.donor_key, p.currency
 	)
 	SELECT t.rnk, payments.mask_donor(t.donor_key), t.name, t.cur, t.gifts, t.total, t.first_gift, t.last_gift,
@@ -4480,7 +4483,7 @@ BEGIN
 						jsonb_build_array('id', ini.integration_id),
 						jsonb_build_array('merchanttrace', ini.merchanttrace), jsonb_build_array('status', 'Message')), key);
 				END IF;
-			ELSIF lower(substring(req_url FROM '^https?://[^/?#]+')) IS DISTINCT FROM lower(substring(base FROM '^https?://[^/?#]+')) THEN
+			ELSIF lower(substring(req_url FROM '^https?://[^/?#]+') COLLATE pg_catalog."C") IS DISTINCT FROM lower(substring(base FROM '^https?://[^/?#]+') COLLATE pg_catalog."C") THEN
 				-- the pollurl comes in a message (signed, but by whoever holds the integration key):
 				-- only Paynow's own host is asked, never any address a message names
 				problem := 'the payment''s pollurl is not on the provider''s API host ' || substring(base FROM '^https?://[^/?#]+');
@@ -4635,7 +4638,7 @@ BEGIN
 					RAISE EXCEPTION 'the poll reply is not a well-formed form';
 				END IF;
 				raw := r ->> 'status';
-				IF lower(raw) = 'error' THEN
+				IF lower(raw COLLATE pg_catalog."C") = 'error' THEN
 					RAISE EXCEPTION 'Paynow: %', coalesce(r ->> 'error', 'Error');
 				END IF;
 				SELECT payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) INTO verdict
@@ -4647,7 +4650,7 @@ BEGIN
 				IF verdict IS DISTINCT FROM 'valid' THEN
 					RAISE EXCEPTION 'hash check failed: %', coalesce(verdict, 'no live integration key');
 				END IF;
-				IF lower(raw) = 'notfound' AND chk.request LIKE 'POST %/interface/trace' THEN
+				IF lower(raw COLLATE pg_catalog."C") = 'notfound' AND chk.request LIKE 'POST %/interface/trace' THEN
 					-- the trace: Paynow has no transaction with our merchant trace, reconcile_after
 					-- since the initiation was sent: it never reached Paynow, nothing can be taken
 					change.status := 'failed';
@@ -5823,7 +5826,7 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE lower(word) WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'us$' THEN 'USD' WHEN 'dollar' THEN 'USD'
+	SELECT CASE lower(word COLLATE pg_catalog."C") WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'us$' THEN 'USD' WHEN 'dollar' THEN 'USD'
 							WHEN 'dollars' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END
 $$;
 COMMENT ON FUNCTION payments.chat_currency_name(text) IS
@@ -6330,7 +6333,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	cmd		text := lower(split_part(command, ' ', 1));
+	cmd		text := lower(split_part(command, ' ', 1) COLLATE pg_catalog."C");
 	arg		text := btrim(substr(command, length(split_part(command, ' ', 1)) + 1));
 	today	date := payments.receipt_day(now());
 	day		date;
@@ -6348,7 +6351,7 @@ BEGIN
 	ELSIF cmd = '/report' THEN
 		IF arg = '' THEN
 			day := today;
-		ELSIF lower(arg) = 'yesterday' THEN
+		ELSIF lower(arg COLLATE pg_catalog."C") = 'yesterday' THEN
 			day := today - 1;
 		ELSIF arg ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' THEN
 			BEGIN
@@ -6381,7 +6384,7 @@ BEGIN
 			-- as typed, else in upper case (our references are; an admin types wa-20261122-7);
 			-- only a donation made in this chat (not another provider's payment, not a payout)
 			SELECT p.* INTO pay FROM payments.payments p JOIN payments.chat_donations d ON d.payment_id = p.id
-			 WHERE p.reference IN (arg, upper(arg)) AND d.provider = chat_admin.provider
+			 WHERE p.reference IN (arg, upper(arg COLLATE pg_catalog."C")) AND d.provider = chat_admin.provider
 			 ORDER BY p.reference = arg DESC, p.id DESC LIMIT 1;
 			IF NOT FOUND THEN
 				body := format('No donation made in this chat has the reference %s.', arg);
@@ -6509,7 +6512,7 @@ BEGIN
 					msg -> 'button' ->> 'payload');
 	-- (the Enter key's line break, a tab or a non-breaking space around it too)
 	txt := payments.chat_trim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
-	word := lower(coalesce(btn, txt));
+	word := lower(coalesce(btn, txt) COLLATE pg_catalog."C");
 
 	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button') THEN
 		-- a picture, sticker, voice note, location, contact...: the conversation stays where it was
@@ -6647,7 +6650,7 @@ BEGIN
 	ELSIF st = 'currency' THEN
 		-- a button, or typed: the names the amount takes ($, USD, ZWG, ZiG), or a code
 		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5)
-					   ELSE coalesce(payments.chat_currency_name(txt), upper(txt)) END;
+					   ELSE coalesce(payments.chat_currency_name(txt), upper(txt COLLATE pg_catalog."C")) END;
 		IF cfg -> 'paynow_providers' ? choice THEN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('currency', choice)) a;
@@ -6659,7 +6662,7 @@ BEGIN
 	ELSIF st = 'method' THEN
 		choice := CASE WHEN btn LIKE 'pay\_%' THEN substr(btn, 5)
 					   ELSE (SELECT m FROM jsonb_array_elements_text(cfg -> 'methods') m
-							  WHERE word IN (m, lower(payments.chat_method_label(m))) LIMIT 1) END;
+							  WHERE word IN (m, lower(payments.chat_method_label(m) COLLATE pg_catalog."C")) LIMIT 1) END;
 		IF choice IS NOT NULL AND cfg -> 'methods' ? choice THEN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('method', choice)) a;
@@ -6974,7 +6977,7 @@ BEGIN
 		-- the amount Paynow reported, also when it is not the payment's (payments.paynow_amount_checked
 		-- then leaves the change without one, and keeps it in the mismatch)
 		'amount', coalesce(change.amount, (change.metadata -> 'paynow_amount_mismatch' ->> 'reported')::numeric),
-		'currency', coalesce(upper(change.currency), p.currency),
+		'currency', coalesce(upper(change.currency COLLATE pg_catalog."C"), p.currency),
 		'reported_at', coalesce(change.status_at, now()), 'approved_by', p.metadata ->> 'approved_by'));
 	UPDATE payments.payments x SET metadata = x.metadata || jsonb_build_object('paynow_paid_after_approval', flag)
 	 WHERE x.id = p.id;
@@ -7036,7 +7039,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT coalesce(string_agg(CASE WHEN c ~ '^[A-Za-z0-9_.~-]$' THEN c
-									ELSE regexp_replace(upper(encode(convert_to(c, 'UTF8'), 'hex')), '(..)', '%\1', 'g') END,
+									ELSE regexp_replace(upper(encode(convert_to(c, 'UTF8'), 'hex') COLLATE pg_catalog."C"), '(..)', '%\1', 'g') END,
 							   '' ORDER BY n), '')
 	  FROM regexp_split_to_table(value, '') WITH ORDINALITY AS t (c, n)
 $$;
@@ -7049,7 +7052,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	-- the hash: SHA-512 of the raw values in order and the lower-cased key, upper-case hex (PROVIDERS.md 3.2)
 	SELECT string_agg(f ->> 0 || '=' || payments.url_encode(f ->> 1), '&' ORDER BY n) || '&hash=' ||
-		   upper(encode(sha512(convert_to(string_agg(f ->> 1, '' ORDER BY n) || lower(integration_key), 'UTF8')), 'hex'))
+		   upper(encode(sha512(convert_to(string_agg(f ->> 1, '' ORDER BY n) || lower(integration_key COLLATE pg_catalog."C"), 'UTF8')), 'hex') COLLATE pg_catalog."C")
 	  FROM jsonb_array_elements(fields) WITH ORDINALITY AS t (f, n)
 $$;
 COMMENT ON FUNCTION payments.paynow_request(jsonb, text) IS
@@ -7263,10 +7266,10 @@ BEGIN
 		r := payments.paynow_form(convert_to(response, 'UTF8'));
 		IF r IS NULL THEN
 			problem := 'the reply is not a well-formed form';
-		ELSIF lower(r ->> 'status') = 'error' THEN
+		ELSIF lower((r ->> 'status') COLLATE pg_catalog."C") = 'error' THEN
 			told := coalesce(r ->> 'error', 'Error');
 			problem := 'Paynow: ' || told;
-		ELSIF lower(r ->> 'status') IS DISTINCT FROM 'ok' THEN
+		ELSIF lower((r ->> 'status') COLLATE pg_catalog."C") IS DISTINCT FROM 'ok' THEN
 			problem := 'unexpected status ' || coalesce(r ->> 'status', 'none');
 		ELSE
 			SELECT payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) INTO verdict

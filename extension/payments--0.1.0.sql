@@ -25,7 +25,7 @@ BEGIN
 	IF named IS NOT NULL THEN
 		RAISE EXCEPTION 'default privileges of role % grant to %', CURRENT_USER, named
 			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  HINT = 'The extension grants its roles what each may use: take those default privileges back (see \ddp; ALTER DEFAULT PRIVILEGES ... REVOKE ... FROM ...), or create it as another role.';
+				  HINT = E'The extension grants its roles what each may use: take those default privileges back (see \\ddp; ALTER DEFAULT PRIVILEGES ... REVOKE ... FROM ...), or create it as another role.';
 	END IF;
 	SELECT pg_catalog.string_agg(CASE WHEN a.grantee = 0::oid THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END, ', ')
 	  INTO creators
@@ -41,7 +41,7 @@ BEGIN
 	IF creators IS NOT NULL THEN
 		RAISE EXCEPTION 'schema "payments" grants CREATE to %', creators
 			USING ERRCODE = 'duplicate_schema',
-				  HINT = 'Default privileges on schemas give it to new ones (see \ddp; ALTER DEFAULT PRIVILEGES ... REVOKE CREATE ON SCHEMAS FROM ...), or the schema was there before: drop or rename it.';
+				  HINT = E'Default privileges on schemas give it to new ones (see \\ddp; ALTER DEFAULT PRIVILEGES ... REVOKE CREATE ON SCHEMAS FROM ...), or the schema was there before: drop or rename it.';
 	END IF;
 	IF EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_proc f WHERE f.pronamespace = schema_oid)
@@ -839,9 +839,9 @@ COMMENT ON FUNCTION payments.stored_headers(jsonb) IS
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') ~ '^[1-9][0-9]*$'
-				AND pg_catalog.length(pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g')) BETWEEN 6 AND 15
-			THEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') END;
+RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g') ~ '^[1-9][0-9]*$'
+				AND pg_catalog.length(pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g')) BETWEEN 6 AND 15
+			THEN pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g') END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign), or NULL when it is not one';
 
@@ -1310,7 +1310,7 @@ BEGIN
 	-- Paynow writes amounts with a dot, and may group thousands with commas (its own examples
 	-- format numbers so): 1,000.00 is 1000.00
 	c.amount := payments.amount_in_currency(
-		CASE WHEN payload ->> 'amount' ~ '^([0-9]{1,12}|[0-9]{1,3}(,[0-9]{3}){1,3})(\.[0-9]{1,2})?$'
+		CASE WHEN payload ->> 'amount' ~ '^([0-9]{1,12}|[0-9]{1,3}(,[0-9]{3}){1,3})([.][0-9]{1,2})?$'
 			 THEN replace(payload ->> 'amount', ',', '')::numeric END, c.currency);
 	c.method := CASE
 		WHEN channel LIKE '%ecocash%' THEN 'ecocash'
@@ -1417,9 +1417,9 @@ BEGIN
 	c.status_at := event_at;
 	c.reference := t ->> 'transactionRef';
 	IF stated IS NULL THEN
-		stated := coalesce(substring(lower((payload ->> 'eventType') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)(\.|$)'),
+		stated := coalesce(substring(lower((payload ->> 'eventType') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)([.]|$)'),
 						   CASE WHEN NOT payload ? 'transactionId'
-								THEN substring(lower((payload ->> 'type') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)(\.|$)') END);
+								THEN substring(lower((payload ->> 'type') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)([.]|$)') END);
 	END IF;
 	-- a collection or a payout; an exchange between currencies moves the merchant's own money
 	-- (a payment of kind exchange, in no report), and any other type is no payment: ignored.  An
@@ -1434,9 +1434,9 @@ BEGIN
 	-- no currency (or "") says nothing of the money
 	c.currency := upper(nullif(t ->> 'currency', '') COLLATE pg_catalog."C");
 	c.amount := payments.amount_in_currency(
-		CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END, c.currency);
+		CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}([.][0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END, c.currency);
 	c.fee := payments.amount_in_currency(
-		CASE WHEN t ->> 'fees' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'fees')::numeric END, c.currency);
+		CASE WHEN t ->> 'fees' ~ '^[0-9]{1,15}([.][0-9]{1,4})?$' THEN (t ->> 'fees')::numeric END, c.currency);
 	c.method := 'mobile_money';
 	c.country := t ->> 'country';
 	c.donor_phone := coalesce(t ->> 'phoneNumber', t -> 'customer' ->> 'phone');
@@ -1455,7 +1455,7 @@ COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
 CREATE FUNCTION payments.decimal_amount(value text, refund boolean DEFAULT false)
 RETURNS numeric
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN value ~ '^-?([0-9]{1,15}(\.[0-9]{1,4})?|\.[0-9]{1,4})$' AND (refund OR value !~ '^-')
+RETURN CASE WHEN value ~ '^-?([0-9]{1,15}([.][0-9]{1,4})?|[.][0-9]{1,4})$' AND (refund OR value !~ '^-')
 			THEN abs(value::numeric) END;
 COMMENT ON FUNCTION payments.decimal_amount(text, boolean) IS
 	'A PayPal amount ("10.99", ".5"; PayPal''s Money pattern, at most 15 digits and 4 decimals) as numeric; a refund''s may be negative, as PayPal''s v1 API sends them, and counts by its size; anything else (NaN, Infinity, an exponent, which ::numeric takes) is NULL: an amount not known';
@@ -2216,7 +2216,7 @@ AS $$
 		WHEN email IS NULL THEN NULL
 		WHEN strpos(email, '@') < 2 THEN '***'
 		ELSE left(email, 1) || '***@' || left(split_part(email, '@', 2), 1) || '***'
-			 || coalesce('.' || nullif(substring(split_part(email, '@', 2) from '\.([^.]+)$'), ''), '')
+			 || coalesce('.' || nullif(substring(split_part(email, '@', 2) from '[.]([^.]+)$'), ''), '')
 	END
 $$;
 COMMENT ON FUNCTION payments.mask_email(text) IS
@@ -2398,7 +2398,7 @@ AS $$
 	-- quotes doubled; NULL is an empty field.  A method (the provider's text) that a spreadsheet
 	-- would read as a formula (=, +, -, @, tab, CR first, or =, +, -, @ after white space, which
 	-- some spreadsheets skip) is kept as text with a leading apostrophe
-	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
+	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ E'[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
 											  ELSE coalesce(v, '') END, ',' ORDER BY k)
 						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
 	  FROM (SELECT 0::bigint AS n, ARRAY['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'fee_unknown',
@@ -2406,7 +2406,7 @@ AS $$
 										 'last_receipt'] AS fields
 			UNION ALL
 			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency,
-							  CASE WHEN r.method ~ '^([-=+@\t\r]|\s+[-=+@])' THEN '''' || r.method ELSE r.method END,
+							  CASE WHEN r.method ~ E'^([-=+@\t\r]|[[:space:]]+[-=+@])' THEN '''' || r.method ELSE r.method END,
 							  r.paid::text, r.gross::text,
 							  r.fees::text, r.net::text, r.fee_unknown::text, r.amount_unknown::text, r.failed::text, r.refunds::text,
 							  r.refunded::text,
@@ -3061,7 +3061,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'An endpoint name is 1 to 63 characters of a-z, 0-9, "_" and "-".';
 	END IF;
-	IF NEW.url IS NULL OR NEW.url !~ '^https?://[^/?#@\s]+(/\S*)?$' THEN
+	IF NEW.url IS NULL OR NEW.url !~ '^https?://[^/?#@[:space:]]+(/[^[:space:]]*)?$' THEN
 		RAISE EXCEPTION 'invalid endpoint URL "%"', NEW.url
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Give an absolute http:// or https:// URL without credentials.';
@@ -3394,7 +3394,7 @@ BEGIN
 	EXCEPTION WHEN data_exception THEN
 		-- not JSON, or cut at the length kept (1 KB): the error's code, which Meta puts before its
 		-- details, if it is there
-		code := substring(response FROM '^\{\s*"error"\s*:\s*\{[^{}]*"code"\s*:\s*([0-9]{1,9})[,}\s]');
+		code := substring(response FROM '^[{][[:space:]]*"error"[[:space:]]*:[[:space:]]*[{][^{}]*"code"[[:space:]]*:[[:space:]]*([0-9]{1,9})[,}[:space:]]');
 	END;
 	RETURN CASE WHEN code IN (4, 80007, 130429, 131048, 131056, 133016) THEN code END;
 END
@@ -5218,7 +5218,7 @@ BEGIN
 	-- the form: amount as a number or decimal text, a currency, a method, the method's number (none
 	-- for a method paid from a link, TeleCash: what is sent is ignored)
 	IF jsonb_typeof(form -> 'amount') IN ('number', 'string')
-	   AND payments.chat_trim(form ->> 'amount') ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN
+	   AND payments.chat_trim(form ->> 'amount') ~ '^[0-9]{1,9}([.][0-9]{1,2})?$' THEN
 		amount := round(payments.chat_trim(form ->> 'amount')::numeric, 2);
 	END IF;
 	currency := form ->> 'currency';
@@ -5814,8 +5814,8 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT regexp_replace(value, '^[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]+|'
-								 '[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]+$', '', 'g')
+	SELECT regexp_replace(value,
+						  E'^[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff]+|[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff]+$', '', 'g')
 $$;
 COMMENT ON FUNCTION payments.chat_trim(text) IS
 	'Text a donor typed without the white space around it: spaces, tabs, line breaks, and Unicode spaces and invisible marks (U+00A0, U+2000 to U+200F, U+202F, U+FEFF...)';
@@ -5842,15 +5842,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	-- non-breaking and thin spaces (a phone's keyboard, a copied number) are spaces here
-	rest	text := regexp_replace(payments.chat_trim(typed), '[\u00a0\u2007\u2009\u202f]', ' ', 'g');
+	rest	text := regexp_replace(payments.chat_trim(typed), E'[\\u00a0\\u2007\\u2009\\u202f]', ' ', 'g');
 	word	text;
 BEGIN
-	word := (regexp_match(rest, '^(us\$|\$|[[:alpha:]]+)', 'i'))[1];
+	word := (regexp_match(rest, '^(us[$]|[$]|[[:alpha:]]+)', 'i'))[1];
 	named := payments.chat_currency_name(word);
 	IF named IS NOT NULL THEN
 		rest := substr(rest, length(word) + 1);
 	ELSE
-		word := (regexp_match(rest, '(us\$|\$|[[:alpha:]]+)$', 'i'))[1];
+		word := (regexp_match(rest, '(us[$]|[$]|[[:alpha:]]+)$', 'i'))[1];
 		named := payments.chat_currency_name(word);
 		IF named IS NOT NULL THEN
 			rest := left(rest, length(rest) - length(word));
@@ -5862,10 +5862,10 @@ BEGIN
 		RETURN;
 	END IF;
 	-- the same separator between every group of three digits
-	IF rest ~ '^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]{1,2})?$' OR rest ~ '^[0-9]{1,3}( [0-9]{3})+(\.[0-9]{1,2})?$' THEN
+	IF rest ~ '^[0-9]{1,3}(,[0-9]{3})+([.][0-9]{1,2})?$' OR rest ~ '^[0-9]{1,3}( [0-9]{3})+([.][0-9]{1,2})?$' THEN
 		rest := translate(rest, ', ', '');
 	END IF;
-	amount := CASE WHEN rest ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN rest::numeric END;
+	amount := CASE WHEN rest ~ '^[0-9]{1,9}([.][0-9]{1,2})?$' THEN rest::numeric END;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_typed_amount(text) IS
@@ -5880,7 +5880,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT '0' || (regexp_match(regexp_replace(phone,
-		'[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff().+\u2010-\u2015\u2212-]', '', 'g'),
+		E'[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff().+\\u2010-\\u2015\\u2212-]', '', 'g'),
 		'^(?:(?:00)?263)?0?(7[0-9]{8})$'))[1]
 $$;
 COMMENT ON FUNCTION payments.chat_local_phone(text) IS
@@ -6649,7 +6649,7 @@ BEGIN
 		END IF;
 	ELSIF st = 'currency' THEN
 		-- a button, or typed: the names the amount takes ($, USD, ZWG, ZiG), or a code
-		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5)
+		choice := CASE WHEN starts_with(btn, 'cur_') THEN substr(btn, 5)
 					   ELSE coalesce(payments.chat_currency_name(txt), upper(txt COLLATE pg_catalog."C")) END;
 		IF cfg -> 'paynow_providers' ? choice THEN
 			SELECT a.next_state, a.next_draft INTO st, drafted
@@ -6660,7 +6660,7 @@ BEGIN
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
 		END IF;
 	ELSIF st = 'method' THEN
-		choice := CASE WHEN btn LIKE 'pay\_%' THEN substr(btn, 5)
+		choice := CASE WHEN starts_with(btn, 'pay_') THEN substr(btn, 5)
 					   ELSE (SELECT m FROM jsonb_array_elements_text(cfg -> 'methods') m
 							  WHERE word IN (m, lower(payments.chat_method_label(m) COLLATE pg_catalog."C")) LIMIT 1) END;
 		IF choice IS NOT NULL AND cfg -> 'methods' ? choice THEN
@@ -6735,7 +6735,7 @@ BEGIN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'Sorry, what we can take has changed since this summary, so nothing was started.'));
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
-		ELSIF btn LIKE 'confirm\_%' THEN
+		ELSIF starts_with(btn, 'confirm_') THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'That summary is not the donation you are making now, so nothing was started from it. Here it is as it stands:'));
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
@@ -6746,7 +6746,7 @@ BEGIN
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		END IF;
 	ELSIF st = 'edit' THEN
-		choice := CASE WHEN btn LIKE 'edit\_%' THEN substr(btn, 6) ELSE word END;
+		choice := CASE WHEN starts_with(btn, 'edit_') THEN substr(btn, 6) ELSE word END;
 		IF choice IN ('amount', 'currency', 'method', 'phone', 'purpose') THEN
 			-- another method usually means another number (each network has its own); another
 			-- currency, another amount: the draft keeps the currency the amount was given in, and
@@ -6916,9 +6916,9 @@ BEGIN
 					'language', jsonb_build_object('code', template ->> 'language'),
 					'components', jsonb_build_array(jsonb_build_object('type', 'body', 'parameters', jsonb_build_array(
 						jsonb_build_object('type', 'text', 'text',
-							coalesce(nullif(btrim(regexp_replace(p.donor_name, '\s+', ' ', 'g')), ''), 'friend')),
+							coalesce(nullif(btrim(regexp_replace(p.donor_name, '[[:space:]]+', ' ', 'g')), ''), 'friend')),
 						jsonb_build_object('type', 'text', 'text',
-							regexp_replace(gift || coalesce(' for ' || d.purpose, ''), '\s+', ' ', 'g')),
+							regexp_replace(gift || coalesce(' for ' || d.purpose, ''), '[[:space:]]+', ' ', 'g')),
 						jsonb_build_object('type', 'text', 'text',
 							(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id))))))));
 			RETURN;
@@ -7039,7 +7039,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT coalesce(string_agg(CASE WHEN c ~ '^[A-Za-z0-9_.~-]$' THEN c
-									ELSE regexp_replace(upper(encode(convert_to(c, 'UTF8'), 'hex') COLLATE pg_catalog."C"), '(..)', '%\1', 'g') END,
+									ELSE regexp_replace(upper(encode(convert_to(c, 'UTF8'), 'hex') COLLATE pg_catalog."C"), '(..)', E'%\\1', 'g') END,
 							   '' ORDER BY n), '')
 	  FROM regexp_split_to_table(value, '') WITH ORDINALITY AS t (c, n)
 $$;

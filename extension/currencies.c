@@ -76,7 +76,7 @@ CurrencyExponent(text *code, int *exponent)
 		elog(ERROR, "SPI_connect failed");
 	if (KeptRead(KeptPlan(&exponent_plan,
 						  "SELECT c.exponent FROM payments.currencies c"
-						  " WHERE c.code = pg_catalog.upper($1)::pg_catalog.bpchar",
+						  " WHERE c.code = pg_catalog.upper($1 COLLATE pg_catalog.\"C\")::pg_catalog.bpchar",
 						  1, argtypes),
 				 args, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read currencies");

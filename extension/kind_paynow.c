@@ -183,7 +183,8 @@ VerifyPaynow(const char *body, int bodylen, const SecretList *secrets, Verdict *
  * for each other first, whatever their provider (signature_reuse.c); the
  * lookup then sees what the transaction that held the lock stored
  * (KeptPlanFinds).  The length condition is the index's (which takes only
- * hashes of Paynow's length), for it to be used.
+ * hashes of Paynow's length), and so is upper() in the C collation (ASCII
+ * letters only, whatever the database's collation), for it to be used.
  */
 static bool
 HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, Jsonb *payload)
@@ -202,7 +203,7 @@ HashSeenWithOtherForm(const Provider *provider, const char *hash, int hashlen, J
 	return KeptPlanFinds(&plan,
 						 "SELECT EXISTS (SELECT FROM payments.events e"
 						 "  JOIN payments.providers p ON p.name = e.provider"
-						 "  WHERE upper(e.payload ->> 'hash') = $2 AND e.payload ? 'hash'"
+						 "  WHERE upper((e.payload ->> 'hash') COLLATE pg_catalog.\"C\") = $2 AND e.payload ? 'hash'"
 						 "    AND octet_length(e.payload ->> 'hash') = 128"
 						 "    AND p.kind = 'paynow' AND (e.provider <> $1 OR e.payload <> $3))",
 						 3, argtypes, args);

@@ -41,7 +41,7 @@ BEGIN
 	IF named IS NOT NULL THEN
 		RAISE EXCEPTION 'default privileges of role % grant to %', CURRENT_USER, named
 			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  HINT = 'The extension grants its roles what each may use: take those default privileges back (see \ddp; ALTER DEFAULT PRIVILEGES ... REVOKE ... FROM ...), or create it as another role.';
+				  HINT = E'The extension grants its roles what each may use: take those default privileges back (see \\ddp; ALTER DEFAULT PRIVILEGES ... REVOKE ... FROM ...), or create it as another role.';
 	END IF;
 	SELECT pg_catalog.string_agg(CASE WHEN a.grantee = 0::oid THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END, ', ')
 	  INTO creators
@@ -57,7 +57,7 @@ BEGIN
 	IF creators IS NOT NULL THEN
 		RAISE EXCEPTION 'schema "payments" grants CREATE to %', creators
 			USING ERRCODE = 'duplicate_schema',
-				  HINT = 'Default privileges on schemas give it to new ones (see \ddp; ALTER DEFAULT PRIVILEGES ... REVOKE CREATE ON SCHEMAS FROM ...), or the schema was there before: drop or rename it.';
+				  HINT = E'Default privileges on schemas give it to new ones (see \\ddp; ALTER DEFAULT PRIVILEGES ... REVOKE CREATE ON SCHEMAS FROM ...), or the schema was there before: drop or rename it.';
 	END IF;
 	IF EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = schema_oid)
 	   OR EXISTS (SELECT FROM pg_catalog.pg_proc f WHERE f.pronamespace = schema_oid)
@@ -230,7 +230,7 @@ CREATE INDEX events_paypal_transmission_idx ON payments.events (provider, (heade
 	WHERE headers ? 'paypal-transmission-id' AND octet_length(headers ->> 'paypal-transmission-id') <= 255;
 -- Paynow's form hashes, likewise, across providers (kind_paynow.c); only the 128 hex digits a
 -- Paynow hash is, for a verified sender of another kind may send any "hash"
-CREATE INDEX events_paynow_hash_idx ON payments.events ((upper(payload ->> 'hash')))
+CREATE INDEX events_paynow_hash_idx ON payments.events ((upper((payload ->> 'hash') COLLATE pg_catalog."C")))
 	WHERE payload ? 'hash' AND octet_length(payload ->> 'hash') = 128;
 COMMENT ON TABLE payments.events IS
 	'Every verified delivery, once per (provider, event_id): raw body as signed, parsed payload, headers without credentials';
@@ -855,16 +855,16 @@ COMMENT ON FUNCTION payments.stored_headers(jsonb) IS
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') ~ '^[1-9][0-9]*$'
-				AND pg_catalog.length(pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g')) BETWEEN 6 AND 15
-			THEN pg_catalog.regexp_replace(phone, '[\s().+-]', '', 'g') END;
+RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g') ~ '^[1-9][0-9]*$'
+				AND pg_catalog.length(pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g')) BETWEEN 6 AND 15
+			THEN pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g') END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign), or NULL when it is not one';
 
 CREATE FUNCTION payments.country_code(country text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN pg_catalog.upper(country) ~ '^[A-Z]{2}$' THEN pg_catalog.upper(country) END;
+RETURN CASE WHEN pg_catalog.upper(country COLLATE pg_catalog."C") ~ '^[A-Z]{2}$' THEN pg_catalog.upper(country COLLATE pg_catalog."C") END;
 COMMENT ON FUNCTION payments.country_code(text) IS 'An ISO 3166 alpha-2 country code in upper case, or NULL';
 
 --------------------------------------------------------------------------------------------------
@@ -1062,7 +1062,7 @@ BEGIN
 			(provider, provider_ref, reference, kind, status, amount, currency, amount_refunded, fee,
 			 method, donor_name, donor_phone, donor_email, country, metadata, status_at, paid_at)
 		VALUES (provider_name, change.provider_ref, change.reference,
-				coalesce(change.kind, 'collection'), change.status, change.amount, upper(change.currency),
+				coalesce(change.kind, 'collection'), change.status, change.amount, upper(change.currency COLLATE pg_catalog."C"),
 				coalesce(change.amount_refunded, 0), change.fee, change.method, change.donor_name,
 				payments.e164_digits(change.donor_phone), change.donor_email, payments.country_code(change.country),
 				coalesce(change.metadata, '{}'), at, CASE WHEN change.status = 'paid' THEN at END)
@@ -1135,7 +1135,7 @@ BEGIN
 	UPDATE payments.payments p
 	   SET reference = coalesce(p.reference, change.reference),
 		   amount = coalesce(p.amount, change.amount),
-		   currency = coalesce(p.currency, upper(change.currency)),
+		   currency = coalesce(p.currency, upper(change.currency COLLATE pg_catalog."C")),
 		   amount_refunded = greatest(p.amount_refunded, coalesce(change.amount_refunded, 0)),
 		   fee = CASE WHEN p.fee IS NULL OR at >= p.status_at THEN coalesce(change.fee, p.fee) ELSE p.fee END,
 		   method = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.method, p.method)
@@ -1170,7 +1170,7 @@ BEGIN
 		-- what was taken is given back)
 		UPDATE payments.payments p
 		   SET paid_at = at,
-			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency) IS NOT DISTINCT FROM p.currency
+			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
 		-- its receipt is numbered at the commit (payments.paid_late_committed)
@@ -1193,7 +1193,7 @@ BEGIN
 		END IF;
 		outcome := 'applied';
 	ELSIF change.status = 'paid' AND pay.status = 'paid' AND change.amount > pay.amount
-		  AND upper(change.currency) = pay.currency
+		  AND upper(change.currency COLLATE pg_catalog."C") = pay.currency
 		  -- a Paynow transaction's amount never changes (payments.paynow_amount_checked): decided
 		  -- here too, under the payment's lock, for news that was checked before another's payment
 		  -- committed
@@ -1224,7 +1224,7 @@ BEGIN
 			   status_at = greatest(p.status_at, at),
 			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END,
 			   amount = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL AND change.amount IS NOT NULL
-								  AND upper(change.currency) IS NOT DISTINCT FROM p.currency
+								  AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
 		INSERT INTO payments.status_history (payment_id, from_status, to_status, event_id, status_at)
@@ -1302,11 +1302,11 @@ LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
 	c		payments.payment_change;
-	channel	text := lower(coalesce(payload ->> 'paymentchannel', payload ->> 'paymentinstrument', ''));
+	channel	text := lower(coalesce(payload ->> 'paymentchannel', payload ->> 'paymentinstrument', '') COLLATE pg_catalog."C");
 BEGIN
 	c.provider_ref := payload ->> 'paynowreference';
 	c.creates := true;
-	c.status := CASE lower(payload ->> 'status')
+	c.status := CASE lower((payload ->> 'status') COLLATE pg_catalog."C")
 		WHEN 'paid' THEN 'paid'
 		WHEN 'awaiting delivery' THEN 'paid'
 		WHEN 'delivered' THEN 'paid'
@@ -1326,7 +1326,7 @@ BEGIN
 	-- Paynow writes amounts with a dot, and may group thousands with commas (its own examples
 	-- format numbers so): 1,000.00 is 1000.00
 	c.amount := payments.amount_in_currency(
-		CASE WHEN payload ->> 'amount' ~ '^([0-9]{1,12}|[0-9]{1,3}(,[0-9]{3}){1,3})(\.[0-9]{1,2})?$'
+		CASE WHEN payload ->> 'amount' ~ '^([0-9]{1,12}|[0-9]{1,3}(,[0-9]{3}){1,3})([.][0-9]{1,2})?$'
 			 THEN replace(payload ->> 'amount', ',', '')::numeric END, c.currency);
 	c.method := CASE
 		WHEN channel LIKE '%ecocash%' THEN 'ecocash'
@@ -1417,11 +1417,11 @@ DECLARE
 	c		payments.payment_change;
 	-- the kind the event states: the transaction's own type, else the top level's eventType (or
 	-- type, when the transaction is under data) when it names one: payout.success, collection
-	stated	text := lower(t ->> 'type');
+	stated	text := lower((t ->> 'type') COLLATE pg_catalog."C");
 BEGIN
 	c.provider_ref := t ->> 'transactionId';
 	c.creates := true;
-	c.status := CASE lower(t ->> 'status')
+	c.status := CASE lower((t ->> 'status') COLLATE pg_catalog."C")
 		WHEN 'successful' THEN 'paid'
 		WHEN 'success' THEN 'paid'
 		WHEN 'completed' THEN 'paid'
@@ -1433,9 +1433,9 @@ BEGIN
 	c.status_at := event_at;
 	c.reference := t ->> 'transactionRef';
 	IF stated IS NULL THEN
-		stated := coalesce(substring(lower(payload ->> 'eventType') FROM '^(collection|payout|exchange)(\.|$)'),
+		stated := coalesce(substring(lower((payload ->> 'eventType') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)([.]|$)'),
 						   CASE WHEN NOT payload ? 'transactionId'
-								THEN substring(lower(payload ->> 'type') FROM '^(collection|payout|exchange)(\.|$)') END);
+								THEN substring(lower((payload ->> 'type') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)([.]|$)') END);
 	END IF;
 	-- a collection or a payout; an exchange between currencies moves the merchant's own money
 	-- (a payment of kind exchange, in no report), and any other type is no payment: ignored.  An
@@ -1448,11 +1448,11 @@ BEGIN
 	END IF;
 	c.metadata := CASE WHEN stated IS NULL THEN '{"kind_assumed": true}'::jsonb END;
 	-- no currency (or "") says nothing of the money
-	c.currency := upper(nullif(t ->> 'currency', ''));
+	c.currency := upper(nullif(t ->> 'currency', '') COLLATE pg_catalog."C");
 	c.amount := payments.amount_in_currency(
-		CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END, c.currency);
+		CASE WHEN t ->> 'amount' ~ '^[0-9]{1,15}([.][0-9]{1,4})?$' THEN (t ->> 'amount')::numeric END, c.currency);
 	c.fee := payments.amount_in_currency(
-		CASE WHEN t ->> 'fees' ~ '^[0-9]{1,15}(\.[0-9]{1,4})?$' THEN (t ->> 'fees')::numeric END, c.currency);
+		CASE WHEN t ->> 'fees' ~ '^[0-9]{1,15}([.][0-9]{1,4})?$' THEN (t ->> 'fees')::numeric END, c.currency);
 	c.method := 'mobile_money';
 	c.country := t ->> 'country';
 	c.donor_phone := coalesce(t ->> 'phoneNumber', t -> 'customer' ->> 'phone');
@@ -1471,7 +1471,7 @@ COMMENT ON FUNCTION payments.eversend_change(jsonb, timestamptz) IS
 CREATE FUNCTION payments.decimal_amount(value text, refund boolean DEFAULT false)
 RETURNS numeric
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN value ~ '^-?([0-9]{1,15}(\.[0-9]{1,4})?|\.[0-9]{1,4})$' AND (refund OR value !~ '^-')
+RETURN CASE WHEN value ~ '^-?([0-9]{1,15}([.][0-9]{1,4})?|[.][0-9]{1,4})$' AND (refund OR value !~ '^-')
 			THEN abs(value::numeric) END;
 COMMENT ON FUNCTION payments.decimal_amount(text, boolean) IS
 	'A PayPal amount ("10.99", ".5"; PayPal''s Money pattern, at most 15 digits and 4 decimals) as numeric; a refund''s may be negative, as PayPal''s v1 API sends them, and counts by its size; anything else (NaN, Infinity, an exponent, which ::numeric takes) is NULL: an amount not known';
@@ -1715,7 +1715,7 @@ BEGIN
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
 	-- news of a capture older than what is known of it changes it not
 	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, fee, status_at)
-	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency), change.fee,
+	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency COLLATE pg_catalog."C"), change.fee,
 			coalesce(change.status_at, now()))
 	ON CONFLICT (provider, capture_id) DO UPDATE
 	   SET status = excluded.status, amount = coalesce(excluded.amount, k.amount),
@@ -1907,7 +1907,7 @@ BEGIN
 			 method, donor_name, donor_phone, donor_email, country, metadata, status_at, paid_at)
 		SELECT c.provider, (c.change).provider_ref, (c.change).reference,
 			   coalesce((c.change).kind, 'collection'), (c.change).status, (c.change).amount,
-			   pg_catalog.upper((c.change).currency), coalesce((c.change).amount_refunded, 0),
+			   pg_catalog.upper((c.change).currency COLLATE pg_catalog."C"), coalesce((c.change).amount_refunded, 0),
 			   (c.change).fee, (c.change).method, (c.change).donor_name,
 			   payments.e164_digits((c.change).donor_phone), (c.change).donor_email,
 			   payments.country_code((c.change).country), coalesce((c.change).metadata, '{}'),
@@ -2121,7 +2121,9 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-	NEW.donor_key := CASE WHEN nullif(btrim(NEW.donor_email), '') IS NOT NULL THEN 'email:' || lower(btrim(NEW.donor_email))
+	-- an e-mail address's ASCII letters are lower-cased by ASCII rules (ALICE@ is alice@ whatever
+	-- the collation: a Turkish one would make I a dotless i), its other letters by the database's
+	NEW.donor_key := CASE WHEN nullif(btrim(NEW.donor_email), '') IS NOT NULL THEN 'email:' || lower(lower(btrim(NEW.donor_email) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
 						  WHEN NEW.donor_phone IS NOT NULL THEN 'phone:' || NEW.donor_phone
 						  WHEN nullif(btrim(NEW.donor_name), '') IS NOT NULL THEN 'name:' || lower(btrim(NEW.donor_name))
 					 END;
@@ -2230,7 +2232,7 @@ AS $$
 		WHEN email IS NULL THEN NULL
 		WHEN strpos(email, '@') < 2 THEN '***'
 		ELSE left(email, 1) || '***@' || left(split_part(email, '@', 2), 1) || '***'
-			 || coalesce('.' || nullif(substring(split_part(email, '@', 2) from '\.([^.]+)$'), ''), '')
+			 || coalesce('.' || nullif(substring(split_part(email, '@', 2) from '[.]([^.]+)$'), ''), '')
 	END
 $$;
 COMMENT ON FUNCTION payments.mask_email(text) IS
@@ -2266,7 +2268,8 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(btrim(donor))
+	-- (an e-mail address in lower case as payments.keep_donor_key makes it)
+	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(lower(btrim(donor) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
 				WHEN payments.e164_digits(donor) IS NOT NULL THEN 'phone:' || payments.e164_digits(donor)
 				WHEN nullif(btrim(donor), '') IS NOT NULL THEN 'name:' || lower(btrim(donor))
 	END
@@ -2411,7 +2414,7 @@ AS $$
 	-- quotes doubled; NULL is an empty field.  A method (the provider's text) that a spreadsheet
 	-- would read as a formula (=, +, -, @, tab, CR first, or =, +, -, @ after white space, which
 	-- some spreadsheets skip) is kept as text with a leading apostrophe
-	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ '[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
+	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ E'[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
 											  ELSE coalesce(v, '') END, ',' ORDER BY k)
 						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
 	  FROM (SELECT 0::bigint AS n, ARRAY['day', 'currency', 'method', 'paid', 'gross', 'fees', 'net', 'fee_unknown',
@@ -2419,7 +2422,7 @@ AS $$
 										 'last_receipt'] AS fields
 			UNION ALL
 			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency,
-							  CASE WHEN r.method ~ '^([-=+@\t\r]|\s+[-=+@])' THEN '''' || r.method ELSE r.method END,
+							  CASE WHEN r.method ~ E'^([-=+@\t\r]|[[:space:]]+[-=+@])' THEN '''' || r.method ELSE r.method END,
 							  r.paid::text, r.gross::text,
 							  r.fees::text, r.net::text, r.fee_unknown::text, r.amount_unknown::text, r.failed::text, r.refunds::text,
 							  r.refunded::text,
@@ -2452,7 +2455,7 @@ BEGIN
 		 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= from_ts
 		    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < to_ts
 		   AND p.paid_at IS NOT NULL AND p.kind = 'collection' AND p.donor_key IS NOT NULL
-		   AND (currency IS NULL OR p.currency = upper(currency)::bpchar)
+		   AND (currency IS NULL OR p.currency = upper(currency COLLATE pg_catalog."C")::bpchar)
 		 GROUP BY p.donor_key, p.currency
 	)
 	SELECT t.rnk, payments.mask_donor(t.donor_key), t.name, t.cur, t.gifts, t.total, t.first_gift, t.last_gift,
@@ -3074,7 +3077,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'An endpoint name is 1 to 63 characters of a-z, 0-9, "_" and "-".';
 	END IF;
-	IF NEW.url IS NULL OR NEW.url !~ '^https?://[^/?#@\s]+(/\S*)?$' THEN
+	IF NEW.url IS NULL OR NEW.url !~ '^https?://[^/?#@[:space:]]+(/[^[:space:]]*)?$' THEN
 		RAISE EXCEPTION 'invalid endpoint URL "%"', NEW.url
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Give an absolute http:// or https:// URL without credentials.';
@@ -3411,7 +3414,7 @@ BEGIN
 	EXCEPTION WHEN data_exception THEN
 		-- not JSON, or cut at the length kept (1 KB): the error's code, which Meta puts before its
 		-- details, if it is there
-		code := substring(response FROM '^\{\s*"error"\s*:\s*\{[^{}]*"code"\s*:\s*([0-9]{1,9})[,}\s]');
+		code := substring(response FROM '^[{][[:space:]]*"error"[[:space:]]*:[[:space:]]*[{][^{}]*"code"[[:space:]]*:[[:space:]]*([0-9]{1,9})[,}[:space:]]');
 	END;
 	RETURN CASE WHEN code IN (4, 80007, 130429, 131048, 131056, 133016) THEN code END;
 END
@@ -4500,7 +4503,7 @@ BEGIN
 						jsonb_build_array('id', ini.integration_id),
 						jsonb_build_array('merchanttrace', ini.merchanttrace), jsonb_build_array('status', 'Message')), key);
 				END IF;
-			ELSIF lower(substring(req_url FROM '^https?://[^/?#]+')) IS DISTINCT FROM lower(substring(base FROM '^https?://[^/?#]+')) THEN
+			ELSIF lower(substring(req_url FROM '^https?://[^/?#]+') COLLATE pg_catalog."C") IS DISTINCT FROM lower(substring(base FROM '^https?://[^/?#]+') COLLATE pg_catalog."C") THEN
 				-- the pollurl comes in a message (signed, but by whoever holds the integration key):
 				-- only Paynow's own host is asked, never any address a message names
 				problem := 'the payment''s pollurl is not on the provider''s API host ' || substring(base FROM '^https?://[^/?#]+');
@@ -4655,7 +4658,7 @@ BEGIN
 					RAISE EXCEPTION 'the poll reply is not a well-formed form';
 				END IF;
 				raw := r ->> 'status';
-				IF lower(raw) = 'error' THEN
+				IF lower(raw COLLATE pg_catalog."C") = 'error' THEN
 					RAISE EXCEPTION 'Paynow: %', coalesce(r ->> 'error', 'Error');
 				END IF;
 				SELECT payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) INTO verdict
@@ -4667,7 +4670,7 @@ BEGIN
 				IF verdict IS DISTINCT FROM 'valid' THEN
 					RAISE EXCEPTION 'hash check failed: %', coalesce(verdict, 'no live integration key');
 				END IF;
-				IF lower(raw) = 'notfound' AND chk.request LIKE 'POST %/interface/trace' THEN
+				IF lower(raw COLLATE pg_catalog."C") = 'notfound' AND chk.request LIKE 'POST %/interface/trace' THEN
 					-- the trace: Paynow has no transaction with our merchant trace, reconcile_after
 					-- since the initiation was sent: it never reached Paynow, nothing can be taken
 					change.status := 'failed';
@@ -5235,7 +5238,7 @@ BEGIN
 	-- the form: amount as a number or decimal text, a currency, a method, the method's number (none
 	-- for a method paid from a link, TeleCash: what is sent is ignored)
 	IF jsonb_typeof(form -> 'amount') IN ('number', 'string')
-	   AND payments.chat_trim(form ->> 'amount') ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN
+	   AND payments.chat_trim(form ->> 'amount') ~ '^[0-9]{1,9}([.][0-9]{1,2})?$' THEN
 		amount := round(payments.chat_trim(form ->> 'amount')::numeric, 2);
 	END IF;
 	currency := form ->> 'currency';
@@ -5821,8 +5824,8 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT regexp_replace(value, '^[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]+|'
-								 '[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]+$', '', 'g')
+	SELECT regexp_replace(value,
+						  E'^[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff]+|[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff]+$', '', 'g')
 $$;
 COMMENT ON FUNCTION payments.chat_trim(text) IS
 	'Text a donor typed without the white space around it: spaces, tabs, line breaks, and Unicode spaces and invisible marks (U+00A0, U+2000 to U+200F, U+202F, U+FEFF...)';
@@ -5833,7 +5836,7 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE lower(word) WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'us$' THEN 'USD' WHEN 'dollar' THEN 'USD'
+	SELECT CASE lower(word COLLATE pg_catalog."C") WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'us$' THEN 'USD' WHEN 'dollar' THEN 'USD'
 							WHEN 'dollars' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END
 $$;
 COMMENT ON FUNCTION payments.chat_currency_name(text) IS
@@ -5849,15 +5852,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	-- non-breaking and thin spaces (a phone's keyboard, a copied number) are spaces here
-	rest	text := regexp_replace(payments.chat_trim(typed), '[\u00a0\u2007\u2009\u202f]', ' ', 'g');
+	rest	text := regexp_replace(payments.chat_trim(typed), E'[\\u00a0\\u2007\\u2009\\u202f]', ' ', 'g');
 	word	text;
 BEGIN
-	word := (regexp_match(rest, '^(us\$|\$|[[:alpha:]]+)', 'i'))[1];
+	word := (regexp_match(rest, '^(us[$]|[$]|[[:alpha:]]+)', 'i'))[1];
 	named := payments.chat_currency_name(word);
 	IF named IS NOT NULL THEN
 		rest := substr(rest, length(word) + 1);
 	ELSE
-		word := (regexp_match(rest, '(us\$|\$|[[:alpha:]]+)$', 'i'))[1];
+		word := (regexp_match(rest, '(us[$]|[$]|[[:alpha:]]+)$', 'i'))[1];
 		named := payments.chat_currency_name(word);
 		IF named IS NOT NULL THEN
 			rest := left(rest, length(rest) - length(word));
@@ -5869,10 +5872,10 @@ BEGIN
 		RETURN;
 	END IF;
 	-- the same separator between every group of three digits
-	IF rest ~ '^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]{1,2})?$' OR rest ~ '^[0-9]{1,3}( [0-9]{3})+(\.[0-9]{1,2})?$' THEN
+	IF rest ~ '^[0-9]{1,3}(,[0-9]{3})+([.][0-9]{1,2})?$' OR rest ~ '^[0-9]{1,3}( [0-9]{3})+([.][0-9]{1,2})?$' THEN
 		rest := translate(rest, ', ', '');
 	END IF;
-	amount := CASE WHEN rest ~ '^[0-9]{1,9}(\.[0-9]{1,2})?$' THEN rest::numeric END;
+	amount := CASE WHEN rest ~ '^[0-9]{1,9}([.][0-9]{1,2})?$' THEN rest::numeric END;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_typed_amount(text) IS
@@ -5887,7 +5890,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT '0' || (regexp_match(regexp_replace(phone,
-		'[\s\u0085\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff().+\u2010-\u2015\u2212-]', '', 'g'),
+		E'[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff().+\\u2010-\\u2015\\u2212-]', '', 'g'),
 		'^(?:(?:00)?263)?0?(7[0-9]{8})$'))[1]
 $$;
 COMMENT ON FUNCTION payments.chat_local_phone(text) IS
@@ -6340,7 +6343,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	cmd		text := lower(split_part(command, ' ', 1));
+	cmd		text := lower(split_part(command, ' ', 1) COLLATE pg_catalog."C");
 	arg		text := btrim(substr(command, length(split_part(command, ' ', 1)) + 1));
 	today	date := payments.receipt_day(now());
 	day		date;
@@ -6358,7 +6361,7 @@ BEGIN
 	ELSIF cmd = '/report' THEN
 		IF arg = '' THEN
 			day := today;
-		ELSIF lower(arg) = 'yesterday' THEN
+		ELSIF lower(arg COLLATE pg_catalog."C") = 'yesterday' THEN
 			day := today - 1;
 		ELSIF arg ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' THEN
 			BEGIN
@@ -6391,7 +6394,7 @@ BEGIN
 			-- as typed, else in upper case (our references are; an admin types wa-20261122-7);
 			-- only a donation made in this chat (not another provider's payment, not a payout)
 			SELECT p.* INTO pay FROM payments.payments p JOIN payments.chat_donations d ON d.payment_id = p.id
-			 WHERE p.reference IN (arg, upper(arg)) AND d.provider = chat_admin.provider
+			 WHERE p.reference IN (arg, upper(arg COLLATE pg_catalog."C")) AND d.provider = chat_admin.provider
 			 ORDER BY p.reference = arg DESC, p.id DESC LIMIT 1;
 			IF NOT FOUND THEN
 				body := format('No donation made in this chat has the reference %s.', arg);
@@ -6519,7 +6522,7 @@ BEGIN
 					msg -> 'button' ->> 'payload');
 	-- (the Enter key's line break, a tab or a non-breaking space around it too)
 	txt := payments.chat_trim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
-	word := lower(coalesce(btn, txt));
+	word := lower(coalesce(btn, txt) COLLATE pg_catalog."C");
 
 	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button') THEN
 		-- a picture, sticker, voice note, location, contact...: the conversation stays where it was
@@ -6656,8 +6659,8 @@ BEGIN
 		END IF;
 	ELSIF st = 'currency' THEN
 		-- a button, or typed: the names the amount takes ($, USD, ZWG, ZiG), or a code
-		choice := CASE WHEN btn LIKE 'cur\_%' THEN substr(btn, 5)
-					   ELSE coalesce(payments.chat_currency_name(txt), upper(txt)) END;
+		choice := CASE WHEN starts_with(btn, 'cur_') THEN substr(btn, 5)
+					   ELSE coalesce(payments.chat_currency_name(txt), upper(txt COLLATE pg_catalog."C")) END;
 		IF cfg -> 'paynow_providers' ? choice THEN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('currency', choice)) a;
@@ -6667,9 +6670,9 @@ BEGIN
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
 		END IF;
 	ELSIF st = 'method' THEN
-		choice := CASE WHEN btn LIKE 'pay\_%' THEN substr(btn, 5)
+		choice := CASE WHEN starts_with(btn, 'pay_') THEN substr(btn, 5)
 					   ELSE (SELECT m FROM jsonb_array_elements_text(cfg -> 'methods') m
-							  WHERE word IN (m, lower(payments.chat_method_label(m))) LIMIT 1) END;
+							  WHERE word IN (m, lower(payments.chat_method_label(m) COLLATE pg_catalog."C")) LIMIT 1) END;
 		IF choice IS NOT NULL AND cfg -> 'methods' ? choice THEN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('method', choice)) a;
@@ -6742,7 +6745,7 @@ BEGIN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'Sorry, what we can take has changed since this summary, so nothing was started.'));
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
-		ELSIF btn LIKE 'confirm\_%' THEN
+		ELSIF starts_with(btn, 'confirm_') THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'That summary is not the donation you are making now, so nothing was started from it. Here it is as it stands:'));
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
@@ -6753,7 +6756,7 @@ BEGIN
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		END IF;
 	ELSIF st = 'edit' THEN
-		choice := CASE WHEN btn LIKE 'edit\_%' THEN substr(btn, 6) ELSE word END;
+		choice := CASE WHEN starts_with(btn, 'edit_') THEN substr(btn, 6) ELSE word END;
 		IF choice IN ('amount', 'currency', 'method', 'phone', 'purpose') THEN
 			-- another method usually means another number (each network has its own); another
 			-- currency, another amount: the draft keeps the currency the amount was given in, and
@@ -6923,9 +6926,9 @@ BEGIN
 					'language', jsonb_build_object('code', template ->> 'language'),
 					'components', jsonb_build_array(jsonb_build_object('type', 'body', 'parameters', jsonb_build_array(
 						jsonb_build_object('type', 'text', 'text',
-							coalesce(nullif(btrim(regexp_replace(p.donor_name, '\s+', ' ', 'g')), ''), 'friend')),
+							coalesce(nullif(btrim(regexp_replace(p.donor_name, '[[:space:]]+', ' ', 'g')), ''), 'friend')),
 						jsonb_build_object('type', 'text', 'text',
-							regexp_replace(gift || coalesce(' for ' || d.purpose, ''), '\s+', ' ', 'g')),
+							regexp_replace(gift || coalesce(' for ' || d.purpose, ''), '[[:space:]]+', ' ', 'g')),
 						jsonb_build_object('type', 'text', 'text',
 							(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id))))))));
 			RETURN;
@@ -6984,7 +6987,7 @@ BEGIN
 		-- the amount Paynow reported, also when it is not the payment's (payments.paynow_amount_checked
 		-- then leaves the change without one, and keeps it in the mismatch)
 		'amount', coalesce(change.amount, (change.metadata -> 'paynow_amount_mismatch' ->> 'reported')::numeric),
-		'currency', coalesce(upper(change.currency), p.currency),
+		'currency', coalesce(upper(change.currency COLLATE pg_catalog."C"), p.currency),
 		'reported_at', coalesce(change.status_at, now()), 'approved_by', p.metadata ->> 'approved_by'));
 	UPDATE payments.payments x SET metadata = x.metadata || jsonb_build_object('paynow_paid_after_approval', flag)
 	 WHERE x.id = p.id;
@@ -7046,7 +7049,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT coalesce(string_agg(CASE WHEN c ~ '^[A-Za-z0-9_.~-]$' THEN c
-									ELSE regexp_replace(upper(encode(convert_to(c, 'UTF8'), 'hex')), '(..)', '%\1', 'g') END,
+									ELSE regexp_replace(upper(encode(convert_to(c, 'UTF8'), 'hex') COLLATE pg_catalog."C"), '(..)', E'%\\1', 'g') END,
 							   '' ORDER BY n), '')
 	  FROM regexp_split_to_table(value, '') WITH ORDINALITY AS t (c, n)
 $$;
@@ -7059,7 +7062,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	-- the hash: SHA-512 of the raw values in order and the lower-cased key, upper-case hex (PROVIDERS.md 3.2)
 	SELECT string_agg(f ->> 0 || '=' || payments.url_encode(f ->> 1), '&' ORDER BY n) || '&hash=' ||
-		   upper(encode(sha512(convert_to(string_agg(f ->> 1, '' ORDER BY n) || lower(integration_key), 'UTF8')), 'hex'))
+		   upper(encode(sha512(convert_to(string_agg(f ->> 1, '' ORDER BY n) || lower(integration_key COLLATE pg_catalog."C"), 'UTF8')), 'hex') COLLATE pg_catalog."C")
 	  FROM jsonb_array_elements(fields) WITH ORDINALITY AS t (f, n)
 $$;
 COMMENT ON FUNCTION payments.paynow_request(jsonb, text) IS
@@ -7273,10 +7276,10 @@ BEGIN
 		r := payments.paynow_form(convert_to(response, 'UTF8'));
 		IF r IS NULL THEN
 			problem := 'the reply is not a well-formed form';
-		ELSIF lower(r ->> 'status') = 'error' THEN
+		ELSIF lower((r ->> 'status') COLLATE pg_catalog."C") = 'error' THEN
 			told := coalesce(r ->> 'error', 'Error');
 			problem := 'Paynow: ' || told;
-		ELSIF lower(r ->> 'status') IS DISTINCT FROM 'ok' THEN
+		ELSIF lower((r ->> 'status') COLLATE pg_catalog."C") IS DISTINCT FROM 'ok' THEN
 			problem := 'unexpected status ' || coalesce(r ->> 'status', 'none');
 		ELSE
 			SELECT payments.verify_paynow(convert_to(response, 'UTF8'), s.secret) INTO verdict

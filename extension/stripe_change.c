@@ -428,7 +428,7 @@ stripe_change(PG_FUNCTION_ARGS)
 	memset(nulls, true, sizeof(nulls));
 	if (currency != NULL)
 	{
-		currency = DatumGetTextPP(DirectFunctionCall1Coll(upper, DEFAULT_COLLATION_OID,
+		currency = DatumGetTextPP(DirectFunctionCall1Coll(upper, C_COLLATION_OID,
 														  PointerGetDatum(currency)));
 		/*
 		 * Where Stripe's minor units differ from ISO 4217's: MGA is

@@ -95,6 +95,7 @@ typedef struct JsonPathRun
 {
 	const char *path;
 	Jsonb	   *payload;
+	bool		parsed;			/* the path parsed, evaluation began */
 	Jsonb	   *result;
 } JsonPathRun;
 
@@ -105,6 +106,7 @@ JsonPathStep(void *arg)
 	JsonPathRun *run = arg;
 	Datum		jsonpath = DirectFunctionCall1(jsonpath_in, CStringGetDatum(run->path));
 
+	run->parsed = true;
 	if (run->payload != NULL)
 	{
 		LOCAL_FCINFO(fcinfo, 4);
@@ -131,15 +133,26 @@ JsonPathStep(void *arg)
  * mode without raising errors for missing members, taking the first item
  * found.  Everything runs in a subtransaction, so a path that fails (a syntax
  * error, an undefined $variable, a bad datetime template) returns false with
- * *error and *sqlerrcode set instead of aborting the caller.  *found is the
- * first item as jsonb, or NULL when there is none.
+ * *error set instead of aborting the caller.  *found is the first item as
+ * jsonb, or NULL when there is none.
+ *
+ * *path_fault says whether a failure is the path's own, whatever the
+ * payload: it did not parse (whatever the SQLSTATE: a syntax error, a
+ * regular expression flag not implemented, a \u0000 in a key), or its
+ * evaluation failed other than by a limit the payload's size met (class 54:
+ * a payload nested too deep for it).  In silent mode a member missing or of
+ * another type is no error, so what else fails (a $variable never passed, a
+ * datetime template) fails every event that reaches it alike.
  */
 static bool
-RunJsonPath(const char *path, Jsonb *payload, Jsonb **found, char **error, int *sqlerrcode)
+RunJsonPath(const char *path, Jsonb *payload, Jsonb **found, char **error, bool *path_fault)
 {
-	JsonPathRun run = {path, payload, NULL};
-	bool		ok = RunDataStepCode(JsonPathStep, &run, error, sqlerrcode);
+	JsonPathRun run = {path, payload, false, NULL};
+	int			sqlerrcode;
+	bool		ok = RunDataStepCode(JsonPathStep, &run, error, &sqlerrcode);
 
+	*path_fault = !ok && (!run.parsed ||
+						  ERRCODE_TO_CATEGORY(sqlerrcode) != ERRCODE_PROGRAM_LIMIT_EXCEEDED);
 	if (found != NULL)
 		*found = run.result;
 	return ok;
@@ -154,9 +167,9 @@ static bool
 JsonPathUsable(const char *path, char **error)
 {
 	Jsonb	   *empty = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
-	int			sqlerrcode;
+	bool		path_fault;
 
-	return RunJsonPath(path, empty, NULL, error, &sqlerrcode);
+	return RunJsonPath(path, empty, NULL, error, &path_fault);
 }
 
 /* True if the settings have the key, whatever its value */
@@ -478,21 +491,19 @@ LookUp(const Delivery *delivery, Jsonb *payload, const char *header, const char 
 	{
 		Jsonb	   *found;
 		char	   *error;
-		int			sqlerrcode;
+		bool		path_fault;
 		JsonbValue	scalar;
 
-		if (!RunJsonPath(path, payload, &found, &error, &sqlerrcode))
+		if (!RunJsonPath(path, payload, &found, &error, &path_fault))
 		{
 			/*
-			 * The path itself, whatever the event: its syntax (set by a
-			 * direct UPDATE, which registration's check never saw), a
-			 * $variable deeper than that check reached, a regular expression
-			 * that does not compile.  The settings' fault, answered 503 so
-			 * that the sender retries once they are mended, rather than an
+			 * The path itself, whatever the event (set by a direct UPDATE,
+			 * which registration's check never saw, or failing deeper than
+			 * that check reached): the settings' fault, answered 503 so that
+			 * the sender retries once they are mended, rather than an
 			 * authentic event refused as invalid and lost.
 			 */
-			if (sqlerrcode == ERRCODE_SYNTAX_ERROR || sqlerrcode == ERRCODE_UNDEFINED_OBJECT ||
-				sqlerrcode == ERRCODE_INVALID_REGULAR_EXPRESSION)
+			if (path_fault)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("provider \"%s\" has unusable settings: %s %s failed: %s",

@@ -219,6 +219,12 @@ UPDATE payments.providers SET settings = '{"header": "x-sig", "event_id_path": "
 SELECT pg_temp.h_unusable('{"data":{"id":"ev_10"}}');
 UPDATE payments.providers SET settings = '{"header": "x-sig", "event_type_path": "$.type ? (@ like_regex \"(\")"}' WHERE name = 'h';
 SELECT pg_temp.h_unusable('{"id":"ev_11","type":"a"}');
+UPDATE payments.providers SET settings = '{"header": "x-sig", "event_id_path": "$.id ? (@ like_regex \"a\" flag \"x\")"}' WHERE name = 'h';
+SELECT pg_temp.h_unusable('{"id":"ev_12"}');
+-- a datetime template fails only on an event that has the member, yet fails every such event:
+-- registration's check on an empty object cannot see it
+SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig", "event_type_path": "$.created.datetime(\"YYYY FF7\")"}');
+SELECT pg_temp.h_unusable('{"id":"ev_13","created":"2024"}');
 -- with no type configured, the payload's top-level "type" is the type, as for other kinds
 SELECT payments.register_provider('h', 'hmac', '{"header": "x-sig"}');
 SELECT http_status, outcome, left(event_id, 7) FROM pg_temp.h('{"type":"invoice.paid"}');

@@ -1585,9 +1585,16 @@ BEGIN
 		-- reference (which the capture's invoice_id or custom_id could not replace)
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
 								nullif(r -> 'purchase_units' -> 0 ->> 'reference_id', 'default'));
-		c.donor_name := nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), '');
-		c.donor_email := r -> 'payer' ->> 'email_address';
-		c.country := r -> 'payer' -> 'address' ->> 'country_code';
+		-- the payer: the deprecated payer object, else the PayPal wallet's (payment_source.paypal,
+		-- what current orders carry), else a card's holder (a card order has no payer)
+		c.donor_name := coalesce(nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), ''),
+								 nullif(concat_ws(' ', r -> 'payment_source' -> 'paypal' -> 'name' ->> 'given_name',
+												  r -> 'payment_source' -> 'paypal' -> 'name' ->> 'surname'), ''),
+								 nullif(r -> 'payment_source' -> 'card' ->> 'name', ''));
+		c.donor_email := coalesce(r -> 'payer' ->> 'email_address', r -> 'payment_source' -> 'paypal' ->> 'email_address');
+		c.country := coalesce(r -> 'payer' -> 'address' ->> 'country_code',
+							  r -> 'payment_source' -> 'paypal' -> 'address' ->> 'country_code',
+							  r -> 'payment_source' -> 'card' -> 'billing_address' ->> 'country_code');
 	ELSIF etype IN ('CUSTOMER.DISPUTE.CREATED', 'CUSTOMER.DISPUTE.UPDATED', 'CUSTOMER.DISPUTE.RESOLVED') THEN
 		-- a dispute names its captures in disputed_transactions[].seller_transaction_id: the
 		-- payment is the first known one's (the first one's own while none is known: the event

@@ -421,6 +421,12 @@ SELECT h.from_status, h.to_status FROM payments.status_history h JOIN payments.p
 -- an order without a payer's name has none (not an empty one, which no later name would replace)
 SELECT tp.paypal('WH-15', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER2","purchase_units":[{"amount":{"currency_code":"USD","value":"5.00"}}]}', '2024-08-03T00:00:00Z');
 SELECT provider_ref, status, donor_name IS NULL AS no_name FROM payments.payments WHERE provider = 'pp' AND provider_ref = 'ORDER2';
+-- current orders name the payer under payment_source.paypal (the payer object is deprecated), and
+-- a card order only its holder
+SELECT tp.paypal('WH-16', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER90","payment_source":{"paypal":{"email_address":"tendai@example.org","account_id":"QYR5Z8XDVJNXQ","name":{"given_name":"Tendai","surname":"Moyo"},"address":{"country_code":"ZW"}}},"purchase_units":[{"amount":{"currency_code":"USD","value":"10.00"}}]}', '2024-08-03T00:10:00Z');
+SELECT tp.paypal('WH-17', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER91","payment_source":{"card":{"name":"Rudo Chari","last_digits":"7704","brand":"VISA","billing_address":{"country_code":"ZA"}}},"purchase_units":[{"amount":{"currency_code":"USD","value":"12.00"}}]}', '2024-08-03T00:20:00Z');
+SELECT provider_ref, status, amount, donor_name, donor_email, country FROM payments.payments
+ WHERE provider = 'pp' AND provider_ref IN ('ORDER90', 'ORDER91') ORDER BY provider_ref;
 
 -- an order paid by two captures takes both, and the refund of the second is the second's
 SELECT tp.paypal('WH-20', 'CHECKOUT.ORDER.APPROVED', '{"id":"ORDER3","purchase_units":[{"amount":{"currency_code":"USD","value":"100.00"}}]}', '2024-08-05T10:00:00Z');

@@ -5632,12 +5632,14 @@ CREATE TABLE payments.chat_sessions (
 	tokens			double precision NOT NULL,
 	tokens_at		timestamptz NOT NULL DEFAULT now(),
 	limited_at		timestamptz,
+	media_notice_at	timestamptz,
 	messages		bigint NOT NULL DEFAULT 0,
 	PRIMARY KEY (provider, wa_id)
 );
 COMMENT ON TABLE payments.chat_sessions IS
 	'One WhatsApp conversation per number (wa_id) and meta provider: where it is (state), the donation or registration being drafted, Meta''s time of the last message answered, the last activity (sessions expire after session_timeout), and the token bucket of the rate limit';
 COMMENT ON COLUMN payments.chat_sessions.limited_at IS 'When the number ran out of tokens and was told so once; NULL: not limited';
+COMMENT ON COLUMN payments.chat_sessions.media_notice_at IS 'When the number was last told that only text and buttons are read (once a minute at most: an album is several messages)';
 
 CREATE TABLE payments.chat_donations (
 	payment_id		bigint PRIMARY KEY REFERENCES payments.payments (id) ON DELETE CASCADE,
@@ -6498,8 +6500,11 @@ BEGIN
 		RETURN 'ignored';
 	END IF;
 	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a Flow's completion
-	-- (nfm_reply: the Flow's data exchange started the payment and said so)
-	IF msg ->> 'type' = 'reaction' OR msg -> 'interactive' ->> 'type' = 'nfm_reply' THEN
+	-- (nfm_reply: the Flow's data exchange started the payment and said so), nor a notice of
+	-- WhatsApp's own (system: the donor changed number), nor a message in a group (group_id: a
+	-- reply would go to the sender alone)
+	IF msg ->> 'type' IN ('reaction', 'system') OR msg -> 'interactive' ->> 'type' = 'nfm_reply'
+	   OR msg ? 'group_id' THEN
 		RETURN 'ignored';
 	END IF;
 
@@ -6529,14 +6534,20 @@ BEGIN
 					msg -> 'button' ->> 'payload');
 	-- (the Enter key's line break, a tab or a non-breaking space around it too)
 	txt := payments.chat_trim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
-	word := lower(coalesce(btn, txt) COLLATE pg_catalog."C");
+	-- request_welcome: the donor opened the chat for the first time (welcome messages enabled)
+	word := CASE WHEN msg ->> 'type' = 'request_welcome' THEN 'hi' ELSE lower(coalesce(btn, txt) COLLATE pg_catalog."C") END;
 
-	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button') THEN
-		-- a picture, sticker, voice note, location, contact...: the conversation stays where it was
-		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-			'Sorry, we can only read text and buttons here. ' ||
-			CASE WHEN st = 'menu' THEN 'Send *help* to see what you can do.'
-				 ELSE 'Please answer the last question with a message or a button, or send *help*.' END));
+	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button', 'request_welcome') THEN
+		-- a picture, sticker, voice note, location, contact...: the conversation stays where it was;
+		-- told once a minute at most (an album of pictures is a message each)
+		IF s.media_notice_at IS NULL OR s.media_notice_at < now() - interval '1 minute' THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				'Sorry, we can only read text and buttons here. ' ||
+				CASE WHEN st = 'menu' THEN 'Send *help* to see what you can do.'
+					 ELSE 'Please answer the last question with a message or a button, or send *help*.' END));
+			UPDATE payments.chat_sessions cs SET media_notice_at = now()
+			 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
+		END IF;
 	ELSIF btn IS NULL AND left(txt, 1) = '/'
 	   AND wa IN (SELECT payments.e164_digits(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a) THEN
 		PERFORM payments.chat_admin(ev.provider, wa, txt);
@@ -6816,7 +6827,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox; returns applied, or ignored (not for this number, older than the last message answered, or over the rate limit)';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, older than the last message answered, over the rate limit, a reaction, a Flow''s completion, a system notice or a group message)';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer

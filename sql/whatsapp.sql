@@ -663,6 +663,27 @@ SELECT * FROM pg_temp.replies('263772000092');
 SELECT pg_temp.say('263772000093', NULL, 1, false, '106540352242922',
 				   '{"type": "image", "image": {"id": "2754859441498128", "mime_type": "image/jpeg"}}');
 SELECT * FROM pg_temp.replies('263772000093');
+-- an album is a message per picture: told once a minute at most, not once per picture
+BEGIN;
+UPDATE payments.chat_sessions SET media_notice_at = now() - interval '61 seconds' WHERE wa_id = '263772000093';
+SELECT pg_temp.say('263772000093', NULL, 5, false, '106540352242922',
+				   '{"type": "image", "image": {"id": "2754859441498129", "mime_type": "image/jpeg"}}');
+SELECT pg_temp.say('263772000093', NULL, 5, false, '106540352242922',
+				   '{"type": "image", "image": {"id": "2754859441498130", "mime_type": "image/jpeg"}}');
+SELECT * FROM pg_temp.replies('263772000093');
+SELECT pg_temp.say('263772000093', NULL, 6, false, '106540352242922',
+				   '{"type": "image", "image": {"id": "2754859441498131", "mime_type": "image/jpeg"}}');
+SELECT * FROM pg_temp.replies('263772000093');
+ROLLBACK;
+-- WhatsApp's own notice that the donor changed number, and a message in a group, are not
+-- answered; request_welcome (the chat opened for the first time) gets the menu
+SELECT pg_temp.say('263772000088', NULL, 1, false, '106540352242922',
+				   '{"type": "system", "system": {"body": "User A changed from 263772000088 to 263772000095", "wa_id": "263772000095", "type": "user_changed_number"}}');
+SELECT pg_temp.say('263772000088', NULL, 2, false, '106540352242922',
+				   '{"type": "text", "text": {"body": "hi"}, "group_id": "120363041234567890"}');
+SELECT * FROM pg_temp.replies('263772000088');
+SELECT pg_temp.say('263772000088', NULL, 3, false, '106540352242922', '{"type": "request_welcome"}');
+SELECT * FROM pg_temp.replies('263772000088');
 
 -- Paynow's Paid and the donor's *check* in one transaction (one shim batch): the receipt is
 -- taken for the answer, not left to the commit, so the answer names it (and the commit's

@@ -98,11 +98,11 @@ setsid "${CLUSTER_USER_PREFIX[@]}" "$state/payments-shim" --listen "$listen" --d
 shim_pid=$!
 # the banner once the shim answers; a shim that cannot start (its address taken, say) ends the run
 for _ in $(seq 100); do
-	curl -fs "http://$listen/health" >/dev/null 2>&1 && break
+	curl -fs --max-time 2 "http://$listen/health" >/dev/null 2>&1 && break
 	kill -0 "$shim_pid" 2>/dev/null || break
 	sleep 0.1
 done
-if ! kill -0 "$shim_pid" 2>/dev/null || ! curl -fs "http://$listen/health" >/dev/null 2>&1; then
+if ! kill -0 "$shim_pid" 2>/dev/null || ! curl -fs --max-time 2 "http://$listen/health" >/dev/null 2>&1; then
 	echo "payments: the shim did not start on $listen (its message is above)" >&2
 	exit 1
 fi

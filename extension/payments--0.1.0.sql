@@ -861,6 +861,38 @@ RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g') ~
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign), or NULL when it is not one';
 
+-- WhatsApp usernames (2026): a user who adopts one may have their phone number withheld from
+-- webhooks, and is then known by a business-scoped user id (BSUID) alone: a two-letter ISO country
+-- code in upper case, a period, and up to 128 letters and digits (US.13491208655302741918); a
+-- parent BSUID, shared by linked business portfolios, has ENT after the country
+-- (US.ENT.11815799212886844830).  Meta's webhooks carry it as messages[].from_user_id and
+-- contacts[].user_id; the Graph API takes it as "recipient" where a phone number is "to".  Kept
+-- exactly as Meta wrote it (case and all): anything else is not one.
+CREATE FUNCTION payments.whatsapp_bsuid(id text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN id ~ '^[A-Z]{2}[.](ENT[.])?[A-Za-z0-9]{1,128}$' THEN id END;
+COMMENT ON FUNCTION payments.whatsapp_bsuid(text) IS
+	'A WhatsApp business-scoped user id (BSUID: country code, period, up to 128 letters and digits, e.g. US.13491208655302741918; a parent BSUID with ENT., e.g. US.ENT.11815799212886844830) as it is, or NULL when the text is not one';
+
+-- Who a WhatsApp user is to the chat (chat_sessions.wa_id, volunteers, flow tokens, admin_numbers,
+-- outbox recipients): the phone number as E.164 digits when Meta gives it, else the BSUID
+CREATE FUNCTION payments.whatsapp_user_id(id text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN coalesce(payments.e164_digits(id), payments.whatsapp_bsuid(id));
+COMMENT ON FUNCTION payments.whatsapp_user_id(text) IS
+	'A WhatsApp user id normalized: a phone number as E.164 digits (payments.e164_digits), else a business-scoped user id as it is (payments.whatsapp_bsuid); NULL when it is neither';
+
+-- The Graph API's send-message body names a phone number "to", a BSUID "recipient" (with both, "to"
+-- wins; Meta recommends the phone number whenever it is known, which the chat keeps as the wa_id)
+CREATE FUNCTION payments.whatsapp_recipient_field(id text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN payments.whatsapp_bsuid(id) IS NOT NULL THEN 'recipient' ELSE 'to' END;
+COMMENT ON FUNCTION payments.whatsapp_recipient_field(text) IS
+	'The field of a Graph API send-message body that names a WhatsApp user: recipient for a business-scoped user id (BSUID), to for anything else (a phone number)';
+
 CREATE FUNCTION payments.country_code(country text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -3028,7 +3060,8 @@ CREATE TABLE payments.outbox (
 	-- one made again) also numbers from 1, and receivers deduplicate on it
 	msg_id			text NOT NULL DEFAULT 'msg_' || pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''),
 	CHECK ((endpoint_id IS NULL) <> (provider IS NULL)),
-	CHECK (provider IS NULL OR recipient ~ '^[1-9][0-9]{5,14}$')
+	-- a WhatsApp user: a phone number (E.164 digits) or a business-scoped user id
+	CHECK (provider IS NULL OR payments.whatsapp_user_id(recipient) IS NOT DISTINCT FROM recipient)
 );
 CREATE INDEX outbox_due_idx ON payments.outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX outbox_endpoint_idx ON payments.outbox (endpoint_id, state);
@@ -4946,7 +4979,7 @@ COMMENT ON COLUMN payments.flow_keys.public_key IS 'The public key (PEM) to uplo
 CREATE TABLE payments.flow_tokens (
 	token		text PRIMARY KEY CHECK (token ~ '^[A-Za-z0-9_-]{16,128}$'),
 	provider	text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
-	wa_id		text NOT NULL CHECK (wa_id ~ '^[1-9][0-9]{5,14}$'),
+	wa_id		text NOT NULL CHECK (payments.whatsapp_user_id(wa_id) IS NOT DISTINCT FROM wa_id),
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	expires_at	timestamptz NOT NULL,
 	CHECK (expires_at > created_at)
@@ -4993,7 +5026,9 @@ BEGIN
 			USING ERRCODE = 'check_violation',
 				  HINT = 'Issue tokens with payments.issue_flow_token.';
 	END IF;
-	IF NEW.wa_id !~ '^[1-9][0-9]{5,14}$' THEN
+	-- a phone number as E.164 digits, or a business-scoped user id (the message predates those and
+	-- is kept as it was)
+	IF payments.whatsapp_user_id(NEW.wa_id) IS DISTINCT FROM NEW.wa_id THEN
 		RAISE EXCEPTION 'a flow token''s wa_id is a phone number in international form, digits only'
 			USING ERRCODE = 'check_violation';
 	END IF;
@@ -5113,7 +5148,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	digits	text := payments.e164_digits(wa_id);
+	-- a phone number as E.164 digits, or a business-scoped user id (a user whose number is withheld)
+	digits	text := payments.whatsapp_user_id(wa_id);
 	token	text := 'ft_' || replace(gen_random_uuid()::text, '-', '');
 BEGIN
 	IF NOT EXISTS (SELECT FROM payments.providers p WHERE p.name = issue_flow_token.provider AND p.kind = 'meta') THEN
@@ -5133,7 +5169,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.issue_flow_token(text, text, interval) IS
-	'Issues a random flow token for a WhatsApp user (the flow_token of the Flow message sent to them), valid for the given time';
+	'Issues a random flow token for a WhatsApp user (the flow_token of the Flow message sent to them; wa_id: the phone number, or the business-scoped user id of a user whose number is withheld), valid for the given time';
 
 -- The donation form: screen DONATE (amount, currency, method, phone), then CONFIRM, then the
 -- Flow closes with SUCCESS.  Every submitted screen is validated again.
@@ -5226,7 +5262,8 @@ BEGIN
 		'methods', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', m, 'title', payments.chat_method_label(m)) ORDER BY n), '[]')
 					  FROM unnest(methods) WITH ORDINALITY AS x (m, n)),
 		'min_amount', coalesce(min_amount::text, ''), 'max_amount', coalesce(max_amount::text, ''),
-		'phone', tok.wa_id);
+		-- the token's user as the number's default: a phone number only (not a business-scoped user id)
+		'phone', coalesce(payments.e164_digits(tok.wa_id), ''));
 
 	-- a chat whose currencies or methods the form cannot offer (only card, say): nothing to choose
 	IF cardinality(currencies) = 0 OR cardinality(methods) = 0 THEN
@@ -5529,7 +5566,7 @@ BEGIN
 	END IF;
 	IF settings ? 'admin_numbers' AND (jsonb_typeof(settings -> 'admin_numbers') <> 'array'
 		OR EXISTS (SELECT FROM jsonb_array_elements(settings -> 'admin_numbers') a
-					WHERE jsonb_typeof(a) <> 'string' OR payments.e164_digits(a #>> '{}') IS NULL)) THEN
+					WHERE jsonb_typeof(a) <> 'string' OR payments.whatsapp_user_id(a #>> '{}') IS NULL)) THEN
 		RETURN 'admin_numbers must be an array of phone numbers in international form, e.g. ["263771234567"]';
 	END IF;
 	IF settings ? 'paynow_providers' THEN
@@ -5621,7 +5658,7 @@ COMMENT ON FUNCTION payments.chat_settings_problem(jsonb) IS
 
 CREATE TABLE payments.chat_sessions (
 	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
-	wa_id			text NOT NULL CHECK (wa_id ~ '^[1-9][0-9]{5,14}$'),
+	wa_id			text NOT NULL CHECK (payments.whatsapp_user_id(wa_id) IS NOT DISTINCT FROM wa_id),
 	name			text,
 	state			text NOT NULL DEFAULT 'menu'
 					CHECK (state IN ('menu', 'amount', 'currency', 'method', 'phone', 'purpose', 'confirm', 'edit',
@@ -5634,11 +5671,16 @@ CREATE TABLE payments.chat_sessions (
 	limited_at		timestamptz,
 	media_notice_at	timestamptz,
 	messages		bigint NOT NULL DEFAULT 0,
+	user_id			text CHECK (payments.whatsapp_bsuid(user_id) IS NOT DISTINCT FROM user_id),
 	PRIMARY KEY (provider, wa_id)
 );
+-- a message without the phone number finds the conversation its BSUID was last seen in
+CREATE INDEX chat_sessions_user_idx ON payments.chat_sessions (provider, user_id) WHERE user_id IS NOT NULL;
 COMMENT ON TABLE payments.chat_sessions IS
-	'One WhatsApp conversation per number (wa_id) and meta provider: where it is (state), the donation or registration being drafted, Meta''s time of the last message answered, the last activity (sessions expire after session_timeout), and the token bucket of the rate limit';
+	'One WhatsApp conversation per user (wa_id: the phone number, else the business-scoped user id of a user whose number Meta withholds) and meta provider: where it is (state), the donation or registration being drafted, Meta''s time of the last message answered, the last activity (sessions expire after session_timeout), and the token bucket of the rate limit';
 COMMENT ON COLUMN payments.chat_sessions.limited_at IS 'When the number ran out of tokens and was told so once; NULL: not limited';
+COMMENT ON COLUMN payments.chat_sessions.user_id IS
+	'The user''s business-scoped user id (BSUID, Meta''s messages[].from_user_id), from the last message that carried one: a message whose phone number Meta withholds continues the conversation that has it (its wa_id, the phone number, is still what messages are sent to)';
 COMMENT ON COLUMN payments.chat_sessions.media_notice_at IS 'When the number was last told that only text and buttons are read (once a minute at most: an album is several messages)';
 
 CREATE TABLE payments.chat_donations (
@@ -5695,7 +5737,7 @@ COMMENT ON TABLE payments.whatsapp_statuses IS
 CREATE TABLE payments.volunteers (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	provider		text NOT NULL REFERENCES payments.providers (name),
-	wa_id			text NOT NULL CHECK (wa_id ~ '^[1-9][0-9]{5,14}$'),
+	wa_id			text NOT NULL CHECK (payments.whatsapp_user_id(wa_id) IS NOT DISTINCT FROM wa_id),
 	name			text NOT NULL,
 	skills			text NOT NULL,
 	availability	text NOT NULL,
@@ -5707,9 +5749,9 @@ COMMENT ON TABLE payments.volunteers IS
 	'People who registered as volunteers over WhatsApp (registering again updates the entry); analysts read payments.volunteer_list';
 
 CREATE VIEW payments.volunteer_list AS
-	SELECT v.id, v.name, payments.mask_phone(v.wa_id) AS phone, v.skills, v.availability, v.registered_at, v.updated_at
+	SELECT v.id, v.name, payments.mask_phone(payments.e164_digits(v.wa_id)) AS phone, v.skills, v.availability, v.registered_at, v.updated_at
 	  FROM payments.volunteers v;
-COMMENT ON VIEW payments.volunteer_list IS 'Volunteers as analysts see them: the phone number masked like donors''';
+COMMENT ON VIEW payments.volunteer_list IS 'Volunteers as analysts see them: the phone number masked like donors'' (none for a volunteer known by business-scoped user id alone)';
 
 -- Messages (PROVIDERS.md 4.4)
 
@@ -5730,19 +5772,21 @@ RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
+	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual',
+							  payments.whatsapp_recipient_field(recipient), recipient,
 							  'type', 'text', 'text', jsonb_build_object('preview_url', false,
 								  'body', left(coalesce(body, payments.chat_no_text()), 4096)))
 $$;
 COMMENT ON FUNCTION payments.chat_text(text, text) IS
-	'A WhatsApp text message (Graph API send-message body), the text cut at 4096 characters; a NULL text (a bug: the Graph API refuses a message without one) is sent as payments.chat_no_text()';
+	'A WhatsApp text message (Graph API send-message body: to a phone number, or recipient a business-scoped user id), the text cut at 4096 characters; a NULL text (a bug: the Graph API refuses a message without one) is sent as payments.chat_no_text()';
 
 CREATE FUNCTION payments.chat_choices(recipient text, body text, choices jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
+	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual',
+		payments.whatsapp_recipient_field(recipient), recipient,
 		'type', 'interactive', 'interactive',
 		CASE WHEN jsonb_array_length(choices) <= 3 THEN
 			jsonb_build_object('type', 'button', 'body', jsonb_build_object('text', left(coalesce(body, payments.chat_no_text()), 1024)),
@@ -5759,7 +5803,7 @@ AS $$
 		END)
 $$;
 COMMENT ON FUNCTION payments.chat_choices(text, text, jsonb) IS
-	'A WhatsApp interactive message offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10; a NULL body is sent as payments.chat_no_text()';
+	'A WhatsApp interactive message (to a phone number, or recipient a business-scoped user id) offering choices ([[id, title], ...]): reply buttons for up to 3 (titles cut at 20 characters), else a list of up to 10; a NULL body is sent as payments.chat_no_text()';
 
 -- A document is a file uploaded to the Graph API (POST /{phone_number_id}/media), then a message
 -- naming the media id the upload answered: the payload keeps the file under "upload" and the
@@ -5771,13 +5815,14 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT jsonb_build_object(
-		'message', jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', recipient,
+		'message', jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual',
+									  payments.whatsapp_recipient_field(recipient), recipient,
 									  'type', 'document',
 									  'document', jsonb_build_object('filename', filename, 'caption', left(caption, 1024))),
 		'upload', jsonb_build_object('filename', filename, 'type', content_type, 'content', content))
 $$;
 COMMENT ON FUNCTION payments.chat_document(text, text, text, text, text) IS
-	'A WhatsApp document to send: the file to upload as media ("upload": filename, type, content) and the document message that will name its media id ("message"; the caption cut at 1024 characters)';
+	'A WhatsApp document to send: the file to upload as media ("upload": filename, type, content) and the document message that will name its media id ("message": to a phone number, or recipient a business-scoped user id; the caption cut at 1024 characters)';
 
 CREATE FUNCTION payments.chat_send(provider text, recipient text, message jsonb)
 RETURNS void
@@ -6024,7 +6069,8 @@ BEGIN
 		WHEN 'method' THEN payments.chat_choices(wa_id, 'How would you like to pay?',
 			(SELECT jsonb_agg(jsonb_build_array('pay_' || m, payments.chat_method_label(m)) ORDER BY n)
 			   FROM jsonb_array_elements_text(cfg -> 'methods') WITH ORDINALITY AS x (m, n)))
-		-- the donor's own number is offered only when it is on the method's network
+		-- the donor's own number is offered only when it is on the method's network (a donor known by
+		-- business-scoped user id alone has none: local is NULL, and the number is to be typed)
 		WHEN 'phone' THEN CASE WHEN payments.paynow_phone_fits(draft ->> 'method', local)
 			THEN payments.chat_choices(wa_id, format(
 				'Which %s number should we send the payment request to? Tap *Use %s* or type another number.',
@@ -6322,8 +6368,12 @@ BEGIN
 	c.currency := draft ->> 'currency';
 	c.method := draft ->> 'method';
 	c.donor_name := name;
-	c.donor_phone := wa_id;
-	c.metadata := jsonb_build_object('channel', 'whatsapp', 'purpose', draft ->> 'purpose');
+	-- the donor's phone number; a donor known by business-scoped user id alone (number withheld)
+	-- has none (the number typed for mobile money may be anyone's): the BSUID is kept in the metadata
+	c.donor_phone := payments.e164_digits(wa_id);
+	c.metadata := jsonb_build_object('channel', 'whatsapp', 'purpose', draft ->> 'purpose')
+				  || CASE WHEN payments.whatsapp_bsuid(wa_id) IS NOT NULL
+						  THEN jsonb_build_object('whatsapp_user_id', wa_id) ELSE '{}' END;
 	PERFORM payments.apply_change(event_row, paynow, c);
 	SELECT p.id INTO pay_id FROM payments.payments p WHERE p.provider = paynow AND p.provider_ref = ref;
 	INSERT INTO payments.chat_donations (payment_id, provider, wa_id, purpose)
@@ -6344,7 +6394,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day; requests that prompted nobody, in state error or skipped, are not counted)';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day; donor_phone the WhatsApp number, none for a donor known by business-scoped user id alone, whose BSUID is metadata.whatsapp_user_id) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day; requests that prompted nobody, in state error or skipped, are not counted)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void
@@ -6460,12 +6510,25 @@ AS $$
 DECLARE
 	cfg		jsonb := payments.chat_settings(settings);
 	msg		jsonb := ev.payload -> 'message';
-	wa		text := payments.e164_digits(ev.payload -> 'message' ->> 'from');
-	-- the profile of the sender: a delivery of several messages lists every sender's contact
+	-- the sender: their phone number when Meta gives it (messages[].from).  A user with a WhatsApp
+	-- username may have it withheld; every message carries their business-scoped user id
+	-- (messages[].from_user_id, a BSUID), and then the sender is the conversation that last saw
+	-- that BSUID (a phone number's, kept so that replies still go to the number, as Meta
+	-- recommends, and the donations there are still theirs), else the BSUID itself
+	phone	text := payments.e164_digits(ev.payload -> 'message' ->> 'from');
+	uid		text := payments.whatsapp_bsuid(ev.payload -> 'message' ->> 'from_user_id');
+	wa		text := coalesce(phone,
+							 (SELECT cs.wa_id FROM payments.chat_sessions cs
+							   WHERE cs.provider = ev.provider AND cs.user_id = uid
+							   ORDER BY cs.wa_id = uid, cs.last_activity_at DESC LIMIT 1),
+							 uid);
+	-- the profile of the sender: a delivery of several messages lists every sender's contact (by
+	-- phone number, contacts[].wa_id; without one, by BSUID, contacts[].user_id)
 	profile	text := left((SELECT c -> 'profile' ->> 'name'
 							FROM jsonb_array_elements(CASE jsonb_typeof(ev.payload -> 'contacts')
 														  WHEN 'array' THEN ev.payload -> 'contacts' ELSE '[]' END) c
-						   WHERE payments.e164_digits(c ->> 'wa_id') = wa LIMIT 1), 100);
+						   WHERE CASE WHEN phone IS NOT NULL THEN payments.e164_digits(c ->> 'wa_id') = phone
+									  ELSE c ->> 'user_id' = uid END LIMIT 1), 100);
 	cap		double precision := (cfg ->> 'rate_limit')::double precision;
 	s		payments.chat_sessions;
 	bucket	double precision;
@@ -6491,9 +6554,13 @@ BEGIN
 	   OR ev.payload -> 'metadata' ->> 'phone_number_id' IS DISTINCT FROM cfg ->> 'phone_number_id' THEN
 		RETURN 'ignored';		-- no conversation on this provider, or another number of the same app
 	END IF;
-	INSERT INTO payments.chat_sessions AS cs (provider, wa_id, tokens) VALUES (ev.provider, wa, cap)
+	INSERT INTO payments.chat_sessions AS cs (provider, wa_id, tokens, user_id) VALUES (ev.provider, wa, cap, uid)
 	ON CONFLICT (provider, wa_id) DO NOTHING;
 	SELECT cs.* INTO s FROM payments.chat_sessions cs WHERE cs.provider = ev.provider AND cs.wa_id = wa FOR UPDATE;
+	-- the BSUID the message carries, kept for the messages that will come without the phone number
+	IF uid IS DISTINCT FROM s.user_id AND uid IS NOT NULL THEN
+		UPDATE payments.chat_sessions cs SET user_id = uid WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
+	END IF;
 
 	-- Meta delivers late and out of order: a message older than the last one answered is not answered
 	IF ev.event_at < s.last_message_at THEN
@@ -6549,7 +6616,9 @@ BEGIN
 			 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
 		END IF;
 	ELSIF btn IS NULL AND left(txt, 1) = '/'
-	   AND wa IN (SELECT payments.e164_digits(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a) THEN
+	   AND (wa IN (SELECT payments.whatsapp_user_id(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a)
+			OR uid IN (SELECT payments.whatsapp_user_id(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a)) THEN
+		-- an admin listed by phone number, or by BSUID
 		PERFORM payments.chat_admin(ev.provider, wa, txt);
 	ELSIF word IN ('cancel', 'stop') THEN
 		st := 'menu';
@@ -6811,8 +6880,9 @@ BEGIN
 				SET name = excluded.name, skills = excluded.skills, availability = excluded.availability,
 					updated_at = now();
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'Thank you, %s! You are registered as a volunteer; the clinic will contact you on this number.',
-				drafted ->> 'name')));
+				'Thank you, %s! You are registered as a volunteer; the clinic will contact you %s.',
+				drafted ->> 'name', CASE WHEN phone IS NULL AND payments.whatsapp_bsuid(wa) IS NOT NULL
+										 THEN 'here on WhatsApp' ELSE 'on this number' END)));
 			st := 'menu';
 			drafted := '{}';
 		END IF;
@@ -6827,7 +6897,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation: rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, older than the last message answered, over the rate limit, a reaction, a Flow''s completion, a system notice or a group message)';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation (the sender''s phone number; without one, the conversation that last saw their business-scoped user id, from_user_id, else that id): rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, no valid sender, older than the last message answered, over the rate limit, a reaction, a Flow''s completion, a system notice or a group message)';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer
@@ -6939,7 +7009,8 @@ BEGIN
 												 WHERE s.provider = d.provider AND s.wa_id = d.wa_id
 												   AND s.last_message_at >= now() - interval '23 hours') THEN
 			PERFORM payments.chat_send(d.provider, d.wa_id, jsonb_build_object(
-				'messaging_product', 'whatsapp', 'recipient_type', 'individual', 'to', d.wa_id, 'type', 'template',
+				'messaging_product', 'whatsapp', 'recipient_type', 'individual',
+				payments.whatsapp_recipient_field(d.wa_id), d.wa_id, 'type', 'template',
 				'template', jsonb_build_object('name', template ->> 'name',
 					'language', jsonb_build_object('code', template ->> 'language'),
 					'components', jsonb_build_array(jsonb_build_object('type', 'body', 'parameters', jsonb_build_array(
@@ -6968,7 +7039,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
-	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old), failed, cancelled or refunded, queues the message to the donor';
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old), failed, cancelled or refunded, queues the message to the donor (to their phone number, or recipient their business-scoped user id)';
 
 -- Paynow's news that a donation an admin approved by hand (/approve) was paid: the donor may have
 -- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment
@@ -6979,12 +7050,12 @@ RETURNS text[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT ARRAY(SELECT DISTINCT payments.e164_digits(a)
+	SELECT ARRAY(SELECT DISTINCT payments.whatsapp_user_id(a)
 				   FROM payments.providers v, jsonb_array_elements_text(payments.chat_settings(v.settings) -> 'admin_numbers') a
-				  WHERE v.name = chat_admin_numbers.provider AND payments.e164_digits(a) IS NOT NULL)
+				  WHERE v.name = chat_admin_numbers.provider AND payments.whatsapp_user_id(a) IS NOT NULL)
 $$;
 COMMENT ON FUNCTION payments.chat_admin_numbers(text) IS
-	'The admin numbers of a meta provider''s chat, as E.164 digits: who is told of a donation to check';
+	'The admin numbers of a meta provider''s chat, as E.164 digits (or business-scoped user ids, for admins listed by one): who is told of a donation to check';
 
 CREATE FUNCTION payments.chat_paid_after_approval(payment_id bigint, change payments.payment_change)
 RETURNS void
@@ -7014,7 +7085,7 @@ BEGIN
 		RETURN;
 	END IF;
 	admins := payments.chat_admin_numbers(d.provider);
-	approver := payments.e164_digits(p.metadata ->> 'approved_by');
+	approver := payments.whatsapp_user_id(p.metadata ->> 'approved_by');
 	IF approver = ANY (admins) THEN
 		admins := ARRAY[approver];
 	END IF;

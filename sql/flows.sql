@@ -338,6 +338,24 @@ SELECT payload -> 'text' ->> 'body' ~ 'Paynow payment link to pay 7.00 USD with 
 INSERT INTO payments.flow_submissions (provider, flow_token, wa_id, amount, currency, method)
 VALUES ('flows-wa', 'ft_no_number', '263771234567', 5, 'USD', 'ecocash');
 \set VERBOSITY default
+-- a user whose phone number Meta withholds (WhatsApp usernames) gets a token for their
+-- business-scoped user id (BSUID): the form has no number of theirs to offer (phone ""), one is
+-- typed; the payment has no donor phone (the BSUID is in its metadata), and the donor is told by
+-- "recipient" (no "to")
+SELECT payments.issue_flow_token('flows-wa', 'ZW.1502576394655843') AS bsuid_token \gset
+SELECT wa_id FROM payments.flow_tokens WHERE token = :'bsuid_token';
+SELECT http_status, data -> 'data' ->> 'phone' AS phone
+  FROM payments.flows_answer('flows-wa', jsonb_build_object('action', 'INIT', 'flow_token', :'bsuid_token')) AS a (http_status, data);
+SELECT http_status, screen FROM pg_temp.donate(:'bsuid_token', '{"amount": "6", "currency": "USD", "method": "ecocash", "phone": "0779 000 002"}', 'CONFIRM');
+SELECT s.wa_id, s.phone, p.donor_phone, p.donor_key, p.metadata ->> 'whatsapp_user_id' AS whatsapp_user_id,
+	   i.phone AS initiation_phone
+  FROM payments.flow_submissions s JOIN payments.payments p ON p.id = s.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id
+ WHERE s.flow_token = :'bsuid_token';
+SELECT recipient, payload ->> 'recipient' AS recipient_field, payload ? 'to' AS has_to,
+	   payload -> 'text' ->> 'body' ~ 'payment request for 6.00 USD to 0779000002' AS donor_told
+  FROM payments.outbox WHERE provider = 'flows-wa' ORDER BY id DESC LIMIT 1;
+SELECT payments.issue_flow_token('flows-wa', 'zw.1502576394655843');
 DELETE FROM payments.outbox WHERE provider = 'flows-wa';
 DELETE FROM payments.paynow_initiations WHERE provider = 'flows-pn';
 DELETE FROM payments.flow_submissions WHERE provider = 'flows-wa';

@@ -1110,3 +1110,153 @@ SELECT count(*) AS claimed FROM payments.claim_initiations(10) c
 SELECT pg_temp.say('263776000050', 'check', 8);
 SELECT pg_temp.say('263776000050', 'donate', 9);
 SELECT * FROM pg_temp.replies('263776000050');
+
+-- WhatsApp usernames (2026): a user who adopts one may have their phone number withheld from
+-- webhooks; every message carries their business-scoped user id (BSUID: messages[].from_user_id,
+-- contacts[].user_id), which the Graph API takes as "recipient" where a phone number is "to".
+-- say_as(phone or NULL, BSUID or NULL, text or button id, seconds): as say, the phone number
+-- (messages[].from, contacts[].wa_id) left out when NULL
+CREATE FUNCTION pg_temp.say_as(phone text, bsuid text, said text, at integer, button boolean DEFAULT false)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	msg		jsonb := jsonb_strip_nulls(jsonb_build_object('from', phone, 'from_user_id', bsuid,
+										'id', 'wamid.in' || nextval('pg_temp.wamid'), 'timestamp', (1718000000 + at)::text));
+	body	text;
+	r		record;
+BEGIN
+	msg := msg || CASE WHEN button
+		THEN jsonb_build_object('type', 'interactive', 'interactive', jsonb_build_object('type', 'button_reply',
+								'button_reply', jsonb_build_object('id', said, 'title', said)))
+		ELSE jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', said)) END;
+	body := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
+		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
+			'contacts', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+				'profile', jsonb_build_object('name', 'Rudo', 'username', 'rudo.m'), 'wa_id', phone, 'user_id', bsuid))),
+			'messages', jsonb_build_array(msg)))))))::text;
+	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
+		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
+	RETURN r.http_status || ' ' || r.outcome;
+END
+$$;
+UPDATE payments.providers SET settings = settings || '{"paynow_providers": {"USD": "pn_usd"}, "min_amount": 1, "max_amount": 480,
+	"methods": ["ecocash", "onemoney", "telecash", "card"], "admin_numbers": ["+263 77 000 0001", "ZW.9000000000000000001"]}'
+ WHERE name = 'chat';
+SELECT payments.chat_settings_problem(settings) AS problem FROM payments.providers WHERE name = 'chat';
+-- what is a WhatsApp user id: a phone number (as E.164 digits), else a BSUID exactly as Meta writes
+-- it (country code in upper case, a period, up to 128 letters and digits; a parent BSUID with ENT)
+SELECT CASE WHEN length(i) > 40 THEN left(i, 8) || '... (' || length(i) || ' characters)' ELSE i END AS id,
+	   CASE WHEN length(i) > 40 THEN payments.whatsapp_user_id(i) = i ELSE NULL END AS long_kept,
+	   left(payments.whatsapp_user_id(i), 40) AS user_id, left(payments.whatsapp_bsuid(i), 40) AS bsuid,
+	   payments.whatsapp_recipient_field(i) AS sent_as
+  FROM unnest(ARRAY['+263 77 123 4567', 'US.13491208655302741918', 'US.ENT.11815799212886844830', 'BR.abcXYZ09',
+					'us.13491208655302741918', 'US13491208655302741918', 'USA.1349', 'US.', 'US.ENT.', 'US.1349-1208',
+					'US.1349 1208', ' US.1349', 'US.' || repeat('7', 128), 'US.' || repeat('7', 129), '', NULL]) AS i;
+
+-- a donor known by BSUID alone: answered, messages sent with "recipient" (no "to"); the number to
+-- pay from is typed (there is none to offer), checked, and edited from the summary
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'Hi', 0);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
+SELECT wa_id, user_id, name, state FROM payments.chat_sessions WHERE user_id = 'ZW.1502576394655843';
+SELECT recipient, event_type, payload ->> 'recipient' AS recipient_field, payload ? 'to' AS has_to,
+	   payload ->> 'recipient_type' AS recipient_type
+  FROM payments.outbox WHERE recipient = 'ZW.1502576394655843' ORDER BY id;
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'donate', 1, true);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', '5', 2);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'pay_ecocash', 3, true);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
+-- (an old "Use my number" button, or a number not on the network, is refused)
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'phone_same', 4, true);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', '0712345678', 5);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', '+263 78 900 0001', 6);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'purpose_1', 7, true);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'edit', 8, true);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'edit_phone', 9, true);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', '0789000002', 10);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
+SELECT pg_temp.session('ZW.1502576394655843');
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'confirm', 11);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
+-- the payment has no donor phone (the number typed may be anyone's; a BSUID is no phone number):
+-- the BSUID is in its metadata, and the donor is known to analysts by name
+SELECT p.donor_phone, p.donor_name, p.donor_key, p.metadata ->> 'whatsapp_user_id' AS whatsapp_user_id,
+	   i.phone AS initiation_phone, d.wa_id AS chat_wa_id
+  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = 'ZW.1502576394655843';
+SELECT reference AS bsuid_ref FROM payments.payments p JOIN payments.chat_donations d ON d.payment_id = p.id
+ WHERE d.wa_id = 'ZW.1502576394655843' \gset
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'check', 12);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
+-- its receipt after the 24-hour window: the template, to "recipient" (a utility template: Meta
+-- refuses BSUID recipients only for authentication templates, error 131062)
+UPDATE payments.providers SET settings = settings || '{"receipt_template": {"name": "donation_receipt", "language": "en_US"}}'
+ WHERE name = 'chat';
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('263770000001');
+SELECT pg_temp.say('263770000001', '/approve ' || :'bsuid_ref', 900000);
+SELECT * FROM pg_temp.last_sent('ZW.1502576394655843');
+SELECT payload ->> 'recipient' AS recipient_field, payload ? 'to' AS has_to FROM payments.outbox
+ WHERE recipient = 'ZW.1502576394655843' ORDER BY id DESC LIMIT 1;
+UPDATE payments.providers SET settings = settings - 'receipt_template' WHERE name = 'chat';
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('ZW.1502576394655843');
+-- volunteering by BSUID: the clinic contacts them on WhatsApp; analysts see no phone number
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'volunteer', 14);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'Rudo Moyo', 15);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'Driving', 16);
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'Weekends', 17);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
+SELECT name, phone FROM payments.volunteer_list WHERE name = 'Rudo Moyo';
+
+-- a donor who chatted with their number, then hid it: the conversation (its draft, donations,
+-- check) goes on, and messages are still sent "to" the phone number, as Meta recommends
+SELECT pg_temp.say_as('263774000901', 'ZW.1774000901000000001', 'donate', 0, true);
+SELECT pg_temp.say_as('263774000901', 'ZW.1774000901000000001', '7', 1);
+SELECT * FROM pg_temp.replies('263774000901');
+SELECT pg_temp.say_as(NULL, 'ZW.1774000901000000001', 'pay_ecocash', 2, true);
+SELECT * FROM pg_temp.replies('263774000901');
+SELECT count(*) AS bsuid_replies FROM payments.outbox WHERE recipient = 'ZW.1774000901000000001';
+SELECT wa_id, user_id, state, draft ->> 'method' AS method FROM payments.chat_sessions WHERE user_id = 'ZW.1774000901000000001';
+SELECT payload ->> 'to' AS "to", payload ? 'recipient' AS has_recipient FROM payments.outbox
+ WHERE recipient = '263774000901' ORDER BY id DESC LIMIT 1;
+SELECT pg_temp.say_as(NULL, 'ZW.1774000901000000001', 'phone_same', 3, true);
+SELECT pg_temp.say_as(NULL, 'ZW.1774000901000000001', 'purpose_2', 4, true);
+SELECT pg_temp.say_as(NULL, 'ZW.1774000901000000001', 'confirm', 5);
+SELECT pg_temp.say_as(NULL, 'ZW.1774000901000000001', 'check', 6);
+SELECT * FROM pg_temp.replies('263774000901');
+SELECT p.donor_phone, p.metadata ? 'whatsapp_user_id' AS has_whatsapp_user_id, i.phone AS initiation_phone
+  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = '263774000901';
+
+-- an admin listed by BSUID is one; a message carrying neither a phone number nor a valid BSUID
+-- (lower case, no period, too long, another shape) is ignored, as one without a sender always was
+SELECT pg_temp.say_as(NULL, 'ZW.9000000000000000001', '/admin', 0);
+SELECT * FROM pg_temp.replies('ZW.9000000000000000001');
+SELECT pg_temp.say_as(NULL, b, 'Hi', 0)
+  FROM unnest(ARRAY['zw.1502576394655843', 'ZW1502576394655843', 'ZW.' || repeat('1', 129), 'ZW.15025-76394', NULL]) AS b;
+SELECT pg_temp.say_as('not a phone', 'ZW.15025-76394', 'Hi', 0);
+SELECT count(*) AS sessions FROM payments.chat_sessions
+ WHERE wa_id IN ('zw.1502576394655843', 'ZW1502576394655843', 'ZW.15025-76394') OR wa_id LIKE 'ZW.111%';
+
+-- the checks that took a phone number take a BSUID as strictly, and refuse anything else
+CREATE FUNCTION pg_temp.accepted(statement text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE statement;
+	RAISE EXCEPTION USING ERRCODE = 'PTEST';	-- (undone)
+EXCEPTION
+	WHEN check_violation THEN RETURN 'refused';
+	WHEN SQLSTATE 'PTEST' THEN RETURN 'accepted';
+END
+$$;
+SELECT CASE WHEN length(v) > 40 THEN left(v, 8) || '... (' || length(v) || ' characters)' ELSE v END AS id,
+	   pg_temp.accepted(format('INSERT INTO payments.chat_sessions (provider, wa_id, tokens) VALUES (''chat'', %L, 1)', v)) AS chat_session,
+	   pg_temp.accepted(format('INSERT INTO payments.chat_sessions (provider, wa_id, tokens, user_id) VALUES (''chat'', ''263774000999'', 1, %L)', v)) AS session_user_id,
+	   pg_temp.accepted(format('INSERT INTO payments.volunteers (provider, wa_id, name, skills, availability) VALUES (''chat'', %L, ''n'', ''s'', ''a'')', v)) AS volunteer,
+	   pg_temp.accepted(format('INSERT INTO payments.outbox (provider, recipient, event_type, payload) VALUES (''chat'', %L, ''whatsapp.text'', ''{}'')', v)) AS outbox,
+	   pg_temp.accepted(format('INSERT INTO payments.flow_tokens (token, provider, wa_id, expires_at) VALUES (''ft_0123456789abcdef'', ''chat'', %L, now() + interval ''1 hour'')', v)) AS flow_token
+  FROM unnest(ARRAY['ZW.1502576394655999', 'US.ENT.11815799212886844830', '263774000998', 'zw.1502576394655999', 'ZW.',
+					'ZW.15025 76394', 'ZW.' || repeat('1', 129), '+263774000998']) AS v;
+SELECT payments.issue_flow_token('chat', 'ZW.1502576394655843') ~ '^ft_[0-9a-f]{32}$' AS bsuid_token;
+SELECT wa_id FROM payments.flow_tokens WHERE provider = 'chat';
+SELECT payments.issue_flow_token('chat', 'zw.1502576394655843');
+DELETE FROM payments.flow_tokens WHERE provider = 'chat';
+SELECT payments.register_provider('chat_bad_admin', 'meta', '{"verify_token": "t", "admin_numbers": ["ZW.bad-id"]}');

@@ -121,7 +121,13 @@ async function startGraph() {
 						+ 'were too many messages sent from this phone number to the same phone number in a short period of time.' },
 					fbtrace_id: 'AZ3xgN7dYc1vVbEnWzWq0pL' } }));
 			}
-			if (m.messaging_product !== 'whatsapp' || m.recipient_type !== 'individual' || !/^[1-9][0-9]{5,14}$/.test(m.to))
+			// a phone number is "to"; a user known by business-scoped user id alone (WhatsApp usernames:
+			// the number withheld) is "recipient" (with both, Meta takes "to": never both here)
+			const field = m.to !== undefined ? 'to' : 'recipient';
+			const who = m.to ?? m.recipient;
+			if (m.messaging_product !== 'whatsapp' || m.recipient_type !== 'individual'
+				|| !(field === 'to' ? /^[1-9][0-9]{5,14}$/.test(m.to) && m.recipient === undefined
+					: /^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$/.test(m.recipient)))
 				return refuse(res, 'envelope');
 			let said;
 			let doc;
@@ -148,13 +154,14 @@ async function startGraph() {
 			} else return refuse(res, `type ${m.type}`);
 			g.n += 1;
 			const wamid = `wamid.OUT${g.n}`;
-			g.sent.push({ to: m.to, said, wamid, doc });
+			g.sent.push({ to: who, field, said, wamid, doc });
 			// Meta may report a status before the send call has answered
-			if (g.statusFirst.has(m.to)) {
-				await deliverToShim(metaBody({ statuses: [{ id: wamid, status: 'sent', timestamp: '1718001000', recipient_id: m.to }] }));
+			if (g.statusFirst.has(who)) {
+				await deliverToShim(metaBody({ statuses: [{ id: wamid, status: 'sent', timestamp: '1718001000',
+					...(field === 'to' ? { recipient_id: who } : { recipient_user_id: who }) }] }));
 			}
 			res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ messaging_product: 'whatsapp',
-				contacts: [{ input: m.to, wa_id: m.to }], messages: [{ id: wamid }] }));
+				contacts: [{ input: who, ...(field === 'to' ? { wa_id: who } : { user_id: who }) }], messages: [{ id: wamid }] }));
 		});
 	});
 	await new Promise((resolve) => g.server.listen(0, '127.0.0.1', resolve));
@@ -846,4 +853,50 @@ test('cancel while initiate_payments claims the request waits for the claim: the
 	// (the request claimed here was never sent: recorded as never having reached Paynow)
 	assert.equal(q(`SELECT payments.record_initiation(id, NULL, 'Connection refused', NULL) FROM payments.paynow_initiations
 		WHERE reference = :'r'`, { r: ref }), 'error');
+});
+
+test('a donor whose phone number WhatsApp withholds (a username: business-scoped user id only) is answered by "recipient", types the number to pay from and gets the receipt', async () => {
+	const bsuid = 'ZW.1502576394655843';
+	// as Meta sends it: messages[].from_user_id and contacts[].user_id, no from and no wa_id
+	const sayAsBsuid = (said, opts = {}) => {
+		const m = metaMessage(undefined, said, opts);
+		delete m.from;
+		return deliverToShim(metaBody({ contacts: [{ profile: { name: 'Rudo', username: 'rudo.m' }, user_id: bsuid }],
+			messages: [{ from_user_id: bsuid, ...m }] }));
+	};
+	const refusedBefore = graph.refused.length;
+	graph.statusFirst.add(bsuid);
+	assert.equal(await sayAsBsuid('Hi'), 'applied');
+	await sayAsBsuid('donate', { button: true });
+	await sayAsBsuid('10');
+	await sayAsBsuid('cur_USD', { button: true });
+	await sayAsBsuid('pay_ecocash', { button: true });
+	await sayAsBsuid('0779 000 123');
+	await sayAsBsuid('purpose_1', { button: true });
+	await sayAsBsuid(confirmButton(bsuid), { button: true });
+	const ref = lastRef(bsuid);
+	assert.match(ref, /^WA-\d{8}-\d+$/);
+	await work();
+	await until('the donor by BSUID paid', () => statusOf(ref) === 'paid');
+	await work();
+	graph.statusFirst.delete(bsuid);
+	assert.deepEqual(graph.refused.slice(refusedBefore), []);
+	const chat = graph.to(bsuid);
+	assert.match(chat[0], /^Hello Rudo! .* \[donate check volunteer help\]$/s);
+	assert.ok(chat.includes('Which EcoCash number should we send the payment request to? Type it like 0771234567.'), chat.join('\n'));
+	assert.ok(chat.some((s) => s.startsWith(`Dial *151*2*4# and approve 10.00 for ${ref}`)), chat.join('\n'));
+	const receipt = q(`SELECT receipt_no FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE reference = :'r'`, { r: ref });
+	assert.ok(chat.includes(`Thank you, Rudo! We received your donation of 10.00 USD (reference ${ref}) for Maternity ward.\n`
+		+ `Your receipt number is ${receipt}.`), chat.join('\n'));
+	// every message named the donor by "recipient", none by "to"; each was delivered, its wamid kept,
+	// and Meta's status for it (recipient_user_id, no recipient_id) applied
+	const sent = graph.sent.filter((x) => x.to === bsuid);
+	assert.ok(sent.length >= 8 && sent.every((x) => x.field === 'recipient'), JSON.stringify(sent));
+	assert.equal(q(`SELECT string_agg(DISTINCT state || ' ' || coalesce(message_status, '-'), ',') FROM payments.outbox WHERE recipient = :'w'`,
+		{ w: bsuid }), 'delivered sent');
+	assert.deepEqual(sent.map((x) => x.wamid), q(`SELECT wamid FROM payments.outbox WHERE recipient = :'w' ORDER BY id`, { w: bsuid }).split('\n'));
+	// Paynow was asked to prompt the number typed; the payment has no donor phone, the BSUID in its metadata
+	assert.ok(paynow.requests.some((r) => r.reference === ref && r.phone === '0779000123' && r.method === 'ecocash'));
+	assert.equal(q(`SELECT coalesce(donor_phone, '-') || ' ' || donor_name || ' ' || (metadata ->> 'whatsapp_user_id') FROM payments.payments
+		WHERE reference = :'r'`, { r: ref }), `- Rudo ${bsuid}`);
 });

@@ -5029,7 +5029,7 @@ BEGIN
 	-- a phone number as E.164 digits, or a business-scoped user id (the message predates those and
 	-- is kept as it was)
 	IF payments.whatsapp_user_id(NEW.wa_id) IS DISTINCT FROM NEW.wa_id THEN
-		RAISE EXCEPTION 'a flow token''s wa_id is a phone number in international form, digits only'
+		RAISE EXCEPTION 'a flow token''s wa_id is a phone number in international form, digits only, or a business-scoped user id'
 			USING ERRCODE = 'check_violation';
 	END IF;
 	IF NEW.expires_at <= NEW.created_at THEN
@@ -5156,7 +5156,7 @@ BEGIN
 		RAISE EXCEPTION 'unknown meta provider "%"', provider USING ERRCODE = 'undefined_object';
 	END IF;
 	IF digits IS NULL THEN
-		RAISE EXCEPTION 'wa_id must be a WhatsApp id (E.164 digits), not %', coalesce(quote_literal(wa_id), 'NULL')
+		RAISE EXCEPTION 'wa_id must be a WhatsApp id (E.164 digits, or a business-scoped user id such as US.13491208655302741918), not %', coalesce(quote_literal(wa_id), 'NULL')
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF valid_for IS NULL OR valid_for < interval '1 minute' OR valid_for > interval '30 days' THEN
@@ -5567,7 +5567,7 @@ BEGIN
 	IF settings ? 'admin_numbers' AND (jsonb_typeof(settings -> 'admin_numbers') <> 'array'
 		OR EXISTS (SELECT FROM jsonb_array_elements(settings -> 'admin_numbers') a
 					WHERE jsonb_typeof(a) <> 'string' OR payments.whatsapp_user_id(a #>> '{}') IS NULL)) THEN
-		RETURN 'admin_numbers must be an array of phone numbers in international form, e.g. ["263771234567"]';
+		RETURN 'admin_numbers must be an array of phone numbers in international form or business-scoped user ids, e.g. ["263771234567"]';
 	END IF;
 	IF settings ? 'paynow_providers' THEN
 		IF jsonb_typeof(settings -> 'paynow_providers') <> 'object' THEN
@@ -6516,7 +6516,11 @@ DECLARE
 	-- that BSUID (a phone number's, kept so that replies still go to the number, as Meta
 	-- recommends, and the donations there are still theirs), else the BSUID itself
 	phone	text := payments.e164_digits(ev.payload -> 'message' ->> 'from');
-	uid		text := payments.whatsapp_bsuid(ev.payload -> 'message' ->> 'from_user_id');
+	-- (or, in a delivery of one sender, their contact's user_id: Meta documents it on both)
+	uid		text := payments.whatsapp_bsuid(coalesce(ev.payload -> 'message' ->> 'from_user_id',
+							CASE WHEN jsonb_typeof(ev.payload -> 'contacts') = 'array'
+									  AND jsonb_array_length(ev.payload -> 'contacts') = 1
+								 THEN ev.payload -> 'contacts' -> 0 ->> 'user_id' END));
 	wa		text := coalesce(phone,
 							 (SELECT cs.wa_id FROM payments.chat_sessions cs
 							   WHERE cs.provider = ev.provider AND cs.user_id = uid

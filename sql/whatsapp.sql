@@ -1116,10 +1116,12 @@ SELECT * FROM pg_temp.replies('263776000050');
 -- contacts[].user_id), which the Graph API takes as "recipient" where a phone number is "to".
 -- say_as(phone or NULL, BSUID or NULL, text or button id, seconds): as say, the phone number
 -- (messages[].from, contacts[].wa_id) left out when NULL
-CREATE FUNCTION pg_temp.say_as(phone text, bsuid text, said text, at integer, button boolean DEFAULT false)
+-- (in_message false: the BSUID only in the contact, contacts[].user_id)
+CREATE FUNCTION pg_temp.say_as(phone text, bsuid text, said text, at integer, button boolean DEFAULT false,
+							   in_message boolean DEFAULT true)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
-	msg		jsonb := jsonb_strip_nulls(jsonb_build_object('from', phone, 'from_user_id', bsuid,
+	msg		jsonb := jsonb_strip_nulls(jsonb_build_object('from', phone, 'from_user_id', CASE WHEN in_message THEN bsuid END,
 										'id', 'wamid.in' || nextval('pg_temp.wamid'), 'timestamp', (1718000000 + at)::text));
 	body	text;
 	r		record;
@@ -1206,6 +1208,9 @@ SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'Driving', 16);
 SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'Weekends', 17);
 SELECT * FROM pg_temp.replies('ZW.1502576394655843');
 SELECT name, phone FROM payments.volunteer_list WHERE name = 'Rudo Moyo';
+-- a message whose BSUID is only in its contact (contacts[].user_id) is theirs too
+SELECT pg_temp.say_as(NULL, 'ZW.1502576394655843', 'menu', 18, false, false);
+SELECT * FROM pg_temp.replies('ZW.1502576394655843');
 
 -- a donor who chatted with their number, then hid it: the conversation (its draft, donations,
 -- check) goes on, and messages are still sent "to" the phone number, as Meta recommends

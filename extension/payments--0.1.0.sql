@@ -2144,8 +2144,8 @@ SELECT pg_catalog.pg_extension_config_dump('payments.certificates', '');
 -- receipt time zone (payments.receipt_timezone, default UTC).  Amounts are summed per currency
 -- only; payments.fx_rates converts to one base currency where rates are filled.
 --
--- A donor is identified by e-mail (case-insensitive), else phone (E.164 digits), else name
--- (case-insensitive): the column payments.payments.donor_key, kept from those three by a trigger.
+-- A donor is identified by e-mail (case-insensitive), else phone (E.164 digits), else WhatsApp
+-- business-scoped user id (a chat donor whose number is withheld), else name (case-insensitive): the column payments.payments.donor_key, kept from those three by a trigger.
 -- Anonymous payments (none of the three) belong to no donor.  Not a generated column: PostgreSQL
 -- 15 prepares a table's generation expressions again in every statement that writes the table,
 -- UPDATEs that leave the donor alone too, and each paid payment is written twice (its receipt
@@ -2153,7 +2153,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.certificates', '');
 
 ALTER TABLE payments.payments ADD COLUMN donor_key text;
 COMMENT ON COLUMN payments.payments.donor_key IS
-	'Who gave: email:<lower-case e-mail>, else phone:<E.164 digits>, else name:<lower-case name>; NULL when anonymous';
+	'Who gave: email:<lower-case e-mail>, else phone:<E.164 digits>, else whatsapp:<business-scoped user id> (metadata.whatsapp_user_id: a WhatsApp donor whose number is withheld), else name:<lower-case name>; NULL when anonymous';
 
 CREATE FUNCTION payments.keep_donor_key()
 RETURNS trigger
@@ -2164,13 +2164,16 @@ BEGIN
 	-- the collation: a Turkish one would make I a dotless i), its other letters by the database's
 	NEW.donor_key := CASE WHEN nullif(btrim(NEW.donor_email), '') IS NOT NULL THEN 'email:' || lower(lower(btrim(NEW.donor_email) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
 						  WHEN NEW.donor_phone IS NOT NULL THEN 'phone:' || NEW.donor_phone
+						  -- a WhatsApp donor whose number is withheld: their business-scoped user id
+						  WHEN payments.whatsapp_bsuid(NEW.metadata ->> 'whatsapp_user_id') IS NOT NULL
+							   THEN 'whatsapp:' || (NEW.metadata ->> 'whatsapp_user_id')
 						  WHEN nullif(btrim(NEW.donor_name), '') IS NOT NULL THEN 'name:' || lower(btrim(NEW.donor_name))
 					 END;
 	RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION payments.keep_donor_key() IS
-	'Trigger: derives donor_key from the donor''s e-mail, phone and name whenever a payment is inserted or any of them (or donor_key itself) is written';
+	'Trigger: derives donor_key from the donor''s e-mail, phone, WhatsApp business-scoped user id (metadata.whatsapp_user_id) and name whenever a payment is inserted or the e-mail, phone, name (or donor_key itself) is written';
 
 CREATE TRIGGER payments_donor_key
 	BEFORE INSERT OR UPDATE OF donor_email, donor_phone, donor_name, donor_key ON payments.payments
@@ -2288,6 +2291,16 @@ $$;
 COMMENT ON FUNCTION payments.mask_phone(text) IS
 	'A phone number masked for analysts: the last four digits kept (263771234567: ********4567)';
 
+CREATE FUNCTION payments.mask_whatsapp_user_id(id text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN id IS NOT NULL THEN 'WhatsApp ' || split_part(id, '.', 1) || '.****' || right(id, 4) END
+$$;
+COMMENT ON FUNCTION payments.mask_whatsapp_user_id(text) IS
+	'A WhatsApp business-scoped user id masked for analysts: its country code and last four characters (ZW.1502576394655843: WhatsApp ZW.****5843)';
+
 CREATE FUNCTION payments.mask_donor(donor_key text)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -2296,11 +2309,12 @@ AS $$
 	SELECT CASE split_part(donor_key, ':', 1)
 		WHEN 'email' THEN payments.mask_email(substr(donor_key, 7))
 		WHEN 'phone' THEN payments.mask_phone(substr(donor_key, 7))
+		WHEN 'whatsapp' THEN payments.mask_whatsapp_user_id(substr(donor_key, 10))
 		WHEN 'name' THEN substr(donor_key, 6)
 	END
 $$;
 COMMENT ON FUNCTION payments.mask_donor(text) IS
-	'A donor key as analysts see it: the masked e-mail, else the masked phone, else the name';
+	'A donor key as analysts see it: the masked e-mail, else the masked phone, else the masked WhatsApp business-scoped user id, else the name';
 
 CREATE FUNCTION payments.donor_key_of(donor text)
 RETURNS text
@@ -2310,11 +2324,12 @@ AS $$
 	-- (an e-mail address in lower case as payments.keep_donor_key makes it)
 	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(lower(btrim(donor) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
 				WHEN payments.e164_digits(donor) IS NOT NULL THEN 'phone:' || payments.e164_digits(donor)
+				WHEN payments.whatsapp_bsuid(btrim(donor)) IS NOT NULL THEN 'whatsapp:' || btrim(donor)
 				WHEN nullif(btrim(donor), '') IS NOT NULL THEN 'name:' || lower(btrim(donor))
 	END
 $$;
 COMMENT ON FUNCTION payments.donor_key_of(text) IS
-	'The donor key of what identifies a donor: an e-mail address, a phone number (any format), or a name';
+	'The donor key of what identifies a donor: an e-mail address, a phone number (any format), a WhatsApp business-scoped user id, or a name';
 
 CREATE FUNCTION payments.day_start(day date)
 RETURNS timestamptz
@@ -5163,13 +5178,17 @@ BEGIN
 		RAISE EXCEPTION 'valid_for must be between 1 minute and 30 days'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- a BSUID whose user chatted with their number is that conversation's (its donations, *check*)
+	IF payments.whatsapp_bsuid(digits) IS NOT NULL THEN
+		digits := payments.chat_wa_id_of(provider, digits);
+	END IF;
 	INSERT INTO payments.flow_tokens (token, provider, wa_id, expires_at)
 	VALUES (token, issue_flow_token.provider, digits, now() + valid_for);
 	RETURN token;
 END
 $$;
 COMMENT ON FUNCTION payments.issue_flow_token(text, text, interval) IS
-	'Issues a random flow token for a WhatsApp user (the flow_token of the Flow message sent to them; wa_id: the phone number, or the business-scoped user id of a user whose number is withheld), valid for the given time';
+	'Issues a random flow token for a WhatsApp user (the flow_token of the Flow message sent to them; wa_id: the phone number, or the business-scoped user id of a user whose number is withheld, which stands for the conversation that carries it: payments.chat_wa_id_of), valid for the given time';
 
 -- The donation form: screen DONATE (amount, currency, method, phone), then CONFIRM, then the
 -- Flow closes with SUCCESS.  Every submitted screen is validated again.
@@ -5681,6 +5700,20 @@ COMMENT ON TABLE payments.chat_sessions IS
 COMMENT ON COLUMN payments.chat_sessions.limited_at IS 'When the number ran out of tokens and was told so once; NULL: not limited';
 COMMENT ON COLUMN payments.chat_sessions.user_id IS
 	'The user''s business-scoped user id (BSUID, Meta''s messages[].from_user_id), from the last message that carried one: a message whose phone number Meta withholds continues the conversation that has it (its wa_id, the phone number, is still what messages are sent to)';
+-- The conversation of a business-scoped user id: one that carries it (a phone number's first: the
+-- user chatted with their number, then hid it), else the id itself
+CREATE FUNCTION payments.chat_wa_id_of(provider text, user_id text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce((SELECT cs.wa_id FROM payments.chat_sessions cs
+					  WHERE cs.provider = chat_wa_id_of.provider AND cs.user_id = chat_wa_id_of.user_id
+					  ORDER BY cs.wa_id = chat_wa_id_of.user_id, cs.last_activity_at DESC LIMIT 1), user_id)
+$$;
+COMMENT ON FUNCTION payments.chat_wa_id_of(text, text) IS
+	'The wa_id of the conversation a WhatsApp business-scoped user id belongs to: the conversation whose user_id it is (a phone number''s before the id''s own, then the latest), else the id itself';
+
 COMMENT ON COLUMN payments.chat_sessions.media_notice_at IS 'When the number was last told that only text and buttons are read (once a minute at most: an album is several messages)';
 
 CREATE TABLE payments.chat_donations (
@@ -6345,10 +6378,14 @@ BEGIN
 				'Sorry, this chat has asked other people''s numbers for payments too often today. Please pay from your own number, or try again tomorrow. Nothing was charged.'));
 			RETURN NULL;
 		END IF;
+		-- (a chat known by business-scoped user id alone has no number of its own: its requests to the
+		-- number, perhaps its user's own, are not another chat's, and the limit above bounds them)
 		IF (SELECT count(*) FROM payments.paynow_initiations i JOIN payments.chat_donations d ON d.payment_id = i.payment_id
 			 WHERE i.phone = draft ->> 'phone' AND i.created_at > now() - interval '1 day'
 			   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
-			   AND payments.chat_local_phone(d.wa_id) IS DISTINCT FROM i.phone) >= 3 THEN
+			   AND payments.chat_local_phone(d.wa_id) IS DISTINCT FROM i.phone
+			   AND NOT (payments.whatsapp_bsuid(chat_start_payment.wa_id) IS NOT NULL
+						AND d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id)) >= 3 THEN
 			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
 				'Sorry, %s has had too many payment requests from other chats today. Its owner can donate from their own WhatsApp, or try again tomorrow. Nothing was charged.',
 				draft ->> 'phone')));
@@ -6394,7 +6431,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day; donor_phone the WhatsApp number, none for a donor known by business-scoped user id alone, whose BSUID is metadata.whatsapp_user_id) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day; requests that prompted nobody, in state error or skipped, are not counted)';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day; donor_phone the WhatsApp number, none for a donor known by business-scoped user id alone, whose BSUID is metadata.whatsapp_user_id) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day, a chat known by business-scoped user id alone not counting as another chat; requests that prompted nobody, in state error or skipped, are not counted)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void
@@ -7090,7 +7127,10 @@ BEGIN
 	END IF;
 	admins := payments.chat_admin_numbers(d.provider);
 	approver := payments.whatsapp_user_id(p.metadata ->> 'approved_by');
-	IF approver = ANY (admins) THEN
+	-- the approver is still an admin: listed by their number, or by the business-scoped user id
+	-- their conversation carries (approved_by is the conversation's wa_id, their number when known)
+	IF approver = ANY (admins)
+	   OR (SELECT s.user_id FROM payments.chat_sessions s WHERE s.provider = d.provider AND s.wa_id = approver) = ANY (admins) THEN
 		admins := ARRAY[approver];
 	END IF;
 	FOREACH who IN ARRAY admins LOOP
@@ -7558,7 +7598,8 @@ REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, text), payments.rec
 -- The helpers the analysts' views and SQL functions call as the analyst, granted by name: under
 -- default privileges that take EXECUTE on new functions from PUBLIC, the reports would fail
 GRANT EXECUTE ON FUNCTION payments.receipt_day(timestamptz), payments.mask_email(text), payments.mask_phone(text),
-	payments.mask_donor(text), payments.base_currency(), payments.effective_setting(text) TO payments_analyst;
+	payments.mask_whatsapp_user_id(text), payments.mask_donor(text), payments.base_currency(),
+	payments.effective_setting(text) TO payments_analyst;
 
 -- Default privileges of the role creating the extension (ALTER DEFAULT PRIVILEGES) were given to
 -- every object above: to a read-only role, SELECT on the secrets.  Who may use the objects is what

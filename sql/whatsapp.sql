@@ -1265,3 +1265,39 @@ SELECT wa_id FROM payments.flow_tokens WHERE provider = 'chat';
 SELECT payments.issue_flow_token('chat', 'zw.1502576394655843');
 DELETE FROM payments.flow_tokens WHERE provider = 'chat';
 SELECT payments.register_provider('chat_bad_admin', 'meta', '{"verify_token": "t", "admin_numbers": ["ZW.bad-id"]}');
+
+-- analysts know a donor by BSUID by that id (two donors of one profile name are two donors), masked
+SELECT payments.mask_donor('whatsapp:ZW.1502576394655843') AS masked,
+	   payments.donor_key_of(' ZW.1502576394655843 ') AS key_of, payments.donor_key_of('zw.1502576394655843') AS not_one;
+SELECT count(*) AS history FROM payments.donor_history('ZW.1502576394655843');
+BEGIN;
+SELECT pg_temp.ask(w, '0777000070') AS started FROM unnest(ARRAY['ZW.7000000000000000003', 'ZW.7000000000000000004']) w;
+SELECT p.donor_key, p.donor_name FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+ WHERE d.wa_id IN ('ZW.7000000000000000003', 'ZW.7000000000000000004') ORDER BY p.id;
+ROLLBACK;
+-- a Flow token issued for the BSUID of a donor whose conversation is at their number is that
+-- conversation's (its donations, *check*); an unknown BSUID stands for itself
+SELECT payments.issue_flow_token('chat', 'ZW.1774000901000000001') AS known_token,
+	   payments.issue_flow_token('chat', 'ZW.1774000901000000999') AS unknown_token \gset
+SELECT (SELECT wa_id FROM payments.flow_tokens WHERE token = :'known_token') AS known,
+	   (SELECT wa_id FROM payments.flow_tokens WHERE token = :'unknown_token') AS unknown;
+DELETE FROM payments.flow_tokens WHERE provider = 'chat';
+-- a chat known by BSUID alone has no number of its own: every number it asks counts against its 5
+-- a day, none against the number's 3 a day from other chats (the number may be its user's); other
+-- chats' requests to that number still count
+BEGIN;
+SELECT n, pg_temp.ask('ZW.7000000000000000005', '0777000005') AS started FROM generate_series(1, 6) n;
+SELECT r FROM pg_temp.replies('ZW.7000000000000000005') r WHERE r LIKE 'Sorry%';
+SELECT w, pg_temp.ask(w, '0777000006') AS started
+  FROM unnest(ARRAY['ZW.7000000000000000006', 'ZW.7000000000000000007', '263773000041', 'ZW.7000000000000000008']) w;
+SELECT r FROM pg_temp.replies('ZW.7000000000000000008') r WHERE r LIKE 'Sorry%';
+ROLLBACK;
+-- an admin listed by BSUID, writing with their number: Paynow's news that a donation they approved
+-- by hand was paid goes to them alone
+SELECT pg_temp.late_donation('263772000098', 'Farai', 'Medicines', '1 hour') AS bsuid_admin_ref \gset
+SELECT pg_temp.say_as('263770000009', 'ZW.9000000000000000001', '/approve ' || :'bsuid_admin_ref', 40);
+SELECT max(id) AS before_out FROM payments.outbox \gset
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'bsuid_admin_ref'], ['paynowreference', '9098'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g98']]);
+SELECT recipient, payload -> 'text' ->> 'body' LIKE 'Paynow reports%' AS told FROM payments.outbox
+ WHERE id > :before_out AND payload -> 'text' ->> 'body' LIKE 'Paynow reports%' ORDER BY id;

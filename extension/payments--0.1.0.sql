@@ -6539,6 +6539,135 @@ $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
 	'Answers an admin number''s command: /stats (today''s totals per currency), /report [day] (payments.daily_report, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
 
+-- A WhatsApp user who changes phone number (Meta's system message user_changed_number), or whose
+-- business-scoped user id changes (user_changed_user_id) is the same person: what the chat keeps
+-- for them under the old id follows them to the new one, so that the notice of a donation still
+-- pending (its thank-you with the receipt, its failure) goes to the number they have now, and
+-- *check* from it finds the donation.  The old number no longer reaches them: the phone company
+-- may give it to someone else, who must not get the donor's receipts.
+--   What moves: the conversation (chat_sessions; when the new id has one already, say a message
+-- from the new number came first, the one with the later activity is kept whole, with the later
+-- of the two times of the last message answered, so that a late message to either is still not
+-- answered, and the other is dropped: a conversation is one draft at a time), the donations
+-- (chat_donations.wa_id: whom their notices go to, what check lists), the volunteer entry (the
+-- one updated last, when both ids have one), the flow tokens still valid (a Flow opened before the
+-- change submits under the new id), and the messages queued to the old id and not yet out
+-- (outbox rows pending, no attempt in flight: a message being sent when the change is applied
+-- keeps its recipient, and its retries go there; the rows are locked first, so that no claim of
+-- deliver_outbox starts while they are re-addressed).
+--   What stays: the history.  A payment's donor_phone, a Paynow initiation's phone (the number
+-- the mobile money was asked from, which Paynow and the reconciliation match), the Flow
+-- submissions, and the messages sent, dead or in flight tell what happened, at the number it
+-- happened to; expired flow tokens are dead already.
+--   changed_at: the time of the change (the system message's).  A conversation at the old id
+-- that answered a message after it is not the user's any more (a number given to someone else,
+-- who wrote from it): nothing moves, and false is returned, as when there is nothing to move.
+CREATE FUNCTION payments.chat_move_user(provider text, from_wa_id text, to_wa_id text, new_user_id text,
+										changed_at timestamptz DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src		payments.chat_sessions;
+	dst		payments.chat_sessions;
+	gone	payments.volunteers;
+	kept	payments.volunteers;
+	n		bigint;
+	moved	boolean := false;
+BEGIN
+	IF from_wa_id IS NULL OR to_wa_id IS NULL OR from_wa_id = to_wa_id
+	   OR payments.whatsapp_user_id(from_wa_id) IS DISTINCT FROM from_wa_id
+	   OR payments.whatsapp_user_id(to_wa_id) IS DISTINCT FROM to_wa_id
+	   OR payments.whatsapp_bsuid(new_user_id) IS DISTINCT FROM new_user_id THEN
+		RETURN false;
+	END IF;
+	-- both conversations locked, in wa_id order (as any other move touching the two locks them)
+	PERFORM FROM payments.chat_sessions cs
+	  WHERE cs.provider = chat_move_user.provider AND cs.wa_id IN (from_wa_id, to_wa_id)
+	  ORDER BY cs.wa_id FOR UPDATE;
+	SELECT cs.* INTO src FROM payments.chat_sessions cs WHERE cs.provider = chat_move_user.provider AND cs.wa_id = from_wa_id;
+	SELECT cs.* INTO dst FROM payments.chat_sessions cs WHERE cs.provider = chat_move_user.provider AND cs.wa_id = to_wa_id;
+	IF src.wa_id IS NOT NULL AND src.last_message_at > changed_at THEN
+		RETURN false;		-- the old id has been answered since the change: someone else's now
+	END IF;
+
+	-- the conversation; its BSUID is the new one when given, else the one the new id's own
+	-- conversation saw (a message from the new number carries the new BSUID), else none: a phone
+	-- number change regenerates the BSUID, and the old one reaches nobody
+	IF src.wa_id IS NOT NULL THEN
+		IF dst.wa_id IS NOT NULL AND dst.last_activity_at >= src.last_activity_at THEN
+			DELETE FROM payments.chat_sessions cs WHERE cs.provider = chat_move_user.provider AND cs.wa_id = from_wa_id;
+			UPDATE payments.chat_sessions cs
+			   SET user_id = coalesce(new_user_id, dst.user_id),
+				   last_message_at = greatest(dst.last_message_at, src.last_message_at),
+				   messages = dst.messages + src.messages
+			 WHERE cs.provider = chat_move_user.provider AND cs.wa_id = to_wa_id;
+		ELSE
+			DELETE FROM payments.chat_sessions cs WHERE cs.provider = chat_move_user.provider AND cs.wa_id = to_wa_id;
+			UPDATE payments.chat_sessions cs
+			   SET wa_id = to_wa_id, user_id = coalesce(new_user_id, dst.user_id),
+				   last_message_at = greatest(dst.last_message_at, src.last_message_at),
+				   messages = src.messages + coalesce(dst.messages, 0)
+			 WHERE cs.provider = chat_move_user.provider AND cs.wa_id = from_wa_id;
+		END IF;
+		moved := true;
+	ELSIF dst.wa_id IS NOT NULL AND new_user_id IS DISTINCT FROM dst.user_id AND new_user_id IS NOT NULL THEN
+		UPDATE payments.chat_sessions cs SET user_id = new_user_id
+		 WHERE cs.provider = chat_move_user.provider AND cs.wa_id = to_wa_id;
+	END IF;
+
+	-- the donations: whom their notices go to, what *check* and the pending-donation guard find
+	UPDATE payments.chat_donations d SET wa_id = to_wa_id
+	 WHERE d.provider = chat_move_user.provider AND d.wa_id = from_wa_id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	moved := moved OR n > 0;
+
+	-- the volunteer entry: the one updated last, when both ids have one
+	SELECT v.* INTO gone FROM payments.volunteers v
+	 WHERE v.provider = chat_move_user.provider AND v.wa_id = from_wa_id FOR UPDATE;
+	IF gone.id IS NOT NULL THEN
+		SELECT v.* INTO kept FROM payments.volunteers v
+		 WHERE v.provider = chat_move_user.provider AND v.wa_id = to_wa_id FOR UPDATE;
+		IF kept.id IS NOT NULL AND kept.updated_at >= gone.updated_at THEN
+			DELETE FROM payments.volunteers v WHERE v.id = gone.id;
+		ELSE
+			DELETE FROM payments.volunteers v WHERE v.id = kept.id;
+			UPDATE payments.volunteers v SET wa_id = to_wa_id WHERE v.id = gone.id;
+		END IF;
+		moved := true;
+	END IF;
+
+	-- the flow tokens still valid
+	UPDATE payments.flow_tokens t SET wa_id = to_wa_id
+	 WHERE t.provider = chat_move_user.provider AND t.wa_id = from_wa_id AND t.expires_at > now();
+	GET DIAGNOSTICS n = ROW_COUNT;
+	moved := moved OR n > 0;
+
+	-- the messages queued and not out: locked first (a claim skips locked rows, and one that
+	-- committed before the lock shows its attempt to the next statement), then re-addressed,
+	-- "to" a phone number, "recipient" a BSUID (a document's in its message); an attempt in
+	-- flight is one unfinished within its lease (past it, the next claim closes it as interrupted)
+	PERFORM FROM payments.outbox o
+	  WHERE o.provider = chat_move_user.provider AND o.recipient = from_wa_id AND o.state = 'pending'
+	  ORDER BY o.id FOR UPDATE;
+	UPDATE payments.outbox o
+	   SET recipient = to_wa_id,
+		   payload = CASE WHEN o.payload ? 'message'
+						  THEN jsonb_set(o.payload, '{message}', (o.payload -> 'message') - 'to' - 'recipient'
+										 || jsonb_build_object(payments.whatsapp_recipient_field(to_wa_id), to_wa_id))
+						  ELSE o.payload - 'to' - 'recipient'
+							   || jsonb_build_object(payments.whatsapp_recipient_field(to_wa_id), to_wa_id) END
+	 WHERE o.provider = chat_move_user.provider AND o.recipient = from_wa_id AND o.state = 'pending'
+	   AND NOT (o.next_attempt_at > now()
+				AND EXISTS (SELECT FROM payments.outbox_attempts a WHERE a.outbox_id = o.id AND a.finished_at IS NULL));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN moved OR n > 0;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_move_user(text, text, text, text, timestamptz) IS
+	'Follows a WhatsApp user from one id to another (a new phone number, or a new business-scoped user id): moves the conversation (merged with one the new id has: the later active kept), its BSUID set to new_user_id (else the new id''s conversation''s, else none), the donations, the volunteer entry (the later updated kept), the flow tokens still valid, and the messages queued and not in flight (re-addressed); history (payments, Paynow initiations, Flow submissions, messages sent) stays. Nothing moves when the old id''s conversation answered a message after changed_at. Returns whether anything moved';
+
 CREATE FUNCTION payments.chat_message(ev payments.events, settings jsonb)
 RETURNS text
 LANGUAGE plpgsql
@@ -6589,11 +6718,60 @@ DECLARE
 	pay		payments.payments;
 	change	payments.payment_change;
 	cancelled integer;
+	notice	jsonb := ev.payload -> 'message' -> 'system';
+	old_uid	text;
+	new_uid	text;
+	new_wa	text;
+	moved	boolean;
 BEGIN
-	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages' OR wa IS NULL
+	IF ev.payload ->> 'field' IS DISTINCT FROM 'messages'
 	   OR NOT (cfg ? 'access_token' AND cfg ? 'phone_number_id')
 	   OR ev.payload -> 'metadata' ->> 'phone_number_id' IS DISTINCT FROM cfg ->> 'phone_number_id' THEN
 		RETURN 'ignored';		-- no conversation on this provider, or another number of the same app
+	END IF;
+
+	-- WhatsApp's own notice (a system message: no contacts, never answered) that the user changed
+	-- phone number (user_changed_number; customer_changed_number before Graph API v12) or that
+	-- their business-scoped user id changed (user_changed_user_id, since August 2026): what the
+	-- chat keeps for them follows them (payments.chat_move_user); applied when something moved.
+	-- messages[].from is the OLD number; system.wa_id the new one (new_wa_id before v12, and
+	-- system.customer the old one); system.previous_user_id the old BSUID (a number change
+	-- regenerates it too) and system.user_id the new one (as pywa reads it; Meta's reference
+	-- names the previous fields only), else the message's from_user_id when it is not the previous
+	IF msg ->> 'type' = 'system' THEN
+		old_uid := payments.whatsapp_bsuid(notice ->> 'previous_user_id');
+		new_uid := coalesce(payments.whatsapp_bsuid(notice ->> 'user_id'),
+							CASE WHEN old_uid IS NOT NULL
+								 THEN nullif(payments.whatsapp_bsuid(msg ->> 'from_user_id'), old_uid) END);
+		IF notice ->> 'type' IN ('user_changed_number', 'customer_changed_number') THEN
+			new_wa := payments.e164_digits(coalesce(notice ->> 'wa_id', notice ->> 'new_wa_id'));
+			IF new_wa IS NULL THEN
+				RETURN 'ignored';
+			END IF;
+			-- the old number; without it (withheld), the conversation that saw the old BSUID, else
+			-- the one keyed by it; then a conversation of the old BSUID's own too (one written
+			-- before the number was shown), which the new number now is
+			moved := payments.chat_move_user(ev.provider,
+						coalesce(phone, payments.e164_digits(notice ->> 'customer'),
+								 (SELECT cs.wa_id FROM payments.chat_sessions cs
+								   WHERE cs.provider = ev.provider AND cs.user_id = old_uid
+								   ORDER BY cs.wa_id = old_uid, cs.last_activity_at DESC LIMIT 1),
+								 old_uid),
+						new_wa, new_uid, ev.event_at);
+			moved := payments.chat_move_user(ev.provider, old_uid, new_wa, new_uid, ev.event_at) OR moved;
+		ELSIF notice ->> 'type' = 'user_changed_user_id' AND old_uid IS NOT NULL AND new_uid IS NOT NULL
+			  AND old_uid <> new_uid THEN
+			-- a conversation at a phone number keeps its key and learns the new BSUID; one keyed by
+			-- the old BSUID (a user whose number is withheld) moves to the new one
+			UPDATE payments.chat_sessions cs SET user_id = new_uid
+			 WHERE cs.provider = ev.provider AND cs.user_id = old_uid AND cs.wa_id <> old_uid;
+			moved := FOUND;
+			moved := payments.chat_move_user(ev.provider, old_uid, new_uid, new_uid, ev.event_at) OR moved;
+		END IF;
+		RETURN CASE WHEN moved THEN 'applied' ELSE 'ignored' END;
+	END IF;
+	IF wa IS NULL THEN
+		RETURN 'ignored';		-- no valid sender
 	END IF;
 	INSERT INTO payments.chat_sessions AS cs (provider, wa_id, tokens, user_id) VALUES (ev.provider, wa, cap, uid)
 	ON CONFLICT (provider, wa_id) DO NOTHING;
@@ -6608,10 +6786,9 @@ BEGIN
 		RETURN 'ignored';
 	END IF;
 	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a Flow's completion
-	-- (nfm_reply: the Flow's data exchange started the payment and said so), nor a notice of
-	-- WhatsApp's own (system: the donor changed number), nor a message in a group (group_id: a
-	-- reply would go to the sender alone)
-	IF msg ->> 'type' IN ('reaction', 'system') OR msg -> 'interactive' ->> 'type' = 'nfm_reply'
+	-- (nfm_reply: the Flow's data exchange started the payment and said so), nor a message in a
+	-- group (group_id: a reply would go to the sender alone)
+	IF msg ->> 'type' = 'reaction' OR msg -> 'interactive' ->> 'type' = 'nfm_reply'
 	   OR msg ? 'group_id' THEN
 		RETURN 'ignored';
 	END IF;
@@ -6938,7 +7115,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation (the sender''s phone number; without one, the conversation that last saw their business-scoped user id, from_user_id, else that id): rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, no valid sender, older than the last message answered, over the rate limit, a reaction, a Flow''s completion, a system notice or a group message)';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation (the sender''s phone number; without one, the conversation that last saw their business-scoped user id, from_user_id, else that id): rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, no valid sender, older than the last message answered, over the rate limit, a reaction, a Flow''s completion or a group message); a system notice that the user changed phone number or business-scoped user id is not answered: what the chat keeps for them follows them (payments.chat_move_user), applied when something moved, else ignored';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer
@@ -7496,6 +7673,7 @@ REVOKE ALL ON FUNCTION payments.chat_check(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_admin(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message(payments.events, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_move_user(text, text, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_status(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
@@ -7568,7 +7746,8 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.record_reconciliation(bigint, integer, text, text),
 	payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text),
 	payments.flows_answer(text, jsonb),
-	payments.chat_message(payments.events, jsonb), payments.chat_status(payments.events),
+	payments.chat_message(payments.events, jsonb), payments.chat_move_user(text, text, text, text, timestamptz),
+	payments.chat_status(payments.events),
 	payments.chat_event(payments.events, jsonb), payments.chat_message_sent(bigint, text),
 	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
 	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),

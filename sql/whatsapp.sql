@@ -1301,3 +1301,156 @@ SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'bsuid_admin_ref'], ['payno
 	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g98']]);
 SELECT recipient, payload -> 'text' ->> 'body' LIKE 'Paynow reports%' AS told FROM payments.outbox
  WHERE id > :before_out AND payload -> 'text' ->> 'body' LIKE 'Paynow reports%' ORDER BY id;
+-- A user who changes phone number: Meta sends a system message (no contacts array) from the OLD
+-- number, the new one in system.wa_id; since August 2026 with the previous BSUID
+-- (system.previous_user_id) and the new one (system.user_id), and user_changed_user_id when only
+-- the BSUID changed.  What the chat keeps for them follows them; the notice is not answered.
+-- notice(old phone or NULL, system object, seconds, from_user_id or NULL)
+CREATE FUNCTION pg_temp.notice(phone text, sys jsonb, at integer, from_user_id text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	msg		jsonb := jsonb_strip_nulls(jsonb_build_object('from', phone, 'from_user_id', from_user_id,
+										'id', 'wamid.in' || nextval('pg_temp.wamid'), 'timestamp', (1718000000 + at)::text,
+										'type', 'system', 'system', sys));
+	body	text := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
+		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
+			'messages', jsonb_build_array(msg)))))))::text;
+	r		record;
+BEGIN
+	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
+		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
+	RETURN r.http_status || ' ' || r.outcome;
+END
+$$;
+CREATE FUNCTION pg_temp.moved(old text, new text, at integer, uid text DEFAULT NULL, previous text DEFAULT NULL) RETURNS text
+LANGUAGE sql AS $$
+	SELECT pg_temp.notice(old, jsonb_strip_nulls(jsonb_build_object('body', format('User Tendai changed from %s to %s', old, new),
+		'wa_id', new, 'type', 'user_changed_number', 'user_id', uid, 'previous_user_id', previous)), at)
+$$;
+CREATE FUNCTION pg_temp.where_is(who text[]) RETURNS TABLE (wa_id text, state text, user_id text, sessions bigint, donations bigint,
+	volunteers bigint, flow_tokens bigint, pending_out bigint)
+LANGUAGE sql AS $$
+	SELECT w, (SELECT s.state FROM payments.chat_sessions s WHERE s.provider = 'chat' AND s.wa_id = w),
+		   (SELECT s.user_id FROM payments.chat_sessions s WHERE s.provider = 'chat' AND s.wa_id = w),
+		   (SELECT count(*) FROM payments.chat_sessions s WHERE s.provider = 'chat' AND s.wa_id = w),
+		   (SELECT count(*) FROM payments.chat_donations d WHERE d.provider = 'chat' AND d.wa_id = w),
+		   (SELECT count(*) FROM payments.volunteers v WHERE v.provider = 'chat' AND v.wa_id = w),
+		   (SELECT count(*) FROM payments.flow_tokens t WHERE t.provider = 'chat' AND t.wa_id = w),
+		   (SELECT count(*) FROM payments.outbox o WHERE o.provider = 'chat' AND o.recipient = w AND o.state = 'pending')
+	  FROM unnest(who) WITH ORDINALITY AS x (w, n) ORDER BY n
+$$;
+
+-- a donor whose donation is still pending changes number: the conversation, the donation and a
+-- valid flow token move (an expired token, the payment's donor_phone and the Paynow request's
+-- number stay: history); *check* from the new number finds the donation, and its thank-you goes
+-- there.  A reply queued to the old number and not yet out is re-addressed; one in flight is not
+SELECT pg_temp.say('263775100001', 'donate', 100, true);
+SELECT pg_temp.say('263775100001', '5', 101);
+SELECT pg_temp.say('263775100001', 'pay_ecocash', 102, true);
+SELECT pg_temp.say('263775100001', 'phone_same', 103, true);
+SELECT pg_temp.say('263775100001', 'Medicines', 104);
+SELECT pg_temp.say('263775100001', 'confirm', 105);
+SELECT p.reference AS moved_ref FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+ WHERE d.wa_id = '263775100001' \gset
+SELECT payments.issue_flow_token('chat', '263775100001') AS moved_token \gset
+INSERT INTO payments.flow_tokens (token, provider, wa_id, created_at, expires_at)
+VALUES ('ft_expired0123456789', 'chat', '263775100001', now() - interval '2 days', now() - interval '1 day');
+UPDATE payments.outbox SET state = 'delivered' WHERE recipient = '263775100001';
+SELECT pg_temp.say('263775100001', 'help', 106);
+SELECT pg_temp.say('263775100001', 'menu', 107);
+-- (the first of the two is being sent: an attempt started, its lease running)
+WITH o AS (UPDATE payments.outbox SET attempts = 1, next_attempt_at = now() + interval '1 minute'
+			WHERE id = (SELECT min(id) FROM payments.outbox WHERE recipient = '263775100001' AND state = 'pending')
+		   RETURNING id)
+INSERT INTO payments.outbox_attempts (outbox_id, attempt) SELECT id, 1 FROM o;
+SELECT pg_temp.moved('263775100001', '263775100011', 108);
+SELECT * FROM pg_temp.where_is(ARRAY['263775100001', '263775100011']);
+SELECT wa_id, expires_at > now() AS valid FROM payments.flow_tokens
+ WHERE token IN (:'moved_token', 'ft_expired0123456789') ORDER BY token = :'moved_token';
+SELECT recipient, payload ->> 'to' AS "to", payload ? 'recipient' AS has_recipient, state, attempts
+  FROM payments.outbox WHERE recipient IN ('263775100001', '263775100011') AND state = 'pending' ORDER BY id;
+SELECT p.donor_phone, i.phone AS initiation_phone FROM payments.payments p
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE p.reference = :'moved_ref';
+SELECT count(*) AS old_replies FROM pg_temp.replies('263775100001');
+UPDATE payments.outbox SET state = 'delivered' WHERE recipient = '263775100011';
+SELECT * FROM pg_temp.replies('263775100011');
+SELECT pg_temp.say('263775100011', 'check', 109);
+SELECT * FROM pg_temp.replies('263775100011');
+SELECT pg_temp.say('263770000001', '/approve ' || :'moved_ref', 900010);
+SELECT * FROM pg_temp.replies('263775100011');
+SELECT * FROM pg_temp.replies('263775100001');
+-- a redelivery of the same change (another wamid) finds nothing left to move
+SELECT pg_temp.moved('263775100001', '263775100011', 108);
+
+-- a volunteer changes number to one that registered too, earlier: the later entry is kept, at the
+-- new number
+SELECT pg_temp.say('263775100012', 'volunteer', 100, true);
+SELECT pg_temp.say('263775100012', 'Farai', 101);
+SELECT pg_temp.say('263775100012', 'Driving', 102);
+SELECT pg_temp.say('263775100012', 'Sundays', 103);
+SELECT pg_temp.say('263775100002', 'volunteer', 100, true);
+SELECT pg_temp.say('263775100002', 'Farai Moyo', 101);
+SELECT pg_temp.say('263775100002', 'Nursing', 102);
+SELECT pg_temp.say('263775100002', 'Weekends', 103);
+SELECT pg_temp.moved('263775100002', '263775100012', 104);
+SELECT wa_id, name, skills, availability FROM payments.volunteers WHERE wa_id IN ('263775100002', '263775100012');
+SELECT phone, name FROM payments.volunteer_list WHERE name LIKE 'Farai%';
+
+-- the new number wrote first (its message newer than the change): the two conversations merge,
+-- the one active last kept (the new number's menu, not the old number's amount question), with
+-- the later time of the last message answered; the old number's donation moves to it
+SELECT pg_temp.say('263775100004', 'donate', 100, true);
+SELECT pg_temp.say('263775100004', '5', 101);
+SELECT pg_temp.say('263775100004', 'pay_ecocash', 102, true);
+SELECT pg_temp.say('263775100004', 'phone_same', 103, true);
+SELECT pg_temp.say('263775100004', 'Medicines', 104);
+SELECT pg_temp.say('263775100004', 'confirm', 105);
+SELECT pg_temp.say('263775100004', 'donate anyway', 106);
+SELECT pg_temp.say('263775100014', 'Hi', 120);
+SELECT pg_temp.moved('263775100004', '263775100014', 110);
+SELECT * FROM pg_temp.where_is(ARRAY['263775100004', '263775100014']);
+SELECT last_message_at = to_timestamp(1718000120) AS last_message_kept, messages FROM payments.chat_sessions
+ WHERE wa_id = '263775100014';
+
+-- an invalid new number, or a system message of another type, moves nothing and starts no
+-- conversation
+SELECT pg_temp.say('263775100005', 'donate', 100, true);
+SELECT pg_temp.moved('263775100005', 'not a number', 101);
+SELECT pg_temp.notice('263775100005', '{"body": "User Tendai changed", "type": "customer_identity_changed", "wa_id": "263775100015"}', 102);
+SELECT pg_temp.moved('263775100025', '263775100035', 103);
+SELECT * FROM pg_temp.where_is(ARRAY['263775100005', '263775100015', '263775100025', '263775100035']);
+
+-- a system message older than the old number's last message answered: the number was answered
+-- since, so it is someone else's now; nothing moves.  A later one moves the conversation
+SELECT pg_temp.say('263775100008', 'donate', 120, true);
+SELECT pg_temp.moved('263775100008', '263775100018', 110);
+SELECT * FROM pg_temp.where_is(ARRAY['263775100008', '263775100018']);
+SELECT pg_temp.moved('263775100008', '263775100018', 130);
+SELECT * FROM pg_temp.where_is(ARRAY['263775100008', '263775100018']);
+
+-- user_changed_user_id: a conversation at a phone number learns the new BSUID, so that a message
+-- without the number still finds it; then a number change with the number withheld (no "from")
+-- finds the conversation by the previous BSUID and takes the new one
+SELECT pg_temp.say_as('263775100006', 'ZW.1775100006000000001', 'Hi', 100);
+SELECT pg_temp.notice(NULL, '{"body": "User Tendai changed", "type": "user_changed_user_id",
+	"previous_user_id": "ZW.1775100006000000001", "user_id": "ZW.1775100006000000002"}', 101);
+SELECT * FROM pg_temp.where_is(ARRAY['263775100006']);
+SELECT pg_temp.say_as(NULL, 'ZW.1775100006000000002', 'help', 102);
+SELECT count(*) > 0 AS answered_at_the_number FROM pg_temp.replies('263775100006');
+SELECT pg_temp.moved(NULL, '263775100016', 103, 'ZW.1775100006000000003', 'ZW.1775100006000000002');
+SELECT * FROM pg_temp.where_is(ARRAY['263775100006', '263775100016']);
+-- a number change with only the previous BSUID: the old one is dead, none is kept
+SELECT pg_temp.moved('263775100016', '263775100026', 104, NULL, 'ZW.1775100006000000003');
+SELECT * FROM pg_temp.where_is(ARRAY['263775100016', '263775100026']);
+
+-- user_changed_user_id of a user known by BSUID alone: the conversation keyed by it moves to the
+-- new BSUID (here given as the message's from_user_id), its queued reply sent as "recipient" to it
+SELECT pg_temp.say_as(NULL, 'ZW.1775100007000000001', 'volunteer', 100);
+SELECT pg_temp.notice(NULL, '{"body": "User Rudo changed", "type": "user_changed_user_id",
+	"previous_user_id": "ZW.1775100007000000001"}', 101, 'ZW.1775100007000000002');
+SELECT * FROM pg_temp.where_is(ARRAY['ZW.1775100007000000001', 'ZW.1775100007000000002']);
+SELECT recipient, payload ->> 'recipient' AS payload_recipient, payload ? 'to' AS has_to FROM payments.outbox
+ WHERE recipient LIKE 'ZW.1775100007%' AND state = 'pending' ORDER BY id;
+SELECT pg_temp.say_as(NULL, 'ZW.1775100007000000002', 'Rudo', 102);
+SELECT * FROM pg_temp.replies('ZW.1775100007000000002');

@@ -373,6 +373,35 @@ test('a donation in each method is initiated from the database and ends paid, wi
 	}
 });
 
+test('a donor who changes number between a confirmed donation and its paid notice is thanked at the new number', async () => {
+	const [old, now] = ['263772345601', '263772345611'];
+	await donate(old, { method: 'ecocash', currency: 'USD', amount: '7.00' });
+	const ref = lastRef(old);
+	// the replies so far reach the old number; the Paynow request is not sent yet
+	await session(`DO $$ DECLARE last bigint; BEGIN LOOP last := (SELECT max(id) FROM payments.outbox_attempts);
+		CALL payments.deliver_outbox(100); EXIT WHEN (SELECT max(id) FROM payments.outbox_attempts) IS NOT DISTINCT FROM last;
+		END LOOP; END $$;\n`);
+	assert.ok(graph.to(old).some((m) => m.includes(ref)), graph.to(old).join('\n'));
+	// Meta's notice, as it sends it: from the old number, no contacts array
+	seq += 1;
+	assert.equal(await deliverToShim(metaBody({ messages: [{ from: old, id: `wamid.IN${seq}`, timestamp: String(1718000000 + seq),
+		type: 'system', system: { body: `User Tendai changed from ${old} to ${now}`, wa_id: now, type: 'user_changed_number' } }] })),
+	'applied');
+	await work();
+	await until(`${ref} paid`, () => statusOf(ref) === 'paid');
+	await work();
+	const receipt = q(`SELECT receipt_no FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE reference = :'r'`, { r: ref });
+	assert.ok(graph.to(now).includes(`Thank you, Tendai! We received your donation of 7.00 USD (reference ${ref}) for Maternity ward.\n`
+		+ `Your receipt number is ${receipt}.`), graph.to(now).join('\n'));
+	assert.ok(graph.to(now).some((m) => m.startsWith(`Dial *151*2*4# and approve 7.00 for ${ref}`)), graph.to(now).join('\n'));
+	assert.ok(!graph.to(old).some((m) => m.includes('receipt number') || m.startsWith('Dial ')), graph.to(old).join('\n'));
+	// *check* from the new number finds it
+	assert.equal(await say(now, 'check'), 'applied');
+	await work();
+	assert.ok(graph.to(now).at(-1).includes(receipt), graph.to(now).join('\n'));
+	assert.deepEqual(graph.refused, []);
+});
+
 test('edit and cancel paths, invalid amounts', async () => {
 	const who = '263772000010';
 	await say(who, 'donate', { button: true });

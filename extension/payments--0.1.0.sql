@@ -6687,11 +6687,7 @@ DECLARE
 							CASE WHEN jsonb_typeof(ev.payload -> 'contacts') = 'array'
 									  AND jsonb_array_length(ev.payload -> 'contacts') = 1
 								 THEN ev.payload -> 'contacts' -> 0 ->> 'user_id' END));
-	wa		text := coalesce(phone,
-							 (SELECT cs.wa_id FROM payments.chat_sessions cs
-							   WHERE cs.provider = ev.provider AND cs.user_id = uid
-							   ORDER BY cs.wa_id = uid, cs.last_activity_at DESC LIMIT 1),
-							 uid);
+	wa		text := coalesce(phone, payments.chat_wa_id_of(ev.provider, uid));
 	-- the profile of the sender: a delivery of several messages lists every sender's contact (by
 	-- phone number, contacts[].wa_id; without one, by BSUID, contacts[].user_id)
 	profile	text := left((SELECT c -> 'profile' ->> 'name'
@@ -6753,10 +6749,7 @@ BEGIN
 			-- before the number was shown), which the new number now is
 			moved := payments.chat_move_user(ev.provider,
 						coalesce(phone, payments.e164_digits(notice ->> 'customer'),
-								 (SELECT cs.wa_id FROM payments.chat_sessions cs
-								   WHERE cs.provider = ev.provider AND cs.user_id = old_uid
-								   ORDER BY cs.wa_id = old_uid, cs.last_activity_at DESC LIMIT 1),
-								 old_uid),
+								 payments.chat_wa_id_of(ev.provider, old_uid)),
 						new_wa, new_uid, ev.event_at);
 			moved := payments.chat_move_user(ev.provider, old_uid, new_wa, new_uid, ev.event_at) OR moved;
 		ELSIF notice ->> 'type' = 'user_changed_user_id' AND old_uid IS NOT NULL AND new_uid IS NOT NULL
@@ -6772,6 +6765,16 @@ BEGIN
 	END IF;
 	IF wa IS NULL THEN
 		RETURN 'ignored';		-- no valid sender
+	END IF;
+	-- a user known by BSUID alone (a conversation, a Flow's donations, a volunteer entry keyed by
+	-- it) whose number now shows (Meta's contact book, a message within 30 days): what the chat
+	-- keeps for them moves to the number, as it would had they changed number, so that their draft,
+	-- donations and *check* go on there
+	IF phone IS NOT NULL AND uid IS NOT NULL
+	   AND (EXISTS (SELECT FROM payments.chat_sessions cs WHERE cs.provider = ev.provider AND cs.wa_id = uid)
+			OR EXISTS (SELECT FROM payments.chat_donations d WHERE d.provider = ev.provider AND d.wa_id = uid)
+			OR EXISTS (SELECT FROM payments.volunteers v WHERE v.provider = ev.provider AND v.wa_id = uid)) THEN
+		PERFORM payments.chat_move_user(ev.provider, uid, phone, uid, ev.event_at);
 	END IF;
 	INSERT INTO payments.chat_sessions AS cs (provider, wa_id, tokens, user_id) VALUES (ev.provider, wa, cap, uid)
 	ON CONFLICT (provider, wa_id) DO NOTHING;

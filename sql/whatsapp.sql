@@ -1454,3 +1454,27 @@ SELECT recipient, payload ->> 'recipient' AS payload_recipient, payload ? 'to' A
  WHERE recipient LIKE 'ZW.1775100007%' AND state = 'pending' ORDER BY id;
 SELECT pg_temp.say_as(NULL, 'ZW.1775100007000000002', 'Rudo', 102);
 SELECT * FROM pg_temp.replies('ZW.1775100007000000002');
+
+-- a user known by BSUID alone whose number then shows (Meta's contact book): their conversation
+-- moves to the number, the draft going on there; so do their donations (*check*, and the guard
+-- against giving twice)
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000001', 'donate', 0, true);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000001', '5', 1);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000001', 'pay_ecocash', 2, true);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000001', '0777000001', 3);
+SELECT pg_temp.say_as('263777000001', 'ZW.7000000000000000001', 'purpose_1', 4, true);
+SELECT * FROM pg_temp.replies('263777000001');
+SELECT wa_id, user_id, state FROM payments.chat_sessions WHERE user_id = 'ZW.7000000000000000001';
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000002', 'donate', 0, true);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000002', '5', 1);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000002', 'pay_ecocash', 2, true);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000002', '0777000002', 3);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000002', 'purpose_1', 4, true);
+SELECT pg_temp.say_as(NULL, 'ZW.7000000000000000002', 'confirm', 5);
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('ZW.7000000000000000002');
+SELECT pg_temp.say_as('263777000002', 'ZW.7000000000000000002', 'check', 6);
+SELECT pg_temp.say_as('263777000002', 'ZW.7000000000000000002', 'donate', 7, true);
+SELECT * FROM pg_temp.replies('263777000002');
+SELECT d.wa_id, s.user_id FROM payments.chat_donations d
+  JOIN payments.chat_sessions s ON s.provider = d.provider AND s.wa_id = d.wa_id
+ WHERE s.user_id = 'ZW.7000000000000000002';

@@ -174,14 +174,24 @@ ExtractMetaEvents(const Provider *provider, const Delivery *delivery, EventList 
 	}
 }
 
-/* A Meta provider needs the verify_token of the subscription handshake */
+/*
+ * A Meta provider needs the verify_token of the subscription handshake; it and
+ * the chat's access_token must not be the placeholders of the documentation
+ * (the README's examples hold them), which would register and then fail
+ * Meta's handshake or every message sent.
+ */
 static char *
 MetaSettingsProblem(Jsonb *settings)
 {
 	char	   *token = SettingText(settings, "verify_token");
+	char	   *access_token = SettingText(settings, "access_token");
 
 	if (token == NULL || token[0] == '\0')
 		return pstrdup("setting \"verify_token\" (a non-empty string) is required for Meta's subscription handshake");
+	if (IsDocumentationPlaceholder(token, strlen(token)))
+		return pstrdup("setting \"verify_token\" is a placeholder from the documentation: choose a long random string, and give Meta the same");
+	if (access_token != NULL && IsDocumentationPlaceholder(access_token, strlen(access_token)))
+		return pstrdup("setting \"access_token\" is a placeholder from the documentation: paste the access token Meta shows");
 	return NULL;
 }
 

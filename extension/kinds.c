@@ -34,18 +34,27 @@ FindProviderKind(const char *name)
 }
 
 /*
+ * Whether a value is a placeholder copied from documentation: it holds an
+ * ellipsis (whsec_…, EAA…) or is <words in angle brackets>.
+ */
+bool
+IsDocumentationPlaceholder(const char *value, int len)
+{
+	return len > 0 && (memmem(value, len, "\xe2\x80\xa6", 3) != NULL || (value[0] == '<' && value[len - 1] == '>'));
+}
+
+/*
  * Why a secret looks mis-pasted, or NULL: no kind's secret begins or ends
  * with a space or holds a control character (a line end copied with it),
- * nor is one a placeholder copied from documentation (an ellipsis, as in
- * whsec_…, or <words in angle brackets>), and such a secret verifies
- * nothing the sender signs.
+ * nor is one a placeholder copied from documentation, and such a secret
+ * verifies nothing the sender signs.
  */
 static const char *
 PastedSecretProblem(const char *secret, int len)
 {
 	if (secret[0] == ' ' || secret[len - 1] == ' ')
 		return "a secret must not begin or end with a space";
-	if (memmem(secret, len, "\xe2\x80\xa6", 3) != NULL || (secret[0] == '<' && secret[len - 1] == '>'))
+	if (IsDocumentationPlaceholder(secret, len))
 		return "this is a placeholder from the documentation: paste the secret the provider shows";
 	for (int i = 0; i < len; i++)
 	{

@@ -157,6 +157,7 @@ extern bool ReceiptTakenWithBatch(int64 payment_id);
 
 /* kinds.c */
 extern const ProviderKind *FindProviderKind(const char *name);
+extern bool IsDocumentationPlaceholder(const char *value, int len);
 
 /* kept.c: rows of small tables kept in backend memory */
 struct _SPI_plan;

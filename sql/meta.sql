@@ -19,6 +19,10 @@ SELECT payments.verify_meta(:'sample'::bytea, 'SHA256=60f11d1c036edea781e814a9bc
 SELECT payments.register_provider('wa', 'meta');
 SELECT payments.register_provider('wa', 'meta', '{"verify_token": ""}');
 SELECT payments.register_provider('wa', 'meta', '{"verify_token": 42}');
+-- the README's placeholders pasted as they are
+SELECT payments.register_provider('wa', 'meta', E'{"verify_token": "\u2026"}');
+SELECT payments.register_provider('wa', 'meta', '{"verify_token": "<a long random string>"}');
+SELECT payments.register_provider('wa', 'meta', E'{"verify_token": "clinic-hook-7f3a", "access_token": "EAA\u2026"}');
 SELECT payments.register_provider('wa', 'meta', '{"verify_token": "clinic-hook-7f3a"}');
 SELECT payments.add_secret('wa', 'test_app_secret') AS old_secret \gset
 

@@ -5691,12 +5691,15 @@ CREATE TABLE payments.chat_sessions (
 	media_notice_at	timestamptz,
 	messages		bigint NOT NULL DEFAULT 0,
 	user_id			text CHECK (payments.whatsapp_bsuid(user_id) IS NOT DISTINCT FROM user_id),
+	last_seen_at	timestamptz,
 	PRIMARY KEY (provider, wa_id)
 );
 -- a message without the phone number finds the conversation its BSUID was last seen in
 CREATE INDEX chat_sessions_user_idx ON payments.chat_sessions (provider, user_id) WHERE user_id IS NOT NULL;
 COMMENT ON TABLE payments.chat_sessions IS
 	'One WhatsApp conversation per user (wa_id: the phone number, else the business-scoped user id of a user whose number Meta withholds) and meta provider: where it is (state), the donation or registration being drafted, Meta''s time of the last message answered, the last activity (sessions expire after session_timeout), and the token bucket of the rate limit';
+COMMENT ON COLUMN payments.chat_sessions.last_seen_at IS
+	'Meta''s time of the latest message from this id, answered or not (a reaction, a Flow''s completion, one over the rate limit): a notice that the user changed number, older than it, moves nothing (payments.chat_move_user)';
 COMMENT ON COLUMN payments.chat_sessions.limited_at IS 'When the number ran out of tokens and was told so once; NULL: not limited';
 COMMENT ON COLUMN payments.chat_sessions.user_id IS
 	'The user''s business-scoped user id (BSUID, Meta''s messages[].from_user_id), from the last message that carried one: a message whose phone number Meta withholds continues the conversation that has it (its wa_id, the phone number, is still what messages are sent to)';
@@ -6539,6 +6542,29 @@ $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
 	'Answers an admin number''s command: /stats (today''s totals per currency), /report [day] (payments.daily_report, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
 
+-- The conversations of one WhatsApp id are created (a first message) and moved (chat_move_user)
+-- one at a time: a transaction-level advisory lock per (provider, id), taken in one order (the
+-- ids in the C collation) when a move takes two.  Without it a first message from a new number,
+-- committing while a number change renames the old conversation to it, made the rename fail on
+-- the primary key (the change then applied only at its retry, the donor's notices going to the
+-- old number meanwhile).
+CREATE FUNCTION payments.chat_lock_user(provider text, VARIADIC ids text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id	text;
+BEGIN
+	FOR id IN SELECT DISTINCT u.i COLLATE pg_catalog."C" FROM pg_catalog.unnest(ids) AS u (i)
+			   WHERE u.i IS NOT NULL ORDER BY 1 LOOP
+		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payments chat ' || provider || ' ' || id, 0));
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_lock_user(text, text[]) IS
+	'Locks WhatsApp ids of a meta provider until the transaction ends (advisory locks, in C-collation order), so that their conversations are created and moved one at a time';
+
 -- A WhatsApp user who changes phone number (Meta's system message user_changed_number), or whose
 -- business-scoped user id changes (user_changed_user_id) is the same person: what the chat keeps
 -- for them under the old id follows them to the new one, so that the notice of a donation still
@@ -6582,14 +6608,27 @@ BEGIN
 	   OR payments.whatsapp_bsuid(new_user_id) IS DISTINCT FROM new_user_id THEN
 		RETURN false;
 	END IF;
+	PERFORM payments.chat_lock_user(chat_move_user.provider, from_wa_id, to_wa_id);
 	-- both conversations locked, in wa_id order (as any other move touching the two locks them)
 	PERFORM FROM payments.chat_sessions cs
 	  WHERE cs.provider = chat_move_user.provider AND cs.wa_id IN (from_wa_id, to_wa_id)
 	  ORDER BY cs.wa_id FOR UPDATE;
 	SELECT cs.* INTO src FROM payments.chat_sessions cs WHERE cs.provider = chat_move_user.provider AND cs.wa_id = from_wa_id;
 	SELECT cs.* INTO dst FROM payments.chat_sessions cs WHERE cs.provider = chat_move_user.provider AND cs.wa_id = to_wa_id;
-	IF src.wa_id IS NOT NULL AND src.last_message_at > changed_at THEN
-		RETURN false;		-- the old id has been answered since the change: someone else's now
+	-- the old id used since the change is someone else's now (a number given to another user): its
+	-- conversation saw a message after it (in Meta's time); without one that says when, what was
+	-- made for the old id after the change (a Flow's donation and token need no conversation)
+	IF src.wa_id IS NOT NULL AND greatest(src.last_message_at, src.last_seen_at) IS NOT NULL THEN
+		IF greatest(src.last_message_at, src.last_seen_at) > changed_at THEN
+			RETURN false;
+		END IF;
+	ELSIF EXISTS (SELECT FROM payments.chat_donations d
+				   WHERE d.provider = chat_move_user.provider AND d.wa_id = from_wa_id AND d.created_at > changed_at)
+		  OR EXISTS (SELECT FROM payments.flow_tokens t
+					  WHERE t.provider = chat_move_user.provider AND t.wa_id = from_wa_id AND t.created_at > changed_at)
+		  OR EXISTS (SELECT FROM payments.volunteers v
+					  WHERE v.provider = chat_move_user.provider AND v.wa_id = from_wa_id AND v.updated_at > changed_at) THEN
+		RETURN false;
 	END IF;
 
 	-- the conversation; its BSUID is the new one when given, else the one the new id's own
@@ -6601,6 +6640,7 @@ BEGIN
 			UPDATE payments.chat_sessions cs
 			   SET user_id = coalesce(new_user_id, dst.user_id),
 				   last_message_at = greatest(dst.last_message_at, src.last_message_at),
+				   last_seen_at = greatest(dst.last_seen_at, src.last_seen_at),
 				   messages = dst.messages + src.messages
 			 WHERE cs.provider = chat_move_user.provider AND cs.wa_id = to_wa_id;
 		ELSE
@@ -6608,6 +6648,7 @@ BEGIN
 			UPDATE payments.chat_sessions cs
 			   SET wa_id = to_wa_id, user_id = coalesce(new_user_id, dst.user_id),
 				   last_message_at = greatest(dst.last_message_at, src.last_message_at),
+				   last_seen_at = greatest(dst.last_seen_at, src.last_seen_at),
 				   messages = src.messages + coalesce(dst.messages, 0)
 			 WHERE cs.provider = chat_move_user.provider AND cs.wa_id = from_wa_id;
 		END IF;
@@ -6744,6 +6785,13 @@ BEGIN
 			IF new_wa IS NULL THEN
 				RETURN 'ignored';
 			END IF;
+			-- a conversation at the old number that carries another BSUID than the previous one is
+			-- someone else's (the number given to another user since)
+			IF old_uid IS NOT NULL AND EXISTS (SELECT FROM payments.chat_sessions cs
+												WHERE cs.provider = ev.provider AND cs.wa_id = phone
+												  AND cs.user_id IS DISTINCT FROM old_uid AND cs.user_id IS NOT NULL) THEN
+				RETURN 'ignored';
+			END IF;
 			-- the old number; without it (withheld), the conversation that saw the old BSUID, else
 			-- the one keyed by it; then a conversation of the old BSUID's own too (one written
 			-- before the number was shown), which the new number now is
@@ -6766,6 +6814,8 @@ BEGIN
 	IF wa IS NULL THEN
 		RETURN 'ignored';		-- no valid sender
 	END IF;
+	-- the conversations of one id are created and moved one at a time (payments.chat_lock_user)
+	PERFORM payments.chat_lock_user(ev.provider, wa);
 	-- a user known by BSUID alone (a conversation, a Flow's donations, a volunteer entry keyed by
 	-- it) whose number now shows (Meta's contact book, a message within 30 days): what the chat
 	-- keeps for them moves to the number, as it would had they changed number, so that their draft,
@@ -6779,10 +6829,11 @@ BEGIN
 	INSERT INTO payments.chat_sessions AS cs (provider, wa_id, tokens, user_id) VALUES (ev.provider, wa, cap, uid)
 	ON CONFLICT (provider, wa_id) DO NOTHING;
 	SELECT cs.* INTO s FROM payments.chat_sessions cs WHERE cs.provider = ev.provider AND cs.wa_id = wa FOR UPDATE;
-	-- the BSUID the message carries, kept for the messages that will come without the phone number
-	IF uid IS DISTINCT FROM s.user_id AND uid IS NOT NULL THEN
-		UPDATE payments.chat_sessions cs SET user_id = uid WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
-	END IF;
+	-- the BSUID the message carries, kept for the messages that will come without the phone number,
+	-- and Meta's time of the latest message seen, whether answered or not
+	UPDATE payments.chat_sessions cs SET user_id = coalesce(uid, cs.user_id),
+										 last_seen_at = greatest(cs.last_seen_at, ev.event_at)
+	 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
 
 	-- Meta delivers late and out of order: a message older than the last one answered is not answered
 	IF ev.event_at < s.last_message_at THEN
@@ -7210,7 +7261,8 @@ DECLARE
 	body	text;
 	template jsonb;
 BEGIN
-	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = transition.payment_id;
+	-- (FOR SHARE: a number change moving it, still uncommitted, is waited for, and its wa_id read)
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = transition.payment_id FOR SHARE;
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
@@ -7301,7 +7353,8 @@ BEGIN
 		'reported_at', coalesce(change.status_at, now()), 'approved_by', p.metadata ->> 'approved_by'));
 	UPDATE payments.payments x SET metadata = x.metadata || jsonb_build_object('paynow_paid_after_approval', flag)
 	 WHERE x.id = p.id;
-	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = p.id;
+	-- (FOR SHARE: a number change moving it, still uncommitted, is waited for, and its wa_id read)
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = p.id FOR SHARE;
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
@@ -7337,7 +7390,8 @@ DECLARE
 	d		payments.chat_donations;
 	who		text;
 BEGIN
-	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = chat_amount_mismatch.payment_id;
+	-- (FOR SHARE: a number change moving it, still uncommitted, is waited for, and its wa_id read)
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = chat_amount_mismatch.payment_id FOR SHARE;
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
@@ -7417,7 +7471,8 @@ BEGIN
 	 WHERE i.id = initiation_unconfirmed.initiation_id
 	RETURNING i.* INTO ini;
 	SELECT x.* INTO p FROM payments.payments x WHERE x.id = ini.payment_id;
-	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = ini.payment_id;
+	-- (FOR SHARE: a number change moving it, still uncommitted, is waited for, and its wa_id read)
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = ini.payment_id FOR SHARE;
 	IF FOUND AND p.status = 'pending' THEN
 		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, format(
 			E'We could not confirm your donation of %s %s (reference %s) with Paynow.\n' ||
@@ -7640,7 +7695,8 @@ BEGIN
 	   SET state = 'done', finished_at = now(), http_status = record_initiation.http_status,
 		   paynow_status = r ->> 'status', instructions = r ->> 'instructions'
 	 WHERE i.id = ini.id;
-	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = ini.payment_id;
+	-- (FOR SHARE: a number change moving it, still uncommitted, is waited for, and its wa_id read)
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = ini.payment_id FOR SHARE;
 	IF FOUND AND pay_status = 'pending' THEN
 		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, CASE
 			WHEN ini.method = 'card' AND r ->> 'browserurl' IS NOT NULL THEN
@@ -7677,6 +7733,8 @@ REVOKE ALL ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jso
 REVOKE ALL ON FUNCTION payments.chat_admin(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_move_user(text, text, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_wa_id_of(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_lock_user(text, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_status(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
@@ -7749,7 +7807,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.record_reconciliation(bigint, integer, text, text),
 	payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text),
 	payments.flows_answer(text, jsonb),
-	payments.chat_message(payments.events, jsonb), payments.chat_move_user(text, text, text, text, timestamptz),
+	payments.chat_message(payments.events, jsonb), payments.chat_move_user(text, text, text, text, timestamptz), payments.chat_lock_user(text, text[]),
 	payments.chat_status(payments.events),
 	payments.chat_event(payments.events, jsonb), payments.chat_message_sent(bigint, text),
 	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),

@@ -1478,3 +1478,25 @@ SELECT * FROM pg_temp.replies('263777000002');
 SELECT d.wa_id, s.user_id FROM payments.chat_donations d
   JOIN payments.chat_sessions s ON s.provider = d.provider AND s.wa_id = d.wa_id
  WHERE s.user_id = 'ZW.7000000000000000002';
+
+-- a notice older than what the old number did since is someone else's (the number given to
+-- another user), and moves nothing of theirs: a donation given through a Flow with no
+-- conversation (made after the change), a conversation whose messages were never answered (a
+-- reaction), one carrying another BSUID than the notice's previous one; a notice of now moves the
+-- Flow donor who did change number
+BEGIN;
+SELECT pg_temp.ask('263775300001', '0775300001') AS flow_donation;
+SELECT pg_temp.moved('263775300001', '263775300011', 400);
+SELECT * FROM pg_temp.where_is(ARRAY['263775300001', '263775300011']);
+SELECT pg_temp.moved('263775300001', '263775300011', extract(epoch FROM now())::integer - 1718000000 + 60);
+SELECT * FROM pg_temp.where_is(ARRAY['263775300001', '263775300011']);
+SELECT pg_temp.say('263775300002', 'x', 500, false, '106540352242922',
+	'{"type": "reaction", "reaction": {"message_id": "wamid.out1", "emoji": "\ud83d\ude4f"}}');
+SELECT wa_id, last_message_at, last_seen_at = to_timestamp(1718000500) AS seen FROM payments.chat_sessions WHERE wa_id = '263775300002';
+SELECT pg_temp.moved('263775300002', '263775300012', 400);
+SELECT * FROM pg_temp.where_is(ARRAY['263775300002', '263775300012']);
+SELECT pg_temp.say_as('263775300003', 'ZW.7530000300000000009', 'Hi', 300);
+SELECT pg_temp.moved('263775300003', '263775300013', 400, NULL, 'ZW.7530000300000000001');
+SELECT pg_temp.moved('263775300003', '263775300013', 401, NULL, 'ZW.7530000300000000009');
+SELECT * FROM pg_temp.where_is(ARRAY['263775300003', '263775300013']);
+ROLLBACK;

@@ -383,10 +383,7 @@ test('a donor who changes number between a confirmed donation and its paid notic
 		END LOOP; END $$;\n`);
 	assert.ok(graph.to(old).some((m) => m.includes(ref)), graph.to(old).join('\n'));
 	// Meta's notice, as it sends it: from the old number, no contacts array
-	seq += 1;
-	assert.equal(await deliverToShim(metaBody({ messages: [{ from: old, id: `wamid.IN${seq}`, timestamp: String(1718000000 + seq),
-		type: 'system', system: { body: `User Tendai changed from ${old} to ${now}`, wa_id: now, type: 'user_changed_number' } }] })),
-	'applied');
+	assert.equal(await deliverToShim(numberChange(old, now)), 'applied');
 	await work();
 	await until(`${ref} paid`, () => statusOf(ref) === 'paid');
 	await work();
@@ -401,6 +398,13 @@ test('a donor who changes number between a confirmed donation and its paid notic
 	assert.ok(graph.to(now).at(-1).includes(receipt), graph.to(now).join('\n'));
 	assert.deepEqual(graph.refused, []);
 });
+
+// Meta's notice that `old` changed number to `now`, as it sends it
+function numberChange(old, now) {
+	seq += 1;
+	return metaBody({ messages: [{ from: old, id: `wamid.IN${seq}`, timestamp: String(1718000000 + seq),
+		type: 'system', system: { body: `User Tendai changed from ${old} to ${now}`, wa_id: now, type: 'user_changed_number' } }] });
+}
 
 test('edit and cancel paths, invalid amounts', async () => {
 	const who = '263772000010';
@@ -928,4 +932,45 @@ test('a donor whose phone number WhatsApp withholds (a username: business-scoped
 	assert.ok(paynow.requests.some((r) => r.reference === ref && r.phone === '0779000123' && r.method === 'ecocash'));
 	assert.equal(q(`SELECT coalesce(donor_phone, '-') || ' ' || donor_name || ' ' || (metadata ->> 'whatsapp_user_id') FROM payments.payments
 		WHERE reference = :'r'`, { r: ref }), `- Rudo ${bsuid}`);
+});
+
+// (last: the admin's approval below adds to the admin number's messages, which a test above counts)
+test('a number change applied while the new number writes its first message waits for it and merges', async () => {
+	const [old, now] = ['263772345701', '263772345711'];
+	assert.equal(await say(old, 'Hi'), 'applied');
+	// the new number's first message, its transaction held open before commit
+	const first = metaBody({ contacts: [{ profile: { name: 'Tendai' }, wa_id: now }], messages: [metaMessage(now, 'Hi')] });
+	const held = await holdLock(db, `SELECT outcome FROM payments.ingest('clinic', jsonb_build_object('x-hub-signature-256',
+		'${sign(first)}'), convert_to($body$${first}$body$, 'UTF8'))`);
+	try {
+		const change = deliverToShim(numberChange(old, now));
+		await shimLockWaiters(db, 1);
+		await held.release();
+		assert.equal(await change, 'applied');
+	} finally {
+		held.kill();	// (a check that failed before the release must not leave the transaction open)
+	}
+	assert.equal(q(`SELECT string_agg(wa_id, ' ' ORDER BY wa_id) FROM payments.chat_sessions WHERE wa_id IN (:'o', :'n')`,
+		{ o: old, n: now }), now);
+	assert.equal(q(`SELECT count(*) FROM payments.events WHERE provider = 'clinic' AND state <> 'applied' AND state <> 'ignored'`), '0');
+});
+
+test('a donation\'s paid notice queued while a number change moves the donation goes to the new number', async () => {
+	const [old, now] = ['263772345801', '263772345811'];
+	await donate(old, { method: 'ecocash', currency: 'USD', amount: '6.00' });
+	const ref = lastRef(old);
+	// the move, its transaction held open before commit; the admin approves the donation meanwhile
+	const held = await holdLock(db, `SELECT payments.chat_move_user('clinic', '${old}', '${now}', NULL, now())`);
+	try {
+		const approve = say(ADMIN, `/approve ${ref}`);
+		await shimLockWaiters(db, 1);
+		await held.release();
+		assert.equal(await approve, 'applied');
+	} finally {
+		held.kill();
+	}
+	assert.equal(statusOf(ref), 'paid');
+	assert.equal(q(`SELECT string_agg(recipient, ' ') FROM payments.outbox
+		WHERE payload -> 'text' ->> 'body' LIKE 'Thank you, Tendai! We received your donation of 6.00 USD (reference ' || :'r' || ')%'`,
+	{ r: ref }), now);
 });

@@ -52,6 +52,19 @@ SELECT payments.register_provider('pn_zwg', 'paynow', '{"integration_id": "1202"
 	"return_url": "https://clinic.example/thanks", "auth_email": "donations@clinic.example", "api_base": "http://127.0.0.1:9", "currency": "USD"}');
 SELECT settings ->> 'return_url' AS kept_return_url FROM payments.providers WHERE name = 'pn_usd';
 
+-- deliver(value): one delivery of a change of the messages field, signed with the app secret as
+-- Meta signs it, through payments.ingest: its status and outcome
+CREATE FUNCTION pg_temp.deliver(value jsonb) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	body	text := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
+		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', value)))))::text;
+	r		record;
+BEGIN
+	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
+		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
+	RETURN r.http_status || ' ' || r.outcome;
+END
+$$;
 -- say(from, text or button id, seconds): one signed delivery of one message at 1718000000 + seconds
 CREATE SEQUENCE pg_temp.wamid;
 CREATE FUNCTION pg_temp.say(sender text, said text, at integer, button boolean DEFAULT false,
@@ -60,22 +73,16 @@ RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
 	msg		jsonb := jsonb_build_object('from', sender, 'id', 'wamid.in' || nextval('pg_temp.wamid'),
 										'timestamp', (1718000000 + at)::text);
-	body	text;
-	r		record;
 BEGIN
 	msg := msg || CASE WHEN button
 		THEN jsonb_build_object('type', 'interactive', 'interactive', jsonb_build_object('type', 'button_reply',
 								'button_reply', jsonb_build_object('id', said, 'title', said)))
 		ELSE jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', said)) END;
 	msg := CASE WHEN content IS NULL THEN msg ELSE msg - 'type' - 'text' || content END;	-- another type of message
-	body := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
-		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+	RETURN pg_temp.deliver(jsonb_build_object(
 			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', number_id),
 			'contacts', jsonb_build_array(jsonb_build_object('profile', jsonb_build_object('name', 'Tendai'), 'wa_id', sender)),
-			'messages', jsonb_build_array(msg)))))))::text;
-	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
-		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
-	RETURN r.http_status || ' ' || r.outcome;
+			'messages', jsonb_build_array(msg)));
 END
 $$;
 -- what was queued for a number since the last look: text, or body [button ids]
@@ -333,10 +340,7 @@ SELECT pg_temp.say('263773000001', '', 10, content => '{"type": "interactive", "
 	"nfm_reply": {"name": "flow", "body": "Sent", "response_json": "{\"flow_token\": \"t\"}"}}}');
 SELECT * FROM pg_temp.replies('263773000001');
 -- a delivery of two senders' messages: each conversation takes its own sender's profile name
-DO $$
-DECLARE
-	body text := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
-		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+SELECT pg_temp.deliver(jsonb_build_object(
 			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
 			'contacts', jsonb_build_array(
 				jsonb_build_object('profile', jsonb_build_object('name', 'Chipo'), 'wa_id', '263773000011'),
@@ -345,12 +349,7 @@ DECLARE
 				jsonb_build_object('from', '263773000011', 'id', 'wamid.two1', 'timestamp', '1718000001', 'type', 'text',
 								   'text', jsonb_build_object('body', 'Hi')),
 				jsonb_build_object('from', '263773000012', 'id', 'wamid.two2', 'timestamp', '1718000001', 'type', 'text',
-								   'text', jsonb_build_object('body', 'Hi')))))))))::text;
-BEGIN
-	PERFORM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
-		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
-END
-$$;
+								   'text', jsonb_build_object('body', 'Hi'))))) AS two_senders;
 SELECT wa_id, name FROM payments.chat_sessions WHERE wa_id IN ('263773000011', '263773000012') ORDER BY 1;
 SELECT left(r, 20) AS greeting FROM pg_temp.replies('263773000012') r;
 -- a Paynow provider whose currency changed since the chat was set up starts nothing: Paynow would
@@ -554,19 +553,11 @@ SELECT min(id) AS first_out, max(id) AS last_out FROM payments.outbox WHERE prov
 SELECT payments.chat_message_sent(:first_out, '{"messaging_product": "whatsapp", "messages": [{"id": "wamid.CHAT1"}]}');
 SELECT payments.chat_message_sent(:last_out, 'not json');
 SELECT payments.chat_message_sent(:last_out, '{"messages": [{"id": "\u0000"}]}');
-CREATE FUNCTION pg_temp.status(wamid text, status text, at integer) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-	body text := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object('id', '1',
-		'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+CREATE FUNCTION pg_temp.status(wamid text, status text, at integer) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_temp.deliver(jsonb_build_object(
 			'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
 			'statuses', jsonb_build_array(jsonb_build_object('id', wamid, 'status', status,
-				'timestamp', (1718000000 + at)::text, 'recipient_id', '263771234567'))))))))::text;
-	r record;
-BEGIN
-	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
-		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
-	RETURN r.http_status || ' ' || r.outcome;
-END
+				'timestamp', (1718000000 + at)::text, 'recipient_id', '263771234567'))))
 $$;
 SELECT pg_temp.status('wamid.CHAT1', 'read', 30);
 SELECT pg_temp.status('wamid.CHAT1', 'delivered', 20);
@@ -1123,22 +1114,16 @@ RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
 	msg		jsonb := jsonb_strip_nulls(jsonb_build_object('from', phone, 'from_user_id', CASE WHEN in_message THEN bsuid END,
 										'id', 'wamid.in' || nextval('pg_temp.wamid'), 'timestamp', (1718000000 + at)::text));
-	body	text;
-	r		record;
 BEGIN
 	msg := msg || CASE WHEN button
 		THEN jsonb_build_object('type', 'interactive', 'interactive', jsonb_build_object('type', 'button_reply',
 								'button_reply', jsonb_build_object('id', said, 'title', said)))
 		ELSE jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', said)) END;
-	body := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
-		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+	RETURN pg_temp.deliver(jsonb_build_object(
 			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
 			'contacts', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
 				'profile', jsonb_build_object('name', 'Rudo', 'username', 'rudo.m'), 'wa_id', phone, 'user_id', bsuid))),
-			'messages', jsonb_build_array(msg)))))))::text;
-	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
-		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
-	RETURN r.http_status || ' ' || r.outcome;
+			'messages', jsonb_build_array(msg)));
 END
 $$;
 UPDATE payments.providers SET settings = settings || '{"paynow_providers": {"USD": "pn_usd"}, "min_amount": 1, "max_amount": 480,
@@ -1307,21 +1292,12 @@ SELECT recipient, payload -> 'text' ->> 'body' LIKE 'Paynow reports%' AS told FR
 -- the BSUID changed.  What the chat keeps for them follows them; the notice is not answered.
 -- notice(old phone or NULL, system object, seconds, from_user_id or NULL)
 CREATE FUNCTION pg_temp.notice(phone text, sys jsonb, at integer, from_user_id text DEFAULT NULL)
-RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-	msg		jsonb := jsonb_strip_nulls(jsonb_build_object('from', phone, 'from_user_id', from_user_id,
-										'id', 'wamid.in' || nextval('pg_temp.wamid'), 'timestamp', (1718000000 + at)::text,
-										'type', 'system', 'system', sys));
-	body	text := jsonb_build_object('object', 'whatsapp_business_account', 'entry', jsonb_build_array(jsonb_build_object(
-		'id', '1', 'changes', jsonb_build_array(jsonb_build_object('field', 'messages', 'value', jsonb_build_object(
+RETURNS text LANGUAGE sql AS $$
+	SELECT pg_temp.deliver(jsonb_build_object(
 			'messaging_product', 'whatsapp', 'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
-			'messages', jsonb_build_array(msg)))))))::text;
-	r		record;
-BEGIN
-	SELECT * INTO r FROM payments.ingest('chat', jsonb_build_object('x-hub-signature-256',
-		'sha256=' || encode(hmac(convert_to(body, 'UTF8'), 'test_app_secret', 'sha256'), 'hex')), convert_to(body, 'UTF8'));
-	RETURN r.http_status || ' ' || r.outcome;
-END
+			'messages', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object('from', phone, 'from_user_id', from_user_id,
+				'id', 'wamid.in' || nextval('pg_temp.wamid'), 'timestamp', (1718000000 + at)::text,
+				'type', 'system', 'system', sys)))))
 $$;
 CREATE FUNCTION pg_temp.moved(old text, new text, at integer, uid text DEFAULT NULL, previous text DEFAULT NULL) RETURNS text
 LANGUAGE sql AS $$

@@ -5157,7 +5157,7 @@ $$;
 COMMENT ON FUNCTION payments.revoke_flow_key(bigint) IS
 	'Revokes a Flows private key at once: requests encrypted for it are answered 421 from now on';
 
-CREATE FUNCTION payments.issue_flow_token(provider text, wa_id text, valid_for interval DEFAULT interval '1 day')
+CREATE FUNCTION payments.issue_flow_token(provider text, wa_id text, valid_for interval DEFAULT interval '24 hours')
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -6356,6 +6356,9 @@ DECLARE
 	ref		text;
 	c		payments.payment_change;
 	pay_id	bigint;
+	-- the limits' day, as the donor is told of it ("today", "tomorrow"): the clinic's, in the
+	-- receipt time zone, as receipts, references and /stats have it
+	today	timestamptz := payments.day_start(payments.receipt_day(now()));
 BEGIN
 	IF paynow IS NULL THEN
 		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
@@ -6364,7 +6367,8 @@ BEGIN
 	END IF;
 	-- a mobile-money request makes the number's phone prompt for a PIN: so that nobody can flood a
 	-- stranger's phone with prompts, a chat asks numbers other than its own at most 5 times a day,
-	-- and a number is asked by chats other than its own at most 3 times a day.  Counted: the
+	-- and a number is asked by chats other than its own at most 3 times a day (since the day's
+	-- midnight in the receipt time zone, not in the last 24 hours).  Counted: the
 	-- requests that may have prompted a phone (queued, sending, done, unconfirmed), not those that
 	-- prompted nobody (error: Paynow refused it or was never reached; skipped)
 	IF NOT payments.paynow_web_checkout(draft ->> 'method')
@@ -6374,7 +6378,7 @@ BEGIN
 		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payments prompts ' || (draft ->> 'phone'), 0));
 		IF (SELECT count(*) FROM payments.chat_donations d JOIN payments.paynow_initiations i ON i.payment_id = d.payment_id
 			 WHERE d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id
-			   AND d.created_at > now() - interval '1 day'
+			   AND d.created_at >= today
 			   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
 			   AND i.phone IS NOT NULL AND i.phone IS DISTINCT FROM payments.chat_local_phone(d.wa_id)) >= 5 THEN
 			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
@@ -6384,7 +6388,7 @@ BEGIN
 		-- (a chat known by business-scoped user id alone has no number of its own: its requests to the
 		-- number, perhaps its user's own, are not another chat's, and the limit above bounds them)
 		IF (SELECT count(*) FROM payments.paynow_initiations i JOIN payments.chat_donations d ON d.payment_id = i.payment_id
-			 WHERE i.phone = draft ->> 'phone' AND i.created_at > now() - interval '1 day'
+			 WHERE i.phone = draft ->> 'phone' AND i.created_at >= today
 			   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
 			   AND payments.chat_local_phone(d.wa_id) IS DISTINCT FROM i.phone
 			   AND NOT (payments.whatsapp_bsuid(chat_start_payment.wa_id) IS NOT NULL

@@ -377,6 +377,22 @@ SELECT w, pg_temp.ask(w, '0779000099') AS started FROM unnest(ARRAY['26377300003
 SELECT r FROM pg_temp.replies('263773000034') r;
 SELECT pg_temp.ask('263779000099', '0779000099') AS its_owner;
 ROLLBACK;
+-- the day is the clinic's, as the donor is told ("today", "try again tomorrow"): requests made
+-- before midnight in the receipt time zone count no more, even within 24 hours; those since do
+BEGIN;
+SELECT n, pg_temp.ask('263773000023', '07790003' || lpad(n::text, 2, '0')) AS started FROM generate_series(1, 5) n;
+SELECT w, pg_temp.ask(w, '0779000097') AS started FROM unnest(ARRAY['263773000035', '263773000036', '263773000037']) w;
+UPDATE payments.chat_donations SET created_at = payments.day_start(payments.receipt_day(now())) - interval '1 second'
+ WHERE wa_id IN ('263773000023', '263773000035', '263773000036', '263773000037');
+UPDATE payments.paynow_initiations SET created_at = payments.day_start(payments.receipt_day(now())) - interval '1 second'
+ WHERE phone LIKE '07790003__' OR phone = '0779000097';
+SELECT pg_temp.ask('263773000023', '0779000399') AS started_today, pg_temp.ask('263773000038', '0779000097') AS asked_today;
+UPDATE payments.chat_donations SET created_at = payments.day_start(payments.receipt_day(now()))
+ WHERE wa_id IN ('263773000023', '263773000035', '263773000036', '263773000037');
+UPDATE payments.paynow_initiations SET created_at = payments.day_start(payments.receipt_day(now()))
+ WHERE phone LIKE '07790003__' OR phone = '0779000097';
+SELECT pg_temp.ask('263773000023', '0779000398') AS started_since_midnight, pg_temp.ask('263773000039', '0779000097') AS asked_since_midnight;
+ROLLBACK;
 -- counted: the requests that may have prompted a phone (queued, sending, done, unconfirmed), not
 -- those that prompted nobody (error: Paynow refused it or was never reached; skipped)
 BEGIN;

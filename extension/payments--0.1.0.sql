@@ -1322,7 +1322,7 @@ RETURNS payments.payment_change
 AS 'MODULE_PATHNAME', 'stripe_change'
 LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION payments.stripe_change(jsonb) IS
-	'What a Stripe event says about a payment (payment_intent.*, charge.*, charge.dispute.*, checkout.session.*), or NULL';
+	'What a Stripe snapshot event says about a payment (payment_intent.*, charge.*, charge.dispute.*, checkout.session.*), or NULL: any other event, a thin one (object v2.core.event) among them, whatever its created';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Paynow and Eversend

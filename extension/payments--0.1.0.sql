@@ -1322,7 +1322,7 @@ RETURNS payments.payment_change
 AS 'MODULE_PATHNAME', 'stripe_change'
 LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION payments.stripe_change(jsonb) IS
-	'What a Stripe event says about a payment (payment_intent.*, charge.*, charge.dispute.*, checkout.session.*), or NULL';
+	'What a Stripe snapshot event says about a payment (payment_intent.*, charge.*, charge.dispute.*, checkout.session.*), or NULL: any other event, a thin one (object v2.core.event) among them, whatever its created';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Paynow and Eversend
@@ -1540,6 +1540,23 @@ $$;
 COMMENT ON FUNCTION payments.paypal_refunded_capture(jsonb) IS
 	'The capture a PayPal v2 refund belongs to: named only by its "up" link';
 
+-- An order (Orders v2) names the one source it is paid from by the key of its payment_source:
+-- paypal, card, venmo, apple_pay, google_pay, or an alternative method (bancontact, blik, eps,
+-- giropay, ideal, mybank, p24, sofort, trustly).  The key is the payment's method, named as
+-- Stripe's are (card, paypal, ideal, ...).  None, several, or a key of another shape: NULL
+CREATE FUNCTION payments.paypal_payment_source(order_resource jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT pg_catalog.min(s.key)
+	  FROM pg_catalog.jsonb_each(CASE WHEN pg_catalog.jsonb_typeof(order_resource OPERATOR(pg_catalog.->) 'payment_source') = 'object'
+									  THEN order_resource OPERATOR(pg_catalog.->) 'payment_source' ELSE '{}'::jsonb END) s
+	 WHERE pg_catalog.jsonb_typeof(s.value) = 'object'
+	HAVING pg_catalog.count(*) = 1 AND pg_catalog.min(s.key) OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,62}$'
+$$;
+COMMENT ON FUNCTION payments.paypal_payment_source(jsonb) IS
+	'The source a PayPal order is paid from: the key of its payment_source (paypal, card, venmo, apple_pay, google_pay, ideal, ...), the payment''s method; NULL when it names none or more than one';
+
 CREATE FUNCTION payments.paypal_change(payload jsonb, provider_name text, event_at timestamptz)
 RETURNS payments.payment_change
 LANGUAGE plpgsql STABLE
@@ -1550,6 +1567,8 @@ DECLARE
 	c		payments.payment_change;
 	up		text;
 	disputed text;
+	source	text;
+	paid_by	jsonb;
 BEGIN
 	-- the event's create_time, else its resource's update_time (read when it was stored)
 	c.status_at := event_at;
@@ -1567,6 +1586,9 @@ BEGIN
 		c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'amount' ->> 'value'), c.currency);
 		c.fee := payments.amount_in_currency(payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value'), c.currency);
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
+		-- a capture names no source: its order's payment_source says the method (a payment known
+		-- only from its captures is paid by paypal: payments.apply_paypal_change)
+		c.method := NULL;
 	ELSIF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED') THEN
 		-- the resource is the refund: the payment is its capture's (the capture's own while the
 		-- capture is not known).  A refund that FAILED or was CANCELLED gave nothing back; a
@@ -1617,16 +1639,31 @@ BEGIN
 		-- reference (which the capture's invoice_id or custom_id could not replace)
 		c.reference := coalesce(r -> 'purchase_units' -> 0 ->> 'invoice_id', r -> 'purchase_units' -> 0 ->> 'custom_id',
 								nullif(r -> 'purchase_units' -> 0 ->> 'reference_id', 'default'));
-		-- the payer: the deprecated payer object, else the PayPal wallet's (payment_source.paypal,
-		-- what current orders carry), else a card's holder (a card order has no payer)
+		-- the method: the source it is paid from (payment_source's key: card, venmo, apple_pay,
+		-- ...); an order naming none is paid from a PayPal account, as before payment_source
+		source := payments.paypal_payment_source(r);
+		c.method := coalesce(source, 'paypal');
+		paid_by := r -> 'payment_source' -> source;
+		-- the payer: the deprecated payer object, else the source's holder, as the Orders v2
+		-- payment_source response has them: a name of given_name and surname (paypal, venmo) or
+		-- whole (apple_pay, google_pay, the alternative methods), else the wallet's card holder's
+		-- (a card: its own name); email_address (blik, p24, trustly: email); the country of the
+		-- address (paypal, venmo), a card's billing address (card; apple_pay's and google_pay's
+		-- card), else country_code (the alternative methods).  A phone only where its calling
+		-- code is given (google_pay); the others' national_number alone is no E.164 number
 		c.donor_name := coalesce(nullif(concat_ws(' ', r -> 'payer' -> 'name' ->> 'given_name', r -> 'payer' -> 'name' ->> 'surname'), ''),
-								 nullif(concat_ws(' ', r -> 'payment_source' -> 'paypal' -> 'name' ->> 'given_name',
-												  r -> 'payment_source' -> 'paypal' -> 'name' ->> 'surname'), ''),
-								 nullif(r -> 'payment_source' -> 'card' ->> 'name', ''));
-		c.donor_email := coalesce(r -> 'payer' ->> 'email_address', r -> 'payment_source' -> 'paypal' ->> 'email_address');
+								 CASE jsonb_typeof(paid_by -> 'name')
+									  WHEN 'object' THEN nullif(concat_ws(' ', paid_by -> 'name' ->> 'given_name', paid_by -> 'name' ->> 'surname'), '')
+									  WHEN 'string' THEN nullif(paid_by ->> 'name', '') END,
+								 CASE WHEN jsonb_typeof(paid_by -> 'card' -> 'name') = 'string' THEN nullif(paid_by -> 'card' ->> 'name', '') END);
+		c.donor_email := coalesce(r -> 'payer' ->> 'email_address', paid_by ->> 'email_address', paid_by ->> 'email');
+		c.donor_phone := CASE WHEN jsonb_typeof(paid_by -> 'phone_number' -> 'country_code') = 'string'
+							  THEN (paid_by -> 'phone_number' ->> 'country_code') || (paid_by -> 'phone_number' ->> 'national_number') END;
 		c.country := coalesce(r -> 'payer' -> 'address' ->> 'country_code',
-							  r -> 'payment_source' -> 'paypal' -> 'address' ->> 'country_code',
-							  r -> 'payment_source' -> 'card' -> 'billing_address' ->> 'country_code');
+							  paid_by -> 'address' ->> 'country_code',
+							  paid_by -> 'billing_address' ->> 'country_code',
+							  paid_by -> 'card' -> 'billing_address' ->> 'country_code',
+							  paid_by ->> 'country_code');
 	ELSIF etype IN ('CUSTOMER.DISPUTE.CREATED', 'CUSTOMER.DISPUTE.UPDATED', 'CUSTOMER.DISPUTE.RESOLVED') THEN
 		-- a dispute names its captures in disputed_transactions[].seller_transaction_id: the
 		-- payment is the first known one's (the first one's own while none is known: the event
@@ -1658,7 +1695,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
-	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED, CUSTOMER.DISPUTE.*; refunds and disputes attach to their capture (a refund that failed or was cancelled is ignored; a dispute resolved for the buyer is left to the reversal or refund that moves the money)';
+	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED (the method the key of the order''s payment_source, else paypal; the payer from payer, else from that source), CUSTOMER.DISPUTE.*; a capture names no method; refunds and disputes attach to their capture (a refund that failed or was cancelled is ignored; a dispute resolved for the buyer is left to the reversal or refund that moves the money)';
 
 --------------------------------------------------------------------------------------------------
 -- Applying events
@@ -1743,6 +1780,29 @@ BEGIN
 	END IF;
 
 	result := payments.apply_change(event_row, provider_name, change);
+	-- the method, under the payment's lock (apply_change's): the order names the source it is paid
+	-- from, which wins over the paypal assumed for a capture delivered before it; a capture names
+	-- none, and leaves the order's (delivered before it), or makes a payment known from captures
+	-- alone paid by paypal.  A method changed is a payment changed: applied (an order delivered
+	-- after its capture moves no status)
+	IF result <> 'unresolved' THEN
+		IF etype IN ('CHECKOUT.ORDER.APPROVED', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED')
+		   AND payments.paypal_payment_source(r) IS NOT NULL THEN
+			UPDATE payments.payments p SET method = change.method, updated_at = now()
+			 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref
+			   AND p.method IS DISTINCT FROM change.method;
+			IF FOUND THEN
+				result := 'applied';
+			END IF;
+		ELSIF etype IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.CAPTURE.PENDING', 'PAYMENT.CAPTURE.DENIED',
+						'PAYMENT.CAPTURE.DECLINED') THEN
+			UPDATE payments.payments p SET method = 'paypal', updated_at = now()
+			 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref AND p.method IS NULL;
+			IF FOUND THEN
+				result := 'applied';
+			END IF;
+		END IF;
+	END IF;
 	capture := r ->> 'id';
 	IF result = 'unresolved' OR capture IS NULL
 	   OR etype NOT IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.CAPTURE.PENDING', 'PAYMENT.CAPTURE.DENIED',
@@ -1775,7 +1835,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) IS
-	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures: a payment paid by several captures takes the sum of their amounts and of their fees, and a refund the sum of their refunded totals (a refund without its capture''s total adds its own amount)';
+	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; a payment paid by several captures takes the sum of their amounts and of their fees, and a refund the sum of their refunded totals (a refund without its capture''s total adds its own amount)';
 
 -- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
 -- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line
@@ -2773,6 +2833,7 @@ REVOKE ALL ON FUNCTION payments.paynow_change(jsonb, jsonb, timestamptz) FROM PU
 REVOKE ALL ON FUNCTION payments.eversend_change(jsonb, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paypal_refunded_capture(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paypal_payment_source(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report_csv(date) FROM PUBLIC;

@@ -20,6 +20,12 @@
  * charge's amount_refunded is not more than its amount.  Since, it also
  * reads which method was used (not the first of several an intent or a
  * session allowed) and keeps a Connect event's account in the metadata.
+ * An event that says nothing of a payment's status is NULL before its
+ * created or amounts are converted, so that neither can fail it: a type we
+ * do not read, and a thin event (object "v2.core.event", Stripe's event
+ * destinations), whose created is an ISO 8601 string and which carries no
+ * object, only a reference to one.  The events we read still fail on a
+ * created or an amount that is no number.
  */
 #include "payments.h"
 
@@ -425,6 +431,19 @@ stripe_change(PG_FUNCTION_ARGS)
 	bool		minor_null = true;
 	const char *status = NULL;
 
+	/*
+	 * A thin event (object "v2.core.event": an event destination's, API
+	 * 2024-09-30.acacia and later) names its object without carrying it, and
+	 * its created is an ISO 8601 string: nothing here reads it, whatever its
+	 * type.  Snapshot events are object "event" (or, in tests, say none).
+	 */
+	{
+		text	   *object = MemberText(root, "object");
+
+		if (object != NULL && !TextIs(object, "event"))
+			PG_RETURN_NULL();
+	}
+
 	memset(nulls, true, sizeof(nulls));
 	if (currency != NULL)
 	{
@@ -441,18 +460,6 @@ stripe_change(PG_FUNCTION_ARGS)
 			exponent = 2;
 	}
 
-	if (created != NULL)
-	{
-		Datum		seconds = DirectFunctionCall1(float8in, CStringGetDatum(text_to_cstring(created)));
-
-		/* to_timestamp takes "Infinity" too: no day, no receipt number */
-		if (isinf(DatumGetFloat8(seconds)) || isnan(DatumGetFloat8(seconds)))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-					 errmsg("Stripe's created must be a time in seconds, not \"%s\"", text_to_cstring(created))));
-		values[CHANGE_STATUS_AT] = DirectFunctionCall1(float8_timestamptz, seconds);
-		nulls[CHANGE_STATUS_AT] = false;
-	}
 	SET_TEXT(CHANGE_CURRENCY, currency);
 	SET_TEXT(CHANGE_REFERENCE, FirstText(MemberText(metadata, "reference"),
 										 FirstText(MemberText(metadata, "order_id"),
@@ -463,14 +470,16 @@ stripe_change(PG_FUNCTION_ARGS)
 		JsonbContainer *shipping = MemberObject(obj, "shipping", NULL);
 		text	   *received = MemberText(obj, "amount_received");
 
-		if (TextIs(received, "0"))
-			received = NULL;
-		SET_TEXT(CHANGE_PROVIDER_REF, MemberText(obj, "id"));
-		values[CHANGE_CREATES] = BoolGetDatum(true);
 		status = TextIs(etype, "payment_intent.processing") ? "pending" :
 			TextIs(etype, "payment_intent.succeeded") ? "paid" :
 			TextIs(etype, "payment_intent.payment_failed") ? "failed" :
 			TextIs(etype, "payment_intent.canceled") ? "cancelled" : NULL;
+		if (status == NULL)
+			PG_RETURN_NULL();	/* created, requires_action, ...: no status */
+		if (TextIs(received, "0"))
+			received = NULL;
+		SET_TEXT(CHANGE_PROVIDER_REF, MemberText(obj, "id"));
+		values[CHANGE_CREATES] = BoolGetDatum(true);
 		minor = MinorUnitsNumeric(FirstText(received, MemberText(obj, "amount")),
 								  received != NULL ? "amount_received" : "amount", &minor_null);
 		SET_TEXT(CHANGE_METHOD, IntentMethod(obj));
@@ -602,6 +611,8 @@ stripe_change(PG_FUNCTION_ARGS)
 			status = TextIs(etype, "checkout.session.async_payment_succeeded") ? "paid" :
 				TextIs(etype, "checkout.session.async_payment_failed") ? "failed" :
 				TextIs(etype, "checkout.session.expired") ? "cancelled" : NULL;
+		if (status == NULL)
+			PG_RETURN_NULL();	/* created, no_payment_required, ...: no status */
 		minor = MinorUnitsNumeric(MemberText(obj, "amount_total"), "amount_total", &minor_null);
 		/* a session's list is what the donor could choose from: only one says what was used */
 		SET_TEXT(CHANGE_METHOD, MemberOnlyElementText(obj, "payment_method_types"));
@@ -613,6 +624,19 @@ stripe_change(PG_FUNCTION_ARGS)
 
 	if (status == NULL)
 		PG_RETURN_NULL();		/* not an event about a payment's status */
+	/* only now: an event we do not read is ignored, whatever its created */
+	if (created != NULL)
+	{
+		Datum		seconds = DirectFunctionCall1(float8in, CStringGetDatum(text_to_cstring(created)));
+
+		/* to_timestamp takes "Infinity" too: no day, no receipt number */
+		if (isinf(DatumGetFloat8(seconds)) || isnan(DatumGetFloat8(seconds)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("Stripe's created must be a time in seconds, not \"%s\"", text_to_cstring(created))));
+		values[CHANGE_STATUS_AT] = DirectFunctionCall1(float8_timestamptz, seconds);
+		nulls[CHANGE_STATUS_AT] = false;
+	}
 	nulls[CHANGE_CREATES] = false;
 	values[CHANGE_STATUS] = CStringGetTextDatum(status);
 	nulls[CHANGE_STATUS] = false;

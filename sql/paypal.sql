@@ -377,3 +377,71 @@ SELECT count(*) FILTER (WHERE headers ? 'authorization') AS with_authorization,
   FROM payments.rejections WHERE provider IN (SELECT name FROM payments.providers WHERE kind = 'paypal');
 SELECT provider, event_id FROM payments.events
  WHERE provider IN (SELECT name FROM payments.providers WHERE kind = 'paypal') ORDER BY id;
+
+--------------------------------------------------------------------------------------------------
+-- The method and the payer of an order paid from each kind of source (Orders v2 payment_source:
+-- card, apple_pay, google_pay, venmo, and an alternative method, ideal), signed and delivered in
+-- both orders: the order, then its capture; the capture, then the order (rolled back)
+--------------------------------------------------------------------------------------------------
+
+\set card_order '{"id":"WH-SRC-CARD-ORDER","event_version":"1.0","create_time":"2024-09-01T10:00:00.000Z","resource_type":"checkout-order","resource_version":"2.0","event_type":"CHECKOUT.ORDER.APPROVED","summary":"An order has been approved by buyer","resource":{"id":"ORDER-CARD","status":"APPROVED","intent":"CAPTURE","payment_source":{"card":{"name":"Rudo Chari","last_digits":"7704","brand":"VISA","type":"CREDIT","billing_address":{"country_code":"ZA"}}},"purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"12.00"}}]}}'
+\set card_order_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000001","time":"2024-09-01T10:00:05Z","sig":"IE2M7GtscTomm3w3RCNwOysKmAYRb3erIbPGWALnibR5UbtLPsXQDohKwZyT+HJUyUwF7aU9w2G0ljprECWcOhCRdr7e6MGguX+GmZXXfmFugQiuAStBHOOza/oT27Ze76I0cxA27PiFM+attET8y32kJs6jg5EyD0xGv4dGlyGIeiKTtyuwTd0+riZSDygb0Rslc2VSlSUFGl0AwL1hLOCJlFxai11mCslrEDlQtfNapmhqU3zx4gqkdvsEYIFeVNF8q8TqnLyTIwIMJ/wHKcH8+xhfN0syt0BRsdM2KAfLAsf+VYz4949dyKP00Raa1HYO+K1YomuF6T2Y5+9NXA=="}'
+\set card_capture '{"id":"WH-SRC-CARD-CAPTURE","event_version":"1.0","create_time":"2024-09-01T10:00:30.000Z","resource_type":"capture","resource_version":"2.0","event_type":"PAYMENT.CAPTURE.COMPLETED","summary":"Payment completed","resource":{"id":"CAP-CARD","amount":{"currency_code":"USD","value":"12.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER-CARD"}}}}'
+\set card_capture_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000002","time":"2024-09-01T10:00:35Z","sig":"Myq091XKcJUvm0pU0+rXKPQXEtq4KnMDTaU5wg36kX9j2fnJa8gVaDCgX8XBrAIAvEWyLINoiFZX/KlYAtnX37LKPSdong5rDp1jSiSKQqj+lVmtTQ78cB0H98pLj8ZoVBMWhozLsxLSkDnyKUE5gsg9xfpug6kzDYWERp9gPmSnjadm9a/M6ZDZu+NEx4eeLZgrcC3JixOxMUpEmK7Ceyosf2aULibdItcQW7kpZPcvQPvi0z4RpWQORtSbi0p1CmaGVcoYRZ5hlzHd0XY2z/HNFzcqossRb/g9tmYI3oFIGYz4C8zjC2eCk4K57sEBTe5Aakr4n1obIo6mutK9Tg=="}'
+\set apple_order '{"id":"WH-SRC-APPLE-ORDER","event_version":"1.0","create_time":"2024-09-01T10:01:00.000Z","resource_type":"checkout-order","resource_version":"2.0","event_type":"CHECKOUT.ORDER.APPROVED","summary":"An order has been approved by buyer","resource":{"id":"ORDER-APPLE","status":"APPROVED","intent":"CAPTURE","payment_source":{"apple_pay":{"id":"ap-7b1c","email_address":"farai@example.org","phone_number":{"national_number":"4155552671"},"card":{"name":"Farai Ncube","last_digits":"1111","brand":"VISA","type":"CREDIT","billing_address":{"address_line_1":"1 Main St","admin_area_2":"San Jose","admin_area_1":"CA","postal_code":"95131","country_code":"US"}}}},"purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"13.00"}}]}}'
+\set apple_order_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000003","time":"2024-09-01T10:01:05Z","sig":"Nk+9ZQhg3qMZW8EEwQKnRU5cuC6eUvkN1gofSI3wlJbDjxJmIlPLXb5iqWmkCRhXFZLxme9+nKj7tm2f6l8PXJF0CoJuB4wYEMUz8NzffLZBNN5Wt3sWWsO39DkeaH40JgJ9JzBItJmoqx2pWYyne/lyg1hdiyROqc7TyFt6rQ6g71fSOP21v2q+cVuNcjpTd592lh6bzMT3jrhcoCPVk73mnxhv+RG5+QeYsi1q83LOgPBRnK/kEhS6acCFoVFwUcpE15rXSXab+h+XkiHaV3rboi4qQy+hv/DkshcK5wMfT0NSxIm6MmfJaSgEv7sh6HX0zcHdEFE/zq7wgF1c1w=="}'
+\set apple_capture '{"id":"WH-SRC-APPLE-CAPTURE","event_version":"1.0","create_time":"2024-09-01T10:01:30.000Z","resource_type":"capture","resource_version":"2.0","event_type":"PAYMENT.CAPTURE.COMPLETED","summary":"Payment completed","resource":{"id":"CAP-APPLE","amount":{"currency_code":"USD","value":"13.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER-APPLE"}}}}'
+\set apple_capture_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000004","time":"2024-09-01T10:01:35Z","sig":"ZlhcPEDkHQ4SV9XdAF1L5DMVVKM0QWikx9nXeug9L5cO689nuDQkEOD/p+7ejX60II0zG42a17UMiLk1PI7CQwEUauiVzcG8HJ69QnMInq3yY4uEr7lQ1M97YY/CNx4UK6JvymFuil5ybI9ajvXSOVqswYqZdkHnC37xF/5NP5lbBWVDzQfBdX1wYHx3PY+6xw5fAIsfM/sw66y8AOZJ6CFXbQU4mBnf/11wNe3ZZe3BTOvG7jAhem5gEbBEd5P24WdDy+m3TzELXLZqnlGbWFQIEUf/JpCMH72B+gomQIsdp4v5KLAHKQkqF0sbSwCQYWCgaTtKNppHZoSHJ2jwBA=="}'
+\set google_order '{"id":"WH-SRC-GOOGLE-ORDER","event_version":"1.0","create_time":"2024-09-01T10:02:00.000Z","resource_type":"checkout-order","resource_version":"2.0","event_type":"CHECKOUT.ORDER.APPROVED","summary":"An order has been approved by buyer","resource":{"id":"ORDER-GOOGLE","status":"APPROVED","intent":"CAPTURE","payment_source":{"google_pay":{"name":"Nyasha Banda","email_address":"nyasha@example.org","phone_number":{"country_code":"263","national_number":"771234567"},"card":{"name":"N Banda","last_digits":"4242","type":"DEBIT","brand":"MASTERCARD","billing_address":{"country_code":"ZW"}}}},"purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"14.00"}}]}}'
+\set google_order_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000005","time":"2024-09-01T10:02:05Z","sig":"bkvVErvhpw21cIGjyoitjsg2H7qmfqaue/RfmfD6zJZm/TYE3pWR4bkT8m2V9pI3MWnRWikMN6e2he5GuY4a0yR4R68djmJCnNv4mruKwm56kPUPylobd3+8DIyYp0e+jzrsf1Usy6PeuEnU6ZTO/sI+UzwhE0FeY7N/yRUJYLVQAi4KefZS/tQzMIct0yxanaKEyzWId1seR947xqhZ9TYfzM+OJiTclNWGM4NHYglNB+Ap/xNixrGCUVnbYTgWOd606kvQgry9+AaCNCCf8e3KsSLD+KKTlDklZba+MNvrBKnNhJBa/4/1IxiP+21KBdXLamQVrZRBZkkug4cDSw=="}'
+\set google_capture '{"id":"WH-SRC-GOOGLE-CAPTURE","event_version":"1.0","create_time":"2024-09-01T10:02:30.000Z","resource_type":"capture","resource_version":"2.0","event_type":"PAYMENT.CAPTURE.COMPLETED","summary":"Payment completed","resource":{"id":"CAP-GOOGLE","amount":{"currency_code":"USD","value":"14.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER-GOOGLE"}}}}'
+\set google_capture_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000006","time":"2024-09-01T10:02:35Z","sig":"Ak/B3QA9Y84yOUFtSWBrlQUOC9pPe9GNTpOuH9JyKi8UejCalzxcf1fPmTumbIUgmp4bTk40U43AXAUeCWwmuifNo959d7bfQ52SW59mOjHj5FJYOIf8rsL+8iyLqbtSU3B53pA1iSjAYqV6ZdKUZy264CY0ogqhBC/6Xl6ip1+qj6+kMZXeNTABEL6bnuaZ8zBaT7alM0NuW6AofrHOrovB6NBIzHXpcYNLlUy1YuqaEjO6+JhLgMNbWxv0AOaEhdMthUD0x3e2T9V8G1gm+PGQ2Z/aGMNmAYO6UPBL+hDN66oVdhiMWkCh2QYPx7AeqSVawEV76IjW3ah+c2uXHg=="}'
+\set venmo_order '{"id":"WH-SRC-VENMO-ORDER","event_version":"1.0","create_time":"2024-09-01T10:03:00.000Z","resource_type":"checkout-order","resource_version":"2.0","event_type":"CHECKOUT.ORDER.APPROVED","summary":"An order has been approved by buyer","resource":{"id":"ORDER-VENMO","status":"APPROVED","intent":"CAPTURE","payment_source":{"venmo":{"email_address":"kuda@example.org","account_id":"QYR5Z8XDVJNXR","user_name":"kuda-m","name":{"given_name":"Kuda","surname":"Mlambo"},"phone_number":{"national_number":"2025550143"},"address":{"country_code":"US"}}},"purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"15.00"}}]}}'
+\set venmo_order_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000007","time":"2024-09-01T10:03:05Z","sig":"YK+9S/jQRc+iFEB5yyEj4cJcjocTCkUI8UovbqtqzE1NGw80+cIuTJJ0Ua0Fai4+lgT9oOsis5f8mSbr7gKr8aKK4jVnkQLK4V/9GsIuVdP60xbMXyf+1CX2GVQbgARrEA9fvtQaLh0oDwcqS/tBOtvyPTBNPzSR7+9qyiqyTApOHSgL3bXVP2DzLgbKL3vhdwSzaK8XoIT9DFA19IhTB6J6aLZWW1a1z1Tf0KiLnPSv4oalKMnX53TRr56ycqevPQx5IfXoqH9iniXuTfwYKNEJF3gsJ6jgD8KQ21+AAVod2Az1Sm4GV5E5nI/bxD7PT614YE+NYq4cOewg/crL/g=="}'
+\set venmo_capture '{"id":"WH-SRC-VENMO-CAPTURE","event_version":"1.0","create_time":"2024-09-01T10:03:30.000Z","resource_type":"capture","resource_version":"2.0","event_type":"PAYMENT.CAPTURE.COMPLETED","summary":"Payment completed","resource":{"id":"CAP-VENMO","amount":{"currency_code":"USD","value":"15.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER-VENMO"}}}}'
+\set venmo_capture_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000008","time":"2024-09-01T10:03:35Z","sig":"Wb6UXX3jVcuoJKbWQvCoswpbn+0tvgIRsC4bvjVEu5yaLHwbZQa252J9rZffGedz7J1LkLwzhQKkCj/YJsqZfj45mKxz/gydpbNWUf8ig+dh5Fi10ZE7Iw7mBU9E53djGE5VDGCS1bvuRPhW9Hb+Y/DFBByR0Tu/bKvXFayhTwKjR5NvqlxVAlcyhmtn4tJ+QCchaaDKtdfi6j3eH2BadNQ+2k3rrxwx7/E8EblqFofW8X+4uJklz/tZGyDZZIQaDxvmxjjtAo5QCe0pHDM5QDmLTxsImviZ9umuCecuGF80hDfniXalthyp3Wb/7DlGiBvTzkoLk8W4kG87dH9NYQ=="}'
+\set ideal_order '{"id":"WH-SRC-IDEAL-ORDER","event_version":"1.0","create_time":"2024-09-01T10:04:00.000Z","resource_type":"checkout-order","resource_version":"2.0","event_type":"CHECKOUT.ORDER.APPROVED","summary":"An order has been approved by buyer","resource":{"id":"ORDER-IDEAL","status":"APPROVED","intent":"CAPTURE","payment_source":{"ideal":{"name":"Sanne de Vries","country_code":"NL","bic":"INGBNL2A","iban_last_chars":"5678"}},"purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"16.00"}}]}}'
+\set ideal_order_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000009","time":"2024-09-01T10:04:05Z","sig":"FTB8IWza8yYaWxGD/WcgD9dKxqu5v+Qh4N6QQliKhmWa0lxmi7QSmnrMX8l/SSGzh7AhX7VL1cnGKWIW7LsQ299cEB9s29VyOVr84JBDBzLJxCQYkaN5oAOP/YvZDyOURWF1jesy99pVBz0xa69Wo4kygaVkn9zMTXbVFJF5q9YTWgGxJMhLNCLGAp57gOuS8+EgRbq6jhiY7SjDA0CC5fsyh9JFaOZVBQF3m2uaV6IoPJRkCyykekc/PdGGOxupbSBO3g6IcDLEZrmsQ2VPMfQKSRRvyWKbxZkA8Yj8vtgcEu5ZxIsw5RbtlyLxIxZnNVsYKfaalmcg9K1Uc2sZSg=="}'
+\set ideal_capture '{"id":"WH-SRC-IDEAL-CAPTURE","event_version":"1.0","create_time":"2024-09-01T10:04:30.000Z","resource_type":"capture","resource_version":"2.0","event_type":"PAYMENT.CAPTURE.COMPLETED","summary":"Payment completed","resource":{"id":"CAP-IDEAL","amount":{"currency_code":"USD","value":"16.00"},"status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORDER-IDEAL"}}}}'
+\set ideal_capture_h '{"tid":"a0b1c2d3-6801-11ef-8000-000000000010","time":"2024-09-01T10:04:35Z","sig":"iam2NkYj2b9aCKV1tJrRwlTcD9cnN808VHWGWMeYyNQ+BZrZyiwp5jtLfOtvuxSnW+f87PBaVXwFwRXYsRCvJk0O5ApXCZ7ESH4+s72Bcev7XvLpk0CYqEu0D9w3/7mXXzaFXtbMHCtmcNZeNhrdJnL0NpgUvzMFL62lw/7lgktGtEmXcZKQqZVo0sK+OpxXnKUf7yDsj3tSFaKrltTVOjv6Kgm+zjBJkNi/Ir3Z3b0IDxnJrKl1wXnbtgEoDQPEdOlSn/dCkEn/U8HmLd+CfnzB2Wu8+Mg+g9P8Fs0C7duU7zeKL2+hGmR/3XHkyDC38ZxmfHaUQt7++DbUVC0h2Q=="}'
+BEGIN;
+SELECT payments.register_provider(p, 'paypal', jsonb_build_object('webhook_id', :'wid', 'verify_cert_chain', false)) IS NOT NULL AS registered
+  FROM unnest(ARRAY['pp-order-first', 'pp-capture-first']) p;
+CREATE FUNCTION pg_temp.deliver_to(provider text, body text, h jsonb) RETURNS text LANGUAGE sql AS $$
+	SELECT i.http_status || ' ' || i.outcome
+	  FROM payments.ingest(provider, pg_temp.pp(h ->> 'tid', h ->> 'time', h ->> 'sig'), convert_to(body, 'UTF8')) i $$;
+CREATE TEMP TABLE src (n int, source text, ord text, ord_h jsonb, cap text, cap_h jsonb);
+INSERT INTO src VALUES
+	(1, 'card', :'card_order', :'card_order_h', :'card_capture', :'card_capture_h'),
+	(2, 'apple_pay', :'apple_order', :'apple_order_h', :'apple_capture', :'apple_capture_h'),
+	(3, 'google_pay', :'google_order', :'google_order_h', :'google_capture', :'google_capture_h'),
+	(4, 'venmo', :'venmo_order', :'venmo_order_h', :'venmo_capture', :'venmo_capture_h'),
+	(5, 'ideal', :'ideal_order', :'ideal_order_h', :'ideal_capture', :'ideal_capture_h');
+-- the order, then its capture: the capture names no source and leaves the order's method
+SELECT source, pg_temp.deliver_to('pp-order-first', ord, ord_h) AS order_outcome,
+	   pg_temp.deliver_to('pp-order-first', cap, cap_h) AS capture_outcome
+  FROM src ORDER BY n;
+-- the capture first: a payment known from its capture alone is paid by paypal, as before
+SELECT source, pg_temp.deliver_to('pp-capture-first', cap, cap_h) AS capture_outcome FROM src ORDER BY n;
+SELECT provider_ref, status, method, donor_name FROM payments.payments
+ WHERE provider = 'pp-capture-first' ORDER BY provider_ref;
+-- then its order (older than the capture: no move of its status) names the source, and the payer:
+-- applied
+SELECT source, pg_temp.deliver_to('pp-capture-first', ord, ord_h) AS order_outcome FROM src ORDER BY n;
+-- both orders of delivery end alike: the source as the method, the payer from it (a phone only
+-- where its calling code is given: Google Pay's)
+SELECT provider_ref, provider, status, amount, method, donor_name, donor_email, donor_phone, country
+  FROM payments.payments WHERE provider IN ('pp-order-first', 'pp-capture-first')
+ ORDER BY provider_ref, provider DESC;
+SELECT count(*) FILTER (WHERE f.provider_ref IS NULL OR (o.status, o.amount, o.method, o.donor_name, o.donor_email, o.donor_phone, o.country)
+					 IS DISTINCT FROM (f.status, f.amount, f.method, f.donor_name, f.donor_email, f.donor_phone, f.country)) AS differing
+  FROM payments.payments o
+  LEFT JOIN payments.payments f ON f.provider = 'pp-capture-first' AND f.provider_ref = o.provider_ref
+ WHERE o.provider = 'pp-order-first';
+-- which source: the key of payment_source when it names exactly one
+SELECT n, payments.paypal_payment_source(r::jsonb) FROM unnest(ARRAY[
+ '{"payment_source":{"venmo":{}}}', '{"payment_source":{"paypal":{"email_address":"a@b.org"}}}',
+ '{"payment_source":{"card":{},"paypal":{}}}', '{"payment_source":{}}', '{"payment_source":"card"}',
+ '{"payment_source":{"card":"x"}}', '{"payment_source":{"Card; DROP":{}}}', '{}', '[]', 'null'
+]) WITH ORDINALITY AS t (r, n);
+ROLLBACK;

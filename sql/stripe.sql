@@ -179,6 +179,21 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
 ]) WITH ORDINALITY AS t (payload, n);
 SELECT payments.stripe_change(NULL) IS NULL AS null_for_null;
 
+-- a thin event (object v2.core.event: Stripe's event destinations, API 2024-09-30.acacia on) names
+-- its object without carrying it, and its created is an ISO 8601 string: NULL, whatever its type
+-- (stripe-node's V2 Core Event: created: string).  An event of a type that says no status is NULL
+-- whatever its created or amounts; the events we read still fail on a created that is no number
+SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
+ '{"id":"evt_test_65R9Ijk8Y6LV5Oq7Bjx16RwbXZxJ2ZiUP8FpsBn5gGTVA4","object":"v2.core.event","type":"v2.core.event_destination.ping","livemode":false,"created":"2025-10-30T06:20:52.246Z","related_object":{"id":"ed_test_61RM8ltWcTW4mbsxf16RJyfa2xSQLHJJh1sxm7H0KVT6","type":"v2.core.event_destination","url":"/v2/core/event_destinations/ed_test_61RM8ltWcTW4mbsxf16RJyfa2xSQLHJJh1sxm7H0KVT6"}}',
+ '{"id":"evt_test_65R9Ijk8Y6LV5Oq7Bjx16RwbXZxJ2ZiUP8FpsBn5gGTVA5","object":"v2.core.event","type":"v1.billing.meter.error_report_triggered","livemode":false,"created":"2025-10-30T06:20:52.246Z","related_object":{"id":"mtr_test_61R9IjkFg7HqW1Ynt41JWO8Xd7vWIdPh","type":"billing.meter","url":"/v1/billing/meters/mtr_test_61R9IjkFg7HqW1Ynt41JWO8Xd7vWIdPh"}}',
+ '{"object":"v2.core.event","type":"payment_intent.succeeded","created":"2025-10-30T06:20:52.246Z","related_object":{"id":"pi_thin","type":"payment_intent"},"data":{"object":{"id":"pi_thin","amount":100,"currency":"usd"}}}',
+ '{"object":"event","type":"customer.created","created":"2025-10-30T06:20:52.246Z","data":{"object":{"id":"cus_1"}}}',
+ '{"type":"payment_intent.created","created":"2025-10-30T06:20:52.246Z","data":{"object":{"id":"pi_x","amount":"ten","currency":"usd"}}}',
+ '{"type":"checkout.session.completed","created":"Infinity","data":{"object":{"id":"cs_x","payment_status":"no_payment_required","amount_total":"x","currency":"usd"}}}',
+ '{"object":"event","type":"payment_intent.succeeded","created":"2025-10-30T06:20:52.246Z","data":{"object":{"id":"pi_iso","amount":100,"currency":"usd"}}}',
+ '{"object":"event","type":"charge.succeeded","created":"Infinity","data":{"object":{"id":"ch_inf","payment_intent":"pi_inf","amount":100,"currency":"usd"}}}'
+]) WITH ORDINALITY AS t (payload, n);
+
 -- the method is the one used, where the event says it: a charge's payment_method_details.type, an
 -- intent's expanded latest_charge or embedded charges (API versions before 2022-11-15: the one
 -- that succeeded or is pending, else the latest attempt), else a list of allowed methods only
@@ -242,4 +257,18 @@ SELECT provider_ref, status, amount, amount_refunded, (SELECT sum(f.amount) FROM
 SELECT pg_temp.apply('{"type":"payment_intent.processing","account":"acct_1Conn","created":1718000000,"data":{"object":{"id":"pi_c1","amount":1000,"currency":"usd","metadata":{"reference":"C1"}}}}'),
 	   pg_temp.apply('{"type":"charge.succeeded","account":"acct_1Conn","created":1718000010,"data":{"object":{"id":"ch_c1","payment_intent":"pi_c1","amount":1000,"currency":"usd","metadata":{"reference":"C1","note":"x"}}}}');
 SELECT provider_ref, status, reference, metadata FROM payments.payments WHERE provider = 'st_fix' AND provider_ref = 'pi_c1';
+ROLLBACK;
+
+-- a thin event delivered, signed, to a provider of its mode: ignored (it was stored, pending with
+-- the error of its created, retried and dead), nothing made of it
+BEGIN;
+SELECT payments.register_provider('st_thin', 'stripe', '{"livemode": false}') IS NOT NULL AS registered;
+SELECT payments.add_secret('st_thin', 'whsec_thin') IS NOT NULL AS secret_added;
+\set thin '{"id":"evt_test_65R9Ijk8Y6LV5Oq7Bjx16RwbXZxJ2ZiUP8FpsBn5gGTVA4","object":"v2.core.event","type":"v2.core.event_destination.ping","livemode":false,"created":"2025-10-30T06:20:52.246Z","related_object":{"id":"ed_test_61RM8ltWcTW4mbsxf16RJyfa2xSQLHJJh1sxm7H0KVT6","type":"v2.core.event_destination","url":"/v2/core/event_destinations/ed_test_61RM8ltWcTW4mbsxf16RJyfa2xSQLHJJh1sxm7H0KVT6"},"reason":null}'
+SELECT floor(extract(epoch FROM clock_timestamp()))::bigint AS now_s \gset
+SELECT * FROM payments.ingest('st_thin', jsonb_build_object('stripe-signature', 't=' || :now_s || ',v1=' ||
+	encode(hmac(convert_to(:now_s || '.' || :'thin', 'UTF8'), 'whsec_thin'::bytea, 'sha256'), 'hex')),
+	convert_to(:'thin', 'UTF8'));
+SELECT event_type, event_at, state, attempts, last_error FROM payments.events WHERE provider = 'st_thin';
+SELECT count(*) AS payments FROM payments.payments WHERE provider = 'st_thin';
 ROLLBACK;

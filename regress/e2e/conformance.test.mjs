@@ -81,6 +81,24 @@ describe('conformance with the official SDKs', () => {
 		}
 	});
 
+	test('stripe: thin events (v2.core.event, created an ISO 8601 string) of the provider\'s mode are ignored', async () => {
+		// an event destination's thin events (stripe-node's V2 Core Event: created is a string)
+		for (const type of ['v2.core.event_destination.ping', 'v1.billing.meter.error_report_triggered']) {
+			const id = `evt_thin_${type.replaceAll('.', '_')}`;
+			const payload = JSON.stringify({
+				id, object: 'v2.core.event', type, livemode: true, created: '2025-10-30T06:20:52.246Z',
+				related_object: { id: 'ed_61RM8ltWcTW4mbsxf16RJyfa2xSQLHJJh1sxm7H0KVT6', type: 'v2.core.event_destination',
+					url: '/v2/core/event_destinations/ed_61RM8ltWcTW4mbsxf16RJyfa2xSQLHJJh1sxm7H0KVT6' },
+				reason: null,
+			});
+			const header = stripe.webhooks.generateTestHeaderString({ payload, secret: stripeSecret });
+			const res = await post(shim.base, 'stripe', payload, { 'stripe-signature': header });
+			assert.deepEqual([res.status, res.json.outcome], [200, 'ignored'], res.text);
+			assert.equal(cluster.psqlVars("SELECT state || '/' || coalesce(last_error, '') FROM payments.events WHERE provider = 'stripe' AND event_id = :'e'",
+				{ e: id }), 'ignored/');
+		}
+	});
+
 	test('standardwebhooks: sign, and v1a signatures with an Ed25519 public key', async () => {
 		let n = 0;
 		for (const payload of payloads('std')) {

@@ -1,7 +1,7 @@
 /*
  * days.c
  *		Days in the receipt time zone: the day of a time (receipt numbers,
- *		reports) and the moment a day starts.
+ *		reports), the moment a day starts, and the clock there at a time.
  *
  * They are computed with the zone itself, as PostgreSQL's TimeZone setting
  * uses it (currency_summary sets it), summer time included.  AT TIME ZONE
@@ -19,6 +19,7 @@
 
 PG_FUNCTION_INFO_V1(receipt_day);
 PG_FUNCTION_INFO_V1(day_start);
+PG_FUNCTION_INFO_V1(receipt_local_time);
 
 /*
  * SQL: payments.receipt_day(at timestamptz) returns date: the day of a time
@@ -108,4 +109,28 @@ day_start(PG_FUNCTION_ARGS)
 		start = EarlierSameMidnight(&tm, offset, start);
 	}
 	PG_RETURN_TIMESTAMPTZ(start);
+}
+
+/*
+ * SQL: payments.receipt_local_time(at timestamptz) returns timestamp: the
+ * date and time a clock in the receipt time zone shows at a time (what the
+ * chat tells a donor, the clinic's time).
+ */
+Datum
+receipt_local_time(PG_FUNCTION_ARGS)
+{
+	TimestampTz at = PG_GETARG_TIMESTAMPTZ(0);
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			offset;
+	Timestamp	local;
+
+	if (TIMESTAMP_NOT_FINITE(at))
+		PG_RETURN_TIMESTAMP(at);
+	if (timestamp2tm(at, &offset, &tm, &fsec, NULL, ReceiptTimeZone()) != 0 ||
+		tm2timestamp(&tm, fsec, NULL, &local) != 0 || !IS_VALID_TIMESTAMP(local))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	PG_RETURN_TIMESTAMP(local);
 }

@@ -921,6 +921,13 @@ LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION payments.receipt_day(timestamptz) IS
 	'The day of a time in the receipt time zone (the payments.receipt_timezone setting, default UTC), summer time included; a zone name that is also an abbreviation (CET) is the zone, never the abbreviation';
 
+CREATE FUNCTION payments.receipt_local_time(at timestamptz)
+RETURNS timestamp
+AS 'MODULE_PATHNAME', 'receipt_local_time'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION payments.receipt_local_time(timestamptz) IS
+	'The date and time a clock in the receipt time zone shows at a time (summer time included; a zone name that is also an abbreviation is the zone, as for receipt_day)';
+
 -- What a transition recorded by the transaction does at its commit (extension/transitions.c), in
 -- this order: the payment's receipt number when it became paid, taken then so that the counter's
 -- lock is held only from just before the commit to the end of its WAL flush; the outbox, when an
@@ -5815,7 +5822,7 @@ CREATE TABLE payments.paynow_initiations (
 	CHECK (method IN ('card', 'telecash') OR phone IS NOT NULL)
 );
 CREATE INDEX paynow_initiations_queued_idx ON payments.paynow_initiations (id) WHERE state IN ('queued', 'sending');
--- the requests a number had today (payments.chat_start_payment's limits)
+-- the requests a number had in the last 24 hours (payments.chat_start_payment's limits)
 CREATE INDEX paynow_initiations_phone_idx ON payments.paynow_initiations (phone, created_at) WHERE phone IS NOT NULL;
 COMMENT ON TABLE payments.paynow_initiations IS
 	'Paynow transactions to initiate (mobile: remotetransaction; card: initiatetransaction), queued with their pending payment and sent by payments.initiate_payments. queued; sending (committed before the request; never sent twice); done (reply hash verified, pollurl kept); error (Paynow refused it, it was never sent, or, for a web checkout, card or telecash, its reply with the only link to pay it was lost: the payment failed); unconfirmed (a mobile one that may have reached Paynow, which did not answer usably: the payment stays pending, for Paynow''s status update or reconciliation''s trace by merchant trace to settle); skipped (the payment was no longer pending when its turn came, e.g. approved by hand; or the donor sent cancel while it was queued, which cancels the payment)';
@@ -6402,6 +6409,22 @@ $$;
 COMMENT ON FUNCTION payments.chat_pending_notice(text, text, boolean, bigint) IS
 	'When a WhatsApp number has a donation that may still be paid (payments.chat_pending_donation) newer than the one it chose to go past (seen), queues a word about it (amount, method, reference, where it stands) with a Check it button, and Donate anyway unless confirming (then the summary is sent again); returns its payment id, or NULL when there is none';
 
+-- When a donor refused by a limit of 24 hours may try again, as a clock at the clinic (the
+-- receipt time zone) shows it: the next whole minute after the time, today or tomorrow there (the
+-- day after tomorrow when the minute of a time just before midnight tomorrow rounds up to it)
+CREATE FUNCTION payments.chat_try_again(free_at timestamptz)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT 'after ' || pg_catalog.to_char(clock, 'HH24:MI')
+		   || CASE clock::date - payments.receipt_day(pg_catalog.now()) WHEN 0 THEN ' today' WHEN 1 THEN ' tomorrow'
+				   ELSE ' the day after tomorrow' END
+	  FROM (SELECT pg_catalog.date_trunc('minute', payments.receipt_local_time(free_at)) + interval '1 minute' AS clock) t
+$$;
+COMMENT ON FUNCTION payments.chat_try_again(timestamptz) IS
+	'When a donor refused by one of the chat''s limits of 24 hours may try again, as the chat says it: "after HH:MM today" or "tomorrow", the next whole minute after the time, in the receipt time zone';
+
 CREATE FUNCTION payments.chat_start_payment(event_row bigint, provider text, wa_id text, name text, cfg jsonb,
 											draft jsonb)
 RETURNS bigint
@@ -6417,9 +6440,7 @@ DECLARE
 	ref		text;
 	c		payments.payment_change;
 	pay_id	bigint;
-	-- the limits' day, as the donor is told of it ("today", "tomorrow"): the clinic's, in the
-	-- receipt time zone, as receipts, references and /stats have it
-	today	timestamptz := payments.day_start(payments.receipt_day(now()));
+	free_at	timestamptz;
 BEGIN
 	IF paynow IS NULL THEN
 		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
@@ -6427,9 +6448,10 @@ BEGIN
 		RETURN NULL;
 	END IF;
 	-- a mobile-money request makes the number's phone prompt for a PIN: so that nobody can flood a
-	-- stranger's phone with prompts, a chat asks numbers other than its own at most 5 times a day,
-	-- and a number is asked by chats other than its own at most 3 times a day (since the day's
-	-- midnight in the receipt time zone, not in the last 24 hours).  Counted: the
+	-- stranger's phone with prompts, a chat asks numbers other than its own at most 5 times, and a
+	-- number is asked by chats other than its own at most 3 times, in any 24 hours,
+	-- not since midnight (which would allow twice as many in the minutes around it).  The donor
+	-- is told when the oldest request counted leaves the 24 hours.  Counted: the
 	-- requests that may have prompted a phone (queued, sending, done, unconfirmed), not those that
 	-- prompted nobody (error: Paynow refused it or was never reached; skipped)
 	IF NOT payments.paynow_web_checkout(draft ->> 'method')
@@ -6437,26 +6459,32 @@ BEGIN
 		-- confirmations to one number are counted one after the other: two chats confirming at
 		-- once would each count the requests before the other's and both go past the limit
 		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payments prompts ' || (draft ->> 'phone'), 0));
-		IF (SELECT count(*) FROM payments.chat_donations d JOIN payments.paynow_initiations i ON i.payment_id = d.payment_id
-			 WHERE d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id
-			   AND d.created_at >= today
-			   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
-			   AND i.phone IS NOT NULL AND i.phone IS DISTINCT FROM payments.chat_local_phone(d.wa_id)) >= 5 THEN
-			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id,
-				'Sorry, this chat has asked other people''s numbers for payments too often today. Please pay from your own number, or try again tomorrow. Nothing was charged.'));
+		-- the fifth latest request counted in the last 24 hours: at the limit until it leaves them
+		free_at := (SELECT d.created_at FROM payments.chat_donations d JOIN payments.paynow_initiations i ON i.payment_id = d.payment_id
+					 WHERE d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id
+					   AND d.created_at > now() - interval '24 hours'
+					   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
+					   AND i.phone IS NOT NULL AND i.phone IS DISTINCT FROM payments.chat_local_phone(d.wa_id)
+					 ORDER BY d.created_at DESC OFFSET 4 LIMIT 1) + interval '24 hours';
+		IF free_at IS NOT NULL THEN
+			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
+				'Sorry, this chat has asked other people''s numbers for payments 5 times in the last 24 hours. Please pay from your own number, or try again %s. Nothing was charged.',
+				payments.chat_try_again(free_at))));
 			RETURN NULL;
 		END IF;
 		-- (a chat known by business-scoped user id alone has no number of its own: its requests to the
 		-- number, perhaps its user's own, are not another chat's, and the limit above bounds them)
-		IF (SELECT count(*) FROM payments.paynow_initiations i JOIN payments.chat_donations d ON d.payment_id = i.payment_id
-			 WHERE i.phone = draft ->> 'phone' AND i.created_at >= today
-			   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
-			   AND payments.chat_local_phone(d.wa_id) IS DISTINCT FROM i.phone
-			   AND NOT (payments.whatsapp_bsuid(chat_start_payment.wa_id) IS NOT NULL
-						AND d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id)) >= 3 THEN
+		free_at := (SELECT i.created_at FROM payments.paynow_initiations i JOIN payments.chat_donations d ON d.payment_id = i.payment_id
+					 WHERE i.phone = draft ->> 'phone' AND i.created_at > now() - interval '24 hours'
+					   AND i.state IN ('queued', 'sending', 'done', 'unconfirmed')
+					   AND payments.chat_local_phone(d.wa_id) IS DISTINCT FROM i.phone
+					   AND NOT (payments.whatsapp_bsuid(chat_start_payment.wa_id) IS NOT NULL
+								AND d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id)
+					 ORDER BY i.created_at DESC OFFSET 2 LIMIT 1) + interval '24 hours';
+		IF free_at IS NOT NULL THEN
 			PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, format(
-				'Sorry, %s has had too many payment requests from other chats today. Its owner can donate from their own WhatsApp, or try again tomorrow. Nothing was charged.',
-				draft ->> 'phone')));
+				'Sorry, %s has had 3 payment requests from other chats in the last 24 hours. Its owner can donate from their own WhatsApp, or you can try again %s. Nothing was charged.',
+				draft ->> 'phone', payments.chat_try_again(free_at))));
 			RETURN NULL;
 		END IF;
 	END IF;
@@ -6499,7 +6527,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) IS
-	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day; donor_phone the WhatsApp number, none for a donor known by business-scoped user id alone, whose BSUID is metadata.whatsapp_user_id) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times a day; a number is asked by other chats at most 3 times a day, a chat known by business-scoped user id alone not counting as another chat; requests that prompted nobody, in state error or skipped, are not counted)';
+	'A confirmed donation (chat or Flow): creates the payment (pending, merchant reference WA-YYYYMMDD-N, the day in the receipt time zone: payments.receipt_day; donor_phone the WhatsApp number, none for a donor known by business-scoped user id alone, whose BSUID is metadata.whatsapp_user_id) with the Paynow provider of its currency, queues its Paynow initiation and tells the donor, all in the transaction of the message; returns the payment id; NULL, the donor told why, when the currency has no Paynow provider of that currency, or a mobile-money request would pass a limit (a chat asks numbers other than its own at most 5 times in 24 hours; a number is asked by other chats at most 3 times in 24 hours, the donor told after what time of the receipt time zone to try again; a chat known by business-scoped user id alone not counting as another chat; requests that prompted nobody, in state error or skipped, are not counted)';
 
 CREATE FUNCTION payments.chat_admin(provider text, wa_id text, command text)
 RETURNS void
@@ -7795,6 +7823,7 @@ REVOKE ALL ON FUNCTION payments.chat_fit_draft(jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_advance(text, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_check(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_try_again(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_admin(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_move_user(text, text, text, text, timestamptz) FROM PUBLIC;

@@ -149,10 +149,14 @@ SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2024-
 SET payments.receipt_timezone = 'CET';
 SELECT payments.receipt_day('2024-06-10 22:30Z') AS cet_summer, payments.receipt_day('2024-01-10 23:30Z') AS cet_winter,
 	   payments.day_start('2024-06-11') = '2024-06-10 22:00Z' AS starts_at_cest_midnight;
+SELECT payments.receipt_local_time('2024-06-10 22:30:15.5Z') AS cet_summer_clock,
+	   payments.receipt_local_time('2024-01-10 23:30Z') AS cet_winter_clock,
+	   payments.receipt_local_time('infinity') AS never;
 SELECT day, currency, gross FROM payments.daily_summary WHERE provider = 'rp-paynow' AND currency = 'ZWG';
 SET timezone_abbreviations = 'Australia';
 SET payments.receipt_timezone = 'EST';
-SELECT payments.receipt_day('2024-06-10 15:00Z') AS est, payments.day_start('2024-06-11') = '2024-06-11 05:00Z' AS starts_at_est_midnight;
+SELECT payments.receipt_day('2024-06-10 15:00Z') AS est, payments.day_start('2024-06-11') = '2024-06-11 05:00Z' AS starts_at_est_midnight,
+	   payments.receipt_local_time('2024-06-10 15:00Z') AS est_clock;
 RESET timezone_abbreviations;
 -- Havana's summer time ends at 01:00, back to 00:00: 3 November 2024 starts at its first midnight
 -- (04:00 UTC), and the hour before the second is the 3rd's, as its receipts say; on 10 March
@@ -164,6 +168,8 @@ SELECT payments.day_start('2024-11-03') AT TIME ZONE 'UTC' AS havana_nov_3,
 	   payments.day_start('2024-11-04') AT TIME ZONE 'UTC' AS havana_nov_4,
 	   payments.day_start('2024-03-10') AT TIME ZONE 'UTC' AS havana_mar_10,
 	   payments.receipt_day(payments.day_start('2024-03-10') - interval '1 microsecond') AS before_the_gap;
+-- its clock across the hour summer time repeats (04:30 and 05:30 UTC both show 00:30)
+SELECT payments.receipt_local_time('2024-11-03 04:30Z') AS first_half_past, payments.receipt_local_time('2024-11-03 05:30Z') AS second_half_past;
 -- a number is hours east of UTC, as TimeZone (which currency_summary sets to it) reads it
 SET payments.receipt_timezone = '+03';
 SELECT payments.receipt_day('2024-06-10 22:30Z') AS plus_3, payments.day_start('2024-06-11') AT TIME ZONE 'UTC' AS starts;

@@ -372,26 +372,42 @@ $$;
 BEGIN;
 SELECT n, pg_temp.ask('263773000021', '07790000' || lpad(n::text, 2, '0')) AS started FROM generate_series(1, 6) n;
 SELECT pg_temp.ask('263773000021', '0773000021') AS own_number;
-SELECT r FROM pg_temp.replies('263773000021') r WHERE r LIKE 'Sorry%';
+SELECT replace(r, payments.chat_try_again(now() + interval '24 hours'), '<24 hours after the first>') AS r FROM pg_temp.replies('263773000021') r WHERE r LIKE 'Sorry%';
 SELECT w, pg_temp.ask(w, '0779000099') AS started FROM unnest(ARRAY['263773000031', '263773000032', '263773000033', '263773000034']) w;
-SELECT r FROM pg_temp.replies('263773000034') r;
+SELECT replace(r, payments.chat_try_again(now() + interval '24 hours'), '<24 hours after the first>') AS r FROM pg_temp.replies('263773000034') r;
 SELECT pg_temp.ask('263779000099', '0779000099') AS its_owner;
 ROLLBACK;
--- the day is the clinic's, as the donor is told ("today", "try again tomorrow"): requests made
--- before midnight in the receipt time zone count no more, even within 24 hours; those since do
+-- in any 24 hours, not since midnight (5 asked at 23:59 and 5 more at 00:01 would be 10 in two
+-- minutes): a request leaves the count 24 hours after it was made, and the donor is told after
+-- what time of the clinic's clock to try again (when the oldest request counted leaves)
 BEGIN;
 SELECT n, pg_temp.ask('263773000023', '07790003' || lpad(n::text, 2, '0')) AS started FROM generate_series(1, 5) n;
 SELECT w, pg_temp.ask(w, '0779000097') AS started FROM unnest(ARRAY['263773000035', '263773000036', '263773000037']) w;
-UPDATE payments.chat_donations SET created_at = payments.day_start(payments.receipt_day(now())) - interval '1 second'
- WHERE wa_id IN ('263773000023', '263773000035', '263773000036', '263773000037');
-UPDATE payments.paynow_initiations SET created_at = payments.day_start(payments.receipt_day(now())) - interval '1 second'
- WHERE phone LIKE '07790003__' OR phone = '0779000097';
-SELECT pg_temp.ask('263773000023', '0779000399') AS started_today, pg_temp.ask('263773000038', '0779000097') AS asked_today;
-UPDATE payments.chat_donations SET created_at = payments.day_start(payments.receipt_day(now()))
- WHERE wa_id IN ('263773000023', '263773000035', '263773000036', '263773000037');
-UPDATE payments.paynow_initiations SET created_at = payments.day_start(payments.receipt_day(now()))
- WHERE phone LIKE '07790003__' OR phone = '0779000097';
-SELECT pg_temp.ask('263773000023', '0779000398') AS started_since_midnight, pg_temp.ask('263773000039', '0779000097') AS asked_since_midnight;
+-- made 23 hours ago and after (the first 23 hours 59 minutes ago, before any midnight of today)
+UPDATE payments.chat_donations d SET created_at = now() - interval '23 hours 59 minutes' + (i.id - m.first) * interval '1 hour'
+  FROM payments.paynow_initiations i, (SELECT min(id) AS first FROM payments.paynow_initiations WHERE phone LIKE '07790003__') m
+ WHERE d.payment_id = i.payment_id AND d.wa_id = '263773000023';
+UPDATE payments.paynow_initiations i SET created_at = d.created_at
+  FROM payments.chat_donations d WHERE d.payment_id = i.payment_id AND d.wa_id = '263773000023';
+UPDATE payments.chat_donations SET created_at = now() - interval '23 hours 30 minutes' WHERE wa_id IN ('263773000035', '263773000036', '263773000037');
+UPDATE payments.paynow_initiations SET created_at = now() - interval '23 hours 30 minutes' WHERE phone = '0779000097';
+SELECT pg_temp.ask('263773000023', '0779000399') AS started_within_24h, pg_temp.ask('263773000038', '0779000097') AS asked_within_24h;
+SELECT r = format('Sorry, this chat has asked other people''s numbers for payments 5 times in the last 24 hours. Please pay from your own number, or try again %s. Nothing was charged.',
+				  payments.chat_try_again(now() + interval '1 minute')) AS told_when
+  FROM pg_temp.replies('263773000023') r WHERE r LIKE 'Sorry%';
+SELECT r = format('Sorry, 0779000097 has had 3 payment requests from other chats in the last 24 hours. Its owner can donate from their own WhatsApp, or you can try again %s. Nothing was charged.',
+				  payments.chat_try_again(now() + interval '30 minutes')) AS told_when
+  FROM pg_temp.replies('263773000038') r WHERE r LIKE 'Sorry%';
+-- 24 hours and a second later, the oldest no longer counts
+UPDATE payments.chat_donations SET created_at = created_at - interval '1 minute 1 second' WHERE wa_id LIKE '2637730000__' AND wa_id <> '263773000038';
+UPDATE payments.paynow_initiations SET created_at = created_at - interval '1 minute 1 second' WHERE phone LIKE '07790003__' OR phone = '0779000097';
+UPDATE payments.chat_donations SET created_at = now() - interval '24 hours 1 second' WHERE wa_id = '263773000035';
+UPDATE payments.paynow_initiations i SET created_at = now() - interval '24 hours 1 second'
+  FROM payments.chat_donations d WHERE d.payment_id = i.payment_id AND d.wa_id = '263773000035';
+SELECT pg_temp.ask('263773000023', '0779000398') AS started_after_24h, pg_temp.ask('263773000039', '0779000097') AS asked_after_24h;
+-- the time as a clock at the clinic shows it: the next whole minute, today or tomorrow there
+SELECT payments.chat_try_again(now()) ~ '^after ([01][0-9]|2[0-3]):[0-5][0-9] (today|tomorrow)$' AS phrased,
+	   payments.chat_try_again(payments.day_start(payments.receipt_day(now())) + interval '1 day' + interval '9 hours 4 minutes 30 seconds') AS next_morning;
 ROLLBACK;
 -- counted: the requests that may have prompted a phone (queued, sending, done, unconfirmed), not
 -- those that prompted nobody (error: Paynow refused it or was never reached; skipped)
@@ -1288,10 +1304,10 @@ DELETE FROM payments.flow_tokens WHERE provider = 'chat';
 -- chats' requests to that number still count
 BEGIN;
 SELECT n, pg_temp.ask('ZW.7000000000000000005', '0777000005') AS started FROM generate_series(1, 6) n;
-SELECT r FROM pg_temp.replies('ZW.7000000000000000005') r WHERE r LIKE 'Sorry%';
+SELECT replace(r, payments.chat_try_again(now() + interval '24 hours'), '<24 hours after the first>') AS r FROM pg_temp.replies('ZW.7000000000000000005') r WHERE r LIKE 'Sorry%';
 SELECT w, pg_temp.ask(w, '0777000006') AS started
   FROM unnest(ARRAY['ZW.7000000000000000006', 'ZW.7000000000000000007', '263773000041', 'ZW.7000000000000000008']) w;
-SELECT r FROM pg_temp.replies('ZW.7000000000000000008') r WHERE r LIKE 'Sorry%';
+SELECT replace(r, payments.chat_try_again(now() + interval '24 hours'), '<24 hours after the first>') AS r FROM pg_temp.replies('ZW.7000000000000000008') r WHERE r LIKE 'Sorry%';
 ROLLBACK;
 -- an admin listed by BSUID, writing with their number: Paynow's news that a donation they approved
 -- by hand was paid goes to them alone

@@ -6932,10 +6932,11 @@ BEGIN
 	IF ev.event_at < s.last_message_at THEN
 		RETURN 'ignored';
 	END IF;
-	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a Flow's completion
-	-- (nfm_reply: the Flow's data exchange started the payment and said so), nor a message in a
-	-- group (group_id: a reply would go to the sender alone)
-	IF msg ->> 'type' = 'reaction' OR msg -> 'interactive' ->> 'type' = 'nfm_reply'
+	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a message deleted
+	-- (revoke: a number also used in the WhatsApp Business app, Meta's "coexistence"), nor a Flow's
+	-- completion (nfm_reply: the Flow's data exchange started the payment and said so), nor a
+	-- message in a group (group_id: a reply would go to the sender alone)
+	IF msg ->> 'type' IN ('reaction', 'revoke') OR msg -> 'interactive' ->> 'type' = 'nfm_reply'
 	   OR msg ? 'group_id' THEN
 		RETURN 'ignored';
 	END IF;
@@ -6971,12 +6972,18 @@ BEGIN
 
 	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button', 'request_welcome') THEN
 		-- a picture, sticker, voice note, location, contact...: the conversation stays where it was;
-		-- told once a minute at most (an album of pictures is a message each)
+		-- told once a minute at most (an album of pictures is a message each).  A message edited
+		-- (edit: coexistence, as revoke) is not read either: its first version was answered, and an
+		-- amount changed after it would not change the donation the donor may confirm
 		IF s.media_notice_at IS NULL OR s.media_notice_at < now() - interval '1 minute' THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-				'Sorry, we can only read text and buttons here. ' ||
-				CASE WHEN st = 'menu' THEN 'Send *help* to see what you can do.'
-					 ELSE 'Please answer the last question with a message or a button, or send *help*.' END));
+				CASE WHEN msg ->> 'type' = 'edit'
+					 THEN 'Sorry, we cannot read edited messages here. ' ||
+						  CASE WHEN st = 'menu' THEN 'Please send it again as a new message, or send *help*.'
+							   ELSE 'Please send your answer to the last question again as a new message, or send *help*.' END
+					 ELSE 'Sorry, we can only read text and buttons here. ' ||
+						  CASE WHEN st = 'menu' THEN 'Send *help* to see what you can do.'
+							   ELSE 'Please answer the last question with a message or a button, or send *help*.' END END));
 			UPDATE payments.chat_sessions cs SET media_notice_at = now()
 			 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
 		END IF;

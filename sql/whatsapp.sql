@@ -686,6 +686,15 @@ SELECT * FROM pg_temp.replies('263772000092');
 SELECT pg_temp.say('263772000093', NULL, 1, false, '106540352242922',
 				   '{"type": "image", "image": {"id": "2754859441498128", "mime_type": "image/jpeg"}}');
 SELECT * FROM pg_temp.replies('263772000093');
+-- a number also used in the WhatsApp Business app (coexistence) is sent the donor's deletions and
+-- edits: a deletion is not answered; an edit is not read, and the donor is asked to send it again
+SELECT pg_temp.say('263772000094', 'donate', 1, true);
+SELECT pg_temp.say('263772000094', NULL, 2, false, '106540352242922',
+				   '{"type": "revoke", "revoke": {"original_message_id": "wamid.in1"}}');
+SELECT pg_temp.say('263772000094', NULL, 3, false, '106540352242922',
+				   '{"type": "edit", "edit": {"original_message_id": "wamid.in1", "message": {"type": "text", "text": {"body": "25"}}}}');
+SELECT pg_temp.session('263772000094');
+SELECT * FROM pg_temp.replies('263772000094');
 -- an album is a message per picture: told once a minute at most, not once per picture
 BEGIN;
 UPDATE payments.chat_sessions SET media_notice_at = now() - interval '61 seconds' WHERE wa_id = '263772000093';

@@ -4942,10 +4942,10 @@ BEGIN
 			-- poll, not at the status it had (days before, perhaps, in a day already reported);
 			-- its receipt, numbered at the commit, takes the day of paid_at
 			IF said_at IS NULL AND after = 'paid' AND pay.paid_at IS NULL THEN
-				UPDATE payments.payments p SET paid_at = now() WHERE p.id = pay.id;
+				UPDATE payments.payments p SET paid_at = clock_timestamp() WHERE p.id = pay.id;
 			END IF;
 			UPDATE payments.reconciliation_checks c
-			   SET finished_at = now(), http_status = record_reconciliation.http_status, found_status = raw,
+			   SET finished_at = clock_timestamp(), http_status = record_reconciliation.http_status, found_status = raw,
 				   found = jsonb_strip_nulls(jsonb_build_object('status', change.status, 'amount', change.amount,
 																'currency', change.currency)),
 				   status_after = after,
@@ -4962,7 +4962,7 @@ BEGIN
 	END IF;
 
 	UPDATE payments.reconciliation_checks c
-	   SET finished_at = now(), http_status = record_reconciliation.http_status, found_status = raw,
+	   SET finished_at = clock_timestamp(), http_status = record_reconciliation.http_status, found_status = raw,
 		   status_after = pay.status, outcome = 'error', error = problem
 	 WHERE c.id = chk.id;
 	RETURN 'error';
@@ -7548,7 +7548,7 @@ BEGIN
 	c.provider_ref := ini.reference;
 	c.creates := false;
 	c.status := 'failed';
-	c.status_at := now();
+	c.status_at := clock_timestamp();
 	c.metadata := jsonb_strip_nulls(jsonb_build_object('initiate_error', left(paynow_error, 200)));
 	PERFORM payments.apply_change(NULL, ini.provider, c);
 END
@@ -7567,7 +7567,7 @@ DECLARE
 	p		payments.payments;
 BEGIN
 	UPDATE payments.paynow_initiations i
-	   SET state = 'unconfirmed', finished_at = now(), error = problem
+	   SET state = 'unconfirmed', finished_at = clock_timestamp(), error = problem
 	 WHERE i.id = initiation_unconfirmed.initiation_id
 	RETURNING i.* INTO ini;
 	SELECT x.* INTO p FROM payments.payments x WHERE x.id = ini.payment_id;
@@ -7605,7 +7605,7 @@ BEGIN
 		RETURN 'unconfirmed';
 	END IF;
 	UPDATE payments.paynow_initiations i
-	   SET state = 'error', finished_at = now(), error = problem
+	   SET state = 'error', finished_at = clock_timestamp(), error = problem
 	 WHERE i.id = ini.id;
 	-- (one whose payment moved on meanwhile, approved by hand, is left as it is)
 	IF EXISTS (SELECT FROM payments.payments p WHERE p.id = ini.payment_id AND p.status = 'pending') THEN
@@ -7777,7 +7777,7 @@ BEGIN
 	END IF;
 	IF problem IS NOT NULL THEN
 		UPDATE payments.paynow_initiations i
-		   SET state = 'error', finished_at = now(), http_status = record_initiation.http_status,
+		   SET state = 'error', finished_at = clock_timestamp(), http_status = record_initiation.http_status,
 			   paynow_status = r ->> 'status', error = problem
 		 WHERE i.id = ini.id;
 		PERFORM payments.initiation_failed(ini.id, told);
@@ -7792,7 +7792,7 @@ BEGIN
 	 WHERE p.id = ini.payment_id
 	RETURNING p.status INTO pay_status;
 	UPDATE payments.paynow_initiations i
-	   SET state = 'done', finished_at = now(), http_status = record_initiation.http_status,
+	   SET state = 'done', finished_at = clock_timestamp(), http_status = record_initiation.http_status,
 		   paynow_status = r ->> 'status', instructions = r ->> 'instructions'
 	 WHERE i.id = ini.id;
 	-- (FOR SHARE: a number change moving it, still uncommitted, is waited for, and its wa_id read)

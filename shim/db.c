@@ -1191,14 +1191,23 @@ seconds_since(const struct timespec *start)
 
 /*
  * Store one delivery in a transaction of its own (db_ingest), counted in the
- * batch metrics as a transaction of one delivery, as it is.
+ * batch metrics as a transaction of one delivery, as it is.  A delivery that
+ * found no database (answered 503, counted by the rejections' metric) began
+ * no transaction, and is not counted as one that failed.
  */
 static void
 db_ingest_alone(const IngestRequest *req, IngestResult *out)
 {
 	struct timespec start;
+	DbThread   *thread = db_thread_get();
 
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	if (thread != NULL && !db_connect(thread, req->request_id))
+	{
+		memset(out, 0, sizeof(*out));
+		out->status = DB_UNAVAILABLE;
+		return;
+	}
 	db_ingest(req, out);
 	metrics_batch(1, out->status == DB_OK, seconds_since(&start));
 }
@@ -1238,6 +1247,7 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 	unsigned int untried = 0;
 	const char *stopped = NULL;
 	bool		read_only = false;
+	bool		began = false;	/* a transaction was begun: counted in the metrics */
 	struct timespec start;
 
 	if (n == 1)
@@ -1270,8 +1280,11 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 			else
 				status = DB_OK;
 			if (status == DB_OK)
+			{
+				began = true;
 				status = db_batch_run(thread, reqs, n, rows, &retry_alone,
 									  &timed_out, &reprepare);
+			}
 			/* statement gone (e.g. DISCARD ALL by a pooler): prepare again once */
 			if (status != DB_OK && reprepare && attempt == 0 &&
 				thread->conn != NULL)
@@ -1284,7 +1297,8 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 		if (thread->conn != NULL)
 			db_set_state(thread, DBCONN_IDLE);
 	}
-	metrics_batch(n, status == DB_OK, seconds_since(&start));
+	if (began)
+		metrics_batch(n, status == DB_OK, seconds_since(&start));
 
 	if (retry_alone && status == DB_UNAVAILABLE)
 		stopped = "the database is unavailable";

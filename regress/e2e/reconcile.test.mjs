@@ -488,6 +488,11 @@ test('a statement_timeout below the provider\'s response time cancels no reconci
 	assert.doesNotMatch(stderr, /statement timeout/);
 	assert.equal(status('pi_late'), 'paid');
 	assert.equal(lastCheck('pi_late'), 'fixed|succeeded|200');
+	// the check finished, and the payment was found paid, when the answer came (1.5 s after the
+	// request), not when the run claimed it: a poll answered after midnight is paid on the new day
+	assert.equal(db.psqlVars(`SELECT c.finished_at - c.started_at >= interval '1.4 seconds', p.paid_at >= c.started_at + interval '1.4 seconds'
+		FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+		WHERE p.provider_ref = :'r' ORDER BY c.id DESC LIMIT 1`, { r: 'pi_late' }), 't|t');
 });
 
 test('a Paynow reply about another transaction pays nothing; another amount is kept for review', async () => {

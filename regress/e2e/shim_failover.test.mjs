@@ -178,6 +178,20 @@ describe('the first requests after a database restart', () => {
 		const down = await request(s.port, { path: '/ready' });
 		assert.deepEqual([down.status, down.json.reason], [503, 'database unavailable']);
 		assert.equal(await gauge('broken'), 1);
+		// deliveries that meet the database down (alone or together) are answered 503 and counted as
+		// such, not as transactions that failed: none was begun
+		const samples = async () => parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
+		const was = await samples();
+		const refused = await Promise.all([1, 2, 3].map(async () => {
+			const d = stripeDelivery();
+			return (await request(s.port, { method: 'POST', path: d.path, headers: d.headers, body: d.body })).status;
+		}));
+		assert.deepEqual(refused, [503, 503, 503]);
+		const seen = await samples();
+		const unavailable = 'payments_shim_rejections_total{reason="database_unavailable"}';
+		assert.equal((seen.get(unavailable) ?? 0) - (was.get(unavailable) ?? 0), 3);
+		assert.equal(seen.get('payments_shim_batches_failed_total') ?? 0, was.get('payments_shim_batches_failed_total') ?? 0);
+		assert.equal(seen.get('payments_shim_batch_deliveries_count') ?? 0, was.get('payments_shim_batch_deliveries_count') ?? 0);
 		const connected = s.stderr.match(/"msg":"database connected"/g).length;
 		db.start();
 		// nothing but /metrics, which does not touch the database: the batch thread connects again

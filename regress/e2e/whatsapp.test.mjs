@@ -229,6 +229,7 @@ async function startPaynow() {
 			if (mobile && f.phone === '0775555555') return res.writeHead(502).end('Bad Gateway');
 			if (!mobile && f.amount === '13.13') return res.writeHead(502).end('Bad Gateway');
 			if (mobile && f.phone === '0772222222') await statusUpdate(f, ref, 'Paid');
+			if (mobile && f.phone === '0779191919') await sleep(1200);	// a slow Paynow: answered 1.2 s later
 			const reply = mobile
 				? { status: 'Ok', instructions: `Dial *151*2*4# and approve ${f.amount} for ${f.reference}`,
 					paynowreference: ref, pollurl: `${p.base}/poll/${f.reference}` }
@@ -482,6 +483,14 @@ test('a Paynow status update arriving before the initiate reply is stored still 
 	await say(who, 'check');
 	await work();
 	assert.match(graph.to(who).at(-1), new RegExp(`^Your last donation, 7.00 USD by EcoCash \\(reference ${ref}\\), is paid. Receipt number: LP-`));
+});
+
+test('an initiation answered slowly is recorded finished when the answer came, not when it was claimed', async () => {
+	const who = '263771230009';
+	await donate(who, { method: 'ecocash', amount: '9', phone: '0779191919' });
+	await work();
+	assert.equal(q(`SELECT i.state || ' ' || (i.finished_at - i.started_at >= interval '1.1 seconds')
+		FROM payments.paynow_initiations i WHERE i.reference = :'r'`, { r: lastRef(who) }), 'done true');
 });
 
 test('reconciliation traces an initiation whose reply was lost: paid if Paynow made it, failed if it never reached Paynow', async () => {

@@ -3545,6 +3545,41 @@ $$;
 COMMENT ON FUNCTION payments.graph_throttled(text) IS
 	'The Graph API''s error code when an error answer is one of Meta''s rate limits (4, 80007, 130429, 131048, 131056, 133016), retried; NULL otherwise';
 
+-- Whether a delivery run would send an outbox item now, in one place: the claim takes its items
+-- here (locking them through the view), and the DBA's views count them here, so an alert on "due"
+-- means something can be sent and is not.  A webhook goes to an enabled endpoint whose breaker is
+-- closed; of an endpoint whose breaker is open or half open and has cooled down, one item only is
+-- sent, its probe (the first due), and none while the probe is out (the claim keeps breaker_until
+-- at least to the end of the probe's lease).  A WhatsApp message goes when its sender has
+-- access_token and phone_number_id, and is the oldest pending message to its chat (messages sent
+-- in parallel may reach the chat in any order): one in backoff holds back the later ones.  The
+-- endpoint and sender conditions are uncorrelated subqueries, computed once per statement rather
+-- than looked up per item (the claim reads every due item of a large backlog); only the chat
+-- order is looked up per message, on outbox_recipient_idx
+CREATE VIEW payments.outbox_sendable AS
+	SELECT s.id, s.endpoint_id, s.provider, s.recipient, s.event_type, s.created_at, s.attempts,
+		   s.next_attempt_at, s.last_status, s.last_error, s.probe
+	  FROM (SELECT o.*,
+				   o.id = ANY (ARRAY(
+					   SELECT p.id FROM payments.endpoints c
+						CROSS JOIN LATERAL (SELECT f.id FROM payments.outbox f
+											 WHERE f.endpoint_id = c.id AND f.state = 'pending'
+											   AND f.next_attempt_at <= pg_catalog.now()
+											 ORDER BY f.next_attempt_at, f.id LIMIT 1) p
+						WHERE c.enabled AND c.breaker_state <> 'closed' AND c.breaker_until <= pg_catalog.now())) AS probe
+			  FROM payments.outbox o
+			 WHERE o.state = 'pending' AND o.next_attempt_at <= pg_catalog.now()) s
+	 WHERE CASE WHEN s.provider IS NULL
+				THEN s.probe OR s.endpoint_id IN (SELECT e.id FROM payments.endpoints e
+												   WHERE e.enabled AND e.breaker_state = 'closed')
+				ELSE s.provider IN (SELECT v.name FROM payments.providers v
+									 WHERE v.settings ? 'access_token' AND v.settings ? 'phone_number_id')
+					 AND NOT EXISTS (SELECT FROM payments.outbox b
+									  WHERE b.provider = s.provider AND b.recipient = s.recipient
+										AND b.state = 'pending' AND b.id < s.id) END;
+COMMENT ON VIEW payments.outbox_sendable IS
+	'The outbox items a delivery run would send now, what payments.claim_outbox claims from (and outbox_backlog''s due and outbox_oldest_due count): due webhooks of enabled endpoints whose breaker is closed, and one probe (probe true: the first due item) of each enabled endpoint whose breaker is open or half open and cooled down; due WhatsApp messages of senders with access_token and phone_number_id that are the oldest pending message to their chat';
+
 CREATE FUNCTION payments.claim_outbox(max_items integer, sends text DEFAULT 'all')
 RETURNS TABLE (outbox_id bigint, attempt_id bigint, msg_id text, url text, secret text, body text,
 			   headers text, ca_file text, connect_timeout_ms integer, timeout_ms integer,
@@ -3561,12 +3596,13 @@ DECLARE
 	lease	numeric;
 	claimed_at timestamptz;
 BEGIN
-	-- endpoints whose breaker has cooled down get one probe each; they are locked in id order,
-	-- the order record_delivery locks them in (a run recording results while this one claims
-	-- deadlocked with it, the plan's order being a hash's); one locked by another transaction (a
-	-- run recording its result, an admin's change) is probed by a later run, not waited for.  Only
-	-- an endpoint given its probe is half open: one past max_items, or whose due items are all
-	-- locked, stays open and is probed by the next run, not a whole cool-down later
+	-- what a run sends is payments.outbox_sendable's (the DBA's views count the same).  Endpoints
+	-- whose breaker has cooled down get one probe each, their item there marked probe; they are
+	-- locked in id order, the order record_delivery locks them in (a run recording results while
+	-- this one claims deadlocked with it, the plan's order being a hash's); one locked by another
+	-- transaction (a run recording its result, an admin's change) is probed by a later run, not
+	-- waited for.  Only an endpoint given its probe is half open: one past max_items, or whose probe
+	-- is locked, stays open and is probed by the next run, not a whole cool-down later
 	FOR ep IN
 		SELECT c.id FROM payments.endpoints c
 		 WHERE sends <> 'chats' AND c.enabled AND c.breaker_state <> 'closed' AND c.breaker_until <= now()
@@ -3576,9 +3612,8 @@ BEGIN
 		   FOR NO KEY UPDATE SKIP LOCKED
 	LOOP
 		EXIT WHEN cardinality(ids) >= max_items;
-		SELECT o.id INTO probe FROM payments.outbox o
-		 WHERE o.endpoint_id = ep AND o.state = 'pending' AND o.next_attempt_at <= now()
-		 ORDER BY o.next_attempt_at, o.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+		SELECT s.id INTO probe FROM payments.outbox_sendable s
+		 WHERE s.endpoint_id = ep AND s.probe FOR UPDATE OF s SKIP LOCKED;
 		IF probe IS NOT NULL THEN
 			UPDATE payments.endpoints e
 			   SET breaker_state = 'half_open', breaker_until = now() + e.breaker_cooldown
@@ -3589,23 +3624,16 @@ BEGIN
 	END LOOP;
 	-- webhooks to closed endpoints, and WhatsApp messages of providers that can send, one at a
 	-- time per recipient and in order (messages sent in parallel may reach the chat in any order);
-	-- sends says which: 'all', 'webhooks' (the deliver job) or 'chats' (the chat job).  A run records
-	-- its results when its slowest request is done, so the jobs keep them apart: a receiver that
-	-- hung for its timeout held every donor's next message as long
+	-- probes are the loop's only.  sends says which: 'all', 'webhooks' (the deliver job) or 'chats'
+	-- (the chat job).  A run records its results when its slowest request is done, so the jobs
+	-- keep them apart: a receiver that hung for its timeout held every donor's next message as long
 	ids := ids || ARRAY(
-		SELECT o.id FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
-		 WHERE o.state = 'pending' AND o.next_attempt_at <= now() AND o.id <> ALL (ids)
-		   AND (sends = 'all' OR (sends = 'chats') = (o.provider IS NOT NULL))
-		   AND CASE WHEN o.provider IS NULL THEN e.enabled AND e.breaker_state = 'closed'
-					ELSE EXISTS (SELECT FROM payments.providers v
-								  WHERE v.name = o.provider AND v.settings ? 'access_token'
-									AND v.settings ? 'phone_number_id')
-						 AND NOT EXISTS (SELECT FROM payments.outbox b
-										  WHERE b.provider = o.provider AND b.recipient = o.recipient
-											AND b.state = 'pending' AND b.id < o.id) END
-		 ORDER BY o.next_attempt_at, o.id
+		SELECT s.id FROM payments.outbox_sendable s
+		 WHERE NOT s.probe AND s.id <> ALL (ids)
+		   AND (sends = 'all' OR (sends = 'chats') = (s.provider IS NOT NULL))
+		 ORDER BY s.next_attempt_at, s.id
 		 LIMIT greatest(max_items - cardinality(ids), 0)
-		   FOR UPDATE OF o SKIP LOCKED);
+		   FOR UPDATE OF s SKIP LOCKED);
 
 	-- attempts that never finished (crash, cancel) are closed as interrupted; an item that has had
 	-- every attempt of the schedule, the last interrupted so (runs that failed or were cancelled
@@ -3669,7 +3697,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_outbox(integer, text) IS
-	'Claims due outbox items (SKIP LOCKED; one probe per endpoint whose breaker cooled down, which is half open only once given it; webhooks and WhatsApp messages, or only those of them that sends names; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them (an item whose attempts are used up, the last interrupted, is dead instead); returned in endpoint order, the order deliver_outbox records them in, so that two runs lock endpoints in the same order; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
+	'Claims the outbox items a run sends now, those of payments.outbox_sendable (SKIP LOCKED; one probe per endpoint whose breaker cooled down, which is half open only once given it; webhooks and WhatsApp messages, or only those of them that sends names; WhatsApp messages of providers with access_token and phone_number_id, the oldest pending one of each recipient only, so a chat gets its messages in order), records an attempt for each and leases them (an item whose attempts are used up, the last interrupted, is dead instead); returned in endpoint order, the order deliver_outbox records them in, so that two runs lock endpoints in the same order; a WhatsApp document not yet uploaded is claimed as its upload (upload_filename, upload_type: a multipart POST of the body to /media); used by deliver_outbox, which commits before sending';
 
 CREATE FUNCTION payments.record_delivery(attempt_id bigint, http_status integer, retry_after integer,
 										 error text, duration_ms integer, response_bytes bigint,
@@ -3816,49 +3844,44 @@ COMMENT ON FUNCTION payments.sign_webhook(text, bigint, text, text) IS
 -- What a DBA watches
 --------------------------------------------------------------------------------------------------
 
--- "due" counts what a delivery run would send now: nothing of a disabled endpoint, or of one whose
--- breaker is open and not yet cooled down, nor a WhatsApp message whose sender lacks its settings
--- (an alert on them must mean something can be sent and is not)
+-- "due" counts what a delivery run would send now (payments.outbox_sendable, what the claim takes):
+-- nothing of a disabled endpoint, or of one whose breaker is open and not yet cooled down or whose
+-- probe is out, one probe of one cooled down, nor a WhatsApp message whose sender lacks its
+-- settings or that waits for an earlier one to its chat (an alert on them must mean something can
+-- be sent and is not)
 CREATE VIEW payments.outbox_backlog AS
 	SELECT e.name AS endpoint, e.enabled, e.breaker_state,
 		   count(*) FILTER (WHERE o.state = 'pending') AS pending,
-		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()
-							  AND e.enabled AND (e.breaker_state = 'closed' OR e.breaker_until <= now())) AS due,
+		   count(s.id) AS due,
 		   count(*) FILTER (WHERE o.state = 'dead') AS dead,
 		   count(*) FILTER (WHERE o.state = 'delivered') AS delivered,
 		   min(o.created_at) FILTER (WHERE o.state = 'pending') AS oldest_pending_at,
 		   now() - min(o.created_at) FILTER (WHERE o.state = 'pending') AS oldest_pending_age
 	  FROM payments.endpoints e LEFT JOIN payments.outbox o ON o.endpoint_id = e.id
+	  LEFT JOIN payments.outbox_sendable s ON s.id = o.id
 	 GROUP BY e.id, e.name, e.enabled, e.breaker_state
 	UNION ALL
 	SELECT 'whatsapp:' || o.provider, true, 'closed',
 		   count(*) FILTER (WHERE o.state = 'pending'),
-		   count(*) FILTER (WHERE o.state = 'pending' AND o.next_attempt_at <= now()
-							  AND EXISTS (SELECT FROM payments.providers v
-										   WHERE v.name = o.provider AND v.settings ? 'access_token'
-											 AND v.settings ? 'phone_number_id')),
+		   count(s.id),
 		   count(*) FILTER (WHERE o.state = 'dead'),
 		   count(*) FILTER (WHERE o.state = 'delivered'),
 		   min(o.created_at) FILTER (WHERE o.state = 'pending'),
 		   now() - min(o.created_at) FILTER (WHERE o.state = 'pending')
-	  FROM payments.outbox o WHERE o.provider IS NOT NULL
+	  FROM payments.outbox o LEFT JOIN payments.outbox_sendable s ON s.id = o.id
+	 WHERE o.provider IS NOT NULL
 	 GROUP BY o.provider;
 COMMENT ON VIEW payments.outbox_backlog IS
-	'Per endpoint (and per WhatsApp sender, as whatsapp:<provider>): items pending, due now and sendable (endpoint enabled, breaker closed or cooled down; a sender with access_token and phone_number_id), dead and delivered, and the age of the oldest pending one';
+	'Per endpoint (and per WhatsApp sender, as whatsapp:<provider>): items pending, due (what a delivery run would send now: payments.outbox_sendable; one probe of an endpoint whose breaker cooled down, none while it is out; a chat''s oldest pending message only), dead and delivered, and the age of the oldest pending one';
 
 CREATE VIEW payments.outbox_oldest_due AS
-	SELECT o.id, coalesce(e.name, 'whatsapp:' || o.provider) AS endpoint, o.event_type, o.created_at,
-		   now() - o.created_at AS age, o.attempts, o.next_attempt_at, o.last_status, o.last_error
-	  FROM payments.outbox o LEFT JOIN payments.endpoints e ON e.id = o.endpoint_id
-	 WHERE o.state = 'pending' AND o.next_attempt_at <= now()
-	   AND CASE WHEN o.provider IS NULL THEN e.enabled AND (e.breaker_state = 'closed' OR e.breaker_until <= now())
-				ELSE EXISTS (SELECT FROM payments.providers v
-							  WHERE v.name = o.provider AND v.settings ? 'access_token'
-								AND v.settings ? 'phone_number_id') END
-	 ORDER BY o.next_attempt_at, o.id
+	SELECT s.id, coalesce(e.name, 'whatsapp:' || s.provider) AS endpoint, s.event_type, s.created_at,
+		   now() - s.created_at AS age, s.attempts, s.next_attempt_at, s.last_status, s.last_error
+	  FROM payments.outbox_sendable s LEFT JOIN payments.endpoints e ON e.id = s.endpoint_id
+	 ORDER BY s.next_attempt_at, s.id
 	 LIMIT 1;
 COMMENT ON VIEW payments.outbox_oldest_due IS
-	'The outbox item a delivery run could send that has waited longest past its due time (none of a disabled endpoint, of one whose breaker has not cooled down, or of a WhatsApp sender without its settings)';
+	'The outbox item a delivery run would send now (payments.outbox_sendable) that has waited longest past its due time (none of a disabled endpoint, of one whose breaker has not cooled down or whose probe is out, of a WhatsApp sender without its settings, nor a message waiting for an earlier one to its chat)';
 
 CREATE VIEW payments.endpoint_health AS
 	SELECT e.name, e.url, e.enabled, e.disabled_reason, e.breaker_state, e.breaker_until,

@@ -260,6 +260,60 @@ SELECT count(*) AS attempts FROM payments.outbox_attempts;
 DELETE FROM payments.outbox;
 DELETE FROM payments.endpoints;
 
+-- the backlog's "due" and the oldest due item are what a run would send now, decided as the claim
+-- decides it (payments.outbox_sendable).  An endpoint whose breaker cooled down is sent one probe,
+-- not its backlog (due 5 while a run sent 1), and nothing while that probe is out
+SELECT payments.add_endpoint('tripped', 'https://crm.example/tripped', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') IS NOT NULL AS added;
+SELECT payments.add_endpoint('steady', 'https://crm.example/steady', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') IS NOT NULL AS added;
+INSERT INTO payments.outbox (endpoint_id, event_type, payload, next_attempt_at)
+SELECT e.id, 'payment.paid', jsonb_build_object('n', n), now() - n * interval '1 minute'
+  FROM payments.endpoints e, generate_series(1, 5) n WHERE e.name = 'tripped';
+INSERT INTO payments.outbox (endpoint_id, event_type, payload, next_attempt_at)
+SELECT e.id, 'payment.paid', jsonb_build_object('n', n), now() - interval '10 seconds'
+  FROM payments.endpoints e, generate_series(1, 2) n WHERE e.name = 'steady';
+UPDATE payments.endpoints SET breaker_state = 'open', breaker_until = now() - interval '1 second', consecutive_failures = 5
+ WHERE name = 'tripped';
+CREATE FUNCTION pg_temp.watch() RETURNS TABLE (endpoint text, breaker_state text, pending bigint, due bigint, oldest_due text)
+LANGUAGE sql AS $$
+	SELECT b.endpoint, b.breaker_state, b.pending, b.due,
+		   (SELECT d.endpoint || ' n=' || (o.payload ->> 'n') FROM payments.outbox_oldest_due d JOIN payments.outbox o ON o.id = d.id
+			 WHERE d.endpoint = b.endpoint)
+	  FROM payments.outbox_backlog b ORDER BY b.endpoint
+$$;
+SELECT * FROM pg_temp.watch();
+SELECT e.name, o.payload ->> 'n' AS n FROM payments.claim_outbox(200) c
+  JOIN payments.outbox o ON o.id = c.outbox_id JOIN payments.endpoints e ON e.id = o.endpoint_id ORDER BY e.name, o.id;
+SELECT * FROM pg_temp.watch();
+-- the probe's time runs out with no result: the next run sends one more probe, the probe out
+-- (leased) not being due
+UPDATE payments.endpoints SET breaker_until = now() - interval '1 second' WHERE name = 'tripped';
+SELECT * FROM pg_temp.watch();
+SELECT e.name, o.payload ->> 'n' AS n FROM payments.claim_outbox(200) c
+  JOIN payments.outbox o ON o.id = c.outbox_id JOIN payments.endpoints e ON e.id = o.endpoint_id ORDER BY e.name, o.id;
+DELETE FROM payments.outbox;
+DELETE FROM payments.endpoints;
+-- a chat gets its messages one at a time, in order: a message waits while an earlier one to that
+-- chat is pending, in its backoff after Meta's 429 say (its later messages showed as due, and a
+-- run sent nothing), or due itself (then that one is sent: one due, not two)
+SELECT payments.register_provider('obchat', 'meta', '{"verify_token": "t", "access_token": "tok", "phone_number_id": "100"}');
+INSERT INTO payments.outbox (provider, recipient, event_type, payload, attempts, last_status, next_attempt_at)
+VALUES ('obchat', '263771111111', 'whatsapp.text', '{"n": 1}', 1, 429, now() + interval '5 minutes'),
+	   ('obchat', '263771111111', 'whatsapp.text', '{"n": 2}', 0, NULL, now() - interval '2 minutes'),
+	   ('obchat', '263772222222', 'whatsapp.text', '{"n": 3}', 0, NULL, now() - interval '1 minute'),
+	   ('obchat', '263772222222', 'whatsapp.text', '{"n": 4}', 0, NULL, now() - interval '3 minutes');
+SELECT * FROM pg_temp.watch();
+SELECT o.recipient, o.payload ->> 'n' AS n FROM payments.claim_outbox(200, 'chats') c
+  JOIN payments.outbox o ON o.id = c.outbox_id ORDER BY o.id;
+SELECT * FROM pg_temp.watch();
+-- the first message's backoff ends: it is due, and sent, its chat's second still waiting
+UPDATE payments.outbox SET next_attempt_at = now() - interval '1 second' WHERE payload ->> 'n' = '1';
+SELECT * FROM pg_temp.watch();
+SELECT o.recipient, o.payload ->> 'n' AS n FROM payments.claim_outbox(200, 'chats') c
+  JOIN payments.outbox o ON o.id = c.outbox_id ORDER BY o.id;
+DELETE FROM payments.outbox_attempts;
+DELETE FROM payments.outbox;
+DELETE FROM payments.providers WHERE name = 'obchat';
+
 -- finished outbox items are not kept for ever (payments.prune_outbox, the daily job
 -- payments-prune): delivered and dead ones finished before the cutoff go, with their attempts;
 -- pending ones never, however old.  Times are fixed (in UTC) so that the cutoff is 2020-06-01

@@ -6568,7 +6568,7 @@ DECLARE
 	c		payments.payment_change;
 BEGIN
 	IF cmd = '/stats' THEN
-		SELECT string_agg(format('%s: %s paid, gross %s, net %s; %s failed, %s pending', s.currency, s.paid,
+		SELECT string_agg(format('%s: %s paid, gross %s, net of fees and refunds %s; %s failed or cancelled, %s pending', s.currency, s.paid,
 								 payments.chat_amount(s.gross, s.currency), payments.chat_amount(s.net, s.currency), s.failed, s.pending),
 						  E'\n' ORDER BY s.currency)
 		  INTO body FROM payments.currency_summary(payments.day_start(today), payments.day_start(today + 1)) s;
@@ -6588,7 +6588,7 @@ BEGIN
 		IF day IS NULL THEN
 			body := 'Usage: /report [YYYY-MM-DD | yesterday] (default: today)';
 		ELSE
-			SELECT string_agg(format('%s %s: %s paid, gross %s%s, fees %s%s, net %s; %s failed; %s refunds (%s); %s new donors%s',
+			SELECT string_agg(format('%s %s: %s paid, gross %s%s, fees %s%s, net of fees %s; %s failed or cancelled; %s refunds (%s); %s new donors%s',
 									 r.currency, r.method, r.paid, payments.chat_amount(r.gross, r.currency),
 									 CASE WHEN r.amount_unknown > 0 THEN format(' (amount not known for %s)', r.amount_unknown)
 										  ELSE '' END,
@@ -6656,7 +6656,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
-	'Answers an admin number''s command: /stats (today''s totals per currency), /report [day] (payments.daily_report, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
+	'Answers an admin number''s command: /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
 
 -- The conversations of one WhatsApp id are created (a first message) and moved (chat_move_user)
 -- one at a time: a transaction-level advisory lock per (provider, id), taken in one order (the

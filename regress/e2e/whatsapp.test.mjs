@@ -636,7 +636,7 @@ test('admin commands from admin numbers only', async () => {
 		'whatsapp.text delivered -, whatsapp.document delivered -, whatsapp.text delivered -');
 	const [help, stats, report, document, approved] = graph.to(ADMIN);
 	assert.match(help, /^Admin commands:\n\/stats/);
-	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net [0-9.]+; 3 failed, 1 pending\nZWG: /);
+	assert.match(stats, /^Today \(\d{4}-\d{2}-\d{2}\):\nUSD: \d+ paid, gross [0-9.]+, net of fees and refunds [0-9.]+; 3 failed or cancelled, 1 pending\nZWG: /);
 	assert.match(report, /^Daily report \d{4}-\d{2}-\d{2}:\n.*USD \(all\): \d+ paid/s);
 	// the report again as a CSV document, after the text: the rows of payments.daily_report
 	const day = report.slice(13, 23);

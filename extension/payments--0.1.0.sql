@@ -6558,8 +6558,12 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	cmd		text := lower(split_part(command, ' ', 1) COLLATE pg_catalog."C");
-	arg		text := btrim(substr(command, length(split_part(command, ' ', 1)) + 1));
+	-- the command and its argument apart at any white space the chat trims (payments.chat_trim): a
+	-- tab, a line break or a non-breaking space (a phone's keyboard, a copied reference) too
+	words	text[] := regexp_match(payments.chat_trim(command),
+								   E'^(.*?)[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff]+(.*)$');
+	cmd		text := lower(coalesce(words[1], payments.chat_trim(command)) COLLATE pg_catalog."C");
+	arg		text := coalesce(payments.chat_trim(words[2]), '');
 	today	date := payments.receipt_day(now());
 	day		date;
 	body	text;
@@ -6656,7 +6660,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
-	'Answers an admin number''s command: /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
+	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
 
 -- The conversations of one WhatsApp id are created (a first message) and moved (chat_move_user)
 -- one at a time: a transaction-level advisory lock per (provider, id), taken in one order (the

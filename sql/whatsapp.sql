@@ -529,6 +529,15 @@ SELECT pg_temp.say('263770000001', '/approve', 4);
 SELECT pg_temp.say('263770000001', '/approve NOPE', 5);
 SELECT * FROM pg_temp.replies('263770000001');
 SELECT reference AS eco_ref FROM payments.payments WHERE donor_phone = '263772000003' \gset
+-- (each case below is rolled back: the approvals after it are made on the payments as they were)
+-- a command and its argument apart at any white space the chat trims: a tab, a line break, a
+-- non-breaking space (U+00A0), around the argument too
+BEGIN;
+SELECT pg_temp.say('263770000001', E'/report\u00a0yesterday', 6);
+SELECT pg_temp.say('263770000001', E'/approve\t' || lower(:'eco_ref') || E'\u00a0', 7);
+SELECT pg_temp.say('263770000001', E'/Approve\n\n' || :'eco_ref', 8);
+SELECT * FROM pg_temp.replies('263770000001');
+ROLLBACK;
 -- typed in lower case, it finds the payment all the same
 SELECT pg_temp.say('263770000001', '/approve ' || lower(:'eco_ref'), 6);
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);

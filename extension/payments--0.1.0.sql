@@ -6638,9 +6638,13 @@ BEGIN
 				PERFORM payments.issue_receipt(pay.id, c.status_at);
 				body := format('Approved %s: %s %s marked paid, receipt %s.', pay.reference, payments.chat_amount(pay.amount, pay.currency),
 							   pay.currency, (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id)) ||
-					-- a request that left cannot be called back: the donor may still be prompted
-					coalesce((SELECT E'\nPaynow was already asked for it (' || i.state || '): the donor may still be prompted to pay; '
-									 || 'tell them not to approve it.'
+					-- a request that left cannot be called back: the donor may still be prompted, while the
+					-- payment is pending; one Paynow reported failed or cancelled prompts no one any more
+					coalesce((SELECT CASE WHEN pay.status = 'pending'
+										  THEN E'\nPaynow was already asked for it (' || i.state || '): the donor may still be prompted to pay; '
+											   || 'tell them not to approve it.'
+										  WHEN pay.status IN ('failed', 'cancelled')
+										  THEN E'\nPaynow had reported it ' || pay.status || ': no payment prompt is pending.' END
 								FROM payments.paynow_initiations i
 							   WHERE i.payment_id = pay.id AND i.state IN ('sending', 'done', 'unconfirmed')), '');
 			END IF;
@@ -6660,7 +6664,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
-	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine), /admin (help)';
+	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine; warns that the donor may still be prompted only when the payment was pending), /admin (help)';
 
 -- The conversations of one WhatsApp id are created (a first message) and moved (chat_move_user)
 -- one at a time: a transaction-level advisory lock per (provider, id), taken in one order (the

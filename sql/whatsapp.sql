@@ -538,6 +538,17 @@ SELECT pg_temp.say('263770000001', E'/approve\t' || lower(:'eco_ref') || E'\u00a
 SELECT pg_temp.say('263770000001', E'/Approve\n\n' || :'eco_ref', 8);
 SELECT * FROM pg_temp.replies('263770000001');
 ROLLBACK;
+-- /approve of a payment Paynow reported failed (or cancelled) after its request was sent: no
+-- prompt is pending, and the answer says so (a pending one's warning is below)
+BEGIN;
+SELECT pg_temp.paynow('pn_zwg', ARRAY[['reference', :'eco_ref'], ['paynowreference', '9003'], ['amount', '5.00'],
+	['status', 'Failed'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g3']]);
+SELECT p.status, i.state FROM payments.payments p JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE p.reference = :'eco_ref';
+SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 6);
+SELECT p.status, i.state FROM payments.payments p JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE p.reference = :'card_ref';
+SELECT pg_temp.say('263770000001', '/approve ' || :'card_ref', 7);
+SELECT * FROM pg_temp.replies('263770000001');
+ROLLBACK;
 -- typed in lower case, it finds the payment all the same
 SELECT pg_temp.say('263770000001', '/approve ' || lower(:'eco_ref'), 6);
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);

@@ -5676,7 +5676,7 @@ BEGIN
 	END IF;
 	IF settings ? 'admin_numbers' AND (jsonb_typeof(settings -> 'admin_numbers') <> 'array'
 		OR EXISTS (SELECT FROM jsonb_array_elements(settings -> 'admin_numbers') a
-					WHERE jsonb_typeof(a) <> 'string' OR payments.whatsapp_user_id(a #>> '{}') IS NULL)) THEN
+					WHERE jsonb_typeof(a) <> 'string' OR payments.chat_admin_id(a #>> '{}') IS NULL)) THEN
 		RETURN 'admin_numbers must be an array of phone numbers in international form or business-scoped user ids, e.g. ["263771234567"]';
 	END IF;
 	IF settings ? 'paynow_providers' THEN
@@ -6076,6 +6076,26 @@ AS $$
 $$;
 COMMENT ON FUNCTION payments.chat_local_phone(text) IS
 	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567, 771234567, 263771234567, 2630771234567, 00263771234567 or 002630771234567, spaces (any Unicode space), dots, dashes, parentheses and + ignored ("+263 (0)77 123 4567"); NULL otherwise';
+
+-- An admin_numbers entry as the chat matches it against senders.  Staff write their numbers as
+-- they would on a letterhead: "+263 (0)77 000 0001" or "2630770000001" hold the trunk zero, which
+-- WhatsApp never sends (263770000001); read as e164_digits alone they were accepted and never
+-- matched, the admin getting the donor menu.  A Zimbabwean mobile number is read as donors' typed
+-- numbers are (chat_local_phone), when written with the country code; any other number has a
+-- "(0)" right after its country code dropped ("+44 (0)20 7946 0000"); then as any WhatsApp id
+CREATE FUNCTION payments.chat_admin_id(entry text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT payments.whatsapp_user_id(CASE
+		WHEN payments.chat_local_phone(entry) IS NOT NULL AND regexp_replace(entry, '[^0-9]', '', 'g') ~ '^(00)?263'
+		THEN '263' || substr(payments.chat_local_phone(entry), 2)
+		ELSE regexp_replace(entry, E'^([[:space:]]*[+]?[[:space:]]*[1-9][0-9]{0,2}[[:space:]]*)[(][[:space:]]*0[[:space:]]*[)]', E'\\1')
+		END)
+$$;
+COMMENT ON FUNCTION payments.chat_admin_id(text) IS
+	'An admin_numbers entry as the chat matches senders against it: a phone number as E.164 digits without the trunk zero written after the country code (a Zimbabwean mobile number read as payments.chat_local_phone reads it: "+263 (0)77 000 0001" and "2630770000001" are 263770000001; another country''s "+44 (0)20 7946 0000" is 442079460000), else a business-scoped user id (payments.whatsapp_user_id); NULL when it is neither';
 
 CREATE FUNCTION payments.mobile_network(local_phone text)
 RETURNS text
@@ -7019,8 +7039,8 @@ BEGIN
 			 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
 		END IF;
 	ELSIF btn IS NULL AND left(txt, 1) = '/'
-	   AND (wa IN (SELECT payments.whatsapp_user_id(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a)
-			OR uid IN (SELECT payments.whatsapp_user_id(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a)) THEN
+	   AND (wa IN (SELECT payments.chat_admin_id(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a)
+			OR uid IN (SELECT payments.chat_admin_id(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a)) THEN
 		-- an admin listed by phone number, or by BSUID
 		PERFORM payments.chat_admin(ev.provider, wa, txt);
 	ELSIF word IN ('cancel', 'stop') THEN
@@ -7454,9 +7474,9 @@ RETURNS text[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT ARRAY(SELECT DISTINCT payments.whatsapp_user_id(a)
+	SELECT ARRAY(SELECT DISTINCT payments.chat_admin_id(a)
 				   FROM payments.providers v, jsonb_array_elements_text(payments.chat_settings(v.settings) -> 'admin_numbers') a
-				  WHERE v.name = chat_admin_numbers.provider AND payments.whatsapp_user_id(a) IS NOT NULL)
+				  WHERE v.name = chat_admin_numbers.provider AND payments.chat_admin_id(a) IS NOT NULL)
 $$;
 COMMENT ON FUNCTION payments.chat_admin_numbers(text) IS
 	'The admin numbers of a meta provider''s chat, as E.164 digits (or business-scoped user ids, for admins listed by one): who is told of a donation to check';

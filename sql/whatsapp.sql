@@ -549,6 +549,20 @@ SELECT p.status, i.state FROM payments.payments p JOIN payments.paynow_initiatio
 SELECT pg_temp.say('263770000001', '/approve ' || :'card_ref', 7);
 SELECT * FROM pg_temp.replies('263770000001');
 ROLLBACK;
+-- an admin number written with the trunk zero after the country code matches the sender (read as
+-- donors' typed numbers are); another country's "(0)" is dropped too; a number without its
+-- country code is not one
+SELECT a AS entry, payments.chat_admin_id(a) AS admin_id
+  FROM unnest(ARRAY['+263 (0)77 000 0001', '2630770000001', E'00263\u00a077 000 0001', '+44 (0)20 7946 0000',
+					'+1 (415) 555 0100', 'US.13491208655302741918', '0770000001']) AS a;
+BEGIN;
+UPDATE payments.providers SET settings = settings || '{"admin_numbers": ["+263 (0)77 000 0001", "2630770000002"]}' WHERE name = 'chat';
+SELECT payments.chat_admin_numbers('chat') AS admins;
+SELECT pg_temp.say('263770000001', '/admin', 6);
+SELECT pg_temp.say('263770000002', '/admin', 6);
+SELECT * FROM pg_temp.replies('263770000001');
+SELECT * FROM pg_temp.replies('263770000002');
+ROLLBACK;
 -- typed in lower case, it finds the payment all the same
 SELECT pg_temp.say('263770000001', '/approve ' || lower(:'eco_ref'), 6);
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);

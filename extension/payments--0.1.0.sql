@@ -5907,6 +5907,49 @@ $$;
 COMMENT ON FUNCTION payments.chat_text(text, text) IS
 	'A WhatsApp text message (Graph API send-message body: to a phone number, or recipient a business-scoped user id), the text cut at 4096 characters; a NULL text (a bug: the Graph API refuses a message without one) is sent as payments.chat_no_text()';
 
+-- A text longer than WhatsApp's 4096 characters (an admin's /report: a line per currency and
+-- method) as several, split at line breaks, so that chat_text cuts none of them: the parts in
+-- order, each after the first starting with continued (a line too long for one message alone is
+-- split where the limit falls)
+CREATE FUNCTION payments.chat_text_parts(body text, continued text DEFAULT '')
+RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	head	text := left(coalesce(continued, ''), 1000);
+	parts	text[] := '{}';
+	cur		text;
+	line	text;
+	room	integer;
+BEGIN
+	IF coalesce(body, '') = '' THEN
+		RETURN ARRAY[body];
+	END IF;
+	FOR line IN SELECT t.l FROM string_to_table(body, E'\n') WITH ORDINALITY AS t (l, n) ORDER BY t.n LOOP
+		IF cur IS NOT NULL AND length(cur) + 1 + length(line) <= 4096 THEN
+			cur := cur || E'\n' || line;
+			CONTINUE;
+		END IF;
+		IF cur IS NOT NULL THEN
+			parts := parts || cur;
+		END IF;
+		cur := CASE WHEN cardinality(parts) = 0 THEN '' ELSE head END;
+		room := 4096 - length(cur);
+		WHILE length(line) > room LOOP
+			parts := parts || (cur || left(line, room));
+			line := substr(line, room + 1);
+			cur := head;
+			room := 4096 - length(cur);
+		END LOOP;
+		cur := cur || line;
+	END LOOP;
+	RETURN parts || cur;
+END
+$$;
+COMMENT ON FUNCTION payments.chat_text_parts(text, text) IS
+	'A text as WhatsApp messages of at most 4096 characters each, split at line breaks (a longer line where the limit falls), in order, each after the first starting with continued; a NULL or empty text is one part as it is';
+
 CREATE FUNCTION payments.chat_choices(recipient text, body text, choices jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
@@ -6584,6 +6627,8 @@ DECLARE
 								   E'^(.*?)[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff]+(.*)$');
 	cmd		text := lower(coalesce(words[1], payments.chat_trim(command)) COLLATE pg_catalog."C");
 	arg		text := coalesce(payments.chat_trim(words[2]), '');
+	continued	text := '';
+	part	text;
 	today	date := payments.receipt_day(now());
 	day		date;
 	body	text;
@@ -6624,6 +6669,8 @@ BEGIN
 										  ELSE '' END), E'\n')
 			  INTO body FROM payments.daily_report(day) r;
 			body := format(E'Daily report %s:\n', to_char(day, 'YYYY-MM-DD')) || coalesce(body, 'no payments.');
+			-- (sent as several messages when longer than WhatsApp's 4096 characters, below)
+			continued := format(E'Daily report %s (continued):\n', to_char(day, 'YYYY-MM-DD'));
 			csv := payments.daily_report_csv(day);
 		END IF;
 	ELSIF cmd = '/approve' THEN
@@ -6674,7 +6721,11 @@ BEGIN
 				E'/report [YYYY-MM-DD | yesterday]: the daily report of all payments (default today)\n' ||
 				E'/approve <reference>: mark a payment paid by hand (issues its receipt)\n/admin: this help';
 	END IF;
-	PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, body));
+	-- in as many messages as it takes (WhatsApp's limit is 4096 characters), queued in order: a
+	-- chat gets its messages one at a time, oldest first
+	FOREACH part IN ARRAY payments.chat_text_parts(body, continued) LOOP
+		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, part));
+	END LOOP;
 	-- the report as a CSV document too, queued after the text (a chat gets its messages in order)
 	IF csv IS NOT NULL THEN
 		PERFORM payments.chat_send(provider, wa_id,
@@ -6684,7 +6735,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
-	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as a message and as a CSV document), /approve <reference> (marks a payment paid through the state machine; warns that the donor may still be prompted only when the payment was pending), /admin (help)';
+	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as messages of at most 4096 characters split at line breaks, payments.chat_text_parts, and as a CSV document), /approve <reference> (marks a payment paid through the state machine; warns that the donor may still be prompted only when the payment was pending), /admin (help)';
 
 -- The conversations of one WhatsApp id are created (a first message) and moved (chat_move_user)
 -- one at a time: a transaction-level advisory lock per (provider, id), taken in one order (the

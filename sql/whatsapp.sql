@@ -563,6 +563,37 @@ SELECT pg_temp.say('263770000002', '/admin', 6);
 SELECT * FROM pg_temp.replies('263770000001');
 SELECT * FROM pg_temp.replies('263770000002');
 ROLLBACK;
+-- a text split for WhatsApp: at line breaks, a line longer than a message where the limit falls,
+-- each part after the first headed; an empty text is one part
+SELECT k, length(part) AS length, left(part, 14) AS starts, right(part, 5) AS ends
+  FROM unnest(payments.chat_text_parts(repeat('x', 9000) || E'\nend', E'(continued)\n')) WITH ORDINALITY AS t (part, k);
+SELECT payments.chat_text_parts('', 'more') AS empty, payments.chat_text_parts(E'one\ntwo', 'more') AS short;
+-- a report longer than WhatsApp's 4096 characters (another provider's paid collections in 8
+-- currencies by 4 methods: 40 lines) is sent as several messages, each within the limit, split at
+-- line breaks and queued in order, the CSV after them: no line is lost (ZWG, the clinic's own
+-- currency, sorts last)
+BEGIN;
+DELETE FROM payments.payments WHERE provider NOT LIKE 'pn\_%';
+SELECT payments.register_provider('wa_other', 'standard');
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, fee, method, status_at, paid_at)
+SELECT 'wa_other', 'big_' || c || '_' || m, 'paid', 100, c, 1.5, m || ' (through the other provider)', now(), now()
+  FROM unnest('{BWP,EUR,GBP,KES,UGX,USD,ZAR,ZWG}'::text[]) AS c, unnest('{ecocash,onemoney,card,bank transfer}'::text[]) AS m;
+SELECT max(id) AS big_report_after FROM payments.outbox \gset
+SELECT pg_temp.say('263770000001', '/report', 6);
+SELECT length(r) <= 4096 AS fits, length(r) > 3000 AS long, split_part(r, E'\n', 1) AS first_line,
+	   regexp_replace(regexp_replace(r, E'^.*\n', ''), '[A-Z]+-[0-9]{8}-[0-9]+', 'X', 'g') AS last_line
+  FROM pg_temp.replies('263770000001') AS r;
+-- every row of the report is a line of one of the messages, whole, in order
+WITH m AS (SELECT o.id, o.payload -> 'text' ->> 'body' AS body FROM payments.outbox o
+			WHERE o.recipient = '263770000001' AND o.event_type = 'whatsapp.text' AND o.id > :big_report_after),
+	 l AS (SELECT m.id, t.n, t.line FROM m, string_to_table(m.body, E'\n') WITH ORDINALITY AS t (line, n)
+			WHERE t.line NOT LIKE 'Daily report%')
+SELECT count(DISTINCT l.id) AS messages, count(*) AS lines, bool_and(l.line ~ '; [0-9]+ new donors(; receipts .*)?$') AS none_cut,
+	   string_agg(split_part(l.line, ':', 1), ', ' ORDER BY l.id, l.n)
+		   = (SELECT string_agg(r.currency || ' ' || r.method, ', ' ORDER BY r.ordinality)
+				FROM payments.daily_report(payments.receipt_day(now())) WITH ORDINALITY AS r) AS every_row_in_order
+  FROM l;
+ROLLBACK;
 -- typed in lower case, it finds the payment all the same
 SELECT pg_temp.say('263770000001', '/approve ' || lower(:'eco_ref'), 6);
 SELECT pg_temp.say('263770000001', '/approve ' || :'eco_ref', 7);

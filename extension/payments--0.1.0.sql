@@ -1790,14 +1790,20 @@ BEGIN
 	-- the method, under the payment's lock (apply_change's): the order names the source it is paid
 	-- from, which wins over the paypal assumed for a capture delivered before it; a capture names
 	-- none, and leaves the order's (delivered before it), or makes a payment known from captures
-	-- alone paid by paypal.  A method changed is a payment changed: applied (an order delivered
+	-- alone paid by paypal.  An approval older than the payment's status changes a method already
+	-- named by another approval no more than it moves the status (a stale approval of an earlier
+	-- attempt), and a reversed approval (an attempt that failed) never names the method of a
+	-- payment that was paid.  A method changed is a payment changed: applied (an order delivered
 	-- after its capture moves no status)
 	IF result <> 'unresolved' THEN
 		IF etype IN ('CHECKOUT.ORDER.APPROVED', 'CHECKOUT.PAYMENT-APPROVAL.REVERSED')
 		   AND payments.paypal_payment_source(r) IS NOT NULL THEN
 			UPDATE payments.payments p SET method = change.method, updated_at = now()
 			 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref
-			   AND p.method IS DISTINCT FROM change.method;
+			   AND p.method IS DISTINCT FROM change.method
+			   AND CASE WHEN etype = 'CHECKOUT.ORDER.APPROVED'
+						THEN p.method IS NULL OR p.method = 'paypal' OR change.status_at >= p.status_at
+						ELSE p.paid_at IS NULL AND (p.method IS NULL OR change.status_at >= p.status_at) END;
 			IF FOUND THEN
 				result := 'applied';
 			END IF;

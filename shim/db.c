@@ -1247,7 +1247,7 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 	unsigned int untried = 0;
 	const char *stopped = NULL;
 	bool		read_only = false;
-	bool		began = false;	/* a transaction was begun: counted in the metrics */
+	bool		no_database = false;	/* no transaction: not counted in the metrics */
 	struct timespec start;
 
 	if (n == 1)
@@ -1266,7 +1266,10 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 		log_db_error(LOG_ERROR, reqs[0]->request_id, "batch failed", NULL,
 					 "out of memory");
 	else if (!db_connect(thread, reqs[0]->request_id))
+	{
 		status = DB_UNAVAILABLE;
+		no_database = true;
+	}
 	else
 	{
 		for (int attempt = 0;; attempt++)
@@ -1280,11 +1283,8 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 			else
 				status = DB_OK;
 			if (status == DB_OK)
-			{
-				began = true;
 				status = db_batch_run(thread, reqs, n, rows, &retry_alone,
 									  &timed_out, &reprepare);
-			}
 			/* statement gone (e.g. DISCARD ALL by a pooler): prepare again once */
 			if (status != DB_OK && reprepare && attempt == 0 &&
 				thread->conn != NULL)
@@ -1297,7 +1297,7 @@ db_ingest_batch(const IngestRequest *const *reqs, IngestResult *const *results,
 		if (thread->conn != NULL)
 			db_set_state(thread, DBCONN_IDLE);
 	}
-	if (began)
+	if (!no_database)
 		metrics_batch(n, status == DB_OK, seconds_since(&start));
 
 	if (retry_alone && status == DB_UNAVAILABLE)

@@ -444,4 +444,17 @@ SELECT n, payments.paypal_payment_source(r::jsonb) FROM unnest(ARRAY[
  '{"payment_source":{"card":{},"paypal":{}}}', '{"payment_source":{}}', '{"payment_source":"card"}',
  '{"payment_source":{"card":"x"}}', '{"payment_source":{"Card; DROP":{}}}', '{}', '[]', 'null'
 ]) WITH ORDINALITY AS t (r, n);
+-- news of an earlier attempt delivered late does not rename the method of a payment paid since:
+-- a reversed approval (an iDEAL attempt that failed) never, an approval older than the status not
+-- when another approval named it (ignored, the method kept: card)
+CREATE FUNCTION pg_temp.late(etype text, source text, at text) RETURNS text LANGUAGE sql AS $$
+	SELECT payments.apply_paypal_change(NULL, 'pp-order-first', payments.paypal_change(e, 'pp-order-first', at::timestamptz), e)
+	  FROM (SELECT jsonb_build_object('id', 'WH-LATE-' || etype || source, 'event_type', etype, 'create_time', at,
+			'resource', jsonb_build_object('id', 'ORDER-CARD', 'status', 'APPROVED',
+				'payment_source', jsonb_build_object(source, '{}'::jsonb),
+				'purchase_units', jsonb_build_array(jsonb_build_object('amount', jsonb_build_object('currency_code', 'USD', 'value', '12.00')))))) t (e) $$;
+SELECT pg_temp.late('CHECKOUT.PAYMENT-APPROVAL.REVERSED', 'ideal', '2024-09-01T09:00:00Z') AS reversed_ideal,
+	   pg_temp.late('CHECKOUT.ORDER.APPROVED', 'paypal', '2024-09-01T08:00:00Z') AS approved_paypal,
+	   pg_temp.late('CHECKOUT.PAYMENT-APPROVAL.REVERSED', 'ideal', '2024-09-02T09:00:00Z') AS reversed_ideal_later;
+SELECT status, method FROM payments.payments WHERE provider = 'pp-order-first' AND provider_ref = 'ORDER-CARD';
 ROLLBACK;

@@ -169,6 +169,25 @@ describe('the first requests after a database restart', () => {
 		assert.equal(metrics.get('payments_shim_rejections_total{reason="database_unavailable"}') ?? 0, 0);
 	});
 
+	test('deliveries to a database without the extension are counted as failed transactions, each once', async () => {
+		// (a failed prepare, as during a botched upgrade: the transactions began and did not commit)
+		const bare = new Shim(db.dsn.replace('dbname=payments', 'dbname=postgres'), ['--rate', '0', '--batch-concurrency', '1']);
+		await bare.start();
+		try {
+			const statuses = await Promise.all(Array.from({ length: 6 }, async () => {
+				const d = stripeDelivery();
+				return (await request(bare.port, { method: 'POST', path: d.path, headers: d.headers, body: d.body })).status;
+			}));
+			assert.deepEqual(statuses, [503, 503, 503, 503, 503, 503]);
+			const m = parseMetrics((await request(bare.port, { path: '/metrics' })).text).samples;
+			assert.equal(m.get('payments_shim_batch_deliveries_sum'), 6, 'every delivery in one failed transaction');
+			assert.ok(m.get('payments_shim_batches_failed_total') >= 1);
+			assert.equal(m.get('payments_shim_batches_failed_total'), m.get('payments_shim_batch_deliveries_count'));
+		} finally {
+			await bare.stop();
+		}
+	});
+
 	test('a connection broken while the database was down is made again once it is back, with no request', async () => {
 		const gauge = async (state) => parseMetrics((await request(s.port, { path: '/metrics' })).text).samples
 			.get(`payments_shim_db_connections{state="${state}"}`);

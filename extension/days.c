@@ -21,6 +21,18 @@ PG_FUNCTION_INFO_V1(receipt_day);
 PG_FUNCTION_INFO_V1(day_start);
 PG_FUNCTION_INFO_V1(receipt_local_time);
 
+/* The date and time a clock in the receipt time zone shows at a finite time */
+static void
+ReceiptClock(TimestampTz at, struct pg_tm *tm, fsec_t *fsec)
+{
+	int			offset;
+
+	if (timestamp2tm(at, &offset, tm, fsec, NULL, ReceiptTimeZone()) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+}
+
 /*
  * SQL: payments.receipt_day(at timestamptz) returns date: the day of a time
  * in the receipt time zone.
@@ -31,19 +43,17 @@ receipt_day(PG_FUNCTION_ARGS)
 	TimestampTz at = PG_GETARG_TIMESTAMPTZ(0);
 	struct pg_tm tm;
 	fsec_t		fsec;
-	int			offset;
 	DateADT		day;
 
 	if (TIMESTAMP_IS_NOBEGIN(at))
 		DATE_NOBEGIN(day);
 	else if (TIMESTAMP_IS_NOEND(at))
 		DATE_NOEND(day);
-	else if (timestamp2tm(at, &offset, &tm, &fsec, NULL, ReceiptTimeZone()) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
 	else
+	{
+		ReceiptClock(at, &tm, &fsec);
 		day = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) - POSTGRES_EPOCH_JDATE;
+	}
 	PG_RETURN_DATEADT(day);
 }
 
@@ -122,13 +132,12 @@ receipt_local_time(PG_FUNCTION_ARGS)
 	TimestampTz at = PG_GETARG_TIMESTAMPTZ(0);
 	struct pg_tm tm;
 	fsec_t		fsec;
-	int			offset;
 	Timestamp	local;
 
 	if (TIMESTAMP_NOT_FINITE(at))
 		PG_RETURN_TIMESTAMP(at);
-	if (timestamp2tm(at, &offset, &tm, &fsec, NULL, ReceiptTimeZone()) != 0 ||
-		tm2timestamp(&tm, fsec, NULL, &local) != 0 || !IS_VALID_TIMESTAMP(local))
+	ReceiptClock(at, &tm, &fsec);
+	if (tm2timestamp(&tm, fsec, NULL, &local) != 0 || !IS_VALID_TIMESTAMP(local))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timestamp out of range")));

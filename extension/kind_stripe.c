@@ -205,7 +205,10 @@ stripe_of_other_mode(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(StripeEventOfOtherMode(PG_GETARG_JSONB_P(1), PG_GETARG_JSONB_P(0)));
 }
 
-/* A Stripe event is one event: id "evt_...", type, created (unix seconds) */
+/*
+ * A Stripe event is one event: id "evt_...", type, created (unix seconds; an
+ * ISO 8601 string in a thin event, object v2.core.event)
+ */
 static void
 ExtractStripeEvent(const Provider *provider, const Delivery *delivery, EventList *events)
 {
@@ -218,8 +221,9 @@ ExtractStripeEvent(const Provider *provider, const Delivery *delivery, EventList
 	if (event_id == NULL)
 		return;
 	SingleEvent(events, event_id, payload);
-	events->events[0].have_event_at = JsonbTopUnixTime(payload, "created",
-													   &events->events[0].event_at);
+	events->events[0].have_event_at =
+		JsonbTopUnixTime(payload, "created", &events->events[0].event_at) ||
+		JsonbTopIsoTime(payload, "created", &events->events[0].event_at);
 }
 
 const ProviderKind StripeKind = {

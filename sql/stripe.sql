@@ -260,7 +260,7 @@ SELECT provider_ref, status, reference, metadata FROM payments.payments WHERE pr
 ROLLBACK;
 
 -- a thin event delivered, signed, to a provider of its mode: ignored (it was stored, pending with
--- the error of its created, retried and dead), nothing made of it
+-- the error of its created, retried and dead), nothing made of it; its ISO created is its event_at
 BEGIN;
 SELECT payments.register_provider('st_thin', 'stripe', '{"livemode": false}') IS NOT NULL AS registered;
 SELECT payments.add_secret('st_thin', 'whsec_thin') IS NOT NULL AS secret_added;

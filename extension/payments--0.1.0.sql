@@ -2885,7 +2885,7 @@ AS $$
 	-- (one transaction) would otherwise schedule its last failures too early
 	SELECT CASE WHEN d IS NOT NULL THEN
 		greatest(clock_timestamp() + d * (0.9 + 0.2 * random()),
-				 clock_timestamp() + least(greatest(retry_after, interval '0'), interval '1 day'))
+				 clock_timestamp() + least(greatest(retry_after, interval '0'), interval '24 hours'))
 	END
 	FROM payments.retry_delay(failed_attempts) AS d
 $$;
@@ -4379,7 +4379,7 @@ COMMENT ON FUNCTION payments.reconcile_after() IS
 	'The setting payments.reconcile_after as an interval: how long a payment stays pending before reconciliation asks its provider, and how often it asks again';
 
 -- Whether a stuck payment is due for a check, given its last check and how many it had: never
--- checked, or after n checks reconcile_after * 2^(n-1) ago, at most a day, so that an abandoned
+-- checked, or after n checks reconcile_after * 2^(n-1) ago, at most 24 hours, so that an abandoned
 -- payment (a Paynow transaction never paid) is asked daily, not every few minutes.  The claim of
 -- the checks and the token requests ask the same question: a token is fetched only for a check due
 CREATE FUNCTION payments.reconciliation_due(last_checked_at timestamptz, checks bigint)
@@ -4389,10 +4389,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT last_checked_at IS NULL
 		OR last_checked_at < now() - least(payments.reconcile_after() * power(2, least(checks - 1, 16)),
-										   interval '1 day')
+										   interval '24 hours')
 $$;
 COMMENT ON FUNCTION payments.reconciliation_due(timestamptz, bigint) IS
-	'Whether a stuck payment whose last check started at last_checked_at, after checks checks, is due for another: never checked, or after reconcile_after * 2^(checks-1), at most a day; used by claim_reconciliation and api_token_requests';
+	'Whether a stuck payment whose last check started at last_checked_at, after checks checks, is due for another: never checked, or after reconcile_after * 2^(checks-1), at most 24 hours; used by claim_reconciliation and api_token_requests';
 REVOKE ALL ON FUNCTION payments.reconciliation_due(timestamptz, bigint) FROM PUBLIC;
 
 -- The base URL of a provider's API: its api_base setting, else the real host
@@ -4426,7 +4426,7 @@ COMMENT ON TABLE payments.api_tokens IS
 COMMENT ON COLUMN payments.api_tokens.failures IS
 	'Failed fetches since the last that succeeded (or since the credentials or api_base changed)';
 COMMENT ON COLUMN payments.api_tokens.next_fetch_at IS
-	'After a failed fetch, no token is asked for before this: reconcile_after after the first failure, doubling with each one after it, at most a day (the client secret is not sent every minute to an endpoint that refuses it); NULL: no wait';
+	'After a failed fetch, no token is asked for before this: reconcile_after after the first failure, doubling with each one after it, at most 24 hours (the client secret is not sent every minute to an endpoint that refuses it); NULL: no wait';
 
 -- A token was fetched with the provider's credentials from its api_base: when either changes, it
 -- is forgotten, so that it is never sent to another server, nor kept after the credentials were
@@ -4556,18 +4556,18 @@ BEGIN
 	VALUES (store_api_token.provider, CASE WHEN problem IS NULL THEN tok END,
 			CASE WHEN problem IS NULL THEN now() + make_interval(secs => ttl::double precision) ELSE now() END, problem,
 			CASE WHEN problem IS NULL THEN 0 ELSE 1 END,
-			CASE WHEN problem IS NOT NULL THEN now() + least(payments.reconcile_after(), interval '1 day') END)
+			CASE WHEN problem IS NOT NULL THEN now() + least(payments.reconcile_after(), interval '24 hours') END)
 	ON CONFLICT ON CONSTRAINT api_tokens_pkey DO UPDATE
 		SET token = excluded.token, expires_at = excluded.expires_at, fetched_at = now(),
 			fetches = t.fetches + 1, last_error = excluded.last_error,
 			failures = CASE WHEN excluded.failures = 0 THEN 0 ELSE t.failures + 1 END,
 			next_fetch_at = CASE WHEN excluded.failures <> 0 THEN
-								 now() + least(payments.reconcile_after() * power(2, least(t.failures, 16)), interval '1 day') END;
+								 now() + least(payments.reconcile_after() * power(2, least(t.failures, 16)), interval '24 hours') END;
 	RETURN coalesce(problem, 'cached');
 END
 $$;
 COMMENT ON FUNCTION payments.store_api_token(text, integer, text, text) IS
-	'Caches the token a provider''s auth endpoint answered, until a minute before it expires, or records why there is none and when to ask again (reconcile_after, doubling with each failure after it, at most a day); used by reconcile';
+	'Caches the token a provider''s auth endpoint answered, until a minute before it expires, or records why there is none and when to ask again (reconcile_after, doubling with each failure after it, at most 24 hours); used by reconcile';
 
 CREATE FUNCTION payments.claim_reconciliation(max_items integer)
 RETURNS TABLE (check_id bigint, url text, method text, headers text, body text)
@@ -4589,7 +4589,7 @@ DECLARE
 	new_id	bigint;
 BEGIN
 	-- never checked first, then the longest unchecked: new stuck payments are not starved by old
-	-- ones; after n checks the next waits reconcile_after * 2^(n-1), at most a day, so that an
+	-- ones; after n checks the next waits reconcile_after * 2^(n-1), at most 24 hours, so that an
 	-- abandoned payment (a Paynow transaction never paid) is asked daily, not every few minutes
 	-- checks a run left in flight (cancelled, or its backend gone, while it asked) are closed: the
 	-- payment is asked again after its wait, as after any error
@@ -4730,7 +4730,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
-	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most a day), records a check for each and returns the request to send (a Stripe Connect payment''s with Stripe-Account, the account its events named; a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most 24 hours), records a check for each and returns the request to send (a Stripe Connect payment''s with Stripe-Account, the account its events named; a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
 -- A PayPal order may hold several captures (one declined, then another completed; an
 -- authorization captured in parts): reconciliation applies every one that took money, oldest

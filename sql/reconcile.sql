@@ -133,7 +133,7 @@ RESET payments.reconcile_after;
 
 -- token fetches: only for a check that is due (payments.reconciliation_due, the claim's own
 -- question), and after a failed fetch not before reconcile_after, doubling with each failure
--- after it, at most a day (revoked credentials sent the client secret every minute while the
+-- after it, at most 24 hours (revoked credentials sent the client secret every minute while the
 -- payment itself was asked every few hours)
 BEGIN;
 SET LOCAL payments.reconcile_after = '5min';

@@ -4,7 +4,7 @@
 
 -- the schedule: immediate, then 1 min, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, then dead
 SELECT n AS failed_attempts, payments.retry_delay(n) FROM generate_series(0, 8) n;
--- jitter stays within +-10%, Retry-After is a floor (capped at a day), NULL after the 8th failure
+-- jitter stays within +-10%, Retry-After is a floor (capped at 24 hours), NULL after the 8th failure
 SELECT n, bool_and(payments.next_attempt_at(n) - now() BETWEEN payments.retry_delay(n) * 0.9
 												 AND payments.retry_delay(n) * 1.1 + interval '1 second') AS within_jitter,
 	   count(DISTINCT payments.next_attempt_at(n)) > 1 AS jittered

@@ -7042,9 +7042,12 @@ BEGIN
 	END IF;
 	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a message deleted
 	-- (revoke: a number also used in the WhatsApp Business app, Meta's "coexistence"), nor a Flow's
-	-- completion (nfm_reply: the Flow's data exchange started the payment and said so), nor a
-	-- message in a group (group_id: a reply would go to the sender alone)
-	IF msg ->> 'type' IN ('reaction', 'revoke') OR msg -> 'interactive' ->> 'type' = 'nfm_reply'
+	-- completion (nfm_reply: the Flow's data exchange started the payment and said so), nor the
+	-- answer to a request for permission to call (call_permission_reply: the clinic's staff asked
+	-- it, from the Business app or the Calling API), nor a message in a group (group_id: a reply
+	-- would go to the sender alone)
+	IF msg ->> 'type' IN ('reaction', 'revoke')
+	   OR msg -> 'interactive' ->> 'type' IN ('nfm_reply', 'call_permission_reply')
 	   OR msg ? 'group_id' THEN
 		RETURN 'ignored';
 	END IF;

@@ -752,10 +752,13 @@ SELECT pg_temp.say('263772000093', NULL, 1, false, '106540352242922',
 				   '{"type": "image", "image": {"id": "2754859441498128", "mime_type": "image/jpeg"}}');
 SELECT * FROM pg_temp.replies('263772000093');
 -- a number also used in the WhatsApp Business app (coexistence) is sent the donor's deletions and
--- edits: a deletion is not answered; an edit is not read, and the donor is asked to send it again
+-- edits: a deletion is not answered; an edit is not read, and the donor is asked to send it again.
+-- The donor's answer to a request for permission to call is not answered either
 SELECT pg_temp.say('263772000094', 'donate', 1, true);
 SELECT pg_temp.say('263772000094', NULL, 2, false, '106540352242922',
 				   '{"type": "revoke", "revoke": {"original_message_id": "wamid.in1"}}');
+SELECT pg_temp.say('263772000094', NULL, 2, false, '106540352242922',
+				   '{"type": "interactive", "interactive": {"type": "call_permission_reply", "call_permission_reply": {"response": "accept", "is_permanent": false, "expiration_timestamp": 1746645600, "response_source": "user_action"}}}');
 SELECT pg_temp.say('263772000094', NULL, 3, false, '106540352242922',
 				   '{"type": "edit", "edit": {"original_message_id": "wamid.in1", "message": {"type": "text", "text": {"body": "25"}}}}');
 SELECT pg_temp.session('263772000094');

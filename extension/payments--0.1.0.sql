@@ -7081,9 +7081,11 @@ BEGIN
 	-- request_welcome: the donor opened the chat for the first time (welcome messages enabled)
 	word := CASE WHEN msg ->> 'type' = 'request_welcome' THEN 'hi' ELSE lower(coalesce(btn, txt) COLLATE pg_catalog."C") END;
 
-	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button', 'request_welcome') THEN
-		-- a picture, sticker, voice note, location, contact...: the conversation stays where it was;
-		-- told once a minute at most (an album of pictures is a message each).  A message edited
+	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button', 'request_welcome')
+	   OR (msg ->> 'type' = 'interactive' AND btn IS NULL) THEN
+		-- a picture, sticker, voice note, location, contact, an interactive reply that is not a
+		-- button's or a list's...: the conversation stays where it was; told once a minute at most
+		-- (an album of pictures is a message each).  A message edited
 		-- (edit: coexistence, as revoke) is not read either: its first version was answered, and an
 		-- amount changed after it would not change the donation the donor may confirm
 		IF s.media_notice_at IS NULL OR s.media_notice_at < now() - interval '1 minute' THEN

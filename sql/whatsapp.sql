@@ -763,6 +763,13 @@ SELECT pg_temp.say('263772000094', NULL, 3, false, '106540352242922',
 				   '{"type": "edit", "edit": {"original_message_id": "wamid.in1", "message": {"type": "text", "text": {"body": "25"}}}}');
 SELECT pg_temp.session('263772000094');
 SELECT * FROM pg_temp.replies('263772000094');
+-- an interactive reply of a type the chat does not read (one Meta adds later) gets the word that
+-- text and buttons are read, as a picture does, not an answer to an empty message
+SELECT pg_temp.say('263772000087', 'donate', 1, true);
+SELECT pg_temp.say('263772000087', NULL, 2, false, '106540352242922',
+				   '{"type": "interactive", "interactive": {"type": "some_new_reply", "some_new_reply": {"response": "x"}}}');
+SELECT pg_temp.session('263772000087');
+SELECT * FROM pg_temp.replies('263772000087');
 -- an album is a message per picture: told once a minute at most, not once per picture
 BEGIN;
 UPDATE payments.chat_sessions SET media_notice_at = now() - interval '61 seconds' WHERE wa_id = '263772000093';

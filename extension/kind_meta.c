@@ -125,8 +125,35 @@ MetaTime(const char *seconds, TimestampTz *result)
 }
 
 /*
- * One event per message and per status.  A delivery with neither (another
- * kind of change) is kept whole, identified by the SHA-256 of its body.
+ * Puts a delivery's events in the order of Meta's times, those without one
+ * last, keeping the delivery's order among equal times (an insertion sort:
+ * stable, and a delivery holds a few events).  Meta may batch a donor's
+ * messages out of order, and the chat answers each in turn and leaves one
+ * older than the last answered unanswered.
+ */
+static void
+SortEventsByTime(EventList *events)
+{
+	for (int i = 1; i < events->count; i++)
+	{
+		EventRecord moving = events->events[i];
+		int			j = i;
+
+		while (j > 0 && moving.have_event_at &&
+			   (!events->events[j - 1].have_event_at ||
+				events->events[j - 1].event_at > moving.event_at))
+		{
+			events->events[j] = events->events[j - 1];
+			j--;
+		}
+		events->events[j] = moving;
+	}
+}
+
+/*
+ * One event per message and per status, in the order of their times.  A
+ * delivery with neither (another kind of change) is kept whole, identified
+ * by the SHA-256 of its body.
  */
 static void
 ExtractMetaEvents(const Provider *provider, const Delivery *delivery, EventList *events)
@@ -172,6 +199,7 @@ ExtractMetaEvents(const Provider *provider, const Delivery *delivery, EventList 
 		event->have_event_at = MetaTime(SPI_getvalue(row, desc, 3), &event->event_at);
 		event->payload = DatumGetJsonbPCopy(SPI_getbinval(row, desc, 4, &isnull));
 	}
+	SortEventsByTime(events);
 }
 
 /*

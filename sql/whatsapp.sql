@@ -1592,3 +1592,17 @@ SELECT pg_temp.moved('263775300003', '263775300013', 400, NULL, 'ZW.753000030000
 SELECT pg_temp.moved('263775300003', '263775300013', 401, NULL, 'ZW.7530000300000000009');
 SELECT * FROM pg_temp.where_is(ARRAY['263775300003', '263775300013']);
 ROLLBACK;
+
+-- Meta may batch a donor's messages out of order: they are answered in the order of their times
+-- (the amount, then the currency), not the later one first and the earlier one left unanswered
+SELECT pg_temp.say('263772000086', 'donate', 1, true);
+SELECT pg_temp.deliver(jsonb_build_object('messaging_product', 'whatsapp',
+	'metadata', jsonb_build_object('phone_number_id', '106540352242922'),
+	'contacts', jsonb_build_array(jsonb_build_object('profile', jsonb_build_object('name', 'Tendai'), 'wa_id', '263772000086')),
+	'messages', jsonb_build_array(
+		jsonb_build_object('from', '263772000086', 'id', 'wamid.late2', 'timestamp', '1718000011', 'type', 'text',
+						   'text', jsonb_build_object('body', 'USD')),
+		jsonb_build_object('from', '263772000086', 'id', 'wamid.late1', 'timestamp', '1718000010', 'type', 'text',
+						   'text', jsonb_build_object('body', '20')))));
+SELECT * FROM pg_temp.replies('263772000086');
+SELECT pg_temp.session('263772000086');

@@ -1071,6 +1071,7 @@ DECLARE
 	refunded_before numeric;
 	refunded_after numeric;
 	says_all boolean;
+	says_paid boolean;	-- news that it was paid (before a dispute won is read as a refund's status)
 	reported numeric;
 	recorded numeric;
 	recorded_by numeric;
@@ -1156,6 +1157,7 @@ BEGIN
 	END IF;
 	-- what the event says was given back by its time: all of it, or its total so far
 	says_all := change.status = 'refunded';
+	says_paid := change.status = 'paid';
 	-- paid again (a dispute won) after money was given back: partially refunded, or refunded when
 	-- all of it was, so that a dispute won before its opening arrives ends where it would in
 	-- order.  A disputed payment not yet known as paid is won by news not older than the dispute;
@@ -1231,14 +1233,16 @@ BEGIN
 															  ORDER BY f.refunded_at DESC, f.id DESC));
 		END IF;
 		outcome := 'applied';
-	ELSIF change.status = 'paid' AND pay.status = 'paid' AND change.amount > pay.amount
-		  AND upper(change.currency COLLATE pg_catalog."C") = pay.currency
+	ELSIF says_paid AND pay.paid_at IS NOT NULL AND pay.status IN ('paid', 'partially_refunded', 'disputed')
+		  AND change.amount > pay.amount AND upper(change.currency COLLATE pg_catalog."C") = pay.currency
 		  -- a Paynow transaction's amount never changes (payments.paynow_amount_checked): decided
 		  -- here too, under the payment's lock, for news that was checked before another's payment
 		  -- committed
 		  AND NOT EXISTS (SELECT FROM payments.providers v WHERE v.name = provider_name AND v.kind = 'paynow') THEN
 		-- more taken than it knew: a hold captured in several parts (Stripe's amounts captured
-		-- and received are totals so far), or a second capture (PayPal's are summed after)
+		-- and received are totals so far), or a second capture (PayPal's are summed after), also
+		-- after a part was given back or while disputed (its status stays; a refunded payment
+		-- gave back all it had taken when it was refunded)
 		UPDATE payments.payments p SET amount = change.amount WHERE p.id = pay.id;
 		outcome := 'applied';
 	ELSIF change.status = pay.status THEN
@@ -1528,12 +1532,17 @@ CREATE TABLE payments.paypal_captures (
 	currency	char(3),
 	fee			numeric,
 	refunded	numeric NOT NULL DEFAULT 0,
+	refund_amounts jsonb NOT NULL DEFAULT '{}',
 	status_at	timestamptz NOT NULL,
 	PRIMARY KEY (provider, capture_id)
 );
 CREATE INDEX paypal_captures_payment_idx ON payments.paypal_captures (payment_id);
 COMMENT ON TABLE payments.paypal_captures IS
 	'PayPal captures (and v1 sales) of each payment, with their own status, amount, PayPal''s fee and refunded total: a payment''s amount, fee and refunded total are their sums';
+COMMENT ON COLUMN payments.paypal_captures.refunded IS
+	'What the capture has given back: the largest of the totals its refunds reported (total_refunded_amount), the sum of its refunds'' own amounts, once per refund id, and what reconciliation found';
+COMMENT ON COLUMN payments.paypal_captures.refund_amounts IS
+	'The amount of each refund of the capture, by refund id: a refund reported twice (PENDING, then COMPLETED) counts once';
 SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
 
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
@@ -1754,6 +1763,9 @@ DECLARE
 	taken	numeric;
 	fees	numeric;
 	reported numeric;
+	this_refund jsonb;	-- {refund id: its amount}
+	refunded_before numeric;
+	refunded_now numeric;
 	paid_captures bigint;
 BEGIN
 	IF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED', 'PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED') THEN
@@ -1763,23 +1775,34 @@ BEGIN
 		IF FOUND THEN
 			-- the payment's lock first, as for its capture's news: one order of locks
 			PERFORM FROM payments.payments p WHERE p.id = cap.payment_id FOR UPDATE;
-			-- the capture's total refunded as reported, else this refund added to what it had
-			-- (each refund is one event, applied once)
+			-- the capture's refunded total: each of these is no more than what it gave back, in any
+			-- order of delivery, so the largest of them is: the largest total its refunds reported,
+			-- and the sum of its refunds' own amounts, each refund once by its id (a refund
+			-- reported PENDING, then COMPLETED; one that says no total)
 			reported := payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r -> 'total_refunded_amount' ->> 'value'
 													 ELSE r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value' END, true);
-			UPDATE payments.paypal_captures k
-			   SET refunded = CASE WHEN reported IS NOT NULL THEN greatest(k.refunded, reported)
-								   ELSE k.refunded + coalesce(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
-										THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), 0) END
+			this_refund := jsonb_build_object(coalesce(r ->> 'id', 'event ' || event_row, 'unnamed ' || gen_random_uuid()),
+				coalesce(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
+					THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), 0));
+			SELECT k.refunded INTO refunded_before FROM payments.paypal_captures k
 			 WHERE k.provider = provider_name AND k.capture_id = capture;
-			-- the payment's total as of this event: its capture's total as the event reports it
-			-- (an older report, delivered late, is a lower one: payments.apply_change counts it at
-			-- its time), the other captures' as known.  When other captures have refunds too, their
-			-- totals now may hold refunds made after this event, which would move those to its
-			-- time: the totals now are passed instead, and apply_change moves nothing for such an
-			-- order (a late report raises nothing)
+			UPDATE payments.paypal_captures k
+			   SET refund_amounts = k.refund_amounts || this_refund,
+				   refunded = greatest(k.refunded, reported,
+									   (SELECT sum(a.value::numeric) FROM jsonb_each_text(k.refund_amounts || this_refund) a))
+			 WHERE k.provider = provider_name AND k.capture_id = capture
+			RETURNING k.refunded INTO refunded_now;
+			-- the payment's total as of this event: its capture's new total when the event raised
+			-- it (the rise is this refund's, or one an earlier refund made without saying its
+			-- total: given back at this event's time at the latest), else the total the event
+			-- reports (an older report, delivered late, is a lower one: payments.apply_change
+			-- counts it at its time), the other captures' as known.  When other captures have
+			-- refunds too, their totals now may hold refunds made after this event, which would
+			-- move those to its time: the totals now are passed instead, and apply_change moves
+			-- nothing for such an order (a late report raises nothing)
 			SELECT CASE WHEN bool_or(k.capture_id <> capture AND k.refunded > 0) THEN sum(k.refunded)
-						ELSE sum(CASE WHEN k.capture_id = capture AND reported IS NOT NULL THEN reported ELSE k.refunded END) END
+						ELSE sum(CASE WHEN k.capture_id = capture AND reported IS NOT NULL AND refunded_now <= refunded_before
+									  THEN reported ELSE k.refunded END) END
 			  INTO change.amount_refunded FROM payments.paypal_captures k
 			 WHERE k.payment_id = cap.payment_id;
 		END IF;

@@ -578,8 +578,9 @@ stripe_change(PG_FUNCTION_ARGS)
 		nulls[CHANGE_AMOUNT_REFUNDED] = isnull;
 		SET_TEXT(CHANGE_METHOD, ChargeMethod(obj));
 		SET_TEXT(CHANGE_DONOR_NAME, MemberText(billing, "name"));
-		SET_TEXT(CHANGE_DONOR_EMAIL, FirstText(MemberText(billing, "email"),
-											   MemberText(obj, "receipt_email")));
+		/* its intent's receipt_email first, as the intent's events read it */
+		SET_TEXT(CHANGE_DONOR_EMAIL, FirstText(MemberText(obj, "receipt_email"),
+											   MemberText(billing, "email")));
 		SET_TEXT(CHANGE_DONOR_PHONE, MemberText(billing, "phone"));
 		SET_TEXT(CHANGE_COUNTRY, MemberText(MemberObject(billing, "address", NULL), "country"));
 	}

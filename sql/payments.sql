@@ -170,6 +170,23 @@ SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h5', 1000) || '{"ca
 SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h5', 1000) || '{"captured": true, "amount_captured": 300}', 1718000921);
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_h5', 1000) || '{"amount_received": 800}', 1718000951);
 SELECT status, amount, amount_refunded, receipt_no IS NOT NULL AS receipt FROM tp.show('pi_h5');
+-- and a part given back between the two captures (300 taken, 100 refunded, then 800 taken in
+-- all): 8.00 taken, 1.00 given back, in time order as in any other
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h9', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920),
+	   tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h9', 1000, 100) || '{"captured": true, "amount_captured": 300}', 1718000930),
+	   tp.stripe('payshop', 'charge.captured', tp.charge('pi_h9', 1000, 100) || '{"captured": true, "amount_captured": 800}', 1718000940);
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h10', 1000) || '{"captured": true, "amount_captured": 300}', 1718000920),
+	   tp.stripe('payshop', 'charge.captured', tp.charge('pi_h10', 1000, 100) || '{"captured": true, "amount_captured": 800}', 1718000940),
+	   tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h10', 1000, 100) || '{"captured": true, "amount_captured": 300}', 1718000930);
+SELECT provider_ref, status, amount, amount_refunded FROM payments.payments
+ WHERE provider_ref IN ('pi_h9', 'pi_h10') ORDER BY provider_ref;
+-- an intent's charge carries its receipt_email (Stripe copies it) beside the card's billing
+-- e-mail: both read receipt_email first, so the donor is the same whichever comes first
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_e1', 1000), 1718000900),
+	   tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_e1', 1000) || '{"receipt_email": "tatenda@example.org"}', 1718000900);
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_e2', 1000) || '{"receipt_email": "tatenda@example.org"}', 1718000900),
+	   tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_e2', 1000), 1718000900);
+SELECT provider_ref, donor_email, donor_key FROM payments.payments WHERE provider_ref IN ('pi_e1', 'pi_e2') ORDER BY provider_ref;
 SELECT h.from_status, h.to_status, e.event_type FROM payments.status_history h
   JOIN payments.payments p ON p.id = h.payment_id LEFT JOIN payments.events e ON e.id = h.event_id
  WHERE p.provider_ref = 'pi_h3' ORDER BY h.id;
@@ -529,6 +546,38 @@ SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refund
 	   (SELECT count(*) FROM payments.refunds f WHERE f.payment_id = p.id) AS refund_rows
   FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
  WHERE p.provider = 'pp' AND p.provider_ref IN ('CAP90', 'SALE94') ORDER BY p.provider_ref;
+
+-- refunds of one capture that say their total and refunds that do not, in either order, and one
+-- refund reported twice (PENDING, then COMPLETED): each refund counts once, by its id, and the
+-- total is the largest the refunds reported or the sum of their amounts (a total said later
+-- holds the earlier refunds; one said earlier does not hold the later)
+CREATE FUNCTION tp.paypal_capture(cap text) RETURNS text LANGUAGE sql AS $$
+	SELECT tp.paypal('WH-' || cap, 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', cap, 'status', 'COMPLETED',
+		'amount', '{"currency_code":"USD","value":"30.00"}'::jsonb), '2024-08-02T10:05:00Z')
+$$;
+CREATE FUNCTION tp.paypal_refund(refund text, cap text, amount text, total text, at text, status text DEFAULT 'COMPLETED')
+RETURNS text LANGUAGE sql AS $$
+	SELECT tp.paypal('WH-' || refund || '-' || status, 'PAYMENT.CAPTURE.REFUNDED', jsonb_build_object('id', refund, 'status', status,
+		'amount', jsonb_build_object('currency_code', 'USD', 'value', amount),
+		'links', jsonb_build_array(jsonb_build_object('rel', 'up', 'href', 'https://api.paypal.com/v2/payments/captures/' || cap)))
+		|| CASE WHEN total IS NULL THEN '{}' ELSE jsonb_build_object('seller_payable_breakdown', jsonb_build_object(
+			'total_refunded_amount', jsonb_build_object('currency_code', 'USD', 'value', total))) END, at)
+$$;
+SELECT tp.paypal_capture('CAPR1'), tp.paypal_refund('RR1a', 'CAPR1', '10.00', NULL, '2024-08-03T10:00:00Z'),
+	   tp.paypal_refund('RR1b', 'CAPR1', '5.00', '15.00', '2024-08-04T10:00:00Z');
+SELECT tp.paypal_capture('CAPR2'), tp.paypal_refund('RR2b', 'CAPR2', '5.00', '15.00', '2024-08-04T10:00:00Z'),
+	   tp.paypal_refund('RR2a', 'CAPR2', '10.00', NULL, '2024-08-03T10:00:00Z');
+SELECT tp.paypal_capture('CAPR3'), tp.paypal_refund('RR3a', 'CAPR3', '10.00', '10.00', '2024-08-03T10:00:00Z'),
+	   tp.paypal_refund('RR3b', 'CAPR3', '5.00', NULL, '2024-08-04T10:00:00Z');
+SELECT tp.paypal_capture('CAPR4'), tp.paypal_refund('RR4b', 'CAPR4', '5.00', NULL, '2024-08-04T10:00:00Z'),
+	   tp.paypal_refund('RR4a', 'CAPR4', '10.00', '10.00', '2024-08-03T10:00:00Z');
+SELECT tp.paypal_capture('CAPR5'), tp.paypal_refund('RR5', 'CAPR5', '10.00', NULL, '2024-08-03T10:00:00Z', 'PENDING'),
+	   tp.paypal_refund('RR5', 'CAPR5', '10.00', NULL, '2024-08-03T12:00:00Z', 'COMPLETED');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded, k.refund_amounts,
+	   (SELECT string_agg(f.amount || ' on ' || (f.refunded_at AT TIME ZONE 'UTC')::date, ', ' ORDER BY f.refunded_at)
+		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref LIKE 'CAPR_' ORDER BY p.provider_ref;
 
 -- an order's reference_id "default" is PayPal's placeholder for a single purchase unit, no
 -- reference: the capture's invoice_id then gives it one; any other reference_id is kept

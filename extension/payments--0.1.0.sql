@@ -1542,7 +1542,7 @@ COMMENT ON TABLE payments.paypal_captures IS
 COMMENT ON COLUMN payments.paypal_captures.refunded IS
 	'What the capture has given back: the largest of the totals its refunds reported (total_refunded_amount), the sum of its refunds'' own amounts, once per refund id, and what reconciliation found';
 COMMENT ON COLUMN payments.paypal_captures.refund_amounts IS
-	'The amount of each refund of the capture, by refund id: a refund reported twice (PENDING, then COMPLETED) counts once';
+	'Each refund of the capture, by refund id: its amount, the total it reported (total_refunded_amount, or null) and its time; a refund reported twice (PENDING, then COMPLETED) counts once';
 SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
 
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
@@ -1763,9 +1763,11 @@ DECLARE
 	taken	numeric;
 	fees	numeric;
 	reported numeric;
-	this_refund jsonb;	-- {refund id: its amount}
+	this_refund jsonb;	-- {refund id: {amount, total, at}}
+	refunds_known jsonb;
 	refunded_before numeric;
 	refunded_now numeric;
+	refunded_then numeric;
 	paid_captures bigint;
 BEGIN
 	IF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED', 'PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED') THEN
@@ -1778,31 +1780,37 @@ BEGIN
 			-- the capture's refunded total: each of these is no more than what it gave back, in any
 			-- order of delivery, so the largest of them is: the largest total its refunds reported,
 			-- and the sum of its refunds' own amounts, each refund once by its id (a refund
-			-- reported PENDING, then COMPLETED; one that says no total)
+			-- reported PENDING, then COMPLETED; one that says no total).  Each refund is kept with
+			-- its amount, the total it reported and its time
 			reported := payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r -> 'total_refunded_amount' ->> 'value'
 													 ELSE r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value' END, true);
 			this_refund := jsonb_build_object(coalesce(r ->> 'id', 'event ' || event_row, 'unnamed ' || gen_random_uuid()),
-				coalesce(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
-					THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), 0));
+				jsonb_build_object('amount', coalesce(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
+										THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), 0),
+								   'total', reported, 'at', coalesce(change.status_at, now())));
 			SELECT k.refunded INTO refunded_before FROM payments.paypal_captures k
 			 WHERE k.provider = provider_name AND k.capture_id = capture;
 			UPDATE payments.paypal_captures k
 			   SET refund_amounts = k.refund_amounts || this_refund,
 				   refunded = greatest(k.refunded, reported,
-									   (SELECT sum(a.value::numeric) FROM jsonb_each_text(k.refund_amounts || this_refund) a))
+									   (SELECT sum((a.value ->> 'amount')::numeric) FROM jsonb_each(k.refund_amounts || this_refund) a))
 			 WHERE k.provider = provider_name AND k.capture_id = capture
-			RETURNING k.refunded INTO refunded_now;
+			RETURNING k.refunded, k.refund_amounts INTO refunded_now, refunds_known;
+			-- what the capture had given back by this event's time, as far as its refunds known tell
+			SELECT greatest(max((a.value ->> 'total')::numeric), sum((a.value ->> 'amount')::numeric)) INTO refunded_then
+			  FROM jsonb_each(refunds_known) a
+			 WHERE (a.value ->> 'at')::timestamptz <= coalesce(change.status_at, now());
 			-- the payment's total as of this event: its capture's new total when the event raised
 			-- it (the rise is this refund's, or one an earlier refund made without saying its
-			-- total: given back at this event's time at the latest), else the total the event
-			-- reports (an older report, delivered late, is a lower one: payments.apply_change
-			-- counts it at its time), the other captures' as known.  When other captures have
-			-- refunds too, their totals now may hold refunds made after this event, which would
-			-- move those to its time: the totals now are passed instead, and apply_change moves
-			-- nothing for such an order (a late report raises nothing)
+			-- total: given back at this event's time at the latest), else what the capture had
+			-- given back by the event's time (an older refund delivered late is a lower total:
+			-- payments.apply_change counts it at its time), the other captures' as known.  When
+			-- other captures have refunds too, their totals now may hold refunds made after this
+			-- event, which would move those to its time: the totals now are passed instead, and
+			-- apply_change moves nothing for such an order (a late report raises nothing)
 			SELECT CASE WHEN bool_or(k.capture_id <> capture AND k.refunded > 0) THEN sum(k.refunded)
-						ELSE sum(CASE WHEN k.capture_id = capture AND reported IS NOT NULL AND refunded_now <= refunded_before
-									  THEN reported ELSE k.refunded END) END
+						ELSE sum(CASE WHEN k.capture_id = capture AND refunded_now <= refunded_before
+									  THEN refunded_then ELSE k.refunded END) END
 			  INTO change.amount_refunded FROM payments.paypal_captures k
 			 WHERE k.payment_id = cap.payment_id;
 		END IF;

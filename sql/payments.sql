@@ -550,7 +550,7 @@ SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refund
 -- refunds of one capture that say their total and refunds that do not, in either order, and one
 -- refund reported twice (PENDING, then COMPLETED): each refund counts once, by its id, and the
 -- total is the largest the refunds reported or the sum of their amounts (a total said later
--- holds the earlier refunds; one said earlier does not hold the later)
+-- holds the earlier refunds; one said earlier does not hold the later), each counted on its own day
 CREATE FUNCTION tp.paypal_capture(cap text) RETURNS text LANGUAGE sql AS $$
 	SELECT tp.paypal('WH-' || cap, 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', cap, 'status', 'COMPLETED',
 		'amount', '{"currency_code":"USD","value":"30.00"}'::jsonb), '2024-08-02T10:05:00Z')
@@ -573,7 +573,7 @@ SELECT tp.paypal_capture('CAPR4'), tp.paypal_refund('RR4b', 'CAPR4', '5.00', NUL
 	   tp.paypal_refund('RR4a', 'CAPR4', '10.00', '10.00', '2024-08-03T10:00:00Z');
 SELECT tp.paypal_capture('CAPR5'), tp.paypal_refund('RR5', 'CAPR5', '10.00', NULL, '2024-08-03T10:00:00Z', 'PENDING'),
 	   tp.paypal_refund('RR5', 'CAPR5', '10.00', NULL, '2024-08-03T12:00:00Z', 'COMPLETED');
-SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded, k.refund_amounts,
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded, (SELECT string_agg(a.key || ' ' || (a.value ->> 'amount'), ', ' ORDER BY a.key) FROM jsonb_each(k.refund_amounts) a) AS refunds_by_id,
 	   (SELECT string_agg(f.amount || ' on ' || (f.refunded_at AT TIME ZONE 'UTC')::date, ', ' ORDER BY f.refunded_at)
 		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
   FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id

@@ -6973,6 +6973,7 @@ DECLARE
 	typed	text;
 	word	text;
 	drafting boolean;
+	late	boolean := false;
 	amount	numeric;
 	low		numeric;
 	high	numeric;
@@ -7065,9 +7066,26 @@ BEGIN
 										 last_seen_at = greatest(cs.last_seen_at, ev.event_at)
 	 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
 
-	-- Meta delivers late and out of order: a message older than the last one answered is not answered
+	-- Meta delivers late and out of order: a message older than the last one answered is not
+	-- answered.  But for a cancel (or stop) sent after the message that confirmed a donation whose
+	-- Paynow request is still queued (cancel, Confirm, then hi, the hi delivered first): that
+	-- donation is cancelled as a timely cancel would have cancelled it (below, late), the donor
+	-- told by its notice; the conversation, gone on since, is left where it is
 	IF ev.event_at < s.last_message_at THEN
-		RETURN 'ignored';
+		IF lower(coalesce(msg -> 'interactive' -> 'button_reply' ->> 'id', msg -> 'interactive' -> 'list_reply' ->> 'id',
+						  msg -> 'button' ->> 'payload', payments.chat_word(msg -> 'text' ->> 'body')) COLLATE pg_catalog."C")
+				IN ('cancel', 'stop')
+		   AND EXISTS (SELECT FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+						 JOIN payments.paynow_initiations i ON i.payment_id = p.id
+						WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending' AND i.state = 'queued'
+						  -- confirmed by a message sent before this one (the event creating its payment)
+						  AND EXISTS (SELECT FROM payments.status_history h JOIN payments.events e ON e.id = h.event_id
+									   WHERE h.payment_id = p.id AND h.from_status IS NULL AND e.provider = ev.provider
+										 AND e.event_at < ev.event_at)) THEN
+			late := true;
+		ELSE
+			RETURN 'ignored';
+		END IF;
 	END IF;
 	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a message deleted
 	-- (revoke: a number also used in the WhatsApp Business app, Meta's "coexistence"), nor a Flow's
@@ -7096,7 +7114,8 @@ BEGIN
 
 	st := s.state;
 	drafted := s.draft;
-	IF st <> 'menu' AND s.last_activity_at < now() - make_interval(secs => (cfg ->> 'session_timeout')::double precision) THEN
+	IF st <> 'menu' AND NOT late
+	   AND s.last_activity_at < now() - make_interval(secs => (cfg ->> 'session_timeout')::double precision) THEN
 		drafted := '{}';
 		-- (of the draft only: another donation of theirs may be paid, or its request live)
 		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
@@ -7151,8 +7170,11 @@ BEGIN
 	ELSIF word IN ('cancel', 'stop')
 		  -- at the summary, a typed no is not to send it: the draft is cancelled
 		  OR (st = 'confirm' AND btn IS NULL AND word IN ('no', 'kwete', 'hayi')) THEN
-		st := 'menu';
-		drafted := '{}';
+		-- (a late cancel cancels a queued donation confirmed before it, and nothing else)
+		IF NOT late THEN
+			st := 'menu';
+			drafted := '{}';
+		END IF;
 		-- what is cancelled is what the donor was doing here: the draft, and a donation confirmed
 		-- whose Paynow request is still queued (initiate_payments sends it on its next pass): it has
 		-- prompted nobody, so its payment is cancelled through the state machine (status history;
@@ -7166,6 +7188,9 @@ BEGIN
 			  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
 			  JOIN payments.paynow_initiations i ON i.payment_id = p.id
 			 WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending' AND i.state = 'queued'
+			   AND (NOT late OR EXISTS (SELECT FROM payments.status_history h JOIN payments.events e ON e.id = h.event_id
+										 WHERE h.payment_id = p.id AND h.from_status IS NULL AND e.provider = ev.provider
+										   AND e.event_at < ev.event_at))
 			 ORDER BY i.id
 			   FOR UPDATE OF i
 		LOOP
@@ -7192,12 +7217,17 @@ BEGIN
 		-- paid (then said so, with its receipt, and that the clinic refunds), and a message with
 		-- no draft cancels nothing
 		SELECT x.* INTO waiting FROM payments.chat_pending_donation(ev.provider, wa) x;
-		IF waiting.payment_id IS NOT NULL THEN
+		IF late AND cancelled > 0 THEN
+			NULL;		-- told by the notice of the donation cancelled
+		ELSIF waiting.payment_id IS NOT NULL THEN
+			-- (a late cancel finding the request claimed meanwhile: it dropped no draft)
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-				CASE WHEN drafting THEN 'Cancelled. A payment already requested is not cancelled by this: '
+				CASE WHEN drafting AND NOT late THEN 'Cancelled. A payment already requested is not cancelled by this: '
 					 ELSE 'A payment already requested cannot be cancelled here: ' END
 				|| 'if you do not want to pay it, decline the request on your phone (or leave Paynow''s page). '
 				|| 'Send *donate* whenever you would like to give.'));
+		ELSIF late THEN
+			NULL;
 		ELSIF cancelled = 0 AND drafting THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				-- (drafting: the session did not expire, so s.state is where the donor was)

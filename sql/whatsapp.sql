@@ -1762,3 +1762,23 @@ SELECT pg_temp.say('263778100060', 'check', 9);
 SELECT * FROM pg_temp.replies('263778100060') OFFSET 7;
 SELECT p.amount, i.state FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
   JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = '263778100060';
+
+-- a cancel sent after Confirm but delivered after a later message (a hi, answered first) still
+-- cancels the donation whose request is queued, the donor told by its notice, and the
+-- conversation stays where the later message left it; an older cancel sent before the Confirm,
+-- or one with nothing queued any more, is not answered
+SELECT pg_temp.d('263778100070');
+SELECT pg_temp.say('263778100070', 'yes', 7);
+SELECT pg_temp.say('263778100070', 'donate', 9, true);
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100070');
+SELECT pg_temp.say('263778100070', 'cancel', 6);
+SELECT p.status, i.state FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = '263778100070';
+SELECT pg_temp.say('263778100070', 'Cancel!', 8);
+SELECT * FROM pg_temp.replies('263778100070');
+SELECT p.status, i.state, p.metadata ->> 'cancelled_by' AS cancelled_by FROM payments.chat_donations d
+  JOIN payments.payments p ON p.id = d.payment_id JOIN payments.paynow_initiations i ON i.payment_id = p.id
+ WHERE d.wa_id = '263778100070';
+SELECT pg_temp.session('263778100070');
+SELECT pg_temp.say('263778100070', 'stop', 8);
+SELECT * FROM pg_temp.replies('263778100070');

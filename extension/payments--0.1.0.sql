@@ -6091,6 +6091,24 @@ $$;
 COMMENT ON FUNCTION payments.chat_trim(text) IS
 	'Text a donor typed without the white space around it: spaces, tabs, line breaks, and Unicode spaces and invisible marks (U+00A0, U+2000 to U+200F, U+202F, U+FEFF...)';
 
+-- A command, an amount or a number as donors type it, ended with a full stop, an exclamation or
+-- question mark, or an emoji: "Yes!", "Cancel.", "5.", "$5!", "0771234567" and a thumbs-up.
+-- Only what follows the last letter or digit goes: symbols and pictographs (U+2600 to U+27BF but
+-- the dingbat digits U+2776 to U+2793, U+2B00 to U+2BFF, U+1F000 to U+1FAFF), the emoji variation
+-- selector, the keycap mark, tags, and the white space of chat_trim; nothing before or between
+-- (so "5.5" stays 5.5, and nothing typed is read as another amount or number)
+CREATE FUNCTION payments.chat_word(typed text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT regexp_replace(payments.chat_trim(typed),
+		E'[.!?\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff\\ufe0f\\u20e3\\u2600-\\u2775\\u2794-\\u27bf\\u2b00-\\u2bff\\U0001f000-\\U0001faff\\U000e0020-\\U000e007f]+$',
+		'')
+$$;
+COMMENT ON FUNCTION payments.chat_word(text) IS
+	'What a donor typed as a command, amount or number: trimmed (payments.chat_trim), then without the full stops, exclamation and question marks, emoji and white space at its end ("Yes!", "5.", "0771234567" and a thumbs-up); the characters before them are kept as typed';
+
 -- The names of currencies donors type, at the amount ("$10", "ZiG 100") and at the currency question
 CREATE FUNCTION payments.chat_currency_name(word text)
 RETURNS text
@@ -6438,11 +6456,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	p		payments.payments;
+	w		record;
 	body	text;
 BEGIN
 	SELECT q.* INTO p FROM payments.chat_donations d JOIN payments.payments q ON q.id = d.payment_id
 	 WHERE d.provider = chat_check.provider AND d.wa_id = chat_check.wa_id
 	 ORDER BY d.payment_id DESC LIMIT 1;
+	SELECT x.* INTO w FROM payments.chat_pending_donation(chat_check.provider, chat_check.wa_id) x;
 	IF NOT FOUND THEN
 		body := 'You have not made a donation from this number yet. Send *donate* to give.';
 	ELSE
@@ -6462,9 +6482,12 @@ BEGIN
 				-- (a prompt or link over an hour old, which Paynow may leave at Sent or Created for
 				-- ever) it has expired, and *donate* is not held back
 				WHEN 'pending' THEN
-					CASE WHEN p.id IS NOT DISTINCT FROM
-							  (SELECT w.payment_id FROM payments.chat_pending_donation(chat_check.provider, chat_check.wa_id) w)
-						 THEN CASE WHEN payments.paynow_web_checkout(p.method)
+					CASE WHEN p.id IS NOT DISTINCT FROM w.payment_id
+						 -- confirmed, its request still queued for initiate_payments (or on its way):
+						 -- nothing has reached the phone or given a link yet
+						 THEN CASE WHEN w.initiation IN ('queued', 'sending')
+								   THEN 'is confirmed, and we are still sending its payment request to Paynow. '
+								   WHEN payments.paynow_web_checkout(p.method)
 								   THEN 'is waiting for payment on Paynow''s page (from the link we sent). '
 								   ELSE 'is waiting for you to approve the request on your phone. ' END ||
 							  'Please do not start a new donation for it, or you may pay twice: we will tell you here when it is paid.'
@@ -6479,7 +6502,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_check(text, text) IS
-	'Queues the status of the last donation made from a WhatsApp number: a pending one that may still be paid (payments.chat_pending_donation, which holds back *donate*) is to be waited for, not given again; one past that has expired, and may be given again if it was not paid';
+	'Queues the status of the last donation made from a WhatsApp number: a pending one that may still be paid (payments.chat_pending_donation, which holds back *donate*) is to be waited for, not given again (its request still being sent to Paynow while queued or sending); one past that has expired, and may be given again if it was not paid';
 
 -- A donation from this number still waiting to be paid whose request may still reach the donor's
 -- phone (initiation queued, sending or unconfirmed: Paynow may have it), or whose prompt or link
@@ -6525,12 +6548,15 @@ BEGIN
 		CASE WHEN confirming THEN 'To give again all the same, tap *Confirm* on the summary below.'
 			 ELSE 'Tap *Donate anyway* only if you want to give again.' END,
 		CASE WHEN confirming THEN '[["check", "Check it"]]'::jsonb
-			 ELSE '[["check", "Check it"], ["donate_anyway", "Donate anyway"], ["menu", "Menu"]]'::jsonb END));
+			 -- (Donate anyway names the donation it goes past: tapped later, with another one waiting
+			 -- by then, it is *donate*, and warns of that one)
+			 ELSE jsonb_build_array('["check", "Check it"]'::jsonb, jsonb_build_array('donate_anyway_' || w.payment_id, 'Donate anyway'),
+									'["menu", "Menu"]'::jsonb) END));
 	RETURN w.payment_id;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_pending_notice(text, text, boolean, bigint) IS
-	'When a WhatsApp number has a donation that may still be paid (payments.chat_pending_donation) newer than the one it chose to go past (seen), queues a word about it (amount, method, reference, where it stands) with a Check it button, and Donate anyway unless confirming (then the summary is sent again); returns its payment id, or NULL when there is none';
+	'When a WhatsApp number has a donation that may still be paid (payments.chat_pending_donation) newer than the one it chose to go past (seen), queues a word about it (amount, method, reference, where it stands) with a Check it button, and Donate anyway (id donate_anyway_<payment id>) unless confirming (then the summary is sent again); returns its payment id, or NULL when there is none';
 
 -- When a donor refused by a limit of 24 hours may try again, as a clock at the clinic (the
 -- receipt time zone) shows it: the next whole minute after the time, today or tomorrow there (the
@@ -6975,7 +7001,10 @@ DECLARE
 	drafted	jsonb;
 	btn		text;
 	txt		text;
+	typed	text;
 	word	text;
+	drafting boolean;
+	late	boolean := false;
 	amount	numeric;
 	low		numeric;
 	high	numeric;
@@ -6987,6 +7016,7 @@ DECLARE
 	pay		payments.payments;
 	change	payments.payment_change;
 	cancelled integer;
+	waiting	record;
 	notice	jsonb := ev.payload -> 'message' -> 'system';
 	old_uid	text;
 	new_uid	text;
@@ -7067,9 +7097,26 @@ BEGIN
 										 last_seen_at = greatest(cs.last_seen_at, ev.event_at)
 	 WHERE cs.provider = s.provider AND cs.wa_id = s.wa_id;
 
-	-- Meta delivers late and out of order: a message older than the last one answered is not answered
+	-- Meta delivers late and out of order: a message older than the last one answered is not
+	-- answered.  But for a cancel (or stop) sent after the message that confirmed a donation whose
+	-- Paynow request is still queued (cancel, Confirm, then hi, the hi delivered first): that
+	-- donation is cancelled as a timely cancel would have cancelled it (below, late), the donor
+	-- told by its notice; the conversation, gone on since, is left where it is
 	IF ev.event_at < s.last_message_at THEN
-		RETURN 'ignored';
+		IF lower(coalesce(msg -> 'interactive' -> 'button_reply' ->> 'id', msg -> 'interactive' -> 'list_reply' ->> 'id',
+						  msg -> 'button' ->> 'payload', payments.chat_word(msg -> 'text' ->> 'body')) COLLATE pg_catalog."C")
+				IN ('cancel', 'stop')
+		   AND EXISTS (SELECT FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+						 JOIN payments.paynow_initiations i ON i.payment_id = p.id
+						WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending' AND i.state = 'queued'
+						  -- confirmed by a message sent before this one (the event creating its payment)
+						  AND EXISTS (SELECT FROM payments.status_history h JOIN payments.events e ON e.id = h.event_id
+									   WHERE h.payment_id = p.id AND h.from_status IS NULL AND e.provider = ev.provider
+										 AND e.event_at < ev.event_at)) THEN
+			late := true;
+		ELSE
+			RETURN 'ignored';
+		END IF;
 	END IF;
 	-- a reaction (an emoji put on one of our messages) asks nothing, nor does a message deleted
 	-- (revoke: a number also used in the WhatsApp Business app, Meta's "coexistence"), nor a Flow's
@@ -7098,19 +7145,34 @@ BEGIN
 
 	st := s.state;
 	drafted := s.draft;
-	IF st <> 'menu' AND s.last_activity_at < now() - make_interval(secs => (cfg ->> 'session_timeout')::double precision) THEN
-		st := 'menu';
+	IF st <> 'menu' AND NOT late
+	   AND s.last_activity_at < now() - make_interval(secs => (cfg ->> 'session_timeout')::double precision) THEN
 		drafted := '{}';
+		-- (of the draft only: another donation of theirs may be paid, or its request live)
 		PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-			'Your previous conversation expired after a while without messages, so we are starting again. Nothing was charged.'));
+			'Your previous conversation expired after a while without messages, so we are starting again.' ||
+			CASE WHEN st IN ('amount', 'currency', 'method', 'phone', 'purpose', 'confirm', 'edit')
+				 THEN ' The donation you had not confirmed was not requested.' ELSE '' END));
+		st := 'menu';
 	END IF;
 
 	btn := coalesce(msg -> 'interactive' -> 'button_reply' ->> 'id', msg -> 'interactive' -> 'list_reply' ->> 'id',
 					msg -> 'button' ->> 'payload');
 	-- (the Enter key's line break, a tab or a non-breaking space around it too)
 	txt := payments.chat_trim(coalesce(msg -> 'text' ->> 'body', msg -> 'button' ->> 'text', ''));
+	-- a command, an amount or a number typed with a full stop, ! or ? or an emoji after it ("Yes!",
+	-- "Cancel.", "5.", "0771234567" and a thumbs-up): read without them (payments.chat_word); a
+	-- purpose or a volunteer's answer is kept as typed (txt)
+	typed := payments.chat_word(txt);
 	-- request_welcome: the donor opened the chat for the first time (welcome messages enabled)
-	word := CASE WHEN msg ->> 'type' = 'request_welcome' THEN 'hi' ELSE lower(coalesce(btn, txt) COLLATE pg_catalog."C") END;
+	word := CASE WHEN msg ->> 'type' = 'request_welcome' THEN 'hi' ELSE lower(coalesce(btn, typed) COLLATE pg_catalog."C") END;
+	-- a donation being drafted (or volunteer details), which cancel drops
+	drafting := st <> 'menu';
+	-- the Confirm button of a summary tapped at the Edit list: that summary's Confirm (the draft
+	-- it shows confirmed, as on the summary; an earlier summary's is refused there as it is)
+	IF st = 'edit' AND starts_with(btn, 'confirm_') THEN
+		st := 'confirm';
+	END IF;
 
 	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button', 'request_welcome')
 	   OR (msg ->> 'type' = 'interactive' AND btn IS NULL) THEN
@@ -7136,9 +7198,14 @@ BEGIN
 			OR uid IN (SELECT payments.chat_admin_id(a) FROM jsonb_array_elements_text(cfg -> 'admin_numbers') a)) THEN
 		-- an admin listed by phone number, or by BSUID
 		PERFORM payments.chat_admin(ev.provider, wa, txt);
-	ELSIF word IN ('cancel', 'stop') THEN
-		st := 'menu';
-		drafted := '{}';
+	ELSIF word IN ('cancel', 'stop')
+		  -- at the summary, a typed no is not to send it: the draft is cancelled
+		  OR (st = 'confirm' AND btn IS NULL AND word IN ('no', 'kwete', 'hayi')) THEN
+		-- (a late cancel cancels a queued donation confirmed before it, and nothing else)
+		IF NOT late THEN
+			st := 'menu';
+			drafted := '{}';
+		END IF;
 		-- what is cancelled is what the donor was doing here: the draft, and a donation confirmed
 		-- whose Paynow request is still queued (initiate_payments sends it on its next pass): it has
 		-- prompted nobody, so its payment is cancelled through the state machine (status history;
@@ -7152,6 +7219,9 @@ BEGIN
 			  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
 			  JOIN payments.paynow_initiations i ON i.payment_id = p.id
 			 WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending' AND i.state = 'queued'
+			   AND (NOT late OR EXISTS (SELECT FROM payments.status_history h JOIN payments.events e ON e.id = h.event_id
+										 WHERE h.payment_id = p.id AND h.from_status IS NULL AND e.provider = ev.provider
+										   AND e.event_at < ev.event_at))
 			 ORDER BY i.id
 			   FOR UPDATE OF i
 		LOOP
@@ -7171,16 +7241,45 @@ BEGIN
 			 WHERE i.id = queued.id;
 			cancelled := cancelled + 1;
 		END LOOP;
-		-- a payment already asked for (sending, sent, unconfirmed) is not cancelled by it: the donor
-		-- is told so.  One cancelled here is told of by its notice alone
-		IF EXISTS (SELECT FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
-					WHERE d.provider = ev.provider AND d.wa_id = wa AND p.status = 'pending') THEN
+		-- a payment already asked for whose request may still be live (sending, unconfirmed, or
+		-- sent within the hour: payments.chat_pending_donation, as *check* and *donate* read it) is
+		-- not cancelled by it: the donor is told so.  One cancelled here is told of by its notice
+		-- alone.  Otherwise what is said is of the draft only: a donation of theirs may have been
+		-- paid (then said so, with its receipt, and that the clinic refunds), and a message with
+		-- no draft cancels nothing
+		SELECT x.* INTO waiting FROM payments.chat_pending_donation(ev.provider, wa) x;
+		IF late AND cancelled > 0 THEN
+			NULL;		-- told by the notice of the donation cancelled
+		ELSIF waiting.payment_id IS NOT NULL THEN
+			-- (a late cancel finding the request claimed meanwhile: it dropped no draft)
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-				'Cancelled. A payment already requested is not cancelled by this: if you do not want to pay it, '
-				|| 'decline the request on your phone (or leave Paynow''s page). Send *donate* whenever you would like to give.'));
+				CASE WHEN drafting AND NOT late THEN 'Cancelled. A payment already requested is not cancelled by this: '
+					 ELSE 'A payment already requested cannot be cancelled here: ' END
+				|| 'if you do not want to pay it, decline the request on your phone (or leave Paynow''s page). '
+				|| 'Send *donate* whenever you would like to give.'));
+		ELSIF late THEN
+			NULL;
+		ELSIF cancelled = 0 AND drafting THEN
+			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
+				-- (drafting: the session did not expire, so s.state is where the donor was)
+				CASE WHEN s.state LIKE 'volunteer%' THEN 'Cancelled. '
+					 ELSE 'Cancelled: the donation you were making was not requested, so nothing was charged for it. ' END
+				|| 'Send *donate* whenever you would like to give.'));
 		ELSIF cancelled = 0 THEN
+			SELECT q.* INTO pay FROM payments.chat_donations d JOIN payments.payments q ON q.id = d.payment_id
+			 WHERE d.provider = ev.provider AND d.wa_id = wa ORDER BY d.payment_id DESC LIMIT 1;
+			IF pay.status = 'paid' THEN
+				-- (paid in this transaction, its receipt is taken now, as *check* takes it)
+				PERFORM payments.issue_receipt(pay.id, coalesce(pay.paid_at, pay.status_at));
+			END IF;
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-				'Cancelled: nothing was charged. Send *donate* whenever you would like to give.'));
+				'There is nothing to cancel: you are not making a donation now. ' ||
+				CASE WHEN pay.status = 'paid'
+					 THEN format('Your last donation, %s %s (reference %s), is paid', payments.chat_amount(pay.amount, pay.currency),
+								 pay.currency, pay.reference)
+						  || coalesce(', receipt number ' || (SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = pay.id), '')
+						  || '. If you did not mean to give it, please ask the clinic for a refund.'
+					 ELSE 'Send *donate* whenever you would like to give.' END));
 		END IF;
 	ELSIF word = 'help' THEN
 		labels := ARRAY(SELECT payments.chat_method_label(m)
@@ -7192,7 +7291,11 @@ BEGIN
 			'You get a receipt number here as soon as your payment is confirmed.'));
 	ELSIF word = 'check' THEN
 		PERFORM payments.chat_check(ev.provider, wa);
-	ELSIF word IN ('donate', 'give') THEN
+	ELSIF word IN ('donate', 'give')
+		  -- a Donate anyway button offered for another donation than the one waiting now (or none
+		  -- named: one sent before the buttons named it) is *donate*, which warns of this one
+		  OR (starts_with(btn, 'donate_anyway') AND (SELECT w.payment_id FROM payments.chat_pending_donation(ev.provider, wa) w)::text
+													IS DISTINCT FROM substr(btn, 15)) THEN
 		-- a donation that may still be paid (a request Paynow may have, a prompt still live): the
 		-- donor is told about it first, and gives again only by choosing to (Donate anyway)
 		IF payments.chat_pending_notice(ev.provider, wa, false, NULL) IS NOT NULL THEN
@@ -7201,7 +7304,7 @@ BEGIN
 		ELSE
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, '{}') a;
 		END IF;
-	ELSIF word IN ('donate_anyway', 'donate anyway', 'give anyway') THEN
+	ELSIF starts_with(btn, 'donate_anyway_') OR (btn IS NULL AND word IN ('donate anyway', 'give anyway')) THEN
 		-- the draft keeps the donation the donor chose to go past: the confirmation warns only of a
 		-- newer one
 		pending := (SELECT w.payment_id FROM payments.chat_pending_donation(ev.provider, wa) w);
@@ -7221,7 +7324,8 @@ BEGIN
 		-- a currency typed before or after the amount says which: $ and USD are USD, ZWG and ZiG
 		-- are ZWG (payments.chat_currency_name, as at the currency question); 1,000 and 1 000 are
 		-- 1000 (payments.chat_typed_amount)
-		SELECT t.named, t.amount, t.comma_cents INTO named, amount, choice FROM payments.chat_typed_amount(txt) t;
+		-- ("5." and "$5!" are 5: typed, without what ends it)
+		SELECT t.named, t.amount, t.comma_cents INTO named, amount, choice FROM payments.chat_typed_amount(typed) t;
 		SELECT r.low, r.high INTO low, high
 		  FROM payments.chat_amount_range(cfg, coalesce(drafted ->> 'currency', named)) r;
 		IF btn IS NOT NULL THEN
@@ -7230,8 +7334,10 @@ BEGIN
 				'Please type the amount you would like to give, %s, like %s.',
 				payments.chat_amount_ranges(cfg, drafted ->> 'currency'),
 				payments.chat_amount_examples(low, high, drafted ->> 'currency'))));
-		ELSIF choice IS NOT NULL AND (named IS NULL OR named = coalesce(drafted ->> 'currency', named)) THEN
-			-- 10,5: cents after a comma (thousands are 1,000, three digits after it)
+		ELSIF choice IS NOT NULL AND (named IS NULL OR named = coalesce(drafted ->> 'currency', named))
+			  AND choice::numeric BETWEEN low AND high THEN
+			-- 10,5: cents after a comma (thousands are 1,000, three digits after it); an amount
+			-- that would be refused with a dot (0,50) gets the range below, not a dot to use
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
 				'Please use a dot for cents, like %s (not "%s").', choice, left(txt, 40))));
 		ELSIF named IS NOT NULL AND NOT cfg -> 'paynow_providers' ? named THEN
@@ -7250,7 +7356,7 @@ BEGIN
 				payments.chat_amount_examples(low, high, drafted ->> 'currency'), named)));
 		ELSIF amount IS NULL OR amount < low OR amount > high THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
-				'Sorry, "%s" is not an amount we can take. Please send an amount %s, like %s.',
+				'Sorry, "%s" is not an amount we can take. Please send an amount %s, like %s, or send *cancel* to stop.',
 				left(txt, 40), payments.chat_amount_ranges(cfg, coalesce(drafted ->> 'currency', named)),
 				payments.chat_amount_examples(low, high, coalesce(drafted ->> 'currency', named)))));
 		ELSE
@@ -7263,7 +7369,7 @@ BEGIN
 	ELSIF st = 'currency' THEN
 		-- a button, or typed: the names the amount takes ($, USD, ZWG, ZiG), or a code
 		choice := CASE WHEN starts_with(btn, 'cur_') THEN substr(btn, 5)
-					   ELSE coalesce(payments.chat_currency_name(txt), upper(txt COLLATE pg_catalog."C")) END;
+					   ELSE coalesce(payments.chat_currency_name(typed), upper(typed COLLATE pg_catalog."C")) END;
 		IF cfg -> 'paynow_providers' ? choice THEN
 			SELECT a.next_state, a.next_draft INTO st, drafted
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('currency', choice)) a;
@@ -7284,7 +7390,7 @@ BEGIN
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
 		END IF;
 	ELSIF st = 'phone' THEN
-		choice := payments.chat_local_phone(CASE WHEN btn = 'phone_same' THEN wa ELSE txt END);
+		choice := payments.chat_local_phone(CASE WHEN btn = 'phone_same' THEN wa ELSE typed END);
 		IF btn IS NOT NULL AND btn <> 'phone_same' THEN
 			-- a button of an earlier message where a number is to be typed
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
@@ -7306,7 +7412,7 @@ BEGIN
 		-- a button; typed, the number of a purpose in the list (1, 2., 3)), else the donor's own
 		-- words: not a number (a phone number, an amount), at most 100 characters
 		choice := CASE WHEN btn ~ '^purpose_[1-3]$' THEN cfg -> 'purposes' ->> (substr(btn, 9)::integer - 1)
-					   WHEN btn IS NULL AND txt ~ '^[1-9][.)]?$' THEN cfg -> 'purposes' ->> (left(txt, 1)::integer - 1)
+					   WHEN btn IS NULL AND typed ~ '^[1-9][.)]?$' THEN cfg -> 'purposes' ->> (left(typed, 1)::integer - 1)
 					   WHEN btn IS NULL AND length(txt) BETWEEN 1 AND 100 AND txt !~ '^[0-9[:space:]+().,/#*-]+$' THEN txt END;
 		IF choice IS NULL AND btn IS NULL AND length(txt) > 100 THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
@@ -7325,10 +7431,25 @@ BEGIN
 			  FROM payments.chat_advance(ev.provider, wa, cfg, drafted || jsonb_build_object('purpose', choice)) a;
 		END IF;
 	ELSIF st = 'confirm' THEN
-		-- typed, or the button of the summary of this draft (a bare "confirm" id: one sent before
-		-- the buttons named their draft)
-		IF (word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted))
-		   AND (SELECT f.fitted FROM payments.chat_fit_draft(cfg, drafted) f) = drafted THEN
+		-- typed (yes and the words for it, in English, Shona and Ndebele), or the button of the
+		-- summary of this draft (a bare "confirm" id: one sent before the buttons named their draft)
+		choice := CASE WHEN word IN ('confirm', 'yes', 'y', 'ok', 'okay', 'yes please', 'hongu', 'ehe', 'yebo')
+							OR btn = payments.chat_confirm_id(drafted) THEN 'yes' END;
+		-- a typed yes replying to (quoting: context.id, the wamid of our message) another message
+		-- than the latest summary sent to the donor, an earlier summary say, sent before an edit:
+		-- refused as that summary's Confirm button would be
+		IF choice = 'yes' AND btn IS NULL AND msg -> 'context' ->> 'id' IS NOT NULL
+		   AND EXISTS (SELECT FROM payments.outbox o
+						WHERE o.provider = ev.provider AND o.wamid = msg -> 'context' ->> 'id' AND o.recipient = wa
+						  AND (NOT coalesce(starts_with(o.payload -> 'interactive' -> 'action' -> 'buttons' -> 0 -> 'reply' ->> 'id',
+														'confirm_'), false)
+							   OR EXISTS (SELECT FROM payments.outbox l
+										   WHERE l.provider = ev.provider AND l.recipient = wa AND l.id > o.id
+											 AND starts_with(l.payload -> 'interactive' -> 'action' -> 'buttons' -> 0 -> 'reply' ->> 'id',
+															 'confirm_')))) THEN
+			choice := 'stale';
+		END IF;
+		IF choice = 'yes' AND (SELECT f.fitted FROM payments.chat_fit_draft(cfg, drafted) f) = drafted THEN
 			-- a donation that may still be paid, other than the one the donor chose to go past
 			-- (Donate anyway), started since the draft was (a Flow, another device): nothing starts;
 			-- the summary is sent again, its Confirm the donor's choice to give again
@@ -7341,21 +7462,29 @@ BEGIN
 				st := 'menu';
 				drafted := '{}';
 			END IF;
-		ELSIF word IN ('confirm', 'yes') OR btn = payments.chat_confirm_id(drafted) THEN
+		ELSIF choice = 'yes' THEN
 			-- the settings changed since the summary (a currency or a method no longer offered,
 			-- another range of amounts): nothing starts, and the donation goes on from what no
 			-- longer fits, the donor told what (payments.chat_advance)
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
 				'Sorry, what we can take has changed since this summary, so nothing was started.'));
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, drafted) a;
-		ELSIF starts_with(btn, 'confirm_') THEN
+		ELSIF starts_with(btn, 'confirm_') OR choice = 'stale' THEN
 			PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa,
-				'That summary is not the donation you are making now, so nothing was started from it. Here it is as it stands:'));
+				CASE WHEN btn IS NULL THEN 'The message you replied to is not the summary of the donation you are making now, '
+					 ELSE 'That summary is not the donation you are making now, ' END
+				|| 'so nothing was started from it. Here it is as it stands:'));
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		ELSIF word = 'edit' THEN
 			st := 'edit';
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		ELSE
+			-- anything else typed is said not to be understood, with the summary again
+			IF btn IS NULL AND txt <> '' THEN
+				PERFORM payments.chat_send(ev.provider, wa, payments.chat_text(wa, format(
+					'Sorry, we did not understand "%s". Tap *Confirm* (or type *yes*) to send the request, '
+					|| '*Edit* to change it, or *Cancel* to stop.', left(txt, 40))));
+			END IF;
 			PERFORM payments.chat_prompt(ev.provider, wa, st, cfg, drafted);
 		END IF;
 	ELSIF st = 'edit' THEN
@@ -7413,7 +7542,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation (the sender''s phone number; without one, the conversation that last saw their business-scoped user id, from_user_id, else that id): rate limit, expiry, commands (cancel: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, no valid sender, older than the last message answered, over the rate limit, a reaction, a Flow''s completion or a group message); a system notice that the user changed phone number or business-scoped user id is not answered: what the chat keeps for them follows them (payments.chat_move_user), applied when something moved, else ignored';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation (the sender''s phone number; without one, the conversation that last saw their business-scoped user id, from_user_id, else that id): rate limit, expiry (the draft said not requested), commands read without the punctuation and emoji after them (payments.chat_word; cancel or stop: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; with no draft, nothing to cancel, a paid last donation named with its receipt and the refund left to the clinic; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft; at the summary yes, ok, hongu, yebo... confirm and no, kwete, hayi cancel, a typed yes quoting another message than the latest summary refused as a stale Confirm; a Donate anyway button of another donation than the one waiting is donate); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, no valid sender, older than the last message answered, over the rate limit, a reaction, a Flow''s completion or a group message); a system notice that the user changed phone number or business-scoped user id is not answered: what the chat keeps for them follows them (payments.chat_move_user), applied when something moved, else ignored';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer

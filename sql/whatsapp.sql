@@ -96,9 +96,10 @@ CREATE FUNCTION pg_temp.replies(who text) RETURNS SETOF text LANGUAGE sql AS $$
 														 o.payload -> 'interactive' -> 'action' -> 'sections' -> 0 -> 'rows')) b) || ']',
 				   '[document ' || (o.payload -> 'message' -> 'document' ->> 'filename') || ', ' ||
 				   (o.payload -> 'upload' ->> 'type') || '] ' || (o.payload -> 'message' -> 'document' ->> 'caption')),
-				   -- (a Confirm button's id hashes its draft, which may hold a payment id: masked, so
-				   -- that payments made by earlier tests do not change it)
-				   '(WA|LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}|(?<=confirm_)[0-9a-f]{16}', 'X', 'g') AS said
+				   -- (a Confirm button's id hashes its draft, which may hold a payment id, and a Donate
+				   -- anyway button's names one: masked, so that payments made by earlier tests do not
+				   -- change them)
+				   '(WA|LP)-[0-9]{8}-[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}|(?<=confirm_)[0-9a-f]{16}|(?<=donate_anyway_)[0-9]+', 'X', 'g') AS said
 		  FROM payments.outbox o
 		 WHERE o.recipient = who AND o.id > coalesce((SELECT s.id FROM pg_temp.seen s WHERE s.who = replies.who), 0)),
 	u AS (INSERT INTO pg_temp.seen SELECT who, max(o.id) FROM payments.outbox o WHERE o.recipient = who
@@ -1046,7 +1047,8 @@ SELECT pg_temp.say('263776000001', 'yes', 15);
 SELECT * FROM pg_temp.replies('263776000001');
 SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '263776000001';
 SELECT pg_temp.say('263776000001', 'check', 16, true);
-SELECT pg_temp.say('263776000001', 'donate_anyway', 17, true);
+SELECT pg_temp.say('263776000001', 'donate_anyway_' || max(payment_id), 17, true) FROM payments.chat_donations
+ WHERE wa_id = '263776000001';
 SELECT pg_temp.say('263776000001', '$20', 18);
 SELECT pg_temp.say('263776000001', 'pay_ecocash', 19, true);
 SELECT pg_temp.say('263776000001', 'phone_same', 20, true);
@@ -1606,3 +1608,177 @@ SELECT pg_temp.deliver(jsonb_build_object('messaging_product', 'whatsapp',
 						   'text', jsonb_build_object('body', '20')))));
 SELECT * FROM pg_temp.replies('263772000086');
 SELECT pg_temp.session('263772000086');
+
+-- (review "donor") d(who, amount): a donation of that many USD by EcoCash from the donor's own
+-- number, drafted to its summary; paid(who): Paynow's status update paying their last donation
+CREATE FUNCTION pg_temp.d(who text, amount text DEFAULT '10') RETURNS void LANGUAGE sql AS $$
+	SELECT pg_temp.say(who, 'donate', 1, true);
+	SELECT pg_temp.say(who, amount, 2);
+	SELECT pg_temp.say(who, 'cur_USD', 3, true);
+	SELECT pg_temp.say(who, 'pay_ecocash', 4, true);
+	SELECT pg_temp.say(who, 'phone_same', 5, true);
+	SELECT pg_temp.say(who, 'purpose_1', 6, true);
+$$;
+CREATE FUNCTION pg_temp.paid(who text) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', p.reference], ['paynowreference', '98' || p.id],
+		['amount', payments.chat_amount(p.amount, p.currency)], ['status', 'Paid'],
+		['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=d' || p.id]])
+	  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id WHERE d.wa_id = who
+	 ORDER BY p.id DESC LIMIT 1
+$$;
+
+-- cancel with no draft, just after a donation was paid: not "nothing was charged", but that there
+-- is nothing to cancel, the donation paid with its receipt number, and that the clinic refunds.
+-- With a draft, what is cancelled is the draft; a session that expires says the same of the draft
+-- alone (another donation of the donor's was paid)
+SELECT pg_temp.d('263778100001');
+SELECT pg_temp.say('263778100001', 'yes', 7);
+SELECT pg_temp.paid('263778100001');
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100001');
+SELECT pg_temp.say('263778100001', 'cancel', 8);
+SELECT * FROM pg_temp.replies('263778100001');
+SELECT pg_temp.say('263778100001', 'donate', 9, true);
+SELECT pg_temp.say('263778100001', 'stop', 10);
+SELECT * FROM pg_temp.replies('263778100001') OFFSET 1;
+SELECT pg_temp.say('263778100001', 'volunteer', 11);
+SELECT pg_temp.say('263778100001', 'Cancel', 12);
+SELECT * FROM pg_temp.replies('263778100001') OFFSET 1;
+SELECT pg_temp.say('263778100001', 'donate', 13, true);
+UPDATE payments.chat_sessions SET last_activity_at = now() - interval '31 minutes' WHERE wa_id = '263778100001';
+SELECT pg_temp.say('263778100001', '5', 14);
+SELECT * FROM pg_temp.replies('263778100001') OFFSET 1;
+-- a request sent within the hour may still prompt the phone: cancel says how to stop it (without a
+-- draft, that it cannot be cancelled here); one sent days ago has expired (as *check* says), and
+-- there is nothing to cancel
+BEGIN;
+SELECT pg_temp.d('263778100002');
+SELECT pg_temp.say('263778100002', 'yes', 7);
+UPDATE payments.paynow_initiations i SET state = 'done'
+  FROM payments.chat_donations d WHERE d.payment_id = i.payment_id AND d.wa_id = '263778100002';
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100002');
+SELECT pg_temp.say('263778100002', 'cancel', 8);
+SELECT * FROM pg_temp.replies('263778100002');
+UPDATE payments.chat_donations SET created_at = now() - interval '3 days' WHERE wa_id = '263778100002';
+SELECT pg_temp.say('263778100002', 'check', 9);
+SELECT pg_temp.say('263778100002', 'cancel', 10);
+SELECT * FROM pg_temp.replies('263778100002');
+ROLLBACK;
+
+-- commands, amounts and numbers are read without a full stop, ! or ? or emoji after them
+-- (payments.chat_word); nothing before or between is dropped
+SELECT replace(typed, E'\U0001F44D', '<thumbs up>') AS typed,
+	   replace(payments.chat_word(typed), E'\U0001F44D', '<thumbs up>') AS word, (payments.chat_typed_amount(payments.chat_word(typed))).amount
+  FROM (VALUES ('Yes!'), ('Cancel.'), ('yes please '), (E'ok \U0001F44D'), (E'\U0001F44D'), ('5.'), ('$5!'), ('5.5'),
+			   ('12.345.'), ('1,000.'), ('5?!'), (E'10\u2764\ufe0f'), (E'5\ufe0f\u20e3'), (E'0771234567 \U0001F44D'),
+			   ('...'), ('No.')) AS t (typed);
+-- at the summary the words for yes (English, Shona, Ndebele) confirm it; no, kwete and hayi
+-- cancel it; anything else is said not to be understood, with the summary again
+SELECT t.w, t.said, pg_temp.d(t.w), pg_temp.say(t.w, t.said, 7)
+  FROM (VALUES ('263778100010', 'Yes!'), ('263778100011', 'Yes.'), ('263778100012', 'ok'), ('263778100013', 'okay'),
+			   ('263778100014', 'hongu'), ('263778100015', 'Ehe'), ('263778100016', 'Yebo'), ('263778100017', 'yes please'),
+			   ('263778100018', 'Confirm.'), ('263778100019', 'Y'), ('263778100020', 'no'), ('263778100021', 'Kwete'),
+			   ('263778100022', 'hayi'), ('263778100023', 'cancel.'), ('263778100024', E'\U0001F44D'),
+			   ('263778100025', 'maybe later')) AS t (w, said);
+SELECT s.wa_id, s.state, (SELECT count(*) FROM payments.chat_donations d WHERE d.wa_id = s.wa_id) AS donations,
+	   (SELECT array_agg(r) FROM (SELECT r FROM pg_temp.replies(s.wa_id) r OFFSET 6) x) AS last_replies
+  FROM payments.chat_sessions s WHERE s.wa_id BETWEEN '263778100010' AND '263778100025' AND s.wa_id NOT IN ('263778100024', '263778100025')
+ ORDER BY s.wa_id;
+SELECT r FROM pg_temp.replies('263778100024') r OFFSET 6;
+SELECT r FROM pg_temp.replies('263778100025') r OFFSET 6;
+SELECT pg_temp.session('263778100025');
+-- at the amount: "5." is 5, "$5!" 5 USD; a word, "no", "Good morning" are not amounts, and the
+-- donor is told *cancel* stops; "Cancel!" and "Hello!" are commands; 0,50 is below the minimum,
+-- so no dot is suggested for it (10,50 still gets one); a number with a thumbs-up is the number
+SELECT pg_temp.say('263778100030', 'donate', 1, true);
+SELECT pg_temp.say('263778100030', 'no', 2);
+SELECT pg_temp.say('263778100030', 'Good morning', 3);
+SELECT pg_temp.say('263778100030', '0,50', 4);
+SELECT pg_temp.say('263778100030', '10,50', 5);
+SELECT pg_temp.say('263778100030', '5.', 6);
+SELECT * FROM pg_temp.replies('263778100030');
+SELECT pg_temp.session('263778100030');
+SELECT pg_temp.say('263778100030', 'Cancel!', 7);
+SELECT pg_temp.say('263778100030', 'donate', 8, true);
+SELECT pg_temp.say('263778100030', '$5!', 9);
+SELECT pg_temp.say('263778100030', 'EcoCash.', 10);
+SELECT pg_temp.say('263778100030', E'0771234567 \U0001F44D', 11);
+SELECT pg_temp.session('263778100030');
+SELECT pg_temp.say('263778100030', 'Hello!', 12);
+SELECT * FROM pg_temp.replies('263778100030');
+
+-- a typed yes quoting (context.id) an earlier summary, sent before an edit, starts nothing: it is
+-- refused as that summary's Confirm button is, and the current summary sent; quoting the latest
+-- summary, it confirms
+SELECT pg_temp.d('263778100040');
+UPDATE payments.outbox SET wamid = 'wamid.SUMMARY10'
+ WHERE id = (SELECT max(id) FROM payments.outbox WHERE recipient = '263778100040');
+SELECT pg_temp.say('263778100040', 'edit', 7, true);
+SELECT pg_temp.say('263778100040', 'edit_amount', 8, true);
+SELECT pg_temp.say('263778100040', '100', 9);
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100040');
+SELECT pg_temp.say('263778100040', 'x', 10, false,
+	content => '{"type": "text", "text": {"body": "yes"}, "context": {"from": "15550001111", "id": "wamid.SUMMARY10"}}');
+SELECT * FROM pg_temp.replies('263778100040');
+SELECT count(*) AS donations FROM payments.chat_donations WHERE wa_id = '263778100040';
+UPDATE payments.outbox SET wamid = 'wamid.SUMMARY100'
+ WHERE id = (SELECT max(id) FROM payments.outbox WHERE recipient = '263778100040');
+SELECT pg_temp.say('263778100040', 'x', 11, false,
+	content => '{"type": "text", "text": {"body": "Yes!"}, "context": {"from": "15550001111", "id": "wamid.SUMMARY100"}}');
+SELECT p.amount, p.currency FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+ WHERE d.wa_id = '263778100040';
+
+-- a Donate anyway button names the donation it was offered for: tapped after that one was paid and
+-- another started, it is *donate*, which warns of the other; the button of the notice about the
+-- other goes past it
+SELECT pg_temp.d('263778100050');
+SELECT pg_temp.say('263778100050', 'yes', 7);
+SELECT pg_temp.say('263778100050', 'donate', 8, true);
+SELECT 'donate_anyway_' || max(payment_id) AS old_anyway FROM payments.chat_donations WHERE wa_id = '263778100050' \gset
+SELECT * FROM pg_temp.replies('263778100050') OFFSET 7;
+SELECT pg_temp.paid('263778100050');
+SELECT pg_temp.say('263778100050', 'donate', 9, true);
+SELECT pg_temp.say('263778100050', '20', 10);
+SELECT pg_temp.say('263778100050', 'cur_USD', 11, true);
+SELECT pg_temp.say('263778100050', 'pay_ecocash', 12, true);
+SELECT pg_temp.say('263778100050', 'phone_same', 13, true);
+SELECT pg_temp.say('263778100050', 'purpose_1', 14, true);
+SELECT pg_temp.say('263778100050', 'yes', 15);
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100050');
+SELECT pg_temp.say('263778100050', :'old_anyway', 16, true);
+SELECT * FROM pg_temp.replies('263778100050');
+SELECT pg_temp.session('263778100050');
+SELECT pg_temp.say('263778100050', 'donate_anyway_' || max(payment_id), 17, true) FROM payments.chat_donations
+ WHERE wa_id = '263778100050';
+SELECT s.state, (s.draft ->> 'pending_ok')::bigint = (SELECT max(payment_id) FROM payments.chat_donations WHERE wa_id = s.wa_id)
+	   AS going_past_the_second
+  FROM payments.chat_sessions s WHERE s.wa_id = '263778100050';
+
+-- *check* right after Confirm, its request still queued: being sent, not waiting on the phone; the
+-- current summary's Confirm tapped at the Edit list confirms it
+SELECT pg_temp.d('263778100060');
+SELECT pg_temp.say('263778100060', 'edit', 7, true);
+SELECT pg_temp.say('263778100060', payments.chat_confirm_id(draft), 8, true) FROM payments.chat_sessions WHERE wa_id = '263778100060';
+SELECT pg_temp.say('263778100060', 'check', 9);
+SELECT * FROM pg_temp.replies('263778100060') OFFSET 7;
+SELECT p.amount, i.state FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = '263778100060';
+
+-- a cancel sent after Confirm but delivered after a later message (a hi, answered first) still
+-- cancels the donation whose request is queued, the donor told by its notice, and the
+-- conversation stays where the later message left it; an older cancel sent before the Confirm,
+-- or one with nothing queued any more, is not answered
+SELECT pg_temp.d('263778100070');
+SELECT pg_temp.say('263778100070', 'yes', 7);
+SELECT pg_temp.say('263778100070', 'donate', 9, true);
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100070');
+SELECT pg_temp.say('263778100070', 'cancel', 6);
+SELECT p.status, i.state FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+  JOIN payments.paynow_initiations i ON i.payment_id = p.id WHERE d.wa_id = '263778100070';
+SELECT pg_temp.say('263778100070', 'Cancel!', 8);
+SELECT * FROM pg_temp.replies('263778100070');
+SELECT p.status, i.state, p.metadata ->> 'cancelled_by' AS cancelled_by FROM payments.chat_donations d
+  JOIN payments.payments p ON p.id = d.payment_id JOIN payments.paynow_initiations i ON i.payment_id = p.id
+ WHERE d.wa_id = '263778100070';
+SELECT pg_temp.session('263778100070');
+SELECT pg_temp.say('263778100070', 'stop', 8);
+SELECT * FROM pg_temp.replies('263778100070');

@@ -429,7 +429,8 @@ test('edit and cancel paths, invalid amounts', async () => {
 		+ 'Number: 0772000010\nFor: Solar panels \\[confirm_[0-9a-f]{16} edit cancel\\]$');
 	assert.ok(chat.some((m) => summary('20.00').test(m)), chat.join('\n'));
 	assert.ok(chat.some((m) => summary('25.00').test(m)), chat.join('\n'));
-	assert.equal(chat.at(-1), 'Cancelled: nothing was charged. Send *donate* whenever you would like to give.');
+	assert.equal(chat.at(-1), 'Cancelled: the donation you were making was not requested, so nothing was charged for it. '
+		+ 'Send *donate* whenever you would like to give.');
 	assert.equal(lastRef(who), '');
 	assert.equal(q(`SELECT state || ' ' || draft FROM payments.chat_sessions WHERE wa_id = :'w'`, { w: who }), 'menu {}');
 });
@@ -590,7 +591,8 @@ test('sessions expire after the idle time; help and menu at any point', async ()
 	await say(who, 'help');
 	await work();
 	const chat = graph.to(who);
-	assert.equal(chat.at(-3), 'Your previous conversation expired after a while without messages, so we are starting again. Nothing was charged.');
+	assert.equal(chat.at(-3), 'Your previous conversation expired after a while without messages, so we are starting again. '
+		+ 'The donation you had not confirmed was not requested.');
 	assert.match(chat.at(-2), /^Hello Tendai!/);
 	assert.match(chat.at(-1), /^Send \*donate\* to give/);
 });
@@ -889,7 +891,7 @@ test('cancel while initiate_payments claims the request waits for the claim: the
 	assert.equal(q(`SELECT i.state || ' ' || p.status FROM payments.paynow_initiations i JOIN payments.payments p ON p.id = i.payment_id
 		WHERE p.reference = :'r'`, { r: ref }), 'sending pending');
 	await work();
-	assert.equal(graph.to(who).at(-1), 'Cancelled. A payment already requested is not cancelled by this: if you do not want to pay it, '
+	assert.equal(graph.to(who).at(-1), 'A payment already requested cannot be cancelled here: if you do not want to pay it, '
 		+ 'decline the request on your phone (or leave Paynow\'s page). Send *donate* whenever you would like to give.');
 	assert.ok(!graph.to(who).some((m) => m.includes('nothing was charged')), graph.to(who).join('\n'));
 	// (the request claimed here was never sent: recorded as never having reached Paynow)

@@ -1545,6 +1545,25 @@ COMMENT ON COLUMN payments.paypal_captures.refund_amounts IS
 	'Each refund of the capture, by refund id: its amount, the total it reported (total_refunded_amount, or null) and its time; a refund reported twice (PENDING, then COMPLETED) counts once';
 SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
 
+-- What a PayPal capture had given back by a time, as its refunds known tell ({refund id: {amount,
+-- total, at}}): no more than it did, in any order of delivery.  A refund's reported total holds
+-- every refund up to it; refunds after it add their amounts; with no total known, the amounts add up
+CREATE FUNCTION payments.paypal_refunded_by(refunds jsonb, by_time timestamptz)
+RETURNS numeric
+LANGUAGE sql STABLE
+AS $$
+	WITH f AS (
+		SELECT (a.value ->> 'amount')::numeric AS amount, (a.value ->> 'total')::numeric AS total,
+			   (a.value ->> 'at')::timestamptz AS at
+		  FROM jsonb_each(refunds) a WHERE (a.value ->> 'at')::timestamptz <= by_time)
+	SELECT greatest((SELECT sum(f.amount) FROM f),
+					(SELECT max(t.total + coalesce((SELECT sum(l.amount) FROM f l WHERE l.at > t.at), 0))
+					   FROM f t WHERE t.total IS NOT NULL))
+$$;
+COMMENT ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) IS
+	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the largest of the sum of their amounts and, for each refund that reported its total, that total plus the amounts of the refunds after it; NULL when none is known; used by apply_paypal_change';
+REVOKE ALL ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) FROM PUBLIC;
+
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -1763,8 +1782,13 @@ DECLARE
 	taken	numeric;
 	fees	numeric;
 	reported numeric;
-	this_refund jsonb;	-- {refund id: {amount, total, at}}
-	refunds_known jsonb;
+	refund_key text;
+	refund_at timestamptz;
+	refund_currency text;
+	refund_amount numeric;
+	known	jsonb;		-- what was known of this refund before
+	capture_amount numeric;	-- a capture's own amount, where the change says the order's total
+	refunds_known jsonb;	-- {refund id: {amount, total, at}}
 	refunded_before numeric;
 	refunded_now numeric;
 	refunded_then numeric;
@@ -1777,29 +1801,33 @@ BEGIN
 		IF FOUND THEN
 			-- the payment's lock first, as for its capture's news: one order of locks
 			PERFORM FROM payments.payments p WHERE p.id = cap.payment_id FOR UPDATE;
-			-- the capture's refunded total: each of these is no more than what it gave back, in any
-			-- order of delivery, so the largest of them is: the largest total its refunds reported,
-			-- and the sum of its refunds' own amounts, each refund once by its id (a refund
-			-- reported PENDING, then COMPLETED; one that says no total).  Each refund is kept with
-			-- its amount, the total it reported and its time
-			reported := payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r -> 'total_refunded_amount' ->> 'value'
-													 ELSE r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value' END, true);
-			this_refund := jsonb_build_object(coalesce(r ->> 'id', 'event ' || event_row, 'unnamed ' || gen_random_uuid()),
-				jsonb_build_object('amount', coalesce(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
-										THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), 0),
-								   'total', reported, 'at', coalesce(change.status_at, now())));
-			SELECT k.refunded INTO refunded_before FROM payments.paypal_captures k
-			 WHERE k.provider = provider_name AND k.capture_id = capture;
+			-- each refund of the capture is kept by its id with its amount, the total it reported and
+			-- its time: one reported twice (PENDING, then COMPLETED) keeps its first time and the
+			-- largest total; amounts finer than the currency's minor unit are not known
+			refund_key := coalesce(r ->> 'id', 'event ' || event_row, 'unnamed ' || gen_random_uuid());
+			refund_at := coalesce(change.status_at, now());
+			refund_currency := coalesce(cap.currency, upper(coalesce(r -> 'amount' ->> 'currency_code', r -> 'amount' ->> 'currency') COLLATE pg_catalog."C"));
+			reported := payments.amount_in_currency(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
+								THEN r -> 'total_refunded_amount' ->> 'value'
+								ELSE r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value' END, true), refund_currency);
+			refund_amount := payments.amount_in_currency(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
+								THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), refund_currency);
+			SELECT k.refunded, k.refund_amounts -> refund_key INTO refunded_before, known
+			  FROM payments.paypal_captures k WHERE k.provider = provider_name AND k.capture_id = capture;
+			refunds_known := jsonb_build_object(refund_key, jsonb_build_object(
+				'amount', coalesce(refund_amount, (known ->> 'amount')::numeric),
+				'total', greatest(reported, (known ->> 'total')::numeric),
+				'at', least(refund_at, (known ->> 'at')::timestamptz)));
+			-- the capture's refunded total: what its refunds known say it gave back by now
+			-- (payments.paypal_refunded_by: no more than it gave back, in any order of delivery),
+			-- or more when reconciliation found it refunded in full
 			UPDATE payments.paypal_captures k
-			   SET refund_amounts = k.refund_amounts || this_refund,
-				   refunded = greatest(k.refunded, reported,
-									   (SELECT sum((a.value ->> 'amount')::numeric) FROM jsonb_each(k.refund_amounts || this_refund) a))
+			   SET refund_amounts = k.refund_amounts || refunds_known,
+				   refunded = greatest(k.refunded, payments.paypal_refunded_by(k.refund_amounts || refunds_known, 'infinity'))
 			 WHERE k.provider = provider_name AND k.capture_id = capture
 			RETURNING k.refunded, k.refund_amounts INTO refunded_now, refunds_known;
 			-- what the capture had given back by this event's time, as far as its refunds known tell
-			SELECT greatest(max((a.value ->> 'total')::numeric), sum((a.value ->> 'amount')::numeric)) INTO refunded_then
-			  FROM jsonb_each(refunds_known) a
-			 WHERE (a.value ->> 'at')::timestamptz <= coalesce(change.status_at, now());
+			refunded_then := payments.paypal_refunded_by(refunds_known, refund_at);
 			-- the payment's total as of this event: its capture's new total when the event raised
 			-- it (the rise is this refund's, or one an earlier refund made without saying its
 			-- total: given back at this event's time at the latest), else what the capture had
@@ -1817,6 +1845,20 @@ BEGIN
 		RETURN payments.apply_change(event_row, provider_name, change);
 	END IF;
 
+	-- another capture of an order already paid: news of more taken, the order's total so far (its
+	-- other paid captures' and this one's), not news that it was paid again, which would end a
+	-- dispute open on it (a smaller second capture read as a dispute won)
+	IF change.status = 'paid' AND r ->> 'id' IS NOT NULL
+	   AND etype IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.SALE.COMPLETED') THEN
+		SELECT change.amount + sum(k.amount) INTO taken
+		  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref AND p.paid_at IS NOT NULL
+		   AND k.capture_id <> r ->> 'id' AND k.status = 'paid' AND k.currency = p.currency
+		   AND upper(change.currency COLLATE pg_catalog."C") = p.currency;
+		capture_amount := change.amount;
+		change.amount := coalesce(taken, change.amount);
+		taken := NULL;
+	END IF;
 	result := payments.apply_change(event_row, provider_name, change);
 	-- the method, under the payment's lock (apply_change's): the order names the source it is paid
 	-- from, which wins over the paypal assumed for a capture delivered before it; a capture names
@@ -1858,7 +1900,7 @@ BEGIN
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
 	-- news of a capture older than what is known of it changes it not
 	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, fee, status_at)
-	VALUES (provider_name, capture, pay.id, change.status, change.amount, upper(change.currency COLLATE pg_catalog."C"), change.fee,
+	VALUES (provider_name, capture, pay.id, change.status, coalesce(capture_amount, change.amount), upper(change.currency COLLATE pg_catalog."C"), change.fee,
 			coalesce(change.status_at, now()))
 	ON CONFLICT (provider, capture_id) DO UPDATE
 	   SET status = excluded.status, amount = coalesce(excluded.amount, k.amount),
@@ -1879,7 +1921,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) IS
-	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; a payment paid by several captures takes the sum of their amounts and of their fees, and a refund the sum of their refunded totals (a refund without its capture''s total adds its own amount)';
+	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; a payment paid by several captures takes the sum of their amounts and of their fees (a capture after the first is news of more taken, which leaves a dispute open), and a refund the sum of their refunded totals, each capture''s from its refunds known by id (payments.paypal_refunded_by)';
 
 -- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
 -- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line

@@ -573,11 +573,45 @@ SELECT tp.paypal_capture('CAPR4'), tp.paypal_refund('RR4b', 'CAPR4', '5.00', NUL
 	   tp.paypal_refund('RR4a', 'CAPR4', '10.00', '10.00', '2024-08-03T10:00:00Z');
 SELECT tp.paypal_capture('CAPR5'), tp.paypal_refund('RR5', 'CAPR5', '10.00', NULL, '2024-08-03T10:00:00Z', 'PENDING'),
 	   tp.paypal_refund('RR5', 'CAPR5', '10.00', NULL, '2024-08-03T12:00:00Z', 'COMPLETED');
-SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded, (SELECT string_agg(a.key || ' ' || (a.value ->> 'amount'), ', ' ORDER BY a.key) FROM jsonb_each(k.refund_amounts) a) AS refunds_by_id,
+-- a total said by a refund holds the refunds before it, and the refunds after it add theirs
+-- (5.00 saying 15.00 on the 4th, then 15.00 saying nothing on the 5th: 30.00), in either order
+SELECT tp.paypal_capture('CAPR6'), tp.paypal_refund('RR6b', 'CAPR6', '5.00', '15.00', '2024-08-04T10:00:00Z'),
+	   tp.paypal_refund('RR6c', 'CAPR6', '15.00', NULL, '2024-08-05T10:00:00Z');
+SELECT tp.paypal_capture('CAPR7'), tp.paypal_refund('RR7c', 'CAPR7', '15.00', NULL, '2024-08-05T10:00:00Z'),
+	   tp.paypal_refund('RR7b', 'CAPR7', '5.00', '15.00', '2024-08-04T10:00:00Z');
+-- three refunds, only the last saying its total, delivered last first: the total is the same (the
+-- days of refunds that said nothing, delivered late, are taken from the rows recorded after them)
+SELECT tp.paypal_capture('CAPR8'), tp.paypal_refund('RR8b', 'CAPR8', '15.00', '30.00', '2024-08-05T10:00:00Z'),
+	   tp.paypal_refund('RR8c', 'CAPR8', '5.00', NULL, '2024-08-04T10:00:00Z'),
+	   tp.paypal_refund('RR8a', 'CAPR8', '10.00', NULL, '2024-08-03T10:00:00Z');
+-- a refund reported PENDING, then COMPLETED, keeps its first time; an amount finer than the
+-- currency's minor unit is not known (10.005 USD)
+SELECT tp.paypal_capture('CAPR9'), tp.paypal_refund('RR9a', 'CAPR9', '10.00', NULL, '2024-08-03T10:00:00Z', 'PENDING'),
+	   tp.paypal_refund('RR9d', 'CAPR9', '5.00', '20.00', '2024-08-06T10:00:00Z'),
+	   tp.paypal_refund('RR9a', 'CAPR9', '10.00', NULL, '2024-08-05T10:00:00Z', 'COMPLETED'),
+	   tp.paypal_refund('RR9c', 'CAPR9', '5.00', NULL, '2024-08-04T10:00:00Z'),
+	   tp.paypal_refund('RR9x', 'CAPR9', '10.005', NULL, '2024-08-07T10:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refunded,
+	   (SELECT string_agg(a.key || ' ' || coalesce(a.value ->> 'amount', '?') || ' ' || (a.value ->> 'at')::timestamptz AT TIME ZONE 'UTC', ', ' ORDER BY a.key)
+		  FROM jsonb_each(k.refund_amounts) a) AS refunds_by_id,
 	   (SELECT string_agg(f.amount || ' on ' || (f.refunded_at AT TIME ZONE 'UTC')::date, ', ' ORDER BY f.refunded_at)
 		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
   FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
  WHERE p.provider = 'pp' AND p.provider_ref LIKE 'CAPR_' ORDER BY p.provider_ref;
+-- a second capture of an order whose first capture is disputed is more money taken: the dispute
+-- stays open, whether the second is smaller or larger than the first
+SELECT tp.paypal('WH-DC' || c, 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', 'DC' || c || '1', 'status', 'COMPLETED',
+			'amount', '{"currency_code":"USD","value":"30.00"}'::jsonb,
+			'supplementary_data', jsonb_build_object('related_ids', jsonb_build_object('order_id', 'ORDER-DC' || c))), '2024-08-02T10:00:00Z'),
+	   tp.paypal('WH-DD' || c, 'CUSTOMER.DISPUTE.CREATED', jsonb_build_object('dispute_id', 'PP-D-' || c, 'status', 'OPEN',
+			'disputed_transactions', jsonb_build_array(jsonb_build_object('seller_transaction_id', 'DC' || c || '1'))), '2024-08-03T10:00:00Z'),
+	   tp.paypal('WH-DC' || c || '2', 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', 'DC' || c || '2', 'status', 'COMPLETED',
+			'amount', jsonb_build_object('currency_code', 'USD', 'value', v),
+			'supplementary_data', jsonb_build_object('related_ids', jsonb_build_object('order_id', 'ORDER-DC' || c))), '2024-08-04T10:00:00Z')
+  FROM (VALUES ('a', '10.00'), ('b', '50.00')) AS x (c, v);
+SELECT p.provider_ref, p.status, p.amount, (SELECT string_agg(k.capture_id || ' ' || k.amount, ', ' ORDER BY k.capture_id)
+											  FROM payments.paypal_captures k WHERE k.payment_id = p.id) AS captures
+  FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref LIKE 'ORDER-DC_' ORDER BY p.provider_ref;
 
 -- an order's reference_id "default" is PayPal's placeholder for a single purchase unit, no
 -- reference: the capture's invoice_id then gives it one; any other reference_id is kept

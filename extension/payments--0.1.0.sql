@@ -1564,40 +1564,6 @@ COMMENT ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) IS
 	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the largest of the sum of their amounts and, for each refund that reported its total, that total plus the amounts of the refunds after it; NULL when none is known; used by apply_paypal_change';
 REVOKE ALL ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) FROM PUBLIC;
 
--- The rows of payments.refunds of a PayPal payment refunded on one capture, from its refunds
--- known: one per refund time at which what they say was given back rises, by that rise, with the
--- event of the refund first known at that time.  Rewritten only when they differ
-CREATE FUNCTION payments.paypal_refund_rows(payment bigint, refunds jsonb)
-RETURNS void
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	wanted	jsonb;
-BEGIN
-	SELECT jsonb_agg(jsonb_build_object('amount', w.rise, 'at', w.at, 'event', w.event_id) ORDER BY w.at)
-	  INTO wanted
-	  FROM (SELECT t.at, t.event_id, t.given - coalesce(lag(t.given) OVER (ORDER BY t.at), 0) AS rise
-			  FROM (SELECT DISTINCT ON (x.at) x.at, x.event_id, payments.paypal_refunded_by(refunds, x.at) AS given
-					  FROM (SELECT (a.value ->> 'at')::timestamptz AS at, (a.value ->> 'event')::bigint AS event_id
-							  FROM jsonb_each(refunds) a) x
-					 ORDER BY x.at, x.event_id) t) w
-	 WHERE w.rise > 0;
-	-- (the same rows, as the refunds' times and rises: nothing to rewrite)
-	IF (SELECT jsonb_agg(w - 'event' ORDER BY n) FROM jsonb_array_elements(wanted) WITH ORDINALITY AS e (w, n))
-	   IS DISTINCT FROM
-	   (SELECT jsonb_agg(jsonb_build_object('amount', f.amount, 'at', f.refunded_at) ORDER BY f.refunded_at, f.amount)
-		  FROM payments.refunds f WHERE f.payment_id = payment) THEN
-		DELETE FROM payments.refunds f WHERE f.payment_id = payment;
-		INSERT INTO payments.refunds (payment_id, amount, refunded_at, event_id)
-		SELECT payment, (w ->> 'amount')::numeric, (w ->> 'at')::timestamptz, (w ->> 'event')::bigint
-		  FROM jsonb_array_elements(wanted) WITH ORDINALITY AS e (w, n) ORDER BY n;
-	END IF;
-END
-$$;
-COMMENT ON FUNCTION payments.paypal_refund_rows(bigint, jsonb) IS
-	'Makes the payments.refunds rows of a PayPal payment refunded on one capture the rises, at each refund''s time, of what its refunds known say was given back (payments.paypal_refunded_by), whatever the order they came in; rewrites them only when they differ; used by apply_paypal_change';
-REVOKE ALL ON FUNCTION payments.paypal_refund_rows(bigint, jsonb) FROM PUBLIC;
-
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -1851,9 +1817,7 @@ BEGIN
 			refunds_known := jsonb_build_object(refund_key, jsonb_build_object(
 				'amount', coalesce(refund_amount, (known ->> 'amount')::numeric),
 				'total', greatest(reported, (known ->> 'total')::numeric),
-				'at', least(refund_at, (known ->> 'at')::timestamptz),
-				'event', CASE WHEN refund_at < (known ->> 'at')::timestamptz OR known IS NULL
-							  THEN to_jsonb(event_row) ELSE known -> 'event' END));
+				'at', least(refund_at, (known ->> 'at')::timestamptz)));
 			-- the capture's refunded total: what its refunds known say it gave back by now
 			-- (payments.paypal_refunded_by: no more than it gave back, in any order of delivery),
 			-- or more when reconciliation found it refunded in full
@@ -1878,19 +1842,7 @@ BEGIN
 			  INTO change.amount_refunded FROM payments.paypal_captures k
 			 WHERE k.payment_id = cap.payment_id;
 		END IF;
-		result := payments.apply_change(event_row, provider_name, change);
-		-- a payment refunded on one capture, whose refunded total is what its refunds known say:
-		-- its rows in payments.refunds are the rises of what they say was given back by each
-		-- refund's time, whatever the order they came in (apply_change dates a late refund that
-		-- said no total by what was known when it came)
-		IF cap.payment_id IS NOT NULL
-		   AND refunded_now = payments.paypal_refunded_by(refunds_known, 'infinity')
-		   AND (SELECT count(*) FROM payments.paypal_captures k WHERE k.payment_id = cap.payment_id AND k.refunded > 0) = 1
-		   AND (SELECT payments.refunded_total(p.status, p.amount, p.amount_refunded)
-				  FROM payments.payments p WHERE p.id = cap.payment_id) = refunded_now THEN
-			PERFORM payments.paypal_refund_rows(cap.payment_id, refunds_known);
-		END IF;
-		RETURN result;
+		RETURN payments.apply_change(event_row, provider_name, change);
 	END IF;
 
 	-- another capture of an order already paid: news of more taken, the order's total so far (its

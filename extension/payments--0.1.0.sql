@@ -1542,26 +1542,35 @@ COMMENT ON TABLE payments.paypal_captures IS
 COMMENT ON COLUMN payments.paypal_captures.refunded IS
 	'What the capture has given back: the largest of the totals its refunds reported (total_refunded_amount), the sum of its refunds'' own amounts, once per refund id, and what reconciliation found';
 COMMENT ON COLUMN payments.paypal_captures.refund_amounts IS
-	'Each refund of the capture, by refund id: its amount, the total it reported (total_refunded_amount, or null) and its time; a refund reported twice (PENDING, then COMPLETED) counts once';
+	'Each refund of the capture, by refund id: its amount and time (its first report''s), and the last total_refunded_amount reported with it and that report''s time; a refund reported twice (PENDING, then COMPLETED) counts once';
 SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
 
 -- What a PayPal capture had given back by a time, as its refunds known tell ({refund id: {amount,
--- total, at}}): no more than it did, in any order of delivery.  A refund's reported total holds
--- every refund up to it; refunds after it add their amounts; with no total known, the amounts add up
+-- at, total, total_at}}): no more than it did, in any order of delivery.  The amounts of the
+-- refunds made by then add up; a total reported at total_at holds every refund made by then, and
+-- the refunds made after it add their amounts.  So it is S(t) + the largest (total - S(total_at)),
+-- where S sums the amounts made by a time: one pass over the refunds in time order
 CREATE FUNCTION payments.paypal_refunded_by(refunds jsonb, by_time timestamptz)
 RETURNS numeric
 LANGUAGE sql STABLE
 AS $$
 	WITH f AS (
-		SELECT (a.value ->> 'amount')::numeric AS amount, (a.value ->> 'total')::numeric AS total,
-			   (a.value ->> 'at')::timestamptz AS at
-		  FROM jsonb_each(refunds) a WHERE (a.value ->> 'at')::timestamptz <= by_time)
-	SELECT greatest((SELECT sum(f.amount) FROM f),
-					(SELECT max(t.total + coalesce((SELECT sum(l.amount) FROM f l WHERE l.at > t.at), 0))
-					   FROM f t WHERE t.total IS NOT NULL))
+		SELECT (a.value ->> 'amount')::numeric AS amount, (a.value ->> 'at')::timestamptz AS at,
+			   (a.value ->> 'total')::numeric AS total, (a.value ->> 'total_at')::timestamptz AS total_at
+		  FROM jsonb_each(refunds) a),
+	points AS (
+		SELECT f.at AS t, f.amount, NULL::numeric AS total FROM f WHERE f.at <= by_time
+		UNION ALL
+		SELECT f.total_at, NULL, f.total FROM f WHERE f.total IS NOT NULL AND f.total_at <= by_time),
+	running AS (
+		SELECT p.total, sum(coalesce(p.amount, 0)) OVER (ORDER BY p.t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS made
+		  FROM points p)
+	SELECT CASE WHEN EXISTS (SELECT FROM points)
+				THEN coalesce((SELECT sum(p.amount) FROM points p), 0)
+					 + greatest(0, coalesce((SELECT max(r.total - r.made) FROM running r WHERE r.total IS NOT NULL), 0)) END
 $$;
 COMMENT ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) IS
-	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the largest of the sum of their amounts and, for each refund that reported its total, that total plus the amounts of the refunds after it; NULL when none is known; used by apply_paypal_change';
+	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the sum of the amounts of the refunds made by then, or more when a total one reported (at its report''s time) and the amounts of the refunds made after that say so; NULL when none is known; used by apply_paypal_change';
 REVOKE ALL ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) FROM PUBLIC;
 
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
@@ -1801,9 +1810,12 @@ BEGIN
 		IF FOUND THEN
 			-- the payment's lock first, as for its capture's news: one order of locks
 			PERFORM FROM payments.payments p WHERE p.id = cap.payment_id FOR UPDATE;
-			-- each refund of the capture is kept by its id with its amount, the total it reported and
-			-- its time: one reported twice (PENDING, then COMPLETED) keeps its first time and the
-			-- largest total; amounts finer than the currency's minor unit are not known
+			-- each refund of the capture is kept by its id with its amount and time, and the last
+			-- total reported with it and that report's time: one reported twice (PENDING, then
+			-- COMPLETED) keeps its first time, and the COMPLETED report's total (PayPal's running
+			-- total then) counts as of that report.  Amounts finer than the currency's minor unit
+			-- are not known; a refund that says neither an amount nor a total known gave back
+			-- nothing that can be counted: ignored
 			refund_key := coalesce(r ->> 'id', 'event ' || event_row, 'unnamed ' || gen_random_uuid());
 			refund_at := coalesce(change.status_at, now());
 			refund_currency := coalesce(cap.currency, upper(coalesce(r -> 'amount' ->> 'currency_code', r -> 'amount' ->> 'currency') COLLATE pg_catalog."C"));
@@ -1812,12 +1824,17 @@ BEGIN
 								ELSE r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value' END, true), refund_currency);
 			refund_amount := payments.amount_in_currency(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
 								THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), refund_currency);
+			IF refund_amount IS NULL AND reported IS NULL THEN
+				RETURN 'ignored';
+			END IF;
 			SELECT k.refunded, k.refund_amounts -> refund_key INTO refunded_before, known
 			  FROM payments.paypal_captures k WHERE k.provider = provider_name AND k.capture_id = capture;
 			refunds_known := jsonb_build_object(refund_key, jsonb_build_object(
 				'amount', coalesce(refund_amount, (known ->> 'amount')::numeric),
-				'total', greatest(reported, (known ->> 'total')::numeric),
-				'at', least(refund_at, (known ->> 'at')::timestamptz)));
+				'at', least(refund_at, (known ->> 'at')::timestamptz))
+				|| CASE WHEN reported IS NOT NULL AND (known ->> 'total_at' IS NULL OR refund_at >= (known ->> 'total_at')::timestamptz)
+						THEN jsonb_build_object('total', reported, 'total_at', refund_at)
+						ELSE jsonb_build_object('total', known -> 'total', 'total_at', known -> 'total_at') END);
 			-- the capture's refunded total: what its refunds known say it gave back by now
 			-- (payments.paypal_refunded_by: no more than it gave back, in any order of delivery),
 			-- or more when reconciliation found it refunded in full
@@ -1838,7 +1855,7 @@ BEGIN
 			-- apply_change moves nothing for such an order (a late report raises nothing)
 			SELECT CASE WHEN bool_or(k.capture_id <> capture AND k.refunded > 0) THEN sum(k.refunded)
 						ELSE sum(CASE WHEN k.capture_id = capture AND refunded_now <= refunded_before
-									  THEN refunded_then ELSE k.refunded END) END
+									  THEN coalesce(refunded_then, 0) ELSE k.refunded END) END
 			  INTO change.amount_refunded FROM payments.paypal_captures k
 			 WHERE k.payment_id = cap.payment_id;
 		END IF;
@@ -1848,9 +1865,12 @@ BEGIN
 	-- another capture of an order already paid: news of more taken, the order's total so far (its
 	-- other paid captures' and this one's), not news that it was paid again, which would end a
 	-- dispute open on it (a smaller second capture read as a dispute won)
+	-- (read under the payment's lock, taken first as apply_change takes it: a capture applied at the
+	-- same time is counted; with a paid capture of an amount not known, nothing is summed)
 	IF change.status = 'paid' AND r ->> 'id' IS NOT NULL
 	   AND etype IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.SALE.COMPLETED') THEN
-		SELECT change.amount + sum(k.amount) INTO taken
+		PERFORM FROM payments.payments p WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
+		SELECT CASE WHEN bool_and(k.amount IS NOT NULL) THEN change.amount + sum(k.amount) END INTO taken
 		  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
 		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref AND p.paid_at IS NOT NULL
 		   AND k.capture_id <> r ->> 'id' AND k.status = 'paid' AND k.currency = p.currency

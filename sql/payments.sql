@@ -598,6 +598,50 @@ SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded AS capture_refund
 		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
   FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
  WHERE p.provider = 'pp' AND p.provider_ref LIKE 'CAPR_' ORDER BY p.provider_ref;
+-- every way three refunds of one capture can come (10.00 on the 3rd, 5.00 on the 4th, 15.00 on
+-- the 5th, each saying its running total 10, 15, 30 or not, in each of the six orders): the same
+-- total; the days too but where refunds that said no total came late, after later ones (their
+-- money is then taken from the rows recorded after them: README)
+DO $$
+DECLARE
+	refunds text[][] := ARRAY[['a', '10.00', '10.00', '2024-08-03T10:00:00Z'], ['b', '5.00', '15.00', '2024-08-04T10:00:00Z'],
+							  ['c', '15.00', '30.00', '2024-08-05T10:00:00Z']];
+	orders int[][] := ARRAY[[1,2,3], [1,3,2], [2,1,3], [2,3,1], [3,1,2], [3,2,1]];
+	cap		text;
+	i		int;
+BEGIN
+	FOR totals IN 0 .. 7 LOOP
+		FOR o IN 1 .. 6 LOOP
+			cap := 'CAPX' || totals || o;
+			PERFORM tp.paypal_capture(cap);
+			FOR j IN 1 .. 3 LOOP
+				i := orders[o][j];
+				PERFORM tp.paypal_refund(cap || refunds[i][1], cap, refunds[i][2],
+										 CASE WHEN totals & (1 << (i - 1)) <> 0 THEN refunds[i][3] END, refunds[i][4]);
+			END LOOP;
+		END LOOP;
+	END LOOP;
+END
+$$;
+SELECT p.status, p.amount_refunded, count(*) AS cases,
+	   count(*) FILTER (WHERE (SELECT string_agg(f.amount || ' on ' || (f.refunded_at AT TIME ZONE 'UTC')::date, ', ' ORDER BY f.refunded_at)
+								 FROM payments.refunds f WHERE f.payment_id = p.id)
+							  = '10.00 on 08-03-2024, 5.00 on 08-04-2024, 15.00 on 08-05-2024') AS on_their_days
+  FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref LIKE 'CAPX%' GROUP BY 1, 2;
+-- a refund reported PENDING (PayPal's total then 10.00), another refund (25.00 in all), then the
+-- first one COMPLETED, saying 25.00: that total is as of its report, not of the refund's first
+-- time (it holds the other refund, not counted again); a refund saying no amount or total known
+-- (10.005 USD, none) is ignored
+SELECT tp.paypal_capture('CAPRT'), tp.paypal_refund('RTa', 'CAPRT', '10.00', '10.00', '2024-08-03T10:00:00Z', 'PENDING'),
+	   tp.paypal_refund('RTb', 'CAPRT', '15.00', '25.00', '2024-08-04T10:00:00Z'),
+	   tp.paypal_refund('RTa', 'CAPRT', '10.00', '25.00', '2024-08-05T10:00:00Z', 'COMPLETED'),
+	   tp.paypal_refund('RTx', 'CAPRT', '1.005', NULL, '2024-08-06T10:00:00Z'),
+	   tp.paypal('WH-RTy', 'PAYMENT.CAPTURE.REVERSED', '{"id":"RTy","status":"COMPLETED","links":[{"rel":"up","href":"https://api.paypal.com/v2/payments/captures/CAPRT"}]}', '2024-08-06T11:00:00Z');
+SELECT p.status, p.amount_refunded, k.refunded,
+	   (SELECT string_agg(f.amount || ' on ' || (f.refunded_at AT TIME ZONE 'UTC')::date, ', ' ORDER BY f.refunded_at)
+		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id WHERE p.provider_ref = 'CAPRT';
+
 -- a second capture of an order whose first capture is disputed is more money taken: the dispute
 -- stays open, whether the second is smaller or larger than the first
 SELECT tp.paypal('WH-DC' || c, 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', 'DC' || c || '1', 'status', 'COMPLETED',

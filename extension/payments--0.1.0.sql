@@ -1542,14 +1542,29 @@ COMMENT ON TABLE payments.paypal_captures IS
 COMMENT ON COLUMN payments.paypal_captures.refunded IS
 	'What the capture has given back: the largest of the totals its refunds reported (total_refunded_amount), the sum of its refunds'' own amounts, once per refund id, and what reconciliation found';
 COMMENT ON COLUMN payments.paypal_captures.refund_amounts IS
-	'Each refund of the capture, by refund id: its amount and time (its first report''s), and the last total_refunded_amount reported with it and that report''s time; a refund reported twice (PENDING, then COMPLETED) counts once';
+	'Each refund of the capture, by refund id: its amount and time (its resource''s create_time, else its first report''s), and the last total_refunded_amount reported with it and that report''s time; a refund reported twice (PENDING, then COMPLETED) counts once';
 SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
+
+-- A refund's PayPal Money object ({currency_code or currency, value or total}) as an amount of a
+-- capture's currency: a refund states its own currency, and one in another currency than its
+-- capture's (or finer than its minor unit) is not an amount of the capture that can be counted
+CREATE FUNCTION payments.paypal_money(money jsonb, value_key text, currency text)
+RETURNS numeric
+LANGUAGE sql STABLE
+RETURN CASE WHEN coalesce(upper(coalesce(money ->> 'currency_code', money ->> 'currency') COLLATE pg_catalog."C"), currency) = currency
+			THEN payments.amount_in_currency(payments.decimal_amount(money ->> value_key, true), currency) END;
+COMMENT ON FUNCTION payments.paypal_money(jsonb, text, text) IS
+	'A PayPal refund''s Money object (its value_key, value or total, in currency_code or currency) as an amount of its capture''s currency, by its size; NULL, not known, when it states another currency, is finer than the minor unit or is not a PayPal amount';
+REVOKE ALL ON FUNCTION payments.paypal_money(jsonb, text, text) FROM PUBLIC;
 
 -- What a PayPal capture had given back by a time, as its refunds known tell ({refund id: {amount,
 -- at, total, total_at}}): no more than it did, in any order of delivery.  The amounts of the
--- refunds made by then add up; a total reported at total_at holds every refund made by then, and
--- the refunds made after it add their amounts.  So it is S(t) + the largest (total - S(total_at)),
--- where S sums the amounts made by a time: one pass over the refunds in time order
+-- refunds made by then add up (S); a total reported at total_at holds every refund made by then,
+-- and the refunds made after it add their amounts: total + S - S(total_at).  Refunds dated right,
+-- a later total says at least as much as an earlier one; a refund dated by its first report (its
+-- resource said no create_time) may be dated after a total that holds it, and counted twice by
+-- that total: so the least a total says counts, of the totals with every refund after them known
+-- (else the most any says), and never less than S or a total reported.  One pass in time order
 CREATE FUNCTION payments.paypal_refunded_by(refunds jsonb, by_time timestamptz)
 RETURNS numeric
 LANGUAGE sql STABLE
@@ -1559,18 +1574,29 @@ AS $$
 			   (a.value ->> 'total')::numeric AS total, (a.value ->> 'total_at')::timestamptz AS total_at
 		  FROM jsonb_each(refunds) a),
 	points AS (
-		SELECT f.at AS t, f.amount, NULL::numeric AS total FROM f WHERE f.at <= by_time
+		SELECT f.at AS t, f.amount, NULL::numeric AS total, f.amount IS NULL AS unknown FROM f WHERE f.at <= by_time
 		UNION ALL
-		SELECT f.total_at, NULL, f.total FROM f WHERE f.total IS NOT NULL AND f.total_at <= by_time),
+		SELECT f.total_at, NULL, f.total, false FROM f WHERE f.total IS NOT NULL AND f.total_at <= by_time),
 	running AS (
-		SELECT p.total, sum(coalesce(p.amount, 0)) OVER (ORDER BY p.t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS made
-		  FROM points p)
+		-- made and unknown_by: the refunds dated by a point, those of its time held by its total
+		-- (a refund dated by its own report is held by the total it reports)
+		SELECT p.total, sum(coalesce(p.amount, 0)) OVER upto AS made,
+			   count(*) FILTER (WHERE p.unknown) OVER upto AS unknown_by
+		  FROM points p
+		WINDOW upto AS (ORDER BY p.t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)),
+	sums AS (
+		SELECT coalesce(sum(p.amount), 0) AS made, count(*) FILTER (WHERE p.unknown) AS unknown FROM points p),
+	bounds AS (
+		SELECT min(r.total + s.made - r.made) FILTER (WHERE r.unknown_by = s.unknown) AS least_said,
+			   max(r.total + s.made - r.made) AS most_said, greatest(s.made, max(r.total)) AS least_known
+		  FROM sums s LEFT JOIN running r ON r.total IS NOT NULL
+		 GROUP BY s.made)
 	SELECT CASE WHEN EXISTS (SELECT FROM points)
-				THEN coalesce((SELECT sum(p.amount) FROM points p), 0)
-					 + greatest(0, coalesce((SELECT max(r.total - r.made) FROM running r WHERE r.total IS NOT NULL), 0)) END
+				THEN greatest(b.least_known, coalesce(b.least_said, b.most_said)) END
+	  FROM bounds b
 $$;
 COMMENT ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) IS
-	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the sum of the amounts of the refunds made by then, or more when a total one reported (at its report''s time) and the amounts of the refunds made after that say so; NULL when none is known; used by apply_paypal_change';
+	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the sum of the amounts of the refunds made by then, or more when a total reported (at its report''s time) and the amounts of the refunds dated after it say so, the least any such total says (a refund dated by its first report may be held by an earlier total); NULL when none is known; used by apply_paypal_change';
 REVOKE ALL ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) FROM PUBLIC;
 
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
@@ -1812,26 +1838,27 @@ BEGIN
 			PERFORM FROM payments.payments p WHERE p.id = cap.payment_id FOR UPDATE;
 			-- each refund of the capture is kept by its id with its amount and time, and the last
 			-- total reported with it and that report's time: one reported twice (PENDING, then
-			-- COMPLETED) keeps its first time, and the COMPLETED report's total (PayPal's running
-			-- total then) counts as of that report.  Amounts finer than the currency's minor unit
-			-- are not known; a refund that says neither an amount nor a total known gave back
-			-- nothing that can be counted: ignored
+			-- COMPLETED) counts once, made when its resource says it was created (else at its
+			-- first report), and the COMPLETED report's total (PayPal's running total then)
+			-- counts as of that report.  An amount in another currency than the capture's, or
+			-- finer than its minor unit, is not known; a refund that says neither an amount nor a
+			-- total known, or that it gave back nothing, is ignored
 			refund_key := coalesce(r ->> 'id', 'event ' || event_row, 'unnamed ' || gen_random_uuid());
 			refund_at := coalesce(change.status_at, now());
 			refund_currency := coalesce(cap.currency, upper(coalesce(r -> 'amount' ->> 'currency_code', r -> 'amount' ->> 'currency') COLLATE pg_catalog."C"));
-			reported := payments.amount_in_currency(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
-								THEN r -> 'total_refunded_amount' ->> 'value'
-								ELSE r -> 'seller_payable_breakdown' -> 'total_refunded_amount' ->> 'value' END, true), refund_currency);
-			refund_amount := payments.amount_in_currency(payments.decimal_amount(CASE WHEN etype LIKE 'PAYMENT.SALE.%'
-								THEN r -> 'amount' ->> 'total' ELSE r -> 'amount' ->> 'value' END, true), refund_currency);
-			IF refund_amount IS NULL AND reported IS NULL THEN
+			reported := CASE WHEN etype LIKE 'PAYMENT.SALE.%'
+							 THEN payments.paypal_money(r -> 'total_refunded_amount', 'value', refund_currency)
+							 ELSE payments.paypal_money(r -> 'seller_payable_breakdown' -> 'total_refunded_amount', 'value', refund_currency) END;
+			refund_amount := payments.paypal_money(r -> 'amount', CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN 'total' ELSE 'value' END,
+												   refund_currency);
+			IF coalesce(refund_amount, 0) = 0 AND coalesce(reported, 0) = 0 THEN
 				RETURN 'ignored';
 			END IF;
 			SELECT k.refunded, k.refund_amounts -> refund_key INTO refunded_before, known
 			  FROM payments.paypal_captures k WHERE k.provider = provider_name AND k.capture_id = capture;
 			refunds_known := jsonb_build_object(refund_key, jsonb_build_object(
 				'amount', coalesce(refund_amount, (known ->> 'amount')::numeric),
-				'at', least(refund_at, (known ->> 'at')::timestamptz))
+				'at', least(refund_at, payments.provider_time(r ->> 'create_time'), (known ->> 'at')::timestamptz))
 				|| CASE WHEN reported IS NOT NULL AND (known ->> 'total_at' IS NULL OR refund_at >= (known ->> 'total_at')::timestamptz)
 						THEN jsonb_build_object('total', reported, 'total_at', refund_at)
 						ELSE jsonb_build_object('total', known -> 'total', 'total_at', known -> 'total_at') END);

@@ -642,6 +642,46 @@ SELECT p.status, p.amount_refunded, k.refunded,
 		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds
   FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id WHERE p.provider_ref = 'CAPRT';
 
+-- a refund's first report arriving after a later refund's total that holds it (10.00 PENDING on
+-- the 3rd late or never, 15.00 saying 25.00 on the 4th, the 10.00 COMPLETED saying 25.00 on the
+-- 5th): 25.00 given back in every order, never 35.00 (each total plus the refunds dated after it
+-- caps the sum); a refund whose resource says its create_time is dated by it
+SELECT count(tp.paypal_capture('CAPL' || o)) FROM generate_series(1, 6) o;
+DO $$
+DECLARE
+	reports text[][] := ARRAY[['a', '10.00', '10.00', '2024-08-03T10:00:00Z', 'PENDING'],
+							  ['b', '15.00', '25.00', '2024-08-04T10:00:00Z', 'COMPLETED'],
+							  ['a', '10.00', '25.00', '2024-08-05T10:00:00Z', 'COMPLETED']];
+	orders int[][] := ARRAY[[1,2,3], [1,3,2], [2,1,3], [2,3,1], [3,1,2], [3,2,1]];
+BEGIN
+	FOR o IN 1 .. 6 LOOP
+		FOR j IN 1 .. 3 LOOP
+			PERFORM tp.paypal_refund('CAPL' || o || reports[orders[o][j]][1], 'CAPL' || o, reports[orders[o][j]][2],
+									 reports[orders[o][j]][3], reports[orders[o][j]][4], reports[orders[o][j]][5]);
+		END LOOP;
+	END LOOP;
+END
+$$;
+SELECT tp.paypal_capture('CAPLN'), tp.paypal_refund('RLb', 'CAPLN', '15.00', '25.00', '2024-08-04T10:00:00Z'),
+	   tp.paypal_refund('RLa', 'CAPLN', '10.00', '25.00', '2024-08-05T10:00:00Z');
+SELECT tp.paypal_capture('CAPLC'), tp.paypal_refund('RCb', 'CAPLC', '15.00', '25.00', '2024-08-04T10:00:00Z'),
+	   tp.paypal('WH-RCa', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"RCa","status":"COMPLETED","create_time":"2024-08-03T09:00:00Z","amount":{"currency_code":"USD","value":"10.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"25.00"}},"links":[{"rel":"up","href":"https://api.paypal.com/v2/payments/captures/CAPLC"}]}', '2024-08-05T10:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded,
+	   (SELECT string_agg(a.key || ' ' || (a.value ->> 'at')::timestamptz AT TIME ZONE 'UTC', ', ' ORDER BY a.key)
+		  FROM jsonb_each(k.refund_amounts) a) AS made
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref LIKE 'CAPL_' ORDER BY p.provider_ref;
+-- a refund of 0.00 gave nothing back, and a refund's amount or total in another currency than its
+-- capture's is not known: alone they are ignored (the payment stays paid); a total in the
+-- capture's currency beside an amount in another counts
+SELECT tp.paypal_capture('CAPZ'), tp.paypal_refund('RZ0', 'CAPZ', '0.00', NULL, '2024-08-03T10:00:00Z'),
+	   tp.paypal('WH-RZj', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"RZj","status":"COMPLETED","amount":{"currency_code":"JPY","value":"1500"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"JPY","value":"1500"}},"links":[{"rel":"up","href":"https://api.paypal.com/v2/payments/captures/CAPZ"}]}', '2024-08-04T10:00:00Z');
+SELECT tp.paypal_capture('CAPJ'),
+	   tp.paypal('WH-RJ', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"RJ","status":"COMPLETED","amount":{"currency_code":"JPY","value":"1500"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"10.00"}},"links":[{"rel":"up","href":"https://api.paypal.com/v2/payments/captures/CAPJ"}]}', '2024-08-04T10:00:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded, k.refund_amounts
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('CAPZ', 'CAPJ') ORDER BY p.provider_ref;
+
 -- a second capture of an order whose first capture is disputed is more money taken: the dispute
 -- stays open, whether the second is smaller or larger than the first
 SELECT tp.paypal('WH-DC' || c, 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', 'DC' || c || '1', 'status', 'COMPLETED',

@@ -1823,6 +1823,7 @@ DECLARE
 	refund_amount numeric;
 	known	jsonb;		-- what was known of this refund before
 	capture_amount numeric;	-- a capture's own amount, where the change says the order's total
+	capture_status text;	-- a capture's own status, where the change says the payment's
 	refunds_known jsonb;	-- {refund id: {amount, total, at}}
 	refunded_before numeric;
 	refunded_now numeric;
@@ -1893,17 +1894,26 @@ BEGIN
 	-- other paid captures' and this one's), not news that it was paid again, which would end a
 	-- dispute open on it (a smaller second capture read as a dispute won)
 	-- (read under the payment's lock, taken first as apply_change takes it: a capture applied at the
-	-- same time is counted; with a paid capture of an amount not known, nothing is summed)
+	-- same time is counted).  With a paid capture of an amount not known, or in another currency,
+	-- the total is not known: the capture is kept (below) and the payment's status not moved
 	IF change.status = 'paid' AND r ->> 'id' IS NOT NULL
 	   AND etype IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.SALE.COMPLETED') THEN
-		PERFORM FROM payments.payments p WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
-		SELECT CASE WHEN bool_and(k.amount IS NOT NULL) THEN change.amount + sum(k.amount) END INTO taken
-		  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
-		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref AND p.paid_at IS NOT NULL
-		   AND k.capture_id <> r ->> 'id' AND k.status = 'paid' AND k.currency = p.currency
-		   AND upper(change.currency COLLATE pg_catalog."C") = p.currency;
+		SELECT p.* INTO pay FROM payments.payments p
+		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
+		SELECT count(*), CASE WHEN bool_and(k.amount IS NOT NULL AND k.currency = pay.currency)
+								   AND upper(change.currency COLLATE pg_catalog."C") = pay.currency
+							  THEN change.amount + sum(k.amount) END
+		  INTO paid_captures, taken
+		  FROM payments.paypal_captures k
+		 WHERE k.payment_id = pay.id AND pay.paid_at IS NOT NULL AND k.capture_id <> r ->> 'id' AND k.status = 'paid';
 		capture_amount := change.amount;
-		change.amount := coalesce(taken, change.amount);
+		capture_status := change.status;
+		IF paid_captures > 0 THEN
+			change.amount := taken;
+			IF taken IS NULL THEN
+				change.status := pay.status;
+			END IF;
+		END IF;
 		taken := NULL;
 	END IF;
 	result := payments.apply_change(event_row, provider_name, change);
@@ -1947,7 +1957,7 @@ BEGIN
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
 	-- news of a capture older than what is known of it changes it not
 	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, fee, status_at)
-	VALUES (provider_name, capture, pay.id, change.status, coalesce(capture_amount, change.amount), upper(change.currency COLLATE pg_catalog."C"), change.fee,
+	VALUES (provider_name, capture, pay.id, coalesce(capture_status, change.status), coalesce(capture_amount, change.amount), upper(change.currency COLLATE pg_catalog."C"), change.fee,
 			coalesce(change.status_at, now()))
 	ON CONFLICT (provider, capture_id) DO UPDATE
 	   SET status = excluded.status, amount = coalesce(excluded.amount, k.amount),
@@ -1955,10 +1965,12 @@ BEGIN
 		   status_at = excluded.status_at
 	 WHERE k.status_at <= excluded.status_at;
 	-- more than one capture taken: the payment's amount and PayPal's fee are their sums, in its
-	-- currency (not once refunded in full: a forward-only refunded payment cannot take more money)
-	SELECT sum(k.amount), sum(k.fee), count(*) INTO taken, fees, paid_captures FROM payments.paypal_captures k
+	-- currency (not once refunded in full: a forward-only refunded payment cannot take more money;
+	-- not while a capture's amount is not known: the amount known stays)
+	SELECT CASE WHEN bool_and(k.amount IS NOT NULL) THEN sum(k.amount) END, sum(k.fee), count(*)
+	  INTO taken, fees, paid_captures FROM payments.paypal_captures k
 	 WHERE k.payment_id = pay.id AND k.status = 'paid' AND k.currency = pay.currency;
-	IF paid_captures > 1 AND (taken IS DISTINCT FROM pay.amount OR fees IS DISTINCT FROM pay.fee)
+	IF paid_captures > 1 AND taken IS NOT NULL AND (taken IS DISTINCT FROM pay.amount OR fees IS DISTINCT FROM pay.fee)
 	   AND pay.paid_at IS NOT NULL AND pay.status IN ('paid', 'partially_refunded', 'disputed') THEN
 		UPDATE payments.payments p SET amount = taken, fee = coalesce(fees, p.fee), updated_at = now()
 		 WHERE p.id = pay.id;

@@ -683,18 +683,21 @@ SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded, k.refund_amounts
  WHERE p.provider = 'pp' AND p.provider_ref IN ('CAPZ', 'CAPJ') ORDER BY p.provider_ref;
 
 -- a second capture of an order whose first capture is disputed is more money taken: the dispute
--- stays open, whether the second is smaller or larger than the first
+-- stays open, whether the second is smaller or larger than the first, and when the order's total
+-- is not known (the first capture's amount finer than a cent, the second in another currency)
 SELECT tp.paypal('WH-DC' || c, 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', 'DC' || c || '1', 'status', 'COMPLETED',
-			'amount', '{"currency_code":"USD","value":"30.00"}'::jsonb,
+			'amount', jsonb_build_object('currency_code', 'USD', 'value', v1),
 			'supplementary_data', jsonb_build_object('related_ids', jsonb_build_object('order_id', 'ORDER-DC' || c))), '2024-08-02T10:00:00Z'),
 	   tp.paypal('WH-DD' || c, 'CUSTOMER.DISPUTE.CREATED', jsonb_build_object('dispute_id', 'PP-D-' || c, 'status', 'OPEN',
 			'disputed_transactions', jsonb_build_array(jsonb_build_object('seller_transaction_id', 'DC' || c || '1'))), '2024-08-03T10:00:00Z'),
 	   tp.paypal('WH-DC' || c || '2', 'PAYMENT.CAPTURE.COMPLETED', jsonb_build_object('id', 'DC' || c || '2', 'status', 'COMPLETED',
-			'amount', jsonb_build_object('currency_code', 'USD', 'value', v),
+			'amount', jsonb_build_object('currency_code', cur, 'value', v),
 			'supplementary_data', jsonb_build_object('related_ids', jsonb_build_object('order_id', 'ORDER-DC' || c))), '2024-08-04T10:00:00Z')
-  FROM (VALUES ('a', '10.00'), ('b', '50.00')) AS x (c, v);
-SELECT p.provider_ref, p.status, p.amount, (SELECT string_agg(k.capture_id || ' ' || k.amount, ', ' ORDER BY k.capture_id)
-											  FROM payments.paypal_captures k WHERE k.payment_id = p.id) AS captures
+  FROM (VALUES ('a', '30.00', '10.00', 'USD'), ('b', '30.00', '50.00', 'USD'), ('c', '30.005', '10.00', 'USD'),
+			   ('d', '30.00', '10.00', 'EUR')) AS x (c, v1, v, cur);
+SELECT p.provider_ref, p.status, p.amount,
+	   (SELECT string_agg(k.capture_id || ' ' || k.status || ' ' || coalesce(k.amount::text, '?') || ' ' || k.currency, ', ' ORDER BY k.capture_id)
+		  FROM payments.paypal_captures k WHERE k.payment_id = p.id) AS captures
   FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref LIKE 'ORDER-DC_' ORDER BY p.provider_ref;
 
 -- an order's reference_id "default" is PayPal's placeholder for a single purchase unit, no

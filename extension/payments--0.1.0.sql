@@ -4915,6 +4915,7 @@ DECLARE
 	no_capture boolean := false;	-- a PayPal order without a capture yet
 	captures jsonb;		-- a PayPal order's captures to apply, in order
 	refunded_capture boolean := false;	-- a PayPal capture found REFUNDED
+	order_source text;	-- the source a PayPal order found is paid from (its payment_source)
 BEGIN
 	SELECT c.* INTO chk FROM payments.reconciliation_checks c WHERE c.id = record_reconciliation.check_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -4993,6 +4994,7 @@ BEGIN
 				captures := jsonb_build_array(r);
 				-- an order: its captures; none yet, still pending (VOIDED: never paid)
 				IF jsonb_typeof(r -> 'purchase_units') = 'array' THEN
+					order_source := payments.paypal_payment_source(r);
 					captures := payments.paypal_order_captures(r);
 					IF jsonb_array_length(captures) = 0 THEN
 						captures := jsonb_build_array(jsonb_build_object('id', pay.provider_ref, 'status', 'PENDING',
@@ -5097,6 +5099,12 @@ BEGIN
 					(SELECT max(payments.provider_time(c ->> 'update_time')) FROM jsonb_array_elements(captures) c
 					  WHERE c ->> 'status' = 'REFUNDED'));
 				result := payments.apply_change(NULL, chk.provider, change);
+			END IF;
+			-- the source a PayPal order is paid from names its method, as its approval's webhook
+			-- (perhaps lost) would have: over none, or the paypal a capture alone assumed
+			IF order_source IS NOT NULL THEN
+				UPDATE payments.payments p SET method = order_source, updated_at = now()
+				 WHERE p.id = pay.id AND (p.method IS NULL OR p.method = 'paypal') AND p.method IS DISTINCT FROM order_source;
 			END IF;
 			SELECT p.status INTO after FROM payments.payments p WHERE p.id = pay.id;
 			-- found paid where the reply has no time (Stripe, Paynow): paid by the time of the

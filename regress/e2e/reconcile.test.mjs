@@ -117,7 +117,9 @@ async function startApi() {
 					// paid 40 minutes ago, refunded 5 minutes ago (its update_time)
 					'ORDER-LATEREF': [{ ...capture('CAP-L1', 'REFUNDED', '5.00', minutesAgo(5)), create_time: minutesAgo(40) }],
 				}[id] ?? [];
+				// ORDER-PAID was paid by card through PayPal's checkout: its payment_source says so
 				return json(res, 200, { id, status: { 'ORDER-PAID': 'COMPLETED', 'ORDER-VOID': 'VOIDED' }[id] ?? 'APPROVED',
+					...(id === 'ORDER-PAID' ? { payment_source: { card: { brand: 'VISA', last_digits: '1111' } } } : {}),
 					purchase_units: [{ amount: { currency_code: 'USD', value: '5.00' }, payments: { captures } }] });
 			}
 			if (req.method === 'GET' && u === '/eversend/v1/auth/token') {
@@ -282,7 +284,7 @@ test('the summary and the job', async () => {
 	assert.equal(db.psql(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4`), '0');
 });
 
-test('a PayPal order without a capture heard of is asked for by order: its capture, else still pending', async () => {
+test('a PayPal order without a capture heard of is asked for by order: its capture and payment source, else still pending', async () => {
 	stuck('pp', 'ORDER-PAID');
 	stuck('pp', 'ORDER-OPEN');
 	stuck('pp', 'ORDER-VOID');
@@ -290,8 +292,9 @@ test('a PayPal order without a capture heard of is asked for by order: its captu
 	await runReconcile();
 	assert.equal(status('ORDER-PAID'), 'paid');
 	assert.equal(lastCheck('ORDER-PAID'), 'fixed|COMPLETED|200');
-	assert.equal(db.psql(`SELECT fee || '|' || (metadata ->> 'capture_id') FROM payments.payments
-		WHERE provider_ref = 'ORDER-PAID'`), '0.47|CAP-LOST');
+	// its method is the order's payment_source, as its approval's webhook (lost too) would have said
+	assert.equal(db.psql(`SELECT fee || '|' || (metadata ->> 'capture_id') || '|' || method FROM payments.payments
+		WHERE provider_ref = 'ORDER-PAID'`), '0.47|CAP-LOST|card');
 	assert.equal(status('ORDER-OPEN'), 'pending');
 	assert.equal(lastCheck('ORDER-OPEN'), 'unchanged|APPROVED|200');
 	// the capture found is kept as its webhook's would be, so that its refunds find the order;

@@ -1061,6 +1061,18 @@ COMMENT ON FUNCTION payments.kind_refused(payments.payments, text) IS
 	'Why news stating a kind may not set the payment''s kind, or NULL: it contradicts the kind stated before (the payment has no metadata.kind_assumed), or the payment, a collection assumed, has a receipt already';
 REVOKE ALL ON FUNCTION payments.kind_refused(payments.payments, text) FROM PUBLIC;
 
+-- Whether a provider's statuses are dated by their arrival (Paynow's status updates and poll
+-- replies carry no time): news that it was paid, arriving after a dispute, is then no later than
+-- the dispute, only later delivered, and never the dispute won (Paynow's Paid again after a
+-- dispute has its first Paid's event id, a duplicate)
+CREATE FUNCTION payments.dated_by_arrival(provider_name text)
+RETURNS boolean
+LANGUAGE sql STABLE
+RETURN EXISTS (SELECT FROM payments.providers v WHERE v.name = provider_name AND v.kind = 'paynow');
+COMMENT ON FUNCTION payments.dated_by_arrival(text) IS
+	'Whether a provider''s statuses carry no time of their own and are dated by their arrival (paynow): used by apply_change, where such news of payment after a dispute is the late news of the payment, not the dispute won';
+REVOKE ALL ON FUNCTION payments.dated_by_arrival(text) FROM PUBLIC;
+
 CREATE FUNCTION payments.apply_change(event_row bigint, provider_name text, change payments.payment_change)
 RETURNS text
 LANGUAGE plpgsql
@@ -1161,9 +1173,10 @@ BEGIN
 	-- paid again (a dispute won) after money was given back: partially refunded, or refunded when
 	-- all of it was, so that a dispute won before its opening arrives ends where it would in
 	-- order.  A disputed payment not yet known as paid is won by news not older than the dispute;
-	-- older news that it was paid is the late news of its payment (below)
+	-- older news that it was paid is the late news of its payment (below), as is any from a
+	-- provider whose news is dated by its arrival (payments.dated_by_arrival)
 	IF change.status = 'paid' AND pay.status IN ('disputed', 'partially_refunded')
-	   AND (pay.paid_at IS NOT NULL OR (pay.status = 'disputed' AND at >= pay.status_at))
+	   AND (pay.paid_at IS NOT NULL OR (pay.status = 'disputed' AND at >= pay.status_at AND NOT payments.dated_by_arrival(provider_name)))
 	   AND greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) > 0 THEN
 		change.status := CASE WHEN greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) >= pay.amount
 							  THEN 'refunded' ELSE 'partially_refunded' END;
@@ -1204,7 +1217,8 @@ BEGIN
 	END IF;
 
 	IF change.status = 'paid' AND pay.paid_at IS NULL
-	   AND (pay.status IN ('partially_refunded', 'refunded') OR (pay.status = 'disputed' AND at < pay.status_at)) THEN
+	   AND (pay.status IN ('partially_refunded', 'refunded')
+			OR (pay.status = 'disputed' AND (at < pay.status_at OR payments.dated_by_arrival(provider_name)))) THEN
 		-- news that it was paid, after a refund or dispute already moved it past paid (out of
 		-- order): no move back, but a fact, which its paid time, amount and receipt show as in
 		-- order (a hold captured in part, 300 of 1000, whose refund of the 300 came first: all of
@@ -1379,7 +1393,10 @@ BEGIN
 		WHEN channel IN ('vmc', 'visa', 'mastercard') OR channel LIKE '%card%' THEN 'card'
 		WHEN channel LIKE '%zimswitch%' THEN 'zimswitch'
 		WHEN channel <> '' THEN channel END;
-	c.metadata := jsonb_strip_nulls(jsonb_build_object('pollurl', payload ->> 'pollurl'));
+	-- an amount said but not read (another format, finer than the minor unit) is kept as said:
+	-- payments.paynow_amount_checked flags it as another amount than the payment's
+	c.metadata := jsonb_strip_nulls(jsonb_build_object('pollurl', payload ->> 'pollurl',
+		'paynow_amount_unread', CASE WHEN c.amount IS NULL THEN nullif(payload ->> 'amount', '') END));
 	RETURN CASE WHEN c.status IS NOT NULL AND c.provider_ref IS NOT NULL THEN c END;
 END
 $$;
@@ -1393,15 +1410,24 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	ours	text;
+	named	text;	-- the Paynow transaction our payment is known to be
 BEGIN
 	IF change IS NULL OR change.reference IS NULL THEN
 		RETURN change;
 	END IF;
 	-- a payment we initiated (WhatsApp donations) exists before Paynow names it: it is known by
 	-- our merchant reference, whether or not the initiate reply has been stored yet
-	SELECT i.reference INTO ours FROM payments.paynow_initiations i
+	SELECT i.reference, p.metadata ->> 'paynowreference' INTO ours, named
+	  FROM payments.paynow_initiations i
+	  LEFT JOIN payments.payments p ON p.id = i.payment_id
 	 WHERE i.provider = provider_name AND i.reference = change.reference;
-	IF FOUND THEN
+	IF FOUND AND named IS DISTINCT FROM change.provider_ref AND named IS NOT NULL THEN
+		-- another Paynow transaction made with our reference (the reference reused, a second
+		-- payment made for it): it moves not our payment, whose transaction Paynow named; it is
+		-- a payment of its own, by its paynowreference, so that money it took is not lost, marked
+		-- with the reference it reused
+		change.metadata := change.metadata || jsonb_build_object('paynow_reference_reused', ours);
+	ELSIF FOUND THEN
 		change.metadata := change.metadata || jsonb_build_object('paynowreference', change.provider_ref);
 		change.provider_ref := ours;
 		change.creates := false;
@@ -1415,7 +1441,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.paynow_initiated(payments.payment_change, text) IS
-	'A Paynow change about a payment this database initiated is applied to it (known by the merchant reference), not to a new payment named by paynowreference; one about another provider''s initiation is no change (ignored)';
+	'A Paynow change about a payment this database initiated is applied to it (known by the merchant reference), not to a new payment named by paynowreference; one about another Paynow transaction than the one the payment is known to be (its metadata.paynowreference) is a payment of its own, by its paynowreference, marked metadata.paynow_reference_reused; one about another provider''s initiation is no change (ignored)';
 
 -- A Paynow transaction's amount is the one it was made for and never changes, unlike a Stripe
 -- intent's captured total or a PayPal order's captures: news of another amount is not the
@@ -1429,7 +1455,7 @@ DECLARE
 	known	numeric;
 	paid	timestamptz;
 BEGIN
-	IF change IS NULL OR change.amount IS NULL THEN
+	IF change IS NULL OR (change.amount IS NULL AND NOT coalesce(change.metadata ? 'paynow_amount_unread', false)) THEN
 		RETURN change;
 	END IF;
 	SELECT p.amount, p.paid_at INTO known, paid FROM payments.payments p
@@ -1439,9 +1465,11 @@ BEGIN
 	END IF;
 	-- kept for review (the first one: the payment's metadata wins), and once paid the amount stays:
 	-- a donation asked for 10.00 and reported paid 0.01 is 0.01 received, and a later Delivered
-	-- of 500.00 raises nothing
+	-- of 500.00 raises nothing.  An amount not read is another amount too, kept as said
 	change.metadata := coalesce(change.metadata, '{}') || jsonb_build_object('paynow_amount_mismatch',
-		jsonb_build_object('known', known, 'reported', change.amount, 'status', change.status, 'at', change.status_at));
+		jsonb_strip_nulls(jsonb_build_object('known', known, 'reported', change.amount,
+			'reported_as', CASE WHEN change.amount IS NULL THEN change.metadata ->> 'paynow_amount_unread' END,
+			'status', change.status, 'at', change.status_at)));
 	IF paid IS NOT NULL THEN
 		change.amount := NULL;
 	END IF;
@@ -1449,7 +1477,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.paynow_amount_checked(payments.payment_change, text) IS
-	'A Paynow change whose amount differs from the payment''s: keeps metadata.paynow_amount_mismatch (known, reported, status, at) and, once the payment is paid, leaves its amount as it is (a Paynow transaction''s amount never changes); the first news of payment still sets what was taken';
+	'A Paynow change whose amount differs from the payment''s, or could not be read: keeps metadata.paynow_amount_mismatch (known, reported, or reported_as as said, status, at) and, once the payment is paid, leaves its amount as it is (a Paynow transaction''s amount never changes); the first news of payment still sets what was taken';
 
 CREATE FUNCTION payments.eversend_change(payload jsonb, event_at timestamptz)
 RETURNS payments.payment_change
@@ -2672,7 +2700,8 @@ AS $$
 	-- RFC 4180: CRLF line ends; a field holding a comma, a quote or a line break is quoted, its
 	-- quotes doubled; NULL is an empty field.  A method (the provider's text) that a spreadsheet
 	-- would read as a formula (=, +, -, @, tab, CR first, or =, +, -, @ after white space, which
-	-- some spreadsheets skip) is kept as text with a leading apostrophe
+	-- some spreadsheets skip: Unicode's too, a no-break space among them) is kept as text with a
+	-- leading apostrophe
 	SELECT string_agg((SELECT string_agg(CASE WHEN v ~ E'[",\r\n]' THEN '"' || replace(v, '"', '""') || '"'
 											  ELSE coalesce(v, '') END, ',' ORDER BY k)
 						 FROM unnest(l.fields) WITH ORDINALITY AS f (v, k)) || E'\r\n', '' ORDER BY l.n)
@@ -2681,7 +2710,8 @@ AS $$
 										 'last_receipt'] AS fields
 			UNION ALL
 			SELECT r.ordinality, ARRAY[to_char(day, 'YYYY-MM-DD'), r.currency,
-							  CASE WHEN r.method ~ E'^([-=+@\t\r]|[[:space:]]+[-=+@])' THEN '''' || r.method ELSE r.method END,
+							  CASE WHEN r.method ~ E'^([-=+@\t\r]|[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff]+[-=+@])'
+								   THEN '''' || r.method ELSE r.method END,
 							  r.paid::text, r.gross::text,
 							  r.fees::text, r.net::text, r.fee_unknown::text, r.amount_unknown::text, r.failed::text, r.refunds::text,
 							  r.refunded::text,
@@ -4924,7 +4954,9 @@ BEGIN
 	IF chk.outcome IS NOT NULL THEN
 		RETURN chk.outcome;
 	END IF;
-	SELECT p.* INTO pay FROM payments.payments p WHERE p.id = chk.payment_id;
+	-- the payment as it is now, locked as apply_change locks it: news applied since the claim (a
+	-- webhook, an admin's approval) is what the answer is compared with, and none comes between
+	SELECT p.* INTO pay FROM payments.payments p WHERE p.id = chk.payment_id FOR UPDATE;
 	SELECT v.kind, v.settings INTO kind, settings FROM payments.providers v WHERE v.name = chk.provider;
 
 	IF problem IS NULL AND http_status NOT BETWEEN 200 AND 299 THEN
@@ -4957,7 +4989,12 @@ BEGIN
 				END IF;
 				IF lower(raw COLLATE pg_catalog."C") = 'notfound' AND chk.request LIKE 'POST %/interface/trace' THEN
 					-- the trace: Paynow has no transaction with our merchant trace, reconcile_after
-					-- since the initiation was sent: it never reached Paynow, nothing can be taken
+					-- since the initiation was sent: it never reached Paynow, nothing can be taken.
+					-- Unless Paynow has spoken of it since the trace was sent (a status update
+					-- naming its transaction and pollurl): then the trace crossed it, and says nothing
+					IF pay.status <> 'pending' OR pay.metadata ? 'paynowreference' OR pay.metadata ? 'pollurl' THEN
+						RAISE EXCEPTION 'the trace found nothing, but Paynow has reported on the payment since (%)', pay.status;
+					END IF;
 					change.status := 'failed';
 					change.status_at := now();
 				ELSE
@@ -5118,8 +5155,8 @@ BEGIN
 				   found = jsonb_strip_nulls(jsonb_build_object('status', change.status, 'amount', change.amount,
 																'currency', change.currency)),
 				   status_after = after,
-				   outcome = CASE WHEN after <> chk.status_before THEN 'fixed'
-								  WHEN change.status = chk.status_before THEN 'unchanged'
+				   outcome = CASE WHEN after <> pay.status THEN 'fixed'
+								  WHEN change.status = pay.status THEN 'unchanged'
 								  ELSE 'refused' END
 			 WHERE c.id = chk.id
 			RETURNING c.outcome INTO result;
@@ -7785,8 +7822,10 @@ BEGIN
 		WHEN 'failed' THEN format(E'Your donation of %s did not go through%s. No money was taken.\n' ||
 								  'Send *donate* to try again, or *help* if you need assistance.',
 								  gift, ': ' || (p.metadata ->> 'initiate_error'))
-		WHEN 'cancelled' THEN format('Your donation of %s was cancelled, so nothing was charged. ' ||
-									 'Send *donate* to try again whenever you like.', gift)
+		-- (after failed: the donor was told it did not go through, and that no money was taken)
+		WHEN 'cancelled' THEN CASE WHEN transition.from_status IS DISTINCT FROM 'failed' THEN
+								format('Your donation of %s was cancelled, so nothing was charged. ' ||
+									   'Send *donate* to try again whenever you like.', gift) END
 		WHEN 'refunded' THEN format('Your donation of %s has been refunded.', gift) END;
 	IF body IS NOT NULL THEN
 		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, body));
@@ -7794,7 +7833,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
-	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old), failed, cancelled or refunded, queues the message to the donor (to their phone number, or recipient their business-scoped user id)';
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old), failed, cancelled (not after failed: the donor was told) or refunded, queues the message to the donor (to their phone number, or recipient their business-scoped user id)';
 
 -- Paynow's news that a donation an admin approved by hand (/approve) was paid: the donor may have
 -- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment
@@ -7880,9 +7919,10 @@ BEGIN
 	SELECT x.* INTO p FROM payments.payments x WHERE x.id = chat_amount_mismatch.payment_id;
 	FOREACH who IN ARRAY payments.chat_admin_numbers(d.provider) LOOP
 		PERFORM payments.chat_send(d.provider, who, payments.chat_text(who, format(
-			'Paynow reports %s %s at %s %s, but the donation was for %s %s: please check it with Paynow.',
+			'Paynow reports %s %s at %s, but the donation was for %s %s: please check it with Paynow.',
 			p.reference, coalesce(mismatch ->> 'status', 'an update'),
-			payments.chat_amount((mismatch ->> 'reported')::numeric, p.currency), p.currency,
+			coalesce(payments.chat_amount((mismatch ->> 'reported')::numeric, p.currency) || ' ' || p.currency,
+					 format('"%s" (an amount not read)', mismatch ->> 'reported_as')),
 			payments.chat_amount((mismatch ->> 'known')::numeric, p.currency), p.currency)));
 	END LOOP;
 END
@@ -8318,11 +8358,12 @@ REVOKE EXECUTE ON FUNCTION payments.ingest(text, jsonb, bytea, inet, text),
 REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, text), payments.reconcile(integer),
 	payments.initiate_payments(integer), payments.run_job(text, integer) FROM payments_admin;
 
--- The helpers the analysts' views and SQL functions call as the analyst, granted by name: under
--- default privileges that take EXECUTE on new functions from PUBLIC, the reports would fail
+-- The helpers the analysts' views and SQL functions call as the analyst, and those README tells
+-- analysts to call (day_start, receipt_local_time), granted by name: under default privileges
+-- that take EXECUTE on new functions from PUBLIC, the reports would fail
 GRANT EXECUTE ON FUNCTION payments.receipt_day(timestamptz), payments.mask_email(text), payments.mask_phone(text),
 	payments.mask_whatsapp_user_id(text), payments.mask_donor(text), payments.base_currency(),
-	payments.effective_setting(text) TO payments_analyst;
+	payments.effective_setting(text), payments.day_start(date), payments.receipt_local_time(timestamptz) TO payments_analyst;
 
 -- Default privileges of the role creating the extension (ALTER DEFAULT PRIVILEGES) were given to
 -- every object above: to a read-only role, SELECT on the secrets.  Who may use the objects is what

@@ -219,6 +219,43 @@ SELECT p.status, p.amount, f.amount AS refunded, f.refunded_at AT TIME ZONE 'UTC
   FROM payments.payments p JOIN payments.refunds f ON f.payment_id = p.id
  WHERE p.provider = 'pn' AND p.provider_ref = '30';
 
+-- Paynow's news is dated by its arrival: a Paid delivered after the Disputed is the late news of
+-- the payment, not the dispute won (Paynow's Paid again after a dispute has the first Paid's
+-- event id: a duplicate).  In either order the payment ends disputed, paid, with its receipt
+SELECT payments.apply_change(NULL, 'pn', payments.paynow_change(
+	jsonb_build_object('reference', 'DS-1', 'paynowreference', '41', 'amount', '5.00', 'status', st), '{}', at)) AS outcome
+  FROM (VALUES ('Paid', '2026-09-05T12:00:00Z'::timestamptz), ('Disputed', '2026-09-05T12:01:00Z')) AS v (st, at);
+SELECT payments.apply_change(NULL, 'pn', payments.paynow_change(
+	jsonb_build_object('reference', 'DS-2', 'paynowreference', '42', 'amount', '5.00', 'status', st), '{}', at)) AS outcome
+  FROM (VALUES ('Disputed', '2026-09-05T12:00:00Z'::timestamptz), ('Paid', '2026-09-05T12:01:00Z')) AS v (st, at);
+SELECT p.provider_ref, p.status, p.amount, p.paid_at IS NOT NULL AS paid, r.receipt_no IS NOT NULL AS has_receipt
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'pn' AND p.provider_ref IN ('41', '42') ORDER BY 1;
+
+-- a payment we initiated is the Paynow transaction its initiate reply named: an update about
+-- another transaction made with its reference (reused) moves it not, and is a payment of its own,
+-- so that money it took is not lost, marked with the reference it reused
+INSERT INTO payments.payments (provider, provider_ref, reference, status, amount, currency, status_at, metadata)
+VALUES ('pn', 'WA-RU-1', 'WA-RU-1', 'pending', 5.00, 'USD', now(), '{"paynowreference": "9104", "pollurl": "https://www.paynow.co.zw/x"}');
+INSERT INTO payments.paynow_initiations (payment_id, provider, reference, method, phone, state)
+SELECT id, 'pn', 'WA-RU-1', 'ecocash', '0771234567', 'done' FROM payments.payments WHERE provider_ref = 'WA-RU-1';
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=WA-RU-1&paynowreference=9999&amount=5.00&status=Cancelled',
+	ARRAY['WA-RU-1', '9999', '5.00', 'Cancelled'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=WA-RU-1&paynowreference=9998&amount=5.00&status=Paid',
+	ARRAY['WA-RU-1', '9998', '5.00', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=WA-RU-1&paynowreference=9104&amount=5.00&status=Paid',
+	ARRAY['WA-RU-1', '9104', '5.00', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT p.provider_ref, p.reference, p.status, p.amount, p.metadata ->> 'paynow_reference_reused' AS reused
+  FROM payments.payments p WHERE p.provider = 'pn' AND p.reference = 'WA-RU-1' ORDER BY 1;
+
+-- an amount said but not read is another amount than the payment's: kept for review as said
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-4&paynowreference=23&amount=5.00&status=Sent',
+	ARRAY['AM-4', '23', '5.00', 'Sent'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT * FROM pg_temp.pn(pg_temp.pn_body('reference=AM-4&paynowreference=23&amount=USD+0.01&status=Paid',
+	ARRAY['AM-4', '23', 'USD 0.01', 'Paid'], 'b0d1e2f3-0000-4000-8000-123456789abc'));
+SELECT status, amount, (metadata -> 'paynow_amount_mismatch') - 'at' AS mismatch
+  FROM payments.payments WHERE provider = 'pn' AND provider_ref = '23';
+
 -- leave nothing behind for the tests that follow
 DELETE FROM payments.payments WHERE provider = 'pn';
 DELETE FROM payments.events WHERE provider = 'pn';

@@ -280,6 +280,51 @@ SELECT p.donor_phone, p.status, p.metadata ->> 'pollurl' AS pollurl, c.found_sta
 SET CONSTRAINTS ALL IMMEDIATE;		-- the donor's message is queued at commit
 SELECT * FROM pg_temp.replies('263772000005');
 ROLLBACK;
+-- a trace crossing Paynow's news: claimed, then a status update pays one (263772000003) and names
+-- the other's transaction (Sent, 263772000005), then the answers.  The Paid the webhook applied
+-- first is unchanged, not fixed; the NotFound fails nothing (an error: Paynow has spoken of the
+-- payment since), and its donor is not told that no money was taken
+BEGIN;
+SET LOCAL payments.reconcile_after = '1min';
+UPDATE payments.payments SET status_at = now() - interval '1 hour'
+ WHERE donor_phone IN ('263772000003', '263772000005') AND provider LIKE 'pn\_%';
+UPDATE payments.paynow_initiations i SET started_at = now() - interval '1 hour',
+	   merchanttrace = coalesce(i.merchanttrace, i.reference), integration_id = coalesce(i.integration_id, '1202')
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone IN ('263772000003', '263772000005');
+CREATE TEMP TABLE crossed AS SELECT * FROM payments.claim_reconciliation(50) WHERE url LIKE '%/interface/trace';
+SELECT p.donor_phone, pg_temp.paynow(p.provider, ARRAY[['reference', p.reference],
+	['paynowreference', CASE p.donor_phone WHEN '263772000003' THEN '9005' ELSE '9006' END],
+	['status', CASE p.donor_phone WHEN '263772000003' THEN 'Paid' ELSE 'Sent' END],
+	['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g' || right(p.donor_phone, 1)]]) AS webhook
+  FROM payments.payments p WHERE p.donor_phone IN ('263772000003', '263772000005') AND p.provider LIKE 'pn\_%' ORDER BY 1;
+SELECT p.donor_phone, payments.record_reconciliation(t.check_id, 200, NULL, CASE p.donor_phone
+	WHEN '263772000003' THEN payments.paynow_request(jsonb_build_array(jsonb_build_array('reference', p.reference),
+		'["paynowreference", "9005"]'::jsonb, '["status", "Paid"]'::jsonb,
+		'["pollurl", "https://www.paynow.co.zw/Interface/CheckPayment/?guid=g3"]'::jsonb), :'key')
+	ELSE payments.paynow_request('[["status", "NotFound"]]', :'key') END) AS outcome
+  FROM crossed t JOIN payments.reconciliation_checks c ON c.id = t.check_id JOIN payments.payments p ON p.id = c.payment_id
+ ORDER BY p.donor_phone;
+SELECT p.donor_phone, p.status, c.found_status, c.status_after, c.error
+  FROM payments.reconciliation_checks c JOIN payments.payments p ON p.id = c.payment_id
+ WHERE c.request LIKE '%/interface/trace' ORDER BY 1;
+SET CONSTRAINTS ALL IMMEDIATE;		-- the donor's message is queued at commit
+SELECT count(*) AS told_not_taken FROM pg_temp.replies('263772000005') r WHERE r LIKE '%did not go through%';
+ROLLBACK;
+-- Failed, then Cancelled (an allowed move): the donor was told it did not go through and that no
+-- money was taken, and is not told again that it was cancelled
+-- (each as its own commit would: the notices run at the constraints' check)
+BEGIN;
+SELECT pg_temp.paynow(p.provider, ARRAY[['reference', p.reference], ['paynowreference', '9007'], ['status', 'Failed']]) AS webhook
+  FROM payments.payments p WHERE p.donor_phone = '263772000005' AND p.provider LIKE 'pn\_%';
+SET CONSTRAINTS ALL IMMEDIATE;
+SET CONSTRAINTS ALL DEFERRED;
+SELECT pg_temp.paynow(p.provider, ARRAY[['reference', p.reference], ['paynowreference', '9007'], ['status', 'Cancelled']]) AS webhook
+  FROM payments.payments p WHERE p.donor_phone = '263772000005' AND p.provider LIKE 'pn\_%';
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT status FROM payments.payments WHERE donor_phone = '263772000005';
+SELECT count(*) FILTER (WHERE r LIKE '%did not go through%') AS told_failed, count(*) FILTER (WHERE r LIKE '%was cancelled%') AS told_cancelled
+  FROM pg_temp.replies('263772000005') r;
+ROLLBACK;
 -- not traced: an initiation sent less than reconcile_after ago (it may be in flight), one sent to
 -- an integration since replaced (its NotFound would say nothing), one sent without a merchant trace
 BEGIN;

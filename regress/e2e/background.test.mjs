@@ -670,7 +670,10 @@ test('default privileges of the role creating the extension: no other role reads
 	for (const sql of ['SELECT count(*) FROM payments.donor_summary', 'SELECT count(*) FROM payments.daily_summary',
 		'SELECT count(*) FROM payments.volunteer_list', 'SELECT count(*) FROM payments.base_totals(now() - interval \'1 day\', now())',
 		'SELECT count(*) FROM payments.daily_report_csv(current_date)',
-		"SELECT count(*) FROM payments.top_donors(now() - interval '1 day', now(), 'USD', 10)"]) {
+		"SELECT count(*) FROM payments.top_donors(now() - interval '1 day', now(), 'USD', 10)",
+		// the day edges README tells analysts to pass, as daily_report and receipt numbers count days
+		"SELECT count(*) FROM payments.currency_summary(payments.day_start('2024-06-01'), payments.day_start('2024-07-01'))",
+		"SELECT count(payments.receipt_local_time(now()))"]) {
 		assert.match(as('analyst_one', sql), /^\d+$/, sql);
 	}
 	assert.throws(() => as('analyst_one', 'SELECT * FROM payments.secrets'), /permission denied for table secrets/);

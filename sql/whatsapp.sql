@@ -106,8 +106,10 @@ CREATE FUNCTION pg_temp.replies(who text) RETURNS SETOF text LANGUAGE sql AS $$
 		  ON CONFLICT (who) DO UPDATE SET id = excluded.id)
 	SELECT said FROM r ORDER BY id
 $$;
+-- (the payment id a draft keeps, of a donation warned of or gone past, masked as in replies)
 CREATE FUNCTION pg_temp.session(who text) RETURNS text LANGUAGE sql AS $$
-	SELECT state || ' ' || draft::text FROM payments.chat_sessions WHERE wa_id = who
+	SELECT state || ' ' || regexp_replace(draft::text, '(?<="(warned|pending_ok)": )[0-9]+', 'X', 'g')
+	  FROM payments.chat_sessions WHERE wa_id = who
 $$;
 
 -- a greeting gets the menu (a list: four choices); the message is applied, the reply queued
@@ -1074,8 +1076,11 @@ SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '26377600
 SELECT pg_temp.say('263776000002', :'old_confirm', 7, true);
 SELECT pg_temp.say('263776000002', payments.chat_confirm_id(draft), 8, true) FROM payments.chat_sessions WHERE wa_id = '263776000002';
 SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '263776000002';
+-- (typed, it answers a notice: the one just confirmed was not warned of, and is first)
 SELECT pg_temp.say('263776000002', 'Donate anyway', 9);
-SELECT pg_temp.session('263776000002') ~ '^amount \{"pending_ok": [0-9]+\}$' AS drafting;
+SELECT pg_temp.session('263776000002');
+SELECT pg_temp.say('263776000002', 'Donate anyway', 10);
+SELECT pg_temp.session('263776000002');
 ROLLBACK;
 -- a prompt that went out more than an hour ago (initiation done) is no longer live: no word;
 -- within the hour it is
@@ -1500,7 +1505,8 @@ SELECT pg_temp.say('263775100004', 'pay_ecocash', 102, true);
 SELECT pg_temp.say('263775100004', 'phone_same', 103, true);
 SELECT pg_temp.say('263775100004', 'Medicines', 104);
 SELECT pg_temp.say('263775100004', 'confirm', 105);
-SELECT pg_temp.say('263775100004', 'donate anyway', 106);
+SELECT pg_temp.say('263775100004', 'donate_anyway_' || max(payment_id), 106, true) FROM payments.chat_donations
+ WHERE wa_id = '263775100004';
 SELECT pg_temp.say('263775100014', 'Hi', 120);
 SELECT pg_temp.moved('263775100004', '263775100014', 110);
 SELECT * FROM pg_temp.where_is(ARRAY['263775100004', '263775100014']);
@@ -1752,6 +1758,38 @@ SELECT pg_temp.say('263778100050', 'donate_anyway_' || max(payment_id), 17, true
 SELECT s.state, (s.draft ->> 'pending_ok')::bigint = (SELECT max(payment_id) FROM payments.chat_donations WHERE wa_id = s.wa_id)
 	   AS going_past_the_second
   FROM payments.chat_sessions s WHERE s.wa_id = '263778100050';
+
+-- typed, donate anyway names no donation: it goes past the one of the notice it quotes
+-- (context.id), else of the last notice the conversation gave (kept in the draft), and only while
+-- that one is the donation waiting.  A donation started after the notice (a Flow, another device)
+-- is warned of first, not gone past; so is one when the notice quoted was of another
+SELECT pg_temp.d('263778100080');
+SELECT pg_temp.say('263778100080', 'yes', 7);
+SELECT pg_temp.say('263778100080', 'donate', 8, true);
+SELECT pg_temp.session('263778100080');
+UPDATE payments.outbox SET wamid = 'wamid.NOTICE80A'
+ WHERE id = (SELECT max(id) FROM payments.outbox WHERE recipient = '263778100080');
+SELECT pg_temp.ask('263778100080', '0778100080') AS flow_started;
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100080');
+SELECT pg_temp.say('263778100080', 'donate anyway', 9);
+SELECT * FROM pg_temp.replies('263778100080');
+SELECT pg_temp.session('263778100080');
+UPDATE payments.outbox SET wamid = 'wamid.NOTICE80B'
+ WHERE id = (SELECT max(id) FROM payments.outbox WHERE recipient = '263778100080');
+SELECT pg_temp.say('263778100080', 'x', 10, false,
+	content => '{"type": "text", "text": {"body": "Donate anyway"}, "context": {"from": "15550001111", "id": "wamid.NOTICE80A"}}');
+SELECT * FROM pg_temp.replies('263778100080');
+SELECT pg_temp.say('263778100080', 'x', 11, false,
+	content => '{"type": "text", "text": {"body": "Give anyway!"}, "context": {"from": "15550001111", "id": "wamid.NOTICE80B"}}');
+SELECT * FROM pg_temp.replies('263778100080');
+SELECT s.state, (s.draft ->> 'pending_ok')::bigint = (SELECT max(payment_id) FROM payments.chat_donations WHERE wa_id = s.wa_id)
+	   AS going_past_the_flows
+  FROM payments.chat_sessions s WHERE s.wa_id = '263778100080';
+-- with no notice to answer (the menu since), it is *donate*: a notice
+SELECT pg_temp.say('263778100080', 'menu', 12, true);
+SELECT pg_temp.say('263778100080', 'donate anyway', 13);
+SELECT * FROM pg_temp.replies('263778100080') OFFSET 1;
+SELECT pg_temp.session('263778100080');
 
 -- *check* right after Confirm, its request still queued: being sent, not waiting on the phone; the
 -- current summary's Confirm tapped at the Edit list confirms it

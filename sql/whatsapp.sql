@@ -1677,29 +1677,32 @@ SELECT replace(typed, E'\U0001F44D', '<thumbs up>') AS typed,
   FROM (VALUES ('Yes!'), ('Cancel.'), ('yes please '), (E'ok \U0001F44D'), (E'\U0001F44D'), ('5.'), ('$5!'), ('5.5'),
 			   ('12.345.'), ('1,000.'), ('5?!'), (E'10\u2764\ufe0f'), (E'5\ufe0f\u20e3'), (E'0771234567 \U0001F44D'),
 			   ('...'), ('No.')) AS t (typed);
--- at the summary the words for yes (English, Shona, Ndebele) confirm it; no, kwete and hayi
--- cancel it; anything else is said not to be understood, with the summary again
+-- at the summary the words for yes (English, Shona, Ndebele) confirm it, and so does a thumbs-up
+-- alone (any skin tone, spaces after it); no, kwete and hayi cancel it; anything else is said not
+-- to be understood, with the summary again
 SELECT t.w, t.said, pg_temp.d(t.w), pg_temp.say(t.w, t.said, 7)
   FROM (VALUES ('263778100010', 'Yes!'), ('263778100011', 'Yes.'), ('263778100012', 'ok'), ('263778100013', 'okay'),
 			   ('263778100014', 'hongu'), ('263778100015', 'Ehe'), ('263778100016', 'Yebo'), ('263778100017', 'yes please'),
 			   ('263778100018', 'Confirm.'), ('263778100019', 'Y'), ('263778100020', 'no'), ('263778100021', 'Kwete'),
 			   ('263778100022', 'hayi'), ('263778100023', 'cancel.'), ('263778100024', E'\U0001F44D'),
-			   ('263778100025', 'maybe later')) AS t (w, said);
+			   ('263778100025', 'maybe later'), ('263778100026', E'\U0001F44D\U0001F3FD  '),
+			   ('263778100027', E'\U0001F44D\uFE0F')) AS t (w, said);
 SELECT s.wa_id, s.state, (SELECT count(*) FROM payments.chat_donations d WHERE d.wa_id = s.wa_id) AS donations,
 	   (SELECT array_agg(r) FROM (SELECT r FROM pg_temp.replies(s.wa_id) r OFFSET 6) x) AS last_replies
-  FROM payments.chat_sessions s WHERE s.wa_id BETWEEN '263778100010' AND '263778100025' AND s.wa_id NOT IN ('263778100024', '263778100025')
+  FROM payments.chat_sessions s WHERE s.wa_id BETWEEN '263778100010' AND '263778100027' AND s.wa_id <> '263778100025'
  ORDER BY s.wa_id;
-SELECT r FROM pg_temp.replies('263778100024') r OFFSET 6;
 SELECT r FROM pg_temp.replies('263778100025') r OFFSET 6;
 SELECT pg_temp.session('263778100025');
 -- at the amount: "5." is 5, "$5!" 5 USD; a word, "no", "Good morning" are not amounts, and the
 -- donor is told *cancel* stops; "Cancel!" and "Hello!" are commands; 0,50 is below the minimum,
--- so no dot is suggested for it (10,50 still gets one); a number with a thumbs-up is the number
+-- so no dot is suggested for it (10,50 still gets one); a number with a thumbs-up is the number,
+-- and a thumbs-up alone no amount (it is yes at the summary only)
 SELECT pg_temp.say('263778100030', 'donate', 1, true);
 SELECT pg_temp.say('263778100030', 'no', 2);
 SELECT pg_temp.say('263778100030', 'Good morning', 3);
 SELECT pg_temp.say('263778100030', '0,50', 4);
 SELECT pg_temp.say('263778100030', '10,50', 5);
+SELECT pg_temp.say('263778100030', E'\U0001F44D ', 5);
 SELECT pg_temp.say('263778100030', '5.', 6);
 SELECT * FROM pg_temp.replies('263778100030');
 SELECT pg_temp.session('263778100030');

@@ -5971,7 +5971,7 @@ CREATE TABLE payments.chat_sessions (
 -- a message without the phone number finds the conversation its BSUID was last seen in
 CREATE INDEX chat_sessions_user_idx ON payments.chat_sessions (provider, user_id) WHERE user_id IS NOT NULL;
 COMMENT ON TABLE payments.chat_sessions IS
-	'One WhatsApp conversation per user (wa_id: the phone number, else the business-scoped user id of a user whose number Meta withholds) and meta provider: where it is (state), the donation or registration being drafted, Meta''s time of the last message answered, the last activity (sessions expire after session_timeout), and the token bucket of the rate limit';
+	'One WhatsApp conversation per user (wa_id: the phone number, else the business-scoped user id of a user whose number Meta withholds) and meta provider: where it is (state), the donation or registration being drafted (at the menu after a notice of a donation still waiting, that donation: warned, which a typed donate anyway goes past), Meta''s time of the last message answered, the last activity (sessions expire after session_timeout), and the token bucket of the rate limit';
 COMMENT ON COLUMN payments.chat_sessions.last_seen_at IS
 	'Meta''s time of the latest message from this id, answered or not (a reaction, a Flow''s completion, one over the rate limit): a notice that the user changed number, older than it, moves nothing (payments.chat_move_user)';
 COMMENT ON COLUMN payments.chat_sessions.limited_at IS 'When the number ran out of tokens and was told so once; NULL: not limited';
@@ -7158,6 +7158,7 @@ DECLARE
 	named	text;
 	labels	text[];
 	pending	bigint;
+	anyway	text;
 	queued	record;
 	pay		payments.payments;
 	change	payments.payment_change;
@@ -7319,6 +7320,22 @@ BEGIN
 	IF st = 'edit' AND starts_with(btn, 'confirm_') THEN
 		st := 'confirm';
 	END IF;
+	-- Donate anyway: the button names the donation it goes past (donate_anyway_<payment id>); the
+	-- words typed name none, so they stand for the button of the notice they answer: the one they
+	-- quote (context.id, the wamid of our message), else the last the conversation gave (kept in
+	-- the draft: warned, at the menu after *donate*; pending_ok, while drafting past it).  Of none
+	-- (or another donation than the one waiting now) they are *donate*, which warns again
+	IF starts_with(btn, 'donate_anyway') THEN
+		anyway := btn;
+	ELSIF btn IS NULL AND word IN ('donate anyway', 'give anyway') THEN
+		anyway := 'donate_anyway_' || coalesce(
+			CASE WHEN msg -> 'context' ->> 'id' IS NOT NULL
+				 THEN (SELECT substr(b -> 'reply' ->> 'id', 15)
+						 FROM payments.outbox o, jsonb_array_elements(o.payload -> 'interactive' -> 'action' -> 'buttons') b
+						WHERE o.provider = ev.provider AND o.wamid = msg -> 'context' ->> 'id' AND o.recipient = wa
+						  AND starts_with(b -> 'reply' ->> 'id', 'donate_anyway_') LIMIT 1)
+				 ELSE coalesce(drafted ->> 'warned', drafted ->> 'pending_ok') END, '');
+	END IF;
 
 	IF msg ->> 'type' NOT IN ('text', 'interactive', 'button', 'request_welcome')
 	   OR (msg ->> 'type' = 'interactive' AND btn IS NULL) THEN
@@ -7438,19 +7455,22 @@ BEGIN
 	ELSIF word = 'check' THEN
 		PERFORM payments.chat_check(ev.provider, wa);
 	ELSIF word IN ('donate', 'give')
-		  -- a Donate anyway button offered for another donation than the one waiting now (or none
-		  -- named: one sent before the buttons named it) is *donate*, which warns of this one
-		  OR (starts_with(btn, 'donate_anyway') AND (SELECT w.payment_id FROM payments.chat_pending_donation(ev.provider, wa) w)::text
-													IS DISTINCT FROM substr(btn, 15)) THEN
+		  -- a Donate anyway offered for another donation than the one waiting now (or none named: a
+		  -- button sent before the buttons named it, words typed with no notice to answer) is
+		  -- *donate*, which warns of this one
+		  OR (anyway IS NOT NULL AND (SELECT w.payment_id FROM payments.chat_pending_donation(ev.provider, wa) w)::text
+									 IS DISTINCT FROM substr(anyway, 15)) THEN
 		-- a donation that may still be paid (a request Paynow may have, a prompt still live): the
-		-- donor is told about it first, and gives again only by choosing to (Donate anyway)
-		IF payments.chat_pending_notice(ev.provider, wa, false, NULL) IS NOT NULL THEN
+		-- donor is told about it first, and gives again only by choosing to (Donate anyway); the
+		-- conversation keeps which one it warned of, for a typed donate anyway
+		pending := payments.chat_pending_notice(ev.provider, wa, false, NULL);
+		IF pending IS NOT NULL THEN
 			st := 'menu';
-			drafted := '{}';
+			drafted := jsonb_build_object('warned', pending);
 		ELSE
 			SELECT a.next_state, a.next_draft INTO st, drafted FROM payments.chat_advance(ev.provider, wa, cfg, '{}') a;
 		END IF;
-	ELSIF starts_with(btn, 'donate_anyway_') OR (btn IS NULL AND word IN ('donate anyway', 'give anyway')) THEN
+	ELSIF anyway IS NOT NULL THEN
 		-- the draft keeps the donation the donor chose to go past: the confirmation warns only of a
 		-- newer one
 		pending := (SELECT w.payment_id FROM payments.chat_pending_donation(ev.provider, wa) w);
@@ -7579,7 +7599,10 @@ BEGIN
 	ELSIF st = 'confirm' THEN
 		-- typed (yes and the words for it, in English, Shona and Ndebele), or the button of the
 		-- summary of this draft (a bare "confirm" id: one sent before the buttons named their draft)
+		-- A thumbs-up alone (any skin tone, the emoji variation selector) is yes here only: chat_word
+		-- reads it as nothing, and at any other step it is no answer
 		choice := CASE WHEN word IN ('confirm', 'yes', 'y', 'ok', 'okay', 'yes please', 'hongu', 'ehe', 'yebo')
+							OR (btn IS NULL AND txt ~ E'^\\U0001F44D[\\U0001F3FB-\\U0001F3FF]?\\uFE0F?$')
 							OR btn = payments.chat_confirm_id(drafted) THEN 'yes' END;
 		-- a typed yes replying to (quoting: context.id, the wamid of our message) another message
 		-- than the latest summary sent to the donor, an earlier summary say, sent before an edit:
@@ -7688,7 +7711,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message(payments.events, jsonb) IS
-	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation (the sender''s phone number; without one, the conversation that last saw their business-scoped user id, from_user_id, else that id): rate limit, expiry (the draft said not requested), commands read without the punctuation and emoji after them (payments.chat_word; cancel or stop: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; with no draft, nothing to cancel, a paid last donation named with its receipt and the refund left to the clinic; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft; at the summary yes, ok, hongu, yebo... confirm and no, kwete, hayi cancel, a typed yes quoting another message than the latest summary refused as a stale Confirm; a Donate anyway button of another donation than the one waiting is donate); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, no valid sender, older than the last message answered, over the rate limit, a reaction, a Flow''s completion or a group message); a system notice that the user changed phone number or business-scoped user id is not answered: what the chat keeps for them follows them (payments.chat_move_user), applied when something moved, else ignored';
+	'Answers one WhatsApp message (a stored meta event) through the donor''s conversation (the sender''s phone number; without one, the conversation that last saw their business-scoped user id, from_user_id, else that id): rate limit, expiry (the draft said not requested), commands read without the punctuation and emoji after them (payments.chat_word; cancel or stop: the draft, and a donation whose Paynow request is still queued, its payment cancelled and initiation skipped; with no draft, nothing to cancel, a paid last donation named with its receipt and the refund left to the clinic; check, help, menu, donate, held back by a donation that may still be paid: payments.chat_pending_notice; donate anyway, volunteer), admin commands from admin_numbers, then the step the conversation is at (a confirmed draft checked again against the settings of now: payments.chat_fit_draft; at the summary yes, ok, hongu, yebo, a thumbs-up alone... confirm and no, kwete, hayi cancel, a typed yes quoting another message than the latest summary refused as a stale Confirm; a Donate anyway button of another donation than the one waiting is donate, and so is a typed donate anyway but for the donation of the notice it quotes, else of the last notice the conversation gave (its draft: warned, pending_ok)); replies are queued in the outbox (that only text and buttons are read: once a minute at most; request_welcome: the menu); returns applied, or ignored (not for this number, no valid sender, older than the last message answered, over the rate limit, a reaction, a Flow''s completion or a group message); a system notice that the user changed phone number or business-scoped user id is not answered: what the chat keeps for them follows them (payments.chat_move_user), applied when something moved, else ignored';
 
 CREATE FUNCTION payments.message_status_rank(status text)
 RETURNS integer

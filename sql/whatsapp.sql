@@ -106,8 +106,10 @@ CREATE FUNCTION pg_temp.replies(who text) RETURNS SETOF text LANGUAGE sql AS $$
 		  ON CONFLICT (who) DO UPDATE SET id = excluded.id)
 	SELECT said FROM r ORDER BY id
 $$;
+-- (the payment id a draft keeps, of a donation warned of or gone past, masked as in replies)
 CREATE FUNCTION pg_temp.session(who text) RETURNS text LANGUAGE sql AS $$
-	SELECT state || ' ' || draft::text FROM payments.chat_sessions WHERE wa_id = who
+	SELECT state || ' ' || regexp_replace(draft::text, '(?<="(warned|pending_ok)": )[0-9]+', 'X', 'g')
+	  FROM payments.chat_sessions WHERE wa_id = who
 $$;
 
 -- a greeting gets the menu (a list: four choices); the message is applied, the reply queued
@@ -1119,8 +1121,11 @@ SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '26377600
 SELECT pg_temp.say('263776000002', :'old_confirm', 7, true);
 SELECT pg_temp.say('263776000002', payments.chat_confirm_id(draft), 8, true) FROM payments.chat_sessions WHERE wa_id = '263776000002';
 SELECT count(*) AS payments FROM payments.chat_donations WHERE wa_id = '263776000002';
+-- (typed, it answers a notice: the one just confirmed was not warned of, and is first)
 SELECT pg_temp.say('263776000002', 'Donate anyway', 9);
-SELECT pg_temp.session('263776000002') ~ '^amount \{"pending_ok": [0-9]+\}$' AS drafting;
+SELECT pg_temp.session('263776000002');
+SELECT pg_temp.say('263776000002', 'Donate anyway', 10);
+SELECT pg_temp.session('263776000002');
 ROLLBACK;
 -- a prompt that went out more than an hour ago (initiation done) is no longer live: no word;
 -- within the hour it is
@@ -1545,7 +1550,8 @@ SELECT pg_temp.say('263775100004', 'pay_ecocash', 102, true);
 SELECT pg_temp.say('263775100004', 'phone_same', 103, true);
 SELECT pg_temp.say('263775100004', 'Medicines', 104);
 SELECT pg_temp.say('263775100004', 'confirm', 105);
-SELECT pg_temp.say('263775100004', 'donate anyway', 106);
+SELECT pg_temp.say('263775100004', 'donate_anyway_' || max(payment_id), 106, true) FROM payments.chat_donations
+ WHERE wa_id = '263775100004';
 SELECT pg_temp.say('263775100014', 'Hi', 120);
 SELECT pg_temp.moved('263775100004', '263775100014', 110);
 SELECT * FROM pg_temp.where_is(ARRAY['263775100004', '263775100014']);
@@ -1716,29 +1722,32 @@ SELECT replace(typed, E'\U0001F44D', '<thumbs up>') AS typed,
   FROM (VALUES ('Yes!'), ('Cancel.'), ('yes please '), (E'ok \U0001F44D'), (E'\U0001F44D'), ('5.'), ('$5!'), ('5.5'),
 			   ('12.345.'), ('1,000.'), ('5?!'), (E'10\u2764\ufe0f'), (E'5\ufe0f\u20e3'), (E'0771234567 \U0001F44D'),
 			   ('...'), ('No.')) AS t (typed);
--- at the summary the words for yes (English, Shona, Ndebele) confirm it; no, kwete and hayi
--- cancel it; anything else is said not to be understood, with the summary again
+-- at the summary the words for yes (English, Shona, Ndebele) confirm it, and so does a thumbs-up
+-- alone (any skin tone, spaces after it); no, kwete and hayi cancel it; anything else is said not
+-- to be understood, with the summary again
 SELECT t.w, t.said, pg_temp.d(t.w), pg_temp.say(t.w, t.said, 7)
   FROM (VALUES ('263778100010', 'Yes!'), ('263778100011', 'Yes.'), ('263778100012', 'ok'), ('263778100013', 'okay'),
 			   ('263778100014', 'hongu'), ('263778100015', 'Ehe'), ('263778100016', 'Yebo'), ('263778100017', 'yes please'),
 			   ('263778100018', 'Confirm.'), ('263778100019', 'Y'), ('263778100020', 'no'), ('263778100021', 'Kwete'),
 			   ('263778100022', 'hayi'), ('263778100023', 'cancel.'), ('263778100024', E'\U0001F44D'),
-			   ('263778100025', 'maybe later')) AS t (w, said);
+			   ('263778100025', 'maybe later'), ('263778100026', E'\U0001F44D\U0001F3FD  '),
+			   ('263778100027', E'\U0001F44D\uFE0F')) AS t (w, said);
 SELECT s.wa_id, s.state, (SELECT count(*) FROM payments.chat_donations d WHERE d.wa_id = s.wa_id) AS donations,
 	   (SELECT array_agg(r) FROM (SELECT r FROM pg_temp.replies(s.wa_id) r OFFSET 6) x) AS last_replies
-  FROM payments.chat_sessions s WHERE s.wa_id BETWEEN '263778100010' AND '263778100025' AND s.wa_id NOT IN ('263778100024', '263778100025')
+  FROM payments.chat_sessions s WHERE s.wa_id BETWEEN '263778100010' AND '263778100027' AND s.wa_id <> '263778100025'
  ORDER BY s.wa_id;
-SELECT r FROM pg_temp.replies('263778100024') r OFFSET 6;
 SELECT r FROM pg_temp.replies('263778100025') r OFFSET 6;
 SELECT pg_temp.session('263778100025');
 -- at the amount: "5." is 5, "$5!" 5 USD; a word, "no", "Good morning" are not amounts, and the
 -- donor is told *cancel* stops; "Cancel!" and "Hello!" are commands; 0,50 is below the minimum,
--- so no dot is suggested for it (10,50 still gets one); a number with a thumbs-up is the number
+-- so no dot is suggested for it (10,50 still gets one); a number with a thumbs-up is the number,
+-- and a thumbs-up alone no amount (it is yes at the summary only)
 SELECT pg_temp.say('263778100030', 'donate', 1, true);
 SELECT pg_temp.say('263778100030', 'no', 2);
 SELECT pg_temp.say('263778100030', 'Good morning', 3);
 SELECT pg_temp.say('263778100030', '0,50', 4);
 SELECT pg_temp.say('263778100030', '10,50', 5);
+SELECT pg_temp.say('263778100030', E'\U0001F44D ', 5);
 SELECT pg_temp.say('263778100030', '5.', 6);
 SELECT * FROM pg_temp.replies('263778100030');
 SELECT pg_temp.session('263778100030');
@@ -1797,6 +1806,38 @@ SELECT pg_temp.say('263778100050', 'donate_anyway_' || max(payment_id), 17, true
 SELECT s.state, (s.draft ->> 'pending_ok')::bigint = (SELECT max(payment_id) FROM payments.chat_donations WHERE wa_id = s.wa_id)
 	   AS going_past_the_second
   FROM payments.chat_sessions s WHERE s.wa_id = '263778100050';
+
+-- typed, donate anyway names no donation: it goes past the one of the notice it quotes
+-- (context.id), else of the last notice the conversation gave (kept in the draft), and only while
+-- that one is the donation waiting.  A donation started after the notice (a Flow, another device)
+-- is warned of first, not gone past; so is one when the notice quoted was of another
+SELECT pg_temp.d('263778100080');
+SELECT pg_temp.say('263778100080', 'yes', 7);
+SELECT pg_temp.say('263778100080', 'donate', 8, true);
+SELECT pg_temp.session('263778100080');
+UPDATE payments.outbox SET wamid = 'wamid.NOTICE80A'
+ WHERE id = (SELECT max(id) FROM payments.outbox WHERE recipient = '263778100080');
+SELECT pg_temp.ask('263778100080', '0778100080') AS flow_started;
+SELECT count(*) > 0 AS looked FROM pg_temp.replies('263778100080');
+SELECT pg_temp.say('263778100080', 'donate anyway', 9);
+SELECT * FROM pg_temp.replies('263778100080');
+SELECT pg_temp.session('263778100080');
+UPDATE payments.outbox SET wamid = 'wamid.NOTICE80B'
+ WHERE id = (SELECT max(id) FROM payments.outbox WHERE recipient = '263778100080');
+SELECT pg_temp.say('263778100080', 'x', 10, false,
+	content => '{"type": "text", "text": {"body": "Donate anyway"}, "context": {"from": "15550001111", "id": "wamid.NOTICE80A"}}');
+SELECT * FROM pg_temp.replies('263778100080');
+SELECT pg_temp.say('263778100080', 'x', 11, false,
+	content => '{"type": "text", "text": {"body": "Give anyway!"}, "context": {"from": "15550001111", "id": "wamid.NOTICE80B"}}');
+SELECT * FROM pg_temp.replies('263778100080');
+SELECT s.state, (s.draft ->> 'pending_ok')::bigint = (SELECT max(payment_id) FROM payments.chat_donations WHERE wa_id = s.wa_id)
+	   AS going_past_the_flows
+  FROM payments.chat_sessions s WHERE s.wa_id = '263778100080';
+-- with no notice to answer (the menu since), it is *donate*: a notice
+SELECT pg_temp.say('263778100080', 'menu', 12, true);
+SELECT pg_temp.say('263778100080', 'donate anyway', 13);
+SELECT * FROM pg_temp.replies('263778100080') OFFSET 1;
+SELECT pg_temp.session('263778100080');
 
 -- *check* right after Confirm, its request still queued: being sent, not waiting on the phone; the
 -- current summary's Confirm tapped at the Edit list confirms it

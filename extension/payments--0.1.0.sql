@@ -8386,7 +8386,8 @@ REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, text), payments.rec
 -- that take EXECUTE on new functions from PUBLIC, the reports would fail
 GRANT EXECUTE ON FUNCTION payments.receipt_day(timestamptz), payments.mask_email(text), payments.mask_phone(text),
 	payments.mask_whatsapp_user_id(text), payments.mask_donor(text), payments.base_currency(),
-	payments.effective_setting(text), payments.day_start(date), payments.receipt_local_time(timestamptz) TO payments_analyst;
+	payments.effective_setting(text), payments.e164_digits(text), payments.day_start(date),
+	payments.receipt_local_time(timestamptz) TO payments_analyst;
 
 -- Default privileges of the role creating the extension (ALTER DEFAULT PRIVILEGES) were given to
 -- every object above: to a read-only role, SELECT on the secrets.  Who may use the objects is what

@@ -668,7 +668,8 @@ test('default privileges of the role creating the extension: no other role reads
 		WHERE c.relnamespace = 'payments'::regnamespace AND a.grantee IN (0, 'reader'::regrole)`, 'hardened'), '0');
 	// the analysts' views and functions, whose helpers PUBLIC no longer executes
 	for (const sql of ['SELECT count(*) FROM payments.donor_summary', 'SELECT count(*) FROM payments.daily_summary',
-		'SELECT count(*) FROM payments.volunteer_list', 'SELECT count(*) FROM payments.base_totals(now() - interval \'1 day\', now())',
+		// its columns read (count(*) alone reads none): the masked number calls its helpers
+		"SELECT count(phone) FROM payments.volunteer_list", 'SELECT count(*) FROM payments.base_totals(now() - interval \'1 day\', now())',
 		'SELECT count(*) FROM payments.daily_report_csv(current_date)',
 		"SELECT count(*) FROM payments.top_donors(now() - interval '1 day', now(), 'USD', 10)",
 		// the day edges README tells analysts to pass, as daily_report and receipt numbers count days

@@ -4075,7 +4075,7 @@ CREATE VIEW payments.event_backlog AS
 COMMENT ON VIEW payments.event_backlog IS 'Per provider: stored events still pending, due for a retry, and dead';
 
 --------------------------------------------------------------------------------------------------
--- pg_cron jobs, each guarded by an advisory lock
+-- pg_cron jobs, run_job's guarded by an advisory lock
 --------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION payments.job_lock_key(job text)
@@ -4083,11 +4083,10 @@ RETURNS integer
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE job WHEN 'retry' THEN 1 WHEN 'deliver' THEN 2 WHEN 'housekeeping' THEN 3
-					WHEN 'reconcile' THEN 4 WHEN 'chat' THEN 5 END
+	SELECT CASE job WHEN 'retry' THEN 1 WHEN 'deliver' THEN 2 WHEN 'reconcile' THEN 4 WHEN 'chat' THEN 5 END
 $$;
 COMMENT ON FUNCTION payments.job_lock_key(text) IS
-	'The second key of a job''s advisory lock; the first is 1885436269 (''paym''); the housekeeping and prune jobs'' commands take 3 and 6';
+	'The second key of a run_job job''s advisory lock; the first is 1885436269 (''paym''); the housekeeping and prune jobs take none (their deletes may overlap, and a lock anyone may take would stop them)';
 
 -- statement_timeout counts from the start of a pg_cron job's command: the chat job's passes restart
 -- it, so that a database-wide timeout of a few seconds applies to each pass rather than cancelling
@@ -4369,11 +4368,10 @@ AS $$
 		('payments-reconcile', reconcile_schedule, 'CALL payments.run_job(''reconcile'', 50)', current_database()),
 		('payments-chat', deliver_schedule, 'CALL payments.run_job(''chat'')', current_database()),
 		('payments-housekeeping', housekeeping_schedule,
-		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval'
-				' AND pg_try_advisory_xact_lock(1885436269, 3)', keep_run_details),
+		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval', keep_run_details),
 		 coalesce(current_setting('cron.database_name', true), 'postgres')),
 		('payments-prune', CASE WHEN keep_rejections IS NOT NULL OR keep_outbox IS NOT NULL THEN housekeeping_schedule END,
-		 format('PERFORM %s WHERE pg_try_advisory_xact_lock(1885436269, 6)',
+		 format('PERFORM %s',
 				concat_ws(', ', CASE WHEN keep_rejections IS NOT NULL
 									 THEN format('payments.prune_rejections(%L)', keep_rejections) END,
 						  CASE WHEN keep_outbox IS NOT NULL THEN format('payments.prune_outbox(%L)', keep_outbox) END)),
@@ -5949,6 +5947,18 @@ $$;
 COMMENT ON FUNCTION payments.chat_settings_problem(jsonb) IS
 	'Why a meta provider''s WhatsApp settings cannot serve (access_token, phone_number_id, admin_numbers, paynow_providers, methods, purposes, amounts, timeouts, rate limit, receipt_template), or NULL';
 
+-- What the chat serializes, a row each, locked FOR UPDATE until the transaction ends: a WhatsApp
+-- id of a provider ("chat <provider> <id>"), whose conversations are created and moved one at a
+-- time, and a phone ("prompts <phone>"), whose prompts are counted one after the other.  Rows, not
+-- advisory locks: anyone may take an advisory lock, and its key (a hash of the provider, public in
+-- the webhook's URL, and a donor's number) made a donor's webhooks wait, and the deliveries
+-- batched with them, on a session of a role with no right on payments at all
+CREATE TABLE payments.chat_locks (
+	name	text COLLATE "C" PRIMARY KEY
+);
+COMMENT ON TABLE payments.chat_locks IS
+	'A row per WhatsApp id of a provider (chat <provider> <id>) and per prompted phone (prompts <phone>), locked by payments.chat_lock to serialize their conversations and prompt counts (rows: only the extension''s functions may lock them, unlike advisory locks)';
+
 CREATE TABLE payments.chat_sessions (
 	provider		text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
 	wa_id			text NOT NULL CHECK (payments.whatsapp_user_id(wa_id) IS NOT DISTINCT FROM wa_id),
@@ -6753,7 +6763,7 @@ BEGIN
 	   AND draft ->> 'phone' IS DISTINCT FROM payments.chat_local_phone(wa_id) THEN
 		-- confirmations to one number are counted one after the other: two chats confirming at
 		-- once would each count the requests before the other's and both go past the limit
-		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payments prompts ' || (draft ->> 'phone'), 0));
+		PERFORM payments.chat_lock('prompts ' || (draft ->> 'phone'));
 		-- the fifth latest request counted in the last 24 hours: at the limit until it leaves them
 		free_at := (SELECT d.created_at FROM payments.chat_donations d JOIN payments.paynow_initiations i ON i.payment_id = d.payment_id
 					 WHERE d.provider = chat_start_payment.provider AND d.wa_id = chat_start_payment.wa_id
@@ -6946,28 +6956,38 @@ $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
 	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as messages of at most 4096 characters split at line breaks, payments.chat_text_parts, and as a CSV document), /approve <reference> (marks a payment paid through the state machine; warns that the donor may still be prompted only when the payment was pending), /admin (help)';
 
--- The conversations of one WhatsApp id are created (a first message) and moved (chat_move_user)
--- one at a time: a transaction-level advisory lock per (provider, id), taken in one order (the
--- ids in the C collation) when a move takes two.  Without it a first message from a new number,
--- committing while a number change renames the old conversation to it, made the rename fail on
--- the primary key (the change then applied only at its retry, the donor's notices going to the
--- old number meanwhile).
-CREATE FUNCTION payments.chat_lock_user(provider text, VARIADIC ids text[])
+-- Locks rows of payments.chat_locks by name until the transaction ends, made when missing, in one
+-- order (C collation), so that two transactions taking several never wait for each other
+CREATE FUNCTION payments.chat_lock(VARIADIC names text[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	id	text;
 BEGIN
-	FOR id IN SELECT DISTINCT u.i COLLATE pg_catalog."C" FROM pg_catalog.unnest(ids) AS u (i)
-			   WHERE u.i IS NOT NULL ORDER BY 1 LOOP
-		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payments chat ' || provider || ' ' || id, 0));
-	END LOOP;
+	INSERT INTO payments.chat_locks AS l (name)
+	SELECT DISTINCT u.n COLLATE pg_catalog."C" FROM pg_catalog.unnest(names) AS u (n)
+	 WHERE u.n IS NOT NULL ORDER BY 1
+	ON CONFLICT (name) DO NOTHING;
+	PERFORM FROM payments.chat_locks l WHERE l.name = ANY (names) ORDER BY l.name FOR UPDATE;
 END
 $$;
+COMMENT ON FUNCTION payments.chat_lock(text[]) IS
+	'Locks the rows of payments.chat_locks of these names until the transaction ends (made when missing; in C-collation order): what the chat serializes on';
+
+-- The conversations of one WhatsApp id are created (a first message) and moved (chat_move_user)
+-- one at a time: a lock per (provider, id), taken in one order when a move takes two.  Without it
+-- a first message from a new number, committing while a number change renames the old
+-- conversation to it, made the rename fail on the primary key (the change then applied only at
+-- its retry, the donor's notices going to the old number meanwhile).
+CREATE FUNCTION payments.chat_lock_user(provider text, VARIADIC ids text[])
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT payments.chat_lock(VARIADIC ARRAY(SELECT 'chat ' || provider || ' ' || u.i FROM pg_catalog.unnest(ids) AS u (i)))
+$$;
 COMMENT ON FUNCTION payments.chat_lock_user(text, text[]) IS
-	'Locks WhatsApp ids of a meta provider until the transaction ends (advisory locks, in C-collation order), so that their conversations are created and moved one at a time';
+	'Locks WhatsApp ids of a meta provider until the transaction ends (payments.chat_lock), so that their conversations are created and moved one at a time';
 
 -- A WhatsApp user who changes phone number (Meta's system message user_changed_number), or whose
 -- business-scoped user id changes (user_changed_user_id) is the same person: what the chat keeps
@@ -8281,6 +8301,7 @@ REVOKE ALL ON FUNCTION payments.chat_message(payments.events, jsonb) FROM PUBLIC
 REVOKE ALL ON FUNCTION payments.chat_move_user(text, text, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_wa_id_of(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_lock_user(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_lock(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_status(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
@@ -8301,6 +8322,7 @@ REVOKE ALL ON FUNCTION payments.record_initiation(bigint, integer, text, text) F
 REVOKE ALL ON PROCEDURE payments.initiate_payments(integer) FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('payments.chat_sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.chat_locks', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.chat_donations', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.chat_reference_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.paynow_initiations', '');
@@ -8354,6 +8376,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text),
 	payments.flows_answer(text, jsonb),
 	payments.chat_message(payments.events, jsonb), payments.chat_move_user(text, text, text, text, timestamptz), payments.chat_lock_user(text, text[]),
+	payments.chat_lock(text[]),
 	payments.chat_status(payments.events),
 	payments.chat_event(payments.events, jsonb), payments.chat_message_sent(bigint, text),
 	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),

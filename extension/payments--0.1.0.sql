@@ -1570,7 +1570,7 @@ COMMENT ON TABLE payments.paypal_captures IS
 COMMENT ON COLUMN payments.paypal_captures.refunded IS
 	'What the capture has given back: the largest of the totals its refunds reported (total_refunded_amount), the sum of its refunds'' own amounts, once per refund id, and what reconciliation found';
 COMMENT ON COLUMN payments.paypal_captures.refund_amounts IS
-	'Each refund of the capture, by refund id: its amount and time (its resource''s create_time, else its first report''s), and the last total_refunded_amount reported with it and that report''s time; a refund reported twice (PENDING, then COMPLETED) counts once';
+	'Each refund of the capture, by refund id: its amount and time (its resource''s create_time, sure, else its first report''s), and the last total_refunded_amount reported with it and that report''s time; a refund reported twice (PENDING, then COMPLETED) counts once';
 SELECT pg_catalog.pg_extension_config_dump('payments.paypal_captures', '');
 
 -- A refund's PayPal Money object ({currency_code or currency, value or total}) as an amount of a
@@ -1586,45 +1586,52 @@ COMMENT ON FUNCTION payments.paypal_money(jsonb, text, text) IS
 REVOKE ALL ON FUNCTION payments.paypal_money(jsonb, text, text) FROM PUBLIC;
 
 -- What a PayPal capture had given back by a time, as its refunds known tell ({refund id: {amount,
--- at, total, total_at}}): no more than it did, in any order of delivery.  The amounts of the
+-- at, sure, total, total_at}}): no more than it did, in any order of delivery.  The amounts of the
 -- refunds made by then add up (S); a total reported at total_at holds every refund made by then,
--- and the refunds made after it add their amounts: total + S - S(total_at).  Refunds dated right,
--- a later total says at least as much as an earlier one; a refund dated by its first report (its
--- resource said no create_time) may be dated after a total that holds it, and counted twice by
--- that total: so the least a total says counts, of the totals with every refund after them known
--- (else the most any says), and never less than S or a total reported.  One pass in time order
+-- and the refunds made after it add their amounts: total + S - S(total_at).  A refund dated by its
+-- resource's create_time (sure) is dated right, and such a total plus the sure refunds after it
+-- is given back for certain.  A refund dated by its first report (no create_time) may be dated
+-- after a total that holds it, and counted twice by that total; or it may be one made after a
+-- total, and a refund never reported lie between two totals: so of what the totals with every
+-- refund after them known say, the least counts (else the most any says), never less than S, a
+-- total reported, or what is certain.  One pass in time order
 CREATE FUNCTION payments.paypal_refunded_by(refunds jsonb, by_time timestamptz)
 RETURNS numeric
 LANGUAGE sql STABLE
 AS $$
 	WITH f AS (
 		SELECT (a.value ->> 'amount')::numeric AS amount, (a.value ->> 'at')::timestamptz AS at,
+			   coalesce((a.value ->> 'sure')::boolean, false) AS sure,
 			   (a.value ->> 'total')::numeric AS total, (a.value ->> 'total_at')::timestamptz AS total_at
 		  FROM jsonb_each(refunds) a),
 	points AS (
-		SELECT f.at AS t, f.amount, NULL::numeric AS total, f.amount IS NULL AS unknown FROM f WHERE f.at <= by_time
+		SELECT f.at AS t, f.amount, f.sure, NULL::numeric AS total, f.amount IS NULL AS unknown FROM f WHERE f.at <= by_time
 		UNION ALL
-		SELECT f.total_at, NULL, f.total, false FROM f WHERE f.total IS NOT NULL AND f.total_at <= by_time),
+		SELECT f.total_at, NULL, false, f.total, false FROM f WHERE f.total IS NOT NULL AND f.total_at <= by_time),
 	running AS (
-		-- made and unknown_by: the refunds dated by a point, those of its time held by its total
-		-- (a refund dated by its own report is held by the total it reports)
+		-- made, made_sure and unknown_by: the refunds dated by a point, those of its time held by
+		-- its total (a refund dated by its own report is held by the total it reports)
 		SELECT p.total, sum(coalesce(p.amount, 0)) OVER upto AS made,
+			   sum(coalesce(p.amount, 0)) FILTER (WHERE p.sure) OVER upto AS made_sure,
 			   count(*) FILTER (WHERE p.unknown) OVER upto AS unknown_by
 		  FROM points p
 		WINDOW upto AS (ORDER BY p.t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)),
 	sums AS (
-		SELECT coalesce(sum(p.amount), 0) AS made, count(*) FILTER (WHERE p.unknown) AS unknown FROM points p),
+		SELECT coalesce(sum(p.amount), 0) AS made, coalesce(sum(p.amount) FILTER (WHERE p.sure), 0) AS made_sure,
+			   count(*) FILTER (WHERE p.unknown) AS unknown
+		  FROM points p),
 	bounds AS (
 		SELECT min(r.total + s.made - r.made) FILTER (WHERE r.unknown_by = s.unknown) AS least_said,
-			   max(r.total + s.made - r.made) AS most_said, greatest(s.made, max(r.total)) AS least_known
+			   max(r.total + s.made - r.made) AS most_said,
+			   greatest(s.made, max(r.total), max(r.total + s.made_sure - coalesce(r.made_sure, 0))) AS least_known
 		  FROM sums s LEFT JOIN running r ON r.total IS NOT NULL
-		 GROUP BY s.made)
+		 GROUP BY s.made, s.made_sure)
 	SELECT CASE WHEN EXISTS (SELECT FROM points)
 				THEN greatest(b.least_known, coalesce(b.least_said, b.most_said)) END
 	  FROM bounds b
 $$;
 COMMENT ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) IS
-	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the sum of the amounts of the refunds made by then, or more when a total reported (at its report''s time) and the amounts of the refunds dated after it say so, the least any such total says (a refund dated by its first report may be held by an earlier total); NULL when none is known; used by apply_paypal_change';
+	'What a PayPal capture had given back by a time, from its refunds known (paypal_captures.refund_amounts): the sum of the amounts of the refunds made by then, or more when a total reported (at its report''s time) and the amounts of the refunds dated after it say so, the least any such total says (a refund dated by its first report may be held by an earlier total), never less than a total and the refunds after it dated by their create_time (sure); NULL when none is known; used by apply_paypal_change';
 REVOKE ALL ON FUNCTION payments.paypal_refunded_by(jsonb, timestamptz) FROM PUBLIC;
 
 CREATE FUNCTION payments.paypal_refunded_capture(refund jsonb)
@@ -1885,9 +1892,12 @@ BEGIN
 			END IF;
 			SELECT k.refunded, k.refund_amounts -> refund_key INTO refunded_before, known
 			  FROM payments.paypal_captures k WHERE k.provider = provider_name AND k.capture_id = capture;
+			-- (sure: its time is its resource's create_time, when it was made, not a report's, which
+			-- may come after a total that holds it)
 			refunds_known := jsonb_build_object(refund_key, jsonb_build_object(
 				'amount', coalesce(refund_amount, (known ->> 'amount')::numeric),
-				'at', least(refund_at, payments.provider_time(r ->> 'create_time'), (known ->> 'at')::timestamptz))
+				'at', least(refund_at, payments.provider_time(r ->> 'create_time'), (known ->> 'at')::timestamptz),
+				'sure', coalesce((known ->> 'sure')::boolean, false) OR coalesce(payments.provider_time(r ->> 'create_time') <= refund_at, false))
 				|| CASE WHEN reported IS NOT NULL AND (known ->> 'total_at' IS NULL OR refund_at >= (known ->> 'total_at')::timestamptz)
 						THEN jsonb_build_object('total', reported, 'total_at', refund_at)
 						ELSE jsonb_build_object('total', known -> 'total', 'total_at', known -> 'total_at') END);
@@ -6956,19 +6966,24 @@ $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
 	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as messages of at most 4096 characters split at line breaks, payments.chat_text_parts, and as a CSV document), /approve <reference> (marks a payment paid through the state machine; warns that the donor may still be prompted only when the payment was pending), /admin (help)';
 
--- Locks rows of payments.chat_locks by name until the transaction ends, made when missing, in one
--- order (C collation), so that two transactions taking several never wait for each other
+-- Locks rows of payments.chat_locks by name until the transaction ends, made when missing, one
+-- after the other in one order (C collation), so that two transactions taking several never wait
+-- for each other
 CREATE FUNCTION payments.chat_lock(VARIADIC names text[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	one		text;
 BEGIN
-	INSERT INTO payments.chat_locks AS l (name)
-	SELECT DISTINCT u.n COLLATE pg_catalog."C" FROM pg_catalog.unnest(names) AS u (n)
-	 WHERE u.n IS NOT NULL ORDER BY 1
-	ON CONFLICT (name) DO NOTHING;
-	PERFORM FROM payments.chat_locks l WHERE l.name = ANY (names) ORDER BY l.name FOR UPDATE;
+	-- one name after the other, made and locked before the next: a name made is held until the
+	-- end, so making them all first would hold a later one while waiting for an earlier
+	FOR one IN SELECT DISTINCT u.n COLLATE pg_catalog."C" FROM pg_catalog.unnest(names) AS u (n)
+				WHERE u.n IS NOT NULL ORDER BY 1 LOOP
+		INSERT INTO payments.chat_locks AS l (name) VALUES (one) ON CONFLICT (name) DO NOTHING;
+		PERFORM FROM payments.chat_locks l WHERE l.name = one FOR UPDATE;
+	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_lock(text[]) IS

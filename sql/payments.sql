@@ -671,6 +671,29 @@ SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded,
 		  FROM jsonb_each(k.refund_amounts) a) AS made
   FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
  WHERE p.provider = 'pp' AND p.provider_ref LIKE 'CAPL_' ORDER BY p.provider_ref;
+-- a refund never reported lies between two totals (10.00 saying 10.00 on the 3rd, 5.00 on the
+-- 4th never delivered, 10.00 saying 25.00 on the 5th), then a refund saying no total (5.00 on the
+-- 6th): dated by their create_time, 30.00 (the latest total and the refund made after it, for
+-- certain); without it, the 5.00 may be the refund of the 4th, reported late, that the 25.00 holds:
+-- 25.00, not counted twice
+CREATE FUNCTION pg_temp.refund_made(refund text, cap text, amount text, total text, at text, made text) RETURNS text
+LANGUAGE sql AS $$
+	SELECT tp.paypal('WH-' || refund, 'PAYMENT.CAPTURE.REFUNDED', jsonb_build_object('id', refund, 'status', 'COMPLETED',
+		'create_time', made, 'amount', jsonb_build_object('currency_code', 'USD', 'value', amount),
+		'links', jsonb_build_array(jsonb_build_object('rel', 'up', 'href', 'https://api.paypal.com/v2/payments/captures/' || cap)))
+		|| CASE WHEN total IS NULL THEN '{}' ELSE jsonb_build_object('seller_payable_breakdown', jsonb_build_object(
+			'total_refunded_amount', jsonb_build_object('currency_code', 'USD', 'value', total))) END, at)
+$$;
+SELECT tp.paypal_capture('CAPMU'), tp.paypal_refund('RMUa', 'CAPMU', '10.00', '10.00', '2024-08-03T10:00:00Z'),
+	   tp.paypal_refund('RMUb', 'CAPMU', '10.00', '25.00', '2024-08-05T10:00:00Z'),
+	   tp.paypal_refund('RMUc', 'CAPMU', '5.00', NULL, '2024-08-06T10:00:00Z');
+SELECT tp.paypal_capture('CAPMS'), pg_temp.refund_made('RMSa', 'CAPMS', '10.00', '10.00', '2024-08-03T10:00:00Z', '2024-08-03T09:59:00Z'),
+	   pg_temp.refund_made('RMSb', 'CAPMS', '10.00', '25.00', '2024-08-05T10:00:00Z', '2024-08-05T09:59:00Z'),
+	   pg_temp.refund_made('RMSc', 'CAPMS', '5.00', NULL, '2024-08-06T10:00:00Z', '2024-08-06T09:59:00Z');
+SELECT p.provider_ref, p.status, p.amount_refunded, k.refunded
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('CAPMU', 'CAPMS') ORDER BY p.provider_ref;
+
 -- a refund of 0.00 gave nothing back, and a refund's amount or total in another currency than its
 -- capture's is not known: alone they are ignored (the payment stays paid); a total in the
 -- capture's currency beside an amount in another counts

@@ -11,7 +11,7 @@ import { createHmac } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { Cluster, Shim, post, sleep, freePort, holdLock, shimLockWaiters } from './harness.mjs';
+import { Cluster, Shim, post, sleep, freePort, holdLock, shimLockWaiters, waitFor } from './harness.mjs';
 
 const { Paynow } = createRequire(import.meta.url)('paynow');
 const { parse: parseCsv } = createRequire(import.meta.url)('csv-parse/sync');
@@ -589,6 +589,32 @@ test('confirmations to one number from two chats are counted one after the other
 	}
 	assert.equal(await confirmed, 'applied');
 	assert.equal(statusOf(lastRef(who)), 'pending');
+});
+
+test('a number change waits for the old number without holding the new one: no deadlock with a batch taking both', async () => {
+	// a transaction that answered the old number's message (a batch of Meta events) then takes the
+	// new number's, while the number change, started between, waits for the old one
+	const from = '263771000001';
+	const to = '263771000002';
+	db.psql(`SELECT payments.chat_lock_user('clinic', '${from}')`);
+	const batch = holdLock(db, `SELECT payments.chat_lock_user('clinic', '${from}'); SELECT pg_sleep(1.5);
+		SELECT payments.chat_lock_user('clinic', '${to}')`);
+	batch.catch(() => {});
+	let move;
+	try {
+		await waitFor(() => q(`SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'`) === '1', 10000, 'the batch sleeping');
+		move = holdLock(db, `SELECT payments.chat_move_user('clinic', '${from}', '${to}', NULL)`);
+		move.catch(() => {});
+		await waitFor(() => q(`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'`) === '1', 10000,
+			'the move waiting');
+		const held = await batch;
+		await held.release();
+		await (await move).release();
+	} finally {
+		// a deadlock ends one of them with an error, and leaves the other's transaction open
+		db.psql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE pid <> pg_backend_pid() AND query LIKE '%${to}%'`);
+	}
 });
 
 test('sessions expire after the idle time; help and menu at any point', async () => {

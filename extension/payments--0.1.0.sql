@@ -4999,9 +4999,10 @@ BEGIN
 					-- the trace: Paynow has no transaction with our merchant trace, reconcile_after
 					-- since the initiation was sent: it never reached Paynow, nothing can be taken.
 					-- Unless Paynow has spoken of it since the trace was sent (a status update
-					-- naming its transaction and pollurl): then the trace crossed it, and says nothing
-					IF pay.status <> 'pending' OR pay.metadata ? 'paynowreference' OR pay.metadata ? 'pollurl' THEN
-						RAISE EXCEPTION 'the trace found nothing, but Paynow has reported on the payment since (%)', pay.status;
+					-- naming its transaction and pollurl): then the trace crossed it, and says
+					-- nothing.  (One that moved on since, cancelled or paid, refuses the failure.)
+					IF pay.status = 'pending' AND (pay.metadata ? 'paynowreference' OR pay.metadata ? 'pollurl') THEN
+						RAISE EXCEPTION 'the trace found nothing, but Paynow has reported on the payment since';
 					END IF;
 					change.status := 'failed';
 					change.status_at := now();

@@ -39,7 +39,7 @@ VerifyDelivery(const Provider *provider, const Delivery *delivery, Verdict *verd
 	provider->kind->verify(provider, delivery, verdict);
 }
 
-/* Records a refused delivery: reason, sender, hash and size of the body */
+/* Records a refused delivery: reason, sender, hash and size of the body, headers bounded */
 static void
 RecordRejection(const Delivery *delivery, const char *outcome, const char *reason,
 				const char *detail)
@@ -55,7 +55,7 @@ RecordRejection(const Delivery *delivery, const char *outcome, const char *reaso
 					   " (provider, outcome, reason, detail, source_ip, request_id,"
 					   "  body_sha256, body_size, headers)"
 					   " VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.sha256($7),"
-					   "         pg_catalog.length($7), payments.stored_headers($8))",
+					   "         pg_catalog.length($7), payments.rejected_headers($8))",
 					   8, argtypes);
 	args[0] = PointerGetDatum(delivery->provider);
 	args[1] = CStringGetTextDatum(outcome);

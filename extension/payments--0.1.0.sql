@@ -852,6 +852,29 @@ RETURN headers - '{authorization,cookie,proxy-authorization}'::pg_catalog.text[]
 COMMENT ON FUNCTION payments.stored_headers(jsonb) IS
 	'A delivery''s headers as stored: without those that carry credentials rather than webhook data';
 
+-- A refused delivery's headers as kept: anyone may send one, so they are bounded.  Up to 4 KB they
+-- are kept as stored; beyond, each value is cut to 256 characters and headers are kept, in name
+-- order, while they add up to 4 KB, with a "(cut)" entry saying how many were kept (no header may
+-- be named so: parentheses are not in HTTP's token).  PayPal's transmission id comes first, kept
+-- whatever else was sent: a verified delivery refused keeps it spent (kind_paypal.c).  16 KB of headers a refusal made the table
+-- grow by 17 KB a row, 70 GB a day from one address at the shim's default rate limit
+CREATE FUNCTION payments.rejected_headers(headers jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN pg_catalog.octet_length(payments.stored_headers(headers)::text) <= 4096
+			THEN payments.stored_headers(headers)
+			ELSE (WITH h AS (
+					SELECT e.key, pg_catalog.left(e.value, 256) AS value,
+						   pg_catalog.sum(pg_catalog.octet_length(e.key) + pg_catalog.octet_length(pg_catalog.left(e.value, 256)) + 6)
+							   OVER (ORDER BY e.key = 'paypal-transmission-id' DESC, e.key COLLATE pg_catalog."C") AS upto
+					  FROM pg_catalog.jsonb_each_text(payments.stored_headers(headers)) e)
+				  SELECT coalesce(pg_catalog.jsonb_object_agg(h.key, h.value) FILTER (WHERE h.upto <= 4096), '{}')
+						 || pg_catalog.jsonb_build_object('(cut)', pg_catalog.format('%s of %s headers kept, their values cut to 256 characters',
+																		pg_catalog.count(*) FILTER (WHERE h.upto <= 4096), pg_catalog.count(*)))
+					FROM h) END;
+COMMENT ON FUNCTION payments.rejected_headers(jsonb) IS
+	'A refused delivery''s headers as kept in payments.rejections: as stored (payments.stored_headers) up to 4 KB; beyond, values cut to 256 characters and headers kept in name order up to 4 KB (paypal-transmission-id first), with a "(cut)" entry saying how many were kept';
+
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -5670,7 +5693,7 @@ AS $$
 	INSERT INTO payments.rejections (provider, outcome, reason, detail, source_ip, request_id,
 									 body_sha256, body_size, headers)
 	VALUES (provider, outcome, reason, detail, source_ip, request_id, sha256(body), length(body),
-			coalesce(headers, '{}') - '{authorization,cookie,proxy-authorization}'::text[])
+			payments.rejected_headers(coalesce(headers, '{}')))
 $$;
 COMMENT ON FUNCTION payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text) IS
 	'Records a refused Flows request like a refused webhook: reason, sender, hash and size of the body, headers without credentials';

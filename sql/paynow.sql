@@ -167,7 +167,8 @@ SELECT outcome, reason, detail, body_size, host(source_ip), request_id FROM paym
 
 -- headers are the sender's, whoever it is: a paypal-transmission-id of 6,400 bytes that do not
 -- compress, with a malformed form (invalid, 400) or a genuine one (stored), is kept with the
--- delivery; the indexes of PayPal's transmission ids take only what PayPal may send (255)
+-- delivery (a refused one's cut to 256 characters); the indexes of PayPal's transmission ids take
+-- only what PayPal may send (255)
 SELECT string_agg(md5(g::text), '') AS long_header FROM generate_series(1, 200) g \gset
 SELECT * FROM payments.ingest('pn', jsonb_build_object('paypal-transmission-id', :'long_header'), 'a=1&&b=2'::bytea);
 SELECT outcome, reason, length(headers ->> 'paypal-transmission-id') AS header_length
@@ -176,6 +177,14 @@ SELECT * FROM payments.ingest('pn', jsonb_build_object('paypal-transmission-id',
 	pg_temp.pn_body('paynowreference=10&status=Paid', ARRAY['10', 'Paid'], :'key'));
 SELECT length(headers ->> 'paypal-transmission-id') AS header_length FROM payments.events
  WHERE provider = 'pn' AND event_id = '10:Paid';
+-- anyone may send a refused delivery: its headers are kept up to 4 KB (40 of 400 bytes: 15 kept,
+-- cut to 256 characters, and how many were), a genuine one's whole
+-- (PayPal's transmission id kept first, whatever else was sent)
+SELECT * FROM payments.ingest('pn', (SELECT jsonb_object_agg('a-pad-' || g, repeat('p', 400)) FROM generate_series(10, 49) g)
+	|| '{"user-agent": "Paynow", "paypal-transmission-id": "69cd13f0-d67a-11e5-baa3-778b53f4ae55"}', 'a=1&&b=2'::bytea);
+SELECT outcome, reason, octet_length(headers::text) <= 4200 AS bounded, headers ->> '(cut)' AS cut,
+	   length(headers ->> 'a-pad-10') AS value_length, headers ->> 'paypal-transmission-id' AS transmission_id
+  FROM payments.rejections WHERE provider = 'pn' ORDER BY id DESC LIMIT 1;
 
 -- rotation: the old and the new key both verify until the old one is revoked
 SELECT payments.add_secret('pn', 'b0d1e2f3-0000-4000-8000-123456789abc') AS new_key \gset

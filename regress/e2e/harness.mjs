@@ -85,6 +85,17 @@ export class Cluster {
 			{ encoding: 'utf8' }).trim();
 	}
 
+	// Rereads the configuration files and waits until it took: pg_reload_conf() only signals the
+	// postmaster, which rereads them (pg_hba.conf too) and signals every backend a moment later;
+	// once a new session's pg_conf_load_time() has moved, that is done (an idle backend applies the
+	// settings as it reads its next statement).
+	async reload() {
+		const before = this.psql('SELECT pg_conf_load_time()', 'postgres');
+		this.psql('SELECT pg_reload_conf()', 'postgres');
+		await waitFor(() => this.psql('SELECT pg_conf_load_time()', 'postgres') !== before, 10000,
+			'the configuration reloaded');
+	}
+
 	// Runs SQL with psql variables (-v name=value), referenced as :'name' in the SQL.  A value
 	// longer than an argument may be (Linux: 128 KiB) is read from a file instead (\\set `cat`).
 	psqlVars(sql, vars) {

@@ -640,11 +640,6 @@ describe('group commit', () => {
 	});
 
 	test('a batch on a read-only server is answered 503 and its connection made again', async () => {
-		// pg_reload_conf() only signals the postmaster, which rereads the settings and signals its
-		// backends a moment later; once a new session sees the value, every backend has been
-		// signalled (the shim's idle one applies it as it reads its next statement)
-		const readOnlyEverywhere = (value) => waitFor(() => cluster.psql('SHOW default_transaction_read_only') === value,
-			5000, `default_transaction_read_only ${value} after the reload`);
 		const s = new Shim(cluster.dsn, ['--threads', '8', '--rate', '0', '--batch-concurrency', '1', '--log-level', 'warning']);
 		await s.start();
 		const post1 = (provider, d) => request(s.port, { method: 'POST', path: `/webhooks/${provider}`, body: d.body,
@@ -659,8 +654,7 @@ describe('group commit', () => {
 		const [pid] = await lockWaiters(1);
 		try {
 			cluster.psql('ALTER SYSTEM SET default_transaction_read_only = on');
-			cluster.psql('SELECT pg_reload_conf()');
-			await readOnlyEverywhere('on');
+			await cluster.reload();
 			const ids = [1, 2, 3].map(() => `evt_ro_${++seq}`);
 			const three = ids.map((id) => post1('stripe', delivery(id)));
 			await waitShimQueued(s.port, 4);		// queued behind the lone one: one batch
@@ -677,8 +671,7 @@ describe('group commit', () => {
 			await waitFor(() => cluster.psqlVars("SELECT count(*) FROM pg_stat_activity WHERE pid = :'p'", { p: pid }) === '0',
 				5000, 'the read-only batch connection closed');
 			cluster.psql('ALTER SYSTEM RESET default_transaction_read_only');
-			cluster.psql('SELECT pg_reload_conf()');
-			await readOnlyEverywhere('off');
+			await cluster.reload();
 			const after = await post1('stripe', delivery(`evt_ro_${++seq}`));
 			assert.equal(after.status, 200, after.text);
 		} finally {

@@ -1203,7 +1203,7 @@ describe('shim limits, metrics and logs', () => {
 		cluster.psqlVars("CREATE ROLE pwshim LOGIN PASSWORD :'p' IN ROLE payments_ingest", { p: `${left}/@${right}` });
 		const hba = join(cluster.data, 'pg_hba.conf');
 		writeFileSync(hba, `host payments pwshim 127.0.0.1/32 scram-sha-256\n${readFileSync(hba, 'utf8')}`);
-		cluster.psql('SELECT pg_reload_conf()');
+		await cluster.reload();
 		assert.throws(() => execFileSync(join(PG_BIN, 'psql'), ['-X', '-w', '-h', '127.0.0.1', '-p', String(cluster.port),
 			'-U', 'pwshim', '-d', 'payments', '-c', 'SELECT 1'], { stdio: 'pipe' }), /password/, 'no login without the password');
 		const s = new Shim(`postgresql://pwshim:${left}%2F%40${right}@${at}`);

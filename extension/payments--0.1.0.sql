@@ -2846,9 +2846,11 @@ BEGIN
 		   sum(x.gross - x.fees - x.refunded),
 		   sum(x.failed)::bigint, sum(x.pending)::bigint,
 		   base,
-		   round(sum((x.gross - x.fees - x.refunded) * CASE WHEN x.cur = base THEN 1 ELSE r.rate END), scale),
+		   -- a day whose net is 0 (its paid payments' amounts all unknown, say) needs no rate
+		   round(sum((x.gross - x.fees - x.refunded)
+					 * CASE WHEN x.cur = base OR x.gross - x.fees - x.refunded = 0 THEN 1 ELSE r.rate END), scale),
 		   -- a currency not known (NULL) has no rate either
-		   count(*) FILTER (WHERE x.paid > 0 AND x.cur IS DISTINCT FROM base AND r.rate IS NULL),
+		   count(*) FILTER (WHERE x.gross - x.fees - x.refunded <> 0 AND x.cur IS DISTINCT FROM base AND r.rate IS NULL),
 		   sum(x.amount_unknown)::bigint
 	  FROM days x
 	  LEFT JOIN payments.fx_rates r ON r.currency = x.cur AND r.day = x.d
@@ -2857,7 +2859,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.currency_summary(timestamptz, timestamptz) IS
-	'Collections in [from_ts, to_ts) per currency: paid count, gross, fees, refunded, net; failed and still pending; net in the base currency over the days with a rate, and the number of days with payments but no rate (0: base_net is complete); amount_unknown: paid ones whose amount is not known, left out of gross and fees';
+	'Collections in [from_ts, to_ts) per currency: paid count, gross, fees, refunded, net; failed and still pending; net in the base currency over the days with a rate, and the number of days whose net is not 0 but has no rate (0: base_net is complete); amount_unknown: paid ones whose amount is not known, left out of gross and fees';
 
 CREATE FUNCTION payments.base_totals(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (base_currency text, base_net numeric, complete boolean, missing text)

@@ -139,6 +139,10 @@ SELECT day, status, count, amount, gross, fees, net, amount_unknown FROM payment
 -- none of them known: gross and net are 0, as in the other reports
 DELETE FROM payments.payments WHERE provider = 'rp-paynow' AND provider_ref = 'ev_kwd_2';
 SELECT * FROM payments.earnings(payments.day_start('2024-06-10'), payments.day_start('2024-06-11')) WHERE currency = 'KWD';
+-- and a day whose only payments have no amount known needs no rate: base_net is complete
+SELECT currency, paid, base_net, days_without_rate, amount_unknown
+  FROM payments.currency_summary(payments.day_start('2024-06-10'), payments.day_start('2024-06-11')) WHERE currency = 'KWD';
+SELECT complete, missing FROM payments.base_totals(payments.day_start('2024-06-10'), payments.day_start('2024-06-11'));
 ROLLBACK TO SAVEPOINT amount_unknown;
 -- in UTC, p_2 belongs to the 10th
 SET payments.receipt_timezone = 'UTC';

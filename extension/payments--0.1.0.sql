@@ -875,14 +875,34 @@ RETURN CASE WHEN pg_catalog.octet_length(payments.stored_headers(headers)::text)
 COMMENT ON FUNCTION payments.rejected_headers(jsonb) IS
 	'A refused delivery''s headers as kept in payments.rejections: as stored (payments.stored_headers) up to 4 KB; beyond, values cut to 256 characters and headers kept in name order up to 4 KB (paypal-transmission-id first), with a "(cut)" entry saying how many were kept';
 
+-- A phone number as E.164 digits: spaces, dots, dashes, parentheses and + dropped, and the trunk
+-- zero written in parentheses after the country code ("+263 (0)77 123 4567", "+44 (0)20 7946
+-- 0000"), which is not dialled from abroad (kept, it made another number: 2630771234567).  One
+-- regular expression does both (the country code kept, the other matches dropped), written
+-- out twice so that the function stays inlined in the statements that call it.
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g') ~ '^[1-9][0-9]*$'
-				AND pg_catalog.length(pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g')) BETWEEN 6 AND 15
-			THEN pg_catalog.regexp_replace(phone, '[[:space:]().+-]', '', 'g') END;
+RETURN CASE WHEN pg_catalog.regexp_replace(phone, E'^[[:space:]]*[+]?[[:space:]]*([1-9][0-9]{0,2})[[:space:]]*[(][[:space:]]*0[[:space:]]*[)]|[[:space:]().+-]', E'\\1', 'g')
+				 ~ '^[1-9][0-9]{5,14}$'
+			THEN pg_catalog.regexp_replace(phone, E'^[[:space:]]*[+]?[[:space:]]*([1-9][0-9]{0,2})[[:space:]]*[(][[:space:]]*0[[:space:]]*[)]|[[:space:]().+-]', E'\\1', 'g') END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
-	'A phone number as E.164 digits (country code first, no plus sign), or NULL when it is not one';
+	'A phone number as E.164 digits (country code first, no plus sign; spaces, dots, dashes, parentheses and + ignored, and a trunk zero in parentheses after the country code: "+263 (0)77 123 4567" is 263771234567), or NULL when it is not one';
+
+-- As people write Zimbabwean mobile numbers: 0771234567, 771234567, 263771234567, 2630771234567,
+-- 00263771234567, 002630771234567, with spaces (non-breaking ones too), dots, dashes, parentheses
+-- and + anywhere: "+263 (0)77 123 4567", "077-123-4567"
+CREATE FUNCTION payments.chat_local_phone(phone text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT '0' || (regexp_match(regexp_replace(phone,
+		E'[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff().+\\u2010-\\u2015\\u2212-]', '', 'g'),
+		'^(?:(?:00)?263)?0?(7[0-9]{8})$'))[1]
+$$;
+COMMENT ON FUNCTION payments.chat_local_phone(text) IS
+	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567, 771234567, 263771234567, 2630771234567, 00263771234567 or 002630771234567, spaces (any Unicode space), dots, dashes, parentheses and + ignored ("+263 (0)77 123 4567"); NULL otherwise';
 
 -- WhatsApp usernames (2026): a user who adopts one may have their phone number withheld from
 -- webhooks, and is then known by a business-scoped user id (BSUID) alone: a two-letter ISO country
@@ -2587,15 +2607,20 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	-- (an e-mail address in lower case as payments.keep_donor_key makes it)
+	-- (an e-mail address in lower case as payments.keep_donor_key makes it).  A phone number as
+	-- the clinic's staff hear it: a Zimbabwean mobile number in any form (0771234567, 00263...,
+	-- 2630771234567: payments.chat_local_phone), else with the international prefix 00, else E.164
 	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(lower(btrim(donor) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
+				WHEN payments.chat_local_phone(donor) IS NOT NULL THEN 'phone:263' || substr(payments.chat_local_phone(donor), 2)
+				WHEN donor ~ '^[[:space:]]*00[1-9]' AND payments.e164_digits(substr(btrim(donor), 3)) IS NOT NULL
+				THEN 'phone:' || payments.e164_digits(substr(btrim(donor), 3))
 				WHEN payments.e164_digits(donor) IS NOT NULL THEN 'phone:' || payments.e164_digits(donor)
 				WHEN payments.whatsapp_bsuid(btrim(donor)) IS NOT NULL THEN 'whatsapp:' || btrim(donor)
 				WHEN nullif(btrim(donor), '') IS NOT NULL THEN 'name:' || lower(btrim(donor))
 	END
 $$;
 COMMENT ON FUNCTION payments.donor_key_of(text) IS
-	'The donor key of what identifies a donor: an e-mail address, a phone number (any format), a WhatsApp business-scoped user id, or a name';
+	'The donor key of what identifies a donor: an e-mail address, a phone number (any format: a Zimbabwean mobile number in the local form too, 0771234567; 00 as the international prefix), a WhatsApp business-scoped user id, or a name';
 
 CREATE FUNCTION payments.day_start(day date)
 RETURNS timestamptz
@@ -2635,12 +2660,13 @@ SELECT payments.mask_donor(p.donor_key) AS donor,
 	   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,
 	   min(p.paid_at) AS first_gift,
 	   max(p.paid_at) AS last_gift,
-	   min(p.id) AS donor_id
+	   min(p.id) AS donor_id,
+	   count(*) FILTER (WHERE p.amount IS NULL) AS amount_unknown
   FROM payments.payments p
  WHERE p.kind = 'collection' AND p.paid_at IS NOT NULL AND p.donor_key IS NOT NULL
  GROUP BY p.donor_key, p.currency;
 COMMENT ON VIEW payments.donor_summary IS
-	'Per donor (e-mail, else phone, else name) and currency: gifts received, total net of refunds, first and last gift; e-mail and phone masked; donor_id (one of the donor''s payments) for payments.donor_history_by_id';
+	'Per donor (e-mail, else phone, else name) and currency: gifts received, total net of refunds, first and last gift; e-mail and phone masked; donor_id (one of the donor''s payments) for payments.donor_history_by_id; amount_unknown: gifts whose amount is not known, left out of total';
 
 -- Report functions: SECURITY DEFINER, so that analysts read the tables through them only
 
@@ -2757,7 +2783,7 @@ COMMENT ON FUNCTION payments.daily_report_csv(date) IS
 CREATE FUNCTION payments.top_donors(from_ts timestamptz, to_ts timestamptz, currency text DEFAULT NULL,
 									n integer DEFAULT 10)
 RETURNS TABLE ("rank" bigint, donor text, name text, currency_code text, gifts bigint, total numeric,
-			   first_gift timestamptz, last_gift timestamptz, donor_id bigint)
+			   first_gift timestamptz, last_gift timestamptz, donor_id bigint, amount_unknown bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- plans are made for the range asked (see payments_at_stats), without JIT
@@ -2772,7 +2798,8 @@ BEGIN
 	WITH d AS MATERIALIZED (
 		SELECT p.donor_key, max(p.donor_name) AS name, p.currency::text AS cur, count(*) AS gifts,
 			   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,
-			   min(p.paid_at) AS first_gift, max(p.paid_at) AS last_gift, min(p.id) AS first_id
+			   min(p.paid_at) AS first_gift, max(p.paid_at) AS last_gift, min(p.id) AS first_id,
+			   count(*) FILTER (WHERE p.amount IS NULL) AS amount_unknown
 		  FROM payments.payments p
 		 WHERE coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) >= from_ts
 		    AND coalesce(p.paid_at, CASE WHEN p.status IN ('failed', 'cancelled') THEN p.status_at ELSE p.created_at END) < to_ts
@@ -2781,10 +2808,11 @@ BEGIN
 		 GROUP BY p.donor_key, p.currency
 	)
 	SELECT t.rnk, payments.mask_donor(t.donor_key), t.name, t.cur, t.gifts, t.total, t.first_gift, t.last_gift,
-		   t.first_id
+		   t.first_id, t.amount_unknown
 	  FROM (SELECT DISTINCT d.cur FROM d) AS c
 	 CROSS JOIN LATERAL (
-		-- equal totals share a rank; a total unknown (an amount missing) ranks last
+		-- equal totals share a rank; a total of no amount known ranks last (one of some gifts
+		-- whose amount is not known holds the others: amount_unknown says how many)
 		SELECT x.*, rank() OVER (ORDER BY x.total DESC NULLS LAST) AS rnk
 		  FROM (SELECT d.* FROM d WHERE d.cur IS NOT DISTINCT FROM c.cur
 				 ORDER BY d.total DESC NULLS LAST, d.donor_key LIMIT greatest(n, 0)) AS x) AS t
@@ -2792,7 +2820,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) IS
-	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; equal totals share a rank (the n rows cut among them by donor); donor masked; donor_id (one of the donor''s payments) for payments.donor_history_by_id';
+	'The n donors who gave most in [from_ts, to_ts) per currency (or in one currency): gifts, total net of refunds; equal totals share a rank (the n rows cut among them by donor); donor masked; donor_id (one of the donor''s payments) for payments.donor_history_by_id; amount_unknown: gifts whose amount is not known, left out of total';
 
 CREATE FUNCTION payments.currency_summary(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (currency text, paid bigint, gross numeric, fees numeric, refunded numeric, net numeric,
@@ -6351,21 +6379,6 @@ END
 $$;
 COMMENT ON FUNCTION payments.chat_typed_amount(text) IS
 	'What a donor typed as an amount: the currency named before or after it (payments.chat_currency_name), the amount (thousands separated by commas or spaces in groups of three digits taken: 1,000 and 1 000 are 1000), or, for a decimal comma (10,5), the amount written with a dot in comma_cents; NULLs otherwise';
-
--- As people write Zimbabwean mobile numbers: 0771234567, 771234567, 263771234567, 2630771234567,
--- 00263771234567, 002630771234567, with spaces (non-breaking ones too), dots, dashes, parentheses
--- and + anywhere: "+263 (0)77 123 4567", "077-123-4567"
-CREATE FUNCTION payments.chat_local_phone(phone text)
-RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT '0' || (regexp_match(regexp_replace(phone,
-		E'[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff().+\\u2010-\\u2015\\u2212-]', '', 'g'),
-		'^(?:(?:00)?263)?0?(7[0-9]{8})$'))[1]
-$$;
-COMMENT ON FUNCTION payments.chat_local_phone(text) IS
-	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567, 771234567, 263771234567, 2630771234567, 00263771234567 or 002630771234567, spaces (any Unicode space), dots, dashes, parentheses and + ignored ("+263 (0)77 123 4567"); NULL otherwise';
 
 -- An admin_numbers entry as the chat matches it against senders.  Staff write their numbers as
 -- they would on a letterhead: "+263 (0)77 000 0001" or "2630770000001" hold the trunk zero, which

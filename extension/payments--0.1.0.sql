@@ -2439,7 +2439,16 @@ SELECT pg_catalog.pg_extension_config_dump('payments.certificates', '');
 
 ALTER TABLE payments.payments ADD COLUMN donor_key text;
 COMMENT ON COLUMN payments.payments.donor_key IS
-	'Who gave: email:<lower-case e-mail>, else phone:<E.164 digits>, else whatsapp:<business-scoped user id> (metadata.whatsapp_user_id: a WhatsApp donor whose number is withheld), else name:<lower-case name>; NULL when anonymous';
+	'Who gave: email:<lower-case e-mail>, else phone:<E.164 digits>, else whatsapp:<business-scoped user id> (metadata.whatsapp_user_id: a WhatsApp donor whose number is withheld), else name:<lower-case name>; NULL when anonymous; the second key of donor_moved when the details give its first';
+-- A WhatsApp donor who changes number, or whose number shows after they were known by their
+-- business-scoped user id, is the same donor (payments.chat_move_user): their gifts before the
+-- change keep the details they were made with (history) and say here under which key the donor
+-- is known now, so that the reports count one donor, not one per number; the old number, given to
+-- someone else later, is another donor
+ALTER TABLE payments.payments ADD COLUMN donor_moved text[]
+	CHECK (donor_moved IS NULL OR (pg_catalog.array_length(donor_moved, 1) = 2 AND pg_catalog.array_ndims(donor_moved) = 1));
+COMMENT ON COLUMN payments.payments.donor_moved IS
+	'{key the donor details give, key the donor is known by since}: set when a WhatsApp donor changed number or id (payments.chat_move_user); donor_key is the second while the details give the first';
 
 CREATE FUNCTION payments.keep_donor_key()
 RETURNS trigger
@@ -2455,14 +2464,18 @@ BEGIN
 							   THEN 'whatsapp:' || (NEW.metadata ->> 'whatsapp_user_id')
 						  WHEN nullif(btrim(NEW.donor_name), '') IS NOT NULL THEN 'name:' || lower(btrim(NEW.donor_name))
 					 END;
+	-- the donor moved on since (a number change): known by their key of now
+	IF NEW.donor_key = NEW.donor_moved[1] THEN
+		NEW.donor_key := NEW.donor_moved[2];
+	END IF;
 	RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION payments.keep_donor_key() IS
-	'Trigger: derives donor_key from the donor''s e-mail, phone, WhatsApp business-scoped user id (metadata.whatsapp_user_id) and name whenever a payment is inserted or the e-mail, phone, name (or donor_key itself) is written';
+	'Trigger: derives donor_key from the donor''s e-mail, phone, WhatsApp business-scoped user id (metadata.whatsapp_user_id) and name, or the key the donor moved to (donor_moved), whenever a payment is inserted or the e-mail, phone, name, donor_moved (or donor_key itself) is written';
 
 CREATE TRIGGER payments_donor_key
-	BEFORE INSERT OR UPDATE OF donor_email, donor_phone, donor_name, donor_key ON payments.payments
+	BEFORE INSERT OR UPDATE OF donor_email, donor_phone, donor_name, donor_key, donor_moved ON payments.payments
 	FOR EACH ROW EXECUTE FUNCTION payments.keep_donor_key();
 REVOKE ALL ON FUNCTION payments.keep_donor_key() FROM PUBLIC;
 
@@ -7043,6 +7056,19 @@ $$;
 COMMENT ON FUNCTION payments.chat_lock_user(text, text[]) IS
 	'Locks WhatsApp ids of a meta provider until the transaction ends (payments.chat_lock), so that their conversations are created and moved one at a time';
 
+-- The donor_key of a WhatsApp id's gifts (payments.keep_donor_key): a phone number's, else a
+-- business-scoped user id's (a donor whose number is withheld)
+CREATE FUNCTION payments.whatsapp_donor_key(wa_id text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN payments.whatsapp_bsuid(wa_id) IS NOT NULL THEN 'whatsapp:' || wa_id
+				WHEN payments.e164_digits(wa_id) IS NOT NULL THEN 'phone:' || payments.e164_digits(wa_id) END
+$$;
+COMMENT ON FUNCTION payments.whatsapp_donor_key(text) IS
+	'The donor key (payments.payments.donor_key) of the gifts of a WhatsApp id: phone:<E.164 digits> for a phone number, whatsapp:<id> for a business-scoped user id';
+
 -- A WhatsApp user who changes phone number (Meta's system message user_changed_number), or whose
 -- business-scoped user id changes (user_changed_user_id) is the same person: what the chat keeps
 -- for them under the old id follows them to the new one, so that the notice of a donation still
@@ -7059,6 +7085,8 @@ COMMENT ON FUNCTION payments.chat_lock_user(text, text[]) IS
 -- (outbox rows pending, no attempt in flight: a message being sent when the change is applied
 -- keeps its recipient, and its retries go there; the rows are locked first, so that no claim of
 -- deliver_outbox starts while they are re-addressed).
+--   The payments' donor: the donor_key of the payments made under the old id is the new id's
+-- (payments.payments.donor_moved), so that the reports count one donor.
 --   What stays: the history.  A payment's donor_phone, a Paynow initiation's phone (the number
 -- the mobile money was asked from, which Paynow and the reconciliation match), the Flow
 -- submissions, and the messages sent, dead or in flight tell what happened, at the number it
@@ -7136,6 +7164,15 @@ BEGIN
 		 WHERE cs.provider = chat_move_user.provider AND cs.wa_id = to_wa_id;
 	END IF;
 
+	-- who gave: the payments of the donor under the old id are of the donor known by the new one
+	-- (the reports count one donor), their details kept; a payment moved before keeps the key its
+	-- details give.  Before the donations: a payment's news locks its payment, then its donation
+	UPDATE payments.payments p
+	   SET donor_moved = ARRAY[coalesce(p.donor_moved[1], p.donor_key), payments.whatsapp_donor_key(to_wa_id)]
+	 WHERE p.donor_key = payments.whatsapp_donor_key(from_wa_id) AND p.kind = 'collection';
+	GET DIAGNOSTICS n = ROW_COUNT;
+	moved := moved OR n > 0;
+
 	-- the donations: whom their notices go to, what *check* and the pending-donation guard find
 	UPDATE payments.chat_donations d SET wa_id = to_wa_id
 	 WHERE d.provider = chat_move_user.provider AND d.wa_id = from_wa_id;
@@ -7185,7 +7222,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_move_user(text, text, text, text, timestamptz) IS
-	'Follows a WhatsApp user from one id to another (a new phone number, or a new business-scoped user id): moves the conversation (merged with one the new id has: the later active kept), its BSUID set to new_user_id (else the new id''s conversation''s, else none), the donations, the volunteer entry (the later updated kept), the flow tokens still valid, and the messages queued and not in flight (re-addressed); history (payments, Paynow initiations, Flow submissions, messages sent) stays. Nothing moves when the old id''s conversation answered a message after changed_at. Returns whether anything moved';
+	'Follows a WhatsApp user from one id to another (a new phone number, or a new business-scoped user id): moves the conversation (merged with one the new id has: the later active kept), its BSUID set to new_user_id (else the new id''s conversation''s, else none), the donations, the volunteer entry (the later updated kept), the flow tokens still valid, the messages queued and not in flight (re-addressed), and the donor of the old id''s payments (donor_moved: one donor in the reports); history (payments, Paynow initiations, Flow submissions, messages sent) stays. Nothing moves when the old id''s conversation answered a message after changed_at. Returns whether anything moved';
 
 CREATE FUNCTION payments.chat_message(ev payments.events, settings jsonb)
 RETURNS text

@@ -1526,6 +1526,19 @@ SELECT * FROM pg_temp.replies('263775100011');
 SELECT * FROM pg_temp.replies('263775100001');
 -- a redelivery of the same change (another wamid) finds nothing left to move
 SELECT pg_temp.moved('263775100001', '263775100011', 108);
+-- in the reports the donor is one: the payment made under the old number is known by the new
+-- one, its details kept; a gift from the old number since (given to someone else) is another donor's
+SELECT donor_phone, donor_key, donor_moved FROM payments.payments WHERE reference = :'moved_ref';
+BEGIN;
+INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, donor_phone, status_at, paid_at)
+VALUES ('pn_usd', 'reassigned_number', 'paid', 2, 'USD', '263775100001', now(), now());
+SELECT donor_phone, donor_key, donor_moved FROM payments.payments WHERE provider_ref = 'reassigned_number';
+ROLLBACK;
+-- a second change: the payment, still with its details of the first number, is known by the third
+BEGIN;
+SELECT pg_temp.moved('263775100011', '263775100021', 1000000);
+SELECT donor_phone, donor_key, donor_moved FROM payments.payments WHERE reference = :'moved_ref';
+ROLLBACK;
 
 -- a volunteer changes number to one that registered too, earlier: the later entry is kept, at the
 -- new number
@@ -1623,6 +1636,9 @@ SELECT * FROM pg_temp.replies('263777000002');
 SELECT d.wa_id, s.user_id FROM payments.chat_donations d
   JOIN payments.chat_sessions s ON s.provider = d.provider AND s.wa_id = d.wa_id
  WHERE s.user_id = 'ZW.7000000000000000002';
+-- and the donor of that donation is the number's in the reports
+SELECT p.donor_phone, p.donor_key, p.donor_moved FROM payments.chat_donations d
+  JOIN payments.payments p ON p.id = d.payment_id WHERE d.wa_id = '263777000002';
 
 -- a notice older than what the old number did since is someone else's (the number given to
 -- another user), and moves nothing of theirs: a donation given through a Flow with no

@@ -875,17 +875,27 @@ RETURN CASE WHEN pg_catalog.octet_length(payments.stored_headers(headers)::text)
 COMMENT ON FUNCTION payments.rejected_headers(jsonb) IS
 	'A refused delivery''s headers as kept in payments.rejections: as stored (payments.stored_headers) up to 4 KB; beyond, values cut to 256 characters and headers kept in name order up to 4 KB (paypal-transmission-id first), with a "(cut)" entry saying how many were kept';
 
--- A phone number as E.164 digits: spaces, dots, dashes, parentheses and + dropped, and the trunk
--- zero written in parentheses after the country code ("+263 (0)77 123 4567", "+44 (0)20 7946
--- 0000"), which is not dialled from abroad (kept, it made another number: 2630771234567).  One
--- regular expression does both (the country code kept, the other matches dropped), written
--- out twice so that the function stays inlined in the statements that call it.
+-- A phone number's digits: spaces, dots, dashes, parentheses and + dropped, and the trunk zero
+-- written in parentheses after the country code ("+263 (0)77 123 4567", "+44 (0)20 7946 0000"),
+-- which is not dialled from abroad (kept, it made another number: 2630771234567).  Written so that
+-- it is inlined in the statements that call it (no SET clause), and cheap for the numbers without
+-- a parenthesis (most: the second regular expression is skipped)
+CREATE FUNCTION payments.phone_digits(phone text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN pg_catalog.regexp_replace(
+		CASE WHEN pg_catalog.strpos(phone, '(') > 0
+			 THEN pg_catalog.regexp_replace(phone, E'^([[:space:]]*[+]?[[:space:]]*[1-9][0-9]?[0-9]?)[[:space:]]*[(][[:space:]]*0[[:space:]]*[)]', E'\\1')
+			 ELSE phone END,
+		'[[:space:]().+-]', '', 'g');
+COMMENT ON FUNCTION payments.phone_digits(text) IS
+	'The digits of a phone number as written: spaces, dots, dashes, parentheses and + dropped, and a trunk zero in parentheses after the country code ("+263 (0)77 123 4567" gives 263771234567)';
+
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN pg_catalog.regexp_replace(phone, E'^[[:space:]]*[+]?[[:space:]]*([1-9][0-9]{0,2})[[:space:]]*[(][[:space:]]*0[[:space:]]*[)]|[[:space:]().+-]', E'\\1', 'g')
-				 ~ '^[1-9][0-9]{5,14}$'
-			THEN pg_catalog.regexp_replace(phone, E'^[[:space:]]*[+]?[[:space:]]*([1-9][0-9]{0,2})[[:space:]]*[(][[:space:]]*0[[:space:]]*[)]|[[:space:]().+-]', E'\\1', 'g') END;
+RETURN CASE WHEN payments.phone_digits(phone) ~ '^[1-9][0-9]*$' AND pg_catalog.length(payments.phone_digits(phone)) BETWEEN 6 AND 15
+			THEN payments.phone_digits(phone) END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign; spaces, dots, dashes, parentheses and + ignored, and a trunk zero in parentheses after the country code: "+263 (0)77 123 4567" is 263771234567), or NULL when it is not one';
 
@@ -8500,7 +8510,7 @@ REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, text), payments.rec
 -- that take EXECUTE on new functions from PUBLIC, the reports would fail
 GRANT EXECUTE ON FUNCTION payments.receipt_day(timestamptz), payments.mask_email(text), payments.mask_phone(text),
 	payments.mask_whatsapp_user_id(text), payments.mask_donor(text), payments.base_currency(),
-	payments.effective_setting(text), payments.e164_digits(text), payments.day_start(date),
+	payments.effective_setting(text), payments.e164_digits(text), payments.phone_digits(text), payments.day_start(date),
 	payments.receipt_local_time(timestamptz) TO payments_analyst;
 
 -- Default privileges of the role creating the extension (ALTER DEFAULT PRIVILEGES) were given to

@@ -589,9 +589,13 @@ stripe_change(PG_FUNCTION_ARGS)
 		SET_TEXT(CHANGE_PROVIDER_REF, FirstText(MemberText(obj, "payment_intent"),
 												MemberText(obj, "charge")));
 		values[CHANGE_CREATES] = BoolGetDatum(false);
-		/* closed: won, or an inquiry closed with a warning, unless lost */
-		status = TextIs(etype, "charge.dispute.created") ? "disputed" :
-			TextIs(MemberText(obj, "status"), "lost") ? "refunded" : "paid";
+		/*
+		 * lost: the money went back (a dispute may be created lost already, as
+		 * some bank debits' are, with no closing event after it); else created:
+		 * disputed; closed: won, or an inquiry closed with a warning
+		 */
+		status = TextIs(MemberText(obj, "status"), "lost") ? "refunded" :
+			TextIs(etype, "charge.dispute.created") ? "disputed" : "paid";
 	}
 	else if (TextStartsWith(etype, "checkout.session.") && CheckoutTakesPayment(obj))
 	{

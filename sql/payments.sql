@@ -205,6 +205,11 @@ SELECT tp.stripe('payshop', 'charge.dispute.closed', '{"id":"dp_2","payment_inte
 SELECT status FROM tp.show('pi_e');
 SELECT p.provider_ref, r.from_status, r.to_status, r.reason FROM payments.refused_transitions r
   JOIN payments.payments p ON p.id = r.payment_id WHERE p.provider_ref IN ('pi_d', 'pi_e') ORDER BY r.id;
+-- a dispute created lost already (some bank debits'), with no closing event: the money went back
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_dl', 5000), 1718001000);
+SELECT tp.stripe('payshop', 'charge.dispute.created', '{"id":"dp_l","payment_intent":"pi_dl","status":"lost","amount":5000,"currency":"usd"}', 1718001100);
+SELECT status, amount, amount_refunded FROM tp.show('pi_dl');
+SELECT f.amount FROM payments.refunds f JOIN payments.payments p ON p.id = f.payment_id WHERE p.provider_ref = 'pi_dl';
 
 -- a dispute won after a partial refund leaves it partially refunded, in order and when the
 -- dispute's close arrives before its opening

@@ -136,6 +136,7 @@ SELECT n, pg_temp.change_of(payload) FROM unnest(ARRAY[
  '{"type":"charge.refunded","created":1718000000,"data":{"object":{"id":"ch_8","amount_refunded":700,"amount":500,"currency":"mga"}}}',
  '{"type":"charge.dispute.created","created":1718000000,"data":{"object":{"id":"dp_1","charge":"ch_1","payment_intent":"pi_1","status":"needs_response","amount":500,"currency":"usd"}}}',
  '{"type":"charge.dispute.created","created":1718000000,"data":{"object":{"id":"dp_2","charge":"ch_2"}}}',
+ '{"type":"charge.dispute.created","created":1718000000,"data":{"object":{"id":"dp_6","charge":"ch_6","payment_intent":"pi_6","status":"lost","amount":500,"currency":"usd"}}}',
  '{"type":"charge.dispute.closed","created":1718000000,"data":{"object":{"id":"dp_3","charge":"ch_3","status":"lost"}}}',
  '{"type":"charge.dispute.closed","created":1718000000,"data":{"object":{"id":"dp_4","charge":"ch_4","status":"won"}}}',
  '{"type":"charge.dispute.closed","created":1718000000,"data":{"object":{"id":"dp_5","status":"warning_closed"}}}',

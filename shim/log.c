@@ -21,8 +21,8 @@
  * request was read or its answer sent (the client reset or closed it, or
  * --request-timeout shut it down) are summed up once a second by
  * log_mhd_summary(), each message itself logged at debug; error answers
- * MHD sends itself (400, 413, 414, 431: the request never reaches us) are
- * logged like requests.
+ * MHD sends itself (400, 413, 414, 431: the request never reaches us; 500
+ * for a body it cannot read) are logged like requests.
  *
  * shim/log.c
  *
@@ -231,6 +231,17 @@ log_mhd_error_response(const char *msg)
 		metrics_reject(REJECT_URI_TOO_LONG);
 	else if (status == MHD_HTTP_BAD_REQUEST)
 		metrics_reject(REJECT_MALFORMED);
+	else if (status == MHD_HTTP_INTERNAL_SERVER_ERROR)
+	{
+		/*
+		 * MHD 0.9.75 answers 500 by itself only when the connection's memory
+		 * is full of body bytes it cannot hand to us: we take every byte it
+		 * hands (http_handle), so that is a chunk-size line longer than the
+		 * memory, a client's doing.  The status cannot be changed (README,
+		 * Metrics); the reason says whose doing it is.
+		 */
+		metrics_reject(REJECT_MALFORMED);
+	}
 	metrics_request(ROUTE_OTHER, NULL, status, 0.0);
 
 	log_begin(&line, LOG_INFO);

@@ -1057,6 +1057,20 @@ describe('shim limits, metrics and logs', () => {
 		}
 	});
 
+	test('a chunk-size line longer than the connection memory gets libmicrohttpd\'s 500, counted as malformed_request', async () => {
+		// libmicrohttpd 0.9.75 answers this itself, while the body is read: the shim cannot change
+		// the status, but counts it as the client's doing
+		const before = await metrics(shim.port);
+		const r = await rawSession(shim.port, { localAddress: '127.0.0.44', timeoutMs: 5000, chunks: [
+			'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+			`5;${'a'.repeat(40000)}`] });
+		assert.match(r.data, /^HTTP\/1\.1 500 /, r.data.slice(0, 100));
+		const after = await metrics(shim.port);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="malformed_request"}'), 1);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="other",provider="",status="500"}'), 1);
+		assert.equal((await request(shim.port, { path: '/health', localAddress: '127.0.0.44' })).status, 200);
+	});
+
 	test('metrics move as expected after a known sequence of requests', async () => {
 		const from = '127.0.0.13';
 		const before = await metrics(shim.port);

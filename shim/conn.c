@@ -43,7 +43,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -72,6 +74,9 @@ typedef struct ShimConn
  * is left to --idle-timeout, as over plain HTTP.
  */
 #define TLS_HANDSHAKE_MS	5000
+
+/* Peer addresses named in conn_expire()'s line (its count covers all) */
+#define EXPIRED_PEERS_LOGGED	16
 
 static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
 static ShimConn *conn_head;
@@ -300,18 +305,25 @@ conn_deadline_ms(struct MHD_Connection *conn)
 /*
  * Shut down every connection whose request has passed --request-timeout;
  * an idle connection that has received something since it became idle has
- * a request under way, whose time runs from now.
+ * a request under way, whose time runs from now.  Each is logged at debug,
+ * and one warning line says how many (clients can be slow at will: one
+ * line a second at most), naming their first EXPIRED_PEERS_LOGGED distinct
+ * peer addresses.
  */
 void
 conn_expire(void)
 {
 	int64_t		now = conn_now_ms();
 	int64_t		limit = (int64_t) shim_config.request_timeout_s * 1000;
+	unsigned int closed = 0;
+	unsigned int npeers = 0;
+	StrBuf		peers;			/* their distinct peers, quoted, comma-separated */
+	StrBuf		line;
 
+	buf_init(&peers);
 	pthread_mutex_lock(&conn_lock);
 	for (ShimConn *c = conn_head; c != NULL; c = c->next)
 	{
-		StrBuf		line;
 		uint64_t	received;
 
 		if (c->expired)
@@ -337,7 +349,20 @@ conn_expire(void)
 		shutdown(c->fd, SHUT_RDWR);
 		metrics_reject(REJECT_REQUEST_TIMEOUT);
 
-		log_begin(&line, LOG_WARNING);
+		closed++;
+		if (npeers < EXPIRED_PEERS_LOGGED && c->peer_ip[0] != '\0')
+		{
+			char		quoted[IP_TEXT_BUFSIZE + 2];
+
+			snprintf(quoted, sizeof(quoted), "\"%s\"", c->peer_ip);
+			if (peers.data == NULL || strstr(peers.data, quoted) == NULL)
+			{
+				buf_append_str(&peers, npeers++ > 0 ? "," : "");
+				buf_append_str(&peers, quoted);
+			}
+		}
+
+		log_begin(&line, LOG_DEBUG);
 		json_append_field(&line, "msg",
 						  "request timeout, closing the connection");
 		json_append_field(&line, "peer_ip",
@@ -346,6 +371,19 @@ conn_expire(void)
 		log_end(&line);
 	}
 	pthread_mutex_unlock(&conn_lock);
+
+	if (closed > 0)
+	{
+		log_begin(&line, LOG_WARNING);
+		json_append_field(&line, "msg",
+						  "request timeout, connections closed");
+		buf_printf(&line, ",\"closed\":%u,\"peer_ips\":[", closed);
+		if (!peers.failed && peers.len > 0)
+			buf_append(&line, peers.data, peers.len);
+		buf_printf(&line, "],\"timeout_s\":%u", shim_config.request_timeout_s);
+		log_end(&line);
+	}
+	buf_free(&peers);
 }
 
 /*

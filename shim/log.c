@@ -15,11 +15,14 @@
  * onto the same descriptor number, which replaces it atomically for every
  * thread: a line goes wholly to the old file or wholly to the new one.
  *
- * libmicrohttpd's messages come through log_mhd().  Two kinds are counted
- * rather than logged one by one, because a hostile client can cause them
- * at will: refused connections (a connection limit) are summed up once a
- * second by log_mhd_summary(), and error answers MHD sends itself (400,
- * 413, 414, 431: the request never reaches us) are logged like requests.
+ * libmicrohttpd's messages come through log_mhd().  Those a hostile client
+ * can cause at will are counted rather than logged one by one: refused
+ * connections (a connection limit) and connections that broke while a
+ * request was read or its answer sent (the client reset or closed it, or
+ * --request-timeout shut it down) are summed up once a second by
+ * log_mhd_summary(), each message itself logged at debug; error answers
+ * MHD sends itself (400, 413, 414, 431: the request never reaches us; 500
+ * for a body it cannot read) are logged like requests.
  *
  * shim/log.c
  *
@@ -40,6 +43,41 @@
 #define MHD_MSG_CONNECTION_LIMIT	"Server reached connection limit"
 #define MHD_MSG_ERROR_RESPONSE		"Error processing request (HTTP response code is "
 
+/* What a message of client_messages tells */
+typedef enum ClientBreak
+{
+	BREAK_READ,					/* a connection broke while its request was read */
+	BREAK_SEND,					/* ... while its answer was sent */
+	BREAK_TLS,					/* a TLS handshake the client got wrong */
+	BREAK_ANSWERED,				/* a refusal MHD then answers (logged as such) */
+	BREAK_COUNT
+} ClientBreak;
+
+/*
+ * libmicrohttpd 0.9.75's messages about one connection that its client can
+ * cause at will (resetting or closing it, reading no answer), by their
+ * beginnings; a connection --request-timeout shut down gives the third.
+ * The BREAK_ANSWERED ones come before an error answer (413, 400, 431),
+ * which log_mhd_error_response() counts and logs.  "Socket disconnected
+ * while reading request" is the first one in libmicrohttpd's newer code
+ * (src/lib).
+ */
+static const struct
+{
+	const char *prefix;
+	ClientBreak kind;
+}			client_messages[] = {
+	{"Socket has been disconnected when reading request", BREAK_READ},
+	{"Socket disconnected while reading request", BREAK_READ},
+	{"Connection socket is closed when reading request", BREAK_READ},
+	{"Connection was closed by remote side with incomplete request", BREAK_READ},
+	{"Failed to send ", BREAK_SEND},
+	{"Error: received handshake message out of context", BREAK_TLS},
+	{"Too large value of 'Content-Length' header", BREAK_ANSWERED},
+	{"Failed to parse `Content-Length' header", BREAK_ANSWERED},
+	{"Not enough memory in pool to ", BREAK_ANSWERED},
+};
+
 static const char *const level_names[] = {
 	[LOG_ERROR] = "error",
 	[LOG_WARNING] = "warning",
@@ -51,6 +89,7 @@ static int	log_fd = STDERR_FILENO;
 static const char *log_path;
 static LogLevel log_level = LOG_INFO;
 static atomic_uint refused_connections;
+static atomic_uint client_breaks[BREAK_COUNT];
 
 /*
  * Set the level, and open the log file if a path is given.  On failure
@@ -192,6 +231,17 @@ log_mhd_error_response(const char *msg)
 		metrics_reject(REJECT_URI_TOO_LONG);
 	else if (status == MHD_HTTP_BAD_REQUEST)
 		metrics_reject(REJECT_MALFORMED);
+	else if (status == MHD_HTTP_INTERNAL_SERVER_ERROR)
+	{
+		/*
+		 * MHD 0.9.75 answers 500 by itself only when the connection's memory
+		 * is full of body bytes it cannot hand to us: we take every byte it
+		 * hands (http_handle), so that is a chunk-size line longer than the
+		 * memory, a client's doing.  The status cannot be changed (README,
+		 * Metrics); the reason says whose doing it is.
+		 */
+		metrics_reject(REJECT_MALFORMED);
+	}
 	metrics_request(ROUTE_OTHER, NULL, status, 0.0);
 
 	log_begin(&line, LOG_INFO);
@@ -201,8 +251,33 @@ log_mhd_error_response(const char *msg)
 }
 
 /*
+ * Is msg one of client_messages?  Then count it (unless an error answer
+ * follows, counted by itself) and log it at debug only.
+ */
+static bool
+log_mhd_client_message(const char *msg)
+{
+	StrBuf		line;
+
+	for (size_t i = 0; i < sizeof(client_messages) / sizeof(client_messages[0]); i++)
+	{
+		if (strncmp(msg, client_messages[i].prefix,
+					strlen(client_messages[i].prefix)) != 0)
+			continue;
+		if (client_messages[i].kind != BREAK_ANSWERED)
+			atomic_fetch_add(&client_breaks[client_messages[i].kind], 1);
+		log_begin(&line, LOG_DEBUG);
+		json_append_field(&line, "source", "libmicrohttpd");
+		json_append_field(&line, "msg", msg);
+		log_end(&line);
+		return true;
+	}
+	return false;
+}
+
+/*
  * MHD_OPTION_EXTERNAL_LOGGER callback: libmicrohttpd's own messages, as
- * JSON lines like ours (see the file header for the two it counts).
+ * JSON lines like ours (see the file header for those it counts).
  */
 void
 log_mhd(void *cls, const char *fmt, va_list ap)
@@ -229,6 +304,8 @@ log_mhd(void *cls, const char *fmt, va_list ap)
 		log_mhd_error_response(msg);
 		return;
 	}
+	if (log_mhd_client_message(msg))
+		return;
 
 	log_begin(&line, LOG_WARNING);
 	json_append_field(&line, "source", "libmicrohttpd");
@@ -249,23 +326,37 @@ log_refused_connection(void)
 }
 
 /*
- * Log how many connections the connection limits refused since the last
- * call (the main thread calls this once a second).
+ * Log how many connections the connection limits refused, and how many
+ * broke in the middle of a request (client_messages), since the last call
+ * (the main thread calls this once a second): a line each at most.
  */
 void
 log_mhd_summary(void)
 {
 	unsigned int refused = atomic_exchange(&refused_connections, 0);
+	unsigned int breaks[BREAK_COUNT];
 	StrBuf		line;
 
-	if (refused == 0)
-		return;
-	log_begin(&line, LOG_WARNING);
-	json_append_field(&line, "msg",
-					  "connections refused: connection limit reached");
-	buf_printf(&line, ",\"refused\":%u,\"max_connections\":%u,"
-			   "\"max_connections_per_ip\":%u", refused,
-			   shim_config.max_connections,
-			   shim_config.max_connections_per_ip);
-	log_end(&line);
+	for (int i = 0; i < BREAK_COUNT; i++)
+		breaks[i] = atomic_exchange(&client_breaks[i], 0);
+	if (refused != 0)
+	{
+		log_begin(&line, LOG_WARNING);
+		json_append_field(&line, "msg",
+						  "connections refused: connection limit reached");
+		buf_printf(&line, ",\"refused\":%u,\"max_connections\":%u,"
+				   "\"max_connections_per_ip\":%u", refused,
+				   shim_config.max_connections,
+				   shim_config.max_connections_per_ip);
+		log_end(&line);
+	}
+	if (breaks[BREAK_READ] + breaks[BREAK_SEND] + breaks[BREAK_TLS] != 0)
+	{
+		log_begin(&line, LOG_WARNING);
+		json_append_field(&line, "source", "libmicrohttpd");
+		json_append_field(&line, "msg", "connections broken during a request");
+		buf_printf(&line, ",\"reading\":%u,\"sending\":%u,\"tls_handshake\":%u",
+				   breaks[BREAK_READ], breaks[BREAK_SEND], breaks[BREAK_TLS]);
+		log_end(&line);
+	}
 }

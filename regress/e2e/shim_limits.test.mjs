@@ -926,7 +926,7 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal((await postStripe(shim.port, stripeDelivery(), { localAddress: '127.0.0.12' })).status, 200);
 		const [h, b, i] = await Promise.all([slowHeaders, slowBody, idle]);
 		// (sent in full, the slow requests would take 17 and 50 s: closing before 10 s is a timeout's doing)
-		const timedOutPeers = () => logLines().filter((l) => l.msg === 'request timeout, closing the connection').map((l) => l.peer_ip);
+		const timedOutPeers = () => logLines().filter((l) => l.msg === 'request timeout, connections closed').flatMap((l) => l.peer_ips);
 		// the shim logs a timeout as it lets the connection go: the client may see the close first
 		await eventually(() => ['127.0.0.9', '127.0.0.10'].every((p) => timedOutPeers().includes(p)), 3000, 50).catch(() => {});
 		const timedOut = timedOutPeers();
@@ -959,7 +959,7 @@ describe('shim limits, metrics and logs', () => {
 		};
 		const rejections = async () => parseMetrics((await request(s.port, { path: '/metrics' })).text).samples
 			.get('payments_shim_rejections_total{reason="request_timeout"}') ?? 0;
-		const timedOut = () => shimLogLines(s).filter((l) => l.msg === 'request timeout, closing the connection');
+		const timedOut = () => shimLogLines(s).filter((l) => l.msg === 'request timeout, connections closed');
 		try {
 			const kept = session('127.0.0.41');
 			kept.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
@@ -979,7 +979,7 @@ describe('shim limits, metrics and logs', () => {
 			assert.ok(kept.closedAt - started >= 2500 && kept.closedAt - started < 6000,
 				`cut ${kept.closedAt - started} ms after its first byte (--request-timeout 3)`);
 			assert.equal((kept.data.match(/HTTP\/1\.1 200 /g) ?? []).length, 1, 'only the first request answered');
-			assert.deepEqual(timedOut().map((l) => l.peer_ip), ['127.0.0.41']);
+			assert.deepEqual(timedOut().map((l) => [l.closed, l.peer_ips]), [[1, ['127.0.0.41']]]);
 			assert.equal(await rejections(), 1);
 			// a new connection with nothing sent is idle too
 			const fresh = session('127.0.0.42');
@@ -1002,8 +1002,8 @@ describe('shim limits, metrics and logs', () => {
 				headers: { ...delivery.headers, 'X-Request-ID': 'cut-by-timeout' } })
 				.then((r) => r.status, (e) => e.message);
 			// --request-timeout 3 cuts the connection while the batch waits for the lock
-			await eventually(() => logLines().some((l) => l.msg === 'request timeout, closing the connection'
-				&& l.peer_ip === '127.0.0.13'));
+			await eventually(() => logLines().some((l) => l.msg === 'request timeout, connections closed'
+				&& l.peer_ips.includes('127.0.0.13')));
 		} finally {
 			await lock.release();
 		}
@@ -1012,6 +1012,74 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal(line.status, null);
 		assert.equal(line.status_unsent, 200);
 		assert.equal(line.outcome, 'applied');
+	});
+
+	test('connections reset mid-request, or cut by the request timeout, are summed up once a second, not logged one by one', async () => {
+		// each was a warning line of its own (libmicrohttpd's, or the shim's timeout line): any
+		// client could fill the log at will, even at --log-level warning
+		const s = new Shim(cluster.dsn, ['--log-level', 'warning', '--rate', '0', '--request-timeout', '2',
+			'--idle-timeout', '30', '--max-connections-per-ip', '0']);
+		await s.start();
+		const sum = (lines, field) => lines.reduce((n, l) => n + l[field], 0);
+		try {
+			const resets = 200;
+			await Promise.all(Array.from({ length: resets }, () => new Promise((resolve) => {
+				const socket = connect({ port: s.port, host: '127.0.0.1' });
+				socket.on('error', () => { /* reset */ });
+				socket.on('close', resolve);
+				socket.on('connect', () => {
+					socket.write('POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab');
+					setTimeout(() => socket.resetAndDestroy(), 20);
+				});
+			})));
+			// slow clients: headers begun and never ended, cut by --request-timeout (2 s)
+			const slow = 20;
+			const cut = await Promise.all(Array.from({ length: slow }, () => rawSession(s.port, { timeoutMs: 8000,
+				chunks: ['GET /health HTTP/1.1\r\nHost: x\r\n'] })));
+			assert.ok(cut.every((r) => r.closed && r.data === '' && r.ms >= 1500), 'each slow client is cut, unanswered');
+			const samples = parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
+			assert.equal(samples.get('payments_shim_rejections_total{reason="request_timeout"}'), slow);
+			await sleep(2000);		// the last second's summaries
+			const lines = shimLogLines(s);
+			assert.ok(lines.length <= 12, `${lines.length} lines for ${resets + slow} connections`);
+			const broken = lines.filter((l) => l.msg === 'connections broken during a request');
+			const timeouts = lines.filter((l) => l.msg === 'request timeout, connections closed');
+			assert.deepEqual(lines.filter((l) => !broken.includes(l) && !timeouts.includes(l)), [], 'nothing else logged');
+			// a reset counts in "reading"; so does a connection the timeout shut down (libmicrohttpd sees it end)
+			assert.ok(sum(broken, 'reading') >= resets / 2 + slow, `counted: ${JSON.stringify(broken)}`);
+			assert.ok(broken.every((l) => l.level === 'warning' && l.source === 'libmicrohttpd'));
+			assert.equal(sum(timeouts, 'closed'), slow);
+			assert.ok(timeouts.every((l) => l.level === 'warning' && l.timeout_s === 2 && l.peer_ips.length <= 16
+				&& l.peer_ips.every((p) => p === '127.0.0.1')));
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
+	test('a chunk-size line longer than the connection memory gets libmicrohttpd\'s 500, counted as malformed_request', async () => {
+		// libmicrohttpd 0.9.75 answers this itself, while the body is read: the shim cannot change
+		// the status, but counts it as the client's doing
+		const before = await metrics(shim.port);
+		const r = await rawSession(shim.port, { localAddress: '127.0.0.44', timeoutMs: 5000, chunks: [
+			'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+			`5;${'a'.repeat(40000)}`] });
+		assert.match(r.data, /^HTTP\/1\.1 500 /, r.data.slice(0, 100));
+		const after = await metrics(shim.port);
+		assert.equal(delta(before, after, 'payments_shim_rejections_total{reason="malformed_request"}'), 1);
+		assert.equal(delta(before, after, 'payments_shim_requests_total{route="other",provider="",status="500"}'), 1);
+		assert.equal((await request(shim.port, { path: '/health', localAddress: '127.0.0.44' })).status, 200);
+	});
+
+	test('a NUL inside a header value ends the value (libmicrohttpd 0.9.75): the rest is never seen, the delivery is handled', async () => {
+		// the shim's control-character check never sees the NUL; README (Limits) says so
+		const delivery = stripeDelivery({ 'x-request-id': 'nul-in-value' });
+		const head = Object.entries(delivery.headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+		const r = await rawSession(shim.port, { localAddress: '127.0.0.45', timeoutMs: 5000, chunks: [
+			`POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n${head}X-Nul: a\u0000b\r\n` +
+			`Content-Length: ${Buffer.byteLength(delivery.body)}\r\n\r\n${delivery.body}`] });
+		assert.match(r.data, /^HTTP\/1\.1 200 /, r.data.slice(0, 300));
+		assert.equal(cluster.psqlVars("SELECT headers ->> 'x-nul' FROM payments.events WHERE event_id = :'e'", { e: delivery.id }), 'a');
 	});
 
 	test('metrics move as expected after a known sequence of requests', async () => {

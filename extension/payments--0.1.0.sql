@@ -878,14 +878,15 @@ COMMENT ON FUNCTION payments.rejected_headers(jsonb) IS
 -- A phone number's digits: spaces, dots, dashes, parentheses and + dropped, and the trunk zero
 -- written in parentheses after the country code ("+263 (0)77 123 4567", "+44 (0)20 7946 0000"),
 -- which is not dialled from abroad (kept, it made another number: 2630771234567).  Written so that
--- it is inlined in the statements that call it (no SET clause), and cheap for the numbers without
--- a parenthesis (most: the second regular expression is skipped)
+-- it is inlined in the statements that call it (no SET clause), cheap for the numbers without a
+-- parenthesis (most: the second regular expression is skipped), and without a backslash (its
+-- definition would read another way where standard_conforming_strings is off)
 CREATE FUNCTION payments.phone_digits(phone text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
 RETURN pg_catalog.regexp_replace(
 		CASE WHEN pg_catalog.strpos(phone, '(') > 0
-			 THEN pg_catalog.regexp_replace(phone, E'^([[:space:]]*[+]?[[:space:]]*[1-9][0-9]?[0-9]?)[[:space:]]*[(][[:space:]]*0[[:space:]]*[)]', E'\\1')
+			 THEN pg_catalog.regexp_replace(phone, '(?<=^[[:space:]]*[+]?[[:space:]]*[1-9][0-9]?[0-9]?[[:space:]]*)[(][[:space:]]*0[[:space:]]*[)]', '')
 			 ELSE phone END,
 		'[[:space:]().+-]', '', 'g');
 COMMENT ON FUNCTION payments.phone_digits(text) IS
@@ -2631,19 +2632,20 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	-- (an e-mail address in lower case as payments.keep_donor_key makes it).  A phone number as
-	-- the clinic's staff hear it: a Zimbabwean mobile number in any form (0771234567, 00263...,
-	-- 2630771234567: payments.chat_local_phone), else with the international prefix 00, else E.164
+	-- the clinic's staff hear it: a Zimbabwean mobile number said without the country code
+	-- (0771234567, 771234567), else with the international prefix 00, else as payments.e164_digits
+	-- stored it (with the country code, a trunk zero not in parentheses kept: 2630771234567)
 	SELECT CASE WHEN strpos(donor, '@') > 0 THEN 'email:' || lower(lower(btrim(donor) COLLATE pg_catalog."C") COLLATE pg_catalog."default")
-				WHEN payments.chat_local_phone(donor) IS NOT NULL THEN 'phone:263' || substr(payments.chat_local_phone(donor), 2)
-				WHEN donor ~ '^[[:space:]]*00[1-9]' AND payments.e164_digits(substr(btrim(donor), 3)) IS NOT NULL
-				THEN 'phone:' || payments.e164_digits(substr(btrim(donor), 3))
+				WHEN payments.phone_digits(donor) ~ '^0?7[0-9]{8}$' THEN 'phone:263' || right(payments.phone_digits(donor), 9)
+				WHEN payments.phone_digits(donor) ~ '^00[1-9]' AND payments.e164_digits(substr(payments.phone_digits(donor), 3)) IS NOT NULL
+				THEN 'phone:' || payments.e164_digits(substr(payments.phone_digits(donor), 3))
 				WHEN payments.e164_digits(donor) IS NOT NULL THEN 'phone:' || payments.e164_digits(donor)
 				WHEN payments.whatsapp_bsuid(btrim(donor)) IS NOT NULL THEN 'whatsapp:' || btrim(donor)
 				WHEN nullif(btrim(donor), '') IS NOT NULL THEN 'name:' || lower(btrim(donor))
 	END
 $$;
 COMMENT ON FUNCTION payments.donor_key_of(text) IS
-	'The donor key of what identifies a donor: an e-mail address, a phone number (any format: a Zimbabwean mobile number in the local form too, 0771234567; 00 as the international prefix), a WhatsApp business-scoped user id, or a name';
+	'The donor key of what identifies a donor: an e-mail address, a phone number (as payments.e164_digits reads it; a Zimbabwean mobile number without the country code, 0771234567, too; 00 as the international prefix), a WhatsApp business-scoped user id, or a name';
 
 CREATE FUNCTION payments.day_start(day date)
 RETURNS timestamptz
@@ -2677,7 +2679,9 @@ CREATE VIEW payments.donor_summary AS
 SELECT payments.mask_donor(p.donor_key) AS donor,
 	   max(p.donor_name) AS name,
 	   payments.mask_email(max(p.donor_email)) AS email,
-	   payments.mask_phone(max(p.donor_phone)) AS phone,
+	   -- the number the donor is known by (a WhatsApp donor who changed number: the new one)
+	   payments.mask_phone(coalesce(CASE WHEN p.donor_key LIKE 'phone:%' THEN substr(p.donor_key, 7) END,
+									max(p.donor_phone))) AS phone,
 	   p.currency::text AS currency,
 	   count(*) AS gifts,
 	   sum(CASE p.status WHEN 'refunded' THEN 0 ELSE p.amount - p.amount_refunded END) AS total,

@@ -68,7 +68,8 @@ SELECT payments.donor_key_of(' Jane.Doe@EXAMPLE.org') AS by_email, payments.dono
 SELECT w AS written, payments.e164_digits(w) AS e164, payments.donor_key_of(w) AS key_of
   FROM unnest(ARRAY['+263 (0)77 123 4567', '+263(0)771234567', '+44 (0)20 7946 0000', '+1 (555) 010-0000',
 					'0771234567', '077 123 4567', '771234567', '00263 77 123 4567', '2630771234567',
-					'0044 20 7946 0000', '(0)77 123 4567', '0 20 7946 0000']) AS w;
+					'0044 20 7946 0000', '00 44 20 7946 0000', '(0044) 20 7946 0000', '+2630771234567',
+					'(0)77 123 4567', '0 20 7946 0000']) AS w;
 -- kept as the donor's details change: an e-mail of spaces is none, a key cannot be set by hand
 SAVEPOINT donor_keys;
 UPDATE payments.payments SET donor_email = '  ', donor_phone = NULL, donor_name = ' Ann  LEE ' WHERE provider_ref = 'pi_1'

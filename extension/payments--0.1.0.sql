@@ -900,21 +900,6 @@ RETURN CASE WHEN payments.phone_digits(phone) ~ '^[1-9][0-9]*$' AND pg_catalog.l
 COMMENT ON FUNCTION payments.e164_digits(text) IS
 	'A phone number as E.164 digits (country code first, no plus sign; spaces, dots, dashes, parentheses and + ignored, and a trunk zero in parentheses after the country code: "+263 (0)77 123 4567" is 263771234567), or NULL when it is not one';
 
--- As people write Zimbabwean mobile numbers: 0771234567, 771234567, 263771234567, 2630771234567,
--- 00263771234567, 002630771234567, with spaces (non-breaking ones too), dots, dashes, parentheses
--- and + anywhere: "+263 (0)77 123 4567", "077-123-4567"
-CREATE FUNCTION payments.chat_local_phone(phone text)
-RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT '0' || (regexp_match(regexp_replace(phone,
-		E'[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff().+\\u2010-\\u2015\\u2212-]', '', 'g'),
-		'^(?:(?:00)?263)?0?(7[0-9]{8})$'))[1]
-$$;
-COMMENT ON FUNCTION payments.chat_local_phone(text) IS
-	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567, 771234567, 263771234567, 2630771234567, 00263771234567 or 002630771234567, spaces (any Unicode space), dots, dashes, parentheses and + ignored ("+263 (0)77 123 4567"); NULL otherwise';
-
 -- WhatsApp usernames (2026): a user who adopts one may have their phone number withheld from
 -- webhooks, and is then known by a business-scoped user id (BSUID) alone: a two-letter ISO country
 -- code in upper case, a period, and up to 128 letters and digits (US.13491208655302741918); a
@@ -6406,6 +6391,21 @@ END
 $$;
 COMMENT ON FUNCTION payments.chat_typed_amount(text) IS
 	'What a donor typed as an amount: the currency named before or after it (payments.chat_currency_name), the amount (thousands separated by commas or spaces in groups of three digits taken: 1,000 and 1 000 are 1000), or, for a decimal comma (10,5), the amount written with a dot in comma_cents; NULLs otherwise';
+
+-- As people write Zimbabwean mobile numbers: 0771234567, 771234567, 263771234567, 2630771234567,
+-- 00263771234567, 002630771234567, with spaces (non-breaking ones too), dots, dashes, parentheses
+-- and + anywhere: "+263 (0)77 123 4567", "077-123-4567"
+CREATE FUNCTION payments.chat_local_phone(phone text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT '0' || (regexp_match(regexp_replace(phone,
+		E'[\\s\\u0085\\u00a0\\u1680\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\ufeff().+\\u2010-\\u2015\\u2212-]', '', 'g'),
+		'^(?:(?:00)?263)?0?(7[0-9]{8})$'))[1]
+$$;
+COMMENT ON FUNCTION payments.chat_local_phone(text) IS
+	'A Zimbabwean mobile number in the local form Paynow takes (0771234567), from 0771234567, 771234567, 263771234567, 2630771234567, 00263771234567 or 002630771234567, spaces (any Unicode space), dots, dashes, parentheses and + ignored ("+263 (0)77 123 4567"); NULL otherwise';
 
 -- An admin_numbers entry as the chat matches it against senders.  Staff write their numbers as
 -- they would on a letterhead: "+263 (0)77 000 0001" or "2630770000001" hold the trunk zero, which

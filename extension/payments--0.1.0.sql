@@ -5567,6 +5567,7 @@ DECLARE
 	unavailable	text;					-- why the form can take no donation here
 	submission	bigint;
 	started		bigint;
+	holder		text;					-- whom the token is for, read under its user's lock
 BEGIN
 	IF action = 'ping' THEN
 		RETURN QUERY SELECT 200, '{"data": {"status": "active"}}'::jsonb;
@@ -5693,7 +5694,16 @@ BEGIN
 
 	-- CONFIRM: the final submit, stored once per token (a retry answers the same); when the chat
 	-- maps the currency to a Paynow provider, the payment starts as a confirmed chat donation does
-	-- (Paynow takes the mobile number in local form, 07...)
+	-- (Paynow takes the mobile number in local form, 07...).  Under the lock of the token's user,
+	-- as the chat's own donations are (payments.chat_lock_user): a number change being applied
+	-- (payments.chat_move_user) is waited for, and the token read again, for it may have moved the
+	-- token, whose donation then belongs to the new number (its notices, *check*, the donor's key)
+	LOOP
+		PERFORM payments.chat_lock_user(flows_answer.provider, tok.wa_id);
+		SELECT t.wa_id INTO holder FROM payments.flow_tokens t WHERE t.token = tok.token;
+		EXIT WHEN holder IS NULL OR holder = tok.wa_id;
+		tok.wa_id := holder;
+	END LOOP;
 	INSERT INTO payments.flow_submissions (provider, flow_token, wa_id, amount, currency, method, phone)
 	VALUES (flows_answer.provider, tok.token, tok.wa_id, amount, currency, method, phone)
 	ON CONFLICT (flow_token) DO NOTHING

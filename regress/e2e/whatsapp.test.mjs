@@ -1001,6 +1001,34 @@ test('a number change applied while the new number writes its first message wait
 	assert.equal(q(`SELECT count(*) FROM payments.events WHERE provider = 'clinic' AND state <> 'applied' AND state <> 'ignored'`), '0');
 });
 
+test('a Flow\'s final submit while a number change is applied waits for it: the donation and its donor follow to the new number', async () => {
+	const [old, now] = ['263772345901', '263772345911'];
+	assert.equal(await say(old, 'Hi'), 'applied');
+	const token = q(`SELECT payments.issue_flow_token('clinic', :'o')`, { o: old });
+	const form = JSON.stringify({ version: '3.0', action: 'data_exchange', screen: 'CONFIRM', flow_token: token,
+		data: { amount: '5', currency: 'USD', method: 'ecocash', phone: '263772345901' } });
+	// the move, its transaction held open before commit; the form is submitted meanwhile (the
+	// decrypted request, as payments.flows_exchange passes it on)
+	const held = await holdLock(db, `SELECT payments.chat_move_user('clinic', '${old}', '${now}', NULL, now())`);
+	let submit;
+	try {
+		submit = new Promise((resolve, reject) => execFile(join(PG_BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1',
+			'-h', db.dir, '-p', String(db.port), '-U', 'postgres', '-d', 'payments',
+			'-c', `SELECT a.http_status || ' ' || (a.answer ->> 'screen') FROM payments.flows_answer('clinic', $f$${form}$f$) AS a (http_status, answer)`],
+		(err, stdout, stderr) => (err ? reject(new Error(stderr)) : resolve(stdout.trim()))));
+		await waitFor(() => q(`SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%flows_answer(%' AND pid <> pg_backend_pid()`) === '1',
+			10000, 'the submit waits for the number change');
+		await held.release();
+		assert.equal(await submit, '200 SUCCESS');
+	} finally {
+		held.kill();
+	}
+	assert.equal(q(`SELECT d.wa_id || ' ' || p.donor_key FROM payments.flow_submissions s
+		JOIN payments.chat_donations d ON d.payment_id = s.payment_id JOIN payments.payments p ON p.id = s.payment_id
+		WHERE s.flow_token = :'t'`, { t: token }), `${now} phone:${now}`);
+});
+
 test('a donation\'s paid notice queued while a number change moves the donation goes to the new number', async () => {
 	const [old, now] = ['263772345801', '263772345811'];
 	await donate(old, { method: 'ecocash', currency: 'USD', amount: '6.00' });

@@ -1222,7 +1222,8 @@ BEGIN
 	END IF;
 
 	-- details the payment does not know yet are filled in; what it knows is kept, and the fee is
-	-- taken only from news not older than its status (or when it has none).  The method is the
+	-- taken only from news not older than its status (or when it has none), and in the payment's
+	-- currency (a fee of news in another currency is no amount of this one).  The method is the
 	-- first news of payment's, when it names one: an attempt that failed before (a card declined,
 	-- then paid with PayPal) named the method tried, not the one used
 	UPDATE payments.payments p
@@ -1230,7 +1231,10 @@ BEGIN
 		   amount = coalesce(p.amount, change.amount),
 		   currency = coalesce(p.currency, upper(change.currency COLLATE pg_catalog."C")),
 		   amount_refunded = greatest(p.amount_refunded, coalesce(change.amount_refunded, 0)),
-		   fee = CASE WHEN p.fee IS NULL OR at >= p.status_at THEN coalesce(change.fee, p.fee) ELSE p.fee END,
+		   fee = CASE WHEN (p.fee IS NULL OR at >= p.status_at)
+						   AND (change.currency IS NULL OR p.currency IS NULL
+								OR upper(change.currency COLLATE pg_catalog."C") = p.currency)
+					  THEN coalesce(change.fee, p.fee) ELSE p.fee END,
 		   method = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.method, p.method)
 						 ELSE coalesce(p.method, change.method) END,
 		   donor_name = coalesce(p.donor_name, change.donor_name),
@@ -1526,8 +1530,12 @@ DECLARE
 	t		jsonb := CASE WHEN payload ? 'transactionId' THEN payload ELSE payload -> 'data' END;
 	c		payments.payment_change;
 	-- the kind the event states: the transaction's own type, else the top level's eventType (or
-	-- type, when the transaction is under data) when it names one: payout.success, collection
-	stated	text := lower((t ->> 'type') COLLATE pg_catalog."C");
+	-- type, when the transaction is under data) when it names one: payout.success, collection.
+	-- A type with a dot is an event's name, in the flat shape too (transaction.success names no
+	-- kind: not "another type", whose news is ignored)
+	stated	text := CASE WHEN strpos(t ->> 'type', '.') > 0
+						 THEN substring(lower((t ->> 'type') COLLATE pg_catalog."C") FROM '^(collection|payout|exchange)[.]')
+						 ELSE lower((t ->> 'type') COLLATE pg_catalog."C") END;
 BEGIN
 	c.provider_ref := t ->> 'transactionId';
 	c.creates := true;

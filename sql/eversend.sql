@@ -133,6 +133,17 @@ SELECT p.provider_ref, p.kind, p.status, p.metadata ? 'kind_assumed' AS assumed,
  WHERE p.provider = 'ev' AND p.provider_ref IN ('B1', 'B2', 'B3', 'B8') ORDER BY p.provider_ref;
 -- the day's report counts the donation (B8), not the payouts
 SELECT currency, method, paid, gross, receipts FROM payments.daily_report('2026-09-02') WHERE currency = 'UGX' ORDER BY method;
+-- in the flat shape too, a type with a dot is the event's name: transaction.success names no
+-- kind (a collection assumed), collection.success one; a bare word of another type is no payment
+SELECT * FROM pg_temp.ev('{"type":"transaction.success","transactionId":"B9","status":"successful","amount":"50000","currency":"UGX","updatedAt":"2026-09-02T12:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"type":"collection.success","transactionId":"B10","status":"successful","amount":"800","currency":"UGX","updatedAt":"2026-09-02T12:05:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"type":"airtime","transactionId":"B11","status":"successful","amount":"800","currency":"UGX","updatedAt":"2026-09-02T12:06:00Z"}', 'eversend_new_secret');
+SELECT provider_ref, kind, status, amount, metadata ? 'kind_assumed' AS assumed
+  FROM payments.payments WHERE provider = 'ev' AND provider_ref IN ('B9', 'B10', 'B11') ORDER BY provider_ref;
+-- a fee stated in another currency than the payment's is no fee of it (0.50 USD is not 0.50 UGX)
+SELECT * FROM pg_temp.ev('{"transactionId":"B12","status":"pending","amount":"50000","currency":"UGX","fees":"0","updatedAt":"2026-09-02T13:00:00Z"}', 'eversend_new_secret');
+SELECT * FROM pg_temp.ev('{"transactionId":"B12","status":"successful","amount":"13.50","currency":"USD","fees":"0.50","updatedAt":"2026-09-02T13:05:00Z"}', 'eversend_new_secret');
+SELECT provider_ref, status, amount, currency, fee FROM payments.payments WHERE provider = 'ev' AND provider_ref = 'B12';
 -- a kind contradicting one stated before is refused, the whole news (recorded, nothing moved);
 -- so is a kind stated after the assumed collection's receipt was issued (receipts stay gapless)
 SELECT * FROM pg_temp.ev('{"transactionId":"B4","type":"payout","status":"pending","amount":"100","currency":"UGX","updatedAt":"2026-09-03T08:00:00Z"}', 'eversend_new_secret');

@@ -337,8 +337,10 @@ BEGIN
 		RAISE EXCEPTION 'setting "tolerance" must be a whole number of seconds between 1 and 604800, not %', tol
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF settings ? 'receipt_prefix' AND coalesce(settings ->> 'receipt_prefix', '') !~ '^[A-Z0-9]{1,10}$' THEN
-		RAISE EXCEPTION 'setting "receipt_prefix" must be 1 to 10 characters of A-Z and 0-9'
+	-- a string: a number (2024) would pass as text here and be ignored when receipts are numbered
+	IF settings ? 'receipt_prefix' AND (jsonb_typeof(settings -> 'receipt_prefix') <> 'string'
+										OR settings ->> 'receipt_prefix' !~ '^[A-Z0-9]{1,10}$') THEN
+		RAISE EXCEPTION 'setting "receipt_prefix" must be a string of 1 to 10 characters of A-Z and 0-9'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF settings ? 'currency' AND NOT EXISTS (SELECT FROM payments.currencies c
@@ -1215,7 +1217,9 @@ BEGIN
 	-- older news that it was paid is the late news of its payment (below), as is any from a
 	-- provider whose news is dated by its arrival (payments.dated_by_arrival)
 	IF change.status = 'paid' AND pay.status IN ('disputed', 'partially_refunded')
-	   AND (pay.paid_at IS NOT NULL OR (pay.status = 'disputed' AND at >= pay.status_at AND NOT payments.dated_by_arrival(provider_name)))
+	   AND (pay.paid_at IS NOT NULL OR (pay.status = 'disputed' AND at >= pay.status_at
+										  AND NOT (payments.dated_by_arrival(provider_name)
+												   AND NOT coalesce(change.metadata ? 'approved_by', false))))
 	   AND greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) > 0 THEN
 		change.status := CASE WHEN greatest(pay.amount_refunded, coalesce(change.amount_refunded, 0)) >= pay.amount
 							  THEN 'refunded' ELSE 'partially_refunded' END;
@@ -1261,7 +1265,10 @@ BEGIN
 
 	IF change.status = 'paid' AND pay.paid_at IS NULL
 	   AND (pay.status IN ('partially_refunded', 'refunded')
-			OR (pay.status = 'disputed' AND (at < pay.status_at OR payments.dated_by_arrival(provider_name)))) THEN
+			-- (an admin's approval, /approve, is no provider's news: it is dated when made)
+			OR (pay.status = 'disputed' AND (at < pay.status_at
+											 OR (payments.dated_by_arrival(provider_name)
+												 AND NOT coalesce(change.metadata ? 'approved_by', false))))) THEN
 		-- news that it was paid, after a refund or dispute already moved it past paid (out of
 		-- order): no move back, but a fact, which its paid time, amount and receipt show as in
 		-- order (a hold captured in part, 300 of 1000, whose refund of the 300 came first: all of

@@ -299,6 +299,8 @@ SELECT tp.stripe('payshop', 'payment_intent.created', tp.pi('pi_g', 100), 171800
 -- receipts: per prefix per day from 000001, gapless; a provider's own prefix (PS, DON); the day in the receipt time zone
 SELECT receipt_no FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE provider = 'payshop' ORDER BY receipt_no;
 SELECT payments.register_provider('clinic', 'stripe', '{"receipt_prefix": "DON"}');
+-- a prefix is a string: a number would pass as text and then be ignored when receipts are numbered
+SELECT payments.register_provider('numeric-prefix', 'stripe', '{"receipt_prefix": 2024}');
 SELECT payments.add_secret('clinic', 'whsec_pay') IS NOT NULL AS added;
 SELECT tp.stripe('clinic', 'payment_intent.succeeded', tp.pi('pi_h', 100), 1718000000);
 -- 1718000000 is 06:13 on 10 June in UTC, and 20:13 on 10 June in Kiritimati (UTC+14)

@@ -1229,6 +1229,20 @@ SELECT status, amount, metadata -> 'paynow_paid_after_approval' ->> 'amount' AS 
 	   metadata -> 'paynow_amount_mismatch' ->> 'reported' AS reported
   FROM payments.payments WHERE reference = :'other_ref';
 SELECT * FROM pg_temp.replies('263770000001');
+-- a donation Paynow reported disputed before any news of payment, approved by an admin: the
+-- approval is no Paynow news (dated by arrival), it is made now: paid, receipt, donor thanked
+SELECT pg_temp.late_donation('263776000042', 'Farai', 'Medicines', '1 hour') AS disputed_ref \gset
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'disputed_ref'], ['paynowreference', '9142'], ['amount', '3.00'],
+	['status', 'Disputed'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g142']]);
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('263770000001');
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('263776000042');
+SELECT pg_temp.say('263770000001', '/approve ' || :'disputed_ref', 42);
+SELECT p.status, p.paid_at IS NOT NULL AS paid_at, r.receipt_no IS NOT NULL AS has_receipt,
+	   (SELECT string_agg(h.from_status || '>' || h.to_status, ' ' ORDER BY h.id) FROM payments.status_history h
+		 WHERE h.payment_id = p.id) AS moves
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE p.reference = :'disputed_ref';
+SELECT regexp_replace(r, 'LP-[0-9]{8}-[0-9]{6}', 'LP-...', 'g') FROM pg_temp.replies('263770000001') r;
+SELECT regexp_replace(r, 'LP-[0-9]{8}-[0-9]{6}', 'LP-...', 'g') FROM pg_temp.replies('263776000042') r;
 -- Paynow reporting another amount than the donation's: the admins are told, once
 SELECT pg_temp.late_donation('263776000043', 'Chipo', 'Medicines', '1 hour') AS short_ref \gset
 SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'short_ref'], ['paynowreference', '9143'], ['amount', '0.50'],

@@ -13,7 +13,9 @@
  *
  * A connection between requests (just opened, or its last answer sent) is
  * idle, and left to --idle-timeout, however long that is: its request
- * begins with its first byte.  libmicrohttpd tells us of a request only once
+ * begins with its first byte (for a new connection, bytes that came before
+ * libmicrohttpd accepted it count too: a client that sent part of its
+ * headers into the listen queue and nothing more is cut all the same).  libmicrohttpd tells us of a request only once
  * its headers are in (conn_request_begin), so conn_expire() also reads from
  * the kernel (TCP_INFO) how many bytes an idle connection has received: when
  * that has grown since it became idle, a request is arriving, and its time
@@ -146,7 +148,10 @@ conn_add(struct MHD_Connection *conn)
 		return NULL;
 	}
 	c->fd = fd_info->connect_fd;
-	conn_set_idle(c);
+	/* what arrived before the accept is a request under way, seen next tick */
+	c->request_start_ms = conn_now_ms();
+	c->idle = conn_bytes_received(c->fd, &c->received_mark);
+	c->received_mark = 0;
 	if (shim_config.tls_cert != NULL)
 		c->handshake_until_ms = c->request_start_ms + TLS_HANDSHAKE_MS;
 	addr_info = MHD_get_connection_info(conn,

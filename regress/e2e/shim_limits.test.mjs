@@ -1014,6 +1014,32 @@ describe('shim limits, metrics and logs', () => {
 		assert.equal(line.outcome, 'applied');
 	});
 
+	test('headers begun before the shim accepted the connection, and never ended, are cut by --request-timeout', async () => {
+		// the bytes counted when a connection opened were taken as its idle mark: a client whose
+		// partial headers reached the listen queue before the accept was left to --idle-timeout
+		const s = new Shim(cluster.dsn, ['--request-timeout', '2', '--idle-timeout', '30']);
+		await s.start();
+		try {
+			process.kill(s.proc.pid, 'SIGSTOP');
+			let pending;
+			try {
+				pending = rawSession(s.port, { localAddress: '127.0.0.46', timeoutMs: 10000,
+					chunks: ['GET /health HTTP/1.1\r\nHost: x\r\n'] });
+				await sleep(300);	// connected and sent: in the listen queue, not yet accepted
+			} finally {
+				process.kill(s.proc.pid, 'SIGCONT');
+			}
+			const r = await pending;
+			assert.ok(r.closed && r.data === '', `closed ${r.closed}, answered ${JSON.stringify(r.data)}`);
+			assert.ok(r.ms >= 1900 && r.ms < 6000, `cut after ${r.ms} ms (--request-timeout 2)`);
+			const samples = parseMetrics((await request(s.port, { path: '/metrics' })).text).samples;
+			assert.equal(samples.get('payments_shim_rejections_total{reason="request_timeout"}'), 1);
+		} finally {
+			assert.equal((await s.stop()).code, 0);
+			assert.deepEqual(s.sanitizerReports(), []);
+		}
+	});
+
 	test('connections reset mid-request, or cut by the request timeout, are summed up once a second, not logged one by one', async () => {
 		// each was a warning line of its own (libmicrohttpd's, or the shim's timeout line): any
 		// client could fill the log at will, even at --log-level warning

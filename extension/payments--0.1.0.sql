@@ -1743,7 +1743,10 @@ BEGIN
 							   WHEN 'PAYMENT.CAPTURE.PENDING' THEN 'pending' ELSE 'failed' END;
 		c.currency := nullif(r -> 'amount' ->> 'currency_code', '');
 		c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'amount' ->> 'value'), c.currency);
-		c.fee := payments.amount_in_currency(payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value'), c.currency);
+		-- the fee only in the capture's currency (one in another is no amount of the payment's)
+		c.fee := CASE WHEN upper(coalesce(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'currency_code', c.currency) COLLATE pg_catalog."C")
+							   = upper(c.currency COLLATE pg_catalog."C")
+					  THEN payments.amount_in_currency(payments.decimal_amount(r -> 'seller_receivable_breakdown' -> 'paypal_fee' ->> 'value'), c.currency) END;
 		c.metadata := jsonb_build_object('capture_id', r ->> 'id');
 		-- a capture names no source: its order's payment_source says the method (a payment known
 		-- only from its captures is paid by paypal: payments.apply_paypal_change)
@@ -1781,7 +1784,9 @@ BEGIN
 		IF c.creates THEN
 			c.currency := nullif(r -> 'amount' ->> 'currency', '');
 			c.amount := payments.amount_in_currency(payments.decimal_amount(r -> 'amount' ->> 'total'), c.currency);
-			c.fee := payments.amount_in_currency(payments.decimal_amount(r -> 'transaction_fee' ->> 'value'), c.currency);
+			c.fee := CASE WHEN upper(coalesce(r -> 'transaction_fee' ->> 'currency', c.currency) COLLATE pg_catalog."C")
+								   = upper(c.currency COLLATE pg_catalog."C")
+						  THEN payments.amount_in_currency(payments.decimal_amount(r -> 'transaction_fee' ->> 'value'), c.currency) END;
 		ELSE
 			c.amount_refunded := coalesce(payments.decimal_amount(r -> 'total_refunded_amount' ->> 'value', true),
 										  payments.decimal_amount(r -> 'amount' ->> 'total', true));
@@ -1854,7 +1859,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) IS
-	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED (the method the key of the order''s payment_source, else paypal; the payer from payer, else from that source), CUSTOMER.DISPUTE.*; a capture names no method; refunds and disputes attach to their capture (a refund that failed or was cancelled is ignored; a dispute resolved for the buyer is left to the reversal or refund that moves the money)';
+	'What a PayPal event says about a payment: PAYMENT.CAPTURE.*, the v1 PAYMENT.SALE.*, CHECKOUT.ORDER.APPROVED, CHECKOUT.PAYMENT-APPROVAL.REVERSED (the method the key of the order''s payment_source, else paypal; the payer from payer, else from that source), CUSTOMER.DISPUTE.*; a capture names no method; a fee (paypal_fee, v1 transaction_fee) in another currency than the capture''s is not taken; refunds and disputes attach to their capture (a refund that failed or was cancelled is ignored; a dispute resolved for the buyer is left to the reversal or refund that moves the money)';
 
 --------------------------------------------------------------------------------------------------
 -- Applying events
@@ -1918,6 +1923,8 @@ DECLARE
 	refunded_now numeric;
 	refunded_then numeric;
 	paid_captures bigint;
+	held_by	text;		-- the payment that holds a capture already kept
+	capture_fee numeric;	-- a capture's own fee, where the change takes none for the payment
 BEGIN
 	IF etype IN ('PAYMENT.CAPTURE.REFUNDED', 'PAYMENT.CAPTURE.REVERSED', 'PAYMENT.SALE.REFUNDED', 'PAYMENT.SALE.REVERSED') THEN
 		capture := CASE WHEN etype LIKE 'PAYMENT.SALE.%' THEN r ->> 'sale_id' ELSE payments.paypal_refunded_capture(r) END;
@@ -1980,6 +1987,33 @@ BEGIN
 			 WHERE k.payment_id = cap.payment_id;
 		END IF;
 		RETURN payments.apply_change(event_row, provider_name, change);
+	END IF;
+
+	-- news of a capture already kept is news of the payment that holds it, as its refunds and
+	-- disputes are, whatever order it names now (one delivered first without its order_id made a
+	-- payment of its own): the same money never pays a second payment.  Under that payment's lock
+	-- (taken first, as apply_change takes it): while it has another capture paid, this capture's
+	-- fee is no fee of the whole payment, whose fee is its captures' sum (below; a payment refunded
+	-- in full takes no more captures, and keeps its fee)
+	IF r ->> 'id' IS NOT NULL
+	   AND etype IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.CAPTURE.PENDING', 'PAYMENT.CAPTURE.DENIED',
+					 'PAYMENT.CAPTURE.DECLINED', 'PAYMENT.SALE.COMPLETED', 'PAYMENT.SALE.PENDING',
+					 'PAYMENT.SALE.DENIED') THEN
+		SELECT p.provider_ref INTO held_by FROM payments.paypal_captures k
+		  JOIN payments.payments p ON p.id = k.payment_id
+		 WHERE k.provider = provider_name AND k.capture_id = r ->> 'id';
+		IF held_by IS NOT NULL AND held_by <> change.provider_ref THEN
+			change.provider_ref := held_by;
+			change.creates := false;
+		END IF;
+		PERFORM FROM payments.payments p
+		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
+		capture_fee := change.fee;
+		IF EXISTS (SELECT FROM payments.paypal_captures k JOIN payments.payments p ON p.id = k.payment_id
+				    WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref
+					  AND k.capture_id <> r ->> 'id' AND k.status = 'paid') THEN
+			change.fee := NULL;
+		END IF;
 	END IF;
 
 	-- another capture of an order already paid: news of more taken, the order's total so far (its
@@ -2049,7 +2083,7 @@ BEGIN
 	 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref;
 	-- news of a capture older than what is known of it changes it not
 	INSERT INTO payments.paypal_captures AS k (provider, capture_id, payment_id, status, amount, currency, fee, status_at)
-	VALUES (provider_name, capture, pay.id, coalesce(capture_status, change.status), coalesce(capture_amount, change.amount), upper(change.currency COLLATE pg_catalog."C"), change.fee,
+	VALUES (provider_name, capture, pay.id, coalesce(capture_status, change.status), coalesce(capture_amount, change.amount), upper(change.currency COLLATE pg_catalog."C"), capture_fee,
 			coalesce(change.status_at, now()))
 	ON CONFLICT (provider, capture_id) DO UPDATE
 	   SET status = excluded.status, amount = coalesce(excluded.amount, k.amount),
@@ -2072,7 +2106,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) IS
-	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; a payment paid by several captures takes the sum of their amounts and of their fees (a capture after the first is news of more taken, which leaves a dispute open), and a refund the sum of their refunded totals, each capture''s from its refunds known by id (payments.paypal_refunded_by)';
+	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; news of a capture already kept moves the payment that holds it, whatever order it names (the same money never pays two payments); a payment paid by several captures takes the sum of their amounts and of their fees (a capture after the first is news of more taken, which leaves a dispute open, and its fee counts only in the sum: a payment refunded in full keeps its fee), and a refund the sum of their refunded totals, each capture''s from its refunds known by id (payments.paypal_refunded_by)';
 
 -- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
 -- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line
@@ -5034,6 +5068,7 @@ DECLARE
 	captures jsonb;		-- a PayPal order's captures to apply, in order
 	refunded_capture boolean := false;	-- a PayPal capture found REFUNDED
 	order_source text;	-- the source a PayPal order found is paid from (its payment_source)
+	held_by	text;		-- another payment holding a PayPal capture found
 BEGIN
 	SELECT c.* INTO chk FROM payments.reconciliation_checks c WHERE c.id = record_reconciliation.check_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -5132,6 +5167,18 @@ BEGIN
 				-- are its amount and fee); the last one below, as a single capture is
 				FOR i IN 0 .. jsonb_array_length(captures) - 1 LOOP
 					r := captures -> i;
+					-- a capture already kept for another payment (its webhook named no order, and
+					-- made a payment of its own) is that payment's money: counted for this one too,
+					-- one donation would be paid twice, with two receipts.  An error, nothing applied
+					IF NOT no_capture THEN
+						SELECT pg_catalog.format('%s (%s)', p.provider_ref, p.status) INTO held_by
+						  FROM payments.paypal_captures k JOIN payments.payments p ON p.id = k.payment_id
+						 WHERE k.provider = chk.provider AND k.capture_id = r ->> 'id' AND k.payment_id <> pay.id;
+						IF held_by IS NOT NULL THEN
+							RAISE EXCEPTION 'capture % is held by payment %: not counted again for this one',
+								r ->> 'id', held_by;
+						END IF;
+					END IF;
 					-- found: the capture's status (an order without one, the order's)
 					raw := CASE WHEN no_capture THEN raw ELSE r ->> 'status' END;
 					refunded_capture := refunded_capture OR raw = 'REFUNDED';
@@ -5264,7 +5311,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) IS
-	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
+	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a PayPal capture found that another payment holds (its webhook named no order) is an error, nothing applied; a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
 
 CREATE FUNCTION payments.paynow_form(body bytea)
 RETURNS jsonb

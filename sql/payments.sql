@@ -783,6 +783,52 @@ SELECT p.provider_ref, p.status, p.amount_refunded, f.amount, f.refunded_at AT T
  WHERE p.provider = 'pp' AND p.provider_ref = 'ORDER9' ORDER BY f.refunded_at;
 ROLLBACK;
 
+-- PayPal's fee in another currency than the capture's is not taken (v2 paypal_fee, v1
+-- transaction_fee); one stating no currency is the capture's
+SELECT tp.paypal('WH-FX1', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAPFX","amount":{"currency_code":"USD","value":"30.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"EUR","value":"1.00"}}}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-FX2', 'PAYMENT.SALE.COMPLETED', '{"id":"SALEFX","amount":{"total":"45.00","currency":"USD"},"transaction_fee":{"value":"1.61","currency":"EUR"}}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-FX3', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CAPFY","amount":{"currency_code":"USD","value":"30.00"},"seller_receivable_breakdown":{"paypal_fee":{"value":"0.90"}}}', '2024-08-20T10:00:00Z');
+SELECT p.provider_ref, p.amount, p.fee, k.fee AS capture_fee
+  FROM payments.payments p JOIN payments.paypal_captures k ON k.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('CAPFX', 'SALEFX', 'CAPFY') ORDER BY p.provider_ref;
+
+-- a capture after an order was refunded in full (40.00, fee 1.70): the payment takes no more money,
+-- and keeps its fee (the refused move does not bring the second capture's 2.40)
+SELECT tp.paypal('WH-O10a', 'CHECKOUT.ORDER.APPROVED', '{"id":"O10","purchase_units":[{"amount":{"currency_code":"USD","value":"40.00"}}]}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-O10b', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"C101","amount":{"currency_code":"USD","value":"40.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"1.70"}},"supplementary_data":{"related_ids":{"order_id":"O10"}}}', '2024-08-20T10:01:00Z'),
+	   tp.paypal('WH-O10c', 'PAYMENT.CAPTURE.REFUNDED', '{"id":"R101","amount":{"currency_code":"USD","value":"40.00"},"seller_payable_breakdown":{"total_refunded_amount":{"currency_code":"USD","value":"40.00"}},"links":[{"href":"https://api.paypal.com/v2/payments/captures/C101","rel":"up"}]}', '2024-08-20T11:00:00Z'),
+	   tp.paypal('WH-O10d', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"C102","amount":{"currency_code":"USD","value":"60.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"2.40"}},"supplementary_data":{"related_ids":{"order_id":"O10"}}}', '2024-08-20T12:00:00Z');
+SELECT p.provider_ref, p.status, p.amount, p.fee, p.amount_refunded,
+	   (SELECT string_agg(t.from_status || '->' || t.to_status, ', ') FROM payments.refused_transitions t WHERE t.payment_id = p.id) AS refused
+  FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref = 'O10';
+
+-- a capture whose webhook named no order made a payment of its own (CR4, paid, with its receipt);
+-- its order (OR4) stays pending, and its reconciliation finds that capture in the order: the same
+-- money, not counted again (an error naming the payment holding it, nothing applied: OR4 is not
+-- paid with it, one receipt).  A later webhook of that capture naming the order moves the payment
+-- that holds it, not the order; one of a capture kept with its order, naming none, moves the order
+BEGIN;
+SET CONSTRAINTS payments.status_history_at_commit IMMEDIATE;
+SELECT tp.paypal('WH-OR4', 'CHECKOUT.ORDER.APPROVED', '{"id":"OR4","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"}}]}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-CR4', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR4","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"1.20"}}}', '2024-08-20T10:01:00Z');
+INSERT INTO payments.reconciliation_checks (payment_id, provider, request, status_before)
+SELECT p.id, p.provider, 'GET http://127.0.0.1:9/v2/checkout/orders/OR4', p.status
+  FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref = 'OR4';
+SELECT payments.record_reconciliation(c.id, 200, NULL,
+	'{"id":"OR4","status":"COMPLETED","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"},"payments":{"captures":[{"id":"CR4","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"1.20"}},"create_time":"2024-08-20T10:01:00Z","update_time":"2024-08-20T10:01:00Z"}]}}]}')
+  FROM payments.reconciliation_checks c WHERE c.request LIKE '%/v2/checkout/orders/OR4';
+SELECT outcome, status_after, error FROM payments.reconciliation_checks WHERE request LIKE '%/v2/checkout/orders/OR4';
+SELECT tp.paypal('WH-OR6', 'CHECKOUT.ORDER.APPROVED', '{"id":"OR6","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"}}]}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-CR6', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR6","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"}}', '2024-08-20T10:01:00Z'),
+	   tp.paypal('WH-CR6b', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR6","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"},"supplementary_data":{"related_ids":{"order_id":"OR6"}}}', '2024-08-20T10:05:00Z'),
+	   tp.paypal('WH-CR5', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR5","status":"COMPLETED","amount":{"currency_code":"USD","value":"20.00"},"supplementary_data":{"related_ids":{"order_id":"OR5"}}}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-CR5b', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR5","status":"COMPLETED","amount":{"currency_code":"USD","value":"20.00"}}', '2024-08-20T10:05:00Z');
+SELECT p.provider_ref, p.status, p.amount, p.fee, r.receipt_no IS NOT NULL AS receipt,
+	   (SELECT string_agg(k.capture_id, ', ') FROM payments.paypal_captures k WHERE k.payment_id = p.id) AS captures
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('OR4', 'CR4', 'OR5', 'CR5', 'OR6', 'CR6') ORDER BY p.provider_ref;
+ROLLBACK;
+
 -- leave no PayPal provider behind for the paypal test, which counts them
 DELETE FROM payments.payments WHERE provider = 'pp';
 DELETE FROM payments.events WHERE provider = 'pp';

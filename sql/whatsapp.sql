@@ -575,7 +575,10 @@ SELECT pg_temp.say('263770000001', '/report 2026-02-30', 3);
 SELECT pg_temp.say('263770000001', '/report Yesterday', 3);
 SELECT pg_temp.say('263770000001', '/approve', 4);
 SELECT pg_temp.say('263770000001', '/approve NOPE', 5);
-SELECT * FROM pg_temp.replies('263770000001');
+-- (of yesterday's reports, the first line: just after midnight, the payments other test files
+-- made minutes before are yesterday's)
+SELECT CASE WHEN r LIKE 'Daily report %' THEN split_part(r, E'\n', 1) ELSE r END AS replies
+  FROM pg_temp.replies('263770000001') AS r;
 SELECT reference AS eco_ref FROM payments.payments WHERE donor_phone = '263772000003' \gset
 -- (each case below is rolled back: the approvals after it are made on the payments as they were)
 -- a command and its argument apart at any white space the chat trims: a tab, a line break, a
@@ -584,7 +587,8 @@ BEGIN;
 SELECT pg_temp.say('263770000001', E'/report\u00a0yesterday', 6);
 SELECT pg_temp.say('263770000001', E'/approve\t' || lower(:'eco_ref') || E'\u00a0', 7);
 SELECT pg_temp.say('263770000001', E'/Approve\n\n' || :'eco_ref', 8);
-SELECT * FROM pg_temp.replies('263770000001');
+SELECT CASE WHEN r LIKE 'Daily report %' THEN split_part(r, E'\n', 1) ELSE r END AS replies
+  FROM pg_temp.replies('263770000001') AS r;
 ROLLBACK;
 -- /approve of a payment Paynow reported failed (or cancelled) after its request was sent: no
 -- prompt is pending, and the answer says so (a pending one's warning is below)

@@ -693,6 +693,7 @@ COMMENT ON TABLE payments.payments IS
 	'One row per provider payment object; amount in major units of currency; moved only forward, by payments.apply_change (for stored events, batches and reconciliation)';
 COMMENT ON COLUMN payments.payments.status_at IS 'The provider''s time of the current status; older events never move the payment';
 COMMENT ON COLUMN payments.payments.donor_phone IS 'E.164 digits, no plus sign';
+COMMENT ON COLUMN payments.payments.paid_at IS 'The time of the first news that it was paid, never later than when that news was recorded; its day is the receipt''s (payments.receipt_day)';
 
 CREATE TABLE payments.status_history (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -1158,7 +1159,7 @@ BEGIN
 				coalesce(change.kind, 'collection'), change.status, change.amount, upper(change.currency COLLATE pg_catalog."C"),
 				coalesce(change.amount_refunded, 0), change.fee, change.method, change.donor_name,
 				payments.e164_digits(change.donor_phone), change.donor_email, payments.country_code(change.country),
-				coalesce(change.metadata, '{}'), at, CASE WHEN change.status = 'paid' THEN at END)
+				coalesce(change.metadata, '{}'), at, CASE WHEN change.status = 'paid' THEN least(at, now()) END)
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING p.id, p.status, payments.refunded_total(p.status, p.amount, p.amount_refunded)
 		INTO pay.id, pay.status, refunded_after;
@@ -1274,7 +1275,7 @@ BEGIN
 		-- order (a hold captured in part, 300 of 1000, whose refund of the 300 came first: all of
 		-- what was taken is given back)
 		UPDATE payments.payments p
-		   SET paid_at = at,
+		   SET paid_at = least(at, now()),
 			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
@@ -1329,7 +1330,7 @@ BEGIN
 		UPDATE payments.payments p
 		   SET status = change.status,
 			   status_at = greatest(p.status_at, at),
-			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, at) ELSE p.paid_at END,
+			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, least(at, now())) ELSE p.paid_at END,
 			   amount = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL AND change.amount IS NOT NULL
 								  AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
@@ -2281,7 +2282,7 @@ BEGIN
 			   (c.change).fee, (c.change).method, (c.change).donor_name,
 			   payments.e164_digits((c.change).donor_phone), (c.change).donor_email,
 			   payments.country_code((c.change).country), coalesce((c.change).metadata, '{}'),
-			   c.at, CASE WHEN (c.change).status = 'paid' THEN c.at END
+			   c.at, CASE WHEN (c.change).status = 'paid' THEN least(c.at, now()) END
 		  FROM creators c
 		 ORDER BY c.provider COLLATE "C", (c.change).provider_ref COLLATE "C"
 		ON CONFLICT (provider, provider_ref) DO NOTHING

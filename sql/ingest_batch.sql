@@ -270,6 +270,18 @@ COMMIT;
 SELECT p.provider_ref, p.status, r.receipt_no FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE p.provider_ref LIKE 'pi_bt_u%' ORDER BY p.provider_ref;
 
+-- news dated ahead of our clock (three days) is paid as of when it was recorded, its receipt
+-- numbered into today, when the batch's set statement creates the payment too (rolled back)
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT * FROM tb.batch(jsonb_build_array(jsonb_build_object('provider', 'batch-rc', 'evt', 'evt_bt_fut',
+	'etype', 'payment_intent.succeeded', 'obj', '{"id": "pi_bt_fut", "amount": 100, "currency": "usd"}'::jsonb,
+	'ts', extract(epoch FROM now() + interval '3 days')::bigint)));
+SELECT p.status, p.paid_at <= now() AS paid_by_now,
+	   r.receipt_no LIKE 'RC-' || to_char(payments.receipt_day(now()), 'YYYYMMDD') || '-%' AS numbered_today
+  FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id WHERE p.provider_ref = 'pi_bt_fut';
+ROLLBACK;
+
 -- payments.flush_wal(): the shim commits a batch with synchronous_commit off and calls it before
 -- answering.  After it, the WAL is flushed at least to where it had been written before the call
 -- (less a page header, where that position is just past one: nothing is written there yet).

@@ -148,6 +148,24 @@ SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h8', 1000) || '{"ca
 SELECT status, receipt_no IS NOT NULL AS numbered_before_commit FROM tp.show('pi_h8');
 COMMIT;
 SELECT status, receipt_no IS NOT NULL AS numbered FROM tp.show('pi_h8');
+-- news dated ahead of our clock (three days: a provider's clock, or a sender's): paid as of when
+-- it was recorded, its receipt numbered into today, not a day still to come; whether it creates
+-- the payment paid, moves it to paid, or is the late news of a payment refunded first (rolled
+-- back: the receipts listed below are of fixed days)
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_fut1', 1000), extract(epoch FROM now() + interval '3 days')::bigint);
+SELECT tp.stripe('payshop', 'payment_intent.processing', tp.pi('pi_fut2', 1000), extract(epoch FROM now())::bigint);
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_fut2', 1000), extract(epoch FROM now() + interval '3 days')::bigint);
+SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_fut3', 1000) || '{"captured": false, "amount_captured": 0}', extract(epoch FROM now())::bigint);
+SELECT tp.stripe('payshop', 'charge.refunded', tp.charge('pi_fut3', 1000, 300) || '{"captured": true, "amount_captured": 300}', extract(epoch FROM now() + interval '3 days 1 minute')::bigint);
+SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_fut3', 1000) || '{"captured": true, "amount_captured": 300}', extract(epoch FROM now() + interval '3 days')::bigint);
+SELECT p.provider_ref, p.status, p.paid_at <= now() AS paid_by_now,
+	   p.status_at > now() + interval '2 days' AS status_time_as_sent,
+	   r.receipt_no LIKE 'PS-' || to_char(payments.receipt_day(now()), 'YYYYMMDD') || '-%' AS numbered_today
+  FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider_ref IN ('pi_fut1', 'pi_fut2', 'pi_fut3') ORDER BY 1;
+ROLLBACK;
 -- before 2025-03-31, a charge.refunded that reports only what the capture released: nothing given back
 SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h4', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910, '2024-06-20');
 SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h4', 1000, 700) || '{"captured": true, "amount_captured": 300}', 1718000920, '2024-06-20');

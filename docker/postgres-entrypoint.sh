@@ -51,7 +51,7 @@ if [ "${1:-}" = postgres ]; then
 		ALTER ROLE payments_shim PASSWORD :'password';
 		-- the jobs once: a schedule the operator changed since (keep_rejections => NULL, say) stays
 		SELECT 'SELECT count(*) FROM payments.schedule_jobs()'
-		 WHERE NOT EXISTS (SELECT FROM cron.job WHERE jobname LIKE 'payments-%@' || current_database()) \gexec
+		 WHERE NOT EXISTS (SELECT FROM cron.job WHERE jobname IN (SELECT jobname FROM payments.cron_jobs())) \gexec
 	SQL
 	pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi

@@ -4287,6 +4287,8 @@ BEGIN
 		  FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 		 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1885436269::oid
 		   AND l.objid = lock_key::oid AND l.objsubid = 2::int2
+		   -- advisory locks are per database: the same key held in another one is not this job's
+		   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
 		 ORDER BY l.pid LIMIT 1;
 		-- anyone may take an advisory lock: one held by a role that cannot run the jobs, or by a
 		-- prepared transaction (no backend: a run's lock is its session's), is no run, and would
@@ -4322,12 +4324,13 @@ BEGIN
 		LOOP
 			PERFORM payments.restart_statement_timeout();
 			last_attempt := (SELECT pg_catalog.max(a.id) FROM payments.outbox_attempts a);
-			CALL payments.deliver_outbox(max_items, 'webhooks');
+			-- at most deliver_outbox's own limit (200) a batch, as reconcile and chat are held to theirs
+			CALL payments.deliver_outbox(least(max_items, 200), 'webhooks');
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 			-- full: as many webhooks tried as the batch may claim (a run by hand at the same time
 			-- adds its own, and costs one more batch, which finds what is left)
 			EXIT WHEN (SELECT pg_catalog.count(*) FROM payments.outbox_attempts a
-						WHERE a.id > coalesce(last_attempt, 0) AND a.endpoint_id IS NOT NULL) < max_items
+						WHERE a.id > coalesce(last_attempt, 0) AND a.endpoint_id IS NOT NULL) < least(max_items, 200)
 				OR pg_catalog.clock_timestamp() > started + interval '50 seconds';
 			COMMIT AND CHAIN;
 			PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -4492,8 +4495,12 @@ AS $$
 		('payments-deliver', deliver_schedule, 'CALL payments.run_job(''deliver'')', current_database()),
 		('payments-reconcile', reconcile_schedule, 'CALL payments.run_job(''reconcile'', 50)', current_database()),
 		('payments-chat', deliver_schedule, 'CALL payments.run_job(''chat'')', current_database()),
+		-- the run details of this database's jobs only (and of this housekeeping job, which runs
+		-- in pg_cron's): another database's keep_run_details is its own
 		('payments-housekeeping', housekeeping_schedule,
-		 format('DELETE FROM cron.job_run_details WHERE end_time < now() - %L::interval', keep_run_details),
+		 format('DELETE FROM cron.job_run_details d WHERE d.end_time < now() - %L::interval'
+				' AND (d.database = %L OR d.jobid IN (SELECT j.jobid FROM cron.job j WHERE j.jobname = %L))',
+				keep_run_details, current_database(), 'payments-housekeeping@' || current_database()),
 		 coalesce(current_setting('cron.database_name', true), 'postgres')),
 		('payments-prune', CASE WHEN keep_rejections IS NOT NULL OR keep_outbox IS NOT NULL THEN housekeeping_schedule END,
 		 format('PERFORM %s',
@@ -4505,11 +4512,12 @@ AS $$
 	 WHERE j.schedule IS NOT NULL
 $$;
 COMMENT ON FUNCTION payments.cron_jobs(text, text, text, interval, text, interval, interval) IS
-	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of cron.job_run_details runs in pg_cron''s own; rejections older than keep_rejections and outbox items finished longer ago than keep_outbox are pruned on the housekeeping schedule, each never when it is NULL: no prune job when both are)';
+	'The pg_cron jobs of this database: name, schedule, command and the database it runs in (housekeeping of the cron.job_run_details of the jobs that run in this database runs in pg_cron''s own; rejections older than keep_rejections and outbox items finished longer ago than keep_outbox are pruned on the housekeeping schedule, each never when it is NULL: no prune job when both are)';
 
 -- The jobs name their database (payments-retry@shop) and connect to it by name: those of a
 -- database renamed or dropped since fail every minute, and the renamed one's tools look for jobs
--- of its new name.  Removed by schedule_jobs and unschedule_jobs, in pg_cron's database
+-- of its new name.  Removed by schedule_jobs and unschedule_jobs, in pg_cron's database.  Only
+-- the names cron_jobs gives, before the @: a DBA's own job named payments-export@nightly is theirs
 CREATE FUNCTION payments.unschedule_orphan_jobs()
 RETURNS bigint
 LANGUAGE plpgsql
@@ -4519,7 +4527,8 @@ DECLARE
 	n	bigint;
 BEGIN
 	EXECUTE 'SELECT count(cron.unschedule(j.jobid)) FROM cron.job j'
-			' WHERE j.jobname LIKE ''payments-%@%'''
+			' WHERE substring(j.jobname FROM ''^([^@]*)@'')'
+			'		IN (SELECT substring(c.jobname FROM ''^([^@]*)@'') FROM payments.cron_jobs() c)'
 			'   AND substring(j.jobname FROM ''@(.*)$'') NOT IN (SELECT d.datname FROM pg_catalog.pg_database d)'
 	   INTO n;
 	IF n > 0 THEN
@@ -4529,7 +4538,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.unschedule_orphan_jobs() IS
-	'Removes the payments pg_cron jobs named after a database that no longer exists (renamed or dropped: they fail every minute); returns how many; called by schedule_jobs and unschedule_jobs';
+	'Removes the payments pg_cron jobs (payments-retry, -deliver, -reconcile, -chat, -housekeeping and -prune, each followed by @ and a database name: no other job) named after a database that no longer exists (renamed or dropped: they fail every minute); returns how many; called by schedule_jobs and unschedule_jobs';
 
 CREATE FUNCTION payments.schedule_jobs(retry_schedule text DEFAULT '* * * * *',
 									   deliver_schedule text DEFAULT '* * * * *',
@@ -4696,6 +4705,23 @@ $$;
 COMMENT ON FUNCTION payments.api_base(text, jsonb) IS
 	'The base URL of a provider''s API: the api_base setting, else the provider''s real host';
 
+-- What an API token is fetched with: a SHA-256 of the API's base URL, client_id and client_secret.
+-- A token request carries it and store_api_token compares it with the provider's credentials then:
+-- a token fetched with credentials changed while the request was out is not kept (the forget
+-- trigger had nothing to forget yet).  A digest, so that no secret is read from the request but in
+-- its headers
+CREATE FUNCTION payments.api_credentials_digest(kind text, settings jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT encode(sha256(convert_to(jsonb_build_array(payments.api_base(kind, settings), settings -> 'client_id',
+													   settings -> 'client_secret')::text, 'UTF8')), 'hex')
+$$;
+COMMENT ON FUNCTION payments.api_credentials_digest(text, jsonb) IS
+	'The SHA-256 (hex) of a provider''s API base URL, client_id and client_secret: what a token request (api_token_requests) was made with, checked by store_api_token';
+REVOKE ALL ON FUNCTION payments.api_credentials_digest(text, jsonb) FROM PUBLIC;
+
 CREATE TABLE payments.api_tokens (
 	provider	text PRIMARY KEY REFERENCES payments.providers (name) ON DELETE CASCADE,
 	token		text,
@@ -4773,7 +4799,7 @@ COMMENT ON VIEW payments.stuck_payments IS
 	'Payments pending for longer than payments.reconcile_after, with their last reconciliation check';
 
 CREATE FUNCTION payments.api_token_requests(max_items integer DEFAULT 50)
-RETURNS TABLE (provider text, url text, method text, headers text, body text)
+RETURNS TABLE (provider text, url text, method text, headers text, body text, credentials text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -4788,7 +4814,8 @@ AS $$
 				E'\nContent-Type: application/x-www-form-urlencoded\nAccept: application/json'
 			ELSE 'clientId: ' || (v.settings ->> 'client_id') || E'\nclientSecret: ' || (v.settings ->> 'client_secret') ||
 				 E'\nAccept: application/json' END,
-		   CASE v.kind WHEN 'paypal' THEN 'grant_type=client_credentials' END
+		   CASE v.kind WHEN 'paypal' THEN 'grant_type=client_credentials' END,
+		   payments.api_credentials_digest(v.kind, v.settings)
 	  FROM payments.providers v
 	 WHERE v.kind IN ('paypal', 'eversend') AND v.settings ? 'client_id' AND v.settings ? 'client_secret'
 	   AND NOT EXISTS (SELECT FROM payments.api_tokens t
@@ -4805,9 +4832,14 @@ AS $$
 	 LIMIT max_items
 $$;
 COMMENT ON FUNCTION payments.api_token_requests(integer) IS
-	'The token requests a reconciliation run needs first: providers (paypal, eversend) with a payment due for a check (payments.reconciliation_due), no live cached token and no wait after failed fetches (api_tokens.next_fetch_at); used by reconcile';
+	'The token requests a reconciliation run needs first: providers (paypal, eversend) with a payment due for a check (payments.reconciliation_due), no live cached token and no wait after failed fetches (api_tokens.next_fetch_at), each with the digest of the credentials it is made with (api_credentials_digest), handed back to store_api_token; used by reconcile';
 
-CREATE FUNCTION payments.store_api_token(provider text, http_status integer, error text, response text)
+-- credentials: api_token_requests' digest of what the request was made with.  An answer to
+-- credentials or an api_base changed (or a provider removed) since is discarded, token or failure:
+-- the forget trigger could not delete a token not stored yet.  The provider's row is locked (FOR
+-- SHARE) until this commits, so that a change made meanwhile waits, then forgets what is stored
+CREATE FUNCTION payments.store_api_token(provider text, http_status integer, error text, response text,
+										 credentials text)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -4817,7 +4849,13 @@ DECLARE
 	tok		text;
 	ttl		numeric;
 	problem	text := error;
+	now_credentials text;
 BEGIN
+	SELECT payments.api_credentials_digest(v.kind, v.settings) INTO now_credentials
+	  FROM payments.providers v WHERE v.name = store_api_token.provider FOR SHARE;
+	IF now_credentials IS NULL OR credentials IS NULL OR now_credentials <> credentials THEN
+		RETURN 'discarded: the provider''s api_base, client_id or client_secret changed while the token was fetched';
+	END IF;
 	IF problem IS NULL AND http_status NOT BETWEEN 200 AND 299 THEN
 		problem := 'HTTP ' || http_status || ': ' || left(coalesce(response, ''), 200);
 	END IF;
@@ -4851,8 +4889,8 @@ BEGIN
 	RETURN coalesce(problem, 'cached');
 END
 $$;
-COMMENT ON FUNCTION payments.store_api_token(text, integer, text, text) IS
-	'Caches the token a provider''s auth endpoint answered, until a minute before it expires, or records why there is none and when to ask again (reconcile_after, doubling with each failure after it, at most 24 hours); used by reconcile';
+COMMENT ON FUNCTION payments.store_api_token(text, integer, text, text, text) IS
+	'Caches the token a provider''s auth endpoint answered, until a minute before it expires, or records why there is none and when to ask again (reconcile_after, doubling with each failure after it, at most 24 hours); discards the answer (saying so) when the provider''s api_base, client_id or client_secret are no longer those of the request (credentials: api_token_requests'' digest); used by reconcile';
 
 CREATE FUNCTION payments.claim_reconciliation(max_items integer)
 RETURNS TABLE (check_id bigint, url text, method text, headers text, body text)
@@ -5375,7 +5413,7 @@ COMMENT ON FUNCTION payments.reconciliation_summary(integer) IS
 
 REVOKE ALL ON FUNCTION payments.reconcile_after() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.api_token_requests(integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.store_api_token(text, integer, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.store_api_token(text, integer, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.claim_reconciliation(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE payments.reconcile(integer) FROM PUBLIC;
@@ -8548,8 +8586,8 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.event_failed(bigint, text, integer, boolean), payments.claim_outbox(integer, text),
 	payments.record_delivery(bigint, integer, integer, text, integer, bigint, text),
 	payments.enqueue_transition(payments.status_history), payments.enqueue_raw_event(payments.events),
-	payments.api_token_requests(integer),
-	payments.store_api_token(text, integer, text, text), payments.claim_reconciliation(integer),
+	payments.api_token_requests(integer), payments.api_credentials_digest(text, jsonb),
+	payments.store_api_token(text, integer, text, text, text), payments.claim_reconciliation(integer),
 	payments.record_reconciliation(bigint, integer, text, text),
 	payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text),
 	payments.flows_answer(text, jsonb),

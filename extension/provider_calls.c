@@ -22,12 +22,15 @@
 typedef struct ProviderCall
 {
 	char	   *key;			/* the check id, or the provider of a token */
+	bool		tagged;			/* the load step returned a sixth column, tag */
+	char	   *tag;			/* its value (NULL: SQL NULL): what a token was
+								 * asked with, handed back to the recorder */
 } ProviderCall;
 
 /*
- * Runs a query returning (key, url, method, headers, body) and turns its rows
- * into requests allocated in cxt; headers are "Name: value" lines.  Returns
- * how many.
+ * Runs a query returning (key, url, method, headers, body[, tag]) and turns
+ * its rows into requests allocated in cxt; headers are "Name: value" lines.
+ * Returns how many.
  */
 static int
 LoadRequests(const char *query, int max_items, int max_response, MemoryContext cxt,
@@ -55,6 +58,13 @@ LoadRequests(const char *query, int max_items, int max_response, MemoryContext c
 		char	   *body = SPI_getvalue(row, desc, 5);
 
 		(*calls)[i].key = pstrdup(SPI_getvalue(row, desc, 1));
+		if (desc->natts >= 6)
+		{
+			char	   *tag = SPI_getvalue(row, desc, 6);
+
+			(*calls)[i].tagged = true;
+			(*calls)[i].tag = tag != NULL ? pstrdup(tag) : NULL;
+		}
 		req->url = pstrdup(SPI_getvalue(row, desc, 2));
 		req->get = method != NULL && strcmp(method, "GET") == 0;
 		req->body = pstrdup(body != NULL ? body : "");
@@ -80,13 +90,16 @@ LoadRequests(const char *query, int max_items, int max_response, MemoryContext c
 	return n;
 }
 
-/* Hands one answer to an SQL recorder taking (key, http_status, error, response) */
+/*
+ * Hands one answer to an SQL recorder taking (key, http_status, error,
+ * response), and the request's tag as a fifth argument when it has one
+ */
 static void
 RecordAnswer(const char *query, Oid keytype, const ProviderCall *call, const OutboundRequest *req)
 {
-	Oid			argtypes[4] = {keytype, INT4OID, TEXTOID, TEXTOID};
-	Datum		args[4];
-	char		nulls[4] = "    ";
+	Oid			argtypes[5] = {keytype, INT4OID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[5];
+	char		nulls[5] = "     ";
 	bool		readable;
 	const char *error = req->error;
 
@@ -104,7 +117,9 @@ RecordAnswer(const char *query, Oid keytype, const ProviderCall *call, const Out
 	nulls[2] = error[0] ? ' ' : 'n';
 	args[3] = readable ? PointerGetDatum(cstring_to_text_with_len(req->response, (int) req->response_len)) : (Datum) 0;
 	nulls[3] = readable ? ' ' : 'n';
-	if (SPI_execute_with_args(query, 4, argtypes, args, nulls, false, 0) != SPI_OK_SELECT)
+	args[4] = call->tag != NULL ? CStringGetTextDatum(call->tag) : (Datum) 0;
+	nulls[4] = call->tag != NULL ? ' ' : 'n';
+	if (SPI_execute_with_args(query, call->tagged ? 5 : 4, argtypes, args, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not run \"%s\"", query);
 }
 
@@ -185,8 +200,8 @@ RecordAnswers(AnswersToRecord *answers, MemoryContext cxt)
  * them: the answers that came are recorded before it is served
  * (SetCancelAside), the others left to the next run (a check is closed as
  * interrupted, an initiation swept as lost).  load takes max_items as $1 and
- * returns (key, url, method, headers, body); record takes (key,
- * http_status, error, response).  The caller has connected SPI
+ * returns (key, url, method, headers, body), or these and a tag; record
+ * takes (key, http_status, error, response), and the tag if there is one.  The caller has connected SPI
  * non-atomically and moved to READ COMMITTED (UseReadCommitted): every
  * commit here chains, keeping it.
  */

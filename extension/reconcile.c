@@ -5,7 +5,8 @@
  * SQL decides what to ask and what the answers mean; provider_calls.c moves
  * the bytes.  One run is: fetch the API tokens that are missing or expired
  * (payments.api_token_requests), commit, send, store them
- * (payments.store_api_token), commit; claim the stuck payments and record a
+ * (payments.store_api_token, which discards those asked with credentials
+ * changed since), commit; claim the stuck payments and record a
  * check for each (payments.claim_reconciliation), commit, so that no row
  * lock is held while the providers answer; send the batch in parallel;
  * record each answer (payments.record_reconciliation, which applies it
@@ -51,8 +52,9 @@ reconcile(PG_FUNCTION_ARGS)
 		if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		UseReadCommitted();
-		RunProviderCalls("SELECT provider, url, method, headers, body FROM payments.api_token_requests($1)",
-				max_items, "SELECT payments.store_api_token($1, $2, $3, $4)", TEXTOID,
+		/* each token answer with the digest of the credentials it was asked with */
+		RunProviderCalls("SELECT provider, url, method, headers, body, credentials FROM payments.api_token_requests($1)",
+				max_items, "SELECT payments.store_api_token($1, $2, $3, $4, $5)", TEXTOID,
 				RECONCILE_MAX_RESPONSE, cxt);
 		MemoryContextReset(cxt);
 		RunProviderCalls("SELECT check_id, url, method, headers, body FROM payments.claim_reconciliation($1)",

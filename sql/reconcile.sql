@@ -40,8 +40,10 @@ SELECT provider, kind, provider_ref, last_checked_at IS NULL AS never_checked
 
 -- tokens first: PayPal client credentials (Basic), Eversend clientId/clientSecret headers
 SELECT provider, method, url, headers, body FROM payments.api_token_requests() WHERE provider LIKE 'rc\_%' ORDER BY provider;
-SELECT payments.store_api_token('rc_paypal', 200, NULL, '{"access_token": "A21AA", "token_type": "Bearer", "expires_in": 32400}');
-SELECT payments.store_api_token('rc_ever', 500, NULL, 'oops');
+SELECT payments.store_api_token('rc_paypal', 200, NULL, '{"access_token": "A21AA", "token_type": "Bearer", "expires_in": 32400}',
+	(SELECT credentials FROM payments.api_token_requests() WHERE provider = 'rc_paypal'));
+SELECT payments.store_api_token('rc_ever', 500, NULL, 'oops',
+	(SELECT credentials FROM payments.api_token_requests() WHERE provider = 'rc_ever'));
 SELECT provider, token, expires_at > now() + interval '8 hours' AS cached_long, last_error
   FROM payments.api_tokens WHERE provider LIKE 'rc\_%' ORDER BY provider;
 SELECT provider FROM payments.api_token_requests() WHERE provider LIKE 'rc\_%';
@@ -116,6 +118,28 @@ SELECT command FROM payments.cron_jobs(keep_outbox => NULL) WHERE jobname LIKE '
 SELECT count(*) AS prune_jobs FROM payments.cron_jobs(keep_rejections => NULL, keep_outbox => NULL) WHERE jobname LIKE 'payments-prune@%';
 SELECT payments.schedule_jobs(keep_rejections => interval '-1 day');
 SELECT payments.schedule_jobs(keep_outbox => interval '-1 day');
+-- schedule_jobs and unschedule_jobs remove the jobs of ours named after a database that no longer
+-- exists (payments-retry@gone), never a DBA's own jobs whose names merely look like ours
+-- (schedules that never come during the test)
+CREATE EXTENSION pg_cron;
+SELECT cron.schedule('payments-export@nightly', '0 2 * * *', 'SELECT 1') > 0 AS scheduled;
+SELECT cron.schedule('payments-report@finance-team', '0 2 * * *', 'SELECT 1') > 0 AS scheduled;
+SELECT cron.schedule('payments-retry@gone', '0 4 1 1 *', 'SELECT 1') > 0 AS scheduled;
+SELECT jobname FROM payments.schedule_jobs('0 4 1 1 *', '0 4 1 1 *', '0 4 1 1 *', '7 days', '0 4 1 1 *') ORDER BY 1;
+SELECT jobname FROM cron.job ORDER BY 1;
+SELECT cron.schedule('payments-retry@gone', '0 4 1 1 *', 'SELECT 1') > 0 AS scheduled;
+SELECT payments.unschedule_jobs();
+SELECT jobname FROM cron.job ORDER BY 1;
+-- the housekeeping deletes the old run details of the jobs that run in this database, and its
+-- own (it runs in pg_cron's), not those of another database's jobs: each keeps its own
+INSERT INTO cron.job_run_details (jobid, database, command, status, start_time, end_time)
+SELECT j.id, j.db, 'SELECT 1', 'succeeded', now() - j.age, now() - j.age
+  FROM (VALUES (101, 'contrib_regression', interval '8 days'), (102, 'contrib_regression', interval '1 day'),
+			   (103, 'otherdb', interval '8 days')) AS j (id, db, age);
+SELECT command AS housekeeping FROM payments.cron_jobs() WHERE jobname LIKE 'payments-housekeeping@%' \gset
+:housekeeping;
+SELECT jobid, database FROM cron.job_run_details ORDER BY jobid;
+DROP EXTENSION pg_cron;
 -- never-checked payments first; after n checks the next waits reconcile_after (5 min) * 2^(n-1):
 -- three checks, the last 41 minutes ago, is due (20 min); five is not (80 min)
 INSERT INTO payments.payments (provider, provider_ref, status, amount, currency, status_at, metadata) VALUES
@@ -149,27 +173,45 @@ SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
 UPDATE payments.reconciliation_checks SET started_at = started_at - interval '10 minutes'
  WHERE request = 'GET earlier' AND provider = 'rc_ever2';
 SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+SELECT credentials AS ever2 FROM payments.api_token_requests() WHERE provider = 'rc_ever2' \gset
 -- refused: not asked again for reconcile_after
-SELECT payments.store_api_token('rc_ever2', 401, NULL, '{"message": "invalid credentials"}');
+SELECT payments.store_api_token('rc_ever2', 401, NULL, '{"message": "invalid credentials"}', :'ever2');
 SELECT token IS NULL AS no_token, failures, next_fetch_at - fetched_at AS waits, last_error
   FROM payments.api_tokens WHERE provider = 'rc_ever2';
 SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
 -- its wait over, asked again; refused again, it waits twice as long, and so on up to a day
 UPDATE payments.api_tokens SET next_fetch_at = now() - interval '1 second' WHERE provider = 'rc_ever2';
 SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
-SELECT payments.store_api_token('rc_ever2', 401, NULL, '{"message": "invalid credentials"}');
+SELECT payments.store_api_token('rc_ever2', 401, NULL, '{"message": "invalid credentials"}', :'ever2');
 SELECT failures, next_fetch_at - fetched_at AS waits FROM payments.api_tokens WHERE provider = 'rc_ever2';
 UPDATE payments.api_tokens SET failures = 12 WHERE provider = 'rc_ever2';
-SELECT payments.store_api_token('rc_ever2', 500, NULL, 'oops');
+SELECT payments.store_api_token('rc_ever2', 500, NULL, 'oops', :'ever2');
 SELECT failures, next_fetch_at - fetched_at AS waits FROM payments.api_tokens WHERE provider = 'rc_ever2';
 -- a token fetched ends the wait
-SELECT payments.store_api_token('rc_ever2', 200, NULL, '{"token": "EVTOKEN"}');
+SELECT payments.store_api_token('rc_ever2', 200, NULL, '{"token": "EVTOKEN"}', :'ever2');
 SELECT token, failures, next_fetch_at, last_error FROM payments.api_tokens WHERE provider = 'rc_ever2';
 -- new credentials forget the token and the failures: the next check that is due asks at once
 UPDATE payments.api_tokens SET token = NULL, failures = 3, next_fetch_at = now() + interval '1 hour' WHERE provider = 'rc_ever2';
 SELECT payments.register_provider('rc_ever2', 'eversend', '{"client_id": "eid", "client_secret": "renewed", "api_base": "http://127.0.0.1:9"}');
 SELECT count(*) AS kept FROM payments.api_tokens WHERE provider = 'rc_ever2';
 SELECT provider FROM payments.api_token_requests() WHERE provider = 'rc_ever2';
+-- a token asked with the old credentials and answered after they changed (the trigger had nothing
+-- to forget yet) is discarded, as is a failure: never kept, nor sent with the new ones
+SELECT payments.store_api_token('rc_ever2', 200, NULL, '{"token": "OLDTOKEN"}', :'ever2');
+SELECT payments.store_api_token('rc_ever2', 401, NULL, '{"message": "invalid credentials"}', :'ever2');
+SELECT payments.store_api_token('rc_ever2', 200, NULL, '{"token": "NOTOKEN"}', NULL);
+SELECT count(*) AS kept FROM payments.api_tokens WHERE provider = 'rc_ever2';
+-- the request carries the digest of what it is made with, not the secret; one asked with the
+-- current credentials is kept
+SELECT credentials AS ever2 FROM payments.api_token_requests() WHERE provider = 'rc_ever2' \gset
+SELECT :'ever2' ~ '^[0-9a-f]{64}$' AS digest, strpos(:'ever2', 'renewed') = 0 AS no_secret;
+SELECT payments.store_api_token('rc_ever2', 200, NULL, '{"token": "NEWTOKEN"}', :'ever2');
+SELECT token FROM payments.api_tokens WHERE provider = 'rc_ever2';
+-- the api_base alone changed while a request was out: discarded too (the token it brings is
+-- never sent to the new host)
+SELECT payments.register_provider('rc_ever2', 'eversend', '{"client_id": "eid", "client_secret": "renewed", "api_base": "http://127.0.0.1:8"}');
+SELECT payments.store_api_token('rc_ever2', 200, NULL, '{"token": "NEWTOKEN2"}', :'ever2');
+SELECT count(*) AS kept FROM payments.api_tokens WHERE provider = 'rc_ever2';
 ROLLBACK;
 
 -- Stripe Connect: a connected account's payment is asked as that account (Stripe-Account: the

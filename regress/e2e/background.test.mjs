@@ -704,8 +704,11 @@ test('a job lock held by a role that cannot run the jobs stops none; one held by
 	} finally {
 		await hog.release();
 	}
-	// a lock kept by a prepared transaction has no backend: no run holds it
+	// a lock kept by a prepared transaction has no backend: no run holds it.  Advisory locks are
+	// per database: a session of another database holding the same key (a run of its own job) is
+	// no holder here, and hides nothing (it was named as the run still going, the job skipped)
 	paid('pi_hog_prepared');
+	const elsewhere = await holdLock(db, `SELECT pg_advisory_lock(1885436269, ${key})`, 'postgres', 'postgres');
 	db.psql(`BEGIN; SELECT pg_advisory_xact_lock(1885436269, ${key}); PREPARE TRANSACTION 'hog'`);
 	try {
 		assert.equal(db.psql(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid IS NULL
@@ -715,6 +718,7 @@ test('a job lock held by a role that cannot run the jobs stops none; one held by
 		assert.equal(receiver.to('/hog').length, 2);
 	} finally {
 		db.psql(`ROLLBACK PREPARED 'hog'`);
+		await elsewhere.release();
 	}
 	paid('pi_hog2');
 	const run = await holdLock(db, `SELECT pg_advisory_lock(1885436269, ${key})`);

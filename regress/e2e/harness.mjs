@@ -430,9 +430,9 @@ export function assertOutageAnswers(t, results) {
 // Holds a lock in a psql session of its own: runs BEGIN and `lockSql`, resolves once the lock is
 // granted, and keeps the transaction open until release() (COMMIT) is called.  kill() ends the
 // session, for a test's cleanup after a failure.  The session is user's (postgres by default).
-export async function holdLock(cluster, lockSql, user = 'postgres') {
+export async function holdLock(cluster, lockSql, user = 'postgres', database = 'payments') {
 	const proc = spawn(join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', cluster.dir,
-		'-p', String(cluster.port), '-U', user, '-d', 'payments'], { stdio: ['pipe', 'pipe', 'pipe'] });
+		'-p', String(cluster.port), '-U', user, '-d', database], { stdio: ['pipe', 'pipe', 'pipe'] });
 	const exited = new Promise((resolve) => proc.once('exit', resolve));
 	let out = '';
 	let err = '';

@@ -8048,6 +8048,13 @@ BEGIN
 	IF p.status <> transition.to_status THEN
 		RETURN;			-- moved on again in the same transaction: that move tells the donor
 	END IF;
+	-- paid again (a dispute won, or settled by an admin's /approve): the donor was thanked, with
+	-- the receipt, when it was first paid
+	IF transition.to_status = 'paid' AND EXISTS (SELECT FROM payments.status_history h
+												 WHERE h.payment_id = transition.payment_id AND h.to_status = 'paid'
+												   AND h.id < transition.id) THEN
+		RETURN;
+	END IF;
 	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount, p.currency), p.currency, p.reference);
 	-- Meta delivers free text only within 24 hours of the donor's last message (its customer
 	-- service window); a receipt due later (a payment confirmed late), or to a donor with no
@@ -8092,7 +8099,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
-	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old), failed, cancelled (not after failed: the donor was told) or refunded, queues the message to the donor (to their phone number, or recipient their business-scoped user id)';
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old; none when it is paid again, a dispute won or settled by /approve), failed, cancelled (not after failed: the donor was told) or refunded, queues the message to the donor (to their phone number, or recipient their business-scoped user id)';
 
 -- Paynow's news that a donation an admin approved by hand (/approve) was paid: the donor may have
 -- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment

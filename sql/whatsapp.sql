@@ -1247,6 +1247,19 @@ SELECT p.status, p.paid_at IS NOT NULL AS paid_at, r.receipt_no IS NOT NULL AS h
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id WHERE p.reference = :'disputed_ref';
 SELECT regexp_replace(r, 'LP-[0-9]{8}-[0-9]{6}', 'LP-...', 'g') FROM pg_temp.replies('263770000001') r;
 SELECT regexp_replace(r, 'LP-[0-9]{8}-[0-9]{6}', 'LP-...', 'g') FROM pg_temp.replies('263776000042') r;
+-- a donation paid, then disputed, then approved by an admin (the dispute settled by hand): paid
+-- again, its receipt kept; the donor, thanked when it was paid, is not thanked a second time
+SELECT pg_temp.late_donation('263776000044', 'Nyasha', 'Medicines', '1 hour') AS settled_ref \gset
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'settled_ref'], ['paynowreference', '9144'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g144']]);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'settled_ref'], ['paynowreference', '9144'], ['amount', '3.00'],
+	['status', 'Disputed'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g144']]);
+SELECT pg_temp.say('263770000001', '/approve ' || :'settled_ref', 43);
+SELECT p.status, (SELECT string_agg(h.from_status || '>' || h.to_status, ' ' ORDER BY h.id) FROM payments.status_history h
+		 WHERE h.payment_id = p.id) AS moves
+  FROM payments.payments p WHERE p.reference = :'settled_ref';
+SELECT regexp_replace(r, 'LP-[0-9]{8}-[0-9]{6}', 'LP-...', 'g') FROM pg_temp.replies('263770000001') r;
+SELECT regexp_replace(r, '(LP|WA)-[0-9]{8}-[0-9]+', 'X', 'g') FROM pg_temp.replies('263776000044') r;
 -- Paynow reporting another amount than the donation's: the admins are told, once
 SELECT pg_temp.late_donation('263776000043', 'Chipo', 'Medicines', '1 hour') AS short_ref \gset
 SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'short_ref'], ['paynowreference', '9143'], ['amount', '0.50'],

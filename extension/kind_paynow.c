@@ -313,6 +313,22 @@ IsHttpUrl(const char *s)
 }
 
 /*
+ * True if a URL names a user or password (an @ before its path, query or
+ * fragment).  Refused in api_base: the URLs asked with it are kept in
+ * reconciliation_checks.request, which holds no credential.
+ */
+static bool
+HasUserinfo(const char *url)
+{
+	const char *authority = strstr(url, "://");
+
+	if (authority == NULL)
+		return false;
+	authority += 3;
+	return memchr(authority, '@', strcspn(authority, "/?#")) != NULL;
+}
+
+/*
  * Why settings cannot serve a Paynow provider, or NULL.  None is needed to
  * verify status updates; these are for initiating payments.
  */
@@ -340,6 +356,8 @@ PaynowSettingsProblem(Jsonb *settings)
 		url = SettingText(settings, urls[i]);
 		if (url == NULL || !IsHttpUrl(url))
 			return psprintf("%s must be an http:// or https:// URL", urls[i]);
+		if (strcmp(urls[i], "api_base") == 0 && HasUserinfo(url))
+			return pstrdup("api_base must be a URL without credentials");
 	}
 	return NULL;
 }

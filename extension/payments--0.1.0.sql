@@ -350,9 +350,10 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	-- the provider's API, for reconciliation (paynow checks its own api_base, in C)
-	IF kind <> 'paynow' AND settings ? 'api_base' AND coalesce(settings ->> 'api_base', '') !~ '^https?://[^/?#[:space:]]+(/[^?#[:space:]]*)?$' THEN
-		RAISE EXCEPTION 'setting "api_base" must be an http:// or https:// URL without query or fragment, not %',
-			settings -> 'api_base'
+	-- (no user or password: the URLs asked are kept in reconciliation_checks.request, and the
+	-- message does not repeat the value, which may hold one)
+	IF kind <> 'paynow' AND settings ? 'api_base' AND coalesce(settings ->> 'api_base', '') !~ '^https?://[^/?#@[:space:]]+(/[^?#[:space:]]*)?$' THEN
+		RAISE EXCEPTION 'setting "api_base" must be an http:// or https:// URL without credentials, query or fragment'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	SELECT k INTO unknown FROM unnest('{api_key,client_id,client_secret}'::text[]) AS k
@@ -3494,7 +3495,8 @@ BEGIN
 				  DETAIL = 'An endpoint name is 1 to 63 characters of a-z, 0-9, "_" and "-".';
 	END IF;
 	IF NEW.url IS NULL OR NEW.url !~ '^https?://[^/?#@[:space:]]+(/[^[:space:]]*)?$' THEN
-		RAISE EXCEPTION 'invalid endpoint URL "%"', NEW.url
+		-- (the URL is not repeated, to the client nor to the server log: it may hold a password)
+		RAISE EXCEPTION 'invalid endpoint URL'
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Give an absolute http:// or https:// URL without credentials.';
 	END IF;

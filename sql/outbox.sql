@@ -16,6 +16,8 @@ UPDATE payments.endpoints SET secret = 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' WHERE 
 -- to the client and in the server log
 UPDATE payments.endpoints SET timeout_ms = 500000 WHERE name = 'raw-refunds';
 UPDATE payments.endpoints SET url = NULL WHERE name = 'raw-refunds';
+-- (a URL with credentials is refused without being repeated: it would be in the server log)
+UPDATE payments.endpoints SET url = 'https://crm:BindPw77@crm.example/hooks' WHERE name = 'raw-refunds';
 UPDATE payments.endpoints SET consecutive_failures = NULL WHERE name = 'raw-refunds';
 UPDATE payments.endpoints SET updated_at = NULL WHERE name = 'raw-refunds';
 SELECT payments.add_endpoint('slow', 'https://crm.example/slow', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', timeout_ms => 500000);

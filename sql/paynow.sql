@@ -99,6 +99,8 @@ SELECT payments.register_provider('pn', 'paynow', '{"integration_id": 1201}');
 SELECT payments.register_provider('pn', 'paynow', '{"integration_id": "12a"}');
 SELECT payments.register_provider('pn', 'paynow', '{"result_url": "ftp://example.org/"}');
 SELECT payments.register_provider('pn', 'paynow', '{"api_base": 7}');
+-- (a user or password in api_base: refused, the trace URLs asked with it are kept)
+SELECT payments.register_provider('pn', 'paynow', '{"api_base": "https://merchant:PnPw55@www.paynow.co.zw"}');
 SELECT payments.register_provider('pn', 'paynow',
 	'{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/pn", "return_url": "https://clinic.example/thanks", "api_base": "https://www.paynow.co.zw"}');
 SELECT payments.add_secret('pn', ' 3e9fed89-60e1-4ce5-ab6e-6b1eb2d4f977');

@@ -6,6 +6,10 @@
 SELECT payments.register_provider('rc_stripe', 'stripe', '{"api_key": "sk_test_abc", "livemode": false, "api_base": "http://127.0.0.1:9/"}');
 SELECT payments.register_provider('rc_bad', 'stripe', '{"api_key": "whsec_abc"}');
 SELECT payments.register_provider('rc_bad', 'stripe', '{"api_base": "ftp://example.com"}');
+-- a user or password in api_base is refused (the URLs asked are kept in reconciliation_checks),
+-- and no refusal repeats the value, which the server log would keep
+SELECT payments.register_provider('rc_bad', 'stripe', '{"api_base": "http://u:ApiPw88@127.0.0.1:9"}');
+SELECT payments.register_provider('rc_bad', 'paypal', '{"api_base": "http://api.example/?key=ApiPw99"}');
 SELECT payments.register_provider('rc_bad', 'stripe', '{"api_key": "sk_test with space"}');
 SELECT payments.register_provider('rc_bad', 'eversend', '{"client_id": "abc"}');
 SELECT payments.register_provider('rc_bad', 'eversend', '{"api_token": "abc"}');

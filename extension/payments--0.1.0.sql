@@ -4499,7 +4499,7 @@ AS $$
 		('payments-chat', deliver_schedule, 'CALL payments.run_job(''chat'')', current_database()),
 		-- the run details of this database's jobs only (and of this housekeeping job, which runs
 		-- in pg_cron's): another database's keep_run_details is its own
-		('payments-housekeeping', housekeeping_schedule,
+		('payments-housekeeping', CASE WHEN keep_run_details IS NOT NULL THEN housekeeping_schedule END,
 		 format('DELETE FROM cron.job_run_details d WHERE d.end_time < now() - %L::interval'
 				' AND (d.database = %L OR d.jobid IN (SELECT j.jobid FROM cron.job j WHERE j.jobname = %L))',
 				keep_run_details, current_database(), 'payments-housekeeping@' || current_database()),
@@ -4566,6 +4566,11 @@ BEGIN
 		RAISE EXCEPTION 'keep_outbox must be an interval of zero or more, or NULL to keep finished outbox items for ever'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- (a negative one deleted every run detail, the last minute's too)
+	IF now() - keep_run_details > now() THEN
+		RAISE EXCEPTION 'keep_run_details must be an interval of zero or more, or NULL to keep them for ever'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	IF cron_db IS NULL THEN
 		RAISE EXCEPTION 'pg_cron is not loaded'
 			USING ERRCODE = 'feature_not_supported',
@@ -4596,15 +4601,17 @@ BEGIN
 		database := j.database;
 		RETURN NEXT;
 	END LOOP;
-	-- rejections and finished outbox items kept for ever: a prune job scheduled before goes
-	IF keep_rejections IS NULL AND keep_outbox IS NULL THEN
-		EXECUTE 'SELECT count(cron.unschedule(x.jobid)) FROM cron.job x WHERE x.jobname = $1'
-		   USING 'payments-prune@' || current_database();
-	END IF;
+	-- a job this call has none of (a NULL schedule; rejections and finished outbox items kept for
+	-- ever: no prune job; run details kept for ever: no housekeeping job): one scheduled before goes
+	EXECUTE 'SELECT count(cron.unschedule(x.jobid)) FROM cron.job x'
+			' WHERE x.jobname IN (SELECT c.jobname FROM payments.cron_jobs() c)'
+			'   AND x.jobname NOT IN (SELECT c.jobname FROM payments.cron_jobs($1, $2, $3, $4, $5, $6, $7) c)'
+	   USING retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details, reconcile_schedule,
+			 keep_rejections, keep_outbox;
 END
 $$;
 COMMENT ON FUNCTION payments.schedule_jobs(text, text, text, interval, text, interval, interval) IS
-	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile, chat (on the deliver schedule), housekeeping and prune (of rejections older than keep_rejections and of outbox items finished longer ago than keep_outbox, each not when NULL; none when both are) for this database; in another database than pg_cron''s, says what to run there';
+	'Registers (or updates) the pg_cron jobs retry, deliver, reconcile, chat (on the deliver schedule), housekeeping (none when keep_run_details is NULL) and prune (of rejections older than keep_rejections and of outbox items finished longer ago than keep_outbox, each not when NULL; none when both are) for this database, and removes those it has none of (a NULL schedule); in another database than pg_cron''s, says what to run there';
 
 CREATE FUNCTION payments.unschedule_jobs()
 RETURNS bigint

@@ -132,6 +132,11 @@ SELECT cron.schedule('payments-retry@gone', '0 4 1 1 *', 'SELECT 1') > 0 AS sche
 SELECT jobname FROM payments.schedule_jobs('0 4 1 1 *', '0 4 1 1 *', '0 4 1 1 *', '7 days', '0 4 1 1 *') ORDER BY 1;
 SELECT jobname FROM cron.job ORDER BY 1;
 SELECT cron.schedule('payments-retry@gone', '0 4 1 1 *', 'SELECT 1') > 0 AS scheduled;
+-- a NULL schedule, or run details kept for ever: no such job, and one scheduled before goes; a
+-- negative keep_run_details (every run detail deleted) is refused
+SELECT jobname FROM payments.schedule_jobs('0 4 1 1 *', NULL, '0 4 1 1 *', NULL, '0 4 1 1 *') ORDER BY 1;
+SELECT jobname FROM cron.job WHERE jobname LIKE 'payments-%@contrib_regression' ORDER BY 1;
+SELECT payments.schedule_jobs(keep_run_details => interval '-1 day');
 SELECT payments.unschedule_jobs();
 SELECT jobname FROM cron.job ORDER BY 1;
 -- the housekeeping deletes the old run details of the jobs that run in this database, and its

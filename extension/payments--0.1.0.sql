@@ -4797,7 +4797,7 @@ COMMENT ON COLUMN payments.reconciliation_checks.found IS
 	'What the provider''s answer says in normalized terms: status, amount, currency';
 
 CREATE VIEW payments.stuck_payments AS
-	SELECT p.id AS payment_id, p.provider, v.kind, p.provider_ref, p.reference, p.amount, p.currency,
+	SELECT p.id AS payment_id, p.provider, v.kind AS provider_kind, p.provider_ref, p.reference, p.amount, p.currency,
 		   p.status_at, now() - p.status_at AS pending_for,
 		   (SELECT max(c.started_at) FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) AS last_checked_at,
 		   (SELECT c.outcome FROM payments.reconciliation_checks c WHERE c.payment_id = p.id
@@ -4805,7 +4805,7 @@ CREATE VIEW payments.stuck_payments AS
 	  FROM payments.payments p JOIN payments.providers v ON v.name = p.provider
 	 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after();
 COMMENT ON VIEW payments.stuck_payments IS
-	'Payments pending for longer than payments.reconcile_after, with their last reconciliation check';
+	'Payments pending for longer than payments.reconcile_after (provider_kind: their provider''s kind, stripe, paynow, ...), with their last reconciliation check';
 
 CREATE FUNCTION payments.api_token_requests(max_items integer DEFAULT 50)
 RETURNS TABLE (provider text, url text, method text, headers text, body text, credentials text)

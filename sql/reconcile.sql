@@ -39,7 +39,7 @@ INSERT INTO payments.payments (provider, provider_ref, status, amount, currency,
 	('rc_paynow', '9511', 'pending', 5, 'USD', now() - interval '20 minutes', '{}'),
 	-- a pollurl naming another host (here behind userinfo) is never asked
 	('rc_paynow', '9512', 'pending', 5, 'USD', now() - interval '20 minutes', '{"pollurl": "http://127.0.0.1:9@evil.example/poll?guid=2"}');
-SELECT provider, kind, provider_ref, last_checked_at IS NULL AS never_checked
+SELECT provider, provider_kind, provider_ref, last_checked_at IS NULL AS never_checked
   FROM payments.stuck_payments WHERE provider LIKE 'rc\_%' ORDER BY provider, provider_ref;
 
 -- tokens first: PayPal client credentials (Basic), Eversend clientId/clientSecret headers

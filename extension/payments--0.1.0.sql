@@ -7141,11 +7141,13 @@ BEGIN
 	FOREACH part IN ARRAY payments.chat_text_parts(body, continued) LOOP
 		PERFORM payments.chat_send(provider, wa_id, payments.chat_text(wa_id, part));
 	END LOOP;
-	-- the report as a CSV document too, queued after the text (a chat gets its messages in order)
+	-- the report as a CSV document too, queued after the text (a chat gets its messages in order).
+	-- Uploaded as text/plain: the Cloud API takes no text/csv (its document types are text/plain,
+	-- PDF and the Office formats); the file's .csv name is what the donor's phone goes by
 	IF csv IS NOT NULL THEN
 		PERFORM payments.chat_send(provider, wa_id,
 			payments.chat_document(wa_id, format('report-%s.csv', to_char(day, 'YYYY-MM-DD')),
-								   format('Daily report %s (CSV)', to_char(day, 'YYYY-MM-DD')), csv, 'text/csv'));
+								   format('Daily report %s (CSV)', to_char(day, 'YYYY-MM-DD')), csv, 'text/plain'));
 	END IF;
 END
 $$;

@@ -67,8 +67,13 @@ async function upload(g, req, raw, res, refuse) {
 		form = await new Response(raw, { headers: { 'content-type': req.headers['content-type'] ?? '' } }).formData();
 	} catch { return refuse(res, 'not multipart'); }
 	const file = form.get('file');
-	if (form.get('messaging_product') !== 'whatsapp' || form.get('type') !== 'text/csv') return refuse(res, 'upload fields');
-	if (typeof file?.text !== 'function' || file.type !== 'text/csv' || !/^report-\d{4}-\d{2}-\d{2}\.csv$/.test(file.name))
+	// the document types the Cloud API takes: text/plain, PDF, the Office formats (text/csv is refused, error 100)
+	const documentTypes = ['text/plain', 'application/pdf', 'application/msword', 'application/vnd.ms-excel',
+		'application/vnd.ms-powerpoint', 'application/vnd.openxmlformats-officedocument.wordprocessingml.document',
+		'application/vnd.openxmlformats-officedocument.presentationml.presentation',
+		'application/vnd.openxmlformats-officedocument.spreadsheetml.sheet'];
+	if (form.get('messaging_product') !== 'whatsapp' || !documentTypes.includes(form.get('type'))) return refuse(res, 'upload fields');
+	if (typeof file?.text !== 'function' || file.type !== form.get('type') || !/^report-\d{4}-\d{2}-\d{2}\.csv$/.test(file.name))
 		return refuse(res, 'upload file');
 	const text = await file.text();
 	let rows;

@@ -694,7 +694,7 @@ COMMENT ON TABLE payments.payments IS
 	'One row per provider payment object; amount in major units of currency; moved only forward, by payments.apply_change (for stored events, batches and reconciliation)';
 COMMENT ON COLUMN payments.payments.status_at IS 'The provider''s time of the current status; older events never move the payment';
 COMMENT ON COLUMN payments.payments.donor_phone IS 'E.164 digits, no plus sign';
-COMMENT ON COLUMN payments.payments.paid_at IS 'The time of the first news that it was paid, never later than when that news was recorded; its day is the receipt''s (payments.receipt_day)';
+COMMENT ON COLUMN payments.payments.paid_at IS 'The time of the first news that it was paid, never later than when that news arrived (its event''s received_at); its day is the receipt''s (payments.receipt_day)';
 
 CREATE TABLE payments.status_history (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -1134,6 +1134,7 @@ DECLARE
 	outcome	text;
 	flagged	boolean := false;
 	refusal	text;
+	paid_time timestamptz;	-- news of payment: its time, never later than the news arrived
 BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
@@ -1142,6 +1143,12 @@ BEGIN
 	-- 'infinity' casts to timestamptz: a payment paid then has no day, and no receipt number
 	IF NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'the event''s time is %, not a moment', at USING ERRCODE = 'datetime_field_overflow';
+	END IF;
+	-- a payment is paid as of its news' time, but never later than that news was recorded (its
+	-- event's arrival; now, for news of no event: an approval, a poll): news dated ahead, by a
+	-- provider's clock or a sender's, would number its receipt into a day still to come
+	IF change.status = 'paid' THEN
+		paid_time := least(at, coalesce((SELECT e.received_at FROM payments.events e WHERE e.id = event_row), now()));
 	END IF;
 	IF change.currency IS NOT NULL AND payments.currency_exponent(change.currency) IS NULL THEN
 		RAISE EXCEPTION 'unknown currency "%"', change.currency
@@ -1160,7 +1167,7 @@ BEGIN
 				coalesce(change.kind, 'collection'), change.status, change.amount, upper(change.currency COLLATE pg_catalog."C"),
 				coalesce(change.amount_refunded, 0), change.fee, change.method, change.donor_name,
 				payments.e164_digits(change.donor_phone), change.donor_email, payments.country_code(change.country),
-				coalesce(change.metadata, '{}'), at, CASE WHEN change.status = 'paid' THEN least(at, now()) END)
+				coalesce(change.metadata, '{}'), at, paid_time)
 		ON CONFLICT (provider, provider_ref) DO NOTHING
 		RETURNING p.id, p.status, payments.refunded_total(p.status, p.amount, p.amount_refunded)
 		INTO pay.id, pay.status, refunded_after;
@@ -1276,7 +1283,7 @@ BEGIN
 		-- order (a hold captured in part, 300 of 1000, whose refund of the 300 came first: all of
 		-- what was taken is given back)
 		UPDATE payments.payments p
-		   SET paid_at = least(at, now()),
+		   SET paid_at = paid_time,
 			   amount = CASE WHEN change.amount IS NOT NULL AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
 		 WHERE p.id = pay.id;
@@ -1331,7 +1338,7 @@ BEGIN
 		UPDATE payments.payments p
 		   SET status = change.status,
 			   status_at = greatest(p.status_at, at),
-			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, least(at, now())) ELSE p.paid_at END,
+			   paid_at = CASE WHEN change.status = 'paid' THEN coalesce(p.paid_at, paid_time) ELSE p.paid_at END,
 			   amount = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL AND change.amount IS NOT NULL
 								  AND upper(change.currency COLLATE pg_catalog."C") IS NOT DISTINCT FROM p.currency
 							 THEN change.amount ELSE p.amount END
@@ -2036,6 +2043,12 @@ BEGIN
 		 WHERE k.payment_id = pay.id AND pay.paid_at IS NOT NULL AND k.capture_id <> r ->> 'id' AND k.status = 'paid';
 		capture_amount := change.amount;
 		capture_status := change.status;
+		-- a capture kept as paid, reported again (redelivered, or naming its order later): no news
+		-- of payment, nor of a dispute won (PayPal ends a dispute with CUSTOMER.DISPUTE.RESOLVED)
+		IF EXISTS (SELECT FROM payments.paypal_captures k
+				    WHERE k.payment_id = pay.id AND k.capture_id = r ->> 'id' AND k.status = 'paid') THEN
+			change.status := pay.status;
+		END IF;
 		IF paid_captures > 0 THEN
 			change.amount := taken;
 			IF taken IS NULL THEN
@@ -2095,12 +2108,14 @@ BEGIN
 	-- more than one capture taken: the payment's amount and PayPal's fee are their sums, in its
 	-- currency (not once refunded in full: a forward-only refunded payment cannot take more money;
 	-- not while a capture's amount is not known: the amount known stays)
-	SELECT CASE WHEN bool_and(k.amount IS NOT NULL) THEN sum(k.amount) END, sum(k.fee), count(*)
+	SELECT CASE WHEN bool_and(k.amount IS NOT NULL) THEN sum(k.amount) END,
+		   CASE WHEN bool_and(k.fee IS NOT NULL) THEN sum(k.fee) END, count(*)
 	  INTO taken, fees, paid_captures FROM payments.paypal_captures k
 	 WHERE k.payment_id = pay.id AND k.status = 'paid' AND k.currency = pay.currency;
 	IF paid_captures > 1 AND taken IS NOT NULL AND (taken IS DISTINCT FROM pay.amount OR fees IS DISTINCT FROM pay.fee)
 	   AND pay.paid_at IS NOT NULL AND pay.status IN ('paid', 'partially_refunded', 'disputed') THEN
-		UPDATE payments.payments p SET amount = taken, fee = coalesce(fees, p.fee), updated_at = now()
+		-- (a fee not known for one capture, one in another currency: the sum is not known either)
+		UPDATE payments.payments p SET amount = taken, fee = fees, updated_at = now()
 		 WHERE p.id = pay.id;
 		result := 'applied';
 	END IF;
@@ -2283,7 +2298,7 @@ BEGIN
 			   (c.change).fee, (c.change).method, (c.change).donor_name,
 			   payments.e164_digits((c.change).donor_phone), (c.change).donor_email,
 			   payments.country_code((c.change).country), coalesce((c.change).metadata, '{}'),
-			   c.at, CASE WHEN (c.change).status = 'paid' THEN least(c.at, now()) END
+			   c.at, CASE WHEN (c.change).status = 'paid' THEN least(c.at, now()) END	-- (its events arrive now)
 		  FROM creators c
 		 ORDER BY c.provider COLLATE "C", (c.change).provider_ref COLLATE "C"
 		ON CONFLICT (provider, provider_ref) DO NOTHING
@@ -4577,8 +4592,15 @@ BEGIN
 				  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name, restart, and CREATE EXTENSION pg_cron in that database.';
 	END IF;
 	IF cron_db <> current_database() THEN
-		SELECT string_agg(format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
-								 c.jobname, c.schedule, c.command, c.database), E'\n')
+		-- and the removal of the jobs this call has none of, as below
+		SELECT concat_ws(E'\n', string_agg(format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
+												   c.jobname, c.schedule, c.command, c.database), E'\n'),
+						 (SELECT format('SELECT cron.unschedule(j.jobid) FROM cron.job j WHERE j.jobname IN (%s);',
+										string_agg(quote_literal(a.jobname), ', ' ORDER BY a.jobname))
+							FROM payments.cron_jobs() a
+						   WHERE a.jobname NOT IN (SELECT c.jobname FROM payments.cron_jobs(retry_schedule, deliver_schedule,
+									housekeeping_schedule, keep_run_details, reconcile_schedule, keep_rejections, keep_outbox) c)
+						  HAVING count(*) > 0))
 		  INTO stmts
 		  FROM payments.cron_jobs(retry_schedule, deliver_schedule, housekeeping_schedule, keep_run_details,
 								 reconcile_schedule, keep_rejections, keep_outbox) c;

@@ -165,6 +165,14 @@ SELECT p.provider_ref, p.status, p.paid_at <= now() AS paid_by_now,
 	   r.receipt_no LIKE 'PS-' || to_char(payments.receipt_day(now()), 'YYYYMMDD') || '-%' AS numbered_today
   FROM payments.payments p JOIN payments.receipts r ON r.payment_id = p.id
  WHERE p.provider_ref IN ('pi_fut1', 'pi_fut2', 'pi_fut3') ORDER BY 1;
+-- ... as of when it arrived, not when it was applied: news dated ahead, stored an hour ago (its
+-- currency not known yet), applied now, is paid as of its arrival
+SET LOCAL client_min_messages = error;	-- (the warning names the event's id)
+SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_fut4', 1000, 'zzy'), extract(epoch FROM now() + interval '3 days')::bigint);
+UPDATE payments.events SET received_at = now() - interval '1 hour' WHERE payload -> 'data' -> 'object' ->> 'id' = 'pi_fut4';
+INSERT INTO payments.currencies (code, exponent) VALUES ('ZZY', 2);
+SELECT payments.apply_event(e.id) FROM payments.events e WHERE e.payload -> 'data' -> 'object' ->> 'id' = 'pi_fut4';
+SELECT status, paid_at = now() - interval '1 hour' AS paid_as_it_arrived FROM payments.payments WHERE provider_ref = 'pi_fut4';
 ROLLBACK;
 -- before 2025-03-31, a charge.refunded that reports only what the capture released: nothing given back
 SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_h4', 1000) || '{"captured": false, "amount_captured": 0}', 1718000910, '2024-06-20');
@@ -845,6 +853,25 @@ SELECT p.provider_ref, p.status, p.amount, p.fee, r.receipt_no IS NOT NULL AS re
 	   (SELECT string_agg(k.capture_id, ', ') FROM payments.paypal_captures k WHERE k.payment_id = p.id) AS captures
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE p.provider = 'pp' AND p.provider_ref IN ('OR4', 'CR4', 'OR5', 'CR5', 'OR6', 'CR6') ORDER BY p.provider_ref;
+ROLLBACK;
+
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+-- a capture kept as paid, reported again (here naming its order, later) while its payment is
+-- disputed: no news of payment, nor of a dispute won (PayPal ends one with CUSTOMER.DISPUTE.RESOLVED)
+SELECT tp.paypal('WH-OR7', 'CHECKOUT.ORDER.APPROVED', '{"id":"OR7","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"}}]}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-CR7', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR7","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"}}', '2024-08-20T10:01:00Z'),
+	   tp.paypal('WH-D7', 'CUSTOMER.DISPUTE.CREATED', '{"dispute_id":"PP-D-7","disputed_transactions":[{"seller_transaction_id":"CR7"}],"status":"OPEN"}', '2024-08-20T10:03:00Z'),
+	   tp.paypal('WH-CR7b', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR7","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"},"supplementary_data":{"related_ids":{"order_id":"OR7"}}}', '2024-08-20T10:05:00Z');
+SELECT p.provider_ref, p.status, (SELECT string_agg(h.from_status || '>' || h.to_status, ' ' ORDER BY h.id) FROM payments.status_history h
+		 WHERE h.payment_id = p.id) AS moves
+  FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref IN ('OR7', 'CR7') ORDER BY 1;
+-- an order paid by two captures, one of whose fees is not known (in another currency): the fee
+-- of the whole is not known either (the other's alone made the net too high)
+SELECT tp.paypal('WH-O8a', 'CHECKOUT.ORDER.APPROVED', '{"id":"O8","purchase_units":[{"amount":{"currency_code":"USD","value":"100.00"}}]}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-O8b', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"C81","amount":{"currency_code":"USD","value":"40.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"EUR","value":"1.70"}},"supplementary_data":{"related_ids":{"order_id":"O8"}}}', '2024-08-20T10:01:00Z'),
+	   tp.paypal('WH-O8c', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"C82","amount":{"currency_code":"USD","value":"60.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"2.40"}},"supplementary_data":{"related_ids":{"order_id":"O8"}}}', '2024-08-20T10:02:00Z');
+SELECT p.provider_ref, p.status, p.amount, p.fee FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref = 'O8';
 ROLLBACK;
 
 -- leave no PayPal provider behind for the paypal test, which counts them

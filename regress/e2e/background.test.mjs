@@ -893,6 +893,9 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 	db.psql(`CREATE DATABASE other`, 'postgres');
 	db.psql(`CREATE EXTENSION payments`, 'other');
 	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`, 'other'), /pg_cron runs in database "payments", not in "other"/);
+	// what to run there removes, too, the jobs this call has none of (a NULL schedule; run details kept for ever)
+	assert.throws(() => db.psql(`SELECT payments.schedule_jobs(retry_schedule => NULL, keep_run_details => NULL)`, 'other'),
+		/SELECT cron\.unschedule\(j\.jobid\) FROM cron\.job j WHERE j\.jobname IN \('payments-housekeeping@other', 'payments-retry@other'\);/);
 	const jobs = db.psql(`SELECT jobname || '|' || database FROM payments.cron_jobs() ORDER BY 1`, 'other');
 	assert.equal(jobs, 'payments-chat@other|other\npayments-deliver@other|other\npayments-housekeeping@other|payments\n' +
 		'payments-prune@other|other\npayments-reconcile@other|other\npayments-retry@other|other');

@@ -2361,7 +2361,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.refunds_id_seq', '');
 --------------------------------------------------------------------------------------------------
 
 INSERT INTO payments.provider_kinds (kind, settings, description) VALUES
-	('meta', '{verify_token,access_token,phone_number_id,api_base,admin_numbers,paynow_providers,methods,purposes,min_amount,max_amount,session_timeout,rate_limit,rate_window,receipt_template}',
+	('meta', '{verify_token,access_token,phone_number_id,api_base,admin_numbers,paynow_providers,methods,purposes,min_amount,max_amount,session_timeout,rate_limit,rate_window,receipt_template,notice_template}',
 	 'Meta / WhatsApp Cloud API: X-Hub-Signature-256 = sha256= + hex HMAC-SHA256 of the body, key = the app secret; one event per message and per status');
 
 CREATE FUNCTION payments.verify_meta(body bytea, signature text, app_secret text)
@@ -6140,12 +6140,14 @@ BEGIN
 					  CASE bad WHEN 'session_timeout' THEN 'seconds, 10 to 604800' WHEN 'rate_limit' THEN 'messages, 1 to 10000'
 							   ELSE 'seconds, 1 to 86400' END);
 	END IF;
-	IF settings ? 'receipt_template' AND NOT (jsonb_typeof(settings -> 'receipt_template') = 'object'
-		AND coalesce(settings -> 'receipt_template' ->> 'name', '') ~ '^[a-z0-9_]+$'
-		AND length(settings -> 'receipt_template' ->> 'name') <= 512
-		AND coalesce(settings -> 'receipt_template' ->> 'language', '') ~ '^[a-z]{2,3}(_[A-Z]{2})?$'
-		AND (SELECT count(*) FROM jsonb_object_keys(settings -> 'receipt_template')) = 2) THEN
-		RETURN 'receipt_template must be {"name": "...", "language": "..."}: an approved WhatsApp template''s name (lower case, digits, _) and language code (e.g. en or en_US)';
+	SELECT k INTO bad FROM unnest('{receipt_template,notice_template}'::text[]) AS k
+	 WHERE settings ? k AND NOT (jsonb_typeof(settings -> k) = 'object'
+		AND coalesce(settings -> k ->> 'name', '') ~ '^[a-z0-9_]+$'
+		AND length(settings -> k ->> 'name') <= 512
+		AND coalesce(settings -> k ->> 'language', '') ~ '^[a-z]{2,3}(_[A-Z]{2})?$'
+		AND (SELECT count(*) FROM jsonb_object_keys(settings -> k)) = 2) LIMIT 1;
+	IF bad IS NOT NULL THEN
+		RETURN bad || ' must be {"name": "...", "language": "..."}: an approved WhatsApp template''s name (lower case, digits, _) and language code (e.g. en or en_US)';
 	END IF;
 	cfg := payments.chat_settings(settings);
 	SELECT coalesce(' for ' || c, '') INTO bad
@@ -6163,7 +6165,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_settings_problem(jsonb) IS
-	'Why a meta provider''s WhatsApp settings cannot serve (access_token, phone_number_id, admin_numbers, paynow_providers, methods, purposes, amounts, timeouts, rate limit, receipt_template), or NULL';
+	'Why a meta provider''s WhatsApp settings cannot serve (access_token, phone_number_id, admin_numbers, paynow_providers, methods, purposes, amounts, timeouts, rate limit, receipt_template, notice_template), or NULL';
 
 -- What the chat serializes, a row each, locked FOR UPDATE until the transaction ends: a WhatsApp
 -- id of a provider ("chat <provider> <id>"), whose conversations are created and moved one at a
@@ -6226,11 +6228,14 @@ CREATE TABLE payments.chat_donations (
 	provider		text NOT NULL REFERENCES payments.providers (name),
 	wa_id			text NOT NULL,
 	purpose			text,
-	created_at		timestamptz NOT NULL DEFAULT now()
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	unsent_notice	text CHECK (unsent_notice IN ('failed', 'cancelled', 'refunded'))
 );
 CREATE INDEX chat_donations_wa_idx ON payments.chat_donations (provider, wa_id, payment_id);
 COMMENT ON TABLE payments.chat_donations IS
 	'Payments started in a WhatsApp conversation: who gets the receipt or the failure message, and what the gift is for';
+COMMENT ON COLUMN payments.chat_donations.unsent_notice IS
+	'The last notice (failed, cancelled, refunded) the donor was not sent: due more than 23 hours after their last message (Meta delivers free text only within 24 hours of it) while the provider had no notice_template (payments.chat_payment_notice); the clinic tells them another way';
 
 CREATE SEQUENCE payments.chat_reference_seq;
 COMMENT ON SEQUENCE payments.chat_reference_seq IS 'The last part of WhatsApp donations'' merchant references, WA-YYYYMMDD-N';
@@ -6405,17 +6410,17 @@ $$;
 COMMENT ON FUNCTION payments.chat_document(text, text, text, text, text) IS
 	'A WhatsApp document to send: the file to upload as media ("upload": filename, type, content) and the document message that will name its media id ("message": to a phone number, or recipient a business-scoped user id; the caption cut at 1024 characters)';
 
-CREATE FUNCTION payments.chat_send(provider text, recipient text, message jsonb)
+CREATE FUNCTION payments.chat_send(provider text, recipient text, message jsonb, transition_id bigint DEFAULT NULL)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-	INSERT INTO payments.outbox (provider, recipient, event_type, payload)
+	INSERT INTO payments.outbox (provider, recipient, event_type, payload, status_history_id)
 	VALUES (chat_send.provider, chat_send.recipient,
-			'whatsapp.' || (coalesce(message -> 'message', message) ->> 'type'), message)
+			'whatsapp.' || (coalesce(message -> 'message', message) ->> 'type'), message, chat_send.transition_id)
 $$;
-COMMENT ON FUNCTION payments.chat_send(text, text, jsonb) IS
-	'Queues a WhatsApp message (or a document: payments.chat_document) in the outbox, sent by deliver_outbox through the provider''s Graph API';
+COMMENT ON FUNCTION payments.chat_send(text, text, jsonb, bigint) IS
+	'Queues a WhatsApp message (or a document: payments.chat_document) in the outbox, sent by deliver_outbox through the provider''s Graph API; a donation''s notice names the payment transition it tells of (status_history_id)';
 
 -- Paynow's mobile checkout (remotetransaction) takes ecocash and onemoney, among others, but not
 -- telecash: a TeleCash donor pays on Paynow's web checkout (initiatetransaction), from a link, as a
@@ -7999,6 +8004,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	s		jsonb := ev.payload -> 'status';
+	item	payments.outbox;
 BEGIN
 	INSERT INTO payments.whatsapp_statuses (provider, wamid, status, status_at, errors)
 	VALUES (ev.provider, s ->> 'id', s ->> 'status', ev.event_at, s -> 'errors')
@@ -8010,12 +8016,17 @@ BEGIN
 	   SET message_status = s ->> 'status', message_status_at = ev.event_at,
 		   message_errors = coalesce(s -> 'errors', o.message_errors)
 	 WHERE o.provider = ev.provider AND o.wamid = s ->> 'id'
-	   AND payments.message_status_rank(s ->> 'status') > payments.message_status_rank(o.message_status);
-	RETURN CASE WHEN FOUND THEN 'applied' ELSE 'ignored' END;
+	   AND payments.message_status_rank(s ->> 'status') > payments.message_status_rank(o.message_status)
+	RETURNING o.* INTO item;
+	IF NOT FOUND THEN
+		RETURN 'ignored';
+	END IF;
+	PERFORM payments.chat_resend_receipt(item);
+	RETURN 'applied';
 END
 $$;
 COMMENT ON FUNCTION payments.chat_status(payments.events) IS
-	'Applies a Meta message status to the outbox row of the message (by wamid), forward only; kept in whatsapp_statuses for a message whose wamid is not stored yet; applied or ignored';
+	'Applies a Meta message status to the outbox row of the message (by wamid), forward only (a thank-you as text failed with 131047 is sent again as the receipt_template: payments.chat_resend_receipt); kept in whatsapp_statuses for a message whose wamid is not stored yet; applied or ignored';
 
 CREATE FUNCTION payments.chat_event(ev payments.events, settings jsonb)
 RETURNS text
@@ -8053,11 +8064,52 @@ BEGIN
 	  FROM (SELECT w.* FROM payments.whatsapp_statuses w
 			 WHERE w.provider = item.provider AND w.wamid = sent_id AND payments.message_status_rank(w.status) > 0
 			 ORDER BY payments.message_status_rank(w.status) DESC LIMIT 1) AS w
-	 WHERE o.id = item.id;
+	 WHERE o.id = item.id
+	RETURNING o.* INTO item;
+	IF FOUND THEN
+		PERFORM payments.chat_resend_receipt(item);
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_message_sent(bigint, text) IS
-	'Keeps the wamid the Graph API answered for a sent WhatsApp message, and applies the statuses Meta reported before; used by record_delivery';
+	'Keeps the wamid the Graph API answered for a sent WhatsApp message, and applies the statuses Meta reported before (as payments.chat_status does); used by record_delivery';
+
+-- A WhatsApp template message: an approved template's name and language (receipt_template,
+-- notice_template) and its body's parameters, each on one line (Meta refuses a parameter with a
+-- line break, a tab or a run of spaces: each such run is one space)
+CREATE FUNCTION payments.chat_template(recipient text, template jsonb, parameters text[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual',
+							  payments.whatsapp_recipient_field(recipient), recipient, 'type', 'template',
+							  'template', jsonb_build_object('name', template ->> 'name',
+								  'language', jsonb_build_object('code', template ->> 'language'),
+								  'components', jsonb_build_array(jsonb_build_object('type', 'body', 'parameters',
+									  (SELECT jsonb_agg(jsonb_build_object('type', 'text', 'text',
+														regexp_replace(t.parameter, '[[:space:]]+', ' ', 'g')) ORDER BY t.n)
+										 FROM unnest(parameters) WITH ORDINALITY AS t (parameter, n))))))
+$$;
+COMMENT ON FUNCTION payments.chat_template(text, jsonb, text[]) IS
+	'A WhatsApp template message (Graph API send-message body: to a phone number, or recipient a business-scoped user id) of a template setting ({"name", "language"}) with its body parameters in order, each on one line (line breaks, tabs and runs of spaces made one space)';
+
+CREATE FUNCTION payments.chat_receipt_template(payment_id bigint, template jsonb)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT payments.chat_template(d.wa_id, template, ARRAY[
+			coalesce(nullif(btrim(regexp_replace(p.donor_name, '[[:space:]]+', ' ', 'g')), ''), 'friend'),
+			format('%s %s (reference %s)', payments.chat_amount(p.amount, p.currency), p.currency, p.reference)
+				|| coalesce(' for ' || d.purpose, ''),
+			r.receipt_no])
+	  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+	  LEFT JOIN payments.receipts r ON r.payment_id = p.id
+	 WHERE d.payment_id = chat_receipt_template.payment_id
+$$;
+COMMENT ON FUNCTION payments.chat_receipt_template(bigint, jsonb) IS
+	'The thank-you of a WhatsApp donation as its provider''s receipt_template: the donor''s name (friend when unknown), the gift (amount, currency, reference, purpose) and the receipt number';
 
 -- (called by payments.transition_committed at commit, after the receipt is issued, so that the
 -- thank-you carries its number)
@@ -8071,6 +8123,7 @@ DECLARE
 	gift	text;
 	body	text;
 	template jsonb;
+	recent	boolean;
 BEGIN
 	-- (FOR SHARE: a number change moving it, still uncommitted, is waited for, and its wa_id read)
 	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = transition.payment_id FOR SHARE;
@@ -8090,27 +8143,16 @@ BEGIN
 	END IF;
 	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount, p.currency), p.currency, p.reference);
 	-- Meta delivers free text only within 24 hours of the donor's last message (its customer
-	-- service window); a receipt due later (a payment confirmed late), or to a donor with no
-	-- message known (a Flow's), goes as the approved template when the provider names one. An
-	-- hour is kept for the outbox to send it. Template parameters may not hold line breaks, tabs
-	-- or runs of spaces.
+	-- service window); a message due later (a payment confirmed late, a refund), or to a donor
+	-- with no message known (a Flow's), goes as the approved template the provider names. An
+	-- hour is kept for the outbox to send it.
+	recent := EXISTS (SELECT FROM payments.chat_sessions s
+					   WHERE s.provider = d.provider AND s.wa_id = d.wa_id
+						 AND s.last_message_at >= now() - interval '23 hours');
 	IF transition.to_status = 'paid' THEN
 		SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
-		IF template IS NOT NULL AND NOT EXISTS (SELECT FROM payments.chat_sessions s
-												 WHERE s.provider = d.provider AND s.wa_id = d.wa_id
-												   AND s.last_message_at >= now() - interval '23 hours') THEN
-			PERFORM payments.chat_send(d.provider, d.wa_id, jsonb_build_object(
-				'messaging_product', 'whatsapp', 'recipient_type', 'individual',
-				payments.whatsapp_recipient_field(d.wa_id), d.wa_id, 'type', 'template',
-				'template', jsonb_build_object('name', template ->> 'name',
-					'language', jsonb_build_object('code', template ->> 'language'),
-					'components', jsonb_build_array(jsonb_build_object('type', 'body', 'parameters', jsonb_build_array(
-						jsonb_build_object('type', 'text', 'text',
-							coalesce(nullif(btrim(regexp_replace(p.donor_name, '[[:space:]]+', ' ', 'g')), ''), 'friend')),
-						jsonb_build_object('type', 'text', 'text',
-							regexp_replace(gift || coalesce(' for ' || d.purpose, ''), '[[:space:]]+', ' ', 'g')),
-						jsonb_build_object('type', 'text', 'text',
-							(SELECT r.receipt_no FROM payments.receipts r WHERE r.payment_id = p.id))))))));
+		IF template IS NOT NULL AND NOT recent THEN
+			PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_receipt_template(p.id, template), transition.id);
 			RETURN;
 		END IF;
 	END IF;
@@ -8126,13 +8168,56 @@ BEGIN
 								format('Your donation of %s was cancelled, so nothing was charged. ' ||
 									   'Send *donate* to try again whenever you like.', gift) END
 		WHEN 'refunded' THEN format('Your donation of %s has been refunded.', gift) END;
-	IF body IS NOT NULL THEN
-		PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, body));
+	IF body IS NULL THEN
+		RETURN;
 	END IF;
+	-- a receipt without receipt_template goes as text (Meta refuses it outside the window); a
+	-- notice that Meta would refuse is not queued: the donation keeps that it was not sent
+	IF transition.to_status <> 'paid' AND NOT recent THEN
+		SELECT v.settings -> 'notice_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
+		IF template IS NULL THEN
+			UPDATE payments.chat_donations x SET unsent_notice = transition.to_status WHERE x.payment_id = d.payment_id;
+		ELSE
+			PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_template(d.wa_id, template, ARRAY[body]), transition.id);
+		END IF;
+		RETURN;
+	END IF;
+	PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, body), transition.id);
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
-	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old; none when it is paid again, a dispute won or settled by /approve), failed, cancelled (not after failed: the donor was told) or refunded, queues the message to the donor (to their phone number, or recipient their business-scoped user id)';
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old; none when it is paid again, a dispute won or settled by /approve), failed, cancelled (not after failed: the donor was told) or refunded (past those 23 hours as the notice_template, its text the one parameter; without it not sent, and kept in chat_donations.unsent_notice), queues the message to the donor (to their phone number, or recipient their business-scoped user id), naming the transition (status_history_id)';
+
+-- A thank-you sent as text that Meta reports failed with error 131047 (Re-engagement message: it
+-- went out more than 24 hours after the donor's last message, retried after a rate limit or queued
+-- behind other messages) is sent again as the receipt_template, once
+CREATE FUNCTION payments.chat_resend_receipt(item payments.outbox)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	template jsonb;
+	paid_id	bigint;
+BEGIN
+	IF item.message_status IS DISTINCT FROM 'failed' OR item.event_type <> 'whatsapp.text' OR item.status_history_id IS NULL
+	   OR jsonb_typeof(item.message_errors) IS DISTINCT FROM 'array'
+	   OR NOT EXISTS (SELECT FROM jsonb_array_elements(item.message_errors) e WHERE e ->> 'code' = '131047') THEN
+		RETURN;
+	END IF;
+	SELECT h.payment_id INTO paid_id FROM payments.status_history h WHERE h.id = item.status_history_id AND h.to_status = 'paid';
+	SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = item.provider;
+	IF paid_id IS NULL OR template IS NULL
+	   OR EXISTS (SELECT FROM payments.outbox o WHERE o.status_history_id = item.status_history_id
+				   AND o.provider = item.provider AND o.event_type = 'whatsapp.template') THEN
+		RETURN;
+	END IF;
+	PERFORM payments.chat_send(item.provider, item.recipient, payments.chat_receipt_template(paid_id, template),
+							   item.status_history_id);
+END
+$$;
+COMMENT ON FUNCTION payments.chat_resend_receipt(payments.outbox) IS
+	'When a WhatsApp donation''s thank-you sent as text failed with Meta''s error 131047 (outside the 24-hour window), queues it again as the provider''s receipt_template (once; none without one); by payments.chat_status and payments.chat_message_sent';
 
 -- Paynow's news that a donation an admin approved by hand (/approve) was paid: the donor may have
 -- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment
@@ -8545,7 +8630,7 @@ REVOKE ALL ON FUNCTION payments.chat_settings_problem(jsonb) FROM PUBLIC;
 -- they read the currencies' exponents, which only the extension's own functions may
 REVOKE ALL ON FUNCTION payments.chat_amount(numeric, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_amount_examples(numeric, numeric, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.chat_send(text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_send(text, text, jsonb, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_prompt(text, text, text, jsonb, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_fit_draft(jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_advance(text, text, jsonb, jsonb) FROM PUBLIC;
@@ -8562,6 +8647,9 @@ REVOKE ALL ON FUNCTION payments.chat_status(payments.events) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_event(payments.events, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_template(text, jsonb, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_receipt_template(bigint, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_resend_receipt(payments.outbox) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_amount_checked(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) FROM PUBLIC;
@@ -8635,7 +8723,8 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.chat_lock(text[]),
 	payments.chat_status(payments.events),
 	payments.chat_event(payments.events, jsonb), payments.chat_message_sent(bigint, text),
-	payments.chat_payment_notice(payments.status_history), payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
+	payments.chat_payment_notice(payments.status_history), payments.chat_resend_receipt(payments.outbox),
+	payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
 	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),
 	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),
 	payments.chat_pending_notice(text, text, boolean, bigint), payments.chat_paid_after_approval(bigint, payments.payment_change),

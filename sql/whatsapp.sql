@@ -40,10 +40,13 @@ SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "sessio
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "rate_limit": 0}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "receipt_template": {"name": "Donation Receipt", "language": "en"}}');
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "receipt_template": {"name": "donation_receipt"}}');
+SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "notice_template": {"name": "donation_notice", "language": "en", "body": "x"}}');
+-- (the notice_template: the donors below last wrote in 2024, Meta's times, so their failed,
+-- cancelled and refunded notices go as it)
 SELECT payments.register_provider('chat', 'meta', '{"verify_token": "t", "access_token": "EAAtoken", "phone_number_id": "106540352242922",
 	"api_base": "http://127.0.0.1:9/v21.0", "admin_numbers": ["+263 77 000 0001"],
 	"paynow_providers": {"USD": "pn_usd", "ZWG": "pn_zwg"}, "methods": ["ecocash", "onemoney", "telecash", "card"],
-	"purposes": ["Maternity ward", "Medicines"]}');
+	"purposes": ["Maternity ward", "Medicines"], "notice_template": {"name": "donation_notice", "language": "en"}}');
 SELECT payments.add_secret('chat', 'test_app_secret') IS NOT NULL AS secret_added;
 -- a Paynow provider the chat maps keeps what the chat needs: its return_url, its currency
 SELECT payments.register_provider('pn_usd', 'paynow', '{"integration_id": "1201", "result_url": "https://clinic.example/webhooks/pn_usd",
@@ -85,7 +88,8 @@ BEGIN
 			'messages', jsonb_build_array(msg)));
 END
 $$;
--- what was queued for a number since the last look: text, or body [button ids]
+-- what was queued for a number since the last look: text, or body [button ids], or [template name]
+-- its parameters
 CREATE TABLE pg_temp.seen (who text PRIMARY KEY, id bigint);
 CREATE FUNCTION pg_temp.replies(who text) RETURNS SETOF text LANGUAGE sql AS $$
 	WITH r AS (
@@ -95,7 +99,9 @@ CREATE FUNCTION pg_temp.replies(who text) RETURNS SETOF text LANGUAGE sql AS $$
 					  FROM jsonb_array_elements(coalesce(o.payload -> 'interactive' -> 'action' -> 'buttons',
 														 o.payload -> 'interactive' -> 'action' -> 'sections' -> 0 -> 'rows')) b) || ']',
 				   '[document ' || (o.payload -> 'message' -> 'document' ->> 'filename') || ', ' ||
-				   (o.payload -> 'upload' ->> 'type') || '] ' || (o.payload -> 'message' -> 'document' ->> 'caption')),
+				   (o.payload -> 'upload' ->> 'type') || '] ' || (o.payload -> 'message' -> 'document' ->> 'caption'),
+				   '[template ' || (o.payload -> 'template' ->> 'name') || '] ' ||
+				   (SELECT string_agg(t ->> 'text', ' | ') FROM jsonb_array_elements(o.payload -> 'template' -> 'components' -> 0 -> 'parameters') t)),
 				   -- (a Confirm button's id hashes its draft, which may hold a payment id, and a Donate
 				   -- anyway button's names one: masked, so that payments made by earlier tests do not
 				   -- change them)
@@ -718,6 +724,88 @@ SELECT payments.chat_message_sent(:first_out + 1, '{"messages": [{"id": "wamid.C
 SELECT id - :first_out AS n, wamid, message_status FROM payments.outbox WHERE wamid IS NOT NULL ORDER BY id;
 SELECT pg_temp.status('wamid.CHAT2', 'failed', 50);
 SELECT message_status FROM payments.outbox WHERE wamid = 'wamid.CHAT2';
+
+-- failed, cancelled and refunded notices are free text too: one due more than 23 hours after the
+-- donor's last message (a refund days after the gift) goes as the notice_template, its text on one
+-- line; without one it is not queued (Meta would drop it), and chat_donations.unsent_notice keeps
+-- which it was. (Rolled back; notices are queued at commit, here at each statement.)
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+CREATE FUNCTION pg_temp.paid_then_refunded(ref text, n integer, last_message_ago interval) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', ref], ['paynowreference', (9300 + n)::text], ['amount', '3.00'],
+		['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g3' || n]]);
+	UPDATE payments.chat_sessions SET last_message_at = now() - last_message_ago WHERE wa_id = '263772000003';
+	SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', ref], ['paynowreference', (9300 + n)::text], ['amount', '3.00'],
+		['status', 'Refunded'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g3' || n]]);
+$$;
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies(:'late_donor');
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'General fund', '1 hour') AS refund_ref \gset
+SELECT pg_temp.paid_then_refunded(:'refund_ref', 1, '2 hours');
+SELECT * FROM pg_temp.replies(:'late_donor');
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'General fund', '1 hour') AS refund_ref \gset
+SELECT pg_temp.paid_then_refunded(:'refund_ref', 2, '3 days');
+SELECT * FROM pg_temp.replies(:'late_donor');
+UPDATE payments.providers SET settings = settings - 'notice_template' WHERE name = 'chat';
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'General fund', '1 hour') AS refund_ref \gset
+SELECT pg_temp.paid_then_refunded(:'refund_ref', 3, '3 days');
+SELECT * FROM pg_temp.replies(:'late_donor');
+SELECT p.status, d.unsent_notice FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+ WHERE d.wa_id = :'late_donor' AND p.metadata ->> 'paynowreference' LIKE '930_' ORDER BY p.id;
+ROLLBACK;
+
+-- a thank-you sent as text that Meta reports failed with 131047 (Re-engagement message: it went
+-- out past the 24 hours, after retries or behind other messages) is queued again as the
+-- receipt_template, once; not for another error, nor without a template. A failed status that
+-- came before the Graph API's answer was recorded does the same when it is.
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+UPDATE payments.providers SET settings = settings || '{"receipt_template": {"name": "donation_receipt", "language": "en_US"}}'
+ WHERE name = 'chat';
+CREATE FUNCTION pg_temp.receipt_failed(ref text, wamid text, code integer, at integer, answered boolean DEFAULT true) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	outcome	text;
+	sent	bigint := (SELECT o.id FROM payments.outbox o JOIN payments.status_history h ON h.id = o.status_history_id
+						JOIN payments.payments p ON p.id = h.payment_id WHERE p.reference = ref AND o.event_type = 'whatsapp.text');
+BEGIN
+	IF answered THEN
+		PERFORM payments.chat_message_sent(sent, jsonb_build_object('messages', jsonb_build_array(jsonb_build_object('id', wamid)))::text);
+	END IF;
+	outcome := pg_temp.deliver(jsonb_build_object('metadata', jsonb_build_object('phone_number_id', '106540352242922'),
+		'statuses', jsonb_build_array(jsonb_build_object('id', wamid, 'status', 'failed', 'timestamp', (1718000000 + at)::text,
+			'recipient_id', '263772000003', 'errors', jsonb_build_array(jsonb_build_object('code', code, 'title', 'Re-engagement message'))))));
+	IF NOT answered THEN
+		PERFORM payments.chat_message_sent(sent, jsonb_build_object('messages', jsonb_build_array(jsonb_build_object('id', wamid)))::text);
+	END IF;
+	RETURN outcome;
+END
+$$;
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies(:'late_donor');
+SELECT max(id) AS resend_mark FROM payments.outbox \gset
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'General fund', '2 hours') AS resend_ref \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'resend_ref', 12);
+SELECT * FROM pg_temp.last_sent(:'late_donor');
+SELECT pg_temp.receipt_failed(:'resend_ref', 'wamid.RCPT1', 131047, 60);
+SELECT * FROM pg_temp.last_sent(:'late_donor');
+SELECT payments.chat_resend_receipt(o) AS again FROM payments.outbox o WHERE o.wamid = 'wamid.RCPT1';
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours') AS resend_ref \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'resend_ref', 13);
+SELECT pg_temp.receipt_failed(:'resend_ref', 'wamid.RCPT2', 131047, 61, answered => false);
+SELECT * FROM pg_temp.last_sent(:'late_donor');
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours') AS resend_ref \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'resend_ref', 14);
+SELECT pg_temp.receipt_failed(:'resend_ref', 'wamid.RCPT3', 131026, 62);
+SELECT * FROM pg_temp.last_sent(:'late_donor');
+UPDATE payments.providers SET settings = settings - 'receipt_template' WHERE name = 'chat';
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours') AS resend_ref \gset
+SELECT pg_temp.say('263770000001', '/approve ' || :'resend_ref', 15);
+SELECT pg_temp.receipt_failed(:'resend_ref', 'wamid.RCPT4', 131047, 63);
+SELECT * FROM pg_temp.replies(:'late_donor');
+SELECT o.wamid, o.event_type, o.message_status, o.payload -> 'template' ->> 'name' AS template
+  FROM payments.outbox o JOIN payments.status_history h ON h.id = o.status_history_id
+  JOIN payments.chat_donations d ON d.payment_id = h.payment_id
+ WHERE d.wa_id = :'late_donor' AND h.to_status = 'paid' AND o.id > :resend_mark ORDER BY o.id;
+ROLLBACK;
 
 -- a WhatsApp message is claimed for the Graph API with the bearer token, not signed like a webhook
 SELECT DISTINCT url, secret, headers, body::jsonb ->> 'messaging_product' AS product

@@ -6229,11 +6229,14 @@ CREATE TABLE payments.chat_donations (
 	wa_id			text NOT NULL,
 	purpose			text,
 	created_at		timestamptz NOT NULL DEFAULT now(),
-	unsent_notice	text CHECK (unsent_notice IN ('failed', 'cancelled', 'refunded'))
+	unsent_notice	text CHECK (unsent_notice IN ('failed', 'cancelled', 'refunded')),
+	thanked_at		timestamptz
 );
 CREATE INDEX chat_donations_wa_idx ON payments.chat_donations (provider, wa_id, payment_id);
 COMMENT ON TABLE payments.chat_donations IS
 	'Payments started in a WhatsApp conversation: who gets the receipt or the failure message, and what the gift is for';
+COMMENT ON COLUMN payments.chat_donations.thanked_at IS
+	'When the donor''s thank-you with the receipt was queued (payments.chat_payment_notice): a donation paid again, its dispute won or settled by /approve, is not thanked twice';
 COMMENT ON COLUMN payments.chat_donations.unsent_notice IS
 	'The last notice (failed, cancelled, refunded) the donor was not sent: due more than 23 hours after their last message (Meta delivers free text only within 24 hours of it) while the provider had no notice_template (payments.chat_payment_notice); the clinic tells them another way';
 
@@ -8135,11 +8138,13 @@ BEGIN
 		RETURN;			-- moved on again in the same transaction: that move tells the donor
 	END IF;
 	-- paid again (a dispute won, or settled by an admin's /approve): the donor was thanked, with
-	-- the receipt, when it was first paid
-	IF transition.to_status = 'paid' AND EXISTS (SELECT FROM payments.status_history h
-												 WHERE h.payment_id = transition.payment_id AND h.to_status = 'paid'
-												   AND h.id < transition.id) THEN
-		RETURN;
+	-- the receipt, when it was first paid, unless that thank-you was never queued (paid and
+	-- disputed in one transaction: the payment had moved on at the commit)
+	IF transition.to_status = 'paid' THEN
+		IF d.thanked_at IS NOT NULL THEN
+			RETURN;
+		END IF;
+		UPDATE payments.chat_donations x SET thanked_at = now() WHERE x.payment_id = d.payment_id;
 	END IF;
 	gift := format('%s %s (reference %s)', payments.chat_amount(p.amount, p.currency), p.currency, p.reference);
 	-- Meta delivers free text only within 24 hours of the donor's last message (its customer

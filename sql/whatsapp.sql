@@ -1348,6 +1348,19 @@ SELECT p.status, (SELECT string_agg(h.from_status || '>' || h.to_status, ' ' ORD
   FROM payments.payments p WHERE p.reference = :'settled_ref';
 SELECT regexp_replace(r, 'LP-[0-9]{8}-[0-9]{6}', 'LP-...', 'g') FROM pg_temp.replies('263770000001') r;
 SELECT regexp_replace(r, '(LP|WA)-[0-9]{8}-[0-9]+', 'X', 'g') FROM pg_temp.replies('263776000044') r;
+-- ... but one whose payment was disputed in the transaction that paid it (no thank-you at that
+-- commit: it had moved on) is thanked when an admin settles it
+SELECT pg_temp.late_donation('263776000045', 'Rudo', 'Medicines', '1 hour') AS batch_ref \gset
+BEGIN;
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'batch_ref'], ['paynowreference', '9145'], ['amount', '3.00'],
+	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g145']]);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'batch_ref'], ['paynowreference', '9145'], ['amount', '3.00'],
+	['status', 'Disputed'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g145']]);
+COMMIT;
+SELECT count(*) AS told_before_approval FROM pg_temp.replies('263776000045') r WHERE r LIKE 'Thank you, Rudo!%';
+SELECT pg_temp.say('263770000001', '/approve ' || :'batch_ref', 44);
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('263770000001');
+SELECT regexp_replace(r, '(LP|WA)-[0-9]{8}-[0-9]+', 'X', 'g') FROM pg_temp.replies('263776000045') r;
 -- Paynow reporting another amount than the donation's: the admins are told, once
 SELECT pg_temp.late_donation('263776000043', 'Chipo', 'Medicines', '1 hour') AS short_ref \gset
 SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'short_ref'], ['paynowreference', '9143'], ['amount', '0.50'],

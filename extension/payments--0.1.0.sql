@@ -8024,12 +8024,12 @@ BEGIN
 	IF NOT FOUND THEN
 		RETURN 'ignored';
 	END IF;
-	PERFORM payments.chat_resend_receipt(item);
+	PERFORM payments.chat_resend_notice(item);
 	RETURN 'applied';
 END
 $$;
 COMMENT ON FUNCTION payments.chat_status(payments.events) IS
-	'Applies a Meta message status to the outbox row of the message (by wamid), forward only (a thank-you as text failed with 131047 is sent again as the receipt_template: payments.chat_resend_receipt); kept in whatsapp_statuses for a message whose wamid is not stored yet; applied or ignored';
+	'Applies a Meta message status to the outbox row of the message (by wamid), forward only (a donation''s notice as text failed with 131047 is sent again as a template: payments.chat_resend_notice); kept in whatsapp_statuses for a message whose wamid is not stored yet; applied or ignored';
 
 CREATE FUNCTION payments.chat_event(ev payments.events, settings jsonb)
 RETURNS text
@@ -8070,7 +8070,7 @@ BEGIN
 	 WHERE o.id = item.id
 	RETURNING o.* INTO item;
 	IF FOUND THEN
-		PERFORM payments.chat_resend_receipt(item);
+		PERFORM payments.chat_resend_notice(item);
 	END IF;
 END
 $$;
@@ -8151,13 +8151,16 @@ BEGIN
 	-- service window); a message due later (a payment confirmed late, a refund), or to a donor
 	-- with no message known (a Flow's), goes as the approved template the provider names. An
 	-- hour is kept for the outbox to send it.
+	-- (any message of the donor's opens it: a Flow's completion, one rate-limited, counted in
+	-- last_seen_at only)
 	recent := EXISTS (SELECT FROM payments.chat_sessions s
 					   WHERE s.provider = d.provider AND s.wa_id = d.wa_id
-						 AND s.last_message_at >= now() - interval '23 hours');
+						 AND greatest(s.last_message_at, s.last_seen_at) >= now() - interval '23 hours');
 	IF transition.to_status = 'paid' THEN
 		SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
 		IF template IS NOT NULL AND NOT recent THEN
 			PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_receipt_template(p.id, template), transition.id);
+			UPDATE payments.chat_donations x SET unsent_notice = NULL WHERE x.payment_id = d.payment_id AND x.unsent_notice IS NOT NULL;
 			RETURN;
 		END IF;
 	END IF;
@@ -8184,45 +8187,63 @@ BEGIN
 			UPDATE payments.chat_donations x SET unsent_notice = transition.to_status WHERE x.payment_id = d.payment_id;
 		ELSE
 			PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_template(d.wa_id, template, ARRAY[body]), transition.id);
+			UPDATE payments.chat_donations x SET unsent_notice = NULL WHERE x.payment_id = d.payment_id AND x.unsent_notice IS NOT NULL;
 		END IF;
 		RETURN;
 	END IF;
 	PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_text(d.wa_id, body), transition.id);
+	-- (a notice not sent before is superseded by the one queued: also above)
+	UPDATE payments.chat_donations x SET unsent_notice = NULL WHERE x.payment_id = d.payment_id AND x.unsent_notice IS NOT NULL;
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
 	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old; none when it is paid again, a dispute won or settled by /approve), failed, cancelled (not after failed: the donor was told) or refunded (past those 23 hours as the notice_template, its text the one parameter; without it not sent, and kept in chat_donations.unsent_notice), queues the message to the donor (to their phone number, or recipient their business-scoped user id), naming the transition (status_history_id)';
 
--- A thank-you sent as text that Meta reports failed with error 131047 (Re-engagement message: it
--- went out more than 24 hours after the donor's last message, retried after a rate limit or queued
--- behind other messages) is sent again as the receipt_template, once
-CREATE FUNCTION payments.chat_resend_receipt(item payments.outbox)
+-- A donation's notice sent as text that Meta reports failed with error 131047 (Re-engagement
+-- message: it went out more than 24 hours after the donor's last message, retried after a rate
+-- limit or queued behind other messages) is sent again, once, as the template its provider names:
+-- the thank-you as the receipt_template while the payment is still paid (not after a refund), a
+-- failed, cancelled or refunded notice as the notice_template; without one the notice is recorded
+-- unsent.  To the donor's number as the donation knows it now (a number change since moves it)
+CREATE FUNCTION payments.chat_resend_notice(item payments.outbox)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	template jsonb;
-	paid_id	bigint;
+	h		payments.status_history;
+	d		payments.chat_donations;
 BEGIN
 	IF item.message_status IS DISTINCT FROM 'failed' OR item.event_type <> 'whatsapp.text' OR item.status_history_id IS NULL
 	   OR jsonb_typeof(item.message_errors) IS DISTINCT FROM 'array'
 	   OR NOT EXISTS (SELECT FROM jsonb_array_elements(item.message_errors) e WHERE e ->> 'code' = '131047') THEN
 		RETURN;
 	END IF;
-	SELECT h.payment_id INTO paid_id FROM payments.status_history h WHERE h.id = item.status_history_id AND h.to_status = 'paid';
-	SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = item.provider;
-	IF paid_id IS NULL OR template IS NULL
-	   OR EXISTS (SELECT FROM payments.outbox o WHERE o.status_history_id = item.status_history_id
-				   AND o.provider = item.provider AND o.event_type = 'whatsapp.template') THEN
+	SELECT x.* INTO h FROM payments.status_history x WHERE x.id = item.status_history_id;
+	SELECT x.* INTO d FROM payments.chat_donations x WHERE x.payment_id = h.payment_id FOR UPDATE;
+	IF NOT FOUND OR EXISTS (SELECT FROM payments.outbox o WHERE o.status_history_id = item.status_history_id
+							 AND o.provider = item.provider AND o.event_type = 'whatsapp.template') THEN
 		RETURN;
 	END IF;
-	PERFORM payments.chat_send(item.provider, item.recipient, payments.chat_receipt_template(paid_id, template),
-							   item.status_history_id);
+	IF h.to_status = 'paid' THEN
+		SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
+		IF template IS NOT NULL AND EXISTS (SELECT FROM payments.payments p WHERE p.id = h.payment_id AND p.status = 'paid') THEN
+			PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_receipt_template(h.payment_id, template), h.id);
+		END IF;
+		RETURN;
+	END IF;
+	SELECT v.settings -> 'notice_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
+	IF template IS NULL THEN
+		UPDATE payments.chat_donations x SET unsent_notice = h.to_status WHERE x.payment_id = d.payment_id;
+	ELSE
+		PERFORM payments.chat_send(d.provider, d.wa_id,
+			payments.chat_template(d.wa_id, template, ARRAY[item.payload -> 'text' ->> 'body']), h.id);
+	END IF;
 END
 $$;
-COMMENT ON FUNCTION payments.chat_resend_receipt(payments.outbox) IS
-	'When a WhatsApp donation''s thank-you sent as text failed with Meta''s error 131047 (outside the 24-hour window), queues it again as the provider''s receipt_template (once; none without one); by payments.chat_status and payments.chat_message_sent';
+COMMENT ON FUNCTION payments.chat_resend_notice(payments.outbox) IS
+	'When a WhatsApp donation''s notice sent as text failed with Meta''s error 131047 (outside the 24-hour window), queues it again, once, to the donor''s number as the donation knows it now: the thank-you as the provider''s receipt_template while the payment is paid, a failed, cancelled or refunded notice as its notice_template (without one recorded in chat_donations.unsent_notice); by payments.chat_status and payments.chat_message_sent';
 
 -- Paynow's news that a donation an admin approved by hand (/approve) was paid: the donor may have
 -- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment
@@ -8654,7 +8675,7 @@ REVOKE ALL ON FUNCTION payments.chat_message_sent(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_payment_notice(payments.status_history) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_template(text, jsonb, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_receipt_template(bigint, jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION payments.chat_resend_receipt(payments.outbox) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.chat_resend_notice(payments.outbox) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_initiated(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paynow_amount_checked(payments.payment_change, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.chat_paid_after_approval(bigint, payments.payment_change) FROM PUBLIC;
@@ -8728,7 +8749,7 @@ REVOKE EXECUTE ON FUNCTION payments.apply_change(bigint, text, payments.payment_
 	payments.chat_lock(text[]),
 	payments.chat_status(payments.events),
 	payments.chat_event(payments.events, jsonb), payments.chat_message_sent(bigint, text),
-	payments.chat_payment_notice(payments.status_history), payments.chat_resend_receipt(payments.outbox),
+	payments.chat_payment_notice(payments.status_history), payments.chat_resend_notice(payments.outbox),
 	payments.chat_start_payment(bigint, text, text, text, jsonb, jsonb),
 	payments.chat_advance(text, text, jsonb, jsonb), payments.chat_prompt(text, text, text, jsonb, jsonb, text),
 	payments.chat_check(text, text), payments.chat_admin(text, text, text), payments.initiation_failed(bigint, text),

@@ -5882,6 +5882,20 @@ $$;
 COMMENT ON FUNCTION payments.record_flows_rejection(text, text, text, text, bytea, jsonb, inet, text) IS
 	'Records a refused Flows request like a refused webhook: reason, sender, hash and size of the body, headers without credentials';
 
+-- The AES keys of the Flows requests answered, by the SHA-256 of their encrypted_aes_key: an answer
+-- is encrypted with the request's key and its IV flipped, so a request replayed (its signature has
+-- no time) and answered again with another text (427 once its token is spent) would give two
+-- plaintexts under one key and nonce, and with them the first answer (a donor's phone and amount)
+-- and GCM's authentication key.  A key seen before is answered 421: Meta encrypts again with a new
+-- one.  Kept for ever (a replay may come at any time): 32 bytes and a time for each request
+CREATE TABLE payments.flow_request_keys (
+	key_digest	bytea PRIMARY KEY,
+	provider	text NOT NULL REFERENCES payments.providers (name) ON DELETE CASCADE,
+	seen_at		timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE payments.flow_request_keys IS
+	'The AES keys of the WhatsApp Flows requests answered (SHA-256 of encrypted_aes_key as sent): one seen again is a replay, answered 421 (payments.flows_exchange)';
+
 CREATE FUNCTION payments.flows_exchange(provider text, headers jsonb, body bytea,
 										source_ip inet DEFAULT NULL, request_id text DEFAULT NULL)
 RETURNS TABLE (http_status integer, outcome text, response text)
@@ -5969,6 +5983,19 @@ BEGIN
 		RETURN;
 	END IF;
 
+	-- 421: a request replayed (its AES key answered before; in this transaction, so that one not
+	-- answered, rolled back, may come again)
+	INSERT INTO payments.flow_request_keys (key_digest, provider)
+	VALUES (pg_catalog.sha256(pg_catalog.convert_to(envelope ->> 'encrypted_aes_key', 'UTF8')), flows_exchange.provider)
+	ON CONFLICT (key_digest) DO NOTHING;
+	IF NOT FOUND THEN
+		PERFORM payments.record_flows_rejection(provider, 'rejected', 'flows_key_replayed',
+			'Flows request: its encrypted_aes_key was answered before (a replay: answered 421, Meta encrypts again with a new key)',
+			body, headers, source_ip, request_id);
+		RETURN QUERY SELECT 421, 'undecryptable', 'cannot decrypt the request';
+		RETURN;
+	END IF;
+
 	BEGIN
 		request := plain::jsonb;
 	EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
@@ -6005,6 +6032,7 @@ SELECT pg_catalog.pg_extension_config_dump('payments.flow_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_keys_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_tokens', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions', '');
+SELECT pg_catalog.pg_extension_config_dump('payments.flow_request_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('payments.flow_submissions_id_seq', '');
 
 --------------------------------------------------------------------------------------------------

@@ -92,9 +92,11 @@ CREATE FUNCTION pg_temp.envelope(plaintext text, wrapped text) RETURNS text LANG
 		payments.flows_encrypt_response('\x000102030405060708090a0b0c0d0e0f', 'X15dXFtaWVhXVlVUU1JRUA==', plaintext),
 		'encrypted_aes_key', wrapped, 'initial_vector', 'oKGio6SlpqeoqaqrrK2urw==')::text
 $$;
--- Sends a signed request and decrypts the answer of a 200 or 427 with the flipped IV
+-- Sends a signed request and decrypts the answer of a 200 or 427 with the flipped IV (every request
+-- here has the same AES key: each is made a new one to the replay check, below)
 CREATE FUNCTION pg_temp.exchange(plaintext text, wrapped text)
 RETURNS TABLE (http_status integer, answer jsonb, plain_body text) LANGUAGE sql AS $$
+	DELETE FROM payments.flow_request_keys;
 	SELECT x.http_status,
 		   CASE WHEN x.http_status IN (200, 427) THEN payments.flows_decrypt_request(
 			   '\x000102030405060708090a0b0c0d0e0f', 'X15dXFtaWVhXVlVUU1JRUA==', x.response)::jsonb END,
@@ -105,6 +107,13 @@ $$;
 
 -- ping, as Meta's health check sends it
 SELECT * FROM pg_temp.exchange('{"version": "3.0", "action": "ping"}', :'wrapped');
+-- a request replayed (its AES key answered before: its signature has no time) is answered 421, not
+-- answered again: an answer of another text under the same key and IV would give away the first
+-- (a donor's phone and amount) and GCM's key; Meta encrypts again with a new key.  Recorded
+SELECT pg_temp.envelope('{"version": "3.0", "action": "ping"}', :'wrapped') AS replayed \gset
+SELECT http_status, outcome, response
+  FROM payments.flows_exchange('flows-wa', pg_temp.signed(convert_to(:'replayed', 'UTF8')), convert_to(:'replayed', 'UTF8'));
+SELECT reason, detail FROM payments.rejections WHERE provider = 'flows-wa' AND reason = 'flows_key_replayed';
 -- 404: no such provider, or not of kind meta
 SELECT * FROM payments.flows_exchange('nobody', '{}', '\x7b7d');
 SELECT * FROM payments.flows_exchange('flows-hooks', '{}', '\x7b7d');

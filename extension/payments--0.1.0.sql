@@ -4586,7 +4586,10 @@ BEGIN
 		RAISE EXCEPTION 'keep_run_details must be an interval of zero or more, or NULL to keep them for ever'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF cron_db IS NULL THEN
+	-- a cron.database_name left in the configuration of a server that no longer loads pg_cron is
+	-- a placeholder, a user setting (pg_cron's own is set at server start): pg_cron runs nowhere
+	IF cron_db IS NULL OR NOT EXISTS (SELECT FROM pg_catalog.pg_settings s
+									   WHERE s.name = 'cron.database_name' AND s.context = 'postmaster') THEN
 		RAISE EXCEPTION 'pg_cron is not loaded'
 			USING ERRCODE = 'feature_not_supported',
 				  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name, restart, and CREATE EXTENSION pg_cron in that database.';

@@ -901,6 +901,17 @@ test('scheduling: clear errors without pg_cron or in another database; jobs run 
 		'payments-prune@other|other\npayments-reconcile@other|other\npayments-retry@other|other');
 	db.psql(`DROP EXTENSION pg_cron`);
 	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`), /pg_cron is not installed/);
+	// a server that no longer loads pg_cron, its cron.database_name left in the configuration
+	db.psql(`ALTER SYSTEM RESET shared_preload_libraries`, 'postgres');
+	db.stop();
+	db.start();
+	assert.equal(db.psql(`SELECT current_setting('cron.database_name', true)`), 'payments');
+	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`), /pg_cron is not loaded/);
+	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`, 'other'), /pg_cron is not loaded/);
+	db.psql(`ALTER SYSTEM RESET cron.database_name`, 'postgres');
+	db.stop();
+	db.start();
+	assert.throws(() => db.psql(`SELECT payments.schedule_jobs()`), /pg_cron is not loaded/);
 
 	// the jobs scheduled at the start in the second cluster: wait (once) for pg_cron to run them
 	assert.equal(cron.psql(`SELECT string_agg(jobname, ',' ORDER BY jobname) FROM cron.job`),

@@ -706,17 +706,18 @@ test('a payment marked paid while the initiations are claimed is not initiated',
 	await donate(who, { method: 'ecocash', amount: '9' });
 	const ref = lastRef(who);
 	// another session marks it paid and keeps its transaction open, the payment locked, while
-	// initiate_payments runs: the change is not visible to it yet, the lock is
-	const holder = session(`BEGIN;
-		UPDATE payments.payments SET status = 'paid', status_at = now(), paid_at = now() WHERE reference = :'r';
-		SELECT pg_sleep(3);
-		COMMIT;\n`, { r: ref });
-	// its update made (and uncommitted: the session is in its pg_sleep)
-	await until('the update held', () => q(`SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'
-		AND query LIKE '%pg_sleep(3)%' AND pid <> pg_backend_pid()`) === '1', 20000);
-	await work();
+	// initiate_payments runs: the change is not visible to it yet, the lock is.  Committed once that
+	// run ends (a run that waited for the lock would see the payment paid 30 s later, and fail)
+	const holder = await holdLock(db, `UPDATE payments.payments SET status = 'paid', status_at = now(), paid_at = now()
+		WHERE reference = '${ref}'`);
+	const commitLater = setTimeout(() => holder.release(), 30000);
+	try {
+		await work();
+	} finally {
+		clearTimeout(commitLater);
+		await holder.release();
+	}
 	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'queued');
-	await holder;
 	await work();
 	assert.equal(q(`SELECT state FROM payments.paynow_initiations WHERE reference = :'r'`, { r: ref }), 'skipped');
 	assert.equal(paynow.requests.filter((r) => r.reference === ref).length, 0);

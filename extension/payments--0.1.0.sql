@@ -6260,7 +6260,7 @@ CREATE TABLE payments.chat_donations (
 	wa_id			text NOT NULL,
 	purpose			text,
 	created_at		timestamptz NOT NULL DEFAULT now(),
-	unsent_notice	text CHECK (unsent_notice IN ('failed', 'cancelled', 'refunded')),
+	unsent_notice	text CHECK (unsent_notice IN ('paid', 'failed', 'cancelled', 'refunded')),
 	thanked_at		timestamptz
 );
 CREATE INDEX chat_donations_wa_idx ON payments.chat_donations (provider, wa_id, payment_id);
@@ -6269,7 +6269,7 @@ COMMENT ON TABLE payments.chat_donations IS
 COMMENT ON COLUMN payments.chat_donations.thanked_at IS
 	'When the donor''s thank-you with the receipt was queued (payments.chat_payment_notice): a donation paid again, its dispute won or settled by /approve, is not thanked twice';
 COMMENT ON COLUMN payments.chat_donations.unsent_notice IS
-	'The last notice (failed, cancelled, refunded) the donor was not sent: due more than 23 hours after their last message (Meta delivers free text only within 24 hours of it) while the provider had no notice_template (payments.chat_payment_notice); the clinic tells them another way';
+	'The last notice the donor was not sent: failed, cancelled or refunded, due more than 23 hours after their last message (Meta delivers free text only within 24 hours of it) while the provider had no notice_template (payments.chat_payment_notice); paid, the thank-you with the receipt sent as text and failed by Meta with 131047 while the provider had no receipt_template (payments.chat_resend_notice); the clinic tells them another way (the admin command /unsent lists them)';
 
 CREATE SEQUENCE payments.chat_reference_seq;
 COMMENT ON SEQUENCE payments.chat_reference_seq IS 'The last part of WhatsApp donations'' merchant references, WA-YYYYMMDD-N';
@@ -7111,13 +7111,39 @@ DECLARE
 	csv		text;
 	pay		payments.payments;
 	c		payments.payment_change;
+	unsent	bigint;
 BEGIN
 	IF cmd = '/stats' THEN
 		SELECT string_agg(format('%s: %s paid, gross %s, net of fees and refunds %s; %s failed or cancelled, %s pending', s.currency, s.paid,
 								 payments.chat_amount(s.gross, s.currency), payments.chat_amount(s.net, s.currency), s.failed, s.pending),
 						  E'\n' ORDER BY s.currency)
 		  INTO body FROM payments.currency_summary(payments.day_start(today), payments.day_start(today + 1)) s;
-		body := format(E'Today (%s):\n', to_char(today, 'YYYY-MM-DD')) || coalesce(body, 'no payments yet.');
+		body := format(E'Today (%s):\n', to_char(today, 'YYYY-MM-DD')) || coalesce(body, 'no payments yet.')
+			|| coalesce((SELECT format(E'\nNotices not sent to donors of this chat in the last 30 days: %s (/unsent lists them).',
+									   count(*))
+						   FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+						  WHERE d.provider = chat_admin.provider AND d.unsent_notice IS NOT NULL
+							AND p.status_at >= now() - interval '30 days'
+						 HAVING count(*) > 0), '');
+	ELSIF cmd = '/unsent' THEN
+		-- the donors Meta would not (or did not) deliver a notice to: outside the 24 hours after
+		-- their last message, the provider having no template for it; the clinic tells them by phone
+		SELECT string_agg(format('%s %s %s %s: %s not sent to %s%s', u.reference, payments.chat_amount(u.amount, u.currency),
+								 u.currency, u.status, CASE u.unsent_notice WHEN 'paid' THEN 'thank-you' ELSE 'notice' END,
+								 CASE WHEN payments.whatsapp_bsuid(u.wa_id) IS NULL THEN '+' || u.wa_id ELSE u.wa_id END,
+								 coalesce(' (' || nullif(btrim(regexp_replace(u.donor_name, '[[:space:]]+', ' ', 'g')), '') || ')', '')),
+						  E'\n' ORDER BY u.status_at DESC, u.id DESC),
+			   max(u.total)
+		  INTO body, unsent
+		  FROM (SELECT p.id, p.reference, p.amount, p.currency, p.status, p.status_at, p.donor_name, d.wa_id, d.unsent_notice,
+					   count(*) OVER () AS total
+				  FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id
+				 WHERE d.provider = chat_admin.provider AND d.unsent_notice IS NOT NULL
+				   AND p.status_at >= now() - interval '30 days'
+				 ORDER BY p.status_at DESC, p.id DESC LIMIT 20) u;
+		body := CASE WHEN body IS NULL THEN 'No unsent notices in the last 30 days.'
+					 ELSE E'Donors not sent their donation''s news (last 30 days, newest first; outside WhatsApp''s 24 hours, no template set):\n'
+						  || body || CASE WHEN unsent > 20 THEN format(E'\n(the 20 newest of %s)', unsent) ELSE '' END END;
 	ELSIF cmd = '/report' THEN
 		IF arg = '' THEN
 			day := today;
@@ -7195,7 +7221,8 @@ BEGIN
 	ELSE
 		body := E'Admin commands:\n/stats: today''s totals per currency (all payments in the database)\n' ||
 				E'/report [YYYY-MM-DD | yesterday]: the daily report of all payments (default today)\n' ||
-				E'/approve <reference>: mark a payment paid by hand (issues its receipt)\n/admin: this help';
+				E'/approve <reference>: mark a payment paid by hand (issues its receipt)\n' ||
+				E'/unsent: donors not sent their donation''s news (tell them by phone)\n/admin: this help';
 	END IF;
 	-- in as many messages as it takes (WhatsApp's limit is 4096 characters), queued in order: a
 	-- chat gets its messages one at a time, oldest first
@@ -7213,7 +7240,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_admin(text, text, text) IS
-	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as messages of at most 4096 characters split at line breaks, payments.chat_text_parts, and as a CSV document), /approve <reference> (marks a payment paid through the state machine; warns that the donor may still be prompted only when the payment was pending), /admin (help)';
+	'Answers an admin number''s command (the command and its argument apart at any white space, payments.chat_trim''s): /stats (today''s totals per currency: net of fees and refunds), /report [day] (payments.daily_report, net of fees, as messages of at most 4096 characters split at line breaks, payments.chat_text_parts, and as a CSV document), /approve <reference> (marks a payment paid through the state machine; warns that the donor may still be prompted only when the payment was pending), /unsent (the donations of this chat whose donor was not sent a notice, chat_donations.unsent_notice, of the last 30 days), /admin (help)';
 
 -- Locks rows of payments.chat_locks by name until the transaction ends, made when missing, one
 -- after the other in one order (C collation), so that two transactions taking several never wait
@@ -8235,7 +8262,7 @@ COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
 -- limit or queued behind other messages) is sent again, once, as the template its provider names:
 -- the thank-you as the receipt_template while the payment is still paid (not after a refund), a
 -- failed, cancelled or refunded notice as the notice_template; without one the notice is recorded
--- unsent.  To the donor's number as the donation knows it now (a number change since moves it)
+-- unsent (chat_donations.unsent_notice: the admins' /unsent lists it).  To the donor's number as the donation knows it now (a number change since moves it)
 CREATE FUNCTION payments.chat_resend_notice(item payments.outbox)
 RETURNS void
 LANGUAGE plpgsql
@@ -8258,8 +8285,13 @@ BEGIN
 		RETURN;
 	END IF;
 	IF h.to_status = 'paid' THEN
+		IF NOT EXISTS (SELECT FROM payments.payments p WHERE p.id = h.payment_id AND p.status = 'paid') THEN
+			RETURN;		-- refunded since, say: that notice tells the donor
+		END IF;
 		SELECT v.settings -> 'receipt_template' INTO template FROM payments.providers v WHERE v.name = d.provider;
-		IF template IS NOT NULL AND EXISTS (SELECT FROM payments.payments p WHERE p.id = h.payment_id AND p.status = 'paid') THEN
+		IF template IS NULL THEN
+			UPDATE payments.chat_donations x SET unsent_notice = 'paid' WHERE x.payment_id = d.payment_id;
+		ELSE
 			PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_receipt_template(h.payment_id, template), h.id);
 		END IF;
 		RETURN;
@@ -8274,7 +8306,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_resend_notice(payments.outbox) IS
-	'When a WhatsApp donation''s notice sent as text failed with Meta''s error 131047 (outside the 24-hour window), queues it again, once, to the donor''s number as the donation knows it now: the thank-you as the provider''s receipt_template while the payment is paid, a failed, cancelled or refunded notice as its notice_template (without one recorded in chat_donations.unsent_notice); by payments.chat_status and payments.chat_message_sent';
+	'When a WhatsApp donation''s notice sent as text failed with Meta''s error 131047 (outside the 24-hour window), queues it again, once, to the donor''s number as the donation knows it now: the thank-you as the provider''s receipt_template while the payment is paid, a failed, cancelled or refunded notice as its notice_template (without the template recorded in chat_donations.unsent_notice); by payments.chat_status and payments.chat_message_sent';
 
 -- Paynow's news that a donation an admin approved by hand (/approve) was paid: the donor may have
 -- paid twice (the request Paynow had, and the way the admin saw), or the admin approved a payment

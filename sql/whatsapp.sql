@@ -801,6 +801,25 @@ SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours') AS
 SELECT pg_temp.say('263770000001', '/approve ' || :'resend_ref', 15);
 SELECT pg_temp.receipt_failed(:'resend_ref', 'wamid.RCPT4', 131047, 63);
 SELECT * FROM pg_temp.replies(:'late_donor');
+-- (without a receipt_template that thank-you is recorded unsent, for the admins' /unsent and /stats)
+SELECT unsent_notice FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id WHERE p.reference = :'resend_ref';
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies('263770000001');
+SELECT pg_temp.say('263770000001', '/unsent', 16);
+SELECT pg_temp.say('263770000001', '/stats', 17);
+SELECT said FROM pg_temp.replies('263770000001') AS said WHERE said !~ '^Today';
+SELECT substring(o.payload -> 'text' ->> 'body' FROM E'\n(Notices not sent[^\n]*)$') AS stats_line
+  FROM payments.outbox o WHERE o.recipient = '263770000001' ORDER BY o.id DESC LIMIT 1;
+UPDATE payments.payments p SET status_at = now() - interval '31 days' WHERE p.reference = :'resend_ref';
+SELECT pg_temp.say('263770000001', '/unsent', 18);
+SELECT * FROM pg_temp.replies('263770000001');
+-- (the 20 newest are listed, and how many there are)
+SELECT count(pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours')) FROM generate_series(1, 8);
+UPDATE payments.chat_donations d SET unsent_notice = 'failed' FROM payments.payments p
+ WHERE p.id = d.payment_id AND d.provider = 'chat' AND p.status_at >= now() - interval '30 days';
+SELECT count(*) > 20 AS more_than_20 FROM payments.chat_donations WHERE unsent_notice IS NOT NULL;
+SELECT pg_temp.say('263770000001', '/unsent', 19);
+SELECT array_length(string_to_array(r, E'\n'), 1) AS lines, r ~ E'\n[(]the 20 newest of [0-9]+[)]$' AS says_how_many
+  FROM pg_temp.replies('263770000001') AS r;
 SELECT o.wamid, o.event_type, o.message_status, o.payload -> 'template' ->> 'name' AS template
   FROM payments.outbox o JOIN payments.status_history h ON h.id = o.status_history_id
   JOIN payments.chat_donations d ON d.payment_id = h.payment_id

@@ -5499,11 +5499,22 @@ BEGIN
 			USING ERRCODE = 'not_null_violation',
 				  HINT = 'Add keys with payments.add_flow_key.';
 	END IF;
+	-- a key edited by hand (its passphrase changed, say) must still open and give its public key:
+	-- one that could not be read failed every Flows request of its provider (an error, not the
+	-- other keys tried, nor 421)
+	IF TG_OP = 'INSERT' OR ROW(NEW.private_key, NEW.passphrase, NEW.public_key)
+						   IS DISTINCT FROM ROW(OLD.private_key, OLD.passphrase, OLD.public_key) THEN
+		IF payments.flows_public_key(NEW.private_key, NEW.passphrase) IS DISTINCT FROM NEW.public_key THEN
+			RAISE EXCEPTION 'a Flows key''s public_key must be the public key of its private key'
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Add keys with payments.add_flow_key; for another passphrase, add the key again and revoke the old one.';
+		END IF;
+	END IF;
 	RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION payments.check_flow_key() IS
-	'Trigger: refuses a flow_keys row its NOT NULL constraints would, with an error that never shows the row (its private key and passphrase)';
+	'Trigger: refuses a flow_keys row its NOT NULL constraints would, or whose private key does not open with its passphrase or give its public_key, with an error that never shows the row (its private key and passphrase)';
 CREATE TRIGGER flow_keys_check BEFORE INSERT OR UPDATE ON payments.flow_keys
 	FOR EACH ROW EXECUTE FUNCTION payments.check_flow_key();
 REVOKE ALL ON FUNCTION payments.check_flow_key() FROM PUBLIC;

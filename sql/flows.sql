@@ -159,6 +159,13 @@ SELECT payments.issue_flow_token('flows-wa', 'abc');
 -- rows the constraints would refuse are refused first, with errors that show neither the
 -- key's passphrase nor the token (a failed constraint shows the row, in the server log too)
 UPDATE payments.flow_keys SET created_at = NULL WHERE id = :key_id;
+-- a key edited by hand must still open with its passphrase and give its public key (one that
+-- could not be read failed every request of its provider, instead of 421)
+UPDATE payments.flow_keys SET passphrase = 'changed' WHERE id = :key_id;
+UPDATE payments.flow_keys SET passphrase = NULL WHERE id = :key_id;
+UPDATE payments.flow_keys SET public_key = replace(public_key, 'A', 'B') WHERE id = :key_id;
+INSERT INTO payments.flow_keys (provider, private_key, public_key) VALUES ('flows-wa', :'key', 'x');
+UPDATE payments.flow_keys SET passphrase = passphrase WHERE id = :key_id;
 INSERT INTO payments.flow_tokens (token, provider, wa_id, expires_at)
 VALUES (:'token', 'flows-wa', '263771234567', now() + interval '1 hour');
 UPDATE payments.flow_tokens SET expires_at = created_at - interval '1 second' WHERE token = :'token';

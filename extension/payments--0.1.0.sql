@@ -879,6 +879,21 @@ RETURN CASE WHEN pg_catalog.octet_length(payments.stored_headers(headers)::text)
 COMMENT ON FUNCTION payments.rejected_headers(jsonb) IS
 	'A refused delivery''s headers as kept in payments.rejections: as stored (payments.stored_headers) up to 4 KB; beyond, values cut to 256 characters and headers kept in name order up to 4 KB (paypal-transmission-id first), with a "(cut)" entry saying how many were kept';
 
+-- A phone number with its Unicode spaces and dashes as plain spaces (copied from a contact or a
+-- page: a no-break space, U+202F as French numbers are set, a non-breaking hyphen, a minus sign),
+-- for phone_digits.  A number in ASCII, nearly every one, is returned as it is, with no regular
+-- expression; no backslash, as for phone_digits below
+CREATE FUNCTION payments.phone_plain(phone text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN pg_catalog.octet_length(phone) = pg_catalog.length(phone) THEN phone
+			ELSE pg_catalog.regexp_replace(phone,
+				'[' || pg_catalog.chr(133) || pg_catalog.chr(160) || pg_catalog.chr(5760) || pg_catalog.chr(8192) || '-'
+				|| pg_catalog.chr(8213) || pg_catalog.chr(8232) || '-' || pg_catalog.chr(8239) || pg_catalog.chr(8287) || '-'
+				|| pg_catalog.chr(8303) || pg_catalog.chr(8722) || pg_catalog.chr(12288) || pg_catalog.chr(65279) || ']', ' ', 'g') END;
+COMMENT ON FUNCTION payments.phone_plain(text) IS
+	'A phone number as written with its Unicode spaces and dashes (U+0085, U+00A0, U+1680, U+2000 to U+2015, U+2028 to U+202F, U+205F to U+206F, U+2212, U+3000, U+FEFF) made plain spaces, for payments.phone_digits';
+
 -- A phone number's digits: spaces, dots, dashes, parentheses and + dropped, and the trunk zero
 -- written in parentheses after the country code ("+263 (0)77 123 4567", "+44 (0)20 7946 0000"),
 -- which is not dialled from abroad (kept, it made another number: 2630771234567).  Written so that
@@ -890,11 +905,11 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 RETURN pg_catalog.regexp_replace(
 		CASE WHEN pg_catalog.strpos(phone, '(') > 0
-			 THEN pg_catalog.regexp_replace(phone, '(?<=^[[:space:]]*[+]?[[:space:]]*[1-9][0-9]?[0-9]?[[:space:]]*)[(][[:space:]]*0[[:space:]]*[)]', '')
-			 ELSE phone END,
+			 THEN pg_catalog.regexp_replace(payments.phone_plain(phone), '(?<=^[[:space:]]*[+]?[[:space:]]*[1-9][0-9]?[0-9]?[[:space:]]*)[(][[:space:]]*0[[:space:]]*[)]', '')
+			 ELSE payments.phone_plain(phone) END,
 		'[[:space:]().+-]', '', 'g');
 COMMENT ON FUNCTION payments.phone_digits(text) IS
-	'The digits of a phone number as written: spaces, dots, dashes, parentheses and + dropped, and a trunk zero in parentheses after the country code ("+263 (0)77 123 4567" gives 263771234567)';
+	'The digits of a phone number as written: spaces (Unicode ones too: payments.phone_plain), dots, dashes, parentheses and + dropped, and a trunk zero in parentheses after the country code ("+263 (0)77 123 4567" gives 263771234567)';
 
 CREATE FUNCTION payments.e164_digits(phone text)
 RETURNS text
@@ -902,7 +917,7 @@ LANGUAGE sql IMMUTABLE
 RETURN CASE WHEN payments.phone_digits(phone) ~ '^[1-9][0-9]*$' AND pg_catalog.length(payments.phone_digits(phone)) BETWEEN 6 AND 15
 			THEN payments.phone_digits(phone) END;
 COMMENT ON FUNCTION payments.e164_digits(text) IS
-	'A phone number as E.164 digits (country code first, no plus sign; spaces, dots, dashes, parentheses and + ignored, and a trunk zero in parentheses after the country code: "+263 (0)77 123 4567" is 263771234567), or NULL when it is not one';
+	'A phone number as E.164 digits (country code first, no plus sign; spaces (a no-break space too), dots, dashes, parentheses and + ignored, and a trunk zero in parentheses after the country code: "+263 (0)77 123 4567" is 263771234567), or NULL when it is not one';
 
 -- WhatsApp usernames (2026): a user who adopts one may have their phone number withheld from
 -- webhooks, and is then known by a business-scoped user id (BSUID) alone: a two-letter ISO country
@@ -8854,7 +8869,7 @@ REVOKE EXECUTE ON PROCEDURE payments.deliver_outbox(integer, text), payments.rec
 -- that take EXECUTE on new functions from PUBLIC, the reports would fail
 GRANT EXECUTE ON FUNCTION payments.receipt_day(timestamptz), payments.mask_email(text), payments.mask_phone(text),
 	payments.mask_whatsapp_user_id(text), payments.mask_donor(text), payments.base_currency(),
-	payments.effective_setting(text), payments.e164_digits(text), payments.phone_digits(text), payments.day_start(date),
+	payments.effective_setting(text), payments.e164_digits(text), payments.phone_digits(text), payments.phone_plain(text), payments.day_start(date),
 	payments.receipt_local_time(timestamptz) TO payments_analyst;
 
 -- Default privileges of the role creating the extension (ALTER DEFAULT PRIVILEGES) were given to

@@ -4040,6 +4040,7 @@ DECLARE
 	upload	boolean;
 	media	text;
 	throttled integer;
+	hold_until timestamptz;
 	-- the moment of the answer (set below): the transaction began before the request was sent,
 	-- and the results of a batch are recorded once its slowest request is done (a slow
 	-- receiver's Retry-After and the breaker's cooldown count from when it answered; what is
@@ -4136,21 +4137,30 @@ BEGIN
 	   SET state = CASE WHEN next_at IS NULL THEN 'dead' ELSE 'pending' END,
 		   next_attempt_at = coalesce(next_at, now()), last_status = http_status, last_error = msg
 	 WHERE o.id = item.id;
+	-- a receiver's Retry-After holds the endpoint, not only this item: its breaker opens until
+	-- then (the cool-down's probe at the latest of the two), so its other items wait too, as the
+	-- receiver asked (Standard Webhooks: throttle on 429), rather than each being refused in turn
+	hold_until := CASE WHEN retry_after > 0
+					   THEN answered + least(make_interval(secs => retry_after), interval '24 hours') END;
 	UPDATE payments.endpoints e
 	   SET consecutive_failures = e.consecutive_failures + 1,
 		   breaker_state = CASE WHEN e.breaker_state = 'half_open'
 									 OR e.consecutive_failures + 1 >= e.breaker_threshold
+									 OR hold_until IS NOT NULL
 								THEN 'open' ELSE e.breaker_state END,
 		   breaker_until = CASE WHEN e.breaker_state = 'half_open'
 									 OR e.consecutive_failures + 1 >= e.breaker_threshold
-								THEN answered + e.breaker_cooldown ELSE e.breaker_until END,
+								THEN greatest(answered + e.breaker_cooldown, hold_until)
+								WHEN hold_until IS NOT NULL
+								THEN greatest(hold_until, CASE WHEN e.breaker_state = 'open' THEN e.breaker_until END)
+								ELSE e.breaker_until END,
 		   last_status = http_status, last_error = msg, last_failure_at = answered
 	 WHERE e.id = ep.id;
 	RETURN CASE WHEN next_at IS NULL THEN 'dead' ELSE 'retry' END;
 END
 $$;
 COMMENT ON FUNCTION payments.record_delivery(bigint, integer, integer, text, integer, bigint, text) IS
-	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); a WhatsApp document''s upload answered 2xx with a media id keeps it and the message is due at once (2xx without one is retried); 410 disables the endpoint; 400 for a WhatsApp message or upload is final unless it is one of Meta''s rate limits (payments.graph_throttled); anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker; used by deliver_outbox';
+	'Records the result of a delivery attempt: 2xx delivered (breaker closes; a WhatsApp message keeps its wamid); a WhatsApp document''s upload answered 2xx with a media id keeps it and the message is due at once (2xx without one is retried); 410 disables the endpoint; 400 for a WhatsApp message or upload is final unless it is one of Meta''s rate limits (payments.graph_throttled); anything else is retried on the schedule, honouring Retry-After, and counts towards the endpoint''s breaker (a Retry-After opens it until then: the endpoint''s other items wait too); used by deliver_outbox';
 
 CREATE PROCEDURE payments.deliver_outbox(max_items integer DEFAULT 100, sends text DEFAULT 'all')
 AS 'MODULE_PATHNAME', 'deliver_outbox'

@@ -212,7 +212,17 @@ test('429 with Retry-After waits at least that long; 5xx retries on the schedule
 	timePasses('err');
 	await deliver();
 	assert.deepEqual(items('err'), ['dead|8|503']);
-	db.psql(`SELECT payments.enable_endpoint('busy', false); SELECT payments.enable_endpoint('err', false)`);
+	// the Retry-After holds the endpoint, not only its item: its breaker is open until then, so a
+	// later item waits too (one 503 without it opens nothing: the threshold is 5)
+	assert.equal(db.psql(`SELECT e.breaker_state || '|' || (e.breaker_until - e.last_failure_at BETWEEN interval '599 seconds' AND interval '601 seconds')
+		FROM payments.endpoints e WHERE e.name = 'busy'`), 'open|true');
+	assert.equal(db.psql(`SELECT e.breaker_state FROM payments.endpoints e WHERE e.name = 'err'`), 'closed');
+	db.psql(`SELECT payments.enable_endpoint('err', false)`);
+	paid('pi_busy2');
+	await deliver();
+	assert.equal(receiver.to('/busy').length, 1, 'the later item waits for the Retry-After too');
+	assert.deepEqual(items('busy'), ['pending|1|429', 'pending|0|-']);
+	db.psql(`SELECT payments.enable_endpoint('busy', false)`);
 });
 
 test('two replay_outbox calls at once queue each change once', async () => {
@@ -336,7 +346,7 @@ test('Retry-After and the breaker count from the answer, not from before the req
 	const probeAnswered = new Promise((resolve) => { answerProbe = resolve; });
 	receiver.behaviour['/slow429'] = (req, res) => {
 		const answer = () => {
-			res.writeHead(429, { 'retry-after': '600' }).end();
+			res.writeHead(429, { 'retry-after': '1' }).end();
 			answered += 1;
 		};
 		if (++seen === 1) setTimeout(answer, 3000);
@@ -350,9 +360,9 @@ test('Retry-After and the breaker count from the answer, not from before the req
 		  FROM payments.outbox_attempts a JOIN payments.outbox o ON o.id = a.outbox_id
 		  JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'slow429'`).split('|').map(Number);
 	assert.ok(took >= 2.5, `the attempt finished ${took} s after it started: when it was answered`);
-	assert.ok(retryAfter >= 599.9, `next attempt ${retryAfter} s after the answer: never before its Retry-After`);
-	// (counted from the answer: 2 s after it; counted from before the request, it would end a second
-	// before the answer.  Read against the answer's time, not the clock now, which a slow machine
+	assert.ok(retryAfter >= 0.9, `next attempt ${retryAfter} s after the answer: never before its Retry-After`);
+	// (counted from the answer: 2 s after it, the cool-down being longer than the Retry-After, which
+	// holds the endpoint too; counted from before the request, it would end a second before the answer.  Read against the answer's time, not the clock now, which a slow machine
 	// moves on between the run and this query)
 	assert.ok(breakerLeft > 1, `the breaker's 2 s cool-down ends ${breakerLeft} s after the answer`);
 	// cooled down: one probe; a run past the cool-down while it is out sends no second one

@@ -1903,6 +1903,22 @@ $$;
 COMMENT ON FUNCTION payments.event_change(text, jsonb, payments.events) IS
 	'Dispatches a stored event to the normalizer of its provider''s kind; NULL for kinds and events that do not move payments';
 
+-- A PayPal capture's lock, held until the transaction ends: which payment holds a capture
+-- (payments.paypal_captures) is decided under it.  Two deliveries of one capture at once (one
+-- naming its order, one none), or its webhook beside a reconciliation of its order, each found it
+-- held by no payment, and paid two payments with it (two receipts, the money counted twice).  A
+-- transaction-level advisory lock keyed as signature_reuse.c keys PayPal's transmission ids (a
+-- 64-bit hash of a scope, here none a provider's name can be, and the id, with its seed): a row per
+-- capture would be written for ever; unlike the chat's keys (a provider, public in the webhook's
+-- URL, and a donor's number), a capture id is known only to those who see the payment
+CREATE FUNCTION payments.paypal_capture_lock(provider text, capture_id text)
+RETURNS void
+LANGUAGE sql
+RETURN pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('paypal capture ' || provider || '|' || capture_id,
+																	 1885436269));
+COMMENT ON FUNCTION payments.paypal_capture_lock(text, text) IS
+	'Takes a PayPal capture''s lock until the transaction ends (a transaction-level advisory lock on a hash of the provider and capture id): which payment holds the capture is decided under it (apply_paypal_change, record_reconciliation)';
+
 -- PayPal's changes go through here, to keep each capture (payments.paypal_captures): the payment
 -- takes the sum of its completed captures' amounts, and a refund the sum of their refunded totals
 CREATE FUNCTION payments.apply_paypal_change(event_row bigint, provider_name text, change payments.payment_change,
@@ -2000,23 +2016,35 @@ BEGIN
 
 	-- news of a capture already kept is news of the payment that holds it, as its refunds and
 	-- disputes are, whatever order it names now (one delivered first without its order_id made a
-	-- payment of its own): the same money never pays a second payment.  Under that payment's lock
-	-- (taken first, as apply_change takes it): while it has another capture paid, this capture's
-	-- fee is no fee of the whole payment, whose fee is its captures' sum (below; a payment refunded
-	-- in full takes no more captures, and keeps its fee)
+	-- payment of its own): the same money never pays a second payment.  The payment named is locked
+	-- first (as apply_change, batches and reconciliation lock it), then, while no payment is seen
+	-- to hold the capture, the capture (payments.paypal_capture_lock): two deliveries of it at once,
+	-- or its order's reconciliation, decide its holder one after the other, the second seeing the
+	-- first's (a holder once kept never changes: one seen needs no lock).  Under the holder's lock
+	-- (taken before apply_change's): while it has another capture paid, this capture's fee is no
+	-- fee of the whole payment, whose fee is its captures' sum (below; a payment refunded in full
+	-- takes no more captures, and keeps its fee)
 	IF r ->> 'id' IS NOT NULL
 	   AND etype IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.CAPTURE.PENDING', 'PAYMENT.CAPTURE.DENIED',
 					 'PAYMENT.CAPTURE.DECLINED', 'PAYMENT.SALE.COMPLETED', 'PAYMENT.SALE.PENDING',
 					 'PAYMENT.SALE.DENIED') THEN
+		PERFORM FROM payments.payments p
+		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
 		SELECT p.provider_ref INTO held_by FROM payments.paypal_captures k
 		  JOIN payments.payments p ON p.id = k.payment_id
 		 WHERE k.provider = provider_name AND k.capture_id = r ->> 'id';
+		IF held_by IS NULL THEN
+			PERFORM payments.paypal_capture_lock(provider_name, r ->> 'id');
+			SELECT p.provider_ref INTO held_by FROM payments.paypal_captures k
+			  JOIN payments.payments p ON p.id = k.payment_id
+			 WHERE k.provider = provider_name AND k.capture_id = r ->> 'id';
+		END IF;
 		IF held_by IS NOT NULL AND held_by <> change.provider_ref THEN
 			change.provider_ref := held_by;
 			change.creates := false;
+			PERFORM FROM payments.payments p
+			 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
 		END IF;
-		PERFORM FROM payments.payments p
-		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
 		capture_fee := change.fee;
 		IF EXISTS (SELECT FROM payments.paypal_captures k JOIN payments.payments p ON p.id = k.payment_id
 				    WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref
@@ -2123,7 +2151,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) IS
-	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; news of a capture already kept moves the payment that holds it, whatever order it names (the same money never pays two payments); a payment paid by several captures takes the sum of their amounts and of their fees (a capture after the first is news of more taken, which leaves a dispute open, and its fee counts only in the sum: a payment refunded in full keeps its fee), and a refund the sum of their refunded totals, each capture''s from its refunds known by id (payments.paypal_refunded_by)';
+	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; news of a capture already kept moves the payment that holds it, whatever order it names (the same money never pays two payments; its holder decided under the capture''s lock, paypal_capture_lock, after the lock of the payment named); a payment paid by several captures takes the sum of their amounts and of their fees (a capture after the first is news of more taken, which leaves a dispute open, and its fee counts only in the sum: a payment refunded in full keeps its fee), and a refund the sum of their refunded totals, each capture''s from its refunds known by id (payments.paypal_refunded_by)';
 
 -- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
 -- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line
@@ -3151,6 +3179,7 @@ REVOKE ALL ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) FROM PUB
 REVOKE ALL ON FUNCTION payments.paypal_refunded_capture(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paypal_payment_source(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paypal_capture_lock(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report_csv(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) FROM PUBLIC;
@@ -5239,8 +5268,11 @@ BEGIN
 					r := captures -> i;
 					-- a capture already kept for another payment (its webhook named no order, and
 					-- made a payment of its own) is that payment's money: counted for this one too,
-					-- one donation would be paid twice, with two receipts.  An error, nothing applied
+					-- one donation would be paid twice, with two receipts.  An error, nothing applied.
+					-- Decided under the capture's lock (after the payment's, as a webhook takes them):
+					-- its webhook applied meanwhile is seen, or waits for this one and sees it
 					IF NOT no_capture THEN
+						PERFORM payments.paypal_capture_lock(chk.provider, r ->> 'id');
 						SELECT pg_catalog.format('%s (%s)', p.provider_ref, p.status) INTO held_by
 						  FROM payments.paypal_captures k JOIN payments.payments p ON p.id = k.payment_id
 						 WHERE k.provider = chk.provider AND k.capture_id = r ->> 'id' AND k.payment_id <> pay.id;
@@ -5381,7 +5413,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) IS
-	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a PayPal capture found that another payment holds (its webhook named no order) is an error, nothing applied; a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
+	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a PayPal capture found that another payment holds (its webhook named no order) is an error, nothing applied, decided under the capture''s lock (paypal_capture_lock); a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
 
 CREATE FUNCTION payments.paynow_form(body bytea)
 RETURNS jsonb

@@ -4887,12 +4887,13 @@ AS $$
 					 LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 										  FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 					WHERE p.provider = v.name AND p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
+					  AND NOT p.metadata ? 'paypal_capture_held'
 					  AND payments.reconciliation_due(ck.last_at, ck.checks))
 	 ORDER BY v.name
 	 LIMIT max_items
 $$;
 COMMENT ON FUNCTION payments.api_token_requests(integer) IS
-	'The token requests a reconciliation run needs first: providers (paypal, eversend) with a payment due for a check (payments.reconciliation_due), no live cached token and no wait after failed fetches (api_tokens.next_fetch_at), each with the digest of the credentials it is made with (api_credentials_digest), handed back to store_api_token; used by reconcile';
+	'The token requests a reconciliation run needs first: providers (paypal, eversend) with a payment due for a check (payments.reconciliation_due; none flagged paypal_capture_held), no live cached token and no wait after failed fetches (api_tokens.next_fetch_at), each with the digest of the credentials it is made with (api_credentials_digest), handed back to store_api_token; used by reconcile';
 
 -- credentials: api_token_requests' digest of what the request was made with.  An answer to
 -- credentials or an api_base changed (or a provider removed) since is discarded, token or failure:
@@ -4987,6 +4988,7 @@ BEGIN
 		  LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 							   FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 		 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
+		   AND NOT p.metadata ? 'paypal_capture_held'	-- its captures other payments' (record_reconciliation)
 		   AND payments.reconciliation_due(ck.last_at, ck.checks)
 		 ORDER BY ck.last_at NULLS FIRST, p.status_at, p.id
 		 LIMIT max_items
@@ -5113,7 +5115,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
-	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most 24 hours), records a check for each and returns the request to send (a Stripe Connect payment''s with Stripe-Account, the account its events named; a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most 24 hours), but none flagged paypal_capture_held (its captures held by other payments: record_reconciliation), records a check for each and returns the request to send (a Stripe Connect payment''s with Stripe-Account, the account its events named; a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
 -- A PayPal order may hold several captures (one declined, then another completed; an
 -- authorization captured in parts): reconciliation applies every one that took money, oldest
@@ -5168,6 +5170,7 @@ DECLARE
 	refunded_capture boolean := false;	-- a PayPal capture found REFUNDED
 	order_source text;	-- the source a PayPal order found is paid from (its payment_source)
 	held_by	text;		-- another payment holding a PayPal capture found
+	held_elsewhere jsonb;	-- every capture found held by other payments: {capture id: holder's provider_ref}
 BEGIN
 	SELECT c.* INTO chk FROM payments.reconciliation_checks c WHERE c.id = record_reconciliation.check_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -5270,13 +5273,22 @@ BEGIN
 					-- made a payment of its own) is that payment's money: counted for this one too,
 					-- one donation would be paid twice, with two receipts.  An error, nothing applied.
 					-- Decided under the capture's lock (after the payment's, as a webhook takes them):
-					-- its webhook applied meanwhile is seen, or waits for this one and sees it
+					-- its webhook applied meanwhile is seen, or waits for this one and sees it.  When
+					-- other payments hold every capture of the answer, asking again can only find the
+					-- same: the payment is flagged (below) and not asked again
 					IF NOT no_capture THEN
 						PERFORM payments.paypal_capture_lock(chk.provider, r ->> 'id');
 						SELECT pg_catalog.format('%s (%s)', p.provider_ref, p.status) INTO held_by
 						  FROM payments.paypal_captures k JOIN payments.payments p ON p.id = k.payment_id
 						 WHERE k.provider = chk.provider AND k.capture_id = r ->> 'id' AND k.payment_id <> pay.id;
 						IF held_by IS NOT NULL THEN
+							SELECT CASE WHEN count(k.capture_id) = count(*)
+										THEN jsonb_object_agg(k.capture_id, p.provider_ref) FILTER (WHERE k.capture_id IS NOT NULL) END
+							  INTO held_elsewhere
+							  FROM jsonb_array_elements(captures) c
+							  LEFT JOIN payments.paypal_captures k
+								ON k.provider = chk.provider AND k.capture_id = c ->> 'id' AND k.payment_id <> pay.id
+							  LEFT JOIN payments.payments p ON p.id = k.payment_id;
 							RAISE EXCEPTION 'capture % is held by payment %: not counted again for this one',
 								r ->> 'id', held_by;
 						END IF;
@@ -5409,11 +5421,21 @@ BEGIN
 	   SET finished_at = clock_timestamp(), http_status = record_reconciliation.http_status, found_status = raw,
 		   status_after = pay.status, outcome = 'error', error = problem
 	 WHERE c.id = chk.id;
+	-- a PayPal payment whose every capture other payments hold (its order, whose capture's webhook
+	-- named none and made a payment of its own): its money is theirs, counted there, and each check
+	-- would find the same again, for ever.  Flagged for someone to look at, with the holders
+	-- (metadata.paypal_capture_held), and not asked again (claim_reconciliation); its status stays
+	-- (cancelled it would tell the endpoints the donation was, which it was not)
+	IF held_elsewhere IS NOT NULL THEN
+		UPDATE payments.payments p
+		   SET metadata = p.metadata || jsonb_build_object('paypal_capture_held', held_elsewhere), updated_at = now()
+		 WHERE p.id = pay.id;
+	END IF;
 	RETURN 'error';
 END
 $$;
 COMMENT ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) IS
-	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a PayPal capture found that another payment holds (its webhook named no order) is an error, nothing applied, decided under the capture''s lock (paypal_capture_lock); a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
+	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a PayPal capture found that another payment holds (its webhook named no order) is an error, nothing applied, decided under the capture''s lock (paypal_capture_lock), and a payment whose every capture found other payments hold is flagged (metadata.paypal_capture_held: capture id to holder) and not asked again; a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
 
 CREATE FUNCTION payments.paynow_form(body bytea)
 RETURNS jsonb
@@ -5464,15 +5486,17 @@ AS $$
 		 WHERE o.state IN ('pending', 'dead') GROUP BY o.state, coalesce(e.name, 'whatsapp:' || o.provider)
 		UNION ALL
 		-- payments flagged for someone to look at, changed in the window: Paynow reported another
-		-- amount than the payment's, or paid one an admin had approved by hand
+		-- amount than the payment's, or paid one an admin had approved by hand; a PayPal order
+		-- whose captures other payments hold, no longer asked
 		SELECT 'flagged', p.provider, f.flag, count(*)
-		  FROM payments.payments p CROSS JOIN (VALUES ('paynow_amount_mismatch'), ('paynow_paid_after_approval')) AS f (flag), w
+		  FROM payments.payments p CROSS JOIN (VALUES ('paynow_amount_mismatch'), ('paynow_paid_after_approval'),
+													   ('paypal_capture_held')) AS f (flag), w
 		 WHERE p.updated_at >= w.since AND p.metadata ? f.flag GROUP BY p.provider, f.flag
 	) AS t (metric, provider, detail, count)
 	ORDER BY 1, 2, 3
 $$;
 COMMENT ON FUNCTION payments.reconciliation_summary(integer) IS
-	'What on-call reads first: payments created in the last hours_back by provider and status, payments stuck pending, events pending and dead, rejections by reason, reconciliation checks by outcome, discrepancies found and fixed, outbox items pending and dead, payments flagged for review (Paynow amount mismatch, paid after a manual approval)';
+	'What on-call reads first: payments created in the last hours_back by provider and status, payments stuck pending, events pending and dead, rejections by reason, reconciliation checks by outcome, discrepancies found and fixed, outbox items pending and dead, payments flagged for review (Paynow amount mismatch, paid after a manual approval, a PayPal payment whose captures other payments hold)';
 
 REVOKE ALL ON FUNCTION payments.reconcile_after() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.api_token_requests(integer) FROM PUBLIC;

@@ -1918,6 +1918,22 @@ $$;
 COMMENT ON FUNCTION payments.event_change(text, jsonb, payments.events) IS
 	'Dispatches a stored event to the normalizer of its provider''s kind; NULL for kinds and events that do not move payments';
 
+-- A PayPal capture's lock, held until the transaction ends: which payment holds a capture
+-- (payments.paypal_captures) is decided under it.  Two deliveries of one capture at once (one
+-- naming its order, one none), or its webhook beside a reconciliation of its order, each found it
+-- held by no payment, and paid two payments with it (two receipts, the money counted twice).  A
+-- transaction-level advisory lock keyed as signature_reuse.c keys PayPal's transmission ids (a
+-- 64-bit hash of a scope, here none a provider's name can be, and the id, with its seed): a row per
+-- capture would be written for ever; unlike the chat's keys (a provider, public in the webhook's
+-- URL, and a donor's number), a capture id is known only to those who see the payment
+CREATE FUNCTION payments.paypal_capture_lock(provider text, capture_id text)
+RETURNS void
+LANGUAGE sql
+RETURN pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('paypal capture ' || provider || '|' || capture_id,
+																	 1885436269));
+COMMENT ON FUNCTION payments.paypal_capture_lock(text, text) IS
+	'Takes a PayPal capture''s lock until the transaction ends (a transaction-level advisory lock on a hash of the provider and capture id): which payment holds the capture is decided under it (apply_paypal_change, record_reconciliation)';
+
 -- PayPal's changes go through here, to keep each capture (payments.paypal_captures): the payment
 -- takes the sum of its completed captures' amounts, and a refund the sum of their refunded totals
 CREATE FUNCTION payments.apply_paypal_change(event_row bigint, provider_name text, change payments.payment_change,
@@ -2015,23 +2031,35 @@ BEGIN
 
 	-- news of a capture already kept is news of the payment that holds it, as its refunds and
 	-- disputes are, whatever order it names now (one delivered first without its order_id made a
-	-- payment of its own): the same money never pays a second payment.  Under that payment's lock
-	-- (taken first, as apply_change takes it): while it has another capture paid, this capture's
-	-- fee is no fee of the whole payment, whose fee is its captures' sum (below; a payment refunded
-	-- in full takes no more captures, and keeps its fee)
+	-- payment of its own): the same money never pays a second payment.  The payment named is locked
+	-- first (as apply_change, batches and reconciliation lock it), then, while no payment is seen
+	-- to hold the capture, the capture (payments.paypal_capture_lock): two deliveries of it at once,
+	-- or its order's reconciliation, decide its holder one after the other, the second seeing the
+	-- first's (a holder once kept never changes: one seen needs no lock).  Under the holder's lock
+	-- (taken before apply_change's): while it has another capture paid, this capture's fee is no
+	-- fee of the whole payment, whose fee is its captures' sum (below; a payment refunded in full
+	-- takes no more captures, and keeps its fee)
 	IF r ->> 'id' IS NOT NULL
 	   AND etype IN ('PAYMENT.CAPTURE.COMPLETED', 'PAYMENT.CAPTURE.PENDING', 'PAYMENT.CAPTURE.DENIED',
 					 'PAYMENT.CAPTURE.DECLINED', 'PAYMENT.SALE.COMPLETED', 'PAYMENT.SALE.PENDING',
 					 'PAYMENT.SALE.DENIED') THEN
+		PERFORM FROM payments.payments p
+		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
 		SELECT p.provider_ref INTO held_by FROM payments.paypal_captures k
 		  JOIN payments.payments p ON p.id = k.payment_id
 		 WHERE k.provider = provider_name AND k.capture_id = r ->> 'id';
+		IF held_by IS NULL THEN
+			PERFORM payments.paypal_capture_lock(provider_name, r ->> 'id');
+			SELECT p.provider_ref INTO held_by FROM payments.paypal_captures k
+			  JOIN payments.payments p ON p.id = k.payment_id
+			 WHERE k.provider = provider_name AND k.capture_id = r ->> 'id';
+		END IF;
 		IF held_by IS NOT NULL AND held_by <> change.provider_ref THEN
 			change.provider_ref := held_by;
 			change.creates := false;
+			PERFORM FROM payments.payments p
+			 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
 		END IF;
-		PERFORM FROM payments.payments p
-		 WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref FOR UPDATE;
 		capture_fee := change.fee;
 		IF EXISTS (SELECT FROM payments.paypal_captures k JOIN payments.payments p ON p.id = k.payment_id
 				    WHERE p.provider = provider_name AND p.provider_ref = change.provider_ref
@@ -2138,7 +2166,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) IS
-	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; news of a capture already kept moves the payment that holds it, whatever order it names (the same money never pays two payments); a payment paid by several captures takes the sum of their amounts and of their fees (a capture after the first is news of more taken, which leaves a dispute open, and its fee counts only in the sum: a payment refunded in full keeps its fee), and a refund the sum of their refunded totals, each capture''s from its refunds known by id (payments.paypal_refunded_by)';
+	'Applies a PayPal event''s change (apply_change) keeping its capture in payments.paypal_captures, and its method: an order''s source wins over the paypal a capture delivered before it assumed, and a payment known only from captures is paypal; news of a capture already kept moves the payment that holds it, whatever order it names (the same money never pays two payments; its holder decided under the capture''s lock, paypal_capture_lock, after the lock of the payment named); a payment paid by several captures takes the sum of their amounts and of their fees (a capture after the first is news of more taken, which leaves a dispute open, and its fee counts only in the sum: a payment refunded in full keeps its fee), and a refund the sum of their refunded totals, each capture''s from its refunds known by id (payments.paypal_refunded_by)';
 
 -- An event's one attempt to move its payment, shared by a fresh delivery (payments.store_event)
 -- and a retry or replay (payments.apply_event): the outcome, and the event row brought in line
@@ -3166,6 +3194,7 @@ REVOKE ALL ON FUNCTION payments.paypal_change(jsonb, text, timestamptz) FROM PUB
 REVOKE ALL ON FUNCTION payments.paypal_refunded_capture(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.paypal_payment_source(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.apply_paypal_change(bigint, text, payments.payment_change, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION payments.paypal_capture_lock(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.daily_report_csv(date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.top_donors(timestamptz, timestamptz, text, integer) FROM PUBLIC;
@@ -4886,12 +4915,13 @@ AS $$
 					 LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 										  FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 					WHERE p.provider = v.name AND p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
+					  AND NOT p.metadata ? 'paypal_capture_held'
 					  AND payments.reconciliation_due(ck.last_at, ck.checks))
 	 ORDER BY v.name
 	 LIMIT max_items
 $$;
 COMMENT ON FUNCTION payments.api_token_requests(integer) IS
-	'The token requests a reconciliation run needs first: providers (paypal, eversend) with a payment due for a check (payments.reconciliation_due), no live cached token and no wait after failed fetches (api_tokens.next_fetch_at), each with the digest of the credentials it is made with (api_credentials_digest), handed back to store_api_token; used by reconcile';
+	'The token requests a reconciliation run needs first: providers (paypal, eversend) with a payment due for a check (payments.reconciliation_due; none flagged paypal_capture_held), no live cached token and no wait after failed fetches (api_tokens.next_fetch_at), each with the digest of the credentials it is made with (api_credentials_digest), handed back to store_api_token; used by reconcile';
 
 -- credentials: api_token_requests' digest of what the request was made with.  An answer to
 -- credentials or an api_base changed (or a provider removed) since is discarded, token or failure:
@@ -4986,6 +5016,7 @@ BEGIN
 		  LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 							   FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 		 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
+		   AND NOT p.metadata ? 'paypal_capture_held'	-- its captures other payments' (record_reconciliation)
 		   AND payments.reconciliation_due(ck.last_at, ck.checks)
 		 ORDER BY ck.last_at NULLS FIRST, p.status_at, p.id
 		 LIMIT max_items
@@ -5112,7 +5143,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.claim_reconciliation(integer) IS
-	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most 24 hours), records a check for each and returns the request to send (a Stripe Connect payment''s with Stripe-Account, the account its events named; a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
+	'Claims stuck payments (SKIP LOCKED), never checked first, then the longest unchecked, each once its wait since the last check is over (reconcile_after, doubling with each check, at most 24 hours), but none flagged paypal_capture_held (its captures held by other payments: record_reconciliation), records a check for each and returns the request to send (a Stripe Connect payment''s with Stripe-Account, the account its events named; a Paynow payment''s pollurl, on the provider''s API host only; without one, if its initiation may have reached Paynow, its trace, by merchant trace); checks that cannot be made are recorded as errors at once; used by reconcile, which commits before sending';
 
 -- A PayPal order may hold several captures (one declined, then another completed; an
 -- authorization captured in parts): reconciliation applies every one that took money, oldest
@@ -5167,6 +5198,7 @@ DECLARE
 	refunded_capture boolean := false;	-- a PayPal capture found REFUNDED
 	order_source text;	-- the source a PayPal order found is paid from (its payment_source)
 	held_by	text;		-- another payment holding a PayPal capture found
+	held_elsewhere jsonb;	-- every capture found held by other payments: {capture id: holder's provider_ref}
 BEGIN
 	SELECT c.* INTO chk FROM payments.reconciliation_checks c WHERE c.id = record_reconciliation.check_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -5267,12 +5299,24 @@ BEGIN
 					r := captures -> i;
 					-- a capture already kept for another payment (its webhook named no order, and
 					-- made a payment of its own) is that payment's money: counted for this one too,
-					-- one donation would be paid twice, with two receipts.  An error, nothing applied
+					-- one donation would be paid twice, with two receipts.  An error, nothing applied.
+					-- Decided under the capture's lock (after the payment's, as a webhook takes them):
+					-- its webhook applied meanwhile is seen, or waits for this one and sees it.  When
+					-- other payments hold every capture of the answer, asking again can only find the
+					-- same: the payment is flagged (below) and not asked again
 					IF NOT no_capture THEN
+						PERFORM payments.paypal_capture_lock(chk.provider, r ->> 'id');
 						SELECT pg_catalog.format('%s (%s)', p.provider_ref, p.status) INTO held_by
 						  FROM payments.paypal_captures k JOIN payments.payments p ON p.id = k.payment_id
 						 WHERE k.provider = chk.provider AND k.capture_id = r ->> 'id' AND k.payment_id <> pay.id;
 						IF held_by IS NOT NULL THEN
+							SELECT CASE WHEN count(k.capture_id) = count(*)
+										THEN jsonb_object_agg(k.capture_id, p.provider_ref) FILTER (WHERE k.capture_id IS NOT NULL) END
+							  INTO held_elsewhere
+							  FROM jsonb_array_elements(captures) c
+							  LEFT JOIN payments.paypal_captures k
+								ON k.provider = chk.provider AND k.capture_id = c ->> 'id' AND k.payment_id <> pay.id
+							  LEFT JOIN payments.payments p ON p.id = k.payment_id;
 							RAISE EXCEPTION 'capture % is held by payment %: not counted again for this one',
 								r ->> 'id', held_by;
 						END IF;
@@ -5405,11 +5449,21 @@ BEGIN
 	   SET finished_at = clock_timestamp(), http_status = record_reconciliation.http_status, found_status = raw,
 		   status_after = pay.status, outcome = 'error', error = problem
 	 WHERE c.id = chk.id;
+	-- a PayPal payment whose every capture other payments hold (its order, whose capture's webhook
+	-- named none and made a payment of its own): its money is theirs, counted there, and each check
+	-- would find the same again, for ever.  Flagged for someone to look at, with the holders
+	-- (metadata.paypal_capture_held), and not asked again (claim_reconciliation); its status stays
+	-- (cancelled it would tell the endpoints the donation was, which it was not)
+	IF held_elsewhere IS NOT NULL THEN
+		UPDATE payments.payments p
+		   SET metadata = p.metadata || jsonb_build_object('paypal_capture_held', held_elsewhere), updated_at = now()
+		 WHERE p.id = pay.id;
+	END IF;
 	RETURN 'error';
 END
 $$;
 COMMENT ON FUNCTION payments.record_reconciliation(bigint, integer, text, text) IS
-	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a PayPal capture found that another payment holds (its webhook named no order) is an error, nothing applied; a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
+	'Records a provider''s answer about a stuck payment and applies it through the state machine (apply_change); Paynow''s trace answering NotFound (hash verified) fails the payment; a PayPal capture found that another payment holds (its webhook named no order) is an error, nothing applied, decided under the capture''s lock (paypal_capture_lock), and a payment whose every capture found other payments hold is flagged (metadata.paypal_capture_held: capture id to holder) and not asked again; a provider error, a failed hash check or an answer not understood is recorded and changes nothing; used by reconcile';
 
 CREATE FUNCTION payments.paynow_form(body bytea)
 RETURNS jsonb
@@ -5460,15 +5514,17 @@ AS $$
 		 WHERE o.state IN ('pending', 'dead') GROUP BY o.state, coalesce(e.name, 'whatsapp:' || o.provider)
 		UNION ALL
 		-- payments flagged for someone to look at, changed in the window: Paynow reported another
-		-- amount than the payment's, or paid one an admin had approved by hand
+		-- amount than the payment's, or paid one an admin had approved by hand; a PayPal order
+		-- whose captures other payments hold, no longer asked
 		SELECT 'flagged', p.provider, f.flag, count(*)
-		  FROM payments.payments p CROSS JOIN (VALUES ('paynow_amount_mismatch'), ('paynow_paid_after_approval')) AS f (flag), w
+		  FROM payments.payments p CROSS JOIN (VALUES ('paynow_amount_mismatch'), ('paynow_paid_after_approval'),
+													   ('paypal_capture_held')) AS f (flag), w
 		 WHERE p.updated_at >= w.since AND p.metadata ? f.flag GROUP BY p.provider, f.flag
 	) AS t (metric, provider, detail, count)
 	ORDER BY 1, 2, 3
 $$;
 COMMENT ON FUNCTION payments.reconciliation_summary(integer) IS
-	'What on-call reads first: payments created in the last hours_back by provider and status, payments stuck pending, events pending and dead, rejections by reason, reconciliation checks by outcome, discrepancies found and fixed, outbox items pending and dead, payments flagged for review (Paynow amount mismatch, paid after a manual approval)';
+	'What on-call reads first: payments created in the last hours_back by provider and status, payments stuck pending, events pending and dead, rejections by reason, reconciliation checks by outcome, discrepancies found and fixed, outbox items pending and dead, payments flagged for review (Paynow amount mismatch, paid after a manual approval, a PayPal payment whose captures other payments hold)';
 
 REVOKE ALL ON FUNCTION payments.reconcile_after() FROM PUBLIC;
 REVOKE ALL ON FUNCTION payments.api_token_requests(integer) FROM PUBLIC;

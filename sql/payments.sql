@@ -844,6 +844,28 @@ SELECT payments.record_reconciliation(c.id, 200, NULL,
 	'{"id":"OR4","status":"COMPLETED","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"},"payments":{"captures":[{"id":"CR4","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"},"seller_receivable_breakdown":{"paypal_fee":{"currency_code":"USD","value":"1.20"}},"create_time":"2024-08-20T10:01:00Z","update_time":"2024-08-20T10:01:00Z"}]}}]}')
   FROM payments.reconciliation_checks c WHERE c.request LIKE '%/v2/checkout/orders/OR4';
 SELECT outcome, status_after, error FROM payments.reconciliation_checks WHERE request LIKE '%/v2/checkout/orders/OR4';
+-- every capture of OR4 held by another payment: asking again would find the same, for ever.  It
+-- is flagged with its holders, counted as flagged, and never claimed again (its status stays).  An
+-- order of which another payment holds one capture, the other not (OR8: CR8 held, CR9 never heard
+-- of), is an error as before, not flagged: asked again
+SELECT p.status, p.metadata -> 'paypal_capture_held' AS held FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref = 'OR4';
+SELECT metric, detail, count FROM payments.reconciliation_summary(24) WHERE metric = 'flagged' AND provider = 'pp';
+SELECT tp.paypal('WH-OR8', 'CHECKOUT.ORDER.APPROVED', '{"id":"OR8","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"}}]}', '2024-08-20T10:00:00Z'),
+	   tp.paypal('WH-CR8', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR8","status":"COMPLETED","amount":{"currency_code":"USD","value":"10.00"}}', '2024-08-20T10:01:00Z');
+INSERT INTO payments.reconciliation_checks (payment_id, provider, request, status_before)
+SELECT p.id, p.provider, 'GET http://127.0.0.1:9/v2/checkout/orders/OR8', p.status
+  FROM payments.payments p WHERE p.provider = 'pp' AND p.provider_ref = 'OR8';
+SELECT payments.record_reconciliation(c.id, 200, NULL,
+	'{"id":"OR8","status":"COMPLETED","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"},"payments":{"captures":[{"id":"CR8","status":"COMPLETED","amount":{"currency_code":"USD","value":"10.00"},"update_time":"2024-08-20T10:01:00Z"},{"id":"CR9","status":"COMPLETED","amount":{"currency_code":"USD","value":"20.00"},"update_time":"2024-08-20T10:02:00Z"}]}}]}')
+  FROM payments.reconciliation_checks c WHERE c.request LIKE '%/v2/checkout/orders/OR8';
+SELECT p.provider_ref, p.status, p.metadata ? 'paypal_capture_held' AS flagged, c.outcome, c.error
+  FROM payments.payments p JOIN payments.reconciliation_checks c ON c.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref = 'OR8';
+UPDATE payments.reconciliation_checks c SET started_at = now() - interval '2 days'
+ WHERE c.request LIKE '%/v2/checkout/orders/OR_';
+SELECT count(*) >= 0 AS claimed FROM payments.claim_reconciliation(1000);
+SELECT p.provider_ref, count(*) AS checks FROM payments.payments p JOIN payments.reconciliation_checks c ON c.payment_id = p.id
+ WHERE p.provider = 'pp' AND p.provider_ref IN ('OR4', 'OR8') GROUP BY 1 ORDER BY 1;
 SELECT tp.paypal('WH-OR6', 'CHECKOUT.ORDER.APPROVED', '{"id":"OR6","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"}}]}', '2024-08-20T10:00:00Z'),
 	   tp.paypal('WH-CR6', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR6","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"}}', '2024-08-20T10:01:00Z'),
 	   tp.paypal('WH-CR6b', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR6","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"},"supplementary_data":{"related_ids":{"order_id":"OR6"}}}', '2024-08-20T10:05:00Z'),

@@ -13,7 +13,7 @@ import { createServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
 import zlib from 'node:zlib';
-import { Cluster, Shim, post, freePort, PG_BIN, sleep } from './harness.mjs';
+import { Cluster, Shim, post, freePort, PG_BIN, sleep, holdLock, shimLockWaiters } from './harness.mjs';
 import { crc32, signPaypal } from './paypal_sign.mjs';
 
 const WEBHOOK_ID = '8PT597110X687430LKGECATA';
@@ -485,6 +485,73 @@ describe('PayPal deliveries through the shim, certificates from a local HTTPS st
 			session.kill();
 		}
 		assert.equal(eventCount('paypal', JSON.parse(x).id), 1);
+	});
+
+	// One PayPal capture, reported by two deliveries at once (one naming its order, one naming
+	// none), or by its webhook while reconciliation records the order's answer: which payment holds
+	// it is decided under the capture's lock, so that the money pays one payment, with one receipt
+	const race = () => {
+		const tag = randomBytes(4).toString('hex').toUpperCase();
+		const order = `ORDER-RACE${tag}`;
+		const capture = `CAP-RACE${tag}`;
+		const captured = { id: capture, status: 'COMPLETED', amount: { currency_code: 'USD', value: '30.00' } };
+		const deliver = async (event) => {
+			const body = paypalEvent(event);
+			const res = await post(shim.base, 'paypal', body, paypalHeaders(body, leafKey, good.url));
+			assert.equal(res.status, 200, res.text);
+			return res.json.outcome;
+		};
+		const approve = () => deliver({ event_type: 'CHECKOUT.ORDER.APPROVED', resource_type: 'checkout-order',
+			resource: { id: order, status: 'APPROVED', purchase_units: [{ amount: { currency_code: 'USD', value: '30.00' } }] } });
+		// each payment of the two refs: status, receipts, and the capture it holds
+		const payments = () => cluster.psqlVars(`SELECT string_agg(concat_ws(' ', p.provider_ref, p.status,
+				(SELECT count(*) FROM payments.receipts r WHERE r.payment_id = p.id),
+				(SELECT string_agg(k.capture_id, ',') FROM payments.paypal_captures k WHERE k.payment_id = p.id)), '; '
+				ORDER BY p.provider_ref)
+			FROM payments.payments p WHERE p.provider = 'paypal' AND p.provider_ref IN (:'o', :'c')`, { o: order, c: capture });
+		return { order, capture, captured, deliver, approve, payments };
+	};
+
+	test('two deliveries of one capture at once, one naming its order and one none, pay one payment', async () => {
+		const r = race();
+		assert.equal(await r.approve(), 'applied');
+		// the order's payment held (an admin's transaction, say): the delivery naming the order waits
+		// for it, while the same capture delivered without its order is applied
+		const lock = await holdLock(cluster, `SELECT FROM payments.payments WHERE provider = 'paypal'
+			AND provider_ref = '${r.order}' FOR UPDATE`);
+		let named;
+		try {
+			named = r.deliver({ resource: { ...r.captured, supplementary_data: { related_ids: { order_id: r.order } } } });
+			await shimLockWaiters(cluster, 1);
+			assert.equal(await r.deliver({ resource: r.captured }), 'applied');
+		} finally {
+			await lock.release();
+		}
+		await named;
+		// the capture's own payment holds it: the news naming the order is its news, not a second payment
+		assert.equal(r.payments(), `${r.capture} paid 1 ${r.capture}; ${r.order} pending 0`);
+	});
+
+	test("a capture's webhook naming no order while reconciliation records its order's answer pays one payment", async () => {
+		const r = race();
+		assert.equal(await r.approve(), 'applied');
+		// reconciliation finds the order paid by the capture, in a transaction held open
+		const answer = JSON.stringify({ id: r.order, status: 'COMPLETED', purchase_units: [{
+			amount: { currency_code: 'USD', value: '30.00' }, payments: { captures: [r.captured] } }] });
+		const check = await holdLock(cluster, `INSERT INTO payments.reconciliation_checks (payment_id, provider, request, status_before)
+			SELECT id, provider, 'GET http://127.0.0.1:9/v2/checkout/orders/${r.order}', status FROM payments.payments
+			 WHERE provider = 'paypal' AND provider_ref = '${r.order}';
+			SELECT payments.record_reconciliation(c.id, 200, NULL, '${answer}') FROM payments.reconciliation_checks c
+			 WHERE c.request LIKE '%/orders/${r.order}'`);
+		let bare;
+		try {
+			bare = r.deliver({ resource: r.captured });
+			await shimLockWaiters(cluster, 1);
+		} finally {
+			await check.release();
+		}
+		await bare;
+		assert.equal(r.payments(), `${r.order} paid 1 ${r.capture}`);
 	});
 
 	test('fetches of uncached certificates are bounded per sender: past a burst of 20, 503 without fetching; other senders still fetch', async () => {

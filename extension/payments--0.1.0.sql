@@ -1228,6 +1228,19 @@ BEGIN
 	END IF;
 	refunded_before := payments.refunded_total(pay.status, pay.amount, pay.amount_refunded);
 
+	-- a Stripe refund says what its charge has taken so far (amount_captured, the change's
+	-- amount): more than a paid payment knows, in its currency, is news of more taken, as news of
+	-- payment would be (below), before the refund is measured against it (a hold captured in
+	-- parts, 300 then 800 of 1000, whose refund of all 800 arrives before the second capture's
+	-- news: refunded, 8.00 taken and given back, as in order; the late capture raises nothing)
+	IF change.status IN ('refunded', 'partially_refunded') AND change.amount_refunded IS NOT NULL
+	   AND pay.paid_at IS NOT NULL AND pay.status IN ('paid', 'partially_refunded', 'disputed')
+	   AND change.amount > pay.amount AND upper(change.currency COLLATE pg_catalog."C") = pay.currency
+	   AND EXISTS (SELECT FROM payments.providers v WHERE v.name = provider_name AND v.kind = 'stripe') THEN
+		UPDATE payments.payments p SET amount = change.amount WHERE p.id = pay.id;
+		pay.amount := change.amount;
+	END IF;
+
 	-- refund events report the total refunded so far: less than the amount is a partial refund
 	IF change.status = 'refunded' AND change.amount_refunded < coalesce(pay.amount, change.amount) THEN
 		change.status := 'partially_refunded';
@@ -1251,9 +1264,11 @@ BEGIN
 
 	-- details the payment does not know yet are filled in; what it knows is kept, and the fee is
 	-- taken only from news not older than its status (or when it has none), and in the payment's
-	-- currency (a fee of news in another currency is no amount of this one).  The method is the
-	-- first news of payment's, when it names one: an attempt that failed before (a card declined,
-	-- then paid with PayPal) named the method tried, not the one used
+	-- currency (a fee of news in another currency is no amount of this one).  The method and the
+	-- payer's details (name, e-mail, phone, country: donor_key follows them) are the first news
+	-- of payment's, where it gives them: an attempt that failed before (a card declined, then
+	-- paid with PayPal, or by another's card) named the method tried and its payer, not the one
+	-- used and the one who paid
 	UPDATE payments.payments p
 	   SET reference = coalesce(p.reference, change.reference),
 		   amount = coalesce(p.amount, change.amount),
@@ -1265,10 +1280,14 @@ BEGIN
 					  THEN coalesce(change.fee, p.fee) ELSE p.fee END,
 		   method = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.method, p.method)
 						 ELSE coalesce(p.method, change.method) END,
-		   donor_name = coalesce(p.donor_name, change.donor_name),
-		   donor_phone = coalesce(p.donor_phone, payments.e164_digits(change.donor_phone)),
-		   donor_email = coalesce(p.donor_email, change.donor_email),
-		   country = coalesce(p.country, payments.country_code(change.country)),
+		   donor_name = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.donor_name, p.donor_name)
+							 ELSE coalesce(p.donor_name, change.donor_name) END,
+		   donor_phone = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(payments.e164_digits(change.donor_phone), p.donor_phone)
+							  ELSE coalesce(p.donor_phone, payments.e164_digits(change.donor_phone)) END,
+		   donor_email = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.donor_email, p.donor_email)
+							  ELSE coalesce(p.donor_email, change.donor_email) END,
+		   country = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(payments.country_code(change.country), p.country)
+						  ELSE coalesce(p.country, payments.country_code(change.country)) END,
 		   metadata = coalesce(change.metadata, '{}') || p.metadata,
 		   status_at = CASE WHEN change.status = p.status THEN greatest(p.status_at, at) ELSE p.status_at END,
 		   updated_at = now()
@@ -1408,7 +1427,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) IS
-	'Moves a payment by one normalized change: creates it (not for an exchange), sets a kind assumed to the one the change states (payments.kind_refused: a contradiction, or a kind after the assumed collection''s receipt, refuses the whole change), fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt); records any increase of its refunded total in payments.refunds at the event''s time (one a refund said before the amount was known, at that refund''s), and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
+	'Moves a payment by one normalized change: creates it (not for an exchange), sets a kind assumed to the one the change states (payments.kind_refused: a contradiction, or a kind after the assumed collection''s receipt, refuses the whole change), fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt; a Stripe refund reporting more captured than a paid payment knows raises its amount first, as news of more taken); the first news of payment sets the method and the payer''s details it gives; records any increase of its refunded total in payments.refunds at the event''s time (one a refund said before the amount was known, at that refund''s), and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Stripe

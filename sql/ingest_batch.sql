@@ -292,3 +292,68 @@ SELECT payments.flush_wal() AS flushed \gset
 SELECT :'flushed'::pg_lsn >= :'written'::pg_lsn - 40 AS covers_what_was_written,
 	   pg_catalog.pg_current_wal_flush_lsn() >= :'flushed'::pg_lsn AS flushed_that_far;
 RESET synchronous_commit;
+
+-- a hold captured in two parts, 300 then 800 of 1000, 1.00 given back between them, then all of
+-- it: each of the 24 orders of its four events, as one batch (a refund before any capture stored,
+-- applied when retried after), ends as in order (1234): 8.00 taken, 8.00 given back, 1.00 then
+-- 7.00 (rolled back, as the payments below)
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT payments.register_provider('batch-hp', 'stripe', '{}');
+SELECT payments.add_secret('batch-hp', 'whsec_batch') IS NOT NULL AS added;
+CREATE FUNCTION tb.hold_in_order(ord integer[]) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	ref text := 'pi_hp' || array_to_string(ord, '');
+	ev bigint;
+BEGIN
+	PERFORM tb.batch((SELECT jsonb_agg(jsonb_build_object('provider', 'batch-hp', 'evt', 'evt_' || ref || '_' || e.k,
+															'etype', e.etype, 'obj', e.obj, 'ts', e.ts) ORDER BY o.n)
+						FROM unnest(ord) WITH ORDINALITY AS o (k, n),
+							 (VALUES (1, 'charge.captured', tb.charge(ref, 1000) || '{"captured": true, "amount_captured": 300}', 1718001000),
+									 (2, 'charge.refunded', tb.charge(ref, 1000, 100) || '{"captured": true, "amount_captured": 300}', 1718002000),
+									 (3, 'charge.captured', tb.charge(ref, 1000, 100) || '{"captured": true, "amount_captured": 800}', 1718003000),
+									 (4, 'charge.refunded', tb.charge(ref, 1000, 800) || '{"captured": true, "amount_captured": 800}', 1718004000))
+							 AS e (k, etype, obj, ts)
+					   WHERE e.k = o.k));
+	FOR ev IN SELECT e.id FROM payments.events e
+			   WHERE e.provider = 'batch-hp' AND e.state = 'pending' AND e.payload -> 'data' -> 'object' ->> 'payment_intent' = ref
+			   ORDER BY e.id LOOP
+		PERFORM payments.apply_event(ev);
+	END LOOP;
+	RETURN ref;
+END
+$$;
+SET LOCAL client_min_messages = error;	-- (the warnings name event rows, whose ids vary)
+SELECT count(tb.hold_in_order(ARRAY[a, b, c, d])) AS orders
+  FROM generate_series(1, 4) a, generate_series(1, 4) b, generate_series(1, 4) c, generate_series(1, 4) d
+ WHERE a NOT IN (b, c, d) AND b NOT IN (c, d) AND c <> d;
+SELECT p.status, p.amount, p.amount_refunded,
+	   (SELECT string_agg(f.amount || ' at ' || extract(epoch FROM f.refunded_at), ', ' ORDER BY f.refunded_at, f.id)
+		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds,
+	   r.receipt_no IS NOT NULL AS receipt, count(*) AS orders, bool_or(p.provider_ref = 'pi_hp1234') AS in_order,
+	   CASE WHEN count(*) < 24 THEN string_agg(substr(p.provider_ref, 6), ' ' ORDER BY p.provider_ref) END AS which
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider = 'batch-hp'
+ GROUP BY 1, 2, 3, 4, 5 ORDER BY in_order DESC, orders DESC;
+-- a card declined, then another's card paid: the donor is the payer, in one batch either way, and
+-- in two batches (the set statement creates the payment failed, the paying news settled alone)
+CREATE FUNCTION tb.card(pi text, ch text, etype text, payer jsonb) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('provider', 'batch-hp', 'evt', 'evt_' || pi || '_' || ch, 'etype', etype, 'ts',
+		CASE WHEN etype = 'charge.failed' THEN 1718000900 ELSE 1718000910 END,
+		'obj', jsonb_build_object('id', ch, 'object', 'charge', 'payment_intent', pi, 'amount', 2000, 'amount_refunded', 0,
+			'captured', etype <> 'charge.failed', 'currency', 'usd', 'payment_method_details', '{"type":"card"}'::jsonb,
+			'billing_details', payer))
+$$;
+CREATE FUNCTION tb.alice(pi text) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT tb.card(pi, 'ch_1', 'charge.failed', '{"name":"Alice Declined","email":"alice@example.org","phone":"+263771111111","address":{"country":"GB"}}')
+$$;
+CREATE FUNCTION tb.bob(pi text) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT tb.card(pi, 'ch_2', 'charge.succeeded', '{"name":"Bob Payer","email":"bob@example.org","phone":"+263772222222","address":{"country":"ZW"}}')
+$$;
+SELECT * FROM tb.batch(jsonb_build_array(tb.alice('pi_bx'), tb.bob('pi_bx')));
+SELECT * FROM tb.batch(jsonb_build_array(tb.bob('pi_by'), tb.alice('pi_by')));
+SELECT * FROM tb.batch(jsonb_build_array(tb.alice('pi_bz')));
+SELECT * FROM tb.batch(jsonb_build_array(tb.bob('pi_bz')));
+SELECT provider_ref, status, concat_ws(' / ', donor_name, donor_email, donor_phone, country) AS donor, donor_key
+  FROM payments.payments WHERE provider = 'batch-hp' AND provider_ref IN ('pi_bx', 'pi_by', 'pi_bz') ORDER BY provider_ref;
+ROLLBACK;

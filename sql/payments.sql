@@ -206,6 +206,48 @@ SELECT tp.stripe('payshop', 'charge.captured', tp.charge('pi_h10', 1000) || '{"c
 	   tp.stripe('payshop', 'charge.refunded', tp.charge('pi_h10', 1000, 100) || '{"captured": true, "amount_captured": 300}', 1718000930);
 SELECT provider_ref, status, amount, amount_refunded FROM payments.payments
  WHERE provider_ref IN ('pi_h9', 'pi_h10') ORDER BY provider_ref;
+-- ... then all of it given back: the four events in each of the 24 orders (a refund before any
+-- capture is stored, and applied when retried after the others) end as in order (1234): 8.00
+-- taken, 8.00 given back, 1.00 then 7.00.  A full refund that comes before the second capture's
+-- news reports 800 captured: all that was taken, not the 300 known (rolled back: the receipts
+-- listed below are of fixed days)
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+CREATE FUNCTION tp.hold_in_order(ord integer[]) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	ref text := 'pi_hp' || array_to_string(ord, '');
+	n integer;
+	ev bigint;
+BEGIN
+	FOREACH n IN ARRAY ord LOOP
+		PERFORM tp.stripe('payshop', e.etype, e.obj, e.ts)
+		   FROM (VALUES (1, 'charge.captured', tp.charge(ref, 1000) || '{"captured": true, "amount_captured": 300}', 1718001000),
+						(2, 'charge.refunded', tp.charge(ref, 1000, 100) || '{"captured": true, "amount_captured": 300}', 1718002000),
+						(3, 'charge.captured', tp.charge(ref, 1000, 100) || '{"captured": true, "amount_captured": 800}', 1718003000),
+						(4, 'charge.refunded', tp.charge(ref, 1000, 800) || '{"captured": true, "amount_captured": 800}', 1718004000))
+				AS e (k, etype, obj, ts)
+		  WHERE e.k = n;
+	END LOOP;
+	FOR ev IN SELECT e.id FROM payments.events e
+			   WHERE e.state = 'pending' AND e.payload -> 'data' -> 'object' ->> 'payment_intent' = ref ORDER BY e.id LOOP
+		PERFORM payments.apply_event(ev);
+	END LOOP;
+	RETURN ref;
+END
+$$;
+SET LOCAL client_min_messages = error;	-- (a refund stored before its payment: the warning names the event's id)
+SELECT count(tp.hold_in_order(ARRAY[a, b, c, d])) AS orders
+  FROM generate_series(1, 4) a, generate_series(1, 4) b, generate_series(1, 4) c, generate_series(1, 4) d
+ WHERE a NOT IN (b, c, d) AND b NOT IN (c, d) AND c <> d;
+SELECT p.status, p.amount, p.amount_refunded,
+	   (SELECT string_agg(f.amount || ' at ' || extract(epoch FROM f.refunded_at), ', ' ORDER BY f.refunded_at, f.id)
+		  FROM payments.refunds f WHERE f.payment_id = p.id) AS refunds,
+	   r.receipt_no IS NOT NULL AS receipt, count(*) AS orders, bool_or(p.provider_ref = 'pi_hp1234') AS in_order,
+	   CASE WHEN count(*) < 24 THEN string_agg(substr(p.provider_ref, 6), ' ' ORDER BY p.provider_ref) END AS which
+  FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
+ WHERE p.provider_ref LIKE 'pi_hp%'
+ GROUP BY 1, 2, 3, 4, 5 ORDER BY in_order DESC, orders DESC;
+ROLLBACK;
 -- an intent's charge carries its receipt_email (Stripe copies it) beside the card's billing
 -- e-mail: both read receipt_email first, so the donor is the same whichever comes first
 SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_e1', 1000), 1718000900),
@@ -213,6 +255,28 @@ SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_e1', 1000), 17
 SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_e2', 1000) || '{"receipt_email": "tatenda@example.org"}', 1718000900),
 	   tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_e2', 1000), 1718000900);
 SELECT provider_ref, donor_email, donor_key FROM payments.payments WHERE provider_ref IN ('pi_e1', 'pi_e2') ORDER BY provider_ref;
+-- a card declined, then another's card paid: the donor is the payer, whichever comes first (the
+-- first news that it was paid sets the payer's details, as it sets the method), also when that
+-- news comes after the refund of the payment (rolled back: the receipts listed below are of fixed days)
+BEGIN;
+CREATE FUNCTION tp.card_charge(pi text, ch text, etype text, payer jsonb) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('id', ch, 'object', 'charge', 'payment_intent', pi, 'amount', 2000,
+		'amount_refunded', CASE WHEN etype = 'charge.refunded' THEN 2000 ELSE 0 END,
+		'captured', etype <> 'charge.failed', 'currency', 'usd', 'payment_method_details', '{"type":"card"}'::jsonb,
+		'billing_details', payer) || CASE WHEN etype = 'charge.failed' THEN '{}'::jsonb ELSE '{"amount_captured": 2000}'::jsonb END
+$$;
+SELECT p.pi, tp.stripe('payshop', e.etype, tp.card_charge(p.pi, e.ch, e.etype, e.payer), e.ts)
+  FROM (VALUES ('pi_px', ARRAY[1, 2]), ('pi_py', ARRAY[2, 1]), ('pi_pz', ARRAY[1, 3, 2])) AS p (pi, ord),
+	   unnest(p.ord) WITH ORDINALITY AS o (k, n),
+	   (VALUES (1, 'ch_1', 'charge.failed', 1718000900, '{"name":"Alice Declined","email":"alice@example.org","phone":"+263771111111","address":{"country":"GB"}}'::jsonb),
+			   (2, 'ch_2', 'charge.succeeded', 1718000910, '{"name":"Bob Payer","email":"bob@example.org","phone":"+263772222222","address":{"country":"ZW"}}'),
+			   (3, 'ch_2', 'charge.refunded', 1718000920, '{"name":"Bob Payer","email":"bob@example.org","phone":"+263772222222","address":{"country":"ZW"}}'))
+	   AS e (k, ch, etype, ts, payer)
+ WHERE e.k = o.k ORDER BY p.pi, o.n;
+SELECT provider_ref, status, concat_ws(' / ', donor_name, donor_email, donor_phone, country) AS donor, donor_key,
+	   paid_at IS NOT NULL AS paid
+  FROM payments.payments WHERE provider_ref IN ('pi_px', 'pi_py', 'pi_pz') ORDER BY provider_ref;
+ROLLBACK;
 SELECT h.from_status, h.to_status, e.event_type FROM payments.status_history h
   JOIN payments.payments p ON p.id = h.payment_id LEFT JOIN payments.events e ON e.id = h.event_id
  WHERE p.provider_ref = 'pi_h3' ORDER BY h.id;

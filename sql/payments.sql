@@ -255,9 +255,10 @@ SELECT tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_e1', 1000), 17
 SELECT tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_e2', 1000) || '{"receipt_email": "tatenda@example.org"}', 1718000900),
 	   tp.stripe('payshop', 'payment_intent.succeeded', tp.pi('pi_e2', 1000), 1718000900);
 SELECT provider_ref, donor_email, donor_key FROM payments.payments WHERE provider_ref IN ('pi_e1', 'pi_e2') ORDER BY provider_ref;
--- a card declined, then another's card paid: the donor is the payer, whichever comes first (the
--- first news that it was paid sets the payer's details, as it sets the method), also when that
--- news comes after the refund of the payment (rolled back: the receipts listed below are of fixed days)
+-- a card declined, then another's card paid: the donor is the payer, whichever comes first (after
+-- a failed attempt, the first news that it was paid, or refunded, sets the payer's details, as news
+-- of payment sets the method), also when a refund comes between (rolled back: the receipts listed
+-- below are of fixed days)
 BEGIN;
 CREATE FUNCTION tp.card_charge(pi text, ch text, etype text, payer jsonb) RETURNS jsonb LANGUAGE sql AS $$
 	SELECT jsonb_build_object('id', ch, 'object', 'charge', 'payment_intent', pi, 'amount', 2000,
@@ -276,6 +277,10 @@ SELECT p.pi, tp.stripe('payshop', e.etype, tp.card_charge(p.pi, e.ch, e.etype, e
 SELECT provider_ref, status, concat_ws(' / ', donor_name, donor_email, donor_phone, country) AS donor, donor_key,
 	   paid_at IS NOT NULL AS paid
   FROM payments.payments WHERE provider_ref IN ('pi_px', 'pi_py', 'pi_pz') ORDER BY provider_ref;
+-- a pending intent keeps the donor its metadata names over the card's billing name (no attempt failed)
+SELECT tp.stripe('payshop', 'payment_intent.processing', tp.pi('pi_pk', 1000), 1718000930),
+	   tp.stripe('payshop', 'charge.succeeded', tp.charge('pi_pk', 1000) || '{"amount_captured": 1000}', 1718000940);
+SELECT status, donor_name, donor_email FROM payments.payments WHERE provider_ref = 'pi_pk';
 ROLLBACK;
 SELECT h.from_status, h.to_status, e.event_type FROM payments.status_history h
   JOIN payments.payments p ON p.id = h.payment_id LEFT JOIN payments.events e ON e.id = h.event_id

@@ -888,11 +888,12 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 RETURN CASE WHEN pg_catalog.octet_length(phone) = pg_catalog.length(phone) THEN phone
 			ELSE pg_catalog.regexp_replace(phone,
-				'[' || pg_catalog.chr(133) || pg_catalog.chr(160) || pg_catalog.chr(5760) || pg_catalog.chr(8192) || '-'
+				'[' || pg_catalog.chr(133) || pg_catalog.chr(160) || pg_catalog.chr(173) || pg_catalog.chr(5760) || pg_catalog.chr(8192) || '-'
 				|| pg_catalog.chr(8213) || pg_catalog.chr(8232) || '-' || pg_catalog.chr(8239) || pg_catalog.chr(8287) || '-'
-				|| pg_catalog.chr(8303) || pg_catalog.chr(8722) || pg_catalog.chr(12288) || pg_catalog.chr(65279) || ']', ' ', 'g') END;
+				|| pg_catalog.chr(8303) || pg_catalog.chr(8722) || pg_catalog.chr(12288) || pg_catalog.chr(65279) || pg_catalog.chr(65293)
+				|| ']', ' ', 'g') END;
 COMMENT ON FUNCTION payments.phone_plain(text) IS
-	'A phone number as written with its Unicode spaces and dashes (U+0085, U+00A0, U+1680, U+2000 to U+2015, U+2028 to U+202F, U+205F to U+206F, U+2212, U+3000, U+FEFF) made plain spaces, for payments.phone_digits';
+	'A phone number as written with its Unicode spaces and dashes (U+0085, U+00A0, U+00AD, U+1680, U+2000 to U+2015, U+2028 to U+202F, U+205F to U+206F, U+2212, U+3000, U+FEFF, U+FF0D) made plain spaces, for payments.phone_digits';
 
 -- A phone number's digits: spaces, dots, dashes, parentheses and + dropped, and the trunk zero
 -- written in parentheses after the country code ("+263 (0)77 123 4567", "+44 (0)20 7946 0000"),
@@ -4203,7 +4204,8 @@ BEGIN
 								THEN 'open' ELSE e.breaker_state END,
 		   breaker_until = CASE WHEN e.breaker_state = 'half_open'
 									 OR e.consecutive_failures + 1 >= e.breaker_threshold
-								THEN greatest(answered + e.breaker_cooldown, hold_until)
+								THEN greatest(answered + e.breaker_cooldown, hold_until,
+											  CASE WHEN e.breaker_state = 'open' THEN e.breaker_until END)
 								WHEN hold_until IS NOT NULL
 								THEN greatest(hold_until, CASE WHEN e.breaker_state = 'open' THEN e.breaker_until END)
 								ELSE e.breaker_until END,
@@ -4939,7 +4941,7 @@ AS $$
 					 LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 										  FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 					WHERE p.provider = v.name AND p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
-					  AND NOT p.metadata ? 'paypal_capture_held'
+					  AND NOT (v.kind = 'paypal' AND p.metadata ? 'paypal_capture_held')
 					  AND payments.reconciliation_due(ck.last_at, ck.checks))
 	 ORDER BY v.name
 	 LIMIT max_items
@@ -5040,7 +5042,9 @@ BEGIN
 		  LEFT JOIN LATERAL (SELECT max(c.started_at) AS last_at, count(*) AS checks
 							   FROM payments.reconciliation_checks c WHERE c.payment_id = p.id) ck ON true
 		 WHERE p.status = 'pending' AND p.status_at < now() - payments.reconcile_after()
-		   AND NOT p.metadata ? 'paypal_capture_held'	-- its captures other payments' (record_reconciliation)
+		   -- its captures other payments' (record_reconciliation; a PayPal payment's own flag: another
+		   -- provider's payment may carry any key in the metadata its events give)
+		   AND NOT (v.kind = 'paypal' AND p.metadata ? 'paypal_capture_held')
 		   AND payments.reconciliation_due(ck.last_at, ck.checks)
 		 ORDER BY ck.last_at NULLS FIRST, p.status_at, p.id
 		 LIMIT max_items
@@ -5540,9 +5544,12 @@ AS $$
 		-- payments flagged for someone to look at, changed in the window: Paynow reported another
 		-- amount than the payment's, or paid one an admin had approved by hand; a PayPal order
 		-- whose captures other payments hold, no longer asked
+		-- (each flag of its own kind's payments: another's metadata may carry any key its events give)
 		SELECT 'flagged', p.provider, f.flag, count(*)
-		  FROM payments.payments p CROSS JOIN (VALUES ('paynow_amount_mismatch'), ('paynow_paid_after_approval'),
-													   ('paypal_capture_held')) AS f (flag), w
+		  FROM payments.payments p JOIN payments.providers v ON v.name = p.provider
+		  JOIN (VALUES ('paynow_amount_mismatch', 'paynow'), ('paynow_paid_after_approval', 'paynow'),
+					   ('paypal_capture_held', 'paypal')) AS f (flag, kind) ON f.kind = v.kind
+		 CROSS JOIN w
 		 WHERE p.updated_at >= w.since AND p.metadata ? f.flag GROUP BY p.provider, f.flag
 	) AS t (metric, provider, detail, count)
 	ORDER BY 1, 2, 3
@@ -8410,6 +8417,11 @@ BEGIN
 		ELSE
 			PERFORM payments.chat_send(d.provider, d.wa_id, payments.chat_receipt_template(h.payment_id, template), h.id);
 		END IF;
+		RETURN;
+	END IF;
+	-- a failed, cancelled or refunded notice only while the payment still is (paid since by an
+	-- admin's /approve, say: the donor was thanked, and told nothing stale)
+	IF NOT EXISTS (SELECT FROM payments.payments p WHERE p.id = h.payment_id AND p.status = h.to_status) THEN
 		RETURN;
 	END IF;
 	SELECT v.settings -> 'notice_template' INTO template FROM payments.providers v WHERE v.name = d.provider;

@@ -137,6 +137,32 @@ SELECT o.next_attempt_at - (a.started_at + interval '500 milliseconds')
 		 BETWEEN interval '599.9 seconds' AND interval '600.1 seconds' AS from_the_answer
   FROM late l JOIN payments.outbox o ON o.id = l.outbox_id JOIN payments.outbox_attempts a ON a.id = l.attempt_id;
 COMMIT;
+-- a Retry-After holds the whole endpoint: its breaker opens until then, also when a later
+-- failure of the same batch reaches the threshold (whose cool-down, shorter, does not cut it);
+-- the other order too (rolled back)
+BEGIN;
+SELECT payments.add_endpoint('throttled', 'https://crm.example/throttled', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+							 breaker_threshold => 2, breaker_cooldown => '1 minute') IS NOT NULL AS added;
+INSERT INTO payments.outbox (endpoint_id, event_type, payload)
+SELECT e.id, 'payment.paid', '{}' FROM payments.endpoints e, generate_series(1, 4) WHERE e.name = 'throttled';
+CREATE TEMP TABLE throttled AS
+SELECT c.*, row_number() OVER (ORDER BY c.outbox_id) AS n FROM payments.claim_outbox(100) c
+  JOIN payments.outbox o ON o.id = c.outbox_id JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'throttled';
+CREATE FUNCTION pg_temp.breaker() RETURNS TABLE (state text, open_for text) LANGUAGE sql AS $$
+	SELECT e.breaker_state, CASE WHEN e.breaker_until - now() > interval '3500 seconds' THEN 'the Retry-After'
+								 WHEN e.breaker_until - now() > interval '50 seconds' THEN 'the cool-down' END
+	  FROM payments.endpoints e WHERE e.name = 'throttled'
+$$;
+SELECT payments.record_delivery(t.attempt_id, 429, 3600, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 1;
+SELECT * FROM pg_temp.breaker();
+SELECT payments.record_delivery(t.attempt_id, 500, NULL, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 2;
+SELECT * FROM pg_temp.breaker();
+UPDATE payments.endpoints SET breaker_state = 'closed', breaker_until = NULL, consecutive_failures = 0 WHERE name = 'throttled';
+SELECT payments.record_delivery(t.attempt_id, 500, NULL, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 3;
+SELECT * FROM pg_temp.breaker();
+SELECT payments.record_delivery(t.attempt_id, 429, 3600, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 4;
+SELECT * FROM pg_temp.breaker();
+ROLLBACK;
 
 -- an endpoint disabled is queued nothing; payments.replay_outbox sends it what it missed since a
 -- time (payment changes, and stored events of the types it names), once, and its dead items again

@@ -932,9 +932,13 @@ SELECT p.provider_ref, p.status, p.metadata ? 'paypal_capture_held' AS flagged, 
  WHERE p.provider = 'pp' AND p.provider_ref = 'OR8';
 UPDATE payments.reconciliation_checks c SET started_at = now() - interval '2 days'
  WHERE c.request LIKE '%/v2/checkout/orders/OR_';
+-- (the flag is a PayPal payment's: a Stripe payment whose merchant metadata has that key is asked)
+SELECT tp.stripe('payshop', 'payment_intent.processing',
+				 tp.pi('pi_heldkey', 1000) || '{"metadata": {"paypal_capture_held": "theirs"}}', 1718000000);
 SELECT count(*) >= 0 AS claimed FROM payments.claim_reconciliation(1000);
 SELECT p.provider_ref, count(*) AS checks FROM payments.payments p JOIN payments.reconciliation_checks c ON c.payment_id = p.id
- WHERE p.provider = 'pp' AND p.provider_ref IN ('OR4', 'OR8') GROUP BY 1 ORDER BY 1;
+ WHERE (p.provider = 'pp' AND p.provider_ref IN ('OR4', 'OR8')) OR p.provider_ref = 'pi_heldkey' GROUP BY 1 ORDER BY 1;
+SELECT metric, provider, detail, count FROM payments.reconciliation_summary(24) WHERE metric = 'flagged' AND detail = 'paypal_capture_held';
 SELECT tp.paypal('WH-OR6', 'CHECKOUT.ORDER.APPROVED', '{"id":"OR6","purchase_units":[{"amount":{"currency_code":"USD","value":"30.00"}}]}', '2024-08-20T10:00:00Z'),
 	   tp.paypal('WH-CR6', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR6","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"}}', '2024-08-20T10:01:00Z'),
 	   tp.paypal('WH-CR6b', 'PAYMENT.CAPTURE.COMPLETED', '{"id":"CR6","status":"COMPLETED","amount":{"currency_code":"USD","value":"30.00"},"supplementary_data":{"related_ids":{"order_id":"OR6"}}}', '2024-08-20T10:05:00Z'),

@@ -853,6 +853,15 @@ SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'flow_ref'], ['paynowrefere
 	['status', 'Failed'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g401']]);
 SELECT * FROM pg_temp.last_sent(:'late_donor');
 SELECT unsent_notice FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id WHERE p.reference = :'flow_ref';
+-- (that failed notice failing with 131047 once an admin approved the payment, the donor thanked:
+-- nothing stale is sent again, nor recorded unsent)
+UPDATE payments.providers SET settings = settings || '{"notice_template": {"name": "donation_notice", "language": "en_US"}}' WHERE name = 'chat';
+SELECT pg_temp.say('263770000001', '/approve ' || :'flow_ref', 20);
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies(:'late_donor');
+SELECT pg_temp.text_failed(:'flow_ref', 'failed', 'wamid.STALE1');
+SELECT * FROM pg_temp.replies(:'late_donor');
+SELECT p.status, d.unsent_notice FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id WHERE p.reference = :'flow_ref';
+UPDATE payments.providers SET settings = settings - 'notice_template' WHERE name = 'chat';
 SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours') AS undone_ref \gset
 SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'undone_ref'], ['paynowreference', '9402'], ['amount', '3.00'],
 	['status', 'Paid'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g402']]);

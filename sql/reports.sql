@@ -71,12 +71,13 @@ SELECT w AS written, payments.e164_digits(w) AS e164, payments.donor_key_of(w) A
 					'0044 20 7946 0000', '00 44 20 7946 0000', '(0044) 20 7946 0000', '+2630771234567',
 					'(0)77 123 4567', '0 20 7946 0000']) AS w;
 -- copied from a contact or a page: a no-break space, U+202F (French numbers), a non-breaking
--- hyphen, a minus sign, a figure dash, an ideographic space
+-- hyphen, a minus sign, a figure dash, an ideographic space, a soft and a fullwidth hyphen
 SELECT n, payments.e164_digits(w) AS e164, payments.donor_key_of(w) AS key_of
   FROM unnest(ARRAY['+263' || chr(160) || '77' || chr(160) || '123' || chr(160) || '4567',
 					'+33' || chr(8239) || '6' || chr(8239) || '12' || chr(8239) || '34' || chr(8239) || '56' || chr(8239) || '78',
 					'077' || chr(8209) || '123' || chr(8209) || '4567', '+1' || chr(8722) || '555' || chr(8722) || '010' || chr(8722) || '0000',
-					'+263' || chr(160) || '(0)77' || chr(8199) || '123' || chr(8210) || '4567', '+263' || chr(12288) || '771234567'])
+					'+263' || chr(160) || '(0)77' || chr(8199) || '123' || chr(8210) || '4567', '+263' || chr(12288) || '771234567',
+					'+263' || chr(173) || '77' || chr(65293) || '1234567'])
 		WITH ORDINALITY AS u (w, n);
 -- kept as the donor's details change: an e-mail of spaces is none, a key cannot be set by hand
 SAVEPOINT donor_keys;

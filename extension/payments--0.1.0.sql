@@ -1151,7 +1151,6 @@ DECLARE
 	flagged	boolean := false;
 	refusal	text;
 	paid_time timestamptz;	-- news of payment: its time, never later than the news arrived
-	payer_replaced boolean;	-- news that it was paid after a failed or cancelled attempt: its payer's details win
 BEGIN
 	IF change.provider_ref IS NULL OR change.status IS NULL THEN
 		RETURN 'ignored';
@@ -1268,13 +1267,7 @@ BEGIN
 	-- taken only from news not older than its status (or when it has none), and in the payment's
 	-- currency (a fee of news in another currency is no amount of this one).  The method is the
 	-- first news of payment's, when it names one: an attempt that failed before (a card declined,
-	-- then paid with PayPal) named the method tried, not the one used.  So are the payer's details
-	-- (name, e-mail, phone, country: donor_key follows them) of a payment that failed or was
-	-- cancelled before, given by news that it was paid (or refunded, or disputed: it was paid):
-	-- that attempt's payer (another's card, declined) is not who paid; a pending payment's (the
-	-- donor's own, in the intent's metadata or receipt e-mail) are kept
-	payer_replaced := pay.paid_at IS NULL AND pay.status IN ('failed', 'cancelled')
-					  AND change.status IN ('paid', 'partially_refunded', 'refunded', 'disputed');
+	-- then paid with PayPal) named the method tried, not the one used
 	UPDATE payments.payments p
 	   SET reference = coalesce(p.reference, change.reference),
 		   amount = coalesce(p.amount, change.amount),
@@ -1286,14 +1279,10 @@ BEGIN
 					  THEN coalesce(change.fee, p.fee) ELSE p.fee END,
 		   method = CASE WHEN change.status = 'paid' AND p.paid_at IS NULL THEN coalesce(change.method, p.method)
 						 ELSE coalesce(p.method, change.method) END,
-		   donor_name = CASE WHEN payer_replaced THEN coalesce(change.donor_name, p.donor_name)
-							 ELSE coalesce(p.donor_name, change.donor_name) END,
-		   donor_phone = CASE WHEN payer_replaced THEN coalesce(payments.e164_digits(change.donor_phone), p.donor_phone)
-							  ELSE coalesce(p.donor_phone, payments.e164_digits(change.donor_phone)) END,
-		   donor_email = CASE WHEN payer_replaced THEN coalesce(change.donor_email, p.donor_email)
-							  ELSE coalesce(p.donor_email, change.donor_email) END,
-		   country = CASE WHEN payer_replaced THEN coalesce(payments.country_code(change.country), p.country)
-						  ELSE coalesce(p.country, payments.country_code(change.country)) END,
+		   donor_name = coalesce(p.donor_name, change.donor_name),
+		   donor_phone = coalesce(p.donor_phone, payments.e164_digits(change.donor_phone)),
+		   donor_email = coalesce(p.donor_email, change.donor_email),
+		   country = coalesce(p.country, payments.country_code(change.country)),
 		   metadata = coalesce(change.metadata, '{}') || p.metadata,
 		   status_at = CASE WHEN change.status = p.status THEN greatest(p.status_at, at) ELSE p.status_at END,
 		   updated_at = now()
@@ -1433,7 +1422,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.apply_change(bigint, text, payments.payment_change) IS
-	'Moves a payment by one normalized change: creates it (not for an exchange), sets a kind assumed to the one the change states (payments.kind_refused: a contradiction, or a kind after the assumed collection''s receipt, refuses the whole change), fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt; a Stripe refund reporting more captured than a paid payment knows raises its amount first, as news of more taken); the first news of payment sets the method it names, and the payer''s details that news (or of a refund or dispute) gives of a payment that failed or was cancelled before; records any increase of its refunded total in payments.refunds at the event''s time (one a refund said before the amount was known, at that refund''s), and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
+	'Moves a payment by one normalized change: creates it (not for an exchange), sets a kind assumed to the one the change states (payments.kind_refused: a contradiction, or a kind after the assumed collection''s receipt, refuses the whole change), fills in details, or applies an allowed, not older transition (news that it was paid, after a refund or dispute, gives it its paid time and receipt; a Stripe refund reporting more captured than a paid payment knows raises its amount first, as news of more taken); the first news of payment sets the method it names; records any increase of its refunded total in payments.refunds at the event''s time (one a refund said before the amount was known, at that refund''s), and an older report of the total, delivered late, at its own time (taken from the later rows); news that a payment an admin approved by hand was paid is flagged (payments.chat_paid_after_approval); returns applied, ignored, or unresolved (the payment it refers to is not known yet)';
 
 --------------------------------------------------------------------------------------------------
 -- Normalization: Stripe

@@ -335,25 +335,4 @@ SELECT p.status, p.amount, p.amount_refunded,
   FROM payments.payments p LEFT JOIN payments.receipts r ON r.payment_id = p.id
  WHERE p.provider = 'batch-hp'
  GROUP BY 1, 2, 3, 4, 5 ORDER BY in_order DESC, orders DESC;
--- a card declined, then another's card paid: the donor is the payer, in one batch either way, and
--- in two batches (the set statement creates the payment failed, the paying news settled alone)
-CREATE FUNCTION tb.card(pi text, ch text, etype text, payer jsonb) RETURNS jsonb LANGUAGE sql AS $$
-	SELECT jsonb_build_object('provider', 'batch-hp', 'evt', 'evt_' || pi || '_' || ch, 'etype', etype, 'ts',
-		CASE WHEN etype = 'charge.failed' THEN 1718000900 ELSE 1718000910 END,
-		'obj', jsonb_build_object('id', ch, 'object', 'charge', 'payment_intent', pi, 'amount', 2000, 'amount_refunded', 0,
-			'captured', etype <> 'charge.failed', 'currency', 'usd', 'payment_method_details', '{"type":"card"}'::jsonb,
-			'billing_details', payer))
-$$;
-CREATE FUNCTION tb.alice(pi text) RETURNS jsonb LANGUAGE sql AS $$
-	SELECT tb.card(pi, 'ch_1', 'charge.failed', '{"name":"Alice Declined","email":"alice@example.org","phone":"+263771111111","address":{"country":"GB"}}')
-$$;
-CREATE FUNCTION tb.bob(pi text) RETURNS jsonb LANGUAGE sql AS $$
-	SELECT tb.card(pi, 'ch_2', 'charge.succeeded', '{"name":"Bob Payer","email":"bob@example.org","phone":"+263772222222","address":{"country":"ZW"}}')
-$$;
-SELECT * FROM tb.batch(jsonb_build_array(tb.alice('pi_bx'), tb.bob('pi_bx')));
-SELECT * FROM tb.batch(jsonb_build_array(tb.bob('pi_by'), tb.alice('pi_by')));
-SELECT * FROM tb.batch(jsonb_build_array(tb.alice('pi_bz')));
-SELECT * FROM tb.batch(jsonb_build_array(tb.bob('pi_bz')));
-SELECT provider_ref, status, concat_ws(' / ', donor_name, donor_email, donor_phone, country) AS donor, donor_key
-  FROM payments.payments WHERE provider = 'batch-hp' AND provider_ref IN ('pi_bx', 'pi_by', 'pi_bz') ORDER BY provider_ref;
 ROLLBACK;

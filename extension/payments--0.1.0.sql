@@ -6659,13 +6659,13 @@ DECLARE
 	rest	text := regexp_replace(payments.chat_trim(typed), E'[\\u00a0\\u2007\\u2009\\u202f]', ' ', 'g');
 	word	text;
 BEGIN
-	word := (regexp_match(rest, '^(us[$]|[$]|[[:alpha:]]+)', 'i'))[1];
-	named := payments.chat_currency_name(word);
+	word := (regexp_match(rest, '^(us ?[$]|[$]|[[:alpha:]]+)', 'i'))[1];
+	named := payments.chat_currency_name(replace(word, ' ', ''));
 	IF named IS NOT NULL THEN
 		rest := substr(rest, length(word) + 1);
 	ELSE
-		word := (regexp_match(rest, '(us[$]|[$]|[[:alpha:]]+)$', 'i'))[1];
-		named := payments.chat_currency_name(word);
+		word := (regexp_match(rest, '(us ?[$]|[$]|[[:alpha:]]+)$', 'i'))[1];
+		named := payments.chat_currency_name(replace(word, ' ', ''));
 		IF named IS NOT NULL THEN
 			rest := left(rest, length(rest) - length(word));
 		END IF;
@@ -6988,7 +6988,8 @@ BEGIN
 	 WHERE d.provider = chat_check.provider AND d.wa_id = chat_check.wa_id
 	 ORDER BY d.payment_id DESC LIMIT 1;
 	SELECT x.* INTO w FROM payments.chat_pending_donation(chat_check.provider, chat_check.wa_id) x;
-	IF NOT FOUND THEN
+	-- (chat_pending_donation always gives a row, of NULLs when there is none: FOUND says nothing)
+	IF p.id IS NULL THEN
 		body := 'You have not made a donation from this number yet. Send *donate* to give.';
 	ELSE
 		IF p.status = 'paid' THEN
@@ -7044,11 +7045,14 @@ AS $$
 	  LEFT JOIN payments.paynow_initiations i ON i.payment_id = p.id
 	 WHERE d.provider = chat_pending_donation.provider AND d.wa_id = chat_pending_donation.wa_id
 	   AND p.status = 'pending'
-	   AND (i.state IN ('queued', 'sending', 'unconfirmed') OR d.created_at > now() - interval '1 hour')
+	   -- (an unconfirmed request, which Paynow may have had, for an hour after it was sent: a PIN
+	   -- prompt lasts minutes, and Paynow may leave the transaction at Sent for ever)
+	   AND (i.state IN ('queued', 'sending') OR d.created_at > now() - interval '1 hour'
+			OR (i.state = 'unconfirmed' AND coalesce(i.finished_at, i.started_at, i.created_at) > now() - interval '1 hour'))
 	 ORDER BY d.payment_id DESC LIMIT 1
 $$;
 COMMENT ON FUNCTION payments.chat_pending_donation(text, text) IS
-	'The latest donation from a WhatsApp number that is pending and may still be paid: its Paynow initiation queued, sending or unconfirmed, or started less than an hour ago (a prompt or link still live); NULLs when none';
+	'The latest donation from a WhatsApp number that is pending and may still be paid: its Paynow initiation queued or sending, or unconfirmed less than an hour ago, or started less than an hour ago (a prompt or link still live); NULLs when none';
 
 CREATE FUNCTION payments.chat_pending_notice(provider text, wa_id text, confirming boolean, seen bigint)
 RETURNS bigint

@@ -1141,6 +1141,22 @@ SELECT w, r FROM unnest(ARRAY['263772000101', '263772000102', '263772000103', '2
 SELECT pg_temp.say('263772000101', 'check', 200);
 SELECT pg_temp.say('263772000101', 'donate', 201, true);
 SELECT * FROM pg_temp.replies('263772000101');
+-- an unconfirmed request (the EcoCash one) an hour old has expired as a confirmed one has (a PIN
+-- prompt lasts minutes, and Paynow may leave the transaction at Sent for ever): *check* says so,
+-- and *donate* is not held back by it; within the hour it is (rolled back)
+BEGIN;
+SELECT pg_temp.say('263772000103', 'check', 300);
+UPDATE payments.paynow_initiations i SET finished_at = now() - interval '61 minutes', started_at = now() - interval '62 minutes'
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000103';
+UPDATE payments.chat_donations d SET created_at = now() - interval '62 minutes'
+  FROM payments.payments p WHERE p.id = d.payment_id AND p.donor_phone = '263772000103';
+SELECT pg_temp.say('263772000103', 'check', 301);
+SELECT pg_temp.say('263772000103', 'donate', 302, true);
+SELECT * FROM pg_temp.replies('263772000103');
+ROLLBACK;
+-- a number that never gave asks to check: told so
+SELECT pg_temp.say('263779900001', 'check', 1, true);
+SELECT * FROM pg_temp.replies('263779900001');
 
 -- donations switched off (paynow_providers emptied) while a donor is at the currency question:
 -- tapping a currency says donations cannot be made and goes back to the menu, not a list
@@ -1328,7 +1344,7 @@ SELECT pg_temp.session('263776000010');
 -- amounts as people write them: thousands in groups of three after a comma or a space, the currency
 -- after the amount as before it; cents after a comma are not guessed
 SELECT replace(typed, E'\u00a0', '<nbsp>') AS typed, t.*
-  FROM unnest(ARRAY['10', '25.50', '$10', 'USD 10', '10 USD', '10.50usd', '10 dollars', '10$', 'US$ 5', 'ZiG 100', '100 zig',
+  FROM unnest(ARRAY['10', '25.50', '$10', 'USD 10', '10 USD', '10.50usd', '10 dollars', '10$', 'US$ 5', 'US $10', '10 US $', 'ZiG 100', '100 zig',
 					'1,000', '1 000', E'1\u00a0000', '1,000.50', '12,345,678', '10 000 ZWG', '10,5', '10,50', 'usd 10,5',
 					'1,00', '1,0000', '1 00', '1,000 000', 'usd 10 usd', 'ten dollars', '', NULL]) AS typed,
 	   payments.chat_typed_amount(typed) t;

@@ -4148,8 +4148,16 @@ BEGIN
 		IF item.provider IS NOT NULL THEN
 			PERFORM payments.chat_message_sent(item.id, response);
 		END IF;
-		UPDATE payments.endpoints e SET breaker_state = 'closed', breaker_until = NULL, consecutive_failures = 0,
-			   last_status = http_status, last_error = NULL, last_success_at = answered
+		-- (an item of the batch answered after another item's Retry-After opened the breaker does not
+		-- end the hold the receiver asked for: only a probe, once it is over, closes it.  A hold is
+		-- what keeps the breaker open past a cool-down counted from now; one the failures opened
+		-- closes, the receiver answering again)
+		UPDATE payments.endpoints e
+		   SET breaker_state = CASE WHEN e.breaker_state = 'open' AND e.breaker_until > answered + e.breaker_cooldown
+									THEN 'open' ELSE 'closed' END,
+			   breaker_until = CASE WHEN e.breaker_state = 'open' AND e.breaker_until > answered + e.breaker_cooldown
+									THEN e.breaker_until END,
+			   consecutive_failures = 0, last_status = http_status, last_error = NULL, last_success_at = answered
 		 WHERE e.id = ep.id;
 		RETURN 'delivered';
 	END IF;
@@ -7045,14 +7053,15 @@ AS $$
 	  LEFT JOIN payments.paynow_initiations i ON i.payment_id = p.id
 	 WHERE d.provider = chat_pending_donation.provider AND d.wa_id = chat_pending_donation.wa_id
 	   AND p.status = 'pending'
-	   -- (an unconfirmed request, which Paynow may have had, for an hour after it was sent: a PIN
-	   -- prompt lasts minutes, and Paynow may leave the transaction at Sent for ever)
-	   AND (i.state IN ('queued', 'sending') OR d.created_at > now() - interval '1 hour'
-			OR (i.state = 'unconfirmed' AND coalesce(i.finished_at, i.started_at, i.created_at) > now() - interval '1 hour'))
+	   -- (a request sent, confirmed or not, for an hour after it was sent: a PIN prompt lasts
+	   -- minutes, a link not much longer, and Paynow may leave the transaction at Sent for ever; one
+	   -- that waited in the queue is live from when it left, not from the donation's start)
+	   AND (i.state IN ('queued', 'sending')
+			OR coalesce(i.finished_at, i.started_at, d.created_at) > now() - interval '1 hour')
 	 ORDER BY d.payment_id DESC LIMIT 1
 $$;
 COMMENT ON FUNCTION payments.chat_pending_donation(text, text) IS
-	'The latest donation from a WhatsApp number that is pending and may still be paid: its Paynow initiation queued or sending, or unconfirmed less than an hour ago, or started less than an hour ago (a prompt or link still live); NULLs when none';
+	'The latest donation from a WhatsApp number that is pending and may still be paid: its Paynow initiation queued or sending, or sent (confirmed or not) less than an hour ago, or without one started less than an hour ago (a prompt or link still live); NULLs when none';
 
 CREATE FUNCTION payments.chat_pending_notice(provider text, wa_id text, confirming boolean, seen bigint)
 RETURNS bigint
@@ -8413,8 +8422,10 @@ BEGIN
 		RETURN;
 	END IF;
 	-- a failed, cancelled or refunded notice only while the payment still is (paid since by an
-	-- admin's /approve, say: the donor was thanked, and told nothing stale)
-	IF NOT EXISTS (SELECT FROM payments.payments p WHERE p.id = h.payment_id AND p.status = h.to_status) THEN
+	-- admin's /approve, say: the donor was thanked, and told nothing stale); a failed one also once
+	-- cancelled (no cancelled notice follows a failed one: the donor was told it did not go through)
+	IF NOT EXISTS (SELECT FROM payments.payments p WHERE p.id = h.payment_id
+					AND (p.status = h.to_status OR (h.to_status = 'failed' AND p.status = 'cancelled'))) THEN
 		RETURN;
 	END IF;
 	SELECT v.settings -> 'notice_template' INTO template FROM payments.providers v WHERE v.name = d.provider;

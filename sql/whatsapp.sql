@@ -861,6 +861,17 @@ SELECT count(*) >= 0 AS looked FROM pg_temp.replies(:'late_donor');
 SELECT pg_temp.text_failed(:'flow_ref', 'failed', 'wamid.STALE1');
 SELECT * FROM pg_temp.replies(:'late_donor');
 SELECT p.status, d.unsent_notice FROM payments.chat_donations d JOIN payments.payments p ON p.id = d.payment_id WHERE p.reference = :'flow_ref';
+-- (a failed notice failing so once the payment was cancelled is sent again: no cancelled notice
+-- follows a failed one, the donor having been told it did not go through)
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '1 hour') AS gone_ref \gset
+UPDATE payments.chat_sessions SET last_message_at = now() - interval '1 minute' WHERE wa_id = :'late_donor';
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'gone_ref'], ['paynowreference', '9404'], ['amount', '3.00'],
+	['status', 'Failed'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g404']]);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'gone_ref'], ['paynowreference', '9404'], ['amount', '3.00'],
+	['status', 'Cancelled'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g404']]);
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies(:'late_donor');
+SELECT pg_temp.text_failed(:'gone_ref', 'failed', 'wamid.GONE1');
+SELECT * FROM pg_temp.replies(:'late_donor');
 UPDATE payments.providers SET settings = settings - 'notice_template' WHERE name = 'chat';
 SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours') AS undone_ref \gset
 SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'undone_ref'], ['paynowreference', '9402'], ['amount', '3.00'],
@@ -1146,12 +1157,21 @@ SELECT * FROM pg_temp.replies('263772000101');
 -- and *donate* is not held back by it; within the hour it is (rolled back)
 BEGIN;
 SELECT pg_temp.say('263772000103', 'check', 300);
+-- (a request that waited in the queue is live from when it left: the donation 70 minutes old, its
+-- request confirmed a minute ago)
+UPDATE payments.paynow_initiations i SET state = 'done', finished_at = now() - interval '1 minute', started_at = now() - interval '1 minute'
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000103';
+UPDATE payments.chat_donations d SET created_at = now() - interval '70 minutes'
+  FROM payments.payments p WHERE p.id = d.payment_id AND p.donor_phone = '263772000103';
+SELECT pg_temp.say('263772000103', 'check', 301);
+UPDATE payments.paynow_initiations i SET state = 'unconfirmed'
+  FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000103';
 UPDATE payments.paynow_initiations i SET finished_at = now() - interval '61 minutes', started_at = now() - interval '62 minutes'
   FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000103';
 UPDATE payments.chat_donations d SET created_at = now() - interval '62 minutes'
   FROM payments.payments p WHERE p.id = d.payment_id AND p.donor_phone = '263772000103';
-SELECT pg_temp.say('263772000103', 'check', 301);
-SELECT pg_temp.say('263772000103', 'donate', 302, true);
+SELECT pg_temp.say('263772000103', 'check', 302);
+SELECT pg_temp.say('263772000103', 'donate', 303, true);
 SELECT * FROM pg_temp.replies('263772000103');
 ROLLBACK;
 -- a number that never gave asks to check: told so

@@ -6648,11 +6648,11 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT CASE lower(word COLLATE pg_catalog."C") WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'us$' THEN 'USD' WHEN 'dollar' THEN 'USD'
+	SELECT CASE lower(replace(word, ' ', '') COLLATE pg_catalog."C") WHEN '$' THEN 'USD' WHEN 'usd' THEN 'USD' WHEN 'us$' THEN 'USD' WHEN 'dollar' THEN 'USD'
 							WHEN 'dollars' THEN 'USD' WHEN 'zwg' THEN 'ZWG' WHEN 'zig' THEN 'ZWG' END
 $$;
 COMMENT ON FUNCTION payments.chat_currency_name(text) IS
-	'The currency a donor names: $, US$, USD, dollar and dollars are USD, ZWG and ZiG are ZWG (any case); NULL otherwise';
+	'The currency a donor names: $, US$, USD, dollar and dollars are USD, ZWG and ZiG are ZWG (any case, spaces ignored: US $); NULL otherwise';
 
 -- An amount as donors type it: 10, 25.50, a currency before it ($10, USD 10, ZiG 100) or after it
 -- (10 USD, 10.50usd, 10 dollars, 10$), thousands in groups of three digits after a comma or a space
@@ -6668,12 +6668,12 @@ DECLARE
 	word	text;
 BEGIN
 	word := (regexp_match(rest, '^(us ?[$]|[$]|[[:alpha:]]+)', 'i'))[1];
-	named := payments.chat_currency_name(replace(word, ' ', ''));
+	named := payments.chat_currency_name(word);
 	IF named IS NOT NULL THEN
 		rest := substr(rest, length(word) + 1);
 	ELSE
 		word := (regexp_match(rest, '(us ?[$]|[$]|[[:alpha:]]+)$', 'i'))[1];
-		named := payments.chat_currency_name(replace(word, ' ', ''));
+		named := payments.chat_currency_name(word);
 		IF named IS NOT NULL THEN
 			rest := left(rest, length(rest) - length(word));
 		END IF;

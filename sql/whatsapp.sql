@@ -1257,7 +1257,8 @@ SELECT left(r, 20) AS help FROM pg_temp.replies('263772000131') r;
 
 -- the currency question takes the names the amount takes: $ and USD, ZWG and ZiG, any case
 SELECT pg_temp.say(w, 'donate', 1, true), pg_temp.say(w, '25', 2), pg_temp.say(w, typed, 3), pg_temp.session(w)
-  FROM (VALUES ('263772000132', '$'), ('263772000133', 'ZiG'), ('263772000134', 'Usd'), ('263772000135', 'zig')) AS t (w, typed);
+  FROM (VALUES ('263772000132', '$'), ('263772000133', 'ZiG'), ('263772000134', 'Usd'), ('263772000135', 'zig'),
+			   ('263772000149', 'US $')) AS t (w, typed);
 
 -- a number in any of its usual forms: with the 0 after 263, 00 for +, without the first 0,
 -- dots, dashes, parentheses, non-breaking spaces

@@ -3468,6 +3468,7 @@ CREATE TABLE payments.endpoints (
 	disabled_reason		text,
 	breaker_state		text NOT NULL DEFAULT 'closed' CHECK (breaker_state IN ('closed', 'open', 'half_open')),
 	breaker_until		timestamptz,
+	hold_until			timestamptz,
 	consecutive_failures integer NOT NULL DEFAULT 0,
 	last_status			integer,
 	last_error			text,
@@ -3482,6 +3483,8 @@ COMMENT ON TABLE payments.endpoints IS
 COMMENT ON COLUMN payments.endpoints.event_types IS
 	'Event types to send (payment.paid, payment.*, event.stripe.* ...); NULL: every payment change (raw events only when named)';
 COMMENT ON COLUMN payments.endpoints.ca_file IS 'CA bundle to verify the receiver''s TLS certificate; NULL: the system''s';
+COMMENT ON COLUMN payments.endpoints.hold_until IS
+	'Until when a receiver''s Retry-After asked for no more requests: the breaker stays open until then, whatever else of the batch was answered (payments.record_delivery)';
 COMMENT ON COLUMN payments.endpoints.breaker_state IS
 	'closed: deliver; open: paused after breaker_threshold consecutive failures until breaker_until; half_open: one probe in flight';
 COMMENT ON COLUMN payments.endpoints.pruned_before IS
@@ -3662,7 +3665,7 @@ BEGIN
 	UPDATE payments.endpoints e
 	   SET enabled = enable_endpoint.enabled,
 		   disabled_reason = CASE WHEN enable_endpoint.enabled THEN NULL ELSE 'disabled by ' || session_user END,
-		   breaker_state = 'closed', breaker_until = NULL, consecutive_failures = 0, updated_at = now()
+		   breaker_state = 'closed', breaker_until = NULL, hold_until = NULL, consecutive_failures = 0, updated_at = now()
 	 WHERE e.name = enable_endpoint.name;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown endpoint "%"', name USING ERRCODE = 'undefined_object';
@@ -4083,7 +4086,7 @@ DECLARE
 	upload	boolean;
 	media	text;
 	throttled integer;
-	hold_until timestamptz;
+	asked_until timestamptz;	-- a Retry-After's end
 	-- the moment of the answer (set below): the transaction began before the request was sent,
 	-- and the results of a batch are recorded once its slowest request is done (a slow
 	-- receiver's Retry-After and the breaker's cooldown count from when it answered; what is
@@ -4148,15 +4151,13 @@ BEGIN
 		IF item.provider IS NOT NULL THEN
 			PERFORM payments.chat_message_sent(item.id, response);
 		END IF;
-		-- (an item of the batch answered after another item's Retry-After opened the breaker does not
-		-- end the hold the receiver asked for: only a probe, once it is over, closes it.  A hold is
-		-- what keeps the breaker open past a cool-down counted from now; one the failures opened
-		-- closes, the receiver answering again)
+		-- (an item of the batch answered after another item's Retry-After does not end the hold the
+		-- receiver asked for: the breaker stays open until then, and a probe after it closes it; one
+		-- the failures alone opened closes, the receiver answering again)
 		UPDATE payments.endpoints e
-		   SET breaker_state = CASE WHEN e.breaker_state = 'open' AND e.breaker_until > answered + e.breaker_cooldown
-									THEN 'open' ELSE 'closed' END,
-			   breaker_until = CASE WHEN e.breaker_state = 'open' AND e.breaker_until > answered + e.breaker_cooldown
-									THEN e.breaker_until END,
+		   SET breaker_state = CASE WHEN e.hold_until > answered THEN 'open' ELSE 'closed' END,
+			   breaker_until = CASE WHEN e.hold_until > answered THEN greatest(e.breaker_until, e.hold_until) END,
+			   hold_until = CASE WHEN e.hold_until > answered THEN e.hold_until END,
 			   consecutive_failures = 0, last_status = http_status, last_error = NULL, last_success_at = answered
 		 WHERE e.id = ep.id;
 		RETURN 'delivered';
@@ -4191,21 +4192,22 @@ BEGIN
 	-- a receiver's Retry-After holds the endpoint, not only this item: its breaker opens until
 	-- then (the cool-down's probe at the latest of the two), so its other items wait too, as the
 	-- receiver asked (Standard Webhooks: throttle on 429), rather than each being refused in turn
-	hold_until := CASE WHEN retry_after > 0
+	asked_until := CASE WHEN retry_after > 0
 					   THEN answered + least(make_interval(secs => retry_after), interval '24 hours') END;
 	UPDATE payments.endpoints e
 	   SET consecutive_failures = e.consecutive_failures + 1,
 		   breaker_state = CASE WHEN e.breaker_state = 'half_open'
 									 OR e.consecutive_failures + 1 >= e.breaker_threshold
-									 OR hold_until IS NOT NULL
+									 OR asked_until IS NOT NULL
 								THEN 'open' ELSE e.breaker_state END,
 		   breaker_until = CASE WHEN e.breaker_state = 'half_open'
 									 OR e.consecutive_failures + 1 >= e.breaker_threshold
-								THEN greatest(answered + e.breaker_cooldown, hold_until,
+								THEN greatest(answered + e.breaker_cooldown, asked_until,
 											  CASE WHEN e.breaker_state = 'open' THEN e.breaker_until END)
-								WHEN hold_until IS NOT NULL
-								THEN greatest(hold_until, CASE WHEN e.breaker_state = 'open' THEN e.breaker_until END)
+								WHEN asked_until IS NOT NULL
+								THEN greatest(asked_until, CASE WHEN e.breaker_state = 'open' THEN e.breaker_until END)
 								ELSE e.breaker_until END,
+		   hold_until = greatest(e.hold_until, asked_until),
 		   last_status = http_status, last_error = msg, last_failure_at = answered
 	 WHERE e.id = ep.id;
 	RETURN CASE WHEN next_at IS NULL THEN 'dead' ELSE 'retry' END;
@@ -7057,7 +7059,7 @@ AS $$
 	   -- minutes, a link not much longer, and Paynow may leave the transaction at Sent for ever; one
 	   -- that waited in the queue is live from when it left, not from the donation's start)
 	   AND (i.state IN ('queued', 'sending')
-			OR coalesce(i.finished_at, i.started_at, d.created_at) > now() - interval '1 hour')
+			OR coalesce(i.started_at, d.created_at) > now() - interval '1 hour')
 	 ORDER BY d.payment_id DESC LIMIT 1
 $$;
 COMMENT ON FUNCTION payments.chat_pending_donation(text, text) IS
@@ -8317,8 +8319,11 @@ BEGIN
 		RETURN;
 	END IF;
 	SELECT x.* INTO p FROM payments.payments x WHERE x.id = transition.payment_id;
-	IF p.status <> transition.to_status THEN
-		RETURN;			-- moved on again in the same transaction: that move tells the donor
+	-- moved on again in the same transaction: that move tells the donor; but a failed one cancelled
+	-- since (Paynow's Failed and Cancelled in one batch) is told it did not go through, the
+	-- cancelled notice following no failed one
+	IF p.status <> transition.to_status AND NOT (transition.to_status = 'failed' AND p.status = 'cancelled') THEN
+		RETURN;
 	END IF;
 	-- paid again (a dispute won, or settled by an admin's /approve): the donor was thanked, with
 	-- the receipt, when it was first paid, unless that thank-you was never queued (paid and
@@ -8380,7 +8385,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION payments.chat_payment_notice(payments.status_history) IS
-	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old; none when it is paid again, a dispute won or settled by /approve), failed, cancelled (not after failed: the donor was told) or refunded (past those 23 hours as the notice_template, its text the one parameter; without it not sent, and kept in chat_donations.unsent_notice), queues the message to the donor (to their phone number, or recipient their business-scoped user id), naming the transition (status_history_id)';
+	'At commit (payments.transition_committed): when a WhatsApp donation became paid (thank-you with the receipt number; the receipt_template unless the donor''s last message is known and less than 23 hours old; none when it is paid again, a dispute won or settled by /approve), failed (also when cancelled in the same transaction), cancelled (not after failed: the donor was told) or refunded (past those 23 hours as the notice_template, its text the one parameter; without it not sent, and kept in chat_donations.unsent_notice), queues the message to the donor (to their phone number, or recipient their business-scoped user id), naming the transition (status_history_id)';
 
 -- A donation's notice sent as text that Meta reports failed with error 131047 (Re-engagement
 -- message: it went out more than 24 hours after the donor's last message, retried after a rate

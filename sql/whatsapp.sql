@@ -872,6 +872,18 @@ SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'gone_ref'], ['paynowrefere
 SELECT count(*) >= 0 AS looked FROM pg_temp.replies(:'late_donor');
 SELECT pg_temp.text_failed(:'gone_ref', 'failed', 'wamid.GONE1');
 SELECT * FROM pg_temp.replies(:'late_donor');
+-- (Paynow's Failed and Cancelled in one transaction, as a batch stores them: the donor is told it
+-- did not go through; the cancelled notice follows no failed one)
+SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '1 hour') AS gone_ref \gset
+UPDATE payments.chat_sessions SET last_message_at = now() - interval '1 minute' WHERE wa_id = :'late_donor';
+SELECT count(*) >= 0 AS looked FROM pg_temp.replies(:'late_donor');
+SET CONSTRAINTS ALL DEFERRED;
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'gone_ref'], ['paynowreference', '9405'], ['amount', '3.00'],
+	['status', 'Failed'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g405']]);
+SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'gone_ref'], ['paynowreference', '9405'], ['amount', '3.00'],
+	['status', 'Cancelled'], ['pollurl', 'https://www.paynow.co.zw/Interface/CheckPayment/?guid=g405']]);
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT * FROM pg_temp.replies(:'late_donor');
 UPDATE payments.providers SET settings = settings - 'notice_template' WHERE name = 'chat';
 SELECT pg_temp.late_donation(:'late_donor', 'Tendai', 'Medicines', '2 hours') AS undone_ref \gset
 SELECT pg_temp.paynow('pn_usd', ARRAY[['reference', :'undone_ref'], ['paynowreference', '9402'], ['amount', '3.00'],

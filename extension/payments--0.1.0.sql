@@ -4156,7 +4156,11 @@ BEGIN
 		-- the failures alone opened closes, the receiver answering again)
 		UPDATE payments.endpoints e
 		   SET breaker_state = CASE WHEN e.hold_until > answered THEN 'open' ELSE 'closed' END,
-			   breaker_until = CASE WHEN e.hold_until > answered THEN greatest(e.breaker_until, e.hold_until) END,
+			   -- (until the hold only: the cool-down of failures before is over, the receiver answering;
+			   -- a probe out keeps its lease, so that no second one goes meanwhile)
+			   breaker_until = CASE WHEN e.hold_until > answered
+									THEN CASE WHEN e.breaker_state = 'half_open' THEN greatest(e.breaker_until, e.hold_until)
+											  ELSE e.hold_until END END,
 			   hold_until = CASE WHEN e.hold_until > answered THEN e.hold_until END,
 			   consecutive_failures = 0, last_status = http_status, last_error = NULL, last_success_at = answered
 		 WHERE e.id = ep.id;

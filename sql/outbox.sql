@@ -144,7 +144,7 @@ BEGIN;
 SELECT payments.add_endpoint('throttled', 'https://crm.example/throttled', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
 							 breaker_threshold => 2, breaker_cooldown => '1 minute') IS NOT NULL AS added;
 INSERT INTO payments.outbox (endpoint_id, event_type, payload)
-SELECT e.id, 'payment.paid', '{}' FROM payments.endpoints e, generate_series(1, 10) WHERE e.name = 'throttled';
+SELECT e.id, 'payment.paid', '{}' FROM payments.endpoints e, generate_series(1, 13) WHERE e.name = 'throttled';
 CREATE TEMP TABLE throttled AS
 SELECT c.*, row_number() OVER (ORDER BY c.outbox_id) AS n FROM payments.claim_outbox(100) c
   JOIN payments.outbox o ON o.id = c.outbox_id JOIN payments.endpoints e ON e.id = o.endpoint_id WHERE e.name = 'throttled';
@@ -179,6 +179,13 @@ SELECT payments.record_delivery(t.attempt_id, 429, 30, NULL, 5, 0, NULL) FROM th
 SELECT payments.record_delivery(t.attempt_id, 200, NULL, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 10;
 SELECT breaker_state, breaker_until - now() BETWEEN interval '25 seconds' AND interval '31 seconds' AS for_the_retry_after,
 	   hold_until = breaker_until AS held
+  FROM payments.endpoints WHERE name = 'throttled';
+-- failures that opened the breaker, a short Retry-After, then a 2xx: open for the hold only
+UPDATE payments.endpoints SET breaker_state = 'closed', breaker_until = NULL, hold_until = NULL, consecutive_failures = 1 WHERE name = 'throttled';
+SELECT payments.record_delivery(t.attempt_id, 500, NULL, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 11;
+SELECT payments.record_delivery(t.attempt_id, 429, 30, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 12;
+SELECT payments.record_delivery(t.attempt_id, 200, NULL, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 13;
+SELECT breaker_state, breaker_until - now() BETWEEN interval '25 seconds' AND interval '31 seconds' AS for_the_retry_after
   FROM payments.endpoints WHERE name = 'throttled';
 SELECT payments.enable_endpoint('throttled');
 SELECT breaker_state, breaker_until, hold_until FROM payments.endpoints WHERE name = 'throttled';

@@ -1178,7 +1178,8 @@ UPDATE payments.chat_donations d SET created_at = now() - interval '70 minutes'
 SELECT pg_temp.say('263772000103', 'check', 301);
 UPDATE payments.paynow_initiations i SET state = 'unconfirmed'
   FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000103';
-UPDATE payments.paynow_initiations i SET finished_at = now() - interval '61 minutes', started_at = now() - interval '62 minutes'
+-- (from when it was sent: one given up as lost a minute ago, sent 62 minutes ago, has expired)
+UPDATE payments.paynow_initiations i SET finished_at = now() - interval '1 minute', started_at = now() - interval '62 minutes'
   FROM payments.payments p WHERE p.id = i.payment_id AND p.donor_phone = '263772000103';
 UPDATE payments.chat_donations d SET created_at = now() - interval '62 minutes'
   FROM payments.payments p WHERE p.id = d.payment_id AND p.donor_phone = '263772000103';

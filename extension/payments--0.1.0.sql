@@ -4277,7 +4277,7 @@ COMMENT ON VIEW payments.outbox_oldest_due IS
 	'The outbox item a delivery run would send now (payments.outbox_sendable) that has waited longest past its due time (none of a disabled endpoint, of one whose breaker has not cooled down or whose probe is out, of a WhatsApp sender without its settings, nor a message waiting for an earlier one to its chat)';
 
 CREATE VIEW payments.endpoint_health AS
-	SELECT e.name, e.url, e.enabled, e.disabled_reason, e.breaker_state, e.breaker_until,
+	SELECT e.name, e.url, e.enabled, e.disabled_reason, e.breaker_state, e.breaker_until, e.hold_until,
 		   e.consecutive_failures, e.last_status, e.last_error, e.last_success_at, e.last_failure_at,
 		   (SELECT count(*) FROM payments.outbox_attempts a
 			 WHERE a.endpoint_id = e.id AND a.started_at > now() - interval '1 hour') AS attempts_1h,
@@ -4286,7 +4286,7 @@ CREATE VIEW payments.endpoint_health AS
 			   AND a.http_status BETWEEN 200 AND 299) AS delivered_1h
 	  FROM payments.endpoints e;
 COMMENT ON VIEW payments.endpoint_health IS
-	'Each endpoint: enabled or why not, circuit breaker, consecutive failures, last result, attempts and successes in the last hour';
+	'Each endpoint: enabled or why not, circuit breaker (hold_until: a receiver''s Retry-After), consecutive failures, last result, attempts and successes in the last hour';
 
 CREATE VIEW payments.event_backlog AS
 	SELECT e.provider,

@@ -185,8 +185,9 @@ UPDATE payments.endpoints SET breaker_state = 'closed', breaker_until = NULL, ho
 SELECT payments.record_delivery(t.attempt_id, 500, NULL, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 11;
 SELECT payments.record_delivery(t.attempt_id, 429, 30, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 12;
 SELECT payments.record_delivery(t.attempt_id, 200, NULL, NULL, 5, 0, NULL) FROM throttled t WHERE t.n = 13;
-SELECT breaker_state, breaker_until - now() BETWEEN interval '25 seconds' AND interval '31 seconds' AS for_the_retry_after
-  FROM payments.endpoints WHERE name = 'throttled';
+SELECT breaker_state, breaker_until - now() BETWEEN interval '25 seconds' AND interval '31 seconds' AS for_the_retry_after,
+	   hold_until = breaker_until AS health_shows_the_hold
+  FROM payments.endpoint_health WHERE name = 'throttled';
 SELECT payments.enable_endpoint('throttled');
 SELECT breaker_state, breaker_until, hold_until FROM payments.endpoints WHERE name = 'throttled';
 ROLLBACK;
